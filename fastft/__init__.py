@@ -1,0 +1,55 @@
+"""fastft: fine-tuned Transformer encoders, small and fast to serve.
+
+    fastft.train(model="minilm-l6", data="movie-snippets", output="runs/teacher")
+    fastft.evaluate("runs/teacher", data="movie-snippets", split="test")
+    fastft.load("runs/teacher").predict(["a fine film"])
+
+Heavy modules (torch, transformers, onnxruntime) are imported on first use, so
+``import fastft`` and ``fastft --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"
+_LAZY = {
+    "train": "fastft.train.trainer:train",
+    "TrainConfig": "fastft.train.trainer:TrainConfig",
+    "evaluate": "fastft.train.evaluate:evaluate",
+    "predict": "fastft.train.evaluate:predict",
+    "load_data": "fastft.data:load_data",
+    "resolve_model": "fastft.models:resolve_model",
+    "env_info": "fastft.env:env_info",
+    "FastftError": "fastft.errors:FastftError",
+    # later stages (present once their modules exist)
+    "load": "fastft.runtime:load",
+    "export": "fastft.export:export",
+    "fused_attention": "fastft.ops:fused_attention",
+    "attention_ref": "fastft.ops:attention_ref",
+    "swap_attention": "fastft.swap:swap_attention",
+    "unswap_attention": "fastft.swap:unswap_attention",
+    "compress": "fastft.compress:compress",
+    "CompressConfig": "fastft.compress:CompressConfig",
+    "distill": "fastft.compress:distill",
+    "prune": "fastft.compress:prune",
+    "quantize": "fastft.compress:quantize",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'fastft' has no attribute {name!r}")
+    module, attr = target.split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,3 @@
+from fastft.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""Load the optional C++ extension ``fastft._C``.
+
+A missing or broken native library never breaks ``import fastft``: the failure is
+caught, the pure-Python/reference paths are used, and ``fastft env`` says why.
+"""
+
+from __future__ import annotations
+
+import os
+
+_C = None
+load_error: str | None = None
+
+if os.environ.get("FASTFT_DISABLE_CPP"):
+    load_error = "disabled by FASTFT_DISABLE_CPP"
+else:
+    try:
+        from fastft import _C  # type: ignore[attr-defined,no-redef]
+    except ImportError as exc:  # not built (FASTFT_SKIP_CPP, no compiler) or broken
+        _C = None
+        load_error = f"{type(exc).__name__}: {exc}"
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def build_info() -> dict:
+    if _C is None:
+        return {"built": False, "reason": load_error}
+    info = dict(_C.build_info())
+    info["built"] = True
+    info["path"] = getattr(_C, "__file__", None)
+    return info

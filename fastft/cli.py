@@ -1,0 +1,93 @@
+"""The ``fastft`` command line: a thin argparse layer over the Python API.
+
+Each command lives in its own module exposing ``register(subparsers)``; that module
+imports nothing heavy at top level, so ``fastft --help`` is instant. A user mistake
+(:class:`fastft.errors.FastftError`) prints one line and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from fastft import __version__
+from fastft.errors import FastftError
+
+# command modules, in the order --help lists them
+COMMAND_MODULES = [
+    "fastft.train.cli",  # train, eval, predict
+    "fastft.export.cli",  # export
+    "fastft.compress.cli",  # compress
+    "fastft.bench.cli",  # bench
+    "fastft.env",  # env
+]
+
+
+def add_command(subparsers, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """Add a sub-command with the options every command shares (``--json``)."""
+    p = subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastft",
+        description="Fine-tune Transformer encoders, then make them small and fast to serve.",
+        epilog="Run 'fastft COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastft {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for modname in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:  # stage not present in this build
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|onnx|onnxruntime)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    _quiet_libraries(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except FastftError as exc:
+        if args.verbose:
+            raise
+        print(f"fastft: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fastft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
