@@ -1,0 +1,354 @@
+"""Fused attention forward in Triton (FlashAttention-2 style).
+
+    out = attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None)
+
+One program owns a ``BLOCK_M`` block of query rows of one (batch, head) and walks the
+key/value sequence in ``BLOCK_N`` blocks, keeping a running row max ``m`` and row sum
+``l`` in fp32 (online softmax), so no ``seq_q x seq_k`` matrix is ever materialised.
+
+* dtypes: fp16, bf16, fp32 in; accumulation always fp32; output in ``q.dtype``. fp32
+  matmuls use ``input_precision="ieee"`` unless ``allow_tf32=True``.
+* head_dim 1..256, padded to ``BLOCK_D = max(16, next_power_of_2(head_dim))`` with
+  masked loads; any sequence length (masked tails); arbitrary strides.
+* ``key_padding_mask`` (batch, seq_k) bool, True = attend. Per batch the first and last
+  attended key bound the key loop, so leading/trailing padding costs nothing; a row
+  with no attended key returns zeros, never NaN.
+* ``causal``: top-left convention of ``torch.nn.functional.scaled_dot_product_attention``
+  (query i attends keys j <= i, also when seq_q != seq_k). Key blocks past the diagonal
+  are skipped; blocks left of it run without the causal mask.
+
+On a GPU the block sizes are autotuned (keyed on bucketed sequence lengths, head_dim,
+causal, mask, dtype). Under ``TRITON_INTERPRET=1`` (tests on CPU tensors) a single small
+fixed tile is used instead. The interpreter switch is read when this module is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as exc:  # pragma: no cover - exercised only without triton
+    raise ImportError(
+        "fastft.kernels.attention needs Triton (installed with fastft on Linux: pip install triton); "
+        f"the fused-attention op falls back to its other backends without it ({exc})"
+    ) from exc
+
+__all__ = ["attention_fwd", "INTERPRET"]
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+# fixed tile used under the interpreter (and by tests that pass block sizes explicitly)
+_INTERPRET_BLOCK_M = 32
+_INTERPRET_BLOCK_N = 32
+
+
+@triton.jit
+def _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, kv_lo, kv_hi,
+                offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
+                stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+                CAUSAL_MASK: tl.constexpr, CHECK_N: tl.constexpr, HAS_MASK: tl.constexpr,
+                EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                UPCAST_DOT: tl.constexpr):
+    """Online-softmax update of (acc, l_i, m_i) over the key blocks [kv_lo, kv_hi)."""
+    d_ok = offs_d < head_dim
+    for start_n in range(kv_lo, kv_hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        n_ok = cols < seq_k
+        # K^T tile (BLOCK_D, BLOCK_N) and V tile (BLOCK_N, BLOCK_D)
+        kt_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd
+        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if CHECK_N:
+            if EVEN_D:
+                kt = tl.load(kt_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                kt = tl.load(kt_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        else:
+            if EVEN_D:
+                kt = tl.load(kt_ptrs)
+            else:
+                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+        if UPCAST_DOT:  # interpreter: numpy has no bf16 matmul; same values, fp32 product
+            qk = tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision=INPUT_PRECISION)
+        else:
+            qk = tl.dot(q, kt, input_precision=INPUT_PRECISION)
+        qk = qk * qk_scale  # log2 domain: scale * log2(e) folded in
+        if HAS_MASK:
+            keep = tl.load(mask_base + cols * stride_mn, mask=n_ok, other=0) != 0
+            if CAUSAL_MASK:
+                qk = tl.where(keep[None, :] & (cols[None, :] <= offs_m[:, None]), qk, float("-inf"))
+            else:
+                qk = tl.where(keep[None, :], qk, float("-inf"))
+        else:
+            if CAUSAL_MASK:
+                if CHECK_N:
+                    qk = tl.where(n_ok[None, :] & (cols[None, :] <= offs_m[:, None]), qk, float("-inf"))
+                else:
+                    qk = tl.where(cols[None, :] <= offs_m[:, None], qk, float("-inf"))
+            elif CHECK_N:
+                qk = tl.where(n_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if HAS_MASK:
+            # a row with no attended key so far keeps m = -inf; shift by 0 instead (p = 0)
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_shift = m_new  # every row sees >= 1 key in every visited block: finite
+        p = tl.math.exp2(qk - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if CHECK_N:
+            if EVEN_D:
+                v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
+            else:
+                v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            if EVEN_D:
+                v = tl.load(v_ptrs)
+            else:
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        if UPCAST_DOT:
+            acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc, input_precision=INPUT_PRECISION)
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+def _attn_fwd_kernel(
+    Q, K, V, O, Mask, KvStart, KvEnd,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_mb, stride_mn,
+    seq_q, seq_k, head_dim, qk_scale,
+    seq_q_bucket, seq_k_bucket,  # autotuning key only
+    IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < seq_q
+    d_ok = offs_d < head_dim
+
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    if EVEN_D:
+        q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
+    else:
+        q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+    mask_base = Mask + off_b * stride_mb
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # key range of this (batch, query block): [lo, hi)
+    if HAS_MASK:
+        lo = (tl.load(KvStart + off_b) // BLOCK_N) * BLOCK_N  # first attended key, block-aligned
+        hi = tl.load(KvEnd + off_b)  # one past the last attended key (0 if none)
+    else:
+        lo = 0
+        hi = seq_k
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, (start_m + 1) * BLOCK_M)
+        # blocks entirely left of the first query row need no causal mask (all in bounds)
+        diag = tl.minimum(tl.maximum(((start_m * BLOCK_M) // BLOCK_N) * BLOCK_N, lo), hi)
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, lo, diag,
+                                    offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+                                    False, False, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, diag, hi,
+                                    offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+                                    True, not EVEN_N, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
+    else:
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, lo, hi,
+                                    offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+                                    False, not EVEN_N, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
+
+    if HAS_MASK:
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)  # fully masked row: acc == 0 -> output 0
+    out = acc / l_i[:, None]
+    o_ptrs = O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    if EVEN_D:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None])
+    else:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def _gpu_configs():
+    configs = []
+    for block_m in (64, 128):
+        for block_n in (32, 64, 128):
+            for num_warps in (4, 8):
+                for num_stages in (2, 3, 4):
+                    configs.append(triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n},
+                                                 num_warps=num_warps, num_stages=num_stages))
+    return configs
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop tiles that cannot pay off: 8 warps on a 64-row tile, 4 warps on 128x128,
+    deep pipelines at head_dim > 128 (shared memory), BLOCK_M far beyond seq_q."""
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+    seq_q = named_args["seq_q"]
+    kept = []
+    for c in configs:
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        if bm == 64 and c.num_warps == 8:
+            continue
+        if bm == 128 and bn == 128 and c.num_warps == 4:
+            continue
+        if block_d > 128 and (c.num_stages > 2 or bn > 64):
+            continue
+        if bm == 128 and seq_q <= 64:
+            continue
+        kept.append(c)
+    return kept or configs[:1]
+
+
+def _even(args):
+    return {
+        "EVEN_N": args["seq_k"] % args["BLOCK_N"] == 0,
+        "EVEN_D": args["head_dim"] == args["BLOCK_D"],
+    }
+
+
+_heuristics = triton.heuristics({
+    "EVEN_N": lambda a: _even(a)["EVEN_N"],
+    "EVEN_D": lambda a: _even(a)["EVEN_D"],
+})
+
+# fixed-tile variant (interpreter, explicit block sizes) and autotuned variant (GPU)
+_attn_fwd_fixed = _heuristics(triton.jit(_attn_fwd_kernel))
+if INTERPRET:
+    _attn_fwd_tuned = _attn_fwd_fixed
+else:
+    _attn_fwd_tuned = triton.autotune(
+        configs=_gpu_configs(),
+        key=["seq_q_bucket", "seq_k_bucket", "head_dim", "IS_CAUSAL", "HAS_MASK", "INPUT_PRECISION"],
+        prune_configs_by={"early_config_prune": _prune_configs},
+    )(_heuristics(triton.jit(_attn_fwd_kernel)))
+
+
+def _check(q, k, v, key_padding_mask):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"attention_fwd: {name} must be a 4-D tensor (batch, heads, seq, head_dim), "
+                             f"got {getattr(t, 'shape', type(t))}")
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"attention_fwd: {name} has dtype {t.dtype}; supported: fp16, bf16, fp32")
+        if t.device != q.device:
+            raise ValueError(f"attention_fwd: {name} is on {t.device}, q is on {q.device}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"attention_fwd: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    batch, heads, _, head_dim = q.shape
+    if k.shape[:2] != (batch, heads) or v.shape[:2] != (batch, heads):
+        raise ValueError(f"attention_fwd: k {tuple(k.shape)} and v {tuple(v.shape)} must match q "
+                         f"{tuple(q.shape)} in batch and heads")
+    if k.shape[3] != head_dim or v.shape[3] != head_dim:
+        raise ValueError(f"attention_fwd: k and v head_dim must equal q head_dim {head_dim}, "
+                         f"got {k.shape[3]} and {v.shape[3]}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"attention_fwd: k seq {k.shape[2]} != v seq {v.shape[2]}")
+    if not 1 <= head_dim <= _MAX_HEAD_DIM:
+        raise ValueError(f"attention_fwd: head_dim {head_dim} not in [1, {_MAX_HEAD_DIM}]")
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError(f"attention_fwd: key_padding_mask must be bool (True = attend), "
+                            f"got {key_padding_mask.dtype}")
+        if tuple(key_padding_mask.shape) != (batch, k.shape[2]):
+            raise ValueError(f"attention_fwd: key_padding_mask must be (batch, seq_k) = "
+                             f"{(batch, k.shape[2])}, got {tuple(key_padding_mask.shape)}")
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"attention_fwd: key_padding_mask is on {key_padding_mask.device}, "
+                             f"q is on {q.device}")
+    if not INTERPRET and q.device.type != "cuda":
+        raise ValueError(f"attention_fwd: the Triton kernel needs CUDA tensors (q is on {q.device}); "
+                         "set TRITON_INTERPRET=1 before importing to run it on CPU")
+    if q.shape[1] > 65535 or q.shape[0] > 65535:
+        raise ValueError(f"attention_fwd: batch {q.shape[0]} and heads {q.shape[1]} must be <= 65535")
+
+
+def _bucket(n: int) -> int:
+    return 1 if n <= 1 else triton.next_power_of_2(n)
+
+
+def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
+                  allow_tf32=False, block_m=None, block_n=None):
+    """softmax(q k^T * scale + mask) v, fused.
+
+    q: (batch, heads, seq_q, head_dim); k, v: (batch, heads, seq_k, head_dim), any strides;
+    key_padding_mask: bool (batch, seq_k), True = attend, or None;
+    causal: query i attends keys j <= i (top-left, as SDPA's ``is_causal``);
+    scale: defaults to head_dim ** -0.5.
+    allow_tf32: let fp32 inputs use TF32 tensor cores (GPU only; default exact IEEE fp32).
+    block_m, block_n: fixed tile sizes (powers of two >= 16) instead of autotuning.
+    Returns (batch, heads, seq_q, head_dim) in q.dtype; rows with no attended key are 0.
+    """
+    _check(q, k, v, key_padding_mask)
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    out = torch.empty((batch, heads, seq_q, head_dim), dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if seq_k == 0:
+        return out.zero_()
+    if scale is None:
+        scale = head_dim ** -0.5
+    qk_scale = float(scale) * math.log2(math.e)
+
+    if key_padding_mask is not None:
+        mask_u8 = key_padding_mask.view(torch.uint8)
+        idx = torch.arange(seq_k, device=q.device, dtype=torch.int32)
+        # first attended key (seq_k if none) and one past the last (0 if none): no host sync
+        kv_start = torch.where(key_padding_mask, idx, seq_k).amin(dim=-1).to(torch.int32)
+        kv_end = torch.where(key_padding_mask, idx + 1, 0).amax(dim=-1).to(torch.int32)
+        stride_mb, stride_mn = mask_u8.stride()
+    else:
+        mask_u8 = kv_start = kv_end = q  # never read (HAS_MASK=False)
+        stride_mb = stride_mn = 0
+
+    input_precision = "tf32" if (allow_tf32 and q.dtype == torch.float32 and not INTERPRET) else "ieee"
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    args = (
+        q, k, v, out, mask_u8, kv_start, kv_end,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        stride_mb, stride_mn,
+        seq_q, seq_k, head_dim, qk_scale,
+        _bucket(seq_q), _bucket(seq_k),
+    )
+    meta = dict(IS_CAUSAL=bool(causal), HAS_MASK=key_padding_mask is not None,
+                INPUT_PRECISION=input_precision, BLOCK_D=block_d,
+                UPCAST_DOT=INTERPRET and q.dtype == torch.bfloat16)
+
+    if INTERPRET or block_m is not None or block_n is not None:
+        bm = block_m or _INTERPRET_BLOCK_M
+        bn = block_n or _INTERPRET_BLOCK_N
+        for name, b in (("block_m", bm), ("block_n", bn)):
+            if b < 16 or b & (b - 1):
+                raise ValueError(f"attention_fwd: {name} must be a power of two >= 16, got {b}")
+        grid = (triton.cdiv(seq_q, bm), heads, batch)
+        kw = {} if INTERPRET else {"num_warps": 4 if bm <= 64 else 8, "num_stages": 2}
+        _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
+    else:
+        def grid(meta_):
+            return (triton.cdiv(seq_q, meta_["BLOCK_M"]), heads, batch)
+        _attn_fwd_tuned[grid](*args, **meta)
+    return out
