@@ -40,7 +40,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton
 
 __all__ = ["attention_fwd", "INTERPRET"]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+def _interpret_mode() -> bool:
+    """Whether triton.jit builds interpreted kernels right now (read at import)."""
+    try:
+        return bool(triton.knobs.runtime.interpret)  # triton >= 3.4
+    except AttributeError:
+        return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+INTERPRET = _interpret_mode()
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
 # fixed tile used under the interpreter (and by tests that pass block sizes explicitly)
@@ -166,8 +175,9 @@ def _attn_fwd_kernel(
         hi = seq_k
     if IS_CAUSAL:
         hi = tl.minimum(hi, (start_m + 1) * BLOCK_M)
-        # blocks entirely left of the first query row need no causal mask (all in bounds)
-        diag = tl.minimum(tl.maximum(((start_m * BLOCK_M) // BLOCK_N) * BLOCK_N, lo), hi)
+        # whole blocks left of the first query row (and inside seq_k) need neither the
+        # causal nor the bounds mask; the rest, from the block-aligned `diag`, gets both
+        diag = tl.minimum(tl.maximum(((start_m * BLOCK_M) // BLOCK_N) * BLOCK_N, lo), (hi // BLOCK_N) * BLOCK_N)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, lo, diag,
                                     offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,

@@ -1,0 +1,368 @@
+"""Triton fused-attention forward (kernels/attention.py) against the float64 reference.
+
+Runs on CPU through the Triton interpreter. ``TRITON_INTERPRET=1`` must be set before
+*triton itself* is imported (its ``tl.zeros``/``tl.max``... are jit functions decorated
+at import), so the ``kernel`` fixture sets it and imports triton + the kernel module on
+first use. If triton was already imported in compile mode in this process (another
+test used torch.compile, or GPU tests ran first), the interpreter suite re-runs itself
+once in a fresh subprocess instead. Shapes are tiny and the parametrisation curated:
+every value of every axis, not the cartesian product. ``-m gpu`` runs the full grid on
+CUDA (run it in its own pytest process).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+_MOD = "fastft.kernels.attention"
+
+
+def _triton_mode() -> str:
+    """'absent' (triton not imported yet), 'interpret' or 'compile'."""
+    if sys.modules.get("triton") is None:
+        return "absent"
+    import triton.language as tl
+
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - other triton layouts
+        return "compile"
+    return "interpret" if isinstance(tl.standard.zeros, InterpretedFunction) else "compile"
+
+
+def _load_kernel(interpret: bool):
+    """Import (or reload) the kernel module with TRITON_INTERPRET set accordingly.
+    The variable stays set: triton also reads it while running (lazy imports)."""
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    mod = sys.modules.get(_MOD)
+    if mod is None:
+        mod = importlib.import_module(_MOD)
+    elif mod.INTERPRET != interpret:
+        mod = importlib.reload(mod)
+    assert mod.INTERPRET == interpret
+    return mod
+
+
+@pytest.fixture(scope="module")
+def _restore_env():
+    old = os.environ.get("TRITON_INTERPRET")
+    yield
+    if old is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+@pytest.fixture(scope="module")
+def kernel(_restore_env):
+    if _triton_mode() == "compile":
+        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+               "-m", "not slow and not gpu"]
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"interpreter suite failed in a subprocess ({' '.join(cmd)}):\n"
+                        f"{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}")
+        pytest.skip("triton was already imported in compile mode here; the interpreter suite "
+                    "ran in a fresh subprocess and passed")
+    return _load_kernel(interpret=True)
+
+
+# ---------------------------------------------------------------- references
+
+
+def _local_ref(q, k, v, key_padding_mask=None, causal=False, scale=None, upcast=True):
+    """softmax(q k^T * scale + mask) v; float64 if upcast, else in the input dtype."""
+    dtype = q.dtype
+    if upcast:
+        q, k, v = q.double(), k.double(), v.double()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    keep = torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device)
+    if causal:
+        keep = torch.ones_like(keep).tril()  # top-left: query i attends keys j <= i
+    keep = keep.expand(s.shape)
+    if key_padding_mask is not None:
+        keep = keep & key_padding_mask[:, None, None, :]
+    s = s.masked_fill(~keep, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with no key -> zeros
+    out = torch.matmul(p, v)
+    return out.to(dtype) if not upcast else out
+
+
+def _reference():
+    try:
+        from fastft.ops import attention_ref  # the library's reference, once it exists
+    except (ImportError, AttributeError):
+        return _local_ref
+    return attention_ref
+
+
+def _ref64(q, k, v, mask, causal, scale=None):
+    return _reference()(q, k, v, key_padding_mask=mask, causal=causal, scale=scale, upcast=True).double()
+
+
+def _assert_close(out, ref, atol, rtol, what=""):
+    """allclose that says where it differs (Liger's assert_verbose_allclose)."""
+    out, ref = out.double(), ref.double()
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert not torch.isnan(out).any(), f"{what}: output has NaN at {torch.isnan(out).nonzero()[:5].tolist()}"
+    err = (out - ref).abs()
+    bad = err > atol + rtol * ref.abs()
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        vals = [(i, out[tuple(i)].item(), ref[tuple(i)].item()) for i in idx]
+        pytest.fail(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ (max abs err "
+                    f"{err.max().item():.3g}, atol {atol}, rtol {rtol}); first (index, out, ref): {vals}")
+
+
+def _assert_lowp(out, q, k, v, mask, causal, what=""):
+    """flash-attention's rule: error vs the fp64 reference at most 2x that of PyTorch
+    computing the same thing in the low-precision dtype, plus the dtype's rounding at
+    the output's magnitude."""
+    ref = _ref64(q, k, v, mask, causal)
+    pt = _local_ref(q, k, v, mask, causal, upcast=False).double()
+    rounding = (ref.to(q.dtype) + 0.3 - 0.3 - ref.to(q.dtype)).abs().max().item()
+    err = (out.double() - ref).abs().max().item()
+    pt_err = (pt - ref).abs().max().item()
+    assert not torch.isnan(out).any(), f"{what}: NaN in output"
+    assert err <= 2 * pt_err + 2 * rounding + 1e-5, (
+        f"{what}: max abs err {err:.3g} > 2 x torch {q.dtype} err {pt_err:.3g} + 2 x rounding {rounding:.3g}")
+
+
+# ---------------------------------------------------------------- inputs
+
+_ATOL = {torch.float32: 1e-5}
+_RTOL = {torch.float32: 1e-5}
+
+
+def _inputs(batch, heads, seq_q, seq_k, head_dim, dtype=torch.float32, mask=None, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, seq_q, head_dim, generator=g).to(device, dtype)
+    k = torch.randn(batch, heads, seq_k, head_dim, generator=g).to(device, dtype)
+    v = torch.randn(batch, heads, seq_k, head_dim, generator=g).to(device, dtype)
+    if mask is None:
+        key_padding_mask = None
+    elif mask == "lengths":  # right padding; batch row 0 attends nothing (when batch > 1)
+        lengths = torch.randint(1, seq_k + 1, (batch,), generator=g)
+        if batch > 1:
+            lengths[0] = 0
+        key_padding_mask = torch.arange(seq_k)[None, :] < lengths[:, None]
+    elif mask == "left":  # left padding
+        lengths = torch.randint(1, seq_k + 1, (batch,), generator=g)
+        key_padding_mask = torch.arange(seq_k)[None, :] >= (seq_k - lengths)[:, None]
+    elif mask == "random":  # holes anywhere, keep >= 1 key per row
+        key_padding_mask = torch.rand(batch, seq_k, generator=g) < 0.6
+        key_padding_mask[:, torch.randint(0, seq_k, (1,), generator=g)] = True
+    elif mask == "none_attended":
+        key_padding_mask = torch.zeros(batch, seq_k, dtype=torch.bool)
+    else:
+        raise ValueError(mask)
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.to(device)
+    return q, k, v, key_padding_mask
+
+
+def _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask=None, causal=False,
+           dtype=torch.float32, **kw):
+    q, k, v, m = _inputs(batch, heads, seq_q, seq_k, head_dim, dtype, mask)
+    out = kernel.attention_fwd(q, k, v, m, causal=causal, **kw)
+    what = f"B{batch} H{heads} Sq{seq_q} Sk{seq_k} D{head_dim} mask={mask} causal={causal} {dtype}"
+    assert out.dtype == dtype and out.shape == q.shape, what
+    if dtype == torch.float32:
+        _assert_close(out, _ref64(q, k, v, m, causal), _ATOL[dtype], _RTOL[dtype], what)
+    else:
+        _assert_lowp(out, q, k, v, m, causal, what)
+    return out, m
+
+
+# ---------------------------------------------------------------- interpreter tests
+
+# (batch, heads, seq_q, seq_k, mask, causal) per head_dim: every head_dim, varied rest
+@pytest.mark.parametrize("head_dim,batch,heads,seq_q,seq_k,mask,causal", [
+    (16, 1, 1, 7, 7, None, False),
+    (32, 3, 1, 64, 64, "lengths", True),
+    (48, 1, 3, 33, 40, "random", False),
+    (64, 3, 3, 7, 129, "lengths", False),
+    (80, 1, 3, 129, 7, None, True),
+    (96, 3, 1, 1, 64, "left", True),
+    (128, 1, 1, 40, 33, "lengths", True),
+])
+def test_head_dims(kernel, head_dim, batch, heads, seq_q, seq_k, mask, causal):
+    _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask, causal)
+
+
+@pytest.mark.parametrize("seq_q,seq_k", [(1, 1), (7, 7), (64, 64), (129, 129), (1, 129), (129, 1),
+                                         (7, 64), (64, 7), (129, 33)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_seq_lengths(kernel, seq_q, seq_k, causal):
+    _check(kernel, 1, 1, seq_q, seq_k, 32, None, causal)
+
+
+@pytest.mark.parametrize("mask", ["lengths", "left", "random", "none_attended"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_padding_mask(kernel, mask, causal):
+    out, m = _check(kernel, 3, 3, 37, 70, 32, mask, causal)
+    dead = ~m.any(dim=-1)  # batch rows with no attended key -> exactly zero output
+    if dead.any():
+        assert (out[dead] == 0).all()
+    if mask in ("lengths", "none_attended"):
+        assert dead[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch,heads,seq_q,seq_k,head_dim,mask,causal", [
+    (3, 1, 129, 129, 64, "lengths", True),
+    (1, 3, 7, 64, 80, None, False),
+    (3, 3, 64, 33, 128, "random", True),
+    (1, 1, 1, 7, 16, "left", False),
+])
+def test_low_precision(kernel, dtype, batch, heads, seq_q, seq_k, head_dim, mask, causal):
+    _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask, causal, dtype=dtype)
+
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (16, 64), (64, 16), (32, 128)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tile_sizes(kernel, block_m, block_n, causal):
+    # the causal diagonal split and the leading-padding skip with tiles of any shape
+    _check(kernel, 3, 1, 100, 75, 48, "left", causal, block_m=block_m, block_n=block_n)
+    _check(kernel, 1, 1, 75, 100, 48, None, causal, block_m=block_m, block_n=block_n)
+
+
+def test_strided_inputs(kernel):
+    batch, seq, heads, head_dim = 3, 29, 3, 48
+    g = torch.Generator().manual_seed(1)
+    # a packed (batch, seq, 3 * hidden) projection viewed as (batch, heads, seq, head_dim)
+    qkv = torch.randn(batch, seq, 3, heads, head_dim + 8, generator=g)[..., :head_dim]
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    assert not q.is_contiguous() and not k.is_contiguous()
+    mask = (torch.rand(batch, 2 * seq, generator=g) < 0.7)[:, ::2]  # strided bool mask
+    mask[:, 0] = True
+    for causal in (False, True):
+        out = kernel.attention_fwd(q, k, v, mask, causal=causal)
+        _assert_close(out, _ref64(q, k, v, mask, causal), 1e-5, 1e-5, f"strided causal={causal}")
+        contig = kernel.attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), mask.contiguous(), causal)
+        torch.testing.assert_close(out, contig, atol=1e-6, rtol=1e-6)
+
+
+def test_scale(kernel):
+    q, k, v, m = _inputs(3, 1, 20, 30, 64, mask="lengths")
+    for scale in (0.05, 1.0, 0.3):
+        out = kernel.attention_fwd(q, k, v, m, causal=True, scale=scale)
+        _assert_close(out, _ref64(q, k, v, m, True, scale=scale), 1e-5, 1e-5, f"scale={scale}")
+
+
+def test_large_logits_no_overflow(kernel):
+    # online softmax must subtract the running max: logits ~ +-1e3 would overflow exp
+    q, k, v, m = _inputs(1, 3, 40, 70, 32, mask="random")
+    out = kernel.attention_fwd(q * 30, k * 30, v, m)
+    _assert_close(out, _ref64(q * 30, k * 30, v, m, False), 1e-4, 1e-4, "large logits")
+
+
+def test_empty_sequences(kernel):
+    q, k, v, _ = _inputs(2, 3, 5, 0, 32)
+    out = kernel.attention_fwd(q, k, v, torch.zeros(2, 0, dtype=torch.bool))
+    assert out.shape == (2, 3, 5, 32) and (out == 0).all()
+    q, k, v, _ = _inputs(2, 3, 0, 5, 32)
+    assert kernel.attention_fwd(q, k, v).shape == (2, 3, 0, 32)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(q=torch.zeros(2, 3, 4)), "q must be a 4-D"),
+    (dict(k=torch.zeros(2, 3, 5, 16)), "head_dim"),
+    (dict(v=torch.zeros(2, 3, 6, 32)), "k seq"),
+    (dict(k=torch.zeros(1, 3, 5, 32)), "batch and heads"),
+    (dict(v=torch.zeros(2, 3, 5, 32, dtype=torch.float16)), "share a dtype"),
+    (dict(q=torch.zeros(2, 3, 4, 32, dtype=torch.float64)), "q has dtype"),
+    (dict(key_padding_mask=torch.ones(2, 5)), "must be bool"),
+    (dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), r"\(batch, seq_k\)"),
+    (dict(q=torch.zeros(2, 3, 4, 512), k=torch.zeros(2, 3, 5, 512), v=torch.zeros(2, 3, 5, 512)), "head_dim"),
+])
+def test_argument_checks(kernel, bad, match):
+    args = dict(q=torch.zeros(2, 3, 4, 32), k=torch.zeros(2, 3, 5, 32), v=torch.zeros(2, 3, 5, 32),
+                key_padding_mask=None)
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        kernel.attention_fwd(**args)
+
+
+def test_import_without_triton(monkeypatch):
+    """``import fastft`` never needs Triton; the kernel module says clearly what is missing."""
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
+    monkeypatch.delitem(sys.modules, _MOD, raising=False)
+    import fastft
+    import fastft.kernels  # noqa: F401
+
+    assert fastft.__version__
+    with pytest.raises(ImportError, match="needs Triton"):
+        importlib.import_module(_MOD)
+    monkeypatch.delitem(sys.modules, _MOD, raising=False)
+
+
+# ---------------------------------------------------------------- GPU (-m gpu)
+
+_GPU_SEQS = [1, 7, 64, 129, 512]
+
+
+@pytest.fixture(scope="module")
+def gpu_kernel(_restore_env):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if _triton_mode() == "interpret":
+        pytest.skip("triton runs in interpreter mode in this process; "
+                    "run `pytest -m gpu tests/test_attention_triton.py` on its own")
+    return _load_kernel(interpret=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("head_dim", [32, 48, 64, 128])
+@pytest.mark.parametrize("batch,heads", [(1, 1), (1, 12), (3, 1), (3, 12)])
+def test_gpu_grid(gpu_kernel, dtype, head_dim, batch, heads):
+    """Full grid on CUDA with a fixed tile (one compile per specialisation): seq {1..512}
+    (also seq_q != seq_k), masks, causal."""
+    for seq_q in _GPU_SEQS:
+        for seq_k in sorted({seq_q, 129}):
+            for mask in (None, "lengths", "random"):
+                for causal in (False, True):
+                    q, k, v, m = _inputs(batch, heads, seq_q, seq_k, head_dim, dtype, mask, device="cuda")
+                    out = gpu_kernel.attention_fwd(q, k, v, m, causal=causal, block_m=64, block_n=32)
+                    what = (f"B{batch} H{heads} Sq{seq_q} Sk{seq_k} D{head_dim} mask={mask} "
+                            f"causal={causal} {dtype}")
+                    if dtype == torch.float32:
+                        _assert_close(out, _ref64(q, k, v, m, causal), 1e-5, 1e-5, what)
+                    else:
+                        _assert_lowp(out, q, k, v, m, causal, what)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim,seq_q,seq_k,mask,causal", [
+    (64, 512, 512, None, False), (64, 129, 512, "lengths", True), (128, 512, 129, "random", False),
+    (128, 1000, 1000, "lengths", True), (48, 300, 300, None, True),
+])
+def test_gpu_autotuned(gpu_kernel, dtype, head_dim, seq_q, seq_k, mask, causal):
+    """The default (autotuned) path."""
+    q, k, v, m = _inputs(3, 12, seq_q, seq_k, head_dim, dtype, mask, device="cuda")
+    out = gpu_kernel.attention_fwd(q, k, v, m, causal=causal)
+    _assert_lowp(out, q, k, v, m, causal, f"autotuned D{head_dim} Sq{seq_q} Sk{seq_k} {mask} {causal} {dtype}")
+
+
+@pytest.mark.gpu
+def test_gpu_tf32_flag(gpu_kernel):
+    q, k, v, m = _inputs(2, 4, 257, 257, 64, torch.float32, "lengths", device="cuda")
+    ref = _ref64(q, k, v, m, False)
+    exact = gpu_kernel.attention_fwd(q, k, v, m)
+    _assert_close(exact, ref, 1e-5, 1e-5, "fp32 ieee")
+    tf32 = gpu_kernel.attention_fwd(q, k, v, m, allow_tf32=True)
+    _assert_close(tf32, ref, 5e-3, 5e-3, "fp32 tf32")
