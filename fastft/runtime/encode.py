@@ -1,0 +1,82 @@
+"""Thread-safe tokenization into length-sorted, dynamically padded numpy batches.
+
+A Hugging Face *fast* tokenizer re-configures its Rust tokenizer (padding, truncation)
+on every call, so two threads calling it at once can race ("Already borrowed") or see
+each other's settings. The :class:`Encoder` instead keeps one private Rust tokenizer per
+thread, configured once (truncation at ``max_length``, no padding), and pads in numpy.
+A slow (Python) tokenizer falls back to a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Encoded:
+    """Token ids of a list of texts, unpadded, in input order."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    truncated: list[bool]
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+class Encoder:
+    """Tokenize texts with truncation at ``max_length``; build padded batches."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.max_length = int(max_length)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._json = backend.to_str() if backend is not None else None
+        self._slow = tokenizer if backend is None else None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _rust(self):
+        tok = getattr(self._local, "tok", None)
+        if tok is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(self._json)
+            tok.no_padding()
+            tok.enable_truncation(self.max_length)
+            self._local.tok = tok
+        return tok
+
+    def encode(self, texts: list[str]) -> Encoded:
+        if self._json is not None:
+            encs = self._rust().encode_batch(texts, add_special_tokens=True)
+            return Encoded([e.ids for e in encs], [e.type_ids for e in encs], [bool(e.overflowing) for e in encs])
+        with self._lock:  # slow tokenizer: not re-entrant-safe with per-call settings
+            full = self._slow(texts, truncation=False, padding=False, add_special_tokens=True)["input_ids"]
+            out = self._slow(texts, truncation=True, max_length=self.max_length, padding=False,
+                             return_token_type_ids=True)
+        types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
+        return Encoded(out["input_ids"], types, [len(f) > self.max_length for f in full])
+
+    def batch(self, enc: Encoded, idx, int_dtype=np.int64) -> dict[str, np.ndarray]:
+        """input_ids / attention_mask / token_type_ids for the texts ``idx``, padded to the longest."""
+        width = max(len(enc.ids[i]) for i in idx)
+        n = len(idx)
+        ids = np.full((n, width), self.pad_id, dtype=int_dtype)
+        mask = np.zeros((n, width), dtype=int_dtype)
+        types = np.zeros((n, width), dtype=int_dtype)
+        for row, i in enumerate(idx):
+            k = len(enc.ids[i])
+            ids[row, :k] = enc.ids[i]
+            mask[row, :k] = 1
+            types[row, :k] = enc.type_ids[i]
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (longest first), so padding is small."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]

@@ -1,0 +1,132 @@
+"""ONNX Runtime sessions tuned for low-latency serving of an encoder.
+
+    opts = session_options(threads=2, spinning=False, level="all")
+    sess = create_session("model.onnx", opts, device="cpu")
+
+Choices (each measured by ``fastft bench``, see bench/results):
+
+- intra-op threads default to the physical cores (hyper-threads slow GEMMs down);
+  inter-op 1 and sequential execution: an encoder is one chain of ops.
+- spinning off by default (``session.intra_op.allow_spinning = 0``): ORT's spinning worker
+  threads otherwise keep cores busy between calls and steal them from the rest of the
+  process (tokenizer, web server, other models); turn it on for a dedicated box.
+- the graph optimisation level: ``all`` for a plain export; a file whose optimisation was
+  baked in by ``fastft export`` (recorded in fastft.json) only gets the cheap ``basic`` pass.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastft.errors import FastftError, ModelError
+
+LEVELS = ("disable", "basic", "extended", "all")
+
+
+class DeviceError(FastftError):
+    """The requested device cannot be used (no GPU, no CUDA provider...)."""
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:
+        n = None
+    return int(n or os.cpu_count() or 1)
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """"cpu" | "cuda" | "cuda:N" -> (kind, index)."""
+    d = str(device).strip().lower()
+    if d == "cpu":
+        return "cpu", 0
+    if d == "cuda" or d == "gpu":
+        return "cuda", 0
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "cuda", int(d[5:])
+    raise FastftError(f"device must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
+
+
+def session_options(threads: int | None = None, spinning: bool = False, level: str = "all",
+                    sequential: bool = True):
+    """An ``onnxruntime.SessionOptions`` with the serving defaults described above."""
+    import onnxruntime as ort
+
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise FastftError(f"threads must be a positive integer (got {threads!r})")
+    if level not in LEVELS:
+        raise FastftError(f"graph optimisation level must be one of {', '.join(LEVELS)} (got {level!r})")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if sequential else ort.ExecutionMode.ORT_PARALLEL
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3  # errors only
+    return opts
+
+
+def create_session(path: str | Path, options, device: str = "cpu"):
+    """An InferenceSession on ``device``; one clear error for a missing/corrupt file or device."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist")
+    kind, index = parse_device(device)
+    if kind == "cuda":
+        check_cuda_provider()
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first[:300]})") from None
+    if kind == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise DeviceError(f"ONNX Runtime could not start CUDA for {path.name} (providers: {sess.get_providers()}); "
+                          "check the CUDA/cuDNN libraries that onnxruntime-gpu needs")
+    return sess
+
+
+def check_cuda_provider() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise DeviceError("device='cuda' needs a GPU build of ONNX Runtime with a visible GPU "
+                          f"(this onnxruntime offers {', '.join(ort.get_available_providers())}); "
+                          "install onnxruntime-gpu (pip install 'fastft[gpu]') or use device='cpu'")
+
+
+def baked_level(meta: dict, filename: str) -> str | None:
+    """The ORT optimisation level already applied offline to ``filename``, from fastft.json."""
+    onnx = meta.get("onnx") if isinstance(meta, dict) else None
+    if not isinstance(onnx, dict):
+        return None
+    files = onnx.get("files")
+    entry = files.get(filename) if isinstance(files, dict) else None
+    for src in (entry, onnx):
+        if not isinstance(src, dict):
+            continue
+        for key in ("ort_optimization_level", "optimization_level", "graph_optimization_level", "opt_level"):
+            value = src.get(key)
+            if isinstance(value, str) and value:
+                v = value.lower().replace("ort_", "").replace("enable_", "")
+                if v.startswith("disable"):
+                    return None
+                return v if v in LEVELS else "extended"
+            if isinstance(value, int) and value > 0:
+                return LEVELS[min(value, 3)]
+        if src.get("optimized") is True:
+            return "extended"
+    return None
