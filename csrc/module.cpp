@@ -6,7 +6,17 @@
 #include <omp.h>
 #endif
 
+#include <string>
+#include <vector>
+
 namespace py = pybind11;
+
+// attention.cpp
+void register_attention(py::module_& m);
+namespace fastft {
+std::string attention_isa();
+std::vector<std::string> attention_isas();
+}  // namespace fastft
 
 static py::dict build_info() {
   py::dict info;
@@ -24,10 +34,16 @@ static py::dict build_info() {
   info["cpu_fma"] = static_cast<bool>(__builtin_cpu_supports("fma"));
   info["cpu_avx512f"] = static_cast<bool>(__builtin_cpu_supports("avx512f"));
 #endif
+  // SIMD copy of the fused-attention kernel used at run time (override: FASTFT_ATTN_ISA).
+  info["attention_isa"] = fastft::attention_isa();
+  py::list isas;
+  for (const auto& s : fastft::attention_isas()) isas.append(s);
+  info["attention_isas"] = isas;
   return info;
 }
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastft native CPU kernels";
   m.def("build_info", &build_info, "Compiler, OpenMP and CPU-feature information of this build");
+  register_attention(m);
 }

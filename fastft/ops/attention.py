@@ -1,0 +1,258 @@
+"""The fused attention op: reference, custom-op schema and per-device dispatch.
+
+    out = fused_attention(q, k, v, key_padding_mask=None, causal=False, scale=None)
+
+    q:   (batch, heads, seq_q, head_dim)
+    k,v: (batch, heads, seq_k, head_dim)      seq_q may differ from seq_k
+    out: (batch, heads, seq_q, head_dim), dtype of q
+
+Semantics: ``softmax(q @ k^T * scale + mask) @ v`` with ``scale = head_dim ** -0.5`` by
+default, and:
+
+* ``key_padding_mask``: bool ``(batch, seq_k)``, True = attend (the fast path), or an
+  additive float mask broadcastable to ``(batch, 1, 1, seq_k)`` (a 2-D float mask is read as
+  ``(batch, seq_k)`` too), added to the scores as is: ``-inf`` masks a key, a finite value
+  (e.g. ``finfo.min``) is just a large negative bias.
+* ``causal``: torch SDPA's ``is_causal`` convention, aligned top-left: query ``i`` attends
+  keys ``j <= i``, also when ``seq_q != seq_k`` (flash-attention aligns bottom-right
+  instead; we follow SDPA so the reference matches ``scaled_dot_product_attention``).
+* A query row whose every key is masked (score ``-inf``) returns zeros, never NaN.
+
+Backends (one custom op ``fastft::fused_attention``, registered per device, with a fake
+implementation for torch.compile / torch.export):
+
+* CUDA: the Triton kernel ``fastft.kernels.attention.attention_fwd`` (fp16/bf16/fp32).
+  An additive float mask it cannot express (anything but 0 / -inf) and fp64 use the
+  reference.
+* CPU: the C++ kernel ``fastft._C.attention_fwd_f32`` when built (fp32; fp16/bf16 are
+  computed in fp32 and cast back; fp64 uses the reference), else the reference. The SIMD
+  copy is picked at run time (``fastft._C.attention_isa()``; ``FASTFT_ATTN_ISA=avx2|
+  avx512|generic`` forces one). Threads: ``torch.get_num_threads()``.
+* head_dim 1..256 on every backend.
+
+Forward-only kernels: the op's backward recomputes the reference under autograd (correct,
+memory-hungry: O(seq_q * seq_k) per head). fastft is an inference library; train with the
+model's own attention.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["fused_attention", "attention_ref", "cpu_backend", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
+
+MAX_HEAD_DIM = 256
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# mask normalisation and the reference
+# ---------------------------------------------------------------------------------------
+def _normalize_mask(mask: Optional[Tensor], batch: int, seq_k: int, q: Tensor) -> Optional[Tensor]:
+    """A bool (batch, seq_k) mask, or a float (batch, seq_k) additive bias (fp32; fp64 for
+    fp64 inputs), contiguous. Raises ValueError naming ``key_padding_mask``."""
+    if mask is None:
+        return None
+    name = "key_padding_mask"
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.device != q.device:
+        raise ValueError(f"{name} is on {mask.device}, q is on {q.device}")
+    is_bool = mask.dtype == torch.bool
+    if not is_bool and not mask.is_floating_point():
+        raise ValueError(f"{name} must be bool (True = attend) or an additive float mask, got {mask.dtype}")
+    shape = tuple(mask.shape)
+    ok_2d = len(shape) == 2 and shape[0] in (1, batch) and shape[1] == seq_k
+    if ok_2d:
+        m = mask[:, None, None, :]
+    else:
+        ok = 1 <= len(shape) <= 4
+        if ok:
+            padded = (1,) * (4 - len(shape)) + shape
+            ok = padded[0] in (1, batch) and padded[1] == 1 and padded[2] == 1 and padded[3] in (1, seq_k)
+            ok = ok and (not is_bool or padded[3] == seq_k)
+        if not ok:
+            raise ValueError(
+                f"{name} has shape {shape}; expected (batch, seq_k) = ({batch}, {seq_k})"
+                + ("" if is_bool else f" or a shape broadcastable to ({batch}, 1, 1, {seq_k})"))
+        m = mask.reshape(padded)
+    m = m.expand(batch, 1, 1, seq_k).reshape(batch, seq_k)
+    if is_bool:
+        return m.contiguous()
+    return m.to(torch.float64 if q.dtype == torch.float64 else torch.float32).contiguous()
+
+
+def attention_ref(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
+                  causal: bool = False, scale: Optional[float] = None, upcast: bool = True) -> Tensor:
+    """The reference: stable softmax attention with plain torch ops.
+
+    Same arguments and semantics as :func:`fused_attention`. ``upcast=True`` computes in
+    float64, ``upcast=False`` in the input dtype (to measure PyTorch's own low-precision
+    error); the result is returned in the input dtype.
+    """
+    dtype = q.dtype
+    ct = torch.float64 if upcast else dtype
+    batch, _, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    if scale is None:
+        scale = head_dim ** -0.5
+    if seq_k == 0 or seq_q == 0:
+        return q.new_zeros(q.shape)
+    s = torch.matmul(q.to(ct), k.to(ct).transpose(-1, -2)) * scale
+    mask = _normalize_mask(key_padding_mask, batch, seq_k, q)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        else:
+            s = s + mask.to(ct)[:, None, None, :]
+    if causal:
+        keep = torch.ones(seq_q, seq_k, dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(~keep, float("-inf"))
+    row_max = s.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max)
+    p = torch.exp(s - row_max)  # a fully masked row: exp(-inf) = 0 everywhere
+    denom = p.sum(dim=-1, keepdim=True)
+    out = torch.matmul(p, v.to(ct)) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return out.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# the custom op and its per-device kernels
+# ---------------------------------------------------------------------------------------
+@torch.library.custom_op("fastft::fused_attention", mutates_args=())
+def _fused_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+                        causal: bool, scale: float) -> Tensor:
+    """Devices without a kernel of their own: the reference (computed in float64)."""
+    return attention_ref(q, k, v, mask, causal, scale).contiguous()
+
+
+@_fused_attention_op.register_fake
+def _fused_attention_fake(q, k, v, mask, causal, scale):
+    return q.new_empty(q.shape)
+
+
+def _cpp():
+    """fastft._C if it is built and has the attention kernel, else None (read per call so a
+    test can switch the native library off)."""
+    from fastft import _native
+
+    c = _native._C
+    return c if c is not None and hasattr(c, "attention_fwd_f32") else None
+
+
+def cpu_backend() -> str:
+    """What the CPU path runs: ``"cpp:<isa>"`` or ``"reference"``."""
+    c = _cpp()
+    if c is None:
+        return "reference"
+    return f"cpp:{os.environ.get('FASTFT_ATTN_ISA') or c.attention_isa()}"
+
+
+@_fused_attention_op.register_kernel("cpu")
+def _fused_attention_cpu(q, k, v, mask, causal, scale):
+    c = _cpp()
+    if c is None or q.dtype == torch.float64:
+        return attention_ref(q, k, v, mask, causal, scale).contiguous()
+    qf, kf, vf = (t.to(torch.float32).contiguous() for t in (q, k, v))
+    out = torch.empty(q.shape, dtype=torch.float32)
+    mask_ptr = bias_ptr = 0
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            mask = mask.contiguous()
+            mask_ptr = mask.data_ptr()
+        else:
+            mask = mask.to(torch.float32).contiguous()
+            bias_ptr = mask.data_ptr()
+    batch, heads, seq_q, head_dim = q.shape
+    c.attention_fwd_f32(qf.data_ptr(), kf.data_ptr(), vf.data_ptr(), mask_ptr, bias_ptr,
+                        out.data_ptr(), batch, heads, seq_q, k.shape[2], head_dim, bool(causal),
+                        float(scale), torch.get_num_threads(),
+                        os.environ.get("FASTFT_ATTN_ISA", "auto") or "auto")
+    return out if q.dtype == torch.float32 else out.to(q.dtype)
+
+
+@_fused_attention_op.register_kernel("cuda")
+def _fused_attention_cuda(q, k, v, mask, causal, scale):
+    if q.dtype not in _TRITON_DTYPES:
+        return attention_ref(q, k, v, mask, causal, scale).contiguous()
+    if mask is not None and mask.dtype != torch.bool:
+        # the Triton kernel takes a bool mask; an additive mask of only 0 / -inf is one
+        if not bool(((mask == 0) | (mask == float("-inf"))).all()):
+            return attention_ref(q, k, v, mask, causal, scale).contiguous()
+        mask = mask == 0
+    from fastft.kernels.attention import attention_fwd
+
+    return attention_fwd(q, k, v, key_padding_mask=mask, causal=causal, scale=scale).contiguous()
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, causal, scale = inputs
+    ctx.save_for_backward(q, k, v, mask)
+    ctx.causal, ctx.scale = causal, scale
+
+
+def _backward(ctx, grad_out):
+    """Recompute the reference under autograd (forward-only kernels)."""
+    q, k, v, mask = ctx.saved_tensors
+    with torch.enable_grad():
+        qd, kd, vd = (t.detach().requires_grad_(True) for t in (q, k, v))
+        out = attention_ref(qd, kd, vd, mask, ctx.causal, ctx.scale)
+        gq, gk, gv = torch.autograd.grad(out, (qd, kd, vd), grad_out)
+    return gq, gk, gv, None, None, None
+
+
+_fused_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------
+# the public wrapper: validation and normalisation
+# ---------------------------------------------------------------------------------------
+def _check_inputs(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"k has shape {tuple(k.shape)}; expected (batch, heads, seq_k, head_dim) = "
+                         f"({q.shape[0]}, {q.shape[1]}, seq_k, {q.shape[3]}) to match q {tuple(q.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v has shape {tuple(v.shape)}; expected the shape of k {tuple(k.shape)}")
+    head_dim = q.shape[3]
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"q has head_dim {head_dim}; supported head_dim: 1..{MAX_HEAD_DIM}")
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
+                    causal: bool = False, scale: Optional[float] = None) -> Tensor:
+    """softmax(q k^T * scale + mask) v, fused (see the module docstring for semantics).
+
+    q: (batch, heads, seq_q, head_dim); k, v: (batch, heads, seq_k, head_dim), same dtype
+    (fp16, bf16, fp32, fp64) and device. key_padding_mask: bool (batch, seq_k), True =
+    attend, or an additive float mask broadcastable to (batch, 1, 1, seq_k). causal: query
+    i attends keys j <= i (top-left, as SDPA). scale: default head_dim ** -0.5.
+    Returns (batch, heads, seq_q, head_dim) in q's dtype. Raises ValueError naming the
+    offending argument.
+    """
+    _check_inputs(q, k, v)
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be a bool, got {type(causal).__name__}")
+    if scale is None:
+        scale = q.shape[3] ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    mask = _normalize_mask(key_padding_mask, q.shape[0], k.shape[2], q)
+    return _fused_attention_op(q, k, v, mask, causal, float(scale))
