@@ -1,0 +1,239 @@
+"""fastft.load / Predictor on a tiny random BERT: parity with PyTorch, batching, threads, errors."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TEXTS = ["a fine film", "a dull, boring mess of a movie that goes on and on and on", "ok",
+         "brilliant acting and a great story, i loved every minute of it", "meh", "funny, warm and smart",
+         "clumsy, loud and stupid", "superb"]
+
+
+def _export(src: Path, out: Path) -> Path:
+    """The tiny model exported with fastft export (model.onnx + model_int8.onnx)."""
+    try:
+        from fastft.export import export
+    except ImportError:  # TEMPORARY until fastft.export lands
+        return _scratch_export(src, out)
+    export(src, out, int8=True, overwrite=True)
+    return out
+
+
+def _scratch_export(src, out):  # TEMPORARY
+    import torch
+    from onnxruntime.quantization import quantize_dynamic, QuantType
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(src, out)
+    m = AutoModelForSequenceClassification.from_pretrained(src).eval()
+    ids = torch.ones(2, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(m, (ids, ids, ids * 0), out / "model.onnx", input_names=names, output_names=["logits"],
+                      dynamic_axes={**{k: {0: "b", 1: "s"} for k in names}, "logits": {0: "b"}}, opset_version=17,
+                      dynamo=False)
+    quantize_dynamic(out / "model.onnx", out / "model_int8.onnx", weight_type=QuantType.QInt8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    return _export(tiny_model_dir, tmp_path_factory.mktemp("rt") / "tiny-onnx")
+
+
+@pytest.fixture(scope="module")
+def torch_ref(tiny_model_dir):
+    """Per-text (unpadded) PyTorch logits: the reference every backend must match."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    net = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def ref(texts):
+        with torch.inference_mode():
+            return np.concatenate([net(**tok([t], truncation=True, max_length=128, return_tensors="pt")).logits.numpy()
+                                   for t in texts])
+    return ref
+
+
+@pytest.fixture(scope="module")
+def pred(onnx_dir):
+    import fastft
+
+    return fastft.load(onnx_dir, threads=1)
+
+
+def assert_close(actual, expected, atol, what=""):
+    diff = np.abs(np.asarray(actual) - np.asarray(expected))
+    if diff.max() > atol:
+        i = np.unravel_index(diff.argmax(), diff.shape)
+        raise AssertionError(f"{what}: max |diff| {diff.max():.3g} > {atol} at {i}: {actual[i]} vs {expected[i]}")
+
+
+def test_logits_proba_predict_match_torch(pred, torch_ref):
+    ref = torch_ref(TEXTS)
+    logits = pred.logits(TEXTS)
+    assert logits.shape == (len(TEXTS), 2) and logits.dtype == np.float32
+    assert_close(logits, ref, 1e-4, "ORT vs torch logits")
+    proba = pred.predict_proba(TEXTS)
+    assert_close(proba.sum(axis=1), np.ones(len(TEXTS)), 1e-6, "rows sum to 1")
+    out = pred.predict(TEXTS)
+    assert [label for label, _ in out] == [pred.labels[j] for j in ref.argmax(axis=1)]
+    assert all(abs(s - p.max()) < 1e-6 for (_, s), p in zip(out, proba))
+    assert pred.labels == ["negative", "positive"]
+
+
+def test_batching_keeps_input_order(pred, torch_ref):
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(13)]  # mixed lengths, odd count
+    ref = torch_ref(texts)
+    for bs in (1, 3, 64):
+        assert_close(pred.logits(texts, batch_size=bs), ref, 1e-4, f"batch_size={bs}")
+
+
+def test_torch_backend_matches(tiny_model_dir, torch_ref):
+    import fastft
+
+    tp = fastft.load(tiny_model_dir, backend="torch")
+    assert_close(tp.logits(TEXTS, batch_size=3), torch_ref(TEXTS), 1e-4, "torch backend")
+    assert tp.info()["attention"]
+
+
+def test_int8_file_and_close(onnx_dir, pred, torch_ref):
+    import fastft
+
+    q = fastft.load(onnx_dir, int8=True, threads=1)
+    assert q.onnx_file.name == "model_int8.onnx" and pred.onnx_file.name == "model.onnx"
+    assert q.logits(TEXTS).shape == (len(TEXTS), 2)
+    assert_close(q.logits(TEXTS), torch_ref(TEXTS), 0.1, "int8 vs torch")
+
+
+def test_threads_give_serial_answers(pred):
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 4) for i in range(24)]
+    serial = [pred.logits(texts[k:k + 5 + k % 3], batch_size=2) for k in range(8)]
+    results, errors = {}, []
+
+    def worker(t):
+        try:
+            for m in range(4):
+                k = (t + m) % 8
+                results[(t, m)] = (k, pred.logits(texts[k:k + 5 + k % 3], batch_size=2))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert len(results) == 32
+    for k, got in results.values():
+        np.testing.assert_array_equal(got, serial[k])
+
+
+def test_optimum_style_dir_without_fastft_json(onnx_dir, tmp_path, torch_ref):
+    import fastft
+
+    d = tmp_path / "optimum"
+    shutil.copytree(onnx_dir, d)
+    for f in ("fastft.json", "model_int8.onnx", "model.safetensors"):
+        (d / f).unlink(missing_ok=True)
+    p = fastft.load(d, threads=1)
+    assert p.labels == ["negative", "positive"]  # from config.json id2label
+    assert p.max_length == 128
+    assert_close(p.logits(TEXTS), torch_ref(TEXTS), 1e-4, "optimum-style dir")
+
+
+@pytest.mark.parametrize("texts, match", [
+    ([], "empty"),
+    ("a single string", "not a single string"),
+    (["fine", 3], "#1 is not a string"),
+    (["fine", ""], "#1 is empty"),
+    (["fine", "   "], "#1 is empty"),
+    (None, "must be a list"),
+])
+def test_bad_texts(pred, texts, match):
+    from fastft.runtime import InputError
+
+    with pytest.raises(InputError, match=match):
+        pred.predict(texts)
+
+
+def test_long_text_truncated_with_one_warning(onnx_dir, pred):
+    import fastft
+    from fastft.runtime import InputError, TruncationWarning
+
+    long = "word " * 5000
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = fastft.load(onnx_dir, threads=1)
+        a = p.logits([long, "short"])
+        b = p.logits([long])
+    hits = [w for w in caught if issubclass(w.category, TruncationWarning)]
+    assert len(hits) == 1 and "truncated" in str(hits[0].message)
+    assert hits[0].filename == __file__  # points at the caller, not the library
+    np.testing.assert_allclose(a[:1], b, atol=1e-5)
+    strict = fastft.load(onnx_dir, threads=1, truncation=False)
+    with pytest.raises(InputError, match="longer than the model's max length of 128"):
+        strict.predict(["short", long])
+
+
+def test_missing_and_corrupt_onnx(tiny_model_dir, tmp_path):
+    import fastft
+    from fastft.errors import ModelError
+
+    with pytest.raises(ModelError, match="no model.onnx"):
+        fastft.load(tiny_model_dir)
+    with pytest.raises(ModelError, match="does not exist"):
+        fastft.load(tmp_path / "nowhere")
+    d = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "model.onnx").write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        fastft.load(d)
+    with pytest.raises(ModelError, match="no model_int8.onnx"):
+        fastft.load(tiny_model_dir, int8=True)
+
+
+def test_bad_options(onnx_dir):
+    import fastft
+    from fastft.errors import FastftError
+
+    with pytest.raises(FastftError, match="backend must be"):
+        fastft.load(onnx_dir, backend="tensorflow")
+    with pytest.raises(FastftError, match="device must be"):
+        fastft.load(onnx_dir, device="tpu")
+    with pytest.raises(FastftError, match="threads must be"):
+        fastft.load(onnx_dir, threads=0)
+
+
+def test_cuda_without_gpu_is_a_clear_error(onnx_dir, tiny_model_dir):
+    import onnxruntime as ort
+    import torch
+
+    import fastft
+    from fastft.runtime import DeviceError
+
+    if "CUDAExecutionProvider" in ort.get_available_providers() or torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(DeviceError, match="GPU"):
+        fastft.load(onnx_dir, device="cuda")
+    with pytest.raises(DeviceError, match="CUDA GPU"):
+        fastft.load(tiny_model_dir, backend="torch", device="cuda")
+
+
+def test_cli_predict_uses_runtime(onnx_dir, capsys, torch_ref):
+    import json
+
+    from fastft.cli import main
+
+    assert main(["predict", "--model", str(onnx_dir), "--json", "a fine film", "ok"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    ref = torch_ref(["a fine film", "ok"])
+    assert [r["label"] for r in rows] == [["negative", "positive"][j] for j in ref.argmax(axis=1)]
