@@ -1,0 +1,113 @@
+"""Route a model's self-attention through :func:`fastft.ops.fused_attention`.
+
+    import fastft
+    model = fastft.swap_attention(model)     # in place; returns the model
+    fastft.unswap_attention(model)           # back to the attention it had before
+
+Supported: BERT, RoBERTa, ELECTRA (``fastft.swap.bert``) and DistilBERT
+(``fastft.swap.distilbert``) encoders, base models and task heads alike (sequence
+classification, token classification...), with transformers 5.x. One small module per
+architecture family says where its self-attention modules are and what they hold.
+
+How: transformers 5.x modules call ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``;
+the swap registers an implementation named ``"fastft"`` (``fastft.swap._interface``) and
+switches the model to it, remembering the implementation it had ("sdpa", "eager"...) so
+unswap restores exactly that. Nothing in the module tree is replaced.
+
+Training mode: the op has no attention dropout. A module in training mode with attention
+dropout > 0 falls back to torch SDPA with dropout (same as the original model); in eval
+mode, or with dropout 0, the op runs. Decoders (``is_decoder``) and cross-attention are
+refused: the swap is for encoders.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from fastft.errors import FastftError
+from fastft.swap import bert, distilbert
+from fastft.swap._interface import IMPL_NAME
+
+__all__ = ["swap_attention", "unswap_attention", "is_swapped", "attention_modules", "family", "SUPPORTED_MODEL_TYPES"]
+
+_FAMILIES: tuple[ModuleType, ...] = (bert, distilbert)
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in _FAMILIES for t in f.MODEL_TYPES)
+_STATE = "_fastft_swap"
+
+
+def family(model) -> ModuleType:
+    """The swap module for ``model``'s architecture; FastftError naming the supported ones."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise FastftError(f"swap_attention needs a transformers model (torch.nn.Module with .config), "
+                          f"got {type(model).__name__}")
+    model_type = getattr(model.config, "model_type", None)
+    for fam in _FAMILIES:
+        if model_type in fam.MODEL_TYPES:
+            return fam
+    raise FastftError(f"swap_attention does not support {type(model).__name__} (model_type {model_type!r}); "
+                      f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def attention_modules(model) -> list:
+    """The self-attention modules of a supported model, in layer order."""
+    return family(model).self_attention_modules(model)
+
+
+def is_swapped(model) -> bool:
+    return getattr(model, _STATE, None) is not None
+
+
+def _set_impl(model, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl
+    for m in attention_modules(model):  # a submodule with a config of its own
+        if m.config._attn_implementation != impl:
+            m.config._attn_implementation = impl
+
+
+def swap_attention(model):
+    """Route ``model``'s self-attention through the fused op, in place; returns ``model``.
+
+    Logits match the original within float32 rounding (1e-5 on the tests' models). Calling it
+    on a swapped model does nothing. Raises FastftError for an unsupported architecture, a
+    decoder / cross-attention model, or a transformers version without the attention
+    interface.
+    """
+    from fastft.swap import _interface
+
+    fam = family(model)
+    if is_swapped(model):
+        return model
+    cfg = model.config
+    if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
+        raise FastftError(f"swap_attention supports encoders only; {type(model).__name__} has "
+                          f"is_decoder={cfg.is_decoder}, add_cross_attention={getattr(cfg, 'add_cross_attention', False)}")
+    modules = fam.self_attention_modules(model)
+    if not modules:
+        raise FastftError(f"{type(model).__name__} has no {model.config.model_type} self-attention module to swap")
+    if not _interface.has_interface() or not all(_interface.uses_interface(m) for m in modules):
+        import transformers
+
+        raise FastftError(f"transformers {transformers.__version__} hard-codes the attention of "
+                          f"{type(modules[0]).__name__}; swap_attention needs transformers >= 5 "
+                          f"(its AttentionInterface)")
+    _interface.register()
+    original = cfg._attn_implementation
+    _set_impl(model, IMPL_NAME)
+    setattr(model, _STATE, {"attn_implementation": original, "num_layers": len(modules)})
+    return model
+
+
+def unswap_attention(model):
+    """Restore the attention implementation ``model`` had before :func:`swap_attention`;
+    returns ``model``. A model that is not swapped is returned unchanged."""
+    state = getattr(model, _STATE, None)
+    if state is None:
+        return model
+    _set_impl(model, state["attn_implementation"])
+    delattr(model, _STATE)
+    return model

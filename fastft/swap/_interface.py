@@ -1,0 +1,123 @@
+"""The "fastft" attention implementation for transformers' AttentionInterface (5.x).
+
+Two functions are registered under the name ``"fastft"``:
+
+* an attention function, ``fastft_attention_forward(module, query, key, value,
+  attention_mask, scaling, dropout, **kwargs)``: query/key/value ``(batch, heads, seq,
+  head_dim)``; returns ``(attn_output (batch, seq_q, heads, head_dim), None)`` like every
+  transformers attention function. It calls :func:`fastft.ops.fused_attention`.
+* a mask function for ``AttentionMaskInterface``: for a plain bidirectional (encoder) mask
+  it returns the 2-D key padding mask itself, bool ``(batch, seq_k)``, True = attend, which
+  is what the op takes (no ``(batch, 1, seq_q, seq_k)`` mask is ever materialised). Any
+  other mask pattern gets transformers' SDPA boolean 4-D mask.
+
+Masks the attention function accepts: ``None``; bool or float ``(batch, seq_k)``; a 4-D
+mask whose query dimension is 1, ``(batch, 1, 1, seq_k)`` (bool, or additive float such as
+``eager_mask``'s 0 / finfo.min). A mask that varies per query row (causal, a user-given
+4-D mask) is not a key padding mask: that call falls back to torch SDPA.
+
+Training: the op is an inference kernel without attention dropout. A module in training
+mode with attention dropout > 0 falls back to torch SDPA with that dropout, so a swapped
+model still trains exactly like the original; with dropout 0 the op is used (its backward
+is the reference's).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+IMPL_NAME = "fastft"
+
+_registered = False
+
+
+def _sdpa_fallback(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], scaling: float,
+                   dropout: float) -> Tensor:
+    if mask is not None:
+        if mask.dim() == 2:
+            mask = mask[:, None, None, :]
+        if mask.dtype != torch.bool:
+            mask = mask.to(query.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
+                                                           scale=scaling)
+    return out
+
+
+def key_padding_mask(mask: Optional[Tensor], seq_k: int) -> tuple[bool, Optional[Tensor]]:
+    """``(ok, kpm)``: the op's key_padding_mask for a transformers attention mask, and whether
+    the mask is a pure key padding mask at all (shape-based, never data-dependent)."""
+    if mask is None:
+        return True, None
+    if mask.dim() == 2:
+        return True, mask[:, -seq_k:] if mask.shape[1] != seq_k else mask
+    if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+        return True, mask[:, 0, 0, :]
+    return False, None
+
+
+def fastft_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                             attention_mask: Optional[Tensor], scaling: Optional[float] = None,
+                             dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
+    """transformers attention function: softmax(q k^T * scaling + mask) v through the fused op.
+
+    query: (batch, heads, seq_q, head_dim); key, value: (batch, heads, seq_k, head_dim).
+    Returns ((batch, seq_q, heads, head_dim), None): no attention weights.
+    """
+    from fastft import ops  # looked up per call, so a test can spy on ops.fused_attention
+
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    ok, kpm = key_padding_mask(attention_mask, key.shape[2])
+    if (module.training and dropout > 0.0) or not ok:
+        out = _sdpa_fallback(query, key, value, attention_mask, scaling, dropout if module.training else 0.0)
+    else:
+        out = ops.fused_attention(query, key, value, key_padding_mask=kpm, causal=False, scale=float(scaling))
+    return out.transpose(1, 2), None
+
+
+def fastft_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                mask_function=None, attention_mask: Optional[Tensor] = None, **kwargs) -> Optional[Tensor]:
+    """transformers mask function: the 2-D bool key padding mask for a bidirectional mask."""
+    from transformers import masking_utils as mu
+
+    if mask_function is None:
+        mask_function = mu.causal_mask_function
+    if mask_function is mu.bidirectional_mask_function and q_offset == 0 and kv_offset == 0:
+        if attention_mask is None:
+            return None
+        return attention_mask[:, -kv_length:].to(torch.bool)
+    return mu.sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                        kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask,
+                        **{k: v for k, v in kwargs.items() if k not in ("dtype", "config")})
+
+
+def has_interface() -> bool:
+    """True when the installed transformers has the attention + mask interfaces (5.x)."""
+    try:
+        from transformers import AttentionInterface  # noqa: F401
+        from transformers.masking_utils import AttentionMaskInterface  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def register() -> None:
+    """Register the "fastft" attention and mask functions (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(IMPL_NAME, fastft_attention_forward)
+    AttentionMaskInterface.register(IMPL_NAME, fastft_mask)
+    _registered = True
+
+
+def uses_interface(module: torch.nn.Module) -> bool:
+    """Does ``module.forward`` dispatch through ``ALL_ATTENTION_FUNCTIONS`` (not hard-coded)?"""
+    code = getattr(type(module).forward, "__code__", None)
+    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names

@@ -1,0 +1,34 @@
+"""DistilBERT self-attention.
+
+``layer.attention`` is a ``DistilBertSelfAttention`` with ``q_lin``, ``k_lin``, ``v_lin``
+and its output projection ``out_lin`` inside the same module. On transformers 5.x it
+dispatches through ``ALL_ATTENTION_FUNCTIONS``; transformers 4.5x hard-codes its attention
+(the swap refuses that version with a clear error instead of patching modules).
+"""
+
+from __future__ import annotations
+
+import torch
+
+MODEL_TYPES = ("distilbert",)
+
+
+def self_attention_classes() -> tuple[type, ...]:
+    from transformers.models.distilbert import modeling_distilbert as md
+
+    cls = getattr(md, "DistilBertSelfAttention", None) or getattr(md, "MultiHeadSelfAttention")
+    return (cls,)
+
+
+def self_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention modules of ``model``, in layer order."""
+    classes = self_attention_classes()
+    return [m for m in model.modules() if isinstance(m, classes)]
+
+
+def projections(module: torch.nn.Module) -> dict:
+    """The q/k/v Linear layers, heads and scale; ``out``: the output projection, inside the
+    module here (an exporter replacing the module's forward must apply it)."""
+    return {"q": module.q_lin, "k": module.k_lin, "v": module.v_lin, "out": module.out_lin,
+            "num_heads": module.n_heads, "head_dim": module.attention_head_size,
+            "scale": float(module.scaling)}
