@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #ifdef FASTFT_HAVE_OPENMP
 #include <omp.h>
