@@ -1,0 +1,411 @@
+"""Benchmark fastft.ops.fused_attention against PyTorch, CPU (default) or CUDA.
+
+    python bench/bench_attention.py                 # CPU -> bench/results/attention_cpu.{json,csv,png}
+    python bench/bench_attention.py --quick         # smoke run (small shapes, few reps, no files
+                                                    #   unless --out is given)
+    python bench/bench_attention.py --device cuda   # GPU -> bench/results/attention_gpu.{json,csv}
+
+CPU: fastft's C++ kernel (default SIMD path, and AVX2 forced) vs
+torch.nn.functional.scaled_dot_product_attention vs eager matmul-softmax-matmul; batch 1,
+12 heads, head_dim 32/64, seq 128..2048, with no mask and with a key padding mask (75% of
+keys valid, a prefix). All use torch.set_num_threads(--threads) (default 2).
+
+Method: per shape, every backend is warmed up, then the repetitions run round-robin over
+the backends (one call each per round, the order rotated every round), so load from other
+processes hits all of them alike; a 1024^3 fp32 torch.mm runs in the same rounds and gives
+the machine's GEMM rate at that moment. Reported per backend: median, p10, p90 (ms),
+GFLOP/s, fraction of the GEMM rate, ratio to SDPA and to eager (median/median).
+
+FLOP convention: 4 * batch * heads * seq_q * seq_k * head_dim (two matmuls, one multiply-add
+= 2 flops), counting every key, masked or not, and ignoring softmax; with a mask a kernel
+that skips masked keys therefore shows a higher "GFLOP/s" than the work it did.
+
+Peak memory: each backend runs once at seq 2048 (head_dim 64, mask) in a fresh subprocess;
+we report ru_maxrss after the call minus ru_maxrss after the inputs were created (extra
+peak resident memory of one call, MiB; includes the output tensor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------------------
+# machine description
+# ---------------------------------------------------------------------------------------
+def cpu_info() -> dict:
+    info = {"machine": platform.machine(), "logical_cpus": os.cpu_count()}
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name") and "model" not in info:
+                info["model"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                info["flags"] = sorted(f for f in flags if f in {
+                    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                    "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
+                break
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict:
+    import fastft
+    from fastft import _native
+    from fastft.ops import cpu_backend
+
+    v = {"python": platform.python_version(), "torch": torch.__version__,
+         "fastft": fastft.__version__, "fastft_build": _native.build_info(),
+         "fastft_cpu_backend": cpu_backend()}
+    try:
+        import triton
+
+        v["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        v["cuda"] = torch.version.cuda
+        v["gpu"] = torch.cuda.get_device_name()
+    return v
+
+
+def quantiles(ts: list[float]) -> dict:
+    ts = sorted(ts)
+    def q(p):
+        i = p * (len(ts) - 1)
+        lo, hi = int(i), min(int(i) + 1, len(ts) - 1)
+        return ts[lo] + (ts[hi] - ts[lo]) * (i - lo)
+    return {"median_ms": statistics.median(ts) * 1e3, "p10_ms": q(0.1) * 1e3, "p90_ms": q(0.9) * 1e3}
+
+
+# ---------------------------------------------------------------------------------------
+# CPU
+# ---------------------------------------------------------------------------------------
+def make_inputs(batch, heads, seq, head_dim, masked, device="cpu", dtype=torch.float32, valid=0.75):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=gen).to(device, dtype) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.zeros(batch, seq, dtype=torch.bool)
+        mask[:, : max(1, int(seq * valid))] = True
+        mask = mask.to(device)
+    return q, k, v, mask
+
+
+def cpu_backends(q, k, v, mask):
+    from fastft.ops import fused_attention
+
+    scale = q.shape[-1] ** -0.5
+    attn_bool = mask[:, None, None, :] if mask is not None else None
+    additive = None
+    if mask is not None:
+        additive = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, float("-inf"))[:, None, None, :]
+
+    def fastft_default():
+        return fused_attention(q, k, v, mask)
+
+    def fastft_avx2():
+        old = os.environ.get("FASTFT_ATTN_ISA")
+        os.environ["FASTFT_ATTN_ISA"] = "avx2"
+        try:
+            return fused_attention(q, k, v, mask)
+        finally:
+            if old is None:
+                del os.environ["FASTFT_ATTN_ISA"]
+            else:
+                os.environ["FASTFT_ATTN_ISA"] = old
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bool)
+
+    def eager():
+        s = torch.matmul(q, k.transpose(-1, -2)) * scale
+        if additive is not None:
+            s = s + additive
+        return torch.matmul(torch.softmax(s, dim=-1), v)
+
+    fns = {"fastft": fastft_default}
+    from fastft import _native
+
+    if _native.available() and "avx2" in _native._C.attention_isas() and _native._C.attention_isa() != "avx2":
+        fns["fastft_avx2"] = fastft_avx2
+    fns["sdpa"] = sdpa
+    fns["eager"] = eager
+    return fns
+
+
+def run_cpu(args) -> dict:
+    torch.set_num_threads(args.threads)
+    seqs = [128, 256] if args.quick else args.seqs
+    dims = [32] if args.quick else args.head_dims
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    gemm = lambda: torch.mm(a, b)  # noqa: E731
+    gemm_flops = 2 * 1024 ** 3
+    rows = []
+    for d in dims:
+        for seq in seqs:
+            for masked in (False, True):
+                q, k, v, mask = make_inputs(1, args.heads, seq, d, masked)
+                fns = cpu_backends(q, k, v, mask)
+                if not args.quick:  # correctness guard: every backend computes the same thing
+                    ref = fns["eager"]()
+                    for name, fn in fns.items():
+                        err = (fn() - ref).abs().max().item()
+                        assert err < 1e-4, f"{name} differs from eager by {err}"
+                fns["gemm_1024"] = gemm
+                for fn in fns.values():  # warm up
+                    fn()
+                    fn()
+                t_round = 0.0
+                for fn in fns.values():
+                    t0 = time.perf_counter()
+                    fn()
+                    t_round += time.perf_counter() - t0
+                reps = 3 if args.quick else max(args.min_reps, min(args.max_reps, int(args.seconds / t_round)))
+                times = {name: [] for name in fns}
+                names = list(fns)
+                load0 = os.getloadavg()[0]
+                for r in range(reps):
+                    order = names[r % len(names):] + names[: r % len(names)]
+                    for name in order:
+                        t0 = time.perf_counter()
+                        fns[name]()
+                        times[name].append(time.perf_counter() - t0)
+                load1 = os.getloadavg()[0]
+                flops = 4 * 1 * args.heads * seq * seq * d
+                gemm_q = quantiles(times.pop("gemm_1024"))
+                gemm_gflops = gemm_flops / (gemm_q["median_ms"] * 1e-3) / 1e9
+                stats = {name: quantiles(ts) for name, ts in times.items()}
+                for name, st in stats.items():
+                    gf = flops / (st["median_ms"] * 1e-3) / 1e9
+                    rows.append({
+                        "backend": name, "batch": 1, "heads": args.heads, "seq": seq, "head_dim": d,
+                        "mask": "75% valid" if masked else "none", "reps": reps,
+                        **{key: round(val, 4) for key, val in st.items()},
+                        "gflops": round(gf, 2), "gemm_gflops": round(gemm_gflops, 2),
+                        "frac_of_gemm": round(gf / gemm_gflops, 3),
+                        "vs_sdpa": round(stats["sdpa"]["median_ms"] / st["median_ms"], 3),
+                        "vs_eager": round(stats["eager"]["median_ms"] / st["median_ms"], 3),
+                        "loadavg_1m": [round(load0, 2), round(load1, 2)],
+                    })
+                    r_ = rows[-1]
+                    print(f"d={d:3d} seq={seq:5d} mask={r_['mask']:9s} {name:12s} "
+                          f"{r_['median_ms']:9.3f} ms [{r_['p10_ms']:.3f}, {r_['p90_ms']:.3f}] "
+                          f"{gf:7.1f} GFLOP/s  x{r_['vs_sdpa']:.2f} vs sdpa  x{r_['vs_eager']:.2f} vs eager "
+                          f"(gemm {gemm_gflops:.0f} GFLOP/s, load {load0:.1f}, reps {reps})", flush=True)
+    result = {"rows": rows}
+    if not args.quick:
+        result["peak_memory"] = peak_memory(args)
+    return result
+
+
+def _mem_child(backend: str, seq: int, head_dim: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    q, k, v, mask = make_inputs(1, 12, seq, head_dim, True)
+    fns = cpu_backends(q, k, v, mask)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = fns[backend]()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"backend": backend, "extra_peak_mib": (after - before) / 1024,
+                      "output_mib": out.numel() * out.element_size() / 2 ** 20}))
+
+
+def peak_memory(args) -> dict:
+    seq, d = 2048, 64
+    res = {"method": "fresh subprocess per backend; ru_maxrss after one call minus ru_maxrss after "
+                     "creating the inputs (includes the output tensor)",
+           "shape": {"batch": 1, "heads": 12, "seq": seq, "head_dim": d, "mask": "75% valid"},
+           "backends": {}}
+    for backend in ("fastft", "sdpa", "eager"):
+        cmd = [sys.executable, __file__, "--mem-child", backend, "--mem-seq", str(seq),
+               "--mem-head-dim", str(d), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        res["backends"][backend] = json.loads(out)
+        print("memory:", out, flush=True)
+    # what the kernel allocates by design: per thread packed K^T + padded V + scores + accumulators
+    skp, dp = -(-seq // 32) * 32, -(-d // 16) * 16
+    per_thread = 4 * (skp * d + skp * dp + 64 * 64 + 64 * dp + 3 * 64)
+    res["fastft_workspace_by_design_mib"] = {"per_thread": round(per_thread / 2 ** 20, 3),
+                                              "threads": args.threads,
+                                              "plus_key_bias_bytes": 5 * skp}
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA
+# ---------------------------------------------------------------------------------------
+def run_cuda(args) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fastft.ops import fused_attention
+
+    seqs = [512, 1024] if args.quick else [512, 1024, 2048, 4096, 8192]
+    rows = []
+    for dtype in (torch.float16, torch.bfloat16):
+        for d in (64, 128):
+            for seq in seqs:
+                for masked in (False, True):
+                    q, k, v, mask = make_inputs(args.gpu_batch, args.heads, seq, d, masked, "cuda", dtype)
+                    attn = mask[:, None, None, :] if mask is not None else None
+                    fns = {"fastft_triton": lambda: fused_attention(q, k, v, mask)}
+                    for bname, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                                      ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION),
+                                      ("sdpa_math", SDPBackend.MATH)):
+                        def fn(be=be):
+                            with sdpa_kernel(be):
+                                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn)
+                        try:
+                            fn()
+                            fns[bname] = fn
+                        except RuntimeError as exc:  # e.g. flash has no attn_mask, OOM for math
+                            print(f"skip {bname} seq={seq} d={d} mask={masked}: {str(exc).splitlines()[0]}")
+                    for fn in fns.values():
+                        for _ in range(3):
+                            fn()
+                    torch.cuda.synchronize()
+                    reps = 5 if args.quick else 30
+                    names = list(fns)
+                    times = {n: [] for n in names}
+                    for r in range(reps):
+                        order = names[r % len(names):] + names[: r % len(names)]
+                        for name in order:
+                            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                            s.record()
+                            fns[name]()
+                            e.record()
+                            e.synchronize()
+                            times[name].append(s.elapsed_time(e) * 1e-3)
+                    flops = 4 * args.gpu_batch * args.heads * seq * seq * d
+                    stats = {n: quantiles(ts) for n, ts in times.items()}
+                    base = stats.get("sdpa_flash") or stats.get("sdpa_efficient") or stats["sdpa_math"]
+                    for name, st in stats.items():
+                        tf = flops / (st["median_ms"] * 1e-3) / 1e12
+                        rows.append({"backend": name, "dtype": str(dtype).replace("torch.", ""),
+                                     "batch": args.gpu_batch, "heads": args.heads, "seq": seq,
+                                     "head_dim": d, "mask": "75% valid" if masked else "none",
+                                     **{kk: round(vv, 4) for kk, vv in st.items()}, "tflops": round(tf, 2),
+                                     "vs_best_sdpa": round(base["median_ms"] / st["median_ms"], 3)})
+                        print(f"{rows[-1]['dtype']} d={d} seq={seq} mask={masked} {name:15s} "
+                              f"{st['median_ms']:.3f} ms {tf:.1f} TFLOP/s", flush=True)
+                    del q, k, v, mask
+                    torch.cuda.empty_cache()
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------
+def write(result: dict, stem: str, out_dir: Path, plot: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    rows = result["rows"]
+    if rows:
+        keys = list(rows[0])
+        with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
+    if plot and rows:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        dims = sorted({r["head_dim"] for r in rows})
+        masks = sorted({r["mask"] for r in rows})
+        fig, axes = plt.subplots(len(dims), len(masks), figsize=(5 * len(masks), 3.6 * len(dims)), squeeze=False)
+        for i, d in enumerate(dims):
+            for j, m in enumerate(masks):
+                ax = axes[i][j]
+                for be in dict.fromkeys(r["backend"] for r in rows):
+                    sel = [r for r in rows if r["backend"] == be and r["head_dim"] == d and r["mask"] == m]
+                    ax.errorbar([r["seq"] for r in sel], [r["median_ms"] for r in sel],
+                                yerr=[[r["median_ms"] - r["p10_ms"] for r in sel],
+                                      [r["p90_ms"] - r["median_ms"] for r in sel]],
+                                marker="o", capsize=3, label=be)
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_title(f"head_dim {d}, mask {m}")
+                ax.set_xlabel("seq")
+                ax.set_ylabel("ms (median, p10-p90)")
+                ax.legend(fontsize=8)
+        fig.suptitle(f"fused attention, CPU, batch 1, 12 heads, {result['threads']} threads")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{stem}.png", dpi=90)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="smoke run: small shapes, few repetitions")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--seqs", type=int, nargs="+", default=[128, 512, 1024, 2048])
+    p.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--seconds", type=float, default=6.0, help="target time per shape (CPU)")
+    p.add_argument("--min-reps", type=int, default=9)
+    p.add_argument("--max-reps", type=int, default=60)
+    p.add_argument("--gpu-batch", type=int, default=8)
+    p.add_argument("--out", type=Path, default=None, help=f"result folder (default {RESULTS})")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--mem-child", help=argparse.SUPPRESS)
+    p.add_argument("--mem-seq", type=int, default=2048, help=argparse.SUPPRESS)
+    p.add_argument("--mem-head-dim", type=int, default=64, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.mem_child:
+        _mem_child(args.mem_child, args.mem_seq, args.mem_head_dim, args.threads)
+        return 0
+
+    t0 = time.time()
+    header = {"command": " ".join([Path(sys.executable).name] + sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpu": cpu_info(), "versions": versions(),
+              "threads": args.threads, "flop_convention": "4*B*H*Sq*Sk*D, all keys counted (masked too), "
+                                                          "softmax not counted",
+              "loadavg_start": os.getloadavg()}
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("no CUDA device", file=sys.stderr)
+            return 1
+        result = {**header, **run_cuda(args)}
+        stem = "attention_gpu"
+    else:
+        result = {**header, **run_cpu(args)}
+        stem = "attention_cpu"
+    result["loadavg_end"] = os.getloadavg()
+    result["wall_s"] = round(time.time() - t0, 1)
+    if args.quick and args.out is None:
+        print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+        return 0
+    write(result, stem, args.out or RESULTS, plot=not args.no_plot and args.device == "cpu")
+    print(f"wrote {(args.out or RESULTS) / stem}.json/.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
