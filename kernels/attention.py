@@ -215,8 +215,10 @@ def _gpu_configs():
 
 def _prune_configs(configs, named_args, **kwargs):
     """Drop tiles that cannot pay off: 8 warps on a 64-row tile, 4 warps on 128x128,
-    deep pipelines at head_dim > 128 (shared memory), BLOCK_M far beyond seq_q."""
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+    BLOCK_M = 128 for short queries, big/deep tiles at head_dim > 128 or in fp32
+    (shared memory). Configs that still do not fit are skipped by the autotuner."""
+    block_d = kwargs.get("BLOCK_D", 64)
+    wide = named_args["Q"].element_size() >= 4 or block_d > 128
     seq_q = named_args["seq_q"]
     kept = []
     for c in configs:
@@ -225,7 +227,7 @@ def _prune_configs(configs, named_args, **kwargs):
             continue
         if bm == 128 and bn == 128 and c.num_warps == 4:
             continue
-        if block_d > 128 and (c.num_stages > 2 or bn > 64):
+        if wide and (c.num_stages > 2 or bn > 64):
             continue
         if bm == 128 and seq_q <= 64:
             continue
@@ -335,7 +337,8 @@ def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
         mask_u8 = kv_start = kv_end = q  # never read (HAS_MASK=False)
         stride_mb = stride_mn = 0
 
-    input_precision = "tf32" if (allow_tf32 and q.dtype == torch.float32 and not INTERPRET) else "ieee"
+    # exact fp32 unless allowed otherwise; fp16/bf16 (and tf32) take the backend default
+    input_precision = "ieee" if (q.dtype == torch.float32 and not (allow_tf32 and not INTERPRET)) else None
     block_d = max(16, triton.next_power_of_2(head_dim))
     args = (
         q, k, v, out, mask_u8, kv_start, kv_end,
