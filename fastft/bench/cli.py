@@ -1,0 +1,90 @@
+"""``fastft bench``: latency, throughput and memory of every serving backend, interleaved."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_DOC = """measure latency, throughput and memory of every serving backend in one interleaved run
+
+examples:
+  fastft bench                                   # built-in model (the teacher if trained), seq 512, batch 1
+  fastft bench --seq 128,512 --threads 2 --json bench.json
+  fastft bench --seq 128,256,384,512 --plot latency.png --backends hf-eager,fastft-fp32,fastft-int8
+
+backends:
+{backends}
+
+Each repetition runs every backend once on the same batch x seq tokens (order rotated);
+ORT sessions use --threads intra-op threads, spinning off, sequential execution; torch uses
+torch.set_num_threads(--threads). Exports are cached under the fastft cache directory."""
+
+
+def register(sub) -> None:
+    from fastft.bench.harness import BACKENDS
+    from fastft.cli import add_command
+
+    doc = _DOC.format(backends="\n".join(f"  {k:<13} {v}" for k, v in BACKENDS.items()))
+    p = add_command(sub, "bench", "benchmark serving backends (HF eager, ONNX Runtime, peer INT8, fastft)", doc)
+    # --json FILE replaces the shared --json flag (which still works alone: JSON on stdout)
+    for holder in (p, getattr(p, "_optionals", None)):
+        if holder is not None:
+            holder.conflict_handler = "resolve"
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the result JSON to FILE; with no FILE, print it on stdout instead of the table")
+    p.add_argument("--model", default=None,
+                   help="model directory [the fine-tuned teacher if one exists, else minilm-l6 with a fresh head]")
+    p.add_argument("--seq", type=_int_list, default=[512], help="sequence length(s), comma-separated [512]")
+    p.add_argument("--batch", type=int, default=1, help="sequences per run [1]")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ORT [physical cores]")
+    p.add_argument("--backends", type=_str_list, default=None,
+                   help=f"comma-separated subset of: {','.join(BACKENDS)} [all]")
+    p.add_argument("--repeats", type=int, default=100, help="timed runs per backend and length [100]")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend and length first [5]")
+    p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of p50 latency against sequence length")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-backend memory probe (subprocesses)")
+    p.add_argument("--workdir", default=None, help="where exports are cached [FASTFT_CACHE/bench]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        vals = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return vals
+
+
+def _str_list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _run(args) -> int:
+    from fastft.bench import write_result
+    from fastft.bench.harness import BACKENDS, BenchConfig, format_table, run_bench
+    from fastft.errors import FastftError
+    from fastft.utils.io import dumps
+
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise FastftError(f"--plot writes a PNG; give a .png file name (got {args.plot!r})")
+    cfg = BenchConfig(model=args.model, seqs=args.seq, batch=args.batch, threads=args.threads,
+                      backends=args.backends or list(BACKENDS), repeats=args.repeats, warmup=args.warmup,
+                      memory=not args.no_memory, workdir=args.workdir, progress=not args.no_progress)
+    payload = run_bench(cfg)
+    if args.json and args.json != "-":
+        path = write_result(args.json, payload)
+        print(f"fastft bench: wrote {path}", file=sys.stderr)
+    if args.plot:
+        from fastft.bench.plot import plot_latency
+
+        print(f"fastft bench: wrote {plot_latency(payload, args.plot)}", file=sys.stderr)
+    if args.json == "-":
+        from fastft.bench import command_line, machine_info, versions
+
+        print(dumps({"command": command_line(), "machine": machine_info(), "versions": versions(), **payload}))
+    else:
+        print(format_table(payload))
+    return 0
