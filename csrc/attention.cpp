@@ -147,8 +147,7 @@ static float* alloc_floats(int64_t n) {
   return static_cast<float*>(p);
 }
 
-static bool run_range(ItemFn fn, const AttnParams& P, int64_t Dp, int64_t lo, int64_t hi) {
-  Workspace ws;
+static bool alloc_workspace(Workspace& ws, const AttnParams& P, int64_t Dp) {
   ws.kt = alloc_floats(P.Skp * P.D);
   ws.vp = alloc_floats(P.Skp * Dp);
   ws.s = alloc_floats(int64_t(BQ) * BK);
@@ -157,11 +156,20 @@ static bool run_range(ItemFn fn, const AttnParams& P, int64_t Dp, int64_t lo, in
   ws.l = alloc_floats(BQ);
   ws.alpha = alloc_floats(BQ);
   ws.cached_bh = -1;
-  const bool ok = ws.kt && ws.vp && ws.s && ws.o && ws.m && ws.l && ws.alpha;
-  if (ok)
-    for (int64_t it = lo; it < hi; ++it) fn(P, ws, it);
+  return ws.kt && ws.vp && ws.s && ws.o && ws.m && ws.l && ws.alpha;
+}
+
+static void free_workspace(Workspace& ws) {
   std::free(ws.kt); std::free(ws.vp); std::free(ws.s); std::free(ws.o);
   std::free(ws.m); std::free(ws.l); std::free(ws.alpha);
+}
+
+static bool run_range(ItemFn fn, const AttnParams& P, int64_t Dp, int64_t lo, int64_t hi) {
+  Workspace ws;
+  const bool ok = alloc_workspace(ws, P, Dp);
+  if (ok)
+    for (int64_t it = lo; it < hi; ++it) fn(P, ws, it);
+  free_workspace(ws);
   return ok;
 }
 
@@ -222,11 +230,19 @@ static void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t m
 #ifdef FASTFT_HAVE_OPENMP
 #pragma omp parallel num_threads(nt) reduction(+ : failed)
   {
-    // Static contiguous chunks: a thread walks its own query blocks of one head after
-    // another, so K (and V) of a head are packed once per thread.
-    const int tid = omp_get_thread_num();
-    const int nth = omp_get_num_threads();
-    if (!run_range(fn, P, Dp, items * tid / nth, items * (tid + 1) / nth)) failed += 1;
+    // Dynamic, one query block at a time, in (batch, head, block) order: balances causal
+    // work and threads descheduled by other load; consecutive items mostly share a head, so
+    // a thread repacks K (and V) only when it moves on to another head.
+    Workspace ws;
+    if (alloc_workspace(ws, P, Dp)) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < items; ++it) fn(P, ws, it);
+    } else {
+      failed += 1;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < items; ++it) {}
+    }
+    free_workspace(ws);
   }
 #else
   (void)nt;
