@@ -1,0 +1,37 @@
+"""Compression: distillation, structured pruning and quantization, alone or as one pipeline.
+
+    import fastft
+    from fastft import CompressConfig
+
+    report = fastft.compress("runs/teacher", CompressConfig(layers=3, prune_ffn=0.5, quantize="int8",
+                                                            output="runs/compressed"))
+    student = fastft.distill("runs/teacher", CompressConfig(layers=3), output="runs/student")
+    pruned = fastft.prune("runs/student", CompressConfig(prune_heads=0.25), output="runs/pruned")
+    q = fastft.quantize("runs/pruned", CompressConfig(quantize="int8"), output="runs/pruned-int8")
+
+See :mod:`fastft.compress.recipe` for the pipeline and :class:`CompressConfig` for every option.
+"""
+
+from fastft.compress.config import CompressConfig
+from fastft.compress.distill import distill
+from fastft.compress.prune import load_pruned, prune
+from fastft.compress.quantize import quantize
+from fastft.compress.recipe import StageResult, compress
+
+__all__ = ["CompressConfig", "StageResult", "compress", "distill", "load_pruned", "prune", "quantize"]
+
+
+def _make_callable() -> None:
+    """``fastft.compress`` is both this package and the pipeline function: importing a submodule
+    binds the package to ``fastft.compress``, so the package itself forwards calls to :func:`compress`."""
+    import sys
+    import types
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return compress(*args, **kwargs)
+
+    sys.modules[__name__].__class__ = _CallableModule
+
+
+_make_callable()

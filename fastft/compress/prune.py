@@ -1,0 +1,278 @@
+"""Structured pruning of BERT-style encoders: attention heads and FFN neurons, removed for real.
+
+Importance is measured on training batches with gradients (Michel et al. 2019 for heads;
+first-order Taylor for FFN neurons): a gate of ones multiplies each head's context vector
+(the input of ``attention.output.dense``) and each intermediate activation (the input of
+``output.dense``), and ``|d loss / d gate|``, summed over batches, is the importance. For an
+FFN neuron that gradient is ``sum_tokens act * grad``, the Taylor criterion.
+
+The same number of heads and neurons is removed from every layer, so ``intermediate_size``
+stays uniform and the config describes the shrunk shapes. Linear layers are sliced
+(``query/key/value`` rows, ``attention.output.dense`` columns; ``intermediate.dense`` rows,
+``output.dense`` columns): parameters and FLOPs drop.
+
+Reloading: FFN pruning changes only ``intermediate_size``, so the directory loads with plain
+``transformers``. Transformers 5 dropped ``prune_heads``/``config.pruned_heads`` for BERT, so a
+head-pruned directory records ``pruned_heads`` in config.json and loads with
+:func:`load_pruned` (which rebuilds the shapes, then loads the weights); its ONNX files
+are ordinary.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fastft.errors import FastftError, ModelError
+
+
+def _layers(model):
+    enc = getattr(getattr(model, model.base_model_prefix, model), "encoder", None)
+    layers = getattr(enc, "layer", None)
+    if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0], "intermediate"):
+        raise ModelError(f"{type(model).__name__}: structured pruning supports BERT-style encoders "
+                         "(encoder.layer[i].attention / intermediate / output)")
+    return layers
+
+
+def heads_of(layer) -> int:
+    return layer.attention.self.query.out_features // layer.attention.self.attention_head_size
+
+
+def check_fractions(model, prune_heads: float, prune_ffn: float) -> tuple[int, int]:
+    """(heads removed per layer, neurons removed per layer); FastftError if a layer would be emptied."""
+    layers = _layers(model)
+    n_heads = heads_of(layers[0])
+    n_ffn = layers[0].intermediate.dense.out_features
+    for name, v in (("--prune-heads", prune_heads), ("--prune-ffn", prune_ffn)):
+        if not 0 <= v < 1:
+            raise FastftError(f"{name} must be in [0, 1) (got {v})")
+    k_heads = int(round(prune_heads * n_heads))
+    k_ffn = int(round(prune_ffn * n_ffn))
+    if k_heads >= n_heads:
+        raise FastftError(f"--prune-heads {prune_heads} would remove all {n_heads} heads of a layer")
+    if k_ffn >= n_ffn:
+        raise FastftError(f"--prune-ffn {prune_ffn} would remove all {n_ffn} FFN neurons of a layer")
+    return k_heads, k_ffn
+
+
+def importance(model, batches, loss_fn, heads: bool = True, ffn: bool = True) -> dict:
+    """Gradient importance of every head and FFN neuron.
+
+    batches: iterable of batch objects; loss_fn(model, batch) -> scalar loss.
+    Returns {"heads": [tensor(n_heads)] per layer, "ffn": [tensor(intermediate)] per layer}.
+    """
+    import torch
+
+    layers = _layers(model)
+    gates, hooks = {"heads": [], "ffn": []}, []
+    for layer in layers:
+        d = layer.attention.self.attention_head_size
+        hg = torch.ones(heads_of(layer), requires_grad=True)
+        fg = torch.ones(layer.intermediate.dense.out_features, requires_grad=True)
+        gates["heads"].append(hg)
+        gates["ffn"].append(fg)
+        if heads:
+            hooks.append(layer.attention.output.dense.register_forward_pre_hook(
+                lambda m, args, g=hg, d=d: (args[0] * g.repeat_interleave(d),)))
+        if ffn:
+            hooks.append(layer.output.dense.register_forward_pre_hook(lambda m, args, g=fg: (args[0] * g,)))
+    scores = {"heads": [torch.zeros_like(g) for g in gates["heads"]],
+              "ffn": [torch.zeros_like(g) for g in gates["ffn"]]}
+    was_training = model.training
+    model.eval()  # no dropout: importance of the model as it will run
+    try:
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            grads = torch.autograd.grad(loss, gates["heads"] + gates["ffn"], allow_unused=True)
+            n = len(layers)
+            for i in range(n):
+                if grads[i] is not None:
+                    scores["heads"][i] += grads[i].abs()
+                if grads[n + i] is not None:
+                    scores["ffn"][i] += grads[n + i].abs()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    # Michel et al.: normalise head importance per layer (L2) so layers are comparable
+    scores["heads"] = [s / (s.norm() + 1e-12) for s in scores["heads"]]
+    return scores
+
+
+def _slice_linear(lin, index, dim: int):
+    """A new Linear keeping ``index`` along ``dim`` (0: outputs/rows, 1: inputs/columns)."""
+    import torch
+
+    index = index.to(lin.weight.device)
+    w = lin.weight.index_select(dim, index).detach().clone()
+    b = lin.bias
+    if b is not None:
+        b = (b.index_select(0, index) if dim == 0 else b).detach().clone()
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+def prune_layer_heads(layer, heads: list[int]) -> None:
+    """Remove attention ``heads`` (indices among the layer's current heads) from one layer."""
+    import torch
+
+    if not heads:
+        return
+    att = layer.attention.self
+    d = att.attention_head_size
+    n = heads_of(layer)
+    keep_heads = [h for h in range(n) if h not in set(heads)]
+    index = torch.tensor([h * d + j for h in keep_heads for j in range(d)], dtype=torch.long)
+    att.query = _slice_linear(att.query, index, 0)
+    att.key = _slice_linear(att.key, index, 0)
+    att.value = _slice_linear(att.value, index, 0)
+    layer.attention.output.dense = _slice_linear(layer.attention.output.dense, index, 1)
+    att.num_attention_heads = len(keep_heads)
+    att.all_head_size = len(keep_heads) * d
+
+
+def prune_layer_ffn(layer, keep) -> None:
+    """Keep only the FFN neurons ``keep`` (sorted indices) of one layer."""
+    layer.intermediate.dense = _slice_linear(layer.intermediate.dense, keep, 0)
+    layer.output.dense = _slice_linear(layer.output.dense, keep, 1)
+
+
+def apply_structured(model, scores: dict, k_heads: int, k_ffn: int) -> dict:
+    """Remove the ``k_heads`` least important heads and ``k_ffn`` neurons of every layer.
+
+    Updates the config (``intermediate_size``, ``pruned_heads``) and returns what was removed.
+    """
+    import torch
+
+    layers = _layers(model)
+    pruned = {}
+    for i, layer in enumerate(layers):
+        if k_heads:
+            order = torch.argsort(scores["heads"][i])  # least important first
+            heads = sorted(int(h) for h in order[:k_heads])
+            prune_layer_heads(layer, heads)
+            pruned[i] = heads
+        if k_ffn:
+            n = layer.intermediate.dense.out_features
+            keep = torch.sort(torch.argsort(scores["ffn"][i], descending=True)[:n - k_ffn]).values
+            prune_layer_ffn(layer, keep)
+    cfg = model.config
+    if k_ffn:
+        cfg.intermediate_size = layers[0].intermediate.dense.out_features
+    if k_heads:
+        old = {int(k): list(v) for k, v in (getattr(cfg, "pruned_heads", None) or {}).items()}
+        for i, heads in pruned.items():
+            # indices in the original numbering, as transformers 4 recorded them
+            orig = [h for h in range(cfg.num_attention_heads) if h not in set(old.get(i, []))]
+            old[i] = sorted(set(old.get(i, [])) | {orig[h] for h in heads})
+        cfg.pruned_heads = {str(k): v for k, v in old.items()}
+    return {"heads_removed_per_layer": k_heads, "ffn_removed_per_layer": k_ffn,
+            "pruned_heads": {str(k): v for k, v in pruned.items()}}
+
+
+def magnitude_prune(model, sparsity: float) -> dict:
+    """Zero the smallest-|w| fraction ``sparsity`` of each encoder Linear weight (unstructured).
+
+    The zeros stay in dense tensors: file size, FLOPs and latency on dense kernels do not drop.
+    """
+    import torch
+
+    if sparsity <= 0:
+        return {"sparsity": 0.0}
+    zeros = total = 0
+    with torch.no_grad():
+        for layer in _layers(model):
+            for m in layer.modules():
+                if isinstance(m, torch.nn.Linear):
+                    w = m.weight
+                    k = int(sparsity * w.numel())
+                    if k:
+                        thr = w.abs().flatten().kthvalue(k).values
+                        w.mul_((w.abs() > thr).to(w.dtype))
+                    zeros += int((w == 0).sum())
+                    total += w.numel()
+    return {"sparsity": sparsity, "encoder_linear_zeros": zeros, "encoder_linear_weights": total,
+            "measured_sparsity": zeros / max(1, total),
+            "note": "unstructured zeros in dense tensors: no speed-up or size drop on dense kernels"}
+
+
+def load_pruned(path, **kwargs):
+    """Load a (head-)pruned classifier directory: rebuild the pruned shapes, then load the weights.
+
+    Plain ``AutoModelForSequenceClassification.from_pretrained`` works for FFN-only pruning; this
+    also handles ``pruned_heads`` in config.json, which transformers 5 no longer applies.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from pathlib import Path
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(str(path))
+    pruned = {int(k): v for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
+    if not pruned:
+        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    model = AutoModelForSequenceClassification.from_config(config)
+    for i, layer in enumerate(_layers(model)):
+        if pruned.get(i):
+            prune_layer_heads(layer, sorted(pruned[i]))
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if "position_ids" not in m]
+    if missing or unexpected:
+        raise ModelError(f"{path}: weights do not match the pruned config ({missing[:2]}, {unexpected[:2]})")
+    return model.to(torch.float32).eval()
+
+
+def prune(model, config=None, **overrides):
+    """Prune ``model`` (directory or alias) with recovery distillation from it; see CompressConfig.
+
+        res = fastft.prune("runs/student", CompressConfig(prune_ffn=0.5, prune_heads=0.25))
+
+    Returns a :class:`fastft.compress.recipe.StageResult`; saved to ``output`` when given.
+    """
+    from fastft.compress.recipe import run_stage
+
+    return run_stage("prune", model, config, **overrides)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops(model, seq: int = 128) -> int:
+    """Forward FLOPs (2 x multiply-adds) of the encoder for one sequence of ``seq`` tokens.
+
+    Counts every Linear in the encoder (per token), the attention score and context matmuls
+    (``2 * seq^2 * heads * head_dim`` each), the pooler and the classifier (one token).
+    Embedding lookups, LayerNorm, softmax and GELU are left out (a few percent).
+    """
+    import torch
+
+    total = 0
+    for layer in _layers(model):
+        for m in layer.modules():
+            if isinstance(m, torch.nn.Linear):
+                total += 2 * m.in_features * m.out_features * seq
+        inner = layer.attention.self.query.out_features
+        total += 2 * 2 * seq * seq * inner
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and ("pooler" in name or "classifier" in name):
+            total += 2 * m.in_features * m.out_features
+    return int(total)
+
+
+def describe(model) -> dict:
+    layers = _layers(model)
+    return {"layers": len(layers), "heads": [heads_of(x) for x in layers],
+            "intermediate": [x.intermediate.dense.out_features for x in layers],
+            "parameters": count_params(model)}
+
+
+def _warn(msg: str) -> None:
+    print(f"fastft: {msg}", file=sys.stderr)

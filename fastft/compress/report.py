@@ -1,0 +1,170 @@
+"""The compress report: one row per stage, as a table, report.json and report.md.
+
+Latency is measured with ONNX Runtime, batch 1, at sequence lengths 128 and 512, all stages
+interleaved in one run (round-robin, so load changes on a shared machine hit every stage
+alike), sessions with physical-core threads and ``session.intra_op.allow_spinning = 0``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEQS = (128, 512)
+COLUMNS = [("stage", "stage"), ("parameters", "params"), ("file_mb", "file MB"), ("gflops_128", "GFLOPs@128"),
+           ("p50_ms_128", "p50 ms@128"), ("p50_ms_512", "p50 ms@512"), ("speedup_512", "speed-up@512"),
+           ("accuracy", "test acc"), ("retained", "retained")]
+
+
+def measure_latency(files: dict[str, Path], seqs=SEQS, runs: int = 20, threads: int | None = None,
+                    warmup: int = 2, progress: bool = True, vocab: int = 30522, max_positions: int = 512) -> dict:
+    """{name: {seq: quantiles}} for ONNX classifiers, batch 1, measured interleaved.
+
+    Lengths beyond ``max_positions`` (the model's position embeddings) are skipped.
+    """
+    seqs = [s for s in seqs if s <= max_positions]
+    from fastft.bench import quantiles
+    from fastft.compress.quantize import session
+
+    sessions = {name: session(path, threads) for name, path in files.items()}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for seq in seqs:
+        ids = rng.integers(1000, min(vocab, 30000), size=(1, seq)).astype(np.int64)
+        ids[0, 0], ids[0, -1] = 101, 102
+        feeds[seq] = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+    def run(name, seq):
+        s = sessions[name]
+        s.run(None, {i.name: feeds[seq][i.name] for i in s.get_inputs()})
+
+    for name in sessions:
+        for seq in seqs:
+            for _ in range(warmup):
+                run(name, seq)
+    times = {name: {seq: [] for seq in seqs} for name in sessions}
+    t_start = time.perf_counter()
+    for r in range(runs):
+        for name in sessions:
+            for seq in seqs:
+                t0 = time.perf_counter()
+                run(name, seq)
+                times[name][seq].append(time.perf_counter() - t0)
+        if progress:
+            print(f"latency round {r + 1}/{runs}", file=sys.stderr, end="\r", flush=True)
+    if progress:
+        print(f"latency: {runs} interleaved rounds in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+    return {name: {seq: quantiles(v) for seq, v in per.items()} for name, per in times.items()}
+
+
+def build_rows(stages: list[dict], latency: dict | None) -> list[dict]:
+    """stages: dicts with name, parameters, file (Path), flops_128, accuracy."""
+    teacher = stages[0]
+    rows = []
+    for st in stages:
+        lat = (latency or {}).get(st["name"], {})
+        row = {
+            "stage": st["name"],
+            "parameters": st["parameters"],
+            "file": Path(st["file"]).name,
+            "file_mb": round(Path(st["file"]).stat().st_size / 2**20, 2),
+            "flops_128": st["flops_128"],
+            "gflops_128": round(st["flops_128"] / 1e9, 3),
+            "p50_ms_128": round(lat[128]["p50_ms"], 2) if 128 in lat else None,
+            "p50_ms_512": round(lat[512]["p50_ms"], 2) if 512 in lat else None,
+            "latency": {str(k): v for k, v in lat.items()},
+            "accuracy": st["accuracy"],
+            "retained": round(st["accuracy"] / teacher["accuracy"], 4) if teacher["accuracy"] else None,
+        }
+        for k, v in st.items():
+            if k not in row and k not in ("name", "file"):
+                row[k] = v
+        rows.append(row)
+    t512 = rows[0]["p50_ms_512"]
+    for row in rows:
+        row["speedup_512"] = round(t512 / row["p50_ms_512"], 2) if t512 and row["p50_ms_512"] else None
+    return rows
+
+
+def verdict(rows: list[dict], target: float) -> dict:
+    """Did the final stage meet ``target`` retained accuracy? If not, the nearest stage that did."""
+    final = rows[-1]
+    met = final["retained"] is not None and final["retained"] >= target
+    out = {"target_retained": target, "final_stage": final["stage"], "final_retained": final["retained"], "met": met}
+    if not met:
+        ok = [r for r in rows[1:-1] if r["retained"] is not None and r["retained"] >= target]
+        if ok:
+            best = min(ok, key=lambda r: r["p50_ms_512"] or float("inf"))
+            out["nearest_stage_meeting_target"] = best["stage"]
+            out["message"] = (f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
+                              f"accuracy, below the target {target:.2%}; the nearest stage that met it is "
+                              f"'{best['stage']}' ({best['retained']:.2%})")
+        else:
+            out["nearest_stage_meeting_target"] = None
+            out["message"] = (f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
+                              f"accuracy, below the target {target:.2%}; no compressed stage met it")
+    else:
+        out["message"] = f"the final model retains {final['retained']:.2%} of the teacher's accuracy (target {target:.2%})"
+    return out
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "-"
+    if key == "parameters":
+        return f"{v / 1e6:.2f}M"
+    if key == "retained":
+        return f"{v:.2%}"
+    if key == "accuracy":
+        return f"{v:.4f}"
+    if key == "speedup_512":
+        return f"{v:.2f}x"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def table(rows: list[dict]) -> str:
+    cells = [[h for _, h in COLUMNS]] + [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
+    w = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(line))
+                     for line in cells)
+
+
+def markdown(report: dict) -> str:
+    rows = report["stages"]
+    lines = ["# fastft compress report", "",
+             f"Teacher: `{report['teacher']}`; data: `{report['data']}` (test split, {report.get('test_rows')} rows); "
+             f"max length {report.get('max_length')}.", "",
+             "| " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
+    v = report["verdict"]
+    lines += ["", f"**Target:** {v['message']}.", ""]
+    lat = report.get("latency_settings") or {}
+    if lat:
+        lines += [f"Latency: ONNX Runtime, batch 1, p50 of {lat.get('runs')} interleaved runs, "
+                  f"{lat.get('threads')} threads, spinning off. FLOPs: encoder matmuls at sequence length 128.", ""]
+    for note in report.get("notes", []):
+        lines.append(f"- {note}")
+    q = report.get("quantization") or {}
+    if q.get("excluded_nodes"):
+        lines += ["", "Nodes kept in fp32 by the accuracy-aware INT8 pass:", ""]
+        lines += [f"- `{n}`" for n in q["excluded_nodes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(out_dir: Path, report: dict) -> None:
+    from fastft.utils.io import write_json
+
+    write_json(Path(out_dir) / "report.json", report)
+    (Path(out_dir) / "report.md").write_text(markdown(report))
+
+
+def load(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "report.json").read_text())
