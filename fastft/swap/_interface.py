@@ -52,7 +52,7 @@ def key_padding_mask(mask: Optional[Tensor], seq_k: int) -> tuple[bool, Optional
     if mask is None:
         return True, None
     if mask.dim() == 2:
-        return True, mask[:, -seq_k:] if mask.shape[1] != seq_k else mask
+        return True, mask
     if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
         return True, mask[:, 0, 0, :]
     return False, None
