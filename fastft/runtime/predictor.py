@@ -23,7 +23,7 @@ import numpy as np
 
 from fastft.errors import FastftError, ModelError
 from fastft.runtime.encode import Encoder, length_sorted_batches
-from fastft.runtime.session import DeviceError, baked_level, create_session, parse_device, session_options
+from fastft.runtime.session import DeviceError, create_session, parse_device, runtime_level, session_options
 
 
 class InputError(FastftError):
@@ -161,8 +161,7 @@ class OrtPredictor(Predictor):
         super().__init__(path, tokenizer, labels, max_length, device=device, batch_size=batch_size,
                          truncation=truncation)
         self.onnx_file = Path(onnx_file)
-        baked = baked_level(meta or {}, self.onnx_file.name)
-        self.level = level or ("basic" if baked else "all")
+        self.level = level or runtime_level(meta or {}, self.onnx_file.name) or "all"
         self.threads = threads
         self.spinning = spinning
         opts = session_options(threads=threads, spinning=spinning, level=self.level)

@@ -10,8 +10,9 @@ Choices (each measured by ``fastft bench``, see bench/results):
 - spinning off by default (``session.intra_op.allow_spinning = 0``): ORT's spinning worker
   threads otherwise keep cores busy between calls and steal them from the rest of the
   process (tokenizer, web server, other models); turn it on for a dedicated box.
-- the graph optimisation level: ``all`` for a plain export; a file whose optimisation was
-  baked in by ``fastft export`` (recorded in fastft.json) only gets the cheap ``basic`` pass.
+- the graph optimisation level: ``all`` for a plain export; for a file optimised offline by
+  ``fastft export``, the level fastft.json records for it (``basic``: the expensive fusions
+  are already in the file, so session creation stays fast).
 """
 
 from __future__ import annotations
@@ -108,25 +109,39 @@ def check_cuda_provider() -> None:
                           "install onnxruntime-gpu (pip install 'fastft[gpu]') or use device='cpu'")
 
 
-def baked_level(meta: dict, filename: str) -> str | None:
-    """The ORT optimisation level already applied offline to ``filename``, from fastft.json."""
+def runtime_level(meta: dict, filename: str) -> str | None:
+    """The graph optimisation level fastft.json asks the runtime to use for ``filename``.
+
+    ``fastft export`` optimises offline and records, per file, the (cheap) level left for the
+    session: ``onnx.optimization.runtime_graph_optimization_level`` for model.onnx and
+    ``onnx.int8.runtime_graph_optimization_level`` for model_int8.onnx. Older or foreign
+    records that only say a level was baked in get ``basic``. None: nothing recorded.
+    """
     onnx = meta.get("onnx") if isinstance(meta, dict) else None
     if not isinstance(onnx, dict):
         return None
-    files = onnx.get("files")
-    entry = files.get(filename) if isinstance(files, dict) else None
-    for src in (entry, onnx):
-        if not isinstance(src, dict):
+    sections = []
+    int8 = onnx.get("int8")
+    if isinstance(int8, dict) and int8.get("file", "model_int8.onnx") == filename:
+        sections += [int8, int8.get("optimization")]
+    elif onnx.get("file", "model.onnx") == filename:
+        sections += [onnx.get("optimization"), onnx]
+    for sec in sections:
+        if not isinstance(sec, dict):
             continue
-        for key in ("ort_optimization_level", "optimization_level", "graph_optimization_level", "opt_level"):
-            value = src.get(key)
-            if isinstance(value, str) and value:
-                v = value.lower().replace("ort_", "").replace("enable_", "")
-                if v.startswith("disable"):
-                    return None
-                return v if v in LEVELS else "extended"
-            if isinstance(value, int) and value > 0:
-                return LEVELS[min(value, 3)]
-        if src.get("optimized") is True:
-            return "extended"
+        level = _level_name(sec.get("runtime_graph_optimization_level"))
+        if level:
+            return level
+        for key in ("ort_optimization_level", "optimization_level", "offline_level", "level"):
+            if _level_name(sec.get(key)) not in (None, "disable"):
+                return "basic"
+    return None
+
+
+def _level_name(value) -> str | None:
+    if isinstance(value, str) and value:
+        v = value.lower().replace("ort_", "").replace("enable_", "").replace("disable_all", "disable")
+        return v if v in LEVELS else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 99:
+        return LEVELS[min(value, 3)]
     return None
