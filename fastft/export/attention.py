@@ -38,17 +38,13 @@ from torch import Tensor
 
 from fastft.errors import FastftError
 
-__all__ = ["export_fused", "fused_attention_forms", "DEFAULT_FORM", "ATTENTION_OPS", "count_attention_nodes",
-           "patched_attention"]
+__all__ = ["export_fused", "export_fused_onnx", "DEFAULT_FORM", "FORMS", "ATTENTION_OPS", "count_attention_nodes",
+           "patched_attention", "register_symbolics"]
 
 FORMS = ("attention", "mha")
 DEFAULT_FORM = "attention"
 ATTENTION_OPS = ("Attention", "MultiHeadAttention")  # com.microsoft op types written here
 MS_DOMAIN = "com.microsoft"
-
-
-def fused_attention_forms() -> tuple[str, ...]:
-    return FORMS
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,10 +169,7 @@ def patched_attention(model: torch.nn.Module, form: str = DEFAULT_FORM):
     modules = fam.self_attention_modules(model)
     try:
         for m in modules:
-            proj = fam.projections(m)
-            if form == "attention" and proj["q"].in_features != proj["v"].out_features:
-                pass  # Attention takes any input width; kept for clarity
-            m.forward = _export_forward(m, proj, form)
+            m.forward = _export_forward(m, fam.projections(m), form)
         yield modules
     finally:
         for m in modules:
@@ -188,27 +181,6 @@ def patched_attention(model: torch.nn.Module, form: str = DEFAULT_FORM):
 # ---------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------
-class _Logits(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]):
-        super().__init__()
-        self.model, self.names = model, names
-
-    def forward(self, *inputs):
-        out = self.model(**dict(zip(self.names, inputs)))
-        return out.logits if hasattr(out, "logits") else out[0]
-
-
-def input_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """input_ids, attention_mask and token_type_ids where the model takes token types."""
-    import inspect
-
-    names = ["input_ids", "attention_mask"]
-    params = inspect.signature(model.forward).parameters
-    if "token_type_ids" in params and getattr(model.config, "type_vocab_size", 0):
-        names.append("token_type_ids")
-    return tuple(names)
-
-
 def _load(model) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         return model
@@ -217,45 +189,41 @@ def _load(model) -> torch.nn.Module:
     return load_classifier(model)
 
 
-def export_fused(model, path: str | os.PathLike, opset: int = 17, *, form: str = DEFAULT_FORM,
-                 output_name: str = "logits") -> Path:
-    """Export ``model`` (a model directory / alias, or a torch model of a supported family) to
-    ONNX at ``path``, each self-attention as one com.microsoft node (``form``: "attention" =
-    packed Attention with the QKV projection, "mha" = MultiHeadAttention). Inputs: input_ids,
-    attention_mask (int64 (batch, seq), 1 = token), token_type_ids (when the model has token
-    types); output ``logits`` (batch, num_labels) (or the model's first output). Batch and
-    sequence axes are dynamic. Returns ``path``. The torch model is left as it was.
+def export_fused_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_names: list[str] | None = None,
+                      opset: int = 17, form: str = DEFAULT_FORM) -> dict:
+    """Drop-in for :func:`fastft.export.onnx.export_onnx` on a torch classifier: the same
+    inputs/outputs/dynamic axes, with each self-attention written as one com.microsoft node.
+    Returns export_onnx's info dict plus ``attention``: {form, op, nodes}."""
+    from fastft.export.onnx import export_onnx
+
+    register_symbolics(opset)
+    with patched_attention(net, form) as modules:
+        info = export_onnx(net, path, input_names=input_names, opset=opset, custom_opsets={MS_DOMAIN: 1},
+                           eager_attention=False)
+    counts = count_attention_nodes(path)
+    op = "Attention" if form == "attention" else "MultiHeadAttention"
+    if counts.get(op, 0) != len(modules) or counts.get("Softmax", 0):
+        raise FastftError(f"fused-attention export wrote {counts} for {len(modules)} attention layers")
+    info["attention_implementation"] = "fastft (exported as com.microsoft." + op + ")"
+    info["attention"] = {"form": form, "op": f"{MS_DOMAIN}.{op}", "nodes": len(modules)}
+    return info
+
+
+def export_fused(model, path: str | os.PathLike, opset: int = 17, *, form: str = DEFAULT_FORM) -> Path:
+    """Export ``model`` (a model directory / alias, or a torch classifier of a supported
+    family) to ONNX at ``path``, each self-attention as one com.microsoft node (``form``:
+    "attention" = packed Attention including the QKV projection, "mha" =
+    MultiHeadAttention). Inputs input_ids, attention_mask (int64 (batch, seq), 1 = token)
+    and token_type_ids where the model has token types; output ``logits``; batch and
+    sequence axes dynamic. The graph is not optimised further (run
+    ``fastft.export.optimize`` on it as on a plain export). Returns ``path``; a torch model
+    is left as it was.
     """
-    import onnx
+    from fastft.export.onnx import model_input_names
 
     net = _load(model)
-    was_training = net.training
-    net.eval()
-    names = input_names(net)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    register_symbolics(opset)
-    seq = min(16, int(getattr(net.config, "max_position_embeddings", 16)))
-    ids = torch.full((2, seq), 5, dtype=torch.long)
-    mask = torch.ones_like(ids)
-    mask[1, seq // 2:] = 0
-    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-    dynamic = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
-    dynamic[output_name] = {0: "batch_size"}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with patched_attention(net, form), torch.no_grad():
-            torch.onnx.export(_Logits(net, names), tuple(example[n] for n in names), str(tmp), dynamo=False,
-                              input_names=list(names), output_names=[output_name], dynamic_axes=dynamic,
-                              opset_version=opset, do_constant_folding=True, custom_opsets={MS_DOMAIN: 1})
-        proto = onnx.load(str(tmp))
-        proto.ir_version = min(proto.ir_version, 10)  # what onnxruntime reads
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-        net.train(was_training)
+    export_fused_onnx(net, path, input_names=model_input_names(net), opset=opset, form=form)
     return path
 
 

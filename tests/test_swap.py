@@ -1,0 +1,196 @@
+"""fastft.swap_attention / unswap_attention on tiny random BERT, RoBERTa, ELECTRA, DistilBERT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastft
+from fastft.errors import FastftError
+
+ATOL = 1e-5
+KW = dict(vocab_size=120, max_position_embeddings=80, initializer_range=0.2)
+
+
+def _tiny(family: str, head: bool = True, **extra):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if family == "distilbert":
+        cfg = tf.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **KW, **extra)
+        cls = tf.DistilBertForSequenceClassification if head else tf.DistilBertModel
+    else:
+        common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **KW, **extra)
+        cfg, cls = {
+            "bert": (lambda: tf.BertConfig(**common), tf.BertForSequenceClassification if head else tf.BertModel),
+            "roberta": (lambda: tf.RobertaConfig(pad_token_id=1, **common),
+                        tf.RobertaForSequenceClassification if head else tf.RobertaModel),
+            "electra": (lambda: tf.ElectraConfig(embedding_size=24, **common),
+                        tf.ElectraForSequenceClassification if head else tf.ElectraModel),
+        }[family]
+        cfg = cfg()
+    return cls(cfg).eval()
+
+
+def _batch(seq: int = 13, batch: int = 3):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 120, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, seq // 2:] = 0  # padding in the batch
+    mask[2, 3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _out(model, batch):
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+class Spy:
+    """Counts calls of fastft.ops.fused_attention (what the swapped models call)."""
+
+    def __init__(self, monkeypatch):
+        import fastft.ops as ops
+
+        self.calls, self.masks = 0, []
+        real = ops.fused_attention
+
+        def spy(*args, **kwargs):
+            self.calls += 1
+            self.masks.append(kwargs.get("key_padding_mask"))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ops, "fused_attention", spy)
+
+
+FAMILIES = ["bert", "roberta", "electra", "distilbert"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head", [True, False], ids=["classifier", "base"])
+def test_swap_matches_original_and_calls_the_op(family, head, monkeypatch):
+    model = _tiny(family, head)
+    batch = _batch()
+    ref = _out(model, batch)
+    spy = Spy(monkeypatch)
+    assert fastft.swap_attention(model) is model
+    got = _out(model, batch)
+    assert spy.calls == 2, "one fused_attention call per layer"
+    assert all(m is not None and m.dtype == torch.bool and tuple(m.shape) == (3, 13) for m in spy.masks)
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert ref.abs().max() > 0.05  # the comparison is not trivially small
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unswap_restores_exactly(family, monkeypatch):
+    model = _tiny(family)
+    original = model.config._attn_implementation
+    batch = _batch()
+    ref = _out(model, batch)
+    fastft.swap_attention(model)
+    assert model.config._attn_implementation == "fastft"
+    assert fastft.swap.is_swapped(model)
+    assert fastft.unswap_attention(model) is model
+    assert model.config._attn_implementation == original
+    assert not fastft.swap.is_swapped(model)
+    spy = Spy(monkeypatch)
+    assert torch.equal(_out(model, batch), ref)
+    assert spy.calls == 0
+
+
+def test_unswap_restores_eager_and_swap_is_idempotent():
+    model = _tiny("bert")
+    model.set_attn_implementation("eager")
+    fastft.swap_attention(model)
+    fastft.swap_attention(model)  # no-op
+    fastft.unswap_attention(model)
+    assert model.config._attn_implementation == "eager"
+    fastft.unswap_attention(model)  # not swapped: unchanged
+    assert model.config._attn_implementation == "eager"
+
+
+def test_no_mask_and_single_row(monkeypatch):
+    model = _tiny("bert")
+    ids = torch.randint(5, 120, (1, 7))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    fastft.swap_attention(model)
+    spy = Spy(monkeypatch)
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    assert spy.calls == 2 and spy.masks == [None, None]
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+def test_training_with_dropout_falls_back_to_sdpa(monkeypatch):
+    model = _tiny("bert", attention_probs_dropout_prob=0.1)
+    fastft.swap_attention(model)
+    spy = Spy(monkeypatch)
+    model.train()
+    out = model(**_batch()).logits
+    out.sum().backward()
+    assert spy.calls == 0, "training with attention dropout uses torch SDPA"
+    model.eval()
+    _out(model, _batch())
+    assert spy.calls == 2
+
+
+def test_training_without_dropout_uses_the_op_and_backprops(monkeypatch):
+    model = _tiny("distilbert", attention_dropout=0.0, dropout=0.0)
+    fastft.swap_attention(model)
+    spy = Spy(monkeypatch)
+    model.train()
+    model(**_batch()).logits.sum().backward()
+    assert spy.calls == 2
+    assert model.distilbert.transformer.layer[0].attention.q_lin.weight.grad is not None
+
+
+def test_attention_modules_in_layer_order():
+    model = _tiny("roberta")
+    mods = fastft.swap.attention_modules(model)
+    assert mods == [layer.attention.self for layer in model.roberta.encoder.layer]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "t5"])
+def test_unsupported_architecture(name):
+    import transformers as tf
+
+    model = {
+        "gpt2": lambda: tf.GPT2Model(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16)),
+        "t5": lambda: tf.T5Model(tf.T5Config(num_layers=1, d_model=16, d_kv=8, num_heads=2, d_ff=32, vocab_size=50)),
+    }[name]()
+    with pytest.raises(FastftError, match="supported: bert, roberta, electra, distilbert"):
+        fastft.swap_attention(model)
+    assert not fastft.swap.is_swapped(model)
+
+
+def test_not_a_model_and_decoder_refused():
+    with pytest.raises(FastftError, match="transformers model"):
+        fastft.swap_attention(torch.nn.Linear(2, 2))
+    import transformers as tf
+
+    decoder = tf.BertModel(tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, vocab_size=50, is_decoder=True))
+    with pytest.raises(FastftError, match="encoders only"):
+        fastft.swap_attention(decoder)
+
+
+def test_additive_4d_key_padding_mask_and_per_query_fallback():
+    from fastft.swap._interface import fastft_attention_forward
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    module = torch.nn.Module().eval()
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+    additive = torch.zeros(2, 1, 1, 5).masked_fill(~keep[:, None, None, :], torch.finfo(torch.float32).min)
+    for mask in (keep, keep[:, None, None, :], additive):
+        out, weights = fastft_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)
+        assert weights is None and out.shape == (2, 5, 3, 8)
+        torch.testing.assert_close(out.transpose(1, 2), ref, atol=ATOL, rtol=0)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril().expand(2, 1, 5, 5)  # varies per query: SDPA fallback
+    out, _ = fastft_attention_forward(module, q, k, v, causal, scaling=8 ** -0.5)
+    torch.testing.assert_close(out.transpose(1, 2),
+                               torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                               atol=ATOL, rtol=0)
