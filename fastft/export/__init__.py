@@ -1,0 +1,256 @@
+"""ONNX export of a fastft model directory: export -> optimise -> quantise -> validate.
+
+    from fastft.export import export
+    info = export("runs/teacher", "runs/teacher-onnx", int8=True)
+    info["parity"]["fp32"]["max_abs_diff"], info["parity"]["int8"]["label_agreement"]
+
+The output directory keeps the Hugging Face files (config.json, model.safetensors,
+tokenizer, fastft.json) and adds ``model.onnx`` (the optimised fp32 graph, inputs
+``input_ids``/``attention_mask``/``token_type_ids``, output ``logits`` — Optimum's
+conventions) and, with ``int8``, ``model_int8.onnx``. What was done is recorded in
+fastft.json's ``onnx`` section. The stages are composable functions:
+:func:`fastft.export.onnx.export_onnx`, :func:`fastft.export.optimize.fuse_transformer`,
+:func:`fastft.export.quantize.quantize_onnx`, :mod:`fastft.export.validate`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+from fastft.errors import FastftError, ModelError
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+DEFAULT_CALIB_SIZE = 256
+# where the graph optimisation happens: python transformer fusions, then ORT offline at this level
+FP32_ORT_LEVEL = "basic"
+INT8_ORT_LEVEL = "extended"
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"fastft export: {msg}", file=sys.stderr, flush=True)
+
+
+def check_export_args(*, opset: int, calib_size: int, calib_method: str, static: bool) -> None:
+    from fastft.export.onnx import MIN_OPSET
+    from fastft.export.quantize import CALIB_METHODS
+
+    if opset < MIN_OPSET:
+        raise FastftError(f"--opset must be at least {MIN_OPSET} (got {opset})")
+    if calib_size < 1:
+        raise FastftError(f"--calib-size must be at least 1 (got {calib_size})")
+    if static and calib_method not in CALIB_METHODS:
+        raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {calib_method!r})")
+
+
+def check_classifier_dir(path: Path, meta: dict) -> None:
+    """A directory with a trained classification head: fastft labels or a *ForSequenceClassification config."""
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    archs = config.get("architectures") or []
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    if not meta.get("labels") and not has_head:
+        raise ModelError(f"{path} has no classification head or labels (a base encoder?); "
+                         f"fine-tune it first: fastft train --model {path} --output DIR")
+
+
+def _data_for(meta: dict, data: str | None):
+    """(DataSplits, where from) for the recorded training data, or ``data`` if given."""
+    from fastft.data import load_data
+
+    spec = meta.get("data") or {}
+    recorded = spec.get("path") or spec.get("data")
+    source = data or recorded
+    if not source:
+        return None, None
+    same = data is None or data in (spec.get("data"), spec.get("path"))
+    kwargs = dict(seed=spec.get("seed", 42) if same else 42)
+    if same:
+        kwargs.update(text_column=spec.get("text_column", "text"), label_column=spec.get("label_column", "label"))
+    return load_data(source, **kwargs), source
+
+
+def _copy_hf_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for p in sorted(src.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".onnx", ".onnx.data")) \
+                and p.name != "fastft.json":
+            shutil.copy2(p, dst / p.name)
+            copied.append(p.name)
+    return copied
+
+
+def export(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    int8: bool = False,
+    static: bool = False,
+    calib_data: str | None = None,
+    calib_size: int = DEFAULT_CALIB_SIZE,
+    calib_method: str = "minmax",
+    per_channel: bool | None = None,
+    opset: int = 17,
+    overwrite: bool = False,
+    validate: bool = True,
+    recipe=None,
+    agreement_limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Export a fine-tuned model directory to ONNX (optionally INT8) in ``output``.
+
+    Args:
+        model: fastft / Hugging Face classifier directory.
+        output: directory to write (refused if non-empty unless ``overwrite``); written atomically.
+        int8: also write ``model_int8.onnx`` (dynamic quantisation unless ``static``).
+        static: calibrated static INT8 (implies ``int8``) on ``calib_size`` sampled training texts
+            (``calib_data``, default the training data recorded in fastft.json).
+        calib_method: minmax, entropy or percentile (static only).
+        per_channel: per-channel weight scales (None: the CPU's default recipe).
+        opset: ONNX opset, >= 17.
+        validate: run the parity checks (fp32 logits <= 1e-4 at 6 shapes; INT8 label agreement >= 99%).
+        recipe: an explicit :class:`fastft.export.quantize.Int8Recipe` (overrides the options above).
+        agreement_limit: check INT8 agreement on at most this many validation texts (None: all).
+
+    Returns the ``onnx`` section written to fastft.json (parity results included).
+    """
+    from dataclasses import replace
+
+    from fastft.data.collate import model_max_positions
+    from fastft.export.onnx import export_onnx, model_input_names
+    from fastft.export.optimize import fuse_transformer, op_counts, ort_offline_optimize
+    from fastft.export.quantize import Int8Recipe, TextCalibrationReader, recipe_from_options
+    from fastft.export.validate import fp32_parity, int8_agreement, session
+    from fastft.models import read_meta, resolve_model, write_meta
+    from fastft.models.meta import versions
+    from fastft.train.evaluate import align_labels, load_model_dir, model_labels
+    from fastft.utils.io import atomic_output_dir, check_output_dir
+
+    int8 = int8 or static or recipe is not None
+    if recipe is not None and not isinstance(recipe, Int8Recipe):
+        raise FastftError("recipe must be a fastft.export.quantize.Int8Recipe")
+    static = static or (recipe is not None and recipe.mode == "static")
+    check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method, static=static)
+    src = resolve_model(model)
+    if not isinstance(src, Path):
+        raise ModelError(f"model {model!r} is not a local directory; export needs a fine-tuned model directory")
+    meta = read_meta(src)
+    check_classifier_dir(src, meta)
+    out = check_output_dir(output, overwrite)
+    if out.resolve() == src.resolve():
+        raise FastftError("--output must differ from --model (the export copies the model's files)")
+
+    splits = source = None
+    if int8 and (validate or static):
+        try:
+            splits, source = _data_for(meta, calib_data)
+        except FastftError as exc:
+            raise FastftError(f"cannot load the data for INT8 {'calibration' if static else 'validation'}: {exc}") \
+                from None
+        if splits is None and static:
+            raise FastftError(f"--static needs calibration data: {src} records no training data; pass --calib-data")
+        if splits is None:
+            raise FastftError(f"cannot check INT8 parity: {src} records no training data; pass --calib-data DATA")
+
+    t0 = time.perf_counter()
+    _log(f"loading {src}", progress)
+    net, tokenizer, _, _ = load_model_dir(src)
+    names = model_input_names(net)
+    max_positions = model_max_positions(net.config) or 512
+    serve_length = int(meta.get("max_length") or max_positions)
+    info: dict = {"file": ONNX_FILE}
+
+    with tempfile.TemporaryDirectory(prefix="fastft-export-") as scratch, atomic_output_dir(out, overwrite) as tmp:
+        scratch = Path(scratch)
+        _copy_hf_files(src, tmp)
+        _log(f"exporting to ONNX (opset {opset})", progress)
+        plain = scratch / "plain.onnx"
+        info["export"] = export_onnx(net, plain, input_names=names, opset=opset)
+
+        _log("optimising the graph for ONNX Runtime", progress)
+        fused = scratch / "fused.onnx"
+        opt = {"fusions": fuse_transformer(plain, fused, net.config),
+               "ort_offline": ort_offline_optimize(fused, tmp / ONNX_FILE, FP32_ORT_LEVEL),
+               # the graph is saved optimised: opening it at "basic" redoes nothing expensive
+               "runtime_graph_optimization_level": "basic",
+               "ops": op_counts(tmp / ONNX_FILE)}
+        info["optimization"] = opt
+        info["parity"] = {}
+        if validate:
+            _log(f"checking fp32 parity at {len(names)} inputs, shapes up to {max_positions}", progress)
+            info["parity"]["fp32"] = fp32_parity(net, tmp / ONNX_FILE, names, max_positions)
+
+        if int8:
+            from fastft.env import cpu_info
+
+            cpu = cpu_info()
+            r = recipe or recipe_from_options(cpu, static=static, per_channel=per_channel,
+                                              calib_method=calib_method, calib_size=calib_size)
+            if recipe is None and static:
+                r = replace(r, calib_size=calib_size, calib_method=calib_method)
+            reader = None
+            if r.mode == "static":
+                import random
+
+                train = splits.train
+                rng = random.Random(meta.get("data", {}).get("seed", 42))
+                idx = sorted(rng.sample(range(len(train)), min(r.calib_size, len(train))))
+                reader = TextCalibrationReader(tokenizer, [train.texts[i] for i in idx], names, serve_length)
+                _log(f"static INT8: calibrating ({r.calib_method}) on {len(idx)} training texts from {source}",
+                     progress)
+            else:
+                _log(f"dynamic INT8 ({r.name})", progress)
+            qtmp = scratch / "int8.onnx"
+            from fastft.export.quantize import quantize_onnx
+
+            q = quantize_onnx(fused, qtmp, r, reader)
+            q["ort_offline"] = ort_offline_optimize(qtmp, tmp / INT8_FILE, INT8_ORT_LEVEL)
+            q["providers"] = q["ort_offline"]["providers"]
+            q["runtime_graph_optimization_level"] = "basic"
+            q["ops"] = op_counts(tmp / INT8_FILE)
+            q["cpu"] = {"model": cpu.get("model"), "vnni": cpu.get("vnni"),
+                        "flags": [f for f in cpu.get("flags", []) if "avx" in f or "vnni" in f]}
+            q["file"] = INT8_FILE
+            info["int8"] = q
+            if validate:
+                part = align_labels(splits.validation, splits.labels, model_labels(net))
+                texts, labels = part.texts, part.labels
+                if agreement_limit:
+                    texts, labels = texts[:agreement_limit], labels[:agreement_limit]
+                _log(f"checking INT8 label agreement on {len(texts)} validation texts", progress)
+                info["parity"]["int8"] = int8_agreement(session(tmp / ONNX_FILE), session(tmp / INT8_FILE),
+                                                        tokenizer, texts, labels, names, serve_length)
+        info["export_time_s"] = round(time.perf_counter() - t0, 2)
+        info["versions"] = versions()
+        new_meta = dict(meta)
+        new_meta.setdefault("labels", model_labels(net))
+        new_meta.setdefault("task", "sequence-classification")
+        new_meta.setdefault("max_length", serve_length)
+        new_meta["onnx"] = info
+        new_meta["history"] = [*meta.get("history", []),
+                               {"stage": "export", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": str(src),
+                                "int8": info.get("int8", {}).get("recipe")}]
+        write_meta(tmp, new_meta)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+    _log(f"wrote {out} in {info['export_time_s']} s", progress)
+    return info
+
+
+class _CallableModule(types.ModuleType):
+    """``fastft.export`` is both this package and the function: ``fastft.export(model, out)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["INT8_FILE", "ONNX_FILE", "export"]

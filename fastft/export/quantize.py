@@ -1,0 +1,239 @@
+"""INT8 quantisation of an exported graph with ``onnxruntime.quantization``.
+
+An :class:`Int8Recipe` says how: dynamic or static (calibrated on training text), which
+nodes (``scope``), U8U8 or U8S8, ``reduce_range``, per-channel, QOperator or QDQ.
+:func:`default_recipe` picks one from the CPU's flags (see bench/bench_int8.py and
+bench/results/int8_choices.json for the measurements behind it).
+
+Quantising works on the fused graph: it first runs ORT's symbolic shape inference
+(:func:`fastft.export.optimize.infer_shapes`), because onnx's own shape inference leaves
+the outputs feeding contrib ops untyped and the quantiser then fails with "Unable to find
+data type for weight_name=...MatMul_output_0".
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterable
+
+from fastft.errors import FastftError
+
+SCOPES = ("all", "weights", "ffn", "no-attention")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How to quantise.
+
+    mode: ``dynamic`` (activations quantised at run time) or ``static`` (calibrated scales).
+    scope: ``all`` = every MatMul and fused Attention (QKV projection); ``weights`` = only
+        MatMuls/Attention with a constant weight (never activation x activation, i.e. the
+        attention scores of an unfused graph); ``ffn`` = only the two feed-forward MatMuls;
+        ``no-attention`` = weight MatMuls except the attention block (QKV, scores, output).
+    weight_type: ``int8`` (U8S8) or ``uint8`` (U8U8); activations are uint8 for dynamic.
+    reduce_range: 7-bit weights, avoids the U8S8 int16 saturation of non-VNNI AVX2 kernels.
+    """
+
+    mode: str = "dynamic"
+    scope: str = "all"
+    weight_type: str = "int8"
+    activation_type: str = "uint8"
+    per_channel: bool = False
+    reduce_range: bool = False
+    quant_format: str = "QOperator"
+    calib_method: str = "minmax"
+    calib_size: int = 256
+    reason: str = ""
+    extra_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not (k == "extra_options" and not v)}
+
+    @property
+    def name(self) -> str:
+        w = {"int8": "s8", "uint8": "u8"}[self.weight_type]
+        a = {"int8": "s8", "uint8": "u8"}[self.activation_type]
+        parts = [self.mode, self.scope, f"{a}{w}", "perchannel" if self.per_channel else "pertensor",
+                 self.quant_format.lower()]
+        if self.reduce_range:
+            parts.append("rr")
+        return "-".join(parts)
+
+
+def default_recipe(cpu: dict | None = None, *, static: bool = False) -> Int8Recipe:
+    """The INT8 recipe for this kind of CPU (from ``fastft.env.cpu_info()``).
+
+    Measured on minilm-l6 (bench/results/int8_choices.json). With AVX-512 VNNI (or AVX-VNNI)
+    ORT's U8S8 kernels use vpdpbusd: U8S8, per-tensor, all weight MatMuls + fused Attention.
+    Without VNNI, ORT's U8S8 AVX2 path (vpmaddubsw) adds pairs in int16 and can saturate
+    unless weights are 7-bit (reduce_range), and ORT documents U8U8 as the faster, accurate
+    choice there — so AVX2-only CPUs get U8U8.
+    """
+    if cpu is None:
+        from fastft.env import cpu_info
+
+        cpu = cpu_info()
+    flags = set(cpu.get("flags") or [])
+    vnni = bool(cpu.get("vnni")) or bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"})
+    mode = "static" if static else "dynamic"
+    if vnni:
+        return Int8Recipe(mode=mode, scope="weights", weight_type="int8", per_channel=False, reduce_range=False,
+                          quant_format="QOperator" if not static else "QDQ",
+                          reason="VNNI CPU: U8S8 uses the vpdpbusd int8 dot product (no int16 saturation); "
+                                 "weight MatMuls + fused Attention, per-tensor was fastest at equal accuracy")
+    return Int8Recipe(mode=mode, scope="weights", weight_type="uint8", per_channel=False, reduce_range=False,
+                      quant_format="QOperator" if not static else "QDQ",
+                      reason="no VNNI: ORT's U8S8 AVX2 kernels (vpmaddubsw) saturate int16 unless reduce_range; "
+                             "U8U8 is the accurate and faster choice without VNNI (ORT quantization docs)")
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    try:
+        return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+    except KeyError:
+        raise FastftError(f"quantisation type must be int8 or uint8 (got {name!r})") from None
+
+
+def select_nodes(model, scope: str) -> tuple[list[str], list[str]]:
+    """(node names to quantise, op types) for ``scope`` in an onnx ModelProto."""
+    if scope not in SCOPES:
+        raise FastftError(f"quantisation scope must be one of {', '.join(SCOPES)} (got {scope!r})")
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    const = inits | consts
+    picked, types = [], set()
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Attention", "Gemm"):
+            continue
+        if n.op_type == "Gemm":
+            continue  # pooler/classifier: tiny, and most sensitive to quantisation error
+        has_weight = n.op_type == "Attention" or (len(n.input) > 1 and n.input[1] in const)
+        name = n.name.lower()
+        in_attention = n.op_type == "Attention" or "attention" in name or "/self/" in name
+        is_ffn = ("intermediate" in name or "/output/dense" in name) and "attention/output" not in name
+        ok = {
+            "all": True,
+            "weights": has_weight,
+            "ffn": has_weight and is_ffn,
+            "no-attention": has_weight and not in_attention,
+        }[scope]
+        if ok:
+            picked.append(n.name)
+            types.add(n.op_type)
+    return picked, sorted(types)
+
+
+class TextCalibrationReader:
+    """An ORT ``CalibrationDataReader`` over tokenized texts, in small padded batches."""
+
+    def __init__(self, tokenizer, texts: list[str], input_names: list[str], max_length: int, batch_size: int = 8):
+        import numpy as np
+
+        self.batches = []
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="np")
+            zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
+            self.batches.append({n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names})
+        self._it = iter(self.batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self.batches)
+
+
+def _base_reader():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    return CalibrationDataReader
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Recipe,
+                  calibration: TextCalibrationReader | None = None) -> dict:
+    """Quantise ``src`` (fp32, fused or not) into ``dst`` following ``recipe``; returns what was done."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+
+    from fastft.export.onnx import set_ir_version
+    from fastft.export.optimize import infer_shapes, op_counts, quiet_ort_logging
+
+    if recipe.mode not in ("dynamic", "static"):
+        raise FastftError(f"quantisation mode must be dynamic or static (got {recipe.mode!r})")
+    if recipe.mode == "static" and calibration is None:
+        raise FastftError("static quantisation needs calibration data")
+    with tempfile.TemporaryDirectory(prefix="fastft-quant-") as tmp:
+        shaped = Path(tmp) / "shaped.onnx"
+        shape_method = infer_shapes(src, shaped)
+        model = onnx.load(str(shaped))
+        nodes, op_types = select_nodes(model, recipe.scope)
+        if not nodes:
+            raise FastftError(f"nothing to quantise in {Path(src).name} with scope {recipe.scope!r}")
+        extra = {"MatMulConstBOnly": recipe.scope != "all", **recipe.extra_options}
+        fmt = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}.get(recipe.quant_format.lower())
+        if fmt is None:
+            raise FastftError(f"quant format must be QOperator or QDQ (got {recipe.quant_format!r})")
+        common = dict(op_types_to_quantize=op_types, nodes_to_quantize=nodes, per_channel=recipe.per_channel,
+                      reduce_range=recipe.reduce_range, weight_type=_qtype(recipe.weight_type))
+        try:
+            with warnings.catch_warnings(), quiet_ort_logging():
+                warnings.simplefilter("ignore")
+                if recipe.mode == "dynamic":
+                    if fmt != QuantFormat.QOperator:
+                        raise FastftError("dynamic quantisation writes QOperator graphs; use QDQ with --static")
+                    quantize_dynamic(str(shaped), str(dst), extra_options=extra, **common)
+                else:
+                    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}.get(recipe.calib_method)
+                    if method is None:
+                        raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} "
+                                          f"(got {recipe.calib_method!r})")
+                    calibration.rewind()
+                    reader = _as_ort_reader(calibration)
+                    quantize_static(str(shaped), str(dst), reader, quant_format=fmt,
+                                    activation_type=_qtype(recipe.activation_type), calibrate_method=method,
+                                    extra_options={**extra, "CalibTensorRangeSymmetric": False}, **common)
+        except FastftError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise FastftError(f"INT8 quantisation failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    set_ir_version(dst)
+    return {**recipe.to_dict(), "recipe": recipe.name, "shape_inference": shape_method,
+            "nodes_quantized": len(nodes), "op_types": op_types, "ops": op_counts(dst)}
+
+
+def _as_ort_reader(reader: TextCalibrationReader):
+    base = _base_reader()
+
+    class _Reader(base):
+        def get_next(self):
+            return reader.get_next()
+
+        def rewind(self):
+            reader.rewind()
+
+    return _Reader()
+
+
+def recipe_from_options(cpu: dict | None = None, *, static: bool = False, per_channel: bool | None = None,
+                        calib_method: str = "minmax", calib_size: int = 256, **overrides) -> Int8Recipe:
+    """The default recipe for this CPU with the user's explicit choices applied on top."""
+    r = default_recipe(cpu, static=static)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if per_channel is not None:
+        changes["per_channel"] = per_channel
+    if static:
+        changes.update(calib_method=calib_method, calib_size=calib_size)
+    return replace(r, **changes) if changes else r
+
+
+def iter_names(recipes: Iterable[Int8Recipe]) -> list[str]:
+    return [r.name for r in recipes]

@@ -1,0 +1,116 @@
+"""Parity checks run after every export.
+
+- fp32: ONNX logits vs PyTorch logits, max abs difference <= ``atol`` (1e-4) at several
+  shapes (batch 1 and 3; sequence 7, 64 and the model maximum), with padding in the batch.
+- INT8: label agreement with the fp32 graph on real text (the validation split) >= 99%,
+  and the accuracy of both against the gold labels.
+A failed check raises :class:`fastft.errors.FastftError`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fastft.errors import FastftError
+
+FP32_ATOL = 1e-4
+MIN_AGREEMENT = 0.99
+
+
+def session(path: str | os.PathLike, threads: int | None = None, level: str = "basic"):
+    """A CPU InferenceSession on ``path`` (graph already optimised at export: ``basic`` is enough)."""
+    import onnxruntime as ort
+
+    from fastft.export.optimize import ort_level
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort_level(level)
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise FastftError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def parity_shapes(max_length: int) -> list[tuple[int, int]]:
+    """(batch, sequence) pairs checked: batch 1 and 3 at sequence 7, 64 and the model maximum."""
+    seqs = sorted({s for s in (7, 64, max_length) if s <= max_length})
+    return [(b, s) for s in seqs for b in (1, 3)]
+
+
+def random_inputs(input_names, batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
+    """Random token ids; in a batch > 1 the last row is padded to half length."""
+    rng = np.random.default_rng(seed + 1000 * batch + seq)
+    ids = rng.integers(5, max(6, vocab), size=(batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    if batch > 1:
+        mask[-1, max(1, seq // 2):] = 0
+    tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return {n: tensors[n] for n in input_names}
+
+
+def fp32_parity(net, onnx_path, input_names, max_length: int, atol: float = FP32_ATOL, sess=None) -> dict:
+    """Max abs logit difference ONNX vs PyTorch per shape; raises FastftError above ``atol``."""
+    import torch
+
+    sess = sess or session(onnx_path)
+    vocab = int(getattr(net.config, "vocab_size", 1000))
+    net.eval()
+    results, worst = [], 0.0
+    for batch, seq in parity_shapes(max_length):
+        feeds = random_inputs(input_names, batch, seq, vocab)
+        with torch.inference_mode():
+            ref = net(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.float().numpy()
+        got = sess.run(["logits"], feeds)[0]
+        if got.shape != ref.shape:
+            raise FastftError(f"ONNX logits have shape {got.shape}, PyTorch {ref.shape} at batch {batch}, seq {seq}")
+        diff = float(np.abs(got - ref).max())
+        results.append({"batch": batch, "seq": seq, "max_abs_diff": diff})
+        worst = max(worst, diff)
+        if not np.isfinite(diff) or diff > atol:
+            raise FastftError(f"fp32 parity failed: ONNX logits differ from PyTorch by {diff:.3g} (> {atol:g}) "
+                              f"at batch {batch}, sequence {seq}")
+    return {"atol": atol, "max_abs_diff": worst, "shapes": results, "passed": True}
+
+
+def onnx_logits(sess, tokenizer, texts: list[str], input_names, max_length: int, batch_size: int = 32) -> np.ndarray:
+    """Logits of ``texts`` from an ORT session, batched by length, in input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="np")
+        zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
+        feeds = {n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names}
+        logits = sess.run(["logits"], feeds)[0]
+        if out is None:
+            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def int8_agreement(fp32_sess, int8_sess, tokenizer, texts: list[str], labels: list[int] | None, input_names,
+                   max_length: int, min_agreement: float = MIN_AGREEMENT, split: str = "validation") -> dict:
+    """Label agreement INT8 vs fp32 on ``texts`` and the accuracy of both; raises below ``min_agreement``."""
+    if not texts:
+        raise FastftError("no texts to check INT8 agreement on")
+    a = onnx_logits(fp32_sess, tokenizer, texts, input_names, max_length).argmax(1)
+    b = onnx_logits(int8_sess, tokenizer, texts, input_names, max_length).argmax(1)
+    agreement = float((a == b).mean())
+    out = {"split": split, "n": len(texts), "label_agreement": agreement, "min_agreement": min_agreement}
+    if labels is not None and len(labels) == len(texts):
+        y = np.asarray(labels)
+        out["fp32_accuracy"] = float((a == y).mean())
+        out["int8_accuracy"] = float((b == y).mean())
+        out["accuracy_change"] = out["int8_accuracy"] - out["fp32_accuracy"]
+    out["passed"] = agreement >= min_agreement
+    if not out["passed"]:
+        raise FastftError(f"INT8 parity failed: labels agree with fp32 on {agreement:.1%} of {len(texts)} "
+                          f"{split} texts (< {min_agreement:.0%}); try --per-channel or --static")
+    return out
