@@ -72,7 +72,7 @@ namespace fastft {
 #endif
 #define FASTFT_NS isa_avx512
 #define FASTFT_VW 16
-#define FASTFT_MR 4
+#define FASTFT_MR 8
 #include "attention_kernel.h"
 #undef FASTFT_NS
 #undef FASTFT_VW

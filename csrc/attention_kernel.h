@@ -41,17 +41,49 @@ FASTFT_FI void vstore(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
 FASTFT_FI vf vset1(float x) { return vf{} + x; }
 FASTFT_FI vf vmax(vf a, vf b) { return a > b ? a : b; }
 
+// Butterfly reductions: every lane ends up holding the max / sum of all lanes.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if FASTFT_VW == 16
+#define FASTFT_BFLY(x, OP)                                                                  \
+  x = OP(x, __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)); \
+  x = OP(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)); \
+  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)); \
+  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+#elif FASTFT_VW == 8
+#define FASTFT_BFLY(x, OP)                                                    \
+  x = OP(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3));          \
+  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5));          \
+  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6));
+#elif FASTFT_VW == 4
+#define FASTFT_BFLY(x, OP)                                  \
+  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1));    \
+  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2));
+#endif
+#endif
+FASTFT_FI vf vadd(vf a, vf b) { return a + b; }
+
 FASTFT_FI float hmax(vf a) {
+#ifdef FASTFT_BFLY
+  FASTFT_BFLY(a, vmax)
+  return a[0];
+#else
   float m = a[0];
   for (int t = 1; t < VW; ++t) m = a[t] > m ? a[t] : m;
   return m;
+#endif
 }
 
 FASTFT_FI float hsum(vf a) {
+#ifdef FASTFT_BFLY
+  FASTFT_BFLY(a, vadd)
+  return a[0];
+#else
   float s = 0.f;
   for (int t = 0; t < VW; ++t) s += a[t];
   return s;
+#endif
 }
+#undef FASTFT_BFLY
 
 // exp(x) for x <= 0 (Cephes expf polynomial, ~1 ulp); -inf and anything below the
 // smallest normal result give exactly 0, so masked keys contribute nothing.
