@@ -202,32 +202,31 @@ def _attn_fwd_kernel(
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): a curated set that covers every value of
+# each axis without the full product (tuning compiles each one per specialisation)
+_GPU_CONFIGS = [
+    (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 2),
+    (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
+    (128, 128, 8, 2), (128, 128, 8, 3),
+]
+
+
 def _gpu_configs():
-    configs = []
-    for block_m in (64, 128):
-        for block_n in (32, 64, 128):
-            for num_warps in (4, 8):
-                for num_stages in (2, 3, 4):
-                    configs.append(triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n},
-                                                 num_warps=num_warps, num_stages=num_stages))
-    return configs
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in _GPU_CONFIGS]
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles that cannot pay off: 8 warps on a 64-row tile, 4 warps on 128x128,
-    BLOCK_M = 128 for short queries, big/deep tiles at head_dim > 128 or in fp32
-    (shared memory). Configs that still do not fit are skipped by the autotuner."""
+    """Drop tiles that cannot pay off: BLOCK_M = 128 for short queries, wide or deep
+    tiles at head_dim > 128 or in fp32 (shared memory). Configs that still do not fit
+    are skipped by the autotuner (OutOfResources)."""
     block_d = kwargs.get("BLOCK_D", 64)
     wide = named_args["Q"].element_size() >= 4 or block_d > 128
     seq_q = named_args["seq_q"]
     kept = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if bm == 64 and c.num_warps == 8:
-            continue
-        if bm == 128 and bn == 128 and c.num_warps == 4:
-            continue
-        if wide and (c.num_stages > 2 or bn > 64):
+        if wide and (c.num_stages > 3 or bn > 64):
             continue
         if bm == 128 and seq_q <= 64:
             continue
