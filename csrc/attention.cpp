@@ -52,7 +52,7 @@ namespace fastft {
 #endif
 #define FASTFT_NS isa_avx2
 #define FASTFT_VW 8
-#define FASTFT_MR 4
+#define FASTFT_MR 6
 #include "attention_kernel.h"
 #undef FASTFT_NS
 #undef FASTFT_VW

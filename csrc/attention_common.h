@@ -6,7 +6,7 @@
 
 namespace fastft {
 
-constexpr int BQ = 64;        // query rows per work item
+constexpr int BQ = 48;        // query rows per work item
 constexpr int BK = 64;        // keys per key block (the unit of masked/causal skipping)
 constexpr int KEY_PAD = 32;   // seq_k is padded to a multiple of this in packed buffers
 constexpr int HEAD_PAD = 16;  // head_dim is padded to a multiple of this in buffers

@@ -248,8 +248,13 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[
     offending argument.
     """
     _check_inputs(q, k, v)
-    if not isinstance(causal, bool):
-        raise ValueError(f"causal must be a bool, got {type(causal).__name__}")
+    try:
+        causal_ok = not isinstance(causal, (str, bytes)) and causal in (True, False)
+    except (TypeError, ValueError, RuntimeError):
+        causal_ok = False
+    if not causal_ok:
+        raise ValueError(f"causal must be a bool, got {causal!r}")
+    causal = bool(causal)
     if scale is None:
         scale = q.shape[3] ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
