@@ -81,35 +81,19 @@ def kernel(_restore_env):
 # ---------------------------------------------------------------- references
 
 
-def _local_ref(q, k, v, key_padding_mask=None, causal=False, scale=None, upcast=True):
-    """softmax(q k^T * scale + mask) v; float64 if upcast, else in the input dtype."""
-    dtype = q.dtype
-    if upcast:
-        q, k, v = q.double(), k.double(), v.double()
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    keep = torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device)
-    if causal:
-        keep = torch.ones_like(keep).tril()  # top-left: query i attends keys j <= i
-    keep = keep.expand(s.shape)
-    if key_padding_mask is not None:
-        keep = keep & key_padding_mask[:, None, None, :]
-    s = s.masked_fill(~keep, float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with no key -> zeros
-    out = torch.matmul(p, v)
-    return out.to(dtype) if not upcast else out
-
-
-def _reference():
-    try:
-        from fastft.ops import attention_ref  # the library's reference, once it exists
-    except (ImportError, AttributeError):
-        return _local_ref
-    return attention_ref
-
-
 def _ref64(q, k, v, mask, causal, scale=None):
-    return _reference()(q, k, v, key_padding_mask=mask, causal=causal, scale=scale, upcast=True).double()
+    """The library's reference on float64 inputs (so nothing is rounded to q.dtype)."""
+    from fastft.ops import attention_ref
+
+    return attention_ref(q.double(), k.double(), v.double(), key_padding_mask=mask, causal=causal,
+                         scale=scale, upcast=True)
+
+
+def _torch_lowp(q, k, v, mask, causal):
+    """The same reference computed by PyTorch in q's own dtype (its low-precision error)."""
+    from fastft.ops import attention_ref
+
+    return attention_ref(q, k, v, key_padding_mask=mask, causal=causal, upcast=False)
 
 
 def _assert_close(out, ref, atol, rtol, what=""):
@@ -131,7 +115,7 @@ def _assert_lowp(out, q, k, v, mask, causal, what=""):
     computing the same thing in the low-precision dtype, plus the dtype's rounding at
     the output's magnitude."""
     ref = _ref64(q, k, v, mask, causal)
-    pt = _local_ref(q, k, v, mask, causal, upcast=False).double()
+    pt = _torch_lowp(q, k, v, mask, causal).double()
     rounding = (ref.to(q.dtype) + 0.3 - 0.3 - ref.to(q.dtype)).abs().max().item()
     err = (out.double() - ref).abs().max().item()
     pt_err = (pt - ref).abs().max().item()
