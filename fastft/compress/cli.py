@@ -26,9 +26,8 @@ def register(sub) -> None:
                         "trained and cached on first use]")
     p.add_argument("--data", default=None, help="dataset [the one the teacher was trained on]")
     p.add_argument("--output", "-o", default=DEFAULT_OUTPUT, help=f"output model directory [{DEFAULT_OUTPUT}]")
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--int8", action="store_true", help="INT8 ONNX Runtime quantization (dynamic by default)")
-    q.add_argument("--fp16", action="store_true", help="FP16 ONNX (for GPUs)")
+    p.add_argument("--int8", action="store_true", help="INT8 ONNX Runtime quantization (dynamic by default)")
+    p.add_argument("--fp16", action="store_true", help="FP16 ONNX (for GPUs)")
     p.add_argument("--static", action="store_true", help="static INT8 with calibration on training rows")
     p.add_argument("--student", default="teacher-layers",
                    help="teacher-layers (copy of the teacher's layers), minilm-l3, or a model directory [teacher-layers]")
@@ -60,7 +59,10 @@ def register(sub) -> None:
 
 def config_from_args(args):
     from fastft.compress.config import CompressConfig
+    from fastft.errors import FastftError
 
+    if args.int8 and args.fp16:
+        raise FastftError("--int8 and --fp16 exclude each other: pick one")
     return CompressConfig(
         data=args.data, output=args.output, distill=not args.no_distill, student=args.student, layers=args.layers,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,

@@ -30,39 +30,52 @@ def onnx_inputs(path) -> list[str]:
     return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
 
 
-def export_onnx(model_dir: Path, net, out_file: Path, opset: int = 17) -> dict:
-    """Write an fp32 ONNX classifier for ``net`` (saved in ``model_dir``) to ``out_file``.
+def _fx():
+    """fastft.export's composable functions, or None where that stage is absent."""
+    try:
+        from fastft.export import onnx as fx_onnx
+        from fastft.export import optimize as fx_opt
+        from fastft.export import quantize as fx_quant
 
-    Uses ``fastft.export`` (export + ORT graph optimisation) when present and the directory
-    loads with plain transformers; a head-pruned model (which transformers 5 cannot reload)
-    is exported from memory with ``torch.onnx.export``.
+        return fx_onnx, fx_opt, fx_quant
+    except ImportError:
+        return None
+
+
+def export_onnx(net, out_file: Path, work: Path | None = None, opset: int = 17) -> dict:
+    """Write the fp32 ONNX classifier for the in-memory ``net``: (fused graph kept for quantization).
+
+    With fastft.export present: its exporter, ORT transformer fusions (skipped for head-pruned
+    models, whose heads differ from the config's) and the offline ORT pass, as ``fastft export``
+    does; the fused, un-offline-optimised graph is kept beside ``out_file`` as
+    ``<stem>.fused.onnx`` for quantization. Without it: plain ``torch.onnx.export``.
+    Exporting from memory also covers head-pruned models, which transformers 5 cannot reload.
     """
-    info = {}
-    pruned_heads = bool(getattr(net.config, "pruned_heads", None))
-    if not pruned_heads:
-        try:
-            from fastft.export import export as fx_export
-        except ImportError:
-            fx_export = None
-        if fx_export is not None:
-            import shutil
-            import tempfile
+    import shutil
 
-            tmp = Path(tempfile.mkdtemp(prefix="fastft-export-", dir=out_file.parent))
-            try:
-                res = fx_export(str(model_dir), str(tmp / "out"), int8=False, opset=opset, overwrite=True,
-                                validate=False)
-                src = tmp / "out" / "model.onnx"
-                if not src.is_file():
-                    raise FastftError(f"fastft.export wrote no model.onnx in {tmp / 'out'}")
-                shutil.move(str(src), out_file)
-                info = {"exporter": "fastft.export", "onnx_meta": (res or {}).get("onnx") if isinstance(res, dict)
-                        else None}
-                return info
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    torch_export(net, out_file, opset)
-    return {"exporter": "torch.onnx.export (TorchScript)"}
+    out_file = Path(out_file)
+    fused = fused_path(out_file)
+    fx = _fx()
+    if fx is None:
+        torch_export(net, out_file, opset)
+        shutil.copy2(out_file, fused)
+        return {"exporter": "torch.onnx.export (TorchScript)", "runtime_graph_optimization_level": "all"}
+    fx_onnx, fx_opt, _ = fx
+    plain = out_file.with_name(out_file.stem + ".plain.onnx")
+    info = {"export": fx_onnx.export_onnx(net, plain, input_names=fx_onnx.model_input_names(net), opset=opset)}
+    if getattr(net.config, "pruned_heads", None):
+        shutil.copy2(plain, fused)
+        info["fusions"] = "skipped (head-pruned: per-layer head counts differ from the config)"
+    else:
+        info["fusions"] = fx_opt.fuse_transformer(plain, fused, net.config)
+    plain.unlink(missing_ok=True)
+    info["ort_offline"] = fx_opt.ort_offline_optimize(fused, out_file, "basic")
+    info["runtime_graph_optimization_level"] = "basic"
+    return info
+
+
+def fused_path(onnx_file: Path) -> Path:
+    return Path(onnx_file).with_name(Path(onnx_file).stem + ".fused.onnx")
 
 
 def torch_export(net, out_file: Path, opset: int = 17) -> None:
@@ -123,52 +136,95 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 
 def quantizable_nodes(path) -> list[str]:
-    """Names of nodes dynamic INT8 would quantize: weight MatMul/Gemm/Attention/Gather nodes."""
+    """Names of the nodes INT8 quantizes: fastft.export's weight MatMuls/Attention, else weight MatMul/Gemm."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
+    fx = _fx()
+    if fx is not None:
+        return fx[2].select_nodes(m, "weights")[0]
     inits = {t.name for t in m.graph.initializer}
-    out = []
-    for n in m.graph.node:
-        if n.op_type in QUANT_OPS and any(i in inits for i in n.input):
-            out.append(n.name)
-    return out
+    return [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input)]
 
 
 def quantize_int8(src: Path, dst: Path, *, exclude=(), static: bool = False, calib_ids=None, pad_id: int = 0,
-                  per_channel: bool | None = None) -> dict:
-    """INT8 ``src`` -> ``dst`` with ONNX Runtime; ``exclude``: node names kept fp32."""
+                  per_channel: bool | None = None, shaped: Path | None = None) -> dict:
+    """INT8 ``src`` -> ``dst`` with ONNX Runtime; ``exclude``: node names kept fp32.
+
+    Follows fastft.export's recipe for this CPU (U8S8 with VNNI, U8U8 without; QOperator for
+    dynamic, QDQ for static) when that stage is present. ``shaped``: ``src`` after symbolic
+    shape inference (computed when None; pass it to save time over many calls).
+    """
     import logging
+    import shutil
+    import tempfile
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger ("pre-processing")
+    tmpdir = None
     try:
-        return _quantize_int8(src, dst, exclude=exclude, static=static, calib_ids=calib_ids, pad_id=pad_id,
-                              per_channel=per_channel)
+        fx = _fx()
+        if shaped is None and fx is not None:
+            tmpdir = tempfile.mkdtemp(prefix="fastft-q-", dir=Path(dst).parent)
+            shaped = Path(tmpdir) / "shaped.onnx"
+            fx[1].infer_shapes(src, shaped)
+        return _quantize_int8(shaped or src, dst, exclude=set(exclude), static=static, calib_ids=calib_ids,
+                              pad_id=pad_id, per_channel=per_channel, fx=fx)
     finally:
         root.setLevel(level)
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _quantize_int8(src, dst, *, exclude, static, calib_ids, pad_id, per_channel) -> dict:
+def _quantize_int8(src, dst, *, exclude, static, calib_ids, pad_id, per_channel, fx) -> dict:
+    import shutil
+    import warnings
+
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    exclude = list(exclude)
-    if not static:
-        pc = bool(per_channel) if per_channel is not None else False
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=pc,
-                         nodes_to_exclude=exclude or None, extra_options={"MatMulConstBOnly": True})
-        return {"mode": "dynamic", "weight_type": "QInt8", "per_channel": pc}
-    if not calib_ids:
-        raise FastftError("--static needs calibration data (the training split)")
-    pc = True if per_channel is None else bool(per_channel)
-    names = onnx_inputs(src)
-    reader = _CalibReader(calib_ids, pad_id, names)
-    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=pc,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None,
-                    op_types_to_quantize=["MatMul", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "MatMulConstBOnly": True})
-    return {"mode": "static", "format": "QDQ", "per_channel": pc, "calibration_rows": len(calib_ids)}
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if fx is not None:
+        recipe = fx[2].recipe_from_options(static=static, per_channel=per_channel)
+        nodes, op_types = fx[2].select_nodes(onnx.load(str(src), load_external_data=False), recipe.scope)
+        settings = {"recipe": recipe.name, "weight_type": recipe.weight_type, "per_channel": recipe.per_channel,
+                    "reduce_range": recipe.reduce_range, "format": recipe.quant_format}
+        wtype, atype, pc, rr = qtype[recipe.weight_type], qtype[recipe.activation_type], recipe.per_channel, \
+            recipe.reduce_range
+        fmt = QuantFormat.QDQ if static else QuantFormat.QOperator
+    else:
+        nodes, op_types = quantizable_nodes(src), ["MatMul", "Gemm"]
+        pc = bool(per_channel) if per_channel is not None else static
+        wtype, atype, rr, fmt = QuantType.QInt8, QuantType.QUInt8, False, QuantFormat.QDQ if static else None
+        settings = {"weight_type": "int8", "per_channel": pc}
+    nodes = [n for n in nodes if n not in exclude]
+    settings.update(mode="static" if static else "dynamic", nodes_quantized=len(nodes), nodes_excluded=len(exclude))
+    if not nodes:  # everything kept fp32
+        shutil.copy2(src, dst)
+        return settings
+    common = dict(op_types_to_quantize=op_types, nodes_to_quantize=nodes, per_channel=pc, reduce_range=rr,
+                  weight_type=wtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not static:
+            quantize_dynamic(str(src), str(dst), extra_options={"MatMulConstBOnly": True}, **common)
+            return settings
+        if not calib_ids:
+            raise FastftError("--static needs calibration data (the training split)")
+        quantize_static(str(src), str(dst), _calib_reader(calib_ids, pad_id, onnx_inputs(src)), quant_format=fmt,
+                        activation_type=atype, extra_options={"MatMulConstBOnly": True}, **common)
+    settings["calibration_rows"] = len(calib_ids)
+    return settings
+
+
+def _calib_reader(ids, pad_id, names):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader, _CalibReader):
+        pass
+
+    return Reader(ids, pad_id, names)
 
 
 class _CalibReader:
@@ -210,54 +266,75 @@ def accuracy_aware_int8(src: Path, dst: Path, *, val_ids, val_labels, pad_id: in
                         base_acc: float | None = None, static: bool = False, calib_ids=None,
                         per_channel: bool | None = None, sensitivity_rows: int = 256, threads: int | None = None,
                         progress: bool = True) -> dict:
-    """Quantize, then keep the most sensitive nodes fp32 until the validation drop is within ``budget``.
+    """Quantize ``src`` (the fp32 graph), then keep the most sensitive nodes fp32 until the
+    validation accuracy drop is within ``budget``; the result is written to ``dst``.
 
     Returns {"accuracy_fp32", "accuracy_int8", "drop", "excluded_nodes", "sensitivity", "rounds", ...}.
     """
+    import shutil
+    import tempfile
+
     t0 = time.perf_counter()
-    if base_acc is None:
-        base_acc = accuracy(ort_logits(session(src, threads), val_ids, pad_id), val_labels)
-    settings = quantize_int8(src, dst, static=static, calib_ids=calib_ids, pad_id=pad_id, per_channel=per_channel)
-    acc = accuracy(ort_logits(session(dst, threads), val_ids, pad_id), val_labels)
-    rounds = [{"excluded": 0, "accuracy": acc, "drop": base_acc - acc}]
-    info = {**settings, "accuracy_fp32": base_acc, "accuracy_int8": acc, "drop": base_acc - acc,
-            "budget": budget, "excluded_nodes": [], "rounds": rounds}
-    _log(f"int8 ({settings['mode']}): validation accuracy {acc:.4f} vs fp32 {base_acc:.4f} "
-         f"(drop {base_acc - acc:+.4f}, budget {budget:.4f})", progress)
-    if base_acc - acc <= budget:
-        info["time_s"] = round(time.perf_counter() - t0, 2)
-        return info
-    # sensitivity: each node quantized alone, KL of its logits from fp32 on a subset
-    nodes = quantizable_nodes(src)
-    sub = val_ids[:sensitivity_rows]
-    ref = ort_logits(session(src, threads), sub, pad_id)
-    tmp = dst.with_name(dst.stem + ".probe.onnx")
-    sens = {}
-    for i, node in enumerate(nodes):
-        others = [n for n in nodes if n != node]
-        quantize_int8(src, tmp, exclude=others, static=static, calib_ids=calib_ids, pad_id=pad_id,
-                      per_channel=per_channel)
-        sens[node] = _kl(ref, ort_logits(session(tmp, threads), sub, pad_id))
-        _log(f"sensitivity {i + 1}/{len(nodes)}: {node} KL {sens[node]:.3g}", progress, end="\r")
-    _log("", progress)
-    ranked = sorted(nodes, key=lambda n: -sens[n])
-    k = 1
-    while base_acc - acc > budget and k <= len(ranked):
-        excluded = ranked[:k]
-        quantize_int8(src, dst, exclude=excluded, static=static, calib_ids=calib_ids, pad_id=pad_id,
-                      per_channel=per_channel)
-        acc = accuracy(ort_logits(session(dst, threads), val_ids, pad_id), val_labels)
-        rounds.append({"excluded": k, "accuracy": acc, "drop": base_acc - acc})
-        _log(f"int8 with {k} most sensitive node(s) in fp32: validation accuracy {acc:.4f} "
-             f"(drop {base_acc - acc:+.4f})", progress)
-        info["excluded_nodes"] = excluded
-        if k == len(ranked):
-            break
-        k = min(len(ranked), k * 2)
-    tmp.unlink(missing_ok=True)
-    info.update(accuracy_int8=acc, drop=base_acc - acc, within_budget=base_acc - acc <= budget,
-                sensitivity=dict(sorted(sens.items(), key=lambda kv: -kv[1])),
-                time_s=round(time.perf_counter() - t0, 2))
+    work = Path(tempfile.mkdtemp(prefix="fastft-aa-", dir=Path(dst).parent))
+    try:
+        fx = _fx()
+        shaped = None
+        if fx is not None:
+            shaped = work / "shaped.onnx"
+            fx[1].infer_shapes(src, shaped)
+        raw = work / "int8.onnx"
+
+        def build(exclude=(), out=raw) -> dict:
+            return quantize_int8(src, out, exclude=exclude, static=static, calib_ids=calib_ids, pad_id=pad_id,
+                                 per_channel=per_channel, shaped=shaped)
+
+        def val_acc(path) -> float:
+            return accuracy(ort_logits(session(path, threads), val_ids, pad_id), val_labels)
+
+        if base_acc is None:
+            base_acc = val_acc(src)
+        settings = build()
+        acc = val_acc(raw)
+        rounds = [{"excluded": 0, "accuracy": acc, "drop": base_acc - acc}]
+        info = {**settings, "accuracy_fp32": base_acc, "accuracy_int8": acc, "drop": base_acc - acc,
+                "budget": budget, "excluded_nodes": [], "rounds": rounds}
+        _log(f"int8 ({settings['mode']}): validation accuracy {acc:.4f} vs fp32 {base_acc:.4f} "
+             f"(drop {base_acc - acc:+.4f}, budget {budget:.4f})", progress)
+        if base_acc - acc > budget:
+            # sensitivity: each node quantized alone; mean KL of its logits from fp32's on a subset
+            nodes = quantizable_nodes(shaped or src)
+            sub = val_ids[:sensitivity_rows]
+            ref = ort_logits(session(src, threads), sub, pad_id)
+            probe = work / "probe.onnx"
+            sens = {}
+            for i, node in enumerate(nodes):
+                build([n for n in nodes if n != node], probe)
+                sens[node] = _kl(ref, ort_logits(session(probe, threads), sub, pad_id))
+                _log(f"sensitivity {i + 1}/{len(nodes)}: {node} KL {sens[node]:.3g}      ", progress, end="\r")
+            _log("", progress)
+            ranked = sorted(nodes, key=lambda n: -sens[n])
+            k = 1
+            while base_acc - acc > budget and k <= len(ranked):
+                excluded = ranked[:k]
+                build(excluded)
+                acc = val_acc(raw)
+                rounds.append({"excluded": k, "accuracy": acc, "drop": base_acc - acc})
+                _log(f"int8 with the {k} most sensitive node(s) in fp32: validation accuracy {acc:.4f} "
+                     f"(drop {base_acc - acc:+.4f})", progress)
+                info["excluded_nodes"] = excluded
+                if k == len(ranked):
+                    break
+                k = min(len(ranked), k * 2)
+            info["sensitivity"] = dict(sorted(sens.items(), key=lambda kv: -kv[1]))
+        info.update(accuracy_int8=acc, drop=base_acc - acc, within_budget=base_acc - acc <= budget)
+        if fx is not None:  # as fastft export does: save the graph ORT builds at "extended"
+            info["ort_offline"] = fx[1].ort_offline_optimize(raw, dst, "extended")
+            info["runtime_graph_optimization_level"] = "basic"
+        else:
+            shutil.copy2(raw, dst)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info["time_s"] = round(time.perf_counter() - t0, 2)
     return info
 
 

@@ -259,18 +259,20 @@ def do_prune(ctx: Context, net) -> StageResult:
 
 
 def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> tuple[Path, dict]:
-    from fastft.compress.quantize import accuracy_aware_int8, quantize_fp16
+    """Quantize the fp32 model ``fp32`` (its fused graph, when kept) into ``work``."""
+    from fastft.compress.quantize import accuracy_aware_int8, fused_path, quantize_fp16
 
     cfg = ctx.cfg
+    src = fused_path(fp32) if fused_path(fp32).is_file() else fp32
     if cfg.quantize == "fp16":
         dst = work / "model_fp16.onnx"
-        return dst, quantize_fp16(fp32, dst)
+        return dst, {**quantize_fp16(src, dst), "file": dst.name}
     dst = work / "model_int8.onnx"
-    info = accuracy_aware_int8(fp32, dst, val_ids=ctx.ids["validation"], val_labels=ctx.y["validation"],
+    info = accuracy_aware_int8(src, dst, val_ids=ctx.ids["validation"], val_labels=ctx.y["validation"],
                                pad_id=ctx.pad_id, budget=cfg.accuracy_budget, base_acc=base_acc, static=cfg.static,
                                calib_ids=ctx.ids["train"][:cfg.calib_size], per_channel=cfg.per_channel,
                                threads=cfg.threads, progress=cfg.progress)
-    return dst, info
+    return dst, {**info, "file": dst.name}
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
@@ -330,7 +332,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     tdir = work / "teacher"
     tdir.mkdir()
     t_onnx = tdir / "model.onnx"
-    export_onnx(ctx.teacher_dir, ctx.teacher, t_onnx)
+    t_export = export_onnx(ctx.teacher, t_onnx)
     t_metrics = evaluate_onnx(t_onnx)
     add_stage("teacher", ctx.teacher, ctx.teacher_dir, t_onnx, t_metrics)
     timings["teacher_export_eval_s"] = round(time.perf_counter() - t0, 2)
@@ -346,7 +348,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         net = res.model
         last_dir = save_model_dir(ctx, net, work / name, name, {})
         last_onnx = last_dir / "model.onnx"
-        infos[name]["export"] = export_onnx(last_dir, net, last_onnx)
+        infos[name]["export"] = export_onnx(net, last_onnx)
         last_metrics = evaluate_onnx(last_onnx)
         add_stage(name, net, last_dir, last_onnx, last_metrics)
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 2)
@@ -396,28 +398,40 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
             save_model_dir(ctx, net, tmp, "quantized", {})
         else:
             for f in last_dir.iterdir():
-                shutil.copy2(f, tmp / f.name)
-        if last_onnx.parent != tmp:
-            shutil.copy2(last_onnx, tmp / "model.onnx")
-        files = {"model.onnx": {"precision": "fp32"}}
+                if not f.name.endswith(".fused.onnx"):
+                    shutil.copy2(f, tmp / f.name)
+        shutil.copy2(last_onnx, tmp / "model.onnx")
+        fp32_info = (infos.get("pruned") or infos.get("distilled") or {}).get("export") or t_export
         if final_file != last_onnx:
             shutil.copy2(final_file, tmp / final_file.name)
-            files[final_file.name] = {"precision": cfg.quantize, **{k: v for k, v in (qinfo or {}).items()
-                                                                    if k in ("mode", "per_channel", "excluded_nodes")}}
-        _write_meta(ctx, tmp, final_file.name, files, final_metrics, report)
+        _write_meta(ctx, tmp, onnx_section(fp32_info, qinfo if final_file != last_onnx else None, cfg.quantize),
+                    final_metrics, report)
         report["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
         report["output"] = str(Path(cfg.output).resolve())
         rep.write(tmp, report)
     return report
 
 
-def _write_meta(ctx: Context, out: Path, served: str, files: dict, metrics: dict, report: dict) -> None:
+def onnx_section(fp32_info: dict, qinfo: dict | None, precision: str | None) -> dict:
+    """fastft.json's ``onnx`` section, in fastft export's layout (the runtime reads it)."""
+    level = fp32_info.get("runtime_graph_optimization_level", "all")
+    sec = {"file": "model.onnx", "default": "model.onnx", "opset": 17, "export": fp32_info.get("export"),
+           "optimization": {"fusions": fp32_info.get("fusions"), "runtime_graph_optimization_level": level}}
+    if qinfo:
+        keep = {k: v for k, v in qinfo.items() if k not in ("sensitivity", "rounds", "ort_offline")}
+        key = "int8" if precision == "int8" else precision
+        sec[key] = {**keep, "runtime_graph_optimization_level": qinfo.get("runtime_graph_optimization_level", "all")}
+        sec["default"] = qinfo["file"]
+    return sec
+
+
+def _write_meta(ctx: Context, out: Path, onnx: dict, metrics: dict, report: dict) -> None:
     from fastft.models.meta import read_meta, versions, write_meta
 
     meta = read_meta(out)
     meta.update({
         "labels": ctx.labels, "max_length": ctx.max_length, "data": ctx.data_spec, "metrics": metrics,
-        "onnx": {"default": served, "files": files, "opset": 17},
+        "onnx": onnx,
         "compress": {"teacher": str(ctx.teacher_dir), "config": ctx.cfg.to_dict(), "verdict": report["verdict"],
                      "stages": [{k: r.get(k) for k in ("stage", "parameters", "file_mb", "gflops_128", "p50_ms_128",
                                                        "p50_ms_512", "accuracy", "retained")}
@@ -472,16 +486,20 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
             save_model_dir(ctx, net, tmp, res.name, {k: v for k, v in res.info.items() if k != "history"})
             from fastft.compress.quantize import export_onnx
 
-            export_onnx(tmp, net, tmp / "model.onnx")
+            fp32_info = export_onnx(net, tmp / "model.onnx")
+            qinfo = None
             if stage == "quantize":
-                q_file, res.info = do_quantize(ctx, tmp / "model.onnx", tmp)
-                from fastft.models.meta import read_meta, write_meta
+                _, qinfo = do_quantize(ctx, tmp / "model.onnx", tmp)
+                res.info = qinfo
+            from fastft.compress.quantize import fused_path
+            from fastft.models.meta import read_meta, write_meta
 
-                meta = read_meta(tmp)
-                meta["onnx"] = {"default": q_file.name, "files": {"model.onnx": {"precision": "fp32"},
-                                                                  q_file.name: {"precision": cfg.quantize}}}
-                meta["compress"] = {"stage": "quantized", **res.info}
-                write_meta(tmp, meta)
+            fused_path(tmp / "model.onnx").unlink(missing_ok=True)
+            meta = read_meta(tmp)
+            meta["onnx"] = onnx_section(fp32_info, qinfo, cfg.quantize)
+            if qinfo:
+                meta["compress"] = {"stage": "quantized", **qinfo}
+            write_meta(tmp, meta)
         res.dir = Path(output).resolve() if output is not None else None
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,303 @@
+"""fastft compress on tiny random BERTs: each stage, the pipeline, the report, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import save_tiny_model, write_jsonl
+
+from fastft.compress import CompressConfig
+from fastft.errors import FastftError
+
+FAST = dict(epochs=1, batch_size=16, bench_runs=2, progress=False, recovery_epochs=1, prune_batches=2)
+
+
+@pytest.fixture(scope="module")
+def teacher4(tmp_path_factory, tiny_data_file):
+    """A tiny 4-layer teacher (4 heads, FFN 64) on the tiny data file."""
+    return save_tiny_model(tmp_path_factory.mktemp("compress") / "teacher4", tiny_data_file, layers=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ctx(teacher4):
+    from fastft.compress.recipe import prepare
+
+    return prepare(str(teacher4), CompressConfig(**FAST))
+
+
+# -- distillation --------------------------------------------------------------------------------
+def test_layer_plan():
+    from fastft.compress.distill import layer_plan
+
+    assert layer_plan(6, 3) == ([0, 2, 4], [2, 4, 6])  # DistilBERT: every other layer
+    assert layer_plan(6, 6) == ([0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6])
+    assert layer_plan(6, 1) == ([0], [6])
+    with pytest.raises(FastftError, match="--layers"):
+        layer_plan(6, 7)
+
+
+def test_distill_student_layers_and_loss_decreases(ctx):
+    from fastft.compress.distill import cache_teacher, make_student, train_student
+
+    student, match = make_student(ctx.teacher, "teacher-layers", 2, ctx.labels)
+    assert student.config.num_hidden_layers == 2 and match == [2, 4]
+    # the student starts as a copy of teacher layers 0 and 2
+    t_sd, s_sd = ctx.teacher.state_dict(), student.state_dict()
+    key = "bert.encoder.layer.{}.attention.self.query.weight"
+    assert np.allclose(s_sd[key.format(1)].numpy(), t_sd[key.format(2)].numpy())
+    cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, match, progress=False)
+    assert cache.hidden.shape == (sum(len(x) for x in ctx.ids["train"]), 2, 32)
+    res = train_student(student, cache, ctx.ids["train"][:32], ctx.y["train"][:32], pad_id=ctx.pad_id, epochs=4,
+                        lr=3e-3, batch_size=8, temperature=2.0, alpha=0.5, hidden_weight=1.0, progress=False)
+    losses = [h["loss"] for h in res["history"]]
+    assert losses[-1] < res["history"][0]["first_loss"], losses
+
+
+def test_distill_api_saves_student(teacher4, tmp_path):
+    import fastft
+
+    res = fastft.distill(str(teacher4), CompressConfig(layers=2, **FAST), output=tmp_path / "student")
+    cfg = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 2 and res.model.config.num_hidden_layers == 2
+    assert (tmp_path / "student" / "model.onnx").is_file()
+    meta = json.loads((tmp_path / "student" / "fastft.json").read_text())
+    assert meta["labels"] == ["negative", "positive"] and meta["compress"]["stage"] == "distilled"
+
+
+# -- pruning -------------------------------------------------------------------------------------
+def _logits(net, ids):
+    import torch
+
+    with torch.no_grad():
+        return net(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
+
+
+def _score_batches(ctx):
+    import torch
+
+    from fastft.compress.distill import pad_batch
+
+    y = torch.tensor(ctx.y["train"])
+
+    def loss_fn(model, rows):
+        x, m = pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
+        return torch.nn.functional.cross_entropy(model(input_ids=x, attention_mask=m).logits, y[rows])
+
+    return [list(range(i, i + 8)) for i in range(0, 24, 8)], loss_fn
+
+
+def test_prune_ffn_shrinks_and_reloads_with_plain_transformers(ctx, tmp_path):
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from fastft.compress.prune import apply_structured, count_params, flops, importance
+    from fastft.compress.quantize import ort_logits, session, torch_export
+
+    net = copy.deepcopy(ctx.teacher)
+    p0, f0 = count_params(net), flops(net)
+    batches, loss_fn = _score_batches(ctx)
+    scores = importance(net, batches, loss_fn)
+    assert all(s.shape == (64,) and float(s.sum()) > 0 for s in scores["ffn"])
+    apply_structured(net, scores, 0, 32)
+    assert net.bert.encoder.layer[0].intermediate.dense.weight.shape == (32, 32)
+    assert net.bert.encoder.layer[3].output.dense.weight.shape == (32, 32)
+    assert count_params(net) < p0 and flops(net) < f0 and net.config.intermediate_size == 32
+    net.save_pretrained(tmp_path / "p")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "p").eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 2307, 102]])
+    assert np.allclose(_logits(net.eval(), ids), _logits(again, ids), atol=1e-5)
+    torch_export(again, tmp_path / "p.onnx")
+    got = ort_logits(session(tmp_path / "p.onnx"), [ids[0].tolist()], 0)
+    assert np.allclose(got, _logits(again, ids), atol=1e-4)
+
+
+def test_prune_heads_shrinks_reloads_and_exports(ctx, tmp_path):
+    import copy
+
+    import torch
+
+    from fastft.compress.prune import apply_structured, describe, importance, load_pruned
+    from fastft.compress.quantize import ort_logits, session, torch_export
+
+    net = copy.deepcopy(ctx.teacher)
+    batches, loss_fn = _score_batches(ctx)
+    scores = importance(net, batches, loss_fn)
+    info = apply_structured(net, scores, 2, 16)
+    assert describe(net)["heads"] == [2, 2, 2, 2] and describe(net)["intermediate"] == [48] * 4
+    assert net.bert.encoder.layer[0].attention.self.query.weight.shape == (16, 32)
+    assert net.bert.encoder.layer[0].attention.output.dense.weight.shape == (32, 16)
+    assert sorted(net.config.pruned_heads) == ["0", "1", "2", "3"] and len(info["pruned_heads"]["0"]) == 2
+    net.save_pretrained(tmp_path / "h")
+    again = load_pruned(tmp_path / "h")
+    ids = torch.tensor([[101, 2023, 2003, 1037, 2307, 102]])
+    assert np.allclose(_logits(net.eval(), ids), _logits(again, ids), atol=1e-5)
+    torch_export(again, tmp_path / "h.onnx")
+    assert np.allclose(ort_logits(session(tmp_path / "h.onnx"), [ids[0].tolist()], 0), _logits(again, ids), atol=1e-4)
+
+
+def test_magnitude_pruning_reports_sparsity(ctx):
+    import copy
+
+    from fastft.compress.prune import magnitude_prune
+
+    info = magnitude_prune(copy.deepcopy(ctx.teacher), 0.5)
+    assert 0.49 < info["measured_sparsity"] < 0.51 and "no speed-up" in info["note"]
+
+
+# -- quantization --------------------------------------------------------------------------------
+def test_quantize_api_writes_int8(teacher4, tmp_path):
+    import fastft
+
+    res = fastft.quantize(str(teacher4), CompressConfig(**FAST), output=tmp_path / "q")
+    assert (tmp_path / "q" / "model_int8.onnx").is_file() and (tmp_path / "q" / "model.onnx").is_file()
+    assert res.info["mode"] == "dynamic"
+    pred = fastft.load(tmp_path / "q")
+    assert pred.onnx_file.name == "model_int8.onnx"
+    assert len(pred.predict(["a fine film"])) == 1
+
+
+def test_accuracy_aware_int8_records_excluded_nodes(ctx, tmp_path):
+    from fastft.compress.quantize import accuracy_aware_int8, quantizable_nodes, torch_export
+
+    torch_export(ctx.teacher, tmp_path / "m.onnx")
+    nodes = quantizable_nodes(tmp_path / "m.onnx")
+    assert any("query" in n for n in nodes)
+    # a negative budget can never be met: every round keeps more nodes fp32, all recorded
+    info = accuracy_aware_int8(tmp_path / "m.onnx", tmp_path / "m_int8.onnx", val_ids=ctx.ids["validation"],
+                               val_labels=ctx.y["validation"], pad_id=ctx.pad_id, budget=-1.0, progress=False)
+    assert info["excluded_nodes"] and set(info["excluded_nodes"]) <= set(nodes)
+    assert set(info["sensitivity"]) == set(nodes) and len(info["rounds"]) >= 2
+    assert info["within_budget"] is False and (tmp_path / "m_int8.onnx").is_file()
+
+
+def test_fp16_conversion_runs_on_cpu(ctx, tmp_path):
+    from fastft.compress.quantize import ort_logits, quantize_fp16, session, torch_export
+
+    torch_export(ctx.teacher, tmp_path / "m.onnx")
+    quantize_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
+    a = ort_logits(session(tmp_path / "m.onnx"), ctx.ids["test"], ctx.pad_id)
+    b = ort_logits(session(tmp_path / "m16.onnx"), ctx.ids["test"], ctx.pad_id)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.8 and np.abs(a - b).max() < 0.05
+
+
+# -- the pipeline and its report -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compressed(teacher4, tmp_path_factory):
+    import fastft
+
+    out = tmp_path_factory.mktemp("out") / "small"
+    report = fastft.compress(str(teacher4), CompressConfig(layers=2, prune_heads=0.25, prune_ffn=0.5,
+                                                           quantize="int8", output=str(out), **FAST))
+    return out, report
+
+
+def test_compress_report_files_and_fields(compressed):
+    out, report = compressed
+    for f in ("report.json", "report.md", "model.onnx", "model_int8.onnx", "config.json", "fastft.json"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "report.json").read_text())
+    assert [r["stage"] for r in rep["stages"]] == ["teacher", "distilled", "pruned", "quantized"]
+    for r in rep["stages"]:
+        for k in ("parameters", "file_mb", "gflops_128", "p50_ms_128", "accuracy", "retained"):
+            assert r[k] is not None, (r["stage"], k)
+    params = [r["parameters"] for r in rep["stages"]]
+    assert params[0] > params[1] > params[2]
+    assert rep["stages"][3]["file_mb"] < rep["stages"][2]["file_mb"]
+    assert rep["stages"][0]["retained"] == 1.0 and "message" in rep["verdict"]
+    md = (out / "report.md").read_text()
+    assert "| teacher |" in md and "| quantized |" in md
+    meta = json.loads((out / "fastft.json").read_text())
+    assert meta["onnx"]["default"] == "model_int8.onnx" and meta["labels"] == ["negative", "positive"]
+    assert meta["compress"]["stages"][-1]["stage"] == "quantized"
+
+
+def test_compressed_dir_serves(compressed):
+    import fastft
+
+    out, _ = compressed
+    pred = fastft.load(out)
+    assert pred.onnx_file.name == "model_int8.onnx"
+    assert pred.predict(["a wonderful film", "a dull mess"])[0][0] in ("negative", "positive")
+
+
+def test_verdict_names_nearest_stage():
+    from fastft.compress.report import verdict
+
+    rows = [{"stage": "teacher", "retained": 1.0, "p50_ms_512": 100}, {"stage": "distilled", "retained": 0.995,
+            "p50_ms_512": 50}, {"stage": "pruned", "retained": 0.992, "p50_ms_512": 40},
+            {"stage": "quantized", "retained": 0.97, "p50_ms_512": 20}]
+    v = verdict(rows, 0.99)
+    assert not v["met"] and v["nearest_stage_meeting_target"] == "pruned" and "below the target" in v["message"]
+    assert verdict(rows, 0.95)["met"]
+
+
+# -- bad input: one clear error, before any training ----------------------------------------------------
+@pytest.fixture
+def no_training(monkeypatch):
+    import importlib
+
+    d = importlib.import_module("fastft.compress.distill")  # the package's `distill` attribute is the function
+
+    def boom(*a, **k):
+        raise AssertionError("training started before the input was checked")
+
+    monkeypatch.setattr(d, "train_student", boom)
+    monkeypatch.setattr(d, "cache_teacher", boom)
+
+
+def test_base_model_without_head_is_refused(tmp_path, no_training):
+    import fastft
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                         vocab_size=30522)).save_pretrained(tmp_path / "base")
+    with pytest.raises(FastftError, match="no classification head"):
+        fastft.compress(str(tmp_path / "base"), CompressConfig(output=str(tmp_path / "o"), **FAST))
+
+
+def test_data_with_other_labels_is_refused(teacher4, tmp_path, no_training):
+    import fastft
+
+    rows = [{"text": f"text {i}", "label": "spam" if i % 2 else "ham"} for i in range(40)]
+    data = write_jsonl(tmp_path / "spam.jsonl", rows)
+    with pytest.raises(FastftError, match="differ from the teacher"):
+        fastft.compress(str(teacher4), CompressConfig(data=str(data), output=str(tmp_path / "o"), **FAST))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(layers=5), "--layers"), (dict(layers=0), "--layers"),
+    (dict(prune_heads=1.0), "--prune-heads"), (dict(prune_ffn=-0.1), "--prune-ffn"),
+    (dict(prune_heads=0.9), "would remove all"), (dict(quantize="int4"), "quantize"),
+    (dict(static=True, quantize=None), "--static"),
+])
+def test_bad_options_are_refused(teacher4, tmp_path, no_training, kw, match):
+    import fastft
+
+    with pytest.raises(FastftError, match=match):
+        fastft.compress(str(teacher4), CompressConfig(output=str(tmp_path / "o"), **{**FAST, **kw}))
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_int8_with_fp16_is_one_line(teacher4, tmp_path, capsys, no_training):
+    from fastft.cli import main
+
+    rc = main(["compress", "--model", str(teacher4), "--int8", "--fp16", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "--int8 and --fp16" in err
+
+
+def test_cli_help_lists_options(capsys):
+    from fastft.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    out = capsys.readouterr().out
+    for opt in ("--int8", "--fp16", "--static", "--layers", "--student", "--prune-heads", "--prune-ffn",
+                "--target-retained", "--epochs", "--seed", "--overwrite", "--json"):
+        assert opt in out
