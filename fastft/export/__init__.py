@@ -103,6 +103,7 @@ def export(
     validate: bool = True,
     recipe=None,
     agreement_limit: int | None = None,
+    min_agreement: float = 0.99,
     progress: bool = True,
 ) -> dict:
     """Export a fine-tuned model directory to ONNX (optionally INT8) in ``output``.
@@ -119,6 +120,7 @@ def export(
         validate: run the parity checks (fp32 logits <= 1e-4 at 6 shapes; INT8 label agreement >= 99%).
         recipe: an explicit :class:`fastft.export.quantize.Int8Recipe` (overrides the options above).
         agreement_limit: check INT8 agreement on at most this many validation texts (None: all).
+        min_agreement: the INT8 label agreement required (0.99).
 
     Returns the ``onnx`` section written to fastft.json (parity results included).
     """
@@ -227,7 +229,8 @@ def export(
                     texts, labels = texts[:agreement_limit], labels[:agreement_limit]
                 _log(f"checking INT8 label agreement on {len(texts)} validation texts", progress)
                 info["parity"]["int8"] = int8_agreement(session(tmp / ONNX_FILE), session(tmp / INT8_FILE),
-                                                        tokenizer, texts, labels, names, serve_length)
+                                                        tokenizer, texts, labels, names, serve_length,
+                                                        min_agreement=min_agreement)
         info["export_time_s"] = round(time.perf_counter() - t0, 2)
         info["versions"] = versions()
         new_meta = dict(meta)

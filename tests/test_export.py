@@ -1,0 +1,224 @@
+"""fastft export: ONNX parity at several shapes, dynamic axes, INT8 (dynamic and static), atomic output, errors.
+
+Uses the tiny random BERT of conftest.py (2 layers, hidden 32, 128 positions).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastft.errors import FastftError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """One fp32 + dynamic INT8 export of the tiny model, shared by the read-only checks below."""
+    from fastft.export import export
+
+    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
+    info = export(tiny_model_dir, out, int8=True, min_agreement=0.8, progress=False)
+    return out, info
+
+
+def _feeds(batch: int, seq: int, names, left_pad: bool = False, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, 30000, (batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    if batch > 1:
+        if left_pad:
+            mask[-1, : seq // 2] = 0
+        else:
+            mask[-1, seq // 2:] = 0
+    return {k: v for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}.items()
+            if k in names}
+
+
+def test_output_dir_layout_and_meta(exported, tiny_model_dir):
+    out, info = exported
+    for name in ("model.onnx", "model_int8.onnx", "config.json", "model.safetensors", "tokenizer.json", "fastft.json"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "fastft.json").read_text())
+    assert meta["onnx"] == json.loads(json.dumps(info))
+    assert meta["labels"] == ["negative", "positive"]
+    assert meta["history"][-1]["stage"] == "export"
+    assert info["export"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert info["export"]["opset"] >= 17
+    assert info["optimization"]["fusions"]["fused"].get("SkipLayerNormalization", 0) > 0
+    assert info["int8"]["recipe"] and info["int8"]["reason"]
+    assert not list(out.parent.glob(".tiny-onnx.tmp-*"))
+    # the source directory is untouched
+    assert not (tiny_model_dir / "model.onnx").exists()
+
+
+def test_fp32_parity_recorded_at_six_shapes(exported):
+    _, info = exported
+    fp = info["parity"]["fp32"]
+    shapes = {(s["batch"], s["seq"]) for s in fp["shapes"]}
+    assert shapes == {(1, 7), (3, 7), (1, 64), (3, 64), (1, 128), (3, 128)}
+    assert fp["passed"] and fp["max_abs_diff"] <= 1e-4
+
+
+def test_graph_has_dynamic_axes_and_supported_ir(exported):
+    out, _ = exported
+    for name in ("model.onnx", "model_int8.onnx"):
+        m = onnx.load(str(out / name))
+        assert m.ir_version <= 10
+        assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        for inp in m.graph.input:
+            dims = inp.type.tensor_type.shape.dim
+            assert len(dims) == 2 and all(d.dim_param and not d.dim_value for d in dims), (name, inp.name, dims)
+        assert [o.name for o in m.graph.output] == ["logits"]
+
+
+@pytest.mark.parametrize("batch,seq,left_pad", [(1, 1, False), (2, 33, False), (4, 113, False), (3, 20, True)])
+def test_plain_onnxruntime_matches_torch(exported, tiny_model_dir, batch, seq, left_pad):
+    """ORT loads model.onnx directly (default options) and matches PyTorch at shapes not traced, any padding side."""
+    import torch
+
+    from fastft.models import load_classifier
+
+    out, info = exported
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = _feeds(batch, seq, info["export"]["inputs"], left_pad)
+    got = sess.run(None, feeds)[0]
+    net = load_classifier(tiny_model_dir).eval()
+    with torch.inference_mode():
+        ref = net(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_int8_runs_and_agrees(exported):
+    out, info = exported
+    q = info["parity"]["int8"]
+    assert q["n"] > 0 and q["label_agreement"] >= 0.8
+    assert "accuracy_change" in q
+    ops = info["int8"]["ops"]
+    assert any(op in ops for op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"))
+    sess = ort.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, _feeds(2, 9, info["export"]["inputs"]))[0].shape == (2, 2)
+
+
+def test_static_int8_with_calibration(tiny_model_dir, tmp_path):
+    from fastft.export import export
+
+    info = export(tiny_model_dir, tmp_path / "static", static=True, calib_size=8, calib_method="minmax",
+                  min_agreement=0.8, progress=False)
+    assert info["int8"]["mode"] == "static" and info["int8"]["calib_size"] == 8
+    assert info["parity"]["int8"]["label_agreement"] >= 0.8
+    assert (tmp_path / "static" / "model_int8.onnx").is_file()
+
+
+def test_failed_parity_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    import fastft.export.validate as validate
+    from fastft.export import export
+
+    def fail(*args, **kwargs):
+        raise FastftError("fp32 parity failed: simulated")
+
+    monkeypatch.setattr(validate, "fp32_parity", fail)
+    with pytest.raises(FastftError, match="parity failed"):
+        export(tiny_model_dir, tmp_path / "out", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fastft_export_is_callable_and_importable():
+    import fastft
+    import fastft.export.onnx  # noqa: F401 - importing a submodule must not shadow the function
+    from fastft.export import export
+
+    assert callable(fastft.export) and callable(export)
+
+
+def test_default_recipe_follows_cpu_flags():
+    from fastft.export.quantize import default_recipe
+
+    vnni = default_recipe({"flags": ["avx2", "avx512f", "avx512_vnni"], "vnni": True})
+    avx2 = default_recipe({"flags": ["avx2", "fma"], "vnni": False})
+    assert vnni.weight_type == "int8"
+    assert avx2.weight_type == "uint8" or avx2.reduce_range
+    assert vnni.reason and avx2.reason
+
+
+def test_peer_pipeline_and_plain_export(tiny_model_dir, tmp_path):
+    from fastft.export.peer import peer_pipeline, plain_export
+
+    r = peer_pipeline(tiny_model_dir, tmp_path / "peer")
+    for key in ("fp32_optimized", "int8"):
+        sess = ort.InferenceSession(r[key], providers=["CPUExecutionProvider"])
+        assert sess.run(None, _feeds(1, 5, ["input_ids", "attention_mask", "token_type_ids"]))[0].shape == (1, 2)
+    assert "quantize_fallback" in r["record"]
+    p = plain_export(tiny_model_dir, tmp_path / "plain.onnx")
+    assert Path(p["path"]).is_file()
+
+
+# ---- bad input: one line, exit 2, nothing written -------------------------------------------------------------
+
+
+def _cli(args, capsys):
+    from fastft.cli import main
+
+    code = main(["export", *map(str, args)])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def _base_encoder_dir(tiny_model_dir: Path, dst: Path) -> Path:
+    shutil.copytree(tiny_model_dir, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["architectures"] = ["BertModel"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    (dst / "fastft.json").unlink()
+    return dst
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "no-head", "static-no-data", "calib-size", "opset",
+                                  "exists"])
+def test_bad_input_is_one_line(case, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    model = tiny_model_dir
+    extra: list = []
+    if case == "missing":
+        model = tmp_path / "nope"
+    elif case == "corrupt":
+        model = shutil.copytree(tiny_model_dir, tmp_path / "corrupt")
+        (model / "config.json").write_text("{not json")
+    elif case == "no-head":
+        model = _base_encoder_dir(tiny_model_dir, tmp_path / "base")
+    elif case == "static-no-data":
+        model = shutil.copytree(tiny_model_dir, tmp_path / "nodata")
+        meta = json.loads((model / "fastft.json").read_text())
+        meta["data"] = {}
+        (model / "fastft.json").write_text(json.dumps(meta))
+        extra = ["--static"]
+    elif case == "calib-size":
+        extra = ["--static", "--calib-size", "0"]
+    elif case == "opset":
+        extra = ["--opset", "16"]
+    elif case == "exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = _cli(["--model", model, "--output", out, *extra], capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("fastft: error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if case == "exists":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_cli_json(tiny_model_dir, tmp_path, capsys):
+    from fastft.cli import main
+
+    assert main(["export", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parity"]["fp32"]["passed"] and info["file"] == "model.onnx"
