@@ -7,7 +7,8 @@ pipeline (ORT transformers optimizer + dynamic INT8, as Optimum does it) and fas
 models. Each repetition runs every backend once, in an order rotated by one each time, so
 load from other processes hits all of them alike. Latency is model execution on
 pre-tokenized inputs (batch x seq tokens of real text, full attention mask); peak memory
-is measured in a fresh subprocess per backend (RSS high-water mark above the imports).
+is measured in a subprocess, one forked child per backend (RSS high-water mark above the
+imports).
 """
 
 from __future__ import annotations
@@ -94,13 +95,22 @@ def work_dir(model_dir: Path, root: str | None = None) -> Path:
     return base / f"{model_dir.name}-{_fingerprint(model_dir)}"
 
 
+def is_export_dir(model_dir: Path) -> bool:
+    from fastft.models import read_meta
+
+    return ((model_dir / "model.onnx").is_file() and (model_dir / "model_int8.onnx").is_file()
+            and isinstance(read_meta(model_dir).get("onnx"), dict))
+
+
 def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print) -> dict[str, Path]:
     """Export what the backends need into ``workdir`` (reused when already there)."""
     art: dict[str, Path] = {"model_dir": model_dir}
     workdir.mkdir(parents=True, exist_ok=True)
     if {"fastft-fp32", "fastft-int8"} & set(backends):
         out = workdir / "fastft"
-        if not ((out / "model.onnx").is_file() and (out / "model_int8.onnx").is_file()):
+        if is_export_dir(model_dir):  # --model is already a `fastft export --int8` directory: serve its files
+            out = model_dir
+        elif not ((out / "model.onnx").is_file() and (out / "model_int8.onnx").is_file()):
             from fastft.export import export
 
             log(f"exporting {model_dir} with fastft export --int8 -> {out}")
@@ -240,6 +250,11 @@ def make_inputs(tokenizer, batch: int, seq: int, texts: list[str]) -> dict[str, 
 
 
 # -- memory probe (subprocess) ---------------------------------------------------------
+PROBE_METHOD = ("one subprocess imports torch, onnxruntime and the model's transformers class, then forks a "
+                "child per backend; peak = the child's RSS high-water mark (VmHWM, reset via /proc/self/clear_refs "
+                "after the fork) minus its RSS before loading; fastft-* include their Predictor's tokenizer")
+
+
 def _status() -> dict[str, int]:
     out = {}
     with open("/proc/self/status") as f:
@@ -249,30 +264,14 @@ def _status() -> dict[str, int]:
     return out
 
 
-def probe_memory(name: str, art: dict[str, Path], threads: int, batch: int, seqs: list[int]) -> dict:
-    """In this (fresh) process: RSS after load and peak RSS per sequence length, above the imports."""
+def _probe_one(name: str, art: dict[str, Path], threads: int, feeds: dict[int, dict]) -> dict:
+    """In a fresh (forked) process: RSS after load and peak RSS per sequence length, above the baseline."""
     import gc
 
-    import onnxruntime  # noqa: F401  imports are part of the baseline
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
+    import torch
 
-    from fastft.models import load_tokenizer
-
-    tok = load_tokenizer(art["model_dir"])
-    texts = [_FALLBACK_TEXT]
-    feeds = {s: make_inputs(tok, batch, s, texts) for s in seqs}
-    # the baseline includes library code, not the model: import the model's class (transformers 5
-    # modeling modules weigh ~200 MB) and start torch's thread pool before measuring
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
-
-    try:
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(AutoConfig.from_pretrained(str(art["model_dir"])))]
-    except (KeyError, ValueError, OSError):
-        pass
     torch.set_num_threads(threads)
-    (torch.ones(64, 64) @ torch.ones(64, 64)).sum()
+    (torch.ones(64, 64) @ torch.ones(64, 64)).sum()  # start the thread pool: not the model's memory
     gc.collect()
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -284,25 +283,65 @@ def probe_memory(name: str, art: dict[str, Path], threads: int, batch: int, seqs
     runner = make_runner(name, art, threads)
     loaded = _status()["VmRSS"]
     peak = {}
-    for s in sorted(seqs):
+    for s in sorted(feeds):
         prepared = runner.prepare(feeds[s])
         for _ in range(2):
             runner.run(prepared)
         peak[str(s)] = round((_status()["VmHWM"] - base) / 1024, 1)
-    return {"load_rss_mb": round((loaded - base) / 1024, 1), "peak_rss_mb": peak, "hwm_reset": reset,
-            "method": "fresh subprocess per backend: RSS high-water mark (VmHWM, reset via /proc/self/clear_refs) "
-                      "minus RSS after importing torch, onnxruntime and the model's transformers class"}
+    return {"load_rss_mb": round((loaded - base) / 1024, 1), "peak_rss_mb": peak, "hwm_reset": reset}
 
 
-def run_probe_subprocess(name: str, art: dict[str, Path], threads: int, batch: int, seqs: list[int]) -> dict:
-    arg = json.dumps({"name": name, "art": {k: str(v) for k, v in art.items()}, "threads": threads,
+def probe_memory(names: list[str], art: dict[str, Path], threads: int, batch: int, seqs: list[int]) -> dict:
+    """{backend: probe result}: shared imports once, then one forked child per backend."""
+    import onnxruntime  # noqa: F401  imports are part of the baseline
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    from fastft.models import load_tokenizer
+
+    tok = load_tokenizer(art["model_dir"])
+    feeds = {s: make_inputs(tok, batch, s, [_FALLBACK_TEXT]) for s in seqs}
+    try:  # transformers 5 modeling modules weigh ~200 MB: library code, not the model
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(AutoConfig.from_pretrained(str(art["model_dir"])))]
+    except (KeyError, ValueError, OSError):
+        pass
+    out = {}
+    for name in names:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(r)
+            try:
+                res = _probe_one(name, art, threads, feeds)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                res = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+            with os.fdopen(w, "w") as f:
+                f.write(json.dumps(res))
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        out[name] = json.loads(data) if data else {"error": "probe process died"}
+    return out
+
+
+def run_memory_probes(names: list[str], art: dict[str, Path], threads: int, batch: int, seqs: list[int]) -> dict:
+    """:func:`probe_memory` in a fresh subprocess (so this process's own memory does not count)."""
+    arg = json.dumps({"names": names, "art": {k: str(v) for k, v in art.items()}, "threads": threads,
                       "batch": batch, "seqs": seqs})
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run([sys.executable, "-m", "fastft.bench.harness", "--probe", arg], capture_output=True,
-                          text=True, env=env, timeout=600)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastft.bench.harness", "--probe", arg], capture_output=True,
+                              text=True, env=env, timeout=900)
+    except subprocess.TimeoutExpired:
+        return {n: {"error": "memory probe timed out"} for n in names}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]}
+        err = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
+        return {n: {"error": err} for n in names}
     return json.loads(lines[-1])
 
 
@@ -326,12 +365,12 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
             raise FastftError(f"--model must be a local model directory (got {cfg.model!r})")
     else:
         model_dir, note = default_model()
-    art = prepare(model_dir, cfg.backends, work_dir(model_dir, cfg.workdir), log)
-    tok = load_tokenizer(model_dir)
     max_pos = _max_positions(model_dir)
     too_long = [s for s in cfg.seqs if s > max_pos]
     if too_long:
         raise FastftError(f"--seq {too_long[0]} is beyond the model's {max_pos} positions")
+    art = prepare(model_dir, cfg.backends, work_dir(model_dir, cfg.workdir), log)
+    tok = load_tokenizer(model_dir)
 
     runners = {}
     for name in cfg.backends:
@@ -380,9 +419,10 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                           "file_size_mb": r.file_size_mb(), **r.info}
     del runners
     if cfg.memory:
+        log(f"memory probe ({', '.join(cfg.backends)})")
+        probes = run_memory_probes(cfg.backends, art, threads, cfg.batch, cfg.seqs)
         for name in cfg.backends:
-            log(f"memory probe: {name}")
-            backends[name]["memory"] = run_probe_subprocess(name, art, threads, cfg.batch, cfg.seqs)
+            backends[name]["memory"] = {**probes.get(name, {"error": "no result"}), "method": PROBE_METHOD}
         for row in results:
             mem = backends[row["backend"]]["memory"]
             row["peak_rss_mb"] = mem.get("peak_rss_mb", {}).get(str(row["seq"]))
@@ -502,7 +542,7 @@ def format_table(payload: dict) -> str:
 def _probe_main(arg: str) -> int:
     spec = json.loads(arg)
     art = {k: Path(v) for k, v in spec["art"].items()}
-    print(json.dumps(probe_memory(spec["name"], art, spec["threads"], spec["batch"], spec["seqs"])))
+    print(json.dumps(probe_memory(spec["names"], art, spec["threads"], spec["batch"], spec["seqs"])))
     return 0
 
 

@@ -1,0 +1,82 @@
+"""``fastft bench`` end to end on the tiny model (few repeats), and its argument errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("fastft.export")
+    from fastft.cli import main
+
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    rc = main(["bench", "--model", str(tiny_model_dir), "--seq", "16,32", "--repeats", "5", "--warmup", "1",
+               "--threads", "1", "--backends", "hf-eager,fastft-fp32,fastft-int8", "--workdir", str(tmp_path / "w"),
+               "--json", str(out), "--plot", str(png), "--no-progress"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "fastft-int8" in table and "p50 ms" in table
+    d = json.loads(out.read_text())
+    for key in ("command", "machine", "versions", "settings", "backends", "results", "targets"):
+        assert key in d, key
+    assert d["settings"]["threads"] == 1 and d["settings"]["seqs"] == [16, 32]
+    assert len(d["results"]) == 6
+    for r in d["results"]:
+        for key in ("p50_ms", "p90_ms", "p99_ms", "seq_per_s", "tokens_per_s", "speedup_vs_hf_eager",
+                    "p99_over_p50", "max_abs_logit_diff_vs_hf_eager"):
+            assert isinstance(r[key], (int, float)), (r["backend"], key)
+        assert r["n"] == 5 and r["tokens_per_s"] == pytest.approx(r["seq_per_s"] * r["seq"], rel=1e-3)
+        assert r["peak_rss_mb"] is not None
+        if r["backend"] == "fastft-fp32":
+            assert r["max_abs_logit_diff_vs_hf_eager"] < 1e-4
+    b = d["backends"]
+    assert b["fastft-int8"]["file"].endswith("model_int8.onnx") and b["fastft-int8"]["file_size_mb"] > 0
+    assert "error" not in b["hf-eager"]["memory"]
+    assert {t["target"] for t in d["targets"]} and all("met" in t for t in d["targets"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the exports are reused on a second run (same workdir, unchanged model)
+    stamp = (tmp_path / "w").stat().st_mtime_ns
+    rc = main(["bench", "--model", str(tiny_model_dir), "--seq", "16", "--repeats", "3", "--warmup", "0",
+               "--threads", "1", "--backends", "fastft-int8", "--workdir", str(tmp_path / "w"), "--json",
+               "--no-memory", "--no-progress"])
+    assert rc == 0
+    d2 = json.loads(capsys.readouterr().out)
+    assert d2["results"][0]["backend"] == "fastft-int8" and "speedup_vs_hf_eager" not in d2["results"][0]
+    assert len(list((tmp_path / "w").iterdir())) == 1 and (tmp_path / "w").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "hf-eager,tensorflow"], "unknown backend 'tensorflow'"),
+    (["--seq", "4"], "at least 8"),
+    (["--seq", "1024"], "beyond the model's 128 positions"),
+    (["--repeats", "1"], "--repeats"),
+    (["--batch", "0"], "--batch"),
+    (["--plot", "out.svg"], "PNG"),
+])
+def test_bench_bad_args(tiny_model_dir, tmp_path, capsys, args, message):
+    from fastft.cli import main
+
+    rc = main(["bench", "--model", str(tiny_model_dir), "--backends", "hf-eager", "--workdir", str(tmp_path),
+               "--no-memory", "--no-progress", *args] if "--backends" not in args else
+              ["bench", "--model", str(tiny_model_dir), "--workdir", str(tmp_path), "--no-progress", *args])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastft: error:") and message in err, err
+
+
+def test_bench_unparsable_args(capsys):
+    from fastft.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--seq", "128,abc"])
+    assert exc.value.code == 2
+    assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_bench_missing_model(tmp_path, capsys):
+    from fastft.cli import main
+
+    assert main(["bench", "--model", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
