@@ -1,13 +1,18 @@
 """Triton fused-attention forward (kernels/attention.py) against the float64 reference.
 
-Runs on CPU through the Triton interpreter. ``TRITON_INTERPRET=1`` must be set before
-*triton itself* is imported (its ``tl.zeros``/``tl.max``... are jit functions decorated
-at import), so the ``kernel`` fixture sets it and imports triton + the kernel module on
-first use. If triton was already imported in compile mode in this process (another
-test used torch.compile, or GPU tests ran first), the interpreter suite re-runs itself
-once in a fresh subprocess instead. Shapes are tiny and the parametrisation curated:
-every value of every axis, not the cartesian product. ``-m gpu`` runs the full grid on
-CUDA (run it in its own pytest process).
+Runs on CPU through the Triton interpreter. Interpreter mode is chosen when a function is
+decorated with ``triton.jit``, and triton's own library functions (``tl.zeros``,
+``tl.max``, ``tl.sum``...) are decorated when triton is imported. The ``kernel``
+fixture therefore sets ``TRITON_INTERPRET=1``, swaps those library functions for
+interpreted twins if triton was imported in compile mode (torch.compile or CUDA tests
+in this process), and (re)imports the kernel module; on teardown it puts everything
+back and drops the interpreted kernel module, so the rest of the process is untouched.
+If that swap is impossible (another triton layout), the suite re-runs itself once in a
+fresh subprocess with ``TRITON_INTERPRET=1``.
+
+Shapes are tiny and the parametrisation curated: every value of every axis, not the
+cartesian product. ``-m gpu`` runs the full grid on CUDA; ``-m slow`` compiles the kernel
+for sm_90 on this CPU (needs triton's bundled ptxas).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,19 +31,41 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
 _MOD = "fastft.kernels.attention"
+_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _triton_mode() -> str:
-    """'absent' (triton not imported yet), 'interpret' or 'compile'."""
-    if sys.modules.get("triton") is None:
-        return "absent"
+def _interpreted_stdlib() -> bool:
     import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
 
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover - other triton layouts
-        return "compile"
-    return "interpret" if isinstance(tl.standard.zeros, InterpretedFunction) else "compile"
+    return isinstance(tl.standard.zeros, InterpretedFunction)
+
+
+def _swap_in_interpreted_stdlib() -> list:
+    """Replace every jit function of triton.language (and .standard, .math) by an
+    interpreted twin, one twin per function so identity checks still hold. Returns
+    (module, name, original) triples for the undo."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    twins, undo = {}, []
+    for mod in (tl, tl.standard, tl.math):
+        for name, obj in list(vars(mod).items()):
+            if isinstance(obj, JITFunction):
+                twin = twins.get(id(obj))
+                if twin is None:
+                    twin = twins[id(obj)] = InterpretedFunction(obj.fn)
+                undo.append((mod, name, obj))
+                setattr(mod, name, twin)
+    return undo
+
+
+def _drop_kernel_module():
+    sys.modules.pop(_MOD, None)
+    pkg = sys.modules.get("fastft.kernels")
+    if pkg is not None and "attention" in vars(pkg):
+        delattr(pkg, "attention")
 
 
 def _load_kernel(interpret: bool):
@@ -53,29 +81,43 @@ def _load_kernel(interpret: bool):
     return mod
 
 
-@pytest.fixture(scope="module")
-def _restore_env():
-    old = os.environ.get("TRITON_INTERPRET")
-    yield
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+def _run_suite_in_subprocess():
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+           "-m", "not slow and not gpu"]
+    proc = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=_ROOT,
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"interpreter suite failed in a subprocess ({' '.join(cmd)}):\n"
+                    f"{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}")
+    pytest.skip("triton could not be switched to interpreter mode in this process; the "
+                "interpreter suite ran in a fresh subprocess and passed")
 
 
 @pytest.fixture(scope="module")
-def kernel(_restore_env):
-    if _triton_mode() == "compile":
-        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-               "-m", "not slow and not gpu"]
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"interpreter suite failed in a subprocess ({' '.join(cmd)}):\n"
-                        f"{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}")
-        pytest.skip("triton was already imported in compile mode here; the interpreter suite "
-                    "ran in a fresh subprocess and passed")
-    return _load_kernel(interpret=True)
+def kernel():
+    old_env = os.environ.get("TRITON_INTERPRET")
+    undo = []
+    try:
+        import triton.language  # noqa: F401 - in whatever mode this process uses
+
+        if not _interpreted_stdlib():
+            undo = _swap_in_interpreted_stdlib()
+        mod = _load_kernel(interpret=True)
+    except (ImportError, AttributeError, TypeError):
+        mod = None
+    try:
+        if mod is None:
+            _run_suite_in_subprocess()
+        yield mod
+    finally:
+        for module, name, original in undo:
+            setattr(module, name, original)
+        if old_env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old_env
+        if (old_env or "0").strip().lower() not in ("1", "true", "on", "yes"):
+            _drop_kernel_module()  # the next import builds it for the process's real mode
 
 
 # ---------------------------------------------------------------- references
@@ -299,13 +341,20 @@ _GPU_SEQS = [1, 7, 64, 129, 512]
 
 
 @pytest.fixture(scope="module")
-def gpu_kernel(_restore_env):
+def gpu_kernel():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    if _triton_mode() == "interpret":
-        pytest.skip("triton runs in interpreter mode in this process; "
-                    "run `pytest -m gpu tests/test_attention_triton.py` on its own")
-    return _load_kernel(interpret=False)
+    import triton.language  # noqa: F401
+
+    if _interpreted_stdlib():
+        pytest.skip("triton was imported in interpreter mode (TRITON_INTERPRET=1) in this process")
+    old_env = os.environ.get("TRITON_INTERPRET")
+    mod = _load_kernel(interpret=False)
+    yield mod
+    if old_env is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = old_env
 
 
 @pytest.mark.gpu
