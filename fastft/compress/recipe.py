@@ -68,14 +68,21 @@ def default_teacher(progress: bool = True) -> Path:
 
 
 # -- validation and loading ---------------------------------------------------------------------
-def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
-    """(fastft meta, labels) of a classifier directory, or a one-line ModelError."""
+def _read_config(path: Path) -> dict:
     import json
 
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
+    """(fastft meta, labels) of a classifier directory, or a one-line ModelError."""
     from fastft.models.meta import read_meta
 
     meta = read_meta(path)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = _read_config(path)
     archs = cfg.get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ModelError(f"{path} has no classification head (architectures: {', '.join(archs) or 'none'}); "
@@ -119,7 +126,12 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if set(splits.labels) != set(labels):
         raise DataError(f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's "
                         f"({', '.join(labels)})")
-    teacher = load_classifier(path).eval()
+    if _read_config(path).get("pruned_heads"):
+        from fastft.compress.prune import load_pruned
+
+        teacher = load_pruned(path).eval()
+    else:
+        teacher = load_classifier(path).eval()
     n_layers = teacher.config.num_hidden_layers
     if cfg.student == "teacher-layers" and cfg.layers is not None and not 1 <= cfg.layers <= n_layers:
         raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {cfg.layers})")
@@ -220,8 +232,10 @@ def do_prune(ctx: Context, net) -> StageResult:
     cfg = ctx.cfg
     before = describe(net)
     cache = ctx.cache
-    if cache is None:  # pruning the teacher itself: its own outputs are the targets
-        match = list(range(1, net.config.num_hidden_layers + 1))
+    if cache is None:  # no distillation before: the teacher's outputs on its matching layers are the targets
+        from fastft.compress.distill import layer_plan
+
+        match = layer_plan(ctx.teacher.config.num_hidden_layers, net.config.num_hidden_layers)[1]
         cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, match if cfg.hidden_weight > 0 else None,
                               progress=cfg.progress)
         ctx.cache = cache
@@ -471,9 +485,9 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
     if stage == "distill":
         res = do_distill(ctx)
     elif stage == "prune":
-        from fastft.models import load_classifier
+        from fastft.compress.prune import load_pruned
 
-        net = copy.deepcopy(ctx.teacher) if teacher is None else load_classifier(model).eval()
+        net = copy.deepcopy(ctx.teacher) if teacher is None else load_pruned(model).eval()
         res = do_prune(ctx, net)
     else:
         res = StageResult("quantized", None, None, {})
