@@ -399,3 +399,74 @@ def test_gpu_tf32_flag(gpu_kernel):
     _assert_close(exact, ref, 1e-5, 1e-5, "fp32 ieee")
     tf32 = gpu_kernel.attention_fwd(q, k, v, m, allow_tf32=True)
     _assert_close(tf32, ref, 5e-3, 5e-3, "fp32 tf32")
+
+
+# ---------------------------------------------------------------- no GPU needed, other checks
+
+def test_bench_without_cuda_exits_cleanly(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    out = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(_ROOT / "bench" / "bench_attention_gpu.py"), "--out-dir", str(out)],
+                          env=env, cwd=_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("no CUDA device: "), lines
+    assert not out.exists()
+
+
+_AOT_SCRIPT = r"""
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastft.kernels.attention as A
+
+jit = A._attn_fwd_fixed.fn
+names = jit.arg_names
+def compile_case(dt, head_dim, causal, has_mask, bm, bn, prec, even_n, warps, stages):
+    sig, const = {}, {}
+    for n in names:
+        if n in ("Q", "K", "V", "O"): sig[n] = "*" + dt
+        elif n == "Mask": sig[n] = "*u8" if has_mask else "*" + dt
+        elif n in ("KvStart", "KvEnd"): sig[n] = "*i32" if has_mask else "*" + dt
+        elif n == "qk_scale": sig[n] = "fp32"
+        elif n in ("stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_mn"):
+            sig[n], const[n] = "constexpr", 1  # what the JIT specialises for contiguous rows
+        elif n[0].isupper(): sig[n] = "constexpr"
+        else: sig[n] = "i32"
+    bd = max(16, triton.next_power_of_2(head_dim))
+    const.update(IS_CAUSAL=causal, HAS_MASK=has_mask, INPUT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn,
+                 BLOCK_D=bd, EVEN_N=even_n, EVEN_D=bd == head_dim, UPCAST_DOT=False)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if sig[n].startswith("*") or (n.startswith("stride") and sig[n] == "i32")}
+    k = triton.compile(ASTSource(jit, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps, "num_stages": stages})
+    ttgir = k.asm["ttgir"]
+    assert "warp_group_dot" in ttgir or prec == "ieee", "fp16/bf16 dots should use wgmma on sm_90"
+    assert k.metadata.shared <= 232448, f"shared memory {k.metadata.shared} over the sm_90 limit"
+    print(dt, head_dim, causal, has_mask, "ok", k.metadata.shared, flush=True)
+
+compile_case("fp16", 64, False, True, 128, 64, None, True, 8, 3)
+compile_case("bf16", 80, True, False, 128, 128, None, False, 8, 2)
+compile_case("fp16", 128, True, True, 64, 64, None, True, 4, 4)
+compile_case("fp32", 48, True, True, 64, 32, "ieee", False, 4, 3)
+"""
+
+
+@pytest.mark.slow
+def test_compiles_for_sm90():
+    """Lower the kernel to a cubin for H100 (sm_90) on this CPU: catches code-generation
+    errors the interpreter cannot (needs triton's NVIDIA backend and bundled ptxas)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except ImportError:
+        pytest.skip("triton has no NVIDIA backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, cwd=_ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.stdout.count(" ok ") == 4, proc.stdout
