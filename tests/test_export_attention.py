@@ -175,3 +175,43 @@ def test_unsupported_architecture_export(tmp_path):
         export_fused(net, tmp_path / "x.onnx")
     with pytest.raises(FastftError, match="form"):
         export_fused(_strong_bert(), tmp_path / "y.onnx", form="flash")
+
+
+def test_head_pruned_model(tmp_path):
+    """Pruned heads (fastft.compress): a different head count per layer, hidden > heads * head_dim."""
+    from fastft.compress.prune import prune_layer_heads
+
+    net = _strong_bert()
+    for layer, heads in zip(net.bert.encoder.layer, ([1, 3], [0])):
+        prune_layer_heads(layer, heads)
+    for form, op in (("attention", "Attention"), ("mha", "MultiHeadAttention")):
+        p = export_fused(net, tmp_path / f"{form}.onnx", form=form)
+        assert count_attention_nodes(p) == {op: 2}
+        sess = _session(p)
+        for batch, seq in ((1, 7), (3, 64)):
+            diff, _ = _max_diff(net, sess, _names(net), batch, seq)
+            assert diff <= ATOL
+
+
+def test_fastft_export_pipeline_with_fused_attention(tiny_model_dir, tmp_path, monkeypatch):
+    """fastft.export's pipeline (fusions, ORT offline optimisation, INT8, parity checks) on the
+    fused-attention graph: export_fused_onnx in place of export_onnx."""
+    import fastft.export.onnx as export_onnx_module
+    from fastft.export import export
+
+    real = export_onnx_module.export_onnx
+
+    def fused(net, path, *, input_names=None, opset=17, **_):
+        monkeypatch.setattr(export_onnx_module, "export_onnx", real)  # export_fused_onnx builds on it
+        try:
+            return export_fused_onnx(net, path, input_names=input_names, opset=opset)
+        finally:
+            monkeypatch.setattr(export_onnx_module, "export_onnx", fused)
+
+    monkeypatch.setattr(export_onnx_module, "export_onnx", fused)
+    info = export(tiny_model_dir, tmp_path / "out", int8=True, progress=False)
+    assert info["export"]["attention"] == {"form": "attention", "op": "com.microsoft.Attention", "nodes": 2}
+    assert info["parity"]["fp32"]["passed"] and info["parity"]["fp32"]["max_abs_diff"] <= ATOL
+    assert count_attention_nodes(tmp_path / "out" / "model.onnx") == {"Attention": 2}
+    assert count_attention_nodes(tmp_path / "out" / "model_int8.onnx") == {"QAttention": 2}
+    assert info["parity"]["int8"]["label_agreement"] >= 0.99
