@@ -14,9 +14,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-# public name -> "module:attribute"
+# public name -> "module:attribute", or a callable package
 _LAZY = {
-    "train": "fastft.train.trainer:train",
+    "train": "fastft.train",  # a callable package: fastft.train(...) trains
     "TrainConfig": "fastft.train.trainer:TrainConfig",
     "evaluate": "fastft.train.evaluate:evaluate",
     "predict": "fastft.train.evaluate:predict",
@@ -41,12 +41,35 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
+def callable_package(package: str, target: str) -> None:
+    """Make the subpackage ``package`` callable as ``target`` ("module:function").
+
+    ``fastft.train``, ``fastft.export`` and ``fastft.compress`` are both subpackages and the
+    functions of the public API; Python binds the subpackage to the parent's attribute on
+    import, so the package itself forwards calls: ``fastft.train(...)`` runs the trainer and
+    ``fastft.train.trainer`` still names the module.
+    """
+    import sys
+    import types
+
+    module = sys.modules[package]
+    mod_name, attr = target.split(":")
+
+    class _CallablePackage(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return getattr(importlib.import_module(mod_name), attr)(*args, **kwargs)
+
+    module.__class__ = _CallablePackage
+
+
 def __getattr__(name: str):
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'fastft' has no attribute {name!r}")
-    module, attr = target.split(":")
-    value = getattr(importlib.import_module(module), attr)
+    module, _, attr = target.partition(":")
+    value = importlib.import_module(module)
+    if attr:
+        value = getattr(value, attr)
     globals()[name] = value
     return value
 

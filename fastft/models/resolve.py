@@ -127,6 +127,11 @@ def load_classifier(
         raise _hub_error(str(src), exc) from None
     kwargs = {}
     if labels is not None:
+        existing = _head_labels(config)
+        if existing is not None and existing != list(labels):
+            raise ModelError(
+                f"{model} already has a classification head for labels {existing}; the data has {list(labels)}"
+            )
         kwargs.update(
             num_labels=len(labels),
             id2label={i: n for i, n in enumerate(labels)},
@@ -140,9 +145,21 @@ def load_classifier(
         setattr(config, k, v)
     try:
         model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # corrupt safetensors raise their own error type
         if isinstance(src, Path):
             raise ModelError(f"{src}: cannot load weights ({str(exc).splitlines()[0][:200]})") from None
         raise _hub_error(str(src), exc) from None
     model_obj = model_obj.to(torch.float32)
     return model_obj
+
+
+def _head_labels(config) -> list[str] | None:
+    """Label names of a fine-tuned head (None for a base model or generic LABEL_i names)."""
+    archs = getattr(config, "architectures", None) or []
+    if not any("ForSequenceClassification" in a for a in archs):
+        return None
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]
+    if all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names

@@ -1,0 +1,26 @@
+import numpy as np
+import pytest
+
+from fastft.train.metrics import classification_metrics, roc_auc
+
+
+def test_metrics_against_hand_computed():
+    y = [0, 0, 1, 1, 1]
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])
+    m = classification_metrics(y, probs)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    # class 0: tp=1 fp=1 fn=1 -> p=r=f1=0.5; class 1: tp=2 fp=1 fn=1 -> p=r=f1=2/3
+    assert m["precision_macro"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert m["f1_macro"] == pytest.approx((0.5 + 2 / 3) / 2)
+    # AUC: positive scores .7,.2,.9 vs negative .1,.6 -> pairs won: (.7>.1,.7>.6,.9>.1,.9>.6,.2>.1) = 5/6
+    assert m["roc_auc"] == pytest.approx(5 / 6)
+
+
+def test_auc_ties_and_single_class():
+    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    assert roc_auc([1, 1], [0.2, 0.3]) is None
+
+
+def test_multiclass_has_no_auc():
+    m = classification_metrics([0, 1, 2], np.eye(3))
+    assert m["accuracy"] == 1.0 and "roc_auc" not in m

@@ -1,0 +1,170 @@
+"""The thin trainer on tiny random models: it learns, saves, reloads, and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import fastft
+from fastft.errors import FastftError
+from fastft.train.trainer import param_groups
+
+
+def _train(tiny_model_dir, tiny_data_file, out, **kw):
+    args = dict(model=str(tiny_model_dir), data=str(tiny_data_file), output=str(out), epochs=3, max_length=32,
+                batch_size=4, lr=5e-3, warmup_ratio=0.0, progress=False)
+    args.update(kw)
+    return fastft.train(**args)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tiny_data_file, tmp_path_factory):
+    """One tiny fine-tuning run shared by the tests that only read its result."""
+    out = tmp_path_factory.mktemp("trained") / "out"
+    return out, _train(tiny_model_dir, tiny_data_file, out)
+
+
+def test_train_saves_a_reloadable_directory(trained):
+    out, meta = trained
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "fastft.json"):
+        assert (out / f).is_file(), f
+    saved = json.loads((out / "fastft.json").read_text())
+    assert saved["labels"] == ["negative", "positive"]
+    assert set(saved["metrics"]) == {"validation", "test"}
+    for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc"):
+        assert key in saved["metrics"]["test"]
+    assert saved["training"]["lr"] == 5e-3 and saved["data"]["seed"] == 42 and "torch" in saved["versions"]
+    assert meta["training"]["steps"] == 3 * 12  # 48 train rows / batch 4, 3 epochs
+    # plain transformers reloads it, labels included
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(out)
+    assert m.config.id2label == {0: "negative", 1: "positive"}
+    # no temporary directories left beside the output
+    assert [p.name for p in out.parent.iterdir()] == ["out"]
+
+
+def test_training_learns_the_tiny_task(trained):
+    hist = trained[1]["training"]["history"]
+    assert min(h["loss"] for h in hist[1:]) < hist[0]["loss"] - 0.1
+    assert trained[1]["metrics"]["validation"]["accuracy"] >= 0.8
+
+
+def test_fixed_seed_is_reproducible(tiny_model_dir, tiny_data_file, tmp_path):
+    a = _train(tiny_model_dir, tiny_data_file, tmp_path / "a", max_steps=4)
+    b = _train(tiny_model_dir, tiny_data_file, tmp_path / "b", max_steps=4)
+    assert a["metrics"]["test"] == b["metrics"]["test"]
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_early_stopping_restores_best(tiny_model_dir, tiny_data_file, tmp_path):
+    # a vanishing learning rate: the metric never improves after epoch 1 -> stop after `patience` epochs
+    meta = _train(tiny_model_dir, tiny_data_file, tmp_path / "out", epochs=5, lr=1e-9, patience=1, batch_size=16)
+    assert len(meta["training"]["history"]) == 2
+    assert meta["training"]["best_epoch"] == 1
+
+
+def test_lora_is_merged_on_save(tiny_model_dir, tiny_data_file, tmp_path):
+    _train(tiny_model_dir, tiny_data_file, tmp_path / "out", max_steps=2, lora=True)
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / "out" / "model.safetensors").keys()
+    assert not any("lora" in k for k in keys)
+    assert any(k.endswith("attention.self.query.weight") for k in keys)
+
+
+def test_no_weight_decay_on_bias_and_layernorm(tiny_model_dir):
+    from fastft.models import load_classifier
+
+    m = load_classifier(tiny_model_dir)
+    decay, no_decay = param_groups(m, 0.01)
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert any("LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_existing_output_is_refused_and_untouched(tiny_model_dir, tiny_data_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FastftError, match="already exists.*--overwrite"):
+        _train(tiny_model_dir, tiny_data_file, out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_failure_leaves_nothing_half_written(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
+    from fastft.models import meta as meta_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("fastft.train.trainer.write_meta", boom, raising=False)
+    monkeypatch.setattr(meta_mod, "write_meta", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _train(tiny_model_dir, tiny_data_file, tmp_path / "out", max_steps=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_max_length_is_clamped_with_a_warning(tiny_model_dir, tiny_data_file, tmp_path, capsys):
+    meta = _train(tiny_model_dir, tiny_data_file, tmp_path / "out", max_steps=1, max_length=4096)
+    assert meta["max_length"] == 128
+    assert "beyond the model's 128 positions" in capsys.readouterr().err
+
+
+def test_bad_arguments(tiny_model_dir, tiny_data_file, tmp_path):
+    with pytest.raises(FastftError, match="--epochs"):
+        _train(tiny_model_dir, tiny_data_file, tmp_path / "o", epochs=0)
+    with pytest.raises(FastftError, match="unknown --metric"):
+        _train(tiny_model_dir, tiny_data_file, tmp_path / "o", metric="bleu")
+    with pytest.raises(FastftError, match="no config.json"):
+        _train(tmp_path, tiny_data_file, tmp_path / "o")
+    with pytest.raises(FastftError, match="does not exist"):
+        _train(tmp_path / "missing", tiny_data_file, tmp_path / "o")
+
+
+def test_corrupt_model_directory(tiny_model_dir, tiny_data_file, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(FastftError, match="corrupt"):
+        _train(bad, tiny_data_file, tmp_path / "o")
+    shutil.copy(tiny_model_dir / "config.json", bad / "config.json")
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(FastftError, match="cannot load weights"):
+        _train(bad, tiny_data_file, tmp_path / "o")
+
+
+def test_head_for_other_labels_is_refused(tiny_model_dir, tmp_path):
+    from conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "spam.jsonl", [{"text": f"t{i}", "label": "spam" if i % 2 else "ham"} for i in range(20)])
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    assert cfg.architectures == ["BertForSequenceClassification"]
+    with pytest.raises(FastftError, match="already has a classification head"):
+        fastft.train(model=str(tiny_model_dir), data=str(data), output=str(tmp_path / "o"), max_steps=1, progress=False)
+
+
+def test_evaluate_and_predict(trained):
+    out = trained[0]
+    res = fastft.evaluate(str(out), split="test", progress=False)
+    assert res["accuracy"] == trained[1]["metrics"]["test"]["accuracy"] >= 0.8 and res["n"] == 6
+    preds = fastft.predict(str(out), ["a wonderful, moving film", "a dull, lifeless mess"])
+    assert [p["label"] for p in preds] == ["positive", "negative"]
+    assert all(0.5 < p["score"] <= 1 for p in preds)
+
+
+def test_evaluation_labels_unseen_in_training(tiny_model_dir, tmp_path):
+    from conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": ["positive", "neutral"][i % 2]} for i in range(20)])
+    with pytest.raises(FastftError, match="'neutral' were not seen in training"):
+        fastft.evaluate(str(tiny_model_dir), data=str(data), split="test", progress=False)
