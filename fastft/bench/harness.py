@@ -245,7 +245,7 @@ def bench_texts() -> list[str]:
 
 def make_inputs(tokenizer, batch: int, seq: int, texts: list[str]) -> dict[str, np.ndarray]:
     """batch x seq token ids of real text ([CLS] ... [SEP]), full attention mask."""
-    body = tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"]
+    body = tokenizer(" ".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
     while len(body) < batch * seq:
         body = body + body
     cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
