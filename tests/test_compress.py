@@ -123,7 +123,7 @@ def test_prune_heads_shrinks_reloads_and_exports(ctx, tmp_path):
     import torch
 
     from fastft.compress.prune import apply_structured, describe, importance, load_pruned
-    from fastft.compress.quantize import ort_logits, session, torch_export
+    from fastft.compress.quantize import export_onnx, ort_logits, session, torch_export
 
     net = copy.deepcopy(ctx.teacher)
     batches, loss_fn = _score_batches(ctx)
@@ -139,6 +139,11 @@ def test_prune_heads_shrinks_reloads_and_exports(ctx, tmp_path):
     assert np.allclose(_logits(net.eval(), ids), _logits(again, ids), atol=1e-5)
     torch_export(again, tmp_path / "h.onnx")
     assert np.allclose(ort_logits(session(tmp_path / "h.onnx"), [ids[0].tolist()], 0), _logits(again, ids), atol=1e-4)
+    # the served path: fastft.export's exporter + ORT fusions at the pruned attention width
+    info = export_onnx(again, tmp_path / "hf.onnx")
+    if isinstance(info.get("fusions"), dict):
+        assert info["fusions"]["num_heads"] == 2 and "Attention" in info["fusions"]["fused"]
+    assert np.allclose(ort_logits(session(tmp_path / "hf.onnx"), [ids[0].tolist()], 0), _logits(again, ids), atol=1e-4)
 
 
 def test_magnitude_pruning_reports_sparsity(ctx):

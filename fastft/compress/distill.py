@@ -68,10 +68,10 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str]):
         if [m for m in missing if "position_ids" not in m] or unexpected:
             raise ModelError(f"cannot copy the teacher's layers into a student ({missing[:2]}, {unexpected[:2]})")
         net.config.fastft_student = {"kind": "teacher-layers", "teacher_layers": init}
-        return net.to(torch.float32), match
+        return net.to(torch.float32).eval(), match
     from fastft.models import load_classifier
 
-    net = load_classifier(student, labels=labels)
+    net = load_classifier(student, labels=labels).eval()
     n_s = net.config.num_hidden_layers
     if n_s > n_t:
         raise FastftError(f"--student {student} has {n_s} layers, more than the teacher's {n_t}")

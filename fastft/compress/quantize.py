@@ -45,8 +45,8 @@ def _fx():
 def export_onnx(net, out_file: Path, work: Path | None = None, opset: int = 17) -> dict:
     """Write the fp32 ONNX classifier for the in-memory ``net``: (fused graph kept for quantization).
 
-    With fastft.export present: its exporter, ORT transformer fusions (skipped for head-pruned
-    models, whose heads differ from the config's) and the offline ORT pass, as ``fastft export``
+    With fastft.export present: its exporter, ORT transformer fusions (for head-pruned models
+    with the pruned head count and attention width) and the offline ORT pass, as ``fastft export``
     does; the fused, un-offline-optimised graph is kept beside ``out_file`` as
     ``<stem>.fused.onnx`` for quantization. Without it: plain ``torch.onnx.export``.
     Exporting from memory also covers head-pruned models, which transformers 5 cannot reload.
@@ -63,15 +63,29 @@ def export_onnx(net, out_file: Path, work: Path | None = None, opset: int = 17) 
     fx_onnx, fx_opt, _ = fx
     plain = out_file.with_name(out_file.stem + ".plain.onnx")
     info = {"export": fx_onnx.export_onnx(net, plain, input_names=fx_onnx.model_input_names(net), opset=opset)}
-    if getattr(net.config, "pruned_heads", None):
+    heads = _head_counts(net) if getattr(net.config, "pruned_heads", None) else None
+    if heads and len(set(heads)) == 1:  # uniform head pruning: fuse with the pruned attention width
+        d = int(net.config.hidden_size // net.config.num_attention_heads)
+        info["fusions"] = fx_opt.fuse_transformer(plain, fused, net.config, num_heads=heads[0],
+                                                  hidden_size=heads[0] * d)
+    elif heads:
         shutil.copy2(plain, fused)
-        info["fusions"] = "skipped (head-pruned: per-layer head counts differ from the config)"
+        info["fusions"] = "skipped (head counts differ between layers)"
     else:
         info["fusions"] = fx_opt.fuse_transformer(plain, fused, net.config)
     plain.unlink(missing_ok=True)
     info["ort_offline"] = fx_opt.ort_offline_optimize(fused, out_file, "basic")
     info["runtime_graph_optimization_level"] = "basic"
     return info
+
+
+def _head_counts(net) -> list[int] | None:
+    try:
+        from fastft.compress.prune import _layers, heads_of
+
+        return [heads_of(layer) for layer in _layers(net)]
+    except Exception:  # noqa: BLE001 - not a BERT-style encoder
+        return None
 
 
 def fused_path(onnx_file: Path) -> Path:
