@@ -18,8 +18,19 @@ TEXTS = ["a fine film", "a dull, boring mess of a movie that goes on and on and 
 def _export(src: Path, out: Path) -> Path:
     """The tiny model exported with fastft export (model.onnx + model_int8.onnx)."""
     export = pytest.importorskip("fastft.export").export
-    export(src, out, int8=True, overwrite=True, progress=False)
+    export(src, out, int8=True, overwrite=True, progress=False, validate=False)  # parity is checked here
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is fastest and immune to OpenMP stalls on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +95,15 @@ def test_torch_backend_matches(tiny_model_dir, torch_ref):
     tp = fastft.load(tiny_model_dir, backend="torch")
     assert_close(tp.logits(TEXTS, batch_size=3), torch_ref(TEXTS), 1e-4, "torch backend")
     assert tp.info()["attention"]
+
+
+def test_torch_backend_fused_attention(tiny_model_dir, torch_ref):
+    import fastft
+
+    pytest.importorskip("fastft.swap")
+    tp = fastft.load(tiny_model_dir, backend="torch", fused_attention=True)
+    assert tp.info()["attention"] == "fastft-fused"
+    assert_close(tp.logits(TEXTS, batch_size=3), torch_ref(TEXTS), 1e-4, "torch backend, fused attention")
 
 
 def test_int8_file_and_close(onnx_dir, pred, torch_ref):
