@@ -14,6 +14,9 @@ rotating every round), median and quantiles per backend:
   ort-plain+fusions  ort-plain after ORT's transformer optimizer (its pattern-matched Attention;
                      what `fastft export` ships today)
   ort-fused+fusions  ort-fused after the same optimizer (EmbedLayerNorm, SkipLayerNorm, BiasGelu)
+  ort-plain+fusions-int8, ort-fused+fusions-int8
+                     the two above after fastft's default dynamic INT8 recipe
+                     (fastft.export.quantize; Attention -> QAttention)
 
 All ORT sessions: same optimisation level (--level, default all), --threads intra-op
 threads, spinning off. Before timing, every backend's logits are checked against
@@ -155,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--attn-rounds", type=int, default=100)
+    ap.add_argument("--no-int8", action="store_true", help="skip the INT8 rows")
     ap.add_argument("--out", default=str(ROOT / "bench/results/attention_e2e.json"))
     args = ap.parse_args(argv)
 
@@ -188,6 +192,7 @@ def main(argv=None) -> int:
     feeds = {n: feeds[n] for n in names}
     tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
+    int8_recipe = None
     scratch = Path(tempfile.mkdtemp(prefix="fastft-bench-attn-"))
     t0 = time.perf_counter()
     files = {"ort-plain": scratch / "plain.onnx", "ort-fused": scratch / "fused.onnx",
@@ -198,6 +203,14 @@ def main(argv=None) -> int:
     export_fused(load("eager"), files["ort-fused-mha"], form="mha")
     fuse_transformer(files["ort-plain"], files["ort-plain+fusions"], eager.config)
     fuse_transformer(files["ort-fused"], files["ort-fused+fusions"], eager.config)
+    if not args.no_int8:
+        from fastft.export.quantize import default_recipe, quantize_onnx
+
+        recipe = default_recipe()
+        int8_recipe = recipe.name
+        for k in ("ort-plain+fusions", "ort-fused+fusions"):
+            files[k + "-int8"] = scratch / (files[k].stem + "_int8.onnx")
+            quantize_onnx(files[k], files[k + "-int8"], recipe)
     print(f"exports + fusions: {time.perf_counter() - t0:.1f} s", flush=True)
     graph_ops = {k: count_attention_nodes(p) for k, p in files.items()}
 
@@ -214,6 +227,9 @@ def main(argv=None) -> int:
         runners[k] = lambda s=s: s.run(["logits"], feeds)[0]
     ref = runners["torch-eager"]()
     parity = {k: float(np.abs(r() - ref).max()) for k, r in runners.items()}
+    for k, v in parity.items():
+        if "int8" not in k and v > 1e-4:
+            raise SystemExit(f"{k}: logits differ from torch-eager by {v:.3g} (> 1e-4)")
     print("max |logits - torch-eager|:", {k: f"{v:.2e}" for k, v in parity.items()}, flush=True)
 
     times = interleaved(runners, args.rounds, args.warmup)
@@ -234,12 +250,16 @@ def main(argv=None) -> int:
         "ort-fused+fusions / ort-plain+fusions": p50["ort-fused+fusions"] / p50["ort-plain+fusions"],
         "torch-swapped / torch-eager": p50["torch-swapped"] / p50["torch-eager"],
     }
+    if "ort-fused+fusions-int8" in p50:
+        ratios["ort-fused+fusions-int8 / ort-plain+fusions-int8"] = \
+            p50["ort-fused+fusions-int8"] / p50["ort-plain+fusions-int8"]
     payload = {
         "benchmark": "attention_e2e",
         "model": {"dir": str(model_dir), "description": model_desc},
         "config": {"seq": args.seq, "batch": args.batch, "threads": args.threads, "ort_level": args.level,
                    "ort_spinning": False, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "rounds": args.rounds, "warmup": args.warmup, "interleaved": True,
-                   "input": "real text (movie-snippets), full attention mask", "cpu_attention_backend": cpu_backend()},
+                   "input": "real text (movie-snippets), full attention mask", "cpu_attention_backend": cpu_backend(),
+                   "int8_recipe": int8_recipe},
         "results": results,
         "ratios_p50": ratios,
         "targets": [{"name": f"ORT with exported fused attention faster than the plain export at seq {args.seq}",
