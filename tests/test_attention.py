@@ -147,6 +147,43 @@ def test_thread_count_does_not_change_result():
     assert torch.equal(one, two)
 
 
+def test_concurrent_callers_and_fork():
+    """The C++ kernel's thread pool: Python threads calling at once, and a forked child."""
+    import os
+    import threading
+
+    gen = torch.Generator().manual_seed(13)
+    q, k, v = make_qkv(1, 4, 256, 256, 64, torch.float32, gen)
+    want = fused_attention(q, k, v)
+    got = [None] * 3
+
+    def call(i):
+        got[i] = fused_attention(q, k, v)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(g is not None and torch.equal(g, want) for g in got)
+    if not hasattr(os, "fork"):
+        return
+    import hashlib
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not hang on the parent's pool. Only fastft and numpy here:
+        try:      # torch's own OpenMP ops can hang in a child forked after they ran.
+            digest = hashlib.sha256(fused_attention(q, k, v).numpy().tobytes()).digest()
+            os.write(w, digest)
+        finally:
+            os._exit(0)
+    os.close(w)
+    got_digest = os.read(r, 64)
+    os.waitpid(pid, 0)
+    assert got_digest == hashlib.sha256(want.numpy().tobytes()).digest()
+
+
 def test_reference_matches_sdpa():
     """The reference itself, against torch SDPA (float64), including seq_q != seq_k causal."""
     gen = torch.Generator().manual_seed(1)
