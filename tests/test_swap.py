@@ -194,3 +194,17 @@ def test_additive_4d_key_padding_mask_and_per_query_fallback():
     torch.testing.assert_close(out.transpose(1, 2),
                                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
                                atol=ATOL, rtol=0)
+
+
+def test_torch_export_keeps_one_op_per_layer():
+    """The swapped model traces with torch.export: the op is one graph node per layer."""
+    model = _tiny("bert")
+    batch = _batch()
+    ref = _out(model, batch)
+    fastft.swap_attention(model)
+    ep = torch.export.export(model, (), dict(batch))
+    ops = [n for n in ep.graph.nodes if "fastft.fused_attention" in str(n.target)]
+    assert len(ops) == 2
+    with torch.no_grad():
+        got = ep.module()(**batch).logits
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
