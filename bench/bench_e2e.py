@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--backends", default=None, help="comma-separated subset [all]")
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "bench_minilm-l6.json"))
+    ap.add_argument("--no-settings", action="store_true",
+                    help="skip the Predictor settings check (ORT spinning on/off, graph optimisation level)")
     ap.add_argument("--fresh-head", action="store_true",
                     help="no teacher yet: benchmark minilm-l6 with a fresh head instead (same latency)")
     args = ap.parse_args()
@@ -77,10 +79,60 @@ def main() -> int:
                         "test_accuracy": meta.get("metrics", {}).get("test", {}).get("accuracy"),
                         "int8_parity": meta.get("onnx", {}).get("parity", {}).get("int8"),
                         "int8_recipe": meta.get("onnx", {}).get("int8", {}).get("recipe")}
+    if not args.no_settings:
+        from fastft.bench.harness import work_dir
+
+        served = model if model is not None else work_dir(Path(d["model"])) / "fastft"
+        d["predictor_settings"] = settings_check(served, args.threads, seq=128, env=env)
     result.write_text(json.dumps(d, indent=2) + "\n")
     missed = [t for t in d["targets"] if t["met"] is False]
     print(f"wrote {result} (+ .png); targets missed: {len(missed)}", file=sys.stderr)
     return 0
+
+
+_PROBE = r"""
+import json, sys, time
+import numpy as np
+import fastft
+from fastft.bench.harness import bench_texts, make_inputs
+path, int8, spin, level, threads, seq, n = json.loads(sys.argv[1])
+p = fastft.load(path, int8=int8, spinning=spin, optimization_level=level, threads=threads)
+f = make_inputs(p.tokenizer, 1, seq, bench_texts())
+for _ in range(10):
+    p.logits_from_ids(**f)
+ts = []
+for _ in range(n):
+    t = time.perf_counter(); p.logits_from_ids(**f); ts.append(time.perf_counter() - t)
+print(json.dumps({"level": p.level, "times": ts}))
+"""
+
+
+def settings_check(export_dir: Path, threads: int, seq: int = 128, rounds: int = 3, n: int = 100, env=None) -> dict:
+    """Each Predictor setting alone in its own process (no other session competing), rounds alternated:
+    ORT spinning on vs off and the recorded graph optimisation level vs 'all', fp32 and INT8."""
+    import numpy as np
+
+    variants = {f"{kind}/{name}": (kind == "int8", spin, level)
+                for kind in ("fp32", "int8")
+                for name, spin, level in (("default", False, None), ("spinning", True, None), ("level-all", False, "all"))}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    levels = {}
+    for r in range(rounds):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            int8, spin, level = variants[name]
+            arg = json.dumps([str(export_dir), int8, spin, level, threads, seq, n])
+            out = subprocess.run([sys.executable, "-c", _PROBE, arg], capture_output=True, text=True, env=env, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            times[name] += res["times"]
+            levels[name] = res["level"]
+    table = {}
+    for name, ts in times.items():
+        a = np.asarray(ts) * 1e3
+        table[name] = {"graph_optimization": levels[name], "spinning": variants[name][1],
+                       "p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
+                       "p99_ms": round(float(np.percentile(a, 99)), 3), "n": int(a.size)}
+    return {"seq": seq, "batch": 1, "threads": threads, "method": f"one process per setting, {rounds} alternating rounds "
+            f"of {n} runs after 10 warm-up runs; nothing else in the process", "results": table}
 
 
 if __name__ == "__main__":
