@@ -55,11 +55,16 @@ class LogitsOnly:
         return _Wrapper().eval()
 
 
+# built-in implementations swapped for eager at export; anything else (e.g. fastft's swapped
+# attention registered through AttentionInterface) is the caller's choice and is kept
+_BUILTIN_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
 def use_eager_attention(net) -> str | None:
-    """Route a Hugging Face model's attention through the eager implementation; returns the previous one."""
+    """Route a Hugging Face model's built-in attention through the eager implementation; returns the previous one."""
     cfg = getattr(net, "config", None)
     previous = getattr(cfg, "_attn_implementation", None)
-    if cfg is None or previous in (None, "eager"):
+    if cfg is None or previous not in _BUILTIN_ATTENTION:
         return previous
     try:
         net.set_attn_implementation("eager")
@@ -103,7 +108,8 @@ def export_onnx(
         dynamo: use the torch.export based exporter instead of TorchScript tracing.
         custom_opsets: extra opset domains, e.g. ``{"com.microsoft": 1}`` for contrib ops.
         ir_version: rewrite the file's IR version to this (None: keep what onnx wrote).
-        eager_attention: switch HF models to eager attention for the export (and back after).
+        eager_attention: switch HF models from SDPA/flash attention to eager for the export (and back
+            after); a custom attention implementation (fastft's swapped op) is left in place.
         export_kwargs: passed on to ``torch.onnx.export`` (override anything above).
     """
     import torch
@@ -117,6 +123,7 @@ def export_onnx(
     if bad:
         raise FastftError(f"input_names: unknown input {bad[0]!r} (expected some of {', '.join(INPUT_ORDER)})")
     previous_attn = use_eager_attention(model) if eager_attention and config is not None else None
+    used_attn = getattr(config, "_attn_implementation", None)
     was_training = model.training
     model.eval()
     wrapper = LogitsOnly(model, names) if config is not None else model
@@ -155,7 +162,7 @@ def export_onnx(
         # torch.onnx.export restores the *wrapper's* training flag, which would switch the model to
         # train mode (dropout on); put the model back exactly as it was.
         model.train(was_training)
-        if previous_attn not in (None, "eager"):
+        if previous_attn in _BUILTIN_ATTENTION:
             try:
                 model.set_attn_implementation(previous_attn)
             except (AttributeError, ValueError, ImportError):
@@ -168,7 +175,7 @@ def export_onnx(
         "inputs": names,
         "outputs": ["logits"],
         "dynamic_axes": {"batch_size": 0, "sequence_length": 1},
-        "attention_implementation": "eager" if eager_attention and config is not None else previous_attn,
+        "attention_implementation": used_attn,
     }
 
 
