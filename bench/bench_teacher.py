@@ -30,8 +30,9 @@ def main() -> int:
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "teacher_minilm-l6_movie-snippets.json"))
     args = ap.parse_args()
 
+    from fastft.bench import write_result  # first: it notes the machine's load at the start
+
     import fastft
-    from fastft.bench import write_result
 
     meta = fastft.train(model=args.model, data=args.data, output=args.output, epochs=args.epochs,
                         max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -16,6 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
+try:  # load when the benchmark started (this module is imported at its start)
+    _LOAD_AT_START = os.getloadavg()
+except OSError:
+    _LOAD_AT_START = None
+
 
 def machine_info() -> dict:
     from fastft.env import cpu_info
@@ -29,10 +34,8 @@ def machine_info() -> dict:
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
-    try:
-        info["loadavg_at_start"] = os.getloadavg()
-    except OSError:
-        pass
+    if _LOAD_AT_START is not None:
+        info["loadavg_at_start"] = _LOAD_AT_START
     return info
 
 
