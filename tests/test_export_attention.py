@@ -215,3 +215,20 @@ def test_fastft_export_pipeline_with_fused_attention(tiny_model_dir, tmp_path, m
     assert count_attention_nodes(tmp_path / "out" / "model.onnx") == {"Attention": 2}
     assert count_attention_nodes(tmp_path / "out" / "model_int8.onnx") == {"QAttention": 2}
     assert info["parity"]["int8"]["label_agreement"] >= 0.99
+
+
+def test_plain_export_of_a_swapped_model_writes_multiheadattention(tmp_path):
+    """fastft.export.onnx.export_onnx on a swapped model: fastft::fused_attention's own symbolic."""
+    import fastft
+    from fastft.export.onnx import export_onnx
+
+    net = _strong_bert(layers=3)
+    fastft.swap_attention(net)
+    info = export_onnx(net, tmp_path / "m.onnx")
+    assert info["attention_implementation"] == "fastft"
+    assert count_attention_nodes(tmp_path / "m.onnx") == {"MultiHeadAttention": 3}
+    fastft.unswap_attention(net)
+    sess = _session(tmp_path / "m.onnx")
+    for batch, seq in ((1, 7), (3, 64), (3, 96)):
+        diff, _ = _max_diff(net, sess, _names(net), batch, seq)
+        assert diff <= ATOL

@@ -26,6 +26,11 @@ swapped model computes); their ONNX symbolic (TorchScript exporter, ``dynamo=Fal
 emits the contrib node. No pattern matching: the graph has no Softmax left. Module
 forwards and the swap state are restored afterwards.
 
+A plain TorchScript export of a swapped model (``fastft.export.onnx.export_onnx`` keeps a
+swapped model's attention) also gets one node per attention: ``fastft::fused_attention``
+itself has a symbolic here (registered by :func:`fastft.swap_attention`) writing a
+com.microsoft ``MultiHeadAttention`` between (B,H,S,D) <-> (B,S,H*D) reshapes.
+
 The default form is measured (bench/bench_attention_e2e.py -> bench/results/attention_e2e.json):
 packed ``Attention`` was the fastest of the three forms an exporter can write for one
 minilm-l6 layer at seq 512 (and end to end), ahead of MatMul+``MultiHeadAttention`` and the
@@ -124,10 +129,67 @@ def _qkv_symbolic(g, x, weight, bias, mask, num_heads, scale):
                 num_heads_i=num_heads, scale_f=scale)
 
 
+def _traced_sizes(g, value, index: int) -> list:
+    """Sizes of input ``index`` of the op being exported: the traced (example) sizes, which
+    know the head count and head_dim even where ONNX shape inference lost them."""
+    from torch.onnx import symbolic_helper as sh
+
+    try:
+        sizes = g.original_node.inputsAt(index).type().sizes()
+    except (AttributeError, RuntimeError):
+        sizes = None
+    return list(sizes) if sizes else (sh._get_tensor_sizes(value) or [])
+
+
+def _fused_attention_symbolic(g, q, k, v, mask, causal, scale):
+    """``fastft::fused_attention`` (the swap's op, (batch, heads, seq, head_dim) tensors) as one
+    com.microsoft MultiHeadAttention between (B,H,S,D) <-> (B,S,H*D) reshapes (the
+    transposes cancel against the model's own in ORT's optimiser)."""
+    from torch.onnx import symbolic_helper as sh
+
+    if sh._get_const(causal, "b", "causal"):
+        raise FastftError("exporting fastft::fused_attention with causal=True is not supported")
+    scale = sh._get_const(scale, "f", "scale")
+    sizes = _traced_sizes(g, q, 0)
+    if len(sizes) != 4 or not isinstance(sizes[1], int) or not isinstance(sizes[3], int):
+        raise FastftError(f"exporting fastft::fused_attention needs the head count and head_dim of q; got sizes {sizes}")
+    heads, head_dim = sizes[1], sizes[3]
+    perm = [0, 2, 1, 3]
+    flat = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
+
+    def packed(t):
+        return g.op("Reshape", g.op("Transpose", t, perm_i=perm), flat)
+
+    inputs = [packed(q), packed(k), packed(v), sh._optional_input_placeholder_tensor(g)]
+    if mask is not None and not sh._is_none(mask):
+        try:
+            dtype = g.original_node.inputsAt(3).type().scalarType()
+        except (AttributeError, RuntimeError):
+            dtype = mask.type().scalarType()
+        if dtype == "Bool":
+            inputs.append(g.op("Cast", mask, to_i=6))
+        else:  # additive float (batch, seq_k) -> attention_bias (batch, 1, 1, seq_k)
+            axes = g.op("Constant", value_t=torch.tensor([1, 2], dtype=torch.int64))
+            inputs += [sh._optional_input_placeholder_tensor(g), g.op("Unsqueeze", mask, axes)]
+    out = g.op(f"{MS_DOMAIN}::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=scale)
+    split = g.op("Constant", value_t=torch.tensor([0, 0, heads, head_dim], dtype=torch.int64))
+    out = g.op("Transpose", g.op("Reshape", out, split), perm_i=perm)
+    return out.setType(q.type())
+
+
+_registered_opsets: set = set()
+
+
 def register_symbolics(opset: int = 17) -> None:
-    """Register the contrib-node symbolics of both export ops with the TorchScript exporter."""
+    """Register the contrib-node symbolics of the export ops and of ``fastft::fused_attention``
+    itself with the TorchScript exporter (so any torch.onnx.export(dynamo=False) of a
+    swapped model writes one MultiHeadAttention per attention)."""
+    if opset in _registered_opsets:
+        return
     torch.onnx.register_custom_op_symbolic("fastft::onnx_mha", _mha_symbolic, opset)
     torch.onnx.register_custom_op_symbolic("fastft::onnx_qkv_attention", _qkv_symbolic, opset)
+    torch.onnx.register_custom_op_symbolic("fastft::fused_attention", _fused_attention_symbolic, opset)
+    _registered_opsets.add(opset)
 
 
 # ---------------------------------------------------------------------------------------

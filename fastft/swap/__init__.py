@@ -14,6 +14,11 @@ the swap registers an implementation named ``"fastft"`` (``fastft.swap._interfac
 switches the model to it, remembering the implementation it had ("sdpa", "eager"...) so
 unswap restores exactly that. Nothing in the module tree is replaced.
 
+Export: ``torch.onnx.export(..., dynamo=False)`` (e.g. ``fastft.export.onnx.export_onnx``) of
+a swapped model writes each op as one com.microsoft ``MultiHeadAttention``;
+``fastft.export.attention.export_fused`` writes the packed ``Attention`` (QKV projection
+included), the measured faster form.
+
 Training mode: the op has no attention dropout. A module in training mode with attention
 dropout > 0 falls back to torch SDPA with dropout (same as the original model); in eval
 mode, or with dropout 0, the op runs. Decoders (``is_decoder``) and cross-attention are
@@ -96,10 +101,22 @@ def swap_attention(model):
                           f"{type(modules[0]).__name__}; swap_attention needs transformers >= 5 "
                           f"(its AttentionInterface)")
     _interface.register()
+    _register_onnx_symbolic()
     original = cfg._attn_implementation
     _set_impl(model, IMPL_NAME)
     setattr(model, _STATE, {"attn_implementation": original, "num_layers": len(modules)})
     return model
+
+
+def _register_onnx_symbolic() -> None:
+    """Let torch.onnx.export(dynamo=False) of a swapped model write each fastft::fused_attention
+    as one com.microsoft MultiHeadAttention (fastft.export.attention); never fails the swap."""
+    try:
+        from fastft.export.attention import register_symbolics
+
+        register_symbolics(17)
+    except Exception:  # noqa: BLE001 - an exporter problem must not break the torch swap
+        pass
 
 
 def unswap_attention(model):
