@@ -8,13 +8,18 @@
 CPU: fastft's C++ kernel (default SIMD path, and AVX2 forced) vs
 torch.nn.functional.scaled_dot_product_attention vs eager matmul-softmax-matmul; batch 1,
 12 heads, head_dim 32/64, seq 128..2048, with no mask and with a key padding mask (75% of
-keys valid, a prefix). All use torch.set_num_threads(--threads) (default 2).
+keys valid, a prefix). One pass per --threads value (default 2, then 1), set with
+torch.set_num_threads for every backend.
 
 Method: per shape, every backend is warmed up, then the repetitions run round-robin over
 the backends (one call each per round, the order rotated every round), so load from other
 processes hits all of them alike; a 1024^3 fp32 torch.mm runs in the same rounds and gives
 the machine's GEMM rate at that moment. Reported per backend: median, p10, p90 (ms),
-GFLOP/s, fraction of the GEMM rate, ratio to SDPA and to eager (median/median).
+GFLOP/s, fraction of the GEMM rate, ratio to SDPA and to eager (median/median). Also the
+median process CPU time per call (time.process_time: all threads, spin-waiting included) and
+the ratios of those: on a loaded machine wall times of multi-threaded calls depend on the
+scheduler (and on how each threading runtime waits), CPU time much less so; the 1-thread
+CPU-time ratios are the closest to "work done by the kernel".
 
 FLOP convention: 4 * batch * heads * seq_q * seq_k * head_dim (two matmuls, one multiply-add
 = 2 flops), counting every key, masked or not, and ignoring softmax; with a mask a kernel
@@ -156,7 +161,6 @@ def cpu_backends(q, k, v, mask):
 
 
 def run_cpu(args) -> dict:
-    torch.set_num_threads(args.threads)
     seqs = [128, 256] if args.quick else args.seqs
     dims = [32] if args.quick else args.head_dims
     a = torch.randn(1024, 1024)
@@ -164,64 +168,82 @@ def run_cpu(args) -> dict:
     gemm = lambda: torch.mm(a, b)  # noqa: E731
     gemm_flops = 2 * 1024 ** 3
     rows = []
-    for d in dims:
-        for seq in seqs:
-            for masked in (False, True):
-                q, k, v, mask = make_inputs(1, args.heads, seq, d, masked)
-                fns = cpu_backends(q, k, v, mask)
-                if not args.quick:  # correctness guard: every backend computes the same thing
-                    ref = fns["eager"]()
-                    for name, fn in fns.items():
-                        err = (fn() - ref).abs().max().item()
-                        assert err < 1e-4, f"{name} differs from eager by {err}"
-                fns["gemm_1024"] = gemm
-                for fn in fns.values():  # warm up
-                    fn()
-                    fn()
-                t_round = 0.0
-                for fn in fns.values():
-                    t0 = time.perf_counter()
-                    fn()
-                    t_round += time.perf_counter() - t0
-                reps = 3 if args.quick else max(args.min_reps, min(args.max_reps, int(args.seconds / t_round)))
-                times = {name: [] for name in fns}
-                names = list(fns)
-                load0 = os.getloadavg()[0]
-                for r in range(reps):
-                    order = names[r % len(names):] + names[: r % len(names)]
-                    for name in order:
-                        t0 = time.perf_counter()
-                        fns[name]()
-                        times[name].append(time.perf_counter() - t0)
-                load1 = os.getloadavg()[0]
-                flops = 4 * 1 * args.heads * seq * seq * d
-                gemm_q = quantiles(times.pop("gemm_1024"))
-                gemm_gflops = gemm_flops / (gemm_q["median_ms"] * 1e-3) / 1e9
-                stats = {name: quantiles(ts) for name, ts in times.items()}
-                for name, st in stats.items():
-                    gf = flops / (st["median_ms"] * 1e-3) / 1e9
-                    rows.append({
-                        "backend": name, "batch": 1, "heads": args.heads, "seq": seq, "head_dim": d,
-                        "mask": "75% valid" if masked else "none", "reps": reps,
-                        **{key: round(val, 4) for key, val in st.items()},
-                        "gflops": round(gf, 2), "gemm_gflops": round(gemm_gflops, 2),
-                        "frac_of_gemm": round(gf / gemm_gflops, 3),
-                        "vs_sdpa": round(stats["sdpa"]["median_ms"] / st["median_ms"], 3),
-                        "vs_eager": round(stats["eager"]["median_ms"] / st["median_ms"], 3),
-                        "loadavg_1m": [round(load0, 2), round(load1, 2)],
-                    })
-                    r_ = rows[-1]
-                    print(f"d={d:3d} seq={seq:5d} mask={r_['mask']:9s} {name:12s} "
-                          f"{r_['median_ms']:9.3f} ms [{r_['p10_ms']:.3f}, {r_['p90_ms']:.3f}] "
-                          f"{gf:7.1f} GFLOP/s  x{r_['vs_sdpa']:.2f} vs sdpa  x{r_['vs_eager']:.2f} vs eager "
-                          f"(gemm {gemm_gflops:.0f} GFLOP/s, load {load0:.1f}, reps {reps})", flush=True)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for d in dims:
+            for seq in seqs:
+                for masked in (False, True):
+                    rows += bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops)
     result = {"rows": rows}
     if not args.quick:
+        torch.set_num_threads(args.threads[0])
         result["peak_memory"] = peak_memory(args)
     return result
 
 
-def _mem_child(backend: str, seq: int, head_dim: int, threads: int) -> None:
+def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dict]:
+    q, k, v, mask = make_inputs(1, args.heads, seq, d, masked)
+    fns = cpu_backends(q, k, v, mask)
+    if not args.quick:  # correctness guard: every backend computes the same thing
+        ref = fns["eager"]()
+        for name, fn in fns.items():
+            err = (fn() - ref).abs().max().item()
+            assert err < 1e-4, f"{name} differs from eager by {err}"
+    fns["gemm_1024"] = gemm
+    for fn in fns.values():  # warm up
+        fn()
+        fn()
+    t_round = 0.0
+    for fn in fns.values():
+        t0 = time.perf_counter()
+        fn()
+        t_round += time.perf_counter() - t0
+    reps = 3 if args.quick else max(args.min_reps, min(args.max_reps, int(args.seconds / t_round)))
+    names = list(fns)
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    load0 = os.getloadavg()[0]
+    for r in range(reps):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            c0, t0 = time.process_time(), time.perf_counter()
+            fns[name]()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    load1 = os.getloadavg()[0]
+    flops = 4 * 1 * args.heads * seq * seq * d
+    gemm_gflops = gemm_flops / (statistics.median(wall.pop("gemm_1024"))) / 1e9
+    cpu.pop("gemm_1024")
+    stats = {name: quantiles(ts) for name, ts in wall.items()}
+    cpu_med = {name: statistics.median(ts) * 1e3 for name, ts in cpu.items()}
+    rows = []
+    for name, st in stats.items():
+        gf = flops / (st["median_ms"] * 1e-3) / 1e9
+        row = {
+            "backend": name, "threads": threads, "batch": 1, "heads": args.heads, "seq": seq,
+            "head_dim": d, "mask": "75% valid" if masked else "none", "reps": reps,
+            **{key: round(val, 4) for key, val in st.items()},
+            "gflops": round(gf, 2), "gemm_gflops": round(gemm_gflops, 2),
+            "frac_of_gemm": round(gf / gemm_gflops, 3),
+            "vs_sdpa": round(stats["sdpa"]["median_ms"] / st["median_ms"], 3),
+            "vs_eager": round(stats["eager"]["median_ms"] / st["median_ms"], 3),
+            "cpu_median_ms": round(cpu_med[name], 4),
+            "vs_sdpa_cpu": round(cpu_med["sdpa"] / max(cpu_med[name], 1e-9), 3),
+            "vs_eager_cpu": round(cpu_med["eager"] / max(cpu_med[name], 1e-9), 3),
+            "loadavg_1m": [round(load0, 2), round(load1, 2)],
+        }
+        rows.append(row)
+        print(f"t={threads} d={d:3d} seq={seq:5d} mask={row['mask']:9s} {name:12s} "
+              f"{row['median_ms']:9.3f} ms [{row['p10_ms']:.3f}, {row['p90_ms']:.3f}] "
+              f"{gf:7.1f} GFLOP/s  x{row['vs_sdpa']:.2f} vs sdpa  x{row['vs_eager']:.2f} vs eager | "
+              f"cpu {row['cpu_median_ms']:.3f} ms x{row['vs_sdpa_cpu']:.2f} vs sdpa "
+              f"x{row['vs_eager_cpu']:.2f} vs eager (gemm {gemm_gflops:.0f} GFLOP/s, load {load0:.1f}, "
+              f"reps {reps})", flush=True)
+    return rows
+
+
+def _mem_child(backend: str, seq: int, head_dim: int, threads: list[int]) -> None:
+    threads = threads[0]
     torch.set_num_threads(threads)
     q, k, v, mask = make_inputs(1, 12, seq, head_dim, True)
     fns = cpu_backends(q, k, v, mask)
@@ -240,7 +262,7 @@ def peak_memory(args) -> dict:
            "backends": {}}
     for backend in ("fastft", "sdpa", "eager"):
         cmd = [sys.executable, __file__, "--mem-child", backend, "--mem-seq", str(seq),
-               "--mem-head-dim", str(d), "--threads", str(args.threads)]
+               "--mem-head-dim", str(d), "--threads", str(args.threads[0])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res["backends"][backend] = json.loads(out)
         print("memory:", out, flush=True)
@@ -248,7 +270,7 @@ def peak_memory(args) -> dict:
     skp, dp = -(-seq // 32) * 32, -(-d // 16) * 16
     per_thread = 4 * (skp * d + skp * dp + 64 * 64 + 64 * dp + 3 * 64)
     res["fastft_workspace_by_design_mib"] = {"per_thread": round(per_thread / 2 ** 20, 3),
-                                              "threads": args.threads,
+                                              "threads": args.threads[0],
                                               "plus_key_bias_bytes": 5 * skp}
     return res
 
@@ -336,6 +358,8 @@ def write(result: dict, stem: str, out_dir: Path, plot: bool) -> None:
             import matplotlib.pyplot as plt
         except ImportError:
             return
+        t0 = rows[0].get("threads")
+        rows = [r for r in rows if r.get("threads") == t0]
         dims = sorted({r["head_dim"] for r in rows})
         masks = sorted({r["mask"] for r in rows})
         fig, axes = plt.subplots(len(dims), len(masks), figsize=(5 * len(masks), 3.6 * len(dims)), squeeze=False)
@@ -354,7 +378,7 @@ def write(result: dict, stem: str, out_dir: Path, plot: bool) -> None:
                 ax.set_xlabel("seq")
                 ax.set_ylabel("ms (median, p10-p90)")
                 ax.legend(fontsize=8)
-        fig.suptitle(f"fused attention, CPU, batch 1, 12 heads, {result['threads']} threads")
+        fig.suptitle(f"fused attention, CPU, batch 1, 12 heads, {t0} threads (wall time)")
         fig.tight_layout()
         fig.savefig(out_dir / f"{stem}.png", dpi=90)
 
@@ -363,7 +387,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quick", action="store_true", help="smoke run: small shapes, few repetitions")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                   help="torch.set_num_threads values, one pass each (first: memory, plot)")
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--seqs", type=int, nargs="+", default=[128, 512, 1024, 2048])
     p.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
