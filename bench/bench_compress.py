@@ -31,7 +31,7 @@ def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default=str(ROOT / "runs" / "teacher"))
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "compress-bench"))
-    ap.add_argument("--epochs", type=float, default=3, help="distillation epochs [3]")
+    ap.add_argument("--epochs", type=float, default=2, help="distillation epochs [2, as fastft compress]")
     ap.add_argument("--recovery-epochs", type=float, default=1)
     ap.add_argument("--prune-heads", type=float, default=0.25)
     ap.add_argument("--prune-ffn", type=float, default=0.5)

@@ -42,7 +42,7 @@ def register(sub) -> None:
                    help="accuracy the final model must keep, as a fraction of the teacher's [0.99]")
     p.add_argument("--accuracy-budget", type=float, default=0.005,
                    help="largest validation accuracy drop INT8 may cost before sensitive MatMuls stay fp32 [0.005]")
-    p.add_argument("--epochs", type=float, default=3, help="distillation epochs [3]")
+    p.add_argument("--epochs", type=float, default=2, help="distillation epochs [2]")
     p.add_argument("--lr", type=float, default=1e-4, help="distillation learning rate [1e-4]")
     p.add_argument("--batch-size", type=int, default=32, help="[32]")
     p.add_argument("--max-length", type=int, default=None, help="longest input in tokens [the teacher's]")

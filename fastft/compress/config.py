@@ -24,7 +24,7 @@ class CompressConfig:
         student: ``teacher-layers`` (a copy of the teacher's own layers, DistilBERT-style),
             ``minilm-l3`` (the built-in 3-layer MiniLM), or a model directory.
         layers: depth of a ``teacher-layers`` student, spread evenly [half the teacher's].
-        epochs, lr, batch_size, max_length: the distillation run [3, 1e-4, 32, the teacher's].
+        epochs, lr, batch_size, max_length: the distillation run [2, 1e-4, 32, the teacher's].
         temperature, alpha: loss = alpha * T^2 * KL(teacher_T || student_T)
             + (1 - alpha) * CE(labels) + hidden_weight * MSE(mapped hidden states).
     Pruning (off when both fractions are 0):
@@ -47,7 +47,7 @@ class CompressConfig:
     distill: bool = True
     student: str = "teacher-layers"
     layers: int | None = None
-    epochs: float = 3
+    epochs: float = 2
     lr: float = 1e-4
     batch_size: int = 32
     max_length: int | None = None
