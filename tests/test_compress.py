@@ -66,6 +66,11 @@ def test_distill_api_saves_student(teacher4, tmp_path):
     assert (tmp_path / "student" / "model.onnx").is_file()
     meta = json.loads((tmp_path / "student" / "fastft.json").read_text())
     assert meta["labels"] == ["negative", "positive"] and meta["compress"]["stage"] == "distilled"
+    # prune that 2-layer student, recovering against the 4-layer teacher
+    pruned = fastft.prune(str(tmp_path / "student"), CompressConfig(prune_ffn=0.5, **FAST), teacher=str(teacher4),
+                          output=tmp_path / "pruned")
+    assert pruned.model.config.intermediate_size == 32 and pruned.model.config.num_hidden_layers == 2
+    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["intermediate_size"] == 32
 
 
 # -- pruning -------------------------------------------------------------------------------------
@@ -156,12 +161,13 @@ def test_magnitude_pruning_reports_sparsity(ctx):
 
 
 # -- quantization --------------------------------------------------------------------------------
-def test_quantize_api_writes_int8(teacher4, tmp_path):
+@pytest.mark.parametrize("static", [False, True])
+def test_quantize_api_writes_int8(teacher4, tmp_path, static):
     import fastft
 
-    res = fastft.quantize(str(teacher4), CompressConfig(**FAST), output=tmp_path / "q")
+    res = fastft.quantize(str(teacher4), CompressConfig(static=static, calib_size=16, **FAST), output=tmp_path / "q")
     assert (tmp_path / "q" / "model_int8.onnx").is_file() and (tmp_path / "q" / "model.onnx").is_file()
-    assert res.info["mode"] == "dynamic"
+    assert res.info["mode"] == ("static" if static else "dynamic")
     pred = fastft.load(tmp_path / "q")
     assert pred.onnx_file.name == "model_int8.onnx"
     assert len(pred.predict(["a fine film"])) == 1

@@ -235,7 +235,7 @@ def _quantize_int8(src, dst, *, exclude, static, calib_ids, pad_id, per_channel,
 def _calib_reader(ids, pad_id, names):
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Reader(CalibrationDataReader, _CalibReader):
+    class Reader(_CalibReader, CalibrationDataReader):
         pass
 
     return Reader(ids, pad_id, names)
