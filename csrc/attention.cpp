@@ -24,6 +24,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -217,7 +218,11 @@ class Pool {
   void publish(const std::shared_ptr<Job>& job, int helpers) {
     std::lock_guard<std::mutex> lk(mu_);
     while (nthreads_ < helpers) {
-      std::thread(&Pool::loop, this).detach();
+      try {
+        std::thread(&Pool::loop, this).detach();
+      } catch (const std::system_error&) {  // no more threads: run with the ones we have
+        break;
+      }
       ++nthreads_;
     }
     job->slots.store(helpers);
