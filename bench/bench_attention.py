@@ -3,7 +3,8 @@
     python bench/bench_attention.py                 # CPU -> bench/results/attention_cpu.{json,csv,png}
     python bench/bench_attention.py --quick         # smoke run (small shapes, few reps, no files
                                                     #   unless --out is given)
-    python bench/bench_attention.py --device cuda   # GPU -> bench/results/attention_gpu.{json,csv}
+    python bench/bench_attention.py --device cuda   # GPU: runs bench/bench_attention_gpu.py (Triton vs
+                                                    #   SDPA flash/efficient/math) -> attention_gpu.{json,csv}
 
 CPU: fastft's C++ kernel (default SIMD path, and AVX2 forced) vs
 torch.nn.functional.scaled_dot_product_attention vs eager matmul-softmax-matmul; batch 1,
@@ -293,67 +294,6 @@ def peak_memory(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# CUDA
-# ---------------------------------------------------------------------------------------
-def run_cuda(args) -> dict:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from fastft.ops import fused_attention
-
-    seqs = [512, 1024] if args.quick else [512, 1024, 2048, 4096, 8192]
-    rows = []
-    for dtype in (torch.float16, torch.bfloat16):
-        for d in (64, 128):
-            for seq in seqs:
-                for masked in (False, True):
-                    q, k, v, mask = make_inputs(args.gpu_batch, args.heads, seq, d, masked, "cuda", dtype)
-                    attn = mask[:, None, None, :] if mask is not None else None
-                    fns = {"fastft_triton": lambda: fused_attention(q, k, v, mask)}
-                    for bname, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
-                                      ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION),
-                                      ("sdpa_math", SDPBackend.MATH)):
-                        def fn(be=be):
-                            with sdpa_kernel(be):
-                                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn)
-                        try:
-                            fn()
-                            fns[bname] = fn
-                        except RuntimeError as exc:  # e.g. flash has no attn_mask, OOM for math
-                            print(f"skip {bname} seq={seq} d={d} mask={masked}: {str(exc).splitlines()[0]}")
-                    for fn in fns.values():
-                        for _ in range(3):
-                            fn()
-                    torch.cuda.synchronize()
-                    reps = 5 if args.quick else 30
-                    names = list(fns)
-                    times = {n: [] for n in names}
-                    for r in range(reps):
-                        order = names[r % len(names):] + names[: r % len(names)]
-                        for name in order:
-                            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                            s.record()
-                            fns[name]()
-                            e.record()
-                            e.synchronize()
-                            times[name].append(s.elapsed_time(e) * 1e-3)
-                    flops = 4 * args.gpu_batch * args.heads * seq * seq * d
-                    stats = {n: quantiles(ts) for n, ts in times.items()}
-                    base = stats.get("sdpa_flash") or stats.get("sdpa_efficient") or stats["sdpa_math"]
-                    for name, st in stats.items():
-                        tf = flops / (st["median_ms"] * 1e-3) / 1e12
-                        rows.append({"backend": name, "dtype": str(dtype).replace("torch.", ""),
-                                     "batch": args.gpu_batch, "heads": args.heads, "seq": seq,
-                                     "head_dim": d, "mask": "75% valid" if masked else "none",
-                                     **{kk: round(vv, 4) for kk, vv in st.items()}, "tflops": round(tf, 2),
-                                     "vs_best_sdpa": round(base["median_ms"] / st["median_ms"], 3)})
-                        print(f"{rows[-1]['dtype']} d={d} seq={seq} mask={masked} {name:15s} "
-                              f"{st['median_ms']:.3f} ms {tf:.1f} TFLOP/s", flush=True)
-                    del q, k, v, mask
-                    torch.cuda.empty_cache()
-    return {"rows": rows}
-
-
-# ---------------------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------------------
 def write(result: dict, stem: str, out_dir: Path, plot: bool) -> None:
@@ -412,7 +352,6 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="target time per shape (CPU)")
     p.add_argument("--min-reps", type=int, default=9)
     p.add_argument("--max-reps", type=int, default=60)
-    p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--out", type=Path, default=None, help=f"result folder (default {RESULTS})")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--memory-only", action="store_true",
@@ -420,7 +359,14 @@ def main(argv=None) -> int:
     p.add_argument("--mem-child", help=argparse.SUPPRESS)
     p.add_argument("--mem-seq", type=int, default=2048, help=argparse.SUPPRESS)
     p.add_argument("--mem-head-dim", type=int, default=64, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
+    if args.device == "cuda":  # one GPU benchmark, kept in its own script
+        sys.path.insert(0, str(Path(__file__).parent))
+        import bench_attention_gpu
+
+        return bench_attention_gpu.main((["--quick"] if args.quick else []) + rest)
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.mem_child:
         _mem_child(args.mem_child, args.mem_seq, args.mem_head_dim, args.threads)
@@ -440,21 +386,14 @@ def main(argv=None) -> int:
               "threads": args.threads, "flop_convention": "4*B*H*Sq*Sk*D, all keys counted (masked too), "
                                                           "softmax not counted",
               "loadavg_start": os.getloadavg()}
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            print("no CUDA device", file=sys.stderr)
-            return 1
-        result = {**header, **run_cuda(args)}
-        stem = "attention_gpu"
-    else:
-        result = {**header, **run_cpu(args)}
-        stem = "attention_cpu"
+    result = {**header, **run_cpu(args)}
+    stem = "attention_cpu"
     result["loadavg_end"] = os.getloadavg()
     result["wall_s"] = round(time.time() - t0, 1)
     if args.quick and args.out is None:
         print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
         return 0
-    write(result, stem, args.out or RESULTS, plot=not args.no_plot and args.device == "cpu")
+    write(result, stem, args.out or RESULTS, plot=not args.no_plot)
     print(f"wrote {(args.out or RESULTS) / stem}.json/.csv")
     return 0
 
