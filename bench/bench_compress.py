@@ -41,58 +41,74 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--result-prefix", default=None)
+    ap.add_argument("--deadline-min", type=float, default=None,
+                    help="skip variants that would start after this many minutes")
     return ap.parse_args()
 
 
 def build_trained(args, work: Path) -> tuple[list[dict], dict]:
-    """Train every variant; returns entries with fp32/int8 ONNX files, and the evaluation context."""
-    import fastft
-    from fastft.compress import CompressConfig
-    from fastft.compress.recipe import prepare
+    """Train every variant on one shared context (data tokenized once, teacher outputs cached once).
 
-    base = dict(epochs=args.epochs, recovery_epochs=args.recovery_epochs, limit=args.limit, overwrite=True,
-                bench=False)
-    cfg = CompressConfig(**base)
+    Returns entries with fp32/int8 ONNX files, and timings. Variants that would start after
+    ``--deadline-min`` minutes are skipped (and listed).
+    """
+    import copy
+    from dataclasses import replace
+
+    from fastft.compress import CompressConfig
+    from fastft.compress.quantize import export_onnx
+    from fastft.compress.recipe import do_distill, do_prune, do_quantize, prepare, save_model_dir
+
+    cfg = CompressConfig(epochs=args.epochs, recovery_epochs=args.recovery_epochs, limit=args.limit,
+                         layers=args.layers, prune_heads=args.prune_heads, prune_ffn=args.prune_ffn, bench=False)
+    t_start = time.perf_counter()
     ctx = prepare(args.teacher, cfg)
     variants = args.variants.split(",")
-    out, t = [], {}
+    out, t, skipped = [], {}, []
 
-    def quantize(src: Path, name: str) -> Path:
-        t0 = time.perf_counter()
-        fastft.quantize(str(src), CompressConfig(**base), output=work / f"{name}-int8")
-        t[f"{name}-int8"] = round(time.perf_counter() - t0, 1)
-        return work / f"{name}-int8"
+    def finish(name: str, net, d: Path, t0: float) -> None:
+        fp32 = d / "model.onnx"
+        export_onnx(net, fp32)
+        _, q = do_quantize(ctx, fp32, d)
+        t[name] = round(time.perf_counter() - t0, 1)
+        common = {"variant": name, "dir": d, "net": net, "train_s": t[name]}
+        out.extend([{**common, "precision": "fp32", "file": fp32},
+                    {**common, "precision": "int8", "file": d / "model_int8.onnx",
+                     "int8": {k: q.get(k) for k in ("recipe", "accuracy_fp32", "accuracy_int8", "excluded_nodes")}}])
+        print(f"bench: {name} done in {t[name]:.0f} s", file=sys.stderr)
+
+    def late() -> bool:
+        return args.deadline_min is not None and time.perf_counter() - t_start > args.deadline_min * 60
 
     if "teacher" in variants:
-        q = quantize(Path(args.teacher), "teacher")
-        out += [{"variant": "teacher", "precision": "fp32", "dir": q, "file": q / "model.onnx"},
-                {"variant": "teacher", "precision": "int8", "dir": q, "file": q / "model_int8.onnx"}]
+        t0 = time.perf_counter()
+        finish("teacher", ctx.teacher, work / "teacher", t0)
+    student = None
     if "3L" in variants or "3L-pruned" in variants:
         t0 = time.perf_counter()
-        fastft.distill(args.teacher, CompressConfig(layers=args.layers, **base), output=work / "3L")
-        t["3L"] = round(time.perf_counter() - t0, 1)
-        q = quantize(work / "3L", "3L")
-        out += [{"variant": f"{args.layers}L", "precision": "fp32", "dir": q, "file": q / "model.onnx"},
-                {"variant": f"{args.layers}L", "precision": "int8", "dir": q, "file": q / "model_int8.onnx"}]
-        if "3L-pruned" in variants:
+        res = do_distill(ctx)
+        student = res.model
+        d = save_model_dir(ctx, student, work / f"{args.layers}L", "distilled", {})
+        finish(f"{args.layers}L", student, d, t0)
+    if "3L-pruned" in variants and student is not None:
+        name = f"{args.layers}L-pruned-h{args.prune_heads:g}-f{args.prune_ffn:g}"
+        if late():
+            skipped.append(name)
+        else:
             t0 = time.perf_counter()
-            fastft.prune(str(work / "3L"), CompressConfig(prune_heads=args.prune_heads, prune_ffn=args.prune_ffn,
-                                                          **base), teacher=args.teacher, output=work / "3L-pruned")
-            t["3L-pruned"] = round(time.perf_counter() - t0, 1)
-            q = quantize(work / "3L-pruned", "3L-pruned")
-            name = f"{args.layers}L-pruned-h{args.prune_heads:g}-f{args.prune_ffn:g}"
-            out += [{"variant": name, "precision": "fp32", "dir": q, "file": q / "model.onnx"},
-                    {"variant": name, "precision": "int8", "dir": q, "file": q / "model_int8.onnx"}]
+            res = do_prune(ctx, copy.deepcopy(student))
+            d = save_model_dir(ctx, res.model, work / name, "pruned", {})
+            finish(name, res.model, d, t0)
     if "minilm-l3" in variants:
-        t0 = time.perf_counter()
-        fastft.distill(args.teacher, CompressConfig(student="minilm-l3", **base), output=work / "minilm-l3")
-        t["minilm-l3"] = round(time.perf_counter() - t0, 1)
-        q = quantize(work / "minilm-l3", "minilm-l3")
-        out += [{"variant": "minilm-l3", "precision": "fp32", "dir": q, "file": q / "model.onnx"},
-                {"variant": "minilm-l3", "precision": "int8", "dir": q, "file": q / "model_int8.onnx"}]
-    for e in out:
-        e["train_s"] = t.get(e["variant"].split("-h")[0].replace(f"{args.layers}L", "3L"))
-    return out, {"ctx": ctx, "times_s": t}
+        if late():
+            skipped.append("minilm-l3")
+        else:
+            t0 = time.perf_counter()
+            ctx.cfg = replace(cfg, student="minilm-l3", layers=None)
+            res = do_distill(ctx)
+            d = save_model_dir(ctx, res.model, work / "minilm-l3", "distilled", {})
+            finish("minilm-l3", res.model, d, t0)
+    return out, {"ctx": ctx, "times_s": t, "skipped_for_time": skipped}
 
 
 def build_untrained(args, work: Path) -> list[dict]:
@@ -135,7 +151,7 @@ def main() -> int:
     import shutil
 
     from fastft.bench import write_result
-    from fastft.compress.prune import count_params, flops, load_pruned
+    from fastft.compress.prune import count_params, flops
     from fastft.compress.quantize import ort_logits, session
     from fastft.compress.report import measure_latency
 
@@ -157,7 +173,6 @@ def main() -> int:
         for e in entries:
             logits = ort_logits(session(e["file"]), ctx.ids["test"], ctx.pad_id)
             e["accuracy"] = float((logits.argmax(1) == __import__("numpy").asarray(ctx.y["test"])).mean())
-            e["net"] = load_pruned(e["dir"])
     build_s = time.perf_counter() - t0
     names = {f"{e['variant']}/{e['precision']}": e["file"] for e in entries}
     lat = measure_latency(names, runs=args.runs)
@@ -176,7 +191,7 @@ def main() -> int:
             "p50_ms_128": round(lat[key][128]["p50_ms"], 2), "p50_ms_512": round(lat[key][512]["p50_ms"], 2),
             "speedup_128": round(base[128]["p50_ms"] / lat[key][128]["p50_ms"], 2),
             "speedup_512": round(base[512]["p50_ms"] / lat[key][512]["p50_ms"], 2),
-            "accuracy": e.get("accuracy"),
+            "accuracy": e.get("accuracy"), "train_s": e.get("train_s"), "int8": e.get("int8"),
             "retained": round(e["accuracy"] / t_acc, 4) if e.get("accuracy") is not None and t_acc else None,
             "latency": {str(k): v for k, v in lat[key].items()},
         }

@@ -204,8 +204,10 @@ def do_distill(ctx: Context) -> StageResult:
               f"{student.config.num_hidden_layers}-layer student ({cfg.student}); hidden states matched to "
               f"teacher layers {match}")
     t0 = time.perf_counter()
-    cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, match if cfg.hidden_weight > 0 else None,
-                          progress=cfg.progress)
+    layers = match if cfg.hidden_weight > 0 else None
+    cache = ctx.cache
+    if cache is None or cache.layers != layers:  # computed once per layer map, reused by later stages
+        cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
     res = train_student(student, cache, ctx.ids["train"], ctx.y["train"], pad_id=ctx.pad_id, epochs=cfg.epochs,
@@ -231,13 +233,14 @@ def do_prune(ctx: Context, net) -> StageResult:
 
     cfg = ctx.cfg
     before = describe(net)
-    cache = ctx.cache
-    if cache is None:  # no distillation before: the teacher's outputs on its matching layers are the targets
-        from fastft.compress.distill import layer_plan
+    from fastft.compress.distill import layer_plan
 
-        match = layer_plan(ctx.teacher.config.num_hidden_layers, net.config.num_hidden_layers)[1]
-        cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, match if cfg.hidden_weight > 0 else None,
-                              progress=cfg.progress)
+    # the teacher's outputs on the layers matching the pruned model's are the targets (cached once)
+    match = layer_plan(ctx.teacher.config.num_hidden_layers, net.config.num_hidden_layers)[1]
+    layers = match if cfg.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
+    cache = ctx.cache
+    if cache is None or cache.layers != layers:
+        cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
         ctx.cache = cache
     k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
