@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", default=DEFAULT_OUTPUT, help=f"output model directory [{DEFAULT_OUTPUT}]")
     p.add_argument("--int8", action="store_true", help="INT8 ONNX Runtime quantization (dynamic by default)")
     p.add_argument("--fp16", action="store_true", help="FP16 ONNX (for GPUs)")
-    p.add_argument("--static", action="store_true", help="static INT8 with calibration on training rows")
+    p.add_argument("--static", action="store_true", help="static INT8 (implies --int8) calibrated on training rows")
     p.add_argument("--student", default="teacher-layers",
                    help="teacher-layers (copy of the teacher's layers), minilm-l3, or a model directory [teacher-layers]")
     p.add_argument("--layers", type=int, default=None, help="student depth for teacher-layers [half the teacher's]")
@@ -68,7 +68,7 @@ def config_from_args(args):
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
         temperature=args.temperature, prune_heads=args.prune_heads, prune_ffn=args.prune_ffn,
         sparsity=args.sparsity, recovery_epochs=args.recovery_epochs,
-        quantize="int8" if args.int8 else "fp16" if args.fp16 else None, static=args.static,
+        quantize="fp16" if args.fp16 else "int8" if args.int8 or args.static else None, static=args.static,
         accuracy_budget=args.accuracy_budget, target_retained=args.target_retained, bench=not args.no_bench, bench_runs=args.bench_runs,
         seed=args.seed, limit=args.limit, threads=args.threads, overwrite=args.overwrite,
         progress=not args.no_progress,
