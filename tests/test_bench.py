@@ -45,6 +45,18 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     d2 = json.loads(capsys.readouterr().out)
     assert d2["results"][0]["backend"] == "fastft-int8" and "speedup_vs_hf_eager" not in d2["results"][0]
     assert len(list((tmp_path / "w").iterdir())) == 1 and (tmp_path / "w").stat().st_mtime_ns == stamp
+    # --served: fastft-* run another directory's ONNX files (e.g. a compressed student)
+    served = next((tmp_path / "w").iterdir()) / "fastft"
+    rc = main(["bench", "--model", str(tiny_model_dir), "--served", str(served), "--seq", "16", "--repeats", "3",
+               "--warmup", "0", "--threads", "1", "--backends", "hf-eager,fastft-int8", "--workdir",
+               str(tmp_path / "w2"), "--json", "--no-memory", "--no-progress"])
+    assert rc == 0
+    d3 = json.loads(capsys.readouterr().out)
+    assert d3["served_model"] == str(served) and d3["backends"]["fastft-int8"]["file"] == str(served / "model_int8.onnx")
+    (served / "model.onnx").rename(served / "gone.onnx")
+    assert main(["bench", "--model", str(tiny_model_dir), "--served", str(served), "--backends", "fastft-fp32",
+                 "--workdir", str(tmp_path / "w2"), "--no-progress", "--seq", "16"]) == 2
+    assert "has no model.onnx" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ TARGET_SEQS = (128, 512)
 @dataclass
 class BenchConfig:
     model: str | None = None  # model directory; None: the fine-tuned teacher, else minilm-l6
-    seqs: list[int] = field(default_factory=lambda: [512])
+    seqs: list[int] | None = None  # None: [512], or the model's maximum if shorter
     batch: int = 1
     threads: int | None = None  # intra-op threads of torch and every ORT session [physical cores]
     backends: list[str] = field(default_factory=lambda: list(BACKENDS))
@@ -50,6 +50,7 @@ class BenchConfig:
     warmup: int = 5
     memory: bool = True  # per-backend memory probe in a subprocess
     workdir: str | None = None  # where exports are cached [cache_dir()/bench]
+    served: str | None = None  # fastft-fp32/-int8 serve this export/compress dir instead of exporting --model
     progress: bool = True
 
 
@@ -104,13 +105,18 @@ def is_export_dir(model_dir: Path) -> bool:
             and isinstance(read_meta(model_dir).get("onnx"), dict))
 
 
-def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print) -> dict:
+def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, served: Path | None = None) -> dict:
     """Export what the backends need into ``workdir`` (reused when already there): {what: path}."""
     art: dict[str, Path] = {"model_dir": model_dir}
     workdir.mkdir(parents=True, exist_ok=True)
     if {"fastft-fp32", "fastft-int8"} & set(backends):
         out = workdir / "fastft"
-        if is_export_dir(model_dir):  # --model is already a `fastft export --int8` directory: serve its files
+        if served is not None:  # e.g. a `fastft compress` output: the product served against the baselines
+            for b, f in (("fastft-fp32", "model.onnx"), ("fastft-int8", "model_int8.onnx")):
+                if b in backends and not (served / f).is_file():
+                    raise FastftError(f"--served {served} has no {f} (needed by {b})")
+            out = served
+        elif is_export_dir(model_dir):  # --model is already a `fastft export --int8` directory: serve its files
             out = model_dir
         elif not ((out / "model.onnx").is_file() and (out / "model_int8.onnx").is_file()):
             from fastft.export import export
@@ -189,7 +195,7 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
         p = fastft.load(art["fastft"], threads=threads, int8=name.endswith("int8"), warm_up=False)
         info = p.info()
         return Runner(name, lambda feeds: p.logits_from_ids(**feeds), p.onnx_file,
-                      {k: info[k] for k in ("file", "threads", "spinning", "graph_optimization")})
+                      {k: info[k] for k in ("threads", "spinning", "graph_optimization")})
     if name in ("ort-plain", "peer-fp32", "peer-int8"):
         from fastft.runtime.session import create_session, session_options
 
@@ -200,8 +206,7 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
         def run(feeds):
             return sess.run([out], feeds)[0]
 
-        return Runner(name, run, art[name], {"file": art[name].name, "threads": threads, "spinning": False,
-                                             "graph_optimization": "all"},
+        return Runner(name, run, art[name], {"threads": threads, "spinning": False, "graph_optimization": "all"},
                       lambda feeds: {k: v for k, v in feeds.items() if k in inputs})
     raise FastftError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
@@ -373,10 +378,17 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     else:
         model_dir, note = default_model()
     max_pos = _max_positions(model_dir)
+    if cfg.seqs is None:
+        cfg = replace(cfg, seqs=[min(512, max_pos)])
     too_long = [s for s in cfg.seqs if s > max_pos]
     if too_long:
         raise FastftError(f"--seq {too_long[0]} is beyond the model's {max_pos} positions")
-    art = prepare(model_dir, cfg.backends, work_dir(model_dir, cfg.workdir), log)
+    served = None
+    if cfg.served:
+        served = Path(cfg.served).expanduser()
+        if not served.is_dir():
+            raise FastftError(f"--served {served} is not a directory")
+    art = prepare(model_dir, cfg.backends, work_dir(model_dir, cfg.workdir), log, served)
     tok = load_tokenizer(model_dir)
 
     runners = {}
@@ -441,6 +453,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         "benchmark": "fastft bench",
         "model": str(model_dir),
         "model_note": note,
+        "served_model": str(served) if served else None,  # --served: fastft-* run a different (compressed) model
         "settings": {**asdict(cfg), "threads": threads, "ort_spinning": False, "ort_execution": "sequential",
                      "timing": "model execution on pre-tokenized batch x seq inputs, interleaved round-robin, "
                                "order rotated each repetition"},
@@ -458,7 +471,7 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("no backends to measure")
     if len(set(cfg.backends)) != len(cfg.backends):
         raise FastftError("a backend is listed twice")
-    if not cfg.seqs or any(s < 8 for s in cfg.seqs):
+    if cfg.seqs is not None and (not cfg.seqs or any(s < 8 for s in cfg.seqs)):
         raise FastftError("--seq values must be at least 8 tokens")
     if cfg.batch < 1:
         raise FastftError("--batch must be at least 1")
@@ -524,7 +537,8 @@ def targets(results: list[dict]) -> list[dict]:
 # -- text table ------------------------------------------------------------------------
 def format_table(payload: dict) -> str:
     s = payload["settings"]
-    lines = [f"model {payload['model']} ({payload['model_note']})",
+    lines = [f"model {payload['model']} ({payload['model_note']})"
+             + (f"; fastft-* serve {payload['served_model']}" if payload.get("served_model") else ""),
              f"batch {s['batch']}, threads {s['threads']}, {s['repeats']} interleaved repeats after {s['warmup']} "
              f"warm-up runs; ORT spinning off, sequential"]
     cols = ["backend", "seq", "p50 ms", "p90 ms", "p99 ms", "p99/p50", "seq/s", "tok/s", "vs HF", "peak MB", "file MB"]

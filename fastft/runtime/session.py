@@ -121,10 +121,11 @@ def runtime_level(meta: dict, filename: str) -> str | None:
     if not isinstance(onnx, dict):
         return None
     sections = []
-    int8 = onnx.get("int8")
-    if isinstance(int8, dict) and int8.get("file", "model_int8.onnx") == filename:
-        sections += [int8, int8.get("optimization")]
-    elif onnx.get("file", "model.onnx") == filename:
+    for key, sec in onnx.items():  # "int8", "fp16"...: a section per extra file, naming it
+        if isinstance(sec, dict) and key not in ("optimization", "export") and \
+                sec.get("file", "model_int8.onnx" if key == "int8" else None) == filename:
+            sections += [sec, sec.get("optimization")]
+    if not sections and onnx.get("file", "model.onnx") == filename:
         sections += [onnx.get("optimization"), onnx]
     for sec in sections:
         if not isinstance(sec, dict):
