@@ -15,7 +15,7 @@ examples:
 backends:
 {backends}
 
-Each repetition runs every backend once on the same batch x seq tokens (order rotated);
+Each repetition runs every backend once on the same batch x seq tokens (new random order);
 ORT sessions use --threads intra-op threads, spinning off, sequential execution; torch uses
 torch.set_num_threads(--threads). Exports are cached under the fastft cache directory."""
 

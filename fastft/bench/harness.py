@@ -4,8 +4,9 @@
 
 Backends (``BACKENDS``): HF PyTorch eager, fastft's torch path, plain ONNX Runtime, the peer
 pipeline (ORT transformers optimizer + dynamic INT8, as Optimum does it) and fastft's ONNX
-models. Each repetition runs every backend once, in an order rotated by one each time, so
-load from other processes hits all of them alike. Latency is model execution on
+models. Each repetition runs every backend once, in a new random order each time, so load
+from other processes hits all of them alike and no backend always runs right after torch
+(whose OpenMP threads spin for a while after each op); a short idle gap precedes each run. Latency is model execution on
 pre-tokenized inputs (batch x seq tokens of real text, full attention mask); peak memory
 is measured in a subprocess, one forked child per backend (RSS high-water mark above the
 imports).
@@ -49,6 +50,8 @@ class BenchConfig:
     repeats: int = 100
     warmup: int = 5
     memory: bool = True  # per-backend memory probe in a subprocess
+    gap_ms: float = 5.0  # idle time before each timed run: spinning OpenMP threads of the previous backend settle
+    seed: int = 0  # of the per-repetition backend order
     workdir: str | None = None  # where exports are cached [cache_dir()/bench]
     served: str | None = None  # fastft-fp32/-int8 serve this export/compress dir instead of exporting --model
     progress: bool = True
@@ -396,6 +399,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         log(f"loading {name}")
         runners[name] = make_runner(name, art, threads)
     texts = bench_texts()
+    rng = np.random.default_rng(cfg.seed)
 
     results, total = [], len(cfg.seqs) * (cfg.repeats + cfg.warmup) * len(cfg.backends)
     bar = tqdm(total=total, desc="bench", unit="run", file=sys.stderr, disable=not cfg.progress, leave=False)
@@ -411,9 +415,10 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         times = {name: [] for name in runners}
         names = list(runners)
         for rep in range(cfg.repeats):
-            k = rep % len(names)
-            for name in names[k:] + names[:k]:
+            for name in [names[i] for i in rng.permutation(len(names))]:  # a new order each repetition: no backend always follows another
                 run, x = runners[name].run, prepared[name]
+                if cfg.gap_ms:
+                    time.sleep(cfg.gap_ms / 1e3)
                 t0 = time.perf_counter()
                 run(x)
                 times[name].append(time.perf_counter() - t0)
@@ -455,8 +460,8 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         "model_note": note,
         "served_model": str(served) if served else None,  # --served: fastft-* run a different (compressed) model
         "settings": {**asdict(cfg), "threads": threads, "ort_spinning": False, "ort_execution": "sequential",
-                     "timing": "model execution on pre-tokenized batch x seq inputs, interleaved round-robin, "
-                               "order rotated each repetition"},
+                     "timing": "model execution on pre-tokenized batch x seq inputs; each repetition runs every "
+                               "backend once in a new random order, after gap_ms idle"},
         "backends": backends,
         "results": results,
         "targets": targets(results),
@@ -539,7 +544,7 @@ def format_table(payload: dict) -> str:
     s = payload["settings"]
     lines = [f"model {payload['model']} ({payload['model_note']})"
              + (f"; fastft-* serve {payload['served_model']}" if payload.get("served_model") else ""),
-             f"batch {s['batch']}, threads {s['threads']}, {s['repeats']} interleaved repeats after {s['warmup']} "
+             f"batch {s['batch']}, threads {s['threads']}, {s['repeats']} interleaved repeats (random order) after {s['warmup']} "
              f"warm-up runs; ORT spinning off, sequential"]
     cols = ["backend", "seq", "p50 ms", "p90 ms", "p99 ms", "p99/p50", "seq/s", "tok/s", "vs HF", "peak MB", "file MB"]
     rows = [cols]
