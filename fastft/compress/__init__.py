@@ -21,17 +21,8 @@ from fastft.compress.recipe import StageResult, compress
 __all__ = ["CompressConfig", "StageResult", "compress", "distill", "load_pruned", "prune", "quantize"]
 
 
-def _make_callable() -> None:
-    """``fastft.compress`` is both this package and the pipeline function: importing a submodule
-    binds the package to ``fastft.compress``, so the package itself forwards calls to :func:`compress`."""
-    import sys
-    import types
+from fastft import callable_package  # noqa: E402
 
-    class _CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return compress(*args, **kwargs)
-
-    sys.modules[__name__].__class__ = _CallableModule
-
-
-_make_callable()
+# ``fastft.compress`` is both this package and the pipeline: importing a submodule binds the
+# package to ``fastft.compress``, so the package forwards calls to :func:`compress`.
+callable_package(__name__, "fastft.compress.recipe:compress")
