@@ -31,6 +31,8 @@ DEFAULT_CALIB_SIZE = 256
 # where the graph optimisation happens: python transformer fusions, then ORT offline at this level
 FP32_ORT_LEVEL = "basic"
 INT8_ORT_LEVEL = "extended"
+# how many of the most sensitive MatMuls to keep in fp32, tried in turn until INT8 agreement passes
+FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 9, 12)
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -78,6 +80,12 @@ def _data_for(meta: dict, data: str | None):
     return load_data(source, **kwargs), source
 
 
+def _load_onnx(path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
 def _copy_hf_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for p in sorted(src.iterdir()):
@@ -104,6 +112,7 @@ def export(
     recipe=None,
     agreement_limit: int | None = None,
     min_agreement: float = 0.99,
+    fallback: bool = True,
     progress: bool = True,
 ) -> dict:
     """Export a fine-tuned model directory to ONNX (optionally INT8) in ``output``.
@@ -121,6 +130,8 @@ def export(
         recipe: an explicit :class:`fastft.export.quantize.Int8Recipe` (overrides the options above).
         agreement_limit: check INT8 agreement on at most this many validation texts (None: all).
         min_agreement: the INT8 label agreement required (0.99).
+        fallback: below ``min_agreement``, keep the most sensitive MatMuls in fp32 and retry (recorded
+            under ``int8.fallback``) instead of failing at once.
 
     Returns the ``onnx`` section written to fastft.json (parity results included).
     """
@@ -210,27 +221,55 @@ def export(
                      progress)
             else:
                 _log(f"dynamic INT8 ({r.name})", progress)
-            qtmp = scratch / "int8.onnx"
-            from fastft.export.quantize import quantize_onnx
+            from fastft.export.quantize import fallback_order, quantize_onnx
 
-            q = quantize_onnx(fused, qtmp, r, reader)
-            q["ort_offline"] = ort_offline_optimize(qtmp, tmp / INT8_FILE, INT8_ORT_LEVEL)
+            part = texts = labels = fp32_sess = None
+            if validate:
+                part = align_labels(splits.validation, splits.labels, model_labels(net))
+                texts, labels = part.texts, part.labels
+                if agreement_limit:
+                    texts, labels = texts[:agreement_limit], labels[:agreement_limit]
+                fp32_sess = session(tmp / ONNX_FILE)
+            # Accuracy fallback: when INT8 labels agree with fp32 on fewer than min_agreement of the
+            # validation texts, keep the most sensitive MatMuls in fp32 (fallback_order) and retry.
+            order = fallback_order(_load_onnx(fused)) if validate and fallback else []
+            steps = [k for k in FALLBACK_STEPS if k <= len(order) // 2] if order else [0]
+            attempts = []
+            for k in steps:
+                rk = replace(r, exclude=tuple(order[:k])) if k else r
+                qtmp = scratch / f"int8-{k}.onnx"
+                q = quantize_onnx(fused, qtmp, rk, reader)
+                qfinal = scratch / f"int8-{k}-ext.onnx"
+                q["ort_offline"] = ort_offline_optimize(qtmp, qfinal, INT8_ORT_LEVEL)
+                if not validate:
+                    break
+                _log(f"checking INT8 label agreement on {len(texts)} validation texts"
+                     + (f" ({k} MatMuls kept in fp32)" if k else ""), progress)
+                agree = int8_agreement(fp32_sess, session(qfinal), tokenizer, texts, labels, names, serve_length,
+                                       min_agreement=0.0)
+                agree["min_agreement"] = min_agreement
+                agree["passed"] = agree["label_agreement"] >= min_agreement
+                attempts.append({"fp32_nodes": k, "label_agreement": agree["label_agreement"],
+                                 "accuracy_change": agree.get("accuracy_change")})
+                if agree["passed"]:
+                    break
+            if validate and not agree["passed"]:
+                raise FastftError(f"INT8 parity failed: labels agree with fp32 on {agree['label_agreement']:.1%} of "
+                                  f"{len(texts)} validation texts (< {min_agreement:.0%}) even with "
+                                  f"{steps[-1]} MatMuls kept in fp32; try --static or export without --int8")
+            shutil.copy2(qfinal, tmp / INT8_FILE)
             q["providers"] = q["ort_offline"]["providers"]
             q["runtime_graph_optimization_level"] = "basic"
             q["ops"] = op_counts(tmp / INT8_FILE)
             q["cpu"] = {"model": cpu.get("model"), "vnni": cpu.get("vnni"),
                         "flags": [f for f in cpu.get("flags", []) if "avx" in f or "vnni" in f]}
             q["file"] = INT8_FILE
+            if attempts:
+                q["fallback"] = {"order": "FFN output MatMuls from the first layer, then FFN input, QKV, "
+                                          "attention output", "attempts": attempts, "fp32_nodes": list(rk.exclude)}
             info["int8"] = q
             if validate:
-                part = align_labels(splits.validation, splits.labels, model_labels(net))
-                texts, labels = part.texts, part.labels
-                if agreement_limit:
-                    texts, labels = texts[:agreement_limit], labels[:agreement_limit]
-                _log(f"checking INT8 label agreement on {len(texts)} validation texts", progress)
-                info["parity"]["int8"] = int8_agreement(session(tmp / ONNX_FILE), session(tmp / INT8_FILE),
-                                                        tokenizer, texts, labels, names, serve_length,
-                                                        min_agreement=min_agreement)
+                info["parity"]["int8"] = agree
         info["export_time_s"] = round(time.perf_counter() - t0, 2)
         info["versions"] = versions()
         new_meta = dict(meta)
