@@ -52,7 +52,8 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
                str(tmp_path / "w2"), "--json", "--no-memory", "--no-progress"])
     assert rc == 0
     d3 = json.loads(capsys.readouterr().out)
-    assert d3["served_model"] == str(served) and d3["backends"]["fastft-int8"]["file"] == str(served / "model_int8.onnx")
+    assert d3["served_model"] == str(served)
+    assert d3["backends"]["fastft-int8"]["file"] == str(served / "model_int8.onnx")
     (served / "model.onnx").rename(served / "gone.onnx")
     assert main(["bench", "--model", str(tiny_model_dir), "--served", str(served), "--backends", "fastft-fp32",
                  "--workdir", str(tmp_path / "w2"), "--no-progress", "--seq", "16"]) == 2

@@ -247,7 +247,7 @@ def bench_texts() -> list[str]:
         from fastft.data import load_data
 
         return list(load_data("movie-snippets").train.texts[:400])
-    except Exception:
+    except Exception:  # noqa: BLE001 - any data problem: fall back to built-in text
         return [_FALLBACK_TEXT]
 
 
@@ -350,7 +350,7 @@ def run_memory_probes(names: list[str], art: dict[str, Path], threads: int, batc
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     try:
         proc = subprocess.run([sys.executable, "-m", "fastft.bench.harness", "--probe", arg], capture_output=True,
-                              text=True, env=env, timeout=900)
+                              text=True, env=env, timeout=900, check=False)
     except subprocess.TimeoutExpired:
         return {n: {"error": "memory probe timed out"} for n in names}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -415,7 +415,8 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         times = {name: [] for name in runners}
         names = list(runners)
         for rep in range(cfg.repeats):
-            for name in [names[i] for i in rng.permutation(len(names))]:  # a new order each repetition: no backend always follows another
+            # a new order each repetition: no backend always runs right after another
+            for name in [names[i] for i in rng.permutation(len(names))]:
                 run, x = runners[name].run, prepared[name]
                 if cfg.gap_ms:
                     time.sleep(cfg.gap_ms / 1e3)
@@ -501,10 +502,9 @@ def _add_ratios(results: list[dict], seq: int) -> None:
     for r in rows.values():
         if base:
             r["speedup_vs_hf_eager"] = round(base["p50_ms"] / r["p50_ms"], 3)
-    if "fastft-int8" in rows and "peer-int8" in rows:
-        rows["fastft-int8"]["speedup_vs_peer_int8"] = round(rows["peer-int8"]["p50_ms"] / rows["fastft-int8"]["p50_ms"], 3)
-    if "fastft-int8" in rows and "fastft-fp32" in rows:
-        rows["fastft-int8"]["speedup_vs_fastft_fp32"] = round(rows["fastft-fp32"]["p50_ms"] / rows["fastft-int8"]["p50_ms"], 3)
+    for ref, key in (("peer-int8", "speedup_vs_peer_int8"), ("fastft-fp32", "speedup_vs_fastft_fp32")):
+        if "fastft-int8" in rows and ref in rows:
+            rows["fastft-int8"][key] = round(rows[ref]["p50_ms"] / rows["fastft-int8"]["p50_ms"], 3)
 
 
 def targets(results: list[dict]) -> list[dict]:
@@ -542,10 +542,10 @@ def targets(results: list[dict]) -> list[dict]:
 # -- text table ------------------------------------------------------------------------
 def format_table(payload: dict) -> str:
     s = payload["settings"]
-    lines = [f"model {payload['model']} ({payload['model_note']})"
-             + (f"; fastft-* serve {payload['served_model']}" if payload.get("served_model") else ""),
-             f"batch {s['batch']}, threads {s['threads']}, {s['repeats']} interleaved repeats (random order) after {s['warmup']} "
-             f"warm-up runs; ORT spinning off, sequential"]
+    served = f"; fastft-* serve {payload['served_model']}" if payload.get("served_model") else ""
+    lines = [f"model {payload['model']} ({payload['model_note']}){served}",
+             (f"batch {s['batch']}, threads {s['threads']}, {s['repeats']} interleaved repeats (random order) "
+              f"after {s['warmup']} warm-up runs; ORT spinning off, sequential")]
     cols = ["backend", "seq", "p50 ms", "p90 ms", "p99 ms", "p99/p50", "seq/s", "tok/s", "vs HF", "peak MB", "file MB"]
     rows = [cols]
     for r in payload["results"]:

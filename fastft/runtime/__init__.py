@@ -7,8 +7,15 @@ See :mod:`fastft.runtime.predictor` for the API and :mod:`fastft.runtime.session
 ONNX Runtime session choices.
 """
 
-from fastft.runtime.predictor import (InputError, OrtPredictor, Predictor, TorchPredictor, TruncationWarning,
-                                      load, softmax)
+from fastft.runtime.predictor import (
+                                      InputError,
+                                      OrtPredictor,
+                                      Predictor,
+                                      TorchPredictor,
+                                      TruncationWarning,
+                                      load,
+                                      softmax,
+)
 from fastft.runtime.session import DeviceError, physical_cores, session_options
 
 __all__ = ["DeviceError", "InputError", "OrtPredictor", "Predictor", "TorchPredictor", "TruncationWarning", "load",

@@ -308,7 +308,8 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "onnxrunti
         tok_max = getattr(tokenizer, "model_max_length", None)
         length = tok_max if tok_max and tok_max < 100_000 else None
     length = clamp_max_length(length, _Config(config))
-    common = dict(device=device, threads=threads, batch_size=batch_size, truncation=truncation, warm_up=warm_up)
+    common = {"device": device, "threads": threads, "batch_size": batch_size, "truncation": truncation,
+              "warm_up": warm_up}
     if backend == "torch":
         if int8:
             raise FastftError("int8=True needs backend='onnxruntime' (the INT8 model is an ONNX file)")

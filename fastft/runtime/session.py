@@ -34,7 +34,7 @@ def physical_cores() -> int:
         import psutil
 
         n = psutil.cpu_count(logical=False)
-    except Exception:
+    except Exception:  # noqa: BLE001 - psutil missing or unsupported platform
         n = None
     return int(n or os.cpu_count() or 1)
 
@@ -91,7 +91,7 @@ def create_session(path: str | Path, options, device: str = "cpu"):
         providers = ["CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
+    except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first[:300]})") from None
     if kind == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
