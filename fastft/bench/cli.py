@@ -17,7 +17,9 @@ backends:
 
 Each repetition runs every backend once on the same batch x seq tokens (new random order);
 ORT sessions use --threads intra-op threads, spinning off, sequential execution; torch uses
-torch.set_num_threads(--threads). Exports are cached under the fastft cache directory."""
+torch.set_num_threads(--threads) with OMP_WAIT_POLICY=PASSIVE unless set (torch's spinning OpenMP
+barriers collapse when another process holds a core). Exports are cached under the fastft cache
+directory."""
 
 
 def register(sub) -> None:
@@ -67,6 +69,13 @@ def _str_list(s: str) -> list[str]:
 
 
 def _run(args) -> int:
+    import os
+
+    # Before torch loads OpenMP: passive waiting. With the default policy, torch's threads spin on
+    # barriers, and a 2-thread forward collapses (~30x slower) as soon as another process holds a
+    # core, which would make the HF baseline look absurdly slow on a shared machine.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from fastft.bench import write_result
     from fastft.bench.harness import BACKENDS, BenchConfig, format_table, run_bench
     from fastft.errors import FastftError

@@ -461,6 +461,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         "model_note": note,
         "served_model": str(served) if served else None,  # --served: fastft-* run a different (compressed) model
         "settings": {**asdict(cfg), "threads": threads, "ort_spinning": False, "ort_execution": "sequential",
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
                      "timing": "model execution on pre-tokenized batch x seq inputs; each repetition runs every "
                                "backend once in a new random order, after gap_ms idle"},
         "backends": backends,
