@@ -32,7 +32,7 @@ DEFAULT_CALIB_SIZE = 256
 FP32_ORT_LEVEL = "basic"
 INT8_ORT_LEVEL = "extended"
 # how many of the most sensitive MatMuls to keep in fp32, tried in turn until INT8 agreement passes
-FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 9, 12)
+FALLBACK_STEPS = (0, 1, 2, 4, 6, 8, 10, 12)
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -265,8 +265,8 @@ def export(
                         "flags": [f for f in cpu.get("flags", []) if "avx" in f or "vnni" in f]}
             q["file"] = INT8_FILE
             if attempts:
-                q["fallback"] = {"order": "FFN output MatMuls from the first layer, then FFN input, QKV, "
-                                          "attention output", "attempts": attempts, "fp32_nodes": list(rk.exclude)}
+                q["fallback"] = {"order": "the first layer's MatMuls, then FFN output, then FFN input MatMuls of "
+                                          "the next layers", "attempts": attempts, "fp32_nodes": list(rk.exclude)}
             info["int8"] = q
             if validate:
                 info["parity"]["int8"] = agree
