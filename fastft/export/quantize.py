@@ -73,11 +73,17 @@ class Int8Recipe:
 def default_recipe(cpu: dict | None = None, *, static: bool = False) -> Int8Recipe:
     """The INT8 recipe for this kind of CPU (from ``fastft.env.cpu_info()``).
 
-    Measured on minilm-l6 (bench/results/int8_choices.json). With AVX-512 VNNI (or AVX-VNNI)
-    ORT's U8S8 kernels use vpdpbusd: U8S8, per-tensor, all weight MatMuls + fused Attention.
-    Without VNNI, ORT's U8S8 AVX2 path (vpmaddubsw) adds pairs in int16 and can saturate
-    unless weights are 7-bit (reduce_range), and ORT documents U8U8 as the faster, accurate
-    choice there — so AVX2-only CPUs get U8U8.
+    Measured on minilm-l6 at batch 1, 2 threads (bench/results/int8_choices.json, CPU time):
+    on this AVX-512 VNNI CPU, U8S8 dynamic INT8 of every weight MatMul + fused Attention is
+    2.0x (seq 128) / 1.7x (seq 512) faster than fp32; U8U8 only 1.4x / 1.3x; leaving the
+    attention block or the FFN in fp32 is slower; per-channel and reduce_range cost nothing;
+    static (QDQ or QOperator) is slower than dynamic. On the teacher, per-channel gives the
+    best agreement with fp32 (bench/results/int8_accuracy_teacher.json) and reduce_range
+    per-tensor the worst. Hence U8S8 per-channel on VNNI CPUs. Without VNNI, ORT's U8S8
+    AVX2 path (vpmaddubsw) sums pairs in int16 and can saturate: ORT documents reduce_range
+    (7-bit weights) as the fix, which keeps the fast U8S8 kernels; per-channel wins back the
+    lost bit (per-channel + reduce_range matched per-channel's agreement here). U8U8 is the
+    other saturation-free choice but was 1.3-1.6x slower wherever we could measure it.
     """
     if cpu is None:
         from fastft.env import cpu_info
@@ -96,7 +102,7 @@ def default_recipe(cpu: dict | None = None, *, static: bool = False) -> Int8Reci
                       quant_format="QOperator" if not static else "QDQ",
                       reason="no VNNI: ORT's U8S8 AVX2 kernels (vpmaddubsw) can saturate int16, so weights are "
                              "7-bit (reduce_range, ORT's documented fix) and per-channel to win back the lost bit; "
-                             "U8U8 avoids saturation too but was 1.3-1.6x slower here")
+                             "U8U8 avoids saturation too but was 1.3-1.6x slower in our measurements")
 
 
 def _qtype(name: str):
