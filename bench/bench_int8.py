@@ -16,7 +16,6 @@ Result: bench/results/int8_choices.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -101,7 +100,11 @@ def main(argv=None) -> int:
     from fastft.export.onnx import export_onnx, model_input_names
     from fastft.export.optimize import fuse_transformer, ort_offline_optimize
     from fastft.export.peer import peer_pipeline
-    from fastft.export.quantize import TextCalibrationReader, default_recipe, quantize_onnx
+    from fastft.export.quantize import (
+        TextCalibrationReader,
+        default_recipe,
+        quantize_onnx,
+    )
     from fastft.export.validate import onnx_logits
     from fastft.models import read_meta
     from fastft.train.evaluate import load_model_dir
@@ -128,7 +131,6 @@ def main(argv=None) -> int:
     variants["peer-fp32"] = (peer["fp32_optimized"], "all", None)
     variants["peer-int8"] = (peer["int8"], "all", None)  # what Optimum's ORTModel runs: ORT default level
 
-    data = None
     splits = None
     try:
         from fastft.data import load_data

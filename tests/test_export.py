@@ -117,8 +117,7 @@ def test_static_int8_with_calibration(tiny_model_dir, tmp_path):
 
 
 def test_failed_parity_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    import fastft.export.validate as validate
-    from fastft.export import export
+    from fastft.export import export, validate
 
     def fail(*args, **kwargs):
         raise FastftError("fp32 parity failed: simulated")
@@ -131,7 +130,7 @@ def test_failed_parity_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_fastft_export_is_callable_and_importable():
     import fastft
-    import fastft.export.onnx  # noqa: F401 - importing a submodule must not shadow the function
+    import fastft.export.onnx
     from fastft.export import export
 
     assert callable(fastft.export) and callable(export)

@@ -74,7 +74,7 @@ def _data_for(meta: dict, data: str | None):
     if not source:
         return None, None
     same = data is None or data in (spec.get("data"), spec.get("path"))
-    kwargs = dict(seed=spec.get("seed", 42) if same else 42)
+    kwargs = {"seed": spec.get("seed", 42) if same else 42}
     if same:
         kwargs.update(text_column=spec.get("text_column", "text"), label_column=spec.get("label_column", "label"))
     return load_data(source, **kwargs), source
@@ -140,7 +140,11 @@ def export(
     from fastft.data.collate import model_max_positions
     from fastft.export.onnx import export_onnx, model_input_names
     from fastft.export.optimize import fuse_transformer, op_counts, ort_offline_optimize
-    from fastft.export.quantize import Int8Recipe, TextCalibrationReader, recipe_from_options
+    from fastft.export.quantize import (
+        Int8Recipe,
+        TextCalibrationReader,
+        recipe_from_options,
+    )
     from fastft.export.validate import fp32_parity, int8_agreement, session
     from fastft.models import read_meta, resolve_model, write_meta
     from fastft.models.meta import versions

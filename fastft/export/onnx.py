@@ -129,13 +129,13 @@ def export_onnx(
     wrapper = LogitsOnly(model, names) if config is not None else model
     vocab = getattr(config, "vocab_size", 1000) or 1000
     args = sample_inputs(names, vocab=vocab)
-    kwargs = dict(
-        input_names=names,
-        output_names=["logits"],
-        opset_version=opset,
-        do_constant_folding=True,
-        dynamo=dynamo,
-    )
+    kwargs = {
+        "input_names": names,
+        "output_names": ["logits"],
+        "opset_version": opset,
+        "do_constant_folding": True,
+        "dynamo": dynamo,
+    }
     if dynamo:
         batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length", min=2)
         kwargs["dynamic_shapes"] = {n: {0: batch, 1: seq} for n in names}
@@ -155,7 +155,7 @@ def export_onnx(
             torch.onnx.export(wrapper, args, str(path), **kwargs)
     except FastftError:
         raise
-    except Exception as exc:  # noqa: BLE001 - exporter failures are many types; name the model and the cause
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise FastftError(f"ONNX export failed ({type(exc).__name__}: {first})") from exc
     finally:

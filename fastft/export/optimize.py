@@ -73,7 +73,7 @@ def fuse_transformer(src: str | os.PathLike, dst: str | os.PathLike, config=None
             opt = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden,
                                  optimization_options=options, opt_level=0, use_gpu=False)
             opt.save_model_to_file(str(dst))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise FastftError(f"ONNX graph optimisation failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
     set_ir_version(dst)
     after = op_counts(dst)
@@ -103,7 +103,7 @@ def ort_offline_optimize(src: str | os.PathLike, dst: str | os.PathLike, level: 
     so.log_severity_level = 3
     try:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise FastftError(f"ONNX Runtime could not optimise {Path(src).name} ({str(exc).splitlines()[0][:200]})") from exc
     set_ir_version(dst)
     return {"tool": "onnxruntime.SessionOptions.optimized_model_filepath", "level": level,

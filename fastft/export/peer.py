@@ -26,8 +26,7 @@ from pathlib import Path
 def _load(model_dir):
     from fastft.train.evaluate import load_model_dir
 
-    net, tokenizer, meta, max_length = load_model_dir(model_dir)
-    return net
+    return load_model_dir(model_dir)[0]
 
 
 def plain_export(model_dir: str | os.PathLike, path: str | os.PathLike, *, opset: int = 17) -> dict:
@@ -61,8 +60,8 @@ def peer_pipeline(model_dir: str | os.PathLike, workdir: str | os.PathLike, *, o
     set_ir_version(fused)
     record["optimize"] = {"tool": "onnxruntime.transformers.optimizer", "model_type": "bert", "opt_level": 2,
                           "num_heads": heads, "hidden_size": hidden, "ops": op_counts(fused)}
-    qargs = dict(per_channel=False, reduce_range=False, weight_type=QuantType.QInt8,
-                 op_types_to_quantize=["MatMul", "Attention"])
+    qargs = {"per_channel": False, "reduce_range": False, "weight_type": QuantType.QInt8,
+                 "op_types_to_quantize": ["MatMul", "Attention"]}
     record["quantize"] = {"tool": "onnxruntime.quantization.quantize_dynamic", "format": "QOperator",
                           "activation_type": "uint8", "weight_type": "int8", "per_channel": False,
                           "reduce_range": False, "op_types": qargs["op_types_to_quantize"]}

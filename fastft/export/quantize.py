@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
 
 from fastft.errors import FastftError
 
@@ -204,7 +204,12 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Re
                   calibration: TextCalibrationReader | None = None) -> dict:
     """Quantise ``src`` (fp32, fused or not) into ``dst`` following ``recipe``; returns what was done."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     from fastft.export.onnx import set_ir_version
     from fastft.export.optimize import infer_shapes, op_counts, quiet_ort_logging
@@ -225,8 +230,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Re
         fmt = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}.get(recipe.quant_format.lower())
         if fmt is None:
             raise FastftError(f"quant format must be QOperator or QDQ (got {recipe.quant_format!r})")
-        common = dict(op_types_to_quantize=op_types, nodes_to_quantize=nodes, per_channel=recipe.per_channel,
-                      reduce_range=recipe.reduce_range, weight_type=_qtype(recipe.weight_type))
+        common = {"op_types_to_quantize": op_types, "nodes_to_quantize": nodes, "per_channel": recipe.per_channel,
+                      "reduce_range": recipe.reduce_range, "weight_type": _qtype(recipe.weight_type)}
         try:
             with warnings.catch_warnings(), quiet_ort_logging():
                 warnings.simplefilter("ignore")
@@ -247,7 +252,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Re
                                     extra_options={**extra, "CalibTensorRangeSymmetric": False}, **common)
         except FastftError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise FastftError(f"INT8 quantisation failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
     set_ir_version(dst)
     return {**recipe.to_dict(), "recipe": recipe.name, "shape_inference": shape_method,

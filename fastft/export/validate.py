@@ -33,7 +33,7 @@ def session(path: str | os.PathLike, threads: int | None = None, level: str = "b
         so.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise FastftError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:200]})") from exc
 
 
