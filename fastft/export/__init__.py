@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 from fastft.errors import FastftError, ModelError
@@ -113,6 +112,7 @@ def export(
     agreement_limit: int | None = None,
     min_agreement: float = 0.99,
     fallback: bool = True,
+    fused_attention: bool = False,
     progress: bool = True,
 ) -> dict:
     """Export a fine-tuned model directory to ONNX (optionally INT8) in ``output``.
@@ -132,6 +132,9 @@ def export(
         min_agreement: the INT8 label agreement required (0.99).
         fallback: below ``min_agreement``, keep the most sensitive MatMuls in fp32 and retry (recorded
             under ``int8.fallback``) instead of failing at once.
+        fused_attention: write each self-attention as one com.microsoft Attention node from the
+            exporter itself (:mod:`fastft.export.attention`) instead of relying on ONNX Runtime's
+            pattern matching to find it.
 
     Returns the ``onnx`` section written to fastft.json (parity results included).
     """
@@ -190,7 +193,12 @@ def export(
         _copy_hf_files(src, tmp)
         _log(f"exporting to ONNX (opset {opset})", progress)
         plain = scratch / "plain.onnx"
-        info["export"] = export_onnx(net, plain, input_names=names, opset=opset)
+        if fused_attention:
+            from fastft.export.attention import export_fused_onnx
+
+            info["export"] = export_fused_onnx(net, plain, input_names=names, opset=opset)
+        else:
+            info["export"] = export_onnx(net, plain, input_names=names, opset=opset)
 
         _log("optimising the graph for ONNX Runtime", progress)
         fused = scratch / "fused.onnx"
@@ -285,18 +293,10 @@ def export(
                                {"stage": "export", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": str(src),
                                 "int8": info.get("int8", {}).get("recipe")}]
         write_meta(tmp, new_meta)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
     _log(f"wrote {out} in {info['export_time_s']} s", progress)
     return info
 
 
-class _CallableModule(types.ModuleType):
-    """``fastft.export`` is both this package and the function: ``fastft.export(model, out)`` works either way."""
+from fastft import callable_package  # noqa: E402
 
-    def __call__(self, *args, **kwargs):
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-__all__ = ["INT8_FILE", "ONNX_FILE", "export"]
+callable_package(__name__, "fastft.export:export")

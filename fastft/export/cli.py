@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="static calibration method [minmax]")
     p.add_argument("--per-channel", action="store_true", default=None, help="per-channel weight scales")
+    p.add_argument("--fused-attention", action="store_true",
+                   help="write each attention as one com.microsoft Attention node from the exporter itself")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 [17]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_export)
@@ -40,7 +42,7 @@ def _export(args) -> int:
 
     info = export(args.model, args.output, int8=args.int8, static=args.static, calib_data=args.calib_data,
                   calib_size=args.calib_size, calib_method=args.calib_method, per_channel=args.per_channel,
-                  opset=args.opset, overwrite=args.overwrite)
+                  opset=args.opset, overwrite=args.overwrite, fused_attention=args.fused_attention)
     if args.json:
         print(dumps(info))
         return 0

@@ -33,6 +33,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     out = check_output_dir(path, overwrite).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the result is an ordinary directory
     try:
         yield tmp
     except BaseException:
