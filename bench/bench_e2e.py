@@ -86,6 +86,11 @@ def main() -> int:
                         "test_accuracy": meta.get("metrics", {}).get("test", {}).get("accuracy"),
                         "int8_parity": meta.get("onnx", {}).get("parity", {}).get("int8"),
                         "int8_recipe": meta.get("onnx", {}).get("int8", {}).get("recipe")}
+        agree = (d["teacher"]["int8_parity"] or {}).get("label_agreement")
+        if agree is not None and agree < 0.99:
+            d["teacher"]["note"] = (f"fastft export --int8 refuses this INT8 model at its default 99% label agreement "
+                                    f"({agree:.1%}); it was exported with min_agreement=0 so its speed could be "
+                                    "measured: latency does not depend on the agreement")
     if not args.no_settings:
         from fastft.bench.harness import work_dir
 
