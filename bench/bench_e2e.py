@@ -2,6 +2,7 @@
 
     python bench/bench_e2e.py                       # export runs/teacher (if needed), then fastft bench
     python bench/bench_e2e.py --repeats 20 --result /tmp/b.json      # quick look
+    python bench/bench_e2e.py --served runs/student --result bench/results/bench_minilm-l6_student.json
 
 1. ``fastft export --model runs/teacher --output runs/bench-teacher-onnx --int8`` (skipped when the
    export is newer than the teacher);
@@ -38,6 +39,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--backends", default=None, help="comma-separated subset [all]")
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "bench_minilm-l6.json"))
+    ap.add_argument("--served", default=None, metavar="DIR",
+                    help="fastft-fp32/-int8 serve this directory (e.g. a fastft compress output) against the "
+                         "teacher baselines; pass --result too")
     ap.add_argument("--no-settings", action="store_true",
                     help="skip the Predictor settings check (ORT spinning on/off, graph optimisation level)")
     ap.add_argument("--fresh-head", action="store_true",
@@ -75,6 +79,8 @@ def main() -> int:
         cmd += ["--model", str(model)]
     if args.backends:
         cmd += ["--backends", args.backends]
+    if args.served:
+        cmd += ["--served", args.served]
     print("+", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True, env=env)
 
@@ -94,7 +100,8 @@ def main() -> int:
     if not args.no_settings:
         from fastft.bench.harness import work_dir
 
-        served = model if model is not None else work_dir(Path(d["model"])) / "fastft"
+        served = Path(args.served) if args.served else \
+            model if model is not None else work_dir(Path(d["model"])) / "fastft"
         d["predictor_settings"] = settings_check(served, args.threads, seq=128, env=env)
     result.write_text(json.dumps(d, indent=2) + "\n")
     missed = [t for t in d["targets"] if t["met"] is False]
