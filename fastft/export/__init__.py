@@ -112,7 +112,7 @@ def export(
     agreement_limit: int | None = None,
     min_agreement: float = 0.99,
     fallback: bool = True,
-    fused_attention: bool = False,
+    fused_attention: bool | None = None,
     progress: bool = True,
 ) -> dict:
     """Export a fine-tuned model directory to ONNX (optionally INT8) in ``output``.
@@ -134,7 +134,8 @@ def export(
             under ``int8.fallback``) instead of failing at once.
         fused_attention: write each self-attention as one com.microsoft Attention node from the
             exporter itself (:mod:`fastft.export.attention`) instead of relying on ONNX Runtime's
-            pattern matching to find it.
+            pattern matching to find it. None (default): do so for the families fastft can swap
+            (BERT, RoBERTa, ELECTRA, DistilBERT), plain export otherwise.
 
     Returns the ``onnx`` section written to fastft.json (parity results included).
     """
@@ -193,6 +194,10 @@ def export(
         _copy_hf_files(src, tmp)
         _log(f"exporting to ONNX (opset {opset})", progress)
         plain = scratch / "plain.onnx"
+        if fused_attention is None:
+            from fastft.swap import SUPPORTED_MODEL_TYPES
+
+            fused_attention = getattr(net.config, "model_type", None) in SUPPORTED_MODEL_TYPES
         if fused_attention:
             from fastft.export.attention import export_fused_onnx
 

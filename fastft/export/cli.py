@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 _DOC = """export a fine-tuned model directory to ONNX (optionally INT8)
 
 examples:
@@ -29,8 +31,9 @@ def register(sub) -> None:
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="static calibration method [minmax]")
     p.add_argument("--per-channel", action="store_true", default=None, help="per-channel weight scales")
-    p.add_argument("--fused-attention", action="store_true",
-                   help="write each attention as one com.microsoft Attention node from the exporter itself")
+    p.add_argument("--fused-attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="write each attention as one com.microsoft Attention node from the exporter itself "
+                        "[on for BERT, RoBERTa, ELECTRA, DistilBERT]")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 [17]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_export)
