@@ -7,11 +7,10 @@ stage: train, export, compress...). Later stages add their own keys (``onnx``, `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fastft.errors import ModelError
-from fastft.utils.io import write_json
+from fastft.utils.io import read_json_object, write_json
 
 META_FILE = "fastft.json"
 
@@ -22,13 +21,7 @@ def read_meta(model_dir: str | Path, required: bool = False) -> dict:
         if required:
             raise ModelError(f"{model_dir} is not a fastft model directory (no {META_FILE})")
         return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} is corrupt ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{path} is corrupt (not a JSON object)")
-    return meta
+    return read_json_object(path)
 
 
 def write_meta(model_dir: str | Path, meta: dict) -> None:

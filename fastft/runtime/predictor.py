@@ -328,18 +328,12 @@ class _Config:
 
 
 def _read_config(p: Path) -> dict:
-    import json
+    from fastft.utils.io import read_json_object
 
     cfg = p / "config.json"
     if not cfg.is_file():
         raise ModelError(f"{p} is not a model directory (no config.json)")
-    try:
-        d = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{cfg} is corrupt ({exc})") from None
-    if not isinstance(d, dict):
-        raise ModelError(f"{cfg} is corrupt (not a JSON object)")
-    return d
+    return read_json_object(cfg)
 
 
 def _labels(meta: dict, config: dict) -> list[str]:

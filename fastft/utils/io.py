@@ -48,6 +48,19 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
         os.replace(tmp, out)
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object from ``path``; ModelError naming the file when it is corrupt."""
+    from fastft.errors import ModelError
+
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is corrupt ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ModelError(f"{path} is corrupt (not a JSON object)")
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
