@@ -5,10 +5,11 @@ from __future__ import annotations
 _DOC = """make a fine-tuned model small and fast: distill -> prune -> quantize, with a report
 
 examples:
-  fastft compress --int8                      # built-in teacher (trained and cached on first use)
-  fastft compress --model runs/teacher --layers 3 --prune-ffn 0.5 --int8 --output runs/small
+  fastft compress --int8                      # built-in teacher (trained and cached on first use),
+                                              # 3-layer student, half the FFN pruned, INT8
+  fastft compress --model runs/teacher --layers 3 --prune-heads 0.25 --int8 --output runs/small
   fastft compress --model runs/teacher --student minilm-l3 --int8 --static
-  fastft compress --model runs/teacher --no-distill --int8      # quantize only
+  fastft compress --model runs/teacher --no-distill --prune-ffn 0 --int8      # quantize only
 
 The output is a normal fastft model directory (HF files, model.onnx, model_int8.onnx,
 fastft.json) plus report.json and report.md: one row per stage with parameters, file size,
@@ -34,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--layers", type=int, default=None, help="student depth for teacher-layers [half the teacher's]")
     p.add_argument("--no-distill", action="store_true", help="skip distillation (prune/quantize the teacher itself)")
     p.add_argument("--prune-heads", type=float, default=0.0, help="fraction of attention heads removed per layer [0]")
-    p.add_argument("--prune-ffn", type=float, default=0.0, help="fraction of FFN neurons removed per layer [0]")
+    p.add_argument("--prune-ffn", type=float, default=0.5, help="fraction of FFN neurons removed per layer [0.5]")
     p.add_argument("--sparsity", type=float, default=0.0,
                    help="unstructured magnitude pruning of encoder weights (no speed-up on dense kernels) [0]")
     p.add_argument("--recovery-epochs", type=float, default=1, help="distillation epochs after pruning [1]")

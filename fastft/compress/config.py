@@ -27,7 +27,9 @@ class CompressConfig:
         epochs, lr, batch_size, max_length: the distillation run [2, 1e-4, 32, the teacher's].
         temperature, alpha: loss = alpha * T^2 * KL(teacher_T || student_T)
             + (1 - alpha) * CE(labels) + hidden_weight * MSE(mapped hidden states).
-    Pruning (off when both fractions are 0):
+    Pruning (off when every fraction is 0; by default half the FFN neurons go, which keeps the
+    directory plain-transformers loadable and, with one recovery epoch, measured 98.8% of the
+    teacher's accuracy at 3.7x at seq 512 in INT8 — bench/results/compress_frontier_3L_ffn.json):
         prune_heads: fraction of attention heads removed, the same count in every layer.
         prune_ffn: fraction of FFN neurons removed, the same count in every layer
             (intermediate_size stays uniform, so the directory reloads with plain transformers).
@@ -58,7 +60,7 @@ class CompressConfig:
     warmup_ratio: float = 0.1
     # pruning
     prune_heads: float = 0.0
-    prune_ffn: float = 0.0
+    prune_ffn: float = 0.5
     prune_batches: int = 32
     recovery_epochs: float = 1
     sparsity: float = 0.0
