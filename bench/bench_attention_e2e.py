@@ -82,7 +82,6 @@ def attention_graphs(batch=1, heads=12, seq=512, head_dim=32, seed=0):
     (batch, seq, hidden) with QKV projection and an int32 key padding mask: com.microsoft
     Attention (packed), MatMul+Add + com.microsoft MultiHeadAttention, and the unfused
     MatMul-Softmax-MatMul graph."""
-    import onnx
     from onnx import TensorProto as TP
     from onnx import helper as h
     from onnx import numpy_helper as nh

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -142,6 +141,10 @@ def test_prune_heads_shrinks_reloads_and_exports(ctx, tmp_path):
     again = load_pruned(tmp_path / "h")
     ids = torch.tensor([[101, 2023, 2003, 1037, 2307, 102]])
     assert np.allclose(_logits(net.eval(), ids), _logits(again, ids), atol=1e-5)
+    # the rest of fastft (eval, torch backends) loads a head-pruned directory too
+    from fastft.models import load_classifier
+
+    assert np.allclose(_logits(load_classifier(tmp_path / "h").eval(), ids), _logits(again, ids), atol=1e-5)
     torch_export(again, tmp_path / "h.onnx")
     assert np.allclose(ort_logits(session(tmp_path / "h.onnx"), [ids[0].tolist()], 0), _logits(again, ids), atol=1e-4)
     # the served path: fastft.export's exporter + ORT fusions at the pruned attention width

@@ -299,7 +299,7 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     Writes ``config.output`` (a normal fastft model directory plus report.json/report.md) and
     returns the report.
     """
-    from fastft.utils.io import atomic_output_dir, check_output_dir
+    from fastft.utils.io import check_output_dir
 
     cfg = replace(config or CompressConfig(), **overrides)
     cfg.validate()

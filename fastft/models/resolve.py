@@ -140,6 +140,11 @@ def load_classifier(
                 kwargs[attr] = dropout
     for k, v in kwargs.items():
         setattr(config, k, v)
+    if getattr(config, "pruned_heads", None) and isinstance(src, Path) and labels is None and dropout is None:
+        # transformers 5 no longer applies config.pruned_heads on load: rebuild the pruned shapes
+        from fastft.compress.prune import load_pruned
+
+        return load_pruned(src).to(torch.float32)
     try:
         model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config)
     except Exception as exc:  # corrupt safetensors raise their own error type
