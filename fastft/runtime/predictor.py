@@ -23,6 +23,7 @@ import numpy as np
 
 from fastft.errors import FastftError, ModelError
 from fastft.runtime.encode import Encoder, length_sorted_batches
+from fastft.train.metrics import softmax
 from fastft.runtime.session import DeviceError, create_session, parse_device, runtime_level, session_options
 
 
@@ -47,12 +48,6 @@ def check_texts(texts) -> list[str]:
         if not t.strip():
             raise InputError(f"text #{i} is empty")
     return list(texts)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Predictor:

@@ -145,19 +145,11 @@ def _predict(args) -> int:
 def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:
     from pathlib import Path
 
-    has_onnx = Path(model, "model.onnx").is_file()
-    if backend == "onnxruntime" or (backend == "auto" and has_onnx):
-        try:
-            from fastft.runtime import load
-        except ImportError:
-            load = None
-        if load is not None:
-            pred = load(model, backend="onnxruntime")
-            probs = pred.predict_proba(texts)
-            labels = pred.labels
-            return [{"text": t, "label": labels[int(p.argmax())], "score": float(p.max()),
-                     "probabilities": {labels[j]: float(p[j]) for j in range(len(labels))}}
-                    for t, p in zip(texts, probs)]
-    from fastft.train.evaluate import predict
+    from fastft.train.evaluate import predict, prediction_rows
 
+    if backend == "onnxruntime" or (backend == "auto" and Path(model, "model.onnx").is_file()):
+        from fastft.runtime import load
+
+        pred = load(model, backend="onnxruntime")
+        return prediction_rows(texts, pred.predict_proba(texts), pred.labels)
     return predict(model, texts)

@@ -123,10 +123,14 @@ def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[d
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise FastftError(f"text #{bad[0]} is not a string ({type(texts[bad[0]]).__name__})")
+    from fastft.train.metrics import softmax
+
     net, tokenizer, meta, max_length = load_model_dir(model)
-    logits = batched_logits(net, tokenizer, list(texts), max_length, batch_size)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    labels = model_labels(net)
+    probs = softmax(batched_logits(net, tokenizer, list(texts), max_length, batch_size))
+    return prediction_rows(texts, probs, model_labels(net))
+
+
+def prediction_rows(texts: list[str], probs: np.ndarray, labels: list[str]) -> list[dict]:
+    """One {text, label, score, probabilities} row per text from class probabilities."""
     return [{"text": t, "label": labels[int(p.argmax())], "score": float(p.max()),
              "probabilities": {labels[j]: float(p[j]) for j in range(len(labels))}} for t, p in zip(texts, probs)]
