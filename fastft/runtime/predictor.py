@@ -357,5 +357,5 @@ def _pick_onnx(p: Path, meta: dict, int8: bool | None) -> Path:
         if len(alt) == 1 and alt[0] != "model_int8.onnx":
             return p / alt[0]
     have = ", ".join(x.name for x in sorted(p.glob("*.onnx"))) or "none"
-    hint = "run: fastft export --int8" if int8 else "run: fastft export"
-    raise ModelError(f"{p} has no {name} (ONNX files: {have}); {hint} {p} -o DIR, or load with backend='torch'")
+    hint = f"run: fastft export --model {p} --output DIR" + (" --int8" if int8 else "")
+    raise ModelError(f"{p} has no {name} (ONNX files: {have}); {hint}, or load with backend='torch'")
