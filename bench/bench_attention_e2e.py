@@ -181,7 +181,8 @@ def main(argv=None) -> int:
     print(f"model: {model_desc} ({model_dir})", flush=True)
 
     def load(impl):
-        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=impl).float().eval()
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=impl,
+                                                                  trust_remote_code=False).float().eval()
 
     eager = load("eager")
     swapped = fastft.swap_attention(load("eager"))

@@ -184,7 +184,8 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
     if name == "hf-eager":
         from transformers import AutoModelForSequenceClassification
 
-        net = AutoModelForSequenceClassification.from_pretrained(str(art["model_dir"]), attn_implementation="eager")
+        net = AutoModelForSequenceClassification.from_pretrained(str(art["model_dir"]), attn_implementation="eager",
+                                                                 trust_remote_code=False)
         net = net.float().eval()
         return Runner(name, _torch_run(net), _weights(art["model_dir"]), {"attention": "eager"}, _to_torch)
     if name == "fastft-torch":
@@ -318,7 +319,8 @@ def probe_memory(names: list[str], art: dict[str, Path], threads: int, batch: in
     tok = load_tokenizer(art["model_dir"])
     feeds = {s: make_inputs(tok, batch, s, [_FALLBACK_TEXT]) for s in seqs}
     try:  # transformers 5 modeling modules weigh ~200 MB: library code, not the model
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(AutoConfig.from_pretrained(str(art["model_dir"])))]
+        config = AutoConfig.from_pretrained(str(art["model_dir"]), trust_remote_code=False)
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
     except (KeyError, ValueError, OSError):
         pass
     out = {}

@@ -88,6 +88,20 @@ class CompressConfig:
 
     def validate(self) -> None:
         """Raise FastftError (one line, naming the option) for anything unusable."""
+        from fastft.utils.checks import check_float, check_int
+
+        for opt in ("epochs", "lr", "temperature", "alpha", "hidden_weight", "weight_decay", "warmup_ratio",
+                    "prune_heads", "prune_ffn", "recovery_epochs", "sparsity", "accuracy_budget", "target_retained"):
+            check_float(f"--{opt.replace('_', '-')}", getattr(self, opt))
+        check_float("hidden_weight", self.hidden_weight, lo=0)
+        check_float("--weight-decay", self.weight_decay, lo=0)
+        check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
+        for opt in ("batch_size", "prune_batches", "calib_size", "seed"):
+            check_int(f"--{opt.replace('_', '-')}", getattr(self, opt), lo=0 if opt == "seed" else 1)
+        for opt in ("layers", "max_length", "limit", "threads"):
+            check_int(f"--{opt.replace('_', '-')}", getattr(self, opt), lo=1, optional=True)
+        if self.bench:
+            check_int("--bench-runs", self.bench_runs, lo=1)
         if self.quantize not in (None, "int8", "fp16"):
             raise FastftError(f"quantize must be 'int8', 'fp16' or None (got {self.quantize!r})")
         if self.static and self.quantize != "int8":

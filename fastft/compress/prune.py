@@ -213,10 +213,10 @@ def load_pruned(path, **kwargs):
     from pathlib import Path
 
     path = Path(path)
-    config = AutoConfig.from_pretrained(str(path))
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     pruned = {int(k): v for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
     if not pruned:
-        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False, **kwargs)
     model = AutoModelForSequenceClassification.from_config(config)
     for i, layer in enumerate(_layers(model)):
         if pruned.get(i):

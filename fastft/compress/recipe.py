@@ -12,6 +12,7 @@ Runtime (the file that is served) and timed; the output is the last stage's mode
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import sys
 import tempfile
@@ -305,12 +306,14 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     cfg.validate()
     if not cfg.output:
         raise FastftError("an output directory is required (--output DIR)")
-    check_output_dir(cfg.output, cfg.overwrite)
+    inputs = (model, cfg.data, cfg.student)
+    check_output_dir(cfg.output, cfg.overwrite, inputs=inputs)
     t_start = time.perf_counter()
     ctx = prepare(model, cfg)
-    out_parent = Path(cfg.output).resolve().parent
+    out_parent = Path(cfg.output).expanduser().resolve().parent
     out_parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".compress-work-", dir=out_parent))
+    # the pid in the name lets the next run remove it if this one is killed (fastft.utils.io.clean_stale)
+    work = Path(tempfile.mkdtemp(prefix=f".compress-work-{os.getpid()}-", dir=out_parent))
     try:
         report = _pipeline(ctx, work, t_start)
     finally:
@@ -410,7 +413,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     }
 
     # the output directory: the last stage's model directory + its ONNX files + the report
-    with atomic_output_dir(cfg.output, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.output, cfg.overwrite, inputs=(ctx.teacher_dir, cfg.data, cfg.student)) as tmp:
         if last_dir == ctx.teacher_dir:
             save_model_dir(ctx, net, tmp, "quantized", {})
         else:
@@ -481,7 +484,7 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
         cfg = replace(cfg, distill=False, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0,
                       quantize=cfg.quantize or "int8")
     if output is not None:
-        check_output_dir(output, cfg.overwrite)
+        check_output_dir(output, cfg.overwrite, inputs=(model, teacher, cfg.data))
     elif stage == "quantize":
         raise FastftError("quantize: an output directory is required (output=DIR)")
     ctx = prepare(teacher if (stage == "prune" and teacher is not None) else model, cfg)
@@ -496,9 +499,12 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
         res = StageResult("quantized", None, None, {})
     if output is None and stage != "quantize":
         return res
-    work = Path(tempfile.mkdtemp(prefix=".fastft-stage-"))
+    from fastft.utils.io import clean_stale
+
+    clean_stale(tempfile.gettempdir())
+    work = Path(tempfile.mkdtemp(prefix=f"fastft-stage-{os.getpid()}-"))
     try:
-        with atomic_output_dir(output or work / "out", cfg.overwrite) as tmp:
+        with atomic_output_dir(output or work / "out", cfg.overwrite, inputs=(model, teacher, cfg.data)) as tmp:
             net = res.model if res.model is not None else ctx.teacher
             save_model_dir(ctx, net, tmp, res.name, {k: v for k, v in res.info.items() if k != "history"})
             from fastft.compress.quantize import export_onnx

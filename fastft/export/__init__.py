@@ -153,7 +153,7 @@ def export(
     from fastft.models import read_meta, resolve_model, write_meta
     from fastft.models.meta import versions
     from fastft.train.evaluate import align_labels, load_model_dir, model_labels
-    from fastft.utils.io import atomic_output_dir, check_output_dir
+    from fastft.utils.io import atomic_output_dir, check_output_dir, clean_stale
 
     int8 = int8 or static or recipe is not None
     if recipe is not None and not isinstance(recipe, Int8Recipe):
@@ -165,9 +165,7 @@ def export(
         raise ModelError(f"model {model!r} is not a local directory; export needs a fine-tuned model directory")
     meta = read_meta(src)
     check_classifier_dir(src, meta)
-    out = check_output_dir(output, overwrite)
-    if out.resolve() == src.resolve():
-        raise FastftError("--output must differ from --model (the export copies the model's files)")
+    out = check_output_dir(output, overwrite, inputs=(src, calib_data))
 
     splits = source = None
     if int8 and (validate or static):
@@ -189,7 +187,9 @@ def export(
     serve_length = int(meta.get("max_length") or max_positions)
     info: dict = {"file": ONNX_FILE}
 
-    with tempfile.TemporaryDirectory(prefix="fastft-export-") as scratch, atomic_output_dir(out, overwrite) as tmp:
+    clean_stale(tempfile.gettempdir())  # scratch of killed exports
+    with tempfile.TemporaryDirectory(prefix=f"fastft-export-{os.getpid()}-") as scratch, \
+            atomic_output_dir(out, overwrite, inputs=(src, calib_data)) as tmp:
         scratch = Path(scratch)
         _copy_hf_files(src, tmp)
         _log(f"exporting to ONNX (opset {opset})", progress)

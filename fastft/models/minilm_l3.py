@@ -135,10 +135,14 @@ def minilm_l3_dir() -> Path:
         pass
     src = onnx_path()
     print(f"fastft: rebuilding minilm-l3 from {src.name} into {path} (first use)", file=sys.stderr)
+    from fastft.utils.io import clean_stale, normalize_modes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".minilm-l3.tmp-", dir=path.parent))
+    clean_stale(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".minilm-l3.tmp-{os.getpid()}-", dir=path.parent))
     try:
         build(tmp, src)
+        normalize_modes(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -157,12 +161,12 @@ def check_parity(model_dir: str | os.PathLike | None = None, texts: list[str] | 
     path = Path(model_dir) if model_dir else minilm_l3_dir()
     texts = texts or ["a fine film", "the plot was dull, the acting worse, and the ending made no sense at all",
                       "ok", "One of the best films of the year: warm, funny and smart."]
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     enc = tok(texts, padding=True, return_tensors="np")
     sess = ort.InferenceSession(str(onnx_path()), providers=["CPUExecutionProvider"])
     ref = sess.run([HIDDEN_OUTPUT], {"input_ids": enc["input_ids"].astype(np.int64),
                                      "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
-    model = BertModel.from_pretrained(str(path)).eval()
+    model = BertModel.from_pretrained(str(path), trust_remote_code=False).eval()
     with torch.inference_mode():
         got = model(input_ids=torch.from_numpy(enc["input_ids"]), attention_mask=torch.from_numpy(enc["attention_mask"]),
                     token_type_ids=torch.zeros_like(torch.from_numpy(enc["input_ids"]))).last_hidden_state.numpy()

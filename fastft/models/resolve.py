@@ -73,10 +73,49 @@ def check_model_dir(path: Path) -> None:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ModelError(f"{path} is not a model directory (no config.json)")
-    read_json_object(cfg)
+    check_no_custom_code(path, read_json_object(cfg))
     weights = [p for p in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (path / p).is_file()]
     if not weights and not any(path.glob("*.onnx")):
         raise ModelError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+# files whose "auto_map" points transformers at Python code shipped in the directory
+_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+                 "feature_extractor_config.json", "image_processor_config.json")
+
+
+def check_no_custom_code(path: Path, config: dict | None = None) -> None:
+    """Refuse a directory that asks to run its own Python code (``auto_map``, custom ``.py`` modules).
+
+    fastft never executes code from a model directory: every ``from_pretrained`` passes
+    ``trust_remote_code=False``, and such a directory is refused up front with one line instead
+    of a question on stdin.
+    """
+    for name in _CODE_CONFIGS:
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            obj = config if name == "config.json" and config is not None else read_json_object(f)
+        except ModelError:
+            if name == "config.json":
+                raise
+            continue
+        auto_map = obj.get("auto_map")
+        if auto_map:
+            refs = sorted({str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map])
+                           for v in (v if isinstance(v, (list, tuple)) else [v]) if v})
+            raise ModelError(f"{path} asks to run its own code ({name} auto_map: {', '.join(refs)[:120]}); "
+                             "fastft never runs code from a model directory: use a standard architecture")
+
+
+def _remote_code_error(src, exc: Exception) -> ModelError | None:
+    """A one-line ModelError when transformers refused custom code (trust_remote_code=False)."""
+    text = str(exc)
+    if "trust_remote_code" in text or "custom code" in text:
+        return ModelError(f"{src} asks to run its own code; fastft never runs code from a model repository "
+                          "(trust_remote_code=False): use a standard architecture")
+    return None
 
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
@@ -86,17 +125,37 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
     )
 
 
+# files that hold a tokenizer's vocabulary (one is enough)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+MIN_VOCAB = 1000  # below this a "tokenizer" is a stub transformers built from nothing: every word is [UNK]
+
+
 def load_tokenizer(model: str | os.PathLike):
-    """The tokenizer of ``model``; a tokenizer-less directory falls back to the built-in vocabulary."""
+    """The tokenizer of ``model``.
+
+    A directory without tokenizer files, or whose tokenizer has fewer than 1,000 entries, is a
+    ModelError: transformers would otherwise build a stub that turns every word into ``[UNK]``.
+    """
     from transformers import AutoTokenizer
 
     src = resolve_model(model)
+    if isinstance(src, Path) and not any((src / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}...); copy them from the "
+                         "base model, e.g. with tokenizer.save_pretrained(DIR)")
     try:
-        return AutoTokenizer.from_pretrained(str(src))
+        tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     except (OSError, ValueError) as exc:
+        remote = _remote_code_error(src, exc)
+        if remote is not None:
+            raise remote from None
         if isinstance(src, Path):
             raise ModelError(f"{src} has no usable tokenizer files ({exc.__class__.__name__})") from None
         raise _hub_error(str(src), exc) from None
+    if len(tok) < MIN_VOCAB:
+        raise ModelError(f"the tokenizer of {src} has only {len(tok)} entries (fewer than {MIN_VOCAB}): its "
+                         "vocabulary files are missing or broken; copy them from the base model")
+    return tok
 
 
 def load_classifier(
@@ -117,8 +176,11 @@ def load_classifier(
 
     src = resolve_model(model)
     try:
-        config = AutoConfig.from_pretrained(str(src))
+        config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
     except (OSError, ValueError) as exc:
+        remote = _remote_code_error(src, exc)
+        if remote is not None:
+            raise remote from None
         if isinstance(src, Path):
             raise ModelError(f"{src}: cannot read config.json ({exc})") from None
         raise _hub_error(str(src), exc) from None
@@ -146,13 +208,59 @@ def load_classifier(
 
         return load_pruned(src).to(torch.float32)
     try:
-        model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config)
+        model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config,
+                                                                       trust_remote_code=False)
     except Exception as exc:  # corrupt safetensors raise their own error type
+        remote = _remote_code_error(src, exc)
+        if remote is not None:
+            raise remote from None
         if isinstance(src, Path):
-            raise ModelError(f"{src}: cannot load weights ({str(exc).splitlines()[0][:200]})") from None
+            raise ModelError(f"{src}: cannot load weights ({_weights_error(src, config, exc)})") from None
         raise _hub_error(str(src), exc) from None
     model_obj = model_obj.to(torch.float32)
     return model_obj
+
+
+def _weights_error(path: Path, config, exc: Exception) -> str:
+    """Why the weights of ``path`` do not load, in one line that names the cause."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
+        return ("the .bin weights hold pickled Python objects, not only tensors, and fastft never unpickles "
+                "those (unpickling can run code); save the weights as model.safetensors")
+    head = _head_rows(path)
+    n = getattr(config, "num_labels", None)
+    if head is not None and n is not None and head[1] != n:
+        return (f"the classification head in model.safetensors ({head[0]}) has {head[1]} labels, "
+                f"but config.json names {n} labels: {', '.join(map(str, _config_label_names(config)))}")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    for noise in ("(look at the above report!)", "look at the above report!", "look at the above report"):
+        first = first.replace(noise, "")
+    return f"{type(exc).__name__}: {first.strip(' .:-')[:200]}"
+
+
+def _head_rows(path: Path) -> tuple[str, int] | None:
+    """(tensor name, rows) of the classification head's output weight in model.safetensors, if found."""
+    f = path / "model.safetensors"
+    if not f.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                if key.endswith(("classifier.weight", "classifier.out_proj.weight", "score.weight")):
+                    shape = st.get_slice(key).get_shape()
+                    if len(shape) == 2:
+                        return key, int(shape[0])
+    except Exception:  # noqa: BLE001 - a corrupt file: the caller reports the load error itself
+        return None
+    return None
+
+
+def _config_label_names(config) -> list[str]:
+    id2label = getattr(config, "id2label", None) or {}
+    return [id2label.get(i, id2label.get(str(i), i)) for i in range(len(id2label))]
 
 
 def _head_labels(config) -> list[str] | None:

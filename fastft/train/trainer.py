@@ -52,6 +52,21 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        from fastft.utils.checks import check_float, check_int
+
+        for opt, v in (("--epochs", self.epochs), ("--lr", self.lr), ("--weight-decay", self.weight_decay),
+                       ("--warmup-ratio", self.warmup_ratio), ("--max-grad-norm", self.max_grad_norm)):
+            check_float(opt, v)
+        check_float("--dropout", self.dropout, optional=True)
+        check_float("--weight-decay", self.weight_decay, lo=0)
+        check_float("--max-grad-norm", self.max_grad_norm, lo=0, lo_open=True)
+        for opt, v, lo in (("--batch-size", self.batch_size, 1), ("eval_batch_size", self.eval_batch_size, 1),
+                           ("--lora-r", self.lora_r, 1), ("--seed", self.seed, 0)):
+            check_int(opt, v, lo=lo)
+        for opt, v, lo in (("--max-length", self.max_length, 2), ("--limit", self.limit, 1),
+                           ("--max-steps", self.max_steps, 1), ("--patience", self.patience, 1),
+                           ("--threads", self.threads, 1)):
+            check_int(opt, v, lo=lo, optional=True)
         if self.epochs <= 0:
             raise FastftError(f"--epochs must be positive (got {self.epochs})")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -136,7 +151,7 @@ def run_training(cfg: TrainConfig) -> dict:
         raise FastftError("an output directory is required (--output DIR)")
     from fastft.utils.io import check_output_dir
 
-    check_output_dir(cfg.output, cfg.overwrite)  # fail before any work
+    check_output_dir(cfg.output, cfg.overwrite, inputs=(cfg.model, cfg.data))  # fail before any work
 
     import torch
     from torch.utils.data import DataLoader
@@ -242,7 +257,7 @@ def run_training(cfg: TrainConfig) -> dict:
         "versions": versions(),
         "history": [{"stage": "train", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}],
     }
-    with atomic_output_dir(cfg.output, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.output, cfg.overwrite, inputs=(cfg.model, cfg.data)) as tmp:
         net.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_meta(tmp, meta)

@@ -1,51 +1,306 @@
-"""Atomic output directories and small JSON helpers."""
+"""Atomic output directories, stale-file cleanup and small JSON helpers.
+
+Every directory fastft writes goes through :func:`atomic_output_dir`: the work happens in a
+hidden ``.NAME.tmp-<pid>-*`` directory beside the target, which is moved into place only on
+success with a rename that cannot replace another run's result. ``--overwrite`` replaces only
+a directory that fastft wrote (it holds ``fastft.json``) or an empty one, and never the input,
+a directory holding the input, the current directory or ``$HOME``. Hidden work directories
+left by a killed run carry its pid and are removed by the next run that writes beside them.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from fastft.errors import FastftError
 
+META_NAME = "fastft.json"  # the marker of a directory fastft wrote (fastft.models.meta.META_FILE)
+# hidden work directories, each carrying the pid of the run that made it
+_STALE_PATTERNS = (
+    re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)-"),  # atomic_output_dir
+    re.compile(r"^\.compress-work-(?P<pid>\d+)-"),  # fastft compress
+    re.compile(r"^\.fastft-probe-(?P<pid>\d+)-"),  # the writability probe
+    re.compile(r"^fastft-(?:export|stage)-(?P<pid>\d+)-"),  # scratch in the system temp directory
+)
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an existing, non-empty output directory unless ``overwrite`` is set."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise FastftError(f"output path {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FastftError(f"output directory {out} already exists (pass --overwrite to replace it)")
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie counts as gone)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except (OverflowError, ValueError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _tree_mb(path: Path) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total / 2**20
+
+
+def clean_stale(directory: str | os.PathLike, log: bool = True) -> list[Path]:
+    """Remove the hidden work directories in ``directory`` left by fastft runs that are gone.
+
+    Only names fastft makes (``.NAME.tmp-<pid>-*``, ``.NAME.old-<pid>-*``, ``.compress-work-<pid>-*``,
+    ``fastft-export-<pid>-*``) whose pid is no longer running are removed; each removal is said on
+    stderr. Returns the removed paths.
+    """
+    d = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        for pat in _STALE_PATTERNS:
+            m = pat.match(p.name)
+            if m is None:
+                continue
+            pid = int(m.group("pid"))
+            if pid_alive(pid) or not (p.is_dir() or p.is_file()) or p.is_symlink():
+                break
+            size = _tree_mb(p) if p.is_dir() else p.stat().st_size / 2**20
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            if not p.exists():
+                removed.append(p)
+                if log:
+                    print(f"fastft: removed {p} ({size:.1f} MB), left by an interrupted fastft run (pid {pid})",
+                          file=sys.stderr)
+            break
+    return removed
+
+
+def live_writers(out: Path) -> list[int]:
+    """Pids of other running fastft processes that are writing the directory ``out`` now."""
+    pat = re.compile(rf"^\.{re.escape(out.name)}\.tmp-(\d+)-")
+    pids = []
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return pids
+    for p in entries:
+        m = pat.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and pid_alive(int(m.group(1))):
+            pids.append(int(m.group(1)))
+    return pids
+
+
+def _protected() -> list[tuple[Path, str]]:
+    out = []
+    with contextlib.suppress(OSError):
+        out.append((Path.cwd().resolve(), "the current directory"))
+    home = os.environ.get("HOME")
+    if home:
+        out.append((Path(home).resolve(), "your home directory ($HOME)"))
     return out
 
 
+def _is_within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(directory: Path) -> None:
+    """Fail now, with one line, when files cannot be created in ``directory`` (or where it would be made).
+
+    Probes by creating and removing a file, so read-only mounts, immutable directories and
+    missing permissions are all caught, for root too.
+    """
+    anc = _nearest_existing(directory)
+    if not anc.is_dir():
+        raise FastftError(f"cannot write {directory}: {anc} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".fastft-probe-{os.getpid()}-", dir=anc)
+    except OSError as exc:
+        raise FastftError(f"cannot write to {anc} ({exc.strerror or type(exc).__name__}); "
+                          "choose an --output where you can create files") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def is_fastft_dir(path: Path) -> bool:
+    return (path / META_NAME).is_file()
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check that ``path`` may be written, before any work starts.
+
+    Refused: a path that is a file; the input (any of ``inputs`` that exists locally), a
+    directory holding an input, the current directory, ``$HOME`` or a directory holding them;
+    an existing non-empty directory without ``overwrite``; with ``overwrite``, a non-empty
+    directory fastft did not write (no ``fastft.json``); a directory another running fastft
+    process is writing; a place where files cannot be created. Stale work directories of dead
+    runs beside ``path`` are removed (and said).
+    """
+    if path is None or (isinstance(path, str) and not path.strip()):
+        raise FastftError("an output directory is required (--output DIR)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise FastftError(f"output must be a path (got {type(path).__name__})")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FastftError(f"output path {out} exists and is not a directory")
+    resolved = out.resolve()
+    for inp in inputs:
+        if inp is None or not isinstance(inp, (str, os.PathLike)):
+            continue
+        p = Path(inp).expanduser()
+        if p.exists() and _is_within(p.resolve(), resolved):
+            what = "is" if p.resolve() == resolved else "holds"
+            raise FastftError(f"output {out} {what} the input {inp}; write the result to another directory")
+    for prot, what in _protected():
+        if _is_within(prot, resolved):
+            holds = "is" if prot == resolved else "holds"
+            raise FastftError(f"output {out} {holds} {what}; fastft never writes over it, choose a new directory")
+    exists = out.is_dir()
+    if exists and any(out.iterdir()):
+        if not overwrite:
+            raise FastftError(f"output directory {out} already exists (pass --overwrite to replace it)")
+        if not is_fastft_dir(out):
+            raise FastftError(f"--overwrite replaces only a directory fastft wrote (with {META_NAME}) or an empty "
+                              f"one; {out} has no {META_NAME}: choose another --output")
+    parent = resolved.parent
+    if parent.is_dir():
+        clean_stale(parent)
+        busy = live_writers(resolved)
+        if busy:
+            raise FastftError(f"another fastft run (pid {busy[0]}) is writing {out} now; wait for it or choose "
+                              "another --output")
+    check_writable(parent)
+    return out
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normalize_modes(root: str | os.PathLike) -> None:
+    """Give every file under ``root`` mode 0666 and every directory 0777, less the umask.
+
+    Libraries write some files through private temporary files (mode 0600); a model directory
+    must be readable by whoever serves it, like any file the user creates.
+    """
+    mask = umask()
+    fmode, dmode = 0o666 & ~mask, 0o777 & ~mask
+    root = Path(root)
+    os.chmod(root, dmode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, dmode)
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, fmode)
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move ``tmp`` to ``out`` atomically; never over another run's result unless ``overwrite``."""
+    taken = FastftError(f"output directory {out} was written by another run while this one worked; "
+                        "this run's result was discarded (pass --overwrite to replace it)")
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        if not is_fastft_dir(out):
+            raise FastftError(f"--overwrite replaces only a directory fastft wrote (with {META_NAME}); {out} "
+                              "changed while this run worked and has none now: nothing was replaced")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+        try:
+            os.rename(out, old / out.name)
+        except OSError as exc:
+            shutil.rmtree(old, ignore_errors=True)
+            raise FastftError(f"cannot replace {out} ({exc.strerror or type(exc).__name__})") from None
+        try:
+            os.rename(tmp, out)
+        except OSError as exc:
+            if not out.exists():
+                os.rename(old / out.name, out)  # put the previous result back
+            shutil.rmtree(old, ignore_errors=True)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise taken from None
+            raise FastftError(f"cannot move the result into {out} ({exc.strerror or type(exc).__name__})") from None
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        # rename(2) replaces an empty directory but fails on a non-empty one: no lost result
+        os.rename(tmp, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise taken from None
+        if exc.errno == errno.ENOTDIR:
+            raise FastftError(f"output path {out} became a file while this run worked; nothing was written") \
+                from None
+        raise FastftError(f"cannot move the result into {out} ({exc.strerror or type(exc).__name__})") from None
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False,
+                      inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; move it into place only on success.
 
     On any exception the temporary directory is removed and ``path`` is left untouched,
-    so a failed or interrupted run never leaves a half-written model directory.
+    so a failed or interrupted run never leaves a half-written model directory. The move
+    fails (FastftError) when another run wrote ``path`` meanwhile, unless ``overwrite``.
+    File modes are normalised (:func:`normalize_modes`).
     """
-    out = check_output_dir(path, overwrite).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the result is an ordinary directory
+    inputs = list(inputs)
+    out = check_output_dir(path, overwrite, inputs).resolve()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        raise FastftError(f"cannot write to {out.parent} ({exc.strerror or type(exc).__name__})") from None
     try:
         yield tmp
+        normalize_modes(tmp)
+        _publish(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def read_json_object(path: str | os.PathLike) -> dict:

@@ -1,0 +1,51 @@
+"""Argument checks that name the argument: finite floats in range, true integers.
+
+    check_float("--lr", lr, lo=0, lo_open=True)        # "--lr must be > 0 (got nan)"
+    check_int("batch_size", 1.5, lo=1)                  # "batch_size must be an integer (got 1.5)"
+
+NaN passes every comparison-based check (``nan <= 0`` is False), so each float is checked
+for finiteness first; ``inf`` overflows step counts. Bools are not integers here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from fastft.errors import FastftError
+
+
+def _range(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    if lo is None:
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def check_float(name: str, value, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                hi_open: bool = False, optional: bool = False):
+    """``value`` as given, or FastftError naming ``name`` when it is not a finite number in range."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise FastftError(f"{name} must be a number (got {value!r})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise FastftError(f"{name} must be a finite number (got {value})")
+    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
+        raise FastftError(f"{name} must be {_range(lo, hi, lo_open, hi_open)} (got {value:g})")
+    return value
+
+
+def check_int(name: str, value, *, lo: int | None = None, hi: int | None = None, optional: bool = False):
+    """``value`` as given, or FastftError naming ``name`` when it is not an integer in [lo, hi]."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise FastftError(f"{name} must be an integer (got {value!r})")
+    if lo is not None and value < lo:
+        raise FastftError(f"{name} must be at least {lo} (got {value})")
+    if hi is not None and value > hi:
+        raise FastftError(f"{name} must be at most {hi} (got {value})")
+    return value
