@@ -26,6 +26,13 @@ COMMAND_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with fastft's error format: one line on stderr, exit 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"fastft: error: {message} (see '{self.prog} --help')\n")
+
+
 def add_command(subparsers, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """Add a sub-command with the options every command shares (``--json``)."""
     p = subparsers.add_parser(
@@ -39,7 +46,7 @@ def add_command(subparsers, name: str, help: str, description: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fastft",
         description="Fine-tune Transformer encoders, then make them small and fast to serve.",
         epilog="Run 'fastft COMMAND --help' for a command's options.",

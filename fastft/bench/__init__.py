@@ -67,6 +67,10 @@ def quantiles(times_s: Sequence[float]) -> dict:
 def write_result(path: str | Path, payload: dict) -> Path:
     """Write a JSON result with machine, versions and command filled in (unless given)."""
     path = Path(path)
+    if path.is_dir():
+        from fastft.errors import FastftError
+
+        raise FastftError(f"{path} is a directory; give a file name for the result JSON")
     path.parent.mkdir(parents=True, exist_ok=True)
     out = {
         "command": command_line(),
@@ -79,9 +83,13 @@ def write_result(path: str | Path, payload: dict) -> Path:
         out["machine"]["loadavg_at_end"] = os.getloadavg()
     except OSError:
         pass
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=_default) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(out, indent=2, default=_default) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -65,7 +65,34 @@ def _int_list(s: str) -> list[int]:
 
 
 def _str_list(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+    vals = [x.strip() for x in s.split(",")]
+    if not s.strip() or any(not v for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {s!r}")
+    return vals
+
+
+def check_paths(args) -> None:
+    """--json FILE, --plot FILE and --workdir DIR must be writable before minutes of measuring."""
+    from pathlib import Path
+
+    from fastft.errors import FastftError
+    from fastft.utils.io import check_writable
+
+    for opt, value in (("--json", args.json if args.json != "-" else None), ("--plot", args.plot)):
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        if path.is_dir() or value.endswith(("/", "\\")):
+            raise FastftError(f"{opt} {value} is a directory; give a file name, e.g. {Path(value) / 'bench.json'}"
+                              if opt == "--json" else f"{opt} {value} is a directory; give a .png file name")
+        if path.exists() and not path.is_file():
+            raise FastftError(f"{opt} {value} exists and is not a regular file")
+        check_writable(path.parent)
+    if args.workdir:
+        wd = Path(args.workdir).expanduser()
+        if wd.exists() and not wd.is_dir():
+            raise FastftError(f"--workdir {args.workdir} exists and is not a directory")
+        check_writable(wd)
 
 
 def _run(args) -> int:
@@ -83,6 +110,7 @@ def _run(args) -> int:
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise FastftError(f"--plot writes a PNG; give a .png file name (got {args.plot!r})")
+    check_paths(args)
     cfg = BenchConfig(model=args.model, seqs=args.seq, batch=args.batch, threads=args.threads,
                       backends=args.backends or list(BACKENDS), repeats=args.repeats, warmup=args.warmup,
                       memory=not args.no_memory, workdir=args.workdir, served=args.served,

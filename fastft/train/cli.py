@@ -40,6 +40,11 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int, default=None, help="longest input in tokens [the model's]")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="use at most N rows")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "torch"], default="auto",
+                   help="auto: what predict serves (ONNX Runtime when the directory has an ONNX model, else "
+                        "PyTorch) [auto]")
+    p.add_argument("--int8", action="store_true", default=None,
+                   help="score model_int8.onnx with ONNX Runtime [fastft.json's default file]")
     _data_options(p, defaults=None)
     p.set_defaults(func=_eval)
 
@@ -113,11 +118,12 @@ def _eval(args) -> int:
 
     res = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, max_length=args.max_length,
                    text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
-                   limit=args.limit)
+                   limit=args.limit, backend=args.backend, int8=args.int8)
     if args.json:
         print(dumps(res))
     else:
-        print(f"{res['model']} on {res['data']} ({res['split']}, max length {res['max_length']})")
+        served = f"{res['file']}, ONNX Runtime" if res.get("file") else "PyTorch"
+        print(f"{res['model']} ({served}) on {res['data']} ({res['split']}, max length {res['max_length']})")
         print(_metrics_table({res["split"]: res}))
     return 0
 
@@ -128,9 +134,15 @@ def _predict(args) -> int:
 
     texts = args.texts
     if texts == ["-"]:
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        texts = _stdin_lines()
     if not texts:
         raise FastftError("no texts given: pass them as arguments, or '-' to read lines from stdin")
+    from fastft.data.text import unicode_problem
+
+    for i, t in enumerate(texts):
+        problem = unicode_problem(t)
+        if problem:
+            raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
     rows = _predict_rows(args.model, texts, args.backend)
     if args.json:
         print(dumps(rows))
@@ -142,12 +154,31 @@ def _predict(args) -> int:
     return 0
 
 
-def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:
-    from pathlib import Path
+def _stdin_lines() -> list[str]:
+    """Non-blank lines of stdin, decoded as UTF-8 (an error names the first bad line)."""
+    from fastft.data.text import decode_line
+    from fastft.errors import FastftError
 
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream (e.g. replaced in-process): already decoded
+        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    out = []
+    for n, raw in enumerate(buffer, 1):
+        try:
+            line = decode_line(raw, f"stdin line {n}").rstrip("\r\n")
+        except ValueError as exc:
+            raise FastftError(f"{exc}; fastft reads text as UTF-8: convert it first, e.g. iconv -f latin1 -t utf-8") \
+                from None
+        if line.strip():
+            out.append(line)
+    return out
+
+
+def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:
+    from fastft.runtime.predictor import served_backend
     from fastft.train.evaluate import predict, prediction_rows
 
-    if backend == "onnxruntime" or (backend == "auto" and Path(model, "model.onnx").is_file()):
+    if backend == "onnxruntime" or (backend == "auto" and served_backend(model) == "onnxruntime"):
         from fastft.runtime import load
 
         pred = load(model, backend="onnxruntime")

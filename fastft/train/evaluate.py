@@ -1,4 +1,4 @@
-"""Evaluation and prediction with the PyTorch model of a fastft directory."""
+"""Evaluation (PyTorch weights or the served ONNX model) and PyTorch prediction of a fastft directory."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ from fastft.errors import DataError, FastftError
 
 def run_eval(net, tokenizer, split, max_length: int, batch_size: int = 64, progress: bool = True) -> dict:
     """Metrics and mean cross-entropy loss of ``net`` on a :class:`fastft.data.Split`."""
+    logits = batched_logits(net, tokenizer, split.texts, max_length, batch_size, progress)
+    return scores(logits, split.labels)
+
+
+def scores(logits: np.ndarray, labels: list[int]) -> dict:
+    """Metrics and mean cross-entropy loss of (n, num_labels) ``logits`` against label ids."""
     from fastft.train.metrics import classification_metrics
 
-    logits = batched_logits(net, tokenizer, split.texts, max_length, batch_size, progress)
-    labels = np.asarray(split.labels)
+    labels = np.asarray(labels)
     shifted = logits - logits.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     probs = np.exp(logp)
@@ -84,14 +89,76 @@ def align_labels(split, data_labels: list[str], model_labels_: list[str]):
     return Split(split.texts, [mapping[y] for y in split.labels])
 
 
+BACKENDS = ("auto", "onnxruntime", "torch")
+
+
 def evaluate(model: str | Path, data: str | None = None, split: str = "test", *, batch_size: int = 64,
              max_length: int | None = None, text_column: str | None = None, label_column: str | None = None,
-             encoding: str = "utf-8", limit: int | None = None, progress: bool = True) -> dict:
-    """Metrics of a model directory on a data split (default: the data it was trained on)."""
-    from fastft.data import load_data
+             encoding: str = "utf-8", limit: int | None = None, progress: bool = True, backend: str = "auto",
+             int8: bool | None = None) -> dict:
+    """Metrics of a model directory on a data split (default: the data it was trained on).
+
+    backend: ``auto`` scores what ``fastft predict`` / ``fastft.load`` serve: the ONNX model
+    with ONNX Runtime when the directory has one (``model_int8.onnx`` when fastft.json names it
+    the default), else the PyTorch weights; ``onnxruntime`` or ``torch`` choose. int8: score
+    ``model_int8.onnx`` (True) or ``model.onnx`` (False) with ONNX Runtime. A missing or corrupt
+    ONNX file is a ModelError. limit: score at most this many rows of the split.
+    """
+    from fastft.utils.checks import check_int
+
+    check_int("--batch-size", batch_size, lo=1)
+    check_int("--max-length", max_length, lo=2, optional=True)
+    check_int("--limit", limit, lo=1, optional=True)
+    if backend not in BACKENDS:
+        raise FastftError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    if int8 not in (None, True, False):
+        raise FastftError(f"int8 must be True, False or None (got {int8!r})")
+    if int8 is not None and backend == "torch":
+        raise FastftError("--int8 scores an ONNX model: use it with --backend onnxruntime (or auto)")
+    if backend == "auto":
+        from fastft.runtime.predictor import served_backend
+
+        backend = "onnxruntime" if int8 is not None else served_backend(model)
+    if backend == "onnxruntime":
+        return _evaluate_ort(model, data, split, batch_size=batch_size, max_length=max_length,
+                             text_column=text_column, label_column=label_column, encoding=encoding, limit=limit,
+                             int8=int8)
     from fastft.data.collate import clamp_max_length
 
     net, tokenizer, meta, default_len = load_model_dir(model)
+    part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, model_labels(net))
+    length = clamp_max_length(max_length, net.config) if max_length else default_len
+    metrics = run_eval(net, tokenizer, part, length, batch_size, progress)
+    return {"model": str(model), "data": str(data), "split": split, "max_length": length, "backend": "torch",
+            **metrics}
+
+
+def _evaluate_ort(model, data, split, *, batch_size, max_length, text_column, label_column, encoding, limit,
+                  int8) -> dict:
+    """evaluate() with the ONNX model that ONNX Runtime serves."""
+    import warnings
+
+    from fastft.models import read_meta, resolve_model
+    from fastft.runtime.predictor import TruncationWarning, load
+
+    path = resolve_model(model)
+    if not isinstance(path, Path):
+        raise FastftError(f"model {model!r} is not a local directory; --backend onnxruntime needs a model directory")
+    meta = read_meta(path)
+    pred = load(path, backend="onnxruntime", int8=int8, max_length=max_length, batch_size=batch_size, warm_up=False)
+    part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, pred.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # eval truncates like training did
+        logits = pred._logits(part.texts, batch_size)
+    return {"model": str(model), "data": str(data), "split": split, "max_length": pred.max_length,
+            "backend": "onnxruntime", "file": pred.onnx_file.name, **scores(logits, part.labels)}
+
+
+def _eval_split(model, meta: dict, data, split: str, text_column, label_column, encoding: str, limit,
+                labels: list[str]):
+    """(split with label ids of ``labels``, data name) for evaluation."""
+    from fastft.data import load_data
+
     spec = meta.get("data", {})
     if data is None:
         data = spec.get("path") or spec.get("data")
@@ -104,25 +171,33 @@ def evaluate(model: str | Path, data: str | None = None, split: str = "test", *,
         label_column=label_column or (spec.get("label_column", "label") if same else "label"),
         seed=spec.get("seed", 42) if same else 42,
         encoding=encoding,
-        limit=limit,
     )
-    part = align_labels(splits.split(split), splits.labels, model_labels(net))
+    part = align_labels(splits.split(split).subset(limit), splits.labels, labels)
     if len(part) == 0:
         raise DataError(f"the {split} split of {data!r} is empty")
-    length = clamp_max_length(max_length, net.config) if max_length else default_len
-    metrics = run_eval(net, tokenizer, part, length, batch_size, progress)
-    return {"model": str(model), "data": str(data), "split": split, "max_length": length, **metrics}
+    return part, data
 
 
 def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[dict]:
-    """Label and probability of each text, with the PyTorch model."""
+    """Label and probability of each text, with the PyTorch model.
+
+    A text that is not valid Unicode (e.g. a lone surrogate) is a FastftError naming its
+    index (from 0); nothing is replaced silently (see :mod:`fastft.data.text`).
+    """
+    from fastft.data.text import unicode_problem
+    from fastft.utils.checks import check_int
+
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise FastftError("texts must be a list of strings")
     if not texts:
         raise FastftError("no texts to predict")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise FastftError(f"text #{bad[0]} is not a string ({type(texts[bad[0]]).__name__})")
+    check_int("batch_size", batch_size, lo=1)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise FastftError(f"text #{i} is not a string ({type(t).__name__})")
+        problem = unicode_problem(t)
+        if problem:
+            raise FastftError(f"text #{i} {problem}")
     from fastft.train.metrics import softmax
 
     net, tokenizer, meta, max_length = load_model_dir(model)
