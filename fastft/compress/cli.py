@@ -81,8 +81,13 @@ def _compress(args) -> int:
     from fastft.compress.report import table
     from fastft.utils.io import dumps
 
+    import contextlib
+
+    from fastft.utils.io import stdout_to_stderr
+
     cfg = config_from_args(args)
-    report = compress(args.model, cfg)
+    with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON
+        report = compress(args.model, cfg)
     if args.json:
         print(dumps(report))
         return 0

@@ -43,12 +43,63 @@ def check_export_args(*, opset: int, calib_size: int, calib_method: str, static:
     from fastft.export.onnx import MIN_OPSET
     from fastft.export.quantize import CALIB_METHODS
 
+    from fastft.utils.checks import check_int
+
+    check_int("--opset", opset)
+    check_int("--calib-size", calib_size)
     if opset < MIN_OPSET:
         raise FastftError(f"--opset must be at least {MIN_OPSET} (got {opset})")
+    check_opset(opset)
     if calib_size < 1:
         raise FastftError(f"--calib-size must be at least 1 (got {calib_size})")
     if static and calib_method not in CALIB_METHODS:
         raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {calib_method!r})")
+
+
+_opset_ok: dict[int, str | None] = {}
+
+
+def check_opset(opset: int) -> None:
+    """Probe, in milliseconds, that torch's exporter writes ``opset`` and ONNX Runtime runs it.
+
+    A tiny module is exported at ``opset`` (the TorchScript exporter fastft uses) and opened
+    in an ORT session; a refusal is a one-line FastftError before the real model is loaded.
+    """
+    if opset not in _opset_ok:
+        import io
+
+        import torch
+
+        try:
+            buf = io.BytesIO()
+            with _quiet_stdout():  # the exporter dumps its graph on stdout when it fails
+                torch.onnx.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(1, 2),), buf, opset_version=opset,
+                                  input_names=["x"], dynamo=False)
+            import onnxruntime as ort
+
+            ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+            _opset_ok[opset] = None
+        except Exception as exc:  # noqa: BLE001 - each library words its refusal differently
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _opset_ok[opset] = f"{type(exc).__name__}: {first[:160]}"
+    if _opset_ok[opset]:
+        raise FastftError(f"--opset {opset} cannot be exported by torch {_version('torch')} and run by onnxruntime "
+                          f"{_version('onnxruntime')} ({_opset_ok[opset]}); use --opset 17")
+
+
+def _version(pkg: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return "?"
+
+
+def _quiet_stdout():
+    from fastft.utils.io import stdout_to_stderr
+
+    return stdout_to_stderr(discard=True)
 
 
 def check_classifier_dir(path: Path, meta: dict) -> None:

@@ -40,12 +40,15 @@ def register(sub) -> None:
 
 
 def _export(args) -> int:
-    from fastft.export import export
-    from fastft.utils.io import dumps
+    import contextlib
 
-    info = export(args.model, args.output, int8=args.int8, static=args.static, calib_data=args.calib_data,
-                  calib_size=args.calib_size, calib_method=args.calib_method, per_channel=args.per_channel,
-                  opset=args.opset, overwrite=args.overwrite, fused_attention=args.fused_attention)
+    from fastft.export import export
+    from fastft.utils.io import dumps, stdout_to_stderr
+
+    with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON
+        info = export(args.model, args.output, int8=args.int8, static=args.static, calib_data=args.calib_data,
+                      calib_size=args.calib_size, calib_method=args.calib_method, per_channel=args.per_channel,
+                      opset=args.opset, overwrite=args.overwrite, fused_attention=args.fused_attention)
     if args.json:
         print(dumps(info))
         return 0

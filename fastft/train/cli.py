@@ -71,6 +71,15 @@ def _data_options(p, defaults: str | None = "text") -> None:
     p.add_argument("--encoding", default="utf-8", help="encoding of a data file [utf-8]")
 
 
+def _json_guard(args):
+    """With --json, whatever the work prints on stdout goes to stderr: stdout holds only the JSON."""
+    import contextlib
+
+    from fastft.utils.io import stdout_to_stderr
+
+    return stdout_to_stderr() if args.json else contextlib.nullcontext()
+
+
 def _train(args) -> int:
     from fastft.train.trainer import TrainConfig, run_training
     from fastft.utils.io import dumps
@@ -83,7 +92,8 @@ def _train(args) -> int:
         text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
         threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress,
     )
-    meta = run_training(cfg)
+    with _json_guard(args):
+        meta = run_training(cfg)
     if args.json:
         print(dumps(meta))
         return 0
@@ -116,9 +126,10 @@ def _eval(args) -> int:
     from fastft.train.evaluate import evaluate
     from fastft.utils.io import dumps
 
-    res = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, max_length=args.max_length,
-                   text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
-                   limit=args.limit, backend=args.backend, int8=args.int8)
+    with _json_guard(args):
+        res = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, max_length=args.max_length,
+                       text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                       limit=args.limit, backend=args.backend, int8=args.int8)
     if args.json:
         print(dumps(res))
     else:
@@ -143,7 +154,8 @@ def _predict(args) -> int:
         problem = unicode_problem(t)
         if problem:
             raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
-    rows = _predict_rows(args.model, texts, args.backend)
+    with _json_guard(args):
+        rows = _predict_rows(args.model, texts, args.backend)
     if args.json:
         print(dumps(rows))
     else:

@@ -303,6 +303,39 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False,
         raise
 
 
+@contextlib.contextmanager
+def stdout_to_stderr(discard: bool = False) -> Iterator[None]:
+    """Send everything written to stdout, by Python or by native code (fd 1), to stderr.
+
+    ``--json`` promises JSON on stdout; libraries print progress or, on failure, whole graphs
+    there. Commands run their work inside this and print their JSON after it. ``discard``:
+    drop it instead (a probe's noise).
+    """
+    import io
+
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    saved = sink = None
+    try:
+        saved = os.dup(1)
+        if discard:
+            sink = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(sink if discard else 2, 1)
+    except OSError:
+        saved = None
+    try:
+        with contextlib.redirect_stdout(io.StringIO() if discard else sys.stderr):
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+        if sink is not None:
+            os.close(sink)
+
+
 def read_json_object(path: str | os.PathLike) -> dict:
     """A JSON object from ``path``; ModelError naming the file when it is corrupt."""
     from fastft.errors import ModelError
