@@ -67,12 +67,14 @@ def check_opset(opset: int) -> None:
     """
     if opset not in _opset_ok:
         import io
+        import warnings
 
         import torch
 
         try:
             buf = io.BytesIO()
-            with _quiet_stdout():  # the exporter dumps its graph on stdout when it fails
+            with _quiet_stdout(), warnings.catch_warnings():  # the exporter dumps its graph on stdout on failure
+                warnings.simplefilter("ignore")
                 torch.onnx.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(1, 2),), buf, opset_version=opset,
                                   input_names=["x"], dynamo=False)
             import onnxruntime as ort

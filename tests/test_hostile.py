@@ -1,0 +1,381 @@
+"""Hostile input, as a careful user and as an attacker would give it, through the CLI and the API.
+
+Every case asserts the same contract: exit 2 (or a FastftError for the API), exactly one line
+``fastft: error: ...`` on stderr, no traceback, nothing written or deleted anywhere the case can
+see (the model directories it reads, its output's parent, the current directory, $HOME and
+the temporary directory). Most cases run in-process (``fastft.cli.main``); the ones that need a
+real process (a prompt on stdin, raw bytes in argv) run ``python -m fastft``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import make_rows, save_tiny_model, write_jsonl
+from fastft.cli import main
+from fastft.errors import FastftError
+
+EVIL_MARKER = "evil-code-ran"
+
+
+# -- the world the cases run in -------------------------------------------------------------
+def _edit_json(path: Path, **changes) -> None:
+    obj = json.loads(path.read_text())
+    obj.update(changes)
+    path.write_text(json.dumps(obj))
+
+
+def make_evil(path: Path, src: Path, marker: Path, where: str = "config.json") -> Path:
+    """A model directory whose ``where`` asks transformers to import evil.py, which writes ``marker``."""
+    shutil.copytree(src, path)
+    _edit_json(path / "config.json", model_type="evilbert", architectures=["EvilModel"])
+    auto = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"}
+    if where == "tokenizer_config.json":
+        auto = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+        _edit_json(path / "config.json", model_type="bert")
+    _edit_json(path / where, auto_map=auto)
+    (path / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('pwned')\n"
+        "from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'evilbert'\n"
+        "class EvilModel(BertForSequenceClassification):\n    config_class = EvilConfig\n"
+        "EvilTokenizer = BertTokenizerFast\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dir) -> Path:
+    """Read-only model directories and data files, good and hostile."""
+    w = tmp_path_factory.mktemp("world")
+    data = write_jsonl(w / "data.jsonl", make_rows(40))
+    tiny = save_tiny_model(w / "tiny", data)
+    marker = w / EVIL_MARKER
+    make_evil(w / "evil", tiny, marker)
+    make_evil(w / "evil-tok", tiny, marker, where="tokenizer_config.json")
+    # no tokenizer files at all / a 5-entry stub vocabulary
+    shutil.copytree(tiny, w / "notok")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (w / "notok" / f).unlink()
+    shutil.copytree(w / "notok", w / "stubtok")
+    (w / "stubtok" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    # config.json names 3 labels, the weights hold a 2-label head
+    shutil.copytree(tiny, w / "mismatch")
+    _edit_json(w / "mismatch" / "config.json", id2label={"0": "a", "1": "b", "2": "c"},
+               label2id={"a": 0, "b": 1, "c": 2})
+    _edit_json(w / "mismatch" / "fastft.json", labels=["a", "b", "c"])
+    # pickled weights that run code when unpickled
+    shutil.copytree(tiny, w / "pickled")
+    (w / "pickled" / "model.safetensors").unlink()
+    import torch
+
+    torch.save({"x": _Evil(str(marker))}, w / "pickled" / "pytorch_model.bin")
+    # an ONNX export, and a copy cut in half
+    from fastft.export import export
+
+    export(tiny, w / "onnx", fused_attention=False, validate=False, progress=False)
+    shutil.copytree(w / "onnx", w / "half")
+    f = w / "half" / "model.onnx"
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+    # a project holding its input model and the user's thesis
+    (w / "proj").mkdir()
+    shutil.copytree(tiny, w / "proj" / "tiny")
+    (w / "proj" / "thesis.txt").write_text("years of work")
+    shutil.copy(data, w / "proj" / "data.jsonl")
+    (w / "plain-dir").mkdir()
+    (w / "plain-dir" / "notes.txt").write_text("not fastft's")
+    (w / "a-file").write_text("a file")
+    (w / "json-dir").mkdir()
+    (w / "json-dir" / "keep.txt").write_text("keep")
+    (w / "plot.png").mkdir()
+    (w / "home").mkdir()
+    (w / "home" / ".bashrc").write_text("# mine")
+    # hostile data files
+    (w / "dup.csv").write_text("text,label,text,label\n" + "".join(
+        f"{r['text']},{r['label']},{r['text']},x\n" for r in make_rows(20)))
+    write_jsonl(w / "list-label.jsonl", [{"text": r["text"], "label": [r["label"]]} for r in make_rows(20)])
+    write_jsonl(w / "dict-label.jsonl", [{"text": r["text"], "label": {"y": r["label"]}} for r in make_rows(20)])
+    (w / "dup-key.jsonl").write_text("".join(
+        f'{{"text": "{r["text"]}", "label": "{r["label"]}", "label": "x"}}\n' for r in make_rows(20)))
+    (w / "surrogate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_rows(10))
+                                       + '{"text": "bad \\ud800 text", "label": "positive"}\n')
+    (w / "latin1.csv").write_bytes(b"text,label\ncaf\xe9,positive\nok,negative\n")
+    yield w
+    assert not marker.exists(), "code from a model directory ran"
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every path under ``roots`` with its size, mtime and mode."""
+    out = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                out[p] = (st.st_size, st.st_mtime_ns, st.st_mode)
+    return out
+
+
+@pytest.fixture
+def sandbox(world, tmp_path, monkeypatch):
+    """An empty cwd, $HOME and temp dir per case; the world and the case's dirs are snapshotted."""
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(world / "home"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    before = snapshot(world, tmp_path)
+    yield {"w": str(world), "out": str(tmp_path / "out"), "home": str(world / "home"), "tmp": str(tmp_path)}
+    after = snapshot(world, tmp_path)
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    changed = sorted(p for p in set(before) & set(after) if before[p] != after[p] and not os.path.isdir(p))
+    assert not (added or removed or changed), f"touched: added {added[:5]}, removed {removed[:5]}, changed {changed[:5]}"
+
+
+def run_cli(capfd, argv: list[str]) -> tuple[int, str, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
+def assert_one_line(rc, out: str, err: str, message: str) -> None:
+    lines = err.strip().splitlines()
+    assert rc == 2, (rc, err)
+    assert "Traceback" not in err + out
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastft: error: "), lines[0]
+    assert message in lines[0], lines[0]
+
+
+# -- the CLI cases --------------------------------------------------------------------------
+# (id, argv with {w} the world, {out} a fresh output path, {home} $HOME; the message expected)
+CLI_CASES = [
+    # 1. code from a model directory
+    ("evil-predict", "predict --model {w}/evil --backend torch hi", "asks to run its own code"),
+    ("evil-predict-ort", "predict --model {w}/evil hi", "asks to run its own code"),
+    ("evil-export", "export --model {w}/evil --output {out}", "asks to run its own code"),
+    ("evil-train", "train --model {w}/evil --data {w}/data.jsonl --output {out} --max-steps 1", "its own code"),
+    ("evil-eval", "eval --model {w}/evil", "asks to run its own code"),
+    ("evil-compress", "compress --model {w}/evil --output {out}", "asks to run its own code"),
+    ("evil-bench", "bench --model {w}/evil --no-memory", "asks to run its own code"),
+    ("evil-tokenizer", "predict --model {w}/evil-tok --backend torch hi", "tokenizer_config.json auto_map"),
+    # 2. --overwrite never deletes what is not fastft's
+    ("train-into-input-parent", "train --model {w}/proj/tiny --data {w}/data.jsonl --output {w}/proj --overwrite",
+     "holds the input"),
+    ("export-into-input-parent", "export --model {w}/proj/tiny --output {w}/proj --overwrite", "holds the input"),
+    ("export-over-input", "export --model {w}/tiny --output {w}/tiny --overwrite", "is the input"),
+    ("train-over-data-dir", "train --model {w}/tiny --data {w}/proj/data.jsonl --output {w}/proj --overwrite",
+     "holds the input"),
+    ("compress-into-input-parent", "compress --model {w}/proj/tiny --output {w}/proj --overwrite", "holds the input"),
+    ("export-over-cwd", "export --model {w}/tiny --output . --overwrite", "the current directory"),
+    ("export-over-home", "export --model {w}/tiny --output {home} --overwrite", "home directory"),
+    ("overwrite-foreign-dir", "export --model {w}/tiny --output {w}/plain-dir --overwrite", "has no fastft.json"),
+    ("no-overwrite", "export --model {w}/tiny --output {w}/onnx", "already exists (pass --overwrite"),
+    ("output-is-file", "train --model {w}/tiny --data {w}/data.jsonl --output {w}/a-file", "is not a directory"),
+    # 4. no usable tokenizer
+    ("no-tokenizer-predict", "predict --model {w}/notok --backend torch hi", "has no tokenizer files"),
+    ("no-tokenizer-train", "train --model {w}/notok --data {w}/data.jsonl --output {out}", "no tokenizer files"),
+    ("stub-tokenizer-eval", "eval --model {w}/stubtok", "has only 5 entries"),
+    # 6, 7. checked before the work
+    ("compress-bench-runs-0", "compress --model {w}/tiny --bench-runs 0 --output {out}", "--bench-runs must be at least 1"),
+    ("bench-json-dir", "bench --model {w}/tiny --json {w}/json-dir", "is a directory"),
+    ("bench-workdir-file", "bench --model {w}/tiny --workdir {w}/a-file", "is not a directory"),
+    ("bench-plot-dir", "bench --model {w}/tiny --plot {w}/plot.png", "is a directory"),
+    # 9. floats: finite and in range
+    ("train-epochs-nan", "train --model {w}/tiny --data {w}/data.jsonl --epochs nan --output {out}", "finite"),
+    ("train-epochs-inf", "train --model {w}/tiny --data {w}/data.jsonl --epochs inf --output {out}", "finite"),
+    ("train-lr-nan", "train --model {w}/tiny --data {w}/data.jsonl --lr nan --output {out}", "--lr must be a finite"),
+    ("train-dropout-nan", "train --model {w}/tiny --data {w}/data.jsonl --dropout nan --output {out}", "--dropout"),
+    ("train-grad-norm-0", "train --model {w}/tiny --data {w}/data.jsonl --max-grad-norm 0 --output {out}",
+     "--max-grad-norm must be > 0"),
+    ("compress-temperature-nan", "compress --model {w}/tiny --temperature nan --output {out}", "--temperature"),
+    ("compress-epochs-inf", "compress --model {w}/tiny --epochs inf --output {out}", "--epochs must be a finite"),
+    ("compress-prune-nan", "compress --model {w}/tiny --prune-ffn nan --output {out}", "--prune-ffn"),
+    ("compress-budget-inf", "compress --model {w}/tiny --accuracy-budget inf --output {out}", "--accuracy-budget"),
+    # 10. text that is not UTF-8 (argv bytes arrive as surrogate escapes)
+    ("predict-latin1-arg", "predict --model {w}/tiny --backend torch ok caf\udce9_\udcff", "text #1 is not valid UTF-8"),
+    ("predict-latin1-arg-ort", "predict --model {w}/onnx caf\udce9", "byte 0xe9"),
+    ("train-surrogate-row", "train --model {w}/tiny --data {w}/surrogate.jsonl --output {out}", "row 11"),
+    ("train-latin1-file", "train --model {w}/tiny --data {w}/latin1.csv --output {out}", "--encoding latin-1"),
+    # 11. data files
+    ("duplicate-columns", "train --model {w}/tiny --data {w}/dup.csv --output {out}", "appears 2 times"),
+    ("list-labels", "train --model {w}/tiny --data {w}/list-label.jsonl --output {out}", "a JSON list"),
+    ("dict-labels", "eval --model {w}/tiny --data {w}/dict-label.jsonl", "a JSON object"),
+    ("duplicate-json-key", "train --model {w}/tiny --data {w}/dup-key.jsonl --output {out}", "key 'label' twice"),
+    # 12. eval / bench options
+    ("eval-limit-negative", "eval --model {w}/tiny --limit -5", "--limit must be at least 1"),
+    ("eval-limit-0", "eval --model {w}/tiny --limit 0", "--limit must be at least 1"),
+    ("eval-batch-0", "eval --model {w}/tiny --batch-size 0", "--batch-size must be at least 1"),
+    ("bench-empty-backends", "bench --backends ,", "expected comma-separated names"),
+    ("bench-hole-in-backends", "bench --backends hf-eager,,ort-plain", "expected comma-separated names"),
+    # 14. messages that name the cause
+    ("head-label-mismatch", "predict --model {w}/mismatch --backend torch hi", "has 2 labels, but config.json names 3"),
+    ("pickled-weights", "eval --model {w}/pickled", "never unpickles"),
+    ("opset-99", "export --model {w}/tiny --output {out} --opset 99 --json", "--opset 99 cannot be exported"),
+    # 15. eval scores the served ONNX model
+    ("eval-corrupt-onnx", "eval --model {w}/half", "is not a loadable ONNX model"),
+    ("eval-missing-int8", "eval --model {w}/onnx --int8", "has no model_int8.onnx"),
+    ("eval-int8-with-torch", "eval --model {w}/onnx --backend torch --int8", "--backend onnxruntime"),
+    ("predict-corrupt-onnx", "predict --model {w}/half hi", "is not a loadable ONNX model"),
+    # argparse mistakes are one line too
+    ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
+    ("missing-required", "train", "the following arguments are required: --output"),
+    ("unknown-command", "frobnicate", "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_hostile(argv, message, sandbox, capfd):
+    args = [a.format(**sandbox) for a in argv.split(" ")]
+    rc, out, err = run_cli(capfd, args)
+    assert_one_line(rc, out, err, message)
+    if "--json" in args:
+        assert out == "", out  # --json: stdout holds JSON or nothing
+    assert not Path(sandbox["out"]).exists()
+
+
+def test_immutable_output_parent_fails_before_training(world, sandbox, capfd):
+    """5. An output that cannot be written fails before any training (root ignores modes: chattr +i)."""
+    locked = Path(sandbox["tmp"]) / "locked"
+    locked.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(locked)],
+                                                        capture_output=True).returncode != 0:
+        locked.chmod(0o555)
+        if os.access(locked, os.W_OK):
+            locked.rmdir()
+            pytest.skip("cannot make a directory unwritable here (root without chattr)")
+    try:
+        rc, out, err = run_cli(capfd, ["train", "--model", f"{world}/tiny", "--data", f"{world}/data.jsonl",
+                                       "--output", str(locked / "out"), "--max-steps", "1"])
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
+        locked.chmod(0o755)
+    assert_one_line(rc, out, err, f"cannot write to {locked}")
+    assert "epoch" not in err
+    locked.rmdir()
+
+
+# -- the API cases ----------------------------------------------------------------------------
+def _load(w, *args, **kwargs):
+    import fastft
+
+    return fastft.load(*args, **kwargs)
+
+
+API_CASES = [
+    ("load-evil", lambda w: _load(w, w / "evil", backend="torch"), "asks to run its own code"),
+    ("load-evil-ort", lambda w: _load(w, w / "evil"), "asks to run its own code"),
+    ("load-no-tokenizer", lambda w: _load(w, w / "notok", backend="torch"), "no tokenizer files"),
+    ("load-batch-0", lambda w: _load(w, w / "onnx", batch_size=0), "batch_size must be at least 1 (got 0)"),
+    ("load-batch-float", lambda w: _load(w, w / "onnx", batch_size=1.5), "batch_size must be an integer (got 1.5)"),
+    ("load-max-length-0", lambda w: _load(w, w / "onnx", max_length=0), "max_length must be at least 2 (got 0)"),
+    ("load-max-length-1", lambda w: _load(w, w / "onnx", max_length=1), "max_length must be at least 2 (got 1)"),
+    ("load-none", lambda w: _load(w, None), "path must be a model directory"),
+    ("load-int", lambda w: _load(w, 3), "path must be a model directory"),
+    ("load-threads-0", lambda w: _load(w, w / "onnx", threads=0), "threads must be at least 1"),
+    ("load-int8-str", lambda w: _load(w, w / "onnx", int8="yes"), "int8 must be True, False or None"),
+    ("load-corrupt-onnx", lambda w: _load(w, w / "half"), "is not a loadable ONNX model"),
+    ("predict-surrogate-ort", lambda w: _load(w, w / "onnx").predict(["ok", "\ud800"]), "text #1 holds a lone surrogate"),
+    ("predict-batch-0", lambda w: _load(w, w / "onnx").predict(["ok"], batch_size=0), "batch_size must be at least 1"),
+    ("torch-predict-surrogate", lambda w: __import__("fastft").predict(str(w / "tiny"), ["\udcff"]),
+     "text #0 is not valid UTF-8 (byte 0xff"),
+    ("evaluate-limit-0", lambda w: __import__("fastft").evaluate(str(w / "tiny"), limit=0), "--limit must be at least 1"),
+    ("evaluate-bad-backend", lambda w: __import__("fastft").evaluate(str(w / "tiny"), backend="tensorrt"),
+     "backend must be one of"),
+    ("train-epochs-nan", lambda w: __import__("fastft").train(str(w / "tiny"), str(w / "data.jsonl"),
+                                                               str(w / "new"), epochs=float("nan")), "finite"),
+    ("train-batch-float", lambda w: __import__("fastft").train(str(w / "tiny"), str(w / "data.jsonl"),
+                                                                str(w / "new"), batch_size=2.5), "an integer"),
+    ("compress-alpha-nan", lambda w: __import__("fastft").compress(str(w / "tiny"), output=str(w / "new"),
+                                                                    alpha=float("nan")), "alpha must be a finite"),
+    ("export-over-input", lambda w: __import__("fastft").export(w / "proj" / "tiny", w / "proj", overwrite=True,
+                                                                 progress=False), "holds the input"),
+]
+
+
+@pytest.mark.parametrize("call, message", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_api_hostile(call, message, world, sandbox, capfd):
+    with pytest.raises(FastftError) as exc:
+        call(world)
+    text = str(exc.value)
+    assert "\n" not in text and message in text, text
+    assert not (world / "new").exists()
+
+
+# -- cases that need a real process -----------------------------------------------------------------
+def _cli(*args, stdin: bytes | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastft", *args], input=stdin, capture_output=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_evil_code_never_runs_even_with_yes_on_stdin(world, tmp_path):
+    """1. ``echo y | fastft predict`` on an auto_map directory: one line, exit 2, evil.py not imported."""
+    marker = world / EVIL_MARKER
+    for model in ("evil", "evil-tok"):
+        proc = _cli("predict", "--model", str(world / model), "--backend", "torch", "hi", stdin=b"y\ny\n",
+                    cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert "asks to run its own code" in err and proc.stdout == b""  # no [y/N] question
+        assert not marker.exists()
+
+
+def test_trust_remote_code_false_is_passed(world, monkeypatch):
+    """1. Without fastft's up-front refusal, transformers itself is told never to run the code."""
+    import fastft.models.resolve as resolve
+    from fastft.models import load_classifier, load_tokenizer
+
+    monkeypatch.setattr(resolve, "check_no_custom_code", lambda *a, **k: None)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))  # the answer transformers' prompt would read
+    for call in (lambda: load_classifier(world / "evil"), lambda: load_tokenizer(world / "evil-tok")):
+        try:
+            call()
+        except FastftError as exc:
+            assert "\n" not in str(exc)
+    assert not (world / EVIL_MARKER).exists()
+
+
+def test_non_utf8_stdin_names_the_line(world, tmp_path):
+    """10. Undecodable bytes on stdin: the line is named, nothing is replaced silently."""
+    proc = _cli("predict", "--model", str(world / "tiny"), "--backend", "torch", "-",
+                stdin=b"a fine film\ncaf\xe9 \xff\n", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.strip().splitlines() == [
+        "fastft: error: stdin line 2 is not valid UTF-8 (byte 0xe9 at offset 3); fastft reads text as UTF-8: "
+        "convert it first, e.g. iconv -f latin1 -t utf-8"]
+
+
+def test_non_utf8_argv_from_a_shell(world, tmp_path):
+    """10. ``fastft predict $'caf\\xe9 \\xff'``: raw bytes in argv."""
+    proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"fastft", b"predict", b"--model",
+                           os.fsencode(str(world / "tiny")), b"--backend", b"torch", b"caf\xe9 \xff"],
+                          capture_output=True, cwd=tmp_path, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "text #0 is not valid UTF-8 (byte 0xe9 at character 3)" in err
+    assert "Traceback" not in err
+
+
+def test_enough_hostile_cases():
+    assert len(CLI_CASES) + len(API_CASES) >= 40
