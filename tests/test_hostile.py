@@ -81,7 +81,9 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
     # an ONNX export, and a copy cut in half
     from fastft.export import export
 
-    export(tiny, w / "onnx", fused_attention=False, validate=False, progress=False)
+    export(tiny, w / "onnx", int8=True, fused_attention=False, validate=False, progress=False)
+    shutil.copytree(w / "onnx", w / "onnx-fp32")
+    (w / "onnx-fp32" / "model_int8.onnx").unlink()
     shutil.copytree(w / "onnx", w / "half")
     f = w / "half" / "model.onnx"
     with open(f, "r+b") as fh:
@@ -235,7 +237,7 @@ CLI_CASES = [
     ("opset-99", "export --model {w}/tiny --output {out} --opset 99 --json", "--opset 99 cannot be exported"),
     # 15. eval scores the served ONNX model
     ("eval-corrupt-onnx", "eval --model {w}/half", "is not a loadable ONNX model"),
-    ("eval-missing-int8", "eval --model {w}/onnx --int8", "has no model_int8.onnx"),
+    ("eval-missing-int8", "eval --model {w}/onnx-fp32 --int8", "has no model_int8.onnx"),
     ("eval-int8-with-torch", "eval --model {w}/onnx --backend torch --int8", "--backend onnxruntime"),
     ("predict-corrupt-onnx", "predict --model {w}/half hi", "is not a loadable ONNX model"),
     # argparse mistakes are one line too
@@ -379,3 +381,171 @@ def test_non_utf8_argv_from_a_shell(world, tmp_path):
 
 def test_enough_hostile_cases():
     assert len(CLI_CASES) + len(API_CASES) >= 40
+
+
+# -- what must keep working, and the races ----------------------------------------------------------
+def test_overwrite_replaces_a_fastft_dir_or_an_empty_one(world, tmp_path, capfd):
+    """2. --overwrite still replaces fastft's own output; an empty directory needs no --overwrite."""
+    args = ["train", "--model", f"{world}/tiny", "--data", f"{world}/data.jsonl", "--max-steps", "1",
+            "--batch-size", "4", "--max-length", "16", "--no-progress", "--output"]
+    (tmp_path / "empty").mkdir()
+    assert run_cli(capfd, [*args, str(tmp_path / "empty")])[0] == 0
+    first = (tmp_path / "empty" / "fastft.json").stat().st_mtime_ns
+    rc, _, err = run_cli(capfd, [*args, str(tmp_path / "empty"), "--overwrite"])
+    assert rc == 0, err
+    assert (tmp_path / "empty" / "fastft.json").stat().st_mtime_ns != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no .tmp-/.old- leftovers
+
+
+def test_output_written_meanwhile_is_not_replaced(tmp_path):
+    """3. A result that appears while this run works is never replaced without --overwrite."""
+    from fastft.utils.io import atomic_output_dir
+
+    out = tmp_path / "out"
+    with pytest.raises(FastftError, match="written by another run while this one worked"):
+        with atomic_output_dir(out) as tmp:
+            (tmp / "fastft.json").write_text("{}")
+            out.mkdir()  # the other run's rename lands first
+            (out / "fastft.json").write_text('{"theirs": 1}')
+    assert json.loads((out / "fastft.json").read_text()) == {"theirs": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_output_dir(out, overwrite=True) as tmp:  # with --overwrite the last writer wins, whole
+        (tmp / "fastft.json").write_text('{"ours": 1}')
+    assert json.loads((out / "fastft.json").read_text()) == {"ours": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_running_writer_is_detected(tmp_path):
+    """3. A second run to an output another live fastft process is writing fails at once."""
+    from fastft.utils.io import check_output_dir
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".out.tmp-{other.pid}-abc").mkdir()
+        with pytest.raises(FastftError, match=f"another fastft run \\(pid {other.pid}\\) is writing"):
+            check_output_dir(tmp_path / "out")
+    finally:
+        other.kill()
+        other.wait()
+
+
+_WRITER = """
+import sys, time
+from fastft.errors import FastftError
+from fastft.utils.io import atomic_output_dir
+try:
+    with atomic_output_dir(sys.argv[1]) as tmp:
+        (tmp / "fastft.json").write_text(sys.argv[2])
+        time.sleep(float(sys.argv[3]))
+except FastftError as exc:
+    print(f"fastft: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_concurrent_writers_one_wins(tmp_path):
+    """3. Two processes writing the same output at once: one result, whole; the other run says so."""
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(out), f'{{"run": {i}}}', str(1.5 - i)],
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    winner = next(i for i, (rc, _) in enumerate(results) if rc == 0)
+    assert json.loads((out / "fastft.json").read_text()) == {"run": winner}
+    err = results[1 - winner][1]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "is writing" in err or "written by another run" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+_KILLED = """
+import os, signal, sys
+from fastft.utils.io import atomic_output_dir, scratch_dir
+with scratch_dir("export") as scratch, atomic_output_dir(sys.argv[1]) as tmp:  # as fastft export does
+    open(os.path.join(scratch, "plain.onnx"), "wb").write(b"x" * 4096)
+    open(os.path.join(tmp, "model.onnx"), "wb").write(b"x" * 4096)
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 mid-export: no cleanup runs
+"""
+
+
+def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd, monkeypatch):
+    """8. ``kill -9`` mid-export leaves .NAME.tmp-<pid>-* and fastft-export-<pid>-*; the next run removes them."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _KILLED, str(out)], env={**os.environ, "TMPDIR": str(scratch)},
+                          timeout=120)
+    assert proc.returncode == -9
+    pid = int(next(scratch.glob("fastft-export-*")).name.split("-")[2])
+    left = list(tmp_path.glob(f".out.tmp-{pid}-*")) + list(scratch.glob(f"fastft-export-{pid}-*"))
+    assert len(left) == 2, sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    rc, _, err = run_cli(capfd, ["train", "--model", f"{world}/tiny", "--data", f"{world}/data.jsonl", "--max-steps",
+                                 "1", "--batch-size", "4", "--max-length", "16", "--no-progress", "--output", str(out)])
+    assert rc == 0, err
+    for p in left:
+        assert not p.exists()
+        assert f"fastft: removed {p} (0.0 MB), left by an interrupted fastft run (pid {pid})" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scratch"]
+    assert not list(scratch.glob("fastft-*"))
+
+
+def test_stale_compress_work_dirs_are_cleaned(tmp_path, capfd):
+    """8. .compress-work-<pid>-* of a dead run are removed (and said); a live run's are kept."""
+    from fastft.utils.io import check_output_dir
+
+    dead = tmp_path / f".compress-work-{_dead_pid()}-x1"
+    live = tmp_path / f".compress-work-{os.getpid()}-x2"
+    foreign = tmp_path / ".compress-work-notapid"
+    for d in (dead, live, foreign):
+        d.mkdir()
+        (d / "model.onnx").write_bytes(b"x" * 2048)
+    check_output_dir(tmp_path / "out")
+    err = capfd.readouterr().err
+    assert not dead.exists() and live.exists() and foreign.exists()
+    assert err.strip().splitlines() == [f"fastft: removed {dead} (0.0 MB), left by an interrupted fastft run "
+                                        f"(pid {dead.name.split('-')[2]})"]
+
+
+def test_written_files_share_one_mode_that_respects_the_umask(world, tmp_path):
+    """17. model.safetensors is no longer 0600: every written file gets 0666 & ~umask."""
+    import fastft
+
+    old = os.umask(0o027)
+    try:
+        fastft.train(str(world / "tiny"), str(world / "data.jsonl"), str(tmp_path / "m"), max_steps=1, batch_size=4,
+                     max_length=16, progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o750
+    onnx_modes = {p.name: p.stat().st_mode & 0o777 for p in (world / "onnx").iterdir()}
+    assert len(set(onnx_modes.values())) == 1, onnx_modes  # the export: safetensors and ONNX alike
+
+
+def test_eval_scores_what_predict_serves(world, tmp_path, capfd):
+    """15. eval defaults to the served ONNX model; --int8 scores model_int8.onnx; ONNX-only dirs evaluate."""
+    import fastft
+
+    ort = fastft.evaluate(str(world / "onnx"), split="validation", progress=False)
+    torch_ = fastft.evaluate(str(world / "onnx"), split="validation", backend="torch", progress=False)
+    int8 = fastft.evaluate(str(world / "onnx"), split="validation", int8=True, progress=False)
+    assert (ort["backend"], ort["file"]) == ("onnxruntime", "model.onnx")
+    assert torch_["backend"] == "torch" and "file" not in torch_
+    assert int8["file"] == "model_int8.onnx"
+    assert ort["n"] == torch_["n"] == int8["n"] > 0
+    assert abs(ort["loss"] - torch_["loss"]) < 1e-4  # the fp32 graph computes what the weights do
+    only = tmp_path / "onnx-only"
+    shutil.copytree(world / "onnx", only)
+    (only / "model.safetensors").unlink()
+    rc, out, err = run_cli(capfd, ["eval", "--model", str(only), "--split", "validation", "--json"])
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["backend"] == "onnxruntime" and res["accuracy"] == ort["accuracy"]

@@ -471,7 +471,7 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
 
     prune: ``teacher`` (default: ``model`` itself) supplies the recovery targets.
     """
-    from fastft.utils.io import atomic_output_dir, check_output_dir
+    from fastft.utils.io import atomic_output_dir, check_output_dir, scratch_dir
 
     cfg = replace(config or CompressConfig(), **overrides)
     if stage == "distill":
@@ -499,10 +499,8 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
         res = StageResult("quantized", None, None, {})
     if output is None and stage != "quantize":
         return res
-    from fastft.utils.io import clean_stale
-
-    clean_stale(tempfile.gettempdir())
-    work = Path(tempfile.mkdtemp(prefix=f"fastft-stage-{os.getpid()}-"))
+    scratch = scratch_dir("stage")
+    work = Path(scratch.name)
     try:
         with atomic_output_dir(output or work / "out", cfg.overwrite, inputs=(model, teacher, cfg.data)) as tmp:
             net = res.model if res.model is not None else ctx.teacher
@@ -525,5 +523,5 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
             write_meta(tmp, meta)
         res.dir = Path(output).resolve() if output is not None else None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        scratch.cleanup()
     return res

@@ -140,7 +140,7 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
         csv.field_size_limit(_FIELD_LIMIT)  # a long text is a text, as in JSONL (the default cap is 128 KB)
         try:
             header = reader.fieldnames or []
-            dup = sorted({c for c in header if header.count(c) > 1})
+            dup = [c for i, c in enumerate(header) if c in header[:i]]
             if dup:
                 raise DataError(f"{path}: column {dup[0]!r} appears {header.count(dup[0])} times in the header; "
                                 "rename or remove the duplicates")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -206,7 +205,7 @@ def export(
     from fastft.models import read_meta, resolve_model, write_meta
     from fastft.models.meta import versions
     from fastft.train.evaluate import align_labels, load_model_dir, model_labels
-    from fastft.utils.io import atomic_output_dir, check_output_dir, clean_stale
+    from fastft.utils.io import atomic_output_dir, check_output_dir, scratch_dir
 
     int8 = int8 or static or recipe is not None
     if recipe is not None and not isinstance(recipe, Int8Recipe):
@@ -240,9 +239,7 @@ def export(
     serve_length = int(meta.get("max_length") or max_positions)
     info: dict = {"file": ONNX_FILE}
 
-    clean_stale(tempfile.gettempdir())  # scratch of killed exports
-    with tempfile.TemporaryDirectory(prefix=f"fastft-export-{os.getpid()}-") as scratch, \
-            atomic_output_dir(out, overwrite, inputs=(src, calib_data)) as tmp:
+    with scratch_dir("export") as scratch, atomic_output_dir(out, overwrite, inputs=(src, calib_data)) as tmp:
         scratch = Path(scratch)
         _copy_hf_files(src, tmp)
         _log(f"exporting to ONNX (opset {opset})", progress)

@@ -33,6 +33,11 @@ _STALE_PATTERNS = (
 )
 
 
+def scratch_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A TemporaryDirectory ``fastft-KIND-<pid>-*`` in the system temp dir (stale ones are removed by later runs)."""
+    return tempfile.TemporaryDirectory(prefix=f"fastft-{kind}-{os.getpid()}-")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` is running (a zombie counts as gone)."""
     if pid == os.getpid():
@@ -194,6 +199,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False,
         if not is_fastft_dir(out):
             raise FastftError(f"--overwrite replaces only a directory fastft wrote (with {META_NAME}) or an empty "
                               f"one; {out} has no {META_NAME}: choose another --output")
+    clean_stale(tempfile.gettempdir())  # scratch of killed exports
     parent = resolved.parent
     if parent.is_dir():
         clean_stale(parent)
