@@ -207,6 +207,10 @@ def export(
     from fastft.train.evaluate import align_labels, load_model_dir, model_labels
     from fastft.utils.io import atomic_output_dir, check_output_dir, scratch_dir
 
+    from fastft.utils.checks import check_float, check_int
+
+    check_float("min_agreement", min_agreement, lo=0, hi=1)
+    check_int("agreement_limit", agreement_limit, lo=1, optional=True)
     int8 = int8 or static or recipe is not None
     if recipe is not None and not isinstance(recipe, Int8Recipe):
         raise FastftError("recipe must be a fastft.export.quantize.Int8Recipe")
