@@ -92,7 +92,8 @@ def check_paths(args) -> None:
         wd = Path(args.workdir).expanduser()
         if wd.exists() and not wd.is_dir():
             raise FastftError(f"--workdir {args.workdir} exists and is not a directory")
-        check_writable(wd)
+        if not wd.exists():  # an existing cache is only written when an export is missing (checked then)
+            check_writable(wd)
 
 
 def _run(args) -> int:

@@ -77,13 +77,11 @@ def config_from_args(args):
 
 
 def _compress(args) -> int:
-    from fastft.compress.recipe import compress
-    from fastft.compress.report import table
-    from fastft.utils.io import dumps
-
     import contextlib
 
-    from fastft.utils.io import stdout_to_stderr
+    from fastft.compress.recipe import compress
+    from fastft.compress.report import table
+    from fastft.utils.io import dumps, stdout_to_stderr
 
     cfg = config_from_args(args)
     with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON

@@ -92,10 +92,12 @@ class CompressConfig:
 
         for opt in ("epochs", "lr", "temperature", "alpha", "hidden_weight", "weight_decay", "warmup_ratio",
                     "prune_heads", "prune_ffn", "recovery_epochs", "sparsity", "accuracy_budget", "target_retained"):
-            check_float(f"--{opt.replace('_', '-')}", getattr(self, opt))
+            name = opt if opt in ("alpha", "hidden_weight", "weight_decay", "warmup_ratio") else \
+                f"--{opt.replace('_', '-')}"  # API-only fields keep their Python names
+            check_float(name, getattr(self, opt))
         check_float("hidden_weight", self.hidden_weight, lo=0)
-        check_float("--weight-decay", self.weight_decay, lo=0)
-        check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
+        check_float("weight_decay", self.weight_decay, lo=0)
+        check_float("warmup_ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
         for opt in ("batch_size", "prune_batches", "calib_size", "seed"):
             check_int(f"--{opt.replace('_', '-')}", getattr(self, opt), lo=0 if opt == "seed" else 1)
         for opt in ("layers", "max_length", "limit", "threads"):
