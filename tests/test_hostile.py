@@ -415,6 +415,19 @@ def test_output_written_meanwhile_is_not_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_full_disk_at_save_is_one_line_and_leaves_nothing(tmp_path):
+    """5. A write that fails inside the output (disk full, permissions changed) is one line; no leftovers."""
+    import errno
+
+    from fastft.utils.io import atomic_output_dir
+
+    with pytest.raises(FastftError, match=r"cannot write .*out \(No space left on device\); nothing was written"):
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "fastft.json").write_text("{}")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_running_writer_is_detected(tmp_path):
     """3. A second run to an output another live fastft process is writing fails at once."""
     from fastft.utils.io import check_output_dir

@@ -304,9 +304,17 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False,
         yield tmp
         normalize_modes(tmp)
         _publish(tmp, out, overwrite)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in _WRITE_ERRNOS:  # the disk filled up, or permissions changed while the run worked
+            raise FastftError(f"cannot write {out} ({exc.strerror}); nothing was written") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 @contextlib.contextmanager
