@@ -218,7 +218,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Re
         raise FastftError(f"quantisation mode must be dynamic or static (got {recipe.mode!r})")
     if recipe.mode == "static" and calibration is None:
         raise FastftError("static quantisation needs calibration data")
-    with tempfile.TemporaryDirectory(prefix="fastft-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"fastft-quant-{os.getpid()}-") as tmp:  # pid: see clean_stale
         shaped = Path(tmp) / "shaped.onnx"
         shape_method = infer_shapes(src, shaped)
         model = onnx.load(str(shaped))

@@ -29,7 +29,7 @@ _STALE_PATTERNS = (
     re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)-"),  # atomic_output_dir
     re.compile(r"^\.compress-work-(?P<pid>\d+)-"),  # fastft compress
     re.compile(r"^\.fastft-probe-(?P<pid>\d+)-"),  # the writability probe
-    re.compile(r"^fastft-(?:export|stage)-(?P<pid>\d+)-"),  # scratch in the system temp directory
+    re.compile(r"^fastft-(?:export|stage|quant)-(?P<pid>\d+)-"),  # scratch in the system temp directory
 )
 
 
