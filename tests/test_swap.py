@@ -208,3 +208,55 @@ def test_torch_export_keeps_one_op_per_layer():
     with torch.no_grad():
         got = ep.module()(**batch).logits
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+def _decorated(fn, keep_wrapped: bool):
+    """A pass-through decorator like transformers' @deprecate_kwarg (with or without functools.wraps)."""
+    import functools
+
+    def wrapper(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+
+    return functools.wraps(fn)(wrapper) if keep_wrapped else wrapper
+
+
+@pytest.mark.parametrize("keep_wrapped", [True, False], ids=["functools.wraps", "bare"])
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_decorated_forward_still_swaps(family, keep_wrapped, monkeypatch):
+    """Detection is by behaviour: a decorator around forward (its code no longer names the
+    attention interface) does not stop the swap."""
+    model = _tiny(family)
+    cls = type(fastft.swap.attention_modules(model)[0])
+    monkeypatch.setattr(cls, "forward", _decorated(cls.forward, keep_wrapped))
+    batch = _batch()
+    ref = _out(model, batch)
+    assert fastft.swap.check_dispatch(model) == (True, "")
+    spy = Spy(monkeypatch)
+    fastft.swap_attention(model)
+    got = _out(model, batch)
+    assert spy.calls == 2
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert model.config._attn_implementation == "fastft"  # the probe restored the config it borrowed
+
+
+def test_hard_coded_attention_is_refused_in_one_line(monkeypatch):
+    """A self-attention whose forward computes attention itself (never calls the interface)
+    gets the one-line error, and the model is left as it was."""
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    def hard_coded(self, hidden_states, attention_mask=None, *args, **kwargs):
+        b, s, _ = hidden_states.shape
+        heads = [lin(hidden_states).view(b, s, self.num_attention_heads, -1).transpose(1, 2)
+                 for lin in (self.query, self.key, self.value)]
+        out = torch.nn.functional.scaled_dot_product_attention(*heads)
+        return out.transpose(1, 2).reshape(b, s, -1), None
+
+    monkeypatch.setattr(BertSelfAttention, "forward", _decorated(hard_coded, True))
+    model = _tiny("bert")
+    original = model.config._attn_implementation
+    ok, why = fastft.swap.check_dispatch(model)
+    assert not ok and "never called the attention interface" in why
+    with pytest.raises(FastftError, match=r"hard-codes the attention of BertSelfAttention") as err:
+        fastft.swap_attention(model)
+    assert "\n" not in str(err.value)
+    assert not fastft.swap.is_swapped(model) and model.config._attn_implementation == original
