@@ -232,3 +232,30 @@ def test_plain_export_of_a_swapped_model_writes_multiheadattention(tmp_path):
     for batch, seq in ((1, 7), (3, 64), (3, 96)):
         diff, _ = _max_diff(net, sess, _names(net), batch, seq)
         assert diff <= ATOL
+
+
+def test_hard_coded_attention_falls_back_to_the_plain_graph(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Where the swap cannot work (a model whose attention never calls transformers'
+    AttentionInterface, as on transformers 4.x), fastft export writes the plain graph, says why
+    in one line, records it, and the parity checks still pass: the job does not fail."""
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    from fastft.export import export
+
+    def hard_coded(self, hidden_states, attention_mask=None, *args, **kwargs):
+        b, s, _ = hidden_states.shape
+        q, k, v = (lin(hidden_states).view(b, s, self.num_attention_heads, -1).transpose(1, 2)
+                   for lin in (self.query, self.key, self.value))
+        if attention_mask is not None and attention_mask.dim() == 2:
+            attention_mask = attention_mask[:, None, None, :].to(torch.bool)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        return out.transpose(1, 2).reshape(b, s, -1), None
+
+    monkeypatch.setattr(BertSelfAttention, "forward", hard_coded)
+    info = export(tiny_model_dir, tmp_path / "out", int8=True, progress=True)
+    reason = info["export"]["fused_attention_fallback"]
+    assert "hard-codes the attention of BertSelfAttention" in reason
+    lines = [x for x in capsys.readouterr().err.splitlines() if "fused attention unavailable" in x]
+    assert len(lines) == 1 and "writing the plain graph" in lines[0]
+    assert "attention" not in info["export"]  # the plain exporter's info, not the fused one's
+    assert info["parity"]["fp32"]["passed"] and info["parity"]["int8"]["label_agreement"] >= 0.99

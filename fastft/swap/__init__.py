@@ -12,7 +12,10 @@ architecture family says where its self-attention modules are and what they hold
 How: transformers 5.x modules call ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``;
 the swap registers an implementation named ``"fastft"`` (``fastft.swap._interface``) and
 switches the model to it, remembering the implementation it had ("sdpa", "eager"...) so
-unswap restores exactly that. Nothing in the module tree is replaced.
+unswap restores exactly that. Nothing in the module tree is replaced. Whether a model's
+attention dispatches that way is found by behaviour (:func:`check_dispatch`): one attention
+module runs once with a spy implementation selected; a version whose modules never call it
+(transformers 4.x for some families) gets a one-line FastftError.
 
 Export: ``torch.onnx.export(..., dynamo=False)`` (e.g. ``fastft.export.onnx.export_onnx``) of
 a swapped model writes each op as one com.microsoft ``MultiHeadAttention``;

@@ -2,8 +2,9 @@
 
 ``layer.attention`` is a ``DistilBertSelfAttention`` with ``q_lin``, ``k_lin``, ``v_lin``
 and its output projection ``out_lin`` inside the same module. On transformers 5.x it
-dispatches through ``ALL_ATTENTION_FUNCTIONS``; transformers 4.5x hard-codes its attention
-(the swap refuses that version with a clear error instead of patching modules).
+dispatches through ``ALL_ATTENTION_FUNCTIONS``; where a transformers version hard-codes its
+attention, the probe (``fastft.swap.check_dispatch``) finds so and the swap refuses with a
+clear error instead of patching modules.
 """
 
 from __future__ import annotations
