@@ -48,7 +48,7 @@ def test_optimum_cli_export_serves_in_fastft(trained, tmp_path):
     out = tmp_path / "optimum-onnx"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([*_optimum_cli(), "export", "onnx", "--model", str(trained), "--task", "text-classification",
-                          str(out)], capture_output=True, text=True, env=env)
+                          str(out)], capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "model.onnx").is_file()
     served = fastft.load(out)  # Optimum's layout: model.onnx + config.json (id2label) + tokenizer, no fastft.json

@@ -4,7 +4,6 @@ refusing bad input (data, output path, ONNX Runtime, export) before any training
 from __future__ import annotations
 
 import pytest
-
 from conftest import save_tiny_model, write_jsonl
 
 from fastft.compress import CompressConfig
@@ -40,7 +39,6 @@ def test_export_preflight_runs_a_one_layer_copy(model_type):
 
 def test_export_preflight_names_a_broken_exporter(monkeypatch):
     import fastft.export.onnx as fx
-
     from fastft.export.preflight import export_preflight
 
     def broken(*a, **k):

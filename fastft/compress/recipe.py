@@ -288,10 +288,15 @@ def do_distill(ctx: Context) -> StageResult:
 def do_prune(ctx: Context, net) -> StageResult:
     import torch
 
-    from fastft.compress.distill import (cache_teacher, distill_loss, length_bucketed_batches, pad_batch,
-                                         train_student)
-    from fastft.compress.prune import (apply_structured, check_fractions, count_params, describe, importance,
-                                       magnitude_prune)
+    from fastft.compress.distill import cache_teacher, distill_loss, length_bucketed_batches, pad_batch, train_student
+    from fastft.compress.prune import (
+        apply_structured,
+        check_fractions,
+        count_params,
+        describe,
+        importance,
+        magnitude_prune,
+    )
 
     cfg = ctx.cfg
     before = describe(net)
