@@ -24,6 +24,7 @@ is the reference's).
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -133,6 +134,7 @@ class _Probe:
 
 
 _probe = _Probe()
+_probe_lock = threading.Lock()
 
 
 def uses_interface(module: torch.nn.Module, run_once) -> tuple[bool, str]:
@@ -142,7 +144,8 @@ def uses_interface(module: torch.nn.Module, run_once) -> tuple[bool, str]:
     under ``"fastft_probe"``, the module's config is pointed at it for one call of
     ``run_once(module)`` (a forward of the real module on a tiny input, through whatever
     decorators wrap its ``forward``), and the spy must have been called. Returns
-    ``(True, "")`` or ``(False, why)``; the module's config is restored either way.
+    ``(True, "")`` or ``(False, why)``; the module's config is restored either way. Like the
+    swap itself, it changes the config for a moment: not while the model runs in another thread.
     """
     import inspect
 
@@ -154,18 +157,21 @@ def uses_interface(module: torch.nn.Module, run_once) -> tuple[bool, str]:
     from transformers import AttentionInterface
 
     AttentionInterface.register(PROBE_NAME, _probe)
-    previous = cfg._attn_implementation
-    before = _probe.calls
-    try:
-        cfg._attn_implementation = PROBE_NAME
-        with torch.no_grad():
-            run_once(module)
-    except Exception as exc:  # noqa: BLE001 - a module that cannot run this way does not dispatch this way
-        if _probe.calls == before:
-            msg = (str(exc).splitlines() or [""])[0][:120]
-            return False, f"{where} failed on a probe input before any attention call ({type(exc).__name__}: {msg})"
-    finally:
-        cfg._attn_implementation = previous
-    if _probe.calls == before:
+    with _probe_lock:
+        previous = cfg._attn_implementation
+        before = _probe.calls
+        try:
+            cfg._attn_implementation = PROBE_NAME
+            with torch.no_grad():
+                run_once(module)
+        except Exception as exc:  # noqa: BLE001 - a module that cannot run this way does not dispatch this way
+            if _probe.calls == before:
+                msg = (str(exc).splitlines() or [""])[0][:120]
+                return False, (f"{where} failed on a probe input before any attention call "
+                               f"({type(exc).__name__}: {msg})")
+        finally:
+            cfg._attn_implementation = previous
+        called = _probe.calls != before
+    if not called:
         return False, f"{where} never called the attention interface on a probe run"
     return True, ""
