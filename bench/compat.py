@@ -168,9 +168,20 @@ def run_env(name: str, spec: dict, work: Path, logs: Path, built: dict) -> dict:
     return row
 
 
+def _git_commit() -> str | None:
+    """The commit the venvs install from, with "+dirty" when the work tree has changes."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return None
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def markdown(result: dict) -> str:
     lines = ["# Compatibility canary", "",
-             (f"`{result['command']}` on {result['date']} "
+             (f"`{result['command']}` on {result['date']}, commit {result.get('commit') or '?'} "
               f"({result['machine']['cpu'].get('model', '?')}, Python {result['python']})."), "",
              ("| env | torch | transformers | tokenizers | onnx | onnxruntime | optimum-onnx | passed | failed | "
               "errors | skipped | first error |"),
@@ -199,6 +210,7 @@ def main() -> int:
 
     from fastft.bench import write_result  # notes the load at the start
 
+    commit = _git_commit()
     specs = _envs(Path(args.constraints).resolve())
     names = args.env or list(specs)
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="fastft-compat-"))
@@ -219,7 +231,7 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     payload = {"benchmark": "compatibility canary: default test suite per environment",
-               "python": ".".join(map(str, sys.version_info[:3])), "rows": rows}
+               "python": ".".join(map(str, sys.version_info[:3])), "commit": commit, "rows": rows}
     path = write_result(args.result, payload)
     result = json.loads(path.read_text())
     path.with_suffix(".md").write_text(markdown(result))
