@@ -73,3 +73,38 @@ def save_tiny_model(path: Path, data_file: Path | None = None, labels=("negative
 def tiny_model_dir(tmp_path_factory, tiny_data_file) -> Path:
     """Read-only: copy it (shutil.copytree) before changing anything in it."""
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert", tiny_data_file)
+
+
+# -- tests that need transformers' AttentionInterface (5.x) ---------------------------------------------
+_DISPATCH: tuple[bool, str] | None = None
+
+
+def attention_dispatch() -> tuple[bool, str]:
+    """fastft.swap.check_dispatch on a tiny BERT: (True, "") where attention dispatches through
+    transformers' AttentionInterface (5.x), else (False, why). Probed once per session."""
+    global _DISPATCH
+    if _DISPATCH is None:
+        import torch
+        import transformers as tf
+
+        from fastft.swap import check_dispatch
+
+        torch.manual_seed(0)
+        model = tf.BertModel(tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                           intermediate_size=32, vocab_size=50)).eval()
+        _DISPATCH = check_dispatch(model)
+    return _DISPATCH
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("attention_interface")]
+    if not marked:
+        return
+    ok, why = attention_dispatch()
+    if not ok:
+        import transformers
+
+        skip = pytest.mark.skip(reason=f"needs transformers >= 5: transformers {transformers.__version__} "
+                                       f"hard-codes the attention of {why}")
+        for item in marked:
+            item.add_marker(skip)

@@ -97,6 +97,7 @@ def test_torch_backend_matches(tiny_model_dir, torch_ref):
     assert tp.info()["attention"]
 
 
+@pytest.mark.attention_interface
 def test_torch_backend_fused_attention(tiny_model_dir, torch_ref):
     import fastft
 

@@ -67,6 +67,7 @@ class Spy:
 FAMILIES = ["bert", "roberta", "electra", "distilbert"]
 
 
+@pytest.mark.attention_interface
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("head", [True, False], ids=["classifier", "base"])
 def test_swap_matches_original_and_calls_the_op(family, head, monkeypatch):
@@ -82,6 +83,7 @@ def test_swap_matches_original_and_calls_the_op(family, head, monkeypatch):
     assert ref.abs().max() > 0.05  # the comparison is not trivially small
 
 
+@pytest.mark.attention_interface
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unswap_restores_exactly(family, monkeypatch):
     model = _tiny(family)
@@ -99,6 +101,7 @@ def test_unswap_restores_exactly(family, monkeypatch):
     assert spy.calls == 0
 
 
+@pytest.mark.attention_interface
 def test_unswap_restores_eager_and_swap_is_idempotent():
     model = _tiny("bert")
     model.set_attn_implementation("eager")
@@ -110,6 +113,7 @@ def test_unswap_restores_eager_and_swap_is_idempotent():
     assert model.config._attn_implementation == "eager"
 
 
+@pytest.mark.attention_interface
 def test_no_mask_and_single_row(monkeypatch):
     model = _tiny("bert")
     ids = torch.randint(5, 120, (1, 7))
@@ -123,6 +127,7 @@ def test_no_mask_and_single_row(monkeypatch):
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.attention_interface
 def test_training_with_dropout_falls_back_to_sdpa(monkeypatch):
     model = _tiny("bert", attention_probs_dropout_prob=0.1)
     fastft.swap_attention(model)
@@ -136,6 +141,7 @@ def test_training_with_dropout_falls_back_to_sdpa(monkeypatch):
     assert spy.calls == 2
 
 
+@pytest.mark.attention_interface
 def test_training_without_dropout_uses_the_op_and_backprops(monkeypatch):
     model = _tiny("distilbert", attention_dropout=0.0, dropout=0.0)
     fastft.swap_attention(model)
@@ -196,6 +202,7 @@ def test_additive_4d_key_padding_mask_and_per_query_fallback():
                                atol=ATOL, rtol=0)
 
 
+@pytest.mark.attention_interface
 def test_torch_export_keeps_one_op_per_layer():
     """The swapped model traces with torch.export: the op is one graph node per layer."""
     model = _tiny("bert")
@@ -208,3 +215,55 @@ def test_torch_export_keeps_one_op_per_layer():
     with torch.no_grad():
         got = ep.module()(**batch).logits
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+def _decorated(fn, keep_wrapped: bool):
+    """A pass-through decorator like transformers' @deprecate_kwarg (with or without functools.wraps)."""
+    import functools
+
+    def wrapper(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+
+    return functools.wraps(fn)(wrapper) if keep_wrapped else wrapper
+
+
+@pytest.mark.attention_interface
+@pytest.mark.parametrize("keep_wrapped", [True, False], ids=["functools.wraps", "bare"])
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_decorated_forward_still_swaps(family, keep_wrapped, monkeypatch):
+    """Detection is by behaviour: a decorator around forward (its code no longer names the
+    attention interface) does not stop the swap."""
+    model = _tiny(family)
+    cls = type(fastft.swap.attention_modules(model)[0])
+    monkeypatch.setattr(cls, "forward", _decorated(cls.forward, keep_wrapped))
+    batch = _batch()
+    ref = _out(model, batch)
+    assert fastft.swap.check_dispatch(model) == (True, "")
+    spy = Spy(monkeypatch)
+    fastft.swap_attention(model)
+    got = _out(model, batch)
+    assert spy.calls == 2
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert model.config._attn_implementation == "fastft"  # the probe restored the config it borrowed
+
+
+def test_hard_coded_attention_is_refused_in_one_line(monkeypatch):
+    """A self-attention whose forward computes attention itself (never calls the interface)
+    gets the one-line error, and the model is left as it was."""
+    def hard_coded(self, hidden_states, attention_mask=None, *args, **kwargs):
+        b, s, _ = hidden_states.shape
+        heads = [lin(hidden_states).view(b, s, self.num_attention_heads, -1).transpose(1, 2)
+                 for lin in (self.query, self.key, self.value)]
+        out = torch.nn.functional.scaled_dot_product_attention(*heads)
+        return out.transpose(1, 2).reshape(b, s, -1), None
+
+    model = _tiny("bert")
+    cls = type(fastft.swap.attention_modules(model)[0])  # BertSelfAttention (BertSdpaSelfAttention on 4.x)
+    monkeypatch.setattr(cls, "forward", _decorated(hard_coded, True))
+    original = model.config._attn_implementation
+    ok, why = fastft.swap.check_dispatch(model)
+    assert not ok and why.startswith(cls.__name__)
+    with pytest.raises(FastftError, match=rf"hard-codes the attention of {cls.__name__}") as err:
+        fastft.swap_attention(model)
+    assert "\n" not in str(err.value)
+    assert not fastft.swap.is_swapped(model) and model.config._attn_implementation == original

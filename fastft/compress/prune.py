@@ -219,7 +219,9 @@ def load_pruned(path, **kwargs):
         return AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False, **kwargs)
     model = AutoModelForSequenceClassification.from_config(config)
     for i, layer in enumerate(_layers(model)):
-        if pruned.get(i):
+        # transformers 4.x applies config.pruned_heads itself when it builds the model, 5.x does not:
+        # prune only a layer that still has all its heads
+        if pruned.get(i) and heads_of(layer) == config.num_attention_heads:
             prune_layer_heads(layer, sorted(pruned[i]))
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)

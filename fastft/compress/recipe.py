@@ -51,6 +51,10 @@ class Context:
 
 
 # -- the default teacher ----------------------------------------------------------------------
+DEFAULT_TEACHER = {"model": "minilm-l6", "data": "movie-snippets", "epochs": 3, "max_length": 64, "batch_size": 32,
+                   "lr": 5e-5, "seed": 42}
+
+
 def default_teacher(progress: bool = True) -> Path:
     """minilm-l6 fine-tuned on movie-snippets, trained once and cached (same settings as bench_teacher.py)."""
     from fastft.models import cache_dir
@@ -63,9 +67,54 @@ def default_teacher(progress: bool = True) -> Path:
 
     print(f"fastft: no --model given and the default teacher is not cached yet: fine-tuning minilm-l6 on "
           f"movie-snippets (3 epochs, max length 64; about 30 min on 2 cores) into {path}", file=sys.stderr)
-    fastft.train(model="minilm-l6", data="movie-snippets", output=str(path), epochs=3, max_length=64,
-                 batch_size=32, lr=5e-5, seed=42, overwrite=True, progress=progress)
+    # written atomically into the cache: a later failure (export, quantization) leaves it cached
+    fastft.train(output=str(path), overwrite=True, progress=progress, **DEFAULT_TEACHER)
     return path
+
+
+# -- cheap checks before any training -------------------------------------------------------------
+def preflight(model, cfg: CompressConfig) -> dict:
+    """Everything ``compress`` can check in seconds before it spends minutes: the output path, the
+    data (for the default teacher, before it is trained), ONNX Runtime's providers and the export
+    path (a one-layer copy of the teacher's architecture exported and run, or for the default
+    teacher, of the model it will be fine-tuned from). FastftError on the first problem."""
+    from transformers import AutoConfig
+
+    from fastft.export.preflight import export_preflight
+    from fastft.models import resolve_model
+
+    if model is None:
+        from fastft.models import cache_dir
+        from fastft.models.meta import read_meta
+
+        cached = cache_dir() / TEACHER_ALIAS
+        if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
+            path = cached
+        else:  # the default teacher is still to be trained: check its data and base model first
+            from fastft.data import load_data
+
+            labels = load_data(DEFAULT_TEACHER["data"], seed=42, limit=cfg.limit).labels
+            if cfg.data is not None:
+                mine = load_data(cfg.data, seed=cfg.seed, limit=cfg.limit).labels
+                if set(mine) != set(labels):
+                    raise DataError(f"the labels of {cfg.data!r} ({', '.join(mine)}) differ from the default "
+                                    f"teacher's ({DEFAULT_TEACHER['data']}: {', '.join(labels)})")
+            path = resolve_model(DEFAULT_TEACHER["model"])
+    else:
+        path = resolve_model(model)
+        if not isinstance(path, Path):
+            raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
+        check_teacher_dir(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the model config in {path}: {(str(exc).splitlines() or [''])[0][:200]}") \
+            from None
+    info = export_preflight(config)
+    if cfg.progress and info["fallback"]:
+        print(f"fastft: fused attention unavailable ({info['fallback']}): the plain graph will be exported",
+              file=sys.stderr)
+    return info
 
 
 # -- validation and loading ---------------------------------------------------------------------
@@ -227,10 +276,15 @@ def do_distill(ctx: Context) -> StageResult:
 def do_prune(ctx: Context, net) -> StageResult:
     import torch
 
-    from fastft.compress.distill import (cache_teacher, distill_loss, length_bucketed_batches, pad_batch,
-                                         train_student)
-    from fastft.compress.prune import (apply_structured, check_fractions, count_params, describe, importance,
-                                       magnitude_prune)
+    from fastft.compress.distill import cache_teacher, distill_loss, length_bucketed_batches, pad_batch, train_student
+    from fastft.compress.prune import (
+        apply_structured,
+        check_fractions,
+        count_params,
+        describe,
+        importance,
+        magnitude_prune,
+    )
 
     cfg = ctx.cfg
     before = describe(net)
@@ -309,6 +363,7 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     inputs = (model, cfg.data, cfg.student)
     check_output_dir(cfg.output, cfg.overwrite, inputs=inputs)
     t_start = time.perf_counter()
+    preflight(model, cfg)
     ctx = prepare(model, cfg)
     out_parent = Path(cfg.output).expanduser().resolve().parent
     out_parent.mkdir(parents=True, exist_ok=True)

@@ -252,12 +252,17 @@ def export(
             from fastft.swap import SUPPORTED_MODEL_TYPES
 
             fused_attention = getattr(net.config, "model_type", None) in SUPPORTED_MODEL_TYPES
+        fallback_reason = None
         if fused_attention:
-            from fastft.export.attention import export_fused_onnx
+            from fastft.export.attention import try_export_fused_onnx
 
-            info["export"] = export_fused_onnx(net, plain, input_names=names, opset=opset)
-        else:
+            info["export"], fallback_reason = try_export_fused_onnx(net, plain, input_names=names, opset=opset)
+            if fallback_reason:
+                _log(f"fused attention unavailable ({fallback_reason}): writing the plain graph", True)
+        if info.get("export") is None:
             info["export"] = export_onnx(net, plain, input_names=names, opset=opset)
+            if fallback_reason:
+                info["export"]["fused_attention_fallback"] = fallback_reason
 
         _log("optimising the graph for ONNX Runtime", progress)
         fused = scratch / "fused.onnx"

@@ -49,8 +49,8 @@ from torch import Tensor
 
 from fastft.errors import FastftError
 
-__all__ = ["export_fused", "export_fused_onnx", "DEFAULT_FORM", "FORMS", "ATTENTION_OPS", "count_attention_nodes",
-           "patched_attention", "register_symbolics"]
+__all__ = ["export_fused", "export_fused_onnx", "try_export_fused_onnx", "DEFAULT_FORM", "FORMS", "ATTENTION_OPS",
+           "count_attention_nodes", "patched_attention", "register_symbolics"]
 
 FORMS = ("attention", "mha")
 DEFAULT_FORM = "attention"
@@ -275,6 +275,29 @@ def export_fused_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_na
     info["attention_implementation"] = "fastft (exported as com.microsoft." + op + ")"
     info["attention"] = {"form": form, "op": f"{MS_DOMAIN}.{op}", "nodes": len(modules)}
     return info
+
+
+def try_export_fused_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_names: list[str] | None = None,
+                          opset: int = 17, form: str = DEFAULT_FORM) -> tuple[dict | None, str | None]:
+    """:func:`export_fused_onnx`, or ``(None, why)`` when the installed libraries cannot write
+    fused attention for ``net`` (e.g. a transformers whose attention is hard-coded): the caller
+    then writes the plain graph. ``(info, None)`` on success; the model is left as it was."""
+    from fastft import swap
+
+    try:
+        ok, why = swap.check_dispatch(net)
+    except FastftError as exc:
+        return None, str(exc)
+    if not ok:
+        import transformers
+
+        return None, f"transformers {transformers.__version__} hard-codes the attention of {why}"
+    try:
+        return export_fused_onnx(net, path, input_names=input_names, opset=opset, form=form), None
+    except Exception as exc:  # noqa: BLE001 - any exporter failure here means: write the plain graph instead
+        Path(path).unlink(missing_ok=True)
+        msg = (str(exc).strip().splitlines() or [""])[0][:200]
+        return None, f"the fused-attention export failed: {type(exc).__name__}: {msg}"
 
 
 def export_fused(model, path: str | os.PathLike, opset: int = 17, *, form: str = DEFAULT_FORM) -> Path:

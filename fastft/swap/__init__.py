@@ -12,7 +12,10 @@ architecture family says where its self-attention modules are and what they hold
 How: transformers 5.x modules call ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``;
 the swap registers an implementation named ``"fastft"`` (``fastft.swap._interface``) and
 switches the model to it, remembering the implementation it had ("sdpa", "eager"...) so
-unswap restores exactly that. Nothing in the module tree is replaced.
+unswap restores exactly that. Nothing in the module tree is replaced. Whether a model's
+attention dispatches that way is found by behaviour (:func:`check_dispatch`): one attention
+module runs once with a spy implementation selected; a version whose modules never call it
+(transformers 4.x for some families) gets a one-line FastftError.
 
 Export: ``torch.onnx.export(..., dynamo=False)`` (e.g. ``fastft.export.onnx.export_onnx``) of
 a swapped model writes each op as one com.microsoft ``MultiHeadAttention``;
@@ -33,7 +36,8 @@ from fastft.errors import FastftError
 from fastft.swap import bert, distilbert
 from fastft.swap._interface import IMPL_NAME
 
-__all__ = ["swap_attention", "unswap_attention", "is_swapped", "attention_modules", "family", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["swap_attention", "unswap_attention", "is_swapped", "attention_modules", "family", "check_dispatch",
+           "SUPPORTED_MODEL_TYPES"]
 
 _FAMILIES: tuple[ModuleType, ...] = (bert, distilbert)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in _FAMILIES for t in f.MODEL_TYPES)
@@ -74,6 +78,26 @@ def _set_impl(model, impl: str) -> None:
             m.config._attn_implementation = impl
 
 
+def check_dispatch(model) -> tuple[bool, str]:
+    """``(True, "")`` when every self-attention class of ``model`` dispatches through transformers'
+    AttentionInterface, else ``(False, "<Class>: why")``. Probed, not read: one module per class
+    runs once with a spy implementation (``fastft.swap._interface.uses_interface``)."""
+    from fastft.swap import _interface
+
+    fam = family(model)
+    if not _interface.has_interface():
+        return False, f"{type(model).__name__} (no AttentionInterface / AttentionMaskInterface in this version)"
+    seen = set()
+    for m in fam.self_attention_modules(model):
+        if type(m) in seen:
+            continue
+        seen.add(type(m))
+        ok, why = _interface.uses_interface(m, fam.run_once)
+        if not ok:
+            return False, f"{type(m).__name__} ({why})"
+    return True, ""
+
+
 def swap_attention(model):
     """Route ``model``'s self-attention through the fused op, in place; returns ``model``.
 
@@ -94,12 +118,13 @@ def swap_attention(model):
     modules = fam.self_attention_modules(model)
     if not modules:
         raise FastftError(f"{type(model).__name__} has no {model.config.model_type} self-attention module to swap")
-    if not _interface.has_interface() or not all(_interface.uses_interface(m) for m in modules):
+    ok, why = check_dispatch(model)
+    if not ok:
         import transformers
 
         raise FastftError(f"transformers {transformers.__version__} hard-codes the attention of "
-                          f"{type(modules[0]).__name__}; swap_attention needs transformers >= 5 "
-                          f"(its AttentionInterface)")
+                          f"{why}; swap_attention needs attention that dispatches through "
+                          f"transformers' AttentionInterface (transformers >= 5)")
     _interface.register()
     _register_onnx_symbolic()
     original = cfg._attn_implementation

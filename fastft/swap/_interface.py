@@ -24,6 +24,7 @@ is the reference's).
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -117,7 +118,60 @@ def register() -> None:
     _registered = True
 
 
-def uses_interface(module: torch.nn.Module) -> bool:
-    """Does ``module.forward`` dispatch through ``ALL_ATTENTION_FUNCTIONS`` (not hard-coded)?"""
-    code = getattr(type(module).forward, "__code__", None)
-    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names
+PROBE_NAME = "fastft_probe"
+
+
+class _Probe:
+    """An attention function that records that it was called and returns zeros of the right shape."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask=None, *args, **kwargs):
+        self.calls += 1
+        b, h, s, _ = query.shape
+        return query.new_zeros(b, s, h, value.shape[-1]), None
+
+
+_probe = _Probe()
+_probe_lock = threading.Lock()
+
+
+def uses_interface(module: torch.nn.Module, run_once) -> tuple[bool, str]:
+    """Does ``module`` dispatch its attention through transformers' AttentionInterface?
+
+    Found by behaviour, never by reading code: a spy attention function is registered
+    under ``"fastft_probe"``, the module's config is pointed at it for one call of
+    ``run_once(module)`` (a forward of the real module on a tiny input, through whatever
+    decorators wrap its ``forward``), and the spy must have been called. Returns
+    ``(True, "")`` or ``(False, why)``; the module's config is restored either way. Like the
+    swap itself, it changes the config for a moment: not while the model runs in another thread.
+    """
+    import inspect
+
+    cfg = getattr(module, "config", None)
+    fwd = inspect.unwrap(type(module).forward)
+    where = f"its forward, defined in {getattr(fwd, '__module__', '?')},"  # unwrapped: where the code lives
+    if cfg is None:
+        return False, "it has no config to choose its attention implementation"
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PROBE_NAME, _probe)
+    with _probe_lock:
+        previous = cfg._attn_implementation
+        before = _probe.calls
+        try:
+            cfg._attn_implementation = PROBE_NAME
+            with torch.no_grad():
+                run_once(module)
+        except Exception as exc:  # noqa: BLE001 - a module that cannot run this way does not dispatch this way
+            if _probe.calls == before:
+                msg = (str(exc).splitlines() or [""])[0][:120]
+                return False, (f"{where} failed on a probe input before any attention call "
+                               f"({type(exc).__name__}: {msg})")
+        finally:
+            cfg._attn_implementation = previous
+        called = _probe.calls != before
+    if not called:
+        return False, f"{where} never called the attention interface on a probe run"
+    return True, ""

@@ -36,3 +36,9 @@ def projections(module: torch.nn.Module) -> dict:
     return {"q": module.query, "k": module.key, "v": module.value, "out": None,
             "num_heads": module.num_attention_heads, "head_dim": module.attention_head_size,
             "scale": float(module.scaling)}
+
+
+def run_once(module: torch.nn.Module) -> None:
+    """One forward of the self-attention module on a tiny input (batch 1, 2 tokens, no mask)."""
+    w = module.query.weight
+    module(torch.zeros(1, 2, module.query.in_features, dtype=w.dtype, device=w.device))
