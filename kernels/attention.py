@@ -219,8 +219,8 @@ def _attn_fwd_kernel(
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
                                     False, not EVEN_N, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
 
-    if HAS_MASK:
-        l_i = tl.where(l_i == 0.0, 1.0, l_i)  # fully masked row: acc == 0 -> output 0
+    if HAS_MASK or VARLEN:  # fully masked row / (varlen) a sequence without keys: acc == 0 -> 0
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     o_ptrs = O + o_off + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     if EVEN_D:

@@ -213,6 +213,51 @@ def test_fully_masked_rows_are_zero():
     assert (fused_attention(q, k, v, bias) == 0).all()
 
 
+def test_nan_in_q_contract():
+    """One NaN in q: output row i is NaN (IEEE propagation, the reference's semantics) on the
+    C++ kernel (every SIMD path here), the reference and the varlen form; every other row is
+    finite and unchanged; a row whose every key is masked stays zeros. (torch SDPA's CPU flash
+    kernel returns zeros for that row without a mask and NaN with one: no contract to copy.)"""
+    from fastft.ops import attention_varlen_ref, fused_attention_varlen
+
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = make_qkv(2, 3, 70, 70, 32, torch.float32, gen)
+    clean = q.clone()
+    q[0, 1, 5, 7] = float("nan")
+    q[1, 2, 69, 0] = float("nan")
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[0, 60:] = False
+    nan_rows = torch.zeros(2, 3, 70, dtype=torch.bool)
+    nan_rows[0, 1, 5] = nan_rows[1, 2, 69] = True
+    for isa in [None] + _isas():
+        import os
+
+        old = os.environ.pop("FASTFT_ATTN_ISA", None)
+        if isa:
+            os.environ["FASTFT_ATTN_ISA"] = isa
+        try:
+            for m, causal in ((None, False), (mask, True)):
+                what = f"{cpu_backend()} mask={m is not None} causal={causal}"
+                got, ref = fused_attention(q, k, v, m, causal), attention_ref(q, k, v, m, causal)
+                for out in (got, ref):
+                    assert torch.equal(out.isnan().all(-1), nan_rows), f"{what}: NaN rows differ"
+                    assert int(out.isnan().sum()) == 2 * 32, f"{what}: NaN leaked into other rows"
+                want = fused_attention(clean, k, v, m, causal)
+                assert torch.equal(got[~nan_rows], want[~nan_rows]), f"{what}: other rows changed"
+            dead = mask.clone()
+            dead[0] = False  # batch row 0 attends nothing: zeros, NaN in q or not
+            for out in (fused_attention(q, k, v, dead), attention_ref(q, k, v, dead)):
+                assert (out[0] == 0).all() and out[1, 2, 69].isnan().all()
+            cu = torch.tensor([0, 70, 140], dtype=torch.int32)
+            flat = [t.transpose(1, 2).reshape(140, 3, 32) for t in (q, k, v)]
+            for out in (fused_attention_varlen(*flat, cu, cu, 70, 70), attention_varlen_ref(*flat, cu, cu, 70, 70)):
+                assert torch.equal(out.isnan().all(-1), nan_rows.transpose(1, 2).reshape(140, 3))
+        finally:
+            os.environ.pop("FASTFT_ATTN_ISA", None)
+            if old is not None:
+                os.environ["FASTFT_ATTN_ISA"] = old
+
+
 def test_empty_sequences():
     q, k, v = make_qkv(1, 2, 0, 5, 16, torch.float32, None)
     assert fused_attention(q, k, v).shape == (1, 2, 0, 16)

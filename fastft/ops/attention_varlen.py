@@ -221,11 +221,11 @@ def fused_attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
         raise ValueError(f"q has head_dim {q.shape[2]}; supported head_dim: 1..{MAX_HEAD_DIM}")
     _check_seqlens("cu_seqlens_q", cu_seqlens_q, "seqused_q", seqused_q, q.shape[0], max_seqlen_q,
                    "max_seqlen_q", q.device)
-    _check_seqlens("cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k,
-                   "max_seqlen_k", q.device)
-    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+    if isinstance(cu_seqlens_k, Tensor) and cu_seqlens_k.numel() != cu_seqlens_q.numel():
         raise ValueError(f"cu_seqlens_k has {cu_seqlens_k.numel()} entries but cu_seqlens_q has "
                          f"{cu_seqlens_q.numel()} (both batch + 1)")
+    _check_seqlens("cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k,
+                   "max_seqlen_k", q.device)
     if not isinstance(causal, (bool, int)) or causal not in (0, 1):
         raise ValueError(f"causal must be a bool, got {causal!r}")
     if scale is None:
