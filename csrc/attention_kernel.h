@@ -7,7 +7,7 @@
 // No include guard on purpose. The includer defines:
 //   FASTFT_NS  namespace of this copy        FASTFT_VW  floats per SIMD vector
 //   FASTFT_KR  keys per QK micro-tile        FASTFT_NQ  query vectors per QK micro-tile
-//   FASTFT_MR  query rows per PV micro-tile  (PV micro-tiles are 2 vectors of head_dim wide)
+//   FASTFT_MR  query rows per PV micro-tile  FASTFT_ND  head_dim vectors per PV micro-tile
 // and must have included attention_common.h (AttnParams, Workspace, BQ, BK_MAX) first.
 //
 // Algorithm (FlashAttention-2 forward, one block of BQ query rows of one (sequence, head) per
@@ -37,6 +37,8 @@ constexpr int VW = FASTFT_VW;
 constexpr int KR = FASTFT_KR;
 constexpr int NQ = FASTFT_NQ;
 constexpr int MR = FASTFT_MR;
+constexpr int ND = FASTFT_ND;  // head_dim vectors per PV micro-tile
+static_assert(ND >= 1 && ND <= 4, "PV tile width: 1..4 vectors (the tail code below)");
 constexpr int QW = NQ * VW;  // queries per QK micro-tile
 static_assert(BQ % QW == 0, "query block must be a multiple of the QK tile width");
 static_assert(BQ % MR == 0, "query block must be a multiple of the PV tile height");
@@ -265,8 +267,8 @@ static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
   int64_t kend = Sk;
   if (P.causal && i0 + nrows < kend) kend = i0 + nrows;  // keys <= the last query row
   const bool pack_v = (D % VW) != 0;
-  const int nd_full = static_cast<int>(Dp / VW) / 2;
-  const bool nd_tail = (Dp / VW) % 2 != 0;
+  const int nd_full = static_cast<int>(Dp / VW) / ND;
+  const int nd_tail = static_cast<int>(Dp / VW) % ND;
   const int bk = P.bk;
   float* S = ws.s;
 
@@ -296,9 +298,15 @@ static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
     }
     for (int r0 = 0; r0 < nrows_pad; r0 += MR) {
       int64_t d0 = 0;
-      for (int c = 0; c < nd_full; ++c, d0 += 2 * VW)
+      for (int c = 0; c < nd_full; ++c, d0 += ND * VW)
+        pv_tile<ND>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      if (ND > 3 && nd_tail >= 3) {
+        pv_tile<3>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      } else if (ND > 2 && nd_tail == 2) {
         pv_tile<2>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
-      if (nd_tail) pv_tile<1>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      } else if (nd_tail == 1) {
+        pv_tile<1>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      }
     }
   }
   for (int r = 0; r < nrows; ++r) {
