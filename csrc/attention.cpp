@@ -1,4 +1,8 @@
-// attention.cpp -- fp32 fused attention for CPU (fastft._C.attention_fwd_f32).
+// attention.cpp -- fp32 fused attention for CPU: fastft._C.attention_fwd_f32 (padded
+// (batch, heads, seq, head_dim) with a key mask / bias) and attention_varlen_fwd_f32 (packed
+// tokens with cu_seqlens / seqused: padding is neither stored nor computed). Both describe
+// their rows to the one kernel body the same way (AttnParams: per-sequence start and length,
+// token and head strides).
 //
 // The kernel body (attention_kernel.h) is compiled once per instruction set: baseline
 // (portable, auto-vectorised), AVX2+FMA and AVX-512F, each inside a target pragma region, so
