@@ -18,8 +18,8 @@
 //                                                     place (broadcasts), no K packing
 //     m_new = max(m, colmax S^T); P = 2^(S^T - m_new)  vertical SIMD: no horizontal reductions
 //     l = l * 2^(m - m_new) + colsum P
-//     O = O * 2^(m - m_new) + P V_blk                  MR x (2*VW) micro-kernel, V read in place
-//   out = O / l   (l == 0, every key of the row masked -> zeros)
+//     O = O * 2^(m - m_new) + P V_blk                  MR x (ND*VW) micro-kernel, V read in place
+//   out = O / l   (m == -inf, every key of the row masked -> zeros)
 // NaN: a NaN score among a row's attended keys makes the row NaN (IEEE, as the reference):
 // NaN is never mistaken for a masked key, because only m == -inf shifts by 0 and
 // 2^(NaN - x) is NaN.
