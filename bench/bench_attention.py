@@ -315,12 +315,14 @@ def peak_memory(args) -> dict:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res["backends"][backend] = json.loads(out)
         print("memory:", out, flush=True)
-    # what the kernel allocates by design: per thread packed K^T + padded V + scores + accumulators
-    skp, dp = -(-seq // 32) * 32, -(-d // 16) * 16
-    per_thread = 4 * (skp * d + skp * dp + 64 * 64 + 64 * dp + 3 * 64)
+    # what the kernel allocates by design (csrc/attention_common.h), per thread and independent
+    # of the sequence length: Q^T block + key-major scores + accumulators + a padded V block +
+    # 4 row vectors; plus, with a mask, a per-key bias (4 B) and per-block flags per batch row
+    bq, bk_max, kr_max, dp = 48, 256, 8, -(-d // 16) * 16
+    per_thread = 4 * (d * bq + (bk_max + kr_max) * bq + bq * dp + bk_max * dp + 4 * bq)
     res["fastft_workspace_by_design_mib"] = {"per_thread": round(per_thread / 2 ** 20, 3),
                                               "threads": args.threads[0],
-                                              "plus_key_bias_bytes": 5 * skp}
+                                              "plus_key_bias_bytes": 4 * seq + -(-seq // 64)}
     return res
 
 
@@ -435,6 +437,8 @@ def main(argv=None) -> int:
         path = (args.out or RESULTS) / f"{args.stem}.json"
         result = json.loads(path.read_text())
         result["peak_memory"] = peak_memory(args)
+        result["peak_memory"]["command"] = " ".join([Path(sys.executable).name] + sys.argv)
+        result["peak_memory"]["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"updated {path}")
         return 0
