@@ -132,6 +132,28 @@ def test_every_simd_path(isa, monkeypatch):
         check_against_ref(*case, torch.float32)
 
 
+@pytest.mark.parametrize("block_k", [8, 64, 256])
+def test_cpp_key_block_sizes(block_k):
+    """The C++ kernel's key block (block_k: the unit of online-softmax steps and of masked-block
+    skipping) changes rounding only: odd shapes, masks and causal against the reference."""
+    c = native._C
+    if c is None:
+        pytest.skip("C++ extension not built")
+    gen = torch.Generator().manual_seed(block_k)
+    for b, h, sq, sk, d, kind, causal in [(2, 3, 129, 113, 64, "prefix_empty", True),
+                                          (1, 2, 7, 300, 5, "arbitrary", False)]:
+        q, k, v = make_qkv(b, h, sq, sk, d, torch.float32, gen)
+        mask = make_mask(kind, b, sk, gen)
+        out = torch.empty_like(q)
+        c.attention_fwd_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), mask.data_ptr(), 0, out.data_ptr(), b, h,
+                            sq, sk, d, causal, d ** -0.5, 2, "auto", block_k)
+        ref = attention_ref(q.double(), k.double(), v.double(), mask, causal)
+        assert_close(out, ref, *FP32_TOL, what=f"block_k={block_k} sq={sq} sk={sk} d={d} {kind} causal={causal}")
+    with pytest.raises(ValueError, match="block_k"):
+        c.attention_fwd_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), 0, 0, out.data_ptr(), b, h, sq, sk, d,
+                            False, 1.0, 1, "auto", 12)
+
+
 def test_thread_count_does_not_change_result():
     gen = torch.Generator().manual_seed(3)
     q, k, v = make_qkv(2, 5, 200, 150, 64, torch.float32, gen)
