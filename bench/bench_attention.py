@@ -12,6 +12,14 @@ torch.nn.functional.scaled_dot_product_attention vs eager matmul-softmax-matmul;
 keys valid, a prefix). One pass per --threads value (default 2, then 1), set with
 torch.set_num_threads for every backend.
 
+With the mask two more rows: ``fastft_varlen`` is the padding-free form
+(fastft.ops.fused_attention_varlen) on the very same (1, 12, seq, head_dim) tensors SDPA gets,
+viewed as packed tokens with ``seqused`` = the valid length (no copy; padded keys are not
+read, padded query rows not computed, their output rows zeroed); ``sdpa_unpadded`` is SDPA on
+the valid tokens alone (what an ideal padding-free SDPA would cost; not a drop-in: it returns
+only the valid rows). ``--isa avx2`` (or FASTFT_ATTN_ISA) forces the C++ kernel's SIMD copy for
+every fastft row; ``--stem`` names the result files (e.g. attention_cpu_avx2).
+
 Method: per shape, every backend is warmed up, then the repetitions run round-robin over
 the backends (one call each per round, the order rotated every round), so load from other
 processes hits all of them alike; a 1024^3 fp32 torch.mm runs in the same rounds and gives
@@ -133,6 +141,20 @@ def cpu_backends(q, k, v, mask):
     def fastft_default():
         return fused_attention(q, k, v, mask)
 
+    from fastft.ops import fused_attention_varlen
+
+    seq = q.shape[2]
+    flat = [t[0].transpose(0, 1) for t in (q, k, v)]  # (seq, heads, d) views of the same memory
+    slots = torch.tensor([0, seq], dtype=torch.int32)
+    valid = torch.tensor([int(mask[0].sum()) if mask is not None else seq], dtype=torch.int32)
+    n_valid = int(valid[0])
+
+    def fastft_varlen():
+        return fused_attention_varlen(*flat, slots, slots, seq, seq, seqused_q=valid, seqused_k=valid)
+
+    def sdpa_unpadded():
+        return F.scaled_dot_product_attention(q[:, :, :n_valid], k[:, :, :n_valid], v[:, :, :n_valid])
+
     def fastft_avx2():
         old = os.environ.get("FASTFT_ATTN_ISA")
         os.environ["FASTFT_ATTN_ISA"] = "avx2"
@@ -156,9 +178,14 @@ def cpu_backends(q, k, v, mask):
     fns = {"fastft": fastft_default}
     from fastft import _native
 
-    if _native.available() and "avx2" in _native._C.attention_isas() and _native._C.attention_isa() != "avx2":
+    if (_native.available() and "avx2" in _native._C.attention_isas() and _native._C.attention_isa() != "avx2"
+            and os.environ.get("FASTFT_ATTN_ISA", "auto") in ("", "auto")):
         fns["fastft_avx2"] = fastft_avx2
+    if mask is not None:
+        fns["fastft_varlen"] = fastft_varlen
     fns["sdpa"] = sdpa
+    if mask is not None:
+        fns["sdpa_unpadded"] = sdpa_unpadded
     fns["eager"] = eager
     return fns
 
@@ -187,10 +214,14 @@ def run_cpu(args) -> dict:
 def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dict]:
     q, k, v, mask = make_inputs(1, args.heads, seq, d, masked)
     fns = cpu_backends(q, k, v, mask)
-    if not args.quick:  # correctness guard: every backend computes the same thing
+    if not args.quick:  # correctness guard: every backend computes the same thing (valid rows)
         ref = fns["eager"]()
+        n_valid = int(mask[0].sum()) if mask is not None else seq
         for name, fn in fns.items():
-            err = (fn() - ref).abs().max().item()
+            out = fn()
+            if name == "fastft_varlen":
+                out = out.transpose(0, 1)[None]
+            err = (out[:, :, :n_valid] - ref[:, :, :n_valid]).abs().max().item()
             assert err < 1e-4, f"{name} differs from eager by {err}"
     fns["gemm_1024"] = gemm
     for fn in fns.values():  # warm up
@@ -284,13 +315,38 @@ def peak_memory(args) -> dict:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res["backends"][backend] = json.loads(out)
         print("memory:", out, flush=True)
-    # what the kernel allocates by design: per thread packed K^T + padded V + scores + accumulators
-    skp, dp = -(-seq // 32) * 32, -(-d // 16) * 16
-    per_thread = 4 * (skp * d + skp * dp + 64 * 64 + 64 * dp + 3 * 64)
+    # what the kernel allocates by design (csrc/attention_common.h), per thread and independent
+    # of the sequence length: Q^T block + key-major scores + accumulators + a padded V block +
+    # 4 row vectors; plus, with a mask, a per-key bias (4 B) and per-block flags per batch row
+    bq, bk_max, kr_max, dp = 48, 256, 8, -(-d // 16) * 16
+    per_thread = 4 * (d * bq + (bk_max + kr_max) * bq + bq * dp + bk_max * dp + 4 * bq)
     res["fastft_workspace_by_design_mib"] = {"per_thread": round(per_thread / 2 ** 20, 3),
                                               "threads": args.threads[0],
-                                              "plus_key_bias_bytes": 5 * skp}
+                                              "plus_key_bias_bytes": 4 * seq + -(-seq // 64)}
     return res
+
+
+# ---------------------------------------------------------------------------------------
+# targets (issue: AVX2 path, batch 1, 12 heads, 2 threads, seq 512, head_dim 32 and 64)
+# ---------------------------------------------------------------------------------------
+TARGETS = (("none", "fastft", 1.2), ("75% valid", "fastft_varlen", 1.5))
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Each target, met or missed, from the rows of this run (median wall-time ratio to SDPA
+    in the same interleaved rounds; the CPU-time ratio alongside)."""
+    out = []
+    for d in (32, 64):
+        for mask, backend, bar in TARGETS:
+            sel = [r for r in rows if r["threads"] == 2 and r["seq"] == 512 and r["head_dim"] == d
+                   and r["mask"] == mask and r["backend"] == backend]
+            if not sel:
+                continue
+            r = sel[0]
+            out.append({"seq": 512, "head_dim": d, "threads": 2, "mask": mask, "backend": backend,
+                        "target_vs_sdpa": bar, "vs_sdpa": r["vs_sdpa"], "vs_sdpa_cpu": r["vs_sdpa_cpu"],
+                        "met": r["vs_sdpa"] >= bar})
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,6 +409,9 @@ def main(argv=None) -> int:
     p.add_argument("--min-reps", type=int, default=9)
     p.add_argument("--max-reps", type=int, default=60)
     p.add_argument("--out", type=Path, default=None, help=f"result folder (default {RESULTS})")
+    p.add_argument("--stem", default="attention_cpu", help="result file name stem (default attention_cpu)")
+    p.add_argument("--isa", choices=["auto", "avx512", "avx2", "generic"], default=None,
+                   help="force the C++ kernel's SIMD copy for every fastft row (sets FASTFT_ATTN_ISA)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--memory-only", action="store_true",
                    help="only (re)measure peak memory and merge it into the existing CPU result file")
@@ -372,10 +431,14 @@ def main(argv=None) -> int:
         _mem_child(args.mem_child, args.mem_seq, args.mem_head_dim, args.threads)
         return 0
 
+    if args.isa:
+        os.environ["FASTFT_ATTN_ISA"] = args.isa
     if args.memory_only:
-        path = (args.out or RESULTS) / "attention_cpu.json"
+        path = (args.out or RESULTS) / f"{args.stem}.json"
         result = json.loads(path.read_text())
         result["peak_memory"] = peak_memory(args)
+        result["peak_memory"]["command"] = " ".join([Path(sys.executable).name] + sys.argv)
+        result["peak_memory"]["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"updated {path}")
         return 0
@@ -385,10 +448,12 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpu": cpu_info(), "versions": versions(),
               "threads": args.threads, "flop_convention": "4*B*H*Sq*Sk*D, all keys counted (masked too), "
                                                           "softmax not counted",
+              "env": {k: os.environ.get(k) for k in ("FASTFT_ATTN_ISA", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
               "loadavg_start": os.getloadavg()}
     result = {**header, **run_cpu(args)}
-    stem = "attention_cpu"
+    stem = args.stem
     result["loadavg_end"] = os.getloadavg()
+    result["targets"] = targets(result["rows"])
     result["wall_s"] = round(time.time() - t0, 1)
     if args.quick and args.out is None:
         print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

@@ -1,4 +1,8 @@
-// attention.cpp -- fp32 fused attention for CPU (fastft._C.attention_fwd_f32).
+// attention.cpp -- fp32 fused attention for CPU: fastft._C.attention_fwd_f32 (padded
+// (batch, heads, seq, head_dim) with a key mask / bias) and attention_varlen_fwd_f32 (packed
+// tokens with cu_seqlens / seqused: padding is neither stored nor computed). Both describe
+// their rows to the one kernel body the same way (AttnParams: per-sequence start and length,
+// token and head strides).
 //
 // The kernel body (attention_kernel.h) is compiled once per instruction set: baseline
 // (portable, auto-vectorised), AVX2+FMA and AVX-512F, each inside a target pragma region, so
@@ -19,6 +23,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <cfloat>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -46,16 +51,24 @@ namespace fastft {
 // ---- baseline copy (whatever the compiler targets by default, e.g. SSE2 on x86-64) -------
 #define FASTFT_NS isa_generic
 #define FASTFT_VW 4
+#define FASTFT_KR 4
+#define FASTFT_NQ 3
 #define FASTFT_MR 4
+#define FASTFT_ND 2
 #include "attention_kernel.h"
+#undef FASTFT_ND
 #undef FASTFT_NS
 #undef FASTFT_VW
+#undef FASTFT_KR
+#undef FASTFT_NQ
 #undef FASTFT_MR
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FASTFT_X86_DISPATCH 1
 
 // ---- AVX2 + FMA copy ------------------------------------------------------------------
+// Tiles measured on an AVX2-only Zen 3 (S512, head_dim 32/64, one thread, CPU time): QK 4 keys
+// x 24 queries beat 6 x 16 and 2 x 48; PV 6 rows x 16 head_dim beat 3 x 32 and 4 x 24.
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -64,10 +77,16 @@ namespace fastft {
 #endif
 #define FASTFT_NS isa_avx2
 #define FASTFT_VW 8
+#define FASTFT_KR 4
+#define FASTFT_NQ 3
 #define FASTFT_MR 6
+#define FASTFT_ND 2
 #include "attention_kernel.h"
+#undef FASTFT_ND
 #undef FASTFT_NS
 #undef FASTFT_VW
+#undef FASTFT_KR
+#undef FASTFT_NQ
 #undef FASTFT_MR
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -84,10 +103,16 @@ namespace fastft {
 #endif
 #define FASTFT_NS isa_avx512
 #define FASTFT_VW 16
+#define FASTFT_KR 8
+#define FASTFT_NQ 3
 #define FASTFT_MR 8
+#define FASTFT_ND 2
 #include "attention_kernel.h"
+#undef FASTFT_ND
 #undef FASTFT_NS
 #undef FASTFT_VW
+#undef FASTFT_KR
+#undef FASTFT_NQ
 #undef FASTFT_MR
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -103,6 +128,7 @@ struct IsaEntry {
   const char* name;
   ItemFn fn;
   bool (*supported)();
+  int bk;  // default keys per block
 };
 
 static bool always() { return true; }
@@ -120,10 +146,10 @@ static bool has_avx512() {
 // Best first.
 static const IsaEntry kIsas[] = {
 #ifdef FASTFT_X86_DISPATCH
-    {"avx512", &isa_avx512::attn_item, &has_avx512},
-    {"avx2", &isa_avx2::attn_item, &has_avx2},
+    {"avx512", &isa_avx512::attn_item, &has_avx512, BK_DEFAULT},
+    {"avx2", &isa_avx2::attn_item, &has_avx2, BK_DEFAULT},
 #endif
-    {"generic", &isa_generic::attn_item, &always},
+    {"generic", &isa_generic::attn_item, &always, BK_DEFAULT},
 };
 
 static const IsaEntry& pick_isa(const std::string& want) {
@@ -160,20 +186,20 @@ static float* alloc_floats(int64_t n) {
 }
 
 static bool alloc_workspace(Workspace& ws, const AttnParams& P, int64_t Dp) {
-  ws.kt = alloc_floats(P.Skp * P.D);
-  ws.vp = alloc_floats(P.Skp * Dp);
-  ws.s = alloc_floats(int64_t(BQ) * BK);
+  ws.qt = alloc_floats(P.D * BQ);
+  ws.s = alloc_floats(int64_t(BK_MAX + KR_MAX) * BQ);
   ws.o = alloc_floats(int64_t(BQ) * Dp);
+  ws.vp = alloc_floats(int64_t(BK_MAX) * Dp);
   ws.m = alloc_floats(BQ);
   ws.l = alloc_floats(BQ);
   ws.alpha = alloc_floats(BQ);
-  ws.cached_bh = -1;
-  return ws.kt && ws.vp && ws.s && ws.o && ws.m && ws.l && ws.alpha;
+  ws.mx = alloc_floats(BQ);
+  return ws.qt && ws.s && ws.o && ws.vp && ws.m && ws.l && ws.alpha && ws.mx;
 }
 
 static void free_workspace(Workspace& ws) {
-  std::free(ws.kt); std::free(ws.vp); std::free(ws.s); std::free(ws.o);
-  std::free(ws.m); std::free(ws.l); std::free(ws.alpha);
+  std::free(ws.qt); std::free(ws.s); std::free(ws.o); std::free(ws.vp);
+  std::free(ws.m); std::free(ws.l); std::free(ws.alpha); std::free(ws.mx);
 }
 
 // One call's work, shared with the helper threads that join it.
@@ -259,59 +285,13 @@ class Pool {
   int nthreads_ = 0;
 };
 
-static void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask,
-                              uintptr_t bias, uintptr_t out, int64_t B, int64_t H, int64_t Sq,
-                              int64_t Sk, int64_t D, bool causal, double scale,
-                              int num_threads, const std::string& isa) {
-  if (B < 0 || H < 0 || Sq < 0 || Sk < 0 || D < 1)
-    throw std::invalid_argument("attention_fwd_f32: shapes must be >= 0 and head_dim >= 1");
-  const IsaEntry& entry = pick_isa(isa);
-  const int64_t nqb = (Sq + BQ - 1) / BQ;
-  const int64_t items = B * H * nqb;
+// Runs every work item of P on the caller plus up to num_threads - 1 pool threads.
+static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads, double flops) {
+  const int64_t items = P.item_off[P.B];
   if (items == 0) return;
-  if (!q || !out || (Sk > 0 && (!k || !v)))
-    throw std::invalid_argument("attention_fwd_f32: null data pointer");
-
-  const int64_t Skp = (Sk + KEY_PAD - 1) / KEY_PAD * KEY_PAD;
-  const int64_t Dp = (D + HEAD_PAD - 1) / HEAD_PAD * HEAD_PAD;
-  const int64_t nkb = (Skp + BK - 1) / BK;
-  const uint8_t* maskp = reinterpret_cast<const uint8_t*>(mask);
-  const float* biasp = reinterpret_cast<const float*>(bias);
-
-  py::gil_scoped_release release;
-
-  // Per-key bias (0 / bias / -inf) and per-block "any key unmasked" flags, per batch row.
-  std::vector<float> kb(static_cast<size_t>(B * Skp));
-  std::vector<uint8_t> blk_any(static_cast<size_t>(B * nkb), 0);
-  const float ninf = -INFINITY;
-  for (int64_t b = 0; b < B; ++b) {
-    float* row = kb.data() + b * Skp;
-    for (int64_t j = 0; j < Skp; ++j) {
-      float x = ninf;
-      if (j < Sk) {
-        x = biasp ? biasp[b * Sk + j] : 0.f;
-        if (maskp && !maskp[b * Sk + j]) x = ninf;
-      }
-      row[j] = x;
-      if (x != ninf) blk_any[b * nkb + j / BK] = 1;
-    }
-  }
-
-  AttnParams P;
-  P.q = reinterpret_cast<const float*>(q);
-  P.k = reinterpret_cast<const float*>(k);
-  P.v = reinterpret_cast<const float*>(v);
-  P.out = reinterpret_cast<float*>(out);
-  P.kb = kb.data();
-  P.blk_any = blk_any.data();
-  P.B = B; P.H = H; P.Sq = Sq; P.Sk = Sk; P.D = D;
-  P.Skp = Skp; P.nkb = nkb; P.nqb = nqb;
-  P.causal = causal;
-  P.scale = static_cast<float>(scale);
-
+  const int64_t Dp = (P.D + HEAD_PAD - 1) / HEAD_PAD * HEAD_PAD;
   int nt = num_threads > 0 ? num_threads : 1;
   if (nt > items) nt = static_cast<int>(items);
-  const double flops = 4.0 * double(B) * double(H) * double(Sq) * double(Sk) * double(D);
   if (flops < 4e6) nt = 1;  // ~tens of microseconds: not worth waking a thread
 
   auto job = std::make_shared<Job>();
@@ -334,6 +314,149 @@ static void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t m
   }
 }
 
+static int pick_bk(const IsaEntry& entry, int block_k) {
+  if (block_k == 0) return entry.bk;
+  if (block_k < 0 || block_k > BK_MAX || block_k % KR_MAX != 0)
+    throw std::invalid_argument("block_k must be 0 (default) or a multiple of " +
+                                std::to_string(KR_MAX) + " up to " + std::to_string(BK_MAX));
+  return block_k;
+}
+
+constexpr double kLog2e = 1.4426950408889634;
+
+static void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask,
+                              uintptr_t bias, uintptr_t out, int64_t B, int64_t H, int64_t Sq,
+                              int64_t Sk, int64_t D, bool causal, double scale,
+                              int num_threads, const std::string& isa, int block_k) {
+  if (B < 0 || H < 0 || Sq < 0 || Sk < 0 || D < 1)
+    throw std::invalid_argument("attention_fwd_f32: shapes must be >= 0 and head_dim >= 1");
+  const IsaEntry& entry = pick_isa(isa);
+  const int bk = pick_bk(entry, block_k);
+  const int64_t nqb = (Sq + BQ - 1) / BQ;
+  if (B * H * nqb == 0) return;
+  if (!q || !out || (Sk > 0 && (!k || !v)))
+    throw std::invalid_argument("attention_fwd_f32: null data pointer");
+  const uint8_t* maskp = reinterpret_cast<const uint8_t*>(mask);
+  const float* biasp = reinterpret_cast<const float*>(bias);
+
+  py::gil_scoped_release release;
+
+  std::vector<int64_t> q_start(B), q_len(B, Sq), k_start(B), k_len(B, Sk), item_off(B + 1);
+  for (int64_t b = 0; b < B; ++b) {
+    q_start[b] = b * H * Sq;
+    k_start[b] = b * H * Sk;
+    item_off[b] = b * H * nqb;
+  }
+  item_off[B] = B * H * nqb;
+
+  // Per-key bias in log2 units (0 / bias / -inf) and per-block "any key attended" flags.
+  const int64_t nkb = (Sk + bk - 1) / bk;
+  std::vector<float> kb;
+  std::vector<uint8_t> blk_any;
+  if (maskp || biasp) {
+    kb.resize(static_cast<size_t>(B * Sk));
+    blk_any.assign(static_cast<size_t>(B * nkb), 0);
+    const float ninf = -INFINITY;
+    const float l2e = static_cast<float>(kLog2e);
+    for (int64_t b = 0; b < B; ++b) {
+      float* row = kb.data() + b * Sk;
+      for (int64_t j = 0; j < Sk; ++j) {
+        float x = 0.f;
+        if (biasp) {  // a finite bias stays finite in log2 units (finfo.min * log2 e overflows)
+          const float y = biasp[b * Sk + j];
+          x = y * l2e;
+          if (std::isinf(x) && std::isfinite(y)) x = std::copysign(FLT_MAX, y);
+        }
+        if (maskp && !maskp[b * Sk + j]) x = ninf;
+        row[j] = x;
+        if (x != ninf) blk_any[b * nkb + j / bk] = 1;
+      }
+    }
+  }
+
+  AttnParams P;
+  P.q = reinterpret_cast<const float*>(q);
+  P.k = reinterpret_cast<const float*>(k);
+  P.v = reinterpret_cast<const float*>(v);
+  P.out = reinterpret_cast<float*>(out);
+  P.q_tok = D; P.q_head = Sq * D; P.o_tok = D; P.o_head = Sq * D;
+  P.k_tok = D; P.k_head = Sk * D; P.v_tok = D; P.v_head = Sk * D;
+  P.q_start = q_start.data(); P.q_len = q_len.data();
+  P.k_start = k_start.data(); P.k_len = k_len.data();
+  P.item_off = item_off.data();
+  P.kb = kb.empty() ? nullptr : kb.data();
+  P.kb_stride = Sk;
+  P.blk_any = blk_any.empty() ? nullptr : blk_any.data();
+  P.blk_stride = nkb;
+  P.B = B; P.H = H; P.D = D;
+  P.bk = bk;
+  P.causal = causal;
+  P.qscale = static_cast<float>(scale * kLog2e);
+  run_job(entry, P, num_threads, 4.0 * double(B) * double(H) * double(Sq) * double(Sk) * double(D));
+}
+
+static void read_seqlens(uintptr_t cu, uintptr_t used, int64_t B, const char* name,
+                         std::vector<int64_t>& start, std::vector<int64_t>& len) {
+  const int32_t* cup = reinterpret_cast<const int32_t*>(cu);
+  const int32_t* usedp = reinterpret_cast<const int32_t*>(used);
+  start.resize(B);
+  len.resize(B);
+  for (int64_t b = 0; b < B; ++b) {
+    start[b] = cup[b];
+    len[b] = usedp ? usedp[b] : cup[b + 1] - cup[b];
+    if (len[b] < 0 || len[b] > cup[b + 1] - cup[b])
+      throw std::invalid_argument(std::string("attention_varlen_fwd_f32: ") + name +
+                                  " must be nondecreasing (and seqused within it)");
+  }
+}
+
+static void attention_varlen_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
+                                     uintptr_t cu_q, uintptr_t cu_k, uintptr_t used_q,
+                                     uintptr_t used_k, int64_t B, int64_t H, int64_t D,
+                                     const std::vector<int64_t>& strides, bool causal,
+                                     double scale, int num_threads, const std::string& isa,
+                                     int block_k) {
+  if (B < 0 || H < 0 || D < 1)
+    throw std::invalid_argument("attention_varlen_fwd_f32: batch, heads must be >= 0 and head_dim >= 1");
+  if (strides.size() != 8)
+    throw std::invalid_argument("attention_varlen_fwd_f32: strides must be (token, head) for q, k, v, out");
+  if (!cu_q || !cu_k || !q || !out || !k || !v)
+    throw std::invalid_argument("attention_varlen_fwd_f32: null pointer");
+  const IsaEntry& entry = pick_isa(isa);
+  const int bk = pick_bk(entry, block_k);
+
+  std::vector<int64_t> q_start, q_len, k_start, k_len, item_off(B + 1);
+  read_seqlens(cu_q, used_q, B, "cu_seqlens_q", q_start, q_len);
+  read_seqlens(cu_k, used_k, B, "cu_seqlens_k", k_start, k_len);
+  double flops = 0;
+  item_off[0] = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    item_off[b + 1] = item_off[b] + H * ((q_len[b] + BQ - 1) / BQ);
+    flops += 4.0 * double(H) * double(q_len[b]) * double(k_len[b]) * double(D);
+  }
+
+  py::gil_scoped_release release;
+  AttnParams P;
+  P.q = reinterpret_cast<const float*>(q);
+  P.k = reinterpret_cast<const float*>(k);
+  P.v = reinterpret_cast<const float*>(v);
+  P.out = reinterpret_cast<float*>(out);
+  P.q_tok = strides[0]; P.q_head = strides[1];
+  P.k_tok = strides[2]; P.k_head = strides[3];
+  P.v_tok = strides[4]; P.v_head = strides[5];
+  P.o_tok = strides[6]; P.o_head = strides[7];
+  P.q_start = q_start.data(); P.q_len = q_len.data();
+  P.k_start = k_start.data(); P.k_len = k_len.data();
+  P.item_off = item_off.data();
+  P.kb = nullptr; P.kb_stride = 0;
+  P.blk_any = nullptr; P.blk_stride = 0;
+  P.B = B; P.H = H; P.D = D;
+  P.bk = bk;
+  P.causal = causal;
+  P.qscale = static_cast<float>(scale * kLog2e);
+  run_job(entry, P, num_threads, flops);
+}
+
 }  // namespace fastft
 
 void register_attention(py::module_& m) {
@@ -341,12 +464,28 @@ void register_attention(py::module_& m) {
         py::arg("v"), py::arg("mask"), py::arg("bias"), py::arg("out"), py::arg("batch"),
         py::arg("heads"), py::arg("seq_q"), py::arg("seq_k"), py::arg("head_dim"),
         py::arg("causal"), py::arg("scale"), py::arg("num_threads"), py::arg("isa") = "auto",
+        py::arg("block_k") = 0,
         R"doc(Fused attention forward, fp32, CPU: out = softmax(q k^T * scale + bias) v.
 
 Pointers (ints, e.g. tensor.data_ptr()) to contiguous buffers: q, out (batch, heads, seq_q,
 head_dim); k, v (batch, heads, seq_k, head_dim); mask uint8/bool (batch, seq_k), nonzero =
 attend, or 0; bias float32 (batch, seq_k) additive, or 0. causal: key j attends query i iff
-j <= i (top-left aligned). Rows with every key masked give zeros. Releases the GIL.)doc");
+j <= i (top-left aligned). Rows with every key masked give zeros; a NaN score among a row's
+attended keys gives a NaN row. block_k: keys per block (0: the copy's default). Releases the
+GIL.)doc");
+  m.def("attention_varlen_fwd_f32", &fastft::attention_varlen_fwd_f32, py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("out"), py::arg("cu_seqlens_q"),
+        py::arg("cu_seqlens_k"), py::arg("seqused_q"), py::arg("seqused_k"), py::arg("batch"),
+        py::arg("heads"), py::arg("head_dim"), py::arg("strides"), py::arg("causal"),
+        py::arg("scale"), py::arg("num_threads"), py::arg("isa") = "auto",
+        py::arg("block_k") = 0,
+        R"doc(Variable-length fused attention forward, fp32, CPU, packed tokens.
+
+q, out: (total_q, heads, head_dim); k, v: (total_k, heads, head_dim), head_dim contiguous,
+token and head strides in `strides` = [q_tok, q_head, k_tok, k_head, v_tok, v_head, o_tok,
+o_head] (floats). cu_seqlens_q/k: int32 (batch + 1) token offsets of each sequence;
+seqused_q/k: int32 (batch) tokens used from each sequence's start, or 0 (all). Rows not used
+are not written. causal: top-left aligned per sequence. Releases the GIL.)doc");
   m.def("attention_isa", &fastft::attention_isa,
         "Instruction set the attention kernel uses on this CPU by default");
   m.def("attention_isas", &fastft::attention_isas,

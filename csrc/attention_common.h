@@ -6,35 +6,49 @@
 
 namespace fastft {
 
-constexpr int BQ = 48;        // query rows per work item
-constexpr int BK = 64;        // keys per key block (the unit of masked/causal skipping)
-constexpr int KEY_PAD = 32;   // seq_k is padded to a multiple of this in packed buffers
-constexpr int HEAD_PAD = 16;  // head_dim is padded to a multiple of this in buffers
+constexpr int BQ = 48;       // query rows per work item (a multiple of every copy's tiles)
+constexpr int BK_MAX = 256;  // largest key block (keys per online-softmax step)
+constexpr int BK_DEFAULT = 64;  // measured best of 32..192 on AVX2 (S512, D32/64): S^T + V block stay in L1
+constexpr int KR_MAX = 8;    // largest key micro-tile height of any copy (scratch rows)
+constexpr int HEAD_PAD = 16;  // head_dim is padded to a multiple of this in scratch buffers
 
+// Where the rows of one (sequence b, head h) live, for q, k, v and out alike:
+//   row t of sequence b, head h = base + (start[b] + t) * tok + h * head   (in floats)
+// (batch, heads, seq, head_dim) contiguous: start[b] = b*heads*seq, tok = head_dim,
+// head = seq*head_dim. Packed tokens (total, heads, head_dim): start[b] = cu_seqlens[b],
+// tok = heads*head_dim, head = head_dim.
 struct AttnParams {
-  const float* q;          // (B, H, Sq, D) contiguous
-  const float* k;          // (B, H, Sk, D) contiguous
-  const float* v;          // (B, H, Sk, D) contiguous
-  float* out;              // (B, H, Sq, D) contiguous
-  const float* kb;         // (B, Skp) per-key additive bias: 0 / user bias / -inf (masked, pad)
-  const uint8_t* blk_any;  // (B, nkb) 1 when key block has at least one unmasked key
-  int64_t B, H, Sq, Sk, D;
-  int64_t Skp;             // Sk rounded up to KEY_PAD
-  int64_t nkb, nqb;        // key blocks of BK, query blocks of BQ
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  int64_t q_tok, q_head, k_tok, k_head, v_tok, v_head, o_tok, o_head;
+  const int64_t* q_start;   // (B) first token of each sequence
+  const int64_t* q_len;     // (B) query rows of each sequence
+  const int64_t* k_start;   // (B)
+  const int64_t* k_len;     // (B) keys of each sequence
+  const int64_t* item_off;  // (B + 1) first work item of each sequence (H * query blocks each)
+  const float* kb;          // (B, kb_stride) per-key additive bias in log2 units, -inf = masked;
+                            // null: every key attended
+  int64_t kb_stride;
+  const uint8_t* blk_any;   // (B, blk_stride) 1 when key block (of bk) has an attended key, or null
+  int64_t blk_stride;
+  int64_t B, H, D;
+  int bk;                   // keys per block, a multiple of every copy's key tile, <= BK_MAX
   bool causal;
-  float scale;
+  float qscale;             // scale * log2(e): scores are kept in log2 units (exp2)
 };
 
-// Per-thread scratch; cached_bh remembers which (batch, head) K (and V) are packed.
+// Per-thread scratch.
 struct Workspace {
-  float* kt;     // Skp * D          packed K^T panels
-  float* vp;     // Skp * Dpad       V padded to the vector width (only if needed)
-  float* s;      // BQ * BK          scores / probabilities
-  float* o;      // BQ * Dpad        output accumulators
-  float* m;      // BQ               running max
-  float* l;      // BQ               running sum
-  float* alpha;  // BQ               rescale factor of this step
-  int64_t cached_bh;
+  float* qt;     // D * BQ                  Q^T of the block, pre-scaled by qscale
+  float* s;      // (BK_MAX + KR_MAX) * BQ  scores / probabilities, key-major (S^T)
+  float* o;      // BQ * Dp                 output accumulators
+  float* vp;     // BK_MAX * Dp             V block padded to Dp (head_dim % VW != 0 only)
+  float* m;      // BQ                      running max (log2 units)
+  float* l;      // BQ                      running sum
+  float* alpha;  // BQ                      rescale factor of this step
+  float* mx;     // BQ                      column max of this step's scores
 };
 
 }  // namespace fastft

@@ -6,296 +6,315 @@
 //
 // No include guard on purpose. The includer defines:
 //   FASTFT_NS  namespace of this copy        FASTFT_VW  floats per SIMD vector
-//   FASTFT_MR  query rows per micro-tile
-// and must have included attention_common.h (AttnParams, Workspace, block sizes) first.
+//   FASTFT_KR  keys per QK micro-tile        FASTFT_NQ  query vectors per QK micro-tile
+//   FASTFT_MR  query rows per PV micro-tile  FASTFT_ND  head_dim vectors per PV micro-tile
+// and must have included attention_common.h (AttnParams, Workspace, BQ, BK_MAX) first.
 //
-// Algorithm (FlashAttention-2 forward, one query block per work item):
-//   for each key block that is not fully masked (and not above the causal diagonal):
-//     S = (Q_blk K_blk^T) * scale + key_bias      register-blocked MR x (2*VW) micro-kernel,
-//                                                  K block packed transposed, head_dim inner
-//     m_new = max(m, rowmax S); P = exp(S - m_new); l = l*exp(m - m_new) + rowsum P
-//     O = O*exp(m - m_new) + P V_blk             register-blocked MR x (2*VW) micro-kernel
-//   out = O / l   (l == 0, i.e. every key of the row masked -> zeros)
-// Extra memory per thread: packed K^T and (if head_dim is not a multiple of VW) padded V of
-// one (batch, head), plus BQ x BK scores and BQ x head_dim accumulators.
+// Algorithm (FlashAttention-2 forward, one block of BQ query rows of one (sequence, head) per
+// work item), with the scores kept key-major (S^T: one row per key, BQ query lanes):
+//   Qt = (Q_blk * scale * log2 e)^T                   packed once per work item
+//   for each key block (of bk keys) that is not fully masked / above the causal diagonal:
+//     S^T = K_blk Qt (+ key bias, causal)             KR x (NQ*VW) micro-kernel, K read in
+//                                                     place (broadcasts), no K packing
+//     m_new = max(m, colmax S^T); P = 2^(S^T - m_new)  vertical SIMD: no horizontal reductions
+//     l = l * 2^(m - m_new) + colsum P
+//     O = O * 2^(m - m_new) + P V_blk                  MR x (ND*VW) micro-kernel, V read in place
+//   out = O / l   (m == -inf, every key of the row masked -> zeros)
+// NaN: a NaN score among a row's attended keys makes the row NaN (IEEE, as the reference):
+// NaN is never mistaken for a masked key, because only m == -inf shifts by 0 and
+// 2^(NaN - x) is NaN.
+// Extra memory per thread: Qt (D x BQ), S^T ((BK_MAX + KR_MAX) x BQ), O (BQ x Dp), and a
+// padded V block if head_dim is not a multiple of VW.
 
 namespace FASTFT_NS {
 
 typedef float vf __attribute__((vector_size(FASTFT_VW * 4)));
 typedef float vf_u __attribute__((vector_size(FASTFT_VW * 4), aligned(4)));
 typedef int vi __attribute__((vector_size(FASTFT_VW * 4)));
+typedef unsigned vu __attribute__((vector_size(FASTFT_VW * 4)));
 
 constexpr int VW = FASTFT_VW;
+constexpr int KR = FASTFT_KR;
+constexpr int NQ = FASTFT_NQ;
 constexpr int MR = FASTFT_MR;
-constexpr int NV = 2;         // vectors per micro-tile row (keys in QK, head_dim in PV)
-constexpr int KW = NV * VW;   // keys per packed K panel
-static_assert(BK % KW == 0, "key block must be a multiple of the packed panel width");
-static_assert(BQ % MR == 0, "query block must be a multiple of the micro-tile height");
-static_assert(KEY_PAD % KW == 0, "key padding must be a multiple of the panel width");
-static_assert(HEAD_PAD % VW == 0, "head_dim padding must be a multiple of the vector width");
+constexpr int ND = FASTFT_ND;  // head_dim vectors per PV micro-tile
+static_assert(ND >= 1 && ND <= 4, "PV tile width: 1..4 vectors (the tail code below)");
+constexpr int QW = NQ * VW;  // queries per QK micro-tile
+static_assert(BQ % QW == 0, "query block must be a multiple of the QK tile width");
+static_assert(BQ % MR == 0, "query block must be a multiple of the PV tile height");
+static_assert(BQ % VW == 0, "query block must be a multiple of the vector width");
+static_assert(KR <= KR_MAX, "key tile taller than the scratch allows");
 
 #define FASTFT_FI static inline __attribute__((always_inline))
 
 FASTFT_FI vf vload(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
 FASTFT_FI void vstore(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
-FASTFT_FI vf vset1(float x) { return vf{} + x; }
+// x - 0 == x for every x, so this folds to one vbroadcastss (from memory when x is loaded);
+// `vf{} + x` would keep an add before each broadcast (0 + -0 = +0 is not -0).
+FASTFT_FI vf vset1(float x) { return x - vf{}; }
 FASTFT_FI vf vmax(vf a, vf b) { return a > b ? a : b; }
 
-// Butterfly reductions: every lane ends up holding the max / sum of all lanes.
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-#if FASTFT_VW == 16
-#define FASTFT_BFLY(x, OP)                                                                  \
-  x = OP(x, __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)); \
-  x = OP(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)); \
-  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)); \
-  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
-#elif FASTFT_VW == 8
-#define FASTFT_BFLY(x, OP)                                                    \
-  x = OP(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3));          \
-  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5));          \
-  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6));
-#elif FASTFT_VW == 4
-#define FASTFT_BFLY(x, OP)                                  \
-  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1));    \
-  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2));
-#endif
-#endif
-FASTFT_FI vf vadd(vf a, vf b) { return a + b; }
-
-FASTFT_FI float hmax(vf a) {
-#ifdef FASTFT_BFLY
-  FASTFT_BFLY(a, vmax)
-  return a[0];
-#else
-  float m = a[0];
-  for (int t = 1; t < VW; ++t) m = a[t] > m ? a[t] : m;
-  return m;
-#endif
-}
-
-FASTFT_FI float hsum(vf a) {
-#ifdef FASTFT_BFLY
-  FASTFT_BFLY(a, vadd)
-  return a[0];
-#else
-  float s = 0.f;
-  for (int t = 0; t < VW; ++t) s += a[t];
-  return s;
-#endif
-}
-#undef FASTFT_BFLY
-
-// exp(x) for x <= 0 (Cephes expf polynomial, ~1 ulp); -inf and anything below the
-// smallest normal result give exactly 0, so masked keys contribute nothing.
-FASTFT_FI vf vexp(vf x) {
-  const vf lo = vset1(-87.3365478515625f);
-  const vf hi = vset1(88.0f);
-  const vi under = x < lo;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
+// 2^x for x <= 0 (scores minus their running max), NaN stays NaN. Below -100 it returns
+// 2^-100 instead of underflowing to 0: a masked key (-inf) then weighs 2^-100 against the
+// row maximum's 1 (at most ~1e-30 relative; products stay normal numbers, no denormal
+// slow-downs), and a row whose every key is masked is recognised by m == -inf and written as
+// zeros. Degree-5 polynomial for 2^f, f in [-0.5, 0.5] (relative error 2.4e-7 in fp32).
+FASTFT_FI vf vexp2(vf x) {
+  x = vmax(vset1(-100.0f), x);      // (-100 > x ? -100 : x): NaN x stays x
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const vf z = x * 1.44269504088896341f + magic;
-  const vf n = z - magic;
-  vf r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = vset1(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const vi e = ((vi)z - 0x4B400000 + 127) << 23;  // vector casts reinterpret bits
-  const vf res = p * (vf)e;
-  return under ? vf{} : res;
+  const vf z = x + magic;
+  const vf f = x - (z - magic);
+  vf p = vset1(1.3277549296617508e-3f);
+  p = p * f + 9.67555120587349e-3f;
+  p = p * f + 5.5507101118564606e-2f;
+  p = p * f + 2.4022118747234344e-1f;
+  p = p * f + 6.931469440460205e-1f;
+  p = p * f + 1.0000001192092896f;
+  // z's low mantissa bits hold n (two's complement); n << 23 added to p's exponent = p * 2^n
+  return (vf)((vu)p + ((vu)z << 23));  // vector casts reinterpret bits
 }
 
-// Pack K of one (batch, head) as panels of KW keys: kt[p][d][t] = K[p*KW + t][d] (0 past Sk).
-static void pack_k(const float* k, int64_t Sk, int64_t Skp, int64_t D, float* kt) {
-  for (int64_t p = 0; p < Skp / KW; ++p) {
-    float* dst = kt + p * D * KW;
-    for (int t = 0; t < KW; ++t) {
-      const int64_t j = p * KW + t;
-      if (j < Sk) {
-        const float* src = k + j * D;
-        for (int64_t d = 0; d < D; ++d) dst[d * KW + t] = src[d];
-      } else {
-        for (int64_t d = 0; d < D; ++d) dst[d * KW + t] = 0.f;
-      }
-    }
-  }
-}
-
-// S[r][0:KW] = (q_r . K_panel) * scale + kb, with causal (-inf where key > query) if asked,
-// and zeros for rows r >= nrows (padding rows of the last query block).
-FASTFT_FI void qk_tile(const float* q, int64_t D, int nrows, const float* kpanel,
-                       const float* kb, float scale, bool causal, int64_t qi0, int64_t kj0,
-                       float* s, int lds) {
-  const float* qr[MR];
+// S^T[r][0:QW] = K[r] . Qt[:, 0:QW]  (+ key bias: -inf masks the key even if the score is
+// NaN; + causal: -inf where key index > query index), rows r < KR; ldS = BQ.
+template <bool BIAS, bool CAUSAL>
+FASTFT_FI void qk_tile(const float* const* krow, const float* qt, int64_t D, const float* kb,
+                       int64_t kj0, int64_t qi0, int nkeys, float* s, float* mx) {
+  vf acc[KR][NQ];
 #pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) qr[r] = q + (r < nrows ? r : 0) * D;
-  vf acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < KR; ++r)
 #pragma GCC unroll 4
-    for (int n = 0; n < NV; ++n) acc[r][n] = vf{};
+    for (int n = 0; n < NQ; ++n) acc[r][n] = vf{};
   for (int64_t d = 0; d < D; ++d) {
-    vf kv[NV];
+    vf qv[NQ];
 #pragma GCC unroll 4
-    for (int n = 0; n < NV; ++n) kv[n] = vload(kpanel + d * KW + n * VW);
+    for (int n = 0; n < NQ; ++n) qv[n] = vload(qt + d * BQ + n * VW);
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const float qv = qr[r][d];
+    for (int r = 0; r < KR; ++r) {
+      const vf kv = vset1(krow[r][d]);
 #pragma GCC unroll 4
-      for (int n = 0; n < NV; ++n) acc[r][n] += qv * kv[n];
+      for (int n = 0; n < NQ; ++n) acc[r][n] += kv * qv[n];
     }
   }
-  vf kbv[NV];
-#pragma GCC unroll 4
-  for (int n = 0; n < NV; ++n) kbv[n] = vload(kb + n * VW);
+  const vf ninf = vset1(-__builtin_inff());
   vi iota;
   for (int t = 0; t < VW; ++t) iota[t] = t;
-  const vf ninf = vset1(-__builtin_inff());
+  vf cmax[NQ];
+#pragma GCC unroll 4
+  for (int n = 0; n < NQ; ++n) cmax[n] = vload(mx + n * VW);
+#pragma GCC unroll 16
+  for (int r = 0; r < KR; ++r) {
+    float bias = 0.f;
+    if (BIAS) bias = r < nkeys ? kb[r] : 0.f;
+    if (BIAS && bias == -__builtin_inff()) {  // masked key: -inf even where the score is NaN
+#pragma GCC unroll 4
+      for (int n = 0; n < NQ; ++n) vstore(s + r * BQ + n * VW, ninf);
+      continue;
+    }
+#pragma GCC unroll 4
+    for (int n = 0; n < NQ; ++n) {
+      vf x = acc[r][n];
+      if (BIAS) x += bias;
+      if (CAUSAL) {
+        const vi qi = iota + static_cast<int>(qi0 + n * VW);
+        x = static_cast<int>(kj0 + r) > qi ? ninf : x;
+      }
+      vstore(s + r * BQ + n * VW, x);
+      if (r < nkeys) cmax[n] = vmax(cmax[n], x);  // column max over this block's keys
+    }
+  }
+#pragma GCC unroll 4
+  for (int n = 0; n < NQ; ++n) vstore(mx + n * VW, cmax[n]);
+}
+
+// O[r][0:ND*VW] = O[r][...] * alpha[r] + sum_{j < jn} P^T[j][r] V[j][...], r < MR.
+template <int ND>
+FASTFT_FI void pv_tile(const float* p, const float* v, int64_t ldv, int jn, float* o, int ldo,
+                       const float* alpha) {
+  vf acc[MR][ND];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
+    const vf a = vset1(alpha[r]);
 #pragma GCC unroll 4
-    for (int n = 0; n < NV; ++n) {
-      vf x = acc[r][n] * scale + kbv[n];
-      if (causal) {
-        const vi kj = iota + static_cast<int>(kj0 + n * VW);
-        x = kj > static_cast<int>(qi0 + r) ? ninf : x;
-      }
-      if (r >= nrows) x = vf{};
-      vstore(s + r * lds + n * VW, x);
-    }
+    for (int n = 0; n < ND; ++n) acc[r][n] = vload(o + r * ldo + n * VW) * a;
   }
-}
-
-// O[r][0:nvd*VW] = O[r][...] * alpha[r] + sum_j P[r][j] V[j][...], j < jn.
-FASTFT_FI void pv_tile(const float* p, int ldp, const float* v, int64_t ldv, int jn,
-                       float* o, int ldo, const float* alpha, const int nvd) {
-  vf acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int n = 0; n < nvd; ++n) acc[r][n] = vload(o + r * ldo + n * VW) * alpha[r];
   for (int j = 0; j < jn; ++j) {
-    vf vv[NV];
+    vf vv[ND];
 #pragma GCC unroll 4
-    for (int n = 0; n < nvd; ++n) vv[n] = vload(v + j * ldv + n * VW);
+    for (int n = 0; n < ND; ++n) vv[n] = vload(v + j * ldv + n * VW);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const float pv = p[r * ldp + j];
+      const vf pr = vset1(p[j * BQ + r]);
 #pragma GCC unroll 4
-      for (int n = 0; n < nvd; ++n) acc[r][n] += pv * vv[n];
+      for (int n = 0; n < ND; ++n) acc[r][n] += pr * vv[n];
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int n = 0; n < nvd; ++n) vstore(o + r * ldo + n * VW, acc[r][n]);
+    for (int n = 0; n < ND; ++n) vstore(o + r * ldo + n * VW, acc[r][n]);
 }
 
-// Online-softmax step for one row of scores s[0:bw] (bw a multiple of VW): overwrite s with
-// P = exp(s - m_new), update m and l, and return alpha = exp(m_old - m_new).
-FASTFT_FI float softmax_row(float* s, int bw, float& m, float& l) {
-  vf mv = vset1(-__builtin_inff());
-  for (int t = 0; t < bw; t += VW) mv = vmax(mv, vload(s + t));
-  const float mb = hmax(mv);
-  const float m_new = mb > m ? mb : m;
-  if (m_new == -__builtin_inff()) {  // every key so far masked for this row
-    for (int t = 0; t < bw; t += VW) vstore(s + t, vf{});
-    return 1.f;
-  }
-  const float alpha = (m == -__builtin_inff()) ? 0.f : expf(m - m_new);
-  vf sum = vf{};
-  for (int t = 0; t < bw; t += VW) {
-    const vf pe = vexp(vload(s + t) - m_new);
-    vstore(s + t, pe);
-    sum += pe;
-  }
-  l = l * alpha + hsum(sum);
-  m = m_new;
-  return alpha;
-}
-
-// One work item: query block qb of (batch, head) bh.
-static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
-  const int64_t bh = item / P.nqb, qb = item % P.nqb;
-  const int64_t b = bh / P.H;
-  const int64_t D = P.D, Sk = P.Sk, Skp = P.Skp;
-  const float* kbase = P.k + bh * Sk * D;
-  const float* vbase = P.v + bh * Sk * D;
-  const bool pack_v = (D % VW) != 0;
-  const int64_t Dp = (D + VW - 1) / VW * VW;
-  if (ws.cached_bh != bh) {
-    pack_k(kbase, Sk, Skp, D, ws.kt);
-    if (pack_v) {
-      for (int64_t j = 0; j < Sk; ++j) {
-        for (int64_t d = 0; d < D; ++d) ws.vp[j * Dp + d] = vbase[j * D + d];
-        for (int64_t d = D; d < Dp; ++d) ws.vp[j * Dp + d] = 0.f;
-      }
+// Online-softmax step over key rows [0, jn) of S^T for query vectors [0, nqv), given the
+// block's column max mx: overwrite S^T with P = 2^(S - m_new), update m and l, write
+// alpha = 2^(m_old - m_new).
+static void softmax_block(float* S, int jn, int nqv, const float* mx, float* m, float* l,
+                          float* alpha) {
+  const vf ninf = vset1(-__builtin_inff());
+  for (int n = 0; n < nqv; ++n) {
+    float* col = S + n * VW;
+    const vf m_old = vload(m + n * VW);
+    const vf m_new = vmax(m_old, vload(mx + n * VW));
+    // rows that have seen only masked keys keep m = -inf and shift by 0
+    const vf shift = m_new == ninf ? vf{} : m_new;
+    const vf a = vexp2(m_old - shift);
+    vf s0 = vf{}, s1 = vf{};
+    int j = 0;
+    for (; j + 1 < jn; j += 2) {
+      const vf p0 = vexp2(vload(col + j * BQ) - shift);
+      const vf p1 = vexp2(vload(col + (j + 1) * BQ) - shift);
+      vstore(col + j * BQ, p0);
+      vstore(col + (j + 1) * BQ, p1);
+      s0 += p0;
+      s1 += p1;
     }
-    ws.cached_bh = bh;
+    if (j < jn) {
+      const vf p0 = vexp2(vload(col + j * BQ) - shift);
+      vstore(col + j * BQ, p0);
+      s0 += p0;
+    }
+    vstore(l + n * VW, vload(l + n * VW) * a + (s0 + s1));
+    vstore(m + n * VW, m_new);
+    vstore(alpha + n * VW, a);
   }
-  const float* vsrc = pack_v ? ws.vp : vbase;
-  const int64_t ldv = pack_v ? Dp : D;
+}
 
+template <bool BIAS, bool CAUSAL>
+FASTFT_FI void qk_block(const AttnParams& P, const float* kbase, const float* qt, const float* kb,
+                        int64_t j0, int jn, int64_t i0, int nqt, float* S, float* mx) {
+  const int64_t D = P.D;
+  for (int jt = 0; jt < jn; jt += KR) {
+    const float* kr[KR];
+#pragma GCC unroll 16
+    for (int r = 0; r < KR; ++r) {
+      const int64_t j = j0 + (jt + r < jn ? jt + r : jn - 1);  // rows past jn: computed, unused
+      kr[r] = kbase + j * P.k_tok;
+    }
+    const float* kbt = BIAS ? kb + j0 + jt : nullptr;
+    const int nkeys = jn - jt < KR ? jn - jt : KR;
+    for (int t = 0; t < nqt; ++t) {
+      const int64_t qi = i0 + t * QW;
+      if (CAUSAL && j0 + jt + KR - 1 > qi)
+        qk_tile<BIAS, true>(kr, qt + t * QW, D, kbt, j0 + jt, qi, nkeys, S + jt * BQ + t * QW,
+                            mx + t * QW);
+      else
+        qk_tile<BIAS, false>(kr, qt + t * QW, D, kbt, j0 + jt, qi, nkeys, S + jt * BQ + t * QW,
+                             mx + t * QW);
+    }
+  }
+}
+
+// One work item: query block qb of head h of sequence b.
+static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
+  int64_t b = 0;
+  {  // the sequence holding this item: item_off is nondecreasing
+    int64_t lo = 0, hi = P.B;
+    while (hi - lo > 1) {
+      const int64_t mid = (lo + hi) / 2;
+      if (P.item_off[mid] <= item) lo = mid; else hi = mid;
+    }
+    b = lo;
+  }
+  const int64_t Sq = P.q_len[b], Sk = P.k_len[b];
+  const int64_t nqb = (Sq + BQ - 1) / BQ;
+  const int64_t local = item - P.item_off[b];
+  const int64_t h = local / nqb, qb = local % nqb;
+  const int64_t D = P.D;
   const int64_t i0 = qb * BQ;
-  const int nrows = static_cast<int>(P.Sq - i0 < BQ ? P.Sq - i0 : BQ);
+  const int nrows = static_cast<int>(Sq - i0 < BQ ? Sq - i0 : BQ);
+  const float* qbase = P.q + (P.q_start[b] + i0) * P.q_tok + h * P.q_head;
+  float* obase = P.out + (P.q_start[b] + i0) * P.o_tok + h * P.o_head;
+  if (Sk == 0) {
+    for (int r = 0; r < nrows; ++r)
+      for (int64_t d = 0; d < D; ++d) obase[r * P.o_tok + d] = 0.f;
+    return;
+  }
   const int nrows_pad = (nrows + MR - 1) / MR * MR;
-  const float* qbase = P.q + (bh * P.Sq + i0) * D;
-  const float* kb = P.kb + b * Skp;
-  const uint8_t* blk_any = P.blk_any + b * P.nkb;
-  float* S = ws.s;
-  float* O = ws.o;
+  const int nqt = (nrows_pad + QW - 1) / QW;  // QK tiles across the block
+  const int nqv = nqt * (QW / VW);            // query vectors with scores (>= nrows_pad)
+  const int64_t Dp = (D + VW - 1) / VW * VW;
   const int ldo = static_cast<int>(Dp);
-  for (int r = 0; r < nrows_pad; ++r) {
+
+  // Qt[d][r] = q[r][d] * qscale, zero for padding rows
+  float* qt = ws.qt;
+  const int qcols = nqt * QW;
+  for (int r = 0; r < nrows; ++r) {
+    const float* src = qbase + r * P.q_tok;
+    for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = src[d] * P.qscale;
+  }
+  for (int r = nrows; r < qcols; ++r)
+    for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = 0.f;
+  for (int r = 0; r < nqv * VW; ++r) {
     ws.m[r] = -__builtin_inff();
     ws.l[r] = 0.f;
-    for (int64_t d = 0; d < Dp; ++d) O[r * ldo + d] = 0.f;
   }
-  int64_t kend = P.nkb;
-  if (P.causal) {
-    const int64_t last = (i0 + nrows - 1) / BK + 1;  // blocks holding keys <= last query
-    if (last < kend) kend = last;
-  }
-  const int nvd_full = static_cast<int>(Dp / VW) / NV;
-  const bool nvd_tail = (Dp / VW) % NV != 0;
-  for (int64_t kbk = 0; kbk < kend; ++kbk) {
-    if (!blk_any[kbk]) continue;
-    const int64_t j0 = kbk * BK;
-    const int bw = static_cast<int>(Skp - j0 < BK ? Skp - j0 : BK);
-    const int jn = static_cast<int>(Sk - j0 < bw ? Sk - j0 : bw);
-    // S = Q K^T * scale + bias (+ causal)
-    for (int r0 = 0; r0 < nrows_pad; r0 += MR) {
-      const int64_t qi = i0 + r0;
-      for (int t0 = 0; t0 < bw; t0 += KW) {
-        const int64_t kj = j0 + t0;
-        const bool causal_here = P.causal && (kj + KW - 1 > qi);
-        qk_tile(qbase + r0 * D, D, nrows - r0, ws.kt + (kj / KW) * D * KW, kb + kj, P.scale,
-                causal_here, qi, kj, S + r0 * BK + t0, BK);
-      }
+  float* O = ws.o;
+  for (int64_t x = 0; x < int64_t(nrows_pad) * Dp; ++x) O[x] = 0.f;
+
+  const float* kbase = P.k + P.k_start[b] * P.k_tok + h * P.k_head;
+  const float* vbase = P.v + P.k_start[b] * P.v_tok + h * P.v_head;
+  const float* kb = P.kb ? P.kb + b * P.kb_stride : nullptr;
+  const uint8_t* blk_any = P.blk_any ? P.blk_any + b * P.blk_stride : nullptr;
+  int64_t kend = Sk;
+  if (P.causal && i0 + nrows < kend) kend = i0 + nrows;  // keys <= the last query row
+  const bool pack_v = (D % VW) != 0;
+  const int nd_full = static_cast<int>(Dp / VW) / ND;
+  const int nd_tail = static_cast<int>(Dp / VW) % ND;
+  const int bk = P.bk;
+  float* S = ws.s;
+
+  for (int64_t j0 = 0; j0 < kend; j0 += bk) {
+    if (blk_any && !blk_any[j0 / bk]) continue;
+    const int jn = static_cast<int>(kend - j0 < bk ? kend - j0 : bk);
+    const bool causal_blk = P.causal && (j0 + jn - 1 > i0);
+    float* mx = ws.mx;
+    for (int r = 0; r < nqv * VW; ++r) mx[r] = -__builtin_inff();
+    if (kb) {
+      if (causal_blk) qk_block<true, true>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
+      else qk_block<true, false>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
+    } else {
+      if (causal_blk) qk_block<false, true>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
+      else qk_block<false, false>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
     }
-    // online softmax
-    for (int r = 0; r < nrows; ++r) ws.alpha[r] = softmax_row(S + r * BK, bw, ws.m[r], ws.l[r]);
-    for (int r = nrows; r < nrows_pad; ++r) ws.alpha[r] = 1.f;
-    // O = O * alpha + P V
+    softmax_block(S, jn, nqv, mx, ws.m, ws.l, ws.alpha);
+    const float* vsrc = vbase + j0 * P.v_tok;
+    int64_t ldv = P.v_tok;
+    if (pack_v) {
+      for (int j = 0; j < jn; ++j) {
+        for (int64_t d = 0; d < D; ++d) ws.vp[j * Dp + d] = vsrc[j * P.v_tok + d];
+        for (int64_t d = D; d < Dp; ++d) ws.vp[j * Dp + d] = 0.f;
+      }
+      vsrc = ws.vp;
+      ldv = Dp;
+    }
     for (int r0 = 0; r0 < nrows_pad; r0 += MR) {
       int64_t d0 = 0;
-      for (int c = 0; c < nvd_full; ++c, d0 += NV * VW)
-        pv_tile(S + r0 * BK, BK, vsrc + j0 * ldv + d0, ldv, jn, O + r0 * ldo + d0, ldo,
-                ws.alpha + r0, NV);
-      if (nvd_tail)
-        pv_tile(S + r0 * BK, BK, vsrc + j0 * ldv + d0, ldv, jn, O + r0 * ldo + d0, ldo,
-                ws.alpha + r0, 1);
+      for (int c = 0; c < nd_full; ++c, d0 += ND * VW)
+        pv_tile<ND>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      if (ND > 3 && nd_tail >= 3) {
+        pv_tile<3>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      } else if (ND > 2 && nd_tail == 2) {
+        pv_tile<2>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      } else if (nd_tail == 1) {
+        pv_tile<1>(S + r0, vsrc + d0, ldv, jn, O + r0 * ldo + d0, ldo, ws.alpha + r0);
+      }
     }
   }
-  float* out = P.out + (bh * P.Sq + i0) * D;
   for (int r = 0; r < nrows; ++r) {
     const float l = ws.l[r];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    for (int64_t d = 0; d < D; ++d) out[r * D + d] = O[r * ldo + d] * inv;
+    // m == -inf: every key of the row masked -> zeros (unless a NaN score made l NaN)
+    const float inv = (ws.m[r] == -__builtin_inff() && l == l) ? 0.f : 1.f / l;
+    float* dst = obase + r * P.o_tok;
+    for (int64_t d = 0; d < D; ++d) dst[d] = O[r * ldo + d] * inv;
   }
 }
 

@@ -29,6 +29,7 @@ _LAZY = {
     "export": "fastft.export:export",
     "fused_attention": "fastft.ops:fused_attention",
     "attention_ref": "fastft.ops:attention_ref",
+    "fused_attention_varlen": "fastft.ops:fused_attention_varlen",
     "swap_attention": "fastft.swap:swap_attention",
     "unswap_attention": "fastft.swap:unswap_attention",
     "compress": "fastft.compress:compress",

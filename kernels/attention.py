@@ -13,6 +13,9 @@ key/value sequence in ``BLOCK_N`` blocks, keeping a running row max ``m`` and ro
 * ``key_padding_mask`` (batch, seq_k) bool, True = attend. Per batch the first and last
   attended key bound the key loop, so leading/trailing padding costs nothing; a row
   with no attended key returns zeros, never NaN.
+* ``attention_varlen_fwd``: the same kernel over packed tokens (flash-attention's
+  ``cu_seqlens`` layout, plus ``seqused`` as flash-attention 3): program (m, h, b) reads
+  sequence b's rows from its offsets, and blocks past its length return at once.
 * ``causal``: top-left convention of ``torch.nn.functional.scaled_dot_product_attention``
   (query i attends keys j <= i, also when seq_q != seq_k). Key blocks past the diagonal
   are skipped; blocks left of it run without the causal mask.
@@ -38,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton
         f"the fused-attention op falls back to its other backends without it ({exc})"
     ) from exc
 
-__all__ = ["attention_fwd", "INTERPRET"]
+__all__ = ["attention_fwd", "attention_varlen_fwd", "INTERPRET"]
 
 
 def _interpret_mode() -> bool:
@@ -131,7 +134,7 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, kv_lo, kv_hi,
 
 
 def _attn_fwd_kernel(
-    Q, K, V, O, Mask, KvStart, KvEnd,
+    Q, K, V, O, Mask, KvStart, KvEnd, CuQ, CuK, UsedQ, UsedK,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -142,10 +145,34 @@ def _attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    VARLEN: tl.constexpr = False, USED_Q: tl.constexpr = False, USED_K: tl.constexpr = False,
 ):
     start_m = tl.program_id(0)
     off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
+
+    if VARLEN:  # packed tokens: sequence off_b is rows [cu[b], cu[b] + len) of q / k / v / out
+        q_start = tl.load(CuQ + off_b).to(tl.int64)
+        k_start = tl.load(CuK + off_b).to(tl.int64)
+        if USED_Q:
+            seq_q = tl.load(UsedQ + off_b)
+        else:
+            seq_q = tl.load(CuQ + off_b + 1) - tl.load(CuQ + off_b)
+        if USED_K:
+            seq_k = tl.load(UsedK + off_b)
+        else:
+            seq_k = tl.load(CuK + off_b + 1) - tl.load(CuK + off_b)
+        q_off = q_start * stride_qm
+        o_off = q_start * stride_om
+        k_off = k_start * stride_kn
+        v_off = k_start * stride_vn
+    else:
+        q_off = off_b * stride_qb
+        o_off = off_b * stride_ob
+        k_off = off_b * stride_kb
+        v_off = off_b * stride_vb
+    if start_m * BLOCK_M >= seq_q:  # (varlen) a block past this sequence's queries
+        return
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -153,13 +180,13 @@ def _attn_fwd_kernel(
     m_ok = offs_m < seq_q
     d_ok = offs_d < head_dim
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q_ptrs = Q + q_off + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     if EVEN_D:
         q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
     else:
         q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = K + off_b * stride_kb + off_h * stride_kh
-    v_base = V + off_b * stride_vb + off_h * stride_vh
+    k_base = K + k_off + off_h * stride_kh
+    v_base = V + v_off + off_h * stride_vh
     mask_base = Mask + off_b * stride_mb
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -192,10 +219,10 @@ def _attn_fwd_kernel(
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
                                     False, not EVEN_N, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
 
-    if HAS_MASK:
-        l_i = tl.where(l_i == 0.0, 1.0, l_i)  # fully masked row: acc == 0 -> output 0
+    if HAS_MASK or VARLEN:  # fully masked row / (varlen) a sequence without keys: acc == 0 -> 0
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
-    o_ptrs = O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    o_ptrs = O + o_off + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     if EVEN_D:
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None])
     else:
@@ -235,8 +262,8 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 def _even(args):
-    return {
-        "EVEN_N": args["seq_k"] % args["BLOCK_N"] == 0,
+    return {  # varlen: seq_k is the longest sequence, the others need the bounds checks
+        "EVEN_N": args["seq_k"] % args["BLOCK_N"] == 0 and not args.get("VARLEN", False),
         "EVEN_D": args["head_dim"] == args["BLOCK_D"],
     }
 
@@ -253,7 +280,7 @@ if INTERPRET:
 else:
     _attn_fwd_tuned = triton.autotune(
         configs=_gpu_configs(),
-        key=["seq_q_bucket", "seq_k_bucket", "head_dim", "IS_CAUSAL", "HAS_MASK", "INPUT_PRECISION"],
+        key=["seq_q_bucket", "seq_k_bucket", "head_dim", "IS_CAUSAL", "HAS_MASK", "INPUT_PRECISION", "VARLEN"],
         prune_configs_by={"early_config_prune": _prune_configs},
     )(_heuristics(triton.jit(_attn_fwd_kernel)))
 
@@ -340,7 +367,7 @@ def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
     input_precision = "ieee" if (q.dtype == torch.float32 and not (allow_tf32 and not INTERPRET)) else None
     block_d = max(16, triton.next_power_of_2(head_dim))
     args = (
-        q, k, v, out, mask_u8, kv_start, kv_end,
+        q, k, v, out, mask_u8, kv_start, kv_end, q, q, q, q,  # (no cu_seqlens: never read)
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         stride_mb, stride_mn,
         seq_q, seq_k, head_dim, qk_scale,
@@ -362,5 +389,75 @@ def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
     else:
         def grid(meta_):
             return (triton.cdiv(seq_q, meta_["BLOCK_M"]), heads, batch)
+        _attn_fwd_tuned[grid](*args, **meta)
+    return out
+
+
+def attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
+                         scale=None, seqused_q=None, seqused_k=None, *, allow_tf32=False, block_m=None,
+                         block_n=None):
+    """Variable-length (padding-free) attention over packed tokens, flash-attention's layout.
+
+    q: (total_q, heads, head_dim); k, v: (total_k, heads, head_dim), any token/head strides;
+    cu_seqlens_q/k: int32 (batch + 1), sequence b is rows [cu[b], cu[b+1]); seqused_q/k:
+    int32 (batch) or None, only the first seqused[b] rows of sequence b are used;
+    max_seqlen_q/k: the longest (used) sequence (the grid). causal: top-left per sequence.
+    Returns (total_q, heads, head_dim) in q.dtype; rows outside every used range are 0.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"attention_varlen_fwd: {name} must be a 3-D tensor (total, heads, head_dim), "
+                             f"got {getattr(t, 'shape', type(t))}")
+    # the checks of the padded kernel, on (1, heads, total, head_dim) views
+    _check(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], None)
+    for name, t, n in (("cu_seqlens_q", cu_seqlens_q, None), ("cu_seqlens_k", cu_seqlens_k, None),
+                       ("seqused_q", seqused_q, cu_seqlens_q.numel() - 1),
+                       ("seqused_k", seqused_k, cu_seqlens_q.numel() - 1)):
+        if t is None and name.startswith("seqused"):
+            continue
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.int32 or t.device != q.device:
+            raise ValueError(f"attention_varlen_fwd: {name} must be a 1-D int32 tensor on {q.device}")
+        if n is not None and t.numel() != n:
+            raise ValueError(f"attention_varlen_fwd: {name} must have {n} entries, got {t.numel()}")
+    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError("attention_varlen_fwd: cu_seqlens_q and cu_seqlens_k must have batch + 1 entries each")
+    total_q, heads, head_dim = q.shape
+    batch = cu_seqlens_q.numel() - 1
+    out = torch.zeros((total_q, heads, head_dim), dtype=q.dtype, device=q.device)
+    if out.numel() == 0 or batch == 0 or max_seqlen_q <= 0:
+        return out
+    if scale is None:
+        scale = head_dim ** -0.5
+    qk_scale = float(scale) * math.log2(math.e)
+    input_precision = "ieee" if (q.dtype == torch.float32 and not (allow_tf32 and not INTERPRET)) else None
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    cu_q, cu_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
+    used_q = seqused_q.contiguous() if seqused_q is not None else cu_q
+    used_k = seqused_k.contiguous() if seqused_k is not None else cu_k
+    args = (
+        q, k, v, out, q, q, q, cu_q, cu_k, used_q, used_k,  # (no key mask: never read)
+        0, q.stride(1), q.stride(0), q.stride(2),
+        0, k.stride(1), k.stride(0), k.stride(2),
+        0, v.stride(1), v.stride(0), v.stride(2),
+        0, out.stride(1), out.stride(0), out.stride(2),
+        0, 0,
+        int(max_seqlen_q), max(int(max_seqlen_k), 1), head_dim, qk_scale,
+        _bucket(int(max_seqlen_q)), _bucket(int(max_seqlen_k)),
+    )
+    meta = dict(IS_CAUSAL=bool(causal), HAS_MASK=False, INPUT_PRECISION=input_precision, BLOCK_D=block_d,
+                UPCAST_DOT=INTERPRET and q.dtype == torch.bfloat16, VARLEN=True,
+                USED_Q=seqused_q is not None, USED_K=seqused_k is not None)
+    if INTERPRET or block_m is not None or block_n is not None:
+        bm = block_m or _INTERPRET_BLOCK_M
+        bn = block_n or _INTERPRET_BLOCK_N
+        for name, b in (("block_m", bm), ("block_n", bn)):
+            if b < 16 or b & (b - 1):
+                raise ValueError(f"attention_varlen_fwd: {name} must be a power of two >= 16, got {b}")
+        grid = (triton.cdiv(int(max_seqlen_q), bm), heads, batch)
+        kw = {} if INTERPRET else {"num_warps": 4 if bm <= 64 else 8, "num_stages": 2}
+        _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
+    else:
+        def grid(meta_):
+            return (triton.cdiv(int(max_seqlen_q), meta_["BLOCK_M"]), heads, batch)
         _attn_fwd_tuned[grid](*args, **meta)
     return out

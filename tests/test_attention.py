@@ -132,6 +132,28 @@ def test_every_simd_path(isa, monkeypatch):
         check_against_ref(*case, torch.float32)
 
 
+@pytest.mark.parametrize("block_k", [8, 64, 256])
+def test_cpp_key_block_sizes(block_k):
+    """The C++ kernel's key block (block_k: the unit of online-softmax steps and of masked-block
+    skipping) changes rounding only: odd shapes, masks and causal against the reference."""
+    c = native._C
+    if c is None:
+        pytest.skip("C++ extension not built")
+    gen = torch.Generator().manual_seed(block_k)
+    for b, h, sq, sk, d, kind, causal in [(2, 3, 129, 113, 64, "prefix_empty", True),
+                                          (1, 2, 7, 300, 5, "arbitrary", False)]:
+        q, k, v = make_qkv(b, h, sq, sk, d, torch.float32, gen)
+        mask = make_mask(kind, b, sk, gen)
+        out = torch.empty_like(q)
+        c.attention_fwd_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), mask.data_ptr(), 0, out.data_ptr(), b, h,
+                            sq, sk, d, causal, d ** -0.5, 2, "auto", block_k)
+        ref = attention_ref(q.double(), k.double(), v.double(), mask, causal)
+        assert_close(out, ref, *FP32_TOL, what=f"block_k={block_k} sq={sq} sk={sk} d={d} {kind} causal={causal}")
+    with pytest.raises(ValueError, match="block_k"):
+        c.attention_fwd_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), 0, 0, out.data_ptr(), b, h, sq, sk, d,
+                            False, 1.0, 1, "auto", 12)
+
+
 def test_thread_count_does_not_change_result():
     gen = torch.Generator().manual_seed(3)
     q, k, v = make_qkv(2, 5, 200, 150, 64, torch.float32, gen)
@@ -211,6 +233,51 @@ def test_fully_masked_rows_are_zero():
         assert (out[0, :, 3:] != 0).any()
     bias = torch.full((2, 1, 1, 9), float("-inf"))
     assert (fused_attention(q, k, v, bias) == 0).all()
+
+
+def test_nan_in_q_contract():
+    """One NaN in q: output row i is NaN (IEEE propagation, the reference's semantics) on the
+    C++ kernel (every SIMD path here), the reference and the varlen form; every other row is
+    finite and unchanged; a row whose every key is masked stays zeros. (torch SDPA's CPU flash
+    kernel returns zeros for that row without a mask and NaN with one: no contract to copy.)"""
+    from fastft.ops import attention_varlen_ref, fused_attention_varlen
+
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = make_qkv(2, 3, 70, 70, 32, torch.float32, gen)
+    clean = q.clone()
+    q[0, 1, 5, 7] = float("nan")
+    q[1, 2, 69, 0] = float("nan")
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[0, 60:] = False
+    nan_rows = torch.zeros(2, 3, 70, dtype=torch.bool)
+    nan_rows[0, 1, 5] = nan_rows[1, 2, 69] = True
+    for isa in [None] + _isas():
+        import os
+
+        old = os.environ.pop("FASTFT_ATTN_ISA", None)
+        if isa:
+            os.environ["FASTFT_ATTN_ISA"] = isa
+        try:
+            for m, causal in ((None, False), (mask, True)):
+                what = f"{cpu_backend()} mask={m is not None} causal={causal}"
+                got, ref = fused_attention(q, k, v, m, causal), attention_ref(q, k, v, m, causal)
+                for out in (got, ref):
+                    assert torch.equal(out.isnan().all(-1), nan_rows), f"{what}: NaN rows differ"
+                    assert int(out.isnan().sum()) == 2 * 32, f"{what}: NaN leaked into other rows"
+                want = fused_attention(clean, k, v, m, causal)
+                assert torch.equal(got[~nan_rows], want[~nan_rows]), f"{what}: other rows changed"
+            dead = mask.clone()
+            dead[0] = False  # batch row 0 attends nothing: zeros, NaN in q or not
+            for out in (fused_attention(q, k, v, dead), attention_ref(q, k, v, dead)):
+                assert (out[0] == 0).all() and out[1, 2, 69].isnan().all()
+            cu = torch.tensor([0, 70, 140], dtype=torch.int32)
+            flat = [t.transpose(1, 2).reshape(140, 3, 32) for t in (q, k, v)]
+            for out in (fused_attention_varlen(*flat, cu, cu, 70, 70), attention_varlen_ref(*flat, cu, cu, 70, 70)):
+                assert torch.equal(out.isnan().all(-1), nan_rows.transpose(1, 2).reshape(140, 3))
+        finally:
+            os.environ.pop("FASTFT_ATTN_ISA", None)
+            if old is not None:
+                os.environ["FASTFT_ATTN_ISA"] = old
 
 
 def test_empty_sequences():

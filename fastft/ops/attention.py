@@ -17,6 +17,15 @@ default, and:
   keys ``j <= i``, also when ``seq_q != seq_k`` (flash-attention aligns bottom-right
   instead; we follow SDPA so the reference matches ``scaled_dot_product_attention``).
 * A query row whose every key is masked (score ``-inf``) returns zeros, never NaN.
+* NaN propagates as in IEEE math (the reference's semantics), on every backend: a NaN in
+  ``q`` row i (or any NaN score of row i against an attended key) makes output row i NaN;
+  other rows are unaffected, and a row whose every key is masked stays zeros. A masked key
+  is ignored even where its score is NaN (a bool-masked key, or an additive ``-inf``).
+  (torch SDPA has no single contract here: its CPU flash kernel returns zeros for such a
+  row without a mask and NaN with one; its math kernel returns NaN. Measured, torch 2.13.)
+
+The variable-length (padding-free) form, flash-attention's packed-tokens layout, is
+:func:`fastft.ops.fused_attention_varlen` (``fastft/ops/attention_varlen.py``).
 
 Backends (one custom op ``fastft::fused_attention``, registered per device, with a fake
 implementation for torch.compile / torch.export):
@@ -109,8 +118,9 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Te
     if mask is not None:
         if mask.dtype == torch.bool:
             s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
-        else:
-            s = s + mask.to(ct)[:, None, None, :]
+        else:  # an additive -inf masks the key even where the score is NaN, as the kernels do
+            add = mask.to(ct)[:, None, None, :]
+            s = (s + add).masked_fill(add == float("-inf"), float("-inf"))
     if causal:
         keep = torch.ones(seq_q, seq_k, dtype=torch.bool, device=q.device).tril()
         s = s.masked_fill(~keep, float("-inf"))

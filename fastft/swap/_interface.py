@@ -16,6 +16,10 @@ mask whose query dimension is 1, ``(batch, 1, 1, seq_k)`` (bool, or additive flo
 ``eager_mask``'s 0 / finfo.min). A mask that varies per query row (causal, a user-given
 4-D mask) is not a key padding mask: that call falls back to torch SDPA.
 
+Eval mode with right padding: the padded query rows are skipped (``fastft.swap._varlen``,
+through ``fastft.ops.fused_attention_varlen``); their attention output is zeros, every
+position with mask 1 is unchanged.
+
 Training: the op is an inference kernel without attention dropout. A module in training
 mode with attention dropout > 0 falls back to torch SDPA with that dropout, so a swapped
 model still trains exactly like the original; with dropout 0 the op is used (its backward
@@ -29,6 +33,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from fastft.swap._varlen import padded_rows_skipped
 
 IMPL_NAME = "fastft"
 
@@ -75,6 +81,9 @@ def fastft_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor
     if (module.training and dropout > 0.0) or not ok:
         out = _sdpa_fallback(query, key, value, attention_mask, scaling, dropout if module.training else 0.0)
     else:
+        packed = padded_rows_skipped(module, query, key, value, kpm, scaling)  # eval, right padding
+        if packed is not None:
+            return packed, None
         out = ops.fused_attention(query, key, value, key_padding_mask=kpm, causal=False, scale=float(scaling))
     return out.transpose(1, 2), None
 
