@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,12 @@ def reference(serve_dir):
     import fastft
 
     pred = fastft.load(serve_dir, threads=1)
-    return lambda texts: pred.predict_proba(texts)
+
+    def ref(texts):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the long-text test truncates on purpose
+            return pred.predict_proba(texts)
+    return ref
 
 
 class Running:
@@ -409,7 +415,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
             assert time.monotonic() < deadline, "server never turned ready"
             time.sleep(0.05)
         long = "brilliant acting and a great story, i loved every minute of it " * 12
-        reqs = [[long] * 256 for _ in range(12)]
+        reqs = [[long] * 64 for _ in range(8)]
         answered = []
 
         async def go():
@@ -436,7 +442,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
             proc.kill()
     assert before < len(reqs), "every request finished before SIGTERM: the test did not test draining"
     assert [r.status_code for r in responses] == [200] * len(reqs)
-    assert all(len(r.json()["predictions"]) == 256 for r in responses)
+    assert all(len(r.json()["predictions"]) == 64 for r in responses)
     assert rc == 0, err
     assert "draining" in err
     with pytest.raises(httpx.ConnectError):
@@ -470,24 +476,22 @@ def test_import_floor_serving_never_loads_training(serve_dir):
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_cli_serve_help_and_mistakes(tmp_path, serve_dir):
+def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
     from fastft.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--help"])
-    assert exc.value.code == 0
+    assert exc.value.code == 0 and "--max-batch-tokens" in capsys.readouterr().out
     for argv, msg in [([str(tmp_path / "missing")], "does not exist"),
                       ([str(tmp_path)], "no config.json"),
                       ([str(serve_dir), "--max-batch-tokens", "0"], "--max-batch-tokens must be a positive"),
+                      ([str(serve_dir), "--precision", "int8"], "no model_int8.onnx"),
                       ([str(serve_dir), "--replicas", "2"], "need --ray")]:
-        out = subprocess.run([sys.executable, "-m", "fastft", "serve", *argv], capture_output=True, text=True,
-                             timeout=60)
-        assert out.returncode == 2 and out.stderr.startswith("fastft: error:") and msg in out.stderr, out.stderr
-        assert "Traceback" not in out.stderr
+        assert main(["serve", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastft: error:") and msg in err and len(err.strip().splitlines()) == 1, err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port)],
-                             capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "is in use" in out.stderr, out.stderr
+        assert main(["serve", str(serve_dir), "--port", str(busy.getsockname()[1])]) == 2
+    assert "is in use" in capsys.readouterr().err

@@ -90,7 +90,15 @@ class RayEngine:
         self.draining = True
 
     def info(self) -> dict:
+        from ray import serve
+
+        try:
+            ctx = serve.get_replica_context()
+            replica = getattr(getattr(ctx, "replica_id", None), "unique_id", None) or getattr(ctx, "replica_tag", None)
+        except Exception:  # noqa: BLE001 - outside a replica
+            replica = None
         return {"model": self.name, "path": str(self.predictor.path), "labels": self.labels, "engine": "ray-serve",
+                "replica": replica,
                 "runtime": self.predictor.info(), "config": self.config.to_dict(),
                 "cost_model": self.batcher.cost.info(), "warm_up_seconds": self.warm_up_seconds}
 
