@@ -417,6 +417,9 @@ def main() -> int:
     ap.add_argument("--soak-s", type=float, default=600.0, help="soak seconds at 70%% of fastft's peak (0: none) [600]")
     ap.add_argument("--timeout-s", type=float, default=10.0, help="client timeout per request [10]")
     ap.add_argument("--fastft-args", default="", help="extra arguments for fastft serve (quoted)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="also run fastft serve with these arguments as server fastft-NAME (repeatable), "
+                         "e.g. w2t1='--workers 2 --threads 1'")
     ap.add_argument("--result", default=None, help="[bench/results/serve_<model dir name>.json]")
     ap.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -428,6 +431,11 @@ def main() -> int:
     if not (Path(model_dir) / "config.json").is_file():
         sys.exit(f"bench_serve: {args.model} is not a model directory")
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    variants = {}
+    for v in args.variant:
+        key, _, extra = v.partition("=")
+        variants[f"fastft-{key}"] = shlex.split(extra)
+        SERVERS[f"fastft-{key}"] = f"fastft serve DIR {extra}"
     bad = [n for n in names if n not in SERVERS]
     if bad:
         sys.exit(f"bench_serve: unknown server(s) {bad}; choose from {list(SERVERS)}")
@@ -463,6 +471,8 @@ def main() -> int:
     load = Load(bodies, args.timeout_s)
     fastft_args = shlex.split(args.fastft_args)
     servers = {n: Server(n, server_argv(n, model_dir, free_port(), fastft_args), env, log_dir) for n in names}
+    for n, extra in variants.items():
+        servers[n] = Server(n, server_argv("fastft", model_dir, free_port(), [*fastft_args, *extra]), env, log_dir)
     rows: list[dict] = []
     soak = None
     idle_rss: dict = {}
@@ -544,6 +554,7 @@ def main() -> int:
                   "chars_p90": int(np.percentile([len(t) for t in texts], 90))},
         "settings": {"phase_s": args.phase_s, "timeout_s": args.timeout_s, "concurrency": list(CONCURRENCY),
                      "open_fractions_of_own_peak": list(OPEN_FRACTIONS), "fastft_args": args.fastft_args,
+                     "variants": args.variant,
                      "env": {k: env[k] for k in ("OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM")}},
         "servers": {n: {"description": SERVERS[n], "argv": [Path(a).name if a == sys.executable else a
                                                              for a in s.argv],

@@ -403,7 +403,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.Popen([sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port),
-                             "--name", NAME, "--threads", "1", "--max-texts", "256"],
+                             "--name", NAME, "--threads", "1", "--max-texts", "256", "--json-logs"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60
@@ -444,7 +444,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
     assert [r.status_code for r in responses] == [200] * len(reqs)
     assert all(len(r.json()["predictions"]) == 64 for r in responses)
     assert rc == 0, err
-    assert "draining" in err
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]  # --json-logs: one object a line
+    messages = [d["message"] for d in logs]
+    assert any("draining" in m for m in messages) and any(m.startswith("ready:") for m in messages), err
+    assert all({"ts", "level", "logger", "message"} <= set(d) for d in logs)
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/v2/health/live")
 
