@@ -219,7 +219,7 @@ def server_argv(name: str, model_dir: str, port: int, fastft_args: list[str]) ->
         return [py, str(ROOT / "bench" / "serve_baselines.py"), name, model_dir, "--port", str(port)]
     if name == "ray":
         return [py, "-m", "fastft", "serve", model_dir, "--ray", "--replicas", "2", "--port", str(port),
-                "--name", "m"]
+                "--name", "m", *fastft_args]
     raise ValueError(name)
 
 
@@ -379,6 +379,31 @@ def target_rows(rows: list[dict], inproc: list[dict], soak: dict | None) -> list
     return out
 
 
+def format_table(payload: dict) -> str:
+    """Markdown: per server, closed loop at concurrency 1 and 64, open loop at 70% of its own peak."""
+    def row(server, mode, **kw):
+        for r in payload["runs"]:
+            if r["server"] == server and r["mode"] == mode and all(r.get(k) == v for k, v in kw.items()):
+                return r
+        return None
+
+    lines = ["| server | c=1 p50 / p99 ms | c=64 req/s | c=64 p50 / p90 / p99 ms | open 70%: req/s, p99 ms | "
+             "errors | RSS MB | padding eff. |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in payload["servers"]:
+        c1, c64, o70 = row(name, "closed", concurrency=1), row(name, "closed", concurrency=64), \
+            row(name, "open", fraction=0.7)
+        errors = sum(r["errors"] + r.get("lost", 0) for r in payload["runs"] if r["server"] == name)
+        eff = [r["padding_efficiency"] for r in payload["runs"] if r["server"] == name and "padding_efficiency" in r]
+        lines.append(
+            f"| {name} | {c1['p50_ms'] if c1 else '-'} / {c1['p99_ms'] if c1 else '-'} "
+            f"| {c64['throughput_rps'] if c64 else '-'} "
+            f"| {c64['p50_ms'] if c64 else '-'} / {c64['p90_ms'] if c64 else '-'} / {c64['p99_ms'] if c64 else '-'} "
+            f"| {o70['throughput_rps'] if o70 else '-'}, {o70['p99_ms'] if o70 else '-'} | {errors} "
+            f"| {max((r['server_rss_mb'] or 0) for r in payload['runs'] if r['server'] == name) or '-'} "
+            f"| {min(eff) if eff else '-'}–{max(eff) if eff else '-'} |")
+    return "\n".join(lines)
+
+
 def plot(payload: dict, path: Path) -> None:
     import matplotlib
 
@@ -422,7 +447,12 @@ def main() -> int:
                          "e.g. w2t1='--workers 2 --threads 1'")
     ap.add_argument("--result", default=None, help="[bench/results/serve_<model dir name>.json]")
     ap.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--table", action="store_true", help="print the markdown table of an existing result file (MODEL: "
+                                                          "the result file) and exit")
     args = ap.parse_args()
+    if args.table:
+        print(format_table(json.loads(Path(args.model).read_text())))
+        return 0
     if args.inprocess:
         inprocess_main(args.model, args.inprocess_s)
         return 0
@@ -497,9 +527,12 @@ def main() -> int:
             asyncio.run(load.closed(s.url, 4, 1.5))
 
         def phase(server: Server, coro_fn, extra: dict) -> dict:
-            before = scrape(server.url)
+            # batching counters: fastft only (Ray's /metrics is whichever replica answers, not the deployment)
+            counted = server.name.startswith("fastft")
+            before = scrape(server.url) if counted else {}
             row = asyncio.run(coro_fn())
-            row = {"server": server.name, **extra, **row, **batching_delta(before, scrape(server.url)),
+            row = {"server": server.name, **extra, **row,
+                   **(batching_delta(before, scrape(server.url)) if counted else {}),
                    "server_rss_mb": server.rss_mb(), "loadavg_1m": round(os.getloadavg()[0], 2)}
             rows.append(row)
             say(f"{server.name:15s} {row['mode']:6s} {extra} {row['throughput_rps']:8.1f} rps  p50 {row['p50_ms']} "
@@ -569,6 +602,7 @@ def main() -> int:
     result.write_text(json.dumps(payload, indent=1))
     plot(payload, result.with_suffix(".png"))
     say(f"wrote {result} and {result.with_suffix('.png')}")
+    print(format_table(payload))
     for t in payload["targets"]:
         say(f"  {'MET ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
     return 0

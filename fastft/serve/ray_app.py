@@ -136,11 +136,31 @@ def deployment(model_dir, config: ServeConfig | None = None, replicas: int = 1, 
 
 
 def build(args: dict):
-    """Entry point for ``serve run fastft.serve.ray_app:build model_dir=... replicas=2``."""
+    """Entry point for ``serve run fastft.serve.ray_app:build model_dir=DIR replicas=2 [field=value ...]``.
+
+    ``args`` come from the command line or a Serve config file's ``args:`` as strings; each is
+    converted to the type of its :class:`ServeConfig` field.
+    """
     args = dict(args)
+    if "model_dir" not in args:
+        raise FastftError("fastft.serve.ray_app:build needs model_dir=DIR")
     model_dir = args.pop("model_dir")
     replicas = int(args.pop("replicas", 1))
-    return deployment(model_dir, ServeConfig(**args), replicas=replicas)
+    fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    config = {}
+    for key, value in args.items():
+        if key not in fields:
+            raise FastftError(f"unknown option {key}={value!r}; ServeConfig fields: {', '.join(fields)}")
+        default = fields[key].default
+        if isinstance(value, str):
+            if isinstance(default, bool):
+                value = value.lower() in ("1", "true", "yes", "on")
+            elif key in ("threads",) or isinstance(default, int):
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+        config[key] = value
+    return deployment(model_dir, ServeConfig(**config), replicas=replicas)
 
 
 def run_ray(model_dir, config: ServeConfig, replicas: int = 1, address: str | None = None) -> int:
