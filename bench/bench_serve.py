@@ -478,8 +478,9 @@ def main() -> int:
 
     result = Path(args.result or ROOT / "bench" / "results" / f"serve_{Path(model_dir).name}.json")
     result.parent.mkdir(parents=True, exist_ok=True)
-    log_dir = result.parent / "logs"
-    log_dir.mkdir(exist_ok=True)
+    import tempfile
+
+    log_dir = Path(tempfile.mkdtemp(prefix="bench_serve_logs_"))  # server logs: not part of the result
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
     load_start = list(os.getloadavg())
     t_start = time.time()
@@ -488,7 +489,7 @@ def main() -> int:
         print(f"[{time.time() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
     # 1. the in-process ceiling, alone
-    say("in-process ceiling")
+    say(f"in-process ceiling (server logs in {log_dir})")
     out = subprocess.run([sys.executable, __file__, model_dir, "--inprocess", "--inprocess-s", str(args.inprocess_s)],
                          env=env, capture_output=True, text=True, check=True)
     inproc = json.loads(out.stdout.strip().splitlines()[-1])
@@ -521,7 +522,8 @@ def main() -> int:
 
                 with urllib.request.urlopen(s.url + "/", timeout=10) as r:
                     info = json.loads(r.read())
-                server_info[n] = {"cost_model": info.get("cost_model"), "runtime": info.get("runtime"),
+                runtime = {k: v for k, v in (info.get("runtime") or {}).items() if k != "path"}
+                server_info[n] = {"cost_model": info.get("cost_model"), "runtime": runtime,
                                   "warm_up_seconds": info.get("warm_up_seconds")}
         for s in servers.values():  # warm every path (connections, allocator, per-shape ORT state)
             asyncio.run(load.closed(s.url, 4, 1.5))
@@ -589,8 +591,10 @@ def main() -> int:
                      "open_fractions_of_own_peak": list(OPEN_FRACTIONS), "fastft_args": args.fastft_args,
                      "variants": args.variant,
                      "env": {k: env[k] for k in ("OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM")}},
-        "servers": {n: {"description": SERVERS[n], "argv": [Path(a).name if a == sys.executable else a
-                                                             for a in s.argv],
+        "servers": {n: {"description": SERVERS[n],
+                        "argv": ["python" if a == sys.executable else args.model if a == model_dir
+                                 else str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a
+                                 for a in s.argv],
                         "ready_after_s": s.started_s, "idle_rss_mb": idle_rss.get(n),
                         "exit_code_after_sigterm": exit_codes.get(n), **server_info.get(n, {})}
                     for n, s in servers.items()},

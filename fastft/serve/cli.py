@@ -46,7 +46,7 @@ def register(sub) -> None:
                    help="model_int8.onnx or model.onnx [the default recorded in fastft.json]")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                    help="merge concurrent requests into one call [on]")
-    p.add_argument("--json-logs", action="store_true", help="log one JSON object per line")
+    p.add_argument("--json-logs", action="store_true", help="log one JSON object per line (--json does the same)")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (fastft[ray])")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray) [1]")
     p.add_argument("--ray-address", default=None,
@@ -68,7 +68,7 @@ def _serve(args) -> int:
                          max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_texts=args.max_texts, max_body_bytes=args.max_body_kb * 1024, threads=args.threads,
                          workers=args.workers, precision=args.precision, batching=args.batching,
-                         json_logs=args.json_logs).check()
+                         json_logs=args.json_logs or args.json).check()
     _check_dir(args.model)
     if args.ray:
         from fastft.serve.ray_app import run_ray
