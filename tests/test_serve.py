@@ -7,6 +7,7 @@ The tiny random BERT is exported to ONNX once; answers are checked against
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -464,6 +465,23 @@ def test_cost_model_merges_only_where_it_pays():
     assert no_gain.plan(np.array([20, 10])) == [(0, 1), (1, 2)]  # padding 10 to 20 buys nothing
     budget = CostModel(100 + n * w, 64, 40, "test")  # token budget: 40 padded tokens per call
     assert all((e - s) * 10 <= 40 for s, e in budget.plan(np.full(10, 10)))
+
+
+def test_cost_model_measures_and_shrugs_off_a_busy_moment():
+    from fastft.serve.cost import CostModel
+
+    seen = collections.Counter()
+
+    def run(n, w):  # 1 ms per call + 0.1 ms per padded token; the first sight of (4, 32) is disturbed
+        seen[(n, w)] += 1
+        return 1e-3 + 1e-4 * n * w + (5.0 if (n, w) == (4, 32) and seen[(n, w)] == 1 else 0.0)
+
+    cost = CostModel.measure(run, max_batch_size=16, max_length=64, max_batch_tokens=512)
+    assert cost.source == "measured" and max(seen.values()) == 3  # three sweeps
+    assert not any(n * w > 512 and n > 1 for n, w in seen)  # never beyond the token budget
+    assert cost.table[4, 32] == pytest.approx(1e-3 + 1e-4 * 128)  # the fastest of its sweeps
+    assert cost.plan(np.array([12, 12, 11, 10])) == [(0, 4)]  # the 1 ms call overhead makes merging pay
+    assert cost.plan(np.array([64, 8])) == [(0, 1), (1, 2)]  # padding 8 to 64 costs more than a call
 
 
 def test_import_floor_serving_never_loads_training(serve_dir):

@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=64, help="texts per ONNX Runtime call [64]")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="wait this long for more requests after the first (0: merge what is queued) [0]")
-    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting; beyond: 503 + Retry-After [1024]")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a worker; beyond: 503 + Retry-After (shed load, keep the tail short) [256]")
     p.add_argument("--max-texts", type=int, default=256, help="texts per request; beyond: 413 [256]")
     p.add_argument("--max-body-kb", type=int, default=4096, help="request body size limit; beyond: 413 [4096]")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker [cores / workers]")

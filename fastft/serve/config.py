@@ -33,7 +33,7 @@ class ServeConfig:
     max_batch_tokens: int = 8192
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
-    max_queue: int = 1024  # requests waiting for a worker; beyond it: 503 + Retry-After
+    max_queue: int = 256  # requests waiting for a worker; beyond it: 503 + Retry-After
     max_texts: int = 256  # texts in one request; beyond it: 413
     max_body_bytes: int = 4 << 20  # request body; beyond it: 413
     threads: int | None = None  # intra-op threads per worker [physical cores // workers]

@@ -39,19 +39,30 @@ class CostModel:
         return cls(overhead_tokens + n * w, max_batch_size, max_batch_tokens, "padding-rule")
 
     @classmethod
-    def measure(cls, run, max_batch_size: int, max_length: int, max_batch_tokens: int, budget_s: float = 15.0):
-        """Time ``run(n, w)`` (one call, seconds) on a grid; the fastest of up to 5 runs (1 for long calls)."""
+    def measure(cls, run, max_batch_size: int, max_length: int, max_batch_tokens: int, budget_s: float = 15.0,
+                passes: int = 3, seed: int = 0):
+        """Time ``run(n, w)`` (one call, seconds) on a grid of batch sizes x lengths.
+
+        ``passes`` sweeps over the grid, each in a new random order, keeping each point's
+        fastest time: load from other processes only ever adds time, and shuffling keeps a busy
+        moment from inflating one whole row or column of the table. The first sweep always
+        completes; later ones stop at ``budget_s``.
+        """
         ns = sorted({n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= max_batch_size} | {max_batch_size})
         ws = sorted({w for w in (8, 16, 32, 64, 128, 256, 512) if w <= max_length} | {max_length})
+        points = [(n, w) for w in ws for n in ns if n * w <= max_batch_tokens or n == 1]
+        rng = np.random.default_rng(seed)
         t_end = time.perf_counter() + budget_s
         grid: dict[tuple[int, int], float] = {}
-        for w in ws:
-            for n in ns:
-                if n * w > max_batch_tokens and n > 1 or time.perf_counter() > t_end:
-                    continue
-                first = run(n, w)
-                reps = [first] + [run(n, w) for _ in range(4 if first < 0.02 else 2 if first < 0.1 else 0)]
-                grid[(n, w)] = float(min(reps))  # the least disturbed run: other processes only add time
+        for k in range(passes):
+            if k and time.perf_counter() > t_end:
+                break
+            for i in rng.permutation(len(points)):
+                n, w = points[i]
+                if k and time.perf_counter() > t_end:  # the first sweep always completes
+                    break
+                t = run(n, w)
+                grid[(n, w)] = min(t, grid.get((n, w), t))
         if not grid:
             return cls.padding_rule(max_batch_size, max_length, max_batch_tokens)
         table = np.empty((max_batch_size + 1, max_length + 1))
