@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "fastft.export.cli",  # export
     "fastft.compress.cli",  # compress
     "fastft.bench.cli",  # bench
+    "fastft.serve.cli",  # serve
     "fastft.env",  # env
 ]
 

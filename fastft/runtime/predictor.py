@@ -24,9 +24,9 @@ import numpy as np
 from fastft.errors import FastftError, ModelError
 from fastft.utils.checks import check_int
 from fastft.runtime.encode import Encoder, length_sorted_batches
-from fastft.train.metrics import softmax
 from fastft.runtime.session import (LEVELS, DeviceError, create_session, parse_device, runtime_level,
                                     session_options)
+from fastft.utils.numeric import softmax
 
 
 class InputError(FastftError):

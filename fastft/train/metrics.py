@@ -10,12 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for large logits."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+from fastft.utils.numeric import softmax  # noqa: F401 - re-exported; serving imports it from utils
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:

@@ -1,0 +1,68 @@
+"""ServeConfig: every knob of ``fastft serve``, checked before anything is loaded."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from fastft.errors import FastftError
+
+PRECISIONS = ("int8", "fp32")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass
+class ServeConfig:
+    """How a model directory is served.
+
+    Batching: concurrent requests are merged into one ONNX Runtime call of at most
+    ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens; a worker waits at most
+    ``max_wait_ms`` for more requests after the first (0: merge only what is already
+    queued, which is what pays on CPU: requests pile up while a batch runs). Inside a
+    merge, texts are grouped by length with a cost table measured at warm-up, so a merge
+    is only made where it is predicted to be faster than separate calls.
+    ``batching=False`` runs every request on its own (one call per request).
+
+    Workers: ``workers`` inference threads, each running ONNX Runtime with ``threads``
+    intra-op threads; workers * threads should not exceed the physical cores.
+    """
+
+    name: str | None = None  # model name in the v2 routes [the directory's name]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 64
+    max_wait_ms: float = 0.0
+    max_queue: int = 256  # requests waiting for a worker; beyond it: 503 + Retry-After
+    max_texts: int = 256  # texts in one request; beyond it: 413
+    max_body_bytes: int = 4 << 20  # request body; beyond it: 413
+    threads: int | None = None  # intra-op threads per worker [physical cores // workers]
+    workers: int = 1
+    precision: str | None = None  # int8 | fp32 [what fastft.json names as the default file]
+    batching: bool = True
+    calibrate: bool = True  # measure the batch cost table at warm-up (else: a padding rule)
+    json_logs: bool = False
+    retry_after_s: int = 1
+
+    def check(self) -> "ServeConfig":
+        def positive(field, value, kind=int):
+            if isinstance(value, bool) or not isinstance(value, kind) or value < 1:
+                raise FastftError(f"--{field.replace('_', '-')} must be a positive integer (got {value!r})")
+
+        for f in ("max_batch_tokens", "max_batch_size", "max_queue", "max_texts", "max_body_bytes", "workers",
+                  "retry_after_s"):
+            positive(f, getattr(self, f))
+        if self.threads is not None:
+            positive("threads", self.threads)
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise FastftError(f"--port must be between 0 and 65535 (got {self.port!r})")
+        if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 1000:
+            raise FastftError(f"--max-wait-ms must be between 0 and 1000 (got {self.max_wait_ms!r})")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise FastftError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.name is not None and not _NAME.match(self.name):
+            raise FastftError(f"--name must be letters, digits, '.', '_' or '-' (got {self.name!r})")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)

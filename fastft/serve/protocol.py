@@ -1,0 +1,236 @@
+"""Request parsing and response building: fastft's ``/predict`` and the Open Inference Protocol v2.
+
+v2 (the KServe / Triton HTTP protocol) carries tensors as JSON, or with Triton's binary
+tensor extension: the body is a JSON header of ``Inference-Header-Content-Length`` bytes
+followed by raw tensors, a BYTES element being a 4-byte little-endian length and its bytes.
+``tritonclient[http]`` sends and asks for binary tensors by default; plain JSON clients
+(curl, KServe's client) get JSON. The model has one input, ``text`` (BYTES, shape [n]), and
+three outputs: ``label`` (BYTES [n]), ``probabilities`` (FP32 [n, num_labels]) and
+``truncated`` (BOOL [n]: the text was cut at the model's max length).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+
+INPUT = "text"
+OUTPUTS = ("label", "probabilities", "truncated")
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class BadRequest(Exception):
+    """A request the server cannot use; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def check_texts(texts, max_texts: int, where: str = "inputs") -> list[str]:
+    if isinstance(texts, str):
+        raise BadRequest(f"'{where}' must be a list of strings, not a single string (wrap it: [text])", 422)
+    if not isinstance(texts, list):
+        raise BadRequest(f"'{where}' must be a list of strings (got {_json_type(texts)})", 422)
+    if not texts:
+        raise BadRequest(f"'{where}' is empty: give at least one text", 422)
+    if len(texts) > max_texts:
+        raise BadRequest(f"too many texts in one request: {len(texts)} > {max_texts} (--max-texts)", 413)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise BadRequest(f"'{where}'[{i}] is not a string (got {_json_type(t)})", 422)
+        if not t.strip():
+            raise BadRequest(f"'{where}'[{i}] is an empty text", 422)
+    return texts
+
+
+def _json_type(x) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
+
+
+def load_json(body: bytes):
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc})", 400) from None
+
+
+# -- /predict ------------------------------------------------------------------------------
+def parse_predict(body: bytes, max_texts: int) -> list[str]:
+    doc = load_json(body)
+    if not isinstance(doc, dict):
+        raise BadRequest(f'the body must be a JSON object {{"inputs": [texts]}} (got {_json_type(doc)})', 422)
+    if "inputs" not in doc:
+        raise BadRequest('the body has no "inputs": send {"inputs": [texts]}', 422)
+    return check_texts(doc["inputs"], max_texts)
+
+
+def predict_response(labels: list[str], probs: np.ndarray, truncated: list[bool]) -> list[dict]:
+    best = probs.argmax(axis=1)
+    rows = []
+    for p, b, t in zip(probs.tolist(), best.tolist(), truncated):
+        rows.append({"label": labels[b], "score": p[b], "scores": dict(zip(labels, p)), "truncated": t})
+    return rows
+
+
+# -- Open Inference Protocol v2 -------------------------------------------------------------
+def model_metadata(name: str, labels: list[str], platform: str) -> dict:
+    return {
+        "name": name, "versions": ["1"], "platform": platform,
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+                    {"name": "truncated", "datatype": "BOOL", "shape": [-1]}],
+        "parameters": {"labels": ",".join(labels)},
+    }
+
+
+class InferRequest:
+    """A parsed v2 infer request: the texts and which outputs to send back, and how."""
+
+    def __init__(self, texts: list[str], outputs: list[str], binary: dict[str, bool], request_id):
+        self.texts = texts
+        self.outputs = outputs
+        self.binary = binary
+        self.id = request_id
+
+
+def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> InferRequest:
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise BadRequest(f"Inference-Header-Content-Length is not an integer ({header_length!r})") from None
+        if not 0 < n <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body")
+        doc, blob = load_json(body[:n]), memoryview(body)[n:]
+    else:
+        doc, blob = load_json(body), memoryview(b"")
+    if not isinstance(doc, dict):
+        raise BadRequest(f"the infer request must be a JSON object (got {_json_type(doc)})")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("the infer request needs 'inputs': a list with one BYTES tensor named 'text'")
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadRequest(f"this model takes exactly one input, '{INPUT}' (got {len(inputs)})")
+    tensor = inputs[0]
+    name = tensor.get("name")
+    if name != INPUT:
+        raise BadRequest(f"unknown input {name!r}: this model's input is '{INPUT}'")
+    if tensor.get("datatype") != "BYTES":
+        raise BadRequest(f"input '{INPUT}' must have datatype BYTES (got {tensor.get('datatype')!r})")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape) or len(shape) not in (1, 2):
+        raise BadRequest(f"input '{INPUT}' needs a shape [n] or [n, 1] (got {shape!r})")
+    count = int(np.prod(shape)) if shape else 0
+    if count > max_texts:
+        raise BadRequest(f"too many texts in one request: {count} > {max_texts} (--max-texts)", 413)
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("input parameters must be an object")
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or size < 0 or size > len(blob):
+            raise BadRequest(f"binary_data_size {size!r} does not fit the {len(blob)} bytes after the header")
+        texts = _decode_bytes(blob[:size], count)
+    else:
+        data = tensor.get("data")
+        if data is None:
+            raise BadRequest(f"input '{INPUT}' has neither 'data' nor binary data")
+        texts = _flatten(data)
+        if len(texts) != count:
+            raise BadRequest(f"input '{INPUT}' has {len(texts)} elements but its shape {shape} says {count}")
+    texts = check_texts(texts, max_texts, where=f"{INPUT}")
+    outputs, binary = _requested_outputs(doc)
+    return InferRequest(texts, outputs, binary, doc.get("id"))
+
+
+def _flatten(data) -> list:
+    if isinstance(data, list) and data and all(isinstance(x, list) for x in data):
+        return [y for x in data for y in x]
+    return data if isinstance(data, list) else [data]
+
+
+def _decode_bytes(buf: memoryview, count: int) -> list[str]:
+    texts, off = [], 0
+    for i in range(count):
+        if off + 4 > len(buf):
+            raise BadRequest(f"binary BYTES tensor ends inside element {i} (expected {count} elements)")
+        (n,) = struct.unpack_from("<I", buf, off)
+        off += 4
+        if off + n > len(buf):
+            raise BadRequest(f"binary BYTES element {i} says {n} bytes but only {len(buf) - off} are left")
+        try:
+            texts.append(bytes(buf[off:off + n]).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(f"text {i} is not valid UTF-8") from None
+        off += n
+    if off != len(buf):
+        raise BadRequest(f"binary BYTES tensor has {len(buf) - off} bytes after its {count} elements")
+    return texts
+
+
+def _requested_outputs(doc: dict) -> tuple[list[str], dict[str, bool]]:
+    params = doc.get("parameters") or {}
+    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    req = doc.get("outputs")
+    if req is None:
+        return list(OUTPUTS), {o: default_binary for o in OUTPUTS}
+    if not isinstance(req, list):
+        raise BadRequest("'outputs' must be a list of {\"name\": ...} objects")
+    names, binary = [], {}
+    for o in req:
+        name = o.get("name") if isinstance(o, dict) else None
+        if name not in OUTPUTS:
+            raise BadRequest(f"unknown output {name!r}: this model's outputs are {', '.join(OUTPUTS)}")
+        p = o.get("parameters") or {}
+        names.append(name)
+        binary[name] = bool(p.get("binary_data", default_binary)) if isinstance(p, dict) else default_binary
+    return names, binary
+
+
+def infer_response(req: InferRequest, model: str, labels: list[str], probs: np.ndarray,
+                   truncated: list[bool]) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the v2 answer: JSON, or JSON header + binary tensors where asked."""
+    n = len(req.texts)
+    best = probs.argmax(axis=1)
+    tensors = {
+        "label": ("BYTES", [n], [labels[int(b)] for b in best]),
+        "probabilities": ("FP32", [n, probs.shape[1]], probs),
+        "truncated": ("BOOL", [n], truncated),
+    }
+    outputs, blobs = [], []
+    for name in req.outputs:
+        dtype, shape, value = tensors[name]
+        out = {"name": name, "datatype": dtype, "shape": shape}
+        if req.binary.get(name):
+            raw = _encode_binary(dtype, value)
+            out["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            out["data"] = value.reshape(-1).tolist() if isinstance(value, np.ndarray) else list(value)
+        outputs.append(out)
+    doc = {"model_name": model, "model_version": "1", "outputs": outputs}
+    if req.id is not None:
+        doc["id"] = req.id
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {"content-type": "application/octet-stream",
+                                    "inference-header-content-length": str(len(head))}
+
+
+def _encode_binary(dtype: str, value) -> bytes:
+    if dtype == "FP32":
+        return np.ascontiguousarray(value, dtype="<f4").tobytes()
+    if dtype == "BOOL":
+        return np.asarray(value, dtype=np.bool_).tobytes()
+    parts = []
+    for s in value:
+        b = s.encode("utf-8")
+        parts.append(struct.pack("<I", len(b)) + b)
+    return b"".join(parts)

@@ -1,0 +1,261 @@
+"""The ASGI app: routes over an *engine* (the batcher here, ``@serve.batch`` on Ray).
+
+    from fastft.serve import app
+    asgi = app("runs/compressed", max_batch_tokens=8192)     # then: uvicorn.run(asgi)
+
+Routes:
+    POST /predict                          {"inputs": [texts]} -> {"predictions": [{label, score, scores, truncated}]}
+    GET  /v2, /v2/health/live, /v2/health/ready
+    GET  /v2/models/{name}[/versions/1], /v2/models/{name}[/versions/1]/ready
+    POST /v2/models/{name}[/versions/1]/infer   Open Inference Protocol v2 (JSON or binary tensors)
+    GET  /metrics                          Prometheus text format
+
+Every error is JSON ``{"error": "..."}`` with its status: 400/422 bad input, 404 unknown
+model or route, 413 too many texts or too large a body, 503 (+ Retry-After) while warming
+up, draining or when the queue is full, 500 when inference fails (that batch only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fastft import __version__
+from fastft.serve.batcher import Batcher, InferenceFailed, QueueFull, ShuttingDown
+from fastft.serve.config import ServeConfig
+from fastft.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from fastft.serve.protocol import HEADER_LENGTH, BadRequest, infer_response, model_metadata, parse_infer, \
+    parse_predict, predict_response
+
+log = logging.getLogger("fastft.serve")
+
+
+class Unavailable(Exception):
+    """Answer 503 with Retry-After."""
+
+
+class LocalEngine:
+    """A Predictor behind the dynamic :class:`Batcher` (this process, ``workers`` threads)."""
+
+    def __init__(self, predictor, config: ServeConfig, metrics: ServeMetrics):
+        self.predictor = predictor
+        self.config = config
+        self.metrics = metrics
+        self.labels = list(predictor.labels)
+        self.name = config.name or _default_name(predictor.path)
+        self.platform = "onnxruntime_onnx" if predictor.backend == "onnxruntime" else "pytorch_libtorch"
+        self.batcher = Batcher(predictor, workers=config.workers, max_batch_tokens=config.max_batch_tokens,
+                               max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                               max_queue=config.max_queue, batching=config.batching, metrics=metrics)
+        self.ready = False
+        self.draining = False
+        self.warm_up_seconds = None
+        self._warm = None
+
+    def start(self) -> None:
+        self.batcher.start()
+        self._warm = threading.Thread(target=self._warm_up, name="fastft-warm-up", daemon=True)
+        self._warm.start()
+
+    def _warm_up(self) -> None:
+        t = time.perf_counter()
+        try:
+            self.batcher.warm_up(calibrate=self.config.calibrate)
+        except Exception:  # noqa: BLE001 - a model that cannot run never turns ready
+            log.exception("warm-up failed: the server stays not ready")
+            return
+        self.warm_up_seconds = time.perf_counter() - t
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: %s warmed up in %.1f s (cost table: %s)", self.name, self.warm_up_seconds,
+                 self.batcher.cost.source)
+
+    async def infer(self, texts: list[str]):
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        if not self.ready:
+            raise Unavailable("the model is warming up")
+        try:
+            return await self.batcher.submit(texts)
+        except (QueueFull, ShuttingDown) as exc:
+            raise Unavailable(str(exc)) from None
+
+    def stop(self) -> None:
+        self.draining = True
+        self.ready = False
+        self.metrics.ready.set(0)
+        self.batcher.stop()
+
+    def info(self) -> dict:
+        return {"model": self.name, "path": str(self.predictor.path), "labels": self.labels,
+                "runtime": self.predictor.info(), "config": self.config.to_dict(),
+                "cost_model": self.batcher.cost.info(), "warm_up_seconds": self.warm_up_seconds}
+
+
+def _default_name(path: Path) -> str:
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(path).resolve().name).strip("-.")
+    return name or "model"
+
+
+def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool = True) -> Starlette:
+    """The routes over ``engine`` (``labels``, ``name``, ``ready``, ``async infer(texts)``)."""
+    retry = config.retry_after_s
+
+    async def read_body(request: Request) -> bytes:
+        limit = config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BadRequest(f"the body is {int(declared)} bytes, more than the limit of {limit}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"the body is more than the limit of {limit} bytes", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def check_model(request: Request) -> None:
+        name = request.path_params.get("name")
+        if name != engine.name:
+            raise BadRequest(f"unknown model {name!r}: this server serves {engine.name!r}", 404)
+        version = request.path_params.get("version")
+        if version is not None and version != "1":
+            raise BadRequest(f"unknown version {version!r} of model {engine.name!r}: it has version '1'", 404)
+
+    def handler(route: str, fn):
+        async def endpoint(request: Request) -> Response:
+            t = time.perf_counter()
+            metrics.in_flight.inc()
+            try:
+                response = await fn(request)
+            except BadRequest as exc:
+                response = error(exc.status, str(exc))
+            except Unavailable as exc:
+                response = error(503, str(exc), retry_after=retry)
+            except InferenceFailed as exc:
+                response = error(500, str(exc))
+            except Exception as exc:  # noqa: BLE001 - never a traceback to the client
+                log.exception("unexpected error on %s", route)
+                response = error(500, f"internal error ({type(exc).__name__})")
+            finally:
+                metrics.in_flight.dec()
+            metrics.observe_request(route, response.status_code, time.perf_counter() - t)
+            return response
+        return endpoint
+
+    async def predict(request: Request) -> Response:
+        texts = parse_predict(await read_body(request), config.max_texts)
+        result = await engine.infer(texts)
+        return JSONResponse({"model": engine.name,
+                             "predictions": predict_response(engine.labels, result.probs, result.truncated)})
+
+    async def infer(request: Request) -> Response:
+        check_model(request)
+        body = await read_body(request)
+        req = parse_infer(body, request.headers.get(HEADER_LENGTH), config.max_texts)
+        result = await engine.infer(req.texts)
+        content, headers = infer_response(req, engine.name, engine.labels, result.probs, result.truncated)
+        return Response(content, headers=headers)
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        ok = bool(engine.ready) and not engine.draining
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse({"name": "fastft", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def model_meta(request: Request) -> Response:
+        check_model(request)
+        return JSONResponse(model_metadata(engine.name, engine.labels, engine.platform))
+
+    async def model_ready(request: Request) -> Response:
+        check_model(request)
+        ok = bool(engine.ready) and not engine.draining
+        return JSONResponse({"name": engine.name, "ready": ok}, status_code=200 if ok else 503)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def index(request: Request) -> Response:
+        return JSONResponse(engine.info())
+
+    routes = [Route("/predict", handler("/predict", predict), methods=["POST"])]
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [Route(prefix + "/infer", handler("/v2/infer", infer), methods=["POST"]),
+                   Route(prefix + "/ready", handler("/v2/model/ready", model_ready), methods=["GET"]),
+                   Route(prefix, handler("/v2/model", model_meta), methods=["GET"])]
+    routes += [Route("/v2/health/live", handler("/v2/health/live", live), methods=["GET"]),
+               Route("/v2/health/ready", handler("/v2/health/ready", ready), methods=["GET"]),
+               Route("/v2", handler("/v2", server_metadata), methods=["GET"]),
+               Route("/metrics", prometheus, methods=["GET"]),
+               Route("/", handler("/", index), methods=["GET"])]
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        msg = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        metrics.observe_request("other", exc.status_code)
+        return JSONResponse({"error": msg.get(exc.status_code, exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return error(500, f"internal error ({type(exc).__name__})")
+
+    @contextlib.asynccontextmanager
+    async def life(_app):
+        if lifespan:
+            engine.start()
+        try:
+            yield
+        finally:
+            if lifespan:
+                engine.stop()
+
+    asgi = Starlette(routes=routes, lifespan=life,
+                     exception_handlers={HTTPException: http_error, Exception: internal_error})
+    asgi.state.engine = engine
+    asgi.state.metrics = metrics
+    asgi.state.config = config
+    return asgi
+
+
+def app(model_dir, config: ServeConfig | None = None, **options) -> Starlette:
+    """The ASGI app serving ``model_dir`` (any fastft, exported or Optimum-style directory).
+
+    ``options`` are :class:`ServeConfig` fields (``max_batch_tokens=...``, ``workers=...``).
+    The model is loaded now (a bad directory raises :class:`fastft.FastftError` here);
+    warm-up runs when the server starts, and ``/v2/health/ready`` turns true after it.
+    """
+    import dataclasses
+
+    from fastft.runtime import load, physical_cores
+
+    config = dataclasses.replace(config or ServeConfig(), **options).check()
+    threads = config.threads or max(1, physical_cores() // config.workers)
+    if config.threads is None:
+        config = dataclasses.replace(config, threads=threads)
+    if config.workers * threads > physical_cores():
+        log.warning("%d workers x %d threads oversubscribe %d physical cores: expect worse throughput and tail "
+                    "latency", config.workers, threads, physical_cores())
+    int8 = None if config.precision is None else config.precision == "int8"
+    predictor = load(model_dir, threads=threads, int8=int8)
+    metrics = ServeMetrics()
+    engine = LocalEngine(predictor, config, metrics)
+    info = predictor.info()
+    metrics.info.labels(engine.name, str(info.get("file", "")), str(config.workers), str(threads)).set(1)
+    return build_app(engine, config, metrics)

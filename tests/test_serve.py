@@ -1,0 +1,517 @@
+"""fastft serve: a real uvicorn server on 127.0.0.1, driven by real clients (httpx, curl, tritonclient).
+
+The tiny random BERT is exported to ONNX once; answers are checked against
+``fastft.load(dir).predict_proba`` on the same directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+TEXTS = ["a fine film", "a dull, boring mess of a movie that goes on and on and on", "ok",
+         "brilliant acting and a great story, i loved every minute of it", "meh", "funny, warm and smart"]
+NAME = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported to ONNX (plain attention graph), as ``fastft export`` writes it."""
+    export = pytest.importorskip("fastft.export").export
+    out = tmp_path_factory.mktemp("serve") / "tiny-onnx"
+    export(tiny_model_dir, out, int8=False, overwrite=True, progress=False, validate=False, fused_attention=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference(serve_dir):
+    import fastft
+
+    pred = fastft.load(serve_dir, threads=1)
+
+    def ref(texts):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the long-text test truncates on purpose
+            return pred.predict_proba(texts)
+    return ref
+
+
+class Running:
+    """A uvicorn server for ``asgi`` in a thread of this process (so tests can reach into the app)."""
+
+    def __init__(self, asgi):
+        import uvicorn
+
+        self.asgi = asgi
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def wait_ready(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "server never turned ready"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    @property
+    def engine(self):
+        return self.asgi.state.engine
+
+
+def make_app(serve_dir, **options):
+    from fastft.serve import app
+
+    options.setdefault("name", NAME)
+    options.setdefault("threads", 1)
+    return app(serve_dir, **options)
+
+
+@pytest.fixture(scope="module")
+def server(serve_dir):
+    with Running(make_app(serve_dir, max_texts=64, max_body_bytes=64 * 1024)) as s:
+        yield s.wait_ready()
+
+
+def _count(histogram) -> float:
+    return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+# -- answers ------------------------------------------------------------------------------
+def test_predict_matches_predictor(server, reference):
+    r = httpx.post(server.url + "/predict", json={"inputs": TEXTS})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    ref = reference(TEXTS)
+    labels = server.engine.labels
+    assert [p["label"] for p in preds] == [labels[i] for i in ref.argmax(1)]
+    got = np.array([[p["scores"][lab] for lab in labels] for p in preds])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert [p["score"] for p in preds] == pytest.approx(ref.max(1).tolist(), abs=1e-5)
+    assert not any(p["truncated"] for p in preds)
+
+
+def test_curl_predict(server, reference):
+    out = subprocess.run(["curl", "-sS", "-X", "POST", server.url + "/predict", "-H", "content-type: application/json",
+                          "-d", json.dumps({"inputs": TEXTS[:2]})], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    preds = json.loads(out.stdout)["predictions"]
+    assert [p["score"] for p in preds] == pytest.approx(reference(TEXTS[:2]).max(1).tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_v2(server, reference, binary):
+    tc = pytest.importorskip("tritonclient.http")
+    client = tc.InferenceServerClient(url=server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+    meta = client.get_model_metadata(NAME)
+    assert meta["inputs"][0]["name"] == "text" and meta["inputs"][0]["datatype"] == "BYTES"
+    inp = tc.InferInput("text", [len(TEXTS)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_), binary_data=binary)
+    outputs = [tc.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities", "truncated")]
+    res = client.infer(NAME, [inp], outputs=outputs, request_id="r1")
+    ref = reference(TEXTS)
+    np.testing.assert_allclose(res.as_numpy("probabilities"), ref, atol=1e-5)
+    labels = [x.decode() if isinstance(x, bytes) else x for x in res.as_numpy("label").tolist()]
+    assert labels == [server.engine.labels[i] for i in ref.argmax(1)]
+    assert not res.as_numpy("truncated").any()
+    assert res.get_response()["id"] == "r1"
+    with pytest.raises(tc.InferenceServerException, match="unknown model"):
+        client.infer("no-such-model", [inp])
+    client.close()
+
+
+def test_v2_plain_json_with_curl(server, reference):
+    body = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": TEXTS[:2]}]}
+    out = subprocess.run(["curl", "-sS", "-X", "POST", f"{server.url}/v2/models/{NAME}/infer",
+                          "-d", json.dumps(body)], capture_output=True, text=True, timeout=30)
+    doc = json.loads(out.stdout)
+    probs = next(o for o in doc["outputs"] if o["name"] == "probabilities")
+    assert probs["shape"] == [2, 2]
+    np.testing.assert_allclose(np.array(probs["data"]).reshape(2, 2), reference(TEXTS[:2]), atol=1e-5)
+
+
+def test_concurrent_requests_each_get_their_own_answers_in_order(server, reference):
+    rng = np.random.default_rng(0)
+    requests = [[TEXTS[j] for j in rng.integers(0, len(TEXTS), size=rng.integers(1, 5))] for _ in range(40)]
+
+    async def go():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"inputs": r}) for r in requests))
+
+    responses = asyncio.run(go())
+    for req, resp in zip(requests, responses):
+        assert resp.status_code == 200
+        got = [p["score"] for p in resp.json()["predictions"]]
+        assert got == pytest.approx(reference(req).max(1).tolist(), abs=1e-5)
+
+
+def test_queued_requests_are_merged_into_one_round(serve_dir, reference):
+    """While the worker is busy, requests pile up; the next round takes them all (and splits by length)."""
+    gate = threading.Event()
+    with Running(make_app(serve_dir)) as s:
+        s.wait_ready()
+        pred = s.engine.predictor
+        real = pred.logits_from_ids
+
+        def slow_first(**feeds):
+            gate.wait(10)
+            return real(**feeds)
+
+        pred.logits_from_ids = slow_first
+        reqs = [[TEXTS[i % len(TEXTS)]] for i in range(12)]
+
+        async def go():
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+                tasks = [asyncio.create_task(client.post("/predict", json={"inputs": r})) for r in reqs]
+                deadline = time.monotonic() + 10
+                taken = s.engine.metrics.queue_seconds  # count: requests a worker has picked up
+                while s.engine.batcher.queued() + _count(taken) < len(reqs):  # all submitted
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                gate.set()
+                return await asyncio.gather(*tasks)
+
+        responses = asyncio.run(go())
+        pred.logits_from_ids = real
+        for r, resp in zip(reqs, responses):
+            assert resp.json()["predictions"][0]["score"] == pytest.approx(reference(r).max(), abs=1e-5)
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "fastft_requests_per_batch_count") <= 2  # the blocked round, then all others at once
+        assert metric(text, "fastft_requests_per_batch_sum") == 12
+        assert metric(text, "fastft_batch_size_sum") == 12
+
+
+def test_metrics(server):
+    httpx.post(server.url + "/predict", json={"inputs": TEXTS})
+    httpx.post(server.url + "/predict", content=b"{not json")
+    text = httpx.get(server.url + "/metrics").text
+    assert metric(text, "fastft_requests_total", route="/predict", code="200") >= 1
+    assert metric(text, "fastft_errors_total", route="/predict", code="400") >= 1
+    assert metric(text, "fastft_request_duration_seconds_count", route="/predict") >= 2
+    for name in ("fastft_queue_duration_seconds_count", "fastft_inference_duration_seconds_count",
+                 "fastft_batch_size_count", "fastft_batch_tokens_count"):
+        assert metric(text, name) >= 1, name
+    eff = metric(text, "fastft_padding_efficiency")
+    real, padded = metric(text, "fastft_real_tokens_total"), metric(text, "fastft_padded_tokens_total")
+    assert 0 < eff <= 1 and eff == pytest.approx(real / padded)
+    assert metric(text, "fastft_ready") == 1
+    assert "fastft_in_flight_requests" in text
+
+
+def test_long_text_is_truncated_and_says_so(server, reference):
+    long = "a wonderful, moving film " * 200
+    r = httpx.post(server.url + "/predict", json={"inputs": ["ok", long]})
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert [p["truncated"] for p in preds] == [False, True]
+    assert preds[1]["score"] == pytest.approx(reference([long]).max(), abs=1e-5)
+
+
+# -- bad and hostile input ----------------------------------------------------------------------
+@pytest.mark.parametrize("body, status, match", [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"inputs": "a fine film"}', 422, "not a single string"),
+    (b'{"inputs": []}', 422, "empty"),
+    (b'{"inputs": ["ok", 3]}', 422, r"\[1\] is not a string"),
+    (b'{"inputs": ["ok", "  "]}', 422, "empty text"),
+    (b'{"texts": ["ok"]}', 422, 'no "inputs"'),
+    (b'["ok"]', 422, "JSON object"),
+    (json.dumps({"inputs": ["ok"] * 65}).encode(), 413, "too many texts"),
+    (json.dumps({"inputs": ["x" * 70_000]}).encode(), 413, "limit"),
+])
+def test_bad_predict_requests(server, body, status, match):
+    r = httpx.post(server.url + "/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    import re
+
+    assert re.search(match, r.json()["error"]), r.json()
+
+
+@pytest.mark.parametrize("body, status, match", [
+    ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400, "datatype BYTES"),
+    ({"inputs": [{"name": "other", "shape": [1], "datatype": "BYTES", "data": ["ok"]}]}, 400, "unknown input"),
+    ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["ok"]}]}, 400, "says 3"),
+    ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [5]}]}, 422, "not a string"),
+    ({"inputs": []}, 400, "needs 'inputs'"),
+    ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}],
+      "outputs": [{"name": "logits"}]}, 400, "unknown output"),
+    ({"inputs": [{"name": "text", "shape": [100], "datatype": "BYTES", "data": ["ok"] * 100}]}, 413, "too many"),
+])
+def test_bad_v2_requests(server, body, status, match):
+    r = httpx.post(f"{server.url}/v2/models/{NAME}/infer", json=body)
+    assert r.status_code == status, r.text
+    assert match in r.json()["error"]
+
+
+def test_bad_binary_v2_request(server):
+    head = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 10}}]}).encode()
+    r = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=head + b"\x05\x00\x00\x00ab",
+                   headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and "does not fit" in r.json()["error"]
+
+
+def test_unknown_model_route_and_method(server):
+    for path in (f"/v2/models/nope", "/v2/models/nope/ready", f"/v2/models/{NAME}/versions/7"):
+        r = httpx.get(server.url + path)
+        assert r.status_code == 404 and "error" in r.json(), path
+    r = httpx.post(server.url + "/v2/models/nope/infer", json={"inputs": []})
+    assert r.status_code == 404 and "unknown model 'nope'" in r.json()["error"]
+    r = httpx.get(server.url + "/no/such/route")
+    assert r.status_code == 404 and r.json() == {"error": "no route /no/such/route"}
+    r = httpx.get(server.url + "/predict")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_bad_requests_in_a_crowd_never_hurt_the_good_ones(server, reference):
+    good = [[TEXTS[i % len(TEXTS)], TEXTS[(i + 1) % len(TEXTS)]] for i in range(16)]
+    bad = [b"{oops", b'{"inputs": [1]}', b'{"inputs": []}'] * 4
+
+    async def go():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            g = [client.post("/predict", json={"inputs": r}) for r in good]
+            b = [client.post("/predict", content=x) for x in bad]
+            return await asyncio.gather(*g), await asyncio.gather(*b)
+
+    gr, br = asyncio.run(go())
+    assert all(r.status_code in (400, 422) for r in br)
+    for req, resp in zip(good, gr):
+        assert resp.status_code == 200
+        assert [p["score"] for p in resp.json()["predictions"]] == pytest.approx(reference(req).max(1).tolist(),
+                                                                                 abs=1e-5)
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+def test_full_queue_answers_503_with_retry_after(serve_dir):
+    gate = threading.Event()
+    with Running(make_app(serve_dir, max_queue=2)) as s:
+        s.wait_ready()
+        pred = s.engine.predictor
+        real = pred.logits_from_ids
+        pred.logits_from_ids = lambda **f: (gate.wait(10), real(**f))[1]
+
+        async def go():
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+                first = asyncio.create_task(client.post("/predict", json={"inputs": ["ok"]}))
+                while _count(s.engine.metrics.queue_seconds) < 1:  # the worker holds the first request
+                    await asyncio.sleep(0.01)
+                queued = [asyncio.create_task(client.post("/predict", json={"inputs": ["ok"]})) for _ in range(2)]
+                while s.engine.batcher.queued() < 2:
+                    await asyncio.sleep(0.01)
+                over = await client.post("/predict", json={"inputs": ["ok"]})
+                gate.set()
+                return over, await asyncio.gather(first, *queued)
+
+        over, done = asyncio.run(go())
+        pred.logits_from_ids = real
+        assert over.status_code == 503 and over.headers["retry-after"] == "1"
+        assert "queue is full" in over.json()["error"]
+        assert [r.status_code for r in done] == [200, 200, 200]
+
+
+def test_failed_inference_is_500_for_that_batch_and_the_server_keeps_serving(serve_dir, reference):
+    with Running(make_app(serve_dir)) as s:
+        s.wait_ready()
+        pred = s.engine.predictor
+        real = pred.logits_from_ids
+
+        def flaky(**feeds):
+            if feeds["input_ids"].shape[1] > 40:  # the poison: a long text
+                raise RuntimeError("simulated ONNX Runtime failure")
+            return real(**feeds)
+
+        pred.logits_from_ids = flaky
+        r = httpx.post(s.url + "/predict", json={"inputs": ["word " * 60]})
+        assert r.status_code == 500 and "inference failed" in r.json()["error"]
+        r = httpx.post(s.url + "/predict", json={"inputs": TEXTS[:1]})
+        assert r.status_code == 200
+        assert r.json()["predictions"][0]["score"] == pytest.approx(reference(TEXTS[:1]).max(), abs=1e-5)
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "fastft_errors_total", route="/predict", code="500") == 1
+
+
+def test_ready_only_after_warm_up(serve_dir):
+    asgi = make_app(serve_dir)
+    gate = threading.Event()
+    batcher = asgi.state.engine.batcher
+    real = batcher.warm_up
+    batcher.warm_up = lambda **kw: (gate.wait(10), real(**kw))
+    with Running(asgi) as s:
+        assert httpx.get(s.url + "/v2/health/live").status_code == 200
+        assert httpx.get(s.url + "/v2/health/ready").status_code == 503
+        assert httpx.get(f"{s.url}/v2/models/{NAME}/ready").json() == {"name": NAME, "ready": False}
+        r = httpx.post(s.url + "/predict", json={"inputs": ["ok"]})
+        assert r.status_code == 503 and "warming up" in r.json()["error"] and r.headers["retry-after"] == "1"
+        gate.set()
+        s.wait_ready(10)
+        assert httpx.post(s.url + "/predict", json={"inputs": ["ok"]}).status_code == 200
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
+    """A real ``fastft serve`` process: SIGTERM while requests are in flight; all answered, exit 0."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port),
+                             "--name", NAME, "--threads", "1", "--max-texts", "256", "--json-logs"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/v2/health/ready").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "server never turned ready"
+            time.sleep(0.05)
+        long = "brilliant acting and a great story, i loved every minute of it " * 12
+        reqs = [[long] * 64 for _ in range(8)]
+        answered = []
+
+        async def go():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                async def one(r):
+                    resp = await client.post("/predict", json={"inputs": r})
+                    answered.append(resp)
+                    return resp
+                tasks = [asyncio.create_task(one(r)) for r in reqs]
+                while True:  # every request accepted by the server (in its handler or queue)
+                    m = (await client.get("/metrics")).text
+                    if metric(m, "fastft_in_flight_requests") + len(answered) >= len(reqs):
+                        break
+                    await asyncio.sleep(0.005)
+                before = len(answered)
+                proc.send_signal(signal.SIGTERM)
+                return before, await asyncio.gather(*tasks)
+
+        before, responses = asyncio.run(go())
+        rc = proc.wait(60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert before < len(reqs), "every request finished before SIGTERM: the test did not test draining"
+    assert [r.status_code for r in responses] == [200] * len(reqs)
+    assert all(len(r.json()["predictions"]) == 64 for r in responses)
+    assert rc == 0, err
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]  # --json-logs: one object a line
+    messages = [d["message"] for d in logs]
+    assert any("draining" in m for m in messages) and any(m.startswith("ready:") for m in messages), err
+    assert all({"ts", "level", "logger", "message"} <= set(d) for d in logs)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/v2/health/live")
+
+
+# -- the batcher's cost model, the CLI, the import floor ---------------------------------------------------
+def test_cost_model_merges_only_where_it_pays():
+    from fastft.serve.cost import CostModel
+
+    n = np.arange(65, dtype=float)[:, None]
+    w = np.arange(129, dtype=float)[None, :]
+    overhead = CostModel(100 + n * w, 64, 8192, "test")
+    assert overhead.plan(np.array([10, 10, 10, 9])) == [(0, 4)]  # equal lengths: one call
+    assert overhead.plan(np.array([120, 5, 5, 5])) == [(0, 1), (1, 4)]  # the long one alone
+    no_gain = CostModel(n * (5 + w), 64, 8192, "test")  # a call costs the same per text at any size
+    assert no_gain.plan(np.array([20, 10])) == [(0, 1), (1, 2)]  # padding 10 to 20 buys nothing
+    budget = CostModel(100 + n * w, 64, 40, "test")  # token budget: 40 padded tokens per call
+    assert all((e - s) * 10 <= 40 for s, e in budget.plan(np.full(10, 10)))
+
+
+def test_cost_model_measures_and_shrugs_off_a_busy_moment():
+    from fastft.serve.cost import CostModel
+
+    seen = collections.Counter()
+
+    def run(n, w):  # 1 ms per call + 0.1 ms per padded token; the first sight of (4, 32) is disturbed
+        seen[(n, w)] += 1
+        return 1e-3 + 1e-4 * n * w + (5.0 if (n, w) == (4, 32) and seen[(n, w)] == 1 else 0.0)
+
+    cost = CostModel.measure(run, max_batch_size=16, max_length=64, max_batch_tokens=512)
+    assert cost.source == "measured" and max(seen.values()) == 3  # three sweeps
+    assert not any(n * w > 512 and n > 1 for n, w in seen)  # never beyond the token budget
+    assert cost.table[4, 32] == pytest.approx(1e-3 + 1e-4 * 128)  # the fastest of its sweeps
+    assert cost.plan(np.array([12, 12, 11, 10])) == [(0, 4)]  # the 1 ms call overhead makes merging pay
+    assert cost.plan(np.array([64, 8])) == [(0, 1), (1, 2)]  # padding 8 to 64 costs more than a call
+
+
+def test_import_floor_serving_never_loads_training(serve_dir):
+    code = (f"import sys, fastft.serve, fastft.serve.routes, fastft.serve.server, fastft.serve.cli\n"
+            f"from fastft.serve import app\n"
+            f"app({str(serve_dir)!r}, threads=1)\n"
+            f"bad = sorted(m for m in sys.modules if m.split('.')[:2] in "
+            f"[['fastft', x] for x in ('train', 'compress', 'export', 'bench', 'cli')])\n"
+            f"print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
+    from fastft.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0 and "--max-batch-tokens" in capsys.readouterr().out
+    for argv, msg in [([str(tmp_path / "missing")], "does not exist"),
+                      ([str(tmp_path)], "no config.json"),
+                      ([str(serve_dir), "--max-batch-tokens", "0"], "--max-batch-tokens must be a positive"),
+                      ([str(serve_dir), "--precision", "int8"], "no model_int8.onnx"),
+                      ([str(serve_dir), "--replicas", "2"], "need --ray")]:
+        assert main(["serve", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastft: error:") and msg in err and len(err.strip().splitlines()) == 1, err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", str(serve_dir), "--port", str(busy.getsockname()[1])]) == 2
+    assert "is in use" in capsys.readouterr().err
