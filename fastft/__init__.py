@@ -23,7 +23,7 @@ _LAZY = {
     "load_data": "fastft.data:load_data",
     "resolve_model": "fastft.models:resolve_model",
     "env_info": "fastft.env:env_info",
-    "FastftError": "fastft.errors:FastftError",
+    "FastftError": "fastft.core.errors:FastftError",
     # later stages (present once their modules exist)
     "load": "fastft.runtime:load",
     "export": "fastft.export:export",

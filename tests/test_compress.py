@@ -10,7 +10,7 @@ import pytest
 from conftest import save_tiny_model, write_jsonl
 
 from fastft.compress import CompressConfig
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 FAST = dict(epochs=1, batch_size=16, bench_runs=2, progress=False, recovery_epochs=1, prune_batches=2)
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fastft.data import load_data
-from fastft.errors import DataError
+from fastft.core.errors import DataError
 from conftest import make_rows, write_jsonl
 
 

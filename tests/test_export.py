@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 from fastft.export.attention import count_attention_nodes, export_fused, export_fused_onnx
 
 ATOL = 1e-4

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import make_rows, save_tiny_model, write_jsonl
 from fastft.cli import main
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 EVIL_MARKER = "evil-code-ran"
 
@@ -399,7 +399,7 @@ def test_overwrite_replaces_a_fastft_dir_or_an_empty_one(world, tmp_path, capfd)
 
 def test_output_written_meanwhile_is_not_replaced(tmp_path):
     """3. A result that appears while this run works is never replaced without --overwrite."""
-    from fastft.utils.io import atomic_output_dir
+    from fastft.core.io import atomic_output_dir
 
     out = tmp_path / "out"
     with pytest.raises(FastftError, match="written by another run while this one worked"):
@@ -419,7 +419,7 @@ def test_a_full_disk_at_save_is_one_line_and_leaves_nothing(tmp_path):
     """5. A write that fails inside the output (disk full, permissions changed) is one line; no leftovers."""
     import errno
 
-    from fastft.utils.io import atomic_output_dir
+    from fastft.core.io import atomic_output_dir
 
     with pytest.raises(FastftError, match=r"cannot write .*out \(No space left on device\); nothing was written"):
         with atomic_output_dir(tmp_path / "out") as tmp:
@@ -430,7 +430,7 @@ def test_a_full_disk_at_save_is_one_line_and_leaves_nothing(tmp_path):
 
 def test_a_running_writer_is_detected(tmp_path):
     """3. A second run to an output another live fastft process is writing fails at once."""
-    from fastft.utils.io import check_output_dir
+    from fastft.core.io import check_output_dir
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -444,8 +444,8 @@ def test_a_running_writer_is_detected(tmp_path):
 
 _WRITER = """
 import sys, time
-from fastft.errors import FastftError
-from fastft.utils.io import atomic_output_dir
+from fastft.core.errors import FastftError
+from fastft.core.io import atomic_output_dir
 try:
     with atomic_output_dir(sys.argv[1]) as tmp:
         (tmp / "fastft.json").write_text(sys.argv[2])
@@ -479,7 +479,7 @@ def _dead_pid() -> int:
 
 _KILLED = """
 import os, signal, sys
-from fastft.utils.io import atomic_output_dir, scratch_dir
+from fastft.core.io import atomic_output_dir, scratch_dir
 with scratch_dir("export") as scratch, atomic_output_dir(sys.argv[1]) as tmp:  # as fastft export does
     open(os.path.join(scratch, "plain.onnx"), "wb").write(b"x" * 4096)
     open(os.path.join(tmp, "model.onnx"), "wb").write(b"x" * 4096)
@@ -511,7 +511,7 @@ def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd,
 
 def test_stale_compress_work_dirs_are_cleaned(tmp_path, capfd):
     """8. .compress-work-<pid>-* of a dead run are removed (and said); a live run's are kept."""
-    from fastft.utils.io import check_output_dir
+    from fastft.core.io import check_output_dir
 
     dead = tmp_path / f".compress-work-{_dead_pid()}-x1"
     live = tmp_path / f".compress-work-{os.getpid()}-x2"

@@ -190,7 +190,7 @@ def test_long_text_truncated_with_one_warning(onnx_dir, pred):
 
 def test_missing_and_corrupt_onnx(tiny_model_dir, tmp_path):
     import fastft
-    from fastft.errors import ModelError
+    from fastft.core.errors import ModelError
 
     with pytest.raises(ModelError, match="no model.onnx"):
         fastft.load(tiny_model_dir)
@@ -207,7 +207,7 @@ def test_missing_and_corrupt_onnx(tiny_model_dir, tmp_path):
 
 def test_bad_options(onnx_dir):
     import fastft
-    from fastft.errors import FastftError
+    from fastft.core.errors import FastftError
 
     with pytest.raises(FastftError, match="backend must be"):
         fastft.load(onnx_dir, backend="tensorflow")

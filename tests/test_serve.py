@@ -485,7 +485,7 @@ def test_cost_model_measures_and_shrugs_off_a_busy_moment():
 
 
 def test_import_floor_serving_never_loads_training(serve_dir):
-    code = (f"import sys, fastft.serve, fastft.serve.routes, fastft.serve.server, fastft.serve.cli\n"
+    code = (f"import sys, fastft.serve, fastft.serve.routes, fastft.serve.server\n"
             f"from fastft.serve import app\n"
             f"app({str(serve_dir)!r}, threads=1)\n"
             f"bad = sorted(m for m in sys.modules if m.split('.')[:2] in "

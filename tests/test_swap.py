@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastft
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 ATOL = 1e-5
 KW = dict(vocab_size=120, max_position_embeddings=80, initializer_range=0.2)

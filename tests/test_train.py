@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastft
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 from fastft.train.trainer import param_groups
 
 
@@ -100,7 +100,7 @@ def test_existing_output_is_refused_and_untouched(tiny_model_dir, tiny_data_file
 
 
 def test_failure_leaves_nothing_half_written(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
-    from fastft.models import meta as meta_mod
+    from fastft.core import schema as meta_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

@@ -23,7 +23,7 @@ except OSError:
 
 
 def machine_info() -> dict:
-    from fastft.env import cpu_info
+    from fastft.core.system import cpu_info
 
     info = {"cpu": cpu_info(), "gpu": None}
     try:
@@ -43,8 +43,9 @@ def versions() -> dict:
     from fastft.env import env_info
 
     env = env_info()
+    cpp = {k: v for k, v in env["cpp_extension"].items() if k != "path"}  # no machine paths in result files
     return {"fastft": env["fastft"], "python": env["python"], **{k: v for k, v in env["packages"].items() if v},
-            "cpp_extension": env["cpp_extension"]}
+            "cpp_extension": cpp}
 
 
 def command_line() -> str:
@@ -68,7 +69,7 @@ def write_result(path: str | Path, payload: dict) -> Path:
     """Write a JSON result with machine, versions and command filled in (unless given)."""
     path = Path(path)
     if path.is_dir():
-        from fastft.errors import FastftError
+        from fastft.core.errors import FastftError
 
         raise FastftError(f"{path} is a directory; give a file name for the result JSON")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 BACKENDS = {
     "hf-eager": "Hugging Face PyTorch, attn_implementation='eager'",
@@ -70,7 +70,7 @@ def default_model() -> tuple[Path, str]:
         import torch
 
         from fastft.models import load_classifier, load_tokenizer, write_meta
-        from fastft.utils.io import atomic_output_dir
+        from fastft.core.io import atomic_output_dir
 
         torch.manual_seed(0)
         net = load_classifier("minilm-l6", labels=["negative", "positive"])
@@ -369,7 +369,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
 
     from fastft.bench import quantiles
     from fastft.models import load_tokenizer
-    from fastft.runtime.session import physical_cores
+    from fastft.core.system import physical_cores
 
     log = log or (lambda msg: print(f"fastft bench: {msg}", file=sys.stderr))
     cfg = _checked(cfg)
@@ -490,7 +490,7 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("--warmup must be 0 or more")
     if cfg.threads is not None and cfg.threads < 1:
         raise FastftError("--threads must be at least 1")
-    from fastft.utils.checks import check_float
+    from fastft.core.checks import check_float
 
     check_float("gap_ms", cfg.gap_ms, lo=0)
     return cfg

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 DEFAULT_OUTPUT = "runs/compressed"
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
@@ -88,7 +88,7 @@ class CompressConfig:
 
     def validate(self) -> None:
         """Raise FastftError (one line, naming the option) for anything unusable."""
-        from fastft.utils.checks import check_float, check_int
+        from fastft.core.checks import check_float, check_int
 
         for opt in ("epochs", "lr", "temperature", "alpha", "hidden_weight", "weight_decay", "warmup_ratio",
                     "prune_heads", "prune_ffn", "recovery_epochs", "sparsity", "accuracy_budget", "target_retained"):

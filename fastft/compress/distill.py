@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from fastft.errors import FastftError, ModelError
+from fastft.core.errors import FastftError, ModelError
 
 
 def layer_plan(n_teacher: int, n_student: int) -> tuple[list[int], list[int]]:

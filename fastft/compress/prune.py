@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from fastft.errors import FastftError, ModelError
+from fastft.core.errors import FastftError, ModelError
 
 
 def _layers(model):

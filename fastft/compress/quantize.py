@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 QUANT_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
 

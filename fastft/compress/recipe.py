@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fastft.compress.config import TEACHER_ALIAS, CompressConfig
-from fastft.errors import DataError, FastftError, ModelError
+from fastft.core.errors import DataError, FastftError, ModelError
 
 
 @dataclass
@@ -58,7 +58,7 @@ DEFAULT_TEACHER = {"model": "minilm-l6", "data": "movie-snippets", "epochs": 3, 
 def default_teacher(progress: bool = True) -> Path:
     """minilm-l6 fine-tuned on movie-snippets, trained once and cached (same settings as bench_teacher.py)."""
     from fastft.models import cache_dir
-    from fastft.models.meta import read_meta
+    from fastft.core.schema import read_meta
 
     path = cache_dir() / TEACHER_ALIAS
     if (path / "config.json").is_file() and read_meta(path).get("labels"):
@@ -85,7 +85,7 @@ def preflight(model, cfg: CompressConfig) -> dict:
 
     if model is None:
         from fastft.models import cache_dir
-        from fastft.models.meta import read_meta
+        from fastft.core.schema import read_meta
 
         cached = cache_dir() / TEACHER_ALIAS
         if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
@@ -129,7 +129,7 @@ def _read_config(path: Path) -> dict:
 
 def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
     """(fastft meta, labels) of a classifier directory, or a one-line ModelError."""
-    from fastft.models.meta import read_meta
+    from fastft.core.schema import read_meta
 
     meta = read_meta(path)
     cfg = _read_config(path)
@@ -154,7 +154,8 @@ def prepare(model, cfg: CompressConfig) -> Context:
     from fastft.data.collate import clamp_max_length
     from fastft.models import load_classifier, load_tokenizer, resolve_model
     from fastft.train.evaluate import align_labels
-    from fastft.train.trainer import physical_cores, set_seed
+    from fastft.core.system import physical_cores
+    from fastft.train.trainer import set_seed
 
     cfg.validate()
     if cfg.student not in ("teacher-layers", "minilm-l3"):
@@ -221,7 +222,8 @@ def torch_accuracy(net, ids, labels, pad_id: int, batch_size: int = 64) -> float
 
 
 def save_model_dir(ctx: Context, net, path: Path, stage: str, info: dict) -> Path:
-    from fastft.models.meta import versions, write_meta
+    from fastft.core.schema import write_meta
+    from fastft.core.system import versions
 
     path.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(path, safe_serialization=True)
@@ -354,7 +356,7 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     Writes ``config.output`` (a normal fastft model directory plus report.json/report.md) and
     returns the report.
     """
-    from fastft.utils.io import check_output_dir
+    from fastft.core.io import check_output_dir
 
     cfg = replace(config or CompressConfig(), **overrides)
     cfg.validate()
@@ -367,7 +369,7 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     ctx = prepare(model, cfg)
     out_parent = Path(cfg.output).expanduser().resolve().parent
     out_parent.mkdir(parents=True, exist_ok=True)
-    # the pid in the name lets the next run remove it if this one is killed (fastft.utils.io.clean_stale)
+    # the pid in the name lets the next run remove it if this one is killed (fastft.core.io.clean_stale)
     work = Path(tempfile.mkdtemp(prefix=f".compress-work-{os.getpid()}-", dir=out_parent))
     try:
         report = _pipeline(ctx, work, t_start)
@@ -381,7 +383,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     from fastft.compress.prune import count_params, flops
     from fastft.compress.quantize import export_onnx, ort_logits, session
     from fastft.train.metrics import classification_metrics
-    from fastft.utils.io import atomic_output_dir
+    from fastft.core.io import atomic_output_dir
 
     cfg = ctx.cfg
     stages, infos, timings = [], {}, {}
@@ -447,7 +449,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         timings["latency_s"] = round(time.perf_counter() - t0, 2)
     rows = rep.build_rows(stages, latency)
     verdict = rep.verdict(rows, cfg.target_retained)
-    from fastft.train.trainer import physical_cores
+    from fastft.core.system import physical_cores
 
     notes = []
     if cfg.sparsity > 0:
@@ -501,7 +503,8 @@ def onnx_section(fp32_info: dict, qinfo: dict | None, precision: str | None) -> 
 
 
 def _write_meta(ctx: Context, out: Path, onnx: dict, metrics: dict, report: dict) -> None:
-    from fastft.models.meta import read_meta, versions, write_meta
+    from fastft.core.schema import read_meta, write_meta
+    from fastft.core.system import versions
 
     meta = read_meta(out)
     meta.update({
@@ -526,7 +529,7 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
 
     prune: ``teacher`` (default: ``model`` itself) supplies the recovery targets.
     """
-    from fastft.utils.io import atomic_output_dir, check_output_dir, scratch_dir
+    from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 
     cfg = replace(config or CompressConfig(), **overrides)
     if stage == "distill":
@@ -568,7 +571,7 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
                 _, qinfo = do_quantize(ctx, tmp / "model.onnx", tmp)
                 res.info = qinfo
             from fastft.compress.quantize import fused_path
-            from fastft.models.meta import read_meta, write_meta
+            from fastft.core.schema import read_meta, write_meta
 
             fused_path(tmp / "model.onnx").unlink(missing_ok=True)
             meta = read_meta(tmp)

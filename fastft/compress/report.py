@@ -160,7 +160,7 @@ def markdown(report: dict) -> str:
 
 
 def write(out_dir: Path, report: dict) -> None:
-    from fastft.utils.io import write_json
+    from fastft.core.io import write_json
 
     write_json(Path(out_dir) / "report.json", report)
     (Path(out_dir) / "report.md").write_text(markdown(report))

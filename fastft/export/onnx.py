@@ -17,7 +17,7 @@ import inspect
 import os
 from pathlib import Path
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 MIN_OPSET = 17
 # onnx 1.23 writes IR version 11+; onnxruntime 1.2x-1.3x reads IR <= 10/11. 10 is read by all of them.

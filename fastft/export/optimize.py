@@ -22,7 +22,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",

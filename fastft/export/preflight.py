@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 CPU_PROVIDER = "CPUExecutionProvider"
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 SCOPES = ("all", "weights", "ffn", "no-attention")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -86,7 +86,7 @@ def default_recipe(cpu: dict | None = None, *, static: bool = False) -> Int8Reci
     other saturation-free choice but was 1.3-1.6x slower wherever we could measure it.
     """
     if cpu is None:
-        from fastft.env import cpu_info
+        from fastft.core.system import cpu_info
 
         cpu = cpu_info()
     flags = set(cpu.get("flags") or [])

@@ -4,7 +4,7 @@
   shapes (batch 1 and 3; sequence 7, 64 and the model maximum), with padding in the batch.
 - INT8: label agreement with the fp32 graph on real text (the validation split) >= 99%,
   and the accuracy of both against the gold labels.
-A failed check raises :class:`fastft.errors.FastftError`.
+A failed check raises :class:`fastft.core.errors.FastftError`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 FP32_ATOL = 1e-4
 MIN_AGREEMENT = 0.99

@@ -1,6 +1,6 @@
 """Model resolution (built-in aliases, local directories, hub names) and fastft.json."""
 
-from fastft.models.meta import META_FILE, read_meta, write_meta
+from fastft.core.schema import META_FILE, read_meta, write_meta
 from fastft.models.resolve import BUILTIN_MODELS, cache_dir, load_classifier, load_tokenizer, resolve_model
 
 __all__ = [

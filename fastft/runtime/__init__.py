@@ -16,7 +16,8 @@ from fastft.runtime.predictor import (
                                       load,
                                       softmax,
 )
-from fastft.runtime.session import DeviceError, physical_cores, session_options
+from fastft.core.system import physical_cores
+from fastft.runtime.session import DeviceError, session_options
 
 __all__ = ["DeviceError", "InputError", "OrtPredictor", "Predictor", "TorchPredictor", "TruncationWarning", "load",
            "physical_cores", "session_options", "softmax"]

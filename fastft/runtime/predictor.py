@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.errors import FastftError, ModelError
-from fastft.utils.checks import check_int
+from fastft.core.errors import FastftError, ModelError
+from fastft.core.checks import check_int
 from fastft.runtime.encode import Encoder, length_sorted_batches
 from fastft.runtime.session import (LEVELS, DeviceError, create_session, parse_device, runtime_level,
                                     session_options)
-from fastft.utils.numeric import softmax
+from fastft.core.numerics import softmax
 
 
 class InputError(FastftError):
@@ -379,7 +379,7 @@ class _Config:
 
 
 def _read_config(p: Path) -> dict:
-    from fastft.utils.io import read_json_object
+    from fastft.core.io import read_json_object
 
     cfg = p / "config.json"
     if not cfg.is_file():

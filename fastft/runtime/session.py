@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastft.errors import FastftError, ModelError
+from fastft.core.errors import FastftError, ModelError
+from fastft.core.system import physical_cores
 
 LEVELS = ("disable", "basic", "extended", "all")
 
@@ -29,14 +30,6 @@ class DeviceError(FastftError):
     """The requested device cannot be used (no GPU, no CUDA provider...)."""
 
 
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except Exception:  # noqa: BLE001 - psutil missing or unsupported platform
-        n = None
-    return int(n or os.cpu_count() or 1)
 
 
 def parse_device(device: str) -> tuple[str, int]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from fastft.runtime.encode import Encoded, Encoder
 from fastft.serve.cost import CostModel
-from fastft.utils.numeric import softmax
+from fastft.core.numerics import softmax
 
 log = logging.getLogger("fastft.serve")
 

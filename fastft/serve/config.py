@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 PRECISIONS = ("int8", "fp32")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 from fastft.serve.config import ServeConfig
 
 log = logging.getLogger("fastft.serve")

@@ -89,7 +89,7 @@ def _ignore(signum, frame) -> None:
 
 def check_port(host: str, port: int) -> None:
     """A clear error before minutes of loading when the address cannot be bound."""
-    from fastft.errors import FastftError
+    from fastft.core.errors import FastftError
 
     if port == 0:
         return

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 from fastft.swap import bert, distilbert
 from fastft.swap._interface import IMPL_NAME
 

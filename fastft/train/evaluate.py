@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.errors import DataError, FastftError
+from fastft.core.errors import DataError, FastftError
 
 
 def run_eval(net, tokenizer, split, max_length: int, batch_size: int = 64, progress: bool = True) -> dict:
@@ -104,7 +104,7 @@ def evaluate(model: str | Path, data: str | None = None, split: str = "test", *,
     ``model_int8.onnx`` (True) or ``model.onnx`` (False) with ONNX Runtime. A missing or corrupt
     ONNX file is a ModelError. limit: score at most this many rows of the split.
     """
-    from fastft.utils.checks import check_int
+    from fastft.core.checks import check_int
 
     check_int("--batch-size", batch_size, lo=1)
     check_int("--max-length", max_length, lo=2, optional=True)
@@ -185,7 +185,7 @@ def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[d
     index (from 0); nothing is replaced silently (see :mod:`fastft.data.text`).
     """
     from fastft.data.text import unicode_problem
-    from fastft.utils.checks import check_int
+    from fastft.core.checks import check_int
 
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise FastftError("texts must be a list of strings")

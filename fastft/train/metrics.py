@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fastft.utils.numeric import softmax  # noqa: F401 - re-exported; serving imports it from utils
+from fastft.core.numerics import softmax  # noqa: F401 - re-exported; serving imports it from utils
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:

@@ -16,7 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
+from fastft.core.system import physical_cores
 from fastft.train.metrics import METRIC_NAMES
 
 
@@ -52,7 +53,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        from fastft.utils.checks import check_float, check_int
+        from fastft.core.checks import check_float, check_int
 
         for opt, v in (("--epochs", self.epochs), ("--lr", self.lr), ("--weight-decay", self.weight_decay),
                        ("--warmup-ratio", self.warmup_ratio), ("--max-grad-norm", self.max_grad_norm)):
@@ -92,14 +93,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except Exception:
-        n = None
-    return max(1, n or os.cpu_count() or 1)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -149,7 +142,7 @@ def run_training(cfg: TrainConfig) -> dict:
     cfg.validate()
     if cfg.output is None:
         raise FastftError("an output directory is required (--output DIR)")
-    from fastft.utils.io import check_output_dir
+    from fastft.core.io import check_output_dir
 
     check_output_dir(cfg.output, cfg.overwrite, inputs=(cfg.model, cfg.data))  # fail before any work
 
@@ -160,9 +153,10 @@ def run_training(cfg: TrainConfig) -> dict:
     from fastft.data import load_data
     from fastft.data.collate import Collator, clamp_max_length
     from fastft.models import load_classifier, load_tokenizer
-    from fastft.models.meta import versions, write_meta
+    from fastft.core.schema import write_meta
+    from fastft.core.system import versions
     from fastft.train.evaluate import run_eval
-    from fastft.utils.io import atomic_output_dir
+    from fastft.core.io import atomic_output_dir
 
     torch.set_num_threads(cfg.threads or physical_cores())
     set_seed(cfg.seed)

@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
-META_NAME = "fastft.json"  # the marker of a directory fastft wrote (fastft.models.meta.META_FILE)
+META_NAME = "fastft.json"  # the marker of a directory fastft wrote (fastft.core.schema.META_FILE)
 # hidden work directories, each carrying the pid of the run that made it
 _STALE_PATTERNS = (
     re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)-"),  # atomic_output_dir
@@ -352,7 +352,7 @@ def stdout_to_stderr(discard: bool = False) -> Iterator[None]:
 
 def read_json_object(path: str | os.PathLike) -> dict:
     """A JSON object from ``path``; ModelError naming the file when it is corrupt."""
-    from fastft.errors import ModelError
+    from fastft.core.errors import ModelError
 
     try:
         obj = json.loads(Path(path).read_text())

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastft.errors import ModelError
-from fastft.utils.io import read_json_object, write_json
+from fastft.core.errors import ModelError
+from fastft.core.io import read_json_object, write_json
 
 META_FILE = "fastft.json"
 
@@ -26,19 +26,3 @@ def read_meta(model_dir: str | Path, required: bool = False) -> dict:
 
 def write_meta(model_dir: str | Path, meta: dict) -> None:
     write_json(Path(model_dir) / META_FILE, meta)
-
-
-def versions() -> dict:
-    """Versions of the libraries that shaped a model directory."""
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("fastft", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "peft"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
-    import platform
-
-    out["python"] = platform.python_version()
-    return out

@@ -75,8 +75,8 @@ def check_paths(args) -> None:
     """--json FILE, --plot FILE and --workdir DIR must be writable before minutes of measuring."""
     from pathlib import Path
 
-    from fastft.errors import FastftError
-    from fastft.utils.io import check_writable
+    from fastft.core.errors import FastftError
+    from fastft.core.io import check_writable
 
     for opt, value in (("--json", args.json if args.json != "-" else None), ("--plot", args.plot)):
         if value is None:
@@ -106,8 +106,8 @@ def _run(args) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from fastft.bench import write_result
     from fastft.bench.harness import BACKENDS, BenchConfig, format_table, run_bench
-    from fastft.errors import FastftError
-    from fastft.utils.io import dumps
+    from fastft.core.errors import FastftError
+    from fastft.core.io import dumps
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise FastftError(f"--plot writes a PNG; give a .png file name (got {args.plot!r})")

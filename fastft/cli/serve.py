@@ -56,7 +56,7 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
-    from fastft.errors import FastftError
+    from fastft.core.errors import FastftError
     from fastft.serve.config import ServeConfig
 
     if args.max_body_kb < 1:
@@ -83,7 +83,7 @@ def _serve(args) -> int:
 def _check_dir(path: str) -> None:
     from pathlib import Path
 
-    from fastft.errors import ModelError
+    from fastft.core.errors import ModelError
 
     p = Path(path).expanduser()
     if not p.exists():

@@ -60,7 +60,7 @@ def register(sub) -> None:
 
 def config_from_args(args):
     from fastft.compress.config import CompressConfig
-    from fastft.errors import FastftError
+    from fastft.core.errors import FastftError
 
     if args.int8 and args.fp16:
         raise FastftError("--int8 and --fp16 exclude each other: pick one")
@@ -81,7 +81,7 @@ def _compress(args) -> int:
 
     from fastft.compress.recipe import compress
     from fastft.compress.report import table
-    from fastft.utils.io import dumps, stdout_to_stderr
+    from fastft.core.io import dumps, stdout_to_stderr
 
     cfg = config_from_args(args)
     with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON

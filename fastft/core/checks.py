@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 
 def _range(lo, hi, lo_open: bool, hi_open: bool) -> str:

@@ -43,7 +43,7 @@ def _export(args) -> int:
     import contextlib
 
     from fastft.export import export
-    from fastft.utils.io import dumps, stdout_to_stderr
+    from fastft.core.io import dumps, stdout_to_stderr
 
     with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON
         info = export(args.model, args.output, int8=args.int8, static=args.static, calib_data=args.calib_data,

@@ -75,14 +75,14 @@ def _json_guard(args):
     """With --json, whatever the work prints on stdout goes to stderr: stdout holds only the JSON."""
     import contextlib
 
-    from fastft.utils.io import stdout_to_stderr
+    from fastft.core.io import stdout_to_stderr
 
     return stdout_to_stderr() if args.json else contextlib.nullcontext()
 
 
 def _train(args) -> int:
     from fastft.train.trainer import TrainConfig, run_training
-    from fastft.utils.io import dumps
+    from fastft.core.io import dumps
 
     cfg = TrainConfig(
         model=args.model, data=args.data, output=args.output, epochs=args.epochs, max_length=args.max_length,
@@ -124,7 +124,7 @@ def _fmt(v) -> str:
 
 def _eval(args) -> int:
     from fastft.train.evaluate import evaluate
-    from fastft.utils.io import dumps
+    from fastft.core.io import dumps
 
     with _json_guard(args):
         res = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, max_length=args.max_length,
@@ -140,8 +140,8 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from fastft.errors import FastftError
-    from fastft.utils.io import dumps
+    from fastft.core.errors import FastftError
+    from fastft.core.io import dumps
 
     texts = args.texts
     if texts == ["-"]:
@@ -169,7 +169,7 @@ def _predict(args) -> int:
 def _stdin_lines() -> list[str]:
     """Non-blank lines of stdin, decoded as UTF-8 (an error names the first bad line)."""
     from fastft.data.text import decode_line
-    from fastft.errors import FastftError
+    from fastft.core.errors import FastftError
 
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stream (e.g. replaced in-process): already decoded

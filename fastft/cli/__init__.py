@@ -2,7 +2,7 @@
 
 Each command lives in its own module exposing ``register(subparsers)``; that module
 imports nothing heavy at top level, so ``fastft --help`` is instant. A user mistake
-(:class:`fastft.errors.FastftError`) prints one line and exits 2, never a traceback.
+(:class:`fastft.core.errors.FastftError`) prints one line and exits 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import os
 import sys
 
 from fastft import __version__
-from fastft.errors import FastftError
+from fastft.core.errors import FastftError
 
 # command modules, in the order --help lists them
 COMMAND_MODULES = [
-    "fastft.train.cli",  # train, eval, predict
-    "fastft.export.cli",  # export
-    "fastft.compress.cli",  # compress
-    "fastft.bench.cli",  # bench
-    "fastft.serve.cli",  # serve
-    "fastft.env",  # env
+    "fastft.cli.train",  # train, eval, predict
+    "fastft.cli.export",  # export
+    "fastft.cli.compress",  # compress
+    "fastft.cli.bench",  # bench
+    "fastft.cli.serve",  # serve
+    "fastft.cli.env",  # env
 ]
 
 
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastft: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastft env | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
