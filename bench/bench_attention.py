@@ -77,9 +77,26 @@ def cpu_info() -> dict:
                 info["model"] = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                info["flags"] = sorted(f for f in flags if f in {
-                    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-                    "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
+                info["flags"] = sorted(
+                    f
+                    for f in flags
+                    if f
+                    in {
+                        "sse4_2",
+                        "avx",
+                        "avx2",
+                        "fma",
+                        "f16c",
+                        "avx512f",
+                        "avx512bw",
+                        "avx512vl",
+                        "avx512_vnni",
+                        "avx_vnni",
+                        "avx512_bf16",
+                        "amx_tile",
+                        "amx_bf16",
+                    }
+                )
                 break
     except OSError:
         pass
@@ -91,9 +108,13 @@ def versions() -> dict:
     from fastft import _native
     from fastft.ops import cpu_backend
 
-    v = {"python": platform.python_version(), "torch": torch.__version__,
-         "fastft": fastft.__version__, "fastft_build": _native.build_info(),
-         "fastft_cpu_backend": cpu_backend()}
+    v = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "fastft": fastft.__version__,
+        "fastft_build": _native.build_info(),
+        "fastft_cpu_backend": cpu_backend(),
+    }
     try:
         import triton
 
@@ -108,10 +129,12 @@ def versions() -> dict:
 
 def quantiles(ts: list[float]) -> dict:
     ts = sorted(ts)
+
     def q(p):
         i = p * (len(ts) - 1)
         lo, hi = int(i), min(int(i) + 1, len(ts) - 1)
         return ts[lo] + (ts[hi] - ts[lo]) * (i - lo)
+
     return {"median_ms": statistics.median(ts) * 1e3, "p10_ms": q(0.1) * 1e3, "p90_ms": q(0.9) * 1e3}
 
 
@@ -178,8 +201,12 @@ def cpu_backends(q, k, v, mask):
     fns = {"fastft": fastft_default}
     from fastft import _native
 
-    if (_native.available() and "avx2" in _native._C.attention_isas() and _native._C.attention_isa() != "avx2"
-            and os.environ.get("FASTFT_ATTN_ISA", "auto") in ("", "auto")):
+    if (
+        _native.available()
+        and "avx2" in _native._C.attention_isas()
+        and _native._C.attention_isa() != "avx2"
+        and os.environ.get("FASTFT_ATTN_ISA", "auto") in ("", "auto")
+    ):
         fns["fastft_avx2"] = fastft_avx2
     if mask is not None:
         fns["fastft_varlen"] = fastft_varlen
@@ -196,7 +223,7 @@ def run_cpu(args) -> dict:
     a = torch.randn(1024, 1024)
     b = torch.randn(1024, 1024)
     gemm = lambda: torch.mm(a, b)  # noqa: E731
-    gemm_flops = 2 * 1024 ** 3
+    gemm_flops = 2 * 1024**3
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -238,7 +265,7 @@ def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dic
     cpu = {name: [] for name in names}
     load0 = os.getloadavg()[0]
     for r in range(reps):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             c0, t0 = time.process_time(), time.perf_counter()
             fns[name]()
@@ -254,10 +281,17 @@ def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dic
     for name, st in stats.items():
         gf = flops / (st["median_ms"] * 1e-3) / 1e9
         row = {
-            "backend": name, "threads": threads, "batch": 1, "heads": args.heads, "seq": seq,
-            "head_dim": d, "mask": "75% valid" if masked else "none", "reps": reps,
+            "backend": name,
+            "threads": threads,
+            "batch": 1,
+            "heads": args.heads,
+            "seq": seq,
+            "head_dim": d,
+            "mask": "75% valid" if masked else "none",
+            "reps": reps,
             **{key: round(val, 4) for key, val in st.items()},
-            "gflops": round(gf, 2), "gemm_gflops": round(gemm_gflops, 2),
+            "gflops": round(gf, 2),
+            "gemm_gflops": round(gemm_gflops, 2),
             "frac_of_gemm": round(gf / gemm_gflops, 3),
             "vs_sdpa": round(stats["sdpa"]["median_ms"] / st["median_ms"], 3),
             "vs_eager": round(stats["eager"]["median_ms"] / st["median_ms"], 3),
@@ -267,12 +301,15 @@ def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dic
             "loadavg_1m": [round(load0, 2), round(load1, 2)],
         }
         rows.append(row)
-        print(f"t={threads} d={d:3d} seq={seq:5d} mask={row['mask']:9s} {name:12s} "
-              f"{row['median_ms']:9.3f} ms [{row['p10_ms']:.3f}, {row['p90_ms']:.3f}] "
-              f"{gf:7.1f} GFLOP/s  x{row['vs_sdpa']:.2f} vs sdpa  x{row['vs_eager']:.2f} vs eager | "
-              f"cpu {row['cpu_median_ms']:.3f} ms x{row['vs_sdpa_cpu']:.2f} vs sdpa "
-              f"x{row['vs_eager_cpu']:.2f} vs eager (gemm {gemm_gflops:.0f} GFLOP/s, load {load0:.1f}, "
-              f"reps {reps})", flush=True)
+        print(
+            f"t={threads} d={d:3d} seq={seq:5d} mask={row['mask']:9s} {name:12s} "
+            f"{row['median_ms']:9.3f} ms [{row['p10_ms']:.3f}, {row['p90_ms']:.3f}] "
+            f"{gf:7.1f} GFLOP/s  x{row['vs_sdpa']:.2f} vs sdpa  x{row['vs_eager']:.2f} vs eager | "
+            f"cpu {row['cpu_median_ms']:.3f} ms x{row['vs_sdpa_cpu']:.2f} vs sdpa "
+            f"x{row['vs_eager_cpu']:.2f} vs eager (gemm {gemm_gflops:.0f} GFLOP/s, load {load0:.1f}, "
+            f"reps {reps})",
+            flush=True,
+        )
     return rows
 
 
@@ -298,20 +335,40 @@ def _mem_child(backend: str, seq: int, head_dim: int, threads: list[int]) -> Non
         before, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss delta"
     out = fns[backend]()
     after = _rss_kib("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"backend": backend, "extra_peak_mib": round((after - before) / 1024, 2),
-                      "output_mib": out.numel() * out.element_size() / 2 ** 20, "how": how}))
+    print(
+        json.dumps(
+            {
+                "backend": backend,
+                "extra_peak_mib": round((after - before) / 1024, 2),
+                "output_mib": out.numel() * out.element_size() / 2**20,
+                "how": how,
+            }
+        )
+    )
 
 
 def peak_memory(args) -> dict:
     seq, d = 2048, 64
-    res = {"method": "fresh subprocess per backend, inputs created, peak-RSS watermark reset "
-                     "(/proc/self/clear_refs 5); extra = VmHWM after one call - VmRSS before "
-                     "(includes the output tensor); one small warm-up call first",
-           "shape": {"batch": 1, "heads": 12, "seq": seq, "head_dim": d, "mask": "75% valid"},
-           "backends": {}}
+    res = {
+        "method": "fresh subprocess per backend, inputs created, peak-RSS watermark reset "
+        "(/proc/self/clear_refs 5); extra = VmHWM after one call - VmRSS before "
+        "(includes the output tensor); one small warm-up call first",
+        "shape": {"batch": 1, "heads": 12, "seq": seq, "head_dim": d, "mask": "75% valid"},
+        "backends": {},
+    }
     for backend in ("fastft", "sdpa", "eager"):
-        cmd = [sys.executable, __file__, "--mem-child", backend, "--mem-seq", str(seq),
-               "--mem-head-dim", str(d), "--threads", str(args.threads[0])]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--mem-child",
+            backend,
+            "--mem-seq",
+            str(seq),
+            "--mem-head-dim",
+            str(d),
+            "--threads",
+            str(args.threads[0]),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res["backends"][backend] = json.loads(out)
         print("memory:", out, flush=True)
@@ -320,9 +377,11 @@ def peak_memory(args) -> dict:
     # 4 row vectors; plus, with a mask, a per-key bias (4 B) and per-block flags per batch row
     bq, bk_max, kr_max, dp = 48, 256, 8, -(-d // 16) * 16
     per_thread = 4 * (d * bq + (bk_max + kr_max) * bq + bq * dp + bk_max * dp + 4 * bq)
-    res["fastft_workspace_by_design_mib"] = {"per_thread": round(per_thread / 2 ** 20, 3),
-                                              "threads": args.threads[0],
-                                              "plus_key_bias_bytes": 4 * seq + -(-seq // 64)}
+    res["fastft_workspace_by_design_mib"] = {
+        "per_thread": round(per_thread / 2**20, 3),
+        "threads": args.threads[0],
+        "plus_key_bias_bytes": 4 * seq + -(-seq // 64),
+    }
     return res
 
 
@@ -338,14 +397,31 @@ def targets(rows: list[dict]) -> list[dict]:
     out = []
     for d in (32, 64):
         for mask, backend, bar in TARGETS:
-            sel = [r for r in rows if r["threads"] == 2 and r["seq"] == 512 and r["head_dim"] == d
-                   and r["mask"] == mask and r["backend"] == backend]
+            sel = [
+                r
+                for r in rows
+                if r["threads"] == 2
+                and r["seq"] == 512
+                and r["head_dim"] == d
+                and r["mask"] == mask
+                and r["backend"] == backend
+            ]
             if not sel:
                 continue
             r = sel[0]
-            out.append({"seq": 512, "head_dim": d, "threads": 2, "mask": mask, "backend": backend,
-                        "target_vs_sdpa": bar, "vs_sdpa": r["vs_sdpa"], "vs_sdpa_cpu": r["vs_sdpa_cpu"],
-                        "met": r["vs_sdpa"] >= bar})
+            out.append(
+                {
+                    "seq": 512,
+                    "head_dim": d,
+                    "threads": 2,
+                    "mask": mask,
+                    "backend": backend,
+                    "target_vs_sdpa": bar,
+                    "vs_sdpa": r["vs_sdpa"],
+                    "vs_sdpa_cpu": r["vs_sdpa_cpu"],
+                    "met": r["vs_sdpa"] >= bar,
+                }
+            )
     return out
 
 
@@ -381,10 +457,14 @@ def write(result: dict, stem: str, out_dir: Path, plot: bool) -> None:
                 ax = axes[i][j]
                 for be in dict.fromkeys(r["backend"] for r in rows):
                     sel = [r for r in rows if r["backend"] == be and r["head_dim"] == d and r["mask"] == m]
-                    ax.errorbar([r["seq"] for r in sel], [r["median_ms"] for r in sel],
-                                yerr=[[r["median_ms"] - r["p10_ms"] for r in sel],
-                                      [r["p90_ms"] - r["median_ms"] for r in sel]],
-                                marker="o", capsize=3, label=be)
+                    ax.errorbar(
+                        [r["seq"] for r in sel],
+                        [r["median_ms"] for r in sel],
+                        yerr=[[r["median_ms"] - r["p10_ms"] for r in sel], [r["p90_ms"] - r["median_ms"] for r in sel]],
+                        marker="o",
+                        capsize=3,
+                        label=be,
+                    )
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
                 ax.set_title(f"head_dim {d}, mask {m}")
@@ -400,8 +480,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quick", action="store_true", help="smoke run: small shapes, few repetitions")
-    p.add_argument("--threads", type=int, nargs="+", default=[2, 1],
-                   help="torch.set_num_threads values, one pass each (first: memory, plot)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[2, 1],
+        help="torch.set_num_threads values, one pass each (first: memory, plot)",
+    )
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--seqs", type=int, nargs="+", default=[128, 512, 1024, 2048])
     p.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
@@ -410,11 +495,18 @@ def main(argv=None) -> int:
     p.add_argument("--max-reps", type=int, default=60)
     p.add_argument("--out", type=Path, default=None, help=f"result folder (default {RESULTS})")
     p.add_argument("--stem", default="attention_cpu", help="result file name stem (default attention_cpu)")
-    p.add_argument("--isa", choices=["auto", "avx512", "avx2", "generic"], default=None,
-                   help="force the C++ kernel's SIMD copy for every fastft row (sets FASTFT_ATTN_ISA)")
+    p.add_argument(
+        "--isa",
+        choices=["auto", "avx512", "avx2", "generic"],
+        default=None,
+        help="force the C++ kernel's SIMD copy for every fastft row (sets FASTFT_ATTN_ISA)",
+    )
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--memory-only", action="store_true",
-                   help="only (re)measure peak memory and merge it into the existing CPU result file")
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only (re)measure peak memory and merge it into the existing CPU result file",
+    )
     p.add_argument("--mem-child", help=argparse.SUPPRESS)
     p.add_argument("--mem-seq", type=int, default=2048, help=argparse.SUPPRESS)
     p.add_argument("--mem-head-dim", type=int, default=64, help=argparse.SUPPRESS)
@@ -444,12 +536,16 @@ def main(argv=None) -> int:
         return 0
 
     t0 = time.time()
-    header = {"command": " ".join([Path(sys.executable).name] + sys.argv),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpu": cpu_info(), "versions": versions(),
-              "threads": args.threads, "flop_convention": "4*B*H*Sq*Sk*D, all keys counted (masked too), "
-                                                          "softmax not counted",
-              "env": {k: os.environ.get(k) for k in ("FASTFT_ATTN_ISA", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
-              "loadavg_start": os.getloadavg()}
+    header = {
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "cpu": cpu_info(),
+        "versions": versions(),
+        "threads": args.threads,
+        "flop_convention": "4*B*H*Sq*Sk*D, all keys counted (masked too), softmax not counted",
+        "env": {k: os.environ.get(k) for k in ("FASTFT_ATTN_ISA", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
+        "loadavg_start": os.getloadavg(),
+    }
     result = {**header, **run_cpu(args)}
     stem = args.stem
     result["loadavg_end"] = os.getloadavg()

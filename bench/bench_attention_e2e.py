@@ -66,7 +66,7 @@ def interleaved(runners: dict, rounds: int, warmup: int) -> dict:
             runners[n]()
     times = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t = time.perf_counter()
             runners[n]()
@@ -91,7 +91,10 @@ def attention_graphs(batch=1, heads=12, seq=512, head_dim=32, seed=0):
     w = (rng.standard_normal((e, 3 * e)) * 0.05).astype(np.float32)
     b = (rng.standard_normal(3 * e) * 0.01).astype(np.float32)
     inits = [nh.from_array(w, "W"), nh.from_array(b, "bias")]
-    ins = [h.make_tensor_value_info("x", TP.FLOAT, [batch, seq, e]), h.make_tensor_value_info("mask", TP.INT32, [batch, seq])]
+    ins = [
+        h.make_tensor_value_info("x", TP.FLOAT, [batch, seq, e]),
+        h.make_tensor_value_info("mask", TP.INT32, [batch, seq]),
+    ]
     outs = [h.make_tensor_value_info("y", TP.FLOAT, [batch, seq, e])]
     ops = [h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)]
 
@@ -103,32 +106,62 @@ def attention_graphs(batch=1, heads=12, seq=512, head_dim=32, seed=0):
         m.ir_version = 10
         return m
 
-    packed = model([h.make_node("Attention", ["x", "W", "bias", "mask"], ["y"], domain="com.microsoft", num_heads=heads)])
-    mha = model([
-        h.make_node("MatMul", ["x", "W"], ["qkv0"]), h.make_node("Add", ["qkv0", "bias"], ["qkv"]),
-        h.make_node("Split", ["qkv", "sp"], ["q", "k", "v"], axis=2),
-        h.make_node("MultiHeadAttention", ["q", "k", "v", "", "mask"], ["y"], domain="com.microsoft", num_heads=heads),
-    ], [c([e, e, e], "sp", np.int64)])
-    unfused = model([
-        h.make_node("MatMul", ["x", "W"], ["qkv0"]), h.make_node("Add", ["qkv0", "bias"], ["qkv"]),
-        h.make_node("Reshape", ["qkv", "shp"], ["r"]), h.make_node("Transpose", ["r"], ["t"], perm=[2, 0, 3, 1, 4]),
-        h.make_node("Split", ["t", "sp1"], ["q0", "k0", "v0"], axis=0),
-        h.make_node("Squeeze", ["q0", "z"], ["q"]), h.make_node("Squeeze", ["k0", "z"], ["k"]),
-        h.make_node("Squeeze", ["v0", "z"], ["v"]), h.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-        h.make_node("MatMul", ["q", "kt"], ["s0"]), h.make_node("Mul", ["s0", "sc"], ["s1"]),
-        h.make_node("Cast", ["mask"], ["mf"], to=TP.FLOAT), h.make_node("Sub", ["one", "mf"], ["mi"]),
-        h.make_node("Mul", ["mi", "neg"], ["madd"]), h.make_node("Unsqueeze", ["madd", "ax12"], ["m4"]),
-        h.make_node("Add", ["s1", "m4"], ["s2"]), h.make_node("Softmax", ["s2"], ["p"], axis=-1),
-        h.make_node("MatMul", ["p", "v"], ["o"]), h.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
-        h.make_node("Reshape", ["ot", "shp2"], ["y"]),
-    ], [c([batch, seq, 3, heads, head_dim], "shp", np.int64), c([1, 1, 1], "sp1", np.int64), c([0], "z", np.int64),
-        c(head_dim ** -0.5, "sc", np.float32), c(1.0, "one", np.float32), c(-3.4e38, "neg", np.float32),
-        c([1, 2], "ax12", np.int64), c([batch, seq, e], "shp2", np.int64)])
+    packed = model(
+        [h.make_node("Attention", ["x", "W", "bias", "mask"], ["y"], domain="com.microsoft", num_heads=heads)]
+    )
+    mha = model(
+        [
+            h.make_node("MatMul", ["x", "W"], ["qkv0"]),
+            h.make_node("Add", ["qkv0", "bias"], ["qkv"]),
+            h.make_node("Split", ["qkv", "sp"], ["q", "k", "v"], axis=2),
+            h.make_node(
+                "MultiHeadAttention", ["q", "k", "v", "", "mask"], ["y"], domain="com.microsoft", num_heads=heads
+            ),
+        ],
+        [c([e, e, e], "sp", np.int64)],
+    )
+    unfused = model(
+        [
+            h.make_node("MatMul", ["x", "W"], ["qkv0"]),
+            h.make_node("Add", ["qkv0", "bias"], ["qkv"]),
+            h.make_node("Reshape", ["qkv", "shp"], ["r"]),
+            h.make_node("Transpose", ["r"], ["t"], perm=[2, 0, 3, 1, 4]),
+            h.make_node("Split", ["t", "sp1"], ["q0", "k0", "v0"], axis=0),
+            h.make_node("Squeeze", ["q0", "z"], ["q"]),
+            h.make_node("Squeeze", ["k0", "z"], ["k"]),
+            h.make_node("Squeeze", ["v0", "z"], ["v"]),
+            h.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+            h.make_node("MatMul", ["q", "kt"], ["s0"]),
+            h.make_node("Mul", ["s0", "sc"], ["s1"]),
+            h.make_node("Cast", ["mask"], ["mf"], to=TP.FLOAT),
+            h.make_node("Sub", ["one", "mf"], ["mi"]),
+            h.make_node("Mul", ["mi", "neg"], ["madd"]),
+            h.make_node("Unsqueeze", ["madd", "ax12"], ["m4"]),
+            h.make_node("Add", ["s1", "m4"], ["s2"]),
+            h.make_node("Softmax", ["s2"], ["p"], axis=-1),
+            h.make_node("MatMul", ["p", "v"], ["o"]),
+            h.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+            h.make_node("Reshape", ["ot", "shp2"], ["y"]),
+        ],
+        [
+            c([batch, seq, 3, heads, head_dim], "shp", np.int64),
+            c([1, 1, 1], "sp1", np.int64),
+            c([0], "z", np.int64),
+            c(head_dim**-0.5, "sc", np.float32),
+            c(1.0, "one", np.float32),
+            c(-3.4e38, "neg", np.float32),
+            c([1, 2], "ax12", np.int64),
+            c([batch, seq, e], "shp2", np.int64),
+        ],
+    )
     x = rng.standard_normal((batch, seq, e)).astype(np.float32)
     mask = np.ones((batch, seq), np.int32)
-    mask[:, seq - seq // 16:] = 0
-    return {"ms-attention (packed QKV)": packed, "matmul + ms-multiheadattention": mha,
-            "unfused matmul-softmax-matmul": unfused}, {"x": x, "mask": mask}
+    mask[:, seq - seq // 16 :] = 0
+    return {
+        "ms-attention (packed QKV)": packed,
+        "matmul + ms-multiheadattention": mha,
+        "unfused matmul-softmax-matmul": unfused,
+    }, {"x": x, "mask": mask}
 
 
 def bench_attention_forms(args) -> dict:
@@ -139,9 +172,17 @@ def bench_attention_forms(args) -> dict:
     ref = sessions["unfused matmul-softmax-matmul"].run(None, feeds)[0]
     diffs = {k: float(np.abs(s.run(None, feeds)[0] - ref).max()) for k, s in sessions.items()}
     times = interleaved({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, args.attn_rounds, 5)
-    return {"shape": {"batch": 1, "heads": 12, "seq": args.seq, "head_dim": 32, "key_padding_mask": True,
-                      "qkv_projection_included": True},
-            "results": [{"form": k, **quantiles(v), "max_abs_diff_vs_unfused": diffs[k]} for k, v in times.items()]}
+    return {
+        "shape": {
+            "batch": 1,
+            "heads": 12,
+            "seq": args.seq,
+            "head_dim": 32,
+            "key_padding_mask": True,
+            "qkv_projection_included": True,
+        },
+        "results": [{"form": k, **quantiles(v), "max_abs_diff_vs_unfused": diffs[k]} for k, v in times.items()],
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -181,8 +222,13 @@ def main(argv=None) -> int:
     print(f"model: {model_desc} ({model_dir})", flush=True)
 
     def load(impl):
-        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation=impl,
-                                                                  trust_remote_code=False).float().eval()
+        return (
+            AutoModelForSequenceClassification.from_pretrained(
+                str(model_dir), attn_implementation=impl, trust_remote_code=False
+            )
+            .float()
+            .eval()
+        )
 
     eager = load("eager")
     swapped = fastft.swap_attention(load("eager"))
@@ -195,9 +241,13 @@ def main(argv=None) -> int:
     int8_recipe = None
     scratch = Path(tempfile.mkdtemp(prefix="fastft-bench-attn-"))
     t0 = time.perf_counter()
-    files = {"ort-plain": scratch / "plain.onnx", "ort-fused": scratch / "fused.onnx",
-             "ort-fused-mha": scratch / "fused_mha.onnx", "ort-plain+fusions": scratch / "plain_fusions.onnx",
-             "ort-fused+fusions": scratch / "fused_fusions.onnx"}
+    files = {
+        "ort-plain": scratch / "plain.onnx",
+        "ort-fused": scratch / "fused.onnx",
+        "ort-fused-mha": scratch / "fused_mha.onnx",
+        "ort-plain+fusions": scratch / "plain_fusions.onnx",
+        "ort-fused+fusions": scratch / "fused_fusions.onnx",
+    }
     export_onnx(load("eager"), files["ort-plain"], input_names=names)
     export_fused(load("eager"), files["ort-fused"])
     export_fused(load("eager"), files["ort-fused-mha"], form="mha")
@@ -220,6 +270,7 @@ def main(argv=None) -> int:
         def run():
             with torch.inference_mode():
                 return net(**tfeeds).logits.numpy()
+
         return run
 
     runners = {"torch-eager": torch_run(eager), "torch-swapped": torch_run(swapped)}
@@ -233,11 +284,15 @@ def main(argv=None) -> int:
     print("max |logits - torch-eager|:", {k: f"{v:.2e}" for k, v in parity.items()}, flush=True)
 
     times = interleaved(runners, args.rounds, args.warmup)
-    results = [{"backend": k, **quantiles(v), "max_abs_diff_vs_eager": parity[k],
-                "attention_nodes": graph_ops.get(k)} for k, v in times.items()]
+    results = [
+        {"backend": k, **quantiles(v), "max_abs_diff_vs_eager": parity[k], "attention_nodes": graph_ops.get(k)}
+        for k, v in times.items()
+    ]
     p50 = {r["backend"]: r["p50_ms"] for r in results}
     for r in results:
-        print(f"{r['backend']:>18}: p50 {r['p50_ms']:7.1f} ms  p10 {r['p10_ms']:7.1f}  p90 {r['p90_ms']:7.1f}", flush=True)
+        print(
+            f"{r['backend']:>18}: p50 {r['p50_ms']:7.1f} ms  p10 {r['p10_ms']:7.1f}  p90 {r['p90_ms']:7.1f}", flush=True
+        )
 
     print("attention alone (one layer's shapes)...", flush=True)
     forms = bench_attention_forms(args)
@@ -251,23 +306,39 @@ def main(argv=None) -> int:
         "torch-swapped / torch-eager": p50["torch-swapped"] / p50["torch-eager"],
     }
     if "ort-fused+fusions-int8" in p50:
-        ratios["ort-fused+fusions-int8 / ort-plain+fusions-int8"] = \
+        ratios["ort-fused+fusions-int8 / ort-plain+fusions-int8"] = (
             p50["ort-fused+fusions-int8"] / p50["ort-plain+fusions-int8"]
+        )
     payload = {
         "benchmark": "attention_e2e",
         "model": {"dir": str(model_dir), "description": model_desc},
-        "config": {"seq": args.seq, "batch": args.batch, "threads": args.threads, "ort_level": args.level,
-                   "ort_spinning": False, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "rounds": args.rounds, "warmup": args.warmup, "interleaved": True,
-                   "input": "real text (movie-snippets), full attention mask", "cpu_attention_backend": cpu_backend(),
-                   "int8_recipe": int8_recipe},
+        "config": {
+            "seq": args.seq,
+            "batch": args.batch,
+            "threads": args.threads,
+            "ort_level": args.level,
+            "ort_spinning": False,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "interleaved": True,
+            "input": "real text (movie-snippets), full attention mask",
+            "cpu_attention_backend": cpu_backend(),
+            "int8_recipe": int8_recipe,
+        },
         "results": results,
         "ratios_p50": ratios,
-        "targets": [{"name": f"ORT with exported fused attention faster than the plain export at seq {args.seq}",
-                     "value": ratios["ort-fused / ort-plain"], "threshold": 1.0,
-                     "passed": p50["ort-fused"] < p50["ort-plain"]}],
+        "targets": [
+            {
+                "name": f"ORT with exported fused attention faster than the plain export at seq {args.seq}",
+                "value": ratios["ort-fused / ort-plain"],
+                "threshold": 1.0,
+                "passed": p50["ort-fused"] < p50["ort-plain"],
+            }
+        ],
         "attention_forms": forms,
         "chosen_form": "attention (com.microsoft Attention with packed QKV): fastest form here, see attention_forms "
-                       "and ort-fused vs ort-fused-mha",
+        "and ort-fused vs ort-fused-mha",
     }
     out = write_result(args.out, payload)
     print(f"wrote {out}")

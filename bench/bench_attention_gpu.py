@@ -60,8 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--seqs", type=int, nargs="+", default=None, help="default 512 1024 2048 4096 8192")
     p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], choices=sorted(HEADS))
     p.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES), help="default fp16 bf16")
-    p.add_argument("--cases", nargs="+", default=["none", "padding", "causal"],
-                   choices=["none", "padding", "causal"])
+    p.add_argument("--cases", nargs="+", default=["none", "padding", "causal"], choices=["none", "padding", "causal"])
     p.add_argument("--tokens", type=int, default=16384, help="batch = max(1, tokens // seq)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per case (default 25; quick: 5)")
     p.add_argument("--min-ms", type=float, default=2.0, help="each timing spans at least this long")
@@ -157,11 +156,12 @@ def backends(torch, q, k, v, mask, causal):
 
     attn_mask = mask[:, None, None, :] if mask is not None else None
     fns = {"triton": lambda: attention_fwd(q, k, v, mask, causal=causal)}
-    for name, be in zip(SDPA_BACKENDS, (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                         SDPBackend.MATH)):
+    for name, be in zip(SDPA_BACKENDS, (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)):
+
         def fn(be=be):
             with sdpa_kernel(be):
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+
         fns[name] = fn
     return fns
 
@@ -181,7 +181,7 @@ def time_interleaved(torch, fns: dict, rounds: int, min_ms: float) -> dict:
     names = list(fns)
     times = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         events = []
         for name in order:
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -213,8 +213,10 @@ def triton_config() -> str | None:
     cfg = getattr(A._attn_fwd_tuned, "best_config", None)
     if cfg is None:
         return None
-    return (f"BLOCK_M={cfg.kwargs.get('BLOCK_M')} BLOCK_N={cfg.kwargs.get('BLOCK_N')} "
-            f"warps={cfg.num_warps} stages={cfg.num_stages}")
+    return (
+        f"BLOCK_M={cfg.kwargs.get('BLOCK_M')} BLOCK_N={cfg.kwargs.get('BLOCK_N')} "
+        f"warps={cfg.num_warps} stages={cfg.num_stages}"
+    )
 
 
 def run_case(torch, args, dtype_name, head_dim, seq, case) -> list[dict]:
@@ -247,8 +249,16 @@ def run_case(torch, args, dtype_name, head_dim, seq, case) -> list[dict]:
     st = {n: stats(ts) for n, ts in timed["times"].items()}
     rows = []
     for name in ["triton", *SDPA_BACKENDS]:
-        row = {"dtype": dtype_name, "head_dim": head_dim, "heads": heads, "batch": batch, "seq": seq,
-               "case": case, "backend": name, "status": status.get(name, "N/A")}
+        row = {
+            "dtype": dtype_name,
+            "head_dim": head_dim,
+            "heads": heads,
+            "batch": batch,
+            "seq": seq,
+            "case": case,
+            "backend": name,
+            "status": status.get(name, "N/A"),
+        }
         if name in st:
             s = st[name]
             row.update({k: round(v, 5) if isinstance(v, float) else v for k, v in s.items()})
@@ -290,8 +300,11 @@ def main(argv=None) -> int:
 
     header = machine(torch)
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    print(f"# {header['machine']['gpu']} (sm_{header['machine']['capability'].replace('.', '')}), "
-          f"torch {header['versions']['torch']}, triton {header['versions']['triton']}", flush=True)
+    print(
+        f"# {header['machine']['gpu']} (sm_{header['machine']['capability'].replace('.', '')}), "
+        f"torch {header['versions']['torch']}, triton {header['versions']['triton']}",
+        flush=True,
+    )
     t0 = time.time()
     rows = []
     for dtype_name in args.dtypes:
@@ -300,11 +313,15 @@ def main(argv=None) -> int:
                 for case in args.cases:
                     case_rows = run_case(torch, args, dtype_name, head_dim, seq, case)
                     rows += case_rows
-                    line = [f"{dtype_name} d={head_dim} h={case_rows[0]['heads']} b={case_rows[0]['batch']} "
-                            f"seq={seq} {case:8s}"]
+                    line = [
+                        f"{dtype_name} d={head_dim} h={case_rows[0]['heads']} b={case_rows[0]['batch']} "
+                        f"seq={seq} {case:8s}"
+                    ]
                     for r in case_rows:
-                        line.append(f"{r['backend']}=" + (f"{r['median_ms']:.3f}ms/{r['tflops']:.0f}TF"
-                                                          if "median_ms" in r else "N/A"))
+                        line.append(
+                            f"{r['backend']}="
+                            + (f"{r['median_ms']:.3f}ms/{r['tflops']:.0f}TF" if "median_ms" in r else "N/A")
+                        )
                     print("  ".join(line), flush=True)
     payload = {
         "benchmark": "Triton fused attention forward vs torch SDPA backends",
@@ -312,9 +329,11 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **header,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "method": ("interleaved rounds (rotated order), CUDA events around `inner` back-to-back calls; "
-                   "median/p10/p90 over rounds; TFLOP/s = 4*B*H*Sq*Sk*D / median (halved for causal), "
-                   "masked keys counted"),
+        "method": (
+            "interleaved rounds (rotated order), CUDA events around `inner` back-to-back calls; "
+            "median/p10/p90 over rounds; TFLOP/s = 4*B*H*Sq*Sk*D / median (halved for causal), "
+            "masked keys counted"
+        ),
         "wall_s": round(time.time() - t0, 1),
         "rows": rows,
     }

@@ -41,8 +41,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--result-prefix", default=None)
-    ap.add_argument("--deadline-min", type=float, default=None,
-                    help="skip variants that would start after this many minutes")
+    ap.add_argument(
+        "--deadline-min", type=float, default=None, help="skip variants that would start after this many minutes"
+    )
     return ap.parse_args()
 
 
@@ -59,8 +60,15 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
     from fastft.compress.quantize import export_onnx
     from fastft.compress.recipe import do_distill, do_prune, do_quantize, prepare, save_model_dir
 
-    cfg = CompressConfig(epochs=args.epochs, recovery_epochs=args.recovery_epochs, limit=args.limit,
-                         layers=args.layers, prune_heads=args.prune_heads, prune_ffn=args.prune_ffn, bench=False)
+    cfg = CompressConfig(
+        epochs=args.epochs,
+        recovery_epochs=args.recovery_epochs,
+        limit=args.limit,
+        layers=args.layers,
+        prune_heads=args.prune_heads,
+        prune_ffn=args.prune_ffn,
+        bench=False,
+    )
     t_start = time.perf_counter()
     ctx = prepare(args.teacher, cfg)
     variants = args.variants.split(",")
@@ -72,9 +80,17 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
         _, q = do_quantize(ctx, fp32, d)
         t[name] = round(time.perf_counter() - t0, 1)
         common = {"variant": name, "dir": d, "net": net, "train_s": t[name]}
-        out.extend([{**common, "precision": "fp32", "file": fp32},
-                    {**common, "precision": "int8", "file": d / "model_int8.onnx",
-                     "int8": {k: q.get(k) for k in ("recipe", "accuracy_fp32", "accuracy_int8", "excluded_nodes")}}])
+        out.extend(
+            [
+                {**common, "precision": "fp32", "file": fp32},
+                {
+                    **common,
+                    "precision": "int8",
+                    "file": d / "model_int8.onnx",
+                    "int8": {k: q.get(k) for k in ("recipe", "accuracy_fp32", "accuracy_int8", "excluded_nodes")},
+                },
+            ]
+        )
         print(f"bench: {name} done in {t[name]:.0f} s", file=sys.stderr)
 
     def late() -> bool:
@@ -129,20 +145,28 @@ def build_untrained(args, work: Path) -> list[dict]:
     k_h, k_f = check_fractions(pruned, args.prune_heads, args.prune_ffn)
     g = torch.Generator().manual_seed(0)
     n = pruned.config.num_hidden_layers
-    scores = {"heads": [torch.rand(12, generator=g) for _ in range(n)],
-              "ffn": [torch.rand(pruned.config.intermediate_size, generator=g) for _ in range(n)]}
+    scores = {
+        "heads": [torch.rand(12, generator=g) for _ in range(n)],
+        "ffn": [torch.rand(pruned.config.intermediate_size, generator=g) for _ in range(n)],
+    }
     apply_structured(pruned, scores, k_h, k_f)
     l3 = load_classifier("minilm-l3", labels=labels).eval()
-    nets = {"teacher": teacher, f"{args.layers}L": student,
-            f"{args.layers}L-pruned-h{args.prune_heads:g}-f{args.prune_ffn:g}": pruned, "minilm-l3": l3}
+    nets = {
+        "teacher": teacher,
+        f"{args.layers}L": student,
+        f"{args.layers}L-pruned-h{args.prune_heads:g}-f{args.prune_ffn:g}": pruned,
+        "minilm-l3": l3,
+    }
     out = []
     for name, net in nets.items():
         d = work / name
         d.mkdir(parents=True, exist_ok=True)
         export_onnx(net, d / "model.onnx")
         quantize_int8(fused_path(d / "model.onnx"), d / "model_int8.onnx")
-        out += [{"variant": name, "precision": "fp32", "dir": d, "file": d / "model.onnx", "net": net},
-                {"variant": name, "precision": "int8", "dir": d, "file": d / "model_int8.onnx", "net": net}]
+        out += [
+            {"variant": name, "precision": "fp32", "dir": d, "file": d / "model.onnx", "net": net},
+            {"variant": name, "precision": "int8", "dir": d, "file": d / "model_int8.onnx", "net": net},
+        ]
     return out
 
 
@@ -165,8 +189,10 @@ def main() -> int:
         entries = build_untrained(args, work)
     else:
         if not Path(args.teacher, "config.json").is_file():
-            print(f"no teacher at {args.teacher}: run bench/bench_teacher.py first, or pass --latency-only",
-                  file=sys.stderr)
+            print(
+                f"no teacher at {args.teacher}: run bench/bench_teacher.py first, or pass --latency-only",
+                file=sys.stderr,
+            )
             return 2
         entries, extra = build_trained(args, work)
         ctx = extra.pop("ctx")
@@ -183,32 +209,42 @@ def main() -> int:
         key = f"{e['variant']}/{e['precision']}"
         net = e["net"]
         row = {
-            "variant": e["variant"], "precision": e["precision"], "layers": net.config.num_hidden_layers,
+            "variant": e["variant"],
+            "precision": e["precision"],
+            "layers": net.config.num_hidden_layers,
             "heads_per_layer": net.bert.encoder.layer[0].attention.self.query.out_features // 32,
             "ffn": net.bert.encoder.layer[0].intermediate.dense.out_features,
-            "parameters": count_params(net), "file_mb": round(e["file"].stat().st_size / 2**20, 2),
+            "parameters": count_params(net),
+            "file_mb": round(e["file"].stat().st_size / 2**20, 2),
             "gflops_128": round(flops(net, 128) / 1e9, 3),
-            "p50_ms_128": round(lat[key][128]["p50_ms"], 2), "p50_ms_512": round(lat[key][512]["p50_ms"], 2),
+            "p50_ms_128": round(lat[key][128]["p50_ms"], 2),
+            "p50_ms_512": round(lat[key][512]["p50_ms"], 2),
             "speedup_128": round(base[128]["p50_ms"] / lat[key][128]["p50_ms"], 2),
             "speedup_512": round(base[512]["p50_ms"] / lat[key][512]["p50_ms"], 2),
-            "accuracy": e.get("accuracy"), "train_s": e.get("train_s"), "int8": e.get("int8"),
+            "accuracy": e.get("accuracy"),
+            "train_s": e.get("train_s"),
+            "int8": e.get("int8"),
             "retained": round(e["accuracy"] / t_acc, 4) if e.get("accuracy") is not None and t_acc else None,
             "latency": {str(k): v for k, v in lat[key].items()},
         }
         rows.append(row)
     goal = [r for r in rows if r["retained"] is not None and r["retained"] >= 0.99 and r["speedup_512"] >= 4]
     floor = [r for r in rows if r["retained"] is not None and r["retained"] >= 0.97 and r["speedup_512"] >= 3]
-    prefix = Path(args.result_prefix) if args.result_prefix else RESULTS / (
-        "compress_latency" if args.latency_only else "compress_frontier")
+    prefix = (
+        Path(args.result_prefix)
+        if args.result_prefix
+        else RESULTS / ("compress_latency" if args.latency_only else "compress_frontier")
+    )
     payload = {
         "benchmark": "compression frontier: test accuracy vs ONNX Runtime latency (batch 1)",
         "mode": "latency-only (untrained heads)" if args.latency_only else "trained",
         "teacher": None if args.latency_only else args.teacher,
         "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "result_prefix")},
-        "latency_settings": {"batch": 1, "seqs": [128, 512], "runs": args.runs, "interleaved": True,
-                             "spinning": False},
+        "latency_settings": {"batch": 1, "seqs": [128, 512], "runs": args.runs, "interleaved": True, "spinning": False},
         "rows": rows,
-        "targets": None if args.latency_only else {
+        "targets": None
+        if args.latency_only
+        else {
             "goal_99pct_at_4x_seq512": [f"{r['variant']}/{r['precision']}" for r in goal],
             "floor_97pct_at_3x_seq512": [f"{r['variant']}/{r['precision']}" for r in floor],
         },
@@ -217,8 +253,22 @@ def main() -> int:
     }
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_result(prefix.with_suffix(".json"), payload)
-    cols = ["variant", "precision", "layers", "heads_per_layer", "ffn", "parameters", "file_mb", "gflops_128",
-            "p50_ms_128", "p50_ms_512", "speedup_128", "speedup_512", "accuracy", "retained"]
+    cols = [
+        "variant",
+        "precision",
+        "layers",
+        "heads_per_layer",
+        "ffn",
+        "parameters",
+        "file_mb",
+        "gflops_128",
+        "p50_ms_128",
+        "p50_ms_512",
+        "speedup_128",
+        "speedup_512",
+        "accuracy",
+        "retained",
+    ]
     with open(prefix.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -226,8 +276,10 @@ def main() -> int:
     plot(rows, prefix.with_suffix(".png"), args.latency_only)
     for r in rows:
         acc = f"{r['accuracy']:.4f} ({r['retained']:.2%})" if r["accuracy"] is not None else "-"
-        print(f"{r['variant']:<26} {r['precision']:<5} {r['parameters'] / 1e6:6.2f}M  {r['p50_ms_128']:8.2f} ms@128 "
-              f"{r['p50_ms_512']:8.2f} ms@512  x{r['speedup_512']:<5} acc {acc}")
+        print(
+            f"{r['variant']:<26} {r['precision']:<5} {r['parameters'] / 1e6:6.2f}M  {r['p50_ms_128']:8.2f} ms@128 "
+            f"{r['p50_ms_512']:8.2f} ms@512  x{r['speedup_512']:<5} acc {acc}"
+        )
     print(f"-> {prefix.with_suffix('.json')}")
     return 0
 
@@ -245,8 +297,13 @@ def plot(rows: list[dict], path: Path, latency_only: bool) -> None:
             continue
         marker = "o" if r["precision"] == "fp32" else "s"
         ax.scatter(r["p50_ms_512"], y, marker=marker, s=40)
-        ax.annotate(f"{r['variant']} {r['precision']}", (r["p50_ms_512"], y), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        ax.annotate(
+            f"{r['variant']} {r['precision']}",
+            (r["p50_ms_512"], y),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("ONNX Runtime p50 latency at seq 512, batch 1 (ms, log)")
     ax.set_ylabel("GFLOPs at seq 128" if latency_only else "test accuracy (movie-snippets)")

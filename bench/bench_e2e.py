@@ -39,13 +39,23 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--backends", default=None, help="comma-separated subset [all]")
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "bench_minilm-l6.json"))
-    ap.add_argument("--served", default=None, metavar="DIR",
-                    help="fastft-fp32/-int8 serve this directory (e.g. a fastft compress output) against the "
-                         "teacher baselines; pass --result too")
-    ap.add_argument("--no-settings", action="store_true",
-                    help="skip the Predictor settings check (ORT spinning on/off, graph optimisation level)")
-    ap.add_argument("--fresh-head", action="store_true",
-                    help="no teacher yet: benchmark minilm-l6 with a fresh head instead (same latency)")
+    ap.add_argument(
+        "--served",
+        default=None,
+        metavar="DIR",
+        help="fastft-fp32/-int8 serve this directory (e.g. a fastft compress output) against the "
+        "teacher baselines; pass --result too",
+    )
+    ap.add_argument(
+        "--no-settings",
+        action="store_true",
+        help="skip the Predictor settings check (ORT spinning on/off, graph optimisation level)",
+    )
+    ap.add_argument(
+        "--fresh-head",
+        action="store_true",
+        help="no teacher yet: benchmark minilm-l6 with a fresh head instead (same latency)",
+    )
     args = ap.parse_args()
 
     teacher, export_dir = Path(args.teacher), Path(args.export_dir)
@@ -54,27 +64,60 @@ def main() -> int:
         model = None
     else:
         if not (teacher / "fastft.json").is_file():
-            sys.exit(f"no fine-tuned teacher at {teacher}: run python bench/bench_teacher.py first "
-                     "(or pass --fresh-head)")
-        stale = not (export_dir / "model_int8.onnx").is_file() or \
-            (export_dir / "fastft.json").stat().st_mtime < (teacher / "fastft.json").stat().st_mtime
+            sys.exit(
+                f"no fine-tuned teacher at {teacher}: run python bench/bench_teacher.py first (or pass --fresh-head)"
+            )
+        stale = (
+            not (export_dir / "model_int8.onnx").is_file()
+            or (export_dir / "fastft.json").stat().st_mtime < (teacher / "fastft.json").stat().st_mtime
+        )
         if stale:
-            cmd = [sys.executable, "-m", "fastft", "export", "--model", str(teacher), "--output", str(export_dir),
-                   "--int8", "--overwrite"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "fastft",
+                "export",
+                "--model",
+                str(teacher),
+                "--output",
+                str(export_dir),
+                "--int8",
+                "--overwrite",
+            ]
             print("+", " ".join(cmd), file=sys.stderr)
             if subprocess.run(cmd, env=env, check=False).returncode != 0:
                 # latency does not depend on it, so benchmark the same files anyway; the result records
                 # the agreement and that the export's INT8 check failed
-                print("fastft export refused the INT8 model (parity check); exporting the same files with "
-                      "min_agreement=0 to benchmark them, and recording the agreement", file=sys.stderr)
+                print(
+                    "fastft export refused the INT8 model (parity check); exporting the same files with "
+                    "min_agreement=0 to benchmark them, and recording the agreement",
+                    file=sys.stderr,
+                )
                 import fastft
 
                 fastft.export(teacher, export_dir, int8=True, overwrite=True, min_agreement=0.0)
         model = export_dir
     result = Path(args.result)
-    cmd = [sys.executable, "-m", "fastft", "bench", "--seq", args.seq, "--batch", str(args.batch),
-           "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--json", str(result), "--plot", str(result.with_suffix(".png"))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastft",
+        "bench",
+        "--seq",
+        args.seq,
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--json",
+        str(result),
+        "--plot",
+        str(result.with_suffix(".png")),
+    ]
     if model is not None:
         cmd += ["--model", str(model)]
     if args.backends:
@@ -88,20 +131,26 @@ def main() -> int:
     d["script"] = " ".join([Path(sys.executable).name, *sys.argv])
     if model is not None:
         meta = json.loads((export_dir / "fastft.json").read_text())
-        d["teacher"] = {"dir": str(teacher), "export_dir": str(export_dir),
-                        "test_accuracy": meta.get("metrics", {}).get("test", {}).get("accuracy"),
-                        "int8_parity": meta.get("onnx", {}).get("parity", {}).get("int8"),
-                        "int8_recipe": meta.get("onnx", {}).get("int8", {}).get("recipe")}
+        d["teacher"] = {
+            "dir": str(teacher),
+            "export_dir": str(export_dir),
+            "test_accuracy": meta.get("metrics", {}).get("test", {}).get("accuracy"),
+            "int8_parity": meta.get("onnx", {}).get("parity", {}).get("int8"),
+            "int8_recipe": meta.get("onnx", {}).get("int8", {}).get("recipe"),
+        }
         agree = (d["teacher"]["int8_parity"] or {}).get("label_agreement")
         if agree is not None and agree < 0.99:
-            d["teacher"]["note"] = (f"fastft export --int8 refuses this INT8 model at its default 99% label agreement "
-                                    f"({agree:.1%}); it was exported with min_agreement=0 so its speed could be "
-                                    "measured: latency does not depend on the agreement")
+            d["teacher"]["note"] = (
+                f"fastft export --int8 refuses this INT8 model at its default 99% label agreement "
+                f"({agree:.1%}); it was exported with min_agreement=0 so its speed could be "
+                "measured: latency does not depend on the agreement"
+            )
     if not args.no_settings:
         from fastft.bench.harness import work_dir
 
-        served = Path(args.served) if args.served else \
-            model if model is not None else work_dir(Path(d["model"])) / "fastft"
+        served = (
+            Path(args.served) if args.served else model if model is not None else work_dir(Path(d["model"])) / "fastft"
+        )
         d["predictor_settings"] = settings_check(served, args.threads, seq=128, env=env)
     result.write_text(json.dumps(d, indent=2) + "\n")
     missed = [t for t in d["targets"] if t["met"] is False]
@@ -132,26 +181,34 @@ def settings_check(export_dir: Path, threads: int, seq: int = 128, rounds: int =
     import numpy as np
 
     settings = (("default", False, None), ("spinning", True, None), ("level-all", False, "all"))
-    variants = {f"{kind}/{name}": (kind == "int8", spin, level)
-                for kind in ("fp32", "int8") for name, spin, level in settings}
+    variants = {
+        f"{kind}/{name}": (kind == "int8", spin, level) for kind in ("fp32", "int8") for name, spin, level in settings
+    }
     times: dict[str, list[float]] = {k: [] for k in variants}
     levels = {}
     for r in range(rounds):
-        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
             int8, spin, level = variants[name]
             arg = json.dumps([str(export_dir), int8, spin, level, threads, seq, n])
-            out = subprocess.run([sys.executable, "-c", _PROBE, arg], capture_output=True, text=True, env=env,
-                                 check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _PROBE, arg], capture_output=True, text=True, env=env, check=True
+            )
             res = json.loads(out.stdout.strip().splitlines()[-1])
             times[name] += res["times"]
             levels[name] = res["level"]
     table = {}
     for name, ts in times.items():
         a = np.asarray(ts) * 1e3
-        table[name] = {"graph_optimization": levels[name], "spinning": variants[name][1],
-                       **{f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}, "n": int(a.size)}
-    method = (f"one process per setting, {rounds} alternating rounds of {n} runs after 10 warm-up runs; "
-              "nothing else in the process")
+        table[name] = {
+            "graph_optimization": levels[name],
+            "spinning": variants[name][1],
+            **{f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)},
+            "n": int(a.size),
+        }
+    method = (
+        f"one process per setting, {rounds} alternating rounds of {n} runs after 10 warm-up runs; "
+        "nothing else in the process"
+    )
     return {"seq": seq, "batch": 1, "threads": threads, "method": method, "results": table}
 
 

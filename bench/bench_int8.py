@@ -51,11 +51,17 @@ def recipes():
 
     base = Int8Recipe(mode="dynamic", scope="weights", weight_type="int8")
     out = [replace(base, scope=s) for s in ("all", "weights", "ffn", "no-attention")]
-    out += [replace(base, weight_type="uint8"), replace(base, reduce_range=True),
-            replace(base, per_channel=True), replace(base, weight_type="uint8", per_channel=True),
-            replace(base, scope="no-attention", weight_type="uint8")]
-    out += [replace(base, mode="static", quant_format="QDQ", calib_size=64),
-            replace(base, mode="static", quant_format="QOperator", calib_size=64)]
+    out += [
+        replace(base, weight_type="uint8"),
+        replace(base, reduce_range=True),
+        replace(base, per_channel=True),
+        replace(base, weight_type="uint8", per_channel=True),
+        replace(base, scope="no-attention", weight_type="uint8"),
+    ]
+    out += [
+        replace(base, mode="static", quant_format="QDQ", calib_size=64),
+        replace(base, mode="static", quant_format="QOperator", calib_size=64),
+    ]
     return out
 
 
@@ -74,8 +80,16 @@ def ensure_model(arg: str | None, work: Path) -> Path:
     net = load_classifier("minilm-l6", labels=["negative", "positive"])
     net.save_pretrained(path)
     load_tokenizer("minilm-l6").save_pretrained(path)
-    write_meta(path, {"format": 1, "task": "sequence-classification", "labels": ["negative", "positive"],
-                      "max_length": 64, "data": {"data": "movie-snippets", "seed": 42}})
+    write_meta(
+        path,
+        {
+            "format": 1,
+            "task": "sequence-classification",
+            "labels": ["negative", "positive"],
+            "max_length": 64,
+            "data": {"data": "movie-snippets", "seed": 42},
+        },
+    )
     log("runs/teacher not trained yet: using minilm-l6 with a fresh (untrained) head — accuracy is meaningless")
     return path
 
@@ -136,8 +150,12 @@ def main(argv=None) -> int:
         from fastft.data import load_data
 
         spec = meta.get("data") or {}
-        splits = load_data(spec.get("path") or spec.get("data") or "movie-snippets", seed=spec.get("seed", 42),
-                           text_column=spec.get("text_column", "text"), label_column=spec.get("label_column", "label"))
+        splits = load_data(
+            spec.get("path") or spec.get("data") or "movie-snippets",
+            seed=spec.get("seed", 42),
+            text_column=spec.get("text_column", "text"),
+            label_column=spec.get("label_column", "label"),
+        )
     except Exception as exc:  # noqa: BLE001
         log(f"no data ({exc}); static recipes and accuracy skipped")
     for r in recipes():
@@ -164,12 +182,15 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     rows = {k: {} for k in variants}
     for seq in args.seqs:
-        feeds = {"input_ids": rng.integers(1000, 20000, (1, seq), dtype=np.int64),
-                 "attention_mask": np.ones((1, seq), np.int64), "token_type_ids": np.zeros((1, seq), np.int64)}
+        feeds = {
+            "input_ids": rng.integers(1000, 20000, (1, seq), dtype=np.int64),
+            "attention_mask": np.ones((1, seq), np.int64),
+            "token_type_ids": np.zeros((1, seq), np.int64),
+        }
         feeds = {n: feeds[n] for n in names}
         times = {k: [] for k in variants}
         cpu_times = {k: [] for k in variants}
-        for k, s in sessions.items():
+        for _k, s in sessions.items():
             for _ in range(args.warmup):
                 s.run(["logits"], feeds)
         log(f"timing seq {seq}: {len(variants)} variants x {args.reps} reps, interleaved")
@@ -180,8 +201,7 @@ def main(argv=None) -> int:
                 times[k].append(time.perf_counter() - t)
                 cpu_times[k].append(time.process_time() - c)
         for k in variants:
-            rows[k][str(seq)] = {**quantiles(times[k]),
-                                 "cpu": quantiles(cpu_times[k])}
+            rows[k][str(seq)] = {**quantiles(times[k]), "cpu": quantiles(cpu_times[k])}
 
     acc = {}
     if splits is not None:
@@ -194,11 +214,14 @@ def main(argv=None) -> int:
             pred = onnx_logits(s, tok, texts, names, max_len).argmax(1)
             if ref is None:
                 ref = pred
-            acc[k] = {"accuracy": float((pred == labels).mean()), "agreement_with_fp32": float((pred == ref).mean()),
-                      "n": len(texts)}
+            acc[k] = {
+                "accuracy": float((pred == labels).mean()),
+                "agreement_with_fp32": float((pred == ref).mean()),
+                "n": len(texts),
+            }
 
     results = []
-    for k, (p, lvl, r) in variants.items():
+    for k, (_p, lvl, r) in variants.items():
         row = {"variant": k, "runtime_level": lvl, "latency": rows[k], **acc.get(k, {})}
         if r is not None:
             row["recipe"] = r.to_dict()
@@ -208,17 +231,31 @@ def main(argv=None) -> int:
                 row.setdefault(f"speedup_vs_fp32{key}", {})[seq] = get(rows["fastft-fp32"][seq]) / mine
                 row.setdefault(f"speedup_vs_peer_int8{key}", {})[seq] = get(rows["peer-int8"][seq]) / mine
         results.append(row)
-        log(f"{k:46s} " + "  ".join(
-            f"seq {s}: wall {rows[k][s]['p50_ms']:6.1f} cpu {rows[k][s]['cpu']['p50_ms']:6.1f} ms "
-            f"(x{row['speedup_vs_fp32_cpu'][s]:.2f} fp32, x{row['speedup_vs_peer_int8_cpu'][s]:.2f} peer)"
-            for s in map(str, args.seqs))
-            + (f"  agree {acc[k]['agreement_with_fp32']:.3f} acc {acc[k]['accuracy']:.3f}" if k in acc else ""))
+        log(
+            f"{k:46s} "
+            + "  ".join(
+                f"seq {s}: wall {rows[k][s]['p50_ms']:6.1f} cpu {rows[k][s]['cpu']['p50_ms']:6.1f} ms "
+                f"(x{row['speedup_vs_fp32_cpu'][s]:.2f} fp32, x{row['speedup_vs_peer_int8_cpu'][s]:.2f} peer)"
+                for s in map(str, args.seqs)
+            )
+            + (f"  agree {acc[k]['agreement_with_fp32']:.3f} acc {acc[k]['accuracy']:.3f}" if k in acc else "")
+        )
     cpu = cpu_info()
-    write_result(args.out, {
-        "model": str(model_dir), "model_trained": trained, "batch": 1, "threads": args.threads, "spinning": False,
-        "reps": args.reps, "seqs": args.seqs, "default_recipe": default_recipe(cpu).to_dict(),
-        "peer": peer["record"], "results": results,
-    })
+    write_result(
+        args.out,
+        {
+            "model": str(model_dir),
+            "model_trained": trained,
+            "batch": 1,
+            "threads": args.threads,
+            "spinning": False,
+            "reps": args.reps,
+            "seqs": args.seqs,
+            "default_recipe": default_recipe(cpu).to_dict(),
+            "peer": peer["record"],
+            "results": results,
+        },
+    )
     log(f"wrote {args.out}")
     return 0
 

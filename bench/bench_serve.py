@@ -69,16 +69,34 @@ def machine() -> dict:
     from fastft.env import env_info
 
     info = env_info()
-    return {"cpu": info["cpu"], "platform": info["platform"], "python": info["python"],
-            "cpp_extension_isa": (info.get("cpp_extension") or {}).get("attention_isa")}
+    return {
+        "cpu": info["cpu"],
+        "platform": info["platform"],
+        "python": info["python"],
+        "cpp_extension_isa": (info.get("cpp_extension") or {}).get("attention_isa"),
+    }
 
 
 def versions() -> dict:
     import importlib.metadata as md
 
     out = {}
-    for p in ("fastft", "onnxruntime", "transformers", "tokenizers", "torch", "starlette", "uvicorn", "uvloop",
-              "httptools", "prometheus-client", "fastapi", "aiohttp", "ray", "numpy"):
+    for p in (
+        "fastft",
+        "onnxruntime",
+        "transformers",
+        "tokenizers",
+        "torch",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "prometheus-client",
+        "fastapi",
+        "aiohttp",
+        "ray",
+        "numpy",
+    ):
         try:
             out[p] = md.version(p)
         except md.PackageNotFoundError:
@@ -90,8 +108,12 @@ def quantiles(lat_s: list[float]) -> dict:
     if not lat_s:
         return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
     a = np.asarray(lat_s) * 1e3
-    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
-            "p99_ms": round(float(np.percentile(a, 99)), 3), "max_ms": round(float(a.max()), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p90_ms": round(float(np.percentile(a, 90)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+        "max_ms": round(float(a.max()), 3),
+    }
 
 
 # -- in-process ceiling (run in a subprocess) ------------------------------------------------------
@@ -130,8 +152,17 @@ def inprocess_main(model_dir: str, seconds: float) -> None:
         for t in ths:
             t.join()
         wall = time.perf_counter() - t0
-        rows.append({"config": name, "intra_op_threads": threads, "texts_per_call": per_call, "callers": callers,
-                     "texts_per_s": round(count[0] / wall, 1), "calls": len(lats), **quantiles(lats)})
+        rows.append(
+            {
+                "config": name,
+                "intra_op_threads": threads,
+                "texts_per_call": per_call,
+                "callers": callers,
+                "texts_per_s": round(count[0] / wall, 1),
+                "calls": len(lats),
+                **quantiles(lats),
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     measure("1 thread, 1 text per call", 1, 1, 1)
@@ -213,13 +244,37 @@ def server_argv(name: str, model_dir: str, port: int, fastft_args: list[str]) ->
     if name == "fastft":
         return [py, "-m", "fastft", "serve", model_dir, "--port", str(port), "--name", "m", *fastft_args]
     if name == "fastft-nobatch":
-        return [py, "-m", "fastft", "serve", model_dir, "--port", str(port), "--name", "m", "--no-batching",
-                *fastft_args]
+        return [
+            py,
+            "-m",
+            "fastft",
+            "serve",
+            model_dir,
+            "--port",
+            str(port),
+            "--name",
+            "m",
+            "--no-batching",
+            *fastft_args,
+        ]
     if name in ("pipeline", "ort"):
         return [py, str(ROOT / "bench" / "serve_baselines.py"), name, model_dir, "--port", str(port)]
     if name == "ray":
-        return [py, "-m", "fastft", "serve", model_dir, "--ray", "--replicas", "2", "--port", str(port),
-                "--name", "m", *fastft_args]
+        return [
+            py,
+            "-m",
+            "fastft",
+            "serve",
+            model_dir,
+            "--ray",
+            "--replicas",
+            "2",
+            "--port",
+            str(port),
+            "--name",
+            "m",
+            *fastft_args,
+        ]
     raise ValueError(name)
 
 
@@ -267,10 +322,18 @@ class Load:
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             wall = time.perf_counter() - t0
-        return {"mode": "closed", "concurrency": concurrency, "seconds": round(wall, 2), "sent": sent[0],
-                "ok": len(lat), "errors": sum(errors.values()), "error_kinds": dict(errors),
-                "lost": sent[0] - len(lat) - sum(errors.values()),
-                "throughput_rps": round(len(lat) / wall, 1), **quantiles(lat)}
+        return {
+            "mode": "closed",
+            "concurrency": concurrency,
+            "seconds": round(wall, 2),
+            "sent": sent[0],
+            "ok": len(lat),
+            "errors": sum(errors.values()),
+            "error_kinds": dict(errors),
+            "lost": sent[0] - len(lat) - sum(errors.values()),
+            "throughput_rps": round(len(lat) / wall, 1),
+            **quantiles(lat),
+        }
 
     async def open(self, base: str, rate: float, seconds: float, seed: int = 0) -> dict:
         import aiohttp
@@ -294,9 +357,18 @@ class Load:
             await asyncio.gather(*tasks)
             wall = time.perf_counter() - t0
         n = len(arrivals)
-        return {"mode": "open", "rate_rps": round(rate, 1), "seconds": round(wall, 2), "sent": n, "ok": len(lat),
-                "errors": sum(errors.values()), "error_kinds": dict(errors), "lost": n - len(lat) - sum(errors.values()),
-                "throughput_rps": round(len(lat) / max(wall, seconds), 1), **quantiles(lat)}
+        return {
+            "mode": "open",
+            "rate_rps": round(rate, 1),
+            "seconds": round(wall, 2),
+            "sent": n,
+            "ok": len(lat),
+            "errors": sum(errors.values()),
+            "error_kinds": dict(errors),
+            "lost": n - len(lat) - sum(errors.values()),
+            "throughput_rps": round(len(lat) / max(wall, seconds), 1),
+            **quantiles(lat),
+        }
 
 
 def scrape(url: str) -> dict:
@@ -310,8 +382,14 @@ def scrape(url: str) -> dict:
             text = r.read().decode()
     except Exception:  # noqa: BLE001 - baselines have no /metrics
         return {}
-    want = {"fastft_real_tokens_total", "fastft_padded_tokens_total", "fastft_batch_size_sum",
-            "fastft_batch_size_count", "fastft_requests_per_batch_sum", "fastft_requests_per_batch_count"}
+    want = {
+        "fastft_real_tokens_total",
+        "fastft_padded_tokens_total",
+        "fastft_batch_size_sum",
+        "fastft_batch_size_count",
+        "fastft_requests_per_batch_sum",
+        "fastft_requests_per_batch_count",
+    }
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -344,21 +422,37 @@ def target_rows(rows: list[dict], inproc: list[dict], soak: dict | None) -> list
 
     out = []
     best_in = max(inproc, key=lambda r: r["texts_per_s"]) if inproc else None
-    f64, c64, b64 = get("fastft", "closed", "concurrency", 64), get("ort", "closed", "concurrency", 64), \
-        get("pipeline", "closed", "concurrency", 64)
+    f64, c64, b64 = (
+        get("fastft", "closed", "concurrency", 64),
+        get("ort", "closed", "concurrency", 64),
+        get("pipeline", "closed", "concurrency", 64),
+    )
     if f64 and best_in:
         v = f64["throughput_rps"] / best_in["texts_per_s"]
-        out.append({"target": "HTTP throughput at concurrency 64 >= 90% of the best in-process rate",
-                    "value": round(v, 3), "fastft_rps": f64["throughput_rps"],
-                    "best_in_process": best_in["texts_per_s"], "best_in_process_config": best_in["config"],
-                    "met": v >= 0.9})
+        out.append(
+            {
+                "target": "HTTP throughput at concurrency 64 >= 90% of the best in-process rate",
+                "value": round(v, 3),
+                "fastft_rps": f64["throughput_rps"],
+                "best_in_process": best_in["texts_per_s"],
+                "best_in_process_config": best_in["config"],
+                "met": v >= 0.9,
+            }
+        )
     if f64 and c64 and c64["throughput_rps"] > 0:
         v = f64["throughput_rps"] / c64["throughput_rps"]
         out.append({"target": "throughput >= 1.2x (c) at concurrency 64", "value": round(v, 3), "met": v >= 1.2})
         if f64["p99_ms"] and c64["p99_ms"]:
             v = f64["p99_ms"] / c64["p99_ms"]
-            out.append({"target": "p99 <= 1/3 of (c)'s p99 at concurrency 64", "value": round(v, 3),
-                        "fastft_p99_ms": f64["p99_ms"], "ort_p99_ms": c64["p99_ms"], "met": v <= 1 / 3})
+            out.append(
+                {
+                    "target": "p99 <= 1/3 of (c)'s p99 at concurrency 64",
+                    "value": round(v, 3),
+                    "fastft_p99_ms": f64["p99_ms"],
+                    "ort_p99_ms": c64["p99_ms"],
+                    "met": v <= 1 / 3,
+                }
+            )
     if f64 and b64 and b64["throughput_rps"] > 0:
         v = f64["throughput_rps"] / b64["throughput_rps"]
         out.append({"target": "throughput >= 5x (b) at concurrency 64", "value": round(v, 3), "met": v >= 5})
@@ -366,32 +460,55 @@ def target_rows(rows: list[dict], inproc: list[dict], soak: dict | None) -> list
     o70 = next((r for r in rows if r["server"] == "fastft" and r["mode"] == "open" and r.get("fraction") == 0.7), None)
     if f1 and o70 and f1["p50_ms"] and o70["p99_ms"]:
         v = o70["p99_ms"] / f1["p50_ms"]
-        out.append({"target": "open loop at 70% of peak: p99 <= 3x the unloaded p50", "value": round(v, 3),
-                    "p99_ms": o70["p99_ms"], "unloaded_p50_ms": f1["p50_ms"], "met": v <= 3})
+        out.append(
+            {
+                "target": "open loop at 70% of peak: p99 <= 3x the unloaded p50",
+                "value": round(v, 3),
+                "p99_ms": o70["p99_ms"],
+                "unloaded_p50_ms": f1["p50_ms"],
+                "met": v <= 3,
+            }
+        )
     if soak:
         growth = soak["rss_growth"]
-        out.append({"target": "soak at 70%: 0 errors, 0 lost, RSS growth < 5%",
-                    "value": {"errors": soak["errors"], "lost": soak["lost"], "rss_growth": growth,
-                              "seconds": soak["seconds"]},
-                    "met": soak["errors"] == 0 and soak["lost"] == 0 and growth < 0.05,
-                    "note": None if soak["seconds"] >= 600 else f"a {soak['seconds']:.0f} s soak, not the 10 minutes "
-                                                                 "the target names"})
+        out.append(
+            {
+                "target": "soak at 70%: 0 errors, 0 lost, RSS growth < 5%",
+                "value": {
+                    "errors": soak["errors"],
+                    "lost": soak["lost"],
+                    "rss_growth": growth,
+                    "seconds": soak["seconds"],
+                },
+                "met": soak["errors"] == 0 and soak["lost"] == 0 and growth < 0.05,
+                "note": None
+                if soak["seconds"] >= 600
+                else f"a {soak['seconds']:.0f} s soak, not the 10 minutes the target names",
+            }
+        )
     return out
 
 
 def format_table(payload: dict) -> str:
     """Markdown: per server, closed loop at concurrency 1 and 64, open loop at 70% of its own peak."""
+
     def row(server, mode, **kw):
         for r in payload["runs"]:
             if r["server"] == server and r["mode"] == mode and all(r.get(k) == v for k, v in kw.items()):
                 return r
         return None
 
-    lines = ["| server | c=1 p50 / p99 ms | c=64 req/s | c=64 p50 / p90 / p99 ms | open 70%: req/s, p99 ms | "
-             "errors | RSS MB | padding eff. |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| server | c=1 p50 / p99 ms | c=64 req/s | c=64 p50 / p90 / p99 ms | open 70%: req/s, p99 ms | "
+        "errors | RSS MB | padding eff. |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name in payload["servers"]:
-        c1, c64, o70 = row(name, "closed", concurrency=1), row(name, "closed", concurrency=64), \
-            row(name, "open", fraction=0.7)
+        c1, c64, o70 = (
+            row(name, "closed", concurrency=1),
+            row(name, "closed", concurrency=64),
+            row(name, "open", fraction=0.7),
+        )
         errors = sum(r["errors"] + r.get("lost", 0) for r in payload["runs"] if r["server"] == name)
         eff = [r["padding_efficiency"] for r in payload["runs"] if r["server"] == name and "padding_efficiency" in r]
         lines.append(
@@ -400,7 +517,8 @@ def format_table(payload: dict) -> str:
             f"| {c64['p50_ms'] if c64 else '-'} / {c64['p90_ms'] if c64 else '-'} / {c64['p99_ms'] if c64 else '-'} "
             f"| {o70['throughput_rps'] if o70 else '-'}, {o70['p99_ms'] if o70 else '-'} | {errors} "
             f"| {max((r['server_rss_mb'] or 0) for r in payload['runs'] if r['server'] == name) or '-'} "
-            f"| {min(eff) if eff else '-'}–{max(eff) if eff else '-'} |")
+            f"| {min(eff) if eff else '-'}–{max(eff) if eff else '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -412,8 +530,10 @@ def plot(payload: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for i, name in enumerate(payload["servers"]):
-        rows = sorted((r for r in payload["runs"] if r["server"] == name and r["mode"] == "closed" and r["p50_ms"]),
-                      key=lambda r: r["concurrency"])
+        rows = sorted(
+            (r for r in payload["runs"] if r["server"] == name and r["mode"] == "closed" and r["p50_ms"]),
+            key=lambda r: r["concurrency"],
+        )
         if not rows:
             continue
         x = [r["throughput_rps"] for r in rows]
@@ -425,8 +545,11 @@ def plot(payload: dict, path: Path) -> None:
     ax.set_xlabel("throughput (requests/s, one text each)")
     ax.set_ylabel("client latency (ms)")
     ax.set_yscale("log")
-    ax.set_title(f"fastft serve vs hand-written servers: {payload['model']['name']} "
-                 f"({payload['machine']['cpu']['physical_cores']} cores, closed loop)", fontsize=10)
+    ax.set_title(
+        f"fastft serve vs hand-written servers: {payload['model']['name']} "
+        f"({payload['machine']['cpu']['physical_cores']} cores, closed loop)",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -442,13 +565,21 @@ def main() -> int:
     ap.add_argument("--soak-s", type=float, default=600.0, help="soak seconds at 70%% of fastft's peak (0: none) [600]")
     ap.add_argument("--timeout-s", type=float, default=10.0, help="client timeout per request [10]")
     ap.add_argument("--fastft-args", default="", help="extra arguments for fastft serve (quoted)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
-                    help="also run fastft serve with these arguments as server fastft-NAME (repeatable), "
-                         "e.g. w2t1='--workers 2 --threads 1'")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="also run fastft serve with these arguments as server fastft-NAME (repeatable), "
+        "e.g. w2t1='--workers 2 --threads 1'",
+    )
     ap.add_argument("--result", default=None, help="[bench/results/serve_<model dir name>.json]")
     ap.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--table", action="store_true", help="print the markdown table of an existing result file (MODEL: "
-                                                          "the result file) and exit")
+    ap.add_argument(
+        "--table",
+        action="store_true",
+        help="print the markdown table of an existing result file (MODEL: the result file) and exit",
+    )
     args = ap.parse_args()
     if args.table:
         print(format_table(json.loads(Path(args.model).read_text())))
@@ -481,7 +612,12 @@ def main() -> int:
     import tempfile
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench_serve_logs_"))  # server logs: not part of the result
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     load_start = list(os.getloadavg())
     t_start = time.time()
 
@@ -490,8 +626,13 @@ def main() -> int:
 
     # 1. the in-process ceiling, alone
     say(f"in-process ceiling (server logs in {log_dir})")
-    out = subprocess.run([sys.executable, __file__, model_dir, "--inprocess", "--inprocess-s", str(args.inprocess_s)],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, model_dir, "--inprocess", "--inprocess-s", str(args.inprocess_s)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     inproc = json.loads(out.stdout.strip().splitlines()[-1])
     for r in inproc:
         say(f"  {r['config']}: {r['texts_per_s']} texts/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
@@ -523,8 +664,11 @@ def main() -> int:
                 with urllib.request.urlopen(s.url + "/", timeout=10) as r:
                     info = json.loads(r.read())
                 runtime = {k: v for k, v in (info.get("runtime") or {}).items() if k != "path"}
-                server_info[n] = {"cost_model": info.get("cost_model"), "runtime": runtime,
-                                  "warm_up_seconds": info.get("warm_up_seconds")}
+                server_info[n] = {
+                    "cost_model": info.get("cost_model"),
+                    "runtime": runtime,
+                    "warm_up_seconds": info.get("warm_up_seconds"),
+                }
         for s in servers.values():  # warm every path (connections, allocator, per-shape ORT state)
             asyncio.run(load.closed(s.url, 4, 1.5))
 
@@ -533,21 +677,30 @@ def main() -> int:
             counted = server.name.startswith("fastft")
             before = scrape(server.url) if counted else {}
             row = asyncio.run(coro_fn())
-            row = {"server": server.name, **extra, **row,
-                   **(batching_delta(before, scrape(server.url)) if counted else {}),
-                   "server_rss_mb": server.rss_mb(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+            row = {
+                "server": server.name,
+                **extra,
+                **row,
+                **(batching_delta(before, scrape(server.url)) if counted else {}),
+                "server_rss_mb": server.rss_mb(),
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
             rows.append(row)
-            say(f"{server.name:15s} {row['mode']:6s} {extra} {row['throughput_rps']:8.1f} rps  p50 {row['p50_ms']} "
+            say(
+                f"{server.name:15s} {row['mode']:6s} {extra} {row['throughput_rps']:8.1f} rps  p50 {row['p50_ms']} "
                 f"p90 {row['p90_ms']} p99 {row['p99_ms']} ms  errors {row['errors']}  "
-                f"{ {k: row[k] for k in ('padding_efficiency', 'texts_per_call') if k in row} }")
+                f"{ {k: row[k] for k in ('padding_efficiency', 'texts_per_call') if k in row} }"
+            )
             return row
 
         for c in CONCURRENCY:
             order = list(servers.values())
             rng.shuffle(order)
             for s in order:
-                phase(s, lambda: load.closed(s.url, c, args.phase_s), {})
-        peak = {n: max(r["throughput_rps"] for r in rows if r["server"] == n and r["mode"] == "closed") for n in servers}
+                phase(s, lambda s=s, c=c: load.closed(s.url, c, args.phase_s), {})
+        peak = {
+            n: max(r["throughput_rps"] for r in rows if r["server"] == n and r["mode"] == "closed") for n in servers
+        }
         for f in OPEN_FRACTIONS:
             order = list(servers.values())
             rng.shuffle(order)
@@ -555,7 +708,11 @@ def main() -> int:
                 if peak[s.name] <= 0:
                     continue
                 rate = f * peak[s.name]
-                phase(s, lambda: load.open(s.url, rate, args.phase_s, seed=int(f * 100)), {"fraction": f})
+                phase(
+                    s,
+                    lambda s=s, rate=rate, f=f: load.open(s.url, rate, args.phase_s, seed=int(f * 100)),
+                    {"fraction": f},
+                )
         # 3. soak: fastft alone at 70% of its peak
         if args.soak_s > 0 and "fastft" in servers:
             for n, s in servers.items():
@@ -568,10 +725,17 @@ def main() -> int:
             before = scrape(s.url)
             row = asyncio.run(load.open(s.url, rate, args.soak_s, seed=7))
             rss1 = s.rss_mb()
-            soak = {**row, **batching_delta(before, scrape(s.url)), "rss_start_mb": rss0, "rss_end_mb": rss1,
-                    "rss_growth": round((rss1 - rss0) / rss0, 4) if rss0 and rss1 else None}
-            say(f"soak: {soak['ok']} ok, {soak['errors']} errors, {soak['lost']} lost, p99 {soak['p99_ms']} ms, "
-                f"RSS {rss0} -> {rss1} MB")
+            soak = {
+                **row,
+                **batching_delta(before, scrape(s.url)),
+                "rss_start_mb": rss0,
+                "rss_end_mb": rss1,
+                "rss_growth": round((rss1 - rss0) / rss0, 4) if rss0 and rss1 else None,
+            }
+            say(
+                f"soak: {soak['ok']} ok, {soak['errors']} errors, {soak['lost']} lost, p99 {soak['p99_ms']} ms, "
+                f"RSS {rss0} -> {rss1} MB"
+            )
     finally:
         exit_codes = {n: s.stop() for n, s in servers.items()}
 
@@ -581,23 +745,44 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {**machine(), "loadavg_at_start": load_start, "loadavg_at_end": list(os.getloadavg())},
         "note": "2 CPU cores shared with other engineers' jobs during the run (see the load averages); the load "
-                "generator (this process, aiohttp) runs on the same cores as the servers.",
+        "generator (this process, aiohttp) runs on the same cores as the servers.",
         "versions": versions(),
         "model": {"name": Path(model_dir).name, "files": sorted(p.name for p in Path(model_dir).glob("*.onnx"))},
-        "texts": {"source": "movie-snippets, all splits, shuffled; one text per request", "n": len(texts),
-                  "chars_p50": int(np.median([len(t) for t in texts])),
-                  "chars_p90": int(np.percentile([len(t) for t in texts], 90))},
-        "settings": {"phase_s": args.phase_s, "timeout_s": args.timeout_s, "concurrency": list(CONCURRENCY),
-                     "open_fractions_of_own_peak": list(OPEN_FRACTIONS), "fastft_args": args.fastft_args,
-                     "variants": args.variant,
-                     "env": {k: env[k] for k in ("OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM")}},
-        "servers": {n: {"description": SERVERS[n],
-                        "argv": ["python" if a == sys.executable else args.model if a == model_dir
-                                 else str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a
-                                 for a in s.argv],
-                        "ready_after_s": s.started_s, "idle_rss_mb": idle_rss.get(n),
-                        "exit_code_after_sigterm": exit_codes.get(n), **server_info.get(n, {})}
-                    for n, s in servers.items()},
+        "texts": {
+            "source": "movie-snippets, all splits, shuffled; one text per request",
+            "n": len(texts),
+            "chars_p50": int(np.median([len(t) for t in texts])),
+            "chars_p90": int(np.percentile([len(t) for t in texts], 90)),
+        },
+        "settings": {
+            "phase_s": args.phase_s,
+            "timeout_s": args.timeout_s,
+            "concurrency": list(CONCURRENCY),
+            "open_fractions_of_own_peak": list(OPEN_FRACTIONS),
+            "fastft_args": args.fastft_args,
+            "variants": args.variant,
+            "env": {k: env[k] for k in ("OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM")},
+        },
+        "servers": {
+            n: {
+                "description": SERVERS[n],
+                "argv": [
+                    "python"
+                    if a == sys.executable
+                    else args.model
+                    if a == model_dir
+                    else str(Path(a).relative_to(ROOT))
+                    if a.startswith(str(ROOT))
+                    else a
+                    for a in s.argv
+                ],
+                "ready_after_s": s.started_s,
+                "idle_rss_mb": idle_rss.get(n),
+                "exit_code_after_sigterm": exit_codes.get(n),
+                **server_info.get(n, {}),
+            }
+            for n, s in servers.items()
+        },
         "in_process": inproc,
         "runs": rows,
         "soak": soak,

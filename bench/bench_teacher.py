@@ -30,20 +30,30 @@ def main() -> int:
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "teacher_minilm-l6_movie-snippets.json"))
     args = ap.parse_args()
 
+    import fastft
     from fastft.bench import write_result  # first: it notes the machine's load at the start
 
-    import fastft
-
-    meta = fastft.train(model=args.model, data=args.data, output=args.output, epochs=args.epochs,
-                        max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        limit=args.limit, overwrite=True)
+    meta = fastft.train(
+        model=args.model,
+        data=args.data,
+        output=args.output,
+        epochs=args.epochs,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        limit=args.limit,
+        overwrite=True,
+    )
     t = meta["training"]
     payload = {
         "benchmark": "teacher fine-tuning",
         "model": args.model,
         "data": args.data,
         "split_sizes": meta["data"]["sizes"],
-        "settings": {k: t[k] for k in ("epochs", "max_length", "batch_size", "lr", "weight_decay", "warmup_ratio", "seed")},
+        "settings": {
+            k: t[k] for k in ("epochs", "max_length", "batch_size", "lr", "weight_decay", "warmup_ratio", "seed")
+        },
         "test_accuracy": meta["metrics"]["test"]["accuracy"],
         "test_metrics": meta["metrics"]["test"],
         "validation_metrics": meta["metrics"]["validation"],
@@ -56,8 +66,10 @@ def main() -> int:
         "output_dir": args.output,
     }
     path = write_result(args.result, payload)
-    print(f"test accuracy {payload['test_accuracy']:.4f}, {t['train_time_s']:.0f} s, "
-          f"{t['train_samples_per_s']:.1f} samples/s -> {path}")
+    print(
+        f"test accuracy {payload['test_accuracy']:.4f}, {t['train_time_s']:.0f} s, "
+        f"{t['train_samples_per_s']:.1f} samples/s -> {path}"
+    )
     return 0
 
 

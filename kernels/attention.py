@@ -61,12 +61,35 @@ _INTERPRET_BLOCK_N = 32
 
 
 @triton.jit
-def _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, kv_lo, kv_hi,
-                offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
-                stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                CAUSAL_MASK: tl.constexpr, CHECK_N: tl.constexpr, HAS_MASK: tl.constexpr,
-                EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                UPCAST_DOT: tl.constexpr):
+def _attn_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    mask_base,
+    kv_lo,
+    kv_hi,
+    offs_m,
+    offs_n,
+    offs_d,
+    seq_k,
+    head_dim,
+    qk_scale,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    stride_mn,
+    CAUSAL_MASK: tl.constexpr,
+    CHECK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
     """Online-softmax update of (acc, l_i, m_i) over the key blocks [kv_lo, kv_hi)."""
     d_ok = offs_d < head_dim
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
@@ -134,18 +157,53 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, kv_lo, kv_hi,
 
 
 def _attn_fwd_kernel(
-    Q, K, V, O, Mask, KvStart, KvEnd, CuQ, CuK, UsedQ, UsedK,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_mb, stride_mn,
-    seq_q, seq_k, head_dim, qk_scale,
-    seq_q_bucket, seq_k_bucket,  # autotuning key only
-    IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    VARLEN: tl.constexpr = False, USED_Q: tl.constexpr = False, USED_K: tl.constexpr = False,
+    Q,
+    K,
+    V,
+    O,  # noqa: E741 - the output pointer, named as in the FlashAttention papers
+    Mask,
+    KvStart,
+    KvEnd,
+    CuQ,
+    CuK,
+    UsedQ,
+    UsedK,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_mb,
+    stride_mn,
+    seq_q,
+    seq_k,
+    head_dim,
+    qk_scale,
+    seq_q_bucket,
+    seq_k_bucket,  # autotuning key only
+    IS_CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    VARLEN: tl.constexpr = False,
+    USED_Q: tl.constexpr = False,
+    USED_K: tl.constexpr = False,
 ):
     start_m = tl.program_id(0)
     off_h = tl.program_id(1).to(tl.int64)
@@ -205,19 +263,94 @@ def _attn_fwd_kernel(
         # whole blocks left of the first query row (and inside seq_k) need neither the
         # causal nor the bounds mask; the rest, from the block-aligned `diag`, gets both
         diag = tl.minimum(tl.maximum(((start_m * BLOCK_M) // BLOCK_N) * BLOCK_N, lo), (hi // BLOCK_N) * BLOCK_N)
-        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, lo, diag,
-                                    offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                                    False, False, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
-        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, diag, hi,
-                                    offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                                    True, not EVEN_N, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
+        acc, l_i, m_i = _attn_inner(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            mask_base,
+            lo,
+            diag,
+            offs_m,
+            offs_n,
+            offs_d,
+            seq_k,
+            head_dim,
+            qk_scale,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mn,
+            False,
+            False,
+            HAS_MASK,
+            EVEN_D,
+            BLOCK_N,
+            INPUT_PRECISION,
+            UPCAST_DOT,
+        )
+        acc, l_i, m_i = _attn_inner(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            mask_base,
+            diag,
+            hi,
+            offs_m,
+            offs_n,
+            offs_d,
+            seq_k,
+            head_dim,
+            qk_scale,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mn,
+            True,
+            not EVEN_N,
+            HAS_MASK,
+            EVEN_D,
+            BLOCK_N,
+            INPUT_PRECISION,
+            UPCAST_DOT,
+        )
     else:
-        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, lo, hi,
-                                    offs_m, offs_n, offs_d, seq_k, head_dim, qk_scale,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-                                    False, not EVEN_N, HAS_MASK, EVEN_D, BLOCK_N, INPUT_PRECISION, UPCAST_DOT)
+        acc, l_i, m_i = _attn_inner(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            mask_base,
+            lo,
+            hi,
+            offs_m,
+            offs_n,
+            offs_d,
+            seq_k,
+            head_dim,
+            qk_scale,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mn,
+            False,
+            not EVEN_N,
+            HAS_MASK,
+            EVEN_D,
+            BLOCK_N,
+            INPUT_PRECISION,
+            UPCAST_DOT,
+        )
 
     if HAS_MASK or VARLEN:  # fully masked row / (varlen) a sequence without keys: acc == 0 -> 0
         l_i = tl.where(l_i == 0.0, 1.0, l_i)
@@ -232,15 +365,21 @@ def _attn_fwd_kernel(
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): a curated set that covers every value of
 # each axis without the full product (tuning compiles each one per specialisation)
 _GPU_CONFIGS = [
-    (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 2),
-    (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
-    (128, 128, 8, 2), (128, 128, 8, 3),
+    (64, 32, 4, 3),
+    (64, 64, 4, 3),
+    (64, 64, 4, 4),
+    (64, 128, 4, 2),
+    (128, 32, 4, 3),
+    (128, 64, 4, 3),
+    (128, 64, 8, 3),
+    (128, 64, 8, 4),
+    (128, 128, 8, 2),
+    (128, 128, 8, 3),
 ]
 
 
 def _gpu_configs():
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in _GPU_CONFIGS]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in _GPU_CONFIGS]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -268,10 +407,12 @@ def _even(args):
     }
 
 
-_heuristics = triton.heuristics({
-    "EVEN_N": lambda a: _even(a)["EVEN_N"],
-    "EVEN_D": lambda a: _even(a)["EVEN_D"],
-})
+_heuristics = triton.heuristics(
+    {
+        "EVEN_N": lambda a: _even(a)["EVEN_N"],
+        "EVEN_D": lambda a: _even(a)["EVEN_D"],
+    }
+)
 
 # fixed-tile variant (interpreter, explicit block sizes) and autotuned variant (GPU)
 _attn_fwd_fixed = _heuristics(triton.jit(_attn_fwd_kernel))
@@ -288,8 +429,10 @@ else:
 def _check(q, k, v, key_padding_mask):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"attention_fwd: {name} must be a 4-D tensor (batch, heads, seq, head_dim), "
-                             f"got {getattr(t, 'shape', type(t))}")
+            raise ValueError(
+                f"attention_fwd: {name} must be a 4-D tensor (batch, heads, seq, head_dim), "
+                f"got {getattr(t, 'shape', type(t))}"
+            )
         if t.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(f"attention_fwd: {name} has dtype {t.dtype}; supported: fp16, bf16, fp32")
         if t.device != q.device:
@@ -298,28 +441,34 @@ def _check(q, k, v, key_padding_mask):
         raise TypeError(f"attention_fwd: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     batch, heads, _, head_dim = q.shape
     if k.shape[:2] != (batch, heads) or v.shape[:2] != (batch, heads):
-        raise ValueError(f"attention_fwd: k {tuple(k.shape)} and v {tuple(v.shape)} must match q "
-                         f"{tuple(q.shape)} in batch and heads")
+        raise ValueError(
+            f"attention_fwd: k {tuple(k.shape)} and v {tuple(v.shape)} must match q {tuple(q.shape)} in batch and heads"
+        )
     if k.shape[3] != head_dim or v.shape[3] != head_dim:
-        raise ValueError(f"attention_fwd: k and v head_dim must equal q head_dim {head_dim}, "
-                         f"got {k.shape[3]} and {v.shape[3]}")
+        raise ValueError(
+            f"attention_fwd: k and v head_dim must equal q head_dim {head_dim}, got {k.shape[3]} and {v.shape[3]}"
+        )
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"attention_fwd: k seq {k.shape[2]} != v seq {v.shape[2]}")
     if not 1 <= head_dim <= _MAX_HEAD_DIM:
         raise ValueError(f"attention_fwd: head_dim {head_dim} not in [1, {_MAX_HEAD_DIM}]")
     if key_padding_mask is not None:
         if key_padding_mask.dtype != torch.bool:
-            raise TypeError(f"attention_fwd: key_padding_mask must be bool (True = attend), "
-                            f"got {key_padding_mask.dtype}")
+            raise TypeError(
+                f"attention_fwd: key_padding_mask must be bool (True = attend), got {key_padding_mask.dtype}"
+            )
         if tuple(key_padding_mask.shape) != (batch, k.shape[2]):
-            raise ValueError(f"attention_fwd: key_padding_mask must be (batch, seq_k) = "
-                             f"{(batch, k.shape[2])}, got {tuple(key_padding_mask.shape)}")
+            raise ValueError(
+                f"attention_fwd: key_padding_mask must be (batch, seq_k) = "
+                f"{(batch, k.shape[2])}, got {tuple(key_padding_mask.shape)}"
+            )
         if key_padding_mask.device != q.device:
-            raise ValueError(f"attention_fwd: key_padding_mask is on {key_padding_mask.device}, "
-                             f"q is on {q.device}")
+            raise ValueError(f"attention_fwd: key_padding_mask is on {key_padding_mask.device}, q is on {q.device}")
     if not INTERPRET and q.device.type != "cuda":
-        raise ValueError(f"attention_fwd: the Triton kernel needs CUDA tensors (q is on {q.device}); "
-                         "set TRITON_INTERPRET=1 before importing to run it on CPU")
+        raise ValueError(
+            f"attention_fwd: the Triton kernel needs CUDA tensors (q is on {q.device}); "
+            "set TRITON_INTERPRET=1 before importing to run it on CPU"
+        )
     if q.shape[1] > 65535 or q.shape[0] > 65535:
         raise ValueError(f"attention_fwd: batch {q.shape[0]} and heads {q.shape[1]} must be <= 65535")
 
@@ -328,8 +477,9 @@ def _bucket(n: int) -> int:
     return 1 if n <= 1 else triton.next_power_of_2(n)
 
 
-def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
-                  allow_tf32=False, block_m=None, block_n=None):
+def attention_fwd(
+    q, k, v, key_padding_mask=None, causal=False, scale=None, *, allow_tf32=False, block_m=None, block_n=None
+):
     """softmax(q k^T * scale + mask) v, fused.
 
     q: (batch, heads, seq_q, head_dim); k, v: (batch, heads, seq_k, head_dim), any strides;
@@ -349,7 +499,7 @@ def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
     if seq_k == 0:
         return out.zero_()
     if scale is None:
-        scale = head_dim ** -0.5
+        scale = head_dim**-0.5
     qk_scale = float(scale) * math.log2(math.e)
 
     if key_padding_mask is not None:
@@ -367,15 +517,37 @@ def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
     input_precision = "ieee" if (q.dtype == torch.float32 and not (allow_tf32 and not INTERPRET)) else None
     block_d = max(16, triton.next_power_of_2(head_dim))
     args = (
-        q, k, v, out, mask_u8, kv_start, kv_end, q, q, q, q,  # (no cu_seqlens: never read)
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        stride_mb, stride_mn,
-        seq_q, seq_k, head_dim, qk_scale,
-        _bucket(seq_q), _bucket(seq_k),
+        q,
+        k,
+        v,
+        out,
+        mask_u8,
+        kv_start,
+        kv_end,
+        q,
+        q,
+        q,
+        q,  # (no cu_seqlens: never read)
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+        stride_mb,
+        stride_mn,
+        seq_q,
+        seq_k,
+        head_dim,
+        qk_scale,
+        _bucket(seq_q),
+        _bucket(seq_k),
     )
-    meta = dict(IS_CAUSAL=bool(causal), HAS_MASK=key_padding_mask is not None,
-                INPUT_PRECISION=input_precision, BLOCK_D=block_d,
-                UPCAST_DOT=INTERPRET and q.dtype == torch.bfloat16)
+    meta = dict(
+        IS_CAUSAL=bool(causal),
+        HAS_MASK=key_padding_mask is not None,
+        INPUT_PRECISION=input_precision,
+        BLOCK_D=block_d,
+        UPCAST_DOT=INTERPRET and q.dtype == torch.bfloat16,
+    )
 
     if INTERPRET or block_m is not None or block_n is not None:
         bm = block_m or _INTERPRET_BLOCK_M
@@ -387,15 +559,31 @@ def attention_fwd(q, k, v, key_padding_mask=None, causal=False, scale=None, *,
         kw = {} if INTERPRET else {"num_warps": 4 if bm <= 64 else 8, "num_stages": 2}
         _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
     else:
+
         def grid(meta_):
             return (triton.cdiv(seq_q, meta_["BLOCK_M"]), heads, batch)
+
         _attn_fwd_tuned[grid](*args, **meta)
     return out
 
 
-def attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
-                         scale=None, seqused_q=None, seqused_k=None, *, allow_tf32=False, block_m=None,
-                         block_n=None):
+def attention_varlen_fwd(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    causal=False,
+    scale=None,
+    seqused_q=None,
+    seqused_k=None,
+    *,
+    allow_tf32=False,
+    block_m=None,
+    block_n=None,
+):
     """Variable-length (padding-free) attention over packed tokens, flash-attention's layout.
 
     q: (total_q, heads, head_dim); k, v: (total_k, heads, head_dim), any token/head strides;
@@ -406,13 +594,18 @@ def attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
-            raise ValueError(f"attention_varlen_fwd: {name} must be a 3-D tensor (total, heads, head_dim), "
-                             f"got {getattr(t, 'shape', type(t))}")
+            raise ValueError(
+                f"attention_varlen_fwd: {name} must be a 3-D tensor (total, heads, head_dim), "
+                f"got {getattr(t, 'shape', type(t))}"
+            )
     # the checks of the padded kernel, on (1, heads, total, head_dim) views
     _check(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], None)
-    for name, t, n in (("cu_seqlens_q", cu_seqlens_q, None), ("cu_seqlens_k", cu_seqlens_k, None),
-                       ("seqused_q", seqused_q, cu_seqlens_q.numel() - 1),
-                       ("seqused_k", seqused_k, cu_seqlens_q.numel() - 1)):
+    for name, t, n in (
+        ("cu_seqlens_q", cu_seqlens_q, None),
+        ("cu_seqlens_k", cu_seqlens_k, None),
+        ("seqused_q", seqused_q, cu_seqlens_q.numel() - 1),
+        ("seqused_k", seqused_k, cu_seqlens_q.numel() - 1),
+    ):
         if t is None and name.startswith("seqused"):
             continue
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.int32 or t.device != q.device:
@@ -427,7 +620,7 @@ def attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
     if out.numel() == 0 or batch == 0 or max_seqlen_q <= 0:
         return out
     if scale is None:
-        scale = head_dim ** -0.5
+        scale = head_dim**-0.5
     qk_scale = float(scale) * math.log2(math.e)
     input_precision = "ieee" if (q.dtype == torch.float32 and not (allow_tf32 and not INTERPRET)) else None
     block_d = max(16, triton.next_power_of_2(head_dim))
@@ -435,18 +628,52 @@ def attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
     used_q = seqused_q.contiguous() if seqused_q is not None else cu_q
     used_k = seqused_k.contiguous() if seqused_k is not None else cu_k
     args = (
-        q, k, v, out, q, q, q, cu_q, cu_k, used_q, used_k,  # (no key mask: never read)
-        0, q.stride(1), q.stride(0), q.stride(2),
-        0, k.stride(1), k.stride(0), k.stride(2),
-        0, v.stride(1), v.stride(0), v.stride(2),
-        0, out.stride(1), out.stride(0), out.stride(2),
-        0, 0,
-        int(max_seqlen_q), max(int(max_seqlen_k), 1), head_dim, qk_scale,
-        _bucket(int(max_seqlen_q)), _bucket(int(max_seqlen_k)),
+        q,
+        k,
+        v,
+        out,
+        q,
+        q,
+        q,
+        cu_q,
+        cu_k,
+        used_q,
+        used_k,  # (no key mask: never read)
+        0,
+        q.stride(1),
+        q.stride(0),
+        q.stride(2),
+        0,
+        k.stride(1),
+        k.stride(0),
+        k.stride(2),
+        0,
+        v.stride(1),
+        v.stride(0),
+        v.stride(2),
+        0,
+        out.stride(1),
+        out.stride(0),
+        out.stride(2),
+        0,
+        0,
+        int(max_seqlen_q),
+        max(int(max_seqlen_k), 1),
+        head_dim,
+        qk_scale,
+        _bucket(int(max_seqlen_q)),
+        _bucket(int(max_seqlen_k)),
     )
-    meta = dict(IS_CAUSAL=bool(causal), HAS_MASK=False, INPUT_PRECISION=input_precision, BLOCK_D=block_d,
-                UPCAST_DOT=INTERPRET and q.dtype == torch.bfloat16, VARLEN=True,
-                USED_Q=seqused_q is not None, USED_K=seqused_k is not None)
+    meta = dict(
+        IS_CAUSAL=bool(causal),
+        HAS_MASK=False,
+        INPUT_PRECISION=input_precision,
+        BLOCK_D=block_d,
+        UPCAST_DOT=INTERPRET and q.dtype == torch.bfloat16,
+        VARLEN=True,
+        USED_Q=seqused_q is not None,
+        USED_K=seqused_k is not None,
+    )
     if INTERPRET or block_m is not None or block_n is not None:
         bm = block_m or _INTERPRET_BLOCK_M
         bn = block_n or _INTERPRET_BLOCK_N
@@ -457,7 +684,9 @@ def attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
         kw = {} if INTERPRET else {"num_warps": 4 if bm <= 64 else 8, "num_stages": 2}
         _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
     else:
+
         def grid(meta_):
             return (triton.cdiv(int(max_seqlen_q), meta_["BLOCK_M"]), heads, batch)
+
         _attn_fwd_tuned[grid](*args, **meta)
     return out

@@ -17,10 +17,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-POSITIVE = ["a wonderful, moving film", "brilliant acting and a great story", "i loved every minute",
-            "funny, warm and smart", "a delight from start to finish", "superb direction, great cast"]
-NEGATIVE = ["a dull, lifeless mess", "boring and far too long", "i hated the ending",
-            "weak script and bad acting", "a tedious waste of time", "clumsy, loud and stupid"]
+POSITIVE = [
+    "a wonderful, moving film",
+    "brilliant acting and a great story",
+    "i loved every minute",
+    "funny, warm and smart",
+    "a delight from start to finish",
+    "superb direction, great cast",
+]
+NEGATIVE = [
+    "a dull, lifeless mess",
+    "boring and far too long",
+    "i hated the ending",
+    "weak script and bad acting",
+    "a tedious waste of time",
+    "clumsy, loud and stupid",
+]
 
 
 def make_rows(n: int = 60, seed: int = 0) -> list[dict]:
@@ -44,8 +56,16 @@ def tiny_data_file(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "tiny.jsonl", make_rows())
 
 
-def save_tiny_model(path: Path, data_file: Path | None = None, labels=("negative", "positive"),
-                    layers: int = 2, hidden: int = 32, heads: int = 4, max_positions: int = 128, seed: int = 0) -> Path:
+def save_tiny_model(
+    path: Path,
+    data_file: Path | None = None,
+    labels=("negative", "positive"),
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> Path:
     """A tiny random BertForSequenceClassification + the minilm-l6 tokenizer + fastft.json."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -54,18 +74,36 @@ def save_tiny_model(path: Path, data_file: Path | None = None, labels=("negative
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=hidden * 2, max_position_embeddings=max_positions,
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_positions,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
     )
     model = BertForSequenceClassification(config).eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     load_tokenizer("minilm-l6").save_pretrained(path)
-    spec = {"data": str(data_file), "path": str(data_file), "seed": 42, "text_column": "text", "label_column": "label"} \
-        if data_file else {}
-    write_meta(path, {"format": 1, "task": "sequence-classification", "labels": list(labels),
-                      "max_length": max_positions, "data": spec, "metrics": {}})
+    spec = (
+        {"data": str(data_file), "path": str(data_file), "seed": 42, "text_column": "text", "label_column": "label"}
+        if data_file
+        else {}
+    )
+    write_meta(
+        path,
+        {
+            "format": 1,
+            "task": "sequence-classification",
+            "labels": list(labels),
+            "max_length": max_positions,
+            "data": spec,
+            "metrics": {},
+        },
+    )
     return path
 
 
@@ -90,8 +128,11 @@ def attention_dispatch() -> tuple[bool, str]:
         from fastft.swap import check_dispatch
 
         torch.manual_seed(0)
-        model = tf.BertModel(tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                           intermediate_size=32, vocab_size=50)).eval()
+        model = tf.BertModel(
+            tf.BertConfig(
+                hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50
+            )
+        ).eval()
         _DISPATCH = check_dispatch(model)
     return _DISPATCH
 
@@ -104,7 +145,8 @@ def pytest_collection_modifyitems(config, items):
     if not ok:
         import transformers
 
-        skip = pytest.mark.skip(reason=f"needs transformers >= 5: transformers {transformers.__version__} "
-                                       f"hard-codes the attention of {why}")
+        skip = pytest.mark.skip(
+            reason=f"needs transformers >= 5: transformers {transformers.__version__} hard-codes the attention of {why}"
+        )
         for item in marked:
             item.add_marker(skip)

@@ -27,9 +27,11 @@ def assert_close(out, ref, atol, rtol, what=""):
     bad = err > atol + rtol * ref64.abs()
     if bad.any():
         i = tuple(int(x) for x in torch.nonzero(err == err.max())[0])
-        pytest.fail(f"{what}: {int(bad.sum())}/{bad.numel()} elements outside atol={atol} rtol={rtol}; "
-                    f"max abs diff {err.max().item():.3e} at index {i}: got {out64[i].item():.8g}, "
-                    f"expected {ref64[i].item():.8g}")
+        pytest.fail(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements outside atol={atol} rtol={rtol}; "
+            f"max abs diff {err.max().item():.3e} at index {i}: got {out64[i].item():.8g}, "
+            f"expected {ref64[i].item():.8g}"
+        )
 
 
 def make_mask(kind, batch, seq_k, gen):
@@ -127,8 +129,12 @@ def test_every_simd_path(isa, monkeypatch):
         pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
     monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
     assert cpu_backend() == f"cpp:{isa}"
-    for case in [(3, 2, 129, 200, 48, "prefix_empty", True), (1, 3, 70, 64, 5, "additive", False),
-                 (2, 2, 64, 129, 128, "arbitrary", False), (1, 1, 7, 7, 64, "none", True)]:
+    for case in [
+        (3, 2, 129, 200, 48, "prefix_empty", True),
+        (1, 3, 70, 64, 5, "additive", False),
+        (2, 2, 64, 129, 128, "arbitrary", False),
+        (1, 1, 7, 7, 64, "none", True),
+    ]:
         check_against_ref(*case, torch.float32)
 
 
@@ -140,18 +146,37 @@ def test_cpp_key_block_sizes(block_k):
     if c is None:
         pytest.skip("C++ extension not built")
     gen = torch.Generator().manual_seed(block_k)
-    for b, h, sq, sk, d, kind, causal in [(2, 3, 129, 113, 64, "prefix_empty", True),
-                                          (1, 2, 7, 300, 5, "arbitrary", False)]:
+    for b, h, sq, sk, d, kind, causal in [
+        (2, 3, 129, 113, 64, "prefix_empty", True),
+        (1, 2, 7, 300, 5, "arbitrary", False),
+    ]:
         q, k, v = make_qkv(b, h, sq, sk, d, torch.float32, gen)
         mask = make_mask(kind, b, sk, gen)
         out = torch.empty_like(q)
-        c.attention_fwd_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), mask.data_ptr(), 0, out.data_ptr(), b, h,
-                            sq, sk, d, causal, d ** -0.5, 2, "auto", block_k)
+        c.attention_fwd_f32(
+            q.data_ptr(),
+            k.data_ptr(),
+            v.data_ptr(),
+            mask.data_ptr(),
+            0,
+            out.data_ptr(),
+            b,
+            h,
+            sq,
+            sk,
+            d,
+            causal,
+            d**-0.5,
+            2,
+            "auto",
+            block_k,
+        )
         ref = attention_ref(q.double(), k.double(), v.double(), mask, causal)
         assert_close(out, ref, *FP32_TOL, what=f"block_k={block_k} sq={sq} sk={sk} d={d} {kind} causal={causal}")
     with pytest.raises(ValueError, match="block_k"):
-        c.attention_fwd_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), 0, 0, out.data_ptr(), b, h, sq, sk, d,
-                            False, 1.0, 1, "auto", 12)
+        c.attention_fwd_f32(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), 0, 0, out.data_ptr(), b, h, sq, sk, d, False, 1.0, 1, "auto", 12
+        )
 
 
 def test_thread_count_does_not_change_result():
@@ -195,7 +220,7 @@ def test_concurrent_callers_and_fork():
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must not hang on the parent's pool. Only fastft and numpy here:
-        try:      # torch's own OpenMP ops can hang in a child forked after they ran.
+        try:  # torch's own OpenMP ops can hang in a child forked after they ran.
             digest = hashlib.sha256(fused_attention(q, k, v).numpy().tobytes()).digest()
             os.write(w, digest)
         finally:
@@ -209,8 +234,12 @@ def test_concurrent_callers_and_fork():
 def test_reference_matches_sdpa():
     """The reference itself, against torch SDPA (float64), including seq_q != seq_k causal."""
     gen = torch.Generator().manual_seed(1)
-    for sq, sk, causal, kind in [(7, 7, False, "prefix"), (33, 70, True, "arbitrary"),
-                                 (70, 33, True, "none"), (64, 129, False, "additive")]:
+    for sq, sk, causal, kind in [
+        (7, 7, False, "prefix"),
+        (33, 70, True, "arbitrary"),
+        (70, 33, True, "none"),
+        (64, 129, False, "additive"),
+    ]:
         q, k, v = make_qkv(2, 3, sq, sk, 48, torch.float64, gen)
         mask = make_mask(kind, 2, sk, gen)
         attn = None
@@ -305,15 +334,23 @@ def test_non_contiguous_inputs():
     q, k, v = (torch.randn(2, n, 4, 32, generator=gen).transpose(1, 2) for n in (33, 40, 40))
     mask = make_mask("prefix", 2, 40, gen)
     assert not q.is_contiguous()
-    assert_close(fused_attention(q, k, v, mask, True),
-                 attention_ref(q.double(), k.double(), v.double(), mask, True), *FP32_TOL, "non-contiguous")
+    assert_close(
+        fused_attention(q, k, v, mask, True),
+        attention_ref(q.double(), k.double(), v.double(), mask, True),
+        *FP32_TOL,
+        "non-contiguous",
+    )
 
 
 def test_scale_argument():
     gen = torch.Generator().manual_seed(6)
     q, k, v = make_qkv(1, 2, 20, 30, 64, torch.float32, gen)
-    assert_close(fused_attention(q, k, v, scale=0.3),
-                 attention_ref(q.double(), k.double(), v.double(), scale=0.3), *FP32_TOL, "scale=0.3")
+    assert_close(
+        fused_attention(q, k, v, scale=0.3),
+        attention_ref(q.double(), k.double(), v.double(), scale=0.3),
+        *FP32_TOL,
+        "scale=0.3",
+    )
 
 
 def test_fallback_without_cpp(monkeypatch):
@@ -330,25 +367,30 @@ def _good():
     return make_qkv(2, 3, 5, 6, 16, torch.float32, torch.Generator().manual_seed(8))
 
 
-@pytest.mark.parametrize("case,name", [
-    (lambda q, k, v: (q[0], k, v, {}), "q"),
-    (lambda q, k, v: ("q", k, v, {}), "q"),
-    (lambda q, k, v: (q, k[:, :2], v, {}), "k"),
-    (lambda q, k, v: (q, k[..., :8], v, {}), "k"),
-    (lambda q, k, v: (q, k, v[:, :, :5], {}), "v"),
-    (lambda q, k, v: (q, k.double(), v, {}), "k"),
-    (lambda q, k, v: (q, k, v.half(), {}), "v"),
-    (lambda q, k, v: (q.int(), k.int(), v.int(), {}), "q"),
-    (lambda q, k, v: (q.new_zeros(2, 3, 5, 300), k.new_zeros(2, 3, 6, 300), v.new_zeros(2, 3, 6, 300), {}),
-     "head_dim"),
-    (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(2, 5, dtype=torch.bool)}), "key_padding_mask"),
-    (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(3, 6, dtype=torch.bool)}), "key_padding_mask"),
-    (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(2, 6, dtype=torch.int64)}), "key_padding_mask"),
-    (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.zeros(2, 3, 1, 6)}), "key_padding_mask"),
-    (lambda q, k, v: (q, k, v, {"key_padding_mask": [1, 1]}), "key_padding_mask"),
-    (lambda q, k, v: (q, k, v, {"causal": "yes"}), "causal"),
-    (lambda q, k, v: (q, k, v, {"scale": float("nan")}), "scale"),
-])
+@pytest.mark.parametrize(
+    "case,name",
+    [
+        (lambda q, k, v: (q[0], k, v, {}), "q"),
+        (lambda q, k, v: ("q", k, v, {}), "q"),
+        (lambda q, k, v: (q, k[:, :2], v, {}), "k"),
+        (lambda q, k, v: (q, k[..., :8], v, {}), "k"),
+        (lambda q, k, v: (q, k, v[:, :, :5], {}), "v"),
+        (lambda q, k, v: (q, k.double(), v, {}), "k"),
+        (lambda q, k, v: (q, k, v.half(), {}), "v"),
+        (lambda q, k, v: (q.int(), k.int(), v.int(), {}), "q"),
+        (
+            lambda q, k, v: (q.new_zeros(2, 3, 5, 300), k.new_zeros(2, 3, 6, 300), v.new_zeros(2, 3, 6, 300), {}),
+            "head_dim",
+        ),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(2, 5, dtype=torch.bool)}), "key_padding_mask"),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(3, 6, dtype=torch.bool)}), "key_padding_mask"),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(2, 6, dtype=torch.int64)}), "key_padding_mask"),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.zeros(2, 3, 1, 6)}), "key_padding_mask"),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": [1, 1]}), "key_padding_mask"),
+        (lambda q, k, v: (q, k, v, {"causal": "yes"}), "causal"),
+        (lambda q, k, v: (q, k, v, {"scale": float("nan")}), "scale"),
+    ],
+)
 def test_bad_inputs_raise_value_error_naming_argument(case, name):
     args = case(*_good())
     with pytest.raises(ValueError, match=name):
@@ -390,8 +432,9 @@ def test_torch_compile_and_export():
     mask = make_mask("prefix", 1, 8, gen)
     want = fused_attention(q, k, v, mask, True)
 
-    compiled = torch.compile(lambda a, b, c, m: fused_attention(a, b, c, m, causal=True),
-                             backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda a, b, c, m: fused_attention(a, b, c, m, causal=True), backend="aot_eager", fullgraph=True
+    )
     assert_close(compiled(q, k, v, mask), want, 0, 0, "torch.compile")
 
     class Attn(torch.nn.Module):
@@ -405,12 +448,15 @@ def test_torch_compile_and_export():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("b,h,sq,sk,d,mask_kind,causal", [
-    (2, 4, 129, 129, 64, "prefix_empty", False),
-    (1, 12, 512, 512, 128, "arbitrary", True),
-    (3, 2, 7, 300, 48, "additive", True),
-    (2, 3, 300, 64, 32, "additive_min", False),
-])
+@pytest.mark.parametrize(
+    "b,h,sq,sk,d,mask_kind,causal",
+    [
+        (2, 4, 129, 129, 64, "prefix_empty", False),
+        (1, 12, 512, 512, 128, "arbitrary", True),
+        (3, 2, 7, 300, 48, "additive", True),
+        (2, 3, 300, 64, 32, "additive_min", False),
+    ],
+)
 def test_cuda_matches_reference(b, h, sq, sk, d, mask_kind, causal, dtype):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

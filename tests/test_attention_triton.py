@@ -82,15 +82,18 @@ def _load_kernel(interpret: bool):
 
 
 def _run_suite_in_subprocess():
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-           "-m", "not slow and not gpu"]
-    proc = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=_ROOT,
-                          capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow and not gpu"]
+    proc = subprocess.run(
+        cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=_ROOT, capture_output=True, text=True, timeout=900
+    )
     if proc.returncode != 0:
-        pytest.fail(f"interpreter suite failed in a subprocess ({' '.join(cmd)}):\n"
-                    f"{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}")
-    pytest.skip("triton could not be switched to interpreter mode in this process; the "
-                "interpreter suite ran in a fresh subprocess and passed")
+        pytest.fail(
+            f"interpreter suite failed in a subprocess ({' '.join(cmd)}):\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+        )
+    pytest.skip(
+        "triton could not be switched to interpreter mode in this process; the "
+        "interpreter suite ran in a fresh subprocess and passed"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +130,9 @@ def _ref64(q, k, v, mask, causal, scale=None):
     """The library's reference on float64 inputs (so nothing is rounded to q.dtype)."""
     from fastft.ops import attention_ref
 
-    return attention_ref(q.double(), k.double(), v.double(), key_padding_mask=mask, causal=causal,
-                         scale=scale, upcast=True)
+    return attention_ref(
+        q.double(), k.double(), v.double(), key_padding_mask=mask, causal=causal, scale=scale, upcast=True
+    )
 
 
 def _torch_lowp(q, k, v, mask, causal):
@@ -148,8 +152,10 @@ def _assert_close(out, ref, atol, rtol, what=""):
     if bad.any():
         idx = bad.nonzero()[:5].tolist()
         vals = [(i, out[tuple(i)].item(), ref[tuple(i)].item()) for i in idx]
-        pytest.fail(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ (max abs err "
-                    f"{err.max().item():.3g}, atol {atol}, rtol {rtol}); first (index, out, ref): {vals}")
+        pytest.fail(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements differ (max abs err "
+            f"{err.max().item():.3g}, atol {atol}, rtol {rtol}); first (index, out, ref): {vals}"
+        )
 
 
 def _assert_lowp(out, q, k, v, mask, causal, what=""):
@@ -163,7 +169,8 @@ def _assert_lowp(out, q, k, v, mask, causal, what=""):
     pt_err = (pt - ref).abs().max().item()
     assert not torch.isnan(out).any(), f"{what}: NaN in output"
     assert err <= 2 * pt_err + 2 * rounding + 1e-5, (
-        f"{what}: max abs err {err:.3g} > 2 x torch {q.dtype} err {pt_err:.3g} + 2 x rounding {rounding:.3g}")
+        f"{what}: max abs err {err:.3g} > 2 x torch {q.dtype} err {pt_err:.3g} + 2 x rounding {rounding:.3g}"
+    )
 
 
 # ---------------------------------------------------------------- inputs
@@ -199,8 +206,7 @@ def _inputs(batch, heads, seq_q, seq_k, head_dim, dtype=torch.float32, mask=None
     return q, k, v, key_padding_mask
 
 
-def _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask=None, causal=False,
-           dtype=torch.float32, **kw):
+def _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask=None, causal=False, dtype=torch.float32, **kw):
     q, k, v, m = _inputs(batch, heads, seq_q, seq_k, head_dim, dtype, mask)
     out = kernel.attention_fwd(q, k, v, m, causal=causal, **kw)
     what = f"B{batch} H{heads} Sq{seq_q} Sk{seq_k} D{head_dim} mask={mask} causal={causal} {dtype}"
@@ -214,22 +220,27 @@ def _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask=None, causal=False
 
 # ---------------------------------------------------------------- interpreter tests
 
+
 # (batch, heads, seq_q, seq_k, mask, causal) per head_dim: every head_dim, varied rest
-@pytest.mark.parametrize("head_dim,batch,heads,seq_q,seq_k,mask,causal", [
-    (16, 1, 1, 7, 7, None, False),
-    (32, 3, 1, 64, 64, "lengths", True),
-    (48, 1, 3, 33, 40, "random", False),
-    (64, 3, 3, 7, 129, "lengths", False),
-    (80, 1, 3, 129, 7, None, True),
-    (96, 3, 1, 1, 64, "left", True),
-    (128, 1, 1, 40, 33, "lengths", True),
-])
+@pytest.mark.parametrize(
+    "head_dim,batch,heads,seq_q,seq_k,mask,causal",
+    [
+        (16, 1, 1, 7, 7, None, False),
+        (32, 3, 1, 64, 64, "lengths", True),
+        (48, 1, 3, 33, 40, "random", False),
+        (64, 3, 3, 7, 129, "lengths", False),
+        (80, 1, 3, 129, 7, None, True),
+        (96, 3, 1, 1, 64, "left", True),
+        (128, 1, 1, 40, 33, "lengths", True),
+    ],
+)
 def test_head_dims(kernel, head_dim, batch, heads, seq_q, seq_k, mask, causal):
     _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask, causal)
 
 
-@pytest.mark.parametrize("seq_q,seq_k", [(1, 1), (7, 7), (64, 64), (129, 129), (1, 129), (129, 1),
-                                         (7, 64), (64, 7), (129, 33)])
+@pytest.mark.parametrize(
+    "seq_q,seq_k", [(1, 1), (7, 7), (64, 64), (129, 129), (1, 129), (129, 1), (7, 64), (64, 7), (129, 33)]
+)
 @pytest.mark.parametrize("causal", [False, True])
 def test_seq_lengths(kernel, seq_q, seq_k, causal):
     _check(kernel, 1, 1, seq_q, seq_k, 32, None, causal)
@@ -247,12 +258,15 @@ def test_key_padding_mask(kernel, mask, causal):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("batch,heads,seq_q,seq_k,head_dim,mask,causal", [
-    (3, 1, 129, 129, 64, "lengths", True),
-    (1, 3, 7, 64, 80, None, False),
-    (3, 3, 64, 33, 128, "random", True),
-    (1, 1, 1, 7, 16, "left", False),
-])
+@pytest.mark.parametrize(
+    "batch,heads,seq_q,seq_k,head_dim,mask,causal",
+    [
+        (3, 1, 129, 129, 64, "lengths", True),
+        (1, 3, 7, 64, 80, None, False),
+        (3, 3, 64, 33, 128, "random", True),
+        (1, 1, 1, 7, 16, "left", False),
+    ],
+)
 def test_low_precision(kernel, dtype, batch, heads, seq_q, seq_k, head_dim, mask, causal):
     _check(kernel, batch, heads, seq_q, seq_k, head_dim, mask, causal, dtype=dtype)
 
@@ -303,20 +317,24 @@ def test_empty_sequences(kernel):
     assert kernel.attention_fwd(q, k, v).shape == (2, 3, 0, 32)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(q=torch.zeros(2, 3, 4)), "q must be a 4-D"),
-    (dict(k=torch.zeros(2, 3, 5, 16)), "head_dim"),
-    (dict(v=torch.zeros(2, 3, 6, 32)), "k seq"),
-    (dict(k=torch.zeros(1, 3, 5, 32)), "batch and heads"),
-    (dict(v=torch.zeros(2, 3, 5, 32, dtype=torch.float16)), "share a dtype"),
-    (dict(q=torch.zeros(2, 3, 4, 32, dtype=torch.float64)), "q has dtype"),
-    (dict(key_padding_mask=torch.ones(2, 5)), "must be bool"),
-    (dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), r"\(batch, seq_k\)"),
-    (dict(q=torch.zeros(2, 3, 4, 512), k=torch.zeros(2, 3, 5, 512), v=torch.zeros(2, 3, 5, 512)), "head_dim"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(q=torch.zeros(2, 3, 4)), "q must be a 4-D"),
+        (dict(k=torch.zeros(2, 3, 5, 16)), "head_dim"),
+        (dict(v=torch.zeros(2, 3, 6, 32)), "k seq"),
+        (dict(k=torch.zeros(1, 3, 5, 32)), "batch and heads"),
+        (dict(v=torch.zeros(2, 3, 5, 32, dtype=torch.float16)), "share a dtype"),
+        (dict(q=torch.zeros(2, 3, 4, 32, dtype=torch.float64)), "q has dtype"),
+        (dict(key_padding_mask=torch.ones(2, 5)), "must be bool"),
+        (dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), r"\(batch, seq_k\)"),
+        (dict(q=torch.zeros(2, 3, 4, 512), k=torch.zeros(2, 3, 5, 512), v=torch.zeros(2, 3, 5, 512)), "head_dim"),
+    ],
+)
 def test_argument_checks(kernel, bad, match):
-    args = dict(q=torch.zeros(2, 3, 4, 32), k=torch.zeros(2, 3, 5, 32), v=torch.zeros(2, 3, 5, 32),
-                key_padding_mask=None)
+    args = dict(
+        q=torch.zeros(2, 3, 4, 32), k=torch.zeros(2, 3, 5, 32), v=torch.zeros(2, 3, 5, 32), key_padding_mask=None
+    )
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
         kernel.attention_fwd(**args)
@@ -370,8 +388,7 @@ def test_gpu_grid(gpu_kernel, dtype, head_dim, batch, heads):
                 for causal in (False, True):
                     q, k, v, m = _inputs(batch, heads, seq_q, seq_k, head_dim, dtype, mask, device="cuda")
                     out = gpu_kernel.attention_fwd(q, k, v, m, causal=causal, block_m=64, block_n=32)
-                    what = (f"B{batch} H{heads} Sq{seq_q} Sk{seq_k} D{head_dim} mask={mask} "
-                            f"causal={causal} {dtype}")
+                    what = f"B{batch} H{heads} Sq{seq_q} Sk{seq_k} D{head_dim} mask={mask} causal={causal} {dtype}"
                     if dtype == torch.float32:
                         _assert_close(out, _ref64(q, k, v, m, causal), 1e-5, 1e-5, what)
                     else:
@@ -380,10 +397,16 @@ def test_gpu_grid(gpu_kernel, dtype, head_dim, batch, heads):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("head_dim,seq_q,seq_k,mask,causal", [
-    (64, 512, 512, None, False), (64, 129, 512, "lengths", True), (128, 512, 129, "random", False),
-    (128, 1000, 1000, "lengths", True), (48, 300, 300, None, True),
-])
+@pytest.mark.parametrize(
+    "head_dim,seq_q,seq_k,mask,causal",
+    [
+        (64, 512, 512, None, False),
+        (64, 129, 512, "lengths", True),
+        (128, 512, 129, "random", False),
+        (128, 1000, 1000, "lengths", True),
+        (48, 300, 300, None, True),
+    ],
+)
 def test_gpu_autotuned(gpu_kernel, dtype, head_dim, seq_q, seq_k, mask, causal):
     """The default (autotuned) path."""
     q, k, v, m = _inputs(3, 12, seq_q, seq_k, head_dim, dtype, mask, device="cuda")
@@ -403,17 +426,21 @@ def test_gpu_tf32_flag(gpu_kernel):
 
 # ---------------------------------------------------------------- varlen and the NaN contract
 
+
 def _cu(lengths):
     return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
 
 
-@pytest.mark.parametrize("lens_q,lens_k,head_dim,causal,dtype,used", [
-    ([1, 7, 40, 0, 33], [1, 7, 40, 0, 33], 32, False, torch.float32, False),
-    ([1, 7, 40, 0, 33], [1, 7, 40, 0, 33], 32, True, torch.float32, False),
-    ([33, 7], [7, 0], 20, True, torch.float32, False),   # a sequence without keys -> zeros
-    ([40, 7], [40, 7], 64, False, torch.float16, True),  # seqused (padded layout)
-    ([17, 40], [40, 17], 48, True, torch.bfloat16, False),
-])
+@pytest.mark.parametrize(
+    "lens_q,lens_k,head_dim,causal,dtype,used",
+    [
+        ([1, 7, 40, 0, 33], [1, 7, 40, 0, 33], 32, False, torch.float32, False),
+        ([1, 7, 40, 0, 33], [1, 7, 40, 0, 33], 32, True, torch.float32, False),
+        ([33, 7], [7, 0], 20, True, torch.float32, False),  # a sequence without keys -> zeros
+        ([40, 7], [40, 7], 64, False, torch.float16, True),  # seqused (padded layout)
+        ([17, 40], [40, 17], 48, True, torch.bfloat16, False),
+    ],
+)
 def test_varlen(kernel, lens_q, lens_k, head_dim, causal, dtype, used):
     from fastft.ops import attention_varlen_ref
 
@@ -438,7 +465,7 @@ def test_varlen(kernel, lens_q, lens_k, head_dim, causal, dtype, used):
         assert err <= 2 * pt_err + 1e-3, f"{what}: err {err:.3g} > 2 x torch {pt_err:.3g}"
     for b, n in enumerate(lens_k):
         if n == 0:
-            assert (out[int(cq[b]):int(cq[b + 1])] == 0).all(), f"{what}: sequence {b} without keys not 0"
+            assert (out[int(cq[b]) : int(cq[b + 1])] == 0).all(), f"{what}: sequence {b} without keys not 0"
 
 
 def test_nan_in_q_contract_triton(kernel):
@@ -463,13 +490,20 @@ def test_nan_in_q_contract_triton(kernel):
 
 # ---------------------------------------------------------------- no GPU needed, other checks
 
+
 def test_bench_without_cuda_exits_cleanly(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(_ROOT / "bench" / "bench_attention_gpu.py"), "--out-dir", str(out)],
-                          env=env, cwd=_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(_ROOT / "bench" / "bench_attention_gpu.py"), "--out-dir", str(out)],
+        env=env,
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("no CUDA device: "), lines
@@ -529,7 +563,8 @@ def test_compiles_for_sm90():
         pytest.skip("triton has no NVIDIA backend here")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, cwd=_ROOT, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT], env=env, cwd=_ROOT, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert proc.stdout.count(" ok ") == 5, proc.stdout

@@ -27,9 +27,11 @@ def assert_close(out, ref, atol, rtol, what=""):
     bad = err > atol + rtol * ref64.abs()
     if bad.any():
         i = tuple(int(x) for x in torch.nonzero(err == err.max())[0])
-        pytest.fail(f"{what}: {int(bad.sum())}/{bad.numel()} elements outside atol={atol} rtol={rtol}; "
-                    f"max abs diff {err.max().item():.3e} at index {i}: got {out64[i].item():.8g}, "
-                    f"expected {ref64[i].item():.8g}")
+        pytest.fail(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements outside atol={atol} rtol={rtol}; "
+            f"max abs diff {err.max().item():.3e} at index {i}: got {out64[i].item():.8g}, "
+            f"expected {ref64[i].item():.8g}"
+        )
 
 
 def cu(lengths):
@@ -56,7 +58,7 @@ def check(lens_q, lens_k, heads, d, causal, dtype, seed=0, **kw):
         assert err <= 2 * pt_err + 1e-5, f"{what}: max err {err:.3e} > 2 x PyTorch's {pt_err:.3e}"
     for b, n in enumerate(lens_k):  # a sequence without keys: its query rows are zeros
         if n == 0:
-            assert (out[int(cq[b]):int(cq[b + 1])] == 0).all(), f"{what}: rows of sequence {b} (no keys) not 0"
+            assert (out[int(cq[b]) : int(cq[b + 1])] == 0).all(), f"{what}: rows of sequence {b} (no keys) not 0"
     return out
 
 
@@ -67,8 +69,8 @@ GRID = [
     ([7, 113, 129], [7, 113, 129], 3, 64, True, torch.float32),
     ([512, 1, 0, 129], [512, 1, 0, 129], 2, 32, True, torch.float32),
     ([129, 7], [113, 512], 2, 48, False, torch.float32),  # seq_q != seq_k per sequence
-    ([113, 5], [7, 0], 2, 128, True, torch.float32),     # a sequence with no keys -> zeros
-    ([7, 129], [7, 129], 2, 5, False, torch.float32),    # head_dim not a vector multiple
+    ([113, 5], [7, 0], 2, 128, True, torch.float32),  # a sequence with no keys -> zeros
+    ([7, 129], [7, 129], 2, 5, False, torch.float32),  # head_dim not a vector multiple
     ([113, 7], [113, 7], 2, 64, True, torch.float16),
     ([129, 1], [129, 1], 2, 32, False, torch.bfloat16),
     ([7, 113], [7, 113], 2, 48, True, torch.float64),
@@ -159,22 +161,25 @@ def _good():
     return q, k, v, cu([4, 6]), cu([4, 6])
 
 
-@pytest.mark.parametrize("change,name", [
-    (dict(q=torch.zeros(10, 16)), "q"),
-    (dict(k=torch.zeros(10, 3, 16)), "k"),
-    (dict(v=torch.zeros(9, 2, 16)), "v"),
-    (dict(k=torch.zeros(10, 2, 16, dtype=torch.float64)), "k"),
-    (dict(cu_seqlens_q=torch.tensor([0, 4, 10])), "cu_seqlens_q"),         # int64
-    (dict(cu_seqlens_q=torch.tensor([0, 6, 4], dtype=torch.int32)), "cu_seqlens_q"),  # decreasing
-    (dict(cu_seqlens_k=torch.tensor([0, 4, 11], dtype=torch.int32)), "cu_seqlens_k"),  # past the end
-    (dict(cu_seqlens_k=torch.tensor([0, 10], dtype=torch.int32)), "cu_seqlens_k"),     # batch differs
-    (dict(max_seqlen_q=5), "max_seqlen_q"),
-    (dict(max_seqlen_k=None), "max_seqlen_k"),
-    (dict(seqused_q=torch.tensor([4, 7], dtype=torch.int32)), "seqused_q"),
-    (dict(seqused_k=torch.tensor([1], dtype=torch.int32)), "seqused_k"),
-    (dict(causal="yes"), "causal"),
-    (dict(scale=float("inf")), "scale"),
-])
+@pytest.mark.parametrize(
+    "change,name",
+    [
+        (dict(q=torch.zeros(10, 16)), "q"),
+        (dict(k=torch.zeros(10, 3, 16)), "k"),
+        (dict(v=torch.zeros(9, 2, 16)), "v"),
+        (dict(k=torch.zeros(10, 2, 16, dtype=torch.float64)), "k"),
+        (dict(cu_seqlens_q=torch.tensor([0, 4, 10])), "cu_seqlens_q"),  # int64
+        (dict(cu_seqlens_q=torch.tensor([0, 6, 4], dtype=torch.int32)), "cu_seqlens_q"),  # decreasing
+        (dict(cu_seqlens_k=torch.tensor([0, 4, 11], dtype=torch.int32)), "cu_seqlens_k"),  # past the end
+        (dict(cu_seqlens_k=torch.tensor([0, 10], dtype=torch.int32)), "cu_seqlens_k"),  # batch differs
+        (dict(max_seqlen_q=5), "max_seqlen_q"),
+        (dict(max_seqlen_k=None), "max_seqlen_k"),
+        (dict(seqused_q=torch.tensor([4, 7], dtype=torch.int32)), "seqused_q"),
+        (dict(seqused_k=torch.tensor([1], dtype=torch.int32)), "seqused_k"),
+        (dict(causal="yes"), "causal"),
+        (dict(scale=float("inf")), "scale"),
+    ],
+)
 def test_varlen_bad_inputs_raise_value_error_naming_argument(change, name):
     q, k, v, cq, ck = _good()
     args = dict(q=q, k=k, v=v, cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_q=6, max_seqlen_k=6)
@@ -188,11 +193,16 @@ def test_varlen_opcheck():
     used = torch.tensor([3, 6], dtype=torch.int32)
     # the AOT-dispatch checks are left out: the backward recomputes the per-sequence reference,
     # which slices by the values of cu_seqlens (data-dependent, no fake-tensor backward)
-    torch.library.opcheck(_varlen_op, (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), cq, ck, 6, 6,
-                                       True, 0.25, None, None),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-    torch.library.opcheck(_varlen_op, (q.detach(), k.detach(), v.detach(), cq, ck, 6, 6, False, 0.5, used, used),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        _varlen_op,
+        (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), cq, ck, 6, 6, True, 0.25, None, None),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        _varlen_op,
+        (q.detach(), k.detach(), v.detach(), cq, ck, 6, 6, False, 0.5, used, used),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 def test_varlen_backward_via_reference():
@@ -211,6 +221,7 @@ def test_varlen_backward_via_reference():
 def test_varlen_torch_compile():
     q, k, v, cq, ck = _good()
     want = fused_attention_varlen(q, k, v, cq, ck, 6, 6, True)
-    compiled = torch.compile(lambda a, b, c: fused_attention_varlen(a, b, c, cq, ck, 6, 6, True),
-                             backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda a, b, c: fused_attention_varlen(a, b, c, cq, ck, 6, 6, True), backend="aot_eager", fullgraph=True
+    )
     assert_close(compiled(q, k, v), want, 0, 0, "torch.compile")

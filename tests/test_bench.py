@@ -12,9 +12,30 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     from fastft.cli import main
 
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    rc = main(["bench", "--model", str(tiny_model_dir), "--seq", "16,32", "--repeats", "5", "--warmup", "1",
-               "--threads", "1", "--backends", "hf-eager,fastft-fp32,fastft-int8", "--workdir", str(tmp_path / "w"),
-               "--json", str(out), "--plot", str(png), "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_model_dir),
+            "--seq",
+            "16,32",
+            "--repeats",
+            "5",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--backends",
+            "hf-eager,fastft-fp32,fastft-int8",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "fastft-int8" in table and "p50 ms" in table
@@ -24,8 +45,16 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert d["settings"]["threads"] == 1 and d["settings"]["seqs"] == [16, 32]
     assert len(d["results"]) == 6
     for r in d["results"]:
-        for key in ("p50_ms", "p90_ms", "p99_ms", "seq_per_s", "tokens_per_s", "speedup_vs_hf_eager",
-                    "p99_over_p50", "max_abs_logit_diff_vs_hf_eager"):
+        for key in (
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "seq_per_s",
+            "tokens_per_s",
+            "speedup_vs_hf_eager",
+            "p99_over_p50",
+            "max_abs_logit_diff_vs_hf_eager",
+        ):
             assert isinstance(r[key], (int, float)), (r["backend"], key)
         assert r["n"] == 5 and r["tokens_per_s"] == pytest.approx(r["seq_per_s"] * r["seq"], rel=1e-3)
         assert r["peak_rss_mb"] is not None
@@ -38,42 +67,115 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the exports are reused on a second run (same workdir, unchanged model)
     stamp = (tmp_path / "w").stat().st_mtime_ns
-    rc = main(["bench", "--model", str(tiny_model_dir), "--seq", "16", "--repeats", "3", "--warmup", "0",
-               "--threads", "1", "--backends", "fastft-int8", "--workdir", str(tmp_path / "w"), "--json",
-               "--no-memory", "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_model_dir),
+            "--seq",
+            "16",
+            "--repeats",
+            "3",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--backends",
+            "fastft-int8",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            "--no-memory",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     d2 = json.loads(capsys.readouterr().out)
     assert d2["results"][0]["backend"] == "fastft-int8" and "speedup_vs_hf_eager" not in d2["results"][0]
     assert len(list((tmp_path / "w").iterdir())) == 1 and (tmp_path / "w").stat().st_mtime_ns == stamp
     # --served: fastft-* run another directory's ONNX files (e.g. a compressed student)
     served = next((tmp_path / "w").iterdir()) / "fastft"
-    rc = main(["bench", "--model", str(tiny_model_dir), "--served", str(served), "--seq", "16", "--repeats", "3",
-               "--warmup", "0", "--threads", "1", "--backends", "hf-eager,fastft-int8", "--workdir",
-               str(tmp_path / "w2"), "--json", "--no-memory", "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_model_dir),
+            "--served",
+            str(served),
+            "--seq",
+            "16",
+            "--repeats",
+            "3",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--backends",
+            "hf-eager,fastft-int8",
+            "--workdir",
+            str(tmp_path / "w2"),
+            "--json",
+            "--no-memory",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     d3 = json.loads(capsys.readouterr().out)
     assert d3["served_model"] == str(served)
     assert d3["backends"]["fastft-int8"]["file"] == str(served / "model_int8.onnx")
     (served / "model.onnx").rename(served / "gone.onnx")
-    assert main(["bench", "--model", str(tiny_model_dir), "--served", str(served), "--backends", "fastft-fp32",
-                 "--workdir", str(tmp_path / "w2"), "--no-progress", "--seq", "16"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                str(tiny_model_dir),
+                "--served",
+                str(served),
+                "--backends",
+                "fastft-fp32",
+                "--workdir",
+                str(tmp_path / "w2"),
+                "--no-progress",
+                "--seq",
+                "16",
+            ]
+        )
+        == 2
+    )
     assert "has no model.onnx" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--backends", "hf-eager,tensorflow"], "unknown backend 'tensorflow'"),
-    (["--seq", "4"], "at least 8"),
-    (["--seq", "1024"], "beyond the model's 128 positions"),
-    (["--repeats", "1"], "--repeats"),
-    (["--batch", "0"], "--batch"),
-    (["--plot", "out.svg"], "PNG"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backends", "hf-eager,tensorflow"], "unknown backend 'tensorflow'"),
+        (["--seq", "4"], "at least 8"),
+        (["--seq", "1024"], "beyond the model's 128 positions"),
+        (["--repeats", "1"], "--repeats"),
+        (["--batch", "0"], "--batch"),
+        (["--plot", "out.svg"], "PNG"),
+    ],
+)
 def test_bench_bad_args(tiny_model_dir, tmp_path, capsys, args, message):
     from fastft.cli import main
 
-    rc = main(["bench", "--model", str(tiny_model_dir), "--backends", "hf-eager", "--workdir", str(tmp_path),
-               "--no-memory", "--no-progress", *args] if "--backends" not in args else
-              ["bench", "--model", str(tiny_model_dir), "--workdir", str(tmp_path), "--no-progress", *args])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_model_dir),
+            "--backends",
+            "hf-eager",
+            "--workdir",
+            str(tmp_path),
+            "--no-memory",
+            "--no-progress",
+            *args,
+        ]
+        if "--backends" not in args
+        else ["bench", "--model", str(tiny_model_dir), "--workdir", str(tmp_path), "--no-progress", *args]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("fastft: error:") and message in err, err

@@ -75,8 +75,24 @@ def test_existing_output_refused(tmp_path, capsys):
 
 def test_train_eval_predict_json(tiny_model_dir, tiny_data_file, tmp_path, capsys):
     out_dir = tmp_path / "m"
-    rc, out, _ = run(capsys, "train", "--model", str(tiny_model_dir), "--data", str(tiny_data_file), "--output",
-                     str(out_dir), "--max-steps", "2", "--batch-size", "8", "--max-length", "16", "--no-progress", "--json")
+    rc, out, _ = run(
+        capsys,
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_data_file),
+        "--output",
+        str(out_dir),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "16",
+        "--no-progress",
+        "--json",
+    )
     assert rc == 0
     meta = json.loads(out)
     assert meta["training"]["steps"] == 2 and meta["labels"] == ["negative", "positive"]
@@ -92,7 +108,11 @@ def test_train_eval_predict_json(tiny_model_dir, tiny_data_file, tmp_path, capsy
 
 
 def test_no_traceback_from_the_real_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fastft", "eval", "--model", str(tmp_path / "nope")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastft", "eval", "--model", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"fastft: error: model directory {tmp_path / 'nope'} does not exist"]

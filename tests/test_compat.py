@@ -29,20 +29,44 @@ def test_junit_counts_and_first_error(tmp_path):
     (tmp_path / "r.xml").write_text(JUNIT)
     c = compat.junit_counts(tmp_path / "r.xml")
     assert (c["passed"], c["failed"], c["errors"], c["skipped"]) == (2, 1, 1, 1)
-    assert c["first_error"] == ("tests.test_b::test_broken: FastftError: transformers 9.0 hard-codes the attention "
-                                "of BertSelfAttention")
+    assert c["first_error"] == (
+        "tests.test_b::test_broken: FastftError: transformers 9.0 hard-codes the attention of BertSelfAttention"
+    )
     missing = compat.junit_counts(tmp_path / "none.xml")
     assert missing["passed"] == 0 and missing["first_error"].startswith("no pytest report")
 
 
 def test_markdown_has_one_row_per_environment():
     compat = _compat()
-    result = {"command": "python bench/compat.py", "date": "2026-01-01", "commit": "abc1234", "python": "3.11.9",
-              "machine": {"cpu": {"model": "cpu"}},
-              "rows": [{"env": "lock", "what": "the lock", "versions": {"transformers": "5.24.0", "torch": "2.13.0"},
-                        "passed": 3, "failed": 0, "errors": 0, "skipped": 1, "first_error": None},
-                       {"env": "latest", "what": "newest", "versions": {"transformers": "9.0"}, "passed": 2,
-                        "failed": 1, "errors": 0, "skipped": 0, "first_error": "t::x: a | b"}]}
+    result = {
+        "command": "python bench/compat.py",
+        "date": "2026-01-01",
+        "commit": "abc1234",
+        "python": "3.11.9",
+        "machine": {"cpu": {"model": "cpu"}},
+        "rows": [
+            {
+                "env": "lock",
+                "what": "the lock",
+                "versions": {"transformers": "5.24.0", "torch": "2.13.0"},
+                "passed": 3,
+                "failed": 0,
+                "errors": 0,
+                "skipped": 1,
+                "first_error": None,
+            },
+            {
+                "env": "latest",
+                "what": "newest",
+                "versions": {"transformers": "9.0"},
+                "passed": 2,
+                "failed": 1,
+                "errors": 0,
+                "skipped": 0,
+                "first_error": "t::x: a | b",
+            },
+        ],
+    }
     md = compat.markdown(result)
     rows = [line for line in md.splitlines() if line.startswith("| lock ") or line.startswith("| latest ")]
     assert len(rows) == 2 and "| 5.24.0 |" in rows[0] and "a \\| b" in rows[1]

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import save_tiny_model, write_jsonl
 
 from fastft.compress import CompressConfig
@@ -50,8 +49,20 @@ def test_distill_student_layers_and_loss_decreases(ctx):
     assert np.allclose(s_sd[key.format(1)].numpy(), t_sd[key.format(2)].numpy())
     cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, match, progress=False)
     assert cache.hidden.shape == (sum(len(x) for x in ctx.ids["train"]), 2, 32)
-    res = train_student(student, cache, ctx.ids["train"][:32], ctx.y["train"][:32], pad_id=ctx.pad_id, epochs=4,
-                        lr=3e-3, batch_size=8, temperature=2.0, alpha=0.5, hidden_weight=1.0, progress=False)
+    res = train_student(
+        student,
+        cache,
+        ctx.ids["train"][:32],
+        ctx.y["train"][:32],
+        pad_id=ctx.pad_id,
+        epochs=4,
+        lr=3e-3,
+        batch_size=8,
+        temperature=2.0,
+        alpha=0.5,
+        hidden_weight=1.0,
+        progress=False,
+    )
     losses = [h["loss"] for h in res["history"]]
     assert losses[-1] < res["history"][0]["first_loss"], losses
 
@@ -66,8 +77,12 @@ def test_distill_api_saves_student(teacher4, tmp_path):
     meta = json.loads((tmp_path / "student" / "fastft.json").read_text())
     assert meta["labels"] == ["negative", "positive"] and meta["compress"]["stage"] == "distilled"
     # prune that 2-layer student, recovering against the 4-layer teacher
-    pruned = fastft.prune(str(tmp_path / "student"), CompressConfig(prune_ffn=0.5, **FAST), teacher=str(teacher4),
-                          output=tmp_path / "pruned")
+    pruned = fastft.prune(
+        str(tmp_path / "student"),
+        CompressConfig(prune_ffn=0.5, **FAST),
+        teacher=str(teacher4),
+        output=tmp_path / "pruned",
+    )
     assert pruned.model.config.intermediate_size == 32 and pruned.model.config.num_hidden_layers == 2
     assert json.loads((tmp_path / "pruned" / "config.json").read_text())["intermediate_size"] == 32
 
@@ -183,8 +198,15 @@ def test_accuracy_aware_int8_records_excluded_nodes(ctx, tmp_path):
     nodes = quantizable_nodes(tmp_path / "m.onnx")
     assert any("query" in n for n in nodes)
     # a negative budget can never be met: every round keeps more nodes fp32, all recorded
-    info = accuracy_aware_int8(tmp_path / "m.onnx", tmp_path / "m_int8.onnx", val_ids=ctx.ids["validation"],
-                               val_labels=ctx.y["validation"], pad_id=ctx.pad_id, budget=-1.0, progress=False)
+    info = accuracy_aware_int8(
+        tmp_path / "m.onnx",
+        tmp_path / "m_int8.onnx",
+        val_ids=ctx.ids["validation"],
+        val_labels=ctx.y["validation"],
+        pad_id=ctx.pad_id,
+        budget=-1.0,
+        progress=False,
+    )
     assert info["excluded_nodes"] and set(info["excluded_nodes"]) <= set(nodes)
     assert set(info["sensitivity"]) == set(nodes) and len(info["rounds"]) >= 2
     assert info["within_budget"] is False and (tmp_path / "m_int8.onnx").is_file()
@@ -206,8 +228,10 @@ def compressed(teacher4, tmp_path_factory):
     import fastft
 
     out = tmp_path_factory.mktemp("out") / "small"
-    report = fastft.compress(str(teacher4), CompressConfig(layers=2, prune_heads=0.25, prune_ffn=0.5,
-                                                           quantize="int8", output=str(out), **FAST))
+    report = fastft.compress(
+        str(teacher4),
+        CompressConfig(layers=2, prune_heads=0.25, prune_ffn=0.5, quantize="int8", output=str(out), **FAST),
+    )
     return out, report
 
 
@@ -243,9 +267,12 @@ def test_compressed_dir_serves(compressed):
 def test_verdict_names_nearest_stage():
     from fastft.compress.report import verdict
 
-    rows = [{"stage": "teacher", "retained": 1.0, "p50_ms_512": 100}, {"stage": "distilled", "retained": 0.995,
-            "p50_ms_512": 50}, {"stage": "pruned", "retained": 0.992, "p50_ms_512": 40},
-            {"stage": "quantized", "retained": 0.97, "p50_ms_512": 20}]
+    rows = [
+        {"stage": "teacher", "retained": 1.0, "p50_ms_512": 100},
+        {"stage": "distilled", "retained": 0.995, "p50_ms_512": 50},
+        {"stage": "pruned", "retained": 0.992, "p50_ms_512": 40},
+        {"stage": "quantized", "retained": 0.97, "p50_ms_512": 20},
+    ]
     v = verdict(rows, 0.99)
     assert not v["met"] and v["nearest_stage_meeting_target"] == "pruned" and "below the target" in v["message"]
     assert verdict(rows, 0.95)["met"]
@@ -266,11 +293,13 @@ def no_training(monkeypatch):
 
 
 def test_base_model_without_head_is_refused(tmp_path, no_training):
-    import fastft
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                         vocab_size=30522)).save_pretrained(tmp_path / "base")
+    import fastft
+
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=30522)
+    ).save_pretrained(tmp_path / "base")
     with pytest.raises(FastftError, match="no classification head"):
         fastft.compress(str(tmp_path / "base"), CompressConfig(output=str(tmp_path / "o"), **FAST))
 
@@ -284,12 +313,18 @@ def test_data_with_other_labels_is_refused(teacher4, tmp_path, no_training):
         fastft.compress(str(teacher4), CompressConfig(data=str(data), output=str(tmp_path / "o"), **FAST))
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(layers=5), "--layers"), (dict(layers=0), "--layers"),
-    (dict(prune_heads=1.0), "--prune-heads"), (dict(prune_ffn=-0.1), "--prune-ffn"),
-    (dict(prune_heads=0.9), "would remove all"), (dict(quantize="int4"), "quantize"),
-    (dict(static=True, quantize=None), "--static"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(layers=5), "--layers"),
+        (dict(layers=0), "--layers"),
+        (dict(prune_heads=1.0), "--prune-heads"),
+        (dict(prune_ffn=-0.1), "--prune-ffn"),
+        (dict(prune_heads=0.9), "would remove all"),
+        (dict(quantize="int4"), "quantize"),
+        (dict(static=True, quantize=None), "--static"),
+    ],
+)
 def test_bad_options_are_refused(teacher4, tmp_path, no_training, kw, match):
     import fastft
 
@@ -312,6 +347,18 @@ def test_cli_help_lists_options(capsys):
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     out = capsys.readouterr().out
-    for opt in ("--int8", "--fp16", "--static", "--layers", "--student", "--prune-heads", "--prune-ffn",
-                "--target-retained", "--epochs", "--seed", "--overwrite", "--json"):
+    for opt in (
+        "--int8",
+        "--fp16",
+        "--static",
+        "--layers",
+        "--student",
+        "--prune-heads",
+        "--prune-ffn",
+        "--target-retained",
+        "--epochs",
+        "--seed",
+        "--overwrite",
+        "--json",
+    ):
         assert opt in out

@@ -6,10 +6,10 @@ import csv
 import json
 
 import pytest
-
-from fastft.data import load_data
-from fastft.core.errors import DataError
 from conftest import make_rows, write_jsonl
+
+from fastft.core.errors import DataError
+from fastft.data import load_data
 
 
 def test_movie_snippets_counts():

@@ -11,8 +11,17 @@ import fastft
 
 def test_minilm_l6_fine_tunes_and_reloads_with_plain_transformers(tmp_path):
     out = tmp_path / "spam"
-    meta = fastft.train(model="minilm-l6", data="sms-spam", output=str(out), limit=200, max_steps=12,
-                        batch_size=16, max_length=48, lr=1e-4, progress=False)
+    meta = fastft.train(
+        model="minilm-l6",
+        data="sms-spam",
+        output=str(out),
+        limit=200,
+        max_steps=12,
+        batch_size=16,
+        max_length=48,
+        lr=1e-4,
+        progress=False,
+    )
     assert meta["labels"] == ["ham", "spam"]
     assert meta["data"]["sizes"] == {"train": 200, "validation": 200, "test": 200}
     assert meta["training"]["steps"] == 12

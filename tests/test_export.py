@@ -36,9 +36,12 @@ def _feeds(batch: int, seq: int, names, left_pad: bool = False, seed: int = 0) -
         if left_pad:
             mask[-1, : seq // 2] = 0
         else:
-            mask[-1, seq // 2:] = 0
-    return {k: v for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}.items()
-            if k in names}
+            mask[-1, seq // 2 :] = 0
+    return {
+        k: v
+        for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}.items()
+        if k in names
+    }
 
 
 def test_output_dir_layout_and_meta(exported, tiny_model_dir):
@@ -109,8 +112,15 @@ def test_int8_runs_and_agrees(exported):
 def test_static_int8_with_calibration(tiny_model_dir, tmp_path):
     from fastft.export import export
 
-    info = export(tiny_model_dir, tmp_path / "static", static=True, calib_size=8, calib_method="minmax",
-                  min_agreement=0.8, progress=False)
+    info = export(
+        tiny_model_dir,
+        tmp_path / "static",
+        static=True,
+        calib_size=8,
+        calib_method="minmax",
+        min_agreement=0.8,
+        progress=False,
+    )
     assert info["int8"]["mode"] == "static" and info["int8"]["calib_size"] == 8
     assert info["parity"]["int8"]["label_agreement"] >= 0.8
     assert (tmp_path / "static" / "model_int8.onnx").is_file()
@@ -178,8 +188,7 @@ def _base_encoder_dir(tiny_model_dir: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "no-head", "static-no-data", "calib-size", "opset",
-                                  "exists"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "no-head", "static-no-data", "calib-size", "opset", "exists"])
 def test_bad_input_is_one_line(case, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     model = tiny_model_dir

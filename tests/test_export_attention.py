@@ -16,8 +16,10 @@ def _session(path, level="all"):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    so.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     so.log_severity_level = 3
     so.intra_op_num_threads = 2
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -28,8 +30,8 @@ def _feeds(names, batch, seq, vocab=1000, seed=0):
     ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
     mask = np.ones_like(ids)
     if batch > 1:
-        mask[-1, max(1, seq // 2):] = 0  # key padding in the batch
-        mask[0, seq - 2:] = 0 if seq > 3 else 1
+        mask[-1, max(1, seq // 2) :] = 0  # key padding in the batch
+        mask[0, seq - 2 :] = 0 if seq > 3 else 1
     all_ = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     return {n: all_[n] for n in names}
 
@@ -106,8 +108,16 @@ def _strong_bert(heads=4, layers=2):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=64, max_position_embeddings=96, initializer_range=0.2, num_labels=3)
+    cfg = BertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=64,
+        max_position_embeddings=96,
+        initializer_range=0.2,
+        num_labels=3,
+    )
     return BertForSequenceClassification(cfg).eval()
 
 
@@ -124,9 +134,17 @@ def test_mha_form_and_distilbert(tmp_path):
         assert diff <= ATOL and scale > 0.1
 
     torch.manual_seed(0)
-    dnet = DistilBertForSequenceClassification(DistilBertConfig(
-        vocab_size=300, dim=32, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=64,
-        initializer_range=0.2)).eval()
+    dnet = DistilBertForSequenceClassification(
+        DistilBertConfig(
+            vocab_size=300,
+            dim=32,
+            n_layers=3,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            initializer_range=0.2,
+        )
+    ).eval()
     info = export_fused_onnx(dnet, tmp_path / "distil.onnx", input_names=_names(dnet))
     assert info["attention"]["nodes"] == 3 and info["inputs"] == ["input_ids", "attention_mask"]
     assert count_attention_nodes(tmp_path / "distil.onnx") == {"Attention": 3}
@@ -253,8 +271,10 @@ def test_hard_coded_attention_falls_back_to_the_plain_graph(tiny_model_dir, tmp_
 
     def hard_coded(self, hidden_states, attention_mask=None, *args, **kwargs):
         b, s, _ = hidden_states.shape
-        q, k, v = (lin(hidden_states).view(b, s, self.num_attention_heads, -1).transpose(1, 2)
-                   for lin in (self.query, self.key, self.value))
+        q, k, v = (
+            lin(hidden_states).view(b, s, self.num_attention_heads, -1).transpose(1, 2)
+            for lin in (self.query, self.key, self.value)
+        )
         if attention_mask is not None and attention_mask.dim() == 2:
             attention_mask = attention_mask[:, None, None, :].to(torch.bool)
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)

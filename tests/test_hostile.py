@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import make_rows, save_tiny_model, write_jsonl
+
 from fastft.cli import main
 from fastft.core.errors import FastftError
 
@@ -48,7 +48,8 @@ def make_evil(path: Path, src: Path, marker: Path, where: str = "config.json") -
         "from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast\n"
         "class EvilConfig(BertConfig):\n    model_type = 'evilbert'\n"
         "class EvilModel(BertForSequenceClassification):\n    config_class = EvilConfig\n"
-        "EvilTokenizer = BertTokenizerFast\n")
+        "EvilTokenizer = BertTokenizerFast\n"
+    )
     return path
 
 
@@ -69,8 +70,9 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
     (w / "stubtok" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     # config.json names 3 labels, the weights hold a 2-label head
     shutil.copytree(tiny, w / "mismatch")
-    _edit_json(w / "mismatch" / "config.json", id2label={"0": "a", "1": "b", "2": "c"},
-               label2id={"a": 0, "b": 1, "c": 2})
+    _edit_json(
+        w / "mismatch" / "config.json", id2label={"0": "a", "1": "b", "2": "c"}, label2id={"a": 0, "b": 1, "c": 2}
+    )
     _edit_json(w / "mismatch" / "fastft.json", labels=["a", "b", "c"])
     # pickled weights that run code when unpickled
     shutil.copytree(tiny, w / "pickled")
@@ -102,14 +104,17 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
     (w / "home").mkdir()
     (w / "home" / ".bashrc").write_text("# mine")
     # hostile data files
-    (w / "dup.csv").write_text("text,label,text,label\n" + "".join(
-        f"{r['text']},{r['label']},{r['text']},x\n" for r in make_rows(20)))
+    (w / "dup.csv").write_text(
+        "text,label,text,label\n" + "".join(f"{r['text']},{r['label']},{r['text']},x\n" for r in make_rows(20))
+    )
     write_jsonl(w / "list-label.jsonl", [{"text": r["text"], "label": [r["label"]]} for r in make_rows(20)])
     write_jsonl(w / "dict-label.jsonl", [{"text": r["text"], "label": {"y": r["label"]}} for r in make_rows(20)])
-    (w / "dup-key.jsonl").write_text("".join(
-        f'{{"text": "{r["text"]}", "label": "{r["label"]}", "label": "x"}}\n' for r in make_rows(20)))
-    (w / "surrogate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_rows(10))
-                                       + '{"text": "bad \\ud800 text", "label": "positive"}\n')
+    (w / "dup-key.jsonl").write_text(
+        "".join(f'{{"text": "{r["text"]}", "label": "{r["label"]}", "label": "x"}}\n' for r in make_rows(20))
+    )
+    (w / "surrogate.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in make_rows(10)) + '{"text": "bad \\ud800 text", "label": "positive"}\n'
+    )
     (w / "latin1.csv").write_bytes(b"text,label\ncaf\xe9,positive\nok,negative\n")
     yield w
     assert not marker.exists(), "code from a model directory ran"
@@ -149,7 +154,9 @@ def sandbox(world, tmp_path, monkeypatch):
     after = snapshot(world, tmp_path)
     added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
     changed = sorted(p for p in set(before) & set(after) if before[p] != after[p] and not os.path.isdir(p))
-    assert not (added or removed or changed), f"touched: added {added[:5]}, removed {removed[:5]}, changed {changed[:5]}"
+    assert not (added or removed or changed), (
+        f"touched: added {added[:5]}, removed {removed[:5]}, changed {changed[:5]}"
+    )
 
 
 def run_cli(capfd, argv: list[str]) -> tuple[int, str, str]:
@@ -183,12 +190,18 @@ CLI_CASES = [
     ("evil-bench", "bench --model {w}/evil --no-memory", "asks to run its own code"),
     ("evil-tokenizer", "predict --model {w}/evil-tok --backend torch hi", "tokenizer_config.json auto_map"),
     # 2. --overwrite never deletes what is not fastft's
-    ("train-into-input-parent", "train --model {w}/proj/tiny --data {w}/data.jsonl --output {w}/proj --overwrite",
-     "holds the input"),
+    (
+        "train-into-input-parent",
+        "train --model {w}/proj/tiny --data {w}/data.jsonl --output {w}/proj --overwrite",
+        "holds the input",
+    ),
     ("export-into-input-parent", "export --model {w}/proj/tiny --output {w}/proj --overwrite", "holds the input"),
     ("export-over-input", "export --model {w}/tiny --output {w}/tiny --overwrite", "is the input"),
-    ("train-over-data-dir", "train --model {w}/tiny --data {w}/proj/data.jsonl --output {w}/proj --overwrite",
-     "holds the input"),
+    (
+        "train-over-data-dir",
+        "train --model {w}/tiny --data {w}/proj/data.jsonl --output {w}/proj --overwrite",
+        "holds the input",
+    ),
     ("compress-into-input-parent", "compress --model {w}/proj/tiny --output {w}/proj --overwrite", "holds the input"),
     ("export-over-cwd", "export --model {w}/tiny --output . --overwrite", "the current directory"),
     ("export-over-home", "export --model {w}/tiny --output {home} --overwrite", "home directory"),
@@ -200,7 +213,11 @@ CLI_CASES = [
     ("no-tokenizer-train", "train --model {w}/notok --data {w}/data.jsonl --output {out}", "no tokenizer files"),
     ("stub-tokenizer-eval", "eval --model {w}/stubtok", "has only 5 entries"),
     # 6, 7. checked before the work
-    ("compress-bench-runs-0", "compress --model {w}/tiny --bench-runs 0 --output {out}", "--bench-runs must be at least 1"),
+    (
+        "compress-bench-runs-0",
+        "compress --model {w}/tiny --bench-runs 0 --output {out}",
+        "--bench-runs must be at least 1",
+    ),
     ("bench-json-dir", "bench --model {w}/tiny --json {w}/json-dir", "is a directory"),
     ("bench-workdir-file", "bench --model {w}/tiny --workdir {w}/a-file", "is not a directory"),
     ("bench-plot-dir", "bench --model {w}/tiny --plot {w}/plot.png", "is a directory"),
@@ -209,14 +226,21 @@ CLI_CASES = [
     ("train-epochs-inf", "train --model {w}/tiny --data {w}/data.jsonl --epochs inf --output {out}", "finite"),
     ("train-lr-nan", "train --model {w}/tiny --data {w}/data.jsonl --lr nan --output {out}", "--lr must be a finite"),
     ("train-dropout-nan", "train --model {w}/tiny --data {w}/data.jsonl --dropout nan --output {out}", "--dropout"),
-    ("train-grad-norm-0", "train --model {w}/tiny --data {w}/data.jsonl --max-grad-norm 0 --output {out}",
-     "--max-grad-norm must be > 0"),
+    (
+        "train-grad-norm-0",
+        "train --model {w}/tiny --data {w}/data.jsonl --max-grad-norm 0 --output {out}",
+        "--max-grad-norm must be > 0",
+    ),
     ("compress-temperature-nan", "compress --model {w}/tiny --temperature nan --output {out}", "--temperature"),
     ("compress-epochs-inf", "compress --model {w}/tiny --epochs inf --output {out}", "--epochs must be a finite"),
     ("compress-prune-nan", "compress --model {w}/tiny --prune-ffn nan --output {out}", "--prune-ffn"),
     ("compress-budget-inf", "compress --model {w}/tiny --accuracy-budget inf --output {out}", "--accuracy-budget"),
     # 10. text that is not UTF-8 (argv bytes arrive as surrogate escapes)
-    ("predict-latin1-arg", "predict --model {w}/tiny --backend torch ok caf\udce9_\udcff", "text #1 is not valid UTF-8"),
+    (
+        "predict-latin1-arg",
+        "predict --model {w}/tiny --backend torch ok caf\udce9_\udcff",
+        "text #1 is not valid UTF-8",
+    ),
     ("predict-latin1-arg-ort", "predict --model {w}/onnx caf\udce9", "byte 0xe9"),
     ("train-surrogate-row", "train --model {w}/tiny --data {w}/surrogate.jsonl --output {out}", "row 11"),
     ("train-latin1-file", "train --model {w}/tiny --data {w}/latin1.csv --output {out}", "--encoding latin-1"),
@@ -261,15 +285,29 @@ def test_immutable_output_parent_fails_before_training(world, sandbox, capfd):
     """5. An output that cannot be written fails before any training (root ignores modes: chattr +i)."""
     locked = Path(sandbox["tmp"]) / "locked"
     locked.mkdir()
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(locked)],
-                                                        capture_output=True).returncode != 0:
+    if (
+        shutil.which("chattr") is None
+        or subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0
+    ):
         locked.chmod(0o555)
         if os.access(locked, os.W_OK):
             locked.rmdir()
             pytest.skip("cannot make a directory unwritable here (root without chattr)")
     try:
-        rc, out, err = run_cli(capfd, ["train", "--model", f"{world}/tiny", "--data", f"{world}/data.jsonl",
-                                       "--output", str(locked / "out"), "--max-steps", "1"])
+        rc, out, err = run_cli(
+            capfd,
+            [
+                "train",
+                "--model",
+                f"{world}/tiny",
+                "--data",
+                f"{world}/data.jsonl",
+                "--output",
+                str(locked / "out"),
+                "--max-steps",
+                "1",
+            ],
+        )
     finally:
         subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
         locked.chmod(0o755)
@@ -298,21 +336,49 @@ API_CASES = [
     ("load-threads-0", lambda w: _load(w, w / "onnx", threads=0), "threads must be at least 1"),
     ("load-int8-str", lambda w: _load(w, w / "onnx", int8="yes"), "int8 must be True, False or None"),
     ("load-corrupt-onnx", lambda w: _load(w, w / "half"), "is not a loadable ONNX model"),
-    ("predict-surrogate-ort", lambda w: _load(w, w / "onnx").predict(["ok", "\ud800"]), "text #1 holds a lone surrogate"),
+    (
+        "predict-surrogate-ort",
+        lambda w: _load(w, w / "onnx").predict(["ok", "\ud800"]),
+        "text #1 holds a lone surrogate",
+    ),
     ("predict-batch-0", lambda w: _load(w, w / "onnx").predict(["ok"], batch_size=0), "batch_size must be at least 1"),
-    ("torch-predict-surrogate", lambda w: __import__("fastft").predict(str(w / "tiny"), ["\udcff"]),
-     "text #0 is not valid UTF-8 (byte 0xff"),
-    ("evaluate-limit-0", lambda w: __import__("fastft").evaluate(str(w / "tiny"), limit=0), "--limit must be at least 1"),
-    ("evaluate-bad-backend", lambda w: __import__("fastft").evaluate(str(w / "tiny"), backend="tensorrt"),
-     "backend must be one of"),
-    ("train-epochs-nan", lambda w: __import__("fastft").train(str(w / "tiny"), str(w / "data.jsonl"),
-                                                               str(w / "new"), epochs=float("nan")), "finite"),
-    ("train-batch-float", lambda w: __import__("fastft").train(str(w / "tiny"), str(w / "data.jsonl"),
-                                                                str(w / "new"), batch_size=2.5), "an integer"),
-    ("compress-alpha-nan", lambda w: __import__("fastft").compress(str(w / "tiny"), output=str(w / "new"),
-                                                                    alpha=float("nan")), "alpha must be a finite"),
-    ("export-over-input", lambda w: __import__("fastft").export(w / "proj" / "tiny", w / "proj", overwrite=True,
-                                                                 progress=False), "holds the input"),
+    (
+        "torch-predict-surrogate",
+        lambda w: __import__("fastft").predict(str(w / "tiny"), ["\udcff"]),
+        "text #0 is not valid UTF-8 (byte 0xff",
+    ),
+    (
+        "evaluate-limit-0",
+        lambda w: __import__("fastft").evaluate(str(w / "tiny"), limit=0),
+        "--limit must be at least 1",
+    ),
+    (
+        "evaluate-bad-backend",
+        lambda w: __import__("fastft").evaluate(str(w / "tiny"), backend="tensorrt"),
+        "backend must be one of",
+    ),
+    (
+        "train-epochs-nan",
+        lambda w: __import__("fastft").train(
+            str(w / "tiny"), str(w / "data.jsonl"), str(w / "new"), epochs=float("nan")
+        ),
+        "finite",
+    ),
+    (
+        "train-batch-float",
+        lambda w: __import__("fastft").train(str(w / "tiny"), str(w / "data.jsonl"), str(w / "new"), batch_size=2.5),
+        "an integer",
+    ),
+    (
+        "compress-alpha-nan",
+        lambda w: __import__("fastft").compress(str(w / "tiny"), output=str(w / "new"), alpha=float("nan")),
+        "alpha must be a finite",
+    ),
+    (
+        "export-over-input",
+        lambda w: __import__("fastft").export(w / "proj" / "tiny", w / "proj", overwrite=True, progress=False),
+        "holds the input",
+    ),
 ]
 
 
@@ -327,16 +393,16 @@ def test_api_hostile(call, message, world, sandbox, capfd):
 
 # -- cases that need a real process -----------------------------------------------------------------
 def _cli(*args, stdin: bytes | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastft", *args], input=stdin, capture_output=True, cwd=cwd,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fastft", *args], input=stdin, capture_output=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_evil_code_never_runs_even_with_yes_on_stdin(world, tmp_path):
     """1. ``echo y | fastft predict`` on an auto_map directory: one line, exit 2, evil.py not imported."""
     marker = world / EVIL_MARKER
     for model in ("evil", "evil-tok"):
-        proc = _cli("predict", "--model", str(world / model), "--backend", "torch", "hi", stdin=b"y\ny\n",
-                    cwd=tmp_path)
+        proc = _cli("predict", "--model", str(world / model), "--backend", "torch", "hi", stdin=b"y\ny\n", cwd=tmp_path)
         err = proc.stderr.decode()
         assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
         assert "asks to run its own code" in err and proc.stdout == b""  # no [y/N] question
@@ -360,19 +426,41 @@ def test_trust_remote_code_false_is_passed(world, monkeypatch):
 
 def test_non_utf8_stdin_names_the_line(world, tmp_path):
     """10. Undecodable bytes on stdin: the line is named, nothing is replaced silently."""
-    proc = _cli("predict", "--model", str(world / "tiny"), "--backend", "torch", "-",
-                stdin=b"a fine film\ncaf\xe9 \xff\n", cwd=tmp_path)
+    proc = _cli(
+        "predict",
+        "--model",
+        str(world / "tiny"),
+        "--backend",
+        "torch",
+        "-",
+        stdin=b"a fine film\ncaf\xe9 \xff\n",
+        cwd=tmp_path,
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.strip().splitlines() == [
         "fastft: error: stdin line 2 is not valid UTF-8 (byte 0xe9 at offset 3); fastft reads text as UTF-8: "
-        "convert it first, e.g. iconv -f latin1 -t utf-8"]
+        "convert it first, e.g. iconv -f latin1 -t utf-8"
+    ]
 
 
 def test_non_utf8_argv_from_a_shell(world, tmp_path):
     """10. ``fastft predict $'caf\\xe9 \\xff'``: raw bytes in argv."""
-    proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"fastft", b"predict", b"--model",
-                           os.fsencode(str(world / "tiny")), b"--backend", b"torch", b"caf\xe9 \xff"],
-                          capture_output=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            os.fsencode(sys.executable),
+            b"-m",
+            b"fastft",
+            b"predict",
+            b"--model",
+            os.fsencode(str(world / "tiny")),
+            b"--backend",
+            b"torch",
+            b"caf\xe9 \xff",
+        ],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "text #0 is not valid UTF-8 (byte 0xe9 at character 3)" in err
@@ -386,8 +474,21 @@ def test_enough_hostile_cases():
 # -- what must keep working, and the races ----------------------------------------------------------
 def test_overwrite_replaces_a_fastft_dir_or_an_empty_one(world, tmp_path, capfd):
     """2. --overwrite still replaces fastft's own output; an empty directory needs no --overwrite."""
-    args = ["train", "--model", f"{world}/tiny", "--data", f"{world}/data.jsonl", "--max-steps", "1",
-            "--batch-size", "4", "--max-length", "16", "--no-progress", "--output"]
+    args = [
+        "train",
+        "--model",
+        f"{world}/tiny",
+        "--data",
+        f"{world}/data.jsonl",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "16",
+        "--no-progress",
+        "--output",
+    ]
     (tmp_path / "empty").mkdir()
     assert run_cli(capfd, [*args, str(tmp_path / "empty")])[0] == 0
     first = (tmp_path / "empty" / "fastft.json").stat().st_mtime_ns
@@ -459,8 +560,14 @@ except FastftError as exc:
 def test_concurrent_writers_one_wins(tmp_path):
     """3. Two processes writing the same output at once: one result, whole; the other run says so."""
     out = tmp_path / "out"
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(out), f'{{"run": {i}}}', str(1.5 - i)],
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(out), f'{{"run": {i}}}', str(1.5 - i)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _ in results) == [0, 2], results
     winner = next(i for i, (rc, _) in enumerate(results) if rc == 0)
@@ -492,15 +599,33 @@ def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd,
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", _KILLED, str(out)], env={**os.environ, "TMPDIR": str(scratch)},
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED, str(out)], env={**os.environ, "TMPDIR": str(scratch)}, timeout=120
+    )
     assert proc.returncode == -9
     pid = int(next(scratch.glob("fastft-export-*")).name.split("-")[2])
     left = list(tmp_path.glob(f".out.tmp-{pid}-*")) + list(scratch.glob(f"fastft-export-{pid}-*"))
     assert len(left) == 2, sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    rc, _, err = run_cli(capfd, ["train", "--model", f"{world}/tiny", "--data", f"{world}/data.jsonl", "--max-steps",
-                                 "1", "--batch-size", "4", "--max-length", "16", "--no-progress", "--output", str(out)])
+    rc, _, err = run_cli(
+        capfd,
+        [
+            "train",
+            "--model",
+            f"{world}/tiny",
+            "--data",
+            f"{world}/data.jsonl",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "16",
+            "--no-progress",
+            "--output",
+            str(out),
+        ],
+    )
     assert rc == 0, err
     for p in left:
         assert not p.exists()
@@ -522,8 +647,9 @@ def test_stale_compress_work_dirs_are_cleaned(tmp_path, capfd):
     check_output_dir(tmp_path / "out")
     err = capfd.readouterr().err
     assert not dead.exists() and live.exists() and foreign.exists()
-    assert err.strip().splitlines() == [f"fastft: removed {dead} (0.0 MB), left by an interrupted fastft run "
-                                        f"(pid {dead.name.split('-')[2]})"]
+    assert err.strip().splitlines() == [
+        f"fastft: removed {dead} (0.0 MB), left by an interrupted fastft run (pid {dead.name.split('-')[2]})"
+    ]
 
 
 def test_written_files_share_one_mode_that_respects_the_umask(world, tmp_path):
@@ -532,8 +658,15 @@ def test_written_files_share_one_mode_that_respects_the_umask(world, tmp_path):
 
     old = os.umask(0o027)
     try:
-        fastft.train(str(world / "tiny"), str(world / "data.jsonl"), str(tmp_path / "m"), max_steps=1, batch_size=4,
-                     max_length=16, progress=False)
+        fastft.train(
+            str(world / "tiny"),
+            str(world / "data.jsonl"),
+            str(tmp_path / "m"),
+            max_steps=1,
+            batch_size=4,
+            max_length=16,
+            progress=False,
+        )
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}

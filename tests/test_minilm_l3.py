@@ -17,8 +17,12 @@ def rebuilt(tmp_path_factory):
 def test_rebuild_config(rebuilt):
     cfg = json.loads((rebuilt / "config.json").read_text())
     assert cfg["model_type"] == "bert"
-    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]) == \
-        (3, 384, 12, 1536)
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]) == (
+        3,
+        384,
+        12,
+        1536,
+    )
     assert (rebuilt / "tokenizer.json").is_file() or (rebuilt / "vocab.txt").is_file()
 
 

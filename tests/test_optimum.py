@@ -21,8 +21,12 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-TEXTS = ["a wonderful, moving film", "boring and far too long", "i loved every minute of it",
-         "weak script and bad acting, a tedious waste of time"]
+TEXTS = [
+    "a wonderful, moving film",
+    "boring and far too long",
+    "i loved every minute of it",
+    "weak script and bad acting, a tedious waste of time",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,15 @@ def trained(tmp_path_factory, tiny_model_dir, tiny_data_file):
     import fastft
 
     out = tmp_path_factory.mktemp("optimum") / "trained"
-    fastft.train(model=str(tiny_model_dir), data=str(tiny_data_file), output=str(out), epochs=1, max_length=32,
-                 batch_size=8, progress=False)
+    fastft.train(
+        model=str(tiny_model_dir),
+        data=str(tiny_data_file),
+        output=str(out),
+        epochs=1,
+        max_length=32,
+        batch_size=8,
+        progress=False,
+    )
     return out
 
 
@@ -47,8 +58,13 @@ def test_optimum_cli_export_serves_in_fastft(trained, tmp_path):
 
     out = tmp_path / "optimum-onnx"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([*_optimum_cli(), "export", "onnx", "--model", str(trained), "--task", "text-classification",
-                          str(out)], capture_output=True, text=True, env=env, check=False)
+    res = subprocess.run(
+        [*_optimum_cli(), "export", "onnx", "--model", str(trained), "--task", "text-classification", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "model.onnx").is_file()
     served = fastft.load(out)  # Optimum's layout: model.onnx + config.json (id2label) + tokenizer, no fastft.json

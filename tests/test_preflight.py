@@ -17,8 +17,9 @@ def _tiny_config(model_type: str = "bert"):
 
     if model_type == "distilbert":
         return tf.DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=64, vocab_size=120)
-    return tf.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                         vocab_size=120)
+    return tf.BertConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=120
+    )
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])

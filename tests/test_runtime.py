@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TEXTS = ["a fine film", "a dull, boring mess of a movie that goes on and on and on", "ok",
-         "brilliant acting and a great story, i loved every minute of it", "meh", "funny, warm and smart",
-         "clumsy, loud and stupid", "superb"]
+TEXTS = [
+    "a fine film",
+    "a dull, boring mess of a movie that goes on and on and on",
+    "ok",
+    "brilliant acting and a great story, i loved every minute of it",
+    "meh",
+    "funny, warm and smart",
+    "clumsy, loud and stupid",
+    "superb",
+]
 
 
 def _export(src: Path, out: Path) -> Path:
@@ -49,8 +56,10 @@ def torch_ref(tiny_model_dir):
 
     def ref(texts):
         with torch.inference_mode():
-            return np.concatenate([net(**tok([t], truncation=True, max_length=128, return_tensors="pt")).logits.numpy()
-                                   for t in texts])
+            return np.concatenate(
+                [net(**tok([t], truncation=True, max_length=128, return_tensors="pt")).logits.numpy() for t in texts]
+            )
+
     return ref
 
 
@@ -118,14 +127,14 @@ def test_int8_file_and_close(onnx_dir, pred, torch_ref):
 
 def test_threads_give_serial_answers(pred):
     texts = [TEXTS[i % len(TEXTS)] * (1 + i % 4) for i in range(24)]
-    serial = [pred.logits(texts[k:k + 5 + k % 3], batch_size=2) for k in range(8)]
+    serial = [pred.logits(texts[k : k + 5 + k % 3], batch_size=2) for k in range(8)]
     results, errors = {}, []
 
     def worker(t):
         try:
             for m in range(4):
                 k = (t + m) % 8
-                results[(t, m)] = (k, pred.logits(texts[k:k + 5 + k % 3], batch_size=2))
+                results[(t, m)] = (k, pred.logits(texts[k : k + 5 + k % 3], batch_size=2))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -154,14 +163,17 @@ def test_optimum_style_dir_without_fastft_json(onnx_dir, tmp_path, torch_ref):
     assert_close(p.logits(TEXTS), torch_ref(TEXTS), 1e-4, "optimum-style dir")
 
 
-@pytest.mark.parametrize("texts, match", [
-    ([], "empty"),
-    ("a single string", "not a single string"),
-    (["fine", 3], "#1 is not a string"),
-    (["fine", ""], "#1 is empty"),
-    (["fine", "   "], "#1 is empty"),
-    (None, "must be a list"),
-])
+@pytest.mark.parametrize(
+    "texts, match",
+    [
+        ([], "empty"),
+        ("a single string", "not a single string"),
+        (["fine", 3], "#1 is not a string"),
+        (["fine", ""], "#1 is empty"),
+        (["fine", "   "], "#1 is empty"),
+        (None, "must be a list"),
+    ],
+)
 def test_bad_texts(pred, texts, match):
     from fastft.runtime import InputError
 

@@ -27,8 +27,14 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
-TEXTS = ["a fine film", "a dull, boring mess of a movie that goes on and on and on", "ok",
-         "brilliant acting and a great story, i loved every minute of it", "meh", "funny, warm and smart"]
+TEXTS = [
+    "a fine film",
+    "a dull, boring mess of a movie that goes on and on and on",
+    "ok",
+    "brilliant acting and a great story, i loved every minute of it",
+    "meh",
+    "funny, warm and smart",
+]
 NAME = "tiny"
 
 
@@ -57,6 +63,7 @@ def reference(serve_dir):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the long-text test truncates on purpose
             return pred.predict_proba(texts)
+
     return ref
 
 
@@ -69,8 +76,9 @@ class Running:
         self.asgi = asgi
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(asgi, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -141,8 +149,22 @@ def test_predict_matches_predictor(server, reference):
 
 
 def test_curl_predict(server, reference):
-    out = subprocess.run(["curl", "-sS", "-X", "POST", server.url + "/predict", "-H", "content-type: application/json",
-                          "-d", json.dumps({"inputs": TEXTS[:2]})], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            server.url + "/predict",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json.dumps({"inputs": TEXTS[:2]}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     preds = json.loads(out.stdout)["predictions"]
     assert [p["score"] for p in preds] == pytest.approx(reference(TEXTS[:2]).max(1).tolist(), abs=1e-5)
@@ -172,8 +194,12 @@ def test_tritonclient_v2(server, reference, binary):
 
 def test_v2_plain_json_with_curl(server, reference):
     body = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": TEXTS[:2]}]}
-    out = subprocess.run(["curl", "-sS", "-X", "POST", f"{server.url}/v2/models/{NAME}/infer",
-                          "-d", json.dumps(body)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["curl", "-sS", "-X", "POST", f"{server.url}/v2/models/{NAME}/infer", "-d", json.dumps(body)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     doc = json.loads(out.stdout)
     probs = next(o for o in doc["outputs"] if o["name"] == "probabilities")
     assert probs["shape"] == [2, 2]
@@ -238,8 +264,12 @@ def test_metrics(server):
     assert metric(text, "fastft_requests_total", route="/predict", code="200") >= 1
     assert metric(text, "fastft_errors_total", route="/predict", code="400") >= 1
     assert metric(text, "fastft_request_duration_seconds_count", route="/predict") >= 2
-    for name in ("fastft_queue_duration_seconds_count", "fastft_inference_duration_seconds_count",
-                 "fastft_batch_size_count", "fastft_batch_tokens_count"):
+    for name in (
+        "fastft_queue_duration_seconds_count",
+        "fastft_inference_duration_seconds_count",
+        "fastft_batch_size_count",
+        "fastft_batch_tokens_count",
+    ):
         assert metric(text, name) >= 1, name
     eff = metric(text, "fastft_padding_efficiency")
     real, padded = metric(text, "fastft_real_tokens_total"), metric(text, "fastft_padded_tokens_total")
@@ -258,17 +288,20 @@ def test_long_text_is_truncated_and_says_so(server, reference):
 
 
 # -- bad and hostile input ----------------------------------------------------------------------
-@pytest.mark.parametrize("body, status, match", [
-    (b"{not json", 400, "not valid JSON"),
-    (b'{"inputs": "a fine film"}', 422, "not a single string"),
-    (b'{"inputs": []}', 422, "empty"),
-    (b'{"inputs": ["ok", 3]}', 422, r"\[1\] is not a string"),
-    (b'{"inputs": ["ok", "  "]}', 422, "empty text"),
-    (b'{"texts": ["ok"]}', 422, 'no "inputs"'),
-    (b'["ok"]', 422, "JSON object"),
-    (json.dumps({"inputs": ["ok"] * 65}).encode(), 413, "too many texts"),
-    (json.dumps({"inputs": ["x" * 70_000]}).encode(), 413, "limit"),
-])
+@pytest.mark.parametrize(
+    "body, status, match",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"inputs": "a fine film"}', 422, "not a single string"),
+        (b'{"inputs": []}', 422, "empty"),
+        (b'{"inputs": ["ok", 3]}', 422, r"\[1\] is not a string"),
+        (b'{"inputs": ["ok", "  "]}', 422, "empty text"),
+        (b'{"texts": ["ok"]}', 422, 'no "inputs"'),
+        (b'["ok"]', 422, "JSON object"),
+        (json.dumps({"inputs": ["ok"] * 65}).encode(), 413, "too many texts"),
+        (json.dumps({"inputs": ["x" * 70_000]}).encode(), 413, "limit"),
+    ],
+)
 def test_bad_predict_requests(server, body, status, match):
     r = httpx.post(server.url + "/predict", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
@@ -277,16 +310,25 @@ def test_bad_predict_requests(server, body, status, match):
     assert re.search(match, r.json()["error"]), r.json()
 
 
-@pytest.mark.parametrize("body, status, match", [
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400, "datatype BYTES"),
-    ({"inputs": [{"name": "other", "shape": [1], "datatype": "BYTES", "data": ["ok"]}]}, 400, "unknown input"),
-    ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["ok"]}]}, 400, "says 3"),
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [5]}]}, 422, "not a string"),
-    ({"inputs": []}, 400, "needs 'inputs'"),
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}],
-      "outputs": [{"name": "logits"}]}, 400, "unknown output"),
-    ({"inputs": [{"name": "text", "shape": [100], "datatype": "BYTES", "data": ["ok"] * 100}]}, 413, "too many"),
-])
+@pytest.mark.parametrize(
+    "body, status, match",
+    [
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400, "datatype BYTES"),
+        ({"inputs": [{"name": "other", "shape": [1], "datatype": "BYTES", "data": ["ok"]}]}, 400, "unknown input"),
+        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["ok"]}]}, 400, "says 3"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [5]}]}, 422, "not a string"),
+        ({"inputs": []}, 400, "needs 'inputs'"),
+        (
+            {
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}],
+                "outputs": [{"name": "logits"}],
+            },
+            400,
+            "unknown output",
+        ),
+        ({"inputs": [{"name": "text", "shape": [100], "datatype": "BYTES", "data": ["ok"] * 100}]}, 413, "too many"),
+    ],
+)
 def test_bad_v2_requests(server, body, status, match):
     r = httpx.post(f"{server.url}/v2/models/{NAME}/infer", json=body)
     assert r.status_code == status, r.text
@@ -294,15 +336,19 @@ def test_bad_v2_requests(server, body, status, match):
 
 
 def test_bad_binary_v2_request(server):
-    head = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                   "parameters": {"binary_data_size": 10}}]}).encode()
-    r = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=head + b"\x05\x00\x00\x00ab",
-                   headers={"Inference-Header-Content-Length": str(len(head))})
+    head = json.dumps(
+        {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 10}}]}
+    ).encode()
+    r = httpx.post(
+        f"{server.url}/v2/models/{NAME}/infer",
+        content=head + b"\x05\x00\x00\x00ab",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
     assert r.status_code == 400 and "does not fit" in r.json()["error"]
 
 
 def test_unknown_model_route_and_method(server):
-    for path in (f"/v2/models/nope", "/v2/models/nope/ready", f"/v2/models/{NAME}/versions/7"):
+    for path in ("/v2/models/nope", "/v2/models/nope/ready", f"/v2/models/{NAME}/versions/7"):
         r = httpx.get(server.url + path)
         assert r.status_code == 404 and "error" in r.json(), path
     r = httpx.post(server.url + "/v2/models/nope/infer", json={"inputs": []})
@@ -327,8 +373,9 @@ def test_bad_requests_in_a_crowd_never_hurt_the_good_ones(server, reference):
     assert all(r.status_code in (400, 422) for r in br)
     for req, resp in zip(good, gr):
         assert resp.status_code == 200
-        assert [p["score"] for p in resp.json()["predictions"]] == pytest.approx(reference(req).max(1).tolist(),
-                                                                                 abs=1e-5)
+        assert [p["score"] for p in resp.json()["predictions"]] == pytest.approx(
+            reference(req).max(1).tolist(), abs=1e-5
+        )
 
 
 # -- lifecycle -------------------------------------------------------------------------------------
@@ -402,9 +449,28 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen([sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port),
-                             "--name", NAME, "--threads", "1", "--max-texts", "256", "--json-logs"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastft",
+            "serve",
+            str(serve_dir),
+            "--port",
+            str(port),
+            "--name",
+            NAME,
+            "--threads",
+            "1",
+            "--max-texts",
+            "256",
+            "--json-logs",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -420,10 +486,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
 
         async def go():
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
                 async def one(r):
                     resp = await client.post("/predict", json={"inputs": r})
                     answered.append(resp)
                     return resp
+
                 tasks = [asyncio.create_task(one(r)) for r in reqs]
                 while True:  # every request accepted by the server (in its handler or queue)
                     m = (await client.get("/metrics")).text
@@ -485,12 +553,14 @@ def test_cost_model_measures_and_shrugs_off_a_busy_moment():
 
 
 def test_import_floor_serving_never_loads_training(serve_dir):
-    code = (f"import sys, fastft.serve, fastft.serve.routes, fastft.serve.server\n"
-            f"from fastft.serve import app\n"
-            f"app({str(serve_dir)!r}, threads=1)\n"
-            f"bad = sorted(m for m in sys.modules if m.split('.')[:2] in "
-            f"[['fastft', x] for x in ('train', 'compress', 'export', 'bench', 'cli')])\n"
-            f"print(bad)")
+    code = (
+        f"import sys, fastft.serve, fastft.serve.routes, fastft.serve.server\n"
+        f"from fastft.serve import app\n"
+        f"app({str(serve_dir)!r}, threads=1)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[:2] in "
+        f"[['fastft', x] for x in ('train', 'compress', 'export', 'bench', 'cli')])\n"
+        f"print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
@@ -502,11 +572,13 @@ def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--help"])
     assert exc.value.code == 0 and "--max-batch-tokens" in capsys.readouterr().out
-    for argv, msg in [([str(tmp_path / "missing")], "does not exist"),
-                      ([str(tmp_path)], "no config.json"),
-                      ([str(serve_dir), "--max-batch-tokens", "0"], "--max-batch-tokens must be a positive"),
-                      ([str(serve_dir), "--precision", "int8"], "no model_int8.onnx"),
-                      ([str(serve_dir), "--replicas", "2"], "need --ray")]:
+    for argv, msg in [
+        ([str(tmp_path / "missing")], "does not exist"),
+        ([str(tmp_path)], "no config.json"),
+        ([str(serve_dir), "--max-batch-tokens", "0"], "--max-batch-tokens must be a positive"),
+        ([str(serve_dir), "--precision", "int8"], "no model_int8.onnx"),
+        ([str(serve_dir), "--replicas", "2"], "need --ray"),
+    ]:
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("fastft: error:") and msg in err and len(err.strip().splitlines()) == 1, err

@@ -10,21 +10,36 @@ import time
 
 import numpy as np
 import pytest
-
 from test_serve import NAME, TEXTS, free_port, metric, reference, serve_dir  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 
 
-def test_ray_two_replicas_answer_and_expose_metrics(serve_dir, reference):
+def test_ray_two_replicas_answer_and_expose_metrics(serve_dir, reference):  # noqa: F811 - fixtures
     pytest.importorskip("ray.serve")
     httpx = pytest.importorskip("httpx")
     tc = pytest.importorskip("tritonclient.http")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "fastft", "serve", str(serve_dir), "--ray", "--replicas", "2",
-                             "--port", str(port), "--name", NAME], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastft",
+            "serve",
+            str(serve_dir),
+            "--ray",
+            "--replicas",
+            "2",
+            "--port",
+            str(port),
+            "--name",
+            NAME,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -36,8 +51,9 @@ def test_ray_two_replicas_answer_and_expose_metrics(serve_dir, reference):
             time.sleep(0.5)
         r = httpx.post(url + "/predict", json={"inputs": TEXTS}, timeout=30)
         assert r.status_code == 200, r.text
-        assert [p["score"] for p in r.json()["predictions"]] == pytest.approx(reference(TEXTS).max(1).tolist(),
-                                                                            abs=1e-5)
+        assert [p["score"] for p in r.json()["predictions"]] == pytest.approx(
+            reference(TEXTS).max(1).tolist(), abs=1e-5
+        )
         client = tc.InferenceServerClient(url=f"127.0.0.1:{port}")
         inp = tc.InferInput("text", [len(TEXTS)], "BYTES")
         inp.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_))

@@ -23,10 +23,14 @@ def _tiny(family: str, head: bool = True, **extra):
         common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **KW, **extra)
         cfg, cls = {
             "bert": (lambda: tf.BertConfig(**common), tf.BertForSequenceClassification if head else tf.BertModel),
-            "roberta": (lambda: tf.RobertaConfig(pad_token_id=1, **common),
-                        tf.RobertaForSequenceClassification if head else tf.RobertaModel),
-            "electra": (lambda: tf.ElectraConfig(embedding_size=24, **common),
-                        tf.ElectraForSequenceClassification if head else tf.ElectraModel),
+            "roberta": (
+                lambda: tf.RobertaConfig(pad_token_id=1, **common),
+                tf.RobertaForSequenceClassification if head else tf.RobertaModel,
+            ),
+            "electra": (
+                lambda: tf.ElectraConfig(embedding_size=24, **common),
+                tf.ElectraForSequenceClassification if head else tf.ElectraModel,
+            ),
         }[family]
         cfg = cfg()
     return cls(cfg).eval()
@@ -36,7 +40,7 @@ def _batch(seq: int = 13, batch: int = 3):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 120, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
-    mask[1, seq // 2:] = 0  # padding in the batch
+    mask[1, seq // 2 :] = 0  # padding in the batch
     mask[2, 3:] = 0
     return {"input_ids": ids, "attention_mask": mask}
 
@@ -234,8 +238,16 @@ def test_not_a_model_and_decoder_refused():
         fastft.swap_attention(torch.nn.Linear(2, 2))
     import transformers as tf
 
-    decoder = tf.BertModel(tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=32, vocab_size=50, is_decoder=True))
+    decoder = tf.BertModel(
+        tf.BertConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            vocab_size=50,
+            is_decoder=True,
+        )
+    )
     with pytest.raises(FastftError, match="encoders only"):
         fastft.swap_attention(decoder)
 
@@ -250,15 +262,18 @@ def test_additive_4d_key_padding_mask_and_per_query_fallback():
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
     additive = torch.zeros(2, 1, 1, 5).masked_fill(~keep[:, None, None, :], torch.finfo(torch.float32).min)
     for mask in (keep, keep[:, None, None, :], additive):
-        out, weights = fastft_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)
+        out, weights = fastft_attention_forward(module, q, k, v, mask, scaling=8**-0.5)
         assert weights is None and out.shape == (2, 5, 3, 8)
         # real query rows (bool masks in eval mode skip the padded ones)
         torch.testing.assert_close(out[keep], ref.transpose(1, 2)[keep], atol=ATOL, rtol=0)
     causal = torch.ones(5, 5, dtype=torch.bool).tril().expand(2, 1, 5, 5)  # varies per query: SDPA fallback
-    out, _ = fastft_attention_forward(module, q, k, v, causal, scaling=8 ** -0.5)
-    torch.testing.assert_close(out.transpose(1, 2),
-                               torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
-                               atol=ATOL, rtol=0)
+    out, _ = fastft_attention_forward(module, q, k, v, causal, scaling=8**-0.5)
+    torch.testing.assert_close(
+        out.transpose(1, 2),
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 @pytest.mark.attention_interface
@@ -309,10 +324,13 @@ def test_decorated_forward_still_swaps(family, keep_wrapped, monkeypatch):
 def test_hard_coded_attention_is_refused_in_one_line(monkeypatch):
     """A self-attention whose forward computes attention itself (never calls the interface)
     gets the one-line error, and the model is left as it was."""
+
     def hard_coded(self, hidden_states, attention_mask=None, *args, **kwargs):
         b, s, _ = hidden_states.shape
-        heads = [lin(hidden_states).view(b, s, self.num_attention_heads, -1).transpose(1, 2)
-                 for lin in (self.query, self.key, self.value)]
+        heads = [
+            lin(hidden_states).view(b, s, self.num_attention_heads, -1).transpose(1, 2)
+            for lin in (self.query, self.key, self.value)
+        ]
         out = torch.nn.functional.scaled_dot_product_attention(*heads)
         return out.transpose(1, 2).reshape(b, s, -1), None
 
@@ -343,8 +361,7 @@ def test_real_minilm_padded_batch_matches(monkeypatch):
     path = fastft.resolve_model("minilm-l6")
     tok = tf.AutoTokenizer.from_pretrained(path)
     model = tf.AutoModel.from_pretrained(path).eval()
-    texts = ["a fine film", "the plot drags in the middle but the ending is worth the wait",
-             "bad. " * 20]
+    texts = ["a fine film", "the plot drags in the middle but the ending is worth the wait", "bad. " * 20]
     batch = tok(texts, padding="max_length", max_length=96, truncation=True, return_tensors="pt")
     ref = _out(model, batch)
     swapped = fastft.swap_attention(copy.deepcopy(model))

@@ -14,8 +14,17 @@ from fastft.train.trainer import param_groups
 
 
 def _train(tiny_model_dir, tiny_data_file, out, **kw):
-    args = dict(model=str(tiny_model_dir), data=str(tiny_data_file), output=str(out), epochs=3, max_length=32,
-                batch_size=4, lr=5e-3, warmup_ratio=0.0, progress=False)
+    args = dict(
+        model=str(tiny_model_dir),
+        data=str(tiny_data_file),
+        output=str(out),
+        epochs=3,
+        max_length=32,
+        batch_size=4,
+        lr=5e-3,
+        warmup_ratio=0.0,
+        progress=False,
+    )
     args.update(kw)
     return fastft.train(**args)
 
@@ -144,7 +153,9 @@ def test_corrupt_model_directory(tiny_model_dir, tiny_data_file, tmp_path):
 def test_head_for_other_labels_is_refused(tiny_model_dir, tmp_path):
     from conftest import write_jsonl
 
-    data = write_jsonl(tmp_path / "spam.jsonl", [{"text": f"t{i}", "label": "spam" if i % 2 else "ham"} for i in range(20)])
+    data = write_jsonl(
+        tmp_path / "spam.jsonl", [{"text": f"t{i}", "label": "spam" if i % 2 else "ham"} for i in range(20)]
+    )
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(tiny_model_dir)
@@ -165,6 +176,8 @@ def test_evaluate_and_predict(trained):
 def test_evaluation_labels_unseen_in_training(tiny_model_dir, tmp_path):
     from conftest import write_jsonl
 
-    data = write_jsonl(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": ["positive", "neutral"][i % 2]} for i in range(20)])
+    data = write_jsonl(
+        tmp_path / "d.jsonl", [{"text": f"t{i}", "label": ["positive", "neutral"][i % 2]} for i in range(20)]
+    )
     with pytest.raises(FastftError, match="'neutral' were not seen in training"):
         fastft.evaluate(str(tiny_model_dir), data=str(data), split="test", progress=False)

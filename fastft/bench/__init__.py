@@ -11,8 +11,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,8 +44,12 @@ def versions() -> dict:
 
     env = env_info()
     cpp = {k: v for k, v in env["cpp_extension"].items() if k != "path"}  # no machine paths in result files
-    return {"fastft": env["fastft"], "python": env["python"], **{k: v for k, v in env["packages"].items() if v},
-            "cpp_extension": cpp}
+    return {
+        "fastft": env["fastft"],
+        "python": env["python"],
+        **{k: v for k, v in env["packages"].items() if v},
+        "cpp_extension": cpp,
+    }
 
 
 def command_line() -> str:

@@ -69,16 +69,25 @@ def default_model() -> tuple[Path, str]:
     if not (path / "fastft.json").is_file():
         import torch
 
-        from fastft.models import load_classifier, load_tokenizer, write_meta
         from fastft.core.io import atomic_output_dir
+        from fastft.models import load_classifier, load_tokenizer, write_meta
 
         torch.manual_seed(0)
         net = load_classifier("minilm-l6", labels=["negative", "positive"])
         with atomic_output_dir(path, overwrite=True) as tmp:
             net.save_pretrained(tmp, safe_serialization=True)
             load_tokenizer("minilm-l6").save_pretrained(tmp)
-            write_meta(tmp, {"format": 1, "task": "sequence-classification", "labels": ["negative", "positive"],
-                             "base_model": "minilm-l6", "max_length": 512, "note": "fresh head, for benchmarks"})
+            write_meta(
+                tmp,
+                {
+                    "format": 1,
+                    "task": "sequence-classification",
+                    "labels": ["negative", "positive"],
+                    "base_model": "minilm-l6",
+                    "max_length": 512,
+                    "note": "fresh head, for benchmarks",
+                },
+            )
     return path, "minilm-l6 with a fresh classification head (latency does not depend on the head)"
 
 
@@ -104,8 +113,11 @@ def work_dir(model_dir: Path, root: str | None = None) -> Path:
 def is_export_dir(model_dir: Path) -> bool:
     from fastft.models import read_meta
 
-    return ((model_dir / "model.onnx").is_file() and (model_dir / "model_int8.onnx").is_file()
-            and isinstance(read_meta(model_dir).get("onnx"), dict))
+    return (
+        (model_dir / "model.onnx").is_file()
+        and (model_dir / "model_int8.onnx").is_file()
+        and isinstance(read_meta(model_dir).get("onnx"), dict)
+    )
 
 
 def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, served: Path | None = None) -> dict:
@@ -184,8 +196,9 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
     if name == "hf-eager":
         from transformers import AutoModelForSequenceClassification
 
-        net = AutoModelForSequenceClassification.from_pretrained(str(art["model_dir"]), attn_implementation="eager",
-                                                                 trust_remote_code=False)
+        net = AutoModelForSequenceClassification.from_pretrained(
+            str(art["model_dir"]), attn_implementation="eager", trust_remote_code=False
+        )
         net = net.float().eval()
         return Runner(name, _torch_run(net), _weights(art["model_dir"]), {"attention": "eager"}, _to_torch)
     if name == "fastft-torch":
@@ -198,8 +211,12 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
 
         p = fastft.load(art["fastft"], threads=threads, int8=name.endswith("int8"), warm_up=False)
         info = p.info()
-        return Runner(name, lambda feeds: p.logits_from_ids(**feeds), p.onnx_file,
-                      {k: info[k] for k in ("threads", "spinning", "graph_optimization")})
+        return Runner(
+            name,
+            lambda feeds: p.logits_from_ids(**feeds),
+            p.onnx_file,
+            {k: info[k] for k in ("threads", "spinning", "graph_optimization")},
+        )
     if name in ("ort-plain", "peer-fp32", "peer-int8"):
         from fastft.runtime.session import create_session, session_options
 
@@ -210,8 +227,13 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
         def run(feeds):
             return sess.run([out], feeds)[0]
 
-        return Runner(name, run, art[name], {"threads": threads, "spinning": False, "graph_optimization": "all"},
-                      lambda feeds: {k: v for k, v in feeds.items() if k in inputs})
+        return Runner(
+            name,
+            run,
+            art[name],
+            {"threads": threads, "spinning": False, "graph_optimization": "all"},
+            lambda feeds: {k: v for k, v in feeds.items() if k in inputs},
+        )
     raise FastftError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -239,8 +261,10 @@ def _torch_run(net):
 
 
 # -- inputs ----------------------------------------------------------------------------
-_FALLBACK_TEXT = ("a sharp, funny and surprisingly moving film about growing up, with a cast that makes every "
-                  "scene count, even when the script wanders into cliches and the ending drags on too long. ")
+_FALLBACK_TEXT = (
+    "a sharp, funny and surprisingly moving film about growing up, with a cast that makes every "
+    "scene count, even when the script wanders into cliches and the ending drags on too long. "
+)
 
 
 def bench_texts() -> list[str]:
@@ -259,15 +283,17 @@ def make_inputs(tokenizer, batch: int, seq: int, texts: list[str]) -> dict[str, 
         body = body + body
     cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    rows = [[cls] + body[r * seq:(r + 1) * seq - 2] + [sep] for r in range(batch)]
+    rows = [[cls] + body[r * seq : (r + 1) * seq - 2] + [sep] for r in range(batch)]
     ids = np.asarray(rows, dtype=np.int64)
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
 # -- memory probe (subprocess) ---------------------------------------------------------
-PROBE_METHOD = ("one subprocess imports torch, onnxruntime and the model's transformers class, then forks a "
-                "child per backend; peak = the child's RSS high-water mark (VmHWM, reset via /proc/self/clear_refs "
-                "after the fork) minus its RSS before loading; fastft-* include their Predictor's tokenizer")
+PROBE_METHOD = (
+    "one subprocess imports torch, onnxruntime and the model's transformers class, then forks a "
+    "child per backend; peak = the child's RSS high-water mark (VmHWM, reset via /proc/self/clear_refs "
+    "after the fork) minus its RSS before loading; fastft-* include their Predictor's tokenizer"
+)
 
 
 def _status() -> dict[str, int]:
@@ -346,13 +372,25 @@ def probe_memory(names: list[str], art: dict[str, Path], threads: int, batch: in
 
 def run_memory_probes(names: list[str], art: dict[str, Path], threads: int, batch: int, seqs: list[int]) -> dict:
     """:func:`probe_memory` in a fresh subprocess (so this process's own memory does not count)."""
-    arg = json.dumps({"names": names, "art": {k: str(v) for k, v in art.items() if isinstance(v, Path)},
-                      "threads": threads,
-                      "batch": batch, "seqs": seqs})
+    arg = json.dumps(
+        {
+            "names": names,
+            "art": {k: str(v) for k, v in art.items() if isinstance(v, Path)},
+            "threads": threads,
+            "batch": batch,
+            "seqs": seqs,
+        }
+    )
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     try:
-        proc = subprocess.run([sys.executable, "-m", "fastft.bench.harness", "--probe", arg], capture_output=True,
-                              text=True, env=env, timeout=900, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastft.bench.harness", "--probe", arg],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {n: {"error": "memory probe timed out"} for n in names}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -368,8 +406,8 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     from tqdm.auto import tqdm
 
     from fastft.bench import quantiles
-    from fastft.models import load_tokenizer
     from fastft.core.system import physical_cores
+    from fastft.models import load_tokenizer
 
     log = log or (lambda msg: print(f"fastft bench: {msg}", file=sys.stderr))
     cfg = _checked(cfg)
@@ -416,7 +454,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                 bar.update()
         times = {name: [] for name in runners}
         names = list(runners)
-        for rep in range(cfg.repeats):
+        for _ in range(cfg.repeats):
             # a new order each repetition: no backend always runs right after another
             for name in [names[i] for i in rng.permutation(len(names))]:
                 run, x = runners[name].run, prepared[name]
@@ -428,8 +466,12 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                 bar.update()
         for name in names:
             q = quantiles(times[name])
-            row = {"backend": name, "seq": seq, "batch": cfg.batch, **{k: round(v, 4) if isinstance(v, float) else v
-                                                                        for k, v in q.items()}}
+            row = {
+                "backend": name,
+                "seq": seq,
+                "batch": cfg.batch,
+                **{k: round(v, 4) if isinstance(v, float) else v for k, v in q.items()},
+            }
             row["p99_over_p50"] = round(q["p99_ms"] / q["p50_ms"], 3)
             row["seq_per_s"] = round(cfg.batch / (q["mean_ms"] / 1e3), 2)
             row["tokens_per_s"] = round(cfg.batch * seq / (q["mean_ms"] / 1e3), 1)
@@ -442,8 +484,12 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
 
     backends = {}
     for name, r in runners.items():
-        backends[name] = {"description": BACKENDS[name], "file": str(r.file) if r.file else None,
-                          "file_size_mb": r.file_size_mb(), **r.info}
+        backends[name] = {
+            "description": BACKENDS[name],
+            "file": str(r.file) if r.file else None,
+            "file_size_mb": r.file_size_mb(),
+            **r.info,
+        }
     del runners
     if cfg.memory:
         log(f"memory probe ({', '.join(cfg.backends)})")
@@ -462,10 +508,15 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         "model": str(model_dir),
         "model_note": note,
         "served_model": str(served) if served else None,  # --served: fastft-* run a different (compressed) model
-        "settings": {**asdict(cfg), "threads": threads, "ort_spinning": False, "ort_execution": "sequential",
-                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-                     "timing": "model execution on pre-tokenized batch x seq inputs; each repetition runs every "
-                               "backend once in a new random order, after gap_ms idle"},
+        "settings": {
+            **asdict(cfg),
+            "threads": threads,
+            "ort_spinning": False,
+            "ort_execution": "sequential",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+            "timing": "model execution on pre-tokenized batch x seq inputs; each repetition runs every "
+            "backend once in a new random order, after gap_ms idle",
+        },
         "backends": backends,
         "results": results,
         "targets": targets(results),
@@ -515,6 +566,7 @@ def _add_ratios(results: list[dict], seq: int) -> None:
 
 def targets(results: list[dict]) -> list[dict]:
     """Where the issue's speed targets stand (met: None when not measured in this run)."""
+
     def p50(backend, seq):
         for r in results:
             if r["backend"] == backend and r["seq"] == seq:
@@ -533,15 +585,23 @@ def targets(results: list[dict]) -> list[dict]:
     for seq in TARGET_SEQS:
         ratio_target("fastft-fp32 speed-up over hf-eager >= 1.15", "hf-eager", "fastft-fp32", seq, 1.15)
     for seq in TARGET_SEQS:
-        ratio_target("fastft-int8 faster than fastft-fp32 (speed-up > 1)", "fastft-fp32", "fastft-int8", seq, 1.0,
-                     strict=True)
+        ratio_target(
+            "fastft-int8 faster than fastft-fp32 (speed-up > 1)", "fastft-fp32", "fastft-int8", seq, 1.0, strict=True
+        )
     for seq in TARGET_SEQS:
         ratio_target("fastft-int8 speed-up over peer-int8 >= 1.3", "peer-int8", "fastft-int8", seq, 1.3)
     for backend in ("fastft-fp32", "fastft-int8", "fastft-torch"):
         _, row = p50(backend, 512)
         value = row["p99_over_p50"] if row else None
-        out.append({"target": f"{backend} p99/p50 <= 1.3", "seq": 512, "value": value, "threshold": 1.3,
-                    "met": None if value is None else value <= 1.3})
+        out.append(
+            {
+                "target": f"{backend} p99/p50 <= 1.3",
+                "seq": 512,
+                "value": value,
+                "threshold": 1.3,
+                "met": None if value is None else value <= 1.3,
+            }
+        )
     return out
 
 
@@ -549,18 +609,32 @@ def targets(results: list[dict]) -> list[dict]:
 def format_table(payload: dict) -> str:
     s = payload["settings"]
     served = f"; fastft-* serve {payload['served_model']}" if payload.get("served_model") else ""
-    lines = [f"model {payload['model']} ({payload['model_note']}){served}",
-             (f"batch {s['batch']}, threads {s['threads']}, {s['repeats']} interleaved repeats (random order) "
-              f"after {s['warmup']} warm-up runs; ORT spinning off, sequential")]
+    lines = [
+        f"model {payload['model']} ({payload['model_note']}){served}",
+        (
+            f"batch {s['batch']}, threads {s['threads']}, {s['repeats']} interleaved repeats (random order) "
+            f"after {s['warmup']} warm-up runs; ORT spinning off, sequential"
+        ),
+    ]
     cols = ["backend", "seq", "p50 ms", "p90 ms", "p99 ms", "p99/p50", "seq/s", "tok/s", "vs HF", "peak MB", "file MB"]
     rows = [cols]
     for r in payload["results"]:
         b = payload["backends"][r["backend"]]
-        rows.append([r["backend"], str(r["seq"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                     f"{r['p99_over_p50']:.2f}", f"{r['seq_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
-                     f"{r['speedup_vs_hf_eager']:.2f}x" if "speedup_vs_hf_eager" in r else "-",
-                     f"{r['peak_rss_mb']:.0f}" if isinstance(r.get("peak_rss_mb"), (int, float)) else "-",
-                     f"{b['file_size_mb']:.1f}" if b.get("file_size_mb") is not None else "-"])
+        rows.append(
+            [
+                r["backend"],
+                str(r["seq"]),
+                f"{r['p50_ms']:.2f}",
+                f"{r['p90_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['p99_over_p50']:.2f}",
+                f"{r['seq_per_s']:.1f}",
+                f"{r['tokens_per_s']:.0f}",
+                f"{r['speedup_vs_hf_eager']:.2f}x" if "speedup_vs_hf_eager" in r else "-",
+                f"{r['peak_rss_mb']:.0f}" if isinstance(r.get("peak_rss_mb"), (int, float)) else "-",
+                f"{b['file_size_mb']:.1f}" if b.get("file_size_mb") is not None else "-",
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))

@@ -31,8 +31,14 @@ def plot_latency(payload: dict, path: str | Path) -> Path:
             continue
         color, ls, marker = STYLE.get(name, (None, "-", "o"))
         ax.plot([r["seq"] for r in rows], [r["p50_ms"] for r in rows], ls, marker=marker, color=color, label=name)
-        ax.fill_between([r["seq"] for r in rows], [r["p10_ms"] for r in rows], [r["p90_ms"] for r in rows],
-                        color=color, alpha=0.08, linewidth=0)
+        ax.fill_between(
+            [r["seq"] for r in rows],
+            [r["p10_ms"] for r in rows],
+            [r["p90_ms"] for r in rows],
+            color=color,
+            alpha=0.08,
+            linewidth=0,
+        )
     ax.set_yscale("log")
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("p50 latency (ms, log scale; band p10-p90)")

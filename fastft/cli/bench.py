@@ -32,24 +32,42 @@ def register(sub) -> None:
     for holder in (p, getattr(p, "_optionals", None)):
         if holder is not None:
             holder.conflict_handler = "resolve"
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="write the result JSON to FILE; with no FILE, print it on stdout instead of the table")
-    p.add_argument("--model", default=None,
-                   help="model directory [the fine-tuned teacher if one exists, else minilm-l6 with a fresh head]")
-    p.add_argument("--seq", type=_int_list, default=None,
-                   help="sequence length(s), comma-separated [512, or the model's maximum if shorter]")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the result JSON to FILE; with no FILE, print it on stdout instead of the table",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory [the fine-tuned teacher if one exists, else minilm-l6 with a fresh head]",
+    )
+    p.add_argument(
+        "--seq",
+        type=_int_list,
+        default=None,
+        help="sequence length(s), comma-separated [512, or the model's maximum if shorter]",
+    )
     p.add_argument("--batch", type=int, default=1, help="sequences per run [1]")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ORT [physical cores]")
-    p.add_argument("--backends", type=_str_list, default=None,
-                   help=f"comma-separated subset of: {','.join(BACKENDS)} [all]")
+    p.add_argument(
+        "--backends", type=_str_list, default=None, help=f"comma-separated subset of: {','.join(BACKENDS)} [all]"
+    )
     p.add_argument("--repeats", type=int, default=100, help="timed runs per backend and length [100]")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend and length first [5]")
     p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of p50 latency against sequence length")
     p.add_argument("--no-memory", action="store_true", help="skip the per-backend memory probe (subprocesses)")
     p.add_argument("--workdir", default=None, help="where exports are cached [FASTFT_CACHE/bench]")
-    p.add_argument("--served", default=None, metavar="DIR",
-                   help="fastft-fp32/-int8 serve this directory's model.onnx/model_int8.onnx (e.g. a fastft compress "
-                        "output) while the baselines use --model [export --model]")
+    p.add_argument(
+        "--served",
+        default=None,
+        metavar="DIR",
+        help="fastft-fp32/-int8 serve this directory's model.onnx/model_int8.onnx (e.g. a fastft compress "
+        "output) while the baselines use --model [export --model]",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -83,8 +101,11 @@ def check_paths(args) -> None:
             continue
         path = Path(value).expanduser()
         if path.is_dir() or value.endswith(("/", "\\")):
-            raise FastftError(f"{opt} {value} is a directory; give a file name, e.g. {Path(value) / 'bench.json'}"
-                              if opt == "--json" else f"{opt} {value} is a directory; give a .png file name")
+            raise FastftError(
+                f"{opt} {value} is a directory; give a file name, e.g. {Path(value) / 'bench.json'}"
+                if opt == "--json"
+                else f"{opt} {value} is a directory; give a .png file name"
+            )
         if path.exists() and not path.is_file():
             raise FastftError(f"{opt} {value} exists and is not a regular file")
         check_writable(path.parent)
@@ -112,10 +133,19 @@ def _run(args) -> int:
     if args.plot and not args.plot.lower().endswith(".png"):
         raise FastftError(f"--plot writes a PNG; give a .png file name (got {args.plot!r})")
     check_paths(args)
-    cfg = BenchConfig(model=args.model, seqs=args.seq, batch=args.batch, threads=args.threads,
-                      backends=args.backends or list(BACKENDS), repeats=args.repeats, warmup=args.warmup,
-                      memory=not args.no_memory, workdir=args.workdir, served=args.served,
-                      progress=not args.no_progress)
+    cfg = BenchConfig(
+        model=args.model,
+        seqs=args.seq,
+        batch=args.batch,
+        threads=args.threads,
+        backends=args.backends or list(BACKENDS),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        memory=not args.no_memory,
+        workdir=args.workdir,
+        served=args.served,
+        progress=not args.no_progress,
+    )
     payload = run_bench(cfg)
     if args.json and args.json != "-":
         path = write_result(args.json, payload)

@@ -22,27 +22,45 @@ def register(sub) -> None:
     from fastft.compress.config import DEFAULT_OUTPUT
 
     p = add_command(sub, "compress", "distill, prune and quantize a fine-tuned model, with a report", _DOC)
-    p.add_argument("--model", default=None,
-                   help="fine-tuned teacher directory [built-in: minilm-l6 fine-tuned on movie-snippets, "
-                        "trained and cached on first use]")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="fine-tuned teacher directory [built-in: minilm-l6 fine-tuned on movie-snippets, "
+        "trained and cached on first use]",
+    )
     p.add_argument("--data", default=None, help="dataset [the one the teacher was trained on]")
     p.add_argument("--output", "-o", default=DEFAULT_OUTPUT, help=f"output model directory [{DEFAULT_OUTPUT}]")
     p.add_argument("--int8", action="store_true", help="INT8 ONNX Runtime quantization (dynamic by default)")
     p.add_argument("--fp16", action="store_true", help="FP16 ONNX (for GPUs)")
     p.add_argument("--static", action="store_true", help="static INT8 (implies --int8) calibrated on training rows")
-    p.add_argument("--student", default="teacher-layers",
-                   help="teacher-layers (copy of the teacher's layers), minilm-l3, or a model directory [teacher-layers]")
+    p.add_argument(
+        "--student",
+        default="teacher-layers",
+        help="teacher-layers (copy of the teacher's layers), minilm-l3, or a model directory [teacher-layers]",
+    )
     p.add_argument("--layers", type=int, default=None, help="student depth for teacher-layers [half the teacher's]")
     p.add_argument("--no-distill", action="store_true", help="skip distillation (prune/quantize the teacher itself)")
     p.add_argument("--prune-heads", type=float, default=0.0, help="fraction of attention heads removed per layer [0]")
     p.add_argument("--prune-ffn", type=float, default=0.5, help="fraction of FFN neurons removed per layer [0.5]")
-    p.add_argument("--sparsity", type=float, default=0.0,
-                   help="unstructured magnitude pruning of encoder weights (no speed-up on dense kernels) [0]")
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.0,
+        help="unstructured magnitude pruning of encoder weights (no speed-up on dense kernels) [0]",
+    )
     p.add_argument("--recovery-epochs", type=float, default=1, help="distillation epochs after pruning [1]")
-    p.add_argument("--target-retained", type=float, default=0.99,
-                   help="accuracy the final model must keep, as a fraction of the teacher's [0.99]")
-    p.add_argument("--accuracy-budget", type=float, default=0.005,
-                   help="largest validation accuracy drop INT8 may cost before sensitive MatMuls stay fp32 [0.005]")
+    p.add_argument(
+        "--target-retained",
+        type=float,
+        default=0.99,
+        help="accuracy the final model must keep, as a fraction of the teacher's [0.99]",
+    )
+    p.add_argument(
+        "--accuracy-budget",
+        type=float,
+        default=0.005,
+        help="largest validation accuracy drop INT8 may cost before sensitive MatMuls stay fp32 [0.005]",
+    )
     p.add_argument("--epochs", type=float, default=2, help="distillation epochs [2]")
     p.add_argument("--lr", type=float, default=1e-4, help="distillation learning rate [1e-4]")
     p.add_argument("--batch-size", type=int, default=32, help="[32]")
@@ -65,13 +83,30 @@ def config_from_args(args):
     if args.int8 and args.fp16:
         raise FastftError("--int8 and --fp16 exclude each other: pick one")
     return CompressConfig(
-        data=args.data, output=args.output, distill=not args.no_distill, student=args.student, layers=args.layers,
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-        temperature=args.temperature, prune_heads=args.prune_heads, prune_ffn=args.prune_ffn,
-        sparsity=args.sparsity, recovery_epochs=args.recovery_epochs,
-        quantize="fp16" if args.fp16 else "int8" if args.int8 or args.static else None, static=args.static,
-        accuracy_budget=args.accuracy_budget, target_retained=args.target_retained, bench=not args.no_bench, bench_runs=args.bench_runs,
-        seed=args.seed, limit=args.limit, threads=args.threads, overwrite=args.overwrite,
+        data=args.data,
+        output=args.output,
+        distill=not args.no_distill,
+        student=args.student,
+        layers=args.layers,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        temperature=args.temperature,
+        prune_heads=args.prune_heads,
+        prune_ffn=args.prune_ffn,
+        sparsity=args.sparsity,
+        recovery_epochs=args.recovery_epochs,
+        quantize="fp16" if args.fp16 else "int8" if args.int8 or args.static else None,
+        static=args.static,
+        accuracy_budget=args.accuracy_budget,
+        target_retained=args.target_retained,
+        bench=not args.no_bench,
+        bench_runs=args.bench_runs,
+        seed=args.seed,
+        limit=args.limit,
+        threads=args.threads,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
 

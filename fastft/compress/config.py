@@ -90,10 +90,26 @@ class CompressConfig:
         """Raise FastftError (one line, naming the option) for anything unusable."""
         from fastft.core.checks import check_float, check_int
 
-        for opt in ("epochs", "lr", "temperature", "alpha", "hidden_weight", "weight_decay", "warmup_ratio",
-                    "prune_heads", "prune_ffn", "recovery_epochs", "sparsity", "accuracy_budget", "target_retained"):
-            name = opt if opt in ("alpha", "hidden_weight", "weight_decay", "warmup_ratio") else \
-                f"--{opt.replace('_', '-')}"  # API-only fields keep their Python names
+        for opt in (
+            "epochs",
+            "lr",
+            "temperature",
+            "alpha",
+            "hidden_weight",
+            "weight_decay",
+            "warmup_ratio",
+            "prune_heads",
+            "prune_ffn",
+            "recovery_epochs",
+            "sparsity",
+            "accuracy_budget",
+            "target_retained",
+        ):
+            name = (
+                opt
+                if opt in ("alpha", "hidden_weight", "weight_decay", "warmup_ratio")
+                else f"--{opt.replace('_', '-')}"
+            )  # API-only fields keep their Python names
             check_float(name, getattr(self, opt))
         check_float("hidden_weight", self.hidden_weight, lo=0)
         check_float("weight_decay", self.weight_decay, lo=0)

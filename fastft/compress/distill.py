@@ -59,7 +59,7 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str]):
         new = {}
         for k, v in sd.items():
             if k.startswith(enc):
-                idx, rest = k[len(enc):].split(".", 1)
+                idx, rest = k[len(enc) :].split(".", 1)
                 if int(idx) in init:
                     new[f"{enc}{init.index(int(idx))}.{rest}"] = v.clone()
             else:
@@ -76,8 +76,11 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str]):
     if n_s > n_t:
         raise FastftError(f"--student {student} has {n_s} layers, more than the teacher's {n_t}")
     if getattr(net.config, "hidden_size", None) != getattr(teacher.config, "hidden_size", None):
-        print(f"fastft: student hidden size {net.config.hidden_size} differs from the teacher's "
-              f"{teacher.config.hidden_size}: distilling logits only", file=sys.stderr)
+        print(
+            f"fastft: student hidden size {net.config.hidden_size} differs from the teacher's "
+            f"{teacher.config.hidden_size}: distilling logits only",
+            file=sys.stderr,
+        )
         return net, None
     return net, layer_plan(n_t, n_s)[1]
 
@@ -103,8 +106,8 @@ def pad_batch(ids: list[list[int]], pad_id: int):
     input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), n), dtype=torch.long)
     for i, x in enumerate(ids):
-        input_ids[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, :len(x)] = 1
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
     return input_ids, mask
 
 
@@ -129,7 +132,7 @@ class TeacherCache:
         out = torch.zeros((len(rows), seq, k, h), dtype=torch.float32)
         for i, r in enumerate(rows):
             a, b = int(self.offsets[r]), int(self.offsets[r + 1])
-            out[i, :b - a] = self.hidden[a:b].float()
+            out[i, : b - a] = self.hidden[a:b].float()
         return out
 
     def nbytes(self) -> int:
@@ -137,8 +140,9 @@ class TeacherCache:
         return n + (self.hidden.numel() * 2 if self.hidden is not None else 0)
 
 
-def cache_teacher(teacher, ids: list[list[int]], pad_id: int, layers: list[int] | None, batch_size: int = 64,
-                  progress: bool = True) -> TeacherCache:
+def cache_teacher(
+    teacher, ids: list[list[int]], pad_id: int, layers: list[int] | None, batch_size: int = 64, progress: bool = True
+) -> TeacherCache:
     """Run the teacher once over ``ids`` (length-sorted batches) and keep what distillation needs."""
     import torch
     from tqdm.auto import tqdm
@@ -153,16 +157,22 @@ def cache_teacher(teacher, ids: list[list[int]], pad_id: int, layers: list[int] 
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     teacher.eval()
     with torch.inference_mode():
-        for s in tqdm(range(0, len(order), batch_size), desc="teacher outputs (once)", unit="batch",
-                      file=sys.stderr, disable=not progress, leave=False):
-            rows = order[s:s + batch_size]
+        for s in tqdm(
+            range(0, len(order), batch_size),
+            desc="teacher outputs (once)",
+            unit="batch",
+            file=sys.stderr,
+            disable=not progress,
+            leave=False,
+        ):
+            rows = order[s : s + batch_size]
             input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
             out = teacher(input_ids=input_ids, attention_mask=mask, output_hidden_states=bool(layers))
             logits[rows] = out.logits.float()
             if layers:
                 hs = torch.stack([out.hidden_states[j] for j in layers], dim=2)  # (b, s, k, h)
                 for i, r in enumerate(rows):
-                    hidden[offsets[r]:offsets[r + 1]] = hs[i, :len(ids[r])].to(torch.float16)
+                    hidden[offsets[r] : offsets[r + 1]] = hs[i, : len(ids[r])].to(torch.float16)
     return TeacherCache(logits, hidden, offsets, layers)
 
 
@@ -172,8 +182,13 @@ def distill_loss(out, labels, t_logits, t_hidden, mask, temperature: float, alph
 
     s_logits = out.logits
     T = temperature
-    kd = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction="batchmean",
-                  log_target=True) * T * T
+    kd = (
+        F.kl_div(
+            F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction="batchmean", log_target=True
+        )
+        * T
+        * T
+    )
     ce = F.cross_entropy(s_logits, labels)
     loss = alpha * kd + (1 - alpha) * ce
     parts = {"kd": kd.item(), "ce": ce.item()}
@@ -196,16 +211,32 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, generator) -> l
     chunk = batch_size * 50
     batches = []
     for s in range(0, len(perm), chunk):
-        part = sorted(perm[s:s + chunk], key=lambda i: lengths[i])
-        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+        part = sorted(perm[s : s + chunk], key=lambda i: lengths[i])
+        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
     order = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in order]
 
 
-def train_student(student, cache: TeacherCache, ids: list[list[int]], labels: list[int], *, pad_id: int,
-                  epochs: float, lr: float, batch_size: int, temperature: float, alpha: float,
-                  hidden_weight: float, weight_decay: float = 0.01, warmup_ratio: float = 0.1, seed: int = 42,
-                  evaluate=None, progress: bool = True, desc: str = "distill") -> dict:
+def train_student(
+    student,
+    cache: TeacherCache,
+    ids: list[list[int]],
+    labels: list[int],
+    *,
+    pad_id: int,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    temperature: float,
+    alpha: float,
+    hidden_weight: float,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.1,
+    seed: int = 42,
+    evaluate=None,
+    progress: bool = True,
+    desc: str = "distill",
+) -> dict:
     """Train ``student`` against the cached teacher; keep the best epoch by ``evaluate(student)``.
 
     evaluate: callable returning validation accuracy (None: keep the last epoch).
@@ -230,8 +261,14 @@ def train_student(student, cache: TeacherCache, ids: list[list[int]], labels: li
     for epoch in range(1, n_epochs + 1):
         student.train()
         batches = length_bucketed_batches(lengths, batch_size, g)
-        bar = tqdm(total=min(len(batches), total - step), desc=f"{desc} epoch {epoch}/{n_epochs}", unit="step",
-                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=min(len(batches), total - step),
+            desc=f"{desc} epoch {epoch}/{n_epochs}",
+            unit="step",
+            file=sys.stderr,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         running, first_loss = None, None
         for rows in batches:
             if step >= total:
@@ -239,8 +276,16 @@ def train_student(student, cache: TeacherCache, ids: list[list[int]], labels: li
             input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
             out = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=use_hidden)
             t_hidden = cache.hidden_batch(rows, input_ids.shape[1]) if use_hidden else None
-            loss, parts = distill_loss(out, y_all[rows], cache.logits[rows], t_hidden, mask, temperature, alpha,
-                                       hidden_weight if use_hidden else 0.0)
+            loss, parts = distill_loss(
+                out,
+                y_all[rows],
+                cache.logits[rows],
+                t_hidden,
+                mask,
+                temperature,
+                alpha,
+                hidden_weight if use_hidden else 0.0,
+            )
             if not torch.isfinite(loss):
                 raise FastftError(f"distillation diverged: loss is {loss.item()} at step {step} (try a lower --lr)")
             loss.backward()

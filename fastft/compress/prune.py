@@ -29,8 +29,10 @@ def _layers(model):
     enc = getattr(getattr(model, model.base_model_prefix, model), "encoder", None)
     layers = getattr(enc, "layer", None)
     if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0], "intermediate"):
-        raise ModelError(f"{type(model).__name__}: structured pruning supports BERT-style encoders "
-                         "(encoder.layer[i].attention / intermediate / output)")
+        raise ModelError(
+            f"{type(model).__name__}: structured pruning supports BERT-style encoders "
+            "(encoder.layer[i].attention / intermediate / output)"
+        )
     return layers
 
 
@@ -72,12 +74,17 @@ def importance(model, batches, loss_fn, heads: bool = True, ffn: bool = True) ->
         gates["heads"].append(hg)
         gates["ffn"].append(fg)
         if heads:
-            hooks.append(layer.attention.output.dense.register_forward_pre_hook(
-                lambda m, args, g=hg, d=d: (args[0] * g.repeat_interleave(d),)))
+            hooks.append(
+                layer.attention.output.dense.register_forward_pre_hook(
+                    lambda m, args, g=hg, d=d: (args[0] * g.repeat_interleave(d),)
+                )
+            )
         if ffn:
             hooks.append(layer.output.dense.register_forward_pre_hook(lambda m, args, g=fg: (args[0] * g,)))
-    scores = {"heads": [torch.zeros_like(g) for g in gates["heads"]],
-              "ffn": [torch.zeros_like(g) for g in gates["ffn"]]}
+    scores = {
+        "heads": [torch.zeros_like(g) for g in gates["heads"]],
+        "ffn": [torch.zeros_like(g) for g in gates["ffn"]],
+    }
     was_training = model.training
     model.eval()  # no dropout: importance of the model as it will run
     try:
@@ -158,7 +165,7 @@ def apply_structured(model, scores: dict, k_heads: int, k_ffn: int) -> dict:
             pruned[i] = heads
         if k_ffn:
             n = layer.intermediate.dense.out_features
-            keep = torch.sort(torch.argsort(scores["ffn"][i], descending=True)[:n - k_ffn]).values
+            keep = torch.sort(torch.argsort(scores["ffn"][i], descending=True)[: n - k_ffn]).values
             prune_layer_ffn(layer, keep)
     cfg = model.config
     if k_ffn:
@@ -170,8 +177,11 @@ def apply_structured(model, scores: dict, k_heads: int, k_ffn: int) -> dict:
             orig = [h for h in range(cfg.num_attention_heads) if h not in set(old.get(i, []))]
             old[i] = sorted(set(old.get(i, [])) | {orig[h] for h in heads})
         cfg.pruned_heads = {str(k): v for k, v in old.items()}
-    return {"heads_removed_per_layer": k_heads, "ffn_removed_per_layer": k_ffn,
-            "pruned_heads": {str(k): v for k, v in pruned.items()}}
+    return {
+        "heads_removed_per_layer": k_heads,
+        "ffn_removed_per_layer": k_ffn,
+        "pruned_heads": {str(k): v for k, v in pruned.items()},
+    }
 
 
 def magnitude_prune(model, sparsity: float) -> dict:
@@ -195,9 +205,13 @@ def magnitude_prune(model, sparsity: float) -> dict:
                         w.mul_((w.abs() > thr).to(w.dtype))
                     zeros += int((w == 0).sum())
                     total += w.numel()
-    return {"sparsity": sparsity, "encoder_linear_zeros": zeros, "encoder_linear_weights": total,
-            "measured_sparsity": zeros / max(1, total),
-            "note": "unstructured zeros in dense tensors: no speed-up or size drop on dense kernels"}
+    return {
+        "sparsity": sparsity,
+        "encoder_linear_zeros": zeros,
+        "encoder_linear_weights": total,
+        "measured_sparsity": zeros / max(1, total),
+        "note": "unstructured zeros in dense tensors: no speed-up or size drop on dense kernels",
+    }
 
 
 def load_pruned(path, **kwargs):
@@ -206,11 +220,11 @@ def load_pruned(path, **kwargs):
     Plain ``AutoModelForSequenceClassification.from_pretrained`` works for FFN-only pruning; this
     also handles ``pruned_heads`` in config.json, which transformers 5 no longer applies.
     """
+    from pathlib import Path
+
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from pathlib import Path
 
     path = Path(path)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
@@ -271,9 +285,12 @@ def flops(model, seq: int = 128) -> int:
 
 def describe(model) -> dict:
     layers = _layers(model)
-    return {"layers": len(layers), "heads": [heads_of(x) for x in layers],
-            "intermediate": [x.intermediate.dense.out_features for x in layers],
-            "parameters": count_params(model)}
+    return {
+        "layers": len(layers),
+        "heads": [heads_of(x) for x in layers],
+        "intermediate": [x.intermediate.dense.out_features for x in layers],
+        "parameters": count_params(model),
+    }
 
 
 def _warn(msg: str) -> None:

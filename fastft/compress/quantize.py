@@ -66,8 +66,9 @@ def export_onnx(net, out_file: Path, work: Path | None = None, opset: int = 17) 
     heads = _head_counts(net) if getattr(net.config, "pruned_heads", None) else None
     if heads and len(set(heads)) == 1:  # uniform head pruning: fuse with the pruned attention width
         d = int(net.config.hidden_size // net.config.num_attention_heads)
-        info["fusions"] = fx_opt.fuse_transformer(plain, fused, net.config, num_heads=heads[0],
-                                                  hidden_size=heads[0] * d)
+        info["fusions"] = fx_opt.fuse_transformer(
+            plain, fused, net.config, num_heads=heads[0], hidden_size=heads[0] * d
+        )
     elif heads:
         shutil.copy2(plain, fused)
         info["fusions"] = "skipped (head counts differ between layers)"
@@ -101,12 +102,23 @@ def torch_export(net, out_file: Path, opset: int = 17) -> None:
     net = net.eval()
     ids = torch.ones((2, 8), dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch"},
+    }
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (ids, mask), str(out_file), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            net,
+            (ids, mask),
+            str(out_file),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def session(path, threads: int | None = None):
@@ -121,13 +133,13 @@ def ort_logits(sess, ids: list[list[int]], pad_id: int, batch_size: int = 64) ->
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = None
     for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
+        rows = order[s : s + batch_size]
         n = max(len(ids[r]) for r in rows)
         x = np.full((len(rows), n), pad_id, dtype=np.int64)
         m = np.zeros((len(rows), n), dtype=np.int64)
         for i, r in enumerate(rows):
-            x[i, :len(ids[r])] = ids[r]
-            m[i, :len(ids[r])] = 1
+            x[i, : len(ids[r])] = ids[r]
+            m[i, : len(ids[r])] = 1
         feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
         y = sess.run(None, {k: feeds[k] for k in names})[0].astype(np.float32)
         if out is None:
@@ -161,8 +173,17 @@ def quantizable_nodes(path) -> list[str]:
     return [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input)]
 
 
-def quantize_int8(src: Path, dst: Path, *, exclude=(), static: bool = False, calib_ids=None, pad_id: int = 0,
-                  per_channel: bool | None = None, shaped: Path | None = None) -> dict:
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    *,
+    exclude=(),
+    static: bool = False,
+    calib_ids=None,
+    pad_id: int = 0,
+    per_channel: bool | None = None,
+    shaped: Path | None = None,
+) -> dict:
     """INT8 ``src`` -> ``dst`` with ONNX Runtime; ``exclude``: node names kept fp32.
 
     Follows fastft.export's recipe for this CPU (U8S8 with VNNI, U8U8 without; QOperator for
@@ -183,8 +204,16 @@ def quantize_int8(src: Path, dst: Path, *, exclude=(), static: bool = False, cal
             tmpdir = tempfile.mkdtemp(prefix="fastft-q-", dir=Path(dst).parent)
             shaped = Path(tmpdir) / "shaped.onnx"
             fx[1].infer_shapes(src, shaped)
-        return _quantize_int8(shaped or src, dst, exclude=set(exclude), static=static, calib_ids=calib_ids,
-                              pad_id=pad_id, per_channel=per_channel, fx=fx)
+        return _quantize_int8(
+            shaped or src,
+            dst,
+            exclude=set(exclude),
+            static=static,
+            calib_ids=calib_ids,
+            pad_id=pad_id,
+            per_channel=per_channel,
+            fx=fx,
+        )
     finally:
         root.setLevel(level)
         if tmpdir:
@@ -202,10 +231,19 @@ def _quantize_int8(src, dst, *, exclude, static, calib_ids, pad_id, per_channel,
     if fx is not None:
         recipe = fx[2].recipe_from_options(static=static, per_channel=per_channel)
         nodes, op_types = fx[2].select_nodes(onnx.load(str(src), load_external_data=False), recipe.scope)
-        settings = {"recipe": recipe.name, "weight_type": recipe.weight_type, "per_channel": recipe.per_channel,
-                    "reduce_range": recipe.reduce_range, "format": recipe.quant_format}
-        wtype, atype, pc, rr = qtype[recipe.weight_type], qtype[recipe.activation_type], recipe.per_channel, \
-            recipe.reduce_range
+        settings = {
+            "recipe": recipe.name,
+            "weight_type": recipe.weight_type,
+            "per_channel": recipe.per_channel,
+            "reduce_range": recipe.reduce_range,
+            "format": recipe.quant_format,
+        }
+        wtype, atype, pc, rr = (
+            qtype[recipe.weight_type],
+            qtype[recipe.activation_type],
+            recipe.per_channel,
+            recipe.reduce_range,
+        )
         fmt = QuantFormat.QDQ if static else QuantFormat.QOperator
     else:
         nodes, op_types = quantizable_nodes(src), ["MatMul", "Gemm"]
@@ -217,8 +255,9 @@ def _quantize_int8(src, dst, *, exclude, static, calib_ids, pad_id, per_channel,
     if not nodes:  # everything kept fp32
         shutil.copy2(src, dst)
         return settings
-    common = dict(op_types_to_quantize=op_types, nodes_to_quantize=nodes, per_channel=pc, reduce_range=rr,
-                  weight_type=wtype)
+    common = dict(
+        op_types_to_quantize=op_types, nodes_to_quantize=nodes, per_channel=pc, reduce_range=rr, weight_type=wtype
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not static:
@@ -226,8 +265,15 @@ def _quantize_int8(src, dst, *, exclude, static, calib_ids, pad_id, per_channel,
             return settings
         if not calib_ids:
             raise FastftError("--static needs calibration data (the training split)")
-        quantize_static(str(src), str(dst), _calib_reader(calib_ids, pad_id, onnx_inputs(src)), quant_format=fmt,
-                        activation_type=atype, extra_options={"MatMulConstBOnly": True}, **common)
+        quantize_static(
+            str(src),
+            str(dst),
+            _calib_reader(calib_ids, pad_id, onnx_inputs(src)),
+            quant_format=fmt,
+            activation_type=atype,
+            extra_options={"MatMulConstBOnly": True},
+            **common,
+        )
     settings["calibration_rows"] = len(calib_ids)
     return settings
 
@@ -247,13 +293,13 @@ class _CalibReader:
     def __init__(self, ids, pad_id, names):
         self.batches = []
         for s in range(0, len(ids), 16):
-            rows = ids[s:s + 16]
+            rows = ids[s : s + 16]
             n = max(len(r) for r in rows)
             x = np.full((len(rows), n), pad_id, dtype=np.int64)
             m = np.zeros_like(x)
             for i, r in enumerate(rows):
-                x[i, :len(r)] = r
-                m[i, :len(r)] = 1
+                x[i, : len(r)] = r
+                m[i, : len(r)] = 1
             feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
             self.batches.append({k: feeds[k] for k in names})
         self.it = iter(self.batches)
@@ -272,14 +318,29 @@ def quantize_fp16(src: Path, dst: Path) -> dict:
     m = onnx.load(str(src))
     m16 = convert_float_to_float16(m, keep_io_types=True)
     onnx.save(m16, str(dst))
-    return {"mode": "fp16", "keep_io_types": True,
-            "note": "for GPUs; ONNX Runtime's CPU provider runs it (inserting casts) but not faster"}
+    return {
+        "mode": "fp16",
+        "keep_io_types": True,
+        "note": "for GPUs; ONNX Runtime's CPU provider runs it (inserting casts) but not faster",
+    }
 
 
-def accuracy_aware_int8(src: Path, dst: Path, *, val_ids, val_labels, pad_id: int, budget: float,
-                        base_acc: float | None = None, static: bool = False, calib_ids=None,
-                        per_channel: bool | None = None, sensitivity_rows: int = 256, threads: int | None = None,
-                        progress: bool = True) -> dict:
+def accuracy_aware_int8(
+    src: Path,
+    dst: Path,
+    *,
+    val_ids,
+    val_labels,
+    pad_id: int,
+    budget: float,
+    base_acc: float | None = None,
+    static: bool = False,
+    calib_ids=None,
+    per_channel: bool | None = None,
+    sensitivity_rows: int = 256,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Quantize ``src`` (the fp32 graph), then keep the most sensitive nodes fp32 until the
     validation accuracy drop is within ``budget``; the result is written to ``dst``.
 
@@ -299,8 +360,16 @@ def accuracy_aware_int8(src: Path, dst: Path, *, val_ids, val_labels, pad_id: in
         raw = work / "int8.onnx"
 
         def build(exclude=(), out=raw) -> dict:
-            return quantize_int8(src, out, exclude=exclude, static=static, calib_ids=calib_ids, pad_id=pad_id,
-                                 per_channel=per_channel, shaped=shaped)
+            return quantize_int8(
+                src,
+                out,
+                exclude=exclude,
+                static=static,
+                calib_ids=calib_ids,
+                pad_id=pad_id,
+                per_channel=per_channel,
+                shaped=shaped,
+            )
 
         def val_acc(path) -> float:
             return accuracy(ort_logits(session(path, threads), val_ids, pad_id), val_labels)
@@ -310,10 +379,20 @@ def accuracy_aware_int8(src: Path, dst: Path, *, val_ids, val_labels, pad_id: in
         settings = build()
         acc = val_acc(raw)
         rounds = [{"excluded": 0, "accuracy": acc, "drop": base_acc - acc}]
-        info = {**settings, "accuracy_fp32": base_acc, "accuracy_int8": acc, "drop": base_acc - acc,
-                "budget": budget, "excluded_nodes": [], "rounds": rounds}
-        _log(f"int8 ({settings['mode']}): validation accuracy {acc:.4f} vs fp32 {base_acc:.4f} "
-             f"(drop {base_acc - acc:+.4f}, budget {budget:.4f})", progress)
+        info = {
+            **settings,
+            "accuracy_fp32": base_acc,
+            "accuracy_int8": acc,
+            "drop": base_acc - acc,
+            "budget": budget,
+            "excluded_nodes": [],
+            "rounds": rounds,
+        }
+        _log(
+            f"int8 ({settings['mode']}): validation accuracy {acc:.4f} vs fp32 {base_acc:.4f} "
+            f"(drop {base_acc - acc:+.4f}, budget {budget:.4f})",
+            progress,
+        )
         if base_acc - acc > budget:
             # sensitivity: each node quantized alone; mean KL of its logits from fp32's on a subset
             nodes = quantizable_nodes(shaped or src)
@@ -333,8 +412,11 @@ def accuracy_aware_int8(src: Path, dst: Path, *, val_ids, val_labels, pad_id: in
                 build(excluded)
                 acc = val_acc(raw)
                 rounds.append({"excluded": k, "accuracy": acc, "drop": base_acc - acc})
-                _log(f"int8 with the {k} most sensitive node(s) in fp32: validation accuracy {acc:.4f} "
-                     f"(drop {base_acc - acc:+.4f})", progress)
+                _log(
+                    f"int8 with the {k} most sensitive node(s) in fp32: validation accuracy {acc:.4f} "
+                    f"(drop {base_acc - acc:+.4f})",
+                    progress,
+                )
                 info["excluded_nodes"] = excluded
                 if k == len(ranked):
                     break

@@ -51,22 +51,32 @@ class Context:
 
 
 # -- the default teacher ----------------------------------------------------------------------
-DEFAULT_TEACHER = {"model": "minilm-l6", "data": "movie-snippets", "epochs": 3, "max_length": 64, "batch_size": 32,
-                   "lr": 5e-5, "seed": 42}
+DEFAULT_TEACHER = {
+    "model": "minilm-l6",
+    "data": "movie-snippets",
+    "epochs": 3,
+    "max_length": 64,
+    "batch_size": 32,
+    "lr": 5e-5,
+    "seed": 42,
+}
 
 
 def default_teacher(progress: bool = True) -> Path:
     """minilm-l6 fine-tuned on movie-snippets, trained once and cached (same settings as bench_teacher.py)."""
-    from fastft.models import cache_dir
     from fastft.core.schema import read_meta
+    from fastft.models import cache_dir
 
     path = cache_dir() / TEACHER_ALIAS
     if (path / "config.json").is_file() and read_meta(path).get("labels"):
         return path
     import fastft
 
-    print(f"fastft: no --model given and the default teacher is not cached yet: fine-tuning minilm-l6 on "
-          f"movie-snippets (3 epochs, max length 64; about 30 min on 2 cores) into {path}", file=sys.stderr)
+    print(
+        f"fastft: no --model given and the default teacher is not cached yet: fine-tuning minilm-l6 on "
+        f"movie-snippets (3 epochs, max length 64; about 30 min on 2 cores) into {path}",
+        file=sys.stderr,
+    )
     # written atomically into the cache: a later failure (export, quantization) leaves it cached
     fastft.train(output=str(path), overwrite=True, progress=progress, **DEFAULT_TEACHER)
     return path
@@ -84,8 +94,8 @@ def preflight(model, cfg: CompressConfig) -> dict:
     from fastft.models import resolve_model
 
     if model is None:
-        from fastft.models import cache_dir
         from fastft.core.schema import read_meta
+        from fastft.models import cache_dir
 
         cached = cache_dir() / TEACHER_ALIAS
         if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
@@ -97,8 +107,10 @@ def preflight(model, cfg: CompressConfig) -> dict:
             if cfg.data is not None:
                 mine = load_data(cfg.data, seed=cfg.seed, limit=cfg.limit).labels
                 if set(mine) != set(labels):
-                    raise DataError(f"the labels of {cfg.data!r} ({', '.join(mine)}) differ from the default "
-                                    f"teacher's ({DEFAULT_TEACHER['data']}: {', '.join(labels)})")
+                    raise DataError(
+                        f"the labels of {cfg.data!r} ({', '.join(mine)}) differ from the default "
+                        f"teacher's ({DEFAULT_TEACHER['data']}: {', '.join(labels)})"
+                    )
             path = resolve_model(DEFAULT_TEACHER["model"])
     else:
         path = resolve_model(model)
@@ -108,12 +120,15 @@ def preflight(model, cfg: CompressConfig) -> dict:
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read the model config in {path}: {(str(exc).splitlines() or [''])[0][:200]}") \
-            from None
+        raise ModelError(
+            f"cannot read the model config in {path}: {(str(exc).splitlines() or [''])[0][:200]}"
+        ) from None
     info = export_preflight(config)
     if cfg.progress and info["fallback"]:
-        print(f"fastft: fused attention unavailable ({info['fallback']}): the plain graph will be exported",
-              file=sys.stderr)
+        print(
+            f"fastft: fused attention unavailable ({info['fallback']}): the plain graph will be exported",
+            file=sys.stderr,
+        )
     return info
 
 
@@ -135,8 +150,10 @@ def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
     cfg = _read_config(path)
     archs = cfg.get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ModelError(f"{path} has no classification head (architectures: {', '.join(archs) or 'none'}); "
-                         "fine-tune it first: fastft train --model ... --output DIR")
+        raise ModelError(
+            f"{path} has no classification head (architectures: {', '.join(archs) or 'none'}); "
+            "fine-tune it first: fastft train --model ... --output DIR"
+        )
     labels = meta.get("labels")
     if not labels:
         id2label = cfg.get("id2label") or {}
@@ -150,11 +167,11 @@ def prepare(model, cfg: CompressConfig) -> Context:
     """Load the teacher and the data, checking everything that can be checked before training."""
     import torch
 
+    from fastft.core.system import physical_cores
     from fastft.data import load_data
     from fastft.data.collate import clamp_max_length
     from fastft.models import load_classifier, load_tokenizer, resolve_model
     from fastft.train.evaluate import align_labels
-    from fastft.core.system import physical_cores
     from fastft.train.trainer import set_seed
 
     cfg.validate()
@@ -171,12 +188,17 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if data is None:
         raise DataError(f"{path} records no training data; pass --data")
     same = data in (spec.get("data"), spec.get("path"))
-    splits = load_data(data, text_column=spec.get("text_column", "text") if same else "text",
-                       label_column=spec.get("label_column", "label") if same else "label",
-                       seed=spec.get("seed", 42) if same else cfg.seed, limit=cfg.limit)
+    splits = load_data(
+        data,
+        text_column=spec.get("text_column", "text") if same else "text",
+        label_column=spec.get("label_column", "label") if same else "label",
+        seed=spec.get("seed", 42) if same else cfg.seed,
+        limit=cfg.limit,
+    )
     if set(splits.labels) != set(labels):
-        raise DataError(f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's "
-                        f"({', '.join(labels)})")
+        raise DataError(
+            f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's ({', '.join(labels)})"
+        )
     if _read_config(path).get("pruned_heads"):
         from fastft.compress.prune import load_pruned
 
@@ -199,8 +221,19 @@ def prepare(model, cfg: CompressConfig) -> Context:
         part = align_labels(splits.split(name), splits.labels, labels)
         ids[name], y[name] = encode(tokenizer, part.texts, max_length), list(part.labels)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Context(path, teacher, tokenizer, meta, labels, max_length, {**splits.spec, "labels": splits.labels},
-                   ids, y, pad_id, cfg)
+    return Context(
+        path,
+        teacher,
+        tokenizer,
+        meta,
+        labels,
+        max_length,
+        {**splits.spec, "labels": splits.labels},
+        ids,
+        y,
+        pad_id,
+        cfg,
+    )
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -214,7 +247,7 @@ def torch_accuracy(net, ids, labels, pad_id: int, batch_size: int = 64) -> float
     net.eval()
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
+            rows = order[s : s + batch_size]
             x, m = pad_batch([ids[r] for r in rows], pad_id)
             pred = net(input_ids=x, attention_mask=m).logits.argmax(-1)
             correct += int((pred == torch.tensor([labels[r] for r in rows])).sum())
@@ -228,11 +261,19 @@ def save_model_dir(ctx: Context, net, path: Path, stage: str, info: dict) -> Pat
     path.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(path, safe_serialization=True)
     ctx.tokenizer.save_pretrained(path)
-    meta = {"format": 1, "task": "sequence-classification", "labels": ctx.labels, "base_model": str(ctx.teacher_dir),
-            "max_length": ctx.max_length, "data": ctx.data_spec, "metrics": {},
-            "compress": {"stage": stage, **info}, "versions": versions(),
-            "history": list(ctx.meta.get("history", [])) + [{"stage": f"compress:{stage}",
-                                                             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]}
+    meta = {
+        "format": 1,
+        "task": "sequence-classification",
+        "labels": ctx.labels,
+        "base_model": str(ctx.teacher_dir),
+        "max_length": ctx.max_length,
+        "data": ctx.data_spec,
+        "metrics": {},
+        "compress": {"stage": stage, **info},
+        "versions": versions(),
+        "history": list(ctx.meta.get("history", []))
+        + [{"stage": f"compress:{stage}", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+    }
     write_meta(path, meta)
     return path
 
@@ -252,9 +293,12 @@ def do_distill(ctx: Context) -> StageResult:
         from fastft.compress.prune import check_fractions
 
         check_fractions(student, cfg.prune_heads, cfg.prune_ffn)
-    _log(ctx, f"distilling {ctx.teacher.config.num_hidden_layers}-layer teacher into a "
-              f"{student.config.num_hidden_layers}-layer student ({cfg.student}); hidden states matched to "
-              f"teacher layers {match}")
+    _log(
+        ctx,
+        f"distilling {ctx.teacher.config.num_hidden_layers}-layer teacher into a "
+        f"{student.config.num_hidden_layers}-layer student ({cfg.student}); hidden states matched to "
+        f"teacher layers {match}",
+    )
     t0 = time.perf_counter()
     layers = match if cfg.hidden_weight > 0 else None
     cache = ctx.cache
@@ -262,16 +306,37 @@ def do_distill(ctx: Context) -> StageResult:
         cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
-    res = train_student(student, cache, ctx.ids["train"], ctx.y["train"], pad_id=ctx.pad_id, epochs=cfg.epochs,
-                        lr=cfg.lr, batch_size=cfg.batch_size, temperature=cfg.temperature, alpha=cfg.alpha,
-                        hidden_weight=cfg.hidden_weight, weight_decay=cfg.weight_decay,
-                        warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, progress=cfg.progress,
-                        evaluate=lambda net: torch_accuracy(net, ctx.ids["validation"], ctx.y["validation"],
-                                                            ctx.pad_id))
-    info = {"student": cfg.student, "layers": student.config.num_hidden_layers, "layer_map": match,
-            "teacher_cache_s": round(cache_s, 2), "teacher_cache_mb": round(cache.nbytes() / 2**20, 1),
-            "epochs": cfg.epochs, "lr": cfg.lr, "temperature": cfg.temperature, "alpha": cfg.alpha,
-            "hidden_weight": cfg.hidden_weight, **res}
+    res = train_student(
+        student,
+        cache,
+        ctx.ids["train"],
+        ctx.y["train"],
+        pad_id=ctx.pad_id,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        hidden_weight=cfg.hidden_weight,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        evaluate=lambda net: torch_accuracy(net, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+    )
+    info = {
+        "student": cfg.student,
+        "layers": student.config.num_hidden_layers,
+        "layer_map": match,
+        "teacher_cache_s": round(cache_s, 2),
+        "teacher_cache_mb": round(cache.nbytes() / 2**20, 1),
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "temperature": cfg.temperature,
+        "alpha": cfg.alpha,
+        "hidden_weight": cfg.hidden_weight,
+        **res,
+    }
     return StageResult("distilled", student, None, info)
 
 
@@ -304,7 +369,7 @@ def do_prune(ctx: Context, net) -> StageResult:
     t0 = time.perf_counter()
     if k_heads or k_ffn:
         g = torch.Generator().manual_seed(cfg.seed + 1)
-        batches = length_bucketed_batches([len(x) for x in ctx.ids["train"]], cfg.batch_size, g)[:cfg.prune_batches]
+        batches = length_bucketed_batches([len(x) for x in ctx.ids["train"]], cfg.batch_size, g)[: cfg.prune_batches]
         y = torch.tensor(ctx.y["train"])
 
         def loss_fn(model, rows):
@@ -316,15 +381,31 @@ def do_prune(ctx: Context, net) -> StageResult:
         info.update(apply_structured(net, scores, k_heads, k_ffn))
         info["importance_batches"] = len(batches)
         info["after_structured"] = describe(net)
-        _log(ctx, f"pruned {k_heads} head(s) and {k_ffn} FFN neuron(s) per layer: "
-                  f"{before['parameters'] / 1e6:.2f}M -> {info['after_structured']['parameters'] / 1e6:.2f}M parameters")
+        _log(
+            ctx,
+            f"pruned {k_heads} head(s) and {k_ffn} FFN neuron(s) per layer: "
+            f"{before['parameters'] / 1e6:.2f}M -> {info['after_structured']['parameters'] / 1e6:.2f}M parameters",
+        )
         if cfg.recovery_epochs > 0:
             info["recovery"] = train_student(
-                net, cache, ctx.ids["train"], ctx.y["train"], pad_id=ctx.pad_id, epochs=cfg.recovery_epochs,
-                lr=cfg.lr, batch_size=cfg.batch_size, temperature=cfg.temperature, alpha=cfg.alpha,
-                hidden_weight=cfg.hidden_weight, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                seed=cfg.seed + 2, progress=cfg.progress, desc="recovery",
-                evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id))
+                net,
+                cache,
+                ctx.ids["train"],
+                ctx.y["train"],
+                pad_id=ctx.pad_id,
+                epochs=cfg.recovery_epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                temperature=cfg.temperature,
+                alpha=cfg.alpha,
+                hidden_weight=cfg.hidden_weight,
+                weight_decay=cfg.weight_decay,
+                warmup_ratio=cfg.warmup_ratio,
+                seed=cfg.seed + 2,
+                progress=cfg.progress,
+                desc="recovery",
+                evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+            )
     if cfg.sparsity > 0:
         info["magnitude"] = magnitude_prune(net, cfg.sparsity)
     info["parameters"] = count_params(net)
@@ -342,10 +423,20 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         dst = work / "model_fp16.onnx"
         return dst, {**quantize_fp16(src, dst), "file": dst.name}
     dst = work / "model_int8.onnx"
-    info = accuracy_aware_int8(src, dst, val_ids=ctx.ids["validation"], val_labels=ctx.y["validation"],
-                               pad_id=ctx.pad_id, budget=cfg.accuracy_budget, base_acc=base_acc, static=cfg.static,
-                               calib_ids=ctx.ids["train"][:cfg.calib_size], per_channel=cfg.per_channel,
-                               threads=cfg.threads, progress=cfg.progress)
+    info = accuracy_aware_int8(
+        src,
+        dst,
+        val_ids=ctx.ids["validation"],
+        val_labels=ctx.y["validation"],
+        pad_id=ctx.pad_id,
+        budget=cfg.accuracy_budget,
+        base_acc=base_acc,
+        static=cfg.static,
+        calib_ids=ctx.ids["train"][: cfg.calib_size],
+        per_channel=cfg.per_channel,
+        threads=cfg.threads,
+        progress=cfg.progress,
+    )
     return dst, {**info, "file": dst.name}
 
 
@@ -382,8 +473,8 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     from fastft.compress import report as rep
     from fastft.compress.prune import count_params, flops
     from fastft.compress.quantize import export_onnx, ort_logits, session
-    from fastft.train.metrics import classification_metrics
     from fastft.core.io import atomic_output_dir
+    from fastft.train.metrics import classification_metrics
 
     cfg = ctx.cfg
     stages, infos, timings = [], {}, {}
@@ -399,9 +490,17 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         return out
 
     def add_stage(name: str, net, model_dir: Path, onnx_file: Path, metrics: dict, extra: dict | None = None):
-        stages.append({"name": name, "parameters": count_params(net), "file": onnx_file, "flops_128": flops(net, 128),
-                       "accuracy": metrics["test"]["accuracy"], "validation_accuracy": metrics["validation"]["accuracy"],
-                       **(extra or {})})
+        stages.append(
+            {
+                "name": name,
+                "parameters": count_params(net),
+                "file": onnx_file,
+                "flops_128": flops(net, 128),
+                "accuracy": metrics["test"]["accuracy"],
+                "validation_accuracy": metrics["validation"]["accuracy"],
+                **(extra or {}),
+            }
+        )
         _log(ctx, f"{name}: test accuracy {metrics['test']['accuracy']:.4f}, {count_params(net) / 1e6:.2f}M parameters")
 
     # teacher
@@ -419,8 +518,11 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         if not enabled:
             continue
         t0 = time.perf_counter()
-        res = do_distill(ctx) if name == "distilled" else do_prune(ctx, net if net is not ctx.teacher
-                                                                    else copy.deepcopy(ctx.teacher))
+        res = (
+            do_distill(ctx)
+            if name == "distilled"
+            else do_prune(ctx, net if net is not ctx.teacher else copy.deepcopy(ctx.teacher))
+        )
         infos[name] = res.info
         net = res.model
         last_dir = save_model_dir(ctx, net, work / name, name, {})
@@ -443,9 +545,13 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     latency = None
     if cfg.bench:
         t0 = time.perf_counter()
-        latency = rep.measure_latency({s["name"]: s["file"] for s in stages}, runs=cfg.bench_runs,
-                                      threads=cfg.threads, progress=cfg.progress,
-                                      max_positions=ctx.teacher.config.max_position_embeddings)
+        latency = rep.measure_latency(
+            {s["name"]: s["file"] for s in stages},
+            runs=cfg.bench_runs,
+            threads=cfg.threads,
+            progress=cfg.progress,
+            max_positions=ctx.teacher.config.max_position_embeddings,
+        )
         timings["latency_s"] = round(time.perf_counter() - t0, 2)
     rows = rep.build_rows(stages, latency)
     verdict = rep.verdict(rows, cfg.target_retained)
@@ -453,19 +559,38 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
 
     notes = []
     if cfg.sparsity > 0:
-        notes.append(f"unstructured magnitude pruning: {infos['pruned']['magnitude']['measured_sparsity']:.1%} of "
-                     "encoder Linear weights are zero, stored dense: no size, FLOP or latency gain on dense kernels")
+        notes.append(
+            f"unstructured magnitude pruning: {infos['pruned']['magnitude']['measured_sparsity']:.1%} of "
+            "encoder Linear weights are zero, stored dense: no size, FLOP or latency gain on dense kernels"
+        )
     if cfg.quantize == "fp16":
         notes.append("fp16 targets GPUs; its CPU latency here is not representative (ORT CPU casts to fp32)")
     if cfg.quantize:
-        notes.append("the quantized row has the pruned/distilled model's parameter count and FLOPs, run as INT8/FP16 ops")
+        notes.append(
+            "the quantized row has the pruned/distilled model's parameter count and FLOPs, run as INT8/FP16 ops"
+        )
     report = {
-        "teacher": str(ctx.teacher_dir), "data": ctx.data_spec.get("data"), "max_length": ctx.max_length,
-        "test_rows": len(ctx.ids["test"]), "labels": ctx.labels, "stages": rows, "verdict": verdict,
-        "quantization": qinfo, "distillation": infos.get("distilled"), "pruning": infos.get("pruned"),
-        "config": cfg.to_dict(), "timings": timings,
-        "latency_settings": {"runs": cfg.bench_runs, "threads": cfg.threads or physical_cores(), "batch": 1,
-                             "spinning": False, "interleaved": True} if cfg.bench else None,
+        "teacher": str(ctx.teacher_dir),
+        "data": ctx.data_spec.get("data"),
+        "max_length": ctx.max_length,
+        "test_rows": len(ctx.ids["test"]),
+        "labels": ctx.labels,
+        "stages": rows,
+        "verdict": verdict,
+        "quantization": qinfo,
+        "distillation": infos.get("distilled"),
+        "pruning": infos.get("pruned"),
+        "config": cfg.to_dict(),
+        "timings": timings,
+        "latency_settings": {
+            "runs": cfg.bench_runs,
+            "threads": cfg.threads or physical_cores(),
+            "batch": 1,
+            "spinning": False,
+            "interleaved": True,
+        }
+        if cfg.bench
+        else None,
         "notes": notes,
     }
 
@@ -481,8 +606,13 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         fp32_info = (infos.get("pruned") or infos.get("distilled") or {}).get("export") or t_export
         if final_file != last_onnx:
             shutil.copy2(final_file, tmp / final_file.name)
-        _write_meta(ctx, tmp, onnx_section(fp32_info, qinfo if final_file != last_onnx else None, cfg.quantize),
-                    final_metrics, report)
+        _write_meta(
+            ctx,
+            tmp,
+            onnx_section(fp32_info, qinfo if final_file != last_onnx else None, cfg.quantize),
+            final_metrics,
+            report,
+        )
         report["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
         report["output"] = str(Path(cfg.output).resolve())
         rep.write(tmp, report)
@@ -492,8 +622,13 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
 def onnx_section(fp32_info: dict, qinfo: dict | None, precision: str | None) -> dict:
     """fastft.json's ``onnx`` section, in fastft export's layout (the runtime reads it)."""
     level = fp32_info.get("runtime_graph_optimization_level", "all")
-    sec = {"file": "model.onnx", "default": "model.onnx", "opset": 17, "export": fp32_info.get("export"),
-           "optimization": {"fusions": fp32_info.get("fusions"), "runtime_graph_optimization_level": level}}
+    sec = {
+        "file": "model.onnx",
+        "default": "model.onnx",
+        "opset": 17,
+        "export": fp32_info.get("export"),
+        "optimization": {"fusions": fp32_info.get("fusions"), "runtime_graph_optimization_level": level},
+    }
     if qinfo:
         keep = {k: v for k, v in qinfo.items() if k not in ("sensitivity", "rounds", "ort_offline")}
         key = "int8" if precision == "int8" else precision
@@ -507,24 +642,47 @@ def _write_meta(ctx: Context, out: Path, onnx: dict, metrics: dict, report: dict
     from fastft.core.system import versions
 
     meta = read_meta(out)
-    meta.update({
-        "labels": ctx.labels, "max_length": ctx.max_length, "data": ctx.data_spec, "metrics": metrics,
-        "onnx": onnx,
-        "compress": {"teacher": str(ctx.teacher_dir), "config": ctx.cfg.to_dict(), "verdict": report["verdict"],
-                     "stages": [{k: r.get(k) for k in ("stage", "parameters", "file_mb", "gflops_128", "p50_ms_128",
-                                                       "p50_ms_512", "accuracy", "retained")}
-                                for r in report["stages"]],
-                     "excluded_nodes": (report.get("quantization") or {}).get("excluded_nodes", [])},
-        "versions": versions(),
-    })
+    meta.update(
+        {
+            "labels": ctx.labels,
+            "max_length": ctx.max_length,
+            "data": ctx.data_spec,
+            "metrics": metrics,
+            "onnx": onnx,
+            "compress": {
+                "teacher": str(ctx.teacher_dir),
+                "config": ctx.cfg.to_dict(),
+                "verdict": report["verdict"],
+                "stages": [
+                    {
+                        k: r.get(k)
+                        for k in (
+                            "stage",
+                            "parameters",
+                            "file_mb",
+                            "gflops_128",
+                            "p50_ms_128",
+                            "p50_ms_512",
+                            "accuracy",
+                            "retained",
+                        )
+                    }
+                    for r in report["stages"]
+                ],
+                "excluded_nodes": (report.get("quantization") or {}).get("excluded_nodes", []),
+            },
+            "versions": versions(),
+        }
+    )
     hist = [h for h in meta.get("history", []) if not str(h.get("stage", "")).startswith("compress:")]
     meta["history"] = hist + [{"stage": "compress", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
     write_meta(out, meta)
 
 
 # -- single stages, for the Python API --------------------------------------------------------------
-def run_stage(stage: str, model, config: CompressConfig | None = None, *, output=None, teacher=None,
-              **overrides) -> StageResult:
+def run_stage(
+    stage: str, model, config: CompressConfig | None = None, *, output=None, teacher=None, **overrides
+) -> StageResult:
     """``fastft.distill`` / ``fastft.prune`` / ``fastft.quantize``: one stage on a model directory.
 
     prune: ``teacher`` (default: ``model`` itself) supplies the recovery targets.
@@ -539,8 +697,7 @@ def run_stage(stage: str, model, config: CompressConfig | None = None, *, output
         if not cfg.pruning:
             raise FastftError("prune: set prune_heads, prune_ffn or sparsity above 0")
     elif stage == "quantize":
-        cfg = replace(cfg, distill=False, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0,
-                      quantize=cfg.quantize or "int8")
+        cfg = replace(cfg, distill=False, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0, quantize=cfg.quantize or "int8")
     if output is not None:
         check_output_dir(output, cfg.overwrite, inputs=(model, teacher, cfg.data))
     elif stage == "quantize":

@@ -15,13 +15,29 @@ from pathlib import Path
 import numpy as np
 
 SEQS = (128, 512)
-COLUMNS = [("stage", "stage"), ("parameters", "params"), ("file_mb", "file MB"), ("gflops_128", "GFLOPs@128"),
-           ("p50_ms_128", "p50 ms@128"), ("p50_ms_512", "p50 ms@512"), ("speedup_512", "speed-up@512"),
-           ("accuracy", "test acc"), ("retained", "retained")]
+COLUMNS = [
+    ("stage", "stage"),
+    ("parameters", "params"),
+    ("file_mb", "file MB"),
+    ("gflops_128", "GFLOPs@128"),
+    ("p50_ms_128", "p50 ms@128"),
+    ("p50_ms_512", "p50 ms@512"),
+    ("speedup_512", "speed-up@512"),
+    ("accuracy", "test acc"),
+    ("retained", "retained"),
+]
 
 
-def measure_latency(files: dict[str, Path], seqs=SEQS, runs: int = 20, threads: int | None = None,
-                    warmup: int = 2, progress: bool = True, vocab: int = 30522, max_positions: int = 512) -> dict:
+def measure_latency(
+    files: dict[str, Path],
+    seqs=SEQS,
+    runs: int = 20,
+    threads: int | None = None,
+    warmup: int = 2,
+    progress: bool = True,
+    vocab: int = 30522,
+    max_positions: int = 512,
+) -> dict:
     """{name: {seq: quantiles}} for ONNX classifiers, batch 1, measured interleaved.
 
     Lengths beyond ``max_positions`` (the model's position embeddings) are skipped.
@@ -100,15 +116,21 @@ def verdict(rows: list[dict], target: float) -> dict:
         if ok:
             best = min(ok, key=lambda r: r["p50_ms_512"] or float("inf"))
             out["nearest_stage_meeting_target"] = best["stage"]
-            out["message"] = (f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
-                              f"accuracy, below the target {target:.2%}; the nearest stage that met it is "
-                              f"'{best['stage']}' ({best['retained']:.2%})")
+            out["message"] = (
+                f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
+                f"accuracy, below the target {target:.2%}; the nearest stage that met it is "
+                f"'{best['stage']}' ({best['retained']:.2%})"
+            )
         else:
             out["nearest_stage_meeting_target"] = None
-            out["message"] = (f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
-                              f"accuracy, below the target {target:.2%}; no compressed stage met it")
+            out["message"] = (
+                f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
+                f"accuracy, below the target {target:.2%}; no compressed stage met it"
+            )
     else:
-        out["message"] = f"the final model retains {final['retained']:.2%} of the teacher's accuracy (target {target:.2%})"
+        out["message"] = (
+            f"the final model retains {final['retained']:.2%} of the teacher's accuracy (target {target:.2%})"
+        )
     return out
 
 
@@ -131,25 +153,33 @@ def _fmt(key: str, v) -> str:
 def table(rows: list[dict]) -> str:
     cells = [[h for _, h in COLUMNS]] + [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
     w = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(line))
-                     for line in cells)
+    return "\n".join(
+        "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(line)) for line in cells
+    )
 
 
 def markdown(report: dict) -> str:
     rows = report["stages"]
-    lines = ["# fastft compress report", "",
-             f"Teacher: `{report['teacher']}`; data: `{report['data']}` (test split, {report.get('test_rows')} rows); "
-             f"max length {report.get('max_length')}.", "",
-             "| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|"]
+    lines = [
+        "# fastft compress report",
+        "",
+        f"Teacher: `{report['teacher']}`; data: `{report['data']}` (test split, {report.get('test_rows')} rows); "
+        f"max length {report.get('max_length')}.",
+        "",
+        "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
     v = report["verdict"]
     lines += ["", f"**Target:** {v['message']}.", ""]
     lat = report.get("latency_settings") or {}
     if lat:
-        lines += [f"Latency: ONNX Runtime, batch 1, p50 of {lat.get('runs')} interleaved runs, "
-                  f"{lat.get('threads')} threads, spinning off. FLOPs: encoder matmuls at sequence length 128.", ""]
+        lines += [
+            f"Latency: ONNX Runtime, batch 1, p50 of {lat.get('runs')} interleaved runs, "
+            f"{lat.get('threads')} threads, spinning off. FLOPs: encoder matmuls at sequence length 128.",
+            "",
+        ]
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     q = report.get("quantization") or {}

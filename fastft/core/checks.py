@@ -23,8 +23,16 @@ def _range(lo, hi, lo_open: bool, hi_open: bool) -> str:
     return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
 
-def check_float(name: str, value, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                hi_open: bool = False, optional: bool = False):
+def check_float(
+    name: str,
+    value,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+):
     """``value`` as given, or FastftError naming ``name`` when it is not a finite number in range."""
     if value is None and optional:
         return None

@@ -18,8 +18,9 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from fastft.core.errors import FastftError
 
@@ -98,8 +99,10 @@ def clean_stale(directory: str | os.PathLike, log: bool = True) -> list[Path]:
             if not p.exists():
                 removed.append(p)
                 if log:
-                    print(f"fastft: removed {p} ({size:.1f} MB), left by an interrupted fastft run (pid {pid})",
-                          file=sys.stderr)
+                    print(
+                        f"fastft: removed {p} ({size:.1f} MB), left by an interrupted fastft run (pid {pid})",
+                        file=sys.stderr,
+                    )
             break
     return removed
 
@@ -152,8 +155,10 @@ def check_writable(directory: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=f".fastft-probe-{os.getpid()}-", dir=anc)
     except OSError as exc:
-        raise FastftError(f"cannot write to {anc} ({exc.strerror or type(exc).__name__}); "
-                          "choose an --output where you can create files") from None
+        raise FastftError(
+            f"cannot write to {anc} ({exc.strerror or type(exc).__name__}); "
+            "choose an --output where you can create files"
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -162,8 +167,9 @@ def is_fastft_dir(path: Path) -> bool:
     return (path / META_NAME).is_file()
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool = False,
-                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def check_output_dir(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Path:
     """Check that ``path`` may be written, before any work starts.
 
     Refused: a path that is a file; the input (any of ``inputs`` that exists locally), a
@@ -197,16 +203,19 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False,
         if not overwrite:
             raise FastftError(f"output directory {out} already exists (pass --overwrite to replace it)")
         if not is_fastft_dir(out):
-            raise FastftError(f"--overwrite replaces only a directory fastft wrote (with {META_NAME}) or an empty "
-                              f"one; {out} has no {META_NAME}: choose another --output")
+            raise FastftError(
+                f"--overwrite replaces only a directory fastft wrote (with {META_NAME}) or an empty "
+                f"one; {out} has no {META_NAME}: choose another --output"
+            )
     clean_stale(tempfile.gettempdir())  # scratch of killed exports
     parent = resolved.parent
     if parent.is_dir():
         clean_stale(parent)
         busy = live_writers(resolved)
         if busy:
-            raise FastftError(f"another fastft run (pid {busy[0]}) is writing {out} now; wait for it or choose "
-                              "another --output")
+            raise FastftError(
+                f"another fastft run (pid {busy[0]}) is writing {out} now; wait for it or choose another --output"
+            )
     check_writable(parent)
     return out
 
@@ -248,12 +257,16 @@ def normalize_modes(root: str | os.PathLike) -> None:
 
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move ``tmp`` to ``out`` atomically; never over another run's result unless ``overwrite``."""
-    taken = FastftError(f"output directory {out} was written by another run while this one worked; "
-                        "this run's result was discarded (pass --overwrite to replace it)")
+    taken = FastftError(
+        f"output directory {out} was written by another run while this one worked; "
+        "this run's result was discarded (pass --overwrite to replace it)"
+    )
     if overwrite and out.is_dir() and any(out.iterdir()):
         if not is_fastft_dir(out):
-            raise FastftError(f"--overwrite replaces only a directory fastft wrote (with {META_NAME}); {out} "
-                              "changed while this run worked and has none now: nothing was replaced")
+            raise FastftError(
+                f"--overwrite replaces only a directory fastft wrote (with {META_NAME}); {out} "
+                "changed while this run worked and has none now: nothing was replaced"
+            )
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
         try:
             os.rename(out, old / out.name)
@@ -278,14 +291,14 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise taken from None
         if exc.errno == errno.ENOTDIR:
-            raise FastftError(f"output path {out} became a file while this run worked; nothing was written") \
-                from None
+            raise FastftError(f"output path {out} became a file while this run worked; nothing was written") from None
         raise FastftError(f"cannot move the result into {out} ({exc.strerror or type(exc).__name__})") from None
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False,
-                      inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; move it into place only on success.
 
     On any exception the temporary directory is removed and ``path`` is left untouched,

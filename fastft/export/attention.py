@@ -42,15 +42,23 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from fastft.core.errors import FastftError
 
-__all__ = ["export_fused", "export_fused_onnx", "try_export_fused_onnx", "DEFAULT_FORM", "FORMS", "ATTENTION_OPS",
-           "count_attention_nodes", "patched_attention", "register_symbolics"]
+__all__ = [
+    "export_fused",
+    "export_fused_onnx",
+    "try_export_fused_onnx",
+    "DEFAULT_FORM",
+    "FORMS",
+    "ATTENTION_OPS",
+    "count_attention_nodes",
+    "patched_attention",
+    "register_symbolics",
+]
 
 FORMS = ("attention", "mha")
 DEFAULT_FORM = "attention"
@@ -66,18 +74,18 @@ def _heads(t: Tensor, num_heads: int) -> Tensor:
     return t.view(b, s, num_heads, e // num_heads).transpose(1, 2)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], num_heads: int, scale: float) -> Tensor:
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, num_heads: int, scale: float) -> Tensor:
     from fastft.ops import fused_attention
 
-    out = fused_attention(_heads(q, num_heads), _heads(k, num_heads), _heads(v, num_heads),
-                          key_padding_mask=mask, scale=scale)
+    out = fused_attention(
+        _heads(q, num_heads), _heads(k, num_heads), _heads(v, num_heads), key_padding_mask=mask, scale=scale
+    )
     b, _, s, _ = out.shape
     return out.transpose(1, 2).reshape(b, s, -1).contiguous()
 
 
 @torch.library.custom_op("fastft::onnx_mha", mutates_args=())
-def onnx_mha(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], num_heads: int,
-             scale: float) -> Tensor:
+def onnx_mha(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, num_heads: int, scale: float) -> Tensor:
     """Attention on projected tensors. q: (batch, seq_q, hidden); k, v: (batch, seq_k, hidden);
     key_padding_mask: bool (batch, seq_k), True = attend, or None. Returns (batch, seq_q, hidden)."""
     return _attend(q, k, v, key_padding_mask, num_heads, scale)
@@ -89,8 +97,9 @@ def _onnx_mha_fake(q, k, v, key_padding_mask, num_heads, scale):
 
 
 @torch.library.custom_op("fastft::onnx_qkv_attention", mutates_args=())
-def onnx_qkv_attention(x: Tensor, weight: Tensor, bias: Tensor, key_padding_mask: Optional[Tensor],
-                       num_heads: int, scale: float) -> Tensor:
+def onnx_qkv_attention(
+    x: Tensor, weight: Tensor, bias: Tensor, key_padding_mask: Tensor | None, num_heads: int, scale: float
+) -> Tensor:
     """Packed attention. x: (batch, seq, in_hidden); weight: (in_hidden, 3*hidden) = [Wq^T | Wk^T
     | Wv^T]; bias: (3*hidden,); key_padding_mask: bool (batch, seq) or None. Returns
     (batch, seq, hidden)."""
@@ -116,8 +125,16 @@ def _mha_symbolic(g, q, k, v, mask, num_heads, scale):
 
     num_heads = sh._get_const(num_heads, "i", "num_heads")
     scale = sh._get_const(scale, "f", "scale")
-    return g.op(f"{MS_DOMAIN}::MultiHeadAttention", q, k, v, sh._optional_input_placeholder_tensor(g),
-                _mask_int32(g, mask), num_heads_i=num_heads, scale_f=scale)
+    return g.op(
+        f"{MS_DOMAIN}::MultiHeadAttention",
+        q,
+        k,
+        v,
+        sh._optional_input_placeholder_tensor(g),
+        _mask_int32(g, mask),
+        num_heads_i=num_heads,
+        scale_f=scale,
+    )
 
 
 def _qkv_symbolic(g, x, weight, bias, mask, num_heads, scale):
@@ -125,8 +142,7 @@ def _qkv_symbolic(g, x, weight, bias, mask, num_heads, scale):
 
     num_heads = sh._get_const(num_heads, "i", "num_heads")
     scale = sh._get_const(scale, "f", "scale")
-    return g.op(f"{MS_DOMAIN}::Attention", x, weight, bias, _mask_int32(g, mask),
-                num_heads_i=num_heads, scale_f=scale)
+    return g.op(f"{MS_DOMAIN}::Attention", x, weight, bias, _mask_int32(g, mask), num_heads_i=num_heads, scale_f=scale)
 
 
 def _traced_sizes(g, value, index: int) -> list:
@@ -152,7 +168,9 @@ def _fused_attention_symbolic(g, q, k, v, mask, causal, scale):
     scale = sh._get_const(scale, "f", "scale")
     sizes = _traced_sizes(g, q, 0)
     if len(sizes) != 4 or not isinstance(sizes[1], int) or not isinstance(sizes[3], int):
-        raise FastftError(f"exporting fastft::fused_attention needs the head count and head_dim of q; got sizes {sizes}")
+        raise FastftError(
+            f"exporting fastft::fused_attention needs the head count and head_dim of q; got sizes {sizes}"
+        )
     heads, head_dim = sizes[1], sizes[3]
     perm = [0, 2, 1, 3]
     flat = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
@@ -201,19 +219,23 @@ def _export_forward(module: torch.nn.Module, proj: dict, form: str):
     q_lin, k_lin, v_lin, out_lin = proj["q"], proj["k"], proj["v"], proj["out"]
     num_heads, scale = int(proj["num_heads"]), float(proj["scale"])
 
-    def forward(hidden_states: Tensor, attention_mask: Optional[Tensor] = None, *args, **kwargs):
+    def forward(hidden_states: Tensor, attention_mask: Tensor | None = None, *args, **kwargs):
         ok, mask = key_padding_mask(attention_mask, hidden_states.shape[1])
         if not ok or (mask is not None and mask.dtype != torch.bool):
-            raise FastftError("fused-attention export needs a key padding mask (bool (batch, seq)); got "
-                              f"{None if attention_mask is None else (attention_mask.dtype, tuple(attention_mask.shape))}")
+            raise FastftError(
+                "fused-attention export needs a key padding mask (bool (batch, seq)); got "
+                f"{None if attention_mask is None else (attention_mask.dtype, tuple(attention_mask.shape))}"
+            )
         if form == "mha":
-            out = torch.ops.fastft.onnx_mha(q_lin(hidden_states), k_lin(hidden_states), v_lin(hidden_states), mask,
-                                            num_heads, scale)
+            out = torch.ops.fastft.onnx_mha(
+                q_lin(hidden_states), k_lin(hidden_states), v_lin(hidden_states), mask, num_heads, scale
+            )
         else:
             lins = (q_lin, k_lin, v_lin)
             weight = torch.cat([lin.weight for lin in lins], dim=0).t()
-            bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
-                              for lin in lins])
+            bias = torch.cat(
+                [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in lins]
+            )
             out = torch.ops.fastft.onnx_qkv_attention(hidden_states, weight, bias, mask, num_heads, scale)
         if out_lin is not None:
             out = out_lin(out)
@@ -257,8 +279,14 @@ def _load(model) -> torch.nn.Module:
     return load_classifier(model)
 
 
-def export_fused_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_names: list[str] | None = None,
-                      opset: int = 17, form: str = DEFAULT_FORM) -> dict:
+def export_fused_onnx(
+    net: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_names: list[str] | None = None,
+    opset: int = 17,
+    form: str = DEFAULT_FORM,
+) -> dict:
     """Drop-in for :func:`fastft.export.onnx.export_onnx` on a torch classifier: the same
     inputs/outputs/dynamic axes, with each self-attention written as one com.microsoft node.
     Returns export_onnx's info dict plus ``attention``: {form, op, nodes}."""
@@ -266,8 +294,9 @@ def export_fused_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_na
 
     register_symbolics(opset)
     with patched_attention(net, form) as modules:
-        info = export_onnx(net, path, input_names=input_names, opset=opset, custom_opsets={MS_DOMAIN: 1},
-                           eager_attention=False)
+        info = export_onnx(
+            net, path, input_names=input_names, opset=opset, custom_opsets={MS_DOMAIN: 1}, eager_attention=False
+        )
     counts = count_attention_nodes(path)
     op = "Attention" if form == "attention" else "MultiHeadAttention"
     if counts.get(op, 0) != len(modules) or counts.get("Softmax", 0):
@@ -277,8 +306,14 @@ def export_fused_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_na
     return info
 
 
-def try_export_fused_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_names: list[str] | None = None,
-                          opset: int = 17, form: str = DEFAULT_FORM) -> tuple[dict | None, str | None]:
+def try_export_fused_onnx(
+    net: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_names: list[str] | None = None,
+    opset: int = 17,
+    form: str = DEFAULT_FORM,
+) -> tuple[dict | None, str | None]:
     """:func:`export_fused_onnx`, or ``(None, why)`` when the installed libraries cannot write
     fused attention for ``net`` (e.g. a transformers whose attention is hard-coded): the caller
     then writes the plain graph. ``(info, None)`` on success; the model is left as it was."""

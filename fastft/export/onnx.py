@@ -81,7 +81,7 @@ def sample_inputs(input_names, batch: int = 2, seq: int = 16, vocab: int = 1000)
     ids = torch.randint(5, max(6, min(vocab, 1000)), (batch, seq), generator=g)
     mask = torch.ones_like(ids)
     if batch > 1:
-        mask[-1, seq // 2:] = 0
+        mask[-1, seq // 2 :] = 0
     tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     return tuple(tensors[n] for n in input_names)
 
@@ -195,5 +195,10 @@ def save_model(model, path: str | os.PathLike) -> None:
     import onnx
 
     big = model.ByteSize() > 1_800_000_000
-    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-                    location=Path(path).name + ".data" if big else None)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=big,
+        all_tensors_to_one_file=True,
+        location=Path(path).name + ".data" if big else None,
+    )

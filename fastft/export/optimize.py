@@ -25,9 +25,20 @@ from pathlib import Path
 from fastft.core.errors import FastftError
 
 ORT_LEVELS = ("disable", "basic", "extended", "all")
-FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-             "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "QAttention", "DynamicQuantizeMatMul",
-             "MatMulIntegerToFloat", "FusedMatMul")
+FUSED_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "EmbedLayerNormalization",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "FusedMatMul",
+)
 
 
 def op_counts(model) -> dict:
@@ -48,8 +59,15 @@ def contrib_ops(model) -> list[str]:
     return sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})
 
 
-def fuse_transformer(src: str | os.PathLike, dst: str | os.PathLike, config=None, *, model_type: str = "bert",
-                     num_heads: int | None = None, hidden_size: int | None = None) -> dict:
+def fuse_transformer(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config=None,
+    *,
+    model_type: str = "bert",
+    num_heads: int | None = None,
+    hidden_size: int | None = None,
+) -> dict:
     """Run ORT's transformer fusions on ``src`` and save to ``dst``; returns what was fused.
 
     ``num_heads``/``hidden_size`` default to the HF ``config``'s (0 lets ORT guess, which
@@ -70,8 +88,15 @@ def fuse_transformer(src: str | os.PathLike, dst: str | os.PathLike, config=None
     try:
         with warnings.catch_warnings(), _quiet_ort_logging():
             warnings.simplefilter("ignore")
-            opt = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden,
-                                 optimization_options=options, opt_level=0, use_gpu=False)
+            opt = optimize_model(
+                str(src),
+                model_type=model_type,
+                num_heads=heads,
+                hidden_size=hidden,
+                optimization_options=options,
+                opt_level=0,
+                use_gpu=False,
+            )
             opt.save_model_to_file(str(dst))
     except Exception as exc:
         raise FastftError(f"ONNX graph optimisation failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
@@ -104,11 +129,16 @@ def ort_offline_optimize(src: str | os.PathLike, dst: str | os.PathLike, level: 
     try:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise FastftError(f"ONNX Runtime could not optimise {Path(src).name} ({str(exc).splitlines()[0][:200]})") from exc
+        raise FastftError(
+            f"ONNX Runtime could not optimise {Path(src).name} ({str(exc).splitlines()[0][:200]})"
+        ) from exc
     set_ir_version(dst)
-    return {"tool": "onnxruntime.SessionOptions.optimized_model_filepath", "level": level,
-            "providers": ["CPUExecutionProvider"] if level in ("extended", "all") else None,
-            "contrib_ops": contrib_ops(dst)}
+    return {
+        "tool": "onnxruntime.SessionOptions.optimized_model_filepath",
+        "level": level,
+        "providers": ["CPUExecutionProvider"] if level in ("extended", "all") else None,
+        "contrib_ops": contrib_ops(dst),
+    }
 
 
 def ort_level(name: str):
@@ -153,8 +183,9 @@ class _quiet_ort_logging:
     def __enter__(self):
         import logging
 
-        self._loggers = [logging.getLogger(n) for n in ("", "onnxruntime", "fusion", "onnx_model",
-                                                        "onnxruntime.transformers")]
+        self._loggers = [
+            logging.getLogger(n) for n in ("", "onnxruntime", "fusion", "onnx_model", "onnxruntime.transformers")
+        ]
         self._levels = [lg.level for lg in self._loggers]
         for lg in self._loggers:
             lg.setLevel(logging.ERROR)

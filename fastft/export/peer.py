@@ -54,17 +54,34 @@ def peer_pipeline(model_dir: str | os.PathLike, workdir: str | os.PathLike, *, o
     heads, hidden = int(net.config.num_attention_heads), int(net.config.hidden_size)
     with warnings.catch_warnings(), quiet_ort_logging():
         warnings.simplefilter("ignore")
-        opt = optimize_model(str(plain), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=2,
-                             use_gpu=False)
+        opt = optimize_model(
+            str(plain), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=2, use_gpu=False
+        )
         opt.save_model_to_file(str(fused))
     set_ir_version(fused)
-    record["optimize"] = {"tool": "onnxruntime.transformers.optimizer", "model_type": "bert", "opt_level": 2,
-                          "num_heads": heads, "hidden_size": hidden, "ops": op_counts(fused)}
-    qargs = {"per_channel": False, "reduce_range": False, "weight_type": QuantType.QInt8,
-                 "op_types_to_quantize": ["MatMul", "Attention"]}
-    record["quantize"] = {"tool": "onnxruntime.quantization.quantize_dynamic", "format": "QOperator",
-                          "activation_type": "uint8", "weight_type": "int8", "per_channel": False,
-                          "reduce_range": False, "op_types": qargs["op_types_to_quantize"]}
+    record["optimize"] = {
+        "tool": "onnxruntime.transformers.optimizer",
+        "model_type": "bert",
+        "opt_level": 2,
+        "num_heads": heads,
+        "hidden_size": hidden,
+        "ops": op_counts(fused),
+    }
+    qargs = {
+        "per_channel": False,
+        "reduce_range": False,
+        "weight_type": QuantType.QInt8,
+        "op_types_to_quantize": ["MatMul", "Attention"],
+    }
+    record["quantize"] = {
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "format": "QOperator",
+        "activation_type": "uint8",
+        "weight_type": "int8",
+        "per_channel": False,
+        "reduce_range": False,
+        "op_types": qargs["op_types_to_quantize"],
+    }
     with warnings.catch_warnings(), quiet_ort_logging():
         warnings.simplefilter("ignore")
         try:

@@ -31,8 +31,10 @@ def check_providers() -> list[str]:
         raise FastftError(f"onnxruntime cannot be imported ({exc}); install it: pip install onnxruntime") from None
     providers = list(ort.get_available_providers())
     if CPU_PROVIDER not in providers:
-        raise FastftError(f"ONNX Runtime {ort.__version__} has no {CPU_PROVIDER} (available: "
-                          f"{', '.join(providers) or 'none'}); reinstall onnxruntime")
+        raise FastftError(
+            f"ONNX Runtime {ort.__version__} has no {CPU_PROVIDER} (available: "
+            f"{', '.join(providers) or 'none'}); reinstall onnxruntime"
+        )
     return providers
 
 
@@ -66,8 +68,9 @@ def export_preflight(config, *, fused_attention: bool | None = None) -> dict:
     try:
         net = one_layer_copy(config)
     except Exception as exc:  # noqa: BLE001 - an architecture transformers cannot build
-        raise FastftError(f"cannot build the model's architecture ({type(exc).__name__}: "
-                          f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+        raise FastftError(
+            f"cannot build the model's architecture ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})"
+        ) from None
     names = model_input_names(net)
     info = {"fused_attention": False, "fallback": None, "providers": providers}
     with tempfile.TemporaryDirectory(prefix="fastft-preflight-") as tmp:
@@ -92,13 +95,17 @@ def export_preflight(config, *, fused_attention: bool | None = None) -> dict:
             feeds = {n: t.numpy() for n, t in zip(names, sample_inputs(names, vocab=config.vocab_size))}
             out = sess.run(None, feeds)[0]
         except FastftError as exc:
-            raise FastftError(f"ONNX Runtime cannot run the exported model (checked on a one-layer copy): {exc}") \
-                from None
+            raise FastftError(
+                f"ONNX Runtime cannot run the exported model (checked on a one-layer copy): {exc}"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise FastftError(f"ONNX Runtime cannot run the exported model (checked on a one-layer copy): "
-                              f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+            raise FastftError(
+                f"ONNX Runtime cannot run the exported model (checked on a one-layer copy): "
+                f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            ) from None
         if not np.isfinite(out).all():
-            raise FastftError("ONNX Runtime returned non-finite logits for the exported model "
-                              "(checked on a one-layer copy)")
+            raise FastftError(
+                "ONNX Runtime returned non-finite logits for the exported model (checked on a one-layer copy)"
+            )
     info["seconds"] = round(time.perf_counter() - t0, 2)
     return info

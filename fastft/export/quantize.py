@@ -61,8 +61,13 @@ class Int8Recipe:
     def name(self) -> str:
         w = {"int8": "s8", "uint8": "u8"}[self.weight_type]
         a = {"int8": "s8", "uint8": "u8"}[self.activation_type]
-        parts = [self.mode, self.scope, f"{a}{w}", "perchannel" if self.per_channel else "pertensor",
-                 self.quant_format.lower()]
+        parts = [
+            self.mode,
+            self.scope,
+            f"{a}{w}",
+            "perchannel" if self.per_channel else "pertensor",
+            self.quant_format.lower(),
+        ]
         if self.reduce_range:
             parts.append("rr")
         if self.exclude:
@@ -93,16 +98,28 @@ def default_recipe(cpu: dict | None = None, *, static: bool = False) -> Int8Reci
     vnni = bool(cpu.get("vnni")) or bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"})
     mode = "static" if static else "dynamic"
     if vnni:
-        return Int8Recipe(mode=mode, scope="weights", weight_type="int8", per_channel=True, reduce_range=False,
-                          quant_format="QOperator" if not static else "QDQ",
-                          reason="VNNI CPU: U8S8 runs on vpdpbusd (no int16 saturation) and measured 1.3-1.6x "
-                                 "faster than U8U8; per-channel weights cost nothing in speed and gave the best "
-                                 "fp32 agreement (bench/results/int8_choices.json)")
-    return Int8Recipe(mode=mode, scope="weights", weight_type="int8", per_channel=True, reduce_range=True,
-                      quant_format="QOperator" if not static else "QDQ",
-                      reason="no VNNI: ORT's U8S8 AVX2 kernels (vpmaddubsw) can saturate int16, so weights are "
-                             "7-bit (reduce_range, ORT's documented fix) and per-channel to win back the lost bit; "
-                             "U8U8 avoids saturation too but was 1.3-1.6x slower in our measurements")
+        return Int8Recipe(
+            mode=mode,
+            scope="weights",
+            weight_type="int8",
+            per_channel=True,
+            reduce_range=False,
+            quant_format="QOperator" if not static else "QDQ",
+            reason="VNNI CPU: U8S8 runs on vpdpbusd (no int16 saturation) and measured 1.3-1.6x "
+            "faster than U8U8; per-channel weights cost nothing in speed and gave the best "
+            "fp32 agreement (bench/results/int8_choices.json)",
+        )
+    return Int8Recipe(
+        mode=mode,
+        scope="weights",
+        weight_type="int8",
+        per_channel=True,
+        reduce_range=True,
+        quant_format="QOperator" if not static else "QDQ",
+        reason="no VNNI: ORT's U8S8 AVX2 kernels (vpmaddubsw) can saturate int16, so weights are "
+        "7-bit (reduce_range, ORT's documented fix) and per-channel to win back the lost bit; "
+        "U8U8 avoids saturation too but was 1.3-1.6x slower in our measurements",
+    )
 
 
 def _qtype(name: str):
@@ -181,8 +198,9 @@ class TextCalibrationReader:
 
         self.batches = []
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
+            enc = tokenizer(
+                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
+            )
             zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
             self.batches.append({n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names})
         self._it = iter(self.batches)
@@ -200,8 +218,9 @@ def _base_reader():
     return CalibrationDataReader
 
 
-def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Recipe,
-                  calibration: TextCalibrationReader | None = None) -> dict:
+def quantize_onnx(
+    src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Recipe, calibration: TextCalibrationReader | None = None
+) -> dict:
     """Quantise ``src`` (fp32, fused or not) into ``dst`` following ``recipe``; returns what was done."""
     import onnx
     from onnxruntime.quantization import (
@@ -230,8 +249,13 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Re
         fmt = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}.get(recipe.quant_format.lower())
         if fmt is None:
             raise FastftError(f"quant format must be QOperator or QDQ (got {recipe.quant_format!r})")
-        common = {"op_types_to_quantize": op_types, "nodes_to_quantize": nodes, "per_channel": recipe.per_channel,
-                      "reduce_range": recipe.reduce_range, "weight_type": _qtype(recipe.weight_type)}
+        common = {
+            "op_types_to_quantize": op_types,
+            "nodes_to_quantize": nodes,
+            "per_channel": recipe.per_channel,
+            "reduce_range": recipe.reduce_range,
+            "weight_type": _qtype(recipe.weight_type),
+        }
         try:
             with warnings.catch_warnings(), quiet_ort_logging():
                 warnings.simplefilter("ignore")
@@ -240,23 +264,40 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Re
                         raise FastftError("dynamic quantisation writes QOperator graphs; use QDQ with --static")
                     quantize_dynamic(str(shaped), str(dst), extra_options=extra, **common)
                 else:
-                    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}.get(recipe.calib_method)
+                    method = {
+                        "minmax": CalibrationMethod.MinMax,
+                        "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile,
+                    }.get(recipe.calib_method)
                     if method is None:
-                        raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} "
-                                          f"(got {recipe.calib_method!r})")
+                        raise FastftError(
+                            f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {recipe.calib_method!r})"
+                        )
                     calibration.rewind()
                     reader = _as_ort_reader(calibration)
-                    quantize_static(str(shaped), str(dst), reader, quant_format=fmt,
-                                    activation_type=_qtype(recipe.activation_type), calibrate_method=method,
-                                    extra_options={**extra, "CalibTensorRangeSymmetric": False}, **common)
+                    quantize_static(
+                        str(shaped),
+                        str(dst),
+                        reader,
+                        quant_format=fmt,
+                        activation_type=_qtype(recipe.activation_type),
+                        calibrate_method=method,
+                        extra_options={**extra, "CalibTensorRangeSymmetric": False},
+                        **common,
+                    )
         except FastftError:
             raise
         except Exception as exc:
             raise FastftError(f"INT8 quantisation failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
     set_ir_version(dst)
-    return {**recipe.to_dict(), "recipe": recipe.name, "shape_inference": shape_method,
-            "nodes_quantized": len(nodes), "op_types": op_types, "ops": op_counts(dst)}
+    return {
+        **recipe.to_dict(),
+        "recipe": recipe.name,
+        "shape_inference": shape_method,
+        "nodes_quantized": len(nodes),
+        "op_types": op_types,
+        "ops": op_counts(dst),
+    }
 
 
 def _as_ort_reader(reader: TextCalibrationReader):
@@ -272,8 +313,15 @@ def _as_ort_reader(reader: TextCalibrationReader):
     return _Reader()
 
 
-def recipe_from_options(cpu: dict | None = None, *, static: bool = False, per_channel: bool | None = None,
-                        calib_method: str = "minmax", calib_size: int = 256, **overrides) -> Int8Recipe:
+def recipe_from_options(
+    cpu: dict | None = None,
+    *,
+    static: bool = False,
+    per_channel: bool | None = None,
+    calib_method: str = "minmax",
+    calib_size: int = 256,
+    **overrides,
+) -> Int8Recipe:
     """The default recipe for this CPU with the user's explicit choices applied on top."""
     r = default_recipe(cpu, static=static)
     changes = {k: v for k, v in overrides.items() if v is not None}

@@ -49,7 +49,7 @@ def random_inputs(input_names, batch: int, seq: int, vocab: int, seed: int = 0) 
     ids = rng.integers(5, max(6, vocab), size=(batch, seq), dtype=np.int64)
     mask = np.ones_like(ids)
     if batch > 1:
-        mask[-1, max(1, seq // 2):] = 0
+        mask[-1, max(1, seq // 2) :] = 0
     tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     return {n: tensors[n] for n in input_names}
 
@@ -73,8 +73,10 @@ def fp32_parity(net, onnx_path, input_names, max_length: int, atol: float = FP32
         results.append({"batch": batch, "seq": seq, "max_abs_diff": diff})
         worst = max(worst, diff)
         if not np.isfinite(diff) or diff > atol:
-            raise FastftError(f"fp32 parity failed: ONNX logits differ from PyTorch by {diff:.3g} (> {atol:g}) "
-                              f"at batch {batch}, sequence {seq}")
+            raise FastftError(
+                f"fp32 parity failed: ONNX logits differ from PyTorch by {diff:.3g} (> {atol:g}) "
+                f"at batch {batch}, sequence {seq}"
+            )
     return {"atol": atol, "max_abs_diff": worst, "shapes": results, "passed": True}
 
 
@@ -83,9 +85,10 @@ def onnx_logits(sess, tokenizer, texts: list[str], input_names, max_length: int,
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = None
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="np")
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="np"
+        )
         zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
         feeds = {n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names}
         logits = sess.run(["logits"], feeds)[0]
@@ -95,8 +98,17 @@ def onnx_logits(sess, tokenizer, texts: list[str], input_names, max_length: int,
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def int8_agreement(fp32_sess, int8_sess, tokenizer, texts: list[str], labels: list[int] | None, input_names,
-                   max_length: int, min_agreement: float = MIN_AGREEMENT, split: str = "validation") -> dict:
+def int8_agreement(
+    fp32_sess,
+    int8_sess,
+    tokenizer,
+    texts: list[str],
+    labels: list[int] | None,
+    input_names,
+    max_length: int,
+    min_agreement: float = MIN_AGREEMENT,
+    split: str = "validation",
+) -> dict:
     """Label agreement INT8 vs fp32 on ``texts`` and the accuracy of both; raises below ``min_agreement``."""
     if not texts:
         raise FastftError("no texts to check INT8 agreement on")
@@ -111,6 +123,8 @@ def int8_agreement(fp32_sess, int8_sess, tokenizer, texts: list[str], labels: li
         out["accuracy_change"] = out["int8_accuracy"] - out["fp32_accuracy"]
     out["passed"] = agreement >= min_agreement
     if not out["passed"]:
-        raise FastftError(f"INT8 parity failed: labels agree with fp32 on {agreement:.1%} of {len(texts)} "
-                          f"{split} texts (< {min_agreement:.0%}); try --per-channel or --static")
+        raise FastftError(
+            f"INT8 parity failed: labels agree with fp32 on {agreement:.1%} of {len(texts)} "
+            f"{split} texts (< {min_agreement:.0%}); try --per-channel or --static"
+        )
     return out

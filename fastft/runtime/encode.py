@@ -56,8 +56,9 @@ class Encoder:
             return Encoded([e.ids for e in encs], [e.type_ids for e in encs], [bool(e.overflowing) for e in encs])
         with self._lock:  # slow tokenizer: not re-entrant-safe with per-call settings
             full = self._slow(texts, truncation=False, padding=False, add_special_tokens=True)["input_ids"]
-            out = self._slow(texts, truncation=True, max_length=self.max_length, padding=False,
-                             return_token_type_ids=True)
+            out = self._slow(
+                texts, truncation=True, max_length=self.max_length, padding=False, return_token_type_ids=True
+            )
         types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
         return Encoded(out["input_ids"], types, [len(f) > self.max_length for f in full])
 
@@ -79,4 +80,4 @@ class Encoder:
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Indices grouped into batches of similar length (longest first), so padding is small."""
     order = np.argsort(-lengths, kind="stable")
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]

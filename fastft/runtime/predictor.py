@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.core.errors import FastftError, ModelError
 from fastft.core.checks import check_int
-from fastft.runtime.encode import Encoder, length_sorted_batches
-from fastft.runtime.session import (LEVELS, DeviceError, create_session, parse_device, runtime_level,
-                                    session_options)
+from fastft.core.errors import FastftError, ModelError
 from fastft.core.numerics import softmax
+from fastft.runtime.encode import Encoder, length_sorted_batches
+from fastft.runtime.session import LEVELS, DeviceError, create_session, parse_device, runtime_level, session_options
 
 
 class InputError(FastftError):
@@ -71,8 +70,17 @@ class Predictor:
 
     backend = "?"
 
-    def __init__(self, path: Path, tokenizer, labels: list[str], max_length: int, *, device: str = "cpu",
-                 batch_size: int = 32, truncation: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        tokenizer,
+        labels: list[str],
+        max_length: int,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        truncation: bool = True,
+    ):
         self.path = Path(path)
         self.labels = list(labels)
         self.max_length = int(max_length)
@@ -116,14 +124,20 @@ class Predictor:
 
     __call__ = predict
 
-    def logits_from_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-                        token_type_ids: np.ndarray | None = None) -> np.ndarray:
+    def logits_from_ids(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         """Logits of one tokenized batch: input_ids (batch, seq) -> (batch, num_labels) float32."""
         raise NotImplementedError
 
     def info(self) -> dict:
-        return {"backend": self.backend, "path": str(self.path), "device": self.device,
-                "max_length": self.max_length, "labels": self.labels}
+        return {
+            "backend": self.backend,
+            "path": str(self.path),
+            "device": self.device,
+            "max_length": self.max_length,
+            "labels": self.labels,
+        }
 
     def __repr__(self) -> str:
         extra = ", ".join(f"{k}={v!r}" for k, v in self.info().items() if k not in ("labels",))
@@ -137,16 +151,22 @@ class Predictor:
             return
         i = truncated.index(True)
         if not self.truncation:
-            raise InputError(f"text #{i} is longer than the model's max length of {self.max_length} tokens "
-                             "(truncation=False); shorten it or load with truncation=True")
+            raise InputError(
+                f"text #{i} is longer than the model's max length of {self.max_length} tokens "
+                "(truncation=False); shorten it or load with truncation=True"
+            )
         with self._warn_lock:
             if self._warned:
                 return
             self._warned = True
         import warnings
 
-        warnings.warn(f"{sum(truncated)} text(s) longer than {self.max_length} tokens were truncated "
-                      f"(first: text #{i}); shown once per predictor", TruncationWarning, stacklevel=_caller_level())
+        warnings.warn(
+            f"{sum(truncated)} text(s) longer than {self.max_length} tokens were truncated "
+            f"(first: text #{i}); shown once per predictor",
+            TruncationWarning,
+            stacklevel=_caller_level(),
+        )
 
     def _warm_up(self) -> None:
         enc = self._encoder.encode(["warm up the session with a short sentence"] * 2)
@@ -168,11 +188,26 @@ class OrtPredictor(Predictor):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, onnx_file: Path, tokenizer, labels, max_length, *, device="cpu",
-                 threads=None, spinning=False, level=None, batch_size=32, truncation=True, warm_up=True,
-                 meta=None):
-        super().__init__(path, tokenizer, labels, max_length, device=device, batch_size=batch_size,
-                         truncation=truncation)
+    def __init__(
+        self,
+        path: Path,
+        onnx_file: Path,
+        tokenizer,
+        labels,
+        max_length,
+        *,
+        device="cpu",
+        threads=None,
+        spinning=False,
+        level=None,
+        batch_size=32,
+        truncation=True,
+        warm_up=True,
+        meta=None,
+    ):
+        super().__init__(
+            path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation
+        )
         self.onnx_file = Path(onnx_file)
         self.level = level or runtime_level(meta or {}, self.onnx_file.name) or "all"
         self.threads = threads
@@ -182,27 +217,37 @@ class OrtPredictor(Predictor):
         self._kind, self._device_id = parse_device(device)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
-            raise ModelError(f"{self.onnx_file} has no 'input_ids' input (inputs: {', '.join(inputs)}); "
-                             "is it a text classifier export?")
+            raise ModelError(
+                f"{self.onnx_file} has no 'input_ids' input (inputs: {', '.join(inputs)}); "
+                "is it a text classifier export?"
+            )
         self._inputs = list(inputs)
         self._int_dtype = np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
         outputs = [o.name for o in self.session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         shape = self.session.get_outputs()[outputs.index(self._output)].shape
         if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != len(self.labels)):
-            raise ModelError(f"{self.onnx_file}: output {self._output!r} has shape {shape}, "
-                             f"expected (batch, {len(self.labels)}) for labels {self.labels}")
+            raise ModelError(
+                f"{self.onnx_file}: output {self._output!r} has shape {shape}, "
+                f"expected (batch, {len(self.labels)}) for labels {self.labels}"
+            )
         if warm_up:
             self._warm_up()
 
     def logits_from_ids(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=self._int_dtype)}
         if "attention_mask" in self._inputs:
-            feeds["attention_mask"] = (np.ones_like(feeds["input_ids"]) if attention_mask is None
-                                       else np.ascontiguousarray(attention_mask, dtype=self._int_dtype))
+            feeds["attention_mask"] = (
+                np.ones_like(feeds["input_ids"])
+                if attention_mask is None
+                else np.ascontiguousarray(attention_mask, dtype=self._int_dtype)
+            )
         if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = (np.zeros_like(feeds["input_ids"]) if token_type_ids is None
-                                       else np.ascontiguousarray(token_type_ids, dtype=self._int_dtype))
+            feeds["token_type_ids"] = (
+                np.zeros_like(feeds["input_ids"])
+                if token_type_ids is None
+                else np.ascontiguousarray(token_type_ids, dtype=self._int_dtype)
+            )
         if self._kind == "cuda":
             return self._run_cuda(feeds)
         return self.session.run([self._output], feeds)[0].astype(np.float32, copy=False)
@@ -219,9 +264,14 @@ class OrtPredictor(Predictor):
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
     def info(self) -> dict:
-        return {**super().info(), "file": self.onnx_file.name, "providers": self.session.get_providers(),
-                "threads": self.session.get_session_options().intra_op_num_threads,
-                "spinning": self.spinning, "graph_optimization": self.level}
+        return {
+            **super().info(),
+            "file": self.onnx_file.name,
+            "providers": self.session.get_providers(),
+            "threads": self.session.get_session_options().intra_op_num_threads,
+            "spinning": self.spinning,
+            "graph_optimization": self.level,
+        }
 
 
 class TorchPredictor(Predictor):
@@ -229,18 +279,33 @@ class TorchPredictor(Predictor):
 
     backend = "torch"
 
-    def __init__(self, path: Path, tokenizer, labels, max_length, *, device="cpu", threads=None,
-                 fused_attention: bool | None = False, batch_size=32, truncation=True, warm_up=True):
-        super().__init__(path, tokenizer, labels, max_length, device=device, batch_size=batch_size,
-                         truncation=truncation)
+    def __init__(
+        self,
+        path: Path,
+        tokenizer,
+        labels,
+        max_length,
+        *,
+        device="cpu",
+        threads=None,
+        fused_attention: bool | None = False,
+        batch_size=32,
+        truncation=True,
+        warm_up=True,
+    ):
+        super().__init__(
+            path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation
+        )
         import torch
 
         from fastft.models import load_classifier
 
         kind, index = parse_device(device)
         if kind == "cuda" and not torch.cuda.is_available():
-            raise DeviceError("device='cuda' needs a CUDA GPU, and torch sees none "
-                              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use device='cpu'")
+            raise DeviceError(
+                "device='cuda' needs a CUDA GPU, and torch sees none "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use device='cpu'"
+            )
         if threads is not None:
             if not isinstance(threads, int) or threads < 1:
                 raise FastftError(f"threads must be a positive integer (got {threads!r})")
@@ -290,10 +355,21 @@ def _swap_attention(net, required: bool):
 
 
 # -- loading ----------------------------------------------------------------------------
-def load(path: str | os.PathLike, device: str = "cpu", backend: str = "onnxruntime", threads: int | None = None,
-         int8: bool | None = None, *, spinning: bool = False, batch_size: int = 32, truncation: bool = True,
-         max_length: int | None = None, fused_attention: bool | None = False, optimization_level: str | None = None,
-         warm_up: bool = True) -> Predictor:
+def load(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    backend: str = "onnxruntime",
+    threads: int | None = None,
+    int8: bool | None = None,
+    *,
+    spinning: bool = False,
+    batch_size: int = 32,
+    truncation: bool = True,
+    max_length: int | None = None,
+    fused_attention: bool | None = False,
+    optimization_level: str | None = None,
+    warm_up: bool = True,
+) -> Predictor:
     """Load a model directory (``fastft export``, Optimum's exporter, or a trained fastft dir).
 
     backend: ``onnxruntime`` (model.onnx, or model_int8.onnx with ``int8=True``; ``int8=None``
@@ -334,15 +410,21 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "onnxrunti
         tok_max = getattr(tokenizer, "model_max_length", None)
         length = tok_max if tok_max and tok_max < 100_000 else None
     length = clamp_max_length(length, _Config(config))
-    common = {"device": device, "threads": threads, "batch_size": batch_size, "truncation": truncation,
-              "warm_up": warm_up}
+    common = {
+        "device": device,
+        "threads": threads,
+        "batch_size": batch_size,
+        "truncation": truncation,
+        "warm_up": warm_up,
+    }
     if backend == "torch":
         if int8:
             raise FastftError("int8=True needs backend='onnxruntime' (the INT8 model is an ONNX file)")
         return TorchPredictor(p, tokenizer, labels, length, fused_attention=fused_attention, **common)
     onnx_file = _pick_onnx(p, meta, int8)
-    return OrtPredictor(p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level,
-                        meta=meta, **common)
+    return OrtPredictor(
+        p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level, meta=meta, **common
+    )
 
 
 def served_backend(path: str | os.PathLike) -> str:

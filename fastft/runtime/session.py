@@ -17,7 +17,6 @@ Choices (each measured by ``fastft bench``, see bench/results):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fastft.core.errors import FastftError, ModelError
@@ -30,10 +29,8 @@ class DeviceError(FastftError):
     """The requested device cannot be used (no GPU, no CUDA provider...)."""
 
 
-
-
 def parse_device(device: str) -> tuple[str, int]:
-    """"cpu" | "cuda" | "cuda:N" -> (kind, index)."""
+    """ "cpu" | "cuda" | "cuda:N" -> (kind, index)."""
     d = str(device).strip().lower()
     if d == "cpu":
         return "cpu", 0
@@ -44,8 +41,7 @@ def parse_device(device: str) -> tuple[str, int]:
     raise FastftError(f"device must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
 
 
-def session_options(threads: int | None = None, spinning: bool = False, level: str = "all",
-                    sequential: bool = True):
+def session_options(threads: int | None = None, spinning: bool = False, level: str = "all", sequential: bool = True):
     """An ``onnxruntime.SessionOptions`` with the serving defaults described above."""
     import onnxruntime as ort
 
@@ -88,8 +84,10 @@ def create_session(path: str | Path, options, device: str = "cpu"):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first[:300]})") from None
     if kind == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-        raise DeviceError(f"ONNX Runtime could not start CUDA for {path.name} (providers: {sess.get_providers()}); "
-                          "check the CUDA/cuDNN libraries that onnxruntime-gpu needs")
+        raise DeviceError(
+            f"ONNX Runtime could not start CUDA for {path.name} (providers: {sess.get_providers()}); "
+            "check the CUDA/cuDNN libraries that onnxruntime-gpu needs"
+        )
     return sess
 
 
@@ -97,9 +95,11 @@ def check_cuda_provider() -> None:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise DeviceError("device='cuda' needs a GPU build of ONNX Runtime with a visible GPU "
-                          f"(this onnxruntime offers {', '.join(ort.get_available_providers())}); "
-                          "install onnxruntime-gpu (pip install 'fastft[gpu]') or use device='cpu'")
+        raise DeviceError(
+            "device='cuda' needs a GPU build of ONNX Runtime with a visible GPU "
+            f"(this onnxruntime offers {', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu (pip install 'fastft[gpu]') or use device='cpu'"
+        )
 
 
 def runtime_level(meta: dict, filename: str) -> str | None:
@@ -115,8 +115,11 @@ def runtime_level(meta: dict, filename: str) -> str | None:
         return None
     sections = []
     for key, sec in onnx.items():  # "int8", "fp16"...: a section per extra file, naming it
-        if isinstance(sec, dict) and key not in ("optimization", "export") and \
-                sec.get("file", "model_int8.onnx" if key == "int8" else None) == filename:
+        if (
+            isinstance(sec, dict)
+            and key not in ("optimization", "export")
+            and sec.get("file", "model_int8.onnx" if key == "int8" else None) == filename
+        ):
             sections += [sec, sec.get("optimization")]
     if not sections and onnx.get("file", "model.onnx") == filename:
         sections += [onnx.get("optimization"), onnx]

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastft.core.numerics import softmax
 from fastft.runtime.encode import Encoded, Encoder
 from fastft.serve.cost import CostModel
-from fastft.core.numerics import softmax
 
 log = logging.getLogger("fastft.serve")
 
@@ -69,8 +69,18 @@ class _Job:
 class Batcher:
     """Worker threads that merge queued requests into ONNX Runtime calls (see the module doc)."""
 
-    def __init__(self, predictor, *, workers: int = 1, max_batch_tokens: int = 8192, max_batch_size: int = 64,
-                 max_wait_ms: float = 0.0, max_queue: int = 1024, batching: bool = True, metrics=None):
+    def __init__(
+        self,
+        predictor,
+        *,
+        workers: int = 1,
+        max_batch_tokens: int = 8192,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 1024,
+        batching: bool = True,
+        metrics=None,
+    ):
         self.predictor = predictor
         self.encoder = Encoder(predictor.tokenizer, predictor.max_length)
         self.workers = int(workers)
@@ -116,8 +126,9 @@ class Batcher:
         for w in (8, 32, 128, self.predictor.max_length):
             run(1, min(w, self.predictor.max_length))
         if calibrate and self.batching:
-            self.cost = CostModel.measure(run, self.max_batch_size, self.predictor.max_length,
-                                          self.max_batch_tokens, budget_s=budget_s)
+            self.cost = CostModel.measure(
+                run, self.max_batch_size, self.predictor.max_length, self.max_batch_tokens, budget_s=budget_s
+            )
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Refuse new requests, answer every queued one, then stop the workers."""
@@ -216,7 +227,9 @@ class Batcher:
             if self.batching:
                 chunks = self.cost.plan(sorted_len)
             else:  # one request, its texts in calls of at most max_batch_size
-                chunks = [(s, min(s + self.max_batch_size, len(order))) for s in range(0, len(order), self.max_batch_size)]
+                chunks = [
+                    (s, min(s + self.max_batch_size, len(order))) for s in range(0, len(order), self.max_batch_size)
+                ]
             for s, e in chunks:
                 idx = order[s:e]
                 try:

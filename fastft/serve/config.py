@@ -44,13 +44,20 @@ class ServeConfig:
     json_logs: bool = False
     retry_after_s: int = 1
 
-    def check(self) -> "ServeConfig":
+    def check(self) -> ServeConfig:
         def positive(field, value, kind=int):
             if isinstance(value, bool) or not isinstance(value, kind) or value < 1:
                 raise FastftError(f"--{field.replace('_', '-')} must be a positive integer (got {value!r})")
 
-        for f in ("max_batch_tokens", "max_batch_size", "max_queue", "max_texts", "max_body_bytes", "workers",
-                  "retry_after_s"):
+        for f in (
+            "max_batch_tokens",
+            "max_batch_size",
+            "max_queue",
+            "max_texts",
+            "max_body_bytes",
+            "workers",
+            "retry_after_s",
+        ):
             positive(f, getattr(self, f))
         if self.threads is not None:
             positive("threads", self.threads)

@@ -39,8 +39,16 @@ class CostModel:
         return cls(overhead_tokens + n * w, max_batch_size, max_batch_tokens, "padding-rule")
 
     @classmethod
-    def measure(cls, run, max_batch_size: int, max_length: int, max_batch_tokens: int, budget_s: float = 15.0,
-                passes: int = 3, seed: int = 0):
+    def measure(
+        cls,
+        run,
+        max_batch_size: int,
+        max_length: int,
+        max_batch_tokens: int,
+        budget_s: float = 15.0,
+        passes: int = 3,
+        seed: int = 0,
+    ):
         """Time ``run(n, w)`` (one call, seconds) on a grid of batch sizes x lengths.
 
         ``passes`` sweeps over the grid, each in a new random order, keeping each point's
@@ -84,8 +92,13 @@ class CostModel:
         for n in range(max_batch_size + 1):
             table[n] = np.interp(all_w, wk, rows[n])
         table[0] = 0.0
-        return cls(table, max_batch_size, max_batch_tokens, "measured",
-                   [{"n": n, "w": w, "ms": round(t * 1e3, 4)} for (n, w), t in sorted(grid.items())])
+        return cls(
+            table,
+            max_batch_size,
+            max_batch_tokens,
+            "measured",
+            [{"n": n, "w": w, "ms": round(t * 1e3, 4)} for (n, w), t in sorted(grid.items())],
+        )
 
     def plan(self, lengths: np.ndarray) -> list[tuple[int, int]]:
         """Chunks [start, end) of ``lengths`` (sorted longest first) of least predicted total cost."""

@@ -47,8 +47,15 @@ def check_texts(texts, max_texts: int, where: str = "inputs") -> list[str]:
 
 
 def _json_type(x) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(x), type(x).__name__)
 
 
 def load_json(body: bytes):
@@ -79,11 +86,15 @@ def predict_response(labels: list[str], probs: np.ndarray, truncated: list[bool]
 # -- Open Inference Protocol v2 -------------------------------------------------------------
 def model_metadata(name: str, labels: list[str], platform: str) -> dict:
     return {
-        "name": name, "versions": ["1"], "platform": platform,
+        "name": name,
+        "versions": ["1"],
+        "platform": platform,
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
-                    {"name": "truncated", "datatype": "BOOL", "shape": [-1]}],
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+            {"name": "truncated", "datatype": "BOOL", "shape": [-1]},
+        ],
         "parameters": {"labels": ",".join(labels)},
     }
 
@@ -123,8 +134,11 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
     if tensor.get("datatype") != "BYTES":
         raise BadRequest(f"input '{INPUT}' must have datatype BYTES (got {tensor.get('datatype')!r})")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape) or len(shape) not in (1, 2):
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or len(shape) not in (1, 2)
+    ):
         raise BadRequest(f"input '{INPUT}' needs a shape [n] or [n, 1] (got {shape!r})")
     count = int(np.prod(shape)) if shape else 0
     if count > max_texts:
@@ -165,7 +179,7 @@ def _decode_bytes(buf: memoryview, count: int) -> list[str]:
         if off + n > len(buf):
             raise BadRequest(f"binary BYTES element {i} says {n} bytes but only {len(buf) - off} are left")
         try:
-            texts.append(bytes(buf[off:off + n]).decode("utf-8"))
+            texts.append(bytes(buf[off : off + n]).decode("utf-8"))
         except UnicodeDecodeError:
             raise BadRequest(f"text {i} is not valid UTF-8") from None
         off += n
@@ -193,8 +207,9 @@ def _requested_outputs(doc: dict) -> tuple[list[str], dict[str, bool]]:
     return names, binary
 
 
-def infer_response(req: InferRequest, model: str, labels: list[str], probs: np.ndarray,
-                   truncated: list[bool]) -> tuple[bytes, dict[str, str]]:
+def infer_response(
+    req: InferRequest, model: str, labels: list[str], probs: np.ndarray, truncated: list[bool]
+) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of the v2 answer: JSON, or JSON header + binary tensors where asked."""
     n = len(req.texts)
     best = probs.argmax(axis=1)
@@ -220,8 +235,10 @@ def infer_response(req: InferRequest, model: str, labels: list[str], probs: np.n
     head = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:
         return head, {"content-type": "application/json"}
-    return head + b"".join(blobs), {"content-type": "application/octet-stream",
-                                    "inference-header-content-length": str(len(head))}
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(head)),
+    }
 
 
 def _encode_binary(dtype: str, value) -> bytes:

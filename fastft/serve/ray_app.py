@@ -37,8 +37,7 @@ def _import_serve():
         import ray
         from ray import serve
     except ImportError as exc:
-        raise FastftError(f"--ray needs Ray Serve, which is not installed ({exc}); "
-                          "pip install 'fastft[ray]'") from None
+        raise FastftError(f"--ray needs Ray Serve, which is not installed ({exc}); pip install 'fastft[ray]'") from None
     return ray, serve
 
 
@@ -59,14 +58,22 @@ class RayEngine:
         self.platform = "onnxruntime_onnx"
         self.draining = False
         self.ready = False
-        self.batcher = Batcher(predictor, workers=0, max_batch_tokens=config.max_batch_tokens,
-                               max_batch_size=config.max_batch_size, batching=config.batching, metrics=metrics)
+        self.batcher = Batcher(
+            predictor,
+            workers=0,
+            max_batch_tokens=config.max_batch_tokens,
+            max_batch_size=config.max_batch_size,
+            batching=config.batching,
+            metrics=metrics,
+        )
         t = time.perf_counter()
         self.batcher.warm_up(calibrate=config.calibrate)
         self.warm_up_seconds = time.perf_counter() - t
         self._lock = threading.Lock()  # one inference at a time per replica: its cores, never oversubscribed
-        self._batched = serve.batch(max_batch_size=config.max_batch_size if config.batching else 1,
-                                    batch_wait_timeout_s=config.max_wait_ms / 1e3)(self._run_batch)
+        self._batched = serve.batch(
+            max_batch_size=config.max_batch_size if config.batching else 1,
+            batch_wait_timeout_s=config.max_wait_ms / 1e3,
+        )(self._run_batch)
         self.ready = True
         metrics.ready.set(1)
 
@@ -97,10 +104,17 @@ class RayEngine:
             replica = getattr(getattr(ctx, "replica_id", None), "unique_id", None) or getattr(ctx, "replica_tag", None)
         except Exception:  # noqa: BLE001 - outside a replica
             replica = None
-        return {"model": self.name, "path": str(self.predictor.path), "labels": self.labels, "engine": "ray-serve",
-                "replica": replica,
-                "runtime": self.predictor.info(), "config": self.config.to_dict(),
-                "cost_model": self.batcher.cost.info(), "warm_up_seconds": self.warm_up_seconds}
+        return {
+            "model": self.name,
+            "path": str(self.predictor.path),
+            "labels": self.labels,
+            "engine": "ray-serve",
+            "replica": replica,
+            "runtime": self.predictor.info(),
+            "config": self.config.to_dict(),
+            "cost_model": self.batcher.cost.info(),
+            "warm_up_seconds": self.warm_up_seconds,
+        }
 
 
 def build_asgi(model_dir: str, config: ServeConfig):
@@ -110,8 +124,7 @@ def build_asgi(model_dir: str, config: ServeConfig):
     from fastft.serve.routes import build_app
 
     threads = config.threads or 1  # a replica is the unit of scale: 1 CPU each unless --threads says more
-    predictor = load(model_dir, threads=threads,
-                     int8=None if config.precision is None else config.precision == "int8")
+    predictor = load(model_dir, threads=threads, int8=None if config.precision is None else config.precision == "int8")
     metrics = ServeMetrics()
     engine = RayEngine(predictor, dataclasses.replace(config, threads=threads), metrics)
     return build_app(engine, engine.config, metrics, lifespan=False)
@@ -130,8 +143,13 @@ def deployment(model_dir, config: ServeConfig | None = None, replicas: int = 1, 
         return build_asgi(path, config)
 
     ingress = serve.ingress(builder)()
-    dep = serve.deployment(ingress, name="fastft", num_replicas=replicas, ray_actor_options={"num_cpus": cpus},
-                           max_ongoing_requests=max(config.max_batch_size * 2, 16))
+    dep = serve.deployment(
+        ingress,
+        name="fastft",
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": cpus},
+        max_ongoing_requests=max(config.max_batch_size * 2, 16),
+    )
     return dep.bind()
 
 

@@ -33,8 +33,15 @@ from fastft import __version__
 from fastft.serve.batcher import Batcher, InferenceFailed, QueueFull, ShuttingDown
 from fastft.serve.config import ServeConfig
 from fastft.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
-from fastft.serve.protocol import HEADER_LENGTH, BadRequest, infer_response, model_metadata, parse_infer, \
-    parse_predict, predict_response
+from fastft.serve.protocol import (
+    HEADER_LENGTH,
+    BadRequest,
+    infer_response,
+    model_metadata,
+    parse_infer,
+    parse_predict,
+    predict_response,
+)
 
 log = logging.getLogger("fastft.serve")
 
@@ -53,9 +60,16 @@ class LocalEngine:
         self.labels = list(predictor.labels)
         self.name = config.name or _default_name(predictor.path)
         self.platform = "onnxruntime_onnx" if predictor.backend == "onnxruntime" else "pytorch_libtorch"
-        self.batcher = Batcher(predictor, workers=config.workers, max_batch_tokens=config.max_batch_tokens,
-                               max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                               max_queue=config.max_queue, batching=config.batching, metrics=metrics)
+        self.batcher = Batcher(
+            predictor,
+            workers=config.workers,
+            max_batch_tokens=config.max_batch_tokens,
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            batching=config.batching,
+            metrics=metrics,
+        )
         self.ready = False
         self.draining = False
         self.warm_up_seconds = None
@@ -76,8 +90,9 @@ class LocalEngine:
         self.warm_up_seconds = time.perf_counter() - t
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("ready: %s warmed up in %.1f s (cost table: %s)", self.name, self.warm_up_seconds,
-                 self.batcher.cost.source)
+        log.info(
+            "ready: %s warmed up in %.1f s (cost table: %s)", self.name, self.warm_up_seconds, self.batcher.cost.source
+        )
 
     async def infer(self, texts: list[str]):
         if self.draining:
@@ -96,9 +111,15 @@ class LocalEngine:
         self.batcher.stop()
 
     def info(self) -> dict:
-        return {"model": self.name, "path": str(self.predictor.path), "labels": self.labels,
-                "runtime": self.predictor.info(), "config": self.config.to_dict(),
-                "cost_model": self.batcher.cost.info(), "warm_up_seconds": self.warm_up_seconds}
+        return {
+            "model": self.name,
+            "path": str(self.predictor.path),
+            "labels": self.labels,
+            "runtime": self.predictor.info(),
+            "config": self.config.to_dict(),
+            "cost_model": self.batcher.cost.info(),
+            "warm_up_seconds": self.warm_up_seconds,
+        }
 
 
 def _default_name(path: Path) -> str:
@@ -155,13 +176,15 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
                 metrics.in_flight.dec()
             metrics.observe_request(route, response.status_code, time.perf_counter() - t)
             return response
+
         return endpoint
 
     async def predict(request: Request) -> Response:
         texts = parse_predict(await read_body(request), config.max_texts)
         result = await engine.infer(texts)
-        return JSONResponse({"model": engine.name,
-                             "predictions": predict_response(engine.labels, result.probs, result.truncated)})
+        return JSONResponse(
+            {"model": engine.name, "predictions": predict_response(engine.labels, result.probs, result.truncated)}
+        )
 
     async def infer(request: Request) -> Response:
         check_model(request)
@@ -198,20 +221,27 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
 
     routes = [Route("/predict", handler("/predict", predict), methods=["POST"])]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [Route(prefix + "/infer", handler("/v2/infer", infer), methods=["POST"]),
-                   Route(prefix + "/ready", handler("/v2/model/ready", model_ready), methods=["GET"]),
-                   Route(prefix, handler("/v2/model", model_meta), methods=["GET"])]
-    routes += [Route("/v2/health/live", handler("/v2/health/live", live), methods=["GET"]),
-               Route("/v2/health/ready", handler("/v2/health/ready", ready), methods=["GET"]),
-               Route("/v2", handler("/v2", server_metadata), methods=["GET"]),
-               Route("/metrics", prometheus, methods=["GET"]),
-               Route("/", handler("/", index), methods=["GET"])]
+        routes += [
+            Route(prefix + "/infer", handler("/v2/infer", infer), methods=["POST"]),
+            Route(prefix + "/ready", handler("/v2/model/ready", model_ready), methods=["GET"]),
+            Route(prefix, handler("/v2/model", model_meta), methods=["GET"]),
+        ]
+    routes += [
+        Route("/v2/health/live", handler("/v2/health/live", live), methods=["GET"]),
+        Route("/v2/health/ready", handler("/v2/health/ready", ready), methods=["GET"]),
+        Route("/v2", handler("/v2", server_metadata), methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/", handler("/", index), methods=["GET"]),
+    ]
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         msg = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
         metrics.observe_request("other", exc.status_code)
-        return JSONResponse({"error": msg.get(exc.status_code, exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": msg.get(exc.status_code, exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error(500, f"internal error ({type(exc).__name__})")
@@ -226,8 +256,9 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
             if lifespan:
                 engine.stop()
 
-    asgi = Starlette(routes=routes, lifespan=life,
-                     exception_handlers={HTTPException: http_error, Exception: internal_error})
+    asgi = Starlette(
+        routes=routes, lifespan=life, exception_handlers={HTTPException: http_error, Exception: internal_error}
+    )
     asgi.state.engine = engine
     asgi.state.metrics = metrics
     asgi.state.config = config
@@ -250,8 +281,12 @@ def app(model_dir, config: ServeConfig | None = None, **options) -> Starlette:
     if config.threads is None:
         config = dataclasses.replace(config, threads=threads)
     if config.workers * threads > physical_cores():
-        log.warning("%d workers x %d threads oversubscribe %d physical cores: expect worse throughput and tail "
-                    "latency", config.workers, threads, physical_cores())
+        log.warning(
+            "%d workers x %d threads oversubscribe %d physical cores: expect worse throughput and tail latency",
+            config.workers,
+            threads,
+            physical_cores(),
+        )
     int8 = None if config.precision is None else config.precision == "int8"
     predictor = load(model_dir, threads=threads, int8=int8)
     metrics = ServeMetrics()

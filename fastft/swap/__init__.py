@@ -36,8 +36,15 @@ from fastft.core.errors import FastftError
 from fastft.swap import bert, distilbert
 from fastft.swap._interface import IMPL_NAME
 
-__all__ = ["swap_attention", "unswap_attention", "is_swapped", "attention_modules", "family", "check_dispatch",
-           "SUPPORTED_MODEL_TYPES"]
+__all__ = [
+    "swap_attention",
+    "unswap_attention",
+    "is_swapped",
+    "attention_modules",
+    "family",
+    "check_dispatch",
+    "SUPPORTED_MODEL_TYPES",
+]
 
 _FAMILIES: tuple[ModuleType, ...] = (bert, distilbert)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in _FAMILIES for t in f.MODEL_TYPES)
@@ -49,14 +56,17 @@ def family(model) -> ModuleType:
     import torch
 
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
-        raise FastftError(f"swap_attention needs a transformers model (torch.nn.Module with .config), "
-                          f"got {type(model).__name__}")
+        raise FastftError(
+            f"swap_attention needs a transformers model (torch.nn.Module with .config), got {type(model).__name__}"
+        )
     model_type = getattr(model.config, "model_type", None)
     for fam in _FAMILIES:
         if model_type in fam.MODEL_TYPES:
             return fam
-    raise FastftError(f"swap_attention does not support {type(model).__name__} (model_type {model_type!r}); "
-                      f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    raise FastftError(
+        f"swap_attention does not support {type(model).__name__} (model_type {model_type!r}); "
+        f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
 
 
 def attention_modules(model) -> list:
@@ -113,8 +123,10 @@ def swap_attention(model):
         return model
     cfg = model.config
     if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
-        raise FastftError(f"swap_attention supports encoders only; {type(model).__name__} has "
-                          f"is_decoder={cfg.is_decoder}, add_cross_attention={getattr(cfg, 'add_cross_attention', False)}")
+        raise FastftError(
+            f"swap_attention supports encoders only; {type(model).__name__} has "
+            f"is_decoder={cfg.is_decoder}, add_cross_attention={getattr(cfg, 'add_cross_attention', False)}"
+        )
     modules = fam.self_attention_modules(model)
     if not modules:
         raise FastftError(f"{type(model).__name__} has no {model.config.model_type} self-attention module to swap")
@@ -122,9 +134,11 @@ def swap_attention(model):
     if not ok:
         import transformers
 
-        raise FastftError(f"transformers {transformers.__version__} hard-codes the attention of "
-                          f"{why}; swap_attention needs attention that dispatches through "
-                          f"transformers' AttentionInterface (transformers >= 5)")
+        raise FastftError(
+            f"transformers {transformers.__version__} hard-codes the attention of "
+            f"{why}; swap_attention needs attention that dispatches through "
+            f"transformers' AttentionInterface (transformers >= 5)"
+        )
     _interface.register()
     _register_onnx_symbolic()
     original = cfg._attn_implementation

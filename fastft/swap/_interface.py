@@ -29,7 +29,6 @@ is the reference's).
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -41,19 +40,21 @@ IMPL_NAME = "fastft"
 _registered = False
 
 
-def _sdpa_fallback(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], scaling: float,
-                   dropout: float) -> Tensor:
+def _sdpa_fallback(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float, dropout: float
+) -> Tensor:
     if mask is not None:
         if mask.dim() == 2:
             mask = mask[:, None, None, :]
         if mask.dtype != torch.bool:
             mask = mask.to(query.dtype)
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
-                                                           scale=scaling)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
+    )
     return out
 
 
-def key_padding_mask(mask: Optional[Tensor], seq_k: int) -> tuple[bool, Optional[Tensor]]:
+def key_padding_mask(mask: Tensor | None, seq_k: int) -> tuple[bool, Tensor | None]:
     """``(ok, kpm)``: the op's key_padding_mask for a transformers attention mask, and whether
     the mask is a pure key padding mask at all (shape-based, never data-dependent)."""
     if mask is None:
@@ -65,9 +66,16 @@ def key_padding_mask(mask: Optional[Tensor], seq_k: int) -> tuple[bool, Optional
     return False, None
 
 
-def fastft_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                             attention_mask: Optional[Tensor], scaling: Optional[float] = None,
-                             dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
+def fastft_attention_forward(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, None]:
     """transformers attention function: softmax(q k^T * scaling + mask) v through the fused op.
 
     query: (batch, heads, seq_q, head_dim); key, value: (batch, heads, seq_k, head_dim).
@@ -88,8 +96,16 @@ def fastft_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor
     return out.transpose(1, 2), None
 
 
-def fastft_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
-                mask_function=None, attention_mask: Optional[Tensor] = None, **kwargs) -> Optional[Tensor]:
+def fastft_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=None,
+    attention_mask: Tensor | None = None,
+    **kwargs,
+) -> Tensor | None:
     """transformers mask function: the 2-D bool key padding mask for a bidirectional mask."""
     from transformers import masking_utils as mu
 
@@ -99,9 +115,16 @@ def fastft_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 
         if attention_mask is None:
             return None
         return attention_mask[:, -kv_length:].to(torch.bool)
-    return mu.sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                        kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask,
-                        **{k: v for k, v in kwargs.items() if k not in ("dtype", "config")})
+    return mu.sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=mask_function,
+        attention_mask=attention_mask,
+        **{k: v for k, v in kwargs.items() if k not in ("dtype", "config")},
+    )
 
 
 def has_interface() -> bool:
@@ -176,8 +199,9 @@ def uses_interface(module: torch.nn.Module, run_once) -> tuple[bool, str]:
         except Exception as exc:  # noqa: BLE001 - a module that cannot run this way does not dispatch this way
             if _probe.calls == before:
                 msg = (str(exc).splitlines() or [""])[0][:120]
-                return False, (f"{where} failed on a probe input before any attention call "
-                               f"({type(exc).__name__}: {msg})")
+                return False, (
+                    f"{where} failed on a probe input before any attention call ({type(exc).__name__}: {msg})"
+                )
         finally:
             cfg._attn_implementation = previous
         called = _probe.calls != before

@@ -17,8 +17,6 @@ None and the caller runs the padded op.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -30,7 +28,7 @@ def _tracing() -> bool:
     return bool(is_exporting and is_exporting())
 
 
-def right_padding_lengths(kpm: Tensor) -> Optional[Tensor]:
+def right_padding_lengths(kpm: Tensor) -> Tensor | None:
     """int32 lengths of a bool (batch, seq) mask that is a prefix in every row and pads at
     least one position; else None."""
     lengths = kpm.sum(dim=1, dtype=torch.int32)
@@ -41,8 +39,9 @@ def right_padding_lengths(kpm: Tensor) -> Optional[Tensor]:
     return lengths if torch.equal(prefix, kpm) else None
 
 
-def padded_rows_skipped(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                        kpm: Optional[Tensor], scaling: float) -> Optional[Tensor]:
+def padded_rows_skipped(
+    module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, kpm: Tensor | None, scaling: float
+) -> Tensor | None:
     """Attention output ``(batch, seq, heads, head_dim)`` with padded query rows skipped, or
     None where the varlen route does not apply (see the module docstring)."""
     if module.training or kpm is None or kpm.dtype != torch.bool or kpm.dim() != 2:
@@ -62,6 +61,17 @@ def padded_rows_skipped(module: torch.nn.Module, query: Tensor, key: Tensor, val
     q, k, v = (t.transpose(1, 2).reshape(batch * seq, heads, head_dim) for t in (query, key, value))
     slots = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32)
     longest = int(lengths.max())
-    out = ops.fused_attention_varlen(q, k, v, slots, slots, longest, longest, causal=False, scale=float(scaling),
-                                     seqused_q=lengths, seqused_k=lengths)
+    out = ops.fused_attention_varlen(
+        q,
+        k,
+        v,
+        slots,
+        slots,
+        longest,
+        longest,
+        causal=False,
+        scale=float(scaling),
+        seqused_q=lengths,
+        seqused_k=lengths,
+    )
     return out.view(batch, seq, heads, head_dim)

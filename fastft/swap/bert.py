@@ -33,9 +33,15 @@ def projections(module: torch.nn.Module) -> dict:
 
     ``out``: None, the output projection is outside the self-attention module here.
     """
-    return {"q": module.query, "k": module.key, "v": module.value, "out": None,
-            "num_heads": module.num_attention_heads, "head_dim": module.attention_head_size,
-            "scale": float(module.scaling)}
+    return {
+        "q": module.query,
+        "k": module.key,
+        "v": module.value,
+        "out": None,
+        "num_heads": module.num_attention_heads,
+        "head_dim": module.attention_head_size,
+        "scale": float(module.scaling),
+    }
 
 
 def run_once(module: torch.nn.Module) -> None:

@@ -17,7 +17,7 @@ MODEL_TYPES = ("distilbert",)
 def self_attention_classes() -> tuple[type, ...]:
     from transformers.models.distilbert import modeling_distilbert as md
 
-    cls = getattr(md, "DistilBertSelfAttention", None) or getattr(md, "MultiHeadSelfAttention")
+    cls = getattr(md, "DistilBertSelfAttention", None) or md.MultiHeadSelfAttention
     return (cls,)
 
 
@@ -30,9 +30,15 @@ def self_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 def projections(module: torch.nn.Module) -> dict:
     """The q/k/v Linear layers, heads and scale; ``out``: the output projection, inside the
     module here (an exporter replacing the module's forward must apply it)."""
-    return {"q": module.q_lin, "k": module.k_lin, "v": module.v_lin, "out": module.out_lin,
-            "num_heads": module.n_heads, "head_dim": module.attention_head_size,
-            "scale": float(module.scaling)}
+    return {
+        "q": module.q_lin,
+        "k": module.k_lin,
+        "v": module.v_lin,
+        "out": module.out_lin,
+        "num_heads": module.n_heads,
+        "head_dim": module.attention_head_size,
+        "scale": float(module.scaling),
+    }
 
 
 def run_once(module: torch.nn.Module) -> None:

@@ -29,8 +29,9 @@ def scores(logits: np.ndarray, labels: list[int]) -> dict:
     return out
 
 
-def batched_logits(net, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-                   progress: bool = False) -> np.ndarray:
+def batched_logits(
+    net, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
     """Logits for ``texts``, batched by length (less padding), returned in input order."""
     import torch
     from tqdm.auto import tqdm
@@ -39,11 +40,18 @@ def batched_logits(net, tokenizer, texts: list[str], max_length: int, batch_size
     out = np.zeros((len(texts), net.config.num_labels), dtype=np.float32)
     net.eval()
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc="evaluating", unit="batch",
-                          file=sys.stderr, disable=not progress, leave=False):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
+        for start in tqdm(
+            range(0, len(order), batch_size),
+            desc="evaluating",
+            unit="batch",
+            file=sys.stderr,
+            disable=not progress,
+            leave=False,
+        ):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             out[idx] = net(**enc).logits.float().numpy()
     return out
 
@@ -92,10 +100,21 @@ def align_labels(split, data_labels: list[str], model_labels_: list[str]):
 BACKENDS = ("auto", "onnxruntime", "torch")
 
 
-def evaluate(model: str | Path, data: str | None = None, split: str = "test", *, batch_size: int = 64,
-             max_length: int | None = None, text_column: str | None = None, label_column: str | None = None,
-             encoding: str = "utf-8", limit: int | None = None, progress: bool = True, backend: str = "auto",
-             int8: bool | None = None) -> dict:
+def evaluate(
+    model: str | Path,
+    data: str | None = None,
+    split: str = "test",
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    encoding: str = "utf-8",
+    limit: int | None = None,
+    progress: bool = True,
+    backend: str = "auto",
+    int8: bool | None = None,
+) -> dict:
     """Metrics of a model directory on a data split (default: the data it was trained on).
 
     backend: ``auto`` scores what ``fastft predict`` / ``fastft.load`` serve: the ONNX model
@@ -120,21 +139,30 @@ def evaluate(model: str | Path, data: str | None = None, split: str = "test", *,
 
         backend = "onnxruntime" if int8 is not None else served_backend(model)
     if backend == "onnxruntime":
-        return _evaluate_ort(model, data, split, batch_size=batch_size, max_length=max_length,
-                             text_column=text_column, label_column=label_column, encoding=encoding, limit=limit,
-                             int8=int8)
+        return _evaluate_ort(
+            model,
+            data,
+            split,
+            batch_size=batch_size,
+            max_length=max_length,
+            text_column=text_column,
+            label_column=label_column,
+            encoding=encoding,
+            limit=limit,
+            int8=int8,
+        )
     from fastft.data.collate import clamp_max_length
 
     net, tokenizer, meta, default_len = load_model_dir(model)
     part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, model_labels(net))
     length = clamp_max_length(max_length, net.config) if max_length else default_len
     metrics = run_eval(net, tokenizer, part, length, batch_size, progress)
-    return {"model": str(model), "data": str(data), "split": split, "max_length": length, "backend": "torch",
-            **metrics}
+    return {"model": str(model), "data": str(data), "split": split, "max_length": length, "backend": "torch", **metrics}
 
 
-def _evaluate_ort(model, data, split, *, batch_size, max_length, text_column, label_column, encoding, limit,
-                  int8) -> dict:
+def _evaluate_ort(
+    model, data, split, *, batch_size, max_length, text_column, label_column, encoding, limit, int8
+) -> dict:
     """evaluate() with the ONNX model that ONNX Runtime serves."""
     import warnings
 
@@ -150,12 +178,20 @@ def _evaluate_ort(model, data, split, *, batch_size, max_length, text_column, la
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)  # eval truncates like training did
         logits = pred._logits(part.texts, batch_size)
-    return {"model": str(model), "data": str(data), "split": split, "max_length": pred.max_length,
-            "backend": "onnxruntime", "file": pred.onnx_file.name, **scores(logits, part.labels)}
+    return {
+        "model": str(model),
+        "data": str(data),
+        "split": split,
+        "max_length": pred.max_length,
+        "backend": "onnxruntime",
+        "file": pred.onnx_file.name,
+        **scores(logits, part.labels),
+    }
 
 
-def _eval_split(model, meta: dict, data, split: str, text_column, label_column, encoding: str, limit,
-                labels: list[str]):
+def _eval_split(
+    model, meta: dict, data, split: str, text_column, label_column, encoding: str, limit, labels: list[str]
+):
     """(split with label ids of ``labels``, data name) for evaluation."""
     from fastft.data import load_data
 
@@ -184,8 +220,8 @@ def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[d
     A text that is not valid Unicode (e.g. a lone surrogate) is a FastftError naming its
     index (from 0); nothing is replaced silently (see :mod:`fastft.data.text`).
     """
-    from fastft.data.text import unicode_problem
     from fastft.core.checks import check_int
+    from fastft.data.text import unicode_problem
 
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise FastftError("texts must be a list of strings")
@@ -207,5 +243,12 @@ def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[d
 
 def prediction_rows(texts: list[str], probs: np.ndarray, labels: list[str]) -> list[dict]:
     """One {text, label, score, probabilities} row per text from class probabilities."""
-    return [{"text": t, "label": labels[int(p.argmax())], "score": float(p.max()),
-             "probabilities": {labels[j]: float(p[j]) for j in range(len(labels))}} for t, p in zip(texts, probs)]
+    return [
+        {
+            "text": t,
+            "label": labels[int(p.argmax())],
+            "score": float(p.max()),
+            "probabilities": {labels[j]: float(p[j]) for j in range(len(labels))},
+        }
+        for t, p in zip(texts, probs)
+    ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import sys
 import time
@@ -55,18 +54,31 @@ class TrainConfig:
     def validate(self) -> None:
         from fastft.core.checks import check_float, check_int
 
-        for opt, v in (("--epochs", self.epochs), ("--lr", self.lr), ("--weight-decay", self.weight_decay),
-                       ("--warmup-ratio", self.warmup_ratio), ("--max-grad-norm", self.max_grad_norm)):
+        for opt, v in (
+            ("--epochs", self.epochs),
+            ("--lr", self.lr),
+            ("--weight-decay", self.weight_decay),
+            ("--warmup-ratio", self.warmup_ratio),
+            ("--max-grad-norm", self.max_grad_norm),
+        ):
             check_float(opt, v)
         check_float("--dropout", self.dropout, optional=True)
         check_float("--weight-decay", self.weight_decay, lo=0)
         check_float("--max-grad-norm", self.max_grad_norm, lo=0, lo_open=True)
-        for opt, v, lo in (("--batch-size", self.batch_size, 1), ("eval_batch_size", self.eval_batch_size, 1),
-                           ("--lora-r", self.lora_r, 1), ("--seed", self.seed, 0)):
+        for opt, v, lo in (
+            ("--batch-size", self.batch_size, 1),
+            ("eval_batch_size", self.eval_batch_size, 1),
+            ("--lora-r", self.lora_r, 1),
+            ("--seed", self.seed, 0),
+        ):
             check_int(opt, v, lo=lo)
-        for opt, v, lo in (("--max-length", self.max_length, 2), ("--limit", self.limit, 1),
-                           ("--max-steps", self.max_steps, 1), ("--patience", self.patience, 1),
-                           ("--threads", self.threads, 1)):
+        for opt, v, lo in (
+            ("--max-length", self.max_length, 2),
+            ("--limit", self.limit, 1),
+            ("--max-steps", self.max_steps, 1),
+            ("--patience", self.patience, 1),
+            ("--threads", self.threads, 1),
+        ):
             check_int(opt, v, lo=lo, optional=True)
         if self.epochs <= 0:
             raise FastftError(f"--epochs must be positive (got {self.epochs})")
@@ -91,8 +103,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -150,18 +160,24 @@ def run_training(cfg: TrainConfig) -> dict:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from fastft.core.io import atomic_output_dir
+    from fastft.core.schema import write_meta
+    from fastft.core.system import versions
     from fastft.data import load_data
     from fastft.data.collate import Collator, clamp_max_length
     from fastft.models import load_classifier, load_tokenizer
-    from fastft.core.schema import write_meta
-    from fastft.core.system import versions
     from fastft.train.evaluate import run_eval
-    from fastft.core.io import atomic_output_dir
 
     torch.set_num_threads(cfg.threads or physical_cores())
     set_seed(cfg.seed)
-    splits = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
-                       seed=cfg.seed, encoding=cfg.encoding, limit=cfg.limit)
+    splits = load_data(
+        cfg.data,
+        text_column=cfg.text_column,
+        label_column=cfg.label_column,
+        seed=cfg.seed,
+        encoding=cfg.encoding,
+        limit=cfg.limit,
+    )
     tokenizer = load_tokenizer(cfg.model)
     net = load_classifier(cfg.model, labels=splits.labels, dropout=cfg.dropout)
     max_length = clamp_max_length(cfg.max_length, net.config, tokenizer)
@@ -183,8 +199,14 @@ def run_training(cfg: TrainConfig) -> dict:
     step, samples, t0 = 0, 0, time.perf_counter()
     for epoch in range(1, n_epochs + 1):
         net.train()
-        bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=f"epoch {epoch}/{n_epochs}",
-                   unit="step", file=sys.stderr, disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=min(steps_per_epoch, total_steps - step),
+            desc=f"epoch {epoch}/{n_epochs}",
+            unit="step",
+            file=sys.stderr,
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+        )
         running = 0.0
         for i, batch in enumerate(loader):
             if step >= total_steps:
@@ -207,8 +229,11 @@ def run_training(cfg: TrainConfig) -> dict:
         val = run_eval(net, tokenizer, splits.validation, max_length, cfg.eval_batch_size, progress=False)
         val["epoch"], val["train_loss"] = epoch, running
         history.append(val)
-        print(f"epoch {epoch}: train loss {running:.4f}, validation accuracy {val['accuracy']:.4f}, "
-              f"f1 {val['f1_macro']:.4f}, loss {val['loss']:.4f}", file=sys.stderr)
+        print(
+            f"epoch {epoch}: train loss {running:.4f}, validation accuracy {val['accuracy']:.4f}, "
+            f"f1 {val['f1_macro']:.4f}, loss {val['loss']:.4f}",
+            file=sys.stderr,
+        )
         if _better(cfg.metric, val.get(cfg.metric), best):
             best, best_epoch, bad_epochs = val.get(cfg.metric), epoch, 0
             best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
@@ -264,8 +289,13 @@ def _wrap_lora(net, cfg: TrainConfig):
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
         raise FastftError("--lora needs the peft library: pip install peft") from None
-    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=_lora_targets(net))
+    lcfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=_lora_targets(net),
+    )
     return get_peft_model(net, lcfg)
 
 
