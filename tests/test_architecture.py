@@ -19,14 +19,12 @@ PACKAGE_DIR = Path(fastft.__file__).resolve().parent
 # the Triton kernels live in the top-level kernels/ folder and install as fastft.kernels
 KERNELS_DIR = PACKAGE_DIR.parent / "kernels"
 
-# Edges that still exist on this branch and are being removed by a parallel change; the lead
-# empties this list after merging. Each entry is (from_module, to_module) of a known edge that
-# belongs to the known compress <-> models <-> train circle.
-# The edges below close the known circles that the compress/models/train rework removes:
-# models.resolve -> compress.prune (load_pruned) closes the 13-module circle compress <-> models
-# <-> train; the stages' imports of recipe.run_stage close compress's own circle; minilm_l3 ->
-# resolve closes models'. The test checks the graph without them and fails once an entry is gone
-# (so the list is emptied, never left stale).
+# Known violations, being removed by a parallel change: the lead empties this list after merging.
+# Each entry is an edge (importer, imported) that closes a known circle: models.resolve ->
+# compress.prune (load_pruned) closes the 13-module circle compress <-> models <-> train; the
+# stages' imports of recipe.run_stage close compress's own circle; minilm_l3 -> resolve closes
+# models'. The test checks the graph without these edges and fails once one of them is gone (so
+# the list is emptied, never left stale).
 KNOWN_VIOLATIONS: list[tuple[str, str]] = [
     ("fastft.models.resolve", "fastft.compress.prune"),
     ("fastft.compress.distill", "fastft.compress.recipe"),
