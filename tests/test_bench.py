@@ -8,7 +8,6 @@ import pytest
 
 
 def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
-    pytest.importorskip("fastft.export")
     from fastft.cli import main
 
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"

@@ -24,14 +24,6 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "predict", "env"])
-def test_every_command_has_help_and_json(cmd, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([cmd, "--help"])
-    assert exc.value.code == 0
-    assert "--json" in capsys.readouterr().out
-
-
 def test_env_json(capsys):
     rc, out, _ = run(capsys, "env", "--json")
     info = json.loads(out)
@@ -116,3 +108,94 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"fastft: error: model directory {tmp_path / 'nope'} does not exist"]
+
+
+# -- every command: --help lists its options, --json gives JSON -------------------------------------
+COMMANDS = ["train", "eval", "predict", "export", "compress", "bench", "serve", "env"]
+
+
+def _subparsers() -> dict:
+    import argparse
+
+    from fastft.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_the_command_list_is_complete():
+    assert sorted(_subparsers()) == sorted(COMMANDS), "a command was added or removed: update COMMANDS and its tests"
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help_exits_0_and_lists_every_option(cmd, capsys):
+    sub = _subparsers()[cmd]
+    options = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+    assert "--json" in options and len(options) >= 2
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    missing = [o for o in options if o not in out]
+    assert not missing, f"fastft {cmd} --help does not mention {missing}"
+
+
+def test_predict_json_on_the_tiny_model(tiny_model_dir, capsys):
+    rc, out, _ = run(capsys, "predict", "--model", str(tiny_model_dir), "--json", "a fine film", "a dull mess")
+    rows = json.loads(out)
+    assert rc == 0 and [r["text"] for r in rows] == ["a fine film", "a dull mess"]
+    assert all(r["label"] in ("negative", "positive") and 0.5 <= r["score"] <= 1 for r in rows)
+
+
+def test_eval_json_on_the_tiny_model(tiny_model_dir, capsys):
+    rc, out, _ = run(capsys, "eval", "--model", str(tiny_model_dir), "--split", "test", "--limit", "8", "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["split"] == "test" and 0 <= res["accuracy"] <= 1
+
+
+def test_bench_json_on_stdout(tiny_model_dir, tmp_path, capsys):
+    argv = ["bench", "--model", str(tiny_model_dir), "--seq", "8", "--repeats", "3", "--warmup", "0"]
+    argv += ["--threads", "1", "--backends", "hf-eager", "--no-memory", "--no-progress", "--workdir", str(tmp_path)]
+    rc, out, err = run(capsys, *argv, "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["settings"]["seqs"] == [8] and d["results"]
+
+
+def test_serve_json_logs_one_object_per_line(tiny_model_dir, tmp_path):
+    """``fastft serve --json``: every log line on stderr is a JSON object; SIGTERM drains and exits 0."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    from fastft.export import export
+
+    model = tmp_path / "onnx"
+    export(tiny_model_dir, model, int8=False, overwrite=True, progress=False, validate=False, fused_attention=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "fastft", "serve", str(model), "--port", str(port), "--threads", "1", "--json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in err.strip().splitlines()]
+    assert any("serving" in json.dumps(r) for r in records) and any("stopped" in json.dumps(r) for r in records)

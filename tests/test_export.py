@@ -10,12 +10,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
 from fastft.core.errors import FastftError
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ TEXTS = [
 
 def _export(src: Path, out: Path) -> Path:
     """The tiny model exported with fastft export (model.onnx + model_int8.onnx)."""
-    export = pytest.importorskip("fastft.export").export
+    from fastft.export import export
+
     export(src, out, int8=True, overwrite=True, progress=False, validate=False)  # parity is checked here
     return out
 
@@ -110,7 +111,6 @@ def test_torch_backend_matches(tiny_model_dir, torch_ref):
 def test_torch_backend_fused_attention(tiny_model_dir, torch_ref):
     import fastft
 
-    pytest.importorskip("fastft.swap")
     tp = fastft.load(tiny_model_dir, backend="torch", fused_attention=True)
     assert tp.info()["attention"] == "fastft-fused"
     assert_close(tp.logits(TEXTS, batch_size=3), torch_ref(TEXTS), 1e-4, "torch backend, fused attention")

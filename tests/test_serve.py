@@ -20,12 +20,9 @@ import time
 import warnings
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("uvicorn")
-pytest.importorskip("starlette")
 
 TEXTS = [
     "a fine film",
@@ -47,7 +44,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def serve_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model exported to ONNX (plain attention graph), as ``fastft export`` writes it."""
-    export = pytest.importorskip("fastft.export").export
+    from fastft.export import export
+
     out = tmp_path_factory.mktemp("serve") / "tiny-onnx"
     export(tiny_model_dir, out, int8=False, overwrite=True, progress=False, validate=False, fused_attention=False)
     return out
@@ -172,7 +170,8 @@ def test_curl_predict(server, reference):
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_v2(server, reference, binary):
-    tc = pytest.importorskip("tritonclient.http")
+    import tritonclient.http as tc
+
     client = tc.InferenceServerClient(url=server.url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
     meta = client.get_model_metadata(NAME)

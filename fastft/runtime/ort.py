@@ -1,0 +1,104 @@
+"""The ONNX Runtime backend of :func:`fastft.load`: CPU, or CUDA with IO binding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastft.core.errors import ModelError
+from fastft.runtime.base import Predictor
+from fastft.runtime.session import create_session, parse_device, runtime_level, session_options
+
+__all__ = ["OrtPredictor"]
+
+
+class OrtPredictor(Predictor):
+    """ONNX Runtime on CPU, or CUDA with IO binding."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        onnx_file: Path,
+        tokenizer,
+        labels,
+        max_length,
+        *,
+        device="cpu",
+        threads=None,
+        spinning=False,
+        level=None,
+        batch_size=32,
+        truncation=True,
+        warm_up=True,
+        meta=None,
+    ):
+        super().__init__(
+            path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation
+        )
+        self.onnx_file = Path(onnx_file)
+        self.level = level or runtime_level(meta or {}, self.onnx_file.name) or "all"
+        self.threads = threads
+        self.spinning = spinning
+        opts = session_options(threads=threads, spinning=spinning, level=self.level)
+        self.session = create_session(self.onnx_file, opts, device=device)
+        self._kind, self._device_id = parse_device(device)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "input_ids" not in inputs:
+            raise ModelError(
+                f"{self.onnx_file} has no 'input_ids' input (inputs: {', '.join(inputs)}); "
+                "is it a text classifier export?"
+            )
+        self._inputs = list(inputs)
+        self._int_dtype = np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._output = "logits" if "logits" in outputs else outputs[0]
+        shape = self.session.get_outputs()[outputs.index(self._output)].shape
+        if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != len(self.labels)):
+            raise ModelError(
+                f"{self.onnx_file}: output {self._output!r} has shape {shape}, "
+                f"expected (batch, {len(self.labels)}) for labels {self.labels}"
+            )
+        if warm_up:
+            self._warm_up()
+
+    def logits_from_ids(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=self._int_dtype)}
+        if "attention_mask" in self._inputs:
+            feeds["attention_mask"] = (
+                np.ones_like(feeds["input_ids"])
+                if attention_mask is None
+                else np.ascontiguousarray(attention_mask, dtype=self._int_dtype)
+            )
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = (
+                np.zeros_like(feeds["input_ids"])
+                if token_type_ids is None
+                else np.ascontiguousarray(token_type_ids, dtype=self._int_dtype)
+            )
+        if self._kind == "cuda":
+            return self._run_cuda(feeds)
+        return self.session.run([self._output], feeds)[0].astype(np.float32, copy=False)
+
+    def _run_cuda(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """IO binding: inputs copied to the GPU once, logits left there and copied back once."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()  # one binding per call: safe across threads
+        for name, arr in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self._device_id))
+        binding.bind_output(self._output, "cuda", self._device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
+
+    def info(self) -> dict:
+        return {
+            **super().info(),
+            "file": self.onnx_file.name,
+            "providers": self.session.get_providers(),
+            "threads": self.session.get_session_options().intra_op_num_threads,
+            "spinning": self.spinning,
+            "graph_optimization": self.level,
+        }
