@@ -23,13 +23,24 @@ PROBE_METHOD = (
 )
 
 
-def _status() -> dict[str, int]:
+def rss_status() -> dict[str, int]:
+    """This process's resident memory now (``VmRSS``) and its high-water mark (``VmHWM``), in kB."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(("VmRSS:", "VmHWM:")):
                 out[line.split(":")[0]] = int(line.split()[1])  # kB
     return out
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark to its RSS now (Linux >= 4.0); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _probe_one(name: str, art: dict[str, Path], threads: int, feeds: dict[int, dict]) -> dict:
@@ -41,21 +52,16 @@ def _probe_one(name: str, art: dict[str, Path], threads: int, feeds: dict[int, d
     torch.set_num_threads(threads)
     (torch.ones(64, 64) @ torch.ones(64, 64)).sum()  # start the thread pool: not the model's memory
     gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the RSS high-water mark
-        reset = True
-    except OSError:
-        reset = False
-    base = _status()["VmRSS"]
+    reset = reset_peak_rss()
+    base = rss_status()["VmRSS"]
     runner = make_runner(name, art, threads)
-    loaded = _status()["VmRSS"]
+    loaded = rss_status()["VmRSS"]
     peak = {}
     for s in sorted(feeds):
         prepared = runner.prepare(feeds[s])
         for _ in range(2):
             runner.run(prepared)
-        peak[str(s)] = round((_status()["VmHWM"] - base) / 1024, 1)
+        peak[str(s)] = round((rss_status()["VmHWM"] - base) / 1024, 1)
     return {"load_rss_mb": round((loaded - base) / 1024, 1), "peak_rss_mb": peak, "hwm_reset": reset}
 
 

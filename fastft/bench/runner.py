@@ -11,7 +11,8 @@ way Liger-Kernel's benchmark scripts share ``utils.run_benchmarks``::
 
 Every result file carries ``command`` (the exact command line), ``date``, ``machine`` (CPU
 model, cores, SIMD flags, GPU, torch threads, load average at the start and at the end) and
-``versions`` (fastft, Python, the libraries, the C++ extension's build), and no machine paths.
+``versions`` (fastft, Python, the libraries, the C++ extension's build), and no machine paths
+(paths inside the working directory are relative, inside the home directory ``~/...``).
 """
 
 from __future__ import annotations
@@ -63,20 +64,36 @@ def versions() -> dict:
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
         out["cuda"] = sys.modules["torch"].version.cuda
     out["cpp_extension"] = {k: v for k, v in _native.build_info().items() if k != "path"}
-    return scrub_paths(out)
+    return scrub_paths(out, names_only=True)
 
 
 _PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\":;,()]+){2,}[\\/]?")
 
 
-def scrub_paths(obj):
-    """``obj`` with every absolute file path in its strings cut to the file name (no machine paths)."""
+def portable_path(path: str) -> str:
+    """A path as a result file may hold it: inside the Python environment its file name only, inside
+    the working directory relative to it, inside the home directory ``~/...``; else unchanged."""
+    for root, how in ((sys.prefix, "name"), (os.getcwd(), "relative"), (str(Path.home()), "home")):
+        root = root.rstrip("/\\")
+        if root and (path == root or path.startswith(root + os.sep)):
+            rest = path[len(root) + 1 :]
+            if how == "name":
+                return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+            return (rest or ".") if how == "relative" else "~/" + rest
+    return path
+
+
+def scrub_paths(obj, *, names_only: bool = False):
+    """``obj`` with the absolute paths in its strings made portable (:func:`portable_path`), or cut
+    to the file name with ``names_only``: result files hold no machine paths."""
     if isinstance(obj, str):
-        return _PATH.sub(lambda m: re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], obj)
+        if names_only:
+            return _PATH.sub(lambda m: re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], obj)
+        return _PATH.sub(lambda m: portable_path(m.group(0)), obj)
     if isinstance(obj, Mapping):
-        return {k: scrub_paths(v) for k, v in obj.items()}
+        return {k: scrub_paths(v, names_only=names_only) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [scrub_paths(v) for v in obj]
+        return [scrub_paths(v, names_only=names_only) for v in obj]
     return obj
 
 
@@ -154,6 +171,7 @@ def write_result(
 ) -> Path:
     """Write a JSON result with command, date, machine and versions filled in (unless given).
 
+    Absolute paths in it are made portable (:func:`portable_path`): no machine paths in results.
     With ``csv_rows`` the rows also go to ``path`` with the suffix ``.csv`` (``csv_columns``:
     those columns only, in that order). Both files are written atomically.
     """
@@ -167,9 +185,10 @@ def write_result(
     end = load_average()
     if end is not None:
         out["machine"]["loadavg_at_end"] = end
-    _atomic_write(path, json.dumps(out, indent=1, default=_default) + "\n")
+    out = scrub_paths(json.loads(json.dumps(out, default=_default)))
+    _atomic_write(path, json.dumps(out, indent=1) + "\n")
     if csv_rows is not None:
-        write_csv(path.with_suffix(".csv"), csv_rows, csv_columns)
+        write_csv(path.with_suffix(".csv"), scrub_paths(list(csv_rows)), csv_columns)
     return path
 
 
