@@ -44,10 +44,8 @@ result file.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -56,167 +54,28 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from attention_cases import cpu_backends, make_inputs  # beside this script
+
+from fastft.bench.memory import reset_peak_rss, rss_status
+from fastft.bench.plot import plot_attention
+from fastft.bench.runner import command_line, interleave, quantiles, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-# ---------------------------------------------------------------------------------------
-# machine description
-# ---------------------------------------------------------------------------------------
-def cpu_info() -> dict:
-    info = {"machine": platform.machine(), "logical_cpus": os.cpu_count()}
-    try:
-        info["affinity_cpus"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name") and "model" not in info:
-                info["model"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                info["flags"] = sorted(
-                    f
-                    for f in flags
-                    if f
-                    in {
-                        "sse4_2",
-                        "avx",
-                        "avx2",
-                        "fma",
-                        "f16c",
-                        "avx512f",
-                        "avx512bw",
-                        "avx512vl",
-                        "avx512_vnni",
-                        "avx_vnni",
-                        "avx512_bf16",
-                        "amx_tile",
-                        "amx_bf16",
-                    }
-                )
-                break
-    except OSError:
-        pass
-    return info
-
-
 def versions() -> dict:
-    import fastft
-    from fastft import _native
+    """What this benchmark adds to the shared versions (which hold the C++ build): the CPU path in use."""
     from fastft.ops import cpu_backend
 
-    v = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "fastft": fastft.__version__,
-        "fastft_build": _native.build_info(),
-        "fastft_cpu_backend": cpu_backend(),
-    }
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        v["cuda"] = torch.version.cuda
-        v["gpu"] = torch.cuda.get_device_name()
-    return v
+    return {"fastft_cpu_backend": cpu_backend()}
 
 
-def quantiles(ts: list[float]) -> dict:
-    ts = sorted(ts)
-
-    def q(p):
-        i = p * (len(ts) - 1)
-        lo, hi = int(i), min(int(i) + 1, len(ts) - 1)
-        return ts[lo] + (ts[hi] - ts[lo]) * (i - lo)
-
-    return {"median_ms": statistics.median(ts) * 1e3, "p10_ms": q(0.1) * 1e3, "p90_ms": q(0.9) * 1e3}
+def stats_ms(ts: list[float]) -> dict:
+    q = quantiles(ts)
+    return {"median_ms": q["p50_ms"], "p10_ms": q["p10_ms"], "p90_ms": q["p90_ms"]}
 
 
-# ---------------------------------------------------------------------------------------
 # CPU
-# ---------------------------------------------------------------------------------------
-def make_inputs(batch, heads, seq, head_dim, masked, device="cpu", dtype=torch.float32, valid=0.75):
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=gen).to(device, dtype) for _ in range(3))
-    mask = None
-    if masked:
-        mask = torch.zeros(batch, seq, dtype=torch.bool)
-        mask[:, : max(1, int(seq * valid))] = True
-        mask = mask.to(device)
-    return q, k, v, mask
-
-
-def cpu_backends(q, k, v, mask):
-    from fastft.ops import fused_attention
-
-    scale = q.shape[-1] ** -0.5
-    attn_bool = mask[:, None, None, :] if mask is not None else None
-    additive = None
-    if mask is not None:
-        additive = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, float("-inf"))[:, None, None, :]
-
-    def fastft_default():
-        return fused_attention(q, k, v, mask)
-
-    from fastft.ops import fused_attention_varlen
-
-    seq = q.shape[2]
-    flat = [t[0].transpose(0, 1) for t in (q, k, v)]  # (seq, heads, d) views of the same memory
-    slots = torch.tensor([0, seq], dtype=torch.int32)
-    valid = torch.tensor([int(mask[0].sum()) if mask is not None else seq], dtype=torch.int32)
-    n_valid = int(valid[0])
-
-    def fastft_varlen():
-        return fused_attention_varlen(*flat, slots, slots, seq, seq, seqused_q=valid, seqused_k=valid)
-
-    def sdpa_unpadded():
-        return F.scaled_dot_product_attention(q[:, :, :n_valid], k[:, :, :n_valid], v[:, :, :n_valid])
-
-    def fastft_avx2():
-        old = os.environ.get("FASTFT_ATTN_ISA")
-        os.environ["FASTFT_ATTN_ISA"] = "avx2"
-        try:
-            return fused_attention(q, k, v, mask)
-        finally:
-            if old is None:
-                del os.environ["FASTFT_ATTN_ISA"]
-            else:
-                os.environ["FASTFT_ATTN_ISA"] = old
-
-    def sdpa():
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bool)
-
-    def eager():
-        s = torch.matmul(q, k.transpose(-1, -2)) * scale
-        if additive is not None:
-            s = s + additive
-        return torch.matmul(torch.softmax(s, dim=-1), v)
-
-    fns = {"fastft": fastft_default}
-    from fastft import _native
-
-    if (
-        _native.available()
-        and "avx2" in _native._C.attention_isas()
-        and _native._C.attention_isa() != "avx2"
-        and os.environ.get("FASTFT_ATTN_ISA", "auto") in ("", "auto")
-    ):
-        fns["fastft_avx2"] = fastft_avx2
-    if mask is not None:
-        fns["fastft_varlen"] = fastft_varlen
-    fns["sdpa"] = sdpa
-    if mask is not None:
-        fns["sdpa_unpadded"] = sdpa_unpadded
-    fns["eager"] = eager
-    return fns
-
-
 def run_cpu(args) -> dict:
     seqs = [128, 256] if args.quick else args.seqs
     dims = [32] if args.quick else args.head_dims
@@ -260,22 +119,14 @@ def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dic
         fn()
         t_round += time.perf_counter() - t0
     reps = 3 if args.quick else max(args.min_reps, min(args.max_reps, int(args.seconds / t_round)))
-    names = list(fns)
-    wall = {name: [] for name in names}
-    cpu = {name: [] for name in names}
     load0 = os.getloadavg()[0]
-    for r in range(reps):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            c0, t0 = time.process_time(), time.perf_counter()
-            fns[name]()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+    timed = interleave(fns, reps, warmup=0, order="rotate")
+    wall, cpu = timed.wall, timed.cpu
     load1 = os.getloadavg()[0]
     flops = 4 * 1 * args.heads * seq * seq * d
     gemm_gflops = gemm_flops / (statistics.median(wall.pop("gemm_1024"))) / 1e9
     cpu.pop("gemm_1024")
-    stats = {name: quantiles(ts) for name, ts in wall.items()}
+    stats = {name: stats_ms(ts) for name, ts in wall.items()}
     cpu_med = {name: statistics.median(ts) * 1e3 for name, ts in cpu.items()}
     rows = []
     for name, st in stats.items():
@@ -313,28 +164,17 @@ def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dic
     return rows
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _mem_child(backend: str, seq: int, head_dim: int, threads: list[int]) -> None:
     torch.set_num_threads(threads[0])
     cpu_backends(*make_inputs(1, 12, 64, head_dim, True))[backend]()  # one-time init (imports, pools)
     q, k, v, mask = make_inputs(1, 12, seq, head_dim, True)
     fns = cpu_backends(q, k, v, mask)
-    try:  # reset the peak-RSS watermark (VmHWM) to the current RSS (Linux >= 4.0)
-        Path("/proc/self/clear_refs").write_text("5")
-        before, how = _rss_kib("VmRSS"), "VmHWM after the call - VmRSS before (watermark reset)"
-    except OSError:
+    if reset_peak_rss():  # the peak-RSS watermark (VmHWM) is now the current RSS
+        before, how = rss_status()["VmRSS"], "VmHWM after the call - VmRSS before (watermark reset)"
+    else:
         before, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss delta"
     out = fns[backend]()
-    after = _rss_kib("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = rss_status()["VmHWM"] if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
             {
@@ -385,9 +225,7 @@ def peak_memory(args) -> dict:
     return res
 
 
-# ---------------------------------------------------------------------------------------
 # targets (issue: AVX2 path, batch 1, 12 heads, 2 threads, seq 512, head_dim 32 and 64)
-# ---------------------------------------------------------------------------------------
 TARGETS = (("none", "fastft", 1.2), ("75% valid", "fastft_varlen", 1.5))
 
 
@@ -423,57 +261,6 @@ def targets(rows: list[dict]) -> list[dict]:
                 }
             )
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# output
-# ---------------------------------------------------------------------------------------
-def write(result: dict, stem: str, out_dir: Path, plot: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    rows = result["rows"]
-    if rows:
-        keys = list(rows[0])
-        with open(out_dir / f"{stem}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
-    if plot and rows:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return
-        t0 = rows[0].get("threads")
-        rows = [r for r in rows if r.get("threads") == t0]
-        dims = sorted({r["head_dim"] for r in rows})
-        masks = sorted({r["mask"] for r in rows})
-        fig, axes = plt.subplots(len(dims), len(masks), figsize=(5 * len(masks), 3.6 * len(dims)), squeeze=False)
-        for i, d in enumerate(dims):
-            for j, m in enumerate(masks):
-                ax = axes[i][j]
-                for be in dict.fromkeys(r["backend"] for r in rows):
-                    sel = [r for r in rows if r["backend"] == be and r["head_dim"] == d and r["mask"] == m]
-                    ax.errorbar(
-                        [r["seq"] for r in sel],
-                        [r["median_ms"] for r in sel],
-                        yerr=[[r["median_ms"] - r["p10_ms"] for r in sel], [r["p90_ms"] - r["median_ms"] for r in sel]],
-                        marker="o",
-                        capsize=3,
-                        label=be,
-                    )
-                ax.set_xscale("log", base=2)
-                ax.set_yscale("log")
-                ax.set_title(f"head_dim {d}, mask {m}")
-                ax.set_xlabel("seq")
-                ax.set_ylabel("ms (median, p10-p90)")
-                ax.legend(fontsize=8)
-        fig.suptitle(f"fused attention, CPU, batch 1, 12 heads, {t0} threads (wall time)")
-        fig.tight_layout()
-        fig.savefig(out_dir / f"{stem}.png", dpi=90)
 
 
 def main(argv=None) -> int:
@@ -529,7 +316,7 @@ def main(argv=None) -> int:
         path = (args.out or RESULTS) / f"{args.stem}.json"
         result = json.loads(path.read_text())
         result["peak_memory"] = peak_memory(args)
-        result["peak_memory"]["command"] = " ".join([Path(sys.executable).name] + sys.argv)
+        result["peak_memory"]["command"] = command_line()
         result["peak_memory"]["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"updated {path}")
@@ -537,24 +324,23 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     header = {
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "cpu": cpu_info(),
+        "benchmark": "fastft.ops.fused_attention vs torch SDPA and eager attention, CPU",
         "versions": versions(),
         "threads": args.threads,
         "flop_convention": "4*B*H*Sq*Sk*D, all keys counted (masked too), softmax not counted",
         "env": {k: os.environ.get(k) for k in ("FASTFT_ATTN_ISA", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
-        "loadavg_start": os.getloadavg(),
     }
     result = {**header, **run_cpu(args)}
     stem = args.stem
-    result["loadavg_end"] = os.getloadavg()
     result["targets"] = targets(result["rows"])
     result["wall_s"] = round(time.time() - t0, 1)
     if args.quick and args.out is None:
         print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
         return 0
-    write(result, stem, args.out or RESULTS, plot=not args.no_plot)
+    out_dir = args.out or RESULTS
+    write_result(out_dir / f"{stem}.json", result, csv_rows=result["rows"] or None)
+    if not args.no_plot and result["rows"]:
+        plot_attention(result["rows"], out_dir / f"{stem}.png")
     print(f"wrote {(args.out or RESULTS) / stem}.json/.csv")
     return 0
 

@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 # Passive waiting is torch's equivalent of ORT's "spinning off"; set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from fastft.bench.runner import interleave, quantiles, write_result  # noqa: E402 - notes the load at the start
+
 
 def ort_session(model, threads: int, level: str):
     """A CPU session on a file path or serialized model bytes (fastft's serving options, spinning off)."""
@@ -56,22 +58,6 @@ def ort_session(model, threads: int, level: str):
     if isinstance(model, bytes):
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     return create_session(model, opts)
-
-
-def interleaved(runners: dict, rounds: int, warmup: int) -> dict:
-    """{name: [seconds...]}: each round calls every runner once, rotating the order."""
-    names = list(runners)
-    for _ in range(warmup):
-        for n in names:
-            runners[n]()
-    times = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for n in order:
-            t = time.perf_counter()
-            runners[n]()
-            times[n].append(time.perf_counter() - t)
-    return times
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,13 +151,13 @@ def attention_graphs(batch=1, heads=12, seq=512, head_dim=32, seed=0):
 
 
 def bench_attention_forms(args) -> dict:
-    from fastft.bench import quantiles
-
     graphs, feeds = attention_graphs(seq=args.seq)
     sessions = {k: ort_session(m.SerializeToString(), args.threads, args.level) for k, m in graphs.items()}
     ref = sessions["unfused matmul-softmax-matmul"].run(None, feeds)[0]
     diffs = {k: float(np.abs(s.run(None, feeds)[0] - ref).max()) for k, s in sessions.items()}
-    times = interleaved({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, args.attn_rounds, 5)
+    times = interleave(
+        {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, args.attn_rounds, warmup=5
+    ).wall
     return {
         "shape": {
             "batch": 1,
@@ -206,8 +192,8 @@ def main(argv=None) -> int:
     from transformers import AutoModelForSequenceClassification
 
     import fastft
-    from fastft.bench import quantiles, write_result
-    from fastft.bench.harness import bench_texts, default_model, make_inputs
+    from fastft.bench.artifacts import default_model
+    from fastft.bench.runners import bench_texts, make_inputs
     from fastft.export.attention import count_attention_nodes, export_fused
     from fastft.export.onnx import export_onnx, model_input_names
     from fastft.export.optimize import fuse_transformer
@@ -283,7 +269,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{k}: logits differ from torch-eager by {v:.3g} (> 1e-4)")
     print("max |logits - torch-eager|:", {k: f"{v:.2e}" for k, v in parity.items()}, flush=True)
 
-    times = interleaved(runners, args.rounds, args.warmup)
+    times = interleave(runners, args.rounds, warmup=args.warmup).wall
     results = [
         {"backend": k, **quantiles(v), "max_abs_diff_vs_eager": parity[k], "attention_nodes": graph_ops.get(k)}
         for k, v in times.items()

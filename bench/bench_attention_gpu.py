@@ -37,16 +37,13 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
-import platform
-import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from fastft.bench.runner import quantiles, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -99,37 +96,18 @@ def cuda_or_exit():
 
 
 def machine(torch) -> dict:
+    """What this benchmark adds to the shared machine and versions records: the GPU's details."""
     import triton
 
     props = torch.cuda.get_device_properties(0)
     info = {
-        "gpu": torch.cuda.get_device_name(0),
+        "gpu_name": torch.cuda.get_device_name(0),
         "capability": f"{props.major}.{props.minor}",
         "gpu_memory_gib": round(props.total_memory / 2**30, 1),
         "sm_count": props.multi_processor_count,
         "gpu_count": torch.cuda.device_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "host": platform.node(),
     }
-    try:
-        from fastft.env import cpu_info
-
-        info["cpu"] = cpu_info()
-    except Exception:  # noqa: BLE001 - the machine record is best effort beyond the GPU
-        pass
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "triton": triton.__version__,
-    }
-    try:
-        import fastft
-
-        versions["fastft"] = fastft.__version__
-    except ImportError:
-        pass
+    versions = {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "triton": triton.__version__}
     return {"machine": info, "versions": versions}
 
 
@@ -196,15 +174,9 @@ def time_interleaved(torch, fns: dict, rounds: int, min_ms: float) -> dict:
     return {"times": times, "inner": inner}
 
 
-def stats(ts: list) -> dict:
-    ts = sorted(ts)
-
-    def pct(p):
-        i = (len(ts) - 1) * p / 100
-        lo, hi = math.floor(i), math.ceil(i)
-        return ts[lo] + (ts[hi] - ts[lo]) * (i - lo)
-
-    return {"median_ms": statistics.median(ts), "p10_ms": pct(10), "p90_ms": pct(90), "n": len(ts)}
+def stats(ts_ms: list) -> dict:
+    q = quantiles([t / 1e3 for t in ts_ms])
+    return {"median_ms": q["p50_ms"], "p10_ms": q["p10_ms"], "p90_ms": q["p90_ms"], "n": q["n"]}
 
 
 def triton_config() -> str | None:
@@ -277,31 +249,14 @@ def run_case(torch, args, dtype_name, head_dim, seq, case) -> list[dict]:
     return rows
 
 
-def write(out_dir: Path, stem: str, payload: dict) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jpath, cpath = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
-    tmp = jpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    os.replace(tmp, jpath)
-    fields = []
-    for r in payload["rows"]:
-        fields += [k for k in r if k not in fields]
-    with open(cpath, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(payload["rows"])
-    return jpath, cpath
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch = cuda_or_exit()
     import triton  # noqa: F401 - fail here, clearly, if triton is missing
 
     header = machine(torch)
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
     print(
-        f"# {header['machine']['gpu']} (sm_{header['machine']['capability'].replace('.', '')}), "
+        f"# {header['machine']['gpu_name']} (sm_{header['machine']['capability'].replace('.', '')}), "
         f"torch {header['versions']['torch']}, triton {header['versions']['triton']}",
         flush=True,
     )
@@ -325,8 +280,6 @@ def main(argv=None) -> int:
                     print("  ".join(line), flush=True)
     payload = {
         "benchmark": "Triton fused attention forward vs torch SDPA backends",
-        "command": command,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **header,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "method": (
@@ -337,8 +290,8 @@ def main(argv=None) -> int:
         "wall_s": round(time.time() - t0, 1),
         "rows": rows,
     }
-    jpath, cpath = write(args.out_dir, args.stem, payload)
-    print(f"wrote {jpath} and {cpath}")
+    jpath = write_result(args.out_dir / f"{args.stem}.json", payload, csv_rows=rows)
+    print(f"wrote {jpath} and {jpath.with_suffix('.csv')}")
     return 0
 
 

@@ -18,10 +18,11 @@ Writes bench/results/compress_frontier.json, .csv and .png (or compress_latency.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
+
+from fastft.bench.runner import write_result  # first: notes the machine's load at the start
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -174,7 +175,6 @@ def main() -> int:
     args = parse()
     import shutil
 
-    from fastft.bench import write_result
     from fastft.compress.prune import count_params, flops
     from fastft.compress.quantize import ort_logits, session
     from fastft.compress.report import measure_latency
@@ -251,8 +251,6 @@ def main() -> int:
         "build_s": round(build_s, 1),
         **extra,
     }
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    write_result(prefix.with_suffix(".json"), payload)
     cols = [
         "variant",
         "precision",
@@ -269,10 +267,7 @@ def main() -> int:
         "accuracy",
         "retained",
     ]
-    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_result(prefix.with_suffix(".json"), payload, csv_rows=rows, csv_columns=cols)
     plot(rows, prefix.with_suffix(".png"), args.latency_only)
     for r in rows:
         acc = f"{r['accuracy']:.4f} ({r['retained']:.2%})" if r["accuracy"] is not None else "-"

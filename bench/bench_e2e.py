@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fastft.bench.runner import command_line, quantiles, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -128,7 +130,7 @@ def main() -> int:
     subprocess.run(cmd, check=True, env=env)
 
     d = json.loads(result.read_text())
-    d["script"] = " ".join([Path(sys.executable).name, *sys.argv])
+    d["script"] = command_line()
     if model is not None:
         meta = json.loads((export_dir / "fastft.json").read_text())
         d["teacher"] = {
@@ -146,13 +148,17 @@ def main() -> int:
                 "measured: latency does not depend on the agreement"
             )
     if not args.no_settings:
-        from fastft.bench.harness import work_dir
+        from fastft.bench.artifacts import work_dir
 
         served = (
-            Path(args.served) if args.served else model if model is not None else work_dir(Path(d["model"])) / "fastft"
+            Path(args.served)
+            if args.served
+            else model
+            if model is not None
+            else work_dir(Path(d["model"]).expanduser()) / "fastft"
         )
         d["predictor_settings"] = settings_check(served, args.threads, seq=128, env=env)
-    result.write_text(json.dumps(d, indent=2) + "\n")
+    write_result(result, d)  # fastft bench's command, machine and load at the start kept; load at the end now
     missed = [t for t in d["targets"] if t["met"] is False]
     print(f"wrote {result} (+ .png); targets missed: {len(missed)}", file=sys.stderr)
     return 0
@@ -162,7 +168,7 @@ _PROBE = r"""
 import json, sys, time
 import numpy as np
 import fastft
-from fastft.bench.harness import bench_texts, make_inputs
+from fastft.bench.runners import bench_texts, make_inputs
 path, int8, spin, level, threads, seq, n = json.loads(sys.argv[1])
 p = fastft.load(path, int8=int8, spinning=spin, optimization_level=level, threads=threads)
 f = make_inputs(p.tokenizer, 1, seq, bench_texts())
@@ -178,8 +184,6 @@ print(json.dumps({"level": p.level, "times": ts}))
 def settings_check(export_dir: Path, threads: int, seq: int = 128, rounds: int = 3, n: int = 100, env=None) -> dict:
     """Each Predictor setting alone in its own process (no other session competing), rounds alternated:
     ORT spinning on vs off and the recorded graph optimisation level vs 'all', fp32 and INT8."""
-    import numpy as np
-
     settings = (("default", False, None), ("spinning", True, None), ("level-all", False, "all"))
     variants = {
         f"{kind}/{name}": (kind == "int8", spin, level) for kind in ("fp32", "int8") for name, spin, level in settings
@@ -198,12 +202,10 @@ def settings_check(export_dir: Path, threads: int, seq: int = 128, rounds: int =
             levels[name] = res["level"]
     table = {}
     for name, ts in times.items():
-        a = np.asarray(ts) * 1e3
         table[name] = {
             "graph_optimization": levels[name],
             "spinning": variants[name][1],
-            **{f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)},
-            "n": int(a.size),
+            **{k: round(v, 3) for k, v in quantiles(ts).items()},
         }
     method = (
         f"one process per setting, {rounds} alternating rounds of {n} runs after 10 warm-up runs; "

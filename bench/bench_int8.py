@@ -4,7 +4,7 @@
     python bench/bench_int8.py --model runs/teacher --seqs 128 512 --reps 30
 
 Every variant is built from the same fused fp32 graph (fastft's export + ORT transformer
-fusions) and timed interleaved (round-robin, so background load hits all alike) at
+fusions) and timed interleaved (round-robin, the order rotated each round, so background load hits all alike) at
 batch 1, ORT at --threads intra-op threads with spinning off. For each variant: p50/p90
 latency per sequence length, speed-up vs fastft fp32 and vs the peer's INT8 (Optimum's
 recipe), and, when the model has a trained head, label agreement with fp32 and accuracy on
@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from fastft.bench.runner import interleave, quantiles, write_result  # first: notes the load at the start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,8 +111,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from fastft.bench import quantiles, write_result
-    from fastft.env import cpu_info
+    from fastft.core.system import cpu_info
     from fastft.export.onnx import export_onnx, model_input_names
     from fastft.export.optimize import fuse_transformer, ort_offline_optimize
     from fastft.export.peer import peer_pipeline
@@ -188,20 +189,12 @@ def main(argv=None) -> int:
             "token_type_ids": np.zeros((1, seq), np.int64),
         }
         feeds = {n: feeds[n] for n in names}
-        times = {k: [] for k in variants}
-        cpu_times = {k: [] for k in variants}
-        for _k, s in sessions.items():
-            for _ in range(args.warmup):
-                s.run(["logits"], feeds)
         log(f"timing seq {seq}: {len(variants)} variants x {args.reps} reps, interleaved")
-        for _ in range(args.reps):
-            for k, s in sessions.items():
-                c, t = time.process_time(), time.perf_counter()
-                s.run(["logits"], feeds)
-                times[k].append(time.perf_counter() - t)
-                cpu_times[k].append(time.process_time() - c)
+        timed = interleave(
+            {k: (lambda s=s, f=feeds: s.run(["logits"], f)) for k, s in sessions.items()}, args.reps, warmup=args.warmup
+        )
         for k in variants:
-            rows[k][str(seq)] = {**quantiles(times[k]), "cpu": quantiles(cpu_times[k])}
+            rows[k][str(seq)] = {**quantiles(timed.wall[k]), "cpu": quantiles(timed.cpu[k])}
 
     acc = {}
     if splits is not None:

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastft.bench.runner import machine_info, write_result  # first: notes the load at the start
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {
     "fastft": "fastft serve DIR (dynamic batching, cost-table length grouping)",
@@ -65,28 +67,12 @@ def load_texts(limit: int | None = None, seed: int = 0) -> list[str]:
     return texts[:limit] if limit else texts
 
 
-def machine() -> dict:
-    from fastft.env import env_info
-
-    info = env_info()
-    return {
-        "cpu": info["cpu"],
-        "platform": info["platform"],
-        "python": info["python"],
-        "cpp_extension_isa": (info.get("cpp_extension") or {}).get("attention_isa"),
-    }
-
-
 def versions() -> dict:
+    """The serving libraries, beside the shared runner's versions."""
     import importlib.metadata as md
 
     out = {}
     for p in (
-        "fastft",
-        "onnxruntime",
-        "transformers",
-        "tokenizers",
-        "torch",
         "starlette",
         "uvicorn",
         "uvloop",
@@ -95,7 +81,6 @@ def versions() -> dict:
         "fastapi",
         "aiohttp",
         "ray",
-        "numpy",
     ):
         try:
             out[p] = md.version(p)
@@ -618,7 +603,6 @@ def main() -> int:
         "OMP_WAIT_POLICY": "PASSIVE",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    load_start = list(os.getloadavg())
     t_start = time.time()
 
     def say(msg):
@@ -741,9 +725,7 @@ def main() -> int:
 
     payload = {
         "benchmark": "serve: fastft serve against hand-written servers over HTTP",
-        "command": " ".join(shlex.quote(a) for a in ["python", "bench/bench_serve.py", *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {**machine(), "loadavg_at_start": load_start, "loadavg_at_end": list(os.getloadavg())},
+        "machine": machine_info(),  # + the load at the end, from write_result
         "note": "2 CPU cores shared with other engineers' jobs during the run (see the load averages); the load "
         "generator (this process, aiohttp) runs on the same cores as the servers.",
         "versions": versions(),
@@ -788,7 +770,7 @@ def main() -> int:
         "soak": soak,
     }
     payload["targets"] = target_rows(rows, inproc, soak)
-    result.write_text(json.dumps(payload, indent=1))
+    write_result(result, payload)
     plot(payload, result.with_suffix(".png"))
     say(f"wrote {result} and {result.with_suffix('.png')}")
     print(format_table(payload))

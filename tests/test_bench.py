@@ -194,3 +194,52 @@ def test_bench_missing_model(tmp_path, capsys):
 
     assert main(["bench", "--model", str(tmp_path / "nowhere"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_runner_interleave_rotates_and_times_every_call():
+    from fastft.bench.runner import interleave
+
+    calls = []
+    timed = interleave({n: (lambda n=n: calls.append(n)) for n in "abc"}, 4, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, then rounds each starting one later
+    assert calls[3:] == list("abcbcacababc")
+    assert {n: len(t) for n, t in timed.wall.items()} == {"a": 4, "b": 4, "c": 4} and timed.rounds == 4
+    assert all(t >= 0 for ts in (*timed.wall.values(), *timed.cpu.values()) for t in ts)
+    calls.clear()
+    interleave({n: (lambda n=n: calls.append(n)) for n in "abcd"}, 20, warmup=0, order="random", seed=1)
+    rounds = [tuple(calls[i : i + 4]) for i in range(0, 80, 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds) and len(set(rounds)) > 3
+    with pytest.raises(ValueError, match="order"):
+        interleave({"a": lambda: None}, 1, order="sorted")
+
+
+def test_runner_result_files_hold_machine_versions_and_no_machine_paths(tmp_path, monkeypatch):
+    import csv
+    import os
+    import sys
+
+    from fastft.bench.runner import scrub_paths, write_result
+
+    monkeypatch.chdir(tmp_path)
+    venv_file = os.path.join(sys.prefix, "lib", "site-packages", "fastft", "_C.so")
+    rows = [
+        {"backend": "a", "p50_ms": 1.5, "seqs": [1, 2], "file": str(tmp_path / "runs" / "m.onnx")},
+        {"backend": "b"},
+    ]
+    payload = {"benchmark": "t", "model": str(tmp_path / "runs" / "teacher"), "error": f"cannot load {venv_file}: x"}
+    path = write_result(tmp_path / "out" / "r.json", {**payload, "rows": rows}, csv_rows=rows)
+    d = json.loads(path.read_text())
+    for key in ("command", "date", "machine", "versions"):
+        assert key in d, key
+    assert {"cpu", "loadavg_at_start", "loadavg_at_end"} <= set(d["machine"]) and d["machine"]["cpu"][
+        "flags"
+    ] is not None
+    assert d["versions"]["fastft"] and d["versions"]["python"] and "path" not in d["versions"]["cpp_extension"]
+    text = path.read_text() + path.with_suffix(".csv").read_text()
+    assert sys.prefix not in text and str(tmp_path) not in text
+    assert d["model"] == "runs/teacher" and d["error"] == "cannot load _C.so: x"
+    with open(path.with_suffix(".csv"), newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [r["backend"] for r in got] == ["a", "b"] and got[0]["seqs"] == "[1, 2]" and got[0]["file"] == "runs/m.onnx"
+    assert scrub_paths("fp32/int8 and a/b/c") == "fp32/int8 and a/b/c"
+    assert not list((tmp_path / "out").glob(".*tmp*"))

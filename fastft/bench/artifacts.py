@@ -1,0 +1,130 @@
+"""What the backends of ``fastft bench`` run: the model directory and its exported files.
+
+:func:`prepare` exports into a work directory keyed by the model's fingerprint, so a second
+run on an unchanged model reuses the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from fastft.core.errors import FastftError
+
+
+def default_model() -> tuple[Path, str]:
+    """The fine-tuned teacher if one exists, else minilm-l6 with a fresh 2-label head."""
+    from fastft.models import cache_dir
+
+    for cand in (cache_dir() / "teacher-minilm-l6-movie-snippets", Path("runs/teacher")):
+        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
+            return cand.resolve(), f"fine-tuned teacher {cand}"
+    path = cache_dir() / "bench" / "minilm-l6-fresh-head"
+    if not (path / "fastft.json").is_file():
+        import torch
+
+        from fastft.core.io import atomic_output_dir
+        from fastft.models import load_classifier, load_tokenizer, write_meta
+
+        torch.manual_seed(0)
+        net = load_classifier("minilm-l6", labels=["negative", "positive"])
+        with atomic_output_dir(path, overwrite=True) as tmp:
+            net.save_pretrained(tmp, safe_serialization=True)
+            load_tokenizer("minilm-l6").save_pretrained(tmp)
+            write_meta(
+                tmp,
+                {
+                    "format": 1,
+                    "task": "sequence-classification",
+                    "labels": ["negative", "positive"],
+                    "base_model": "minilm-l6",
+                    "max_length": 512,
+                    "note": "fresh head, for benchmarks",
+                },
+            )
+    return path, "minilm-l6 with a fresh classification head (latency does not depend on the head)"
+
+
+def _fingerprint(model_dir: Path) -> str:
+    import fastft
+
+    h = hashlib.sha1(str(model_dir.resolve()).encode())
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(fastft.__version__.encode())
+    return h.hexdigest()[:12]
+
+
+def work_dir(model_dir: Path, root: str | None = None) -> Path:
+    from fastft.models import cache_dir
+
+    base = Path(root) if root else cache_dir() / "bench"
+    return base / f"{model_dir.name}-{_fingerprint(model_dir)}"
+
+
+def is_export_dir(model_dir: Path) -> bool:
+    from fastft.models import read_meta
+
+    return (
+        (model_dir / "model.onnx").is_file()
+        and (model_dir / "model_int8.onnx").is_file()
+        and isinstance(read_meta(model_dir).get("onnx"), dict)
+    )
+
+
+def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, served: Path | None = None) -> dict:
+    """Export what the backends need into ``workdir`` (reused when already there): {what: path}."""
+    art: dict[str, Path] = {"model_dir": model_dir}
+    workdir.mkdir(parents=True, exist_ok=True)
+    if {"fastft-fp32", "fastft-int8"} & set(backends):
+        out = workdir / "fastft"
+        if served is not None:  # e.g. a `fastft compress` output: the product served against the baselines
+            for b, f in (("fastft-fp32", "model.onnx"), ("fastft-int8", "model_int8.onnx")):
+                if b in backends and not (served / f).is_file():
+                    raise FastftError(f"--served {served} has no {f} (needed by {b})")
+            out = served
+        elif is_export_dir(model_dir):  # --model is already a `fastft export --int8` directory: serve its files
+            out = model_dir
+        elif not ((out / "model.onnx").is_file() and (out / "model_int8.onnx").is_file()):
+            from fastft.export import export
+
+            log(f"exporting {model_dir} with fastft export --int8 -> {out}")
+            # parity is what `fastft export` checks; here the logits are compared with hf-eager instead
+            export(model_dir, out, int8=True, overwrite=True, validate=False)
+        art["fastft"] = out
+    if {"peer-fp32", "peer-int8"} & set(backends):
+        done = workdir / "peer" / "files.json"
+        if done.is_file():
+            files = json.loads(done.read_text())
+        else:
+            from fastft.export.peer import peer_pipeline
+
+            log(f"running the peer pipeline (ORT transformers optimizer + quantize_dynamic) -> {done.parent}")
+            files = json.loads(json.dumps(peer_pipeline(model_dir, done.parent), default=str))
+            done.write_text(json.dumps(files, indent=1))
+        art["peer-fp32"], art["peer-int8"] = Path(files["fp32_optimized"]), Path(files["int8"])
+        if files.get("plain") and Path(files["plain"]).is_file():
+            art["peer-plain"] = Path(files["plain"])
+        art["peer-record"] = files.get("record")
+    if "ort-plain" in backends:
+        out = workdir / "plain" / "model.onnx"
+        if "peer-plain" in art:  # the peer pipeline's first step is the same plain export
+            out = art["peer-plain"]
+        elif not out.is_file():
+            from fastft.export.peer import plain_export
+
+            log(f"plain ONNX export -> {out}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            plain_export(model_dir, out)
+        art["ort-plain"] = out
+    return art
+
+
+def max_positions(model_dir: Path) -> int:
+    """The longest input (tokens) the model in ``model_dir`` takes."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    n = int(cfg.get("max_position_embeddings") or 512)
+    return n - 2 if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert") else n

@@ -1,0 +1,231 @@
+"""The one runner behind every benchmark: the machine, versions, interleaving and result files.
+
+Each script under ``bench/`` says only what it measures; this module supplies the rest, the
+way Liger-Kernel's benchmark scripts share ``utils.run_benchmarks``::
+
+    from fastft.bench.runner import interleave, quantiles, write_result   # notes the load now
+
+    times = interleave({"fastft": run_fastft, "sdpa": run_sdpa}, rounds=30, warmup=2)
+    rows = [{"backend": k, **quantiles(v)} for k, v in times.wall.items()]
+    write_result("bench/results/x.json", {"benchmark": "...", "rows": rows}, csv_rows=rows)
+
+Every result file carries ``command`` (the exact command line), ``date``, ``machine`` (CPU
+model, cores, SIMD flags, GPU, torch threads, load average at the start and at the end) and
+``versions`` (fastft, Python, the libraries, the C++ extension's build), and no machine paths
+(paths inside the working directory are relative, inside the home directory ``~/...``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fastft.core.errors import FastftError
+from fastft.core.system import ENV_PACKAGES, cpu_info, load_average
+
+# the load average when the benchmark started: this module is imported at a script's start
+LOAD_AT_START = load_average()
+
+
+def machine_info() -> dict:
+    """CPU (model, cores, SIMD flags), usable CPUs, GPU, torch threads, load at the start."""
+    info = {"cpu": cpu_info(), "gpu": None}
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        pass
+    if "torch" in sys.modules:  # torch's state is only reported when the benchmark uses torch
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            info["gpu"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["torch_threads"] = torch.get_num_threads()
+    if LOAD_AT_START is not None:
+        info["loadavg_at_start"] = LOAD_AT_START
+    return info
+
+
+def versions() -> dict:
+    """fastft, Python, every library of ``fastft env`` that is installed, the C++ extension's build."""
+    from fastft import __version__, _native
+    from fastft.core.system import versions as _versions
+
+    out = {"fastft": __version__, **_versions(ENV_PACKAGES)}
+    out = {"fastft": out.pop("fastft"), "python": out.pop("python"), **out}
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        out["cuda"] = sys.modules["torch"].version.cuda
+    out["cpp_extension"] = {k: v for k, v in _native.build_info().items() if k != "path"}
+    return scrub_paths(out, names_only=True)
+
+
+_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\":;,()]+){2,}[\\/]?")
+
+
+def portable_path(path: str) -> str:
+    """A path as a result file may hold it: inside the Python environment its file name only, inside
+    the working directory relative to it, inside the home directory ``~/...``; else unchanged."""
+    for root, how in ((sys.prefix, "name"), (os.getcwd(), "relative"), (str(Path.home()), "home")):
+        root = root.rstrip("/\\")
+        if root and (path == root or path.startswith(root + os.sep)):
+            rest = path[len(root) + 1 :]
+            if how == "name":
+                return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+            return (rest or ".") if how == "relative" else "~/" + rest
+    return path
+
+
+def scrub_paths(obj, *, names_only: bool = False):
+    """``obj`` with the absolute paths in its strings made portable (:func:`portable_path`), or cut
+    to the file name with ``names_only``: result files hold no machine paths."""
+    if isinstance(obj, str):
+        if names_only:
+            return _PATH.sub(lambda m: re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], obj)
+        return _PATH.sub(lambda m: portable_path(m.group(0)), obj)
+    if isinstance(obj, Mapping):
+        return {k: scrub_paths(v, names_only=names_only) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub_paths(v, names_only=names_only) for v in obj]
+    return obj
+
+
+def command_line() -> str:
+    """The exact command that runs this process (the interpreter by name only)."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def quantiles(times_s: Sequence[float]) -> dict:
+    """p10/p50/p90/p99 and mean of a list of durations, in milliseconds."""
+    a = np.asarray(times_s, dtype=np.float64) * 1e3
+    return {
+        "n": int(a.size),
+        "p10_ms": float(np.percentile(a, 10)),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+    }
+
+
+@dataclass
+class Timings:
+    """Seconds per call of each function: wall clock, and process CPU time (all threads)."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    rounds: int = 0
+
+
+def interleave(
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    order: str = "rotate",
+    seed: int = 0,
+    gap_s: float = 0.0,
+    on_call: Callable[[str], None] | None = None,
+) -> Timings:
+    """Time every function once per round, ``rounds`` times, the order changing each round.
+
+    ``order="rotate"`` starts each round one function later; ``"random"`` draws a new order
+    (seeded) each round. Either way load from other processes hits every function alike and
+    none always runs right after another. ``warmup`` untimed calls of each function come
+    first; ``gap_s`` of idle time precedes each timed call (lets spinning threads settle).
+    """
+    if order not in ("rotate", "random"):
+        raise ValueError(f"order must be 'rotate' or 'random', not {order!r}")
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    out = Timings({n: [] for n in names}, {n: [] for n in names}, rounds)
+    rng = np.random.default_rng(seed)
+    for r in range(rounds):
+        if order == "rotate":
+            now = names[r % len(names) :] + names[: r % len(names)]
+        else:
+            now = [names[i] for i in rng.permutation(len(names))]
+        for name in now:
+            if gap_s:
+                time.sleep(gap_s)
+            c0, t0 = time.process_time(), time.perf_counter()
+            fns[name]()
+            out.wall[name].append(time.perf_counter() - t0)
+            out.cpu[name].append(time.process_time() - c0)
+            if on_call is not None:
+                on_call(name)
+    return out
+
+
+def write_result(
+    path: str | Path, payload: dict, *, csv_rows: Sequence[dict] | None = None, csv_columns: Sequence[str] | None = None
+) -> Path:
+    """Write a JSON result with command, date, machine and versions filled in (unless given).
+
+    Absolute paths in it are made portable (:func:`portable_path`): no machine paths in results.
+    With ``csv_rows`` the rows also go to ``path`` with the suffix ``.csv`` (``csv_columns``:
+    those columns only, in that order). Both files are written atomically.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FastftError(f"{path} is a directory; give a file name for the result JSON")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
+    out["machine"] = {**machine_info(), **payload.get("machine", {})}
+    out["versions"] = {**versions(), **payload.get("versions", {})}
+    end = load_average()
+    if end is not None:
+        out["machine"]["loadavg_at_end"] = end
+    out = scrub_paths(json.loads(json.dumps(out, default=_default)))
+    _atomic_write(path, json.dumps(out, indent=1) + "\n")
+    if csv_rows is not None:
+        write_csv(path.with_suffix(".csv"), scrub_paths(list(csv_rows)), csv_columns)
+    return path
+
+
+def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV (every key of every row, first-seen order, unless ``columns``); lists as JSON."""
+    path = Path(path)
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(type(o).__name__)

@@ -1,0 +1,138 @@
+"""The backends of ``fastft bench``, one :class:`Runner` each, and the inputs they run on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastft.core.errors import FastftError
+
+BACKENDS = {
+    "hf-eager": "Hugging Face PyTorch, attn_implementation='eager'",
+    "fastft-torch": "PyTorch via fastft.load(backend='torch'): fused attention when fastft.swap exists, else SDPA",
+    "ort-plain": "plain torch.onnx export, no offline optimisation, ONNX Runtime default graph optimisation",
+    "peer-fp32": "peer pipeline fp32: ORT transformers optimizer (as Optimum does it)",
+    "peer-int8": "peer pipeline INT8: ORT transformers optimizer + quantize_dynamic (as Optimum does it)",
+    "fastft-fp32": "fastft export model.onnx served by fastft.load",
+    "fastft-int8": "fastft export --int8 model_int8.onnx served by fastft.load(int8=True)",
+}
+
+
+class Runner:
+    """One backend, ready to run: ``run(prepare(feeds))`` executes the model once.
+
+    ``prepare`` turns numpy feeds into what the backend takes (torch tensors, the ORT
+    session's inputs) outside the timed region.
+    """
+
+    def __init__(self, name: str, run, file: Path | None, info: dict, prepare=None):
+        self.name, self.run, self.file, self.info = name, run, file, info
+        self.prepare = prepare or (lambda feeds: feeds)
+
+    def file_size_mb(self) -> float | None:
+        if self.file is None:
+            return None
+        files = [self.file]
+        if self.file.suffix == ".onnx":  # external data next to the graph
+            files += [f for f in self.file.parent.glob(self.file.name + "*data") if f.is_file()]
+        return round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 2)
+
+
+def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    if name == "hf-eager":
+        from transformers import AutoModelForSequenceClassification
+
+        net = AutoModelForSequenceClassification.from_pretrained(
+            str(art["model_dir"]), attn_implementation="eager", trust_remote_code=False
+        )
+        net = net.float().eval()
+        return Runner(name, _torch_run(net), _weights(art["model_dir"]), {"attention": "eager"}, _to_torch)
+    if name == "fastft-torch":
+        import fastft
+
+        p = fastft.load(art["model_dir"], backend="torch", threads=threads, fused_attention=None, warm_up=False)
+        return Runner(name, _torch_run(p.model), _weights(art["model_dir"]), {"attention": p.attention}, _to_torch)
+    if name in ("fastft-fp32", "fastft-int8"):
+        import fastft
+
+        p = fastft.load(art["fastft"], threads=threads, int8=name.endswith("int8"), warm_up=False)
+        info = p.info()
+        return Runner(
+            name,
+            lambda feeds: p.logits_from_ids(**feeds),
+            p.onnx_file,
+            {k: info[k] for k in ("threads", "spinning", "graph_optimization")},
+        )
+    if name in ("ort-plain", "peer-fp32", "peer-int8"):
+        from fastft.runtime.session import create_session, session_options
+
+        sess = create_session(art[name], session_options(threads=threads, spinning=False, level="all"))
+        inputs = [i.name for i in sess.get_inputs()]
+        out = sess.get_outputs()[0].name
+
+        def run(feeds):
+            return sess.run([out], feeds)[0]
+
+        return Runner(
+            name,
+            run,
+            art[name],
+            {"threads": threads, "spinning": False, "graph_optimization": "all"},
+            lambda feeds: {k: v for k, v in feeds.items() if k in inputs},
+        )
+    raise FastftError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _weights(model_dir: Path) -> Path | None:
+    for n in ("model.safetensors", "pytorch_model.bin"):
+        if (model_dir / n).is_file():
+            return model_dir / n
+    return None
+
+
+def _to_torch(feeds):
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+
+def _torch_run(net):
+    import torch
+
+    def run(feeds):
+        with torch.inference_mode():
+            return net(**feeds).logits.numpy()
+
+    return run
+
+
+# -- inputs ----------------------------------------------------------------------------
+FALLBACK_TEXT = (
+    "a sharp, funny and surprisingly moving film about growing up, with a cast that makes every "
+    "scene count, even when the script wanders into cliches and the ending drags on too long. "
+)
+
+
+def bench_texts() -> list[str]:
+    try:
+        from fastft.data import load_data
+
+        return list(load_data("movie-snippets").train.texts[:400])
+    except Exception:  # noqa: BLE001 - any data problem: fall back to built-in text
+        return [FALLBACK_TEXT]
+
+
+def make_inputs(tokenizer, batch: int, seq: int, texts: list[str]) -> dict[str, np.ndarray]:
+    """batch x seq token ids of real text ([CLS] ... [SEP]), full attention mask."""
+    body = tokenizer(" ".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    while len(body) < batch * seq:
+        body = body + body
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    rows = [[cls] + body[r * seq : (r + 1) * seq - 2] + [sep] for r in range(batch)]
+    ids = np.asarray(rows, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
