@@ -23,7 +23,7 @@ directory."""
 
 
 def register(sub) -> None:
-    from fastft.bench.harness import BACKENDS
+    from fastft.bench.backends import BACKENDS
     from fastft.cli import add_command
 
     doc = _DOC.format(backends="\n".join(f"  {k:<13} {v}" for k, v in BACKENDS.items()))
