@@ -14,6 +14,7 @@ data type for weight_name=...MatMul_output_0".
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -190,26 +191,55 @@ def fallback_order(model) -> list[str]:
     return [n.name for n in sorted(picked, key=lambda n: (layer(n.name) != first, group(n), layer(n.name)))]
 
 
-class TextCalibrationReader:
-    """An ORT ``CalibrationDataReader`` over tokenized texts, in small padded batches."""
+class CalibrationReader:
+    """An ORT ``CalibrationDataReader`` over ready feed batches: the one calibration reader.
 
-    def __init__(self, tokenizer, texts: list[str], input_names: list[str], max_length: int, batch_size: int = 8):
+    Build it from texts (:class:`TextCalibrationReader`, tokenized here) or from rows already
+    tokenized (:meth:`from_ids`, padded with ``pad_id``); ``token_type_ids`` are zeros.
+    """
+
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+        self._it = iter(self.batches)
+
+    @classmethod
+    def from_ids(cls, ids: list[list[int]], pad_id: int, input_names: list[str], batch_size: int = 16):
         import numpy as np
 
-        self.batches = []
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
-            )
-            zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
-            self.batches.append({n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names})
-        self._it = iter(self.batches)
+        batches = []
+        for s in range(0, len(ids), batch_size):
+            rows = ids[s : s + batch_size]
+            n = max(len(r) for r in rows)
+            x = np.full((len(rows), n), pad_id, dtype=np.int64)
+            m = np.zeros_like(x)
+            for i, r in enumerate(rows):
+                x[i, : len(r)] = r
+                m[i, : len(r)] = 1
+            feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
+            batches.append({k: feeds[k] for k in input_names})
+        return cls(batches)
 
     def get_next(self):
         return next(self._it, None)
 
     def rewind(self):
         self._it = iter(self.batches)
+
+
+class TextCalibrationReader(CalibrationReader):
+    """:class:`CalibrationReader` over texts, tokenized in small padded batches."""
+
+    def __init__(self, tokenizer, texts: list[str], input_names: list[str], max_length: int, batch_size: int = 8):
+        import numpy as np
+
+        batches = []
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
+            )
+            zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
+            batches.append({n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names})
+        super().__init__(batches)
 
 
 def _base_reader():
@@ -219,9 +249,20 @@ def _base_reader():
 
 
 def quantize_onnx(
-    src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Recipe, calibration: TextCalibrationReader | None = None
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    recipe: Int8Recipe,
+    calibration: CalibrationReader | None = None,
+    *,
+    shaped: str | os.PathLike | None = None,
+    allow_empty: bool = False,
 ) -> dict:
-    """Quantise ``src`` (fp32, fused or not) into ``dst`` following ``recipe``; returns what was done."""
+    """Quantise ``src`` (fp32, fused or not) into ``dst`` following ``recipe``; returns what was done.
+
+    shaped: ``src`` after :func:`~fastft.export.optimize.infer_shapes` (computed when None; pass
+    it to save time over many calls). allow_empty: when ``recipe.exclude`` leaves nothing to
+    quantise, copy ``src`` instead of failing.
+    """
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -238,11 +279,17 @@ def quantize_onnx(
     if recipe.mode == "static" and calibration is None:
         raise FastftError("static quantisation needs calibration data")
     with tempfile.TemporaryDirectory(prefix=f"fastft-quant-{os.getpid()}-") as tmp:  # pid: see clean_stale
-        shaped = Path(tmp) / "shaped.onnx"
-        shape_method = infer_shapes(src, shaped)
+        if shaped is None:
+            shaped = Path(tmp) / "shaped.onnx"
+            shape_method = infer_shapes(src, shaped)
+        else:
+            shape_method = "given"
         model = onnx.load(str(shaped))
         nodes, op_types = select_nodes(model, recipe.scope)
         nodes = [n for n in nodes if n not in set(recipe.exclude)]
+        if not nodes and allow_empty:  # everything kept fp32
+            shutil.copy2(src, dst)
+            return {**recipe.to_dict(), "recipe": recipe.name, "nodes_quantized": 0, "op_types": op_types}
         if not nodes:
             raise FastftError(f"nothing to quantise in {Path(src).name} with scope {recipe.scope!r}")
         extra = {"MatMulConstBOnly": recipe.scope != "all", **recipe.extra_options}
@@ -300,7 +347,7 @@ def quantize_onnx(
     }
 
 
-def _as_ort_reader(reader: TextCalibrationReader):
+def _as_ort_reader(reader: CalibrationReader):
     base = _base_reader()
 
     class _Reader(base):
