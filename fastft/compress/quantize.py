@@ -31,6 +31,7 @@ from fastft.export import onnx as fx_onnx
 from fastft.export import optimize as fx_opt
 from fastft.export import quantize as fx_quant
 from fastft.export import stages as fx_stages
+from fastft.runtime.session import create_session, session_options
 
 
 def onnx_inputs(path) -> list[str]:
@@ -92,8 +93,6 @@ def torch_export(net, out_file: Path, opset: int = 17) -> None:
 
 
 def session(path, threads: int | None = None):
-    from fastft.runtime.session import create_session, session_options
-
     return create_session(path, session_options(threads=threads, spinning=False, level="all"))
 
 
