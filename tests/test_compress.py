@@ -22,7 +22,7 @@ def teacher4(tmp_path_factory, tiny_data_file):
 
 @pytest.fixture(scope="module")
 def ctx(teacher4):
-    from fastft.compress.recipe import prepare
+    from fastft.compress.context import prepare
 
     return prepare(str(teacher4), CompressConfig(**FAST))
 
@@ -115,8 +115,9 @@ def test_prune_ffn_shrinks_and_reloads_with_plain_transformers(ctx, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from fastft.compress.prune import apply_structured, count_params, flops, importance
+    from fastft.compress.prune import apply_structured, importance
     from fastft.compress.quantize import ort_logits, session, torch_export
+    from fastft.models.pruned import count_params, flops
 
     net = copy.deepcopy(ctx.teacher)
     p0, f0 = count_params(net), flops(net)
@@ -141,8 +142,9 @@ def test_prune_heads_shrinks_reloads_and_exports(ctx, tmp_path):
 
     import torch
 
-    from fastft.compress.prune import apply_structured, describe, importance, load_pruned
+    from fastft.compress.prune import apply_structured, importance
     from fastft.compress.quantize import export_onnx, ort_logits, session, torch_export
+    from fastft.models.pruned import describe, load_pruned
 
     net = copy.deepcopy(ctx.teacher)
     batches, loss_fn = _score_batches(ctx)

@@ -7,8 +7,9 @@ One config object drives all three stages (torchao-style): ``fastft.distill``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from fastft.core.checks import check_float, check_int
 from fastft.core.errors import FastftError
 
 DEFAULT_OUTPUT = "runs/compressed"
@@ -80,7 +81,6 @@ class CompressConfig:
     threads: int | None = None
     overwrite: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     @property
     def pruning(self) -> bool:
@@ -88,8 +88,6 @@ class CompressConfig:
 
     def validate(self) -> None:
         """Raise FastftError (one line, naming the option) for anything unusable."""
-        from fastft.core.checks import check_float, check_int
-
         for opt in (
             "epochs",
             "lr",
@@ -159,7 +157,6 @@ class CompressConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("extra", None)
         for k in ("overwrite", "progress"):
             d.pop(k, None)
         return d

@@ -19,10 +19,11 @@ from __future__ import annotations
 import copy
 import math
 import sys
-import time
 from dataclasses import dataclass
 
 from fastft.core.errors import FastftError, ModelError
+from fastft.models import load_classifier
+from fastft.train.loop import EpochStats, run_loop
 
 
 def layer_plan(n_teacher: int, n_student: int) -> tuple[list[int], list[int]]:
@@ -69,7 +70,6 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str]):
             raise ModelError(f"cannot copy the teacher's layers into a student ({missing[:2]}, {unexpected[:2]})")
         net.config.fastft_student = {"kind": "teacher-layers", "teacher_layers": init}
         return net.to(torch.float32).eval(), match
-    from fastft.models import load_classifier
 
     net = load_classifier(student, labels=labels).eval()
     n_s = net.config.num_hidden_layers
@@ -244,88 +244,62 @@ def train_student(
     """
     import torch
 
-    from fastft.train.trainer import linear_schedule, param_groups
-
     g = torch.Generator().manual_seed(seed)
     lengths = [len(x) for x in ids]
     steps_per_epoch = math.ceil(len(ids) / batch_size)
     total = max(1, math.ceil(steps_per_epoch * epochs))
-    n_epochs = math.ceil(total / steps_per_epoch)
-    opt = torch.optim.AdamW(param_groups(student, weight_decay), lr=lr)
-    sched = linear_schedule(opt, int(warmup_ratio * total), total)
     y_all = torch.tensor(labels, dtype=torch.long)
     use_hidden = cache.hidden is not None and hidden_weight > 0
-    history, best, best_state, step, t0 = [], None, None, 0, time.perf_counter()
-    from tqdm.auto import tqdm
+    history, best = [], {"value": None, "state": None}
 
-    for epoch in range(1, n_epochs + 1):
-        student.train()
-        batches = length_bucketed_batches(lengths, batch_size, g)
-        bar = tqdm(
-            total=min(len(batches), total - step),
-            desc=f"{desc} epoch {epoch}/{n_epochs}",
-            unit="step",
-            file=sys.stderr,
-            disable=not progress,
-            dynamic_ncols=True,
+    def step_loss(rows):
+        input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
+        out = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=use_hidden)
+        t_hidden = cache.hidden_batch(rows, input_ids.shape[1]) if use_hidden else None
+        loss, parts = distill_loss(
+            out,
+            y_all[rows],
+            cache.logits[rows],
+            t_hidden,
+            mask,
+            temperature,
+            alpha,
+            hidden_weight if use_hidden else 0.0,
         )
-        running, first_loss = None, None
-        for rows in batches:
-            if step >= total:
-                break
-            input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
-            out = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=use_hidden)
-            t_hidden = cache.hidden_batch(rows, input_ids.shape[1]) if use_hidden else None
-            loss, parts = distill_loss(
-                out,
-                y_all[rows],
-                cache.logits[rows],
-                t_hidden,
-                mask,
-                temperature,
-                alpha,
-                hidden_weight if use_hidden else 0.0,
-            )
-            if not torch.isfinite(loss):
-                raise FastftError(f"distillation diverged: loss is {loss.item()} at step {step} (try a lower --lr)")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            first_loss = loss.item() if first_loss is None else first_loss
-            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-            bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
-            bar.update(1)
-        bar.close()
-        entry = {"epoch": epoch, "first_loss": first_loss, "loss": running}
+        return loss, len(rows), parts
+
+    def end_epoch(stats: EpochStats) -> bool:
+        entry = {"epoch": stats.epoch, "first_loss": stats.first_loss, "loss": stats.running}
         if evaluate is not None:
             student.eval()
             entry["validation_accuracy"] = evaluate(student)
-            if best is None or entry["validation_accuracy"] > best:
-                best = entry["validation_accuracy"]
-                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+            if best["value"] is None or entry["validation_accuracy"] > best["value"]:
+                best["value"] = entry["validation_accuracy"]
+                best["state"] = {k: v.detach().clone() for k, v in student.state_dict().items()}
                 entry["best"] = True
         history.append(entry)
         acc = f", validation accuracy {entry['validation_accuracy']:.4f}" if "validation_accuracy" in entry else ""
-        print(f"{desc} epoch {epoch}: loss {running:.4f}{acc}", file=sys.stderr)
-        if step >= total:
-            break
+        print(f"{desc} epoch {stats.epoch}: loss {stats.running:.4f}{acc}", file=sys.stderr)
+        return False
+
+    res = run_loop(
+        student,
+        lambda epoch: length_bucketed_batches(lengths, batch_size, g),
+        step_loss,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio,
+        max_grad_norm=1.0,
+        end_epoch=end_epoch,
+        progress=progress,
+        desc=f"{desc} epoch",
+        what="distillation",
+        postfix=lambda r, parts, elapsed: {k: f"{v:.3f}" for k, v in parts.items()},
+    )
+    best_state, step = best["state"], res.steps
     if best_state is not None:
         student.load_state_dict(best_state)
     student.eval()
-    return {"history": history, "steps": step, "time_s": round(time.perf_counter() - t0, 2)}
-
-
-def distill(model, config=None, **overrides):
-    """Distil the teacher ``model`` (directory or alias) into a student; see :class:`CompressConfig`.
-
-        res = fastft.distill("runs/teacher", CompressConfig(layers=3, epochs=2), output="runs/student")
-        res.model, res.info        # the student classifier, what was done
-
-    Returns a :class:`fastft.compress.recipe.StageResult`; saved to ``output`` when given.
-    """
-    from fastft.compress.recipe import run_stage
-
-    return run_stage("distill", model, config, **overrides)
+    return {"history": history, "steps": step, "time_s": round(res.time_s, 2)}

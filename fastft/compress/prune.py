@@ -20,29 +20,35 @@ are ordinary.
 
 from __future__ import annotations
 
-import sys
+from fastft.core.errors import FastftError
+from fastft.models.pruned import (
+    count_params,
+    describe,
+    encoder_layers,
+    flops,
+    heads_of,
+    load_pruned,
+    prune_layer_ffn,
+    prune_layer_heads,
+)
 
-from fastft.core.errors import FastftError, ModelError
-
-
-def _layers(model):
-    enc = getattr(getattr(model, model.base_model_prefix, model), "encoder", None)
-    layers = getattr(enc, "layer", None)
-    if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0], "intermediate"):
-        raise ModelError(
-            f"{type(model).__name__}: structured pruning supports BERT-style encoders "
-            "(encoder.layer[i].attention / intermediate / output)"
-        )
-    return layers
-
-
-def heads_of(layer) -> int:
-    return layer.attention.self.query.out_features // layer.attention.self.attention_head_size
+__all__ = [
+    "apply_structured",
+    "check_fractions",
+    "count_params",
+    "describe",
+    "flops",
+    "importance",
+    "load_pruned",
+    "magnitude_prune",
+    "prune_layer_ffn",
+    "prune_layer_heads",
+]
 
 
 def check_fractions(model, prune_heads: float, prune_ffn: float) -> tuple[int, int]:
     """(heads removed per layer, neurons removed per layer); FastftError if a layer would be emptied."""
-    layers = _layers(model)
+    layers = encoder_layers(model)
     n_heads = heads_of(layers[0])
     n_ffn = layers[0].intermediate.dense.out_features
     for name, v in (("--prune-heads", prune_heads), ("--prune-ffn", prune_ffn)):
@@ -65,7 +71,7 @@ def importance(model, batches, loss_fn, heads: bool = True, ffn: bool = True) ->
     """
     import torch
 
-    layers = _layers(model)
+    layers = encoder_layers(model)
     gates, hooks = {"heads": [], "ffn": []}, []
     for layer in layers:
         d = layer.attention.self.attention_head_size
@@ -106,48 +112,6 @@ def importance(model, batches, loss_fn, heads: bool = True, ffn: bool = True) ->
     return scores
 
 
-def _slice_linear(lin, index, dim: int):
-    """A new Linear keeping ``index`` along ``dim`` (0: outputs/rows, 1: inputs/columns)."""
-    import torch
-
-    index = index.to(lin.weight.device)
-    w = lin.weight.index_select(dim, index).detach().clone()
-    b = lin.bias
-    if b is not None:
-        b = (b.index_select(0, index) if dim == 0 else b).detach().clone()
-    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
-
-
-def prune_layer_heads(layer, heads: list[int]) -> None:
-    """Remove attention ``heads`` (indices among the layer's current heads) from one layer."""
-    import torch
-
-    if not heads:
-        return
-    att = layer.attention.self
-    d = att.attention_head_size
-    n = heads_of(layer)
-    keep_heads = [h for h in range(n) if h not in set(heads)]
-    index = torch.tensor([h * d + j for h in keep_heads for j in range(d)], dtype=torch.long)
-    att.query = _slice_linear(att.query, index, 0)
-    att.key = _slice_linear(att.key, index, 0)
-    att.value = _slice_linear(att.value, index, 0)
-    layer.attention.output.dense = _slice_linear(layer.attention.output.dense, index, 1)
-    att.num_attention_heads = len(keep_heads)
-    att.all_head_size = len(keep_heads) * d
-
-
-def prune_layer_ffn(layer, keep) -> None:
-    """Keep only the FFN neurons ``keep`` (sorted indices) of one layer."""
-    layer.intermediate.dense = _slice_linear(layer.intermediate.dense, keep, 0)
-    layer.output.dense = _slice_linear(layer.output.dense, keep, 1)
-
-
 def apply_structured(model, scores: dict, k_heads: int, k_ffn: int) -> dict:
     """Remove the ``k_heads`` least important heads and ``k_ffn`` neurons of every layer.
 
@@ -155,7 +119,7 @@ def apply_structured(model, scores: dict, k_heads: int, k_ffn: int) -> dict:
     """
     import torch
 
-    layers = _layers(model)
+    layers = encoder_layers(model)
     pruned = {}
     for i, layer in enumerate(layers):
         if k_heads:
@@ -195,7 +159,7 @@ def magnitude_prune(model, sparsity: float) -> dict:
         return {"sparsity": 0.0}
     zeros = total = 0
     with torch.no_grad():
-        for layer in _layers(model):
+        for layer in encoder_layers(model):
             for m in layer.modules():
                 if isinstance(m, torch.nn.Linear):
                     w = m.weight
@@ -212,86 +176,3 @@ def magnitude_prune(model, sparsity: float) -> dict:
         "measured_sparsity": zeros / max(1, total),
         "note": "unstructured zeros in dense tensors: no speed-up or size drop on dense kernels",
     }
-
-
-def load_pruned(path, **kwargs):
-    """Load a (head-)pruned classifier directory: rebuild the pruned shapes, then load the weights.
-
-    Plain ``AutoModelForSequenceClassification.from_pretrained`` works for FFN-only pruning; this
-    also handles ``pruned_heads`` in config.json, which transformers 5 no longer applies.
-    """
-    from pathlib import Path
-
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    path = Path(path)
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    pruned = {int(k): v for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
-    if not pruned:
-        return AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False, **kwargs)
-    model = AutoModelForSequenceClassification.from_config(config)
-    for i, layer in enumerate(_layers(model)):
-        # transformers 4.x applies config.pruned_heads itself when it builds the model, 5.x does not:
-        # prune only a layer that still has all its heads
-        if pruned.get(i) and heads_of(layer) == config.num_attention_heads:
-            prune_layer_heads(layer, sorted(pruned[i]))
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if "position_ids" not in m]
-    if missing or unexpected:
-        raise ModelError(f"{path}: weights do not match the pruned config ({missing[:2]}, {unexpected[:2]})")
-    return model.to(torch.float32).eval()
-
-
-def prune(model, config=None, **overrides):
-    """Prune ``model`` (directory or alias) with recovery distillation from it; see CompressConfig.
-
-        res = fastft.prune("runs/student", CompressConfig(prune_ffn=0.5, prune_heads=0.25))
-
-    Returns a :class:`fastft.compress.recipe.StageResult`; saved to ``output`` when given.
-    """
-    from fastft.compress.recipe import run_stage
-
-    return run_stage("prune", model, config, **overrides)
-
-
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def flops(model, seq: int = 128) -> int:
-    """Forward FLOPs (2 x multiply-adds) of the encoder for one sequence of ``seq`` tokens.
-
-    Counts every Linear in the encoder (per token), the attention score and context matmuls
-    (``2 * seq^2 * heads * head_dim`` each), the pooler and the classifier (one token).
-    Embedding lookups, LayerNorm, softmax and GELU are left out (a few percent).
-    """
-    import torch
-
-    total = 0
-    for layer in _layers(model):
-        for m in layer.modules():
-            if isinstance(m, torch.nn.Linear):
-                total += 2 * m.in_features * m.out_features * seq
-        inner = layer.attention.self.query.out_features
-        total += 2 * 2 * seq * seq * inner
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear) and ("pooler" in name or "classifier" in name):
-            total += 2 * m.in_features * m.out_features
-    return int(total)
-
-
-def describe(model) -> dict:
-    layers = _layers(model)
-    return {
-        "layers": len(layers),
-        "heads": [heads_of(x) for x in layers],
-        "intermediate": [x.intermediate.dense.out_features for x in layers],
-        "parameters": count_params(model),
-    }
-
-
-def _warn(msg: str) -> None:
-    print(f"fastft: {msg}", file=sys.stderr)

@@ -1,10 +1,12 @@
-"""Quantization through ONNX Runtime: INT8 (dynamic, or static with calibration) and FP16.
+"""Quantization of a compressed model through fastft.export's stages: INT8 (dynamic, or static
+with calibration) and FP16.
 
-Accuracy-aware INT8: quantize every weight MatMul; if the validation accuracy drops by more
-than ``accuracy_budget``, measure each quantizable node's sensitivity (quantize that node
-alone; mean KL of the logits against fp32 on a calibration subset) and keep the most
-sensitive nodes in fp32 (``nodes_to_exclude``), more of them each round, until the drop fits.
-What stayed fp32 is recorded.
+Accuracy-aware INT8 is :func:`fastft.export.int8.accuracy_aware` with the
+:class:`~fastft.export.int8.KLSensitivity` policy: quantize every weight MatMul; if the
+validation accuracy drops by more than ``accuracy_budget``, measure each quantizable node's
+sensitivity (quantize that node alone; mean KL of the logits against fp32 on a calibration
+subset) and keep the most sensitive nodes in fp32 (``nodes_to_exclude``), more of them each
+round, until the drop fits. What stayed fp32 is recorded.
 
 FP16 (``onnxruntime.transformers.float16``, inputs/outputs kept int64/fp32) is meant for GPUs;
 the ONNX Runtime CPU provider runs it too (casting where it lacks fp16 kernels), so it is
@@ -13,15 +15,23 @@ validated on CPU here, but it is not faster on CPU.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fastft.core.errors import FastftError
-
-QUANT_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+from fastft.export import int8 as fx_int8
+from fastft.export import onnx as fx_onnx
+from fastft.export import optimize as fx_opt
+from fastft.export import quantize as fx_quant
+from fastft.export import stages as fx_stages
+from fastft.runtime.session import create_session, session_options
 
 
 def onnx_inputs(path) -> list[str]:
@@ -30,63 +40,23 @@ def onnx_inputs(path) -> list[str]:
     return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
 
 
-def _fx():
-    """fastft.export's composable functions, or None where that stage is absent."""
-    try:
-        from fastft.export import onnx as fx_onnx
-        from fastft.export import optimize as fx_opt
-        from fastft.export import quantize as fx_quant
-
-        return fx_onnx, fx_opt, fx_quant
-    except ImportError:
-        return None
-
-
 def export_onnx(net, out_file: Path, work: Path | None = None, opset: int = 17) -> dict:
-    """Write the fp32 ONNX classifier for the in-memory ``net``: (fused graph kept for quantization).
+    """Write the fp32 ONNX classifier for the in-memory ``net`` with fastft.export's fp32 stage.
 
-    With fastft.export present: its exporter, ORT transformer fusions (for head-pruned models
-    with the pruned head count and attention width) and the offline ORT pass, as ``fastft export``
-    does; the fused, un-offline-optimised graph is kept beside ``out_file`` as
-    ``<stem>.fused.onnx`` for quantization. Without it: plain ``torch.onnx.export``.
-    Exporting from memory also covers head-pruned models, which transformers 5 cannot reload.
+    Its exporter, ORT transformer fusions (for head-pruned models with the pruned head count and
+    attention width) and the offline ORT pass, as ``fastft export`` does (without the op's fused
+    Attention nodes); the fused, un-offline-optimised graph is kept beside ``out_file`` as
+    ``<stem>.fused.onnx`` for quantization. Exporting from memory also covers head-pruned
+    models, which transformers 5 cannot reload.
     """
-    import shutil
-
     out_file = Path(out_file)
-    fused = fused_path(out_file)
-    fx = _fx()
-    if fx is None:
-        torch_export(net, out_file, opset)
-        shutil.copy2(out_file, fused)
-        return {"exporter": "torch.onnx.export (TorchScript)", "runtime_graph_optimization_level": "all"}
-    fx_onnx, fx_opt, _ = fx
     plain = out_file.with_name(out_file.stem + ".plain.onnx")
-    info = {"export": fx_onnx.export_onnx(net, plain, input_names=fx_onnx.model_input_names(net), opset=opset)}
-    heads = _head_counts(net) if getattr(net.config, "pruned_heads", None) else None
-    if heads and len(set(heads)) == 1:  # uniform head pruning: fuse with the pruned attention width
-        d = int(net.config.hidden_size // net.config.num_attention_heads)
-        info["fusions"] = fx_opt.fuse_transformer(
-            plain, fused, net.config, num_heads=heads[0], hidden_size=heads[0] * d
-        )
-    elif heads:
-        shutil.copy2(plain, fused)
-        info["fusions"] = "skipped (head counts differ between layers)"
-    else:
-        info["fusions"] = fx_opt.fuse_transformer(plain, fused, net.config)
-    plain.unlink(missing_ok=True)
-    info["ort_offline"] = fx_opt.ort_offline_optimize(fused, out_file, "basic")
-    info["runtime_graph_optimization_level"] = "basic"
-    return info
-
-
-def _head_counts(net) -> list[int] | None:
     try:
-        from fastft.compress.prune import _layers, heads_of
-
-        return [heads_of(layer) for layer in _layers(net)]
-    except Exception:  # noqa: BLE001 - not a BERT-style encoder
-        return None
+        return fx_stages.write_fp32(
+            net, out_file, fused_path(out_file), plain, input_names=fx_onnx.model_input_names(net), opset=opset
+        )
+    finally:
+        plain.unlink(missing_ok=True)
 
 
 def fused_path(onnx_file: Path) -> Path:
@@ -94,9 +64,10 @@ def fused_path(onnx_file: Path) -> Path:
 
 
 def torch_export(net, out_file: Path, opset: int = 17) -> None:
-    """Plain ``torch.onnx.export`` with dynamic batch and sequence axes (inputs: ids, mask)."""
-    import warnings
+    """Plain ``torch.onnx.export`` with dynamic batch and sequence axes (inputs: ids, mask); no fusions.
 
+    Not on the compress path (that is :func:`export_onnx`): a minimal graph for checks.
+    """
     import torch
 
     net = net.eval()
@@ -122,8 +93,6 @@ def torch_export(net, out_file: Path, opset: int = 17) -> None:
 
 
 def session(path, threads: int | None = None):
-    from fastft.runtime.session import create_session, session_options
-
     return create_session(path, session_options(threads=threads, spinning=False, level="all"))
 
 
@@ -152,25 +121,11 @@ def accuracy(logits: np.ndarray, labels) -> float:
     return float((logits.argmax(1) == np.asarray(labels)).mean()) if len(labels) else 0.0
 
 
-def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    def logsm(x):
-        x = x - x.max(1, keepdims=True)
-        return x - np.log(np.exp(x).sum(1, keepdims=True))
-
-    lp, lq = logsm(p_logits), logsm(q_logits)
-    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
-
-
 def quantizable_nodes(path) -> list[str]:
-    """Names of the nodes INT8 quantizes: fastft.export's weight MatMuls/Attention, else weight MatMul/Gemm."""
+    """Names of the nodes INT8 quantizes: fastft.export's weight MatMuls/Attention."""
     import onnx
 
-    m = onnx.load(str(path), load_external_data=False)
-    fx = _fx()
-    if fx is not None:
-        return fx[2].select_nodes(m, "weights")[0]
-    inits = {t.name for t in m.graph.initializer}
-    return [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input)]
+    return fx_quant.select_nodes(onnx.load(str(path), load_external_data=False), "weights")[0]
 
 
 def quantize_int8(
@@ -184,131 +139,37 @@ def quantize_int8(
     per_channel: bool | None = None,
     shaped: Path | None = None,
 ) -> dict:
-    """INT8 ``src`` -> ``dst`` with ONNX Runtime; ``exclude``: node names kept fp32.
+    """INT8 ``src`` -> ``dst`` with fastft.export's quantisation stage; ``exclude``: node names kept fp32.
 
-    Follows fastft.export's recipe for this CPU (U8S8 with VNNI, U8U8 without; QOperator for
-    dynamic, QDQ for static) when that stage is present. ``shaped``: ``src`` after symbolic
-    shape inference (computed when None; pass it to save time over many calls).
+    fastft.export's recipe for this CPU (U8S8 with VNNI, U8U8 without; QOperator for dynamic,
+    QDQ for static), calibrated on the pre-tokenized ``calib_ids``. ``shaped``: ``src`` after
+    symbolic shape inference (computed when None; pass it to save time over many calls).
     """
-    import logging
-    import shutil
-    import tempfile
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger ("pre-processing")
-    tmpdir = None
-    try:
-        fx = _fx()
-        if shaped is None and fx is not None:
-            tmpdir = tempfile.mkdtemp(prefix="fastft-q-", dir=Path(dst).parent)
+    with tempfile.TemporaryDirectory(prefix="fastft-q-", dir=Path(dst).parent) as tmpdir:
+        if shaped is None:
             shaped = Path(tmpdir) / "shaped.onnx"
-            fx[1].infer_shapes(src, shaped)
-        return _quantize_int8(
-            shaped or src,
-            dst,
-            exclude=set(exclude),
-            static=static,
-            calib_ids=calib_ids,
-            pad_id=pad_id,
-            per_channel=per_channel,
-            fx=fx,
-        )
-    finally:
-        root.setLevel(level)
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _quantize_int8(src, dst, *, exclude, static, calib_ids, pad_id, per_channel, fx) -> dict:
-    import shutil
-    import warnings
-
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    if fx is not None:
-        recipe = fx[2].recipe_from_options(static=static, per_channel=per_channel)
-        nodes, op_types = fx[2].select_nodes(onnx.load(str(src), load_external_data=False), recipe.scope)
-        settings = {
-            "recipe": recipe.name,
-            "weight_type": recipe.weight_type,
-            "per_channel": recipe.per_channel,
-            "reduce_range": recipe.reduce_range,
-            "format": recipe.quant_format,
-        }
-        wtype, atype, pc, rr = (
-            qtype[recipe.weight_type],
-            qtype[recipe.activation_type],
-            recipe.per_channel,
-            recipe.reduce_range,
-        )
-        fmt = QuantFormat.QDQ if static else QuantFormat.QOperator
-    else:
-        nodes, op_types = quantizable_nodes(src), ["MatMul", "Gemm"]
-        pc = bool(per_channel) if per_channel is not None else static
-        wtype, atype, rr, fmt = QuantType.QInt8, QuantType.QUInt8, False, QuantFormat.QDQ if static else None
-        settings = {"weight_type": "int8", "per_channel": pc}
-    nodes = [n for n in nodes if n not in exclude]
-    settings.update(mode="static" if static else "dynamic", nodes_quantized=len(nodes), nodes_excluded=len(exclude))
-    if not nodes:  # everything kept fp32
-        shutil.copy2(src, dst)
-        return settings
-    common = dict(
-        op_types_to_quantize=op_types, nodes_to_quantize=nodes, per_channel=pc, reduce_range=rr, weight_type=wtype
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if not static:
-            quantize_dynamic(str(src), str(dst), extra_options={"MatMulConstBOnly": True}, **common)
-            return settings
-        if not calib_ids:
-            raise FastftError("--static needs calibration data (the training split)")
-        quantize_static(
-            str(src),
-            str(dst),
-            _calib_reader(calib_ids, pad_id, onnx_inputs(src)),
-            quant_format=fmt,
-            activation_type=atype,
-            extra_options={"MatMulConstBOnly": True},
-            **common,
-        )
-    settings["calibration_rows"] = len(calib_ids)
+            fx_opt.infer_shapes(src, shaped)
+        base = fx_quant.recipe_from_options(static=static, per_channel=per_channel)
+        recipe = replace(base, exclude=tuple(exclude))
+        reader = None
+        if static:
+            if not calib_ids:
+                raise FastftError("--static needs calibration data (the training split)")
+            reader = fx_quant.CalibrationReader.from_ids(calib_ids, pad_id, onnx_inputs(shaped))
+        q = fx_quant.quantize_onnx(shaped, dst, recipe, reader, shaped=shaped, allow_empty=True)
+    settings = {
+        "recipe": base.name,
+        "weight_type": recipe.weight_type,
+        "per_channel": recipe.per_channel,
+        "reduce_range": recipe.reduce_range,
+        "format": recipe.quant_format,
+        "mode": "static" if static else "dynamic",
+        "nodes_quantized": q["nodes_quantized"],
+        "nodes_excluded": len(set(exclude)),
+    }
+    if static:
+        settings["calibration_rows"] = len(calib_ids)
     return settings
-
-
-def _calib_reader(ids, pad_id, names):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(_CalibReader, CalibrationDataReader):
-        pass
-
-    return Reader(ids, pad_id, names)
-
-
-class _CalibReader:
-    """onnxruntime CalibrationDataReader over pre-tokenized rows, batches of 16."""
-
-    def __init__(self, ids, pad_id, names):
-        self.batches = []
-        for s in range(0, len(ids), 16):
-            rows = ids[s : s + 16]
-            n = max(len(r) for r in rows)
-            x = np.full((len(rows), n), pad_id, dtype=np.int64)
-            m = np.zeros_like(x)
-            for i, r in enumerate(rows):
-                x[i, : len(r)] = r
-                m[i, : len(r)] = 1
-            feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
-            self.batches.append({k: feeds[k] for k in names})
-        self.it = iter(self.batches)
-
-    def get_next(self):
-        return next(self.it, None)
-
-    def rewind(self):
-        self.it = iter(self.batches)
 
 
 def quantize_fp16(src: Path, dst: Path) -> dict:
@@ -346,21 +207,16 @@ def accuracy_aware_int8(
 
     Returns {"accuracy_fp32", "accuracy_int8", "drop", "excluded_nodes", "sensitivity", "rounds", ...}.
     """
-    import shutil
-    import tempfile
-
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fastft-aa-", dir=Path(dst).parent))
     try:
-        fx = _fx()
-        shaped = None
-        if fx is not None:
-            shaped = work / "shaped.onnx"
-            fx[1].infer_shapes(src, shaped)
-        raw = work / "int8.onnx"
+        shaped = work / "shaped.onnx"
+        fx_opt.infer_shapes(src, shaped)
+        settings = {}
 
-        def build(exclude=(), out=raw) -> dict:
-            return quantize_int8(
+        def build(exclude=(), probe: bool = False) -> Path:
+            out = work / ("probe.onnx" if probe else "int8.onnx")
+            s = quantize_int8(
                 src,
                 out,
                 exclude=exclude,
@@ -370,64 +226,59 @@ def accuracy_aware_int8(
                 per_channel=per_channel,
                 shaped=shaped,
             )
+            if not probe and not settings:
+                settings.update(s)
+            return out
 
         def val_acc(path) -> float:
             return accuracy(ort_logits(session(path, threads), val_ids, pad_id), val_labels)
 
         if base_acc is None:
             base_acc = val_acc(src)
-        settings = build()
-        acc = val_acc(raw)
-        rounds = [{"excluded": 0, "accuracy": acc, "drop": base_acc - acc}]
+
+        def check(path, exclude) -> tuple[bool, dict]:
+            acc = val_acc(path)
+            return base_acc - acc <= budget, {"excluded": len(exclude), "accuracy": acc, "drop": base_acc - acc}
+
+        def report(a) -> None:
+            acc, k = a.record["accuracy"], a.record["excluded"]
+            if not k:
+                _log(
+                    f"int8 ({settings['mode']}): validation accuracy {acc:.4f} vs fp32 {base_acc:.4f} "
+                    f"(drop {base_acc - acc:+.4f}, budget {budget:.4f})",
+                    progress,
+                )
+            else:
+                _log(
+                    f"int8 with the {k} most sensitive node(s) in fp32: validation accuracy {acc:.4f} "
+                    f"(drop {base_acc - acc:+.4f})",
+                    progress,
+                )
+
+        sub = val_ids[:sensitivity_rows]
+        policy = fx_int8.KLSensitivity(
+            quantizable_nodes(shaped),
+            lambda: ort_logits(session(src, threads), sub, pad_id),
+            lambda path: ort_logits(session(path, threads), sub, pad_id),
+            progress=progress,
+        )
+        search = fx_int8.accuracy_aware(build, check, policy, on_attempt=report)
+        acc = search.final.record["accuracy"]
         info = {
             **settings,
             "accuracy_fp32": base_acc,
             "accuracy_int8": acc,
             "drop": base_acc - acc,
             "budget": budget,
-            "excluded_nodes": [],
-            "rounds": rounds,
+            "excluded_nodes": search.final.excluded,
+            "rounds": [a.record for a in search.attempts],
         }
-        _log(
-            f"int8 ({settings['mode']}): validation accuracy {acc:.4f} vs fp32 {base_acc:.4f} "
-            f"(drop {base_acc - acc:+.4f}, budget {budget:.4f})",
-            progress,
-        )
-        if base_acc - acc > budget:
-            # sensitivity: each node quantized alone; mean KL of its logits from fp32's on a subset
-            nodes = quantizable_nodes(shaped or src)
-            sub = val_ids[:sensitivity_rows]
-            ref = ort_logits(session(src, threads), sub, pad_id)
-            probe = work / "probe.onnx"
-            sens = {}
-            for i, node in enumerate(nodes):
-                build([n for n in nodes if n != node], probe)
-                sens[node] = _kl(ref, ort_logits(session(probe, threads), sub, pad_id))
-                _log(f"sensitivity {i + 1}/{len(nodes)}: {node} KL {sens[node]:.3g}      ", progress, end="\r")
-            _log("", progress)
-            ranked = sorted(nodes, key=lambda n: -sens[n])
-            k = 1
-            while base_acc - acc > budget and k <= len(ranked):
-                excluded = ranked[:k]
-                build(excluded)
-                acc = val_acc(raw)
-                rounds.append({"excluded": k, "accuracy": acc, "drop": base_acc - acc})
-                _log(
-                    f"int8 with the {k} most sensitive node(s) in fp32: validation accuracy {acc:.4f} "
-                    f"(drop {base_acc - acc:+.4f})",
-                    progress,
-                )
-                info["excluded_nodes"] = excluded
-                if k == len(ranked):
-                    break
-                k = min(len(ranked), k * 2)
-            info["sensitivity"] = dict(sorted(sens.items(), key=lambda kv: -kv[1]))
-        info.update(accuracy_int8=acc, drop=base_acc - acc, within_budget=base_acc - acc <= budget)
-        if fx is not None:  # as fastft export does: save the graph ORT builds at "extended"
-            info["ort_offline"] = fx[1].ort_offline_optimize(raw, dst, "extended")
-            info["runtime_graph_optimization_level"] = "basic"
-        else:
-            shutil.copy2(raw, dst)
+        if not search.attempts[0].passed:
+            info["sensitivity"] = search.ranking
+        info.update(within_budget=base_acc - acc <= budget)
+        # as fastft export does: save the graph ORT builds at "extended"
+        info["ort_offline"] = fx_opt.ort_offline_optimize(search.final.path, dst, fx_stages.INT8_ORT_LEVEL)
+        info["runtime_graph_optimization_level"] = "basic"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["time_s"] = round(time.perf_counter() - t0, 2)
@@ -437,16 +288,3 @@ def accuracy_aware_int8(
 def _log(msg: str, progress: bool, end: str = "\n") -> None:
     if progress:
         print(msg, file=sys.stderr, end=end, flush=True)
-
-
-def quantize(model, config=None, **overrides):
-    """Quantize the model directory ``model`` (INT8 or FP16 ONNX); see :class:`CompressConfig`.
-
-        res = fastft.quantize("runs/student", CompressConfig(quantize="int8"), output="runs/student-int8")
-
-    Returns a :class:`fastft.compress.recipe.StageResult`; the output directory holds model.onnx
-    (fp32) and model_int8.onnx (or model_fp16.onnx).
-    """
-    from fastft.compress.recipe import run_stage
-
-    return run_stage("quantize", model, config, **overrides)

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastft.compress.quantize import session
+from fastft.core.io import write_json
+from fastft.core.stats import quantiles
+
 SEQS = (128, 512)
 COLUMNS = [
     ("stage", "stage"),
@@ -43,9 +47,6 @@ def measure_latency(
     Lengths beyond ``max_positions`` (the model's position embeddings) are skipped.
     """
     seqs = [s for s in seqs if s <= max_positions]
-    from fastft.bench import quantiles
-    from fastft.compress.quantize import session
-
     sessions = {name: session(path, threads) for name, path in files.items()}
     rng = np.random.default_rng(0)
     feeds = {}
@@ -190,8 +191,6 @@ def markdown(report: dict) -> str:
 
 
 def write(out_dir: Path, report: dict) -> None:
-    from fastft.core.io import write_json
-
     write_json(Path(out_dir) / "report.json", report)
     (Path(out_dir) / "report.md").write_text(markdown(report))
 

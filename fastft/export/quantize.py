@@ -14,6 +14,7 @@ data type for weight_name=...MatMul_output_0".
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from fastft.core.errors import FastftError
+from fastft.export.calibration import CalibrationReader, as_ort_reader
+from fastft.export.calibration import TextCalibrationReader as TextCalibrationReader  # re-exported
 
 SCOPES = ("all", "weights", "ffn", "no-attention")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -190,38 +193,21 @@ def fallback_order(model) -> list[str]:
     return [n.name for n in sorted(picked, key=lambda n: (layer(n.name) != first, group(n), layer(n.name)))]
 
 
-class TextCalibrationReader:
-    """An ORT ``CalibrationDataReader`` over tokenized texts, in small padded batches."""
-
-    def __init__(self, tokenizer, texts: list[str], input_names: list[str], max_length: int, batch_size: int = 8):
-        import numpy as np
-
-        self.batches = []
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
-            )
-            zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
-            self.batches.append({n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names})
-        self._it = iter(self.batches)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):
-        self._it = iter(self.batches)
-
-
-def _base_reader():
-    from onnxruntime.quantization import CalibrationDataReader
-
-    return CalibrationDataReader
-
-
 def quantize_onnx(
-    src: str | os.PathLike, dst: str | os.PathLike, recipe: Int8Recipe, calibration: TextCalibrationReader | None = None
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    recipe: Int8Recipe,
+    calibration: CalibrationReader | None = None,
+    *,
+    shaped: str | os.PathLike | None = None,
+    allow_empty: bool = False,
 ) -> dict:
-    """Quantise ``src`` (fp32, fused or not) into ``dst`` following ``recipe``; returns what was done."""
+    """Quantise ``src`` (fp32, fused or not) into ``dst`` following ``recipe``; returns what was done.
+
+    shaped: ``src`` after :func:`~fastft.export.optimize.infer_shapes` (computed when None; pass
+    it to save time over many calls). allow_empty: when ``recipe.exclude`` leaves nothing to
+    quantise, copy ``src`` instead of failing.
+    """
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -238,11 +224,17 @@ def quantize_onnx(
     if recipe.mode == "static" and calibration is None:
         raise FastftError("static quantisation needs calibration data")
     with tempfile.TemporaryDirectory(prefix=f"fastft-quant-{os.getpid()}-") as tmp:  # pid: see clean_stale
-        shaped = Path(tmp) / "shaped.onnx"
-        shape_method = infer_shapes(src, shaped)
+        if shaped is None:
+            shaped = Path(tmp) / "shaped.onnx"
+            shape_method = infer_shapes(src, shaped)
+        else:
+            shape_method = "given"
         model = onnx.load(str(shaped))
         nodes, op_types = select_nodes(model, recipe.scope)
         nodes = [n for n in nodes if n not in set(recipe.exclude)]
+        if not nodes and allow_empty:  # everything kept fp32
+            shutil.copy2(src, dst)
+            return {**recipe.to_dict(), "recipe": recipe.name, "nodes_quantized": 0, "op_types": op_types}
         if not nodes:
             raise FastftError(f"nothing to quantise in {Path(src).name} with scope {recipe.scope!r}")
         extra = {"MatMulConstBOnly": recipe.scope != "all", **recipe.extra_options}
@@ -274,7 +266,7 @@ def quantize_onnx(
                             f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {recipe.calib_method!r})"
                         )
                     calibration.rewind()
-                    reader = _as_ort_reader(calibration)
+                    reader = as_ort_reader(calibration)
                     quantize_static(
                         str(shaped),
                         str(dst),
@@ -298,19 +290,6 @@ def quantize_onnx(
         "op_types": op_types,
         "ops": op_counts(dst),
     }
-
-
-def _as_ort_reader(reader: TextCalibrationReader):
-    base = _base_reader()
-
-    class _Reader(base):
-        def get_next(self):
-            return reader.get_next()
-
-        def rewind(self):
-            reader.rewind()
-
-    return _Reader()
 
 
 def recipe_from_options(

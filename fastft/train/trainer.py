@@ -17,7 +17,10 @@ from pathlib import Path
 
 from fastft.core.errors import FastftError
 from fastft.core.system import physical_cores
+from fastft.train.loop import EpochStats, linear_schedule, param_groups, run_loop
 from fastft.train.metrics import METRIC_NAMES
+
+__all__ = ["TrainConfig", "linear_schedule", "param_groups", "run_training", "set_seed", "train"]
 
 
 @dataclass
@@ -105,31 +108,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Weight decay on weights only: none on biases and LayerNorm/embedding-norm parameters."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lname = name.lower()
-        if p.ndim < 2 or lname.endswith(".bias") or "layernorm" in lname or "layer_norm" in lname or ".norm" in lname:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
-    import torch
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _better(metric: str, new: float | None, best: float | None) -> bool:
     if new is None:
         return False
@@ -158,7 +136,6 @@ def run_training(cfg: TrainConfig) -> dict:
 
     import torch
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from fastft.core.io import atomic_output_dir
     from fastft.core.schema import write_meta
@@ -191,60 +168,49 @@ def run_training(cfg: TrainConfig) -> dict:
     loader = DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=g, collate_fn=collate)
     steps_per_epoch = len(loader)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
-    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    history = []
+    best = {"value": None, "state": None, "epoch": None, "bad": 0}
 
-    history, best, best_state, best_epoch, bad_epochs = [], None, None, None, 0
-    step, samples, t0 = 0, 0, time.perf_counter()
-    for epoch in range(1, n_epochs + 1):
-        net.train()
-        bar = tqdm(
-            total=min(steps_per_epoch, total_steps - step),
-            desc=f"epoch {epoch}/{n_epochs}",
-            unit="step",
-            file=sys.stderr,
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-        )
-        running = 0.0
-        for i, batch in enumerate(loader):
-            if step >= total_steps:
-                break
-            out = net(**batch)
-            loss = out.loss
-            if not torch.isfinite(loss):
-                raise FastftError(f"training diverged: loss is {loss.item()} at step {step} (try a lower --lr)")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            samples += batch["labels"].shape[0]
-            running = loss.item() if i == 0 else 0.9 * running + 0.1 * loss.item()
-            bar.set_postfix(loss=f"{running:.4f}", samples_s=f"{samples / (time.perf_counter() - t0):.1f}")
-            bar.update(1)
-        bar.close()
+    def step_loss(batch):
+        return net(**batch).loss, batch["labels"].shape[0], None
+
+    def end_epoch(stats: EpochStats) -> bool:
         val = run_eval(net, tokenizer, splits.validation, max_length, cfg.eval_batch_size, progress=False)
-        val["epoch"], val["train_loss"] = epoch, running
+        val["epoch"], val["train_loss"] = stats.epoch, stats.running or 0.0
         history.append(val)
         print(
-            f"epoch {epoch}: train loss {running:.4f}, validation accuracy {val['accuracy']:.4f}, "
+            f"epoch {stats.epoch}: train loss {stats.running or 0.0:.4f}, validation accuracy {val['accuracy']:.4f}, "
             f"f1 {val['f1_macro']:.4f}, loss {val['loss']:.4f}",
             file=sys.stderr,
         )
-        if _better(cfg.metric, val.get(cfg.metric), best):
-            best, best_epoch, bad_epochs = val.get(cfg.metric), epoch, 0
-            best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
-        else:
-            bad_epochs += 1
-            if cfg.patience is not None and bad_epochs >= cfg.patience:
-                print(f"early stopping: no {cfg.metric} improvement for {bad_epochs} epoch(s)", file=sys.stderr)
-                break
-        if step >= total_steps:
-            break
-    train_time = time.perf_counter() - t0
+        if _better(cfg.metric, val.get(cfg.metric), best["value"]):
+            best.update(value=val.get(cfg.metric), epoch=stats.epoch, bad=0)
+            best["state"] = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
+            return False
+        best["bad"] += 1
+        if cfg.patience is not None and best["bad"] >= cfg.patience:
+            print(f"early stopping: no {cfg.metric} improvement for {best['bad']} epoch(s)", file=sys.stderr)
+            return True
+        return False
+
+    res = run_loop(
+        net,
+        lambda epoch: loader,
+        step_loss,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm,
+        end_epoch=end_epoch,
+        progress=cfg.progress,
+        desc="epoch",
+        what="training",
+        postfix=lambda r, parts, elapsed: {"samples_s": f"{r.samples / elapsed:.1f}"},
+    )
+    step, samples, best_state, best_epoch = res.steps, res.samples, best["state"], best["epoch"]
+    train_time = res.time_s
     if best_state is not None:
         net.load_state_dict(best_state)
     if cfg.lora:

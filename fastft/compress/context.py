@@ -1,0 +1,241 @@
+"""What every compress stage shares: the teacher, its data (tokenized once) and the checks made
+before any training (:func:`preflight`, :func:`prepare`), plus saving a stage's model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastft.compress.config import TEACHER_ALIAS, CompressConfig
+from fastft.compress.distill import encode, pad_batch
+from fastft.compress.prune import check_fractions
+from fastft.core.errors import DataError, FastftError, ModelError
+from fastft.core.schema import read_meta, write_meta
+from fastft.core.system import physical_cores, versions
+from fastft.data import load_data
+from fastft.data.collate import clamp_max_length
+from fastft.export.preflight import export_preflight
+from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
+from fastft.models.pruned import load_pruned
+from fastft.train.evaluate import align_labels
+from fastft.train.trainer import set_seed
+
+
+@dataclass
+class Context:
+    teacher_dir: Path
+    teacher: object
+    tokenizer: object
+    meta: dict
+    labels: list[str]
+    max_length: int
+    data_spec: dict
+    ids: dict  # split -> list[list[int]]
+    y: dict  # split -> list[int]
+    pad_id: int
+    cfg: CompressConfig
+    cache: object = None  # the teacher's cached outputs (distill.TeacherCache), once computed
+
+
+# -- the default teacher ----------------------------------------------------------------------
+DEFAULT_TEACHER = {
+    "model": "minilm-l6",
+    "data": "movie-snippets",
+    "epochs": 3,
+    "max_length": 64,
+    "batch_size": 32,
+    "lr": 5e-5,
+    "seed": 42,
+}
+
+
+def default_teacher(progress: bool = True) -> Path:
+    """minilm-l6 fine-tuned on movie-snippets, trained once and cached (same settings as bench_teacher.py)."""
+    path = cache_dir() / TEACHER_ALIAS
+    if (path / "config.json").is_file() and read_meta(path).get("labels"):
+        return path
+    import fastft
+
+    print(
+        f"fastft: no --model given and the default teacher is not cached yet: fine-tuning minilm-l6 on "
+        f"movie-snippets (3 epochs, max length 64; about 30 min on 2 cores) into {path}",
+        file=sys.stderr,
+    )
+    # written atomically into the cache: a later failure (export, quantization) leaves it cached
+    fastft.train(output=str(path), overwrite=True, progress=progress, **DEFAULT_TEACHER)
+    return path
+
+
+# -- cheap checks before any training -------------------------------------------------------------
+def preflight(model, cfg: CompressConfig) -> dict:
+    """Everything ``compress`` can check in seconds before it spends minutes: the output path, the
+    data (for the default teacher, before it is trained), ONNX Runtime's providers and the export
+    path (a one-layer copy of the teacher's architecture exported and run, or for the default
+    teacher, of the model it will be fine-tuned from). FastftError on the first problem."""
+    from transformers import AutoConfig
+
+    if model is None:
+        cached = cache_dir() / TEACHER_ALIAS
+        if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
+            path = cached
+        else:  # the default teacher is still to be trained: check its data and base model first
+            labels = load_data(DEFAULT_TEACHER["data"], seed=42, limit=cfg.limit).labels
+            if cfg.data is not None:
+                mine = load_data(cfg.data, seed=cfg.seed, limit=cfg.limit).labels
+                if set(mine) != set(labels):
+                    raise DataError(
+                        f"the labels of {cfg.data!r} ({', '.join(mine)}) differ from the default "
+                        f"teacher's ({DEFAULT_TEACHER['data']}: {', '.join(labels)})"
+                    )
+            path = resolve_model(DEFAULT_TEACHER["model"])
+    else:
+        path = resolve_model(model)
+        if not isinstance(path, Path):
+            raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
+        check_teacher_dir(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot read the model config in {path}: {(str(exc).splitlines() or [''])[0][:200]}"
+        ) from None
+    info = export_preflight(config)
+    if cfg.progress and info["fallback"]:
+        print(
+            f"fastft: fused attention unavailable ({info['fallback']}): the plain graph will be exported",
+            file=sys.stderr,
+        )
+    return info
+
+
+# -- validation and loading ---------------------------------------------------------------------
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
+    """(fastft meta, labels) of a classifier directory, or a one-line ModelError."""
+    meta = read_meta(path)
+    cfg = _read_config(path)
+    archs = cfg.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelError(
+            f"{path} has no classification head (architectures: {', '.join(archs) or 'none'}); "
+            "fine-tune it first: fastft train --model ... --output DIR"
+        )
+    labels = meta.get("labels")
+    if not labels:
+        id2label = cfg.get("id2label") or {}
+        labels = [str(id2label.get(str(i), "")) for i in range(len(id2label))]
+        if not labels or all(x.startswith("LABEL_") or not x for x in labels):
+            raise ModelError(f"{path} records no label names (no fastft.json labels, no config id2label)")
+    return meta, [str(x) for x in labels]
+
+
+def prepare(model, cfg: CompressConfig) -> Context:
+    """Load the teacher and the data, checking everything that can be checked before training."""
+    import torch
+
+    cfg.validate()
+    if cfg.student not in ("teacher-layers", "minilm-l3"):
+        resolve_model(cfg.student)  # a directory that must exist
+    torch.set_num_threads(cfg.threads or physical_cores())
+    set_seed(cfg.seed)
+    path = default_teacher(cfg.progress) if model is None else resolve_model(model)
+    if not isinstance(path, Path):
+        raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
+    meta, labels = check_teacher_dir(path)
+    spec = meta.get("data") or {}
+    data = cfg.data or spec.get("path") or spec.get("data")
+    if data is None:
+        raise DataError(f"{path} records no training data; pass --data")
+    same = data in (spec.get("data"), spec.get("path"))
+    splits = load_data(
+        data,
+        text_column=spec.get("text_column", "text") if same else "text",
+        label_column=spec.get("label_column", "label") if same else "label",
+        seed=spec.get("seed", 42) if same else cfg.seed,
+        limit=cfg.limit,
+    )
+    if set(splits.labels) != set(labels):
+        raise DataError(
+            f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's ({', '.join(labels)})"
+        )
+    if _read_config(path).get("pruned_heads"):
+        teacher = load_pruned(path).eval()
+    else:
+        teacher = load_classifier(path).eval()
+    n_layers = teacher.config.num_hidden_layers
+    if cfg.student == "teacher-layers" and cfg.layers is not None and not 1 <= cfg.layers <= n_layers:
+        raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {cfg.layers})")
+    if cfg.prune_heads or cfg.prune_ffn:
+        check_fractions(teacher, cfg.prune_heads, cfg.prune_ffn)
+    tokenizer = load_tokenizer(path)
+    max_length = clamp_max_length(cfg.max_length or meta.get("max_length") or 128, teacher.config)
+    ids, y = {}, {}
+    for name in ("train", "validation", "test"):
+        part = align_labels(splits.split(name), splits.labels, labels)
+        ids[name], y[name] = encode(tokenizer, part.texts, max_length), list(part.labels)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Context(
+        path,
+        teacher,
+        tokenizer,
+        meta,
+        labels,
+        max_length,
+        {**splits.spec, "labels": splits.labels},
+        ids,
+        y,
+        pad_id,
+        cfg,
+    )
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def torch_accuracy(net, ids, labels, pad_id: int, batch_size: int = 64) -> float:
+    import torch
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    correct = 0
+    net.eval()
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            x, m = pad_batch([ids[r] for r in rows], pad_id)
+            pred = net(input_ids=x, attention_mask=m).logits.argmax(-1)
+            correct += int((pred == torch.tensor([labels[r] for r in rows])).sum())
+    return correct / max(1, len(ids))
+
+
+def save_model_dir(ctx: Context, net, path: Path, stage: str, info: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    net.save_pretrained(path, safe_serialization=True)
+    ctx.tokenizer.save_pretrained(path)
+    meta = {
+        "format": 1,
+        "task": "sequence-classification",
+        "labels": ctx.labels,
+        "base_model": str(ctx.teacher_dir),
+        "max_length": ctx.max_length,
+        "data": ctx.data_spec,
+        "metrics": {},
+        "compress": {"stage": stage, **info},
+        "versions": versions(),
+        "history": list(ctx.meta.get("history", []))
+        + [{"stage": f"compress:{stage}", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+    }
+    write_meta(path, meta)
+    return path
+
+
+def log(ctx: Context, msg: str) -> None:
+    if ctx.cfg.progress:
+        print(f"fastft: {msg}", file=sys.stderr)

@@ -1,0 +1,344 @@
+"""The ``compress`` pipeline: distill -> prune -> quantize -> report.
+
+    report = fastft.compress("runs/teacher", CompressConfig(layers=3, quantize="int8", output="runs/small"))
+
+Every bad input (no task head, data labels unlike the teacher's, --layers out of range,
+prune fractions, --int8 with --fp16) is a one-line FastftError raised before any training.
+Each stage is exported to ONNX in a work directory, evaluated on the test split with ONNX
+Runtime (the file that is served) and timed; the output is the last stage's model directory
+(HF files, model.onnx, model_int8.onnx, fastft.json) plus report.json and report.md.
+The single stages (``fastft.distill`` / ``prune`` / ``quantize``) are :func:`run_stage`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fastft.compress import quantize as cq
+from fastft.compress import report as rep
+from fastft.compress.config import CompressConfig
+from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
+from fastft.compress.prune import count_params, flops
+from fastft.compress.stages import StageResult, do_distill, do_prune, do_quantize
+from fastft.core.errors import FastftError
+from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
+from fastft.core.schema import read_meta, write_meta
+from fastft.core.system import physical_cores, versions
+from fastft.models.pruned import load_pruned
+from fastft.train.metrics import classification_metrics
+
+
+def compress(model=None, config: CompressConfig | None = None, **overrides) -> dict:
+    """Run distill -> prune -> quantize on the teacher ``model`` (None: the built-in default teacher).
+
+    Writes ``config.output`` (a normal fastft model directory plus report.json/report.md) and
+    returns the report.
+    """
+    cfg = replace(config or CompressConfig(), **overrides)
+    cfg.validate()
+    if not cfg.output:
+        raise FastftError("an output directory is required (--output DIR)")
+    inputs = (model, cfg.data, cfg.student)
+    check_output_dir(cfg.output, cfg.overwrite, inputs=inputs)
+    t_start = time.perf_counter()
+    preflight(model, cfg)
+    ctx = prepare(model, cfg)
+    out_parent = Path(cfg.output).expanduser().resolve().parent
+    out_parent.mkdir(parents=True, exist_ok=True)
+    # the pid in the name lets the next run remove it if this one is killed (fastft.core.io.clean_stale)
+    work = Path(tempfile.mkdtemp(prefix=f".compress-work-{os.getpid()}-", dir=out_parent))
+    try:
+        report = _pipeline(ctx, work, t_start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
+    cfg = ctx.cfg
+    stages, infos, timings = [], {}, {}
+
+    def evaluate_onnx(path: Path) -> dict:
+        import numpy as np
+
+        out = {}
+        for split in ("validation", "test"):
+            logits = cq.ort_logits(cq.session(path, cfg.threads), ctx.ids[split], ctx.pad_id)
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            out[split] = classification_metrics(ctx.y[split], p / p.sum(1, keepdims=True), logits.shape[1])
+        return out
+
+    def add_stage(name: str, net, model_dir: Path, onnx_file: Path, metrics: dict, extra: dict | None = None):
+        stages.append(
+            {
+                "name": name,
+                "parameters": count_params(net),
+                "file": onnx_file,
+                "flops_128": flops(net, 128),
+                "accuracy": metrics["test"]["accuracy"],
+                "validation_accuracy": metrics["validation"]["accuracy"],
+                **(extra or {}),
+            }
+        )
+        log(ctx, f"{name}: test accuracy {metrics['test']['accuracy']:.4f}, {count_params(net) / 1e6:.2f}M parameters")
+
+    # teacher
+    t0 = time.perf_counter()
+    tdir = work / "teacher"
+    tdir.mkdir()
+    t_onnx = tdir / "model.onnx"
+    t_export = cq.export_onnx(ctx.teacher, t_onnx)
+    t_metrics = evaluate_onnx(t_onnx)
+    add_stage("teacher", ctx.teacher, ctx.teacher_dir, t_onnx, t_metrics)
+    timings["teacher_export_eval_s"] = round(time.perf_counter() - t0, 2)
+
+    net, last_dir, last_onnx, last_metrics = ctx.teacher, ctx.teacher_dir, t_onnx, t_metrics
+    for name, enabled in (("distilled", cfg.distill), ("pruned", cfg.pruning)):
+        if not enabled:
+            continue
+        t0 = time.perf_counter()
+        res = (
+            do_distill(ctx)
+            if name == "distilled"
+            else do_prune(ctx, net if net is not ctx.teacher else copy.deepcopy(ctx.teacher))
+        )
+        infos[name] = res.info
+        net = res.model
+        last_dir = save_model_dir(ctx, net, work / name, name, {})
+        last_onnx = last_dir / "model.onnx"
+        infos[name]["export"] = cq.export_onnx(net, last_onnx)
+        last_metrics = evaluate_onnx(last_onnx)
+        add_stage(name, net, last_dir, last_onnx, last_metrics)
+        timings[f"{name}_s"] = round(time.perf_counter() - t0, 2)
+
+    final_file, final_metrics, qinfo = last_onnx, last_metrics, None
+    if cfg.quantize:
+        t0 = time.perf_counter()
+        qdir = work / "quantized"
+        qdir.mkdir()
+        final_file, qinfo = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"]["accuracy"])
+        final_metrics = evaluate_onnx(final_file)
+        add_stage("quantized", net, last_dir, final_file, final_metrics, {"precision": cfg.quantize})
+        timings["quantized_s"] = round(time.perf_counter() - t0, 2)
+
+    latency = None
+    if cfg.bench:
+        t0 = time.perf_counter()
+        latency = rep.measure_latency(
+            {s["name"]: s["file"] for s in stages},
+            runs=cfg.bench_runs,
+            threads=cfg.threads,
+            progress=cfg.progress,
+            max_positions=ctx.teacher.config.max_position_embeddings,
+        )
+        timings["latency_s"] = round(time.perf_counter() - t0, 2)
+    rows = rep.build_rows(stages, latency)
+    verdict = rep.verdict(rows, cfg.target_retained)
+    notes = []
+    if cfg.sparsity > 0:
+        notes.append(
+            f"unstructured magnitude pruning: {infos['pruned']['magnitude']['measured_sparsity']:.1%} of "
+            "encoder Linear weights are zero, stored dense: no size, FLOP or latency gain on dense kernels"
+        )
+    if cfg.quantize == "fp16":
+        notes.append("fp16 targets GPUs; its CPU latency here is not representative (ORT CPU casts to fp32)")
+    if cfg.quantize:
+        notes.append(
+            "the quantized row has the pruned/distilled model's parameter count and FLOPs, run as INT8/FP16 ops"
+        )
+    report = {
+        "teacher": str(ctx.teacher_dir),
+        "data": ctx.data_spec.get("data"),
+        "max_length": ctx.max_length,
+        "test_rows": len(ctx.ids["test"]),
+        "labels": ctx.labels,
+        "stages": rows,
+        "verdict": verdict,
+        "quantization": qinfo,
+        "distillation": infos.get("distilled"),
+        "pruning": infos.get("pruned"),
+        "config": cfg.to_dict(),
+        "timings": timings,
+        "latency_settings": {
+            "runs": cfg.bench_runs,
+            "threads": cfg.threads or physical_cores(),
+            "batch": 1,
+            "spinning": False,
+            "interleaved": True,
+        }
+        if cfg.bench
+        else None,
+        "notes": notes,
+    }
+
+    # the output directory: the last stage's model directory + its ONNX files + the report
+    with atomic_output_dir(cfg.output, cfg.overwrite, inputs=(ctx.teacher_dir, cfg.data, cfg.student)) as tmp:
+        if last_dir == ctx.teacher_dir:
+            save_model_dir(ctx, net, tmp, "quantized", {})
+        else:
+            for f in last_dir.iterdir():
+                if not f.name.endswith(".fused.onnx"):
+                    shutil.copy2(f, tmp / f.name)
+        shutil.copy2(last_onnx, tmp / "model.onnx")
+        fp32_info = (infos.get("pruned") or infos.get("distilled") or {}).get("export") or t_export
+        if final_file != last_onnx:
+            shutil.copy2(final_file, tmp / final_file.name)
+        _write_meta(
+            ctx,
+            tmp,
+            onnx_section(fp32_info, qinfo if final_file != last_onnx else None, cfg.quantize),
+            final_metrics,
+            report,
+        )
+        report["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
+        report["output"] = str(Path(cfg.output).resolve())
+        rep.write(tmp, report)
+    return report
+
+
+def onnx_section(fp32_info: dict, qinfo: dict | None, precision: str | None) -> dict:
+    """fastft.json's ``onnx`` section, in fastft export's layout (the runtime reads it)."""
+    level = fp32_info.get("runtime_graph_optimization_level", "all")
+    sec = {
+        "file": "model.onnx",
+        "default": "model.onnx",
+        "opset": 17,
+        "export": fp32_info.get("export"),
+        "optimization": {"fusions": fp32_info.get("fusions"), "runtime_graph_optimization_level": level},
+    }
+    if qinfo:
+        keep = {k: v for k, v in qinfo.items() if k not in ("sensitivity", "rounds", "ort_offline")}
+        key = "int8" if precision == "int8" else precision
+        sec[key] = {**keep, "runtime_graph_optimization_level": qinfo.get("runtime_graph_optimization_level", "all")}
+        sec["default"] = qinfo["file"]
+    return sec
+
+
+def _write_meta(ctx: Context, out: Path, onnx: dict, metrics: dict, report: dict) -> None:
+    meta = read_meta(out)
+    meta.update(
+        {
+            "labels": ctx.labels,
+            "max_length": ctx.max_length,
+            "data": ctx.data_spec,
+            "metrics": metrics,
+            "onnx": onnx,
+            "compress": {
+                "teacher": str(ctx.teacher_dir),
+                "config": ctx.cfg.to_dict(),
+                "verdict": report["verdict"],
+                "stages": [
+                    {
+                        k: r.get(k)
+                        for k in (
+                            "stage",
+                            "parameters",
+                            "file_mb",
+                            "gflops_128",
+                            "p50_ms_128",
+                            "p50_ms_512",
+                            "accuracy",
+                            "retained",
+                        )
+                    }
+                    for r in report["stages"]
+                ],
+                "excluded_nodes": (report.get("quantization") or {}).get("excluded_nodes", []),
+            },
+            "versions": versions(),
+        }
+    )
+    hist = [h for h in meta.get("history", []) if not str(h.get("stage", "")).startswith("compress:")]
+    meta["history"] = hist + [{"stage": "compress", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+    write_meta(out, meta)
+
+
+def run_stage(
+    stage: str, model, config: CompressConfig | None = None, *, output=None, teacher=None, **overrides
+) -> StageResult:
+    """``fastft.distill`` / ``fastft.prune`` / ``fastft.quantize``: one stage on a model directory.
+
+    prune: ``teacher`` (default: ``model`` itself) supplies the recovery targets.
+    """
+    cfg = replace(config or CompressConfig(), **overrides)
+    if stage == "distill":
+        cfg = replace(cfg, distill=True, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0, quantize=None)
+    elif stage == "prune":
+        cfg = replace(cfg, distill=False, quantize=None)
+        if not cfg.pruning:
+            raise FastftError("prune: set prune_heads, prune_ffn or sparsity above 0")
+    elif stage == "quantize":
+        cfg = replace(cfg, distill=False, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0, quantize=cfg.quantize or "int8")
+    if output is not None:
+        check_output_dir(output, cfg.overwrite, inputs=(model, teacher, cfg.data))
+    elif stage == "quantize":
+        raise FastftError("quantize: an output directory is required (output=DIR)")
+    ctx = prepare(teacher if (stage == "prune" and teacher is not None) else model, cfg)
+    if stage == "distill":
+        res = do_distill(ctx)
+    elif stage == "prune":
+        net = copy.deepcopy(ctx.teacher) if teacher is None else load_pruned(model).eval()
+        res = do_prune(ctx, net)
+    else:
+        res = StageResult("quantized", None, None, {})
+    if output is None and stage != "quantize":
+        return res
+    scratch = scratch_dir("stage")
+    work = Path(scratch.name)
+    try:
+        with atomic_output_dir(output or work / "out", cfg.overwrite, inputs=(model, teacher, cfg.data)) as tmp:
+            net = res.model if res.model is not None else ctx.teacher
+            save_model_dir(ctx, net, tmp, res.name, {k: v for k, v in res.info.items() if k != "history"})
+            fp32_info = cq.export_onnx(net, tmp / "model.onnx")
+            qinfo = None
+            if stage == "quantize":
+                _, qinfo = do_quantize(ctx, tmp / "model.onnx", tmp)
+                res.info = qinfo
+            cq.fused_path(tmp / "model.onnx").unlink(missing_ok=True)
+            meta = read_meta(tmp)
+            meta["onnx"] = onnx_section(fp32_info, qinfo, cfg.quantize)
+            if qinfo:
+                meta["compress"] = {"stage": "quantized", **qinfo}
+            write_meta(tmp, meta)
+        res.dir = Path(output).resolve() if output is not None else None
+    finally:
+        scratch.cleanup()
+    return res
+
+
+def distill(model, config=None, **overrides) -> StageResult:
+    """Distil the teacher ``model`` (directory or alias) into a student; see :class:`CompressConfig`.
+
+        res = fastft.distill("runs/teacher", CompressConfig(layers=3, epochs=2), output="runs/student")
+        res.model, res.info        # the student classifier, what was done
+
+    Returns a :class:`StageResult`; saved to ``output`` when given.
+    """
+    return run_stage("distill", model, config, **overrides)
+
+
+def prune(model, config=None, **overrides) -> StageResult:
+    """Prune ``model`` (directory or alias) with recovery distillation from it; see CompressConfig.
+
+        res = fastft.prune("runs/student", CompressConfig(prune_ffn=0.5, prune_heads=0.25))
+
+    Returns a :class:`StageResult`; saved to ``output`` when given.
+    """
+    return run_stage("prune", model, config, **overrides)
+
+
+def quantize(model, config=None, **overrides) -> StageResult:
+    """Quantize the model directory ``model`` (INT8 or FP16 ONNX); see :class:`CompressConfig`.
+
+        res = fastft.quantize("runs/student", CompressConfig(quantize="int8"), output="runs/student-int8")
+
+    Returns a :class:`StageResult`; the output directory holds model.onnx (fp32) and
+    model_int8.onnx (or model_fp16.onnx).
+    """
+    return run_stage("quantize", model, config, **overrides)

@@ -1,0 +1,173 @@
+"""The compress stages on a prepared :class:`~fastft.compress.context.Context`: distill, prune, quantize.
+
+Each returns a :class:`StageResult` (the model it produced and what was done); the pipeline
+(:mod:`fastft.compress.pipeline`) exports, evaluates and reports them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastft.compress import distill as dis  # looked up at call time (patchable)
+from fastft.compress.context import Context, log, torch_accuracy
+from fastft.compress.prune import (
+    apply_structured,
+    check_fractions,
+    count_params,
+    describe,
+    importance,
+    magnitude_prune,
+)
+from fastft.compress.quantize import accuracy_aware_int8, fused_path, quantize_fp16
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: the torch model (None after quantization), its directory, its facts."""
+
+    name: str
+    model: object | None
+    dir: Path | None
+    info: dict = field(default_factory=dict)
+
+
+def do_distill(ctx: Context) -> StageResult:
+    cfg = ctx.cfg
+    student, match = dis.make_student(ctx.teacher, cfg.student, cfg.layers, ctx.labels)
+    if cfg.prune_heads or cfg.prune_ffn:
+        check_fractions(student, cfg.prune_heads, cfg.prune_ffn)
+    log(
+        ctx,
+        f"distilling {ctx.teacher.config.num_hidden_layers}-layer teacher into a "
+        f"{student.config.num_hidden_layers}-layer student ({cfg.student}); hidden states matched to "
+        f"teacher layers {match}",
+    )
+    t0 = time.perf_counter()
+    layers = match if cfg.hidden_weight > 0 else None
+    cache = ctx.cache
+    if cache is None or cache.layers != layers:  # computed once per layer map, reused by later stages
+        cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
+    cache_s = time.perf_counter() - t0
+    ctx.cache = cache
+    res = dis.train_student(
+        student,
+        cache,
+        ctx.ids["train"],
+        ctx.y["train"],
+        pad_id=ctx.pad_id,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        hidden_weight=cfg.hidden_weight,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        evaluate=lambda net: torch_accuracy(net, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+    )
+    info = {
+        "student": cfg.student,
+        "layers": student.config.num_hidden_layers,
+        "layer_map": match,
+        "teacher_cache_s": round(cache_s, 2),
+        "teacher_cache_mb": round(cache.nbytes() / 2**20, 1),
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "temperature": cfg.temperature,
+        "alpha": cfg.alpha,
+        "hidden_weight": cfg.hidden_weight,
+        **res,
+    }
+    return StageResult("distilled", student, None, info)
+
+
+def do_prune(ctx: Context, net) -> StageResult:
+    import torch
+
+    cfg = ctx.cfg
+    before = describe(net)
+    # the teacher's outputs on the layers matching the pruned model's are the targets (cached once)
+    match = dis.layer_plan(ctx.teacher.config.num_hidden_layers, net.config.num_hidden_layers)[1]
+    layers = match if cfg.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
+    cache = ctx.cache
+    if cache is None or cache.layers != layers:
+        cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
+        ctx.cache = cache
+    k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
+    info = {"before": before}
+    t0 = time.perf_counter()
+    if k_heads or k_ffn:
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], cfg.batch_size, g)[
+            : cfg.prune_batches
+        ]
+        y = torch.tensor(ctx.y["train"])
+
+        def loss_fn(model, rows):
+            x, m = dis.pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
+            out = model(input_ids=x, attention_mask=m)
+            return dis.distill_loss(out, y[rows], cache.logits[rows], None, m, cfg.temperature, cfg.alpha, 0.0)[0]
+
+        scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
+        info.update(apply_structured(net, scores, k_heads, k_ffn))
+        info["importance_batches"] = len(batches)
+        info["after_structured"] = describe(net)
+        log(
+            ctx,
+            f"pruned {k_heads} head(s) and {k_ffn} FFN neuron(s) per layer: "
+            f"{before['parameters'] / 1e6:.2f}M -> {info['after_structured']['parameters'] / 1e6:.2f}M parameters",
+        )
+        if cfg.recovery_epochs > 0:
+            info["recovery"] = dis.train_student(
+                net,
+                cache,
+                ctx.ids["train"],
+                ctx.y["train"],
+                pad_id=ctx.pad_id,
+                epochs=cfg.recovery_epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                temperature=cfg.temperature,
+                alpha=cfg.alpha,
+                hidden_weight=cfg.hidden_weight,
+                weight_decay=cfg.weight_decay,
+                warmup_ratio=cfg.warmup_ratio,
+                seed=cfg.seed + 2,
+                progress=cfg.progress,
+                desc="recovery",
+                evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+            )
+    if cfg.sparsity > 0:
+        info["magnitude"] = magnitude_prune(net, cfg.sparsity)
+    info["parameters"] = count_params(net)
+    info["time_s"] = round(time.perf_counter() - t0, 2)
+    return StageResult("pruned", net, None, info)
+
+
+def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> tuple[Path, dict]:
+    """Quantize the fp32 model ``fp32`` (its fused graph, when kept) into ``work``."""
+    cfg = ctx.cfg
+    src = fused_path(fp32) if fused_path(fp32).is_file() else fp32
+    if cfg.quantize == "fp16":
+        dst = work / "model_fp16.onnx"
+        return dst, {**quantize_fp16(src, dst), "file": dst.name}
+    dst = work / "model_int8.onnx"
+    info = accuracy_aware_int8(
+        src,
+        dst,
+        val_ids=ctx.ids["validation"],
+        val_labels=ctx.y["validation"],
+        pad_id=ctx.pad_id,
+        budget=cfg.accuracy_budget,
+        base_acc=base_acc,
+        static=cfg.static,
+        calib_ids=ctx.ids["train"][: cfg.calib_size],
+        per_channel=cfg.per_channel,
+        threads=cfg.threads,
+        progress=cfg.progress,
+    )
+    return dst, {**info, "file": dst.name}

@@ -1,0 +1,129 @@
+"""What ``fastft export`` checks before it loads a model (arguments, opset, the directory) and
+the small file helpers of its output directory."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from fastft.core.checks import check_int
+from fastft.core.errors import FastftError, ModelError
+from fastft.core.io import stdout_to_stderr
+from fastft.export.onnx import MIN_OPSET
+from fastft.export.quantize import CALIB_METHODS
+
+
+def check_export_args(*, opset: int, calib_size: int, calib_method: str, static: bool) -> None:
+    check_int("--opset", opset)
+    check_int("--calib-size", calib_size)
+    if opset < MIN_OPSET:
+        raise FastftError(f"--opset must be at least {MIN_OPSET} (got {opset})")
+    check_opset(opset)
+    if calib_size < 1:
+        raise FastftError(f"--calib-size must be at least 1 (got {calib_size})")
+    if static and calib_method not in CALIB_METHODS:
+        raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {calib_method!r})")
+
+
+_opset_ok: dict[int, str | None] = {}
+
+
+def check_opset(opset: int) -> None:
+    """Probe, in milliseconds, that torch's exporter writes ``opset`` and ONNX Runtime runs it.
+
+    A tiny module is exported at ``opset`` (the TorchScript exporter fastft uses) and opened
+    in an ORT session; a refusal is a one-line FastftError before the real model is loaded.
+    """
+    if opset not in _opset_ok:
+        import io
+        import warnings
+
+        import torch
+
+        try:
+            buf = io.BytesIO()
+            with _quiet_stdout(), warnings.catch_warnings():  # the exporter dumps its graph on stdout on failure
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    torch.nn.Linear(2, 2).eval(),
+                    (torch.zeros(1, 2),),
+                    buf,
+                    opset_version=opset,
+                    input_names=["x"],
+                    dynamo=False,
+                )
+            import onnxruntime as ort
+
+            ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+            _opset_ok[opset] = None
+        except Exception as exc:  # noqa: BLE001 - each library words its refusal differently
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _opset_ok[opset] = f"{type(exc).__name__}: {first[:160]}"
+    if _opset_ok[opset]:
+        raise FastftError(
+            f"--opset {opset} cannot be exported by torch {_version('torch')} and run by onnxruntime "
+            f"{_version('onnxruntime')} ({_opset_ok[opset]}); use --opset 17"
+        )
+
+
+def _version(pkg: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return "?"
+
+
+def _quiet_stdout():
+    return stdout_to_stderr(discard=True)
+
+
+def check_classifier_dir(path: Path, meta: dict) -> None:
+    """A directory with a trained classification head: fastft labels or a *ForSequenceClassification config."""
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    archs = config.get("architectures") or []
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    if not meta.get("labels") and not has_head:
+        raise ModelError(
+            f"{path} has no classification head or labels (a base encoder?); "
+            f"fine-tune it first: fastft train --model {path} --output DIR"
+        )
+
+
+def data_for(meta: dict, data: str | None):
+    """(DataSplits, where from) for the recorded training data, or ``data`` if given."""
+    from fastft.data import load_data
+
+    spec = meta.get("data") or {}
+    recorded = spec.get("path") or spec.get("data")
+    source = data or recorded
+    if not source:
+        return None, None
+    same = data is None or data in (spec.get("data"), spec.get("path"))
+    kwargs = {"seed": spec.get("seed", 42) if same else 42}
+    if same:
+        kwargs.update(text_column=spec.get("text_column", "text"), label_column=spec.get("label_column", "label"))
+    return load_data(source, **kwargs), source
+
+
+def _load_onnx(path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
+def copy_hf_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for p in sorted(src.iterdir()):
+        if (
+            p.is_file()
+            and not p.name.startswith(".")
+            and not p.name.endswith((".onnx", ".onnx.data"))
+            and p.name != "fastft.json"
+        ):
+            shutil.copy2(p, dst / p.name)
+            copied.append(p.name)
+    return copied

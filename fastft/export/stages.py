@@ -1,0 +1,136 @@
+"""The stages of ``fastft export``, each usable alone (``fastft compress`` calls them too).
+
+* :func:`export_graph`: torch -> ONNX, with the op's fused Attention nodes where the family is
+  swappable (or plain), recording why it fell back to plain.
+* :func:`fuse_graph`: ORT's transformer fusions, with the pruned head count and attention width
+  for uniformly head-pruned models.
+* :func:`write_fp32`: both, then ONNX Runtime's offline optimisation at ``basic``: the fp32
+  file that is served, plus the fused graph that INT8 quantisation starts from.
+* :func:`int8_stage`: INT8 with the accuracy-aware fallback of :mod:`fastft.export.int8`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastft.export import onnx as fx_onnx
+from fastft.export.int8 import HeuristicOrder, accuracy_aware
+from fastft.export.optimize import fuse_transformer, op_counts, ort_offline_optimize
+from fastft.export.quantize import fallback_order, quantize_onnx
+from fastft.models.pruned import encoder_layers, heads_of
+
+# where the graph optimisation happens: python transformer fusions, then ORT offline at this level
+FP32_ORT_LEVEL = "basic"
+INT8_ORT_LEVEL = "extended"
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"fastft export: {msg}", file=sys.stderr, flush=True)
+
+
+def export_graph(net, plain: Path, *, input_names=None, opset: int = 17, fused_attention: bool = False) -> dict:
+    """torch -> ONNX at ``plain``; ``fused_attention``: one com.microsoft Attention node per layer
+    written by the exporter itself (:mod:`fastft.export.attention`), plain graph where it cannot."""
+    names = input_names or fx_onnx.model_input_names(net)
+    info, reason = None, None
+    if fused_attention:
+        from fastft.export.attention import try_export_fused_onnx
+
+        info, reason = try_export_fused_onnx(net, plain, input_names=names, opset=opset)
+        if reason:
+            _log(f"fused attention unavailable ({reason}): writing the plain graph", True)
+    if info is None:
+        info = fx_onnx.export_onnx(net, plain, input_names=names, opset=opset)  # looked up now: patchable
+        if reason:
+            info["fused_attention_fallback"] = reason
+    return info
+
+
+def head_counts(net) -> list[int] | None:
+    """Attention heads per layer of a BERT-style encoder (None for other architectures)."""
+    try:
+        return [heads_of(layer) for layer in encoder_layers(net)]
+    except Exception:  # noqa: BLE001 - not a BERT-style encoder
+        return None
+
+
+def fuse_graph(net, plain: Path, fused: Path) -> dict | str:
+    """ORT transformer fusions of ``plain`` into ``fused`` (head-pruned models: their pruned widths)."""
+    heads = head_counts(net) if getattr(net.config, "pruned_heads", None) else None
+    if heads and len(set(heads)) == 1:  # uniform head pruning: fuse with the pruned attention width
+        d = int(net.config.hidden_size // net.config.num_attention_heads)
+        return fuse_transformer(plain, fused, net.config, num_heads=heads[0], hidden_size=heads[0] * d)
+    if heads:
+        shutil.copy2(plain, fused)
+        return "skipped (head counts differ between layers)"
+    return fuse_transformer(plain, fused, net.config)
+
+
+def write_fp32(
+    net, out_file: Path, fused: Path, plain: Path, *, input_names=None, opset: int = 17, fused_attention: bool = False
+) -> dict:
+    """Export, fuse and ORT-offline-optimise ``net`` into ``out_file``; the fused graph stays at ``fused``.
+
+    Returns {"export", "fusions", "ort_offline", "runtime_graph_optimization_level"}.
+    """
+    info = {"export": export_graph(net, plain, input_names=input_names, opset=opset, fused_attention=fused_attention)}
+    info["fusions"] = fuse_graph(net, plain, fused)
+    info["ort_offline"] = ort_offline_optimize(fused, out_file, FP32_ORT_LEVEL)
+    # the graph is saved optimised: opening it at "basic" redoes nothing expensive
+    info["runtime_graph_optimization_level"] = "basic"
+    return info
+
+
+@dataclass
+class Int8Result:
+    """The chosen INT8 graph (ORT-offline-optimised), what quantisation did, and the fallback attempts."""
+
+    path: Path
+    info: dict
+    attempts: list[dict]
+    fp32_nodes: list[str]
+    check: dict | None
+
+
+def int8_stage(fused: Path, scratch: Path, recipe, reader=None, *, check=None, fallback: bool = True) -> Int8Result:
+    """Quantise ``fused`` with ``recipe``; with ``check(path, exclude) -> (passed, record)``, keep the MatMuls of
+    :func:`~fastft.export.quantize.fallback_order` in fp32, a few more each time, until it passes."""
+    from dataclasses import replace
+
+    import onnx
+
+    infos: dict[Path, dict] = {}
+
+    def build(exclude, probe: bool = False) -> Path:
+        k = len(exclude)
+        qtmp = scratch / f"int8-{k}.onnx"
+        q = quantize_onnx(fused, qtmp, replace(recipe, exclude=tuple(exclude)) if k else recipe, reader)
+        qfinal = scratch / f"int8-{k}-ext.onnx"
+        q["ort_offline"] = ort_offline_optimize(qtmp, qfinal, INT8_ORT_LEVEL)
+        infos[qfinal] = q
+        return qfinal
+
+    policy = None
+    if check is not None and fallback:
+        policy = HeuristicOrder(fallback_order(onnx.load(str(fused), load_external_data=False)))
+    search = accuracy_aware(build, check, policy)
+    final = search.final
+    attempts = [{"fp32_nodes": len(a.excluded), **a.record} for a in search.attempts] if check is not None else []
+    return Int8Result(final.path, infos[final.path], attempts, final.excluded, final.record if check else None)
+
+
+__all__ = [
+    "FP32_ORT_LEVEL",
+    "INT8_ORT_LEVEL",
+    "Int8Result",
+    "export_graph",
+    "fuse_graph",
+    "head_counts",
+    "int8_stage",
+    "op_counts",
+    "write_fp32",
+]

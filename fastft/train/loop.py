@@ -1,0 +1,132 @@
+"""The one optimisation loop of fastft: fine-tuning (:mod:`fastft.train.trainer`) and distillation
+(:mod:`fastft.compress.distill`) both run it.
+
+AdamW with weight decay on weights only (:func:`param_groups`), linear warm-up and decay
+(:func:`linear_schedule`), gradient clipping, a progress bar per epoch, a one-line FastftError
+when the loss is not finite, and the best epoch's weights kept by an ``end_epoch`` callback.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastft.core.errors import FastftError
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: none on biases and LayerNorm/embedding-norm parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lname = name.lower()
+        if p.ndim < 2 or lname.endswith(".bias") or "layernorm" in lname or "layer_norm" in lname or ".norm" in lname:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    first_loss: float | None = None
+    running: float | None = None  # exponential moving average of the loss (0.9)
+    samples: int = 0
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    samples: int
+    time_s: float
+    epochs: list[EpochStats] = field(default_factory=list)
+
+
+def run_loop(
+    net,
+    epoch_batches: Callable[[int], list],
+    step_loss: Callable,
+    *,
+    steps_per_epoch: int,
+    total_steps: int,
+    lr: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    max_grad_norm: float = 1.0,
+    end_epoch: Callable[[EpochStats], bool] | None = None,
+    progress: bool = True,
+    desc: str = "epoch",
+    what: str = "training",
+    postfix: Callable | None = None,
+) -> LoopResult:
+    """Train ``net`` for ``total_steps`` optimiser steps.
+
+    epoch_batches(epoch) -> the epoch's batches (its length sizes the bar); step_loss(batch) ->
+    (loss, samples, parts) with ``parts`` a dict shown on the bar (or None); end_epoch(stats) ->
+    True to stop early (evaluation, best-state keeping, early stopping live there).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    opt = torch.optim.AdamW(param_groups(net, weight_decay), lr=lr)
+    sched = linear_schedule(opt, int(warmup_ratio * total_steps), total_steps)
+    res = LoopResult(0, 0, 0.0)
+    t0 = time.perf_counter()
+    for epoch in range(1, n_epochs + 1):
+        net.train()
+        batches = epoch_batches(epoch)
+        bar = tqdm(
+            total=min(len(batches), total_steps - res.steps),
+            desc=f"{desc} {epoch}/{n_epochs}",
+            unit="step",
+            file=sys.stderr,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        stats = EpochStats(epoch)
+        for batch in batches:
+            if res.steps >= total_steps:
+                break
+            loss, samples, parts = step_loss(batch)
+            if not torch.isfinite(loss):
+                raise FastftError(f"{what} diverged: loss is {loss.item()} at step {res.steps} (try a lower --lr)")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            res.steps += 1
+            res.samples += samples
+            stats.samples += samples
+            value = loss.item()
+            stats.first_loss = value if stats.first_loss is None else stats.first_loss
+            stats.running = value if stats.running is None else 0.9 * stats.running + 0.1 * value
+            shown = {"loss": f"{stats.running:.4f}"}
+            if postfix is not None:
+                shown.update(postfix(res, parts, time.perf_counter() - t0))
+            bar.set_postfix(**shown)
+            bar.update(1)
+        bar.close()
+        res.epochs.append(stats)
+        stop = end_epoch(stats) if end_epoch is not None else False
+        if stop or res.steps >= total_steps:
+            break
+    res.time_s = time.perf_counter() - t0
+    return res
