@@ -58,8 +58,9 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
     from dataclasses import replace
 
     from fastft.compress import CompressConfig
+    from fastft.compress.context import prepare, save_model_dir
     from fastft.compress.quantize import export_onnx
-    from fastft.compress.recipe import do_distill, do_prune, do_quantize, prepare, save_model_dir
+    from fastft.compress.stages import do_distill, do_prune, do_quantize
 
     cfg = CompressConfig(
         epochs=args.epochs,

@@ -109,7 +109,7 @@ def _labels(path: Path) -> list[str]:
 
 def _served_file(path: Path) -> Path:
     """The file fastft.load serves by default (same rule: fastft.json's default, else model.onnx)."""
-    from fastft.runtime.predictor import _pick_onnx
+    from fastft.runtime.load import _pick_onnx
 
     return _pick_onnx(path, _meta(path), None)
 

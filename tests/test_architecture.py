@@ -19,19 +19,9 @@ PACKAGE_DIR = Path(fastft.__file__).resolve().parent
 # the Triton kernels live in the top-level kernels/ folder and install as fastft.kernels
 KERNELS_DIR = PACKAGE_DIR.parent / "kernels"
 
-# Known violations, being removed by a parallel change: the lead empties this list after merging.
-# Each entry is an edge (importer, imported) that closes a known circle: models.resolve ->
-# compress.prune (load_pruned) closes the 13-module circle compress <-> models <-> train; the
-# stages' imports of recipe.run_stage close compress's own circle; minilm_l3 -> resolve closes
-# models'. The test checks the graph without these edges and fails once one of them is gone (so
-# the list is emptied, never left stale).
-KNOWN_VIOLATIONS: list[tuple[str, str]] = [
-    ("fastft.models.resolve", "fastft.compress.prune"),
-    ("fastft.compress.distill", "fastft.compress.recipe"),
-    ("fastft.compress.prune", "fastft.compress.recipe"),
-    ("fastft.compress.quantize", "fastft.compress.recipe"),
-    ("fastft.models.minilm_l3", "fastft.models.resolve"),
-]
+# Edges tolerated for a while (importer, imported), each with the reason; the test fails once an
+# entry is no longer in the code, so the list never goes stale. Empty: no exceptions today.
+KNOWN_VIOLATIONS: list[tuple[str, str]] = []
 
 PIPELINE = ("swap", "train", "export", "runtime", "compress", "serve", "bench", "cli", "data", "models")
 # (importer layer, imported layers): an edge from a module of the first to one of the second is forbidden

@@ -114,7 +114,7 @@ def config_from_args(args):
 def _compress(args) -> int:
     import contextlib
 
-    from fastft.compress.recipe import compress
+    from fastft.compress.pipeline import compress
     from fastft.compress.report import table
     from fastft.core.io import dumps, stdout_to_stderr
 

@@ -135,7 +135,7 @@ def evaluate(
     if int8 is not None and backend == "torch":
         raise FastftError("--int8 scores an ONNX model: use it with --backend onnxruntime (or auto)")
     if backend == "auto":
-        from fastft.runtime.predictor import served_backend
+        from fastft.runtime.load import served_backend
 
         backend = "onnxruntime" if int8 is not None else served_backend(model)
     if backend == "onnxruntime":
@@ -167,7 +167,7 @@ def _evaluate_ort(
     import warnings
 
     from fastft.models import read_meta, resolve_model
-    from fastft.runtime.predictor import TruncationWarning, load
+    from fastft.runtime import TruncationWarning, load
 
     path = resolve_model(model)
     if not isinstance(path, Path):
