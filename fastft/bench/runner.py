@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import FastftError
+from fastft.core.stats import quantiles  # noqa: F401 - part of the runner's API
 from fastft.core.system import ENV_PACKAGES, cpu_info, load_average
 
 # the load average when the benchmark started: this module is imported at a script's start
@@ -100,19 +101,6 @@ def scrub_paths(obj, *, names_only: bool = False):
 def command_line() -> str:
     """The exact command that runs this process (the interpreter by name only)."""
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-
-
-def quantiles(times_s: Sequence[float]) -> dict:
-    """p10/p50/p90/p99 and mean of a list of durations, in milliseconds."""
-    a = np.asarray(times_s, dtype=np.float64) * 1e3
-    return {
-        "n": int(a.size),
-        "p10_ms": float(np.percentile(a, 10)),
-        "p50_ms": float(np.percentile(a, 50)),
-        "p90_ms": float(np.percentile(a, 90)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "mean_ms": float(a.mean()),
-    }
 
 
 @dataclass
