@@ -64,8 +64,9 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
     make_evil(w / "evil-tok", tiny, marker, where="tokenizer_config.json")
     # no tokenizer files at all / a 5-entry stub vocabulary
     shutil.copytree(tiny, w / "notok")
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (w / "notok" / f).unlink()
+    for f in (w / "notok").iterdir():  # every tokenizer file (transformers 4.x also writes vocab.txt)
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")) or f.name.endswith(".model"):
+            f.unlink()
     shutil.copytree(w / "notok", w / "stubtok")
     (w / "stubtok" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     # config.json names 3 labels, the weights hold a 2-label head

@@ -221,10 +221,27 @@ def load_classifier(
     return model_obj
 
 
+def _pickled_weights(path: Path) -> bool:
+    """Does ``path`` hold only .bin weights that a weights-only load refuses (pickled objects)?
+
+    Probed, not read from an error message: ``torch.load(weights_only=True)`` never runs code.
+    """
+    import torch
+
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if not bins or any(path.glob("*.safetensors")):
+        return False
+    try:
+        torch.load(bins[0], map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any refusal of a weights-only load means: not plain tensors
+        return True
+    return False
+
+
 def _weights_error(path: Path, config, exc: Exception) -> str:
     """Why the weights of ``path`` do not load, in one line that names the cause."""
     text = str(exc)
-    if "weights_only" in text or "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
+    if _pickled_weights(path):
         return (
             "the .bin weights hold pickled Python objects, not only tensors, and fastft never unpickles "
             "those (unpickling can run code); save the weights as model.safetensors"
