@@ -242,12 +242,15 @@ _fused_attention_op.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------
 # the public wrapper: validation and normalisation
 # ---------------------------------------------------------------------------------------
-def _check_inputs(q, k, v) -> None:
+def check_qkv(q, k, v, layout: str) -> None:
+    """q, k, v are tensors of ``layout``'s rank, one supported dtype and one device (ValueError naming
+    the argument); ``layout`` names the axes, e.g. "(batch, heads, seq, head_dim)"."""
+    ndim = layout.count(",") + 1
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
+        if t.dim() != ndim:
+            raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
     for name, t in (("k", k), ("v", v)):
@@ -255,6 +258,10 @@ def _check_inputs(q, k, v) -> None:
             raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+
+
+def _check_inputs(q, k, v) -> None:
+    check_qkv(q, k, v, "(batch, heads, seq, head_dim)")
     if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
         raise ValueError(
             f"k has shape {tuple(k.shape)}; expected (batch, heads, seq_k, head_dim) = "

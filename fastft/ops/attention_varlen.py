@@ -39,7 +39,7 @@ import os
 import torch
 from torch import Tensor
 
-from fastft.ops.attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, _cpp, attention_ref
+from fastft.ops.attention import MAX_HEAD_DIM, _cpp, attention_ref, check_qkv
 
 __all__ = ["fused_attention_varlen", "attention_varlen_ref"]
 
@@ -266,18 +266,7 @@ def fused_attention_varlen(
     seqused_q/k: int32 (batch) or None. Returns (total_q, heads, head_dim) in q's dtype.
     Raises ValueError naming the offending argument.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be 3-D (total_tokens, heads, head_dim), got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    check_qkv(q, k, v, "(total_tokens, heads, head_dim)")
     if k.shape[1:] != q.shape[1:]:
         raise ValueError(
             f"k has shape {tuple(k.shape)}; expected (total_k, heads, head_dim) = "
