@@ -46,6 +46,15 @@ def add_command(subparsers, name: str, help: str, description: str | None = None
     return p
 
 
+def json_guard(args):
+    """With --json, whatever the work prints on stdout goes to stderr: stdout holds only the JSON."""
+    import contextlib
+
+    from fastft.core.io import stdout_to_stderr
+
+    return stdout_to_stderr() if args.json else contextlib.nullcontext()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="fastft",

@@ -112,14 +112,14 @@ def config_from_args(args):
 
 
 def _compress(args) -> int:
-    import contextlib
 
+    from fastft.cli import json_guard
     from fastft.compress.pipeline import compress
     from fastft.compress.report import table
-    from fastft.core.io import dumps, stdout_to_stderr
+    from fastft.core.io import dumps
 
     cfg = config_from_args(args)
-    with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON
+    with json_guard(args):  # stdout holds only the JSON
         report = compress(args.model, cfg)
     if args.json:
         print(dumps(report))

@@ -49,12 +49,12 @@ def register(sub) -> None:
 
 
 def _export(args) -> int:
-    import contextlib
 
-    from fastft.core.io import dumps, stdout_to_stderr
+    from fastft.cli import json_guard
+    from fastft.core.io import dumps
     from fastft.export import export
 
-    with stdout_to_stderr() if args.json else contextlib.nullcontext():  # stdout holds only the JSON
+    with json_guard(args):  # stdout holds only the JSON
         info = export(
             args.model,
             args.output,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from fastft.cli import json_guard
+
 
 def register(sub) -> None:
     from fastft.cli import add_command
@@ -94,15 +96,6 @@ def _data_options(p, defaults: str | None = "text") -> None:
     p.add_argument("--encoding", default="utf-8", help="encoding of a data file [utf-8]")
 
 
-def _json_guard(args):
-    """With --json, whatever the work prints on stdout goes to stderr: stdout holds only the JSON."""
-    import contextlib
-
-    from fastft.core.io import stdout_to_stderr
-
-    return stdout_to_stderr() if args.json else contextlib.nullcontext()
-
-
 def _train(args) -> int:
     from fastft.core.io import dumps
     from fastft.train.trainer import TrainConfig, run_training
@@ -133,7 +126,7 @@ def _train(args) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    with _json_guard(args):
+    with json_guard(args):
         meta = run_training(cfg)
     if args.json:
         print(dumps(meta))
@@ -171,7 +164,7 @@ def _eval(args) -> int:
     from fastft.core.io import dumps
     from fastft.train.evaluate import evaluate
 
-    with _json_guard(args):
+    with json_guard(args):
         res = evaluate(
             args.model,
             args.data,
@@ -209,7 +202,7 @@ def _predict(args) -> int:
         problem = unicode_problem(t)
         if problem:
             raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
-    with _json_guard(args):
+    with json_guard(args):
         rows = _predict_rows(args.model, texts, args.backend)
     if args.json:
         print(dumps(rows))

@@ -51,24 +51,7 @@ def do_distill(ctx: Context) -> StageResult:
         cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
-    res = dis.train_student(
-        student,
-        cache,
-        ctx.ids["train"],
-        ctx.y["train"],
-        pad_id=ctx.pad_id,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        temperature=cfg.temperature,
-        alpha=cfg.alpha,
-        hidden_weight=cfg.hidden_weight,
-        weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio,
-        seed=cfg.seed,
-        progress=cfg.progress,
-        evaluate=lambda net: torch_accuracy(net, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
-    )
+    res = _train_on_teacher(ctx, student, cache, epochs=cfg.epochs, seed=cfg.seed, desc="distill")
     info = {
         "student": cfg.student,
         "layers": student.config.num_hidden_layers,
@@ -122,24 +105,8 @@ def do_prune(ctx: Context, net) -> StageResult:
             f"{before['parameters'] / 1e6:.2f}M -> {info['after_structured']['parameters'] / 1e6:.2f}M parameters",
         )
         if cfg.recovery_epochs > 0:
-            info["recovery"] = dis.train_student(
-                net,
-                cache,
-                ctx.ids["train"],
-                ctx.y["train"],
-                pad_id=ctx.pad_id,
-                epochs=cfg.recovery_epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                temperature=cfg.temperature,
-                alpha=cfg.alpha,
-                hidden_weight=cfg.hidden_weight,
-                weight_decay=cfg.weight_decay,
-                warmup_ratio=cfg.warmup_ratio,
-                seed=cfg.seed + 2,
-                progress=cfg.progress,
-                desc="recovery",
-                evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+            info["recovery"] = _train_on_teacher(
+                ctx, net, cache, epochs=cfg.recovery_epochs, seed=cfg.seed + 2, desc="recovery"
             )
     if cfg.sparsity > 0:
         info["magnitude"] = magnitude_prune(net, cfg.sparsity)
@@ -171,3 +138,28 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         progress=cfg.progress,
     )
     return dst, {**info, "file": dst.name}
+
+
+def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str) -> dict:
+    """Distil ``net`` on the cached teacher outputs with the config's settings, keeping the epoch
+    with the best validation accuracy (distillation and post-pruning recovery alike)."""
+    cfg = ctx.cfg
+    return dis.train_student(
+        net,
+        cache,
+        ctx.ids["train"],
+        ctx.y["train"],
+        pad_id=ctx.pad_id,
+        epochs=epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        hidden_weight=cfg.hidden_weight,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        seed=seed,
+        progress=cfg.progress,
+        desc=desc,
+        evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+    )
