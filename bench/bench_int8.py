@@ -63,6 +63,9 @@ def recipes():
     out += [
         replace(base, mode="static", quant_format="QDQ", calib_size=64),
         replace(base, mode="static", quant_format="QOperator", calib_size=64),
+        # S8S8 QDQ: ORT's recommended default for QDQ on x86 with VNNI; on AVX2 it may saturate
+        replace(base, mode="static", quant_format="QDQ", activation_type="int8", calib_size=64),
+        replace(base, mode="static", quant_format="QDQ", activation_type="int8", per_channel=True, calib_size=64),
     ]
     return out
 
