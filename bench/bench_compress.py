@@ -122,7 +122,7 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
             skipped.append("minilm-l3")
         else:
             t0 = time.perf_counter()
-            ctx.cfg = replace(cfg, student="minilm-l3", layers=None)
+            ctx.cfg = replace(cfg, distill=replace(cfg.distill, student="minilm-l3", layers=None))
             res = do_distill(ctx)
             d = save_model_dir(ctx, res.model, work / "minilm-l3", "distilled", {})
             finish("minilm-l3", res.model, d, t0)
