@@ -122,7 +122,8 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         t0 = time.perf_counter()
         qdir = work / "quantized"
         qdir.mkdir()
-        final_file, qinfo = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"]["accuracy"])
+        q = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"]["accuracy"])
+        final_file, qinfo = q.path, q.info
         final_metrics = evaluate_onnx(final_file)
         add_stage("quantized", net, last_dir, final_file, final_metrics, {"precision": cfg.quantize.mode})
         timings["quantized_s"] = round(time.perf_counter() - t0, 2)
@@ -299,7 +300,7 @@ def run_stage(
             fp32_info = cq.export_onnx(net, tmp / "model.onnx")
             qinfo = None
             if stage == "quantize":
-                _, qinfo = do_quantize(ctx, tmp / "model.onnx", tmp)
+                qinfo = do_quantize(ctx, tmp / "model.onnx", tmp).info
                 res.info = qinfo
             cq.fused_path(tmp / "model.onnx").unlink(missing_ok=True)
             meta = read_meta(tmp)

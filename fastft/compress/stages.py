@@ -33,6 +33,21 @@ class StageResult:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class QuantizeResult:
+    """What quantization wrote: the graph ``path`` (INT8 or FP16) and its facts (recorded in
+    report.json and in fastft.json's ``onnx`` section)."""
+
+    path: Path
+    mode: str  # "int8" or "fp16"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def excluded_nodes(self) -> list[str]:
+        """The MatMuls the accuracy-aware INT8 pass kept in fp32."""
+        return list(self.info.get("excluded_nodes", []))
+
+
 def do_distill(ctx: Context) -> StageResult:
     cfg, pr = ctx.cfg.distill, ctx.cfg.prune
     student, match = dis.make_student(ctx.teacher, cfg.student, cfg.layers, ctx.labels)
@@ -113,13 +128,13 @@ def do_prune(ctx: Context, net) -> StageResult:
     return StageResult("pruned", net, None, info)
 
 
-def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> tuple[Path, dict]:
+def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> QuantizeResult:
     """Quantize the fp32 model ``fp32`` (its fused graph, when kept) into ``work``."""
     cfg = ctx.cfg.quantize
     src = fused_path(fp32) if fused_path(fp32).is_file() else fp32
     if cfg.mode == "fp16":
         dst = work / "model_fp16.onnx"
-        return dst, {**quantize_fp16(src, dst), "file": dst.name}
+        return QuantizeResult(dst, "fp16", {**quantize_fp16(src, dst), "file": dst.name})
     dst = work / "model_int8.onnx"
     info = accuracy_aware_int8(
         src,
@@ -136,7 +151,7 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         threads=ctx.cfg.threads,
         progress=ctx.cfg.progress,
     )
-    return dst, {**info, "file": dst.name}
+    return QuantizeResult(dst, "int8", {**info, "file": dst.name})
 
 
 def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str) -> dict:
