@@ -18,10 +18,10 @@ from fastft.core.schema import read_meta, write_meta
 from fastft.core.system import physical_cores, versions
 from fastft.data import load_data
 from fastft.data.collate import clamp_max_length
+from fastft.data.labels import align_labels
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
 from fastft.models.pruned import load_pruned
-from fastft.train.evaluate import align_labels
 from fastft.train.trainer import set_seed
 
 
