@@ -137,6 +137,7 @@ def quantize_int8(
     calib_ids=None,
     pad_id: int = 0,
     per_channel: bool | None = None,
+    embeddings: bool = True,
     shaped: Path | None = None,
 ) -> dict:
     """INT8 ``src`` -> ``dst`` with fastft.export's quantisation stage; ``exclude``: node names kept fp32.
@@ -149,7 +150,7 @@ def quantize_int8(
         if shaped is None:
             shaped = Path(tmpdir) / "shaped.onnx"
             fx_opt.infer_shapes(src, shaped)
-        base = fx_quant.recipe_from_options(static=static, per_channel=per_channel)
+        base = fx_quant.recipe_from_options(static=static, per_channel=per_channel, embeddings=embeddings)
         recipe = replace(base, exclude=tuple(exclude))
         reader = None
         if static:
@@ -165,6 +166,7 @@ def quantize_int8(
         "format": recipe.quant_format,
         "mode": "static" if static else "dynamic",
         "nodes_quantized": q["nodes_quantized"],
+        "embedding_nodes_quantized": q.get("embedding_nodes_quantized", 0),
         "nodes_excluded": len(set(exclude)),
     }
     if static:
@@ -198,6 +200,7 @@ def accuracy_aware_int8(
     static: bool = False,
     calib_ids=None,
     per_channel: bool | None = None,
+    embeddings: bool = True,
     sensitivity_rows: int = 256,
     threads: int | None = None,
     progress: bool = True,
@@ -224,6 +227,7 @@ def accuracy_aware_int8(
                 calib_ids=calib_ids,
                 pad_id=pad_id,
                 per_channel=per_channel,
+                embeddings=embeddings,
                 shaped=shaped,
             )
             if not probe and not settings:
