@@ -18,6 +18,8 @@ interleaved), test accuracy and accuracy retained vs the teacher."""
 
 
 def register(sub) -> None:
+    import argparse
+
     from fastft.cli import add_command
     from fastft.compress.config import DEFAULT_OUTPUT
 
@@ -49,6 +51,25 @@ def register(sub) -> None:
         help="unstructured magnitude pruning of encoder weights (no speed-up on dense kernels) [0]",
     )
     p.add_argument("--recovery-epochs", type=float, default=1, help="distillation epochs after pruning [1]")
+    p.add_argument(
+        "--qat",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="quantization-aware last epoch: simulate ONNX Runtime's INT8 while training (dynamic --int8 only) [on]",
+    )
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="N",
+        help="distil also on N perturbed copies of every training text, labelled by the teacher [0]",
+    )
+    p.add_argument(
+        "--int8-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store the embedding tables in 8 bits too (about 3/4 of model_int8.onnx's size) [on]",
+    )
     p.add_argument(
         "--target-retained",
         type=float,
@@ -97,6 +118,9 @@ def config_from_args(args):
         prune_ffn=args.prune_ffn,
         sparsity=args.sparsity,
         recovery_epochs=args.recovery_epochs,
+        qat=args.qat,
+        augment=args.augment,
+        int8_embeddings=args.int8_embeddings,
         quantize="fp16" if args.fp16 else "int8" if args.int8 or args.static else None,
         static=args.static,
         accuracy_budget=args.accuracy_budget,
@@ -128,6 +152,11 @@ def _compress(args) -> int:
     v = report["verdict"]
     print(("" if v["met"] else "WARNING: ") + v["message"])
     q = report.get("quantization") or {}
+    if q.get("label_agreement_fp32_test") is not None:
+        print(
+            f"INT8 label agreement with fp32 (test): {q['label_agreement_fp32_test']:.2%}; "
+            f"nodes kept fp32 by the fallback: {q.get('fp32_nodes', 0)}"
+        )
     if q.get("excluded_nodes"):
         print(f"kept in fp32 by the accuracy-aware INT8 pass: {', '.join(q['excluded_nodes'])}")
     print(f"saved {report['output']} (report.json, report.md); total {report['timings']['total_s']:.0f} s")
