@@ -138,6 +138,7 @@ def quantize_int8(
     pad_id: int = 0,
     per_channel: bool | None = None,
     embeddings: bool = True,
+    calib_method: str = "minmax",
     shaped: Path | None = None,
 ) -> dict:
     """INT8 ``src`` -> ``dst`` with fastft.export's quantisation stage; ``exclude``: node names kept fp32.
@@ -150,7 +151,9 @@ def quantize_int8(
         if shaped is None:
             shaped = Path(tmpdir) / "shaped.onnx"
             fx_opt.infer_shapes(src, shaped)
-        base = fx_quant.recipe_from_options(static=static, per_channel=per_channel, embeddings=embeddings)
+        base = fx_quant.recipe_from_options(
+            static=static, per_channel=per_channel, calib_method=calib_method, embeddings=embeddings
+        )
         recipe = replace(base, exclude=tuple(exclude))
         reader = None
         if static:
@@ -170,7 +173,7 @@ def quantize_int8(
         "nodes_excluded": len(set(exclude)),
     }
     if static:
-        settings["calibration_rows"] = len(calib_ids)
+        settings.update(calibration_rows=len(calib_ids), calib_method=calib_method)
     return settings
 
 
@@ -199,6 +202,7 @@ def accuracy_aware_int8(
     base_acc: float | None = None,
     static: bool = False,
     calib_ids=None,
+    calib_method: str = "minmax",
     per_channel: bool | None = None,
     embeddings: bool = True,
     sensitivity_rows: int = 256,
@@ -228,6 +232,7 @@ def accuracy_aware_int8(
                 pad_id=pad_id,
                 per_channel=per_channel,
                 embeddings=embeddings,
+                calib_method=calib_method,
                 shaped=shaped,
             )
             if not probe and not settings:

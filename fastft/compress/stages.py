@@ -34,11 +34,26 @@ class StageResult:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class QuantizeResult:
+    """What quantization wrote: the graph ``path`` (INT8 or FP16) and its facts (recorded in
+    report.json and in fastft.json's ``onnx`` section)."""
+
+    path: Path
+    mode: str  # "int8" or "fp16"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def excluded_nodes(self) -> list[str]:
+        """The MatMuls the accuracy-aware INT8 pass kept in fp32."""
+        return list(self.info.get("excluded_nodes", []))
+
+
 def do_distill(ctx: Context) -> StageResult:
-    cfg = ctx.cfg
+    cfg, pr = ctx.cfg.distill, ctx.cfg.prune
     student, match = dis.make_student(ctx.teacher, cfg.student, cfg.layers, ctx.labels)
-    if cfg.prune_heads or cfg.prune_ffn:
-        check_fractions(student, cfg.prune_heads, cfg.prune_ffn)
+    if pr.prune_heads or pr.prune_ffn:
+        check_fractions(student, pr.prune_heads, pr.prune_ffn)
     log(
         ctx,
         f"distilling {ctx.teacher.config.num_hidden_layers}-layer teacher into a "
@@ -50,13 +65,19 @@ def do_distill(ctx: Context) -> StageResult:
     ids, _ = train_rows(ctx)
     cache = ctx.cache
     if cache is None or cache.layers != layers or len(cache.logits) != len(ids):  # once, reused by later stages
-        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=cfg.progress)
+        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
     # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
-    last = not (cfg.recovery_epochs > 0 and (cfg.prune_heads > 0 or cfg.prune_ffn > 0))
+    last = not (pr.recovery_epochs > 0 and (pr.prune_heads > 0 or pr.prune_ffn > 0))
     res = _train_on_teacher(
-        ctx, student, cache, epochs=cfg.epochs, seed=cfg.seed, desc="distill", qat=qat_spec(cfg) if last else None
+        ctx,
+        student,
+        cache,
+        epochs=cfg.epochs,
+        seed=ctx.cfg.seed,
+        desc="distill",
+        qat=qat_spec(ctx.cfg) if last else None,
     )
     info = {
         "student": cfg.student,
@@ -78,30 +99,28 @@ def do_distill(ctx: Context) -> StageResult:
 def do_prune(ctx: Context, net) -> StageResult:
     import torch
 
-    cfg = ctx.cfg
+    d, cfg = ctx.cfg.distill, ctx.cfg.prune
     before = describe(net)
     # the teacher's outputs on the layers matching the pruned model's are the targets (cached once)
     match = dis.layer_plan(ctx.teacher.config.num_hidden_layers, net.config.num_hidden_layers)[1]
-    layers = match if cfg.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
+    layers = match if d.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
     ids, _ = train_rows(ctx)
     cache = ctx.cache
     if cache is None or cache.layers != layers or len(cache.logits) != len(ids):
-        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=cfg.progress)
+        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress)
         ctx.cache = cache
     k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
     t0 = time.perf_counter()
     if k_heads or k_ffn:
-        g = torch.Generator().manual_seed(cfg.seed + 1)
-        batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], cfg.batch_size, g)[
-            : cfg.prune_batches
-        ]
+        g = torch.Generator().manual_seed(ctx.cfg.seed + 1)
+        batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], d.batch_size, g)[: cfg.prune_batches]
         y = torch.tensor(ctx.y["train"])
 
         def loss_fn(model, rows):
             x, m = dis.pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
             out = model(input_ids=x, attention_mask=m)
-            return dis.distill_loss(out, y[rows], cache.logits[rows], None, m, cfg.temperature, cfg.alpha, 0.0)[0]
+            return dis.distill_loss(out, y[rows], cache.logits[rows], None, m, d.temperature, d.alpha, 0.0)[0]
 
         scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
         info.update(apply_structured(net, scores, k_heads, k_ffn))
@@ -114,7 +133,13 @@ def do_prune(ctx: Context, net) -> StageResult:
         )
         if cfg.recovery_epochs > 0:
             info["recovery"] = _train_on_teacher(
-                ctx, net, cache, epochs=cfg.recovery_epochs, seed=cfg.seed + 2, desc="recovery", qat=qat_spec(cfg)
+                ctx,
+                net,
+                cache,
+                epochs=cfg.recovery_epochs,
+                seed=ctx.cfg.seed + 2,
+                desc="recovery",
+                qat=qat_spec(ctx.cfg),
             )
     if cfg.sparsity > 0:
         info["magnitude"] = magnitude_prune(net, cfg.sparsity)
@@ -123,13 +148,13 @@ def do_prune(ctx: Context, net) -> StageResult:
     return StageResult("pruned", net, None, info)
 
 
-def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> tuple[Path, dict]:
+def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> QuantizeResult:
     """Quantize the fp32 model ``fp32`` (its fused graph, when kept) into ``work``."""
-    cfg = ctx.cfg
+    cfg = ctx.cfg.quantize
     src = fused_path(fp32) if fused_path(fp32).is_file() else fp32
-    if cfg.quantize == "fp16":
+    if cfg.mode == "fp16":
         dst = work / "model_fp16.onnx"
-        return dst, {**quantize_fp16(src, dst), "file": dst.name}
+        return QuantizeResult(dst, "fp16", {**quantize_fp16(src, dst), "file": dst.name})
     dst = work / "model_int8.onnx"
     info = accuracy_aware_int8(
         src,
@@ -141,23 +166,24 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         base_acc=base_acc,
         static=cfg.static,
         calib_ids=ctx.ids["train"][: cfg.calib_size],
+        calib_method=cfg.calib_method,
         per_channel=cfg.per_channel,
-        embeddings=cfg.int8_embeddings,
-        threads=cfg.threads,
-        progress=cfg.progress,
+        embeddings=cfg.embeddings,
+        threads=ctx.cfg.threads,
+        progress=ctx.cfg.progress,
     )
-    return dst, {**info, "file": dst.name}
+    return QuantizeResult(dst, "int8", {**info, "file": dst.name})
 
 
 def train_rows(ctx: Context) -> tuple[list, list]:
     """(token ids, labels) distilled on: the training split, then ``cfg.augment`` perturbed copies of
     every training text (:mod:`fastft.compress.augment`, seeded, made and tokenized once). The
     originals come first, so row ``i < len(train)`` is training row ``i`` in every cache."""
-    cfg = ctx.cfg
-    if not cfg.augment:
+    n, seed = ctx.cfg.distill.augment, ctx.cfg.seed
+    if not n:
         return ctx.ids["train"], ctx.y["train"]
     aug = ctx.augmented
-    if aug is None or aug["copies"] != cfg.augment or aug["seed"] != cfg.seed:
+    if aug is None or aug["copies"] != n or aug["seed"] != seed:
         from collections import Counter
 
         from fastft.compress.augment import augment_texts
@@ -166,10 +192,10 @@ def train_rows(ctx: Context) -> tuple[list, list]:
             raise FastftError("--augment needs the training texts (none were loaded)")
         t0 = time.perf_counter()
         mask = getattr(ctx.tokenizer, "mask_token", None) or "[MASK]"
-        texts, src, ops = augment_texts(ctx.texts["train"], cfg.augment, cfg.seed, mask_token=mask)
+        texts, src, ops = augment_texts(ctx.texts["train"], n, seed, mask_token=mask)
         aug = {
-            "copies": cfg.augment,
-            "seed": cfg.seed,
+            "copies": n,
+            "seed": seed,
             "ids": dis.encode(ctx.tokenizer, texts, ctx.max_length),
             "y": [ctx.y["train"][i] for i in src],
             "ops": dict(Counter(ops)),
@@ -180,7 +206,7 @@ def train_rows(ctx: Context) -> tuple[list, list]:
         }
         aug["time_s"] = round(time.perf_counter() - t0, 2)
         ctx.augmented = aug
-        log(ctx, f"augmented distillation data: {len(texts)} perturbed copies ({cfg.augment} per training text)")
+        log(ctx, f"augmented distillation data: {len(texts)} perturbed copies ({n} per training text)")
     return ctx.ids["train"] + aug["ids"], ctx.y["train"] + aug["y"]
 
 
@@ -196,22 +222,23 @@ def augment_info(ctx: Context) -> dict:
     }
 
 
-def qat_spec(cfg):
-    """What quantization-aware training simulates for this config (None: no QAT): the INT8 recipe
-    ``do_quantize`` will use (this CPU's default, the user's per-channel/embedding choices);
+def qat_spec(config):
+    """What quantization-aware training simulates for this CompressConfig (None: no QAT): the INT8
+    recipe ``do_quantize`` will use (this CPU's default, the user's per-channel/embedding choices);
     dynamic INT8 only (static scales are calibrated after training)."""
-    if not cfg.qat or cfg.quantize != "int8" or cfg.static:
+    cfg = config.quantize
+    if cfg.qat is False or cfg.mode != "int8" or cfg.static:
         return None
     from fastft.compress.qat import QatSpec
     from fastft.export.quantize import recipe_from_options
 
-    return QatSpec.from_recipe(recipe_from_options(per_channel=cfg.per_channel, embeddings=cfg.int8_embeddings))
+    return QatSpec.from_recipe(recipe_from_options(per_channel=cfg.per_channel, embeddings=cfg.embeddings))
 
 
 def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str, qat=None) -> dict:
     """Distil ``net`` on the cached teacher outputs with the config's settings, keeping the epoch
     with the best validation accuracy (distillation and post-pruning recovery alike)."""
-    cfg = ctx.cfg
+    cfg = ctx.cfg.distill
     ids, y = train_rows(ctx)
     return dis.train_student(
         net,
@@ -228,7 +255,7 @@ def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, des
         weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio,
         seed=seed,
-        progress=cfg.progress,
+        progress=ctx.cfg.progress,
         desc=desc,
         evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
         qat=qat,
