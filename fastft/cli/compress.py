@@ -61,6 +61,11 @@ def _compress(args) -> int:
     v = report["verdict"]
     print(("" if v["met"] else "WARNING: ") + v["message"])
     q = report.get("quantization") or {}
+    if q.get("label_agreement_fp32_test") is not None:
+        print(
+            f"INT8 label agreement with fp32 (test): {q['label_agreement_fp32_test']:.2%}; "
+            f"nodes kept fp32 by the fallback: {q.get('fp32_nodes', 0)}"
+        )
     if q.get("excluded_nodes"):
         print(f"kept in fp32 by the accuracy-aware INT8 pass: {', '.join(q['excluded_nodes'])}")
     print(f"saved {report['output']} (report.json, report.md); total {report['timings']['total_s']:.0f} s")

@@ -53,6 +53,12 @@ class DistillConfig:
     hidden_weight: float = option(1.0, "weight of the hidden-state MSE term (0 turns it off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
     warmup_ratio: float = option(0.1, "fraction of steps with linear learning-rate warm-up")
+    augment: int = option(
+        0,
+        "distil also on N perturbed copies of every training text (insert, delete, replace, swap, span mask; "
+        "fastft.compress.augment), labelled by the teacher; an epoch then covers N + 1 times the rows",
+        metavar="N",
+    )
 
     def validate(self) -> None:
         for name in ("epochs", "lr", "temperature", "alpha", "hidden_weight", "weight_decay", "warmup_ratio"):
@@ -61,6 +67,7 @@ class DistillConfig:
         check_float("--weight-decay", self.weight_decay, lo=0)
         check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
         check_int("--batch-size", self.batch_size, lo=1)
+        check_int("--augment", self.augment, lo=0)
         for name in ("layers", "max_length"):
             check_int(_flag(name), getattr(self, name), lo=1, optional=True)
         if self.layers is not None and self.student != "teacher-layers":
@@ -135,6 +142,18 @@ class QuantizeConfig:
     per_channel: bool | None = option(None, "per-channel weight scales", default_help="this CPU's recipe")
     accuracy_budget: float = option(
         0.005, "largest validation accuracy drop INT8 may cost before sensitive MatMuls stay fp32"
+    )
+    qat: bool | None = option(
+        None,
+        "quantization-aware last distillation/recovery epoch: ONNX Runtime's INT8 simulated while training "
+        "(straight-through), so the whole graph quantises without fp32 fallback",
+        default_help="on for dynamic INT8",
+    )
+    embeddings: bool = option(
+        True,
+        "keep the embedding tables fp32 in INT8 (by default they are stored in 8 bits: "
+        "QEmbedLayerNormalization, about 3/4 of model_int8.onnx's size)",
+        flag="--no-int8-embeddings",
     )
 
     def validate(self) -> None:

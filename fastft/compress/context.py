@@ -39,6 +39,8 @@ class Context:
     pad_id: int
     cfg: CompressConfig
     cache: object = None  # the teacher's cached outputs (distill.TeacherCache), once computed
+    texts: dict | None = None  # split -> list[str] (augmentation, the shifted test splits)
+    augmented: dict | None = None  # --augment's perturbed training copies (stages.train_rows), made once
 
 
 # -- the default teacher ----------------------------------------------------------------------
@@ -180,10 +182,11 @@ def prepare(model, cfg: CompressConfig) -> Context:
         check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
     tokenizer = load_tokenizer(path)
     max_length = clamp_max_length(d.max_length or meta.get("max_length") or 128, teacher.config)
-    ids, y = {}, {}
+    ids, y, texts = {}, {}, {}
     for name in ("train", "validation", "test"):
         part = align_labels(splits.split(name), splits.labels, labels)
         ids[name], y[name] = encode(tokenizer, part.texts, max_length), list(part.labels)
+        texts[name] = list(part.texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return Context(
         path,
@@ -197,6 +200,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
         y,
         pad_id,
         cfg,
+        texts=texts,
     )
 
 

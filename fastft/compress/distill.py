@@ -236,13 +236,19 @@ def train_student(
     evaluate=None,
     progress: bool = True,
     desc: str = "distill",
+    qat=None,
 ) -> dict:
     """Train ``student`` against the cached teacher; keep the best epoch by ``evaluate(student)``.
 
     evaluate: callable returning validation accuracy (None: keep the last epoch).
+    qat: a :class:`fastft.compress.qat.QatSpec`: the last epoch runs with ORT's INT8 simulated
+        (fake-quant, straight-through) and only such epochs compete for "best" (the weights
+        that are quantised next must be the ones trained for it).
     Returns history (loss per epoch, validation accuracy), steps, time.
     """
     import torch
+
+    from fastft.compress import qat as qat_mod
 
     g = torch.Generator().manual_seed(seed)
     lengths = [len(x) for x in ids]
@@ -251,6 +257,15 @@ def train_student(
     y_all = torch.tensor(labels, dtype=torch.long)
     use_hidden = cache.hidden is not None and hidden_weight > 0
     history, best = [], {"value": None, "state": None}
+    n_epochs = math.ceil(total / steps_per_epoch)
+    qat_on = {"active": False}
+
+    def epoch_batches(epoch: int):
+        if qat is not None and epoch == n_epochs and not qat_on["active"]:
+            qat_mod.attach(student, qat)
+            qat_on["active"] = True
+            print(f"{desc} epoch {epoch}: quantization-aware (ORT INT8 simulated)", file=sys.stderr)
+        return length_bucketed_batches(lengths, batch_size, g)
 
     def step_loss(rows):
         input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
@@ -270,7 +285,9 @@ def train_student(
 
     def end_epoch(stats: EpochStats) -> bool:
         entry = {"epoch": stats.epoch, "first_loss": stats.first_loss, "loss": stats.running}
-        if evaluate is not None:
+        if qat_on["active"]:
+            entry["qat"] = True
+        if evaluate is not None and (qat is None or qat_on["active"]):
             student.eval()
             entry["validation_accuracy"] = evaluate(student)
             if best["value"] is None or entry["validation_accuracy"] > best["value"]:
@@ -282,24 +299,30 @@ def train_student(
         print(f"{desc} epoch {stats.epoch}: loss {stats.running:.4f}{acc}", file=sys.stderr)
         return False
 
-    res = run_loop(
-        student,
-        lambda epoch: length_bucketed_batches(lengths, batch_size, g),
-        step_loss,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio,
-        max_grad_norm=1.0,
-        end_epoch=end_epoch,
-        progress=progress,
-        desc=f"{desc} epoch",
-        what="distillation",
-        postfix=lambda r, parts, elapsed: {k: f"{v:.3f}" for k, v in parts.items()},
-    )
+    try:
+        res = run_loop(
+            student,
+            epoch_batches,
+            step_loss,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_ratio=warmup_ratio,
+            max_grad_norm=1.0,
+            end_epoch=end_epoch,
+            progress=progress,
+            desc=f"{desc} epoch",
+            what="distillation",
+            postfix=lambda r, parts, elapsed: {k: f"{v:.3f}" for k, v in parts.items()},
+        )
+    finally:
+        qat_mod.detach(student)
     best_state, step = best["state"], res.steps
     if best_state is not None:
         student.load_state_dict(best_state)
     student.eval()
-    return {"history": history, "steps": step, "time_s": round(res.time_s, 2)}
+    out = {"history": history, "steps": step, "time_s": round(res.time_s, 2)}
+    if qat is not None:
+        out["qat"] = {"epochs": 1, **qat.to_dict()}
+    return out

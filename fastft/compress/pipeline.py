@@ -64,6 +64,9 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     cfg = ctx.cfg
     stages, infos, timings = [], {}, {}
 
+    test_logits = {}  # onnx file -> test-split logits (label agreement, shifted splits)
+    shift = rep.shift_subsets(ctx)
+
     def evaluate_onnx(path: Path) -> dict:
         import numpy as np
 
@@ -72,6 +75,8 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
             logits = cq.ort_logits(cq.session(path, cfg.threads), ctx.ids[split], ctx.pad_id)
             p = np.exp(logits - logits.max(1, keepdims=True))
             out[split] = classification_metrics(ctx.y[split], p / p.sum(1, keepdims=True), logits.shape[1])
+            if split == "test":
+                test_logits[path] = logits
         return out
 
     def add_stage(name: str, net, model_dir: Path, onnx_file: Path, metrics: dict, extra: dict | None = None):
@@ -83,6 +88,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
                 "flops_128": flops(net, 128),
                 "accuracy": metrics["test"]["accuracy"],
                 "validation_accuracy": metrics["validation"]["accuracy"],
+                **rep.shift_accuracy(shift, test_logits[onnx_file], ctx.y["test"]),
                 **(extra or {}),
             }
         )
@@ -125,7 +131,17 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         q = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"]["accuracy"])
         final_file, qinfo = q.path, q.info
         final_metrics = evaluate_onnx(final_file)
-        add_stage("quantized", net, last_dir, final_file, final_metrics, {"precision": cfg.quantize.mode})
+        agree = rep.agreement(test_logits[final_file], test_logits[last_onnx])
+        qinfo.update(label_agreement_fp32_test=agree, fp32_nodes=len(qinfo.get("excluded_nodes") or []))
+        qinfo["fallback_fired"] = qinfo["fp32_nodes"] > 0
+        add_stage(
+            "quantized",
+            net,
+            last_dir,
+            final_file,
+            final_metrics,
+            {"precision": cfg.quantize.mode, "agreement_fp32": agree},
+        )
         timings["quantized_s"] = round(time.perf_counter() - t0, 2)
 
     latency = None
@@ -162,6 +178,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         "stages": rows,
         "verdict": verdict,
         "quantization": qinfo,
+        "shift": {k: {"rows": len(v), "definition": rep.SHIFT_DEFINITIONS[k]} for k, v in shift.items()},
         "distillation": infos.get("distilled"),
         "pruning": infos.get("pruned"),
         "config": cfg.to_dict(),
@@ -246,11 +263,15 @@ def _write_meta(ctx: Context, out: Path, onnx: dict, metrics: dict, report: dict
                             "p50_ms_512",
                             "accuracy",
                             "retained",
+                            "retained_rare",
+                            "retained_long",
                         )
                     }
                     for r in report["stages"]
                 ],
                 "excluded_nodes": (report.get("quantization") or {}).get("excluded_nodes", []),
+                "int8_fallback_fp32_nodes": (report.get("quantization") or {}).get("fp32_nodes"),
+                "int8_label_agreement_fp32": (report.get("quantization") or {}).get("label_agreement_fp32_test"),
             },
             "versions": versions(),
         }

@@ -137,6 +137,7 @@ def quantize_int8(
     calib_ids=None,
     pad_id: int = 0,
     per_channel: bool | None = None,
+    embeddings: bool = True,
     calib_method: str = "minmax",
     shaped: Path | None = None,
 ) -> dict:
@@ -150,7 +151,9 @@ def quantize_int8(
         if shaped is None:
             shaped = Path(tmpdir) / "shaped.onnx"
             fx_opt.infer_shapes(src, shaped)
-        base = fx_quant.recipe_from_options(static=static, per_channel=per_channel, calib_method=calib_method)
+        base = fx_quant.recipe_from_options(
+            static=static, per_channel=per_channel, calib_method=calib_method, embeddings=embeddings
+        )
         recipe = replace(base, exclude=tuple(exclude))
         reader = None
         if static:
@@ -166,6 +169,7 @@ def quantize_int8(
         "format": recipe.quant_format,
         "mode": "static" if static else "dynamic",
         "nodes_quantized": q["nodes_quantized"],
+        "embedding_nodes_quantized": q.get("embedding_nodes_quantized", 0),
         "nodes_excluded": len(set(exclude)),
     }
     if static:
@@ -200,6 +204,7 @@ def accuracy_aware_int8(
     calib_ids=None,
     calib_method: str = "minmax",
     per_channel: bool | None = None,
+    embeddings: bool = True,
     sensitivity_rows: int = 256,
     threads: int | None = None,
     progress: bool = True,
@@ -226,6 +231,7 @@ def accuracy_aware_int8(
                 calib_ids=calib_ids,
                 pad_id=pad_id,
                 per_channel=per_channel,
+                embeddings=embeddings,
                 calib_method=calib_method,
                 shaped=shaped,
             )

@@ -29,6 +29,7 @@ COLUMNS = [
     ("speedup_512", "speed-up@512"),
     ("accuracy", "test acc"),
     ("retained", "retained"),
+    ("retained_rare", "retained rare"),
 ]
 
 
@@ -78,6 +79,34 @@ def measure_latency(
     return {name: {seq: quantiles(v) for seq, v in per.items()} for name, per in times.items()}
 
 
+SHIFT_DEFINITIONS = {
+    "rare": "the quarter of test texts whose words are rarest in the training split (mean log(1 + count))",
+    "long": "the quarter of longest test texts (words)",
+}
+
+
+def shift_subsets(ctx) -> dict[str, list[int]]:
+    """Test-row indices of the shifted splits (:func:`fastft.compress.augment.shift_split`); {} without texts."""
+    from fastft.compress.augment import shift_split
+
+    texts = getattr(ctx, "texts", None) or {}
+    if not texts.get("train") or not texts.get("test"):
+        return {}
+    return shift_split(texts["train"], texts["test"])
+
+
+def shift_accuracy(shift: dict, logits, labels) -> dict:
+    """{"accuracy_<name>": ...} of test logits on each shifted subset."""
+    y = np.asarray(labels)
+    pred = np.asarray(logits).argmax(1)
+    return {f"accuracy_{k}": float((pred[idx] == y[idx]).mean()) for k, idx in shift.items() if len(idx)}
+
+
+def agreement(a, b) -> float:
+    """Fraction of rows whose argmax labels agree."""
+    return float((np.asarray(a).argmax(1) == np.asarray(b).argmax(1)).mean()) if len(a) else 0.0
+
+
 def build_rows(stages: list[dict], latency: dict | None) -> list[dict]:
     """stages: dicts with name, parameters, file (Path), flops_128, accuracy."""
     teacher = stages[0]
@@ -100,6 +129,9 @@ def build_rows(stages: list[dict], latency: dict | None) -> list[dict]:
         for k, v in st.items():
             if k not in row and k not in ("name", "file"):
                 row[k] = v
+        for k in ("rare", "long"):
+            if st.get(f"accuracy_{k}") is not None and teacher.get(f"accuracy_{k}"):
+                row[f"retained_{k}"] = round(st[f"accuracy_{k}"] / teacher[f"accuracy_{k}"], 4)
         rows.append(row)
     t512 = rows[0]["p50_ms_512"]
     for row in rows:
@@ -140,7 +172,7 @@ def _fmt(key: str, v) -> str:
         return "-"
     if key == "parameters":
         return f"{v / 1e6:.2f}M"
-    if key == "retained":
+    if key.startswith("retained"):
         return f"{v:.2%}"
     if key == "accuracy":
         return f"{v:.4f}"
@@ -181,9 +213,17 @@ def markdown(report: dict) -> str:
             f"{lat.get('threads')} threads, spinning off. FLOPs: encoder matmuls at sequence length 128.",
             "",
         ]
+    for name, sh in (report.get("shift") or {}).items():
+        lines.append(f"- shifted split `{name}` ({sh['rows']} test rows): {sh['definition']}")
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     q = report.get("quantization") or {}
+    if q.get("label_agreement_fp32_test") is not None:
+        lines += [
+            "",
+            f"INT8 label agreement with the fp32 model on the test split: {q['label_agreement_fp32_test']:.2%}; "
+            f"nodes kept fp32 by the accuracy-aware fallback: {q.get('fp32_nodes', 0)}.",
+        ]
     if q.get("excluded_nodes"):
         lines += ["", "Nodes kept in fp32 by the accuracy-aware INT8 pass:", ""]
         lines += [f"- `{n}`" for n in q["excluded_nodes"]]

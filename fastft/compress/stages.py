@@ -21,6 +21,7 @@ from fastft.compress.prune import (
     magnitude_prune,
 )
 from fastft.compress.quantize import accuracy_aware_int8, fused_path, quantize_fp16
+from fastft.core.errors import FastftError
 
 
 @dataclass
@@ -61,12 +62,23 @@ def do_distill(ctx: Context) -> StageResult:
     )
     t0 = time.perf_counter()
     layers = match if cfg.hidden_weight > 0 else None
+    ids, _ = train_rows(ctx)
     cache = ctx.cache
-    if cache is None or cache.layers != layers:  # computed once per layer map, reused by later stages
-        cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=ctx.cfg.progress)
+    if cache is None or cache.layers != layers or len(cache.logits) != len(ids):  # once, reused by later stages
+        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
-    res = _train_on_teacher(ctx, student, cache, epochs=cfg.epochs, seed=ctx.cfg.seed, desc="distill")
+    # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
+    last = not (pr.recovery_epochs > 0 and (pr.prune_heads > 0 or pr.prune_ffn > 0))
+    res = _train_on_teacher(
+        ctx,
+        student,
+        cache,
+        epochs=cfg.epochs,
+        seed=ctx.cfg.seed,
+        desc="distill",
+        qat=qat_spec(ctx.cfg) if last else None,
+    )
     info = {
         "student": cfg.student,
         "layers": student.config.num_hidden_layers,
@@ -78,6 +90,7 @@ def do_distill(ctx: Context) -> StageResult:
         "temperature": cfg.temperature,
         "alpha": cfg.alpha,
         "hidden_weight": cfg.hidden_weight,
+        **({"augment": augment_info(ctx)} if cfg.augment else {}),
         **res,
     }
     return StageResult("distilled", student, None, info)
@@ -91,9 +104,10 @@ def do_prune(ctx: Context, net) -> StageResult:
     # the teacher's outputs on the layers matching the pruned model's are the targets (cached once)
     match = dis.layer_plan(ctx.teacher.config.num_hidden_layers, net.config.num_hidden_layers)[1]
     layers = match if d.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
+    ids, _ = train_rows(ctx)
     cache = ctx.cache
-    if cache is None or cache.layers != layers:
-        cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=ctx.cfg.progress)
+    if cache is None or cache.layers != layers or len(cache.logits) != len(ids):
+        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress)
         ctx.cache = cache
     k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
@@ -119,7 +133,13 @@ def do_prune(ctx: Context, net) -> StageResult:
         )
         if cfg.recovery_epochs > 0:
             info["recovery"] = _train_on_teacher(
-                ctx, net, cache, epochs=cfg.recovery_epochs, seed=ctx.cfg.seed + 2, desc="recovery"
+                ctx,
+                net,
+                cache,
+                epochs=cfg.recovery_epochs,
+                seed=ctx.cfg.seed + 2,
+                desc="recovery",
+                qat=qat_spec(ctx.cfg),
             )
     if cfg.sparsity > 0:
         info["magnitude"] = magnitude_prune(net, cfg.sparsity)
@@ -148,21 +168,83 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         calib_ids=ctx.ids["train"][: cfg.calib_size],
         calib_method=cfg.calib_method,
         per_channel=cfg.per_channel,
+        embeddings=cfg.embeddings,
         threads=ctx.cfg.threads,
         progress=ctx.cfg.progress,
     )
     return QuantizeResult(dst, "int8", {**info, "file": dst.name})
 
 
-def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str) -> dict:
+def train_rows(ctx: Context) -> tuple[list, list]:
+    """(token ids, labels) distilled on: the training split, then ``cfg.augment`` perturbed copies of
+    every training text (:mod:`fastft.compress.augment`, seeded, made and tokenized once). The
+    originals come first, so row ``i < len(train)`` is training row ``i`` in every cache."""
+    n, seed = ctx.cfg.distill.augment, ctx.cfg.seed
+    if not n:
+        return ctx.ids["train"], ctx.y["train"]
+    aug = ctx.augmented
+    if aug is None or aug["copies"] != n or aug["seed"] != seed:
+        from collections import Counter
+
+        from fastft.compress.augment import augment_texts
+
+        if not (ctx.texts or {}).get("train"):
+            raise FastftError("--augment needs the training texts (none were loaded)")
+        t0 = time.perf_counter()
+        mask = getattr(ctx.tokenizer, "mask_token", None) or "[MASK]"
+        texts, src, ops = augment_texts(ctx.texts["train"], n, seed, mask_token=mask)
+        aug = {
+            "copies": n,
+            "seed": seed,
+            "ids": dis.encode(ctx.tokenizer, texts, ctx.max_length),
+            "y": [ctx.y["train"][i] for i in src],
+            "ops": dict(Counter(ops)),
+            "examples": [
+                {"original": ctx.texts["train"][src[i]], "augmented": texts[i], "op": ops[i]}
+                for i in range(min(3, len(texts)))
+            ],
+        }
+        aug["time_s"] = round(time.perf_counter() - t0, 2)
+        ctx.augmented = aug
+        log(ctx, f"augmented distillation data: {len(texts)} perturbed copies ({n} per training text)")
+    return ctx.ids["train"] + aug["ids"], ctx.y["train"] + aug["y"]
+
+
+def augment_info(ctx: Context) -> dict:
+    aug = ctx.augmented or {}
+    return {
+        "copies": aug.get("copies"),
+        "rows": len(aug.get("ids", [])),
+        "operations": aug.get("ops"),
+        "time_s": aug.get("time_s"),
+        "examples": aug.get("examples"),
+        "hard_labels": "the original text's",
+    }
+
+
+def qat_spec(config):
+    """What quantization-aware training simulates for this CompressConfig (None: no QAT): the INT8
+    recipe ``do_quantize`` will use (this CPU's default, the user's per-channel/embedding choices);
+    dynamic INT8 only (static scales are calibrated after training)."""
+    cfg = config.quantize
+    if cfg.qat is False or cfg.mode != "int8" or cfg.static:
+        return None
+    from fastft.compress.qat import QatSpec
+    from fastft.export.quantize import recipe_from_options
+
+    return QatSpec.from_recipe(recipe_from_options(per_channel=cfg.per_channel, embeddings=cfg.embeddings))
+
+
+def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str, qat=None) -> dict:
     """Distil ``net`` on the cached teacher outputs with the config's settings, keeping the epoch
     with the best validation accuracy (distillation and post-pruning recovery alike)."""
     cfg = ctx.cfg.distill
+    ids, y = train_rows(ctx)
     return dis.train_student(
         net,
         cache,
-        ctx.ids["train"],
-        ctx.y["train"],
+        ids,
+        y,
         pad_id=ctx.pad_id,
         epochs=epochs,
         lr=cfg.lr,
@@ -176,4 +258,5 @@ def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, des
         progress=ctx.cfg.progress,
         desc=desc,
         evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+        qat=qat,
     )

@@ -1,0 +1,224 @@
+"""Quantization-aware training: simulate, in torch, exactly the INT8 that ONNX Runtime runs.
+
+    with fake_quant(student, QatSpec.from_recipe(recipe)):
+        ...train...                       # every encoder Linear sees INT8-rounded inputs and weights
+
+What ORT's dynamic INT8 (``quantize_dynamic``, QOperator: DynamicQuantizeLinear + MatMulInteger /
+QAttention) computes for a weight MatMul ``y = x @ W + b``, reproduced here with a
+straight-through estimator (the rounding is the identity in the backward pass):
+
+* activations: per tensor, uint8, asymmetric, over the whole input tensor at run time
+  (DynamicQuantizeLinear: range ``[min(0, min x), max(0, max x)]``, ``scale = range / 255``,
+  ``zero_point = round(-min / scale)`` clipped to [0, 255], round half to even);
+* weights: int8 symmetric (``scale = max|w| / qmax``, zero point 0), per output channel when the
+  recipe is per-channel, 7-bit (``qmax = 64``, ORT's ``reduce_range``) where the recipe uses it,
+  else ``qmax = 127``; uint8 weights: asymmetric like the activations (``qmax`` 255 or 127);
+* the product is exact in int32 and rescaled once, so ``dequant(x) @ dequant(W) + b`` is the same
+  number up to fp32 rounding (checked against ORT in tests/test_qat.py);
+* with 8-bit embeddings (QEmbedLayerNormalization): the word, position and token-type tables and
+  the embedding LayerNorm's gamma/beta, each uint8 asymmetric per tensor.
+
+Which Linears: the ones fastft's INT8 quantises (:func:`fastft.export.quantize.select_nodes`, scope
+``weights``): the query/key/value projections (one QAttention), the attention output, the FFN
+intermediate and output denses of every encoder layer. The pooler and classifier (Gemm) stay fp32.
+
+The fake-quant module is the Linear itself with its class swapped to :class:`FakeQuantLinear`
+(a subclass): parameters, state_dict keys and optimizer state are untouched, so the best-epoch
+bookkeeping and saving work unchanged; leaving the context restores ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from fastft.models.pruned import encoder_layers
+
+
+@dataclass(frozen=True)
+class QatSpec:
+    """What to simulate: weight type/range/granularity; activations are always dynamic uint8 per tensor."""
+
+    weight_type: str = "int8"  # int8 (symmetric) or uint8 (asymmetric)
+    per_channel: bool = True
+    reduce_range: bool = False
+    embeddings: bool = False
+
+    @classmethod
+    def from_recipe(cls, recipe) -> QatSpec:
+        """The spec for a :class:`fastft.export.quantize.Int8Recipe` (dynamic mode)."""
+        return cls(
+            weight_type=recipe.weight_type,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            embeddings=bool(recipe.embeddings) and recipe.quant_format.lower() == "qoperator",
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "weights": f"{self.weight_type} {'symmetric' if self.weight_type == 'int8' else 'asymmetric'}, "
+            f"{'per-channel' if self.per_channel else 'per-tensor'}"
+            f"{', 7-bit (reduce_range)' if self.reduce_range else ''}",
+            "activations": "uint8 asymmetric, per tensor, dynamic (DynamicQuantizeLinear)",
+            "embeddings": "tables and LayerNorm uint8 asymmetric per tensor" if self.embeddings else "fp32",
+            "estimator": "straight-through",
+        }
+
+
+def _ste(x, q):
+    """``q`` in the forward pass, the identity's gradient in the backward pass."""
+    return x + (q - x).detach()
+
+
+def fake_quant_activation(x):
+    """DynamicQuantizeLinear then dequantize: uint8, asymmetric, per tensor (ORT's rule)."""
+    import torch
+
+    with torch.no_grad():
+        lo = torch.clamp(x.min(), max=0.0)
+        hi = torch.clamp(x.max(), min=0.0)
+        scale = (hi - lo) / 255.0
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+        q = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+    return _ste(x, q)
+
+
+def weight_qrange(spec: QatSpec) -> tuple[int, int]:
+    """(qmin, qmax) of ORT's weight quantisation for ``spec`` (quant_utils.get_qmin_qmax_for_qType)."""
+    if spec.weight_type == "int8":
+        return (-64, 64) if spec.reduce_range else (-127, 127)
+    return (0, 127) if spec.reduce_range else (0, 255)
+
+
+def fake_quant_weight(w, spec: QatSpec):
+    """Quantize-dequantize a torch Linear weight ``(out, in)``; channels are its rows (ONNX: columns)."""
+    import torch
+
+    qmin, qmax = weight_qrange(spec)
+    with torch.no_grad():
+        if spec.per_channel:
+            lo = torch.clamp(w.min(dim=1, keepdim=True).values, max=0.0)
+            hi = torch.clamp(w.max(dim=1, keepdim=True).values, min=0.0)
+        else:
+            lo, hi = torch.clamp(w.min(), max=0.0), torch.clamp(w.max(), min=0.0)
+        if spec.weight_type == "int8":  # symmetric, zero point 0
+            absmax = torch.maximum(-lo, hi)
+            scale = 2 * absmax / (qmax - qmin)
+            zp = torch.zeros_like(scale)
+        else:
+            scale = (hi - lo) / (qmax - qmin)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = (torch.clamp(torch.round(w / scale) + zp, qmin, qmax) - zp) * scale
+    return _ste(w, q)
+
+
+def _linear_class():
+    import torch
+
+    class FakeQuantLinear(torch.nn.Linear):
+        """An ``nn.Linear`` whose input and weight are rounded as ORT's INT8 rounds them (STE)."""
+
+        qat_spec: QatSpec
+
+        def forward(self, x):
+            import torch.nn.functional as F
+
+            return F.linear(fake_quant_activation(x), fake_quant_weight(self.weight, self.qat_spec), self.bias)
+
+    class FakeQuantEmbedding(torch.nn.Embedding):
+        """An ``nn.Embedding`` whose table is stored uint8 per tensor (QEmbedLayerNormalization)."""
+
+        def forward(self, ids):
+            import torch.nn.functional as F
+
+            return F.embedding(ids, fake_quant_activation(self.weight), self.padding_idx)
+
+    class FakeQuantLayerNorm(torch.nn.LayerNorm):
+        """The embedding LayerNorm with gamma and beta stored uint8 per tensor."""
+
+        def forward(self, x):
+            import torch.nn.functional as F
+
+            w = fake_quant_activation(self.weight) if self.weight is not None else None
+            b = fake_quant_activation(self.bias) if self.bias is not None else None
+            return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+    return {
+        torch.nn.Linear: FakeQuantLinear,
+        torch.nn.Embedding: FakeQuantEmbedding,
+        torch.nn.LayerNorm: FakeQuantLayerNorm,
+    }
+
+
+_FQ = None
+
+
+def fake_quant_classes() -> dict:
+    """{torch class: its fake-quant subclass}."""
+    global _FQ
+    if _FQ is None:
+        _FQ = _linear_class()
+    return _FQ
+
+
+def embedding_modules(net) -> list:
+    """The embedding tables and the embedding LayerNorm (the inputs of EmbedLayerNormalization)."""
+    import torch
+
+    emb = None
+    for name, m in net.named_modules():
+        if name.endswith("embeddings") and hasattr(m, "word_embeddings"):
+            emb = m
+            break
+    if emb is None:
+        return []
+    out = [m for m in emb.children() if isinstance(m, torch.nn.Embedding)]
+    ln = getattr(emb, "LayerNorm", None)
+    return out + ([ln] if isinstance(ln, torch.nn.LayerNorm) else [])
+
+
+def quantized_linears(net) -> list:
+    """The encoder Linears fastft's INT8 quantises (QKV, attention output, FFN in/out of each layer)."""
+    out = []
+    for layer in encoder_layers(net):
+        att = layer.attention
+        out += [att.self.query, att.self.key, att.self.value, att.output.dense]
+        out += [layer.intermediate.dense, layer.output.dense]
+    return out
+
+
+@contextmanager
+def fake_quant(net, spec: QatSpec):
+    """Within the block, the :func:`quantized_linears` of ``net`` are FakeQuantLinear (and, with
+    ``spec.embeddings``, its :func:`embedding_modules` are fake-quantised too)."""
+    classes = fake_quant_classes()
+    mods = quantized_linears(net) + (embedding_modules(net) if spec.embeddings else [])
+    mods = [m for m in mods if type(m) in classes]  # exact types: nothing swapped twice
+    originals = [type(m) for m in mods]
+    for m in mods:
+        m.__class__ = classes[type(m)]
+        m.qat_spec = spec
+    try:
+        yield mods
+    finally:
+        for m, cls in zip(mods, originals):
+            m.__class__ = cls
+            del m.qat_spec
+
+
+def attach(net, spec: QatSpec) -> list:
+    """Swap in FakeQuantLinear until :func:`detach` (for training loops that cannot hold a ``with``)."""
+    cm = fake_quant(net, spec)
+    mods = cm.__enter__()
+    net._fastft_qat = cm
+    return mods
+
+
+def detach(net) -> None:
+    cm = getattr(net, "_fastft_qat", None)
+    if cm is not None:
+        cm.__exit__(None, None, None)
+        del net._fastft_qat

@@ -1,0 +1,173 @@
+"""Quantization-aware training: the fake-quant modules reproduce ONNX Runtime's dynamic INT8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastft.compress.qat import QatSpec, fake_quant, fake_quant_weight, weight_qrange
+
+SPECS = [
+    QatSpec("int8", per_channel=True, reduce_range=True),
+    QatSpec("int8", per_channel=True, reduce_range=False),
+    QatSpec("int8", per_channel=False, reduce_range=False),
+    QatSpec("uint8", per_channel=False, reduce_range=False),
+]
+
+
+def _matmul_graph(path, w, b):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, w.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, w.shape[1]])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="dense"), helper.make_node("Add", ["h", "B"], ["y"])]
+    g = helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.weight_type}-pc{int(s.per_channel)}-rr{int(s.reduce_range)}")
+@pytest.mark.parametrize("shape", [(1, 13, 7), (7, 113, 29)])
+def test_fake_quant_linear_matches_ort(tmp_path, spec, shape):
+    """One Linear through ORT's quantize_dynamic (fastft's recipe path) == the torch fake-quant forward."""
+    import onnxruntime as ort
+    import torch
+
+    from fastft.core.system import cpu_info
+    from fastft.export.quantize import Int8Recipe, quantize_onnx
+
+    if spec.weight_type == "int8" and not spec.reduce_range and not cpu_info().get("vnni"):
+        pytest.skip("ORT's AVX2 U8S8 kernels (vpmaddubsw) saturate int16 without reduce_range: not exact int8")
+    seq, n_in, n_out = shape
+    g = torch.Generator().manual_seed(n_in)
+    lin = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n_out, n_in, generator=g) * torch.linspace(0.05, 2.0, n_out)[:, None])
+        lin.bias.copy_(torch.randn(n_out, generator=g))
+    x = (torch.randn(1, seq, n_in, generator=g) * 3 + 0.7).float()
+    _matmul_graph(tmp_path / "f.onnx", lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy())
+    recipe = Int8Recipe(
+        scope="weights", weight_type=spec.weight_type, per_channel=spec.per_channel, reduce_range=spec.reduce_range
+    )
+    quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", recipe)
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    y_ort = sess.run(None, {"x": x.numpy()})[0]
+    net = torch.nn.Sequential(lin)
+    net_fp32 = lin(x).detach().numpy()
+
+    from fastft.compress import qat
+
+    mods = [lin]
+    orig = qat.quantized_linears
+    try:
+        qat.quantized_linears = lambda n: mods  # a bare Linear, no encoder around it
+        with fake_quant(net, spec):
+            y_fq = net(x).detach().numpy()
+    finally:
+        qat.quantized_linears = orig
+    assert type(lin) is torch.nn.Linear  # restored
+    err_fq = np.abs(y_fq - y_ort).max()
+    err_fp32 = np.abs(net_fp32 - y_ort).max()
+    assert err_fp32 > 1e-3, "quantisation changed nothing: the comparison would not test anything"
+    assert err_fq <= 1e-4 * max(1.0, np.abs(y_ort).max()), (err_fq, err_fp32)
+
+
+def test_weight_ranges_follow_ort():
+    import torch
+
+    assert weight_qrange(QatSpec("int8", reduce_range=True)) == (-64, 64)
+    assert weight_qrange(QatSpec("int8")) == (-127, 127)
+    w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.1, -0.3]])
+    q = fake_quant_weight(w, QatSpec("int8", per_channel=True, reduce_range=True))
+    # per-row scale max|w|/64: the row maximum is exact, the others land on its grid
+    assert torch.allclose(q[:, :2].abs().max(1).values, torch.tensor([1.0, 2.0]))
+    steps = q / (w.abs().max(1, keepdim=True).values / 64)
+    assert torch.allclose(steps, steps.round(), atol=1e-5)
+
+
+def test_straight_through_gradient():
+    import torch
+
+    from fastft.compress.qat import fake_quant_activation
+
+    x = torch.randn(4, 9, requires_grad=True)
+    fake_quant_activation(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_tiny_bert_fake_quant_matches_int8_graph(tiny_model_dir, tmp_path):
+    """The whole encoder (QAttention, DynamicQuantizeMatMul, QEmbedLayerNormalization) under fake quant
+    gives ORT's INT8 logits, far closer than the fp32 model does."""
+    import sys
+
+    import torch
+
+    import fastft.compress  # noqa: F401
+    from fastft.export.quantize import recipe_from_options
+    from fastft.models import load_classifier
+
+    cq = sys.modules["fastft.compress.quantize"]
+    net = load_classifier(tiny_model_dir).eval()
+    with torch.no_grad():  # weights large enough for INT8 rounding to show
+        for p in net.parameters():
+            p.mul_(4.0)
+    fp32 = tmp_path / "model.onnx"
+    cq.export_onnx(net, fp32)
+    q = cq.quantize_int8(cq.fused_path(fp32), tmp_path / "q.onnx", per_channel=True)
+    assert q["embedding_nodes_quantized"] == 1
+    g = torch.Generator().manual_seed(0)
+    ids = [[101] + torch.randint(1000, 30000, (n,), generator=g).tolist() + [102] for n in (5, 17, 30)]
+    y_ort = cq.ort_logits(cq.session(tmp_path / "q.onnx"), ids, 0, batch_size=1)
+    spec = QatSpec.from_recipe(recipe_from_options(per_channel=True))
+    assert spec.embeddings
+    outs = {}
+    for name, quant in (("fp32", False), ("fq", True)):
+        rows = []
+        for r in ids:
+            x = torch.tensor([r])
+            with torch.no_grad():
+                if quant:
+                    with fake_quant(net, spec) as mods:
+                        assert len(mods) == 2 * 6 + 4  # 6 Linears a layer, 3 tables + LayerNorm
+                        rows.append(net(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].numpy())
+                else:
+                    rows.append(net(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].numpy())
+        outs[name] = np.stack(rows)
+    err_fq, err_fp32 = np.abs(outs["fq"] - y_ort).max(), np.abs(outs["fp32"] - y_ort).max()
+    assert err_fp32 > 1e-3
+    assert err_fq < 0.1 * err_fp32, (err_fq, err_fp32)
+
+
+def test_compress_with_qat_and_augment_reports_them(tmp_path, tiny_data_file):
+    """The pipeline: augmented rows distilled on, QAT in the recovery epoch, agreement and fallback
+    count and the shifted splits in the report and fastft.json, 8-bit embeddings in the INT8 file."""
+    import json
+
+    import onnx
+    from conftest import save_tiny_model
+
+    import fastft
+    from fastft.compress import CompressConfig
+
+    teacher = save_tiny_model(tmp_path / "t2", tiny_data_file, layers=2, seed=2)
+    out = tmp_path / "small"
+    cfg = CompressConfig(
+        layers=1, prune_ffn=0.5, augment=2, qat=True, output=str(out), epochs=1, batch_size=16, bench=False
+    )
+    report = fastft.compress(str(teacher), cfg, progress=False, prune_batches=2)
+    dist, pr, q = report["distillation"], report["pruning"], report["quantization"]
+    n_train = dist["augment"]["rows"] // 2
+    assert dist["augment"]["copies"] == 2 and n_train > 0 and sum(dist["augment"]["operations"].values()) == 2 * n_train
+    assert "qat" not in dist  # recovery follows: the last epoch there is the quantization-aware one
+    assert pr["recovery"]["qat"]["weights"].startswith("int8") and pr["recovery"]["history"][-1]["qat"] is True
+    assert 0.0 <= q["label_agreement_fp32_test"] <= 1.0 and q["fp32_nodes"] == len(q["excluded_nodes"])
+    assert q["embedding_nodes_quantized"] == 1 and q["recipe"].endswith("emb8")
+    ops = {n.op_type for n in onnx.load(str(out / "model_int8.onnx")).graph.node}
+    assert "QEmbedLayerNormalization" in ops
+    assert set(report["shift"]) == {"rare", "long"}
+    assert all("accuracy_rare" in r and "accuracy_long" in r for r in report["stages"])
+    if report["stages"][0]["accuracy_rare"]:
+        assert all("retained_rare" in r for r in report["stages"])
+    meta = json.loads((out / "fastft.json").read_text())
+    assert meta["compress"]["int8_fallback_fp32_nodes"] == q["fp32_nodes"]
+    assert "shifted split `rare`" in (out / "report.md").read_text()
