@@ -69,7 +69,9 @@ def register(sub) -> None:
     _data_options(p, defaults=None)
     p.set_defaults(func=_eval)
 
-    p = add_command(sub, "predict", "label texts with a fine-tuned model")
+    p = add_command(
+        sub, "predict", "label texts with a fine-tuned model (a token-classification model prints the entities)"
+    )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("texts", nargs="*", help="texts to label (or '-' to read one per line from stdin)")
     p.add_argument(
@@ -202,6 +204,11 @@ def _predict(args) -> int:
         problem = unicode_problem(t)
         if problem:
             raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
+    if _is_token_model(args.model):
+        with json_guard(args):
+            rows = _entity_rows(args.model, texts, args.backend)
+        print(dumps(rows) if args.json else _entities_table(rows))
+        return 0
     with json_guard(args):
         rows = _predict_rows(args.model, texts, args.backend)
     if args.json:
@@ -233,6 +240,43 @@ def _stdin_lines() -> list[str]:
         if line.strip():
             out.append(line)
     return out
+
+
+def _is_token_model(model: str) -> bool:
+    from pathlib import Path
+
+    from fastft.core.schema import TOKEN_CLASSIFICATION
+    from fastft.runtime.load import model_task
+
+    return Path(model).expanduser().is_dir() and model_task(model) == TOKEN_CLASSIFICATION
+
+
+def _entity_rows(model: str, texts: list[str], backend: str) -> list[dict]:
+    """Token classification: one {text, entities} row per text (entities with character offsets)."""
+    from fastft.runtime import load
+    from fastft.runtime.load import served_backend
+
+    if backend == "auto":
+        backend = served_backend(model)
+    pred = load(model, backend=backend)
+    return [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
+
+
+def _entities_table(rows: list[dict]) -> str:
+    """Each text, then its entities as a table: type, score, character span, the text it covers."""
+    lines = []
+    for r in rows:
+        text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
+        lines.append(text)
+        if not r["entities"]:
+            lines.append("  (no entities)")
+            continue
+        width = max(6, *(len(e["entity"]) for e in r["entities"]))
+        lines.append(f"  {'entity':<{width}}  {'score':>6}  {'chars':>9}  text")
+        for e in r["entities"]:
+            span = f"{e['start']}-{e['end']}"
+            lines.append(f"  {e['entity']:<{width}}  {e['score']:.4f}  {span:>9}  {r['text'][e['start'] : e['end']]}")
+    return "\n".join(lines)
 
 
 def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from fastft.core.checks import check_float, check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
-from fastft.core.schema import read_meta, write_meta
+from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
 from fastft.core.system import cpu_info, versions
 from fastft.data.collate import model_max_positions
 from fastft.export import validate as fx_validate  # its functions looked up at call time (patchable)
@@ -93,11 +93,16 @@ def _int8(
         _log(f"dynamic INT8 ({r.name})", progress)
     check = None
     if validate:
-        part = align_labels(splits.validation, splits.labels, model_labels(net))
-        texts, labels = part.texts, part.labels
+        per_token = task_of(meta) == TOKEN_CLASSIFICATION
+        if per_token:  # sentences as word lists, gold tags re-mapped to the model's label ids
+            texts, labels = _token_part(splits, model_labels(net))
+        else:
+            part = align_labels(splits.validation, splits.labels, model_labels(net))
+            texts, labels = part.texts, part.labels
         if agreement_limit:
             texts, labels = texts[:agreement_limit], labels[:agreement_limit]
         fp32_sess = fx_validate.session(fp32_file)
+        agreement = fx_validate.int8_token_agreement if per_token else fx_validate.int8_agreement
 
         def check(path, exclude):
             # label agreement with fp32 on the validation texts (the accuracy fallback's test)
@@ -107,7 +112,7 @@ def _int8(
                 + (f" ({k} MatMuls kept in fp32)" if k else ""),
                 progress,
             )
-            agree = fx_validate.int8_agreement(
+            agree = agreement(
                 fp32_sess, fx_validate.session(path), tokenizer, texts, labels, names, serve_length, min_agreement=0.0
             )
             agree["min_agreement"] = min_agreement
@@ -146,6 +151,17 @@ def _int8(
             "fp32_nodes": list(res.fp32_nodes),
         }
     return q, agree
+
+
+def _token_part(splits, labels: list[str]) -> tuple[list[list[str]], list[list[int]]]:
+    """Validation sentences (word lists) and their tags as ids of the model's ``labels``."""
+    part = splits.validation
+    names = list(splits.labels)
+    unknown = sorted({names[t] for tags in part.tags for t in tags} - set(labels))
+    if unknown:
+        raise FastftError(f"validation tags {', '.join(map(repr, unknown))} are not labels of the model ({labels})")
+    ids = {n: labels.index(n) for n in names if n in labels}
+    return list(part.tokens), [[ids[names[t]] for t in tags] for tags in part.tags]
 
 
 def export(

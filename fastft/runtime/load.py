@@ -11,6 +11,7 @@ from pathlib import Path
 from fastft.core.checks import check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
+from fastft.core.schema import TOKEN_CLASSIFICATION, task_of
 from fastft.data.collate import clamp_max_length
 from fastft.models import load_tokenizer, read_meta
 from fastft.runtime.base import Predictor
@@ -18,7 +19,7 @@ from fastft.runtime.ort import OrtPredictor
 from fastft.runtime.session import LEVELS, parse_device
 from fastft.runtime.torch_predictor import TorchPredictor
 
-__all__ = ["load", "served_backend", "read_meta_quiet"]
+__all__ = ["load", "model_task", "served_backend", "read_meta_quiet"]
 
 
 def load(
@@ -66,6 +67,7 @@ def load(
         raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
     meta = read_meta(p)
     config = _read_config(p)
+    task = _task(meta, config)
     labels = _labels(meta, config)
     tokenizer = load_tokenizer(p)
     length = max_length if max_length is not None else meta.get("max_length")
@@ -79,6 +81,7 @@ def load(
         "batch_size": batch_size,
         "truncation": truncation,
         "warm_up": warm_up,
+        "task": task,
     }
     if backend == "torch":
         if int8:
@@ -106,11 +109,28 @@ def served_backend(path: str | os.PathLike) -> str:
     return "onnxruntime"
 
 
+def model_task(path: str | os.PathLike) -> str:
+    """The task of a model directory (fastft.json's ``task``, else its config's head); ModelError if unreadable."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
+    return _task(read_meta(p), _read_config(p))
+
+
 def read_meta_quiet(p: Path) -> dict:
     try:
         return read_meta(p)
     except ModelError:
         return {}
+
+
+def _task(meta: dict, config: dict) -> str:
+    """fastft.json's task; a directory without one (e.g. Optimum's export) by its config's head."""
+    if "task" not in meta:
+        archs = config.get("architectures") or []
+        if any(str(a).endswith("ForTokenClassification") for a in archs):
+            return TOKEN_CLASSIFICATION
+    return task_of(meta)
 
 
 class _Config:

@@ -58,12 +58,13 @@ def batched_logits(
 
 def load_model_dir(model: str | Path):
     """(model, tokenizer, meta, max_length) of a fastft/Hugging Face directory."""
+    from fastft.core.schema import task_of
     from fastft.data.collate import clamp_max_length
     from fastft.models import load_classifier, load_tokenizer, read_meta, resolve_model
 
     path = resolve_model(model)
     meta = read_meta(path) if isinstance(path, Path) else {}
-    net = load_classifier(path)
+    net = load_classifier(path, task=task_of(meta))
     tokenizer = load_tokenizer(path)
     max_length = meta.get("max_length")
     if max_length is None:
