@@ -200,3 +200,23 @@ def test_cli_predict_prints_entities_table_and_json(ner_onnx, capsys):
     assert [(e["entity"], e["start"], e["end"]) for e in torch_rows[0]["entities"]] == [
         (e["entity"], e["start"], e["end"]) for e in ents
     ]
+
+
+def test_bench_runs_every_kind_of_backend_on_a_token_model(ner_dir, tmp_path, capsys):
+    """``fastft bench`` on a token classifier: HF eager (AutoModelForTokenClassification), the peer
+    pipeline and fastft's ONNX models, per-token logits compared with HF's."""
+    from fastft.cli import main
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(ner_dir), "--seq", "16", "--repeats", "3", "--warmup", "0", "--threads", "1"]
+    args += ["--backends", "hf-eager,peer-fp32,fastft-fp32,fastft-int8", "--workdir", str(tmp_path / "w")]
+    assert main([*args, "--json", str(out), "--no-memory", "--no-progress"]) == 0
+    assert "fastft-int8" in capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["task"] == "token-classification"
+    assert d["backends"]["hf-eager"]["class"] == "BertForTokenClassification"
+    rows = {r["backend"]: r for r in d["results"]}
+    assert set(rows) == {"hf-eager", "peer-fp32", "fastft-fp32", "fastft-int8"}
+    for name in ("peer-fp32", "fastft-fp32"):
+        assert rows[name]["max_abs_logit_diff_vs_hf_eager"] < 1e-4 and rows[name]["label_agreement_vs_hf_eager"] == 1.0
+    assert rows["fastft-int8"]["p50_ms"] > 0 and "speedup_vs_hf_eager" in rows["fastft-int8"]
