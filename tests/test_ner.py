@@ -138,6 +138,19 @@ def test_dir_without_fastft_json_is_token_classification_by_its_config(ner_onnx,
     assert_same_entities(pred.predict(NER_TEXTS), reference)
 
 
+def test_transformers_dir_without_fastft_json_exports_as_token_classifier(tmp_path):
+    """A token classifier saved by transformers alone (no fastft.json) exports with its token head."""
+    import fastft
+    from fastft.core.schema import read_meta
+    from fastft.export import export
+
+    src = save_tiny_token_model(tmp_path / "hf", meta=False, seed=1)
+    out = tmp_path / "onnx"
+    export(src, out, progress=False)
+    assert read_meta(out)["task"] == "token-classification"
+    assert_same_entities(fastft.load(out, threads=1).predict(NER_TEXTS), pipeline_entities(src, NER_TEXTS))
+
+
 def test_sequence_model_onnx_refused_as_token_model(tiny_model_dir, tmp_path):
     """A fastft.json that says token classification over a sequence classifier's ONNX: a clear error."""
     import fastft

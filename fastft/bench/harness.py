@@ -33,7 +33,7 @@ from fastft.bench.runners import BACKENDS, bench_texts, make_inputs, make_runner
 from fastft.core.checks import check_float
 from fastft.core.errors import FastftError
 from fastft.core.system import physical_cores
-from fastft.runtime.load import model_task
+from fastft.models.task import model_task
 
 __all__ = ["BACKENDS", "BenchConfig", "format_table", "run_bench"]
 

@@ -38,7 +38,7 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
         import transformers
 
         from fastft.core.schema import TOKEN_CLASSIFICATION
-        from fastft.runtime.load import model_task
+        from fastft.models.task import model_task
 
         per_token = model_task(art["model_dir"]) == TOKEN_CLASSIFICATION
         auto = (

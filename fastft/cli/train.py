@@ -246,7 +246,7 @@ def _is_token_model(model: str) -> bool:
     from pathlib import Path
 
     from fastft.core.schema import TOKEN_CLASSIFICATION
-    from fastft.runtime.load import model_task
+    from fastft.models.task import model_task
 
     return Path(model).expanduser().is_dir() and model_task(model) == TOKEN_CLASSIFICATION
 

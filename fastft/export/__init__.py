@@ -34,6 +34,7 @@ from fastft.export.optimize import op_counts
 from fastft.export.quantize import Int8Recipe, TextCalibrationReader, recipe_from_options
 from fastft.export.stages import int8_stage, write_fp32
 from fastft.models import resolve_model
+from fastft.models.task import model_task
 from fastft.train.evaluate import align_labels, load_model_dir, model_labels
 
 ONNX_FILE = "model.onnx"
@@ -219,6 +220,7 @@ def export(
     if not isinstance(src, Path):
         raise ModelError(f"model {model!r} is not a local directory; export needs a fine-tuned model directory")
     meta = read_meta(src)
+    meta.setdefault("task", model_task(src))  # a transformers/Optimum directory: by its config's head
     check_classifier_dir(src, meta)
     out = check_output_dir(output, overwrite, inputs=(src, calib_data))
 

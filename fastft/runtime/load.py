@@ -11,9 +11,9 @@ from pathlib import Path
 from fastft.core.checks import check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
-from fastft.core.schema import TOKEN_CLASSIFICATION, task_of
 from fastft.data.collate import clamp_max_length
 from fastft.models import load_tokenizer, read_meta
+from fastft.models.task import model_task, task_from
 from fastft.runtime.base import Predictor
 from fastft.runtime.ort import OrtPredictor
 from fastft.runtime.session import LEVELS, parse_device
@@ -67,7 +67,7 @@ def load(
         raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
     meta = read_meta(p)
     config = _read_config(p)
-    task = _task(meta, config)
+    task = task_from(meta, config)
     labels = _labels(meta, config)
     tokenizer = load_tokenizer(p)
     length = max_length if max_length is not None else meta.get("max_length")
@@ -109,28 +109,11 @@ def served_backend(path: str | os.PathLike) -> str:
     return "onnxruntime"
 
 
-def model_task(path: str | os.PathLike) -> str:
-    """The task of a model directory (fastft.json's ``task``, else its config's head); ModelError if unreadable."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
-    return _task(read_meta(p), _read_config(p))
-
-
 def read_meta_quiet(p: Path) -> dict:
     try:
         return read_meta(p)
     except ModelError:
         return {}
-
-
-def _task(meta: dict, config: dict) -> str:
-    """fastft.json's task; a directory without one (e.g. Optimum's export) by its config's head."""
-    if "task" not in meta:
-        archs = config.get("architectures") or []
-        if any(str(a).endswith("ForTokenClassification") for a in archs):
-            return TOKEN_CLASSIFICATION
-    return task_of(meta)
 
 
 class _Config:

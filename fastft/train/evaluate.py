@@ -61,10 +61,11 @@ def load_model_dir(model: str | Path):
     from fastft.core.schema import task_of
     from fastft.data.collate import clamp_max_length
     from fastft.models import load_classifier, load_tokenizer, read_meta, resolve_model
+    from fastft.models.task import model_task
 
     path = resolve_model(model)
     meta = read_meta(path) if isinstance(path, Path) else {}
-    net = load_classifier(path, task=task_of(meta))
+    net = load_classifier(path, task=model_task(path) if isinstance(path, Path) else task_of(meta))
     tokenizer = load_tokenizer(path)
     max_length = meta.get("max_length")
     if max_length is None:
