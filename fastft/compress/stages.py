@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastft.compress import distill as dis  # looked up at call time (patchable)
+from fastft.compress import token_kd as tkd
 from fastft.compress.context import Context, log, torch_accuracy
 from fastft.compress.prune import (
     apply_structured,
@@ -48,7 +49,9 @@ def do_distill(ctx: Context) -> StageResult:
     layers = match if cfg.hidden_weight > 0 else None
     cache = ctx.cache
     if cache is None or cache.layers != layers:  # computed once per layer map, reused by later stages
-        cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
+        cache = dis.cache_teacher(
+            ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress, per_token=ctx.token
+        )
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
     res = _train_on_teacher(ctx, student, cache, epochs=cfg.epochs, seed=cfg.seed, desc="distill")
@@ -78,7 +81,9 @@ def do_prune(ctx: Context, net) -> StageResult:
     layers = match if cfg.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
     cache = ctx.cache
     if cache is None or cache.layers != layers:
-        cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress)
+        cache = dis.cache_teacher(
+            ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress, per_token=ctx.token
+        )
         ctx.cache = cache
     k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
@@ -88,12 +93,16 @@ def do_prune(ctx: Context, net) -> StageResult:
         batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], cfg.batch_size, g)[
             : cfg.prune_batches
         ]
-        y = torch.tensor(ctx.y["train"])
+        y = None if ctx.token else torch.tensor(ctx.y["train"])
 
         def loss_fn(model, rows):
             x, m = dis.pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
             out = model(input_ids=x, attention_mask=m)
-            return dis.distill_loss(out, y[rows], cache.logits[rows], None, m, cfg.temperature, cfg.alpha, 0.0)[0]
+            if ctx.token:
+                out, y_rows, t = tkd.loss_inputs(cache, ctx.y["train"])(out, rows, x.shape[1])
+            else:
+                y_rows, t = y[rows], cache.logits[rows]
+            return dis.distill_loss(out, y_rows, t, None, m, cfg.temperature, cfg.alpha, 0.0)[0]
 
         scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
         info.update(apply_structured(net, scores, k_heads, k_ffn))
@@ -123,6 +132,7 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         dst = work / "model_fp16.onnx"
         return dst, {**quantize_fp16(src, dst), "file": dst.name}
     dst = work / "model_int8.onnx"
+    token = tkd.int8_scoring(ctx) if ctx.token else {}
     info = accuracy_aware_int8(
         src,
         dst,
@@ -136,6 +146,7 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         per_channel=cfg.per_channel,
         threads=cfg.threads,
         progress=cfg.progress,
+        **token,
     )
     return dst, {**info, "file": dst.name}
 
@@ -161,5 +172,10 @@ def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, des
         seed=seed,
         progress=cfg.progress,
         desc=desc,
-        evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+        evaluate=(
+            (lambda m: tkd.torch_entity_f1(m, ctx))
+            if ctx.token
+            else (lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id))
+        ),
+        loss_inputs=tkd.loss_inputs(cache, ctx.y["train"]) if ctx.token else None,
     )
