@@ -168,25 +168,43 @@ def test_sequence_model_onnx_refused_as_token_model(tiny_model_dir, tmp_path):
 
 
 def test_int8_token_agreement_counts_non_padding_tokens(ner_onnx):
+    from fastft.core.errors import FastftError
     from fastft.export import validate as fv
     from fastft.models import load_tokenizer
 
     tok = load_tokenizer(ner_onnx)
     fp32, int8 = fv.session(ner_onnx / "model.onnx"), fv.session(ner_onnx / "model_int8.onnx")
     words = [t.split() for t in NER_TEXTS]
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    rows = fv.token_onnx_logits(fp32, tok, words, names, 128, batch_size=4)
-    for w, (logits, wids) in zip(words, rows):
-        n = len(tok(w, is_split_into_words=True)["input_ids"])
-        assert logits.shape == (n, len(NER_LABELS)) and len(wids) == n  # padding cut off
+    n_tokens = sum(len(tok(w, is_split_into_words=True)["input_ids"]) for w in words)
     tags = [[0] * len(w) for w in words]
-    same = fv.int8_token_agreement(fp32, fp32, tok, words, tags, names, 128)
-    assert same["label_agreement"] == 1.0 and same["tokens"] == sum(len(r[0]) for r in rows)
+    same = fv.int8_token_agreement(fp32, fp32, tok, words, tags, 128)
+    assert same["label_agreement"] == 1.0 and same["tokens"] == n_tokens  # padding is not counted
     assert same["n"] == len(words) and same["accuracy_change"] == 0.0
-    q = fv.int8_token_agreement(int8, fp32, tok, words, tags, names, 128, min_agreement=0.0)
-    assert 0.0 <= q["label_agreement"] <= 1.0
-    with pytest.raises(Exception, match="token labels agree"):
-        fv.int8_token_agreement(fp32, int8, tok, words, None, names, 128, min_agreement=1.01)
+    q = fv.int8_token_agreement(int8, fp32, tok, words, tags, 128, min_agreement=0.0)
+    assert 0.0 <= q["label_agreement"] <= 1.0 and q["tokens"] == n_tokens
+    with pytest.raises(FastftError, match="token labels agree"):
+        fv.int8_token_agreement(fp32, int8, tok, words, None, 128, min_agreement=1.01)
+
+
+def test_export_int8_checks_per_token_agreement_on_conll_data(ner_dir, tmp_path, capsys):
+    """``fastft export --int8 --calib-data FILE.conll``: the accuracy-aware INT8 check runs on the
+    validation sentences' non-padding tokens (static calibration on the training sentences)."""
+    from test_ner import big_conll
+
+    from fastft.cli import main
+    from fastft.core.schema import read_meta
+
+    data = big_conll(tmp_path / "ner.conll")
+    out = tmp_path / "int8"
+    args = ["export", "--model", str(ner_dir), "--output", str(out), "--int8", "--calib-data", str(data)]
+    assert main([*args, "--static", "--calib-size", "8", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    agree = info["parity"]["int8"]
+    assert agree["unit"] == "token (non-padding)" and agree["tokens"] > agree["n"] > 0
+    assert agree["passed"] == (agree["label_agreement"] >= agree["min_agreement"])
+    assert "fp32_accuracy" in agree and "int8_accuracy" in agree
+    assert info["int8"]["recipe"] and (out / "model_int8.onnx").is_file()
+    assert read_meta(out)["onnx"]["parity"]["int8"]["tokens"] == agree["tokens"]
 
 
 def test_cli_predict_prints_entities_table_and_json(ner_onnx, capsys):

@@ -36,6 +36,7 @@ from fastft.export.stages import int8_stage, write_fp32
 from fastft.models import resolve_model
 from fastft.models.task import model_task
 from fastft.train.evaluate import align_labels, load_model_dir, model_labels
+from fastft.train.token_eval import align_tag_ids
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
@@ -96,14 +97,14 @@ def _int8(
     if validate:
         per_token = task_of(meta) == TOKEN_CLASSIFICATION
         if per_token:  # sentences as word lists, gold tags re-mapped to the model's label ids
-            texts, labels = _token_part(splits, model_labels(net))
+            part = align_tag_ids(splits.validation, splits.labels, model_labels(net))
+            texts, labels = part.tokens, part.tags
         else:
             part = align_labels(splits.validation, splits.labels, model_labels(net))
             texts, labels = part.texts, part.labels
         if agreement_limit:
             texts, labels = texts[:agreement_limit], labels[:agreement_limit]
         fp32_sess = fx_validate.session(fp32_file)
-        agreement = fx_validate.int8_token_agreement if per_token else fx_validate.int8_agreement
 
         def check(path, exclude):
             # label agreement with fp32 on the validation texts (the accuracy fallback's test)
@@ -113,9 +114,15 @@ def _int8(
                 + (f" ({k} MatMuls kept in fp32)" if k else ""),
                 progress,
             )
-            agree = agreement(
-                fp32_sess, fx_validate.session(path), tokenizer, texts, labels, names, serve_length, min_agreement=0.0
-            )
+            int8_sess = fx_validate.session(path)
+            if per_token:
+                agree = fx_validate.int8_token_agreement(
+                    fp32_sess, int8_sess, tokenizer, texts, labels, serve_length, min_agreement=0.0
+                )
+            else:
+                agree = fx_validate.int8_agreement(
+                    fp32_sess, int8_sess, tokenizer, texts, labels, names, serve_length, min_agreement=0.0
+                )
             agree["min_agreement"] = min_agreement
             agree["passed"] = agree["label_agreement"] >= min_agreement
             return agree["passed"], agree
@@ -152,17 +159,6 @@ def _int8(
             "fp32_nodes": list(res.fp32_nodes),
         }
     return q, agree
-
-
-def _token_part(splits, labels: list[str]) -> tuple[list[list[str]], list[list[int]]]:
-    """Validation sentences (word lists) and their tags as ids of the model's ``labels``."""
-    part = splits.validation
-    names = list(splits.labels)
-    unknown = sorted({names[t] for tags in part.tags for t in tags} - set(labels))
-    if unknown:
-        raise FastftError(f"validation tags {', '.join(map(repr, unknown))} are not labels of the model ({labels})")
-    ids = {n: labels.index(n) for n in names if n in labels}
-    return list(part.tokens), [[ids[names[t]] for t in tags] for tags in part.tags]
 
 
 def export(

@@ -131,57 +131,30 @@ def int8_agreement(
     return out
 
 
-def token_onnx_logits(
-    sess, tokenizer, words: list[list[str]], input_names, max_length: int, batch_size: int = 32
-) -> list[tuple[np.ndarray, list]]:
-    """Per-token logits of pre-split sentences from an ORT session, in input order.
-
-    Returns, per sentence, (tokens, num_labels) logits of its non-padding tokens and the word id
-    of each token (None for special tokens), from the fast tokenizer's word ids.
-    """
-    order = sorted(range(len(words)), key=lambda i: len(words[i]))
-    out: list = [None] * len(words)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [words[i] for i in idx],
-            is_split_into_words=True,
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="np",
-        )
-        zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
-        feeds = {n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names}
-        logits = sess.run(["logits"], feeds)[0]
-        for r, i in enumerate(idx):
-            n = int(enc["attention_mask"][r].sum())
-            out[i] = (logits[r, :n], enc.word_ids(r)[:n])
-    return out
-
-
 def int8_token_agreement(
     fp32_sess,
     int8_sess,
     tokenizer,
     words: list[list[str]],
     tags: list[list[int]] | None,
-    input_names,
     max_length: int,
     min_agreement: float = MIN_AGREEMENT,
     split: str = "validation",
 ) -> dict:
     """Token classification: per-token label agreement INT8 vs fp32 on the non-padding tokens of
-    ``words`` (sentences as word lists), and the tag accuracy of both at each word's first
-    sub-token (``tags``: gold tag ids in the model's label order); raises below ``min_agreement``."""
+    ``words`` (sentences as word lists, encoded as in training), and the tag accuracy of both at
+    each word's first sub-token (``tags``: gold tag ids in the model's label order); raises below
+    ``min_agreement``."""
+    from fastft.train.token_eval import ort_token_logits
+
     if not words:
         raise FastftError("no sentences to check INT8 agreement on")
-    a = token_onnx_logits(fp32_sess, tokenizer, words, input_names, max_length)
-    b = token_onnx_logits(int8_sess, tokenizer, words, input_names, max_length)
+    a, word_ids = ort_token_logits(fp32_sess, tokenizer, words, max_length)
+    b, _ = ort_token_logits(int8_sess, tokenizer, words, max_length)
     same = total = 0
     hits = {"fp32": 0, "int8": 0}
     scored = 0
-    for k, ((la, wids), (lb, _)) in enumerate(zip(a, b)):
+    for k, (la, wids, lb) in enumerate(zip(a, word_ids, b)):
         pa, pb = la.argmax(-1), lb.argmax(-1)
         same += int((pa == pb).sum())
         total += len(pa)
