@@ -251,3 +251,22 @@ def test_bench_runs_every_kind_of_backend_on_a_token_model(ner_dir, tmp_path, ca
     for name in ("peer-fp32", "fastft-fp32"):
         assert rows[name]["max_abs_logit_diff_vs_hf_eager"] < 1e-4 and rows[name]["label_agreement_vs_hf_eager"] == 1.0
     assert rows["fastft-int8"]["p50_ms"] > 0 and "speedup_vs_hf_eager" in rows["fastft-int8"]
+
+
+def test_long_text_is_truncated_with_a_warning_and_bad_input_is_one_line(ner_onnx, capsys):
+    import fastft
+    from fastft.cli import main
+    from fastft.runtime import InputError, TruncationWarning
+
+    pred = fastft.load(ner_onnx, threads=1)
+    text = " ".join(["Angela Merkel visited Paris ."] * 60)  # ~360 tokens > 128
+    with pytest.warns(TruncationWarning):
+        (ents,) = pred.predict([text])
+    cut = pred.tokenizer(text, truncation=True, max_length=128, return_offsets_mapping=True)["offset_mapping"]
+    assert ents and max(e["end"] for e in ents) <= max(end for _, end in cut)
+    for bad in ("Angela", [""], [1], []):
+        with pytest.raises(InputError):
+            pred.predict(bad)
+    assert main(["predict", "--model", str(ner_onnx), ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastft: error:") and len(err.strip().splitlines()) == 1
