@@ -79,7 +79,7 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
     def finish(name: str, net, d: Path, t0: float) -> None:
         fp32 = d / "model.onnx"
         export_onnx(net, fp32)
-        _, q = do_quantize(ctx, fp32, d)
+        q = do_quantize(ctx, fp32, d)
         t[name] = round(time.perf_counter() - t0, 1)
         common = {"variant": name, "dir": d, "net": net, "train_s": t[name]}
         out.extend(
@@ -88,8 +88,8 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
                 {
                     **common,
                     "precision": "int8",
-                    "file": d / "model_int8.onnx",
-                    "int8": {k: q.get(k) for k in ("recipe", "accuracy_fp32", "accuracy_int8", "excluded_nodes")},
+                    "file": q.path,
+                    "int8": {k: q.info.get(k) for k in ("recipe", "accuracy_fp32", "accuracy_int8", "excluded_nodes")},
                 },
             ]
         )
@@ -122,7 +122,7 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
             skipped.append("minilm-l3")
         else:
             t0 = time.perf_counter()
-            ctx.cfg = replace(cfg, student="minilm-l3", layers=None)
+            ctx.cfg = replace(cfg, distill=replace(cfg.distill, student="minilm-l3", layers=None))
             res = do_distill(ctx)
             d = save_model_dir(ctx, res.model, work / "minilm-l3", "distilled", {})
             finish("minilm-l3", res.model, d, t0)

@@ -12,7 +12,7 @@
 
 The result carries the machine, versions, load average at start and end, and the targets
 block (fastft fp32 >= 1.15x HF eager, INT8 faster than fp32 and >= 1.3x peer INT8 at seq 128
-and 512; p99/p50 <= 1.3 at 512). Run it on a quiet machine (check ``uptime``): torch's
+and 512, fp32 >= 1.15x peer fp32 at 512; p99/p50 <= 1.2 at 512). Run it on a quiet machine (check ``uptime``): torch's
 OpenMP threads collapse when other processes hold the cores.
 """
 

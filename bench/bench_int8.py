@@ -63,6 +63,9 @@ def recipes():
     out += [
         replace(base, mode="static", quant_format="QDQ", calib_size=64),
         replace(base, mode="static", quant_format="QOperator", calib_size=64),
+        # S8S8 QDQ: ORT's recommended default for QDQ on x86 with VNNI; on AVX2 it may saturate
+        replace(base, mode="static", quant_format="QDQ", activation_type="int8", calib_size=64),
+        replace(base, mode="static", quant_format="QDQ", activation_type="int8", per_channel=True, calib_size=64),
     ]
     return out
 
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
     )
     from fastft.export.validate import onnx_logits
     from fastft.models import read_meta
-    from fastft.train.evaluate import load_model_dir
+    from fastft.models.model_dir import load_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     model_dir = ensure_model(args.model, work)
@@ -198,7 +201,8 @@ def main(argv=None) -> int:
 
     acc = {}
     if splits is not None:
-        from fastft.train.evaluate import align_labels, model_labels
+        from fastft.data.labels import align_labels
+        from fastft.models.model_dir import model_labels
 
         part = align_labels(splits.validation, splits.labels, model_labels(net))
         texts, labels = part.texts[: args.agreement_n], np.asarray(part.labels[: args.agreement_n])

@@ -1,6 +1,7 @@
 """The import floors of fastft, checked on the source (``ast``) and by importing.
 
-Layers: core <- data, models, ops <- swap <- train, export, runtime <- compress, serve, bench <- cli.
+Layers: core <- data, models, ops <- swap <- train, export, runtime <- compress, serve, bench <- cli
+(export reads model directories through models/ and data/, never through train/).
 Every ``import`` / ``from ... import`` of a fastft module counts, at module level or inside a
 function (an import inside a function is still an edge: it only hides a circle).
 """
@@ -28,6 +29,7 @@ PIPELINE = ("swap", "train", "export", "runtime", "compress", "serve", "bench", 
 FORBIDDEN = [
     ("runtime", ("train", "compress", "export", "bench")),
     ("serve", ("train", "compress", "export", "bench")),
+    ("export", ("train", "compress", "serve", "bench")),  # export reads model dirs via models/ and data/
     ("ops", PIPELINE),
     ("kernels", PIPELINE),
     ("core", PIPELINE + ("ops", "kernels", "env", "_native")),
@@ -173,6 +175,7 @@ def test_checker_sees_circles_and_forbidden_edges():
         "fastft.core.io": {"fastft.data"},
         "fastft.env": {"fastft.cli"},
         "fastft.cli.env": {"fastft.env"},
+        "fastft.export.checks": {"fastft.train.evaluate"},
     }
     assert find_cycles(graph) == [["fastft.export.attention", "fastft.swap"]]
     assert set(forbidden_edges(graph)) == {
@@ -180,6 +183,7 @@ def test_checker_sees_circles_and_forbidden_edges():
         ("fastft.ops.attention", "fastft.models"),
         ("fastft.core.io", "fastft.data"),
         ("fastft.env", "fastft.cli"),
+        ("fastft.export.checks", "fastft.train.evaluate"),
     }
 
 
@@ -196,3 +200,14 @@ def test_serving_imports_no_training_export_or_bench_module():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["runtime"]
     assert result["bad"] == [], f"import fastft.runtime / fastft.load loaded {result['bad']}"
+
+
+def test_export_imports_no_training_module():
+    code = (
+        "import json, sys\n"
+        "import fastft.export, fastft.export.peer\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['fastft','train'],['fastft','compress'],['fastft','serve'],['fastft','bench']))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [], "import fastft.export loaded training modules"

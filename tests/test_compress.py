@@ -193,6 +193,16 @@ def test_quantize_api_writes_int8(teacher4, tmp_path, static):
     assert len(pred.predict(["a fine film"])) == 1
 
 
+def test_do_quantize_returns_a_typed_result(ctx, tmp_path):
+    from fastft.compress.quantize import export_onnx
+    from fastft.compress.stages import QuantizeResult, do_quantize
+
+    export_onnx(ctx.teacher, tmp_path / "model.onnx")
+    q = do_quantize(ctx, tmp_path / "model.onnx", tmp_path)
+    assert isinstance(q, QuantizeResult) and q.mode == "int8" and q.path == tmp_path / "model_int8.onnx"
+    assert q.path.is_file() and q.info["file"] == q.path.name and q.excluded_nodes == q.info["excluded_nodes"]
+
+
 def test_accuracy_aware_int8_records_excluded_nodes(ctx, tmp_path):
     from fastft.compress.quantize import accuracy_aware_int8, quantizable_nodes, torch_export
 

@@ -19,7 +19,8 @@ interleaved), test accuracy and accuracy retained vs the teacher."""
 
 def register(sub) -> None:
     from fastft.cli import add_command
-    from fastft.compress.config import DEFAULT_OUTPUT
+    from fastft.cli.flags import add_config_flags
+    from fastft.compress.config import CompressConfig
 
     p = add_command(sub, "compress", "distill, prune and quantize a fine-tuned model, with a report", _DOC)
     p.add_argument(
@@ -28,87 +29,19 @@ def register(sub) -> None:
         help="fine-tuned teacher directory [built-in: minilm-l6 fine-tuned on movie-snippets, "
         "trained and cached on first use]",
     )
-    p.add_argument("--data", default=None, help="dataset [the one the teacher was trained on]")
-    p.add_argument("--output", "-o", default=DEFAULT_OUTPUT, help=f"output model directory [{DEFAULT_OUTPUT}]")
-    p.add_argument("--int8", action="store_true", help="INT8 ONNX Runtime quantization (dynamic by default)")
-    p.add_argument("--fp16", action="store_true", help="FP16 ONNX (for GPUs)")
-    p.add_argument("--static", action="store_true", help="static INT8 (implies --int8) calibrated on training rows")
-    p.add_argument(
-        "--student",
-        default="teacher-layers",
-        help="teacher-layers (copy of the teacher's layers), minilm-l3, or a model directory [teacher-layers]",
-    )
-    p.add_argument("--layers", type=int, default=None, help="student depth for teacher-layers [half the teacher's]")
-    p.add_argument("--no-distill", action="store_true", help="skip distillation (prune/quantize the teacher itself)")
-    p.add_argument("--prune-heads", type=float, default=0.0, help="fraction of attention heads removed per layer [0]")
-    p.add_argument("--prune-ffn", type=float, default=0.5, help="fraction of FFN neurons removed per layer [0.5]")
-    p.add_argument(
-        "--sparsity",
-        type=float,
-        default=0.0,
-        help="unstructured magnitude pruning of encoder weights (no speed-up on dense kernels) [0]",
-    )
-    p.add_argument("--recovery-epochs", type=float, default=1, help="distillation epochs after pruning [1]")
-    p.add_argument(
-        "--target-retained",
-        type=float,
-        default=0.99,
-        help="accuracy the final model must keep, as a fraction of the teacher's [0.99]",
-    )
-    p.add_argument(
-        "--accuracy-budget",
-        type=float,
-        default=0.005,
-        help="largest validation accuracy drop INT8 may cost before sensitive MatMuls stay fp32 [0.005]",
-    )
-    p.add_argument("--epochs", type=float, default=2, help="distillation epochs [2]")
-    p.add_argument("--lr", type=float, default=1e-4, help="distillation learning rate [1e-4]")
-    p.add_argument("--batch-size", type=int, default=32, help="[32]")
-    p.add_argument("--max-length", type=int, default=None, help="longest input in tokens [the teacher's]")
-    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature [2]")
-    p.add_argument("--limit", type=int, default=None, help="use at most N rows per split (quick runs)")
-    p.add_argument("--seed", type=int, default=42, help="[42]")
-    p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads [physical cores]")
-    p.add_argument("--no-bench", action="store_true", help="skip the latency measurement in the report")
-    p.add_argument("--bench-runs", type=int, default=20, help="interleaved latency rounds per stage [20]")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_flags(p, CompressConfig)  # one flag per config field, a group per stage
     p.set_defaults(func=_compress)
 
 
 def config_from_args(args):
+    from fastft.cli import flags
     from fastft.compress.config import CompressConfig
-    from fastft.core.errors import FastftError
 
-    if args.int8 and args.fp16:
-        raise FastftError("--int8 and --fp16 exclude each other: pick one")
-    return CompressConfig(
-        data=args.data,
-        output=args.output,
-        distill=not args.no_distill,
-        student=args.student,
-        layers=args.layers,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        temperature=args.temperature,
-        prune_heads=args.prune_heads,
-        prune_ffn=args.prune_ffn,
-        sparsity=args.sparsity,
-        recovery_epochs=args.recovery_epochs,
-        quantize="fp16" if args.fp16 else "int8" if args.int8 or args.static else None,
-        static=args.static,
-        accuracy_budget=args.accuracy_budget,
-        target_retained=args.target_retained,
-        bench=not args.no_bench,
-        bench_runs=args.bench_runs,
-        seed=args.seed,
-        limit=args.limit,
-        threads=args.threads,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    kw = flags.config_kwargs(args, CompressConfig)
+    q = kw["quantize"]
+    if q.static and q.mode is None:  # --static implies --int8
+        q.mode = "int8"
+    return CompressConfig(**kw)
 
 
 def _compress(args) -> int:

@@ -19,23 +19,18 @@ the validation split. fastft.json's "onnx" section records what was done."""
 
 def register(sub) -> None:
     from fastft.cli import add_command
+    from fastft.cli.flags import add_config_flags
+    from fastft.compress.config import QuantizeConfig
 
     p = add_command(sub, "export", "export a fine-tuned model to ONNX (fp32 + optional INT8)", _DOC)
     p.add_argument("--model", required=True, help="fine-tuned model directory")
     p.add_argument("--output", "-o", required=True, help="directory to write")
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic INT8 by default)")
-    p.add_argument("--static", action="store_true", help="static INT8 calibrated on training texts (implies --int8)")
     p.add_argument(
         "--calib-data", default=None, help="data for calibration and the INT8 check [the training data in fastft.json]"
     )
-    p.add_argument("--calib-size", type=int, default=256, help="calibration texts sampled from the train split [256]")
-    p.add_argument(
-        "--calib-method",
-        default="minmax",
-        choices=["minmax", "entropy", "percentile"],
-        help="static calibration method [minmax]",
-    )
-    p.add_argument("--per-channel", action="store_true", default=None, help="per-channel weight scales")
+    # the INT8 options fastft compress has too, generated from the same config fields
+    add_config_flags(p, QuantizeConfig, only=("static", "calib_size", "calib_method", "per_channel"))
     p.add_argument(
         "--fused-attention",
         action=argparse.BooleanOptionalAction,

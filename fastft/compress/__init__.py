@@ -1,23 +1,36 @@
 """Compression: distillation, structured pruning and quantization, alone or as one pipeline.
 
     import fastft
-    from fastft import CompressConfig
+    from fastft import CompressConfig, DistillConfig, PruneConfig, QuantizeConfig
 
-    report = fastft.compress("runs/teacher", CompressConfig(layers=3, prune_ffn=0.5, quantize="int8",
+    report = fastft.compress("runs/teacher", CompressConfig(distill=DistillConfig(layers=3),
+                                                            prune=PruneConfig(prune_ffn=0.5),
                                                             output="runs/compressed"))
-    student = fastft.distill("runs/teacher", CompressConfig(layers=3), output="runs/student")
-    pruned = fastft.prune("runs/student", CompressConfig(prune_heads=0.25), output="runs/pruned")
-    q = fastft.quantize("runs/pruned", CompressConfig(quantize="int8"), output="runs/pruned-int8")
+    student = fastft.distill("runs/teacher", DistillConfig(layers=3), output="runs/student")
+    pruned = fastft.prune("runs/student", PruneConfig(prune_heads=0.25), output="runs/pruned")
+    q = fastft.quantize("runs/pruned", QuantizeConfig(static=True), output="runs/pruned-int8")
 
-See :mod:`fastft.compress.pipeline` for the pipeline and :class:`CompressConfig` for every option.
+See :mod:`fastft.compress.pipeline` for the pipeline and :mod:`fastft.compress.config` for every
+option (one config per stage; ``fastft compress``'s flags are generated from their fields).
 """
 
-from fastft.compress.config import CompressConfig
+from fastft.compress.config import CompressConfig, DistillConfig, PruneConfig, QuantizeConfig
 from fastft.compress.pipeline import compress, distill, prune, quantize
 from fastft.compress.stages import StageResult
 from fastft.models.pruned import load_pruned
 
-__all__ = ["CompressConfig", "StageResult", "compress", "distill", "load_pruned", "prune", "quantize"]
+__all__ = [
+    "CompressConfig",
+    "DistillConfig",
+    "PruneConfig",
+    "QuantizeConfig",
+    "StageResult",
+    "compress",
+    "distill",
+    "load_pruned",
+    "prune",
+    "quantize",
+]
 
 
 from fastft import callable_package  # noqa: E402

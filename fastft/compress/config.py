@@ -1,158 +1,233 @@
-"""CompressConfig: every knob of ``fastft compress``, validated before any work starts.
+"""Per-stage configs (torchao's ``*Config`` style) and the :class:`CompressConfig` composed of them.
 
-One config object drives all three stages (torchao-style): ``fastft.distill``,
-``fastft.prune`` and ``fastft.quantize`` read the fields they need, and
-``fastft.compress(model, CompressConfig(...))`` runs them in order. The CLI only builds it.
+    from fastft.compress import CompressConfig, DistillConfig, PruneConfig, QuantizeConfig
+
+    fastft.compress("runs/teacher", CompressConfig(distill=DistillConfig(layers=3),
+                                                   prune=PruneConfig(prune_ffn=0.5),
+                                                   quantize=QuantizeConfig(static=True)))
+    fastft.compress("runs/teacher", CompressConfig(layers=3, static=True))   # the same, flat
+    fastft.distill("runs/teacher", DistillConfig(layers=3), output="runs/student")
+
+Each field carries its help text and flag (:func:`fastft.core.option`): ``fastft compress``'s
+flags are generated from these fields, so a new field is a new flag. Each config validates
+itself (one-line FastftError naming the flag) before any work starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from fastft.core.checks import check_float, check_int
 from fastft.core.errors import FastftError
+from fastft.core.options import option
 
 DEFAULT_OUTPUT = "runs/compressed"
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass
-class CompressConfig:
-    """What to do to a fine-tuned teacher, stage by stage.
+class DistillConfig:
+    """Distillation into a smaller student; its loss and schedule also drive pruning's recovery.
 
-    Distillation (``distill=False`` skips it, the teacher itself is then pruned/quantized):
-        student: ``teacher-layers`` (a copy of the teacher's own layers, DistilBERT-style),
-            ``minilm-l3`` (the built-in 3-layer MiniLM), or a model directory.
-        layers: depth of a ``teacher-layers`` student, spread evenly [half the teacher's].
-        epochs, lr, batch_size, max_length: the distillation run [2, 1e-4, 32, the teacher's].
-        temperature, alpha: loss = alpha * T^2 * KL(teacher_T || student_T)
-            + (1 - alpha) * CE(labels) + hidden_weight * MSE(mapped hidden states).
-    Pruning (off when every fraction is 0; by default half the FFN neurons go, which keeps the
-    directory plain-transformers loadable and, with one recovery epoch, measured 98.8% of the
-    teacher's accuracy at 3.7x at seq 512 in INT8 — bench/results/compress_frontier_3L_ffn.json):
-        prune_heads: fraction of attention heads removed, the same count in every layer.
-        prune_ffn: fraction of FFN neurons removed, the same count in every layer
-            (intermediate_size stays uniform, so the directory reloads with plain transformers).
-        prune_batches: training batches used to measure importance.
-        recovery_epochs: distillation fine-tune after pruning.
-        sparsity: optional unstructured magnitude pruning of the encoder's Linear weights
-            (reported; dense kernels do not get faster from it).
-    Quantization:
-        quantize: ``int8`` (ONNX Runtime, dynamic unless ``static``), ``fp16`` or None.
-        accuracy_budget: largest accuracy drop (absolute, validation split) quantization may
-            cost; beyond it the most sensitive MatMuls stay fp32 until the drop fits.
+    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)
+    + hidden_weight * MSE(mapped hidden states).
     """
 
-    data: str | None = None
-    output: str | None = DEFAULT_OUTPUT
-    # distillation
-    distill: bool = True
-    student: str = "teacher-layers"
-    layers: int | None = None
-    epochs: float = 2
-    lr: float = 1e-4
-    batch_size: int = 32
-    max_length: int | None = None
-    temperature: float = 2.0
-    alpha: float = 0.5
-    hidden_weight: float = 1.0
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    # pruning
-    prune_heads: float = 0.0
-    prune_ffn: float = 0.5
-    prune_batches: int = 32
-    recovery_epochs: float = 1
-    sparsity: float = 0.0
-    # quantization
-    quantize: str | None = "int8"
-    static: bool = False
-    calib_size: int = 256
-    per_channel: bool | None = None
-    accuracy_budget: float = 0.005
-    # report
-    target_retained: float = 0.99
-    bench: bool = True
-    bench_runs: int = 20
-    # run
-    seed: int = 42
-    limit: int | None = None
-    threads: int | None = None
-    overwrite: bool = False
-    progress: bool = True
+    TITLE = "distillation"
 
-    @property
-    def pruning(self) -> bool:
-        return self.prune_heads > 0 or self.prune_ffn > 0 or self.sparsity > 0
+    enabled: bool = option(True, "skip distillation (prune/quantize the teacher itself)", flag="--no-distill")
+    student: str = option(
+        "teacher-layers",
+        "teacher-layers (copy of the teacher's layers), minilm-l3, or a model directory",
+        metavar="KIND|DIR",
+    )
+    layers: int | None = option(None, "student depth for teacher-layers", default_help="half the teacher's")
+    epochs: float = option(2, "distillation epochs")
+    lr: float = option(1e-4, "distillation learning rate")
+    batch_size: int = option(32, "training batch size (distillation, pruning importance and recovery)")
+    max_length: int | None = option(None, "longest input in tokens", default_help="the teacher's")
+    temperature: float = option(2.0, "distillation temperature T")
+    alpha: float = option(0.5, "weight of the soft-target KL term (1 - alpha weighs the label loss)")
+    hidden_weight: float = option(1.0, "weight of the hidden-state MSE term (0 turns it off)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "fraction of steps with linear learning-rate warm-up")
 
     def validate(self) -> None:
-        """Raise FastftError (one line, naming the option) for anything unusable."""
-        for opt in (
-            "epochs",
-            "lr",
-            "temperature",
-            "alpha",
-            "hidden_weight",
-            "weight_decay",
-            "warmup_ratio",
-            "prune_heads",
-            "prune_ffn",
-            "recovery_epochs",
-            "sparsity",
-            "accuracy_budget",
-            "target_retained",
-        ):
-            name = (
-                opt
-                if opt in ("alpha", "hidden_weight", "weight_decay", "warmup_ratio")
-                else f"--{opt.replace('_', '-')}"
-            )  # API-only fields keep their Python names
-            check_float(name, getattr(self, opt))
-        check_float("hidden_weight", self.hidden_weight, lo=0)
-        check_float("weight_decay", self.weight_decay, lo=0)
-        check_float("warmup_ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
-        for opt in ("batch_size", "prune_batches", "calib_size", "seed"):
-            check_int(f"--{opt.replace('_', '-')}", getattr(self, opt), lo=0 if opt == "seed" else 1)
-        for opt in ("layers", "max_length", "limit", "threads"):
-            check_int(f"--{opt.replace('_', '-')}", getattr(self, opt), lo=1, optional=True)
-        if self.bench:
-            check_int("--bench-runs", self.bench_runs, lo=1)
-        if self.quantize not in (None, "int8", "fp16"):
-            raise FastftError(f"quantize must be 'int8', 'fp16' or None (got {self.quantize!r})")
-        if self.static and self.quantize != "int8":
-            raise FastftError("--static needs --int8 (static calibration is for INT8)")
-        if self.layers is not None and self.layers < 1:
-            raise FastftError(f"--layers must be at least 1 (got {self.layers})")
+        for name in ("epochs", "lr", "temperature", "alpha", "hidden_weight", "weight_decay", "warmup_ratio"):
+            check_float(_flag(name), getattr(self, name))
+        check_float("--hidden-weight", self.hidden_weight, lo=0)
+        check_float("--weight-decay", self.weight_decay, lo=0)
+        check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
+        check_int("--batch-size", self.batch_size, lo=1)
+        for name in ("layers", "max_length"):
+            check_int(_flag(name), getattr(self, name), lo=1, optional=True)
         if self.layers is not None and self.student != "teacher-layers":
             raise FastftError("--layers applies to --student teacher-layers only")
-        for name in ("prune_heads", "prune_ffn", "sparsity"):
-            v = getattr(self, name)
-            if not 0 <= v < 1:
-                raise FastftError(f"--{name.replace('_', '-')} must be in [0, 1) (got {v})")
-        if self.distill and self.epochs <= 0:
+        if self.enabled and self.epochs <= 0:
             raise FastftError(f"--epochs must be positive (got {self.epochs})")
-        if self.recovery_epochs < 0:
-            raise FastftError(f"--recovery-epochs must be >= 0 (got {self.recovery_epochs})")
-        if not 0 < self.target_retained <= 1.5:
-            raise FastftError(f"--target-retained must be a fraction such as 0.99 (got {self.target_retained})")
         if not 0 <= self.alpha <= 1:
-            raise FastftError(f"alpha must be in [0, 1] (got {self.alpha})")
+            raise FastftError(f"--alpha must be in [0, 1] (got {self.alpha})")
         if self.temperature <= 0:
-            raise FastftError(f"temperature must be positive (got {self.temperature})")
-        if self.batch_size < 1:
-            raise FastftError(f"--batch-size must be at least 1 (got {self.batch_size})")
+            raise FastftError(f"--temperature must be positive (got {self.temperature})")
         if not self.lr > 0:
             raise FastftError(f"--lr must be positive (got {self.lr})")
         if self.max_length is not None and self.max_length < 2:
             raise FastftError(f"--max-length must be at least 2 (got {self.max_length})")
-        if self.limit is not None and self.limit < 1:
-            raise FastftError(f"--limit must be at least 1 (got {self.limit})")
+
+
+@dataclass
+class PruneConfig:
+    """Structured pruning with recovery distillation; off when every fraction is 0.
+
+    By default half the FFN neurons go, which keeps the directory plain-transformers loadable and,
+    with one recovery epoch, measured 98.8% of the teacher's accuracy at 3.7x at seq 512 in INT8
+    (bench/results/compress_frontier_3L_ffn.json). Head and FFN counts are the same in every layer.
+    """
+
+    TITLE = "pruning"
+
+    prune_heads: float = option(0.0, "fraction of attention heads removed per layer")
+    prune_ffn: float = option(0.5, "fraction of FFN neurons removed per layer")
+    prune_batches: int = option(32, "training batches used to measure importance")
+    recovery_epochs: float = option(1, "distillation epochs after pruning")
+    sparsity: float = option(0.0, "unstructured magnitude pruning of encoder weights (no speed-up on dense kernels)")
+
+    @property
+    def active(self) -> bool:
+        return self.prune_heads > 0 or self.prune_ffn > 0 or self.sparsity > 0
+
+    def validate(self) -> None:
+        for name in ("prune_heads", "prune_ffn", "recovery_epochs", "sparsity"):
+            check_float(_flag(name), getattr(self, name))
+        check_int("--prune-batches", self.prune_batches, lo=1)
+        for name in ("prune_heads", "prune_ffn", "sparsity"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise FastftError(f"{_flag(name)} must be in [0, 1) (got {v})")
+        if self.recovery_epochs < 0:
+            raise FastftError(f"--recovery-epochs must be >= 0 (got {self.recovery_epochs})")
+
+
+@dataclass
+class QuantizeConfig:
+    """ONNX Runtime quantization: INT8 (dynamic, or static calibrated on training rows) or FP16.
+
+    Accuracy-aware INT8: beyond ``accuracy_budget`` (absolute validation accuracy drop) the most
+    sensitive MatMuls stay fp32 until the drop fits. ``mode=None`` skips the stage.
+    """
+
+    TITLE = "quantization"
+
+    mode: str | None = option(
+        "int8",
+        "int8 or fp16; on the command line one of the switches (neither: no quantization)",
+        switches={
+            "int8": ("--int8", "INT8 ONNX Runtime quantization (dynamic by default)"),
+            "fp16": ("--fp16", "FP16 ONNX (for GPUs)"),
+        },
+        absent=None,
+    )
+    static: bool = option(False, "static INT8 (implies --int8) calibrated on training rows")
+    calib_size: int = option(256, "training rows used for static calibration")
+    calib_method: str = option("minmax", "static calibration method", choices=CALIB_METHODS)
+    per_channel: bool | None = option(None, "per-channel weight scales", default_help="this CPU's recipe")
+    accuracy_budget: float = option(
+        0.005, "largest validation accuracy drop INT8 may cost before sensitive MatMuls stay fp32"
+    )
+
+    def validate(self) -> None:
+        if self.mode not in (None, "int8", "fp16"):
+            raise FastftError(f"quantize must be 'int8', 'fp16' or None (got {self.mode!r})")
+        if self.static and self.mode != "int8":
+            raise FastftError("--static needs --int8 (static calibration is for INT8)")
+        check_int("--calib-size", self.calib_size, lo=1)
+        if self.calib_method not in CALIB_METHODS:
+            raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})")
+        check_float("--accuracy-budget", self.accuracy_budget)
         if self.accuracy_budget < 0:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")
-        if self.prune_batches < 1:
-            raise FastftError(f"--prune-batches must be at least 1 (got {self.prune_batches})")
-        if not self.distill and not self.pruning and self.quantize is None:
+
+
+STAGE_CONFIGS = {"distill": DistillConfig, "prune": PruneConfig, "quantize": QuantizeConfig}
+# a flat keyword (CompressConfig(layers=3)) -> the stage config holding that field
+_OWNER = {f.name: stage for stage, cls in STAGE_CONFIGS.items() for f in fields(cls)}
+
+
+@dataclass(init=False)
+class CompressConfig:
+    """What to do to a fine-tuned teacher: one config per stage plus the run's own settings.
+
+    Built from stage configs (``distill=DistillConfig(...)``) or flat (``CompressConfig(layers=3,
+    prune_ffn=0.5)``: any stage field by its name). The shortcuts ``distill=False`` and
+    ``quantize="int8" | "fp16" | None`` switch those stages; pruning is off when every fraction is 0.
+    """
+
+    data: str | None = option(None, "dataset", default_help="the one the teacher was trained on")
+    columns: str | None = option(
+        None, "CoNLL-style data: word and tag column numbers, e.g. 0,3", default_help="the teacher's, or first and last"
+    )
+    output: str | None = option(DEFAULT_OUTPUT, "output model directory", short="-o")
+    distill: DistillConfig = option(default_factory=DistillConfig)
+    prune: PruneConfig = option(default_factory=PruneConfig)
+    quantize: QuantizeConfig = option(default_factory=QuantizeConfig)
+    # report
+    target_retained: float = option(0.99, "accuracy the final model must keep, as a fraction of the teacher's")
+    bench: bool = option(True, "skip the latency measurement in the report", flag="--no-bench")
+    bench_runs: int = option(20, "interleaved latency rounds per stage")
+    # run
+    seed: int = option(42, "random seed")
+    limit: int | None = option(None, "use at most N rows per split (quick runs)", default_help="all")
+    threads: int | None = option(None, "torch and ONNX Runtime threads", default_help="physical cores")
+    overwrite: bool = option(False, "replace an existing output directory")
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
+
+    def __init__(self, **kw):
+        flat = {stage: {} for stage in STAGE_CONFIGS}
+        own = {f.name: f for f in fields(self)}
+        for k in [k for k in kw if k not in own]:
+            if k not in _OWNER:
+                raise TypeError(f"CompressConfig() got an unexpected keyword argument {k!r}")
+            flat[_OWNER[k]][k] = kw.pop(k)
+        for name, f in own.items():
+            if name in STAGE_CONFIGS:
+                value = _stage_value(name, kw[name]) if name in kw else STAGE_CONFIGS[name]()
+                setattr(self, name, replace(value, **flat[name]) if flat[name] else value)
+            elif name in kw:
+                setattr(self, name, kw[name])
+            else:
+                setattr(self, name, f.default if f.default_factory is MISSING else f.default_factory())
+
+    def updated(self, **changes) -> CompressConfig:
+        """A copy with ``changes`` (fields, flat stage fields or shortcuts) applied; a shortcut such as
+        ``distill=False`` keeps the rest of that stage's settings."""
+        for stage in STAGE_CONFIGS:
+            if stage in changes:
+                changes[stage] = _stage_value(stage, changes[stage], base=getattr(self, stage))
+        return replace(self, **changes)
+
+    @property
+    def pruning(self) -> bool:
+        return self.prune.active
+
+    def validate(self) -> None:
+        """Raise FastftError (one line, naming the option) for anything unusable."""
+        for stage in STAGE_CONFIGS:
+            getattr(self, stage).validate()
+        check_float("--target-retained", self.target_retained)
+        if self.columns is not None:
+            from fastft.data.tokens import parse_columns
+
+            parse_columns(self.columns)
+        check_int("--seed", self.seed, lo=0)
+        for name in ("limit", "threads"):
+            check_int(_flag(name), getattr(self, name), lo=1, optional=True)
+        if self.bench:
+            check_int("--bench-runs", self.bench_runs, lo=1)
+        if not 0 < self.target_retained <= 1.5:
+            raise FastftError(f"--target-retained must be a fraction such as 0.99 (got {self.target_retained})")
+        if not self.distill.enabled and not self.pruning and self.quantize.mode is None:
             raise FastftError("every stage is switched off: nothing to do")
 
     def to_dict(self) -> dict:
@@ -160,3 +235,32 @@ class CompressConfig:
         for k in ("overwrite", "progress"):
             d.pop(k, None)
         return d
+
+
+def _stage_value(stage: str, value, base=None):
+    """A stage config from what was passed: the config itself, or a shortcut applied to ``base``."""
+    cls = STAGE_CONFIGS[stage]
+    if isinstance(value, cls):
+        return value
+    base = base if base is not None else cls()
+    if stage == "distill" and isinstance(value, bool):
+        return replace(base, enabled=value)
+    if stage == "quantize" and (value is None or isinstance(value, str)):
+        return replace(base, mode=value)
+    raise FastftError(f"{stage} must be a {cls.__name__} (got {value!r})")
+
+
+def as_compress_config(config) -> CompressConfig:
+    """A CompressConfig from None, a CompressConfig or one stage's config."""
+    if config is None:
+        return CompressConfig()
+    if isinstance(config, CompressConfig):
+        return config
+    for stage, cls in STAGE_CONFIGS.items():
+        if isinstance(config, cls):
+            return CompressConfig(**{stage: config})
+    raise FastftError(f"config must be a CompressConfig or a stage config (got {type(config).__name__})")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

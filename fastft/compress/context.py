@@ -18,10 +18,10 @@ from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_m
 from fastft.core.system import physical_cores, versions
 from fastft.data import load_data
 from fastft.data.collate import clamp_max_length
+from fastft.data.labels import align_labels
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
 from fastft.models.pruned import load_pruned
-from fastft.train.evaluate import align_labels
 from fastft.train.trainer import set_seed
 
 
@@ -151,8 +151,9 @@ def prepare(model, cfg: CompressConfig) -> Context:
     import torch
 
     cfg.validate()
-    if cfg.student not in ("teacher-layers", "minilm-l3"):
-        resolve_model(cfg.student)  # a directory that must exist
+    d, pr = cfg.distill, cfg.prune
+    if d.student not in ("teacher-layers", "minilm-l3"):
+        resolve_model(d.student)  # a directory that must exist
     torch.set_num_threads(cfg.threads or physical_cores())
     set_seed(cfg.seed)
     path = default_teacher(cfg.progress) if model is None else resolve_model(model)
@@ -173,7 +174,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
         seed=spec.get("seed", 42) if same else cfg.seed,
         limit=cfg.limit,
         task=task,
-        columns=",".join(map(str, spec["columns"])) if same and spec.get("columns") else None,
+        columns=cfg.columns or (",".join(map(str, spec["columns"])) if same and spec.get("columns") else None),
     )
     if set(splits.labels) != set(labels):
         raise DataError(
@@ -184,12 +185,12 @@ def prepare(model, cfg: CompressConfig) -> Context:
     else:
         teacher = load_classifier(path, task=task).eval()
     n_layers = teacher.config.num_hidden_layers
-    if cfg.student == "teacher-layers" and cfg.layers is not None and not 1 <= cfg.layers <= n_layers:
-        raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {cfg.layers})")
-    if cfg.prune_heads or cfg.prune_ffn:
-        check_fractions(teacher, cfg.prune_heads, cfg.prune_ffn)
+    if d.student == "teacher-layers" and d.layers is not None and not 1 <= d.layers <= n_layers:
+        raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
+    if pr.prune_heads or pr.prune_ffn:
+        check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
     tokenizer = load_tokenizer(path)
-    max_length = clamp_max_length(cfg.max_length or meta.get("max_length") or 128, teacher.config)
+    max_length = clamp_max_length(d.max_length or meta.get("max_length") or 128, teacher.config)
     ids, y, rows = {}, {}, None
     if token:
         from fastft.compress.token_kd import TokenRows

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 
 from fastft.core.errors import FastftError, ModelError
+from fastft.data.collate import length_buckets as length_bucketed_batches
 from fastft.models import load_classifier
 from fastft.train.loop import EpochStats, run_loop
 
@@ -217,20 +218,6 @@ def distill_loss(out, labels, t_logits, t_hidden, mask, temperature: float, alph
         loss = loss + hidden_weight * mse
         parts["hidden_mse"] = mse.item()
     return loss, parts
-
-
-def length_bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[list[int]]:
-    """Shuffled batches of similar length (sorted within chunks of 50 batches): less padding."""
-    import torch
-
-    perm = torch.randperm(len(lengths), generator=generator).tolist()
-    chunk = batch_size * 50
-    batches = []
-    for s in range(0, len(perm), chunk):
-        part = sorted(perm[s : s + chunk], key=lambda i: lengths[i])
-        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
-    order = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in order]
 
 
 def train_student(

@@ -23,7 +23,7 @@ from pathlib import Path
 from fastft.compress import quantize as cq
 from fastft.compress import report as rep
 from fastft.compress import token_kd as tkd
-from fastft.compress.config import CompressConfig
+from fastft.compress.config import CompressConfig, as_compress_config
 from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
 from fastft.compress.prune import count_params, flops
 from fastft.compress.stages import StageResult, do_distill, do_prune, do_quantize
@@ -41,11 +41,11 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     Writes ``config.output`` (a normal fastft model directory plus report.json/report.md) and
     returns the report.
     """
-    cfg = replace(config or CompressConfig(), **overrides)
+    cfg = as_compress_config(config).updated(**overrides)
     cfg.validate()
     if not cfg.output:
         raise FastftError("an output directory is required (--output DIR)")
-    inputs = (model, cfg.data, cfg.student)
+    inputs = (model, cfg.data, cfg.distill.student)
     check_output_dir(cfg.output, cfg.overwrite, inputs=inputs)
     t_start = time.perf_counter()
     preflight(model, cfg)
@@ -111,7 +111,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     timings["teacher_export_eval_s"] = round(time.perf_counter() - t0, 2)
 
     net, last_dir, last_onnx, last_metrics = ctx.teacher, ctx.teacher_dir, t_onnx, t_metrics
-    for name, enabled in (("distilled", cfg.distill), ("pruned", cfg.pruning)):
+    for name, enabled in (("distilled", cfg.distill.enabled), ("pruned", cfg.pruning)):
         if not enabled:
             continue
         t0 = time.perf_counter()
@@ -130,13 +130,14 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 2)
 
     final_file, final_metrics, qinfo = last_onnx, last_metrics, None
-    if cfg.quantize:
+    if cfg.quantize.mode:
         t0 = time.perf_counter()
         qdir = work / "quantized"
         qdir.mkdir()
-        final_file, qinfo = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"][score])
+        q = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"][score])
+        final_file, qinfo = q.path, q.info
         final_metrics = evaluate_onnx(final_file)
-        add_stage("quantized", net, last_dir, final_file, final_metrics, {"precision": cfg.quantize})
+        add_stage("quantized", net, last_dir, final_file, final_metrics, {"precision": cfg.quantize.mode})
         timings["quantized_s"] = round(time.perf_counter() - t0, 2)
 
     latency = None
@@ -153,14 +154,14 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     rows = rep.build_rows(stages, latency)
     verdict = rep.verdict(rows, cfg.target_retained, rep.metric_name(ctx.task))
     notes = []
-    if cfg.sparsity > 0:
+    if cfg.prune.sparsity > 0:
         notes.append(
             f"unstructured magnitude pruning: {infos['pruned']['magnitude']['measured_sparsity']:.1%} of "
             "encoder Linear weights are zero, stored dense: no size, FLOP or latency gain on dense kernels"
         )
-    if cfg.quantize == "fp16":
+    if cfg.quantize.mode == "fp16":
         notes.append("fp16 targets GPUs; its CPU latency here is not representative (ORT CPU casts to fp32)")
-    if cfg.quantize:
+    if cfg.quantize.mode:
         notes.append(
             "the quantized row has the pruned/distilled model's parameter count and FLOPs, run as INT8/FP16 ops"
         )
@@ -192,7 +193,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     }
 
     # the output directory: the last stage's model directory + its ONNX files + the report
-    with atomic_output_dir(cfg.output, cfg.overwrite, inputs=(ctx.teacher_dir, cfg.data, cfg.student)) as tmp:
+    with atomic_output_dir(cfg.output, cfg.overwrite, inputs=(ctx.teacher_dir, cfg.data, cfg.distill.student)) as tmp:
         if last_dir == ctx.teacher_dir:
             save_model_dir(ctx, net, tmp, "quantized", {})
         else:
@@ -206,7 +207,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         _write_meta(
             ctx,
             tmp,
-            onnx_section(fp32_info, qinfo if final_file != last_onnx else None, cfg.quantize),
+            onnx_section(fp32_info, qinfo if final_file != last_onnx else None, cfg.quantize.mode),
             final_metrics,
             report,
         )
@@ -280,15 +281,16 @@ def run_stage(
 
     prune: ``teacher`` (default: ``model`` itself) supplies the recovery targets.
     """
-    cfg = replace(config or CompressConfig(), **overrides)
+    cfg = as_compress_config(config).updated(**overrides)
+    no_pruning = replace(cfg.prune, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0)
     if stage == "distill":
-        cfg = replace(cfg, distill=True, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0, quantize=None)
+        cfg = cfg.updated(distill=True, prune=no_pruning, quantize=None)
     elif stage == "prune":
-        cfg = replace(cfg, distill=False, quantize=None)
+        cfg = cfg.updated(distill=False, quantize=None)
         if not cfg.pruning:
             raise FastftError("prune: set prune_heads, prune_ffn or sparsity above 0")
     elif stage == "quantize":
-        cfg = replace(cfg, distill=False, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0, quantize=cfg.quantize or "int8")
+        cfg = cfg.updated(distill=False, prune=no_pruning, quantize=cfg.quantize.mode or "int8")
     if output is not None:
         check_output_dir(output, cfg.overwrite, inputs=(model, teacher, cfg.data))
     elif stage == "quantize":
@@ -312,11 +314,11 @@ def run_stage(
             fp32_info = cq.export_onnx(net, tmp / "model.onnx")
             qinfo = None
             if stage == "quantize":
-                _, qinfo = do_quantize(ctx, tmp / "model.onnx", tmp)
+                qinfo = do_quantize(ctx, tmp / "model.onnx", tmp).info
                 res.info = qinfo
             cq.fused_path(tmp / "model.onnx").unlink(missing_ok=True)
             meta = read_meta(tmp)
-            meta["onnx"] = onnx_section(fp32_info, qinfo, cfg.quantize)
+            meta["onnx"] = onnx_section(fp32_info, qinfo, cfg.quantize.mode)
             if qinfo:
                 meta["compress"] = {"stage": "quantized", **qinfo}
             write_meta(tmp, meta)
@@ -327,9 +329,9 @@ def run_stage(
 
 
 def distill(model, config=None, **overrides) -> StageResult:
-    """Distil the teacher ``model`` (directory or alias) into a student; see :class:`CompressConfig`.
+    """Distil the teacher ``model`` (directory or alias) into a student; see :class:`DistillConfig`.
 
-        res = fastft.distill("runs/teacher", CompressConfig(layers=3, epochs=2), output="runs/student")
+        res = fastft.distill("runs/teacher", DistillConfig(layers=3, epochs=2), output="runs/student")
         res.model, res.info        # the student classifier, what was done
 
     Returns a :class:`StageResult`; saved to ``output`` when given.
@@ -338,9 +340,9 @@ def distill(model, config=None, **overrides) -> StageResult:
 
 
 def prune(model, config=None, **overrides) -> StageResult:
-    """Prune ``model`` (directory or alias) with recovery distillation from it; see CompressConfig.
+    """Prune ``model`` (directory or alias) with recovery distillation from it; see :class:`PruneConfig`.
 
-        res = fastft.prune("runs/student", CompressConfig(prune_ffn=0.5, prune_heads=0.25))
+        res = fastft.prune("runs/student", PruneConfig(prune_ffn=0.5, prune_heads=0.25))
 
     Returns a :class:`StageResult`; saved to ``output`` when given.
     """
@@ -348,9 +350,9 @@ def prune(model, config=None, **overrides) -> StageResult:
 
 
 def quantize(model, config=None, **overrides) -> StageResult:
-    """Quantize the model directory ``model`` (INT8 or FP16 ONNX); see :class:`CompressConfig`.
+    """Quantize the model directory ``model`` (INT8 or FP16 ONNX); see :class:`QuantizeConfig`.
 
-        res = fastft.quantize("runs/student", CompressConfig(quantize="int8"), output="runs/student-int8")
+        res = fastft.quantize("runs/student", QuantizeConfig(static=True), output="runs/student-int8")
 
     Returns a :class:`StageResult`; the output directory holds model.onnx (fp32) and
     model_int8.onnx (or model_fp16.onnx).

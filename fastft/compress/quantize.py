@@ -137,6 +137,7 @@ def quantize_int8(
     calib_ids=None,
     pad_id: int = 0,
     per_channel: bool | None = None,
+    calib_method: str = "minmax",
     shaped: Path | None = None,
 ) -> dict:
     """INT8 ``src`` -> ``dst`` with fastft.export's quantisation stage; ``exclude``: node names kept fp32.
@@ -149,7 +150,7 @@ def quantize_int8(
         if shaped is None:
             shaped = Path(tmpdir) / "shaped.onnx"
             fx_opt.infer_shapes(src, shaped)
-        base = fx_quant.recipe_from_options(static=static, per_channel=per_channel)
+        base = fx_quant.recipe_from_options(static=static, per_channel=per_channel, calib_method=calib_method)
         recipe = replace(base, exclude=tuple(exclude))
         reader = None
         if static:
@@ -168,7 +169,7 @@ def quantize_int8(
         "nodes_excluded": len(set(exclude)),
     }
     if static:
-        settings["calibration_rows"] = len(calib_ids)
+        settings.update(calibration_rows=len(calib_ids), calib_method=calib_method)
     return settings
 
 
@@ -197,6 +198,7 @@ def accuracy_aware_int8(
     base_acc: float | None = None,
     static: bool = False,
     calib_ids=None,
+    calib_method: str = "minmax",
     per_channel: bool | None = None,
     sensitivity_rows: int = 256,
     threads: int | None = None,
@@ -231,6 +233,7 @@ def accuracy_aware_int8(
                 calib_ids=calib_ids,
                 pad_id=pad_id,
                 per_channel=per_channel,
+                calib_method=calib_method,
                 shaped=shaped,
             )
             if not probe and not settings:

@@ -34,11 +34,26 @@ class StageResult:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class QuantizeResult:
+    """What quantization wrote: the graph ``path`` (INT8 or FP16) and its facts (recorded in
+    report.json and in fastft.json's ``onnx`` section)."""
+
+    path: Path
+    mode: str  # "int8" or "fp16"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def excluded_nodes(self) -> list[str]:
+        """The MatMuls the accuracy-aware INT8 pass kept in fp32."""
+        return list(self.info.get("excluded_nodes", []))
+
+
 def do_distill(ctx: Context) -> StageResult:
-    cfg = ctx.cfg
+    cfg, pr = ctx.cfg.distill, ctx.cfg.prune
     student, match = dis.make_student(ctx.teacher, cfg.student, cfg.layers, ctx.labels)
-    if cfg.prune_heads or cfg.prune_ffn:
-        check_fractions(student, cfg.prune_heads, cfg.prune_ffn)
+    if pr.prune_heads or pr.prune_ffn:
+        check_fractions(student, pr.prune_heads, pr.prune_ffn)
     log(
         ctx,
         f"distilling {ctx.teacher.config.num_hidden_layers}-layer teacher into a "
@@ -50,11 +65,11 @@ def do_distill(ctx: Context) -> StageResult:
     cache = ctx.cache
     if cache is None or cache.layers != layers:  # computed once per layer map, reused by later stages
         cache = dis.cache_teacher(
-            ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress, per_token=ctx.token
+            ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token
         )
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
-    res = _train_on_teacher(ctx, student, cache, epochs=cfg.epochs, seed=cfg.seed, desc="distill")
+    res = _train_on_teacher(ctx, student, cache, epochs=cfg.epochs, seed=ctx.cfg.seed, desc="distill")
     info = {
         "student": cfg.student,
         "layers": student.config.num_hidden_layers,
@@ -74,25 +89,23 @@ def do_distill(ctx: Context) -> StageResult:
 def do_prune(ctx: Context, net) -> StageResult:
     import torch
 
-    cfg = ctx.cfg
+    d, cfg = ctx.cfg.distill, ctx.cfg.prune
     before = describe(net)
     # the teacher's outputs on the layers matching the pruned model's are the targets (cached once)
     match = dis.layer_plan(ctx.teacher.config.num_hidden_layers, net.config.num_hidden_layers)[1]
-    layers = match if cfg.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
+    layers = match if d.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
     cache = ctx.cache
     if cache is None or cache.layers != layers:
         cache = dis.cache_teacher(
-            ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=cfg.progress, per_token=ctx.token
+            ctx.teacher, ctx.ids["train"], ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token
         )
         ctx.cache = cache
     k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
     t0 = time.perf_counter()
     if k_heads or k_ffn:
-        g = torch.Generator().manual_seed(cfg.seed + 1)
-        batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], cfg.batch_size, g)[
-            : cfg.prune_batches
-        ]
+        g = torch.Generator().manual_seed(ctx.cfg.seed + 1)
+        batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], d.batch_size, g)[: cfg.prune_batches]
         y = None if ctx.token else torch.tensor(ctx.y["train"])
 
         def loss_fn(model, rows):
@@ -102,7 +115,7 @@ def do_prune(ctx: Context, net) -> StageResult:
                 out, y_rows, t = tkd.loss_inputs(cache, ctx.y["train"])(out, rows, x.shape[1])
             else:
                 y_rows, t = y[rows], cache.logits[rows]
-            return dis.distill_loss(out, y_rows, t, None, m, cfg.temperature, cfg.alpha, 0.0)[0]
+            return dis.distill_loss(out, y_rows, t, None, m, d.temperature, d.alpha, 0.0)[0]
 
         scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
         info.update(apply_structured(net, scores, k_heads, k_ffn))
@@ -115,7 +128,7 @@ def do_prune(ctx: Context, net) -> StageResult:
         )
         if cfg.recovery_epochs > 0:
             info["recovery"] = _train_on_teacher(
-                ctx, net, cache, epochs=cfg.recovery_epochs, seed=cfg.seed + 2, desc="recovery"
+                ctx, net, cache, epochs=cfg.recovery_epochs, seed=ctx.cfg.seed + 2, desc="recovery"
             )
     if cfg.sparsity > 0:
         info["magnitude"] = magnitude_prune(net, cfg.sparsity)
@@ -124,13 +137,13 @@ def do_prune(ctx: Context, net) -> StageResult:
     return StageResult("pruned", net, None, info)
 
 
-def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> tuple[Path, dict]:
+def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> QuantizeResult:
     """Quantize the fp32 model ``fp32`` (its fused graph, when kept) into ``work``."""
-    cfg = ctx.cfg
+    cfg = ctx.cfg.quantize
     src = fused_path(fp32) if fused_path(fp32).is_file() else fp32
-    if cfg.quantize == "fp16":
+    if cfg.mode == "fp16":
         dst = work / "model_fp16.onnx"
-        return dst, {**quantize_fp16(src, dst), "file": dst.name}
+        return QuantizeResult(dst, "fp16", {**quantize_fp16(src, dst), "file": dst.name})
     dst = work / "model_int8.onnx"
     token = tkd.int8_scoring(ctx) if ctx.token else {}
     info = accuracy_aware_int8(
@@ -143,18 +156,19 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         base_acc=base_acc,
         static=cfg.static,
         calib_ids=ctx.ids["train"][: cfg.calib_size],
+        calib_method=cfg.calib_method,
         per_channel=cfg.per_channel,
-        threads=cfg.threads,
-        progress=cfg.progress,
+        threads=ctx.cfg.threads,
+        progress=ctx.cfg.progress,
         **token,
     )
-    return dst, {**info, "file": dst.name}
+    return QuantizeResult(dst, "int8", {**info, "file": dst.name})
 
 
 def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str) -> dict:
     """Distil ``net`` on the cached teacher outputs with the config's settings, keeping the epoch
     with the best validation accuracy (distillation and post-pruning recovery alike)."""
-    cfg = ctx.cfg
+    cfg = ctx.cfg.distill
     return dis.train_student(
         net,
         cache,
@@ -170,7 +184,7 @@ def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, des
         weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio,
         seed=seed,
-        progress=cfg.progress,
+        progress=ctx.cfg.progress,
         desc=desc,
         evaluate=(
             (lambda m: tkd.torch_entity_f1(m, ctx))

@@ -15,16 +15,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from fastft.data.collate import IGNORE_INDEX, align_tags, encode_words, first_pieces
+from fastft.data.collate import IGNORE_INDEX, align_tags, first_pieces
+from fastft.train.token_metrics import encode_rows, ort_token_logits, token_scores, torch_token_logits
 
 
 class TokenRows:
     """A split encoded for distillation: token ids, aligned labels, word ids and word tags per sentence."""
 
     def __init__(self, tokenizer, split, max_length: int):
-        enc = encode_words(tokenizer, split.tokens, max_length)
-        self.ids = [list(x) for x in enc["input_ids"]]
-        self.word_ids = [enc.word_ids(i) for i in range(len(self.ids))]
+        self.ids, self.word_ids = encode_rows(tokenizer, split.tokens, max_length)
         self.labels = [align_tags(w, t) for w, t in zip(self.word_ids, split.tags)]
         self.tags = [list(t) for t in split.tags]
 
@@ -99,48 +98,7 @@ def _head(rows: TokenRows, n: int) -> TokenRows:
 
 def entity_f1_of_logits(logits_rows, rows: TokenRows, labels: list[str]) -> dict:
     """Entity metrics of per-sentence logits (seq_i, labels) on encoded rows."""
-    from fastft.train.token_metrics import token_scores
-
     return token_scores(logits_rows, rows.word_ids, rows.tags, labels)
-
-
-def torch_token_logits(net, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> list:
-    """Per-sentence logits (seq_i, labels) of a PyTorch token classifier, input order."""
-    import torch
-
-    from fastft.compress.distill import pad_batch
-
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list = [None] * len(ids)
-    net.eval()
-    with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            rows = order[s : s + batch_size]
-            x, m = pad_batch([ids[r] for r in rows], pad_id)
-            lg = net(input_ids=x, attention_mask=m).logits.float().numpy()
-            for j, r in enumerate(rows):
-                out[r] = lg[j, : len(ids[r])]
-    return out
-
-
-def ort_token_logits(sess, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> list:
-    """Per-sentence logits (seq_i, labels) of an ONNX token classifier (output ``logits``)."""
-    names = [i.name for i in sess.get_inputs()]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list = [None] * len(ids)
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        n = max(len(ids[r]) for r in rows)
-        x = np.full((len(rows), n), pad_id, dtype=np.int64)
-        m = np.zeros((len(rows), n), dtype=np.int64)
-        for i, r in enumerate(rows):
-            x[i, : len(ids[r])] = ids[r]
-            m[i, : len(ids[r])] = 1
-        feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
-        y = sess.run(["logits"], {k: feeds[k] for k in names})[0].astype(np.float32)
-        for i, r in enumerate(rows):
-            out[r] = y[i, : len(ids[r])]
-    return out
 
 
 def flat_labelled(logits_rows, rows: TokenRows) -> np.ndarray:

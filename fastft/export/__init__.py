@@ -27,6 +27,7 @@ from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
 from fastft.core.system import cpu_info, versions
 from fastft.data.collate import model_max_positions
+from fastft.data.labels import align_labels, align_tag_ids
 from fastft.export import validate as fx_validate  # its functions looked up at call time (patchable)
 from fastft.export.checks import check_classifier_dir, check_export_args, check_opset, copy_hf_files, data_for
 from fastft.export.onnx import model_input_names
@@ -34,9 +35,8 @@ from fastft.export.optimize import op_counts
 from fastft.export.quantize import Int8Recipe, TextCalibrationReader, recipe_from_options
 from fastft.export.stages import int8_stage, write_fp32
 from fastft.models import resolve_model
+from fastft.models.model_dir import load_model_dir, model_labels
 from fastft.models.task import model_task
-from fastft.train.evaluate import align_labels, load_model_dir, model_labels
-from fastft.train.token_eval import align_tag_ids
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"

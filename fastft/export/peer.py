@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def _load(model_dir):
-    from fastft.train.evaluate import load_model_dir
+    from fastft.models.model_dir import load_model_dir
 
     return load_model_dir(model_dir)[0]
 

@@ -131,6 +131,29 @@ def int8_agreement(
     return out
 
 
+def token_onnx_logits(sess, tokenizer, words: list[list[str]], max_length: int, batch_size: int = 32):
+    """(per-sentence logits (tokens, labels) of the non-padding tokens, per-sentence word ids) of
+    pre-split sentences from an ORT session, in input order; encoded as in training
+    (:func:`fastft.data.collate.encode_words`)."""
+    from fastft.data.collate import encode_words
+
+    names = [i.name for i in sess.get_inputs()]
+    order = sorted(range(len(words)), key=lambda i: len(words[i]))
+    logits: list = [None] * len(words)
+    wids: list = [None] * len(words)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = encode_words(tokenizer, [words[i] for i in idx], max_length, padding=True)
+        x = enc["input_ids"].numpy().astype(np.int64)
+        feeds = {"input_ids": x, "attention_mask": enc["attention_mask"].numpy().astype(np.int64)}
+        feeds["token_type_ids"] = np.zeros_like(x)
+        out = sess.run(["logits"], {k: feeds[k] for k in names})[0]
+        for r, i in enumerate(idx):
+            n = int(feeds["attention_mask"][r].sum())
+            logits[i], wids[i] = out[r, :n], enc.word_ids(r)[:n]
+    return logits, wids
+
+
 def int8_token_agreement(
     fp32_sess,
     int8_sess,
@@ -145,12 +168,10 @@ def int8_token_agreement(
     ``words`` (sentences as word lists, encoded as in training), and the tag accuracy of both at
     each word's first sub-token (``tags``: gold tag ids in the model's label order); raises below
     ``min_agreement``."""
-    from fastft.train.token_eval import ort_token_logits
-
     if not words:
         raise FastftError("no sentences to check INT8 agreement on")
-    a, word_ids = ort_token_logits(fp32_sess, tokenizer, words, max_length)
-    b, _ = ort_token_logits(int8_sess, tokenizer, words, max_length)
+    a, word_ids = token_onnx_logits(fp32_sess, tokenizer, words, max_length)
+    b, _ = token_onnx_logits(int8_sess, tokenizer, words, max_length)
     same = total = 0
     hits = {"fp32": 0, "int8": 0}
     scored = 0

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import DataError, FastftError
+from fastft.data.labels import align_labels
+from fastft.models.model_dir import load_model_dir, model_labels
 
 
 def run_eval(net, tokenizer, split, max_length: int, batch_size: int = 64, progress: bool = True) -> dict:
@@ -54,49 +56,6 @@ def batched_logits(
             )
             out[idx] = net(**enc).logits.float().numpy()
     return out
-
-
-def load_model_dir(model: str | Path):
-    """(model, tokenizer, meta, max_length) of a fastft/Hugging Face directory."""
-    from fastft.core.schema import task_of
-    from fastft.data.collate import clamp_max_length
-    from fastft.models import load_classifier, load_tokenizer, read_meta, resolve_model
-    from fastft.models.task import model_task
-
-    path = resolve_model(model)
-    meta = read_meta(path) if isinstance(path, Path) else {}
-    net = load_classifier(path, task=model_task(path) if isinstance(path, Path) else task_of(meta))
-    tokenizer = load_tokenizer(path)
-    max_length = meta.get("max_length")
-    if max_length is None:
-        tok_max = getattr(tokenizer, "model_max_length", None)
-        max_length = tok_max if tok_max and tok_max < 100_000 else None
-    max_length = clamp_max_length(max_length, net.config)
-    return net, tokenizer, meta, max_length
-
-
-def model_labels(net) -> list[str]:
-    id2label = net.config.id2label or {}
-    return [str(id2label.get(i, id2label.get(str(i), i))) for i in range(net.config.num_labels)]
-
-
-def align_labels(split, data_labels: list[str], model_labels_: list[str]):
-    """Re-map a split's label ids from the data's label names to the model's label ids."""
-    from fastft.data import Split
-
-    mapping = {}
-    unseen = [n for n in data_labels if n not in model_labels_]
-    used = {data_labels[i] for i in set(split.labels)}
-    missing = sorted(used & set(unseen))
-    if missing:
-        raise DataError(
-            f"evaluation labels {', '.join(map(repr, missing))} were not seen in training "
-            f"(the model knows {', '.join(map(repr, model_labels_))})"
-        )
-    for i, n in enumerate(data_labels):
-        if n in model_labels_:
-            mapping[i] = model_labels_.index(n)
-    return Split(split.texts, [mapping[y] for y in split.labels])
 
 
 BACKENDS = ("auto", "onnxruntime", "torch")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from fastft.core.errors import DataError, FastftError
 
 
@@ -27,31 +25,6 @@ def align_tag_ids(split, data_labels: list[str], model_labels: list[str]):
         )
     mapping = {i: model_labels.index(n) for i, n in enumerate(data_labels) if n in model_labels}
     return TokenSplit(split.tokens, [[mapping[t] for t in tags] for tags in split.tags])
-
-
-def ort_token_logits(sess, tokenizer, sentences, max_length: int, batch_size: int = 64):
-    """Like :func:`fastft.train.token_metrics.token_logits`, with an ONNX Runtime session whose
-    output ``logits`` is (batch, sequence, labels)."""
-    from fastft.data.collate import encode_words
-
-    names = [i.name for i in sess.get_inputs()]
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-    logits: list = [None] * len(sentences)
-    wids: list = [None] * len(sentences)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = encode_words(tokenizer, [sentences[i] for i in idx], max_length, padding=True)
-        feeds = {k: v.numpy().astype(np.int64) for k, v in enc.items()}
-        if "token_type_ids" in names and "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        out = sess.run(["logits"], {k: feeds[k] for k in names})[0].astype(np.float32)
-        if out.ndim != 3:
-            raise FastftError(f"the ONNX model's logits have shape {out.shape}; token classification needs 3 axes")
-        for j, i in enumerate(idx):
-            n = int(enc["attention_mask"][j].sum())
-            logits[i] = out[j, :n]
-            wids[i] = enc.word_ids(j)[:n]
-    return logits, wids
 
 
 def evaluate_tokens(
@@ -74,7 +47,7 @@ def evaluate_tokens(
     from fastft.data import load_data
     from fastft.data.collate import clamp_max_length
     from fastft.models import load_tokenizer
-    from fastft.train.token_metrics import token_logits, token_scores
+    from fastft.train.token_metrics import encode_rows, ort_token_logits, token_logits, token_scores
 
     spec = meta.get("data", {})
     if data is None:
@@ -82,12 +55,11 @@ def evaluate_tokens(
         if data is None:
             raise FastftError(f"{path} records no training data; pass --data")
     same = data in (spec.get("data"), spec.get("path"))
+    recorded = ",".join(map(str, spec["columns"])) if same and spec.get("columns") else None
     splits = load_data(
         data,
         task="token-classification",
-        columns=columns
-        if columns is not None
-        else (",".join(map(str, spec["columns"])) if same and spec.get("columns") else None),
+        columns=columns if columns is not None else recorded,
         text_column=text_column or (spec.get("tokens_key", "text") if same else "text"),
         label_column=label_column or (spec.get("tags_key", "label") if same else "label"),
         seed=spec.get("seed", 42) if same else 42,
@@ -95,9 +67,9 @@ def evaluate_tokens(
     )
     labels = [str(x) for x in meta.get("labels") or []]
     tokenizer = load_tokenizer(path)
-    if backend == "onnxruntime":
+    if backend == "onnxruntime":  # the file fastft predict serves, at the graph level fastft.json records
         from fastft.runtime.load import _Config, _pick_onnx, _read_config
-        from fastft.runtime.session import create_session, session_options
+        from fastft.runtime.session import create_session, runtime_level, session_options
 
         config = _read_config(path)
         if not labels:
@@ -105,9 +77,12 @@ def evaluate_tokens(
             labels = [str(id2label.get(str(i), i)) for i in range(len(id2label))]
         length = clamp_max_length(max_length or meta.get("max_length") or 128, _Config(config))
         onnx_file = _pick_onnx(path, meta, int8)
+        level = runtime_level(meta, onnx_file.name) or "all"
+        sess = create_session(onnx_file, session_options(spinning=False, level=level))
         part = align_tag_ids(splits.split(split).subset(limit), splits.labels, labels)
-        sess = create_session(onnx_file, session_options(spinning=False, level="all"))
-        logits, wids = ort_token_logits(sess, tokenizer, part.tokens, length, batch_size)
+        ids, wids = encode_rows(tokenizer, part.tokens, length)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        logits = ort_token_logits(sess, ids, pad_id, batch_size)
         extra = {"backend": "onnxruntime", "file": onnx_file.name}
     else:
         from fastft.models import load_classifier

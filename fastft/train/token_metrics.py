@@ -85,35 +85,77 @@ def token_scores(logits_rows, word_ids_rows, tags: Sequence[Sequence[int]], labe
     return out
 
 
-def token_logits(net, tokenizer, sentences, max_length: int, batch_size: int = 64, progress: bool = False):
-    """(per-sentence logits (seq_i, labels) without padding, per-sentence word ids), input order.
+def encode_rows(tokenizer, sentences, max_length: int) -> tuple[list[list[int]], list[list[int | None]]]:
+    """(word-piece ids, word ids) of each sentence, truncated to ``max_length``, unpadded."""
+    enc = encode_words(tokenizer, sentences, max_length)
+    ids = [list(x) for x in enc["input_ids"]]
+    return ids, [enc.word_ids(i) for i in range(len(ids))]
 
-    Batches are sorted by length (less padding).
-    """
-    import torch
+
+def _padded(ids: list[list[int]], rows: list[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    n = max(len(ids[r]) for r in rows)
+    x = np.full((len(rows), n), pad_id, dtype=np.int64)
+    m = np.zeros((len(rows), n), dtype=np.int64)
+    for i, r in enumerate(rows):
+        x[i, : len(ids[r])] = ids[r]
+        m[i, : len(ids[r])] = 1
+    return x, m
+
+
+def _batched(ids: list[list[int]], pad_id: int, batch_size: int, run, progress: bool = False) -> list:
+    """Per-sentence logits (seq_i, labels), input order: ``run(input_ids, mask)`` -> (batch, seq, labels)
+    over length-sorted batches (less padding)."""
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-    logits: list = [None] * len(sentences)
-    wids: list = [None] * len(sentences)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list = [None] * len(ids)
+    for s in tqdm(
+        range(0, len(order), batch_size),
+        desc="evaluating",
+        unit="batch",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    ):
+        rows = order[s : s + batch_size]
+        x, m = _padded(ids, rows, pad_id)
+        y = run(x, m)
+        if y.ndim != 3:
+            raise ValueError(f"token classification needs logits (batch, sequence, labels); got shape {y.shape}")
+        for i, r in enumerate(rows):
+            out[r] = y[i, : len(ids[r])]
+    return out
+
+
+def torch_token_logits(net, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress: bool = False) -> list:
+    """Per-sentence logits (seq_i, labels) of a PyTorch token classifier over pre-tokenized rows."""
+    import torch
+
+    def run(x, m):
+        with torch.inference_mode():
+            return net(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.float().numpy()
+
     net.eval()
-    with torch.inference_mode():
-        for start in tqdm(
-            range(0, len(order), batch_size),
-            desc="evaluating",
-            unit="batch",
-            file=sys.stderr,
-            disable=not progress,
-            leave=False,
-        ):
-            idx = order[start : start + batch_size]
-            enc = encode_words(tokenizer, [sentences[i] for i in idx], max_length, padding=True)
-            out = net(**enc).logits.float().numpy()
-            for j, i in enumerate(idx):
-                n = int(enc["attention_mask"][j].sum())
-                logits[i] = out[j, :n]
-                wids[i] = enc.word_ids(j)[:n]
-    return logits, wids
+    return _batched(ids, pad_id, batch_size, run, progress)
+
+
+def ort_token_logits(sess, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> list:
+    """Per-sentence logits (seq_i, labels) of an ONNX token classifier (an ONNX Runtime session whose
+    output ``logits`` is (batch, sequence, labels)) over pre-tokenized rows."""
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(x, m):
+        feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
+        return sess.run(["logits"], {k: feeds[k] for k in names})[0].astype(np.float32)
+
+    return _batched(ids, pad_id, batch_size, run)
+
+
+def token_logits(net, tokenizer, sentences, max_length: int, batch_size: int = 64, progress: bool = False):
+    """(per-sentence logits (seq_i, labels) without padding, per-sentence word ids), input order."""
+    ids, wids = encode_rows(tokenizer, sentences, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return torch_token_logits(net, ids, pad_id, batch_size, progress), wids
 
 
 def run_token_eval(net, tokenizer, split, labels: list[str], max_length: int, batch_size: int = 64, progress=False):
@@ -125,9 +167,12 @@ def run_token_eval(net, tokenizer, split, labels: list[str], max_length: int, ba
 __all__ = [
     "IGNORE_INDEX",
     "TOKEN_METRIC_NAMES",
+    "encode_rows",
     "entity_metrics",
+    "ort_token_logits",
     "run_token_eval",
     "tags_of",
     "token_logits",
     "token_scores",
+    "torch_token_logits",
 ]
