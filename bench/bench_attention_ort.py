@@ -33,13 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def mha_session(heads: int, threads: int, masked: bool):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    inputs = [
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", "s", "h"]) for n in ("query", "key", "value")
-    ]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", "s", "h"]) for n in ("query", "key", "value")]
     node_inputs = ["query", "key", "value"]
     if masked:
         inputs.append(helper.make_tensor_value_info("key_padding_mask", TensorProto.INT32, ["b", "s"]))

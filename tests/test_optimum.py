@@ -95,3 +95,35 @@ def test_fastft_export_loads_in_optimum(trained, tmp_path_factory, int8):
         theirs = ort_model(**enc).logits
         np.testing.assert_allclose(np.asarray(theirs), ours.logits([text]), atol=1e-4, rtol=0)
     assert ort_model.config.id2label[int(np.argmax(theirs))] == ours.predict([TEXTS[-1]])[0][0]
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_fastft_token_export_loads_in_optimum(tmp_path_factory, int8):
+    """A token-classification ``fastft export`` directory loads in ORTModelForTokenClassification;
+    its per-token logits match fastft's within 1e-4."""
+    pytest.importorskip("optimum.onnxruntime", reason="needs optimum-onnx (pip install '.[optimum]')")
+    from optimum.onnxruntime import ORTModelForTokenClassification
+    from tiny_ner import NER_TEXTS, save_tiny_token_model
+    from transformers import AutoTokenizer
+
+    import fastft
+
+    base = tmp_path_factory.getbasetemp()
+    out = base / "optimum-fastft-token-export"
+    if not (out / "model_int8.onnx").is_file():
+        src = save_tiny_token_model(base / "optimum-token-model")
+        fastft.export(src, out, int8=True, validate=False, progress=False)
+        fastft.export(src, base / "optimum-token-parity", progress=False)  # fp32 parity at 6 shapes
+    name = "model_int8.onnx" if int8 else "model.onnx"
+    ort_model = ORTModelForTokenClassification.from_pretrained(out, file_name=name)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ours = fastft.load(out, int8=int8)
+    assert ours.per_token and ours.onnx_file.name == name
+    for text in NER_TEXTS:
+        enc = tokenizer([text], return_tensors="np", truncation=True, max_length=ours.max_length)
+        theirs = np.asarray(ort_model(**enc).logits)[0]
+        mine = ours.logits([text])[0]
+        assert theirs.shape == mine.shape
+        np.testing.assert_allclose(theirs, mine, atol=1e-4, rtol=0)
+    labels = [ort_model.config.id2label[int(i)] for i in theirs.argmax(-1)]
+    assert labels == [ours.labels[int(i)] for i in mine.argmax(-1)]

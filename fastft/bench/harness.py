@@ -33,6 +33,7 @@ from fastft.bench.runners import BACKENDS, bench_texts, make_inputs, make_runner
 from fastft.core.checks import check_float
 from fastft.core.errors import FastftError
 from fastft.core.system import physical_cores
+from fastft.models.task import model_task
 
 __all__ = ["BACKENDS", "BenchConfig", "format_table", "run_bench"]
 
@@ -145,6 +146,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         "benchmark": "fastft bench",
         "model": str(model_dir),
         "model_note": note,
+        "task": model_task(model_dir),
         "served_model": str(served) if served else None,  # --served: fastft-* run a different (compressed) model
         "settings": {
             **asdict(cfg),

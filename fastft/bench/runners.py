@@ -35,13 +35,21 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
 
     torch.set_num_threads(threads)
     if name == "hf-eager":
-        from transformers import AutoModelForSequenceClassification
+        import transformers
 
-        net = AutoModelForSequenceClassification.from_pretrained(
-            str(art["model_dir"]), attn_implementation="eager", trust_remote_code=False
+        from fastft.core.schema import TOKEN_CLASSIFICATION
+        from fastft.models.task import model_task
+
+        per_token = model_task(art["model_dir"]) == TOKEN_CLASSIFICATION
+        auto = (
+            transformers.AutoModelForTokenClassification
+            if per_token
+            else transformers.AutoModelForSequenceClassification
         )
+        net = auto.from_pretrained(str(art["model_dir"]), attn_implementation="eager", trust_remote_code=False)
         net = net.float().eval()
-        return Runner(name, _torch_run(net), _weights(art["model_dir"]), {"attention": "eager"}, _to_torch)
+        info = {"attention": "eager", "class": type(net).__name__}
+        return Runner(name, _torch_run(net), _weights(art["model_dir"]), info, _to_torch)
     if name == "fastft-torch":
         import fastft
 

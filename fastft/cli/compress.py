@@ -57,7 +57,7 @@ def _compress(args) -> int:
     if args.json:
         print(dumps(report))
         return 0
-    print(table(report["stages"]))
+    print(table(report["stages"], report.get("metric", "accuracy")))
     v = report["verdict"]
     print(("" if v["met"] else "WARNING: ") + v["message"])
     q = report.get("quantization") or {}

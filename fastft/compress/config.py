@@ -184,6 +184,9 @@ class CompressConfig:
     """
 
     data: str | None = option(None, "dataset", default_help="the one the teacher was trained on")
+    columns: str | None = option(
+        None, "CoNLL-style data: word and tag column numbers, e.g. 0,3", default_help="the teacher's, or first and last"
+    )
     output: str | None = option(DEFAULT_OUTPUT, "output model directory", short="-o")
     distill: DistillConfig = option(default_factory=DistillConfig)
     prune: PruneConfig = option(default_factory=PruneConfig)
@@ -232,6 +235,10 @@ class CompressConfig:
         for stage in STAGE_CONFIGS:
             getattr(self, stage).validate()
         check_float("--target-retained", self.target_retained)
+        if self.columns is not None:
+            from fastft.data.tokens import parse_columns
+
+            parse_columns(self.columns)
         check_int("--seed", self.seed, lo=0)
         for name in ("limit", "threads"):
             check_int(_flag(name), getattr(self, name), lo=1, optional=True)

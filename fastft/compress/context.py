@@ -14,7 +14,7 @@ from fastft.compress.config import TEACHER_ALIAS, CompressConfig
 from fastft.compress.distill import encode, pad_batch
 from fastft.compress.prune import check_fractions
 from fastft.core.errors import DataError, FastftError, ModelError
-from fastft.core.schema import read_meta, write_meta
+from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
 from fastft.core.system import physical_cores, versions
 from fastft.data import load_data
 from fastft.data.collate import clamp_max_length
@@ -41,6 +41,12 @@ class Context:
     cache: object = None  # the teacher's cached outputs (distill.TeacherCache), once computed
     texts: dict | None = None  # split -> list[str] (augmentation, the shifted test splits)
     augmented: dict | None = None  # --augment's perturbed training copies (stages.train_rows), made once
+    task: str = "sequence-classification"
+    rows: dict | None = None  # token classification: split -> token_kd.TokenRows (word ids, word tags)
+
+    @property
+    def token(self) -> bool:
+        return self.task == "token-classification"
 
 
 # -- the default teacher ----------------------------------------------------------------------
@@ -127,7 +133,8 @@ def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
     meta = read_meta(path)
     cfg = _read_config(path)
     archs = cfg.get("architectures") or []
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
+    head = "ForTokenClassification" if task_of(meta) == TOKEN_CLASSIFICATION else "ForSequenceClassification"
+    if not any(a.endswith(head) for a in archs):
         raise ModelError(
             f"{path} has no classification head (architectures: {', '.join(archs) or 'none'}); "
             "fine-tune it first: fastft train --model ... --output DIR"
@@ -155,17 +162,26 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if not isinstance(path, Path):
         raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
     meta, labels = check_teacher_dir(path)
+    task = task_of(meta)
     spec = meta.get("data") or {}
     data = cfg.data or spec.get("path") or spec.get("data")
     if data is None:
         raise DataError(f"{path} records no training data; pass --data")
     same = data in (spec.get("data"), spec.get("path"))
+    token = task == TOKEN_CLASSIFICATION
+    if token and cfg.distill.augment:
+        raise FastftError(
+            "--augment perturbs sentences and would misalign the word tags: it applies to sequence "
+            "classification only (drop it for a token-classification teacher)"
+        )
     splits = load_data(
         data,
-        text_column=spec.get("text_column", "text") if same else "text",
-        label_column=spec.get("label_column", "label") if same else "label",
+        text_column=spec.get("tokens_key" if token else "text_column", "text") if same else "text",
+        label_column=spec.get("tags_key" if token else "label_column", "label") if same else "label",
         seed=spec.get("seed", 42) if same else cfg.seed,
         limit=cfg.limit,
+        task=task,
+        columns=cfg.columns or (",".join(map(str, spec["columns"])) if same and spec.get("columns") else None),
     )
     if set(splits.labels) != set(labels):
         raise DataError(
@@ -174,7 +190,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if _read_config(path).get("pruned_heads"):
         teacher = load_pruned(path).eval()
     else:
-        teacher = load_classifier(path).eval()
+        teacher = load_classifier(path, task=task).eval()
     n_layers = teacher.config.num_hidden_layers
     if d.student == "teacher-layers" and d.layers is not None and not 1 <= d.layers <= n_layers:
         raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
@@ -182,11 +198,20 @@ def prepare(model, cfg: CompressConfig) -> Context:
         check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
     tokenizer = load_tokenizer(path)
     max_length = clamp_max_length(d.max_length or meta.get("max_length") or 128, teacher.config)
-    ids, y, texts = {}, {}, {}
-    for name in ("train", "validation", "test"):
-        part = align_labels(splits.split(name), splits.labels, labels)
-        ids[name], y[name] = encode(tokenizer, part.texts, max_length), list(part.labels)
-        texts[name] = list(part.texts)
+    ids, y, rows, texts = {}, {}, None, {}
+    if token:
+        from fastft.compress.token_kd import TokenRows
+        from fastft.train.token_eval import align_tag_ids
+
+        rows = {}
+        for name in ("train", "validation", "test"):
+            r = TokenRows(tokenizer, align_tag_ids(splits.split(name), splits.labels, labels), max_length)
+            rows[name], ids[name], y[name] = r, r.ids, r.labels
+    else:
+        for name in ("train", "validation", "test"):
+            part = align_labels(splits.split(name), splits.labels, labels)
+            ids[name], y[name] = encode(tokenizer, part.texts, max_length), list(part.labels)
+            texts[name] = list(part.texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return Context(
         path,
@@ -200,7 +225,9 @@ def prepare(model, cfg: CompressConfig) -> Context:
         y,
         pad_id,
         cfg,
-        texts=texts,
+        texts=texts or None,
+        task=task,
+        rows=rows,
     )
 
 
@@ -226,7 +253,7 @@ def save_model_dir(ctx: Context, net, path: Path, stage: str, info: dict) -> Pat
     ctx.tokenizer.save_pretrained(path)
     meta = {
         "format": 1,
-        "task": "sequence-classification",
+        "task": ctx.task,
         "labels": ctx.labels,
         "base_model": str(ctx.teacher_dir),
         "max_length": ctx.max_length,

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 
 from fastft.core.errors import FastftError, ModelError
+from fastft.data.collate import length_buckets as length_bucketed_batches
 from fastft.models import load_classifier
 from fastft.train.loop import EpochStats, run_loop
 
@@ -71,7 +72,8 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str]):
         net.config.fastft_student = {"kind": "teacher-layers", "teacher_layers": init}
         return net.to(torch.float32).eval(), match
 
-    net = load_classifier(student, labels=labels).eval()
+    task = "token-classification" if type(teacher).__name__.endswith("ForTokenClassification") else None
+    net = load_classifier(student, labels=labels, **({"task": task} if task else {})).eval()
     n_s = net.config.num_hidden_layers
     if n_s > n_t:
         raise FastftError(f"--student {student} has {n_s} layers, more than the teacher's {n_t}")
@@ -141,16 +143,27 @@ class TeacherCache:
 
 
 def cache_teacher(
-    teacher, ids: list[list[int]], pad_id: int, layers: list[int] | None, batch_size: int = 64, progress: bool = True
+    teacher,
+    ids: list[list[int]],
+    pad_id: int,
+    layers: list[int] | None,
+    batch_size: int = 64,
+    progress: bool = True,
+    per_token: bool = False,
 ) -> TeacherCache:
-    """Run the teacher once over ``ids`` (length-sorted batches) and keep what distillation needs."""
+    """Run the teacher once over ``ids`` (length-sorted batches) and keep what distillation needs.
+
+    per_token: the teacher is a token classifier; its logits are kept flat per real token,
+    ``(total_tokens, labels)`` at ``offsets`` like the hidden states (see ``compress.token_kd``).
+    """
     import torch
     from tqdm.auto import tqdm
 
     lengths = torch.tensor([len(x) for x in ids])
     offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(lengths, 0)
-    logits = torch.zeros((len(ids), teacher.config.num_labels), dtype=torch.float32)
+    rows_n = int(offsets[-1]) if per_token else len(ids)
+    logits = torch.zeros((rows_n, teacher.config.num_labels), dtype=torch.float32)
     hidden = None
     if layers:
         hidden = torch.zeros((int(offsets[-1]), len(layers), teacher.config.hidden_size), dtype=torch.float16)
@@ -168,7 +181,11 @@ def cache_teacher(
             rows = order[s : s + batch_size]
             input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
             out = teacher(input_ids=input_ids, attention_mask=mask, output_hidden_states=bool(layers))
-            logits[rows] = out.logits.float()
+            if per_token:
+                for i, r in enumerate(rows):
+                    logits[offsets[r] : offsets[r + 1]] = out.logits[i, : len(ids[r])].float()
+            else:
+                logits[rows] = out.logits.float()
             if layers:
                 hs = torch.stack([out.hidden_states[j] for j in layers], dim=2)  # (b, s, k, h)
                 for i, r in enumerate(rows):
@@ -203,20 +220,6 @@ def distill_loss(out, labels, t_logits, t_hidden, mask, temperature: float, alph
     return loss, parts
 
 
-def length_bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[list[int]]:
-    """Shuffled batches of similar length (sorted within chunks of 50 batches): less padding."""
-    import torch
-
-    perm = torch.randperm(len(lengths), generator=generator).tolist()
-    chunk = batch_size * 50
-    batches = []
-    for s in range(0, len(perm), chunk):
-        part = sorted(perm[s : s + chunk], key=lambda i: lengths[i])
-        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
-    order = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in order]
-
-
 def train_student(
     student,
     cache: TeacherCache,
@@ -237,6 +240,7 @@ def train_student(
     progress: bool = True,
     desc: str = "distill",
     qat=None,
+    loss_inputs=None,
 ) -> dict:
     """Train ``student`` against the cached teacher; keep the best epoch by ``evaluate(student)``.
 
@@ -244,6 +248,8 @@ def train_student(
     qat: a :class:`fastft.compress.qat.QatSpec`: the last epoch runs with ORT's INT8 simulated
         (fake-quant, straight-through) and only such epochs compete for "best" (the weights
         that are quantised next must be the ones trained for it).
+    loss_inputs: (student outputs, rows, seq) -> (outputs, labels, teacher logits) handed to
+    :func:`distill_loss` (token classification selects the labelled tokens; None: one label per row).
     Returns history (loss per epoch, validation accuracy), steps, time.
     """
     import torch
@@ -254,7 +260,7 @@ def train_student(
     lengths = [len(x) for x in ids]
     steps_per_epoch = math.ceil(len(ids) / batch_size)
     total = max(1, math.ceil(steps_per_epoch * epochs))
-    y_all = torch.tensor(labels, dtype=torch.long)
+    y_all = torch.tensor(labels, dtype=torch.long) if loss_inputs is None else None
     use_hidden = cache.hidden is not None and hidden_weight > 0
     history, best = [], {"value": None, "state": None}
     n_epochs = math.ceil(total / steps_per_epoch)
@@ -271,10 +277,14 @@ def train_student(
         input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
         out = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=use_hidden)
         t_hidden = cache.hidden_batch(rows, input_ids.shape[1]) if use_hidden else None
+        if loss_inputs is None:
+            out, y, t = out, y_all[rows], cache.logits[rows]
+        else:
+            out, y, t = loss_inputs(out, rows, input_ids.shape[1])
         loss, parts = distill_loss(
             out,
-            y_all[rows],
-            cache.logits[rows],
+            y,
+            t,
             t_hidden,
             mask,
             temperature,

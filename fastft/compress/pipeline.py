@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fastft.compress import quantize as cq
 from fastft.compress import report as rep
+from fastft.compress import token_kd as tkd
 from fastft.compress.config import CompressConfig, as_compress_config
 from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
 from fastft.compress.prune import count_params, flops
@@ -70,6 +71,9 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     def evaluate_onnx(path: Path) -> dict:
         import numpy as np
 
+        if ctx.token:  # entity metrics (seqeval); the stage's score is the entity F1
+            sess = cq.session(path, cfg.threads)
+            return {split: tkd.ort_entity_metrics(sess, ctx, split) for split in ("validation", "test")}
         out = {}
         for split in ("validation", "test"):
             logits = cq.ort_logits(cq.session(path, cfg.threads), ctx.ids[split], ctx.pad_id)
@@ -79,20 +83,28 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
                 test_logits[path] = logits
         return out
 
+    score = "f1" if ctx.token else "accuracy"  # the stage's score: entity F1 for token classification
+
     def add_stage(name: str, net, model_dir: Path, onnx_file: Path, metrics: dict, extra: dict | None = None):
+        token = {"entity": {s: metrics[s] for s in ("validation", "test")}} if ctx.token else {}
         stages.append(
             {
                 "name": name,
                 "parameters": count_params(net),
                 "file": onnx_file,
                 "flops_128": flops(net, 128),
-                "accuracy": metrics["test"]["accuracy"],
-                "validation_accuracy": metrics["validation"]["accuracy"],
-                **rep.shift_accuracy(shift, test_logits[onnx_file], ctx.y["test"]),
+                "accuracy": metrics["test"][score],
+                "validation_accuracy": metrics["validation"][score],
+                **token,
+                **(rep.shift_accuracy(shift, test_logits[onnx_file], ctx.y["test"]) if onnx_file in test_logits else {}),
                 **(extra or {}),
             }
         )
-        log(ctx, f"{name}: test accuracy {metrics['test']['accuracy']:.4f}, {count_params(net) / 1e6:.2f}M parameters")
+        log(
+            ctx,
+            f"{name}: test {rep.metric_name(ctx.task)} {metrics['test'][score]:.4f}, "
+            f"{count_params(net) / 1e6:.2f}M parameters",
+        )
 
     # teacher
     t0 = time.perf_counter()
@@ -128,10 +140,12 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         t0 = time.perf_counter()
         qdir = work / "quantized"
         qdir.mkdir()
-        q = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"]["accuracy"])
+        q = do_quantize(ctx, last_onnx, qdir, base_acc=last_metrics["validation"][score])
         final_file, qinfo = q.path, q.info
         final_metrics = evaluate_onnx(final_file)
-        agree = rep.agreement(test_logits[final_file], test_logits[last_onnx])
+        # per-row label agreement with the fp32 stage (sequence classification; token tasks report entity F1)
+        both = final_file in test_logits and last_onnx in test_logits
+        agree = rep.agreement(test_logits[final_file], test_logits[last_onnx]) if both else None
         qinfo.update(label_agreement_fp32_test=agree, fp32_nodes=len(qinfo.get("excluded_nodes") or []))
         qinfo["fallback_fired"] = qinfo["fp32_nodes"] > 0
         add_stage(
@@ -156,7 +170,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         )
         timings["latency_s"] = round(time.perf_counter() - t0, 2)
     rows = rep.build_rows(stages, latency)
-    verdict = rep.verdict(rows, cfg.target_retained)
+    verdict = rep.verdict(rows, cfg.target_retained, rep.metric_name(ctx.task))
     notes = []
     if cfg.prune.sparsity > 0:
         notes.append(
@@ -170,6 +184,8 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
             "the quantized row has the pruned/distilled model's parameter count and FLOPs, run as INT8/FP16 ops"
         )
     report = {
+        "task": ctx.task,
+        "metric": rep.metric_name(ctx.task),
         "teacher": str(ctx.teacher_dir),
         "data": ctx.data_spec.get("data"),
         "max_length": ctx.max_length,

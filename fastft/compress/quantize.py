@@ -208,9 +208,16 @@ def accuracy_aware_int8(
     sensitivity_rows: int = 256,
     threads: int | None = None,
     progress: bool = True,
+    logits_fn=None,
+    score_fn=None,
+    metric: str = "accuracy",
 ) -> dict:
     """Quantize ``src`` (the fp32 graph), then keep the most sensitive nodes fp32 until the
     validation accuracy drop is within ``budget``; the result is written to ``dst``.
+
+    Another task plugs in its own score (``compress.token_kd.int8_scoring``): score_fn(session)
+    -> the validation score (``metric`` names it), logits_fn(session, ids, pad_id) -> 2-D logits
+    compared by the sensitivity ranking [accuracy and :func:`ort_logits`].
 
     Returns {"accuracy_fp32", "accuracy_int8", "drop", "excluded_nodes", "sensitivity", "rounds", ...}.
     """
@@ -239,7 +246,11 @@ def accuracy_aware_int8(
                 settings.update(s)
             return out
 
+        logits_of = logits_fn or ort_logits
+
         def val_acc(path) -> float:
+            if score_fn is not None:
+                return score_fn(session(path, threads))
             return accuracy(ort_logits(session(path, threads), val_ids, pad_id), val_labels)
 
         if base_acc is None:
@@ -253,13 +264,13 @@ def accuracy_aware_int8(
             acc, k = a.record["accuracy"], a.record["excluded"]
             if not k:
                 _log(
-                    f"int8 ({settings['mode']}): validation accuracy {acc:.4f} vs fp32 {base_acc:.4f} "
+                    f"int8 ({settings['mode']}): validation {metric} {acc:.4f} vs fp32 {base_acc:.4f} "
                     f"(drop {base_acc - acc:+.4f}, budget {budget:.4f})",
                     progress,
                 )
             else:
                 _log(
-                    f"int8 with the {k} most sensitive node(s) in fp32: validation accuracy {acc:.4f} "
+                    f"int8 with the {k} most sensitive node(s) in fp32: validation {metric} {acc:.4f} "
                     f"(drop {base_acc - acc:+.4f})",
                     progress,
                 )
@@ -267,8 +278,8 @@ def accuracy_aware_int8(
         sub = val_ids[:sensitivity_rows]
         policy = fx_int8.KLSensitivity(
             quantizable_nodes(shaped),
-            lambda: ort_logits(session(src, threads), sub, pad_id),
-            lambda path: ort_logits(session(path, threads), sub, pad_id),
+            lambda: logits_of(session(src, threads), sub, pad_id),
+            lambda path: logits_of(session(path, threads), sub, pad_id),
             progress=progress,
         )
         search = fx_int8.accuracy_aware(build, check, policy, on_attempt=report)

@@ -133,14 +133,20 @@ def build_rows(stages: list[dict], latency: dict | None) -> list[dict]:
             if st.get(f"accuracy_{k}") is not None and teacher.get(f"accuracy_{k}"):
                 row[f"retained_{k}"] = round(st[f"accuracy_{k}"] / teacher[f"accuracy_{k}"], 4)
         rows.append(row)
-    t512 = rows[0]["p50_ms_512"]
+    t512, t128 = rows[0]["p50_ms_512"], rows[0]["p50_ms_128"]
     for row in rows:
         row["speedup_512"] = round(t512 / row["p50_ms_512"], 2) if t512 and row["p50_ms_512"] else None
+        row["speedup_128"] = round(t128 / row["p50_ms_128"], 2) if t128 and row["p50_ms_128"] else None
     return rows
 
 
-def verdict(rows: list[dict], target: float) -> dict:
-    """Did the final stage meet ``target`` retained accuracy? If not, the nearest stage that did."""
+def metric_name(task: str) -> str:
+    """What a stage's score (the ``accuracy`` column) is for a task."""
+    return "entity F1" if task == "token-classification" else "accuracy"
+
+
+def verdict(rows: list[dict], target: float, metric: str = "accuracy") -> dict:
+    """Did the final stage meet ``target`` retained ``metric``? If not, the nearest stage that did."""
     final = rows[-1]
     met = final["retained"] is not None and final["retained"] >= target
     out = {"target_retained": target, "final_stage": final["stage"], "final_retained": final["retained"], "met": met}
@@ -151,18 +157,18 @@ def verdict(rows: list[dict], target: float) -> dict:
             out["nearest_stage_meeting_target"] = best["stage"]
             out["message"] = (
                 f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
-                f"accuracy, below the target {target:.2%}; the nearest stage that met it is "
+                f"{metric}, below the target {target:.2%}; the nearest stage that met it is "
                 f"'{best['stage']}' ({best['retained']:.2%})"
             )
         else:
             out["nearest_stage_meeting_target"] = None
             out["message"] = (
                 f"the final model ({final['stage']}) retains {final['retained']:.2%} of the teacher's "
-                f"accuracy, below the target {target:.2%}; no compressed stage met it"
+                f"{metric}, below the target {target:.2%}; no compressed stage met it"
             )
     else:
         out["message"] = (
-            f"the final model retains {final['retained']:.2%} of the teacher's accuracy (target {target:.2%})"
+            f"the final model retains {final['retained']:.2%} of the teacher's {metric} (target {target:.2%})"
         )
     return out
 
@@ -183,8 +189,12 @@ def _fmt(key: str, v) -> str:
     return str(v)
 
 
-def table(rows: list[dict]) -> str:
-    cells = [[h for _, h in COLUMNS]] + [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
+def _headers(metric: str = "accuracy") -> list[str]:
+    return [("test F1" if metric == "entity F1" and k == "accuracy" else h) for k, h in COLUMNS]
+
+
+def table(rows: list[dict], metric: str = "accuracy") -> str:
+    cells = [_headers(metric)] + [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
     w = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
     return "\n".join(
         "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(line)) for line in cells
@@ -199,7 +209,7 @@ def markdown(report: dict) -> str:
         f"Teacher: `{report['teacher']}`; data: `{report['data']}` (test split, {report.get('test_rows')} rows); "
         f"max length {report.get('max_length')}.",
         "",
-        "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        "| " + " | ".join(_headers(report.get("metric", "accuracy"))) + " |",
         "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|",
     ]
     for r in rows:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastft.compress import distill as dis  # looked up at call time (patchable)
+from fastft.compress import token_kd as tkd
 from fastft.compress.context import Context, log, torch_accuracy
 from fastft.compress.prune import (
     apply_structured,
@@ -65,7 +66,9 @@ def do_distill(ctx: Context) -> StageResult:
     ids, _ = train_rows(ctx)
     cache = ctx.cache
     if cache is None or cache.layers != layers or len(cache.logits) != len(ids):  # once, reused by later stages
-        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress)
+        cache = dis.cache_teacher(
+            ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token
+        )
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
     # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
@@ -107,7 +110,9 @@ def do_prune(ctx: Context, net) -> StageResult:
     ids, _ = train_rows(ctx)
     cache = ctx.cache
     if cache is None or cache.layers != layers or len(cache.logits) != len(ids):
-        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress)
+        cache = dis.cache_teacher(
+            ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token
+        )
         ctx.cache = cache
     k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
@@ -115,12 +120,16 @@ def do_prune(ctx: Context, net) -> StageResult:
     if k_heads or k_ffn:
         g = torch.Generator().manual_seed(ctx.cfg.seed + 1)
         batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], d.batch_size, g)[: cfg.prune_batches]
-        y = torch.tensor(ctx.y["train"])
+        y = None if ctx.token else torch.tensor(ctx.y["train"])
 
         def loss_fn(model, rows):
             x, m = dis.pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
             out = model(input_ids=x, attention_mask=m)
-            return dis.distill_loss(out, y[rows], cache.logits[rows], None, m, d.temperature, d.alpha, 0.0)[0]
+            if ctx.token:
+                out, y_rows, t = tkd.loss_inputs(cache, ctx.y["train"])(out, rows, x.shape[1])
+            else:
+                y_rows, t = y[rows], cache.logits[rows]
+            return dis.distill_loss(out, y_rows, t, None, m, d.temperature, d.alpha, 0.0)[0]
 
         scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
         info.update(apply_structured(net, scores, k_heads, k_ffn))
@@ -156,6 +165,7 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         dst = work / "model_fp16.onnx"
         return QuantizeResult(dst, "fp16", {**quantize_fp16(src, dst), "file": dst.name})
     dst = work / "model_int8.onnx"
+    token = tkd.int8_scoring(ctx) if ctx.token else {}
     info = accuracy_aware_int8(
         src,
         dst,
@@ -171,6 +181,7 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
         embeddings=cfg.embeddings,
         threads=ctx.cfg.threads,
         progress=ctx.cfg.progress,
+        **token,
     )
     return QuantizeResult(dst, "int8", {**info, "file": dst.name})
 
@@ -257,6 +268,11 @@ def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, des
         seed=seed,
         progress=ctx.cfg.progress,
         desc=desc,
-        evaluate=lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id),
+        evaluate=(
+            (lambda m: tkd.torch_entity_f1(m, ctx))
+            if ctx.token
+            else (lambda m: torch_accuracy(m, ctx.ids["validation"], ctx.y["validation"], ctx.pad_id))
+        ),
+        loss_inputs=tkd.loss_inputs(cache, ctx.y["train"]) if ctx.token else None,
         qat=qat,
     )

@@ -3,6 +3,12 @@
 Keys written by the trainer: ``task``, ``labels``, ``data`` (the data spec, split seed),
 ``metrics`` (per split), ``training`` (arguments), ``versions``, ``history`` (one entry per
 stage: train, export, compress...). Later stages add their own keys (``onnx``, ``compress``).
+
+``task`` is one of :data:`TASKS`: ``sequence-classification`` (one label per text; also what a
+directory without ``task`` is, for directories written before the key existed) or
+``token-classification`` (one label per word: ``labels`` are the IOB2 tags in id order, e.g.
+``O``, ``B-PER``, ``I-PER``; the weights are an ``AutoModelForTokenClassification`` and the
+ONNX output ``logits`` is per token, (batch, sequence, labels)). Read it with :func:`task_of`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from fastft.core.errors import ModelError
 from fastft.core.io import read_json_object, write_json
 
 META_FILE = "fastft.json"
+
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+TOKEN_CLASSIFICATION = "token-classification"
+TASKS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
 
 
 def read_meta(model_dir: str | Path, required: bool = False) -> dict:
@@ -26,3 +36,22 @@ def read_meta(model_dir: str | Path, required: bool = False) -> dict:
 
 def write_meta(model_dir: str | Path, meta: dict) -> None:
     write_json(Path(model_dir) / META_FILE, meta)
+
+
+def task_of(meta: dict) -> str:
+    """The task of a model directory's metadata; no ``task`` key means sequence classification.
+
+    An unknown task is a ModelError (a directory from a newer fastft, or edited by hand).
+    """
+    task = meta.get("task") or SEQUENCE_CLASSIFICATION
+    if task not in TASKS:
+        raise ModelError(f"{META_FILE} names the task {task!r}; this fastft knows {', '.join(TASKS)}")
+    return task
+
+
+def set_task(meta: dict, task: str) -> dict:
+    """``meta`` with ``task`` set (checked against :data:`TASKS`); returns ``meta``."""
+    if task not in TASKS:
+        raise ModelError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    meta["task"] = task
+    return meta

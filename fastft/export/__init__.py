@@ -24,10 +24,10 @@ from pathlib import Path
 from fastft.core.checks import check_float, check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
-from fastft.core.schema import read_meta, write_meta
+from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
 from fastft.core.system import cpu_info, versions
 from fastft.data.collate import model_max_positions
-from fastft.data.labels import align_labels
+from fastft.data.labels import align_labels, align_tag_ids
 from fastft.export import validate as fx_validate  # its functions looked up at call time (patchable)
 from fastft.export.checks import check_classifier_dir, check_export_args, check_opset, copy_hf_files, data_for
 from fastft.export.onnx import model_input_names
@@ -36,6 +36,7 @@ from fastft.export.quantize import Int8Recipe, TextCalibrationReader, recipe_fro
 from fastft.export.stages import int8_stage, write_fp32
 from fastft.models import resolve_model
 from fastft.models.model_dir import load_model_dir, model_labels
+from fastft.models.task import model_task
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
@@ -94,8 +95,13 @@ def _int8(
         _log(f"dynamic INT8 ({r.name})", progress)
     check = None
     if validate:
-        part = align_labels(splits.validation, splits.labels, model_labels(net))
-        texts, labels = part.texts, part.labels
+        per_token = task_of(meta) == TOKEN_CLASSIFICATION
+        if per_token:  # sentences as word lists, gold tags re-mapped to the model's label ids
+            part = align_tag_ids(splits.validation, splits.labels, model_labels(net))
+            texts, labels = part.tokens, part.tags
+        else:
+            part = align_labels(splits.validation, splits.labels, model_labels(net))
+            texts, labels = part.texts, part.labels
         if agreement_limit:
             texts, labels = texts[:agreement_limit], labels[:agreement_limit]
         fp32_sess = fx_validate.session(fp32_file)
@@ -108,9 +114,15 @@ def _int8(
                 + (f" ({k} MatMuls kept in fp32)" if k else ""),
                 progress,
             )
-            agree = fx_validate.int8_agreement(
-                fp32_sess, fx_validate.session(path), tokenizer, texts, labels, names, serve_length, min_agreement=0.0
-            )
+            int8_sess = fx_validate.session(path)
+            if per_token:
+                agree = fx_validate.int8_token_agreement(
+                    fp32_sess, int8_sess, tokenizer, texts, labels, serve_length, min_agreement=0.0
+                )
+            else:
+                agree = fx_validate.int8_agreement(
+                    fp32_sess, int8_sess, tokenizer, texts, labels, names, serve_length, min_agreement=0.0
+                )
             agree["min_agreement"] = min_agreement
             agree["passed"] = agree["label_agreement"] >= min_agreement
             return agree["passed"], agree
@@ -204,6 +216,7 @@ def export(
     if not isinstance(src, Path):
         raise ModelError(f"model {model!r} is not a local directory; export needs a fine-tuned model directory")
     meta = read_meta(src)
+    meta.setdefault("task", model_task(src))  # a transformers/Optimum directory: by its config's head
     check_classifier_dir(src, meta)
     out = check_output_dir(output, overwrite, inputs=(src, calib_data))
 

@@ -80,12 +80,12 @@ def _quiet_stdout():
 
 
 def check_classifier_dir(path: Path, meta: dict) -> None:
-    """A directory with a trained classification head: fastft labels or a *ForSequenceClassification config."""
+    """A directory with a trained classification head: fastft labels or a *ForSequence/TokenClassification config."""
     import json
 
     config = json.loads((path / "config.json").read_text())
     archs = config.get("architectures") or []
-    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs)
     if not meta.get("labels") and not has_head:
         raise ModelError(
             f"{path} has no classification head or labels (a base encoder?); "

@@ -1,4 +1,7 @@
-"""torch.onnx export of a sequence classifier: ``input_ids, attention_mask[, token_type_ids] -> logits``.
+"""torch.onnx export of a classifier: ``input_ids, attention_mask[, token_type_ids] -> logits``.
+
+``logits`` is (batch, labels) for a sequence classifier and (batch, sequence, labels) for a token
+classifier, with the batch (and sequence) axes dynamic.
 
 No Optimum: a small wrapper returns only the logits, and ``torch.onnx.export`` writes it
 with dynamic batch and sequence axes. Defaults chosen by measurement (transformers 5.x,
@@ -86,6 +89,15 @@ def sample_inputs(input_names, batch: int = 2, seq: int = 16, vocab: int = 1000)
     return tuple(tensors[n] for n in input_names)
 
 
+def _per_token(wrapper, args) -> bool:
+    """Does the model return one row of logits per token, (batch, seq, labels)? Probed on ``args``."""
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad():
+        out = wrapper(*args)
+    return getattr(out, "dim", lambda: 2)() == 3
+
+
 def export_onnx(
     model,
     path: str | os.PathLike,
@@ -141,7 +153,8 @@ def export_onnx(
         kwargs["dynamic_shapes"] = {n: {0: batch, 1: seq} for n in names}
     else:
         axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
-        axes["logits"] = {0: "batch_size"}
+        # per-token logits (token classification) keep the sequence axis: probed on the sample
+        axes["logits"] = {0: "batch_size", 1: "sequence_length"} if _per_token(wrapper, args) else {0: "batch_size"}
         kwargs["dynamic_axes"] = axes
     if custom_opsets:
         kwargs["custom_opsets"] = dict(custom_opsets)

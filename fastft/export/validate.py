@@ -2,7 +2,8 @@
 
 - fp32: ONNX logits vs PyTorch logits, max abs difference <= ``atol`` (1e-4) at several
   shapes (batch 1 and 3; sequence 7, 64 and the model maximum), with padding in the batch.
-- INT8: label agreement with the fp32 graph on real text (the validation split) >= 99%,
+- INT8: label agreement with the fp32 graph on real text (the validation split) >= 99% (token
+  classification: per-token labels on the non-padding tokens),
   and the accuracy of both against the gold labels.
 A failed check raises :class:`fastft.core.errors.FastftError`.
 """
@@ -126,5 +127,85 @@ def int8_agreement(
         raise FastftError(
             f"INT8 parity failed: labels agree with fp32 on {agreement:.1%} of {len(texts)} "
             f"{split} texts (< {min_agreement:.0%}); try --per-channel or --static"
+        )
+    return out
+
+
+def token_onnx_logits(sess, tokenizer, words: list[list[str]], max_length: int, batch_size: int = 32):
+    """(per-sentence logits (tokens, labels) of the non-padding tokens, per-sentence word ids) of
+    pre-split sentences from an ORT session, in input order; encoded as in training
+    (:func:`fastft.data.collate.encode_words`)."""
+    from fastft.data.collate import encode_words
+
+    names = [i.name for i in sess.get_inputs()]
+    order = sorted(range(len(words)), key=lambda i: len(words[i]))
+    logits: list = [None] * len(words)
+    wids: list = [None] * len(words)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = encode_words(tokenizer, [words[i] for i in idx], max_length, padding=True)
+        x = enc["input_ids"].numpy().astype(np.int64)
+        feeds = {"input_ids": x, "attention_mask": enc["attention_mask"].numpy().astype(np.int64)}
+        feeds["token_type_ids"] = np.zeros_like(x)
+        out = sess.run(["logits"], {k: feeds[k] for k in names})[0]
+        for r, i in enumerate(idx):
+            n = int(feeds["attention_mask"][r].sum())
+            logits[i], wids[i] = out[r, :n], enc.word_ids(r)[:n]
+    return logits, wids
+
+
+def int8_token_agreement(
+    fp32_sess,
+    int8_sess,
+    tokenizer,
+    words: list[list[str]],
+    tags: list[list[int]] | None,
+    max_length: int,
+    min_agreement: float = MIN_AGREEMENT,
+    split: str = "validation",
+) -> dict:
+    """Token classification: per-token label agreement INT8 vs fp32 on the non-padding tokens of
+    ``words`` (sentences as word lists, encoded as in training), and the tag accuracy of both at
+    each word's first sub-token (``tags``: gold tag ids in the model's label order); raises below
+    ``min_agreement``."""
+    if not words:
+        raise FastftError("no sentences to check INT8 agreement on")
+    a, word_ids = token_onnx_logits(fp32_sess, tokenizer, words, max_length)
+    b, _ = token_onnx_logits(int8_sess, tokenizer, words, max_length)
+    same = total = 0
+    hits = {"fp32": 0, "int8": 0}
+    scored = 0
+    for k, (la, wids, lb) in enumerate(zip(a, word_ids, b)):
+        pa, pb = la.argmax(-1), lb.argmax(-1)
+        same += int((pa == pb).sum())
+        total += len(pa)
+        if tags is not None:
+            seen = set()
+            for t, w in enumerate(wids):
+                if w is None or w in seen or w >= len(tags[k]):
+                    continue
+                seen.add(w)
+                scored += 1
+                hits["fp32"] += int(pa[t] == tags[k][w])
+                hits["int8"] += int(pb[t] == tags[k][w])
+    agreement = same / total if total else 1.0
+    out = {
+        "split": split,
+        "n": len(words),
+        "tokens": total,
+        "unit": "token (non-padding)",
+        "label_agreement": agreement,
+        "min_agreement": min_agreement,
+    }
+    if tags is not None and scored:
+        out["fp32_accuracy"] = hits["fp32"] / scored
+        out["int8_accuracy"] = hits["int8"] / scored
+        out["accuracy_change"] = out["int8_accuracy"] - out["fp32_accuracy"]
+        out["accuracy_unit"] = "tag accuracy at each word's first sub-token"
+    out["passed"] = agreement >= min_agreement
+    if not out["passed"]:
+        raise FastftError(
+            f"INT8 parity failed: token labels agree with fp32 on {agreement:.1%} of {total} tokens of {len(words)} "
+            f"{split} sentences (< {min_agreement:.0%}); try --per-channel or --static"
         )
     return out

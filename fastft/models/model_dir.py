@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastft.core.schema import read_meta
+from fastft.core.schema import read_meta, task_of
 from fastft.data.collate import clamp_max_length
 from fastft.models.resolve import load_classifier, load_tokenizer, resolve_model
+from fastft.models.task import model_task
 
 
 def load_model_dir(model: str | Path):
     """(model, tokenizer, meta, max_length) of a fastft/Hugging Face directory."""
     path = resolve_model(model)
     meta = read_meta(path) if isinstance(path, Path) else {}
-    net = load_classifier(path)
+    net = load_classifier(path, task=model_task(path) if isinstance(path, Path) else task_of(meta))
     tokenizer = load_tokenizer(path)
     max_length = meta.get("max_length")
     if max_length is None:

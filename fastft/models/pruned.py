@@ -79,14 +79,20 @@ def load_pruned(path, **kwargs):
     """
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     path = Path(path)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    archs = getattr(config, "architectures", None) or []
+    auto = (
+        AutoModelForTokenClassification
+        if any(a.endswith("ForTokenClassification") for a in archs)
+        else AutoModelForSequenceClassification
+    )
     pruned = {int(k): v for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
     if not pruned:
-        return AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False, **kwargs)
-    model = AutoModelForSequenceClassification.from_config(config)
+        return auto.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+    model = auto.from_config(config)
     for i, layer in enumerate(encoder_layers(model)):
         # transformers 4.x applies config.pruned_heads itself when it builds the model, 5.x does not:
         # prune only a layer that still has all its heads

@@ -165,15 +165,19 @@ def load_classifier(
     model: str | os.PathLike,
     labels: list[str] | None = None,
     dropout: float | None = None,
+    task: str = "sequence-classification",
 ):
-    """AutoModelForSequenceClassification for ``model``.
+    """AutoModelForSequenceClassification for ``model`` (AutoModelForTokenClassification when
+    ``task`` is ``token-classification``).
 
     ``labels`` sets the head (id2label/label2id); when the directory already has a head for
     other labels, that is an error, not a silent re-initialisation.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
+
+    from fastft.core.schema import TOKEN_CLASSIFICATION
 
     hf_logging.set_verbosity_error()
 
@@ -189,7 +193,7 @@ def load_classifier(
         raise _hub_error(str(src), exc) from None
     kwargs = {}
     if labels is not None:
-        existing = _head_labels(config)
+        existing = _head_labels(config, task)
         if existing is not None and existing != list(labels):
             raise ModelError(
                 f"{model} already has a classification head for labels {existing}; the data has {list(labels)}"
@@ -208,8 +212,9 @@ def load_classifier(
     if getattr(config, "pruned_heads", None) and isinstance(src, Path) and labels is None and dropout is None:
         # transformers 5 no longer applies config.pruned_heads on load: rebuild the pruned shapes
         return load_pruned(src).to(torch.float32)
+    auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
     try:
-        model_obj = AutoModelForSequenceClassification.from_pretrained(str(src), config=config, trust_remote_code=False)
+        model_obj = auto.from_pretrained(str(src), config=config, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - corrupt safetensors raise their own error type; re-raised below
         remote = _remote_code_error(src, exc)
         if remote is not None:
@@ -284,10 +289,11 @@ def _config_label_names(config) -> list[str]:
     return [id2label.get(i, id2label.get(str(i), i)) for i in range(len(id2label))]
 
 
-def _head_labels(config) -> list[str] | None:
-    """Label names of a fine-tuned head (None for a base model or generic LABEL_i names)."""
+def _head_labels(config, task: str = "sequence-classification") -> list[str] | None:
+    """Label names of a fine-tuned head for ``task`` (None for a base model or generic LABEL_i names)."""
     archs = getattr(config, "architectures", None) or []
-    if not any("ForSequenceClassification" in a for a in archs):
+    head = "ForTokenClassification" if task == "token-classification" else "ForSequenceClassification"
+    if not any(head in a for a in archs):
         return None
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]

@@ -6,6 +6,16 @@
     pred.predict_proba(texts)                             # (n, num_labels), rows sum to 1
     pred.labels                                           # ["negative", "positive"]
 
+A token-classification directory (fastft.json ``"task": "token-classification"``, IOB2 labels)
+predicts entities instead, grouped from word pieces like transformers' pipeline with
+``aggregation_strategy="simple"`` (:mod:`fastft.runtime.entities`):
+
+    ner = fastft.load("runs/ner-onnx")
+    ner.predict(["Angela Merkel visited Paris"])
+    # [[{"entity": "PER", "score": 0.99, "start": 0, "end": 13, "word": "Angela Merkel"},
+    #   {"entity": "LOC", "score": 0.99, "start": 22, "end": 27, "word": "Paris"}]]
+    ner.logits(texts)                                     # per text: (tokens, num_labels) float32
+
 Texts are tokenized (truncated at the model's max length), sorted by length and run in
 batches padded to their longest text; results come back in input order. One Predictor may
 be shared by many threads: ORT's ``run`` and torch inference are thread-safe, and each
@@ -25,10 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.checks import check_int
-from fastft.core.errors import FastftError
+from fastft.core.errors import FastftError, ModelError
 from fastft.core.numerics import softmax
+from fastft.core.schema import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from fastft.data.text import unicode_problem
-from fastft.runtime.encode import Encoder, length_sorted_batches
+from fastft.runtime.encode import Encoded, Encoder, length_sorted_batches
+from fastft.runtime.entities import aggregate_simple
 
 
 class InputError(FastftError):
@@ -81,21 +93,37 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 32,
         truncation: bool = True,
+        task: str = SEQUENCE_CLASSIFICATION,
     ):
         self.path = Path(path)
+        self.task = task
         self.labels = list(labels)
         self.max_length = int(max_length)
         self.device = device
         self.batch_size = int(batch_size)
         self.truncation = truncation
         self.tokenizer = tokenizer
-        self._encoder = Encoder(tokenizer, self.max_length)
+        self._encoder = Encoder(tokenizer, self.max_length, offsets=self.per_token)
+        if self.per_token and getattr(tokenizer, "backend_tokenizer", None) is None:
+            raise ModelError(
+                f"{self.path}: token classification needs a fast tokenizer (tokenizer.json) for character offsets"
+            )
+        self._unk_id = getattr(tokenizer, "unk_token_id", None)
         self._warned = False
         self._warn_lock = threading.Lock()
 
+    @property
+    def per_token(self) -> bool:
+        """Token classification: one row of scores per token, entities from :meth:`predict`."""
+        return self.task == TOKEN_CLASSIFICATION
+
     # -- public API -------------------------------------------------------------------
-    def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """Raw scores, (n, num_labels) float32, in input order."""
+    def logits(self, texts: list[str], batch_size: int | None = None):
+        """Raw scores, (n, num_labels) float32, in input order.
+
+        Token classification: a list with one (tokens, num_labels) array per text (its special
+        tokens included, no padding).
+        """
         texts = check_texts(texts)
         try:
             check_int("batch_size", batch_size, lo=1, optional=True)
@@ -105,20 +133,44 @@ class Predictor:
 
     def _logits(self, texts: list[str], bs: int) -> np.ndarray:
         """Logits of checked texts (evaluation data may hold empty texts: they are scored too)."""
-        enc = self._encoder.encode(texts)
+        return self._encoded_logits(self._encoder.encode(texts), bs)
+
+    def _encoded_logits(self, enc: Encoded, bs: int):
         self._check_truncation(enc.truncated)
-        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        if self.per_token:
+            rows: list = [None] * len(enc.ids)
+            for idx in length_sorted_batches(enc.lengths(), bs):
+                logits = self.logits_from_ids(**self._encoder.batch(enc, idx, self._int_dtype))
+                for r, i in enumerate(idx):
+                    rows[i] = logits[r, : len(enc.ids[i])]
+            return rows
+        out = np.empty((len(enc.ids), len(self.labels)), dtype=np.float32)
         for idx in length_sorted_batches(enc.lengths(), bs):
             feeds = self._encoder.batch(enc, idx, self._int_dtype)
             out[idx] = self.logits_from_ids(**feeds)
         return out
 
-    def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities, (n, num_labels), rows sum to 1."""
-        return softmax(self.logits(texts, batch_size))
+    def predict_proba(self, texts: list[str], batch_size: int | None = None):
+        """Class probabilities, (n, num_labels), rows sum to 1 (token classification: a list of
+        (tokens, num_labels) arrays, one per text)."""
+        logits = self.logits(texts, batch_size)
+        return [softmax(x) for x in logits] if self.per_token else softmax(logits)
 
-    def predict(self, texts: list[str], batch_size: int | None = None) -> list[tuple[str, float]]:
-        """(label, probability) of the most likely label of each text."""
+    def predict(self, texts: list[str], batch_size: int | None = None) -> list:
+        """(label, probability) of the most likely label of each text.
+
+        Token classification: per text, a list of entities ``{"entity", "score", "start", "end",
+        "word"}`` (character offsets into the text), in text order.
+        """
+        if self.per_token:
+            texts = check_texts(texts)
+            try:
+                check_int("batch_size", batch_size, lo=1, optional=True)
+            except FastftError as exc:
+                raise InputError(str(exc)) from None
+            enc = self._encoder.encode(texts)
+            logits = self._encoded_logits(enc, batch_size or self.batch_size)
+            return [self.entities(self._encoder, enc, i, t, softmax(x)) for i, (t, x) in enumerate(zip(texts, logits))]
         probs = self.predict_proba(texts, batch_size)
         best = probs.argmax(axis=1)
         return [(self.labels[int(j)], float(p[j])) for j, p in zip(best, probs)]
@@ -131,8 +183,23 @@ class Predictor:
         """Logits of one tokenized batch: input_ids (batch, seq) -> (batch, num_labels) float32."""
         raise NotImplementedError
 
+    def entities(self, encoder: Encoder, enc: Encoded, i: int, text: str, probs: np.ndarray) -> list[dict]:
+        """Entities of text ``i`` of ``enc`` (encoded with offsets) from its per-token probabilities."""
+        return aggregate_simple(
+            text,
+            probs,
+            enc.ids[i],
+            enc.offsets[i],
+            enc.special[i],
+            enc.tokens[i],
+            self.labels,
+            self._unk_id,
+            encoder.decode_tokens,
+        )
+
     def info(self) -> dict:
         return {
+            "task": self.task,
             "backend": self.backend,
             "path": str(self.path),
             "device": self.device,

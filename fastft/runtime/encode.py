@@ -17,11 +17,18 @@ import numpy as np
 
 @dataclass
 class Encoded:
-    """Token ids of a list of texts, unpadded, in input order."""
+    """Token ids of a list of texts, unpadded, in input order.
+
+    With ``Encoder(..., offsets=True)`` (token classification) also each token's character span,
+    whether it is a special token, and its string (what :mod:`fastft.runtime.entities` groups).
+    """
 
     ids: list[list[int]]
     type_ids: list[list[int]]
     truncated: list[bool]
+    offsets: list[list[tuple[int, int]]] | None = None
+    special: list[list[int]] | None = None
+    tokens: list[list[str]] | None = None
 
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
@@ -30,8 +37,9 @@ class Encoded:
 class Encoder:
     """Tokenize texts with truncation at ``max_length``; build padded batches."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, offsets: bool = False):
         self.max_length = int(max_length)
+        self.offsets = bool(offsets)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._json = backend.to_str() if backend is not None else None
@@ -53,7 +61,12 @@ class Encoder:
     def encode(self, texts: list[str]) -> Encoded:
         if self._json is not None:
             encs = self._rust().encode_batch(texts, add_special_tokens=True)
-            return Encoded([e.ids for e in encs], [e.type_ids for e in encs], [bool(e.overflowing) for e in encs])
+            out = Encoded([e.ids for e in encs], [e.type_ids for e in encs], [bool(e.overflowing) for e in encs])
+            if self.offsets:
+                out.offsets = [e.offsets for e in encs]
+                out.special = [e.special_tokens_mask for e in encs]
+                out.tokens = [e.tokens for e in encs]
+            return out
         with self._lock:  # slow tokenizer: not re-entrant-safe with per-call settings
             full = self._slow(texts, truncation=False, padding=False, add_special_tokens=True)["input_ids"]
             out = self._slow(
@@ -61,6 +74,13 @@ class Encoder:
             )
         types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
         return Encoded(out["input_ids"], types, [len(f) > self.max_length for f in full])
+
+    def decode_tokens(self, tokens: list[str]) -> str:
+        """Word pieces joined back into text by the tokenizer's decoder (``convert_tokens_to_string``)."""
+        decoder = self._rust().decoder if self._json is not None else None
+        if decoder is not None:
+            return decoder.decode(tokens)
+        return self._slow.convert_tokens_to_string(tokens) if self._slow is not None else " ".join(tokens)
 
     def batch(self, enc: Encoded, idx, int_dtype=np.int64) -> dict[str, np.ndarray]:
         """input_ids / attention_mask / token_type_ids for the texts ``idx``, padded to the longest."""

@@ -13,12 +13,13 @@ from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length
 from fastft.models import load_tokenizer, read_meta
+from fastft.models.task import model_task, task_from
 from fastft.runtime.base import Predictor
 from fastft.runtime.ort import OrtPredictor
 from fastft.runtime.session import LEVELS, parse_device
 from fastft.runtime.torch_predictor import TorchPredictor
 
-__all__ = ["load", "served_backend", "read_meta_quiet"]
+__all__ = ["load", "model_task", "served_backend", "read_meta_quiet"]
 
 
 def load(
@@ -66,6 +67,7 @@ def load(
         raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
     meta = read_meta(p)
     config = _read_config(p)
+    task = task_from(meta, config)
     labels = _labels(meta, config)
     tokenizer = load_tokenizer(p)
     length = max_length if max_length is not None else meta.get("max_length")
@@ -79,6 +81,7 @@ def load(
         "batch_size": batch_size,
         "truncation": truncation,
         "warm_up": warm_up,
+        "task": task,
     }
     if backend == "torch":
         if int8:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import ModelError
+from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.runtime.base import Predictor
 from fastft.runtime.session import create_session, parse_device, runtime_level, session_options
 
@@ -34,9 +35,10 @@ class OrtPredictor(Predictor):
         truncation=True,
         warm_up=True,
         meta=None,
+        task=SEQUENCE_CLASSIFICATION,
     ):
         super().__init__(
-            path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation
+            path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation, task=task
         )
         self.onnx_file = Path(onnx_file)
         self.level = level or runtime_level(meta or {}, self.onnx_file.name) or "all"
@@ -56,10 +58,12 @@ class OrtPredictor(Predictor):
         outputs = [o.name for o in self.session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         shape = self.session.get_outputs()[outputs.index(self._output)].shape
-        if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != len(self.labels)):
+        rank = 3 if self.per_token else 2
+        if len(shape) != rank or (isinstance(shape[-1], int) and shape[-1] != len(self.labels)):
+            want = f"(batch, sequence, {len(self.labels)})" if self.per_token else f"(batch, {len(self.labels)})"
             raise ModelError(
                 f"{self.onnx_file}: output {self._output!r} has shape {shape}, "
-                f"expected (batch, {len(self.labels)}) for labels {self.labels}"
+                f"expected {want} for the {self.task} labels {self.labels}"
             )
         if warm_up:
             self._warm_up()

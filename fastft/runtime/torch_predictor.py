@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import FastftError
+from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.models import load_classifier
 from fastft.runtime.base import Predictor
 from fastft.runtime.session import DeviceError, parse_device
@@ -33,9 +34,10 @@ class TorchPredictor(Predictor):
         batch_size=32,
         truncation=True,
         warm_up=True,
+        task=SEQUENCE_CLASSIFICATION,
     ):
         super().__init__(
-            path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation
+            path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation, task=task
         )
         import torch  # only for this backend: an ONNX Runtime server never imports torch
 
@@ -50,7 +52,7 @@ class TorchPredictor(Predictor):
                 raise FastftError(f"threads must be a positive integer (got {threads!r})")
             torch.set_num_threads(threads)
         self._torch_device = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
-        net = load_classifier(self.path).eval()
+        net = load_classifier(self.path, task=task).eval()
         self.attention = getattr(net.config, "_attn_implementation", None) or "sdpa"
         if fused_attention is not False and _swap(net, required=fused_attention is True):
             self.attention = "fastft-fused"

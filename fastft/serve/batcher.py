@@ -47,10 +47,15 @@ class InferenceFailed(Exception):
 
 @dataclass
 class Result:
-    """One request's answers: probabilities (n, num_labels) float32 and truncation flags, in input order."""
+    """One request's answers: probabilities (n, num_labels) float32 and truncation flags, in input order.
 
-    probs: np.ndarray
+    Token classification: ``probs`` is a list of (tokens, num_labels) arrays, one per text, and
+    ``entities`` the entities of each text (:meth:`fastft.runtime.Predictor.entities`).
+    """
+
+    probs: np.ndarray | list
     truncated: list[bool]
+    entities: list[list[dict]] | None = None
 
 
 class _Job:
@@ -82,7 +87,8 @@ class Batcher:
         metrics=None,
     ):
         self.predictor = predictor
-        self.encoder = Encoder(predictor.tokenizer, predictor.max_length)
+        self.per_token = bool(getattr(predictor, "per_token", False))
+        self.encoder = Encoder(predictor.tokenizer, predictor.max_length, offsets=self.per_token)
         self.workers = int(workers)
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)
@@ -223,7 +229,11 @@ class Batcher:
             order = np.argsort(-lengths, kind="stable")
             sorted_len = lengths[order]
             for j in live:
-                j.probs = np.empty((len(j.texts), len(self.predictor.labels)), dtype=np.float32)
+                j.probs = (
+                    [None] * len(j.texts)
+                    if self.per_token
+                    else np.empty((len(j.texts), len(self.predictor.labels)), dtype=np.float32)
+                )
             if self.batching:
                 chunks = self.cost.plan(sorted_len)
             else:  # one request, its texts in calls of at most max_batch_size
@@ -242,7 +252,8 @@ class Batcher:
                     continue
                 for row, i in enumerate(idx):
                     ji, k = owner[i]
-                    live[ji].probs[k] = probs[row]
+                    # token classification: the text's own tokens, padding cut off
+                    live[ji].probs[k] = probs[row, : lengths[i]] if self.per_token else probs[row]
 
     def _call(self, enc: Encoded, idx: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feeds = self.encoder.batch(enc, idx)
@@ -265,6 +276,15 @@ class Batcher:
         if j.error is not None:
             return j.error
         out = Result(j.probs, list(j.enc.truncated))
+        if self.per_token:
+            try:
+                out.entities = [
+                    self.predictor.entities(self.encoder, j.enc, k, t, p)
+                    for k, (t, p) in enumerate(zip(j.texts, j.probs))
+                ]
+            except Exception as exc:  # noqa: BLE001 - this request fails, the worker keeps serving
+                log.exception("grouping entities failed")
+                return InferenceFailed(f"grouping entities failed ({type(exc).__name__}: {str(exc)[:200]})")
         if self.metrics is not None and any(out.truncated):
             self.metrics.truncated.inc(sum(out.truncated))
         j.enc = None

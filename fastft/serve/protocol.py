@@ -7,6 +7,10 @@ followed by raw tensors, a BYTES element being a 4-byte little-endian length and
 (curl, KServe's client) get JSON. The model has one input, ``text`` (BYTES, shape [n]), and
 three outputs: ``label`` (BYTES [n]), ``probabilities`` (FP32 [n, num_labels]) and
 ``truncated`` (BOOL [n]: the text was cut at the model's max length).
+
+A token-classification model answers entities instead: ``/predict`` gives each text
+``{"entities": [{entity, score, start, end, word}...], "truncated"}``, and v2 has the outputs
+``entities`` (BYTES [n], each element the text's entities as a JSON array) and ``truncated``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 INPUT = "text"
 OUTPUTS = ("label", "probabilities", "truncated")
+TOKEN_OUTPUTS = ("entities", "truncated")
 HEADER_LENGTH = "inference-header-content-length"
 
 
@@ -75,6 +80,11 @@ def parse_predict(body: bytes, max_texts: int) -> list[str]:
     return check_texts(doc["inputs"], max_texts)
 
 
+def entities_response(entities: list[list[dict]], truncated: list[bool]) -> list[dict]:
+    """``/predict`` rows of a token-classification model: each text's entities and truncation flag."""
+    return [{"entities": e, "truncated": t} for e, t in zip(entities, truncated)]
+
+
 def predict_response(labels: list[str], probs: np.ndarray, truncated: list[bool]) -> list[dict]:
     best = probs.argmax(axis=1)
     rows = []
@@ -84,7 +94,19 @@ def predict_response(labels: list[str], probs: np.ndarray, truncated: list[bool]
 
 
 # -- Open Inference Protocol v2 -------------------------------------------------------------
-def model_metadata(name: str, labels: list[str], platform: str) -> dict:
+def model_metadata(name: str, labels: list[str], platform: str, per_token: bool = False) -> dict:
+    if per_token:
+        return {
+            "name": name,
+            "versions": ["1"],
+            "platform": platform,
+            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "entities", "datatype": "BYTES", "shape": [-1]},
+                {"name": "truncated", "datatype": "BOOL", "shape": [-1]},
+            ],
+            "parameters": {"labels": ",".join(labels), "task": "token-classification"},
+        }
     return {
         "name": name,
         "versions": ["1"],
@@ -109,7 +131,7 @@ class InferRequest:
         self.id = request_id
 
 
-def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, max_texts: int, outputs=OUTPUTS) -> InferRequest:
     if header_length is not None:
         try:
             n = int(header_length)
@@ -159,8 +181,8 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
         if len(texts) != count:
             raise BadRequest(f"input '{INPUT}' has {len(texts)} elements but its shape {shape} says {count}")
     texts = check_texts(texts, max_texts, where=f"{INPUT}")
-    outputs, binary = _requested_outputs(doc)
-    return InferRequest(texts, outputs, binary, doc.get("id"))
+    names, binary = _requested_outputs(doc, tuple(outputs))
+    return InferRequest(texts, names, binary, doc.get("id"))
 
 
 def _flatten(data) -> list:
@@ -188,19 +210,19 @@ def _decode_bytes(buf: memoryview, count: int) -> list[str]:
     return texts
 
 
-def _requested_outputs(doc: dict) -> tuple[list[str], dict[str, bool]]:
+def _requested_outputs(doc: dict, known: tuple[str, ...] = OUTPUTS) -> tuple[list[str], dict[str, bool]]:
     params = doc.get("parameters") or {}
     default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
     req = doc.get("outputs")
     if req is None:
-        return list(OUTPUTS), {o: default_binary for o in OUTPUTS}
+        return list(known), {o: default_binary for o in known}
     if not isinstance(req, list):
         raise BadRequest("'outputs' must be a list of {\"name\": ...} objects")
     names, binary = [], {}
     for o in req:
         name = o.get("name") if isinstance(o, dict) else None
-        if name not in OUTPUTS:
-            raise BadRequest(f"unknown output {name!r}: this model's outputs are {', '.join(OUTPUTS)}")
+        if name not in known:
+            raise BadRequest(f"unknown output {name!r}: this model's outputs are {', '.join(known)}")
         p = o.get("parameters") or {}
         names.append(name)
         binary[name] = bool(p.get("binary_data", default_binary)) if isinstance(p, dict) else default_binary
@@ -208,16 +230,30 @@ def _requested_outputs(doc: dict) -> tuple[list[str], dict[str, bool]]:
 
 
 def infer_response(
-    req: InferRequest, model: str, labels: list[str], probs: np.ndarray, truncated: list[bool]
+    req: InferRequest,
+    model: str,
+    labels: list[str],
+    probs,
+    truncated: list[bool],
+    entities: list[list[dict]] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of the v2 answer: JSON, or JSON header + binary tensors where asked."""
+    """(body, headers) of the v2 answer: JSON, or JSON header + binary tensors where asked.
+
+    ``entities`` (token classification): the ``entities`` output, one JSON array per text.
+    """
     n = len(req.texts)
-    best = probs.argmax(axis=1)
-    tensors = {
-        "label": ("BYTES", [n], [labels[int(b)] for b in best]),
-        "probabilities": ("FP32", [n, probs.shape[1]], probs),
-        "truncated": ("BOOL", [n], truncated),
-    }
+    if entities is not None:
+        tensors = {
+            "entities": ("BYTES", [n], [json.dumps(e, separators=(",", ":")) for e in entities]),
+            "truncated": ("BOOL", [n], truncated),
+        }
+    else:
+        best = probs.argmax(axis=1)
+        tensors = {
+            "label": ("BYTES", [n], [labels[int(b)] for b in best]),
+            "probabilities": ("FP32", [n, probs.shape[1]], probs),
+            "truncated": ("BOOL", [n], truncated),
+        }
     outputs, blobs = [], []
     for name in req.outputs:
         dtype, shape, value = tensors[name]

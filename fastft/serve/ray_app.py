@@ -54,6 +54,7 @@ class RayEngine:
         self.config = config
         self.metrics = metrics
         self.labels = list(predictor.labels)
+        self.per_token = bool(getattr(predictor, "per_token", False))
         self.name = config.name or _default_name(predictor.path)
         self.platform = "onnxruntime_onnx"
         self.draining = False

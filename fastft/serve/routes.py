@@ -5,6 +5,8 @@
 
 Routes:
     POST /predict                          {"inputs": [texts]} -> {"predictions": [{label, score, scores, truncated}]}
+                                           token classification: [{entities: [{entity, score, start, end,
+                                           word}], truncated}]
     GET  /v2, /v2/health/live, /v2/health/ready
     GET  /v2/models/{name}[/versions/1], /v2/models/{name}[/versions/1]/ready
     POST /v2/models/{name}[/versions/1]/infer   Open Inference Protocol v2 (JSON or binary tensors)
@@ -35,7 +37,10 @@ from fastft.serve.config import ServeConfig
 from fastft.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from fastft.serve.protocol import (
     HEADER_LENGTH,
+    OUTPUTS,
+    TOKEN_OUTPUTS,
     BadRequest,
+    entities_response,
     infer_response,
     model_metadata,
     parse_infer,
@@ -58,6 +63,7 @@ class LocalEngine:
         self.config = config
         self.metrics = metrics
         self.labels = list(predictor.labels)
+        self.per_token = bool(getattr(predictor, "per_token", False))
         self.name = config.name or _default_name(predictor.path)
         self.platform = "onnxruntime_onnx" if predictor.backend == "onnxruntime" else "pytorch_libtorch"
         self.batcher = Batcher(
@@ -135,6 +141,8 @@ def error(status: int, message: str, retry_after: int | None = None) -> JSONResp
 def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool = True) -> Starlette:
     """The routes over ``engine`` (``labels``, ``name``, ``ready``, ``async infer(texts)``)."""
     retry = config.retry_after_s
+    per_token = bool(getattr(engine, "per_token", False))  # token classification: entities, not labels
+    outputs = TOKEN_OUTPUTS if per_token else OUTPUTS
 
     async def read_body(request: Request) -> bytes:
         limit = config.max_body_bytes
@@ -182,16 +190,20 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
     async def predict(request: Request) -> Response:
         texts = parse_predict(await read_body(request), config.max_texts)
         result = await engine.infer(texts)
-        return JSONResponse(
-            {"model": engine.name, "predictions": predict_response(engine.labels, result.probs, result.truncated)}
-        )
+        if per_token:
+            rows = entities_response(result.entities, result.truncated)
+        else:
+            rows = predict_response(engine.labels, result.probs, result.truncated)
+        return JSONResponse({"model": engine.name, "predictions": rows})
 
     async def infer(request: Request) -> Response:
         check_model(request)
         body = await read_body(request)
-        req = parse_infer(body, request.headers.get(HEADER_LENGTH), config.max_texts)
+        req = parse_infer(body, request.headers.get(HEADER_LENGTH), config.max_texts, outputs)
         result = await engine.infer(req.texts)
-        content, headers = infer_response(req, engine.name, engine.labels, result.probs, result.truncated)
+        content, headers = infer_response(
+            req, engine.name, engine.labels, result.probs, result.truncated, result.entities if per_token else None
+        )
         return Response(content, headers=headers)
 
     async def live(request: Request) -> Response:
@@ -206,7 +218,7 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
 
     async def model_meta(request: Request) -> Response:
         check_model(request)
-        return JSONResponse(model_metadata(engine.name, engine.labels, engine.platform))
+        return JSONResponse(model_metadata(engine.name, engine.labels, engine.platform, per_token))
 
     async def model_ready(request: Request) -> Response:
         check_model(request)

@@ -75,6 +75,7 @@ def evaluate(
     progress: bool = True,
     backend: str = "auto",
     int8: bool | None = None,
+    columns=None,
 ) -> dict:
     """Metrics of a model directory on a data split (default: the data it was trained on).
 
@@ -83,6 +84,8 @@ def evaluate(
     the default), else the PyTorch weights; ``onnxruntime`` or ``torch`` choose. int8: score
     ``model_int8.onnx`` (True) or ``model.onnx`` (False) with ONNX Runtime. A missing or corrupt
     ONNX file is a ModelError. limit: score at most this many rows of the split.
+    A token-classification directory is scored with entity metrics (seqeval; see
+    :mod:`fastft.train.token_eval`); columns: a CoNLL file's word and tag columns.
     """
     from fastft.core.checks import check_int
 
@@ -99,6 +102,30 @@ def evaluate(
         from fastft.runtime.load import served_backend
 
         backend = "onnxruntime" if int8 is not None else served_backend(model)
+    from fastft.core.schema import TOKEN_CLASSIFICATION, task_of
+    from fastft.models import read_meta, resolve_model
+
+    path = resolve_model(model)
+    meta = read_meta(path) if isinstance(path, Path) else {}
+    if task_of(meta) == TOKEN_CLASSIFICATION:
+        from fastft.train.token_eval import evaluate_tokens
+
+        res = evaluate_tokens(
+            path,
+            meta,
+            data,
+            split,
+            backend=backend,
+            int8=int8,
+            batch_size=batch_size,
+            max_length=max_length,
+            columns=columns,
+            text_column=text_column,
+            label_column=label_column,
+            encoding=encoding,
+            limit=limit,
+        )
+        return {**res, "model": str(model)}
     if backend == "onnxruntime":
         return _evaluate_ort(
             model,

@@ -1,8 +1,11 @@
-"""The thin fine-tuning trainer for sequence classification.
+"""The thin fine-tuning trainer for sequence and token classification.
 
 AdamW (no weight decay on biases and LayerNorm), linear warm-up and decay, gradient
 clipping, dynamic padding, validation every epoch, early stopping on a chosen metric
 with the best weights restored, optional LoRA (merged on save), fixed seeds.
+Token classification (``task="token-classification"``, detected from the data when None)
+aligns word tags to word pieces, batches sentences of similar length together and selects
+on entity F1 (seqeval); see :mod:`fastft.train.token_metrics`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fastft.core.errors import FastftError
 from fastft.core.system import physical_cores
 from fastft.train.loop import EpochStats, linear_schedule, param_groups, run_loop
 from fastft.train.metrics import METRIC_NAMES
+from fastft.train.token_metrics import TOKEN_METRIC_NAMES
 
 __all__ = ["TrainConfig", "linear_schedule", "param_groups", "run_training", "set_seed", "train"]
 
@@ -44,10 +48,12 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
-    metric: str = "accuracy"
+    metric: str | None = None  # None: accuracy (sequence), entity f1 (token classification)
     patience: int | None = None
     text_column: str = "text"
     label_column: str = "label"
+    task: str | None = None  # None: detected from the data
+    columns: str | None = None  # CoNLL files: "TOKEN,TAG" column numbers
     encoding: str = "utf-8"
     threads: int | None = None
     overwrite: bool = False
@@ -89,8 +95,13 @@ class TrainConfig:
             raise FastftError("--batch-size must be at least 1")
         if not (self.lr > 0):
             raise FastftError(f"--lr must be positive (got {self.lr})")
-        if self.metric not in METRIC_NAMES:
-            raise FastftError(f"unknown --metric {self.metric!r}; choose one of {', '.join(METRIC_NAMES)}")
+        known = dict.fromkeys(METRIC_NAMES + TOKEN_METRIC_NAMES)
+        if self.metric is not None and self.metric not in known:
+            raise FastftError(f"unknown --metric {self.metric!r}; choose one of {', '.join(known)}")
+        from fastft.data.tokens import check_task, parse_columns
+
+        check_task(self.task)
+        parse_columns(self.columns)
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise FastftError(f"--dropout must be in [0, 1) (got {self.dropout})")
         if self.limit is not None and self.limit < 1:
@@ -138,12 +149,13 @@ def run_training(cfg: TrainConfig) -> dict:
     from torch.utils.data import DataLoader
 
     from fastft.core.io import atomic_output_dir
-    from fastft.core.schema import write_meta
+    from fastft.core.schema import TOKEN_CLASSIFICATION, write_meta
     from fastft.core.system import versions
     from fastft.data import load_data
-    from fastft.data.collate import Collator, clamp_max_length
+    from fastft.data.collate import Collator, TokenCollator, clamp_max_length, length_buckets, require_fast
     from fastft.models import load_classifier, load_tokenizer
     from fastft.train.evaluate import run_eval
+    from fastft.train.token_metrics import run_token_eval
 
     torch.set_num_threads(cfg.threads or physical_cores())
     set_seed(cfg.seed)
@@ -154,19 +166,52 @@ def run_training(cfg: TrainConfig) -> dict:
         seed=cfg.seed,
         encoding=cfg.encoding,
         limit=cfg.limit,
+        task=cfg.task,
+        columns=cfg.columns,
     )
+    token = splits.task == TOKEN_CLASSIFICATION
+    metric = cfg.metric or ("f1" if token else "accuracy")
+    allowed = TOKEN_METRIC_NAMES if token else METRIC_NAMES
+    if metric not in allowed:
+        raise FastftError(f"--metric {metric!r} does not apply to {splits.task}; choose one of {', '.join(allowed)}")
     tokenizer = load_tokenizer(cfg.model)
-    net = load_classifier(cfg.model, labels=splits.labels, dropout=cfg.dropout)
+    if token:
+        require_fast(tokenizer)
+    net = load_classifier(cfg.model, labels=splits.labels, dropout=cfg.dropout, task=splits.task)
     max_length = clamp_max_length(cfg.max_length, net.config, tokenizer)
 
     if cfg.lora:
-        net = _wrap_lora(net, cfg)
+        net = _wrap_lora(net, cfg, token)
 
-    collate = Collator(tokenizer, max_length)
     g = torch.Generator().manual_seed(cfg.seed)
-    train_rows = list(zip(splits.train.texts, splits.train.labels))
-    loader = DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=g, collate_fn=collate)
-    steps_per_epoch = len(loader)
+    if token:  # sentences of similar length batched together: CoNLL lengths vary from 1 to 100+ words
+        train_rows = list(zip(splits.train.tokens, splits.train.tags))
+        lengths = [len(w) for w in splits.train.tokens]
+        n_batches = math.ceil(len(train_rows) / cfg.batch_size)
+
+        def epoch_batches(epoch):
+            return DataLoader(
+                train_rows,
+                batch_sampler=length_buckets(lengths, cfg.batch_size, g),
+                collate_fn=TokenCollator(tokenizer, max_length),
+            )
+
+        def evaluate_split(split):
+            return run_token_eval(net, tokenizer, split, splits.labels, max_length, cfg.eval_batch_size)
+    else:
+        train_rows = list(zip(splits.train.texts, splits.train.labels))
+        loader = DataLoader(
+            train_rows, batch_size=cfg.batch_size, shuffle=True, generator=g, collate_fn=Collator(tokenizer, max_length)
+        )
+        n_batches = len(loader)
+
+        def epoch_batches(epoch):
+            return loader
+
+        def evaluate_split(split):
+            return run_eval(net, tokenizer, split, max_length, cfg.eval_batch_size, progress=False)
+
+    steps_per_epoch = n_batches
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     history = []
     best = {"value": None, "state": None, "epoch": None, "bad": 0}
@@ -175,27 +220,31 @@ def run_training(cfg: TrainConfig) -> dict:
         return net(**batch).loss, batch["labels"].shape[0], None
 
     def end_epoch(stats: EpochStats) -> bool:
-        val = run_eval(net, tokenizer, splits.validation, max_length, cfg.eval_batch_size, progress=False)
+        val = evaluate_split(splits.validation)
         val["epoch"], val["train_loss"] = stats.epoch, stats.running or 0.0
         history.append(val)
+        scores = (
+            f"entity f1 {val['f1']:.4f}, precision {val['precision']:.4f}, recall {val['recall']:.4f}"
+            if token
+            else f"accuracy {val['accuracy']:.4f}, f1 {val['f1_macro']:.4f}"
+        )
         print(
-            f"epoch {stats.epoch}: train loss {stats.running or 0.0:.4f}, validation accuracy {val['accuracy']:.4f}, "
-            f"f1 {val['f1_macro']:.4f}, loss {val['loss']:.4f}",
+            f"epoch {stats.epoch}: train loss {stats.running or 0.0:.4f}, validation {scores}, loss {val['loss']:.4f}",
             file=sys.stderr,
         )
-        if _better(cfg.metric, val.get(cfg.metric), best["value"]):
-            best.update(value=val.get(cfg.metric), epoch=stats.epoch, bad=0)
+        if _better(metric, val.get(metric), best["value"]):
+            best.update(value=val.get(metric), epoch=stats.epoch, bad=0)
             best["state"] = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
             return False
         best["bad"] += 1
         if cfg.patience is not None and best["bad"] >= cfg.patience:
-            print(f"early stopping: no {cfg.metric} improvement for {best['bad']} epoch(s)", file=sys.stderr)
+            print(f"early stopping: no {metric} improvement for {best['bad']} epoch(s)", file=sys.stderr)
             return True
         return False
 
     res = run_loop(
         net,
-        lambda epoch: loader,
+        epoch_batches,
         step_loss,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
@@ -217,15 +266,12 @@ def run_training(cfg: TrainConfig) -> dict:
         net = net.merge_and_unload()
     net.eval()
 
-    metrics = {
-        "validation": run_eval(net, tokenizer, splits.validation, max_length, cfg.eval_batch_size, progress=False),
-        "test": run_eval(net, tokenizer, splits.test, max_length, cfg.eval_batch_size, progress=False),
-    }
+    metrics = {"validation": evaluate_split(splits.validation), "test": evaluate_split(splits.test)}
     args = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "progress", "extra")}
-    args["max_length"] = max_length
+    args["max_length"], args["metric"], args["task"] = max_length, metric, splits.task
     meta = {
         "format": 1,
-        "task": "sequence-classification",
+        "task": splits.task,
         "labels": splits.labels,
         "base_model": str(cfg.model),
         "max_length": max_length,
@@ -250,13 +296,13 @@ def run_training(cfg: TrainConfig) -> dict:
     return meta
 
 
-def _wrap_lora(net, cfg: TrainConfig):
+def _wrap_lora(net, cfg: TrainConfig, token: bool = False):
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
         raise FastftError("--lora needs the peft library: pip install peft") from None
     lcfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.TOKEN_CLS if token else TaskType.SEQ_CLS,
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,

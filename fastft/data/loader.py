@@ -1,0 +1,60 @@
+"""``fastft.data.load_data``: text-classification or token-classification data, by task.
+
+The task is ``task`` when given, else detected from the data (:func:`fastft.data.tokens.detect_task`):
+``conll2003``, CoNLL-style files and JSONL with a ``tokens`` list are token classification.
+"""
+
+from __future__ import annotations
+
+from fastft.core.errors import DataError
+from fastft.data import datasets, tokens
+from fastft.data.datasets import DataSplits
+
+
+def load_data(
+    data: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    split_column: str = "split",
+    seed: int = 42,
+    encoding: str = "utf-8",
+    limit: int | None = None,
+    task: str | None = None,
+    columns=None,
+) -> DataSplits:
+    """Load a built-in dataset by name, or a data file, as :class:`DataSplits` (``.task`` says which).
+
+    Args:
+        data: ``movie-snippets``, ``sms-spam``, ``conll2003`` or a path (.csv/.tsv/.jsonl,
+            .conll/.iob/.bio or any CoNLL-style file with ``task="token-classification"``).
+        text_column, label_column: a file's columns; for token JSONL the keys of the words and
+            tags [``tokens``, ``tags``].
+        split_column: a file's split column (train/validation/test), used when present.
+        seed: the seed of the split when the data has none.
+        limit: keep at most this many rows (sentences) per split, for quick runs.
+        task: ``sequence-classification``, ``token-classification`` or None (detected).
+        columns: word and tag columns of a CoNLL-style file, e.g. ``"0,3"`` [first, last].
+    """
+    tokens.check_task(task)
+    if (task or tokens.detect_task(data)) == tokens.TOKEN_CLASSIFICATION:
+        return tokens.load_token_data(
+            data,
+            columns=columns,
+            tokens_key=text_column if text_column != "text" else "tokens",
+            tags_key=label_column if label_column != "label" else "tags",
+            seed=seed,
+            encoding=encoding,
+            limit=limit,
+        )
+    if data in tokens.TOKEN_DATASETS:
+        raise DataError(f"{data!r} is a token-classification dataset; it cannot train a text classifier")
+    return datasets.load_data(
+        data,
+        text_column=text_column,
+        label_column=label_column,
+        split_column=split_column,
+        seed=seed,
+        encoding=encoding,
+        limit=limit,
+    )

@@ -1,0 +1,107 @@
+"""``fastft eval`` for token-classification directories: PyTorch weights or the ONNX model.
+
+Entity metrics (seqeval, see :mod:`fastft.train.token_metrics`) of the first word piece's tag of
+each word; ONNX Runtime scores the file ``fastft predict`` serves (``model_int8.onnx`` when
+fastft.json names it the default), with the same word-piece encoding as training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastft.core.errors import DataError, FastftError
+
+
+def align_tag_ids(split, data_labels: list[str], model_labels: list[str]):
+    """Re-map a TokenSplit's tag ids from the data's tag names to the model's label ids."""
+    from fastft.data.tokens import TokenSplit
+
+    used = {data_labels[i] for tags in split.tags for i in tags}
+    missing = sorted(used - set(model_labels))
+    if missing:
+        raise DataError(
+            f"evaluation tags {', '.join(map(repr, missing))} were not seen in training "
+            f"(the model knows {', '.join(map(repr, model_labels))})"
+        )
+    mapping = {i: model_labels.index(n) for i, n in enumerate(data_labels) if n in model_labels}
+    return TokenSplit(split.tokens, [[mapping[t] for t in tags] for tags in split.tags])
+
+
+def evaluate_tokens(
+    path: Path,
+    meta: dict,
+    data,
+    split: str,
+    *,
+    backend: str,
+    int8: bool | None,
+    batch_size: int,
+    max_length: int | None,
+    columns,
+    text_column,
+    label_column,
+    encoding: str,
+    limit: int | None,
+) -> dict:
+    """Entity metrics of the token-classification directory ``path`` on a split."""
+    from fastft.data import load_data
+    from fastft.data.collate import clamp_max_length
+    from fastft.models import load_tokenizer
+    from fastft.train.token_metrics import encode_rows, ort_token_logits, token_logits, token_scores
+
+    spec = meta.get("data", {})
+    if data is None:
+        data = spec.get("path") or spec.get("data")
+        if data is None:
+            raise FastftError(f"{path} records no training data; pass --data")
+    same = data in (spec.get("data"), spec.get("path"))
+    recorded = ",".join(map(str, spec["columns"])) if same and spec.get("columns") else None
+    splits = load_data(
+        data,
+        task="token-classification",
+        columns=columns if columns is not None else recorded,
+        text_column=text_column or (spec.get("tokens_key", "text") if same else "text"),
+        label_column=label_column or (spec.get("tags_key", "label") if same else "label"),
+        seed=spec.get("seed", 42) if same else 42,
+        encoding=encoding,
+    )
+    labels = [str(x) for x in meta.get("labels") or []]
+    tokenizer = load_tokenizer(path)
+    if backend == "onnxruntime":  # the file fastft predict serves, at the graph level fastft.json records
+        from fastft.runtime.load import _Config, _pick_onnx, _read_config
+        from fastft.runtime.session import create_session, runtime_level, session_options
+
+        config = _read_config(path)
+        if not labels:
+            id2label = config.get("id2label") or {}
+            labels = [str(id2label.get(str(i), i)) for i in range(len(id2label))]
+        length = clamp_max_length(max_length or meta.get("max_length") or 128, _Config(config))
+        onnx_file = _pick_onnx(path, meta, int8)
+        level = runtime_level(meta, onnx_file.name) or "all"
+        sess = create_session(onnx_file, session_options(spinning=False, level=level))
+        part = align_tag_ids(splits.split(split).subset(limit), splits.labels, labels)
+        ids, wids = encode_rows(tokenizer, part.tokens, length)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        logits = ort_token_logits(sess, ids, pad_id, batch_size)
+        extra = {"backend": "onnxruntime", "file": onnx_file.name}
+    else:
+        from fastft.models import load_classifier
+
+        net = load_classifier(path, task="token-classification")
+        if not labels:
+            labels = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
+        length = clamp_max_length(max_length or meta.get("max_length") or 128, net.config)
+        part = align_tag_ids(splits.split(split).subset(limit), splits.labels, labels)
+        logits, wids = token_logits(net, tokenizer, part.tokens, length, batch_size)
+        extra = {"backend": "torch"}
+    if len(part) == 0:
+        raise DataError(f"the {split} split of {data!r} is empty")
+    return {
+        "model": str(path),
+        "data": str(data),
+        "split": split,
+        "task": "token-classification",
+        "max_length": length,
+        **extra,
+        **token_scores(logits, wids, part.tags, labels),
+    }

