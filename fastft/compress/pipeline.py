@@ -96,7 +96,9 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
                 "accuracy": metrics["test"][score],
                 "validation_accuracy": metrics["validation"][score],
                 **token,
-                **(rep.shift_accuracy(shift, test_logits[onnx_file], ctx.y["test"]) if onnx_file in test_logits else {}),
+                **(
+                    rep.shift_accuracy(shift, test_logits[onnx_file], ctx.y["test"]) if onnx_file in test_logits else {}
+                ),
                 **(extra or {}),
             }
         )

@@ -66,9 +66,7 @@ def do_distill(ctx: Context) -> StageResult:
     ids, _ = train_rows(ctx)
     cache = ctx.cache
     if cache is None or cache.layers != layers or len(cache.logits) != len(ids):  # once, reused by later stages
-        cache = dis.cache_teacher(
-            ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token
-        )
+        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
     # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
@@ -110,9 +108,7 @@ def do_prune(ctx: Context, net) -> StageResult:
     ids, _ = train_rows(ctx)
     cache = ctx.cache
     if cache is None or cache.layers != layers or len(cache.logits) != len(ids):
-        cache = dis.cache_teacher(
-            ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token
-        )
+        cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token)
         ctx.cache = cache
     k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
