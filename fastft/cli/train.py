@@ -87,10 +87,12 @@ def register(sub) -> None:
     p.set_defaults(func=_predict)
 
 
-_TRAIN_DOC = """fine-tune a pretrained encoder for text classification
+_TRAIN_DOC = """fine-tune a pretrained encoder for text or token classification
 
-example:
+examples:
   fastft train --model minilm-l6 --data movie-snippets --epochs 3 --max-length 64 --output runs/teacher
+  fastft train --data conll2003 --epochs 2 --lr 1e-4 --output runs/ner       # NER (token classification)
+  fastft train --data my.conll --columns 0,3 --output runs/my-ner             # word in column 0, tag in 3
 
 Writes a Hugging Face directory (config.json, model.safetensors, tokenizer) plus
 fastft.json (labels, data spec, metrics per split, training arguments, versions)."""

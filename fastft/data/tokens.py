@@ -16,6 +16,7 @@ Without given splits a file is split 80/10/10 at random with the seed.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import random
@@ -81,16 +82,20 @@ def detect_task(data: str) -> str:
     if kind in CONLL_SUFFIXES:
         return TOKEN_CLASSIFICATION
     if kind == ".jsonl" and path.is_file():
-        with open(path, "rb") as f:
-            for raw in f:
-                if raw.strip():
-                    try:
+        opener = gzip.open if path.suffix.lower() == ".gz" else open
+        try:
+            with opener(path, "rb") as f:
+                for raw in f:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # the byte-order mark the loader ignores too
+                    if raw.strip():
                         rec = json.loads(raw)
-                    except ValueError:
-                        return SEQUENCE_CLASSIFICATION  # the loader reports the bad line
-                    if isinstance(rec, dict) and isinstance(rec.get("tokens"), list):
-                        return TOKEN_CLASSIFICATION
-                    break
+                        return (
+                            TOKEN_CLASSIFICATION
+                            if isinstance(rec, dict) and isinstance(rec.get("tokens"), list)
+                            else SEQUENCE_CLASSIFICATION
+                        )
+        except (OSError, EOFError, ValueError):
+            return SEQUENCE_CLASSIFICATION  # the loader reports what is wrong with the file
     return SEQUENCE_CLASSIFICATION
 
 
