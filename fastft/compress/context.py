@@ -201,7 +201,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     ids, y, rows, texts = {}, {}, None, {}
     if token:
         from fastft.compress.token_kd import TokenRows
-        from fastft.train.token_eval import align_tag_ids
+        from fastft.data.labels import align_tag_ids
 
         rows = {}
         for name in ("train", "validation", "test"):

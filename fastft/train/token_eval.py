@@ -10,21 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastft.core.errors import DataError, FastftError
-
-
-def align_tag_ids(split, data_labels: list[str], model_labels: list[str]):
-    """Re-map a TokenSplit's tag ids from the data's tag names to the model's label ids."""
-    from fastft.data.tokens import TokenSplit
-
-    used = {data_labels[i] for tags in split.tags for i in tags}
-    missing = sorted(used - set(model_labels))
-    if missing:
-        raise DataError(
-            f"evaluation tags {', '.join(map(repr, missing))} were not seen in training "
-            f"(the model knows {', '.join(map(repr, model_labels))})"
-        )
-    mapping = {i: model_labels.index(n) for i, n in enumerate(data_labels) if n in model_labels}
-    return TokenSplit(split.tokens, [[mapping[t] for t in tags] for tags in split.tags])
+from fastft.data.labels import align_tag_ids
 
 
 def evaluate_tokens(
