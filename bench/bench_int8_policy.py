@@ -1,4 +1,4 @@
-"""Which INT8 sensitivity policy does a measurement favour: HeuristicOrder or KLSensitivity?
+"""Which INT8 sensitivity policy does a measurement favour: a fixed heuristic order or KL sensitivity?
 
     python bench/bench_int8_policy.py --model ~/.cache/fastft/teacher-minilm-l6-movie-snippets \
         --model runs/student-l3
@@ -17,7 +17,9 @@ cost when they were first measured (wall and process CPU), i.e. as if it ran alo
 Recorded per (model, policy, check): MatMuls kept fp32, passed, label agreement with fp32 and
 accuracy on the validation split, search time; and ONNX Runtime latency (batch 1, seq 128 and
 512, every distinct resulting graph plus fp32 and all-INT8 timed interleaved, quantiles).
-Result: bench/results/int8_policy.json.
+Result: bench/results/int8_policy.json. It made :class:`fastft.export.int8.KLSensitivity` the one
+policy of both callers; the heuristic order that ``fastft export`` used before is kept here
+(:class:`HeuristicOrder`, :func:`heuristic_order`) as the baseline, so the comparison re-runs.
 """
 
 from __future__ import annotations
@@ -67,6 +69,44 @@ class Cached:
 
     def steps(self, n):
         return self.policy.steps(n)
+
+
+class HeuristicOrder:
+    """The former ``fastft export`` policy: a fixed order kept fp32 at fixed steps, at most half the nodes."""
+
+    STEPS = (0, 1, 2, 4, 6, 8, 10, 12)
+
+    def __init__(self, order):
+        self.order = list(order)
+
+    def rank(self, build):
+        return self.order, {}
+
+    def steps(self, n):
+        return [k for k in self.STEPS if 0 < k <= n // 2]
+
+
+def heuristic_order(model) -> list[str]:
+    """The former ``fallback_order``: the whole first layer (FFN output, FFN input, QKV, attention
+    output), then the FFN output, then the FFN input MatMuls of the next layers (from per-group
+    agreement on the movie-snippets teacher, bench/results/int8_accuracy_teacher.json)."""
+    import re
+
+    def layer(name: str) -> int:
+        m = re.search(r"layer[._/]?(\d+)", name) or re.search(r"_(\d+)$", name)
+        return int(m.group(1)) if m else 0
+
+    def group(n) -> int:
+        name = n.name.lower()
+        if n.op_type == "Attention":
+            return 2
+        if "attention" in name:
+            return 3
+        return 1 if "intermediate" in name else 0  # 0: output.dense, the FFN's second MatMul
+
+    picked = [n for n in model.graph.node if n.op_type in ("MatMul", "Attention")]
+    first = min((layer(n.name) for n in picked), default=0)
+    return [n.name for n in sorted(picked, key=lambda n: (layer(n.name) != first, group(n), layer(n.name)))]
 
 
 def run_model(model_dir: Path, work: Path, args) -> dict:
@@ -144,7 +184,7 @@ def run_model(model_dir: Path, work: Path, args) -> dict:
 
     sub = ids[: args.sensitivity_rows]
     policies = {
-        "heuristic": Cached(fx_int8.HeuristicOrder(fx_quant.fallback_order(graph))),
+        "heuristic": Cached(HeuristicOrder(heuristic_order(graph))),
         "kl": Cached(
             fx_int8.KLSensitivity(
                 nodes,
@@ -264,15 +304,41 @@ def verdict(models: list[dict]) -> dict:
     wins = {p: [c for c in cases if c["favours"] == p] for p in ("heuristic", "kl")}
     decided = [c for c in cases if c["favours"]]
     single = next((p for p, w in wins.items() if decided and len(w) == len(decided)), None)
-    return {"cases": cases, "single_winner": single}
+    # across the cases: whose served graph is never larger, and what its search costs beyond the other's
+    rows = {(Path(m["model"]).name, r["check"], r["policy"]): r for m in models for r in m["rows"]}
+    pairs = [(rows[(c["model"], c["check"], "heuristic")], rows[(c["model"], c["check"], "kl")]) for c in cases]
+    never_larger = [
+        p
+        for p, mine, other in (("heuristic", 0, 1), ("kl", 1, 0))
+        if all(
+            pr[mine]["passed"] >= pr[other]["passed"] and pr[mine]["fp32_matmuls"] <= pr[other]["fp32_matmuls"]
+            for pr in pairs
+        )
+    ]
+    extra = {
+        f"{c['model']}/{c['check']}": round(k["search_cpu_s"] - h["search_cpu_s"], 1) for c, (h, k) in zip(cases, pairs)
+    }
+    return {
+        "cases": cases,
+        "single_winner": single,
+        "never_larger_graph": never_larger,
+        "kl_search_cpu_s_minus_heuristic": extra,
+    }
 
 
 def merge(files: list[str], out: str) -> None:
     """One result file from per-model runs: each run's own command, date, machine and versions kept."""
     import json
 
+    from fastft.models import read_meta
+
     runs = [json.loads(Path(f).read_text()) for f in files]
     models = [m for r in runs for m in r["models"]]
+    for m in models:  # how a compressed model was made (its fastft.json), where the directory is here
+        d = Path(m["model"]).expanduser()
+        made = read_meta(d).get("compress") if (d / "fastft.json").is_file() else None
+        if made:
+            m["made_by_fastft_compress"] = {"config": made.get("config"), "stages": made.get("stages")}
     keep = ("command", "date", "machine", "versions", "checks", "threads", "seqs", "reps", "total_s")
     write_result(
         out,
@@ -325,7 +391,7 @@ def main(argv=None) -> int:
     write_result(
         args.out,
         {
-            "benchmark": "INT8 sensitivity policy: HeuristicOrder (fastft export) vs KLSensitivity (fastft compress)",
+            "benchmark": "INT8 sensitivity policy: the former fastft export heuristic order vs KLSensitivity",
             "checks": {
                 "agreement": f"INT8 label agreement with fp32 >= {CHECKS['agreement']:g} on the validation split",
                 "budget": f"validation accuracy drop <= {CHECKS['budget']:g}",

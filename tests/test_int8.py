@@ -76,15 +76,36 @@ def test_kl_sensitivity_ranks_the_most_harmful_nodes_first_and_stops_when_it_pas
     assert policy.steps(8) == [1, 2, 4, 8] and policy.steps(6) == [1, 2, 4, 6]
 
 
-def test_heuristic_order_keeps_its_order_at_most_half_the_nodes():
-    m = FakeModel()
-    order = ["n1", "n3", "n6", "n5", "n0", "n2", "n4", "n7"]
-    search = int8.accuracy_aware(m.build, _check_below(m, 0.1), int8.HeuristicOrder(order))
-    assert search.ranking == {} and search.final.passed and search.final.excluded == order[:4]
-    never = int8.accuracy_aware(m.build, _check_below(m, -1.0), int8.HeuristicOrder(order))
-    assert not never.final.passed and len(never.final.excluded) == 4  # never more than half
-
-
 def test_kl_divergence_is_zero_for_equal_logits_and_positive_otherwise():
     assert int8.kl_divergence(REF, REF) == pytest.approx(0.0, abs=1e-7)
     assert int8.kl_divergence(REF, REF + np.array([1.0, 0.0, -1.0], np.float32)) > 0
+
+
+def test_int8_stage_keeps_the_kl_ranked_nodes_in_fp32(tiny_model_dir, tmp_path):
+    """export's INT8 stage on a real (tiny) graph: probes ranked by KL, the kept nodes recorded."""
+    import onnx
+
+    from fastft.compress.quantize import ort_logits
+    from fastft.export.quantize import recipe_from_options, select_nodes
+    from fastft.export.stages import int8_stage, write_fp32
+    from fastft.models.model_dir import load_model_dir
+    from fastft.runtime.session import create_session, session_options
+
+    net = load_model_dir(tiny_model_dir)[0]
+    fp32, fused = tmp_path / "model.onnx", tmp_path / "fused.onnx"
+    write_fp32(net, fp32, fused, tmp_path / "plain.onnx")
+    nodes = select_nodes(onnx.load(str(fused)), "weights")[0]
+    ids = [[101, 2023 + i, 2003, 1037 + i, 102] for i in range(16)]
+
+    def logits_of(path):
+        return ort_logits(create_session(path, session_options(threads=1)), ids, 0)
+
+    def check(path, exclude):  # passes once two nodes stay fp32
+        return len(exclude) >= 2, {"kept": len(exclude)}
+
+    policy = int8.KLSensitivity(nodes, lambda: logits_of(fp32), logits_of, progress=False)
+    res = int8_stage(fused, tmp_path, recipe_from_options(), check=check, policy=policy)
+    assert len(nodes) >= 4 and set(res.ranking) == set(nodes)
+    assert res.fp32_nodes == list(res.ranking)[:2] and res.check == {"kept": 2}
+    assert [a["fp32_nodes"] for a in res.attempts] == [0, 1, 2] and res.path.is_file()
+    assert res.path.name == "int8-2-ext.onnx" and res.info["nodes_quantized"] == len(nodes) - 2

@@ -30,9 +30,10 @@ from fastft.data.collate import model_max_positions
 from fastft.data.labels import align_labels, align_tag_ids
 from fastft.export import validate as fx_validate  # its functions looked up at call time (patchable)
 from fastft.export.checks import check_classifier_dir, check_export_args, check_opset, copy_hf_files, data_for
+from fastft.export.int8 import KLSensitivity
 from fastft.export.onnx import model_input_names
 from fastft.export.optimize import op_counts
-from fastft.export.quantize import Int8Recipe, TextCalibrationReader, recipe_from_options
+from fastft.export.quantize import Int8Recipe, TextCalibrationReader, recipe_from_options, select_nodes
 from fastft.export.stages import int8_stage, write_fp32
 from fastft.models import resolve_model
 from fastft.models.model_dir import load_model_dir, model_labels
@@ -41,6 +42,7 @@ from fastft.models.task import model_task
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 DEFAULT_CALIB_SIZE = 256
+SENSITIVITY_TEXTS = 256  # validation texts the INT8 fallback ranks MatMuls on (as fastft compress)
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -127,7 +129,18 @@ def _int8(
             agree["passed"] = agree["label_agreement"] >= min_agreement
             return agree["passed"], agree
 
-    res = int8_stage(fused, scratch, r, reader, check=check, fallback=fallback)
+    policy = None
+    if validate and fallback:  # rank by the KL of each node's logits from fp32's on a subset
+        import onnx
+
+        sub = texts[:SENSITIVITY_TEXTS]
+
+        def logits_of(path):
+            return fx_validate.onnx_logits(fx_validate.session(path), tokenizer, sub, names, serve_length)
+
+        nodes = select_nodes(onnx.load(str(fused), load_external_data=False), r.scope)[0]
+        policy = KLSensitivity(nodes, lambda: logits_of(fp32_file), logits_of, progress=progress)
+    res = int8_stage(fused, scratch, r, reader, check=check, policy=policy)
     agree = res.check
     if validate and not agree["passed"]:
         raise FastftError(
@@ -147,7 +160,8 @@ def _int8(
     q["file"] = INT8_FILE
     if res.attempts:
         q["fallback"] = {
-            "order": "the first layer's MatMuls, then FFN output, then FFN input MatMuls of the next layers",
+            "policy": f"KL sensitivity: each MatMul quantised alone, ranked by the mean KL of its logits "
+            f"from fp32's on {min(len(texts), SENSITIVITY_TEXTS)} validation texts; 1, 2, 4, ... kept fp32",
             "attempts": [
                 {
                     "fp32_nodes": a["fp32_nodes"],
@@ -157,6 +171,7 @@ def _int8(
                 for a in res.attempts
             ],
             "fp32_nodes": list(res.fp32_nodes),
+            "sensitivity": res.ranking,
         }
     return q, agree
 

@@ -183,36 +183,6 @@ def embedding_nodes(model) -> tuple[list[str], list[str]]:
     return picked, sorted(types)
 
 
-def fallback_order(model) -> list[str]:
-    """Quantised nodes to keep in fp32, most accuracy-sensitive first, for the INT8 agreement fallback.
-
-    Measured on the movie-snippets teacher (minilm-l6, per-channel U8S8; agreement with fp32
-    when quantising one group only): FFN output dense (input = GELU output, long-tailed)
-    97.8%, FFN intermediate 99.1%, QKV 99.6%, attention output 99.7%; by layer, the first
-    layer is the most sensitive (layer 0 alone: 98.3%, layers 4-5: 99.8%). So: the whole first
-    layer (FFN-out, FFN-in, QKV, attention-out), then FFN-out, then FFN-in of the next layers.
-    """
-    import re
-
-    def layer(name: str) -> int:
-        m = re.search(r"layer[._/]?(\d+)", name) or re.search(r"_(\d+)$", name)
-        return int(m.group(1)) if m else 0
-
-    def group(n) -> int:
-        name = n.name.lower()
-        if n.op_type == "Attention":
-            return 2
-        if "attention" in name:
-            return 3
-        if "intermediate" in name:
-            return 1
-        return 0  # output.dense: the FFN's second MatMul
-
-    picked = [n for n in model.graph.node if n.op_type in ("MatMul", "Attention")]
-    first = min((layer(n.name) for n in picked), default=0)
-    return [n.name for n in sorted(picked, key=lambda n: (layer(n.name) != first, group(n), layer(n.name)))]
-
-
 def quantize_onnx(
     src: str | os.PathLike,
     dst: str | os.PathLike,

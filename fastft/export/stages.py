@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastft.export import onnx as fx_onnx
-from fastft.export.int8 import HeuristicOrder, accuracy_aware
-from fastft.export.optimize import fuse_transformer, op_counts, ort_offline_optimize
-from fastft.export.quantize import fallback_order, quantize_onnx
+from fastft.export.int8 import accuracy_aware
+from fastft.export.optimize import fuse_transformer, infer_shapes, op_counts, ort_offline_optimize
+from fastft.export.quantize import quantize_onnx
 from fastft.models.pruned import encoder_layers, heads_of
 
 # where the graph optimisation happens: python transformer fusions, then ORT offline at this level
@@ -94,33 +94,38 @@ class Int8Result:
     attempts: list[dict]
     fp32_nodes: list[str]
     check: dict | None
+    ranking: dict = field(default_factory=dict)  # node -> sensitivity, when the policy ranked
 
 
-def int8_stage(fused: Path, scratch: Path, recipe, reader=None, *, check=None, fallback: bool = True) -> Int8Result:
-    """Quantise ``fused`` with ``recipe``; with ``check(path, exclude) -> (passed, record)``, keep the MatMuls of
-    :func:`~fastft.export.quantize.fallback_order` in fp32, a few more each time, until it passes."""
+def int8_stage(fused: Path, scratch: Path, recipe, reader=None, *, check=None, policy=None) -> Int8Result:
+    """Quantise ``fused`` with ``recipe``; with ``check(path, exclude) -> (passed, record)`` and a
+    sensitivity ``policy`` (:class:`fastft.export.int8.KLSensitivity`), keep the nodes it ranks most
+    sensitive in fp32, more each time, until the check passes."""
     from dataclasses import replace
 
-    import onnx
-
     infos: dict[Path, dict] = {}
+    shaped = scratch / "int8-shaped.onnx"
 
     def build(exclude, probe: bool = False) -> Path:
         k = len(exclude)
+        r = replace(recipe, exclude=tuple(exclude)) if k else recipe
+        if probe:  # ranked by the policy, never served: shapes inferred once, no offline pass
+            if not shaped.is_file():
+                infer_shapes(fused, shaped)
+            quantize_onnx(fused, scratch / "int8-probe.onnx", r, reader, shaped=shaped, allow_empty=True)
+            return scratch / "int8-probe.onnx"
         qtmp = scratch / f"int8-{k}.onnx"
-        q = quantize_onnx(fused, qtmp, replace(recipe, exclude=tuple(exclude)) if k else recipe, reader)
+        q = quantize_onnx(fused, qtmp, r, reader)
         qfinal = scratch / f"int8-{k}-ext.onnx"
         q["ort_offline"] = ort_offline_optimize(qtmp, qfinal, INT8_ORT_LEVEL)
         infos[qfinal] = q
         return qfinal
 
-    policy = None
-    if check is not None and fallback:
-        policy = HeuristicOrder(fallback_order(onnx.load(str(fused), load_external_data=False)))
-    search = accuracy_aware(build, check, policy)
+    search = accuracy_aware(build, check, policy if check is not None else None)
     final = search.final
     attempts = [{"fp32_nodes": len(a.excluded), **a.record} for a in search.attempts] if check is not None else []
-    return Int8Result(final.path, infos[final.path], attempts, final.excluded, final.record if check else None)
+    record = final.record if check else None
+    return Int8Result(final.path, infos[final.path], attempts, final.excluded, record, search.ranking)
 
 
 __all__ = [
