@@ -25,12 +25,13 @@ from fastft.compress import report as rep
 from fastft.compress import token_kd as tkd
 from fastft.compress.config import CompressConfig, as_compress_config
 from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
+from fastft.compress.output import onnx_section, write_compress_meta
 from fastft.compress.prune import count_params, flops
 from fastft.compress.stages import StageResult, do_distill, do_prune, do_quantize
 from fastft.core.errors import FastftError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 from fastft.core.schema import read_meta, write_meta
-from fastft.core.system import physical_cores, versions
+from fastft.core.system import physical_cores
 from fastft.models.pruned import load_pruned
 from fastft.train.metrics import classification_metrics
 
@@ -225,7 +226,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         fp32_info = (infos.get("pruned") or infos.get("distilled") or {}).get("export") or t_export
         if final_file != last_onnx:
             shutil.copy2(final_file, tmp / final_file.name)
-        _write_meta(
+        write_compress_meta(
             ctx,
             tmp,
             onnx_section(fp32_info, qinfo if final_file != last_onnx else None, cfg.quantize.mode),
@@ -236,67 +237,6 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         report["output"] = str(Path(cfg.output).resolve())
         rep.write(tmp, report)
     return report
-
-
-def onnx_section(fp32_info: dict, qinfo: dict | None, precision: str | None) -> dict:
-    """fastft.json's ``onnx`` section, in fastft export's layout (the runtime reads it)."""
-    level = fp32_info.get("runtime_graph_optimization_level", "all")
-    sec = {
-        "file": "model.onnx",
-        "default": "model.onnx",
-        "opset": 17,
-        "export": fp32_info.get("export"),
-        "optimization": {"fusions": fp32_info.get("fusions"), "runtime_graph_optimization_level": level},
-    }
-    if qinfo:
-        keep = {k: v for k, v in qinfo.items() if k not in ("sensitivity", "rounds", "ort_offline")}
-        key = "int8" if precision == "int8" else precision
-        sec[key] = {**keep, "runtime_graph_optimization_level": qinfo.get("runtime_graph_optimization_level", "all")}
-        sec["default"] = qinfo["file"]
-    return sec
-
-
-def _write_meta(ctx: Context, out: Path, onnx: dict, metrics: dict, report: dict) -> None:
-    meta = read_meta(out)
-    meta.update(
-        {
-            "labels": ctx.labels,
-            "max_length": ctx.max_length,
-            "data": ctx.data_spec,
-            "metrics": metrics,
-            "onnx": onnx,
-            "compress": {
-                "teacher": str(ctx.teacher_dir),
-                "config": ctx.cfg.to_dict(),
-                "verdict": report["verdict"],
-                "stages": [
-                    {
-                        k: r.get(k)
-                        for k in (
-                            "stage",
-                            "parameters",
-                            "file_mb",
-                            "gflops_128",
-                            "p50_ms_128",
-                            "p50_ms_512",
-                            "accuracy",
-                            "retained",
-                            "retained_rare",
-                            "retained_long",
-                        )
-                    }
-                    for r in report["stages"]
-                ],
-                "excluded_nodes": (report.get("quantization") or {}).get("excluded_nodes", []),
-                "int8_fallback_fp32_nodes": (report.get("quantization") or {}).get("fp32_nodes"),
-                "int8_label_agreement_fp32": (report.get("quantization") or {}).get("label_agreement_fp32_test"),
-            },
-            "versions": versions(),
-        }
-    )
-    hist = [h for h in meta.get("history", []) if not str(h.get("stage", "")).startswith("compress:")]
-    meta["history"] = hist + [{"stage": "compress", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-    write_meta(out, meta)
 
 
 def run_stage(
