@@ -110,9 +110,15 @@ def bench_cpu_shape(args, threads, d, seq, masked, gemm, gemm_flops) -> list[dic
             err = (out[:, :, :n_valid] - ref[:, :, :n_valid]).abs().max().item()
             assert err < 1e-4, f"{name} differs from eager by {err}"
     fns["gemm_1024"] = gemm
-    for fn in fns.values():  # warm up
+    # warm up: two calls each, then round-robin for --warmup-seconds (thread pools, page faults
+    # and the clock settle before timing; the first shape of a process otherwise runs cold)
+    for fn in fns.values():
         fn()
         fn()
+    t_end = time.perf_counter() + (0 if args.quick else args.warmup_seconds)
+    while time.perf_counter() < t_end:
+        for fn in fns.values():
+            fn()
     t_round = 0.0
     for fn in fns.values():
         t0 = time.perf_counter()
@@ -278,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--seqs", type=int, nargs="+", default=[128, 512, 1024, 2048])
     p.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
     p.add_argument("--seconds", type=float, default=6.0, help="target time per shape (CPU)")
+    p.add_argument("--warmup-seconds", type=float, default=2.0, help="untimed round-robin calls per shape [2]")
     p.add_argument("--min-reps", type=int, default=9)
     p.add_argument("--max-reps", type=int, default=60)
     p.add_argument("--out", type=Path, default=None, help=f"result folder (default {RESULTS})")

@@ -57,6 +57,7 @@ def recipes():
         replace(base, weight_type="uint8"),
         replace(base, reduce_range=True),
         replace(base, per_channel=True),
+        replace(base, per_channel=True, reduce_range=True),  # the default without VNNI
         replace(base, weight_type="uint8", per_channel=True),
         replace(base, scope="no-attention", weight_type="uint8"),
     ]

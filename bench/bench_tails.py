@@ -15,6 +15,10 @@ variants so load from other processes hits them alike. Variants isolate one susp
 - ``bound``: inputs and output pre-allocated once and bound with IOBinding (no per-call
   allocation of feeds or the result array).
 - ``pinned``: the intra-op worker threads pinned to cores (``session.intra_op_thread_affinities``).
+- ``threads-1``: one intra-op thread (no worker wake-ups or barriers at all; slower median).
+- ``gemm-floor``: not ORT: one fixed fp32 matrix product on one thread (torch), the machine's
+  own noise floor. If its p99/p50 matches the sessions', the tail is the machine's (other
+  tenants, frequency), not something a session setting can remove.
 
 The result holds p50/p90/p99/max and p99/p50 for each variant, and the share of the calls
 slower than 1.2x the variant's median.
@@ -34,7 +38,7 @@ import numpy as np
 from fastft.bench.runner import quantiles, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("default", "spin", "no-arena", "no-pattern", "gc-frozen", "bound", "pinned")
+VARIANTS = ("default", "spin", "no-arena", "no-pattern", "gc-frozen", "bound", "pinned", "threads-1", "gemm-floor")
 
 
 def make_session(path: Path, variant: str, threads: int):
@@ -42,6 +46,8 @@ def make_session(path: Path, variant: str, threads: int):
 
     from fastft.runtime.session import session_options
 
+    if variant == "threads-1":
+        threads = 1
     opts = session_options(threads=threads, spinning=(variant == "spin"), level="basic")
     if variant == "no-arena":
         opts.enable_cpu_mem_arena = False
@@ -53,6 +59,20 @@ def make_session(path: Path, variant: str, threads: int):
             "session.intra_op_thread_affinities", ";".join(str(i + 1) for i in range(1, threads))
         )
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def gemm_call():
+    """A fixed single-thread fp32 matrix product (~50-100 ms on one AVX2 core)."""
+    import torch
+
+    torch.set_num_threads(1)
+    a = torch.randn(1024, 2048)
+    b = torch.randn(2048, 1024)
+
+    def call():
+        return torch.mm(a, b)
+
+    return call
 
 
 def make_call(sess, variant: str, seq: int, batch: int, rng):
@@ -109,6 +129,9 @@ def main() -> int:
     rng = np.random.default_rng(0)
     calls = {}
     for v in variants:
+        if v == "gemm-floor":
+            calls[v] = gemm_call()
+            continue
         sess = make_session(path, v, args.threads)
         calls[v] = make_call(sess, v, args.seq, args.batch, rng)
         for _ in range(10):  # warm-up: arena growth, first-run kernels
