@@ -69,3 +69,24 @@ def test_shift_split_rare_and_long():
     assert s["rare"][0] == 1 or 1 in s["rare"]  # unseen words are the rarest
     assert 2 in s["long"] and len(s["long"]) == 2
     assert 0 not in s["rare"]
+
+
+def test_report_rows_carry_shifted_retention(tmp_path):
+    import numpy as np
+
+    from fastft.compress.report import agreement, build_rows, shift_accuracy
+
+    shift = {"rare": [0, 1], "long": [2, 3]}
+    y = [0, 1, 0, 1]
+    t = shift_accuracy(shift, np.array([[1, 0], [0, 1], [1, 0], [0, 1.0]]), y)  # teacher: all right
+    s = shift_accuracy(shift, np.array([[1, 0], [1, 0], [1, 0], [0, 1.0]]), y)  # student: one rare miss
+    assert t == {"accuracy_rare": 1.0, "accuracy_long": 1.0} and s["accuracy_rare"] == 0.5
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"x")
+    stages = [
+        {"name": "teacher", "parameters": 1, "file": f, "flops_128": 1, "accuracy": 1.0, **t},
+        {"name": "quantized", "parameters": 1, "file": f, "flops_128": 1, "accuracy": 0.75, **s},
+    ]
+    rows = build_rows(stages, None)
+    assert rows[1]["retained_rare"] == 0.5 and rows[1]["retained_long"] == 1.0
+    assert agreement(np.eye(2), np.eye(2)[::-1]) == 0.0
