@@ -75,6 +75,8 @@ def teacher(args) -> int:
             {k: h.get(k) for k in ("epoch", "train_loss", "f1", "precision", "recall", "loss")} for h in t["history"]
         ],
     }
+    if args.note:
+        payload["notes"] = list(args.note)
     if args.existing:
         payload["trained_by"] = args.trained_by or "fastft train --data conll2003 (see settings)"
         if args.train_load:
@@ -159,6 +161,7 @@ def main() -> int:
     t.add_argument("--trained-by", default=None, help="with --existing: the exact command that trained it")
     t.add_argument("--train-load", default=None, help="with --existing: /proc/loadavg when training started")
     t.add_argument("--result", default=None)
+    t.add_argument("--note", action="append", default=None, help="a note to record (repeatable)")
     c = sub.add_parser("compress")
     c.add_argument("--teacher", default=str(ROOT / "runs" / "ner"))
     c.add_argument("--output", default=str(ROOT / "runs" / "ner-small"))
