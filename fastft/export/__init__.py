@@ -136,7 +136,12 @@ def _int8(
         sub = texts[:SENSITIVITY_TEXTS]
 
         def logits_of(path):
-            return fx_validate.onnx_logits(fx_validate.session(path), tokenizer, sub, names, serve_length)
+            sess = fx_validate.session(path)
+            if per_token:  # every non-padding token's logits, one row each
+                import numpy as np
+
+                return np.concatenate(fx_validate.token_onnx_logits(sess, tokenizer, sub, serve_length)[0], axis=0)
+            return fx_validate.onnx_logits(sess, tokenizer, sub, names, serve_length)
 
         nodes = select_nodes(onnx.load(str(fused), load_external_data=False), r.scope)[0]
         policy = KLSensitivity(nodes, lambda: logits_of(fp32_file), logits_of, progress=progress)
