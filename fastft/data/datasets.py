@@ -231,6 +231,19 @@ def _sort_labels(names: set[str]) -> list[str]:
         return sorted(names)
 
 
+def split_as_given(items: list, given: list, where: str, what: str) -> list[list]:
+    """[train, validation, test] of ``items`` by their given split names; a missing validation or
+    test part borrows the other. ``where``/``what`` name the source in the one-line errors."""
+    parts = [[r for r, g in zip(items, given) if g == want] for want in SPLIT_NAMES]
+    if not parts[0]:
+        raise DataError(f"{where} but no train {what}")
+    if not parts[1] and not parts[2]:
+        raise DataError(f"{where} but neither validation nor test {what}")
+    parts[1] = parts[1] or parts[2]
+    parts[2] = parts[2] or parts[1]
+    return parts
+
+
 def _stratified_split(rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.1, 0.1)) -> list[list[tuple[str, int]]]:
     rng = random.Random(seed)
     by_label: dict[int, list[tuple[str, int]]] = {}
@@ -329,13 +342,7 @@ def load_data(
     rows = [(t, label_id[lab]) for t, lab in named_rows]
 
     if given_splits is not None:
-        parts = [[r for r, s in zip(rows, given_splits) if s == want] for want in SPLIT_NAMES]
-        if not parts[0]:
-            raise DataError(f"{path} has a {split_column!r} column but no train rows")
-        if not parts[1] and not parts[2]:
-            raise DataError(f"{path} has a {split_column!r} column but neither validation nor test rows")
-        parts[1] = parts[1] or parts[2]
-        parts[2] = parts[2] or parts[1]
+        parts = split_as_given(rows, given_splits, f"{path} has a {split_column!r} column", "rows")
         spec["splits"] = "given"
     else:
         parts = _stratified_split(rows, seed)

