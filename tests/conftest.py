@@ -56,6 +56,23 @@ def tiny_data_file(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "tiny.jsonl", make_rows())
 
 
+def tiny_bert_config(labels, layers: int = 2, hidden: int = 32, heads: int = 4, max_positions: int = 128):
+    """A tiny BERT config with the full minilm-l6 vocabulary and ``labels`` as its head."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_positions,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
+
+
 def save_tiny_model(
     path: Path,
     data_file: Path | None = None,
@@ -68,23 +85,12 @@ def save_tiny_model(
 ) -> Path:
     """A tiny random BertForSequenceClassification + the minilm-l6 tokenizer + fastft.json."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     from fastft.models import load_tokenizer, write_meta
 
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=hidden * 2,
-        max_position_embeddings=max_positions,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
-    )
-    model = BertForSequenceClassification(config).eval()
+    model = BertForSequenceClassification(tiny_bert_config(labels, layers, hidden, heads, max_positions)).eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     load_tokenizer("minilm-l6").save_pretrained(path)

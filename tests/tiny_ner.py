@@ -33,23 +33,13 @@ def save_tiny_token_model(
 ) -> Path:
     """Write the model, the minilm-l6 tokenizer and (``meta``) fastft.json with the task and labels."""
     import torch
-    from transformers import BertConfig, BertForTokenClassification
+    from conftest import tiny_bert_config
+    from transformers import BertForTokenClassification
 
     from fastft.models import load_tokenizer, write_meta
 
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=hidden * 2,
-        max_position_embeddings=max_positions,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
-    )
-    model = BertForTokenClassification(config).eval()
+    model = BertForTokenClassification(tiny_bert_config(labels, layers, hidden, heads, max_positions)).eval()
     with torch.no_grad():  # a random head of std 0.02 scores every tag alike; spread them
         model.classifier.weight.mul_(50.0)
     path.mkdir(parents=True, exist_ok=True)
