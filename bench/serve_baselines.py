@@ -109,9 +109,9 @@ def _labels(path: Path) -> list[str]:
 
 def _served_file(path: Path) -> Path:
     """The file fastft.load serves by default (same rule: fastft.json's default, else model.onnx)."""
-    from fastft.runtime.load import _pick_onnx
+    from fastft.runtime.load import served_onnx
 
-    return _pick_onnx(path, _meta(path), None)
+    return served_onnx(path)[0]
 
 
 def main() -> None:

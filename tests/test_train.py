@@ -181,3 +181,37 @@ def test_evaluation_labels_unseen_in_training(tiny_model_dir, tmp_path):
     )
     with pytest.raises(FastftError, match="'neutral' were not seen in training"):
         fastft.evaluate(str(tiny_model_dir), data=str(data), split="test", progress=False)
+
+
+def test_length_buckets_cover_every_row_once_with_less_padding():
+    """Each row lands in exactly one batch, batches stay within the size, and padding drops
+    against random batches of the same size (the point of bucketing)."""
+    from fastft.data.collate import length_buckets
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 120, (1000,), generator=gen).tolist()
+    batches = length_buckets(lengths, 16, torch.Generator().manual_seed(1))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000))
+    assert all(1 <= len(b) <= 16 for b in batches)
+
+    def padded(bs):
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    perm = torch.randperm(1000, generator=torch.Generator().manual_seed(1)).tolist()
+    random_batches = [perm[s : s + 16] for s in range(0, 1000, 16)]
+    assert padded(batches) < 0.7 * padded(random_batches)
+    again = length_buckets(lengths, 16, torch.Generator().manual_seed(1))
+    other = length_buckets(lengths, 16, torch.Generator().manual_seed(2))
+    assert again == batches and other != batches  # seeded, and reshuffled per seed
+
+
+def test_token_lengths_match_the_tokenizer(tiny_model_dir):
+    from fastft.data.collate import token_lengths
+    from fastft.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    texts = ["a good film", "", "bad " * 50, "fine"]
+    got = token_lengths(tok, texts, 16, chunk=3)
+    assert got == [len(tok(t, truncation=True, max_length=16)["input_ids"]) for t in texts]
+    assert got[2] == 16

@@ -124,6 +124,15 @@ class TokenCollator:
         return out
 
 
+def token_lengths(tokenizer, texts: Sequence[str], max_length: int, chunk: int = 1024) -> list[int]:
+    """Word-piece count of each text (special tokens included, truncated to ``max_length``)."""
+    out: list[int] = []
+    for s in range(0, len(texts), chunk):
+        enc = tokenizer(list(texts[s : s + chunk]), truncation=True, max_length=max_length)
+        out += [len(ids) for ids in enc["input_ids"]]
+    return out
+
+
 def length_buckets(lengths: Sequence[int], batch_size: int, generator) -> list[list[int]]:
     """Shuffled batches of similar length (sorted within chunks of 50 batches): less padding."""
     import torch

@@ -19,7 +19,7 @@ from fastft.runtime.ort import OrtPredictor
 from fastft.runtime.session import LEVELS, parse_device
 from fastft.runtime.torch_predictor import TorchPredictor
 
-__all__ = ["load", "model_task", "served_backend", "read_meta_quiet"]
+__all__ = ["load", "model_task", "served_backend", "served_onnx", "read_meta_quiet"]
 
 
 def load(
@@ -70,11 +70,7 @@ def load(
     task = task_from(meta, config)
     labels = _labels(meta, config)
     tokenizer = load_tokenizer(p)
-    length = max_length if max_length is not None else meta.get("max_length")
-    if length is None:
-        tok_max = getattr(tokenizer, "model_max_length", None)
-        length = tok_max if tok_max and tok_max < 100_000 else None
-    length = clamp_max_length(length, _Config(config))
+    length = _input_length(meta, config, tokenizer, max_length)
     common = {
         "device": device,
         "threads": threads,
@@ -91,6 +87,26 @@ def load(
     return OrtPredictor(
         p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level, meta=meta, **common
     )
+
+
+def served_onnx(
+    path: str | os.PathLike, int8: bool | None = None, max_length: int | None = None
+) -> tuple[Path, list[str], int]:
+    """What ``load(path, int8=int8, max_length=max_length)`` serves on ONNX Runtime:
+    (the ONNX file, the labels in output order, the input length in tokens)."""
+    p = Path(path).expanduser()
+    meta = read_meta(p)
+    config = _read_config(p)
+    return _pick_onnx(p, meta, int8), _labels(meta, config), _input_length(meta, config, load_tokenizer(p), max_length)
+
+
+def _input_length(meta: dict, config: dict, tokenizer, max_length: int | None) -> int:
+    """The requested length, else fastft.json's, else the tokenizer's; clamped to the positions."""
+    length = max_length if max_length is not None else meta.get("max_length")
+    if length is None:
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        length = tok_max if tok_max and tok_max < 100_000 else None
+    return clamp_max_length(length, _Config(config))
 
 
 def served_backend(path: str | os.PathLike) -> str:

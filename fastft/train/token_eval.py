@@ -54,15 +54,11 @@ def evaluate_tokens(
     labels = [str(x) for x in meta.get("labels") or []]
     tokenizer = load_tokenizer(path)
     if backend == "onnxruntime":  # the file fastft predict serves, at the graph level fastft.json records
-        from fastft.runtime.load import _Config, _pick_onnx, _read_config
+        from fastft.runtime.load import served_onnx
         from fastft.runtime.session import create_session, runtime_level, session_options
 
-        config = _read_config(path)
-        if not labels:
-            id2label = config.get("id2label") or {}
-            labels = [str(id2label.get(str(i), i)) for i in range(len(id2label))]
-        length = clamp_max_length(max_length or meta.get("max_length") or 128, _Config(config))
-        onnx_file = _pick_onnx(path, meta, int8)
+        onnx_file, served_labels, length = served_onnx(path, int8, max_length)
+        labels = labels or served_labels
         level = runtime_level(meta, onnx_file.name) or "all"
         sess = create_session(onnx_file, session_options(spinning=False, level=level))
         part = align_tag_ids(splits.split(split).subset(limit), splits.labels, labels)

@@ -152,7 +152,14 @@ def run_training(cfg: TrainConfig) -> dict:
     from fastft.core.schema import TOKEN_CLASSIFICATION, write_meta
     from fastft.core.system import versions
     from fastft.data import load_data
-    from fastft.data.collate import Collator, TokenCollator, clamp_max_length, length_buckets, require_fast
+    from fastft.data.collate import (
+        Collator,
+        TokenCollator,
+        clamp_max_length,
+        length_buckets,
+        require_fast,
+        token_lengths,
+    )
     from fastft.models import load_classifier, load_tokenizer
     from fastft.train.evaluate import run_eval
     from fastft.train.token_metrics import run_token_eval
@@ -198,15 +205,17 @@ def run_training(cfg: TrainConfig) -> dict:
 
         def evaluate_split(split):
             return run_token_eval(net, tokenizer, split, splits.labels, max_length, cfg.eval_batch_size)
-    else:
+    else:  # batched by token length too: random batches of the default data are about half padding
         train_rows = list(zip(splits.train.texts, splits.train.labels))
-        loader = DataLoader(
-            train_rows, batch_size=cfg.batch_size, shuffle=True, generator=g, collate_fn=Collator(tokenizer, max_length)
-        )
-        n_batches = len(loader)
+        lengths = token_lengths(tokenizer, splits.train.texts, max_length)
+        n_batches = math.ceil(len(train_rows) / cfg.batch_size)
 
         def epoch_batches(epoch):
-            return loader
+            return DataLoader(
+                train_rows,
+                batch_sampler=length_buckets(lengths, cfg.batch_size, g),
+                collate_fn=Collator(tokenizer, max_length),
+            )
 
         def evaluate_split(split):
             return run_eval(net, tokenizer, split, max_length, cfg.eval_batch_size, progress=False)
