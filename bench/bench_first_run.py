@@ -70,7 +70,7 @@ def main() -> int:
     if not a.pip_cache:
         env["PIP_NO_CACHE_DIR"] = "1"
     # the job's own timings: a marker between the two parts, the job's stderr kept in a log
-    script = f'{install} >"{tmp}/install.log" 2>&1 && date +%s.%N >"{tmp}/t_job" && {job} 2>"{tmp}/job.log"'
+    script = f'{{ {install}; }} >"{tmp}/install.log" 2>&1 && date +%s.%N >"{tmp}/t_job" && {job} 2>"{tmp}/job.log"'
     load_start = list(os.getloadavg())
     t0 = time.time()
     rc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, stdout=subprocess.DEVNULL)
