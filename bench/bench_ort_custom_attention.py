@@ -33,7 +33,10 @@ Measured, interleaved in one run per sequence length (batch 1, real text, ORT sp
 ``fp32+cpp`` (the rewrite), ``fp32+cpp+stock`` (the rewrite with the stock PyOp hook), and
 ``int8`` / ``int8+cpp`` for model_int8.onnx. Each row: p10/p50/p90/p99 ms and the ratio of its
 p50 to the served graph's (< 1: the custom op is faster). Before timing, logits of every
-rewrite are compared with the unmodified graph at several shapes (padding included).
+rewrite are compared with the unmodified graph at several shapes (padding included). After it,
+``layer_breakdown`` times one fp32 attention layer alone: ORT's Attention node, the rewrite
+(MatMul + Add + FastftAttention), the FastftAttention node alone and the kernel body called
+directly, so the per-layer gap and the PyOp's own cost can be read off.
 """
 
 from __future__ import annotations
@@ -370,6 +373,87 @@ def timing(pairs: dict, tok, texts, seqs, reps: int, warmup: int, core: str, sto
     return rows
 
 
+def layer_breakdown(fp32_path: Path, threads: int, lib: str, seqs, reps: int, warmup: int) -> list[dict]:
+    """One attention layer, the first of ``fp32_path``, on random hidden states, batch 1, no padding:
+    ``ort-attention`` (its com.microsoft Attention node alone), ``rewrite`` (MatMul + Add +
+    FastftAttention in ORT), ``pyop`` (FastftAttention alone in ORT, on the projection's output:
+    the kernel + the PyOp's copies and Python call) and ``kernel`` (the op body called directly)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastft.runtime.session import session_options
+
+    src = onnx.load(str(fp32_path))
+    att = next(n for n in src.graph.node if n.domain == MS and n.op_type == "Attention")
+    inits = {i.name: i for i in src.graph.initializer if i.name in att.input[1:3]}
+    w, bias = numpy_helper.to_array(inits[att.input[1]]), numpy_helper.to_array(inits[att.input[2]])
+    heads, scale = int(_attr(att, "num_heads")), float(_attr(att, "scale", 0.0))
+    hidden = w.shape[0]
+
+    def session(nodes, inputs, custom: bool):
+        graph = helper.make_graph(
+            nodes,
+            "layer",
+            [helper.make_tensor_value_info(n, t, ["b", "s", d] if d else ["b", "s"]) for n, t, d in inputs],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "s", hidden])],
+            initializer=list(inits.values()),
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1), helper.make_opsetid(OP_DOMAIN, 1)],
+        )
+        model.ir_version = 8
+        opts = session_options(threads=threads, spinning=False, level="basic")
+        if custom:
+            opts.register_custom_ops_library(lib)
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    x_in, m_in = ("x", TensorProto.FLOAT, hidden), ("mask", TensorProto.INT32, None)
+    a = helper.make_node("Attention", ["x", att.input[1], att.input[2], "mask"], ["out"], domain=MS)
+    a.attribute.extend(att.attribute)
+    core = helper.make_node(OP_TYPE, ["qkv", "mask"], ["out"], domain=OP_DOMAIN, num_heads=heads, scale=scale)
+    sess_att = session([a], [x_in, m_in], False)
+    sess_rw = session(
+        [
+            helper.make_node("MatMul", ["x", att.input[1]], ["mm"]),
+            helper.make_node("Add", ["mm", att.input[2]], ["qkv"]),
+            core,
+        ],
+        [x_in, m_in],
+        True,
+    )
+    sess_op = session([core], [("qkv", TensorProto.FLOAT, 3 * hidden), m_in], True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for s in seqs:
+        x = rng.standard_normal((1, s, hidden), dtype=np.float32)
+        mask = np.ones((1, s), dtype=np.int32)
+        feeds, qkv_feeds = {"x": x, "mask": mask}, {"qkv": x @ w + bias, "mask": mask}
+        fns = {
+            "ort-attention": lambda f=feeds: sess_att.run(None, f),
+            "rewrite": lambda f=feeds: sess_rw.run(None, f),
+            "pyop": lambda f=qkv_feeds: sess_op.run(None, f),
+            "kernel": lambda f=qkv_feeds: attention_core(f["qkv"], f["mask"], heads, scale),
+        }
+        err = float(np.abs(fns["ort-attention"]()[0] - fns["rewrite"]()[0]).max())
+        t = interleave(fns, reps, warmup=warmup)
+        for name in fns:
+            q = quantiles(t.wall[name])
+            rows.append(
+                {
+                    "part": name,
+                    "seq": s,
+                    "p10_ms": round(q["p10_ms"], 4),
+                    "p50_ms": round(q["p50_ms"], 4),
+                    "p90_ms": round(q["p90_ms"], 4),
+                    "max_abs_diff_rewrite_vs_ort": err,
+                }
+            )
+            print(f"layer seq {s:4d} {name:<14} p50 {rows[-1]['p50_ms']:7.3f} ms", flush=True)
+    return rows
+
+
 def _runner(sess, out: str, feeds: dict, stock: bool):
     def run():
         _HOOK["stock"] = stock
@@ -422,6 +506,7 @@ def main() -> int:
     if args.parity_only:
         return 0
     rows = timing(pairs, tok, texts, seqs, args.reps, args.warmup, args.core, not args.no_stock)
+    layer = layer_breakdown(d / "model.onnx", args.threads, lib, seqs, args.reps, args.warmup)
     summary = {}
     for s in seqs:
         p50 = {r["backend"]: r["p50_ms"] for r in rows if r["seq"] == s}
@@ -439,6 +524,7 @@ def main() -> int:
             "parity": par,
             "agreement": agree,
             "rows": rows,
+            "layer_breakdown": layer,
             "versions": {"onnxruntime_extensions": onnxruntime_extensions.__version__},
         },
         csv_rows=rows,
