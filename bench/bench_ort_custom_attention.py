@@ -484,7 +484,10 @@ def main() -> int:
     try:
         import onnxruntime_extensions
     except ImportError:
-        print("fastft: error: this benchmark needs onnxruntime-extensions (pip install onnxruntime-extensions)")
+        print(
+            "fastft: error: this benchmark needs onnxruntime-extensions (pip install onnxruntime-extensions)",
+            file=sys.stderr,
+        )
         return 2
     from fastft.bench.runners import bench_texts
     from fastft.models import load_tokenizer, read_meta
