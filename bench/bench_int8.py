@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.bench.runner import interleave, quantiles, write_result  # first: notes the load at the start
+from fastft.bench.runner import interleave, quantiles, random_feeds, write_result  # first: notes the load at the start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,12 +187,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     rows = {k: {} for k in variants}
     for seq in args.seqs:
-        feeds = {
-            "input_ids": rng.integers(1000, 20000, (1, seq), dtype=np.int64),
-            "attention_mask": np.ones((1, seq), np.int64),
-            "token_type_ids": np.zeros((1, seq), np.int64),
-        }
-        feeds = {n: feeds[n] for n in names}
+        feeds = random_feeds(names, 1, seq, rng)
         log(f"timing seq {seq}: {len(variants)} variants x {args.reps} reps, interleaved")
         timed = interleave(
             {k: (lambda s=s, f=feeds: s.run(["logits"], f)) for k, s in sessions.items()}, args.reps, warmup=args.warmup

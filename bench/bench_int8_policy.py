@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.bench.runner import interleave, quantiles, write_result  # first: notes the load at the start
+from fastft.bench.runner import interleave, quantiles, random_feeds, write_result  # first: notes the load at the start
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = {"agreement": 0.99, "budget": 0.005}  # fastft export's min agreement, fastft compress's budget
@@ -245,12 +245,7 @@ def run_model(model_dir: Path, work: Path, args) -> dict:
     rng = np.random.default_rng(0)
     latency = {k: {} for k in sessions}
     for seq, reps in zip(args.seqs, args.reps):
-        feeds = {
-            "input_ids": rng.integers(1000, 20000, (1, seq), dtype=np.int64),
-            "attention_mask": np.ones((1, seq), np.int64),
-            "token_type_ids": np.zeros((1, seq), np.int64),
-        }
-        feeds = {n: feeds[n] for n in names}
+        feeds = random_feeds(names, 1, seq, rng)
         log(f"{model_dir.name}: timing seq {seq}, {len(sessions)} graphs x {reps} rounds, interleaved")
         t = interleave({k: (lambda s=s, f=feeds: s.run(None, f)) for k, s in sessions.items()}, reps, warmup=2)
         for k in sessions:

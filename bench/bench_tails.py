@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.bench.runner import quantiles, write_result
+from fastft.bench.runner import quantiles, random_feeds, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("default", "spin", "no-arena", "no-pattern", "gc-frozen", "bound", "pinned", "threads-1", "gemm-floor")
@@ -79,11 +79,7 @@ def make_call(sess, variant: str, seq: int, batch: int, rng):
     import onnxruntime as ort
 
     names = [i.name for i in sess.get_inputs()]
-    ids = rng.integers(1000, 20000, size=(batch, seq), dtype=np.int64)
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    if "token_type_ids" in names:
-        feeds["token_type_ids"] = np.zeros_like(ids)
-    feeds = {k: v for k, v in feeds.items() if k in names}
+    feeds = random_feeds(names, batch, seq, rng)
     out = sess.get_outputs()[0].name
     if variant == "bound":
         binding = sess.io_binding()

@@ -154,6 +154,14 @@ def interleave(
     return out
 
 
+def random_feeds(names: Sequence[str], batch: int, seq: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Timing inputs for an encoder graph: random token ids (1000-19999), a full attention mask,
+    zero token types; only the inputs in ``names`` (the session's input names)."""
+    ids = rng.integers(1000, 20000, size=(batch, seq), dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {n: feeds[n] for n in names if n in feeds}
+
+
 def write_result(
     path: str | Path, payload: dict, *, csv_rows: Sequence[dict] | None = None, csv_columns: Sequence[str] | None = None
 ) -> Path:
