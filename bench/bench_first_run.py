@@ -56,7 +56,14 @@ def main() -> int:
     ap.add_argument("--note", default=None)
     a = ap.parse_args()
 
-    rev = subprocess.run(["git", "rev-parse", a.rev], cwd=ROOT, capture_output=True, text=True, check=True)
+    if Path(a.result).is_dir():  # checked now, not after half an hour of work
+        print(f"bench_first_run: --result {a.result} is a directory; give a file name", file=sys.stderr)
+        return 2
+    verify = ["git", "rev-parse", "--verify", f"{a.rev}^{{commit}}"]
+    rev = subprocess.run(verify, cwd=ROOT, capture_output=True, text=True)
+    if rev.returncode != 0:
+        print(f"bench_first_run: --rev {a.rev!r} is not a commit of this repository", file=sys.stderr)
+        return 2
     commit = rev.stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="fastft-first-run-"))
     clone, cache = tmp / "clone", tmp / "cache"
