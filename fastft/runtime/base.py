@@ -40,7 +40,7 @@ from fastft.core.numerics import softmax
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from fastft.data.text import unicode_problem
 from fastft.runtime.encode import Encoded, Encoder, length_sorted_batches
-from fastft.runtime.entities import aggregate_simple
+from fastft.runtime.entities import aggregate_simple, token_tags
 
 
 class InputError(FastftError):
@@ -82,6 +82,7 @@ class Predictor:
     """
 
     backend = "?"
+    decode = "viterbi"  # token classification: how tags are chosen (fastft.runtime.entities.token_tags)
 
     def __init__(
         self,
@@ -185,6 +186,7 @@ class Predictor:
 
     def entities(self, encoder: Encoder, enc: Encoded, i: int, text: str, probs: np.ndarray) -> list[dict]:
         """Entities of text ``i`` of ``enc`` (encoded with offsets) from its per-token probabilities."""
+        word_ids = enc.word_ids[i] if enc.word_ids is not None else None
         return aggregate_simple(
             text,
             probs,
@@ -195,6 +197,7 @@ class Predictor:
             self.labels,
             self._unk_id,
             encoder.decode_tokens,
+            token_tags(probs, word_ids, self.labels, self.decode),
         )
 
     def info(self) -> dict:
@@ -205,6 +208,7 @@ class Predictor:
             "device": self.device,
             "max_length": self.max_length,
             "labels": self.labels,
+            **({"decode": self.decode} if self.per_token else {}),
         }
 
     def __repr__(self) -> str:

@@ -20,7 +20,8 @@ class Encoded:
     """Token ids of a list of texts, unpadded, in input order.
 
     With ``Encoder(..., offsets=True)`` (token classification) also each token's character span,
-    whether it is a special token, and its string (what :mod:`fastft.runtime.entities` groups).
+    whether it is a special token, its string and its word's index (what
+    :mod:`fastft.runtime.entities` decodes and groups).
     """
 
     ids: list[list[int]]
@@ -29,6 +30,7 @@ class Encoded:
     offsets: list[list[tuple[int, int]]] | None = None
     special: list[list[int]] | None = None
     tokens: list[list[str]] | None = None
+    word_ids: list[list[int | None]] | None = None
 
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
@@ -66,6 +68,7 @@ class Encoder:
                 out.offsets = [e.offsets for e in encs]
                 out.special = [e.special_tokens_mask for e in encs]
                 out.tokens = [e.tokens for e in encs]
+                out.word_ids = [e.word_ids for e in encs]
             return out
         with self._lock:  # slow tokenizer: not re-entrant-safe with per-call settings
             full = self._slow(texts, truncation=False, padding=False, add_special_tokens=True)["input_ids"]

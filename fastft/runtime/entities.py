@@ -1,13 +1,18 @@
 """Entities from per-token scores: word pieces grouped into spans with character offsets.
 
-    aggregate_simple(text, probs, ids, offsets, special, tokens, labels, unk_id, decode)
+    chosen = token_tags(probs, word_ids, labels)          # IOB2 tag and probability per token
+    aggregate_simple(text, probs, ids, offsets, special, tokens, labels, unk_id, decode, chosen)
     # [{"entity": "PER", "score": 0.98, "start": 0, "end": 13, "word": "Angela Merkel"}]
 
 The grouping is the ``"simple"`` aggregation of transformers' token-classification pipeline,
 so a user gets the same spans from fastft as from ``pipeline("token-classification",
 aggregation_strategy="simple")`` on the same model:
 
-1. every non-special token takes its most likely label (IOB2 tag) and that label's probability;
+1. every non-special token takes its most likely label (IOB2 tag) and that label's probability
+   (``decode="argmax"``, the pipeline's choice); the default, ``decode="viterbi"``, instead takes
+   the most likely *valid* IOB2 sequence of the words' first-piece scores
+   (:func:`fastft.data.iob.decode_tags`, the decoding fastft's entity F1 is measured with) and
+   gives a word's later pieces its tag (``B-X`` continues as ``I-X``) and its probability;
 2. consecutive tokens form one group while the tag's type stays the same and the tag is not a
    ``B-`` (a label without a ``B-``/``I-`` prefix, such as ``O``, continues a group of its own
    type); a group's type is its first label after the first ``-`` (``B-PER`` -> ``PER``);
@@ -21,7 +26,46 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastft.data.iob import DECODINGS, decode_tags, inside_tags
+
 OUTSIDE = "O"
+
+
+def token_tags(
+    probs: np.ndarray, word_ids: list[int | None] | None, labels: list[str], decode: str = "viterbi"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(label id, its probability) of every token of one text: probs (tokens, num_labels).
+
+    ``argmax``: each token on its own. ``viterbi`` (IOB2 labels and word ids; otherwise argmax):
+    the best valid tag sequence of the words' first pieces, each later piece of a word taking
+    the word's tag (``B-X`` as ``I-X``) and probability; tokens of no word keep their argmax.
+    """
+    if decode not in DECODINGS:
+        raise ValueError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
+    probs = np.asarray(probs)
+    best = probs.argmax(axis=-1)
+    score = probs[np.arange(len(probs)), best]
+    inside = inside_tags(labels) if decode == "viterbi" else None
+    if inside is None or word_ids is None or len(probs) == 0:
+        return best, score
+    first: dict[int, int] = {}
+    for pos, w in enumerate(word_ids[: len(probs)]):
+        if w is not None and w not in first:
+            first[w] = pos
+    if not first:
+        return best, score
+    words = sorted(first)
+    heads = np.fromiter((first[w] for w in words), dtype=np.int64, count=len(words))
+    rows = probs[heads].astype(np.float64)
+    path = decode_tags(np.log(np.maximum(rows, np.finfo(np.float64).tiny)), labels)
+    tag_of = dict(zip(words, path.tolist()))
+    for pos, w in enumerate(word_ids[: len(probs)]):
+        if w is None:
+            continue
+        tag = tag_of[w]
+        best[pos] = tag if pos == first[w] else inside[tag]
+        score[pos] = probs[first[w], tag]
+    return best, score
 
 
 def _tag(label: str) -> tuple[str, str]:
@@ -43,15 +87,17 @@ def aggregate_simple(
     labels: list[str],
     unk_id: int | None,
     decode,
+    chosen: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict]:
     """Entities of one text.
 
     probs: (tokens, num_labels) label probabilities of the text's tokens (special tokens included,
     padding excluded); ids, offsets, special, tokens: the tokenizer's encoding of ``text``, one
-    entry per row of ``probs``; decode(list of tokens) -> str joins word pieces back into text.
+    entry per row of ``probs``; decode(list of tokens) -> str joins word pieces back into text;
+    chosen: (label id, probability) per token from :func:`token_tags` [each token's argmax].
     """
     n = min(len(ids), len(probs))
-    best = probs[:n].argmax(axis=-1)
+    best, best_p = chosen if chosen is not None else token_tags(probs[:n], None, labels, "argmax")
     groups: list[list[tuple[str, float, int, int, str]]] = []
     last_type = None
     for i in range(n):
@@ -61,7 +107,7 @@ def aggregate_simple(
         label = labels[int(best[i])]
         word = text[start:end] if unk_id is not None and ids[i] == unk_id else tokens[i]
         bi, kind = _tag(label)
-        item = (label, float(probs[i, best[i]]), int(start), int(end), word)
+        item = (label, float(best_p[i]), int(start), int(end), word)
         if groups and kind == last_type and bi != "B":
             groups[-1].append(item)
         else:

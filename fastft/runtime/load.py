@@ -12,6 +12,7 @@ from fastft.core.checks import check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length
+from fastft.data.iob import DECODINGS
 from fastft.models import load_tokenizer, read_meta
 from fastft.models.task import model_task, task_from
 from fastft.runtime.base import Predictor
@@ -36,6 +37,7 @@ def load(
     fused_attention: bool | None = False,
     optimization_level: str | None = None,
     warm_up: bool = True,
+    decode: str = "viterbi",
 ) -> Predictor:
     """Load a model directory (``fastft export``, Optimum's exporter, or a trained fastft dir).
 
@@ -45,6 +47,9 @@ def load(
     between calls (faster on a dedicated machine, steals CPU otherwise) [False].
     truncation: cut texts longer than the max length (warning once) or raise [True].
     fused_attention (torch): swap in fastft's fused attention; None = when available.
+    decode (token classification): ``viterbi``, the most likely valid IOB2 tag sequence, the
+    decoding fastft's entity F1 is measured with; ``argmax``, each token's own best tag, the
+    spans transformers' pipeline gives [viterbi].
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise FastftError(f"path must be a model directory, as a str or os.PathLike (got {path!r})")
@@ -61,6 +66,8 @@ def load(
             raise FastftError(f"{name} must be True or False (got {value!r})")
     if optimization_level is not None and optimization_level not in LEVELS:
         raise FastftError(f"optimization_level must be one of {', '.join(LEVELS)} (got {optimization_level!r})")
+    if decode not in DECODINGS:
+        raise FastftError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
     parse_device(device)
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -82,11 +89,14 @@ def load(
     if backend == "torch":
         if int8:
             raise FastftError("int8=True needs backend='onnxruntime' (the INT8 model is an ONNX file)")
-        return TorchPredictor(p, tokenizer, labels, length, fused_attention=fused_attention, **common)
-    onnx_file = _pick_onnx(p, meta, int8)
-    return OrtPredictor(
-        p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level, meta=meta, **common
-    )
+        pred: Predictor = TorchPredictor(p, tokenizer, labels, length, fused_attention=fused_attention, **common)
+    else:
+        onnx_file = _pick_onnx(p, meta, int8)
+        pred = OrtPredictor(
+            p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level, meta=meta, **common
+        )
+    pred.decode = decode
+    return pred
 
 
 def served_onnx(

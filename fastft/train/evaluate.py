@@ -76,6 +76,7 @@ def evaluate(
     backend: str = "auto",
     int8: bool | None = None,
     columns=None,
+    decode: str = "viterbi",
 ) -> dict:
     """Metrics of a model directory on a data split (default: the data it was trained on).
 
@@ -85,7 +86,8 @@ def evaluate(
     ``model_int8.onnx`` (True) or ``model.onnx`` (False) with ONNX Runtime. A missing or corrupt
     ONNX file is a ModelError. limit: score at most this many rows of the split.
     A token-classification directory is scored with entity metrics (seqeval; see
-    :mod:`fastft.train.token_eval`); columns: a CoNLL file's word and tag columns.
+    :mod:`fastft.train.token_eval`); columns: a CoNLL file's word and tag columns; decode:
+    ``viterbi`` (the best valid IOB2 sequence, what ``fastft predict`` serves) or ``argmax``.
     """
     from fastft.core.checks import check_int
 
@@ -94,6 +96,10 @@ def evaluate(
     check_int("--limit", limit, lo=1, optional=True)
     if backend not in BACKENDS:
         raise FastftError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    from fastft.data.iob import DECODINGS
+
+    if decode not in DECODINGS:
+        raise FastftError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
     if int8 not in (None, True, False):
         raise FastftError(f"int8 must be True, False or None (got {int8!r})")
     if int8 is not None and backend == "torch":
@@ -124,6 +130,7 @@ def evaluate(
             label_column=label_column,
             encoding=encoding,
             limit=limit,
+            decode=decode,
         )
         return {**res, "model": str(model)}
     if backend == "onnxruntime":

@@ -28,6 +28,7 @@ def evaluate_tokens(
     label_column,
     encoding: str,
     limit: int | None,
+    decode: str = "viterbi",
 ) -> dict:
     """Entity metrics of the token-classification directory ``path`` on a split."""
     from fastft.data import load_data
@@ -85,5 +86,5 @@ def evaluate_tokens(
         "task": "token-classification",
         "max_length": length,
         **extra,
-        **token_scores(logits, wids, part.tags, labels),
+        **token_scores(logits, wids, part.tags, labels, decode),
     }

@@ -2,7 +2,9 @@
 
 Entity-level precision/recall/F1, overall (micro) and per entity type, come from ``seqeval``
 in its default mode (conlleval-compatible, the mode the published CoNLL-2003 figures use);
-the strict IOB2 mode's figures are recorded beside them (``*_strict``).
+the strict IOB2 mode's figures are recorded beside them (``*_strict``). A word's tag is decoded
+from its first word piece's scores, by default as the most likely valid IOB2 sequence of the
+sentence (:mod:`fastft.data.iob`; ``fastft predict`` decodes the same way).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fastft.data.collate import IGNORE_INDEX, encode_words, first_pieces
+from fastft.data.iob import DECODINGS, decode_tags
 
 TOKEN_METRIC_NAMES = ("f1", "precision", "recall", "accuracy", "f1_strict", "loss")
 
@@ -62,25 +65,45 @@ def tags_of(ids: Sequence[int], labels: list[str]) -> list[str]:
     return [labels[i] if i >= 0 else "O" for i in ids]
 
 
-def token_scores(logits_rows, word_ids_rows, tags: Sequence[Sequence[int]], labels: list[str]) -> dict:
+def token_scores(
+    logits_rows, word_ids_rows, tags: Sequence[Sequence[int]], labels: list[str], decode: str = "viterbi"
+) -> dict:
     """Entity metrics and mean token cross-entropy of per-sentence logits.
 
     logits_rows[i]: (seq_i, labels) logits of sentence i (no padding); word_ids_rows[i]: its
     word ids; tags[i]: its true tag ids per word. Words the tokenizer truncated away count as ``O``.
+    decode: ``viterbi`` (the most likely valid IOB2 sequence of the words' first-piece scores,
+    :func:`fastft.data.iob.decode_tags`) or ``argmax`` (each word's most likely tag on its own);
+    with ``viterbi`` the argmax figures are recorded beside (``f1_argmax``, ``precision_argmax``,
+    ``recall_argmax``).
     """
-    preds, nll, count = [], 0.0, 0
+    if decode not in DECODINGS:
+        raise ValueError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
+    preds, argmax_preds, nll, count = [], [], 0.0, 0
     for lg, wids, t in zip(logits_rows, word_ids_rows, tags):
         lg = np.asarray(lg, dtype=np.float64)
         pos = first_pieces(wids)
-        pred = [int(lg[pos[w]].argmax()) if w in pos else -1 for w in range(len(t))]
-        preds.append(pred)
-        if pos:
-            rows = lg[[pos[w] for w in sorted(pos)]]
+        words = sorted(pos)
+        logp = np.zeros((0, len(labels)))
+        if words:
+            rows = lg[[pos[w] for w in words]]
             shifted = rows - rows.max(axis=1, keepdims=True)
             logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            nll -= float(logp[np.arange(len(rows)), [t[w] for w in sorted(pos)]].sum())
+            nll -= float(logp[np.arange(len(rows)), [t[w] for w in words]].sum())
             count += len(rows)
-    out = entity_metrics([tags_of(t, labels) for t in tags], [tags_of(p, labels) for p in preds])
+        best = dict(zip(words, logp.argmax(axis=1).tolist()))
+        argmax_preds.append([best.get(w, -1) for w in range(len(t))])
+        if decode == "viterbi":
+            path = dict(zip(words, decode_tags(logp, labels).tolist()))
+            preds.append([path.get(w, -1) for w in range(len(t))])
+        else:
+            preds.append(argmax_preds[-1])
+    true = [tags_of(t, labels) for t in tags]
+    out = entity_metrics(true, [tags_of(p, labels) for p in preds])
+    out["decode"] = decode
+    if decode == "viterbi":
+        plain = entity_metrics(true, [tags_of(p, labels) for p in argmax_preds])
+        out.update({f"{k}_argmax": plain[k] for k in ("f1", "precision", "recall")})
     out["loss"] = nll / count if count else 0.0
     return out
 

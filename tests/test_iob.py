@@ -1,0 +1,166 @@
+"""Constrained IOB2 decoding (fastft.data.iob) in evaluation and in the served entities."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from tiny_ner import NER_LABELS, NER_TEXTS, save_tiny_token_model
+
+from fastft.data.iob import decode_tags, is_iob2_labels, to_iob2, transitions
+
+LABELS = list(NER_LABELS)
+
+
+def valid(tags: list[str]) -> bool:
+    prev = "O"
+    for t in tags:
+        if t.startswith("I-") and prev[2:] != t[2:]:
+            return False
+        prev = t
+    return True
+
+
+def test_transitions_follow_iob2():
+    start, follow = transitions(LABELS)
+    ix = LABELS.index
+    assert not start[ix("I-PER")] and start[ix("B-PER")] and start[ix("O")]
+    assert follow[ix("B-PER"), ix("I-PER")] and follow[ix("I-PER"), ix("I-PER")]
+    assert not follow[ix("O"), ix("I-PER")] and not follow[ix("B-ORG"), ix("I-PER")]
+    assert not follow[ix("I-LOC"), ix("I-PER")] and follow[ix("I-LOC"), ix("B-PER")]
+    assert follow[:, ix("O")].all() and follow[:, ix("B-MISC")].all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_viterbi_is_the_best_valid_sequence_by_brute_force(n):
+    rng = np.random.default_rng(n)
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    for _ in range(20):
+        logits = rng.normal(size=(n, len(labels))) * 3
+        lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        got = decode_tags(lp, labels)
+        best = max(
+            (seq for seq in itertools.product(range(len(labels)), repeat=n) if valid([labels[i] for i in seq])),
+            key=lambda seq: lp[np.arange(n), list(seq)].sum(),
+        )
+        assert tuple(got.tolist()) == best
+        if valid([labels[i] for i in lp.argmax(1)]):  # a valid argmax is already the best
+            assert got.tolist() == lp.argmax(1).tolist()
+
+
+def test_labels_that_are_not_iob2_decode_by_argmax():
+    lp = np.log(np.array([[0.2, 0.8], [0.7, 0.3]]))
+    assert not is_iob2_labels(["POS", "NEG"]) and not is_iob2_labels(["O", "I-PER"])
+    assert is_iob2_labels(LABELS) and not is_iob2_labels(["O", "B-PER"])  # no I- tag: nothing to constrain
+    assert decode_tags(lp, ["POS", "NEG"]).tolist() == [1, 0]
+    assert decode_tags(np.zeros((0, 2)), ["POS", "NEG"]).tolist() == []
+    with pytest.raises(ValueError, match="must be"):
+        decode_tags(np.zeros((3, 4)), LABELS)
+
+
+def test_iob1_files_are_read_as_iob2(tmp_path):
+    assert to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == [
+        "B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG",
+    ]  # fmt: skip
+    assert to_iob2(["B-PER", "I-PER", "I-PER"]) == ["B-PER", "I-PER", "I-PER"]
+    from fastft.data.tokens import load_token_data
+
+    rows = [{"tokens": ["Peter", "Smith", "in", "Paris"], "tags": ["I-PER", "I-PER", "O", "I-LOC"]}] * 5
+    f = tmp_path / "iob1.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = load_token_data(str(f))
+    assert splits.labels == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert [splits.labels[t] for t in splits.train.tags[0]] == ["B-PER", "I-PER", "O", "B-LOC"]
+
+
+def two_word_probs():
+    """Two words ("Ann", "Lee", one piece each, between [CLS] and [SEP]) whose argmax tags are the
+    invalid O I-PER; the best valid reading is B-PER I-PER (0.4 * 0.9 against 0.6 * 0.05)."""
+    p = np.full((4, len(LABELS)), 0.0)
+    ix = LABELS.index
+    p[0, ix("O")] = p[3, ix("O")] = 1.0
+    p[1, ix("O")], p[1, ix("B-PER")] = 0.6, 0.4
+    p[2, ix("I-PER")], p[2, ix("O")], p[2, ix("B-PER")] = 0.9, 0.05, 0.05
+    return p, [None, 0, 1, None]
+
+
+def test_served_entities_are_decoded_as_valid_sequences():
+    from fastft.runtime.entities import aggregate_simple, token_tags
+
+    probs, word_ids = two_word_probs()
+    text = "Ann Lee"
+    offsets, pieces = [(0, 0), (0, 3), (4, 7), (0, 0)], ["[CLS]", "ann", "lee", "[SEP]"]
+    args = (text, probs, [101, 1, 2, 102], offsets, [1, 0, 0, 1], pieces, LABELS, None, " ".join)
+    plain = aggregate_simple(*args, token_tags(probs, word_ids, LABELS, "argmax"))
+    assert [(e["entity"], e["start"], e["end"]) for e in plain] == [("PER", 4, 7)]
+    assert plain == aggregate_simple(*args)  # argmax is what the pipeline does
+    tags, scores = token_tags(probs, word_ids, LABELS)
+    assert [LABELS[t] for t in tags[1:3]] == ["B-PER", "I-PER"] and scores[1:3].tolist() == pytest.approx([0.4, 0.9])
+    best = aggregate_simple(*args, (tags, scores))
+    assert [(e["entity"], e["start"], e["end"], e["word"]) for e in best] == [("PER", 0, 7, "ann lee")]
+    assert best[0]["score"] == pytest.approx(0.65)
+    with pytest.raises(ValueError, match="decode"):
+        token_tags(probs, word_ids, LABELS, "greedy")
+
+
+def test_later_word_pieces_take_their_words_tag():
+    from fastft.runtime.entities import token_tags
+
+    ix = LABELS.index
+    p = np.full((5, len(LABELS)), 0.01)
+    p[1, ix("B-LOC")] = p[2, ix("B-ORG")] = p[3, ix("O")] = 0.9  # piece 2 is "Paris"'s second piece
+    tags, scores = token_tags(p / p.sum(1, keepdims=True), [None, 0, 0, 1, None], LABELS)
+    assert [LABELS[t] for t in tags[1:4]] == ["B-LOC", "I-LOC", "O"]
+    assert scores[2] == scores[1]
+
+
+def test_entity_f1_uses_the_valid_sequence_and_records_argmax(tmp_path):
+    from fastft.train.token_metrics import token_scores
+
+    probs, word_ids = two_word_probs()
+    true = [[LABELS.index("B-PER"), LABELS.index("I-PER")]]
+    best = token_scores([np.log(probs + 1e-12)], [word_ids], true, LABELS)
+    plain = token_scores([np.log(probs + 1e-12)], [word_ids], true, LABELS, decode="argmax")
+    assert best["decode"] == "viterbi" and best["f1"] == 1.0 and best["f1_argmax"] == 0.0
+    assert plain["f1"] == 0.0 and "f1_argmax" not in plain and plain["loss"] == best["loss"]
+    with pytest.raises(ValueError, match="decode"):
+        token_scores([probs], [word_ids], true, LABELS, decode="beam")
+
+
+def test_a_model_predicts_valid_tag_sequences(tmp_path):
+    """The tiny random model's argmax spells invalid sequences; what fastft serves never does."""
+    import fastft
+    from fastft.core.numerics import softmax
+    from fastft.runtime.entities import token_tags
+
+    d = save_tiny_token_model(tmp_path / "ner")
+    pred = fastft.load(d, backend="torch", threads=1)
+    assert pred.decode == "viterbi" and pred.info()["decode"] == "viterbi"
+    enc = pred._encoder.encode(NER_TEXTS)
+    invalid = 0
+    for i, lg in enumerate(pred.logits(NER_TEXTS)):
+        probs = softmax(lg)
+        first = [enc.word_ids[i].index(w) for w in sorted({w for w in enc.word_ids[i] if w is not None})]
+        best, _ = token_tags(probs, enc.word_ids[i], LABELS)
+        assert valid([LABELS[t] for t in best[first]])
+        invalid += not valid([LABELS[t] for t in probs.argmax(1)[first]])
+    assert invalid >= 1  # the check is not vacuous
+    ents = pred.predict(NER_TEXTS)
+    assert ents != fastft.load(d, backend="torch", threads=1, decode="argmax").predict(NER_TEXTS)
+    with pytest.raises(fastft.FastftError, match="decode"):
+        fastft.load(d, backend="torch", decode="crf")
+
+
+def test_cli_predict_decode_option(tmp_path, capsys):
+    import fastft
+    from fastft.cli import main
+
+    d = save_tiny_token_model(tmp_path / "ner")
+    for decode in ("viterbi", "argmax"):
+        assert main(["predict", "--model", str(d), "--decode", decode, "--json", *NER_TEXTS[:3]]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        want = fastft.load(d, backend="torch", threads=1, decode=decode).predict(NER_TEXTS[:3])
+        got = [[(e["entity"], e["start"], e["end"]) for e in r["entities"]] for r in rows]
+        assert got == [[(e["entity"], e["start"], e["end"]) for e in ents] for ents in want]
