@@ -138,6 +138,27 @@ def test_every_simd_path(isa, monkeypatch):
         check_against_ref(*case, torch.float32)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_large_and_rising_scores(isa, monkeypatch):
+    """Scores far from 0 and running maxima that rise block after block: the kernel shifts by
+    the running max rounded to an integer, and by the max itself where that exceeds 2^20 (log2
+    units) in any lane of a vector (rows 3 and 17 here: one-hot rows next to ordinary ones)."""
+    if isa not in _isas():
+        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
+    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = make_qkv(2, 3, 40, 300, 32, torch.float32, gen)
+    k = k * torch.linspace(0.5, 8.0, 300)[:, None]  # maxima rise along the keys
+    k[..., 0] = k[..., 0].abs() + 1.0
+    q[:, :, 3] *= 1e10  # |scores| ~ 1e10 nats, far beyond 2^20 in log2 units
+    q[:, :, 17] = 0.0
+    q[:, :, 17, 0] = -2e10  # every score of the row hugely negative
+    for causal in (False, True):
+        out = fused_attention(q, k, v, causal=causal)
+        ref = attention_ref(q.double(), k.double(), v.double(), None, causal)
+        assert_close(out, ref, *FP32_TOL, what=f"{cpu_backend()} large scores causal={causal}")
+
+
 @pytest.mark.parametrize("block_k", [8, 64, 256])
 def test_cpp_key_block_sizes(block_k):
     """The C++ kernel's key block (block_k: the unit of online-softmax steps and of masked-block
