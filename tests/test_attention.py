@@ -434,6 +434,46 @@ def test_opcheck():
         torch.library.opcheck(_fused_attention_op, args, test_utils=("test_schema", "test_faketensor"))
 
 
+def test_eager_cpu_calls_skip_only_unobserved_dispatch():
+    """Plain eager CPU calls run the kernel without the op's dispatch, bit for bit the op's
+    result; a dispatch mode, autograd, functorch and tracing still see (and use) the op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastft.ops import fused_attention_varlen
+    from fastft.ops.attention import eager_cpu
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = make_qkv(2, 3, 33, 40, 32, torch.float32, gen)
+    mask = make_mask("prefix", 2, 40, gen)
+    assert eager_cpu(q, k, v, mask)
+    for m, causal in ((None, False), (mask, True)):
+        assert torch.equal(fused_attention(q, k, v, m, causal), _fused_attention_op(q, k, v, m, causal, 32**-0.5))
+    with Seen() as seen:
+        fused_attention(q, k, v, mask)
+    assert "fastft.fused_attention.default" in seen.ops
+    flat = [t[0].transpose(0, 1) for t in (q, k, v)]
+    cu = torch.tensor([0, 33], dtype=torch.int32)
+    with Seen() as seen:
+        fused_attention_varlen(flat[0], flat[1][:33], flat[2][:33], cu, cu, 33, 33)
+    assert "fastft.fused_attention_varlen.default" in seen.ops
+    qg = q.clone().requires_grad_()
+    assert not eager_cpu(qg, k, v) and eager_cpu(qg.detach(), k, v)
+    with torch.no_grad():
+        assert eager_cpu(qg, k, v)
+    inside = []
+    torch.vmap(lambda x: inside.append(eager_cpu(x)) or x)(q)
+    assert inside == [False]
+
+
 def test_backward_via_reference():
     gen = torch.Generator().manual_seed(10)
     q, k, v = make_qkv(1, 2, 6, 7, 8, torch.float64, gen)
