@@ -134,6 +134,8 @@ def test_every_simd_path(isa, monkeypatch):
         (1, 3, 70, 64, 5, "additive", False),
         (2, 2, 64, 129, 128, "arbitrary", False),
         (1, 1, 7, 7, 64, "none", True),
+        (2, 3, 100, 77, 32, "additive", False),  # head_dim 32 and 64: compile-time copies
+        (1, 2, 53, 140, 64, "arbitrary", True),
     ]:
         check_against_ref(*case, torch.float32)
 
