@@ -8,7 +8,7 @@
 //   FASTFT_NS  namespace of this copy        FASTFT_VW  floats per SIMD vector
 //   FASTFT_KR  keys per QK micro-tile        FASTFT_NQ  query vectors per QK micro-tile
 //   FASTFT_MR  query rows per PV micro-tile  FASTFT_ND  head_dim vectors per PV micro-tile
-// and may define FASTFT_MAXPS, the builtin of the max instruction (a > b ? a : b) of that width.
+// optionally FASTFT_MAXPS (the builtin of that width's max instruction, a > b ? a : b),
 // and must have included attention_common.h (AttnParams, Workspace, BQ, BK_MAX) first.
 //
 // Algorithm (FlashAttention-2 forward, one block of BQ query rows of one (sequence, head) per
