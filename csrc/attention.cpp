@@ -16,10 +16,9 @@
 // the caller then burns its time slices spinning for a helper that is not running, and a
 // (1, 12, 512, 32) call went from 2.7 ms of CPU to 13 ms and 4x the wall time. Here the
 // caller never waits for a helper that has not started: work items are claimed from an
-// atomic counter, the caller claims too, and it only waits for items a helper actually
-// claimed (spinning up to 100 us, about one item, then sleeping on a condition variable).
+// atomic counter, the caller claims too, and it only waits (sleeping, on a condition
+// variable) for items a helper actually claimed.
 #include <atomic>
-#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -288,14 +287,6 @@ class Pool {
   int nthreads_ = 0;
 };
 
-constexpr std::chrono::microseconds kSpinWait{100};
-
-static inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 // Runs every work item of P on the caller plus up to num_threads - 1 pool threads.
 static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads, double flops) {
   const int64_t items = P.item_off[P.B];
@@ -318,16 +309,8 @@ static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads,
   if (nt > 1) Pool::get().publish(job, nt - 1);
   run_items(*job, ws);
   free_workspace(ws);
-  if (job->done.load() != job->items) {
-    // Wait for items that helpers claimed and are still computing: at most one item each,
-    // tens of microseconds, about what waking a sleeping thread takes on a virtual machine.
-    // So spin for up to kSpinWait first, then sleep (a helper that lost its core to another
-    // process can take milliseconds; the caller then does not burn them).
-    const auto until = std::chrono::steady_clock::now() + kSpinWait;
-    for (int n = 1; job->done.load() != job->items; ++n) {
-      cpu_relax();
-      if (n % 64 == 0 && std::chrono::steady_clock::now() > until) break;
-    }
+  {
+    // wait (sleeping) for items that helpers claimed and are still computing
     std::unique_lock<std::mutex> lk(job->mu);
     job->cv.wait(lk, [&] { return job->done.load() == job->items; });
   }
