@@ -81,7 +81,9 @@ namespace fastft {
 #define FASTFT_NQ 3
 #define FASTFT_MR 6
 #define FASTFT_ND 2
+#define FASTFT_MAXPS __builtin_ia32_maxps256  // one vmaxps (GCC emits vcmpps + vblendvps)
 #include "attention_kernel.h"
+#undef FASTFT_MAXPS
 #undef FASTFT_ND
 #undef FASTFT_NS
 #undef FASTFT_VW

@@ -8,6 +8,7 @@
 //   FASTFT_NS  namespace of this copy        FASTFT_VW  floats per SIMD vector
 //   FASTFT_KR  keys per QK micro-tile        FASTFT_NQ  query vectors per QK micro-tile
 //   FASTFT_MR  query rows per PV micro-tile  FASTFT_ND  head_dim vectors per PV micro-tile
+// optionally FASTFT_MAXPS (the builtin of that width's max instruction, a > b ? a : b),
 // and must have included attention_common.h (AttnParams, Workspace, BQ, BK_MAX) first.
 //
 // Algorithm (FlashAttention-2 forward, one block of BQ query rows of one (sequence, head) per
@@ -16,7 +17,8 @@
 //   for each key block (of bk keys) that is not fully masked / above the causal diagonal:
 //     S^T = K_blk Qt (+ key bias, causal)             KR x (NQ*VW) micro-kernel, K read in
 //                                                     place (broadcasts), no K packing
-//     m_new = max(m, colmax S^T); P = 2^(S^T - m_new)  vertical SIMD: no horizontal reductions
+//     m_new = round(max(m, colmax S^T))                 vertical SIMD: no horizontal reductions
+//     P = 2^(S^T - m_new)                               (<= 2^0.5)
 //     l = l * 2^(m - m_new) + colsum P
 //     O = O * 2^(m - m_new) + P V_blk                  MR x (ND*VW) micro-kernel, V read in place
 //   out = O / l   (m == -inf, every key of the row masked -> zeros)
@@ -52,18 +54,15 @@ FASTFT_FI void vstore(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
 // x - 0 == x for every x, so this folds to one vbroadcastss (from memory when x is loaded);
 // `vf{} + x` would keep an add before each broadcast (0 + -0 = +0 is not -0).
 FASTFT_FI vf vset1(float x) { return x - vf{}; }
+#ifdef FASTFT_MAXPS  // the instruction (GCC does not always match the expression to it)
+FASTFT_FI vf vmax(vf a, vf b) { return FASTFT_MAXPS(a, b); }
+#else
 FASTFT_FI vf vmax(vf a, vf b) { return a > b ? a : b; }
+#endif
 
-// 2^x for x <= 0 (scores minus their running max), NaN stays NaN. Below -100 it returns
-// 2^-100 instead of underflowing to 0: a masked key (-inf) then weighs 2^-100 against the
-// row maximum's 1 (at most ~1e-30 relative; products stay normal numbers, no denormal
-// slow-downs), and a row whose every key is masked is recognised by m == -inf and written as
-// zeros. Degree-5 polynomial for 2^f, f in [-0.5, 0.5] (relative error 2.4e-7 in fp32).
-FASTFT_FI vf vexp2(vf x) {
-  x = vmax(vset1(-100.0f), x);      // (-100 > x ? -100 : x): NaN x stays x
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const vf z = x + magic;
-  const vf f = x - (z - magic);
+// 2^f * 2^n for f in [-0.5, 0.5] and n in z's low mantissa bits: degree-5 polynomial for 2^f
+// (relative error 2.4e-7 in fp32).
+FASTFT_FI vf vexp2_poly(vf f, vf z) {
   vf p = vset1(1.3277549296617508e-3f);
   p = p * f + 9.67555120587349e-3f;
   p = p * f + 5.5507101118564606e-2f;
@@ -72,6 +71,27 @@ FASTFT_FI vf vexp2(vf x) {
   p = p * f + 1.0000001192092896f;
   // z's low mantissa bits hold n (two's complement); n << 23 added to p's exponent = p * 2^n
   return (vf)((vu)p + ((vu)z << 23));  // vector casts reinterpret bits
+}
+
+// 2^x for x <= 0 (scores minus their running max), NaN stays NaN. Below -100 it returns
+// 2^-100 instead of underflowing to 0: a masked key (-inf) then weighs 2^-100 against the
+// row maximum's 1 (at most ~1e-30 relative; products stay normal numbers, no denormal
+// slow-downs), and a row whose every key is masked is recognised by m == -inf and written as
+// zeros.
+FASTFT_FI vf vexp2(vf x) {
+  x = vmax(vset1(-100.0f), x);      // (-100 > x ? -100 : x): NaN x stays x
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vf z = x + magic;
+  return vexp2_poly(x - (z - magic), z);
+}
+
+// 2^(s - c) for an integer-valued c (|c| <= 2^20), given lo = c - 100 and k = 1.5 * 2^23 - c:
+// vexp2(s - c) without the subtraction. z = s + k holds n = round(s - c) in its low bits,
+// z - k = n + c exactly, and f = s - (n + c) is exact (Sterbenz: |f| <= 0.5).
+FASTFT_FI vf vexp2_shift(vf s, vf lo, vf k) {
+  s = vmax(lo, s);  // NaN s stays s
+  const vf z = s + k;
+  return vexp2_poly(s - (z - k), z);
 }
 
 // S^T[r][0:QW] = K[r] . Qt[:, 0:QW]  (+ key bias: -inf masks the key even if the score is
@@ -156,31 +176,55 @@ FASTFT_FI void pv_tile(const float* p, const float* v, int64_t ldv, int jn, floa
 
 // Online-softmax step over key rows [0, jn) of S^T for query vectors [0, nqv), given the
 // block's column max mx: overwrite S^T with P = 2^(S - m_new), update m and l, write
-// alpha = 2^(m_old - m_new).
+// alpha = 2^(m_old - m_new). m_new is max(m_old, mx) rounded to an integer where that is
+// small (P <= 2^0.5; one subtraction less per score, see vexp2_shift).
 static void softmax_block(float* S, int jn, int nqv, const float* mx, float* m, float* l,
                           float* alpha) {
   const vf ninf = vset1(-__builtin_inff());
+  const float magic = 12582912.0f;  // 1.5 * 2^23
   for (int n = 0; n < nqv; ++n) {
     float* col = S + n * VW;
     const vf m_old = vload(m + n * VW);
-    const vf m_new = vmax(m_old, vload(mx + n * VW));
-    // rows that have seen only masked keys keep m = -inf and shift by 0
-    const vf shift = m_new == ninf ? vf{} : m_new;
-    const vf a = vexp2(m_old - shift);
+    const vf m_mx = vmax(m_old, vload(mx + n * VW));
+    // The shift c is the running max rounded to an integer (P <= 2^0.5): then s - c needs no
+    // subtraction of its own (z = s + (magic - c) rounds it, f = s - (z - (magic - c)) is
+    // exact) and alpha is a power of two. Rows that have seen only masked keys keep
+    // m = -inf and shift by 0; NaN and +inf give NaN rows as before. A finite max beyond
+    // 2^20 (log2 units) in any lane: the plain s - max form for the whole vector.
+    const vf big = vset1(1048576.0f);
+    const vi ok = ~(((m_mx > big) & (m_mx != -ninf)) | ((m_mx < -big) & (m_mx != ninf)));
+    bool all_ok = true;
+    for (int t = 0; t < VW; ++t) all_ok = all_ok && ok[t];
     vf s0 = vf{}, s1 = vf{};
-    int j = 0;
-    for (; j + 1 < jn; j += 2) {
-      const vf p0 = vexp2(vload(col + j * BQ) - shift);
-      const vf p1 = vexp2(vload(col + (j + 1) * BQ) - shift);
-      vstore(col + j * BQ, p0);
-      vstore(col + (j + 1) * BQ, p1);
-      s0 += p0;
-      s1 += p1;
-    }
-    if (j < jn) {
-      const vf p0 = vexp2(vload(col + j * BQ) - shift);
-      vstore(col + j * BQ, p0);
-      s0 += p0;
+    vf m_new, a;
+    if (all_ok) {
+      const vf c = m_mx == ninf ? vf{} : (m_mx + magic) - magic;  // round to nearest
+      m_new = m_mx == ninf ? ninf : c;
+      a = vexp2(m_old - c);
+      const vf k = magic - c, lo = c - 100.0f;
+      int j = 0;
+      for (; j + 1 < jn; j += 2) {
+        const vf p0 = vexp2_shift(vload(col + j * BQ), lo, k);
+        const vf p1 = vexp2_shift(vload(col + (j + 1) * BQ), lo, k);
+        vstore(col + j * BQ, p0);
+        vstore(col + (j + 1) * BQ, p1);
+        s0 += p0;
+        s1 += p1;
+      }
+      if (j < jn) {
+        const vf p0 = vexp2_shift(vload(col + j * BQ), lo, k);
+        vstore(col + j * BQ, p0);
+        s0 += p0;
+      }
+    } else {
+      m_new = m_mx;
+      const vf shift = m_new == ninf ? vf{} : m_new;
+      a = vexp2(m_old - shift);
+      for (int j = 0; j < jn; ++j) {
+        const vf p0 = vexp2(vload(col + j * BQ) - shift);
+        vstore(col + j * BQ, p0);
+        s0 += p0;
+      }
     }
     vstore(l + n * VW, vload(l + n * VW) * a + (s0 + s1));
     vstore(m + n * VW, m_new);
@@ -188,10 +232,10 @@ static void softmax_block(float* S, int jn, int nqv, const float* mx, float* m, 
   }
 }
 
-template <bool BIAS, bool CAUSAL>
+template <bool BIAS, bool CAUSAL, int FD>
 FASTFT_FI void qk_block(const AttnParams& P, const float* kbase, const float* qt, const float* kb,
                         int64_t j0, int jn, int64_t i0, int nqt, float* S, float* mx) {
-  const int64_t D = P.D;
+  const int64_t D = FD ? FD : P.D;
   for (int jt = 0; jt < jn; jt += KR) {
     const float* kr[KR];
 #pragma GCC unroll 16
@@ -213,8 +257,10 @@ FASTFT_FI void qk_block(const AttnParams& P, const float* kbase, const float* qt
   }
 }
 
-// One work item: query block qb of head h of sequence b.
-static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
+// One work item: query block qb of head h of sequence b. FD: head_dim known at compile time
+// (the common 32 and 64: fixed trip counts, ~1% at S512 on AVX2), or 0.
+template <int FD>
+static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
   int64_t b = 0;
   {  // the sequence holding this item: item_off is nondecreasing
     int64_t lo = 0, hi = P.B;
@@ -228,7 +274,7 @@ static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
   const int64_t nqb = (Sq + BQ - 1) / BQ;
   const int64_t local = item - P.item_off[b];
   const int64_t h = local / nqb, qb = local % nqb;
-  const int64_t D = P.D;
+  const int64_t D = FD ? FD : P.D;
   const int64_t i0 = qb * BQ;
   const int nrows = static_cast<int>(Sq - i0 < BQ ? Sq - i0 : BQ);
   const float* qbase = P.q + (P.q_start[b] + i0) * P.q_tok + h * P.q_head;
@@ -279,11 +325,11 @@ static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
     float* mx = ws.mx;
     for (int r = 0; r < nqv * VW; ++r) mx[r] = -__builtin_inff();
     if (kb) {
-      if (causal_blk) qk_block<true, true>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
-      else qk_block<true, false>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
+      if (causal_blk) qk_block<true, true, FD>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
+      else qk_block<true, false, FD>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
     } else {
-      if (causal_blk) qk_block<false, true>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
-      else qk_block<false, false>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
+      if (causal_blk) qk_block<false, true, FD>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
+      else qk_block<false, false, FD>(P, kbase, qt, kb, j0, jn, i0, nqt, S, mx);
     }
     softmax_block(S, jn, nqv, mx, ws.m, ws.l, ws.alpha);
     const float* vsrc = vbase + j0 * P.v_tok;
@@ -315,6 +361,14 @@ static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
     const float inv = (ws.m[r] == -__builtin_inff() && l == l) ? 0.f : 1.f / l;
     float* dst = obase + r * P.o_tok;
     for (int64_t d = 0; d < D; ++d) dst[d] = O[r * ldo + d] * inv;
+  }
+}
+
+static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {
+  switch (P.D) {
+    case 32: attn_item_d<32>(P, ws, item); break;
+    case 64: attn_item_d<64>(P, ws, item); break;
+    default: attn_item_d<0>(P, ws, item); break;
   }
 }
 

@@ -134,8 +134,31 @@ def test_every_simd_path(isa, monkeypatch):
         (1, 3, 70, 64, 5, "additive", False),
         (2, 2, 64, 129, 128, "arbitrary", False),
         (1, 1, 7, 7, 64, "none", True),
+        (2, 3, 100, 77, 32, "additive", False),  # head_dim 32 and 64: compile-time copies
+        (1, 2, 53, 140, 64, "arbitrary", True),
     ]:
         check_against_ref(*case, torch.float32)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_large_and_rising_scores(isa, monkeypatch):
+    """Scores far from 0 and running maxima that rise block after block: the kernel shifts by
+    the running max rounded to an integer, and by the max itself where that exceeds 2^20 (log2
+    units) in any lane of a vector (rows 3 and 17 here: one-hot rows next to ordinary ones)."""
+    if isa not in _isas():
+        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
+    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = make_qkv(2, 3, 40, 300, 32, torch.float32, gen)
+    k = k * torch.linspace(0.5, 8.0, 300)[:, None]  # maxima rise along the keys
+    k[..., 0] = k[..., 0].abs() + 1.0
+    q[:, :, 3] *= 1e10  # |scores| ~ 1e10 nats, far beyond 2^20 in log2 units
+    q[:, :, 17] = 0.0
+    q[:, :, 17, 0] = -2e10  # every score of the row hugely negative
+    for causal in (False, True):
+        out = fused_attention(q, k, v, causal=causal)
+        ref = attention_ref(q.double(), k.double(), v.double(), None, causal)
+        assert_close(out, ref, *FP32_TOL, what=f"{cpu_backend()} large scores causal={causal}")
 
 
 @pytest.mark.parametrize("block_k", [8, 64, 256])
@@ -411,6 +434,46 @@ def test_opcheck():
     torch.library.opcheck(_fused_attention_op, samples[-1])
     for args in samples[:-1]:
         torch.library.opcheck(_fused_attention_op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_eager_cpu_calls_skip_only_unobserved_dispatch():
+    """Plain eager CPU calls run the kernel without the op's dispatch, bit for bit the op's
+    result; a dispatch mode, autograd, functorch and tracing still see (and use) the op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastft.ops import fused_attention_varlen
+    from fastft.ops.attention import eager_cpu
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = make_qkv(2, 3, 33, 40, 32, torch.float32, gen)
+    mask = make_mask("prefix", 2, 40, gen)
+    assert eager_cpu(q, k, v, mask)
+    for m, causal in ((None, False), (mask, True)):
+        assert torch.equal(fused_attention(q, k, v, m, causal), _fused_attention_op(q, k, v, m, causal, 32**-0.5))
+    with Seen() as seen:
+        fused_attention(q, k, v, mask)
+    assert "fastft.fused_attention.default" in seen.ops
+    flat = [t[0].transpose(0, 1) for t in (q, k, v)]
+    cu = torch.tensor([0, 33], dtype=torch.int32)
+    with Seen() as seen:
+        fused_attention_varlen(flat[0], flat[1][:33], flat[2][:33], cu, cu, 33, 33)
+    assert "fastft.fused_attention_varlen.default" in seen.ops
+    qg = q.clone().requires_grad_()
+    assert not eager_cpu(qg, k, v) and eager_cpu(qg.detach(), k, v)
+    with torch.no_grad():
+        assert eager_cpu(qg, k, v)
+    inside = []
+    torch.vmap(lambda x: inside.append(eager_cpu(x)) or x)(q)
+    assert inside == [False]
 
 
 def test_backward_via_reference():

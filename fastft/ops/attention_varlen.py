@@ -39,7 +39,7 @@ import os
 import torch
 from torch import Tensor
 
-from fastft.ops.attention import MAX_HEAD_DIM, _cpp, attention_ref, check_qkv
+from fastft.ops.attention import MAX_HEAD_DIM, _cpp, attention_ref, check_qkv, eager_cpu
 
 __all__ = ["fused_attention_varlen", "attention_varlen_ref"]
 
@@ -293,7 +293,8 @@ def fused_attention_varlen(
         scale = q.shape[2] ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
-    return _varlen_op(
+    op = _varlen_cpu if eager_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k) else _varlen_op
+    return op(
         q,
         k,
         v,
