@@ -476,6 +476,16 @@ def test_eager_cpu_calls_skip_only_unobserved_dispatch():
     assert inside == [False]
 
 
+def test_a_torch_without_the_probed_switches_keeps_the_registered_op(monkeypatch):
+    from fastft.ops.attention import eager_cpu
+
+    q = torch.zeros(1, 1, 2, 4)
+    assert eager_cpu(q)
+    monkeypatch.delattr(torch._C, "_len_torch_dispatch_stack")
+    assert not eager_cpu(q)
+    torch.testing.assert_close(fused_attention(q, q, q), attention_ref(q, q, q))
+
+
 def test_backward_via_reference():
     gen = torch.Generator().manual_seed(10)
     q, k, v = make_qkv(1, 2, 6, 7, 8, torch.float64, gen)

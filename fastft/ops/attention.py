@@ -241,19 +241,27 @@ def _backward(ctx, grad_out):
 _fused_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _intercepted() -> bool:
+    """Whether a torch function mode, a dispatch mode or a functorch transform is active (probed
+    through torch's own switches; a torch without one of them counts as intercepted, so the op
+    then runs as registered)."""
+    try:
+        return bool(
+            torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._are_functorch_transforms_active()
+        )
+    except AttributeError:
+        return True
+
+
 def eager_cpu(*tensors: Tensor | None) -> bool:
     """True when a call may skip the custom op's dispatch and run its CPU kernel directly (the
     dispatch costs tens of microseconds a call, a few percent of a (1, 12, 512, 32) call on
     two cores): plain CPU tensors, no autograd to record, and nothing that traces or
     intercepts ops (torch.compile / torch.export / jit tracing, torch function or dispatch
     modes, functorch transforms). Otherwise the op runs, and is seen, as registered."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    if (
-        torch._C._is_torch_function_mode_enabled()
-        or torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._are_functorch_transforms_active()
-    ):
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or _intercepted():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
