@@ -197,10 +197,19 @@ def rescore(args) -> int:
     """
     import json
 
+    from fastft.core.schema import read_meta
     from fastft.data import load_data
     from fastft.train.evaluate import evaluate
 
-    src = json.loads(Path(args.from_result).read_text())
+    try:
+        src = json.loads(Path(args.from_result).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"bench_ner: --from-result {args.from_result}: cannot read it as JSON ({exc})", file=sys.stderr)
+        return 2
+    for flag, d in (("--teacher", args.teacher), ("--compressed", args.compressed)):
+        if not Path(d).is_dir() or read_meta(d).get("task") != "token-classification":
+            print(f"bench_ner: {flag} {d} is not a token-classification directory", file=sys.stderr)
+            return 2
     teacher = evaluate(args.teacher, split="test", backend="torch", progress=False)
     served = evaluate(args.compressed, split="test", backend="auto", progress=False)
     retained = served["f1"] / teacher["f1"]

@@ -70,13 +70,7 @@ def register(sub) -> None:
         default=None,
         help="score model_int8.onnx with ONNX Runtime [fastft.json's default file]",
     )
-    p.add_argument(
-        "--decode",
-        choices=["viterbi", "argmax"],
-        default="viterbi",
-        help="token classification: viterbi, the most likely valid IOB2 tag sequence; argmax, each "
-        "word's best tag on its own (the spans of transformers' pipeline) [viterbi]",
-    )
+    _decode_option(p)
     _data_options(p, defaults=None)
     p.set_defaults(func=_eval)
 
@@ -91,13 +85,7 @@ def register(sub) -> None:
         default="auto",
         help="auto: ONNX Runtime when the directory has an ONNX model, else PyTorch [auto]",
     )
-    p.add_argument(
-        "--decode",
-        choices=["viterbi", "argmax"],
-        default="viterbi",
-        help="token classification: viterbi, the most likely valid IOB2 tag sequence; argmax, each "
-        "word's best tag on its own (the spans of transformers' pipeline) [viterbi]",
-    )
+    _decode_option(p)
     p.set_defaults(func=_predict)
 
 
@@ -110,6 +98,16 @@ examples:
 
 Writes a Hugging Face directory (config.json, model.safetensors, tokenizer) plus
 fastft.json (labels, data spec, metrics per split, training arguments, versions)."""
+
+
+def _decode_option(p) -> None:
+    p.add_argument(
+        "--decode",
+        choices=["viterbi", "argmax"],
+        default="viterbi",
+        help="token classification: viterbi, the most likely valid IOB2 tag sequence; argmax, each "
+        "word's best tag on its own (the spans of transformers' pipeline) [viterbi]",
+    )
 
 
 def _data_options(p, defaults: str | None = "text") -> None:

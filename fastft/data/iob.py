@@ -19,7 +19,15 @@ from functools import lru_cache
 
 import numpy as np
 
+from fastft.core.errors import FastftError
+
 DECODINGS = ("viterbi", "argmax")
+
+
+def check_decode(decode, error: type[Exception] = FastftError) -> None:
+    """Raise ``error`` unless ``decode`` names a decoding (:data:`DECODINGS`)."""
+    if decode not in DECODINGS:
+        raise error(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
 
 
 def is_iob2_labels(labels: Sequence[str]) -> bool:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastft.data.iob import DECODINGS, decode_tags, inside_tags
+from fastft.data.collate import first_pieces
+from fastft.data.iob import check_decode, decode_tags, inside_tags
 
 OUTSIDE = "O"
 
@@ -40,18 +41,14 @@ def token_tags(
     the best valid tag sequence of the words' first pieces, each later piece of a word taking
     the word's tag (``B-X`` as ``I-X``) and probability; tokens of no word keep their argmax.
     """
-    if decode not in DECODINGS:
-        raise ValueError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
+    check_decode(decode, ValueError)
     probs = np.asarray(probs)
     best = probs.argmax(axis=-1)
     score = probs[np.arange(len(probs)), best]
     inside = inside_tags(labels) if decode == "viterbi" else None
     if inside is None or word_ids is None or len(probs) == 0:
         return best, score
-    first: dict[int, int] = {}
-    for pos, w in enumerate(word_ids[: len(probs)]):
-        if w is not None and w not in first:
-            first[w] = pos
+    first = first_pieces(word_ids[: len(probs)])
     if not first:
         return best, score
     words = sorted(first)

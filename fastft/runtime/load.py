@@ -12,7 +12,7 @@ from fastft.core.checks import check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length
-from fastft.data.iob import DECODINGS
+from fastft.data.iob import check_decode
 from fastft.models import load_tokenizer, read_meta
 from fastft.models.task import model_task, task_from
 from fastft.runtime.base import Predictor
@@ -66,8 +66,7 @@ def load(
             raise FastftError(f"{name} must be True or False (got {value!r})")
     if optimization_level is not None and optimization_level not in LEVELS:
         raise FastftError(f"optimization_level must be one of {', '.join(LEVELS)} (got {optimization_level!r})")
-    if decode not in DECODINGS:
-        raise FastftError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
+    check_decode(decode)
     parse_device(device)
     p = Path(path).expanduser()
     if not p.is_dir():

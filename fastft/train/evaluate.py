@@ -96,10 +96,9 @@ def evaluate(
     check_int("--limit", limit, lo=1, optional=True)
     if backend not in BACKENDS:
         raise FastftError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    from fastft.data.iob import DECODINGS
+    from fastft.data.iob import check_decode
 
-    if decode not in DECODINGS:
-        raise FastftError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
+    check_decode(decode)
     if int8 not in (None, True, False):
         raise FastftError(f"int8 must be True, False or None (got {int8!r})")
     if int8 is not None and backend == "torch":

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fastft.data.collate import IGNORE_INDEX, encode_words, first_pieces
-from fastft.data.iob import DECODINGS, decode_tags
+from fastft.data.iob import check_decode, decode_tags
 
 TOKEN_METRIC_NAMES = ("f1", "precision", "recall", "accuracy", "f1_strict", "loss")
 
@@ -77,8 +77,7 @@ def token_scores(
     with ``viterbi`` the argmax figures are recorded beside (``f1_argmax``, ``precision_argmax``,
     ``recall_argmax``).
     """
-    if decode not in DECODINGS:
-        raise ValueError(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
+    check_decode(decode, ValueError)
     preds, argmax_preds, nll, count = [], [], 0.0, 0
     for lg, wids, t in zip(logits_rows, word_ids_rows, tags):
         lg = np.asarray(lg, dtype=np.float64)
