@@ -8,6 +8,8 @@ threads), called the way ``fastft.load(dir).predict`` calls it, in blocks that r
 variants so load from other processes hits them alike. Variants isolate one suspect each:
 
 - ``default``: fastft's serving options (spinning off, arena on, memory pattern on).
+- ``dyn-block``: ``session.dynamic_block_base=4``: parallel loops hand out shrinking blocks
+  on demand instead of one fixed share per thread, so a thread on a slower core takes less.
 - ``spin``: intra-op spinning on (thread wake-ups between parallel sections).
 - ``no-arena``: the CPU memory arena off (every call allocates from the system).
 - ``no-pattern``: memory-pattern planning off.
@@ -22,6 +24,14 @@ variants so load from other processes hits them alike. Variants isolate one susp
 
 The result holds p50/p90/p99/max and p99/p50 for each variant, and the share of the calls
 slower than 1.2x the variant's median.
+
+Each call also records what else the machine did meanwhile, so a slow call can be told apart
+from a slow session: the process's own CPU time (all its threads), the machine's steal time
+(``/proc/stat``: time the hypervisor gave this VM's vCPUs to someone else), the machine's busy
+time spent outside this process, and this process's involuntary context switches. A call is
+"undisturbed" when no steal and no outside work was counted during it; the result gives the
+quantiles over those calls too, and how many of the calls slower than 1.2x the median were
+disturbed. Tick counters have the kernel's USER_HZ resolution (10 ms).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -38,7 +49,20 @@ import numpy as np
 from fastft.bench.runner import quantiles, random_feeds, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("default", "spin", "no-arena", "no-pattern", "gc-frozen", "bound", "pinned", "threads-1", "gemm-floor")
+VARIANTS = (
+    "default",
+    "dyn-block",
+    "spin",
+    "no-arena",
+    "no-pattern",
+    "gc-frozen",
+    "bound",
+    "pinned",
+    "threads-1",
+    "threads-3",
+    "threads-4",
+    "gemm-floor",
+)
 
 
 def make_session(path: Path, variant: str, threads: int):
@@ -46,19 +70,83 @@ def make_session(path: Path, variant: str, threads: int):
 
     from fastft.runtime.session import session_options
 
-    if variant == "threads-1":
-        threads = 1
+    if variant.startswith("threads-"):
+        threads = int(variant.split("-")[1])
     opts = session_options(threads=threads, spinning=(variant == "spin"), level="basic")
     if variant == "no-arena":
         opts.enable_cpu_mem_arena = False
     if variant == "no-pattern":
         opts.enable_mem_pattern = False
+    if variant == "dyn-block":
+        opts.add_session_config_entry("session.dynamic_block_base", "4")
     if variant == "pinned" and threads > 1:
         # the caller thread is worker 0; pin workers 1..n-1 to cores 1..n-1 (1-based ids)
         opts.add_session_config_entry(
             "session.intra_op_thread_affinities", ";".join(str(i + 1) for i in range(1, threads))
         )
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _ticks() -> tuple[int, int]:
+    """(steal, busy) jiffies of the whole machine from /proc/stat (0, 0 where it is unreadable)."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+    except OSError:
+        return 0, 0
+    vals = [int(x) for x in parts[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    busy = vals[0] + vals[1] + vals[2] + vals[5] + vals[6]
+    steal = vals[7] if len(vals) > 7 else 0
+    return steal, busy
+
+
+def _own_ticks() -> int:
+    """This process's user + system jiffies (all threads)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def speed_probe():
+    """Fixed work that tracks the machine's speed just before a call: a ~1 ms single-thread
+    matrix product pinned to each core in turn (a core that the host slows shows here), and a
+    32 MiB copy (memory bandwidth shared with other tenants). Returns ms for each."""
+    import torch
+
+    torch.set_num_threads(1)
+    a = torch.randn(192, 192)
+    b = torch.randn(192, 192)
+    src = np.ones(8 << 20, dtype=np.float32)
+    dst = np.empty_like(src)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+    def mm() -> float:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        return (time.perf_counter() - t0) * 1e3
+
+    def probe() -> tuple[float, ...]:
+        out = []
+        if len(cores) > 1:
+            for c in cores:
+                os.sched_setaffinity(0, {c})  # this thread only
+                out.append(mm())
+            os.sched_setaffinity(0, set(cores))
+        else:
+            out.append(mm())
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        out.append((time.perf_counter() - t0) * 1e3)
+        return tuple(out)
+
+    for _ in range(30):
+        probe()
+    return probe, [f"core{c}_mm_ms" for c in cores] if len(cores) > 1 else ["mm_ms"]
 
 
 def gemm_call():
@@ -110,6 +198,9 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=300, help="timed calls per variant")
     ap.add_argument("--block", type=int, default=25, help="calls per variant before rotating")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--speed-probe", action="store_true", help="time fixed work on each core and a memory copy before each call"
+    )
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "tails_ort.json"))
     args = ap.parse_args()
 
@@ -132,7 +223,11 @@ def main() -> int:
         calls[v] = make_call(sess, v, args.seq, args.batch, rng)
         for _ in range(10):  # warm-up: arena growth, first-run kernels
             calls[v]()
+    probe, probe_cols = speed_probe() if args.speed_probe else (None, [])
+    probe_cols = [*probe_cols, "copy_32mib_ms"]
+    speeds: dict[str, list[tuple[float, ...]]] = {v: [] for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
+    probes: dict[str, list[tuple[float, int, int, int]]] = {v: [] for v in variants}
     blocks = -(-args.calls // args.block)
     t_start = time.time()
     for b in range(blocks):
@@ -146,9 +241,28 @@ def main() -> int:
             time.sleep(0.05)  # let the previous variant's threads go to sleep
             fn = calls[v]
             for _ in range(args.block):
+                if probe:
+                    speeds[v].append(probe())
+                st0, busy0 = _ticks()
+                own0 = _own_ticks()
+                ivcsw0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 fn()
-                times[v].append((time.perf_counter() - t0) * 1e3)
+                t1 = time.perf_counter()
+                c1 = time.process_time()
+                ivcsw1 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+                own1 = _own_ticks()
+                st1, busy1 = _ticks()
+                times[v].append((t1 - t0) * 1e3)
+                probes[v].append(
+                    (
+                        (c1 - c0) * 1e3,
+                        st1 - st0,
+                        max(0, (busy1 - busy0) - (own1 - own0)),
+                        ivcsw1 - ivcsw0,
+                    )
+                )
             if frozen:
                 gc.enable()
                 gc.unfreeze()
@@ -158,6 +272,30 @@ def main() -> int:
         t = np.asarray(times[v])
         q = quantiles(t / 1e3)
         med = float(np.median(t))
+        pr = np.asarray(probes[v], dtype=float)
+        disturbed = (pr[:, 1] > 0) | (pr[:, 2] > 0)
+        slow = t > 1.2 * med
+        quiet = t[~disturbed]
+        qq = quantiles(quiet / 1e3) if len(quiet) >= 20 else None
+        extra = {}
+        if probe:
+            sp = np.asarray(speeds[v])
+            rel = sp / np.median(sp, axis=0)
+            core_rel = rel[:, :-1].max(axis=1)  # the slowest core's relative time
+            qn = quantiles(t / core_rel / 1e3)
+            extra = {
+                "probe_p99_over_p50": {
+                    c: round(float(np.percentile(sp[:, i], 99) / np.median(sp[:, i])), 3)
+                    for i, c in enumerate(probe_cols)
+                },
+                "corr_call_probe": {
+                    c: round(float(np.corrcoef(t, sp[:, i])[0, 1]), 3) for i, c in enumerate(probe_cols)
+                },
+                "corr_call_slowest_core": round(float(np.corrcoef(t, core_rel)[0, 1]), 3),
+                "normalized_p50_ms": qn["p50_ms"],
+                "normalized_p99_ms": qn["p99_ms"],
+                "normalized_p99_over_p50": round(qn["p99_ms"] / qn["p50_ms"], 3),
+            }
         rows.append(
             {
                 "variant": v,
@@ -165,15 +303,41 @@ def main() -> int:
                 **q,
                 "max_ms": round(float(t.max()), 3),
                 "p99_over_p50": round(q["p99_ms"] / q["p50_ms"], 3),
-                "share_over_1.2x_median": round(float((t > 1.2 * med).mean()), 4),
+                "share_over_1.2x_median": round(float(slow.mean()), 4),
+                "cpu_over_wall_p50": round(float(np.median(pr[:, 0] / t)), 3),
+                "cpu_over_wall_slow": round(float(np.median(pr[slow, 0] / t[slow])), 3) if slow.any() else None,
+                "steal_ticks": int(pr[:, 1].sum()),
+                "outside_busy_ticks": int(pr[:, 2].sum()),
+                "involuntary_switches": int(pr[:, 3].sum()),
+                "disturbed_calls": int(disturbed.sum()),
+                "slow_calls_disturbed": int((slow & disturbed).sum()),
+                "slow_calls": int(slow.sum()),
+                "undisturbed_p50_ms": qq["p50_ms"] if qq else None,
+                "undisturbed_p99_ms": qq["p99_ms"] if qq else None,
+                "undisturbed_p99_over_p50": round(qq["p99_ms"] / qq["p50_ms"], 3) if qq else None,
+                **extra,
             }
         )
-    print(f"{'variant':<12}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'p99/p50':>9}{'>1.2x':>8}")
+    print(
+        f"{'variant':<12}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'p99/p50':>9}{'>1.2x':>8}"
+        f"{'cpu/wall':>9}{'slow c/w':>9}{'steal':>7}{'outside':>8}{'slow dist.':>11}{'undist. p99/p50':>16}"
+    )
     for r in rows:
+        cws = "-" if r["cpu_over_wall_slow"] is None else f"{r['cpu_over_wall_slow']:.2f}"
+        und = "-" if r["undisturbed_p99_over_p50"] is None else f"{r['undisturbed_p99_over_p50']:.3f}"
         print(
             f"{r['variant']:<12}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
-            f"{r['p99_over_p50']:>9.3f}{r['share_over_1.2x_median']:>8.3f}"
+            f"{r['p99_over_p50']:>9.3f}{r['share_over_1.2x_median']:>8.3f}{r['cpu_over_wall_p50']:>9.2f}{cws:>9}"
+            f"{r['steal_ticks']:>7}{r['outside_busy_ticks']:>8}{r['slow_calls_disturbed']:>5}/{r['slow_calls']:<5}{und:>16}"
         )
+    if probe:
+        print("\ncorrelation of call time with each probe; calls divided by the slowest core's relative time")
+        for r in rows:
+            corr = "  ".join(f"{c} {x:+.2f}" for c, x in r["corr_call_probe"].items())
+            print(
+                f"{r['variant']:<12}{corr}  slowest-core {r['corr_call_slowest_core']:+.2f}"
+                f"  normalized p99/p50 {r['normalized_p99_over_p50']:.3f}"
+            )
     write_result(
         args.result,
         {
@@ -185,9 +349,17 @@ def main() -> int:
             "calls_per_variant": args.calls,
             "block": args.block,
             "wall_s": round(time.time() - t_start, 1),
+            "speed_probe": bool(probe),
             "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if os.environ.get(k)},
             "rows": rows,
             "raw_ms": {v: [round(x, 3) for x in times[v]] for v in variants},
+            "per_call": {
+                "columns": ["cpu_ms", "steal_ticks", "outside_busy_ticks", "involuntary_switches"],
+                **{v: [[round(p[0], 2), p[1], p[2], p[3]] for p in probes[v]] for v in variants},
+            },
+            "probe_ms": {"columns": probe_cols, **{v: [[round(x, 4) for x in p] for p in speeds[v]] for v in variants}}
+            if probe
+            else None,
         },
         csv_rows=rows,
     )
