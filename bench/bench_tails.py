@@ -188,6 +188,118 @@ def make_call(sess, variant: str, seq: int, batch: int, rng):
     return call
 
 
+SLOW_CORE = 1.15  # a core whose probe ran this much slower than its median counts as slowed
+
+
+def summarize(variants, times, probes, speeds, seq: int) -> list[dict]:
+    """Quantiles per variant, what the machine did during the slow calls, and (with probes) the
+    tail of the calls made while both cores ran at their usual speed."""
+    rows = []
+    for v in variants:
+        t = np.asarray(times[v])
+        q = quantiles(t / 1e3)
+        med = float(np.median(t))
+        pr = np.asarray(probes[v], dtype=float)
+        disturbed = (pr[:, 1] > 0) | (pr[:, 2] > 0)
+        slow = t > 1.2 * med
+        quiet = t[~disturbed]
+        qq = quantiles(quiet / 1e3) if len(quiet) >= 20 else None
+        extra = {}
+        if speeds.get(v):
+            sp = np.asarray(speeds[v])
+            rel = sp / np.median(sp, axis=0)
+            slowed = (rel[:, :-1] > SLOW_CORE).any(axis=1)  # the last column is the memory copy
+            normal = t[~slowed]
+            qn = quantiles(normal / 1e3) if len(normal) >= 20 else None
+            extra = {
+                "probe_p99_over_p50": [
+                    round(float(np.percentile(sp[:, i], 99) / np.median(sp[:, i])), 3) for i in range(sp.shape[1])
+                ],
+                "corr_call_probe": [round(float(np.corrcoef(t, sp[:, i])[0, 1]), 3) for i in range(sp.shape[1])],
+                "calls_after_a_slowed_core": int(slowed.sum()),
+                "slow_calls_after_a_slowed_core": int((slow & slowed).sum()),
+                "normal_cores_calls": int(len(normal)),
+                "normal_cores_p50_ms": qn["p50_ms"] if qn else None,
+                "normal_cores_p99_ms": qn["p99_ms"] if qn else None,
+                "normal_cores_p99_over_p50": round(qn["p99_ms"] / qn["p50_ms"], 3) if qn else None,
+            }
+        rows.append(
+            {
+                "variant": v,
+                "seq": seq,
+                **q,
+                "max_ms": round(float(t.max()), 3),
+                "p99_over_p50": round(q["p99_ms"] / q["p50_ms"], 3),
+                "share_over_1.2x_median": round(float(slow.mean()), 4),
+                "cpu_over_wall_p50": round(float(np.median(pr[:, 0] / t)), 3),
+                "cpu_over_wall_slow": round(float(np.median(pr[slow, 0] / t[slow])), 3) if slow.any() else None,
+                "steal_ticks": int(pr[:, 1].sum()),
+                "outside_busy_ticks": int(pr[:, 2].sum()),
+                "involuntary_switches": int(pr[:, 3].sum()),
+                "disturbed_calls": int(disturbed.sum()),
+                "slow_calls_disturbed": int((slow & disturbed).sum()),
+                "slow_calls": int(slow.sum()),
+                "undisturbed_p50_ms": qq["p50_ms"] if qq else None,
+                "undisturbed_p99_ms": qq["p99_ms"] if qq else None,
+                "undisturbed_p99_over_p50": round(qq["p99_ms"] / qq["p50_ms"], 3) if qq else None,
+                **extra,
+            }
+        )
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(
+        f"{'variant':<12}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'p99/p50':>9}{'>1.2x':>8}"
+        f"{'cpu/wall':>9}{'slow c/w':>9}{'steal':>7}{'outside':>8}{'slow dist.':>11}{'undist. p99/p50':>16}"
+    )
+    for r in rows:
+        cws = "-" if r["cpu_over_wall_slow"] is None else f"{r['cpu_over_wall_slow']:.2f}"
+        und = "-" if r["undisturbed_p99_over_p50"] is None else f"{r['undisturbed_p99_over_p50']:.3f}"
+        print(
+            f"{r['variant']:<12}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
+            f"{r['p99_over_p50']:>9.3f}{r['share_over_1.2x_median']:>8.3f}{r['cpu_over_wall_p50']:>9.2f}{cws:>9}"
+            f"{r['steal_ticks']:>7}{r['outside_busy_ticks']:>8}{r['slow_calls_disturbed']:>5}/{r['slow_calls']:<5}{und:>16}"
+        )
+    if any("normal_cores_calls" in r for r in rows):
+        print(
+            f"\n{'variant':<12}{'calls after a slowed core':>26}{'of them slow':>14}"
+            f"{'both cores normal: n':>22}{'p50':>9}{'p99':>9}{'p99/p50':>9}"
+        )
+        for r in rows:
+            if r.get("normal_cores_p50_ms") is None:
+                continue
+            print(
+                f"{r['variant']:<12}{r['calls_after_a_slowed_core']:>26}{r['slow_calls_after_a_slowed_core']:>5}/{r['slow_calls']:<8}"
+                f"{r['normal_cores_calls']:>22}{r['normal_cores_p50_ms']:>9.2f}{r['normal_cores_p99_ms']:>9.2f}"
+                f"{r['normal_cores_p99_over_p50']:>9.3f}"
+            )
+
+
+def reanalyze(src: Path, dst: Path) -> int:
+    """Recompute the rows of an earlier result from its raw per-call data (same file layout)."""
+    import json
+
+    try:
+        old = json.loads(src.read_text())
+        variants = list(old["raw_ms"])
+        per_call = old.get("per_call") or {}
+        probes = {v: [tuple(p) for p in per_call[v]] for v in variants}
+        speeds = {v: [tuple(p) for p in (old.get("probe_ms") or {}).get(v, [])] for v in variants}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"fastft: error: {src} is not a bench_tails result with per-call data ({e})", file=sys.stderr)
+        return 2
+    rows = summarize(variants, old["raw_ms"], probes, speeds, old.get("seq"))
+    print_rows(rows)
+    from fastft.bench.runner import command_line
+
+    old["rows"] = rows
+    old["summarized_again"] = {"command": command_line(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_result(dst, old, csv_rows=rows)
+    print(f"wrote {dst}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "runs" / "bench-teacher-onnx"), help="an exported model directory")
@@ -202,7 +314,14 @@ def main() -> int:
         "--speed-probe", action="store_true", help="time fixed work on each core and a memory copy before each call"
     )
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "tails_ort.json"))
+    ap.add_argument(
+        "--from-result",
+        metavar="FILE",
+        help="measure nothing: summarize the raw calls of an earlier result again and write --result",
+    )
     args = ap.parse_args()
+    if args.from_result:
+        return reanalyze(Path(args.from_result), Path(args.result))
 
     path = Path(args.model) / args.file
     if not path.is_file():
@@ -267,77 +386,8 @@ def main() -> int:
                 gc.enable()
                 gc.unfreeze()
         print(f"block {b + 1}/{blocks}", file=sys.stderr, flush=True)
-    rows = []
-    for v in variants:
-        t = np.asarray(times[v])
-        q = quantiles(t / 1e3)
-        med = float(np.median(t))
-        pr = np.asarray(probes[v], dtype=float)
-        disturbed = (pr[:, 1] > 0) | (pr[:, 2] > 0)
-        slow = t > 1.2 * med
-        quiet = t[~disturbed]
-        qq = quantiles(quiet / 1e3) if len(quiet) >= 20 else None
-        extra = {}
-        if probe:
-            sp = np.asarray(speeds[v])
-            rel = sp / np.median(sp, axis=0)
-            core_rel = rel[:, :-1].max(axis=1)  # the slowest core's relative time
-            qn = quantiles(t / core_rel / 1e3)
-            extra = {
-                "probe_p99_over_p50": {
-                    c: round(float(np.percentile(sp[:, i], 99) / np.median(sp[:, i])), 3)
-                    for i, c in enumerate(probe_cols)
-                },
-                "corr_call_probe": {
-                    c: round(float(np.corrcoef(t, sp[:, i])[0, 1]), 3) for i, c in enumerate(probe_cols)
-                },
-                "corr_call_slowest_core": round(float(np.corrcoef(t, core_rel)[0, 1]), 3),
-                "normalized_p50_ms": qn["p50_ms"],
-                "normalized_p99_ms": qn["p99_ms"],
-                "normalized_p99_over_p50": round(qn["p99_ms"] / qn["p50_ms"], 3),
-            }
-        rows.append(
-            {
-                "variant": v,
-                "seq": args.seq,
-                **q,
-                "max_ms": round(float(t.max()), 3),
-                "p99_over_p50": round(q["p99_ms"] / q["p50_ms"], 3),
-                "share_over_1.2x_median": round(float(slow.mean()), 4),
-                "cpu_over_wall_p50": round(float(np.median(pr[:, 0] / t)), 3),
-                "cpu_over_wall_slow": round(float(np.median(pr[slow, 0] / t[slow])), 3) if slow.any() else None,
-                "steal_ticks": int(pr[:, 1].sum()),
-                "outside_busy_ticks": int(pr[:, 2].sum()),
-                "involuntary_switches": int(pr[:, 3].sum()),
-                "disturbed_calls": int(disturbed.sum()),
-                "slow_calls_disturbed": int((slow & disturbed).sum()),
-                "slow_calls": int(slow.sum()),
-                "undisturbed_p50_ms": qq["p50_ms"] if qq else None,
-                "undisturbed_p99_ms": qq["p99_ms"] if qq else None,
-                "undisturbed_p99_over_p50": round(qq["p99_ms"] / qq["p50_ms"], 3) if qq else None,
-                **extra,
-            }
-        )
-    print(
-        f"{'variant':<12}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'p99/p50':>9}{'>1.2x':>8}"
-        f"{'cpu/wall':>9}{'slow c/w':>9}{'steal':>7}{'outside':>8}{'slow dist.':>11}{'undist. p99/p50':>16}"
-    )
-    for r in rows:
-        cws = "-" if r["cpu_over_wall_slow"] is None else f"{r['cpu_over_wall_slow']:.2f}"
-        und = "-" if r["undisturbed_p99_over_p50"] is None else f"{r['undisturbed_p99_over_p50']:.3f}"
-        print(
-            f"{r['variant']:<12}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
-            f"{r['p99_over_p50']:>9.3f}{r['share_over_1.2x_median']:>8.3f}{r['cpu_over_wall_p50']:>9.2f}{cws:>9}"
-            f"{r['steal_ticks']:>7}{r['outside_busy_ticks']:>8}{r['slow_calls_disturbed']:>5}/{r['slow_calls']:<5}{und:>16}"
-        )
-    if probe:
-        print("\ncorrelation of call time with each probe; calls divided by the slowest core's relative time")
-        for r in rows:
-            corr = "  ".join(f"{c} {x:+.2f}" for c, x in r["corr_call_probe"].items())
-            print(
-                f"{r['variant']:<12}{corr}  slowest-core {r['corr_call_slowest_core']:+.2f}"
-                f"  normalized p99/p50 {r['normalized_p99_over_p50']:.3f}"
-            )
+    rows = summarize(variants, times, probes, speeds, args.seq)
+    print_rows(rows)
     write_result(
         args.result,
         {

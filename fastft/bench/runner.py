@@ -179,7 +179,7 @@ def write_result(
     out["machine"] = {**machine_info(), **payload.get("machine", {})}
     out["versions"] = {**versions(), **payload.get("versions", {})}
     end = load_average()
-    if end is not None:
+    if end is not None and "loadavg_at_end" not in payload.get("machine", {}):
         out["machine"]["loadavg_at_end"] = end
     out = scrub_paths(json.loads(json.dumps(out, default=_default)))
     _atomic_write(path, json.dumps(out, indent=1) + "\n")

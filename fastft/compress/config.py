@@ -59,6 +59,14 @@ class DistillConfig:
         "fastft.compress.augment), labelled by the teacher; an epoch then covers N + 1 times the rows",
         metavar="N",
     )
+    transfer: str | None = option(
+        None,
+        "distil also on unlabelled text from other domains, with the teacher's soft targets only: general "
+        "(news, SMS, film dialogue, questions from the built-in data), a comma list of those, or a .txt file "
+        "(fastft.compress.transfer)",
+        metavar="SRC",
+    )
+    transfer_size: int = option(8000, "texts drawn for --transfer")
 
     def validate(self) -> None:
         for name in ("epochs", "lr", "temperature", "alpha", "hidden_weight", "weight_decay", "warmup_ratio"):
@@ -68,6 +76,11 @@ class DistillConfig:
         check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
         check_int("--batch-size", self.batch_size, lo=1)
         check_int("--augment", self.augment, lo=0)
+        check_int("--transfer-size", self.transfer_size, lo=1)
+        if self.transfer is not None:
+            from fastft.compress.transfer import parse_spec
+
+            parse_spec(self.transfer)
         for name in ("layers", "max_length"):
             check_int(_flag(name), getattr(self, name), lo=1, optional=True)
         if self.layers is not None and self.student != "teacher-layers":

@@ -41,6 +41,7 @@ class Context:
     cache: object = None  # the teacher's cached outputs (distill.TeacherCache), once computed
     texts: dict | None = None  # split -> list[str] (augmentation, the shifted test splits)
     augmented: dict | None = None  # --augment's perturbed training copies (stages.train_rows), made once
+    transfer: dict | None = None  # --transfer's unlabelled texts: {"ids", "info"} (stages.train_rows)
     task: str = "sequence-classification"
     rows: dict | None = None  # token classification: split -> token_kd.TokenRows (word ids, word tags)
 
@@ -174,6 +175,11 @@ def prepare(model, cfg: CompressConfig) -> Context:
             "--augment perturbs sentences and would misalign the word tags: it applies to sequence "
             "classification only (drop it for a token-classification teacher)"
         )
+    if token and cfg.distill.transfer:
+        raise FastftError(
+            "--transfer distils on whole-text labels: it applies to sequence classification only "
+            "(drop it for a token-classification teacher)"
+        )
     splits = load_data(
         data,
         text_column=spec.get("tokens_key" if token else "text_column", "text") if same else "text",
@@ -213,6 +219,15 @@ def prepare(model, cfg: CompressConfig) -> Context:
             ids[name], y[name] = encode(tokenizer, part.texts, max_length), list(part.labels)
             texts[name] = list(part.texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    transfer = None
+    if d.transfer:  # read now: a missing source fails before minutes of teacher outputs
+        from fastft.compress.transfer import transfer_texts
+
+        t0 = time.perf_counter()
+        ttexts, tinfo = transfer_texts(d.transfer, d.transfer_size, cfg.seed, exclude=texts.get("train"))
+        transfer = {"ids": encode(tokenizer, ttexts, max_length), "info": tinfo}
+        transfer["info"]["examples"] = ttexts[:3]
+        transfer["info"]["time_s"] = round(time.perf_counter() - t0, 2)
     return Context(
         path,
         teacher,
@@ -226,6 +241,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
         pad_id,
         cfg,
         texts=texts or None,
+        transfer=transfer,
         task=task,
         rows=rows,
     )

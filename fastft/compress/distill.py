@@ -26,6 +26,8 @@ from fastft.data.collate import length_buckets as length_bucketed_batches
 from fastft.models import load_classifier
 from fastft.train.loop import EpochStats, run_loop
 
+NO_LABEL = -100  # a distillation row with soft targets only (--transfer texts)
+
 
 def layer_plan(n_teacher: int, n_student: int) -> tuple[list[int], list[int]]:
     """(teacher layers copied into the student, teacher hidden-state index each student layer matches).
@@ -206,7 +208,10 @@ def distill_loss(out, labels, t_logits, t_hidden, mask, temperature: float, alph
         * T
         * T
     )
-    ce = F.cross_entropy(s_logits, labels)
+    labelled = labels != NO_LABEL
+    # rows without a hard label (--transfer) learn from the teacher alone; a batch of only such rows
+    # has no label term (cross_entropy over no rows would be nan)
+    ce = F.cross_entropy(s_logits, labels, ignore_index=NO_LABEL) if bool(labelled.any()) else s_logits.sum() * 0
     loss = alpha * kd + (1 - alpha) * ce
     parts = {"kd": kd.item(), "ce": ce.item()}
     if t_hidden is not None and hidden_weight > 0:

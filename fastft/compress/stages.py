@@ -92,6 +92,7 @@ def do_distill(ctx: Context) -> StageResult:
         "alpha": cfg.alpha,
         "hidden_weight": cfg.hidden_weight,
         **({"augment": augment_info(ctx)} if cfg.augment else {}),
+        **({"transfer": {k: v for k, v in ctx.transfer["info"].items()}} if ctx.transfer else {}),
         **res,
     }
     return StageResult("distilled", student, None, info)
@@ -184,8 +185,17 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
 
 def train_rows(ctx: Context) -> tuple[list, list]:
     """(token ids, labels) distilled on: the training split, then ``cfg.augment`` perturbed copies of
-    every training text (:mod:`fastft.compress.augment`, seeded, made and tokenized once). The
-    originals come first, so row ``i < len(train)`` is training row ``i`` in every cache."""
+    every training text (:mod:`fastft.compress.augment`, seeded, made and tokenized once), then the
+    ``--transfer`` texts with the label :data:`fastft.compress.distill.NO_LABEL` (soft targets only).
+    The originals come first, so row ``i < len(train)`` is training row ``i`` in every cache."""
+    ids, y = _train_and_augmented(ctx)
+    if ctx.transfer:
+        t = ctx.transfer["ids"]
+        ids, y = ids + t, y + [dis.NO_LABEL] * len(t)
+    return ids, y
+
+
+def _train_and_augmented(ctx: Context) -> tuple[list, list]:
     n, seed = ctx.cfg.distill.augment, ctx.cfg.seed
     if not n:
         return ctx.ids["train"], ctx.y["train"]

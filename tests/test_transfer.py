@@ -1,0 +1,100 @@
+"""--transfer: unlabelled text from other domains distilled on with the teacher's soft targets only."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import save_tiny_model
+
+from fastft.compress.transfer import SOURCES, parse_spec, transfer_texts
+from fastft.core.errors import DataError
+
+
+def test_parse_spec(tmp_path):
+    assert parse_spec("general") == list(SOURCES)
+    assert parse_spec(" news, sms ") == ["news", "sms"]
+    f = tmp_path / "t.txt"
+    f.write_text("a\n")
+    assert parse_spec(str(f)) == [str(f)]
+    for bad, msg in [
+        ("", "needs a source"),
+        ("wiki", "unknown --transfer source"),
+        ("news,wiki", "wiki"),
+        (str(tmp_path / "no.txt"), "does not exist"),
+    ]:
+        with pytest.raises(DataError, match=msg) as e:
+            parse_spec(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_texts_from_a_file_are_cleaned_seeded_and_exclude_training_texts(tmp_path):
+    f = tmp_path / "t.txt"
+    lines = [f"text number {i}" for i in range(50)] + ["", "  text   number 3 ", "a training text"]
+    f.write_text("\n".join(lines) + "\n")
+    a, info = transfer_texts(str(f), 20, seed=1, exclude=["a training text"])
+    b, _ = transfer_texts(str(f), 20, seed=1, exclude=["a training text"])
+    c, _ = transfer_texts(str(f), 20, seed=2, exclude=["a training text"])
+    assert a == b and a != c and len(a) == 20 == info["rows"]
+    assert len(set(a)) == 20 and "" not in a and "a training text" not in a
+    assert all(t == " ".join(t.split()) for t in a)
+    everything, info = transfer_texts(str(f), 10_000, seed=1)
+    assert len(everything) == 51 == info["available_per_source"][str(f)]  # 50 + the training text
+
+
+def test_general_mixes_the_built_in_sources_in_equal_shares():
+    texts, info = transfer_texts("general", 400, seed=0)
+    assert info["rows_per_source"] == {s: 100 for s in SOURCES} and len(texts) == 400 == len(set(texts))
+    # news keeps prose only: no results-table lines of mostly numbers
+    news, _ = transfer_texts("news", 300, seed=0)
+    assert all(sum(any(ch.isalpha() for ch in w) for w in t.split()) >= 0.6 * len(t.split()) for t in news)
+    # a source smaller than its share gives all it has; the rest goes to the others
+    big, info = transfer_texts("sms,dialog", 2 * 4600, seed=0)
+    sms = info["available_per_source"]["sms"]
+    assert info["rows_per_source"] == {"sms": sms, "dialog": 2 * 4600 - sms} and sms < 4600
+
+
+def test_rows_without_a_label_learn_from_the_teacher_only():
+    import torch
+    import torch.nn.functional as F
+
+    from fastft.compress.distill import NO_LABEL, distill_loss
+
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
+    labels = torch.tensor([0, NO_LABEL, 1, NO_LABEL])
+    loss, parts = distill_loss(Out(s), labels, t, None, None, temperature=2.0, alpha=0.5, hidden_weight=0)
+    ce = F.cross_entropy(s[[0, 2]], labels[[0, 2]])
+    assert math.isclose(parts["ce"], ce.item(), rel_tol=1e-6)
+    # a batch of transfer rows only: the KD term alone, finite, with gradients
+    s.requires_grad_(True)
+    only, parts = distill_loss(Out(s), torch.full((4,), NO_LABEL), t, None, None, 2.0, 0.5, 0)
+    assert (
+        math.isfinite(only.item()) and parts["ce"] == 0 and math.isclose(only.item(), 0.5 * parts["kd"], rel_tol=1e-6)
+    )
+    only.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_compress_distils_on_the_transfer_rows(tmp_path, tiny_data_file):
+    import fastft
+    from fastft.compress import CompressConfig
+
+    f = tmp_path / "other.txt"
+    f.write_text("\n".join(f"an unrelated sentence about item {i} and the weather" for i in range(30)) + "\n")
+    teacher = save_tiny_model(tmp_path / "t", tiny_data_file, layers=2, seed=3)
+    out = tmp_path / "small"
+    base = dict(layers=1, prune_ffn=0.0, quantize=None, epochs=1, batch_size=8, bench=False)
+    report = fastft.compress(
+        str(teacher), CompressConfig(output=str(out), transfer=str(f), transfer_size=24, **base), progress=False
+    )
+    dist = report["distillation"]
+    assert dist["transfer"]["rows"] == 24 and dist["transfer"]["sources"] == {str(f): "text file"}
+    plain = fastft.compress(str(teacher), CompressConfig(output=str(tmp_path / "plain"), **base), progress=False)
+    # the transfer rows join every epoch: more steps than without them (same batch size)
+    assert dist["steps"] > plain["distillation"]["steps"]
+    assert (out / "fastft.json").is_file()
