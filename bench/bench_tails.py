@@ -112,31 +112,56 @@ def _own_ticks() -> int:
 
 
 def speed_probe():
-    """Fixed work that tracks the machine's speed just before a call: a ~1 ms single-thread
-    matrix product pinned to each core in turn (a core that the host slows shows here), and a
-    32 MiB copy (memory bandwidth shared with other tenants). Returns ms for each."""
+    """Fixed work that tracks the machine's speed just before a call: a ~2 ms single-thread
+    matrix product pinned to each core in turn, then on both cores at once (two threads; when
+    the host runs the two vCPUs on one physical core, or slows them when both are busy, the
+    pair takes longer than either alone), and a 32 MiB copy (memory bandwidth shared with other
+    tenants). Returns ms for each: ``core<i>_mm_ms``..., ``both_mm_ms`` (the slower of the
+    pair), ``copy_32mib_ms``."""
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
-    a = torch.randn(192, 192)
-    b = torch.randn(192, 192)
+    mats = [(torch.randn(256, 256), torch.randn(256, 256)) for _ in range(2)]
     src = np.ones(8 << 20, dtype=np.float32)
     dst = np.empty_like(src)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pair = len(cores) > 1
 
-    def mm() -> float:
+    def mm(i: int = 0) -> float:
+        a, b = mats[i]
         t0 = time.perf_counter()
         for _ in range(4):
             torch.mm(a, b)
         return (time.perf_counter() - t0) * 1e3
 
+    if pair:
+        barrier = threading.Barrier(2)
+        partner = [0.0]
+
+        def helper():  # pinned to the second core; runs its product when the probe asks
+            os.sched_setaffinity(0, {cores[1]})
+            while True:
+                barrier.wait()
+                partner[0] = mm(1)
+                barrier.wait()
+
+        threading.Thread(target=helper, daemon=True).start()
+
     def probe() -> tuple[float, ...]:
         out = []
-        if len(cores) > 1:
-            for c in cores:
+        if pair:
+            mask = set(cores)
+            for c in cores[:2]:
                 os.sched_setaffinity(0, {c})  # this thread only
                 out.append(mm())
-            os.sched_setaffinity(0, set(cores))
+            os.sched_setaffinity(0, {cores[0]})
+            barrier.wait()  # both cores at once
+            mine = mm()
+            barrier.wait()
+            out.append(max(mine, partner[0]))
+            os.sched_setaffinity(0, mask)
         else:
             out.append(mm())
         t0 = time.perf_counter()
@@ -146,7 +171,8 @@ def speed_probe():
 
     for _ in range(30):
         probe()
-    return probe, [f"core{c}_mm_ms" for c in cores] if len(cores) > 1 else ["mm_ms"]
+    cols = [f"core{c}_mm_ms" for c in cores[:2]] + ["both_mm_ms"] if pair else ["mm_ms"]
+    return probe, cols
 
 
 def gemm_call():
@@ -189,9 +215,10 @@ def make_call(sess, variant: str, seq: int, batch: int, rng):
 
 
 SLOW_CORE = 1.15  # a core whose probe ran this much slower than its median counts as slowed
+PAIR_CONTENDED = 1.3  # the pair took this much longer than either core alone: the two cores contend
 
 
-def summarize(variants, times, probes, speeds, seq: int) -> list[dict]:
+def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None = None) -> list[dict]:
     """Quantiles per variant, what the machine did during the slow calls, and (with probes) the
     tail of the calls made while both cores ran at their usual speed."""
     rows = []
@@ -223,6 +250,27 @@ def summarize(variants, times, probes, speeds, seq: int) -> list[dict]:
                 "normal_cores_p99_ms": qn["p99_ms"] if qn else None,
                 "normal_cores_p99_over_p50": round(qn["p99_ms"] / qn["p50_ms"], 3) if qn else None,
             }
+            if cols and "both_mm_ms" in cols and sp.shape[1] == len(cols):
+                both = sp[:, cols.index("both_mm_ms")]
+                alone = sp[:, [i for i, c in enumerate(cols) if c.startswith("core")]].max(axis=1)
+                ratio = both / alone
+                contended = ratio > PAIR_CONTENDED
+                calm = ~contended & ~slowed
+                qc = quantiles(t[calm] / 1e3) if calm.sum() >= 20 else None
+                extra.update(
+                    {
+                        "pair_ratio_p50": round(float(np.median(ratio)), 3),
+                        "pair_ratio_p90": round(float(np.percentile(ratio, 90)), 3),
+                        "corr_call_pair_ratio": round(float(np.corrcoef(t, ratio)[0, 1]), 3),
+                        "calls_after_a_contended_pair": int(contended.sum()),
+                        "slow_calls_after_a_contended_pair": int((slow & contended).sum()),
+                        "slow_calls_after_contention_or_a_slowed_core": int((slow & ~calm).sum()),
+                        "calm_calls": int(calm.sum()),
+                        "calm_p50_ms": qc["p50_ms"] if qc else None,
+                        "calm_p99_ms": qc["p99_ms"] if qc else None,
+                        "calm_p99_over_p50": round(qc["p99_ms"] / qc["p50_ms"], 3) if qc else None,
+                    }
+                )
         rows.append(
             {
                 "variant": v,
@@ -274,6 +322,24 @@ def print_rows(rows: list[dict]) -> None:
                 f"{r['normal_cores_calls']:>22}{r['normal_cores_p50_ms']:>9.2f}{r['normal_cores_p99_ms']:>9.2f}"
                 f"{r['normal_cores_p99_over_p50']:>9.3f}"
             )
+    if any("calm_calls" in r for r in rows):
+        print(
+            f"\n{'variant':<12}{'pair ratio p50/p90':>20}{'corr(call, ratio)':>19}{'after contention':>18}"
+            f"{'slow after either':>19}{'calm: n':>9}{'p50':>9}{'p99':>9}{'p99/p50':>9}"
+        )
+        for r in rows:
+            if "calm_calls" not in r:
+                continue
+            calm = (
+                f"{r['calm_p50_ms']:>9.2f}{r['calm_p99_ms']:>9.2f}{r['calm_p99_over_p50']:>9.3f}"
+                if r["calm_p50_ms"] is not None
+                else f"{'-':>27}"
+            )
+            print(
+                f"{r['variant']:<12}{r['pair_ratio_p50']:>10.2f}/{r['pair_ratio_p90']:<9.2f}"
+                f"{r['corr_call_pair_ratio']:>19.2f}{r['calls_after_a_contended_pair']:>18}"
+                f"{r['slow_calls_after_contention_or_a_slowed_core']:>12}/{r['slow_calls']:<6}{r['calm_calls']:>9}{calm}"
+            )
 
 
 def reanalyze(src: Path, dst: Path) -> int:
@@ -289,7 +355,8 @@ def reanalyze(src: Path, dst: Path) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"fastft: error: {src} is not a bench_tails result with per-call data ({e})", file=sys.stderr)
         return 2
-    rows = summarize(variants, old["raw_ms"], probes, speeds, old.get("seq"))
+    cols = (old.get("probe_ms") or {}).get("columns")
+    rows = summarize(variants, old["raw_ms"], probes, speeds, old.get("seq"), cols)
     print_rows(rows)
     from fastft.bench.runner import command_line
 
@@ -386,7 +453,7 @@ def main() -> int:
                 gc.enable()
                 gc.unfreeze()
         print(f"block {b + 1}/{blocks}", file=sys.stderr, flush=True)
-    rows = summarize(variants, times, probes, speeds, args.seq)
+    rows = summarize(variants, times, probes, speeds, args.seq, probe_cols)
     print_rows(rows)
     write_result(
         args.result,
