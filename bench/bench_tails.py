@@ -264,6 +264,16 @@ def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None 
                         "corr_call_pair_ratio": round(float(np.corrcoef(t, ratio)[0, 1]), 3),
                         "calls_after_a_contended_pair": int(contended.sum()),
                         "slow_calls_after_a_contended_pair": int((slow & contended).sum()),
+                        "slow_share_after_a_contended_pair": round(float(slow[contended].mean()), 3)
+                        if contended.any()
+                        else None,
+                        "slow_share_otherwise": round(float(slow[~contended].mean()), 3)
+                        if (~contended).any()
+                        else None,
+                        "p50_ms_after_a_contended_pair": round(float(np.median(t[contended])), 2)
+                        if contended.any()
+                        else None,
+                        "p50_ms_otherwise": round(float(np.median(t[~contended])), 2) if (~contended).any() else None,
                         "slow_calls_after_contention_or_a_slowed_core": int((slow & ~calm).sum()),
                         "calm_calls": int(calm.sum()),
                         "calm_p50_ms": qc["p50_ms"] if qc else None,
