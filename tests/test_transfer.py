@@ -98,3 +98,20 @@ def test_compress_distils_on_the_transfer_rows(tmp_path, tiny_data_file):
     # the transfer rows join every epoch: more steps than without them (same batch size)
     assert dist["steps"] > plain["distillation"]["steps"]
     assert (out / "fastft.json").is_file()
+
+
+def test_bad_transfer_files_are_one_line_errors(tmp_path):
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not valid utf-8") as e:
+        transfer_texts(str(bad), 10, seed=0)
+    assert "\n" not in str(e.value)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError, match="has no texts"):
+        transfer_texts(str(empty), 10, seed=0)
+    with pytest.raises(DataError, match="give it alone"):
+        parse_spec("general,news")
+    odd = tmp_path / "a,b.txt"  # a file whose name holds a comma is still a file
+    odd.write_text("one text\n")
+    assert parse_spec(str(odd)) == [str(odd)]

