@@ -218,6 +218,17 @@ SLOW_CORE = 1.15  # a core whose probe ran this much slower than its median coun
 PAIR_CONTENDED = 1.3  # the pair took this much longer than either core alone: the two cores contend
 
 
+def _tail(t: np.ndarray, name: str) -> dict:
+    """``{name}_p50_ms``, ``{name}_p99_ms`` and ``{name}_p99_over_p50`` of a subset of calls (None
+    for each when it holds fewer than 20)."""
+    q = quantiles(t / 1e3) if len(t) >= 20 else None
+    return {
+        f"{name}_p50_ms": q["p50_ms"] if q else None,
+        f"{name}_p99_ms": q["p99_ms"] if q else None,
+        f"{name}_p99_over_p50": round(q["p99_ms"] / q["p50_ms"], 3) if q else None,
+    }
+
+
 def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None = None) -> list[dict]:
     """Quantiles per variant, what the machine did during the slow calls, and (with probes) the
     tail of the calls made while both cores ran at their usual speed."""
@@ -229,15 +240,12 @@ def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None 
         pr = np.asarray(probes[v], dtype=float)
         disturbed = (pr[:, 1] > 0) | (pr[:, 2] > 0)
         slow = t > 1.2 * med
-        quiet = t[~disturbed]
-        qq = quantiles(quiet / 1e3) if len(quiet) >= 20 else None
         extra = {}
         if speeds.get(v):
             sp = np.asarray(speeds[v])
             rel = sp / np.median(sp, axis=0)
             slowed = (rel[:, :-1] > SLOW_CORE).any(axis=1)  # the last column is the memory copy
             normal = t[~slowed]
-            qn = quantiles(normal / 1e3) if len(normal) >= 20 else None
             extra = {
                 "probe_p99_over_p50": [
                     round(float(np.percentile(sp[:, i], 99) / np.median(sp[:, i])), 3) for i in range(sp.shape[1])
@@ -246,9 +254,7 @@ def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None 
                 "calls_after_a_slowed_core": int(slowed.sum()),
                 "slow_calls_after_a_slowed_core": int((slow & slowed).sum()),
                 "normal_cores_calls": int(len(normal)),
-                "normal_cores_p50_ms": qn["p50_ms"] if qn else None,
-                "normal_cores_p99_ms": qn["p99_ms"] if qn else None,
-                "normal_cores_p99_over_p50": round(qn["p99_ms"] / qn["p50_ms"], 3) if qn else None,
+                **_tail(normal, "normal_cores"),
             }
             if cols and "both_mm_ms" in cols and sp.shape[1] == len(cols):
                 both = sp[:, cols.index("both_mm_ms")]
@@ -256,7 +262,6 @@ def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None 
                 ratio = both / alone
                 contended = ratio > PAIR_CONTENDED
                 calm = ~contended & ~slowed
-                qc = quantiles(t[calm] / 1e3) if calm.sum() >= 20 else None
                 extra.update(
                     {
                         "pair_ratio_p50": round(float(np.median(ratio)), 3),
@@ -276,9 +281,7 @@ def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None 
                         "p50_ms_otherwise": round(float(np.median(t[~contended])), 2) if (~contended).any() else None,
                         "slow_calls_after_contention_or_a_slowed_core": int((slow & ~calm).sum()),
                         "calm_calls": int(calm.sum()),
-                        "calm_p50_ms": qc["p50_ms"] if qc else None,
-                        "calm_p99_ms": qc["p99_ms"] if qc else None,
-                        "calm_p99_over_p50": round(qc["p99_ms"] / qc["p50_ms"], 3) if qc else None,
+                        **_tail(t[calm], "calm"),
                     }
                 )
         rows.append(
@@ -297,9 +300,7 @@ def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None 
                 "disturbed_calls": int(disturbed.sum()),
                 "slow_calls_disturbed": int((slow & disturbed).sum()),
                 "slow_calls": int(slow.sum()),
-                "undisturbed_p50_ms": qq["p50_ms"] if qq else None,
-                "undisturbed_p99_ms": qq["p99_ms"] if qq else None,
-                "undisturbed_p99_over_p50": round(qq["p99_ms"] / qq["p50_ms"], 3) if qq else None,
+                **_tail(t[~disturbed], "undisturbed"),
                 **extra,
             }
         )
