@@ -91,8 +91,12 @@ def main() -> int:
     if len(names) != len(args.models):
         return fail(f"--names gives {len(names)} names for {len(args.models)} --models")
     for m in args.models:
-        if not (Path(m) / "fastft.json").is_file():
-            return fail(f"{m} is not a fastft model directory (no fastft.json)")
+        try:
+            ok = (Path(m) / "fastft.json").is_file()
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            return fail(f"{m[:200]} is not a fastft model directory (no fastft.json)")
     if args.limit is not None and args.limit < 1:
         return fail(f"--limit must be at least 1 (got {args.limit})")
 

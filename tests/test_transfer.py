@@ -112,6 +112,10 @@ def test_bad_transfer_files_are_one_line_errors(tmp_path):
         transfer_texts(str(empty), 10, seed=0)
     with pytest.raises(DataError, match="give it alone"):
         parse_spec("general,news")
+    for hostile in ("x" * 5000, "a\x00b.txt", "x" * 5000 + ".txt"):  # too long for the OS, a NUL byte
+        with pytest.raises(DataError) as e:
+            parse_spec(hostile)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 400
     odd = tmp_path / "a,b.txt"  # a file whose name holds a comma is still a file
     odd.write_text("one text\n")
     assert parse_spec(str(odd)) == [str(odd)]

@@ -92,7 +92,7 @@ def do_distill(ctx: Context) -> StageResult:
         "alpha": cfg.alpha,
         "hidden_weight": cfg.hidden_weight,
         **({"augment": augment_info(ctx)} if cfg.augment else {}),
-        **({"transfer": {k: v for k, v in ctx.transfer["info"].items()}} if ctx.transfer else {}),
+        **({"transfer": dict(ctx.transfer["info"])} if ctx.transfer else {}),
         **res,
     }
     return StageResult("distilled", student, None, info)

@@ -83,6 +83,13 @@ def _questions() -> list[str]:
 _READERS = {"news": _news, "sms": _sms, "dialog": _dialog, "questions": _questions}
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, or one the OS cannot hold
+        return False
+
+
 def parse_spec(spec: str) -> list[str]:
     """The source names or the one file path in a ``--transfer`` value; raises a one-line error."""
     if not isinstance(spec, str) or not spec.strip():
@@ -92,7 +99,7 @@ def parse_spec(spec: str) -> list[str]:
     spec = spec.strip()
     if spec == GENERAL:
         return list(SOURCES)
-    if Path(spec).is_file():
+    if _is_file(Path(spec)):
         return [spec]
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if GENERAL in parts:
@@ -100,11 +107,9 @@ def parse_spec(spec: str) -> list[str]:
     if all(p in SOURCES for p in parts):
         return parts
     path = Path(spec)
-    if len(parts) == 1 and (path.suffix == ".txt" or path.exists()):
-        if not path.is_file():
-            raise DataError(f"--transfer file {path} does not exist")
-        return [str(path)]
-    bad = [p for p in parts if p not in SOURCES]
+    if len(parts) == 1 and path.suffix == ".txt":
+        raise DataError(f"--transfer file {spec[:200]} does not exist")
+    bad = [p[:80] for p in parts if p not in SOURCES]
     raise DataError(
         f"unknown --transfer source(s) {', '.join(bad)}; choose {GENERAL}, any of {', '.join(SOURCES)}, or a .txt file"
     )
