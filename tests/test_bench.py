@@ -243,3 +243,48 @@ def test_runner_result_files_hold_machine_versions_and_no_machine_paths(tmp_path
     assert [r["backend"] for r in got] == ["a", "b"] and got[0]["seqs"] == "[1, 2]" and got[0]["file"] == "runs/m.onnx"
     assert scrub_paths("fp32/int8 and a/b/c") == "fp32/int8 and a/b/c"
     assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def _compress_run_file(path, *, seed, heads, retained, speedup, augment=0, vnni=False):
+    report = {
+        "config": {"seed": seed, "distill": {"epochs": 2, "augment": augment}, "prune": {"recovery_epochs": 1}},
+        "pruning": {"after_structured": {"layers": 3, "heads": [heads] * 3, "intermediate": [768] * 3}},
+        "stages": [],
+    }
+    summary = {"final_stage": "quantized", "retained": retained, "speedup_512": speedup, "retained_rare": 0.95}
+    machine = {"cpu": {"vnni": vnni, "flags": ["avx2"]}}
+    path.write_text(json.dumps({"report": report, "summary": summary, "machine": machine}))
+    return str(path)
+
+
+def test_frontier_runs_groups_configs_and_takes_medians(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "frontier_runs", Path(__file__).resolve().parents[1] / "bench" / "frontier_runs.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    files = [
+        _compress_run_file(tmp_path / "a.json", seed=42, heads=6, retained=0.9836, speedup=4.78),
+        _compress_run_file(tmp_path / "b.json", seed=43, heads=6, retained=0.9930, speedup=5.20),
+        _compress_run_file(tmp_path / "c.json", seed=44, heads=6, retained=0.9910, speedup=5.05),
+        _compress_run_file(tmp_path / "d.json", seed=42, heads=12, retained=0.9950, speedup=6.5),
+        _compress_run_file(tmp_path / "e.json", seed=42, heads=6, retained=0.9990, speedup=9.0, augment=1),
+    ]
+    out = tmp_path / "res" / "frontier.json"
+    assert mod.main([*files, "--result", str(out)]) == 0
+    d = json.loads(out.read_text())
+    rows = {r["config"]: r for r in d["rows"]}
+    assert set(rows) == {"3L h6 f768", "3L h12 f768", "3L h6 f768 aug1"}
+    h6 = rows["3L h6 f768"]
+    assert h6["seeds"] == [42, 43, 44] and h6["median_retained"] == 0.991 and h6["median_speedup_512"] == 5.05
+    assert h6["meets_99_at_5x"] and not h6["meets_99_at_6x"]
+    # one seed is not a claim, however good
+    assert not rows["3L h12 f768"]["meets_99_at_5x"] and not rows["3L h6 f768 aug1"]["meets_99_at_6x"]
+    assert d["cpu_kinds"] == ["avx2"] and out.with_suffix(".csv").is_file() and out.with_suffix(".png").is_file()
+    assert "3L h6 f768" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a bench_compress_run.py result"):
+        mod.main([str(tmp_path / "bad.json"), "--result", str(out)])
