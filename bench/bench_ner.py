@@ -172,7 +172,7 @@ def _decode_cost(path, sentences: list[list[str]], repeats: int = 3) -> dict:
 
     pred = fastft.load(path, threads=1, warm_up=False)
     texts = [" ".join(words) for words in sentences]
-    enc = pred._encoder.encode(texts)
+    enc = pred.encoder.encode(texts)
     probs = [softmax(x) for x in pred.logits(texts)]
     out = {}
     for decode in ("argmax", "viterbi"):

@@ -138,7 +138,7 @@ def test_a_model_predicts_valid_tag_sequences(tmp_path):
     d = save_tiny_token_model(tmp_path / "ner")
     pred = fastft.load(d, backend="torch", threads=1)
     assert pred.decode == "viterbi" and pred.info()["decode"] == "viterbi"
-    enc = pred._encoder.encode(NER_TEXTS)
+    enc = pred.encoder.encode(NER_TEXTS)
     invalid = 0
     for i, lg in enumerate(pred.logits(NER_TEXTS)):
         probs = softmax(lg)

@@ -115,7 +115,8 @@ def fuse_transformer(
 
 
 def ort_offline_optimize(src: str | os.PathLike, dst: str | os.PathLike, level: str = "basic") -> dict:
-    """Save the graph ONNX Runtime builds at ``level`` (basic/extended/all) for the CPU provider."""
+    """Save the graph ONNX Runtime builds at ``level`` (basic/extended/all) for the CPU provider,
+    with its SkipLayerNormalization nodes split where that runs faster here (:mod:`fastft.export.layernorm`)."""
     import onnxruntime as ort
 
     from fastft.export.onnx import set_ir_version
@@ -133,11 +134,15 @@ def ort_offline_optimize(src: str | os.PathLike, dst: str | os.PathLike, level: 
             f"ONNX Runtime could not optimise {Path(src).name} ({str(exc).splitlines()[0][:200]})"
         ) from exc
     set_ir_version(dst)
+    from fastft.export.layernorm import maybe_split
+
+    split = maybe_split(dst)  # after ORT's passes, which would fuse the split form back
     return {
         "tool": "onnxruntime.SessionOptions.optimized_model_filepath",
         "level": level,
         "providers": ["CPUExecutionProvider"] if level in ("extended", "all") else None,
         "contrib_ops": contrib_ops(dst),
+        "skip_layernorm": split,
     }
 
 

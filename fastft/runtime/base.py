@@ -118,6 +118,12 @@ class Predictor:
         """Token classification: one row of scores per token, entities from :meth:`predict`."""
         return self.task == TOKEN_CLASSIFICATION
 
+    @property
+    def encoder(self) -> Encoder:
+        """How texts become token ids here (tokenizer, max length, truncation, word ids and
+        character offsets), for callers that need the tokens behind :meth:`logits`' rows."""
+        return self._encoder
+
     # -- public API -------------------------------------------------------------------
     def logits(self, texts: list[str], batch_size: int | None = None):
         """Raw scores, (n, num_labels) float32, in input order.
