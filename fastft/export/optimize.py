@@ -1,6 +1,6 @@
 """Graph optimisation for ONNX Runtime, done once at export and saved with the model.
 
-Two layers, both optional:
+Three steps:
 
 1. ``onnxruntime.transformers.optimizer`` (python pattern fusions, ``opt_level=0`` so no
    ORT session pass is mixed in): Attention, EmbedLayerNormalization,
@@ -10,6 +10,9 @@ Two layers, both optional:
    or ``extended``: extended adds CPU-provider-specific fusions (e.g. MatMulIntegerToFloat,
    DynamicQuantizeMatMul for INT8) — the saved graph is then for the CPU provider only,
    which is recorded (``"providers": ["CPUExecutionProvider"]``).
+3. After ORT's pass, :mod:`fastft.export.layernorm` splits SkipLayerNormalization back into
+   Add + LayerNormalization where a probe on this machine finds that faster (ORT 1.32's CPU
+   kernel for it is single-threaded and about 3x slower than LayerNormalization's).
 
 The result says what was baked in, so the runtime can open the file at a cheaper level
 (``runtime_graph_optimization_level``) instead of re-optimising at every start.
