@@ -54,7 +54,9 @@ def _fingerprint(model_dir: Path) -> str:
         if f.is_file():
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(fastft.__version__.encode())
+    from fastft.export.optimize import GRAPH_REVISION
+
+    h.update(f"{fastft.__version__}:{GRAPH_REVISION}".encode())
     return h.hexdigest()[:12]
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from fastft.core.errors import FastftError
 
 ORT_LEVELS = ("disable", "basic", "extended", "all")
+# bumped whenever the saved graph changes for the same model (caches of exports key on it)
+GRAPH_REVISION = 2  # 2: SkipLayerNormalization split where it pays
 FUSED_OPS = (
     "Attention",
     "MultiHeadAttention",
