@@ -4,11 +4,12 @@
         bench/results/compress_seed4?_h50_f50.json --result bench/results/frontier_runs_avx2.json
 
 Reads result files written by ``bench/bench_compress_run.py`` (one full run each), groups them by
-configuration (student depth, heads and FFN width kept, augment/transfer, recovery epochs) and,
-per configuration, reports every seed's retained accuracy and speed-up at seq 512 (each run's own
-interleaved teacher-vs-final figure) and their medians. It runs nothing: every number comes from
-the files named. Writes ``--result`` (.json, .csv) and a PNG of retained against speed-up with the
-99% / 5x / 6x target lines. Only runs on one CPU kind should be compared; the kinds found are listed.
+configuration (student depth, heads and FFN width kept, augment/transfer, recovery epochs, and
+whether the graphs had their SkipLayerNormalization split) and, per configuration, reports every
+seed's retained accuracy and speed-up at seq 512 (each run's own interleaved teacher-vs-final
+figure) and their medians. It runs nothing: every number comes from the files named. Writes
+``--result`` (.json, .csv) and a PNG of retained against speed-up with the 99% / 5x / 6x target
+lines. Only runs on one CPU kind should be compared; the kinds found are listed.
 """
 
 from __future__ import annotations
@@ -38,19 +39,25 @@ def config_of(report: dict) -> dict:
         "recovery_epochs": (cfg.get("prune") or {}).get("recovery_epochs"),
         "augment": (cfg.get("distill") or {}).get("augment") or 0,
         "transfer": (cfg.get("distill") or {}).get("transfer") or None,
+        # graphs saved with SkipLayerNormalization split (fastft.export.layernorm) are not the same runs
+        "ln_split": bool(
+            ((report.get("quantization") or {}).get("ort_offline") or {}).get("skip_layernorm", {}).get("split")
+        ),
     }
 
 
 def label(c: dict) -> str:
     s = f"{c['layers']}L h{c['heads']} f{c['ffn']}"
     if c["recovery_epochs"] not in (None, 1):
-        s += f" r{c['recovery_epochs']}"
+        s += f" r{c['recovery_epochs']:g}"
     if c["distill_epochs"] not in (None, 2):
-        s += f" e{c['distill_epochs']}"
+        s += f" e{c['distill_epochs']:g}"
     if c["augment"]:
         s += f" aug{c['augment']}"
     if c["transfer"]:
         s += f" tr:{c['transfer']}"
+    if c.get("ln_split"):
+        s += " ln-split"
     return s
 
 
@@ -130,7 +137,7 @@ def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
                 color=c,
                 marker="D",
                 s=60,
-                label=f"{row['config']} (median of {len(sel)})",
+                label=f"{row['config']} " + (f"(median of {len(sel)})" if len(sel) > 1 else "(1 run)"),
             )
     ax.axhline(99, color="k", ls="--", lw=0.8)
     for x in (5, 6):
