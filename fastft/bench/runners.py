@@ -64,7 +64,10 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
             name,
             lambda feeds: p.logits_from_ids(**feeds),
             p.onnx_file,
-            {k: info[k] for k in ("threads", "spinning", "graph_optimization")},
+            {
+                **{k: info[k] for k in ("threads", "spinning", "graph_optimization")},
+                **_export_record(art["fastft"], name),
+            },
         )
     if name in ("ort-plain", "peer-fp32", "peer-int8"):
         from fastft.runtime.session import create_session, session_options
@@ -84,6 +87,24 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
             lambda feeds: {k: v for k, v in feeds.items() if k in inputs},
         )
     raise FastftError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _export_record(model_dir: Path, name: str) -> dict:
+    """What the served export is, from its fastft.json: the INT8 recipe, the MatMuls its accuracy
+    check kept in fp32 and the label agreement it measured; SkipLayerNormalization nodes split."""
+    from fastft.core.schema import read_meta
+
+    onnx_meta = read_meta(model_dir).get("onnx") or {}
+    out = {}
+    split = ((onnx_meta.get("optimization") or {}).get("ort_offline") or {}).get("skip_layernorm")
+    if split is not None:
+        out["skip_layernorm_split"] = split.get("split")
+    if name.endswith("int8") and onnx_meta.get("int8"):
+        q = onnx_meta["int8"]
+        out["int8_recipe"] = q.get("recipe")
+        out["int8_fp32_nodes"] = len((q.get("fallback") or {}).get("fp32_nodes") or q.get("exclude") or [])
+        out["int8_label_agreement"] = ((onnx_meta.get("parity") or {}).get("int8") or {}).get("label_agreement")
+    return out
 
 
 def _weights(model_dir: Path) -> Path | None:
