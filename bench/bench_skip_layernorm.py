@@ -28,20 +28,8 @@ from fastft.bench.runner import interleave, random_feeds, write_result
 from fastft.core.stats import quantiles
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def both_forms(path: Path, work: Path) -> tuple[Path, Path, int]:
-    """(fused file, split file, nodes split) for a model file saved with SkipLayerNormalization."""
+def split_copy(path: Path, work: Path) -> tuple[Path, int]:
+    """(split file, nodes split) for a model file saved with SkipLayerNormalization."""
     import onnx
 
     from fastft.export.layernorm import split_skip_layernorm
@@ -55,12 +43,15 @@ def both_forms(path: Path, work: Path) -> tuple[Path, Path, int]:
         )
     split = work / f"{path.stem}-split.onnx"
     onnx.save(model, str(split))
-    return path, split, n
+    return split, n
 
 
 def bench_model(path: Path, seqs: list[int], threads: int, reps: int, work: Path, label: str = "") -> list[dict]:
-    fused, split, n = both_forms(path, work)
-    sessions = {"fused": _session(fused, threads), "split": _session(split, threads)}
+    from fastft.runtime.session import create_session, session_options
+
+    split, n = split_copy(path, work)
+    opts = session_options(threads=threads, spinning=False, level="basic")  # as fastft serves them
+    sessions = {"fused": create_session(path, opts), "split": create_session(split, opts)}
     names = [i.name for i in sessions["fused"].get_inputs()]
     rows = []
     rng = np.random.default_rng(0)

@@ -128,7 +128,7 @@ def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, row in enumerate(rows):
         c = colors[i % len(colors)]
-        sel = [r for r in runs if r["config"] == row["config"]]
+        sel = [r for r in runs if r["config"] == row["config"] and None not in (r["retained"], r["speedup_512"])]
         ax.scatter([r["speedup_512"] for r in sel], [100 * r["retained"] for r in sel], color=c, alpha=0.45, s=22)
         if row["median_retained"] is not None and row["median_speedup_512"] is not None:
             ax.scatter(

@@ -102,6 +102,8 @@ def probe(hidden: int, threads: int | None = None, seq: int = _PROBE_SEQ, rounds
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from fastft.runtime.session import session_options
+
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), n) for n in ("g", "b", "bias")]
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, seq, hidden]) for n in ("x", "skip")]
@@ -118,12 +120,7 @@ def probe(hidden: int, threads: int | None = None, seq: int = _PROBE_SEQ, rounds
         opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         m = helper.make_model(graph, opset_imports=opsets)
         m.ir_version = 8
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
+        so = session_options(threads=threads, spinning=False, level="disable")  # the serving threads
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     feeds = {n: rng.standard_normal((1, seq, hidden)).astype(np.float32) for n in ("x", "skip")}
