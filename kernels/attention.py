@@ -373,6 +373,7 @@ _GPU_CONFIGS = [
     (128, 64, 4, 3),
     (128, 64, 8, 3),
     (128, 64, 8, 4),
+    (128, 64, 4, 4),
     (128, 128, 8, 2),
     (128, 128, 8, 3),
 ]
@@ -473,12 +474,31 @@ def _check(q, k, v, key_padding_mask):
         raise ValueError(f"attention_fwd: batch {q.shape[0]} and heads {q.shape[1]} must be <= 65535")
 
 
+def _launch(block_m: int, num_warps, num_stages) -> dict:
+    """Launch settings of a fixed tile."""
+    return {
+        "num_warps": int(num_warps) if num_warps else (4 if block_m <= 64 else 8),
+        "num_stages": int(num_stages) if num_stages else 2,
+    }
+
+
 def _bucket(n: int) -> int:
     return 1 if n <= 1 else triton.next_power_of_2(n)
 
 
 def attention_fwd(
-    q, k, v, key_padding_mask=None, causal=False, scale=None, *, allow_tf32=False, block_m=None, block_n=None
+    q,
+    k,
+    v,
+    key_padding_mask=None,
+    causal=False,
+    scale=None,
+    *,
+    allow_tf32=False,
+    block_m=None,
+    block_n=None,
+    num_warps=None,
+    num_stages=None,
 ):
     """softmax(q k^T * scale + mask) v, fused.
 
@@ -487,7 +507,10 @@ def attention_fwd(
     causal: query i attends keys j <= i (top-left, as SDPA's ``is_causal``);
     scale: defaults to head_dim ** -0.5.
     allow_tf32: let fp32 inputs use TF32 tensor cores (GPU only; default exact IEEE fp32).
-    block_m, block_n: fixed tile sizes (powers of two >= 16) instead of autotuning.
+    block_m, block_n: fixed tile sizes (powers of two >= 16) instead of autotuning;
+    num_warps, num_stages: that fixed tile's launch settings (default: 4 warps up to
+    block_m 64 else 8, 2 stages). A fixed tile with the settings of one of the autotuner's
+    configs compiles the same kernel, so it can warm Triton's cache ahead of tuning.
     Returns (batch, heads, seq_q, head_dim) in q.dtype; rows with no attended key are 0.
     """
     _check(q, k, v, key_padding_mask)
@@ -556,7 +579,7 @@ def attention_fwd(
             if b < 16 or b & (b - 1):
                 raise ValueError(f"attention_fwd: {name} must be a power of two >= 16, got {b}")
         grid = (triton.cdiv(seq_q, bm), heads, batch)
-        kw = {} if INTERPRET else {"num_warps": 4 if bm <= 64 else 8, "num_stages": 2}
+        kw = {} if INTERPRET else _launch(bm, num_warps, num_stages)
         _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
     else:
 
@@ -583,6 +606,8 @@ def attention_varlen_fwd(
     allow_tf32=False,
     block_m=None,
     block_n=None,
+    num_warps=None,
+    num_stages=None,
 ):
     """Variable-length (padding-free) attention over packed tokens, flash-attention's layout.
 
@@ -681,7 +706,7 @@ def attention_varlen_fwd(
             if b < 16 or b & (b - 1):
                 raise ValueError(f"attention_varlen_fwd: {name} must be a power of two >= 16, got {b}")
         grid = (triton.cdiv(int(max_seqlen_q), bm), heads, batch)
-        kw = {} if INTERPRET else {"num_warps": 4 if bm <= 64 else 8, "num_stages": 2}
+        kw = {} if INTERPRET else _launch(bm, num_warps, num_stages)
         _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
     else:
 
