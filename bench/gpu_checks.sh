@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, for a CUDA machine: the attention benchmark, then the `gpu` tests.
 #
-#   bench/gpu_checks.sh OUT_DIR [BENCH_SECONDS] [TEST_SECONDS]
+#   bench/gpu_checks.sh OUT_DIR [BENCH_SECONDS] [TEST_SECONDS]     (BENCH_SECONDS 0: tests only)
 #
 # Writes OUT_DIR/attention_gpu.{json,csv} (rewritten after every case, so a run cut short
 # keeps what it measured), bench.log, gpu_tests.log, gpu_tests.xml and gpu_env.txt.
@@ -30,13 +30,15 @@ fi
 tail -n 2 "$out/gpu_env.txt"
 
 workers=$(($(nproc) > 2 ? $(nproc) - 2 : 1))
-timeout "$bench_s" "$py" bench/bench_attention_gpu.py --out-dir "$out" --dtypes fp16 bf16 \
-    --seqs 512 1024 2048 4096 --rounds 15 --precompile-workers "$workers" 2>&1 | tee "$out/bench.log"
-echo "bench exit ${PIPESTATUS[0]}"
+if [ "$bench_s" -gt 0 ]; then  # 0: tests only
+    timeout "$bench_s" "$py" bench/bench_attention_gpu.py --out-dir "$out" --dtypes fp16 bf16 \
+        --seqs 512 1024 2048 4096 --rounds 15 --precompile-workers "$workers" 2>&1 | tee "$out/bench.log"
+    echo "bench exit ${PIPESTATUS[0]}"
+fi
 
 xdist=()
 if "$py" -c "import xdist" 2>/dev/null; then xdist=(-n "$workers"); fi
-timeout "$test_s" "$py" -m pytest -m gpu "${xdist[@]}" -q -p no:cacheprovider \
+timeout "$test_s" "$py" -m pytest -m gpu "${xdist[@]}" -q -p no:cacheprovider --durations=15 -rfE \
     tests/test_attention_triton.py tests/test_attention.py --junitxml="$out/gpu_tests.xml" >"$out/gpu_tests.log" 2>&1
 rc=$?
 tail -n 25 "$out/gpu_tests.log"

@@ -293,3 +293,53 @@ def test_frontier_runs_groups_configs_and_takes_medians(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a bench_compress_run.py result"):
         mod.main([str(tmp_path / "bad.json"), "--result", str(out)])
+
+
+def test_attention_gpu_targets_and_packing():
+    """The GPU benchmark's summary (no GPU needed): the smallest ratio per target over fp16,
+    seq 512..4096, the faster Triton form against the fastest SDPA backend that ran; and the
+    packing of a prefix mask's valid tokens."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    spec = importlib.util.spec_from_file_location("bench_attention_gpu", bench_dir / "bench_attention_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench_dir))
+
+    def row(seq, case, backend, ms, dtype="fp16", d=64):
+        return {"dtype": dtype, "head_dim": d, "seq": seq, "case": case, "backend": backend, "median_ms": ms}
+
+    rows = [
+        row(512, "none", "triton", 1.0),
+        row(512, "none", "sdpa_flash", 1.2),
+        row(4096, "none", "triton", 2.0),
+        row(4096, "none", "sdpa_flash", 1.6),  # 0.8x: the minimum
+        row(8192, "none", "triton", 1.0),  # outside 512..4096: ignored
+        row(8192, "none", "sdpa_flash", 0.1),
+        row(512, "none", "triton", 9.0, dtype="bf16"),  # not fp16: ignored
+        row(512, "none", "sdpa_flash", 1.0, dtype="bf16"),
+        row(1024, "padding", "triton", 3.0),
+        row(1024, "padding", "triton_varlen", 1.0),  # the faster form counts
+        row(1024, "padding", "sdpa_efficient", 4.0),
+        row(1024, "padding", "sdpa_math", 2.0),  # the fastest masked SDPA: 2.0x
+        {**row(1024, "padding", "sdpa_flash", 0.0), "median_ms": None},  # refused the mask
+    ]
+    rows[-1].pop("median_ms")
+    t = mod.targets(rows)
+    assert t["triton_vs_sdpa_flash_no_mask"]["min"] == 0.8
+    assert t["triton_vs_fastest_masked_sdpa"]["min"] == 2.0
+    assert t["per_shape"]["padding d64 s1024 (triton_varlen)"] == 2.0
+
+    x = torch.arange(2 * 3 * 4 * 2, dtype=torch.float32).view(2, 3, 4, 2)  # (batch, heads, seq, head_dim)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    packed = mod.pack(torch, x, mask)
+    assert packed.shape == (6, 3, 2)
+    assert torch.equal(packed[4], x[1, :, 0]) and torch.equal(packed[5], x[1, :, 1])
