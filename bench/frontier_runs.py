@@ -26,12 +26,14 @@ from fastft.bench.runner import write_result
 def config_of(report: dict) -> dict:
     """What was compressed how, from a compress report (the final structure, not the flags)."""
     cfg = report.get("config") or {}
+    dist = report.get("distillation") or {}
+    first = dist.get("pruned_first") or {}  # --prune-first: pruned before distillation
     pr = report.get("pruning") or {}
-    after = pr.get("after_structured") or pr.get("before") or {}
+    after = first.get("after_structured") or pr.get("after_structured") or pr.get("before") or {}
     heads = after.get("heads") or []
     ffn = after.get("intermediate") or []
-    dist = report.get("distillation") or {}
     return {
+        "prune_first": bool(first),
         "layers": after.get("layers") or dist.get("layers"),
         "heads": max(heads) if heads else None,
         "ffn": max(ffn) if ffn else None,
@@ -48,7 +50,9 @@ def config_of(report: dict) -> dict:
 
 def label(c: dict) -> str:
     s = f"{c['layers']}L h{c['heads']} f{c['ffn']}"
-    if c["recovery_epochs"] not in (None, 1):
+    if c.get("prune_first"):
+        s += " prune-first"
+    elif c["recovery_epochs"] not in (None, 1):
         s += f" r{c['recovery_epochs']:g}"
     if c["distill_epochs"] not in (None, 2):
         s += f" e{c['distill_epochs']:g}"

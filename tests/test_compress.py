@@ -374,3 +374,41 @@ def test_cli_help_lists_options(capsys):
         "--json",
     ):
         assert opt in out
+
+
+def test_prune_first_prunes_the_student_before_distillation(teacher4, tmp_path):
+    """--prune-first: the student is pruned before its distillation epochs (QAT in the last one),
+    no separate pruned stage or recovery; the report says what was removed."""
+    import fastft
+
+    out = tmp_path / "pf"
+    report = fastft.compress(
+        str(teacher4),
+        CompressConfig(
+            layers=2, prune_heads=0.5, prune_ffn=0.5, prune_first=True, quantize="int8", output=str(out), **FAST
+        ),
+    )
+    assert [r["stage"] for r in report["stages"]] == ["teacher", "distilled", "quantized"]
+    first = report["distillation"]["pruned_first"]
+    assert first["after_structured"]["heads"] == [2, 2] and first["after_structured"]["intermediate"] == [32, 32]
+    assert report["pruning"] is None
+    assert report["stages"][1]["parameters"] < report["stages"][0]["parameters"]
+    assert (out / "model_int8.onnx").is_file()
+    from fastft.models.pruned import describe, load_pruned
+
+    assert describe(load_pruned(out))["heads"] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(prune_first=True, distill=False), "needs distillation"),
+        (dict(prune_first=True, prune_ffn=0.0, prune_heads=0.0), "--prune-heads or --prune-ffn"),
+    ],
+)
+def test_prune_first_needs_distillation_and_a_structured_fraction(teacher4, tmp_path, no_training, kw, match):
+    import fastft
+
+    with pytest.raises(FastftError, match=match):
+        fastft.compress(str(teacher4), CompressConfig(output=str(tmp_path / "o"), **{**FAST, **kw}))
+    assert not (tmp_path / "o").exists()

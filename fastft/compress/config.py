@@ -113,10 +113,21 @@ class PruneConfig:
     prune_batches: int = option(32, "training batches used to measure importance")
     recovery_epochs: float = option(1, "distillation epochs after pruning")
     sparsity: float = option(0.0, "unstructured magnitude pruning of encoder weights (no speed-up on dense kernels)")
+    prune_first: bool = option(
+        False,
+        "remove the heads and FFN neurons from the student before distillation (importance measured "
+        "against the teacher's outputs), so every distillation epoch trains the pruned shape; no recovery "
+        "epochs follow",
+        flag="--prune-first",
+    )
 
     @property
     def active(self) -> bool:
         return self.prune_heads > 0 or self.prune_ffn > 0 or self.sparsity > 0
+
+    @property
+    def structured(self) -> bool:
+        return self.prune_heads > 0 or self.prune_ffn > 0
 
     def validate(self) -> None:
         for name in ("prune_heads", "prune_ffn", "recovery_epochs", "sparsity"):
@@ -261,6 +272,10 @@ class CompressConfig:
             raise FastftError(f"--target-retained must be a fraction such as 0.99 (got {self.target_retained})")
         if not self.distill.enabled and not self.pruning and self.quantize.mode is None:
             raise FastftError("every stage is switched off: nothing to do")
+        if self.prune.prune_first and not self.distill.enabled:
+            raise FastftError("--prune-first prunes the student before distillation: it needs distillation on")
+        if self.prune.prune_first and not self.prune.structured:
+            raise FastftError("--prune-first needs --prune-heads or --prune-ffn above 0")
 
     def to_dict(self) -> dict:
         d = asdict(self)

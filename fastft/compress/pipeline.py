@@ -120,7 +120,9 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     timings["teacher_export_eval_s"] = round(time.perf_counter() - t0, 2)
 
     net, last_dir, last_onnx, last_metrics = ctx.teacher, ctx.teacher_dir, t_onnx, t_metrics
-    for name, enabled in (("distilled", cfg.distill.enabled), ("pruned", cfg.pruning)):
+    # with --prune-first the distilled stage is already pruned: a pruned stage only for sparsity
+    prune_stage = cfg.pruning and not (cfg.prune.prune_first and cfg.prune.sparsity == 0)
+    for name, enabled in (("distilled", cfg.distill.enabled), ("pruned", prune_stage)):
         if not enabled:
             continue
         t0 = time.perf_counter()

@@ -69,8 +69,11 @@ def do_distill(ctx: Context) -> StageResult:
         cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
+    pruned_first = None
+    if pr.prune_first:  # the student's shape is final before its first epoch
+        pruned_first = {"before": describe(student), **_structured_prune(ctx, student, cache)}
     # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
-    last = not (pr.recovery_epochs > 0 and (pr.prune_heads > 0 or pr.prune_ffn > 0))
+    last = pr.prune_first or not (pr.recovery_epochs > 0 and pr.structured)
     res = _train_on_teacher(
         ctx,
         student,
@@ -93,13 +96,48 @@ def do_distill(ctx: Context) -> StageResult:
         "hidden_weight": cfg.hidden_weight,
         **({"augment": augment_info(ctx)} if cfg.augment else {}),
         **({"transfer": dict(ctx.transfer["info"])} if ctx.transfer else {}),
+        **({"pruned_first": pruned_first} if pruned_first else {}),
         **res,
     }
     return StageResult("distilled", student, None, info)
 
 
-def do_prune(ctx: Context, net) -> StageResult:
+def _structured_prune(ctx: Context, net, cache) -> dict:
+    """Remove the configured heads and FFN neurons of every layer of ``net`` by gradient importance
+    on training batches, the loss being the distillation loss against the cached teacher outputs."""
     import torch
+
+    d, cfg = ctx.cfg.distill, ctx.cfg.prune
+    k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
+    if not (k_heads or k_ffn):
+        return {}
+    before = count_params(net)
+    g = torch.Generator().manual_seed(ctx.cfg.seed + 1)
+    batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], d.batch_size, g)[: cfg.prune_batches]
+    y = None if ctx.token else torch.tensor(ctx.y["train"])
+
+    def loss_fn(model, rows):
+        x, m = dis.pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
+        out = model(input_ids=x, attention_mask=m)
+        if ctx.token:
+            out, y_rows, t = tkd.loss_inputs(cache, ctx.y["train"])(out, rows, x.shape[1])
+        else:
+            y_rows, t = y[rows], cache.logits[rows]
+        return dis.distill_loss(out, y_rows, t, None, m, d.temperature, d.alpha, 0.0)[0]
+
+    scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
+    info = apply_structured(net, scores, k_heads, k_ffn)
+    info["importance_batches"] = len(batches)
+    info["after_structured"] = describe(net)
+    log(
+        ctx,
+        f"pruned {k_heads} head(s) and {k_ffn} FFN neuron(s) per layer: "
+        f"{before / 1e6:.2f}M -> {info['after_structured']['parameters'] / 1e6:.2f}M parameters",
+    )
+    return info
+
+
+def do_prune(ctx: Context, net) -> StageResult:
 
     d, cfg = ctx.cfg.distill, ctx.cfg.prune
     before = describe(net)
@@ -111,33 +149,11 @@ def do_prune(ctx: Context, net) -> StageResult:
     if cache is None or cache.layers != layers or len(cache.logits) != len(ids):
         cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token)
         ctx.cache = cache
-    k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     info = {"before": before}
     t0 = time.perf_counter()
-    if k_heads or k_ffn:
-        g = torch.Generator().manual_seed(ctx.cfg.seed + 1)
-        batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], d.batch_size, g)[: cfg.prune_batches]
-        y = None if ctx.token else torch.tensor(ctx.y["train"])
-
-        def loss_fn(model, rows):
-            x, m = dis.pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
-            out = model(input_ids=x, attention_mask=m)
-            if ctx.token:
-                out, y_rows, t = tkd.loss_inputs(cache, ctx.y["train"])(out, rows, x.shape[1])
-            else:
-                y_rows, t = y[rows], cache.logits[rows]
-            return dis.distill_loss(out, y_rows, t, None, m, d.temperature, d.alpha, 0.0)[0]
-
-        scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
-        info.update(apply_structured(net, scores, k_heads, k_ffn))
-        info["importance_batches"] = len(batches)
-        info["after_structured"] = describe(net)
-        log(
-            ctx,
-            f"pruned {k_heads} head(s) and {k_ffn} FFN neuron(s) per layer: "
-            f"{before['parameters'] / 1e6:.2f}M -> {info['after_structured']['parameters'] / 1e6:.2f}M parameters",
-        )
-        if cfg.recovery_epochs > 0:
+    if not cfg.prune_first:  # (with --prune-first the distilled student is already pruned)
+        info.update(_structured_prune(ctx, net, cache))
+        if info.get("after_structured") and cfg.recovery_epochs > 0:
             info["recovery"] = _train_on_teacher(
                 ctx,
                 net,
