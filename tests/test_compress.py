@@ -404,11 +404,42 @@ def test_prune_first_prunes_the_student_before_distillation(teacher4, tmp_path):
     [
         (dict(prune_first=True, distill=False), "needs distillation"),
         (dict(prune_first=True, prune_ffn=0.0, prune_heads=0.0), "--prune-heads or --prune-ffn"),
+        (dict(prune_steps=2, prune_first=True), "not with --prune-first"),
+        (dict(prune_steps=2, prune_ffn=0.0, prune_heads=0.0), "--prune-steps needs"),
+        (dict(prune_steps=0), "--prune-steps"),
     ],
 )
-def test_prune_first_needs_distillation_and_a_structured_fraction(teacher4, tmp_path, no_training, kw, match):
+def test_prune_order_options_are_refused(teacher4, tmp_path, no_training, kw, match):
     import fastft
 
     with pytest.raises(FastftError, match=match):
         fastft.compress(str(teacher4), CompressConfig(output=str(tmp_path / "o"), **{**FAST, **kw}))
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_steps_prune_in_steps_with_recovery_between(teacher4, tmp_path):
+    """--prune-steps 2: half of the heads and neurons go in each step, importance measured again,
+    a recovery epoch after each (QAT only after the last); the directory reloads with the heads
+    recorded in the original numbering."""
+    import fastft
+    from fastft.models.pruned import describe, load_pruned
+
+    out = tmp_path / "steps"
+    report = fastft.compress(
+        str(teacher4),
+        CompressConfig(
+            layers=2, prune_heads=0.5, prune_ffn=0.5, prune_steps=2, quantize="int8", output=str(out), **FAST
+        ),
+    )
+    assert [r["stage"] for r in report["stages"]] == ["teacher", "distilled", "pruned", "quantized"]
+    pr = report["pruning"]
+    assert len(pr["steps"]) == 2 and all("recovery" in s for s in pr["steps"])
+    assert [s["heads_removed_per_layer"] for s in pr["steps"]] == [1, 1]
+    assert [s["ffn_removed_per_layer"] for s in pr["steps"]] == [16, 16]
+    assert pr["after_structured"]["heads"] == [2, 2] and pr["after_structured"]["intermediate"] == [32, 32]
+    assert pr["heads_removed_per_layer"] == 2 and all(len(v) == 2 for v in pr["pruned_heads"].values())
+    again = load_pruned(out)
+    assert describe(again)["heads"] == [2, 2]
+    assert {k: sorted(v) for k, v in again.config.pruned_heads.items()} == {
+        k: sorted(v) for k, v in pr["pruned_heads"].items()
+    }

@@ -113,6 +113,11 @@ class PruneConfig:
     prune_batches: int = option(32, "training batches used to measure importance")
     recovery_epochs: float = option(1, "distillation epochs after pruning")
     sparsity: float = option(0.0, "unstructured magnitude pruning of encoder weights (no speed-up on dense kernels)")
+    prune_steps: int = option(
+        1,
+        "remove the heads and FFN neurons in this many equal steps, importance measured again before "
+        "each and --recovery-epochs of distillation after each (quantization-aware only after the last)",
+    )
     prune_first: bool = option(
         False,
         "remove the heads and FFN neurons from the student before distillation (importance measured "
@@ -133,6 +138,11 @@ class PruneConfig:
         for name in ("prune_heads", "prune_ffn", "recovery_epochs", "sparsity"):
             check_float(_flag(name), getattr(self, name))
         check_int("--prune-batches", self.prune_batches, lo=1)
+        check_int("--prune-steps", self.prune_steps, lo=1)
+        if self.prune_steps > 1 and self.prune_first:
+            raise FastftError("--prune-steps prunes between recovery epochs after distillation: not with --prune-first")
+        if self.prune_steps > 1 and not (self.prune_heads > 0 or self.prune_ffn > 0):
+            raise FastftError("--prune-steps needs --prune-heads or --prune-ffn above 0")
         for name in ("prune_heads", "prune_ffn", "sparsity"):
             v = getattr(self, name)
             if not 0 <= v < 1:

@@ -71,7 +71,8 @@ def do_distill(ctx: Context) -> StageResult:
     ctx.cache = cache
     pruned_first = None
     if pr.prune_first:  # the student's shape is final before its first epoch
-        pruned_first = {"before": describe(student), **_structured_prune(ctx, student, cache)}
+        k_heads, k_ffn = check_fractions(student, pr.prune_heads, pr.prune_ffn)
+        pruned_first = {"before": describe(student), **_structured_prune(ctx, student, cache, k_heads, k_ffn)}
     # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
     last = pr.prune_first or not (pr.recovery_epochs > 0 and pr.structured)
     res = _train_on_teacher(
@@ -102,17 +103,17 @@ def do_distill(ctx: Context) -> StageResult:
     return StageResult("distilled", student, None, info)
 
 
-def _structured_prune(ctx: Context, net, cache) -> dict:
-    """Remove the configured heads and FFN neurons of every layer of ``net`` by gradient importance
-    on training batches, the loss being the distillation loss against the cached teacher outputs."""
+def _structured_prune(ctx: Context, net, cache, k_heads: int, k_ffn: int, seed_offset: int = 1) -> dict:
+    """Remove ``k_heads`` heads and ``k_ffn`` FFN neurons from every layer of ``net`` by gradient
+    importance on training batches, the loss being the distillation loss against the cached teacher
+    outputs."""
     import torch
 
     d, cfg = ctx.cfg.distill, ctx.cfg.prune
-    k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
     if not (k_heads or k_ffn):
         return {}
     before = count_params(net)
-    g = torch.Generator().manual_seed(ctx.cfg.seed + 1)
+    g = torch.Generator().manual_seed(ctx.cfg.seed + seed_offset)
     batches = dis.length_bucketed_batches([len(x) for x in ctx.ids["train"]], d.batch_size, g)[: cfg.prune_batches]
     y = None if ctx.token else torch.tensor(ctx.y["train"])
 
@@ -138,7 +139,6 @@ def _structured_prune(ctx: Context, net, cache) -> dict:
 
 
 def do_prune(ctx: Context, net) -> StageResult:
-
     d, cfg = ctx.cfg.distill, ctx.cfg.prune
     before = describe(net)
     # the teacher's outputs on the layers matching the pruned model's are the targets (cached once)
@@ -152,17 +152,31 @@ def do_prune(ctx: Context, net) -> StageResult:
     info = {"before": before}
     t0 = time.perf_counter()
     if not cfg.prune_first:  # (with --prune-first the distilled student is already pruned)
-        info.update(_structured_prune(ctx, net, cache))
-        if info.get("after_structured") and cfg.recovery_epochs > 0:
-            info["recovery"] = _train_on_teacher(
-                ctx,
-                net,
-                cache,
-                epochs=cfg.recovery_epochs,
-                seed=ctx.cfg.seed + 2,
-                desc="recovery",
-                qat=qat_spec(ctx.cfg),
-            )
+        k_heads, k_ffn = check_fractions(net, cfg.prune_heads, cfg.prune_ffn)
+        steps, done = cfg.prune_steps, (0, 0)
+        for step in range(1, steps + 1):
+            # step i removes up to round(k * i / steps) in all; importance is measured again each time
+            want = (round(k_heads * step / steps), round(k_ffn * step / steps))
+            kh, kf = want[0] - done[0], want[1] - done[1]
+            done = want
+            step_info = _structured_prune(ctx, net, cache, kh, kf, seed_offset=1 + 10 * (step - 1))
+            # recovery after every step that removed something, and always after the last (its QAT)
+            if (step_info or step == steps) and (k_heads or k_ffn) and cfg.recovery_epochs > 0:
+                step_info["recovery"] = _train_on_teacher(
+                    ctx,
+                    net,
+                    cache,
+                    epochs=cfg.recovery_epochs,
+                    seed=ctx.cfg.seed + 2 + 10 * (step - 1),
+                    desc="recovery" if steps == 1 else f"recovery {step}/{steps}",
+                    qat=qat_spec(ctx.cfg) if step == steps else None,
+                )
+            if steps > 1:
+                info.setdefault("steps", []).append(step_info)
+            info.update({k: v for k, v in step_info.items() if k != "pruned_heads" or steps == 1})
+        if steps > 1:  # in all; the heads in the original numbering, as config.json records them
+            info["heads_removed_per_layer"], info["ffn_removed_per_layer"] = k_heads, k_ffn
+            info["pruned_heads"] = dict(getattr(net.config, "pruned_heads", None) or {})
     if cfg.sparsity > 0:
         info["magnitude"] = magnitude_prune(net, cfg.sparsity)
     info["parameters"] = count_params(net)
