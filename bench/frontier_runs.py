@@ -39,6 +39,7 @@ def config_of(report: dict) -> dict:
         "ffn": max(ffn) if ffn else None,
         "distill_epochs": (cfg.get("distill") or {}).get("epochs"),
         "recovery_epochs": (cfg.get("prune") or {}).get("recovery_epochs"),
+        "prune_steps": (cfg.get("prune") or {}).get("prune_steps") or 1,
         "augment": (cfg.get("distill") or {}).get("augment") or 0,
         "transfer": (cfg.get("distill") or {}).get("transfer") or None,
         # graphs saved with SkipLayerNormalization split (fastft.export.layernorm) are not the same runs
@@ -52,6 +53,10 @@ def label(c: dict) -> str:
     s = f"{c['layers']}L h{c['heads']} f{c['ffn']}"
     if c.get("prune_first"):
         s += " prune-first"
+    elif c.get("prune_steps", 1) > 1:
+        s += f" steps{c['prune_steps']}"
+        if c["recovery_epochs"] not in (None, 1):
+            s += f" r{c['recovery_epochs']:g}"
     elif c["recovery_epochs"] not in (None, 1):
         s += f" r{c['recovery_epochs']:g}"
     if c["distill_epochs"] not in (None, 2):
@@ -128,10 +133,11 @@ def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=120)
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours; the median's marker cycles too
+    markers = "DsoP^vX*"
     for i, row in enumerate(rows):
-        c = colors[i % len(colors)]
+        c = colors[(2 * i) % 20 + (i // 10) % 2]
         sel = [r for r in runs if r["config"] == row["config"] and None not in (r["retained"], r["speedup_512"])]
         ax.scatter([r["speedup_512"] for r in sel], [100 * r["retained"] for r in sel], color=c, alpha=0.45, s=22)
         if row["median_retained"] is not None and row["median_speedup_512"] is not None:
@@ -139,7 +145,7 @@ def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
                 [row["median_speedup_512"]],
                 [100 * row["median_retained"]],
                 color=c,
-                marker="D",
+                marker=markers[i % len(markers)],
                 s=60,
                 label=f"{row['config']} " + (f"(median of {len(sel)})" if len(sel) > 1 else "(1 run)"),
             )
@@ -151,7 +157,7 @@ def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     kinds = sorted({r["cpu_kind"] for r in runs})
     ax.set_title(f"fastft compress --int8: runs by configuration ({', '.join(kinds)})", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -250,9 +250,10 @@ def test_runner_result_files_hold_machine_versions_and_no_machine_paths(tmp_path
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
 
-def _compress_run_file(path, *, seed, heads, retained, speedup, augment=0, vnni=False):
+def _compress_run_file(path, *, seed, heads, retained, speedup, augment=0, vnni=False, steps=1):
+    prune = {"recovery_epochs": 1, "prune_steps": steps}
     report = {
-        "config": {"seed": seed, "distill": {"epochs": 2, "augment": augment}, "prune": {"recovery_epochs": 1}},
+        "config": {"seed": seed, "distill": {"epochs": 2, "augment": augment}, "prune": prune},
         "pruning": {"after_structured": {"layers": 3, "heads": [heads] * 3, "intermediate": [768] * 3}},
         "stages": [],
     }
@@ -277,12 +278,14 @@ def test_frontier_runs_groups_configs_and_takes_medians(tmp_path, capsys):
         _compress_run_file(tmp_path / "c.json", seed=44, heads=6, retained=0.9910, speedup=5.05),
         _compress_run_file(tmp_path / "d.json", seed=42, heads=12, retained=0.9950, speedup=6.5),
         _compress_run_file(tmp_path / "e.json", seed=42, heads=6, retained=0.9990, speedup=9.0, augment=1),
+        _compress_run_file(tmp_path / "f.json", seed=42, heads=6, retained=0.9869, speedup=5.23, steps=2),
     ]
     out = tmp_path / "res" / "frontier.json"
     assert mod.main([*files, "--result", str(out)]) == 0
     d = json.loads(out.read_text())
     rows = {r["config"]: r for r in d["rows"]}
-    assert set(rows) == {"3L h6 f768", "3L h12 f768", "3L h6 f768 aug1"}
+    assert set(rows) == {"3L h6 f768", "3L h12 f768", "3L h6 f768 aug1", "3L h6 f768 steps2"}
+    assert rows["3L h6 f768 steps2"]["seeds"] == [42]  # pruned in steps: not the one-step runs
     h6 = rows["3L h6 f768"]
     assert h6["seeds"] == [42, 43, 44] and h6["median_retained"] == 0.991 and h6["median_speedup_512"] == 5.05
     assert h6["meets_99_at_5x"] and not h6["meets_99_at_6x"]
