@@ -474,6 +474,11 @@ def _check(q, k, v, key_padding_mask):
         raise ValueError(f"attention_fwd: batch {q.shape[0]} and heads {q.shape[1]} must be <= 65535")
 
 
+def _check_launch(fn: str, block_m, block_n, num_warps, num_stages) -> None:
+    if (num_warps is not None or num_stages is not None) and block_m is None and block_n is None:
+        raise ValueError(f"{fn}: num_warps and num_stages set a fixed tile's launch: give block_m or block_n too")
+
+
 def _launch(block_m: int, num_warps, num_stages) -> dict:
     """Launch settings of a fixed tile."""
     return {
@@ -514,6 +519,7 @@ def attention_fwd(
     Returns (batch, heads, seq_q, head_dim) in q.dtype; rows with no attended key are 0.
     """
     _check(q, k, v, key_padding_mask)
+    _check_launch("attention_fwd", block_m, block_n, num_warps, num_stages)
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     out = torch.empty((batch, heads, seq_q, head_dim), dtype=q.dtype, device=q.device)
@@ -625,6 +631,7 @@ def attention_varlen_fwd(
             )
     # the checks of the padded kernel, on (1, heads, total, head_dim) views
     _check(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], None)
+    _check_launch("attention_varlen_fwd", block_m, block_n, num_warps, num_stages)
     for name, t, n in (
         ("cu_seqlens_q", cu_seqlens_q, None),
         ("cu_seqlens_k", cu_seqlens_k, None),

@@ -329,6 +329,7 @@ def test_empty_sequences(kernel):
         (dict(key_padding_mask=torch.ones(2, 5)), "must be bool"),
         (dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), r"\(batch, seq_k\)"),
         (dict(q=torch.zeros(2, 3, 4, 512), k=torch.zeros(2, 3, 5, 512), v=torch.zeros(2, 3, 5, 512)), "head_dim"),
+        (dict(num_warps=4), "give block_m or block_n"),  # launch settings need a fixed tile
     ],
 )
 def test_argument_checks(kernel, bad, match):
