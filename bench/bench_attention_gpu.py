@@ -151,16 +151,21 @@ def pack(torch, t, mask):
     return t.transpose(1, 2)[mask].contiguous()
 
 
+def packed(torch, q, k, v, mask):
+    """q, k, v packed to the valid tokens of a prefix mask, with int32 ``cu_seqlens`` and the
+    longest length: flash-attention's varlen arguments."""
+    lengths = mask.sum(-1)
+    cu32 = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=q.device)
+    cu32[1:] = lengths.cumsum(0)
+    return (*(pack(torch, t, mask) for t in (q, k, v)), cu32, int(lengths.max()))
+
+
 def padding_free(torch, q, k, v, mask):
     """The padding-free forms of the padding case, on packed copies of q, k, v: ({name: fn},
     {name: reason} for a form that could not be set up)."""
     from fastft.kernels.attention import attention_varlen_fwd
 
-    lengths = mask.sum(-1)
-    cu32 = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=q.device)
-    cu32[1:] = lengths.cumsum(0)
-    max_len = int(lengths.max())
-    qp, kp, vp = (pack(torch, t, mask) for t in (q, k, v))
+    qp, kp, vp, cu32, max_len = packed(torch, q, k, v, mask)
     fns, failed = {}, {}
     fns["triton_varlen"] = lambda: attention_varlen_fwd(qp, kp, vp, cu32, cu32, max_len, max_len)
     try:
@@ -170,7 +175,7 @@ def padding_free(torch, q, k, v, mask):
         qn, kn, vn = (torch.nested.nested_tensor_from_jagged(t, offsets=offsets).transpose(1, 2) for t in (qp, kp, vp))
         fns["sdpa_nested"] = lambda: F.scaled_dot_product_attention(qn, kn, vn)
     except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
-        failed["sdpa_nested"] = f"N/A: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc!r}"
+        failed["sdpa_nested"] = _reason(exc)
     return fns, failed
 
 
@@ -211,11 +216,8 @@ def _precompile_one(task) -> str:
     tile = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
     try:
         if case == "varlen":
-            lengths = mask.sum(-1)
-            cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=q.device)
-            cu[1:] = lengths.cumsum(0)
-            qp, kp, vp = (pack(torch, t, mask) for t in (q, k, v))
-            attention_varlen_fwd(qp, kp, vp, cu, cu, seq, seq, **tile)
+            qp, kp, vp, cu, max_len = packed(torch, q, k, v, mask)
+            attention_varlen_fwd(qp, kp, vp, cu, cu, max_len, max_len, **tile)
         else:
             attention_fwd(q, k, v, mask, causal=case == "causal", **tile)
         torch.cuda.synchronize()

@@ -51,14 +51,13 @@ def config_of(report: dict) -> dict:
 
 def label(c: dict) -> str:
     s = f"{c['layers']}L h{c['heads']} f{c['ffn']}"
-    if c.get("prune_first"):
+    if c.get("prune_first"):  # no recovery epochs follow
         s += " prune-first"
-    elif c.get("prune_steps", 1) > 1:
-        s += f" steps{c['prune_steps']}"
+    else:
+        if c.get("prune_steps", 1) > 1:
+            s += f" steps{c['prune_steps']}"
         if c["recovery_epochs"] not in (None, 1):
             s += f" r{c['recovery_epochs']:g}"
-    elif c["recovery_epochs"] not in (None, 1):
-        s += f" r{c['recovery_epochs']:g}"
     if c["distill_epochs"] not in (None, 2):
         s += f" e{c['distill_epochs']:g}"
     if c["augment"]:

@@ -123,7 +123,6 @@ class PruneConfig:
         "remove the heads and FFN neurons from the student before distillation (importance measured "
         "against the teacher's outputs), so every distillation epoch trains the pruned shape; no recovery "
         "epochs follow",
-        flag="--prune-first",
     )
 
     @property
@@ -141,7 +140,7 @@ class PruneConfig:
         check_int("--prune-steps", self.prune_steps, lo=1)
         if self.prune_steps > 1 and self.prune_first:
             raise FastftError("--prune-steps prunes between recovery epochs after distillation: not with --prune-first")
-        if self.prune_steps > 1 and not (self.prune_heads > 0 or self.prune_ffn > 0):
+        if self.prune_steps > 1 and not self.structured:
             raise FastftError("--prune-steps needs --prune-heads or --prune-ffn above 0")
         for name in ("prune_heads", "prune_ffn", "sparsity"):
             v = getattr(self, name)

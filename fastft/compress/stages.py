@@ -53,8 +53,7 @@ class QuantizeResult:
 def do_distill(ctx: Context) -> StageResult:
     cfg, pr = ctx.cfg.distill, ctx.cfg.prune
     student, match = dis.make_student(ctx.teacher, cfg.student, cfg.layers, ctx.labels)
-    if pr.prune_heads or pr.prune_ffn:
-        check_fractions(student, pr.prune_heads, pr.prune_ffn)
+    k_heads, k_ffn = check_fractions(student, pr.prune_heads, pr.prune_ffn) if pr.structured else (0, 0)
     log(
         ctx,
         f"distilling {ctx.teacher.config.num_hidden_layers}-layer teacher into a "
@@ -71,7 +70,6 @@ def do_distill(ctx: Context) -> StageResult:
     ctx.cache = cache
     pruned_first = None
     if pr.prune_first:  # the student's shape is final before its first epoch
-        k_heads, k_ffn = check_fractions(student, pr.prune_heads, pr.prune_ffn)
         pruned_first = {"before": describe(student), **_structured_prune(ctx, student, cache, k_heads, k_ffn)}
     # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
     last = pr.prune_first or not (pr.recovery_epochs > 0 and pr.structured)
@@ -173,7 +171,7 @@ def do_prune(ctx: Context, net) -> StageResult:
                 )
             if steps > 1:
                 info.setdefault("steps", []).append(step_info)
-            info.update({k: v for k, v in step_info.items() if k != "pruned_heads" or steps == 1})
+            info.update(step_info)
         if steps > 1:  # in all; the heads in the original numbering, as config.json records them
             info["heads_removed_per_layer"], info["ffn_removed_per_layer"] = k_heads, k_ffn
             info["pruned_heads"] = dict(getattr(net.config, "pruned_heads", None) or {})
