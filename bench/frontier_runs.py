@@ -35,7 +35,10 @@ def config_of(report: dict) -> dict:
     return {
         "prune_first": bool(first),
         "layers": after.get("layers") or dist.get("layers"),
-        "heads": max(heads) if heads else None,
+        # heads kept per layer; with --head-allocation global the layers differ: their mean
+        "heads": (heads[0] if len(set(heads)) == 1 else round(sum(heads) / len(heads), 2)) if heads else None,
+        "head_allocation": (cfg.get("prune") or {}).get("head_allocation") or "layer",
+        "prune_batches": (cfg.get("prune") or {}).get("prune_batches") or 32,
         "ffn": max(ffn) if ffn else None,
         "distill_epochs": (cfg.get("distill") or {}).get("epochs"),
         "recovery_epochs": (cfg.get("prune") or {}).get("recovery_epochs"),
@@ -50,7 +53,8 @@ def config_of(report: dict) -> dict:
 
 
 def label(c: dict) -> str:
-    s = f"{c['layers']}L h{c['heads']} f{c['ffn']}"
+    heads = f"{c['heads']:g}" if isinstance(c["heads"], (int, float)) else c["heads"]
+    s = f"{c['layers']}L h{heads} f{c['ffn']}"
     if c.get("prune_first"):  # no recovery epochs follow
         s += " prune-first"
     else:
@@ -58,6 +62,10 @@ def label(c: dict) -> str:
             s += f" steps{c['prune_steps']}"
         if c["recovery_epochs"] not in (None, 1):
             s += f" r{c['recovery_epochs']:g}"
+        if c.get("head_allocation", "layer") != "layer":
+            s += f" {c['head_allocation']}"
+        if c.get("prune_batches", 32) != 32:
+            s += f" pb{c['prune_batches']}"
     if c["distill_epochs"] not in (None, 2):
         s += f" e{c['distill_epochs']:g}"
     if c["augment"]:

@@ -250,11 +250,12 @@ def test_runner_result_files_hold_machine_versions_and_no_machine_paths(tmp_path
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
 
-def _compress_run_file(path, *, seed, heads, retained, speedup, augment=0, vnni=False, steps=1):
-    prune = {"recovery_epochs": 1, "prune_steps": steps}
+def _compress_run_file(path, *, seed, heads, retained, speedup, augment=0, vnni=False, steps=1, allocation=None):
+    prune = {"recovery_epochs": 1, "prune_steps": steps, **({"head_allocation": allocation} if allocation else {})}
+    per_layer = heads if isinstance(heads, list) else [heads] * 3
     report = {
         "config": {"seed": seed, "distill": {"epochs": 2, "augment": augment}, "prune": prune},
-        "pruning": {"after_structured": {"layers": 3, "heads": [heads] * 3, "intermediate": [768] * 3}},
+        "pruning": {"after_structured": {"layers": 3, "heads": per_layer, "intermediate": [768] * 3}},
         "stages": [],
     }
     summary = {"final_stage": "quantized", "retained": retained, "speedup_512": speedup, "retained_rare": 0.95}
@@ -279,12 +280,20 @@ def test_frontier_runs_groups_configs_and_takes_medians(tmp_path, capsys):
         _compress_run_file(tmp_path / "d.json", seed=42, heads=12, retained=0.9950, speedup=6.5),
         _compress_run_file(tmp_path / "e.json", seed=42, heads=6, retained=0.9990, speedup=9.0, augment=1),
         _compress_run_file(tmp_path / "f.json", seed=42, heads=6, retained=0.9869, speedup=5.23, steps=2),
+        # global head allocation: seeds keep different heads per layer, grouped by the mean kept
+        _compress_run_file(
+            tmp_path / "g.json", seed=42, heads=[8, 5, 5], retained=0.99, speedup=5.0, allocation="global"
+        ),
+        _compress_run_file(
+            tmp_path / "h.json", seed=43, heads=[7, 6, 5], retained=0.99, speedup=5.0, allocation="global"
+        ),
     ]
     out = tmp_path / "res" / "frontier.json"
     assert mod.main([*files, "--result", str(out)]) == 0
     d = json.loads(out.read_text())
     rows = {r["config"]: r for r in d["rows"]}
-    assert set(rows) == {"3L h6 f768", "3L h12 f768", "3L h6 f768 aug1", "3L h6 f768 steps2"}
+    assert set(rows) == {"3L h6 f768", "3L h12 f768", "3L h6 f768 aug1", "3L h6 f768 steps2", "3L h6 f768 global"}
+    assert rows["3L h6 f768 global"]["seeds"] == [42, 43]
     assert rows["3L h6 f768 steps2"]["seeds"] == [42]  # pruned in steps: not the one-step runs
     h6 = rows["3L h6 f768"]
     assert h6["seeds"] == [42, 43, 44] and h6["median_retained"] == 0.991 and h6["median_speedup_512"] == 5.05

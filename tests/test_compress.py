@@ -407,6 +407,8 @@ def test_prune_first_prunes_the_student_before_distillation(teacher4, tmp_path):
         (dict(prune_steps=2, prune_first=True), "not with --prune-first"),
         (dict(prune_steps=2, prune_ffn=0.0, prune_heads=0.0), "--prune-steps needs"),
         (dict(prune_steps=0), "--prune-steps"),
+        (dict(head_allocation="global"), "--head-allocation global needs --prune-heads"),
+        (dict(head_allocation="all", prune_heads=0.5), "--head-allocation must be one of"),
     ],
 )
 def test_prune_order_options_are_refused(teacher4, tmp_path, no_training, kw, match):
@@ -443,3 +445,95 @@ def test_prune_steps_prune_in_steps_with_recovery_between(teacher4, tmp_path):
     assert {k: sorted(v) for k, v in again.config.pruned_heads.items()} == {
         k: sorted(v) for k, v in pr["pruned_heads"].items()
     }
+
+
+def test_global_head_choice_ranks_across_layers_and_keeps_one_head_per_layer():
+    import torch
+
+    from fastft.compress.prune import global_head_choice
+
+    scores = [
+        torch.tensor([0.1, 0.9, 0.2, 0.8]),
+        torch.tensor([0.5, 0.6, 0.7, 0.4]),
+        torch.tensor([0.05, 0.01, 0.3, 0.02]),
+    ]
+    # the 6 lowest overall: 0.01, 0.02, 0.05 (layer 2: it keeps one head), 0.1, 0.2 (layer 0), 0.4 (layer 1)
+    assert global_head_choice(scores, 6) == [[0, 2], [3], [0, 1, 3]]
+    assert global_head_choice(scores, 0) == [[], [], []]
+    # layer 2 keeps its best head (0.3) and layer 1 its best (0.7) though 0.8 (layer 0) goes
+    assert global_head_choice(scores, 9) == [[0, 2, 3], [0, 1, 3], [0, 1, 3]]
+    with pytest.raises(FastftError, match="at least one head"):
+        global_head_choice(scores, 10)
+
+
+def test_uneven_heads_export_with_one_attention_node_per_layer(ctx, tmp_path):
+    """Layers keeping different numbers of heads: the fp32 graph gets fastft's attention node in
+    every layer (ORT's fusion takes one head count), matches torch at several shapes and masks,
+    and quantises to INT8; the directory reloads."""
+    import copy
+
+    import onnx
+    import torch
+
+    from fastft.compress.quantize import export_onnx, quantize_int8, session
+    from fastft.models.pruned import describe, load_pruned, prune_layer_heads
+
+    net = copy.deepcopy(ctx.teacher).eval()
+    for i, heads in enumerate([[0], [1, 2], [], [0, 1, 3]]):
+        prune_layer_heads(net.bert.encoder.layer[i], heads)
+    net.config.pruned_heads = {"0": [0], "1": [1, 2], "3": [0, 1, 3]}
+    assert describe(net)["heads"] == [3, 2, 4, 1]
+    net.save_pretrained(tmp_path / "u")
+    again = load_pruned(tmp_path / "u")
+    assert describe(again)["heads"] == [3, 2, 4, 1]
+    info = export_onnx(again, tmp_path / "u.onnx")
+    assert info["export"]["attention"]["nodes"] == 4, info["export"]
+    graph = onnx.load(str(tmp_path / "u.onnx"))
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("Attention") == 4 and "Softmax" not in ops
+    assert isinstance(info["fusions"], dict)  # the rest of the graph still fused by ORT
+    sess = session(tmp_path / "u.onnx")
+    gen = torch.Generator().manual_seed(0)
+    for batch, seq in ((1, 5), (3, 17), (2, 40)):
+        ids = torch.randint(1000, 2000, (batch, seq), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[0, seq // 2 :] = 0  # padding in the first row
+        with torch.no_grad():
+            want = again(input_ids=ids, attention_mask=mask).logits.numpy()
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids.numpy())}
+        got = sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+        assert np.allclose(got, want, atol=1e-4), (batch, seq, np.abs(got - want).max())
+    q = quantize_int8(tmp_path / "u.fused.onnx", tmp_path / "u_int8.onnx")
+    assert "QAttention" in [n.op_type for n in onnx.load(str(tmp_path / "u_int8.onnx")).graph.node], q
+
+
+def test_global_head_allocation_in_the_pipeline(teacher4, tmp_path):
+    """--head-allocation global: the same number of heads go in all, chosen across layers; the
+    report says so, the directory reloads with its recorded heads and serves its INT8 graph."""
+    import fastft
+    from fastft.models.pruned import describe, load_pruned
+
+    out = tmp_path / "global"
+    report = fastft.compress(
+        str(teacher4),
+        CompressConfig(
+            layers=3,
+            prune_heads=0.5,
+            prune_ffn=0.5,
+            prune_steps=2,
+            head_allocation="global",
+            quantize="int8",
+            output=str(out),
+            **FAST,
+        ),
+    )
+    pr = report["pruning"]
+    assert all(s["head_allocation"] == "global" for s in pr["steps"])
+    heads = pr["after_structured"]["heads"]
+    assert sum(heads) == 3 * 2 and min(heads) >= 1
+    again = load_pruned(out)
+    assert describe(again)["heads"] == heads
+    assert {k: sorted(v) for k, v in again.config.pruned_heads.items() if v} == {
+        k: sorted(v) for k, v in pr["pruned_heads"].items() if v
+    }
+    assert fastft.load(out).predict(["a fine film", "dull"])

@@ -25,6 +25,7 @@ DEFAULT_OUTPUT = "runs/compressed"
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+HEAD_ALLOCATIONS = ("layer", "global")
 
 
 @dataclass
@@ -103,7 +104,8 @@ class PruneConfig:
 
     By default half the FFN neurons go, which keeps the directory plain-transformers loadable and,
     with one recovery epoch, measured 98.8% of the teacher's accuracy at 3.7x at seq 512 in INT8
-    (bench/results/compress_frontier_3L_ffn.json). Head and FFN counts are the same in every layer.
+    (bench/results/compress_frontier_3L_ffn.json). FFN widths are the same in every layer; head counts
+    too unless ``head_allocation="global"``.
     """
 
     TITLE = "pruning"
@@ -117,6 +119,12 @@ class PruneConfig:
         1,
         "remove the heads and FFN neurons in this many equal steps, importance measured again before "
         "each and --recovery-epochs of distillation after each (quantization-aware only after the last)",
+    )
+    head_allocation: str = option(
+        "layer",
+        "which heads --prune-heads removes: the same number in every layer (layer), or the least "
+        "important across all layers, so layers keep different numbers of heads (global)",
+        choices=HEAD_ALLOCATIONS,
     )
     prune_first: bool = option(
         False,
@@ -148,6 +156,12 @@ class PruneConfig:
                 raise FastftError(f"{_flag(name)} must be in [0, 1) (got {v})")
         if self.recovery_epochs < 0:
             raise FastftError(f"--recovery-epochs must be >= 0 (got {self.recovery_epochs})")
+        if self.head_allocation not in HEAD_ALLOCATIONS:
+            raise FastftError(
+                f"--head-allocation must be one of {', '.join(HEAD_ALLOCATIONS)} (got {self.head_allocation!r})"
+            )
+        if self.head_allocation == "global" and not self.prune_heads > 0:
+            raise FastftError("--head-allocation global needs --prune-heads above 0")
 
 
 @dataclass

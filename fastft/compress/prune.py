@@ -35,6 +35,7 @@ from fastft.models.pruned import (
 __all__ = [
     "apply_structured",
     "check_fractions",
+    "global_head_choice",
     "count_params",
     "describe",
     "flops",
@@ -112,19 +113,44 @@ def importance(model, batches, loss_fn, heads: bool = True, ffn: bool = True) ->
     return scores
 
 
-def apply_structured(model, scores: dict, k_heads: int, k_ffn: int) -> dict:
+def global_head_choice(scores: list, k_total: int) -> list[list[int]]:
+    """The ``k_total`` least important heads over all layers (scores normalised per layer, as
+    Michel et al. compare them), each layer keeping at least one head: per layer, the indices
+    removed (sorted)."""
+    flat = sorted((float(s), i, h) for i, layer in enumerate(scores) for h, s in enumerate(layer.tolist()))
+    left = [len(x) for x in scores]
+    chosen: list[list[int]] = [[] for _ in scores]
+    for _, i, h in flat:
+        if k_total <= 0:
+            break
+        if left[i] > 1:
+            chosen[i].append(h)
+            left[i] -= 1
+            k_total -= 1
+    if k_total > 0:
+        raise FastftError("head pruning would empty a layer: every layer keeps at least one head")
+    return [sorted(c) for c in chosen]
+
+
+def apply_structured(model, scores: dict, k_heads: int, k_ffn: int, global_heads: bool = False) -> dict:
     """Remove the ``k_heads`` least important heads and ``k_ffn`` neurons of every layer.
 
+    global_heads: remove ``k_heads * layers`` heads chosen across all layers instead
+    (:func:`global_head_choice`), so the layers keep different numbers of heads.
     Updates the config (``intermediate_size``, ``pruned_heads``) and returns what was removed.
     """
     import torch
 
     layers = encoder_layers(model)
     pruned = {}
+    per_layer = global_head_choice(scores["heads"], k_heads * len(layers)) if k_heads and global_heads else None
     for i, layer in enumerate(layers):
         if k_heads:
-            order = torch.argsort(scores["heads"][i])  # least important first
-            heads = sorted(int(h) for h in order[:k_heads])
+            if per_layer is not None:
+                heads = per_layer[i]
+            else:
+                order = torch.argsort(scores["heads"][i])  # least important first
+                heads = sorted(int(h) for h in order[:k_heads])
             prune_layer_heads(layer, heads)
             pruned[i] = heads
         if k_ffn:
@@ -144,6 +170,7 @@ def apply_structured(model, scores: dict, k_heads: int, k_ffn: int) -> dict:
     return {
         "heads_removed_per_layer": k_heads,
         "ffn_removed_per_layer": k_ffn,
+        **({"head_allocation": "global"} if k_heads and global_heads else {}),
         "pruned_heads": {str(k): v for k, v in pruned.items()},
     }
 

@@ -125,7 +125,7 @@ def _structured_prune(ctx: Context, net, cache, k_heads: int, k_ffn: int, seed_o
         return dis.distill_loss(out, y_rows, t, None, m, d.temperature, d.alpha, 0.0)[0]
 
     scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
-    info = apply_structured(net, scores, k_heads, k_ffn)
+    info = apply_structured(net, scores, k_heads, k_ffn, global_heads=cfg.head_allocation == "global")
     info["importance_batches"] = len(batches)
     info["after_structured"] = describe(net)
     log(

@@ -58,15 +58,27 @@ def head_counts(net) -> list[int] | None:
         return None
 
 
+def uneven_heads(net) -> bool:
+    """Head-pruned with different head counts per layer (ORT's attention fusion takes one count)."""
+    heads = head_counts(net) if getattr(net.config, "pruned_heads", None) else None
+    return bool(heads) and len(set(heads)) > 1
+
+
 def fuse_graph(net, plain: Path, fused: Path) -> dict | str:
-    """ORT transformer fusions of ``plain`` into ``fused`` (head-pruned models: their pruned widths)."""
+    """ORT transformer fusions of ``plain`` into ``fused`` (head-pruned models: their pruned widths).
+
+    Head counts that differ between layers: ORT's fusions run only where the exporter already
+    wrote one attention node per layer (``fused_attention``), for the rest of the graph."""
     heads = head_counts(net) if getattr(net.config, "pruned_heads", None) else None
     if heads and len(set(heads)) == 1:  # uniform head pruning: fuse with the pruned attention width
         d = int(net.config.hidden_size // net.config.num_attention_heads)
         return fuse_transformer(plain, fused, net.config, num_heads=heads[0], hidden_size=heads[0] * d)
     if heads:
-        shutil.copy2(plain, fused)
-        return "skipped (head counts differ between layers)"
+        from fastft.export.attention import count_attention_nodes
+
+        if count_attention_nodes(plain).get("Softmax"):
+            shutil.copy2(plain, fused)
+            return "skipped (head counts differ between layers, attention not fused by the exporter)"
     return fuse_transformer(plain, fused, net.config)
 
 
@@ -75,8 +87,12 @@ def write_fp32(
 ) -> dict:
     """Export, fuse and ORT-offline-optimise ``net`` into ``out_file``; the fused graph stays at ``fused``.
 
+    Head counts that differ between layers are exported with fastft's own attention nodes
+    (``fused_attention``): ORT's attention fusion takes one head count for the whole graph.
+
     Returns {"export", "fusions", "ort_offline", "runtime_graph_optimization_level"}.
     """
+    fused_attention = fused_attention or uneven_heads(net)
     info = {"export": export_graph(net, plain, input_names=input_names, opset=opset, fused_attention=fused_attention)}
     info["fusions"] = fuse_graph(net, plain, fused)
     info["ort_offline"] = ort_offline_optimize(fused, out_file, FP32_ORT_LEVEL)
