@@ -491,6 +491,26 @@ def _bucket(n: int) -> int:
     return 1 if n <= 1 else triton.next_power_of_2(n)
 
 
+def _run(fn: str, args: tuple, meta: dict, rows, block_m, block_n, num_warps, num_stages) -> None:
+    """Launch the kernel over ``rows`` = (query rows, heads, batch): a fixed tile when one is given
+    (always under the interpreter), else the autotuned kernel."""
+    seq_q, heads, batch = rows
+    if INTERPRET or block_m is not None or block_n is not None:
+        bm = block_m or _INTERPRET_BLOCK_M
+        bn = block_n or _INTERPRET_BLOCK_N
+        for name, b in (("block_m", bm), ("block_n", bn)):
+            if b < 16 or b & (b - 1):
+                raise ValueError(f"{fn}: {name} must be a power of two >= 16, got {b}")
+        kw = {} if INTERPRET else _launch(bm, num_warps, num_stages)
+        _attn_fwd_fixed[(triton.cdiv(seq_q, bm), heads, batch)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
+        return
+
+    def grid(meta_):
+        return (triton.cdiv(seq_q, meta_["BLOCK_M"]), heads, batch)
+
+    _attn_fwd_tuned[grid](*args, **meta)
+
+
 def attention_fwd(
     q,
     k,
@@ -578,21 +598,7 @@ def attention_fwd(
         UPCAST_DOT=INTERPRET and q.dtype == torch.bfloat16,
     )
 
-    if INTERPRET or block_m is not None or block_n is not None:
-        bm = block_m or _INTERPRET_BLOCK_M
-        bn = block_n or _INTERPRET_BLOCK_N
-        for name, b in (("block_m", bm), ("block_n", bn)):
-            if b < 16 or b & (b - 1):
-                raise ValueError(f"attention_fwd: {name} must be a power of two >= 16, got {b}")
-        grid = (triton.cdiv(seq_q, bm), heads, batch)
-        kw = {} if INTERPRET else _launch(bm, num_warps, num_stages)
-        _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
-    else:
-
-        def grid(meta_):
-            return (triton.cdiv(seq_q, meta_["BLOCK_M"]), heads, batch)
-
-        _attn_fwd_tuned[grid](*args, **meta)
+    _run("attention_fwd", args, meta, (seq_q, heads, batch), block_m, block_n, num_warps, num_stages)
     return out
 
 
@@ -706,19 +712,5 @@ def attention_varlen_fwd(
         USED_Q=seqused_q is not None,
         USED_K=seqused_k is not None,
     )
-    if INTERPRET or block_m is not None or block_n is not None:
-        bm = block_m or _INTERPRET_BLOCK_M
-        bn = block_n or _INTERPRET_BLOCK_N
-        for name, b in (("block_m", bm), ("block_n", bn)):
-            if b < 16 or b & (b - 1):
-                raise ValueError(f"attention_varlen_fwd: {name} must be a power of two >= 16, got {b}")
-        grid = (triton.cdiv(int(max_seqlen_q), bm), heads, batch)
-        kw = {} if INTERPRET else _launch(bm, num_warps, num_stages)
-        _attn_fwd_fixed[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta, **kw)
-    else:
-
-        def grid(meta_):
-            return (triton.cdiv(int(max_seqlen_q), meta_["BLOCK_M"]), heads, batch)
-
-        _attn_fwd_tuned[grid](*args, **meta)
+    _run("attention_varlen_fwd", args, meta, (int(max_seqlen_q), heads, batch), block_m, block_n, num_warps, num_stages)
     return out

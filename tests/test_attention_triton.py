@@ -81,10 +81,20 @@ def _load_kernel(interpret: bool):
     return mod
 
 
-def _run_suite_in_subprocess():
+_CHILD = "FASTFT_TRITON_SUITE_CHILD"  # set in the subprocess: it never starts another
+
+
+def _run_suite_in_subprocess(why: str):
+    if os.environ.get(_CHILD):
+        pytest.fail(f"the Triton kernel cannot be loaded in interpreter mode in a fresh process either ({why})")
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow and not gpu"]
     proc = subprocess.run(
-        cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=_ROOT, capture_output=True, text=True, timeout=900
+        cmd,
+        env={**os.environ, "TRITON_INTERPRET": "1", _CHILD: "1"},
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
         pytest.fail(
@@ -106,11 +116,11 @@ def kernel():
         if not _interpreted_stdlib():
             undo = _swap_in_interpreted_stdlib()
         mod = _load_kernel(interpret=True)
-    except (ImportError, AttributeError, TypeError):
-        mod = None
+    except (ImportError, AttributeError, TypeError) as exc:
+        mod, why = None, f"{type(exc).__name__}: {exc}"
     try:
         if mod is None:
-            _run_suite_in_subprocess()
+            _run_suite_in_subprocess(why)
         yield mod
     finally:
         for module, name, original in undo:
