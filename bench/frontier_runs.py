@@ -26,6 +26,7 @@ from fastft.bench.runner import write_result
 def config_of(report: dict) -> dict:
     """What was compressed how, from a compress report (the final structure, not the flags)."""
     cfg = report.get("config") or {}
+    prune = cfg.get("prune") or {}
     dist = report.get("distillation") or {}
     first = dist.get("pruned_first") or {}  # --prune-first: pruned before distillation
     pr = report.get("pruning") or {}
@@ -37,12 +38,12 @@ def config_of(report: dict) -> dict:
         "layers": after.get("layers") or dist.get("layers"),
         # heads kept per layer; with --head-allocation global the layers differ: their mean
         "heads": (heads[0] if len(set(heads)) == 1 else round(sum(heads) / len(heads), 2)) if heads else None,
-        "head_allocation": (cfg.get("prune") or {}).get("head_allocation") or "layer",
-        "prune_batches": (cfg.get("prune") or {}).get("prune_batches") or 32,
+        "head_allocation": prune.get("head_allocation") or "layer",
+        "prune_batches": prune.get("prune_batches") or 32,
         "ffn": max(ffn) if ffn else None,
         "distill_epochs": (cfg.get("distill") or {}).get("epochs"),
-        "recovery_epochs": (cfg.get("prune") or {}).get("recovery_epochs"),
-        "prune_steps": (cfg.get("prune") or {}).get("prune_steps") or 1,
+        "recovery_epochs": prune.get("recovery_epochs"),
+        "prune_steps": prune.get("prune_steps") or 1,
         "augment": (cfg.get("distill") or {}).get("augment") or 0,
         "transfer": (cfg.get("distill") or {}).get("transfer") or None,
         # graphs saved with SkipLayerNormalization split (fastft.export.layernorm) are not the same runs

@@ -58,27 +58,24 @@ def head_counts(net) -> list[int] | None:
         return None
 
 
-def uneven_heads(net) -> bool:
-    """Head-pruned with different head counts per layer (ORT's attention fusion takes one count)."""
-    heads = head_counts(net) if getattr(net.config, "pruned_heads", None) else None
-    return bool(heads) and len(set(heads)) > 1
+def pruned_head_counts(net) -> list[int] | None:
+    """Heads per layer of a head-pruned model (None when no head was pruned)."""
+    return head_counts(net) if getattr(net.config, "pruned_heads", None) else None
 
 
-def fuse_graph(net, plain: Path, fused: Path) -> dict | str:
+def fuse_graph(net, plain: Path, fused: Path, exporter_attention: bool = False) -> dict | str:
     """ORT transformer fusions of ``plain`` into ``fused`` (head-pruned models: their pruned widths).
 
-    Head counts that differ between layers: ORT's fusions run only where the exporter already
-    wrote one attention node per layer (``fused_attention``), for the rest of the graph."""
-    heads = head_counts(net) if getattr(net.config, "pruned_heads", None) else None
+    Head counts that differ between layers: ORT's attention fusion takes one count, so the fusions
+    run only where the exporter already wrote one attention node per layer (``exporter_attention``),
+    for the rest of the graph."""
+    heads = pruned_head_counts(net)
     if heads and len(set(heads)) == 1:  # uniform head pruning: fuse with the pruned attention width
         d = int(net.config.hidden_size // net.config.num_attention_heads)
         return fuse_transformer(plain, fused, net.config, num_heads=heads[0], hidden_size=heads[0] * d)
-    if heads:
-        from fastft.export.attention import count_attention_nodes
-
-        if count_attention_nodes(plain).get("Softmax"):
-            shutil.copy2(plain, fused)
-            return "skipped (head counts differ between layers, attention not fused by the exporter)"
+    if heads and not exporter_attention:
+        shutil.copy2(plain, fused)
+        return "skipped (head counts differ between layers, attention not fused by the exporter)"
     return fuse_transformer(plain, fused, net.config)
 
 
@@ -92,9 +89,11 @@ def write_fp32(
 
     Returns {"export", "fusions", "ort_offline", "runtime_graph_optimization_level"}.
     """
-    fused_attention = fused_attention or uneven_heads(net)
+    heads = pruned_head_counts(net)
+    fused_attention = fused_attention or bool(heads and len(set(heads)) > 1)
     info = {"export": export_graph(net, plain, input_names=input_names, opset=opset, fused_attention=fused_attention)}
-    info["fusions"] = fuse_graph(net, plain, fused)
+    # export_graph records "attention" only where its exporter wrote the nodes (not on its fallback)
+    info["fusions"] = fuse_graph(net, plain, fused, exporter_attention="attention" in info["export"])
     info["ort_offline"] = ort_offline_optimize(fused, out_file, FP32_ORT_LEVEL)
     # the graph is saved optimised: opening it at "basic" redoes nothing expensive
     info["runtime_graph_optimization_level"] = "basic"
