@@ -265,6 +265,39 @@ def test_compress_report_files_and_fields(compressed):
     meta = json.loads((out / "fastft.json").read_text())
     assert meta["onnx"]["default"] == "model_int8.onnx" and meta["labels"] == ["negative", "positive"]
     assert meta["compress"]["stages"][-1]["stage"] == "quantized"
+    # a text classifier distilled with the fields left None: the default recipe (config.TEXT_RECIPE)
+    cfg = rep["config"]
+    assert (cfg["distill"]["augment"], cfg["prune"]["prune_steps"], cfg["prune"]["head_allocation"]) == (
+        1,
+        2,
+        "global",
+    )
+    assert cfg["prune"]["prune_heads"] == 0.25  # set, so kept
+    assert len(report["pruning"]["steps"]) == 2 and report["distillation"]["augment"]["copies"] > 0
+
+
+def test_bench_speedup_times_students_against_their_teacher(compressed, tmp_path, capsys):
+    """bench/bench_speedup.py: the report's teacher and the served graph timed again, interleaved."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_speedup.py"
+    spec = importlib.util.spec_from_file_location("bench_speedup", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out, report = compressed
+    result = tmp_path / "speedup.json"
+    assert mod.main(["--models", str(out), "--names", "small", "--rounds", "2", "--result", str(result)]) == 0
+    got = json.loads(result.read_text())
+    rows = {(r["model"], r["seq"]): r for r in got["rows"]}
+    assert set(rows) == {("teacher", 128), ("small", 128)}  # 512 is past the tiny teacher's positions
+    assert rows[("teacher", 128)]["speedup_p50"] == 1.0 and rows[("small", 128)]["n"] == 2
+    assert rows[("small", 128)]["retained"] == report["stages"][-1]["retained"]
+    assert got["median_speedup_p50"]["128"] == rows[("small", 128)]["speedup_p50"] > 0
+    assert got["models"]["small"]["file"].endswith("model_int8.onnx") and "machine" in got
+    assert "median speed-up of the students" in capsys.readouterr().out
+    with pytest.raises(FastftError, match="--names"):
+        mod.main(["--models", str(out), "--names", "a", "b", "--rounds", "1"])
 
 
 def test_compressed_dir_serves(compressed):
@@ -274,6 +307,32 @@ def test_compressed_dir_serves(compressed):
     pred = fastft.load(out)
     assert pred.onnx_file.name == "model_int8.onnx"
     assert pred.predict(["a wonderful film", "a dull mess"])[0][0] in ("negative", "positive")
+
+
+@pytest.mark.parametrize(
+    "kw, text, want",
+    [
+        ({}, True, (1, 0.5, 2, "global")),  # the default recipe: a text classifier distilled
+        ({}, False, (0, 0.0, 1, "layer")),  # token tagging: no augmentation, every head kept
+        (dict(distill=False), True, (0, 0.0, 1, "layer")),  # the teacher itself pruned
+        (dict(prune_first=True), True, (0, 0.0, 1, "layer")),
+        (dict(prune_heads=0.25), True, (1, 0.25, 2, "global")),  # set fields stay
+        (dict(prune_heads=0.0), True, (1, 0.0, 2, "layer")),  # FFN still pruned in two steps
+        (dict(prune_heads=0.0, prune_ffn=0.0), True, (1, 0.0, 1, "layer")),
+        (dict(augment=0, prune_steps=1, head_allocation="layer"), True, (0, 0.5, 1, "layer")),
+    ],
+)
+def test_defaults_resolve_by_task(kw, text, want):
+    cfg = CompressConfig(**kw)
+    assert (cfg.distill.augment, cfg.prune.prune_heads, cfg.prune.prune_steps, cfg.prune.head_allocation) == (
+        None if "augment" not in kw else kw["augment"],
+        kw.get("prune_heads"),
+        kw.get("prune_steps"),
+        kw.get("head_allocation"),
+    )
+    r = cfg.resolved(text=text)
+    r.validate()
+    assert (r.distill.augment, r.prune.prune_heads, r.prune.prune_steps, r.prune.head_allocation) == want
 
 
 def test_verdict_names_nearest_stage():
@@ -407,7 +466,7 @@ def test_prune_first_prunes_the_student_before_distillation(teacher4, tmp_path):
         (dict(prune_steps=2, prune_first=True), "not with --prune-first"),
         (dict(prune_steps=2, prune_ffn=0.0, prune_heads=0.0), "--prune-steps needs"),
         (dict(prune_steps=0), "--prune-steps"),
-        (dict(head_allocation="global"), "--head-allocation global needs --prune-heads"),
+        (dict(head_allocation="global", prune_heads=0.0), "--head-allocation global needs --prune-heads"),
         (dict(head_allocation="all", prune_heads=0.5), "--head-allocation must be one of"),
     ],
 )

@@ -271,6 +271,10 @@ def test_tiny_compress(trained_ner, tmp_path):
     )
     report = fastft.compress(str(out), cfg)
     assert report["task"] == "token-classification" and report["metric"] == "entity F1"
+    # the text recipe's defaults (augmentation, heads removed in two steps) stay off for token tagging
+    prune = report["config"]["prune"]
+    assert report["config"]["distill"]["augment"] == 0
+    assert (prune["prune_heads"], prune["prune_steps"], prune["head_allocation"]) == (0.0, 1, "layer")
     names = [r["stage"] for r in report["stages"]]
     assert names == ["teacher", "distilled", "pruned", "quantized"]
     teacher = report["stages"][0]

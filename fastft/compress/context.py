@@ -170,6 +170,9 @@ def prepare(model, cfg: CompressConfig) -> Context:
         raise DataError(f"{path} records no training data; pass --data")
     same = data in (spec.get("data"), spec.get("path"))
     token = task == TOKEN_CLASSIFICATION
+    cfg = cfg.resolved(text=not token)  # the defaults that depend on the task (config.TEXT_RECIPE)
+    cfg.validate()
+    d, pr = cfg.distill, cfg.prune
     if token and cfg.distill.augment:
         raise FastftError(
             "--augment perturbs sentences and would misalign the word tags: it applies to sequence "

@@ -1,0 +1,121 @@
+"""Speed-up of compressed students over their teacher, timed again together with more rounds.
+
+    python bench/bench_speedup.py --models /path/to/compressed-a /path/to/compressed-b /path/to/compressed-c \
+        --rounds 100 --result bench/results/speedup_students.json
+
+``fastft compress`` times its stages in the report with 20 interleaved rounds each run, so a speed-up
+near a target moves by a few tenths from one run to the next. Here the teacher's ONNX Runtime fp32
+graph (exported by the same path as the report's teacher row) and every student's served graph
+(``fastft.json``'s ``onnx.default``, ``model_int8.onnx`` after ``--int8``) are timed in one process,
+interleaved round-robin (:func:`fastft.compress.report.measure_latency`, the report's own timer:
+batch 1, the same random full-length inputs, ORT without spinning), at seq 128 and 512. The result
+holds each model's quantiles, each student's p50 speed-up over the teacher, and their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from fastft.bench.runner import write_result  # first: notes the machine's load at the start
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", nargs="+", required=True, help="compressed model directories")
+    ap.add_argument("--names", nargs="+", default=None, help="a short name per directory [the directory names]")
+    ap.add_argument("--teacher", default=None, help="teacher directory [each report's teacher; they must agree]")
+    ap.add_argument("--rounds", type=int, default=100, help="interleaved rounds [100]")
+    ap.add_argument("--seqs", default="128,512", help="sequence lengths [128,512]")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads [physical cores]")
+    ap.add_argument("--result", default=None, help="result JSON (a CSV beside it)")
+    a = ap.parse_args(argv)
+
+    from fastft.compress.quantize import export_onnx
+    from fastft.compress.report import load as load_report
+    from fastft.compress.report import measure_latency
+    from fastft.core.errors import FastftError
+    from fastft.core.schema import read_meta
+    from fastft.models import load_classifier
+
+    dirs = [Path(m) for m in a.models]
+    names = a.names or [d.parent.name if d.name == "out" else d.name for d in dirs]
+    if len(names) != len(dirs) or len(set(names)) != len(names):
+        raise FastftError("--names: one distinct name per --models directory")
+    if a.rounds < 1:
+        raise FastftError("--rounds must be at least 1")
+    seqs = [int(s) for s in a.seqs.split(",")]
+    files, reports = {}, {}
+    for name, d in zip(names, dirs):
+        served = (read_meta(d).get("onnx") or {}).get("default")
+        if not served or not (d / served).is_file():
+            raise FastftError(f"{d} has no served ONNX graph (fastft.json onnx.default)")
+        files[name] = d / served
+        reports[name] = load_report(d)
+    teachers = {r.get("teacher") for r in reports.values()}
+    teacher = a.teacher or (teachers.pop() if len(teachers) == 1 else None)
+    if teacher is None:
+        raise FastftError(f"the reports name different teachers ({', '.join(map(str, teachers))}): pass --teacher")
+    net = load_classifier(teacher).eval()
+    longest = net.config.max_position_embeddings
+    seqs = [s for s in seqs if s <= longest]  # (the report skips lengths past the position table too)
+    if not seqs:
+        raise FastftError(f"--seqs: every length is longer than the teacher's {longest} positions")
+    with tempfile.TemporaryDirectory(prefix="fastft-speedup-") as tmp:
+        t_onnx = Path(tmp) / "teacher.onnx"
+        export_onnx(net, t_onnx)
+        lat = measure_latency(
+            {"teacher": t_onnx, **files},
+            seqs=seqs,
+            runs=a.rounds,
+            threads=a.threads,
+            max_positions=longest,
+        )
+    rows = []
+    for name in ["teacher", *names]:
+        for seq in seqs:
+            q = lat[name][seq]
+            row = {"model": name, "seq": seq, **{k: round(v, 3) if isinstance(v, float) else v for k, v in q.items()}}
+            row["speedup_p50"] = round(lat["teacher"][seq]["p50_ms"] / q["p50_ms"], 3)
+            if name != "teacher":
+                s = reports[name]["stages"][-1]
+                row["report_speedup"] = s.get(f"speedup_{seq}")
+                row["retained"] = s.get("retained")
+            rows.append(row)
+    median = {
+        seq: round(statistics.median(r["speedup_p50"] for r in rows if r["model"] != "teacher" and r["seq"] == seq), 3)
+        for seq in seqs
+    }
+    for r in rows:
+        print(
+            f"{r['model']:>28} seq {r['seq']:>4}: p50 {r['p50_ms']:8.2f} ms  speed-up {r['speedup_p50']:.2f}x"
+            + (f"  (its report: {r['report_speedup']}x)" if "report_speedup" in r else "")
+        )
+    print("median speed-up of the students: " + ", ".join(f"{v:.2f}x at seq {k}" for k, v in median.items()))
+    if a.result:
+        write_result(
+            a.result,
+            {
+                "what": "the teacher's ORT fp32 graph and compressed students' served graphs timed together, "
+                "interleaved; p50 speed-up over the teacher per student and their median",
+                "settings": {"rounds": a.rounds, "seqs": seqs, "threads": a.threads, "batch": 1},
+                "models": {
+                    n: {"file": str(f), "directory": str(d), "config": reports[n].get("config")}
+                    for (n, f), d in zip(files.items(), dirs)
+                },
+                "teacher": str(teacher),
+                "median_speedup_p50": {str(k): v for k, v in median.items()},
+                "rows": rows,
+            },
+            csv_rows=rows,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
