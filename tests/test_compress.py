@@ -300,6 +300,28 @@ def test_bench_speedup_times_students_against_their_teacher(compressed, tmp_path
         mod.main(["--models", str(out), "--names", "a", "b", "--rounds", "1"])
 
 
+def test_bench_eval_batch_scores_served_models_by_batch_size(compressed, tmp_path):
+    """bench/bench_eval_batch.py: the served test accuracy at each batch size, against the teacher."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_eval_batch.py"
+    spec = importlib.util.spec_from_file_location("bench_eval_batch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out, report = compressed
+    result = tmp_path / "batch.json"
+    assert mod.main(["--models", str(out), "--names", "small", "--batch-sizes", "1,8", "--result", str(result)]) == 0
+    got = json.loads(result.read_text())
+    small = [r for r in got["rows"] if r["model"] == "small"]
+    assert [r["batch_size"] for r in small] == [1, 8] and all(r["file"] == "model_int8.onnx" for r in small)
+    teacher = {r["batch_size"]: r["accuracy"] for r in got["rows"] if r["model"] == "teacher"}
+    assert all(r["retained"] == round(r["accuracy"] / teacher[r["batch_size"]], 4) for r in small)
+    assert got["median_retained"]["1"] == small[0]["retained"]
+    with pytest.raises(FastftError, match="--batch-sizes"):
+        mod.main(["--models", str(out), "--batch-sizes", "0"])
+
+
 def test_compressed_dir_serves(compressed):
     import fastft
 

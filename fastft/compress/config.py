@@ -27,8 +27,9 @@ STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 HEAD_ALLOCATIONS = ("layer", "global")
 # the default recipe where a text classifier is distilled (fields left None are chosen by
-# CompressConfig.resolved): on the AVX2-only frontier it kept a median 99% of the teacher's accuracy
-# at about 5x at seq 512 (bench/results/compress_seed4{2,3,4}_h50_s2_global_aug1.json)
+# CompressConfig.resolved): the only point of the measured frontier whose median over seeds 42-44
+# keeps 99% of the teacher's accuracy (99.12%, at 4.86x at seq 512 on an AVX2-only CPU;
+# bench/results/compress_seed4{2,3,4}_h50_s2_global_aug1.json, speedup_h50_s2_global_aug1.json)
 TEXT_RECIPE = {"augment": 1, "prune_heads": 0.5, "prune_steps": 2, "head_allocation": "global"}
 AUTO_HELP = "{on} when a text classifier is distilled, else {off}"
 
@@ -108,10 +109,11 @@ class DistillConfig:
 class PruneConfig:
     """Structured pruning with recovery distillation; off when every fraction is 0.
 
-    By default half the FFN neurons go, which keeps the directory plain-transformers loadable and,
-    with one recovery epoch, measured 98.8% of the teacher's accuracy at 3.7x at seq 512 in INT8
-    (bench/results/compress_frontier_3L_ffn.json). FFN widths are the same in every layer; head counts
-    too unless ``head_allocation="global"``.
+    By default half the FFN neurons go; where a text classifier is distilled, half the heads too,
+    chosen across layers, in two steps with a recovery epoch after each (:data:`TEXT_RECIPE`). FFN
+    widths are the same in every layer; head counts too unless ``head_allocation="global"``. A
+    head-pruned directory loads with :func:`fastft.load` / ``fastft.models.pruned.load_pruned`` (transformers 5
+    no longer applies ``config.pruned_heads``); FFN-only pruning stays plain-transformers loadable.
     """
 
     TITLE = "pruning"
