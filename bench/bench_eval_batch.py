@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
-from fastft.bench.runner import write_result  # first: notes the machine's load at the start
+# first: notes the machine's load at the start
+from fastft.bench.runner import add_model_dirs, model_dirs, script_main, write_result
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--models", nargs="+", required=True, help="compressed model directories")
-    ap.add_argument("--names", nargs="+", default=None, help="a short name per directory [the directory names]")
+    add_model_dirs(ap)
     ap.add_argument("--batch-sizes", default="1,32,64", help="comma-separated [1,32,64]")
     ap.add_argument("--split", default="test")
     ap.add_argument("--result", default=None, help="result JSON (a CSV beside it)")
@@ -37,10 +36,7 @@ def main(argv=None) -> int:
     from fastft.core.errors import FastftError
     from fastft.train.evaluate import evaluate
 
-    dirs = [Path(m) for m in a.models]
-    names = a.names or [d.parent.name if d.name == "out" else d.name for d in dirs]
-    if len(names) != len(dirs) or len(set(names)) != len(names):
-        raise FastftError("--names: one distinct name per --models directory")
+    dirs, names = model_dirs(a.models, a.names)
     try:
         sizes = [int(b) for b in a.batch_sizes.split(",")]
     except ValueError:
@@ -90,4 +86,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))

@@ -20,15 +20,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastft.bench.runner import write_result  # first: notes the machine's load at the start
+# first: notes the machine's load at the start
+from fastft.bench.runner import add_model_dirs, model_dirs, script_main, write_result
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--models", nargs="+", required=True, help="compressed model directories")
-    ap.add_argument("--names", nargs="+", default=None, help="a short name per directory [the directory names]")
+    add_model_dirs(ap)
     ap.add_argument("--teacher", default=None, help="teacher directory [each report's teacher; they must agree]")
     ap.add_argument("--rounds", type=int, default=100, help="interleaved rounds [100]")
     ap.add_argument("--seqs", default="128,512", help="sequence lengths [128,512]")
@@ -43,13 +43,15 @@ def main(argv=None) -> int:
     from fastft.core.schema import read_meta
     from fastft.models import load_classifier
 
-    dirs = [Path(m) for m in a.models]
-    names = a.names or [d.parent.name if d.name == "out" else d.name for d in dirs]
-    if len(names) != len(dirs) or len(set(names)) != len(names):
-        raise FastftError("--names: one distinct name per --models directory")
+    dirs, names = model_dirs(a.models, a.names)
     if a.rounds < 1:
         raise FastftError("--rounds must be at least 1")
-    seqs = [int(s) for s in a.seqs.split(",")]
+    try:
+        seqs = [int(s) for s in a.seqs.split(",")]
+    except ValueError:
+        raise FastftError(f"--seqs must be comma-separated integers (got {a.seqs[:100]!r})") from None
+    if min(seqs) < 2:
+        raise FastftError("--seqs: every length must be at least 2 ([CLS] and [SEP])")
     files, reports = {}, {}
     for name, d in zip(names, dirs):
         served = (read_meta(d).get("onnx") or {}).get("default")
@@ -118,4 +120,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))

@@ -276,15 +276,20 @@ def test_compress_report_files_and_fields(compressed):
     assert len(report["pruning"]["steps"]) == 2 and report["distillation"]["augment"]["copies"] > 0
 
 
-def test_bench_speedup_times_students_against_their_teacher(compressed, tmp_path, capsys):
-    """bench/bench_speedup.py: the report's teacher and the served graph timed again, interleaved."""
+def _bench_script(name: str):
+    """A script of bench/ loaded as a module (bench/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_speedup.py"
-    spec = importlib.util.spec_from_file_location("bench_speedup", path)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_speedup_times_students_against_their_teacher(compressed, tmp_path, capsys):
+    """bench/bench_speedup.py: the report's teacher and the served graph timed again, interleaved."""
+    mod = _bench_script("bench_speedup")
     out, report = compressed
     result = tmp_path / "speedup.json"
     assert mod.main(["--models", str(out), "--names", "small", "--rounds", "2", "--result", str(result)]) == 0
@@ -298,17 +303,16 @@ def test_bench_speedup_times_students_against_their_teacher(compressed, tmp_path
     assert "median speed-up of the students" in capsys.readouterr().out
     with pytest.raises(FastftError, match="--names"):
         mod.main(["--models", str(out), "--names", "a", "b", "--rounds", "1"])
+    with pytest.raises(FastftError, match="has no report.json"):
+        mod.main(["--models", str(tmp_path)])
+    # run as a script, bad input is one line and exit 2
+    assert mod.script_main(lambda: mod.main(["--models", str(out), "--seqs", "128,x"])) == 2
+    assert capsys.readouterr().err.strip() == "fastft: error: --seqs must be comma-separated integers (got '128,x')"
 
 
 def test_bench_eval_batch_scores_served_models_by_batch_size(compressed, tmp_path):
     """bench/bench_eval_batch.py: the served test accuracy at each batch size, against the teacher."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_eval_batch.py"
-    spec = importlib.util.spec_from_file_location("bench_eval_batch", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_script("bench_eval_batch")
     out, report = compressed
     result = tmp_path / "batch.json"
     assert mod.main(["--models", str(out), "--names", "small", "--batch-sizes", "1,8", "--result", str(result)]) == 0

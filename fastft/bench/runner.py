@@ -162,6 +162,38 @@ def random_feeds(names: Sequence[str], batch: int, seq: int, rng: np.random.Gene
     return {n: feeds[n] for n in names if n in feeds}
 
 
+def add_model_dirs(parser) -> None:
+    """``--models DIR ...`` and ``--names NAME ...``: a bench script over compressed model directories."""
+    parser.add_argument("--models", nargs="+", required=True, metavar="DIR", help="compressed model directories")
+    parser.add_argument("--names", nargs="+", default=None, help="a short name per directory [the directory names]")
+
+
+def model_dirs(
+    models: Sequence[str], names: Sequence[str] | None = None, need: Sequence[str] = ("report.json",)
+) -> tuple[list[Path], list[str]]:
+    """(directories, a distinct name for each): ``names``, else each directory's name (its parent's
+    for the ``.../out`` of a ``bench_compress_run.py`` run). FastftError when they do not pair up or
+    a directory lacks one of the files in ``need`` (a ``fastft compress`` output has them)."""
+    dirs = [Path(m) for m in models]
+    names = list(names) if names else [d.parent.name if d.name == "out" else d.name for d in dirs]
+    if len(names) != len(dirs) or len(set(names)) != len(names):
+        raise FastftError(f"--names: one distinct name per --models directory (got {len(names)} for {len(dirs)})")
+    for d in dirs:
+        missing = [f for f in need if not (d / f).is_file()]
+        if missing:
+            raise FastftError(f"{str(d)[:200]} has no {', '.join(missing)}: give fastft compress output directories")
+    return dirs, names
+
+
+def script_main(main: Callable[[], int]) -> int:
+    """Run a bench script's ``main``: a FastftError (bad input) is one line on stderr and exit 2."""
+    try:
+        return main()
+    except FastftError as e:
+        print(f"fastft: error: {e}", file=sys.stderr)
+        return 2
+
+
 def write_result(
     path: str | Path, payload: dict, *, csv_rows: Sequence[dict] | None = None, csv_columns: Sequence[str] | None = None
 ) -> Path:
