@@ -69,6 +69,11 @@ def build_trained(args, work: Path) -> tuple[list[dict], dict]:
         layers=args.layers,
         prune_heads=args.prune_heads,
         prune_ffn=args.prune_ffn,
+        # the variants this script compares, as it measured them before the text recipe became the
+        # default (no augmentation, one pruning step, the same heads removed in every layer)
+        augment=0,
+        prune_steps=1,
+        head_allocation="layer",
         bench=False,
     )
     t_start = time.perf_counter()
