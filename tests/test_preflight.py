@@ -75,6 +75,19 @@ def test_default_teacher_data_checked_before_training(tmp_path, no_teacher_train
     assert not (tmp_path / "o").exists()
 
 
+def test_task_dependent_defaults_checked_before_training(tmp_path, no_teacher_training):
+    """The default teacher is a text classifier: the recipe's defaults are settled (and a clash
+    with them refused) before it is trained."""
+    import fastft
+
+    # --no-distill keeps every head, so --head-allocation global has no heads to allocate
+    with pytest.raises(FastftError, match="--head-allocation global needs --prune-heads"):
+        fastft.compress(
+            None, CompressConfig(distill=False, head_allocation="global", output=str(tmp_path / "o"), **FAST)
+        )
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_refused_before_training(tmp_path, no_teacher_training):
     import fastft
 

@@ -154,25 +154,30 @@ def prepare(model, cfg: CompressConfig) -> Context:
     import torch
 
     cfg.validate()
-    d, pr = cfg.distill, cfg.prune
-    if d.student not in ("teacher-layers", "minilm-l3"):
-        resolve_model(d.student)  # a directory that must exist
+    if cfg.distill.student not in ("teacher-layers", "minilm-l3"):
+        resolve_model(cfg.distill.student)  # a directory that must exist
     torch.set_num_threads(cfg.threads or physical_cores())
     set_seed(cfg.seed)
-    path = default_teacher(cfg.progress) if model is None else resolve_model(model)
-    if not isinstance(path, Path):
-        raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
-    meta, labels = check_teacher_dir(path)
+    if model is not None:
+        path = resolve_model(model)
+        if not isinstance(path, Path):
+            raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
+        meta, labels = check_teacher_dir(path)
+    # the defaults that depend on the task (config.TEXT_RECIPE), checked before the default teacher
+    # (a text classifier) is trained
+    token = model is not None and task_of(meta) == TOKEN_CLASSIFICATION
+    cfg = cfg.resolved(text=not token)
+    cfg.validate()
+    d, pr = cfg.distill, cfg.prune
+    if model is None:
+        path = default_teacher(cfg.progress)
+        meta, labels = check_teacher_dir(path)
     task = task_of(meta)
     spec = meta.get("data") or {}
     data = cfg.data or spec.get("path") or spec.get("data")
     if data is None:
         raise DataError(f"{path} records no training data; pass --data")
     same = data in (spec.get("data"), spec.get("path"))
-    token = task == TOKEN_CLASSIFICATION
-    cfg = cfg.resolved(text=not token)  # the defaults that depend on the task (config.TEXT_RECIPE)
-    cfg.validate()
-    d, pr = cfg.distill, cfg.prune
     if token and cfg.distill.augment:
         raise FastftError(
             "--augment perturbs sentences and would misalign the word tags: it applies to sequence "
