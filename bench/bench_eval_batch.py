@@ -19,7 +19,7 @@ import statistics
 import sys
 
 # first: notes the machine's load at the start
-from fastft.bench.runner import add_model_dirs, model_dirs, script_main, write_result
+from fastft.bench.runner import add_model_dirs, int_list, model_dirs, script_main, write_result
 
 
 def main(argv=None) -> int:
@@ -37,13 +37,9 @@ def main(argv=None) -> int:
     from fastft.train.evaluate import evaluate
 
     dirs, names = model_dirs(a.models, a.names)
-    try:
-        sizes = [int(b) for b in a.batch_sizes.split(",")]
-    except ValueError:
-        raise FastftError(f"--batch-sizes must be comma-separated integers (got {a.batch_sizes!r})") from None
-    if not sizes or min(sizes) < 1:
-        raise FastftError("--batch-sizes: every size must be at least 1")
-    teachers = {str(load_report(d).get("teacher")) for d in dirs}
+    sizes = int_list("--batch-sizes", a.batch_sizes, lo=1)
+    reports = {name: load_report(d) for name, d in zip(names, dirs)}
+    teachers = {str(r.get("teacher")) for r in reports.values()}
     if len(teachers) != 1:
         raise FastftError(f"the reports name different teachers ({', '.join(sorted(teachers))})")
     teacher = teachers.pop()
@@ -60,7 +56,7 @@ def main(argv=None) -> int:
                     "file": r.get("file"),
                     "accuracy": r["accuracy"],
                     "retained": round(r["accuracy"] / t["accuracy"], 4),
-                    "report_retained": load_report(d)["stages"][-1].get("retained"),
+                    "report_retained": reports[name]["stages"][-1].get("retained"),
                 }
             )
             print(f"batch {b:>3} {name:>24}: accuracy {r['accuracy']:.4f}, retained {rows[-1]['retained']:.2%}")

@@ -6,7 +6,7 @@
 ``fastft compress`` times its stages in the report with 20 interleaved rounds each run, so a speed-up
 near a target moves by a few tenths from one run to the next. Here the teacher's ONNX Runtime fp32
 graph (exported by the same path as the report's teacher row) and every student's served graph
-(``fastft.json``'s ``onnx.default``, ``model_int8.onnx`` after ``--int8``) are timed in one process,
+(what ``fastft.load`` serves: ``model_int8.onnx`` after ``--int8``) are timed in one process,
 interleaved round-robin (:func:`fastft.compress.report.measure_latency`, the report's own timer:
 batch 1, the same random full-length inputs, ORT without spinning), at seq 128 and 512. The result
 holds each model's quantiles, each student's p50 speed-up over the teacher, and their median.
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 # first: notes the machine's load at the start
-from fastft.bench.runner import add_model_dirs, model_dirs, script_main, write_result
+from fastft.bench.runner import add_model_dirs, int_list, model_dirs, script_main, write_result
 
 
 def main(argv=None) -> int:
@@ -40,25 +40,16 @@ def main(argv=None) -> int:
     from fastft.compress.report import load as load_report
     from fastft.compress.report import measure_latency
     from fastft.core.errors import FastftError
-    from fastft.core.schema import read_meta
     from fastft.models import load_classifier
+    from fastft.runtime.load import served_onnx
 
     dirs, names = model_dirs(a.models, a.names)
     if a.rounds < 1:
         raise FastftError("--rounds must be at least 1")
-    try:
-        seqs = [int(s) for s in a.seqs.split(",")]
-    except ValueError:
-        raise FastftError(f"--seqs must be comma-separated integers (got {a.seqs[:100]!r})") from None
-    if min(seqs) < 2:
-        raise FastftError("--seqs: every length must be at least 2 ([CLS] and [SEP])")
-    files, reports = {}, {}
-    for name, d in zip(names, dirs):
-        served = (read_meta(d).get("onnx") or {}).get("default")
-        if not served or not (d / served).is_file():
-            raise FastftError(f"{d} has no served ONNX graph (fastft.json onnx.default)")
-        files[name] = d / served
-        reports[name] = load_report(d)
+    seqs = int_list("--seqs", a.seqs, lo=2)  # [CLS] and [SEP] at least
+    # what fastft.load serves from each directory (model_int8.onnx after --int8)
+    files = {name: served_onnx(d)[0] for name, d in zip(names, dirs)}
+    reports = {name: load_report(d) for name, d in zip(names, dirs)}
     teachers = {r.get("teacher") for r in reports.values()}
     teacher = a.teacher or (teachers.pop() if len(teachers) == 1 else None)
     if teacher is None:

@@ -185,6 +185,17 @@ def model_dirs(
     return dirs, names
 
 
+def int_list(flag: str, text: str, lo: int) -> list[int]:
+    """``text`` as comma-separated integers, each at least ``lo``; FastftError naming ``flag`` otherwise."""
+    try:
+        vals = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise FastftError(f"{flag} must be comma-separated integers (got {text[:100]!r})") from None
+    if min(vals) < lo:
+        raise FastftError(f"{flag}: every value must be at least {lo} (got {text[:100]})")
+    return vals
+
+
 def script_main(main: Callable[[], int]) -> int:
     """Run a bench script's ``main``: a FastftError (bad input) is one line on stderr and exit 2."""
     try:
