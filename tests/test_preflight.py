@@ -137,3 +137,29 @@ def test_trained_teacher_stays_cached_when_the_export_fails(tmp_path, monkeypatc
 
     assert (tmp_path / "cache" / TEACHER_ALIAS / "config.json").is_file()
     assert not (tmp_path / "o").exists()
+
+
+def test_seed_holds_when_the_default_teacher_is_trained_first(tmp_path, monkeypatch, tiny_data_file):
+    """A first run trains the default teacher in the same process; the compression that follows starts
+    from the same random state as a later run with the same --seed (the teacher then cached)."""
+    import shutil
+
+    import torch
+
+    import fastft
+    from fastft.compress.context import prepare
+
+    monkeypatch.setenv("FASTFT_CACHE", str(tmp_path / "cache"))
+
+    def quick_train(*, output, **kwargs):  # stands in for fine-tuning minilm-l6; it draws random numbers too
+        torch.rand(1000)
+        save_tiny_model(tmp_path / "scratch", tiny_data_file, seed=7)
+        shutil.copytree(tmp_path / "scratch", output)
+
+    monkeypatch.setattr(fastft, "train", quick_train)
+    draws = []
+    for _ in range(2):  # trained on the first pass, read from the cache on the second
+        prepare(None, CompressConfig(output=str(tmp_path / "o"), seed=5, **FAST))
+        draws.append(torch.rand(4))
+    assert (tmp_path / "cache").is_dir()
+    assert torch.equal(draws[0], draws[1])

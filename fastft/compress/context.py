@@ -157,7 +157,6 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if cfg.distill.student not in ("teacher-layers", "minilm-l3"):
         resolve_model(cfg.distill.student)  # a directory that must exist
     torch.set_num_threads(cfg.threads or physical_cores())
-    set_seed(cfg.seed)
     if model is not None:
         path = resolve_model(model)
         if not isinstance(path, Path):
@@ -172,6 +171,9 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if model is None:
         path = default_teacher(cfg.progress)
         meta, labels = check_teacher_dir(path)
+    # seeded after the default teacher, whose training (on a first run) moves the global random state:
+    # a first run and every later run with the same --seed distil and prune alike
+    set_seed(cfg.seed)
     task = task_of(meta)
     spec = meta.get("data") or {}
     data = cfg.data or spec.get("path") or spec.get("data")
