@@ -270,7 +270,7 @@ class CompressConfig:
     bench: bool = option(True, "skip the latency measurement in the report", flag="--no-bench")
     bench_runs: int = option(
         100,
-        "interleaved latency rounds per stage (about 0.4 s a round for the default stages; near 5x, "
+        "interleaved latency rounds per stage (0.25-0.4 s a round for the default stages; near 5x, "
         "20 rounds moved the teacher/final ratio by up to 0.4 against 200)",
     )
     # run
