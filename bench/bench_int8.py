@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="recipe names to run (default all)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_choices.json"))
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - {r.name for r in recipes()})
+    if unknown:  # checked now, not after the export: a misspelt name would silently time nothing
+        ap.error(f"--only: no recipe named {', '.join(unknown)} (recipes: {', '.join(r.name for r in recipes())})")
 
     import torch
 

@@ -355,3 +355,23 @@ def test_attention_gpu_targets_and_packing():
     packed = mod.pack(torch, x, mask)
     assert packed.shape == (6, 3, 2)
     assert torch.equal(packed[4], x[1, :, 0]) and torch.equal(packed[5], x[1, :, 1])
+
+
+def test_bench_int8_refuses_an_unknown_recipe_before_any_work(tmp_path, capsys):
+    """A misspelt --only name (the recipe names carry -emb8 since embeddings are quantised) used to
+    match nothing and time only the baselines; it is refused up front with the names there are."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_int8", Path(__file__).resolve().parents[1] / "bench" / "bench_int8.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    known = mod.recipes()[0].name
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--only", known, "dynamic-weights-u8s8-perchannel-qoperator", "--out", str(tmp_path / "r.json")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no recipe named dynamic-weights-u8s8-perchannel-qoperator " in err and known in err
+    assert not (tmp_path / "r.json").exists()
