@@ -3,11 +3,12 @@
     python bench/bench_speedup.py --models /path/to/compressed-a /path/to/compressed-b /path/to/compressed-c \
         --rounds 100 --result bench/results/speedup_students.json
 
-``fastft compress`` times its stages in the report with 20 interleaved rounds each run, so a speed-up
-near a target moves by a few tenths from one run to the next. Here the teacher's ONNX Runtime fp32
-graph (exported by the same path as the report's teacher row) and every student's served graph
-(what ``fastft.load`` serves: ``model_int8.onnx`` after ``--int8``) are timed in one process,
-interleaved round-robin (:func:`fastft.compress.report.measure_latency`, the report's own timer:
+``fastft compress`` times its stages in the report with ``--bench-runs`` interleaved rounds (100 by
+default, 20 before), so a speed-up near a target moves by a few tenths from one run to the next.
+Here the teacher's ONNX Runtime fp32 graph (exported by the same path as the report's teacher
+row) and every student's served graph (what ``fastft.load`` serves: ``model_int8.onnx`` after
+``--int8``) are timed in one process, interleaved round-robin
+(:func:`fastft.compress.report.measure_latency`, the report's own timer:
 batch 1, the same random full-length inputs, ORT without spinning), at seq 128 and 512. The result
 holds each model's quantiles, each student's p50 speed-up over the teacher, and their median.
 """
