@@ -19,7 +19,7 @@ import statistics
 import sys
 
 # first: notes the machine's load at the start
-from fastft.bench.runner import add_model_dirs, int_list, model_dirs, script_main, write_result
+from fastft.bench.runner import add_model_dirs, int_list, model_dirs, reports_teacher, script_main, write_result
 
 
 def main(argv=None) -> int:
@@ -28,21 +28,18 @@ def main(argv=None) -> int:
     )
     add_model_dirs(ap)
     ap.add_argument("--batch-sizes", default="1,32,64", help="comma-separated [1,32,64]")
+    ap.add_argument("--teacher", default=None, help="teacher directory [each report's teacher; they must agree]")
     ap.add_argument("--split", default="test")
     ap.add_argument("--result", default=None, help="result JSON (a CSV beside it)")
     a = ap.parse_args(argv)
 
     from fastft.compress.report import load as load_report
-    from fastft.core.errors import FastftError
     from fastft.train.evaluate import evaluate
 
     dirs, names = model_dirs(a.models, a.names)
     sizes = int_list("--batch-sizes", a.batch_sizes, lo=1)
     reports = {name: load_report(d) for name, d in zip(names, dirs)}
-    teachers = {str(r.get("teacher")) for r in reports.values()}
-    if len(teachers) != 1:
-        raise FastftError(f"the reports name different teachers ({', '.join(sorted(teachers))})")
-    teacher = teachers.pop()
+    teacher = reports_teacher(list(reports.values()), a.teacher)
     rows = []
     for b in sizes:
         t = evaluate(teacher, split=a.split, batch_size=b, progress=False)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 # first: notes the machine's load at the start
-from fastft.bench.runner import add_model_dirs, int_list, model_dirs, script_main, write_result
+from fastft.bench.runner import add_model_dirs, int_list, model_dirs, reports_teacher, script_main, write_result
 
 
 def main(argv=None) -> int:
@@ -51,10 +51,7 @@ def main(argv=None) -> int:
     # what fastft.load serves from each directory (model_int8.onnx after --int8)
     files = {name: served_onnx(d)[0] for name, d in zip(names, dirs)}
     reports = {name: load_report(d) for name, d in zip(names, dirs)}
-    teachers = {r.get("teacher") for r in reports.values()}
-    teacher = a.teacher or (teachers.pop() if len(teachers) == 1 else None)
-    if teacher is None:
-        raise FastftError(f"the reports name different teachers ({', '.join(map(str, teachers))}): pass --teacher")
+    teacher = reports_teacher(list(reports.values()), a.teacher)
     net = load_classifier(teacher).eval()
     longest = net.config.max_position_embeddings
     seqs = [s for s in seqs if s <= longest]  # (the report skips lengths past the position table too)

@@ -168,21 +168,28 @@ def add_model_dirs(parser) -> None:
     parser.add_argument("--names", nargs="+", default=None, help="a short name per directory [the directory names]")
 
 
-def model_dirs(
-    models: Sequence[str], names: Sequence[str] | None = None, need: Sequence[str] = ("report.json",)
-) -> tuple[list[Path], list[str]]:
+def model_dirs(models: Sequence[str], names: Sequence[str] | None = None) -> tuple[list[Path], list[str]]:
     """(directories, a distinct name for each): ``names``, else each directory's name (its parent's
     for the ``.../out`` of a ``bench_compress_run.py`` run). FastftError when they do not pair up or
-    a directory lacks one of the files in ``need`` (a ``fastft compress`` output has them)."""
+    a directory has no ``report.json`` (a ``fastft compress`` output has one)."""
     dirs = [Path(m) for m in models]
     names = list(names) if names else [d.parent.name if d.name == "out" else d.name for d in dirs]
     if len(names) != len(dirs) or len(set(names)) != len(names):
         raise FastftError(f"--names: one distinct name per --models directory (got {len(names)} for {len(dirs)})")
     for d in dirs:
-        missing = [f for f in need if not (d / f).is_file()]
-        if missing:
-            raise FastftError(f"{str(d)[:200]} has no {', '.join(missing)}: give fastft compress output directories")
+        if not (d / "report.json").is_file():
+            raise FastftError(f"{str(d)[:200]} has no report.json: give fastft compress output directories")
     return dirs, names
+
+
+def reports_teacher(reports: Sequence[dict], given: str | None = None) -> str:
+    """``given``, else the one teacher the compress ``reports`` name; FastftError when they differ."""
+    if given:
+        return given
+    teachers = {r.get("teacher") for r in reports}
+    if len(teachers) != 1:
+        raise FastftError(f"the reports name different teachers ({', '.join(map(str, teachers))}): pass --teacher")
+    return str(teachers.pop())
 
 
 def int_list(flag: str, text: str, lo: int) -> list[int]:
