@@ -99,6 +99,45 @@ def test_no_weight_decay_on_bias_and_layernorm(tiny_model_dir):
     assert no_decay["weight_decay"] == 0.0
 
 
+def test_adamw_is_fused_and_steps_like_the_loop(tiny_model_dir):
+    """The fused AdamW the loop picks takes the same steps as torch's per-parameter loop."""
+    from fastft.models import load_classifier
+    from fastft.train.loop import adamw
+
+    torch.manual_seed(0)
+    a, b = load_classifier(tiny_model_dir), load_classifier(tiny_model_dir)
+    b.load_state_dict(a.state_dict())
+    opt_a, kind = adamw(param_groups(a, 0.01), 1e-2)
+    assert kind == "fused"  # this torch has the CPU kernel; the loop below is the reference
+    opt_b = torch.optim.AdamW(param_groups(b, 0.01), lr=1e-2, foreach=False)
+    ids = torch.randint(5, 90, (4, 12))
+    for _ in range(5):
+        for m, opt in ((a, opt_a), (b, opt_b)):
+            m(input_ids=ids, labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    moved = 0
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
+        moved += int(not torch.equal(pa, load_classifier(tiny_model_dir).state_dict()[name]))
+    assert moved > 0
+
+
+def test_adamw_falls_back_to_the_loop_where_fused_is_refused(monkeypatch):
+    from fastft.train import loop
+
+    real = torch.optim.AdamW
+
+    def no_fused(params, lr, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    opt, kind = loop.adamw([{"params": [torch.nn.Parameter(torch.ones(3))]}], 1e-3)
+    assert kind == "for-loop" and isinstance(opt, real)
+
+
 def test_existing_output_is_refused_and_untouched(tiny_model_dir, tiny_data_file, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
