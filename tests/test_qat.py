@@ -95,6 +95,31 @@ def test_straight_through_gradient():
     assert torch.equal(x.grad, torch.ones_like(x))
 
 
+def test_embedding_rounds_the_rows_it_looks_up_as_the_whole_table():
+    """FakeQuantEmbedding rounds only the rows a batch uses, on the whole table's scale: the same
+    values and the same gradient, bit for bit, as a lookup in the rounded table."""
+    import torch
+    import torch.nn.functional as F
+
+    from fastft.compress.qat import fake_quant_activation, fake_quant_classes
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[0, 5, 7, 5, 2], [3, 0, 0, 9, 1]])  # row 0 is padding: no gradient
+    ref = torch.nn.Embedding(40, 16, padding_idx=0)
+    ref.weight.data[17, 3] = 9.0  # the range comes from a row no batch looks up
+    emb = torch.nn.Embedding(40, 16, padding_idx=0)
+    emb.load_state_dict(ref.state_dict())
+    emb.__class__ = fake_quant_classes()[torch.nn.Embedding]
+    g = torch.randn(2, 5, 16)
+    want = F.embedding(ids, fake_quant_activation(ref.weight), ref.padding_idx)
+    got = emb(ids)
+    assert torch.equal(got, want)
+    (want * g).sum().backward()
+    (got * g).sum().backward()
+    assert torch.equal(emb.weight.grad, ref.weight.grad)
+    assert not emb.weight.grad[0].any() and emb.weight.grad[5].any()
+
+
 def test_tiny_bert_fake_quant_matches_int8_graph(tiny_model_dir, tmp_path):
     """The whole encoder (QAttention, DynamicQuantizeMatMul, QEmbedLayerNormalization) under fake quant
     gives ORT's INT8 logits, far closer than the fp32 model does."""
