@@ -338,27 +338,34 @@ def test_compressed_dir_serves(compressed):
 @pytest.mark.parametrize(
     "kw, text, want",
     [
-        ({}, True, (1, 0.5, 2, "global")),  # the default recipe: a text classifier distilled
-        ({}, False, (0, 0.0, 1, "layer")),  # token tagging: no augmentation, every head kept
-        (dict(distill=False), True, (0, 0.0, 1, "layer")),  # the teacher itself pruned
-        (dict(prune_first=True), True, (0, 0.0, 1, "layer")),
-        (dict(prune_heads=0.25), True, (1, 0.25, 2, "global")),  # set fields stay
-        (dict(prune_heads=0.0), True, (1, 0.0, 2, "layer")),  # FFN still pruned in two steps
-        (dict(prune_heads=0.0, prune_ffn=0.0), True, (1, 0.0, 1, "layer")),
-        (dict(augment=0, prune_steps=1, head_allocation="layer"), True, (0, 0.5, 1, "layer")),
+        # (augment, prune_heads, prune_steps, head_allocation, recovery_epochs, last_recovery_epochs)
+        ({}, True, (1, 0.5, 2, "global", 1, 2)),  # the default recipe: a text classifier distilled
+        ({}, False, (0, 0.0, 1, "layer", 1, 1)),  # token tagging: no augmentation, every head kept
+        (dict(distill=False), True, (0, 0.0, 1, "layer", 1, 1)),  # the teacher itself pruned
+        (dict(prune_first=True), True, (0, 0.0, 1, "layer", 1, 1)),
+        (dict(prune_heads=0.25), True, (1, 0.25, 2, "global", 1, 2)),  # set fields stay
+        (dict(prune_heads=0.0), True, (1, 0.0, 2, "layer", 1, 2)),  # FFN still pruned in two steps
+        (dict(prune_heads=0.0, prune_ffn=0.0), True, (1, 0.0, 1, "layer", 1, 2)),
+        (dict(augment=0, prune_steps=1, head_allocation="layer"), True, (0, 0.5, 1, "layer", 1, 2)),
+        # --recovery-epochs given: every step, the last included, unless --last-recovery-epochs is too
+        (dict(recovery_epochs=1), True, (1, 0.5, 2, "global", 1, 1)),
+        (dict(recovery_epochs=0), True, (1, 0.5, 2, "global", 0, 0)),
+        (dict(recovery_epochs=0.5), False, (0, 0.0, 1, "layer", 0.5, 0.5)),
+        (dict(last_recovery_epochs=3), False, (0, 0.0, 1, "layer", 1, 3)),
+        (dict(recovery_epochs=2, last_recovery_epochs=1), True, (1, 0.5, 2, "global", 2, 1)),
     ],
 )
 def test_defaults_resolve_by_task(kw, text, want):
+    names = ("augment", "prune_heads", "prune_steps", "head_allocation", "recovery_epochs", "last_recovery_epochs")
+
+    def values(c):
+        return tuple(getattr(c.distill if n == "augment" else c.prune, n) for n in names)
+
     cfg = CompressConfig(**kw)
-    assert (cfg.distill.augment, cfg.prune.prune_heads, cfg.prune.prune_steps, cfg.prune.head_allocation) == (
-        None if "augment" not in kw else kw["augment"],
-        kw.get("prune_heads"),
-        kw.get("prune_steps"),
-        kw.get("head_allocation"),
-    )
+    assert values(cfg) == tuple(kw.get(n) for n in names)  # unset fields stay None until resolved
     r = cfg.resolved(text=text)
     r.validate()
-    assert (r.distill.augment, r.prune.prune_heads, r.prune.prune_steps, r.prune.head_allocation) == want
+    assert values(r) == want
 
 
 def test_verdict_names_nearest_stage():
@@ -506,8 +513,8 @@ def test_prune_order_options_are_refused(teacher4, tmp_path, no_training, kw, ma
 
 def test_prune_steps_prune_in_steps_with_recovery_between(teacher4, tmp_path):
     """--prune-steps 2: half of the heads and neurons go in each step, importance measured again,
-    a recovery epoch after each (QAT only after the last); the directory reloads with the heads
-    recorded in the original numbering."""
+    one recovery epoch after the first and --last-recovery-epochs 2 after the last (QAT in its last
+    epoch only); the directory reloads with the heads recorded in the original numbering."""
     import fastft
     from fastft.models.pruned import describe, load_pruned
 
@@ -515,12 +522,21 @@ def test_prune_steps_prune_in_steps_with_recovery_between(teacher4, tmp_path):
     report = fastft.compress(
         str(teacher4),
         CompressConfig(
-            layers=2, prune_heads=0.5, prune_ffn=0.5, prune_steps=2, quantize="int8", output=str(out), **FAST
+            layers=2,
+            prune_heads=0.5,
+            prune_ffn=0.5,
+            prune_steps=2,
+            last_recovery_epochs=2,
+            quantize="int8",
+            output=str(out),
+            **FAST,
         ),
     )
     assert [r["stage"] for r in report["stages"]] == ["teacher", "distilled", "pruned", "quantized"]
     pr = report["pruning"]
     assert len(pr["steps"]) == 2 and all("recovery" in s for s in pr["steps"])
+    epochs = [[bool(e.get("qat")) for e in s["recovery"]["history"]] for s in pr["steps"]]
+    assert epochs == [[False], [False, True]]
     assert [s["heads_removed_per_layer"] for s in pr["steps"]] == [1, 1]
     assert [s["ffn_removed_per_layer"] for s in pr["steps"]] == [16, 16]
     assert pr["after_structured"]["heads"] == [2, 2] and pr["after_structured"]["intermediate"] == [32, 32]

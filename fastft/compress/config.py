@@ -30,7 +30,13 @@ HEAD_ALLOCATIONS = ("layer", "global")
 # CompressConfig.resolved): the only point of the measured frontier whose median over seeds 42-44
 # keeps 99% of the teacher's accuracy (99.12%, at 4.86x at seq 512 on an AVX2-only CPU;
 # bench/results/compress_seed4{2,3,4}_h50_s2_global_aug1.json, speedup_h50_s2_global_aug1.json)
-TEXT_RECIPE = {"augment": 1, "prune_heads": 0.5, "prune_steps": 2, "head_allocation": "global"}
+TEXT_RECIPE = {
+    "augment": 1,
+    "prune_heads": 0.5,
+    "prune_steps": 2,
+    "head_allocation": "global",
+    "last_recovery_epochs": 2,
+}
 AUTO_HELP = "{on} when a text classifier is distilled, else {off}"
 
 
@@ -110,7 +116,8 @@ class PruneConfig:
     """Structured pruning with recovery distillation; off when every fraction is 0.
 
     By default half the FFN neurons go; where a text classifier is distilled, half the heads too,
-    chosen across layers, in two steps with a recovery epoch after each (:data:`TEXT_RECIPE`). FFN
+    chosen across layers, in two steps, with one recovery epoch after the first and two after the
+    last (:data:`TEXT_RECIPE`). FFN
     widths are the same in every layer; head counts too unless ``head_allocation="global"``. A
     head-pruned directory loads with :func:`fastft.load` / ``fastft.models.pruned.load_pruned`` (transformers 5
     no longer applies ``config.pruned_heads``); FFN-only pruning stays plain-transformers loadable.
@@ -125,12 +132,20 @@ class PruneConfig:
     )
     prune_ffn: float = option(0.5, "fraction of FFN neurons removed per layer")
     prune_batches: int = option(32, "training batches used to measure importance")
-    recovery_epochs: float = option(1, "distillation epochs after pruning")
+    recovery_epochs: float | None = option(
+        None, "distillation epochs after each pruning step (see --last-recovery-epochs)", default_help="1"
+    )
+    last_recovery_epochs: float | None = option(
+        None,
+        "distillation epochs after the last pruning step, the last of them quantization-aware with --int8",
+        default_help="2 when a text classifier is distilled and --recovery-epochs is not given, else --recovery-epochs",
+    )
     sparsity: float = option(0.0, "unstructured magnitude pruning of encoder weights (no speed-up on dense kernels)")
     prune_steps: int | None = option(
         None,
         "remove the heads and FFN neurons in this many equal steps, importance measured again before "
-        "each and --recovery-epochs of distillation after each (quantization-aware only after the last)",
+        "each, --recovery-epochs of distillation after each but the last and --last-recovery-epochs after "
+        "the last (its last epoch quantization-aware)",
         default_help=AUTO_HELP.format(on=2, off=1),
     )
     head_allocation: str | None = option(
@@ -165,11 +180,18 @@ class PruneConfig:
             out.prune_steps = TEXT_RECIPE["prune_steps"] if recipe and out.structured else 1
         if out.head_allocation is None:
             out.head_allocation = TEXT_RECIPE["head_allocation"] if recipe and heads > 0 else "layer"
+        if out.last_recovery_epochs is None:
+            given = out.recovery_epochs is not None
+            out.last_recovery_epochs = (
+                out.recovery_epochs if given else (TEXT_RECIPE["last_recovery_epochs"] if recipe else 1)
+            )
+        if out.recovery_epochs is None:
+            out.recovery_epochs = 1
         return out
 
     def validate(self) -> None:
-        for name in ("prune_heads", "prune_ffn", "recovery_epochs", "sparsity"):
-            check_float(_flag(name), getattr(self, name), optional=name == "prune_heads")
+        for name in ("prune_heads", "prune_ffn", "recovery_epochs", "last_recovery_epochs", "sparsity"):
+            check_float(_flag(name), getattr(self, name), optional=name not in ("prune_ffn", "sparsity"))
         check_int("--prune-batches", self.prune_batches, lo=1)
         check_int("--prune-steps", self.prune_steps, lo=1, optional=True)
         steps = self.prune_steps or 1
@@ -181,8 +203,10 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and not 0 <= v < 1:
                 raise FastftError(f"{_flag(name)} must be in [0, 1) (got {v})")
-        if self.recovery_epochs < 0:
-            raise FastftError(f"--recovery-epochs must be >= 0 (got {self.recovery_epochs})")
+        for name in ("recovery_epochs", "last_recovery_epochs"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise FastftError(f"{_flag(name)} must be >= 0 (got {v})")
         if self.head_allocation is not None and self.head_allocation not in HEAD_ALLOCATIONS:
             raise FastftError(
                 f"--head-allocation must be one of {', '.join(HEAD_ALLOCATIONS)} (got {self.head_allocation!r})"

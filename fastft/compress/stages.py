@@ -72,7 +72,7 @@ def do_distill(ctx: Context) -> StageResult:
     if pr.prune_first:  # the student's shape is final before its first epoch
         pruned_first = {"before": describe(student), **_structured_prune(ctx, student, cache, k_heads, k_ffn)}
     # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
-    last = pr.prune_first or not (pr.recovery_epochs > 0 and pr.structured)
+    last = pr.prune_first or not (pr.last_recovery_epochs > 0 and pr.structured)
     res = _train_on_teacher(
         ctx,
         student,
@@ -159,12 +159,13 @@ def do_prune(ctx: Context, net) -> StageResult:
             done = want
             step_info = _structured_prune(ctx, net, cache, kh, kf, seed_offset=1 + 10 * (step - 1))
             # recovery after every step that removed something, and always after the last (its QAT)
-            if (step_info or step == steps) and (k_heads or k_ffn) and cfg.recovery_epochs > 0:
+            epochs = cfg.last_recovery_epochs if step == steps else cfg.recovery_epochs
+            if (step_info or step == steps) and (k_heads or k_ffn) and epochs > 0:
                 step_info["recovery"] = _train_on_teacher(
                     ctx,
                     net,
                     cache,
-                    epochs=cfg.recovery_epochs,
+                    epochs=epochs,
                     seed=ctx.cfg.seed + 2 + 10 * (step - 1),
                     desc="recovery" if steps == 1 else f"recovery {step}/{steps}",
                     qat=qat_spec(ctx.cfg) if step == steps else None,
