@@ -43,6 +43,8 @@ def config_of(report: dict) -> dict:
         "ffn": max(ffn) if ffn else None,
         "distill_epochs": (cfg.get("distill") or {}).get("epochs"),
         "recovery_epochs": prune.get("recovery_epochs"),
+        # after the last pruning step (runs before --last-recovery-epochs: as after every step)
+        "last_recovery_epochs": prune.get("last_recovery_epochs", prune.get("recovery_epochs")),
         "prune_steps": prune.get("prune_steps") or 1,
         "augment": (cfg.get("distill") or {}).get("augment") or 0,
         "transfer": (cfg.get("distill") or {}).get("transfer") or None,
@@ -63,6 +65,8 @@ def label(c: dict) -> str:
             s += f" steps{c['prune_steps']}"
         if c["recovery_epochs"] not in (None, 1):
             s += f" r{c['recovery_epochs']:g}"
+        if c.get("last_recovery_epochs") not in (None, c["recovery_epochs"]):
+            s += f" last-r{c['last_recovery_epochs']:g}"
         if c.get("head_allocation", "layer") != "layer":
             s += f" {c['head_allocation']}"
         if c.get("prune_batches", 32) != 32:

@@ -250,8 +250,12 @@ def test_runner_result_files_hold_machine_versions_and_no_machine_paths(tmp_path
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
 
-def _compress_run_file(path, *, seed, heads, retained, speedup, augment=0, vnni=False, steps=1, allocation=None):
+def _compress_run_file(
+    path, *, seed, heads, retained, speedup, augment=0, vnni=False, steps=1, allocation=None, last=None
+):
     prune = {"recovery_epochs": 1, "prune_steps": steps, **({"head_allocation": allocation} if allocation else {})}
+    if last is not None:
+        prune["last_recovery_epochs"] = last
     per_layer = heads if isinstance(heads, list) else [heads] * 3
     report = {
         "config": {"seed": seed, "distill": {"epochs": 2, "augment": augment}, "prune": prune},
@@ -280,6 +284,9 @@ def test_frontier_runs_groups_configs_and_takes_medians(tmp_path, capsys):
         _compress_run_file(tmp_path / "d.json", seed=42, heads=12, retained=0.9950, speedup=6.5),
         _compress_run_file(tmp_path / "e.json", seed=42, heads=6, retained=0.9990, speedup=9.0, augment=1),
         _compress_run_file(tmp_path / "f.json", seed=42, heads=6, retained=0.9869, speedup=5.23, steps=2),
+        # two recovery epochs after the last step: not the runs with one (nor the older files without the field)
+        _compress_run_file(tmp_path / "i.json", seed=42, heads=6, retained=0.9967, speedup=5.1, steps=2, last=2),
+        _compress_run_file(tmp_path / "j.json", seed=43, heads=6, retained=0.9869, speedup=5.2, steps=2, last=1),
         # global head allocation: seeds keep different heads per layer, grouped by the mean kept
         _compress_run_file(
             tmp_path / "g.json", seed=42, heads=[8, 5, 5], retained=0.99, speedup=5.0, allocation="global"
@@ -292,9 +299,17 @@ def test_frontier_runs_groups_configs_and_takes_medians(tmp_path, capsys):
     assert mod.main([*files, "--result", str(out)]) == 0
     d = json.loads(out.read_text())
     rows = {r["config"]: r for r in d["rows"]}
-    assert set(rows) == {"3L h6 f768", "3L h12 f768", "3L h6 f768 aug1", "3L h6 f768 steps2", "3L h6 f768 global"}
+    assert set(rows) == {
+        "3L h6 f768",
+        "3L h12 f768",
+        "3L h6 f768 aug1",
+        "3L h6 f768 steps2",
+        "3L h6 f768 steps2 last-r2",
+        "3L h6 f768 global",
+    }
     assert rows["3L h6 f768 global"]["seeds"] == [42, 43]
-    assert rows["3L h6 f768 steps2"]["seeds"] == [42]  # pruned in steps: not the one-step runs
+    assert rows["3L h6 f768 steps2"]["seeds"] == [42, 43]  # pruned in steps: not the one-step runs
+    assert rows["3L h6 f768 steps2 last-r2"]["seeds"] == [42]
     h6 = rows["3L h6 f768"]
     assert h6["seeds"] == [42, 43, 44] and h6["median_retained"] == 0.991 and h6["median_speedup_512"] == 5.05
     assert h6["meets_99_at_5x"] and not h6["meets_99_at_6x"]
