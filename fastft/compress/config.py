@@ -27,9 +27,11 @@ STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 HEAD_ALLOCATIONS = ("layer", "global")
 # the default recipe where a text classifier is distilled (fields left None are chosen by
-# CompressConfig.resolved): the only point of the measured frontier whose median over seeds 42-44
-# keeps 99% of the teacher's accuracy (99.12%, at 4.86x at seq 512 on an AVX2-only CPU;
-# bench/results/compress_seed4{2,3,4}_h50_s2_global_aug1.json, speedup_h50_s2_global_aug1.json)
+# CompressConfig.resolved). With one recovery epoch after each step its median over seeds 42-44 kept
+# 99.12% at 4.86x at seq 512 on an AVX2-only CPU (bench/results/compress_seed4{2,3,4}_h50_s2_global_aug1.json)
+# but 98.25% on an AVX-512 + VNNI one (compress_seed4{2,3,4}_default_fused_vnni.json); a second epoch
+# after the last step brings that to 99.12% at 5.01x (compress_seed4{2,3,4}_default_last2_vnni.json,
+# speedup_default_last2_vnni.json), its pruning stage taking 409-424 s against 242-329 s.
 TEXT_RECIPE = {
     "augment": 1,
     "prune_heads": 0.5,
@@ -117,10 +119,10 @@ class PruneConfig:
 
     By default half the FFN neurons go; where a text classifier is distilled, half the heads too,
     chosen across layers, in two steps, with one recovery epoch after the first and two after the
-    last (:data:`TEXT_RECIPE`). FFN
-    widths are the same in every layer; head counts too unless ``head_allocation="global"``. A
-    head-pruned directory loads with :func:`fastft.load` / ``fastft.models.pruned.load_pruned`` (transformers 5
-    no longer applies ``config.pruned_heads``); FFN-only pruning stays plain-transformers loadable.
+    last (:data:`TEXT_RECIPE`). FFN widths are the same in every layer; head counts too unless
+    ``head_allocation="global"``. A head-pruned directory loads with :func:`fastft.load` /
+    ``fastft.models.pruned.load_pruned`` (transformers 5 no longer applies ``config.pruned_heads``);
+    FFN-only pruning stays plain-transformers loadable.
     """
 
     TITLE = "pruning"
