@@ -192,8 +192,10 @@ class PruneConfig:
         return out
 
     def validate(self) -> None:
-        for name in ("prune_heads", "prune_ffn", "recovery_epochs", "last_recovery_epochs", "sparsity"):
-            check_float(_flag(name), getattr(self, name), optional=name not in ("prune_ffn", "sparsity"))
+        for name in ("prune_heads", "prune_ffn", "sparsity"):
+            check_float(_flag(name), getattr(self, name), lo=0, hi=1, hi_open=True, optional=name == "prune_heads")
+        for name in ("recovery_epochs", "last_recovery_epochs"):
+            check_float(_flag(name), getattr(self, name), lo=0, optional=True)
         check_int("--prune-batches", self.prune_batches, lo=1)
         check_int("--prune-steps", self.prune_steps, lo=1, optional=True)
         steps = self.prune_steps or 1
@@ -201,14 +203,6 @@ class PruneConfig:
             raise FastftError("--prune-steps prunes between recovery epochs after distillation: not with --prune-first")
         if steps > 1 and not self.structured and self.prune_heads is not None:
             raise FastftError("--prune-steps needs --prune-heads or --prune-ffn above 0")
-        for name in ("prune_heads", "prune_ffn", "sparsity"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < 1:
-                raise FastftError(f"{_flag(name)} must be in [0, 1) (got {v})")
-        for name in ("recovery_epochs", "last_recovery_epochs"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise FastftError(f"{_flag(name)} must be >= 0 (got {v})")
         if self.head_allocation is not None and self.head_allocation not in HEAD_ALLOCATIONS:
             raise FastftError(
                 f"--head-allocation must be one of {', '.join(HEAD_ALLOCATIONS)} (got {self.head_allocation!r})"
