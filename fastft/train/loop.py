@@ -5,6 +5,8 @@ AdamW with weight decay on weights only (:func:`param_groups`), fused where this
 fused kernel for the parameters (:func:`adamw`), linear warm-up and decay
 (:func:`linear_schedule`), gradient clipping, a progress bar per epoch, a one-line FastftError
 when the loss is not finite, and the best epoch's weights kept by an ``end_epoch`` callback.
+Dropout draws its masks cheaply on CPU while the loop runs
+(:func:`fastft.swap.training.fast_dropout_training`; ``fast_dropout=False`` keeps torch's).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastft.core.errors import FastftError
+from fastft.swap.training import fast_dropout_training
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -93,6 +96,7 @@ def run_loop(
     desc: str = "epoch",
     what: str = "training",
     postfix: Callable | None = None,
+    fast_dropout: bool = True,
 ) -> LoopResult:
     """Train ``net`` for ``total_steps`` optimiser steps.
 
@@ -100,6 +104,8 @@ def run_loop(
     (loss, samples, parts) with ``parts`` a dict shown on the bar (or None); end_epoch(stats) ->
     True to stop early (evaluation, best-state keeping, early stopping live there).
     """
+    import contextlib
+
     import torch
     from tqdm.auto import tqdm
 
@@ -107,45 +113,47 @@ def run_loop(
     opt, kind = adamw(param_groups(net, weight_decay), lr)
     sched = linear_schedule(opt, int(warmup_ratio * total_steps), total_steps)
     res = LoopResult(0, 0, 0.0, optimizer=kind)
-    t0 = time.perf_counter()
-    for epoch in range(1, n_epochs + 1):
-        net.train()
-        batches = epoch_batches(epoch)
-        bar = tqdm(
-            total=min(len(batches), total_steps - res.steps),
-            desc=f"{desc} {epoch}/{n_epochs}",
-            unit="step",
-            file=sys.stderr,
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        stats = EpochStats(epoch)
-        for batch in batches:
-            if res.steps >= total_steps:
+    training = fast_dropout_training(net) if fast_dropout else contextlib.nullcontext()
+    with training:
+        t0 = time.perf_counter()
+        for epoch in range(1, n_epochs + 1):
+            net.train()
+            batches = epoch_batches(epoch)
+            bar = tqdm(
+                total=min(len(batches), total_steps - res.steps),
+                desc=f"{desc} {epoch}/{n_epochs}",
+                unit="step",
+                file=sys.stderr,
+                disable=not progress,
+                dynamic_ncols=True,
+            )
+            stats = EpochStats(epoch)
+            for batch in batches:
+                if res.steps >= total_steps:
+                    break
+                loss, samples, parts = step_loss(batch)
+                if not torch.isfinite(loss):
+                    raise FastftError(f"{what} diverged: loss is {loss.item()} at step {res.steps} (try a lower --lr)")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                res.steps += 1
+                res.samples += samples
+                stats.samples += samples
+                value = loss.item()
+                stats.first_loss = value if stats.first_loss is None else stats.first_loss
+                stats.running = value if stats.running is None else 0.9 * stats.running + 0.1 * value
+                shown = {"loss": f"{stats.running:.4f}"}
+                if postfix is not None:
+                    shown.update(postfix(res, parts, time.perf_counter() - t0))
+                bar.set_postfix(**shown)
+                bar.update(1)
+            bar.close()
+            res.epochs.append(stats)
+            stop = end_epoch(stats) if end_epoch is not None else False
+            if stop or res.steps >= total_steps:
                 break
-            loss, samples, parts = step_loss(batch)
-            if not torch.isfinite(loss):
-                raise FastftError(f"{what} diverged: loss is {loss.item()} at step {res.steps} (try a lower --lr)")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            res.steps += 1
-            res.samples += samples
-            stats.samples += samples
-            value = loss.item()
-            stats.first_loss = value if stats.first_loss is None else stats.first_loss
-            stats.running = value if stats.running is None else 0.9 * stats.running + 0.1 * value
-            shown = {"loss": f"{stats.running:.4f}"}
-            if postfix is not None:
-                shown.update(postfix(res, parts, time.perf_counter() - t0))
-            bar.set_postfix(**shown)
-            bar.update(1)
-        bar.close()
-        res.epochs.append(stats)
-        stop = end_epoch(stats) if end_epoch is not None else False
-        if stop or res.steps >= total_steps:
-            break
     res.time_s = time.perf_counter() - t0
     return res
