@@ -211,6 +211,6 @@ def test_run_loop_uses_it_unless_asked_not_to():
     for fast, expected in ((True, FastDropout), (False, torch.nn.Dropout)):
         seen.clear()
         kw = dict(steps_per_epoch=2, total_steps=2, lr=1e-4, weight_decay=0.0, warmup_ratio=0.0, progress=False)
-        run_loop(model, lambda e: [batch, batch], step_loss, fast_dropout=fast, **kw)
-        assert seen == [expected, expected]
+        res = run_loop(model, lambda e: [batch, batch], step_loss, fast_dropout=fast, **kw)
+        assert seen == [expected, expected] and res.dropout == ("fastft masks" if fast else "torch")
         assert type(model.bert.embeddings.dropout) is torch.nn.Dropout

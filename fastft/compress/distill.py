@@ -337,7 +337,13 @@ def train_student(
     if best_state is not None:
         student.load_state_dict(best_state)
     student.eval()
-    out = {"history": history, "steps": step, "optimizer": f"AdamW ({res.optimizer})", "time_s": round(res.time_s, 2)}
+    out = {
+        "history": history,
+        "steps": step,
+        "optimizer": f"AdamW ({res.optimizer})",
+        "dropout": res.dropout,
+        "time_s": round(res.time_s, 2),
+    }
     if qat is not None:
         out["qat"] = {"epochs": 1, **qat.to_dict()}
     return out

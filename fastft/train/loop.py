@@ -78,6 +78,7 @@ class LoopResult:
     time_s: float
     epochs: list[EpochStats] = field(default_factory=list)
     optimizer: str = ""  # "fused" or "for-loop" AdamW (:func:`adamw`)
+    dropout: str = ""  # "fastft masks" (fastft.ops.dropout) or "torch"
 
 
 def run_loop(
@@ -112,7 +113,7 @@ def run_loop(
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     opt, kind = adamw(param_groups(net, weight_decay), lr)
     sched = linear_schedule(opt, int(warmup_ratio * total_steps), total_steps)
-    res = LoopResult(0, 0, 0.0, optimizer=kind)
+    res = LoopResult(0, 0, 0.0, optimizer=kind, dropout="fastft masks" if fast_dropout else "torch")
     training = fast_dropout_training(net) if fast_dropout else contextlib.nullcontext()
     with training:
         t0 = time.perf_counter()

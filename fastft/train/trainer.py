@@ -290,6 +290,7 @@ def run_training(cfg: TrainConfig) -> dict:
             **args,
             "steps": step,
             "optimizer": f"AdamW ({res.optimizer})",
+            "dropout": res.dropout,
             "best_epoch": best_epoch,
             "train_time_s": round(train_time, 2),
             "train_samples_per_s": round(samples / train_time, 2) if train_time else None,
