@@ -71,7 +71,7 @@ def default_teacher(progress: bool = True) -> Path:
 
     print(
         f"fastft: no --model given and the default teacher is not cached yet: fine-tuning minilm-l6 on "
-        f"movie-snippets (3 epochs, max length 64; about 12 min on 2 cores) into {path}",
+        f"movie-snippets (3 epochs, max length 64; about 6 min on 2 cores) into {path}",
         file=sys.stderr,
     )
     # written atomically into the cache: a later failure (export, quantization) leaves it cached
