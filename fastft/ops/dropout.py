@@ -2,11 +2,12 @@
 (keep each element with probability 1 - p, scale the kept ones so the expectation is unchanged),
 with the mask drawn as 16-bit words, four from each 64-bit draw of torch's generator.
 
-Why: on CPU, torch draws one Bernoulli sample per element (``bernoulli_``). Profiling the default
-teacher's fine-tuning on 2 cores (``bench/bench_dropout.py``) put those draws at about a fifth of
-every training step: BERT runs 20 dropouts a step (embeddings, 3 per layer, the classifier), and
-the attention-probability ones are ``(batch, heads, seq, seq)``. Four 16-bit words per 64-bit draw
-cut the random numbers drawn by four and the rest is one comparison.
+Why: on CPU, torch draws one Bernoulli sample per element (``bernoulli_``). BERT runs 20
+dropouts a training step (embeddings, 3 per layer, the classifier), the attention-probability ones
+``(batch, heads, seq, seq)``; on 2 cores they took 17% of a step of the default teacher and 13% of
+its 3-layer student's (``bench/bench_dropout.py``: bench/results/dropout_steps_vnni.json, steps
+with every dropout probability at 0 as the floor). Four 16-bit words per 64-bit draw cut the random
+numbers drawn by four, and the rest is one fused pass.
 
 The probability is quantised to 1/65536: an element is dropped when its word falls among the
 ``round(p * 65536)`` lowest values, and the kept ones are scaled by ``65536 / (65536 - that
