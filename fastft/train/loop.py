@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastft.core.errors import FastftError
-from fastft.swap.training import fast_dropout_training
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -109,6 +108,8 @@ def run_loop(
 
     import torch
     from tqdm.auto import tqdm
+
+    from fastft.swap.training import fast_dropout_training
 
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     opt, kind = adamw(param_groups(net, weight_decay), lr)
