@@ -37,7 +37,7 @@ from fastft.swap._varlen import padded_rows_skipped
 
 IMPL_NAME = "fastft"
 
-_registered = False
+_registered: set[str] = set()  # implementation names registered in this process
 
 
 def _sdpa_fallback(
@@ -137,17 +137,22 @@ def has_interface() -> bool:
     return True
 
 
-def register() -> None:
-    """Register the "fastft" attention and mask functions (idempotent)."""
-    global _registered
-    if _registered:
+def register_impl(name: str, attention, mask) -> None:
+    """Register an attention function and its mask function under ``name`` with transformers'
+    AttentionInterface and AttentionMaskInterface (idempotent per name)."""
+    if name in _registered:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(IMPL_NAME, fastft_attention_forward)
-    AttentionMaskInterface.register(IMPL_NAME, fastft_mask)
-    _registered = True
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, mask)
+    _registered.add(name)
+
+
+def register() -> None:
+    """Register the "fastft" attention and mask functions (idempotent)."""
+    register_impl(IMPL_NAME, fastft_attention_forward, fastft_mask)
 
 
 PROBE_NAME = "fastft_probe"

@@ -29,7 +29,6 @@ from torch import Tensor
 from fastft.ops.dropout import FastDropout, fast_dropout
 
 TRAIN_IMPL = "fastft_train"
-_registered = False
 
 
 def train_attention_forward(
@@ -68,16 +67,13 @@ def train_attention_forward(
 
 
 def register() -> None:
-    """Register ``"fastft_train"`` with transformers' attention and mask interfaces (idempotent)."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    """Register ``"fastft_train"`` with transformers' attention and mask interfaces (idempotent);
+    its mask function is SDPA's."""
+    from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(TRAIN_IMPL, train_attention_forward)
-    AttentionMaskInterface.register(TRAIN_IMPL, sdpa_mask)
-    _registered = True
+    from fastft.swap._interface import register_impl
+
+    register_impl(TRAIN_IMPL, train_attention_forward, sdpa_mask)
 
 
 def _attention_switchable(model) -> bool:
