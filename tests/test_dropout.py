@@ -190,6 +190,10 @@ def test_swapped_model_keeps_its_attention_and_errors_restore():
     with fast_dropout_training(model.train()):
         assert model.config._attn_implementation == "fastft"
         assert isinstance(model.bert.embeddings.dropout, FastDropout)
+    eager = _tiny("bert")
+    eager.set_attn_implementation("eager")
+    with fast_dropout_training(eager.train()):
+        assert eager.config._attn_implementation == "eager"  # its choice (attention weights) stays
     plain = _tiny("bert")
     with pytest.raises(RuntimeError, match="boom"):
         with fast_dropout_training(plain):

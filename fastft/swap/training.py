@@ -14,7 +14,8 @@ original modules and attention implementation are back, so nothing of it is save
 The training is the same computation with another random stream: the dropout probabilities,
 scaling and attention are unchanged (probabilities quantised to 1/65536, see
 :mod:`fastft.ops.dropout`). A model that already uses the fused "fastft" attention
-(:func:`fastft.swap.swap_attention`), a decoder, or an unsupported family keeps its attention
+(:func:`fastft.swap.swap_attention`), one set to an implementation other than SDPA (eager, for its
+attention weights, or flash), a decoder, or an unsupported family keeps its attention
 implementation and only gets the cheaper dropout modules.
 """
 
@@ -86,7 +87,7 @@ def _attention_switchable(model) -> bool:
         return False
     if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
         return False
-    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if getattr(cfg, "_attn_implementation", None) != "sdpa":  # eager (attention weights), flash...: theirs
         return False
     try:
         ok, _ = swap.check_dispatch(model)
