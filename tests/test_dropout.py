@@ -69,6 +69,7 @@ def test_identity_and_torch_cases():
     assert fast_dropout(x, 0.5, training=False) is x
     assert fast_dropout(x, 0.0) is x
     assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))  # torch's own dropout at p = 1
+    assert torch.equal(fast_dropout(x, 1 - 1e-6), torch.zeros_like(x))  # rounds to 1: torch's too
     m = FastDropout(0.4)
     assert isinstance(m, torch.nn.Dropout) and m.p == 0.4
     assert m.eval()(x) is x

@@ -13,8 +13,8 @@ The probability is quantised to 1/65536: an element is dropped when its word fal
 ``round(p * 65536)`` lowest values, and the kept ones are scaled by ``65536 / (65536 - that
 count)``, so the expectation is exactly unchanged (torch scales by ``1 / (1 - p)``; the two
 differ by less than 1e-5 relative). Reproducible under ``torch.manual_seed`` like torch's own.
-On other devices (CUDA has its own fused dropout) and for p = 0 or 1 it is
-``torch.nn.functional.dropout`` itself.
+On other devices (CUDA has its own fused dropout), for p = 0, and for p so near 1 that every
+word would be dropped it is ``torch.nn.functional.dropout`` itself.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def fast_dropout(x: Tensor, p: float = 0.5, training: bool = True, generator: to
     """``torch.nn.functional.dropout(x, p, training)`` with the cheap CPU mask (module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
-        return torch.nn.functional.dropout(x, p, training)
     dropped = _dropped_words(p)
+    if x.device.type != "cpu" or not x.is_floating_point() or not 0 <= p < 1 or dropped >= _LEVELS:
+        return torch.nn.functional.dropout(x, p, training)  # torch's (and its refusal of a bad p)
     if dropped == 0:
         return x
     keep = keep_mask(x.shape, p, x.device, generator)
