@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastft.bench.runner import script_main, write_result  # first: notes the machine's load at the start
+from fastft.bench.runner import int_list, script_main, write_result  # first: notes the machine's load at the start
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("torch", "fastft", "no-dropout")
@@ -39,6 +39,17 @@ def main() -> int:
     ap.add_argument("--layers", default="6,3", help="model depths to time, comma-separated [6,3]")
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "dropout_steps.json"))
     a = ap.parse_args()
+    # checked before minutes of training
+    from fastft.core.checks import check_int
+    from fastft.core.errors import FastftError
+
+    check_int("--rounds", a.rounds, lo=1)
+    check_int("--warmup", a.warmup, lo=0)
+    depths = int_list("--layers", a.layers, 1)
+    if max(depths) > 6:
+        raise FastftError(f"--layers: minilm-l6 has 6 layers (got {a.layers})")
+    if Path(a.result).is_dir():
+        raise FastftError(f"--result {a.result} is a directory; give a file name for the result JSON")
 
     import numpy as np
     import torch
@@ -63,7 +74,7 @@ def main() -> int:
     batches = list(DataLoader(rows, batch_sampler=length_buckets(lengths, 32, g), collate_fn=Collator(tok, 64)))
     need = a.warmup + a.rounds
     if need > len(batches):
-        raise SystemExit(f"--rounds + --warmup must be at most {len(batches)} (one epoch of batches)")
+        raise FastftError(f"--rounds + --warmup must be at most {len(batches)} (one epoch of batches)")
 
     def build(layers: int, variant: str, stack: contextlib.ExitStack):
         set_seed(42)
@@ -81,7 +92,7 @@ def main() -> int:
         return net, opt
 
     out = {}
-    for layers in [int(x) for x in a.layers.split(",")]:
+    for layers in depths:
         stack = contextlib.ExitStack()
         models = {v: build(layers, v, stack) for v in VARIANTS}
         parts = {v: {"step": [], "forward": [], "backward": [], "optimizer": []} for v in VARIANTS}
