@@ -47,6 +47,8 @@ def config_of(report: dict) -> dict:
         "last_recovery_epochs": prune.get("last_recovery_epochs", prune.get("recovery_epochs")),
         "prune_steps": prune.get("prune_steps") or 1,
         "augment": (cfg.get("distill") or {}).get("augment") or 0,
+        # the copies' label term (files before --augment-labels: the original's)
+        "augment_labels": (cfg.get("distill") or {}).get("augment_labels") or "original",
         "transfer": (cfg.get("distill") or {}).get("transfer") or None,
         # graphs saved with SkipLayerNormalization split (fastft.export.layernorm) are not the same runs
         "ln_split": bool(
@@ -75,6 +77,8 @@ def label(c: dict) -> str:
         s += f" e{c['distill_epochs']:g}"
     if c["augment"]:
         s += f" aug{c['augment']}"
+        if c.get("augment_labels", "original") != "original":
+            s += f" labels:{c['augment_labels']}"
     if c["transfer"]:
         s += f" tr:{c['transfer']}"
     if c.get("ln_split"):

@@ -90,3 +90,50 @@ def test_report_rows_carry_shifted_retention(tmp_path):
     rows = build_rows(stages, None)
     assert rows[1]["retained_rare"] == 0.5 and rows[1]["retained_long"] == 1.0
     assert agreement(np.eye(2), np.eye(2)[::-1]) == 0.0
+
+
+@pytest.mark.parametrize("labels", ["original", "teacher"])
+def test_augmented_rows_carry_the_original_label_or_none(labels):
+    """--augment-labels: the copies after the training rows keep their original text's label, or
+    carry NO_LABEL so that only the teacher's soft targets teach them (the originals keep theirs)."""
+    import importlib
+    from types import SimpleNamespace
+
+    import torch
+
+    from fastft.compress.config import CompressConfig
+    from fastft.compress.stages import augment_info, train_rows
+
+    dis = importlib.import_module("fastft.compress.distill")  # (fastft.compress.distill is also a function)
+    cfg = CompressConfig(augment=2, augment_labels=labels, seed=7)
+    cfg.validate()
+    ctx = SimpleNamespace(
+        cfg=cfg,
+        ids={"train": [[1, 5, 2], [1, 6, 2]]},
+        y={"train": [0, 1]},
+        texts={"train": ["good", "bad"]},
+        transfer=None,
+        # made once per (copies, seed): copy c of row i at c * n + i, its original's label in "y"
+        augmented={"copies": 2, "seed": 7, "ids": [[1, 5], [1, 6], [5, 2], [6, 2]], "y": [0, 1, 0, 1]},
+    )
+    ids, y = train_rows(ctx)
+    assert ids[:2] == ctx.ids["train"] and len(ids) == 6 and y[:2] == [0, 1]
+    want = [0, 1, 0, 1] if labels == "original" else [dis.NO_LABEL] * 4
+    assert y[2:] == want
+    assert ("original" in augment_info(ctx)["hard_labels"]) == (labels == "original")
+    # a batch of copies alone has no label term: the loss is the teacher's KL (and is finite)
+    out = SimpleNamespace(logits=torch.tensor([[0.3, -0.2], [1.0, 0.5]]))
+    t = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    loss, parts = dis.distill_loss(out, torch.tensor(y[4:]), t, None, None, 2.0, 0.5, 0.0)
+    if labels == "teacher":
+        assert parts["ce"] == 0.0 and loss.item() == pytest.approx(0.5 * parts["kd"])
+    else:
+        assert parts["ce"] > 0 and loss.item() == pytest.approx(0.5 * parts["kd"] + 0.5 * parts["ce"])
+
+
+def test_augment_labels_refuses_unknown_values():
+    from fastft.compress.config import CompressConfig
+    from fastft.core.errors import FastftError
+
+    with pytest.raises(FastftError, match="--augment-labels must be one of original, teacher"):
+        CompressConfig(augment_labels="gold").validate()

@@ -26,6 +26,7 @@ TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teach
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 HEAD_ALLOCATIONS = ("layer", "global")
+AUGMENT_LABELS = ("original", "teacher")
 # the default recipe where a text classifier is distilled (fields left None are chosen by
 # CompressConfig.resolved). With one recovery epoch after each step its median over seeds 42-44 kept
 # 99.12% at 4.86x at seq 512 on an AVX2-only CPU (bench/results/compress_seed4{2,3,4}_h50_s2_global_aug1.json)
@@ -77,6 +78,12 @@ class DistillConfig:
         metavar="N",
         default_help=AUTO_HELP.format(on=1, off=0),
     )
+    augment_labels: str = option(
+        "original",
+        "the label term on the --augment copies: the original text's label (original), or none, so the "
+        "teacher's soft targets alone teach them (teacher; a perturbed text's sentiment may have moved)",
+        choices=AUGMENT_LABELS,
+    )
     transfer: str | None = option(
         None,
         "distil also on unlabelled text from other domains, with the teacher's soft targets only: general "
@@ -95,6 +102,10 @@ class DistillConfig:
         check_int("--batch-size", self.batch_size, lo=1)
         check_int("--augment", self.augment, lo=0, optional=True)
         check_int("--transfer-size", self.transfer_size, lo=1)
+        if self.augment_labels not in AUGMENT_LABELS:
+            raise FastftError(
+                f"--augment-labels must be one of {', '.join(AUGMENT_LABELS)} (got {self.augment_labels!r})"
+            )
         if self.transfer is not None:
             from fastft.compress.transfer import parse_spec
 

@@ -253,7 +253,9 @@ def _train_and_augmented(ctx: Context) -> tuple[list, list]:
         aug["time_s"] = round(time.perf_counter() - t0, 2)
         ctx.augmented = aug
         log(ctx, f"augmented distillation data: {len(texts)} perturbed copies ({n} per training text)")
-    return ctx.ids["train"] + aug["ids"], ctx.y["train"] + aug["y"]
+    # --augment-labels teacher: the copies carry no label term, the teacher's soft targets alone
+    y_aug = aug["y"] if ctx.cfg.distill.augment_labels == "original" else [dis.NO_LABEL] * len(aug["y"])
+    return ctx.ids["train"] + aug["ids"], ctx.y["train"] + y_aug
 
 
 def augment_info(ctx: Context) -> dict:
@@ -264,7 +266,9 @@ def augment_info(ctx: Context) -> dict:
         "operations": aug.get("ops"),
         "time_s": aug.get("time_s"),
         "examples": aug.get("examples"),
-        "hard_labels": "the original text's",
+        "hard_labels": "the original text's"
+        if ctx.cfg.distill.augment_labels == "original"
+        else "none (soft targets only)",
     }
 
 
