@@ -340,7 +340,7 @@ def train_student(
     out = {
         "history": history,
         "steps": step,
-        "optimizer": f"AdamW ({res.optimizer})",
+        "optimizer": res.optimizer_label,
         "dropout": res.dropout,
         "time_s": round(res.time_s, 2),
     }

@@ -79,6 +79,11 @@ class LoopResult:
     optimizer: str = ""  # "fused" or "for-loop" AdamW (:func:`adamw`)
     dropout: str = ""  # "fastft masks" (fastft.ops.dropout) or "torch"
 
+    @property
+    def optimizer_label(self) -> str:
+        """The optimizer as reports name it: "AdamW (fused)" or "AdamW (for-loop)"."""
+        return f"AdamW ({self.optimizer})"
+
 
 def run_loop(
     net,

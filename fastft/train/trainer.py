@@ -289,7 +289,7 @@ def run_training(cfg: TrainConfig) -> dict:
         "training": {
             **args,
             "steps": step,
-            "optimizer": f"AdamW ({res.optimizer})",
+            "optimizer": res.optimizer_label,
             "dropout": res.dropout,
             "best_epoch": best_epoch,
             "train_time_s": round(train_time, 2),
