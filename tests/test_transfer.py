@@ -68,8 +68,11 @@ def test_rows_without_a_label_learn_from_the_teacher_only():
     s, t = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
     labels = torch.tensor([0, NO_LABEL, 1, NO_LABEL])
     loss, parts = distill_loss(Out(s), labels, t, None, None, temperature=2.0, alpha=0.5, hidden_weight=0)
-    ce = F.cross_entropy(s[[0, 2]], labels[[0, 2]])
+    # each labelled row weighs 1/4, as in a batch of labelled rows: the others neither raise nor dilute it
+    ce = F.cross_entropy(s[[0, 2]], labels[[0, 2]], reduction="sum") / 4
     assert math.isclose(parts["ce"], ce.item(), rel_tol=1e-6)
+    full, _ = distill_loss(Out(s), torch.tensor([0, 1, 1, 0]), t, None, None, 2.0, 0.5, 0)
+    assert math.isclose(_["ce"], F.cross_entropy(s, torch.tensor([0, 1, 1, 0])).item(), rel_tol=1e-6)
     # a batch of transfer rows only: the KD term alone, finite, with gradients
     s.requires_grad_(True)
     only, parts = distill_loss(Out(s), torch.full((4,), NO_LABEL), t, None, None, 2.0, 0.5, 0)

@@ -74,14 +74,16 @@ class DistillConfig:
     augment: int | None = option(
         None,
         "distil also on N perturbed copies of every training text (insert, delete, replace, swap, span mask; "
-        "fastft.compress.augment), labelled by the teacher; an epoch then covers N + 1 times the rows",
+        "fastft.compress.augment) with the teacher's soft targets (their label term: --augment-labels); an epoch "
+        "then covers N + 1 times the rows",
         metavar="N",
         default_help=AUTO_HELP.format(on=1, off=0),
     )
     augment_labels: str = option(
         "original",
         "the label term on the --augment copies: the original text's label (original), or none, so the "
-        "teacher's soft targets alone teach them (teacher; a perturbed text's sentiment may have moved)",
+        "teacher's soft targets alone teach them (teacher; a perturbed text's sentiment may have moved; "
+        "each original keeps its weight)",
         choices=AUGMENT_LABELS,
     )
     transfer: str | None = option(

@@ -168,6 +168,11 @@ def prepare(model, cfg: CompressConfig) -> Context:
     cfg = cfg.resolved(text=not token)
     cfg.validate()
     d, pr = cfg.distill, cfg.prune
+    if d.augment_labels != "original" and not (d.enabled and d.augment):
+        raise FastftError(
+            f"--augment-labels {d.augment_labels} sets the label term of the --augment copies, and this run "
+            "makes none (--augment 0, --no-distill, --prune-first or a token-classification teacher)"
+        )
     if model is None:
         path = default_teacher(cfg.progress)
         meta, labels = check_teacher_dir(path)

@@ -26,7 +26,7 @@ from fastft.data.collate import length_buckets as length_bucketed_batches
 from fastft.models import load_classifier
 from fastft.train.loop import EpochStats, run_loop
 
-NO_LABEL = -100  # a distillation row with soft targets only (--transfer texts)
+NO_LABEL = -100  # a distillation row with soft targets only (--transfer texts, --augment-labels teacher copies)
 
 
 def layer_plan(n_teacher: int, n_student: int) -> tuple[list[int], list[int]]:
@@ -209,9 +209,13 @@ def distill_loss(out, labels, t_logits, t_hidden, mask, temperature: float, alph
         * T
     )
     labelled = labels != NO_LABEL
-    # rows without a hard label (--transfer) learn from the teacher alone; a batch of only such rows
-    # has no label term (cross_entropy over no rows would be nan)
-    ce = F.cross_entropy(s_logits, labels, ignore_index=NO_LABEL) if bool(labelled.any()) else s_logits.sum() * 0
+    if bool(labelled.all()):
+        ce = F.cross_entropy(s_logits, labels)
+    else:
+        # rows without a hard label (--transfer texts, --augment-labels teacher copies) learn from the
+        # teacher alone: each labelled row weighs 1/batch as it would among labelled rows only, so rows
+        # without one neither raise nor dilute the others' label term (none at all: 0, not nan)
+        ce = F.cross_entropy(s_logits, labels, ignore_index=NO_LABEL, reduction="sum") / labels.numel()
     loss = alpha * kd + (1 - alpha) * ce
     parts = {"kd": kd.item(), "ce": ce.item()}
     if t_hidden is not None and hidden_weight > 0:

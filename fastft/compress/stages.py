@@ -215,7 +215,8 @@ def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = N
 def train_rows(ctx: Context) -> tuple[list, list]:
     """(token ids, labels) distilled on: the training split, then ``cfg.augment`` perturbed copies of
     every training text (:mod:`fastft.compress.augment`, seeded, made and tokenized once), then the
-    ``--transfer`` texts with the label :data:`fastft.compress.distill.NO_LABEL` (soft targets only).
+    ``--transfer`` texts with the label :data:`fastft.compress.distill.NO_LABEL` (soft targets only;
+    the copies too with ``--augment-labels teacher``).
     The originals come first, so row ``i < len(train)`` is training row ``i`` in every cache."""
     ids, y = _train_and_augmented(ctx)
     if ctx.transfer:
