@@ -236,6 +236,11 @@ CLI_CASES = [
     ("compress-epochs-inf", "compress --model {w}/tiny --epochs inf --output {out}", "--epochs must be a finite"),
     ("compress-prune-nan", "compress --model {w}/tiny --prune-ffn nan --output {out}", "--prune-ffn"),
     ("compress-budget-inf", "compress --model {w}/tiny --accuracy-budget inf --output {out}", "--accuracy-budget"),
+    (
+        "compress-augment-labels-no-copies",
+        "compress --model {w}/tiny --augment 0 --augment-labels teacher --output {out}",
+        "--augment-labels teacher sets the label term of the --augment copies, and this run makes none",
+    ),
     # 10. text that is not UTF-8 (argv bytes arrive as surrogate escapes)
     (
         "predict-latin1-arg",
