@@ -375,12 +375,24 @@ class CompressConfig:
             raise FastftError("--prune-first prunes the student before distillation: it needs distillation on")
         if self.prune.prune_first and not self.prune.structured:
             raise FastftError("--prune-first needs --prune-heads or --prune-ffn above 0")
+        d = self.distill
+        if d.augment_labels != "original" and (not d.enabled or d.augment == 0 or self.prune.prune_first):
+            raise no_copies_to_label(d.augment_labels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for k in ("overwrite", "progress"):
             d.pop(k, None)
         return d
+
+
+def no_copies_to_label(mode: str) -> FastftError:
+    """--augment-labels set where a run makes no --augment copies (the token-classification case is
+    known once the teacher is read: fastft.compress.context.prepare)."""
+    return FastftError(
+        f"--augment-labels {mode} sets the label term of the --augment copies, and this run makes none "
+        "(--augment 0, --no-distill, --prune-first or a token-classification teacher)"
+    )
 
 
 def _stage_value(stage: str, value, base=None):
