@@ -375,24 +375,19 @@ class CompressConfig:
             raise FastftError("--prune-first prunes the student before distillation: it needs distillation on")
         if self.prune.prune_first and not self.prune.structured:
             raise FastftError("--prune-first needs --prune-heads or --prune-ffn above 0")
+        # (resolved, a token-classification teacher's --augment is 0: prepare validates after resolving)
         d = self.distill
         if d.augment_labels != "original" and (not d.enabled or d.augment == 0 or self.prune.prune_first):
-            raise no_copies_to_label(d.augment_labels)
+            raise FastftError(
+                f"--augment-labels {d.augment_labels} sets the label term of the --augment copies, and this "
+                "run makes none (--augment 0, --no-distill, --prune-first or a token-classification teacher)"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for k in ("overwrite", "progress"):
             d.pop(k, None)
         return d
-
-
-def no_copies_to_label(mode: str) -> FastftError:
-    """--augment-labels set where a run makes no --augment copies (the token-classification case is
-    known once the teacher is read: fastft.compress.context.prepare)."""
-    return FastftError(
-        f"--augment-labels {mode} sets the label term of the --augment copies, and this run makes none "
-        "(--augment 0, --no-distill, --prune-first or a token-classification teacher)"
-    )
 
 
 def _stage_value(stage: str, value, base=None):

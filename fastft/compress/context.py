@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastft.compress.config import TEACHER_ALIAS, CompressConfig, no_copies_to_label
+from fastft.compress.config import TEACHER_ALIAS, CompressConfig
 from fastft.compress.distill import encode, pad_batch
 from fastft.compress.prune import check_fractions
 from fastft.core.errors import DataError, FastftError, ModelError
@@ -168,8 +168,6 @@ def prepare(model, cfg: CompressConfig) -> Context:
     cfg = cfg.resolved(text=not token)
     cfg.validate()
     d, pr = cfg.distill, cfg.prune
-    if d.augment_labels != "original" and not (d.enabled and d.augment):
-        raise no_copies_to_label(d.augment_labels)
     if model is None:
         path = default_teacher(cfg.progress)
         meta, labels = check_teacher_dir(path)
