@@ -326,6 +326,27 @@ def test_bench_eval_batch_scores_served_models_by_batch_size(compressed, tmp_pat
         mod.main(["--models", str(out), "--batch-sizes", "0"])
 
 
+def test_bench_shapes_times_pruned_shapes_against_the_teacher(tiny_model_dir, tmp_path, capsys):
+    """bench/bench_shapes.py: untrained students of each LAYERS:HEADS:FFN shape, INT8, timed with the teacher."""
+    mod = _bench_script("bench_shapes")
+    result = tmp_path / "shapes.json"
+    argv = ["--teacher", str(tiny_model_dir), "--shapes", "2:0.5:0.5,1:0.75:0.25", "--rounds", "2", "--seqs", "32"]
+    assert mod.main([*argv, "--result", str(result)]) == 0
+    got = json.loads(result.read_text())
+    a, b = got["shapes"]["L2-h0.5-f0.5"], got["shapes"]["L1-h0.75-f0.25"]
+    # the tiny teacher: 4 heads and 64 FFN neurons a layer; heads removed across layers (global)
+    assert sum(a["heads"]) == 4 and a["intermediate"] == [32, 32] and a["int8"]["nodes_quantized"] > 0
+    assert b["heads"] == [1] and b["intermediate"] == [48] and b["flops_512"] < a["flops_512"]
+    rows = {(r["model"], r["seq"]): r for r in got["rows"]}
+    assert set(rows) == {("teacher", 32), ("L2-h0.5-f0.5", 32), ("L1-h0.75-f0.25", 32)}
+    assert rows[("teacher", 32)]["speedup_p50"] == 1.0 and rows[("L1-h0.75-f0.25", 32)]["heads_kept"] == 1
+    assert "machine" in got and "L2-h0.5-f0.5 seq   32" in capsys.readouterr().out
+    bad_shapes = (("2:0.5", "is not LAYERS:HEADS:FFN"), ("9:0.5:0.5", "the teacher has 2"), ("2:1:0", "--prune-heads"))
+    for bad, msg in bad_shapes:
+        with pytest.raises(FastftError, match=msg):
+            mod.main(["--teacher", str(tiny_model_dir), "--shapes", bad, "--rounds", "1"])
+
+
 def test_compressed_dir_serves(compressed):
     import fastft
 

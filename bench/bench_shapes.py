@@ -1,0 +1,156 @@
+"""Speed of pruned student shapes against the teacher, before any training: which heads/FFN split buys 5x.
+
+    python bench/bench_shapes.py --shapes 3:0.5:0.5,3:0.75:0.25,3:0.625:0.375 --rounds 200 \
+        --result bench/results/shapes_vnni.json
+
+Each shape ``LAYERS:HEADS:FFN`` is a student of the teacher's own layers (``fastft compress
+--layers``) with that fraction of attention heads (chosen across layers, as ``--head-allocation
+global`` removes them) and of FFN neurons removed, exported and quantised as ``fastft compress
+--int8`` serves it (fused graph, this CPU's INT8 recipe, every MatMul INT8). Latency does not depend
+on the weights, so the heads to remove are drawn at random (seeded): what moves the figures is how
+many heads and neurons are left, not which. The teacher's ORT fp32 graph and every student are timed
+in one process, interleaved (:func:`fastft.compress.report.measure_latency`, the report's timer), at
+seq 128 and 512; the result holds each shape's kept heads per layer, FFN width, parameters, FLOPs
+and p50 speed-up over the teacher.
+
+At seq 512 the attention scores (fp32, quadratic in the length) cost more per parameter than the
+INT8 FFN matmuls, so removing heads buys more speed than removing the same parameters of FFN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+# first: notes the machine's load at the start
+from fastft.bench.runner import int_list, script_main, write_result
+
+LABELS = ["negative", "positive"]
+
+
+def parse_shapes(text: str) -> list[tuple[int, float, float]]:
+    """``3:0.5:0.5,3:0.75:0.25`` -> [(3, 0.5, 0.5), (3, 0.75, 0.25)]; FastftError on a malformed item."""
+    from fastft.core.errors import FastftError
+
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            layers, heads, ffn = int(parts[0]), float(parts[1]), float(parts[2])
+            if len(parts) != 3:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise FastftError(f"--shapes: {item.strip()!r} is not LAYERS:HEADS:FFN (e.g. 3:0.5:0.5)") from None
+        out.append((layers, heads, ffn))
+    if not out:
+        raise FastftError("--shapes: give at least one LAYERS:HEADS:FFN")
+    return out
+
+
+def build(teacher, layers: int, heads: float, ffn: float, seed: int):
+    """The teacher's ``layers``-layer student with those fractions removed (random choice, global heads)."""
+    import torch
+
+    from fastft.compress.distill import make_student
+    from fastft.compress.prune import apply_structured, check_fractions
+
+    net, _ = make_student(teacher, "teacher-layers", layers, LABELS)
+    k_heads, k_ffn = check_fractions(net, heads, ffn)
+    g = torch.Generator().manual_seed(seed)
+    n_heads = teacher.config.num_attention_heads
+    width = net.config.intermediate_size
+    scores = {
+        "heads": [torch.rand(n_heads, generator=g) for _ in range(layers)],
+        "ffn": [torch.rand(width, generator=g) for _ in range(layers)],
+    }
+    apply_structured(net, scores, k_heads, k_ffn, global_heads=True)
+    return net.eval()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--shapes", default="3:0.5:0.5,3:0.75:0.25,3:0.625:0.375", help="LAYERS:HEADS:FFN,...")
+    ap.add_argument("--teacher", default="minilm-l6", help="teacher model (its shape is what counts) [minilm-l6]")
+    ap.add_argument("--rounds", type=int, default=100, help="interleaved rounds [100]")
+    ap.add_argument("--seqs", default="128,512", help="sequence lengths [128,512]")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads [physical cores]")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random head/neuron choice [0]")
+    ap.add_argument("--result", default=None, help="result JSON (a CSV beside it)")
+    a = ap.parse_args(argv)
+
+    from fastft.compress.prune import count_params, describe, flops
+    from fastft.compress.quantize import export_onnx, fused_path, quantize_int8
+    from fastft.compress.report import measure_latency
+    from fastft.core.errors import FastftError
+    from fastft.models import load_classifier
+
+    shapes = parse_shapes(a.shapes)
+    seqs = int_list("--seqs", a.seqs, lo=2)
+    if a.rounds < 1:
+        raise FastftError("--rounds must be at least 1")
+    teacher = load_classifier(a.teacher, labels=LABELS).eval()
+    for layers, _, _ in shapes:
+        if not 1 <= layers <= teacher.config.num_hidden_layers:
+            raise FastftError(f"--shapes: {layers} layers; the teacher has {teacher.config.num_hidden_layers}")
+    shape_info, files = {}, {}
+    with tempfile.TemporaryDirectory(prefix="fastft-shapes-") as tmp:
+        t_onnx = Path(tmp) / "teacher.onnx"
+        export_onnx(teacher, t_onnx)
+        for layers, heads, ffn in shapes:
+            name = f"L{layers}-h{heads:g}-f{ffn:g}"
+            net = build(teacher, layers, heads, ffn, a.seed)
+            d = Path(tmp) / name
+            d.mkdir()
+            export_onnx(net, d / "model.onnx")
+            src = fused_path(d / "model.onnx") if fused_path(d / "model.onnx").is_file() else d / "model.onnx"
+            q = quantize_int8(src, d / "model_int8.onnx")
+            files[name] = d / "model_int8.onnx"
+            shape_info[name] = {
+                "layers": layers,
+                "prune_heads": heads,
+                "prune_ffn": ffn,
+                **{k: v for k, v in describe(net).items() if k != "layers"},
+                "flops_512": flops(net, 512),
+                "int8": {k: q[k] for k in ("recipe", "nodes_quantized")},
+            }
+            print(f"{name}: heads {shape_info[name]['heads']}, FFN {shape_info[name]['intermediate']}", file=sys.stderr)
+        lat = measure_latency(
+            {"teacher": t_onnx, **files},
+            seqs=seqs,
+            runs=a.rounds,
+            threads=a.threads,
+            max_positions=teacher.config.max_position_embeddings,
+        )
+    rows = []
+    for name in ["teacher", *files]:
+        for seq in lat[name]:
+            q = lat[name][seq]
+            row = {"model": name, "seq": seq, **{k: round(v, 3) if isinstance(v, float) else v for k, v in q.items()}}
+            row["speedup_p50"] = round(lat["teacher"][seq]["p50_ms"] / q["p50_ms"], 3)
+            if name != "teacher":
+                row["heads_kept"] = sum(shape_info[name]["heads"])
+                row["ffn"] = shape_info[name]["intermediate"][0]
+            rows.append(row)
+            print(f"{name:>18} seq {seq:>4}: p50 {q['p50_ms']:8.2f} ms  speed-up {row['speedup_p50']:.2f}x")
+    if a.result:
+        write_result(
+            a.result,
+            {
+                "what": "pruned student shapes (untrained weights, INT8 as fastft compress serves them) and the "
+                "teacher's ORT fp32 graph timed together, interleaved; p50 speed-up over the teacher",
+                "settings": {"rounds": a.rounds, "seqs": seqs, "threads": a.threads, "batch": 1, "seed": a.seed},
+                "teacher": {"model": a.teacher, "parameters": count_params(teacher), "flops_512": flops(teacher, 512)},
+                "shapes": shape_info,
+                "rows": rows,
+            },
+            csv_rows=rows,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(script_main(main))
