@@ -138,25 +138,16 @@ def build_untrained(args, work: Path) -> list[dict]:
     """The same architectures with untrained heads (latency does not depend on the weights)."""
     import copy
 
-    import torch
-
     from fastft.compress.distill import make_student
-    from fastft.compress.prune import apply_structured, check_fractions
-    from fastft.compress.quantize import export_onnx, fused_path, quantize_int8
+    from fastft.compress.prune import prune_at_random
+    from fastft.compress.quantize import export_onnx, quant_source, quantize_int8
     from fastft.models import load_classifier
 
     labels = ["negative", "positive"]
     teacher = load_classifier("minilm-l6", labels=labels).eval()
     student, _ = make_student(teacher, "teacher-layers", args.layers, labels)
     pruned = copy.deepcopy(student)
-    k_h, k_f = check_fractions(pruned, args.prune_heads, args.prune_ffn)
-    g = torch.Generator().manual_seed(0)
-    n = pruned.config.num_hidden_layers
-    scores = {
-        "heads": [torch.rand(12, generator=g) for _ in range(n)],
-        "ffn": [torch.rand(pruned.config.intermediate_size, generator=g) for _ in range(n)],
-    }
-    apply_structured(pruned, scores, k_h, k_f)
+    prune_at_random(pruned, args.prune_heads, args.prune_ffn, seed=0)
     l3 = load_classifier("minilm-l3", labels=labels).eval()
     nets = {
         "teacher": teacher,
@@ -169,7 +160,7 @@ def build_untrained(args, work: Path) -> list[dict]:
         d = work / name
         d.mkdir(parents=True, exist_ok=True)
         export_onnx(net, d / "model.onnx")
-        quantize_int8(fused_path(d / "model.onnx"), d / "model_int8.onnx")
+        quantize_int8(quant_source(d / "model.onnx"), d / "model_int8.onnx")
         out += [
             {"variant": name, "precision": "fp32", "dir": d, "file": d / "model.onnx", "net": net},
             {"variant": name, "precision": "int8", "dir": d, "file": d / "model_int8.onnx", "net": net},

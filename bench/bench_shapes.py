@@ -6,12 +6,16 @@
 Each shape ``LAYERS:HEADS:FFN`` is a student of the teacher's own layers (``fastft compress
 --layers``) with that fraction of attention heads (chosen across layers, as ``--head-allocation
 global`` removes them) and of FFN neurons removed, exported and quantised as ``fastft compress
---int8`` serves it (fused graph, this CPU's INT8 recipe, every MatMul INT8). Latency does not depend
-on the weights, so the heads to remove are drawn at random (seeded): what moves the figures is how
-many heads and neurons are left, not which. The teacher's ORT fp32 graph and every student are timed
-in one process, interleaved (:func:`fastft.compress.report.measure_latency`, the report's timer), at
-seq 128 and 512; the result holds each shape's kept heads per layer, FFN width, parameters, FLOPs
-and p50 speed-up over the teacher.
+--int8`` serves it (fused graph, this CPU's INT8 recipe; every MatMul INT8, as in the runs whose
+accuracy check kept none fp32). Latency does not depend on the weights, so the heads to remove are
+drawn at random (seeded, :func:`fastft.compress.prune.prune_at_random`): what moves the figures is
+how many heads and neurons are left. A random choice across layers leaves uneven layouts (e.g. 8 / 6
+/ 4 heads) where trained importance has often left them nearly even (6 / 6 / 6, 4 / 4 / 4); the
+result records each layout, and ``--head-allocation layer`` times the even split. The teacher's ORT
+fp32 graph and every student are timed in one process, interleaved
+(:func:`fastft.compress.report.measure_latency`, the report's timer), at seq 128 and 512; the
+result holds each shape's kept heads per layer, FFN width, parameters, FLOPs and p50 speed-up over
+the teacher.
 
 At seq 512 the attention scores (fp32, quadratic in the length) cost more per parameter than the
 INT8 FFN matmuls, so removing heads buys more speed than removing the same parameters of FFN.
@@ -31,42 +35,22 @@ LABELS = ["negative", "positive"]
 
 
 def parse_shapes(text: str) -> list[tuple[int, float, float]]:
-    """``3:0.5:0.5,3:0.75:0.25`` -> [(3, 0.5, 0.5), (3, 0.75, 0.25)]; FastftError on a malformed item."""
+    """``3:0.5:0.5,3:0.75:0.25`` -> [(3, 0.5, 0.5), (3, 0.75, 0.25)]; FastftError on a malformed or repeated item."""
     from fastft.core.errors import FastftError
 
     out = []
     for item in text.split(","):
         parts = item.strip().split(":")
         try:
-            layers, heads, ffn = int(parts[0]), float(parts[1]), float(parts[2])
             if len(parts) != 3:
                 raise ValueError
-        except (ValueError, IndexError):
+            shape = (int(parts[0]), float(parts[1]), float(parts[2]))
+        except ValueError:
             raise FastftError(f"--shapes: {item.strip()!r} is not LAYERS:HEADS:FFN (e.g. 3:0.5:0.5)") from None
-        out.append((layers, heads, ffn))
-    if not out:
-        raise FastftError("--shapes: give at least one LAYERS:HEADS:FFN")
+        if shape in out:
+            raise FastftError(f"--shapes: {item.strip()!r} is given twice")
+        out.append(shape)
     return out
-
-
-def build(teacher, layers: int, heads: float, ffn: float, seed: int):
-    """The teacher's ``layers``-layer student with those fractions removed (random choice, global heads)."""
-    import torch
-
-    from fastft.compress.distill import make_student
-    from fastft.compress.prune import apply_structured, check_fractions
-
-    net, _ = make_student(teacher, "teacher-layers", layers, LABELS)
-    k_heads, k_ffn = check_fractions(net, heads, ffn)
-    g = torch.Generator().manual_seed(seed)
-    n_heads = teacher.config.num_attention_heads
-    width = net.config.intermediate_size
-    scores = {
-        "heads": [torch.rand(n_heads, generator=g) for _ in range(layers)],
-        "ffn": [torch.rand(width, generator=g) for _ in range(layers)],
-    }
-    apply_structured(net, scores, k_heads, k_ffn, global_heads=True)
-    return net.eval()
 
 
 def main(argv=None) -> int:
@@ -79,11 +63,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seqs", default="128,512", help="sequence lengths [128,512]")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads [physical cores]")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random head/neuron choice [0]")
+    ap.add_argument(
+        "--head-allocation",
+        default="global",
+        choices=("global", "layer"),
+        help="heads removed across layers (uneven layouts) or the same number per layer [global]",
+    )
     ap.add_argument("--result", default=None, help="result JSON (a CSV beside it)")
     a = ap.parse_args(argv)
 
-    from fastft.compress.prune import count_params, describe, flops
-    from fastft.compress.quantize import export_onnx, fused_path, quantize_int8
+    from fastft.compress.distill import make_student
+    from fastft.compress.prune import check_fractions, count_params, describe, flops, prune_at_random
+    from fastft.compress.quantize import export_onnx, quant_source, quantize_int8
     from fastft.compress.report import measure_latency
     from fastft.core.errors import FastftError
     from fastft.models import load_classifier
@@ -93,21 +84,26 @@ def main(argv=None) -> int:
     if a.rounds < 1:
         raise FastftError("--rounds must be at least 1")
     teacher = load_classifier(a.teacher, labels=LABELS).eval()
-    for layers, _, _ in shapes:
+    longest = teacher.config.max_position_embeddings
+    if any(s > longest for s in seqs):
+        raise FastftError(f"--seqs: the teacher has {longest} positions (got {a.seqs})")
+    for layers, heads, ffn in shapes:  # every shape checked before anything is exported
         if not 1 <= layers <= teacher.config.num_hidden_layers:
             raise FastftError(f"--shapes: {layers} layers; the teacher has {teacher.config.num_hidden_layers}")
+        check_fractions(teacher, heads, ffn)
     shape_info, files = {}, {}
     with tempfile.TemporaryDirectory(prefix="fastft-shapes-") as tmp:
         t_onnx = Path(tmp) / "teacher.onnx"
         export_onnx(teacher, t_onnx)
         for layers, heads, ffn in shapes:
             name = f"L{layers}-h{heads:g}-f{ffn:g}"
-            net = build(teacher, layers, heads, ffn, a.seed)
+            net, _ = make_student(teacher, "teacher-layers", layers, LABELS)
+            prune_at_random(net, heads, ffn, seed=a.seed, global_heads=a.head_allocation == "global")
+            net.eval()
             d = Path(tmp) / name
             d.mkdir()
             export_onnx(net, d / "model.onnx")
-            src = fused_path(d / "model.onnx") if fused_path(d / "model.onnx").is_file() else d / "model.onnx"
-            q = quantize_int8(src, d / "model_int8.onnx")
+            q = quantize_int8(quant_source(d / "model.onnx"), d / "model_int8.onnx")
             files[name] = d / "model_int8.onnx"
             shape_info[name] = {
                 "layers": layers,
@@ -123,7 +119,7 @@ def main(argv=None) -> int:
             seqs=seqs,
             runs=a.rounds,
             threads=a.threads,
-            max_positions=teacher.config.max_position_embeddings,
+            max_positions=longest,
         )
     rows = []
     for name in ["teacher", *files]:
@@ -142,7 +138,14 @@ def main(argv=None) -> int:
             {
                 "what": "pruned student shapes (untrained weights, INT8 as fastft compress serves them) and the "
                 "teacher's ORT fp32 graph timed together, interleaved; p50 speed-up over the teacher",
-                "settings": {"rounds": a.rounds, "seqs": seqs, "threads": a.threads, "batch": 1, "seed": a.seed},
+                "settings": {
+                    "rounds": a.rounds,
+                    "seqs": seqs,
+                    "threads": a.threads,
+                    "batch": 1,
+                    "seed": a.seed,
+                    "head_allocation": a.head_allocation,
+                },
                 "teacher": {"model": a.teacher, "parameters": count_params(teacher), "flops_512": flops(teacher, 512)},
                 "shapes": shape_info,
                 "rows": rows,

@@ -334,17 +334,35 @@ def test_bench_shapes_times_pruned_shapes_against_the_teacher(tiny_model_dir, tm
     assert mod.main([*argv, "--result", str(result)]) == 0
     got = json.loads(result.read_text())
     a, b = got["shapes"]["L2-h0.5-f0.5"], got["shapes"]["L1-h0.75-f0.25"]
-    # the tiny teacher: 4 heads and 64 FFN neurons a layer; heads removed across layers (global)
+    # the tiny teacher: 4 heads and 64 FFN neurons a layer; 2 x 2 heads removed across the layers
     assert sum(a["heads"]) == 4 and a["intermediate"] == [32, 32] and a["int8"]["nodes_quantized"] > 0
     assert b["heads"] == [1] and b["intermediate"] == [48] and b["flops_512"] < a["flops_512"]
     rows = {(r["model"], r["seq"]): r for r in got["rows"]}
     assert set(rows) == {("teacher", 32), ("L2-h0.5-f0.5", 32), ("L1-h0.75-f0.25", 32)}
     assert rows[("teacher", 32)]["speedup_p50"] == 1.0 and rows[("L1-h0.75-f0.25", 32)]["heads_kept"] == 1
-    assert "machine" in got and "L2-h0.5-f0.5 seq   32" in capsys.readouterr().out
-    bad_shapes = (("2:0.5", "is not LAYERS:HEADS:FFN"), ("9:0.5:0.5", "the teacher has 2"), ("2:1:0", "--prune-heads"))
+    assert got["settings"]["head_allocation"] == "global" and "machine" in got
+    assert "L2-h0.5-f0.5 seq   32" in capsys.readouterr().out
+    # seed 0 removes both heads of 2:0.25:0 from one layer across layers, one per layer with "layer"
+    for allocation, want in (("global", [2, 4]), ("layer", [3, 3])):
+        out = tmp_path / f"{allocation}.json"
+        assert mod.main([*argv[:3], "2:0.25:0", "--rounds", "1", "--seqs", "32", "--head-allocation", allocation,
+                         "--result", str(out)]) == 0  # fmt: skip
+        assert json.loads(out.read_text())["shapes"]["L2-h0.25-f0"]["heads"] == want
+    bad_shapes = (
+        ("2:0.5", "is not LAYERS:HEADS:FFN"),
+        ("2:0.5:0.5,2:.5:.5", "given twice"),
+        ("9:0.5:0.5", "the teacher has 2"),
+        ("1:0.5:0.5,2:1:0", "--prune-heads"),
+    )
     for bad, msg in bad_shapes:
         with pytest.raises(FastftError, match=msg):
-            mod.main(["--teacher", str(tiny_model_dir), "--shapes", bad, "--rounds", "1"])
+            mod.main(["--teacher", str(tiny_model_dir), "--shapes", bad, "--rounds", "1", "--seqs", "32"])
+    with pytest.raises(FastftError, match="128 positions"):
+        mod.main([*argv[:4], "--seqs", "512"])
+    # run as a script, bad input is one line and exit 2
+    capsys.readouterr()
+    assert mod.script_main(lambda: mod.main(["--teacher", str(tiny_model_dir), "--shapes", "x"])) == 2
+    assert capsys.readouterr().err.strip() == "fastft: error: --shapes: 'x' is not LAYERS:HEADS:FFN (e.g. 3:0.5:0.5)"
 
 
 def test_compressed_dir_serves(compressed):

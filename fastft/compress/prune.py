@@ -42,6 +42,7 @@ __all__ = [
     "importance",
     "load_pruned",
     "magnitude_prune",
+    "prune_at_random",
     "prune_layer_ffn",
     "prune_layer_heads",
 ]
@@ -173,6 +174,21 @@ def apply_structured(model, scores: dict, k_heads: int, k_ffn: int, global_heads
         **({"head_allocation": "global"} if k_heads and global_heads else {}),
         "pruned_heads": {str(k): v for k, v in pruned.items()},
     }
+
+
+def prune_at_random(model, prune_heads: float, prune_ffn: float, seed: int = 0, global_heads: bool = False) -> dict:
+    """:func:`apply_structured` with seeded random importance: the pruned *shape* without any data
+    (latency does not depend on which heads and neurons go). Returns what was removed."""
+    import torch
+
+    k_heads, k_ffn = check_fractions(model, prune_heads, prune_ffn)
+    g = torch.Generator().manual_seed(seed)
+    layers = encoder_layers(model)
+    scores = {
+        "heads": [torch.rand(heads_of(x), generator=g) for x in layers],
+        "ffn": [torch.rand(x.intermediate.dense.out_features, generator=g) for x in layers],
+    }
+    return apply_structured(model, scores, k_heads, k_ffn, global_heads=global_heads)
 
 
 def magnitude_prune(model, sparsity: float) -> dict:

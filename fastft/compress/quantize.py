@@ -63,6 +63,12 @@ def fused_path(onnx_file: Path) -> Path:
     return Path(onnx_file).with_name(Path(onnx_file).stem + ".fused.onnx")
 
 
+def quant_source(onnx_file: Path) -> Path:
+    """The graph INT8/fp16 quantisation starts from: the fused graph :func:`export_onnx` kept, else the file."""
+    fused = fused_path(onnx_file)
+    return fused if fused.is_file() else Path(onnx_file)
+
+
 def torch_export(net, out_file: Path, opset: int = 17) -> None:
     """Plain ``torch.onnx.export`` with dynamic batch and sequence axes (inputs: ids, mask); no fusions.
 

@@ -21,7 +21,7 @@ from fastft.compress.prune import (
     importance,
     magnitude_prune,
 )
-from fastft.compress.quantize import accuracy_aware_int8, fused_path, quantize_fp16
+from fastft.compress.quantize import accuracy_aware_int8, quant_source, quantize_fp16
 from fastft.core.errors import FastftError
 
 
@@ -186,7 +186,7 @@ def do_prune(ctx: Context, net) -> StageResult:
 def do_quantize(ctx: Context, fp32: Path, work: Path, base_acc: float | None = None) -> QuantizeResult:
     """Quantize the fp32 model ``fp32`` (its fused graph, when kept) into ``work``."""
     cfg = ctx.cfg.quantize
-    src = fused_path(fp32) if fused_path(fp32).is_file() else fp32
+    src = quant_source(fp32)
     if cfg.mode == "fp16":
         dst = work / "model_fp16.onnx"
         return QuantizeResult(dst, "fp16", {**quantize_fp16(src, dst), "file": dst.name})
