@@ -13,7 +13,7 @@ how many heads and neurons are left. A random choice across layers leaves uneven
 / 4 heads) where trained importance has often left them nearly even (6 / 6 / 6, 4 / 4 / 4); the
 result records each layout, and ``--head-allocation layer`` times the even split. The teacher's ORT
 fp32 graph and every student are timed in one process, interleaved
-(:func:`fastft.compress.report.measure_latency`, the report's timer), at seq 128 and 512; the
+(:func:`fastft.compress.report.time_against_teacher`, the report's timer), at seq 128 and 512; the
 result holds each shape's kept heads per layer, FFN width, parameters, FLOPs and p50 speed-up over
 the teacher.
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from fastft.compress.distill import make_student
     from fastft.compress.prune import check_fractions, count_params, describe, flops, prune_at_random
     from fastft.compress.quantize import export_onnx, quant_source, quantize_int8
-    from fastft.compress.report import measure_latency
+    from fastft.compress.report import time_against_teacher
     from fastft.core.errors import FastftError
     from fastft.models import load_classifier
 
@@ -93,8 +93,6 @@ def main(argv=None) -> int:
         check_fractions(teacher, heads, ffn)
     shape_info, files = {}, {}
     with tempfile.TemporaryDirectory(prefix="fastft-shapes-") as tmp:
-        t_onnx = Path(tmp) / "teacher.onnx"
-        export_onnx(teacher, t_onnx)
         for layers, heads, ffn in shapes:
             name = f"L{layers}-h{heads:g}-f{ffn:g}"
             net, _ = make_student(teacher, "teacher-layers", layers, LABELS)
@@ -114,24 +112,14 @@ def main(argv=None) -> int:
                 "int8": {k: q[k] for k in ("recipe", "nodes_quantized")},
             }
             print(f"{name}: heads {shape_info[name]['heads']}, FFN {shape_info[name]['intermediate']}", file=sys.stderr)
-        lat = measure_latency(
-            {"teacher": t_onnx, **files},
-            seqs=seqs,
-            runs=a.rounds,
-            threads=a.threads,
-            max_positions=longest,
+        rows = time_against_teacher(teacher, files, seqs, a.rounds, a.threads)
+    for row in rows:
+        if row["model"] != "teacher":
+            row["heads_kept"] = sum(shape_info[row["model"]]["heads"])
+            row["ffn"] = shape_info[row["model"]]["intermediate"][0]
+        print(
+            f"{row['model']:>18} seq {row['seq']:>4}: p50 {row['p50_ms']:8.2f} ms  speed-up {row['speedup_p50']:.2f}x"
         )
-    rows = []
-    for name in ["teacher", *files]:
-        for seq in lat[name]:
-            q = lat[name][seq]
-            row = {"model": name, "seq": seq, **{k: round(v, 3) if isinstance(v, float) else v for k, v in q.items()}}
-            row["speedup_p50"] = round(lat["teacher"][seq]["p50_ms"] / q["p50_ms"], 3)
-            if name != "teacher":
-                row["heads_kept"] = sum(shape_info[name]["heads"])
-                row["ffn"] = shape_info[name]["intermediate"][0]
-            rows.append(row)
-            print(f"{name:>18} seq {seq:>4}: p50 {q['p50_ms']:8.2f} ms  speed-up {row['speedup_p50']:.2f}x")
     if a.result:
         write_result(
             a.result,

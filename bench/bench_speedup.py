@@ -8,7 +8,7 @@ default, 20 before), so a speed-up near a target moves by a few tenths from one 
 Here the teacher's ONNX Runtime fp32 graph (exported by the same path as the report's teacher
 row) and every student's served graph (what ``fastft.load`` serves: ``model_int8.onnx`` after
 ``--int8``) are timed in one process, interleaved round-robin
-(:func:`fastft.compress.report.measure_latency`, the report's own timer:
+(:func:`fastft.compress.report.time_against_teacher`, the report's own timer:
 batch 1, the same random full-length inputs, ORT without spinning), at seq 128 and 512. The result
 holds each model's quantiles, each student's p50 speed-up over the teacher, and their median.
 """
@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
 # first: notes the machine's load at the start
 from fastft.bench.runner import add_model_dirs, int_list, model_dirs, reports_teacher, script_main, write_result
@@ -37,9 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--result", default=None, help="result JSON (a CSV beside it)")
     a = ap.parse_args(argv)
 
-    from fastft.compress.quantize import export_onnx
     from fastft.compress.report import load as load_report
-    from fastft.compress.report import measure_latency
+    from fastft.compress.report import time_against_teacher
     from fastft.core.errors import FastftError
     from fastft.models import load_classifier
     from fastft.runtime.load import served_onnx
@@ -57,27 +54,12 @@ def main(argv=None) -> int:
     seqs = [s for s in seqs if s <= longest]  # (the report skips lengths past the position table too)
     if not seqs:
         raise FastftError(f"--seqs: every length is longer than the teacher's {longest} positions")
-    with tempfile.TemporaryDirectory(prefix="fastft-speedup-") as tmp:
-        t_onnx = Path(tmp) / "teacher.onnx"
-        export_onnx(net, t_onnx)
-        lat = measure_latency(
-            {"teacher": t_onnx, **files},
-            seqs=seqs,
-            runs=a.rounds,
-            threads=a.threads,
-            max_positions=longest,
-        )
-    rows = []
-    for name in ["teacher", *names]:
-        for seq in seqs:
-            q = lat[name][seq]
-            row = {"model": name, "seq": seq, **{k: round(v, 3) if isinstance(v, float) else v for k, v in q.items()}}
-            row["speedup_p50"] = round(lat["teacher"][seq]["p50_ms"] / q["p50_ms"], 3)
-            if name != "teacher":
-                s = reports[name]["stages"][-1]
-                row["report_speedup"] = s.get(f"speedup_{seq}")
-                row["retained"] = s.get("retained")
-            rows.append(row)
+    rows = time_against_teacher(net, files, seqs, a.rounds, a.threads)
+    for row in rows:
+        if row["model"] != "teacher":
+            s = reports[row["model"]]["stages"][-1]
+            row["report_speedup"] = s.get(f"speedup_{row['seq']}")
+            row["retained"] = s.get("retained")
     median = {
         seq: round(statistics.median(r["speedup_p50"] for r in rows if r["model"] != "teacher" and r["seq"] == seq), 3)
         for seq in seqs

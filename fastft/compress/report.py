@@ -79,6 +79,33 @@ def measure_latency(
     return {name: {seq: quantiles(v) for seq, v in per.items()} for name, per in times.items()}
 
 
+def time_against_teacher(teacher, files: dict[str, Path], seqs, runs: int, threads: int | None = None) -> list[dict]:
+    """The ``teacher`` net's ORT fp32 graph (exported as the report's teacher row) and the ONNX
+    ``files`` timed together, interleaved (:func:`measure_latency`): one row per model and length
+    with its quantiles (ms, 3 decimals) and ``speedup_p50`` over the teacher, the teacher first."""
+    import tempfile
+
+    from fastft.compress.quantize import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="fastft-speedup-") as tmp:
+        t_onnx = Path(tmp) / "teacher.onnx"
+        export_onnx(teacher, t_onnx)
+        lat = measure_latency(
+            {"teacher": t_onnx, **files},
+            seqs=seqs,
+            runs=runs,
+            threads=threads,
+            max_positions=teacher.config.max_position_embeddings,
+        )
+    rows = []
+    for name in ["teacher", *files]:
+        for seq, q in lat[name].items():
+            row = {"model": name, "seq": seq, **{k: round(v, 3) if isinstance(v, float) else v for k, v in q.items()}}
+            row["speedup_p50"] = round(lat["teacher"][seq]["p50_ms"] / q["p50_ms"], 3)
+            rows.append(row)
+    return rows
+
+
 SHIFT_DEFINITIONS = {
     "rare": "the quarter of test texts whose words are rarest in the training split (mean log(1 + count))",
     "long": "the quarter of longest test texts (words)",
