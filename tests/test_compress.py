@@ -407,6 +407,24 @@ def test_defaults_resolve_by_task(kw, text, want):
     assert values(r) == want
 
 
+@pytest.mark.parametrize(
+    "kw, text, want",
+    [
+        ({}, True, 0.8),  # the text recipe weighs the teacher's soft targets more
+        ({}, False, 0.5),  # a token-classification teacher
+        (dict(prune_first=True, prune_heads=0.5), True, 0.5),  # not the recipe
+        (dict(alpha=0.3), True, 0.3),  # given: kept
+        (dict(alpha=0.0), False, 0.0),
+    ],
+)
+def test_alpha_resolves_by_task(kw, text, want):
+    cfg = CompressConfig(**kw)
+    assert cfg.distill.alpha == kw.get("alpha")
+    r = cfg.resolved(text=text)
+    r.validate()
+    assert r.distill.alpha == want
+
+
 def test_verdict_names_nearest_stage():
     from fastft.compress.report import verdict
 
