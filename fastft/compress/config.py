@@ -35,8 +35,9 @@ AUGMENT_LABELS = ("original", "teacher")
 # speedup_default_last2_vnni.json), its pruning stage taking 409-424 s against 242-329 s. Against the
 # stronger teacher (0.8693 against 0.8646) trained with fastft's dropout masks, the same recipe kept a
 # median 98.04% at 4.96x (compress_seed4{2,3,4}_default_fastdrop_vnni.json, speedup_default_fastdrop_vnni.json);
-# with alpha 0.8 (more weight on the teacher's soft targets) 98.37% at 5.04x (compress_seed4{2,3,4}_default_alpha08_vnni.json,
-# speedup_default_alpha08_vnni.json; 0.5 kept 98.04% at 4.97x in that timing).
+# with alpha 0.8 (more weight on the teacher's soft targets) 98.37% at 5.04x
+# (compress_seed4{2,3,4}_default_alpha08_vnni.json, speedup_default_alpha08_vnni.json; 0.5 kept 98.04% at 4.97x
+# in that timing).
 TEXT_RECIPE = {
     "alpha": 0.8,
     "augment": 1,
