@@ -74,7 +74,7 @@ class DistillConfig:
     alpha: float | None = option(
         None,
         "weight of the soft-target KL term (1 - alpha weighs the label loss)",
-        default_help=AUTO_HELP.format(on=0.8, off=0.5),
+        default_help=AUTO_HELP.format(on=TEXT_RECIPE["alpha"], off=0.5),
     )
     hidden_weight: float = option(1.0, "weight of the hidden-state MSE term (0 turns it off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
@@ -85,7 +85,7 @@ class DistillConfig:
         "fastft.compress.augment) with the teacher's soft targets (their label term: --augment-labels); an epoch "
         "then covers N + 1 times the rows",
         metavar="N",
-        default_help=AUTO_HELP.format(on=1, off=0),
+        default_help=AUTO_HELP.format(on=TEXT_RECIPE["augment"], off=0),
     )
     augment_labels: str = option(
         "original",
@@ -106,7 +106,7 @@ class DistillConfig:
     def validate(self) -> None:
         for name in ("epochs", "lr", "temperature", "hidden_weight", "weight_decay", "warmup_ratio"):
             check_float(_flag(name), getattr(self, name))
-        check_float("--alpha", self.alpha, optional=True)
+        check_float("--alpha", self.alpha, lo=0, hi=1, optional=True)
         check_float("--hidden-weight", self.hidden_weight, lo=0)
         check_float("--weight-decay", self.weight_decay, lo=0)
         check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
@@ -127,8 +127,6 @@ class DistillConfig:
             raise FastftError("--layers applies to --student teacher-layers only")
         if self.enabled and self.epochs <= 0:
             raise FastftError(f"--epochs must be positive (got {self.epochs})")
-        if self.alpha is not None and not 0 <= self.alpha <= 1:
-            raise FastftError(f"--alpha must be in [0, 1] (got {self.alpha})")
         if self.temperature <= 0:
             raise FastftError(f"--temperature must be positive (got {self.temperature})")
         if not self.lr > 0:
@@ -154,7 +152,7 @@ class PruneConfig:
     prune_heads: float | None = option(
         None,
         "fraction of attention heads removed (per layer, or of all heads with --head-allocation global)",
-        default_help=AUTO_HELP.format(on=0.5, off=0),
+        default_help=AUTO_HELP.format(on=TEXT_RECIPE["prune_heads"], off=0),
     )
     prune_ffn: float = option(0.5, "fraction of FFN neurons removed per layer")
     prune_batches: int = option(32, "training batches used to measure importance")
@@ -164,7 +162,8 @@ class PruneConfig:
     last_recovery_epochs: float | None = option(
         None,
         "distillation epochs after the last pruning step, the last of them quantization-aware with --int8",
-        default_help="2 when a text classifier is distilled and --recovery-epochs is not given, else --recovery-epochs",
+        default_help=f"{TEXT_RECIPE['last_recovery_epochs']} when a text classifier is distilled and --recovery-epochs "
+        "is not given, else --recovery-epochs",
     )
     sparsity: float = option(0.0, "unstructured magnitude pruning of encoder weights (no speed-up on dense kernels)")
     prune_steps: int | None = option(
@@ -172,14 +171,14 @@ class PruneConfig:
         "remove the heads and FFN neurons in this many equal steps, importance measured again before "
         "each, --recovery-epochs of distillation after each but the last and --last-recovery-epochs after "
         "the last (its last epoch quantization-aware)",
-        default_help=AUTO_HELP.format(on=2, off=1),
+        default_help=AUTO_HELP.format(on=TEXT_RECIPE["prune_steps"], off=1),
     )
     head_allocation: str | None = option(
         None,
         "which heads --prune-heads removes: the same number in every layer (layer), or the least "
         "important across all layers, so layers keep different numbers of heads (global)",
         choices=HEAD_ALLOCATIONS,
-        default_help=AUTO_HELP.format(on="global", off="layer"),
+        default_help=AUTO_HELP.format(on=TEXT_RECIPE["head_allocation"], off="layer"),
     )
     prune_first: bool = option(
         False,
