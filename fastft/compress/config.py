@@ -78,6 +78,12 @@ class DistillConfig:
     )
     hidden_weight: float = option(1.0, "weight of the hidden-state MSE term (0 turns it off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
+    ema: float = option(
+        0.0,
+        "evaluate and keep an exponential moving average of the student's weights, this decay per step "
+        "(e.g. 0.995; 0: the raw weights), in distillation and in pruning's recovery",
+        metavar="DECAY",
+    )
     warmup_ratio: float = option(0.1, "fraction of steps with linear learning-rate warm-up")
     augment: int | None = option(
         None,
@@ -109,6 +115,7 @@ class DistillConfig:
         check_float("--alpha", self.alpha, lo=0, hi=1, optional=True)
         check_float("--hidden-weight", self.hidden_weight, lo=0)
         check_float("--weight-decay", self.weight_decay, lo=0)
+        check_float("--ema", self.ema, lo=0, hi=1, hi_open=True)
         check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
         check_int("--batch-size", self.batch_size, lo=1)
         check_int("--augment", self.augment, lo=0, optional=True)

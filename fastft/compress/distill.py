@@ -244,6 +244,7 @@ def train_student(
     hidden_weight: float,
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.1,
+    ema: float = 0.0,
     seed: int = 42,
     evaluate=None,
     progress: bool = True,
@@ -259,6 +260,8 @@ def train_student(
         that are quantised next must be the ones trained for it).
     loss_inputs: (student outputs, rows, seq) -> (outputs, labels, teacher logits) handed to
     :func:`distill_loss` (token classification selects the labelled tokens; None: one label per row).
+    ema: weight-average decay (:class:`fastft.train.loop.WeightAverage`; 0: off): the average is
+    what is evaluated, kept and returned.
     Returns history (loss per epoch, validation accuracy), steps, time.
     """
     import torch
@@ -329,6 +332,7 @@ def train_student(
             weight_decay=weight_decay,
             warmup_ratio=warmup_ratio,
             max_grad_norm=1.0,
+            ema=ema,
             end_epoch=end_epoch,
             progress=progress,
             desc=f"{desc} epoch",

@@ -85,6 +85,52 @@ class LoopResult:
         return f"AdamW ({self.optimizer})"
 
 
+class WeightAverage:
+    """An exponential moving average of a net's trainable weights, updated after each step.
+
+    The decay at update t is ``min(decay, (1 + t) / (10 + t))`` (TensorFlow's ExponentialMovingAverage
+    with ``num_updates``): early updates forget the starting weights fast, which matters when a loop
+    starts from just-pruned ones, and the average then spans the last ~``1 / (1 - decay)`` steps.
+    """
+
+    def __init__(self, net, decay: float):
+        import torch
+
+        self.decay = decay
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        with torch.no_grad():
+            self.shadow = [p.detach().clone() for p in self.params]
+        self.updates = 0
+        self.raw = None
+
+    def update(self) -> None:
+        import torch
+
+        self.updates += 1
+        weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params):
+                s.lerp_(p, weight)
+
+    def swap_in(self) -> None:
+        """The net holds the average (its raw weights kept for :meth:`swap_out`)."""
+        import torch
+
+        with torch.no_grad():
+            self.raw = [p.detach().clone() for p in self.params]
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+
+    def swap_out(self) -> None:
+        """The net holds its raw weights again."""
+        import torch
+
+        with torch.no_grad():
+            for p, r in zip(self.params, self.raw):
+                p.copy_(r)
+        self.raw = None
+
+
 def run_loop(
     net,
     epoch_batches: Callable[[int], list],
@@ -102,12 +148,17 @@ def run_loop(
     what: str = "training",
     postfix: Callable | None = None,
     fast_dropout: bool = True,
+    ema: float = 0.0,
 ) -> LoopResult:
     """Train ``net`` for ``total_steps`` optimiser steps.
 
     epoch_batches(epoch) -> the epoch's batches (its length sizes the bar); step_loss(batch) ->
     (loss, samples, parts) with ``parts`` a dict shown on the bar (or None); end_epoch(stats) ->
     True to stop early (evaluation, best-state keeping, early stopping live there).
+
+    ema: above 0, an exponential moving average of the weights (:class:`WeightAverage`) is what
+    ``end_epoch`` sees and what the net holds when the loop returns; training steps go on from the
+    raw weights.
     """
     import contextlib
 
@@ -121,6 +172,7 @@ def run_loop(
     sched = linear_schedule(opt, int(warmup_ratio * total_steps), total_steps)
     res = LoopResult(0, 0, 0.0, optimizer=kind, dropout="fastft masks" if fast_dropout else "torch")
     training = fast_dropout_training(net) if fast_dropout else contextlib.nullcontext()
+    average = WeightAverage(net, ema) if ema > 0 else None
     with training:
         t0 = time.perf_counter()
         for epoch in range(1, n_epochs + 1):
@@ -146,6 +198,8 @@ def run_loop(
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                if average is not None:
+                    average.update()
                 res.steps += 1
                 res.samples += samples
                 stats.samples += samples
@@ -159,8 +213,12 @@ def run_loop(
                 bar.update(1)
             bar.close()
             res.epochs.append(stats)
+            if average is not None:
+                average.swap_in()
             stop = end_epoch(stats) if end_epoch is not None else False
             if stop or res.steps >= total_steps:
-                break
+                break  # the net keeps the average
+            if average is not None:
+                average.swap_out()
     res.time_s = time.perf_counter() - t0
     return res
