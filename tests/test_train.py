@@ -125,6 +125,51 @@ def test_adamw_is_fused_and_steps_like_the_loop(tiny_model_dir):
     assert moved > 0
 
 
+def test_weight_average_is_what_epochs_see_and_the_loop_returns():
+    """With ``ema``, end_epoch sees the moving average of the weights after each step (decay
+    min(ema, (1+t)/(10+t))), the next epoch trains on from the raw weights, and the net ends
+    holding the average."""
+    from fastft.train.loop import run_loop
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    raw, seen_by_epoch = [], []  # weights as each step starts (the raw weights of the step before)
+
+    def step_loss(rows):
+        raw.append(net.weight.detach().clone())
+        return torch.nn.functional.cross_entropy(net(x[rows]), y[rows]), len(rows), None
+
+    def end_epoch(stats):
+        seen_by_epoch.append(net.weight.detach().clone())
+        return False
+
+    run_loop(
+        net,
+        lambda epoch: [list(range(i, i + 8)) for i in range(0, 32, 8)],
+        step_loss,
+        steps_per_epoch=4,
+        total_steps=8,
+        lr=0.1,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        end_epoch=end_epoch,
+        progress=False,
+        fast_dropout=False,
+        ema=0.5,
+    )
+    # raw[k]: the raw weights after step k (raw[0] the start); the average after step k is
+    # d_k * average + (1 - d_k) * raw[k]
+    average = raw[0].clone()
+    for k in range(1, 5):
+        d = min(0.5, (1 + k) / (10 + k))
+        average = d * average + (1 - d) * raw[k]
+    torch.testing.assert_close(seen_by_epoch[0], average)
+    assert not torch.allclose(raw[4], average)  # so epoch 2 went on from the raw weights, not the average
+    assert torch.equal(net.weight.detach(), seen_by_epoch[1])  # the net ends holding the average
+    assert not torch.allclose(seen_by_epoch[1], raw[-1])
+
+
 def test_adamw_falls_back_to_the_loop_where_fused_is_refused(monkeypatch):
     from fastft.train import loop
 

@@ -78,6 +78,13 @@ class DistillConfig:
     )
     hidden_weight: float = option(1.0, "weight of the hidden-state MSE term (0 turns it off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
+    dropout: float | None = option(
+        None,
+        "the student's dropout probability while it is distilled and recovers (hidden states and "
+        "attention alike)",
+        metavar="P",
+        default_help="the teacher's",
+    )
     ema: float = option(
         0.0,
         "evaluate and keep an exponential moving average of the student's weights, this decay per step "
@@ -116,6 +123,7 @@ class DistillConfig:
         check_float("--hidden-weight", self.hidden_weight, lo=0)
         check_float("--weight-decay", self.weight_decay, lo=0)
         check_float("--ema", self.ema, lo=0, hi=1, hi_open=True)
+        check_float("--dropout", self.dropout, lo=0, hi=1, hi_open=True, optional=True)
         check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
         check_int("--batch-size", self.batch_size, lo=1)
         check_int("--augment", self.augment, lo=0, optional=True)

@@ -89,6 +89,19 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str]):
     return net, layer_plan(n_t, n_s)[1]
 
 
+def set_dropout(net, p: float) -> None:
+    """Every ``nn.Dropout`` of ``net`` drops with probability ``p`` (attention dropout reads its
+    module's ``p`` too), and its config says so."""
+    import torch
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if isinstance(getattr(net.config, name, None), float):
+            setattr(net.config, name, p)
+
+
 def _encoder_prefix(model) -> str:
     for name, _ in model.named_modules():
         if name.endswith("encoder.layer"):

@@ -94,6 +94,7 @@ def do_distill(ctx: Context) -> StageResult:
         "alpha": cfg.alpha,
         "hidden_weight": cfg.hidden_weight,
         **({"ema": cfg.ema} if cfg.ema else {}),
+        **({"dropout": cfg.dropout} if cfg.dropout is not None else {}),
         **({"augment": augment_info(ctx)} if cfg.augment else {}),
         **({"transfer": dict(ctx.transfer["info"])} if ctx.transfer else {}),
         **({"pruned_first": pruned_first} if pruned_first else {}),
@@ -292,6 +293,8 @@ def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, des
     with the best validation accuracy (distillation and post-pruning recovery alike)."""
     cfg = ctx.cfg.distill
     ids, y = train_rows(ctx)
+    if cfg.dropout is not None:
+        dis.set_dropout(net, cfg.dropout)
     return dis.train_student(
         net,
         cache,
