@@ -70,9 +70,15 @@ def test_distill_student_layers_and_loss_decreases(ctx):
 def test_distill_api_saves_student(teacher4, tmp_path):
     import fastft
 
-    res = fastft.distill(str(teacher4), CompressConfig(layers=2, **FAST), output=tmp_path / "student")
+    res = fastft.distill(
+        str(teacher4), CompressConfig(layers=2, dropout=0.0, ema=0.9, **FAST), output=tmp_path / "student"
+    )
     cfg = json.loads((tmp_path / "student" / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 2 and res.model.config.num_hidden_layers == 2
+    # --dropout and --ema reached the student
+    assert cfg["hidden_dropout_prob"] == cfg["attention_probs_dropout_prob"] == 0.0
+    assert {m.p for m in res.model.modules() if type(m).__name__ == "Dropout"} == {0.0}
+    assert res.info["ema"] == 0.9 and res.info["dropout_p"] == 0.0
     assert (tmp_path / "student" / "model.onnx").is_file()
     meta = json.loads((tmp_path / "student" / "fastft.json").read_text())
     assert meta["labels"] == ["negative", "positive"] and meta["compress"]["stage"] == "distilled"

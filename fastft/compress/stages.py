@@ -94,7 +94,7 @@ def do_distill(ctx: Context) -> StageResult:
         "alpha": cfg.alpha,
         "hidden_weight": cfg.hidden_weight,
         **({"ema": cfg.ema} if cfg.ema else {}),
-        **({"dropout": cfg.dropout} if cfg.dropout is not None else {}),
+        **({"dropout_p": cfg.dropout} if cfg.dropout is not None else {}),
         **({"augment": augment_info(ctx)} if cfg.augment else {}),
         **({"transfer": dict(ctx.transfer["info"])} if ctx.transfer else {}),
         **({"pruned_first": pruned_first} if pruned_first else {}),
