@@ -107,6 +107,7 @@ def test_flat_keywords_and_shortcuts_reach_the_stage_configs():
         (["--prune-ffn", "1.5"], "--prune-ffn must be in [0, 1)"),
         (["--alpha", "2"], "--alpha must be in [0, 1]"),
         (["--ema", "1"], "--ema must be in [0, 1)"),
+        (["--dropout", "-0.1"], "--dropout must be in [0, 1)"),
         (["--warmup-ratio", "nan"], "--warmup-ratio must be a finite number"),
         (["--calib-size", "0"], "--calib-size must be at least 1"),
         (["--accuracy-budget", "-1"], "--accuracy-budget must be >= 0"),

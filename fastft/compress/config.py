@@ -80,8 +80,7 @@ class DistillConfig:
     weight_decay: float = option(0.01, "AdamW weight decay")
     dropout: float | None = option(
         None,
-        "the student's dropout probability while it is distilled and recovers (hidden states and "
-        "attention alike)",
+        "the student's dropout probability while it is distilled and recovers (hidden states and attention alike)",
         metavar="P",
         default_help="the teacher's",
     )
