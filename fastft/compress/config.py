@@ -46,6 +46,8 @@ TEXT_RECIPE = {
     "head_allocation": "global",
     "last_recovery_epochs": 2,
 }
+# what distillation's recipe-resolved fields are where TEXT_RECIPE does not apply
+DISTILL_PLAIN = {"alpha": 0.5, "augment": 0}
 AUTO_HELP = "{on} when a text classifier is distilled, else {off}"
 
 
@@ -74,7 +76,7 @@ class DistillConfig:
     alpha: float | None = option(
         None,
         "weight of the soft-target KL term (1 - alpha weighs the label loss)",
-        default_help=AUTO_HELP.format(on=TEXT_RECIPE["alpha"], off=0.5),
+        default_help=AUTO_HELP.format(on=TEXT_RECIPE["alpha"], off=DISTILL_PLAIN["alpha"]),
     )
     hidden_weight: float = option(1.0, "weight of the hidden-state MSE term (0 turns it off)")
     weight_decay: float = option(0.01, "AdamW weight decay")
@@ -97,7 +99,7 @@ class DistillConfig:
         "fastft.compress.augment) with the teacher's soft targets (their label term: --augment-labels); an epoch "
         "then covers N + 1 times the rows",
         metavar="N",
-        default_help=AUTO_HELP.format(on=TEXT_RECIPE["augment"], off=0),
+        default_help=AUTO_HELP.format(on=TEXT_RECIPE["augment"], off=DISTILL_PLAIN["augment"]),
     )
     augment_labels: str = option(
         "original",
@@ -371,10 +373,9 @@ class CompressConfig:
         is one); otherwise no augmentation, every head kept, one pruning step. Fields set stay."""
         recipe = text and self.distill.enabled and not self.prune.prune_first
         d = self.distill
-        if d.augment is None:
-            d = replace(d, augment=TEXT_RECIPE["augment"] if recipe else 0)
-        if d.alpha is None:
-            d = replace(d, alpha=TEXT_RECIPE["alpha"] if recipe else 0.5)
+        for name, plain in DISTILL_PLAIN.items():
+            if getattr(d, name) is None:
+                d = replace(d, **{name: TEXT_RECIPE[name] if recipe else plain})
         return replace(self, distill=d, prune=self.prune.resolved(recipe))
 
     def validate(self) -> None:
