@@ -6,17 +6,18 @@
 
 bench/bench_attention_ort.py measured fastft's C++ kernel 1.2-2.2x faster than ORT's attention
 kernel on the same shapes (AVX2, 2 threads). This asks whether that survives inside the served
-graph. A C++ custom-op library needs ONNX Runtime's C headers, which no package this project can
-install ships; so the kernel enters ORT as an onnxruntime-extensions Python custom op (PyOp)
-whose body calls ``fastft.ops.fused_attention_varlen`` (``--core padded``:
-``fused_attention``) on the node's buffers through torch.from_numpy.
+graph through an onnxruntime-extensions Python custom op (PyOp): the first measurement, made
+before fastft built its native custom-op library (csrc/ort_op.cpp, libfastft_ort, measured by
+bench/bench_ort_op.py, which is what fastft serves). The PyOp's body calls
+``fastft.ops.fused_attention_varlen`` (``--core padded``: ``fused_attention``) on the node's
+buffers through torch.from_numpy.
 
 The rewrite, per attention layer of ``fastft export``'s graph:
 
 * fp32 ``com.microsoft.Attention(x, W, b, mask)`` -> ``MatMul(x, W) + b`` (ORT keeps the QKV
   projection) -> ``ai.onnx.contrib.FastftAttention(qkv, mask)``;
 * INT8 ``com.microsoft.QAttention(xq, Wq, b, x_scale, w_scale, mask, x_zp, w_zp)`` ->
-  ``com.microsoft.MatMulIntegerToFloat(xq, Wq, x_scale, w_scale, x_zp, w_zp, b)`` (the same
+  ``com.microsoft.MatMulIntegerToFloat(xq, Wq, x_scale, w_scale, x_zp, w_zp) + b`` (the same
   dynamically quantised x from the graph's DynamicQuantizeLinear, ORT's own INT8 GEMM) ->
   ``FastftAttention(qkv, mask)``.
 
@@ -143,69 +144,12 @@ def _attr(node, name, default=None):
 
 def rewrite(model):
     """A copy of ``model`` (onnx ModelProto) with each com.microsoft Attention / QAttention split
-    into ORT's QKV projection and FastftAttention. Returns (model, number of nodes replaced)."""
-    import onnx
-    from onnx import helper
+    into ORT's QKV projection (+ bias: the PyOp takes none) and FastftAttention. Returns (model,
+    number of nodes replaced). The same swap fastft serves with its native op
+    (fastft.runtime.ort_attention), here onto the PyOp."""
+    from fastft.runtime.ort_attention import swap_attention
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    new_nodes, replaced = [], 0
-    for n in g.node:
-        if n.domain != MS or n.op_type not in ("Attention", "QAttention"):
-            new_nodes.append(n)
-            continue
-        mask_at, extra = (3, 4) if n.op_type == "Attention" else (5, 8)  # the raw 2-D key mask; past etc.
-        if (
-            _attr(n, "unidirectional", 0)
-            or _attr(n, "qkv_hidden_sizes")
-            or len(n.input) <= mask_at
-            or not n.input[mask_at]
-            or any(n.input[extra:])
-        ):
-            raise SystemExit(
-                f"fastft: error: {n.name}: only bidirectional attention with equal Q/K/V sizes, a key mask "
-                "and no past/bias inputs is rewritten"
-            )
-        heads = int(_attr(n, "num_heads"))
-        scale = _attr(n, "scale", 0.0)
-        base = n.name or n.output[0]
-        qkv = base + "/fastft_qkv"
-        if n.op_type == "Attention":
-            x, w, bias, mask = n.input[0], n.input[1], n.input[2], n.input[3]
-            mm = base + "/fastft_qkv_matmul"
-            new_nodes.append(helper.make_node("MatMul", [x, w], [mm], name=mm))
-            new_nodes.append(helper.make_node("Add", [mm, bias], [qkv], name=base + "/fastft_qkv_add"))
-        else:  # QAttention(x_q, w_q, bias, x_scale, w_scale, mask, x_zp, w_zp): the same quantised x
-            xq, wq, bias, x_scale, w_scale, mask = n.input[:6]
-            x_zp = n.input[6] if len(n.input) > 6 else ""
-            w_zp = n.input[7] if len(n.input) > 7 else ""
-            new_nodes.append(
-                helper.make_node(
-                    "MatMulIntegerToFloat", [xq, wq, x_scale, w_scale, x_zp, w_zp, bias], [qkv], name=qkv, domain=MS
-                )
-            )
-        new_nodes.append(
-            helper.make_node(
-                OP_TYPE,
-                [qkv, mask],
-                list(n.output[:1]),
-                name=base + "/fastft_attention",
-                domain=OP_DOMAIN,
-                num_heads=heads,
-                scale=float(scale),  # 0: head_dim ** -0.5, as the Attention node
-            )
-        )
-        replaced += 1
-    del g.node[:]
-    g.node.extend(new_nodes)
-    live = {t for x in g.node for t in list(x.input) + list(x.output)}
-    keep = [vi for vi in g.value_info if vi.name in live]
-    del g.value_info[:]
-    g.value_info.extend(keep)
-    if not any(o.domain == OP_DOMAIN for o in m.opset_import):
-        m.opset_import.append(helper.make_opsetid(OP_DOMAIN, 1))
-    return m, replaced
+    return swap_attention(model, fold_bias=False, domain=OP_DOMAIN, op_type=OP_TYPE)
 
 
 # ---------------------------------------------------------------------------------------

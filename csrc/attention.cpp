@@ -1,15 +1,15 @@
-// attention.cpp -- fp32 fused attention for CPU: fastft._C.attention_fwd_f32 (padded
-// (batch, heads, seq, head_dim) with a key mask / bias) and attention_varlen_fwd_f32 (packed
-// tokens with cu_seqlens / seqused: padding is neither stored nor computed). Both describe
-// their rows to the one kernel body the same way (AttnParams: per-sequence start and length,
-// token and head strides).
+// attention.cpp -- fp32 fused attention for CPU, the one entry point of attention.h
+// (fastft::attention_f32), which the Python module (attention_py.cpp: padded and varlen
+// forms) and the ONNX Runtime custom op (ort_op.cpp) both call. Every caller describes its
+// rows to the one kernel body the same way (per-sequence start and length, token and head
+// strides), so padded, packed-token and packed-QKV layouts need no copies.
 //
 // The kernel body (attention_kernel.h) is compiled once per instruction set: baseline
 // (portable, auto-vectorised), AVX2+FMA and AVX-512F, each inside a target pragma region, so
-// the module is built without -march flags and the best copy the CPU supports is picked at
+// the library is built without -march flags and the best copy the CPU supports is picked at
 // run time (FASTFT_ATTN_ISA / the `isa` argument can force one). The caller passes raw
-// pointers of contiguous buffers; nothing here links libtorch. The GIL is released during
-// compute and work (batch x heads x query blocks) is spread over `num_threads` threads.
+// pointers; nothing here links libtorch, Python or ONNX Runtime. Work (batch x heads x query
+// blocks) is spread over `num_threads` threads.
 //
 // Threads: a small persistent pool of std::threads, not OpenMP. With OpenMP, a team joins at
 // a barrier that spin-waits; on an oversubscribed machine (measured here: 2 cores, load ~10)
@@ -35,12 +35,8 @@
 
 #include <unistd.h>
 
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
+#include "attention.h"
 #include "attention_common.h"
-
-namespace py = pybind11;
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -326,50 +322,51 @@ static int pick_bk(const IsaEntry& entry, int block_k) {
 
 constexpr double kLog2e = 1.4426950408889634;
 
-static void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask,
-                              uintptr_t bias, uintptr_t out, int64_t B, int64_t H, int64_t Sq,
-                              int64_t Sk, int64_t D, bool causal, double scale,
-                              int num_threads, const std::string& isa, int block_k) {
-  if (B < 0 || H < 0 || Sq < 0 || Sk < 0 || D < 1)
-    throw std::invalid_argument("attention_fwd_f32: shapes must be >= 0 and head_dim >= 1");
+void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* q_len,
+                   const int64_t* k_start, const int64_t* k_len, int64_t B, int64_t H,
+                   int64_t D, const uint8_t* key_mask, const float* key_bias,
+                   int64_t key_stride, const float* q_bias, const float* v_bias, bool causal,
+                   double scale, int num_threads, const std::string& isa, int block_k) {
+  if (B < 0 || H < 0 || D < 1)
+    throw std::invalid_argument("attention: batch and heads must be >= 0 and head_dim >= 1");
   const IsaEntry& entry = pick_isa(isa);
   const int bk = pick_bk(entry, block_k);
-  const int64_t nqb = (Sq + BQ - 1) / BQ;
-  if (B * H * nqb == 0) return;
-  if (!q || !out || (Sk > 0 && (!k || !v)))
-    throw std::invalid_argument("attention_fwd_f32: null data pointer");
-  const uint8_t* maskp = reinterpret_cast<const uint8_t*>(mask);
-  const float* biasp = reinterpret_cast<const float*>(bias);
-
-  py::gil_scoped_release release;
-
-  std::vector<int64_t> q_start(B), q_len(B, Sq), k_start(B), k_len(B, Sk), item_off(B + 1);
+  std::vector<int64_t> item_off(B + 1);
+  double flops = 0;
+  int64_t max_k = 0;
+  item_off[0] = 0;
   for (int64_t b = 0; b < B; ++b) {
-    q_start[b] = b * H * Sq;
-    k_start[b] = b * H * Sk;
-    item_off[b] = b * H * nqb;
+    if (q_len[b] < 0 || k_len[b] < 0)
+      throw std::invalid_argument("attention: sequence lengths must be >= 0");
+    item_off[b + 1] = item_off[b] + H * ((q_len[b] + BQ - 1) / BQ);
+    flops += 4.0 * double(H) * double(q_len[b]) * double(k_len[b]) * double(D);
+    if (k_len[b] > max_k) max_k = k_len[b];
   }
-  item_off[B] = B * H * nqb;
+  if (item_off[B] == 0) return;
+  if (!rows.q || !rows.out || (max_k > 0 && (!rows.k || !rows.v)))
+    throw std::invalid_argument("attention: null data pointer");
+  if ((key_mask || key_bias) && key_stride < max_k)
+    throw std::invalid_argument("attention: key_stride shorter than a sequence's keys");
 
   // Per-key bias in log2 units (0 / bias / -inf) and per-block "any key attended" flags.
-  const int64_t nkb = (Sk + bk - 1) / bk;
+  const int64_t nkb = (max_k + bk - 1) / bk;
   std::vector<float> kb;
   std::vector<uint8_t> blk_any;
-  if (maskp || biasp) {
-    kb.resize(static_cast<size_t>(B * Sk));
+  if (key_mask || key_bias) {
+    kb.assign(static_cast<size_t>(B * max_k), 0.f);
     blk_any.assign(static_cast<size_t>(B * nkb), 0);
     const float ninf = -INFINITY;
     const float l2e = static_cast<float>(kLog2e);
     for (int64_t b = 0; b < B; ++b) {
-      float* row = kb.data() + b * Sk;
-      for (int64_t j = 0; j < Sk; ++j) {
+      float* row = kb.data() + b * max_k;
+      for (int64_t j = 0; j < k_len[b]; ++j) {
         float x = 0.f;
-        if (biasp) {  // a finite bias stays finite in log2 units (finfo.min * log2 e overflows)
-          const float y = biasp[b * Sk + j];
+        if (key_bias) {  // a finite bias stays finite in log2 units (finfo.min * log2 e overflows)
+          const float y = key_bias[b * key_stride + j];
           x = y * l2e;
           if (std::isinf(x) && std::isfinite(y)) x = std::copysign(FLT_MAX, y);
         }
-        if (maskp && !maskp[b * Sk + j]) x = ninf;
+        if (key_mask && !key_mask[b * key_stride + j]) x = ninf;
         row[j] = x;
         if (x != ninf) blk_any[b * nkb + j / bk] = 1;
       }
@@ -377,81 +374,19 @@ static void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t m
   }
 
   AttnParams P;
-  P.q = reinterpret_cast<const float*>(q);
-  P.k = reinterpret_cast<const float*>(k);
-  P.v = reinterpret_cast<const float*>(v);
-  P.out = reinterpret_cast<float*>(out);
-  P.q_tok = D; P.q_head = Sq * D; P.o_tok = D; P.o_head = Sq * D;
-  P.k_tok = D; P.k_head = Sk * D; P.v_tok = D; P.v_head = Sk * D;
-  P.q_start = q_start.data(); P.q_len = q_len.data();
-  P.k_start = k_start.data(); P.k_len = k_len.data();
+  P.q = rows.q; P.k = rows.k; P.v = rows.v; P.out = rows.out;
+  P.q_tok = rows.q_tok; P.q_head = rows.q_head;
+  P.k_tok = rows.k_tok; P.k_head = rows.k_head;
+  P.v_tok = rows.v_tok; P.v_head = rows.v_head;
+  P.o_tok = rows.o_tok; P.o_head = rows.o_head;
+  P.q_start = q_start; P.q_len = q_len;
+  P.k_start = k_start; P.k_len = k_len;
   P.item_off = item_off.data();
   P.kb = kb.empty() ? nullptr : kb.data();
-  P.kb_stride = Sk;
+  P.kb_stride = max_k;
   P.blk_any = blk_any.empty() ? nullptr : blk_any.data();
   P.blk_stride = nkb;
-  P.B = B; P.H = H; P.D = D;
-  P.bk = bk;
-  P.causal = causal;
-  P.qscale = static_cast<float>(scale * kLog2e);
-  run_job(entry, P, num_threads, 4.0 * double(B) * double(H) * double(Sq) * double(Sk) * double(D));
-}
-
-static void read_seqlens(uintptr_t cu, uintptr_t used, int64_t B, const char* name,
-                         std::vector<int64_t>& start, std::vector<int64_t>& len) {
-  const int32_t* cup = reinterpret_cast<const int32_t*>(cu);
-  const int32_t* usedp = reinterpret_cast<const int32_t*>(used);
-  start.resize(B);
-  len.resize(B);
-  for (int64_t b = 0; b < B; ++b) {
-    start[b] = cup[b];
-    len[b] = usedp ? usedp[b] : cup[b + 1] - cup[b];
-    if (len[b] < 0 || len[b] > cup[b + 1] - cup[b])
-      throw std::invalid_argument(std::string("attention_varlen_fwd_f32: ") + name +
-                                  " must be nondecreasing (and seqused within it)");
-  }
-}
-
-static void attention_varlen_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
-                                     uintptr_t cu_q, uintptr_t cu_k, uintptr_t used_q,
-                                     uintptr_t used_k, int64_t B, int64_t H, int64_t D,
-                                     const std::vector<int64_t>& strides, bool causal,
-                                     double scale, int num_threads, const std::string& isa,
-                                     int block_k) {
-  if (B < 0 || H < 0 || D < 1)
-    throw std::invalid_argument("attention_varlen_fwd_f32: batch, heads must be >= 0 and head_dim >= 1");
-  if (strides.size() != 8)
-    throw std::invalid_argument("attention_varlen_fwd_f32: strides must be (token, head) for q, k, v, out");
-  if (!cu_q || !cu_k || !q || !out || !k || !v)
-    throw std::invalid_argument("attention_varlen_fwd_f32: null pointer");
-  const IsaEntry& entry = pick_isa(isa);
-  const int bk = pick_bk(entry, block_k);
-
-  std::vector<int64_t> q_start, q_len, k_start, k_len, item_off(B + 1);
-  read_seqlens(cu_q, used_q, B, "cu_seqlens_q", q_start, q_len);
-  read_seqlens(cu_k, used_k, B, "cu_seqlens_k", k_start, k_len);
-  double flops = 0;
-  item_off[0] = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    item_off[b + 1] = item_off[b] + H * ((q_len[b] + BQ - 1) / BQ);
-    flops += 4.0 * double(H) * double(q_len[b]) * double(k_len[b]) * double(D);
-  }
-
-  py::gil_scoped_release release;
-  AttnParams P;
-  P.q = reinterpret_cast<const float*>(q);
-  P.k = reinterpret_cast<const float*>(k);
-  P.v = reinterpret_cast<const float*>(v);
-  P.out = reinterpret_cast<float*>(out);
-  P.q_tok = strides[0]; P.q_head = strides[1];
-  P.k_tok = strides[2]; P.k_head = strides[3];
-  P.v_tok = strides[4]; P.v_head = strides[5];
-  P.o_tok = strides[6]; P.o_head = strides[7];
-  P.q_start = q_start.data(); P.q_len = q_len.data();
-  P.k_start = k_start.data(); P.k_len = k_len.data();
-  P.item_off = item_off.data();
-  P.kb = nullptr; P.kb_stride = 0;
-  P.blk_any = nullptr; P.blk_stride = 0;
+  P.q_bias = q_bias; P.v_bias = v_bias;
   P.B = B; P.H = H; P.D = D;
   P.bk = bk;
   P.causal = causal;
@@ -460,36 +395,3 @@ static void attention_varlen_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uint
 }
 
 }  // namespace fastft
-
-void register_attention(py::module_& m) {
-  m.def("attention_fwd_f32", &fastft::attention_fwd_f32, py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("mask"), py::arg("bias"), py::arg("out"), py::arg("batch"),
-        py::arg("heads"), py::arg("seq_q"), py::arg("seq_k"), py::arg("head_dim"),
-        py::arg("causal"), py::arg("scale"), py::arg("num_threads"), py::arg("isa") = "auto",
-        py::arg("block_k") = 0,
-        R"doc(Fused attention forward, fp32, CPU: out = softmax(q k^T * scale + bias) v.
-
-Pointers (ints, e.g. tensor.data_ptr()) to contiguous buffers: q, out (batch, heads, seq_q,
-head_dim); k, v (batch, heads, seq_k, head_dim); mask uint8/bool (batch, seq_k), nonzero =
-attend, or 0; bias float32 (batch, seq_k) additive, or 0. causal: key j attends query i iff
-j <= i (top-left aligned). Rows with every key masked give zeros; a NaN score among a row's
-attended keys gives a NaN row. block_k: keys per block (0: the copy's default). Releases the
-GIL.)doc");
-  m.def("attention_varlen_fwd_f32", &fastft::attention_varlen_fwd_f32, py::arg("q"),
-        py::arg("k"), py::arg("v"), py::arg("out"), py::arg("cu_seqlens_q"),
-        py::arg("cu_seqlens_k"), py::arg("seqused_q"), py::arg("seqused_k"), py::arg("batch"),
-        py::arg("heads"), py::arg("head_dim"), py::arg("strides"), py::arg("causal"),
-        py::arg("scale"), py::arg("num_threads"), py::arg("isa") = "auto",
-        py::arg("block_k") = 0,
-        R"doc(Variable-length fused attention forward, fp32, CPU, packed tokens.
-
-q, out: (total_q, heads, head_dim); k, v: (total_k, heads, head_dim), head_dim contiguous,
-token and head strides in `strides` = [q_tok, q_head, k_tok, k_head, v_tok, v_head, o_tok,
-o_head] (floats). cu_seqlens_q/k: int32 (batch + 1) token offsets of each sequence;
-seqused_q/k: int32 (batch) tokens used from each sequence's start, or 0 (all). Rows not used
-are not written. causal: top-left aligned per sequence. Releases the GIL.)doc");
-  m.def("attention_isa", &fastft::attention_isa,
-        "Instruction set the attention kernel uses on this CPU by default");
-  m.def("attention_isas", &fastft::attention_isas,
-        "Instruction sets of the attention kernel this CPU can run, best first");
-}

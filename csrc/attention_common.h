@@ -33,6 +33,8 @@ struct AttnParams {
   int64_t kb_stride;
   const uint8_t* blk_any;   // (B, blk_stride) 1 when key block (of bk) has an attended key, or null
   int64_t blk_stride;
+  const float* q_bias;      // (H * D) added to q before scaling, or null
+  const float* v_bias;      // (H * D) added to v, or null (rows with no attended key stay zeros)
   int64_t B, H, D;
   int bk;                   // keys per block, a multiple of every copy's key tile, <= BK_MAX
   bool causal;

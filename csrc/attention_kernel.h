@@ -293,9 +293,17 @@ static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
   // Qt[d][r] = q[r][d] * qscale, zero for padding rows
   float* qt = ws.qt;
   const int qcols = nqt * QW;
-  for (int r = 0; r < nrows; ++r) {
-    const float* src = qbase + r * P.q_tok;
-    for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = src[d] * P.qscale;
+  if (P.q_bias) {
+    const float* qb = P.q_bias + h * D;
+    for (int r = 0; r < nrows; ++r) {
+      const float* src = qbase + r * P.q_tok;
+      for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = (src[d] + qb[d]) * P.qscale;
+    }
+  } else {
+    for (int r = 0; r < nrows; ++r) {
+      const float* src = qbase + r * P.q_tok;
+      for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = src[d] * P.qscale;
+    }
   }
   for (int r = nrows; r < qcols; ++r)
     for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = 0.f;
@@ -358,9 +366,14 @@ static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
   for (int r = 0; r < nrows; ++r) {
     const float l = ws.l[r];
     // m == -inf: every key of the row masked -> zeros (unless a NaN score made l NaN)
-    const float inv = (ws.m[r] == -__builtin_inff() && l == l) ? 0.f : 1.f / l;
+    const bool none = ws.m[r] == -__builtin_inff() && l == l;
+    const float inv = none ? 0.f : 1.f / l;
     float* dst = obase + r * P.o_tok;
     for (int64_t d = 0; d < D; ++d) dst[d] = O[r * ldo + d] * inv;
+    if (P.v_bias && !none) {  // the probabilities sum to 1: P (V + 1 b^T) = P V + b
+      const float* vb = P.v_bias + h * D;
+      for (int64_t d = 0; d < D; ++d) dst[d] += vb[d];
+    }
   }
 }
 

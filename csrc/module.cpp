@@ -11,12 +11,10 @@
 
 namespace py = pybind11;
 
-// attention.cpp
+#include "attention.h"
+
+// attention_py.cpp
 void register_attention(py::module_& m);
-namespace fastft {
-std::string attention_isa();
-std::vector<std::string> attention_isas();
-}  // namespace fastft
 
 static py::dict build_info() {
   py::dict info;

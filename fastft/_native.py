@@ -7,6 +7,7 @@ caught, the pure-Python/reference paths are used, and ``fastft env`` says why.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 _C = None
 load_error: str | None = None
@@ -31,4 +32,15 @@ def build_info() -> dict:
     info = dict(_C.build_info())
     info["built"] = True
     info["path"] = getattr(_C, "__file__", None)
+    lib = ort_library()
+    info["ort_custom_op"] = str(lib) if lib else None
     return info
+
+
+def ort_library() -> Path | None:
+    """libfastft_ort (the attention kernel as an ONNX Runtime custom op, csrc/ort_op.cpp) when this
+    install built it: it sits next to fastft._C. None when _C is not loaded (FASTFT_DISABLE_CPP)."""
+    if _C is None:
+        return None
+    path = Path(_C.__file__).with_name("libfastft_ort.so")
+    return path if path.is_file() else None

@@ -65,7 +65,7 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
             lambda feeds: p.logits_from_ids(**feeds),
             p.onnx_file,
             {
-                **{k: info[k] for k in ("threads", "spinning", "graph_optimization")},
+                **{k: info[k] for k in ("threads", "spinning", "graph_optimization", "attention")},
                 **_export_record(art["fastft"], name),
             },
         )

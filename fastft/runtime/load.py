@@ -17,6 +17,7 @@ from fastft.models import load_tokenizer, read_meta
 from fastft.models.task import model_task, task_from
 from fastft.runtime.base import Predictor
 from fastft.runtime.ort import OrtPredictor
+from fastft.runtime.ort_attention import MODES as ORT_ATTENTION_MODES
 from fastft.runtime.session import LEVELS, parse_device
 from fastft.runtime.torch_predictor import TorchPredictor
 
@@ -38,6 +39,7 @@ def load(
     optimization_level: str | None = None,
     warm_up: bool = True,
     decode: str = "viterbi",
+    ort_attention: str = "auto",
 ) -> Predictor:
     """Load a model directory (``fastft export``, Optimum's exporter, or a trained fastft dir).
 
@@ -47,6 +49,9 @@ def load(
     between calls (faster on a dedicated machine, steals CPU otherwise) [False].
     truncation: cut texts longer than the max length (warning once) or raise [True].
     fused_attention (torch): swap in fastft's fused attention; None = when available.
+    ort_attention (onnxruntime): ``fastft`` runs each attention node of the file on fastft's C++
+    kernel inside ONNX Runtime (libfastft_ort: padding-free), ``onnxruntime`` on ORT's own;
+    ``auto``: fastft's when this install built the library and the device is the CPU [auto].
     decode (token classification): ``viterbi``, the most likely valid IOB2 tag sequence, the
     decoding fastft's entity F1 is measured with; ``argmax``, each token's own best tag, the
     spans transformers' pipeline gives [viterbi].
@@ -67,6 +72,8 @@ def load(
     if optimization_level is not None and optimization_level not in LEVELS:
         raise FastftError(f"optimization_level must be one of {', '.join(LEVELS)} (got {optimization_level!r})")
     check_decode(decode)
+    if ort_attention not in ORT_ATTENTION_MODES:
+        raise FastftError(f"ort_attention must be one of {', '.join(ORT_ATTENTION_MODES)} (got {ort_attention!r})")
     parse_device(device)
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -92,7 +99,16 @@ def load(
     else:
         onnx_file = _pick_onnx(p, meta, int8)
         pred = OrtPredictor(
-            p, onnx_file, tokenizer, labels, length, spinning=spinning, level=optimization_level, meta=meta, **common
+            p,
+            onnx_file,
+            tokenizer,
+            labels,
+            length,
+            spinning=spinning,
+            level=optimization_level,
+            meta=meta,
+            ort_attention=ort_attention,
+            **common,
         )
     pred.decode = decode
     return pred

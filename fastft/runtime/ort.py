@@ -9,6 +9,7 @@ import numpy as np
 from fastft.core.errors import ModelError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.runtime.base import Predictor
+from fastft.runtime.ort_attention import library, resolve, swap_attention
 from fastft.runtime.session import create_session, parse_device, runtime_level, session_options
 
 __all__ = ["OrtPredictor"]
@@ -36,6 +37,7 @@ class OrtPredictor(Predictor):
         warm_up=True,
         meta=None,
         task=SEQUENCE_CLASSIFICATION,
+        ort_attention="auto",
     ):
         super().__init__(
             path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation, task=task
@@ -45,8 +47,12 @@ class OrtPredictor(Predictor):
         self.threads = threads
         self.spinning = spinning
         opts = session_options(threads=threads, spinning=spinning, level=self.level)
-        self.session = create_session(self.onnx_file, opts, device=device)
         self._kind, self._device_id = parse_device(device)
+        self.attention_swapped = 0  # attention nodes running fastft's kernel (libfastft_ort)
+        model = None
+        if resolve(ort_attention, self._kind):
+            model, self.attention_swapped = self._swap_attention(opts)
+        self.session = create_session(self.onnx_file, opts, device=device, model=model)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
             raise ModelError(
@@ -67,6 +73,23 @@ class OrtPredictor(Predictor):
             )
         if warm_up:
             self._warm_up()
+
+    def _swap_attention(self, opts) -> tuple[bytes | None, int]:
+        """The file with its attention nodes on fastft's kernel, serialized, registering the
+        library on ``opts``; (None, 0) when it has no node the op can take."""
+        import onnx
+
+        try:
+            proto = onnx.load(str(self.onnx_file))
+        except Exception as exc:  # noqa: BLE001 - the session below reports an unreadable file
+            if not self.onnx_file.is_file():
+                raise ModelError(f"{self.onnx_file} does not exist") from None
+            raise ModelError(f"{self.onnx_file} is not a loadable ONNX model ({type(exc).__name__})") from None
+        swapped, n = swap_attention(proto, extra_attrs={"num_threads": opts.intra_op_num_threads})
+        if not n:
+            return None, 0
+        opts.register_custom_ops_library(str(library()))
+        return swapped.SerializeToString(), n
 
     def logits_from_ids(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=self._int_dtype)}
@@ -105,4 +128,7 @@ class OrtPredictor(Predictor):
             "threads": self.session.get_session_options().intra_op_num_threads,
             "spinning": self.spinning,
             "graph_optimization": self.level,
+            "attention": f"fastft C++ kernel in ORT ({self.attention_swapped} nodes)"
+            if self.attention_swapped
+            else "onnxruntime",
         }

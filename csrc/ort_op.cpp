@@ -1,0 +1,166 @@
+// ort_op.cpp -- libfastft_ort: fastft's fused-attention CPU kernel as an ONNX Runtime custom
+// op, so the served graph runs it without leaving ONNX Runtime (no Python in between).
+//
+//   ai.fastft::FusedAttention(qkv, mask?, bias?) -> out
+//     qkv   float (batch, seq, 3 * heads * head_dim): the packed Q, K, V projection
+//     mask  int32 (batch, seq), optional: nonzero = the key is attended (ORT's Attention mask)
+//     bias  float (3 * heads * head_dim), optional: the projection's bias, added as q and v are
+//           read (k's is a constant shift of each row's scores, which softmax ignores)
+//     out   float (batch, seq, heads * head_dim)
+//     attributes: num_heads (int), scale (float, 0: 1/sqrt(head_dim)), num_threads (int, 0: 1)
+//
+// Padding-free: a sequence whose mask is a prefix (attended keys first, then padding) attends
+// its L valid query rows to its L valid keys and nothing else; its padded query rows are
+// written as zeros. Any other mask is applied key by key to every row. A row with no attended
+// key is zeros. Load with SessionOptions.register_custom_ops_library(path).
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+
+namespace {
+
+const char* kDomain = "ai.fastft";
+
+struct FusedAttentionKernel {
+  FusedAttentionKernel(const OrtApi&, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    heads_ = ki.GetAttribute<int64_t>("num_heads");
+    scale_ = ki.GetAttribute<float>("scale");
+    threads_ = static_cast<int>(ki.GetAttribute<int64_t>("num_threads"));
+    const char* isa = std::getenv("FASTFT_ATTN_ISA");
+    isa_ = isa && *isa ? isa : "auto";
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Compute(context);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION,
+                                        (std::string("fastft FusedAttention: ") + e.what()).c_str());
+    }
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue qkv = ctx.GetInput(0);
+    const std::vector<int64_t> shape = qkv.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.size() != 3 || heads_ < 1 || shape[2] % (3 * heads_) != 0)
+      throw std::invalid_argument("qkv must be (batch, seq, 3 * num_heads * head_dim)");
+    const int64_t B = shape[0], S = shape[1], HD = shape[2] / 3, D = HD / heads_;
+    Ort::UnownedValue out_v = ctx.GetOutput(0, {B, S, HD});
+    float* out = out_v.GetTensorMutableData<float>();
+    if (B * S == 0 || D == 0) return;
+    const float* x = qkv.GetTensorData<float>();
+
+    const int32_t* mask = nullptr;
+    if (ctx.GetInputCount() > 1) {
+      Ort::ConstValue m = ctx.GetInput(1);
+      if (m != nullptr) {
+        const std::vector<int64_t> ms = m.GetTensorTypeAndShapeInfo().GetShape();
+        if (ms.size() != 2 || ms[0] != B || ms[1] != S)
+          throw std::invalid_argument("mask must be (batch, seq) like qkv");
+        mask = m.GetTensorData<int32_t>();
+      }
+    }
+    const float* bias = nullptr;
+    if (ctx.GetInputCount() > 2) {
+      Ort::ConstValue bv = ctx.GetInput(2);
+      if (bv != nullptr) {
+        if (bv.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(3 * HD))
+          throw std::invalid_argument("bias must hold 3 * num_heads * head_dim values");
+        bias = bv.GetTensorData<float>();
+      }
+    }
+    std::vector<int64_t> start(B), len(B, S);
+    std::vector<uint8_t> keys;  // per-key mask, only when some sequence's mask is not a prefix
+    bool prefix = true;
+    for (int64_t b = 0; b < B; ++b) {
+      start[b] = b * S;
+      if (!mask) continue;
+      const int32_t* row = mask + b * S;
+      int64_t n = 0;
+      while (n < S && row[n] != 0) ++n;
+      len[b] = n;
+      for (int64_t j = n; j < S && prefix; ++j) prefix = row[j] == 0;
+    }
+    if (!prefix) {
+      keys.resize(static_cast<size_t>(B * S));
+      for (int64_t i = 0; i < B * S; ++i) keys[i] = mask[i] != 0;
+      for (int64_t b = 0; b < B; ++b) len[b] = S;
+    }
+    for (int64_t b = 0; b < B; ++b)  // rows the kernel does not write
+      if (len[b] < S) std::memset(out + (b * S + len[b]) * HD, 0, sizeof(float) * (S - len[b]) * HD);
+
+    const fastft::AttnRows rows{x, x + HD, x + 2 * HD, out, 3 * HD, D, 3 * HD, D,
+                                3 * HD, D, HD, D};
+    const double scale = scale_ > 0 ? scale_ : 1.0 / std::sqrt(double(D));
+    fastft::attention_f32(rows, start.data(), len.data(), start.data(), len.data(), B, heads_, D,
+                          keys.empty() ? nullptr : keys.data(), nullptr, S,
+                          bias, bias ? bias + 2 * HD : nullptr, false, scale,
+                          threads_ > 0 ? threads_ : 1, isa_, 0);
+  }
+
+  int64_t heads_ = 0;
+  float scale_ = 0.f;
+  int threads_ = 1;
+  std::string isa_;
+};
+
+struct FusedAttentionOp : Ort::CustomOpBase<FusedAttentionOp, FusedAttentionKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new FusedAttentionKernel(api, info);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT,
+                              (std::string("fastft FusedAttention: ") + e.what()).c_str());
+    }
+  }
+  const char* GetName() const { return "FusedAttention"; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+}  // namespace
+
+extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                               const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr)
+    return nullptr == api_base->GetApi(1) ? nullptr
+                                           : api_base->GetApi(1)->CreateStatus(
+                                                 ORT_FAIL, "fastft: this ONNX Runtime is older than the headers libfastft_ort was built with");
+  Ort::InitApi(api);
+  static FusedAttentionOp op;
+  static std::mutex mu;
+  static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
+  try {
+    std::lock_guard<std::mutex> lk(mu);
+    Ort::CustomOpDomain domain(kDomain);
+    domain.Add(&op);
+    Ort::UnownedSessionOptions(options).Add(domain);
+    domains.push_back(std::move(domain));
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+  return nullptr;
+}

@@ -1,0 +1,160 @@
+"""fastft's fused attention inside ONNX Runtime: the C++ kernel as a custom op (libfastft_ort).
+
+``fastft export`` writes each encoder layer's attention as ONNX Runtime's ``com.microsoft``
+Attention node (QAttention in model_int8.onnx). When the package was built with
+``libfastft_ort`` (csrc/ort_op.cpp, next to ``fastft._C``), :class:`~fastft.runtime.ort.OrtPredictor`
+swaps each of them, in memory, for ORT's own QKV projection followed by
+``ai.fastft.FusedAttention``:
+
+* ``Attention(x, W, b, mask)`` -> ``MatMul(x, W)`` -> ``FusedAttention(qkv, mask, b)``;
+* ``QAttention(xq, Wq, b, x_scale, w_scale, mask, x_zp, w_zp)`` ->
+  ``MatMulIntegerToFloat(xq, Wq, x_scale, w_scale, x_zp, w_zp)`` (ORT's INT8 GEMM on the same
+  dynamically quantised x) -> ``FusedAttention(qkv, mask, b)``.
+
+The op adds the bias as it reads q and v (k's bias only shifts each row's scores by a constant)
+and is padding-free: a sequence whose key mask is a prefix attends only its valid rows, its
+padded rows come out as zeros. The files on disk stay plain ONNX Runtime graphs, loadable
+anywhere. Measured end to end in bench/bench_ort_custom_attention.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastft.core.errors import FastftError
+
+__all__ = ["DOMAIN", "OP_TYPE", "MODES", "library", "resolve", "swap_attention"]
+
+DOMAIN = "ai.fastft"
+OP_TYPE = "FusedAttention"
+MS = "com.microsoft"
+MODES = ("auto", "fastft", "onnxruntime")
+ENV = "FASTFT_ORT_ATTENTION"  # overrides "auto": fastft | onnxruntime
+
+
+def library() -> Path | None:
+    """libfastft_ort's path when this install built it, else None (:func:`fastft._native.ort_library`)."""
+    from fastft import _native
+
+    return _native.ort_library()
+
+
+def resolve(mode: str, device_kind: str) -> bool:
+    """Whether to swap attention for ``mode`` (``auto``: when the library is built and the device
+    is the CPU; the environment variable FASTFT_ORT_ATTENTION can set ``auto`` to either side)."""
+    if mode not in MODES:
+        raise FastftError(f"ort_attention must be one of {', '.join(MODES)} (got {mode!r})")
+    if mode == "auto":
+        env = os.environ.get(ENV, "").strip().lower()
+        if env and env not in MODES:
+            raise FastftError(f"{ENV} must be one of {', '.join(MODES)} (got {env!r})")
+        mode = env or mode
+    if mode == "onnxruntime":
+        return False
+    ok = device_kind == "cpu" and library() is not None
+    if mode == "fastft" and not ok:
+        why = (
+            "runs on the CPU only"
+            if device_kind != "cpu"
+            else "needs libfastft_ort.so, which this install did not build"
+        )
+        raise FastftError(f"ort_attention='fastft' {why} (use 'auto' or 'onnxruntime')")
+    return ok
+
+
+def _attr(node, name, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _mask_rank(graph, name: str) -> int | None:
+    """Rank of the tensor ``name`` when it is a graph input, or rank-keeping Casts / Slices of one
+    (fastft's exports: Cast(Slice(Cast(attention_mask))))."""
+    producers = {o: n for n in graph.node for o in n.output}
+    while name in producers and producers[name].op_type in ("Cast", "Slice", "Identity"):
+        name = producers[name].input[0]
+    for i in graph.input:
+        if i.name == name and i.type.tensor_type.HasField("shape"):
+            return len(i.type.tensor_type.shape.dim)
+    return None
+
+
+def swap_attention(
+    model, *, extra_attrs: dict | None = None, fold_bias: bool = True, domain: str = DOMAIN, op_type: str = OP_TYPE
+):
+    """A copy of ``model`` (onnx ModelProto) with each ``com.microsoft`` Attention / QAttention node
+    split into ORT's QKV projection and ``domain.op_type(qkv, mask[, bias])``.
+
+    Only nodes the op computes exactly are swapped: bidirectional, equal Q/K/V sizes, no past or
+    extra bias inputs, and a (batch, seq) key mask or none; others stay. ``fold_bias=False`` adds
+    the bias with an Add node before the op instead of passing it (ops that take no bias).
+    Returns (model, number of nodes swapped).
+    """
+    import onnx
+    from onnx import helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    nodes, swapped = [], 0
+    for n in g.node:
+        if n.domain != MS or n.op_type not in ("Attention", "QAttention"):
+            nodes.append(n)
+            continue
+        ins = list(n.input)
+        mask_at, extra = (3, 4) if n.op_type == "Attention" else (5, 8)
+        mask = ins[mask_at] if len(ins) > mask_at else ""
+        if (
+            _attr(n, "unidirectional", 0)
+            or _attr(n, "qkv_hidden_sizes")
+            or any(ins[extra:])
+            or (mask and _mask_rank(g, mask) != 2)
+        ):
+            nodes.append(n)
+            continue
+        base = n.name or n.output[0]
+        qkv = base + "/fastft_qkv"
+        bias = ins[2]
+        if n.op_type == "Attention":
+            proj = [helper.make_node("MatMul", ins[:2], [qkv], name=base + "/fastft_qkv_matmul")]
+        else:  # the same quantised x, ORT's INT8 GEMM
+            xq, wq, _, x_scale, w_scale = ins[:5]
+            x_zp = ins[6] if len(ins) > 6 else ""
+            w_zp = ins[7] if len(ins) > 7 else ""
+            proj = [
+                helper.make_node(
+                    "MatMulIntegerToFloat", [xq, wq, x_scale, w_scale, x_zp, w_zp], [qkv], name=qkv, domain=MS
+                )
+            ]
+        if not fold_bias:
+            proj[0].output[0] = qkv + "_nobias"
+            proj.append(helper.make_node("Add", [qkv + "_nobias", bias], [qkv], name=base + "/fastft_qkv_add"))
+        op_inputs = [qkv, mask, bias] if fold_bias else [qkv, mask]
+        nodes += proj
+        nodes.append(
+            helper.make_node(
+                op_type,
+                op_inputs,
+                list(n.output[:1]),
+                name=base + "/fastft_attention",
+                domain=domain,
+                num_heads=int(_attr(n, "num_heads")),
+                scale=float(_attr(n, "scale", 0.0)),  # 0: head_dim ** -0.5, as the node's own default
+                **(extra_attrs or {}),
+            )
+        )
+        swapped += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    live = {t for x in g.node for t in list(x.input) + list(x.output)}
+    keep = [vi for vi in g.value_info if vi.name in live]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    if swapped and not any(o.domain == domain for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid(domain, 1))
+    return m, swapped
