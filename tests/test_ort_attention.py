@@ -121,6 +121,27 @@ def test_op_matches_the_reference(b, s, heads, d, mask_kind, bias):
         assert not got[-1].any()  # every key masked: zeros
 
 
+def test_op_runs_every_instruction_set_copy(monkeypatch):
+    """FASTFT_ATTN_ISA picks the kernel's copy inside ONNX Runtime too (read when the session starts)."""
+    from fastft import _native
+
+    rng = np.random.default_rng(7)
+    qkv = rng.standard_normal((2, 70, 3 * 2 * 32)).astype(np.float32)
+    mask = _mask("holes", 2, 70, rng)
+    bias = rng.standard_normal(3 * 2 * 32).astype(np.float32)
+    ref = _reference(qkv, mask, bias, 2)
+    isas = _native._C.attention_isas()
+    assert "generic" in isas
+    for isa in isas:
+        monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+        got = _op_session(2, True, True).run(None, {"qkv": qkv, "mask": mask, "bias": bias})[0]
+        np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4, err_msg=isa)
+    monkeypatch.setenv("FASTFT_ATTN_ISA", "sse9")
+    sess = _op_session(2, True, True)
+    with pytest.raises(Exception, match="fastft FusedAttention: isa: unknown instruction set 'sse9'"):
+        sess.run(None, {"qkv": qkv, "mask": mask, "bias": bias})
+
+
 def test_op_refuses_bad_shapes_with_one_line():
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
@@ -222,3 +243,21 @@ def test_load_checks_the_mode(exported, tmp_path):
     (broken / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(FastftError, match="model.onnx is not a loadable ONNX model"):
         fastft.load(broken, int8=False, ort_attention="fastft")
+
+
+@pytest.mark.attention_interface
+def test_no_space_for_the_rewrite_falls_back_with_a_warning(exported, monkeypatch):
+    import errno
+
+    import onnx
+
+    import fastft
+
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    with pytest.warns(UserWarning, match="ONNX Runtime's own attention serves model.onnx: .*No space left on device"):
+        p = fastft.load(exported, int8=False, ort_attention="fastft", warm_up=False)
+    assert p.info()["attention"] == "onnxruntime"
+    assert p.logits_from_ids(np.ones((1, 9), np.int64)).shape == (1, 2)

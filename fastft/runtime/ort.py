@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +51,11 @@ class OrtPredictor(Predictor):
         opts = session_options(threads=threads, spinning=spinning, level=self.level)
         self._kind, self._device_id = parse_device(device)
         self.attention_swapped = 0  # attention nodes running fastft's kernel (libfastft_ort)
-        model = None
+        self.session = None
         if resolve(ort_attention, self._kind):
-            model, self.attention_swapped = self._swap_attention(opts)
-        self.session = create_session(self.onnx_file, opts, device=device, model=model)
+            self.session = self._swapped_session(opts)
+        if self.session is None:
+            self.session = create_session(self.onnx_file, opts, device=device)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
             raise ModelError(
@@ -74,22 +77,49 @@ class OrtPredictor(Predictor):
         if warm_up:
             self._warm_up()
 
-    def _swap_attention(self, opts) -> tuple[bytes | None, int]:
-        """The file with its attention nodes on fastft's kernel, serialized, registering the
-        library on ``opts``; (None, 0) when it has no node the op can take."""
+    def _swapped_session(self, opts):
+        """A CPU session on the file with its attention nodes on fastft's kernel (registering the
+        library on ``opts``), or None when the file has no node the op can take.
+
+        The rewritten graph goes through a temporary file whose weights sit in one external-data
+        file beside it, which ONNX Runtime reads as it reads the original (serialising it in
+        memory would hold the whole graph twice more while the session loads). Where that file
+        cannot be written (no space in the temporary directory), ORT's own attention serves, with
+        a warning.
+        """
         import onnx
 
         try:
             proto = onnx.load(str(self.onnx_file))
-        except Exception as exc:  # noqa: BLE001 - the session below reports an unreadable file
+        except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...
             if not self.onnx_file.is_file():
                 raise ModelError(f"{self.onnx_file} does not exist") from None
             raise ModelError(f"{self.onnx_file} is not a loadable ONNX model ({type(exc).__name__})") from None
-        swapped, n = swap_attention(proto, extra_attrs={"num_threads": opts.intra_op_num_threads})
-        if not n:
-            return None, 0
+        proto, self.attention_swapped = swap_attention(
+            proto, extra_attrs={"num_threads": opts.intra_op_num_threads}, copy=False
+        )
+        if not self.attention_swapped:
+            return None
         opts.register_custom_ops_library(str(library()))
-        return swapped.SerializeToString(), n
+        with tempfile.TemporaryDirectory(prefix="fastft-ort-") as tmp:
+            path = Path(tmp) / self.onnx_file.name
+            try:
+                onnx.save(
+                    proto, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024
+                )
+            except OSError as exc:
+                warnings.warn(
+                    f"fastft: ONNX Runtime's own attention serves {self.onnx_file.name}: could not write "
+                    f"the rewritten graph to {tmp} ({exc.strerror or exc})",
+                    stacklevel=3,
+                )
+                self.attention_swapped = 0
+                return None
+            del proto
+            try:
+                return create_session(path, opts)
+            except ModelError as exc:
+                raise ModelError(f"{self.onnx_file} with fastft's attention: {exc}") from None
 
     def logits_from_ids(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=self._int_dtype)}

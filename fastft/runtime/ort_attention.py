@@ -85,10 +85,17 @@ def _mask_rank(graph, name: str) -> int | None:
 
 
 def swap_attention(
-    model, *, extra_attrs: dict | None = None, fold_bias: bool = True, domain: str = DOMAIN, op_type: str = OP_TYPE
+    model,
+    *,
+    extra_attrs: dict | None = None,
+    fold_bias: bool = True,
+    domain: str = DOMAIN,
+    op_type: str = OP_TYPE,
+    copy: bool = True,
 ):
-    """A copy of ``model`` (onnx ModelProto) with each ``com.microsoft`` Attention / QAttention node
-    split into ORT's QKV projection and ``domain.op_type(qkv, mask[, bias])``.
+    """A copy of ``model`` (onnx ModelProto; ``copy=False``: ``model`` itself, changed in place)
+    with each ``com.microsoft`` Attention / QAttention node split into ORT's QKV projection and
+    ``domain.op_type(qkv, mask[, bias])``.
 
     Only nodes the op computes exactly are swapped: bidirectional, equal Q/K/V sizes, no past or
     extra bias inputs, and a (batch, seq) key mask or none; others stay. ``fold_bias=False`` adds
@@ -98,8 +105,11 @@ def swap_attention(
     import onnx
     from onnx import helper
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
     g = m.graph
     nodes, swapped = [], 0
     for n in g.node:

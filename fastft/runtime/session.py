@@ -65,15 +65,12 @@ def session_options(threads: int | None = None, spinning: bool = False, level: s
     return opts
 
 
-def create_session(path: str | Path, options, device: str = "cpu", model: bytes | None = None):
-    """An InferenceSession on ``device``; one clear error for a missing/corrupt file or device.
-
-    model: the serialized graph to run instead of reading ``path`` (a rewrite of that file held
-    in memory; errors still name ``path``)."""
+def create_session(path: str | Path, options, device: str = "cpu"):
+    """An InferenceSession on ``device``; one clear error for a missing/corrupt file or device."""
     import onnxruntime as ort
 
     path = Path(path)
-    if model is None and not path.is_file():
+    if not path.is_file():
         raise ModelError(f"{path} does not exist")
     kind, index = parse_device(device)
     if kind == "cuda":
@@ -82,9 +79,7 @@ def create_session(path: str | Path, options, device: str = "cpu", model: bytes 
     else:
         providers = ["CPUExecutionProvider"]
     try:
-        sess = ort.InferenceSession(
-            model if model is not None else str(path), sess_options=options, providers=providers
-        )
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first[:300]})") from None
