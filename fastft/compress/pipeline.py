@@ -172,6 +172,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
             threads=cfg.threads,
             progress=cfg.progress,
             max_positions=ctx.teacher.config.max_position_embeddings,
+            served=[s["name"] for s in stages[1:]],  # every stage as served; the teacher is the baseline
         )
         timings["latency_s"] = round(time.perf_counter() - t0, 2)
     rows = rep.build_rows(stages, latency)
@@ -210,6 +211,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
             "batch": 1,
             "spinning": False,
             "interleaved": True,
+            "attention": {name: rep.attention_of(lat) for name, lat in (latency or {}).items()},
         }
         if cfg.bench
         else None,

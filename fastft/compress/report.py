@@ -2,7 +2,9 @@
 
 Latency is measured with ONNX Runtime, batch 1, at sequence lengths 128 and 512, all stages
 interleaved in one run (round-robin, so load changes on a shared machine hit every stage
-alike), sessions with physical-core threads and ``session.intra_op.allow_spinning = 0``.
+alike), sessions with physical-core threads and ``session.intra_op.allow_spinning = 0``. The
+teacher's row is its plain ORT graph, the baseline; every other stage runs as ``fastft.load``
+serves it (attention on fastft's C++ kernel inside ORT where the install built libfastft_ort).
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
-from fastft.compress.quantize import session
 from fastft.core.io import write_json
 from fastft.core.stats import quantiles
+from fastft.runtime.session import session_options
 
 SEQS = (128, 512)
 COLUMNS = [
@@ -42,13 +45,23 @@ def measure_latency(
     progress: bool = True,
     vocab: int = 30522,
     max_positions: int = 512,
+    served: Collection[str] = (),
 ) -> dict:
     """{name: {seq: quantiles}} for ONNX classifiers, batch 1, measured interleaved.
 
-    Lengths beyond ``max_positions`` (the model's position embeddings) are skipped.
+    Lengths beyond ``max_positions`` (the model's position embeddings) are skipped. The files
+    named in ``served`` run as ``fastft.load`` serves them: each attention node on fastft's C++
+    kernel inside ONNX Runtime where this install built it (``attention_swapped`` in their
+    quantiles says how many); the others, the teacher's baseline among them, on ORT's own.
     """
+    from fastft.runtime.ort import served_session  # loads onnxruntime: only when timing
+
     seqs = [s for s in seqs if s <= max_positions]
-    sessions = {name: session(path, threads) for name, path in files.items()}
+    sessions, swapped = {}, {}
+    for name, path in files.items():
+        opts = session_options(threads=threads, spinning=False, level="all")
+        mode = "auto" if name in served else "onnxruntime"
+        sessions[name], swapped[name] = served_session(Path(path), opts, ort_attention=mode)
     rng = np.random.default_rng(0)
     feeds = {}
     for seq in seqs:
@@ -76,13 +89,24 @@ def measure_latency(
             print(f"latency round {r + 1}/{runs}", file=sys.stderr, end="\r", flush=True)
     if progress:
         print(f"latency: {runs} interleaved rounds in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
-    return {name: {seq: quantiles(v) for seq, v in per.items()} for name, per in times.items()}
+    return {
+        name: {seq: {**quantiles(v), "attention_swapped": swapped[name]} for seq, v in per.items()}
+        for name, per in times.items()
+    }
+
+
+def attention_of(latency: dict) -> str:
+    """What ran a model's attention in :func:`measure_latency` ({seq: quantiles} of one model)."""
+    from fastft.runtime.ort_attention import describe
+
+    return describe(max((q.get("attention_swapped", 0) for q in latency.values()), default=0))
 
 
 def time_against_teacher(teacher, files: dict[str, Path], seqs, runs: int, threads: int | None = None) -> list[dict]:
     """The ``teacher`` net's ORT fp32 graph (exported as the report's teacher row) and the ONNX
-    ``files`` timed together, interleaved (:func:`measure_latency`): one row per model and length
-    with its quantiles (ms, 3 decimals) and ``speedup_p50`` over the teacher, the teacher first."""
+    ``files`` timed together, interleaved (:func:`measure_latency`; the files as served): one row
+    per model and length with its quantiles (ms, 3 decimals) and ``speedup_p50`` over the
+    teacher, the teacher first."""
     import tempfile
 
     from fastft.compress.quantize import export_onnx
@@ -96,6 +120,7 @@ def time_against_teacher(teacher, files: dict[str, Path], seqs, runs: int, threa
             runs=runs,
             threads=threads,
             max_positions=teacher.config.max_position_embeddings,
+            served=files,
         )
     rows = []
     for name in ["teacher", *files]:
@@ -250,6 +275,9 @@ def markdown(report: dict) -> str:
             f"{lat.get('threads')} threads, spinning off. FLOPs: encoder matmuls at sequence length 128.",
             "",
         ]
+        attn = lat.get("attention") or {}
+        if attn:
+            lines += ["Attention: " + "; ".join(f"{k}: {v}" for k, v in attn.items()) + ".", ""]
     for name, sh in (report.get("shift") or {}).items():
         lines.append(f"- shifted split `{name}` ({sh['rows']} test rows): {sh['definition']}")
     for note in report.get("notes", []):

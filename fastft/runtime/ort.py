@@ -11,10 +11,61 @@ import numpy as np
 from fastft.core.errors import ModelError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.runtime.base import Predictor
-from fastft.runtime.ort_attention import library, resolve, swap_attention
+from fastft.runtime.ort_attention import describe, library, resolve, swap_attention
 from fastft.runtime.session import create_session, parse_device, runtime_level, session_options
 
-__all__ = ["OrtPredictor"]
+__all__ = ["OrtPredictor", "served_session"]
+
+
+def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: str = "auto"):
+    """(session, attention nodes swapped): ``onnx_file`` as fastft serves it, with each attention
+    node on fastft's C++ kernel inside ONNX Runtime where ``ort_attention`` resolves to it
+    (:func:`fastft.runtime.ort_attention.resolve`) and the file has such nodes, else as it is."""
+    if resolve(ort_attention, parse_device(device)[0]):
+        swapped = _swapped_session(Path(onnx_file), opts)
+        if swapped[0] is not None:
+            return swapped
+    return create_session(onnx_file, opts, device=device), 0
+
+
+def _swapped_session(onnx_file: Path, opts):
+    """A CPU session on the file with its attention nodes on fastft's kernel (registering the
+    library on ``opts``) and their number, or (None, 0) when it has no node the op can take.
+
+    The rewritten graph goes through a temporary file whose weights sit in one external-data
+    file beside it, which ONNX Runtime reads as it reads the original (serialising it in
+    memory would hold the whole graph twice more while the session loads). Where that file
+    cannot be written (no space in the temporary directory), ORT's own attention serves, with
+    a warning.
+    """
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_file))
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...
+        if not onnx_file.is_file():
+            raise ModelError(f"{onnx_file} does not exist") from None
+        raise ModelError(f"{onnx_file} is not a loadable ONNX model ({type(exc).__name__})") from None
+    proto, n = swap_attention(proto, extra_attrs={"num_threads": opts.intra_op_num_threads}, copy=False)
+    if not n:
+        return None, 0
+    opts.register_custom_ops_library(str(library()))
+    with tempfile.TemporaryDirectory(prefix="fastft-ort-") as tmp:
+        path = Path(tmp) / onnx_file.name
+        try:
+            onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
+        except OSError as exc:
+            warnings.warn(
+                f"fastft: ONNX Runtime's own attention serves {onnx_file.name}: could not write "
+                f"the rewritten graph to {tmp} ({exc.strerror or exc})",
+                stacklevel=4,
+            )
+            return None, 0
+        del proto
+        try:
+            return create_session(path, opts), n
+        except ModelError as exc:
+            raise ModelError(f"{onnx_file} with fastft's attention: {exc}") from None
 
 
 class OrtPredictor(Predictor):
@@ -50,12 +101,8 @@ class OrtPredictor(Predictor):
         self.spinning = spinning
         opts = session_options(threads=threads, spinning=spinning, level=self.level)
         self._kind, self._device_id = parse_device(device)
-        self.attention_swapped = 0  # attention nodes running fastft's kernel (libfastft_ort)
-        self.session = None
-        if resolve(ort_attention, self._kind):
-            self.session = self._swapped_session(opts)
-        if self.session is None:
-            self.session = create_session(self.onnx_file, opts, device=device)
+        # attention_swapped: attention nodes running fastft's kernel (libfastft_ort)
+        self.session, self.attention_swapped = served_session(self.onnx_file, opts, device, ort_attention)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
             raise ModelError(
@@ -76,50 +123,6 @@ class OrtPredictor(Predictor):
             )
         if warm_up:
             self._warm_up()
-
-    def _swapped_session(self, opts):
-        """A CPU session on the file with its attention nodes on fastft's kernel (registering the
-        library on ``opts``), or None when the file has no node the op can take.
-
-        The rewritten graph goes through a temporary file whose weights sit in one external-data
-        file beside it, which ONNX Runtime reads as it reads the original (serialising it in
-        memory would hold the whole graph twice more while the session loads). Where that file
-        cannot be written (no space in the temporary directory), ORT's own attention serves, with
-        a warning.
-        """
-        import onnx
-
-        try:
-            proto = onnx.load(str(self.onnx_file))
-        except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...
-            if not self.onnx_file.is_file():
-                raise ModelError(f"{self.onnx_file} does not exist") from None
-            raise ModelError(f"{self.onnx_file} is not a loadable ONNX model ({type(exc).__name__})") from None
-        proto, self.attention_swapped = swap_attention(
-            proto, extra_attrs={"num_threads": opts.intra_op_num_threads}, copy=False
-        )
-        if not self.attention_swapped:
-            return None
-        opts.register_custom_ops_library(str(library()))
-        with tempfile.TemporaryDirectory(prefix="fastft-ort-") as tmp:
-            path = Path(tmp) / self.onnx_file.name
-            try:
-                onnx.save(
-                    proto, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024
-                )
-            except OSError as exc:
-                warnings.warn(
-                    f"fastft: ONNX Runtime's own attention serves {self.onnx_file.name}: could not write "
-                    f"the rewritten graph to {tmp} ({exc.strerror or exc})",
-                    stacklevel=3,
-                )
-                self.attention_swapped = 0
-                return None
-            del proto
-            try:
-                return create_session(path, opts)
-            except ModelError as exc:
-                raise ModelError(f"{self.onnx_file} with fastft's attention: {exc}") from None
 
     def logits_from_ids(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=self._int_dtype)}
@@ -158,7 +161,5 @@ class OrtPredictor(Predictor):
             "threads": self.session.get_session_options().intra_op_num_threads,
             "spinning": self.spinning,
             "graph_optimization": self.level,
-            "attention": f"fastft C++ kernel in ORT ({self.attention_swapped} nodes)"
-            if self.attention_swapped
-            else "onnxruntime",
+            "attention": describe(self.attention_swapped),
         }

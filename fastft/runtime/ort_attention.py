@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fastft.core.errors import FastftError
 
-__all__ = ["DOMAIN", "OP_TYPE", "MODES", "library", "resolve", "swap_attention"]
+__all__ = ["DOMAIN", "OP_TYPE", "MODES", "describe", "library", "resolve", "swap_attention"]
 
 DOMAIN = "ai.fastft"
 OP_TYPE = "FusedAttention"
@@ -38,6 +38,11 @@ def library() -> Path | None:
     from fastft import _native
 
     return _native.ort_library()
+
+
+def describe(swapped: int) -> str:
+    """What runs a session's attention, for reports: its number of swapped nodes (0: ORT's own)."""
+    return f"fastft C++ kernel in ORT ({swapped} nodes)" if swapped else "onnxruntime"
 
 
 def resolve(mode: str, device_kind: str) -> bool:
