@@ -7,7 +7,8 @@
 //     bias  float (3 * heads * head_dim), optional: the projection's bias, added as q and v are
 //           read (k's is a constant shift of each row's scores, which softmax ignores)
 //     out   float (batch, seq, heads * head_dim)
-//     attributes: num_heads (int), scale (float, 0: 1/sqrt(head_dim)), num_threads (int, 0: 1)
+//     attributes: num_heads (int, required), scale (float; absent or 0: 1/sqrt(head_dim)),
+//                 num_threads (int; absent or 0: 1; fastft sets the session's intra-op threads)
 //
 // Padding-free: a sequence whose mask is a prefix (attended keys first, then padding) attends
 // its L valid query rows to its L valid keys and nothing else; its padded query rows are
@@ -31,12 +32,22 @@ namespace {
 
 const char* kDomain = "ai.fastft";
 
+// An optional attribute: its value, or `fallback` where the node does not set it.
+template <typename T>
+T attribute_or(const Ort::ConstKernelInfo& ki, const char* name, T fallback) {
+  try {
+    return ki.GetAttribute<T>(name);
+  } catch (const Ort::Exception&) {
+    return fallback;
+  }
+}
+
 struct FusedAttentionKernel {
   FusedAttentionKernel(const OrtApi&, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
-    heads_ = ki.GetAttribute<int64_t>("num_heads");
-    scale_ = ki.GetAttribute<float>("scale");
-    threads_ = static_cast<int>(ki.GetAttribute<int64_t>("num_threads"));
+    heads_ = ki.GetAttribute<int64_t>("num_heads");  // required: throws where missing
+    scale_ = attribute_or<float>(ki, "scale", 0.f);
+    threads_ = static_cast<int>(attribute_or<int64_t>(ki, "num_threads", 1));
     const char* isa = std::getenv("FASTFT_ATTN_ISA");
     isa_ = isa && *isa ? isa : "auto";
   }

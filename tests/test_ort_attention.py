@@ -29,7 +29,7 @@ def test_library_is_built_and_registers():
 
 
 # ---- the op alone, against a float64 reference ------------------------------------------------
-def _op_session(heads: int, with_mask: bool, with_bias: bool, threads: int = 2):
+def _op_session(heads: int | None, with_mask: bool, with_bias: bool, threads: int | None = 2):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -40,8 +40,9 @@ def _op_session(heads: int, with_mask: bool, with_bias: bool, threads: int = 2):
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT32, ["b", "s"]))
     if with_bias:
         inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["h3"]))
+    attrs = {"num_heads": heads, "scale": 0.0, "num_threads": threads} if threads else {"num_heads": heads}
     node = helper.make_node(
-        "FusedAttention", names, ["out"], domain="ai.fastft", num_heads=heads, scale=0.0, num_threads=threads
+        "FusedAttention", names, ["out"], domain="ai.fastft", **{k: v for k, v in attrs.items() if v is not None}
     )
     graph = helper.make_graph(
         [node], "g", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "s", "h"])]
@@ -51,7 +52,7 @@ def _op_session(heads: int, with_mask: bool, with_bias: bool, threads: int = 2):
     onnx.checker.check_model(model)
     so = ort.SessionOptions()
     so.register_custom_ops_library(str(_lib()))
-    so.intra_op_num_threads = threads
+    so.intra_op_num_threads = threads or 1
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -140,6 +141,15 @@ def test_op_runs_every_instruction_set_copy(monkeypatch):
     sess = _op_session(2, True, True)
     with pytest.raises(Exception, match="fastft FusedAttention: isa: unknown instruction set 'sse9'"):
         sess.run(None, {"qkv": qkv, "mask": mask, "bias": bias})
+
+
+def test_op_attributes_scale_and_threads_are_optional_heads_is_not():
+    rng = np.random.default_rng(3)
+    qkv = rng.standard_normal((2, 20, 3 * 2 * 16)).astype(np.float32)
+    got = _op_session(2, False, False, threads=None).run(None, {"qkv": qkv})[0]  # num_heads alone
+    np.testing.assert_allclose(got, _reference(qkv, None, None, 2), atol=2e-5, rtol=1e-4)
+    with pytest.raises(Exception, match="fastft FusedAttention: .*num_heads"):
+        _op_session(None, False, False, threads=None)
 
 
 def test_op_refuses_bad_shapes_with_one_line():
