@@ -294,10 +294,10 @@ static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
   float* qt = ws.qt;
   const int qcols = nqt * QW;
   if (P.q_bias) {
-    const float* qb = P.q_bias + h * D;
+    const float* qbias = P.q_bias + h * D;
     for (int r = 0; r < nrows; ++r) {
       const float* src = qbase + r * P.q_tok;
-      for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = (src[d] + qb[d]) * P.qscale;
+      for (int64_t d = 0; d < D; ++d) qt[d * BQ + r] = (src[d] + qbias[d]) * P.qscale;
     }
   } else {
     for (int r = 0; r < nrows; ++r) {

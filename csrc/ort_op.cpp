@@ -3,7 +3,7 @@
 //
 //   ai.fastft::FusedAttention(qkv, mask?, bias?) -> out
 //     qkv   float (batch, seq, 3 * heads * head_dim): the packed Q, K, V projection
-//     mask  int32 (batch, seq), optional: nonzero = the key is attended (ORT's Attention mask)
+//     mask  int32 (batch, seq), optional: > 0 = the key is attended (as ORT's Attention reads it)
 //     bias  float (3 * heads * head_dim), optional: the projection's bias, added as q and v are
 //           read (k's is a constant shift of each row's scores, which softmax ignores)
 //     out   float (batch, seq, heads * head_dim)
@@ -50,6 +50,13 @@ struct FusedAttentionKernel {
     threads_ = static_cast<int>(attribute_or<int64_t>(ki, "num_threads", 1));
     const char* isa = std::getenv("FASTFT_ATTN_ISA");
     isa_ = isa && *isa ? isa : "auto";
+    if (isa_ != "auto") {  // refused when the session starts, not at its first run
+      bool known = false;
+      for (const auto& name : fastft::attention_isas()) known = known || name == isa_;
+      if (!known)
+        throw std::invalid_argument("FASTFT_ATTN_ISA=" + isa_ + " is not an instruction set this CPU runs (" +
+                                    "auto or one of fastft._C.attention_isas())");
+    }
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -59,6 +66,8 @@ struct FusedAttentionKernel {
     } catch (const std::exception& e) {
       return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION,
                                         (std::string("fastft FusedAttention: ") + e.what()).c_str());
+    } catch (...) {
+      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, "fastft FusedAttention: unknown error");
     }
   }
 
@@ -101,13 +110,13 @@ struct FusedAttentionKernel {
       if (!mask) continue;
       const int32_t* row = mask + b * S;
       int64_t n = 0;
-      while (n < S && row[n] != 0) ++n;
+      while (n < S && row[n] > 0) ++n;  // attended: > 0, as ORT's Attention reads its mask
       len[b] = n;
-      for (int64_t j = n; j < S && prefix; ++j) prefix = row[j] == 0;
+      for (int64_t j = n; j < S && prefix; ++j) prefix = row[j] <= 0;
     }
     if (!prefix) {
       keys.resize(static_cast<size_t>(B * S));
-      for (int64_t i = 0; i < B * S; ++i) keys[i] = mask[i] != 0;
+      for (int64_t i = 0; i < B * S; ++i) keys[i] = mask[i] > 0;
       for (int64_t b = 0; b < B; ++b) len[b] = S;
     }
     for (int64_t b = 0; b < B; ++b)  // rows the kernel does not write
@@ -136,6 +145,8 @@ struct FusedAttentionOp : Ort::CustomOpBase<FusedAttentionOp, FusedAttentionKern
     } catch (const std::exception& e) {
       return api.CreateStatus(ORT_INVALID_ARGUMENT,
                               (std::string("fastft FusedAttention: ") + e.what()).c_str());
+    } catch (...) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, "fastft FusedAttention: unknown error");
     }
   }
   const char* GetName() const { return "FusedAttention"; }
@@ -156,16 +167,21 @@ struct FusedAttentionOp : Ort::CustomOpBase<FusedAttentionOp, FusedAttentionKern
 extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                                const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr)
-    return nullptr == api_base->GetApi(1) ? nullptr
-                                           : api_base->GetApi(1)->CreateStatus(
-                                                 ORT_FAIL, "fastft: this ONNX Runtime is older than the headers libfastft_ort was built with");
-  Ort::InitApi(api);
+  if (api == nullptr) {  // an ONNX Runtime older than the headers: say so through its oldest API
+    const OrtApi* oldest = api_base->GetApi(1);
+    return oldest ? oldest->CreateStatus(ORT_FAIL,
+                                         ("fastft: libfastft_ort needs ONNX Runtime API version " +
+                                          std::to_string(ORT_API_VERSION) + " or newer, this one is " +
+                                          api_base->GetVersionString())
+                                             .c_str())
+                  : nullptr;
+  }
   static FusedAttentionOp op;
   static std::mutex mu;
   static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
   try {
     std::lock_guard<std::mutex> lk(mu);
+    Ort::InitApi(api);
     Ort::CustomOpDomain domain(kDomain);
     domain.Add(&op);
     Ort::UnownedSessionOptions(options).Add(domain);

@@ -69,7 +69,7 @@ def test_help_lists_every_config_flag_in_stage_groups(capsys):
     assert not missing, f"fastft compress --help does not list {missing}"
     for title in ("distillation:", "pruning:", "quantization:"):
         assert title in out
-    assert "--calib-method {minmax,entropy,percentile}" in out and "[half the teacher's]" in out
+    assert "--calib-method {minmax,entropy,percentile}" in out and "[--depth of the" in out
 
 
 def test_flags_round_trip_into_the_stage_configs():
@@ -106,6 +106,8 @@ def test_flat_keywords_and_shortcuts_reach_the_stage_configs():
     [
         (["--prune-ffn", "1.5"], "--prune-ffn must be in [0, 1)"),
         (["--alpha", "2"], "--alpha must be in [0, 1]"),
+        (["--depth", "0"], "--depth must be in (0, 1]"),
+        (["--depth", "1.5"], "--depth must be in (0, 1]"),
         (["--ema", "1"], "--ema must be in [0, 1)"),
         (["--dropout", "-0.1"], "--dropout must be in [0, 1)"),
         (["--warmup-ratio", "nan"], "--warmup-ratio must be a finite number"),

@@ -307,6 +307,26 @@ def test_bench_speedup_times_students_against_their_teacher(compressed, tmp_path
     assert got["median_speedup_p50"]["128"] == rows[("small", 128)]["speedup_p50"] > 0
     assert got["models"]["small"]["file"].endswith("model_int8.onnx") and "machine" in got
     assert "median speed-up of the students" in capsys.readouterr().out
+    assert rows[("small", 128)]["attention_swapped"] > 0  # served: fastft's attention in ORT
+    # the same student on ORT's own attention, in the same run
+    assert (
+        mod.main(
+            ["--models", str(out), "--names", "small", "--rounds", "2", "--result", str(result)]
+            + ["--ort-attention-too"]
+        )
+        == 0
+    )
+    got = json.loads(result.read_text())
+    rows = {(r["model"], r["seq"]): r for r in got["rows"]}
+    plain = rows[("small (ORT attention)", 128)]
+    assert (
+        plain["attention_swapped"] == 0
+        and plain["student"] == "small"
+        and plain["retained"] == rows[("small", 128)]["retained"]
+    )
+    assert got["median_speedup_p50_ort_attention"]["128"] == plain["speedup_p50"]
+    assert got["median_speedup_p50"]["128"] == rows[("small", 128)]["speedup_p50"]
+    capsys.readouterr()
     with pytest.raises(FastftError, match="--names"):
         mod.main(["--models", str(out), "--names", "a", "b", "--rounds", "1"])
     with pytest.raises(FastftError, match="has no report.json"):
@@ -429,6 +449,44 @@ def test_alpha_resolves_by_task(kw, text, want):
     r = cfg.resolved(text=text)
     r.validate()
     assert r.distill.alpha == want
+
+
+@pytest.mark.parametrize(
+    "kw, text, want",
+    [
+        ({}, True, 2 / 3),  # the text recipe: 4 of a 6-layer teacher's layers
+        ({}, False, 0.5),  # a token-classification teacher
+        (dict(prune_first=True, prune_heads=0.5), True, 0.5),  # not the recipe
+        (dict(depth=0.25), True, 0.25),  # given: kept
+        (dict(student="minilm-l3"), True, None),  # not teacher-layers: no depth
+    ],
+)
+def test_depth_resolves_by_task(kw, text, want):
+    cfg = CompressConfig(**kw)
+    r = cfg.resolved(text=text)
+    r.validate()
+    assert r.distill.depth == want
+
+
+def test_student_depth_from_layers_or_fraction():
+    import transformers as tf
+    from conftest import tiny_bert_config
+
+    from fastft.compress.distill import make_student
+
+    teacher = tf.BertForSequenceClassification(tiny_bert_config(["a", "b"], layers=6)).eval()
+
+    def depth(**kw):
+        net, match = make_student(teacher, "teacher-layers", kw.pop("layers", None), ["a", "b"], **kw)
+        return net.config.num_hidden_layers
+
+    assert depth() == 3 and depth(depth=0.5) == 3  # half by default
+    assert depth(depth=2 / 3) == 4 and depth(depth=1.0) == 6 and depth(depth=0.01) == 1
+    assert depth(layers=2, depth=2 / 3) == 2  # --layers wins
+    with pytest.raises(FastftError, match="--depth must be in"):
+        CompressConfig(depth=0.0).validate()
+    with pytest.raises(FastftError, match="--depth applies to --student teacher-layers only"):
+        CompressConfig(depth=0.5, student="minilm-l3").validate()
 
 
 def test_verdict_names_nearest_stage():

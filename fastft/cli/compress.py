@@ -6,10 +6,11 @@ _DOC = """make a fine-tuned model small and fast: distill -> prune -> quantize, 
 
 examples:
   fastft compress --int8                      # built-in teacher (trained and cached on first use),
-                                              # 3-layer student distilled on the training texts and a
+                                              # 4-layer student distilled on the training texts and a
                                               # perturbed copy of each (soft targets weigh 0.8), half its
                                               # heads and FFN neurons pruned in two steps, INT8
-  fastft compress --int8 --alpha 0.5 --augment 0 --prune-heads 0 --prune-steps 1   # an earlier default:
+  fastft compress --int8 --depth 0.5          # the default before: a 3-layer student (faster, less accurate)
+  fastft compress --int8 --depth 0.5 --alpha 0.5 --augment 0 --prune-heads 0 --prune-steps 1   # earlier:
                                               # every head kept (~3x, half the time)
   fastft compress --model runs/teacher --layers 3 --prune-heads 0.25 --int8 --output runs/small
   fastft compress --model runs/teacher --student minilm-l3 --int8 --static

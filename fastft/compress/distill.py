@@ -43,8 +43,11 @@ def layer_plan(n_teacher: int, n_student: int) -> tuple[list[int], list[int]]:
     return init, match
 
 
-def make_student(teacher, student: str, layers: int | None, labels: list[str]):
+def make_student(teacher, student: str, layers: int | None, labels: list[str], depth: float | None = None):
     """A student classifier: the teacher's own layers, the built-in minilm-l3, or a directory.
+
+    teacher-layers: ``layers`` of them, else ``depth`` (a fraction, half when None) of the teacher's
+    depth, rounded down, at least one.
 
     Returns (student, teacher hidden-state indices matched by student layers 1..N, or None
     when hidden sizes differ and only the logits are distilled).
@@ -53,7 +56,7 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str]):
 
     n_t = teacher.config.num_hidden_layers
     if student == "teacher-layers":
-        n_s = layers if layers is not None else max(1, n_t // 2)
+        n_s = layers if layers is not None else max(1, int(n_t * (0.5 if depth is None else depth) + 1e-9))
         init, match = layer_plan(n_t, n_s)
         cfg = copy.deepcopy(teacher.config)
         cfg.num_hidden_layers = n_s

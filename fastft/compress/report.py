@@ -102,11 +102,13 @@ def attention_of(latency: dict) -> str:
     return describe(max((q.get("attention_swapped", 0) for q in latency.values()), default=0))
 
 
-def time_against_teacher(teacher, files: dict[str, Path], seqs, runs: int, threads: int | None = None) -> list[dict]:
+def time_against_teacher(
+    teacher, files: dict[str, Path], seqs, runs: int, threads: int | None = None, plain: Collection[str] = ()
+) -> list[dict]:
     """The ``teacher`` net's ORT fp32 graph (exported as the report's teacher row) and the ONNX
-    ``files`` timed together, interleaved (:func:`measure_latency`; the files as served): one row
-    per model and length with its quantiles (ms, 3 decimals) and ``speedup_p50`` over the
-    teacher, the teacher first."""
+    ``files`` timed together, interleaved (:func:`measure_latency`; the files as served, those
+    named in ``plain`` on ORT's own attention): one row per model and length with its quantiles
+    (ms, 3 decimals) and ``speedup_p50`` over the teacher, the teacher first."""
     import tempfile
 
     from fastft.compress.quantize import export_onnx
@@ -120,7 +122,7 @@ def time_against_teacher(teacher, files: dict[str, Path], seqs, runs: int, threa
             runs=runs,
             threads=threads,
             max_positions=teacher.config.max_position_embeddings,
-            served=files,
+            served=[n for n in files if n not in plain],
         )
     rows = []
     for name in ["teacher", *files]:

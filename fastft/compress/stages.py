@@ -52,7 +52,7 @@ class QuantizeResult:
 
 def do_distill(ctx: Context) -> StageResult:
     cfg, pr = ctx.cfg.distill, ctx.cfg.prune
-    student, match = dis.make_student(ctx.teacher, cfg.student, cfg.layers, ctx.labels)
+    student, match = dis.make_student(ctx.teacher, cfg.student, cfg.layers, ctx.labels, depth=cfg.depth)
     k_heads, k_ffn = check_fractions(student, pr.prune_heads, pr.prune_ffn) if pr.structured else (0, 0)
     log(
         ctx,

@@ -17,7 +17,7 @@ from fastft.models import load_tokenizer, read_meta
 from fastft.models.task import model_task, task_from
 from fastft.runtime.base import Predictor
 from fastft.runtime.ort import OrtPredictor
-from fastft.runtime.ort_attention import MODES as ORT_ATTENTION_MODES
+from fastft.runtime.ort_attention import effective_mode
 from fastft.runtime.session import LEVELS, parse_device
 from fastft.runtime.torch_predictor import TorchPredictor
 
@@ -72,8 +72,7 @@ def load(
     if optimization_level is not None and optimization_level not in LEVELS:
         raise FastftError(f"optimization_level must be one of {', '.join(LEVELS)} (got {optimization_level!r})")
     check_decode(decode)
-    if ort_attention not in ORT_ATTENTION_MODES:
-        raise FastftError(f"ort_attention must be one of {', '.join(ORT_ATTENTION_MODES)} (got {ort_attention!r})")
+    effective_mode(ort_attention)
     parse_device(device)
     p = Path(path).expanduser()
     if not p.is_dir():

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.core.errors import ModelError
+from fastft.core.errors import FastftError, ModelError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
+from fastft.runtime import ort_attention
 from fastft.runtime.base import Predictor
-from fastft.runtime.ort_attention import describe, library, resolve, swap_attention
+from fastft.runtime.ort_attention import describe, effective_mode, resolve, swap_attention
 from fastft.runtime.session import create_session, parse_device, runtime_level, session_options
 
 __all__ = ["OrtPredictor", "served_session"]
@@ -20,52 +21,61 @@ __all__ = ["OrtPredictor", "served_session"]
 def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: str = "auto"):
     """(session, attention nodes swapped): ``onnx_file`` as fastft serves it, with each attention
     node on fastft's C++ kernel inside ONNX Runtime where ``ort_attention`` resolves to it
-    (:func:`fastft.runtime.ort_attention.resolve`) and the file has such nodes, else as it is."""
-    if resolve(ort_attention, parse_device(device)[0]):
-        swapped = _swapped_session(Path(onnx_file), opts)
-        if swapped[0] is not None:
-            return swapped
+    (:func:`fastft.runtime.ort_attention.resolve`) and the file has such nodes, else as it is.
+
+    Where the swap cannot be made (this ONNX Runtime refuses the library, no room for the
+    rewritten graph...), ``auto`` serves ORT's own attention with a warning; ``fastft`` raises."""
+    onnx_file = Path(onnx_file)
+    mode = effective_mode(ort_attention)
+    if resolve(mode, parse_device(device)[0]):
+        proto = _load_proto(onnx_file)
+        try:
+            session, n = _swapped_session(onnx_file, proto, opts)
+        except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidGraph, OSError, ModelError...
+            text = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+            if mode == "fastft":
+                raise FastftError(f"ort_attention='fastft' cannot serve {onnx_file.name}: {why}") from None
+            warnings.warn(f"fastft: ONNX Runtime's own attention serves {onnx_file.name} ({why})", stacklevel=3)
+        else:
+            if n:
+                return session, n
     return create_session(onnx_file, opts, device=device), 0
 
 
-def _swapped_session(onnx_file: Path, opts):
-    """A CPU session on the file with its attention nodes on fastft's kernel (registering the
-    library on ``opts``) and their number, or (None, 0) when it has no node the op can take.
-
-    The rewritten graph goes through a temporary file whose weights sit in one external-data
-    file beside it, which ONNX Runtime reads as it reads the original (serialising it in
-    memory would hold the whole graph twice more while the session loads). Where that file
-    cannot be written (no space in the temporary directory), ORT's own attention serves, with
-    a warning.
-    """
+def _load_proto(onnx_file: Path):
     import onnx
 
     try:
-        proto = onnx.load(str(onnx_file))
+        return onnx.load(str(onnx_file))
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...
         if not onnx_file.is_file():
             raise ModelError(f"{onnx_file} does not exist") from None
         raise ModelError(f"{onnx_file} is not a loadable ONNX model ({type(exc).__name__})") from None
+
+
+def _swapped_session(onnx_file: Path, proto, opts):
+    """(session, nodes swapped) on ``proto`` (the file's graph, changed in place) with its
+    attention nodes on fastft's kernel, registering the library on ``opts``; (None, 0) when it
+    has no node the op can take.
+
+    The rewritten graph goes through a temporary file whose weights sit in one external-data
+    file beside it, which ONNX Runtime reads as it reads the original (serialising it in memory
+    would hold the whole graph twice more while the session loads). ORT maps that file: deleted
+    once the session exists, its space in the temporary directory is given back when the session
+    goes.
+    """
+    import onnx
+
     proto, n = swap_attention(proto, extra_attrs={"num_threads": opts.intra_op_num_threads}, copy=False)
     if not n:
         return None, 0
-    opts.register_custom_ops_library(str(library()))
+    opts.register_custom_ops_library(str(ort_attention.library()))
     with tempfile.TemporaryDirectory(prefix="fastft-ort-") as tmp:
         path = Path(tmp) / onnx_file.name
-        try:
-            onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
-        except OSError as exc:
-            warnings.warn(
-                f"fastft: ONNX Runtime's own attention serves {onnx_file.name}: could not write "
-                f"the rewritten graph to {tmp} ({exc.strerror or exc})",
-                stacklevel=4,
-            )
-            return None, 0
+        onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
         del proto
-        try:
-            return create_session(path, opts), n
-        except ModelError as exc:
-            raise ModelError(f"{onnx_file} with fastft's attention: {exc}") from None
+        return create_session(path, opts), n
 
 
 class OrtPredictor(Predictor):

@@ -14,7 +14,7 @@ swaps each of them, in memory, for ORT's own QKV projection followed by
 The op adds the bias as it reads q and v (k's bias only shifts each row's scores by a constant)
 and is padding-free: a sequence whose key mask is a prefix attends only its valid rows, its
 padded rows come out as zeros. The files on disk stay plain ONNX Runtime graphs, loadable
-anywhere. Measured end to end in bench/bench_ort_custom_attention.py.
+anywhere. Measured end to end in bench/bench_ort_op.py.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ from pathlib import Path
 
 from fastft.core.errors import FastftError
 
-__all__ = ["DOMAIN", "OP_TYPE", "MODES", "describe", "library", "resolve", "swap_attention"]
+__all__ = ["DOMAIN", "OP_TYPE", "MODES", "describe", "effective_mode", "library", "resolve", "swap_attention"]
 
 DOMAIN = "ai.fastft"
 OP_TYPE = "FusedAttention"
 MS = "com.microsoft"
 MODES = ("auto", "fastft", "onnxruntime")
+# attributes the swap carries over; a node with any other (qkv_hidden_sizes, mask_filter_value,
+# do_rotary...) keeps ORT's kernel
+SWAPPABLE_ATTRIBUTES = {"num_heads", "scale", "unidirectional"}
 ENV = "FASTFT_ORT_ATTENTION"  # overrides "auto": fastft | onnxruntime
 
 
@@ -45,9 +48,8 @@ def describe(swapped: int) -> str:
     return f"fastft C++ kernel in ORT ({swapped} nodes)" if swapped else "onnxruntime"
 
 
-def resolve(mode: str, device_kind: str) -> bool:
-    """Whether to swap attention for ``mode`` (``auto``: when the library is built and the device
-    is the CPU; the environment variable FASTFT_ORT_ATTENTION can set ``auto`` to either side)."""
+def effective_mode(mode: str) -> str:
+    """``mode`` checked, with FASTFT_ORT_ATTENTION (fastft | onnxruntime) deciding ``auto``."""
     if mode not in MODES:
         raise FastftError(f"ort_attention must be one of {', '.join(MODES)} (got {mode!r})")
     if mode == "auto":
@@ -55,6 +57,13 @@ def resolve(mode: str, device_kind: str) -> bool:
         if env and env not in MODES:
             raise FastftError(f"{ENV} must be one of {', '.join(MODES)} (got {env!r})")
         mode = env or mode
+    return mode
+
+
+def resolve(mode: str, device_kind: str) -> bool:
+    """Whether to swap attention for ``mode`` (:func:`effective_mode`; ``auto``: when the library
+    is built and the device is the CPU)."""
+    mode = effective_mode(mode)
     if mode == "onnxruntime":
         return False
     ok = device_kind == "cpu" and library() is not None
@@ -102,9 +111,11 @@ def swap_attention(
     with each ``com.microsoft`` Attention / QAttention node split into ORT's QKV projection and
     ``domain.op_type(qkv, mask[, bias])``.
 
-    Only nodes the op computes exactly are swapped: bidirectional, equal Q/K/V sizes, no past or
-    extra bias inputs, and a (batch, seq) key mask or none; others stay. ``fold_bias=False`` adds
-    the bias with an Add node before the op instead of passing it (ops that take no bias).
+    Only nodes the op computes exactly are swapped: bidirectional, no attribute beyond
+    :data:`SWAPPABLE_ATTRIBUTES` (no qkv_hidden_sizes, mask_filter_value, rotary...), no past or
+    extra bias inputs, no output but the first, and a (batch, seq) key mask or none; others stay.
+    ``fold_bias=False`` adds the bias before the op instead of passing it (ops that take no
+    bias): an Add after the fp32 projection, the INT8 GEMM's own bias input.
     Returns (model, number of nodes swapped).
     """
     import onnx
@@ -126,8 +137,9 @@ def swap_attention(
         mask = ins[mask_at] if len(ins) > mask_at else ""
         if (
             _attr(n, "unidirectional", 0)
-            or _attr(n, "qkv_hidden_sizes")
+            or {a.name for a in n.attribute} - SWAPPABLE_ATTRIBUTES
             or any(ins[extra:])
+            or any(n.output[1:])
             or (mask and _mask_rank(g, mask) != 2)
         ):
             nodes.append(n)
@@ -137,18 +149,15 @@ def swap_attention(
         bias = ins[2]
         if n.op_type == "Attention":
             proj = [helper.make_node("MatMul", ins[:2], [qkv], name=base + "/fastft_qkv_matmul")]
-        else:  # the same quantised x, ORT's INT8 GEMM
+            if not fold_bias:
+                proj[0].output[0] = qkv + "_nobias"
+                proj.append(helper.make_node("Add", [qkv + "_nobias", bias], [qkv], name=base + "/fastft_qkv_add"))
+        else:  # the same quantised x, ORT's INT8 GEMM (which adds the bias where the op takes none)
             xq, wq, _, x_scale, w_scale = ins[:5]
             x_zp = ins[6] if len(ins) > 6 else ""
             w_zp = ins[7] if len(ins) > 7 else ""
-            proj = [
-                helper.make_node(
-                    "MatMulIntegerToFloat", [xq, wq, x_scale, w_scale, x_zp, w_zp], [qkv], name=qkv, domain=MS
-                )
-            ]
-        if not fold_bias:
-            proj[0].output[0] = qkv + "_nobias"
-            proj.append(helper.make_node("Add", [qkv + "_nobias", bias], [qkv], name=base + "/fastft_qkv_add"))
+            gemm_in = [xq, wq, x_scale, w_scale, x_zp, w_zp] + ([] if fold_bias else [bias])
+            proj = [helper.make_node("MatMulIntegerToFloat", gemm_in, [qkv], name=qkv, domain=MS)]
         op_inputs = [qkv, mask, bias] if fold_bias else [qkv, mask]
         nodes += proj
         nodes.append(
