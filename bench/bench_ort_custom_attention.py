@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fastft.bench.runner import interleave, quantiles, write_result  # noqa: E402
+from fastft.runtime.ort_attention import node_attr, swap_attention  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OP_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' domain for Python ops
@@ -133,22 +134,11 @@ def register_op() -> str:
 # ---------------------------------------------------------------------------------------
 # the graph rewrite
 # ---------------------------------------------------------------------------------------
-def _attr(node, name, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def rewrite(model):
     """A copy of ``model`` (onnx ModelProto) with each com.microsoft Attention / QAttention split
     into ORT's QKV projection (+ bias: the PyOp takes none) and FastftAttention. Returns (model,
     number of nodes replaced). The same swap fastft serves with its native op
     (fastft.runtime.ort_attention), here onto the PyOp."""
-    from fastft.runtime.ort_attention import swap_attention
-
     return swap_attention(model, fold_bias=False, domain=OP_DOMAIN, op_type=OP_TYPE)
 
 
@@ -332,7 +322,7 @@ def layer_breakdown(fp32_path: Path, threads: int, lib: str, seqs, reps: int, wa
     att = next(n for n in src.graph.node if n.domain == MS and n.op_type == "Attention")
     inits = {i.name: i for i in src.graph.initializer if i.name in att.input[1:3]}
     w, bias = numpy_helper.to_array(inits[att.input[1]]), numpy_helper.to_array(inits[att.input[2]])
-    heads, scale = int(_attr(att, "num_heads")), float(_attr(att, "scale", 0.0))
+    heads, scale = int(node_attr(att, "num_heads")), float(node_attr(att, "scale", 0.0))
     hidden = w.shape[0]
 
     def session(nodes, inputs, custom: bool):

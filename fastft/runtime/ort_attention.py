@@ -77,7 +77,8 @@ def resolve(mode: str, device_kind: str) -> bool:
     return ok
 
 
-def _attr(node, name, default=None):
+def node_attr(node, name, default=None):
+    """The value of ``node``'s attribute ``name`` (an onnx NodeProto), or ``default``."""
     from onnx import helper
 
     for a in node.attribute:
@@ -136,7 +137,7 @@ def swap_attention(
         mask_at, extra = (3, 4) if n.op_type == "Attention" else (5, 8)
         mask = ins[mask_at] if len(ins) > mask_at else ""
         if (
-            _attr(n, "unidirectional", 0)
+            node_attr(n, "unidirectional", 0)
             or {a.name for a in n.attribute} - SWAPPABLE_ATTRIBUTES
             or any(ins[extra:])
             or any(n.output[1:])
@@ -167,8 +168,8 @@ def swap_attention(
                 list(n.output[:1]),
                 name=base + "/fastft_attention",
                 domain=domain,
-                num_heads=int(_attr(n, "num_heads")),
-                scale=float(_attr(n, "scale", 0.0)),  # 0: head_dim ** -0.5, as the node's own default
+                num_heads=int(node_attr(n, "num_heads")),
+                scale=float(node_attr(n, "scale", 0.0)),  # 0: head_dim ** -0.5, as the node's own default
                 **(extra_attrs or {}),
             )
         )
