@@ -39,9 +39,10 @@ AUGMENT_LABELS = ("original", "teacher")
 # (compress_seed4{2,3,4}_default_alpha08_vnni.json, speedup_default_alpha08_vnni.json; 0.5 kept 98.04% at 4.97x
 # in that timing). A 4-layer student (depth 2/3 of the teacher's 6) with the same pruning kept
 # 99.24 / 100.22 / 99.46% (seeds 42-44, median 99.46%; seed 45 98.91% where the 3-layer one kept
-# 96.62%) and runs 5.17 / 5.30x faster than the teacher's ORT fp32 graph at seq 512 as fastft
-# serves it, its attention on fastft's C++ kernel inside ORT (compress_seed4{2,3,4,5}_L4_vnni.json,
-# speedup_L4_op_vnni.json; the 3-layer students 6.89 / 6.95x in that run), so depth is 2/3 since.
+# 96.62%) and runs 5.31 / 5.37 / 5.37x faster than the teacher's ORT fp32 graph at seq 512 as
+# fastft serves it, its attention on fastft's C++ kernel inside ORT (4.17-4.25x on ORT's own;
+# the 3-layer students 7.06-7.08x: compress_seed4{2,3,4,5}_L4_vnni.json, speedup_L4_ab_vnni.json),
+# so depth is 2/3 since.
 TEXT_RECIPE = {
     "depth": 2 / 3,
     "alpha": 0.8,
