@@ -374,11 +374,7 @@ void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
   }
 
   AttnParams P;
-  P.q = rows.q; P.k = rows.k; P.v = rows.v; P.out = rows.out;
-  P.q_tok = rows.q_tok; P.q_head = rows.q_head;
-  P.k_tok = rows.k_tok; P.k_head = rows.k_head;
-  P.v_tok = rows.v_tok; P.v_head = rows.v_head;
-  P.o_tok = rows.o_tok; P.o_head = rows.o_head;
+  static_cast<AttnRows&>(P) = rows;
   P.q_start = q_start; P.q_len = q_len;
   P.k_start = k_start; P.k_len = k_len;
   P.item_off = item_off.data();

@@ -12,8 +12,10 @@ namespace fastft {
 // Where the rows of q, k, v and out live (in floats): row t of sequence b, head h is at
 //   base + (start[b] + t) * tok + h * head
 // e.g. (batch, heads, seq, head_dim) contiguous: start[b] = b*heads*seq, tok = head_dim,
-// head = seq*head_dim; packed (batch, seq, 3, heads, head_dim) QKV: start[b] = b*seq,
-// tok = 3*heads*head_dim, head = head_dim, k and v offset by heads*head_dim and twice that.
+// head = seq*head_dim; packed tokens (total, heads, head_dim): start[b] = cu_seqlens[b],
+// tok = heads*head_dim, head = head_dim; packed (batch, seq, 3, heads, head_dim) QKV:
+// start[b] = b*seq, tok = 3*heads*head_dim, head = head_dim, k and v offset by heads*head_dim
+// and twice that.
 struct AttnRows {
   const float* q;
   const float* k;

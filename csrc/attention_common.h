@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "attention.h"
+
 namespace fastft {
 
 constexpr int BQ = 48;       // query rows per work item (a multiple of every copy's tiles)
@@ -12,17 +14,10 @@ constexpr int BK_DEFAULT = 64;  // measured best of 32..192 on AVX2 (S512, D32/6
 constexpr int KR_MAX = 8;    // largest key micro-tile height of any copy (scratch rows)
 constexpr int HEAD_PAD = 16;  // head_dim is padded to a multiple of this in scratch buffers
 
-// Where the rows of one (sequence b, head h) live, for q, k, v and out alike:
-//   row t of sequence b, head h = base + (start[b] + t) * tok + h * head   (in floats)
-// (batch, heads, seq, head_dim) contiguous: start[b] = b*heads*seq, tok = head_dim,
-// head = seq*head_dim. Packed tokens (total, heads, head_dim): start[b] = cu_seqlens[b],
-// tok = heads*head_dim, head = head_dim.
-struct AttnParams {
-  const float* q;
-  const float* k;
-  const float* v;
-  float* out;
-  int64_t q_tok, q_head, k_tok, k_head, v_tok, v_head, o_tok, o_head;
+// The kernel's parameters: where the rows live (AttnRows, attention.h: per sequence b, head h,
+// row t at base + (start[b] + t) * tok + h * head, in floats), per-sequence starts and lengths,
+// and the rest of one call.
+struct AttnParams : AttnRows {
   const int64_t* q_start;   // (B) first token of each sequence
   const int64_t* q_len;     // (B) query rows of each sequence
   const int64_t* k_start;   // (B)
