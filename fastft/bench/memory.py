@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from fastft.bench.runners import FALLBACK_TEXT, make_inputs, make_runner
+from fastft.core.errors import first_line
 
 PROBE_METHOD = (
     "one subprocess imports torch, onnxruntime and the model's transformers class, then forks a "
@@ -91,7 +92,7 @@ def probe_memory(names: list[str], art: dict[str, Path], threads: int, batch: in
             try:
                 res = _probe_one(name, art, threads, feeds)
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                res = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+                res = {"error": f"{type(exc).__name__}: {first_line(exc)}"}
             with os.fdopen(w, "w") as f:
                 f.write(json.dumps(res))
             os._exit(0)

@@ -5,6 +5,13 @@ The CLI prints it as one line and exits non-zero; it never shows a traceback for
 """
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters, for a one-line error
+    that wraps it; its type's name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class FastftError(Exception):
     """A user error: printed as ``fastft: error: <message>`` by the CLI, exit code 2."""
 

@@ -25,7 +25,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from fastft.core.errors import FastftError
+from fastft.core.errors import FastftError, first_line
 
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 # bumped whenever the saved graph changes for the same model (caches of exports key on it)
@@ -135,9 +135,7 @@ def ort_offline_optimize(src: str | os.PathLike, dst: str | os.PathLike, level: 
     try:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise FastftError(
-            f"ONNX Runtime could not optimise {Path(src).name} ({str(exc).splitlines()[0][:200]})"
-        ) from exc
+        raise FastftError(f"ONNX Runtime could not optimise {Path(src).name} ({first_line(exc, 200)})") from exc
     set_ir_version(dst)
     from fastft.export.layernorm import maybe_split
 

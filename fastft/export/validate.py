@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from fastft.core.errors import FastftError
+from fastft.core.errors import FastftError, first_line
 
 FP32_ATOL = 1e-4
 MIN_AGREEMENT = 0.99
@@ -35,7 +35,7 @@ def session(path: str | os.PathLike, threads: int | None = None, level: str = "b
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise FastftError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:200]})") from exc
+        raise FastftError(f"ONNX Runtime cannot load {path} ({first_line(exc, 200)})") from exc
 
 
 def parity_shapes(max_length: int) -> list[tuple[int, int]]:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.core.errors import FastftError, ModelError
+from fastft.core.errors import FastftError, ModelError, first_line
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.runtime import ort_attention
 from fastft.runtime.base import Predictor
 from fastft.runtime.ort_attention import describe, effective_mode, resolve, swap_attention
-from fastft.runtime.session import create_session, parse_device, runtime_level, session_options
+from fastft.runtime.session import create_session, parse_device, runtime_level, session_options, unloadable
 
 __all__ = ["OrtPredictor", "served_session"]
 
@@ -32,8 +32,7 @@ def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: st
         try:
             session, n = _swapped_session(onnx_file, proto, opts)
         except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidGraph, OSError, ModelError...
-            text = str(exc).strip().splitlines()
-            why = f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+            why = f"{type(exc).__name__}: {first_line(exc)}"
             if mode == "fastft":
                 raise FastftError(f"ort_attention='fastft' cannot serve {onnx_file.name}: {why}") from None
             warnings.warn(f"fastft: ONNX Runtime's own attention serves {onnx_file.name} ({why})", stacklevel=3)
@@ -49,9 +48,7 @@ def _load_proto(onnx_file: Path):
     try:
         return onnx.load(str(onnx_file))
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError...
-        if not onnx_file.is_file():
-            raise ModelError(f"{onnx_file} does not exist") from None
-        raise ModelError(f"{onnx_file} is not a loadable ONNX model ({type(exc).__name__})") from None
+        raise unloadable(onnx_file, exc) from None
 
 
 def _swapped_session(onnx_file: Path, proto, opts):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastft.core.errors import FastftError, ModelError
+from fastft.core.errors import FastftError, ModelError, first_line
 from fastft.core.system import physical_cores
 
 LEVELS = ("disable", "basic", "extended", "all")
@@ -81,14 +81,20 @@ def create_session(path: str | Path, options, device: str = "cpu"):
     try:
         sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first[:300]})") from None
+        raise unloadable(path, exc) from None
     if kind == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise DeviceError(
             f"ONNX Runtime could not start CUDA for {path.name} (providers: {sess.get_providers()}); "
             "check the CUDA/cuDNN libraries that onnxruntime-gpu needs"
         )
     return sess
+
+
+def unloadable(path: Path, exc: BaseException) -> ModelError:
+    """The one-line error for an ONNX file that ONNX Runtime or onnx could not load."""
+    if not path.is_file():
+        return ModelError(f"{path} does not exist")
+    return ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first_line(exc)})")
 
 
 def check_cuda_provider() -> None:
