@@ -186,12 +186,7 @@ def feeds_for(tok, texts, batch: int, seq: int, lengths: list[int] | None, names
     """batch x seq real-text ids; ``lengths``: per-row valid tokens (right padding, [SEP] last)."""
     from fastft.bench.runners import make_inputs
 
-    f = make_inputs(tok, batch, seq, texts)
-    if lengths:
-        for r, n in enumerate(lengths):
-            f["input_ids"][r, n - 1] = tok.sep_token_id
-            f["input_ids"][r, n:] = tok.pad_token_id or 0
-            f["attention_mask"][r, n:] = 0
+    f = make_inputs(tok, batch, seq, texts, lengths)
     return {k: v for k, v in f.items() if k in names}
 
 

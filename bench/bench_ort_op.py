@@ -46,13 +46,7 @@ def padded_batch(tok, texts, batch: int, seq: int, seed: int) -> tuple[dict, lis
     from fastft.bench.runners import make_inputs
 
     lengths = [int(x) for x in np.random.default_rng(seed).integers(max(2, seq // 4), seq + 1, batch)]
-    width = max(lengths)
-    f = make_inputs(tok, batch, width, texts)
-    for r, n in enumerate(lengths):
-        f["input_ids"][r, n - 1] = tok.sep_token_id
-        f["input_ids"][r, n:] = tok.pad_token_id or 0
-        f["attention_mask"][r, n:] = 0
-    return f, lengths
+    return make_inputs(tok, batch, max(lengths), texts, lengths), lengths
 
 
 def check_parity(preds: dict, tok, texts, n: int, padded: dict) -> dict:

@@ -146,8 +146,11 @@ def bench_texts() -> list[str]:
         return [FALLBACK_TEXT]
 
 
-def make_inputs(tokenizer, batch: int, seq: int, texts: list[str]) -> dict[str, np.ndarray]:
-    """batch x seq token ids of real text ([CLS] ... [SEP]), full attention mask."""
+def make_inputs(
+    tokenizer, batch: int, seq: int, texts: list[str], lengths: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """batch x seq token ids of real text ([CLS] ... [SEP]), full attention mask; with ``lengths``
+    (one per row) row r keeps its first lengths[r] tokens, [SEP] last, and is right-padded."""
     body = tokenizer(" ".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
     while len(body) < batch * seq:
         body = body + body
@@ -155,4 +158,9 @@ def make_inputs(tokenizer, batch: int, seq: int, texts: list[str]) -> dict[str, 
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     rows = [[cls] + body[r * seq : (r + 1) * seq - 2] + [sep] for r in range(batch)]
     ids = np.asarray(rows, dtype=np.int64)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    mask = np.ones_like(ids)
+    for r, n in enumerate(lengths or []):
+        ids[r, n - 1] = sep
+        ids[r, n:] = tokenizer.pad_token_id or 0
+        mask[r, n:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
