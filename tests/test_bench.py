@@ -68,6 +68,12 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert isinstance(b["fastft-fp32"]["skip_layernorm_split"], int)
     assert "error" not in b["hf-eager"]["memory"]
     assert {t["target"] for t in d["targets"]} and all("met" in t for t in d["targets"])
+    # fastft's INT8 labelled the model's own validation texts beside its fp32 (no peer ran: no peer row)
+    ag = d["int8_agreement"]
+    assert set(ag) == {"fastft-int8"} and ag["fastft-int8"]["reference"] == "fastft-fp32"
+    assert ag["fastft-int8"]["n"] > 0 and 0 <= ag["fastft-int8"]["label_agreement"] <= 1
+    assert "validation split" in ag["fastft-int8"]["texts"] and "INT8 label agreement" in table
+    assert not any("peer-int8's" in t["target"] for t in d["targets"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the exports are reused on a second run (same workdir, unchanged model)
     stamp = (tmp_path / "w").stat().st_mtime_ns
@@ -95,6 +101,7 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     )
     assert rc == 0
     d2 = json.loads(capsys.readouterr().out)
+    assert not d2["int8_agreement"]  # fastft-fp32 did not run: nothing to compare with
     assert d2["results"][0]["backend"] == "fastft-int8" and "speedup_vs_hf_eager" not in d2["results"][0]
     assert len(list((tmp_path / "w").iterdir())) == 1 and (tmp_path / "w").stat().st_mtime_ns == stamp
     # --served: fastft-* run another directory's ONNX files (e.g. a compressed student)
@@ -390,3 +397,47 @@ def test_bench_int8_refuses_an_unknown_recipe_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no recipe named dynamic-weights-u8s8-perchannel-qoperator " in err and known in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_int8_agreement_counts_label_flips_per_pair_and_sets_the_target():
+    """Each INT8 backend against its own fp32, in input order whatever the batching by length."""
+    import numpy as np
+
+    from fastft.bench.agreement import int8_agreements
+    from fastft.bench.report import targets
+    from fastft.bench.runners import Runner
+
+    texts = [("a " * (i % 7 + 1)).strip() + f" t{i}" for i in range(50)]
+    flip_peer = set(range(0, 50, 5))  # 10 flips: 80%
+    flip_fastft = {3}  # 1 flip: 98%
+
+    class Tok:
+        def __call__(self, batch, **kw):
+            n = max(len(t.split()) for t in batch)
+            ids = np.array([[int(t.split()[-1][1:])] * n for t in batch])
+            return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    def runner(name, flips=()):
+        def run(feeds):
+            i = feeds["input_ids"][:, 0]
+            label = (i % 2).astype(int)
+            label = np.where(np.isin(i, list(flips)), 1 - label, label)
+            return np.eye(2)[label]
+
+        return Runner(name, run, None, {})
+
+    runners = {
+        "peer-fp32": runner("peer-fp32"),
+        "peer-int8": runner("peer-int8", flip_peer),
+        "fastft-fp32": runner("fastft-fp32"),
+        "fastft-int8": runner("fastft-int8", flip_fastft),
+        "hf-eager": runner("hf-eager"),
+    }
+    ag = int8_agreements(runners, Tok(), texts, "tiny", 16)
+    assert set(ag) == {"peer-int8", "fastft-int8"}
+    assert ag["peer-int8"]["label_agreement"] == 0.8 and ag["fastft-int8"]["label_agreement"] == 0.98
+    (row,) = [t for t in targets([], ag) if "peer-int8's" in t["target"]]
+    assert row["value"] == 0.98 and row["threshold"] == 0.8 and row["met"] is True
+    ag["fastft-int8"]["label_agreement"] = 0.79
+    (row,) = [t for t in targets([], ag) if "peer-int8's" in t["target"]]
+    assert row["met"] is False

@@ -192,7 +192,9 @@ def _base_encoder_dir(tiny_model_dir: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "no-head", "static-no-data", "calib-size", "opset", "exists"])
+@pytest.mark.parametrize(
+    "case", ["missing", "corrupt", "no-head", "static-no-data", "calib-size", "opset", "min-agreement", "exists"]
+)
 def test_bad_input_is_one_line(case, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     model = tiny_model_dir
@@ -214,6 +216,8 @@ def test_bad_input_is_one_line(case, tiny_model_dir, tmp_path, capsys):
         extra = ["--static", "--calib-size", "0"]
     elif case == "opset":
         extra = ["--opset", "16"]
+    elif case == "min-agreement":
+        extra = ["--int8", "--min-agreement", "1.5"]
     elif case == "exists":
         out.mkdir()
         (out / "keep.txt").write_text("x")
@@ -234,3 +238,11 @@ def test_cli_json(tiny_model_dir, tmp_path, capsys):
     assert main(["export", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["parity"]["fp32"]["passed"] and info["file"] == "model.onnx"
+    # --min-agreement: the INT8 check's bar, recorded with what it measured
+    out = tmp_path / "q"
+    assert (
+        main(["export", "--model", str(tiny_model_dir), "-o", str(out), "--int8", "--min-agreement", "0.5", "--json"])
+        == 0
+    )
+    q = json.loads(capsys.readouterr().out)["parity"]["int8"]
+    assert q["min_agreement"] == 0.5 and q["passed"] is (q["label_agreement"] >= 0.5)

@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fastft.bench.agreement import INT8_PAIRS, agreement_texts, int8_agreements
 from fastft.bench.artifacts import default_model, max_positions, prepare, work_dir
 from fastft.bench.memory import PROBE_METHOD, run_memory_probes
 from fastft.bench.report import add_ratios, format_table, result_row, targets
 from fastft.bench.runners import BACKENDS, bench_texts, make_inputs, make_runner
 from fastft.core.checks import check_float
 from fastft.core.errors import FastftError
+from fastft.core.schema import SEQUENCE_CLASSIFICATION, read_meta
 from fastft.core.system import physical_cores
 from fastft.models.task import model_task
 
@@ -53,6 +55,7 @@ class BenchConfig:
     workdir: str | None = None  # where exports are cached [cache_dir()/bench]
     served: str | None = None  # fastft-fp32/-int8 serve this export/compress dir instead of exporting --model
     progress: bool = True
+    agreement: int = 1000  # validation texts each INT8 backend labels against its fp32 (0: skip)
 
 
 def run_bench(cfg: BenchConfig, log=None) -> dict:
@@ -90,6 +93,13 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     for name in cfg.backends:
         log(f"loading {name}")
         runners[name] = make_runner(name, art, threads)
+    agreements = None
+    if cfg.agreement and model_task(model_dir) == SEQUENCE_CLASSIFICATION:
+        if any(q in runners and f in runners for q, f in INT8_PAIRS):
+            held_out, source = agreement_texts(model_dir, cfg.agreement)
+            length = min(int(read_meta(model_dir).get("max_length") or 128), max_pos)
+            log(f"INT8 label agreement with fp32 on {len(held_out)} texts of {source}")
+            agreements = int8_agreements(runners, tok, held_out, source, length)
     texts = bench_texts()
     rng = np.random.default_rng(cfg.seed)
 
@@ -159,7 +169,8 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         },
         "backends": backends,
         "results": results,
-        "targets": targets(results),
+        "int8_agreement": agreements,
+        "targets": targets(results, agreements),
     }
 
 
@@ -179,6 +190,8 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("--repeats must be at least 3 (quantiles need samples)")
     if cfg.warmup < 0:
         raise FastftError("--warmup must be 0 or more")
+    if cfg.agreement < 0:
+        raise FastftError("--agreement-texts must be 0 or more")
     if cfg.threads is not None and cfg.threads < 1:
         raise FastftError("--threads must be at least 1")
     check_float("gap_ms", cfg.gap_ms, lo=0)

@@ -40,8 +40,9 @@ def add_ratios(results: list[dict], seq: int) -> None:
             rows["fastft-int8"][key] = round(rows[ref]["p50_ms"] / rows["fastft-int8"]["p50_ms"], 3)
 
 
-def targets(results: list[dict]) -> list[dict]:
-    """Where the issue's speed targets stand (met: None when not measured in this run)."""
+def targets(results: list[dict], agreements: dict | None = None) -> list[dict]:
+    """Where the issue's targets stand (met: None when not measured in this run); ``agreements``:
+    each INT8 backend's label agreement with its fp32 (:func:`fastft.bench.agreement.int8_agreements`)."""
 
     def p50(backend, seq):
         for r in results:
@@ -66,6 +67,18 @@ def targets(results: list[dict]) -> list[dict]:
         )
     for seq in TARGET_SEQS:
         ratio_target("fastft-int8 speed-up over peer-int8 >= 1.3", "peer-int8", "fastft-int8", seq, 1.3)
+    agree = {k: v["label_agreement"] for k, v in (agreements or {}).items()}
+    if "fastft-int8" in agree and "peer-int8" in agree:
+        # the INT8 speed target holds only with agreement at least the peer's
+        out.append(
+            {
+                "target": "fastft-int8 label agreement with its fp32 >= peer-int8's",
+                "seq": None,
+                "value": agree["fastft-int8"],
+                "threshold": agree["peer-int8"],
+                "met": agree["fastft-int8"] >= agree["peer-int8"],
+            }
+        )
     ratio_target("fastft-fp32 speed-up over peer-fp32 >= 1.15", "peer-fp32", "fastft-fp32", 512, 1.15)
     for backend in ("fastft-fp32", "fastft-int8", "fastft-torch"):
         _, row = p50(backend, 512)
@@ -119,8 +132,16 @@ def format_table(payload: dict) -> str:
             lines.append("  ".join("-" * w for w in widths))
     if "fastft-torch" in payload["backends"]:
         lines.append(f"fastft-torch attention: {payload['backends']['fastft-torch'].get('attention')}")
+    agreements = payload.get("int8_agreement") or {}
+    if agreements:
+        first = next(iter(agreements.values()))
+        lines.append(
+            f"INT8 label agreement with its own fp32 on {first['n']} texts of {first['texts']}: "
+            + ", ".join(f"{k} {v['label_agreement']:.2%}" for k, v in agreements.items())
+        )
     for t in payload["targets"]:
         if t["met"] is None:
             continue
-        lines.append(f"target {'MET ' if t['met'] else 'MISS'}  {t['target']} at seq {t['seq']}: {t['value']}")
+        at = f" at seq {t['seq']}" if t["seq"] is not None else ""
+        lines.append(f"target {'MET ' if t['met'] else 'MISS'}  {t['target']}{at}: {t['value']}")
     return "\n".join(lines)

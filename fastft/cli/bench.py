@@ -19,7 +19,11 @@ Each repetition runs every backend once on the same batch x seq tokens (new rand
 ORT sessions use --threads intra-op threads, spinning off, sequential execution; torch uses
 torch.set_num_threads(--threads) with OMP_WAIT_POLICY=PASSIVE unless set (torch's spinning OpenMP
 barriers collapse when another process holds a core). Exports are cached under the fastft cache
-directory."""
+directory.
+
+Each INT8 backend also labels up to --agreement-texts held-out texts beside its own fp32 (the
+peer's INT8 against the peer's fp32, fastft's against fastft's): an INT8 speed-up counts only
+with label agreement at least the peer's."""
 
 
 def register(sub) -> None:
@@ -67,6 +71,14 @@ def register(sub) -> None:
         metavar="DIR",
         help="fastft-fp32/-int8 serve this directory's model.onnx/model_int8.onnx (e.g. a fastft compress "
         "output) while the baselines use --model [export --model]",
+    )
+    p.add_argument(
+        "--agreement-texts",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="validation texts on which each INT8 backend's labels are compared with its own fp32's "
+        "(sequence classification; 0: skip) [1000]",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -145,6 +157,7 @@ def _run(args) -> int:
         workdir=args.workdir,
         served=args.served,
         progress=not args.no_progress,
+        agreement=args.agreement_texts,
     )
     payload = run_bench(cfg)
     if args.json and args.json != "-":

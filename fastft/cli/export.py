@@ -14,7 +14,8 @@ Writes the model's Hugging Face files plus model.onnx (fp32, graph optimised for
 Runtime; inputs input_ids, attention_mask[, token_type_ids], output logits) and, with
 --int8/--static, model_int8.onnx. Parity is checked before anything is written: fp32
 logits within 1e-4 of PyTorch at 6 shapes, INT8 labels agreeing with fp32 on >= 99% of
-the validation split. fastft.json's "onnx" section records what was done."""
+the validation split (--min-agreement; below it the most sensitive MatMuls are kept in
+fp32). fastft.json's "onnx" section records what was done."""
 
 
 def register(sub) -> None:
@@ -32,6 +33,14 @@ def register(sub) -> None:
     # the INT8 options fastft compress has too, generated from the same config fields
     add_config_flags(p, QuantizeConfig, only=("static", "calib_size", "calib_method", "per_channel"))
     p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        metavar="SHARE",
+        help="INT8 labels must agree with fp32 on at least this share of the validation texts; below it "
+        "the most sensitive MatMuls stay fp32 until they do [0.99]",
+    )
+    p.add_argument(
         "--fused-attention",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -46,9 +55,11 @@ def register(sub) -> None:
 def _export(args) -> int:
 
     from fastft.cli import json_guard
+    from fastft.core.checks import check_float
     from fastft.core.io import dumps
     from fastft.export import export
 
+    check_float("--min-agreement", args.min_agreement, lo=0, hi=1)
     with json_guard(args):  # stdout holds only the JSON
         info = export(
             args.model,
@@ -62,6 +73,7 @@ def _export(args) -> int:
             opset=args.opset,
             overwrite=args.overwrite,
             fused_attention=args.fused_attention,
+            min_agreement=args.min_agreement,
         )
     if args.json:
         print(dumps(info))
