@@ -177,14 +177,27 @@ def test_compress_with_qat_and_augment_reports_them(tmp_path, tiny_data_file):
     teacher = save_tiny_model(tmp_path / "t2", tiny_data_file, layers=2, seed=2)
     out = tmp_path / "small"
     cfg = CompressConfig(
-        layers=1, prune_ffn=0.5, augment=2, qat=True, output=str(out), epochs=1, batch_size=16, bench=False
+        layers=1,
+        prune_ffn=0.5,
+        augment=2,
+        qat=True,
+        qat_epochs=2,
+        recovery_epochs=3,
+        output=str(out),
+        epochs=1,
+        batch_size=16,
+        bench=False,
     )
     report = fastft.compress(str(teacher), cfg, progress=False, prune_batches=2)
     dist, pr, q = report["distillation"], report["pruning"], report["quantization"]
     n_train = dist["augment"]["rows"] // 2
     assert dist["augment"]["copies"] == 2 and n_train > 0 and sum(dist["augment"]["operations"].values()) == 2 * n_train
     assert "qat" not in dist  # recovery follows: the last epoch there is the quantization-aware one
-    assert pr["recovery"]["qat"]["weights"].startswith("int8") and pr["recovery"]["history"][-1]["qat"] is True
+    assert pr["recovery"]["qat"]["weights"].startswith("int8") and pr["recovery"]["qat"]["epochs"] == 2
+    # --qat-epochs 2 of 3 recovery epochs: the last two simulate INT8, and only they compete for "best"
+    hist = pr["recovery"]["history"]
+    assert [bool(e.get("qat")) for e in hist] == [False, True, True]
+    assert "validation_accuracy" not in hist[0] and all("validation_accuracy" in e for e in hist[1:])
     assert 0.0 <= q["label_agreement_fp32_test"] <= 1.0 and q["fp32_nodes"] == len(q["excluded_nodes"])
     assert q["embedding_nodes_quantized"] == 1 and q["recipe"].endswith("emb8")
     ops = {n.op_type for n in onnx.load(str(out / "model_int8.onnx")).graph.node}

@@ -297,6 +297,11 @@ class QuantizeConfig:
         "(straight-through), so the whole graph quantises without fp32 fallback",
         default_help="on for dynamic INT8",
     )
+    qat_epochs: int = option(
+        1,
+        "how many of the last distillation/recovery epochs run quantization-aware (with --qat); only they "
+        "compete for the kept weights",
+    )
     embeddings: bool = option(
         True,
         "keep the embedding tables fp32 in INT8 (by default they are stored in 8 bits: "
@@ -312,6 +317,7 @@ class QuantizeConfig:
         check_int("--calib-size", self.calib_size, lo=1)
         if self.calib_method not in CALIB_METHODS:
             raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})")
+        check_int("--qat-epochs", self.qat_epochs, lo=1)
         check_float("--accuracy-budget", self.accuracy_budget)
         if self.accuracy_budget < 0:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")

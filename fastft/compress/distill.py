@@ -271,9 +271,9 @@ def train_student(
     """Train ``student`` against the cached teacher; keep the best epoch by ``evaluate(student)``.
 
     evaluate: callable returning validation accuracy (None: keep the last epoch).
-    qat: a :class:`fastft.compress.qat.QatSpec`: the last epoch runs with ORT's INT8 simulated
-        (fake-quant, straight-through) and only such epochs compete for "best" (the weights
-        that are quantised next must be the ones trained for it).
+    qat: a :class:`fastft.compress.qat.QatSpec`: its last ``qat.epochs`` epochs (at most all) run
+        with ORT's INT8 simulated (fake-quant, straight-through) and only such epochs compete for
+        "best" (the weights that are quantised next must be the ones trained for it).
     loss_inputs: (student outputs, rows, seq) -> (outputs, labels, teacher logits) handed to
     :func:`distill_loss` (token classification selects the labelled tokens; None: one label per row).
     ema: weight-average decay (:class:`fastft.train.loop.WeightAverage`; 0: off): the average is
@@ -295,7 +295,7 @@ def train_student(
     qat_on = {"active": False}
 
     def epoch_batches(epoch: int):
-        if qat is not None and epoch == n_epochs and not qat_on["active"]:
+        if qat is not None and epoch > n_epochs - qat.epochs and not qat_on["active"]:
             qat_mod.attach(student, qat)
             qat_on["active"] = True
             print(f"{desc} epoch {epoch}: quantization-aware (ORT INT8 simulated)", file=sys.stderr)
@@ -369,5 +369,5 @@ def train_student(
         "time_s": round(res.time_s, 2),
     }
     if qat is not None:
-        out["qat"] = {"epochs": 1, **qat.to_dict()}
+        out["qat"] = {"epochs": min(qat.epochs, n_epochs), **qat.to_dict()}
     return out

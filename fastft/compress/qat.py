@@ -43,15 +43,17 @@ class QatSpec:
     per_channel: bool = True
     reduce_range: bool = False
     embeddings: bool = False
+    epochs: int = 1  # the last this many epochs of a distillation/recovery run are quantization-aware
 
     @classmethod
-    def from_recipe(cls, recipe) -> QatSpec:
+    def from_recipe(cls, recipe, epochs: int = 1) -> QatSpec:
         """The spec for a :class:`fastft.export.quantize.Int8Recipe` (dynamic mode)."""
         return cls(
             weight_type=recipe.weight_type,
             per_channel=recipe.per_channel,
             reduce_range=recipe.reduce_range,
             embeddings=bool(recipe.embeddings) and recipe.quant_format.lower() == "qoperator",
+            epochs=epochs,
         )
 
     def to_dict(self) -> dict:

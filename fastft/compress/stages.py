@@ -285,7 +285,8 @@ def qat_spec(config):
     from fastft.compress.qat import QatSpec
     from fastft.export.quantize import recipe_from_options
 
-    return QatSpec.from_recipe(recipe_from_options(per_channel=cfg.per_channel, embeddings=cfg.embeddings))
+    recipe = recipe_from_options(per_channel=cfg.per_channel, embeddings=cfg.embeddings)
+    return QatSpec.from_recipe(recipe, epochs=cfg.qat_epochs)
 
 
 def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str, qat=None) -> dict:
