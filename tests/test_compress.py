@@ -268,6 +268,14 @@ def test_compress_report_files_and_fields(compressed):
     assert rep["stages"][0]["retained"] == 1.0 and "message" in rep["verdict"]
     md = (out / "report.md").read_text()
     assert "| teacher |" in md and "| quantized |" in md
+    # scored as served, like the latency: the students on fastft's attention in ORT where it is built
+    from fastft.runtime.ort_attention import resolve
+
+    acc = rep["accuracy_settings"]["attention"]
+    assert set(acc) == {"teacher", "distilled", "pruned", "quantized"} and acc["teacher"] == "onnxruntime"
+    for stage in ("distilled", "pruned", "quantized"):
+        assert acc[stage].startswith("fastft C++ kernel in ORT" if resolve("auto", "cpu") else "onnxruntime"), acc
+    assert "Scores: each stage's ONNX file" in md
     meta = json.loads((out / "fastft.json").read_text())
     assert meta["onnx"]["default"] == "model_int8.onnx" and meta["labels"] == ["negative", "positive"]
     assert meta["compress"]["stages"][-1]["stage"] == "quantized"

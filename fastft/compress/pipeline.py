@@ -67,17 +67,23 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     stages, infos, timings = [], {}, {}
 
     test_logits = {}  # onnx file -> test-split logits (label agreement, shifted splits)
+    evaluated_on = {}  # onnx file -> what ran its attention while it was scored
     shift = rep.shift_subsets(ctx)
 
-    def evaluate_onnx(path: Path) -> dict:
+    def evaluate_onnx(path: Path, served: bool = True) -> dict:
+        """The stage's scores on the validation and test splits, its file run as ``fastft.load``
+        serves it (the teacher, ``served=False``: on ORT's own attention, as it is timed)."""
         import numpy as np
 
+        from fastft.runtime.ort_attention import describe
+
+        sess, swapped = cq.served(path, cfg.threads) if served else (cq.session(path, cfg.threads), 0)
+        evaluated_on[path] = describe(swapped)
         if ctx.token:  # entity metrics (seqeval); the stage's score is the entity F1
-            sess = cq.session(path, cfg.threads)
             return {split: tkd.ort_entity_metrics(sess, ctx, split) for split in ("validation", "test")}
         out = {}
         for split in ("validation", "test"):
-            logits = cq.ort_logits(cq.session(path, cfg.threads), ctx.ids[split], ctx.pad_id)
+            logits = cq.ort_logits(sess, ctx.ids[split], ctx.pad_id)
             p = np.exp(logits - logits.max(1, keepdims=True))
             out[split] = classification_metrics(ctx.y[split], p / p.sum(1, keepdims=True), logits.shape[1])
             if split == "test":
@@ -115,7 +121,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     tdir.mkdir()
     t_onnx = tdir / "model.onnx"
     t_export = cq.export_onnx(ctx.teacher, t_onnx)
-    t_metrics = evaluate_onnx(t_onnx)
+    t_metrics = evaluate_onnx(t_onnx, served=False)
     add_stage("teacher", ctx.teacher, ctx.teacher_dir, t_onnx, t_metrics)
     timings["teacher_export_eval_s"] = round(time.perf_counter() - t0, 2)
 
@@ -205,6 +211,8 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
         "pruning": infos.get("pruned"),
         "config": cfg.to_dict(),
         "timings": timings,
+        # scores as served: every stage after the teacher with fastft's attention in ORT where built
+        "accuracy_settings": {"attention": {s["name"]: evaluated_on.get(s["file"]) for s in stages}},
         "latency_settings": {
             "runs": cfg.bench_runs,
             "threads": cfg.threads or physical_cores(),

@@ -102,6 +102,13 @@ def session(path, threads: int | None = None):
     return create_session(path, session_options(threads=threads, spinning=False, level="all"))
 
 
+def served(path, threads: int | None = None):
+    """(session, attention nodes on fastft's kernel): ``path`` as ``fastft.load`` serves it."""
+    from fastft.runtime.ort import served_session
+
+    return served_session(Path(path), session_options(threads=threads, spinning=False, level="all"))
+
+
 def ort_logits(sess, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
     """Logits of an ONNX classifier over pre-tokenized rows (length-sorted batches, input order out)."""
     names = [i.name for i in sess.get_inputs()]

@@ -270,6 +270,14 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
     v = report["verdict"]
     lines += ["", f"**Target:** {v['message']}.", ""]
+    acc = (report.get("accuracy_settings") or {}).get("attention") or {}
+    if acc:
+        lines += [
+            "Scores: each stage's ONNX file on the splits, attention: "
+            + "; ".join(f"{k}: {v}" for k, v in acc.items())
+            + ".",
+            "",
+        ]
     lat = report.get("latency_settings") or {}
     if lat:
         lines += [
