@@ -558,6 +558,9 @@ def test_data_with_other_labels_is_refused(teacher4, tmp_path, no_training):
         (dict(prune_heads=0.9), "would remove all"),
         (dict(quantize="int4"), "quantize"),
         (dict(static=True, quantize=None), "--static"),
+        (dict(qat_epochs=0, quantize="int8"), "--qat-epochs"),
+        (dict(qat_epochs=2, qat=False, quantize="int8"), "--qat-epochs sets quantization-aware training"),
+        (dict(qat_epochs=2, quantize="fp16"), "--qat-epochs sets quantization-aware training"),
     ],
 )
 def test_bad_options_are_refused(teacher4, tmp_path, no_training, kw, match):

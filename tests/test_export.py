@@ -193,7 +193,18 @@ def _base_encoder_dir(tiny_model_dir: Path, dst: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "corrupt", "no-head", "static-no-data", "calib-size", "opset", "min-agreement", "exists"]
+    "case",
+    [
+        "missing",
+        "corrupt",
+        "no-head",
+        "static-no-data",
+        "calib-size",
+        "opset",
+        "min-agreement",
+        "min-agreement-no-int8",
+        "exists",
+    ],
 )
 def test_bad_input_is_one_line(case, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
@@ -218,6 +229,8 @@ def test_bad_input_is_one_line(case, tiny_model_dir, tmp_path, capsys):
         extra = ["--opset", "16"]
     elif case == "min-agreement":
         extra = ["--int8", "--min-agreement", "1.5"]
+    elif case == "min-agreement-no-int8":
+        extra = ["--min-agreement", "0.9"]
     elif case == "exists":
         out.mkdir()
         (out / "keep.txt").write_text("x")

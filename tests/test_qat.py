@@ -192,7 +192,7 @@ def test_compress_with_qat_and_augment_reports_them(tmp_path, tiny_data_file):
     dist, pr, q = report["distillation"], report["pruning"], report["quantization"]
     n_train = dist["augment"]["rows"] // 2
     assert dist["augment"]["copies"] == 2 and n_train > 0 and sum(dist["augment"]["operations"].values()) == 2 * n_train
-    assert "qat" not in dist  # recovery follows: the last epoch there is the quantization-aware one
+    assert "qat" not in dist  # recovery follows: its last epochs are the quantization-aware ones
     assert pr["recovery"]["qat"]["weights"].startswith("int8") and pr["recovery"]["qat"]["epochs"] == 2
     # --qat-epochs 2 of 3 recovery epochs: the last two simulate INT8, and only they compete for "best"
     hist = pr["recovery"]["history"]

@@ -33,7 +33,7 @@ def agreement_texts(model_dir: Path, limit: int) -> tuple[list[str], str]:
         splits = None
     if splits is None:
         splits, source = load_data(DEFAULT_TEXTS), DEFAULT_TEXTS
-    return list(splits.validation.texts[:limit]), f"{source} (validation split)"
+    return list(splits.validation.texts[:limit]), f"{source} (held-out validation split)"
 
 
 def labels_of(runner, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:

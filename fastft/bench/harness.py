@@ -94,12 +94,15 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         log(f"loading {name}")
         runners[name] = make_runner(name, art, threads)
     agreements = None
-    if cfg.agreement and model_task(model_dir) == SEQUENCE_CLASSIFICATION:
+    # one label per text: sequence classifiers only, --served included (fastft-* run that model)
+    texts_task = {model_task(model_dir)} | ({model_task(served)} if served else set())
+    if cfg.agreement and texts_task == {SEQUENCE_CLASSIFICATION}:
         if any(q in runners and f in runners for q, f in INT8_PAIRS):
             held_out, source = agreement_texts(model_dir, cfg.agreement)
             length = min(int(read_meta(model_dir).get("max_length") or 128), max_pos)
-            log(f"INT8 label agreement with fp32 on {len(held_out)} texts of {source}")
-            agreements = int8_agreements(runners, tok, held_out, source, length)
+            if held_out:
+                log(f"INT8 label agreement with fp32 on {len(held_out)} texts of {source}")
+                agreements = int8_agreements(runners, tok, held_out, source, length)
     texts = bench_texts()
     rng = np.random.default_rng(cfg.seed)
 

@@ -21,9 +21,10 @@ torch.set_num_threads(--threads) with OMP_WAIT_POLICY=PASSIVE unless set (torch'
 barriers collapse when another process holds a core). Exports are cached under the fastft cache
 directory.
 
-Each INT8 backend also labels up to --agreement-texts held-out texts beside its own fp32 (the
-peer's INT8 against the peer's fp32, fastft's against fastft's): an INT8 speed-up counts only
-with label agreement at least the peer's."""
+Each INT8 backend also labels up to --agreement-texts held-out texts (at the model's own
+length) beside its own fp32 (the peer's INT8 against the peer's fp32, fastft's against
+fastft's): read an INT8 speed-up beside what it gives up; a target row of its own says whether
+fastft's agreement is at least the peer's."""
 
 
 def register(sub) -> None:

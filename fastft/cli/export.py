@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument(
         "--min-agreement",
         type=float,
-        default=0.99,
+        default=None,
         metavar="SHARE",
         help="INT8 labels must agree with fp32 on at least this share of the validation texts; below it "
         "the most sensitive MatMuls stay fp32 until they do [0.99]",
@@ -56,10 +56,14 @@ def _export(args) -> int:
 
     from fastft.cli import json_guard
     from fastft.core.checks import check_float
+    from fastft.core.errors import FastftError
     from fastft.core.io import dumps
     from fastft.export import export
 
-    check_float("--min-agreement", args.min_agreement, lo=0, hi=1)
+    if args.min_agreement is not None:
+        if not (args.int8 or args.static):
+            raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")
+        check_float("--min-agreement", args.min_agreement, lo=0, hi=1)
     with json_guard(args):  # stdout holds only the JSON
         info = export(
             args.model,
@@ -73,7 +77,7 @@ def _export(args) -> int:
             opset=args.opset,
             overwrite=args.overwrite,
             fused_attention=args.fused_attention,
-            min_agreement=args.min_agreement,
+            min_agreement=0.99 if args.min_agreement is None else args.min_agreement,
         )
     if args.json:
         print(dumps(info))

@@ -192,7 +192,8 @@ class PruneConfig:
     )
     last_recovery_epochs: float | None = option(
         None,
-        "distillation epochs after the last pruning step, the last of them quantization-aware with --int8",
+        "distillation epochs after the last pruning step, the last of them (--qat-epochs) quantization-aware "
+        "with --int8",
         default_help=f"{TEXT_RECIPE['last_recovery_epochs']} when a text classifier is distilled and --recovery-epochs "
         "is not given, else --recovery-epochs",
     )
@@ -201,7 +202,7 @@ class PruneConfig:
         None,
         "remove the heads and FFN neurons in this many equal steps, importance measured again before "
         "each, --recovery-epochs of distillation after each but the last and --last-recovery-epochs after "
-        "the last (its last epoch quantization-aware)",
+        "the last (its last --qat-epochs quantization-aware)",
         default_help=AUTO_HELP.format(on=TEXT_RECIPE["prune_steps"], off=1),
     )
     head_allocation: str | None = option(
@@ -293,14 +294,15 @@ class QuantizeConfig:
     )
     qat: bool | None = option(
         None,
-        "quantization-aware last distillation/recovery epoch: ONNX Runtime's INT8 simulated while training "
+        "quantization-aware last distillation/recovery epoch(s), --qat-epochs: ONNX Runtime's INT8 simulated "
+        "while training "
         "(straight-through), so the whole graph quantises without fp32 fallback",
         default_help="on for dynamic INT8",
     )
     qat_epochs: int = option(
         1,
-        "how many of the last distillation/recovery epochs run quantization-aware (with --qat); only they "
-        "compete for the kept weights",
+        "how many of the last distillation/recovery run's passes over the data run quantization-aware "
+        "(a fractional epoch count ends in a partial pass); only they compete for the kept weights",
     )
     embeddings: bool = option(
         True,
@@ -318,6 +320,8 @@ class QuantizeConfig:
         if self.calib_method not in CALIB_METHODS:
             raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})")
         check_int("--qat-epochs", self.qat_epochs, lo=1)
+        if self.qat_epochs != 1 and (self.qat is False or self.mode != "int8" or self.static):
+            raise FastftError("--qat-epochs sets quantization-aware training: it needs dynamic --int8 and --qat")
         check_float("--accuracy-budget", self.accuracy_budget)
         if self.accuracy_budget < 0:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")

@@ -262,9 +262,11 @@ def accuracy_aware_int8(
         logits_of = logits_fn or ort_logits
 
         def val_acc(path) -> float:
+            # scored as served, as the pipeline scores the fp32 stage whose accuracy is base_acc
+            sess = served(path, threads)[0]
             if score_fn is not None:
-                return score_fn(session(path, threads))
-            return accuracy(ort_logits(session(path, threads), val_ids, pad_id), val_labels)
+                return score_fn(sess)
+            return accuracy(ort_logits(sess, val_ids, pad_id), val_labels)
 
         if base_acc is None:
             base_acc = val_acc(src)

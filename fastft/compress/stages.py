@@ -71,7 +71,7 @@ def do_distill(ctx: Context) -> StageResult:
     pruned_first = None
     if pr.prune_first:  # the student's shape is final before its first epoch
         pruned_first = {"before": describe(student), **_structured_prune(ctx, student, cache, k_heads, k_ffn)}
-    # quantization-aware in the last epoch when no pruning recovery follows (else recovery's last)
+    # quantization-aware in the last epoch(s) when no pruning recovery follows (else recovery's last)
     last = pr.prune_first or not (pr.last_recovery_epochs > 0 and pr.structured)
     res = _train_on_teacher(
         ctx,
