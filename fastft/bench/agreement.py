@@ -17,6 +17,7 @@ import numpy as np
 # (INT8 backend, the fp32 backend of the same pipeline)
 INT8_PAIRS = (("peer-int8", "peer-fp32"), ("fastft-int8", "fastft-fp32"))
 DEFAULT_TEXTS = "movie-snippets"
+FEEDS = ("input_ids", "attention_mask", "token_type_ids")  # every runner's prepare() keeps what it takes
 
 
 def agreement_texts(model_dir: Path, limit: int) -> tuple[list[str], str]:
@@ -36,23 +37,14 @@ def agreement_texts(model_dir: Path, limit: int) -> tuple[list[str], str]:
     return list(splits.validation.texts[:limit]), f"{source} (held-out validation split)"
 
 
-def labels_of(runner, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
+def labels_of(runner, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     """The argmax label of each text from one bench runner, batched by length, in input order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.empty(len(texts), dtype=np.int64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="np"
-        )
-        ids = enc["input_ids"].astype(np.int64)
-        feeds = {
-            "input_ids": ids,
-            "attention_mask": enc["attention_mask"].astype(np.int64),
-            "token_type_ids": np.zeros_like(ids),
-        }
-        out[idx] = np.asarray(runner.run(runner.prepare(feeds))).argmax(-1)
-    return out
+    from fastft.export.validate import batched_logits
+
+    def run(feeds):
+        return runner.run(runner.prepare(feeds))
+
+    return batched_logits(run, tokenizer, texts, FEEDS, max_length).argmax(1)
 
 
 def int8_agreements(runners: dict, tokenizer, texts: list[str], source: str, max_length: int) -> dict:

@@ -83,6 +83,14 @@ def fp32_parity(net, onnx_path, input_names, max_length: int, atol: float = FP32
 
 def onnx_logits(sess, tokenizer, texts: list[str], input_names, max_length: int, batch_size: int = 32) -> np.ndarray:
     """Logits of ``texts`` from an ORT session, batched by length, in input order."""
+    return batched_logits(
+        lambda feeds: sess.run(["logits"], feeds)[0], tokenizer, texts, input_names, max_length, batch_size
+    )
+
+
+def batched_logits(run, tokenizer, texts: list[str], input_names, max_length: int, batch_size: int = 32) -> np.ndarray:
+    """Logits of ``texts`` from ``run(feeds)`` (feeds: ``input_names`` -> int64 arrays, an input the
+    tokenizer does not give as zeros), batched by length, padded per batch, in input order."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = None
     for start in range(0, len(order), batch_size):
@@ -92,7 +100,7 @@ def onnx_logits(sess, tokenizer, texts: list[str], input_names, max_length: int,
         )
         zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
         feeds = {n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names}
-        logits = sess.run(["logits"], feeds)[0]
+        logits = np.asarray(run(feeds))
         if out is None:
             out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
         out[idx] = logits
