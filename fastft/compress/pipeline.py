@@ -77,7 +77,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
 
         from fastft.runtime.ort_attention import describe
 
-        sess, swapped = cq.served(path, cfg.threads) if served else (cq.session(path, cfg.threads), 0)
+        sess, swapped = cq.served(path, cfg.threads, ort_attention="auto" if served else "onnxruntime")
         evaluated_on[path] = describe(swapped)
         if ctx.token:  # entity metrics (seqeval); the stage's score is the entity F1
             return {split: tkd.ort_entity_metrics(sess, ctx, split) for split in ("validation", "test")}

@@ -102,11 +102,13 @@ def session(path, threads: int | None = None):
     return create_session(path, session_options(threads=threads, spinning=False, level="all"))
 
 
-def served(path, threads: int | None = None):
-    """(session, attention nodes on fastft's kernel): ``path`` as ``fastft.load`` serves it."""
+def served(path, threads: int | None = None, ort_attention: str = "auto"):
+    """(session, attention nodes on fastft's kernel): ``path`` as ``fastft.load`` serves it
+    (``ort_attention="onnxruntime"``: on ORT's own attention, as :func:`session`)."""
     from fastft.runtime.ort import served_session
 
-    return served_session(Path(path), session_options(threads=threads, spinning=False, level="all"))
+    opts = session_options(threads=threads, spinning=False, level="all")
+    return served_session(Path(path), opts, ort_attention=ort_attention)
 
 
 def ort_logits(sess, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:

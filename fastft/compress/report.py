@@ -19,7 +19,6 @@ import numpy as np
 
 from fastft.core.io import write_json
 from fastft.core.stats import quantiles
-from fastft.runtime.session import session_options
 
 SEQS = (128, 512)
 COLUMNS = [
@@ -54,14 +53,13 @@ def measure_latency(
     kernel inside ONNX Runtime where this install built it (``attention_swapped`` in their
     quantiles says how many); the others, the teacher's baseline among them, on ORT's own.
     """
-    from fastft.runtime.ort import served_session  # loads onnxruntime: only when timing
+    from fastft.compress.quantize import served as served_session  # loads onnxruntime: only when timing
 
     seqs = [s for s in seqs if s <= max_positions]
     sessions, swapped = {}, {}
     for name, path in files.items():
-        opts = session_options(threads=threads, spinning=False, level="all")
         mode = "auto" if name in served else "onnxruntime"
-        sessions[name], swapped[name] = served_session(Path(path), opts, ort_attention=mode)
+        sessions[name], swapped[name] = served_session(path, threads, ort_attention=mode)
     rng = np.random.default_rng(0)
     feeds = {}
     for seq in seqs:
