@@ -13,7 +13,12 @@
 // Padding-free: a sequence whose mask is a prefix (attended keys first, then padding) attends
 // its L valid query rows to its L valid keys and nothing else; its padded query rows are
 // written as zeros. Any other mask is applied key by key to every row. A row with no attended
-// key is zeros. Load with SessionOptions.register_custom_ops_library(path).
+// key is zeros.
+//
+//   ai.fastft::SkipLayerNorm(x, skip, gamma, beta?, bias?) -> out = LayerNorm(x + skip + bias)
+//     over the last axis (layernorm.cpp), where the graph had Add (+ Add) + LayerNormalization.
+//
+// Load with SessionOptions.register_custom_ops_library(path).
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
@@ -27,6 +32,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "layernorm.h"
 
 namespace {
 
@@ -162,6 +168,87 @@ struct FusedAttentionOp : Ort::CustomOpBase<FusedAttentionOp, FusedAttentionKern
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+// ai.fastft::SkipLayerNorm(x, skip, gamma, beta?, bias?) -> out: LayerNorm(x + skip + bias)
+// over the last axis, in one kernel where the graph had Add (+ Add) + LayerNormalization
+// (fastft.runtime.ort_attention.swap_layernorm). Attributes: epsilon (float, required),
+// num_threads (int; absent or 0: 1).
+struct SkipLayerNormKernel {
+  SkipLayerNormKernel(const OrtApi&, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    epsilon_ = ki.GetAttribute<float>("epsilon");  // required: throws where missing
+    threads_ = static_cast<int>(attribute_or<int64_t>(ki, "num_threads", 1));
+    const char* isa = std::getenv("FASTFT_ATTN_ISA");
+    isa_ = isa && *isa ? isa : "auto";
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Compute(context);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION,
+                                        (std::string("fastft SkipLayerNorm: ") + e.what()).c_str());
+    } catch (...) {
+      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, "fastft SkipLayerNorm: unknown error");
+    }
+  }
+
+  // The data of optional 1-D input i, which must hold `n` floats; null when absent.
+  static const float* vector_input(Ort::KernelContext& ctx, size_t i, int64_t n, const char* what) {
+    if (ctx.GetInputCount() <= i) return nullptr;
+    Ort::ConstValue v = ctx.GetInput(i);
+    if (v == nullptr) return nullptr;
+    if (v.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(n))
+      throw std::invalid_argument(std::string(what) + " must hold one value per hidden unit");
+    return v.GetTensorData<float>();
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue x = ctx.GetInput(0), skip = ctx.GetInput(1);
+    const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty() || skip.GetTensorTypeAndShapeInfo().GetShape() != shape)
+      throw std::invalid_argument("x and skip must have the same shape, of rank >= 1");
+    const int64_t H = shape.back();
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    Ort::UnownedValue out = ctx.GetOutput(0, shape);
+    if (rows * H == 0) return;
+    fastft::SkipLnParams p{x.GetTensorData<float>(), skip.GetTensorData<float>(),
+                           vector_input(ctx, 4, H, "bias"), vector_input(ctx, 2, H, "gamma"),
+                           vector_input(ctx, 3, H, "beta"), out.GetTensorMutableData<float>(),
+                           rows, H, epsilon_};
+    if (!p.gamma) throw std::invalid_argument("gamma is required");
+    fastft::skip_layernorm_f32(p, threads_ > 0 ? threads_ : 1, isa_);
+  }
+
+  float epsilon_ = 0.f;
+  int threads_ = 1;
+  std::string isa_;
+};
+
+struct SkipLayerNormOp : Ort::CustomOpBase<SkipLayerNormOp, SkipLayerNormKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new SkipLayerNormKernel(api, info);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, (std::string("fastft SkipLayerNorm: ") + e.what()).c_str());
+    } catch (...) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, "fastft SkipLayerNorm: unknown error");
+    }
+  }
+  const char* GetName() const { return "SkipLayerNorm"; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 5; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i < 3 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 }  // namespace
 
 extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
@@ -177,6 +264,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
                   : nullptr;
   }
   static FusedAttentionOp op;
+  static SkipLayerNormOp skip_ln;
   static std::mutex mu;
   static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
   try {
@@ -184,6 +272,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
     Ort::InitApi(api);
     Ort::CustomOpDomain domain(kDomain);
     domain.Add(&op);
+    domain.Add(&skip_ln);
     Ort::UnownedSessionOptions(options).Add(domain);
     domains.push_back(std::move(domain));
   } catch (const std::exception& e) {

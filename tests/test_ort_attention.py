@@ -357,3 +357,129 @@ def test_the_compress_timer_serves_the_files_it_is_told_to(exported):
     assert lat["plain"][16]["attention_swapped"] == 0 and lat["served"][16]["attention_swapped"] == 2
     assert attention_of(lat["plain"]) == "onnxruntime"
     assert attention_of(lat["served"]) == "fastft C++ kernel in ORT (2 nodes)"
+
+
+# ---- the residual LayerNorm op (ai.fastft.SkipLayerNorm) and its swap -----------------------
+def _ln_graph(
+    hidden: int,
+    bias: bool,
+    beta: bool = True,
+    *,
+    sum_out: bool = False,
+    axis: int = -1,
+    seed: int = 0,
+    raw: bool = False,
+):
+    """Add(MatMul(b, W), LayerNormalization(a)) (+ Add(bias)) -> LayerNormalization: a residual
+    as fastft.export.layernorm leaves it. ``sum_out``: the residual sum is a graph output too;
+    ``raw``: the Add takes a and b themselves (the swap must leave both)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "bias"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "gamma0"),
+        numpy_helper.from_array((rng.standard_normal((hidden, hidden)) / hidden**0.5).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["a", "gamma0"], ["n0"], axis=-1),
+        helper.make_node("MatMul", ["b", "w"], ["p"]),
+        helper.make_node("Add", ["a", "b"] if raw else ["p", "n0"], ["s"]),
+    ]
+    x = "s"
+    if bias:
+        nodes.append(helper.make_node("Add", ["s", "bias"], ["sb"]))
+        x = "sb"
+    nodes.append(
+        helper.make_node(
+            "LayerNormalization", [x, "gamma"] + (["beta"] if beta else []), ["y"], axis=axis, epsilon=1e-7
+        )
+    )
+    dims = ["n", "s", hidden]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)]
+    if sum_out:
+        outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, dims))
+    graph = helper.make_graph(
+        nodes,
+        "ln",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("a", "b")],
+        outputs,
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _ln_session(model, threads: int = 2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(_lib()))
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the reference stays three nodes
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(
+    "n,s,hidden,bias,beta",
+    [
+        (1, 1, 1, True, True),
+        (1, 7, 37, True, False),
+        (2, 33, 384, True, True),
+        (3, 5, 100, False, True),
+        (3, 700, 512, True, True),  # > 2^20 floats: split over the op's threads
+    ],
+)
+def test_skip_layernorm_matches_add_and_layernormalization(n, s, hidden, bias, beta):
+    from fastft.runtime.ort_attention import swap_layernorm
+
+    model = _ln_graph(hidden, bias, beta, seed=hidden)
+    fused, k = swap_layernorm(model, extra_attrs={"num_threads": 2})
+    assert k == 1 and [x.op_type for x in fused.graph.node] == ["LayerNormalization", "MatMul", "SkipLayerNorm"]
+    assert [x.op_type for x in model.graph.node][-1] == "LayerNormalization"  # the input is untouched
+    rng = np.random.default_rng(s)
+    feeds = {name: (3 * rng.standard_normal((n, s, hidden)) + 1).astype(np.float32) for name in ("a", "b")}
+    ref = _ln_session(model).run(None, feeds)[0]
+    got = _ln_session(fused).run(None, feeds)[0]
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_skip_layernorm_runs_every_instruction_set_copy(monkeypatch):
+    from fastft import _native
+    from fastft.runtime.ort_attention import swap_layernorm
+
+    model = _ln_graph(77, True)
+    fused, _ = swap_layernorm(model)
+    rng = np.random.default_rng(1)
+    feeds = {name: rng.standard_normal((2, 9, 77)).astype(np.float32) for name in ("a", "b")}
+    ref = _ln_session(model).run(None, feeds)[0]
+    for isa in _native._C.attention_isas():
+        monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+        np.testing.assert_allclose(_ln_session(fused).run(None, feeds)[0], ref, atol=2e-5, rtol=1e-4, err_msg=isa)
+
+
+def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
+    from fastft.runtime.ort_attention import swap_layernorm
+
+    for model in (_ln_graph(16, True, sum_out=True), _ln_graph(16, False, axis=1), _ln_graph(16, True, raw=True)):
+        same, k = swap_layernorm(model)
+        assert k == 0 and [x.op_type for x in same.graph.node] == [x.op_type for x in model.graph.node]
+
+
+def test_skip_layernorm_refuses_bad_shapes_with_one_line():
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
+
+    from fastft.runtime.ort_attention import swap_layernorm
+
+    sess = _ln_session(swap_layernorm(_ln_graph(8, True))[0])
+    with pytest.raises(
+        (Fail, RuntimeException), match="fastft SkipLayerNorm: x and skip must have the same shape"
+    ) as exc:
+        sess.run(None, {"a": np.zeros((1, 4, 8), np.float32), "b": np.zeros((1, 1, 8), np.float32)})
+    assert len(str(exc.value).strip().splitlines()) == 1

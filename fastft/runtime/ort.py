@@ -12,7 +12,7 @@ from fastft.core.errors import FastftError, ModelError, first_line
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.runtime import ort_attention
 from fastft.runtime.base import Predictor
-from fastft.runtime.ort_attention import describe, effective_mode, resolve, swap_attention
+from fastft.runtime.ort_attention import describe, effective_mode, resolve, swap_attention, swap_layernorm
 from fastft.runtime.session import create_session, parse_device, runtime_level, session_options, unloadable
 
 __all__ = ["OrtPredictor", "served_session"]
@@ -37,7 +37,7 @@ def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: st
                 raise FastftError(f"ort_attention='fastft' cannot serve {onnx_file.name}: {why}") from None
             warnings.warn(f"fastft: ONNX Runtime's own attention serves {onnx_file.name} ({why})", stacklevel=3)
         else:
-            if n:
+            if session is not None:
                 return session, n
     return create_session(onnx_file, opts, device=device), 0
 
@@ -52,9 +52,10 @@ def _load_proto(onnx_file: Path):
 
 
 def _swapped_session(onnx_file: Path, proto, opts):
-    """(session, nodes swapped) on ``proto`` (the file's graph, changed in place) with its
-    attention nodes on fastft's kernel, registering the library on ``opts``; (None, 0) when it
-    has no node the op can take.
+    """(session, attention nodes swapped) on ``proto`` (the file's graph, changed in place) with
+    its attention nodes and residual LayerNorms (:func:`~fastft.runtime.ort_attention.swap_layernorm`)
+    on fastft's kernels, registering the library on ``opts``; (None, 0) when it has no node
+    either op can take.
 
     The rewritten graph goes through a temporary file whose weights sit in one external-data
     file beside it, which ONNX Runtime reads as it reads the original (serialising it in memory
@@ -64,8 +65,10 @@ def _swapped_session(onnx_file: Path, proto, opts):
     """
     import onnx
 
-    proto, n = swap_attention(proto, extra_attrs={"num_threads": opts.intra_op_num_threads}, copy=False)
-    if not n:
+    threads = {"num_threads": opts.intra_op_num_threads}
+    proto, n = swap_attention(proto, extra_attrs=threads, copy=False)
+    proto, n_ln = swap_layernorm(proto, extra_attrs=threads, copy=False)
+    if not n and not n_ln:
         return None, 0
     opts.register_custom_ops_library(str(ort_attention.library()))
     with tempfile.TemporaryDirectory(prefix="fastft-ort-") as tmp:

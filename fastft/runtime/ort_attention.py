@@ -15,6 +15,11 @@ The op adds the bias as it reads q and v (k's bias only shifts each row's scores
 and is padding-free: a sequence whose key mask is a prefix attends only its valid rows, its
 padded rows come out as zeros. The files on disk stay plain ONNX Runtime graphs, loadable
 anywhere. Measured end to end in bench/bench_ort_op.py.
+
+The same library's ``ai.fastft.SkipLayerNorm`` takes each residual ``Add (+ Add bias) +
+LayerNormalization`` (:func:`swap_layernorm`): one pass over each row where ORT ran three nodes,
+each spread over the intra-op threads (at seq 128 on two threads those ran slower than on one).
+``ort_attention="onnxruntime"`` serves ORT's own kernels for both.
 """
 
 from __future__ import annotations
@@ -24,10 +29,30 @@ from pathlib import Path
 
 from fastft.core.errors import FastftError
 
-__all__ = ["DOMAIN", "OP_TYPE", "MODES", "describe", "effective_mode", "library", "resolve", "swap_attention"]
+__all__ = [
+    "DOMAIN",
+    "OP_TYPE",
+    "MODES",
+    "describe",
+    "effective_mode",
+    "library",
+    "resolve",
+    "swap_attention",
+    "swap_layernorm",
+]
 
 DOMAIN = "ai.fastft"
 OP_TYPE = "FusedAttention"
+LN_OP_TYPE = "SkipLayerNorm"
+# what feeds a residual Add swap_layernorm folds: a weight product and the normalised stream
+PROJECTIONS = {"MatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedMatMul", "MatMulNBits"}
+NORMS = {
+    "LayerNormalization",
+    LN_OP_TYPE,
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "QEmbedLayerNormalization",
+}
 MS = "com.microsoft"
 MODES = ("auto", "fastft", "onnxruntime")
 # attributes the swap carries over; a node with any other (qkv_hidden_sizes, mask_filter_value,
@@ -182,4 +207,106 @@ def swap_attention(
     g.value_info.extend(keep)
     if swapped and not any(o.domain == domain for o in m.opset_import):
         m.opset_import.append(helper.make_opsetid(domain, 1))
+    return m, swapped
+
+
+def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True):
+    """A copy of ``model`` (``copy=False``: ``model`` itself) with each residual
+    ``LayerNormalization(Add(Add(a, b), bias))`` or ``LayerNormalization(Add(a, b))`` (the form
+    :mod:`fastft.export.layernorm` leaves where ORT's SkipLayerNormalization is slower) as one
+    ``ai.fastft.SkipLayerNorm(a, b, gamma, beta, bias)`` node.
+
+    Only what the op computes exactly is taken: a LayerNormalization over the last axis whose
+    mean / inverse-std outputs are unused, with a 1-D constant scale (and bias), fed by Adds whose
+    sums feed nothing else, the first adding a weight product (:data:`PROJECTIONS`) to the output
+    of a normalisation (:data:`NORMS`), tensors of one shape (the op refuses others at run time),
+    the second adding a 1-D constant of the hidden size.
+    Returns (model, number of LayerNormalization nodes replaced).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
+    g = m.graph
+    sizes = {i.name: int(numpy_helper.to_array(i).size) for i in g.initializer if len(i.dims) == 1}
+    consts = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    for o in g.output:
+        uses[o.name] = uses.get(o.name, 0) + 2  # a graph output is never folded away
+
+    def only_use(name: str) -> bool:
+        return uses.get(name, 0) == 1
+
+    def made_by(name: str, kinds: set) -> bool:
+        n = producer.get(name)
+        return n is not None and n.op_type in kinds and n.output[0] == name
+
+    def residual_add(name: str):
+        """The Add producing ``name`` when it adds a projection to the residual stream: one
+        input from a weight product, the other from a normalisation, both (batch, seq, hidden)
+        (an Add of other tensors may broadcast, e.g. position embeddings, which the op refuses)."""
+        n = producer.get(name)
+        if n is None or n.op_type != "Add" or n.domain not in ("", "ai.onnx") or not only_use(name):
+            return None
+        a, b = n.input
+        if (made_by(a, PROJECTIONS) and made_by(b, NORMS)) or (made_by(b, PROJECTIONS) and made_by(a, NORMS)):
+            return n
+        return None
+
+    drop, replace, swapped = set(), {}, 0
+    for ln in g.node:
+        if ln.op_type != "LayerNormalization" or ln.domain not in ("", "ai.onnx") or any(ln.output[1:]):
+            continue
+        if node_attr(ln, "axis", -1) != -1 or len(ln.input) < 2:
+            continue
+        x, gamma = ln.input[0], ln.input[1]
+        beta = ln.input[2] if len(ln.input) > 2 else ""
+        hidden = sizes.get(gamma)
+        if hidden is None or (beta and sizes.get(beta) != hidden):
+            continue
+        first, bias = residual_add(x), ""
+        if first is None:  # Add(residual sum, bias constant)?
+            n = producer.get(x)
+            if n is None or n.op_type != "Add" or n.domain not in ("", "ai.onnx") or not only_use(x):
+                continue
+            consts_in = [i for i in n.input if i in consts]
+            others = [i for i in n.input if i not in consts]
+            if len(consts_in) != 1 or len(others) != 1 or sizes.get(consts_in[0]) != hidden:
+                continue
+            first = residual_add(others[0])
+            if first is None:
+                continue
+            drop.add(id(n))
+            bias = consts_in[0]
+        drop.add(id(first))
+        fused = helper.make_node(
+            LN_OP_TYPE,
+            [first.input[0], first.input[1], gamma, beta, bias],
+            [ln.output[0]],
+            name=(ln.name or ln.output[0]) + "/fastft_skip_layernorm",
+            domain=DOMAIN,
+            epsilon=float(node_attr(ln, "epsilon", 1e-5)),
+            **(extra_attrs or {}),
+        )
+        replace[id(ln)] = fused
+        swapped += 1
+    if not swapped:
+        return m, 0
+    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    live = {t for x in g.node for t in list(x.input) + list(x.output)}
+    keep = [vi for vi in g.value_info if vi.name in live]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    if not any(o.domain == DOMAIN for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return m, swapped
