@@ -8,7 +8,9 @@ caches for ``--model``, the fine-tuned teacher by default), loaded twice per fil
 ``fastft.load``: ``ort_attention="onnxruntime"`` (each layer's com.microsoft Attention /
 QAttention node, as exported) and ``ort_attention="fastft"`` (the same graph with those nodes
 split into ORT's QKV projection and fastft's C++ kernel as the custom op
-``ai.fastft.FusedAttention``: bias folded in, padding-free). Both run the same feeds through
+``ai.fastft.FusedAttention``: bias folded in, padding-free; and each residual Add + LayerNorm
+as ``ai.fastft.SkipLayerNorm``), and ``fastft-attention``: the same with the LayerNorm swap
+turned off in this process (what the attention op alone gives). All run the same feeds through
 ``Predictor.logits_from_ids``, interleaved (rotating order, ``--threads`` intra-op threads,
 spinning off):
 
@@ -39,7 +41,22 @@ from fastft.core.errors import FastftError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"fp32": False, "int8": True}  # graph -> fastft.load(int8=...)
-MODES = ("onnxruntime", "fastft")
+MODES = ("onnxruntime", "fastft-attention", "fastft")  # fastft-attention: ort_attention="fastft", no LayerNorm swap
+
+
+def load(d: Path, int8: bool, threads: int, mode: str):
+    """``d`` served by fastft.load as ``mode`` says (fastft-attention: the LayerNorm swap patched out)."""
+    import fastft
+    from fastft.runtime import ort
+
+    if mode != "fastft-attention":
+        return fastft.load(d, int8=int8, threads=threads, ort_attention=mode, warm_up=False)
+    keep = ort.swap_layernorm
+    ort.swap_layernorm = lambda proto, **_: (proto, 0)
+    try:
+        return fastft.load(d, int8=int8, threads=threads, ort_attention="fastft", warm_up=False)
+    finally:
+        ort.swap_layernorm = keep
 
 
 def padded_batch(tok, texts, batch: int, seq: int, seed: int) -> tuple[dict, list[int]]:
@@ -130,7 +147,6 @@ def main() -> int:
     if args.warmup < 0:
         raise FastftError(f"--warmup must be >= 0 (got {args.warmup})")
 
-    import fastft
     from fastft.bench import artifacts
     from fastft.bench.runners import bench_texts, make_inputs
     from fastft.models import load_tokenizer
@@ -150,11 +166,7 @@ def main() -> int:
             Path(model_dir), ["fastft-fp32", "fastft-int8"], artifacts.work_dir(Path(model_dir)), log=print
         )["fastft"]
         print(f"model: {what}; export: {d}", flush=True)
-    preds = {
-        (graph, mode): fastft.load(d, int8=int8, threads=args.threads, ort_attention=mode, warm_up=False)
-        for graph, int8 in FILES.items()
-        for mode in MODES
-    }
+    preds = {(graph, mode): load(d, int8, args.threads, mode) for graph, int8 in FILES.items() for mode in MODES}
     swapped = {graph: preds[(graph, "fastft")].attention_swapped for graph in FILES}
     tok, texts = load_tokenizer(d), bench_texts()
     padded, lengths = padded_batch(tok, texts, args.batch, args.padded_seq, args.seed)
@@ -172,11 +184,16 @@ def main() -> int:
         1,
         {"batch": args.batch, "seq": max(lengths), "valid_tokens": sum(lengths)},
     )
-    summary = {f"{r['workload']} {r['graph']} seq {r['seq']}": r["speedup"] for r in rows if r["attention"] == "fastft"}
+    summary = {
+        f"{r['workload']} {r['graph']} seq {r['seq']} {r['attention']}": r["speedup"]
+        for r in rows
+        if r["attention"] != "onnxruntime"
+    }
     write_result(
         args.result,
         {
-            "benchmark": "fastft attention in ONNX Runtime (libfastft_ort custom op) vs ORT's Attention, served",
+            "benchmark": "fastft attention (and residual LayerNorm) in ONNX Runtime (libfastft_ort custom ops) "
+            "vs ORT's own, served",
             "export": str(d),
             "attention_nodes_swapped": swapped,
             "threads": args.threads,
