@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cfloat>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -200,11 +201,13 @@ static void free_workspace(Workspace& ws) {
   std::free(ws.m); std::free(ws.l); std::free(ws.alpha); std::free(ws.mx);
 }
 
-// One call's work, shared with the helper threads that join it.
+// One call's work, shared with the helper threads that join it: attention items (fn on P,
+// with a per-thread Workspace) or any other items (task, no workspace; parallel_for).
 struct Job {
-  ItemFn fn;
+  ItemFn fn = nullptr;
   AttnParams P;
-  int64_t Dp;
+  int64_t Dp = 0;
+  std::function<void(int64_t)> task;
   int64_t items;
   std::atomic<int64_t> next{0};  // next unclaimed item
   std::atomic<int64_t> done{0};  // items finished
@@ -213,12 +216,15 @@ struct Job {
   std::condition_variable cv;    // signalled when done == items
 };
 
-static void run_items(Job& j, Workspace& ws) {
+static void run_items(Job& j, Workspace* ws) {
   int64_t mine = 0;
   for (;;) {
     const int64_t it = j.next.fetch_add(1);
     if (it >= j.items) break;
-    j.fn(j.P, ws, it);
+    if (j.task)
+      j.task(it);
+    else
+      j.fn(j.P, *ws, it);
     ++mine;
   }
   if (mine && j.done.fetch_add(mine) + mine == j.items) {
@@ -269,8 +275,12 @@ class Pool {
         j = job_;
       }
       if (!j || j->next.load() >= j->items || j->slots.fetch_sub(1) <= 0) continue;
+      if (j->task) {
+        run_items(*j, nullptr);
+        continue;
+      }
       Workspace ws;
-      if (alloc_workspace(ws, j->P, j->Dp)) run_items(*j, ws);  // no memory: leave it to others
+      if (alloc_workspace(ws, j->P, j->Dp)) run_items(*j, &ws);  // no memory: leave it to others
       free_workspace(ws);
     }
   }
@@ -282,6 +292,12 @@ class Pool {
   uint64_t gen_ = 0;
   int nthreads_ = 0;
 };
+
+// Waits (sleeping) for the items of `j` that helpers claimed and are still computing.
+static void wait_for_helpers(Job& j) {
+  std::unique_lock<std::mutex> lk(j.mu);
+  j.cv.wait(lk, [&] { return j.done.load() == j.items; });
+}
 
 // Runs every work item of P on the caller plus up to num_threads - 1 pool threads.
 static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads, double flops) {
@@ -303,13 +319,21 @@ static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads,
     throw std::bad_alloc();
   }
   if (nt > 1) Pool::get().publish(job, nt - 1);
-  run_items(*job, ws);
+  run_items(*job, &ws);
   free_workspace(ws);
-  {
-    // wait (sleeping) for items that helpers claimed and are still computing
-    std::unique_lock<std::mutex> lk(job->mu);
-    job->cv.wait(lk, [&] { return job->done.load() == job->items; });
-  }
+  wait_for_helpers(*job);
+}
+
+void parallel_for(int64_t items, int num_threads, const std::function<void(int64_t)>& fn) {
+  if (items <= 0) return;
+  int nt = num_threads > 0 ? num_threads : 1;
+  if (nt > items) nt = static_cast<int>(items);
+  auto job = std::make_shared<Job>();
+  job->task = fn;
+  job->items = items;
+  if (nt > 1) Pool::get().publish(job, nt - 1);
+  run_items(*job, nullptr);
+  wait_for_helpers(*job);
 }
 
 static int pick_bk(const IsaEntry& entry, int block_k) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,11 @@ void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
                    int64_t head_dim, const uint8_t* key_mask, const float* key_bias,
                    int64_t key_stride, const float* q_bias, const float* v_bias, bool causal,
                    double scale, int num_threads, const std::string& isa, int block_k);
+
+// fn(item) for every item in [0, items), on the caller and up to num_threads - 1 threads of the
+// attention kernel's persistent pool (the caller claims items too and never waits for a helper
+// that has not started). fn must not throw.
+void parallel_for(int64_t items, int num_threads, const std::function<void(int64_t)>& fn);
 
 std::string attention_isa();                // the copy "auto" picks on this CPU
 std::vector<std::string> attention_isas();  // the copies this CPU can run, best first

@@ -16,7 +16,9 @@
 // key is zeros.
 //
 //   ai.fastft::SkipLayerNorm(x, skip, gamma, beta?, bias?) -> out = LayerNorm(x + skip + bias)
-//     over the last axis (layernorm.cpp), where the graph had Add (+ Add) + LayerNormalization.
+//     over the last axis (rowops.cpp), where the graph had Add (+ Add) + LayerNormalization.
+//   ai.fastft::BiasGelu(x, bias?) -> out = gelu(x + bias), erf form (rowops.cpp), where the
+//     graph had com.microsoft BiasGelu.
 //
 // Load with SessionOptions.register_custom_ops_library(path).
 #define ORT_API_MANUAL_INIT
@@ -32,7 +34,7 @@
 #include <vector>
 
 #include "attention.h"
-#include "layernorm.h"
+#include "rowops.h"
 
 namespace {
 
@@ -48,33 +50,89 @@ T attribute_or(const Ort::ConstKernelInfo& ki, const char* name, T fallback) {
   }
 }
 
-struct FusedAttentionKernel {
+// f(), with an exception turned into a status that names the op ("fastft OP: what").
+template <typename F>
+OrtStatusPtr guarded(const OrtApi& api, OrtErrorCode code, const char* op, F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return api.CreateStatus(code, (std::string("fastft ") + op + ": " + e.what()).c_str());
+  } catch (...) {
+    return api.CreateStatus(code, (std::string("fastft ") + op + ": unknown error").c_str());
+  }
+}
+
+// FASTFT_ATTN_ISA (the kernels' instruction-set copy; "auto" when unset), refused when a
+// session starts, not at its first run, if this CPU does not run it.
+std::string isa_from_env() {
+  const char* env = std::getenv("FASTFT_ATTN_ISA");
+  const std::string isa = env && *env ? env : "auto";
+  if (isa == "auto") return isa;
+  for (const auto& name : fastft::attention_isas())
+    if (name == isa) return isa;
+  throw std::invalid_argument("FASTFT_ATTN_ISA=" + isa + " is not an instruction set this CPU runs (" +
+                              "auto or one of fastft._C.attention_isas())");
+}
+
+// The number of threads a kernel may use: the node's num_threads (absent or < 1: one).
+int threads_attribute(const Ort::ConstKernelInfo& ki) {
+  const int64_t n = attribute_or<int64_t>(ki, "num_threads", 1);
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+// The data of optional 1-D input i, which must hold `n` floats; null when absent.
+const float* vector_input(Ort::KernelContext& ctx, size_t i, int64_t n, const char* what) {
+  if (ctx.GetInputCount() <= i) return nullptr;
+  Ort::ConstValue v = ctx.GetInput(i);
+  if (v == nullptr) return nullptr;
+  if (v.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(n))
+    throw std::invalid_argument(std::string(what) + " must hold one value per hidden unit");
+  return v.GetTensorData<float>();
+}
+
+// An op of this library: Kernel gives its name, its inputs (kInputs, the first kRequired of
+// them required, input_type(i)) and one float output, a constructor (const OrtApi&,
+// const OrtKernelInfo*) that reads the attributes, and Compute(OrtKernelContext*).
+template <typename Kernel>
+struct Op : Ort::CustomOpBase<Op<Kernel>, Kernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    return guarded(api, ORT_INVALID_ARGUMENT, Kernel::kName, [&] { *kernel = new Kernel(api, info); });
+  }
+  const char* GetName() const { return Kernel::kName; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return Kernel::kInputs; }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return Kernel::input_type(i); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i < Kernel::kRequired ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+// What every kernel shares: the status wrapper around Compute.
+template <typename Kernel>
+struct KernelBase {
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return guarded(Ort::GetApi(), ORT_RUNTIME_EXCEPTION, Kernel::kName,
+                   [&] { static_cast<Kernel*>(this)->Compute(context); });
+  }
+  static ONNXTensorElementDataType input_type(size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+struct FusedAttentionKernel : KernelBase<FusedAttentionKernel> {
+  static constexpr const char* kName = "FusedAttention";
+  static constexpr size_t kInputs = 3, kRequired = 1;
+  static ONNXTensorElementDataType input_type(size_t i) {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+
   FusedAttentionKernel(const OrtApi&, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
     heads_ = ki.GetAttribute<int64_t>("num_heads");  // required: throws where missing
     scale_ = attribute_or<float>(ki, "scale", 0.f);
-    threads_ = static_cast<int>(attribute_or<int64_t>(ki, "num_threads", 1));
-    const char* isa = std::getenv("FASTFT_ATTN_ISA");
-    isa_ = isa && *isa ? isa : "auto";
-    if (isa_ != "auto") {  // refused when the session starts, not at its first run
-      bool known = false;
-      for (const auto& name : fastft::attention_isas()) known = known || name == isa_;
-      if (!known)
-        throw std::invalid_argument("FASTFT_ATTN_ISA=" + isa_ + " is not an instruction set this CPU runs (" +
-                                    "auto or one of fastft._C.attention_isas())");
-    }
-  }
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-      return nullptr;
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION,
-                                        (std::string("fastft FusedAttention: ") + e.what()).c_str());
-    } catch (...) {
-      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, "fastft FusedAttention: unknown error");
-    }
+    threads_ = threads_attribute(ki);
+    isa_ = isa_from_env();
   }
 
   void Compute(OrtKernelContext* context) {
@@ -134,7 +192,7 @@ struct FusedAttentionKernel {
     fastft::attention_f32(rows, start.data(), len.data(), start.data(), len.data(), B, heads_, D,
                           keys.empty() ? nullptr : keys.data(), nullptr, S,
                           bias, bias ? bias + 2 * HD : nullptr, false, scale,
-                          threads_ > 0 ? threads_ : 1, isa_, 0);
+                          threads_, isa_, 0);
   }
 
   int64_t heads_ = 0;
@@ -143,64 +201,19 @@ struct FusedAttentionKernel {
   std::string isa_;
 };
 
-struct FusedAttentionOp : Ort::CustomOpBase<FusedAttentionOp, FusedAttentionKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new FusedAttentionKernel(api, info);
-      return nullptr;
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT,
-                              (std::string("fastft FusedAttention: ") + e.what()).c_str());
-    } catch (...) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, "fastft FusedAttention: unknown error");
-    }
-  }
-  const char* GetName() const { return "FusedAttention"; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-};
-
 // ai.fastft::SkipLayerNorm(x, skip, gamma, beta?, bias?) -> out: LayerNorm(x + skip + bias)
 // over the last axis, in one kernel where the graph had Add (+ Add) + LayerNormalization
 // (fastft.runtime.ort_attention.swap_layernorm). Attributes: epsilon (float, required),
 // num_threads (int; absent or 0: 1).
-struct SkipLayerNormKernel {
+struct SkipLayerNormKernel : KernelBase<SkipLayerNormKernel> {
+  static constexpr const char* kName = "SkipLayerNorm";
+  static constexpr size_t kInputs = 5, kRequired = 3;
+
   SkipLayerNormKernel(const OrtApi&, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
     epsilon_ = ki.GetAttribute<float>("epsilon");  // required: throws where missing
-    threads_ = static_cast<int>(attribute_or<int64_t>(ki, "num_threads", 1));
-    const char* isa = std::getenv("FASTFT_ATTN_ISA");
-    isa_ = isa && *isa ? isa : "auto";
-  }
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-      return nullptr;
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION,
-                                        (std::string("fastft SkipLayerNorm: ") + e.what()).c_str());
-    } catch (...) {
-      return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, "fastft SkipLayerNorm: unknown error");
-    }
-  }
-
-  // The data of optional 1-D input i, which must hold `n` floats; null when absent.
-  static const float* vector_input(Ort::KernelContext& ctx, size_t i, int64_t n, const char* what) {
-    if (ctx.GetInputCount() <= i) return nullptr;
-    Ort::ConstValue v = ctx.GetInput(i);
-    if (v == nullptr) return nullptr;
-    if (v.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(n))
-      throw std::invalid_argument(std::string(what) + " must hold one value per hidden unit");
-    return v.GetTensorData<float>();
+    threads_ = threads_attribute(ki);
+    isa_ = isa_from_env();
   }
 
   void Compute(OrtKernelContext* context) {
@@ -214,12 +227,11 @@ struct SkipLayerNormKernel {
     for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
     Ort::UnownedValue out = ctx.GetOutput(0, shape);
     if (rows * H == 0) return;
-    fastft::SkipLnParams p{x.GetTensorData<float>(), skip.GetTensorData<float>(),
-                           vector_input(ctx, 4, H, "bias"), vector_input(ctx, 2, H, "gamma"),
-                           vector_input(ctx, 3, H, "beta"), out.GetTensorMutableData<float>(),
-                           rows, H, epsilon_};
-    if (!p.gamma) throw std::invalid_argument("gamma is required");
-    fastft::skip_layernorm_f32(p, threads_ > 0 ? threads_ : 1, isa_);
+    const fastft::SkipLnParams p{x.GetTensorData<float>(), skip.GetTensorData<float>(),
+                                 vector_input(ctx, 4, H, "bias"), vector_input(ctx, 2, H, "gamma"),
+                                 vector_input(ctx, 3, H, "beta"), out.GetTensorMutableData<float>(),
+                                 rows, H, epsilon_};
+    fastft::skip_layernorm_f32(p, threads_, isa_);
   }
 
   float epsilon_ = 0.f;
@@ -227,26 +239,35 @@ struct SkipLayerNormKernel {
   std::string isa_;
 };
 
-struct SkipLayerNormOp : Ort::CustomOpBase<SkipLayerNormOp, SkipLayerNormKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new SkipLayerNormKernel(api, info);
-      return nullptr;
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, (std::string("fastft SkipLayerNorm: ") + e.what()).c_str());
-    } catch (...) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, "fastft SkipLayerNorm: unknown error");
-    }
+// ai.fastft::BiasGelu(x, bias?) -> out = gelu(x + bias), the erf form, bias over the last axis
+// (fastft.runtime.ort_attention.swap_gelu). Attributes: num_threads (int; absent or 0: 1).
+struct BiasGeluKernel : KernelBase<BiasGeluKernel> {
+  static constexpr const char* kName = "BiasGelu";
+  static constexpr size_t kInputs = 2, kRequired = 1;
+
+  BiasGeluKernel(const OrtApi&, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    threads_ = threads_attribute(ki);
+    isa_ = isa_from_env();
   }
-  const char* GetName() const { return "SkipLayerNorm"; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 5; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i < 3 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue x = ctx.GetInput(0);
+    const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty()) throw std::invalid_argument("x must have rank >= 1");
+    const int64_t H = shape.back();
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    Ort::UnownedValue out = ctx.GetOutput(0, shape);
+    if (rows * H == 0) return;
+    const fastft::BiasGeluParams p{x.GetTensorData<float>(), vector_input(ctx, 1, H, "bias"),
+                                   out.GetTensorMutableData<float>(), rows, H};
+    fastft::bias_gelu_f32(p, threads_, isa_);
   }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+  int threads_ = 1;
+  std::string isa_;
 };
 
 }  // namespace
@@ -263,16 +284,18 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
                                              .c_str())
                   : nullptr;
   }
-  static FusedAttentionOp op;
-  static SkipLayerNormOp skip_ln;
+  static Op<FusedAttentionKernel> attention;
+  static Op<SkipLayerNormKernel> skip_ln;
+  static Op<BiasGeluKernel> gelu;
   static std::mutex mu;
   static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
   try {
     std::lock_guard<std::mutex> lk(mu);
     Ort::InitApi(api);
     Ort::CustomOpDomain domain(kDomain);
-    domain.Add(&op);
+    domain.Add(&attention);
     domain.Add(&skip_ln);
+    domain.Add(&gelu);
     Ort::UnownedSessionOptions(options).Add(domain);
     domains.push_back(std::move(domain));
   } catch (const std::exception& e) {

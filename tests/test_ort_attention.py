@@ -483,3 +483,69 @@ def test_skip_layernorm_refuses_bad_shapes_with_one_line():
     ) as exc:
         sess.run(None, {"a": np.zeros((1, 4, 8), np.float32), "b": np.zeros((1, 1, 8), np.float32)})
     assert len(str(exc.value).strip().splitlines()) == 1
+
+
+# ---- the GELU op (ai.fastft.BiasGelu) and its swap -------------------------------------------
+def _gelu_graph(hidden: int, bias: bool):
+    """com.microsoft BiasGelu(x, bias), or Gelu(x): what fastft's exports hold."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    b = np.random.default_rng(hidden).standard_normal(hidden).astype(np.float32)
+    node = helper.make_node(
+        "BiasGelu" if bias else "Gelu", ["x", "b"] if bias else ["x"], ["y"], domain="com.microsoft"
+    )
+    dims = ["n", "s", hidden]
+    graph = helper.make_graph(
+        [node],
+        "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+        initializer=[numpy_helper.from_array(b, "b")] if bias else [],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize(
+    "n,s,hidden,bias",
+    [(1, 1, 1, True), (2, 7, 37, True), (1, 9, 20, False), (1, 128, 1536, True), (3, 300, 1536, False)],
+)
+def test_bias_gelu_matches_onnxruntime(n, s, hidden, bias):
+    """The same erf GELU as ORT's kernels, within float rounding, over values out to |x| ~ 20
+    (the larger shapes run on the op's threads)."""
+    from fastft.runtime.ort_attention import swap_gelu
+
+    model = _gelu_graph(hidden, bias)
+    fused, k = swap_gelu(model, extra_attrs={"num_threads": 2})
+    assert k == 1 and [(x.domain, x.op_type) for x in fused.graph.node] == [("ai.fastft", "BiasGelu")]
+    x = (5 * np.random.default_rng(s).standard_normal((n, s, hidden))).astype(np.float32)
+    ref = _ln_session(model).run(None, {"x": x})[0]
+    got = _ln_session(fused).run(None, {"x": x})[0]
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, atol=2e-6, rtol=2e-6)
+
+
+def test_bias_gelu_runs_every_instruction_set_copy(monkeypatch):
+    from fastft import _native
+    from fastft.runtime.ort_attention import swap_gelu
+
+    model = _gelu_graph(45, True)
+    fused, _ = swap_gelu(model)
+    x = (4 * np.random.default_rng(2).standard_normal((2, 5, 45))).astype(np.float32)
+    ref = _ln_session(model).run(None, {"x": x})[0]
+    for isa in _native._C.attention_isas():
+        monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+        np.testing.assert_allclose(_ln_session(fused).run(None, {"x": x})[0], ref, atol=2e-6, rtol=2e-6, err_msg=isa)
+
+
+def test_bias_gelu_swap_leaves_other_gelus():
+    from onnx import helper
+
+    from fastft.runtime.ort_attention import swap_gelu
+
+    model = _gelu_graph(8, True)
+    model.graph.node[0].attribute.append(helper.make_attribute("approximate", "tanh"))  # not the erf form
+    assert swap_gelu(model)[1] == 0

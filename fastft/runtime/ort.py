@@ -12,7 +12,14 @@ from fastft.core.errors import FastftError, ModelError, first_line
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.runtime import ort_attention
 from fastft.runtime.base import Predictor
-from fastft.runtime.ort_attention import describe, effective_mode, resolve, swap_attention, swap_layernorm
+from fastft.runtime.ort_attention import (
+    describe,
+    effective_mode,
+    resolve,
+    swap_attention,
+    swap_gelu,
+    swap_layernorm,
+)
 from fastft.runtime.session import create_session, parse_device, runtime_level, session_options, unloadable
 
 __all__ = ["OrtPredictor", "served_session"]
@@ -53,9 +60,9 @@ def _load_proto(onnx_file: Path):
 
 def _swapped_session(onnx_file: Path, proto, opts):
     """(session, attention nodes swapped) on ``proto`` (the file's graph, changed in place) with
-    its attention nodes and residual LayerNorms (:func:`~fastft.runtime.ort_attention.swap_layernorm`)
-    on fastft's kernels, registering the library on ``opts``; (None, 0) when it has no node
-    either op can take.
+    its attention nodes, residual LayerNorms and GELUs on fastft's kernels (the swaps of
+    :mod:`fastft.runtime.ort_attention`), registering the library on ``opts``; (None, 0) when it
+    has no node any of them takes.
 
     The rewritten graph goes through a temporary file whose weights sit in one external-data
     file beside it, which ONNX Runtime reads as it reads the original (serialising it in memory
@@ -68,7 +75,8 @@ def _swapped_session(onnx_file: Path, proto, opts):
     threads = {"num_threads": opts.intra_op_num_threads}
     proto, n = swap_attention(proto, extra_attrs=threads, copy=False)
     proto, n_ln = swap_layernorm(proto, extra_attrs=threads, copy=False)
-    if not n and not n_ln:
+    proto, n_gelu = swap_gelu(proto, extra_attrs=threads, copy=False)
+    if not (n or n_ln or n_gelu):
         return None, 0
     opts.register_custom_ops_library(str(ort_attention.library()))
     with tempfile.TemporaryDirectory(prefix="fastft-ort-") as tmp:

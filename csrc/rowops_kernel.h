@@ -1,5 +1,5 @@
-// layernorm_kernel.h -- the residual LayerNorm row kernel, written once with GCC/Clang vector
-// extensions and compiled per instruction set by layernorm.cpp (as attention_kernel.h is).
+// rowops_kernel.h -- the row kernels (residual LayerNorm, bias GELU), written once with GCC/Clang
+// vector extensions and compiled per instruction set by rowops.cpp (as attention_kernel.h is).
 // No include guard on purpose: the includer defines FASTFT_NS (namespace of this copy) and
 // FASTFT_VW (floats per SIMD vector).
 //
@@ -64,6 +64,66 @@ void skip_layernorm_rows(const SkipLnParams& P, int64_t r0, int64_t r1) {
       st(o + j, y);
     }
     for (; j < H; ++j) o[j] = (o[j] - mean) * rstd * P.gamma[j] + (P.beta ? P.beta[j] : 0.f);
+  }
+}
+
+}  // namespace FASTFT_NS
+
+namespace FASTFT_NS {
+
+typedef int vi_ __attribute__((vector_size(FASTFT_VW * 4)));
+
+// e^y for y <= 0 (y below -87 is taken as -87: e^-87 ~ 1.6e-38, the smallest normal range).
+static inline __attribute__((always_inline)) vf exp_neg(vf y) {
+  y = y < (-87.0f - vf{}) ? (-87.0f - vf{}) : y;
+  const vf magic = 12582912.0f - vf{};  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const vf k = (y * (1.44269504088896341f - vf{}) + magic) - magic;
+  const vf r = (y - k * (0.693145751953125f - vf{})) - k * (1.428606765330187e-06f - vf{});  // |r| <= ln2 / 2
+  vf p = 1.0f / 5040 - vf{};
+  p = p * r + (1.0f / 720);
+  p = p * r + (1.0f / 120);
+  p = p * r + (1.0f / 24);
+  p = p * r + (1.0f / 6);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi_ bits = (__builtin_convertvector(k, vi_) + 127) << 23;  // 2^k, k in [-126, 0]
+  return p * reinterpret_cast<const vf&>(bits);
+}
+
+// gelu(x) = x / 2 * (1 + erf(x / sqrt 2)), erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+static inline __attribute__((always_inline)) vf gelu(vf x) {
+  const vf z = x * (0.70710678118654752f - vf{});
+  const vf az = z < vf{} ? -z : z;
+  const vf t = 1.0f / (1.0f + 0.3275911f * az);
+  vf p = 1.061405429f - vf{};
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const vf e = 1.0f - p * t * exp_neg(-(az * az));  // erf(|z|)
+  const vf erf = z < vf{} ? -e : e;
+  return 0.5f * x * (1.0f + erf);
+}
+
+// out[i] = gelu(x[i] + bias[i % hidden]) for rows [r0, r1) of `hidden` values (bias may be null).
+void bias_gelu_rows(const BiasGeluParams& P, int64_t r0, int64_t r1) {
+  const int64_t H = P.hidden;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* a = P.x + r * H;
+    float* o = P.out + r * H;
+    int64_t j = 0;
+    for (; j + VW <= H; j += VW) {
+      vf v = ld(a + j);
+      if (P.bias) v += ld(P.bias + j);
+      st(o + j, gelu(v));
+    }
+    if (j < H) {  // the tail through one padded vector
+      float buf[VW] = {};
+      for (int64_t i = j; i < H; ++i) buf[i - j] = a[i] + (P.bias ? P.bias[i] : 0.f);
+      const vf g = gelu(ld(buf));
+      for (int64_t i = j; i < H; ++i) o[i] = g[i - j];
+    }
   }
 }
 

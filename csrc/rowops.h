@@ -1,6 +1,7 @@
-// layernorm.h -- the residual LayerNorm CPU kernel (layernorm.cpp) of libfastft_ort's
-// ai.fastft::SkipLayerNorm op: out = LayerNorm(x + skip + bias) over the last axis, one pass
-// of memory where ONNX Runtime runs Add, Add and LayerNormalization as three nodes.
+// rowops.h -- row-wise CPU kernels (rowops.cpp) of libfastft_ort's ops:
+//   ai.fastft::SkipLayerNorm: out = LayerNorm(x + skip + bias) over the last axis, one pass of
+//     memory where ONNX Runtime runs Add, Add and LayerNormalization as three nodes;
+//   ai.fastft::BiasGelu: out = gelu(x + bias) (erf form), one pass where ORT's BiasGelu makes three.
 #pragma once
 
 #include <cstdint>
@@ -23,5 +24,15 @@ struct SkipLnParams {
 // detection as the attention kernel), on up to `num_threads` threads for large inputs (small
 // ones run on the caller: waking a thread costs more than they do).
 void skip_layernorm_f32(const SkipLnParams& p, int num_threads, const std::string& isa);
+
+struct BiasGeluParams {
+  const float* x;     // (rows, hidden)
+  const float* bias;  // (hidden) or null
+  float* out;         // (rows, hidden)
+  int64_t rows, hidden;
+};
+
+// The same dispatch and threading as skip_layernorm_f32.
+void bias_gelu_f32(const BiasGeluParams& p, int num_threads, const std::string& isa);
 
 }  // namespace fastft
