@@ -9,10 +9,10 @@ caches for ``--model``, the fine-tuned teacher by default), loaded twice per fil
 QAttention node, as exported) and ``ort_attention="fastft"`` (the same graph with those nodes
 split into ORT's QKV projection and fastft's C++ kernel as the custom op
 ``ai.fastft.FusedAttention``: bias folded in, padding-free; and each residual Add + LayerNorm
-as ``ai.fastft.SkipLayerNorm``), and ``fastft-attention``: the same with the LayerNorm swap
-turned off in this process (what the attention op alone gives). All run the same feeds through
-``Predictor.logits_from_ids``, interleaved (rotating order, ``--threads`` intra-op threads,
-spinning off):
+as ``ai.fastft.SkipLayerNorm``, each GELU as ``ai.fastft.BiasGelu``), and ``fastft-attention``:
+the same with the LayerNorm and GELU swaps turned off in this process (the attention op
+alone). All run the same feeds through ``Predictor.logits_from_ids``, interleaved (rotating
+order, ``--threads`` intra-op threads, spinning off):
 
 - ``batch 1``: real text filling ``--seqs`` tokens each (no padding), as ``fastft bench``;
 - ``padded``: ``--batch`` rows of real text padded to the longest, ``--padded-seq`` tokens, each
@@ -41,22 +41,22 @@ from fastft.core.errors import FastftError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"fp32": False, "int8": True}  # graph -> fastft.load(int8=...)
-MODES = ("onnxruntime", "fastft-attention", "fastft")  # fastft-attention: ort_attention="fastft", no LayerNorm swap
+MODES = ("onnxruntime", "fastft-attention", "fastft")  # fastft-attention: the attention swap alone
 
 
 def load(d: Path, int8: bool, threads: int, mode: str):
-    """``d`` served by fastft.load as ``mode`` says (fastft-attention: the LayerNorm swap patched out)."""
+    """``d`` served by fastft.load as ``mode`` says (fastft-attention: the other swaps patched out)."""
     import fastft
     from fastft.runtime import ort
 
     if mode != "fastft-attention":
         return fastft.load(d, int8=int8, threads=threads, ort_attention=mode, warm_up=False)
-    keep = ort.swap_layernorm
-    ort.swap_layernorm = lambda proto, **_: (proto, 0)
+    keep = ort.swap_layernorm, ort.swap_gelu
+    ort.swap_layernorm = ort.swap_gelu = lambda proto, **_: (proto, 0)
     try:
         return fastft.load(d, int8=int8, threads=threads, ort_attention="fastft", warm_up=False)
     finally:
-        ort.swap_layernorm = keep
+        ort.swap_layernorm, ort.swap_gelu = keep
 
 
 def padded_batch(tok, texts, batch: int, seq: int, seed: int) -> tuple[dict, list[int]]:
