@@ -110,14 +110,40 @@ struct Op : Ort::CustomOpBase<Op<Kernel>, Kernel, true> {
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-// What every kernel shares: the status wrapper around Compute.
+// What every kernel shares: its threads and instruction-set copy, read when the session
+// starts, and the status wrapper around Compute.
 template <typename Kernel>
 struct KernelBase {
+  explicit KernelBase(const Ort::ConstKernelInfo& ki) : threads_(threads_attribute(ki)), isa_(isa_from_env()) {}
+
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded(Ort::GetApi(), ORT_RUNTIME_EXCEPTION, Kernel::kName,
                    [&] { static_cast<Kernel*>(this)->Compute(context); });
   }
   static ONNXTensorElementDataType input_type(size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+  int threads_;
+  std::string isa_;
+};
+
+// A row-wise op's float input 0 and its output of the same shape: (rows, hidden) as the
+// kernels see them (hidden the last axis), the output allocated.
+struct RowTensors {
+  const float* x = nullptr;
+  float* out = nullptr;
+  std::vector<int64_t> shape;
+  int64_t rows = 1, hidden = 0;
+
+  explicit RowTensors(Ort::KernelContext& ctx) {
+    Ort::ConstValue v = ctx.GetInput(0);
+    shape = v.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty()) throw std::invalid_argument("x must have rank >= 1");
+    hidden = shape.back();
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    x = v.GetTensorData<float>();
+    out = ctx.GetOutput(0, shape).GetTensorMutableData<float>();
+  }
+  bool empty() const { return rows * hidden == 0; }
 };
 
 struct FusedAttentionKernel : KernelBase<FusedAttentionKernel> {
@@ -127,12 +153,10 @@ struct FusedAttentionKernel : KernelBase<FusedAttentionKernel> {
     return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
 
-  FusedAttentionKernel(const OrtApi&, const OrtKernelInfo* info) {
+  FusedAttentionKernel(const OrtApi&, const OrtKernelInfo* info) : KernelBase(Ort::ConstKernelInfo(info)) {
     Ort::ConstKernelInfo ki(info);
     heads_ = ki.GetAttribute<int64_t>("num_heads");  // required: throws where missing
     scale_ = attribute_or<float>(ki, "scale", 0.f);
-    threads_ = threads_attribute(ki);
-    isa_ = isa_from_env();
   }
 
   void Compute(OrtKernelContext* context) {
@@ -197,8 +221,6 @@ struct FusedAttentionKernel : KernelBase<FusedAttentionKernel> {
 
   int64_t heads_ = 0;
   float scale_ = 0.f;
-  int threads_ = 1;
-  std::string isa_;
 };
 
 // ai.fastft::SkipLayerNorm(x, skip, gamma, beta?, bias?) -> out: LayerNorm(x + skip + bias)
@@ -209,34 +231,23 @@ struct SkipLayerNormKernel : KernelBase<SkipLayerNormKernel> {
   static constexpr const char* kName = "SkipLayerNorm";
   static constexpr size_t kInputs = 5, kRequired = 3;
 
-  SkipLayerNormKernel(const OrtApi&, const OrtKernelInfo* info) {
-    Ort::ConstKernelInfo ki(info);
-    epsilon_ = ki.GetAttribute<float>("epsilon");  // required: throws where missing
-    threads_ = threads_attribute(ki);
-    isa_ = isa_from_env();
+  SkipLayerNormKernel(const OrtApi&, const OrtKernelInfo* info) : KernelBase(Ort::ConstKernelInfo(info)) {
+    epsilon_ = Ort::ConstKernelInfo(info).GetAttribute<float>("epsilon");  // required: throws where missing
   }
 
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    Ort::ConstValue x = ctx.GetInput(0), skip = ctx.GetInput(1);
-    const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty() || skip.GetTensorTypeAndShapeInfo().GetShape() != shape)
+    if (ctx.GetInput(1).GetTensorTypeAndShapeInfo().GetShape() != ctx.GetInput(0).GetTensorTypeAndShapeInfo().GetShape())
       throw std::invalid_argument("x and skip must have the same shape, of rank >= 1");
-    const int64_t H = shape.back();
-    int64_t rows = 1;
-    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
-    Ort::UnownedValue out = ctx.GetOutput(0, shape);
-    if (rows * H == 0) return;
-    const fastft::SkipLnParams p{x.GetTensorData<float>(), skip.GetTensorData<float>(),
-                                 vector_input(ctx, 4, H, "bias"), vector_input(ctx, 2, H, "gamma"),
-                                 vector_input(ctx, 3, H, "beta"), out.GetTensorMutableData<float>(),
-                                 rows, H, epsilon_};
+    const RowTensors t(ctx);
+    if (t.empty()) return;
+    const fastft::SkipLnParams p{t.x, ctx.GetInput(1).GetTensorData<float>(),
+                                 vector_input(ctx, 4, t.hidden, "bias"), vector_input(ctx, 2, t.hidden, "gamma"),
+                                 vector_input(ctx, 3, t.hidden, "beta"), t.out, t.rows, t.hidden, epsilon_};
     fastft::skip_layernorm_f32(p, threads_, isa_);
   }
 
   float epsilon_ = 0.f;
-  int threads_ = 1;
-  std::string isa_;
 };
 
 // ai.fastft::BiasGelu(x, bias?) -> out = gelu(x + bias), the erf form, bias over the last axis
@@ -245,29 +256,15 @@ struct BiasGeluKernel : KernelBase<BiasGeluKernel> {
   static constexpr const char* kName = "BiasGelu";
   static constexpr size_t kInputs = 2, kRequired = 1;
 
-  BiasGeluKernel(const OrtApi&, const OrtKernelInfo* info) {
-    Ort::ConstKernelInfo ki(info);
-    threads_ = threads_attribute(ki);
-    isa_ = isa_from_env();
-  }
+  BiasGeluKernel(const OrtApi&, const OrtKernelInfo* info) : KernelBase(Ort::ConstKernelInfo(info)) {}
 
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    Ort::ConstValue x = ctx.GetInput(0);
-    const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty()) throw std::invalid_argument("x must have rank >= 1");
-    const int64_t H = shape.back();
-    int64_t rows = 1;
-    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
-    Ort::UnownedValue out = ctx.GetOutput(0, shape);
-    if (rows * H == 0) return;
-    const fastft::BiasGeluParams p{x.GetTensorData<float>(), vector_input(ctx, 1, H, "bias"),
-                                   out.GetTensorMutableData<float>(), rows, H};
+    const RowTensors t(ctx);
+    if (t.empty()) return;
+    const fastft::BiasGeluParams p{t.x, vector_input(ctx, 1, t.hidden, "bias"), t.out, t.rows, t.hidden};
     fastft::bias_gelu_f32(p, threads_, isa_);
   }
-
-  int threads_ = 1;
-  std::string isa_;
 };
 
 }  // namespace

@@ -128,6 +128,33 @@ def _mask_rank(graph, name: str) -> int | None:
     return None
 
 
+def _editable(model, copy: bool):
+    """``model`` itself, or a copy of it (an onnx ModelProto) to rewrite."""
+    import onnx
+
+    if not copy:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _set_nodes(m, nodes: list, domain: str) -> None:
+    """``m``'s graph with ``nodes`` in place of its own, value_info of tensors no node touches
+    dropped, and ``domain`` imported."""
+    from onnx import helper
+
+    g = m.graph
+    del g.node[:]
+    g.node.extend(nodes)
+    live = {t for x in g.node for t in list(x.input) + list(x.output)}
+    keep = [vi for vi in g.value_info if vi.name in live]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    if not any(o.domain == domain for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid(domain, 1))
+
+
 def swap_attention(
     model,
     *,
@@ -148,14 +175,9 @@ def swap_attention(
     bias): an Add after the fp32 projection, the INT8 GEMM's own bias input.
     Returns (model, number of nodes swapped).
     """
-    import onnx
     from onnx import helper
 
-    if copy:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-    else:
-        m = model
+    m = _editable(model, copy)
     g = m.graph
     nodes, swapped = [], 0
     for n in g.node:
@@ -203,14 +225,8 @@ def swap_attention(
             )
         )
         swapped += 1
-    del g.node[:]
-    g.node.extend(nodes)
-    live = {t for x in g.node for t in list(x.input) + list(x.output)}
-    keep = [vi for vi in g.value_info if vi.name in live]
-    del g.value_info[:]
-    g.value_info.extend(keep)
-    if swapped and not any(o.domain == domain for o in m.opset_import):
-        m.opset_import.append(helper.make_opsetid(domain, 1))
+    if swapped:
+        _set_nodes(m, nodes, domain)
     return m, swapped
 
 
@@ -227,14 +243,9 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
     the second adding a 1-D constant of the hidden size.
     Returns (model, number of LayerNormalization nodes replaced).
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    if copy:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-    else:
-        m = model
+    m = _editable(model, copy)
     g = m.graph
     sizes = {i.name: int(numpy_helper.to_array(i).size) for i in g.initializer if len(i.dims) == 1}
     consts = {i.name for i in g.initializer}
@@ -304,15 +315,7 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
         swapped += 1
     if not swapped:
         return m, 0
-    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
-    del g.node[:]
-    g.node.extend(nodes)
-    live = {t for x in g.node for t in list(x.input) + list(x.output)}
-    keep = [vi for vi in g.value_info if vi.name in live]
-    del g.value_info[:]
-    g.value_info.extend(keep)
-    if not any(o.domain == DOMAIN for o in m.opset_import):
-        m.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    _set_nodes(m, [replace.get(id(n), n) for n in g.node if id(n) not in drop], DOMAIN)
     return m, swapped
 
 
@@ -320,14 +323,9 @@ def swap_gelu(model, *, extra_attrs: dict | None = None, copy: bool = True):
     """A copy of ``model`` (``copy=False``: ``model`` itself) with each ``com.microsoft`` BiasGelu
     (x, bias) and Gelu (x) node as ``ai.fastft.BiasGelu`` (the same erf GELU; the bias, as
     ORT's, one value per unit of the last axis). Returns (model, number of nodes replaced)."""
-    import onnx
     from onnx import helper
 
-    if copy:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-    else:
-        m = model
+    m = _editable(model, copy)
     swapped = 0
     for i, n in enumerate(m.graph.node):
         if n.domain != MS or n.op_type not in ("BiasGelu", "Gelu") or len(n.output) != 1 or n.attribute:
@@ -343,6 +341,6 @@ def swap_gelu(model, *, extra_attrs: dict | None = None, copy: bool = True):
         )
         m.graph.node[i].CopyFrom(fused)
         swapped += 1
-    if swapped and not any(o.domain == DOMAIN for o in m.opset_import):
-        m.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    if swapped:
+        _set_nodes(m, list(m.graph.node), DOMAIN)
     return m, swapped
