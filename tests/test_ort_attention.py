@@ -369,10 +369,12 @@ def _ln_graph(
     axis: int = -1,
     seed: int = 0,
     raw: bool = False,
+    product: bool = False,
 ):
     """Add(MatMul(b, W), LayerNormalization(a)) (+ Add(bias)) -> LayerNormalization: a residual
     as fastft.export.layernorm leaves it. ``sum_out``: the residual sum is a graph output too;
-    ``raw``: the Add takes a and b themselves (the swap must leave both)."""
+    ``raw``: the Add takes a and b themselves; ``product``: the MatMul multiplies two inputs,
+    no weight (the swap must leave both)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -386,7 +388,7 @@ def _ln_graph(
     ]
     nodes = [
         helper.make_node("LayerNormalization", ["a", "gamma0"], ["n0"], axis=-1),
-        helper.make_node("MatMul", ["b", "w"], ["p"]),
+        helper.make_node("MatMul", ["b", "a"] if product else ["b", "w"], ["p"]),
         helper.make_node("Add", ["a", "b"] if raw else ["p", "n0"], ["s"]),
     ]
     x = "s"
@@ -467,7 +469,12 @@ def test_skip_layernorm_runs_every_instruction_set_copy(monkeypatch):
 def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
     from fastft.runtime.ort_attention import swap_layernorm
 
-    for model in (_ln_graph(16, True, sum_out=True), _ln_graph(16, False, axis=1), _ln_graph(16, True, raw=True)):
+    for model in (
+        _ln_graph(16, True, sum_out=True),
+        _ln_graph(16, False, axis=1),
+        _ln_graph(16, True, raw=True),
+        _ln_graph(16, True, product=True),
+    ):
         same, k = swap_layernorm(model)
         assert k == 0 and [x.op_type for x in same.graph.node] == [x.op_type for x in model.graph.node]
 

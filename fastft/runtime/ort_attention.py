@@ -260,9 +260,13 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
     def only_use(name: str) -> bool:
         return uses.get(name, 0) == 1
 
-    def made_by(name: str, kinds: set) -> bool:
+    def made_by(name: str, kinds: set, weighted: bool = False) -> bool:
+        """Whether ``name`` is the first output of a ``kinds`` node (``weighted``: whose second
+        input, the weight, is a constant)."""
         n = producer.get(name)
-        return n is not None and n.op_type in kinds and n.output[0] == name
+        if n is None or n.op_type not in kinds or n.output[0] != name:
+            return False
+        return not weighted or (len(n.input) > 1 and n.input[1] in consts)
 
     def residual_add(name: str):
         """The Add producing ``name`` when it adds a projection to the residual stream: one
@@ -272,8 +276,9 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
         if n is None or n.op_type != "Add" or n.domain not in ("", "ai.onnx") or not only_use(name):
             return None
         a, b = n.input
-        if (made_by(a, PROJECTIONS) and made_by(b, NORMS)) or (made_by(b, PROJECTIONS) and made_by(a, NORMS)):
-            return n
+        for proj, norm in ((a, b), (b, a)):
+            if made_by(proj, PROJECTIONS, weighted=True) and made_by(norm, NORMS):
+                return n
         return None
 
     drop, replace, swapped = set(), {}, 0
