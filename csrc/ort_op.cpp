@@ -18,13 +18,15 @@
 //   ai.fastft::SkipLayerNorm(x, skip, gamma, beta?, bias?) -> out = LayerNorm(x + skip + bias)
 //     over the last axis (rowops.cpp), where the graph had Add (+ Add) + LayerNormalization.
 //   ai.fastft::BiasGelu(x, bias?) -> out = gelu(x + bias), erf form (rowops.cpp), where the
-//     graph had com.microsoft BiasGelu.
+//     graph had com.microsoft BiasGelu or Gelu.
+// FASTFT_ATTN_ISA picks the instruction-set copy of every op's kernel.
 //
 // Load with SessionOptions.register_custom_ops_library(path).
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -89,6 +91,44 @@ const float* vector_input(Ort::KernelContext& ctx, size_t i, int64_t n, const ch
   if (v.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(n))
     throw std::invalid_argument(std::string(what) + " must hold one value per hidden unit");
   return v.GetTensorData<float>();
+}
+
+// The shape numpy broadcasting gives two shapes (as ONNX's Add); throws where they do not broadcast.
+std::vector<int64_t> broadcast_shape(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+  std::vector<int64_t> out(std::max(a.size(), b.size()));
+  for (size_t i = 0; i < out.size(); ++i) {  // from the last axis
+    const int64_t da = i < a.size() ? a[a.size() - 1 - i] : 1, db = i < b.size() ? b[b.size() - 1 - i] : 1;
+    if (da != db && da != 1 && db != 1) throw std::invalid_argument("x and skip do not broadcast to one shape");
+    out[out.size() - 1 - i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+// `src` (shape `from`) broadcast to `to` into `buf`; returns buf's data.
+const float* expand(const float* src, const std::vector<int64_t>& from, const std::vector<int64_t>& to,
+                    std::vector<float>& buf) {
+  const size_t n = to.size();
+  std::vector<int64_t> stride(n, 0);  // src's stride per output axis, 0 where it is broadcast
+  int64_t s = 1, total = 1;
+  for (size_t i = 0; i < n; ++i) {
+    const size_t axis = n - 1 - i;
+    const int64_t d = i < from.size() ? from[from.size() - 1 - i] : 1;
+    stride[axis] = d == 1 ? 0 : s;
+    s *= d;
+    total *= to[axis];
+  }
+  buf.resize(static_cast<size_t>(total));
+  std::vector<int64_t> idx(n, 0);
+  for (int64_t k = 0; k < total; ++k) {
+    int64_t off = 0;
+    for (size_t a = 0; a < n; ++a) off += idx[a] * stride[a];
+    buf[static_cast<size_t>(k)] = src[off];
+    for (size_t a = n; a-- > 0;) {  // next index, last axis fastest
+      if (++idx[a] < to[a]) break;
+      idx[a] = 0;
+    }
+  }
+  return buf.data();
 }
 
 // An op of this library: Kernel gives its name, its inputs (kInputs, the first kRequired of
@@ -237,13 +277,22 @@ struct SkipLayerNormKernel : KernelBase<SkipLayerNormKernel> {
 
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    if (ctx.GetInput(1).GetTensorTypeAndShapeInfo().GetShape() != ctx.GetInput(0).GetTensorTypeAndShapeInfo().GetShape())
-      throw std::invalid_argument("x and skip must have the same shape, of rank >= 1");
-    const RowTensors t(ctx);
-    if (t.empty()) return;
-    const fastft::SkipLnParams p{t.x, ctx.GetInput(1).GetTensorData<float>(),
-                                 vector_input(ctx, 4, t.hidden, "bias"), vector_input(ctx, 2, t.hidden, "gamma"),
-                                 vector_input(ctx, 3, t.hidden, "beta"), t.out, t.rows, t.hidden, epsilon_};
+    Ort::ConstValue xv = ctx.GetInput(0), sv = ctx.GetInput(1);
+    const std::vector<int64_t> xs = xv.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> ss = sv.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> shape = broadcast_shape(xs, ss);  // Add's (numpy) broadcasting
+    if (shape.empty()) throw std::invalid_argument("x and skip must have rank >= 1");
+    const int64_t H = shape.back();
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    float* out = ctx.GetOutput(0, shape).GetTensorMutableData<float>();
+    if (rows * H == 0) return;
+    // the common case reads x and skip in place; a broadcast input is expanded first
+    std::vector<float> xe, se;
+    const float* x = xs == shape ? xv.GetTensorData<float>() : expand(xv.GetTensorData<float>(), xs, shape, xe);
+    const float* skip = ss == shape ? sv.GetTensorData<float>() : expand(sv.GetTensorData<float>(), ss, shape, se);
+    const fastft::SkipLnParams p{x, skip, vector_input(ctx, 4, H, "bias"), vector_input(ctx, 2, H, "gamma"),
+                                 vector_input(ctx, 3, H, "beta"), out, rows, H, epsilon_};
     fastft::skip_layernorm_f32(p, threads_, isa_);
   }
 

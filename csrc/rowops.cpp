@@ -21,13 +21,14 @@
 
 namespace fastft {
 
+// FASTFT_GENERIC_ONLY builds only this copy (what a non-x86 compiler gets; a syntax check of it)
 #define FASTFT_NS ln_generic
 #define FASTFT_VW 4
 #include "rowops_kernel.h"
 #undef FASTFT_NS
 #undef FASTFT_VW
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTFT_GENERIC_ONLY)
 #define FASTFT_LN_X86 1
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
@@ -63,11 +64,14 @@ namespace fastft {
 // The copy of a kernel for the instruction set `want` ("auto": the attention kernel's pick).
 template <typename Fn>
 static Fn pick(const std::string& want, Fn avx512, Fn avx2, Fn generic) {
-  const std::string name = want.empty() || want == "auto" ? attention_isa() : want;
-  bool runs = false;
-  for (const auto& n : attention_isas()) runs = runs || n == name;
-  if (!runs)
-    throw std::invalid_argument("isa: '" + name + "' is not an instruction set this CPU runs");
+  static const std::string best = attention_isa();  // the CPU does not change
+  const std::string& name = want.empty() || want == "auto" ? best : want;
+  if (&name != &best) {
+    bool runs = false;
+    for (const auto& n : attention_isas()) runs = runs || n == name;
+    if (!runs)
+      throw std::invalid_argument("isa: '" + name + "' is not an instruction set this CPU runs");
+  }
   if (name == "avx512" && avx512) return avx512;
   if (name == "avx2" && avx2) return avx2;
   return generic;
@@ -75,8 +79,9 @@ static Fn pick(const std::string& want, Fn avx512, Fn avx2, Fn generic) {
 
 #ifdef FASTFT_LN_X86
 #define FASTFT_COPIES(f) &ln_avx512::f, &ln_avx2::f, &ln_generic::f
-#else
-#define FASTFT_COPIES(f) nullptr, nullptr, &ln_generic::f
+#else  // typed null copies: pick deduces one function-pointer type
+#define FASTFT_COPIES(f) \
+  static_cast<decltype(&ln_generic::f)>(nullptr), static_cast<decltype(&ln_generic::f)>(nullptr), &ln_generic::f
 #endif
 
 // Below this much work (floats x the kernel's relative cost per float: ~50 us on one core) a

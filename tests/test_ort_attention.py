@@ -400,14 +400,14 @@ def _ln_graph(
             "LayerNormalization", [x, "gamma"] + (["beta"] if beta else []), ["y"], axis=axis, epsilon=1e-7
         )
     )
-    dims = ["n", "s", hidden]
+    dims = [None, None, hidden]  # a and b may broadcast against each other
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)]
     if sum_out:
         outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, dims))
     graph = helper.make_graph(
         nodes,
         "ln",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [f"{n}0", f"{n}1", hidden]) for n in ("a", "b")],
         outputs,
         initializer=inits,
     )
@@ -434,7 +434,7 @@ def _ln_session(model, threads: int = 2):
         (1, 7, 37, True, False),
         (2, 33, 384, True, True),
         (3, 5, 100, False, True),
-        (3, 700, 512, True, True),  # > 2^20 floats: split over the op's threads
+        (3, 700, 512, True, True),  # above the op's work threshold: split over its threads
     ],
 )
 def test_skip_layernorm_matches_add_and_layernormalization(n, s, hidden, bias, beta):
@@ -479,17 +479,46 @@ def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
         assert k == 0 and [x.op_type for x in same.graph.node] == [x.op_type for x in model.graph.node]
 
 
-def test_skip_layernorm_refuses_bad_shapes_with_one_line():
+def test_skip_layernorm_broadcasts_as_add_and_refuses_what_does_not_with_one_line():
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
     from fastft.runtime.ort_attention import swap_layernorm
 
-    sess = _ln_session(swap_layernorm(_ln_graph(8, True))[0])
-    with pytest.raises(
-        (Fail, RuntimeException), match="fastft SkipLayerNorm: x and skip must have the same shape"
-    ) as exc:
-        sess.run(None, {"a": np.zeros((1, 4, 8), np.float32), "b": np.zeros((1, 1, 8), np.float32)})
+    model = _ln_graph(8, True)
+    sess = _ln_session(swap_layernorm(model)[0])
+    rng = np.random.default_rng(4)
+    for a, b in [((2, 4, 8), (1, 1, 8)), ((1, 1, 8), (3, 4, 8)), ((2, 1, 8), (1, 5, 8))]:
+        feeds = {"a": rng.standard_normal(a).astype(np.float32), "b": rng.standard_normal(b).astype(np.float32)}
+        ref = _ln_session(model).run(None, feeds)[0]
+        np.testing.assert_allclose(sess.run(None, feeds)[0], ref, atol=2e-5, rtol=1e-4, err_msg=f"{a} + {b}")
+    msg = "fastft SkipLayerNorm: x and skip do not broadcast to one shape"
+    with pytest.raises((Fail, RuntimeException), match=msg) as exc:
+        sess.run(None, {"a": np.zeros((1, 4, 8), np.float32), "b": np.zeros((1, 3, 8), np.float32)})
     assert len(str(exc.value).strip().splitlines()) == 1
+
+
+def test_skip_layernorm_default_epsilon_and_float_only():
+    """A LayerNormalization without an epsilon attribute uses ONNX's 1e-5; a graph whose scale is
+    not float keeps ORT's nodes (the op takes float)."""
+    from onnx import TensorProto, numpy_helper
+
+    from fastft.runtime.ort_attention import swap_layernorm
+
+    model = _ln_graph(24, True)
+    ln = model.graph.node[-1]
+    for a in list(ln.attribute):
+        if a.name == "epsilon":
+            ln.attribute.remove(a)
+    fused, k = swap_layernorm(model)
+    assert k == 1
+    rng = np.random.default_rng(6)
+    feeds = {n: (1e-3 * rng.standard_normal((2, 3, 24))).astype(np.float32) for n in ("a", "b")}  # epsilon matters
+    np.testing.assert_allclose(
+        _ln_session(fused).run(None, feeds)[0], _ln_session(model).run(None, feeds)[0], atol=2e-5, rtol=1e-4
+    )
+    gamma = next(i for i in model.graph.initializer if i.name == "gamma")
+    gamma.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(gamma).astype(np.float64), "gamma"))
+    assert gamma.data_type == TensorProto.DOUBLE and swap_layernorm(model)[1] == 0
 
 
 # ---- the GELU op (ai.fastft.BiasGelu) and its swap -------------------------------------------
@@ -549,10 +578,63 @@ def test_bias_gelu_runs_every_instruction_set_copy(monkeypatch):
 
 
 def test_bias_gelu_swap_leaves_other_gelus():
-    from onnx import helper
+    """FastGelu (tanh form), the standard-domain Gelu and a non-float Gelu keep their nodes."""
+    from onnx import TensorProto, helper
 
     from fastft.runtime.ort_attention import swap_gelu
 
     model = _gelu_graph(8, True)
-    model.graph.node[0].attribute.append(helper.make_attribute("approximate", "tanh"))  # not the erf form
+    model.graph.node[0].op_type = "FastGelu"
     assert swap_gelu(model)[1] == 0
+    model = _gelu_graph(8, False)
+    model.graph.node[0].domain = ""
+    model.opset_import[0].version = 20
+    model.graph.node[0].attribute.append(helper.make_attribute("approximate", "none"))
+    assert swap_gelu(model)[1] == 0
+    model = _gelu_graph(8, False)
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    assert swap_gelu(model)[1] == 0
+    assert swap_gelu(_gelu_graph(8, False))[1] == 1
+
+
+def test_served_session_takes_the_row_ops_without_attention_nodes(tmp_path, monkeypatch):
+    """A graph with no attention node still gets fastft's LayerNorm op where the mode allows
+    (its session reports no attention swapped); ``onnxruntime`` keeps ORT's nodes."""
+    import onnx
+
+    from fastft.runtime import ort
+    from fastft.runtime.session import session_options
+
+    path = tmp_path / "ln.onnx"
+    model = _ln_graph(32, True)
+    onnx.save(model, str(path))
+    seen, real = [], ort.create_session
+
+    def spy(p, opts, device="cpu"):
+        seen.append([n.op_type for n in onnx.load(str(p)).graph.node])
+        return real(p, opts, device=device)
+
+    monkeypatch.setattr(ort, "create_session", spy)
+    feeds = {n: np.random.default_rng(8).standard_normal((2, 5, 32)).astype(np.float32) for n in ("a", "b")}
+    ref = _ln_session(model).run(None, feeds)[0]
+    sess, n = ort.served_session(path, session_options(threads=2), ort_attention="auto")
+    assert n == 0 and seen[-1][-1] == "SkipLayerNorm"
+    np.testing.assert_allclose(sess.run(None, feeds)[0], ref, atol=2e-5, rtol=1e-4)
+    ort.served_session(path, session_options(threads=2), ort_attention="onnxruntime")
+    assert seen[-1][-1] == "LayerNormalization"
+    monkeypatch.setenv("FASTFT_ORT_ATTENTION", "onnxruntime")
+    ort.served_session(path, session_options(threads=2), ort_attention="auto")
+    assert seen[-1][-1] == "LayerNormalization"
+
+
+def test_row_ops_compile_without_the_x86_copies():
+    """What a non-x86 compiler builds (the generic copy alone) still compiles: a syntax check."""
+    import subprocess
+
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-DFASTFT_GENERIC_ONLY", f"-I{csrc}", str(csrc / "rowops.cpp")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

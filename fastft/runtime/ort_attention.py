@@ -128,6 +128,24 @@ def _mask_rank(graph, name: str) -> int | None:
     return None
 
 
+FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def _float_vectors(graph) -> dict:
+    """{name: length} of the graph's 1-D float initializers (the LayerNorm scales and biases the
+    op takes)."""
+    return {i.name: int(i.dims[0]) for i in graph.initializer if len(i.dims) == 1 and i.data_type == FLOAT}
+
+
+def _elem_types(graph) -> dict:
+    """{tensor name: element type} for what the graph states: initializers, inputs, outputs, value_info."""
+    out = {i.name: i.data_type for i in graph.initializer}
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if v.type.HasField("tensor_type"):
+            out.setdefault(v.name, v.type.tensor_type.elem_type)
+    return out
+
+
 def _editable(model, copy: bool):
     """``model`` itself, or a copy of it (an onnx ModelProto) to rewrite."""
     import onnx
@@ -237,17 +255,17 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
     ``ai.fastft.SkipLayerNorm(a, b, gamma, beta, bias)`` node.
 
     Only what the op computes exactly is taken: a LayerNormalization over the last axis whose
-    mean / inverse-std outputs are unused, with a 1-D constant scale (and bias), fed by Adds whose
-    sums feed nothing else, the first adding a weight product (:data:`PROJECTIONS`) to the output
-    of a normalisation (:data:`NORMS`), tensors of one shape (the op refuses others at run time),
-    the second adding a 1-D constant of the hidden size.
+    mean / inverse-std outputs are unused, with a 1-D float constant scale (and bias), fed by Adds
+    whose sums feed nothing else, the first adding a constant-weight product (:data:`PROJECTIONS`)
+    to the output of a normalisation (:data:`NORMS`), the second adding a 1-D float constant of
+    the hidden size. The op broadcasts the first Add's inputs as Add does.
     Returns (model, number of LayerNormalization nodes replaced).
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     m = _editable(model, copy)
     g = m.graph
-    sizes = {i.name: int(numpy_helper.to_array(i).size) for i in g.initializer if len(i.dims) == 1}
+    sizes = _float_vectors(g)
     consts = {i.name for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     uses: dict[str, int] = {}
@@ -331,11 +349,14 @@ def swap_gelu(model, *, extra_attrs: dict | None = None, copy: bool = True):
     from onnx import helper
 
     m = _editable(model, copy)
+    types = _elem_types(m.graph)
     swapped = 0
     for i, n in enumerate(m.graph.node):
         if n.domain != MS or n.op_type not in ("BiasGelu", "Gelu") or len(n.output) != 1 or n.attribute:
             continue
         inputs = list(n.input[: 2 if n.op_type == "BiasGelu" else 1])
+        if any(types.get(t, FLOAT) != FLOAT for t in inputs):  # the op takes float (the known types)
+            continue
         fused = helper.make_node(
             GELU_OP_TYPE,
             inputs,
