@@ -166,21 +166,16 @@ struct KernelBase {
   std::string isa_;
 };
 
-// A row-wise op's float input 0 and its output of the same shape: (rows, hidden) as the
-// kernels see them (hidden the last axis), the output allocated.
+// A row-wise op's output of `shape` (allocated) as the kernels see it: (rows, hidden), hidden
+// the last axis.
 struct RowTensors {
-  const float* x = nullptr;
   float* out = nullptr;
-  std::vector<int64_t> shape;
   int64_t rows = 1, hidden = 0;
 
-  explicit RowTensors(Ort::KernelContext& ctx) {
-    Ort::ConstValue v = ctx.GetInput(0);
-    shape = v.GetTensorTypeAndShapeInfo().GetShape();
+  RowTensors(Ort::KernelContext& ctx, const std::vector<int64_t>& shape) {
     if (shape.empty()) throw std::invalid_argument("x must have rank >= 1");
     hidden = shape.back();
     for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
-    x = v.GetTensorData<float>();
     out = ctx.GetOutput(0, shape).GetTensorMutableData<float>();
   }
   bool empty() const { return rows * hidden == 0; }
@@ -281,18 +276,15 @@ struct SkipLayerNormKernel : KernelBase<SkipLayerNormKernel> {
     const std::vector<int64_t> xs = xv.GetTensorTypeAndShapeInfo().GetShape();
     const std::vector<int64_t> ss = sv.GetTensorTypeAndShapeInfo().GetShape();
     const std::vector<int64_t> shape = broadcast_shape(xs, ss);  // Add's (numpy) broadcasting
-    if (shape.empty()) throw std::invalid_argument("x and skip must have rank >= 1");
-    const int64_t H = shape.back();
-    int64_t rows = 1;
-    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
-    float* out = ctx.GetOutput(0, shape).GetTensorMutableData<float>();
-    if (rows * H == 0) return;
+    const RowTensors t(ctx, shape);
+    if (t.empty()) return;
     // the common case reads x and skip in place; a broadcast input is expanded first
     std::vector<float> xe, se;
     const float* x = xs == shape ? xv.GetTensorData<float>() : expand(xv.GetTensorData<float>(), xs, shape, xe);
     const float* skip = ss == shape ? sv.GetTensorData<float>() : expand(sv.GetTensorData<float>(), ss, shape, se);
+    const int64_t H = t.hidden;
     const fastft::SkipLnParams p{x, skip, vector_input(ctx, 4, H, "bias"), vector_input(ctx, 2, H, "gamma"),
-                                 vector_input(ctx, 3, H, "beta"), out, rows, H, epsilon_};
+                                 vector_input(ctx, 3, H, "beta"), t.out, t.rows, H, epsilon_};
     fastft::skip_layernorm_f32(p, threads_, isa_);
   }
 
@@ -309,9 +301,11 @@ struct BiasGeluKernel : KernelBase<BiasGeluKernel> {
 
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    const RowTensors t(ctx);
+    Ort::ConstValue x = ctx.GetInput(0);
+    const RowTensors t(ctx, x.GetTensorTypeAndShapeInfo().GetShape());
     if (t.empty()) return;
-    const fastft::BiasGeluParams p{t.x, vector_input(ctx, 1, t.hidden, "bias"), t.out, t.rows, t.hidden};
+    const fastft::BiasGeluParams p{x.GetTensorData<float>(), vector_input(ctx, 1, t.hidden, "bias"), t.out, t.rows,
+                                   t.hidden};
     fastft::bias_gelu_f32(p, threads_, isa_);
   }
 };
