@@ -11,7 +11,9 @@ split into ORT's QKV projection and fastft's C++ kernel as the custom op
 ``ai.fastft.FusedAttention``: bias folded in, padding-free; and each residual Add + LayerNorm
 as ``ai.fastft.SkipLayerNorm``, each GELU as ``ai.fastft.BiasGelu``), and ``fastft-attention``:
 the same with the LayerNorm and GELU swaps turned off in this process (the attention op
-alone). All run the same feeds through ``Predictor.logits_from_ids``, interleaved (rotating
+alone), and ``fastft-own-pool``: all three ops on fastft's own thread pool
+(``FASTFT_OP_POOL=fastft`` while its sessions load) instead of the session's ONNX Runtime
+intra-op threads they share by default. All run the same feeds through ``Predictor.logits_from_ids``, interleaved (rotating
 order, ``--threads`` intra-op threads, spinning off):
 
 - ``batch 1``: real text filling ``--seqs`` tokens each (no padding), as ``fastft bench``;
@@ -41,14 +43,26 @@ from fastft.core.errors import FastftError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"fp32": False, "int8": True}  # graph -> fastft.load(int8=...)
-MODES = ("onnxruntime", "fastft-attention", "fastft")  # fastft-attention: the attention swap alone
+# fastft-attention: the attention swap alone; fastft-own-pool: the ops on fastft's own threads
+MODES = ("onnxruntime", "fastft-attention", "fastft", "fastft-own-pool")
 
 
 def load(d: Path, int8: bool, threads: int, mode: str):
-    """``d`` served by fastft.load as ``mode`` says (fastft-attention: the other swaps patched out)."""
+    """``d`` served by fastft.load as ``mode`` says (fastft-attention: the other swaps patched out;
+    fastft-own-pool: the ops' kernels read FASTFT_OP_POOL=fastft as the session creates them)."""
     import fastft
     from fastft.runtime import ort
 
+    if mode == "fastft-own-pool":
+        old = os.environ.get("FASTFT_OP_POOL")
+        os.environ["FASTFT_OP_POOL"] = "fastft"
+        try:
+            return fastft.load(d, int8=int8, threads=threads, ort_attention="fastft", warm_up=False)
+        finally:
+            if old is None:
+                os.environ.pop("FASTFT_OP_POOL")
+            else:
+                os.environ["FASTFT_OP_POOL"] = old
     if mode != "fastft-attention":
         return fastft.load(d, int8=int8, threads=threads, ort_attention=mode, warm_up=False)
     keep = ort.swap_layernorm, ort.swap_gelu

@@ -7,7 +7,12 @@ Each variant is one ``onnxruntime.InferenceSession`` on the same file (batch 1, 
 threads), called the way ``fastft.load(dir).predict`` calls it, in blocks that rotate between
 variants so load from other processes hits them alike. Variants isolate one suspect each:
 
-- ``default``: fastft's serving options (spinning off, arena on, memory pattern on).
+- ``default``: fastft's serving options (spinning off, arena on, memory pattern on) on the file
+  as it is, ORT's basic graph optimisations.
+- ``served``: the session ``fastft.load`` serves: all graph optimisations, and the file's
+  attention, residual LayerNorm and GELU nodes on fastft's kernels inside ONNX Runtime
+  (``fastft.runtime.ort.served_session``; ORT's own kernels where the file has none it takes).
+- ``served-ort``: the same with ``ort_attention="onnxruntime"`` (ORT's own kernels throughout).
 - ``dyn-block``: ``session.dynamic_block_base=4``: parallel loops hand out shrinking blocks
   on demand instead of one fixed share per thread, so a thread on a slower core takes less.
 - ``spin``: intra-op spinning on (thread wake-ups between parallel sections).
@@ -51,6 +56,8 @@ from fastft.bench.runner import quantiles, random_feeds, write_result
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     "default",
+    "served",
+    "served-ort",
     "dyn-block",
     "spin",
     "no-arena",
@@ -72,6 +79,11 @@ def make_session(path: Path, variant: str, threads: int):
 
     if variant.startswith("threads-"):
         threads = int(variant.split("-")[1])
+    if variant.startswith("served"):
+        from fastft.runtime.ort import served_session
+
+        mode = "onnxruntime" if variant == "served-ort" else "auto"
+        return served_session(path, session_options(threads=threads, spinning=False, level="all"), ort_attention=mode)[0]
     opts = session_options(threads=threads, spinning=(variant == "spin"), level="basic")
     if variant == "no-arena":
         opts.enable_cpu_mem_arena = False
@@ -215,6 +227,10 @@ def make_call(sess, variant: str, seq: int, batch: int, rng):
 
 
 SLOW_CORE = 1.15  # a core whose probe ran this much slower than its median counts as slowed
+# a block of calls (run back to back) whose median probe on a core ran this much slower than that
+# core's fastest block of the same variant ran in a slow phase of the host (seconds long: one probe is too
+# noisy to tell a few percent, a block's median is not)
+SLOW_PHASE = 1.06
 PAIR_CONTENDED = 1.3  # the pair took this much longer than either core alone: the two cores contend
 
 
@@ -229,10 +245,44 @@ def _tail(t: np.ndarray, name: str) -> dict:
     }
 
 
-def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None = None) -> list[dict]:
+def _block_medians(speeds: list, block: int, n_cores: int) -> np.ndarray:
+    """(blocks, n_cores) median probe time of each core over each block of ``block`` calls."""
+    sp = np.asarray(speeds, dtype=float)[:, :n_cores]
+    n = len(sp) // block
+    return np.median(sp[: n * block].reshape(n, block, n_cores), axis=1) if n else np.empty((0, n_cores))
+
+
+def _phases(variants, speeds, cols, block: int | None) -> dict:
+    """Per variant, a bool per call: made in a block where every core's median probe was within
+    SLOW_PHASE of that core's fastest block median in the variant's own blocks (the probe follows
+    the variant's previous call on the same core, so variants are not compared with each other);
+    {} without probes or blocks."""
+    cores = [i for i, c in enumerate(cols or []) if c.endswith("_mm_ms") and c != "both_mm_ms"]
+    if not block or not cores:
+        return {}
+    out = {}
+    for v in variants:
+        if not speeds.get(v):
+            continue
+        meds = _block_medians(speeds[v], block, max(cores) + 1)[:, cores]
+        if len(meds) < 2:
+            continue
+        full = (meds <= SLOW_PHASE * meds.min(axis=0)).all(axis=1)
+        calls = np.zeros(len(speeds[v]), dtype=bool)
+        calls[: len(full) * block] = np.repeat(full, block)
+        out[v] = calls
+    return out
+
+
+def summarize(
+    variants, times, probes, speeds, seq: int, cols: list[str] | None = None, block: int | None = None
+) -> list[dict]:
     """Quantiles per variant, what the machine did during the slow calls, and (with probes) the
-    tail of the calls made while both cores ran at their usual speed."""
+    tail of the calls made while both cores ran at their usual speed: call by call (a probe
+    SLOW_CORE over the core's median) and block by block (a host phase: a block's median probe
+    SLOW_PHASE over the core's fastest block)."""
     rows = []
+    phases = _phases(variants, speeds, cols, block)
     for v in variants:
         t = np.asarray(times[v])
         q = quantiles(t / 1e3)
@@ -256,6 +306,16 @@ def summarize(variants, times, probes, speeds, seq: int, cols: list[str] | None 
                 "normal_cores_calls": int(len(normal)),
                 **_tail(normal, "normal_cores"),
             }
+            if v in phases:
+                full = phases[v]
+                extra.update(
+                    {
+                        "full_speed_blocks": int(full.sum() // block),
+                        "slow_phase_blocks": int((~full).sum() // block),
+                        "slow_phase_p50_ms": round(float(np.median(t[~full])), 3) if (~full).any() else None,
+                        **_tail(t[full], "full_speed"),
+                    }
+                )
             if cols and "both_mm_ms" in cols and sp.shape[1] == len(cols):
                 both = sp[:, cols.index("both_mm_ms")]
                 alone = sp[:, [i for i, c in enumerate(cols) if c.startswith("core")]].max(axis=1)
@@ -333,6 +393,21 @@ def print_rows(rows: list[dict]) -> None:
                 f"{r['normal_cores_calls']:>22}{r['normal_cores_p50_ms']:>9.2f}{r['normal_cores_p99_ms']:>9.2f}"
                 f"{r['normal_cores_p99_over_p50']:>9.3f}"
             )
+    if any("full_speed_blocks" in r for r in rows):
+        print(
+            f"\n{'variant':<12}{'blocks: full speed / slow phase':>32}{'slow-phase p50':>16}"
+            f"{'full speed: p50':>17}{'p99':>9}{'p99/p50':>9}"
+        )
+        for r in rows:
+            if "full_speed_blocks" not in r:
+                continue
+            slow = "-" if r["slow_phase_p50_ms"] is None else f"{r['slow_phase_p50_ms']:.2f}"
+            full = (
+                f"{r['full_speed_p50_ms']:>17.2f}{r['full_speed_p99_ms']:>9.2f}{r['full_speed_p99_over_p50']:>9.3f}"
+                if r["full_speed_p50_ms"] is not None
+                else f"{'-':>35}"
+            )
+            print(f"{r['variant']:<12}{r['full_speed_blocks']:>20} / {r['slow_phase_blocks']:<9}{slow:>16}{full}")
     if any("calm_calls" in r for r in rows):
         print(
             f"\n{'variant':<12}{'pair ratio p50/p90':>20}{'corr(call, ratio)':>19}{'after contention':>18}"
@@ -367,7 +442,7 @@ def reanalyze(src: Path, dst: Path) -> int:
         print(f"fastft: error: {src} is not a bench_tails result with per-call data ({e})", file=sys.stderr)
         return 2
     cols = (old.get("probe_ms") or {}).get("columns")
-    rows = summarize(variants, old["raw_ms"], probes, speeds, old.get("seq"), cols)
+    rows = summarize(variants, old["raw_ms"], probes, speeds, old.get("seq"), cols, old.get("block"))
     print_rows(rows)
     from fastft.bench.runner import command_line
 
@@ -464,7 +539,7 @@ def main() -> int:
                 gc.enable()
                 gc.unfreeze()
         print(f"block {b + 1}/{blocks}", file=sys.stderr, flush=True)
-    rows = summarize(variants, times, probes, speeds, args.seq, probe_cols)
+    rows = summarize(variants, times, probes, speeds, args.seq, probe_cols, args.block)
     print_rows(rows)
     write_result(
         args.result,

@@ -313,7 +313,8 @@ static void wait_for_helpers(Job& j) {
 }
 
 // Runs every work item of P on the caller plus up to num_threads - 1 pool threads.
-static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads, double flops) {
+static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads, double flops,
+                    const Workers* workers) {
   const int64_t items = P.item_off[P.B];
   if (items == 0) return;
   const int64_t Dp = (P.D + HEAD_PAD - 1) / HEAD_PAD * HEAD_PAD;
@@ -326,6 +327,19 @@ static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads,
   job->P = P;
   job->Dp = Dp;
   job->items = items;
+  if (nt > 1 && workers) {  // every copy gets its own workspace; one without memory leaves it to others
+    std::atomic<bool> ran{false};
+    (*workers)(nt, [&](int) {
+      Workspace w;
+      if (alloc_workspace(w, P, Dp)) {
+        ran.store(true);
+        run_items(*job, &w);
+      }
+      free_workspace(w);
+    });
+    if (!ran.load()) throw std::bad_alloc();
+    return;
+  }
   Workspace ws;
   if (!alloc_workspace(ws, P, Dp)) {
     free_workspace(ws);
@@ -337,13 +351,18 @@ static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads,
   wait_for_helpers(*job);
 }
 
-void parallel_for(int64_t items, int num_threads, const std::function<void(int64_t)>& fn) {
+void parallel_for(int64_t items, int num_threads, const std::function<void(int64_t)>& fn,
+                  const Workers* workers) {
   if (items <= 0) return;
   int nt = num_threads > 0 ? num_threads : 1;
   if (nt > items) nt = static_cast<int>(items);
   auto job = std::make_shared<Job>();
   job->task = fn;
   job->items = items;
+  if (nt > 1 && workers) {
+    (*workers)(nt, [&](int) { run_items(*job, nullptr); });
+    return;
+  }
   if (nt > 1) Pool::get().publish(job, nt - 1);
   run_items(*job, nullptr);
   wait_for_helpers(*job);
@@ -363,7 +382,8 @@ void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
                    const int64_t* k_start, const int64_t* k_len, int64_t B, int64_t H,
                    int64_t D, const uint8_t* key_mask, const float* key_bias,
                    int64_t key_stride, const float* q_bias, const float* v_bias, bool causal,
-                   double scale, int num_threads, const std::string& isa, int block_k) {
+                   double scale, int num_threads, const std::string& isa, int block_k,
+                   const Workers* workers) {
   if (B < 0 || H < 0 || D < 1)
     throw std::invalid_argument("attention: batch and heads must be >= 0 and head_dim >= 1");
   const IsaEntry& entry = pick_isa(isa);
@@ -424,7 +444,7 @@ void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
   P.bk = bk;
   P.causal = causal;
   P.qscale = static_cast<float>(scale * kLog2e);
-  run_job(entry, P, num_threads, flops);
+  run_job(entry, P, num_threads, flops, workers);
 }
 
 }  // namespace fastft

@@ -10,6 +10,13 @@
 
 namespace fastft {
 
+// How a kernel runs `workers` copies of a loop that share its work items (each copy claims items
+// until none is left, so a copy that starts late just finds less): null means fastft's own
+// persistent pool (the caller and up to workers - 1 helper threads). libfastft_ort passes ONNX
+// Runtime's intra-op pool, so its ops run on the session's threads, the ones ORT's own kernels
+// use between them, instead of waking a second set. The call returns when every copy has.
+using Workers = std::function<void(int workers, const std::function<void(int)>& loop)>;
+
 // Where the rows of q, k, v and out live (in floats): row t of sequence b, head h is at
 //   base + (start[b] + t) * tok + h * head
 // e.g. (batch, heads, seq, head_dim) contiguous: start[b] = b*heads*seq, tok = head_dim,
@@ -38,12 +45,14 @@ void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
                    const int64_t* k_start, const int64_t* k_len, int64_t batch, int64_t heads,
                    int64_t head_dim, const uint8_t* key_mask, const float* key_bias,
                    int64_t key_stride, const float* q_bias, const float* v_bias, bool causal,
-                   double scale, int num_threads, const std::string& isa, int block_k);
+                   double scale, int num_threads, const std::string& isa, int block_k,
+                   const Workers* workers = nullptr);
 
 // fn(item) for every item in [0, items), on the caller and up to num_threads - 1 threads of the
 // attention kernel's persistent pool (the caller claims items too and never waits for a helper
-// that has not started). fn must not throw.
-void parallel_for(int64_t items, int num_threads, const std::function<void(int64_t)>& fn);
+// that has not started), or of `workers` where given. fn must not throw.
+void parallel_for(int64_t items, int num_threads, const std::function<void(int64_t)>& fn,
+                  const Workers* workers = nullptr);
 
 std::string attention_isa();                // the copy "auto" picks on this CPU
 std::vector<std::string> attention_isas();  // the copies this CPU can run, best first

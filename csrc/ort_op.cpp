@@ -19,7 +19,10 @@
 //     over the last axis (rowops.cpp), where the graph had Add (+ Add) + LayerNormalization.
 //   ai.fastft::BiasGelu(x, bias?) -> out = gelu(x + bias), erf form (rowops.cpp), where the
 //     graph had com.microsoft BiasGelu or Gelu.
-// FASTFT_ATTN_ISA picks the instruction-set copy of every op's kernel.
+// FASTFT_ATTN_ISA picks the instruction-set copy of every op's kernel. The kernels run on the
+// session's ONNX Runtime intra-op threads (the ones ORT's own kernels use between them);
+// FASTFT_OP_POOL=fastft puts them on fastft's own persistent pool instead (a comparison in
+// bench/bench_ort_op.py).
 //
 // Load with SessionOptions.register_custom_ops_library(path).
 #define ORT_API_MANUAL_INIT
@@ -75,6 +78,15 @@ std::string isa_from_env() {
     if (name == isa) return isa;
   throw std::invalid_argument("FASTFT_ATTN_ISA=" + isa + " is not an instruction set this CPU runs (" +
                               "auto or one of fastft._C.attention_isas())");
+}
+
+// FASTFT_OP_POOL: true for ONNX Runtime's intra-op pool ("onnxruntime", the default when unset),
+// false for fastft's own ("fastft"); anything else is refused when a session starts.
+bool ort_pool_from_env() {
+  const char* env = std::getenv("FASTFT_OP_POOL");
+  const std::string pool = env && *env ? env : "onnxruntime";
+  if (pool == "onnxruntime" || pool == "fastft") return pool == "onnxruntime";
+  throw std::invalid_argument("FASTFT_OP_POOL=" + pool + " is not a thread pool (onnxruntime or fastft)");
 }
 
 // The number of threads a kernel may use: the node's num_threads (absent or < 1: one).
@@ -150,11 +162,25 @@ struct Op : Ort::CustomOpBase<Op<Kernel>, Kernel, true> {
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+// fn(usr_data, i) as KernelContext_ParallelFor calls it: usr_data is the loop.
+void call_loop(void* loop, size_t i) { (*static_cast<const std::function<void(int)>*>(loop))(static_cast<int>(i)); }
+
 // What every kernel shares: its threads and instruction-set copy, read when the session
 // starts, and the status wrapper around Compute.
 template <typename Kernel>
 struct KernelBase {
-  explicit KernelBase(const Ort::ConstKernelInfo& ki) : threads_(threads_attribute(ki)), isa_(isa_from_env()) {}
+  explicit KernelBase(const Ort::ConstKernelInfo& ki)
+      : threads_(threads_attribute(ki)), isa_(isa_from_env()), ort_pool_(ort_pool_from_env()) {}
+
+  // The kernels' Workers for one Compute: this session's ONNX Runtime intra-op pool (each of
+  // the n loops one task; the calling thread takes some).
+  static fastft::Workers workers(const Ort::KernelContext& ctx) {
+    return [&ctx](int n, const std::function<void(int)>& loop) {
+      ctx.ParallelFor(&call_loop, static_cast<size_t>(n), 0, const_cast<std::function<void(int)>*>(&loop));
+    };
+  }
+  // What the kernels get: &w on ORT's pool, null (fastft's own pool) under FASTFT_OP_POOL=fastft.
+  const fastft::Workers* pool(const fastft::Workers& w) const { return ort_pool_ ? &w : nullptr; }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded(Ort::GetApi(), ORT_RUNTIME_EXCEPTION, Kernel::kName,
@@ -164,6 +190,7 @@ struct KernelBase {
 
   int threads_;
   std::string isa_;
+  bool ort_pool_;
 };
 
 // A row-wise op's output of `shape` (allocated) as the kernels see it: (rows, hidden), hidden
@@ -248,10 +275,11 @@ struct FusedAttentionKernel : KernelBase<FusedAttentionKernel> {
     const fastft::AttnRows rows{x, x + HD, x + 2 * HD, out, 3 * HD, D, 3 * HD, D,
                                 3 * HD, D, HD, D};
     const double scale = scale_ > 0 ? scale_ : 1.0 / std::sqrt(double(D));
+    const fastft::Workers w = workers(ctx);
     fastft::attention_f32(rows, start.data(), len.data(), start.data(), len.data(), B, heads_, D,
                           keys.empty() ? nullptr : keys.data(), nullptr, S,
                           bias, bias ? bias + 2 * HD : nullptr, false, scale,
-                          threads_, isa_, 0);
+                          threads_, isa_, 0, pool(w));
   }
 
   int64_t heads_ = 0;
@@ -285,7 +313,8 @@ struct SkipLayerNormKernel : KernelBase<SkipLayerNormKernel> {
     const int64_t H = t.hidden;
     const fastft::SkipLnParams p{x, skip, vector_input(ctx, 4, H, "bias"), vector_input(ctx, 2, H, "gamma"),
                                  vector_input(ctx, 3, H, "beta"), t.out, t.rows, H, epsilon_};
-    fastft::skip_layernorm_f32(p, threads_, isa_);
+    const fastft::Workers w = workers(ctx);
+    fastft::skip_layernorm_f32(p, threads_, isa_, pool(w));
   }
 
   float epsilon_ = 0.f;
@@ -306,7 +335,8 @@ struct BiasGeluKernel : KernelBase<BiasGeluKernel> {
     if (t.empty()) return;
     const fastft::BiasGeluParams p{x.GetTensorData<float>(), vector_input(ctx, 1, t.hidden, "bias"), t.out, t.rows,
                                    t.hidden};
-    fastft::bias_gelu_f32(p, threads_, isa_);
+    const fastft::Workers w = workers(ctx);
+    fastft::bias_gelu_f32(p, threads_, isa_, pool(w));
   }
 };
 

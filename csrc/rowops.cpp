@@ -92,7 +92,7 @@ constexpr int64_t kThreadedWork = int64_t(1) << 17;
 // when there is enough work.
 template <typename P>
 static void run_rows(void (*fn)(const P&, int64_t, int64_t), const P& p, int64_t rows, int64_t work,
-                     int num_threads) {
+                     int num_threads, const Workers* workers) {
   const int nt = num_threads > 1 && work >= kThreadedWork ? num_threads : 1;
   if (nt <= 1 || rows < 2) {
     fn(p, 0, rows);
@@ -100,19 +100,22 @@ static void run_rows(void (*fn)(const P&, int64_t, int64_t), const P& p, int64_t
   }
   const int64_t chunks = std::min<int64_t>(rows, 4 * nt);
   const int64_t per = (rows + chunks - 1) / chunks;
-  parallel_for((rows + per - 1) / per, nt, [&](int64_t c) { fn(p, c * per, std::min(rows, (c + 1) * per)); });
+  parallel_for((rows + per - 1) / per, nt, [&](int64_t c) { fn(p, c * per, std::min(rows, (c + 1) * per)); },
+               workers);
 }
 
-void skip_layernorm_f32(const SkipLnParams& p, int num_threads, const std::string& isa) {
+void skip_layernorm_f32(const SkipLnParams& p, int num_threads, const std::string& isa,
+                        const Workers* workers) {
   if (p.rows < 0 || p.hidden < 1) throw std::invalid_argument("rows must be >= 0 and hidden >= 1");
   if (!p.x || !p.skip || !p.gamma || !p.out) throw std::invalid_argument("null data pointer");
-  run_rows(pick(isa, FASTFT_COPIES(skip_layernorm_rows)), p, p.rows, p.rows * p.hidden, num_threads);
+  run_rows(pick(isa, FASTFT_COPIES(skip_layernorm_rows)), p, p.rows, p.rows * p.hidden, num_threads, workers);
 }
 
-void bias_gelu_f32(const BiasGeluParams& p, int num_threads, const std::string& isa) {
+void bias_gelu_f32(const BiasGeluParams& p, int num_threads, const std::string& isa,
+                   const Workers* workers) {
   if (p.rows < 0 || p.hidden < 1) throw std::invalid_argument("rows must be >= 0 and hidden >= 1");
   if (!p.x || !p.out) throw std::invalid_argument("null data pointer");
-  run_rows(pick(isa, FASTFT_COPIES(bias_gelu_rows)), p, p.rows, 4 * p.rows * p.hidden, num_threads);
+  run_rows(pick(isa, FASTFT_COPIES(bias_gelu_rows)), p, p.rows, 4 * p.rows * p.hidden, num_threads, workers);
 }
 
 }  // namespace fastft

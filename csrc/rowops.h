@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "attention.h"  // Workers
+
 namespace fastft {
 
 struct SkipLnParams {
@@ -22,8 +24,10 @@ struct SkipLnParams {
 
 // Runs the copy of the kernel for `isa` ("auto" or one of attention_isas(): the same names and
 // detection as the attention kernel), on up to `num_threads` threads for large inputs (small
-// ones run on the caller: waking a thread costs more than they do).
-void skip_layernorm_f32(const SkipLnParams& p, int num_threads, const std::string& isa);
+// ones run on the caller: waking a thread costs more than they do), those of `workers` where
+// given (see Workers), else fastft's own pool.
+void skip_layernorm_f32(const SkipLnParams& p, int num_threads, const std::string& isa,
+                        const Workers* workers = nullptr);
 
 struct BiasGeluParams {
   const float* x;     // (rows, hidden)
@@ -33,6 +37,7 @@ struct BiasGeluParams {
 };
 
 // The same dispatch and threading as skip_layernorm_f32.
-void bias_gelu_f32(const BiasGeluParams& p, int num_threads, const std::string& isa);
+void bias_gelu_f32(const BiasGeluParams& p, int num_threads, const std::string& isa,
+                   const Workers* workers = nullptr);
 
 }  // namespace fastft

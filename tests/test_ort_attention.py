@@ -638,3 +638,44 @@ def test_row_ops_compile_without_the_x86_copies():
     cmd = [cxx, "-std=c++17", "-fsyntax-only", "-DFASTFT_GENERIC_ONLY", f"-I{csrc}", str(csrc / "rowops.cpp")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_ops_give_the_same_results_on_either_thread_pool(monkeypatch):
+    """The three ops run on the session's ONNX Runtime intra-op threads by default and on fastft's
+    own pool under FASTFT_OP_POOL=fastft: the same items either way, so the same bits; shapes
+    above each op's threading threshold, on two session threads, and on one (the row ops still
+    ask for two: ORT's pool then runs every loop on the caller); an unknown pool is refused when
+    the session starts."""
+    from fastft.runtime.ort_attention import swap_gelu, swap_layernorm
+
+    rng = np.random.default_rng(11)
+    qkv = rng.standard_normal((2, 300, 3 * 4 * 32)).astype(np.float32)
+    mask = _mask("prefix", 2, 300, rng)
+    bias = rng.standard_normal(3 * 4 * 32).astype(np.float32)
+    ln, _ = swap_layernorm(_ln_graph(512, True), extra_attrs={"num_threads": 2})
+    gelu, _ = swap_gelu(_gelu_graph(1536, True), extra_attrs={"num_threads": 2})
+    ab = {name: rng.standard_normal((3, 700, 512)).astype(np.float32) for name in ("a", "b")}
+    x = (4 * rng.standard_normal((3, 300, 1536))).astype(np.float32)
+
+    def outputs(threads):
+        return [
+            _op_session(4, True, True, threads=2 if threads == 2 else None).run(
+                None, {"qkv": qkv, "mask": mask, "bias": bias}
+            )[0],
+            _ln_session(ln, threads).run(None, ab)[0],
+            _ln_session(gelu, threads).run(None, {"x": x})[0],
+        ]
+
+    ref = _reference(qkv, mask, bias, 4)
+    valid = mask.astype(bool)
+    for threads in (2, 1):
+        monkeypatch.delenv("FASTFT_OP_POOL", raising=False)
+        ort_pool = outputs(threads)
+        monkeypatch.setenv("FASTFT_OP_POOL", "fastft")
+        own_pool = outputs(threads)
+        np.testing.assert_allclose(ort_pool[0][valid], ref[valid], atol=2e-5, rtol=1e-4)
+        for a, b in zip(ort_pool, own_pool):
+            np.testing.assert_array_equal(a, b)
+    monkeypatch.setenv("FASTFT_OP_POOL", "openmp")
+    with pytest.raises(Exception, match="fastft SkipLayerNorm: FASTFT_OP_POOL=openmp is not a thread pool"):
+        _ln_session(ln)
