@@ -13,6 +13,8 @@ variants so load from other processes hits them alike. Variants isolate one susp
   attention, residual LayerNorm and GELU nodes on fastft's kernels inside ONNX Runtime
   (``fastft.runtime.ort.served_session``; ORT's own kernels where the file has none it takes).
 - ``served-ort``: the same with ``ort_attention="onnxruntime"`` (ORT's own kernels throughout).
+- ``served-own-pool``: ``served`` with fastft's kernels on fastft's own thread pool
+  (``FASTFT_OP_POOL=fastft``) instead of the session's intra-op threads.
 - ``dyn-block``: ``session.dynamic_block_base=4``: parallel loops hand out shrinking blocks
   on demand instead of one fixed share per thread, so a thread on a slower core takes less.
 - ``spin``: intra-op spinning on (thread wake-ups between parallel sections).
@@ -58,6 +60,7 @@ VARIANTS = (
     "default",
     "served",
     "served-ort",
+    "served-own-pool",
     "dyn-block",
     "spin",
     "no-arena",
@@ -83,7 +86,17 @@ def make_session(path: Path, variant: str, threads: int):
         from fastft.runtime.ort import served_session
 
         mode = "onnxruntime" if variant == "served-ort" else "auto"
-        return served_session(path, session_options(threads=threads, spinning=False, level="all"), ort_attention=mode)[0]
+        opts = session_options(threads=threads, spinning=False, level="all")
+        old = os.environ.get("FASTFT_OP_POOL")
+        if variant == "served-own-pool":  # the kernels read it as the session creates them
+            os.environ["FASTFT_OP_POOL"] = "fastft"
+        try:
+            return served_session(path, opts, ort_attention=mode)[0]
+        finally:
+            if old is None:
+                os.environ.pop("FASTFT_OP_POOL", None)
+            else:
+                os.environ["FASTFT_OP_POOL"] = old
     opts = session_options(threads=threads, spinning=(variant == "spin"), level="basic")
     if variant == "no-arena":
         opts.enable_cpu_mem_arena = False
