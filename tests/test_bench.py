@@ -24,6 +24,8 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
             "1",
             "--threads",
             "1",
+            "--gap-ms",
+            "0",
             "--backends",
             "hf-eager,fastft-fp32,fastft-int8",
             "--workdir",
@@ -41,7 +43,7 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     d = json.loads(out.read_text())
     for key in ("command", "machine", "versions", "settings", "backends", "results", "targets"):
         assert key in d, key
-    assert d["settings"]["threads"] == 1 and d["settings"]["seqs"] == [16, 32]
+    assert d["settings"]["threads"] == 1 and d["settings"]["seqs"] == [16, 32] and d["settings"]["gap_ms"] == 0
     assert len(d["results"]) == 6
     for r in d["results"]:
         for key in (
@@ -165,6 +167,8 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
         (["--seq", "1024"], "beyond the model's 128 positions"),
         (["--repeats", "1"], "--repeats"),
         (["--batch", "0"], "--batch"),
+        (["--gap-ms", "-1"], "--gap-ms must be >= 0"),
+        (["--gap-ms", "nan"], "--gap-ms must be a finite number"),
         (["--plot", "out.svg"], "PNG"),
     ],
 )

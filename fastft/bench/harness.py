@@ -197,5 +197,5 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("--agreement-texts must be 0 or more")
     if cfg.threads is not None and cfg.threads < 1:
         raise FastftError("--threads must be at least 1")
-    check_float("gap_ms", cfg.gap_ms, lo=0)
+    check_float("--gap-ms", cfg.gap_ms, lo=0)
     return cfg

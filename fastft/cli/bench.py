@@ -15,10 +15,10 @@ examples:
 backends:
 {backends}
 
-Each repetition runs every backend once on the same batch x seq tokens (new random order);
-ORT sessions use --threads intra-op threads, spinning off, sequential execution; torch uses
-torch.set_num_threads(--threads) with OMP_WAIT_POLICY=PASSIVE unless set (torch's spinning OpenMP
-barriers collapse when another process holds a core). Exports are cached under the fastft cache
+Each repetition runs every backend once on the same batch x seq tokens (new random order, each
+after --gap-ms idle); ORT sessions use --threads intra-op threads, spinning off, sequential
+execution; torch uses torch.set_num_threads(--threads) with OMP_WAIT_POLICY=PASSIVE unless set
+(torch's spinning OpenMP barriers collapse when another process holds a core). Exports are cached under the fastft cache
 directory.
 
 Each INT8 backend also labels up to --agreement-texts held-out texts (at the model's own
@@ -63,6 +63,13 @@ def register(sub) -> None:
     )
     p.add_argument("--repeats", type=int, default=100, help="timed runs per backend and length [100]")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend and length first [5]")
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=5.0,
+        help="idle time before each timed run, so one backend's threads settle before the next runs; "
+        "on a VM an idle core may also wake slower, and the shortest runs pay most for it [5]",
+    )
     p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of p50 latency against sequence length")
     p.add_argument("--no-memory", action="store_true", help="skip the per-backend memory probe (subprocesses)")
     p.add_argument("--workdir", default=None, help="where exports are cached [FASTFT_CACHE/bench]")
@@ -154,6 +161,7 @@ def _run(args) -> int:
         backends=args.backends or list(BACKENDS),
         repeats=args.repeats,
         warmup=args.warmup,
+        gap_ms=args.gap_ms,
         memory=not args.no_memory,
         workdir=args.workdir,
         served=args.served,
