@@ -13,8 +13,9 @@ as ``ai.fastft.SkipLayerNorm``, each GELU as ``ai.fastft.BiasGelu``), and ``fast
 the same with the LayerNorm and GELU swaps turned off in this process (the attention op
 alone), and ``fastft-own-pool``: all three ops on fastft's own thread pool
 (``FASTFT_OP_POOL=fastft`` while its sessions load) instead of the session's ONNX Runtime
-intra-op threads they share by default. All run the same feeds through ``Predictor.logits_from_ids``, interleaved (rotating
-order, ``--threads`` intra-op threads, spinning off):
+intra-op threads they share by default. All run the same feeds through
+``Predictor.logits_from_ids``, interleaved (rotating order, ``--threads`` intra-op threads,
+spinning off):
 
 - ``batch 1``: real text filling ``--seqs`` tokens each (no padding), as ``fastft bench``;
 - ``padded``: ``--batch`` rows of real text padded to the longest, ``--padded-seq`` tokens, each
