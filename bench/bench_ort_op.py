@@ -39,7 +39,14 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fastft.bench.runner import int_list, interleave, quantiles, script_main, write_result  # noqa: E402
+from fastft.bench.runner import (  # noqa: E402
+    int_list,
+    interleave,
+    own_op_pool,
+    quantiles,
+    script_main,
+    write_result,
+)
 from fastft.core.errors import FastftError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,15 +62,8 @@ def load(d: Path, int8: bool, threads: int, mode: str):
     from fastft.runtime import ort
 
     if mode == "fastft-own-pool":
-        old = os.environ.get("FASTFT_OP_POOL")
-        os.environ["FASTFT_OP_POOL"] = "fastft"
-        try:
+        with own_op_pool():
             return fastft.load(d, int8=int8, threads=threads, ort_attention="fastft", warm_up=False)
-        finally:
-            if old is None:
-                os.environ.pop("FASTFT_OP_POOL")
-            else:
-                os.environ["FASTFT_OP_POOL"] = old
     if mode != "fastft-attention":
         return fastft.load(d, int8=int8, threads=threads, ort_attention=mode, warm_up=False)
     keep = ort.swap_layernorm, ort.swap_gelu

@@ -44,6 +44,7 @@ disturbed. Tick counters have the kernel's USER_HZ resolution (10 ms).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import resource
@@ -53,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.bench.runner import quantiles, random_feeds, write_result
+from fastft.bench.runner import own_op_pool, quantiles, random_feeds, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
@@ -87,16 +88,8 @@ def make_session(path: Path, variant: str, threads: int):
 
         mode = "onnxruntime" if variant == "served-ort" else "auto"
         opts = session_options(threads=threads, spinning=False, level="all")
-        old = os.environ.get("FASTFT_OP_POOL")
-        if variant == "served-own-pool":  # the kernels read it as the session creates them
-            os.environ["FASTFT_OP_POOL"] = "fastft"
-        try:
+        with own_op_pool() if variant == "served-own-pool" else contextlib.nullcontext():
             return served_session(path, opts, ort_attention=mode)[0]
-        finally:
-            if old is None:
-                os.environ.pop("FASTFT_OP_POOL", None)
-            else:
-                os.environ["FASTFT_OP_POOL"] = old
     opts = session_options(threads=threads, spinning=(variant == "spin"), level="basic")
     if variant == "no-arena":
         opts.enable_cpu_mem_arena = False

@@ -17,6 +17,7 @@ model, cores, SIMD flags, GPU, torch threads, load average at the start and at t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -152,6 +153,22 @@ def interleave(
             if on_call is not None:
                 on_call(name)
     return out
+
+
+@contextlib.contextmanager
+def own_op_pool():
+    """Inside the block, sessions created with fastft's ONNX Runtime ops put them on fastft's own
+    thread pool (FASTFT_OP_POOL=fastft, read as a session creates its kernels) instead of the
+    session's intra-op threads; the variable is as it was after."""
+    old = os.environ.get("FASTFT_OP_POOL")
+    os.environ["FASTFT_OP_POOL"] = "fastft"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTFT_OP_POOL", None)
+        else:
+            os.environ["FASTFT_OP_POOL"] = old
 
 
 def random_feeds(names: Sequence[str], batch: int, seq: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
