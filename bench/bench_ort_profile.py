@@ -67,7 +67,8 @@ def profile(path: Path, variant: str, threads: int, seq: int, reps: int, warmup:
     total = sum(v["ms_per_call"] for v in ops.values())
     row = {
         "variant": variant,
-        "attention_swapped": swapped,
+        "attention_swapped": swapped.attention,
+        "fastft_ops": swapped._asdict(),
         "threads": threads,
         "seq": seq,
         "p50_ms": round(float(np.median(wall)) * 1e3, 3),

@@ -221,7 +221,12 @@ def test_served_logits_match_onnxruntime_attention(exported, int8):
     plain = fastft.load(exported, int8=int8, ort_attention="onnxruntime", warm_up=False)
     fused = fastft.load(exported, int8=int8, ort_attention="fastft", warm_up=False)
     assert plain.info()["attention"] == "onnxruntime"
-    assert fused.info()["attention"] == "fastft C++ kernel in ORT (2 nodes)"
+    assert fused.info()["attention"].startswith("fastft C++ kernel in ORT (2 nodes)")
+    assert fused.info()["fastft_ops"]["attention"] == 2 and plain.info()["fastft_ops"] == {
+        "attention": 0,
+        "layernorm": 0,
+        "gelu": 0,
+    }
     rng = np.random.default_rng(0)
     for batch, seq in [(1, 1), (1, 7), (3, 40), (4, 128)]:
         ids = rng.integers(5, 1000, (batch, seq))
@@ -603,6 +608,7 @@ def test_served_session_takes_the_row_ops_without_attention_nodes(tmp_path, monk
     import onnx
 
     from fastft.runtime import ort
+    from fastft.runtime.ort_attention import Swaps, describe
     from fastft.runtime.session import session_options
 
     path = tmp_path / "ln.onnx"
@@ -617,8 +623,9 @@ def test_served_session_takes_the_row_ops_without_attention_nodes(tmp_path, monk
     monkeypatch.setattr(ort, "create_session", spy)
     feeds = {n: np.random.default_rng(8).standard_normal((2, 5, 32)).astype(np.float32) for n in ("a", "b")}
     ref = _ln_session(model).run(None, feeds)[0]
-    sess, n = ort.served_session(path, session_options(threads=2), ort_attention="auto")
-    assert n == 0 and seen[-1][-1] == "SkipLayerNorm"
+    sess, swaps = ort.served_session(path, session_options(threads=2), ort_attention="auto")
+    assert swaps == Swaps(attention=0, layernorm=1, gelu=0) and seen[-1][-1] == "SkipLayerNorm"
+    assert describe(swaps) == "onnxruntime + fastft SkipLayerNorm (1)"
     np.testing.assert_allclose(sess.run(None, feeds)[0], ref, atol=2e-5, rtol=1e-4)
     ort.served_session(path, session_options(threads=2), ort_attention="onnxruntime")
     assert seen[-1][-1] == "LayerNormalization"

@@ -65,7 +65,7 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
             lambda feeds: p.logits_from_ids(**feeds),
             p.onnx_file,
             {
-                **{k: info[k] for k in ("threads", "spinning", "graph_optimization", "attention")},
+                **{k: info[k] for k in ("threads", "spinning", "graph_optimization", "attention", "fastft_ops")},
                 **_export_record(art["fastft"], name),
             },
         )

@@ -103,8 +103,8 @@ def session(path, threads: int | None = None):
 
 
 def served(path, threads: int | None = None, ort_attention: str = "auto"):
-    """(session, attention nodes on fastft's kernel): ``path`` as ``fastft.load`` serves it
-    (``ort_attention="onnxruntime"``: on ORT's own attention, as :func:`session`)."""
+    """(session, Swaps: its nodes on fastft's kernels): ``path`` as ``fastft.load`` serves it
+    (``ort_attention="onnxruntime"``: on ORT's own kernels, as :func:`session`)."""
     from fastft.runtime.ort import served_session
 
     opts = session_options(threads=threads, spinning=False, level="all")

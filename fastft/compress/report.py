@@ -88,7 +88,7 @@ def measure_latency(
     if progress:
         print(f"latency: {runs} interleaved rounds in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return {
-        name: {seq: {**quantiles(v), "attention_swapped": swapped[name]} for seq, v in per.items()}
+        name: {seq: {**quantiles(v), "attention_swapped": swapped[name].attention} for seq, v in per.items()}
         for name, per in times.items()
     }
 

@@ -13,6 +13,7 @@ from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.runtime import ort_attention
 from fastft.runtime.base import Predictor
 from fastft.runtime.ort_attention import (
+    Swaps,
     describe,
     effective_mode,
     resolve,
@@ -26,8 +27,9 @@ __all__ = ["OrtPredictor", "served_session"]
 
 
 def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: str = "auto"):
-    """(session, attention nodes swapped): ``onnx_file`` as fastft serves it, with each attention
-    node on fastft's C++ kernel inside ONNX Runtime where ``ort_attention`` resolves to it
+    """(session, :class:`~fastft.runtime.ort_attention.Swaps`): ``onnx_file`` as fastft serves it,
+    with each attention node on fastft's C++ kernel inside ONNX Runtime, and each residual
+    LayerNorm and GELU on fastft's ops, where ``ort_attention`` resolves to them
     (:func:`fastft.runtime.ort_attention.resolve`) and the file has such nodes, else as it is.
 
     Where the swap cannot be made (this ONNX Runtime refuses the library, no room for the
@@ -37,7 +39,7 @@ def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: st
     if resolve(mode, parse_device(device)[0]):
         proto = _load_proto(onnx_file)
         try:
-            session, n = _swapped_session(onnx_file, proto, opts)
+            session, swaps = _swapped_session(onnx_file, proto, opts)
         except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidGraph, OSError, ModelError...
             why = f"{type(exc).__name__}: {first_line(exc)}"
             if mode == "fastft":
@@ -45,8 +47,8 @@ def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: st
             warnings.warn(f"fastft: ONNX Runtime's own attention serves {onnx_file.name} ({why})", stacklevel=3)
         else:
             if session is not None:
-                return session, n
-    return create_session(onnx_file, opts, device=device), 0
+                return session, swaps
+    return create_session(onnx_file, opts, device=device), Swaps()
 
 
 def _load_proto(onnx_file: Path):
@@ -59,10 +61,10 @@ def _load_proto(onnx_file: Path):
 
 
 def _swapped_session(onnx_file: Path, proto, opts):
-    """(session, attention nodes swapped) on ``proto`` (the file's graph, changed in place) with
-    its attention nodes, residual LayerNorms and GELUs on fastft's kernels (the swaps of
-    :mod:`fastft.runtime.ort_attention`), registering the library on ``opts``; (None, 0) when it
-    has no node any of them takes.
+    """(session, Swaps) on ``proto`` (the file's graph, changed in place) with its attention
+    nodes, residual LayerNorms and GELUs on fastft's kernels (the swaps of
+    :mod:`fastft.runtime.ort_attention`), registering the library on ``opts``; (None, Swaps())
+    when it has no node any of them takes.
 
     The rewritten graph goes through a temporary file whose weights sit in one external-data
     file beside it, which ONNX Runtime reads as it reads the original (serialising it in memory
@@ -76,14 +78,15 @@ def _swapped_session(onnx_file: Path, proto, opts):
     proto, n = swap_attention(proto, extra_attrs=threads, copy=False)
     proto, n_ln = swap_layernorm(proto, extra_attrs=threads, copy=False)
     proto, n_gelu = swap_gelu(proto, extra_attrs=threads, copy=False)
-    if not (n or n_ln or n_gelu):
-        return None, 0
+    swaps = Swaps(n, n_ln, n_gelu)
+    if not any(swaps):
+        return None, swaps
     opts.register_custom_ops_library(str(ort_attention.library()))
     with tempfile.TemporaryDirectory(prefix="fastft-ort-") as tmp:
         path = Path(tmp) / onnx_file.name
         onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
         del proto
-        return create_session(path, opts), n
+        return create_session(path, opts), swaps
 
 
 class OrtPredictor(Predictor):
@@ -119,8 +122,9 @@ class OrtPredictor(Predictor):
         self.spinning = spinning
         opts = session_options(threads=threads, spinning=spinning, level=self.level)
         self._kind, self._device_id = parse_device(device)
-        # attention_swapped: attention nodes running fastft's kernel (libfastft_ort)
-        self.session, self.attention_swapped = served_session(self.onnx_file, opts, device, ort_attention)
+        # swaps: nodes on fastft's kernels (libfastft_ort); attention_swapped: the attention ones
+        self.session, self.swaps = served_session(self.onnx_file, opts, device, ort_attention)
+        self.attention_swapped = self.swaps.attention
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
             raise ModelError(
@@ -179,5 +183,6 @@ class OrtPredictor(Predictor):
             "threads": self.session.get_session_options().intra_op_num_threads,
             "spinning": self.spinning,
             "graph_optimization": self.level,
-            "attention": describe(self.attention_swapped),
+            "attention": describe(self.swaps),
+            "fastft_ops": self.swaps._asdict(),
         }

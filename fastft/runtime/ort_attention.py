@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from fastft.core.errors import FastftError
 
@@ -40,6 +41,7 @@ __all__ = [
     "library",
     "resolve",
     "swap_attention",
+    "Swaps",
     "swap_gelu",
     "swap_layernorm",
 ]
@@ -72,9 +74,23 @@ def library() -> Path | None:
     return _native.ort_library()
 
 
-def describe(swapped: int) -> str:
-    """What runs a session's attention, for reports: its number of swapped nodes (0: ORT's own)."""
-    return f"fastft C++ kernel in ORT ({swapped} nodes)" if swapped else "onnxruntime"
+class Swaps(NamedTuple):
+    """How many nodes of a served graph run on fastft's kernels inside ONNX Runtime, per op (all
+    0: ORT's own kernels throughout)."""
+
+    attention: int = 0  # ai.fastft.FusedAttention
+    layernorm: int = 0  # ai.fastft.SkipLayerNorm
+    gelu: int = 0  # ai.fastft.BiasGelu
+
+
+def describe(swapped: int | Swaps) -> str:
+    """What runs a session's attention, for reports (an int: its swapped attention nodes, as
+    reports store them), then fastft's other ops where any runs: "fastft C++ kernel in ORT
+    (6 nodes) + fastft SkipLayerNorm (12), BiasGelu (6)"."""
+    s = swapped if isinstance(swapped, Swaps) else Swaps(int(swapped))
+    text = f"fastft C++ kernel in ORT ({s.attention} nodes)" if s.attention else "onnxruntime"
+    rows = [f"{op} ({n})" for op, n in (("SkipLayerNorm", s.layernorm), ("BiasGelu", s.gelu)) if n]
+    return f"{text} + fastft {', '.join(rows)}" if rows else text
 
 
 def effective_mode(mode: str) -> str:
