@@ -11,7 +11,8 @@ variants so load from other processes hits them alike. Variants isolate one susp
   as it is, ORT's basic graph optimisations.
 - ``served``: the session ``fastft.load`` serves: all graph optimisations, and the file's
   attention, residual LayerNorm and GELU nodes on fastft's kernels inside ONNX Runtime
-  (``fastft.runtime.ort.served_session``; ORT's own kernels where the file has none it takes).
+  (``fastft.runtime.ort.served_session`` with ``ort_attention="fastft"``: an error where this
+  install cannot; the result's ``fastft_ops`` counts the nodes per variant).
 - ``served-ort``: the same with ``ort_attention="onnxruntime"`` (ORT's own kernels throughout).
 - ``served-own-pool``: ``served`` with fastft's kernels on fastft's own thread pool
   (``FASTFT_OP_POOL=fastft``) instead of the session's intra-op threads.
@@ -76,6 +77,9 @@ VARIANTS = (
 )
 
 
+SWAPS: dict[str, dict] = {}  # served variants: their nodes on fastft's kernels, per op
+
+
 def make_session(path: Path, variant: str, threads: int):
     import onnxruntime as ort
 
@@ -86,10 +90,13 @@ def make_session(path: Path, variant: str, threads: int):
     if variant.startswith("served"):
         from fastft.runtime.ort import served_session
 
-        mode = "onnxruntime" if variant == "served-ort" else "auto"
+        # fastft's ops or an error (auto would fall back to ORT's own kernels with a warning)
+        mode = "onnxruntime" if variant == "served-ort" else "fastft"
         opts = session_options(threads=threads, spinning=False, level="all")
         with own_op_pool() if variant == "served-own-pool" else contextlib.nullcontext():
-            return served_session(path, opts, ort_attention=mode)[0]
+            sess, swaps = served_session(path, opts, ort_attention=mode)
+        SWAPS[variant] = swaps._asdict()
+        return sess
     opts = session_options(threads=threads, spinning=(variant == "spin"), level="basic")
     if variant == "no-arena":
         opts.enable_cpu_mem_arena = False
@@ -234,8 +241,8 @@ def make_call(sess, variant: str, seq: int, batch: int, rng):
 
 SLOW_CORE = 1.15  # a core whose probe ran this much slower than its median counts as slowed
 # a block of calls (run back to back) whose median probe on a core ran this much slower than that
-# core's fastest block of the same variant ran in a slow phase of the host (seconds long: one probe is too
-# noisy to tell a few percent, a block's median is not)
+# core's usual block (10th percentile of the variant's blocks) ran in a slow phase of the host
+# (seconds long: one probe is too noisy to tell a few percent, a block's median is not)
 SLOW_PHASE = 1.06
 PAIR_CONTENDED = 1.3  # the pair took this much longer than either core alone: the two cores contend
 
@@ -259,11 +266,12 @@ def _block_medians(speeds: list, block: int, n_cores: int) -> np.ndarray:
 
 
 def _phases(variants, speeds, cols, block: int | None) -> dict:
-    """Per variant, a bool per call: made in a block where every core's median probe was within
-    SLOW_PHASE of that core's fastest block median in the variant's own blocks (the probe follows
-    the variant's previous call on the same core, so variants are not compared with each other);
-    {} without probes or blocks."""
-    cores = [i for i, c in enumerate(cols or []) if c.endswith("_mm_ms") and c != "both_mm_ms"]
+    """Per variant, a status per call: True where made in a block whose median probe on every
+    core was within SLOW_PHASE of that core's usual block (the 10th percentile of the variant's
+    block medians: the probe follows the variant's previous call on the same core, so variants are
+    not compared with each other), False in a slower block, None past the last whole block; {}
+    without probes or blocks."""
+    cores = [i for i, c in enumerate(cols or []) if c.startswith("core") or c == "mm_ms"]
     if not block or not cores:
         return {}
     out = {}
@@ -273,8 +281,8 @@ def _phases(variants, speeds, cols, block: int | None) -> dict:
         meds = _block_medians(speeds[v], block, max(cores) + 1)[:, cores]
         if len(meds) < 2:
             continue
-        full = (meds <= SLOW_PHASE * meds.min(axis=0)).all(axis=1)
-        calls = np.zeros(len(speeds[v]), dtype=bool)
+        full = (meds <= SLOW_PHASE * np.percentile(meds, 10, axis=0)).all(axis=1)
+        calls = np.full(len(speeds[v]), None, dtype=object)
         calls[: len(full) * block] = np.repeat(full, block)
         out[v] = calls
     return out
@@ -313,12 +321,15 @@ def summarize(
                 **_tail(normal, "normal_cores"),
             }
             if v in phases:
-                full = phases[v]
+                full = np.array([c is True for c in phases[v]])  # None (past the last whole block): neither
+                slow_phase = np.array([c is False for c in phases[v]])
                 extra.update(
                     {
                         "full_speed_blocks": int(full.sum() // block),
-                        "slow_phase_blocks": int((~full).sum() // block),
-                        "slow_phase_p50_ms": round(float(np.median(t[~full])), 3) if (~full).any() else None,
+                        "slow_phase_blocks": int(slow_phase.sum() // block),
+                        "slow_phase_p50_ms": round(float(np.median(t[slow_phase])), 3)
+                        if slow_phase.sum() >= 20
+                        else None,
                         **_tail(t[full], "full_speed"),
                     }
                 )
@@ -559,7 +570,12 @@ def main() -> int:
             "block": args.block,
             "wall_s": round(time.time() - t_start, 1),
             "speed_probe": bool(probe),
-            "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if os.environ.get(k)},
+            "env": {
+                k: os.environ.get(k)
+                for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "FASTFT_OP_POOL", "FASTFT_ATTN_ISA")
+                if os.environ.get(k)
+            },
+            "fastft_ops": SWAPS,
             "rows": rows,
             "raw_ms": {v: [round(x, 3) for x in times[v]] for v in variants},
             "per_call": {

@@ -330,6 +330,7 @@ static void run_job(const IsaEntry& entry, const AttnParams& P, int num_threads,
   if (nt > 1 && workers) {  // every copy gets its own workspace; one without memory leaves it to others
     std::atomic<bool> ran{false};
     (*workers)(nt, [&](int) {
+      if (job->next.load() >= job->items) return;  // a copy that starts after the others took it all
       Workspace w;
       if (alloc_workspace(w, P, Dp)) {
         ran.store(true);

@@ -14,7 +14,8 @@ namespace fastft {
 // until none is left, so a copy that starts late just finds less): null means fastft's own
 // persistent pool (the caller and up to workers - 1 helper threads). libfastft_ort passes ONNX
 // Runtime's intra-op pool, so its ops run on the session's threads, the ones ORT's own kernels
-// use between them, instead of waking a second set. The call returns when every copy has.
+// use between them, instead of waking a second set. The call returns when every copy has; a
+// loop must not throw.
 using Workers = std::function<void(int workers, const std::function<void(int)>& loop)>;
 
 // Where the rows of q, k, v and out live (in floats): row t of sequence b, head h is at

@@ -162,8 +162,11 @@ struct Op : Ort::CustomOpBase<Op<Kernel>, Kernel, true> {
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-// fn(usr_data, i) as KernelContext_ParallelFor calls it: usr_data is the loop.
-void call_loop(void* loop, size_t i) { (*static_cast<const std::function<void(int)>*>(loop))(static_cast<int>(i)); }
+// fn(usr_data, i) as KernelContext_ParallelFor calls it: usr_data is the loop (which must not
+// throw: on one of ORT's worker threads nothing would catch it).
+void call_loop(void* loop, size_t i) noexcept {
+  (*static_cast<const std::function<void(int)>*>(loop))(static_cast<int>(i));
+}
 
 // What every kernel shares: its threads and instruction-set copy, read when the session
 // starts, and the status wrapper around Compute.
@@ -174,8 +177,8 @@ struct KernelBase {
 
   // The kernels' Workers for one Compute: this session's ONNX Runtime intra-op pool (each of
   // the n loops one task; the calling thread takes some).
-  static fastft::Workers workers(const Ort::KernelContext& ctx) {
-    return [&ctx](int n, const std::function<void(int)>& loop) {
+  static fastft::Workers workers(Ort::KernelContext ctx) {  // a copy: the context pointer itself
+    return [ctx](int n, const std::function<void(int)>& loop) {
       ctx.ParallelFor(&call_loop, static_cast<size_t>(n), 0, const_cast<std::function<void(int)>*>(&loop));
     };
   }

@@ -30,7 +30,9 @@ def test_library_is_built_and_registers():
 
 
 # ---- the op alone, against a float64 reference ------------------------------------------------
-def _op_session(heads: int | None, with_mask: bool, with_bias: bool, threads: int | None = 2):
+def _op_session(
+    heads: int | None, with_mask: bool, with_bias: bool, threads: int | None = 2, session_threads: int | None = None
+):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -53,7 +55,7 @@ def _op_session(heads: int | None, with_mask: bool, with_bias: bool, threads: in
     onnx.checker.check_model(model)
     so = ort.SessionOptions()
     so.register_custom_ops_library(str(_lib()))
-    so.intra_op_num_threads = threads or 1
+    so.intra_op_num_threads = session_threads or threads or 1
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -165,8 +167,10 @@ def test_op_attributes_scale_and_threads_are_optional_heads_is_not():
 
 
 def test_sessions_come_and_go_while_the_kernel_threads_live(tmp_path):
-    """ONNX Runtime unloads a custom-op library with its last session; the kernel's helper threads
-    run its code for the life of the process, so the library must stay mapped (-z nodelete)."""
+    """ONNX Runtime unloads a custom-op library with its last session; fastft's own pool's helper
+    threads (FASTFT_OP_POOL=fastft) run its code for the life of the process, so the library must
+    stay mapped (-z nodelete)."""
+    import os
     import subprocess
     import sys
 
@@ -183,7 +187,8 @@ def test_sessions_come_and_go_while_the_kernel_threads_live(tmp_path):
         "    del s\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "FASTFT_OP_POOL": "fastft"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
@@ -650,9 +655,9 @@ def test_row_ops_compile_without_the_x86_copies():
 def test_ops_give_the_same_results_on_either_thread_pool(monkeypatch):
     """The three ops run on the session's ONNX Runtime intra-op threads by default and on fastft's
     own pool under FASTFT_OP_POOL=fastft: the same items either way, so the same bits; shapes
-    above each op's threading threshold, on two session threads, and on one (the row ops still
-    ask for two: ORT's pool then runs every loop on the caller); an unknown pool is refused when
-    the session starts."""
+    above each op's threading threshold, on two session threads, and on one (the ops still ask
+    for two: ORT's pool then runs every loop on the caller); an unknown pool is refused when the
+    session starts."""
     from fastft.runtime.ort_attention import swap_gelu, swap_layernorm
 
     rng = np.random.default_rng(11)
@@ -666,7 +671,7 @@ def test_ops_give_the_same_results_on_either_thread_pool(monkeypatch):
 
     def outputs(threads):
         return [
-            _op_session(4, True, True, threads=2 if threads == 2 else None).run(
+            _op_session(4, True, True, threads=2, session_threads=threads).run(
                 None, {"qkv": qkv, "mask": mask, "bias": bias}
             )[0],
             _ln_session(ln, threads).run(None, ab)[0],
@@ -686,3 +691,48 @@ def test_ops_give_the_same_results_on_either_thread_pool(monkeypatch):
     monkeypatch.setenv("FASTFT_OP_POOL", "openmp")
     with pytest.raises(Exception, match="fastft SkipLayerNorm: FASTFT_OP_POOL=openmp is not a thread pool"):
         _ln_session(ln)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc/self/task (Linux)")
+@pytest.mark.parametrize("op", ["attention", "layernorm", "gelu"])
+def test_ops_wake_no_thread_of_their_own_on_orts_pool(tmp_path, op):
+    """On a two-thread session the ops' loops run on ORT's intra-op worker: running each op above
+    its threading threshold starts no thread beyond the session's, where FASTFT_OP_POOL=fastft
+    starts fastft's persistent helper (one more). A fresh process per pool: the helper outlives
+    sessions."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "threads.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import numpy as np\n"
+        "import test_ort_attention as t\n"
+        "from fastft.runtime.ort_attention import swap_gelu, swap_layernorm\n"
+        "rng = np.random.default_rng(0)\n"
+        f"op = {op!r}\n"
+        "if op == 'attention':\n"
+        "    s = t._op_session(4, False, False, threads=2)\n"
+        "    feeds = {'qkv': rng.standard_normal((2, 256, 384)).astype(np.float32)}\n"
+        "elif op == 'layernorm':\n"
+        "    s = t._ln_session(swap_layernorm(t._ln_graph(512, True), extra_attrs={'num_threads': 2})[0])\n"
+        "    feeds = {n: rng.standard_normal((3, 700, 512)).astype(np.float32) for n in ('a', 'b')}\n"
+        "else:\n"
+        "    s = t._ln_session(swap_gelu(t._gelu_graph(1536, True), extra_attrs={'num_threads': 2})[0])\n"
+        "    feeds = {'x': rng.standard_normal((3, 300, 1536)).astype(np.float32)}\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "for _ in range(3):\n"
+        "    s.run(None, feeds)\n"
+        "print(len(os.listdir('/proc/self/task')) - before)\n"
+    )
+
+    def started(pool):
+        env = {**os.environ, "FASTFT_OP_POOL": pool}
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.strip().splitlines()[-1])
+
+    assert started("onnxruntime") == 0
+    assert started("fastft") == 1
