@@ -18,7 +18,9 @@
 // caller never waits for a helper that has not started: work items are claimed from an
 // atomic counter, the caller claims too, and it only waits for items a helper actually
 // claimed (spinning up to ~50 us, then sleeping on a condition variable). The same pool runs
-// parallel_for (the row ops of rowops.cpp).
+// parallel_for (the row ops of rowops.cpp). Inside ONNX Runtime (ort_op.cpp) the caller passes
+// the session's own intra-op pool as `Workers` instead: the same items, claimed the same way,
+// on the threads ORT's own kernels use between them.
 #include <atomic>
 #include <chrono>
 #include <cmath>

@@ -88,8 +88,8 @@ static Fn pick(const std::string& want, Fn avx512, Fn avx2, Fn generic) {
 // call runs on the caller alone: waking a pool thread costs microseconds.
 constexpr int64_t kThreadedWork = int64_t(1) << 17;
 
-// fn(p, r0, r1) over rows [0, rows), in chunks shared with the attention kernel's thread pool
-// when there is enough work.
+// fn(p, r0, r1) over rows [0, rows), in chunks shared over `workers` (ONNX Runtime's intra-op
+// threads inside a session) or the attention kernel's own pool, when there is enough work.
 template <typename P>
 static void run_rows(void (*fn)(const P&, int64_t, int64_t), const P& p, int64_t rows, int64_t work,
                      int num_threads, const Workers* workers) {
