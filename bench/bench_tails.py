@@ -294,7 +294,7 @@ def summarize(
     """Quantiles per variant, what the machine did during the slow calls, and (with probes) the
     tail of the calls made while both cores ran at their usual speed: call by call (a probe
     SLOW_CORE over the core's median) and block by block (a host phase: a block's median probe
-    SLOW_PHASE over the core's fastest block)."""
+    SLOW_PHASE over the core's usual block, the 10th percentile of the variant's blocks)."""
     rows = []
     phases = _phases(variants, speeds, cols, block)
     for v in variants:

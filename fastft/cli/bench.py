@@ -18,8 +18,8 @@ backends:
 Each repetition runs every backend once on the same batch x seq tokens (new random order, each
 after --gap-ms idle); ORT sessions use --threads intra-op threads, spinning off, sequential
 execution; torch uses torch.set_num_threads(--threads) with OMP_WAIT_POLICY=PASSIVE unless set
-(torch's spinning OpenMP barriers collapse when another process holds a core). Exports are cached under the fastft cache
-directory.
+(torch's spinning OpenMP barriers collapse when another process holds a core). Exports are
+cached under the fastft cache directory.
 
 Each INT8 backend also labels up to --agreement-texts held-out texts (at the model's own
 length) beside its own fp32 (the peer's INT8 against the peer's fp32, fastft's against
