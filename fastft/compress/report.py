@@ -50,8 +50,9 @@ def measure_latency(
 
     Lengths beyond ``max_positions`` (the model's position embeddings) are skipped. The files
     named in ``served`` run as ``fastft.load`` serves them: each attention node on fastft's C++
-    kernel inside ONNX Runtime where this install built it (``attention_swapped`` in their
-    quantiles says how many); the others, the teacher's baseline among them, on ORT's own.
+    kernel inside ONNX Runtime, and each residual LayerNorm and GELU on fastft's ops, where this
+    install built them (``attention_swapped`` and ``fastft_ops`` in their quantiles say how
+    many); the others, the teacher's baseline among them, on ORT's own.
     """
     from fastft.compress.quantize import served as served_session  # loads onnxruntime: only when timing
 
@@ -88,15 +89,22 @@ def measure_latency(
     if progress:
         print(f"latency: {runs} interleaved rounds in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return {
-        name: {seq: {**quantiles(v), "attention_swapped": swapped[name].attention} for seq, v in per.items()}
+        name: {
+            seq: {**quantiles(v), "attention_swapped": swapped[name].attention, "fastft_ops": swapped[name]._asdict()}
+            for seq, v in per.items()
+        }
         for name, per in times.items()
     }
 
 
 def attention_of(latency: dict) -> str:
-    """What ran a model's attention in :func:`measure_latency` ({seq: quantiles} of one model)."""
-    from fastft.runtime.ort_attention import describe
+    """What ran a model's attention (and fastft's other ops) in :func:`measure_latency` ({seq:
+    quantiles} of one model; an older report holds only ``attention_swapped``)."""
+    from fastft.runtime.ort_attention import Swaps, describe
 
+    for q in latency.values():
+        if q.get("fastft_ops"):
+            return describe(Swaps(**q["fastft_ops"]))
     return describe(max((q.get("attention_swapped", 0) for q in latency.values()), default=0))
 
 

@@ -40,8 +40,8 @@ __all__ = [
     "effective_mode",
     "library",
     "resolve",
-    "swap_attention",
     "Swaps",
+    "swap_attention",
     "swap_gelu",
     "swap_layernorm",
 ]
