@@ -42,6 +42,7 @@
 
 #include "attention.h"
 #include "attention_common.h"
+#include "isa_target.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -70,12 +71,7 @@ namespace fastft {
 // ---- AVX2 + FMA copy ------------------------------------------------------------------
 // Tiles measured on an AVX2-only Zen 3 (S512, head_dim 32/64, one thread, CPU time): QK 4 keys
 // x 24 queries beat 6 x 16 and 2 x 48; PV 6 rows x 16 head_dim beat 3 x 32 and 4 x 24.
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+FASTFT_TARGET_PUSH("avx2,fma")
 #define FASTFT_NS isa_avx2
 #define FASTFT_VW 8
 #define FASTFT_KR 4
@@ -91,19 +87,10 @@ namespace fastft {
 #undef FASTFT_KR
 #undef FASTFT_NQ
 #undef FASTFT_MR
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTFT_TARGET_POP()
 
 // ---- AVX-512F copy ----------------------------------------------------------------------
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-#endif
+FASTFT_TARGET_PUSH("avx512f,avx2,fma")
 #define FASTFT_NS isa_avx512
 #define FASTFT_VW 16
 #define FASTFT_KR 8
@@ -117,11 +104,7 @@ namespace fastft {
 #undef FASTFT_KR
 #undef FASTFT_NQ
 #undef FASTFT_MR
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTFT_TARGET_POP()
 #endif  // x86
 
 // ---- dispatch -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "attention.h"
+#include "isa_target.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -30,35 +31,20 @@ namespace fastft {
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTFT_GENERIC_ONLY)
 #define FASTFT_LN_X86 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+FASTFT_TARGET_PUSH("avx2,fma")
 #define FASTFT_NS ln_avx2
 #define FASTFT_VW 8
 #include "rowops_kernel.h"
 #undef FASTFT_NS
 #undef FASTFT_VW
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-#endif
+FASTFT_TARGET_POP()
+FASTFT_TARGET_PUSH("avx512f,avx2,fma")
 #define FASTFT_NS ln_avx512
 #define FASTFT_VW 16
 #include "rowops_kernel.h"
 #undef FASTFT_NS
 #undef FASTFT_VW
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTFT_TARGET_POP()
 #endif
 
 // The copy of a kernel for the instruction set `want` ("auto": the attention kernel's pick).
