@@ -27,6 +27,7 @@ STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 HEAD_ALLOCATIONS = ("layer", "global")
 AUGMENT_LABELS = ("original", "teacher")
+KD_LOSSES = ("kl", "mse")
 # the default recipe where a text classifier is distilled (fields left None are chosen by
 # CompressConfig.resolved). With one recovery epoch after each step its median over seeds 42-44 kept
 # 99.12% at 4.86x at seq 512 on an AVX2-only CPU (bench/results/compress_seed4{2,3,4}_h50_s2_global_aug1.json)
@@ -61,8 +62,8 @@ AUTO_HELP = "{on} when a text classifier is distilled, else {off}"
 class DistillConfig:
     """Distillation into a smaller student; its loss and schedule also drive pruning's recovery.
 
-    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)
-    + hidden_weight * MSE(mapped hidden states).
+    loss = alpha * KD + (1 - alpha) * CE(labels) + hidden_weight * MSE(mapped hidden states),
+    KD = T^2 * KL(teacher_T || student_T) (--kd-loss kl) or MSE(student logits, teacher logits) (mse).
     """
 
     TITLE = "distillation"
@@ -85,10 +86,16 @@ class DistillConfig:
     lr: float = option(1e-4, "distillation learning rate")
     batch_size: int = option(32, "training batch size (distillation, pruning importance and recovery)")
     max_length: int | None = option(None, "longest input in tokens", default_help="the teacher's")
-    temperature: float = option(2.0, "distillation temperature T")
+    temperature: float = option(2.0, "distillation temperature T (--kd-loss kl)")
+    kd_loss: str = option(
+        "kl",
+        "the soft-target term: kl (T^2 * KL of the temperature-softened distributions) or mse (squared "
+        "error of the raw logits: the student matches the teacher's margins, not only its probabilities)",
+        choices=KD_LOSSES,
+    )
     alpha: float | None = option(
         None,
-        "weight of the soft-target KL term (1 - alpha weighs the label loss)",
+        "weight of the soft-target term (--kd-loss; 1 - alpha weighs the label loss)",
         default_help=AUTO_HELP.format(on=TEXT_RECIPE["alpha"], off=DISTILL_PLAIN["alpha"]),
     )
     hidden_weight: float = option(1.0, "weight of the hidden-state MSE term (0 turns it off)")
@@ -143,6 +150,8 @@ class DistillConfig:
         check_int("--batch-size", self.batch_size, lo=1)
         check_int("--augment", self.augment, lo=0, optional=True)
         check_int("--transfer-size", self.transfer_size, lo=1)
+        if self.kd_loss not in KD_LOSSES:
+            raise FastftError(f"--kd-loss must be one of {', '.join(KD_LOSSES)} (got {self.kd_loss!r})")
         if self.augment_labels not in AUGMENT_LABELS:
             raise FastftError(
                 f"--augment-labels must be one of {', '.join(AUGMENT_LABELS)} (got {self.augment_labels!r})"

@@ -211,19 +211,29 @@ def cache_teacher(
     return TeacherCache(logits, hidden, offsets, layers)
 
 
-def distill_loss(out, labels, t_logits, t_hidden, mask, temperature: float, alpha: float, hidden_weight: float):
-    """(total loss, parts dict). t_hidden: (b, s, k, h) or None; mask: (b, s)."""
+def distill_loss(
+    out, labels, t_logits, t_hidden, mask, temperature: float, alpha: float, hidden_weight: float, kd_loss: str = "kl"
+):
+    """(total loss, parts dict). t_hidden: (b, s, k, h) or None; mask: (b, s).
+
+    kd_loss: "kl" (T^2 * KL of the temperature-softened distributions, averaged over rows) or "mse"
+    (the raw logits' squared error, averaged over rows and classes; temperature unused)."""
     import torch.nn.functional as F
 
     s_logits = out.logits
-    T = temperature
-    kd = (
-        F.kl_div(
-            F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction="batchmean", log_target=True
+    if kd_loss == "mse":
+        kd = F.mse_loss(s_logits, t_logits.to(s_logits.dtype))
+    elif kd_loss == "kl":
+        T = temperature
+        kd = (
+            F.kl_div(
+                F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction="batchmean", log_target=True
+            )
+            * T
+            * T
         )
-        * T
-        * T
-    )
+    else:
+        raise ValueError(f"unknown kd_loss {kd_loss!r} (kl or mse)")
     labelled = labels != NO_LABEL
     if bool(labelled.all()):
         ce = F.cross_entropy(s_logits, labels)
@@ -258,6 +268,7 @@ def train_student(
     temperature: float,
     alpha: float,
     hidden_weight: float,
+    kd_loss: str = "kl",
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.1,
     ema: float = 0.0,
@@ -318,6 +329,7 @@ def train_student(
             temperature,
             alpha,
             hidden_weight if use_hidden else 0.0,
+            kd_loss,
         )
         return loss, len(rows), parts
 

@@ -91,6 +91,7 @@ def do_distill(ctx: Context) -> StageResult:
         "epochs": cfg.epochs,
         "lr": cfg.lr,
         "temperature": cfg.temperature,
+        "kd_loss": cfg.kd_loss,
         "alpha": cfg.alpha,
         "hidden_weight": cfg.hidden_weight,
         **({"ema": cfg.ema} if cfg.ema else {}),
@@ -124,7 +125,7 @@ def _structured_prune(ctx: Context, net, cache, k_heads: int, k_ffn: int, seed_o
             out, y_rows, t = tkd.loss_inputs(cache, ctx.y["train"])(out, rows, x.shape[1])
         else:
             y_rows, t = y[rows], cache.logits[rows]
-        return dis.distill_loss(out, y_rows, t, None, m, d.temperature, d.alpha, 0.0)[0]
+        return dis.distill_loss(out, y_rows, t, None, m, d.temperature, d.alpha, 0.0, d.kd_loss)[0]
 
     scores = importance(net, batches, loss_fn, heads=k_heads > 0, ffn=k_ffn > 0)
     info = apply_structured(net, scores, k_heads, k_ffn, global_heads=cfg.head_allocation == "global")
@@ -307,6 +308,7 @@ def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, des
         batch_size=cfg.batch_size,
         temperature=cfg.temperature,
         alpha=cfg.alpha,
+        kd_loss=cfg.kd_loss,
         hidden_weight=cfg.hidden_weight,
         weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio,
