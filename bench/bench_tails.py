@@ -390,59 +390,68 @@ def print_rows(rows: list[dict]) -> None:
         f"{'cpu/wall':>9}{'slow c/w':>9}{'steal':>7}{'outside':>8}{'slow dist.':>11}{'undist. p99/p50':>16}"
     )
     for r in rows:
-        cws = "-" if r["cpu_over_wall_slow"] is None else f"{r['cpu_over_wall_slow']:.2f}"
-        und = "-" if r["undisturbed_p99_over_p50"] is None else f"{r['undisturbed_p99_over_p50']:.3f}"
+        cws = _or_dash(r["cpu_over_wall_slow"], ".2f")
+        und = _or_dash(r["undisturbed_p99_over_p50"], ".3f")
         print(
             f"{r['variant']:<12}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
             f"{r['p99_over_p50']:>9.3f}{r['share_over_1.2x_median']:>8.3f}{r['cpu_over_wall_p50']:>9.2f}{cws:>9}"
             f"{r['steal_ticks']:>7}{r['outside_busy_ticks']:>8}{r['slow_calls_disturbed']:>5}/{r['slow_calls']:<5}{und:>16}"
         )
-    if any("normal_cores_calls" in r for r in rows):
-        print(
-            f"\n{'variant':<12}{'calls after a slowed core':>26}{'of them slow':>14}"
-            f"{'both cores normal: n':>22}{'p50':>9}{'p99':>9}{'p99/p50':>9}"
-        )
-        for r in rows:
-            if r.get("normal_cores_p50_ms") is None:
-                continue
-            print(
-                f"{r['variant']:<12}{r['calls_after_a_slowed_core']:>26}{r['slow_calls_after_a_slowed_core']:>5}/{r['slow_calls']:<8}"
-                f"{r['normal_cores_calls']:>22}{r['normal_cores_p50_ms']:>9.2f}{r['normal_cores_p99_ms']:>9.2f}"
-                f"{r['normal_cores_p99_over_p50']:>9.3f}"
-            )
-    if any("full_speed_blocks" in r for r in rows):
-        print(
-            f"\n{'variant':<12}{'blocks: full speed / slow phase':>32}{'slow-phase p50':>16}"
-            f"{'full speed: p50':>17}{'p99':>9}{'p99/p50':>9}"
-        )
-        for r in rows:
-            if "full_speed_blocks" not in r:
-                continue
-            slow = "-" if r["slow_phase_p50_ms"] is None else f"{r['slow_phase_p50_ms']:.2f}"
-            full = (
-                f"{r['full_speed_p50_ms']:>17.2f}{r['full_speed_p99_ms']:>9.2f}{r['full_speed_p99_over_p50']:>9.3f}"
-                if r["full_speed_p50_ms"] is not None
-                else f"{'-':>35}"
-            )
-            print(f"{r['variant']:<12}{r['full_speed_blocks']:>20} / {r['slow_phase_blocks']:<9}{slow:>16}{full}")
-    if any("calm_calls" in r for r in rows):
-        print(
-            f"\n{'variant':<12}{'pair ratio p50/p90':>20}{'corr(call, ratio)':>19}{'after contention':>18}"
-            f"{'slow after either':>19}{'calm: n':>9}{'p50':>9}{'p99':>9}{'p99/p50':>9}"
-        )
-        for r in rows:
-            if "calm_calls" not in r:
-                continue
-            calm = (
-                f"{r['calm_p50_ms']:>9.2f}{r['calm_p99_ms']:>9.2f}{r['calm_p99_over_p50']:>9.3f}"
-                if r["calm_p50_ms"] is not None
-                else f"{'-':>27}"
-            )
-            print(
-                f"{r['variant']:<12}{r['pair_ratio_p50']:>10.2f}/{r['pair_ratio_p90']:<9.2f}"
-                f"{r['corr_call_pair_ratio']:>19.2f}{r['calls_after_a_contended_pair']:>18}"
-                f"{r['slow_calls_after_contention_or_a_slowed_core']:>12}/{r['slow_calls']:<6}{r['calm_calls']:>9}{calm}"
-            )
+    _section(
+        rows,
+        "normal_cores_calls",
+        f"{'variant':<12}{'calls after a slowed core':>26}{'of them slow':>14}"
+        f"{'both cores normal: n':>22}{'p50':>9}{'p99':>9}{'p99/p50':>9}",
+        lambda r: (
+            f"{r['variant']:<12}{r['calls_after_a_slowed_core']:>26}{r['slow_calls_after_a_slowed_core']:>5}/{r['slow_calls']:<8}"
+            f"{r['normal_cores_calls']:>22}{r['normal_cores_p50_ms']:>9.2f}{r['normal_cores_p99_ms']:>9.2f}"
+            f"{r['normal_cores_p99_over_p50']:>9.3f}"
+        ),
+        keep=lambda r: r.get("normal_cores_p50_ms") is not None,
+    )
+    _section(
+        rows,
+        "full_speed_blocks",
+        f"{'variant':<12}{'blocks: full speed / slow phase':>32}{'slow-phase p50':>16}"
+        f"{'full speed: p50':>17}{'p99':>9}{'p99/p50':>9}",
+        lambda r: (
+            f"{r['variant']:<12}{r['full_speed_blocks']:>20} / {r['slow_phase_blocks']:<9}"
+            f"{_or_dash(r['slow_phase_p50_ms'], '.2f'):>16}" + _tail_cells(r, "full_speed", 17)
+        ),
+    )
+    _section(
+        rows,
+        "calm_calls",
+        f"{'variant':<12}{'pair ratio p50/p90':>20}{'corr(call, ratio)':>19}{'after contention':>18}"
+        f"{'slow after either':>19}{'calm: n':>9}{'p50':>9}{'p99':>9}{'p99/p50':>9}",
+        lambda r: (
+            f"{r['variant']:<12}{r['pair_ratio_p50']:>10.2f}/{r['pair_ratio_p90']:<9.2f}"
+            f"{r['corr_call_pair_ratio']:>19.2f}{r['calls_after_a_contended_pair']:>18}"
+            f"{r['slow_calls_after_contention_or_a_slowed_core']:>12}/{r['slow_calls']:<6}{r['calm_calls']:>9}"
+            + _tail_cells(r, "calm", 9)
+        ),
+    )
+
+
+def _or_dash(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _tail_cells(r: dict, prefix: str, first_width: int) -> str:
+    """The p50 / p99 / p99-over-p50 cells of one subset of calls, or one dash where it has none."""
+    if r[f"{prefix}_p50_ms"] is None:
+        return f"{'-':>{first_width + 18}}"
+    return f"{r[f'{prefix}_p50_ms']:>{first_width}.2f}{r[f'{prefix}_p99_ms']:>9.2f}{r[f'{prefix}_p99_over_p50']:>9.3f}"
+
+
+def _section(rows: list[dict], key: str, header: str, line, keep=None) -> None:
+    """A further table under the first: printed when a row has ``key``, a line per such row that ``keep``s."""
+    if not any(key in r for r in rows):
+        return
+    print("\n" + header)
+    for r in rows:
+        if key in r and (keep is None or keep(r)):
+            print(line(r))
 
 
 def reanalyze(src: Path, dst: Path) -> int:
