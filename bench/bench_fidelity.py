@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--evals ({args.evals}) cannot exceed --steps ({args.steps})")
     if not 0 < args.depth <= 1:
         return fail(f"--depth must be in (0, 1] (got {args.depth})")
+    result = Path(args.result)
+    if result.is_dir() or any(p.exists() and not p.is_dir() for p in result.parents):
+        # checked now: the result is written after the hour of training, not before it
+        return fail(f"--result {args.result} is not a file path in a directory")
 
     import warnings
 
