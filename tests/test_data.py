@@ -185,3 +185,19 @@ def test_lone_surrogate_text_names_the_row(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in make_rows(10)) + '{"text": "x \\udcff", "label": "a"}\n')
     with pytest.raises(DataError, match=r"the text of row 11 is not valid UTF-8 \(byte 0xff at character 2\)"):
         load_data(str(path))
+
+
+def test_sorted_batches_cover_every_row_once_shortest_first():
+    from fastft.data.collate import pad_rows, sorted_batches
+
+    ids = [[1] * n for n in (5, 1, 3, 3, 9, 2, 7)]
+    batches = list(sorted_batches([len(x) for x in ids], 3))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert sorted(r for b in batches for r in b) == list(range(len(ids)))
+    flat = [len(ids[r]) for b in batches for r in b]
+    assert flat == sorted(flat)
+    x, m = pad_rows(ids, batches[1], pad_id=0)
+    assert x.shape == m.shape == (3, 7) and x.dtype == m.dtype
+    assert m.sum(axis=1).tolist() == [len(ids[r]) for r in batches[1]]
+    assert (x[m == 0] == 0).all() and (x[m == 1] == 1).all()
+    assert list(sorted_batches([], 4)) == []

@@ -17,7 +17,7 @@ from fastft.core.errors import DataError, FastftError, ModelError
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
 from fastft.core.system import physical_cores, versions
 from fastft.data import load_data
-from fastft.data.collate import clamp_max_length
+from fastft.data.collate import clamp_max_length, sorted_batches
 from fastft.data.labels import align_labels
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
@@ -261,12 +261,10 @@ def prepare(model, cfg: CompressConfig) -> Context:
 def torch_accuracy(net, ids, labels, pad_id: int, batch_size: int = 64) -> float:
     import torch
 
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     correct = 0
     net.eval()
     with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            rows = order[s : s + batch_size]
+        for rows in sorted_batches([len(x) for x in ids], batch_size):
             x, m = pad_batch([ids[r] for r in rows], pad_id)
             pred = net(input_ids=x, attention_mask=m).logits.argmax(-1)
             correct += int((pred == torch.tensor([labels[r] for r in rows])).sum())

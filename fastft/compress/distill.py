@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from fastft.core.errors import FastftError, ModelError
 from fastft.data.collate import length_buckets as length_bucketed_batches
+from fastft.data.collate import pad_rows, sorted_batches
 from fastft.models import load_classifier
 from fastft.train.loop import EpochStats, run_loop
 
@@ -119,16 +120,11 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 
 def pad_batch(ids: list[list[int]], pad_id: int):
-    """(input_ids, attention_mask), each (batch, longest)."""
+    """(input_ids, attention_mask) torch tensors, each (batch, longest)."""
     import torch
 
-    n = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), n), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, : len(x)] = 1
-    return input_ids, mask
+    x, m = pad_rows(ids, range(len(ids)), pad_id)
+    return torch.from_numpy(x), torch.from_numpy(m)
 
 
 @dataclass
@@ -175,7 +171,6 @@ def cache_teacher(
     ``(total_tokens, labels)`` at ``offsets`` like the hidden states (see ``compress.token_kd``).
     """
     import torch
-    from tqdm.auto import tqdm
 
     lengths = torch.tensor([len(x) for x in ids])
     offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
@@ -185,18 +180,9 @@ def cache_teacher(
     hidden = None
     if layers:
         hidden = torch.zeros((int(offsets[-1]), len(layers), teacher.config.hidden_size), dtype=torch.float16)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     teacher.eval()
     with torch.inference_mode():
-        for s in tqdm(
-            range(0, len(order), batch_size),
-            desc="teacher outputs (once)",
-            unit="batch",
-            file=sys.stderr,
-            disable=not progress,
-            leave=False,
-        ):
-            rows = order[s : s + batch_size]
+        for rows in sorted_batches(lengths.tolist(), batch_size, desc="teacher outputs (once)", progress=progress):
             input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
             out = teacher(input_ids=input_ids, attention_mask=mask, output_hidden_states=bool(layers))
             if per_token:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def model_max_positions(config) -> int | None:
@@ -48,6 +48,32 @@ class Collator:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         enc["labels"] = torch.tensor([lab for _, lab in batch], dtype=torch.long)
         return dict(enc)
+
+
+def sorted_batches(
+    lengths: Sequence[int], batch_size: int, *, desc: str = "", progress: bool = False
+) -> Iterator[list[int]]:
+    """Row indices in batches of ``batch_size``, shortest rows first (each batch pads to little),
+    with a progress bar on stderr when ``progress``."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc=desc, unit="batch", file=sys.stderr, disable=not progress, leave=False):
+        yield order[s : s + batch_size]
+
+
+def pad_rows(ids: Sequence[Sequence[int]], rows: Sequence[int], pad_id: int):
+    """(input_ids, attention_mask) of ``ids[rows]`` padded to the longest, each int64 (batch, longest)."""
+    import numpy as np
+
+    n = max(len(ids[r]) for r in rows)
+    x = np.full((len(rows), n), pad_id, dtype=np.int64)
+    m = np.zeros((len(rows), n), dtype=np.int64)
+    for i, r in enumerate(rows):
+        x[i, : len(ids[r])] = ids[r]
+        m[i, : len(ids[r])] = 1
+    return x, m
 
 
 IGNORE_INDEX = -100  # the label of positions the loss and the metrics skip (transformers' default)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from fastft.core.errors import DataError, FastftError
+from fastft.data.collate import sorted_batches
 from fastft.data.labels import align_labels
 from fastft.models.model_dir import load_model_dir, model_labels
 
@@ -36,21 +36,11 @@ def batched_logits(
 ) -> np.ndarray:
     """Logits for ``texts``, batched by length (less padding), returned in input order."""
     import torch
-    from tqdm.auto import tqdm
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), net.config.num_labels), dtype=np.float32)
     net.eval()
     with torch.inference_mode():
-        for start in tqdm(
-            range(0, len(order), batch_size),
-            desc="evaluating",
-            unit="batch",
-            file=sys.stderr,
-            disable=not progress,
-            leave=False,
-        ):
-            idx = order[start : start + batch_size]
+        for idx in sorted_batches([len(t) for t in texts], batch_size, desc="evaluating", progress=progress):
             enc = tokenizer(
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             )

@@ -9,12 +9,11 @@ sentence (:mod:`fastft.data.iob`; ``fastft predict`` decodes the same way).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-from fastft.data.collate import IGNORE_INDEX, encode_words, first_pieces
+from fastft.data.collate import IGNORE_INDEX, encode_words, first_pieces, pad_rows, sorted_batches
 from fastft.data.iob import check_decode, decode_tags
 
 TOKEN_METRIC_NAMES = ("f1", "precision", "recall", "accuracy", "f1_strict", "loss")
@@ -114,33 +113,12 @@ def encode_rows(tokenizer, sentences, max_length: int) -> tuple[list[list[int]],
     return ids, [enc.word_ids(i) for i in range(len(ids))]
 
 
-def _padded(ids: list[list[int]], rows: list[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    n = max(len(ids[r]) for r in rows)
-    x = np.full((len(rows), n), pad_id, dtype=np.int64)
-    m = np.zeros((len(rows), n), dtype=np.int64)
-    for i, r in enumerate(rows):
-        x[i, : len(ids[r])] = ids[r]
-        m[i, : len(ids[r])] = 1
-    return x, m
-
-
 def _batched(ids: list[list[int]], pad_id: int, batch_size: int, run, progress: bool = False) -> list:
     """Per-sentence logits (seq_i, labels), input order: ``run(input_ids, mask)`` -> (batch, seq, labels)
     over length-sorted batches (less padding)."""
-    from tqdm.auto import tqdm
-
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list = [None] * len(ids)
-    for s in tqdm(
-        range(0, len(order), batch_size),
-        desc="evaluating",
-        unit="batch",
-        file=sys.stderr,
-        disable=not progress,
-        leave=False,
-    ):
-        rows = order[s : s + batch_size]
-        x, m = _padded(ids, rows, pad_id)
+    for rows in sorted_batches([len(x) for x in ids], batch_size, desc="evaluating", progress=progress):
+        x, m = pad_rows(ids, rows, pad_id)
         y = run(x, m)
         if y.ndim != 3:
             raise ValueError(f"token classification needs logits (batch, sequence, labels); got shape {y.shape}")
