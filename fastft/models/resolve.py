@@ -118,6 +118,17 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
     )
 
 
+def _load_error(src, exc: Exception, local_message: str) -> ModelError:
+    """The one-line error for a failed transformers load: custom code refused, a local directory
+    (``local_message``), or a hub name that cannot be fetched."""
+    remote = _remote_code_error(src, exc)
+    if remote is not None:
+        return remote
+    if isinstance(src, Path):
+        return ModelError(local_message)
+    return _hub_error(str(src), exc)
+
+
 # files that hold a tokenizer's vocabulary (one is enough)
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -147,12 +158,7 @@ def load_tokenizer(model: str | os.PathLike):
     try:
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        remote = _remote_code_error(src, exc)
-        if remote is not None:
-            raise remote from None
-        if isinstance(src, Path):
-            raise ModelError(f"{src} has no usable tokenizer files ({exc.__class__.__name__})") from None
-        raise _hub_error(str(src), exc) from None
+        raise _load_error(src, exc, f"{src} has no usable tokenizer files ({exc.__class__.__name__})") from None
     if len(tok) < MIN_VOCAB:
         raise ModelError(
             f"the tokenizer of {src} has only {len(tok)} entries (fewer than {MIN_VOCAB}): its "
@@ -185,12 +191,7 @@ def load_classifier(
     try:
         config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        remote = _remote_code_error(src, exc)
-        if remote is not None:
-            raise remote from None
-        if isinstance(src, Path):
-            raise ModelError(f"{src}: cannot read config.json ({exc})") from None
-        raise _hub_error(str(src), exc) from None
+        raise _load_error(src, exc, f"{src}: cannot read config.json ({exc})") from None
     kwargs = {}
     if labels is not None:
         existing = _head_labels(config, task)
@@ -216,12 +217,8 @@ def load_classifier(
     try:
         model_obj = auto.from_pretrained(str(src), config=config, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - corrupt safetensors raise their own error type; re-raised below
-        remote = _remote_code_error(src, exc)
-        if remote is not None:
-            raise remote from None
-        if isinstance(src, Path):
-            raise ModelError(f"{src}: cannot load weights ({_weights_error(src, config, exc)})") from None
-        raise _hub_error(str(src), exc) from None
+        local = f"{src}: cannot load weights ({_weights_error(src, config, exc)})" if isinstance(src, Path) else ""
+        raise _load_error(src, exc, local) from None
     model_obj = model_obj.to(torch.float32)
     return model_obj
 
