@@ -1,6 +1,8 @@
 """How closely can distillation make a student follow its teacher away from the training domain?
 
     python bench/bench_fidelity.py --steps 3000 --result bench/results/fidelity_zen5.json
+    python bench/bench_fidelity.py --replot bench/results/fidelity_{train,transfer}_zen5.json \
+        --plot bench/results/fidelity_zen5.png
 
 Out-of-domain retention (student accuracy / teacher accuracy on Amazon, NYT and tweets; see
 ``bench_shift.py``) is decided by the texts where student and teacher disagree. This benchmark
@@ -113,6 +115,55 @@ def run_regime(regime, teacher, tok, splits, evals, args) -> list[dict]:
     return rows_out
 
 
+def plot_fidelity(rows: list[dict], path: Path) -> None:
+    """Agreement with the teacher (left) and retained (right) per evaluation set as training goes
+    on: one colour per set, one line style per regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [k[: -len("_agreement")] for k in rows[0] if k.endswith("_agreement")]
+    styles = dict(zip(sorted({r["regime"] for r in rows}), ("-", "--", ":", "-.")))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, what in zip(axes, ("agreement", "retained")):
+        for i, name in enumerate(sets):
+            for regime, style in styles.items():
+                pts = [(r["step"], 100 * r[f"{name}_{what}"]) for r in rows if r["regime"] == regime]
+                ax.plot(*zip(*pts), style, color=f"C{i}", marker="o", ms=3, label=f"{name} ({regime})")
+        ax.axhline(98 if what == "retained" else 100, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("distillation steps (batch 32)")
+        ax.set_ylabel(f"{what} (%)" if what == "retained" else "label agreement with the teacher (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("Distillation alone (unpruned fp32 student): in domain (movie-test) and out of it", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replot(results: list[str], plot: str | None) -> int:
+    """--replot: the figure of result files already written, without training."""
+    import json
+
+    if not plot:
+        print("fastft: error: --replot needs --plot PATH", file=sys.stderr)
+        return 2
+    rows = []
+    for f in results:
+        try:
+            rows += json.loads(Path(f).read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"fastft: error: {f} is not a bench_fidelity result ({e.__class__.__name__})", file=sys.stderr)
+            return 2
+    if not rows:
+        print("fastft: error: --replot: the result files hold no rows", file=sys.stderr)
+        return 2
+    plot_fidelity(rows, Path(plot))
+    print(f"wrote {plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated: train, transfer [both]")
@@ -125,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--teacher", default=None, help="teacher directory [the cached default teacher]")
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "fidelity.json"))
+    ap.add_argument("--plot", default=None, metavar="PNG", help="also draw agreement and retained against steps")
+    ap.add_argument("--replot", nargs="+", metavar="RESULT", help="only draw --plot from result files already written")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.plot)
 
     def fail(msg: str) -> int:
         print(f"fastft: error: {msg}", file=sys.stderr)
@@ -141,10 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--evals ({args.evals}) cannot exceed --steps ({args.steps})")
     if not 0 < args.depth <= 1:
         return fail(f"--depth must be in (0, 1] (got {args.depth})")
-    result = Path(args.result)
-    if result.is_dir() or any(p.exists() and not p.is_dir() for p in result.parents):
-        # checked now: the result is written after the hour of training, not before it
-        return fail(f"--result {args.result} is not a file path in a directory")
+    for flag, path in (("--result", args.result), ("--plot", args.plot)):
+        if path is None:
+            continue
+        out = Path(path)
+        if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
+            # checked now: the result is written after the hour of training, not before it
+            return fail(f"{flag} {path} is not a file path in a directory")
 
     import warnings
 
@@ -194,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         csv_rows=rows,
     )
     print(f"wrote {args.result}")
+    if args.plot:
+        plot_fidelity(rows, Path(args.plot))
+        print(f"wrote {args.plot}")
     return 0
 
 
