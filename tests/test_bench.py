@@ -445,3 +445,36 @@ def test_int8_agreement_counts_label_flips_per_pair_and_sets_the_target():
     ag["fastft-int8"]["label_agreement"] = 0.79
     (row,) = [t for t in targets([], ag) if "peer-int8's" in t["target"]]
     assert row["met"] is False
+
+
+def test_bench_fidelity_replots_its_results_and_refuses_bad_paths_before_any_work(tmp_path, capsys):
+    """--replot draws a figure from result files without training; a --plot or --result path that
+    cannot be written is refused in one line before the hour of training."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_fidelity", Path(__file__).resolve().parents[1] / "bench" / "bench_fidelity.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [
+        {"regime": g, "step": k, "movie-test_agreement": 0.9, "movie-test_retained": 0.99, "nyt_agreement": 0.88,
+         "nyt_retained": 0.97}
+        for g in ("train", "transfer")
+        for k in (500, 1000)
+    ]  # fmt: skip
+    res = tmp_path / "fid.json"
+    res.write_text(json.dumps({"rows": rows}))
+    png = tmp_path / "fid.png"
+    assert mod.main(["--replot", str(res), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert mod.main(["--replot", str(res)]) == 2
+    assert mod.main(["--replot", str(tmp_path / "none.json"), "--plot", str(png)]) == 2
+    assert mod.main(["--plot", str(res / "x.png")]) == 2
+    assert mod.main(["--result", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--replot needs --plot" in err and "is not a bench_fidelity result" in err
+    assert "--plot" in err and "is not a file path in a directory" in err
+    assert "Traceback" not in err
