@@ -117,6 +117,21 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
         "".join(json.dumps(r) + "\n" for r in make_rows(10)) + '{"text": "bad \\ud800 text", "label": "positive"}\n'
     )
     (w / "latin1.csv").write_bytes(b"text,label\ncaf\xe9,positive\nok,negative\n")
+    # hand-edited config.json and fastft.json values of the wrong type
+    shutil.copytree(tiny, w / "cfg-type")
+    _edit_json(w / "cfg-type" / "config.json", max_position_embeddings="lots")
+    for name, changes in {
+        "meta-maxlen": {"max_length": "64"},
+        "meta-labels": {"labels": [[1], [2]]},
+        "meta-escape": {"onnx": {"default": "../onnx/model.onnx"}},
+    }.items():
+        shutil.copytree(w / "onnx-fp32", w / name)
+        _edit_json(w / name / "fastft.json", **changes)
+    # a head-pruned directory (what compress writes) whose weights were cut short
+    shutil.copytree(tiny, w / "pruned-cut")
+    _edit_json(w / "pruned-cut" / "config.json", pruned_heads={"0": [0]})
+    with open(w / "pruned-cut" / "model.safetensors", "r+b") as fh:
+        fh.truncate(1000)
     yield w
     assert not marker.exists(), "code from a model directory ran"
 
@@ -270,6 +285,13 @@ CLI_CASES = [
     ("eval-missing-int8", "eval --model {w}/onnx-fp32 --int8", "has no model_int8.onnx"),
     ("eval-int8-with-torch", "eval --model {w}/onnx --backend torch --int8", "--backend onnxruntime"),
     ("predict-corrupt-onnx", "predict --model {w}/half hi", "is not a loadable ONNX model"),
+    # 16. hand-edited model directories
+    ("config-wrong-type", "eval --model {w}/cfg-type", "max_position_embeddings"),
+    ("config-wrong-type-tok", "predict --model {w}/cfg-type --backend torch hi", "max_position_embeddings"),
+    ("meta-max-length-str", "predict --model {w}/meta-maxlen hi", "fastft.json: max_length must be an integer"),
+    ("meta-labels-nested", "predict --model {w}/meta-labels hi", "fastft.json: labels must be a list of label"),
+    ("meta-onnx-outside", "predict --model {w}/meta-escape hi", "onnx.default must be the name of an ONNX file"),
+    ("pruned-weights-cut", "predict --model {w}/pruned-cut --backend torch hi", "cannot load weights (Safetensor"),
     # argparse mistakes are one line too
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
@@ -402,6 +424,34 @@ def _cli(*args, stdin: bytes | None = None, cwd=None, env=None) -> subprocess.Co
     return subprocess.run(
         [sys.executable, "-m", "fastft", *args], input=stdin, capture_output=True, cwd=cwd, env=env, timeout=300
     )
+
+
+def test_a_mistyped_local_path_or_an_unreachable_hub_fails_at_once(world, monkeypatch):
+    """``runs/typo`` (its first part a local directory) is a missing directory, not a hub name; a
+    hub name when the hub's host does not resolve fails in one line at once, not after ~25 s of
+    retries; with a resolvable host (or a proxy) the name goes to transformers unchanged."""
+    import socket
+
+    from fastft.models.resolve import resolve_model
+
+    monkeypatch.chdir(world)
+    with pytest.raises(FastftError, match="model directory plain-dir/typo does not exist"):
+        resolve_model("plain-dir/typo")
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for name in ("no-such-model-xyz", "org-xyz/no-such-model"):
+        with pytest.raises(FastftError, match="not in the local Hugging Face cache, and the hub is unreachable"):
+            resolve_model(name)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert resolve_model("org-xyz/no-such-model") == "org-xyz/no-such-model"
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])
+    assert resolve_model("no-such-model-xyz") == "no-such-model-xyz"
 
 
 def test_evil_code_never_runs_even_with_yes_on_stdin(world, tmp_path):

@@ -108,7 +108,7 @@ def preflight(model, cfg: CompressConfig) -> dict:
         check_teacher_dir(path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers' strict config checks raise their own type
         raise ModelError(
             f"cannot read the model config in {path}: {(str(exc).splitlines() or [''])[0][:200]}"
         ) from None

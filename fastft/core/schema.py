@@ -26,12 +26,40 @@ TASKS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
 
 
 def read_meta(model_dir: str | Path, required: bool = False) -> dict:
+    """The directory's fastft.json ({} when it has none), its serving keys checked (:func:`check_meta`)."""
     path = Path(model_dir) / META_FILE
     if not path.is_file():
         if required:
             raise ModelError(f"{model_dir} is not a fastft model directory (no {META_FILE})")
         return {}
-    return read_json_object(path)
+    return check_meta(read_json_object(path), path)
+
+
+def check_meta(meta: dict, path: str | Path) -> dict:
+    """``meta`` unchanged if the keys that loading and serving read have the types fastft writes:
+    ``labels`` a list of names, ``max_length`` an integer >= 2, ``onnx.default`` a file name in the
+    directory itself. A hand-edited or foreign file gets one ModelError naming the key."""
+
+    def bad(key: str, want: str, got) -> ModelError:
+        return ModelError(f"{path}: {key} must be {want} (got {got!r:.80})")
+
+    labels = meta.get("labels")
+    if labels is not None and not (
+        isinstance(labels, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in labels)
+    ):
+        raise bad("labels", "a list of label names", labels)
+    length = meta.get("max_length")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 2):
+        raise bad("max_length", "an integer >= 2", length)
+    onnx = meta.get("onnx")
+    if onnx is not None and not isinstance(onnx, dict):
+        raise bad("onnx", "an object", onnx)
+    default = (onnx or {}).get("default")
+    if default is not None and (
+        not isinstance(default, str) or Path(default).name != default or default in (".", "..") or "\\" in default
+    ):
+        raise bad("onnx.default", "the name of an ONNX file in the model directory", default)
+    return meta
 
 
 def write_meta(model_dir: str | Path, meta: dict) -> None:

@@ -11,6 +11,10 @@ def model_max_positions(config) -> int | None:
     n = getattr(config, "max_position_embeddings", None)
     if n is None:
         return None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        from fastft.core.errors import ModelError
+
+        raise ModelError(f"config.json max_position_embeddings must be a positive integer (got {n!r:.40})")
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         n -= 2  # RoBERTa offsets positions by padding_idx + 1
     return int(n)

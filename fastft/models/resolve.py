@@ -12,6 +12,7 @@ Anything else is a local Hugging Face directory or, when online, a hub name.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from fastft.core.errors import ModelError
@@ -32,15 +33,55 @@ def resolve_model(model: str | os.PathLike) -> Path | str:
     if name == "minilm-l3":
         return minilm_l3_dir()
     path = Path(name).expanduser()
-    looks_like_path = path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
-    if path.exists() or looks_like_path:
+    looks_like_path = (
+        path.exists()
+        or name.startswith((".", "/", "~"))
+        or os.sep in name
+        and (name.count("/") != 1 or Path(name.split("/")[0]).expanduser().is_dir())  # runs/typo: a local path
+    )
+    if looks_like_path:
         if not path.is_dir():
             raise ModelError(
                 f"model directory {path} does not exist" if not path.exists() else f"{path} is not a directory"
             )
         check_model_dir(path)
         return path
+    if _hub_unreachable():  # a hub load would retry for ~25 s and fail: use the local cache or say so now
+        cached = _cached_snapshot(name)
+        if cached is None:
+            raise ModelError(
+                f"cannot load model {name!r}: not a built-in alias ({', '.join(BUILTIN_MODELS)}), not a local "
+                "directory, not in the local Hugging Face cache, and the hub is unreachable (its host name "
+                "does not resolve)"
+            )
+        check_model_dir(cached)
+        return cached
     return name  # hub name, e.g. "bert-base-uncased" or "org/model": needs network
+
+
+def _hub_unreachable() -> bool:
+    """True when the hub's host name does not resolve and no proxy would resolve it for us."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return True
+    return False
+
+
+def _cached_snapshot(name: str) -> Path | None:
+    """The local Hugging Face cache's snapshot directory of hub model ``name``, if it holds one."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - a name the hub would refuse (bad characters) is simply not cached
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
 
 
 def check_model_dir(path: Path) -> None:
@@ -118,6 +159,10 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
     )
 
 
+_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+          "max_position_embeddings")  # fmt: skip
+
+
 def _load_error(src, exc: Exception, local_message: str) -> ModelError:
     """The one-line error for a failed transformers load: custom code refused, a local directory
     (``local_message``), or a hub name that cannot be fetched."""
@@ -157,8 +202,8 @@ def load_tokenizer(model: str | os.PathLike):
         )
     try:
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise _load_error(src, exc, f"{src} has no usable tokenizer files ({exc.__class__.__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - a broken file raises what its parser raises; one line below
+        raise _load_error(src, exc, f"{src}: cannot load the tokenizer ({_exc_line(exc)})") from None
     if len(tok) < MIN_VOCAB:
         raise ModelError(
             f"the tokenizer of {src} has only {len(tok)} entries (fewer than {MIN_VOCAB}): its "
@@ -190,8 +235,12 @@ def load_classifier(
     src = resolve_model(model)
     try:
         config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise _load_error(src, exc, f"{src}: cannot read config.json ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - transformers' strict config checks raise their own type
+        raise _load_error(src, exc, f"{src}: cannot read config.json ({_exc_line(exc)})") from None
+    for key in _SIZES:  # transformers 5 checks these types itself; 4.x would fail deep in a constructor
+        v = getattr(config, key, None)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ModelError(f"{src}: config.json {key} must be a positive integer (got {v!r:.40})")
     kwargs = {}
     if labels is not None:
         existing = _head_labels(config, task)
@@ -212,7 +261,12 @@ def load_classifier(
         setattr(config, k, v)
     if getattr(config, "pruned_heads", None) and isinstance(src, Path) and labels is None and dropout is None:
         # transformers 5 no longer applies config.pruned_heads on load: rebuild the pruned shapes
-        return load_pruned(src).to(torch.float32)
+        try:
+            return load_pruned(src).to(torch.float32)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a truncated or missing model.safetensors; one line below
+            raise ModelError(f"{src}: cannot load weights ({_weights_error(src, config, exc)})") from None
     auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
     try:
         model_obj = auto.from_pretrained(str(src), config=config, trust_remote_code=False)
@@ -242,7 +296,6 @@ def _pickled_weights(path: Path) -> bool:
 
 def _weights_error(path: Path, config, exc: Exception) -> str:
     """Why the weights of ``path`` do not load, in one line that names the cause."""
-    text = str(exc)
     if _pickled_weights(path):
         return (
             "the .bin weights hold pickled Python objects, not only tensors, and fastft never unpickles "
@@ -255,11 +308,15 @@ def _weights_error(path: Path, config, exc: Exception) -> str:
             f"the classification head in model.safetensors ({head[0]}) has {head[1]} labels, "
             f"but config.json names {n} labels: {', '.join(map(str, _config_label_names(config)))}"
         )
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0] if lines else type(exc).__name__
+    return _exc_line(exc)
+
+
+def _exc_line(exc: Exception) -> str:
+    """``Type: message`` on one line (transformers' and pydantic's messages span several)."""
+    first = " ".join(str(exc).split())
     for noise in ("(look at the above report!)", "look at the above report!", "look at the above report"):
         first = first.replace(noise, "")
-    return f"{type(exc).__name__}: {first.strip(' .:-')[:200]}"
+    return f"{type(exc).__name__}: {first.strip(' .:-')[:200]}".rstrip(": ")
 
 
 def _head_rows(path: Path) -> tuple[str, int] | None:
