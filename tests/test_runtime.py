@@ -253,3 +253,42 @@ def test_cli_predict_uses_runtime(onnx_dir, capsys, torch_ref):
     rows = json.loads(capsys.readouterr().out)
     ref = torch_ref(["a fine film", "ok"])
     assert [r["label"] for r in rows] == [["negative", "positive"][j] for j in ref.argmax(axis=1)]
+
+
+def test_dynamic_int8_runs_each_text_alone_unless_batch_int8(onnx_dir):
+    """model_int8.onnx quantises activations with scales from the whole call: in one call of several
+    texts each text's scores would move with the others'. So each text runs alone there, and the
+    same text gets the same scores in any company; batch_int8=True merges (and they move)."""
+    import fastft
+
+    q = fastft.load(onnx_dir, int8=True, threads=1)
+    assert q.batch_dependent and q.isolated and q.info()["batching"].startswith("one text per call")
+    texts = TEXTS + [t + " " + u for t, u in zip(TEXTS, reversed(TEXTS))]
+    alone = np.stack([q.logits([t])[0] for t in texts])
+    assert np.array_equal(q.logits(texts), alone)
+    assert np.array_equal(q.logits(texts[::-1], batch_size=64)[::-1], alone)
+    merged = fastft.load(onnx_dir, int8=True, threads=1, batch_int8=True)
+    assert merged.batch_dependent and not merged.isolated
+    assert not np.array_equal(merged.logits(texts, batch_size=len(texts)), alone)  # the scales span the call
+    assert not fastft.load(onnx_dir, int8=False, threads=1).batch_dependent  # fp32: nothing to isolate
+    with pytest.raises(fastft.FastftError, match="batch_int8 must be True or False"):
+        fastft.load(onnx_dir, batch_int8="yes")
+
+
+def test_a_huge_text_costs_what_the_model_sees_of_it(pred):
+    """Texts are cut to CHARS_PER_TOKEN characters per token of max length before tokenizing (a 4 MB
+    text would otherwise take seconds and gigabytes to tokenize for 64 tokens): what the model
+    sees is unchanged, and a cut text reads as truncated."""
+    from fastft.runtime.encode import CHARS_PER_TOKEN
+
+    enc = pred.encoder
+    budget = CHARS_PER_TOKEN * enc.max_length
+    words = " ".join(TEXTS * 4000)
+    assert len(words) > 4 * budget
+    cut, was_cut = enc.cut([words, "short"])
+    assert was_cut == [True, False] and len(cut[0]) <= budget and cut[0] == words[: len(cut[0])]
+    assert words[len(cut[0])] == " "  # cut at a space, not inside a word
+    full = enc._rust().encode_batch([words])[0]  # the whole text, tokenized as before
+    got = enc.encode([words, "a,b," * 2_000_000])
+    assert got.ids[0] == full.ids and got.truncated == [True, True]
+    assert len(got.ids[1]) == enc.max_length

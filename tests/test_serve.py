@@ -299,6 +299,9 @@ def test_long_text_is_truncated_and_says_so(server, reference):
         (b'["ok"]', 422, "JSON object"),
         (json.dumps({"inputs": ["ok"] * 65}).encode(), 413, "too many texts"),
         (json.dumps({"inputs": ["x" * 70_000]}).encode(), 413, "limit"),
+        (b'{"inputs": ["ok", "bad \\ud800 text"]}', 422, r"\[1\] is not valid Unicode \(lone surrogate"),
+        (b'{"inputs": [' + b"9" * 5000 + b"]}", 400, "not valid JSON"),
+        (b'{"inputs": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, "nested too deeply"),
     ],
 )
 def test_bad_predict_requests(server, body, status, match):
@@ -326,6 +329,37 @@ def test_bad_predict_requests(server, body, status, match):
             "unknown output",
         ),
         ({"inputs": [{"name": "text", "shape": [100], "datatype": "BYTES", "data": ["ok"] * 100}]}, 413, "too many"),
+        ({"inputs": [{"name": "text", "shape": [2**64 + 1, 1], "datatype": "BYTES", "data": ["x"]}]}, 413, "too many"),
+        ({"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}]}, 400, "[n, 1]"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": "ok"}]}, 400, "must be a list"),
+        ({"inputs": ["text"]}, 400, "must be a tensor object"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}], "id": {}}, 400, "'id'"),
+        (
+            {
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}],
+                "parameters": {"binary_data_output": "false"},
+            },
+            400,
+            "binary_data_output must be true or false",
+        ),
+        (
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}], "parameters": "x"},
+            400,
+            "request parameters must be an object",
+        ),
+        (
+            {
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}],
+                "outputs": [{"name": "label"}, {"name": "label"}],
+            },
+            400,
+            "asked for twice",
+        ),
+        (
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}], "outputs": []},
+            400,
+            "non-empty list",
+        ),
     ],
 )
 def test_bad_v2_requests(server, body, status, match):
@@ -577,6 +611,10 @@ def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
         ([str(serve_dir), "--max-batch-tokens", "0"], "--max-batch-tokens must be a positive"),
         ([str(serve_dir), "--precision", "int8"], "no model_int8.onnx"),
         ([str(serve_dir), "--replicas", "2"], "need --ray"),
+        ([str(serve_dir), "--max-batch-size", "1000000000"], "--max-batch-size must be at most 4096"),
+        ([str(serve_dir), "--threads", "1000000000000"], "--threads must be at most 1024"),
+        ([str(serve_dir), "--workers", "100000"], "--workers must be at most 256"),
+        ([str(serve_dir), "--host", "192.0.2.1"], "pick another --host"),
     ]:
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err
@@ -586,3 +624,101 @@ def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
         busy.listen()
         assert main(["serve", str(serve_dir), "--port", str(busy.getsockname()[1])]) == 2
     assert "is in use" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported with its dynamically quantised INT8 graph as the served default."""
+    from fastft.export import export
+
+    out = tmp_path_factory.mktemp("serve-int8") / "tiny-int8"
+    export(tiny_model_dir, out, int8=True, overwrite=True, progress=False, validate=False, fused_attention=False)
+    return out
+
+
+def test_dynamic_int8_answers_never_depend_on_other_requests(int8_dir):
+    """A dynamic INT8 graph computes its activation scales over the whole call: merged with other
+    clients' texts, a text's scores would move with theirs. The server runs each text alone
+    (each call one text), so concurrent requests get exactly what each text gets on its own."""
+    import fastft
+
+    alone = fastft.load(int8_dir, int8=True, threads=1)
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(12)]
+    want = [alone.predict_proba([t])[0] for t in texts]
+    with Running(make_app(int8_dir, precision="int8")) as s:
+        s.wait_ready()
+        assert s.engine.predictor.isolated
+        before = metric(httpx.get(s.url + "/metrics").text, "fastft_batch_size_count")
+
+        async def go():
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+                reqs = [client.post("/predict", json={"inputs": texts[k : k + 3]}) for k in range(0, 12, 3)]
+                return await asyncio.gather(*reqs)
+
+        for k, r in zip(range(0, 12, 3), asyncio.run(go())):
+            for j, pred in enumerate(r.json()["predictions"]):
+                assert list(pred["scores"].values()) == pytest.approx(want[k + j].tolist(), abs=1e-6)
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "fastft_batch_size_count") - before == 12  # twelve calls of one text
+    with Running(make_app(int8_dir, precision="int8", batch_int8=True)) as s:
+        assert not s.wait_ready().engine.predictor.isolated
+
+
+def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
+    """A connection whose request head has not arrived within --header-timeout is answered 408 and
+    closed (idle ones too); a body that stalls gets 408; an unfinished head beyond 64 KiB gets 400
+    (the server buffers no more of it); a client
+    that leaves mid-body is counted as 499, not as a server error."""
+    import uvicorn
+
+    from fastft.serve.server import MAX_HEAD_BYTES, guarded_protocol
+
+    asgi = make_app(serve_dir, header_timeout_s=0.5, body_timeout_s=0.5)
+    server = Running(asgi)
+    config = asgi.state.config
+    server.server = uvicorn.Server(
+        uvicorn.Config(
+            asgi,
+            host="127.0.0.1",
+            port=server.port,
+            log_level="warning",
+            lifespan="on",
+            http=guarded_protocol(config),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        )
+    )
+    server.thread = threading.Thread(target=server.server.run, daemon=True)
+
+    def raw(data: bytes) -> socket.socket:
+        c = socket.create_connection(("127.0.0.1", server.port))
+        c.sendall(data)
+        c.settimeout(10)
+        return c
+
+    with server:
+        server.wait_ready()
+        head = raw(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le")
+        idle = raw(b"")
+        body = raw(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"inputs": ["a')
+        for c in (head, idle, body):
+            answer = c.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            c.close()
+        big = raw(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEAD_BYTES))  # never ends
+        assert big.recv(4096).startswith(b"HTTP/1.1 400")
+        big.close()
+        gone = raw(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{"inputs": ["hal')
+        gone.close()
+        deadline = time.monotonic() + 10
+
+        def departed() -> float:
+            text = httpx.get(server.url + "/metrics").text
+            return metric(text, "fastft_requests_total", code="499", route="/predict")
+
+        while departed() < 1:
+            assert time.monotonic() < deadline, "the departed client was not counted"
+            time.sleep(0.05)
+        text = httpx.get(server.url + "/metrics").text
+        assert metric(text, "fastft_requests_total", code="500", route="/predict") == 0
+        r = httpx.post(server.url + "/predict", json={"inputs": ["still serving"]})
+        assert r.status_code == 200

@@ -31,7 +31,7 @@ from fastft.bench.artifacts import default_model, max_positions, prepare, work_d
 from fastft.bench.memory import PROBE_METHOD, run_memory_probes
 from fastft.bench.report import add_ratios, format_table, result_row, targets
 from fastft.bench.runners import BACKENDS, bench_texts, make_inputs, make_runner
-from fastft.core.checks import check_float
+from fastft.core.checks import check_float, check_threads
 from fastft.core.errors import FastftError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, read_meta
 from fastft.core.system import physical_cores
@@ -195,7 +195,6 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("--warmup must be 0 or more")
     if cfg.agreement < 0:
         raise FastftError("--agreement-texts must be 0 or more")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise FastftError("--threads must be at least 1")
+    check_threads("--threads", cfg.threads)
     check_float("--gap-ms", cfg.gap_ms, lo=0)
     return cfg

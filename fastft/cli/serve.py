@@ -64,6 +64,14 @@ def register(sub) -> None:
         default=True,
         help="merge concurrent requests into one call [on]",
     )
+    p.add_argument(
+        "--batch-int8",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="merge texts into one call of a dynamically quantised INT8 graph too: more throughput, but its "
+        "activation scales then span the call, so a text's scores move with other requests' texts "
+        "[off: each text alone, the same text always gets the same answer]",
+    )
     p.add_argument("--json-logs", action="store_true", help="log one JSON object per line (--json does the same)")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (fastft[ray])")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray) [1]")
@@ -99,6 +107,7 @@ def _serve(args) -> int:
         workers=args.workers,
         precision=args.precision,
         batching=args.batching,
+        batch_int8=args.batch_int8,
         json_logs=args.json_logs or args.json,
     ).check()
     _check_dir(args.model)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
-from fastft.core.checks import check_float, check_int
+from fastft.core.checks import check_float, check_int, check_threads
 from fastft.core.errors import FastftError
 from fastft.core.options import option
 
@@ -422,8 +422,8 @@ class CompressConfig:
 
             parse_columns(self.columns)
         check_int("--seed", self.seed, lo=0)
-        for name in ("limit", "threads"):
-            check_int(_flag(name), getattr(self, name), lo=1, optional=True)
+        check_int("--limit", self.limit, lo=1, optional=True)
+        check_threads("--threads", self.threads)
         if self.bench:
             check_int("--bench-runs", self.bench_runs, lo=1)
         if not 0 < self.target_retained <= 1.5:

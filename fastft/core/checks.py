@@ -46,6 +46,14 @@ def check_float(
     return value
 
 
+MAX_THREADS = 1024  # more is a typo, and would die in thread creation (or ORT's C int) with a traceback
+
+
+def check_threads(name: str, value, optional: bool = True):
+    """A thread count: an integer in [1, MAX_THREADS] (or None when ``optional``)."""
+    return check_int(name, value, lo=1, hi=MAX_THREADS, optional=optional)
+
+
 def check_int(name: str, value, *, lo: int | None = None, hi: int | None = None, optional: bool = False):
     """``value`` as given, or FastftError naming ``name`` when it is not an integer in [lo, hi]."""
     if value is None and optional:

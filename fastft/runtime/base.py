@@ -110,6 +110,10 @@ class Predictor:
                 f"{self.path}: token classification needs a fast tokenizer (tokenizer.json) for character offsets"
             )
         self._unk_id = getattr(tokenizer, "unk_token_id", None)
+        # the graph quantises activations per call (dynamic INT8): a text's scores depend on the
+        # texts run beside it, so each text runs alone unless merging was asked for (batch_int8)
+        self.batch_dependent = False
+        self.batch_int8 = False
         self._warned = False
         self._warn_lock = threading.Lock()
 
@@ -142,8 +146,15 @@ class Predictor:
         """Logits of checked texts (evaluation data may hold empty texts: they are scored too)."""
         return self._encoded_logits(self._encoder.encode(texts), bs)
 
+    @property
+    def isolated(self) -> bool:
+        """Each text runs in a call of its own (a dynamically quantised graph without batch_int8)."""
+        return self.batch_dependent and not self.batch_int8
+
     def _encoded_logits(self, enc: Encoded, bs: int):
         self._check_truncation(enc.truncated)
+        if self.isolated:
+            bs = 1
         if self.per_token:
             rows: list = [None] * len(enc.ids)
             for idx in length_sorted_batches(enc.lengths(), bs):
@@ -214,6 +225,7 @@ class Predictor:
             "device": self.device,
             "max_length": self.max_length,
             "labels": self.labels,
+            **({"batching": "one text per call (dynamic INT8)"} if self.isolated else {}),
             **({"decode": self.decode} if self.per_token else {}),
         }
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Texts are cut to this many characters per token of max_length before tokenizing: ordinary text
+# has ~4 characters per token, so the model still sees all it would have, while a 4 MB text
+# costs the tokenizer milliseconds and kilobytes instead of seconds and gigabytes.
+CHARS_PER_TOKEN = 64
+
 
 @dataclass
 class Encoded:
@@ -60,10 +65,27 @@ class Encoder:
             self._local.tok = tok
         return tok
 
+    def cut(self, texts: list[str]) -> tuple[list[str], list[bool]]:
+        """``texts`` cut to ``CHARS_PER_TOKEN * max_length`` characters (at a space in the last
+        tenth where there is one), and which were cut. A cut text counts as truncated."""
+        budget = CHARS_PER_TOKEN * self.max_length
+        was_cut = [len(t) > budget for t in texts]
+        if not any(was_cut):
+            return texts, was_cut
+        out = []
+        for t, c in zip(texts, was_cut):
+            if c:
+                space = t.rfind(" ", budget - budget // 10, budget)
+                t = t[: space if space > 0 else budget]
+            out.append(t)
+        return out, was_cut
+
     def encode(self, texts: list[str]) -> Encoded:
+        texts, was_cut = self.cut(texts)
         if self._json is not None:
             encs = self._rust().encode_batch(texts, add_special_tokens=True)
-            out = Encoded([e.ids for e in encs], [e.type_ids for e in encs], [bool(e.overflowing) for e in encs])
+            truncated = [bool(e.overflowing) or c for e, c in zip(encs, was_cut)]
+            out = Encoded([e.ids for e in encs], [e.type_ids for e in encs], truncated)
             if self.offsets:
                 out.offsets = [e.offsets for e in encs]
                 out.special = [e.special_tokens_mask for e in encs]
@@ -76,7 +98,7 @@ class Encoder:
                 texts, truncation=True, max_length=self.max_length, padding=False, return_token_type_ids=True
             )
         types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
-        return Encoded(out["input_ids"], types, [len(f) > self.max_length for f in full])
+        return Encoded(out["input_ids"], types, [len(f) > self.max_length or c for f, c in zip(full, was_cut)])
 
     def decode_tokens(self, tokens: list[str]) -> str:
         """Word pieces joined back into text by the tokenizer's decoder (``convert_tokens_to_string``)."""

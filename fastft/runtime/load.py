@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastft.core.checks import check_int
+from fastft.core.checks import check_int, check_threads
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length
@@ -40,6 +40,7 @@ def load(
     warm_up: bool = True,
     decode: str = "viterbi",
     ort_attention: str = "auto",
+    batch_int8: bool = False,
 ) -> Predictor:
     """Load a model directory (``fastft export``, Optimum's exporter, or a trained fastft dir).
 
@@ -55,6 +56,11 @@ def load(
     decode (token classification): ``viterbi``, the most likely valid IOB2 tag sequence, the
     decoding fastft's entity F1 is measured with; ``argmax``, each token's own best tag, the
     spans transformers' pipeline gives [viterbi].
+    batch_int8 (onnxruntime): a dynamically quantised graph (model_int8.onnx) computes each
+    activation's INT8 scale over the whole call, so in a call of several texts a text's scores
+    move with the texts beside it (and its label can flip). By default such a graph runs each
+    text alone, so the same text always gets the same answer; True merges texts into calls of
+    ``batch_size`` (about twice the throughput on short texts, answers no longer independent) [False].
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise FastftError(f"path must be a model directory, as a str or os.PathLike (got {path!r})")
@@ -62,11 +68,16 @@ def load(
         raise FastftError(f"backend must be 'onnxruntime' or 'torch' (got {backend!r})")
     check_int("batch_size", batch_size, lo=1)
     check_int("max_length", max_length, lo=2, optional=True)
-    check_int("threads", threads, lo=1, optional=True)
+    check_threads("threads", threads)
     for name, value in (("int8", int8), ("fused_attention", fused_attention)):
         if value not in (None, True, False):
             raise FastftError(f"{name} must be True, False or None (got {value!r})")
-    for name, value in (("truncation", truncation), ("spinning", spinning), ("warm_up", warm_up)):
+    for name, value in (
+        ("truncation", truncation),
+        ("spinning", spinning),
+        ("warm_up", warm_up),
+        ("batch_int8", batch_int8),
+    ):
         if not isinstance(value, bool):
             raise FastftError(f"{name} must be True or False (got {value!r})")
     if optimization_level is not None and optimization_level not in LEVELS:
@@ -107,6 +118,7 @@ def load(
             level=optimization_level,
             meta=meta,
             ort_attention=ort_attention,
+            batch_int8=batch_int8,
             **common,
         )
     pred.decode = decode

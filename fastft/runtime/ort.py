@@ -51,6 +51,22 @@ def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: st
     return create_session(onnx_file, opts, device=device), Swaps()
 
 
+# ops whose INT8 scale is computed from the activations of the whole call (all texts, padding included)
+PER_CALL_QUANT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+
+
+def quantises_per_call(onnx_file: Path) -> bool:
+    """Does the graph quantise activations dynamically (scales from the call's own data)? Then
+    the texts batched together in one call change each other's scores."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_file), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the session already loaded it; unreadable here means no answer
+        return False
+    return any(n.op_type in PER_CALL_QUANT_OPS for n in proto.graph.node)
+
+
 def _load_proto(onnx_file: Path):
     import onnx
 
@@ -112,6 +128,7 @@ class OrtPredictor(Predictor):
         meta=None,
         task=SEQUENCE_CLASSIFICATION,
         ort_attention="auto",
+        batch_int8=False,
     ):
         super().__init__(
             path, tokenizer, labels, max_length, device=device, batch_size=batch_size, truncation=truncation, task=task
@@ -125,6 +142,8 @@ class OrtPredictor(Predictor):
         # swaps: nodes on fastft's kernels (libfastft_ort); attention_swapped: the attention ones
         self.session, self.swaps = served_session(self.onnx_file, opts, device, ort_attention)
         self.attention_swapped = self.swaps.attention
+        self.batch_dependent = quantises_per_call(self.onnx_file)
+        self.batch_int8 = bool(batch_int8)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
             raise ModelError(

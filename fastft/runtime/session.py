@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastft.core.checks import check_threads
 from fastft.core.errors import FastftError, ModelError, first_line
 from fastft.core.system import physical_cores
 
@@ -45,8 +46,7 @@ def session_options(threads: int | None = None, spinning: bool = False, level: s
     """An ``onnxruntime.SessionOptions`` with the serving defaults described above."""
     import onnxruntime as ort
 
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise FastftError(f"threads must be a positive integer (got {threads!r})")
+    check_threads("threads", threads)
     if level not in LEVELS:
         raise FastftError(f"graph optimisation level must be one of {', '.join(LEVELS)} (got {level!r})")
     opts = ort.SessionOptions()

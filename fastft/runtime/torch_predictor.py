@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastft.core.checks import check_threads
 from fastft.core.errors import FastftError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.models import load_classifier
@@ -48,8 +49,7 @@ class TorchPredictor(Predictor):
                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use device='cpu'"
             )
         if threads is not None:
-            if not isinstance(threads, int) or threads < 1:
-                raise FastftError(f"threads must be a positive integer (got {threads!r})")
+            check_threads("threads", threads)
             torch.set_num_threads(threads)
         self._torch_device = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
         net = load_classifier(self.path, task=task).eval()

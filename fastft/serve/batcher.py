@@ -234,7 +234,9 @@ class Batcher:
                     if self.per_token
                     else np.empty((len(j.texts), len(self.predictor.labels)), dtype=np.float32)
                 )
-            if self.batching:
+            if getattr(self.predictor, "isolated", False):  # dynamic INT8: a text's answer is its own
+                chunks = [(s, s + 1) for s in range(len(order))]
+            elif self.batching:
                 chunks = self.cost.plan(sorted_len)
             else:  # one request, its texts in calls of at most max_batch_size
                 chunks = [

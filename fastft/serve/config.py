@@ -40,31 +40,45 @@ class ServeConfig:
     workers: int = 1
     precision: str | None = None  # int8 | fp32 [what fastft.json names as the default file]
     batching: bool = True
+    batch_int8: bool = False  # merge texts in one call of a dynamic-INT8 graph (its scores then depend on them)
     calibrate: bool = True  # measure the batch cost table at warm-up (else: a padding rule)
     json_logs: bool = False
     retry_after_s: int = 1
+    header_timeout_s: float = 10.0  # a connection's request line and headers; beyond it: closed
+    body_timeout_s: float = 30.0  # a request's body; beyond it: 408
+    max_connections: int = 1024  # open connections; beyond it a new one is closed at once
 
     def check(self) -> ServeConfig:
-        def positive(field, value, kind=int):
-            if isinstance(value, bool) or not isinstance(value, kind) or value < 1:
-                raise FastftError(f"--{field.replace('_', '-')} must be a positive integer (got {value!r})")
+        from fastft.core.checks import MAX_THREADS
 
-        for f in (
-            "max_batch_tokens",
-            "max_batch_size",
-            "max_queue",
-            "max_texts",
-            "max_body_bytes",
-            "workers",
-            "retry_after_s",
+        def bounded(field, value, hi):
+            flag = f"--{field.replace('_', '-')}"
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FastftError(f"{flag} must be a positive integer (got {value!r})")
+            if value > hi:  # a typo: beyond these the server would allocate or spawn without end
+                raise FastftError(f"{flag} must be at most {hi} (got {value})")
+
+        for field, hi in (
+            ("max_batch_tokens", 1 << 20),
+            ("max_batch_size", 4096),
+            ("max_queue", 1 << 16),
+            ("max_texts", 1 << 16),
+            ("max_body_bytes", 1 << 30),
+            ("workers", 256),
+            ("retry_after_s", 3600),
+            ("max_connections", 1 << 16),
         ):
-            positive(f, getattr(self, f))
+            bounded(field, getattr(self, field), hi)
         if self.threads is not None:
-            positive("threads", self.threads)
+            bounded("threads", self.threads, MAX_THREADS)
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise FastftError(f"--port must be between 0 and 65535 (got {self.port!r})")
         if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 1000:
             raise FastftError(f"--max-wait-ms must be between 0 and 1000 (got {self.max_wait_ms!r})")
+        for field in ("header_timeout_s", "body_timeout_s"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
+                raise FastftError(f"{field} must be in (0, 3600] seconds (got {v!r})")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise FastftError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.name is not None and not _NAME.match(self.name):

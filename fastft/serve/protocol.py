@@ -16,6 +16,7 @@ A token-classification model answers entities instead: ``/predict`` gives each t
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import numpy as np
@@ -48,6 +49,12 @@ def check_texts(texts, max_texts: int, where: str = "inputs") -> list[str]:
             raise BadRequest(f"'{where}'[{i}] is not a string (got {_json_type(t)})", 422)
         if not t.strip():
             raise BadRequest(f"'{where}'[{i}] is an empty text", 422)
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate escaped as \ud800 in the JSON
+            raise BadRequest(
+                f"'{where}'[{i}] is not valid Unicode (lone surrogate {t[exc.start]!r} at character {exc.start})", 422
+            ) from None
     return texts
 
 
@@ -66,8 +73,10 @@ def _json_type(x) -> str:
 def load_json(body: bytes):
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON ({exc})", 400) from None
+    except RecursionError:
+        raise BadRequest("the body is not usable JSON (nested too deeply)", 400) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
+        raise BadRequest(f"the body is not valid JSON ({str(exc)[:120]})", 400) from None
 
 
 # -- /predict ------------------------------------------------------------------------------
@@ -147,8 +156,11 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int, outputs=
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("the infer request needs 'inputs': a list with one BYTES tensor named 'text'")
-    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+    if len(inputs) != 1:
         raise BadRequest(f"this model takes exactly one input, '{INPUT}' (got {len(inputs)})")
+    if not isinstance(inputs[0], dict):
+        got = _json_type(inputs[0])
+        raise BadRequest(f"the input must be a tensor object {{name, datatype, shape, data}} (got {got})")
     tensor = inputs[0]
     name = tensor.get("name")
     if name != INPUT:
@@ -160,35 +172,57 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int, outputs=
         not isinstance(shape, list)
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         or len(shape) not in (1, 2)
+        or len(shape) == 2
+        and shape[1] != 1
     ):
-        raise BadRequest(f"input '{INPUT}' needs a shape [n] or [n, 1] (got {shape!r})")
-    count = int(np.prod(shape)) if shape else 0
+        raise BadRequest(f"input '{INPUT}' needs a shape [n] or [n, 1] (got {str(shape)[:80]})")
+    count = math.prod(shape)  # Python integers: no int64 wrap-around
     if count > max_texts:
         raise BadRequest(f"too many texts in one request: {count} > {max_texts} (--max-texts)", 413)
-    params = tensor.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest("input parameters must be an object")
+    params = _params(tensor, f"input '{INPUT}'")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size < 0 or size > len(blob):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > len(blob):
             raise BadRequest(f"binary_data_size {size!r} does not fit the {len(blob)} bytes after the header")
         texts = _decode_bytes(blob[:size], count)
     else:
         data = tensor.get("data")
         if data is None:
             raise BadRequest(f"input '{INPUT}' has neither 'data' nor binary data")
+        if not isinstance(data, list):
+            raise BadRequest(f"input '{INPUT}' data must be a list of strings (got {_json_type(data)})")
         texts = _flatten(data)
         if len(texts) != count:
             raise BadRequest(f"input '{INPUT}' has {len(texts)} elements but its shape {shape} says {count}")
     texts = check_texts(texts, max_texts, where=f"{INPUT}")
     names, binary = _requested_outputs(doc, tuple(outputs))
-    return InferRequest(texts, names, binary, doc.get("id"))
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"'id' must be a string (got {_json_type(request_id)})")
+    return InferRequest(texts, names, binary, request_id)
 
 
-def _flatten(data) -> list:
-    if isinstance(data, list) and data and all(isinstance(x, list) for x in data):
+def _params(obj: dict, where: str) -> dict:
+    """``obj``'s ``parameters`` (an object, or absent)."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where} parameters must be an object (got {_json_type(params)})")
+    return params
+
+
+def _flag(params: dict, key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where} parameter {key} must be true or false (got {_json_type(value)})")
+    return value
+
+
+def _flatten(data: list) -> list:
+    if data and all(isinstance(x, list) for x in data):
         return [y for x in data for y in x]
-    return data if isinstance(data, list) else [data]
+    return data
 
 
 def _decode_bytes(buf: memoryview, count: int) -> list[str]:
@@ -211,21 +245,21 @@ def _decode_bytes(buf: memoryview, count: int) -> list[str]:
 
 
 def _requested_outputs(doc: dict, known: tuple[str, ...] = OUTPUTS) -> tuple[list[str], dict[str, bool]]:
-    params = doc.get("parameters") or {}
-    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    default_binary = _flag(_params(doc, "request"), "binary_data_output", False, "request")
     req = doc.get("outputs")
     if req is None:
         return list(known), {o: default_binary for o in known}
-    if not isinstance(req, list):
-        raise BadRequest("'outputs' must be a list of {\"name\": ...} objects")
+    if not isinstance(req, list) or not req:
+        raise BadRequest("'outputs' must be a non-empty list of {\"name\": ...} objects (or left out for all)")
     names, binary = [], {}
     for o in req:
         name = o.get("name") if isinstance(o, dict) else None
         if name not in known:
-            raise BadRequest(f"unknown output {name!r}: this model's outputs are {', '.join(known)}")
-        p = o.get("parameters") or {}
+            raise BadRequest(f"unknown output {str(name)[:40]!r}: this model's outputs are {', '.join(known)}")
+        if name in binary:
+            raise BadRequest(f"output {name!r} is asked for twice")
         names.append(name)
-        binary[name] = bool(p.get("binary_data", default_binary)) if isinstance(p, dict) else default_binary
+        binary[name] = _flag(_params(o, f"output {name!r}"), "binary_data", default_binary, f"output {name!r}")
     return names, binary
 
 

@@ -125,7 +125,8 @@ def build_asgi(model_dir: str, config: ServeConfig):
     from fastft.serve.routes import build_app
 
     threads = config.threads or 1  # a replica is the unit of scale: 1 CPU each unless --threads says more
-    predictor = load(model_dir, threads=threads, int8=None if config.precision is None else config.precision == "int8")
+    int8 = None if config.precision is None else config.precision == "int8"
+    predictor = load(model_dir, threads=threads, int8=int8, batch_int8=config.batch_int8)
     metrics = ServeMetrics()
     engine = RayEngine(predictor, dataclasses.replace(config, threads=threads), metrics)
     return build_app(engine, engine.config, metrics, lifespan=False)

@@ -19,6 +19,7 @@ up, draining or when the queue is full, 500 when inference fails (that batch onl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -149,12 +150,20 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BadRequest(f"the body is {int(declared)} bytes, more than the limit of {limit}", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(f"the body is more than the limit of {limit} bytes", 413)
-            chunks.append(chunk)
+        chunks = []
+
+        async def receive() -> None:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(f"the body is more than the limit of {limit} bytes", 413)
+                chunks.append(chunk)
+
+        try:  # a client that stalls mid-body must not hold its connection and queue slot forever
+            await asyncio.wait_for(receive(), config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise BadRequest(f"the body did not arrive within {config.body_timeout_s:g} s", 408) from None
         return b"".join(chunks)
 
     def check_model(request: Request) -> None:
@@ -177,6 +186,9 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
                 response = error(503, str(exc), retry_after=retry)
             except InferenceFailed as exc:
                 response = error(500, str(exc))
+            except ClientDisconnect:  # the client left mid-body: nothing to answer, not a server error
+                log.info("client closed the connection before its request to %s was read", route)
+                response = error(499, "client closed the request")
             except Exception as exc:  # noqa: BLE001 - never a traceback to the client
                 log.exception("unexpected error on %s", route)
                 response = error(500, f"internal error ({type(exc).__name__})")
@@ -300,7 +312,7 @@ def app(model_dir, config: ServeConfig | None = None, **options) -> Starlette:
             physical_cores(),
         )
     int8 = None if config.precision is None else config.precision == "int8"
-    predictor = load(model_dir, threads=threads, int8=int8)
+    predictor = load(model_dir, threads=threads, int8=int8, batch_int8=config.batch_int8)
     metrics = ServeMetrics()
     engine = LocalEngine(predictor, config, metrics)
     info = predictor.info()

@@ -79,6 +79,8 @@ def run(model_dir, config: ServeConfig | None = None) -> int:
         asgi,
         host=config.host,
         port=config.port,
+        http=guarded_protocol(config),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         log_config=log_config,
         access_log=False,
         lifespan="on",
@@ -113,6 +115,51 @@ def _ignore(signum, frame) -> None:
     pass
 
 
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; h11 answers 400 and closes beyond it
+
+
+def guarded_protocol(config: ServeConfig):
+    """uvicorn's h11 protocol (h11 caps the request head at ``MAX_HEAD_BYTES``; the default
+    httptools parser buffers a header of any size), which also answers 408 and closes a
+    connection whose request line and headers have not all arrived within
+    ``config.header_timeout_s`` of its opening or of its last response (a stalled or idle client
+    must not hold a socket forever), and closes at once a connection beyond
+    ``config.max_connections``."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = json.dumps({"error": f"the request head did not arrive within {config.header_timeout_s:g} s"}).encode()
+    timeout_response = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+    class GuardedH11(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > config.max_connections:
+                log.warning("%d connections open (--max-connections): closing a new one", len(self.connections) - 1)
+                transport.close()
+                return
+            self._arm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_timer()
+
+        def _arm_head_timer(self) -> None:
+            waiting_for = self.cycle  # a new request replaces it once its head has arrived
+            self.loop.call_later(config.header_timeout_s, self._head_timeout, waiting_for)
+
+        def _head_timeout(self, waiting_for) -> None:
+            if self.transport.is_closing() or self.cycle is not waiting_for:
+                return
+            self.transport.write(timeout_response)
+            self.transport.close()
+
+    return GuardedH11
+
+
 def check_port(host: str, port: int) -> None:
     """A clear error before minutes of loading when the address cannot be bound."""
     from fastft.core.errors import FastftError
@@ -130,4 +177,5 @@ def check_port(host: str, port: int) -> None:
             s.bind(addr)
         except OSError as exc:
             why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
-            raise FastftError(f"{host}:{port} {why}; pick another --port") from None
+            other = "--port" if exc.errno == errno.EADDRINUSE else "--host (an address of this machine)"
+            raise FastftError(f"{host}:{port} {why}; pick another {other}") from None

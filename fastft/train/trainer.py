@@ -61,7 +61,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        from fastft.core.checks import check_float, check_int
+        from fastft.core.checks import check_float, check_int, check_threads
 
         for opt, v in (
             ("--epochs", self.epochs),
@@ -86,9 +86,9 @@ class TrainConfig:
             ("--limit", self.limit, 1),
             ("--max-steps", self.max_steps, 1),
             ("--patience", self.patience, 1),
-            ("--threads", self.threads, 1),
         ):
             check_int(opt, v, lo=lo, optional=True)
+        check_threads("--threads", self.threads)
         if self.epochs <= 0:
             raise FastftError(f"--epochs must be positive (got {self.epochs})")
         if self.batch_size < 1 or self.eval_batch_size < 1:
