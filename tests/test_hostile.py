@@ -127,6 +127,8 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
     }.items():
         shutil.copytree(w / "onnx-fp32", w / name)
         _edit_json(w / name / "fastft.json", **changes)
+    shutil.copytree(tiny, w / "meta-labels3")  # fastft.json names 3 labels, config.json and the weights 2
+    _edit_json(w / "meta-labels3" / "fastft.json", labels=["a", "b", "c"])
     # a head-pruned directory (what compress writes) whose weights were cut short
     shutil.copytree(tiny, w / "pruned-cut")
     _edit_json(w / "pruned-cut" / "config.json", pruned_heads={"0": [0]})
@@ -292,6 +294,10 @@ CLI_CASES = [
     ("meta-labels-nested", "predict --model {w}/meta-labels hi", "fastft.json: labels must be a list of label"),
     ("meta-onnx-outside", "predict --model {w}/meta-escape hi", "onnx.default must be the name of an ONNX file"),
     ("pruned-weights-cut", "predict --model {w}/pruned-cut --backend torch hi", "cannot load weights (Safetensor"),
+    ("compress-pruned-teacher", "compress --model {w}/pruned-cut --output {out}", "is head-pruned"),
+    ("export-label-mismatch", "export --model {w}/meta-labels3 --output {out}", "names 3 labels (a, b, c) but the"),
+    ("compress-threads-huge", "compress --model {w}/tiny --threads 100000 --output {out}", "at most 1024"),
+    ("train-threads-huge", "train --model {w}/tiny --data {w}/data.jsonl --threads 100000 --output {out}", "1024"),
     # argparse mistakes are one line too
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),

@@ -105,7 +105,7 @@ def preflight(model, cfg: CompressConfig) -> dict:
         path = resolve_model(model)
         if not isinstance(path, Path):
             raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
-        check_teacher_dir(path)
+        check_distillable(path, check_teacher_dir(path)[0], cfg.distill.enabled)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers' strict config checks raise their own type
@@ -149,6 +149,16 @@ def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
     return meta, [str(x) for x in labels]
 
 
+def check_distillable(path: Path, meta: dict, distill: bool) -> None:
+    """A head-pruned teacher (what compress writes) has no student shape to distil into."""
+    if distill and _read_config(path).get("pruned_heads"):
+        base = meta.get("base_model")
+        raise ModelError(
+            f"{path} is head-pruned (a fastft compress output): a student cannot be distilled from it; "
+            f"compress the teacher it came from{f' ({base})' if base else ''}, or pass --no-distill"
+        )
+
+
 def prepare(model, cfg: CompressConfig) -> Context:
     """Load the teacher and the data, checking everything that can be checked before training."""
     import torch
@@ -171,6 +181,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if model is None:
         path = default_teacher(cfg.progress)
         meta, labels = check_teacher_dir(path)
+    check_distillable(path, meta, d.enabled)
     # seeded after the default teacher, whose training (on a first run) moves the global random state:
     # a first run and every later run with the same --seed distil and prune alike
     set_seed(cfg.seed)

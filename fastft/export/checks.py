@@ -91,6 +91,12 @@ def check_classifier_dir(path: Path, meta: dict) -> None:
             f"{path} has no classification head or labels (a base encoder?); "
             f"fine-tune it first: fastft train --model {path} --output DIR"
         )
+    labels, id2label = meta.get("labels"), config.get("id2label")
+    if labels and isinstance(id2label, dict) and id2label and len(labels) != len(id2label):
+        raise ModelError(
+            f"{path}: fastft.json names {len(labels)} labels ({', '.join(map(str, labels))[:80]}) but the "
+            f"head in config.json has {len(id2label)}: the export could not be served"
+        )
 
 
 def data_for(meta: dict, data: str | None):
