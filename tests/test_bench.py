@@ -167,7 +167,7 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
         (["--seq", "1024"], "beyond the model's 128 positions"),
         (["--repeats", "1"], "--repeats"),
         (["--batch", "0"], "--batch"),
-        (["--gap-ms", "-1"], "--gap-ms must be >= 0"),
+        (["--gap-ms", "-1"], "--gap-ms must be in [0, 10000]"),
         (["--gap-ms", "nan"], "--gap-ms must be a finite number"),
         (["--plot", "out.svg"], "PNG"),
     ],

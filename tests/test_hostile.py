@@ -298,6 +298,13 @@ CLI_CASES = [
     ("export-label-mismatch", "export --model {w}/meta-labels3 --output {out}", "names 3 labels (a, b, c) but the"),
     ("compress-threads-huge", "compress --model {w}/tiny --threads 100000 --output {out}", "at most 1024"),
     ("train-threads-huge", "train --model {w}/tiny --data {w}/data.jsonl --threads 100000 --output {out}", "1024"),
+    ("train-from-pruned", "train --model {w}/pruned-cut --data {w}/data.jsonl --output {out}", "is head-pruned"),
+    ("train-data-dir", "train --model {w}/tiny --data {w}/plain-dir --output {out}", "is a directory, not a data"),
+    ("compress-data-missing", "compress --model {w}/tiny --data {w}/none.csv --output {out}", "does not exist"),
+    ("compress-layers-99", "compress --model {w}/tiny --layers 99 --output {out}", "--layers must be between 1"),
+    ("bench-batch-huge", "bench --model {w}/tiny --batch 100000000 --no-memory", "GiB of activations"),
+    ("bench-seq-twice", "bench --model {w}/tiny --seq 16,16", "listed twice"),
+    ("bench-gap-huge", "bench --model {w}/tiny --gap-ms 1e12", "--gap-ms must be in [0, 10000]"),
     # argparse mistakes are one line too
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
@@ -430,6 +437,13 @@ def _cli(*args, stdin: bytes | None = None, cwd=None, env=None) -> subprocess.Co
     return subprocess.run(
         [sys.executable, "-m", "fastft", *args], input=stdin, capture_output=True, cwd=cwd, env=env, timeout=300
     )
+
+
+@pytest.mark.parametrize("cache", ["a-file", "a-file/sub"])
+def test_a_cache_that_is_a_file_is_one_line(cache, world, sandbox, capfd, monkeypatch):
+    monkeypatch.setenv("FASTFT_CACHE", str(world / cache))
+    rc, out, err = run_cli(capfd, ["bench", "--model", f"{world}/tiny", "--no-memory", "--repeats", "3"])
+    assert_one_line(rc, out, err, "(FASTFT_CACHE) is not a directory")
 
 
 def test_a_mistyped_local_path_or_an_unreachable_hub_fails_at_once(world, monkeypatch):

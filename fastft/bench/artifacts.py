@@ -80,7 +80,13 @@ def is_export_dir(model_dir: Path) -> bool:
 def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, served: Path | None = None) -> dict:
     """Export what the backends need into ``workdir`` (reused when already there): {what: path}."""
     art: dict[str, Path] = {"model_dir": model_dir}
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FastftError(
+            f"cannot create the bench work directory {workdir} ({exc.strerror or type(exc).__name__}); "
+            "set --workdir or FASTFT_CACHE to a place where files can be created"
+        ) from None
     if {"fastft-fp32", "fastft-int8"} & set(backends):
         out = workdir / "fastft"
         if served is not None:  # e.g. a `fastft compress` output: the product served against the baselines

@@ -81,6 +81,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     too_long = [s for s in cfg.seqs if s > max_pos]
     if too_long:
         raise FastftError(f"--seq {too_long[0]} is beyond the model's {max_pos} positions")
+    check_memory(model_dir, cfg.batch, max(cfg.seqs))
     served = None
     if cfg.served:
         served = Path(cfg.served).expanduser()
@@ -187,6 +188,8 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("a backend is listed twice")
     if cfg.seqs is not None and (not cfg.seqs or any(s < 8 for s in cfg.seqs)):
         raise FastftError("--seq values must be at least 8 tokens")
+    if cfg.seqs is not None and len(set(cfg.seqs)) != len(cfg.seqs):
+        raise FastftError("a --seq value is listed twice")
     if cfg.batch < 1:
         raise FastftError("--batch must be at least 1")
     if cfg.repeats < 3:
@@ -196,5 +199,24 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
     if cfg.agreement < 0:
         raise FastftError("--agreement-texts must be 0 or more")
     check_threads("--threads", cfg.threads)
-    check_float("--gap-ms", cfg.gap_ms, lo=0)
+    check_float("--gap-ms", cfg.gap_ms, lo=0, hi=10_000)
     return cfg
+
+
+def check_memory(model_dir: Path, batch: int, seq: int) -> None:
+    """Refuse, before any work, a --batch x --seq whose activations alone would not fit in the
+    memory this machine has free (the hf-eager backend's one layer: ~24 hidden-wide tensors and
+    3 attention-score tensors per token; the other backends need less)."""
+    import json
+
+    from fastft.core.system import available_memory
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    hidden, heads = int(cfg.get("hidden_size") or 768), int(cfg.get("num_attention_heads") or 12)
+    need = 4 * batch * seq * (24 * hidden + 3 * heads * seq)
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        raise FastftError(
+            f"--batch {batch} at --seq {seq} needs about {need / 2**30:.1f} GiB of activations and this machine "
+            f"has {free / 2**30:.1f} GiB free: lower --batch or --seq"
+        )

@@ -128,13 +128,13 @@ def check_paths(args) -> None:
             )
         if path.exists() and not path.is_file():
             raise FastftError(f"{opt} {value} exists and is not a regular file")
-        check_writable(path.parent)
+        check_writable(path.parent, flag=opt)
     if args.workdir:
         wd = Path(args.workdir).expanduser()
         if wd.exists() and not wd.is_dir():
             raise FastftError(f"--workdir {args.workdir} exists and is not a directory")
         if not wd.exists():  # an existing cache is only written when an export is missing (checked then)
-            check_writable(wd)
+            check_writable(wd, flag="--workdir")
 
 
 def _run(args) -> int:

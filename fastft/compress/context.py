@@ -87,6 +87,10 @@ def preflight(model, cfg: CompressConfig) -> dict:
     teacher, of the model it will be fine-tuned from). FastftError on the first problem."""
     from transformers import AutoConfig
 
+    if cfg.distill.student not in ("teacher-layers", "minilm-l3"):
+        resolve_model(cfg.distill.student)  # a directory that must exist
+    if model is not None and cfg.data is not None:  # a bad --data fails now, not after the export check
+        load_data(cfg.data, seed=cfg.seed, limit=cfg.limit)
     if model is None:
         cached = cache_dir() / TEACHER_ALIAS
         if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
@@ -112,6 +116,7 @@ def preflight(model, cfg: CompressConfig) -> dict:
         raise ModelError(
             f"cannot read the model config in {path}: {(str(exc).splitlines() or [''])[0][:200]}"
         ) from None
+    check_layers(cfg.distill, getattr(config, "num_hidden_layers", None))
     info = export_preflight(config)
     if cfg.progress and info["fallback"]:
         print(
@@ -147,6 +152,12 @@ def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
         if not labels or all(x.startswith("LABEL_") or not x for x in labels):
             raise ModelError(f"{path} records no label names (no fastft.json labels, no config id2label)")
     return meta, [str(x) for x in labels]
+
+
+def check_layers(d, n_layers: int | None) -> None:
+    """--layers of a teacher-layers student within the teacher's depth."""
+    if d.student == "teacher-layers" and d.layers is not None and n_layers and not 1 <= d.layers <= n_layers:
+        raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
 
 
 def check_distillable(path: Path, meta: dict, distill: bool) -> None:
@@ -218,9 +229,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
         teacher = load_pruned(path).eval()
     else:
         teacher = load_classifier(path, task=task).eval()
-    n_layers = teacher.config.num_hidden_layers
-    if d.student == "teacher-layers" and d.layers is not None and not 1 <= d.layers <= n_layers:
-        raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
+    check_layers(d, teacher.config.num_hidden_layers)
     if pr.prune_heads or pr.prune_ffn:
         check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
     tokenizer = load_tokenizer(path)

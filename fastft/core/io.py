@@ -48,7 +48,7 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_writable(directory: Path) -> None:
+def check_writable(directory: Path, flag: str = "--output") -> None:
     """Fail now, with one line, when files cannot be created in ``directory`` (or where it would be made).
 
     Probes by creating and removing a file, so read-only mounts, immutable directories and
@@ -61,8 +61,7 @@ def check_writable(directory: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=f".fastft-probe-{os.getpid()}-", dir=anc)
     except OSError as exc:
         raise FastftError(
-            f"cannot write to {anc} ({exc.strerror or type(exc).__name__}); "
-            "choose an --output where you can create files"
+            f"cannot write to {anc} ({exc.strerror or type(exc).__name__}); choose {flag} where you can create files"
         ) from None
     os.close(fd)
     os.unlink(probe)

@@ -99,6 +99,18 @@ def versions(packages=MODEL_PACKAGES) -> dict:
     return out
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says new work can use (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def load_average() -> tuple[float, float, float] | None:
     try:
         return os.getloadavg()

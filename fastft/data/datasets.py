@@ -299,7 +299,8 @@ def load_data(
         name = data
     elif path.suffix in (".csv", ".tsv", ".jsonl", ".gz") or path.exists():
         if not path.is_file():
-            raise DataError(f"data file {path} does not exist")
+            what = "is a directory, not a data file" if path.is_dir() else "does not exist"
+            raise DataError(f"data file {path} {what}")
         records = _file_records(path, encoding)
         if not records:
             raise DataError(f"{path} has no rows")

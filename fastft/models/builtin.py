@@ -19,7 +19,15 @@ def cache_dir() -> Path:
     root = os.environ.get("FASTFT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastft"
     )
-    return Path(root)
+    path = Path(root)
+    for p in (path, *path.parents):  # the first that exists must be a directory fastft can write in
+        if p.exists():
+            if not p.is_dir():
+                raise ModelError(f"the cache {path} (FASTFT_CACHE) is not a directory: {p} is a file")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ModelError(f"the cache {path} (FASTFT_CACHE) cannot be written ({p} is not writable)")
+            break
+    return path
 
 
 def _package_dir(module: str, install: str) -> Path:

@@ -158,8 +158,14 @@ def minilm_l3_dir() -> Path:
     except (OSError, ValueError):
         pass
     src = onnx_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot create the cache {path.parent} ({exc.strerror or type(exc).__name__}); "
+            "set FASTFT_CACHE to a place where files can be created"
+        ) from None
     print(f"fastft: rebuilding minilm-l3 from {src.name} into {path} (first use)", file=sys.stderr)
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".minilm-l3.tmp-{os.getpid()}-", dir=path.parent))
     try:

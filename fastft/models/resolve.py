@@ -259,7 +259,12 @@ def load_classifier(
                 kwargs[attr] = dropout
     for k, v in kwargs.items():
         setattr(config, k, v)
-    if getattr(config, "pruned_heads", None) and isinstance(src, Path) and labels is None and dropout is None:
+    if getattr(config, "pruned_heads", None) and (labels is not None or dropout is not None):
+        raise ModelError(
+            f"{src} is head-pruned (a fastft compress output): it cannot be fine-tuned or distilled into "
+            "again; start from the model it was compressed from"
+        )
+    if getattr(config, "pruned_heads", None) and isinstance(src, Path):
         # transformers 5 no longer applies config.pruned_heads on load: rebuild the pruned shapes
         try:
             return load_pruned(src).to(torch.float32)
