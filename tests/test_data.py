@@ -201,3 +201,12 @@ def test_sorted_batches_cover_every_row_once_shortest_first():
     assert m.sum(axis=1).tolist() == [len(ids[r]) for r in batches[1]]
     assert (x[m == 0] == 0).all() and (x[m == 1] == 1).all()
     assert list(sorted_batches([], 4)) == []
+
+
+def test_one_class_is_a_test_set_not_a_training_set(tmp_path):
+    f = tmp_path / "positives.csv"
+    f.write_text("text,label\n" + "".join(f"good film {i},positive\n" for i in range(20)))
+    with pytest.raises(DataError, match="single class"):
+        load_data(str(f))
+    splits = load_data(str(f), min_classes=1)  # what fastft eval asks for
+    assert splits.labels == ["positive"] and len(splits.test) > 0

@@ -117,6 +117,7 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
         "".join(json.dumps(r) + "\n" for r in make_rows(10)) + '{"text": "bad \\ud800 text", "label": "positive"}\n'
     )
     (w / "latin1.csv").write_bytes(b"text,label\ncaf\xe9,positive\nok,negative\n")
+    (w / "empty-texts.csv").write_text("text,label\n" + ",positive\n , negative\n" * 10)
     # hand-edited config.json and fastft.json values of the wrong type
     shutil.copytree(tiny, w / "cfg-type")
     _edit_json(w / "cfg-type" / "config.json", max_position_embeddings="lots")
@@ -302,6 +303,8 @@ CLI_CASES = [
     ("train-data-dir", "train --model {w}/tiny --data {w}/plain-dir --output {out}", "is a directory, not a data"),
     ("compress-data-missing", "compress --model {w}/tiny --data {w}/none.csv --output {out}", "does not exist"),
     ("compress-layers-99", "compress --model {w}/tiny --layers 99 --output {out}", "--layers must be between 1"),
+    ("predict-dash-and-text", "predict --model {w}/tiny --backend torch - hi", "takes no other texts"),
+    ("train-all-empty-texts", "train --model {w}/tiny --data {w}/empty-texts.csv --output {out}", "every text of"),
     ("bench-batch-huge", "bench --model {w}/tiny --batch 100000000 --no-memory", "GiB of activations"),
     ("bench-seq-twice", "bench --model {w}/tiny --seq 16,16", "listed twice"),
     ("bench-gap-huge", "bench --model {w}/tiny --gap-ms 1e12", "--gap-ms must be in [0, 10000]"),
@@ -517,6 +520,21 @@ def test_non_utf8_stdin_names_the_line(world, tmp_path):
         "fastft: error: stdin line 2 is not valid UTF-8 (byte 0xe9 at offset 3); fastft reads text as UTF-8: "
         "convert it first, e.g. iconv -f latin1 -t utf-8"
     ]
+
+
+def test_blank_stdin_and_control_characters_in_the_table(world, tmp_path):
+    """Only blank lines on stdin: one line saying so. A text with a newline or a terminal escape
+    is shown escaped in the table (it cannot rewrite the terminal); --json keeps it as it is."""
+    model = ("predict", "--model", str(world / "tiny"), "--backend", "torch")
+    proc = _cli(*model, "-", stdin=b"\n  \n", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == "fastft: error: stdin held no text (only blank lines, or nothing)"
+    text = "a\x1b[31mred\nline"
+    proc = _cli(*model, text, cwd=tmp_path)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0 and "\x1b" not in out and out.count("\n") == 1 and "a\\x1b[31mred\\nline" in out
+    proc = _cli(*model, "--json", text, cwd=tmp_path)
+    assert json.loads(proc.stdout)[0]["text"] == text
 
 
 def test_non_utf8_argv_from_a_shell(world, tmp_path):

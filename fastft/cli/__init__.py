@@ -88,7 +88,13 @@ def _quiet_libraries(verbose: bool) -> None:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.formatwarning = _one_line_warning
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|onnx|onnxruntime)")
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """What a warning looks like on the command line without -v (e.g. texts truncated)."""
+    return f"fastft: warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -247,8 +247,12 @@ def _predict(args) -> int:
     from fastft.core.io import dumps
 
     texts = args.texts
+    if "-" in texts and texts != ["-"]:
+        raise FastftError("'-' reads the texts from stdin and takes no other texts")
     if texts == ["-"]:
         texts = _stdin_lines()
+        if not texts:
+            raise FastftError("stdin held no text (only blank lines, or nothing)")
     if not texts:
         raise FastftError("no texts given: pass them as arguments, or '-' to read lines from stdin")
     from fastft.data.text import unicode_problem
@@ -269,8 +273,7 @@ def _predict(args) -> int:
     else:
         width = max(len(r["label"]) for r in rows)
         for r in rows:
-            text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
-            print(f"{r['label']:<{width}}  {r['score']:.4f}  {text}")
+            print(f"{r['label']:<{width}}  {r['score']:.4f}  {_shown(r['text'])}")
     return 0
 
 
@@ -315,12 +318,18 @@ def _entity_rows(model: str, texts: list[str], backend: str, decode: str = "vite
     return [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
 
 
+def _shown(text: str, width: int = 70) -> str:
+    """A text for a table row: control characters (newlines, terminal escapes) escaped, long
+    texts cut (``--json`` gives them whole)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _entities_table(rows: list[dict]) -> str:
     """Each text, then its entities as a table: type, score, character span, the text it covers."""
     lines = []
     for r in rows:
-        text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
-        lines.append(text)
+        lines.append(_shown(r["text"]))
         if not r["entities"]:
             lines.append("  (no entities)")
             continue

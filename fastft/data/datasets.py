@@ -279,6 +279,7 @@ def load_data(
     seed: int = 42,
     encoding: str = "utf-8",
     limit: int | None = None,
+    min_classes: int = 2,
 ) -> DataSplits:
     """Load a built-in text-classification dataset by name, or a .csv/.tsv/.jsonl file.
 
@@ -290,6 +291,8 @@ def load_data(
         split_column: if a file has this column (train/validation/test), its splits are used.
         seed: the seed of the deterministic, label-stratified 80/10/10 split.
         limit: keep at most this many rows per split (after splitting), for quick runs.
+        min_classes: labels the data must hold: 2 to train on it, 1 to evaluate (a test set of
+            known positives is a test set).
     """
     spec = {"data": data, "seed": seed}
     path = Path(data)
@@ -339,7 +342,9 @@ def load_data(
 
     if not named_rows:
         raise DataError(f"dataset {data!r} is empty")
-    if len(label_names) < 2:
+    if not any(t.strip() for t, _ in named_rows):
+        raise DataError(f"every text of {data!r} is empty (is --text-column {text_column!r} the text column?)")
+    if len(label_names) < min_classes:
         raise DataError(f"dataset {data!r} has a single class ({label_names[0]!r}); classification needs at least two")
     label_id = {n: i for i, n in enumerate(label_names)}
     rows = [(t, label_id[lab]) for t, lab in named_rows]
@@ -353,6 +358,6 @@ def load_data(
     if limit is not None:
         parts = [p[:limit] for p in parts]
         spec["limit"] = limit
-    if len({lab for _, lab in parts[0]}) < 2:
+    if len({lab for _, lab in parts[0]}) < min_classes:
         raise DataError(f"the train split of {data!r} has a single class; classification needs at least two")
     return DataSplits(name, label_names, *(_to_split(p) for p in parts), spec=spec)

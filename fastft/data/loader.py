@@ -22,6 +22,7 @@ def load_data(
     limit: int | None = None,
     task: str | None = None,
     columns=None,
+    min_classes: int = 2,
 ) -> DataSplits:
     """Load a built-in dataset by name, or a data file, as :class:`DataSplits` (``.task`` says which).
 
@@ -35,6 +36,7 @@ def load_data(
         limit: keep at most this many rows (sentences) per split, for quick runs.
         task: ``sequence-classification``, ``token-classification`` or None (detected).
         columns: word and tag columns of a CoNLL-style file, e.g. ``"0,3"`` [first, last].
+        min_classes: labels a text-classification file must hold (2 to train, 1 to evaluate).
     """
     tokens.check_task(task)
     if (task or tokens.detect_task(data)) == tokens.TOKEN_CLASSIFICATION:
@@ -57,4 +59,5 @@ def load_data(
         seed=seed,
         encoding=encoding,
         limit=limit,
+        min_classes=min_classes,
     )

@@ -191,6 +191,7 @@ def _eval_split(
         label_column=label_column or (spec.get("label_column", "label") if same else "label"),
         seed=spec.get("seed", 42) if same else 42,
         encoding=encoding,
+        min_classes=1,  # a test set of one class is still a test set
     )
     part = align_labels(splits.split(split).subset(limit), splits.labels, labels)
     if len(part) == 0:
