@@ -7,6 +7,8 @@ Servers (each its own process; the load generator is this process, an aiohttp cl
 traffic on 127.0.0.1):
   fastft        fastft serve DIR (dynamic batching)
   fastft-nobatch  (a) fastft serve DIR --no-batching
+  fastft-batch-int8  fastft serve DIR --batch-int8 (a dynamic INT8 graph's texts merged: the
+                  pre-isolation default, for its throughput; answers then depend on the batch)
   pipeline      (b) FastAPI + transformers pipeline, one request per call (bench/serve_baselines.py)
   ort           (c) FastAPI + ONNX Runtime per request on the same ONNX file (bench/serve_baselines.py)
   ray           (d) fastft serve DIR --ray --replicas 2 (Ray Serve, @serve.batch; needs fastft[ray])
@@ -58,6 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {
     "fastft": "fastft serve DIR (dynamic batching, cost-table length grouping)",
     "fastft-nobatch": "(a) fastft serve DIR --no-batching: one ONNX Runtime call per request",
+    "fastft-batch-int8": "fastft serve DIR --batch-int8: a dynamic INT8 graph's texts merged too (answers then "
+    "depend on the batch; the default runs each such text alone)",
     "pipeline": "(b) FastAPI + transformers pipeline, per request (what users write)",
     "ort": "(c) FastAPI + ONNX Runtime per request on the same ONNX file (the Optimum-style setup)",
     "ray": "(d) fastft serve DIR --ray --replicas 2 (Ray Serve deployment, @serve.batch, Ray's HTTP proxy)",

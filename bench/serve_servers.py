@@ -102,6 +102,10 @@ def server_argv(name: str, model_dir: str, port: int, fastft_args: list[str]) ->
             "--no-batching",
             *fastft_args,
         ]
+    if name == "fastft-batch-int8":
+        return [py, "-m", "fastft", "serve", model_dir, "--port", str(port), "--name", "m", "--batch-int8"] + list(
+            fastft_args
+        )
     if name in ("pipeline", "ort"):
         return [py, str(ROOT / "bench" / "serve_baselines.py"), name, model_dir, "--port", str(port)]
     if name == "ray":
