@@ -722,3 +722,10 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
         assert metric(text, "fastft_requests_total", code="500", route="/predict") == 0
         r = httpx.post(server.url + "/predict", json={"inputs": ["still serving"]})
         assert r.status_code == 200
+
+
+def test_index_names_files_not_the_servers_directories_and_errors_do_not_echo_megabytes(server, serve_dir):
+    r = httpx.get(server.url + "/")
+    assert r.status_code == 200 and str(serve_dir) not in r.text and r.json()["runtime"]["path"] == serve_dir.name
+    r = httpx.get(f"{server.url}/v2/models/{'x' * 20_000}")
+    assert r.status_code == 404 and len(r.text) < 400, len(r.text)

@@ -118,11 +118,15 @@ class LocalEngine:
         self.batcher.stop()
 
     def info(self) -> dict:
+        """What ``GET /`` shows: file names, never the server's directories."""
+        runtime = {
+            k: Path(v).name if k in ("path", "file") and isinstance(v, str) else v
+            for k, v in self.predictor.info().items()
+        }
         return {
             "model": self.name,
-            "path": str(self.predictor.path),
             "labels": self.labels,
-            "runtime": self.predictor.info(),
+            "runtime": runtime,
             "config": self.config.to_dict(),
             "cost_model": self.batcher.cost.info(),
             "warm_up_seconds": self.warm_up_seconds,
@@ -169,10 +173,10 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
     def check_model(request: Request) -> None:
         name = request.path_params.get("name")
         if name != engine.name:
-            raise BadRequest(f"unknown model {name!r}: this server serves {engine.name!r}", 404)
+            raise BadRequest(f"unknown model {name[:80]!r}: this server serves {engine.name!r}", 404)
         version = request.path_params.get("version")
         if version is not None and version != "1":
-            raise BadRequest(f"unknown version {version!r} of model {engine.name!r}: it has version '1'", 404)
+            raise BadRequest(f"unknown version {version[:20]!r} of model {engine.name!r}: it has version '1'", 404)
 
     def handler(route: str, fn):
         async def endpoint(request: Request) -> Response:
@@ -259,7 +263,8 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
     ]
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        msg = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        path = request.url.path[:200]
+        msg = {404: f"no route {path}", 405: f"{request.method} is not allowed on {path}"}
         metrics.observe_request("other", exc.status_code)
         return JSONResponse(
             {"error": msg.get(exc.status_code, exc.detail)},
