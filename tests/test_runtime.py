@@ -271,6 +271,10 @@ def test_dynamic_int8_runs_each_text_alone_unless_batch_int8(onnx_dir):
     assert merged.batch_dependent and not merged.isolated
     assert not np.array_equal(merged.logits(texts, batch_size=len(texts)), alone)  # the scales span the call
     assert not fastft.load(onnx_dir, int8=False, threads=1).batch_dependent  # fp32: nothing to isolate
+    from fastft.compress.quantize import scoring_batch
+
+    # compress scores each graph as it is served: the INT8 one a text per call
+    assert scoring_batch(onnx_dir / "model_int8.onnx") == 1 and scoring_batch(onnx_dir / "model.onnx") == 64
     with pytest.raises(fastft.FastftError, match="batch_int8 must be True or False"):
         fastft.load(onnx_dir, batch_int8="yes")
 

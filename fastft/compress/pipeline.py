@@ -83,7 +83,7 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
             return {split: tkd.ort_entity_metrics(sess, ctx, split) for split in ("validation", "test")}
         out = {}
         for split in ("validation", "test"):
-            logits = cq.ort_logits(sess, ctx.ids[split], ctx.pad_id)
+            logits = cq.ort_logits(sess, ctx.ids[split], ctx.pad_id, cq.scoring_batch(path))
             p = np.exp(logits - logits.max(1, keepdims=True))
             out[split] = classification_metrics(ctx.y[split], p / p.sum(1, keepdims=True), logits.shape[1])
             if split == "test":

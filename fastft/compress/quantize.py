@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import FastftError
+from fastft.data.collate import pad_rows, sorted_batches
 from fastft.export import int8 as fx_int8
 from fastft.export import onnx as fx_onnx
 from fastft.export import optimize as fx_opt
@@ -111,19 +112,20 @@ def served(path, threads: int | None = None, ort_attention: str = "auto"):
     return served_session(Path(path), opts, ort_attention=ort_attention)
 
 
+def scoring_batch(path, batch_size: int = 64) -> int:
+    """The batch size to score ``path`` with as it is served: one text per call for a graph that
+    quantises activations per call (``fastft.load`` runs those one text per call), else ``batch_size``."""
+    from fastft.runtime.ort import quantises_per_call
+
+    return 1 if quantises_per_call(Path(path)) else batch_size
+
+
 def ort_logits(sess, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
     """Logits of an ONNX classifier over pre-tokenized rows (length-sorted batches, input order out)."""
     names = [i.name for i in sess.get_inputs()]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = None
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        n = max(len(ids[r]) for r in rows)
-        x = np.full((len(rows), n), pad_id, dtype=np.int64)
-        m = np.zeros((len(rows), n), dtype=np.int64)
-        for i, r in enumerate(rows):
-            x[i, : len(ids[r])] = ids[r]
-            m[i, : len(ids[r])] = 1
+    for rows in sorted_batches([len(x) for x in ids], batch_size):
+        x, m = pad_rows(ids, rows, pad_id)
         feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
         y = sess.run(None, {k: feeds[k] for k in names})[0].astype(np.float32)
         if out is None:
@@ -268,7 +270,7 @@ def accuracy_aware_int8(
             sess = served(path, threads)[0]
             if score_fn is not None:
                 return score_fn(sess)
-            return accuracy(ort_logits(sess, val_ids, pad_id), val_labels)
+            return accuracy(ort_logits(sess, val_ids, pad_id, scoring_batch(path)), val_labels)
 
         if base_acc is None:
             base_acc = val_acc(src)
