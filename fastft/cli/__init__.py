@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from fastft import __version__
 from fastft.core.errors import FastftError
@@ -85,10 +86,8 @@ def _quiet_libraries(verbose: bool) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.formatwarning = _one_line_warning
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|onnx|onnxruntime)")
 
 
@@ -104,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     _quiet_libraries(args.verbose)
+    formatwarning = warnings.formatwarning
+    if not args.verbose:  # one line per warning while the command runs; a caller's own format after it
+        warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except FastftError as exc:
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fastft env | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":
