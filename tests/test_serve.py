@@ -722,6 +722,10 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
         assert metric(text, "fastft_requests_total", code="500", route="/predict") == 0
         r = httpx.post(server.url + "/predict", json={"inputs": ["still serving"]})
         assert r.status_code == 200
+        with httpx.Client(base_url=server.url) as keep_alive:  # one connection, requests 0.2 s apart
+            for _ in range(4):
+                assert keep_alive.post("/predict", json={"inputs": ["again"]}).status_code == 200
+                time.sleep(0.2)
 
 
 def test_index_names_files_not_the_servers_directories_and_errors_do_not_echo_megabytes(server, serve_dir):

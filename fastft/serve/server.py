@@ -119,8 +119,8 @@ MAX_HEAD_BYTES = 64 * 1024  # request line + headers; h11 answers 400 and closes
 
 
 def guarded_protocol(config: ServeConfig):
-    """uvicorn's h11 protocol (h11 caps the request head at ``MAX_HEAD_BYTES``; the default
-    httptools parser buffers a header of any size), which also answers 408 and closes a
+    """uvicorn's h11 protocol (h11 refuses an unfinished request head beyond ``MAX_HEAD_BYTES``;
+    the default httptools parser buffers a header of any size), which also answers 408 and closes a
     connection whose request line and headers have not all arrived within
     ``config.header_timeout_s`` of its opening or of its last response (a stalled or idle client
     must not hold a socket forever), and closes at once a connection beyond
@@ -135,6 +135,8 @@ def guarded_protocol(config: ServeConfig):
     )
 
     class GuardedH11(H11Protocol):
+        _head_timer = None  # one per connection: re-armed after each response, cancelled when it closes
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > config.max_connections:
@@ -147,11 +149,20 @@ def guarded_protocol(config: ServeConfig):
             super().on_response_complete()
             self._arm_head_timer()
 
+        def connection_lost(self, exc) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
         def _arm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
             waiting_for = self.cycle  # a new request replaces it once its head has arrived
-            self.loop.call_later(config.header_timeout_s, self._head_timeout, waiting_for)
+            self._head_timer = self.loop.call_later(config.header_timeout_s, self._head_timeout, waiting_for)
 
         def _head_timeout(self, waiting_for) -> None:
+            self._head_timer = None
             if self.transport.is_closing() or self.cycle is not waiting_for:
                 return
             self.transport.write(timeout_response)
