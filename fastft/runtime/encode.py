@@ -9,6 +9,7 @@ A slow (Python) tokenizer falls back to a lock.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ import numpy as np
 # has ~4 characters per token, so the model still sees all it would have, while a 4 MB text
 # costs the tokenizer milliseconds and kilobytes instead of seconds and gigabytes.
 CHARS_PER_TOKEN = 64
+# what the budget counts: characters that can make a token (not whitespace, control or zero-width
+# characters, nor combining marks, which tokenizers drop), so a text that opens with 10,000 spaces
+# keeps its words
+_COUNTED = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u0300-\u036f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 
 
 @dataclass
@@ -66,18 +71,15 @@ class Encoder:
         return tok
 
     def cut(self, texts: list[str]) -> tuple[list[str], list[bool]]:
-        """``texts`` cut to ``CHARS_PER_TOKEN * max_length`` characters (at a space in the last
-        tenth where there is one), and which were cut. A cut text counts as truncated."""
+        """``texts`` cut after ``CHARS_PER_TOKEN * max_length`` characters that can make a token
+        (at a space in the last tenth where there is one), and which were cut. A cut text counts
+        as truncated."""
         budget = CHARS_PER_TOKEN * self.max_length
-        was_cut = [len(t) > budget for t in texts]
-        if not any(was_cut):
-            return texts, was_cut
-        out = []
-        for t, c in zip(texts, was_cut):
-            if c:
-                space = t.rfind(" ", budget - budget // 10, budget)
-                t = t[: space if space > 0 else budget]
-            out.append(t)
+        out, was_cut = [], []
+        for t in texts:
+            end = _cut_point(t, budget) if len(t) > budget else None
+            was_cut.append(end is not None)
+            out.append(t if end is None else t[:end])
         return out, was_cut
 
     def encode(self, texts: list[str]) -> Encoded:
@@ -120,6 +122,18 @@ class Encoder:
             mask[row, :k] = 1
             types[row, :k] = enc.type_ids[i]
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _cut_point(text: str, budget: int) -> int | None:
+    """Where to cut ``text`` after ``budget`` counted characters, or None when it has fewer."""
+    n = 0
+    for m in _COUNTED.finditer(text):
+        n += 1
+        if n == budget:
+            end = m.end()
+            space = text.rfind(" ", max(0, end - budget // 10), end)
+            return space if space > 0 else end
+    return None
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

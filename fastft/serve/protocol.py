@@ -75,8 +75,13 @@ def load_json(body: bytes):
         return json.loads(body)
     except RecursionError:
         raise BadRequest("the body is not usable JSON (nested too deeply)", 400) from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
-        raise BadRequest(f"the body is not valid JSON ({str(exc)[:120]})", 400) from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise BadRequest(f"the body is not valid JSON ({exc.msg} at {where})", 400) from None
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not valid JSON (not UTF-8 text)", 400) from None
+    except ValueError:  # Python's limit on the digits of an integer it converts
+        raise BadRequest("the body is not usable JSON (a number with more than 4,300 digits)", 400) from None
 
 
 # -- /predict ------------------------------------------------------------------------------
