@@ -673,7 +673,7 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
 
     from fastft.serve.server import MAX_HEAD_BYTES, guarded_protocol
 
-    asgi = make_app(serve_dir, header_timeout_s=0.5, body_timeout_s=0.5)
+    asgi = make_app(serve_dir, header_timeout_s=0.5, body_timeout_s=1.5)
     server = Running(asgi)
     config = asgi.state.config
     server.server = uvicorn.Server(
@@ -703,7 +703,23 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
         for c in (head, idle, body):
             answer = c.recv(4096)
             assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"connection: close" in answer.lower()
             c.close()
+        # a pipelined request whose head has arrived is not cut off by the head timer while its body comes
+        one = b'{"inputs": ["fine"]}'
+        pipe = raw(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(one), one)
+            + b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(one), one[:5])
+        )
+        time.sleep(1.0)  # past the head timeout, within the body's
+        pipe.sendall(one[5:])
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"}"):
+            chunk = pipe.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert got.count(b"HTTP/1.1 200") == 2 and b"408" not in got, got
+        pipe.close()
         big = raw(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEAD_BYTES))  # never ends
         assert big.recv(4096).startswith(b"HTTP/1.1 400")
         big.close()

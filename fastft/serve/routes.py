@@ -139,8 +139,10 @@ def _default_name(path: Path) -> str:
 
 
 def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
-    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+    if status in (408, 413):  # the rest of the body was never read: the connection cannot carry another request
+        headers["connection"] = "close"
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
 def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool = True) -> Starlette:

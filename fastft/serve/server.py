@@ -121,10 +121,14 @@ MAX_HEAD_BYTES = 64 * 1024  # request line + headers; h11 answers 400 and closes
 def guarded_protocol(config: ServeConfig):
     """uvicorn's h11 protocol (h11 refuses an unfinished request head beyond ``MAX_HEAD_BYTES``;
     the default httptools parser buffers a header of any size), which also answers 408 and closes a
-    connection whose request line and headers have not all arrived within
+    connection whose next request line and headers have not all arrived within
     ``config.header_timeout_s`` of its opening or of its last response (a stalled or idle client
     must not hold a socket forever), and closes at once a connection beyond
-    ``config.max_connections``."""
+    ``config.max_connections``, or beyond a quarter of them from one address (one client cannot
+    take every slot). Closing is logged at most once a minute, with a count."""
+    import collections
+
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     body = json.dumps({"error": f"the request head did not arrive within {config.header_timeout_s:g} s"}).encode()
@@ -133,16 +137,32 @@ def guarded_protocol(config: ServeConfig):
         + f"content-length: {len(body)}\r\n\r\n".encode()
         + body
     )
+    per_peer_cap = max(16, config.max_connections // 4)
+    per_peer: collections.Counter = collections.Counter()
+    refused = {"count": 0, "logged": 0.0}
+
+    def refuse(transport, why: str) -> None:
+        transport.close()
+        refused["count"] += 1
+        now = time.monotonic()
+        if now - refused["logged"] >= 60:
+            log.warning("closed %d new connection(s) in the last minute at once: %s", refused["count"], why)
+            refused.update(count=0, logged=now)
 
     class GuardedH11(H11Protocol):
         _head_timer = None  # one per connection: re-armed after each response, cancelled when it closes
+        _peer = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > config.max_connections:
-                log.warning("%d connections open (--max-connections): closing a new one", len(self.connections) - 1)
-                transport.close()
-                return
+                return refuse(transport, f"{config.max_connections} connections were open")
+            peer = self.client[0] if self.client else None
+            if peer is not None and per_peer[peer] >= per_peer_cap:
+                return refuse(transport, f"{per_peer_cap} connections from one address were open")
+            if peer is not None:
+                self._peer = peer
+                per_peer[peer] += 1
             self._arm_head_timer()
 
         def on_response_complete(self) -> None:
@@ -153,17 +173,23 @@ def guarded_protocol(config: ServeConfig):
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+            if self._peer is not None:
+                per_peer[self._peer] -= 1
+                if per_peer[self._peer] <= 0:
+                    del per_peer[self._peer]
+                self._peer = None
             super().connection_lost(exc)
 
         def _arm_head_timer(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
-            waiting_for = self.cycle  # a new request replaces it once its head has arrived
-            self._head_timer = self.loop.call_later(config.header_timeout_s, self._head_timeout, waiting_for)
+            self._head_timer = self.loop.call_later(config.header_timeout_s, self._head_timeout)
 
-        def _head_timeout(self, waiting_for) -> None:
+        def _head_timeout(self) -> None:
             self._head_timer = None
-            if self.transport.is_closing() or self.cycle is not waiting_for:
+            # only while no request head has arrived: a request in progress (a pipelined one too)
+            # is left to its body timeout and to inference
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
                 return
             self.transport.write(timeout_response)
             self.transport.close()
