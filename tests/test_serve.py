@@ -614,6 +614,7 @@ def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
         ([str(serve_dir), "--max-batch-size", "1000000000"], "--max-batch-size must be at most 4096"),
         ([str(serve_dir), "--threads", "1000000000000"], "--threads must be at most 1024"),
         ([str(serve_dir), "--workers", "100000"], "--workers must be at most 256"),
+        ([str(serve_dir), "--max-body-kb", "2000000"], "--max-body-kb must be between 1 and 1048576"),
         ([str(serve_dir), "--host", "192.0.2.1"], "pick another --host"),
     ]:
         assert main(["serve", *argv]) == 2
@@ -683,7 +684,7 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
             port=server.port,
             log_level="warning",
             lifespan="on",
-            http=guarded_protocol(config),
+            http=guarded_protocol(config, asgi.state.metrics),
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
     )
@@ -736,6 +737,7 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
             time.sleep(0.05)
         text = httpx.get(server.url + "/metrics").text
         assert metric(text, "fastft_requests_total", code="500", route="/predict") == 0
+        assert metric(text, "fastft_connections_closed_total", reason="head_timeout") == 2  # the stalled head, the idle
         r = httpx.post(server.url + "/predict", json={"inputs": ["still serving"]})
         assert r.status_code == 200
         with httpx.Client(base_url=server.url) as keep_alive:  # one connection, requests 0.2 s apart

@@ -78,6 +78,12 @@ class ServeMetrics:
             "fastft_padding_efficiency", "Real tokens / padded tokens since start (1.0 = no padding)", registry=r
         )
         self.truncated = Counter("fastft_truncated_texts", "Texts cut at the model's max length", registry=r)
+        self.connections_closed = Counter(
+            "fastft_connections_closed",
+            "Connections the server closed before a request: head_timeout (408), over_limit (at once)",
+            ["reason"],
+            registry=r,
+        )
         self.in_flight = Gauge("fastft_in_flight_requests", "Requests being handled", registry=r)
         self.queued = Gauge("fastft_queue_requests", "Requests waiting for a worker", registry=r)
         self.ready = Gauge("fastft_ready", "1 once the model is loaded and warmed up", registry=r)

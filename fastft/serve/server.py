@@ -79,7 +79,7 @@ def run(model_dir, config: ServeConfig | None = None) -> int:
         asgi,
         host=config.host,
         port=config.port,
-        http=guarded_protocol(config),
+        http=guarded_protocol(config, asgi.state.metrics),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         log_config=log_config,
         access_log=False,
@@ -118,14 +118,15 @@ def _ignore(signum, frame) -> None:
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; h11 answers 400 and closes beyond it
 
 
-def guarded_protocol(config: ServeConfig):
+def guarded_protocol(config: ServeConfig, metrics=None):
     """uvicorn's h11 protocol (h11 refuses an unfinished request head beyond ``MAX_HEAD_BYTES``;
     the default httptools parser buffers a header of any size), which also answers 408 and closes a
     connection whose next request line and headers have not all arrived within
     ``config.header_timeout_s`` of its opening or of its last response (a stalled or idle client
     must not hold a socket forever), and closes at once a connection beyond
     ``config.max_connections``, or beyond a quarter of them from one address (one client cannot
-    take every slot). Closing is logged at most once a minute, with a count."""
+    take every slot). Closing is logged at most once a minute, with a count, and counted in
+    ``metrics`` (``fastft_connections_closed_total{reason}``)."""
     import collections
 
     import h11
@@ -141,8 +142,13 @@ def guarded_protocol(config: ServeConfig):
     per_peer: collections.Counter = collections.Counter()
     refused = {"count": 0, "logged": 0.0}
 
+    def closed(reason: str) -> None:
+        if metrics is not None:
+            metrics.connections_closed.labels(reason).inc()
+
     def refuse(transport, why: str) -> None:
         transport.close()
+        closed("over_limit")
         refused["count"] += 1
         now = time.monotonic()
         if now - refused["logged"] >= 60:
@@ -193,6 +199,7 @@ def guarded_protocol(config: ServeConfig):
                 return
             self.transport.write(timeout_response)
             self.transport.close()
+            closed("head_timeout")
 
     return GuardedH11
 
