@@ -87,8 +87,7 @@ def preflight(model, cfg: CompressConfig) -> dict:
     teacher, of the model it will be fine-tuned from). FastftError on the first problem."""
     from transformers import AutoConfig
 
-    if cfg.distill.student not in ("teacher-layers", "minilm-l3"):
-        resolve_model(cfg.distill.student)  # a directory that must exist
+    check_student(cfg.distill.student)
     if model is not None and cfg.data is not None:  # a bad --data fails now, not after the export check
         load_data(cfg.data, seed=cfg.seed, limit=cfg.limit)
     if model is None:
@@ -154,6 +153,12 @@ def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
     return meta, [str(x) for x in labels]
 
 
+def check_student(student: str) -> None:
+    """--student: a built-in student shape, or a model directory that must exist."""
+    if student not in ("teacher-layers", "minilm-l3"):
+        resolve_model(student)
+
+
 def check_layers(d, n_layers: int | None) -> None:
     """--layers of a teacher-layers student within the teacher's depth."""
     if d.student == "teacher-layers" and d.layers is not None and n_layers and not 1 <= d.layers <= n_layers:
@@ -175,8 +180,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     import torch
 
     cfg.validate()
-    if cfg.distill.student not in ("teacher-layers", "minilm-l3"):
-        resolve_model(cfg.distill.student)  # a directory that must exist
+    check_student(cfg.distill.student)
     torch.set_num_threads(cfg.threads or physical_cores())
     if model is not None:
         path = resolve_model(model)
