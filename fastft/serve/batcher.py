@@ -126,12 +126,17 @@ class Batcher:
             t.start()
             self._threads.append(t)
 
+    @property
+    def isolated(self) -> bool:
+        """The predictor runs each text in a call of its own (a dynamic INT8 graph without batch_int8)."""
+        return bool(getattr(self.predictor, "isolated", False))
+
     def warm_up(self, calibrate: bool = True, budget_s: float = 15.0) -> None:
         """Run every width once (ORT allocates per shape), then measure the cost table."""
         run = self._timed_call
         for w in (8, 32, 128, self.predictor.max_length):
             run(1, min(w, self.predictor.max_length))
-        if calibrate and self.batching:
+        if calibrate and self.batching and not self.isolated:  # an isolated predictor never merges
             self.cost = CostModel.measure(
                 run, self.max_batch_size, self.predictor.max_length, self.max_batch_tokens, budget_s=budget_s
             )
@@ -234,7 +239,7 @@ class Batcher:
                     if self.per_token
                     else np.empty((len(j.texts), len(self.predictor.labels)), dtype=np.float32)
                 )
-            if getattr(self.predictor, "isolated", False):  # dynamic INT8: a text's answer is its own
+            if self.isolated:  # dynamic INT8: a text's answer is its own
                 chunks = [(s, s + 1) for s in range(len(order))]
             elif self.batching:
                 chunks = self.cost.plan(sorted_len)
