@@ -161,6 +161,21 @@ def test_tiny_bert_fake_quant_matches_int8_graph(tiny_model_dir, tmp_path):
     err_fq, err_fp32 = np.abs(outs["fq"] - y_ort).max(), np.abs(outs["fp32"] - y_ort).max()
     assert err_fp32 > 1e-3
     assert err_fq < 0.1 * err_fp32, (err_fq, err_fp32)
+    # the three texts padded into one batch (the mask positional, as HF orders it) round as each
+    # does alone: one range per text over its own tokens, what the served graph computes
+    width = max(map(len, ids))
+    x = torch.tensor([r + [0] * (width - len(r)) for r in ids])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in ids])[:, None]).long()
+    with torch.no_grad(), fake_quant(net, spec):
+        batched = net(x, mask).logits.numpy()
+        reversed_ = net(input_ids=x.flip(0), attention_mask=mask.flip(0)).logits.numpy()[::-1]
+    np.testing.assert_allclose(batched, outs["fq"], atol=1e-5)
+    np.testing.assert_allclose(reversed_, outs["fq"], atol=1e-5)
+    assert np.abs(batched - y_ort).max() < 0.1 * err_fp32
+    # without a mask the batch shares one range, padding included (not what is served)
+    with torch.no_grad(), fake_quant(net, spec):
+        shared = net(input_ids=x).logits.numpy()
+    assert np.abs(shared - outs["fq"]).max() > 1e-4
 
 
 def test_compress_with_qat_and_augment_reports_them(tmp_path, tiny_data_file):

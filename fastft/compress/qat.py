@@ -9,7 +9,10 @@ straight-through estimator (the rounding is the identity in the backward pass):
 
 * activations: per tensor, uint8, asymmetric, over the whole input tensor at run time
   (DynamicQuantizeLinear: range ``[min(0, min x), max(0, max x)]``, ``scale = range / 255``,
-  ``zero_point = round(-min / scale)`` clipped to [0, 255], round half to even);
+  ``zero_point = round(-min / scale)`` clipped to [0, 255], round half to even). fastft serves
+  such a graph one text per call (:attr:`fastft.runtime.base.Predictor.isolated`), so the tensor
+  ORT sees is one text without padding: here the range is taken per row of the batch over its
+  unmasked tokens (the ``attention_mask`` the model is called with), which is that call's range;
 * weights: int8 symmetric (``scale = max|w| / qmax``, zero point 0), per output channel when the
   recipe is per-channel, 7-bit (``qmax = 64``, ORT's ``reduce_range``) where the recipe uses it,
   else ``qmax = 127``; uint8 weights: asymmetric like the activations (``qmax`` 255 or 127);
@@ -37,7 +40,8 @@ from fastft.models.pruned import encoder_layers
 
 @dataclass(frozen=True)
 class QatSpec:
-    """What to simulate: weight type/range/granularity; activations are always dynamic uint8 per tensor."""
+    """What to simulate: weight type/range/granularity; activations are always dynamic uint8, one
+    range per text (its call's tensor as served)."""
 
     weight_type: str = "int8"  # int8 (symmetric) or uint8 (asymmetric)
     per_channel: bool = True
@@ -61,7 +65,8 @@ class QatSpec:
             "weights": f"{self.weight_type} {'symmetric' if self.weight_type == 'int8' else 'asymmetric'}, "
             f"{'per-channel' if self.per_channel else 'per-tensor'}"
             f"{', 7-bit (reduce_range)' if self.reduce_range else ''}",
-            "activations": "uint8 asymmetric, per tensor, dynamic (DynamicQuantizeLinear)",
+            "activations": "uint8 asymmetric, dynamic (DynamicQuantizeLinear), one range per text over its "
+            "tokens (as served: one text per call)",
             "embeddings": "tables and LayerNorm uint8 asymmetric per tensor" if self.embeddings else "fp32",
             "estimator": "straight-through",
         }
@@ -72,8 +77,12 @@ def _ste(x, q):
     return x + (q - x).detach()
 
 
-def fake_quant_activation(x, of=None):
+def fake_quant_activation(x, of=None, mask=None):
     """DynamicQuantizeLinear then dequantize: uint8, asymmetric, per tensor (ORT's rule).
+
+    ``mask``: a (batch, seq) attention mask for ``x`` of shape (batch, seq, ...): one range per
+    row over its unmasked positions, what each text gets when it runs alone (padded positions are
+    rounded on their row's scale; nothing reads them).
 
     ``of``: the tensor whose range sets the scale, ``x`` itself by default. An embedding passes its
     whole table and ``x`` = the rows looked up: the rounding is elementwise, so that is the rounded
@@ -85,8 +94,14 @@ def fake_quant_activation(x, of=None):
     import torch
 
     with torch.no_grad():
-        lo, hi = torch.aminmax(x if of is None else of)
-        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+        if mask is not None and of is None and x.dim() >= 2 and tuple(x.shape[:2]) == tuple(mask.shape):
+            valid = mask.bool().reshape(*mask.shape, *([1] * (x.dim() - 2)))
+            dims = tuple(range(1, x.dim()))
+            lo = torch.where(valid, x, torch.inf).amin(dim=dims, keepdim=True)
+            hi = torch.where(valid, x, -torch.inf).amax(dim=dims, keepdim=True)
+        else:
+            lo, hi = torch.aminmax(x if of is None else of)
+        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)  # a row with no token: 0, 0
         scale = (hi - lo) / 255.0
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zp = torch.clamp(torch.round(-lo / scale), 0, 255)
@@ -132,11 +147,13 @@ def _linear_class():
         """An ``nn.Linear`` whose input and weight are rounded as ORT's INT8 rounds them (STE)."""
 
         qat_spec: QatSpec
+        qat_call: _Call
 
         def forward(self, x):
             import torch.nn.functional as F
 
-            return F.linear(fake_quant_activation(x), fake_quant_weight(self.weight, self.qat_spec), self.bias)
+            x = fake_quant_activation(x, mask=self.qat_call.mask)
+            return F.linear(x, fake_quant_weight(self.weight, self.qat_spec), self.bias)
 
     class FakeQuantEmbedding(torch.nn.Embedding):
         """An ``nn.Embedding`` whose table is stored uint8 per tensor (QEmbedLayerNormalization)."""
@@ -163,6 +180,19 @@ def _linear_class():
         torch.nn.Embedding: FakeQuantEmbedding,
         torch.nn.LayerNorm: FakeQuantLayerNorm,
     }
+
+
+class _Call:
+    """The attention mask of the model call in progress, read by its FakeQuantLinears."""
+
+    mask = None
+
+
+def _record_mask(call: _Call, args, kwargs):
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:  # HF order: input_ids, attention_mask, ...
+        mask = args[1]
+    call.mask = mask if getattr(mask, "dim", lambda: 0)() == 2 else None
 
 
 _FQ = None
@@ -210,15 +240,19 @@ def fake_quant(net, spec: QatSpec):
     mods = quantized_linears(net) + (embedding_modules(net) if spec.embeddings else [])
     mods = [m for m in mods if type(m) in classes]  # exact types: nothing swapped twice
     originals = [type(m) for m in mods]
+    call = _Call()
+    hook = net.register_forward_pre_hook(lambda _m, args, kwargs: _record_mask(call, args, kwargs), with_kwargs=True)
     for m in mods:
         m.__class__ = classes[type(m)]
         m.qat_spec = spec
+        m.qat_call = call
     try:
         yield mods
     finally:
+        hook.remove()
         for m, cls in zip(mods, originals):
             m.__class__ = cls
-            del m.qat_spec
+            del m.qat_spec, m.qat_call
 
 
 def attach(net, spec: QatSpec) -> list:
