@@ -561,6 +561,8 @@ def test_data_with_other_labels_is_refused(teacher4, tmp_path, no_training):
         (dict(qat_epochs=0, quantize="int8"), "--qat-epochs"),
         (dict(qat_epochs=2, qat=False, quantize="int8"), "--qat-epochs sets quantization-aware training"),
         (dict(qat_epochs=2, quantize="fp16"), "--qat-epochs sets quantization-aware training"),
+        (dict(qat_consistency=-0.5, quantize="int8"), "--qat-consistency must be >= 0"),
+        (dict(qat_consistency=1.0, qat=False, quantize="int8"), "--qat-consistency weighs"),
     ],
 )
 def test_bad_options_are_refused(teacher4, tmp_path, no_training, kw, match):

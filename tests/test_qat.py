@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastft.compress.qat import QatSpec, fake_quant, fake_quant_weight, weight_qrange
+from fastft.compress.distill import int8_consistency
+from fastft.compress.qat import QatSpec, fake_quant, fake_quant_weight, unquantised, weight_qrange
 
 SPECS = [
     QatSpec("int8", per_channel=True, reduce_range=True),
@@ -172,6 +173,15 @@ def test_tiny_bert_fake_quant_matches_int8_graph(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(batched, outs["fq"], atol=1e-5)
     np.testing.assert_allclose(reversed_, outs["fq"], atol=1e-5)
     assert np.abs(batched - y_ort).max() < 0.1 * err_fp32
+    # unquantised: the same modules compute in fp32 again (the consistency term's target)
+    with torch.no_grad(), fake_quant(net, spec) as mods:
+        with unquantised(mods):
+            plain = net(x, mask).logits.numpy()
+        again = net(x, mask).logits.numpy()
+        cons = int8_consistency(net, mods, x, mask, torch.from_numpy(again), 2.0)
+    np.testing.assert_allclose(plain, outs["fp32"], atol=1e-5)
+    np.testing.assert_allclose(again, batched, atol=1e-6)
+    assert float(cons) > 0
     # without a mask the batch shares one range, padding included (not what is served)
     with torch.no_grad(), fake_quant(net, spec):
         shared = net(input_ids=x).logits.numpy()
@@ -197,6 +207,7 @@ def test_compress_with_qat_and_augment_reports_them(tmp_path, tiny_data_file):
         augment=2,
         qat=True,
         qat_epochs=2,
+        qat_consistency=1.0,
         recovery_epochs=3,
         output=str(out),
         epochs=1,
@@ -212,6 +223,7 @@ def test_compress_with_qat_and_augment_reports_them(tmp_path, tiny_data_file):
     # --qat-epochs 2 of 3 recovery epochs: the last two simulate INT8, and only they compete for "best"
     hist = pr["recovery"]["history"]
     assert [bool(e.get("qat")) for e in hist] == [False, True, True]
+    assert pr["recovery"]["qat"]["consistency"] == 1.0
     assert "validation_accuracy" not in hist[0] and all("validation_accuracy" in e for e in hist[1:])
     assert 0.0 <= q["label_agreement_fp32_test"] <= 1.0 and q["fp32_nodes"] == len(q["excluded_nodes"])
     assert q["embedding_nodes_quantized"] == 1 and q["recipe"].endswith("emb8")

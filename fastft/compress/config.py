@@ -313,6 +313,11 @@ class QuantizeConfig:
         "how many of the last distillation/recovery run's passes over the data run quantization-aware "
         "(a fractional epoch count ends in a partial pass); only they compete for the kept weights",
     )
+    qat_consistency: float = option(
+        0.0,
+        "weight of a term pulling the quantization-aware epochs' simulated INT8 outputs toward the "
+        "same weights' fp32 outputs (raises the INT8 graph's label agreement with its fp32; 0: off)",
+    )
     embeddings: bool = option(
         True,
         "keep the embedding tables fp32 in INT8 (by default they are stored in 8 bits: "
@@ -331,6 +336,9 @@ class QuantizeConfig:
         check_int("--qat-epochs", self.qat_epochs, lo=1)
         if self.qat_epochs != 1 and (self.qat is False or self.mode != "int8" or self.static):
             raise FastftError("--qat-epochs sets quantization-aware training: it needs dynamic --int8 and --qat")
+        check_float("--qat-consistency", self.qat_consistency, lo=0)
+        if self.qat_consistency and (self.qat is False or self.mode != "int8" or self.static):
+            raise FastftError("--qat-consistency weighs a quantization-aware term: it needs dynamic --int8 and --qat")
         check_float("--accuracy-budget", self.accuracy_budget)
         if self.accuracy_budget < 0:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")

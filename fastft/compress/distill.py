@@ -241,6 +241,33 @@ def distill_loss(
     return loss, parts
 
 
+def int8_consistency(student, mods, input_ids, mask, logits, temperature: float):
+    """T^2 KL from the fp32 outputs of ``student``'s own weights (eval mode, no gradient: the
+    target) to ``logits``, its outputs with INT8 simulated (``mods``: its fake-quant modules).
+    Token classification: over the unmasked tokens. Pulls the INT8 graph's labels onto its fp32's."""
+    import torch
+    import torch.nn.functional as F
+
+    from fastft.compress import qat as qat_mod
+
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad(), qat_mod.unquantised(mods):
+            ref = student(input_ids=input_ids, attention_mask=mask).logits
+    finally:
+        student.train(was_training)
+    if logits.dim() == 3:  # (batch, seq, labels): the real tokens
+        keep = mask.bool()
+        logits, ref = logits[keep], ref[keep]
+    T = temperature
+    return (
+        F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(ref / T, -1), reduction="batchmean", log_target=True)
+        * T
+        * T
+    )
+
+
 def train_student(
     student,
     cache: TeacherCache,
@@ -293,7 +320,7 @@ def train_student(
 
     def epoch_batches(epoch: int):
         if qat is not None and epoch > n_epochs - qat.epochs and not qat_on["active"]:
-            qat_mod.attach(student, qat)
+            qat_on["mods"] = qat_mod.attach(student, qat)
             qat_on["active"] = True
             print(f"{desc} epoch {epoch}: quantization-aware (ORT INT8 simulated)", file=sys.stderr)
         return length_bucketed_batches(lengths, batch_size, g)
@@ -317,6 +344,10 @@ def train_student(
             hidden_weight if use_hidden else 0.0,
             kd_loss,
         )
+        if qat_on["active"] and qat.consistency > 0:
+            cons = int8_consistency(student, qat_on["mods"], input_ids, mask, out.logits, temperature)
+            loss = loss + qat.consistency * cons
+            parts["consistency"] = cons.item()
         return loss, len(rows), parts
 
     def end_epoch(stats: EpochStats) -> bool:

@@ -48,9 +48,12 @@ class QatSpec:
     reduce_range: bool = False
     embeddings: bool = False
     epochs: int = 1  # the last this many epochs of a distillation/recovery run are quantization-aware
+    # weight of a term pulling the simulated INT8 outputs toward the same weights' fp32 outputs
+    # (T^2 KL at the distillation temperature, the fp32 pass in eval mode without gradient)
+    consistency: float = 0.0
 
     @classmethod
-    def from_recipe(cls, recipe, epochs: int = 1) -> QatSpec:
+    def from_recipe(cls, recipe, epochs: int = 1, consistency: float = 0.0) -> QatSpec:
         """The spec for a :class:`fastft.export.quantize.Int8Recipe` (dynamic mode)."""
         return cls(
             weight_type=recipe.weight_type,
@@ -58,6 +61,7 @@ class QatSpec:
             reduce_range=recipe.reduce_range,
             embeddings=bool(recipe.embeddings) and recipe.quant_format.lower() == "qoperator",
             epochs=epochs,
+            consistency=consistency,
         )
 
     def to_dict(self) -> dict:
@@ -69,6 +73,7 @@ class QatSpec:
             "tokens (as served: one text per call)",
             "embeddings": "tables and LayerNorm uint8 asymmetric per tensor" if self.embeddings else "fp32",
             "estimator": "straight-through",
+            **({"consistency": self.consistency} if self.consistency else {}),
         }
 
 
@@ -147,20 +152,26 @@ def _linear_class():
         """An ``nn.Linear`` whose input and weight are rounded as ORT's INT8 rounds them (STE)."""
 
         qat_spec: QatSpec
-        qat_call: _Call
+        qat_call = _Call()  # fake_quant gives each model call's own
 
         def forward(self, x):
             import torch.nn.functional as F
 
+            if not self.qat_call.on:
+                return super().forward(x)
             x = fake_quant_activation(x, mask=self.qat_call.mask)
             return F.linear(x, fake_quant_weight(self.weight, self.qat_spec), self.bias)
 
     class FakeQuantEmbedding(torch.nn.Embedding):
         """An ``nn.Embedding`` whose table is stored uint8 per tensor (QEmbedLayerNormalization)."""
 
+        qat_call = _Call()
+
         def forward(self, ids):
             import torch.nn.functional as F
 
+            if not self.qat_call.on:
+                return super().forward(ids)
             # the rows looked up, rounded on the whole table's scale (the same values and gradient
             # as looking up in the rounded table)
             return fake_quant_activation(F.embedding(ids, self.weight, self.padding_idx), of=self.weight)
@@ -168,9 +179,13 @@ def _linear_class():
     class FakeQuantLayerNorm(torch.nn.LayerNorm):
         """The embedding LayerNorm with gamma and beta stored uint8 per tensor."""
 
+        qat_call = _Call()
+
         def forward(self, x):
             import torch.nn.functional as F
 
+            if not self.qat_call.on:
+                return super().forward(x)
             w = fake_quant_activation(self.weight) if self.weight is not None else None
             b = fake_quant_activation(self.bias) if self.bias is not None else None
             return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
@@ -183,9 +198,11 @@ def _linear_class():
 
 
 class _Call:
-    """The attention mask of the model call in progress, read by its FakeQuantLinears."""
+    """The attention mask of the model call in progress, read by its FakeQuantLinears; ``on``:
+    False while :func:`unquantised` runs the same modules in fp32."""
 
     mask = None
+    on = True
 
 
 def _record_mask(call: _Call, args, kwargs):
@@ -253,6 +270,20 @@ def fake_quant(net, spec: QatSpec):
         for m, cls in zip(mods, originals):
             m.__class__ = cls
             del m.qat_spec, m.qat_call
+
+
+@contextmanager
+def unquantised(mods):
+    """Within the block the fake-quant modules ``mods`` (what :func:`fake_quant` or :func:`attach`
+    returned) compute in fp32: the same weights as the model they simulate INT8 in."""
+    calls = list({id(m.qat_call): m.qat_call for m in mods}.values())
+    for c in calls:
+        c.on = False
+    try:
+        yield
+    finally:
+        for c in calls:
+            c.on = True
 
 
 def attach(net, spec: QatSpec) -> list:

@@ -287,7 +287,7 @@ def qat_spec(config):
     from fastft.export.quantize import recipe_from_options
 
     recipe = recipe_from_options(per_channel=cfg.per_channel, embeddings=cfg.embeddings)
-    return QatSpec.from_recipe(recipe, epochs=cfg.qat_epochs)
+    return QatSpec.from_recipe(recipe, epochs=cfg.qat_epochs, consistency=cfg.qat_consistency)
 
 
 def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str, qat=None) -> dict:
