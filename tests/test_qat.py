@@ -182,6 +182,23 @@ def test_tiny_bert_fake_quant_matches_int8_graph(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(plain, outs["fp32"], atol=1e-5)
     np.testing.assert_allclose(again, batched, atol=1e-6)
     assert float(cons) > 0
+    # in training the fp32 pass replays the quantised pass's dropout masks: with INT8 simulated on
+    # nothing (no modules), the term is 0 and the generator ends where the quantised pass left it
+    net.train()
+    try:
+        torch.manual_seed(5)
+        rng = torch.get_rng_state()
+        with torch.no_grad():
+            dropped = net(x, mask).logits
+        next_draw = torch.rand(3)
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            assert np.abs(dropped.numpy() - plain).max() > 1e-3  # dropout is on
+            assert torch.equal(net(x, mask).logits, dropped)
+            zero = int8_consistency(net, [], x, mask, dropped, 2.0, rng)
+        assert float(zero) < 1e-10 and torch.equal(torch.rand(3), next_draw)
+    finally:
+        net.eval()
     # without a mask the batch shares one range, padding included (not what is served)
     with torch.no_grad(), fake_quant(net, spec):
         shared = net(input_ids=x).logits.numpy()

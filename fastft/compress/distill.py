@@ -241,22 +241,27 @@ def distill_loss(
     return loss, parts
 
 
-def int8_consistency(student, mods, input_ids, mask, logits, temperature: float):
-    """T^2 KL from the fp32 outputs of ``student``'s own weights (eval mode, no gradient: the
-    target) to ``logits``, its outputs with INT8 simulated (``mods``: its fake-quant modules).
-    Token classification: over the unmasked tokens. Pulls the INT8 graph's labels onto its fp32's."""
+def int8_consistency(student, mods, input_ids, mask, logits, temperature: float, rng_state=None):
+    """T^2 KL from the fp32 outputs of ``student``'s own weights (no gradient: the target) to
+    ``logits``, its outputs with INT8 simulated (``mods``: its fake-quant modules). Token
+    classification: over the unmasked tokens. Pulls the INT8 graph's labels onto its fp32's.
+
+    rng_state: torch's generator state before the pass that gave ``logits``: the fp32 pass replays
+    it, so in training it draws the same dropout masks and the term sees the rounding alone (the
+    generator is left where it was)."""
     import torch
     import torch.nn.functional as F
 
     from fastft.compress import qat as qat_mod
 
-    was_training = student.training
-    student.eval()
+    after = torch.get_rng_state()
+    if rng_state is not None:
+        torch.set_rng_state(rng_state)
     try:
         with torch.no_grad(), qat_mod.unquantised(mods):
             ref = student(input_ids=input_ids, attention_mask=mask).logits
     finally:
-        student.train(was_training)
+        torch.set_rng_state(after)
     if logits.dim() == 3:  # (batch, seq, labels): the real tokens
         keep = mask.bool()
         logits, ref = logits[keep], ref[keep]
@@ -327,6 +332,8 @@ def train_student(
 
     def step_loss(rows):
         input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
+        consistency = qat_on["active"] and qat.consistency > 0
+        rng = torch.get_rng_state() if consistency else None
         out = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=use_hidden)
         t_hidden = cache.hidden_batch(rows, input_ids.shape[1]) if use_hidden else None
         if loss_inputs is None:
@@ -344,8 +351,8 @@ def train_student(
             hidden_weight if use_hidden else 0.0,
             kd_loss,
         )
-        if qat_on["active"] and qat.consistency > 0:
-            cons = int8_consistency(student, qat_on["mods"], input_ids, mask, out.logits, temperature)
+        if consistency:
+            cons = int8_consistency(student, qat_on["mods"], input_ids, mask, out.logits, temperature, rng)
             loss = loss + qat.consistency * cons
             parts["consistency"] = cons.item()
         return loss, len(rows), parts

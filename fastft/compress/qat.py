@@ -49,7 +49,7 @@ class QatSpec:
     embeddings: bool = False
     epochs: int = 1  # the last this many epochs of a distillation/recovery run are quantization-aware
     # weight of a term pulling the simulated INT8 outputs toward the same weights' fp32 outputs
-    # (T^2 KL at the distillation temperature, the fp32 pass in eval mode without gradient)
+    # (T^2 KL at the distillation temperature; the fp32 pass without gradient, same dropout masks)
     consistency: float = 0.0
 
     @classmethod
