@@ -197,6 +197,15 @@ def cache_teacher(
     return TeacherCache(logits, hidden, offsets, layers)
 
 
+def soft_kl(logits, target_logits, temperature: float):
+    """T^2 KL(target || logits) of the temperature-softened distributions, averaged over rows."""
+    import torch.nn.functional as F
+
+    T = temperature
+    log_p, log_q = F.log_softmax(logits / T, -1), F.log_softmax(target_logits / T, -1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * T * T
+
+
 def distill_loss(
     out, labels, t_logits, t_hidden, mask, temperature: float, alpha: float, hidden_weight: float, kd_loss: str = "kl"
 ):
@@ -210,14 +219,7 @@ def distill_loss(
     if kd_loss == "mse":
         kd = F.mse_loss(s_logits, t_logits.to(s_logits.dtype))
     elif kd_loss == "kl":
-        T = temperature
-        kd = (
-            F.kl_div(
-                F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction="batchmean", log_target=True
-            )
-            * T
-            * T
-        )
+        kd = soft_kl(s_logits, t_logits, temperature)
     else:
         raise ValueError(f"unknown kd_loss {kd_loss!r} (kl or mse)")
     labelled = labels != NO_LABEL
@@ -250,7 +252,6 @@ def int8_consistency(student, mods, input_ids, mask, logits, temperature: float,
     it, so in training it draws the same dropout masks and the term sees the rounding alone (the
     generator is left where it was)."""
     import torch
-    import torch.nn.functional as F
 
     from fastft.compress import qat as qat_mod
 
@@ -265,12 +266,7 @@ def int8_consistency(student, mods, input_ids, mask, logits, temperature: float,
     if logits.dim() == 3:  # (batch, seq, labels): the real tokens
         keep = mask.bool()
         logits, ref = logits[keep], ref[keep]
-    T = temperature
-    return (
-        F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(ref / T, -1), reduction="batchmean", log_target=True)
-        * T
-        * T
-    )
+    return soft_kl(logits, ref, temperature)
 
 
 def train_student(
