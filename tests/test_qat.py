@@ -253,3 +253,16 @@ def test_compress_with_qat_and_augment_reports_them(tmp_path, tiny_data_file):
     meta = json.loads((out / "fastft.json").read_text())
     assert meta["compress"]["int8_fallback_fp32_nodes"] == q["fp32_nodes"]
     assert "shifted split `rare`" in (out / "report.md").read_text()
+
+
+def test_consistency_is_on_by_default_only_with_quantization_aware_training():
+    from fastft.compress import CompressConfig
+    from fastft.compress.config import DEFAULT_QAT_CONSISTENCY
+    from fastft.compress.stages import qat_spec
+
+    assert qat_spec(CompressConfig(quantize="int8")).consistency == DEFAULT_QAT_CONSISTENCY > 0
+    assert qat_spec(CompressConfig(quantize="int8", qat_consistency=0)).consistency == 0
+    for kw in (dict(quantize="int8", qat=False), dict(quantize="fp16"), dict(quantize="int8", static=True)):
+        cfg = CompressConfig(**kw)
+        cfg.validate()  # the default weight is no error without QAT
+        assert qat_spec(cfg) is None

@@ -275,6 +275,11 @@ class PruneConfig:
             raise FastftError("--head-allocation global needs --prune-heads above 0")
 
 
+# the quantization-aware term's weight when --qat-consistency is not given: seeds 42-44 of the
+# default on the Zen 5 (bench/results/compress_seed4{2,3,4}_cons3_zen5.json)
+DEFAULT_QAT_CONSISTENCY = 3.0
+
+
 @dataclass
 class QuantizeConfig:
     """ONNX Runtime quantization: INT8 (dynamic, or static calibrated on training rows) or FP16.
@@ -313,10 +318,11 @@ class QuantizeConfig:
         "how many of the last distillation/recovery run's passes over the data run quantization-aware "
         "(a fractional epoch count ends in a partial pass); only they compete for the kept weights",
     )
-    qat_consistency: float = option(
-        0.0,
+    qat_consistency: float | None = option(
+        None,
         "weight of a term pulling the quantization-aware epochs' simulated INT8 outputs toward the "
         "same weights' fp32 outputs (raises the INT8 graph's label agreement with its fp32; 0: off)",
+        default_help=f"{DEFAULT_QAT_CONSISTENCY:g} with quantization-aware training",
     )
     embeddings: bool = option(
         True,
@@ -336,7 +342,7 @@ class QuantizeConfig:
         check_int("--qat-epochs", self.qat_epochs, lo=1)
         if self.qat_epochs != 1 and (self.qat is False or self.mode != "int8" or self.static):
             raise FastftError("--qat-epochs sets quantization-aware training: it needs dynamic --int8 and --qat")
-        check_float("--qat-consistency", self.qat_consistency, lo=0)
+        check_float("--qat-consistency", self.qat_consistency, lo=0, optional=True)
         if self.qat_consistency and (self.qat is False or self.mode != "int8" or self.static):
             raise FastftError("--qat-consistency weighs a quantization-aware term: it needs dynamic --int8 and --qat")
         check_float("--accuracy-budget", self.accuracy_budget)

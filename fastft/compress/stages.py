@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fastft.compress import distill as dis  # looked up at call time (patchable)
 from fastft.compress import token_kd as tkd
+from fastft.compress.config import DEFAULT_QAT_CONSISTENCY
 from fastft.compress.context import Context, log, torch_accuracy
 from fastft.compress.prune import (
     apply_structured,
@@ -287,7 +288,8 @@ def qat_spec(config):
     from fastft.export.quantize import recipe_from_options
 
     recipe = recipe_from_options(per_channel=cfg.per_channel, embeddings=cfg.embeddings)
-    return QatSpec.from_recipe(recipe, epochs=cfg.qat_epochs, consistency=cfg.qat_consistency)
+    weight = DEFAULT_QAT_CONSISTENCY if cfg.qat_consistency is None else cfg.qat_consistency
+    return QatSpec.from_recipe(recipe, epochs=cfg.qat_epochs, consistency=weight)
 
 
 def _train_on_teacher(ctx: Context, net, cache, *, epochs: float, seed: int, desc: str, qat=None) -> dict:
