@@ -332,6 +332,7 @@ def train_student(
         rng = torch.get_rng_state() if consistency else None
         out = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=use_hidden)
         t_hidden = cache.hidden_batch(rows, input_ids.shape[1]) if use_hidden else None
+        logits = out.logits  # (batch, labels), or (batch, seq, labels) before loss_inputs picks tokens
         if loss_inputs is None:
             out, y, t = out, y_all[rows], cache.logits[rows]
         else:
@@ -348,7 +349,7 @@ def train_student(
             kd_loss,
         )
         if consistency:
-            cons = int8_consistency(student, qat_on["mods"], input_ids, mask, out.logits, temperature, rng)
+            cons = int8_consistency(student, qat_on["mods"], input_ids, mask, logits, temperature, rng)
             loss = loss + qat.consistency * cons
             parts["consistency"] = cons.item()
         return loss, len(rows), parts
