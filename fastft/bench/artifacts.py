@@ -129,10 +129,3 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
             plain_export(model_dir, out)
         art["ort-plain"] = out
     return art
-
-
-def max_positions(model_dir: Path) -> int:
-    """The longest input (tokens) the model in ``model_dir`` takes."""
-    cfg = json.loads((model_dir / "config.json").read_text())
-    n = int(cfg.get("max_position_embeddings") or 512)
-    return n - 2 if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert") else n

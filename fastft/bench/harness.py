@@ -23,18 +23,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from fastft.bench.agreement import INT8_PAIRS, agreement_texts, int8_agreements
-from fastft.bench.artifacts import default_model, max_positions, prepare, work_dir
+from fastft.bench.artifacts import default_model, prepare, work_dir
 from fastft.bench.memory import PROBE_METHOD, run_memory_probes
 from fastft.bench.report import add_ratios, format_table, result_row, targets
 from fastft.bench.runners import BACKENDS, bench_texts, make_inputs, make_runner
 from fastft.core.checks import check_float, check_threads
 from fastft.core.errors import FastftError
+from fastft.core.io import read_json_object
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, read_meta
 from fastft.core.system import physical_cores
+from fastft.data.collate import model_max_positions
 from fastft.models.task import model_task
 
 __all__ = ["BACKENDS", "BenchConfig", "format_table", "run_bench"]
@@ -75,13 +78,14 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
             raise FastftError(f"--model must be a local model directory (got {cfg.model!r})")
     else:
         model_dir, note = default_model()
-    max_pos = max_positions(model_dir)
+    config = read_json_object(model_dir / "config.json")
+    max_pos = model_max_positions(SimpleNamespace(**config)) or 512
     if cfg.seqs is None:
         cfg = replace(cfg, seqs=[min(512, max_pos)])
     too_long = [s for s in cfg.seqs if s > max_pos]
     if too_long:
         raise FastftError(f"--seq {too_long[0]} is beyond the model's {max_pos} positions")
-    check_memory(model_dir, cfg.batch, max(cfg.seqs))
+    check_memory(config, cfg.batch, max(cfg.seqs))
     served = None
     if cfg.served:
         served = Path(cfg.served).expanduser()
@@ -203,15 +207,12 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
     return cfg
 
 
-def check_memory(model_dir: Path, batch: int, seq: int) -> None:
+def check_memory(cfg: dict, batch: int, seq: int) -> None:
     """Refuse, before any work, a --batch x --seq whose activations alone would not fit in the
     memory this machine has free (the hf-eager backend's one layer: ~24 hidden-wide tensors and
-    3 attention-score tensors per token; the other backends need less)."""
-    import json
-
+    3 attention-score tensors per token; the other backends need less). ``cfg``: config.json."""
     from fastft.core.system import available_memory
 
-    cfg = json.loads((model_dir / "config.json").read_text())
     hidden, heads = int(cfg.get("hidden_size") or 768), int(cfg.get("num_attention_heads") or 12)
     need = 4 * batch * seq * (24 * hidden + 3 * heads * seq)
     free = available_memory()
