@@ -317,18 +317,17 @@ def train_student(
     use_hidden = cache.hidden is not None and hidden_weight > 0
     history, best = [], {"value": None, "state": None}
     n_epochs = math.ceil(total / steps_per_epoch)
-    qat_on = {"active": False}
+    qat_on = {"mods": None}  # the fake-quant modules once the quantization-aware epochs begin
 
     def epoch_batches(epoch: int):
-        if qat is not None and epoch > n_epochs - qat.epochs and not qat_on["active"]:
+        if qat is not None and epoch > n_epochs - qat.epochs and qat_on["mods"] is None:
             qat_on["mods"] = qat_mod.attach(student, qat)
-            qat_on["active"] = True
             print(f"{desc} epoch {epoch}: quantization-aware (ORT INT8 simulated)", file=sys.stderr)
         return length_bucketed_batches(lengths, batch_size, g)
 
     def step_loss(rows):
         input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
-        consistency = qat_on["active"] and qat.consistency > 0
+        consistency = qat_on["mods"] is not None and qat.consistency > 0
         rng = torch.get_rng_state() if consistency else None
         out = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=use_hidden)
         t_hidden = cache.hidden_batch(rows, input_ids.shape[1]) if use_hidden else None
@@ -356,9 +355,9 @@ def train_student(
 
     def end_epoch(stats: EpochStats) -> bool:
         entry = {"epoch": stats.epoch, "first_loss": stats.first_loss, "loss": stats.running}
-        if qat_on["active"]:
+        if qat_on["mods"] is not None:
             entry["qat"] = True
-        if evaluate is not None and (qat is None or qat_on["active"]):
+        if evaluate is not None and (qat is None or qat_on["mods"] is not None):
             student.eval()
             entry["validation_accuracy"] = evaluate(student)
             if best["value"] is None or entry["validation_accuracy"] > best["value"]:
