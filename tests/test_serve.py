@@ -667,8 +667,8 @@ def test_dynamic_int8_answers_never_depend_on_other_requests(int8_dir):
 
 def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
     """A connection whose request head has not arrived within --header-timeout is answered 408 and
-    closed (idle ones too); a body that stalls gets 408; an unfinished head beyond 64 KiB gets 400
-    (the server buffers no more of it); a client
+    closed (idle ones too); a body that stalls gets 408; an unfinished head beyond 64 KiB gets 431
+    (the server buffers no more of it) and a malformed request 400, both JSON; a client
     that leaves mid-body is counted as 499, not as a server error."""
     import uvicorn
 
@@ -721,9 +721,24 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
             got += chunk
         assert got.count(b"HTTP/1.1 200") == 2 and b"408" not in got, got
         pipe.close()
+        # requests HTTP cannot parse: JSON errors like every other, h11's status, nothing echoed at length
         big = raw(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEAD_BYTES))  # never ends
-        assert big.recv(4096).startswith(b"HTTP/1.1 400")
-        big.close()
+        bad = raw(b"GARBAGE " + b"x" * 5000 + b"\r\n\r\n")
+        no_host = raw(b"GET /v2/health/live HTTP/1.1\r\n\r\n")
+        for c, status, words in (
+            (big, 431, f"more than {MAX_HEAD_BYTES} bytes"),
+            (bad, 400, "malformed HTTP request: illegal request line"),
+            (no_host, 400, "Host"),
+        ):
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):  # closed with the rest of our request unread
+                while chunk := c.recv(65536):  # the server closes after answering
+                    answer += chunk
+            c.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d" % status), head
+            assert b"content-type: application/json" in head.lower() and b"connection: close" in head.lower()
+            assert words in json.loads(body)["error"] and len(body) < 300, body
         gone = raw(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{"inputs": ["hal')
         gone.close()
         deadline = time.monotonic() + 10
@@ -738,6 +753,7 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
         text = httpx.get(server.url + "/metrics").text
         assert metric(text, "fastft_requests_total", code="500", route="/predict") == 0
         assert metric(text, "fastft_connections_closed_total", reason="head_timeout") == 2  # the stalled head, the idle
+        assert metric(text, "fastft_connections_closed_total", reason="malformed") == 3
         r = httpx.post(server.url + "/predict", json={"inputs": ["still serving"]})
         assert r.status_code == 200
         with httpx.Client(base_url=server.url) as keep_alive:  # one connection, requests 0.2 s apart

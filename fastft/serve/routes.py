@@ -14,7 +14,8 @@ Routes:
 
 Every error is JSON ``{"error": "..."}`` with its status: 400/422 bad input, 404 unknown
 model or route, 413 too many texts or too large a body, 503 (+ Retry-After) while warming
-up, draining or when the queue is full, 500 when inference fails (that batch only).
+up, draining or when the queue is full, 500 when inference fails (that batch only). A request
+HTTP cannot parse gets 400, and a head over 64 KiB 431, JSON too (``server.guarded_protocol``).
 """
 
 from __future__ import annotations

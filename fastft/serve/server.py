@@ -11,6 +11,7 @@ import logging
 import logging.config
 import signal
 import socket
+import sys
 import time
 
 from fastft.serve.config import ServeConfig
@@ -125,7 +126,9 @@ def guarded_protocol(config: ServeConfig, metrics=None):
     ``config.header_timeout_s`` of its opening or of its last response (a stalled or idle client
     must not hold a socket forever), and closes at once a connection beyond
     ``config.max_connections``, or beyond a quarter of them from one address (one client cannot
-    take every slot). Closing is logged at most once a minute, with a count, and counted in
+    take every slot). A request h11 cannot parse is answered like every other error, JSON
+    ``{"error": ...}`` with h11's status (431 for a head past the limit, else 400), not uvicorn's
+    plain text. Closing is logged at most once a minute, with a count, and counted in
     ``metrics`` (``fastft_connections_closed_total{reason}``)."""
     import collections
 
@@ -200,6 +203,23 @@ def guarded_protocol(config: ServeConfig, metrics=None):
             self.transport.write(timeout_response)
             self.transport.close()
             closed("head_timeout")
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn calls this while it handles h11's RemoteProtocolError (a malformed request)
+            exc = sys.exc_info()[1]
+            status = getattr(exc, "error_status_hint", 400) if isinstance(exc, h11.RemoteProtocolError) else 400
+            if status == 431:
+                text = f"the request line and headers are more than {MAX_HEAD_BYTES} bytes"
+            else:
+                status = 400
+                text = f"malformed HTTP request: {str(exc or msg)[:160]}"
+            payload = json.dumps({"error": text}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            response = h11.Response(status_code=status, headers=headers)
+            for event in (response, h11.Data(data=payload), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+            closed("malformed")
 
     return GuardedH11
 
