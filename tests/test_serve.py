@@ -390,6 +390,9 @@ def test_unknown_model_route_and_method(server):
     assert r.status_code == 404 and r.json() == {"error": "no route /no/such/route"}
     r = httpx.get(server.url + "/predict")
     assert r.status_code == 405 and "error" in r.json()
+    # a trailing slash: a JSON 404 that says so, not a 307 whose empty body a client may be left with
+    r = httpx.post(server.url + "/predict/", json={"inputs": ["a"]})
+    assert r.status_code == 404 and r.json() == {"error": "no route /predict/ (routes end without '/')"}
 
 
 def test_bad_requests_in_a_crowd_never_hurt_the_good_ones(server, reference):
@@ -478,7 +481,9 @@ def test_ready_only_after_warm_up(serve_dir):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
-    """A real ``fastft serve`` process: SIGTERM while requests are in flight; all answered, exit 0."""
+    """A real ``fastft serve`` process: SIGTERM while requests are in flight; all answered, exit 0.
+    A request whose body is still arriving is answered 503 at once, not held to its body timeout
+    (120 s here: past uvicorn's 60 s grace and this test's wait for the exit)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -498,6 +503,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
             "--max-texts",
             "256",
             "--json-logs",
+            "--body-timeout",
+            "120",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -526,21 +533,27 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
                     return resp
 
                 tasks = [asyncio.create_task(one(r)) for r in reqs]
-                while True:  # every request accepted by the server (in its handler or queue)
+                while True:  # every request accepted by the server (in its handler or queue), the stalled one too
                     m = (await client.get("/metrics")).text
-                    if metric(m, "fastft_in_flight_requests") + len(answered) >= len(reqs):
+                    if metric(m, "fastft_in_flight_requests") + len(answered) >= len(reqs) + 1:
                         break
                     await asyncio.sleep(0.005)
                 before = len(answered)
                 proc.send_signal(signal.SIGTERM)
                 return before, await asyncio.gather(*tasks)
 
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"inputs": ["a')
+        stalled.settimeout(60)
         before, responses = asyncio.run(go())
         rc = proc.wait(60)
         err = proc.stderr.read()
+        answer = stalled.recv(4096)
+        stalled.close()
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert answer.startswith(b"HTTP/1.1 503") and b"shutting down" in answer, answer
     assert before < len(reqs), "every request finished before SIGTERM: the test did not test draining"
     assert [r.status_code for r in responses] == [200] * len(reqs)
     assert all(len(r.json()["predictions"]) == 64 for r in responses)
@@ -615,6 +628,8 @@ def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
         ([str(serve_dir), "--threads", "1000000000000"], "--threads must be at most 1024"),
         ([str(serve_dir), "--workers", "100000"], "--workers must be at most 256"),
         ([str(serve_dir), "--max-body-kb", "2000000"], "--max-body-kb must be between 1 and 1048576"),
+        ([str(serve_dir), "--body-timeout", "0"], "--body-timeout must be in (0, 3600] seconds"),
+        ([str(serve_dir), "--header-timeout", "nan"], "--header-timeout must be in (0, 3600] seconds"),
         ([str(serve_dir), "--host", "192.0.2.1"], "pick another --host"),
     ]:
         assert main(["serve", *argv]) == 2

@@ -23,7 +23,8 @@ at warm-up, so merging is used where it pays; a dynamically quantised INT8 graph
 alone (its answers would otherwise move with the texts beside it) unless --batch-int8. Ready only
 after warm-up. SIGTERM stops accepting, answers every accepted request, exits 0. Binds to
 127.0.0.1 unless --host says otherwise. A request head must arrive within 10 s and its body
-within 30 s (408); at most 1,024 connections, 256 from one address."""
+within 30 s (408; --header-timeout, --body-timeout); at most 1,024 connections, 256 from one
+address."""
 
 
 def register(sub) -> None:
@@ -50,6 +51,20 @@ def register(sub) -> None:
     )
     p.add_argument("--max-texts", type=int, default=256, help="texts per request; beyond: 413 [256]")
     p.add_argument("--max-body-kb", type=int, default=4096, help="request body size limit; beyond: 413 [4096]")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds for a connection's request line and headers (idle ones too); beyond: 408, closed [10]",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds for a request's body; beyond: 408 (SIGTERM answers a body still arriving 503 at once) [30]",
+    )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker [cores / workers]")
     p.add_argument(
         "--workers", type=int, default=1, help="inference workers, one per core group (workers x threads <= cores) [1]"
@@ -105,6 +120,8 @@ def _serve(args) -> int:
         max_queue=args.max_queue,
         max_texts=args.max_texts,
         max_body_bytes=args.max_body_kb * 1024,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
         threads=args.threads,
         workers=args.workers,
         precision=args.precision,

@@ -78,7 +78,8 @@ class ServeConfig:
         for field in ("header_timeout_s", "body_timeout_s"):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
-                raise FastftError(f"{field} must be in (0, 3600] seconds (got {v!r})")
+                flag = "--" + field.removesuffix("_s").replace("_", "-")
+                raise FastftError(f"{flag} must be in (0, 3600] seconds (got {v!r})")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise FastftError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.name is not None and not _NAME.match(self.name):

@@ -139,6 +139,9 @@ def _default_name(path: Path) -> str:
     return name or "model"
 
 
+DRAIN_POLL_S = 0.25  # how often a request still reading its body looks whether the server is draining
+
+
 def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
     headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
     if status in (408, 413):  # the rest of the body was never read: the connection cannot carry another request
@@ -167,11 +170,24 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
                     raise BadRequest(f"the body is more than the limit of {limit} bytes", 413)
                 chunks.append(chunk)
 
-        try:  # a client that stalls mid-body must not hold its connection and queue slot forever
-            await asyncio.wait_for(receive(), config.body_timeout_s)
-        except asyncio.TimeoutError:
-            raise BadRequest(f"the body did not arrive within {config.body_timeout_s:g} s", 408) from None
-        return b"".join(chunks)
+        # a client that stalls mid-body must not hold its connection and queue slot forever, nor
+        # hold up a drain (SIGTERM) until its body timeout: looked at every DRAIN_POLL_S
+        task = asyncio.ensure_future(receive())
+        deadline = time.monotonic() + config.body_timeout_s
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, min(DRAIN_POLL_S, left)))
+                if done:
+                    task.result()  # raises what receive() raised (413, ClientDisconnect)
+                    return b"".join(chunks)
+                if getattr(engine, "draining", False):
+                    raise Unavailable("the server is shutting down")
+                if left <= DRAIN_POLL_S:
+                    raise BadRequest(f"the body did not arrive within {config.body_timeout_s:g} s", 408)
+        finally:
+            if not task.done():
+                task.cancel()
 
     def check_model(request: Request) -> None:
         name = request.path_params.get("name")
@@ -267,7 +283,8 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         path = request.url.path[:200]
-        msg = {404: f"no route {path}", 405: f"{request.method} is not allowed on {path}"}
+        slash = " (routes end without '/')" if len(path) > 1 and path.endswith("/") else ""
+        msg = {404: f"no route {path}{slash}", 405: f"{request.method} is not allowed on {path}"}
         metrics.observe_request("other", exc.status_code)
         return JSONResponse(
             {"error": msg.get(exc.status_code, exc.detail)},
@@ -291,6 +308,9 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
     asgi = Starlette(
         routes=routes, lifespan=life, exception_handlers={HTTPException: http_error, Exception: internal_error}
     )
+    # a trailing slash is a 404 with a hint, not a 307 to the route (a client that does not follow
+    # redirects, or drops the body doing so, would see an empty answer)
+    asgi.router.redirect_slashes = False
     asgi.state.engine = engine
     asgi.state.metrics = metrics
     asgi.state.config = config
