@@ -117,6 +117,10 @@ def main() -> int:
         },
         "compress_timings_s": report.get("timings"),
         "verdict": report.get("verdict"),
+        "int8": {  # the served INT8 graph against its own fp32: agreement, nodes kept fp32, fallback
+            k: report.get("quantization", {}).get(k)
+            for k in ("label_agreement_fp32_test", "fp32_nodes", "fallback_fired")
+        },
         "stages": [
             {k: r.get(k) for k in ("stage", "accuracy", "retained", "speedup_512", "p50_ms_512", "file_mb")}
             for r in report.get("stages", [])
