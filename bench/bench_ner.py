@@ -115,6 +115,7 @@ def compress(args) -> int:
         bench_runs=args.bench_runs,
         target_retained=0.98,
         overwrite=True,
+        seed=args.seed,
     )
     report = fastft.compress(args.teacher, cfg)
     rows = report["stages"]
@@ -277,6 +278,7 @@ def main() -> int:
     c.add_argument("--prune-heads", type=float, default=0.0)
     c.add_argument("--recovery-epochs", type=float, default=1)
     c.add_argument("--bench-runs", type=int, default=20)
+    c.add_argument("--seed", type=int, default=42, help="the compress run's seed [42]")
     c.add_argument("--result", default=None)
     c.add_argument("--note", action="append", default=None, help="a note to record (repeatable)")
     r = sub.add_parser("rescore", help="score a finished compress run again (teacher and served model)")
