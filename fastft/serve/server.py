@@ -135,12 +135,7 @@ def guarded_protocol(config: ServeConfig, metrics=None):
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    body = json.dumps({"error": f"the request head did not arrive within {config.header_timeout_s:g} s"}).encode()
-    timeout_response = (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        + f"content-length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    timeout_response = closing_error(408, f"the request head did not arrive within {config.header_timeout_s:g} s")
     per_peer_cap = max(16, config.max_connections // 4)
     per_peer: collections.Counter = collections.Counter()
     refused = {"count": 0, "logged": 0.0}
@@ -213,15 +208,24 @@ def guarded_protocol(config: ServeConfig, metrics=None):
             else:
                 status = 400
                 text = f"malformed HTTP request: {str(exc or msg)[:160]}"
-            payload = json.dumps({"error": text}).encode()
-            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-            response = h11.Response(status_code=status, headers=headers)
-            for event in (response, h11.Data(data=payload), h11.EndOfMessage()):
-                self.transport.write(self.conn.send(event))
+            self.transport.write(closing_error(status, text))
             self.transport.close()
             closed("malformed")
 
     return GuardedH11
+
+
+def closing_error(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 response, written to the socket below the ASGI app: the JSON error every
+    route answers with, and ``connection: close`` (the server closes the connection after it)."""
+    from http import HTTPStatus
+
+    body = json.dumps({"error": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def check_port(host: str, port: int) -> None:
