@@ -276,3 +276,33 @@ def test_long_text_is_truncated_with_a_warning_and_bad_input_is_one_line(ner_onn
     assert main(["predict", "--model", str(ner_onnx), ""]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastft: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_top_level_predict_gives_entity_rows(ner_dir):
+    """``fastft.predict`` on a token-classification directory: {text, entities} rows, the entities
+    ``fastft.load(dir, backend="torch")`` gives (it broadcast per-token scores into a table of
+    labels and crashed)."""
+    import fastft
+
+    rows = fastft.predict(str(ner_dir), NER_TEXTS)
+    assert [r["text"] for r in rows] == NER_TEXTS and all(set(r) == {"text", "entities"} for r in rows)
+    want = fastft.load(ner_dir, backend="torch", threads=1).predict(NER_TEXTS)
+    assert_same_entities([r["entities"] for r in rows], want)
+
+
+def test_each_call_that_truncates_warns_and_says_which(ner_onnx):
+    """Entities past the cut are lost: every call that cuts warns (as Python's filters allow),
+    not only a predictor's first, and ``truncated`` says which texts were cut."""
+    import warnings
+
+    import fastft
+    from fastft.runtime import TruncationWarning
+
+    pred = fastft.load(ner_onnx, threads=1)
+    long = "filler words here . " * 100 + "Angela Merkel visited Paris ."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            pred.predict([long])
+    assert sum(issubclass(w.category, TruncationWarning) for w in caught) == 2
+    assert pred.truncated(["Angela Merkel visited Paris .", long]) == [False, True]

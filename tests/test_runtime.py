@@ -172,6 +172,9 @@ def test_optimum_style_dir_without_fastft_json(onnx_dir, tmp_path, torch_ref):
         (["fine", ""], "#1 is empty"),
         (["fine", "   "], "#1 is empty"),
         (None, "must be a list"),
+        (["fine", "\u200b\u200c"], "#1 has no tokens"),  # zero-width characters only
+        (["\x00\x01", "fine"], "#0 has no tokens"),  # control characters only
+        (["fine", "\u0301"], "#1 has no tokens"),  # a lone combining accent
     ],
 )
 def test_bad_texts(pred, texts, match):
@@ -181,7 +184,7 @@ def test_bad_texts(pred, texts, match):
         pred.predict(texts)
 
 
-def test_long_text_truncated_with_one_warning(onnx_dir, pred):
+def test_long_text_truncated_with_a_warning_each_call_python_filters_decide(onnx_dir, pred):
     import fastft
     from fastft.runtime import InputError, TruncationWarning
 
@@ -191,10 +194,17 @@ def test_long_text_truncated_with_one_warning(onnx_dir, pred):
         p = fastft.load(onnx_dir, threads=1)
         a = p.logits([long, "short"])
         b = p.logits([long])
+        p.logits(["short"])
     hits = [w for w in caught if issubclass(w.category, TruncationWarning)]
-    assert len(hits) == 1 and "truncated" in str(hits[0].message)
+    assert len(hits) == 2 and all("truncated" in str(w.message) for w in hits)  # every call that cuts
     assert hits[0].filename == __file__  # points at the caller, not the library
     np.testing.assert_allclose(a[:1], b, atol=1e-5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default: once per calling line
+        for _ in range(3):
+            p.logits([long])
+    assert sum(issubclass(w.category, TruncationWarning) for w in caught) == 1
+    assert p.truncated(["short", long]) == [False, True]
     strict = fastft.load(onnx_dir, threads=1, truncation=False)
     with pytest.raises(InputError, match="longer than the model's max length of 128"):
         strict.predict(["short", long])
@@ -301,3 +311,104 @@ def test_a_huge_text_costs_what_the_model_sees_of_it(pred):
         padded = blank * 10_000 + "clumsy, loud and stupid"
         assert enc.cut([padded])[1] == [False]
         assert enc.encode([padded]).ids == enc.encode(["clumsy, loud and stupid"]).ids
+
+
+def test_a_flood_of_characters_that_make_no_token_is_cut_too(pred):
+    """Characters the budget does not count (zero-width...) are still capped, at
+    RAW_BUDGET_FACTOR times the budget: 10 million of them cost milliseconds, not gigabytes."""
+    from fastft.runtime import InputError
+    from fastft.runtime.encode import CHARS_PER_TOKEN, RAW_BUDGET_FACTOR
+
+    enc = pred.encoder
+    cap = RAW_BUDGET_FACTOR * CHARS_PER_TOKEN * enc.max_length
+    flood = "fine " + "\u200b" * 10_000_000
+    cut, was_cut = enc.cut([flood])
+    assert was_cut == [True] and len(cut[0]) == cap
+    assert pred.truncated([flood, "fine"]) == [True, False]
+    with pytest.raises(InputError, match="#0 has no tokens"):
+        pred.predict(["\u200b" * 10_000_000 + " fine"])  # what is left of it after the cut makes no token
+
+
+def test_foreign_onnx_inputs_and_vocabularies_are_refused_at_load(onnx_dir, tmp_path):
+    """An ONNX file from another exporter with an input fastft does not feed, or fixed input
+    dimensions, and a tokenizer bigger than the model's vocabulary: a ModelError at load,
+    not an ONNX Runtime error on the first (or some later) text."""
+    import json
+    import shutil
+
+    import onnx
+
+    import fastft
+    from fastft.core.errors import ModelError
+
+    def copy(name: str) -> Path:
+        d = tmp_path / name
+        shutil.copytree(onnx_dir, d)
+        return d
+
+    renamed = copy("renamed")
+    m = onnx.load(str(renamed / "model.onnx"))
+    old = m.graph.input[1].name
+    m.graph.input[1].name = "mask"
+    for node in m.graph.node:
+        node.input[:] = ["mask" if x == old else x for x in node.input]
+    onnx.save(m, str(renamed / "model.onnx"))
+    with pytest.raises(ModelError, match="input\\(s\\) 'mask' that fastft does not feed"):
+        fastft.load(renamed, threads=1)
+
+    static = copy("static")
+    m = onnx.load(str(static / "model.onnx"))
+    for inp in m.graph.input:
+        for d, v in zip(inp.type.tensor_type.shape.dim, (1, 64)):
+            d.ClearField("dim_param")
+            d.dim_value = v
+    onnx.save(m, str(static / "model.onnx"))
+    with pytest.raises(ModelError, match="fixed shape \\[1, 64\\].*dynamic axes"):
+        fastft.load(static, threads=1)
+
+    small = copy("small-vocab")
+    cfg = json.loads((small / "config.json").read_text())
+    cfg["vocab_size"] = 1000
+    (small / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="more than the model's vocabulary of 1000"):
+        fastft.load(small, threads=1)
+
+
+def test_a_predictor_pickles_as_how_it_was_loaded(onnx_dir, pred):
+    """Pickling (a process pool's workers) or deep-copying loads the model again with the same
+    options; a shallow copy shares it."""
+    import copy
+    import pickle
+
+    import fastft
+
+    p = fastft.load(onnx_dir, threads=1, batch_size=4, max_length=32)
+    again = pickle.loads(pickle.dumps(p))
+    assert again is not p and again.session is not p.session
+    assert (again.batch_size, again.max_length, again.path) == (4, 32, p.path)
+    np.testing.assert_allclose(again.logits(TEXTS), p.logits(TEXTS), atol=1e-6)
+    assert copy.deepcopy(p).session is not p.session
+    assert copy.copy(p).session is p.session
+
+
+def test_first_loads_on_many_threads_at_once_all_succeed(onnx_dir):
+    """transformers builds its names lazily; loads racing to be a process's first used to fail
+    with "cannot import name 'AutoTokenizer'" in most threads. Run in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = f"""
+import threading, fastft
+errors = []
+def work():
+    try:
+        fastft.load({str(onnx_dir)!r}, threads=1, warm_up=False)
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(errors)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastft.core.errors import ModelError
+from fastft.models.hf import transformers_names
 
 
 def encoder_layers(model):
@@ -79,8 +80,10 @@ def load_pruned(path, **kwargs):
     """
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification = transformers_names(
+        "AutoConfig", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"
+    )
     path = Path(path)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     archs = getattr(config, "architectures", None) or []

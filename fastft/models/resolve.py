@@ -18,6 +18,7 @@ from pathlib import Path
 from fastft.core.errors import ModelError
 from fastft.core.io import read_json_object
 from fastft.models.builtin import BUILTIN_MODELS, minilm_l6_dir
+from fastft.models.hf import transformers_names
 from fastft.models.minilm_l3 import minilm_l3_dir
 from fastft.models.pruned import load_pruned
 
@@ -192,7 +193,7 @@ def load_tokenizer(model: str | os.PathLike):
     A directory without tokenizer files, or whose tokenizer has fewer than 1,000 entries, is a
     ModelError: transformers would otherwise build a stub that turns every word into ``[UNK]``.
     """
-    from transformers import AutoTokenizer
+    (AutoTokenizer,) = transformers_names("AutoTokenizer")
 
     src = resolve_model(model)
     if isinstance(src, Path) and not any((src / f).is_file() for f in TOKENIZER_FILES):
@@ -225,11 +226,13 @@ def load_classifier(
     other labels, that is an error, not a silent re-initialisation.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
     from fastft.core.schema import TOKEN_CLASSIFICATION
 
+    AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification = transformers_names(
+        "AutoConfig", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"
+    )
     hf_logging.set_verbosity_error()
 
     src = resolve_model(model)

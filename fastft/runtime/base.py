@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from fastft.core.errors import FastftError, ModelError
 from fastft.core.numerics import softmax
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from fastft.data.text import unicode_problem
-from fastft.runtime.encode import Encoded, Encoder, length_sorted_batches
+from fastft.runtime.encode import NO_TOKENS, Encoded, Encoder, length_sorted_batches
 from fastft.runtime.entities import aggregate_simple, token_tags
 
 
@@ -56,7 +55,8 @@ def check_texts(texts) -> list[str]:
 
     Refused: a single string, a non-list, an empty list, a non-string, an empty text, and a
     text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``): fastft never
-    replaces characters silently (see :mod:`fastft.data.text`).
+    replaces characters silently (see :mod:`fastft.data.text`). A text the tokenizer turns into
+    nothing is refused once tokenized (:meth:`Predictor.logits`).
     """
     if isinstance(texts, str):
         raise InputError("texts must be a list of strings, not a single string (wrap it: [text])")
@@ -114,8 +114,22 @@ class Predictor:
         # texts run beside it, so each text runs alone unless merging was asked for (batch_int8)
         self.batch_dependent = False
         self.batch_int8 = False
-        self._warned = False
-        self._warn_lock = threading.Lock()
+
+    # fastft.load sets it: load(path, **the same options), which pickling calls in the other process
+    _reload = None
+
+    def __reduce__(self):
+        """Pickled as how it was loaded, so ``ProcessPoolExecutor`` workers (and ``copy.deepcopy``)
+        load the model again from its directory; sessions and tokenizers never cross processes."""
+        if self._reload is None:
+            raise TypeError(f"{type(self).__name__} was not made by fastft.load, so it cannot be pickled")
+        return (self._reload, (str(self.path),))
+
+    def __copy__(self):
+        """A shallow copy shares the loaded model (ORT sessions and torch inference are thread-safe)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     @property
     def per_token(self) -> bool:
@@ -134,13 +148,33 @@ class Predictor:
 
         Token classification: a list with one (tokens, num_labels) array per text (its special
         tokens included, no padding).
+
+        An InputError names the first text that is unusable: empty, not valid Unicode, or made of
+        characters the tokenizer drops only (zero-width, control...), which the model would
+        otherwise label from nothing.
         """
+        texts, bs = self._checked(texts, batch_size)
+        return self._encoded_logits(self._encode_checked(texts), bs)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Which of ``texts`` are longer than the max length, so the model sees only their start
+        (and a token-classification model finds no entity past the cut)."""
+        return list(self._encoder.encode(check_texts(texts)).truncated)
+
+    def _checked(self, texts, batch_size) -> tuple[list[str], int]:
         texts = check_texts(texts)
         try:
             check_int("batch_size", batch_size, lo=1, optional=True)
         except FastftError as exc:
             raise InputError(str(exc)) from None
-        return self._logits(texts, batch_size or self.batch_size)
+        return texts, batch_size or self.batch_size
+
+    def _encode_checked(self, texts: list[str]) -> Encoded:
+        enc = self._encoder.encode(texts)
+        i = self._encoder.first_tokenless(enc)
+        if i is not None:
+            raise InputError(f"text #{i} {NO_TOKENS}")
+        return enc
 
     def _logits(self, texts: list[str], bs: int) -> np.ndarray:
         """Logits of checked texts (evaluation data may hold empty texts: they are scored too)."""
@@ -181,13 +215,9 @@ class Predictor:
         "word"}`` (character offsets into the text), in text order.
         """
         if self.per_token:
-            texts = check_texts(texts)
-            try:
-                check_int("batch_size", batch_size, lo=1, optional=True)
-            except FastftError as exc:
-                raise InputError(str(exc)) from None
-            enc = self._encoder.encode(texts)
-            logits = self._encoded_logits(enc, batch_size or self.batch_size)
+            texts, bs = self._checked(texts, batch_size)
+            enc = self._encode_checked(texts)
+            logits = self._encoded_logits(enc, bs)
             return [self.entities(self._encoder, enc, i, t, softmax(x)) for i, (t, x) in enumerate(zip(texts, logits))]
         probs = self.predict_proba(texts, batch_size)
         best = probs.argmax(axis=1)
@@ -245,15 +275,13 @@ class Predictor:
                 f"text #{i} is longer than the model's max length of {self.max_length} tokens "
                 "(truncation=False); shorten it or load with truncation=True"
             )
-        with self._warn_lock:
-            if self._warned:
-                return
-            self._warned = True
         import warnings
 
+        # one text for every call, so Python's warning filters decide how often it shows (by
+        # default once per calling line; warnings.simplefilter("always") every time)
         warnings.warn(
-            f"{sum(truncated)} text(s) longer than {self.max_length} tokens were truncated "
-            f"(first: text #{i}); shown once per predictor",
+            f"texts longer than the model's max length of {self.max_length} tokens were truncated, "
+            "the model saw only their start; Predictor.truncated(texts) says which",
             TruncationWarning,
             stacklevel=_caller_level(),
         )

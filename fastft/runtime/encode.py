@@ -22,6 +22,9 @@ CHARS_PER_TOKEN = 64
 # what the budget counts: characters that can make a token (not whitespace, control or zero-width
 # characters, nor combining marks, which tokenizers drop), so a text that opens with 10,000 spaces
 # keeps its words
+# and whatever a text holds, at most this many times the budget in characters of any kind, so a
+# text of millions of zero-width characters costs no more than one of letters
+RAW_BUDGET_FACTOR = 8
 _COUNTED = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u0300-\u036f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 
 
@@ -58,6 +61,7 @@ class Encoder:
         self._slow = tokenizer if backend is None else None
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._bare: int | None = None  # tokens of an empty text: the special tokens alone
 
     def _rust(self):
         tok = getattr(self._local, "tok", None)
@@ -72,12 +76,14 @@ class Encoder:
 
     def cut(self, texts: list[str]) -> tuple[list[str], list[bool]]:
         """``texts`` cut after ``CHARS_PER_TOKEN * max_length`` characters that can make a token
-        (at a space in the last tenth where there is one), and which were cut. A cut text counts
-        as truncated."""
+        (at a space in the last tenth where there is one), or after ``RAW_BUDGET_FACTOR`` times
+        that many characters of any kind, and which were cut. A cut text counts as truncated."""
         budget = CHARS_PER_TOKEN * self.max_length
         out, was_cut = [], []
         for t in texts:
             end = _cut_point(t, budget) if len(t) > budget else None
+            if end is None and len(t) > RAW_BUDGET_FACTOR * budget:  # mostly uncounted characters
+                end = RAW_BUDGET_FACTOR * budget
             was_cut.append(end is not None)
             out.append(t if end is None else t[:end])
         return out, was_cut
@@ -102,6 +108,14 @@ class Encoder:
         types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
         return Encoded(out["input_ids"], types, [len(f) > self.max_length or c for f, c in zip(full, was_cut)])
 
+    def first_tokenless(self, enc: Encoded) -> int | None:
+        """The index of the first text of ``enc`` that became only the special tokens an empty
+        text gets (all its characters are ones the tokenizer drops), or None. The model would
+        still label it, from nothing."""
+        if self._bare is None:
+            self._bare = len(self.encode([""]).ids[0])
+        return next((i for i, ids in enumerate(enc.ids) if len(ids) <= self._bare), None)
+
     def decode_tokens(self, tokens: list[str]) -> str:
         """Word pieces joined back into text by the tokenizer's decoder (``convert_tokens_to_string``)."""
         decoder = self._rust().decoder if self._json is not None else None
@@ -122,6 +136,12 @@ class Encoder:
             mask[row, :k] = 1
             types[row, :k] = enc.type_ids[i]
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+# why first_tokenless refuses a text, after "text #i"
+NO_TOKENS = (
+    "has no tokens: the tokenizer drops every character of it (control, zero-width or lone combining characters)"
+)
 
 
 def _cut_point(text: str, budget: int) -> int | None:

@@ -5,6 +5,7 @@ pred = fastft.load("runs/teacher-onnx", int8=True, threads=2)
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -46,9 +47,12 @@ def load(
 
     backend: ``onnxruntime`` (model.onnx, or model_int8.onnx with ``int8=True``; ``int8=None``
     serves what fastft.json names as the default, else model.onnx) or ``torch``.
-    threads: intra-op threads [physical cores]. spinning: let ORT worker threads spin
-    between calls (faster on a dedicated machine, steals CPU otherwise) [False].
-    truncation: cut texts longer than the max length (warning once) or raise [True].
+    threads: intra-op threads [physical cores]; with ``backend="torch"`` torch's, which are the
+    whole process's: the last load that gives them sets them for every torch model.
+    spinning: let ORT worker threads spin between calls (faster on a dedicated machine, steals
+    CPU otherwise) [False].
+    truncation: cut texts longer than the max length, with a TruncationWarning (shown as
+    Python's warning filters say: by default once per calling line), or raise [True].
     fused_attention (torch): swap in fastft's fused attention; None = when available.
     ort_attention (onnxruntime): ``fastft`` runs each attention node of the file on fastft's C++
     kernel inside ONNX Runtime (libfastft_ort: padding-free), ``onnxruntime`` on ORT's own;
@@ -62,6 +66,7 @@ def load(
     text alone, so the same text always gets the same answer; True merges texts into calls of
     ``batch_size`` (about twice the throughput on short texts, answers no longer independent) [False].
     """
+    options = {k: v for k, v in locals().items() if k != "path"}  # pickling a Predictor loads it again with these
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise FastftError(f"path must be a model directory, as a str or os.PathLike (got {path!r})")
     if backend not in ("onnxruntime", "ort", "torch"):
@@ -93,6 +98,13 @@ def load(
     task = task_from(meta, config)
     labels = _labels(meta, config)
     tokenizer = load_tokenizer(p)
+    vocab = config.get("vocab_size")
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and len(tokenizer) > vocab:
+        raise ModelError(
+            f"{p}: the tokenizer has {len(tokenizer)} entries, more than the model's vocabulary of {vocab} "
+            "(config.json vocab_size): its ids past that would fail or read the wrong embeddings; "
+            "use the tokenizer the model was trained with"
+        )
     length = _input_length(meta, config, tokenizer, max_length)
     common = {
         "device": device,
@@ -122,6 +134,7 @@ def load(
             **common,
         )
     pred.decode = decode
+    pred._reload = functools.partial(load, **options)
     return pred
 
 

@@ -51,6 +51,9 @@ def served_session(onnx_file: Path, opts, device: str = "cpu", ort_attention: st
     return create_session(onnx_file, opts, device=device), Swaps()
 
 
+# what fastft feeds a text classifier's graph (Encoder.batch)
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
 # ops whose INT8 scale is computed from the activations of the whole call (all texts, padding included)
 PER_CALL_QUANT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
 
@@ -149,6 +152,20 @@ class OrtPredictor(Predictor):
             raise ModelError(
                 f"{self.onnx_file} has no 'input_ids' input (inputs: {', '.join(inputs)}); "
                 "is it a text classifier export?"
+            )
+        unknown = [n for n in inputs if n not in TEXT_INPUTS]
+        if unknown:
+            raise ModelError(
+                f"{self.onnx_file} has input(s) {', '.join(map(repr, unknown))} that fastft does not feed "
+                f"(it feeds {', '.join(TEXT_INPUTS)}); export it with fastft export --model DIR"
+            )
+        fixed = {n: i.shape for n, i in inputs.items() if any(isinstance(d, int) for d in i.shape[:2])}
+        if fixed:
+            name, shape = next(iter(fixed.items()))
+            raise ModelError(
+                f"{self.onnx_file}: input {name!r} has the fixed shape {shape}; fastft runs batches of any "
+                "size padded to their longest text, so batch and sequence must be dynamic axes "
+                "(fastft export --model DIR makes them so)"
             )
         self._inputs = list(inputs)
         self._int_dtype = np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64

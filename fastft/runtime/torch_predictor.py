@@ -73,7 +73,10 @@ class TorchPredictor(Predictor):
             return self.model(**kwargs).logits.float().cpu().numpy()
 
     def info(self) -> dict:
-        return {**super().info(), "attention": self.attention}
+        import torch
+
+        # torch's intra-op threads are the process's: load(threads=N) sets them for every model
+        return {**super().info(), "attention": self.attention, "threads": torch.get_num_threads()}
 
 
 def _swap(net, required: bool) -> bool:

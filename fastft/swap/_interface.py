@@ -33,6 +33,7 @@ import threading
 import torch
 from torch import Tensor
 
+from fastft.models.hf import transformers_names
 from fastft.swap._varlen import padded_rows_skipped
 
 IMPL_NAME = "fastft"
@@ -130,9 +131,9 @@ def fastft_mask(
 def has_interface() -> bool:
     """True when the installed transformers has the attention + mask interfaces (5.x)."""
     try:
-        from transformers import AttentionInterface  # noqa: F401
+        transformers_names("AttentionInterface")
         from transformers.masking_utils import AttentionMaskInterface  # noqa: F401
-    except ImportError:
+    except (ImportError, AttributeError):
         return False
     return True
 
@@ -142,9 +143,9 @@ def register_impl(name: str, attention, mask) -> None:
     AttentionInterface and AttentionMaskInterface (idempotent per name)."""
     if name in _registered:
         return
-    from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
+    (AttentionInterface,) = transformers_names("AttentionInterface")
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, mask)
     _registered.add(name)
@@ -191,8 +192,7 @@ def uses_interface(module: torch.nn.Module, run_once) -> tuple[bool, str]:
     where = f"its forward, defined in {getattr(fwd, '__module__', '?')},"  # unwrapped: where the code lives
     if cfg is None:
         return False, "it has no config to choose its attention implementation"
-    from transformers import AttentionInterface
-
+    (AttentionInterface,) = transformers_names("AttentionInterface")
     AttentionInterface.register(PROBE_NAME, _probe)
     with _probe_lock:
         previous = cfg._attn_implementation

@@ -200,30 +200,21 @@ def _eval_split(
 
 
 def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[dict]:
-    """Label and probability of each text, with the PyTorch model.
+    """Each text's label, score and class probabilities from the model's PyTorch weights, as
+    ``fastft.load(model, backend="torch")`` serves them: one ``{text, label, score,
+    probabilities}`` row per text; a token-classification model gives ``{text, entities}`` rows
+    (character spans, as its ``predict``).
 
-    A text that is not valid Unicode (e.g. a lone surrogate) is a FastftError naming its
-    index (from 0); nothing is replaced silently (see :mod:`fastft.data.text`).
+    The texts are checked as :func:`fastft.load`'s ``predict`` checks them: an empty text, one
+    with no tokens or one that is not valid Unicode (e.g. a lone surrogate) is an error naming
+    its index (from 0); nothing is replaced silently (see :mod:`fastft.data.text`).
     """
-    from fastft.core.checks import check_int
-    from fastft.data.text import unicode_problem
+    from fastft.runtime import load
 
-    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-        raise FastftError("texts must be a list of strings")
-    if not texts:
-        raise FastftError("no texts to predict")
-    check_int("batch_size", batch_size, lo=1)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise FastftError(f"text #{i} is not a string ({type(t).__name__})")
-        problem = unicode_problem(t)
-        if problem:
-            raise FastftError(f"text #{i} {problem}")
-    from fastft.train.metrics import softmax
-
-    net, tokenizer, meta, max_length = load_model_dir(model)
-    probs = softmax(batched_logits(net, tokenizer, list(texts), max_length, batch_size))
-    return prediction_rows(texts, probs, model_labels(net))
+    pred = load(model, backend="torch", batch_size=batch_size)
+    if pred.per_token:
+        return [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
+    return prediction_rows(texts, pred.predict_proba(texts), pred.labels)
 
 
 def prediction_rows(texts: list[str], probs: np.ndarray, labels: list[str]) -> list[dict]:
