@@ -622,7 +622,7 @@ def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
         ([str(tmp_path / "missing")], "does not exist"),
         ([str(tmp_path)], "no config.json"),
         ([str(serve_dir), "--max-batch-tokens", "0"], "--max-batch-tokens must be a positive"),
-        ([str(serve_dir), "--precision", "int8"], "no model_int8.onnx"),
+        ([str(serve_dir), "--precision", "int8", "--port", "0"], "no model_int8.onnx"),  # 8080 may be taken
         ([str(serve_dir), "--replicas", "2"], "need --ray"),
         ([str(serve_dir), "--max-batch-size", "1000000000"], "--max-batch-size must be at most 4096"),
         ([str(serve_dir), "--threads", "1000000000000"], "--threads must be at most 1024"),
@@ -680,30 +680,27 @@ def test_dynamic_int8_answers_never_depend_on_other_requests(int8_dir):
         assert not s.wait_ready().engine.predictor.isolated
 
 
+def guarded(asgi) -> Running:
+    """A :class:`Running` server with the protocol ``fastft serve`` runs (the connection guard)."""
+    import uvicorn
+
+    from fastft.serve.server import uvicorn_config
+
+    server = Running(asgi)
+    config = uvicorn_config(asgi, asgi.state.config, host="127.0.0.1", port=server.port, log_level="warning")
+    server.server = uvicorn.Server(config)
+    server.thread = threading.Thread(target=server.server.run, daemon=True)
+    return server
+
+
 def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
     """A connection whose request head has not arrived within --header-timeout is answered 408 and
     closed (idle ones too); a body that stalls gets 408; an unfinished head beyond 64 KiB gets 431
     (the server buffers no more of it) and a malformed request 400, both JSON; a client
     that leaves mid-body is counted as 499, not as a server error."""
-    import uvicorn
+    from fastft.serve.server import MAX_HEAD_BYTES
 
-    from fastft.serve.server import MAX_HEAD_BYTES, guarded_protocol
-
-    asgi = make_app(serve_dir, header_timeout_s=0.5, body_timeout_s=1.5)
-    server = Running(asgi)
-    config = asgi.state.config
-    server.server = uvicorn.Server(
-        uvicorn.Config(
-            asgi,
-            host="127.0.0.1",
-            port=server.port,
-            log_level="warning",
-            lifespan="on",
-            http=guarded_protocol(config, asgi.state.metrics),
-            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        )
-    )
-    server.thread = threading.Thread(target=server.server.run, daemon=True)
+    server = guarded(make_app(serve_dir, header_timeout_s=0.5, body_timeout_s=1.5))
 
     def raw(data: bytes) -> socket.socket:
         c = socket.create_connection(("127.0.0.1", server.port))
@@ -782,3 +779,133 @@ def test_index_names_files_not_the_servers_directories_and_errors_do_not_echo_me
     assert r.status_code == 200 and str(serve_dir) not in r.text and r.json()["runtime"]["path"] == serve_dir.name
     r = httpx.get(f"{server.url}/v2/models/{'x' * 20_000}")
     assert r.status_code == 404 and len(r.text) < 400, len(r.text)
+
+
+def test_hostile_connections_cannot_lock_an_address_out_or_waste_inference(serve_dir):
+    """What a client (or many behind one proxy address) can do to the connection guard: WebSocket
+    upgrades are ordinary requests that give their slot back; a request answered before its body
+    is read (404, 413) is closed after a short linger, and a client still writing gets the answer,
+    not a reset; a request with both framings is refused and closed; connections past the cap get
+    a JSON 503; a client that leaves while its texts wait is dropped (499), not inferred for nobody."""
+    import http.client
+
+    asgi = make_app(serve_dir, max_connections=64, max_body_bytes=64 * 1024, header_timeout_s=5.0)
+    server = guarded(asgi)
+    cap = 16  # a quarter of max_connections, at least 16
+
+    def raw(data: bytes) -> socket.socket:
+        c = socket.create_connection(("127.0.0.1", server.port))
+        c.sendall(data)
+        c.settimeout(10)
+        return c
+
+    def until_closed(c: socket.socket) -> bytes:
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := c.recv(65536):
+                got += chunk
+        return got
+
+    with server:
+        server.wait_ready()
+        upgrade = (
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        for _ in range(3 * cap):  # each slot must come back (uvicorn's WebSocket protocol kept them)
+            c = raw(upgrade)
+            assert c.recv(4096).startswith(b"HTTP/1.1 200"), "an upgrade request is an ordinary request"
+            c.close()
+        assert httpx.get(server.url + "/v2/health/live").status_code == 200
+
+        # answered before its body (unknown route): closed after the answer, though more body comes
+        early = raw(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
+        answer = early.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 404"), answer
+        t = time.monotonic()
+        early.sendall(b"x" * 1000)
+        until_closed(early)
+        assert time.monotonic() - t < 8, "the connection was held open"
+        early.close()
+
+        # a 413 reaches a client that writes its whole body first (http.client), not as a reset
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request(
+                "POST", "/predict", body=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"}
+            )
+            r = conn.getresponse()
+            assert r.status == 413 and "limit" in json.loads(r.read())["error"]
+            conn.close()
+
+        # Transfer-Encoding and Content-Length together: 400, closed (no second request on it)
+        both = raw(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\nGET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        got = until_closed(both)
+        both.close()
+        assert got.startswith(b"HTTP/1.1 400") and got.count(b"HTTP/1.1") == 1, got
+        assert b"Transfer-Encoding and Content-Length" in got and b"connection: close" in got.lower()
+
+        # past the per-address cap: a JSON 503 with Retry-After, then closed
+        held = [raw(b"") for _ in range(cap)]
+        time.sleep(0.2)
+        over = until_closed(raw(b""))
+        head, _, body = over.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after:" in head.lower(), over
+        assert "too many connections" in json.loads(body)["error"]
+        for c in held:
+            c.close()
+
+        # a client that leaves while its texts wait in the queue: dropped, counted 499
+        predictor = server.engine.predictor
+        calls, run = [], predictor.logits_from_ids
+
+        def slow(**feeds):
+            calls.append(len(feeds["input_ids"]))
+            time.sleep(0.5)
+            return run(**feeds)
+
+        predictor.logits_from_ids = slow
+        try:
+            busy = threading.Thread(
+                target=httpx.post, args=(server.url + "/predict",), kwargs={"json": {"inputs": ["a"]}}
+            )
+            busy.start()
+            time.sleep(0.1)  # the worker is in that call now
+            doc = json.dumps({"inputs": ["left before the answer"] * 8}).encode()
+            gone = raw(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(doc), doc))
+            time.sleep(0.1)
+            gone.close()
+            busy.join(10)
+            deadline = time.monotonic() + 10
+            while (
+                metric(httpx.get(server.url + "/metrics").text, "fastft_requests_total", code="499", route="/predict")
+                < 1
+            ):
+                assert time.monotonic() < deadline, "the departed client was not counted"
+                time.sleep(0.05)
+            time.sleep(0.6)
+            assert sum(calls) == 1, calls  # the busy request's text only: the 8 left were never run
+        finally:
+            predictor.logits_from_ids = run
+        text = httpx.get(server.url + "/metrics").text
+        assert metric(text, "fastft_connections_closed_total", reason="over_limit") == 1
+        assert httpx.post(server.url + "/predict", json={"inputs": ["still serving"]}).status_code == 200
+
+
+def test_texts_without_tokens_and_unsendable_ids_are_refused(server):
+    for body, route in (
+        (b'{"inputs": ["fine", "\\u200b\\u200b"]}', "/predict"),
+        (b'{"inputs": ["\\u0000"]}', "/predict"),
+        (
+            b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["\\u200b"]}]}',
+            f"/v2/models/{NAME}/infer",
+        ),
+    ):
+        r = httpx.post(server.url + route, content=body)
+        assert r.status_code == 422 and "has no tokens" in r.json()["error"], r.text
+    body = b'{"id": "req-\\ud800", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}]}'
+    r = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=body)
+    assert r.status_code == 400 and "'id' is not valid Unicode" in r.json()["error"], r.text

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastft.core.numerics import softmax
-from fastft.runtime.encode import Encoded, Encoder
+from fastft.runtime.encode import NO_TOKENS, Encoded, Encoder
 from fastft.serve.cost import CostModel
+from fastft.serve.protocol import BadRequest
 
 log = logging.getLogger("fastft.serve")
 
@@ -220,6 +221,10 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - one request's texts; never the others'
             log.exception("tokenization failed")
             job.error = InferenceFailed(f"tokenization failed ({type(exc).__name__}: {exc})")
+            return
+        i = self.encoder.first_tokenless(job.enc)
+        if i is not None:  # the model would label it from nothing
+            job.error, job.enc = BadRequest(f"text #{i} (from 0) {NO_TOKENS}", 422), None
 
     def _run(self, jobs: list[_Job]) -> None:
         live = [j for j in jobs if j.error is None and (j.future is None or not j.future.cancelled())]

@@ -80,7 +80,7 @@ class ServeMetrics:
         self.truncated = Counter("fastft_truncated_texts", "Texts cut at the model's max length", registry=r)
         self.connections_closed = Counter(
             "fastft_connections_closed",
-            "Connections the server closed before a request: head_timeout (408), over_limit (at once), "
+            "Connections the server closed before a request: head_timeout (408), over_limit (503 at once), "
             "malformed (a request HTTP cannot parse: 400/431)",
             ["reason"],
             registry=r,

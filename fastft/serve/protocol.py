@@ -204,6 +204,11 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int, outputs=
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"'id' must be a string (got {_json_type(request_id)})")
+    if request_id is not None:
+        try:
+            request_id.encode("utf-8")  # it is sent back: a lone surrogate (\ud800) cannot be
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"'id' is not valid Unicode (lone surrogate at character {exc.start})") from None
     return InferRequest(texts, names, binary, request_id)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,6 +60,10 @@ class Unavailable(Exception):
 
 class LocalEngine:
     """A Predictor behind the dynamic :class:`Batcher` (this process, ``workers`` threads)."""
+
+    # uvicorn's receive() gives http.disconnect only when the client has gone: a request whose
+    # client left is dropped (Ray's proxy is not relied on for that)
+    watches_disconnect = True
 
     def __init__(self, predictor, config: ServeConfig, metrics: ServeMetrics):
         self.predictor = predictor
@@ -142,11 +147,39 @@ def _default_name(path: Path) -> str:
 DRAIN_POLL_S = 0.25  # how often a request still reading its body looks whether the server is draining
 
 
-def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
+def error(status: int, message: str, retry_after: int | None = None, close: bool = False) -> JSONResponse:
     headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
-    if status in (408, 413):  # the rest of the body was never read: the connection cannot carry another request
+    if close or status in (408, 413):  # the body was not all read: the connection cannot carry another request
         headers["connection"] = "close"
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone (once its body is read, the server's ``receive`` has
+    nothing more to give before that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class RefuseAmbiguousFraming:
+    """ASGI middleware: a request with both Transfer-Encoding and Content-Length gets a JSON 400
+    and its connection is closed (RFC 9112 6.1: a proxy in front that frames it by the other
+    header would see a different next request on the same connection: request smuggling)."""
+
+    def __init__(self, app, metrics: ServeMetrics | None = None):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            names = {name for name, _ in scope["headers"]}
+            if b"transfer-encoding" in names and b"content-length" in names:
+                message = "the request has both Transfer-Encoding and Content-Length; send one"
+                await error(400, message, close=True)(scope, receive, send)
+                if self.metrics is not None:
+                    self.metrics.observe_request("other", 400)
+                return
+        await self.app(scope, receive, send)
 
 
 def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool = True) -> Starlette:
@@ -210,7 +243,7 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
             except InferenceFailed as exc:
                 response = error(500, str(exc))
             except ClientDisconnect:  # the client left mid-body: nothing to answer, not a server error
-                log.info("client closed the connection before its request to %s was read", route)
+                log.info("the client of a request to %s left before its answer", route)
                 response = error(499, "client closed the request")
             except Exception as exc:  # noqa: BLE001 - never a traceback to the client
                 log.exception("unexpected error on %s", route)
@@ -222,9 +255,29 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
 
         return endpoint
 
+    async def infer_while_connected(request: Request, texts: list[str]):
+        """``engine.infer(texts)``, given up when the client goes away first (a closed socket,
+        a client timeout): its texts are dropped from the queue if they are still waiting there,
+        and the request counts as 499, not as a 200 nobody read."""
+        if not getattr(engine, "watches_disconnect", False):
+            return await engine.infer(texts)
+        job = asyncio.ensure_future(engine.infer(texts))
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if not job.done():
+            job.cancel()
+            raise ClientDisconnect()
+        return job.result()
+
     async def predict(request: Request) -> Response:
         texts = parse_predict(await read_body(request), config.max_texts)
-        result = await engine.infer(texts)
+        result = await infer_while_connected(request, texts)
         if per_token:
             rows = entities_response(result.entities, result.truncated)
         else:
@@ -235,7 +288,7 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
         check_model(request)
         body = await read_body(request)
         req = parse_infer(body, request.headers.get(HEADER_LENGTH), config.max_texts, outputs)
-        result = await engine.infer(req.texts)
+        result = await infer_while_connected(request, req.texts)
         content, headers = infer_response(
             req, engine.name, engine.labels, result.probs, result.truncated, result.entities if per_token else None
         )
@@ -306,7 +359,10 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
                 engine.stop()
 
     asgi = Starlette(
-        routes=routes, lifespan=life, exception_handlers={HTTPException: http_error, Exception: internal_error}
+        routes=routes,
+        lifespan=life,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        middleware=[Middleware(RefuseAmbiguousFraming, metrics=metrics)],
     )
     # a trailing slash is a 404 with a hint, not a 307 to the route (a client that does not follow
     # redirects, or drops the body doing so, would see an empty answer)

@@ -34,6 +34,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+class HandledByGuard(logging.Filter):
+    """Drops uvicorn's warning for each malformed request and each upgrade request: the guarded
+    protocol answers, counts (``fastft_connections_closed_total``) and logs those, at most once a
+    minute; one line per bad request would let any client flood the log."""
+
+    DROPPED = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("uvicorn") and str(record.msg).startswith(self.DROPPED))
+
+
 def setup_logging(json_logs: bool) -> dict:
     """Log config for our logger and uvicorn's (also handed to uvicorn, so it keeps it)."""
     fmt = {"()": JsonFormatter} if json_logs else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
@@ -44,8 +55,9 @@ def setup_logging(json_logs: bool) -> dict:
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
         },
+        "filters": {"handled": {"()": HandledByGuard}},
         "loggers": {
-            name: {"handlers": ["stderr"], "level": "INFO", "propagate": False}
+            name: {"handlers": ["stderr"], "level": "INFO", "propagate": False, "filters": ["handled"]}
             for name in ("fastft.serve", "uvicorn", "uvicorn.error")
         },
     }
@@ -76,19 +88,7 @@ def run(model_dir, config: ServeConfig | None = None) -> int:
             engine.draining = True  # ready -> 503 at once, for the load balancer
             super().handle_exit(sig, frame)
 
-    uv = uvicorn.Config(
-        asgi,
-        host=config.host,
-        port=config.port,
-        http=guarded_protocol(config, asgi.state.metrics),
-        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        log_config=log_config,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=60,
-        server_header=False,
-    )
-    server = Server(uv)
+    server = Server(uvicorn_config(asgi, config, log_config=log_config))
     log.info(
         "serving %s (%s, %d worker(s) x %d thread(s)) on http://%s:%d",
         engine.name,
@@ -110,6 +110,28 @@ def run(model_dir, config: ServeConfig | None = None) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def uvicorn_config(asgi, config: ServeConfig, **overrides):
+    """uvicorn's config for ``asgi`` as ``fastft serve`` runs it: the guarded h11 protocol (see
+    :func:`guarded_protocol`), no access log, no Server header; ``overrides`` are more
+    ``uvicorn.Config`` arguments (``log_config``, ``port``...)."""
+    import uvicorn
+
+    options = {
+        "host": config.host,
+        "port": config.port,
+        "http": guarded_protocol(config, asgi.state.metrics),
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 60,
+        "server_header": False,
+        # no WebSocket route: an upgrade request is an ordinary request (uvicorn's WebSocket
+        # protocol would take the socket past the guard, and never give its slot back)
+        "ws": "none",
+    }
+    return uvicorn.Config(asgi, **{**options, **overrides})
 
 
 def _ignore(signum, frame) -> None:
@@ -138,20 +160,59 @@ def guarded_protocol(config: ServeConfig, metrics=None):
     timeout_response = closing_error(408, f"the request head did not arrive within {config.header_timeout_s:g} s")
     per_peer_cap = max(16, config.max_connections // 4)
     per_peer: collections.Counter = collections.Counter()
-    refused = {"count": 0, "logged": 0.0}
+    unlogged: collections.Counter = collections.Counter()  # closings per reason since it was last logged
+    last_logged: dict[str, float] = {}
 
-    def closed(reason: str) -> None:
+    def closed(reason: str, why: str) -> None:
         if metrics is not None:
             metrics.connections_closed.labels(reason).inc()
+        unlogged[reason] += 1
+        now = time.monotonic()
+        if now - last_logged.get(reason, -60.0) >= 60:
+            log.warning("closed %d connection(s) (%s) since the last such line: %s", unlogged[reason], reason, why)
+            unlogged[reason] = 0
+            last_logged[reason] = now
 
     def refuse(transport, why: str) -> None:
+        transport.write(closing_error(503, f"too many connections: {why}", retry_after=config.retry_after_s))
         transport.close()
-        closed("over_limit")
-        refused["count"] += 1
-        now = time.monotonic()
-        if now - refused["logged"] >= 60:
-            log.warning("closed %d new connection(s) in the last minute at once: %s", refused["count"], why)
-            refused.update(count=0, logged=now)
+        closed("over_limit", why)
+
+    class LingeringTransport:
+        """The connection's transport, closed gently while the client may still be sending a body
+        the server answered without reading (413, 408, 404...): closing a socket with unread bytes
+        makes the kernel reset it, and a client still writing its body then gets the reset, not the
+        answer. So the write side is shut first, and what still arrives is read and dropped for at
+        most ``LINGER_S`` or ``LINGER_BYTES``, then the socket is closed."""
+
+        def __init__(self, transport, protocol):
+            self._transport = transport
+            self._protocol = protocol
+            self.lingering = False
+            self.dropped = 0
+
+        def __getattr__(self, name):
+            return getattr(self._transport, name)
+
+        def is_closing(self) -> bool:
+            return self.lingering or self._transport.is_closing()
+
+        def close(self) -> None:
+            t = self._transport
+            if self.lingering or t.is_closing() or self._protocol.conn.their_state is not h11.SEND_BODY:
+                return t.close()
+            try:
+                t.write_eof()
+                t.resume_reading()
+            except (OSError, RuntimeError):  # already gone, or a transport that cannot half-close
+                return t.close()
+            self.lingering = True
+            self._protocol.loop.call_later(LINGER_S, t.close)
+
+        def drop(self, data: bytes) -> None:
+            self.dropped += len(data)
+            if self.dropped > LINGER_BYTES:
+                self._transport.close()
 
     class GuardedH11(H11Protocol):
         _head_timer = None  # one per connection: re-armed after each response, cancelled when it closes
@@ -167,11 +228,22 @@ def guarded_protocol(config: ServeConfig, metrics=None):
             if peer is not None:
                 self._peer = peer
                 per_peer[peer] += 1
+            self.transport = LingeringTransport(transport, self)
             self._arm_head_timer()
 
+        def data_received(self, data: bytes) -> None:
+            if isinstance(self.transport, LingeringTransport) and self.transport.lingering:
+                return self.transport.drop(data)  # the rest of a body already answered
+            super().data_received(data)
+
         def on_response_complete(self) -> None:
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                # answered before its body was all read (a 404, a 405...): the connection cannot
+                # carry another request until that body has come, which a client may never send
+                self.transport.close()
             super().on_response_complete()
-            self._arm_head_timer()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
 
         def connection_lost(self, exc) -> None:
             if self._head_timer is not None:
@@ -197,7 +269,7 @@ def guarded_protocol(config: ServeConfig, metrics=None):
                 return
             self.transport.write(timeout_response)
             self.transport.close()
-            closed("head_timeout")
+            closed("head_timeout", f"no request head within {config.header_timeout_s:g} s")
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn calls this while it handles h11's RemoteProtocolError (a malformed request)
@@ -210,20 +282,25 @@ def guarded_protocol(config: ServeConfig, metrics=None):
                 text = f"malformed HTTP request: {str(exc or msg)[:160]}"
             self.transport.write(closing_error(status, text))
             self.transport.close()
-            closed("malformed")
+            closed("malformed", text[:200])
 
     return GuardedH11
 
 
-def closing_error(status: int, message: str) -> bytes:
+LINGER_S = 2.0  # how long a connection answered before its body was read still reads (and drops) it
+LINGER_BYTES = 64 * 1024 * 1024  # and at most this much of it
+
+
+def closing_error(status: int, message: str, retry_after: int | None = None) -> bytes:
     """A whole HTTP/1.1 response, written to the socket below the ASGI app: the JSON error every
     route answers with, and ``connection: close`` (the server closes the connection after it)."""
     from http import HTTPStatus
 
     body = json.dumps({"error": message}).encode()
+    retry = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"{retry}connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
