@@ -44,3 +44,24 @@ def ort_library() -> Path | None:
         return None
     path = Path(_C.__file__).with_name("libfastft_ort.so")
     return path if path.is_file() else None
+
+
+ISA_ENV = "FASTFT_ATTN_ISA"  # forces one instruction-set copy of the C++ kernels (avx2, avx512...)
+_isas: list[str] | None = None
+
+
+def forced_isa() -> str:
+    """FASTFT_ATTN_ISA, ``auto`` when unset: checked against the copies of the kernels this CPU
+    runs, so a typo is one clear error before any work, not a failure inside every call (or an
+    ONNX Runtime session that silently falls back to its own attention)."""
+    global _isas
+    isa = (os.environ.get(ISA_ENV) or "auto").strip()
+    if isa == "auto" or _C is None:
+        return isa
+    if _isas is None:
+        _isas = [str(x) for x in _C.build_info().get("attention_isas", [])]
+    if isa not in _isas:
+        from fastft.core.errors import FastftError
+
+        raise FastftError(f"{ISA_ENV}={isa!r} is not a copy of the kernels this CPU runs ({', '.join(_isas)}, or auto)")
+    return isa

@@ -45,7 +45,10 @@ def test_env_table(capsys):
         (["train", "--model", "{tmp}/missing", "--output", "{tmp}/o"], "does not exist"),
         (["eval", "--model", "{tmp}"], "no config.json"),
         (["predict", "--model", "{tmp}"], "no texts given"),
-        (["train", "--epochs", "0", "--output", "{tmp}/o"], "--epochs must be positive"),
+        (["train", "--epochs", "0", "--output", "{tmp}/o"], "--epochs must be in (0, 10000]"),
+        (["train", "--epochs", "1e308", "--output", "{tmp}/o"], "--epochs must be in (0, 10000]"),
+        (["train", "--seed", "4294967296", "--output", "{tmp}/o"], "--seed must be at most 4294967295"),
+        (["compress", "--seed", "4294967296", "--output", "{tmp}/o"], "--seed must be at most 4294967295"),
     ],
 )
 def test_user_mistakes_are_one_line(argv, message, tmp_path, capsys):

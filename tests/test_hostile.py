@@ -117,6 +117,12 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
         "".join(json.dumps(r) + "\n" for r in make_rows(10)) + '{"text": "bad \\ud800 text", "label": "positive"}\n'
     )
     (w / "latin1.csv").write_bytes(b"text,label\ncaf\xe9,positive\nok,negative\n")
+    lines = [f"film number {i},{'positive' if i % 2 else 'negative'}\n" for i in range(40)]
+    lines[7] = "great film, loved it,positive\n"  # an unquoted comma: the row has 3 fields
+    (w / "comma.csv").write_text("text,label\n" + "".join(lines))
+    write_jsonl(w / "tiny8.jsonl", make_rows(8))  # too few rows for validation and test
+    write_jsonl(w / "three.jsonl", [{**r, "label": ["a", "b", "c"][i % 3]} for i, r in enumerate(make_rows(60))])
+    write_jsonl(w / "tokens.jsonl", [{"tokens": ["Paris", "is", "big"], "tags": ["B-LOC", "O", "O"]}] * 30)
     (w / "empty-texts.csv").write_text("text,label\n" + ",positive\n , negative\n" * 10)
     # hand-edited config.json and fastft.json values of the wrong type
     shutil.copytree(tiny, w / "cfg-type")
@@ -308,6 +314,16 @@ CLI_CASES = [
     ("bench-batch-huge", "bench --model {w}/tiny --batch 100000000 --no-memory", "GiB of activations"),
     ("bench-seq-twice", "bench --model {w}/tiny --seq 16,16", "listed twice"),
     ("bench-gap-huge", "bench --model {w}/tiny --gap-ms 1e12", "--gap-ms must be in [0, 10000]"),
+    ("csv-unquoted-comma", "train --model {w}/tiny --data {w}/comma.csv --output {out}", "row 8 has 3 fields"),
+    ("train-too-few-rows", "train --model {w}/tiny --data {w}/tiny8.jsonl --output {out}", "none for validation"),
+    (
+        "roc-auc-3-classes",
+        "train --model {w}/tiny --data {w}/three.jsonl --metric roc_auc --output {out}",
+        "two classes",
+    ),
+    ("eval-token-data", "eval --model {w}/tiny --data {w}/tokens.jsonl", "is token-classification data"),
+    ("eval-token-data-onnx", "eval --model {w}/onnx --data conll2003", "is token-classification data"),
+    ("export-token-calib", "export --model {w}/tiny --int8 --calib-data conll2003 --output {out}", "a text classifier"),
     # argparse mistakes are one line too
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
@@ -522,6 +538,27 @@ def test_non_utf8_stdin_names_the_line(world, tmp_path):
     ]
 
 
+def test_stdin_errors_name_the_line_and_a_bom_is_not_text(world, tmp_path):
+    """A text read from stdin that the model cannot use is named by its line there (blank lines
+    are skipped, so "text #2" did not find it); a byte-order mark is not part of the first text."""
+    model = str(world / "onnx")
+    proc = _cli("predict", "--model", model, "-", stdin="good\n\nfine\n\u200b\nok\n".encode(), cwd=tmp_path)
+    err = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("fastft: error: stdin line 4 has no tokens")
+    proc = _cli("predict", "--model", model, "--json", "-", stdin=b"\xef\xbb\xbfa fine film\n", cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["text"] == "a fine film", proc.stderr
+
+
+def test_a_forced_kernel_copy_this_cpu_lacks_is_one_line(world, tmp_path):
+    """FASTFT_ATTN_ISA names the C++ kernels' instruction-set copy: a value this CPU does not run
+    was a red ONNX Runtime log line and a silent fallback (or an error inside every call)."""
+    proc = _cli(
+        "predict", "--model", str(world / "onnx"), "hi", cwd=tmp_path, env={**os.environ, "FASTFT_ATTN_ISA": "sse9"}
+    )
+    err = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 2 and err == [err[0]] and "FASTFT_ATTN_ISA='sse9' is not a copy" in err[0], err
+
+
 def test_blank_stdin_and_control_characters_in_the_table(world, tmp_path):
     """Only blank lines on stdin: one line saying so. A text with a newline or a terminal escape
     is shown escaped in the table (it cannot rewrite the terminal); --json keeps it as it is."""
@@ -686,6 +723,45 @@ with scratch_dir("export") as scratch, atomic_output_dir(sys.argv[1]) as tmp:  #
     open(os.path.join(tmp, "model.onnx"), "wb").write(b"x" * 4096)
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 mid-export: no cleanup runs
 """
+
+
+_TERMINATED = """
+import os, signal, sys, time
+import fastft.cli.env
+from fastft.cli import main
+from fastft.core.io import atomic_output_dir, scratch_dir
+
+def export_like(args):  # stands in for a command: writes as fastft export does, then is sent SIGTERM
+    with scratch_dir("export") as scratch, atomic_output_dir(sys.argv[1]) as tmp:
+        open(os.path.join(scratch, "plain.onnx"), "wb").write(b"x" * 4096)
+        open(os.path.join(tmp, "model.onnx"), "wb").write(b"x" * 4096)
+        os.kill(os.getpid(), signal.SIGTERM if sys.argv[2] == "term" else signal.SIGHUP)
+        time.sleep(60)
+    return 0
+
+fastft.cli.env._run = export_like
+sys.exit(main(["env"]))
+"""
+
+
+@pytest.mark.parametrize("sig, rc", [("term", 143), ("hup", 129)])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(tmp_path, sig, rc):
+    """``timeout``, ``docker stop``, a cancelled CI job send SIGTERM (a closed terminal SIGHUP): the
+    half-written output and the scratch directory are removed, as on Ctrl-C, and the exit status
+    says which signal (they stayed, hundreds of MB, with exit 143 and no word)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", _TERMINATED, str(out), sig],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == rc, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"fastft: terminated ({'SIGTERM' if sig == 'term' else 'SIGHUP'})"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch"] and not list(scratch.glob("fastft-*"))
 
 
 def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd, monkeypatch):

@@ -11,7 +11,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from fastft import __version__
@@ -96,6 +98,32 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"fastft: warning: {message}\n"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, ``docker stop``, a CI cancel, a closed terminal), raised
+    where the program is, as Ctrl-C's KeyboardInterrupt is: the same clean-up runs (half-written
+    outputs and scratch directories are removed), then the exit status is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def _catch_termination() -> dict:
+    """SIGTERM and SIGHUP raise :class:`Terminated` (main thread only); the previous handlers,
+    to put back. ``fastft serve`` sets its own while it serves (SIGTERM drains)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:  # a caller's own handler is left alone
+            previous[sig] = signal.signal(sig, _terminated)
+    return previous
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -106,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     formatwarning = warnings.formatwarning
     if not args.verbose:  # one line per warning while the command runs; a caller's own format after it
         warnings.formatwarning = _one_line_warning
+    handlers = _catch_termination()
     try:
         return int(args.func(args) or 0)
     except FastftError as exc:
@@ -113,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fastft: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated as exc:
+        print(f"fastft: terminated ({exc})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("fastft: interrupted", file=sys.stderr)
         return 130
@@ -121,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     finally:
         warnings.formatwarning = formatwarning
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
 
 from fastft.cli import json_guard
@@ -41,7 +43,13 @@ def register(sub) -> None:
     )
     p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement")
     p.add_argument("--limit", type=int, default=None, help="use at most N rows per split (quick runs)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimisation steps")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="train for N optimisation steps, however many epochs that takes (it replaces --epochs, as in "
+        "transformers' Trainer)",
+    )
     p.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling [42]")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged into the weights on save")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank [8]")
@@ -246,11 +254,11 @@ def _predict(args) -> int:
     from fastft.core.errors import FastftError
     from fastft.core.io import dumps
 
-    texts = args.texts
+    texts, lines = args.texts, None
     if "-" in texts and texts != ["-"]:
         raise FastftError("'-' reads the texts from stdin and takes no other texts")
     if texts == ["-"]:
-        texts = _stdin_lines()
+        texts, lines = _stdin_lines()
         if not texts:
             raise FastftError("stdin held no text (only blank lines, or nothing)")
     if not texts:
@@ -262,11 +270,11 @@ def _predict(args) -> int:
         if problem:
             raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
     if _is_token_model(args.model):
-        with json_guard(args):
+        with json_guard(args), _stdin_line_numbers(lines):
             rows = _entity_rows(args.model, texts, args.backend, args.decode)
         print(dumps(rows) if args.json else _entities_table(rows))
         return 0
-    with json_guard(args):
+    with json_guard(args), _stdin_line_numbers(lines):
         rows = _predict_rows(args.model, texts, args.backend)
     if args.json:
         print(dumps(rows))
@@ -277,25 +285,43 @@ def _predict(args) -> int:
     return 0
 
 
-def _stdin_lines() -> list[str]:
-    """Non-blank lines of stdin, decoded as UTF-8 (an error names the first bad line)."""
+@contextlib.contextmanager
+def _stdin_line_numbers(lines: list[int] | None):
+    """An error about ``text #i`` of texts read from stdin names its line there instead (blank
+    lines are skipped, so the index alone does not find it)."""
+    from fastft.core.errors import FastftError
+
+    try:
+        yield
+    except FastftError as exc:
+        m = re.match(r"text #(\d+) ", str(exc))
+        if lines is None or m is None or int(m.group(1)) >= len(lines):
+            raise
+        raise type(exc)(f"stdin line {lines[int(m.group(1))]} {str(exc)[m.end() :]}") from None
+
+
+def _stdin_lines() -> tuple[list[str], list[int]]:
+    """Non-blank lines of stdin, decoded as UTF-8 without a byte-order mark, and their line
+    numbers (an error names the first bad line)."""
     from fastft.core.errors import FastftError
     from fastft.data.text import decode_line
 
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stream (e.g. replaced in-process): already decoded
-        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-    out = []
+        kept = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+        return [t.removeprefix("\ufeff") if n == 1 else t for n, t in kept], [n for n, _ in kept]
+    out, numbers = [], []
     for n, raw in enumerate(buffer, 1):
         try:
-            line = decode_line(raw, f"stdin line {n}").rstrip("\r\n")
+            line = decode_line(raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw, f"stdin line {n}").rstrip("\r\n")
         except ValueError as exc:
             raise FastftError(
                 f"{exc}; fastft reads text as UTF-8: convert it first, e.g. iconv -f latin1 -t utf-8"
             ) from None
         if line.strip():
             out.append(line)
-    return out
+            numbers.append(n)
+    return out, numbers
 
 
 def _is_token_model(model: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
-from fastft.core.checks import check_float, check_int, check_threads
+from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_float, check_int, check_threads
 from fastft.core.errors import FastftError
 from fastft.core.options import option
 
@@ -140,6 +140,7 @@ class DistillConfig:
     def validate(self) -> None:
         for name in ("epochs", "lr", "temperature", "hidden_weight", "weight_decay", "warmup_ratio"):
             check_float(_flag(name), getattr(self, name))
+        check_float("--epochs", self.epochs, hi=MAX_EPOCHS)
         check_float("--alpha", self.alpha, lo=0, hi=1, optional=True)
         check_float("--depth", self.depth, lo=0, hi=1, lo_open=True, optional=True)
         check_float("--hidden-weight", self.hidden_weight, lo=0)
@@ -259,7 +260,7 @@ class PruneConfig:
         for name in ("prune_heads", "prune_ffn", "sparsity"):
             check_float(_flag(name), getattr(self, name), lo=0, hi=1, hi_open=True, optional=name == "prune_heads")
         for name in ("recovery_epochs", "last_recovery_epochs"):
-            check_float(_flag(name), getattr(self, name), lo=0, optional=True)
+            check_float(_flag(name), getattr(self, name), lo=0, hi=MAX_EPOCHS, optional=True)
         check_int("--prune-batches", self.prune_batches, lo=1)
         check_int("--prune-steps", self.prune_steps, lo=1, optional=True)
         steps = self.prune_steps or 1
@@ -435,7 +436,7 @@ class CompressConfig:
             from fastft.data.tokens import parse_columns
 
             parse_columns(self.columns)
-        check_int("--seed", self.seed, lo=0)
+        check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
         check_int("--limit", self.limit, lo=1, optional=True)
         check_threads("--threads", self.threads)
         if self.bench:

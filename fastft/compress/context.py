@@ -89,7 +89,7 @@ def preflight(model, cfg: CompressConfig) -> dict:
 
     check_student(cfg.distill.student)
     if model is not None and cfg.data is not None:  # a bad --data fails now, not after the export check
-        load_data(cfg.data, seed=cfg.seed, limit=cfg.limit)
+        load_data(cfg.data, seed=cfg.seed, limit=cfg.limit).check_trainable()
     if model is None:
         cached = cache_dir() / TEACHER_ALIAS
         if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
@@ -225,6 +225,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
         task=task,
         columns=cfg.columns or (",".join(map(str, spec["columns"])) if same and spec.get("columns") else None),
     )
+    splits.check_trainable()
     if set(splits.labels) != set(labels):
         raise DataError(
             f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's ({', '.join(labels)})"

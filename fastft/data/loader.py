@@ -39,6 +39,16 @@ def load_data(
         min_classes: labels a text-classification file must hold (2 to train, 1 to evaluate).
     """
     tokens.check_task(task)
+    if task == tokens.TOKEN_CLASSIFICATION and data in datasets.BUILTIN_DATASETS:
+        raise DataError(
+            f"{data!r} is a text-classification dataset; a token-classification model needs token data "
+            f"({', '.join(tokens.TOKEN_DATASETS)}, a CoNLL-style file or JSONL with a tokens list)"
+        )
+    if task == tokens.SEQUENCE_CLASSIFICATION and tokens.detect_task(data) == tokens.TOKEN_CLASSIFICATION:
+        raise DataError(
+            f"{data!r} is token-classification data (words and their tags); a text classifier needs "
+            "texts with one label each"
+        )
     if (task or tokens.detect_task(data)) == tokens.TOKEN_CLASSIFICATION:
         return tokens.load_token_data(
             data,

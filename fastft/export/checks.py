@@ -100,7 +100,9 @@ def check_classifier_dir(path: Path, meta: dict) -> None:
 
 
 def data_for(meta: dict, data: str | None):
-    """(DataSplits, where from) for the recorded training data, or ``data`` if given."""
+    """(DataSplits, where from) for the recorded training data, or ``data`` if given (of the
+    model's task: text or token classification)."""
+    from fastft.core.schema import task_of
     from fastft.data import load_data
 
     spec = meta.get("data") or {}
@@ -109,7 +111,7 @@ def data_for(meta: dict, data: str | None):
     if not source:
         return None, None
     same = data is None or data in (spec.get("data"), spec.get("path"))
-    kwargs = {"seed": spec.get("seed", 42) if same else 42}
+    kwargs = {"seed": spec.get("seed", 42) if same else 42, "task": task_of(meta)}
     if same:
         kwargs.update(text_column=spec.get("text_column", "text"), label_column=spec.get("label_column", "label"))
     return load_data(source, **kwargs), source

@@ -47,7 +47,6 @@ model's own attention.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
@@ -162,12 +161,20 @@ def _cpp():
     return c if c is not None and hasattr(c, "attention_fwd_f32") else None
 
 
+def _isa() -> str:
+    """The C++ kernels' instruction-set copy to run: FASTFT_ATTN_ISA, checked, or ``auto``."""
+    from fastft import _native
+
+    return _native.forced_isa()
+
+
 def cpu_backend() -> str:
     """What the CPU path runs: ``"cpp:<isa>"`` or ``"reference"``."""
     c = _cpp()
     if c is None:
         return "reference"
-    return f"cpp:{os.environ.get('FASTFT_ATTN_ISA') or c.attention_isa()}"
+    isa = _isa()
+    return f"cpp:{c.attention_isa() if isa == 'auto' else isa}"
 
 
 @_fused_attention_op.register_kernel("cpu")
@@ -203,7 +210,7 @@ def _fused_attention_cpu(q, k, v, mask, causal, scale):
         bool(causal),
         float(scale),
         torch.get_num_threads(),
-        os.environ.get("FASTFT_ATTN_ISA", "auto") or "auto",
+        _isa(),
     )
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 

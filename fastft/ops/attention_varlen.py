@@ -34,12 +34,11 @@ and a backward through the reference.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
 
-from fastft.ops.attention import MAX_HEAD_DIM, _cpp, attention_ref, check_qkv, eager_cpu
+from fastft.ops.attention import MAX_HEAD_DIM, _cpp, _isa, attention_ref, check_qkv, eager_cpu
 
 __all__ = ["fused_attention_varlen", "attention_varlen_ref"]
 
@@ -157,7 +156,7 @@ def _varlen_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
         bool(causal),
         float(scale),
         torch.get_num_threads(),
-        os.environ.get("FASTFT_ATTN_ISA", "auto") or "auto",
+        _isa(),
     )
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 

@@ -119,6 +119,10 @@ def resolve(mode: str, device_kind: str) -> bool:
             else "needs libfastft_ort.so, which this install did not build"
         )
         raise FastftError(f"ort_attention='fastft' {why} (use 'auto' or 'onnxruntime')")
+    if ok:
+        from fastft import _native
+
+        _native.forced_isa()  # the library reads it too: a bad value is an error now, not a fallback
     return ok
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import DataError, FastftError
+from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.data.collate import sorted_batches
 from fastft.data.labels import align_labels
 from fastft.models.model_dir import load_model_dir, model_labels
@@ -192,6 +193,7 @@ def _eval_split(
         seed=spec.get("seed", 42) if same else 42,
         encoding=encoding,
         min_classes=1,  # a test set of one class is still a test set
+        task=SEQUENCE_CLASSIFICATION,
     )
     part = align_labels(splits.split(split).subset(limit), splits.labels, labels)
     if len(part) == 0:

@@ -61,7 +61,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        from fastft.core.checks import check_float, check_int, check_threads
+        from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_float, check_int, check_threads
 
         for opt, v in (
             ("--epochs", self.epochs),
@@ -78,9 +78,9 @@ class TrainConfig:
             ("--batch-size", self.batch_size, 1),
             ("eval_batch_size", self.eval_batch_size, 1),
             ("--lora-r", self.lora_r, 1),
-            ("--seed", self.seed, 0),
         ):
             check_int(opt, v, lo=lo)
+        check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
         for opt, v, lo in (
             ("--max-length", self.max_length, 2),
             ("--limit", self.limit, 1),
@@ -89,8 +89,8 @@ class TrainConfig:
         ):
             check_int(opt, v, lo=lo, optional=True)
         check_threads("--threads", self.threads)
-        if self.epochs <= 0:
-            raise FastftError(f"--epochs must be positive (got {self.epochs})")
+        if not 0 < self.epochs <= MAX_EPOCHS:
+            raise FastftError(f"--epochs must be in (0, {MAX_EPOCHS}] (got {self.epochs})")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise FastftError("--batch-size must be at least 1")
         if not (self.lr > 0):
@@ -176,11 +176,17 @@ def run_training(cfg: TrainConfig) -> dict:
         task=cfg.task,
         columns=cfg.columns,
     )
+    splits.check_trainable()
     token = splits.task == TOKEN_CLASSIFICATION
     metric = cfg.metric or ("f1" if token else "accuracy")
     allowed = TOKEN_METRIC_NAMES if token else METRIC_NAMES
     if metric not in allowed:
         raise FastftError(f"--metric {metric!r} does not apply to {splits.task}; choose one of {', '.join(allowed)}")
+    if metric == "roc_auc" and len(splits.labels) != 2:  # it is computed for two classes only
+        raise FastftError(
+            f"--metric roc_auc needs two classes and {splits.name!r} has {len(splits.labels)}; "
+            "choose another, e.g. f1_macro"
+        )
     tokenizer = load_tokenizer(cfg.model)
     if token:
         require_fast(tokenizer)
