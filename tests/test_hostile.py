@@ -465,6 +465,14 @@ def test_a_cache_that_is_a_file_is_one_line(cache, world, sandbox, capfd, monkey
     assert_one_line(rc, out, err, "(FASTFT_CACHE) is not a directory")
 
 
+def test_a_cache_on_a_pseudo_filesystem_names_the_cache(world, sandbox, capfd, monkeypatch):
+    """/proc passes an access() check for root but takes no files: the cache is probed by writing,
+    and the error names FASTFT_CACHE, not --output."""
+    monkeypatch.setenv("FASTFT_CACHE", "/proc/fastft-cache")
+    rc, out, err = run_cli(capfd, ["compress", "--int8", "--output", sandbox["out"]])
+    assert_one_line(rc, out, err, "the cache /proc/fastft-cache (FASTFT_CACHE) cannot be written")
+
+
 def test_a_mistyped_local_path_or_an_unreachable_hub_fails_at_once(world, monkeypatch):
     """``runs/typo`` (its first part a local directory) is a missing directory, not a hub name; a
     hub name when the hub's host does not resolve fails in one line at once, not after ~25 s of
@@ -596,6 +604,13 @@ def test_non_utf8_argv_from_a_shell(world, tmp_path):
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "text #0 is not valid UTF-8 (byte 0xe9 at character 3)" in err
     assert "Traceback" not in err
+    # an output name that is not UTF-8: refused before any work (ONNX Runtime raised a TypeError mid-export)
+    out = os.fsencode(str(tmp_path)) + b"/out\xff"
+    argv = [os.fsencode(sys.executable), b"-m", b"fastft", b"export", b"--model", os.fsencode(str(world / "tiny"))]
+    proc = subprocess.run([*argv, b"--output", out], capture_output=True, cwd=tmp_path, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.strip().splitlines() == [err.strip()] and "is not valid UTF-8" in err, err
+    assert not os.path.exists(out)
 
 
 def test_enough_hostile_cases():

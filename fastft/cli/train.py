@@ -62,9 +62,11 @@ def register(sub) -> None:
     p = add_command(sub, "eval", "evaluate a fine-tuned model on a data split")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="[test]")
+    p.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="the data split to score [test]"
+    )
     p.add_argument("--max-length", type=int, default=None, help="longest input in tokens [the model's]")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="texts scored per batch [64]")
     p.add_argument("--limit", type=int, default=None, help="use at most N rows")
     p.add_argument(
         "--backend",

@@ -161,8 +161,8 @@ class DistillConfig:
             from fastft.compress.transfer import parse_spec
 
             parse_spec(self.transfer)
-        for name in ("layers", "max_length"):
-            check_int(_flag(name), getattr(self, name), lo=1, optional=True)
+        check_int("--layers", self.layers, lo=1, optional=True)
+        check_int("--max-length", self.max_length, lo=2, optional=True)
         for name in ("layers", "depth"):
             if getattr(self, name) is not None and self.student != "teacher-layers":
                 raise FastftError(f"--{name} applies to --student teacher-layers only")
@@ -172,8 +172,6 @@ class DistillConfig:
             raise FastftError(f"--temperature must be positive (got {self.temperature})")
         if not self.lr > 0:
             raise FastftError(f"--lr must be positive (got {self.lr})")
-        if self.max_length is not None and self.max_length < 2:
-            raise FastftError(f"--max-length must be at least 2 (got {self.max_length})")
 
 
 @dataclass

@@ -88,6 +88,10 @@ def check_output_dir(
     if not isinstance(path, (str, os.PathLike)):
         raise FastftError(f"output must be a path (got {type(path).__name__})")
     out = Path(path).expanduser()
+    try:
+        str(out).encode("utf-8")  # the libraries writing it (ONNX Runtime, safetensors...) take UTF-8 paths only
+    except UnicodeEncodeError:
+        raise FastftError(f"output path {ascii(str(out))} is not valid UTF-8; name it in UTF-8") from None
     if out.exists() and not out.is_dir():
         raise FastftError(f"output path {out} exists and is not a directory")
     resolved = out.resolve()

