@@ -323,6 +323,7 @@ CLI_CASES = [
     ),
     ("eval-token-data", "eval --model {w}/tiny --data {w}/tokens.jsonl", "is token-classification data"),
     ("eval-token-data-onnx", "eval --model {w}/onnx --data conll2003", "is token-classification data"),
+    ("export-calib-no-int8", "export --model {w}/tiny --calib-data {w}/data.jsonl --output {out}", "needs --int8"),
     ("export-token-calib", "export --model {w}/tiny --int8 --calib-data conll2003 --output {out}", "a text classifier"),
     # argparse mistakes are one line too
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),

@@ -60,6 +60,8 @@ def _export(args) -> int:
     from fastft.core.io import dumps
     from fastft.export import export
 
+    if args.calib_data is not None and not (args.int8 or args.static):
+        raise FastftError("--calib-data is the data of the INT8 check and calibration: it needs --int8 or --static")
     if args.min_agreement is not None:
         if not (args.int8 or args.static):
             raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")
