@@ -553,7 +553,7 @@ def test_data_with_other_labels_is_refused(teacher4, tmp_path, no_training):
         (dict(layers=0), "--layers"),
         (dict(prune_heads=1.0), "--prune-heads"),
         (dict(prune_ffn=-0.1), "--prune-ffn"),
-        (dict(last_recovery_epochs=-1), "--last-recovery-epochs must be >= 0"),
+        (dict(last_recovery_epochs=-1), "--last-recovery-epochs must be in \\[0, 10000\\]"),
         (dict(last_recovery_epochs="two"), "--last-recovery-epochs must be a number"),
         (dict(prune_heads=0.9), "would remove all"),
         (dict(quantize="int4"), "quantize"),
