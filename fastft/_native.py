@@ -55,7 +55,7 @@ def forced_isa() -> str:
     runs, so a typo is one clear error before any work, not a failure inside every call (or an
     ONNX Runtime session that silently falls back to its own attention)."""
     global _isas
-    isa = (os.environ.get(ISA_ENV) or "auto").strip()
+    isa = os.environ.get(ISA_ENV) or "auto"  # as the C++ kernels read it: not stripped
     if isa == "auto" or _C is None:
         return isa
     if _isas is None:

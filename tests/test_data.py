@@ -101,6 +101,28 @@ def test_non_utf8_file_names_the_encoding(tmp_path):
     assert load_data(str(path), encoding="latin-1").labels == ["a", "b"]
 
 
+def test_csv_trailing_commas_load_and_an_unquoted_comma_is_named(tmp_path):
+    """A spreadsheet's trailing comma is no field; a text with an unquoted comma is an error
+    naming its row (its words after the comma became the label)."""
+    rows = "".join(f"film number {i},{'pos' if i % 2 else 'neg'},\n" for i in range(20))
+    (tmp_path / "trail.csv").write_text("text,label\n" + rows)
+    assert load_data(str(tmp_path / "trail.csv")).labels == ["neg", "pos"]
+    (tmp_path / "comma.csv").write_text("text,label\nfine,pos\ngreat film, loved it,pos\n")
+    with pytest.raises(DataError, match="row 2 has 3 fields, the header 2; put a text that holds a comma"):
+        load_data(str(tmp_path / "comma.csv"))
+
+
+def test_texts_beside_tokens_load_as_texts_and_token_data_is_named(tmp_path):
+    rows = [{"text": f"film {i}", "label": "ab"[i % 2], "tokens": ["film", str(i)]} for i in range(20)]
+    write_jsonl(tmp_path / "mixed.jsonl", rows)
+    assert load_data(str(tmp_path / "mixed.jsonl"), task="sequence-classification").labels == ["a", "b"]
+    for data in ("conll2003", str(write_jsonl(tmp_path / "tok.jsonl", [{"tokens": ["a"], "tags": ["O"]}] * 20))):
+        with pytest.raises(DataError, match="is token-classification data"):
+            load_data(data, task="sequence-classification")
+    with pytest.raises(DataError, match="'movie-snippets' is a text-classification dataset"):
+        load_data("movie-snippets", task="token-classification")
+
+
 def test_unknown_dataset_and_missing_file(tmp_path):
     with pytest.raises(DataError, match="unknown dataset 'imdb-ish'"):
         load_data("imdb-ish")

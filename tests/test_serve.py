@@ -821,7 +821,7 @@ def test_hostile_connections_cannot_lock_an_address_out_or_waste_inference(serve
         # answered before its body (unknown route): closed after the answer, though more body comes
         early = raw(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
         answer = early.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 404"), answer
+        assert answer.startswith(b"HTTP/1.1 404") and b"connection: close" in answer.lower(), answer
         t = time.monotonic()
         early.sendall(b"x" * 1000)
         until_closed(early)
@@ -909,3 +909,28 @@ def test_texts_without_tokens_and_unsendable_ids_are_refused(server):
     body = b'{"id": "req-\\ud800", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}]}'
     r = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=body)
     assert r.status_code == 400 and "'id' is not valid Unicode" in r.json()["error"], r.text
+
+
+def test_sighup_drains_like_sigterm(serve_dir):
+    """A closed terminal (SIGHUP) stops the server as SIGTERM does, exit 0; it was raised inside
+    whichever request was running (a 500, the server serving on) or stopped it without a drain."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port), "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/v2/health/ready").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "server never turned ready"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "received SIGHUP: draining" in err and "Traceback" not in err, err[-2000:]

@@ -171,7 +171,7 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
             rows = list(reader)
             for i, rec in enumerate(rows):
                 extra = rec.get(None)  # DictReader keeps fields past the header's under None
-                if extra:
+                if extra and any(x.strip() for x in extra):  # a trailing comma (spreadsheets) is no field
                     sep = "a tab" if kind == ".tsv" else "a comma"
                     raise DataError(
                         f"{path}: row {i + 1} has {len(header) + len(extra)} fields, the header {len(header)}; "

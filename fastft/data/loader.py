@@ -44,11 +44,6 @@ def load_data(
             f"{data!r} is a text-classification dataset; a token-classification model needs token data "
             f"({', '.join(tokens.TOKEN_DATASETS)}, a CoNLL-style file or JSONL with a tokens list)"
         )
-    if task == tokens.SEQUENCE_CLASSIFICATION and tokens.detect_task(data) == tokens.TOKEN_CLASSIFICATION:
-        raise DataError(
-            f"{data!r} is token-classification data (words and their tags); a text classifier needs "
-            "texts with one label each"
-        )
     if (task or tokens.detect_task(data)) == tokens.TOKEN_CLASSIFICATION:
         return tokens.load_token_data(
             data,
@@ -59,15 +54,23 @@ def load_data(
             encoding=encoding,
             limit=limit,
         )
-    if data in tokens.TOKEN_DATASETS:
-        raise DataError(f"{data!r} is a token-classification dataset; it cannot train a text classifier")
-    return datasets.load_data(
-        data,
-        text_column=text_column,
-        label_column=label_column,
-        split_column=split_column,
-        seed=seed,
-        encoding=encoding,
-        limit=limit,
-        min_classes=min_classes,
-    )
+    try:
+        return datasets.load_data(
+            data,
+            text_column=text_column,
+            label_column=label_column,
+            split_column=split_column,
+            seed=seed,
+            encoding=encoding,
+            limit=limit,
+            min_classes=min_classes,
+        )
+    except DataError:
+        # asked for texts (a text classifier's data): token data is named as such, not as a file
+        # that lacks a column; a JSONL with texts and labels beside its tokens loads as texts
+        if tokens.detect_task(data) == tokens.TOKEN_CLASSIFICATION:
+            raise DataError(
+                f"{data!r} is token-classification data (words and their tags); a text classifier needs "
+                "texts with one label each"
+            ) from None
+        raise

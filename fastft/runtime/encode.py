@@ -22,9 +22,11 @@ CHARS_PER_TOKEN = 64
 # what the budget counts: characters that can make a token (not whitespace, control or zero-width
 # characters, nor combining marks, which tokenizers drop), so a text that opens with 10,000 spaces
 # keeps its words
-# and whatever a text holds, at most this many times the budget in characters of any kind, so a
-# text of millions of zero-width characters costs no more than one of letters
+# and whatever a text holds, at most this many times the budget in characters of any kind (and at
+# least RAW_BUDGET_MIN), so a text of millions of zero-width characters costs no more than one of
+# letters, while 10,000 spaces before the words still leave the words at any max length
 RAW_BUDGET_FACTOR = 8
+RAW_BUDGET_MIN = 65_536
 _COUNTED = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u0300-\u036f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 
 
@@ -77,13 +79,15 @@ class Encoder:
     def cut(self, texts: list[str]) -> tuple[list[str], list[bool]]:
         """``texts`` cut after ``CHARS_PER_TOKEN * max_length`` characters that can make a token
         (at a space in the last tenth where there is one), or after ``RAW_BUDGET_FACTOR`` times
-        that many characters of any kind, and which were cut. A cut text counts as truncated."""
+        that many characters of any kind (at least ``RAW_BUDGET_MIN``), and which were cut. A cut
+        text counts as truncated."""
         budget = CHARS_PER_TOKEN * self.max_length
         out, was_cut = [], []
         for t in texts:
             end = _cut_point(t, budget) if len(t) > budget else None
-            if end is None and len(t) > RAW_BUDGET_FACTOR * budget:  # mostly uncounted characters
-                end = RAW_BUDGET_FACTOR * budget
+            raw = max(RAW_BUDGET_FACTOR * budget, RAW_BUDGET_MIN)
+            if end is None and len(t) > raw:  # mostly uncounted characters
+                end = raw
             was_cut.append(end is not None)
             out.append(t if end is None else t[:end])
         return out, was_cut
@@ -114,7 +118,10 @@ class Encoder:
         still label it, from nothing."""
         if self._bare is None:
             self._bare = len(self.encode([""]).ids[0])
-        return next((i for i, ids in enumerate(enc.ids) if len(ids) <= self._bare), None)
+        return next(
+            (i for i, ids in enumerate(enc.ids) if len(ids) <= self._bare and not enc.truncated[i]),
+            None,  # a cut text had tokens: the cut (max length 2, say) left none of them
+        )
 
     def decode_tokens(self, tokens: list[str]) -> str:
         """Word pieces joined back into text by the tokenizer's decoder (``convert_tokens_to_string``)."""

@@ -155,31 +155,53 @@ def error(status: int, message: str, retry_after: int | None = None, close: bool
 
 
 async def disconnected(request: Request) -> None:
-    """Returns when the client has gone (once its body is read, the server's ``receive`` has
-    nothing more to give before that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    """Returns when the client has gone (once its body is read, uvicorn's ``receive`` has nothing
+    more to give before that); never, under a server whose ``receive`` answers otherwise."""
+    if (await request.receive())["type"] != "http.disconnect":
+        await asyncio.Event().wait()
 
 
-class RefuseAmbiguousFraming:
-    """ASGI middleware: a request with both Transfer-Encoding and Content-Length gets a JSON 400
-    and its connection is closed (RFC 9112 6.1: a proxy in front that frames it by the other
-    header would see a different next request on the same connection: request smuggling)."""
+class ConnectionHygiene:
+    """ASGI middleware for what a connection may carry next.
+
+    A request with both Transfer-Encoding and Content-Length gets a JSON 400 and its connection
+    is closed (RFC 9112 6.1: a proxy in front that frames it by the other header would see a
+    different next request on the same connection: request smuggling). An answer sent before
+    the request's body was read (a 404, a 405, a 503 while draining) says ``connection: close``,
+    as the server then closes the connection: a client that pools connections must not send
+    its next request on it."""
 
     def __init__(self, app, metrics: ServeMetrics | None = None):
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            names = {name for name, _ in scope["headers"]}
-            if b"transfer-encoding" in names and b"content-length" in names:
-                message = "the request has both Transfer-Encoding and Content-Length; send one"
-                await error(400, message, close=True)(scope, receive, send)
-                if self.metrics is not None:
-                    self.metrics.observe_request("other", 400)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if b"transfer-encoding" in headers and b"content-length" in headers:
+            message = "the request has both Transfer-Encoding and Content-Length; send one"
+            await error(400, message, close=True)(scope, receive, send)
+            if self.metrics is not None:
+                self.metrics.observe_request("other", 400)
+            return
+        body_read = b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") in (b"0", b"")
+
+        async def receive_watched():
+            nonlocal body_read
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read = True
+            return message
+
+        async def send_closing(message):
+            if message["type"] == "http.response.start" and not body_read:
+                given = list(message.get("headers", []))
+                if all(name.lower() != b"connection" for name, _ in given):
+                    message = {**message, "headers": [*given, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive_watched, send_closing)
 
 
 def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool = True) -> Starlette:
@@ -362,7 +384,7 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
         routes=routes,
         lifespan=life,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
-        middleware=[Middleware(RefuseAmbiguousFraming, metrics=metrics)],
+        middleware=[Middleware(ConnectionHygiene, metrics=metrics)],
     )
     # a trailing slash is a 404 with a hint, not a 307 to the route (a client that does not follow
     # redirects, or drops the body doing so, would see an empty answer)

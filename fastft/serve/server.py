@@ -35,9 +35,10 @@ class JsonFormatter(logging.Formatter):
 
 
 class HandledByGuard(logging.Filter):
-    """Drops uvicorn's warning for each malformed request and each upgrade request: the guarded
-    protocol answers, counts (``fastft_connections_closed_total``) and logs those, at most once a
-    minute; one line per bad request would let any client flood the log."""
+    """Drops uvicorn's warning for each malformed request (the guarded protocol answers, counts
+    in ``fastft_connections_closed_total`` and logs those, at most once a minute) and for each
+    upgrade request (served as an ordinary request, ``ws="none"``): one line per such request
+    would let any client flood the log."""
 
     DROPPED = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
 
@@ -101,6 +102,9 @@ def run(model_dir, config: ServeConfig | None = None) -> int:
     # uvicorn re-raises the signal it caught once it has shut down; with the default handler that
     # would kill the process (exit 143) after a clean drain. Handle it: a drained server exits 0.
     previous = {s: signal.signal(s, _ignore) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP (a closed terminal) drains too; uvicorn does not take it, and fastft's CLI would
+    # otherwise raise it inside whichever request was running
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, server.handle_exit)
     try:
         server.run()
     finally:
