@@ -306,3 +306,16 @@ def test_each_call_that_truncates_warns_and_says_which(ner_onnx):
             pred.predict([long])
     assert sum(issubclass(w.category, TruncationWarning) for w in caught) == 2
     assert pred.truncated(["Angela Merkel visited Paris .", long]) == [False, True]
+
+
+def test_entities_are_the_same_a_chunk_at_a_time(ner_onnx, monkeypatch):
+    import fastft
+    import fastft.runtime.base as base
+
+    pred = fastft.load(ner_onnx, threads=1)
+    whole = pred.predict(NER_TEXTS)
+    monkeypatch.setattr(base, "ENCODE_CHUNK", 2)
+    assert_same_entities(pred.predict(NER_TEXTS), whole, atol=1e-6)
+    assert [len(x) for x in pred.logits(NER_TEXTS)] == [len(x) for x in pred.logits(NER_TEXTS[:1])] + [
+        len(x) for x in pred.logits(NER_TEXTS[1:])
+    ]

@@ -424,3 +424,27 @@ print(errors)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_many_texts_are_tokenized_a_chunk_at_a_time(pred, monkeypatch):
+    """A call of many texts is tokenized ENCODE_CHUNK texts at a time (100,000 NER texts held
+    1.1 GB of tokens before the first ran): the same answers, every text checked before any runs,
+    errors naming the index in the whole list, one truncation warning for the call."""
+    import fastft.runtime.base as base
+    from fastft.runtime import InputError, TruncationWarning
+
+    texts = [TEXTS[i % len(TEXTS)] for i in range(11)]
+    whole = pred.logits(texts)
+    monkeypatch.setattr(base, "ENCODE_CHUNK", 3)
+    np.testing.assert_allclose(pred.logits(texts), whole, atol=1e-6)
+    assert pred.predict(texts) == [pred.predict([t])[0] for t in texts]
+    calls = []
+    run = pred.logits_from_ids
+    monkeypatch.setattr(pred, "logits_from_ids", lambda **f: calls.append(1) or run(**f))
+    with pytest.raises(InputError, match="text #9 has no tokens"):
+        pred.predict([*texts[:9], "\u200b", "fine"])
+    assert calls == []  # refused before any text ran
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred.predict(["word " * 5000, *texts[:5], "word " * 5000])
+    assert sum(issubclass(w.category, TruncationWarning) for w in caught) == 1

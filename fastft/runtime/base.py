@@ -41,6 +41,9 @@ from fastft.data.text import unicode_problem
 from fastft.runtime.encode import NO_TOKENS, Encoded, Encoder, length_sorted_batches
 from fastft.runtime.entities import aggregate_simple, token_tags
 
+# texts tokenized at a time by logits / predict: memory stays bounded for any number of texts
+ENCODE_CHUNK = 16_384
+
 
 class InputError(FastftError):
     """The texts given to a Predictor cannot be used (not a list, not strings, empty...)."""
@@ -154,7 +157,8 @@ class Predictor:
         otherwise label from nothing.
         """
         texts, bs = self._checked(texts, batch_size)
-        return self._encoded_logits(self._encode_checked(texts), bs)
+        parts = [self._encoded_logits(enc, bs) for _, enc in self._encoded_chunks(texts)]
+        return [row for part in parts for row in part] if self.per_token else np.concatenate(parts)
 
     def truncated(self, texts: list[str]) -> list[bool]:
         """Which of ``texts`` are longer than the max length, so the model sees only their start
@@ -169,16 +173,36 @@ class Predictor:
             raise InputError(str(exc)) from None
         return texts, batch_size or self.batch_size
 
-    def _encode_checked(self, texts: list[str]) -> Encoded:
-        enc = self._encoder.encode(texts)
+    def _encoded_chunks(self, texts: list[str]):
+        """(start, Encoded) for each ``ENCODE_CHUNK`` texts from ``start``, tokenized only when
+        reached, so a million texts never sit tokenized at once. A text without tokens, or one
+        too long with ``truncation=False``, is an InputError naming its index in ``texts``, before
+        any text runs; one TruncationWarning for the whole call."""
+        starts = range(0, len(texts), ENCODE_CHUNK)
+        if len(starts) > 1:  # a long call: every text checked before any is run (tokenizing twice)
+            for start in starts:
+                self._checked_chunk(texts, start)
+        cut = False
+        for start in starts:
+            enc = self._checked_chunk(texts, start)
+            cut = cut or any(enc.truncated)
+            yield start, enc
+        if cut:
+            self._warn_truncated()
+
+    def _checked_chunk(self, texts: list[str], start: int) -> Encoded:
+        enc = self._encoder.encode(texts[start : start + ENCODE_CHUNK])
         i = self._encoder.first_tokenless(enc)
         if i is not None:
-            raise InputError(f"text #{i} {NO_TOKENS}")
+            raise InputError(f"text #{start + i} {NO_TOKENS}")
+        self._check_truncation(enc.truncated, start, warn=False)
         return enc
 
     def _logits(self, texts: list[str], bs: int) -> np.ndarray:
         """Logits of checked texts (evaluation data may hold empty texts: they are scored too)."""
-        return self._encoded_logits(self._encoder.encode(texts), bs)
+        enc = self._encoder.encode(texts)
+        self._check_truncation(enc.truncated)
+        return self._encoded_logits(enc, bs)
 
     @property
     def isolated(self) -> bool:
@@ -186,7 +210,6 @@ class Predictor:
         return self.batch_dependent and not self.batch_int8
 
     def _encoded_logits(self, enc: Encoded, bs: int):
-        self._check_truncation(enc.truncated)
         if self.isolated:
             bs = 1
         if self.per_token:
@@ -216,9 +239,14 @@ class Predictor:
         """
         if self.per_token:
             texts, bs = self._checked(texts, batch_size)
-            enc = self._encode_checked(texts)
-            logits = self._encoded_logits(enc, bs)
-            return [self.entities(self._encoder, enc, i, t, softmax(x)) for i, (t, x) in enumerate(zip(texts, logits))]
+            out = []
+            for start, enc in self._encoded_chunks(texts):
+                logits = self._encoded_logits(enc, bs)
+                chunk = texts[start : start + len(logits)]
+                out += [
+                    self.entities(self._encoder, enc, i, t, softmax(x)) for i, (t, x) in enumerate(zip(chunk, logits))
+                ]
+            return out
         probs = self.predict_proba(texts, batch_size)
         best = probs.argmax(axis=1)
         return [(self.labels[int(j)], float(p[j])) for j, p in zip(best, probs)]
@@ -266,15 +294,21 @@ class Predictor:
     # -- helpers ----------------------------------------------------------------------
     _int_dtype = np.int64
 
-    def _check_truncation(self, truncated: list[bool]) -> None:
+    def _check_truncation(self, truncated: list[bool], start: int = 0, warn: bool = True) -> None:
+        """InputError for the first cut text (index ``start`` + its place) with ``truncation=False``,
+        else a TruncationWarning (``warn``) when any was cut."""
         if not any(truncated):
             return
-        i = truncated.index(True)
+        i = start + truncated.index(True)
         if not self.truncation:
             raise InputError(
                 f"text #{i} is longer than the model's max length of {self.max_length} tokens "
                 "(truncation=False); shorten it or load with truncation=True"
             )
+        if warn:
+            self._warn_truncated()
+
+    def _warn_truncated(self) -> None:
         import warnings
 
         # one text for every call, so Python's warning filters decide how often it shows (by
