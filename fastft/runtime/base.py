@@ -118,7 +118,7 @@ class Predictor:
         self.batch_dependent = False
         self.batch_int8 = False
 
-    # fastft.load sets it: load(path, **the same options), which pickling calls in the other process
+    # fastft.load sets it: load(its absolute path, **the same options), which unpickling calls
     _reload = None
 
     def __reduce__(self):
@@ -126,7 +126,7 @@ class Predictor:
         load the model again from its directory; sessions and tokenizers never cross processes."""
         if self._reload is None:
             raise TypeError(f"{type(self).__name__} was not made by fastft.load, so it cannot be pickled")
-        return (self._reload, (str(self.path),))
+        return (self._reload, ())
 
     def __copy__(self):
         """A shallow copy shares the loaded model (ORT sessions and torch inference are thread-safe)."""

@@ -134,7 +134,7 @@ def load(
             **common,
         )
     pred.decode = decode
-    pred._reload = functools.partial(load, **options)
+    pred._reload = functools.partial(load, p.resolve(), **options)  # absolute: another process, another cwd
     return pred
 
 
