@@ -91,13 +91,13 @@ def run(model_dir, config: ServeConfig | None = None) -> int:
 
     server = Server(uvicorn_config(asgi, config, log_config=log_config))
     log.info(
-        "serving %s (%s, %d worker(s) x %d thread(s)) on http://%s:%d",
+        "serving %s (%s, %d worker(s) x %d thread(s)) on http://%s:%s",
         engine.name,
         engine.predictor.info().get("file", engine.predictor.backend),
         config.workers,
         asgi.state.config.threads,
         config.host,
-        config.port,
+        config.port or "<a free port: uvicorn's line below names it>",
     )
     # uvicorn re-raises the signal it caught once it has shut down; with the default handler that
     # would kill the process (exit 143) after a clean drain. Handle it: a drained server exits 0.
