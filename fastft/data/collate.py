@@ -30,9 +30,12 @@ def clamp_max_length(max_length: int | None, config, tokenizer=None) -> int:
 
         raise FastftError(f"--max-length must be at least 2 (got {max_length})")
     if max_length > limit:
-        print(
-            f"fastft: warning: --max-length {max_length} is beyond the model's {limit} positions; using {limit}",
-            file=sys.stderr,
+        import warnings
+
+        # a warning, not a print: a library caller can filter or catch it; the CLI shows it as
+        # one "fastft: warning:" line
+        warnings.warn(
+            f"max length {max_length} is beyond the model's {limit} positions; using {limit}", UserWarning, stacklevel=3
         )
         return limit
     return max_length
