@@ -548,3 +548,27 @@ def test_cuda_matches_reference(b, h, sq, sk, d, mask_kind, causal, dtype):
     assert err <= 2 * pt_err + atol, f"{dtype}: max err {err:.3e} > 2 x PyTorch's {pt_err:.3e} + {atol}"
     if mask_kind == "prefix_empty":
         assert (out[-1] == 0).all()
+
+
+def test_reference_checks_its_arguments_and_scales_that_overflow_float32_are_refused():
+    """attention_ref broadcast mismatched k/v and took causal='no' as True; a scale past what the
+    kernels' float32 arithmetic holds made every row NaN; a float mask that requires grad got none."""
+    from fastft.ops import attention_ref
+
+    q = torch.randn(2, 3, 5, 16)
+    for args, kwargs, match in (
+        ((q, q[:, :1], q[:, :1]), {}, "k has shape"),
+        ((q, q, q[..., :5]), {}, "v has shape"),
+        ((q, q, q), {"causal": "no"}, "causal must be a bool"),
+        ((q, q, q), {"scale": float("nan")}, "scale must be a finite number"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            attention_ref(*args, **kwargs)
+    for fn in (attention_ref, fused_attention):
+        with pytest.raises(ValueError, match="scale must be at most"):
+            fn(q, q, q, scale=1e39)
+    bias = torch.zeros(2, 5, requires_grad=True)
+    with pytest.raises(ValueError, match="key_padding_mask requires grad"):
+        fused_attention(q, q, q, bias)
+    with torch.no_grad():
+        fused_attention(q, q, q, bias)  # no gradient asked for: fine

@@ -225,3 +225,37 @@ def test_varlen_torch_compile():
         lambda a, b, c: fused_attention_varlen(a, b, c, cq, ck, 6, 6, True), backend="aot_eager", fullgraph=True
     )
     assert_close(compiled(q, k, v), want, 0, 0, "torch.compile")
+
+
+def test_the_registered_ops_check_what_the_kernel_reads():
+    """A compiled graph or an exported program calls the ops directly, past the public wrappers:
+    shapes and cu_seqlens out of range reached the C++ kernel's raw pointers (a segfault, or a
+    silent read past v). The ops' CPU kernels check them again."""
+    if cpu_backend() == "reference":
+        pytest.skip("the C++ kernel is not built")
+    t = torch.randn(10, 2, 16)
+    for bad in ([0, 5, 13], [0, 10, 50_000_000], [-40_000_000, 10]):
+        c = torch.tensor(bad, dtype=torch.int32)
+        with pytest.raises(ValueError, match="cu_seqlens_q must start at >= 0"):
+            torch.ops.fastft.fused_attention_varlen(t, t, t, c, c, 50_000_000, 50_000_000, False, 0.25, None, None)
+    q, k = torch.randn(40, 2, 8, 16), torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="k has shape"):
+        torch.ops.fastft.fused_attention(q, k, k, None, False, 0.25)
+    with pytest.raises(ValueError, match="mask must be a contiguous bool or float"):
+        torch.ops.fastft.fused_attention(q, q, q, torch.ones(1, 1, dtype=torch.bool), False, 0.25)
+
+
+def test_empty_varlen_inputs_are_zeros_and_meta_tensors_pass():
+    """No query tokens, no key tokens or no heads: zeros of q's shape (the C++ entry refused the
+    empty tensors' null pointers), as the padded op does; meta tensors go through (shape only)."""
+    c = lambda *x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    for q, k, cq, ck, mq, mk in (
+        (torch.randn(5, 2, 16), torch.randn(0, 2, 16), c(0, 5), c(0, 0), 5, 0),
+        (torch.randn(0, 2, 16), torch.randn(4, 2, 16), c(0, 0), c(0, 4), 0, 4),
+        (torch.randn(4, 0, 16), torch.randn(4, 0, 16), c(0, 4), c(0, 4), 4, 4),
+    ):
+        out = fused_attention_varlen(q, k, k, cq, ck, mq, mk)
+        assert out.shape == q.shape and not out.any()
+    m = torch.empty(10, 2, 16, device="meta")
+    cm = torch.tensor([0, 4, 10], dtype=torch.int32, device="meta")
+    assert fused_attention_varlen(m, m, m, cm, cm, 6, 6).device.type == "meta"

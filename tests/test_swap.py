@@ -369,3 +369,22 @@ def test_real_minilm_padded_batch_matches(monkeypatch):
     assert int(real.sum()) < real.numel()  # the batch is padded
     torch.testing.assert_close(got[real], ref[real], atol=ATOL, rtol=0)
     torch.testing.assert_close(got[:, 0], ref[:, 0], atol=ATOL, rtol=0)
+
+
+def test_a_swapped_model_loaded_in_a_fresh_process_runs_after_swap_attention(tmp_path):
+    """A pickled swapped model names "fastft" as its attention; in a fresh process swap_attention
+    saw it as swapped and returned before registering the implementation with transformers."""
+    import subprocess
+    import sys
+
+    model = fastft.swap_attention(_tiny("bert"))
+    torch.save(model, tmp_path / "m.pt")
+    code = f"""
+import torch, fastft
+m = torch.load({str(tmp_path / "m.pt")!r}, weights_only=False)
+fastft.swap_attention(m)
+with torch.no_grad():
+    print(tuple(m(input_ids=torch.tensor([[5, 6, 7]])).logits.shape))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "(1, 2)", out.stderr[-2000:]

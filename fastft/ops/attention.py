@@ -111,12 +111,13 @@ def attention_ref(
     float64, ``upcast=False`` in the input dtype (to measure PyTorch's own low-precision
     error); the result is returned in the input dtype.
     """
+    _check_inputs(q, k, v)
+    causal = _checked_causal(causal)
+    scale = _checked_scale(scale, q.shape[3])
     dtype = q.dtype
     ct = torch.float64 if upcast else dtype
     batch, _, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
-    if scale is None:
-        scale = head_dim**-0.5
     if seq_k == 0 or seq_q == 0:
         return q.new_zeros(q.shape)
     s = torch.matmul(q.to(ct), k.to(ct).transpose(-1, -2)) * scale
@@ -177,11 +178,28 @@ def cpu_backend() -> str:
     return f"cpp:{c.attention_isa() if isa == 'auto' else isa}"
 
 
+def _check_op_args(q, k, v, mask) -> None:
+    """The checks the C++ kernel's raw pointers rely on, made again where the op itself runs: a
+    compiled graph or an exported program calls the op directly, past the public wrapper."""
+    _check_inputs(q, k, v)
+    if mask is not None and (
+        mask.dim() != 2
+        or tuple(mask.shape) != (q.shape[0], k.shape[2])
+        or not mask.is_contiguous()
+        or mask.dtype not in (torch.bool, torch.float32, torch.float64)
+    ):
+        raise ValueError(
+            f"mask must be a contiguous bool or float (batch, seq_k) = ({q.shape[0]}, {k.shape[2]}) tensor, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+
+
 @_fused_attention_op.register_kernel("cpu")
 def _fused_attention_cpu(q, k, v, mask, causal, scale):
     c = _cpp()
     if c is None or q.dtype == torch.float64:
         return attention_ref(q, k, v, mask, causal, scale).contiguous()
+    _check_op_args(q, k, v, mask)
     qf, kf, vf = (
         t if t.dtype is torch.float32 and t.is_contiguous() else t.to(torch.float32).contiguous() for t in (q, k, v)
     )
@@ -302,6 +320,32 @@ def check_qkv(q, k, v, layout: str) -> None:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
 
 
+# the kernels scale q by scale * log2(e) in float32: beyond this the product is inf
+MAX_SCALE = torch.finfo(torch.float32).max / math.log2(math.e) / 2
+
+
+def _checked_causal(causal) -> bool:
+    try:
+        ok = not isinstance(causal, (str, bytes)) and causal in (True, False)
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"causal must be a bool, got {causal!r}")
+    return bool(causal)
+
+
+def _checked_scale(scale, head_dim: int) -> float:
+    """``scale`` as a float (head_dim ** -0.5 when None); ValueError unless finite and within
+    what the kernels' float32 arithmetic holds."""
+    if scale is None:
+        return head_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    if abs(scale) > MAX_SCALE:
+        raise ValueError(f"scale must be at most {MAX_SCALE:.3g} in magnitude (float32 arithmetic), got {scale!r}")
+    return float(scale)
+
+
 def _check_inputs(q, k, v) -> None:
     check_qkv(q, k, v, "(batch, heads, seq, head_dim)")
     if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
@@ -334,17 +378,18 @@ def fused_attention(
     offending argument.
     """
     _check_inputs(q, k, v)
-    try:
-        causal_ok = not isinstance(causal, (str, bytes)) and causal in (True, False)
-    except (TypeError, ValueError, RuntimeError):
-        causal_ok = False
-    if not causal_ok:
-        raise ValueError(f"causal must be a bool, got {causal!r}")
-    causal = bool(causal)
-    if scale is None:
-        scale = q.shape[3] ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    causal = _checked_causal(causal)
+    scale = _checked_scale(scale, q.shape[3])
+    if (
+        isinstance(key_padding_mask, Tensor)
+        and key_padding_mask.requires_grad
+        and torch.is_grad_enabled()
+        and key_padding_mask.is_floating_point()
+    ):
+        raise ValueError(
+            "key_padding_mask requires grad, and fused_attention gives a mask no gradient; learn a bias "
+            "with attention_ref or torch's scaled_dot_product_attention"
+        )
     mask = _normalize_mask(key_padding_mask, q.shape[0], k.shape[2], q)
     if eager_cpu(q, k, v, mask):
         return _fused_attention_cpu(q, k, v, mask, causal, float(scale))

@@ -33,12 +33,19 @@ and a backward through the reference.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from fastft.ops.attention import MAX_HEAD_DIM, _cpp, _isa, attention_ref, check_qkv, eager_cpu
+from fastft.ops.attention import (
+    MAX_HEAD_DIM,
+    _checked_causal,
+    _checked_scale,
+    _cpp,
+    _isa,
+    attention_ref,
+    check_qkv,
+    eager_cpu,
+)
 
 __all__ = ["fused_attention_varlen", "attention_varlen_ref"]
 
@@ -122,6 +129,21 @@ def _varlen_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
         return attention_varlen_ref(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
         ).contiguous()
+    # the checks the C++ kernel's raw pointers rely on, made again here: a compiled graph or an
+    # exported program calls the op directly, past the public wrapper (whose data checks need
+    # real values and are skipped while compiling)
+    _check_shapes(q, k, v)
+    for side, cu, used, total, longest in (
+        ("q", cu_seqlens_q, seqused_q, q.shape[0], max_seqlen_q),
+        ("k", cu_seqlens_k, seqused_k, k.shape[0], max_seqlen_k),
+    ):
+        _check_seqlens(
+            f"cu_seqlens_{side}", cu, f"seqused_{side}", used, total, longest, f"max_seqlen_{side}", q.device
+        )
+    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError("cu_seqlens_k and cu_seqlens_q must have the same number of entries (batch + 1)")
+    if q.numel() == 0 or k.numel() == 0:  # no rows, no keys or no heads: nothing for the kernel to read
+        return torch.zeros(q.shape, dtype=q.dtype)
     qf, kf, vf = _f32_rows(q), _f32_rows(k), _f32_rows(v)
     total_q, heads, head_dim = q.shape
     # rows outside every used range are zeros; when every row is in one, nothing to clear
@@ -207,6 +229,19 @@ _varlen_op.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------
 # the public wrapper: validation
 # ---------------------------------------------------------------------------------------
+def _check_shapes(q, k, v) -> None:
+    check_qkv(q, k, v, "(total_tokens, heads, head_dim)")
+    if k.shape[1:] != q.shape[1:]:
+        raise ValueError(
+            f"k has shape {tuple(k.shape)}; expected (total_k, heads, head_dim) = "
+            f"(total_k, {q.shape[1]}, {q.shape[2]}) to match q {tuple(q.shape)}"
+        )
+    if v.shape != k.shape:
+        raise ValueError(f"v has shape {tuple(v.shape)}; expected the shape of k {tuple(k.shape)}")
+    if not 1 <= q.shape[2] <= MAX_HEAD_DIM:
+        raise ValueError(f"q has head_dim {q.shape[2]}; supported head_dim: 1..{MAX_HEAD_DIM}")
+
+
 def _check_seqlens(
     name: str, cu: Tensor, used_name: str, used: Tensor | None, total: int, max_seqlen: int, max_name: str, device
 ) -> None:
@@ -226,7 +261,7 @@ def _check_seqlens(
             )
         if used.device != device:
             raise ValueError(f"{used_name} is on {used.device}, q is on {device}")
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or cu.device.type == "meta":
         return  # data checks need real values
     c = cu.tolist()
     if c[0] < 0 or any(b < a for a, b in zip(c, c[1:])) or c[-1] > total:
@@ -265,16 +300,7 @@ def fused_attention_varlen(
     seqused_q/k: int32 (batch) or None. Returns (total_q, heads, head_dim) in q's dtype.
     Raises ValueError naming the offending argument.
     """
-    check_qkv(q, k, v, "(total_tokens, heads, head_dim)")
-    if k.shape[1:] != q.shape[1:]:
-        raise ValueError(
-            f"k has shape {tuple(k.shape)}; expected (total_k, heads, head_dim) = "
-            f"(total_k, {q.shape[1]}, {q.shape[2]}) to match q {tuple(q.shape)}"
-        )
-    if v.shape != k.shape:
-        raise ValueError(f"v has shape {tuple(v.shape)}; expected the shape of k {tuple(k.shape)}")
-    if not 1 <= q.shape[2] <= MAX_HEAD_DIM:
-        raise ValueError(f"q has head_dim {q.shape[2]}; supported head_dim: 1..{MAX_HEAD_DIM}")
+    _check_shapes(q, k, v)
     _check_seqlens(
         "cu_seqlens_q", cu_seqlens_q, "seqused_q", seqused_q, q.shape[0], max_seqlen_q, "max_seqlen_q", q.device
     )
@@ -286,12 +312,8 @@ def fused_attention_varlen(
     _check_seqlens(
         "cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k, "max_seqlen_k", q.device
     )
-    if not isinstance(causal, (bool, int)) or causal not in (0, 1):
-        raise ValueError(f"causal must be a bool, got {causal!r}")
-    if scale is None:
-        scale = q.shape[2] ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    causal = _checked_causal(causal)
+    scale = _checked_scale(scale, q.shape[2])
     op = _varlen_cpu if eager_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k) else _varlen_op
     return op(
         q,

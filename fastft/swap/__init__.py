@@ -117,6 +117,9 @@ def swap_attention(model):
     """
     fam = family(model)
     if is_swapped(model):
+        # a swapped model unpickled in a fresh process: its config names "fastft", which this
+        # process has not registered with transformers yet
+        _interface.register()
         return model
     cfg = model.config
     if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
