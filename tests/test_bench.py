@@ -478,3 +478,44 @@ def test_bench_fidelity_replots_its_results_and_refuses_bad_paths_before_any_wor
     assert "--replot needs --plot" in err and "is not a bench_fidelity result" in err
     assert "--plot" in err and "is not a file path in a directory" in err
     assert "Traceback" not in err
+
+
+def test_bench_a_head_pruned_model_and_a_served_model_of_another_task(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A `fastft compress` output is head-pruned: hf-eager rebuilt it with plain transformers and
+    crashed (a traceback), the peer's optimizer cannot fuse it (refused in one line, before any
+    export); a --served model of another task crashed after the whole timing loop (now refused
+    first); `--json=~/r.json` (no shell expansion after "=") wrote into a folder named "~"."""
+    import json
+    import shutil
+
+    import torch
+    from tiny_ner import save_tiny_token_model
+
+    from fastft.cli import main
+    from fastft.models import load_classifier
+    from fastft.models.pruned import prune_layer_heads
+
+    pruned = tmp_path / "pruned"
+    net = load_classifier(tiny_model_dir)
+    prune_layer_heads(net.bert.encoder.layer[0], [0])
+    net.config.pruned_heads = {"0": [0]}
+    net.save_pretrained(pruned)
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special", "fastft")):
+            shutil.copy(f, pruned / f.name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    common = ["--seq", "16", "--repeats", "3", "--warmup", "1", "--no-memory", "--no-progress"]
+    rc = main(["bench", "--model", str(pruned), "--backends", "hf-eager", "--json=~/r.json", *common])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((home / "r.json").read_text())["results"] and not (tmp_path / "~").exists()
+    capsys.readouterr()
+    assert main(["bench", "--model", str(pruned), "--backends", "hf-eager,peer-int8", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastft: error:") and "is head-pruned" in err and len(err.strip().splitlines()) == 1
+    ner = save_tiny_token_model(tmp_path / "ner")
+    torch.manual_seed(0)
+    assert main(["bench", "--model", str(tiny_model_dir), "--served", str(ner), "--backends", "hf-eager", *common]) == 2
+    assert "does not answer like --model" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from fastft.core.errors import FastftError
@@ -104,15 +105,17 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
             export(model_dir, out, int8=True, overwrite=True, validate=False)
         art["fastft"] = out
     if {"peer-fp32", "peer-int8"} & set(backends):
-        done = workdir / "peer" / "files.json"
-        if done.is_file():
-            files = json.loads(done.read_text())
-        else:
+        done = workdir / "peer" / "files.json"  # written last, whole: the pipeline's files are all there
+        try:
+            files = json.loads(done.read_text()) if done.is_file() else None
+        except (ValueError, OSError):  # unreadable: built again
+            files = None
+        if not isinstance(files, dict):
             from fastft.export.peer import peer_pipeline
 
             log(f"running the peer pipeline (ORT transformers optimizer + quantize_dynamic) -> {done.parent}")
             files = json.loads(json.dumps(peer_pipeline(model_dir, done.parent), default=str))
-            done.write_text(json.dumps(files, indent=1))
+            _replace_with(done, lambda tmp: tmp.write_text(json.dumps(files, indent=1)))
         art["peer-fp32"], art["peer-int8"] = Path(files["fp32_optimized"]), Path(files["int8"])
         if files.get("plain") and Path(files["plain"]).is_file():
             art["peer-plain"] = Path(files["plain"])
@@ -126,6 +129,14 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
 
             log(f"plain ONNX export -> {out}")
             out.parent.mkdir(parents=True, exist_ok=True)
-            plain_export(model_dir, out)
+            _replace_with(out, lambda tmp: plain_export(model_dir, tmp))
         art["ort-plain"] = out
     return art
+
+
+def _replace_with(path: Path, write) -> None:
+    """``write(tmp)`` a file beside ``path``, then move it into place: a run killed meanwhile
+    leaves no half-written ``path`` for every later run to fail on (the cache is reused)."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)

@@ -61,6 +61,22 @@ class BenchConfig:
     agreement: int = 1000  # validation texts each INT8 backend labels against its fp32 (0: skip)
 
 
+def _check_served_fits(model_dir: Path, config: dict, served: Path) -> None:
+    """--served is compared with --model's outputs (agreement, the logit check): the same task
+    and number of labels, checked before any timing."""
+    theirs = read_json_object(served / "config.json") if (served / "config.json").is_file() else {}
+
+    def n_labels(cfg: dict):
+        return cfg.get("num_labels") or len(cfg.get("id2label") or {}) or None
+
+    mine_task, served_task = model_task(model_dir), model_task(served)
+    if mine_task != served_task or (n_labels(theirs) and n_labels(config) != n_labels(theirs)):
+        raise FastftError(
+            f"--served {served} ({served_task}, {n_labels(theirs)} labels) does not answer like --model "
+            f"{model_dir} ({mine_task}, {n_labels(config)} labels): serve a model of the same task and labels"
+        )
+
+
 def run_bench(cfg: BenchConfig, log=None) -> dict:
     """Measure every backend of ``cfg`` on every sequence length; the result-file payload."""
     from tqdm.auto import tqdm
@@ -91,6 +107,14 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         served = Path(cfg.served).expanduser()
         if not served.is_dir():
             raise FastftError(f"--served {served} is not a directory")
+        _check_served_fits(model_dir, config, served)
+    peers = [b for b in cfg.backends if b.startswith("peer-")]
+    if peers and config.get("pruned_heads"):
+        raise FastftError(
+            f"{model_dir} is head-pruned (config.json pruned_heads), which the peer's ONNX Runtime optimizer "
+            f"cannot fuse; leave out {', '.join(peers)} with --backends, or bench its teacher with --served "
+            f"{model_dir}"
+        )
     art = prepare(model_dir, cfg.backends, work_dir(model_dir, cfg.workdir), log, served)
     tok = load_tokenizer(model_dir)
 

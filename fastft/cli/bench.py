@@ -129,6 +129,11 @@ def check_paths(args) -> None:
         if path.exists() and not path.is_file():
             raise FastftError(f"{opt} {value} exists and is not a regular file")
         check_writable(path.parent, flag=opt)
+    # the shell leaves "~" alone after "=" (--json=~/r.json): expanded here, for the writes too
+    for opt in ("json", "plot", "workdir"):
+        value = getattr(args, opt, None)
+        if value and value != "-":
+            setattr(args, opt, str(Path(value).expanduser()))
     if args.workdir:
         wd = Path(args.workdir).expanduser()
         if wd.exists() and not wd.is_dir():
