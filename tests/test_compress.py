@@ -775,3 +775,24 @@ def test_global_head_allocation_in_the_pipeline(teacher4, tmp_path):
         k: sorted(v) for k, v in pr["pruned_heads"].items() if v
     }
     assert fastft.load(out).predict(["a fine film", "dull"])
+
+
+def test_fractions_are_checked_on_every_layer_and_stage_configs_are_validated(tiny_model_dir, tmp_path):
+    """Pruning removes the same count from every layer, counted on the first: a model pruned
+    before, with a smaller layer further on, had that layer emptied. prune() compared a string
+    fraction with a number (a TypeError) and ignored CompressConfig(output=...)."""
+    import fastft
+    from fastft.compress.prune import check_fractions, encoder_layers, heads_of, prune_layer_heads
+    from fastft.models import load_classifier
+
+    net = load_classifier(tiny_model_dir)
+    layers = encoder_layers(net)
+    n = heads_of(layers[0])
+    prune_layer_heads(layers[-1], list(range(n - 1)))  # the last layer keeps one head
+    with pytest.raises(FastftError, match="a layer of this model has 1 left"):
+        check_fractions(net, 0.5, 0.0)
+    with pytest.raises(FastftError, match="--prune-ffn must be a number"):
+        fastft.prune(str(tiny_model_dir), fastft.PruneConfig(prune_ffn="0.5"), output=str(tmp_path / "o"))
+    with pytest.raises(FastftError, match="quantize: an output directory is required"):
+        fastft.quantize(str(tiny_model_dir))
+    assert not (tmp_path / "o").exists()

@@ -23,12 +23,12 @@ from pathlib import Path
 from fastft.compress import quantize as cq
 from fastft.compress import report as rep
 from fastft.compress import token_kd as tkd
-from fastft.compress.config import CompressConfig, as_compress_config
+from fastft.compress.config import DEFAULT_OUTPUT, CompressConfig, as_compress_config
 from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
 from fastft.compress.output import onnx_section, write_compress_meta
 from fastft.compress.prune import count_params, flops
 from fastft.compress.stages import StageResult, do_distill, do_prune, do_quantize
-from fastft.core.errors import FastftError
+from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 from fastft.core.schema import read_meta, write_meta
 from fastft.core.system import physical_cores
@@ -251,6 +251,32 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     return report
 
 
+def _check_pruned_source(model, teacher) -> None:
+    """prune(model, teacher=...): ``model`` must be a local model directory of the teacher's task."""
+    from fastft.models import resolve_model
+    from fastft.models.task import model_task
+
+    path = resolve_model(model)
+    if not isinstance(path, Path) or not (path / "config.json").is_file():
+        raise ModelError(f"prune: model {model!r} is not a local model directory (config.json)")
+    theirs = resolve_model(teacher)
+    if isinstance(theirs, Path) and model_task(path) != model_task(theirs):
+        raise ModelError(
+            f"prune: {model} is a {model_task(path)} model and its teacher {teacher} a {model_task(theirs)} one"
+        )
+
+
+def _load_pruned_source(model):
+    from fastft.core.errors import first_line
+
+    try:
+        return load_pruned(model).eval()
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError, a size mismatch: one line
+        raise ModelError(f"prune: cannot load {model} ({type(exc).__name__}: {first_line(exc)})") from None
+
+
 def run_stage(
     stage: str, model, config: CompressConfig | None = None, *, output=None, teacher=None, **overrides
 ) -> StageResult:
@@ -259,6 +285,9 @@ def run_stage(
     prune: ``teacher`` (default: ``model`` itself) supplies the recovery targets.
     """
     cfg = as_compress_config(config).updated(**overrides)
+    cfg.validate()  # types and ranges named by their flags, before any comparison below uses them
+    if output is None and cfg.output not in (None, DEFAULT_OUTPUT):
+        output = cfg.output  # CompressConfig(output=DIR) names it as well as output=DIR (not the CLI's default)
     no_pruning = replace(cfg.prune, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0)
     if stage == "distill":
         cfg = cfg.updated(distill=True, prune=no_pruning, quantize=None)
@@ -272,11 +301,13 @@ def run_stage(
         check_output_dir(output, cfg.overwrite, inputs=(model, teacher, cfg.data))
     elif stage == "quantize":
         raise FastftError("quantize: an output directory is required (output=DIR)")
+    if stage == "prune" and teacher is not None:  # the model pruned is not the one prepare() checks
+        _check_pruned_source(model, teacher)
     ctx = prepare(teacher if (stage == "prune" and teacher is not None) else model, cfg)
     if stage == "distill":
         res = do_distill(ctx)
     elif stage == "prune":
-        net = copy.deepcopy(ctx.teacher) if teacher is None else load_pruned(model).eval()
+        net = copy.deepcopy(ctx.teacher) if teacher is None else _load_pruned_source(model)
         res = do_prune(ctx, net)
     else:
         res = StageResult("quantized", None, None, {})

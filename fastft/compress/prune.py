@@ -62,6 +62,19 @@ def check_fractions(model, prune_heads: float, prune_ffn: float) -> tuple[int, i
         raise FastftError(f"--prune-heads {prune_heads} would remove all {n_heads} heads of a layer")
     if k_ffn >= n_ffn:
         raise FastftError(f"--prune-ffn {prune_ffn} would remove all {n_ffn} FFN neurons of a layer")
+    # the same count goes from every layer: an already pruned model's smaller layers must keep some
+    fewest_heads = min(heads_of(layer) for layer in layers)
+    fewest_ffn = min(layer.intermediate.dense.out_features for layer in layers)
+    if k_heads >= fewest_heads:
+        raise FastftError(
+            f"--prune-heads {prune_heads} removes {k_heads} heads from every layer, and a layer of this model "
+            f"has {fewest_heads} left (it was pruned before): that layer would be emptied"
+        )
+    if k_ffn >= fewest_ffn:
+        raise FastftError(
+            f"--prune-ffn {prune_ffn} removes {k_ffn} FFN neurons from every layer, and a layer of this model "
+            f"has {fewest_ffn} left: that layer would be emptied"
+        )
     return k_heads, k_ffn
 
 
