@@ -480,6 +480,18 @@ def test_ready_only_after_warm_up(serve_dir):
         assert httpx.post(s.url + "/predict", json={"inputs": ["ok"]}).status_code == 200
 
 
+def wait_ready_process(proc: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
+    """Until a ``fastft serve`` process answers ready (failing with its stderr if it exits first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/v2/health/ready").status_code == 200:
+                return
+        assert time.monotonic() < deadline, "server never turned ready"
+        time.sleep(0.05)
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
     """A real ``fastft serve`` process: SIGTERM while requests are in flight; all answered, exit 0.
     A request whose body is still arriving is answered 503 at once, not held to its body timeout
@@ -512,14 +524,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(serve_dir, reference):
         env=env,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/v2/health/ready").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server never turned ready"
-            time.sleep(0.05)
+        wait_ready_process(proc, url)
         long = "brilliant acting and a great story, i loved every minute of it " * 12
         reqs = [[long] * 64 for _ in range(8)]
         answered = []
@@ -919,14 +924,7 @@ def test_sighup_drains_like_sigterm(serve_dir):
     cmd = [sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port), "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/v2/health/ready").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server never turned ready"
-            time.sleep(0.05)
+        wait_ready_process(proc, url)
         proc.send_signal(signal.SIGHUP)
         _, err = proc.communicate(timeout=60)
     finally:
