@@ -35,30 +35,13 @@ def make_runner(name: str, art: dict[str, Path], threads: int) -> Runner:
 
     torch.set_num_threads(threads)
     if name == "hf-eager":
-        import transformers
-
-        from fastft.core.schema import TOKEN_CLASSIFICATION
+        from fastft.models import load_classifier
         from fastft.models.task import model_task
 
-        per_token = model_task(art["model_dir"]) == TOKEN_CLASSIFICATION
-        auto = (
-            transformers.AutoModelForTokenClassification
-            if per_token
-            else transformers.AutoModelForSequenceClassification
-        )
-        from fastft.core.errors import ModelError, first_line
-        from fastft.core.io import read_json_object
-        from fastft.models.pruned import load_pruned
-
-        try:
-            if (read_json_object(art["model_dir"] / "config.json") or {}).get("pruned_heads"):
-                # head-pruned shapes rebuilt as fastft wrote them (plain transformers refuses them)
-                net = load_pruned(art["model_dir"])
-                net.set_attn_implementation("eager")
-            else:
-                net = auto.from_pretrained(str(art["model_dir"]), attn_implementation="eager", trust_remote_code=False)
-        except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError...: one line
-            raise ModelError(f"hf-eager cannot load the weights of {art['model_dir']} ({first_line(exc)})") from None
+        # load_classifier: transformers' own classes, a head-pruned model rebuilt as fastft wrote
+        # it (plain from_pretrained refuses its shapes), load errors in one line
+        net = load_classifier(art["model_dir"], task=model_task(art["model_dir"]))
+        net.set_attn_implementation("eager")
         net = net.float().eval()
         info = {"attention": "eager", "class": type(net).__name__}
         return Runner(name, _torch_run(net), _weights(art["model_dir"]), info, _to_torch)
