@@ -32,7 +32,8 @@ from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 from fastft.core.schema import read_meta, write_meta
 from fastft.core.system import physical_cores
-from fastft.models.pruned import load_pruned
+from fastft.models import load_classifier
+from fastft.models.task import model_task
 from fastft.train.metrics import classification_metrics
 
 
@@ -254,7 +255,6 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
 def _check_pruned_source(model, teacher) -> None:
     """prune(model, teacher=...): ``model`` must be a local model directory of the teacher's task."""
     from fastft.models import resolve_model
-    from fastft.models.task import model_task
 
     path = resolve_model(model)
     if not isinstance(path, Path) or not (path / "config.json").is_file():
@@ -264,17 +264,6 @@ def _check_pruned_source(model, teacher) -> None:
         raise ModelError(
             f"prune: {model} is a {model_task(path)} model and its teacher {teacher} a {model_task(theirs)} one"
         )
-
-
-def _load_pruned_source(model):
-    from fastft.core.errors import first_line
-
-    try:
-        return load_pruned(model).eval()
-    except ModelError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError, a size mismatch: one line
-        raise ModelError(f"prune: cannot load {model} ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def run_stage(
@@ -307,7 +296,7 @@ def run_stage(
     if stage == "distill":
         res = do_distill(ctx)
     elif stage == "prune":
-        net = copy.deepcopy(ctx.teacher) if teacher is None else _load_pruned_source(model)
+        net = copy.deepcopy(ctx.teacher) if teacher is None else load_classifier(model, task=model_task(model)).eval()
         res = do_prune(ctx, net)
     else:
         res = StageResult("quantized", None, None, {})
