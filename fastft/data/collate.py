@@ -20,6 +20,16 @@ def model_max_positions(config) -> int | None:
     return int(n)
 
 
+def tokenizer_max_length(tokenizer, config) -> int | None:
+    """The tokenizer's own max length (None when it sets none: transformers' 1e30 sentinel),
+    fitted to the model's positions without a warning, as a default nobody asked for."""
+    n = getattr(tokenizer, "model_max_length", None)
+    if not n or n >= 100_000:
+        return None
+    positions = model_max_positions(config)
+    return min(n, positions) if positions else n
+
+
 def clamp_max_length(max_length: int | None, config, tokenizer=None) -> int:
     """``max_length`` clamped to what the model supports, with a warning when clamped."""
     limit = model_max_positions(config) or 512

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastft.core.schema import read_meta, task_of
-from fastft.data.collate import clamp_max_length, model_max_positions
+from fastft.data.collate import clamp_max_length, tokenizer_max_length
 from fastft.models.resolve import load_classifier, load_tokenizer, resolve_model
 from fastft.models.task import model_task
 
@@ -18,11 +18,7 @@ def load_model_dir(model: str | Path):
     tokenizer = load_tokenizer(path)
     max_length = meta.get("max_length")
     if max_length is None:
-        tok_max = getattr(tokenizer, "model_max_length", None)
-        max_length = tok_max if tok_max and tok_max < 100_000 else None
-        positions = model_max_positions(net.config)
-        if max_length and positions:  # the tokenizer's default, not asked for: fitted without a warning
-            max_length = min(max_length, positions)
+        max_length = tokenizer_max_length(tokenizer, net.config)
     max_length = clamp_max_length(max_length, net.config)
     return net, tokenizer, meta, max_length
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastft.core.checks import check_int, check_threads
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
-from fastft.data.collate import clamp_max_length, model_max_positions
+from fastft.data.collate import clamp_max_length, tokenizer_max_length
 from fastft.data.iob import check_decode
 from fastft.models import load_tokenizer, read_meta
 from fastft.models.task import model_task, task_from
@@ -153,11 +153,7 @@ def _input_length(meta: dict, config: dict, tokenizer, max_length: int | None) -
     """The requested length, else fastft.json's, else the tokenizer's; clamped to the positions."""
     length = max_length if max_length is not None else meta.get("max_length")
     if length is None:
-        tok_max = getattr(tokenizer, "model_max_length", None)
-        length = tok_max if tok_max and tok_max < 100_000 else None
-        positions = model_max_positions(_Config(config))
-        if length and positions:  # the tokenizer's default, not asked for: fitted without a warning
-            length = min(length, positions)
+        length = tokenizer_max_length(tokenizer, _Config(config))
     return clamp_max_length(length, _Config(config))
 
 
