@@ -124,24 +124,14 @@ def _f32_rows(t: Tensor) -> Tensor:
 
 @_varlen_op.register_kernel("cpu")
 def _varlen_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k):
+    # checked here, where the op runs: the C++ kernel reads raw pointers, and a compiled graph or
+    # an exported program calls the op directly, past the public wrapper
+    _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k)
     c = _cpp()
     if c is None or not hasattr(c, "attention_varlen_fwd_f32") or q.dtype == torch.float64:
         return attention_varlen_ref(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
         ).contiguous()
-    # the checks the C++ kernel's raw pointers rely on, made again here: a compiled graph or an
-    # exported program calls the op directly, past the public wrapper (whose data checks need
-    # real values and are skipped while compiling)
-    _check_shapes(q, k, v)
-    for side, cu, used, total, longest in (
-        ("q", cu_seqlens_q, seqused_q, q.shape[0], max_seqlen_q),
-        ("k", cu_seqlens_k, seqused_k, k.shape[0], max_seqlen_k),
-    ):
-        _check_seqlens(
-            f"cu_seqlens_{side}", cu, f"seqused_{side}", used, total, longest, f"max_seqlen_{side}", q.device
-        )
-    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
-        raise ValueError("cu_seqlens_k and cu_seqlens_q must have the same number of entries (batch + 1)")
     if q.numel() == 0 or k.numel() == 0:  # no rows, no keys or no heads: nothing for the kernel to read
         return torch.zeros(q.shape, dtype=q.dtype)
     qf, kf, vf = _f32_rows(q), _f32_rows(k), _f32_rows(v)
@@ -242,6 +232,22 @@ def _check_shapes(q, k, v) -> None:
         raise ValueError(f"q has head_dim {q.shape[2]}; supported head_dim: 1..{MAX_HEAD_DIM}")
 
 
+def _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k) -> None:
+    """Shapes, and every cu_seqlens / seqused / max_seqlen against the tokens there are."""
+    _check_shapes(q, k, v)
+    _check_seqlens(
+        "cu_seqlens_q", cu_seqlens_q, "seqused_q", seqused_q, q.shape[0], max_seqlen_q, "max_seqlen_q", q.device
+    )
+    if isinstance(cu_seqlens_k, Tensor) and cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError(
+            f"cu_seqlens_k has {cu_seqlens_k.numel()} entries but cu_seqlens_q has "
+            f"{cu_seqlens_q.numel()} (both batch + 1)"
+        )
+    _check_seqlens(
+        "cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k, "max_seqlen_k", q.device
+    )
+
+
 def _check_seqlens(
     name: str, cu: Tensor, used_name: str, used: Tensor | None, total: int, max_seqlen: int, max_name: str, device
 ) -> None:
@@ -301,30 +307,13 @@ def fused_attention_varlen(
     Raises ValueError naming the offending argument.
     """
     _check_shapes(q, k, v)
-    _check_seqlens(
-        "cu_seqlens_q", cu_seqlens_q, "seqused_q", seqused_q, q.shape[0], max_seqlen_q, "max_seqlen_q", q.device
-    )
-    if isinstance(cu_seqlens_k, Tensor) and cu_seqlens_k.numel() != cu_seqlens_q.numel():
-        raise ValueError(
-            f"cu_seqlens_k has {cu_seqlens_k.numel()} entries but cu_seqlens_q has "
-            f"{cu_seqlens_q.numel()} (both batch + 1)"
-        )
-    _check_seqlens(
-        "cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k, "max_seqlen_k", q.device
-    )
     causal = _checked_causal(causal)
     scale = _checked_scale(scale, q.shape[2])
-    op = _varlen_cpu if eager_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k) else _varlen_op
-    return op(
-        q,
-        k,
-        v,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        int(max_seqlen_q),
-        int(max_seqlen_k),
-        bool(causal),
-        float(scale),
-        seqused_q,
-        seqused_k,
+    if eager_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k):  # the kernel checks the lengths, once
+        return _varlen_cpu(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
+        )
+    _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k)
+    return _varlen_op(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal, scale, seqused_q, seqused_k
     )
