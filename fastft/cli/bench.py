@@ -135,7 +135,7 @@ def check_paths(args) -> None:
         if value and value != "-":
             setattr(args, opt, str(Path(value).expanduser()))
     if args.workdir:
-        wd = Path(args.workdir).expanduser()
+        wd = Path(args.workdir)  # expanded above
         if wd.exists() and not wd.is_dir():
             raise FastftError(f"--workdir {args.workdir} exists and is not a directory")
         if not wd.exists():  # an existing cache is only written when an export is missing (checked then)
