@@ -163,7 +163,9 @@ class Predictor:
     def truncated(self, texts: list[str]) -> list[bool]:
         """Which of ``texts`` are longer than the max length, so the model sees only their start
         (and a token-classification model finds no entity past the cut)."""
-        return list(self._encoder.encode(check_texts(texts)).truncated)
+        texts = check_texts(texts)
+        starts = range(0, len(texts), ENCODE_CHUNK)  # a chunk at a time, as logits / predict tokenize
+        return [cut for s in starts for cut in self._encoder.encode(texts[s : s + ENCODE_CHUNK]).truncated]
 
     def _checked(self, texts, batch_size) -> tuple[list[str], int]:
         texts = check_texts(texts)
