@@ -74,24 +74,28 @@ FASTFT_FI vf vexp2_poly(vf f, vf z) {
 }
 
 // 2^x for x <= 0 (scores minus their running max), NaN stays NaN. Below -100 it returns
-// 2^-100 instead of underflowing to 0: a masked key (-inf) then weighs 2^-100 against the
-// row maximum's 1 (at most ~1e-30 relative; products stay normal numbers, no denormal
-// slow-downs), and a row whose every key is masked is recognised by m == -inf and written as
-// zeros.
+// exactly 0: a key scoring more than 100 (log2 units) below the row maximum gets no weight,
+// as a masked key (-inf), a key after its query under causal, or one under a finfo.min bias
+// does, so none of their values reaches the output however large (the reference's exp
+// underflows to 0 only below 2^-149; the difference is under 2^-100 of the row's weight).
+// Products stay normal numbers (no denormal slow-downs). A row whose every key is masked is
+// recognised by m == -inf and written as zeros.
 FASTFT_FI vf vexp2(vf x) {
+  const vi under = x < vset1(-100.0f);
   x = vmax(vset1(-100.0f), x);      // (-100 > x ? -100 : x): NaN x stays x
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const vf z = x + magic;
-  return vexp2_poly(x - (z - magic), z);
+  return (vf)((vi)vexp2_poly(x - (z - magic), z) & ~under);
 }
 
 // 2^(s - c) for an integer-valued c (|c| <= 2^20), given lo = c - 100 and k = 1.5 * 2^23 - c:
-// vexp2(s - c) without the subtraction. z = s + k holds n = round(s - c) in its low bits,
-// z - k = n + c exactly, and f = s - (n + c) is exact (Sterbenz: |f| <= 0.5).
+// vexp2(s - c) without the subtraction (0 for s < lo). z = s + k holds n = round(s - c) in
+// its low bits, z - k = n + c exactly, and f = s - (n + c) is exact (Sterbenz: |f| <= 0.5).
 FASTFT_FI vf vexp2_shift(vf s, vf lo, vf k) {
+  const vi under = s < lo;
   s = vmax(lo, s);  // NaN s stays s
   const vf z = s + k;
-  return vexp2_poly(s - (z - k), z);
+  return (vf)((vi)vexp2_poly(s - (z - k), z) & ~under);
 }
 
 // S^T[r][0:QW] = K[r] . Qt[:, 0:QW]  (+ key bias: -inf masks the key even if the score is

@@ -87,7 +87,8 @@ void register_attention(py::module_& m) {
 Pointers (ints, e.g. tensor.data_ptr()) to contiguous buffers: q, out (batch, heads, seq_q,
 head_dim); k, v (batch, heads, seq_k, head_dim); mask uint8/bool (batch, seq_k), nonzero =
 attend, or 0; bias float32 (batch, seq_k) additive, or 0. causal: key j attends query i iff
-j <= i (top-left aligned). Rows with every key masked give zeros; a NaN score among a row's
+j <= i (top-left aligned). Masked keys (and keys scoring 100 log2 units below the row's
+maximum) weigh exactly 0. Rows with every key masked give zeros; a NaN score among a row's
 attended keys gives a NaN row. block_k: keys per block (0: the copy's default). Releases the
 GIL.)doc");
   m.def("attention_varlen_fwd_f32", &attention_varlen_fwd_f32, py::arg("q"),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import fastft._native as native
-from fastft.ops import attention_ref, cpu_backend, fused_attention
+from fastft.ops import attention_ref, cpu_backend, fused_attention, fused_attention_varlen
 from fastft.ops.attention import _fused_attention_op
 
 FP32_TOL = (1e-5, 1e-5)  # (atol, rtol) against the float64 reference
@@ -159,6 +159,37 @@ def test_large_and_rising_scores(isa, monkeypatch):
         out = fused_attention(q, k, v, causal=causal)
         ref = attention_ref(q.double(), k.double(), v.double(), None, causal)
         assert_close(out, ref, *FP32_TOL, what=f"{cpu_backend()} large scores causal={causal}")
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_masked_values_never_reach_the_output(isa, monkeypatch):
+    """A masked key, a key after its query under causal, and a key under a finfo.min bias get
+    weight exactly 0, as in the reference: values of 1e30 there (uninitialised padding, say)
+    leave the output unchanged. The kernel once floored such weights at 2^-100 (error ~2.7)."""
+    if isa not in _isas():
+        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
+    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = make_qkv(2, 3, 150, 150, 32, torch.float32, gen)
+    keep = torch.ones(2, 150, dtype=torch.bool)
+    keep[0, 130:] = False
+    keep[1, 5:] = False
+    huge = v.clone()
+    huge.masked_fill_(~keep[:, None, :, None], 1e30)
+    bias = torch.zeros(2, 150).masked_fill(~keep, torch.finfo(torch.float32).min)
+    for mask in (keep, bias):
+        out = fused_attention(q, k, huge, key_padding_mask=mask)
+        ref = attention_ref(q.double(), k.double(), v.double(), keep, False)
+        assert_close(out, ref, *FP32_TOL, what=f"{cpu_backend()} huge masked values, {mask.dtype} mask")
+    future = v.clone()
+    future[:, :, 100:] = -1e30  # queries 0..99 must not see them under causal
+    out = fused_attention(q, k, future, causal=True)[:, :, :100]
+    ref = attention_ref(q.double(), k.double(), v.double(), None, True)[:, :, :100]
+    assert_close(out, ref, *FP32_TOL, what=f"{cpu_backend()} huge future values, causal")
+    packed = lambda t: t[0].transpose(0, 1).contiguous()  # (seq, heads, head_dim)  # noqa: E731
+    cu = torch.tensor([0, 150], dtype=torch.int32)
+    out = fused_attention_varlen(packed(q), packed(k), packed(future), cu, cu, 150, 150, causal=True)[:100]
+    assert_close(out, packed(ref), *FP32_TOL, what=f"{cpu_backend()} varlen, huge future values, causal")
 
 
 @pytest.mark.parametrize("block_k", [8, 64, 256])

@@ -17,6 +17,10 @@ default, and:
   keys ``j <= i``, also when ``seq_q != seq_k`` (flash-attention aligns bottom-right
   instead; we follow SDPA so the reference matches ``scaled_dot_product_attention``).
 * A query row whose every key is masked (score ``-inf``) returns zeros, never NaN.
+* A masked key's value never reaches the output, however large (padding left uninitialised,
+  1e30): its weight is exactly 0, as in the reference. The C++ kernel gives weight 0 to every
+  key scoring more than 100 (log2 units, about 69 nats) below its row's maximum, which covers a
+  ``finfo.min`` bias too; the reference's own ``exp`` reaches 0 only at about 103 nats.
 * NaN propagates as in IEEE math (the reference's semantics), on every backend: a NaN in
   ``q`` row i (or any NaN score of row i against an attended key) makes output row i NaN;
   other rows are unaffected, and a row whose every key is masked stays zeros. A masked key
