@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from conftest import save_tiny_model, write_jsonl
 
 from fastft.compress import CompressConfig
-from fastft.core.errors import FastftError
+from fastft.core.errors import FastftError, ModelError
 
 FAST = dict(epochs=1, batch_size=16, bench_runs=2, progress=False, recovery_epochs=1, prune_batches=2)
 
@@ -85,12 +86,20 @@ def test_distill_api_saves_student(teacher4, tmp_path):
     # prune that 2-layer student, recovering against the 4-layer teacher
     pruned = fastft.prune(
         str(tmp_path / "student"),
-        CompressConfig(prune_ffn=0.5, **FAST),
+        CompressConfig(prune_ffn=0.5, prune_heads=0.5, **FAST),
         teacher=str(teacher4),
         output=tmp_path / "pruned",
     )
     assert pruned.model.config.intermediate_size == 32 and pruned.model.config.num_hidden_layers == 2
-    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["intermediate_size"] == 32
+    saved = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    assert saved["intermediate_size"] == 32 and saved["pruned_heads"]
+    # a head-pruned directory holding only its ONNX files: one line, not a bare FileNotFoundError
+    onnx_only = tmp_path / "onnx-only"
+    shutil.copytree(tmp_path / "pruned", onnx_only)
+    (onnx_only / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="cannot load weights"):
+        fastft.quantize(str(onnx_only), CompressConfig(**FAST), output=tmp_path / "q")
+    assert not (tmp_path / "q").exists()
 
 
 # -- pruning -------------------------------------------------------------------------------------

@@ -332,6 +332,7 @@ CLI_CASES = [
     ("export-calib-no-int8", "export --model {w}/tiny --calib-data {w}/data.jsonl --output {out}", "needs --int8"),
     ("export-token-calib", "export --model {w}/tiny --int8 --calib-data conll2003 --output {out}", "a text classifier"),
     # argparse mistakes are one line too
+    ("bench-empty-model", "bench --model= --no-memory", "--model is empty"),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
     ("unknown-command", "frobnicate", "invalid choice: 'frobnicate'"),
@@ -403,6 +404,8 @@ API_CASES = [
     ("load-threads-0", lambda w: _load(w, w / "onnx", threads=0), "threads must be at least 1"),
     ("load-int8-str", lambda w: _load(w, w / "onnx", int8="yes"), "int8 must be True, False or None"),
     ("load-corrupt-onnx", lambda w: _load(w, w / "half"), "is not a loadable ONNX model"),
+    ("set-batch-size-0", lambda w: setattr(_load(w, w / "onnx"), "batch_size", 0), "batch_size must be at least 1"),
+    ("set-max-length", lambda w: setattr(_load(w, w / "onnx"), "max_length", 4096), "fixed when the model loads"),
     (
         "predict-surrogate-ort",
         lambda w: _load(w, w / "onnx").predict(["ok", "\ud800"]),
@@ -445,6 +448,36 @@ API_CASES = [
         "export-over-input",
         lambda w: __import__("fastft").export(w / "proj" / "tiny", w / "proj", overwrite=True, progress=False),
         "holds the input",
+    ),
+    # a string is not a switch: "no" is truthy
+    (
+        "export-int8-str",
+        lambda w: __import__("fastft").export(w / "tiny", w / "new", int8="no"),
+        "int8 must be True or False (got 'no')",
+    ),
+    (
+        "train-overwrite-str",
+        lambda w: __import__("fastft").train(str(w / "tiny"), str(w / "data.jsonl"), str(w / "new"), overwrite="no"),
+        "overwrite must be True or False",
+    ),
+    (
+        "train-lora-dropout",
+        lambda w: __import__("fastft").train(
+            str(w / "tiny"), str(w / "data.jsonl"), str(w / "new"), lora=True, lora_dropout=2.0
+        ),
+        "lora_dropout must be in [0, 1)",
+    ),
+    (
+        "compress-qat-str",
+        lambda w: __import__("fastft").compress(str(w / "tiny"), output=str(w / "new"), qat="no"),
+        "qat must be True, False or None (got 'no')",
+    ),
+    (
+        "compress-distill-enabled-str",
+        lambda w: __import__("fastft").compress(
+            str(w / "tiny"), output=str(w / "new"), distill=__import__("fastft").DistillConfig(enabled="no")
+        ),
+        "enabled must be True or False",
     ),
 ]
 

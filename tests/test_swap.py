@@ -117,6 +117,47 @@ def test_unswap_restores_exactly(family, monkeypatch):
 
 
 @pytest.mark.attention_interface
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_output_attentions_gives_the_eager_weights(family, monkeypatch):
+    """The fused kernel never forms the attention weights: a call asking for them computes them
+    the eager way (once an empty tuple, with no word), and the logits stay the same."""
+    model = _tiny(family)
+    model.set_attn_implementation("eager")
+    batch = _batch()
+    with torch.no_grad():
+        ref = model(**batch, output_attentions=True)
+    fastft.swap_attention(model)
+    spy = Spy(monkeypatch)
+    with torch.no_grad():
+        got = model(**batch, output_attentions=True)
+    assert spy.calls == 0, "the weights come from the eager computation"
+    assert len(got.attentions) == len(ref.attentions) == 2
+    for a, b in zip(got.attentions, ref.attentions):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got.logits, ref.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(_out(model, batch), ref.logits, atol=ATOL, rtol=0)  # without: the op
+    assert spy.calls == 2
+
+
+@pytest.mark.attention_interface
+def test_swapping_the_base_model_swaps_the_whole_model(monkeypatch):
+    """The swap's state lives on the attention modules: swapping ``m.bert`` is seen from ``m``,
+    and unswapping ``m`` restores it (it once stayed swapped, state kept on ``m.bert`` only)."""
+    model = _tiny("bert")
+    batch = _batch()
+    ref = _out(model, batch)
+    fastft.swap_attention(model.bert)
+    assert fastft.swap.is_swapped(model) and fastft.swap.is_swapped(model.bert)
+    fastft.unswap_attention(model)
+    assert not fastft.swap.is_swapped(model) and not fastft.swap.is_swapped(model.bert)
+    assert model.config._attn_implementation != "fastft"
+    spy = Spy(monkeypatch)
+    assert torch.equal(_out(model, batch), ref)
+    assert spy.calls == 0
+    assert not fastft.swap.is_swapped(torch.nn.Linear(2, 2))  # not a transformers model: never swapped
+
+
+@pytest.mark.attention_interface
 def test_unswap_restores_eager_and_swap_is_idempotent():
     model = _tiny("bert")
     model.set_attn_implementation("eager")

@@ -32,7 +32,7 @@ from fastft.bench.artifacts import default_model, prepare, work_dir
 from fastft.bench.memory import PROBE_METHOD, run_memory_probes
 from fastft.bench.report import add_ratios, format_table, result_row, targets
 from fastft.bench.runners import BACKENDS, bench_texts, make_inputs, make_runner
-from fastft.core.checks import check_float, check_threads
+from fastft.core.checks import check_bool_fields, check_float, check_threads
 from fastft.core.errors import FastftError
 from fastft.core.io import read_json_object
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, read_meta
@@ -207,6 +207,10 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
 
 
 def _checked(cfg: BenchConfig) -> BenchConfig:
+    check_bool_fields(cfg)
+    for flag, value in (("--model", cfg.model), ("--served", cfg.served), ("--workdir", cfg.workdir)):
+        if value is not None and not str(value).strip():
+            raise FastftError(f"{flag} is empty: give a directory, or leave {flag} out for its default")
     unknown = [b for b in cfg.backends if b not in BACKENDS]
     if unknown:
         raise FastftError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")

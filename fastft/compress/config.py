@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
-from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_float, check_int, check_threads
+from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_bool_fields, check_float, check_int, check_threads
 from fastft.core.errors import FastftError
 from fastft.core.options import option
 
@@ -138,6 +138,7 @@ class DistillConfig:
     transfer_size: int = option(8000, "texts drawn for --transfer")
 
     def validate(self) -> None:
+        check_bool_fields(self)
         for name in ("epochs", "lr", "temperature", "hidden_weight", "weight_decay", "warmup_ratio"):
             check_float(_flag(name), getattr(self, name))
         check_float("--epochs", self.epochs, hi=MAX_EPOCHS)
@@ -255,6 +256,7 @@ class PruneConfig:
         return out
 
     def validate(self) -> None:
+        check_bool_fields(self)
         for name in ("prune_heads", "prune_ffn", "sparsity"):
             check_float(_flag(name), getattr(self, name), lo=0, hi=1, hi_open=True, optional=name == "prune_heads")
         for name in ("recovery_epochs", "last_recovery_epochs"):
@@ -331,6 +333,7 @@ class QuantizeConfig:
     )
 
     def validate(self) -> None:
+        check_bool_fields(self)
         if self.mode not in (None, "int8", "fp16"):
             raise FastftError(f"quantize must be 'int8', 'fp16' or None (got {self.mode!r})")
         if self.static and self.mode != "int8":
@@ -427,6 +430,7 @@ class CompressConfig:
 
     def validate(self) -> None:
         """Raise FastftError (one line, naming the option) for anything unusable."""
+        check_bool_fields(self)
         for stage in STAGE_CONFIGS:
             getattr(self, stage).validate()
         check_float("--target-retained", self.target_retained)

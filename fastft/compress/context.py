@@ -21,7 +21,6 @@ from fastft.data.collate import clamp_max_length, sorted_batches
 from fastft.data.labels import align_labels
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
-from fastft.models.pruned import load_pruned
 from fastft.train.trainer import set_seed
 
 
@@ -230,10 +229,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
         raise DataError(
             f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's ({', '.join(labels)})"
         )
-    if _read_config(path).get("pruned_heads"):
-        teacher = load_pruned(path).eval()
-    else:
-        teacher = load_classifier(path, task=task).eval()
+    teacher = load_classifier(path, task=task).eval()  # a head-pruned one rebuilt (load_pruned), load errors one line
     check_layers(d, teacher.config.num_hidden_layers)
     if pr.prune_heads or pr.prune_ffn:
         check_fractions(teacher, pr.prune_heads, pr.prune_ffn)

@@ -9,6 +9,7 @@ for finiteness first; ``inf`` overflows step counts. Bools are not integers here
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -69,3 +70,22 @@ def check_int(name: str, value, *, lo: int | None = None, hi: int | None = None,
     if hi is not None and value > hi:
         raise FastftError(f"{name} must be at most {hi} (got {value})")
     return value
+
+
+def check_bool(name: str, value, *, optional: bool = False):
+    """``value`` as given, or FastftError naming ``name`` unless it is True or False (or None when
+    ``optional``). A string is refused: ``int8="no"`` would otherwise be truthy."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        raise FastftError(f"{name} must be {'True, False or None' if optional else 'True or False'} (got {value!r})")
+    return value
+
+
+def check_bool_fields(config) -> None:
+    """:func:`check_bool` on every field of the dataclass ``config`` annotated ``bool`` (or
+    ``bool | None``), named as the field (the Python API's name: the CLI only passes bools)."""
+    for f in dataclasses.fields(config):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind in ("bool", "bool | None", "Optional[bool]"):
+            check_bool(f.name, getattr(config, f.name), optional=kind != "bool")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastft.core.checks import check_float, check_int
+from fastft.core.checks import check_bool, check_float, check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
@@ -227,6 +227,11 @@ def export(
     """
     check_float("min_agreement", min_agreement, lo=0, hi=1)
     check_int("agreement_limit", agreement_limit, lo=1, optional=True)
+    flags = {"int8": int8, "static": static, "overwrite": overwrite, "validate": validate, "fallback": fallback}
+    for name, value in {**flags, "progress": progress}.items():
+        check_bool(name, value)
+    check_bool("per_channel", per_channel, optional=True)
+    check_bool("fused_attention", fused_attention, optional=True)
     int8 = int8 or static or recipe is not None
     if recipe is not None and not isinstance(recipe, Int8Recipe):
         raise FastftError("recipe must be a fastft.export.quantize.Int8Recipe")

@@ -102,7 +102,7 @@ class Predictor:
         self.path = Path(path)
         self.task = task
         self.labels = list(labels)
-        self.max_length = int(max_length)
+        self._max_length = int(max_length)
         self.device = device
         self.batch_size = int(batch_size)
         self.truncation = truncation
@@ -117,6 +117,24 @@ class Predictor:
         # texts run beside it, so each text runs alone unless merging was asked for (batch_int8)
         self.batch_dependent = False
         self.batch_int8 = False
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per text, fixed at load (the tokenizer's cut and the served graph's input)."""
+        return self._max_length
+
+    @max_length.setter
+    def max_length(self, value) -> None:
+        raise FastftError(f"max_length is fixed when the model loads: fastft.load(path, max_length={value!r})")
+
+    @property
+    def batch_size(self) -> int:
+        """Texts per call when ``predict`` is given none."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value) -> None:
+        self._batch_size = check_int("batch_size", value, lo=1)
 
     # fastft.load sets it: load(its absolute path, **the same options), which unpickling calls
     _reload = None

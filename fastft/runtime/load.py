@@ -9,7 +9,7 @@ import functools
 import os
 from pathlib import Path
 
-from fastft.core.checks import check_int, check_threads
+from fastft.core.checks import check_bool, check_int, check_threads
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length, tokenizer_max_length
@@ -74,17 +74,10 @@ def load(
     check_int("batch_size", batch_size, lo=1)
     check_int("max_length", max_length, lo=2, optional=True)
     check_threads("threads", threads)
-    for name, value in (("int8", int8), ("fused_attention", fused_attention)):
-        if value not in (None, True, False):
-            raise FastftError(f"{name} must be True, False or None (got {value!r})")
-    for name, value in (
-        ("truncation", truncation),
-        ("spinning", spinning),
-        ("warm_up", warm_up),
-        ("batch_int8", batch_int8),
-    ):
-        if not isinstance(value, bool):
-            raise FastftError(f"{name} must be True or False (got {value!r})")
+    check_bool("int8", int8, optional=True)
+    check_bool("fused_attention", fused_attention, optional=True)
+    for name in ("truncation", "spinning", "warm_up", "batch_int8"):
+        check_bool(name, options[name])
     if optimization_level is not None and optimization_level not in LEVELS:
         raise FastftError(f"optimization_level must be one of {', '.join(LEVELS)} (got {optimization_level!r})")
     check_decode(decode)

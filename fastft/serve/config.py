@@ -49,7 +49,9 @@ class ServeConfig:
     max_connections: int = 1024  # open connections; beyond it a new one is closed at once
 
     def check(self) -> ServeConfig:
-        from fastft.core.checks import MAX_THREADS
+        from fastft.core.checks import MAX_THREADS, check_bool_fields
+
+        check_bool_fields(self)
 
         def bounded(field, value, hi):
             flag = f"--{field.replace('_', '-')}"

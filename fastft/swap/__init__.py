@@ -75,8 +75,22 @@ def attention_modules(model) -> list:
     return family(model).self_attention_modules(model)
 
 
+def _state(model) -> dict | None:
+    """What swap_attention recorded, kept on each self-attention module (not on the object
+    passed in: swapping ``m.bert`` swaps ``m`` too, and ``unswap_attention(m)`` undoes it)."""
+    try:
+        modules = attention_modules(model)
+    except FastftError:  # not a model fastft swaps: never swapped
+        modules = []
+    for m in modules:
+        state = getattr(m, _STATE, None)
+        if state is not None:
+            return state
+    return getattr(model, _STATE, None)  # swapped by an earlier fastft (the state was kept here), unpickled
+
+
 def is_swapped(model) -> bool:
-    return getattr(model, _STATE, None) is not None
+    return _state(model) is not None
 
 
 def _set_impl(model, impl: str) -> None:
@@ -116,7 +130,7 @@ def swap_attention(model):
     interface.
     """
     fam = family(model)
-    if is_swapped(model):
+    if _state(model) is not None:
         # a swapped model unpickled in a fresh process: its config names "fastft", which this
         # process has not registered with transformers yet
         _interface.register()
@@ -143,16 +157,19 @@ def swap_attention(model):
     register_symbolics(17)  # torch.onnx.export(dynamo=False) writes each op as one MultiHeadAttention
     original = cfg._attn_implementation
     _set_impl(model, IMPL_NAME)
-    setattr(model, _STATE, {"attn_implementation": original, "num_layers": len(modules)})
+    for m in modules:
+        setattr(m, _STATE, {"attn_implementation": original, "num_layers": len(modules)})
     return model
 
 
 def unswap_attention(model):
     """Restore the attention implementation ``model`` had before :func:`swap_attention`;
     returns ``model``. A model that is not swapped is returned unchanged."""
-    state = getattr(model, _STATE, None)
+    state = _state(model)
     if state is None:
         return model
     _set_impl(model, state["attn_implementation"])
-    delattr(model, _STATE)
+    for m in (model, *attention_modules(model)):
+        if _STATE in vars(m):
+            delattr(m, _STATE)
     return model

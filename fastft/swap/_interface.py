@@ -41,18 +41,37 @@ IMPL_NAME = "fastft"
 _registered: set[str] = set()  # implementation names registered in this process
 
 
-def _sdpa_fallback(
-    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float, dropout: float
-) -> Tensor:
+def _as_4d(mask: Tensor | None, query: Tensor) -> Tensor | None:
     if mask is not None:
         if mask.dim() == 2:
             mask = mask[:, None, None, :]
         if mask.dtype != torch.bool:
             mask = mask.to(query.dtype)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
+    return mask
+
+
+def _sdpa_fallback(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float, dropout: float
+) -> Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=_as_4d(mask, query), dropout_p=dropout, scale=scaling
     )
-    return out
+
+
+def _with_weights(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float, dropout: float
+) -> tuple[Tensor, Tensor]:
+    """``output_attentions=True``: the fused kernel never forms the weights, so this call computes
+    them as the eager implementation does (a row whose every key is masked weighs nothing, as the
+    op gives). Returns (out (batch, heads, seq_q, head_dim), weights (batch, heads, seq_q, seq_k))."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    mask = _as_4d(mask, query)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    none = (scores == float("-inf")).all(dim=-1, keepdim=True)  # NaN elsewhere stays NaN
+    weights = torch.softmax(scores, dim=-1).masked_fill(none, 0.0)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=dropout > 0.0)
+    return torch.matmul(weights, value), weights
 
 
 def key_padding_mask(mask: Tensor | None, seq_k: int) -> tuple[bool, Tensor | None]:
@@ -80,12 +99,17 @@ def fastft_attention_forward(
     """transformers attention function: softmax(q k^T * scaling + mask) v through the fused op.
 
     query: (batch, heads, seq_q, head_dim); key, value: (batch, heads, seq_k, head_dim).
-    Returns ((batch, seq_q, heads, head_dim), None): no attention weights.
+    Returns ((batch, seq_q, heads, head_dim), None): no attention weights, unless the model is
+    called with ``output_attentions=True``: then that call computes them the eager way and
+    returns them too (the fused kernel never forms them).
     """
     from fastft import ops  # looked up per call, so a test can spy on ops.fused_attention
 
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if kwargs.get("output_attentions"):
+        out, weights = _with_weights(query, key, value, attention_mask, scaling, dropout if module.training else 0.0)
+        return out.transpose(1, 2), weights
     ok, kpm = key_padding_mask(attention_mask, key.shape[2])
     if (module.training and dropout > 0.0) or not ok:
         out = _sdpa_fallback(query, key, value, attention_mask, scaling, dropout if module.training else 0.0)

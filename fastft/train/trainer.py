@@ -61,8 +61,9 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_float, check_int, check_threads
+        from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_bool_fields, check_float, check_int, check_threads
 
+        check_bool_fields(self)
         for opt, v in (
             ("--epochs", self.epochs),
             ("--lr", self.lr),
@@ -72,12 +73,14 @@ class TrainConfig:
         ):
             check_float(opt, v)
         check_float("--dropout", self.dropout, optional=True)
+        check_float("lora_dropout", self.lora_dropout, lo=0, hi=1, hi_open=True)
         check_float("--weight-decay", self.weight_decay, lo=0)
         check_float("--max-grad-norm", self.max_grad_norm, lo=0, lo_open=True)
         for opt, v, lo in (
             ("--batch-size", self.batch_size, 1),
             ("eval_batch_size", self.eval_batch_size, 1),
             ("--lora-r", self.lora_r, 1),
+            ("lora_alpha", self.lora_alpha, 1),
         ):
             check_int(opt, v, lo=lo)
         check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
