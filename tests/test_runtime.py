@@ -426,6 +426,35 @@ print(errors)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
 
 
+def test_a_torch_predictor_runs_in_a_forked_child(tiny_model_dir):
+    """OpenMP's threads do not survive fork(): torch's first parallel call in the child waited
+    for them for ever. A torch Predictor's child runs torch on one thread. Fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys, time, torch, fastft
+p = fastft.load({str(tiny_model_dir)!r}, backend="torch", threads=2)
+a = torch.randn(400, 400)
+_ = a @ a  # the parent's OpenMP pool is up
+want = p.predict(["a fine film"])
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(w, repr((p.predict(["a fine film"]), torch.get_num_threads())).encode())
+    os._exit(0)
+deadline = time.monotonic() + 60
+while os.waitpid(pid, os.WNOHANG) == (0, 0):
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        sys.exit("the child hung")
+    time.sleep(0.05)
+print(os.read(r, 1000).decode() == repr((want, 1)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stdout + out.stderr[-2000:]
+
+
 def test_many_texts_are_tokenized_a_chunk_at_a_time(pred, monkeypatch):
     """A call of many texts is tokenized ENCODE_CHUNK texts at a time (100,000 NER texts held
     1.1 GB of tokens before the first ran): the same answers, every text checked before any runs,

@@ -48,7 +48,9 @@ def load(
     backend: ``onnxruntime`` (model.onnx, or model_int8.onnx with ``int8=True``; ``int8=None``
     serves what fastft.json names as the default, else model.onnx) or ``torch``.
     threads: intra-op threads [physical cores]; with ``backend="torch"`` torch's, which are the
-    whole process's: the last load that gives them sets them for every torch model.
+    whole process's: the last load that gives them sets them for every torch model. A child
+    ``fork()``ed from a process with a torch Predictor runs torch on one thread (OpenMP's
+    threads do not survive fork: torch would wait for them for ever).
     spinning: let ORT worker threads spin between calls (faster on a dedicated machine, steals
     CPU otherwise) [False].
     truncation: cut texts longer than the max length, with a TruncationWarning (shown as

@@ -16,6 +16,21 @@ from fastft.runtime.session import DeviceError, parse_device
 
 __all__ = ["TorchPredictor"]
 
+_fork_guard: list[bool] = []
+
+
+def _one_thread_after_fork() -> None:
+    """In a ``fork()``ed child, torch's intra-op threads (OpenMP's pool) do not exist, and the first
+    parallel call waits for them for ever: the child runs torch on one thread (as torch's own
+    DataLoader workers do). Registered once, when the first torch Predictor loads."""
+    if not _fork_guard:
+        import os
+
+        import torch
+
+        os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
+        _fork_guard.append(True)
+
 
 class TorchPredictor(Predictor):
     """PyTorch (eager, SDPA attention, or fastft's fused attention when swapped in)."""
@@ -42,6 +57,7 @@ class TorchPredictor(Predictor):
         )
         import torch  # only for this backend: an ONNX Runtime server never imports torch
 
+        _one_thread_after_fork()
         kind, index = parse_device(device)
         if kind == "cuda" and not torch.cuda.is_available():
             raise DeviceError(
