@@ -426,6 +426,26 @@ print(errors)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
 
 
+def test_a_torch_load_draws_no_bar_and_leaves_transformers_settings_alone(tiny_model_dir, capfd):
+    """transformers draws a "Loading weights" bar on every model load; fastft.load is quiet, and
+    transformers' verbosity and bars are as the caller set them afterwards (they once stayed at
+    "errors only" for the rest of the process)."""
+    from transformers.utils import logging as hf_logging
+
+    import fastft
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        fastft.load(tiny_model_dir, backend="torch", warm_up=False)
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.get_verbosity() == hf_logging.INFO and hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def test_a_torch_predictor_runs_in_a_forked_child(tiny_model_dir):
     """OpenMP's threads do not survive fork(): torch's first parallel call in the child waited
     for them for ever. A torch Predictor's child runs torch on one thread. Fresh interpreter."""

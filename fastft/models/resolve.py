@@ -18,7 +18,7 @@ from pathlib import Path
 from fastft.core.errors import ModelError
 from fastft.core.io import read_json_object
 from fastft.models.builtin import BUILTIN_MODELS, minilm_l6_dir
-from fastft.models.hf import transformers_names
+from fastft.models.hf import quiet, transformers_names
 from fastft.models.minilm_l3 import minilm_l3_dir
 from fastft.models.pruned import load_pruned
 
@@ -223,18 +223,21 @@ def load_classifier(
     ``task`` is ``token-classification``).
 
     ``labels`` sets the head (id2label/label2id); when the directory already has a head for
-    other labels, that is an error, not a silent re-initialisation.
+    other labels, that is an error, not a silent re-initialisation. transformers' logging and
+    progress bars are quiet while it loads, and as the caller had them afterwards.
     """
+    with quiet():
+        return _load_classifier(model, labels, dropout, task)
+
+
+def _load_classifier(model, labels, dropout, task):
     import torch
-    from transformers.utils import logging as hf_logging
 
     from fastft.core.schema import TOKEN_CLASSIFICATION
 
     AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification = transformers_names(
         "AutoConfig", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"
     )
-    hf_logging.set_verbosity_error()
-
     src = resolve_model(model)
     try:
         config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
