@@ -45,7 +45,7 @@ def test_split_is_stratified():
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
 def test_file_formats_with_string_labels(tmp_path, fmt):
-    rows = make_rows(40)
+    rows = [{**r, "text": f"{r['text']} ({i})"} for i, r in enumerate(make_rows(40))]  # no text twice
     path = tmp_path / f"d.{fmt}"
     if fmt == "jsonl":
         write_jsonl(path, rows)
@@ -232,3 +232,89 @@ def test_one_class_is_a_test_set_not_a_training_set(tmp_path):
         load_data(str(f))
     splits = load_data(str(f), min_classes=1)  # what fastft eval asks for
     assert splits.labels == ["positive"] and len(splits.test) > 0
+
+
+def _jsonl(tmp_path, rows, name="d.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_copies_of_a_text_share_a_split(tmp_path):
+    """Every row twice: no test text is also a training text (they once leaked 10 of 12)."""
+    rows = [{"text": f"text number {i}", "label": "ab"[i % 2]} for i in range(40)]
+    d = load_data(_jsonl(tmp_path, rows + rows))
+    assert sum(d.sizes().values()) == 80
+    assert not set(d.test.texts) & set(d.train.texts) and not set(d.validation.texts) & set(d.train.texts)
+
+
+@pytest.mark.parametrize(
+    "rows, kwargs, message",
+    [
+        # the same column for text and label: a model would learn the answer from its input
+        ([{"text": "a", "label": "x"}], {"text_column": "label"}, "the text and the label column are the same"),
+        ([{"text": "a", "label": "x"}, {"text": "  ", "label": "y"}], {}, "row 2 has an empty text"),
+        ([{"text": "a", "label": True}, {"text": "b", "label": "true"}], {}, "a JSON boolean"),
+        ([{"text": "a", "label": "positive"}, {"text": "b", "label": "Positive"}], {}, "differ only in case"),
+        ([{"text": "a", "label": "pos\nitive"}, {"text": "b", "label": "neg"}], {}, "control character"),
+        ([{"text": "a", "label": "\ud800x"}, {"text": "b", "label": "neg"}], {}, "the label of row 1 holds a lone"),
+        # a split key on some rows only: once ignored (first row without) or a KeyError (first row with)
+        ([{"text": "a", "label": "x"}, {"text": "b", "label": "y", "split": "test"}], {}, "row 2 has a 'split' key"),
+        ([{"text": "a", "label": "x", "split": "train"}, {"text": "b", "label": "y"}], {}, "row 2 has no 'split' key"),
+        # a class only in the test split would be a label never taught
+        (
+            [{"text": f"t{i}", "label": "xy"[i % 2], "split": "train"} for i in range(6)]
+            + [{"text": "u", "label": "z", "split": "test"}],
+            {},
+            "the class 'z' .* has no row in the train split",
+        ),
+        ([{"text": "a", "label": "x"}], {"limit": -1}, "limit must be at least 1"),
+        ([{"text": "a", "label": "x"}], {"seed": "x"}, "seed must be an integer"),
+        ([{"text": "a", "label": "x"}], {"encoding": None}, "encoding must be a non-empty string"),
+    ],
+)
+def test_data_that_would_train_or_score_wrong_is_refused(tmp_path, rows, kwargs, message):
+    with pytest.raises(DataError, match=message):
+        load_data(_jsonl(tmp_path, rows), **kwargs)
+
+
+def test_a_runaway_quote_in_a_tsv_is_named_and_suffixes_are_read_in_any_case(tmp_path):
+    lines = ["text\tlabel"] + [f"row {i}\t{'ab'[i % 2]}" for i in range(20)]
+    lines[4] = '"Wow\ta'  # an unmatched quote: every row to the next quote became one text
+    lines[12] = 'a "quoted" word\tb'
+    (tmp_path / "d.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="row 4 holds a field with tabs over several lines"):
+        load_data(str(tmp_path / "d.tsv"))
+    (tmp_path / "UP.CSV").write_text("text,label\n" + "".join(f"r{i},{'ab'[i % 2]}\n" for i in range(20)))
+    assert sum(load_data(str(tmp_path / "UP.CSV")).sizes().values()) == 20
+
+
+def test_jsonl_strings_may_hold_line_separators_and_utf16_is_named(tmp_path):
+    rows = [{"text": f"a\u2028b\u0085c {i}", "label": "ab"[i % 2]} for i in range(20)]
+    d = load_data(_jsonl(tmp_path, rows))  # they once split the JSON lines: "not valid JSON"
+    assert sorted(d.train.texts + d.validation.texts + d.test.texts) == sorted(r["text"] for r in rows)
+    (tmp_path / "u.csv").write_bytes("text,label\na,x\nb,y\n".encode("utf-16"))
+    with pytest.raises(DataError, match="UTF-16 text .* --encoding utf-16"):
+        load_data(str(tmp_path / "u.csv"))
+
+
+def test_the_training_file_is_known_however_spelled_and_a_changed_one_refused(tmp_path, monkeypatch):
+    """eval/compress split a model's training file again with its recorded seed: only if it is the
+    file (``./d.csv`` once counted as another file, split with seed 42, test rows trained on), and
+    only while it still splits as it did (rows appended: the test rows move)."""
+    from pathlib import Path
+
+    from fastft.data.datasets import check_unchanged, same_data
+
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(40)))
+    d = load_data(str(path), seed=7)
+    spec = {**d.spec, "sizes": d.sizes()}  # what training records in fastft.json
+    monkeypatch.chdir(tmp_path)
+    assert same_data("./d.csv", spec) and same_data(Path("d.csv"), spec) and same_data(str(path), spec)
+    assert not same_data("movie-snippets", spec) and not same_data(str(tmp_path / "e.csv"), spec)
+    check_unchanged(load_data("./d.csv", seed=7), spec)
+    with path.open("a") as f:
+        f.write("".join(f"more {i},{'ab'[i % 2]}\n" for i in range(4)))
+    with pytest.raises(DataError, match=r"d.csv has changed since .* \(train/validation/test 36/4/4 rows now, 32/4/4"):
+        check_unchanged(load_data(str(path), seed=7), spec)

@@ -310,7 +310,7 @@ CLI_CASES = [
     ("compress-data-missing", "compress --model {w}/tiny --data {w}/none.csv --output {out}", "does not exist"),
     ("compress-layers-99", "compress --model {w}/tiny --layers 99 --output {out}", "--layers must be between 1"),
     ("predict-dash-and-text", "predict --model {w}/tiny --backend torch - hi", "takes no other texts"),
-    ("train-all-empty-texts", "train --model {w}/tiny --data {w}/empty-texts.csv --output {out}", "every text of"),
+    ("train-all-empty-texts", "train --model {w}/tiny --data {w}/empty-texts.csv --output {out}", "has an empty text"),
     ("bench-batch-huge", "bench --model {w}/tiny --batch 100000000 --no-memory", "GiB of activations"),
     ("bench-seq-twice", "bench --model {w}/tiny --seq 16,16", "listed twice"),
     ("bench-gap-huge", "bench --model {w}/tiny --gap-ms 1e12", "--gap-ms must be in [0, 10000]"),
@@ -333,6 +333,7 @@ CLI_CASES = [
     ("export-token-calib", "export --model {w}/tiny --int8 --calib-data conll2003 --output {out}", "a text classifier"),
     # argparse mistakes are one line too
     ("bench-empty-model", "bench --model= --no-memory", "--model is empty"),
+    ("data-path-with-a-newline", "train --data {w}/no\nfile.csv --output {out}", "no\\nfile.csv does not exist"),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
     ("unknown-command", "frobnicate", "invalid choice: 'frobnicate'"),
@@ -595,6 +596,11 @@ def test_stdin_errors_name_the_line_and_a_bom_is_not_text(world, tmp_path):
     assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("fastft: error: stdin line 4 has no tokens")
     proc = _cli("predict", "--model", model, "--json", "-", stdin=b"\xef\xbb\xbfa fine film\n", cwd=tmp_path)
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["text"] == "a fine film", proc.stderr
+    # lines end at a lone CR too (an old Mac's file), as in data files: three texts, not one
+    proc = _cli("predict", "--model", model, "--json", "-", stdin=b"good\rbad\r\rfine\r", cwd=tmp_path)
+    assert proc.returncode == 0 and [r["text"] for r in json.loads(proc.stdout)] == ["good", "bad", "fine"]
+    proc = _cli("predict", "--model", model, "-", stdin="good\r\r\u200b\n".encode())
+    assert proc.returncode == 2 and "stdin line 3 has no tokens" in proc.stderr.decode()
 
 
 def test_a_forced_kernel_copy_this_cpu_lacks_is_one_line(world, tmp_path):

@@ -24,3 +24,15 @@ def test_auc_ties_and_single_class():
 def test_multiclass_has_no_auc():
     m = classification_metrics([0, 1, 2], np.eye(3))
     assert m["accuracy"] == 1.0 and "roc_auc" not in m
+
+
+def test_macro_averages_leave_out_classes_with_no_rows_and_no_predictions():
+    """A test set of one class, all predicted right: F1 1.0, not 0.5 (as scikit-learn averages);
+    a class that is predicted but absent from the labels still counts (its precision is 0)."""
+    probs = np.array([[0.1, 0.9, 0.0]] * 4)
+    m = classification_metrics([1, 1, 1, 1], probs)
+    assert m["accuracy"] == 1.0 and m["f1_macro"] == 1.0 and m["precision_macro"] == 1.0
+    wrong = classification_metrics([1, 1, 1, 1], np.array([[0.9, 0.1, 0.0]] * 2 + [[0.1, 0.9, 0.0]] * 2))
+    # classes 0 (predicted, no rows: p=r=f1=0) and 1 (p=1, r=0.5, f1=2/3); class 2 left out
+    assert wrong["f1_macro"] == pytest.approx((0 + 2 / 3) / 2)
+    assert wrong["recall_macro"] == pytest.approx((0 + 0.5) / 2)

@@ -63,6 +63,40 @@ def test_conll_file_with_wrong_tag_column_is_one_line_error(tmp_path):
     assert splits.task == "token-classification" and splits.labels == TAGS
 
 
+@pytest.mark.parametrize(
+    "text, kwargs, message",
+    [
+        # a tag error names the file's line (it once named the sentence's place in the shuffled split)
+        ("A NN B-PER\nb NN O\n\nC NN PERSON\n", {}, "t: line 4 has the tag 'PERSON'"),
+        # a line with a column more shifts the tag column: refused, not read as a shorter word
+        ("New NNP B-LOC\nYork NNP I-LOC\n\nNew York NNP B-LOC\n", {}, "line 4 has 4 column.*line 1 3"),
+        ("# sent_id = 1 O\nA NN B-PER\n", {}, "line 2 has 3 column.*# comments"),
+        # -1 resolves to the same column as 2: the words would be the tags
+        ("A NN B-PER\n", {"columns": (2, -1)}, "both name column 2"),
+    ],
+)
+def test_conll_lines_that_would_read_wrong_are_refused(text, kwargs, message):
+    from fastft.data.tokens import read_conll
+
+    with pytest.raises(DataError, match=message):
+        read_conll(text, "t", **kwargs)
+
+
+def test_conllu_comments_are_skipped_and_empty_words_refused(tmp_path):
+    from fastft.data import load_data
+    from fastft.data.tokens import read_conll
+
+    text = "# sent_id = 1\n# text = A b\nA NN B-PER\nb NN O\n"
+    assert read_conll(text, "t", comments=True) == [(["A", "b"], ["B-PER", "O"])]
+    rows = [{"tokens": ["A", "b"], "tags": ["B-PER", "O"]}] * 3 + [{"tokens": ["A", " "], "tags": ["B-PER", "I-PER"]}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="line 4: tokens #1 is only spaces"):
+        load_data(str(tmp_path / "t.jsonl"))
+    (tmp_path / "t.csv").write_text("text,label\na,x\n")
+    with pytest.raises(DataError, match="t.csv is a .csv file, text-classification data"):
+        load_data(str(tmp_path / "t.csv"), task="token-classification")
+
+
 def test_jsonl_tokens_tags_and_given_splits(tmp_path):
     from fastft.data import load_data
 

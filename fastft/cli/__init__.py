@@ -124,6 +124,12 @@ def _catch_termination() -> dict:
     return previous
 
 
+def one_line(message: str) -> str:
+    """``message`` with its line breaks (from a path or a value it quotes) written as ``\\n``:
+    an error is one line, however odd the input it names."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except FastftError as exc:
         if args.verbose:
             raise
-        print(f"fastft: error: {exc}", file=sys.stderr)
+        print(f"fastft: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Terminated as exc:
         print(f"fastft: terminated ({exc})", file=sys.stderr)

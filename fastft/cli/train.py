@@ -304,25 +304,27 @@ def _stdin_line_numbers(lines: list[int] | None):
 
 def _stdin_lines() -> tuple[list[str], list[int]]:
     """Non-blank lines of stdin, decoded as UTF-8 without a byte-order mark, and their line
-    numbers (an error names the first bad line)."""
+    numbers (an error names the first bad line). Lines end at \\n, \\r\\n or a lone \\r, as in
+    data files (a file from an old Mac is three texts, not one)."""
     from fastft.core.errors import FastftError
+    from fastft.data.datasets import split_lines
     from fastft.data.text import decode_line
 
     buffer = getattr(sys.stdin, "buffer", None)
-    if buffer is None:  # a text stream (e.g. replaced in-process): already decoded
-        kept = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1) if line.strip()]
-        return [t.removeprefix("\ufeff") if n == 1 else t for n, t in kept], [n for n, _ in kept]
-    out, numbers = [], []
-    for n, raw in enumerate(buffer, 1):
+    chunks = sys.stdin if buffer is None else buffer  # a text stream (replaced in-process): already decoded
+    out, numbers, n = [], [], 0
+    for raw in chunks:
         try:
-            line = decode_line(raw.removeprefix(b"\xef\xbb\xbf") if n == 1 else raw, f"stdin line {n}").rstrip("\r\n")
+            text = raw if buffer is None else decode_line(raw, f"stdin line {n + 1}")
         except ValueError as exc:
             raise FastftError(
                 f"{exc}; fastft reads text as UTF-8: convert it first, e.g. iconv -f latin1 -t utf-8"
             ) from None
-        if line.strip():
-            out.append(line)
-            numbers.append(n)
+        for line in split_lines(text.removeprefix("\ufeff") if n == 0 else text):
+            n += 1
+            if line.strip():
+                out.append(line)
+                numbers.append(n)
     return out, numbers
 
 

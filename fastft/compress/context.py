@@ -18,6 +18,7 @@ from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_m
 from fastft.core.system import physical_cores, versions
 from fastft.data import load_data
 from fastft.data.collate import clamp_max_length, sorted_batches
+from fastft.data.datasets import check_unchanged, same_data
 from fastft.data.labels import align_labels
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
@@ -204,7 +205,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     data = cfg.data or spec.get("path") or spec.get("data")
     if data is None:
         raise DataError(f"{path} records no training data; pass --data")
-    same = data in (spec.get("data"), spec.get("path"))
+    same = same_data(data, spec)
     if token and cfg.distill.augment:
         raise FastftError(
             "--augment perturbs sentences and would misalign the word tags: it applies to sequence "
@@ -225,6 +226,8 @@ def prepare(model, cfg: CompressConfig) -> Context:
         columns=cfg.columns or (",".join(map(str, spec["columns"])) if same and spec.get("columns") else None),
     )
     splits.check_trainable()
+    if same:
+        check_unchanged(splits, spec)
     if set(splits.labels) != set(labels):
         raise DataError(
             f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's ({', '.join(labels)})"

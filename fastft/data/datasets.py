@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -125,6 +126,8 @@ def not_a_data_file(path: Path) -> str:
     """Why ``path``, which is not a regular file, cannot be read as data (one line)."""
     if path.is_dir():
         return f"data file {path} is a directory, not a data file"
+    if path.is_symlink() and not path.exists():
+        return f"data file {path} is a symbolic link to nothing (its target is missing, or the links loop)"
     if path.exists():
         return f"data file {path} is not a regular file (a device or a pipe: save the data to a file)"
     return f"data file {path} does not exist"
@@ -148,6 +151,8 @@ def read_text_file(path: Path, encoding: str) -> str:
         text = raw.decode(encoding)
         return text[1:] if text.startswith("\ufeff") else text  # the byte-order mark Excel writes
     except UnicodeDecodeError as exc:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16's byte-order mark
+            raise DataError(f"{path} is UTF-16 text (its first bytes say so); pass --encoding utf-16") from None
         raise DataError(
             f"{path} is not valid {encoding} (byte {exc.start}); pass its encoding, e.g. --encoding latin-1"
         ) from None
@@ -156,8 +161,18 @@ def read_text_file(path: Path, encoding: str) -> str:
 
 
 def _file_kind(path: Path) -> str:
-    suffixes = [s for s in path.suffixes if s != ".gz"]
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     return suffixes[-1] if suffixes else ""
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines ended by \\n, \\r\\n or a lone \\r, and only those: ``str.splitlines`` also splits at
+    U+2028, U+0085 and other characters a JSON string or a word may hold."""
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _file_records(path: Path, encoding: str) -> list[dict]:
@@ -179,6 +194,15 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
                 )
             rows = list(reader)
             for i, rec in enumerate(rows):
+                runaway = kind == ".tsv" and any(
+                    isinstance(v, str) and "\t" in v and ("\n" in v or "\r" in v) for v in rec.values()
+                )
+                if runaway:  # a text that starts with a double quote read every row to the next quote
+                    raise DataError(
+                        f"{path}: row {i + 1} holds a field with tabs over several lines: a double quote at the "
+                        "start of a text swallowed the rows after it; double each quote inside a quoted text "
+                        '("") or quote that text whole'
+                    )
                 extra = rec.get(None)  # DictReader keeps fields past the header's under None
                 if extra and any(x.strip() for x in extra):  # a trailing comma (spreadsheets) is no field
                     sep = "a tab" if kind == ".tsv" else "a comma"
@@ -192,7 +216,7 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
         finally:
             csv.field_size_limit(limit)
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(split_lines(text), 1):
         if line.strip():
             try:
                 rec = json.loads(line, object_pairs_hook=_unique_keys)
@@ -209,6 +233,38 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
 _FIELD_LIMIT = 2**31 - 1
 # a label spelt as a number ("1", "1.0", "-2", "2.50", "1e3"), as in JSON: normalised like a JSON number
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+def same_data(data, spec: dict) -> bool:
+    """Is ``data`` what ``spec`` (a model's fastft.json ``data``) records it trained on: the same
+    built-in name, or the same file however its path is spelled (relative, ``./``, a Path)?"""
+    if data is None:
+        return False
+    data = os.fspath(data)
+    if data == spec.get("data"):
+        return True
+    recorded = spec.get("path") or spec.get("data")
+    if not recorded or data in BUILTIN_DATASETS:
+        return False
+    try:
+        return Path(data).resolve() == Path(recorded).resolve()
+    except (OSError, RuntimeError):  # a loop of links: not the file it was
+        return False
+
+
+def check_unchanged(splits: DataSplits, spec: dict) -> None:
+    """DataError when the training data, split again by the recorded seed, no longer gives the
+    recorded split sizes (rows were added to or removed from the file): its rebuilt test split
+    can then hold rows the model trained on, and a score on it would be too high."""
+    sizes = spec.get("sizes")
+    drawn = str(spec.get("splits", "")).startswith(("stratified", "random"))  # given splits stay put
+    if drawn and sizes and "limit" not in spec and "limit" not in splits.spec and splits.sizes() != sizes:
+        now, then = ("/".join(str(d[s]) for s in SPLIT_NAMES) for d in (splits.sizes(), sizes))
+        raise DataError(
+            f"{splits.name} has changed since the model trained on it (train/validation/test {now} rows now, "
+            f"{then} then): split again, its test rows may be rows the model trained on; evaluate on a file "
+            "of held-out rows (--data)"
+        )
 
 
 class _DuplicateKey(ValueError):
@@ -255,6 +311,42 @@ def _label_name(value, where: str = "a row") -> str:
     return name
 
 
+def _check_label_names(records: list[dict], label_column: str, named_rows: list, path: Path) -> None:
+    """DataError for labels that would make a wrong class silently: not valid Unicode, holding a
+    line break or another control character (``fastft predict`` prints one line per text), two
+    spellings of one class that differ only in case, or JSON booleans beside the strings
+    "true"/"false" (a boolean is class "1"/"0", the string a class of its own)."""
+    seen: dict[str, int] = {}
+    for i, (_, name) in enumerate(named_rows):
+        if name in seen:
+            continue
+        seen[name] = i
+        problem = unicode_problem(name)
+        if problem:
+            raise DataError(f"{path}: the label of row {i + 1} {problem}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise DataError(
+                f"{path}: the label of row {i + 1} ({name!r}) holds a control character such as a line break"
+            )
+    folded: dict[str, str] = {}
+    for name, i in seen.items():
+        other = folded.setdefault(name.casefold(), name)
+        if other != name:
+            raise DataError(
+                f"{path}: the labels {other!r} (row {seen[other] + 1}) and {name!r} (row {i + 1}) differ only in "
+                "case; they would be two classes. Spell each class one way"
+            )
+    bools = [i for i, rec in enumerate(records) if isinstance(rec.get(label_column), bool)]
+    words = [i for i, rec in enumerate(records) if str(rec.get(label_column)).strip().lower() in ("true", "false")]
+    words = [i for i in words if not isinstance(records[i].get(label_column), bool)]
+    if bools and words:
+        raise DataError(
+            f"{path}: row {bools[0] + 1} has the label {json.dumps(records[bools[0]][label_column])} (a JSON boolean, "
+            f"class {_label_name(records[bools[0]][label_column])!r}) and row {words[0] + 1} the string "
+            f"{records[words[0]][label_column]!r} (a class of its own); write every label one way"
+        )
+
+
 def _sort_labels(names: set[str]) -> list[str]:
     try:
         return sorted(names, key=lambda s: (int(s), s))
@@ -276,20 +368,25 @@ def split_as_given(items: list, given: list, where: str, what: str) -> list[list
 
 
 def _stratified_split(rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.1, 0.1)) -> list[list[tuple[str, int]]]:
+    """Train / validation / test, stratified by label. Every copy of one text lands in the same
+    split (with the label of its first row for the stratification), so a test text is never also
+    a training text; with no text twice this is the plain per-row split (the same for a seed)."""
     rng = random.Random(seed)
-    by_label: dict[int, list[tuple[str, int]]] = {}
+    copies: dict[str, list[tuple[str, int]]] = {}
     for r in rows:
-        by_label.setdefault(r[1], []).append(r)
+        copies.setdefault(r[0], []).append(r)
+    by_label: dict[int, list[list[tuple[str, int]]]] = {}
+    for group in copies.values():
+        by_label.setdefault(group[0][1], []).append(group)
     parts: list[list[tuple[str, int]]] = [[], [], []]
     for label in sorted(by_label):
-        group = by_label[label]
-        rng.shuffle(group)
-        n = len(group)
+        groups = by_label[label]
+        rng.shuffle(groups)
+        n = len(groups)
         n_val = round(n * fractions[1])
         n_test = round(n * fractions[2])
-        parts[1] += group[:n_val]
-        parts[2] += group[n_val : n_val + n_test]
-        parts[0] += group[n_val + n_test :]
+        for i, part in ((1, groups[:n_val]), (2, groups[n_val : n_val + n_test]), (0, groups[n_val + n_test :])):
+            parts[i] += [r for g in part for r in g]
     for p in parts:
         rng.shuffle(p)
     return parts
@@ -329,7 +426,7 @@ def load_data(
     if data in BUILTIN_DATASETS:
         named_rows, label_names = _builtin_rows(data)
         name = data
-    elif path.suffix in (".csv", ".tsv", ".jsonl", ".gz") or path.exists():
+    elif path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".gz") or path.exists():
         if not path.is_file():
             raise DataError(not_a_data_file(path))
         records = _file_records(path, encoding)
@@ -352,8 +449,18 @@ def load_data(
             problem = unicode_problem(text)
             if problem:
                 raise DataError(f"{path}: the text of row {i + 1} {problem}")
+            if not text.strip():  # fastft predict refuses such a text: a model is neither taught nor scored on it
+                raise DataError(f"{path}: row {i + 1} has an empty text; remove the row")
             named_rows.append((text, _label_name(label, f"{path}: row {i + 1}")))
-        if split_column in columns:
+        _check_label_names(records, label_column, named_rows, path)
+        with_split = [split_column in rec for rec in records]
+        if any(with_split) and not all(with_split):
+            i = with_split.index(not with_split[0])
+            raise DataError(
+                f"{path}: row {i + 1} {'has no' if with_split[0] else 'has a'} {split_column!r} key and row 1 "
+                f"{'has one' if with_split[0] else 'has none'}: give every row its split, or none"
+            )
+        if all(with_split):
             given_splits = []
             for i, rec in enumerate(records):
                 s = _SPLIT_ALIASES.get(str(rec[split_column]).strip().lower())
@@ -388,4 +495,13 @@ def load_data(
         spec["limit"] = limit
     if len({lab for _, lab in parts[0]}) < min_classes:
         raise DataError(f"the train split of {data!r} has a single class; classification needs at least two")
+    if min_classes > 1:  # to train on: a class the train split lacks would be a label never taught
+        untaught = sorted(set(range(len(label_names))) - {lab for _, lab in parts[0]})
+        if untaught:
+            where = "after --limit" if limit is not None else ""
+            raise DataError(
+                f"the class {label_names[untaught[0]]!r} of {data!r} has no row in the train split {where}".rstrip()
+                + ": a model cannot learn it; give it training rows"
+                + (" or a larger --limit" if limit is not None else "")
+            )
     return DataSplits(name, label_names, *(_to_split(p) for p in parts), spec=spec)

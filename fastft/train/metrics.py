@@ -35,13 +35,17 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
 
 
 def classification_metrics(labels: Sequence[int], probs: np.ndarray, num_labels: int | None = None) -> dict:
-    """Metrics of predicted class probabilities ``probs`` (n, num_labels) against ``labels``."""
+    """Metrics of predicted class probabilities ``probs`` (n, num_labels) against ``labels``.
+
+    The macro averages are over the classes that occur among the labels or the predictions (as
+    scikit-learn's): a class with neither would add a 0 and pull them down (a test set of only
+    positives, all predicted right, had accuracy 1.0 and F1 0.5)."""
     y = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     k = num_labels or probs.shape[1]
     pred = probs.argmax(axis=1)
     precision, recall, f1 = [], [], []
-    for c in range(k):
+    for c in sorted(set(y.tolist()) | set(pred.tolist())) or range(k):
         tp = int(((pred == c) & (y == c)).sum())
         fp = int(((pred == c) & (y != c)).sum())
         fn = int(((pred != c) & (y == c)).sum())

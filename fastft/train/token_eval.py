@@ -33,6 +33,7 @@ def evaluate_tokens(
     """Entity metrics of the token-classification directory ``path`` on a split."""
     from fastft.data import load_data
     from fastft.data.collate import clamp_max_length
+    from fastft.data.datasets import check_unchanged, same_data
     from fastft.models import load_tokenizer
     from fastft.train.token_metrics import encode_rows, ort_token_logits, token_logits, token_scores
 
@@ -41,7 +42,7 @@ def evaluate_tokens(
         data = spec.get("path") or spec.get("data")
         if data is None:
             raise FastftError(f"{path} records no training data; pass --data")
-    same = data in (spec.get("data"), spec.get("path"))
+    same = same_data(data, spec)
     recorded = ",".join(map(str, spec["columns"])) if same and spec.get("columns") else None
     splits = load_data(
         data,
@@ -52,6 +53,8 @@ def evaluate_tokens(
         seed=spec.get("seed", 42) if same else 42,
         encoding=encoding,
     )
+    if same:
+        check_unchanged(splits, spec)
     labels = [str(x) for x in meta.get("labels") or []]
     tokenizer = load_tokenizer(path)
     if backend == "onnxruntime":  # the file fastft predict serves, at the graph level fastft.json records
