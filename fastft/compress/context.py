@@ -22,6 +22,7 @@ from fastft.data.datasets import check_unchanged, same_data
 from fastft.data.labels import align_labels
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
+from fastft.models.task import head_labels
 from fastft.train.trainer import set_seed
 
 
@@ -144,13 +145,10 @@ def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
             f"{path} has no classification head (architectures: {', '.join(archs) or 'none'}); "
             "fine-tune it first: fastft train --model ... --output DIR"
         )
-    labels = meta.get("labels")
-    if not labels:
-        id2label = cfg.get("id2label") or {}
-        labels = [str(id2label.get(str(i), "")) for i in range(len(id2label))]
-        if not labels or all(x.startswith("LABEL_") or not x for x in labels):
-            raise ModelError(f"{path} records no label names (no fastft.json labels, no config id2label)")
-    return meta, [str(x) for x in labels]
+    labels = head_labels(path, meta, cfg)
+    if all(x.startswith("LABEL_") for x in labels):
+        raise ModelError(f"{path} records no label names (no fastft.json labels, no config id2label)")
+    return meta, labels
 
 
 def check_student(student: str) -> None:

@@ -16,7 +16,17 @@ def model_max_positions(config) -> int | None:
 
         raise ModelError(f"config.json max_position_embeddings must be a positive integer (got {n!r:.40})")
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        n -= 2  # RoBERTa offsets positions by padding_idx + 1
+        # RoBERTa numbers the positions from padding_idx + 1 (its pad token id, 1 in every checkpoint
+        # of the family, but a config may say another)
+        pad = getattr(config, "pad_token_id", None)
+        n -= (pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 1) + 1
+        if n < 1:
+            from fastft.core.errors import ModelError
+
+            raise ModelError(
+                f"config.json max_position_embeddings leaves no position after pad_token_id {pad} (RoBERTa "
+                "numbers positions from pad_token_id + 1)"
+            )
     return int(n)
 
 

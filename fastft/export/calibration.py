@@ -10,9 +10,29 @@ class CalibrationReader:
     tokenized (:meth:`from_ids`, padded with ``pad_id``); ``token_type_ids`` are zeros.
     """
 
-    def __init__(self, batches: list[dict]):
+    def __init__(self, batches: list[dict], pad_id: int = 0):
         self.batches = batches
+        self.pad_id = pad_id
         self._it = iter(self.batches)
+
+    def one_shape(self) -> CalibrationReader:
+        """The same rows, one per batch, each padded to the longest row's length (``input_ids`` with
+        ``pad_id``, the rest with 0): ONNX Runtime's histogram calibrators (entropy, percentile)
+        stack every batch's activations into one array, which fails on batches of other shapes."""
+        import numpy as np
+
+        n = max((b[k].shape[1] for b in self.batches for k in b), default=0)
+
+        def pad(name, x):
+            fill = self.pad_id if name == "input_ids" else 0
+            return np.pad(x, ((0, 0), (0, n - x.shape[1])), constant_values=fill)
+
+        rows = [
+            {k: pad(k, v[i : i + 1]) for k, v in b.items()}
+            for b in self.batches
+            for i in range(len(next(iter(b.values()))))
+        ]
+        return CalibrationReader(rows, self.pad_id)
 
     @classmethod
     def from_ids(cls, ids: list[list[int]], pad_id: int, input_names: list[str], batch_size: int = 16):
@@ -29,7 +49,7 @@ class CalibrationReader:
                 m[i, : len(r)] = 1
             feeds = {"input_ids": x, "attention_mask": m, "token_type_ids": np.zeros_like(x)}
             batches.append({k: feeds[k] for k in input_names})
-        return cls(batches)
+        return cls(batches, pad_id)
 
     def get_next(self):
         return next(self._it, None)
@@ -51,7 +71,7 @@ class TextCalibrationReader(CalibrationReader):
             )
             zeros = np.zeros_like(enc["input_ids"], dtype=np.int64)
             batches.append({n: enc[n].astype(np.int64) if n in enc else zeros for n in input_names})
-        super().__init__(batches)
+        super().__init__(batches, tokenizer.pad_token_id or 0)
 
 
 def _base_reader():

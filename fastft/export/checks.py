@@ -83,6 +83,8 @@ def check_classifier_dir(path: Path, meta: dict) -> None:
     """A directory with a trained classification head: fastft labels or a *ForSequence/TokenClassification config."""
     import json
 
+    from fastft.models.task import head_labels
+
     config = json.loads((path / "config.json").read_text())
     archs = config.get("architectures") or []
     has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs)
@@ -91,12 +93,7 @@ def check_classifier_dir(path: Path, meta: dict) -> None:
             f"{path} has no classification head or labels (a base encoder?); "
             f"fine-tune it first: fastft train --model {path} --output DIR"
         )
-    labels, id2label = meta.get("labels"), config.get("id2label")
-    if labels and isinstance(id2label, dict) and id2label and len(labels) != len(id2label):
-        raise ModelError(
-            f"{path}: fastft.json names {len(labels)} labels ({', '.join(map(str, labels))[:80]}) but the "
-            f"head in config.json has {len(id2label)}: the export could not be served"
-        )
+    head_labels(path, meta, config)  # what the export would serve: one name per output, in the head's order
 
 
 def data_for(meta: dict, data: str | None):

@@ -260,6 +260,8 @@ def quantize_onnx(
                         raise FastftError(
                             f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {recipe.calib_method!r})"
                         )
+                    if method != CalibrationMethod.MinMax:  # histograms: one array over every batch
+                        calibration = calibration.one_shape()
                     calibration.rewind()
                     reader = as_ort_reader(calibration)
                     quantize_static(

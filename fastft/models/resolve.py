@@ -213,6 +213,18 @@ def load_tokenizer(model: str | os.PathLike):
     return tok
 
 
+def check_vocab(path, tokenizer, vocab_size) -> None:
+    """ModelError when the tokenizer has more entries than the model's vocabulary (config.json
+    ``vocab_size``): its ids past that would fail, or read the wrong embeddings, on the texts
+    that hold them only."""
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and len(tokenizer) > vocab_size:
+        raise ModelError(
+            f"{path}: the tokenizer has {len(tokenizer)} entries, more than the model's vocabulary of {vocab_size} "
+            "(config.json vocab_size): its ids past that would fail or read the wrong embeddings; "
+            "use the tokenizer the model was trained with"
+        )
+
+
 def load_classifier(
     model: str | os.PathLike,
     labels: list[str] | None = None,
@@ -280,10 +292,19 @@ def _load_classifier(model, labels, dropout, task):
             raise ModelError(f"{src}: cannot load weights ({_weights_error(src, config, exc)})") from None
     auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
     try:
-        model_obj = auto.from_pretrained(str(src), config=config, trust_remote_code=False)
+        model_obj, info = auto.from_pretrained(
+            str(src), config=config, trust_remote_code=False, output_loading_info=True
+        )
     except Exception as exc:  # noqa: BLE001 - corrupt safetensors raise their own error type; re-raised below
         local = f"{src}: cannot load weights ({_weights_error(src, config, exc)})" if isinstance(src, Path) else ""
         raise _load_error(src, exc, local) from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing and labels is None:  # a trained classifier: transformers would fill these with random numbers
+        raise ModelError(
+            f"{src}: its weights lack {len(missing)} tensor(s) the model needs ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); transformers would make them up at random, so answers "
+            "would change from load to load. Save the whole model (model.save_pretrained)"
+        )
     model_obj = model_obj.to(torch.float32)
     return model_obj
 

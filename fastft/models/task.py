@@ -32,3 +32,59 @@ def model_task(path: str | os.PathLike) -> str:
         raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
     cfg = p / "config.json"
     return task_from(read_meta(p), read_json_object(cfg) if cfg.is_file() else {})
+
+
+_NOT_SERVED = {"regression": "a regression score", "multi_label_classification": "several labels per text (sigmoid)"}
+
+
+def head_labels(path, meta: dict, config: dict) -> list[str]:
+    """The label names of the classifier at ``path``, logit by logit, checked (ModelError, one line)
+    so that no label can be served under another's name: config.json's ``id2label`` keys are
+    0..n-1; where fastft.json names labels too, both lists agree, order included (label i is logit
+    i; an ``id2label`` left at transformers' ``LABEL_i`` names none); names are unique; the head
+    is single-label classification (fastft serves a softmax over it); a token classifier's tags
+    are IOB2 (``O``, ``B-TYPE``, ``I-TYPE``) with an ``O``."""
+    task = task_from(meta, config)
+    kind = config.get("problem_type")
+    if kind in _NOT_SERVED:
+        raise ModelError(
+            f"{path} is a {kind} model ({_NOT_SERVED[kind]}); fastft serves single-label classifiers, "
+            "one softmax over the labels"
+        )
+    id2label = config.get("id2label")
+    named: list[str] | None = None
+    if isinstance(id2label, dict) and id2label:
+        try:
+            keys = sorted(int(k) for k in id2label)
+        except (TypeError, ValueError):
+            raise ModelError(
+                f"{path}: config.json id2label keys must be the label ids 0, 1, ... (got {list(id2label)[:4]})"
+            ) from None
+        if keys != list(range(len(keys))):
+            raise ModelError(f"{path}: config.json id2label keys must be 0..{len(keys) - 1} (got {keys[:6]})")
+        by_id = {int(k): str(v) for k, v in id2label.items()}
+        named = [by_id[i] for i in keys]
+    labels = meta.get("labels")
+    if isinstance(labels, list) and labels:
+        labels = [str(x) for x in labels]
+        if named is not None and named != labels and named != [f"LABEL_{i}" for i in range(len(named))]:
+            raise ModelError(
+                f"{path}: fastft.json names the labels {labels} and config.json's id2label {named}"[:300]
+                + "; label i is the head's output i, so they must agree, order included"
+            )
+    else:
+        n = config.get("num_labels") or (len(named) if named else 2)
+        labels = named or [f"LABEL_{i}" for i in range(int(n))]
+    if len(labels) == 1 and task != TOKEN_CLASSIFICATION:
+        raise ModelError(f"{path} has a head with one output (a regression score?); fastft serves classifiers")
+    dup = [x for i, x in enumerate(labels) if x in labels[:i]]
+    if dup:
+        raise ModelError(f"{path}: the label {dup[0]!r} appears twice; each output of the head needs its own name")
+    if task == TOKEN_CLASSIFICATION:
+        bad = [t for t in labels if t != "O" and not (len(t) > 2 and t[:2] in ("B-", "I-"))]
+        if bad or "O" not in labels:
+            raise ModelError(
+                f"{path}: the tags {', '.join(labels)}"[:200]
+                + " are not IOB2 with an O (O, B-TYPE, I-TYPE): fastft decodes entities from those"
+            )
+    return labels

@@ -15,7 +15,8 @@ from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length, tokenizer_max_length
 from fastft.data.iob import check_decode
 from fastft.models import load_tokenizer, read_meta
-from fastft.models.task import model_task, task_from
+from fastft.models.resolve import check_vocab
+from fastft.models.task import head_labels, model_task, task_from
 from fastft.runtime.base import Predictor
 from fastft.runtime.ort import OrtPredictor
 from fastft.runtime.ort_attention import effective_mode
@@ -91,15 +92,9 @@ def load(
     meta = read_meta(p)
     config = _read_config(p)
     task = task_from(meta, config)
-    labels = _labels(meta, config)
+    labels = head_labels(p, meta, config)
     tokenizer = load_tokenizer(p)
-    vocab = config.get("vocab_size")
-    if isinstance(vocab, int) and not isinstance(vocab, bool) and len(tokenizer) > vocab:
-        raise ModelError(
-            f"{p}: the tokenizer has {len(tokenizer)} entries, more than the model's vocabulary of {vocab} "
-            "(config.json vocab_size): its ids past that would fail or read the wrong embeddings; "
-            "use the tokenizer the model was trained with"
-        )
+    check_vocab(p, tokenizer, config.get("vocab_size"))
     length = _input_length(meta, config, tokenizer, max_length)
     common = {
         "device": device,
@@ -141,7 +136,11 @@ def served_onnx(
     p = Path(path).expanduser()
     meta = read_meta(p)
     config = _read_config(p)
-    return _pick_onnx(p, meta, int8), _labels(meta, config), _input_length(meta, config, load_tokenizer(p), max_length)
+    return (
+        _pick_onnx(p, meta, int8),
+        head_labels(p, meta, config),
+        _input_length(meta, config, load_tokenizer(p), max_length),
+    )
 
 
 def _input_length(meta: dict, config: dict, tokenizer, max_length: int | None) -> int:
@@ -188,15 +187,6 @@ def _read_config(p: Path) -> dict:
     if not cfg.is_file():
         raise ModelError(f"{p} is not a model directory (no config.json)")
     return read_json_object(cfg)
-
-
-def _labels(meta: dict, config: dict) -> list[str]:
-    labels = meta.get("labels")
-    if isinstance(labels, list) and labels:
-        return [str(x) for x in labels]
-    id2label = config.get("id2label") or {}
-    n = config.get("num_labels") or len(id2label) or 2
-    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(int(n))]
 
 
 def _pick_onnx(p: Path, meta: dict, int8: bool | None) -> Path:

@@ -1,0 +1,99 @@
+"""Model directories in states that would serve wrong answers silently: refused in one line
+wherever they are loaded (fastft.load on both backends, export, eval's torch path).
+
+Each case is a copy of the tiny classifier with one thing changed, as an outside audit found
+them: a head whose labels disagree between fastft.json and config.json, labels named twice,
+id2label keys that skip, a regression or multi-label head, weights missing from the file
+(transformers filled them at random: answers changed from load to load).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import fastft
+from fastft.core.errors import ModelError
+
+
+def _edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _variant(tiny_model_dir, tmp_path, config=None, meta=None):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    if config:
+        _edit_json(d / "config.json", **config)
+    if meta:
+        _edit_json(d / "fastft.json", **meta)
+    return d
+
+
+CASES = [
+    (  # label i is logit i: an id2label in the other order than fastft.json once scored 0.12 on torch, 0.88 on ORT
+        "swapped",
+        {"id2label": {"0": "positive", "1": "negative"}, "label2id": {"positive": 0, "negative": 1}},
+        None,
+        "must agree, order included",
+    ),
+    ("twice", {"id2label": {"0": "good", "1": "good"}}, {"labels": ["good", "good"]}, "'good' appears twice"),
+    ("skips", {"id2label": {"0": "negative", "5": "positive"}}, {"labels": None}, "id2label keys must be 0..1"),
+    ("regression", {"problem_type": "regression"}, None, "regression model"),
+    ("multi-label", {"problem_type": "multi_label_classification"}, None, "several labels per text"),
+]
+
+
+@pytest.mark.parametrize("config, meta, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_head_that_would_be_served_wrong_is_refused(tiny_model_dir, tmp_path, config, meta, message):
+    d = _variant(tiny_model_dir, tmp_path, config, meta)
+    for call in (
+        lambda: fastft.load(d, backend="torch", warm_up=False),
+        lambda: fastft.export(d, tmp_path / "out", progress=False),
+        lambda: fastft.evaluate(str(d), backend="torch", progress=False),
+    ):
+        with pytest.raises(ModelError, match=message) as exc:
+            call()
+        assert "\n" not in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_are_refused_not_made_up(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _variant(tiny_model_dir, tmp_path)
+    state = load_file(str(d / "model.safetensors"))
+    head = [k for k in state if k.startswith("classifier.")]
+    save_file({k: v for k, v in state.items() if k not in head}, str(d / "model.safetensors"))
+    with pytest.raises(ModelError, match=r"its weights lack 2 tensor\(s\) the model needs \(classifier.bias"):
+        fastft.load(d, backend="torch", warm_up=False)
+    # training from a base encoder makes a new head: that is no missing weight
+    from fastft.models import load_classifier
+
+    assert load_classifier(d, labels=["negative", "positive"]).classifier.weight.shape[0] == 2
+
+
+def test_token_tags_must_be_iob2_with_an_o():
+    from fastft.models.task import head_labels
+
+    meta = {"task": "token-classification"}
+    assert head_labels("m", meta, {"id2label": {"0": "O", "1": "B-PER", "2": "I-PER"}}) == ["O", "B-PER", "I-PER"]
+    for tags in (["o", "b-per", "i-per"], ["B-PER", "I-PER", "B-LOC"], ["O", "S-PER"]):
+        with pytest.raises(ModelError, match="not IOB2 with an O"):
+            head_labels("m", meta, {"id2label": dict(enumerate(tags))})
+
+
+def test_roberta_positions_follow_its_pad_token_id():
+    """RoBERTa numbers positions from pad_token_id + 1: with pad 5 and 130 positions, 124 tokens
+    fit (the export once assumed pad 1, and a 128-token text indexed past the table)."""
+    import transformers as tf
+
+    from fastft.data.collate import model_max_positions
+
+    assert model_max_positions(tf.RobertaConfig(max_position_embeddings=130, pad_token_id=5)) == 124
+    assert model_max_positions(tf.RobertaConfig(max_position_embeddings=514)) == 512  # pad 1
+    assert model_max_positions(tf.BertConfig(max_position_embeddings=512, pad_token_id=5)) == 512
