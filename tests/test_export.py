@@ -133,6 +133,28 @@ def test_static_int8_with_calibration(tiny_model_dir, tmp_path, method):
     assert (tmp_path / "static" / "model_int8.onnx").is_file()
 
 
+def test_int8_check_on_calibration_data_with_its_own_columns(tiny_model_dir, tmp_path):
+    """--calib-data with other column names: --text-column / --label-column (the error named
+    those flags, which export lacked)."""
+    import json
+
+    from fastft.export import export
+
+    rows = [
+        json.loads(line)
+        for line in (Path(json.loads((tiny_model_dir / "fastft.json").read_text())["data"]["path"]))
+        .read_text()
+        .splitlines()
+    ]
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps({"sentence": r["text"], "y": r["label"]}) + "\n" for r in rows))
+    info = export(
+        tiny_model_dir, tmp_path / "o", int8=True, calib_data=str(data), text_column="sentence", label_column="y",
+        min_agreement=0.5, progress=False,
+    )  # fmt: skip
+    assert info["parity"]["int8"]["label_agreement"] >= 0.5
+
+
 def test_failed_parity_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
     from fastft.export import export, validate
 

@@ -333,6 +333,12 @@ CLI_CASES = [
     ("export-token-calib", "export --model {w}/tiny --int8 --calib-data conll2003 --output {out}", "a text classifier"),
     # argparse mistakes are one line too
     ("bench-empty-model", "bench --model= --no-memory", "--model is empty"),
+    ("export-empty-model", "export --model= --output {out}", "the model is empty"),
+    (
+        "export-columns-no-calib",
+        "export --model {w}/tiny --int8 --text-column s --output {out}",
+        "describes --calib-data",
+    ),
     ("data-path-with-a-newline", "train --data {w}/no\nfile.csv --output {out}", "no\\nfile.csv does not exist"),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),

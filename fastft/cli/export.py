@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument(
         "--calib-data", default=None, help="data for calibration and the INT8 check [the training data in fastft.json]"
     )
+    p.add_argument("--text-column", default=None, help="--calib-data's text column (a token file: its words) [text]")
+    p.add_argument("--label-column", default=None, help="--calib-data's label column (a token file: its tags) [label]")
+    p.add_argument("--encoding", default="utf-8", help="--calib-data's text encoding [utf-8]")
     # the INT8 options fastft compress has too, generated from the same config fields
     add_config_flags(p, QuantizeConfig, only=("static", "calib_size", "calib_method", "per_channel"))
     p.add_argument(
@@ -62,6 +65,9 @@ def _export(args) -> int:
 
     if args.calib_data is not None and not (args.int8 or args.static):
         raise FastftError("--calib-data is the data of the INT8 check and calibration: it needs --int8 or --static")
+    given = [f for f, v in (("--text-column", args.text_column), ("--label-column", args.label_column)) if v]
+    if (given or args.encoding != "utf-8") and args.calib_data is None:
+        raise FastftError(f"{(given or ['--encoding'])[0]} describes --calib-data: give it with --calib-data FILE")
     if args.min_agreement is not None:
         if not (args.int8 or args.static):
             raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")
@@ -73,6 +79,9 @@ def _export(args) -> int:
             int8=args.int8,
             static=args.static,
             calib_data=args.calib_data,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            encoding=args.encoding,
             calib_size=args.calib_size,
             calib_method=args.calib_method,
             per_channel=args.per_channel,

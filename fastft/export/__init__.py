@@ -188,6 +188,9 @@ def export(
     int8: bool = False,
     static: bool = False,
     calib_data: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    encoding: str = "utf-8",
     calib_size: int = DEFAULT_CALIB_SIZE,
     calib_method: str = "minmax",
     per_channel: bool | None = None,
@@ -209,6 +212,8 @@ def export(
         int8: also write ``model_int8.onnx`` (dynamic quantisation unless ``static``).
         static: calibrated static INT8 (implies ``int8``) on ``calib_size`` sampled training texts
             (``calib_data``, default the training data recorded in fastft.json).
+        text_column, label_column, encoding: ``calib_data``'s columns (a token file: its words and
+            tags) and encoding [text, label, utf-8; the recorded ones for the training data].
         calib_method: minmax, entropy or percentile (static only).
         per_channel: per-channel weight scales (None: the CPU's default recipe).
         opset: ONNX opset, >= 17.
@@ -248,7 +253,7 @@ def export(
     splits = source = None
     if int8 and (validate or static):
         try:
-            splits, source = data_for(meta, calib_data)
+            splits, source = data_for(meta, calib_data, text_column, label_column, encoding)
         except FastftError as exc:
             raise FastftError(
                 f"cannot load the data for INT8 {'calibration' if static else 'validation'}: {exc}"

@@ -96,21 +96,27 @@ def check_classifier_dir(path: Path, meta: dict) -> None:
     head_labels(path, meta, config)  # what the export would serve: one name per output, in the head's order
 
 
-def data_for(meta: dict, data: str | None):
+def data_for(
+    meta: dict, data: str | None, text_column: str | None = None, label_column: str | None = None, encoding="utf-8"
+):
     """(DataSplits, where from) for the recorded training data, or ``data`` if given (of the
-    model's task: text or token classification)."""
+    model's task: text or token classification), read with the columns given, else the recorded
+    ones for the training data, else text / label."""
     from fastft.core.schema import task_of
     from fastft.data import load_data
+    from fastft.data.datasets import same_data
 
     spec = meta.get("data") or {}
     recorded = spec.get("path") or spec.get("data")
     source = data or recorded
     if not source:
         return None, None
-    same = data is None or data in (spec.get("data"), spec.get("path"))
-    kwargs = {"seed": spec.get("seed", 42) if same else 42, "task": task_of(meta)}
-    if same:
-        kwargs.update(text_column=spec.get("text_column", "text"), label_column=spec.get("label_column", "label"))
+    same = data is None or same_data(data, spec)
+    token = task_of(meta) == "token-classification"
+    kwargs = {"seed": spec.get("seed", 42) if same else 42, "task": task_of(meta), "encoding": encoding}
+    text_key, label_key = ("tokens_key", "tags_key") if token else ("text_column", "label_column")
+    kwargs["text_column"] = text_column or (spec.get(text_key, "text") if same else "text")
+    kwargs["label_column"] = label_column or (spec.get(label_key, "label") if same else "label")
     return load_data(source, **kwargs), source
 
 

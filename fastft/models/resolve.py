@@ -29,6 +29,8 @@ def resolve_model(model: str | os.PathLike) -> Path | str:
     Raises ModelError for a path that does not exist or is not a model directory.
     """
     name = str(model)
+    if not name.strip():
+        raise ModelError("the model is empty: give a model directory or a built-in name such as minilm-l6")
     if name == "minilm-l6":
         return minilm_l6_dir()
     if name == "minilm-l3":
@@ -332,6 +334,13 @@ def _weights_error(path: Path, config, exc: Exception) -> str:
         return (
             "the .bin weights hold pickled Python objects, not only tensors, and fastft never unpickles "
             "those (unpickling can run code); save the weights as model.safetensors"
+        )
+    weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.pt")]
+    onnx = sorted(f.name for f in path.glob("*.onnx"))
+    if not weights and onnx:
+        return (
+            f"it holds only ONNX files ({', '.join(onnx[:3])}) and no PyTorch weights (model.safetensors): "
+            "serve it with fastft.load / fastft serve, or give the directory it was exported from"
         )
     head = _head_rows(path)
     n = getattr(config, "num_labels", None)

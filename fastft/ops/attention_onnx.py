@@ -84,7 +84,7 @@ def _mha_symbolic(g, q, k, v, mask, num_heads, scale):
 
     num_heads = sh._get_const(num_heads, "i", "num_heads")
     scale = sh._get_const(scale, "f", "scale")
-    return g.op(
+    out = g.op(
         f"{MS_DOMAIN}::MultiHeadAttention",
         q,
         k,
@@ -94,6 +94,18 @@ def _mha_symbolic(g, q, k, v, mask, num_heads, scale):
         num_heads_i=num_heads,
         scale_f=scale,
     )
+    return _typed_as_traced(g, out)
+
+
+def _typed_as_traced(g, out):
+    """``out`` typed as the traced op's output: its dtype, and its sizes with batch and sequence
+    left dynamic (only the hidden size fixed). ONNX has no shape inference for the com.microsoft
+    ops: without a type torch warned once per node."""
+    try:
+        traced = g.original_node.outputsAt(0).type()
+        return out.setType(traced.with_sizes([None, None, traced.sizes()[-1]]))
+    except (AttributeError, RuntimeError, TypeError, IndexError):
+        return out
 
 
 def _qkv_symbolic(g, x, weight, bias, mask, num_heads, scale):
@@ -101,7 +113,8 @@ def _qkv_symbolic(g, x, weight, bias, mask, num_heads, scale):
 
     num_heads = sh._get_const(num_heads, "i", "num_heads")
     scale = sh._get_const(scale, "f", "scale")
-    return g.op(f"{MS_DOMAIN}::Attention", x, weight, bias, _mask_int32(g, mask), num_heads_i=num_heads, scale_f=scale)
+    out = g.op(f"{MS_DOMAIN}::Attention", x, weight, bias, _mask_int32(g, mask), num_heads_i=num_heads, scale_f=scale)
+    return _typed_as_traced(g, out)
 
 
 def _traced_sizes(g, value, index: int) -> list:
@@ -149,6 +162,10 @@ def _fused_attention_symbolic(g, q, k, v, mask, causal, scale):
             axes = g.op("Constant", value_t=torch.tensor([1, 2], dtype=torch.int64))
             inputs += [sh._optional_input_placeholder_tensor(g), g.op("Unsqueeze", mask, axes)]
     out = g.op(f"{MS_DOMAIN}::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=scale)
+    try:  # (batch, seq_q, heads * head_dim): no ONNX shape inference knows the com.microsoft op
+        out.setType(q.type().with_sizes([None, None, heads * head_dim]))
+    except (AttributeError, RuntimeError, TypeError):
+        pass
     split = g.op("Constant", value_t=torch.tensor([0, 0, heads, head_dim], dtype=torch.int64))
     out = g.op("Transpose", g.op("Reshape", out, split), perm_i=perm)
     return out.setType(q.type())
