@@ -68,12 +68,23 @@ def test_integer_labels_and_custom_columns(tmp_path):
 
 
 def test_given_splits_are_kept(tmp_path):
+    """Given splits stay as given. With no validation split, one is drawn from the training rows
+    (the test rows once served: the model was chosen on the split it was then scored on); with no
+    test split, the validation rows serve, and fastft.json's data says which."""
     path = tmp_path / "d.jsonl"
     rows = [{"text": f"t{i}", "label": i % 2, "split": "train" if i < 20 else "test"} for i in range(30)]
     write_jsonl(path, rows)
     d = load_data(str(path))
-    assert d.sizes() == {"train": 20, "validation": 10, "test": 10}
-    assert d.spec["splits"] == "given"
+    assert d.sizes() == {"train": 18, "validation": 2, "test": 10}
+    assert not set(d.validation.texts) & set(d.test.texts) and not set(d.validation.texts) & set(d.train.texts)
+    assert d.spec["splits"] == "given; validation drawn from train (10%)"
+    write_jsonl(path, [{**r, "split": "validation" if r["split"] == "test" else "train"} for r in rows])
+    d = load_data(str(path))
+    assert d.sizes() == {"train": 20, "validation": 10, "test": 10} and d.test.texts == d.validation.texts
+    assert d.spec["splits"] == "given; test is the validation split"
+    write_jsonl(path, [{**r, "split": "train" if i < 28 else r["split"]} for i, r in enumerate(rows)])
+    d = load_data(str(path))
+    assert d.sizes() == {"train": 26, "validation": 2, "test": 2}
 
 
 @pytest.mark.parametrize(

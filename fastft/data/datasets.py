@@ -354,17 +354,30 @@ def _sort_labels(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-def split_as_given(items: list, given: list, where: str, what: str) -> list[list]:
-    """[train, validation, test] of ``items`` by their given split names; a missing validation or
-    test part borrows the other. ``where``/``what`` name the source in the one-line errors."""
+def split_as_given(items: list, given: list, where: str, what: str, draw=None) -> tuple[list[list], str]:
+    """([train, validation, test] of ``items`` by their given split names, how). No validation
+    part: ``draw(train)`` -> (train, validation) takes one from the training rows (a model chosen
+    on the test rows would report a test score it was selected for); where that leaves none (too
+    few rows), the test rows serve, and ``how`` says so. No test part: the validation rows serve.
+    ``where``/``what`` name the source in the one-line errors."""
     parts = [[r for r, g in zip(items, given) if g == want] for want in SPLIT_NAMES]
     if not parts[0]:
         raise DataError(f"{where} but no train {what}")
     if not parts[1] and not parts[2]:
         raise DataError(f"{where} but neither validation nor test {what}")
-    parts[1] = parts[1] or parts[2]
-    parts[2] = parts[2] or parts[1]
-    return parts
+    how = "given"
+    if not parts[1]:
+        train, validation = draw(parts[0]) if draw is not None else (parts[0], [])
+        if validation and train:
+            parts[0], parts[1] = train, validation
+            how = "given; validation drawn from train (10%)"
+        else:
+            parts[1] = parts[2]
+            how = "given; validation is the test split (too few train rows to draw one)"
+    if not parts[2]:
+        parts[2] = parts[1]
+        how = "given; test is the validation split"
+    return parts, how
 
 
 def _stratified_split(rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.1, 0.1)) -> list[list[tuple[str, int]]]:
@@ -485,8 +498,13 @@ def load_data(
     rows = [(t, label_id[lab]) for t, lab in named_rows]
 
     if given_splits is not None:
-        parts = split_as_given(rows, given_splits, f"{path} has a {split_column!r} column", "rows")
-        spec["splits"] = "given"
+        parts, spec["splits"] = split_as_given(
+            rows,
+            given_splits,
+            f"{path} has a {split_column!r} column",
+            "rows",
+            draw=lambda train: tuple(_stratified_split(train, seed, (0.9, 0.1, 0.0))[:2]),
+        )
     else:
         parts = _stratified_split(rows, seed)
         spec["splits"] = "stratified 80/10/10"

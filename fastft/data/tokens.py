@@ -100,6 +100,14 @@ def detect_task(data: str) -> str:
     return SEQUENCE_CLASSIFICATION
 
 
+def _drawn(sentences: list, seed: int) -> tuple[list, list]:
+    """(train, validation): a seeded 10% of ``sentences`` for validation (none from fewer than 10)."""
+    order = list(range(len(sentences)))
+    random.Random(seed).shuffle(order)
+    n = round(len(order) * 0.1)
+    return [sentences[i] for i in order[n:]], [sentences[i] for i in order[:n]]
+
+
 def check_task(task: str | None) -> None:
     if task is not None and task not in TASKS:
         raise DataError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
@@ -280,8 +288,9 @@ def load_token_data(
                 if problem:
                     raise DataError(f"{path}: a word of sentence {i + 1} {problem}")
         if given is not None:
-            parts = split_as_given(sentences, given, f"{path} has a 'split' key", "sentences")
-            spec["splits"] = "given"
+            parts, spec["splits"] = split_as_given(
+                sentences, given, f"{path} has a 'split' key", "sentences", draw=lambda train: _drawn(train, seed)
+            )
         else:
             rng = random.Random(seed)
             order = list(range(len(sentences)))
