@@ -329,3 +329,24 @@ def test_the_training_file_is_known_however_spelled_and_a_changed_one_refused(tm
         f.write("".join(f"more {i},{'ab'[i % 2]}\n" for i in range(4)))
     with pytest.raises(DataError, match=r"d.csv has changed since .* \(train/validation/test 36/4/4 rows now, 32/4/4"):
         check_unchanged(load_data(str(path), seed=7), spec)
+
+
+def test_a_model_split_by_row_is_split_so_again_and_a_big_group_stays_in_train(tmp_path):
+    """fastft.json's "stratified 80/10/10" (before copies of a text were kept together) reads the
+    data as it was split then, so its test rows are the same; a text copied many times goes to
+    train as a whole, not into a test split it would swamp."""
+    from fastft.data.loader import recorded_args
+
+    rows = [{"text": f"t{i % 30}", "label": "ab"[i % 30 % 2]} for i in range(60)]  # every text twice
+    path = _jsonl(tmp_path, rows)
+    old = load_data(path, grouped=False)
+    new = load_data(path)
+    assert old.spec["splits"] == "stratified 80/10/10" and set(old.test.texts) & set(old.train.texts)
+    assert new.spec["splits"] == "stratified 80/10/10, copies of a text together"
+    assert not set(new.test.texts) & set(new.train.texts)
+    _, args, same = recorded_args("m", {**old.spec, "sizes": old.sizes()}, None, task="sequence-classification")
+    assert same and args["grouped"] is False and load_data(path, **args).test.texts == old.test.texts
+    many = [{"text": "same words", "label": "a"}] * 500 + [{"text": f"u{i}", "label": "ab"[i % 2]} for i in range(100)]
+    for seed in range(10):
+        d = load_data(_jsonl(tmp_path, many, "many.jsonl"), seed=seed)
+        assert "same words" in d.train.texts and len(d.test) <= 60 and len(d.validation) <= 60, d.sizes()

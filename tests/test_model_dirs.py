@@ -44,6 +44,12 @@ CASES = [
     ("twice", {"id2label": {"0": "good", "1": "good"}}, {"labels": ["good", "good"]}, "'good' appears twice"),
     ("skips", {"id2label": {"0": "negative", "5": "positive"}}, {"labels": None}, "id2label keys must be 0..1"),
     ("regression", {"problem_type": "regression"}, None, "regression model"),
+    (  # transformers' default names say nothing of order, but the count must match the head's
+        "count",
+        {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}},
+        {"labels": ["a", "b", "c"]},
+        "names 3 labels .* but the head in config.json has 2 outputs",
+    ),
     ("multi-label", {"problem_type": "multi_label_classification"}, None, "several labels per text"),
 ]
 
@@ -97,3 +103,14 @@ def test_roberta_positions_follow_its_pad_token_id():
     assert model_max_positions(tf.RobertaConfig(max_position_embeddings=130, pad_token_id=5)) == 124
     assert model_max_positions(tf.RobertaConfig(max_position_embeddings=514)) == 512  # pad 1
     assert model_max_positions(tf.BertConfig(max_position_embeddings=512, pad_token_id=5)) == 512
+
+
+def test_fastft_labels_beside_default_id2label_names_serve_and_compress(tiny_model_dir, tmp_path):
+    """fastft.json's names win over transformers' LABEL_i defaults (which name no order), and a
+    model whose own labels are LABEL_0 / LABEL_1 is a teacher like any other."""
+    from fastft.compress.context import check_teacher_dir
+
+    d = _variant(tiny_model_dir, tmp_path, {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}})
+    assert fastft.load(d, backend="torch", warm_up=False).labels == ["negative", "positive"]
+    _edit_json(d / "fastft.json", labels=["LABEL_0", "LABEL_1"])
+    assert check_teacher_dir(d)[1] == ["LABEL_0", "LABEL_1"]

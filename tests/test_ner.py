@@ -73,6 +73,7 @@ def test_conll_file_with_wrong_tag_column_is_one_line_error(tmp_path):
         ("# sent_id = 1 O\nA NN B-PER\n", {}, "line 2 has 3 column.*# comments"),
         # -1 resolves to the same column as 2: the words would be the tags
         ("A NN B-PER\n", {"columns": (2, -1)}, "both name column 2"),
+        ("A\nb\n", {}, "line 1 has 1 column: each word line needs the word and its tag"),
     ],
 )
 def test_conll_lines_that_would_read_wrong_are_refused(text, kwargs, message):
@@ -92,6 +93,11 @@ def test_conllu_comments_are_skipped_and_empty_words_refused(tmp_path):
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match="line 4: tokens #1 is only spaces"):
         load_data(str(tmp_path / "t.jsonl"))
+    # a .tsv of one word and its tag per line is CoNLL-style (BioBERT's files): read as such
+    (tmp_path / "t.tsv").write_text(
+        "".join(f"w{i}\t{'B-PER' if i % 3 == 0 else 'O'}\n" + ("\n" if i % 4 == 3 else "") for i in range(40))
+    )
+    assert load_data(str(tmp_path / "t.tsv"), task="token-classification").labels == ["O", "B-PER"]
     (tmp_path / "t.csv").write_text("text,label\na,x\n")
     with pytest.raises(DataError, match="t.csv is a .csv file, text-classification data"):
         load_data(str(tmp_path / "t.csv"), task="token-classification")

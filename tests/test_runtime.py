@@ -461,7 +461,12 @@ want = p.predict(["a fine film"])
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
-    os.write(w, repr((p.predict(["a fine film"]), torch.get_num_threads())).encode())
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = fastft.load({str(tiny_model_dir)!r}, backend="torch", threads=2)  # kept to one thread: a warning
+    said = any("fork()ed child" in str(x.message) for x in caught)
+    os.write(w, repr((p.predict(["a fine film"]), q.predict(["a fine film"]), torch.get_num_threads(), said)).encode())
     os._exit(0)
 deadline = time.monotonic() + 60
 while os.waitpid(pid, os.WNOHANG) == (0, 0):
@@ -469,7 +474,7 @@ while os.waitpid(pid, os.WNOHANG) == (0, 0):
         os.kill(pid, 9)
         sys.exit("the child hung")
     time.sleep(0.05)
-print(os.read(r, 1000).decode() == repr((want, 1)))
+print(os.read(r, 1000).decode() == repr((want, want, 1, True)))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stdout + out.stderr[-2000:]

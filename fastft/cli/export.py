@@ -30,9 +30,9 @@ def register(sub) -> None:
     p.add_argument(
         "--calib-data", default=None, help="data for calibration and the INT8 check [the training data in fastft.json]"
     )
-    p.add_argument("--text-column", default=None, help="--calib-data's text column (a token file: its words) [text]")
-    p.add_argument("--label-column", default=None, help="--calib-data's label column (a token file: its tags) [label]")
-    p.add_argument("--encoding", default="utf-8", help="--calib-data's text encoding [utf-8]")
+    p.add_argument("--text-column", default=None, help="--calib-data's text column [text; a token JSONL file: tokens]")
+    p.add_argument("--label-column", default=None, help="--calib-data's label column [label; a token JSONL file: tags]")
+    p.add_argument("--encoding", default="utf-8", help="the INT8 check's data file encoding [utf-8]")
     # the INT8 options fastft compress has too, generated from the same config fields
     add_config_flags(p, QuantizeConfig, only=("static", "calib_size", "calib_method", "per_channel"))
     p.add_argument(
@@ -66,8 +66,8 @@ def _export(args) -> int:
     if args.calib_data is not None and not (args.int8 or args.static):
         raise FastftError("--calib-data is the data of the INT8 check and calibration: it needs --int8 or --static")
     given = [f for f, v in (("--text-column", args.text_column), ("--label-column", args.label_column)) if v]
-    if (given or args.encoding != "utf-8") and args.calib_data is None:
-        raise FastftError(f"{(given or ['--encoding'])[0]} describes --calib-data: give it with --calib-data FILE")
+    if given and args.calib_data is None:  # (the recorded training data's columns are its own)
+        raise FastftError(f"{given[0]} names a column of --calib-data: give it with --calib-data FILE")
     if args.min_agreement is not None:
         if not (args.int8 or args.static):
             raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")

@@ -307,21 +307,22 @@ def _stdin_lines() -> tuple[list[str], list[int]]:
     numbers (an error names the first bad line). Lines end at \\n, \\r\\n or a lone \\r, as in
     data files (a file from an old Mac is three texts, not one)."""
     from fastft.core.errors import FastftError
-    from fastft.data.datasets import split_lines
+    from fastft.data.datasets import split_byte_lines, split_lines
     from fastft.data.text import decode_line
 
     buffer = getattr(sys.stdin, "buffer", None)
     chunks = sys.stdin if buffer is None else buffer  # a text stream (replaced in-process): already decoded
     out, numbers, n = [], [], 0
-    for raw in chunks:
-        try:
-            text = raw if buffer is None else decode_line(raw, f"stdin line {n + 1}")
-        except ValueError as exc:
-            raise FastftError(
-                f"{exc}; fastft reads text as UTF-8: convert it first, e.g. iconv -f latin1 -t utf-8"
-            ) from None
-        for line in split_lines(text.removeprefix("\ufeff") if n == 0 else text):
+    for chunk in chunks:  # each ends at \\n; a lone \\r inside it ends a line too
+        for raw in split_lines(chunk) if buffer is None else split_byte_lines(chunk):
             n += 1
+            try:
+                line = raw if buffer is None else decode_line(raw, f"stdin line {n}")
+            except ValueError as exc:
+                raise FastftError(
+                    f"{exc}; fastft reads text as UTF-8: convert it first, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            line = line.removeprefix("\ufeff") if n == 1 else line
             if line.strip():
                 out.append(line)
                 numbers.append(n)

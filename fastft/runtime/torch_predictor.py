@@ -16,20 +16,25 @@ from fastft.runtime.session import DeviceError, parse_device
 
 __all__ = ["TorchPredictor"]
 
-_fork_guard: list[bool] = []
+_fork = {"guarded": False, "child": False}
 
 
 def _one_thread_after_fork() -> None:
     """In a ``fork()``ed child, torch's intra-op threads (OpenMP's pool) do not exist, and the first
     parallel call waits for them for ever: the child runs torch on one thread (as torch's own
-    DataLoader workers do). Registered once, when the first torch Predictor loads."""
-    if not _fork_guard:
+    DataLoader workers do), and a torch Predictor loaded there keeps to one. Registered once, when
+    the first torch Predictor loads; it holds for every later fork of the process."""
+    if not _fork["guarded"]:
         import os
 
         import torch
 
-        os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
-        _fork_guard.append(True)
+        def child() -> None:
+            _fork["child"] = True
+            torch.set_num_threads(1)
+
+        os.register_at_fork(after_in_child=child)
+        _fork["guarded"] = True
 
 
 class TorchPredictor(Predictor):
@@ -66,6 +71,16 @@ class TorchPredictor(Predictor):
             )
         if threads is not None:
             check_threads("threads", threads)
+            if _fork["child"] and threads > 1:
+                import warnings
+
+                warnings.warn(
+                    f"threads={threads} ignored: in a fork()ed child torch runs on one thread (OpenMP's threads "
+                    "do not survive fork, and torch would wait for them for ever)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                threads = 1
             torch.set_num_threads(threads)
         self._torch_device = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
         net = load_classifier(self.path, task=task).eval()

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import DataError, FastftError
+from fastft.core.io import read_json_object
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.data.collate import sorted_batches
 from fastft.data.labels import align_labels
 from fastft.models.model_dir import load_model_dir, model_labels
+from fastft.models.task import head_labels
 
 
 def run_eval(net, tokenizer, split, max_length: int, batch_size: int = 64, progress: bool = True) -> dict:
@@ -138,8 +140,12 @@ def evaluate(
         )
     from fastft.data.collate import clamp_max_length
 
-    net, tokenizer, meta, default_len = load_model_dir(model)
-    part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, model_labels(net))
+    local = isinstance(path, Path) and (path / "config.json").is_file()
+    loaded = None if local else load_model_dir(model)  # a hub name: its labels come with its weights
+    labels = head_labels(path, meta, read_json_object(path / "config.json")) if local else model_labels(loaded[0])
+    # the data first: a split refused before a local model's weights load
+    part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, labels)
+    net, tokenizer, meta, default_len = loaded or load_model_dir(model)
     length = clamp_max_length(max_length, net.config) if max_length else default_len
     metrics = run_eval(net, tokenizer, part, length, batch_size, progress)
     return {"model": str(model), "data": str(data), "split": split, "max_length": length, "backend": "torch", **metrics}
@@ -179,23 +185,14 @@ def _eval_split(
 ):
     """(split with label ids of ``labels``, data name) for evaluation."""
     from fastft.data import load_data
-    from fastft.data.datasets import check_unchanged, same_data
+    from fastft.data.datasets import check_unchanged
+    from fastft.data.loader import recorded_args
 
     spec = meta.get("data", {})
-    if data is None:
-        data = spec.get("path") or spec.get("data")
-        if data is None:
-            raise FastftError(f"{model} records no training data; pass --data")
-    same = same_data(data, spec)
-    splits = load_data(
-        data,
-        text_column=text_column or (spec.get("text_column", "text") if same else "text"),
-        label_column=label_column or (spec.get("label_column", "label") if same else "label"),
-        seed=spec.get("seed", 42) if same else 42,
-        encoding=encoding,
-        min_classes=1,  # a test set of one class is still a test set
-        task=SEQUENCE_CLASSIFICATION,
+    data, args, same = recorded_args(
+        model, spec, data, task=SEQUENCE_CLASSIFICATION, text_column=text_column, label_column=label_column
     )
+    splits = load_data(data, **args, encoding=encoding, min_classes=1)  # one class is still a test set
     if same:
         check_unchanged(splits, spec)
     part = align_labels(splits.split(split).subset(limit), splits.labels, labels)

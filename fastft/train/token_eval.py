@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastft.core.errors import DataError, FastftError
+from fastft.core.errors import DataError
 from fastft.data.labels import align_tag_ids
 
 
@@ -33,26 +33,22 @@ def evaluate_tokens(
     """Entity metrics of the token-classification directory ``path`` on a split."""
     from fastft.data import load_data
     from fastft.data.collate import clamp_max_length
-    from fastft.data.datasets import check_unchanged, same_data
+    from fastft.data.datasets import check_unchanged
+    from fastft.data.loader import recorded_args
     from fastft.models import load_tokenizer
     from fastft.train.token_metrics import encode_rows, ort_token_logits, token_logits, token_scores
 
     spec = meta.get("data", {})
-    if data is None:
-        data = spec.get("path") or spec.get("data")
-        if data is None:
-            raise FastftError(f"{path} records no training data; pass --data")
-    same = same_data(data, spec)
-    recorded = ",".join(map(str, spec["columns"])) if same and spec.get("columns") else None
-    splits = load_data(
+    data, args, same = recorded_args(
+        path,
+        spec,
         data,
         task="token-classification",
-        columns=columns if columns is not None else recorded,
-        text_column=text_column or (spec.get("tokens_key", "text") if same else "text"),
-        label_column=label_column or (spec.get("tags_key", "label") if same else "label"),
-        seed=spec.get("seed", 42) if same else 42,
-        encoding=encoding,
+        text_column=text_column,
+        label_column=label_column,
+        columns=columns,
     )
+    splits = load_data(data, **args, encoding=encoding)
     if same:
         check_unchanged(splits, spec)
     labels = [str(x) for x in meta.get("labels") or []]
