@@ -75,6 +75,14 @@ def test_ort_entities_match_the_pipeline(ner_onnx, reference):
                 assert set(e) == {"entity", "score", "start", "end", "word"}
                 assert 0 <= e["start"] < e["end"] <= len(text) and 0 < e["score"] <= 1
                 assert e["entity"] in {"PER", "ORG", "LOC", "MISC"}
+    # words behind 70,000 spaces (more than the raw cut keeps): the same entities, at offsets in the text as given
+    lead = " " * 70_000
+    pred = fastft.load(ner_onnx, int8=False, threads=1, decode="argmax")
+    shifted = pred.predict([lead + t for t in NER_TEXTS])
+    for ents, plain in zip(shifted, pred.predict(NER_TEXTS)):
+        assert [(e["entity"], e["start"] - len(lead), e["end"] - len(lead)) for e in ents] == [
+            (e["entity"], e["start"], e["end"]) for e in plain
+        ]
     assert sum(map(len, reference)) >= 10  # the random model does tag entities (the check is not vacuous)
     assert any(
         e["word"].startswith("##") or " " in e["word"] for ents in reference for e in ents

@@ -299,7 +299,7 @@ def test_a_huge_text_costs_what_the_model_sees_of_it(pred):
     budget = CHARS_PER_TOKEN * enc.max_length
     words = " ".join(TEXTS * 4000)
     assert len(words) > 4 * budget
-    cut, was_cut = enc.cut([words, "short"])
+    cut, was_cut, _ = enc.cut([words, "short"])
     assert was_cut == [True, False] and len(cut[0].replace(" ", "")) <= budget and cut[0] == words[: len(cut[0])]
     assert words[len(cut[0])] == " "  # cut at a space, not inside a word
     full = enc._rust().encode_batch([words])[0]  # the whole text, tokenized as before
@@ -328,17 +328,21 @@ def test_a_cut_text_is_never_called_tokenless(onnx_dir):
 def test_a_flood_of_characters_that_make_no_token_is_cut_too(pred):
     """Characters the budget does not count (zero-width...) are still capped, at
     RAW_BUDGET_FACTOR times the budget: 10 million of them cost milliseconds, not gigabytes."""
-    from fastft.runtime import TruncationWarning
+    from fastft.runtime import InputError
     from fastft.runtime.encode import CHARS_PER_TOKEN, RAW_BUDGET_FACTOR, RAW_BUDGET_MIN
 
     enc = pred.encoder
     cap = max(RAW_BUDGET_FACTOR * CHARS_PER_TOKEN * enc.max_length, RAW_BUDGET_MIN)
     flood = "fine " + "\u200b" * 10_000_000
-    cut, was_cut = enc.cut([flood])
-    assert was_cut == [True] and len(cut[0]) == cap
-    assert pred.truncated([flood, "fine"]) == [True, False]
-    with pytest.warns(TruncationWarning):  # what the cut left makes no token: labelled, and flagged as cut
-        assert len(pred.predict(["\u200b" * 10_000_000 + " fine"])) == 1
+    cut, was_cut, starts = enc.cut([flood])
+    assert len(cut[0]) == cap and starts == [0]
+    assert was_cut == [False] and pred.truncated([flood, "fine", flood + "bad"]) == [False, False, True]  # a word lost
+    # words behind more than the raw budget of such characters: the kept part starts at them (it once
+    # held only the flood, and the text was labelled from nothing: 0.629 "negative", whatever it said)
+    for lead in (" " * 70_000, "\u200b" * 10_000_000):
+        assert pred.predict([lead + "fine"]) == pred.predict(["fine"]) and pred.truncated([lead + "fine"]) == [False]
+    with pytest.raises(InputError, match="has no tokens"):  # nothing but such characters: no text to label
+        pred.predict(["\u200b" * 100_000])
 
 
 def test_foreign_onnx_inputs_and_vocabularies_are_refused_at_load(onnx_dir, tmp_path):

@@ -480,6 +480,30 @@ def test_ready_only_after_warm_up(serve_dir):
         assert httpx.post(s.url + "/predict", json={"inputs": ["ok"]}).status_code == 200
 
 
+def test_a_stop_during_warm_up_ends_it_before_the_process_exits(serve_dir):
+    """SIGTERM while the cost table was measured (about 12 s for an fp32 graph) let the process exit
+    inside ONNX Runtime's run on the warm-up thread: C++ terminate, exit 134. The warm-up now stops
+    at its next call, and the engine's stop waits for it."""
+    asgi = make_app(serve_dir)
+    engine = asgi.state.engine
+    calls, started = [], threading.Event()
+    real = engine.batcher.predictor.logits_from_ids
+
+    def slow(**kw):  # each warm-up call takes a while, as a big graph's do
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)
+        return real(**kw)
+
+    engine.batcher.predictor.logits_from_ids = slow
+    engine.start()
+    assert started.wait(10)
+    t = time.monotonic()
+    engine.stop()
+    assert not engine._warm.is_alive() and time.monotonic() - t < 5 and not engine.ready
+    assert len(calls) < 8  # it stopped, not ran its course
+
+
 def wait_ready_process(proc: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
     """Until a ``fastft serve`` process answers ready (failing with its stderr if it exits first)."""
     deadline = time.monotonic() + timeout

@@ -76,30 +76,43 @@ class Encoder:
             self._local.tok = tok
         return tok
 
-    def cut(self, texts: list[str]) -> tuple[list[str], list[bool]]:
+    def cut(self, texts: list[str]) -> tuple[list[str], list[bool], list[int]]:
         """``texts`` cut after ``CHARS_PER_TOKEN * max_length`` characters that can make a token
         (at a space in the last tenth where there is one), or after ``RAW_BUDGET_FACTOR`` times
-        that many characters of any kind (at least ``RAW_BUDGET_MIN``), and which were cut. A cut
-        text counts as truncated."""
+        that many characters of any kind (at least ``RAW_BUDGET_MIN``); which were cut (a cut text
+        counts as truncated); and where each kept part starts. A text the raw cut would leave
+        without a token-making character (70,000 spaces before its words: labelled from nothing)
+        keeps its part from its first such character instead."""
         budget = CHARS_PER_TOKEN * self.max_length
-        out, was_cut = [], []
+        raw = max(RAW_BUDGET_FACTOR * budget, RAW_BUDGET_MIN)
+        out, was_cut, starts = [], [], []
         for t in texts:
+            start = 0
             end = _cut_point(t, budget) if len(t) > budget else None
-            raw = max(RAW_BUDGET_FACTOR * budget, RAW_BUDGET_MIN)
             if end is None and len(t) > raw:  # mostly uncounted characters
-                end = raw
-            was_cut.append(end is not None)
-            out.append(t if end is None else t[:end])
-        return out, was_cut
+                first = _COUNTED.search(t, 0, raw)
+                if first is None:  # nothing the tokenizer keeps in the raw budget: start at the words
+                    later = _COUNTED.search(t, raw)
+                    start = later.start() if later is not None else 0
+                end = start + raw
+            # cut: a character that makes a token was left out (a tail of spaces is no loss, and a text
+            # of nothing but such characters stays one the caller refuses as tokenless)
+            was_cut.append(end is not None and _COUNTED.search(t, end) is not None)
+            out.append(t[start:end])
+            starts.append(start)
+        return out, was_cut, starts
 
     def encode(self, texts: list[str]) -> Encoded:
-        texts, was_cut = self.cut(texts)
+        texts, was_cut, starts = self.cut(texts)
         if self._json is not None:
             encs = self._rust().encode_batch(texts, add_special_tokens=True)
             truncated = [bool(e.overflowing) or c for e, c in zip(encs, was_cut)]
             out = Encoded([e.ids for e in encs], [e.type_ids for e in encs], truncated)
-            if self.offsets:
-                out.offsets = [e.offsets for e in encs]
+            if self.offsets:  # in the text as given: past a skipped run of characters without tokens
+                out.offsets = [
+                    e.offsets if not s else [(a + s, b + s) if b else (a, b) for a, b in e.offsets]
+                    for e, s in zip(encs, starts)
+                ]
                 out.special = [e.special_tokens_mask for e in encs]
                 out.tokens = [e.tokens for e in encs]
                 out.word_ids = [e.word_ids for e in encs]

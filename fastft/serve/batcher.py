@@ -161,6 +161,8 @@ class Batcher:
             self._deliver(left)
 
     def _timed_call(self, n: int, w: int) -> float:
+        if self._stopped.is_set():  # a stop during warm-up: no more calls (the process is about to exit)
+            raise ShuttingDown("the server stopped while warming up")
         ids = np.full((n, w), 1996, dtype=np.int64)  # any in-vocabulary id; only the shape matters
         ids[:, 0], ids[:, -1] = 101, 102
         mask = np.ones_like(ids)

@@ -97,6 +97,9 @@ class LocalEngine:
         t = time.perf_counter()
         try:
             self.batcher.warm_up(calibrate=self.config.calibrate)
+        except ShuttingDown:
+            log.info("stopped while warming up")
+            return
         except Exception:  # noqa: BLE001 - a model that cannot run never turns ready
             log.exception("warm-up failed: the server stays not ready")
             return
@@ -122,6 +125,8 @@ class LocalEngine:
         self.ready = False
         self.metrics.ready.set(0)
         self.batcher.stop()
+        if self._warm is not None:  # it stops after the call it is in: the process must not exit inside
+            self._warm.join(timeout=120)  # ONNX Runtime's run (C++ terminate, exit 134, under SIGTERM)
 
     def info(self) -> dict:
         """What ``GET /`` shows: file names, never the server's directories."""
