@@ -312,6 +312,27 @@ def test_bad_predict_requests(server, body, status, match):
     assert re.search(match, r.json()["error"]), r.json()
 
 
+def test_a_body_in_an_encoding_or_charset_not_served_is_415(server):
+    """A gzip body was read as "not valid JSON", plain JSON labelled gzip was served, a latin-1
+    body with its charset said "not UTF-8": each is 415 naming what is not supported."""
+    import gzip
+
+    body = json.dumps({"inputs": ["a fine film"]}).encode()
+    for content, headers, words in (
+        (gzip.compress(body), {"content-encoding": "gzip"}, "Content-Encoding 'gzip' is not supported"),
+        (body, {"content-encoding": "br"}, "Content-Encoding 'br'"),
+        (
+            '{"inputs": ["caf\u00e9"]}'.encode("latin-1"),
+            {"content-type": "application/json; charset=latin-1"},
+            "charset 'latin-1'",
+        ),
+    ):
+        r = httpx.post(server.url + "/predict", content=content, headers=headers)
+        assert r.status_code == 415 and words in r.json()["error"], r.text
+    r = httpx.post(server.url + "/predict", content=body, headers={"content-type": "application/json; charset=UTF-8"})
+    assert r.status_code == 200
+
+
 @pytest.mark.parametrize(
     "body, status, match",
     [
@@ -360,6 +381,23 @@ def test_bad_predict_requests(server, body, status, match):
             400,
             "non-empty list",
         ),
+        # Triton's classification extension: once ignored, the raw probabilities sent as if top-k labels
+        (
+            {
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}],
+                "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+            },
+            400,
+            "classification extension",
+        ),
+        (
+            {
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}],
+                "parameters": {"classification": 2},
+            },
+            400,
+            "classification extension",
+        ),
     ],
 )
 def test_bad_v2_requests(server, body, status, match):
@@ -378,6 +416,13 @@ def test_bad_binary_v2_request(server):
         headers={"Inference-Header-Content-Length": str(len(head))},
     )
     assert r.status_code == 400 and "does not fit" in r.json()["error"]
+    for length in (f"+{len(head)}", "_".join(str(len(head)))):  # int() reads both as the length; digits only
+        r = httpx.post(
+            f"{server.url}/v2/models/{NAME}/infer",
+            content=head + b"\x02\x00\x00\x00ab",
+            headers={"Inference-Header-Content-Length": length},
+        )
+        assert r.status_code == 400 and "not a decimal integer" in r.json()["error"], length
 
 
 def test_unknown_model_route_and_method(server):
@@ -660,6 +705,8 @@ def test_cli_serve_help_and_mistakes(tmp_path, serve_dir, capsys):
         ([str(serve_dir), "--body-timeout", "0"], "--body-timeout must be in (0, 3600] seconds"),
         ([str(serve_dir), "--header-timeout", "nan"], "--header-timeout must be in (0, 3600] seconds"),
         ([str(serve_dir), "--host", "192.0.2.1"], "pick another --host"),
+        ([str(serve_dir), "--host", "999.1.1.1", "--port", "0"], "does not resolve"),  # port 0 checked the host too
+        ([str(serve_dir), "--name", "a" * 129], "1 to 128 letters"),
     ]:
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err
@@ -722,12 +769,38 @@ def guarded(asgi) -> Running:
     return server
 
 
+def test_a_client_that_reads_none_of_its_answers_is_let_go(serve_dir):
+    """Thousands of pipelined requests on a connection that reads nothing filled the send buffers
+    (8.4 MB on three sockets) and held them for ever: closed once nothing was read for the body
+    timeout, and other clients are served meanwhile."""
+    server = guarded(make_app(serve_dir, body_timeout_s=1.0))
+    with server:
+        server.wait_ready()
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", server.port))
+        c.setblocking(False)
+        flood, sent, t = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 3000, 0, time.monotonic()
+        while sent < len(flood) and time.monotonic() - t < 3:
+            with contextlib.suppress(BlockingIOError):
+                sent += c.send(flood[sent:])
+            time.sleep(0.001)
+        assert httpx.get(server.url + "/v2/health/live").status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # read nothing until the server closes: then the socket resets
+            time.sleep(0.5)
+            if "write_timeout" in httpx.get(server.url + "/metrics").text:
+                break
+        assert 'fastft_connections_closed_total{reason="write_timeout"} 1.0' in httpx.get(server.url + "/metrics").text
+        c.close()
+
+
 def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
     """A connection whose request head has not arrived within --header-timeout is answered 408 and
     closed (idle ones too); a body that stalls gets 408; an unfinished head beyond 64 KiB gets 431
     (the server buffers no more of it) and a malformed request 400, both JSON; a client
     that leaves mid-body is counted as 499, not as a server error."""
-    from fastft.serve.server import MAX_HEAD_BYTES
+    from fastft.serve.config import MAX_HEAD_BYTES
 
     server = guarded(make_app(serve_dir, header_timeout_s=0.5, body_timeout_s=1.5))
 
@@ -766,8 +839,13 @@ def test_slow_idle_and_departing_clients_are_let_go(serve_dir):
         big = raw(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEAD_BYTES))  # never ends
         bad = raw(b"GARBAGE " + b"x" * 5000 + b"\r\n\r\n")
         no_host = raw(b"GET /v2/health/live HTTP/1.1\r\n\r\n")
+        # a complete head a little past the limit, in one write: h11 limits only an incomplete one
+        whole = raw(
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 5000) + b"\r\n\r\n"
+        )
         for c, status, words in (
             (big, 431, f"more than {MAX_HEAD_BYTES} bytes"),
+            (whole, 431, f"more than {MAX_HEAD_BYTES} bytes"),
             (bad, 400, "malformed HTTP request: illegal request line"),
             (no_host, 400, "Host"),
         ):

@@ -205,4 +205,6 @@ def _pick_onnx(p: Path, meta: dict, int8: bool | None) -> Path:
             return p / alt[0]
     have = ", ".join(x.name for x in sorted(p.glob("*.onnx"))) or "none"
     hint = f"run: fastft export --model {p} --output DIR" + (" --int8" if int8 else "")
-    raise ModelError(f"{p} has no {name} (ONNX files: {have}); {hint}, or load with backend='torch'")
+    raise ModelError(
+        f"{p} has no {name} (ONNX files: {have}); {hint} (from Python, load(..., backend='torch') needs none)"
+    )

@@ -11,6 +11,9 @@ PRECISIONS = ("int8", "fp32")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers: 431 and closed beyond it (h11 and ConnectionHygiene)
+
+
 @dataclass
 class ServeConfig:
     """How a model directory is served.
@@ -85,7 +88,10 @@ class ServeConfig:
         if self.precision is not None and self.precision not in PRECISIONS:
             raise FastftError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.name is not None and not _NAME.match(self.name):
-            raise FastftError(f"--name must be letters, digits, '.', '_' or '-' (got {self.name!r})")
+            raise FastftError(
+                f"--name must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                f"(got {self.name[:40]!r}{'...' if len(self.name) > 40 else ''}, {len(self.name)} characters)"
+            )
         return self
 
     def to_dict(self) -> dict:

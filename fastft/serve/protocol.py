@@ -147,10 +147,9 @@ class InferRequest:
 
 def parse_infer(body: bytes, header_length: str | None, max_texts: int, outputs=OUTPUTS) -> InferRequest:
     if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise BadRequest(f"Inference-Header-Content-Length is not an integer ({header_length!r})") from None
+        if not (header_length.isascii() and header_length.isdigit()):  # int() also takes " 5_0 " and "+50"
+            raise BadRequest(f"Inference-Header-Content-Length is not a decimal integer ({header_length[:40]!r})")
+        n = int(header_length)
         if not 0 < n <= len(body):
             raise BadRequest(f"Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body")
         doc, blob = load_json(body[:n]), memoryview(body)[n:]
@@ -254,7 +253,18 @@ def _decode_bytes(buf: memoryview, count: int) -> list[str]:
     return texts
 
 
+def _no_classification(params: dict, where: str) -> None:
+    """Triton's classification extension (top-k "score:index:label" strings) is not served: asked
+    for, it would be ignored, and a client would read the raw tensor as what it asked for."""
+    if "classification" in params:
+        raise BadRequest(
+            f"{where} asks for the classification extension, which this server does not offer; read the "
+            "'label' and 'probabilities' outputs instead"
+        )
+
+
 def _requested_outputs(doc: dict, known: tuple[str, ...] = OUTPUTS) -> tuple[list[str], dict[str, bool]]:
+    _no_classification(_params(doc, "request"), "the request")
     default_binary = _flag(_params(doc, "request"), "binary_data_output", False, "request")
     req = doc.get("outputs")
     if req is None:
@@ -269,6 +279,7 @@ def _requested_outputs(doc: dict, known: tuple[str, ...] = OUTPUTS) -> tuple[lis
         if name in binary:
             raise BadRequest(f"output {name!r} is asked for twice")
         names.append(name)
+        _no_classification(_params(o, f"output {name!r}"), f"output {name!r}")
         binary[name] = _flag(_params(o, f"output {name!r}"), "binary_data", default_binary, f"output {name!r}")
     return names, binary
 

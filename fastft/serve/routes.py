@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from fastft import __version__
 from fastft.serve.batcher import Batcher, InferenceFailed, QueueFull, ShuttingDown
-from fastft.serve.config import ServeConfig
+from fastft.serve.config import MAX_HEAD_BYTES, ServeConfig
 from fastft.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from fastft.serve.protocol import (
     HEADER_LENGTH,
@@ -166,6 +166,15 @@ async def disconnected(request: Request) -> None:
         await asyncio.Event().wait()
 
 
+def _charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type header, lower-cased, or None."""
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
 class ConnectionHygiene:
     """ASGI middleware for what a connection may carry next.
 
@@ -184,6 +193,14 @@ class ConnectionHygiene:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        head = len(scope.get("raw_path") or b"") + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + 16
+        if head > MAX_HEAD_BYTES:  # h11 limits a head only while it is incomplete: one that arrived whole
+            await error(431, f"the request line and headers are more than {MAX_HEAD_BYTES} bytes", close=True)(
+                scope, receive, send
+            )
+            if self.metrics is not None:
+                self.metrics.observe_request("other", 431)
+            return
         if b"transfer-encoding" in headers and b"content-length" in headers:
             message = "the request has both Transfer-Encoding and Content-Length; send one"
             await error(400, message, close=True)(scope, receive, send)
@@ -216,6 +233,15 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
     outputs = TOKEN_OUTPUTS if per_token else OUTPUTS
 
     async def read_body(request: Request) -> bytes:
+        coding = request.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in (
+            "",
+            "identity",
+        ):  # read as it is, a gzip body was "not valid JSON"; plain JSON labelled gzip passed
+            raise BadRequest(f"Content-Encoding {coding[:40]!r} is not supported: send the body uncompressed", 415)
+        charset = _charset(request.headers.get("content-type", ""))
+        if charset not in (None, "utf-8", "utf8"):
+            raise BadRequest(f"the body's charset {charset[:40]!r} is not supported: send UTF-8 JSON", 415)
         limit = config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

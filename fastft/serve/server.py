@@ -9,12 +9,13 @@ import errno
 import json
 import logging
 import logging.config
+import re
 import signal
 import socket
 import sys
 import time
 
-from fastft.serve.config import ServeConfig
+from fastft.serve.config import MAX_HEAD_BYTES, ServeConfig
 
 log = logging.getLogger("fastft.serve")
 
@@ -142,9 +143,6 @@ def _ignore(signum, frame) -> None:
     pass
 
 
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers; h11 answers 400 and closes beyond it
-
-
 def guarded_protocol(config: ServeConfig, metrics=None):
     """uvicorn's h11 protocol (h11 refuses an unfinished request head beyond ``MAX_HEAD_BYTES``;
     the default httptools parser buffers a header of any size), which also answers 408 and closes a
@@ -220,7 +218,27 @@ def guarded_protocol(config: ServeConfig, metrics=None):
 
     class GuardedH11(H11Protocol):
         _head_timer = None  # one per connection: re-armed after each response, cancelled when it closes
+        _write_timer = None  # while the client reads nothing of what is sent (the send buffer is full)
         _peer = None
+
+        def pause_writing(self) -> None:
+            # the kernel's send buffer and the transport's are full: a client that never reads its
+            # answers (thousands of pipelined requests) held the connection, and megabytes, forever
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(config.body_timeout_s, self._write_timeout)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _write_timeout(self) -> None:
+            self._write_timer = None
+            if not self.transport.is_closing():
+                self.transport.abort()  # what it would not read is dropped
+                closed("write_timeout", f"the client read none of its answers for {config.body_timeout_s:g} s")
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -250,9 +268,10 @@ def guarded_protocol(config: ServeConfig, metrics=None):
                 self._arm_head_timer()
 
         def connection_lost(self, exc) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            for timer in (self._head_timer, self._write_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._head_timer = self._write_timer = None
             if self._peer is not None:
                 per_peer[self._peer] -= 1
                 if per_peer[self._peer] <= 0:
@@ -283,7 +302,8 @@ def guarded_protocol(config: ServeConfig, metrics=None):
                 text = f"the request line and headers are more than {MAX_HEAD_BYTES} bytes"
             else:
                 status = 400
-                text = f"malformed HTTP request: {str(exc or msg)[:160]}"
+                why = re.sub(r"bytearray\((b'.*?')\)", r"\1", str(exc or msg))  # h11's repr of the bytes it saw
+                text = f"malformed HTTP request: {why[:160]}"
             self.transport.write(closing_error(status, text))
             self.transport.close()
             closed("malformed", text[:200])
@@ -313,9 +333,7 @@ def check_port(host: str, port: int) -> None:
     """A clear error before minutes of loading when the address cannot be bound."""
     from fastft.core.errors import FastftError
 
-    if port == 0:
-        return
-    try:
+    try:  # (port 0 too: the host is checked, and any free port binds)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise FastftError(f"--host {host!r} does not resolve ({exc.strerror})") from None
