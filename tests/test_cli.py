@@ -202,3 +202,18 @@ def test_serve_json_logs_one_object_per_line(tiny_model_dir, tmp_path):
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.strip().splitlines()]
     assert any("serving" in json.dumps(r) for r in records) and any("stopped" in json.dumps(r) for r in records)
+
+
+def test_verbose_keeps_the_exit_code_and_unknown_options_name_their_command(capsys, tmp_path):
+    """-v shows the traceback and still exits 2 (it exited 1); an unknown option after a command
+    points to that command's --help; -v is taken after the command too."""
+    from fastft.cli import main
+
+    assert main(["-v", "train", "--lr", "0", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().endswith("fastft: error: --lr must be positive (got 0.0)")
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--model", "m", "--int8", "hi"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --int8 (see 'fastft predict --help')" in capsys.readouterr().err
+    assert main(["env", "--json", "-v"]) == 0

@@ -230,6 +230,35 @@ def test_bad_arguments(tiny_model_dir, tiny_data_file, tmp_path):
         _train(tmp_path / "missing", tiny_data_file, tmp_path / "o")
 
 
+def test_a_run_that_ends_diverged_or_cannot_choose_an_epoch_is_refused(tiny_model_dir, tiny_data_file, tmp_path):
+    """A last step that diverges left a model of NaN answers, saved and exit 0 (every step's own loss
+    was finite); roc_auc on a one-class validation split never chose an epoch. Both refused, and
+    fastft.json and --json outputs are standard JSON (no NaN token) in any case."""
+    import json
+
+    from fastft.core.io import dumps
+
+    with pytest.raises(FastftError, match="training diverged: the validation loss is nan"):
+        _train(tiny_model_dir, tiny_data_file, tmp_path / "nan", max_steps=1, lr=1e10)
+    assert not (tmp_path / "nan").exists()
+    rows = [json.loads(line) for line in tiny_data_file.read_text().splitlines()]
+    one = tmp_path / "one.jsonl"  # validation rows of one class
+    parts = [("train", r) for r in rows[:40]] + [("validation", r) for r in rows[40:] if r["label"] == "positive"]
+    one.write_text("".join(json.dumps({**r, "split": s}) + "\n" for s, r in parts + [("test", rows[41])]))
+    with pytest.raises(FastftError, match="roc_auc is undefined on the validation split"):
+        _train(tiny_model_dir, one, tmp_path / "auc", metric="roc_auc")
+    assert dumps({"loss": float("nan"), "auc": [float("inf")]}).split() == [
+        "{",
+        '"loss":',
+        "null,",
+        '"auc":',
+        "[",
+        "null",
+        "]",
+        "}",
+    ]
+
+
 def test_corrupt_model_directory(tiny_model_dir, tiny_data_file, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_model_dir, bad)

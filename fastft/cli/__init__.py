@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 
 from fastft import __version__
@@ -46,6 +47,10 @@ def add_command(subparsers, name: str, help: str, description: str | None = None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)")
+    # after the command too (fastft env --json -v); not given here, fastft -v before it still counts
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show library warnings and tracebacks"
+    )
     return p
 
 
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for modname in COMMAND_MODULES:
         importlib.import_module(modname).register(sub)
+    parser.commands = sub.choices  # name -> the command's parser (its errors point to its own --help)
     return parser
 
 
@@ -132,7 +138,10 @@ def one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # "unrecognized arguments", said by the command's parser: its --help lists its options
+        command = parser.commands.get(args.command) if args.command else None
+        (command or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
@@ -144,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FastftError as exc:
-        if args.verbose:
-            raise
+        if args.verbose:  # the traceback -v asks for, and the same exit code as without it
+            traceback.print_exc()
         print(f"fastft: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Terminated as exc:

@@ -51,7 +51,9 @@ def register(sub) -> None:
         "[on for BERT, RoBERTa, ELECTRA, DistilBERT]",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 [17]")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing fastft output directory, with all it holds"
+    )
     p.set_defaults(func=_export)
 
 

@@ -55,7 +55,9 @@ def register(sub) -> None:
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank [8]")
     _data_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads [physical cores]")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing fastft output directory, with all it holds"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -80,6 +82,7 @@ def register(sub) -> None:
         default=None,
         help="score model_int8.onnx with ONNX Runtime [fastft.json's default file]",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _decode_option(p)
     _data_options(p, defaults=None)
     p.set_defaults(func=_eval)
@@ -242,6 +245,7 @@ def _eval(args) -> int:
             int8=args.int8,
             columns=args.columns,
             decode=args.decode,
+            progress=not args.no_progress,
         )
     if args.json:
         print(dumps(res))

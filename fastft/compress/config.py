@@ -386,7 +386,7 @@ class CompressConfig:
     seed: int = option(42, "random seed")
     limit: int | None = option(None, "use at most N rows per split (quick runs)", default_help="all")
     threads: int | None = option(None, "torch and ONNX Runtime threads", default_help="physical cores")
-    overwrite: bool = option(False, "replace an existing output directory")
+    overwrite: bool = option(False, "replace an existing fastft output directory, with all it holds")
     progress: bool = option(True, "no progress bars", flag="--no-progress")
 
     def __init__(self, **kw):

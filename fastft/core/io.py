@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -285,7 +286,21 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    Path(path).write_text(dumps(obj) + "\n")
+
+
+def _standard(obj: Any) -> Any:
+    """``obj`` with every float that is not finite as None: JSON has no NaN or Infinity, and a
+    strict parser refuses Python's ``NaN`` token (a metric of nothing, a diverged loss)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _standard(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_standard(v) for v in obj]
+    if hasattr(obj, "item") and not hasattr(obj, "__len__"):  # a numpy / torch scalar
+        return _standard(obj.item())
+    return obj
 
 
 def _json_default(o: Any) -> Any:
@@ -299,4 +314,5 @@ def _json_default(o: Any) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_json_default)
+    """Standard JSON (no NaN or Infinity: those are null), indented."""
+    return json.dumps(_standard(obj), indent=2, default=_json_default, allow_nan=False)

@@ -7,6 +7,7 @@ The task is ``task`` when given, else detected from the data (:func:`fastft.data
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from fastft.core.checks import MAX_SEED, check_int
 from fastft.core.errors import DataError, FastftError
@@ -47,6 +48,12 @@ def load_data(
     check_args(data, text_column, label_column, split_column, seed, encoding, limit, min_classes)
     data = os.fspath(data)  # a pathlib.Path is recorded (fastft.json) as the same string
     tokens.check_task(task)
+    builtin = data in datasets.BUILTIN_DATASETS or data in tokens.TOKEN_DATASETS
+    if builtin and (text_column, label_column) != ("text", "label"):  # once ignored, and recorded as used
+        flag = "--text-column" if text_column != "text" else "--label-column"
+        raise DataError(f"{flag} names a column of a data file; the built-in {data!r} has its own")
+    if columns is not None and (builtin or datasets.file_kind(Path(data)) in (".jsonl", ".csv")):
+        raise DataError(f"--columns names the word and tag columns of a CoNLL-style file; {data!r} is not one")
     if task == tokens.TOKEN_CLASSIFICATION and data in datasets.BUILTIN_DATASETS:
         raise DataError(
             f"{data!r} is a text-classification dataset; a token-classification model needs token data "

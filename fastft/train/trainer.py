@@ -190,6 +190,11 @@ def run_training(cfg: TrainConfig) -> dict:
             f"--metric roc_auc needs two classes and {splits.name!r} has {len(splits.labels)}; "
             "choose another, e.g. f1_macro"
         )
+    if metric == "roc_auc" and len(set(splits.validation.labels)) < 2:  # no epoch could ever be chosen
+        raise FastftError(
+            f"--metric roc_auc is undefined on the validation split of {splits.name!r}: it holds one class; "
+            "choose another metric (e.g. f1_macro), or give the validation split both classes"
+        )
     tokenizer = load_tokenizer(cfg.model)
     if token:
         require_fast(tokenizer)
@@ -239,6 +244,10 @@ def run_training(cfg: TrainConfig) -> dict:
 
     def end_epoch(stats: EpochStats) -> bool:
         val = evaluate_split(splits.validation)
+        if not math.isfinite(val["loss"]):  # the steps' losses were finite, the weights they left are not usable
+            raise FastftError(
+                f"training diverged: the validation loss is {val['loss']} after epoch {stats.epoch} (try a lower --lr)"
+            )
         val["epoch"], val["train_loss"] = stats.epoch, stats.running or 0.0
         history.append(val)
         scores = (
@@ -299,7 +308,8 @@ def run_training(cfg: TrainConfig) -> dict:
             **args,
             "steps": step,
             "optimizer": res.optimizer_label,
-            "dropout": res.dropout,
+            "dropout_implementation": res.dropout,  # (the --dropout given is the "dropout" above)
+            "threads": torch_threads(),
             "best_epoch": best_epoch,
             "train_time_s": round(train_time, 2),
             "train_samples_per_s": round(samples / train_time, 2) if train_time else None,
@@ -337,3 +347,9 @@ def _lora_targets(net) -> list[str]:
         if set(group) <= names:
             return group
     raise FastftError("--lora: cannot find the attention projections of this architecture")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
