@@ -217,3 +217,7 @@ def test_verbose_keeps_the_exit_code_and_unknown_options_name_their_command(caps
     assert exc.value.code == 2
     assert "unrecognized arguments: --int8 (see 'fastft predict --help')" in capsys.readouterr().err
     assert main(["env", "--json", "-v"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--json", "env"])
+    assert "--json (a command's options go after it)" in capsys.readouterr().err

@@ -335,7 +335,7 @@ CLI_CASES = [
     ("bench-empty-model", "bench --model= --no-memory", "--model is empty"),
     # options the data has no use for were ignored, and recorded in fastft.json as used
     ("builtin-text-column", "train --model {w}/tiny --data movie-snippets --text-column t --output {out}", "built-in"),
-    ("csv-columns", "train --model {w}/tiny --data {w}/data.jsonl --columns 0,1 --output {out}", "not one"),
+    ("csv-columns", "train --model {w}/tiny --data {w}/data.jsonl --columns 0,1 --output {out}", "read as text"),
     ("export-empty-model", "export --model= --output {out}", "the model is empty"),
     (
         "export-columns-no-calib",

@@ -238,7 +238,7 @@ def test_a_run_that_ends_diverged_or_cannot_choose_an_epoch_is_refused(tiny_mode
 
     from fastft.core.io import dumps
 
-    with pytest.raises(FastftError, match="training diverged: the validation loss is nan"):
+    with pytest.raises(FastftError, match="training diverged: the validation loss is not a number after epoch 1"):
         _train(tiny_model_dir, tiny_data_file, tmp_path / "nan", max_steps=1, lr=1e10)
     assert not (tmp_path / "nan").exists()
     rows = [json.loads(line) for line in tiny_data_file.read_text().splitlines()]
@@ -257,6 +257,24 @@ def test_a_run_that_ends_diverged_or_cannot_choose_an_epoch_is_refused(tiny_mode
         "]",
         "}",
     ]
+
+
+def test_a_diverged_epoch_after_a_good_one_keeps_the_good_one(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
+    """One epoch whose weights give NaN stops the run; the best finite epoch before it is saved
+    (refusing the whole run would throw it away)."""
+    import fastft.train.evaluate as ev
+
+    real, calls = ev.run_eval, []
+
+    def second_is_nan(*a, **k):
+        out = real(*a, **k)
+        calls.append(1)
+        return {**out, "loss": float("nan")} if len(calls) == 2 else out
+
+    monkeypatch.setattr(ev, "run_eval", second_is_nan)
+    meta = _train(tiny_model_dir, tiny_data_file, tmp_path / "o", epochs=3)
+    assert meta["training"]["best_epoch"] == 1 and len(meta["training"]["history"]) == 1
+    assert (tmp_path / "o" / "model.safetensors").is_file()
 
 
 def test_corrupt_model_directory(tiny_model_dir, tiny_data_file, tmp_path):

@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # "unrecognized arguments", said by the command's parser: its --help lists its options
+        argv = sys.argv[1:] if argv is None else list(argv)
+        at = argv.index(args.command) if args.command in argv else len(argv)
+        if all(x in argv[:at] for x in extra):  # fastft --json env: an option of the command, before it
+            parser.error(f"unrecognized arguments: {' '.join(extra)} (a command's options go after it)")
         command = parser.commands.get(args.command) if args.command else None
         (command or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):

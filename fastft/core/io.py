@@ -298,7 +298,7 @@ def _standard(obj: Any) -> Any:
         return {k: _standard(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_standard(v) for v in obj]
-    if hasattr(obj, "item") and not hasattr(obj, "__len__"):  # a numpy / torch scalar
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # a numpy / torch scalar, or 0-d array
         return _standard(obj.item())
     return obj
 

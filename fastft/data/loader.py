@@ -7,7 +7,6 @@ The task is ``task`` when given, else detected from the data (:func:`fastft.data
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from fastft.core.checks import MAX_SEED, check_int
 from fastft.core.errors import DataError, FastftError
@@ -50,16 +49,19 @@ def load_data(
     tokens.check_task(task)
     builtin = data in datasets.BUILTIN_DATASETS or data in tokens.TOKEN_DATASETS
     if builtin and (text_column, label_column) != ("text", "label"):  # once ignored, and recorded as used
-        flag = "--text-column" if text_column != "text" else "--label-column"
+        flag = "text_column (--text-column)" if text_column != "text" else "label_column (--label-column)"
         raise DataError(f"{flag} names a column of a data file; the built-in {data!r} has its own")
-    if columns is not None and (builtin or datasets.file_kind(Path(data)) in (".jsonl", ".csv")):
-        raise DataError(f"--columns names the word and tag columns of a CoNLL-style file; {data!r} is not one")
+    resolved = task or tokens.detect_task(data)
+    if columns is not None and resolved != tokens.TOKEN_CLASSIFICATION:
+        raise DataError(
+            f"columns (--columns) names the word and tag columns of token data; {data!r} is read as text classification"
+        )
     if task == tokens.TOKEN_CLASSIFICATION and data in datasets.BUILTIN_DATASETS:
         raise DataError(
             f"{data!r} is a text-classification dataset; a token-classification model needs token data "
             f"({', '.join(tokens.TOKEN_DATASETS)}, a CoNLL-style file or JSONL with a tokens list)"
         )
-    if (task or tokens.detect_task(data)) == tokens.TOKEN_CLASSIFICATION:
+    if resolved == tokens.TOKEN_CLASSIFICATION:
         return tokens.load_token_data(
             data,
             columns=columns,

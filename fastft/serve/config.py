@@ -12,6 +12,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers: 431 and closed beyond it (h11 and ConnectionHygiene)
+HEAD_TOO_LARGE = f"the request line and headers are more than {MAX_HEAD_BYTES} bytes"
 
 
 @dataclass

@@ -264,8 +264,9 @@ def _no_classification(params: dict, where: str) -> None:
 
 
 def _requested_outputs(doc: dict, known: tuple[str, ...] = OUTPUTS) -> tuple[list[str], dict[str, bool]]:
-    _no_classification(_params(doc, "request"), "the request")
-    default_binary = _flag(_params(doc, "request"), "binary_data_output", False, "request")
+    request = _params(doc, "request")
+    _no_classification(request, "the request")
+    default_binary = _flag(request, "binary_data_output", False, "request")
     req = doc.get("outputs")
     if req is None:
         return list(known), {o: default_binary for o in known}
@@ -279,8 +280,9 @@ def _requested_outputs(doc: dict, known: tuple[str, ...] = OUTPUTS) -> tuple[lis
         if name in binary:
             raise BadRequest(f"output {name!r} is asked for twice")
         names.append(name)
-        _no_classification(_params(o, f"output {name!r}"), f"output {name!r}")
-        binary[name] = _flag(_params(o, f"output {name!r}"), "binary_data", default_binary, f"output {name!r}")
+        params, where = _params(o, f"output {name!r}"), f"output {name!r}"
+        _no_classification(params, where)
+        binary[name] = _flag(params, "binary_data", default_binary, where)
     return names, binary
 
 

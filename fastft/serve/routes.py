@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from fastft import __version__
 from fastft.serve.batcher import Batcher, InferenceFailed, QueueFull, ShuttingDown
-from fastft.serve.config import MAX_HEAD_BYTES, ServeConfig
+from fastft.serve.config import HEAD_TOO_LARGE, MAX_HEAD_BYTES, ServeConfig
 from fastft.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from fastft.serve.protocol import (
     HEADER_LENGTH,
@@ -104,6 +104,8 @@ class LocalEngine:
             log.exception("warm-up failed: the server stays not ready")
             return
         self.warm_up_seconds = time.perf_counter() - t
+        if self.draining:  # stopped while its last call ran
+            return
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
@@ -193,11 +195,10 @@ class ConnectionHygiene:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        head = len(scope.get("raw_path") or b"") + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + 16
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+        head += sum(len(k) + len(v) + 4 for k, v in scope["headers"])
         if head > MAX_HEAD_BYTES:  # h11 limits a head only while it is incomplete: one that arrived whole
-            await error(431, f"the request line and headers are more than {MAX_HEAD_BYTES} bytes", close=True)(
-                scope, receive, send
-            )
+            await error(431, HEAD_TOO_LARGE, close=True)(scope, receive, send)
             if self.metrics is not None:
                 self.metrics.observe_request("other", 431)
             return
@@ -239,9 +240,6 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
             "identity",
         ):  # read as it is, a gzip body was "not valid JSON"; plain JSON labelled gzip passed
             raise BadRequest(f"Content-Encoding {coding[:40]!r} is not supported: send the body uncompressed", 415)
-        charset = _charset(request.headers.get("content-type", ""))
-        if charset not in (None, "utf-8", "utf8"):
-            raise BadRequest(f"the body's charset {charset[:40]!r} is not supported: send UTF-8 JSON", 415)
         limit = config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -266,7 +264,11 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
                 done, _ = await asyncio.wait({task}, timeout=max(0.0, min(DRAIN_POLL_S, left)))
                 if done:
                     task.result()  # raises what receive() raised (413, ClientDisconnect)
-                    return b"".join(chunks)
+                    body = b"".join(chunks)
+                    charset = _charset(request.headers.get("content-type", ""))
+                    if charset not in (None, "utf-8", "utf8") and not body.isascii():  # ASCII reads alike in any
+                        raise BadRequest(f"the body's charset {charset[:40]!r} is not supported: send UTF-8 JSON", 415)
+                    return body
                 if getattr(engine, "draining", False):
                     raise Unavailable("the server is shutting down")
                 if left <= DRAIN_POLL_S:

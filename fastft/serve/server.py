@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 
-from fastft.serve.config import MAX_HEAD_BYTES, ServeConfig
+from fastft.serve.config import HEAD_TOO_LARGE, MAX_HEAD_BYTES, ServeConfig
 
 log = logging.getLogger("fastft.serve")
 
@@ -236,9 +236,8 @@ def guarded_protocol(config: ServeConfig, metrics=None):
 
         def _write_timeout(self) -> None:
             self._write_timer = None
-            if not self.transport.is_closing():
-                self.transport.abort()  # what it would not read is dropped
-                closed("write_timeout", f"the client read none of its answers for {config.body_timeout_s:g} s")
+            self.transport.abort()  # what it would not read is dropped (a closing transport would wait for it)
+            closed("write_timeout", f"the client read none of its answers for {config.body_timeout_s:g} s")
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -299,7 +298,7 @@ def guarded_protocol(config: ServeConfig, metrics=None):
             exc = sys.exc_info()[1]
             status = getattr(exc, "error_status_hint", 400) if isinstance(exc, h11.RemoteProtocolError) else 400
             if status == 431:
-                text = f"the request line and headers are more than {MAX_HEAD_BYTES} bytes"
+                text = HEAD_TOO_LARGE
             else:
                 status = 400
                 why = re.sub(r"bytearray\((b'.*?')\)", r"\1", str(exc or msg))  # h11's repr of the bytes it saw

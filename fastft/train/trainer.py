@@ -245,9 +245,10 @@ def run_training(cfg: TrainConfig) -> dict:
     def end_epoch(stats: EpochStats) -> bool:
         val = evaluate_split(splits.validation)
         if not math.isfinite(val["loss"]):  # the steps' losses were finite, the weights they left are not usable
-            raise FastftError(
-                f"training diverged: the validation loss is {val['loss']} after epoch {stats.epoch} (try a lower --lr)"
-            )
+            best["diverged"] = stats.epoch
+            kept = f"; keeping epoch {best['epoch']}" if best["state"] is not None else ""
+            print(f"epoch {stats.epoch}: diverged (validation loss {val['loss']}): stopping{kept}", file=sys.stderr)
+            return True
         val["epoch"], val["train_loss"] = stats.epoch, stats.running or 0.0
         history.append(val)
         scores = (
@@ -286,6 +287,10 @@ def run_training(cfg: TrainConfig) -> dict:
         postfix=lambda r, parts, elapsed: {"samples_s": f"{r.samples / elapsed:.1f}"},
     )
     step, samples, best_state, best_epoch = res.steps, res.samples, best["state"], best["epoch"]
+    if best.get("diverged") is not None and best_state is None:  # no epoch before it to keep
+        raise FastftError(
+            f"training diverged: the validation loss is not a number after epoch {best['diverged']} (try a lower --lr)"
+        )
     train_time = res.time_s
     if best_state is not None:
         net.load_state_dict(best_state)
