@@ -83,6 +83,8 @@ def test_train_eval_predict_json(tiny_model_dir, tiny_data_file, tmp_path, capsy
         "2",
         "--batch-size",
         "8",
+        "--eval-batch-size",
+        "4",
         "--max-length",
         "16",
         "--no-progress",
@@ -91,6 +93,7 @@ def test_train_eval_predict_json(tiny_model_dir, tiny_data_file, tmp_path, capsy
     assert rc == 0
     meta = json.loads(out)
     assert meta["training"]["steps"] == 2 and meta["labels"] == ["negative", "positive"]
+    assert meta["training"]["eval_batch_size"] == 4
     rc, out, _ = run(capsys, "eval", "--model", str(out_dir), "--split", "validation", "--json")
     res = json.loads(out)
     assert rc == 0 and res["split"] == "validation" and res["n"] == 6 and 0 <= res["accuracy"] <= 1
@@ -100,6 +103,14 @@ def test_train_eval_predict_json(tiny_model_dir, tiny_data_file, tmp_path, capsy
     assert all(r["label"] in ("negative", "positive") and 0.5 <= r["score"] <= 1 for r in rows)
     rc, out, _ = run(capsys, "predict", "--model", str(out_dir), "--backend", "torch", "a fine film")
     assert rc == 0 and out.split()[0] in ("negative", "positive")
+    # predict --int8 / --no-int8 choose the ONNX file, --batch-size the texts per call, as fastft.load's options
+    import fastft
+
+    fastft.export(out_dir, tmp_path / "x", int8=True, validate=False, progress=False)
+    for flag, int8 in (("--int8", True), ("--no-int8", False)):
+        rc, out, _ = run(capsys, "predict", "--model", str(tmp_path / "x"), flag, "--batch-size", "1", "--json", "ok")
+        want = fastft.load(tmp_path / "x", int8=int8).predict_proba(["ok"])[0].max()
+        assert rc == 0 and abs(json.loads(out)[0]["score"] - want) < 1e-6
 
 
 def test_no_traceback_from_the_real_entry_point(tmp_path):
@@ -213,9 +224,9 @@ def test_verbose_keeps_the_exit_code_and_unknown_options_name_their_command(caps
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().endswith("fastft: error: --lr must be positive (got 0.0)")
     with pytest.raises(SystemExit) as exc:
-        main(["predict", "--model", "m", "--int8", "hi"])
+        main(["predict", "--model", "m", "--fp8", "hi"])
     assert exc.value.code == 2
-    assert "unrecognized arguments: --int8 (see 'fastft predict --help')" in capsys.readouterr().err
+    assert "unrecognized arguments: --fp8 (see 'fastft predict --help')" in capsys.readouterr().err
     assert main(["env", "--json", "-v"]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import re
 import sys
@@ -29,6 +30,7 @@ def register(sub) -> None:
         "--max-length", type=int, default=128, help="longest input in tokens, clamped to the model's positions [128]"
     )
     p.add_argument("--batch-size", type=int, default=32, help="training batch size [32]")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="batch size of the per-epoch evaluations [64]")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW [5e-5]")
     p.add_argument(
         "--weight-decay", type=float, default=0.01, help="AdamW weight decay, not on biases/LayerNorm [0.01]"
@@ -98,6 +100,13 @@ def register(sub) -> None:
         default="auto",
         help="auto: ONNX Runtime when the directory has an ONNX model, else PyTorch [auto]",
     )
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--int8: model_int8.onnx, --no-int8: model.onnx, with ONNX Runtime [fastft.json's default file]",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="texts per call [32]")
     _decode_option(p)
     p.set_defaults(func=_predict)
 
@@ -160,6 +169,7 @@ def _train(args) -> int:
         epochs=args.epochs,
         max_length=args.max_length,
         batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
@@ -277,11 +287,15 @@ def _predict(args) -> int:
             raise FastftError(f"text #{i} {problem}; fastft reads text as UTF-8: convert it first")
     if _is_token_model(args.model):
         with json_guard(args), _stdin_line_numbers(lines):
-            rows = _entity_rows(args.model, texts, args.backend, args.decode)
+            pred = _predictor(args)
+            rows = [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
         print(dumps(rows) if args.json else _entities_table(rows))
         return 0
     with json_guard(args), _stdin_line_numbers(lines):
-        rows = _predict_rows(args.model, texts, args.backend)
+        from fastft.train.evaluate import prediction_rows
+
+        pred = _predictor(args)
+        rows = prediction_rows(texts, pred.predict_proba(texts), pred.labels)
     if args.json:
         print(dumps(rows))
     else:
@@ -342,15 +356,21 @@ def _is_token_model(model: str) -> bool:
     return Path(model).expanduser().is_dir() and model_task(model) == TOKEN_CLASSIFICATION
 
 
-def _entity_rows(model: str, texts: list[str], backend: str, decode: str = "viterbi") -> list[dict]:
-    """Token classification: one {text, entities} row per text (entities with character offsets)."""
+def _predictor(args):
+    """What ``fastft predict`` serves the texts with: ``fastft.load`` with the command's options
+    (--int8 / --no-int8 choose an ONNX file, so ONNX Runtime)."""
+    from fastft.core.errors import FastftError
     from fastft.runtime import load
     from fastft.runtime.load import served_backend
 
-    if backend == "auto":
-        backend = served_backend(model)
-    pred = load(model, backend=backend, decode=decode)
-    return [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
+    backend = args.backend
+    if args.int8 is not None:
+        if backend == "torch":
+            raise FastftError("--int8 / --no-int8 choose an ONNX file: use them with --backend onnxruntime (or auto)")
+        backend = "onnxruntime"
+    elif backend == "auto":
+        backend = served_backend(args.model)
+    return load(args.model, backend=backend, int8=args.int8, batch_size=args.batch_size, decode=args.decode)
 
 
 def _shown(text: str, width: int = 70) -> str:
@@ -374,15 +394,3 @@ def _entities_table(rows: list[dict]) -> str:
             span = f"{e['start']}-{e['end']}"
             lines.append(f"  {e['entity']:<{width}}  {e['score']:.4f}  {span:>9}  {r['text'][e['start'] : e['end']]}")
     return "\n".join(lines)
-
-
-def _predict_rows(model: str, texts: list[str], backend: str) -> list[dict]:
-    from fastft.runtime.load import served_backend
-    from fastft.train.evaluate import predict, prediction_rows
-
-    if backend == "onnxruntime" or (backend == "auto" and served_backend(model) == "onnxruntime"):
-        from fastft.runtime import load
-
-        pred = load(model, backend="onnxruntime")
-        return prediction_rows(texts, pred.predict_proba(texts), pred.labels)
-    return predict(model, texts)
