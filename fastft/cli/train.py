@@ -359,17 +359,10 @@ def _is_token_model(model: str) -> bool:
 def _predictor(args):
     """What ``fastft predict`` serves the texts with: ``fastft.load`` with the command's options
     (--int8 / --no-int8 choose an ONNX file, so ONNX Runtime)."""
-    from fastft.core.errors import FastftError
     from fastft.runtime import load
     from fastft.runtime.load import served_backend
 
-    backend = args.backend
-    if args.int8 is not None:
-        if backend == "torch":
-            raise FastftError("--int8 / --no-int8 choose an ONNX file: use them with --backend onnxruntime (or auto)")
-        backend = "onnxruntime"
-    elif backend == "auto":
-        backend = served_backend(args.model)
+    backend = served_backend(args.model, args.backend, args.int8)
     return load(args.model, backend=backend, int8=args.int8, batch_size=args.batch_size, decode=args.decode)
 
 

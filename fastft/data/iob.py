@@ -30,14 +30,17 @@ def check_decode(decode, error: type[Exception] = FastftError) -> None:
         raise error(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
 
 
+def is_iob_tag(tag: str) -> bool:
+    """``O``, ``B-TYPE`` or ``I-TYPE`` (a type of at least one character)."""
+    return tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)
+
+
 def is_iob2_labels(labels: Sequence[str]) -> bool:
     """Whether the label set is IOB2-shaped: ``O`` and ``B-X``/``I-X`` tags, every ``I-X`` with its ``B-X``."""
     tags = [str(t) for t in labels]
     if not any(t.startswith("I-") for t in tags):
         return False
-    return all(t == "O" or (t[:2] in ("B-", "I-") and len(t) > 2) for t in tags) and all(
-        "B-" + t[2:] in tags for t in tags if t.startswith("I-")
-    )
+    return all(is_iob_tag(t) for t in tags) and all("B-" + t[2:] in tags for t in tags if t.startswith("I-"))
 
 
 def transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

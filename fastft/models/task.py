@@ -88,8 +88,9 @@ def head_labels(path, meta: dict, config: dict) -> list[str]:
     if dup:
         raise ModelError(f"{path}: the label {dup[0]!r} appears twice; each output of the head needs its own name")
     if task == TOKEN_CLASSIFICATION:
-        bad = [t for t in labels if t != "O" and not (len(t) > 2 and t[:2] in ("B-", "I-"))]
-        if bad or "O" not in labels:
+        from fastft.data.iob import is_iob_tag
+
+        if not all(map(is_iob_tag, labels)) or "O" not in labels:
             raise ModelError(
                 f"{path}: the tags {', '.join(labels)}"[:200]
                 + " are not IOB2 with an O (O, B-TYPE, I-TYPE): fastft decodes entities from those"

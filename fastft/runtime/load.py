@@ -151,12 +151,19 @@ def _input_length(meta: dict, config: dict, tokenizer, max_length: int | None) -
     return clamp_max_length(length, _Config(config))
 
 
-def served_backend(path: str | os.PathLike) -> str:
-    """What ``load(path)`` / ``fastft predict`` serve by default: ``onnxruntime`` or ``torch``.
+def served_backend(path: str | os.PathLike, backend: str = "auto", int8: bool | None = None) -> str:
+    """What ``load(path)`` / ``fastft predict`` / ``fastft eval`` serve with: ``onnxruntime`` or ``torch``.
 
-    ONNX Runtime when the directory has the ONNX file ``load`` would pick (fastft.json's default,
-    else model.onnx), PyTorch otherwise.
+    ``backend`` when it names one; for ``auto``, ONNX Runtime when the directory has the ONNX file
+    ``load`` would pick (fastft.json's default, else model.onnx), PyTorch otherwise. ``int8``
+    given (True / False) names an ONNX file, so ONNX Runtime (with ``backend="torch"``: an error).
     """
+    if int8 is not None:
+        if backend == "torch":
+            raise FastftError("--int8 / --no-int8 name an ONNX file: use them with --backend onnxruntime (or auto)")
+        return "onnxruntime"
+    if backend != "auto":
+        return backend
     p = Path(path).expanduser()
     if not p.is_dir():
         return "torch"  # resolve_model reports what is wrong with it

@@ -197,16 +197,15 @@ class ConnectionHygiene:
         headers = dict(scope["headers"])
         head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
         head += sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        refused = None
         if head > MAX_HEAD_BYTES:  # h11 limits a head only while it is incomplete: one that arrived whole
-            await error(431, HEAD_TOO_LARGE, close=True)(scope, receive, send)
+            refused = 431, HEAD_TOO_LARGE
+        elif b"transfer-encoding" in headers and b"content-length" in headers:
+            refused = 400, "the request has both Transfer-Encoding and Content-Length; send one"
+        if refused is not None:
+            await error(*refused, close=True)(scope, receive, send)
             if self.metrics is not None:
-                self.metrics.observe_request("other", 431)
-            return
-        if b"transfer-encoding" in headers and b"content-length" in headers:
-            message = "the request has both Transfer-Encoding and Content-Length; send one"
-            await error(400, message, close=True)(scope, receive, send)
-            if self.metrics is not None:
-                self.metrics.observe_request("other", 400)
+                self.metrics.observe_request("other", refused[0])
             return
         body_read = b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") in (b"0", b"")
 
@@ -234,11 +233,9 @@ def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool
     outputs = TOKEN_OUTPUTS if per_token else OUTPUTS
 
     async def read_body(request: Request) -> bytes:
+        # read as it was, a gzip body was "not valid JSON", and plain JSON labelled gzip passed
         coding = request.headers.get("content-encoding", "identity").strip().lower()
-        if coding not in (
-            "",
-            "identity",
-        ):  # read as it is, a gzip body was "not valid JSON"; plain JSON labelled gzip passed
+        if coding not in ("", "identity"):
             raise BadRequest(f"Content-Encoding {coding[:40]!r} is not supported: send the body uncompressed", 415)
         limit = config.max_body_bytes
         declared = request.headers.get("content-length")

@@ -130,7 +130,7 @@ def swap_attention(model):
     interface.
     """
     fam = family(model)
-    if _state(model) is not None:
+    if is_swapped(model):
         # a swapped model unpickled in a fresh process: its config names "fastft", which this
         # process has not registered with transformers yet
         _interface.register()

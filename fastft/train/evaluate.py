@@ -82,7 +82,7 @@ def evaluate(
     :mod:`fastft.train.token_eval`); columns: a CoNLL file's word and tag columns; decode:
     ``viterbi`` (the best valid IOB2 sequence, what ``fastft predict`` serves) or ``argmax``.
     """
-    from fastft.core.checks import check_int
+    from fastft.core.checks import check_bool, check_int
 
     check_int("--batch-size", batch_size, lo=1)
     check_int("--max-length", max_length, lo=2, optional=True)
@@ -92,14 +92,10 @@ def evaluate(
     from fastft.data.iob import check_decode
 
     check_decode(decode)
-    if int8 not in (None, True, False):
-        raise FastftError(f"int8 must be True, False or None (got {int8!r})")
-    if int8 is not None and backend == "torch":
-        raise FastftError("--int8 scores an ONNX model: use it with --backend onnxruntime (or auto)")
-    if backend == "auto":
-        from fastft.runtime.load import served_backend
+    check_bool("int8", int8, optional=True)
+    from fastft.runtime.load import served_backend
 
-        backend = "onnxruntime" if int8 is not None else served_backend(model)
+    backend = served_backend(model, backend, int8)
     from fastft.core.schema import TOKEN_CLASSIFICATION, task_of
     from fastft.models import read_meta, resolve_model
 

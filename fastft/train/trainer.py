@@ -322,7 +322,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "steps": step,
             "optimizer": res.optimizer_label,
             "dropout_implementation": res.dropout,  # (the --dropout given is the "dropout" above)
-            "threads": torch_threads(),
+            "threads": torch.get_num_threads(),
             "best_epoch": best_epoch,
             "train_time_s": round(train_time, 2),
             "train_samples_per_s": round(samples / train_time, 2) if train_time else None,
@@ -360,9 +360,3 @@ def _lora_targets(net) -> list[str]:
         if set(group) <= names:
             return group
     raise FastftError("--lora: cannot find the attention projections of this architecture")
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
