@@ -162,6 +162,34 @@ def test_predict_json_on_the_tiny_model(tiny_model_dir, capsys):
     assert all(r["label"] in ("negative", "positive") and 0.5 <= r["score"] <= 1 for r in rows)
 
 
+def test_predict_names_the_truncated_texts(tiny_model_dir, capsys, monkeypatch):
+    """A text cut at the max length: one warning naming it (by its stdin line when read from
+    stdin), not the Python API's ``Predictor.truncated``; --json marks each row."""
+    import io
+    import warnings
+
+    from fastft.runtime import TruncationWarning
+
+    long = "a fine film " * 400
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, out, err = run(capsys, "predict", "--model", str(tiny_model_dir), "--json", "short", long)
+    rows = json.loads(out)
+    assert rc == 0 and [r["truncated"] for r in rows] == [False, True], err
+    said = [str(w.message) for w in caught if "max length" in str(w.message)]
+    assert len(said) == 1 and "1 of 2 texts" in said[0] and said[0].endswith("text #1"), said
+    assert not [w for w in caught if issubclass(w.category, TruncationWarning)]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(f"ok\n\n{long}\n".encode())))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, out, err = run(capsys, "predict", "--model", str(tiny_model_dir), "-")
+    assert rc == 0 and [str(w.message).split(": ")[-1] for w in caught] == ["stdin line 3"], err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, out, err = run(capsys, "predict", "--model", str(tiny_model_dir), "--json", "short")
+    assert rc == 0 and json.loads(out)[0]["truncated"] is False and not caught
+
+
 def test_eval_json_on_the_tiny_model(tiny_model_dir, capsys):
     rc, out, _ = run(capsys, "eval", "--model", str(tiny_model_dir), "--split", "test", "--limit", "8", "--json")
     res = json.loads(out)

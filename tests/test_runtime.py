@@ -314,11 +314,11 @@ def test_a_huge_text_costs_what_the_model_sees_of_it(pred):
 
 
 def test_a_cut_text_is_never_called_tokenless(onnx_dir):
-    """With max length 2 every text is cut to its special tokens: labelled (and flagged as
+    """With the least max length (3) a text is cut to its first token: labelled (and flagged as
     truncated), not refused as a text without tokens; 10,000 spaces before the words keep them."""
     import fastft
 
-    p = fastft.load(onnx_dir, threads=1, max_length=2)
+    p = fastft.load(onnx_dir, threads=1, max_length=3)
     with pytest.warns(fastft.runtime.TruncationWarning):
         assert len(p.predict(["hello world"])) == 1
     short = fastft.load(onnx_dir, threads=1, max_length=16)

@@ -288,14 +288,18 @@ def _predict(args) -> int:
     if _is_token_model(args.model):
         with json_guard(args), _stdin_line_numbers(lines):
             pred = _predictor(args)
-            rows = [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
+            with _truncation_noted(pred, texts, lines) as cut:
+                rows = [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
+        _mark_truncated(rows, cut)
         print(dumps(rows) if args.json else _entities_table(rows))
         return 0
     with json_guard(args), _stdin_line_numbers(lines):
         from fastft.train.evaluate import prediction_rows
 
         pred = _predictor(args)
-        rows = prediction_rows(texts, pred.predict_proba(texts), pred.labels)
+        with _truncation_noted(pred, texts, lines) as cut:
+            rows = prediction_rows(texts, pred.predict_proba(texts), pred.labels)
+    _mark_truncated(rows, cut)
     if args.json:
         print(dumps(rows))
     else:
@@ -318,6 +322,38 @@ def _stdin_line_numbers(lines: list[int] | None):
         if lines is None or m is None or int(m.group(1)) >= len(lines):
             raise
         raise type(exc)(f"stdin line {lines[int(m.group(1))]} {str(exc)[m.end() :]}") from None
+
+
+@contextlib.contextmanager
+def _truncation_noted(pred, texts: list[str], lines: list[int] | None):
+    """Yields a list that holds, after the block, which texts ``pred`` cut at the max length
+    (empty when none was). The predictor's TruncationWarning names the Python API; here it becomes
+    one warning line that names the texts (by their stdin lines when read from stdin)."""
+    import warnings
+
+    from fastft.runtime import TruncationWarning
+
+    cut: list[bool] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        yield cut
+    for w in caught:  # the others as they would have shown
+        if not issubclass(w.category, TruncationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if not any(issubclass(w.category, TruncationWarning) for w in caught):
+        return
+    cut.extend(pred.truncated(texts))
+    where = [f"stdin line {lines[i]}" if lines else f"text #{i}" for i, c in enumerate(cut) if c]
+    shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+    warnings.warn(
+        f"{len(where)} of {len(texts)} texts are longer than the model's max length of {pred.max_length} "
+        f"tokens, so the model saw only their start: {shown}"
+    )
+
+
+def _mark_truncated(rows: list[dict], cut: list[bool]) -> None:
+    for row, c in zip(rows, cut or [False] * len(rows)):
+        row["truncated"] = c
 
 
 def _stdin_lines() -> tuple[list[str], list[int]]:

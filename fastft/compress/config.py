@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
-from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_bool_fields, check_float, check_int, check_threads
+from fastft.core.checks import (
+    MAX_EPOCHS,
+    MAX_SEED,
+    check_bool_fields,
+    check_float,
+    check_int,
+    check_max_length,
+    check_threads,
+)
 from fastft.core.errors import FastftError
 from fastft.core.options import option
 
@@ -163,7 +171,7 @@ class DistillConfig:
 
             parse_spec(self.transfer)
         check_int("--layers", self.layers, lo=1, optional=True)
-        check_int("--max-length", self.max_length, lo=2, optional=True)
+        check_max_length("--max-length", self.max_length)
         for name in ("layers", "depth"):
             if getattr(self, name) is not None and self.student != "teacher-layers":
                 raise FastftError(f"--{name} applies to --student teacher-layers only")

@@ -72,6 +72,20 @@ def check_int(name: str, value, *, lo: int | None = None, hi: int | None = None,
     return value
 
 
+MIN_MAX_LENGTH = 3  # two positions hold the special tokens ([CLS] and [SEP], <s> and </s>)
+
+
+def check_max_length(name: str, value, *, optional: bool = True):
+    """``value`` as given, or FastftError naming ``name`` unless it is an integer that leaves room
+    for one token of text beside the two special tokens (None when ``optional``: the model's)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value < MIN_MAX_LENGTH:
+        raise FastftError(
+            f"{name} must be at least {MIN_MAX_LENGTH} (got {value}): two positions hold the special tokens, "
+            "so the model would see no text"
+        )
+    return check_int(name, value, optional=optional)
+
+
 def check_bool(name: str, value, *, optional: bool = False):
     """``value`` as given, or FastftError naming ``name`` unless it is True or False (or None when
     ``optional``). A string is refused: ``int8="no"`` would otherwise be truthy."""

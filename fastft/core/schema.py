@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastft.core.checks import MIN_MAX_LENGTH
 from fastft.core.errors import ModelError
 from fastft.core.io import read_json_object, write_json
 
@@ -37,8 +38,8 @@ def read_meta(model_dir: str | Path, required: bool = False) -> dict:
 
 def check_meta(meta: dict, path: str | Path) -> dict:
     """``meta`` unchanged if the keys that loading and serving read have the types fastft writes:
-    ``labels`` a list of names, ``max_length`` an integer >= 2, ``onnx.default`` a file name in the
-    directory itself. A hand-edited or foreign file gets one ModelError naming the key."""
+    ``labels`` a list of names, ``max_length`` an integer >= :data:`MIN_MAX_LENGTH`, ``onnx.default`` a
+    file name in the directory itself. A hand-edited or foreign file gets one ModelError naming the key."""
 
     def bad(key: str, want: str, got) -> ModelError:
         return ModelError(f"{path}: {key} must be {want} (got {got!r:.80})")
@@ -49,8 +50,8 @@ def check_meta(meta: dict, path: str | Path) -> dict:
     ):
         raise bad("labels", "a list of label names", labels)
     length = meta.get("max_length")
-    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 2):
-        raise bad("max_length", "an integer >= 2", length)
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < MIN_MAX_LENGTH):
+        raise bad("max_length", f"an integer >= {MIN_MAX_LENGTH}", length)
     onnx = meta.get("onnx")
     if onnx is not None and not isinstance(onnx, dict):
         raise bad("onnx", "an object", onnx)

@@ -45,10 +45,9 @@ def clamp_max_length(max_length: int | None, config, tokenizer=None) -> int:
     limit = model_max_positions(config) or 512
     if max_length is None:
         return limit
-    if max_length < 2:
-        from fastft.core.errors import FastftError
+    from fastft.core.checks import check_max_length
 
-        raise FastftError(f"--max-length must be at least 2 (got {max_length})")
+    check_max_length("--max-length", max_length)
     if max_length > limit:
         import warnings
 

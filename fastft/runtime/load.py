@@ -9,7 +9,7 @@ import functools
 import os
 from pathlib import Path
 
-from fastft.core.checks import check_bool, check_int, check_threads
+from fastft.core.checks import check_bool, check_int, check_max_length, check_threads
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length, tokenizer_max_length
@@ -75,7 +75,7 @@ def load(
     if backend not in ("onnxruntime", "ort", "torch"):
         raise FastftError(f"backend must be 'onnxruntime' or 'torch' (got {backend!r})")
     check_int("batch_size", batch_size, lo=1)
-    check_int("max_length", max_length, lo=2, optional=True)
+    check_max_length("max_length", max_length)
     check_threads("threads", threads)
     check_bool("int8", int8, optional=True)
     check_bool("fused_attention", fused_attention, optional=True)

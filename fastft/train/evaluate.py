@@ -82,10 +82,10 @@ def evaluate(
     :mod:`fastft.train.token_eval`); columns: a CoNLL file's word and tag columns; decode:
     ``viterbi`` (the best valid IOB2 sequence, what ``fastft predict`` serves) or ``argmax``.
     """
-    from fastft.core.checks import check_bool, check_int
+    from fastft.core.checks import check_bool, check_int, check_max_length
 
     check_int("--batch-size", batch_size, lo=1)
-    check_int("--max-length", max_length, lo=2, optional=True)
+    check_max_length("--max-length", max_length)
     check_int("--limit", limit, lo=1, optional=True)
     if backend not in BACKENDS:
         raise FastftError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")

@@ -61,7 +61,15 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        from fastft.core.checks import MAX_EPOCHS, MAX_SEED, check_bool_fields, check_float, check_int, check_threads
+        from fastft.core.checks import (
+            MAX_EPOCHS,
+            MAX_SEED,
+            check_bool_fields,
+            check_float,
+            check_int,
+            check_max_length,
+            check_threads,
+        )
 
         check_bool_fields(self)
         for opt, v in (
@@ -85,12 +93,12 @@ class TrainConfig:
             check_int(opt, v, lo=lo)
         check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
         for opt, v, lo in (
-            ("--max-length", self.max_length, 2),
             ("--limit", self.limit, 1),
             ("--max-steps", self.max_steps, 1),
             ("--patience", self.patience, 1),
         ):
             check_int(opt, v, lo=lo, optional=True)
+        check_max_length("--max-length", self.max_length)
         check_threads("--threads", self.threads)
         if not 0 < self.epochs <= MAX_EPOCHS:
             raise FastftError(f"--epochs must be in (0, {MAX_EPOCHS}] (got {self.epochs})")
