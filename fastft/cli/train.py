@@ -347,7 +347,8 @@ def _truncation_noted(pred, texts: list[str], lines: list[int] | None):
     shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
     warnings.warn(
         f"{len(where)} of {len(texts)} texts are longer than the model's max length of {pred.max_length} "
-        f"tokens, so the model saw only their start: {shown}"
+        f"tokens, so the model saw only their start: {shown}",
+        stacklevel=1,  # shown as one "fastft: warning:" line, without a place
     )
 
 

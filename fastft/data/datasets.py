@@ -423,6 +423,26 @@ def _stratified_split(
     return parts
 
 
+def _warn_contradictions(named_rows: list[tuple[str, str]], data) -> None:
+    """A UserWarning (one ``fastft: warning:`` line on the command line) when one text is given two
+    or more labels: the model is taught both for the same input, and a score counts it right at
+    most once; the data is used as given."""
+    labels: dict[str, set[str]] = {}
+    for text, label in named_rows:
+        labels.setdefault(text, set()).add(label)
+    mixed = [(t, sorted(ls)) for t, ls in labels.items() if len(ls) > 1]
+    if mixed:
+        import warnings
+
+        text, names = mixed[0]
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        warnings.warn(
+            f"{len(mixed)} {'text' if len(mixed) == 1 else 'texts'} of {data} {'has' if len(mixed) == 1 else 'have'} "
+            f"more than one label, e.g. {shown!r} as {' and '.join(map(repr, names[:3]))}: used as given",
+            stacklevel=3,
+        )
+
+
 def _to_split(rows: list[tuple[str, int]]) -> Split:
     return Split([r[0] for r in rows], [r[1] for r in rows])
 
@@ -519,6 +539,7 @@ def load_data(
         raise DataError(f"every text of {data!r} is empty (is --text-column {text_column!r} the text column?)")
     if len(label_names) < min_classes:
         raise DataError(f"dataset {data!r} has a single class ({label_names[0]!r}); classification needs at least two")
+    _warn_contradictions(named_rows, data)
     label_id = {n: i for i, n in enumerate(label_names)}
     rows = [(t, label_id[lab]) for t, lab in named_rows]
 

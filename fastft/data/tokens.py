@@ -80,8 +80,8 @@ def neuroner_conll_dir() -> Path:
 
 def detect_task(data: str) -> str:
     """The task a data set is for: token classification for conll2003, CoNLL-style files
-    (``.conll``, ``.iob``, ``.bio``...) and JSONL whose first record has a ``tokens`` list;
-    sequence classification otherwise."""
+    (``.conll``, ``.iob``, ``.bio``...) and JSONL whose first record has a ``tokens`` list (and
+    ``tags``, or no ``label``); sequence classification otherwise."""
     if data in TOKEN_DATASETS:
         return TOKEN_CLASSIFICATION
     path = Path(data)
@@ -96,14 +96,18 @@ def detect_task(data: str) -> str:
                     raw = raw.removeprefix(b"\xef\xbb\xbf")  # the byte-order mark the loader ignores too
                     if raw.strip():
                         rec = json.loads(raw)
-                        return (
-                            TOKEN_CLASSIFICATION
-                            if isinstance(rec, dict) and isinstance(rec.get("tokens"), list)
-                            else SEQUENCE_CLASSIFICATION
-                        )
+                        return TOKEN_CLASSIFICATION if _token_record(rec) else SEQUENCE_CLASSIFICATION
         except (OSError, EOFError, ValueError):
             return SEQUENCE_CLASSIFICATION  # the loader reports what is wrong with the file
     return SEQUENCE_CLASSIFICATION
+
+
+def _token_record(rec) -> bool:
+    """A JSONL record of token data: a ``tokens`` list, unless a ``label`` beside it and no
+    ``tags`` say the record is a text with one label (its words kept alongside)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("tokens"), list):
+        return False
+    return "tags" in rec or "label" not in rec
 
 
 def _drawn(sentences: list, seed: int) -> tuple[list, list]:
