@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import pytest
 from conftest import make_rows, write_jsonl
@@ -304,13 +305,35 @@ def test_data_that_would_train_or_score_wrong_is_refused(tmp_path, rows, kwargs,
         load_data(_jsonl(tmp_path, rows), **kwargs)
 
 
-def test_a_runaway_quote_in_a_tsv_is_named_and_suffixes_are_read_in_any_case(tmp_path):
+def test_quotes_in_a_tsv_are_kept_and_suffixes_are_read_in_any_case(tmp_path):
+    """A TSV whose quotes are not CSV quoting is read as plain TSV, quotes kept, with a warning: an
+    unmatched quote once made every row to the next quote one text (then was refused), and
+    ``"Great" film`` lost its quotes. A TSV quoted by CSV's rules is unquoted as before; a CSV
+    that breaks them is refused, naming the line."""
     lines = ["text\tlabel"] + [f"row {i}\t{'ab'[i % 2]}" for i in range(20)]
     lines[4] = '"Wow\ta'  # an unmatched quote: every row to the next quote became one text
     lines[12] = 'a "quoted" word\tb'
     (tmp_path / "d.tsv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match="row 4 holds a field with tabs over several lines"):
-        load_data(str(tmp_path / "d.tsv"))
+    with pytest.warns(UserWarning, match="read as plain TSV, double quotes kept as written.*starts on line 5"):
+        d = load_data(str(tmp_path / "d.tsv"))
+    texts = d.train.texts + d.validation.texts + d.test.texts
+    assert len(texts) == 20 and '"Wow' in texts and 'a "quoted" word' in texts
+    lines[4] = '"Great" film\ta'
+    (tmp_path / "d.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="plain TSV.*starts on line 5"):
+        d = load_data(str(tmp_path / "d.tsv"))
+    assert '"Great" film' in d.train.texts + d.validation.texts + d.test.texts
+    lines[4] = '"He said ""hi"" twice"\ta'  # CSV quoting: read as before, no warning
+    (tmp_path / "d.tsv").write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = load_data(str(tmp_path / "d.tsv"))
+    assert 'He said "hi" twice' in d.train.texts + d.validation.texts + d.test.texts
+    (tmp_path / "q.csv").write_text('text,label\nfine,a\n"Great" film,b\n')
+    with pytest.raises(
+        DataError, match="q.csv: not readable by CSV's quoting rules \\(the record that starts on line 3"
+    ):
+        load_data(str(tmp_path / "q.csv"))
     (tmp_path / "UP.CSV").write_text("text,label\n" + "".join(f"r{i},{'ab'[i % 2]}\n" for i in range(20)))
     assert sum(load_data(str(tmp_path / "UP.CSV")).sizes().values()) == 20
 

@@ -189,40 +189,27 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
         raise DataError(f"unsupported data file type {path.name!r}; use .csv, .tsv or .jsonl")
     text = read_text_file(path, encoding)
     if kind in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",")
         limit = csv.field_size_limit()
         csv.field_size_limit(_FIELD_LIMIT)  # a long text is a text, as in JSONL (the default cap is 128 KB)
         try:
-            header = reader.fieldnames or []
-            dup = [c for i, c in enumerate(header) if c in header[:i]]
-            if dup:
-                raise DataError(
-                    f"{path}: column {dup[0]!r} appears {header.count(dup[0])} times in the header; "
-                    "rename or remove the duplicates"
-                )
-            rows = list(reader)
-            for i, rec in enumerate(rows):
-                runaway = kind == ".tsv" and any(
-                    isinstance(v, str) and "\t" in v and ("\n" in v or "\r" in v) for v in rec.values()
-                )
-                if runaway:  # a text that starts with a double quote read every row to the next quote
-                    raise DataError(
-                        f"{path}: row {i + 1} holds a field with tabs over several lines: a double quote at the "
-                        "start of a text swallowed the rows after it; double each quote inside a quoted text "
-                        '("") or quote that text whole'
-                    )
-                extra = rec.get(None)  # DictReader keeps fields past the header's under None
-                if extra and any(x.strip() for x in extra):  # a trailing comma (spreadsheets) is no field
-                    sep = "a tab" if kind == ".tsv" else "a comma"
-                    raise DataError(
-                        f"{path}: row {i + 1} has {len(header) + len(extra)} fields, the header {len(header)}; "
-                        f"put a text that holds {sep} in double quotes"
-                    )
-            return rows
-        except csv.Error as exc:
-            raise DataError(f"{path}: not a readable {kind[1:]} file ({exc})") from None
+            header, rows, quoting = _table_rows(path, text, kind)
         finally:
             csv.field_size_limit(limit)
+        dup = [c for i, c in enumerate(header) if c in header[:i]]
+        if dup:
+            raise DataError(
+                f"{path}: column {dup[0]!r} appears {header.count(dup[0])} times in the header; "
+                "rename or remove the duplicates"
+            )
+        for i, rec in enumerate(rows):
+            extra = rec.get(None)  # DictReader keeps fields past the header's under None
+            if extra and any(x.strip() for x in extra):  # a trailing comma (spreadsheets) is no field
+                sep = "a tab" if kind == ".tsv" else "a comma"
+                hint = "" if quoting == csv.QUOTE_NONE else f"; put a text that holds {sep} in double quotes"
+                raise DataError(
+                    f"{path}: row {i + 1} has {len(header) + len(extra)} fields, the header {len(header)}{hint}"
+                )
+        return rows
     out = []
     for i, line in enumerate(split_lines(text), 1):
         if line.strip():
@@ -236,6 +223,50 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
                 raise DataError(f"{path}: line {i} is not a JSON object")
             out.append(rec)
     return out
+
+
+def _table_rows(path: Path, text: str, kind: str) -> tuple[list[str], list[dict], int]:
+    """(header, rows as DictReader gives them, the quoting read) of a CSV or TSV text, read by CSV's
+    quoting rules strictly: a field quoted whole is unquoted, its doubled quotes made single.
+    Where a double quote breaks those rules (``"Great" film``: non-strict reading made it
+    ``Great film``), a CSV file is refused, naming the line; a TSV file, for which quoting is
+    optional, is read again as plain TSV (every tab a separator, every quote kept as written),
+    with a warning: so is one whose opening quote would swallow the rows up to the next quote."""
+    sep = "\t" if kind == ".tsv" else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    rows, broken, start = [], None, 1  # start: the line the record being read begins on
+    try:
+        reader.fieldnames  # noqa: B018 (reads the header)
+        start = reader.reader.line_num + 1
+        for rec in reader:
+            several = kind == ".tsv" and any(
+                isinstance(v, str) and "\t" in v and ("\n" in v or "\r" in v) for v in rec.values()
+            )
+            if several:  # an opening quote took in the rows up to the next quote
+                broken = f"the field that opens on line {start} runs over several lines and tabs"
+                break
+            rows.append(rec)
+            start = reader.reader.line_num + 1
+    except csv.Error as exc:
+        broken = f"the record that starts on line {start}: {exc}"
+    if broken is None:
+        return list(reader.fieldnames or []), rows, csv.QUOTE_MINIMAL
+    if kind == ".csv":
+        raise DataError(
+            f"{path}: not readable by CSV's quoting rules ({broken}); a text that holds a double quote must be "
+            'quoted whole, with each quote inside doubled ("""Great"" film")'
+        )
+    import warnings
+
+    warnings.warn(
+        f"{path} is read as plain TSV, double quotes kept as written: CSV's quoting rules fail on it ({broken})",
+        stacklevel=4,
+    )
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sep, quoting=csv.QUOTE_NONE)
+    try:
+        return list(reader.fieldnames or []), list(reader), csv.QUOTE_NONE
+    except csv.Error as exc:  # a NUL byte, say
+        raise DataError(f"{path}: not a readable tsv file (line {reader.reader.line_num}: {exc})") from None
 
 
 _FIELD_LIMIT = 2**31 - 1
