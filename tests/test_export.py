@@ -153,6 +153,11 @@ def test_int8_check_on_calibration_data_with_its_own_columns(tiny_model_dir, tmp
         min_agreement=0.5, progress=False,
     )  # fmt: skip
     assert info["parity"]["int8"]["label_agreement"] >= 0.5
+    # texts of one class are calibration data too (they were refused: "a single class")
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps(r) + "\n" for r in rows if r["label"] == rows[0]["label"]))
+    info = export(tiny_model_dir, tmp_path / "o1", int8=True, calib_data=str(one), min_agreement=0.5, progress=False)
+    assert info["parity"]["int8"]["n"] > 0
 
 
 def test_failed_parity_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):

@@ -112,7 +112,8 @@ def data_for(
     source, args, _ = recorded_args(
         "the model", spec, data, task=task_of(meta), text_column=text_column, label_column=label_column
     )
-    return load_data(source, **args, encoding=encoding), source
+    # calibration and the agreement check need texts, not classes: one class is data too
+    return load_data(source, **args, encoding=encoding, min_classes=1), source
 
 
 def _load_onnx(path):
