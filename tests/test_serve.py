@@ -384,6 +384,17 @@ def test_a_body_in_an_encoding_or_charset_not_served_is_415(server):
             400,
             "non-empty list",
         ),
+        # data nested other than the shape says (once flattened whatever the nesting)
+        (
+            {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": [["ok"], ["fine"]]}]},
+            400,
+            "nested other than its shape [2]",
+        ),
+        (
+            {"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["ok", "fine"]]}]},
+            400,
+            "nested other than its shape [2, 1]",
+        ),
         # Triton's classification extension: once ignored, the raw probabilities sent as if top-k labels
         (
             {
@@ -409,6 +420,16 @@ def test_bad_v2_requests(server, body, status, match):
     assert match in r.json()["error"]
 
 
+def test_v2_data_flat_or_nested_as_its_shape(server):
+    url = f"{server.url}/v2/models/{NAME}/infer"
+    answers = []
+    for shape, data in (([2], ["ok", "fine"]), ([2, 1], ["ok", "fine"]), ([2, 1], [["ok"], ["fine"]])):
+        r = httpx.post(url, json={"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": data}]})
+        assert r.status_code == 200, r.text
+        answers.append([o["data"] for o in r.json()["outputs"] if o["name"] == "label"])
+    assert answers[0] == answers[1] == answers[2]
+
+
 def test_bad_binary_v2_request(server):
     head = json.dumps(
         {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 10}}]}
@@ -419,6 +440,12 @@ def test_bad_binary_v2_request(server):
         headers={"Inference-Header-Content-Length": str(len(head))},
     )
     assert r.status_code == 400 and "does not fit" in r.json()["error"]
+    r = httpx.post(  # bytes after the tensor binary_data_size names: once ignored
+        f"{server.url}/v2/models/{NAME}/infer",
+        content=head.replace(b'"binary_data_size": 10', b'"binary_data_size": 6') + b"\x02\x00\x00\x00okjunk",
+        headers={"Inference-Header-Content-Length": str(len(head) - 1)},
+    )
+    assert r.status_code == 400 and "4 bytes follow the 6-byte binary input" in r.json()["error"], r.text
     for length in (f"+{len(head)}", "_".join(str(len(head)))):  # int() reads both as the length; digits only
         r = httpx.post(
             f"{server.url}/v2/models/{NAME}/infer",

@@ -188,6 +188,8 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int, outputs=
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > len(blob):
             raise BadRequest(f"binary_data_size {size!r} does not fit the {len(blob)} bytes after the header")
+        if size != len(blob):  # the body holds one binary tensor: the rest is not part of the request
+            raise BadRequest(f"{len(blob) - size} bytes follow the {size}-byte binary input (binary_data_size)")
         texts = _decode_bytes(blob[:size], count)
     else:
         data = tensor.get("data")
@@ -195,7 +197,7 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int, outputs=
             raise BadRequest(f"input '{INPUT}' has neither 'data' nor binary data")
         if not isinstance(data, list):
             raise BadRequest(f"input '{INPUT}' data must be a list of strings (got {_json_type(data)})")
-        texts = _flatten(data)
+        texts = _flatten(data, shape)
         if len(texts) != count:
             raise BadRequest(f"input '{INPUT}' has {len(texts)} elements but its shape {shape} says {count}")
     texts = check_texts(texts, max_texts, where=f"{INPUT}")
@@ -228,8 +230,12 @@ def _flag(params: dict, key: str, default: bool, where: str) -> bool:
     return value
 
 
-def _flatten(data: list) -> list:
-    if data and all(isinstance(x, list) for x in data):
+def _flatten(data: list, shape: list[int]) -> list:
+    """The elements of a tensor's ``data``, flat (row-major) or nested as its shape: [n] takes a flat
+    list, [n, 1] a flat list or n lists of one element each."""
+    if any(isinstance(x, list) for x in data):
+        if len(shape) != 2 or not all(isinstance(x, list) and len(x) == shape[1] for x in data):
+            raise BadRequest(f"input '{INPUT}' data is nested other than its shape {shape} says")
         return [y for x in data for y in x]
     return data
 
