@@ -347,6 +347,17 @@ CLI_CASES = [
     ("train-max-length-2", "train --model {w}/tiny --data {w}/data.jsonl --max-length 2 --output {out}", "at least 3"),
     ("eval-max-length-2", "eval --model {w}/tiny --max-length 2", "two positions hold the special tokens"),
     ("compress-max-length-2", "compress --model {w}/tiny --max-length 2 --output {out}", "at least 3 (got 2)"),
+    # quantization-aware epochs the run cannot make (recorded as given, run as far as the run went)
+    (
+        "compress-qat-epochs-past-recovery",
+        "compress --model {w}/tiny --int8 --qat-epochs 3 --last-recovery-epochs 2 --output {out}",
+        "--qat-epochs 3 is more than the 2 epoch(s) of the run it joins (--last-recovery-epochs)",
+    ),
+    (
+        "compress-qat-no-training",
+        "compress --model {w}/tiny --int8 --qat --no-distill --prune-heads 0 --prune-ffn 0 --output {out}",
+        "this run trains none",
+    ),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
     ("unknown-command", "frobnicate", "invalid choice: 'frobnicate'"),

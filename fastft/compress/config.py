@@ -15,6 +15,7 @@ itself (one-line FastftError naming the flag) before any work starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from fastft.core.checks import (
@@ -459,12 +460,36 @@ class CompressConfig:
             raise FastftError("--prune-first prunes the student before distillation: it needs distillation on")
         if self.prune.prune_first and not self.prune.structured:
             raise FastftError("--prune-first needs --prune-heads or --prune-ffn above 0")
+        self._check_qat_epochs()
         # (resolved, a token-classification teacher's --augment is 0: prepare validates after resolving)
         d = self.distill
         if d.augment_labels != "original" and (not d.enabled or d.augment == 0 or self.prune.prune_first):
             raise FastftError(
                 f"--augment-labels {d.augment_labels} sets the label term of the --augment copies, and this "
                 "run makes none (--augment 0, --no-distill, --prune-first or a token-classification teacher)"
+            )
+
+    def _check_qat_epochs(self) -> None:
+        """--qat-epochs (or --qat) that the run cannot honour: more quantization-aware passes than
+        the last training run (the one QAT joins: the last recovery, else distillation) makes, or
+        none at all; recorded as given, they ran as far as that run went. Once resolved only."""
+        q, p, d = self.quantize, self.prune, self.distill
+        if q.qat is False or q.mode != "int8" or q.static or (q.qat is None and q.qat_epochs == 1):
+            return
+        if p.structured and not p.prune_first and p.last_recovery_epochs is None:
+            return  # not resolved yet
+        if p.structured and not p.prune_first and p.last_recovery_epochs > 0:
+            last, name = p.last_recovery_epochs, "--last-recovery-epochs"
+        elif d.enabled and d.epochs is not None:
+            last, name = d.epochs, "--epochs"
+        else:
+            raise FastftError(
+                "--qat trains the last distillation or recovery epochs quantization-aware, and this run trains "
+                "none (no distillation, no recovery after pruning)"
+            )
+        if q.qat_epochs > math.ceil(last):
+            raise FastftError(
+                f"--qat-epochs {q.qat_epochs} is more than the {last:g} epoch(s) of the run it joins ({name})"
             )
 
     def to_dict(self) -> dict:
