@@ -542,7 +542,7 @@ def test_base_model_without_head_is_refused(tmp_path, no_training):
     BertModel(
         BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=30522)
     ).save_pretrained(tmp_path / "base")
-    with pytest.raises(FastftError, match="no classification head"):
+    with pytest.raises(FastftError, match="no sequence-classification head"):
         fastft.compress(str(tmp_path / "base"), CompressConfig(output=str(tmp_path / "o"), **FAST))
 
 

@@ -23,7 +23,7 @@ from fastft.data.labels import align_labels
 from fastft.data.loader import recorded_args
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
-from fastft.models.task import head_labels
+from fastft.models.task import check_head
 from fastft.train.trainer import set_seed
 
 
@@ -138,15 +138,7 @@ def _read_config(path: Path) -> dict:
 def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
     """(fastft meta, labels) of a classifier directory, or a one-line ModelError."""
     meta = read_meta(path)
-    cfg = _read_config(path)
-    archs = cfg.get("architectures") or []
-    head = "ForTokenClassification" if task_of(meta) == TOKEN_CLASSIFICATION else "ForSequenceClassification"
-    if not any(a.endswith(head) for a in archs):
-        raise ModelError(
-            f"{path} has no classification head (architectures: {', '.join(archs) or 'none'}); "
-            "fine-tune it first: fastft train --model ... --output DIR"
-        )
-    labels = head_labels(path, meta, cfg)
+    labels = check_head(path, meta, _read_config(path))
     if not meta.get("labels") and all(x.startswith("LABEL_") for x in labels):
         raise ModelError(f"{path} records no label names (no fastft.json labels, no config id2label)")
     return meta, labels

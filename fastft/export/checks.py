@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from fastft.core.checks import check_int
-from fastft.core.errors import FastftError, ModelError
+from fastft.core.errors import FastftError
 from fastft.core.io import stdout_to_stderr
 from fastft.export.onnx import MIN_OPSET
 from fastft.export.quantize import CALIB_METHODS
@@ -80,20 +80,12 @@ def _quiet_stdout():
 
 
 def check_classifier_dir(path: Path, meta: dict) -> None:
-    """A directory with a trained classification head: fastft labels or a *ForSequence/TokenClassification config."""
-    import json
+    """A directory with a trained classification head whose labels can be served (one name per
+    output, in the head's order): :func:`fastft.models.task.check_head`."""
+    from fastft.core.io import read_json_object
+    from fastft.models.task import check_head
 
-    from fastft.models.task import head_labels
-
-    config = json.loads((path / "config.json").read_text())
-    archs = config.get("architectures") or []
-    has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs)
-    if not meta.get("labels") and not has_head:
-        raise ModelError(
-            f"{path} has no classification head or labels (a base encoder?); "
-            f"fine-tune it first: fastft train --model {path} --output DIR"
-        )
-    head_labels(path, meta, config)  # what the export would serve: one name per output, in the head's order
+    check_head(path, meta, read_json_object(path / "config.json"))
 
 
 def data_for(

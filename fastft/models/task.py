@@ -34,6 +34,22 @@ def model_task(path: str | os.PathLike) -> str:
     return task_from(read_meta(p), read_json_object(cfg) if cfg.is_file() else {})
 
 
+def check_head(path, meta: dict, config: dict) -> list[str]:
+    """:func:`head_labels` of a directory that has a trained head for its task (config.json's
+    architectures name a ``*ForSequenceClassification`` or ``*ForTokenClassification``, or list
+    none while fastft.json names the labels), else a one-line ModelError: a base encoder would get a
+    head of random weights."""
+    archs = [str(a) for a in config.get("architectures") or []]
+    task = task_from(meta, config)
+    head = "ForTokenClassification" if task == TOKEN_CLASSIFICATION else "ForSequenceClassification"
+    if not any(a.endswith(head) for a in archs) and (archs or not meta.get("labels")):
+        raise ModelError(
+            f"{path} has no {task} head (architectures: {', '.join(archs) or 'none'}; a base encoder?); "
+            f"fine-tune it first: fastft train --model {path} --output DIR"
+        )
+    return head_labels(path, meta, config)
+
+
 _NOT_SERVED = {"regression": "a regression score", "multi_label_classification": "several labels per text (sigmoid)"}
 
 

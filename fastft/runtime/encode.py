@@ -87,17 +87,18 @@ class Encoder:
         raw = max(RAW_BUDGET_FACTOR * budget, RAW_BUDGET_MIN)
         out, was_cut, starts = [], [], []
         for t in texts:
-            start = 0
+            start, tokenless = 0, False
             end = _cut_point(t, budget) if len(t) > budget else None
             if end is None and len(t) > raw:  # mostly uncounted characters
                 first = _COUNTED.search(t, 0, raw)
                 if first is None:  # nothing the tokenizer keeps in the raw budget: start at the words
                     later = _COUNTED.search(t, raw)
                     start = later.start() if later is not None else 0
+                    tokenless = later is None  # (the tail just scanned: not again below)
                 end = start + raw
             # cut: a character that makes a token was left out (a tail of spaces is no loss, and a text
             # of nothing but such characters stays one the caller refuses as tokenless)
-            was_cut.append(end is not None and _COUNTED.search(t, end) is not None)
+            was_cut.append(end is not None and not tokenless and _COUNTED.search(t, end) is not None)
             out.append(t[start:end])
             starts.append(start)
         return out, was_cut, starts
