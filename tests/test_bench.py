@@ -136,6 +136,22 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     d3 = json.loads(capsys.readouterr().out)
     assert d3["served_model"] == str(served)
     assert d3["backends"]["fastft-int8"]["file"] == str(served / "model_int8.onnx")
+    # labels in another order: the agreement would compare label i with label j (once counted only)
+    import shutil
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(served, swapped)
+    for name in ("config.json", "fastft.json"):
+        d = json.loads((swapped / name).read_text())
+        if "id2label" in d:
+            d["id2label"] = {k: d["id2label"][str(len(d["id2label"]) - 1 - int(k))] for k in d["id2label"]}
+            d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
+        if "labels" in d:
+            d["labels"] = d["labels"][::-1]
+        (swapped / name).write_text(json.dumps(d))
+    argv = ["bench", "--model", str(tiny_model_dir), "--served", str(swapped), "--backends", "fastft-fp32"]
+    assert main([*argv, "--workdir", str(tmp_path / "w3"), "--no-progress", "--seq", "16"]) == 2
+    assert "in the same order" in capsys.readouterr().err
     (served / "model.onnx").rename(served / "gone.onnx")
     assert (
         main(

@@ -62,18 +62,34 @@ class BenchConfig:
 
 
 def _check_served_fits(model_dir: Path, config: dict, served: Path) -> None:
-    """--served is compared with --model's outputs (agreement, the logit check): the same task
-    and number of labels, checked before any timing."""
-    theirs = read_json_object(served / "config.json") if (served / "config.json").is_file() else {}
+    """--served is compared with --model's outputs (agreement, the logit check): the same task and
+    labels, output by output (:func:`fastft.models.task.head_labels`; names compared where both
+    name them), checked before any timing."""
+    from fastft.models.task import head_labels
 
-    def n_labels(cfg: dict):
-        return cfg.get("num_labels") or len(cfg.get("id2label") or {}) or None
+    def labels(path: Path, cfg: dict) -> list[str]:
+        return head_labels(path, read_meta(path), cfg)
 
+    theirs = read_json_object(served / "config.json") if (served / "config.json").is_file() else None
     mine_task, served_task = model_task(model_dir), model_task(served)
-    if mine_task != served_task or (n_labels(theirs) and n_labels(config) != n_labels(theirs)):
+    mine_labels = labels(model_dir, config)
+    served_labels = labels(served, theirs) if theirs is not None else None
+
+    def named(x: list[str]) -> bool:
+        return x != [f"LABEL_{i}" for i in range(len(x))]
+
+    differ = served_labels is not None and (
+        len(served_labels) != len(mine_labels)
+        or named(served_labels)
+        and named(mine_labels)
+        and served_labels != mine_labels
+    )
+    if mine_task != served_task or differ:
+        shown = ", ".join(served_labels or [])[:60] or "?"
         raise FastftError(
-            f"--served {served} ({served_task}, {n_labels(theirs)} labels) does not answer like --model "
-            f"{model_dir} ({mine_task}, {n_labels(config)} labels): serve a model of the same task and labels"
+            f"--served {served} ({served_task}, labels {shown}) does not answer like --model "
+            f"{model_dir} ({mine_task}, labels {', '.join(mine_labels)[:60]}): serve a model of the same task "
+            "and labels, in the same order"
         )
 
 
