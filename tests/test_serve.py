@@ -799,6 +799,46 @@ def guarded(asgi) -> Running:
     return server
 
 
+def test_request_lines_of_other_forms_and_versions(serve_dir):
+    """The absolute form (RFC 9112 3.2.2: a server must accept it) is routed by its path (it was a
+    404 for /http://host/...); HTTP/2's preface and other versions are 505, the asterisk form 400
+    (405 for OPTIONS), each closed (they were HTTP/1.1 404s)."""
+
+    server = guarded(make_app(serve_dir))  # the protocol fastft serve runs (h11)
+
+    def ask(line: bytes, body: bytes = b"") -> bytes:
+        c = socket.create_connection(("127.0.0.1", server.port))
+        head = line + b"\r\nHost: x\r\n"
+        if body:
+            head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+        c.sendall(head + b"\r\n" + body)
+        c.settimeout(10)
+        got = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        c.close()
+        return got
+
+    with server:
+        server.wait_ready()
+        assert ask(b"GET http://x/v2/health/live HTTP/1.1").endswith(b'{"live":true}')
+        assert ask(b"GET HTTPS://x:8080 HTTP/1.1").startswith(b"HTTP/1.1 200")  # the root: the model's summary
+        got = ask(b"POST http://x/predict?a=1 HTTP/1.1", json.dumps({"inputs": ["a fine film"]}).encode())
+        assert got.startswith(b"HTTP/1.1 200") and b'"predictions"' in got, got
+        for line, status, words in (
+            (b"PRI * HTTP/2.0", b"505", b"HTTP/2.0 is not served here"),
+            (b"GET /v2/health/live HTTP/3.0", b"505", b"HTTP/3.0"),
+            (b"GET * HTTP/1.1", b"400", b"GET * is not served here"),
+            (b"OPTIONS * HTTP/1.1", b"405", b"OPTIONS *"),
+        ):
+            got = ask(line)
+            assert got.startswith(b"HTTP/1.1 " + status) and words in got and b"connection: close" in got.lower(), got
+
+
 def test_a_client_that_reads_none_of_its_answers_is_let_go(serve_dir):
     """Thousands of pipelined requests on a connection that reads nothing filled the send buffers
     (8.4 MB on three sockets) and held them for ever: closed once nothing was read for the body

@@ -198,10 +198,17 @@ class ConnectionHygiene:
         head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
         head += sum(len(k) + len(v) + 4 for k, v in scope["headers"])
         refused = None
+        version, target = scope.get("http_version", "1.1"), scope.get("raw_path") or b""
         if head > MAX_HEAD_BYTES:  # h11 limits a head only while it is incomplete: one that arrived whole
             refused = 431, HEAD_TOO_LARGE
         elif b"transfer-encoding" in headers and b"content-length" in headers:
             refused = 400, "the request has both Transfer-Encoding and Content-Length; send one"
+        elif version not in ("1.0", "1.1"):  # h11 parses any digit.digit: "PRI * HTTP/2.0" was a 404
+            refused = 505, f"HTTP/{version} is not served here: send HTTP/1.1 (no HTTP/2 prior knowledge)"
+        elif target == b"*":  # the asterisk form, for a server-wide OPTIONS, which no route serves
+            refused = (405 if scope["method"] == "OPTIONS" else 400), f"{scope['method']} * is not served here"
+        elif target[:8].lower().startswith((b"http://", b"https://")):
+            scope = _origin_form(scope)  # RFC 9112 3.2.2: a server must accept the absolute form
         if refused is not None:
             await error(*refused, close=True)(scope, receive, send)
             if self.metrics is not None:
@@ -224,6 +231,18 @@ class ConnectionHygiene:
             await send(message)
 
         await self.app(scope, receive_watched, send_closing)
+
+
+def _origin_form(scope: dict) -> dict:
+    """``scope`` of an absolute-form request (``GET http://host/v2/health/live``) with the path
+    alone, as the origin form would have given it (it was routed as ``/http://host/...``: 404)."""
+    from urllib.parse import unquote
+
+    raw = scope["raw_path"]
+    rest = raw.split(b"://", 1)[1]
+    slash = rest.find(b"/")
+    raw = rest[slash:] if slash >= 0 else b"/"
+    return {**scope, "raw_path": raw, "path": unquote(raw.decode("latin-1"))}
 
 
 def build_app(engine, config: ServeConfig, metrics: ServeMetrics, lifespan: bool = True) -> Starlette:
