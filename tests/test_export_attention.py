@@ -288,3 +288,30 @@ def test_hard_coded_attention_falls_back_to_the_plain_graph(tiny_model_dir, tmp_
     assert len(lines) == 1 and "writing the plain graph" in lines[0]
     assert "attention" not in info["export"]  # the plain exporter's info, not the fused one's
     assert info["parity"]["fp32"]["passed"] and info["parity"]["int8"]["label_agreement"] >= 0.99
+
+
+def test_a_plain_torch_onnx_export_of_a_swapped_model_prints_no_tracer_warning(tmp_path):
+    """``torch.onnx.export`` (the legacy tracer) of a swapped model: the op's argument checks
+    compare traced sizes, which printed 20-odd TracerWarnings ("the trace might not generalize")
+    though no data flows through them; fastft's own exporter was quiet already."""
+    import warnings
+
+    import torch
+    import transformers
+
+    from fastft.swap import swap_attention
+
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100
+    )
+    net = swap_attention(transformers.BertForSequenceClassification(cfg).eval())
+    ids = torch.randint(0, 100, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    axes = {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.onnx.export(
+            net, (ids, mask), str(tmp_path / "m.onnx"), dynamo=False, input_names=list(axes), dynamic_axes=axes
+        )
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]

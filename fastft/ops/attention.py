@@ -50,7 +50,9 @@ model's own attention.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -364,6 +366,19 @@ def _check_inputs(q, k, v) -> None:
         raise ValueError(f"q has head_dim {head_dim}; supported head_dim: 1..{MAX_HEAD_DIM}")
 
 
+@contextlib.contextmanager
+def _shape_checks_traced():
+    """Under ``torch.jit.trace`` (``torch.onnx.export``'s legacy exporter) sizes are traced
+    values, and each comparison in the argument checks printed a TracerWarning: the checks hold
+    for the traced inputs and steer no data, so their warnings are not shown."""
+    if not torch.jit.is_tracing():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
 def fused_attention(
     q: Tensor,
     k: Tensor,
@@ -381,9 +396,11 @@ def fused_attention(
     Returns (batch, heads, seq_q, head_dim) in q's dtype. Raises ValueError naming the
     offending argument.
     """
-    _check_inputs(q, k, v)
-    causal = _checked_causal(causal)
-    scale = _checked_scale(scale, q.shape[3])
+    with _shape_checks_traced():
+        _check_inputs(q, k, v)
+        causal = _checked_causal(causal)
+        scale = _checked_scale(scale, q.shape[3])
+        mask = _normalize_mask(key_padding_mask, q.shape[0], k.shape[2], q)
     if (
         isinstance(key_padding_mask, Tensor)
         and key_padding_mask.requires_grad
@@ -394,7 +411,6 @@ def fused_attention(
             "key_padding_mask requires grad, and fused_attention gives a mask no gradient; learn a bias "
             "with attention_ref or torch's scaled_dot_product_attention"
         )
-    mask = _normalize_mask(key_padding_mask, q.shape[0], k.shape[2], q)
     if eager_cpu(q, k, v, mask):
         return _fused_attention_cpu(q, k, v, mask, causal, float(scale))
     return _fused_attention_op(q, k, v, mask, causal, float(scale))

@@ -46,7 +46,7 @@ def padded_rows_skipped(
     None where the varlen route does not apply (see the module docstring)."""
     if module.training or kpm is None or kpm.dtype != torch.bool or kpm.dim() != 2:
         return None
-    if query.device.type != "cpu" or query.shape[2] != key.shape[2] or _tracing():
+    if _tracing() or query.device.type != "cpu" or query.shape[2] != key.shape[2]:
         return None
     batch, heads, seq, head_dim = query.shape
     if kpm.shape != (batch, seq):
