@@ -506,3 +506,18 @@ def test_many_texts_are_tokenized_a_chunk_at_a_time(pred, monkeypatch):
         warnings.simplefilter("always")
         pred.predict(["word " * 5000, *texts[:5], "word " * 5000])
     assert sum(issubclass(w.category, TruncationWarning) for w in caught) == 1
+
+
+def test_a_model_onnx_that_is_a_directory_is_named(onnx_dir, tmp_path):
+    """It was "has no model.onnx (ONNX files: model.onnx, ...)": the glob listed directories."""
+    import shutil
+
+    import fastft
+    from fastft.core.errors import ModelError
+
+    d = tmp_path / "m"
+    shutil.copytree(onnx_dir, d)
+    (d / "model.onnx").unlink()
+    (d / "model.onnx").mkdir()
+    with pytest.raises(ModelError, match=r"model\.onnx is not a file"):
+        fastft.load(d, int8=False, threads=1)

@@ -276,7 +276,10 @@ class Predictor:
     def logits_from_ids(
         self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, token_type_ids: np.ndarray | None = None
     ) -> np.ndarray:
-        """Logits of one tokenized batch: input_ids (batch, seq) -> (batch, num_labels) float32."""
+        """Logits of one tokenized batch: input_ids (batch, seq) -> (batch, num_labels) float32.
+
+        The backends' hook (each subclass implements it), fed by :meth:`Encoder.batch` with
+        arrays it made: they are not checked here. Texts go through :meth:`logits` / :meth:`predict`."""
         raise NotImplementedError
 
     def entities(self, encoder: Encoder, enc: Encoded, i: int, text: str, probs: np.ndarray) -> list[dict]:

@@ -206,11 +206,12 @@ def _pick_onnx(p: Path, meta: dict, int8: bool | None) -> Path:
     f = p / name
     if f.is_file():
         return f
-    if not int8:
-        alt = [x.name for x in sorted(p.glob("*.onnx"))]
-        if len(alt) == 1 and alt[0] != "model_int8.onnx":
-            return p / alt[0]
-    have = ", ".join(x.name for x in sorted(p.glob("*.onnx"))) or "none"
+    if f.exists():
+        raise ModelError(f"{f} is not a file")
+    files = [x.name for x in sorted(p.glob("*.onnx")) if x.is_file()]
+    if not int8 and len(files) == 1 and files[0] != "model_int8.onnx":
+        return p / files[0]
+    have = ", ".join(files) or "none"
     hint = f"run: fastft export --model {p} --output DIR" + (" --int8" if int8 else "")
     raise ModelError(
         f"{p} has no {name} (ONNX files: {have}); {hint} (from Python, load(..., backend='torch') needs none)"
