@@ -364,7 +364,7 @@ static int pick_bk(const IsaEntry& entry, int block_k) {
 
 constexpr double kLog2e = 1.4426950408889634;
 
-void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* q_len,
+bool attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* q_len,
                    const int64_t* k_start, const int64_t* k_len, int64_t B, int64_t H,
                    int64_t D, const uint8_t* key_mask, const float* key_bias,
                    int64_t key_stride, const float* q_bias, const float* v_bias, bool causal,
@@ -385,7 +385,7 @@ void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
     flops += 4.0 * double(H) * double(q_len[b]) * double(k_len[b]) * double(D);
     if (k_len[b] > max_k) max_k = k_len[b];
   }
-  if (item_off[B] == 0) return;
+  if (item_off[B] == 0) return false;
   if (!rows.q || !rows.out || (max_k > 0 && (!rows.k || !rows.v)))
     throw std::invalid_argument("attention: null data pointer");
   if ((key_mask || key_bias) && key_stride < max_k)
@@ -430,7 +430,10 @@ void attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
   P.bk = bk;
   P.causal = causal;
   P.qscale = static_cast<float>(scale * kLog2e);
-  run_job(entry, P, num_threads, flops, workers);
+  int suspect = 0;
+  P.suspect = &suspect;
+  run_job(entry, P, num_threads, flops, workers);  // every item done (and its writes seen) on return
+  return __atomic_load_n(&suspect, __ATOMIC_ACQUIRE) != 0;
 }
 
 }  // namespace fastft

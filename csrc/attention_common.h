@@ -34,6 +34,7 @@ struct AttnParams : AttnRows {
   int bk;                   // keys per block, a multiple of every copy's key tile, <= BK_MAX
   bool causal;
   float qscale;             // scale * log2(e): scores are kept in log2 units (exp2)
+  int* suspect;             // set to 1 when a row may differ from the reference (see attention.h)
 };
 
 // Per-thread scratch.

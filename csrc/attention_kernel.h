@@ -367,10 +367,26 @@ static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
       }
     }
   }
+  int64_t first_key = -1;  // the sequence's first attended key, looked for when a row has none
+  bool suspect = false;
   for (int r = 0; r < nrows; ++r) {
-    const float l = ws.l[r];
+    const float l = ws.l[r], m = ws.m[r];
     // m == -inf: every key of the row masked -> zeros (unless a NaN score made l NaN)
-    const bool none = ws.m[r] == -__builtin_inff() && l == l;
+    const bool none = m == -__builtin_inff() && l == l;
+    // rows float32 may have got wrong where the float64 reference does not: a score of +inf or
+    // a NaN row (q k^T * scale overflowed, or the inputs hold inf / NaN), or no key left although
+    // one is attended (every score overflowed to -inf); the caller is told and recomputes
+    if (!(m < __builtin_inff()) || l != l) {
+      suspect = true;
+    } else if (none) {
+      if (first_key < 0) {
+        first_key = 0;
+        if (kb)
+          while (first_key < Sk && kb[first_key] == -__builtin_inff()) ++first_key;
+      }
+      const int64_t last = P.causal && i0 + r + 1 < Sk ? i0 + r + 1 : Sk;  // keys j < last
+      suspect = suspect || first_key < last;
+    }
     const float inv = none ? 0.f : 1.f / l;
     float* dst = obase + r * P.o_tok;
     for (int64_t d = 0; d < D; ++d) dst[d] = O[r * ldo + d] * inv;
@@ -379,6 +395,7 @@ static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
       for (int64_t d = 0; d < D; ++d) dst[d] += vb[d];
     }
   }
+  if (suspect && P.suspect) __atomic_store_n(P.suspect, 1, __ATOMIC_RELAXED);
 }
 
 static void attn_item(const AttnParams& P, Workspace& ws, int64_t item) {

@@ -15,7 +15,7 @@ namespace py = pybind11;
 
 namespace {
 
-void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, uintptr_t bias,
+bool attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, uintptr_t bias,
                        uintptr_t out, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D,
                        bool causal, double scale, int num_threads, const std::string& isa,
                        int block_k) {
@@ -30,7 +30,7 @@ void attention_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, ui
                         reinterpret_cast<const float*>(v), reinterpret_cast<float*>(out),
                         D, Sq * D, D, Sk * D, D, Sk * D, D, Sq * D};
   py::gil_scoped_release release;
-  fastft::attention_f32(rows, q_start.data(), q_len.data(), k_start.data(), k_len.data(), B, H,
+  return fastft::attention_f32(rows, q_start.data(), q_len.data(), k_start.data(), k_len.data(), B, H,
                         D, reinterpret_cast<const uint8_t*>(mask),
                         reinterpret_cast<const float*>(bias), Sk, nullptr, nullptr, causal, scale, num_threads,
                         isa, block_k);
@@ -51,7 +51,7 @@ void read_seqlens(uintptr_t cu, uintptr_t used, int64_t B, const char* name,
   }
 }
 
-void attention_varlen_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
+bool attention_varlen_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
                               uintptr_t cu_q, uintptr_t cu_k, uintptr_t used_q, uintptr_t used_k,
                               int64_t B, int64_t H, int64_t D,
                               const std::vector<int64_t>& strides, bool causal, double scale,
@@ -70,7 +70,7 @@ void attention_varlen_fwd_f32(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o
                         strides[0], strides[1], strides[2], strides[3],
                         strides[4], strides[5], strides[6], strides[7]};
   py::gil_scoped_release release;
-  fastft::attention_f32(rows, q_start.data(), q_len.data(), k_start.data(), k_len.data(), B, H,
+  return fastft::attention_f32(rows, q_start.data(), q_len.data(), k_start.data(), k_len.data(), B, H,
                         D, nullptr, nullptr, 0, nullptr, nullptr, causal, scale, num_threads, isa, block_k);
 }
 
@@ -89,8 +89,9 @@ head_dim); k, v (batch, heads, seq_k, head_dim); mask uint8/bool (batch, seq_k),
 attend, or 0; bias float32 (batch, seq_k) additive, or 0. causal: key j attends query i iff
 j <= i (top-left aligned). Masked keys (and keys scoring 100 log2 units below the row's
 maximum) weigh exactly 0. Rows with every key masked give zeros; a NaN score among a row's
-attended keys gives a NaN row. block_k: keys per block (0: the copy's default). Releases the
-GIL.)doc");
+attended keys gives a NaN row. block_k: keys per block (0: the copy's default). Returns True
+when a row may differ from a float64 computation's (q k^T * scale overflowed float32, or the
+inputs hold inf or NaN): recompute it then. Releases the GIL.)doc");
   m.def("attention_varlen_fwd_f32", &attention_varlen_fwd_f32, py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("out"), py::arg("cu_seqlens_q"),
         py::arg("cu_seqlens_k"), py::arg("seqused_q"), py::arg("seqused_k"), py::arg("batch"),
@@ -103,7 +104,8 @@ q, out: (total_q, heads, head_dim); k, v: (total_k, heads, head_dim), head_dim c
 token and head strides in `strides` = [q_tok, q_head, k_tok, k_head, v_tok, v_head, o_tok,
 o_head] (floats). cu_seqlens_q/k: int32 (batch + 1) token offsets of each sequence;
 seqused_q/k: int32 (batch) tokens used from each sequence's start, or 0 (all). Rows not used
-are not written. causal: top-left aligned per sequence. Releases the GIL.)doc");
+are not written. causal: top-left aligned per sequence. Returns True as attention_fwd_f32 does.
+Releases the GIL.)doc");
   m.def("attention_isa", &fastft::attention_isa,
         "Instruction set the attention kernel uses on this CPU by default");
   m.def("attention_isas", &fastft::attention_isas,

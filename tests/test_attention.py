@@ -192,6 +192,55 @@ def test_masked_values_never_reach_the_output(isa, monkeypatch):
     assert_close(out, packed(ref), *FP32_TOL, what=f"{cpu_backend()} varlen, huge future values, causal")
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_scores_past_float32s_range_match_the_reference(isa, monkeypatch):
+    """Finite inputs whose q k^T * scale overflows float32: every score -inf gave a row of zeros
+    (read as fully masked), one +inf score a NaN row, where the float64 reference is finite.
+    The kernel says so and the op recomputes in float64; the kernel itself flags only such rows
+    (not fully masked ones, causal left padding, or ordinary inputs)."""
+    if isa not in _isas():
+        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
+    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = make_qkv(2, 2, 40, 70, 64, torch.float32, gen)
+    keep = torch.rand(2, 70, generator=gen) < 0.7
+    for what, qq, kk, scale in (
+        ("every score -inf", torch.full_like(q, 1e20), torch.full_like(k, -1e20), None),
+        (
+            "one +inf score",
+            torch.full_like(q, 1e20),
+            torch.cat([torch.full_like(k[:, :, :1], 1e20), k[:, :, 1:]], 2),
+            None,
+        ),
+        ("scale 1e37", q, k, 1e37),
+    ):
+        for mask, causal in ((None, False), (keep, True)):
+            out = fused_attention(qq, kk, v, key_padding_mask=mask, causal=causal, scale=scale)
+            ref = attention_ref(qq.double(), kk.double(), v.double(), mask, causal, scale)
+            assert torch.isfinite(ref).all()
+            assert_close(out, ref, *FP32_TOL, what=f"{cpu_backend()} {what}, causal={causal}")
+        packed = lambda t: t[1].transpose(0, 1).contiguous()  # noqa: E731
+        cu_q, cu_k = torch.tensor([0, 40], dtype=torch.int32), torch.tensor([0, 70], dtype=torch.int32)
+        out = fused_attention_varlen(packed(qq), packed(kk), packed(v), cu_q, cu_k, 40, 70, scale=scale)
+        ref = attention_ref(qq.double(), kk.double(), v.double(), None, False, scale)
+        assert_close(out, packed(ref), *FP32_TOL, what=f"{cpu_backend()} varlen, {what}")
+
+    def flagged(q, k, mask, causal):
+        out = torch.empty_like(q)
+        b, h, sq, d = q.shape
+        args = (q.data_ptr(), k.data_ptr(), k.data_ptr(), mask.data_ptr() if mask is not None else 0, 0)
+        return native._C.attention_fwd_f32(*args, out.data_ptr(), b, h, sq, k.shape[2], d, causal, 0.125, 1, isa)
+
+    left = torch.ones(2, 70, dtype=torch.bool)
+    left[:, :30] = False  # left padding under causal: query rows 0..29 have no key, legitimately
+    none = torch.zeros(2, 70, dtype=torch.bool)
+    none[0, 3] = True  # sequence 1: every key masked
+    kq = k[:, :, :40].contiguous()
+    assert not flagged(q, k, None, False) and not flagged(q, k, keep, True)
+    assert not flagged(q, kq, left[:, :40].contiguous(), True) and not flagged(q, k, none, False)
+    assert flagged(torch.full_like(q, 1e20), torch.full_like(k, -1e20), None, False)
+
+
 @pytest.mark.parametrize("block_k", [8, 64, 256])
 def test_cpp_key_block_sizes(block_k):
     """The C++ kernel's key block (block_k: the unit of online-softmax steps and of masked-block
