@@ -805,3 +805,46 @@ def test_fractions_are_checked_on_every_layer_and_stage_configs_are_validated(ti
     with pytest.raises(FastftError, match="quantize: an output directory is required"):
         fastft.quantize(str(tiny_model_dir))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_teacher_or_student_that_cannot_work_is_refused_before_distilling(tmp_path, tiny_model_dir, tiny_data_file):
+    """A teacher that scores 0 (retention undefined: a TypeError in the verdict after the whole
+    run), a --student with a smaller vocabulary or fewer positions than the teacher's tokenizer
+    needs (a traceback mid-distillation), a fine-tuned student of another task: one line each,
+    before any teacher output is computed."""
+    import random
+
+    import torch
+    from conftest import NEGATIVE, POSITIVE
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from fastft.compress import compress
+    from fastft.models import load_tokenizer, write_meta
+
+    rng = random.Random(0)
+    rows = [{"text": " ".join(rng.sample(POSITIVE, 2)) + f" {i}", "label": "positive"} for i in range(40)]
+    rows += [{"text": t, "label": "negative"} for t in NEGATIVE[:3]]  # too few to reach the test split
+    data = write_jsonl(tmp_path / "zero.jsonl", rows)
+    zero = save_tiny_model(tmp_path / "zero", data)
+    sd = load_file(zero / "model.safetensors")
+    sd["classifier.bias"] = torch.tensor([50.0, -50.0])  # always "negative": every test row wrong
+    save_file(sd, zero / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(FastftError, match="scores 0 on the test split"):
+        compress(zero, output=str(tmp_path / "o0"), quantize=None, epochs=1, bench=False, progress=False)
+
+    labels = ["negative", "positive"]
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=2)
+    for name, extra, words in (
+        ("vocab", dict(vocab_size=1000, max_position_embeddings=128), "a vocabulary of 1000 ids"),
+        ("pos", dict(vocab_size=30522, max_position_embeddings=16), "takes at most 16 tokens"),
+    ):
+        d = tmp_path / name
+        BertForSequenceClassification(BertConfig(**common, **extra)).save_pretrained(d)
+        load_tokenizer(tiny_model_dir).save_pretrained(d)
+        write_meta(d, {"format": 1, "task": "sequence-classification", "labels": labels, "data": {}, "metrics": {}})
+        with pytest.raises(ModelError, match=words):
+            compress(tiny_model_dir, output=str(tmp_path / "o"), student=str(d), bench=False, progress=False)
+    three = save_tiny_model(tmp_path / "three", tiny_data_file, labels=("a", "b", "c"))
+    with pytest.raises(ModelError, match="sequence-classification model with 3 labels"):
+        compress(tiny_model_dir, output=str(tmp_path / "o"), student=str(three), bench=False, progress=False)

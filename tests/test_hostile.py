@@ -358,6 +358,20 @@ CLI_CASES = [
         "compress --model {w}/tiny --int8 --qat --no-distill --prune-heads 0 --prune-ffn 0 --output {out}",
         "this run trains none",
     ),
+    # compress options this run would not use: accepted, ignored, recorded in report.json as if run
+    ("compress-qat-no-int8", "compress --model {w}/tiny --qat --output {out}", "--qat trains for dynamic INT8"),
+    ("compress-no-distill-layers", "compress --model {w}/tiny --no-distill --layers 2 --output {out}", "no student"),
+    (
+        "compress-prune-first-recovery",
+        "compress --model {w}/tiny --prune-first --prune-heads 0.5 --recovery-epochs 3 --output {out}",
+        "--recovery-epochs is not used by this run",
+    ),
+    ("compress-fp16-per-channel", "compress --model {w}/tiny --fp16 --per-channel --output {out}", "without --int8"),
+    ("compress-calib-no-static", "compress --model {w}/tiny --int8 --calib-size 10 --output {out}", "for --static"),
+    ("compress-columns-text", "compress --model {w}/tiny --columns 0,1 --output {out}", "classifies whole texts"),
+    ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
+    # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings
+    ("compress-no-int8-prefix", "compress --model {w}/tiny --int8 --no-int8 --output {out}", "unrecognized arguments"),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
     ("unknown-command", "frobnicate", "invalid choice: 'frobnicate'"),

@@ -1052,7 +1052,10 @@ def test_hostile_connections_cannot_lock_an_address_out_or_waste_inference(serve
                 target=httpx.post, args=(server.url + "/predict",), kwargs={"json": {"inputs": ["a"]}}
             )
             busy.start()
-            time.sleep(0.1)  # the worker is in that call now
+            deadline = time.monotonic() + 10
+            while not calls:  # the worker is in that call now (a fixed sleep was too short under load)
+                assert time.monotonic() < deadline, "the busy request never reached the model"
+                time.sleep(0.01)
             doc = json.dumps({"inputs": ["left before the answer"] * 8}).encode()
             gone = raw(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(doc), doc))
             time.sleep(0.1)

@@ -32,7 +32,13 @@ COMMAND_MODULES = [
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with fastft's error format: one line on stderr, exit 2 (no usage block)."""
+    """argparse with fastft's error format: one line on stderr, exit 2 (no usage block). Options
+    are matched whole: argparse's default took a unique prefix, so ``compress --no-int8`` was read
+    as ``--no-int8-embeddings`` (predict has a ``--no-int8`` of its own)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"fastft: error: {message} (see '{self.prog} --help')\n")

@@ -68,7 +68,8 @@ def _compress(args) -> int:
     q = report.get("quantization") or {}
     if q.get("label_agreement_fp32_test") is not None:
         print(
-            f"INT8 label agreement with fp32 (test): {q['label_agreement_fp32_test']:.2%}; "
+            f"{'FP16' if q.get('mode') == 'fp16' else 'INT8'} label agreement with fp32 (test): "
+            f"{q['label_agreement_fp32_test']:.2%}; "
             f"nodes kept fp32 by the fallback: {q.get('fp32_nodes', 0)}"
         )
     if q.get("excluded_nodes"):

@@ -351,6 +351,8 @@ class QuantizeConfig:
         if self.calib_method not in CALIB_METHODS:
             raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})")
         check_int("--qat-epochs", self.qat_epochs, lo=1)
+        if self.qat is True and (self.mode != "int8" or self.static):
+            raise FastftError("--qat trains for dynamic INT8: it needs --int8, without --static")
         if self.qat_epochs != 1 and (self.qat is False or self.mode != "int8" or self.static):
             raise FastftError("--qat-epochs sets quantization-aware training: it needs dynamic --int8 and --qat")
         check_float("--qat-consistency", self.qat_consistency, lo=0, optional=True)
@@ -360,6 +362,13 @@ class QuantizeConfig:
         if self.accuracy_budget < 0:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")
 
+
+# the flags of fields whose name is not the flag's
+_FLAGS = {
+    "embeddings": "--no-int8-embeddings",
+    "bench_runs": "--bench-runs",
+    "per_channel": "--per-channel / --no-per-channel",
+}
 
 STAGE_CONFIGS = {"distill": DistillConfig, "prune": PruneConfig, "quantize": QuantizeConfig}
 # a flat keyword (CompressConfig(layers=3)) -> the stage config holding that field
@@ -468,6 +477,39 @@ class CompressConfig:
                 f"--augment-labels {d.augment_labels} sets the label term of the --augment copies, and this "
                 "run makes none (--augment 0, --no-distill, --prune-first or a token-classification teacher)"
             )
+
+    def check_unused(self) -> None:
+        """FastftError for options given (unlike their defaults) that this run would not use: they
+        were accepted, ignored, and recorded in report.json and fastft.json as if they had run.
+        Called on the config as given, before the task's defaults are filled in."""
+        d, p, q = self.distill, self.prune, self.quantize
+        base_d, base_p, base_q = DistillConfig(), PruneConfig(), QuantizeConfig()
+
+        def given(cfg, base, *names):
+            return [n for n in names if getattr(cfg, n) != getattr(base, n)]
+
+        unused = []
+        if not d.enabled:
+            unused += [(n, "--no-distill makes no student") for n in given(d, base_d, "layers", "depth", "student")]
+        if p.prune_first:
+            why = "--prune-first prunes the student before distillation: no recovery runs"
+            unused += [(n, why) for n in given(p, base_p, "recovery_epochs", "last_recovery_epochs")]
+        elif p.prune_heads == 0 and p.prune_ffn == 0:
+            why = "no head or FFN neuron is removed (--prune-heads 0 --prune-ffn 0): no recovery runs"
+            unused += [(n, why) for n in given(p, base_p, "recovery_epochs", "last_recovery_epochs", "prune_steps")]
+        if q.mode != "int8":
+            why = "without --int8 nothing is quantized to INT8"
+            unused += [(n, why) for n in given(q, base_q, "per_channel", "embeddings", "accuracy_budget")]
+        if not q.static:
+            unused += [(n, "calibration is for --static") for n in given(q, base_q, "calib_size", "calib_method")]
+        if d.transfer is None:
+            unused += [(n, "no --transfer source is drawn from") for n in given(d, base_d, "transfer_size")]
+        if not self.bench:
+            unused += [(n, "--no-bench times nothing") for n in given(self, CompressConfig(), "bench_runs")]
+        if unused:
+            name, why = unused[0]
+            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise FastftError(f"{flag} is not used by this run: {why}")
 
     def _check_qat_epochs(self) -> None:
         """--qat-epochs (or --qat) that the run cannot honour: more quantization-aware passes than

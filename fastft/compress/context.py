@@ -150,6 +150,60 @@ def check_student(student: str) -> None:
         resolve_model(student)
 
 
+_PRUNABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")  # encoder.layer[i].attention / intermediate
+
+
+def check_student_fits(
+    student: str,
+    vocab: int,
+    max_length: int,
+    pruning: bool,
+    teacher_task: str = "sequence-classification",
+    teacher_labels: list[str] | None = None,
+) -> None:
+    """A --student directory (or minilm-l3) that can read what the teacher's tokenizer makes:
+    ``vocab`` ids and ``max_length`` positions, and that structured pruning can slice, checked
+    before any teacher output is computed (a smaller vocabulary or fewer positions failed
+    mid-distillation with a traceback; a DistilBERT student after the teacher's export)."""
+    if student == "teacher-layers":
+        return
+    from types import SimpleNamespace
+
+    from fastft.core.io import read_json_object
+    from fastft.data.collate import model_max_positions
+
+    config = read_json_object(Path(resolve_model(student)) / "config.json")
+    n_vocab = config.get("vocab_size")
+    if isinstance(n_vocab, int) and n_vocab < vocab:
+        raise ModelError(
+            f"--student {student} has a vocabulary of {n_vocab} ids and the teacher's tokenizer makes {vocab}: "
+            "the student reads the teacher's token ids, so it needs the teacher's vocabulary"
+        )
+    positions = model_max_positions(SimpleNamespace(**config))
+    if positions is not None and positions < max_length:
+        raise ModelError(
+            f"--student {student} takes at most {positions} tokens and the texts are cut at {max_length}: "
+            f"pass --max-length {positions} or a student with more positions"
+        )
+    archs = [str(a) for a in config.get("architectures") or []]
+    head = next((a for a in archs if a.endswith(("ForSequenceClassification", "ForTokenClassification"))), None)
+    if head is not None and teacher_labels is not None:  # a fine-tuned student keeps its head: it must fit
+        theirs = len(config.get("id2label") or {}) or config.get("num_labels")
+        task = "token-classification" if head.endswith("ForTokenClassification") else "sequence-classification"
+        if task != teacher_task or (theirs and theirs != len(teacher_labels)):
+            raise ModelError(
+                f"--student {student} is a {task} model with {theirs} labels and the teacher a {teacher_task} "
+                f"one with {len(teacher_labels)} ({', '.join(teacher_labels)[:60]}): pass a base encoder or a "
+                "student of the teacher's task and labels"
+            )
+    kind = config.get("model_type")
+    if pruning and kind not in _PRUNABLE:
+        raise ModelError(
+            f"--student {student} is a {kind} model: structured pruning slices BERT-style encoders "
+            f"({', '.join(_PRUNABLE)}); pass --prune-heads 0 --prune-ffn 0 or another student"
+        )
+
+
 def check_layers(d, n_layers: int | None) -> None:
     """--layers of a teacher-layers student within the teacher's depth."""
     if d.student == "teacher-layers" and d.layers is not None and n_layers and not 1 <= d.layers <= n_layers:
@@ -192,6 +246,10 @@ def prepare(model, cfg: CompressConfig) -> Context:
     # a first run and every later run with the same --seed distil and prune alike
     set_seed(cfg.seed)
     task = task_of(meta)
+    if cfg.columns is not None and task != TOKEN_CLASSIFICATION:  # was ignored, and recorded as used
+        raise FastftError(
+            f"--columns picks the word and tag columns of CoNLL-style data; {path} classifies whole texts"
+        )
     spec = meta.get("data") or {}
     data, args, same = recorded_args(path, spec, cfg.data, task=task, seed=cfg.seed, columns=cfg.columns)
     if token and cfg.distill.augment:
@@ -218,6 +276,8 @@ def prepare(model, cfg: CompressConfig) -> Context:
         check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
     tokenizer = load_tokenizer(path)
     max_length = clamp_max_length(d.max_length or meta.get("max_length") or 128, teacher.config)
+    if d.enabled:
+        check_student_fits(d.student, len(tokenizer), max_length, pr.structured, task, labels)
     ids, y, rows, texts = {}, {}, None, {}
     if token:
         from fastft.compress.token_kd import TokenRows
@@ -243,7 +303,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
         transfer["info"]["examples"] = ttexts[:3]
         transfer["info"]["time_s"] = round(time.perf_counter() - t0, 2)
     return Context(
-        path,
+        path.resolve(),  # recorded in report.json and fastft.json: absolute, as the data's path is
         teacher,
         tokenizer,
         meta,

@@ -365,7 +365,8 @@ def train_student(
                 best["state"] = {k: v.detach().clone() for k, v in student.state_dict().items()}
                 entry["best"] = True
         history.append(entry)
-        acc = f", validation accuracy {entry['validation_accuracy']:.4f}" if "validation_accuracy" in entry else ""
+        what = "entity F1" if loss_inputs is not None else "accuracy"  # (token distillation has loss_inputs)
+        acc = f", validation {what} {entry['validation_accuracy']:.4f}" if "validation_accuracy" in entry else ""
         print(f"{desc} epoch {stats.epoch}: loss {stats.running:.4f}{acc}", file=sys.stderr)
         return False
 

@@ -45,6 +45,7 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     """
     cfg = as_compress_config(config).updated(**overrides)
     cfg.validate()
+    cfg.check_unused()
     if not cfg.output:
         raise FastftError("an output directory is required (--output DIR)")
     inputs = (model, cfg.data, cfg.distill.student)
@@ -123,6 +124,11 @@ def _pipeline(ctx: Context, work: Path, t_start: float) -> dict:
     t_onnx = tdir / "model.onnx"
     t_export = cq.export_onnx(ctx.teacher, t_onnx)
     t_metrics = evaluate_onnx(t_onnx, served=False)
+    if not t_metrics["test"][score]:  # nothing to retain: every stage's share would be undefined
+        raise FastftError(
+            f"the teacher {ctx.teacher_dir} scores 0 on the test split ({rep.metric_name(ctx.task)}): there is "
+            "nothing for a student to keep; train a teacher that learns the task first"
+        )
     add_stage("teacher", ctx.teacher, ctx.teacher_dir, t_onnx, t_metrics)
     timings["teacher_export_eval_s"] = round(time.perf_counter() - t0, 2)
 

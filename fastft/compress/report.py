@@ -210,6 +210,9 @@ def verdict(rows: list[dict], target: float, metric: str = "accuracy") -> dict:
     final = rows[-1]
     met = final["retained"] is not None and final["retained"] >= target
     out = {"target_retained": target, "final_stage": final["stage"], "final_retained": final["retained"], "met": met}
+    if final["retained"] is None:
+        out["message"] = f"retention is undefined: the teacher's {metric} is 0"
+        return out
     if not met:
         ok = [r for r in rows[1:-1] if r["retained"] is not None and r["retained"] >= target]
         if ok:
@@ -302,7 +305,8 @@ def markdown(report: dict) -> str:
     if q.get("label_agreement_fp32_test") is not None:
         lines += [
             "",
-            f"INT8 label agreement with the fp32 model on the test split: {q['label_agreement_fp32_test']:.2%}; "
+            f"{'FP16' if q.get('mode') == 'fp16' else 'INT8'} label agreement with the fp32 model on the test "
+            f"split: {q['label_agreement_fp32_test']:.2%}; "
             f"nodes kept fp32 by the accuracy-aware fallback: {q.get('fp32_nodes', 0)}.",
         ]
     if q.get("excluded_nodes"):

@@ -102,6 +102,8 @@ def parse_spec(spec: str) -> list[str]:
     if _is_file(Path(spec)):
         return [spec]
     parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:  # "," or " , ": the empty list of sources once read nothing, then crashed
+        return parse_spec("")
     if GENERAL in parts:
         raise DataError(f"--transfer {GENERAL} already means every source ({', '.join(SOURCES)}): give it alone")
     if all(p in SOURCES for p in parts):
@@ -138,7 +140,11 @@ def transfer_texts(spec: str, size: int, seed: int, exclude: list[str] | None = 
         if s in _READERS:
             pools[s] = _clean(_READERS[s](), skip)
         else:
-            pools[s] = _clean(read_text_file(Path(s), "utf-8").splitlines(), skip)
+            try:
+                text = read_text_file(Path(s), "utf-8")
+            except DataError as exc:  # its hint names --encoding, which compress has not
+                raise DataError(f"--transfer {str(exc).split('; ')[0]}; convert it to UTF-8 first") from None
+            pools[s] = _clean(text.splitlines(), skip)
         if not pools[s]:
             raise DataError(f"--transfer source {s} has no texts")
     # equal shares, smallest source first: what a small source cannot give goes to the larger ones
