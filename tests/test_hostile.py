@@ -372,6 +372,7 @@ CLI_CASES = [
     ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings
     ("compress-no-int8-prefix", "compress --model {w}/tiny --int8 --no-int8 --output {out}", "unrecognized arguments"),
+    ("export-calib-no-static", "export --model {w}/tiny --int8 --calib-size 10 --output {out}", "needs --static"),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
     ("unknown-command", "frobnicate", "invalid choice: 'frobnicate'"),

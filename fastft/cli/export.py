@@ -54,12 +54,14 @@ def register(sub) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing fastft output directory, with all it holds"
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_export)
 
 
 def _export(args) -> int:
 
     from fastft.cli import json_guard
+    from fastft.compress.config import QuantizeConfig
     from fastft.core.checks import check_float
     from fastft.core.errors import FastftError
     from fastft.core.io import dumps
@@ -70,6 +72,17 @@ def _export(args) -> int:
     given = [f for f, v in (("--text-column", args.text_column), ("--label-column", args.label_column)) if v]
     if given and args.calib_data is None:  # (the recorded training data's columns are its own)
         raise FastftError(f"{given[0]} names a column of --calib-data: give it with --calib-data FILE")
+    base = QuantizeConfig()
+    unused = [
+        f
+        for f, v, d in (
+            ("--calib-size", args.calib_size, base.calib_size),
+            ("--calib-method", args.calib_method, base.calib_method),
+        )
+        if v != d
+    ]
+    if unused and not args.static:  # they were ignored (dynamic INT8 calibrates nothing)
+        raise FastftError(f"{unused[0]} sets static calibration: it needs --static")
     if args.min_agreement is not None:
         if not (args.int8 or args.static):
             raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")
@@ -91,6 +104,7 @@ def _export(args) -> int:
             overwrite=args.overwrite,
             fused_attention=args.fused_attention,
             min_agreement=0.99 if args.min_agreement is None else args.min_agreement,
+            progress=not args.no_progress,
         )
     if args.json:
         print(dumps(info))
