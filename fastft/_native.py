@@ -30,6 +30,13 @@ def build_info() -> dict:
     if _C is None:
         return {"built": False, "reason": load_error}
     info = dict(_C.build_info())
+    forced = os.environ.get(ISA_ENV) or "auto"
+    if forced != "auto":  # the copy in force, as the kernels read the variable (it said the default)
+        info["attention_isa_default"], info["attention_isa_forced"] = info.get("attention_isa"), forced
+        if forced in [str(x) for x in info.get("attention_isas", [])]:
+            info["attention_isa"] = forced
+        else:
+            info["attention_isa_error"] = f"{ISA_ENV}={forced!r} is not a copy of the kernels this CPU runs"
     info["built"] = True
     info["path"] = getattr(_C, "__file__", None)
     lib = ort_library()

@@ -533,5 +533,72 @@ def test_bench_a_head_pruned_model_and_a_served_model_of_another_task(tiny_model
     assert err.startswith("fastft: error:") and "is head-pruned" in err and len(err.strip().splitlines()) == 1
     ner = save_tiny_token_model(tmp_path / "ner")
     torch.manual_seed(0)
-    assert main(["bench", "--model", str(tiny_model_dir), "--served", str(ner), "--backends", "hf-eager", *common]) == 2
+    argv = ["bench", "--model", str(tiny_model_dir), "--served", str(ner), "--backends", "hf-eager,fastft-fp32"]
+    assert main([*argv, *common]) == 2
     assert "does not answer like --model" in capsys.readouterr().err
+
+
+def test_bench_refuses_what_it_would_find_late_or_ignore(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """An outside audit's findings, each one line before any export: a --served model with fewer
+    positions than a --seq (it crashed inside ONNX Runtime after measuring), without config.json
+    (found after the peer pipeline), with no fastft-* backend to run it (recorded as served);
+    --agreement-texts with nothing to compare (recorded as measured); a --json inside the model
+    directory (it overwrote config.json) or on the --plot's file; FASTFT_ATTN_ISA unknown (refused
+    at "loading fastft-fp32")."""
+    import json
+    import shutil
+
+    from fastft.cli import main
+
+    short = tmp_path / "short"
+    shutil.copytree(tiny_model_dir, short)
+    cfg = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 64}))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    base = ["bench", "--model", str(tiny_model_dir), "--workdir", str(tmp_path / "w"), "--no-memory", "--no-progress"]
+    for args, words in (
+        (["--served", str(short), "--seq", "100"], "--seq 100 is beyond the --served model's 64 positions"),
+        (["--served", str(bare)], "is not a model directory (no config.json)"),
+        (["--served", str(short), "--backends", "hf-eager"], "--backends has none"),
+        (["--backends", "hf-eager", "--agreement-texts", "50"], "no INT8 backend beside its fp32"),
+        (["--backends", "hf-eager", "--json", str(tiny_model_dir / "config.json")], "inside a model directory"),
+        (["--backends", "hf-eager", "--json", str(tmp_path / "r.png"), "--plot", str(tmp_path / "r.png")], "one file"),
+    ):
+        assert main([*base, *args]) == 2, args
+        assert words in capsys.readouterr().err, args
+    monkeypatch.setenv("FASTFT_ATTN_ISA", "bogus")
+    assert main([*base, "--backends", "hf-eager,fastft-fp32"]) == 2
+    assert "FASTFT_ATTN_ISA='bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # nothing exported
+
+
+def test_the_bench_cache_is_found_from_anywhere_and_written_whole(tmp_path, monkeypatch):
+    """The peer record names its files relative to itself (a cache used from another directory or
+    moved failed every rerun: "relwd/.../peer_int8.onnx does not exist"); a record naming a file
+    that is gone is built again; a write that fails leaves no temporary file (two runs sharing a
+    work directory once wrote one temporary file)."""
+    import json
+
+    from fastft.bench.artifacts import _peer_files, _replace_with
+
+    peer = tmp_path / "a" / "peer"
+    peer.mkdir(parents=True)
+    for f in ("fp32.onnx", "int8.onnx"):
+        (peer / f).write_bytes(b"x")
+    (peer / "files.json").write_text(json.dumps({"fp32_optimized": "fp32.onnx", "int8": "int8.onnx", "record": {}}))
+    moved = tmp_path / "b"
+    (tmp_path / "a").rename(moved)
+    monkeypatch.chdir(tmp_path)
+    files = _peer_files(moved / "peer" / "files.json")
+    assert files["int8"] == moved / "peer" / "int8.onnx" and files["record"] == {}
+    (moved / "peer" / "int8.onnx").unlink()
+    assert _peer_files(moved / "peer" / "files.json") is None  # built again, not an error on every rerun
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _replace_with(tmp_path / "r.json", fail)
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 from fastft.core.errors import FastftError
@@ -106,19 +107,19 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
         art["fastft"] = out
     if {"peer-fp32", "peer-int8"} & set(backends):
         done = workdir / "peer" / "files.json"  # written last, whole: the pipeline's files are all there
-        try:
-            files = json.loads(done.read_text()) if done.is_file() else None
-        except (ValueError, OSError):  # unreadable: built again
-            files = None
-        if not isinstance(files, dict):
+        files = _peer_files(done)
+        if files is None:
             from fastft.export.peer import peer_pipeline
 
             log(f"running the peer pipeline (ORT transformers optimizer + quantize_dynamic) -> {done.parent}")
             files = json.loads(json.dumps(peer_pipeline(model_dir, done.parent), default=str))
-            _replace_with(done, lambda tmp: tmp.write_text(json.dumps(files, indent=1)))
-        art["peer-fp32"], art["peer-int8"] = Path(files["fp32_optimized"]), Path(files["int8"])
-        if files.get("plain") and Path(files["plain"]).is_file():
-            art["peer-plain"] = Path(files["plain"])
+            # the files by their names in the directory: a cache run from elsewhere or moved still finds them
+            kept = {k: (Path(v).name if k in _PEER_FILES and v else v) for k, v in files.items()}
+            _replace_with(done, lambda tmp: tmp.write_text(json.dumps(kept, indent=1)))
+            files = _peer_files(done)
+        art["peer-fp32"], art["peer-int8"] = files["fp32_optimized"], files["int8"]
+        if files.get("plain") and files["plain"].is_file():
+            art["peer-plain"] = files["plain"]
         art["peer-record"] = files.get("record")
     if "ort-plain" in backends:
         out = workdir / "plain" / "model.onnx"
@@ -134,9 +135,35 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
     return art
 
 
+_PEER_FILES = ("fp32_optimized", "int8", "plain")
+
+
+def _peer_files(done: Path) -> dict | None:
+    """The peer pipeline's record in ``done`` with its files as paths beside it (a record of
+    absolute paths, as older runs wrote, is read as it is), or None to build it again: missing,
+    unreadable, or naming a file that is not there (a record from a run started elsewhere, or a
+    cache moved, once failed every rerun)."""
+    try:
+        files = json.loads(done.read_text()) if done.is_file() else None
+    except (ValueError, OSError):
+        return None
+    if not isinstance(files, dict) or not all(isinstance(files.get(k), str) for k in _PEER_FILES[:2]):
+        return None
+    for k in _PEER_FILES:
+        if files.get(k):
+            files[k] = done.parent / files[k]  # (an absolute path stays itself)
+    return files if files["fp32_optimized"].is_file() and files["int8"].is_file() else None
+
+
 def _replace_with(path: Path, write) -> None:
     """``write(tmp)`` a file beside ``path``, then move it into place: a run killed meanwhile
-    leaves no half-written ``path`` for every later run to fail on (the cache is reused)."""
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+    leaves no half-written ``path`` for every later run to fail on (the cache is reused). The
+    temporary name is the process's own (two runs sharing a work directory once wrote one
+    temporary file and one of them failed), removed if the write fails or is interrupted."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.partial{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -112,18 +112,32 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         model_dir, note = default_model()
     config = read_json_object(model_dir / "config.json")
     max_pos = model_max_positions(SimpleNamespace(**config)) or 512
-    if cfg.seqs is None:
-        cfg = replace(cfg, seqs=[min(512, max_pos)])
-    too_long = [s for s in cfg.seqs if s > max_pos]
-    if too_long:
-        raise FastftError(f"--seq {too_long[0]} is beyond the model's {max_pos} positions")
-    check_memory(config, cfg.batch, max(cfg.seqs))
-    served = None
+    served, limit = None, (max_pos, "model's")
     if cfg.served:
         served = Path(cfg.served).expanduser()
         if not served.is_dir():
             raise FastftError(f"--served {served} is not a directory")
+        if not (served / "config.json").is_file():  # (found only after the exports and the peer pipeline)
+            raise FastftError(f"--served {served} is not a model directory (no config.json)")
+        if not any(b.startswith("fastft-") for b in cfg.backends):
+            raise FastftError(f"--served is what the fastft-* backends run, and --backends has none: {served}")
         _check_served_fits(model_dir, config, served)
+        served_pos = model_max_positions(SimpleNamespace(**read_json_object(served / "config.json"))) or 512
+        if served_pos < max_pos:  # every --seq runs on both: the shorter one bounds them
+            limit = (served_pos, "--served model's")
+    if cfg.seqs is None:
+        cfg = replace(cfg, seqs=[min(512, limit[0])])
+    too_long = [s for s in cfg.seqs if s > limit[0]]
+    if too_long:
+        raise FastftError(f"--seq {too_long[0]} is beyond the {limit[1]} {limit[0]} positions")
+    check_memory(config, cfg.batch, max(cfg.seqs))
+    pairs = any(q in cfg.backends and f in cfg.backends for q, f in INT8_PAIRS)
+    one_label = ({model_task(model_dir)} | ({model_task(served)} if served else set())) == {SEQUENCE_CLASSIFICATION}
+    if cfg.agreement and not (pairs and one_label):  # nothing to compare: recorded as measured, it was not
+        if cfg.agreement != BenchConfig.agreement:
+            why = "no INT8 backend beside its fp32 in --backends" if not pairs else "a model that labels tokens"
+            raise FastftError(f"--agreement-texts compares INT8 labels with fp32's, and this run has {why}")
+        cfg = replace(cfg, agreement=0)
     peers = [b for b in cfg.backends if b.startswith("peer-")]
     if peers and config.get("pruned_heads"):
         raise FastftError(
@@ -140,14 +154,12 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         runners[name] = make_runner(name, art, threads)
     agreements = None
     # one label per text: sequence classifiers only, --served included (fastft-* run that model)
-    texts_task = {model_task(model_dir)} | ({model_task(served)} if served else set())
-    if cfg.agreement and texts_task == {SEQUENCE_CLASSIFICATION}:
-        if any(q in runners and f in runners for q, f in INT8_PAIRS):
-            held_out, source = agreement_texts(model_dir, cfg.agreement)
-            length = min(int(read_meta(model_dir).get("max_length") or 128), max_pos)
-            if held_out:
-                log(f"INT8 label agreement with fp32 on {len(held_out)} texts of {source}")
-                agreements = int8_agreements(runners, tok, held_out, source, length)
+    if cfg.agreement:
+        held_out, source = agreement_texts(model_dir, cfg.agreement)
+        length = min(int(read_meta(model_dir).get("max_length") or 128), limit[0])  # (--served's may be fewer)
+        if held_out:
+            log(f"INT8 label agreement with fp32 on {len(held_out)} texts of {source}")
+            agreements = int8_agreements(runners, tok, held_out, source, length)
     texts = bench_texts()
     rng = np.random.default_rng(cfg.seed)
 
@@ -193,6 +205,8 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         probes = run_memory_probes(cfg.backends, art, threads, cfg.batch, cfg.seqs)
         for name in cfg.backends:
             backends[name]["memory"] = {**probes.get(name, {"error": "no result"}), "method": PROBE_METHOD}
+            if "error" in backends[name]["memory"]:  # (the table shows "-": said once here, not silently)
+                log(f"memory probe of {name} failed ({backends[name]['memory']['error']}): no peak RSS for it")
         for row in results:
             mem = backends[row["backend"]]["memory"]
             row["peak_rss_mb"] = mem.get("peak_rss_mb", {}).get(str(row["seq"]))
@@ -248,6 +262,10 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("--agreement-texts must be 0 or more")
     check_threads("--threads", cfg.threads)
     check_float("--gap-ms", cfg.gap_ms, lo=0, hi=10_000)
+    if any(b.startswith("fastft-") for b in cfg.backends):
+        from fastft import _native
+
+        _native.forced_isa()  # FASTFT_ATTN_ISA checked before any work (it failed at "loading fastft-fp32")
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 STYLE = {  # baselines dashed, fastft solid
@@ -24,13 +25,15 @@ def plot_latency(payload: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     s = payload["settings"]
+    served = payload.get("served_model")  # --served: the fastft-* curves are that model, not --model
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for name in payload["backends"]:
         rows = sorted((r for r in payload["results"] if r["backend"] == name), key=lambda r: r["seq"])
         if not rows:
             continue
         color, ls, marker = STYLE.get(name, (None, "-", "o"))
-        ax.plot([r["seq"] for r in rows], [r["p50_ms"] for r in rows], ls, marker=marker, color=color, label=name)
+        label = f"{name} ({Path(served).name})" if served and name.startswith("fastft-") else name
+        ax.plot([r["seq"] for r in rows], [r["p50_ms"] for r in rows], ls, marker=marker, color=color, label=label)
         ax.fill_between(
             [r["seq"] for r in rows],
             [r["p10_ms"] for r in rows],
@@ -45,11 +48,17 @@ def plot_latency(payload: dict, path: str | Path) -> Path:
     seqs = sorted({r["seq"] for r in payload["results"]})
     ax.set_xticks(seqs)
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{Path(payload['model']).name}: batch {s['batch']}, {s['threads']} threads", fontsize=10)
+    title = Path(payload["model"]).name + (f", fastft-* serving {Path(served).name}" if served else "")
+    ax.set_title(f"{title}: batch {s['batch']}, {s['threads']} threads", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")  # whole or not at all
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 

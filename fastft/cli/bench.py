@@ -116,10 +116,20 @@ def check_paths(args) -> None:
     from fastft.core.errors import FastftError
     from fastft.core.io import check_writable
 
+    inputs = [Path(x).expanduser().resolve() for x in (args.model, args.served) if x and Path(x).expanduser().is_dir()]
+    outputs = {}
     for opt, value in (("--json", args.json if args.json != "-" else None), ("--plot", args.plot)):
         if value is None:
             continue
+        if not value.strip():
+            raise FastftError(f"{opt} is empty: give a file name")
         path = Path(value).expanduser()
+        where = path.resolve()
+        if where in outputs.values():  # the JSON was written, then the plot over it
+            raise FastftError(f"--json and --plot name one file ({value}): give each its own")
+        if any(d == where or d in where.parents for d in inputs):  # --json DIR/config.json broke the model
+            raise FastftError(f"{opt} {value} is inside a model directory this run reads: write it elsewhere")
+        outputs[opt] = where
         if path.is_dir() or value.endswith(("/", "\\")):
             raise FastftError(
                 f"{opt} {value} is a directory; give a file name, e.g. {Path(value) / 'bench.json'}"
@@ -174,13 +184,13 @@ def _run(args) -> int:
         agreement=args.agreement_texts,
     )
     payload = run_bench(cfg)
-    if args.json and args.json != "-":
-        path = write_result(args.json, payload)
-        print(f"fastft bench: wrote {path}", file=sys.stderr)
-    if args.plot:
+    if args.plot:  # first: a result file that is there says its plot is too (an interrupt came between them)
         from fastft.bench.plot import plot_latency
 
         print(f"fastft bench: wrote {plot_latency(payload, args.plot)}", file=sys.stderr)
+    if args.json and args.json != "-":
+        path = write_result(args.json, payload)
+        print(f"fastft bench: wrote {path}", file=sys.stderr)
     if args.json == "-":
         from fastft.bench import command_line, machine_info, versions
 
