@@ -56,7 +56,6 @@ model's own attention.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 
@@ -374,17 +373,23 @@ def _check_inputs(q, k, v) -> None:
         raise ValueError(f"q has head_dim {head_dim}; supported head_dim: 1..{MAX_HEAD_DIM}")
 
 
-@contextlib.contextmanager
-def _shape_checks_traced():
-    """Under ``torch.jit.trace`` (``torch.onnx.export``'s legacy exporter) sizes are traced
-    values, and each comparison in the argument checks printed a TracerWarning: the checks hold
-    for the traced inputs and steer no data, so their warnings are not shown."""
-    if not torch.jit.is_tracing():
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        yield
+def _checked_args(q, k, v, key_padding_mask, causal, scale):
+    """(causal, scale, mask) checked and normalised (ValueError naming the argument). Under
+    ``torch.jit.trace`` (``torch.onnx.export``'s legacy exporter) sizes are traced values and each
+    comparison printed a TracerWarning: the checks hold for the traced inputs and steer no data,
+    so there their warnings are not shown (no context manager on the eager path)."""
+    if torch.jit.is_tracing():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return _normalized_args(q, k, v, key_padding_mask, causal, scale)
+    return _normalized_args(q, k, v, key_padding_mask, causal, scale)
+
+
+def _normalized_args(q, k, v, key_padding_mask, causal, scale):
+    _check_inputs(q, k, v)
+    causal = _checked_causal(causal)
+    scale = _checked_scale(scale, q.shape[3])
+    return causal, scale, _normalize_mask(key_padding_mask, q.shape[0], k.shape[2], q)
 
 
 def fused_attention(
@@ -404,11 +409,7 @@ def fused_attention(
     Returns (batch, heads, seq_q, head_dim) in q's dtype. Raises ValueError naming the
     offending argument.
     """
-    with _shape_checks_traced():
-        _check_inputs(q, k, v)
-        causal = _checked_causal(causal)
-        scale = _checked_scale(scale, q.shape[3])
-        mask = _normalize_mask(key_padding_mask, q.shape[0], k.shape[2], q)
+    causal, scale, mask = _checked_args(q, k, v, key_padding_mask, causal, scale)
     if (
         isinstance(key_padding_mask, Tensor)
         and key_padding_mask.requires_grad
