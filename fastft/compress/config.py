@@ -363,12 +363,8 @@ class QuantizeConfig:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")
 
 
-# the flags of fields whose name is not the flag's
-_FLAGS = {
-    "embeddings": "--no-int8-embeddings",
-    "bench_runs": "--bench-runs",
-    "per_channel": "--per-channel / --no-per-channel",
-}
+# the flags of fields whose name is not the flag's ("--" + the name, "_" as "-")
+_FLAGS = {"embeddings": "--no-int8-embeddings", "per_channel": "--per-channel / --no-per-channel"}
 
 STAGE_CONFIGS = {"distill": DistillConfig, "prune": PruneConfig, "quantize": QuantizeConfig}
 # a flat keyword (CompressConfig(layers=3)) -> the stage config holding that field
