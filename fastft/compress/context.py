@@ -23,7 +23,7 @@ from fastft.data.labels import align_labels
 from fastft.data.loader import recorded_args
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
-from fastft.models.task import check_head
+from fastft.models.task import check_head, task_from
 from fastft.train.trainer import set_seed
 
 
@@ -189,7 +189,7 @@ def check_student_fits(
     head = next((a for a in archs if a.endswith(("ForSequenceClassification", "ForTokenClassification"))), None)
     if head is not None and teacher_labels is not None:  # a fine-tuned student keeps its head: it must fit
         theirs = len(config.get("id2label") or {}) or config.get("num_labels")
-        task = "token-classification" if head.endswith("ForTokenClassification") else "sequence-classification"
+        task = task_from({}, config)  # (what its head says, as for any directory without fastft.json)
         if task != teacher_task or (theirs and theirs != len(teacher_labels)):
             raise ModelError(
                 f"--student {student} is a {task} model with {theirs} labels and the teacher a {teacher_task} "
