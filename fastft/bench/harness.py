@@ -65,7 +65,7 @@ def _check_served_fits(model_dir: Path, config: dict, served: Path) -> None:
     """--served is compared with --model's outputs (agreement, the logit check): the same task and
     labels, output by output (:func:`fastft.models.task.head_labels`; names compared where both
     name them), checked before any timing."""
-    from fastft.models.task import head_labels
+    from fastft.models.task import generic_labels, head_labels
 
     def labels(path: Path, cfg: dict) -> list[str]:
         return head_labels(path, read_meta(path), cfg)
@@ -75,13 +75,10 @@ def _check_served_fits(model_dir: Path, config: dict, served: Path) -> None:
     mine_labels = labels(model_dir, config)
     served_labels = labels(served, theirs) if theirs is not None else None
 
-    def named(x: list[str]) -> bool:
-        return x != [f"LABEL_{i}" for i in range(len(x))]
-
     differ = served_labels is not None and (
         len(served_labels) != len(mine_labels)
-        or named(served_labels)
-        and named(mine_labels)
+        or not generic_labels(served_labels)
+        and not generic_labels(mine_labels)
         and served_labels != mine_labels
     )
     if mine_task != served_task or differ:

@@ -72,17 +72,11 @@ def _export(args) -> int:
     given = [f for f, v in (("--text-column", args.text_column), ("--label-column", args.label_column)) if v]
     if given and args.calib_data is None:  # (the recorded training data's columns are its own)
         raise FastftError(f"{given[0]} names a column of --calib-data: give it with --calib-data FILE")
-    base = QuantizeConfig()
-    unused = [
-        f
-        for f, v, d in (
-            ("--calib-size", args.calib_size, base.calib_size),
-            ("--calib-method", args.calib_method, base.calib_method),
-        )
-        if v != d
-    ]
-    if unused and not args.static:  # they were ignored (dynamic INT8 calibrates nothing)
-        raise FastftError(f"{unused[0]} sets static calibration: it needs --static")
+    unused = QuantizeConfig(
+        static=args.static, calib_size=args.calib_size, calib_method=args.calib_method
+    ).unused_calibration()
+    if unused:  # they were ignored (dynamic INT8 calibrates nothing)
+        raise FastftError(f"--{unused[0].replace('_', '-')} sets static calibration: it needs --static")
     if args.min_agreement is not None:
         if not (args.int8 or args.static):
             raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")

@@ -341,6 +341,14 @@ class QuantizeConfig:
         flag="--no-int8-embeddings",
     )
 
+    def unused_calibration(self) -> list[str]:
+        """The calibration fields given (unlike their defaults) where nothing is calibrated (no
+        --static): dynamic INT8 ignored them. For compress and export alike."""
+        if self.static:
+            return []
+        base = QuantizeConfig()
+        return [n for n in ("calib_size", "calib_method") if getattr(self, n) != getattr(base, n)]
+
     def validate(self) -> None:
         check_bool_fields(self)
         if self.mode not in (None, "int8", "fp16"):
@@ -496,8 +504,7 @@ class CompressConfig:
         if q.mode != "int8":
             why = "without --int8 nothing is quantized to INT8"
             unused += [(n, why) for n in given(q, base_q, "per_channel", "embeddings", "accuracy_budget")]
-        if not q.static:
-            unused += [(n, "calibration is for --static") for n in given(q, base_q, "calib_size", "calib_method")]
+        unused += [(n, "calibration is for --static") for n in q.unused_calibration()]
         if d.transfer is None:
             unused += [(n, "no --transfer source is drawn from") for n in given(d, base_d, "transfer_size")]
         if not self.bench:

@@ -21,6 +21,7 @@ from fastft.models.builtin import BUILTIN_MODELS, minilm_l6_dir
 from fastft.models.hf import quiet, transformers_names
 from fastft.models.minilm_l3 import minilm_l3_dir
 from fastft.models.pruned import load_pruned
+from fastft.models.task import generic_labels
 
 
 def resolve_model(model: str | os.PathLike) -> Path | str:
@@ -392,6 +393,6 @@ def _head_labels(config, task: str = "sequence-classification") -> list[str] | N
         return None
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]
-    if all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+    if generic_labels(names):
         return None
     return names

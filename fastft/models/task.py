@@ -50,6 +50,11 @@ def check_head(path, meta: dict, config: dict) -> list[str]:
     return head_labels(path, meta, config)
 
 
+def generic_labels(names: list[str]) -> bool:
+    """transformers' placeholder names ``LABEL_0``, ``LABEL_1``...: a head whose labels nobody named."""
+    return names == [f"LABEL_{i}" for i in range(len(names))]
+
+
 _NOT_SERVED = {"regression": "a regression score", "multi_label_classification": "several labels per text (sigmoid)"}
 
 
@@ -91,7 +96,7 @@ def head_labels(path, meta: dict, config: dict) -> list[str]:
                 f"{path}: fastft.json names {len(labels)} labels ({', '.join(labels)[:80]}) but the head in "
                 f"config.json has {n_head} outputs"
             )
-        if named is not None and named != labels and named != [f"LABEL_{i}" for i in range(len(named))]:
+        if named is not None and named != labels and not generic_labels(named):
             raise ModelError(
                 f"{path}: fastft.json names the labels {labels} and config.json's id2label {named}"[:300]
                 + "; label i is the head's output i, so they must agree, order included"
