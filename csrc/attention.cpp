@@ -364,6 +364,60 @@ static int pick_bk(const IsaEntry& entry, int block_k) {
 
 constexpr double kLog2e = 1.4426950408889634;
 
+// The reference's arithmetic for one row, in double: scores q k^T * scale + bias over the
+// row's keys (a key masked by key_mask or by a bias of -inf takes no part, whatever its score or
+// value), the largest subtracted (0 where it is -inf), exp, sum, weighted values over the sum
+// (over 1 where the sum is 0). inf / NaN inputs propagate as IEEE math says. Compiled once,
+// for the baseline instruction set: every SIMD copy's rows come out the same. No allocation:
+// the scores are computed again for each chunk of the head.
+void exact_row(const AttnParams& P, int64_t b, int64_t h, int64_t i, float* dst) {
+  constexpr int64_t kChunk = 64;
+  const int64_t D = P.D, Sk = P.k_len[b];
+  const int64_t last = P.causal && i + 1 < Sk ? i + 1 : Sk;  // keys j < last
+  const float* q = P.q + (P.q_start[b] + i) * P.q_tok + h * P.q_head;
+  const float* qb = P.q_bias ? P.q_bias + h * D : nullptr;
+  const float* vb = P.v_bias ? P.v_bias + h * D : nullptr;
+  const uint8_t* mask = P.key_mask ? P.key_mask + b * P.key_stride : nullptr;
+  const float* bias = P.key_bias ? P.key_bias + b * P.key_stride : nullptr;
+  const double ninf = -INFINITY;
+  auto score = [&](int64_t j) {  // -inf for a masked key
+    if ((mask && !mask[j]) || (bias && bias[j] == -INFINITY)) return ninf;
+    const float* k = P.k + (P.k_start[b] + j) * P.k_tok + h * P.k_head;
+    double acc = 0;
+    for (int64_t d = 0; d < D; ++d) acc += (double(q[d]) + (qb ? double(qb[d]) : 0.0)) * double(k[d]);
+    return acc * P.scale + (bias ? double(bias[j]) : 0.0);
+  };
+  double m = ninf;
+  bool any = false;
+  for (int64_t j = 0; j < last; ++j) {
+    if ((mask && !mask[j]) || (bias && bias[j] == -INFINITY)) continue;
+    any = true;
+    const double s = score(j);
+    if (m == m && !(s <= m)) m = s;  // NaN sticks
+  }
+  if (!any) {  // every key masked: zeros, as the kernel gives
+    for (int64_t d = 0; d < D; ++d) dst[d] = 0.f;
+    return;
+  }
+  const double shift = m == ninf ? 0.0 : m;
+  for (int64_t d0 = 0; d0 < D; d0 += kChunk) {
+    const int64_t dn = D - d0 < kChunk ? D - d0 : kChunk;
+    double o[kChunk] = {};
+    double l = 0;
+    for (int64_t j = 0; j < last; ++j) {
+      const double s = score(j);
+      if (s == ninf) continue;  // weight 0 (a masked key's value never reaches the row)
+      const double p = std::exp(s - shift);
+      l += p;
+      const float* v = P.v + (P.k_start[b] + j) * P.v_tok + h * P.v_head + d0;
+      for (int64_t d = 0; d < dn; ++d) o[d] += p * double(v[d]);
+    }
+    const double inv = l > 0 ? 1.0 / l : 1.0;
+    for (int64_t d = 0; d < dn; ++d)
+      dst[d0 + d] = static_cast<float>(o[d] * inv + (vb ? double(vb[d0 + d]) : 0.0));
+  }
+}
+
 bool attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* q_len,
                    const int64_t* k_start, const int64_t* k_len, int64_t B, int64_t H,
                    int64_t D, const uint8_t* key_mask, const float* key_bias,
@@ -430,6 +484,8 @@ bool attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* 
   P.bk = bk;
   P.causal = causal;
   P.qscale = static_cast<float>(scale * kLog2e);
+  P.key_mask = key_mask; P.key_bias = key_bias; P.key_stride = key_stride;
+  P.scale = scale;
   int suspect = 0;
   P.suspect = &suspect;
   run_job(entry, P, num_threads, flops, workers);  // every item done (and its writes seen) on return

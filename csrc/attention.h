@@ -41,10 +41,10 @@ struct AttnRows {
 // persistent pool). isa: "auto" or one of attention_isas(); block_k 0: the copy's default.
 // q_bias and v_bias (heads * head_dim, or null) are added to q and v as they are read (a
 // bias on k would shift each row's scores by a constant, which softmax ignores).
-// Returns true when a row may differ from a float64 computation's (a score of +inf, a NaN row,
-// or a row left with no key although one is attended): q k^T * scale overflowed float32, or the
-// inputs hold inf or NaN; the caller can recompute in float64. Throws std::invalid_argument on
-// a bad argument.
+// Rows float32 may get wrong where a float64 computation does not (a score of +inf, a NaN row,
+// or a row left with no key although one is attended: q k^T * scale overflowed float32, or the
+// inputs hold inf or NaN) are computed again in double from the inputs, row by row, and the
+// call returns true when there were any. Throws std::invalid_argument on a bad argument.
 bool attention_f32(const AttnRows& rows, const int64_t* q_start, const int64_t* q_len,
                    const int64_t* k_start, const int64_t* k_len, int64_t batch, int64_t heads,
                    int64_t head_dim, const uint8_t* key_mask, const float* key_bias,

@@ -34,8 +34,18 @@ struct AttnParams : AttnRows {
   int bk;                   // keys per block, a multiple of every copy's key tile, <= BK_MAX
   bool causal;
   float qscale;             // scale * log2(e): scores are kept in log2 units (exp2)
-  int* suspect;             // set to 1 when a row may differ from the reference (see attention.h)
+  // The call as given, for exact_row: the mask and bias per key (key_stride apart), the scale.
+  const uint8_t* key_mask;
+  const float* key_bias;
+  int64_t key_stride;
+  double scale;
+  int* suspect;             // set to 1 when a row was computed again by exact_row
 };
+
+// Query row i of sequence b, head h, computed again in double from the call's own inputs (the
+// float64 reference's arithmetic) and written to dst (head_dim floats): for the rows float32 got
+// wrong (see attention.h). Scalar, O(keys * head_dim); never throws or allocates.
+void exact_row(const AttnParams& P, int64_t b, int64_t h, int64_t i, float* dst);
 
 // Per-thread scratch.
 struct Workspace {

@@ -375,20 +375,24 @@ static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
     const bool none = m == -__builtin_inff() && l == l;
     // rows float32 may have got wrong where the float64 reference does not: a score of +inf or
     // a NaN row (q k^T * scale overflowed, or the inputs hold inf / NaN), or no key left although
-    // one is attended (every score overflowed to -inf); the caller is told and recomputes
-    if (!(m < __builtin_inff()) || l != l) {
-      suspect = true;
-    } else if (none) {
+    // one is attended (every score overflowed to -inf): computed again in double
+    bool wrong = !(m < __builtin_inff()) || l != l;
+    if (!wrong && none) {
       if (first_key < 0) {
         first_key = 0;
         if (kb)
           while (first_key < Sk && kb[first_key] == -__builtin_inff()) ++first_key;
       }
       const int64_t last = P.causal && i0 + r + 1 < Sk ? i0 + r + 1 : Sk;  // keys j < last
-      suspect = suspect || first_key < last;
+      wrong = first_key < last;
+    }
+    float* dst = obase + r * P.o_tok;
+    if (wrong) {
+      exact_row(P, b, h, i0 + r, dst);
+      suspect = true;
+      continue;
     }
     const float inv = none ? 0.f : 1.f / l;
-    float* dst = obase + r * P.o_tok;
     for (int64_t d = 0; d < D; ++d) dst[d] = O[r * ldo + d] * inv;
     if (P.v_bias && !none) {  // the probabilities sum to 1: P (V + 1 b^T) = P V + b
       const float* vb = P.v_bias + h * D;

@@ -89,9 +89,9 @@ head_dim); k, v (batch, heads, seq_k, head_dim); mask uint8/bool (batch, seq_k),
 attend, or 0; bias float32 (batch, seq_k) additive, or 0. causal: key j attends query i iff
 j <= i (top-left aligned). Masked keys (and keys scoring 100 log2 units below the row's
 maximum) weigh exactly 0. Rows with every key masked give zeros; a NaN score among a row's
-attended keys gives a NaN row. block_k: keys per block (0: the copy's default). Returns True
-when a row may differ from a float64 computation's (q k^T * scale overflowed float32, or the
-inputs hold inf or NaN): recompute it then. Releases the GIL.)doc");
+attended keys gives a NaN row. block_k: keys per block (0: the copy's default). Rows float32
+gets wrong (q k^T * scale past its range, or inputs holding inf or NaN) are computed again in
+double; returns True when there were any. Releases the GIL.)doc");
   m.def("attention_varlen_fwd_f32", &attention_varlen_fwd_f32, py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("out"), py::arg("cu_seqlens_q"),
         py::arg("cu_seqlens_k"), py::arg("seqused_q"), py::arg("seqused_k"), py::arg("batch"),

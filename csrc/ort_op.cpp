@@ -279,8 +279,7 @@ struct FusedAttentionKernel : KernelBase<FusedAttentionKernel> {
                                 3 * HD, D, HD, D};
     const double scale = scale_ > 0 ? scale_ : 1.0 / std::sqrt(double(D));
     const fastft::Workers w = workers(ctx);
-    // (its "recompute in float64" answer is not taken: a graph has no float64 path, and a
-    // model's activations are far from float32's range; the torch op recomputes)
+    // (rows whose scores leave float32's range are computed again in double by the kernel)
     (void)fastft::attention_f32(rows, start.data(), len.data(), start.data(), len.data(), B, heads_, D,
                           keys.empty() ? nullptr : keys.data(), nullptr, S,
                           bias, bias ? bias + 2 * HD : nullptr, false, scale,

@@ -196,7 +196,7 @@ def test_masked_values_never_reach_the_output(isa, monkeypatch):
 def test_scores_past_float32s_range_match_the_reference(isa, monkeypatch):
     """Finite inputs whose q k^T * scale overflows float32: every score -inf gave a row of zeros
     (read as fully masked), one +inf score a NaN row, where the float64 reference is finite.
-    The kernel says so and the op recomputes in float64; the kernel itself flags only such rows
+    The kernel computes those rows again in double and says so; it does that only for such rows
     (not fully masked ones, causal left padding, or ordinary inputs)."""
     if isa not in _isas():
         pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
@@ -396,8 +396,8 @@ def test_nan_in_q_contract():
                 for out in (got, ref):
                     assert torch.equal(out.isnan().all(-1), nan_rows), f"{what}: NaN rows differ"
                     assert int(out.isnan().sum()) == 2 * 32, f"{what}: NaN leaked into other rows"
-                # (a NaN row makes the kernel's call recompute with the float64 reference: other
-                # rows are the reference's, as they are without the NaN)
+                # (the kernel computes a NaN row again in double: other rows are its own, as
+                # they are without the NaN)
                 want = attention_ref(clean, k, v, m, causal)
                 assert torch.equal(ref[~nan_rows], want[~nan_rows]), f"{what}: other rows changed"
                 assert_close(got[~nan_rows], want[~nan_rows], *FP32_TOL, what=f"{what}: other rows")

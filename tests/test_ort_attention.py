@@ -145,6 +145,32 @@ def test_op_runs_every_instruction_set_copy(monkeypatch):
         _op_session(2, True, True)
 
 
+def test_op_scores_past_float32s_range_match_the_reference(monkeypatch):
+    """Finite inputs whose q k^T / sqrt(d) overflows float32 gave zero rows (every score -inf)
+    or NaN rows (one +inf) inside ONNX Runtime: the kernel computes those rows again in double,
+    on every copy, with a mask, holes and the QKV bias."""
+    from fastft import _native
+
+    heads, d, s = 2, 32, 40
+    hd = heads * d
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal((2, s, hd)).astype(np.float32)
+    every_neg = np.concatenate([np.full((2, s, hd), 1e20, np.float32), np.full((2, s, hd), -1e20, np.float32), v], -1)
+    one_pos = every_neg.copy()
+    one_pos[:, 0, hd : 2 * hd] = 1e20  # key 0 scores +inf in float32
+    mask = _mask("holes", 2, s, rng)
+    mask[-1, 0] = 1  # one attended key: the row's answer is that key's value
+    bias = rng.standard_normal(3 * hd).astype(np.float32)
+    for isa in _native._C.attention_isas():
+        monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+        sess = _op_session(heads, True, True)
+        for what, qkv in (("every score -inf", every_neg), ("one +inf score", one_pos)):
+            ref = _reference(qkv, mask, bias, heads)
+            assert np.isfinite(ref).all()
+            got = sess.run(None, {"qkv": qkv, "mask": mask, "bias": bias})[0]
+            np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4, err_msg=f"{isa}: {what}")
+
+
 def test_op_reads_the_mask_as_ort_does():
     """> 0 attends, 0 and negative values mask (ORT's Attention reads its mask_index so)."""
     rng = np.random.default_rng(5)

@@ -29,10 +29,10 @@ default, and:
   row without a mask and NaN with one; its math kernel returns NaN. Measured, torch 2.13.)
 * Scores beyond float32's range (finite inputs whose ``q k^T * scale`` overflows: q and k
   of 1e20, or scale 1e37) are the reference's too on CPU: the C++ kernel, which scores in
-  float32, reports rows it may have got wrong (a +inf score, a NaN row, or no key left where
-  one is attended) and the op recomputes that call with the float64 reference (slow, exact;
-  inputs holding inf or NaN take that path too). The Triton kernel and the ONNX Runtime op do
-  not: there such scores give NaN or zero rows.
+  float32, computes the rows it may have got wrong (a +inf score, a NaN row, or no key left
+  where one is attended) again in double from the call's inputs, row by row (slow, exact;
+  rows holding inf or NaN take that path too). That is inside the kernel, so the ONNX Runtime
+  op has it as well. The Triton kernel does not: there such scores give NaN or zero rows.
 
 The variable-length (padding-free) form, flash-attention's packed-tokens layout, is
 :func:`fastft.ops.fused_attention_varlen` (``fastft/ops/attention_varlen.py``).
@@ -224,7 +224,7 @@ def _fused_attention_cpu(q, k, v, mask, causal, scale):
             mask = mask.to(torch.float32).contiguous()
             bias_ptr = mask.data_ptr()
     batch, heads, seq_q, head_dim = q.shape
-    suspect = c.attention_fwd_f32(
+    c.attention_fwd_f32(  # True when rows were computed again in double (scores past float32)
         qf.data_ptr(),
         kf.data_ptr(),
         vf.data_ptr(),
@@ -241,8 +241,6 @@ def _fused_attention_cpu(q, k, v, mask, causal, scale):
         torch.get_num_threads(),
         _isa(),
     )
-    if suspect:  # q k^T * scale overflowed float32 (or inf / NaN inputs): the float64 reference
-        return attention_ref(q, k, v, mask, causal, scale).contiguous()
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 
