@@ -368,6 +368,11 @@ CLI_CASES = [
     ),
     ("compress-fp16-per-channel", "compress --model {w}/tiny --fp16 --per-channel --output {out}", "without --int8"),
     ("compress-calib-no-static", "compress --model {w}/tiny --int8 --calib-size 10 --output {out}", "for --static"),
+    (
+        "compress-mse-temperature",
+        "compress --model {w}/tiny --kd-loss mse --temperature 4 --output {out}",
+        "--temperature is not used by this run: --kd-loss mse compares raw logits",
+    ),
     ("compress-columns-text", "compress --model {w}/tiny --columns 0,1 --output {out}", "classifies whole texts"),
     ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings

@@ -95,7 +95,7 @@ class DistillConfig:
     lr: float = option(1e-4, "distillation learning rate")
     batch_size: int = option(32, "training batch size (distillation, pruning importance and recovery)")
     max_length: int | None = option(None, "longest input in tokens", default_help="the teacher's")
-    temperature: float = option(2.0, "distillation temperature T (--kd-loss kl)")
+    temperature: float = option(2.0, "distillation temperature T (--kd-loss kl, and the INT8 consistency term of --qat)")
     kd_loss: str = option(
         "kl",
         "the soft-target term: kl (T^2 * KL of the temperature-softened distributions) or mse (squared "
@@ -505,6 +505,9 @@ class CompressConfig:
             why = "without --int8 nothing is quantized to INT8"
             unused += [(n, why) for n in given(q, base_q, "per_channel", "embeddings", "accuracy_budget")]
         unused += [(n, "calibration is for --static") for n in q.unused_calibration()]
+        if d.kd_loss == "mse" and (q.mode != "int8" or q.static or q.qat is False or q.qat_consistency == 0):
+            why = "--kd-loss mse compares raw logits, and no quantization-aware consistency term softens them"
+            unused += [(n, why) for n in given(d, base_d, "temperature")]
         if d.transfer is None:
             unused += [(n, "no --transfer source is drawn from") for n in given(d, base_d, "transfer_size")]
         if not self.bench:
