@@ -95,7 +95,9 @@ class DistillConfig:
     lr: float = option(1e-4, "distillation learning rate")
     batch_size: int = option(32, "training batch size (distillation, pruning importance and recovery)")
     max_length: int | None = option(None, "longest input in tokens", default_help="the teacher's")
-    temperature: float = option(2.0, "distillation temperature T (--kd-loss kl, and the INT8 consistency term of --qat)")
+    temperature: float = option(
+        2.0, "distillation temperature T (--kd-loss kl, and the INT8 consistency term of --qat)"
+    )
     kd_loss: str = option(
         "kl",
         "the soft-target term: kl (T^2 * KL of the temperature-softened distributions) or mse (squared "
