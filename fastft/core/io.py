@@ -114,7 +114,7 @@ def check_output_dir(
         if not is_fastft_dir(out):
             raise FastftError(
                 f"--overwrite replaces only a directory fastft wrote (with {META_NAME}) or an empty "
-                f"one; {out} has no {META_NAME}: choose another --output"
+                f"one; {out} has no {META_NAME}: choose another directory"
             )
     clean_stale(tempfile.gettempdir())  # scratch of killed exports
     parent = resolved.parent
@@ -123,7 +123,7 @@ def check_output_dir(
         busy = live_writers(resolved)
         if busy:
             raise FastftError(
-                f"another fastft run (pid {busy[0]}) is writing {out} now; wait for it or choose another --output"
+                f"another fastft run (pid {busy[0]}) is writing {out} now; wait for it or choose another directory"
             )
     check_writable(parent)
     return out
