@@ -842,6 +842,10 @@ def export_like(args):  # stands in for a command: writes as fastft export does,
     with scratch_dir("export") as scratch, atomic_output_dir(sys.argv[1]) as tmp:
         open(os.path.join(scratch, "plain.onnx"), "wb").write(b"x" * 4096)
         open(os.path.join(tmp, "model.onnx"), "wb").write(b"x" * 4096)
+        if sys.argv[3:] == ["bar"]:  # stopped inside a progress bar, as training is
+            from tqdm.auto import tqdm
+            bar = tqdm(total=10, desc="epoch 1/3", file=sys.stderr)
+            bar.update(3)
         os.kill(os.getpid(), signal.SIGTERM if sys.argv[2] == "term" else signal.SIGHUP)
         time.sleep(60)
     return 0
@@ -869,6 +873,19 @@ def test_sigterm_and_sighup_clean_up_like_ctrl_c(tmp_path, sig, rc):
     assert proc.returncode == rc, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"fastft: terminated ({'SIGTERM' if sig == 'term' else 'SIGHUP'})"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch"] and not list(scratch.glob("fastft-*"))
+
+
+def test_a_run_stopped_inside_a_progress_bar_says_so_on_a_line_of_its_own(tmp_path):
+    """The bar's line had no line break: "epoch 1/3:  30%|...| 3/10 ...fastft: terminated (SIGTERM)"."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _TERMINATED, str(tmp_path / "out"), "term", "bar"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    lines = proc.stderr.rstrip("\n").split("\n")
+    assert "epoch 1/3" in proc.stderr and lines[-1] == "fastft: terminated (SIGTERM)", proc.stderr
 
 
 def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd, monkeypatch):

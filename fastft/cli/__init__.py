@@ -8,6 +8,7 @@ imports nothing heavy at top level, so ``fastft --help`` is instant. A user mist
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -136,6 +137,17 @@ def _catch_termination() -> dict:
     return previous
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars a stopped run left open (a bar's line has no line break until it
+    closes), so the one-line message that follows starts a line of its own."""
+    module = sys.modules.get("tqdm")
+    if module is None:
+        return
+    for bar in list(getattr(module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
 def one_line(message: str) -> str:
     """``message`` with its line breaks (from a path or a value it quotes) written as ``\\n``:
     an error is one line, however odd the input it names."""
@@ -163,14 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FastftError as exc:
+        _end_progress_bars()
         if args.verbose:  # the traceback -v asks for, and the same exit code as without it
             traceback.print_exc()
         print(f"fastft: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Terminated as exc:
+        _end_progress_bars()
         print(f"fastft: terminated ({exc})", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
+        _end_progress_bars()
         print("fastft: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `fastft env | head`: the reader left; not an error of ours
