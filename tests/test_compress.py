@@ -851,6 +851,13 @@ def test_a_teacher_or_student_that_cannot_work_is_refused_before_distilling(tmp_
         write_meta(d, {"format": 1, "task": "sequence-classification", "labels": labels, "data": {}, "metrics": {}})
         with pytest.raises(ModelError, match=words):
             compress(tiny_model_dir, output=str(tmp_path / "o"), student=str(d), bench=False, progress=False)
+    from transformers import DistilBertConfig, DistilBertModel
+
+    distil = tmp_path / "distil"  # another layer structure: pruning cannot slice it (probed, not listed)
+    DistilBertModel(DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64)).save_pretrained(distil)
+    load_tokenizer(tiny_model_dir).save_pretrained(distil)
+    with pytest.raises(ModelError, match="is a distilbert model: structured pruning slices BERT-style"):
+        compress(tiny_model_dir, output=str(tmp_path / "o"), student=str(distil), bench=False, progress=False)
     three = save_tiny_model(tmp_path / "three", tiny_data_file, labels=("a", "b", "c"))
     with pytest.raises(ModelError, match="sequence-classification model with 3 labels"):
         compress(tiny_model_dir, output=str(tmp_path / "o"), student=str(three), bench=False, progress=False)

@@ -150,9 +150,6 @@ def check_student(student: str) -> None:
         resolve_model(student)
 
 
-_PRUNABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")  # encoder.layer[i].attention / intermediate
-
-
 def check_student_fits(
     student: str,
     vocab: int,
@@ -196,12 +193,31 @@ def check_student_fits(
                 f"one with {len(teacher_labels)} ({', '.join(teacher_labels)[:60]}): pass a base encoder or a "
                 "student of the teacher's task and labels"
             )
-    kind = config.get("model_type")
-    if pruning and kind not in _PRUNABLE:
+    if pruning:
+        _check_prunable(student, config.get("model_type"))
+
+
+def _check_prunable(student: str, kind) -> None:
+    """The student's encoder has the layer structure pruning slices (:func:`encoder_layers`, the
+    check pruning itself makes): probed on an empty copy of it (meta device, no weights)."""
+    import torch
+    import transformers
+
+    from fastft.models.pruned import encoder_layers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(resolve_model(student))
+        with torch.device("meta"):
+            net = transformers.AutoModel.from_config(config)
+    except Exception:  # noqa: BLE001 - a model transformers cannot build is named when it is loaded
+        return
+    try:
+        encoder_layers(net)
+    except ModelError:
         raise ModelError(
             f"--student {student} is a {kind} model: structured pruning slices BERT-style encoders "
-            f"({', '.join(_PRUNABLE)}); pass --prune-heads 0 --prune-ffn 0 or another student"
-        )
+            "(encoder.layer[i].attention / intermediate); pass --prune-heads 0 --prune-ffn 0 or another student"
+        ) from None
 
 
 def check_layers(d, n_layers: int | None) -> None:
