@@ -555,6 +555,20 @@ def test_data_with_other_labels_is_refused(teacher4, tmp_path, no_training):
         fastft.compress(str(teacher4), CompressConfig(data=str(data), output=str(tmp_path / "o"), **FAST))
 
 
+def test_data_lacking_a_label_of_the_teacher_is_matched_by_name(tmp_path, tiny_data_file, no_training):
+    """Data of two of a 3-label teacher's labels was refused as "other labels": each row's label is
+    matched by name (the teacher's ids), with a warning naming the label no row has."""
+    from fastft.compress.context import prepare
+
+    teacher = save_tiny_model(tmp_path / "t3", tiny_data_file, labels=("positive", "neutral", "negative"))
+    with pytest.warns(UserWarning, match="has no row of 'neutral', which the teacher knows"):
+        ctx = prepare(str(teacher), CompressConfig(data=str(tiny_data_file), **FAST))
+    rows = [json.loads(line) for line in tiny_data_file.read_text().splitlines()]
+    named = {r["text"]: r["label"] for r in rows}
+    assert ctx.labels == ["positive", "neutral", "negative"] and set(ctx.y["test"]) == {0, 2}
+    assert [ctx.labels[i] for i in ctx.y["test"]] == [named[t] for t in ctx.texts["test"]]
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [

@@ -123,6 +123,8 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
     write_jsonl(w / "tiny8.jsonl", make_rows(8))  # too few rows for validation and test
     write_jsonl(w / "three.jsonl", [{**r, "label": ["a", "b", "c"][i % 3]} for i, r in enumerate(make_rows(60))])
     write_jsonl(w / "tokens.jsonl", [{"tokens": ["Paris", "is", "big"], "tags": ["B-LOC", "O", "O"]}] * 30)
+    (w / "tokens.conll").write_text("Paris B-LOC\nis O\nbig O\n\n" * 30)
+    write_jsonl(w / "words.jsonl", [{"words": ["Paris", "is", "big"], "ner": ["B-LOC", "O", "O"]}] * 30)
     (w / "empty-texts.csv").write_text("text,label\n" + ",positive\n , negative\n" * 10)
     # hand-edited config.json and fastft.json values of the wrong type
     shutil.copytree(tiny, w / "cfg-type")
@@ -328,6 +330,17 @@ CLI_CASES = [
         "two classes",
     ),
     ("eval-token-data", "eval --model {w}/tiny --data {w}/tokens.jsonl", "is token-classification data"),
+    # a CoNLL file has columns, no keys: --text-column was ignored and recorded as used
+    (
+        "conll-text-column",
+        "train --data {w}/tokens.conll --text-column words --output {out}",
+        "text_column (--text-column) names a key of JSONL data",
+    ),
+    (
+        "jsonl-token-keys-as-texts",
+        "train --model {w}/tiny --data {w}/words.jsonl --text-column words --label-column ner --output {out}",
+        "has a list as its text; a text must be a string (words and their tags under other keys? pass --task",
+    ),
     ("eval-token-data-onnx", "eval --model {w}/onnx --data conll2003", "is token-classification data"),
     ("export-calib-no-int8", "export --model {w}/tiny --calib-data {w}/data.jsonl --output {out}", "needs --int8"),
     ("export-token-calib", "export --model {w}/tiny --int8 --calib-data conll2003 --output {out}", "a text classifier"),

@@ -164,3 +164,45 @@ def test_cli_predict_decode_option(tmp_path, capsys):
         want = fastft.load(d, backend="torch", threads=1, decode=decode).predict(NER_TEXTS[:3])
         got = [[(e["entity"], e["start"], e["end"]) for e in r["entities"]] for r in rows]
         assert got == [[(e["entity"], e["start"], e["end"]) for e in ents] for ents in want]
+
+
+def test_a_type_with_no_inside_tag_decodes_and_its_words_stay_whole():
+    """An entity type whose entities are all one word long has B-LOC and no I-LOC: decoding such a
+    label set crashed every command (tuple.index) after training; a word of several pieces tagged
+    B-LOC is one entity, and its span ends past a trailing combining mark."""
+    from fastft.data.iob import inside_tags
+    from fastft.runtime.entities import aggregate_simple, token_tags
+    from fastft.train.token_metrics import token_scores
+
+    labels = ["O", "B-LOC", "B-PER", "I-PER"]
+    assert is_iob2_labels(labels) and inside_tags(labels).tolist() == [0, 1, 3, 3]
+    p = np.full((5, 4), 0.01)
+    p[0, 0] = p[4, 0] = p[3, 0] = 1.0
+    p[1, 1] = 0.9  # "Cafe" of "Cafe\u0301", then "##fe" leaning I-PER, then "is"
+    p[2, 3] = 0.9
+    p /= p.sum(1, keepdims=True)
+    word_ids = [None, 0, 0, 1, None]
+    tags, _ = token_tags(p, word_ids, labels)
+    assert [labels[t] for t in tags[1:4]] == ["B-LOC", "B-LOC", "O"]
+    text = "Cafe\u0301 is"
+    args = (text, p, [101, 7, 8, 9, 102], [(0, 0), (0, 2), (2, 4), (6, 8), (0, 0)], [1, 0, 0, 0, 1])
+    ents = aggregate_simple(*args, ["[CLS]", "ca", "##fe", "is", "[SEP]"], labels, None, "".join, (tags, _), word_ids)
+    assert [(e["entity"], e["start"], e["end"]) for e in ents] == [("LOC", 0, 5)] and text[0:5] == "Cafe\u0301"
+    scores = token_scores([np.log(p)], [word_ids], [[1, 0]], labels)
+    assert scores["f1"] == 1.0
+
+
+def test_words_with_no_token_are_left_out_of_the_score_and_cut_sentences_counted():
+    """A zero-width character standing as a word has no piece: it was scored O, so an entity around
+    it never matched (f1 0.4 with perfect logits); words past the max length are counted."""
+    from fastft.train.token_metrics import token_scores
+
+    labels = ["O", "B-PER", "I-PER"]
+    logp = np.log(np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01], [0.01, 0.01, 0.98], [0.98, 0.01, 0.01]]))
+    rows = logp[[0, 1, 2, 3, 0]]  # [CLS] Ada Lovelace spoke [SEP]; word 1 ("\u200b") has no piece
+    got = token_scores([rows], [[None, 0, 2, 3, None]], [[1, 2, 2, 0]], labels, max_length=16)
+    assert got["f1"] == 1.0 and got["tokenless_words"] == 1 and got["cut"]["sentences"] == 0
+    # cut at 4 positions: "Ada Lovelace" and "spoke" past the cut ([CLS] Ada Love [SEP])
+    cut = token_scores([logp[[0, 1, 2, 0]]], [[None, 0, 1, None]], [[1, 2, 0, 1]], labels, max_length=4)
+    assert cut["cut"] == {"sentences": 1, "words": 2, "entities": 1} and cut["tokenless_words"] == 0
+    assert cut["recall"] == 0.5

@@ -74,6 +74,8 @@ def test_conll_file_with_wrong_tag_column_is_one_line_error(tmp_path):
         # -1 resolves to the same column as 2: the words would be the tags
         ("A NN B-PER\n", {"columns": (2, -1)}, "both name column 2"),
         ("A\nb\n", {}, "line 1 has 1 column: each word line needs the word and its tag"),
+        # a type named O: its entities were dropped as outside words
+        ("A NN B-O\n", {}, "t: line 1 has the tag 'B-O': O tags the words outside"),
     ],
 )
 def test_conll_lines_that_would_read_wrong_are_refused(text, kwargs, message):
@@ -93,6 +95,14 @@ def test_conllu_comments_are_skipped_and_empty_words_refused(tmp_path):
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match="line 4: tokens #1 is only spaces"):
         load_data(str(tmp_path / "t.jsonl"))
+    # a key given twice was read as its last value; a tag with a space was a type of its own
+    for line, message in (
+        ('{"tokens": ["A"], "tags": ["B-PER"], "tags": ["O"]}', "line 4 has the key 'tags' twice"),
+        ('{"tokens": ["A"], "tags": ["B-PER "]}', "line 4 has the tag 'B-PER ', with white space"),
+    ):
+        (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + line + "\n")
+        with pytest.raises(DataError, match=message):
+            load_data(str(tmp_path / "t.jsonl"))
     # a .tsv of one word and its tag per line is CoNLL-style (BioBERT's files): read as such
     (tmp_path / "t.tsv").write_text(
         "".join(f"w{i}\t{'B-PER' if i % 3 == 0 else 'O'}\n" + ("\n" if i % 4 == 3 else "") for i in range(40))

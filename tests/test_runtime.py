@@ -521,3 +521,26 @@ def test_a_model_onnx_that_is_a_directory_is_named(onnx_dir, tmp_path):
     (d / "model.onnx").mkdir()
     with pytest.raises(ModelError, match=r"model\.onnx is not a file"):
         fastft.load(d, int8=False, threads=1)
+
+
+def test_a_model_giving_nan_scores_is_an_error_not_label_0(tiny_model_dir, tmp_path):
+    """A NaN row's argmax is label 0: a broken model answered "negative" (a tagger "no entities")
+    with exit 0; now every text path says the scores are not finite."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tiny_ner import save_tiny_token_model
+
+    import fastft
+    from fastft.core.errors import ModelError
+
+    text_dir = tmp_path / "text"
+    shutil.copytree(tiny_model_dir, text_dir)
+    token_dir = save_tiny_token_model(tmp_path / "token")
+    for d in (text_dir, Path(token_dir)):
+        sd = load_file(d / "model.safetensors")
+        sd["classifier.bias"] = torch.full_like(sd["classifier.bias"], float("nan"))
+        save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+        pred = fastft.load(d, backend="torch")
+        for call in (pred.predict, pred.logits, pred.predict_proba):
+            with pytest.raises(ModelError, match="scores are not finite"):
+                call(["Angela Merkel visited Paris"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -301,6 +302,27 @@ def test_head_for_other_labels_is_refused(tiny_model_dir, tmp_path):
     assert cfg.architectures == ["BertForSequenceClassification"]
     with pytest.raises(FastftError, match="already has a classification head"):
         fastft.train(model=str(tiny_model_dir), data=str(data), output=str(tmp_path / "o"), max_steps=1, progress=False)
+
+
+def test_a_head_that_knows_every_label_trains_on_with_its_own_order(tiny_data_file, tmp_path):
+    """A model whose head has the data's labels in another order (HF checkpoints list O, B-PER, ...;
+    fastft sorts), or one more, was refused as "a head for other labels": training goes on with the
+    head, each row's label matched by name (the kept model's label i is still logit i)."""
+    from conftest import save_tiny_model
+
+    from fastft.models.model_dir import model_labels
+    from fastft.models.resolve import load_classifier
+
+    for labels in (("positive", "negative"), ("positive", "neutral", "negative")):
+        model = save_tiny_model(tmp_path / "-".join(labels), tiny_data_file, labels=labels)
+        out = tmp_path / f"o{len(labels)}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            meta = _train(model, tiny_data_file, out, epochs=6)  # the third label is unlearned first
+        lacking = [str(w.message) for w in caught if "does not teach them" in str(w.message)]
+        assert meta["labels"] == list(labels) and model_labels(load_classifier(out)) == list(labels)
+        assert len(lacking) == (len(labels) == 3) and (not lacking or "'neutral'" in lacking[0])
+        assert meta["metrics"]["test"]["accuracy"] >= 0.8  # the labels were matched by name, not by position
 
 
 def test_evaluate_and_predict(trained):

@@ -117,8 +117,10 @@ def _export(args) -> int:
             if "accuracy_change" in q
             else ""
         )
-        print(
-            f"int8 ({info['int8']['recipe']}): label agreement {q['label_agreement']:.2%} on {q['n']} "
-            f"{q['split']} texts{acc}"
+        on = (
+            f"{q['tokens']} tokens of {q['n']} {q['split']} sentences"
+            if "tokens" in q
+            else f"{q['n']} {q['split']} texts"
         )
+        print(f"int8 ({info['int8']['recipe']}): label agreement {q['label_agreement']:.2%} on {on}{acc}")
     return 0

@@ -223,9 +223,27 @@ def _metrics_table(metrics: dict) -> str:
         for split, m in metrics.items():
             rows.append([split] + [_fmt(m.get(c)) for c in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
-    )
+    table = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join(table + [note for split, m in metrics.items() for note in _token_notes(split, m)])
+
+
+def _token_notes(split: str, m: dict) -> list[str]:
+    """What an entity score leaves out: sentences cut at the max length (their words past it count
+    as O) and words the tokenizer reads as nothing (left out of the score)."""
+    notes = []
+    cut = m.get("cut") or {}
+    if cut.get("sentences"):
+        notes.append(
+            f"{split}: {cut['sentences']} of {m.get('n')} sentences are longer than the max length: their "
+            f"{cut['words']} words past it count as O ({cut['entities']} true entities reach past it; "
+            "a larger --max-length sees them)"
+        )
+    if m.get("tokenless_words"):
+        notes.append(
+            f"{split}: {m['tokenless_words']} words are no token for this tokenizer (zero-width or control "
+            "characters standing as words): left out of the score, their tags with them"
+        )
+    return notes
 
 
 def _fmt(v) -> str:

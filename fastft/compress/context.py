@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,9 +283,16 @@ def prepare(model, cfg: CompressConfig) -> Context:
     splits.check_trainable()
     if same:
         check_unchanged(splits, spec)
-    if set(splits.labels) != set(labels):
+    if not set(splits.labels) <= set(labels):
         raise DataError(
             f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's ({', '.join(labels)})"
+        )
+    lacking = [name for name in labels if name not in splits.labels]
+    if lacking:  # matched by name below; the student learns those from the teacher's soft targets alone
+        warnings.warn(
+            f"{data!r} has no row of {', '.join(map(repr, lacking[:5]))}{' ...' if len(lacking) > 5 else ''}, "
+            "which the teacher knows: the student follows the teacher's scores for them, and no score checks them",
+            stacklevel=2,
         )
     teacher = load_classifier(path, task=task).eval()  # a head-pruned one rebuilt (load_pruned), load errors one line
     check_layers(d, teacher.config.num_hidden_layers)

@@ -26,6 +26,7 @@ class TokenRows:
         self.ids, self.word_ids = encode_rows(tokenizer, split.tokens, max_length)
         self.labels = [align_tags(w, t) for w, t in zip(self.word_ids, split.tags)]
         self.tags = [list(t) for t in split.tags]
+        self.max_length = max_length
 
 
 def padded_labels(labels: list[list[int]], rows: list[int], seq: int):
@@ -93,12 +94,13 @@ def int8_scoring(ctx) -> dict:
 def _head(rows: TokenRows, n: int) -> TokenRows:
     out = TokenRows.__new__(TokenRows)
     out.ids, out.word_ids, out.labels, out.tags = rows.ids[:n], rows.word_ids[:n], rows.labels[:n], rows.tags[:n]
+    out.max_length = rows.max_length
     return out
 
 
 def entity_f1_of_logits(logits_rows, rows: TokenRows, labels: list[str]) -> dict:
     """Entity metrics of per-sentence logits (seq_i, labels) on encoded rows."""
-    return token_scores(logits_rows, rows.word_ids, rows.tags, labels)
+    return token_scores(logits_rows, rows.word_ids, rows.tags, labels, max_length=rows.max_length)
 
 
 def flat_labelled(logits_rows, rows: TokenRows) -> np.ndarray:

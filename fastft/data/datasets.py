@@ -213,16 +213,22 @@ def _file_records(path: Path, encoding: str) -> list[dict]:
     out = []
     for i, line in enumerate(split_lines(text), 1):
         if line.strip():
-            try:
-                rec = json.loads(line, object_pairs_hook=_unique_keys)
-            except _DuplicateKey as exc:
-                raise DataError(f"{path}: line {i} has the key {exc.args[0]!r} twice") from None
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}: line {i} is not a JSON object")
-            out.append(rec)
+            out.append(json_object_line(line, path, i))
     return out
+
+
+def json_object_line(line: str, where, n: int) -> dict:
+    """Line ``n`` of a JSONL file ``where``: one JSON object whose keys are each given once (a key
+    given twice was read as its last value: refused), else a DataError naming the line."""
+    try:
+        rec = json.loads(line, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise DataError(f"{where}: line {n} has the key {exc.args[0]!r} twice") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: line {n} is not valid JSON ({exc.msg})") from None
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: line {n} is not a JSON object")
+    return rec
 
 
 def _table_rows(path: Path, text: str, kind: str) -> tuple[list[str], list[dict], int]:
@@ -529,7 +535,14 @@ def load_data(
             if text is None or label is None or str(label).strip() == "":
                 raise DataError(f"{path}: row {i + 1} has no {text_column if text is None else label_column}")
             if isinstance(text, (list, dict)):
-                raise DataError(f"{path}: row {i + 1} has a {type(text).__name__} as its text; a text must be a string")
+                hint = (
+                    " (words and their tags under other keys? pass --task token-classification)"
+                    if isinstance(text, list)
+                    else ""
+                )
+                raise DataError(
+                    f"{path}: row {i + 1} has a {type(text).__name__} as its text; a text must be a string{hint}"
+                )
             text = str(text)
             problem = unicode_problem(text)
             if problem:

@@ -65,15 +65,21 @@ def _plan(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
     if not is_iob2_labels(labels):
         return None
     start, follow = transitions(labels)
+    # a type with no I- tag (every entity of it one word long in the training data): its later
+    # word pieces keep the B- tag, and the entities step joins a word's pieces
     inside = np.array(
-        [labels.index("I-" + t[2:]) if t.startswith("B-") else i for i, t in enumerate(labels)], dtype=np.int64
+        [
+            labels.index("I-" + t[2:]) if t.startswith("B-") and "I-" + t[2:] in labels else i
+            for i, t in enumerate(labels)
+        ],
+        dtype=np.int64,
     )
     return np.where(start, 0.0, -np.inf), np.where(follow, 0.0, -np.inf), inside
 
 
 def inside_tags(labels: Sequence[str]) -> np.ndarray | None:
     """For each tag id, the tag a later word piece of the same word takes (``B-X`` -> ``I-X``, else
-    itself); None when the label set is not IOB2-shaped."""
+    itself, ``B-X`` too where the set has no ``I-X``); None when the label set is not IOB2-shaped."""
     plan = _plan(tuple(str(t) for t in labels))
     return None if plan is None else plan[2]
 

@@ -36,3 +36,17 @@ def align_tag_ids(split, data_labels: list[str], model_labels_: list[str]):
         )
     mapping = {i: model_labels_.index(n) for i, n in enumerate(data_labels) if n in model_labels_}
     return TokenSplit(split.tokens, [[mapping[t] for t in tags] for tags in split.tags])
+
+
+def relabel_splits(splits, model_labels: list[str]):
+    """``splits`` (a DataSplits) with its label ids re-mapped to ``model_labels``, a list holding
+    every label of the data, in the order of a head the model already has (training goes on
+    with that head instead of refusing it for another order, or for a label the data lacks)."""
+    from dataclasses import replace
+
+    from fastft.core.schema import TOKEN_CLASSIFICATION
+    from fastft.data.datasets import SPLIT_NAMES
+
+    align = align_tag_ids if splits.task == TOKEN_CLASSIFICATION else align_labels
+    parts = {s: align(splits.split(s), splits.labels, model_labels) for s in SPLIT_NAMES}
+    return replace(splits, labels=list(model_labels), **parts)

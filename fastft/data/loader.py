@@ -7,6 +7,7 @@ The task is ``task`` when given, else detected from the data (:func:`fastft.data
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from fastft.core.checks import MAX_SEED, check_int
 from fastft.core.errors import DataError, FastftError
@@ -61,6 +62,10 @@ def load_data(
             f"{data!r} is a text-classification dataset; a token-classification model needs token data "
             f"({', '.join(tokens.TOKEN_DATASETS)}, a CoNLL-style file or JSONL with a tokens list)"
         )
+    conll = resolved == tokens.TOKEN_CLASSIFICATION and datasets.file_kind(Path(data)) != ".jsonl"
+    if conll and not builtin and (text_column, label_column) != ("text", "label"):  # ignored, recorded as used
+        flag = "text_column (--text-column)" if text_column != "text" else "label_column (--label-column)"
+        raise DataError(f"{flag} names a key of JSONL data; {data!r} is CoNLL-style: pick its columns with --columns")
     if resolved == tokens.TOKEN_CLASSIFICATION:
         return tokens.load_token_data(
             data,

@@ -28,6 +28,7 @@ from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICAT
 from fastft.data.datasets import (
     DataSplits,
     file_kind,
+    json_object_line,
     not_a_data_file,
     read_text_file,
     split_as_given,
@@ -191,12 +192,7 @@ def _read_jsonl(text: str, where: str, tokens_key: str, tags_key: str):
     for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: line {n} is not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{where}: line {n} is not a JSON object")
+        rec = json_object_line(line, where, n)
         words, tags = rec.get(tokens_key), rec.get(tags_key)
         for key, value in ((tokens_key, words), (tags_key, tags)):
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
@@ -232,6 +228,10 @@ def check_tag(tag: str, where: str) -> None:
     problem = unicode_problem(tag)
     if problem:
         raise DataError(f"{where}: the tag {problem}")
+    if any(c.isspace() for c in tag):  # 'B-PER ' beside 'B-PER' was a second entity type
+        raise DataError(f"{where} has the tag {tag!r}, with white space in it; write tags without spaces")
+    if tag[2:] == "O":  # its entities were dropped as outside ones
+        raise DataError(f"{where} has the tag {tag!r}: O tags the words outside every entity; rename that type")
 
 
 def sort_tags(names: set[str]) -> list[str]:

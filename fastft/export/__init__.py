@@ -111,8 +111,9 @@ def _int8(
         def check(path, exclude):
             # label agreement with fp32 on the validation texts (the accuracy fallback's test)
             k = len(exclude)
+            unit = "sentences, token by token" if per_token else "texts"
             _log(
-                f"checking INT8 label agreement on {len(texts)} validation texts"
+                f"checking INT8 label agreement on {len(texts)} validation {unit}"
                 + (f" ({k} MatMuls kept in fp32)" if k else ""),
                 progress,
             )

@@ -385,6 +385,19 @@ def _config_label_names(config) -> list[str]:
     return [id2label.get(i, id2label.get(str(i), i)) for i in range(len(id2label))]
 
 
+def existing_head_labels(model, task: str = "sequence-classification") -> list[str] | None:
+    """The label names of the fine-tuned head ``model`` already has for ``task``, in logit order
+    (None: a base model, generic LABEL_i names, or a config that cannot be read, which loading
+    the model reports)."""
+    AutoConfig = transformers_names("AutoConfig")[0]
+    try:
+        with quiet():
+            config = AutoConfig.from_pretrained(str(resolve_model(model)), trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - load_classifier names the problem
+        return None
+    return _head_labels(config, task)
+
+
 def _head_labels(config, task: str = "sequence-classification") -> list[str] | None:
     """Label names of a fine-tuned head for ``task`` (None for a base model or generic LABEL_i names)."""
     archs = getattr(config, "architectures", None) or []

@@ -45,6 +45,14 @@ from fastft.runtime.entities import aggregate_simple, token_tags
 ENCODE_CHUNK = 16_384
 
 
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """``logits``, or a ModelError when the model gave NaN or inf: every label's score of a NaN row
+    is unusable, and its argmax (label 0) was answered as if chosen."""
+    if not np.isfinite(logits).all():
+        raise ModelError("the model's scores are not finite (NaN or inf): its weights or its export are broken")
+    return logits
+
+
 class InputError(FastftError):
     """The texts given to a Predictor cannot be used (not a list, not strings, empty...)."""
 
@@ -237,13 +245,13 @@ class Predictor:
             for idx in length_sorted_batches(enc.lengths(), bs):
                 logits = self.logits_from_ids(**self._encoder.batch(enc, idx, self._int_dtype))
                 for r, i in enumerate(idx):
-                    rows[i] = logits[r, : len(enc.ids[i])]
+                    rows[i] = _finite(logits[r, : len(enc.ids[i])])
             return rows
         out = np.empty((len(enc.ids), len(self.labels)), dtype=np.float32)
         for idx in length_sorted_batches(enc.lengths(), bs):
             feeds = self._encoder.batch(enc, idx, self._int_dtype)
             out[idx] = self.logits_from_ids(**feeds)
-        return out
+        return _finite(out)
 
     def predict_proba(self, texts: list[str], batch_size: int | None = None):
         """Class probabilities, (n, num_labels), rows sum to 1 (token classification: a list of
@@ -296,6 +304,7 @@ class Predictor:
             self._unk_id,
             encoder.decode_tokens,
             token_tags(probs, word_ids, self.labels, self.decode),
+            word_ids if self.decode == "viterbi" else None,
         )
 
     def info(self) -> dict:

@@ -24,6 +24,8 @@ aggregation_strategy="simple")`` on the same model:
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 
 from fastft.data.collate import first_pieces
@@ -65,6 +67,14 @@ def token_tags(
     return best, score
 
 
+def _mark_end(text: str, end: int) -> int:
+    """``end`` moved past the combining marks right after it ("Cafe\u0301": the tokenizer's offsets
+    stop before an accent it strips), so a span never ends inside a character as written."""
+    while end < len(text) and unicodedata.category(text[end]).startswith("M"):
+        end += 1
+    return end
+
+
 def _tag(label: str) -> tuple[str, str]:
     """(``B`` | ``I``, entity type) of an IOB2 label; a label without a prefix continues (``I``)."""
     if label.startswith("B-"):
@@ -85,27 +95,33 @@ def aggregate_simple(
     unk_id: int | None,
     decode,
     chosen: tuple[np.ndarray, np.ndarray] | None = None,
+    word_ids: list[int | None] | None = None,
 ) -> list[dict]:
     """Entities of one text.
 
     probs: (tokens, num_labels) label probabilities of the text's tokens (special tokens included,
     padding excluded); ids, offsets, special, tokens: the tokenizer's encoding of ``text``, one
     entry per row of ``probs``; decode(list of tokens) -> str joins word pieces back into text;
-    chosen: (label id, probability) per token from :func:`token_tags` [each token's argmax].
+    chosen: (label id, probability) per token from :func:`token_tags` [each token's argmax];
+    word_ids: the word of each token, when given a later piece of a word stays in the word's
+    entity whatever its tag (a ``B-X`` piece of a type without ``I-X``).
     """
     n = min(len(ids), len(probs))
     best, best_p = chosen if chosen is not None else token_tags(probs[:n], None, labels, "argmax")
     groups: list[list[tuple[str, float, int, int, str]]] = []
-    last_type = None
+    last_type = last_word = None
     for i in range(n):
         if special[i]:
             continue
+        word_id = word_ids[i] if word_ids is not None and i < len(word_ids) else None
+        same_word = word_id is not None and word_id == last_word
+        last_word = word_id
         start, end = offsets[i]
         label = labels[int(best[i])]
         word = text[start:end] if unk_id is not None and ids[i] == unk_id else tokens[i]
         bi, kind = _tag(label)
         item = (label, float(best_p[i]), int(start), int(end), word)
-        if groups and kind == last_type and bi != "B":
+        if groups and kind == last_type and (bi != "B" or same_word):
             groups[-1].append(item)
         else:
             groups.append([item])
@@ -120,7 +136,7 @@ def aggregate_simple(
                 "entity": kind,
                 "score": float(np.mean([x[1] for x in g], dtype=np.float32)),
                 "start": g[0][2],
-                "end": g[-1][3],
+                "end": _mark_end(text, g[-1][3]),
                 "word": decode([x[4] for x in g]),
             }
         )

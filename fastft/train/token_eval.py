@@ -85,5 +85,5 @@ def evaluate_tokens(
         "task": "token-classification",
         "max_length": length,
         **extra,
-        **token_scores(logits, wids, part.tags, labels, decode),
+        **token_scores(logits, wids, part.tags, labels, decode, max_length=length),
     }

@@ -65,23 +65,44 @@ def tags_of(ids: Sequence[int], labels: list[str]) -> list[str]:
 
 
 def token_scores(
-    logits_rows, word_ids_rows, tags: Sequence[Sequence[int]], labels: list[str], decode: str = "viterbi"
+    logits_rows,
+    word_ids_rows,
+    tags: Sequence[Sequence[int]],
+    labels: list[str],
+    decode: str = "viterbi",
+    max_length: int | None = None,
 ) -> dict:
     """Entity metrics and mean token cross-entropy of per-sentence logits.
 
     logits_rows[i]: (seq_i, labels) logits of sentence i (no padding); word_ids_rows[i]: its
-    word ids; tags[i]: its true tag ids per word. Words the tokenizer truncated away count as ``O``.
+    word ids; tags[i]: its true tag ids per word. Words the tokenizer truncated away count as
+    ``O`` (``cut``: the sentences, words and true entities past the cut); words it reads as no
+    token at all (a zero-width or control character standing as a word) are left out of the
+    sentence, their tag with them (``tokenless_words``), so an entity around one still matches.
+    max_length: the length the rows were cut at, which tells a tokenless word at a sentence's end
+    from a cut one (without it, every missing word at the end counts as cut).
     decode: ``viterbi`` (the most likely valid IOB2 sequence of the words' first-piece scores,
     :func:`fastft.data.iob.decode_tags`) or ``argmax`` (each word's most likely tag on its own);
     with ``viterbi`` the argmax figures are recorded beside (``f1_argmax``, ``precision_argmax``,
     ``recall_argmax``).
     """
     check_decode(decode, ValueError)
-    preds, argmax_preds, nll, count = [], [], 0.0, 0
+    true, preds, argmax_preds, nll, count = [], [], [], 0.0, 0
+    cut = {"sentences": 0, "words": 0, "entities": 0}
+    tokenless = 0
     for lg, wids, t in zip(logits_rows, word_ids_rows, tags):
         lg = np.asarray(lg, dtype=np.float64)
         pos = first_pieces(wids)
         words = sorted(pos)
+        seen = words[-1] + 1 if words else 0  # words past the last one with a piece: cut, or tokenless
+        end = seen if max_length is None or len(wids) >= max_length else len(t)
+        kept = [w for w in range(len(t)) if w in pos or w >= end]
+        tokenless += len(t) - len(kept)
+        if end < len(t):
+            names = tags_of(t, labels)
+            cut["sentences"] += 1
+            cut["words"] += len(t) - end
+            cut["entities"] += sum(1 for s, _ in _entity_starts(names) if _entity_end(names, s) > end)
         logp = np.zeros((0, len(labels)))
         if words:
             rows = lg[[pos[w] for w in words]]
@@ -90,20 +111,39 @@ def token_scores(
             nll -= float(logp[np.arange(len(rows)), [t[w] for w in words]].sum())
             count += len(rows)
         best = dict(zip(words, logp.argmax(axis=1).tolist()))
-        argmax_preds.append([best.get(w, -1) for w in range(len(t))])
+        true.append(tags_of([t[w] for w in kept], labels))
+        argmax_preds.append([best.get(w, -1) for w in kept])
         if decode == "viterbi":
             path = dict(zip(words, decode_tags(logp, labels).tolist()))
-            preds.append([path.get(w, -1) for w in range(len(t))])
+            preds.append([path.get(w, -1) for w in kept])
         else:
             preds.append(argmax_preds[-1])
-    true = [tags_of(t, labels) for t in tags]
     out = entity_metrics(true, [tags_of(p, labels) for p in preds])
     out["decode"] = decode
     if decode == "viterbi":
         plain = entity_metrics(true, [tags_of(p, labels) for p in argmax_preds])
         out.update({f"{k}_argmax": plain[k] for k in ("f1", "precision", "recall")})
     out["loss"] = nll / count if count else 0.0
+    out["cut"] = cut
+    out["tokenless_words"] = tokenless
     return out
+
+
+def _entity_starts(names: list[str]):
+    """(index, type) of each entity's first word in IOB tag names (an ``I-`` after another type opens one)."""
+    prev = "O"
+    for i, tag in enumerate(names):
+        if tag != "O" and (tag.startswith("B-") or prev[2:] != tag[2:] or prev == "O"):
+            yield i, tag[2:]
+        prev = tag
+
+
+def _entity_end(names: list[str], start: int) -> int:
+    """One past the last word of the entity starting at ``start``."""
+    end = start + 1
+    while end < len(names) and names[end] == "I-" + names[start][2:]:
+        end += 1
+    return end
 
 
 def encode_rows(tokenizer, sentences, max_length: int) -> tuple[list[list[int]], list[list[int | None]]]:
@@ -161,7 +201,7 @@ def token_logits(net, tokenizer, sentences, max_length: int, batch_size: int = 6
 def run_token_eval(net, tokenizer, split, labels: list[str], max_length: int, batch_size: int = 64, progress=False):
     """Entity metrics and loss of ``net`` on a :class:`fastft.data.tokens.TokenSplit`."""
     logits, wids = token_logits(net, tokenizer, split.tokens, max_length, batch_size, progress)
-    return token_scores(logits, wids, split.tags, labels)
+    return token_scores(logits, wids, split.tags, labels, max_length=max_length)
 
 
 __all__ = [

@@ -148,6 +148,26 @@ def train(model: str = "minilm-l6", data: str = "movie-snippets", output: str | 
     return run_training(cfg)
 
 
+def _onto_head(splits, head: list[str] | None, model):
+    """The data's labels in the order of the head ``model`` already has, where that head knows every
+    one of them (its tags in another order, or a label the data lacks: training goes on with the
+    head, labels matched by name as eval does); a head for other labels is load_classifier's error."""
+    if head is None or head == splits.labels or not set(splits.labels) <= set(head):
+        return splits
+    from fastft.data.labels import relabel_splits
+
+    lacking = [name for name in head if name not in splits.labels]
+    if lacking:
+        import warnings
+
+        warnings.warn(
+            f"the data has no row of {', '.join(map(repr, lacking[:5]))}{' ...' if len(lacking) > 5 else ''}, "
+            f"which {model}'s head knows: training goes on with that head, and does not teach them",
+            stacklevel=2,
+        )
+    return relabel_splits(splits, head)
+
+
 def run_training(cfg: TrainConfig) -> dict:
     cfg.validate()
     if cfg.output is None:
@@ -172,6 +192,7 @@ def run_training(cfg: TrainConfig) -> dict:
         token_lengths,
     )
     from fastft.models import load_classifier, load_tokenizer
+    from fastft.models.resolve import existing_head_labels
     from fastft.train.evaluate import run_eval
     from fastft.train.token_metrics import run_token_eval
 
@@ -214,6 +235,7 @@ def run_training(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     if token:
         require_fast(tokenizer)
+    splits = _onto_head(splits, existing_head_labels(cfg.model, splits.task), cfg.model)
     net = load_classifier(cfg.model, labels=splits.labels, dropout=cfg.dropout, task=splits.task)
     max_length = clamp_max_length(cfg.max_length, net.config, tokenizer)
 
