@@ -267,9 +267,17 @@ struct FusedAttentionKernel : KernelBase<FusedAttentionKernel> {
       len[b] = n;
       for (int64_t j = n; j < S && prefix; ++j) prefix = row[j] <= 0;
     }
+    // A sequence whose every key is masked attends to all of them, as ORT's Attention does (its
+    // mask only lowers masked scores by a constant; the kernel would give zeros)
+    std::vector<uint8_t> none(B, 0);
+    for (int64_t b = 0; b < B && mask; ++b) {
+      const int32_t* row = mask + b * S;
+      none[b] = std::none_of(row, row + S, [](int32_t m) { return m > 0; });
+      if (none[b]) len[b] = S;
+    }
     if (!prefix) {
       keys.resize(static_cast<size_t>(B * S));
-      for (int64_t i = 0; i < B * S; ++i) keys[i] = mask[i] > 0;
+      for (int64_t i = 0; i < B * S; ++i) keys[i] = mask[i] > 0 || none[i / S];
       for (int64_t b = 0; b < B; ++b) len[b] = S;
     }
     for (int64_t b = 0; b < B; ++b)  // rows the kernel does not write

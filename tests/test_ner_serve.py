@@ -139,3 +139,28 @@ def test_fastft_serve_process(ner_serve_dir, entities):
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
     assert rc == 0
+
+
+def test_a_tagger_drops_the_texts_of_a_client_that_left_without_a_traceback(ner_serve_dir, caplog):
+    """A client that left while its texts waited was logged as an ERROR traceback per client
+    ("grouping entities failed": its job never ran, so had no scores): it is a silent 499."""
+    import logging
+
+    import fastft
+    from fastft.serve.batcher import Batcher, _Job
+
+    batcher = Batcher(fastft.load(ner_serve_dir))
+    loop = asyncio.new_event_loop()
+    try:
+        left, stays = (_Job(["Angela Merkel visited Paris"], loop.create_future(), loop) for _ in range(2))
+        left.future.cancel()
+        for j in (left, stays):
+            batcher._encode(j)
+        with caplog.at_level(logging.ERROR, logger="fastft.serve"):
+            batcher._run([left, stays])
+            batcher._deliver([left, stays])
+            loop.run_until_complete(asyncio.sleep(0))
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+        assert left.probs is None and len(stays.future.result().entities) == 1
+    finally:
+        loop.close()

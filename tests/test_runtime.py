@@ -544,3 +544,35 @@ def test_a_model_giving_nan_scores_is_an_error_not_label_0(tiny_model_dir, tmp_p
         for call in (pred.predict, pred.logits, pred.predict_proba):
             with pytest.raises(ModelError, match="scores are not finite"):
                 call(["Angela Merkel visited Paris"])
+
+
+def test_each_input_is_fed_in_its_own_integer_type(onnx_dir, tmp_path, torch_ref):
+    """A graph fastft did not write may take int64 ids beside an int32 mask: every input was fed
+    in input_ids' type (ONNX Runtime's INVALID_ARGUMENT traceback at load, exit 1); a float input
+    is one line."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import fastft
+    from fastft.core.errors import ModelError
+
+    src = onnx.load(str(onnx_dir / "model.onnx"))
+    for elem, name in ((TensorProto.INT32, "int32-mask"), (TensorProto.FLOAT, "float-mask")):
+        m = onnx.ModelProto()
+        m.CopyFrom(src)
+        next(i for i in m.graph.input if i.name == "attention_mask").type.tensor_type.elem_type = elem
+        for node in m.graph.node:
+            node.input[:] = ["attention_mask_i64" if x == "attention_mask" else x for x in node.input]
+        m.graph.node.insert(
+            0, helper.make_node("Cast", ["attention_mask"], ["attention_mask_i64"], to=TensorProto.INT64)
+        )
+        d = tmp_path / name
+        shutil.copytree(onnx_dir, d)
+        (d / "model_int8.onnx").unlink()
+        onnx.save(m, str(d / "model.onnx"))
+        if elem == TensorProto.FLOAT:
+            with pytest.raises(ModelError, match="input 'attention_mask' is a tensor\\(float\\); fastft feeds"):
+                fastft.load(d, int8=False, ort_attention="onnxruntime")
+            continue
+        got = fastft.load(d, int8=False, ort_attention="onnxruntime").logits(TEXTS)
+        assert_close(got, torch_ref(TEXTS), 1e-4, name)

@@ -45,7 +45,7 @@ from fastft.runtime.entities import aggregate_simple, token_tags
 ENCODE_CHUNK = 16_384
 
 
-def _finite(logits: np.ndarray) -> np.ndarray:
+def check_finite(logits: np.ndarray) -> np.ndarray:
     """``logits``, or a ModelError when the model gave NaN or inf: every label's score of a NaN row
     is unusable, and its argmax (label 0) was answered as if chosen."""
     if not np.isfinite(logits).all():
@@ -245,13 +245,13 @@ class Predictor:
             for idx in length_sorted_batches(enc.lengths(), bs):
                 logits = self.logits_from_ids(**self._encoder.batch(enc, idx, self._int_dtype))
                 for r, i in enumerate(idx):
-                    rows[i] = _finite(logits[r, : len(enc.ids[i])])
+                    rows[i] = check_finite(logits[r, : len(enc.ids[i])])
             return rows
         out = np.empty((len(enc.ids), len(self.labels)), dtype=np.float32)
         for idx in length_sorted_batches(enc.lengths(), bs):
             feeds = self._encoder.batch(enc, idx, self._int_dtype)
             out[idx] = self.logits_from_ids(**feeds)
-        return _finite(out)
+        return check_finite(out)
 
     def predict_proba(self, texts: list[str], batch_size: int | None = None):
         """Class probabilities, (n, num_labels), rows sum to 1 (token classification: a list of

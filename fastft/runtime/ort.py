@@ -168,7 +168,15 @@ class OrtPredictor(Predictor):
                 "(fastft export --model DIR makes them so)"
             )
         self._inputs = list(inputs)
-        self._int_dtype = np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
+        ints = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+        odd = [(n, i.type) for n, i in inputs.items() if i.type not in ints]
+        if odd:
+            raise ModelError(
+                f"{self.onnx_file}: input {odd[0][0]!r} is a {odd[0][1]}; fastft feeds token ids and masks "
+                "as int32 or int64 (fastft export --model DIR writes int64)"
+            )
+        self._dtypes = {n: ints[i.type] for n, i in inputs.items()}  # each input its own (int64 ids, int32 mask...)
+        self._int_dtype = self._dtypes["input_ids"]
         outputs = [o.name for o in self.session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         shape = self.session.get_outputs()[outputs.index(self._output)].shape
@@ -185,16 +193,18 @@ class OrtPredictor(Predictor):
     def logits_from_ids(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=self._int_dtype)}
         if "attention_mask" in self._inputs:
+            dtype = self._dtypes["attention_mask"]
             feeds["attention_mask"] = (
-                np.ones_like(feeds["input_ids"])
+                np.ones(feeds["input_ids"].shape, dtype=dtype)
                 if attention_mask is None
-                else np.ascontiguousarray(attention_mask, dtype=self._int_dtype)
+                else np.ascontiguousarray(attention_mask, dtype=dtype)
             )
         if "token_type_ids" in self._inputs:
+            dtype = self._dtypes["token_type_ids"]
             feeds["token_type_ids"] = (
-                np.zeros_like(feeds["input_ids"])
+                np.zeros(feeds["input_ids"].shape, dtype=dtype)
                 if token_type_ids is None
-                else np.ascontiguousarray(token_type_ids, dtype=self._int_dtype)
+                else np.ascontiguousarray(token_type_ids, dtype=dtype)
             )
         if self._kind == "cuda":
             return self._run_cuda(feeds)

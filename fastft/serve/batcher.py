@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastft.core.numerics import softmax
+from fastft.runtime.base import check_finite
 from fastft.runtime.encode import NO_TOKENS, Encoded, Encoder
 from fastft.serve.cost import CostModel
 from fastft.serve.protocol import BadRequest
@@ -272,7 +273,7 @@ class Batcher:
     def _call(self, enc: Encoded, idx: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feeds = self.encoder.batch(enc, idx)
         t = time.perf_counter()
-        logits = self.predictor.logits_from_ids(**feeds)
+        logits = check_finite(self.predictor.logits_from_ids(**feeds))
         dt = time.perf_counter() - t
         if self.metrics is not None:
             self.metrics.observe_call(len(idx), int(lengths.sum()), int(len(idx) * lengths.max()), dt)
@@ -307,6 +308,8 @@ class Batcher:
     def _deliver(self, jobs: list[_Job]) -> None:
         by_loop: dict = {}
         for j in jobs:
+            if j.future is not None and j.future.cancelled():  # its client left (499): nobody waits, nothing ran
+                continue
             by_loop.setdefault(j.loop, []).append((j.future, self._outcome(j)))
         for loop, items in by_loop.items():
             try:
