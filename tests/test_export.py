@@ -60,7 +60,7 @@ def test_output_dir_layout_and_meta(exported, tiny_model_dir):
     assert sln["probe"]["gain"] > 0 and (sln["split"] > 0) == (sln["probe"]["gain"] >= sln["min_gain"])
     assert ("SkipLayerNormalization" in ops) == (sln["split"] == 0) and ops.count("LayerNormalization") == sln["split"]
     assert info["int8"]["recipe"] and info["int8"]["reason"]
-    assert not list(out.parent.glob(".tiny-onnx.tmp-*"))
+    assert not list(out.parent.glob(".tiny-onnx.fastft-tmp-*"))
     # the source directory is untouched
     assert not (tiny_model_dir / "model.onnx").exists()
 

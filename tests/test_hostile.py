@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from conftest import make_rows, save_tiny_model, write_jsonl
 
 from fastft.cli import main
 from fastft.core.errors import FastftError
+from fastft.core.stale import namespace
 
 EVIL_MARKER = "evil-code-ran"
 
@@ -391,6 +393,8 @@ CLI_CASES = [
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings
     ("compress-no-int8-prefix", "compress --model {w}/tiny --int8 --no-int8 --output {out}", "unrecognized arguments"),
     ("export-calib-no-static", "export --model {w}/tiny --int8 --calib-size 10 --output {out}", "needs --static"),
+    # what the system refuses is one line, not an OSError traceback
+    ("model-name-too-long", "predict --model {w}/" + "y" * 300 + " hi", "File name too long"),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),
     ("missing-required", "train", "the following arguments are required: --output"),
     ("unknown-command", "frobnicate", "invalid choice: 'frobnicate'"),
@@ -786,7 +790,7 @@ def test_a_running_writer_is_detected(tmp_path):
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / f".out.tmp-{other.pid}-abc").mkdir()
+        (tmp_path / f".out.fastft-tmp-{other.pid}-{namespace()}-abc").mkdir()
         with pytest.raises(FastftError, match=f"another fastft run \\(pid {other.pid}\\) is writing"):
             check_output_dir(tmp_path / "out")
     finally:
@@ -902,7 +906,8 @@ def test_a_run_stopped_inside_a_progress_bar_says_so_on_a_line_of_its_own(tmp_pa
 
 
 def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd, monkeypatch):
-    """8. ``kill -9`` mid-export leaves .NAME.tmp-<pid>-* and fastft-export-<pid>-*; the next run removes them."""
+    """8. ``kill -9`` mid-export leaves .NAME.fastft-tmp-<pid>-* and fastft-export-<pid>-*; the next
+    run removes them."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     out = tmp_path / "out"
@@ -911,7 +916,7 @@ def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd,
     )
     assert proc.returncode == -9
     pid = int(next(scratch.glob("fastft-export-*")).name.split("-")[2])
-    left = list(tmp_path.glob(f".out.tmp-{pid}-*")) + list(scratch.glob(f"fastft-export-{pid}-*"))
+    left = list(tmp_path.glob(f".out.fastft-tmp-{pid}-*")) + list(scratch.glob(f"fastft-export-{pid}-*"))
     assert len(left) == 2, sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     rc, _, err = run_cli(
@@ -942,18 +947,25 @@ def test_kill_9_during_export_is_cleaned_by_the_next_run(world, tmp_path, capfd,
 
 
 def test_stale_compress_work_dirs_are_cleaned(tmp_path, capfd):
-    """8. .compress-work-<pid>-* of a dead run are removed (and said); a live run's are kept."""
+    """8. .fastft-compress-<pid>-<ns>-* of a dead run are removed (and said); a live run's, another
+    namespace's (a container or host sharing the directory) and names a person picked are kept."""
     from fastft.core.io import check_output_dir
 
-    dead = tmp_path / f".compress-work-{_dead_pid()}-x1"
-    live = tmp_path / f".compress-work-{os.getpid()}-x2"
-    foreign = tmp_path / ".compress-work-notapid"
-    for d in (dead, live, foreign):
+    ns, pid = namespace(), _dead_pid()
+    dead = tmp_path / f".fastft-compress-{pid}-{ns}-x1"
+    live = tmp_path / f".fastft-compress-{os.getpid()}-{ns}-x2"
+    kept = [
+        tmp_path / ".compress-work-notapid",
+        tmp_path / f".fastft-compress-{pid}-{'0' * 8 if ns != '0' * 8 else '1' * 8}-x3",  # another namespace
+        tmp_path / ".photos.old-2024-summer",  # the old pattern took a date for a dead pid
+        tmp_path / f".backup.tmp-{pid}-x",
+    ]
+    for d in (dead, live, *kept):
         d.mkdir()
         (d / "model.onnx").write_bytes(b"x" * 2048)
     check_output_dir(tmp_path / "out")
     err = capfd.readouterr().err
-    assert not dead.exists() and live.exists() and foreign.exists()
+    assert not dead.exists() and live.exists() and all(d.exists() for d in kept)
     assert err.strip().splitlines() == [
         f"fastft: removed {dead} (0.0 MB), left by an interrupted fastft run (pid {dead.name.split('-')[2]})"
     ]
@@ -1002,3 +1014,104 @@ def test_eval_scores_what_predict_serves(world, tmp_path, capfd):
     assert rc == 0, err
     res = json.loads(out)
     assert res["backend"] == "onnxruntime" and res["accuracy"] == ort["accuracy"]
+
+
+def test_an_overwrite_killed_between_its_renames_is_put_back(tmp_path, capfd):
+    """A run killed after moving the old output aside and before moving the new one in left no
+    output, and the next run deleted the old one as a stale work directory: it is put back."""
+    from fastft.core.io import check_output_dir
+
+    pid = _dead_pid()
+    aside = tmp_path / f".out.fastft-old-{pid}-{namespace()}-x1"
+    (aside / "out").mkdir(parents=True)
+    (aside / "out" / "fastft.json").write_text('{"kept": 1}')
+    check_output_dir(tmp_path / "other")
+    assert json.loads((tmp_path / "out" / "fastft.json").read_text()) == {"kept": 1} and not aside.exists()
+    assert "fastft: put back" in capfd.readouterr().err
+
+
+def test_an_overwrite_swaps_in_one_step(tmp_path):
+    """--overwrite exchanges the new result and the old one (renameat2) where Linux has it: no
+    moment without an output, and nothing left beside it."""
+    from fastft.core.io import _exchange, atomic_output_dir
+
+    for body in ('{"first": 1}', '{"second": 1}'):
+        with atomic_output_dir(tmp_path / "out", overwrite=True) as tmp:
+            (tmp / "fastft.json").write_text(body)
+    assert json.loads((tmp_path / "out" / "fastft.json").read_text()) == {"second": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").touch()
+    if _exchange(a, b):  # a libc and filesystem with the call
+        assert (b / "x").exists() and not (a / "x").exists()
+
+
+def test_a_claimed_output_is_refused_when_a_second_run_starts(tmp_path):
+    """Train and compress made their hidden directory only when saving: a second run on the same
+    output ran to its end and then failed (or won). A long run claims the output at its start."""
+    from fastft.core.io import check_output_dir, claim_output
+
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; from fastft.core.io import claim_output\nwith claim_output({str(out)!r}): time.sleep(60)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.fastft-claim-*")):
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        with pytest.raises(FastftError, match=f"another fastft run \\(pid {child.pid}\\) is writing"):
+            check_output_dir(out)
+    finally:
+        child.kill()
+        child.wait()
+    check_output_dir(out)  # the killed run's claim is stale: removed, said
+    assert not list(tmp_path.glob(".out.fastft-claim-*"))
+    with claim_output(out):  # this process's own claim is no other run
+        check_output_dir(out)
+    assert not list(tmp_path.glob(".out.fastft-claim-*"))
+
+
+def test_outputs_that_cannot_work_are_refused_before_any_work(tmp_path, monkeypatch):
+    """A mount point (the result is renamed onto it: EBUSY after every epoch), a name too long for
+    the hidden directory beside it, a symbolic link loop (a RuntimeError traceback) or a dangling
+    link (its target's parents were created)."""
+    from fastft.core.io import check_output_dir
+
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "deep")
+    (tmp_path / "vol").mkdir()
+    for path, message in (
+        (tmp_path / "loop", "cannot be used"),
+        (tmp_path / "dangling", "is a symbolic link to .*which does not exist"),
+        (tmp_path / ("y" * 240), "bytes long: fastft writes beside it"),
+        (tmp_path / ("y" * 300), "cannot be used \\(File name too long\\)"),
+    ):
+        with pytest.raises(FastftError, match=message):
+            check_output_dir(path)
+    assert not (tmp_path / "nowhere").exists()
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == tmp_path / "vol")
+    with pytest.raises(FastftError, match="is a mount point"):
+        check_output_dir(tmp_path / "vol")
+
+
+def test_a_library_error_on_a_full_disk_says_the_disk_is_full(tmp_path, monkeypatch):
+    """safetensors' SafetensorError or a truncated ONNX file read back as corrupt named the library,
+    not the full disk."""
+    import shutil as sh
+
+    from fastft.core.io import atomic_output_dir
+
+    usage = sh.disk_usage(tmp_path)
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(FastftError, match="the disk holding it is full \\(ValueError: Protobuf"):
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "model.onnx").write_bytes(b"x")
+            raise ValueError("Protobuf serialization failed")
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -137,6 +138,31 @@ def _catch_termination() -> dict:
     return previous
 
 
+# errors of the system a command ran on, not of fastft: said in one line like any other
+_SYSTEM_ERRNOS = {
+    getattr(errno, name)
+    for name in (
+        "ENOSPC",
+        "EDQUOT",
+        "ENAMETOOLONG",
+        "ELOOP",
+        "EACCES",
+        "EPERM",
+        "EROFS",
+        "ENOENT",
+        "ENOTDIR",
+        "EISDIR",
+        "EIO",
+        "EMFILE",
+        "ENFILE",
+        "EBUSY",
+        "EXDEV",
+        "ETXTBSY",
+    )
+    if hasattr(errno, name)
+}
+
+
 def _end_progress_bars() -> None:
     """Close the progress bars a stopped run left open (a bar's line has no line break until it
     closes), so the one-line message that follows starts a line of its own."""
@@ -191,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fastft env | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # what the system refused (a full disk, a path too long, no permission): one line
+        if exc.errno not in _SYSTEM_ERRNOS:
+            raise
+        _end_progress_bars()
+        if args.verbose:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fastft: error: {one_line(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
+        return 2
     finally:
         warnings.formatwarning = formatwarning
         for sig, handler in handlers.items():

@@ -124,7 +124,10 @@ def check_paths(args) -> None:
         if not value.strip():
             raise FastftError(f"{opt} is empty: give a file name")
         path = Path(value).expanduser()
-        where = path.resolve()
+        try:
+            where = path.resolve()
+        except RuntimeError as exc:  # a symbolic link loop
+            raise FastftError(f"{opt} {value} cannot be used ({exc})") from None
         if where in outputs.values():  # the JSON was written, then the plot over it
             raise FastftError(f"--json and --plot name one file ({value}): give each its own")
         if any(d == where or d in where.parents for d in inputs):  # --json DIR/config.json broke the model
@@ -184,17 +187,17 @@ def _run(args) -> int:
         agreement=args.agreement_texts,
     )
     payload = run_bench(cfg)
-    if args.plot:  # first: a result file that is there says its plot is too (an interrupt came between them)
+    if args.json == "-":
+        from fastft.bench import command_line, machine_info, versions
+
+        print(dumps({"command": command_line(), "machine": machine_info(), "versions": versions(), **payload}))
+    else:  # first: the measurement is on screen whatever happens to the files (a full disk)
+        print(format_table(payload), flush=True)
+    if args.plot:  # before the JSON: a result file that is there says its plot is too (an interrupt between)
         from fastft.bench.plot import plot_latency
 
         print(f"fastft bench: wrote {plot_latency(payload, args.plot)}", file=sys.stderr)
     if args.json and args.json != "-":
         path = write_result(args.json, payload)
         print(f"fastft bench: wrote {path}", file=sys.stderr)
-    if args.json == "-":
-        from fastft.bench import command_line, machine_info, versions
-
-        print(dumps({"command": command_line(), "machine": machine_info(), "versions": versions(), **payload}))
-    else:
-        print(format_table(payload))
     return 0

@@ -194,6 +194,8 @@ def cache_teacher(
                 hs = torch.stack([out.hidden_states[j] for j in layers], dim=2)  # (b, s, k, h)
                 for i, r in enumerate(rows):
                     hidden[offsets[r] : offsets[r + 1]] = hs[i, : len(ids[r])].to(torch.float16)
+    if not torch.isfinite(logits).all():  # distillation would stop at step 0 as "diverged"
+        raise ModelError("the teacher's scores are not finite (NaN or inf): its weights are broken")
     return TeacherCache(logits, hidden, offsets, layers)
 
 

@@ -12,8 +12,8 @@ The single stages (``fastft.distill`` / ``prune`` / ``quantize``) are :func:`run
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import os
 import shutil
 import tempfile
 import time
@@ -29,7 +29,7 @@ from fastft.compress.output import onnx_section, write_compress_meta
 from fastft.compress.prune import count_params, flops
 from fastft.compress.stages import StageResult, do_distill, do_prune, do_quantize
 from fastft.core.errors import FastftError, ModelError
-from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
+from fastft.core.io import atomic_output_dir, check_output_dir, claim_output, scratch_dir, work_prefix
 from fastft.core.schema import read_meta, write_meta
 from fastft.core.system import physical_cores
 from fastft.models import load_classifier
@@ -50,13 +50,18 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
         raise FastftError("an output directory is required (--output DIR)")
     inputs = (model, cfg.data, cfg.distill.student)
     check_output_dir(cfg.output, cfg.overwrite, inputs=inputs)
+    with claim_output(cfg.output):  # a second run for this output is refused from now on
+        return _compress(model, cfg)
+
+
+def _compress(model, cfg: CompressConfig) -> dict:
     t_start = time.perf_counter()
     preflight(model, cfg)
     ctx = prepare(model, cfg)
     out_parent = Path(cfg.output).expanduser().resolve().parent
     out_parent.mkdir(parents=True, exist_ok=True)
     # the pid in the name lets the next run remove it if this one is killed (fastft.core.io.clean_stale)
-    work = Path(tempfile.mkdtemp(prefix=f".compress-work-{os.getpid()}-", dir=out_parent))
+    work = Path(tempfile.mkdtemp(prefix="." + work_prefix("compress"), dir=out_parent))
     try:
         report = _pipeline(ctx, work, t_start)
     finally:
@@ -296,6 +301,11 @@ def run_stage(
         check_output_dir(output, cfg.overwrite, inputs=(model, teacher, cfg.data))
     elif stage == "quantize":
         raise FastftError("quantize: an output directory is required (output=DIR)")
+    with claim_output(output) if output is not None else contextlib.nullcontext():
+        return _run_stage(stage, model, cfg, output, teacher)
+
+
+def _run_stage(stage: str, model, cfg: CompressConfig, output, teacher) -> StageResult:
     if stage == "prune" and teacher is not None:  # the model pruned is not the one prepare() checks
         _check_pruned_source(model, teacher)
     ctx = prepare(teacher if (stage == "prune" and teacher is not None) else model, cfg)

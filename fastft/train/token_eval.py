@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastft.core.errors import DataError
+from fastft.core.numerics import check_finite
 from fastft.data.labels import align_tag_ids
 
 
@@ -85,5 +86,5 @@ def evaluate_tokens(
         "task": "token-classification",
         "max_length": length,
         **extra,
-        **token_scores(logits, wids, part.tags, labels, decode, max_length=length),
+        **token_scores([check_finite(x) for x in logits], wids, part.tags, labels, decode, max_length=length),
     }

@@ -172,10 +172,14 @@ def run_training(cfg: TrainConfig) -> dict:
     cfg.validate()
     if cfg.output is None:
         raise FastftError("an output directory is required (--output DIR)")
-    from fastft.core.io import check_output_dir
+    from fastft.core.io import check_output_dir, claim_output
 
     check_output_dir(cfg.output, cfg.overwrite, inputs=(cfg.model, cfg.data))  # fail before any work
+    with claim_output(cfg.output):  # a second run for this output is refused from now on
+        return _train(cfg)
 
+
+def _train(cfg: TrainConfig) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
