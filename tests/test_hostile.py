@@ -300,7 +300,11 @@ CLI_CASES = [
     ("predict-corrupt-onnx", "predict --model {w}/half hi", "is not a loadable ONNX model"),
     # 16. hand-edited model directories
     ("config-wrong-type", "eval --model {w}/cfg-type", "max_position_embeddings"),
-    ("config-wrong-type-tok", "predict --model {w}/cfg-type --backend torch hi", "max_position_embeddings"),
+    (
+        "config-wrong-type-tok",
+        "predict --model {w}/cfg-type --backend torch hi",
+        "cfg-type: config.json max_position_embeddings must be a positive integer",  # not "cannot load the tokenizer"
+    ),
     ("meta-max-length-str", "predict --model {w}/meta-maxlen hi", "fastft.json: max_length must be an integer"),
     ("meta-labels-nested", "predict --model {w}/meta-labels hi", "fastft.json: labels must be a list of label"),
     ("meta-onnx-outside", "predict --model {w}/meta-escape hi", "onnx.default must be the name of an ONNX file"),

@@ -318,7 +318,9 @@ def atomic_output_dir(
     try:
         yield tmp
         normalize_modes(tmp)
+        _sync_tree(tmp)  # on disk before the name points at it: a crash never leaves empty files in place
         _publish(tmp, out, overwrite)
+        _sync_dir(out.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in _WRITE_ERRNOS:  # the disk filled up, or permissions changed while the run worked
@@ -340,6 +342,30 @@ def atomic_output_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (the directories last)."""
+    for d, _, files in os.walk(root, topdown=False):
+        for name in files:
+            p = os.path.join(d, name)
+            if not os.path.islink(p):
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _sync_dir(Path(d))
+
+
+def _sync_dir(d: Path) -> None:
+    """fsync a directory (its entries), where the system allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _disk_full(path: Path) -> bool:

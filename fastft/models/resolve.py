@@ -167,6 +167,16 @@ _SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads
           "max_position_embeddings")  # fmt: skip
 
 
+def _check_sizes(src, get) -> None:
+    """config.json's sizes are positive integers (``get(key)``), else a ModelError naming the key:
+    transformers 5 checks their types inside whatever reads the config first (the tokenizer, whose
+    error then named the tokenizer), 4.x deep in a constructor."""
+    for key in _SIZES:
+        v = get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ModelError(f"{src}: config.json {key} must be a positive integer (got {v!r:.40})")
+
+
 def _load_error(src, exc: Exception, local_message: str) -> ModelError:
     """The one-line error for a failed transformers load: custom code refused, a local directory
     (``local_message``), or a hub name that cannot be fetched."""
@@ -204,6 +214,8 @@ def load_tokenizer(model: str | os.PathLike):
             f"{src} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}...); copy them from the "
             "base model, e.g. with tokenizer.save_pretrained(DIR)"
         )
+    if isinstance(src, Path) and (src / "config.json").is_file():  # its reader would be named otherwise
+        _check_sizes(src, read_json_object(src / "config.json").get)
     try:
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - a broken file raises what its parser raises; one line below
@@ -258,10 +270,7 @@ def _load_classifier(model, labels, dropout, task):
         config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers' strict config checks raise their own type
         raise _load_error(src, exc, f"{src}: cannot read config.json ({_exc_line(exc)})") from None
-    for key in _SIZES:  # transformers 5 checks these types itself; 4.x would fail deep in a constructor
-        v = getattr(config, key, None)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ModelError(f"{src}: config.json {key} must be a positive integer (got {v!r:.40})")
+    _check_sizes(src, lambda key: getattr(config, key, None))
     kwargs = {}
     if labels is not None:
         existing = _head_labels(config, task)
