@@ -240,6 +240,19 @@ def test_scores_past_float32s_range_match_the_reference(isa, monkeypatch):
     assert not flagged(q, kq, left[:, :40].contiguous(), True) and not flagged(q, k, none, False)
     assert flagged(torch.full_like(q, 1e20), torch.full_like(k, -1e20), None, False)
 
+    # the kernel's own rows (the op once recomputed the whole call in Python, so the op's test above
+    # passed without them): overflowing rows against the reference, a bool mask and an additive one
+    qq, kk = torch.full_like(q, 1e20), torch.cat([torch.full_like(k[:, :, :1], 1e20), k[:, :, 1:]], 2)
+    bias = torch.where(keep, 0.0, -1e4).to(torch.float32).contiguous()
+    for mask, bias_t, causal in ((keep.contiguous(), None, True), (None, bias, False), (None, None, False)):
+        out = torch.empty_like(q)
+        b, h, sq, d = q.shape
+        ptrs = (mask.data_ptr() if mask is not None else 0, bias_t.data_ptr() if bias_t is not None else 0)
+        args = (qq.data_ptr(), kk.data_ptr(), v.data_ptr(), *ptrs, out.data_ptr(), b, h, sq, kk.shape[2], d)
+        assert native._C.attention_fwd_f32(*args, causal, 0.125, 2, isa)
+        ref = attention_ref(qq.double(), kk.double(), v.double(), bias_t if mask is None else mask, causal, 0.125)
+        assert_close(out, ref, *FP32_TOL, what=f"{isa} kernel rows, mask={mask is not None} bias={bias_t is not None}")
+
 
 @pytest.mark.parametrize("block_k", [8, 64, 256])
 def test_cpp_key_block_sizes(block_k):

@@ -1032,9 +1032,16 @@ def test_an_overwrite_killed_between_its_renames_is_put_back(tmp_path, capfd):
     check_output_dir(tmp_path / "other")
     assert json.loads((tmp_path / "out" / "fastft.json").read_text()) == {"kept": 1} and not aside.exists()
     assert "fastft: put back" in capfd.readouterr().err
+    # a run for that same output: the put-back comes before its checks (it passed them, then found
+    # the output back and discarded its result as "written by another run")
+    aside = tmp_path / f".again.fastft-old-{pid}-{namespace()}-x2"
+    (aside / "again").mkdir(parents=True)
+    (aside / "again" / "fastft.json").write_text("{}")
+    with pytest.raises(FastftError, match="again already exists"):
+        check_output_dir(tmp_path / "again")
 
 
-def test_an_overwrite_swaps_in_one_step(tmp_path):
+def test_an_overwrite_swaps_in_one_step(tmp_path, monkeypatch):
     """--overwrite exchanges the new result and the old one (renameat2) where Linux has it: no
     moment without an output, and nothing left beside it."""
     from fastft.core.io import _exchange, atomic_output_dir
@@ -1048,8 +1055,17 @@ def test_an_overwrite_swaps_in_one_step(tmp_path):
     a.mkdir()
     b.mkdir()
     (a / "x").touch()
-    if _exchange(a, b):  # a libc and filesystem with the call
-        assert (b / "x").exists() and not (a / "x").exists()
+    if not _exchange(a, b):
+        pytest.skip("no renameat2 RENAME_EXCHANGE here (the two-rename path is tested by the put-back)")
+    assert sorted(p.name for p in b.iterdir()) == ["x"] and not any(a.iterdir())
+
+    def no_rename(*args):
+        raise AssertionError("the replacement took two renames")
+
+    monkeypatch.setattr(os, "rename", no_rename)  # the exchange is the only move of an --overwrite
+    with atomic_output_dir(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "fastft.json").write_text('{"third": 1}')
+    assert json.loads((tmp_path / "out" / "fastft.json").read_text()) == {"third": 1}
 
 
 def test_a_claimed_output_is_refused_when_a_second_run_starts(tmp_path):
@@ -1080,6 +1096,9 @@ def test_a_claimed_output_is_refused_when_a_second_run_starts(tmp_path):
     with claim_output(out):  # this process's own claim is no other run
         check_output_dir(out)
     assert not list(tmp_path.glob(".out.fastft-claim-*"))
+    with claim_output(tmp_path / "new" / "deep" / "out"):  # a run that fails leaves no parents behind
+        assert (tmp_path / "new" / "deep").is_dir()
+    assert not (tmp_path / "new").exists()
 
 
 def test_outputs_that_cannot_work_are_refused_before_any_work(tmp_path, monkeypatch):
@@ -1119,3 +1138,29 @@ def test_a_library_error_on_a_full_disk_says_the_disk_is_full(tmp_path, monkeypa
             (tmp / "model.onnx").write_bytes(b"x")
             raise ValueError("Protobuf serialization failed")
     assert list(tmp_path.iterdir()) == []
+
+
+_DEFERRED = """
+import os, signal, threading, time
+import torch
+torch.ones(64, 64) @ torch.ones(64, 64)  # the process now has native threads, as every run does
+from fastft.core.io import _signals_deferred
+threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+steps = []
+try:
+    with _signals_deferred():
+        steps.append("first rename")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        steps.append("second rename")
+except KeyboardInterrupt:
+    steps.append("interrupted after")
+print(steps)
+"""
+
+
+def test_signals_wait_for_the_swap_whatever_thread_takes_them():
+    """A signal mask holds one thread, and the kernel gave the signal to another (torch's): the
+    interrupt landed between the two renames of an --overwrite. The handlers wait instead."""
+    proc = subprocess.run([sys.executable, "-c", _DEFERRED], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "['first rename', 'second rename', 'interrupted after']", proc.stderr[-2000:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from fastft.core.system import physical_cores, versions
 from fastft.data import load_data
 from fastft.data.collate import clamp_max_length, sorted_batches
 from fastft.data.datasets import check_unchanged
-from fastft.data.labels import align_labels
+from fastft.data.labels import align_labels, warn_lacking
 from fastft.data.loader import recorded_args
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
@@ -287,13 +286,8 @@ def prepare(model, cfg: CompressConfig) -> Context:
         raise DataError(
             f"the labels of {data!r} ({', '.join(splits.labels)}) differ from the teacher's ({', '.join(labels)})"
         )
-    lacking = [name for name in labels if name not in splits.labels]
-    if lacking:  # matched by name below; the student learns those from the teacher's soft targets alone
-        warnings.warn(
-            f"{data!r} has no row of {', '.join(map(repr, lacking[:5]))}{' ...' if len(lacking) > 5 else ''}, "
-            "which the teacher knows: the student follows the teacher's scores for them, and no score checks them",
-            stacklevel=2,
-        )
+    # matched by name below; the student learns those from the teacher's soft targets alone
+    warn_lacking(splits.labels, labels, repr(data), "the teacher", "the student follows the teacher's scores for them")
     teacher = load_classifier(path, task=task).eval()  # a head-pruned one rebuilt (load_pruned), load errors one line
     check_layers(d, teacher.config.num_hidden_layers)
     if pr.prune_heads or pr.prune_ffn:

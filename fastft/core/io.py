@@ -105,6 +105,8 @@ def check_output_dir(
         raise FastftError(f"output path {ascii(str(out))} is not valid UTF-8; name it in UTF-8") from None
     try:
         resolved = out.resolve()
+        if resolved.parent.is_dir():  # first: an output an interrupted --overwrite set aside is put back
+            clean_stale(resolved.parent)
         exists = out.exists()
     except (OSError, RuntimeError) as exc:  # a symbolic link loop, a name past the system's limit
         why = getattr(exc, "strerror", None) or str(exc)
@@ -147,7 +149,6 @@ def check_output_dir(
     clean_stale(tempfile.gettempdir())  # scratch of killed exports
     parent = resolved.parent
     if parent.is_dir():
-        clean_stale(parent)
         busy = live_writers(resolved)
         if busy:
             raise FastftError(
@@ -263,19 +264,30 @@ def _exchange(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP held back (delivered, as usual, when the block ends)."""
+    """SIGINT, SIGTERM and SIGHUP recorded while the block runs and raised again when it ends.
+    Handlers, not a signal mask: a mask holds only the calling thread, and the kernel gives a
+    process's signal to any thread that does not block it (torch's, ONNX Runtime's); Python runs
+    every handler in the main thread, so it is the main thread's handlers that wait."""
     import signal
     import threading
 
-    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    caught: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is None:  # a handler set outside Python: left as it is
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):  # each once, in the order they came
+            signal.raise_signal(sig)
 
 
 @contextlib.contextmanager
@@ -285,6 +297,7 @@ def claim_output(path: str | os.PathLike) -> Iterator[None]:
     (:func:`check_output_dir`), not after both have worked. A claim of a killed run is stale
     (removed by the next run)."""
     out = Path(path).expanduser().resolve()
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     claim = None
     with contextlib.suppress(OSError):  # where it cannot be made, the run's own checks say why
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +308,9 @@ def claim_output(path: str | os.PathLike) -> Iterator[None]:
         if claim is not None:
             with contextlib.suppress(OSError):
                 claim.rmdir()
+        for p in made:  # the parents made for the claim, where the run left nothing in them
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 @contextlib.contextmanager

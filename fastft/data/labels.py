@@ -50,3 +50,13 @@ def relabel_splits(splits, model_labels: list[str]):
     align = align_tag_ids if splits.task == TOKEN_CLASSIFICATION else align_labels
     parts = {s: align(splits.split(s), splits.labels, model_labels) for s in SPLIT_NAMES}
     return replace(splits, labels=list(model_labels), **parts)
+
+
+def warn_lacking(data_labels: list[str], model_labels_: list[str], data_name: str, model_name: str, effect: str):
+    """Warn (once, naming up to five) about the labels ``model_labels_`` has and the data has no row of."""
+    lacking = [name for name in model_labels_ if name not in data_labels]
+    if lacking:
+        import warnings
+
+        shown = ", ".join(map(repr, lacking[:5])) + (" ..." if len(lacking) > 5 else "")
+        warnings.warn(f"{data_name} has no row of {shown}, which {model_name} knows: {effect}", stacklevel=3)

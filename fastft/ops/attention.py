@@ -31,7 +31,8 @@ default, and:
   of 1e20, or scale 1e37) are the reference's too on CPU: the C++ kernel, which scores in
   float32, computes the rows it may have got wrong (a +inf score, a NaN row, or no key left
   where one is attended) again in double from the call's inputs, row by row (slow, exact;
-  rows holding inf or NaN take that path too). That is inside the kernel, so the ONNX Runtime
+  rows whose scores hold inf or NaN take that path too; an inf among the values of a key that
+  weighs nothing in float32 is not seen there and gives NaN where the reference has inf). That is inside the kernel, so the ONNX Runtime
   op has it as well. The Triton kernel does not: there such scores give NaN or zero rows.
 
 The variable-length (padding-free) form, flash-attention's packed-tokens layout, is

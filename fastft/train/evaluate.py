@@ -16,10 +16,14 @@ from fastft.models.model_dir import load_model_dir, model_labels
 from fastft.models.task import head_labels
 
 
-def run_eval(net, tokenizer, split, max_length: int, batch_size: int = 64, progress: bool = True) -> dict:
-    """Metrics and mean cross-entropy loss of ``net`` on a :class:`fastft.data.Split`."""
+def run_eval(
+    net, tokenizer, split, max_length: int, batch_size: int = 64, progress: bool = True, finite: bool = False
+) -> dict:
+    """Metrics and mean cross-entropy loss of ``net`` on a :class:`fastft.data.Split`. ``finite``:
+    NaN or inf scores are a ModelError (evaluating a saved model), not a NaN loss (training, where
+    a diverged run is said as such)."""
     logits = batched_logits(net, tokenizer, split.texts, max_length, batch_size, progress)
-    return scores(logits, split.labels)
+    return scores(check_finite(logits) if finite else logits, split.labels)
 
 
 def scores(logits: np.ndarray, labels: list[int]) -> dict:
@@ -144,8 +148,7 @@ def evaluate(
     part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, labels)
     net, tokenizer, meta, default_len = loaded or load_model_dir(model)
     length = clamp_max_length(max_length, net.config) if max_length else default_len
-    logits = check_finite(batched_logits(net, tokenizer, part.texts, length, batch_size, progress))
-    metrics = scores(logits, part.labels)
+    metrics = run_eval(net, tokenizer, part, length, batch_size, progress, finite=True)
     return {"model": str(model), "data": str(data), "split": split, "max_length": length, "backend": "torch", **metrics}
 
 

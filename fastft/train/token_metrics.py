@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fastft.data.collate import IGNORE_INDEX, encode_words, first_pieces, pad_rows, sorted_batches
-from fastft.data.iob import check_decode, decode_tags
+from fastft.data.iob import check_decode, decode_tags, to_iob2
 
 TOKEN_METRIC_NAMES = ("f1", "precision", "recall", "accuracy", "f1_strict", "loss")
 
@@ -99,10 +99,10 @@ def token_scores(
         kept = [w for w in range(len(t)) if w in pos or w >= end]
         tokenless += len(t) - len(kept)
         if end < len(t):
-            names = tags_of(t, labels)
+            names = to_iob2(tags_of(t, labels))  # every entity opens with B- (an I- after O or another type too)
             cut["sentences"] += 1
             cut["words"] += len(t) - end
-            cut["entities"] += sum(1 for s, _ in _entity_starts(names) if _entity_end(names, s) > end)
+            cut["entities"] += sum(1 for i, tag in enumerate(names) if tag[:2] == "B-" and _entity_end(names, i) > end)
         logp = np.zeros((0, len(labels)))
         if words:
             rows = lg[[pos[w] for w in words]]
@@ -127,15 +127,6 @@ def token_scores(
     out["cut"] = cut
     out["tokenless_words"] = tokenless
     return out
-
-
-def _entity_starts(names: list[str]):
-    """(index, type) of each entity's first word in IOB tag names (an ``I-`` after another type opens one)."""
-    prev = "O"
-    for i, tag in enumerate(names):
-        if tag != "O" and (tag.startswith("B-") or prev[2:] != tag[2:] or prev == "O"):
-            yield i, tag[2:]
-        prev = tag
 
 
 def _entity_end(names: list[str], start: int) -> int:

@@ -154,17 +154,11 @@ def _onto_head(splits, head: list[str] | None, model):
     head, labels matched by name as eval does); a head for other labels is load_classifier's error."""
     if head is None or head == splits.labels or not set(splits.labels) <= set(head):
         return splits
-    from fastft.data.labels import relabel_splits
+    from fastft.data.labels import relabel_splits, warn_lacking
 
-    lacking = [name for name in head if name not in splits.labels]
-    if lacking:
-        import warnings
-
-        warnings.warn(
-            f"the data has no row of {', '.join(map(repr, lacking[:5]))}{' ...' if len(lacking) > 5 else ''}, "
-            f"which {model}'s head knows: training goes on with that head, and does not teach them",
-            stacklevel=2,
-        )
+    warn_lacking(
+        splits.labels, head, "the data", f"{model}'s head", "training goes on with that head, and does not teach them"
+    )
     return relabel_splits(splits, head)
 
 
@@ -221,6 +215,8 @@ def _train(cfg: TrainConfig) -> dict:
         columns=cfg.columns,
     )
     splits.check_trainable()
+    # the labels as the model's head orders them, before any check reads them (roc_auc's two)
+    splits = _onto_head(splits, existing_head_labels(cfg.model, splits.task), cfg.model)
     token = splits.task == TOKEN_CLASSIFICATION
     metric = cfg.metric or ("f1" if token else "accuracy")
     allowed = TOKEN_METRIC_NAMES if token else METRIC_NAMES
@@ -228,8 +224,8 @@ def _train(cfg: TrainConfig) -> dict:
         raise FastftError(f"--metric {metric!r} does not apply to {splits.task}; choose one of {', '.join(allowed)}")
     if metric == "roc_auc" and len(splits.labels) != 2:  # it is computed for two classes only
         raise FastftError(
-            f"--metric roc_auc needs two classes and {splits.name!r} has {len(splits.labels)}; "
-            "choose another, e.g. f1_macro"
+            f"--metric roc_auc needs two classes and this run has {len(splits.labels)} "
+            f"({', '.join(splits.labels)[:80]}); choose another, e.g. f1_macro"
         )
     if metric == "roc_auc" and len(set(splits.validation.labels)) < 2:  # no epoch could ever be chosen
         raise FastftError(
@@ -239,7 +235,6 @@ def _train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     if token:
         require_fast(tokenizer)
-    splits = _onto_head(splits, existing_head_labels(cfg.model, splits.task), cfg.model)
     net = load_classifier(cfg.model, labels=splits.labels, dropout=cfg.dropout, task=splits.task)
     max_length = clamp_max_length(cfg.max_length, net.config, tokenizer)
 
