@@ -393,7 +393,16 @@ static void attn_item_d(const AttnParams& P, Workspace& ws, int64_t item) {
       continue;
     }
     const float inv = none ? 0.f : 1.f / l;
-    for (int64_t d = 0; d < D; ++d) dst[d] = O[r * ldo + d] * inv;
+    float zero = 0.f;  // stays 0 unless the row took an inf or NaN value (x - x is NaN for both)
+    for (int64_t d = 0; d < D; ++d) {
+      dst[d] = O[r * ldo + d] * inv;
+      zero += dst[d] - dst[d];
+    }
+    if (zero != zero) {  // maybe a value of a key of weight 0 (0 * inf in P V), which adds nothing in double
+      exact_row(P, b, h, i0 + r, dst);
+      suspect = true;
+      continue;
+    }
     if (P.v_bias && !none) {  // the probabilities sum to 1: P (V + 1 b^T) = P V + b
       const float* vb = P.v_bias + h * D;
       for (int64_t d = 0; d < D; ++d) dst[d] += vb[d];

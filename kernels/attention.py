@@ -474,6 +474,21 @@ def _check(q, k, v, key_padding_mask):
         raise ValueError(f"attention_fwd: batch {q.shape[0]} and heads {q.shape[1]} must be <= 65535")
 
 
+def _check_offsets(fn: str, rows_q: int, rows_k: int, tensors, out_row_stride: int) -> None:
+    """The kernel addresses rows within one (sequence, head) with 32-bit offsets (row * row
+    stride): a sequence whose rows span 2^31 elements or more would wrap (an illegal address, or
+    another tensor's memory). ``tensors``: (name, tensor, its row dimension)."""
+    for name, t, dim in tensors:
+        rows = rows_q if name == "q" else rows_k
+        if rows > 0 and (rows - 1) * abs(t.stride(dim)) + (t.shape[-1] - 1) * abs(t.stride(-1)) >= 2**31:
+            raise ValueError(
+                f"{fn}: {name}'s rows of one sequence and head span {(rows - 1) * abs(t.stride(dim)):,} elements, "
+                "past the kernel's 32-bit offsets (2^31): use shorter sequences or a layout with a smaller row stride"
+            )
+    if rows_q > 0 and (rows_q - 1) * out_row_stride >= 2**31:
+        raise ValueError(f"{fn}: the output's rows of one sequence and head pass the kernel's 32-bit offsets (2^31)")
+
+
 def _check_launch(fn: str, block_m, block_n, num_warps, num_stages) -> None:
     if (num_warps is not None or num_stages is not None) and block_m is None and block_n is None:
         raise ValueError(f"{fn}: num_warps and num_stages set a fixed tile's launch: give block_m or block_n too")
@@ -539,6 +554,7 @@ def attention_fwd(
     Returns (batch, heads, seq_q, head_dim) in q.dtype; rows with no attended key are 0.
     """
     _check(q, k, v, key_padding_mask)
+    _check_offsets("attention_fwd", q.shape[2], k.shape[2], (("q", q, 2), ("k", k, 2), ("v", v, 2)), q.shape[3])
     _check_launch("attention_fwd", block_m, block_n, num_warps, num_stages)
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
@@ -654,6 +670,11 @@ def attention_varlen_fwd(
         raise ValueError("attention_varlen_fwd: cu_seqlens_q and cu_seqlens_k must have batch + 1 entries each")
     total_q, heads, head_dim = q.shape
     batch = cu_seqlens_q.numel() - 1
+    if batch > 65535:  # the grid's third axis (the padded form says so for its batch)
+        raise ValueError(f"attention_varlen_fwd: {batch} sequences in one call; at most 65535")
+    longest_k = int(max_seqlen_k) if max_seqlen_k is not None else k.shape[0]
+    parts = (("q", q, 0), ("k", k, 0), ("v", v, 0))
+    _check_offsets("attention_varlen_fwd", int(max_seqlen_q), longest_k, parts, heads * head_dim)
     out = torch.zeros((total_q, heads, head_dim), dtype=q.dtype, device=q.device)
     if out.numel() == 0 or batch == 0 or max_seqlen_q <= 0:
         return out

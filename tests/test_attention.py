@@ -254,6 +254,34 @@ def test_scores_past_float32s_range_match_the_reference(isa, monkeypatch):
         assert_close(out, ref, *FP32_TOL, what=f"{isa} kernel rows, mask={mask is not None} bias={bias_t is not None}")
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_inf_and_nan_values_of_keys_that_weigh_nothing_stay_out(isa, monkeypatch):
+    """Padding left uninitialised can hold inf or NaN (fp16 1e30 is inf): a masked key's value, or a
+    future key's under causal, turned every row sharing its key block NaN (0 * inf in P V), and the
+    reference's own matmul did the same. Both now leave such keys out; an attended inf still makes
+    its rows inf or NaN, as IEEE math says."""
+    if isa not in _isas():
+        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
+    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = make_qkv(2, 3, 40, 70, 32, torch.float32, gen)
+    keep = torch.ones(2, 70, dtype=torch.bool)
+    keep[:, 50:] = False
+    padded = v.clone()
+    padded[:, :, 55], padded[:, :, 60] = float("inf"), float("nan")
+    for mask in (keep, torch.where(keep, 0.0, float("-inf"))):
+        out, ref = fused_attention(q, k, padded, mask), attention_ref(q, k, padded, mask)
+        assert torch.isfinite(ref).all() and torch.isfinite(out).all()
+        assert_close(out, attention_ref(q, k, v, keep), *FP32_TOL, what=f"{isa} masked inf / NaN values")
+    future = v.clone()
+    future[:, :, 30] = float("inf")  # rows 0..29 do not attend key 30 under causal
+    out, ref = fused_attention(q, k, future, None, True), attention_ref(q, k, future, None, True)
+    assert torch.isfinite(ref[:, :, :30]).all() and torch.isfinite(out[:, :, :30]).all()
+    assert_close(out[:, :, :30], attention_ref(q, k, v, None, True)[:, :, :30], *FP32_TOL, what=f"{isa} causal")
+    assert torch.equal(out[:, :, 30:].isfinite(), ref[:, :, 30:].isfinite())  # attended: not finite, in both
+    assert not out[:, :, 30:].isfinite().all()
+
+
 @pytest.mark.parametrize("block_k", [8, 64, 256])
 def test_cpp_key_block_sizes(block_k):
     """The C++ kernel's key block (block_k: the unit of online-softmax steps and of masked-block

@@ -579,3 +579,30 @@ def test_compiles_for_sm90():
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert proc.stdout.count(" ok ") == 5, proc.stdout
+
+
+def test_the_cuda_ops_check_what_the_kernel_trusts(kernel):
+    """The kernel trusts cu_seqlens, seqused and max_seqlen (its grid and its pointers) and
+    addresses a sequence's rows with 32-bit offsets: the varlen op on CUDA ran unchecked when called
+    past the public wrapper (torch.compile, torch.export: a segfault in the interpreter, an illegal
+    address on a GPU), and long sequences wrapped their offsets. The op as CUDA runs it is called
+    here on CPU tensors in interpreter mode."""
+    from fastft.ops.attention_varlen import _varlen_cuda
+
+    q = k = v = torch.randn(8, 2, 16)
+    cu = _cu([8])
+    for cu_k, max_k, used_k, message in (
+        (torch.tensor([0, 4_000_000], dtype=torch.int32), 4_000_000, None, "cu_seqlens_k must start at >= 0"),
+        (cu, 8, torch.tensor([100_000], dtype=torch.int32), "seqused_k must be within"),
+        (cu, 3, None, "max_seqlen_k must be an int >= the longest sequence"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _varlen_cuda(q, k, v, cu, cu_k, 8, max_k, False, 0.25, None, used_k)
+    big = torch.empty(1, device="meta").as_strided((1, 1, 40, 64), (0, 0, 2**26, 1))  # row 39 at 2.6e9
+    with pytest.raises(ValueError, match="past the kernel's 32-bit offsets"):
+        kernel._check_offsets("attention_fwd", 40, 40, (("q", big, 2),), 64)
+    kernel._check_offsets("attention_fwd", 30, 30, (("q", big, 2),), 64)  # row 29 at 1.9e9: fine
+    many = _cu([1] * 65_536)
+    one = torch.randn(65_536, 1, 16)
+    with pytest.raises(ValueError, match="65536 sequences in one call; at most 65535"):
+        kernel.attention_varlen_fwd(one, one, one, many, many, 1, 1)

@@ -18,7 +18,10 @@ default, and:
   instead; we follow SDPA so the reference matches ``scaled_dot_product_attention``).
 * A query row whose every key is masked (score ``-inf``) returns zeros, never NaN.
 * A masked key's value never reaches the output, however large (padding left uninitialised,
-  1e30): its weight is exactly 0, as in the reference. The C++ kernel gives weight 0 to every
+  1e30, even inf or NaN on CPU and in the reference): its weight is exactly 0. The Triton kernel
+  multiplies a tile's values by their weights, so an inf or NaN value of a masked key turns the
+  rows that share its key tile NaN there, as does one of a future key under causal (finite
+  padding, however large, is safe everywhere). The C++ kernel gives weight 0 to every
   key scoring more than 100 (log2 units, about 69 nats) below its row's maximum, which covers a
   ``finfo.min`` bias too; the reference's own ``exp`` reaches 0 only at about 103 nats.
 * NaN propagates as in IEEE math (the reference's semantics), on every backend: a NaN in
@@ -31,9 +34,10 @@ default, and:
   of 1e20, or scale 1e37) are the reference's too on CPU: the C++ kernel, which scores in
   float32, computes the rows it may have got wrong (a +inf score, a NaN row, or no key left
   where one is attended) again in double from the call's inputs, row by row (slow, exact;
-  rows whose scores hold inf or NaN take that path too; an inf among the values of a key that
-  weighs nothing in float32 is not seen there and gives NaN where the reference has inf). That is inside the kernel, so the ONNX Runtime
-  op has it as well. The Triton kernel does not: there such scores give NaN or zero rows.
+  rows whose scores hold inf or NaN take that path too). That is inside the kernel, so the
+  ONNX Runtime op has it as well. The Triton kernel does not: there such scores give NaN or
+  zero rows. (An inf among the values of a key that weighs nothing in float32, yet is attended,
+  is not seen: NaN where the reference has inf.)
 
 The variable-length (padding-free) form, flash-attention's packed-tokens layout, is
 :func:`fastft.ops.fused_attention_varlen` (``fastft/ops/attention_varlen.py``).
@@ -147,8 +151,22 @@ def attention_ref(
     row_max = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max)
     p = torch.exp(s - row_max)  # a fully masked row: exp(-inf) = 0 everywhere
     denom = p.sum(dim=-1, keepdim=True)
-    out = torch.matmul(p, v.to(ct)) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    out = _weighted_values(p, v.to(ct)) / torch.where(denom > 0, denom, torch.ones_like(denom))
     return out.to(dtype)
+
+
+def _weighted_values(p: Tensor, v: Tensor) -> Tensor:
+    """``p @ v`` where a key of weight 0 (masked, in the future under causal) adds nothing even
+    when its value is inf or NaN (0 * inf is NaN in the plain product); keys of weight > 0 carry
+    their inf or NaN into the row as IEEE math does. No branch on the data (traced as it runs):
+    the finite part is one product, and which rows an attended inf / NaN reaches three more."""
+    finite = torch.isfinite(v)
+    out = torch.matmul(p, torch.where(finite, v, torch.zeros_like(v)))
+    w = (p > 0).to(p.dtype)
+    pos, neg, nan = (torch.matmul(w, x.to(p.dtype)) > 0 for x in (v == float("inf"), v == float("-inf"), v.isnan()))
+    out = torch.where(pos, torch.full_like(out, float("inf")), out)
+    out = torch.where(neg, torch.full_like(out, float("-inf")), out)
+    return torch.where(nan | (pos & neg), torch.full_like(out, float("nan")), out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,7 +274,8 @@ def _fused_attention_cuda(q, k, v, mask, causal, scale):
         mask = mask == 0
     from fastft.kernels.attention import attention_fwd
 
-    return attention_fwd(q, k, v, key_padding_mask=mask, causal=causal, scale=scale).contiguous()
+    with torch.cuda.device(q.device):  # Triton launches on the current device, not q's
+        return attention_fwd(q, k, v, key_padding_mask=mask, causal=causal, scale=scale).contiguous()
 
 
 def _setup_context(ctx, inputs, output):

@@ -175,25 +175,29 @@ def _varlen_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
 
 @_varlen_op.register_kernel("cuda")
 def _varlen_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k):
+    # checked here, as on CPU: the kernel trusts cu_seqlens, seqused and max_seqlen (its grid), and a
+    # compiled graph or an exported program calls the op past the public wrapper
+    _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k)
     if q.dtype not in _TRITON_DTYPES:
         return attention_varlen_ref(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
         ).contiguous()
     from fastft.kernels.attention import attention_varlen_fwd
 
-    return attention_varlen_fwd(
-        q,
-        k,
-        v,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-        causal=causal,
-        scale=scale,
-        seqused_q=seqused_q,
-        seqused_k=seqused_k,
-    ).contiguous()
+    with torch.cuda.device(q.device):  # Triton launches on the current device, not q's
+        return attention_varlen_fwd(
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            causal=causal,
+            scale=scale,
+            seqused_q=seqused_q,
+            seqused_k=seqused_k,
+        ).contiguous()
 
 
 def _setup_context(ctx, inputs, output):
@@ -232,11 +236,22 @@ def _check_shapes(q, k, v) -> None:
         raise ValueError(f"q has head_dim {q.shape[2]}; supported head_dim: 1..{MAX_HEAD_DIM}")
 
 
-def _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k) -> None:
-    """Shapes, and every cu_seqlens / seqused / max_seqlen against the tokens there are."""
+def _check_varlen(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k, values: bool = True
+) -> None:
+    """Shapes, and every cu_seqlens / seqused / max_seqlen against the tokens there are
+    (``values=False``: their types and shapes only, the op checks the values where it runs)."""
     _check_shapes(q, k, v)
     _check_seqlens(
-        "cu_seqlens_q", cu_seqlens_q, "seqused_q", seqused_q, q.shape[0], max_seqlen_q, "max_seqlen_q", q.device
+        "cu_seqlens_q",
+        cu_seqlens_q,
+        "seqused_q",
+        seqused_q,
+        q.shape[0],
+        max_seqlen_q,
+        "max_seqlen_q",
+        q.device,
+        values,
     )
     if isinstance(cu_seqlens_k, Tensor) and cu_seqlens_k.numel() != cu_seqlens_q.numel():
         raise ValueError(
@@ -244,12 +259,28 @@ def _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
             f"{cu_seqlens_q.numel()} (both batch + 1)"
         )
     _check_seqlens(
-        "cu_seqlens_k", cu_seqlens_k, "seqused_k", seqused_k, k.shape[0], max_seqlen_k, "max_seqlen_k", q.device
+        "cu_seqlens_k",
+        cu_seqlens_k,
+        "seqused_k",
+        seqused_k,
+        k.shape[0],
+        max_seqlen_k,
+        "max_seqlen_k",
+        q.device,
+        values,
     )
 
 
 def _check_seqlens(
-    name: str, cu: Tensor, used_name: str, used: Tensor | None, total: int, max_seqlen: int, max_name: str, device
+    name: str,
+    cu: Tensor,
+    used_name: str,
+    used: Tensor | None,
+    total: int,
+    max_seqlen: int,
+    max_name: str,
+    device,
+    values: bool = True,
 ) -> None:
     if not isinstance(cu, Tensor) or cu.dim() != 1 or cu.numel() < 1 or cu.dtype != torch.int32:
         raise ValueError(
@@ -267,8 +298,10 @@ def _check_seqlens(
             )
         if used.device != device:
             raise ValueError(f"{used_name} is on {used.device}, q is on {device}")
-    if torch.compiler.is_compiling() or cu.device.type == "meta":
-        return  # data checks need real values
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
+        raise ValueError(f"{max_name} must be an int, got {max_seqlen!r}")
+    if not values or torch.compiler.is_compiling() or cu.device.type == "meta":
+        return  # data checks need real values (the op makes them where it runs)
     c = cu.tolist()
     if c[0] < 0 or any(b < a for a, b in zip(c, c[1:])) or c[-1] > total:
         raise ValueError(
@@ -313,7 +346,9 @@ def fused_attention_varlen(
         return _varlen_cpu(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, seqused_q, seqused_k
         )
-    _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k)
+    # on CUDA the op checks the lengths where it runs (once; a compiled graph calls it past this)
+    values = q.device.type != "cuda"
+    _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q, seqused_k, values)
     return _varlen_op(
         q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal, scale, seqused_q, seqused_k
     )
