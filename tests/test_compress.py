@@ -13,6 +13,12 @@ from fastft.compress import CompressConfig
 from fastft.core.errors import FastftError, ModelError
 
 FAST = dict(epochs=1, batch_size=16, bench_runs=2, progress=False, recovery_epochs=1, prune_batches=2)
+# what each one-stage function reads of those (it refuses the others: another stage's settings)
+FAST_STAGE = {
+    "distill": dict(epochs=1, batch_size=16, progress=False),
+    "prune": dict(batch_size=16, progress=False, recovery_epochs=1, prune_batches=2),
+    "quantize": dict(batch_size=16, progress=False),
+}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,9 @@ def test_distill_api_saves_student(teacher4, tmp_path):
     import fastft
 
     res = fastft.distill(
-        str(teacher4), CompressConfig(layers=2, dropout=0.0, ema=0.9, **FAST), output=tmp_path / "student"
+        str(teacher4),
+        CompressConfig(layers=2, dropout=0.0, ema=0.9, **FAST_STAGE["distill"]),
+        output=tmp_path / "student",
     )
     cfg = json.loads((tmp_path / "student" / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 2 and res.model.config.num_hidden_layers == 2
@@ -86,7 +94,7 @@ def test_distill_api_saves_student(teacher4, tmp_path):
     # prune that 2-layer student, recovering against the 4-layer teacher
     pruned = fastft.prune(
         str(tmp_path / "student"),
-        CompressConfig(prune_ffn=0.5, prune_heads=0.5, **FAST),
+        CompressConfig(prune_ffn=0.5, prune_heads=0.5, **FAST_STAGE["prune"]),
         teacher=str(teacher4),
         output=tmp_path / "pruned",
     )
@@ -98,8 +106,41 @@ def test_distill_api_saves_student(teacher4, tmp_path):
     shutil.copytree(tmp_path / "pruned", onnx_only)
     (onnx_only / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="cannot load weights"):
-        fastft.quantize(str(onnx_only), CompressConfig(**FAST), output=tmp_path / "q")
+        fastft.quantize(str(onnx_only), CompressConfig(**FAST_STAGE["quantize"]), output=tmp_path / "q")
     assert not (tmp_path / "q").exists()
+
+
+def test_a_stage_refuses_settings_it_does_not_read(teacher4, tmp_path, no_training):
+    """fastft.distill / prune / quantize accepted another stage's settings (or benchmarking's, or a
+    static calibration setting for dynamic INT8) and ignored them; model=None started the default
+    teacher's 6-minute training."""
+    import fastft
+    from fastft.compress.config import DistillConfig, PruneConfig, QuantizeConfig
+
+    out = str(tmp_path / "o")
+    for call, message in (
+        (
+            lambda: fastft.distill(str(teacher4), PruneConfig(prune_ffn=0.9)),
+            "prune.prune_ffn is not used by fastft.distill",
+        ),
+        (lambda: fastft.distill(str(teacher4), quantize="fp16"), "quantize.mode is not used by fastft.distill"),
+        (lambda: fastft.prune(str(teacher4), PruneConfig(prune_ffn=0.5), augment=2), "distill.augment is not used"),
+        (lambda: fastft.quantize(str(teacher4), DistillConfig(layers=1), output=out), "distill.layers is not used"),
+        (lambda: fastft.quantize(str(teacher4), QuantizeConfig(calib_size=5), output=out), "calibration is for static"),
+        (
+            lambda: fastft.quantize(str(teacher4), QuantizeConfig(qat_epochs=2), output=out),
+            "quantize.qat_epochs is not",
+        ),
+        (lambda: fastft.quantize(str(teacher4), bench_runs=3, output=out), "bench_runs is not used by fastft.quantize"),
+        (lambda: fastft.quantize(str(teacher4), QuantizeConfig(mode=None), output=out), "mode=None quantizes nothing"),
+        (lambda: fastft.distill(None, DistillConfig(layers=1)), "fastft.distill needs a model directory"),
+        # counts past any plan: the run went on for ever, or filled memory
+        (lambda: fastft.distill(str(teacher4), DistillConfig(augment=10**9)), "--augment"),
+        (lambda: fastft.prune(str(teacher4), PruneConfig(prune_ffn=0.5, prune_steps=10**12)), "--prune-steps"),
+    ):
+        with pytest.raises(FastftError, match=message):
+            call()
+    assert not (tmp_path / "o").exists()
 
 
 # -- pruning -------------------------------------------------------------------------------------
@@ -200,7 +241,8 @@ def test_magnitude_pruning_reports_sparsity(ctx):
 def test_quantize_api_writes_int8(teacher4, tmp_path, static):
     import fastft
 
-    res = fastft.quantize(str(teacher4), CompressConfig(static=static, calib_size=16, **FAST), output=tmp_path / "q")
+    cfg = CompressConfig(static=static, **({"calib_size": 16} if static else {}), **FAST_STAGE["quantize"])
+    res = fastft.quantize(str(teacher4), cfg, output=tmp_path / "q")
     assert (tmp_path / "q" / "model_int8.onnx").is_file() and (tmp_path / "q" / "model.onnx").is_file()
     assert res.info["mode"] == ("static" if static else "dynamic")
     pred = fastft.load(tmp_path / "q")

@@ -289,3 +289,23 @@ def test_cli_json(tiny_model_dir, tmp_path, capsys):
     )
     q = json.loads(capsys.readouterr().out)["parity"]["int8"]
     assert q["min_agreement"] == 0.5 and q["passed"] is (q["label_agreement"] >= 0.5)
+
+
+def test_options_an_export_would_not_read_are_refused(tiny_model_dir, tmp_path):
+    """Through the API they were accepted and ignored (the CLI refused some): a calibration file
+    that does not exist with nothing to read it, calibration settings without static, per-channel
+    scales without INT8, an encoding without a data file."""
+    from fastft.export import export
+
+    out = tmp_path / "o"
+    for kwargs, message in (
+        ({"int8": True, "validate": False, "calib_data": "nope.jsonl"}, "calib_data .* validate=False"),
+        ({"calib_data": "nope.jsonl"}, "calib_data .* no INT8 model is written"),
+        ({"int8": True, "calib_size": 5}, "calib_size \\(--calib-size\\) sets static calibration"),
+        ({"int8": True, "calib_method": "entropy"}, "calib_method"),
+        ({"per_channel": True}, "per_channel \\(--per-channel\\) sets INT8 weight scales"),
+        ({"int8": True, "encoding": "latin-1"}, "encoding \\(--encoding\\) is read with calib_data"),
+    ):
+        with pytest.raises(FastftError, match=message):
+            export(tiny_model_dir, out, progress=False, **kwargs)
+        assert not out.exists()

@@ -348,18 +348,22 @@ CLI_CASES = [
         "has a list as its text; a text must be a string (words and their tags under other keys? pass --task",
     ),
     ("eval-token-data-onnx", "eval --model {w}/onnx --data conll2003", "is token-classification data"),
-    ("export-calib-no-int8", "export --model {w}/tiny --calib-data {w}/data.jsonl --output {out}", "needs --int8"),
+    (
+        "export-calib-no-int8",
+        "export --model {w}/tiny --calib-data {w}/data.jsonl --output {out}",
+        "calib_data (--calib-data) is read by the INT8 check and by static calibration: no INT8 model",
+    ),
     ("export-token-calib", "export --model {w}/tiny --int8 --calib-data conll2003 --output {out}", "a text classifier"),
     # argparse mistakes are one line too
     ("bench-empty-model", "bench --model= --no-memory", "--model is empty"),
     # options the data has no use for were ignored, and recorded in fastft.json as used
     ("builtin-text-column", "train --model {w}/tiny --data movie-snippets --text-column t --output {out}", "built-in"),
     ("csv-columns", "train --model {w}/tiny --data {w}/data.jsonl --columns 0,1 --output {out}", "read as text"),
-    ("export-empty-model", "export --model= --output {out}", "the model is empty"),
+    ("export-empty-model", "export --model= --output {out}", "model is empty: give a model directory"),
     (
         "export-columns-no-calib",
         "export --model {w}/tiny --int8 --text-column s --output {out}",
-        "a column of --calib-data",
+        "text_column (--text-column) is read with calib_data (--calib-data)",
     ),
     ("data-path-with-a-newline", "train --data {w}/no\nfile.csv --output {out}", "no\\nfile.csv does not exist"),
     # a max length of 2 leaves the two special tokens only: the model saw no text (trained, exit 0)
@@ -396,7 +400,11 @@ CLI_CASES = [
     ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings
     ("compress-no-int8-prefix", "compress --model {w}/tiny --int8 --no-int8 --output {out}", "unrecognized arguments"),
-    ("export-calib-no-static", "export --model {w}/tiny --int8 --calib-size 10 --output {out}", "needs --static"),
+    (
+        "export-calib-no-static",
+        "export --model {w}/tiny --int8 --calib-size 10 --output {out}",
+        "calib_size (--calib-size) sets static calibration: it needs static (--static)",
+    ),
     # what the system refuses is one line, not an OSError traceback
     ("model-name-too-long", "predict --model {w}/" + "y" * 300 + " hi", "File name too long"),
     ("bad-float", "train --epochs abc --output {out}", "invalid float value: 'abc'"),

@@ -380,3 +380,42 @@ def test_token_lengths_match_the_tokenizer(tiny_model_dir):
     got = token_lengths(tok, texts, 16, chunk=3)
     assert got == [len(tok(t, truncation=True, max_length=16)["input_ids"]) for t in texts]
     assert got[2] == 16
+
+
+def test_a_run_puts_torchs_thread_count_back(tiny_model_dir, tiny_data_file, tmp_path):
+    """train (and compress) set torch's intra-op threads for their work and left them so: a
+    library call changed the caller's process."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _train(tiny_model_dir, tiny_data_file, tmp_path / "o", max_steps=1, threads=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_api_refuses_what_it_cannot_use_before_any_work(tiny_model_dir, tiny_data_file, tmp_path):
+    """A count past any plan ran for ever (max_steps 1e20, epochs ignored); a wrong type for model
+    or data failed in pathlib (TypeError) or was looked up on the hub; an unknown keyword was a
+    TypeError; a TrainConfig could not be passed; TrainConfig.extra was accepted and never read."""
+    from fastft.train.trainer import TrainConfig
+
+    out = str(tmp_path / "o")
+    for call, message in (
+        (lambda: fastft.train(str(tiny_model_dir), str(tiny_data_file), out, max_steps=10**20), "--max-steps"),
+        (lambda: fastft.train(None, str(tiny_data_file), out), "model must be a model directory or a name"),
+        (lambda: fastft.train(["x"], str(tiny_data_file), out), "model must be"),
+        (
+            lambda: fastft.train(str(tiny_model_dir), str(tiny_data_file), out, foo=1),
+            "train\\(\\) has no argument 'foo'",
+        ),
+        (lambda: fastft.train(str(tiny_model_dir), str(tiny_data_file), out, extra={}), "no argument 'extra'"),
+        (lambda: fastft.train(str(tiny_model_dir), str(tiny_data_file), "o\x00b"), "output holds a NUL byte"),
+        (lambda: fastft.evaluate(None), "model must be"),
+        (lambda: fastft.evaluate(str(tiny_model_dir), data={"a": 1}), "data must be a dataset name or a data file"),
+    ):
+        with pytest.raises(FastftError, match=message):
+            call()
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(tiny_data_file), max_steps=1, max_length=16, progress=False)
+    meta = fastft.train(cfg, output=out)
+    assert meta["training"]["steps"] == 1 and (tmp_path / "o" / "fastft.json").is_file()

@@ -28,12 +28,14 @@ def default_model() -> tuple[Path, str]:
 
         from fastft.core.io import atomic_output_dir
         from fastft.models import load_classifier, load_tokenizer, write_meta
+        from fastft.models.hf import quiet
 
         torch.manual_seed(0)
         net = load_classifier("minilm-l6", labels=["negative", "positive"])
         with atomic_output_dir(path, overwrite=True) as tmp:
-            net.save_pretrained(tmp, safe_serialization=True)
-            load_tokenizer("minilm-l6").save_pretrained(tmp)
+            with quiet():  # transformers' "Writing model shards" bar
+                net.save_pretrained(tmp, safe_serialization=True)
+                load_tokenizer("minilm-l6").save_pretrained(tmp)
             write_meta(
                 tmp,
                 {

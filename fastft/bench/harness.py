@@ -32,7 +32,7 @@ from fastft.bench.artifacts import default_model, prepare, work_dir
 from fastft.bench.memory import PROBE_METHOD, run_memory_probes
 from fastft.bench.report import add_ratios, format_table, result_row, targets
 from fastft.bench.runners import BACKENDS, bench_texts, make_inputs, make_runner
-from fastft.core.checks import check_bool_fields, check_float, check_threads
+from fastft.core.checks import MAX_REPEATS, check_bool_fields, check_float, check_int, check_threads
 from fastft.core.errors import FastftError
 from fastft.core.io import read_json_object
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, read_meta
@@ -253,8 +253,8 @@ def _checked(cfg: BenchConfig) -> BenchConfig:
         raise FastftError("--batch must be at least 1")
     if cfg.repeats < 3:
         raise FastftError("--repeats must be at least 3 (quantiles need samples)")
-    if cfg.warmup < 0:
-        raise FastftError("--warmup must be 0 or more")
+    check_int("--repeats", cfg.repeats, hi=MAX_REPEATS)
+    check_int("--warmup", cfg.warmup, lo=0, hi=MAX_REPEATS)
     if cfg.agreement < 0:
         raise FastftError("--agreement-texts must be 0 or more")
     check_threads("--threads", cfg.threads)

@@ -61,22 +61,11 @@ def register(sub) -> None:
 def _export(args) -> int:
 
     from fastft.cli import json_guard
-    from fastft.compress.config import QuantizeConfig
     from fastft.core.checks import check_float
     from fastft.core.errors import FastftError
     from fastft.core.io import dumps
     from fastft.export import export
 
-    if args.calib_data is not None and not (args.int8 or args.static):
-        raise FastftError("--calib-data is the data of the INT8 check and calibration: it needs --int8 or --static")
-    given = [f for f, v in (("--text-column", args.text_column), ("--label-column", args.label_column)) if v]
-    if given and args.calib_data is None:  # (the recorded training data's columns are its own)
-        raise FastftError(f"{given[0]} names a column of --calib-data: give it with --calib-data FILE")
-    unused = QuantizeConfig(
-        static=args.static, calib_size=args.calib_size, calib_method=args.calib_method
-    ).unused_calibration()
-    if unused:  # they were ignored (dynamic INT8 calibrates nothing)
-        raise FastftError(f"--{unused[0].replace('_', '-')} sets static calibration: it needs --static")
     if args.min_agreement is not None:
         if not (args.int8 or args.static):
             raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")

@@ -19,7 +19,9 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from fastft.core.checks import (
+    MAX_AUGMENT,
     MAX_EPOCHS,
+    MAX_PRUNE_STEPS,
     MAX_SEED,
     check_bool_fields,
     check_float,
@@ -29,11 +31,12 @@ from fastft.core.checks import (
 )
 from fastft.core.errors import FastftError
 from fastft.core.options import option
+from fastft.export.checks import CALIB_DEFAULTS, unused_calibration
+from fastft.export.quantize import CALIB_METHODS
 
 DEFAULT_OUTPUT = "runs/compressed"
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 HEAD_ALLOCATIONS = ("layer", "global")
 AUGMENT_LABELS = ("original", "teacher")
 KD_LOSSES = ("kl", "mse")
@@ -161,7 +164,7 @@ class DistillConfig:
         check_float("--dropout", self.dropout, lo=0, hi=1, hi_open=True, optional=True)
         check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
         check_int("--batch-size", self.batch_size, lo=1)
-        check_int("--augment", self.augment, lo=0, optional=True)
+        check_int("--augment", self.augment, lo=0, hi=MAX_AUGMENT, optional=True)
         check_int("--transfer-size", self.transfer_size, lo=1)
         if self.kd_loss not in KD_LOSSES:
             raise FastftError(f"--kd-loss must be one of {', '.join(KD_LOSSES)} (got {self.kd_loss!r})")
@@ -273,7 +276,7 @@ class PruneConfig:
         for name in ("recovery_epochs", "last_recovery_epochs"):
             check_float(_flag(name), getattr(self, name), lo=0, hi=MAX_EPOCHS, optional=True)
         check_int("--prune-batches", self.prune_batches, lo=1)
-        check_int("--prune-steps", self.prune_steps, lo=1, optional=True)
+        check_int("--prune-steps", self.prune_steps, lo=1, hi=MAX_PRUNE_STEPS, optional=True)
         steps = self.prune_steps or 1
         if steps > 1 and self.prune_first:
             raise FastftError("--prune-steps prunes between recovery epochs after distillation: not with --prune-first")
@@ -312,8 +315,8 @@ class QuantizeConfig:
         absent=None,
     )
     static: bool = option(False, "static INT8 (implies --int8) calibrated on training rows")
-    calib_size: int = option(256, "training rows used for static calibration")
-    calib_method: str = option("minmax", "static calibration method", choices=CALIB_METHODS)
+    calib_size: int = option(CALIB_DEFAULTS["calib_size"], "training rows used for static calibration")
+    calib_method: str = option(CALIB_DEFAULTS["calib_method"], "static calibration method", choices=CALIB_METHODS)
     per_channel: bool | None = option(None, "per-channel weight scales", default_help="this CPU's recipe")
     accuracy_budget: float = option(
         0.005, "largest validation accuracy drop INT8 may cost before sensitive MatMuls stay fp32"
@@ -344,12 +347,8 @@ class QuantizeConfig:
     )
 
     def unused_calibration(self) -> list[str]:
-        """The calibration fields given (unlike their defaults) where nothing is calibrated (no
-        --static): dynamic INT8 ignored them. For compress and export alike."""
-        if self.static:
-            return []
-        base = QuantizeConfig()
-        return [n for n in ("calib_size", "calib_method") if getattr(self, n) != getattr(base, n)]
+        """The calibration fields given where nothing is calibrated (export.checks.unused_calibration)."""
+        return unused_calibration(self.static, calib_size=self.calib_size, calib_method=self.calib_method)
 
     def validate(self) -> None:
         check_bool_fields(self)

@@ -23,6 +23,7 @@ from fastft.data.labels import align_labels, warn_lacking
 from fastft.data.loader import recorded_args
 from fastft.export.preflight import export_preflight
 from fastft.models import cache_dir, load_classifier, load_tokenizer, resolve_model
+from fastft.models.hf import quiet
 from fastft.models.task import check_head, task_from
 from fastft.train.trainer import set_seed
 
@@ -355,8 +356,9 @@ def torch_accuracy(net, ids, labels, pad_id: int, batch_size: int = 64) -> float
 
 def save_model_dir(ctx: Context, net, path: Path, stage: str, info: dict) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    net.save_pretrained(path, safe_serialization=True)
-    ctx.tokenizer.save_pretrained(path)
+    with quiet():  # transformers' "Writing model shards" bar
+        net.save_pretrained(path, safe_serialization=True)
+        ctx.tokenizer.save_pretrained(path)
     meta = {
         "format": 1,
         "task": ctx.task,

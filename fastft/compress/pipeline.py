@@ -23,15 +23,23 @@ from pathlib import Path
 from fastft.compress import quantize as cq
 from fastft.compress import report as rep
 from fastft.compress import token_kd as tkd
-from fastft.compress.config import DEFAULT_OUTPUT, CompressConfig, as_compress_config
+from fastft.compress.config import (
+    DEFAULT_OUTPUT,
+    CompressConfig,
+    DistillConfig,
+    PruneConfig,
+    QuantizeConfig,
+    as_compress_config,
+)
 from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
 from fastft.compress.output import onnx_section, write_compress_meta
 from fastft.compress.prune import count_params, flops
 from fastft.compress.stages import StageResult, do_distill, do_prune, do_quantize
+from fastft.core.checks import check_path
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, claim_output, scratch_dir, work_prefix
 from fastft.core.schema import read_meta, write_meta
-from fastft.core.system import physical_cores
+from fastft.core.system import physical_cores, torch_threads_kept
 from fastft.models import load_classifier
 from fastft.models.task import model_task
 from fastft.train.metrics import classification_metrics
@@ -50,7 +58,7 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
         raise FastftError("an output directory is required (--output DIR)")
     inputs = (model, cfg.data, cfg.distill.student)
     check_output_dir(cfg.output, cfg.overwrite, inputs=inputs)
-    with claim_output(cfg.output):  # a second run for this output is refused from now on
+    with claim_output(cfg.output), torch_threads_kept():  # a second run for this output is refused from now on
         return _compress(model, cfg)
 
 
@@ -277,6 +285,48 @@ def _check_pruned_source(model, teacher) -> None:
         )
 
 
+# the fields one stage reads beyond its own config (recovery trains with distillation's settings;
+# quantization scores and calibrates at its length and batch size)
+_STAGE_READS = {
+    "distill": {"distill": None},
+    "prune": {
+        "prune": None,
+        "distill": {"lr", "batch_size", "max_length", "temperature", "kd_loss", "alpha", "hidden_weight",
+                    "weight_decay", "dropout", "ema", "warmup_ratio"},
+    },
+    "quantize": {
+        "quantize": {"mode", "static", "calib_size", "calib_method", "per_channel", "accuracy_budget", "embeddings"},
+        "distill": {"batch_size", "max_length"},
+    },
+}  # fmt: skip
+
+
+def _check_stage_fields(stage: str, cfg: CompressConfig) -> None:
+    """FastftError for settings one stage does not read (another stage's, or benchmarking's): they
+    were accepted, ignored and recorded as given (fastft.compress refuses its own unused ones)."""
+    from dataclasses import fields as dc_fields
+
+    reads = _STAGE_READS[stage]
+    for part, base in (("distill", DistillConfig()), ("prune", PruneConfig()), ("quantize", QuantizeConfig())):
+        sub = getattr(cfg, part)
+        for f in dc_fields(sub):
+            if f.name == "enabled" or getattr(sub, f.name) == getattr(base, f.name):
+                continue
+            if part in reads and (reads[part] is None or f.name in reads[part]):
+                continue
+            raise FastftError(
+                f"{part}.{f.name} is not used by fastft.{stage}: it runs one stage (fastft.compress runs them all)"
+            )
+    for name in ("target_retained", "bench", "bench_runs"):
+        if getattr(cfg, name) != getattr(CompressConfig(), name):
+            raise FastftError(f"{name} is not used by fastft.{stage}: a single stage times nothing")
+    if stage == "quantize" and cfg.quantize.mode is None:
+        raise FastftError("fastft.quantize needs quantize mode 'int8' or 'fp16' (mode=None quantizes nothing)")
+    unused = cfg.quantize.unused_calibration() if stage == "quantize" else []
+    if unused:
+        raise FastftError(f"quantize.{unused[0]} is not used by fastft.quantize: calibration is for static INT8")
+
+
 def run_stage(
     stage: str, model, config: CompressConfig | None = None, *, output=None, teacher=None, **overrides
 ) -> StageResult:
@@ -284,8 +334,13 @@ def run_stage(
 
     prune: ``teacher`` (default: ``model`` itself) supplies the recovery targets.
     """
+    if model is None:  # compress trains the default teacher for None; a single stage needs its model
+        raise FastftError(f"fastft.{stage} needs a model directory (model=None)")
+    check_path("model", model, "a model directory")
+    check_path("output", output, "a directory", optional=True)
     cfg = as_compress_config(config).updated(**overrides)
     cfg.validate()  # types and ranges named by their flags, before any comparison below uses them
+    _check_stage_fields(stage, cfg)
     if output is None and cfg.output not in (None, DEFAULT_OUTPUT):
         output = cfg.output  # CompressConfig(output=DIR) names it as well as output=DIR (not the CLI's default)
     no_pruning = replace(cfg.prune, prune_heads=0.0, prune_ffn=0.0, sparsity=0.0)
@@ -301,7 +356,7 @@ def run_stage(
         check_output_dir(output, cfg.overwrite, inputs=(model, teacher, cfg.data))
     elif stage == "quantize":
         raise FastftError("quantize: an output directory is required (output=DIR)")
-    with claim_output(output) if output is not None else contextlib.nullcontext():
+    with claim_output(output) if output is not None else contextlib.nullcontext(), torch_threads_kept():
         return _run_stage(stage, model, cfg, output, teacher)
 
 

@@ -57,6 +57,11 @@ def check_threads(name: str, value, optional: bool = True):
 
 MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding takes
 MAX_EPOCHS = 10_000  # past this a run is a mistyped number, not a plan (1e308 overflowed the step count)
+# the same for counts with no other bound: a typo ran for ever (max_steps 1e20) or filled memory (augment 1e9)
+MAX_STEPS = 10_000_000
+MAX_PRUNE_STEPS = 100
+MAX_AUGMENT = 100  # perturbed copies of each training text
+MAX_REPEATS = 1_000_000  # timed runs (and warm-up runs) of one benchmark cell
 
 
 def check_int(name: str, value, *, lo: int | None = None, hi: int | None = None, optional: bool = False):
@@ -103,3 +108,19 @@ def check_bool_fields(config) -> None:
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         if kind in ("bool", "bool | None", "Optional[bool]"):
             check_bool(f.name, getattr(config, f.name), optional=kind != "bool")
+
+
+def check_path(name: str, value, what: str = "a model directory or a name", optional: bool = False):
+    """``value`` as given, or FastftError naming ``name`` unless it is a non-empty str or os.PathLike
+    without a NUL byte (None passes where ``optional``): a wrong type failed deep in pathlib."""
+    import os
+
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise FastftError(f"{name} must be {what}, as a str or os.PathLike (got {value!r:.60})")
+    if not str(value).strip():
+        raise FastftError(f"{name} is empty: give {what}")
+    if "\x00" in str(value):
+        raise FastftError(f"{name} holds a NUL byte: {str(value)[:60]!r}")
+    return value

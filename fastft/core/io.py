@@ -108,7 +108,7 @@ def check_output_dir(
         if resolved.parent.is_dir():  # first: an output an interrupted --overwrite set aside is put back
             clean_stale(resolved.parent)
         exists = out.exists()
-    except (OSError, RuntimeError) as exc:  # a symbolic link loop, a name past the system's limit
+    except (OSError, RuntimeError, ValueError) as exc:  # a symbolic link loop, a name past the limit, a NUL
         why = getattr(exc, "strerror", None) or str(exc)
         raise FastftError(f"output path {out} cannot be used ({why})") from None
     longest = max((len(os.fsencode(part)) for part in resolved.parts), default=0)

@@ -6,9 +6,11 @@ The one place these are read; the runtime (threads), the INT8 recipe (flags), fa
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import os
 import platform
+from collections.abc import Iterator
 
 # the libraries that shape a model directory (recorded in fastft.json)
 MODEL_PACKAGES = ("fastft", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "peft")
@@ -116,3 +118,17 @@ def load_average() -> tuple[float, float, float] | None:
         return os.getloadavg()
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Put torch's intra-op thread count back as the caller had it when the block ends: train and
+    compress set it for their own work (``threads``), and a library call left it changed."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

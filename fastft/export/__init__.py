@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastft.core.checks import check_bool, check_float, check_int
+from fastft.core.checks import check_bool, check_float, check_int, check_path
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
@@ -29,7 +29,15 @@ from fastft.core.system import cpu_info, versions
 from fastft.data.collate import model_max_positions
 from fastft.data.labels import align_labels, align_tag_ids
 from fastft.export import validate as fx_validate  # its functions looked up at call time (patchable)
-from fastft.export.checks import check_classifier_dir, check_export_args, check_opset, copy_hf_files, data_for
+from fastft.export.checks import (
+    CALIB_DEFAULTS,
+    check_classifier_dir,
+    check_export_args,
+    check_opset,
+    copy_hf_files,
+    data_for,
+    unused_calibration,
+)
 from fastft.export.int8 import KLSensitivity
 from fastft.export.onnx import model_input_names
 from fastft.export.optimize import op_counts
@@ -41,7 +49,6 @@ from fastft.models.task import model_task
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
-DEFAULT_CALIB_SIZE = 256
 SENSITIVITY_TEXTS = 256  # validation texts the INT8 fallback ranks MatMuls on (as fastft compress)
 
 
@@ -182,6 +189,25 @@ def _int8(
     return q, agree
 
 
+def _check_used(int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method):
+    """Options this export would not read are refused (they were ignored, a calibration file that
+    does not exist included): calib_data and its columns and encoding are read by the INT8 check
+    (validate) and by static calibration; calibration settings by static calibration."""
+    if calib_data is not None and not (int8 and (validate or static)):
+        why = "no INT8 model is written" if not int8 else "validate=False, and dynamic INT8 calibrates nothing"
+        raise FastftError(f"calib_data (--calib-data) is read by the INT8 check and by static calibration: {why}")
+    given = [n for n, v in (("text_column", text_column), ("label_column", label_column)) if v]
+    if encoding != "utf-8":
+        given.append("encoding")
+    if given and calib_data is None:  # (the recorded training data's columns and encoding are its own)
+        flag = "--" + given[0].replace("_", "-")
+        raise FastftError(f"{given[0]} ({flag}) is read with calib_data (--calib-data): give calib_data too")
+    unused = unused_calibration(static, calib_size=calib_size, calib_method=calib_method)
+    if unused:  # dynamic INT8 calibrates nothing
+        flag = "--" + unused[0].replace("_", "-")
+        raise FastftError(f"{unused[0]} ({flag}) sets static calibration: it needs static (--static)")
+
+
 def export(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -192,7 +218,7 @@ def export(
     text_column: str | None = None,
     label_column: str | None = None,
     encoding: str = "utf-8",
-    calib_size: int = DEFAULT_CALIB_SIZE,
+    calib_size: int = CALIB_DEFAULTS["calib_size"],
     calib_method: str = "minmax",
     per_channel: bool | None = None,
     opset: int = 17,
@@ -231,6 +257,9 @@ def export(
 
     Returns the ``onnx`` section written to fastft.json (parity results included).
     """
+    check_path("model", model, "a model directory")
+    check_path("output", output, "a directory")
+    check_path("calib_data", calib_data, "a dataset name or a data file", optional=True)
     check_float("min_agreement", min_agreement, lo=0, hi=1)
     check_int("agreement_limit", agreement_limit, lo=1, optional=True)
     flags = {"int8": int8, "static": static, "overwrite": overwrite, "validate": validate, "fallback": fallback}
@@ -243,6 +272,9 @@ def export(
         raise FastftError("recipe must be a fastft.export.quantize.Int8Recipe")
     static = static or (recipe is not None and recipe.mode == "static")
     check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method, static=static)
+    _check_used(int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method)
+    if not int8 and per_channel is not None:
+        raise FastftError("per_channel (--per-channel) sets INT8 weight scales: it needs int8 (--int8)")
     src = resolve_model(model)
     if not isinstance(src, Path):
         raise ModelError(f"model {model!r} is not a local directory; export needs a fine-tuned model directory")

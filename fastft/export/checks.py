@@ -12,6 +12,15 @@ from fastft.core.io import stdout_to_stderr
 from fastft.export.onnx import MIN_OPSET
 from fastft.export.quantize import CALIB_METHODS
 
+CALIB_DEFAULTS = {"calib_size": 256, "calib_method": "minmax"}  # static calibration, where not given
+
+
+def unused_calibration(static: bool, **given) -> list[str]:
+    """The calibration settings given (``calib_size=``, ``calib_method=``) unlike their defaults
+    where nothing is calibrated (no static INT8): dynamic INT8 ignored them. For compress and
+    export alike."""
+    return [] if static else [n for n, v in given.items() if v != CALIB_DEFAULTS[n]]
+
 
 def check_export_args(*, opset: int, calib_size: int, calib_method: str, static: bool) -> None:
     check_int("--opset", opset)

@@ -9,7 +9,7 @@ import functools
 import os
 from pathlib import Path
 
-from fastft.core.checks import check_bool, check_int, check_max_length, check_threads
+from fastft.core.checks import check_bool, check_int, check_max_length, check_path, check_threads
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length, tokenizer_max_length
@@ -70,8 +70,7 @@ def load(
     ``batch_size`` (about twice the throughput on short texts, answers no longer independent) [False].
     """
     options = {k: v for k, v in locals().items() if k != "path"}  # pickling a Predictor loads it again with these
-    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise FastftError(f"path must be a model directory, as a str or os.PathLike (got {path!r})")
+    check_path("path", path, "a model directory")
     if backend not in ("onnxruntime", "ort", "torch"):
         raise FastftError(f"backend must be 'onnxruntime' or 'torch' (got {backend!r})")
     check_int("batch_size", batch_size, lo=1)

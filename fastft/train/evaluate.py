@@ -87,8 +87,10 @@ def evaluate(
     :mod:`fastft.train.token_eval`); columns: a CoNLL file's word and tag columns; decode:
     ``viterbi`` (the best valid IOB2 sequence, what ``fastft predict`` serves) or ``argmax``.
     """
-    from fastft.core.checks import check_bool, check_int, check_max_length
+    from fastft.core.checks import check_bool, check_int, check_max_length, check_path
 
+    check_path("model", model)
+    check_path("data", data, "a dataset name or a data file", optional=True)
     check_int("--batch-size", batch_size, lo=1)
     check_max_length("--max-length", max_length)
     check_int("--limit", limit, lo=1, optional=True)

@@ -15,7 +15,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastft.core.errors import FastftError
@@ -58,12 +58,12 @@ class TrainConfig:
     threads: int | None = None
     overwrite: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         from fastft.core.checks import (
             MAX_EPOCHS,
             MAX_SEED,
+            MAX_STEPS,
             check_bool_fields,
             check_float,
             check_int,
@@ -94,10 +94,10 @@ class TrainConfig:
         check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
         for opt, v, lo in (
             ("--limit", self.limit, 1),
-            ("--max-steps", self.max_steps, 1),
             ("--patience", self.patience, 1),
         ):
             check_int(opt, v, lo=lo, optional=True)
+        check_int("--max-steps", self.max_steps, lo=1, hi=MAX_STEPS, optional=True)
         check_max_length("--max-length", self.max_length)
         check_threads("--threads", self.threads)
         if not 0 < self.epochs <= MAX_EPOCHS:
@@ -142,8 +142,27 @@ def train(model: str = "minilm-l6", data: str = "movie-snippets", output: str | 
     """Fine-tune ``model`` on ``data`` and save a fastft model directory to ``output``.
 
     Returns the fastft.json metadata written (metrics per split, training arguments...).
-    Keyword arguments are the fields of :class:`TrainConfig`.
+    Keyword arguments are the fields of :class:`TrainConfig`; a TrainConfig may be given as
+    ``model`` (``train(cfg)``), the keyword arguments then replacing its fields.
     """
+    from dataclasses import fields, replace
+
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise FastftError(
+            f"train() has no argument {unknown[0]!r}; it takes TrainConfig's fields ({', '.join(sorted(names))})"
+        )
+    if isinstance(model, TrainConfig):
+        given = {
+            k: v for k, v in (("data", data), ("output", output)) if v != TrainConfig.__dataclass_fields__[k].default
+        }
+        return run_training(replace(model, **given, **kwargs))
+    from fastft.core.checks import check_path
+
+    check_path("model", model)
+    check_path("data", data, "a dataset name or a data file")
+    check_path("output", output, "a directory", optional=True)
     cfg = TrainConfig(model=model, data=data, output=output, **kwargs)
     return run_training(cfg)
 
@@ -167,9 +186,10 @@ def run_training(cfg: TrainConfig) -> dict:
     if cfg.output is None:
         raise FastftError("an output directory is required (--output DIR)")
     from fastft.core.io import check_output_dir, claim_output
+    from fastft.core.system import torch_threads_kept
 
     check_output_dir(cfg.output, cfg.overwrite, inputs=(cfg.model, cfg.data))  # fail before any work
-    with claim_output(cfg.output):  # a second run for this output is refused from now on
+    with claim_output(cfg.output), torch_threads_kept():  # a second run for this output is refused from now on
         return _train(cfg)
 
 
@@ -190,6 +210,7 @@ def _train(cfg: TrainConfig) -> dict:
         token_lengths,
     )
     from fastft.models import load_classifier, load_tokenizer
+    from fastft.models.hf import quiet
     from fastft.models.resolve import existing_head_labels
     from fastft.train.evaluate import run_eval
     from fastft.train.token_metrics import run_token_eval
@@ -336,7 +357,7 @@ def _train(cfg: TrainConfig) -> dict:
     net.eval()
 
     metrics = {"validation": evaluate_split(splits.validation), "test": evaluate_split(splits.test)}
-    args = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "progress", "extra")}
+    args = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "progress")}
     args["max_length"], args["metric"], args["task"] = max_length, metric, splits.task
     meta = {
         "format": 1,
@@ -361,8 +382,9 @@ def _train(cfg: TrainConfig) -> dict:
         "history": [{"stage": "train", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}],
     }
     with atomic_output_dir(cfg.output, cfg.overwrite, inputs=(cfg.model, cfg.data)) as tmp:
-        net.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        with quiet():  # transformers' "Writing model shards" bar (progress=False too)
+            net.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         write_meta(tmp, meta)
     meta["output"] = str(Path(cfg.output).resolve())
     return meta
