@@ -336,6 +336,10 @@ CLI_CASES = [
         "two classes",
     ),
     ("eval-token-data", "eval --model {w}/tiny --data {w}/tokens.jsonl", "is token-classification data"),
+    # token-classification options on a text classifier were ignored
+    ("eval-decode-text-model", "eval --model {w}/tiny --decode argmax", "decode (--decode) chooses token tags"),
+    ("predict-decode-text-model", "predict --model {w}/tiny --decode argmax hi", "decode (--decode) chooses token"),
+    ("eval-columns-text-model", "eval --model {w}/tiny --columns 0,1", "picks the word and tag columns"),
     # a CoNLL file has columns, no keys: --text-column was ignored and recorded as used
     (
         "conll-text-column",

@@ -122,6 +122,8 @@ def load(
             batch_int8=batch_int8,
             **common,
         )
+    if decode != "viterbi" and not pred.per_token:  # it was ignored
+        raise FastftError("decode (--decode) chooses token tags: this model classifies whole texts")
     pred.decode = decode
     pred._reload = functools.partial(load, p.resolve(), **options)  # absolute: another process, another cwd
     return pred

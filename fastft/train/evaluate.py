@@ -100,6 +100,7 @@ def evaluate(
 
     check_decode(decode)
     check_bool("int8", int8, optional=True)
+    check_bool("progress", progress)
     from fastft.runtime.load import served_backend
 
     backend = served_backend(model, backend, int8)
@@ -108,6 +109,13 @@ def evaluate(
 
     path = resolve_model(model)
     meta = read_meta(path) if isinstance(path, Path) else {}
+    if task_of(meta) != TOKEN_CLASSIFICATION:  # a text classifier's: they were ignored
+        if decode != "viterbi":
+            raise FastftError("decode (--decode) chooses token tags: this model classifies whole texts")
+        if columns is not None:
+            raise FastftError(
+                "columns (--columns) picks the word and tag columns of token data: this model classifies whole texts"
+            )
     if task_of(meta) == TOKEN_CLASSIFICATION:
         from fastft.train.token_eval import evaluate_tokens
 
