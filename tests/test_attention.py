@@ -123,11 +123,16 @@ def _isas():
     return list(c.attention_isas()) if c is not None and hasattr(c, "attention_isas") else []
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-def test_every_simd_path(isa, monkeypatch):
+def _use_isa(isa: str, monkeypatch) -> None:
+    """Run the C++ kernel's ``isa`` copy for this test (FASTFT_ATTN_ISA), or skip where there is none."""
     if isa not in _isas():
         pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
     monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_every_simd_path(isa, monkeypatch):
+    _use_isa(isa, monkeypatch)
     assert cpu_backend() == f"cpp:{isa}"
     for case in [
         (3, 2, 129, 200, 48, "prefix_empty", True),
@@ -145,9 +150,7 @@ def test_large_and_rising_scores(isa, monkeypatch):
     """Scores far from 0 and running maxima that rise block after block: the kernel shifts by
     the running max rounded to an integer, and by the max itself where that exceeds 2^20 (log2
     units) in any lane of a vector (rows 3 and 17 here: one-hot rows next to ordinary ones)."""
-    if isa not in _isas():
-        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
-    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    _use_isa(isa, monkeypatch)
     gen = torch.Generator().manual_seed(7)
     q, k, v = make_qkv(2, 3, 40, 300, 32, torch.float32, gen)
     k = k * torch.linspace(0.5, 8.0, 300)[:, None]  # maxima rise along the keys
@@ -166,9 +169,7 @@ def test_masked_values_never_reach_the_output(isa, monkeypatch):
     """A masked key, a key after its query under causal, and a key under a finfo.min bias get
     weight exactly 0, as in the reference: values of 1e30 there (uninitialised padding, say)
     leave the output unchanged. The kernel once floored such weights at 2^-100 (error ~2.7)."""
-    if isa not in _isas():
-        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
-    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    _use_isa(isa, monkeypatch)
     gen = torch.Generator().manual_seed(11)
     q, k, v = make_qkv(2, 3, 150, 150, 32, torch.float32, gen)
     keep = torch.ones(2, 150, dtype=torch.bool)
@@ -198,9 +199,7 @@ def test_scores_past_float32s_range_match_the_reference(isa, monkeypatch):
     (read as fully masked), one +inf score a NaN row, where the float64 reference is finite.
     The kernel computes those rows again in double and says so; it does that only for such rows
     (not fully masked ones, causal left padding, or ordinary inputs)."""
-    if isa not in _isas():
-        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
-    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    _use_isa(isa, monkeypatch)
     gen = torch.Generator().manual_seed(5)
     q, k, v = make_qkv(2, 2, 40, 70, 64, torch.float32, gen)
     keep = torch.rand(2, 70, generator=gen) < 0.7
@@ -260,9 +259,7 @@ def test_inf_and_nan_values_of_keys_that_weigh_nothing_stay_out(isa, monkeypatch
     future key's under causal, turned every row sharing its key block NaN (0 * inf in P V), and the
     reference's own matmul did the same. Both now leave such keys out; an attended inf still makes
     its rows inf or NaN, as IEEE math says."""
-    if isa not in _isas():
-        pytest.skip(f"{isa} not available here (C++ extension missing or CPU lacks it)")
-    monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+    _use_isa(isa, monkeypatch)
     gen = torch.Generator().manual_seed(9)
     q, k, v = make_qkv(2, 3, 40, 70, 32, torch.float32, gen)
     keep = torch.ones(2, 70, dtype=torch.bool)
