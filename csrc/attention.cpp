@@ -366,8 +366,9 @@ constexpr double kLog2e = 1.4426950408889634;
 
 // The reference's arithmetic for one row, in double: scores q k^T * scale + bias over the
 // row's keys (a key masked by key_mask or by a bias of -inf takes no part, whatever its score or
-// value), the largest subtracted (0 where it is -inf), exp, sum, weighted values over the sum
-// (over 1 where the sum is 0). inf / NaN inputs propagate as IEEE math says. Compiled once,
+// value; a key whose weight is 0, a finfo.min bias say, adds nothing either), the largest
+// subtracted (0 where it is -inf), exp, sum, weighted values over the sum (over 1 where the sum
+// is 0). inf / NaN inputs propagate as IEEE math says. Compiled once,
 // for the baseline instruction set: every SIMD copy's rows come out the same. No allocation:
 // the scores are computed again for each chunk of the head.
 void exact_row(const AttnParams& P, int64_t b, int64_t h, int64_t i, float* dst) {
@@ -408,6 +409,7 @@ void exact_row(const AttnParams& P, int64_t b, int64_t h, int64_t i, float* dst)
       const double s = score(j);
       if (s == ninf) continue;  // weight 0 (a masked key's value never reaches the row)
       const double p = std::exp(s - shift);
+      if (p == 0) continue;  // weighs nothing (a finfo.min bias, an underflow): its value adds nothing
       l += p;
       const float* v = P.v + (P.k_start[b] + j) * P.v_tok + h * P.v_head + d0;
       for (int64_t d = 0; d < dn; ++d) o[d] += p * double(v[d]);

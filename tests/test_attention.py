@@ -266,7 +266,8 @@ def test_inf_and_nan_values_of_keys_that_weigh_nothing_stay_out(isa, monkeypatch
     keep[:, 50:] = False
     padded = v.clone()
     padded[:, :, 55], padded[:, :, 60] = float("inf"), float("nan")
-    for mask in (keep, torch.where(keep, 0.0, float("-inf"))):
+    lowest = torch.finfo(torch.float32).min  # HF's eager mask: a finite bias, weight 0 all the same
+    for mask in (keep, *(torch.where(keep, 0.0, x) for x in (float("-inf"), lowest, -1e30))):
         out, ref = fused_attention(q, k, padded, mask), attention_ref(q, k, padded, mask)
         assert torch.isfinite(ref).all() and torch.isfinite(out).all()
         assert_close(out, attention_ref(q, k, v, keep), *FP32_TOL, what=f"{isa} masked inf / NaN values")

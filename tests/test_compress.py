@@ -17,7 +17,7 @@ FAST = dict(epochs=1, batch_size=16, bench_runs=2, progress=False, recovery_epoc
 FAST_STAGE = {
     "distill": dict(epochs=1, batch_size=16, progress=False),
     "prune": dict(batch_size=16, progress=False, recovery_epochs=1, prune_batches=2),
-    "quantize": dict(batch_size=16, progress=False),
+    "quantize": dict(progress=False),
 }
 
 
@@ -124,9 +124,13 @@ def test_a_stage_refuses_settings_it_does_not_read(teacher4, tmp_path, no_traini
             "prune.prune_ffn is not used by fastft.distill",
         ),
         (lambda: fastft.distill(str(teacher4), quantize="fp16"), "quantize.mode is not used by fastft.distill"),
-        (lambda: fastft.prune(str(teacher4), PruneConfig(prune_ffn=0.5), augment=2), "distill.augment is not used"),
+        (lambda: fastft.prune(str(teacher4), PruneConfig(prune_ffn=0.5), layers=2), "distill.layers is not used"),
+        (lambda: fastft.quantize(str(teacher4), QuantizeConfig(mode="fp16", per_channel=True), output=out), "without"),
         (lambda: fastft.quantize(str(teacher4), DistillConfig(layers=1), output=out), "distill.layers is not used"),
-        (lambda: fastft.quantize(str(teacher4), QuantizeConfig(calib_size=5), output=out), "calibration is for static"),
+        (
+            lambda: fastft.quantize(str(teacher4), QuantizeConfig(calib_size=5), output=out),
+            "calibration is for --static",
+        ),
         (
             lambda: fastft.quantize(str(teacher4), QuantizeConfig(qat_epochs=2), output=out),
             "quantize.qat_epochs is not",

@@ -67,7 +67,7 @@ def _export(args) -> int:
     from fastft.export import export
 
     if args.min_agreement is not None:
-        if not (args.int8 or args.static):
+        if not (args.int8 or args.static):  # (export() cannot tell a given 0.99 from its default)
             raise FastftError("--min-agreement sets the INT8 check's bar: it needs --int8")
         check_float("--min-agreement", args.min_agreement, lo=0, hi=1)
     with json_guard(args):  # stdout holds only the JSON

@@ -346,6 +346,17 @@ class QuantizeConfig:
         flag="--no-int8-embeddings",
     )
 
+    def unused_fields(self) -> list[tuple[str, str]]:
+        """(field, why) for the quantization settings given that this mode does not read: INT8's
+        without INT8, static calibration's without --static. For compress and its stages."""
+        base = QuantizeConfig()
+        out = []
+        if self.mode != "int8":
+            why = "without --int8 nothing is quantized to INT8"
+            int8_only = ("per_channel", "embeddings", "accuracy_budget")
+            out += [(n, why) for n in int8_only if getattr(self, n) != getattr(base, n)]
+        return out + [(n, "calibration is for --static") for n in self.unused_calibration()]
+
     def unused_calibration(self) -> list[str]:
         """The calibration fields given where nothing is calibrated (export.checks.unused_calibration)."""
         return unused_calibration(self.static, calib_size=self.calib_size, calib_method=self.calib_method)
@@ -488,7 +499,7 @@ class CompressConfig:
         were accepted, ignored, and recorded in report.json and fastft.json as if they had run.
         Called on the config as given, before the task's defaults are filled in."""
         d, p, q = self.distill, self.prune, self.quantize
-        base_d, base_p, base_q = DistillConfig(), PruneConfig(), QuantizeConfig()
+        base_d, base_p = DistillConfig(), PruneConfig()
 
         def given(cfg, base, *names):
             return [n for n in names if getattr(cfg, n) != getattr(base, n)]
@@ -502,10 +513,7 @@ class CompressConfig:
         elif p.prune_heads == 0 and p.prune_ffn == 0:
             why = "no head or FFN neuron is removed (--prune-heads 0 --prune-ffn 0): no recovery runs"
             unused += [(n, why) for n in given(p, base_p, "recovery_epochs", "last_recovery_epochs", "prune_steps")]
-        if q.mode != "int8":
-            why = "without --int8 nothing is quantized to INT8"
-            unused += [(n, why) for n in given(q, base_q, "per_channel", "embeddings", "accuracy_budget")]
-        unused += [(n, "calibration is for --static") for n in q.unused_calibration()]
+        unused += q.unused_fields()
         if d.kd_loss == "mse" and (q.mode != "int8" or q.static or q.qat is False or q.qat_consistency == 0):
             why = "--kd-loss mse compares raw logits, and no quantization-aware consistency term softens them"
             unused += [(n, why) for n in given(d, base_d, "temperature")]

@@ -285,18 +285,19 @@ def _check_pruned_source(model, teacher) -> None:
         )
 
 
-# the fields one stage reads beyond its own config (recovery trains with distillation's settings;
-# quantization scores and calibrates at its length and batch size)
+# the fields one stage reads beyond its own config (recovery trains with distillation's settings
+# on the same rows: training texts, their perturbed copies, --transfer texts; quantization scores
+# and calibrates at the max length)
 _STAGE_READS = {
     "distill": {"distill": None},
     "prune": {
         "prune": None,
         "distill": {"lr", "batch_size", "max_length", "temperature", "kd_loss", "alpha", "hidden_weight",
-                    "weight_decay", "dropout", "ema", "warmup_ratio"},
+                    "weight_decay", "dropout", "ema", "warmup_ratio", "augment", "transfer", "transfer_size"},
     },
     "quantize": {
         "quantize": {"mode", "static", "calib_size", "calib_method", "per_channel", "accuracy_budget", "embeddings"},
-        "distill": {"batch_size", "max_length"},
+        "distill": {"max_length"},
     },
 }  # fmt: skip
 
@@ -322,9 +323,9 @@ def _check_stage_fields(stage: str, cfg: CompressConfig) -> None:
             raise FastftError(f"{name} is not used by fastft.{stage}: a single stage times nothing")
     if stage == "quantize" and cfg.quantize.mode is None:
         raise FastftError("fastft.quantize needs quantize mode 'int8' or 'fp16' (mode=None quantizes nothing)")
-    unused = cfg.quantize.unused_calibration() if stage == "quantize" else []
+    unused = cfg.quantize.unused_fields() if stage == "quantize" else []
     if unused:
-        raise FastftError(f"quantize.{unused[0]} is not used by fastft.quantize: calibration is for static INT8")
+        raise FastftError(f"quantize.{unused[0][0]} is not used by fastft.quantize: {unused[0][1]}")
 
 
 def run_stage(

@@ -30,6 +30,14 @@ def check_decode(decode, error: type[Exception] = FastftError) -> None:
         raise error(f"decode must be one of {', '.join(DECODINGS)} (got {decode!r})")
 
 
+def check_decode_for(decode, per_token: bool) -> None:
+    """FastftError when a decoding other than the default is asked of a model that classifies whole
+    texts (it was ignored)."""
+    check_decode(decode)
+    if decode != DECODINGS[0] and not per_token:
+        raise FastftError("decode (--decode) chooses token tags: this model classifies whole texts")
+
+
 def is_iob_tag(tag: str) -> bool:
     """``O``, ``B-TYPE`` or ``I-TYPE`` (a type of at least one character)."""
     return tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)

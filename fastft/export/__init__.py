@@ -191,15 +191,18 @@ def _int8(
 
 def _check_used(int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method):
     """Options this export would not read are refused (they were ignored, a calibration file that
-    does not exist included): calib_data and its columns and encoding are read by the INT8 check
-    (validate) and by static calibration; calibration settings by static calibration."""
-    if calib_data is not None and not (int8 and (validate or static)):
+    does not exist included): calib_data, its columns and the encoding are read by the INT8 check
+    (validate) and by static calibration (the encoding for the recorded training data too, the
+    columns only with calib_data: the recorded data's are its own); calibration settings by static
+    calibration."""
+    reads = int8 and (validate or static)
+    if calib_data is not None and not reads:
         why = "no INT8 model is written" if not int8 else "validate=False, and dynamic INT8 calibrates nothing"
         raise FastftError(f"calib_data (--calib-data) is read by the INT8 check and by static calibration: {why}")
+    if encoding != "utf-8" and not reads:
+        raise FastftError("encoding (--encoding) reads the INT8 check's or calibration's data: this export reads none")
     given = [n for n, v in (("text_column", text_column), ("label_column", label_column)) if v]
-    if encoding != "utf-8":
-        given.append("encoding")
-    if given and calib_data is None:  # (the recorded training data's columns and encoding are its own)
+    if given and calib_data is None:
         flag = "--" + given[0].replace("_", "-")
         raise FastftError(f"{given[0]} ({flag}) is read with calib_data (--calib-data): give calib_data too")
     unused = unused_calibration(static, calib_size=calib_size, calib_method=calib_method)
@@ -219,7 +222,7 @@ def export(
     label_column: str | None = None,
     encoding: str = "utf-8",
     calib_size: int = CALIB_DEFAULTS["calib_size"],
-    calib_method: str = "minmax",
+    calib_method: str = CALIB_DEFAULTS["calib_method"],
     per_channel: bool | None = None,
     opset: int = 17,
     overwrite: bool = False,
@@ -273,8 +276,11 @@ def export(
     static = static or (recipe is not None and recipe.mode == "static")
     check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method, static=static)
     _check_used(int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method)
-    if not int8 and per_channel is not None:
-        raise FastftError("per_channel (--per-channel) sets INT8 weight scales: it needs int8 (--int8)")
+    int8_only = {"per_channel": per_channel is not None, "min_agreement": min_agreement != 0.99}
+    int8_only.update(agreement_limit=agreement_limit is not None, fallback=fallback is not True)
+    if not int8 and any(int8_only.values()):
+        name = next(n for n, given in int8_only.items() if given)
+        raise FastftError(f"{name} (--{name.replace('_', '-')}) is for the INT8 model: it needs int8 (--int8)")
     src = resolve_model(model)
     if not isinstance(src, Path):
         raise ModelError(f"model {model!r} is not a local directory; export needs a fine-tuned model directory")

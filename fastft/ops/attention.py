@@ -34,10 +34,9 @@ default, and:
   of 1e20, or scale 1e37) are the reference's too on CPU: the C++ kernel, which scores in
   float32, computes the rows it may have got wrong (a +inf score, a NaN row, or no key left
   where one is attended) again in double from the call's inputs, row by row (slow, exact;
-  rows whose scores hold inf or NaN take that path too). That is inside the kernel, so the
-  ONNX Runtime op has it as well. The Triton kernel does not: there such scores give NaN or
-  zero rows. (An inf among the values of a key that weighs nothing in float32, yet is attended,
-  is not seen: NaN where the reference has inf.)
+  rows whose scores or values hold inf or NaN take that path too). That is inside the kernel,
+  so the ONNX Runtime op has it as well. The Triton kernel does not: there such scores give NaN
+  or zero rows.
 
 The variable-length (padding-free) form, flash-attention's packed-tokens layout, is
 :func:`fastft.ops.fused_attention_varlen` (``fastft/ops/attention_varlen.py``).
@@ -156,14 +155,16 @@ def attention_ref(
 
 
 def _weighted_values(p: Tensor, v: Tensor) -> Tensor:
-    """``p @ v`` where a key of weight 0 (masked, in the future under causal) adds nothing even
-    when its value is inf or NaN (0 * inf is NaN in the plain product); keys of weight > 0 carry
-    their inf or NaN into the row as IEEE math does. No branch on the data (traced as it runs):
-    the finite part is one product, and which rows an attended inf / NaN reaches three more."""
+    """``p @ v`` where a key of weight 0 (masked, in the future under causal, a finfo.min bias)
+    adds nothing even when its value is inf or NaN (0 * inf is NaN in the plain product); keys of
+    weight > 0 carry their inf or NaN into the row as IEEE math does. No branch on the data (it
+    traces as it runs): the finite part is one product, and which rows an attended +inf, -inf or
+    NaN reaches one more, of counts in float32 (exact far past any sequence length)."""
     finite = torch.isfinite(v)
     out = torch.matmul(p, torch.where(finite, v, torch.zeros_like(v)))
-    w = (p > 0).to(p.dtype)
-    pos, neg, nan = (torch.matmul(w, x.to(p.dtype)) > 0 for x in (v == float("inf"), v == float("-inf"), v.isnan()))
+    kinds = torch.cat((v == float("inf"), v == float("-inf"), v.isnan()), dim=-1).to(torch.float32)
+    reached = torch.matmul((p > 0).to(torch.float32), kinds) > 0
+    pos, neg, nan = reached.chunk(3, dim=-1)
     out = torch.where(pos, torch.full_like(out, float("inf")), out)
     out = torch.where(neg, torch.full_like(out, float("-inf")), out)
     return torch.where(nan | (pos & neg), torch.full_like(out, float("nan")), out)

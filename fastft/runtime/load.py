@@ -13,7 +13,7 @@ from fastft.core.checks import check_bool, check_int, check_max_length, check_pa
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length, tokenizer_max_length
-from fastft.data.iob import check_decode
+from fastft.data.iob import check_decode, check_decode_for
 from fastft.models import load_tokenizer, read_meta
 from fastft.models.resolve import check_vocab
 from fastft.models.task import head_labels, model_task, task_from
@@ -122,8 +122,7 @@ def load(
             batch_int8=batch_int8,
             **common,
         )
-    if decode != "viterbi" and not pred.per_token:  # it was ignored
-        raise FastftError("decode (--decode) chooses token tags: this model classifies whole texts")
+    check_decode_for(decode, pred.per_token)
     pred.decode = decode
     pred._reload = functools.partial(load, p.resolve(), **options)  # absolute: another process, another cwd
     return pred

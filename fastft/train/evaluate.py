@@ -96,7 +96,7 @@ def evaluate(
     check_int("--limit", limit, lo=1, optional=True)
     if backend not in BACKENDS:
         raise FastftError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    from fastft.data.iob import check_decode
+    from fastft.data.iob import check_decode, check_decode_for
 
     check_decode(decode)
     check_bool("int8", int8, optional=True)
@@ -109,9 +109,8 @@ def evaluate(
 
     path = resolve_model(model)
     meta = read_meta(path) if isinstance(path, Path) else {}
-    if task_of(meta) != TOKEN_CLASSIFICATION:  # a text classifier's: they were ignored
-        if decode != "viterbi":
-            raise FastftError("decode (--decode) chooses token tags: this model classifies whole texts")
+    check_decode_for(decode, task_of(meta) == TOKEN_CLASSIFICATION)
+    if task_of(meta) != TOKEN_CLASSIFICATION:  # a text classifier's: it was ignored
         if columns is not None:
             raise FastftError(
                 "columns (--columns) picks the word and tag columns of token data: this model classifies whole texts"

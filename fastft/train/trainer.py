@@ -68,6 +68,7 @@ class TrainConfig:
             check_float,
             check_int,
             check_max_length,
+            check_path,
             check_threads,
         )
 
@@ -91,6 +92,9 @@ class TrainConfig:
             ("lora_alpha", self.lora_alpha, 1),
         ):
             check_int(opt, v, lo=lo)
+        check_path("model", self.model)
+        check_path("data", self.data, "a dataset name or a data file")
+        check_path("output", self.output, "a directory", optional=True)
         check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
         for opt, v, lo in (
             ("--limit", self.limit, 1),
@@ -158,11 +162,6 @@ def train(model: str = "minilm-l6", data: str = "movie-snippets", output: str | 
             k: v for k, v in (("data", data), ("output", output)) if v != TrainConfig.__dataclass_fields__[k].default
         }
         return run_training(replace(model, **given, **kwargs))
-    from fastft.core.checks import check_path
-
-    check_path("model", model)
-    check_path("data", data, "a dataset name or a data file")
-    check_path("output", output, "a directory", optional=True)
     cfg = TrainConfig(model=model, data=data, output=output, **kwargs)
     return run_training(cfg)
 
