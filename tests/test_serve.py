@@ -526,16 +526,19 @@ def test_failed_inference_is_500_for_that_batch_and_the_server_keeps_serving(ser
         def flaky(**feeds):
             if feeds["input_ids"].shape[1] > 40:  # the poison: a long text
                 raise RuntimeError("simulated ONNX Runtime failure")
-            return real(**feeds)
+            out = real(**feeds)
+            return out * np.nan if feeds["input_ids"].shape[1] > 30 else out  # a broken model's NaN scores
 
         pred.logits_from_ids = flaky
         r = httpx.post(s.url + "/predict", json={"inputs": ["word " * 60]})
         assert r.status_code == 500 and "inference failed" in r.json()["error"]
+        r = httpx.post(s.url + "/predict", json={"inputs": ["word " * 35]})  # NaN answered label 0 as chosen
+        assert r.status_code == 500 and "scores are not finite" in r.json()["error"]
         r = httpx.post(s.url + "/predict", json={"inputs": TEXTS[:1]})
         assert r.status_code == 200
         assert r.json()["predictions"][0]["score"] == pytest.approx(reference(TEXTS[:1]).max(), abs=1e-5)
         text = httpx.get(s.url + "/metrics").text
-        assert metric(text, "fastft_errors_total", route="/predict", code="500") == 1
+        assert metric(text, "fastft_errors_total", route="/predict", code="500") == 2
 
 
 def test_ready_only_after_warm_up(serve_dir):
