@@ -86,7 +86,7 @@ def _export(args) -> int:
             opset=args.opset,
             overwrite=args.overwrite,
             fused_attention=args.fused_attention,
-            min_agreement=0.99 if args.min_agreement is None else args.min_agreement,
+            **({} if args.min_agreement is None else {"min_agreement": args.min_agreement}),  # else export's default
             progress=not args.no_progress,
         )
     if args.json:

@@ -349,12 +349,10 @@ class QuantizeConfig:
     def unused_fields(self) -> list[tuple[str, str]]:
         """(field, why) for the quantization settings given that this mode does not read: INT8's
         without INT8, static calibration's without --static. For compress and its stages."""
-        base = QuantizeConfig()
         out = []
         if self.mode != "int8":
             why = "without --int8 nothing is quantized to INT8"
-            int8_only = ("per_channel", "embeddings", "accuracy_budget")
-            out += [(n, why) for n in int8_only if getattr(self, n) != getattr(base, n)]
+            out += [(n, why) for n in given_fields(self, "per_channel", "embeddings", "accuracy_budget")]
         return out + [(n, "calibration is for --static") for n in self.unused_calibration()]
 
     def unused_calibration(self) -> list[str]:
@@ -381,6 +379,15 @@ class QuantizeConfig:
         check_float("--accuracy-budget", self.accuracy_budget)
         if self.accuracy_budget < 0:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")
+
+
+def given_fields(cfg, *names: str) -> list[str]:
+    """The fields of the config dataclass ``cfg`` (``names``, or all of them) whose value is not the
+    default: what the caller set, for the checks that refuse settings a run would not read."""
+    from dataclasses import fields as dc_fields
+
+    base = type(cfg)()
+    return [n for n in names or [f.name for f in dc_fields(cfg)] if getattr(cfg, n) != getattr(base, n)]
 
 
 # the flags of fields whose name is not the flag's ("--" + the name, "_" as "-")
@@ -499,28 +506,23 @@ class CompressConfig:
         were accepted, ignored, and recorded in report.json and fastft.json as if they had run.
         Called on the config as given, before the task's defaults are filled in."""
         d, p, q = self.distill, self.prune, self.quantize
-        base_d, base_p = DistillConfig(), PruneConfig()
-
-        def given(cfg, base, *names):
-            return [n for n in names if getattr(cfg, n) != getattr(base, n)]
-
         unused = []
         if not d.enabled:
-            unused += [(n, "--no-distill makes no student") for n in given(d, base_d, "layers", "depth", "student")]
+            unused += [(n, "--no-distill makes no student") for n in given_fields(d, "layers", "depth", "student")]
         if p.prune_first:
             why = "--prune-first prunes the student before distillation: no recovery runs"
-            unused += [(n, why) for n in given(p, base_p, "recovery_epochs", "last_recovery_epochs")]
+            unused += [(n, why) for n in given_fields(p, "recovery_epochs", "last_recovery_epochs")]
         elif p.prune_heads == 0 and p.prune_ffn == 0:
             why = "no head or FFN neuron is removed (--prune-heads 0 --prune-ffn 0): no recovery runs"
-            unused += [(n, why) for n in given(p, base_p, "recovery_epochs", "last_recovery_epochs", "prune_steps")]
+            unused += [(n, why) for n in given_fields(p, "recovery_epochs", "last_recovery_epochs", "prune_steps")]
         unused += q.unused_fields()
         if d.kd_loss == "mse" and (q.mode != "int8" or q.static or q.qat is False or q.qat_consistency == 0):
             why = "--kd-loss mse compares raw logits, and no quantization-aware consistency term softens them"
-            unused += [(n, why) for n in given(d, base_d, "temperature")]
+            unused += [(n, why) for n in given_fields(d, "temperature")]
         if d.transfer is None:
-            unused += [(n, "no --transfer source is drawn from") for n in given(d, base_d, "transfer_size")]
+            unused += [(n, "no --transfer source is drawn from") for n in given_fields(d, "transfer_size")]
         if not self.bench:
-            unused += [(n, "--no-bench times nothing") for n in given(self, CompressConfig(), "bench_runs")]
+            unused += [(n, "--no-bench times nothing") for n in given_fields(self, "bench_runs")]
         if unused:
             name, why = unused[0]
             flag = _FLAGS.get(name, "--" + name.replace("_", "-"))

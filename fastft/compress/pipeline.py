@@ -23,14 +23,7 @@ from pathlib import Path
 from fastft.compress import quantize as cq
 from fastft.compress import report as rep
 from fastft.compress import token_kd as tkd
-from fastft.compress.config import (
-    DEFAULT_OUTPUT,
-    CompressConfig,
-    DistillConfig,
-    PruneConfig,
-    QuantizeConfig,
-    as_compress_config,
-)
+from fastft.compress.config import DEFAULT_OUTPUT, CompressConfig, as_compress_config, given_fields
 from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
 from fastft.compress.output import onnx_section, write_compress_meta
 from fastft.compress.prune import count_params, flops
@@ -305,22 +298,16 @@ _STAGE_READS = {
 def _check_stage_fields(stage: str, cfg: CompressConfig) -> None:
     """FastftError for settings one stage does not read (another stage's, or benchmarking's): they
     were accepted, ignored and recorded as given (fastft.compress refuses its own unused ones)."""
-    from dataclasses import fields as dc_fields
-
     reads = _STAGE_READS[stage]
-    for part, base in (("distill", DistillConfig()), ("prune", PruneConfig()), ("quantize", QuantizeConfig())):
-        sub = getattr(cfg, part)
-        for f in dc_fields(sub):
-            if f.name == "enabled" or getattr(sub, f.name) == getattr(base, f.name):
-                continue
-            if part in reads and (reads[part] is None or f.name in reads[part]):
+    for part in ("distill", "prune", "quantize"):
+        for name in given_fields(getattr(cfg, part)):
+            if name == "enabled" or (part in reads and (reads[part] is None or name in reads[part])):
                 continue
             raise FastftError(
-                f"{part}.{f.name} is not used by fastft.{stage}: it runs one stage (fastft.compress runs them all)"
+                f"{part}.{name} is not used by fastft.{stage}: it runs one stage (fastft.compress runs them all)"
             )
-    for name in ("target_retained", "bench", "bench_runs"):
-        if getattr(cfg, name) != getattr(CompressConfig(), name):
-            raise FastftError(f"{name} is not used by fastft.{stage}: a single stage times nothing")
+    for name in given_fields(cfg, "target_retained", "bench", "bench_runs"):
+        raise FastftError(f"{name} is not used by fastft.{stage}: a single stage times nothing")
     if stage == "quantize" and cfg.quantize.mode is None:
         raise FastftError("fastft.quantize needs quantize mode 'int8' or 'fp16' (mode=None quantizes nothing)")
     unused = cfg.quantize.unused_fields() if stage == "quantize" else []

@@ -35,7 +35,6 @@ from fastft.core.stale import (  # noqa: F401 - part of io's API
 
 META_NAME = "fastft.json"  # the marker of a directory fastft wrote (fastft.core.schema.META_FILE)
 _NAME_MAX = 255  # bytes in one path component (Linux, macOS)
-_WORK_NAME_EXTRA = len(".." + work_prefix("claim") + "12345678") + 12  # around NAME (pid and suffix may grow)
 
 
 def _protected() -> list[tuple[Path, str]]:
@@ -112,10 +111,11 @@ def check_output_dir(
         why = getattr(exc, "strerror", None) or str(exc)
         raise FastftError(f"output path {out} cannot be used ({why})") from None
     longest = max((len(os.fsencode(part)) for part in resolved.parts), default=0)
-    if len(os.fsencode(resolved.name)) + _WORK_NAME_EXTRA > _NAME_MAX or longest > _NAME_MAX:
+    extra = len(".." + work_prefix("claim") + "12345678") + 12  # a work name around NAME (room for a longer pid)
+    if len(os.fsencode(resolved.name)) + extra > _NAME_MAX or longest > _NAME_MAX:
         raise FastftError(
             f"output name {resolved.name[:40]}... is {len(os.fsencode(resolved.name))} bytes long: fastft writes "
-            f"beside it under a name {_WORK_NAME_EXTRA} bytes longer, and a name holds at most {_NAME_MAX}; "
+            f"beside it under a name {extra} bytes longer, and a name holds at most {_NAME_MAX}; "
             "choose a shorter one"
         )
     if out.is_symlink() and not exists:

@@ -189,7 +189,9 @@ def _int8(
     return q, agree
 
 
-def _check_used(int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method):
+def _check_used(
+    int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method, int8_only: dict
+):
     """Options this export would not read are refused (they were ignored, a calibration file that
     does not exist included): calib_data, its columns and the encoding are read by the INT8 check
     (validate) and by static calibration (the encoding for the recorded training data too, the
@@ -209,6 +211,9 @@ def _check_used(int8, static, validate, calib_data, text_column, label_column, e
     if unused:  # dynamic INT8 calibrates nothing
         flag = "--" + unused[0].replace("_", "-")
         raise FastftError(f"{unused[0]} ({flag}) sets static calibration: it needs static (--static)")
+    given = [name for name, set_ in int8_only.items() if set_]  # ``int8_only``: name -> given
+    if not int8 and given:
+        raise FastftError(f"{given[0]} (--{given[0].replace('_', '-')}) is for the INT8 model: it needs int8 (--int8)")
 
 
 def export(
@@ -229,7 +234,7 @@ def export(
     validate: bool = True,
     recipe=None,
     agreement_limit: int | None = None,
-    min_agreement: float = 0.99,
+    min_agreement: float = fx_validate.MIN_AGREEMENT,
     fallback: bool = True,
     fused_attention: bool | None = None,
     progress: bool = True,
@@ -275,12 +280,15 @@ def export(
         raise FastftError("recipe must be a fastft.export.quantize.Int8Recipe")
     static = static or (recipe is not None and recipe.mode == "static")
     check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method, static=static)
-    _check_used(int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method)
-    int8_only = {"per_channel": per_channel is not None, "min_agreement": min_agreement != 0.99}
-    int8_only.update(agreement_limit=agreement_limit is not None, fallback=fallback is not True)
-    if not int8 and any(int8_only.values()):
-        name = next(n for n, given in int8_only.items() if given)
-        raise FastftError(f"{name} (--{name.replace('_', '-')}) is for the INT8 model: it needs int8 (--int8)")
+    int8_only = {
+        "per_channel": per_channel is not None,
+        "min_agreement": min_agreement != fx_validate.MIN_AGREEMENT,
+        "agreement_limit": agreement_limit is not None,
+        "fallback": fallback is not True,
+    }
+    _check_used(
+        int8, static, validate, calib_data, text_column, label_column, encoding, calib_size, calib_method, int8_only
+    )
     src = resolve_model(model)
     if not isinstance(src, Path):
         raise ModelError(f"model {model!r} is not a local directory; export needs a fine-tuned model directory")
