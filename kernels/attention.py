@@ -138,7 +138,14 @@ def _attn_inner(
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if CHECK_N:
+        if HAS_MASK:
+            # a masked key's value is not read (keep is False past seq_k too): 0 * inf or NaN
+            # padding would turn the rows sharing its tile NaN in the product below
+            if EVEN_D:
+                v = tl.load(v_ptrs, mask=keep[:, None], other=0.0)
+            else:
+                v = tl.load(v_ptrs, mask=keep[:, None] & d_ok[None, :], other=0.0)
+        elif CHECK_N:
             if EVEN_D:
                 v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
             else:

@@ -499,6 +499,30 @@ def test_nan_in_q_contract_triton(kernel):
     assert out[0, 3, 1].isnan().all() and out[1, 7, 0].isnan().all() and int(out.isnan().sum()) == 64
 
 
+@pytest.mark.parametrize("pad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("head_dim", [32, 20])
+def test_masked_nonfinite_values_triton(kernel, pad, head_dim):
+    """A masked key's value never reaches the output on Triton either: inf / NaN padding under
+    a key padding mask (uninitialised memory, fp16 overflow) leaves every row the reference's,
+    finite, in the key tile it shares with attended keys too; an attended one still reaches."""
+    from fastft.ops import attention_ref
+
+    q, k, v, _ = _inputs(2, 2, 40, 40, head_dim)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[0, 35:] = False  # padding inside the last key tile of batch row 0
+    mask[1, ::3] = False  # holes in every tile of batch row 1
+    v = v.clone()
+    v[0, :, 35:] = pad
+    v[1, :, ::3] = pad
+    out = kernel.attention_fwd(q, k, v, mask)
+    ref = attention_ref(q.double(), k.double(), v.double(), mask)
+    assert torch.isfinite(ref).all()
+    _assert_close(out, ref, 1e-5, 1e-5, f"masked values {pad} D{head_dim}")
+    mask[0, 36] = True  # now attended: it reaches its rows, as in the reference
+    out = kernel.attention_fwd(q, k, v, mask)
+    assert not torch.isfinite(out[0]).all() and torch.isfinite(out[1]).all()
+
+
 # ---------------------------------------------------------------- no GPU needed, other checks
 
 

@@ -18,10 +18,10 @@ default, and:
   instead; we follow SDPA so the reference matches ``scaled_dot_product_attention``).
 * A query row whose every key is masked (score ``-inf``) returns zeros, never NaN.
 * A masked key's value never reaches the output, however large (padding left uninitialised,
-  1e30, even inf or NaN on CPU and in the reference): its weight is exactly 0. The Triton kernel
-  multiplies a tile's values by their weights, so an inf or NaN value of a masked key turns the
-  rows that share its key tile NaN there, as does one of a future key under causal (finite
-  padding, however large, is safe everywhere). The C++ kernel gives weight 0 to every
+  1e30, even inf or NaN): its weight is exactly 0, and the Triton kernel does not read it. One
+  exception there: Triton multiplies a tile's values by their weights, so under causal an inf
+  or NaN value of a key that is future to some rows of its tile turns those rows NaN (finite
+  values, however large, are safe everywhere). The C++ kernel gives weight 0 to every
   key scoring more than 100 (log2 units, about 69 nats) below its row's maximum, which covers a
   ``finfo.min`` bias too; the reference's own ``exp`` reaches 0 only at about 103 nats.
 * NaN propagates as in IEEE math (the reference's semantics), on every backend: a NaN in
