@@ -6,9 +6,12 @@ used only by the end-to-end test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -121,6 +124,23 @@ def tiny_model_dir(tmp_path_factory, tiny_data_file) -> Path:
 
 # -- tests that need transformers' AttentionInterface (5.x) ---------------------------------------------
 _DISPATCH: tuple[bool, str] | None = None
+
+
+@contextlib.contextmanager
+def read_only(*dirs: Path):
+    """``dirs`` made immutable (chattr +i: root ignores modes) for the block; skips the test
+    where the filesystem has no such flag."""
+    done = []
+    try:
+        for d in dirs:
+            chattr = shutil.which("chattr")
+            if not chattr or subprocess.run([chattr, "+i", str(d)], capture_output=True).returncode:
+                pytest.skip("cannot make a directory read-only here (no chattr +i)")
+            done.append(d)
+        yield
+    finally:
+        for d in done:
+            subprocess.run(["chattr", "-i", str(d)], capture_output=True)
 
 
 def attention_dispatch() -> tuple[bool, str]:

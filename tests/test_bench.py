@@ -463,6 +463,48 @@ def test_int8_agreement_counts_label_flips_per_pair_and_sets_the_target():
     assert row["met"] is False
 
 
+def test_bench_reads_a_read_only_work_directory_that_holds_its_files(tiny_model_dir, tmp_path, capsys):
+    """A shared or baked-in cache that cannot be written but holds every file a run needs is read
+    as it is (it was refused); one that lacks a file is refused in one line before any export."""
+    from conftest import read_only
+
+    from fastft.cli import main
+
+    argv = ["bench", "--model", str(tiny_model_dir), "--seq", "16", "--repeats", "3", "--warmup", "0"]
+    argv += ["--threads", "1", "--backends", "fastft-int8", "--json", "--no-memory", "--no-progress"]
+    full, empty = tmp_path / "full", tmp_path / "empty"
+    assert main([*argv, "--workdir", str(full)]) == 0
+    capsys.readouterr()
+    (empty / next(full.iterdir()).name).mkdir(parents=True)
+    with read_only(*[d for d in (full, *full.rglob("*"), *empty.rglob("*")) if d.is_dir()]):
+        assert main([*argv, "--workdir", str(full)]) == 0
+        assert json.loads(capsys.readouterr().out)["results"][0]["backend"] == "fastft-int8"
+        assert main([*argv, "--workdir", str(empty)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert "cannot write to" in err and "--workdir (or FASTFT_CACHE)" in err and "Traceback" not in err
+
+
+def test_a_read_only_cache_holding_the_teacher_is_read(tmp_path, monkeypatch):
+    """FASTFT_CACHE read-only with the default teacher in it: found, not refused; the check that
+    the cache takes files is made where a file is to be built."""
+    from conftest import read_only
+
+    from fastft.compress.context import TEACHER_ALIAS, default_teacher
+    from fastft.core.errors import ModelError
+    from fastft.models import cache_dir
+
+    teacher = tmp_path / "cache" / TEACHER_ALIAS
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text("{}")
+    (teacher / "fastft.json").write_text(json.dumps({"labels": ["negative", "positive"]}))
+    monkeypatch.setenv("FASTFT_CACHE", str(tmp_path / "cache"))
+    with read_only(tmp_path / "cache", teacher):
+        assert default_teacher(progress=False) == teacher and cache_dir() == tmp_path / "cache"
+        with pytest.raises(ModelError, match="FASTFT_CACHE.* cannot be written"):
+            cache_dir(write=True)
+
+
 def test_bench_fidelity_replots_its_results_and_refuses_bad_paths_before_any_work(tmp_path, capsys):
     """--replot draws a figure from result files without training; a --plot or --result path that
     cannot be written is refused in one line before the hour of training."""

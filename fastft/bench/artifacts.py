@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from fastft.core.errors import FastftError
+from fastft.core.io import check_writable
 
 
 def default_model() -> tuple[Path, str]:
@@ -30,6 +31,7 @@ def default_model() -> tuple[Path, str]:
         from fastft.models import load_classifier, load_tokenizer, write_meta
         from fastft.models.hf import quiet
 
+        cache_dir(write=True)
         torch.manual_seed(0)
         net = load_classifier("minilm-l6", labels=["negative", "positive"])
         with atomic_output_dir(path, overwrite=True) as tmp:
@@ -91,6 +93,11 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
             f"cannot create the bench work directory {workdir} ({exc.strerror or type(exc).__name__}); "
             "set --workdir or FASTFT_CACHE to a place where files can be created"
         ) from None
+
+    def building(what: str) -> None:  # a read-only work directory holding every file is used as it is
+        check_writable(workdir, flag="--workdir (or FASTFT_CACHE)")
+        log(what)
+
     if {"fastft-fp32", "fastft-int8"} & set(backends):
         out = workdir / "fastft"
         if served is not None:  # e.g. a `fastft compress` output: the product served against the baselines
@@ -103,7 +110,7 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
         elif not ((out / "model.onnx").is_file() and (out / "model_int8.onnx").is_file()):
             from fastft.export import export
 
-            log(f"exporting {model_dir} with fastft export --int8 -> {out}")
+            building(f"exporting {model_dir} with fastft export --int8 -> {out}")
             # parity is what `fastft export` checks; here the logits are compared with hf-eager instead
             export(model_dir, out, int8=True, overwrite=True, validate=False)
         art["fastft"] = out
@@ -113,7 +120,7 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
         if files is None:
             from fastft.export.peer import peer_pipeline
 
-            log(f"running the peer pipeline (ORT transformers optimizer + quantize_dynamic) -> {done.parent}")
+            building(f"running the peer pipeline (ORT transformers optimizer + quantize_dynamic) -> {done.parent}")
             files = json.loads(json.dumps(peer_pipeline(model_dir, done.parent), default=str))
             # the files by their names in the directory: a cache run from elsewhere or moved still finds them
             kept = {k: (Path(v).name if k in _PEER_FILES and v else v) for k, v in files.items()}
@@ -130,7 +137,7 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
         elif not out.is_file():
             from fastft.export.peer import plain_export
 
-            log(f"plain ONNX export -> {out}")
+            building(f"plain ONNX export -> {out}")
             out.parent.mkdir(parents=True, exist_ok=True)
             _replace_with(out, lambda tmp: plain_export(model_dir, tmp))
         art["ort-plain"] = out

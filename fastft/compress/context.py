@@ -70,6 +70,7 @@ def default_teacher(progress: bool = True) -> Path:
     path = cache_dir() / TEACHER_ALIAS
     if (path / "config.json").is_file() and read_meta(path).get("labels"):
         return path
+    cache_dir(write=True)
     import fastft
 
     print(
@@ -97,7 +98,8 @@ def preflight(model, cfg: CompressConfig) -> dict:
         cached = cache_dir() / TEACHER_ALIAS
         if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
             path = cached
-        else:  # the default teacher is still to be trained: check its data and base model first
+        else:  # the default teacher is still to be trained: check the cache, its data and base model first
+            cache_dir(write=True)
             labels = load_data(DEFAULT_TEACHER["data"], seed=42, limit=cfg.limit).labels
             if cfg.data is not None:
                 mine = load_data(cfg.data, seed=cfg.seed, limit=cfg.limit).labels

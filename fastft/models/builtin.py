@@ -15,24 +15,25 @@ BUILTIN_MODELS = {
 }
 
 
-def cache_dir() -> Path:
-    """Where fastft caches what it builds (default teacher, rebuilt minilm-l3)."""
+def cache_dir(write: bool = False) -> Path:
+    """Where fastft caches what it builds (default teacher, rebuilt minilm-l3). ``write``: a file
+    is about to be built there, so the cache must take files; a read-only cache (a shared or
+    baked-in one) that already holds what a run needs is read as it is."""
     root = os.environ.get("FASTFT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastft"
     )
     path = Path(root)
-    if path in _checked:
-        return path
-    for p in (path, *path.parents):  # the first that exists must be a directory fastft can write in
+    for p in (path, *path.parents):  # the first that exists must be a directory (fastft can write in)
         if p.exists():
             if not p.is_dir():
                 raise ModelError(f"the cache {path} (FASTFT_CACHE) is not a directory: {p} is a file")
-            try:  # by creating a file there: permissions, read-only mounts, /proc and /sys alike
-                check_writable(p, flag="FASTFT_CACHE")
-            except FastftError as exc:
-                raise ModelError(f"the cache {path} (FASTFT_CACHE) cannot be written: {exc}") from None
+            if write and path not in _checked:
+                try:  # by creating a file there: permissions, read-only mounts, /proc and /sys alike
+                    check_writable(p, flag="FASTFT_CACHE")
+                except FastftError as exc:
+                    raise ModelError(f"the cache {path} (FASTFT_CACHE) cannot be written: {exc}") from None
+                _checked.add(path)
             break
-    _checked.add(path)
     return path
 
 

@@ -158,6 +158,7 @@ def minilm_l3_dir() -> Path:
     except (OSError, ValueError):
         pass
     src = onnx_path()
+    cache_dir(write=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
