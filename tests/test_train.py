@@ -395,7 +395,7 @@ def test_a_run_puts_torchs_thread_count_back(tiny_model_dir, tiny_data_file, tmp
         torch.set_num_threads(before)
 
 
-def test_the_api_refuses_what_it_cannot_use_before_any_work(tiny_model_dir, tiny_data_file, tmp_path):
+def test_the_api_refuses_what_it_cannot_use_before_any_work(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
     """A count past any plan ran for ever (max_steps 1e20, epochs ignored); a wrong type for model
     or data failed in pathlib (TypeError) or was looked up on the hub; an unknown keyword was a
     TypeError; a TrainConfig could not be passed; TrainConfig.extra was accepted and never read."""
@@ -420,3 +420,13 @@ def test_the_api_refuses_what_it_cannot_use_before_any_work(tiny_model_dir, tiny
     cfg = TrainConfig(model=str(tiny_model_dir), data=str(tiny_data_file), max_steps=1, max_length=16, progress=False)
     meta = fastft.train(cfg, output=out)
     assert meta["training"]["steps"] == 1 and (tmp_path / "o" / "fastft.json").is_file()
+    # a keyword given equal to its default still replaces the config's field; one left out does not
+    from fastft.train import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "run_training", seen.append)
+    fastft.train(cfg, data="movie-snippets")
+    fastft.train(cfg, output="elsewhere")
+    assert [(c.data, c.output) for c in seen] == [("movie-snippets", None), (str(tiny_data_file), "elsewhere")]
+    fastft.train(str(tiny_model_dir), output="x")
+    assert seen[-1].data == "movie-snippets" and type(seen[-1].data) is str

@@ -142,7 +142,15 @@ def _better(metric: str, new: float | None, best: float | None) -> bool:
     return new < best if metric == "loss" else new > best
 
 
-def train(model: str = "minilm-l6", data: str = "movie-snippets", output: str | None = None, **kwargs) -> dict:
+class _Default(str):
+    """A default argument's value, told apart from the same value given (``data="movie-snippets"``
+    given with a TrainConfig replaces its data; left out, it does not)."""
+
+
+_DATA = _Default("movie-snippets")
+
+
+def train(model: str = "minilm-l6", data: str = _DATA, output: str | None = None, **kwargs) -> dict:
     """Fine-tune ``model`` on ``data`` and save a fastft model directory to ``output``.
 
     Returns the fastft.json metadata written (metrics per split, training arguments...).
@@ -158,11 +166,9 @@ def train(model: str = "minilm-l6", data: str = "movie-snippets", output: str | 
             f"train() has no argument {unknown[0]!r}; it takes TrainConfig's fields ({', '.join(sorted(names))})"
         )
     if isinstance(model, TrainConfig):
-        given = {
-            k: v for k, v in (("data", data), ("output", output)) if v != TrainConfig.__dataclass_fields__[k].default
-        }
+        given = {k: v for k, v in (("data", data), ("output", output)) if not isinstance(v, _Default | None)}
         return run_training(replace(model, **given, **kwargs))
-    cfg = TrainConfig(model=model, data=data, output=output, **kwargs)
+    cfg = TrainConfig(model=model, data=str(data), output=output, **kwargs)
     return run_training(cfg)
 
 
