@@ -622,7 +622,8 @@ def test_the_bench_cache_is_found_from_anywhere_and_written_whole(tmp_path, monk
     work directory once wrote one temporary file)."""
     import json
 
-    from fastft.bench.artifacts import _peer_files, _replace_with
+    from fastft.bench.artifacts import _peer_files
+    from fastft.core.io import replace_file
 
     peer = tmp_path / "a" / "peer"
     peer.mkdir(parents=True)
@@ -642,5 +643,13 @@ def test_the_bench_cache_is_found_from_anywhere_and_written_whole(tmp_path, monk
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _replace_with(tmp_path / "r.json", fail)
+        replace_file(tmp_path / "r.json", fail)
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+    # a symbolic link (a result file kept elsewhere) is written through, not replaced by a file
+    from fastft.bench.runner import write_result
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "r.json").symlink_to(tmp_path / "kept" / "r.json")
+    write_result(tmp_path / "r.json", {"rows": [1]}, csv_rows=[{"a": 1}])
+    assert (tmp_path / "r.json").is_symlink() and json.loads((tmp_path / "kept" / "r.json").read_text())["rows"] == [1]
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["r.json"]

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from pathlib import Path
 
 from fastft.core.errors import FastftError
-from fastft.core.io import check_writable
+from fastft.core.io import check_writable, replace_file
 
 
 def default_model() -> tuple[Path, str]:
@@ -124,7 +122,7 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
             files = json.loads(json.dumps(peer_pipeline(model_dir, done.parent), default=str))
             # the files by their names in the directory: a cache run from elsewhere or moved still finds them
             kept = {k: (Path(v).name if k in _PEER_FILES and v else v) for k, v in files.items()}
-            _replace_with(done, lambda tmp: tmp.write_text(json.dumps(kept, indent=1)))
+            replace_file(done, lambda tmp: tmp.write_text(json.dumps(kept, indent=1)))
             files = _peer_files(done)
         art["peer-fp32"], art["peer-int8"] = files["fp32_optimized"], files["int8"]
         if files.get("plain") and files["plain"].is_file():
@@ -139,7 +137,7 @@ def prepare(model_dir: Path, backends: list[str], workdir: Path, log=print, serv
 
             building(f"plain ONNX export -> {out}")
             out.parent.mkdir(parents=True, exist_ok=True)
-            _replace_with(out, lambda tmp: plain_export(model_dir, tmp))
+            replace_file(out, lambda tmp: plain_export(model_dir, tmp))
         art["ort-plain"] = out
     return art
 
@@ -162,17 +160,3 @@ def _peer_files(done: Path) -> dict | None:
         if files.get(k):
             files[k] = done.parent / files[k]  # (an absolute path stays itself)
     return files if files["fp32_optimized"].is_file() and files["int8"].is_file() else None
-
-
-def _replace_with(path: Path, write) -> None:
-    """``write(tmp)`` a file beside ``path``, then move it into place: a run killed meanwhile
-    leaves no half-written ``path`` for every later run to fail on (the cache is reused). The
-    temporary name is the process's own (two runs sharing a work directory once wrote one
-    temporary file and one of them failed), removed if the write fails or is interrupted."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.partial{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

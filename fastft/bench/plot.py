@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from fastft.core.io import replace_file
 
 STYLE = {  # baselines dashed, fastft solid
     "hf-eager": ("tab:gray", "--", "o"),
@@ -52,12 +53,9 @@ def plot_latency(payload: dict, path: str | Path) -> Path:
     ax.set_title(f"{title}: batch {s['batch']}, {s['threads']} threads", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")  # whole or not at all
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        replace_file(path, lambda tmp: fig.savefig(tmp, format="png"))  # whole or not at all
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path
 
@@ -98,6 +96,8 @@ def plot_attention(rows: list[dict], path: str | Path) -> Path | None:
             ax.legend(fontsize=8)
     fig.suptitle(f"fused attention, CPU, batch 1, 12 heads, {t0} threads (wall time)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        replace_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    finally:
+        plt.close(fig)
     return Path(path)

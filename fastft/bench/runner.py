@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fastft.core.errors import FastftError
+from fastft.core.io import replace_file
 from fastft.core.stats import quantiles  # noqa: F401 - part of the runner's API
 from fastft.core.system import ENV_PACKAGES, cpu_info, load_average
 
@@ -249,7 +250,8 @@ def write_result(
     if end is not None and "loadavg_at_end" not in payload.get("machine", {}):
         out["machine"]["loadavg_at_end"] = end
     out = scrub_paths(json.loads(json.dumps(out, default=_default)))
-    _atomic_write(path, json.dumps(out, indent=1) + "\n")
+    text = json.dumps(out, indent=1) + "\n"
+    replace_file(path, lambda tmp: tmp.write_text(text))
     if csv_rows is not None:
         write_csv(path.with_suffix(".csv"), scrub_paths(list(csv_rows)), csv_columns)
     return path
@@ -260,28 +262,16 @@ def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | N
     path = Path(path)
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
             w.writeheader()
             for r in rows:
                 w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    replace_file(path, write)
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _default(o):

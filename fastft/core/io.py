@@ -20,7 +20,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +427,24 @@ def stdout_to_stderr(discard: bool = False) -> Iterator[None]:
             os.close(saved)
         if sink is not None:
             os.close(sink)
+
+
+def replace_file(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` a file beside ``path``, then move it into place: a reader (or a run killed
+    meanwhile) sees the old file or the new one whole, never half of one. A symbolic link is
+    followed: the file it names is replaced and the link kept, as a plain write does. The
+    temporary name is this process's and thread's own (two runs writing one file each had theirs),
+    removed when ``write`` fails or is interrupted."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.{threading.get_ident()}.partial{target.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_json_object(path: str | os.PathLike) -> dict:
