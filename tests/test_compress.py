@@ -916,8 +916,71 @@ def test_a_teacher_or_student_that_cannot_work_is_refused_before_distilling(tmp_
     distil = tmp_path / "distil"  # another layer structure: pruning cannot slice it (probed, not listed)
     DistilBertModel(DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64)).save_pretrained(distil)
     load_tokenizer(tiny_model_dir).save_pretrained(distil)
-    with pytest.raises(ModelError, match="is a distilbert model: structured pruning slices BERT-style"):
+    with pytest.raises(
+        ModelError, match="is a distilbert model: structured pruning and quantization-aware training work on BERT-style"
+    ):
         compress(tiny_model_dir, output=str(tmp_path / "o"), student=str(distil), bench=False, progress=False)
     three = save_tiny_model(tmp_path / "three", tiny_data_file, labels=("a", "b", "c"))
     with pytest.raises(ModelError, match="sequence-classification model with 3 labels"):
         compress(tiny_model_dir, output=str(tmp_path / "o"), student=str(three), bench=False, progress=False)
+
+
+@pytest.mark.parametrize("family", ["deberta-v2", "mpnet", "distilbert"])
+def test_a_teacher_of_another_layout_is_compressed_as_far_as_it_can_be(
+    family, tmp_path, tiny_model_dir, tiny_data_file
+):
+    """A DeBERTa / MPNet / DistilBERT teacher: what would slice or fake-quantise BERT's layer
+    Linears is refused in one line naming the options that turn it off (an AttributeError deep in
+    pruning or QAT before, and --no-distill --prune-ffn 0 on DistilBERT was refused for pruning it
+    did not do, by the report's FLOPs count); with those off it is distilled and quantized."""
+    import transformers
+
+    from fastft.compress import CompressConfig, compress
+    from fastft.compress.config import DistillConfig, PruneConfig, QuantizeConfig
+    from fastft.models import load_tokenizer, write_meta
+
+    small = {"vocab_size": 30522, "max_position_embeddings": 64}
+    config = {
+        "deberta-v2": transformers.DebertaV2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **small
+        ),
+        "mpnet": transformers.MPNetConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **small
+        ),
+        "distilbert": transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **small),
+    }[family]
+    labels = sorted({json.loads(x)["label"] for x in tiny_data_file.read_text().splitlines()})
+    config.id2label, config.label2id = dict(enumerate(labels)), {x: i for i, x in enumerate(labels)}
+    teacher = tmp_path / family
+    transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(teacher)
+    load_tokenizer(tiny_model_dir).save_pretrained(teacher)
+    write_meta(teacher, {"format": 1, "task": "sequence-classification", "labels": labels})
+    base = {"data": str(tiny_data_file), "bench": False, "progress": False, "limit": 48}
+    if family != "distilbert":  # DistilBERT has no encoder.layer to distil into: quantize only
+        with pytest.raises(ModelError, match=f"is a {family} model: structured pruning and quantization-aware") as e:
+            compress(str(teacher), CompressConfig(output=str(tmp_path / "o"), **base))
+        assert "--prune-heads 0 --prune-ffn 0 --no-qat" in str(e.value) and not (tmp_path / "o").exists()
+        with pytest.raises(ModelError, match="quantization-aware training work on BERT-style.*pass --no-qat,"):
+            compress(
+                str(teacher),
+                CompressConfig(output=str(tmp_path / "o"), prune=PruneConfig(prune_heads=0, prune_ffn=0), **base),
+            )
+        cfg = CompressConfig(
+            output=str(tmp_path / "o"),
+            distill=DistillConfig(epochs=1, layers=1),
+            prune=PruneConfig(prune_heads=0, prune_ffn=0),
+            quantize=QuantizeConfig(qat=False),
+            **base,
+        )
+    else:
+        cfg = CompressConfig(
+            output=str(tmp_path / "o"),
+            distill=DistillConfig(enabled=False),
+            prune=PruneConfig(prune_heads=0, prune_ffn=0),
+            **base,
+        )
+    report = compress(str(teacher), cfg)
+    assert (tmp_path / "o" / "model_int8.onnx").is_file()
+    assert (
+        all(r["gflops_128"] is None for r in report["stages"]) and "| - |" in (tmp_path / "o" / "report.md").read_text()
+    )

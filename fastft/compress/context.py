@@ -157,7 +157,7 @@ def check_student_fits(
     student: str,
     vocab: int,
     max_length: int,
-    pruning: bool,
+    users: list[tuple[str, str]],
     teacher_task: str = "sequence-classification",
     teacher_labels: list[str] | None = None,
 ) -> None:
@@ -196,30 +196,49 @@ def check_student_fits(
                 f"one with {len(teacher_labels)} ({', '.join(teacher_labels)[:60]}): pass a base encoder or a "
                 "student of the teacher's task and labels"
             )
-    if pruning:
-        _check_prunable(student, config.get("model_type"))
+    if users:  # what it needs of the student's layers, probed on an empty copy (meta device, no weights)
+        import torch
+        import transformers
+
+        try:
+            config = transformers.AutoConfig.from_pretrained(resolve_model(student))
+            with torch.device("meta"):
+                net = transformers.AutoModel.from_config(config)
+        except Exception:  # noqa: BLE001 - a model transformers cannot build is named when it is loaded
+            return
+        check_layout(net, f"--student {student}", users)
 
 
-def _check_prunable(student: str, kind) -> None:
-    """The student's encoder has the layer structure pruning slices (:func:`encoder_layers`, the
-    check pruning itself makes): probed on an empty copy of it (meta device, no weights)."""
-    import torch
-    import transformers
+def layout_users(cfg) -> list[tuple[str, str]]:
+    """What this run does to the Linears of its model's layers (slices them, fake-quantises
+    them), each with the options that turn it off."""
+    q, pr, d = cfg.quantize, cfg.prune, cfg.distill
+    users = []
+    if pr.structured:
+        users.append(("structured pruning", "--prune-heads 0 --prune-ffn 0"))
+    if pr.sparsity > 0:
+        users.append(("magnitude pruning", "--sparsity 0"))
+    if q.qat is not False and q.mode == "int8" and not q.static and (d.enabled or pr.structured):
+        users.append(("quantization-aware training", "--no-qat"))
+    return users
 
+
+def check_layout(net, name: str, users: list[tuple[str, str]]) -> None:
+    """``net`` has the layers ``users`` work on (:func:`encoder_layers`, the check they make
+    themselves), or a one-line ModelError naming the options that turn them off (DeBERTa and
+    MPNet failed with an AttributeError, DistilBERT with a pruning error under --prune-ffn 0)."""
     from fastft.models.pruned import encoder_layers
 
-    try:
-        config = transformers.AutoConfig.from_pretrained(resolve_model(student))
-        with torch.device("meta"):
-            net = transformers.AutoModel.from_config(config)
-    except Exception:  # noqa: BLE001 - a model transformers cannot build is named when it is loaded
+    if not users:
         return
     try:
         encoder_layers(net)
     except ModelError:
+        what = " and ".join(w for w, _ in users)
         raise ModelError(
-            f"--student {student} is a {kind} model: structured pruning slices BERT-style encoders "
-            "(encoder.layer[i].attention / intermediate); pass --prune-heads 0 --prune-ffn 0 or another student"
+            f"{name} is a {getattr(net.config, 'model_type', type(net).__name__)} model: {what} work on BERT-style "
+            "encoders (encoder.layer[i] with attention.self.query / key / value, attention.output.dense, "
+            f"intermediate.dense, output.dense); pass {' '.join(f for _, f in users)}, or another model"
         ) from None
 
 
@@ -293,12 +312,15 @@ def prepare(model, cfg: CompressConfig) -> Context:
     warn_lacking(splits.labels, labels, repr(data), "the teacher", "the student follows the teacher's scores for them")
     teacher = load_classifier(path, task=task).eval()  # a head-pruned one rebuilt (load_pruned), load errors one line
     check_layers(d, teacher.config.num_hidden_layers)
+    users = layout_users(cfg)
+    if not d.enabled or d.student == "teacher-layers":  # the model pruned and trained is the teacher's shape
+        check_layout(teacher, str(model or path), users)
     if pr.prune_heads or pr.prune_ffn:
         check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
     tokenizer = load_tokenizer(path)
     max_length = clamp_max_length(d.max_length or meta.get("max_length") or 128, teacher.config)
     if d.enabled:
-        check_student_fits(d.student, len(tokenizer), max_length, pr.structured, task, labels)
+        check_student_fits(d.student, len(tokenizer), max_length, users, task, labels)
     ids, y, rows, texts = {}, {}, None, {}
     if token:
         from fastft.compress.token_kd import TokenRows

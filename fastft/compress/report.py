@@ -179,7 +179,7 @@ def build_rows(stages: list[dict], latency: dict | None) -> list[dict]:
             "file": Path(st["file"]).name,
             "file_mb": round(Path(st["file"]).stat().st_size / 2**20, 2),
             "flops_128": st["flops_128"],
-            "gflops_128": round(st["flops_128"] / 1e9, 3),
+            "gflops_128": None if st["flops_128"] is None else round(st["flops_128"] / 1e9, 3),
             "p50_ms_128": round(lat[128]["p50_ms"], 2) if 128 in lat else None,
             "p50_ms_512": round(lat[512]["p50_ms"], 2) if 512 in lat else None,
             "latency": {str(k): v for k, v in lat.items()},

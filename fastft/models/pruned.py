@@ -14,14 +14,36 @@ from pathlib import Path
 from fastft.core.errors import ModelError
 from fastft.models.hf import transformers_names
 
+_LAYOUT = (  # the Linear modules of a BERT-style layer that pruning slices
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+
+
+def _has_layout(layer) -> bool:
+    import torch
+
+    for path in _LAYOUT:
+        m = layer
+        for part in path.split("."):
+            m = getattr(m, part, None)
+        if not isinstance(m, torch.nn.Linear):
+            return False
+    return hasattr(layer.attention.self, "attention_head_size")
+
 
 def encoder_layers(model):
     enc = getattr(getattr(model, model.base_model_prefix, model), "encoder", None)
     layers = getattr(enc, "layer", None)
-    if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0], "intermediate"):
+    if not layers or not all(_has_layout(x) for x in layers):  # (DeBERTa, MPNet: encoder.layer of another shape)
         raise ModelError(
-            f"{type(model).__name__}: structured pruning supports BERT-style encoders "
-            "(encoder.layer[i].attention / intermediate / output)"
+            f"{type(model).__name__}: structured pruning and quantization-aware training work on BERT-style "
+            "encoders (encoder.layer[i] with attention.self.query / key / value, attention.output.dense, "
+            "intermediate.dense, output.dense)"
         )
     return layers
 
@@ -113,17 +135,22 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops(model, seq: int = 128) -> int:
+def flops(model, seq: int = 128) -> int | None:
     """Forward FLOPs (2 x multiply-adds) of the encoder for one sequence of ``seq`` tokens.
 
     Counts every Linear in the encoder (per token), the attention score and context matmuls
     (``2 * seq^2 * heads * head_dim`` each), the pooler and the classifier (one token).
-    Embedding lookups, LayerNorm, softmax and GELU are left out (a few percent).
+    Embedding lookups, LayerNorm, softmax and GELU are left out (a few percent). None for an
+    encoder of another layout than BERT's (DistilBERT, ALBERT...: it is not pruned either).
     """
     import torch
 
+    try:
+        layers = encoder_layers(model)
+    except ModelError:
+        return None
     total = 0
-    for layer in encoder_layers(model):
+    for layer in layers:
         for m in layer.modules():
             if isinstance(m, torch.nn.Linear):
                 total += 2 * m.in_features * m.out_features * seq
