@@ -362,6 +362,32 @@ def test_compress_refuses_token_teacher_with_sequence_data(trained_ner, tmp_path
     assert not (tmp_path / "x").exists()
 
 
+def test_compress_a_hugging_face_token_classifier(trained_ner, tmp_path):
+    """A token classifier without fastft.json (a Hugging Face NER checkpoint) is compressed as one:
+    its task read from its head, as export and predict read it (it was taken for a text
+    classifier and its tagged data refused)."""
+    import shutil
+
+    import fastft
+    from fastft.compress.config import CompressConfig
+
+    out, data, _ = trained_ner
+    hf = tmp_path / "hf-ner"
+    shutil.copytree(out, hf, ignore=shutil.ignore_patterns("fastft.json", "*.onnx"))
+    cfg = CompressConfig(
+        data=str(data),
+        output=str(tmp_path / "small"),
+        layers=1,
+        epochs=1,
+        lr=1e-3,
+        prune_ffn=0,
+        bench=False,
+        progress=False,
+    )
+    report = fastft.compress(str(hf), cfg)
+    assert report["task"] == "token-classification" and report["metric"] == "entity F1"
+
+
 @pytest.mark.slow
 def test_conll2003_one_epoch_subset(tmp_path):
     """Real CoNLL-2003 (from the installed wheel) and real minilm-l6: one epoch on 2,000 sentences."""

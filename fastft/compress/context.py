@@ -139,8 +139,10 @@ def _read_config(path: Path) -> dict:
 
 
 def check_teacher_dir(path: Path) -> tuple[dict, list[str]]:
-    """(fastft meta, labels) of a classifier directory, or a one-line ModelError."""
+    """(fastft meta, labels) of a classifier directory, or a one-line ModelError; the meta names
+    the task, a Hugging Face directory's by its head (a token classifier was read as a text one)."""
     meta = read_meta(path)
+    meta.setdefault("task", task_from(meta, _read_config(path)))
     labels = check_head(path, meta, _read_config(path))
     if not meta.get("labels") and all(x.startswith("LABEL_") for x in labels):
         raise ModelError(f"{path} records no label names (no fastft.json labels, no config id2label)")
