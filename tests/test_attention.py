@@ -145,6 +145,28 @@ def test_every_simd_path(isa, monkeypatch):
         check_against_ref(*case, torch.float32)
 
 
+# lengths around the C++ kernel's query blocks (48 rows a work item)
+ROW_BLOCK_EDGES = (1, 2, 3, 47, 48, 49, 50, 51, 95, 96, 97, 98, 99)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_causal_lengths_around_query_blocks(isa, monkeypatch):
+    """Causal attention at every length 1..100 (square), and at every pair of lengths around the
+    48-row query blocks with seq_q != seq_k, against the reference: a key block that reaches past a
+    row block's first query is masked key by key; only one that does not is taken whole. A bound
+    off by one there lets that first row see the next key, which shows only where the keys end
+    one past it (length 48 n + 2); the grid's shapes do not have it."""
+    _use_isa(isa, monkeypatch)
+    gen = torch.Generator().manual_seed(48)
+    shapes = [(s, s) for s in range(1, 101)]
+    shapes += [(sq, sk) for sq in ROW_BLOCK_EDGES for sk in ROW_BLOCK_EDGES if sq != sk]
+    for sq, sk in shapes:
+        q, k, v = make_qkv(1, 2, sq, sk, 8, torch.float32, gen)
+        out = fused_attention(q, k, v, causal=True)
+        ref = attention_ref(q.double(), k.double(), v.double(), None, True)
+        assert_close(out, ref, *FP32_TOL, what=f"{cpu_backend()} causal sq={sq} sk={sk}")
+
+
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_large_and_rising_scores(isa, monkeypatch):
     """Scores far from 0 and running maxima that rise block after block: the kernel shifts by
@@ -321,6 +343,43 @@ def test_cpp_key_block_sizes(block_k):
         )
 
 
+def _cpp_attention(q, k, v, mask=None, bias=None, causal=False, isa="auto", block_k=0):
+    """fastft._C.attention_fwd_f32 called directly (float32 contiguous q, k, v; a bool mask or a
+    float32 bias, contiguous (batch, seq_k)): its own ``isa`` copy and key block ``block_k``. Returns
+    the output and whether rows were computed again in double."""
+    out = torch.empty_like(q)
+    b, h, sq, d = q.shape
+    ptrs = (mask.data_ptr() if mask is not None else 0, bias.data_ptr() if bias is not None else 0)
+    args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), *ptrs, out.data_ptr(), b, h, sq, k.shape[2], d)
+    return out, native._C.attention_fwd_f32(*args, causal, d**-0.5, 2, isa, block_k)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_lone_attended_keys_at_key_block_edges(isa, monkeypatch):
+    """The kernel skips a key block where the mask attends no key (per batch row, from the bool mask
+    or the -inf of an additive one). Lone attended keys on the edges of blocks (keys bk - 1, bk,
+    2 bk - 1, and one far past them), whole blocks empty around them, for several key block sizes
+    bk, bool and additive masks, causal or not: every attended key counts, as in the reference,
+    and a batch row attending nothing is zeros."""
+    _use_isa(isa, monkeypatch)
+    gen = torch.Generator().manual_seed(13)
+    for bk in (8, 64, 256):
+        sk = 3 * bk + 5
+        lone = [[bk - 1], [bk], [2 * bk - 1], [bk - 1, 3 * bk + 2], [bk, 2 * bk - 1, 3 * bk + 4], []]
+        keep = torch.zeros(len(lone), sk, dtype=torch.bool)
+        for row, keys in enumerate(lone):
+            keep[row, keys] = True
+        bias = torch.where(keep, torch.randn(keep.shape, generator=gen), float("-inf")).contiguous()
+        q, k, v = make_qkv(len(lone), 1, sk, sk, 8, torch.float32, gen)
+        for mask, add in ((keep, None), (None, bias)):
+            for causal in (False, True):
+                out, _ = _cpp_attention(q, k, v, mask, add, causal, isa, bk)
+                ref = attention_ref(q.double(), k.double(), v.double(), keep if add is None else add, causal)
+                what = f"{isa} block_k={bk} {'bool' if add is None else 'additive'} causal={causal}"
+                assert_close(out, ref, *FP32_TOL, what=what)
+                assert (out[-1] == 0).all(), f"{what}: a batch row attending no key is not zeros"
+
+
 def test_thread_count_does_not_change_result():
     gen = torch.Generator().manual_seed(3)
     q, k, v = make_qkv(2, 5, 200, 150, 64, torch.float32, gen)
@@ -454,6 +513,44 @@ def test_nan_in_q_contract():
                 os.environ["FASTFT_ATTN_ISA"] = old
 
 
+@pytest.mark.parametrize("isa", [None, "avx512", "avx2", "generic"])
+def test_additive_ninf_masks_a_key_whose_score_is_nan(isa, monkeypatch):
+    """An additive -inf masks its key even where the key's score is NaN or inf (NaN or inf in k
+    there, padding left uninitialised: NaN + -inf and inf + -inf are NaN), as a bool mask does: the
+    reference (float64 and in the input dtype) and the C++ op (each SIMD copy; None: the reference
+    alone) give what they give with clean keys there, finite. The kernel masks such keys in its
+    float32 pass already: no row is computed again in double for them."""
+    if isa is not None:
+        _use_isa(isa, monkeypatch)
+    gen = torch.Generator().manual_seed(31)
+    q, k, v = make_qkv(2, 3, 20, 70, 16, torch.float32, gen)
+    keep = torch.ones(2, 70, dtype=torch.bool)
+    keep[0, [3, 5, 50]] = False
+    keep[1, 60:] = False
+    dirty = k.clone()
+    dirty[0, :, 3] = float("nan")
+    dirty[0, :, 5] = float("inf")
+    dirty[0, 1, 50, 7] = float("-inf")
+    dirty[1, :, 60:] = float("nan")
+    finite = torch.randn(2, 70, generator=gen)
+    for bias in (torch.where(keep, 0.0, float("-inf")), torch.where(keep, finite, float("-inf"))[:, None, None, :]):
+        for causal in (False, True):
+            want = attention_ref(q.double(), k.double(), v.double(), bias, causal)
+            outs = {
+                "reference": attention_ref(q.double(), dirty.double(), v.double(), bias, causal),
+                "reference fp32": attention_ref(q, dirty, v, bias, causal, upcast=False),
+            }
+            if isa is not None:
+                outs[cpu_backend()] = fused_attention(q, dirty, v, bias, causal)
+                flat = bias.reshape(2, 70).contiguous()
+                outs[f"{isa} kernel"], again = _cpp_attention(q, dirty, v, None, flat, causal, isa)
+                assert not again, f"{isa}: a masked key's NaN / inf score sent rows to the double path"
+            for name, out in outs.items():
+                what = f"{name} bias {tuple(bias.shape)} causal={causal}"
+                assert torch.isfinite(out).all(), f"{what}: a masked key's NaN / inf score reached the output"
+                assert_close(out, want, *FP32_TOL, what=what)
+
+
 def test_empty_sequences():
     q, k, v = make_qkv(1, 2, 0, 5, 16, torch.float32, None)
     assert fused_attention(q, k, v).shape == (1, 2, 0, 16)
@@ -471,6 +568,43 @@ def test_mask_shapes_are_equivalent():
         assert_close(fused_attention(q, k, v, m), want, 0, 0, what=f"mask shape {tuple(m.shape)}")
     row = torch.randn(12, generator=gen)  # broadcast over batch
     assert_close(fused_attention(q, k, v, row), fused_attention(q, k, v, row.expand(2, 12)), 0, 0, "1-D bias")
+
+
+def test_batch_one_masks_broadcast_over_the_batch():
+    """A key padding mask of batch 1 (bool (1, seq_k); float (seq_k,), (1, seq_k), (1, 1, 1, seq_k))
+    applies to every batch row, and a (batch, seq_k) one row by row: the reference and the op
+    give what they give for the mask expanded to (batch, seq_k), and each batch row is the
+    batch-1 call on that row alone; the reference's bool masks are torch SDPA's broadcast too."""
+    gen = torch.Generator().manual_seed(14)
+    b, sk = 3, 12
+    q, k, v = make_qkv(b, 2, 10, sk, 16, torch.float64, gen)
+    keep = torch.ones(1, sk, dtype=torch.bool)
+    keep[0, [1, 4, 5, 11]] = False
+    rows = torch.ones(b, sk, dtype=torch.bool)  # a different mask per batch row
+    rows[0, 6:], rows[1, :3], rows[2, ::2] = False, False, False
+    for m in (keep, rows):
+        sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=m[:, None, None, :])
+        assert_close(attention_ref(q, k, v, m), sdpa, 1e-10, 1e-10, what=f"ref vs sdpa, bool {tuple(m.shape)}")
+    bias = torch.randn(1, sk, generator=gen, dtype=torch.float64).masked_fill(~keep, float("-inf"))
+    bias_rows = torch.randn(b, sk, generator=gen, dtype=torch.float64).masked_fill(~rows, float("-inf"))
+    for mask, full in (
+        (keep, keep.expand(b, sk)),
+        *((m, bias.expand(b, sk)) for m in (bias, bias[0], bias[:, None, None, :])),
+        (rows, rows),
+        (bias_rows[:, None, None, :], bias_rows),
+    ):
+        for dtype in (torch.float64, torch.float32):  # the op: reference (fp64), C++ kernel (fp32)
+            qq, kk, vv = (t.to(dtype) for t in (q, k, v))
+            m = mask if mask.dtype == torch.bool else mask.to(dtype)
+            f = full if full.dtype == torch.bool else full.to(dtype)
+            for fn in (attention_ref, fused_attention):
+                what = f"{fn.__name__} {dtype} mask {mask.dtype} {tuple(mask.shape)}, batch {b}"
+                for causal in (False, True):
+                    out = fn(qq, kk, vv, m, causal)
+                    assert_close(out, fn(qq, kk, vv, f.contiguous(), causal), 0, 0, what=f"{what}: expanded")
+                    for i in range(b):
+                        one = fn(qq[i : i + 1], kk[i : i + 1], vv[i : i + 1], f[i : i + 1], causal)
+                        assert_close(out[i : i + 1], one, *FP32_TOL, what=f"{what}: batch row {i} alone")
 
 
 def test_non_contiguous_inputs():
