@@ -16,6 +16,7 @@ import pytest
 
 import fastft
 from fastft.core.errors import ModelError
+from fastft.data import collate
 
 
 def _edit_json(path, **changes):
@@ -103,6 +104,43 @@ def test_roberta_positions_follow_its_pad_token_id():
     assert model_max_positions(tf.RobertaConfig(max_position_embeddings=130, pad_token_id=5)) == 124
     assert model_max_positions(tf.RobertaConfig(max_position_embeddings=514)) == 512  # pad 1
     assert model_max_positions(tf.BertConfig(max_position_embeddings=512, pad_token_id=5)) == 512
+
+
+# families that number positions from 0 (fastft's table leaves their max_position_embeddings whole)
+_FROM_ZERO = ("bert", "electra", "distilbert", "albert", "deberta-v2", "modernbert", "megatron-bert", "convbert")
+_ROTARY = ("modernbert",)  # no position table: max_position_embeddings is where it was trained to
+
+
+@pytest.mark.parametrize("pad", [1, 3])
+@pytest.mark.parametrize("kind", [*collate.PADDING_OFFSET_TYPES, *collate.FIXED_OFFSET_TYPES, *_FROM_ZERO])
+def test_the_position_table_is_what_transformers_builds(kind, pad):
+    """Probed on a tiny model of each family the installed transformers builds: the longest input
+    it runs is what model_max_positions says (MPNet, data2vec-text and roberta-prelayernorm were
+    missing from the table: the export's parity check ran at 514 tokens and died with an IndexError)."""
+    import warnings
+
+    import torch
+    import transformers as tf
+
+    small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            config = tf.AutoConfig.for_model(kind, max_position_embeddings=24, pad_token_id=pad, **small)
+        except ValueError:
+            pytest.skip(f"this transformers has no {kind}")
+        net = tf.AutoModel.from_config(config).eval()
+
+    def runs(n: int) -> bool:
+        try:
+            with torch.no_grad():
+                net(input_ids=torch.full((1, n), 7), attention_mask=torch.ones(1, n, dtype=torch.long))
+        except (IndexError, RuntimeError):
+            return False
+        return True
+
+    n = collate.model_max_positions(config)
+    assert runs(n) and (kind in _ROTARY or not runs(n + 1)), (kind, n)
 
 
 def test_fastft_labels_beside_default_id2label_names_serve_and_compress(tiny_model_dir, tmp_path):

@@ -5,6 +5,25 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 
+# the model types whose position ids start at pad_token_id + 1 (RoBERTa's and its kin's), as
+# transformers builds them: tests/test_data.py probes every one, and the families beside them,
+# on tiny models of the installed transformers (MPNet's 514 positions once ran the export's parity
+# check at 514 tokens: IndexError)
+PADDING_OFFSET_TYPES = (
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "data2vec-text",
+    "roberta-prelayernorm",
+    "longformer",
+    "ibert",
+    "luke",
+    "markuplm",
+    "esm",
+)
+FIXED_OFFSET_TYPES = {"mpnet": 2}  # from 2 whatever its pad token id (its embeddings fix padding_idx at 1)
+
 
 def model_max_positions(config) -> int | None:
     """Longest input the model's position embeddings allow (None if unbounded)."""
@@ -15,18 +34,22 @@ def model_max_positions(config) -> int | None:
         from fastft.core.errors import ModelError
 
         raise ModelError(f"config.json max_position_embeddings must be a positive integer (got {n!r:.40})")
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+    kind = getattr(config, "model_type", "")
+    if kind in FIXED_OFFSET_TYPES:
+        n -= FIXED_OFFSET_TYPES[kind]
+        pad = "1 (fixed)"
+    elif kind in PADDING_OFFSET_TYPES:
         # RoBERTa numbers the positions from padding_idx + 1 (its pad token id, 1 in every checkpoint
         # of the family, but a config may say another)
         pad = getattr(config, "pad_token_id", None)
         n -= (pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 1) + 1
-        if n < 1:
-            from fastft.core.errors import ModelError
+    if n < 1:
+        from fastft.core.errors import ModelError
 
-            raise ModelError(
-                f"config.json max_position_embeddings leaves no position after pad_token_id {pad} (RoBERTa "
-                "numbers positions from pad_token_id + 1)"
-            )
+        raise ModelError(
+            f"config.json max_position_embeddings leaves no position after pad_token_id {pad} (RoBERTa "
+            "numbers positions from pad_token_id + 1)"
+        )
     return int(n)
 
 
