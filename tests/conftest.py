@@ -85,8 +85,10 @@ def save_tiny_model(
     heads: int = 4,
     max_positions: int = 128,
     seed: int = 0,
+    answer: str | None = None,
 ) -> Path:
-    """A tiny random BertForSequenceClassification + the minilm-l6 tokenizer + fastft.json."""
+    """A tiny random BertForSequenceClassification + the minilm-l6 tokenizer + fastft.json;
+    ``answer``: a label the model gives every text (its classifier's weights 0, that label's bias 1)."""
     import torch
     from transformers import BertForSequenceClassification
 
@@ -94,6 +96,10 @@ def save_tiny_model(
 
     torch.manual_seed(seed)
     model = BertForSequenceClassification(tiny_bert_config(labels, layers, hidden, heads, max_positions)).eval()
+    if answer is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.tensor([float(name == answer) for name in labels]))
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     load_tokenizer("minilm-l6").save_pretrained(path)

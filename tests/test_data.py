@@ -388,3 +388,19 @@ def test_a_model_split_by_row_is_split_so_again_and_a_big_group_stays_in_train(t
     for seed in range(10):
         d = load_data(_jsonl(tmp_path, many, "many.jsonl"), seed=seed)
         assert "same words" in d.train.texts and len(d.test) <= 60 and len(d.validation) <= 60, d.sizes()
+
+
+def test_max_length_is_clamped_from_one_past_the_models_positions():
+    """clamp_max_length keeps a length up to the model's positions and clamps from one past them,
+    with a warning (RoBERTa: its positions less pad_token_id + 1)."""
+    from transformers import BertConfig, RobertaConfig
+
+    from fastft.data.collate import clamp_max_length
+
+    for config in (BertConfig(max_position_embeddings=128), RobertaConfig(max_position_embeddings=130, pad_token_id=1)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert clamp_max_length(127, config) == 127 and clamp_max_length(128, config) == 128
+            assert clamp_max_length(None, config) == 128
+        with pytest.warns(UserWarning, match="max length 129 is beyond the model's 128 positions; using 128"):
+            assert clamp_max_length(129, config) == 128

@@ -160,16 +160,204 @@ def test_int8_check_on_calibration_data_with_its_own_columns(tiny_model_dir, tmp
     assert info["parity"]["int8"]["n"] > 0
 
 
+def _shift_logits(graph, delta: float) -> None:
+    """Edit ``graph`` in place: its ``logits`` output plus ``delta`` (an Add after the node that made them)."""
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == "logits":
+                node.output[i] = "logits_unshifted"
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(delta, np.float32), "logits_shift"))
+    graph.node.append(onnx.helper.make_node("Add", ["logits_unshifted", "logits_shift"], ["logits"]))
+
+
+def _ignore_mask(graph) -> None:
+    """Edit ``graph`` in place: every node reads an all-ones mask instead of ``attention_mask``
+    (the input stays, unread): right on unpadded rows, wrong wherever the mask has zeros."""
+    dtype = next(i.type.tensor_type.elem_type for i in graph.input if i.name == "attention_mask")
+    ones = onnx.helper.make_tensor("one", dtype, [1], [1])
+    head = [
+        onnx.helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        onnx.helper.make_node("ConstantOfShape", ["ids_shape"], ["mask_ignored"], value=ones),
+    ]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == "attention_mask":
+                node.input[i] = "mask_ignored"
+    nodes = head + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    m = onnx.load(str(src))
+    edit(m.graph)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_fp32_parity_fails_on_logits_off_by_more_than_its_tolerance(exported, tiny_model_dir, tmp_path):
+    """fp32_parity measures the logit difference and refuses one above atol (1e-4): logits shifted
+    by half of it pass with that difference recorded, logits shifted by 1.5e-4 are refused."""
+    from fastft.export import validate
+    from fastft.models import load_classifier
+
+    out, info = exported
+    names = info["export"]["inputs"]
+    net = load_classifier(tiny_model_dir)
+    near = _edited(out / "model.onnx", tmp_path / "near.onnx", lambda g: _shift_logits(g, 5e-5))
+    rec = validate.fp32_parity(net, near, names, 128)
+    assert rec["passed"] and 4e-5 < rec["max_abs_diff"] <= 1e-4
+    off = _edited(out / "model.onnx", tmp_path / "off.onnx", lambda g: _shift_logits(g, 1.5e-4))
+    with pytest.raises(
+        FastftError, match=r"fp32 parity failed: ONNX logits differ from PyTorch by 0\.00015 \(> 0\.0001\)"
+    ):
+        validate.fp32_parity(net, off, names, 128)
+
+
+@pytest.fixture(scope="module")
+def loud_export(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(model dir, fp32 export dir, export info) of a tiny model whose classifier is scaled 100x:
+    logits of order 1, as a trained model's (the random fixture's are of order 0.01, where a
+    graph that ignores the mask is off by less than the parity tolerance)."""
+    import torch
+    from conftest import save_tiny_model
+    from transformers import BertForSequenceClassification
+
+    from fastft.export import export
+
+    root = tmp_path_factory.mktemp("loud")
+    model = save_tiny_model(root / "model")
+    net = BertForSequenceClassification.from_pretrained(model)
+    with torch.no_grad():
+        net.classifier.weight.mul_(100)
+    net.save_pretrained(model, safe_serialization=True)
+    info = export(model, root / "onnx", progress=False)
+    return model, root / "onnx", info
+
+
+def test_fp32_parity_checks_padded_rows(loud_export, tmp_path):
+    """A graph that ignores attention_mask matches PyTorch on every unpadded input and is wrong
+    only on padded rows: fp32_parity refuses it (its batches of 3 pad their last row)."""
+    import torch
+
+    from fastft.export import validate
+    from fastft.models import load_classifier
+
+    model, out, info = loud_export
+    names = info["export"]["inputs"]
+    net = load_classifier(model).eval()
+    path = _edited(out / "model.onnx", tmp_path / "no-mask.onnx", _ignore_mask)
+    sess = validate.session(path)
+    for batch in (1, 3):
+        feeds = _feeds(batch, 16, names)
+        with torch.inference_mode():
+            ref = net(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+        got = sess.run(["logits"], feeds)[0]
+        np.testing.assert_allclose(got[:2], ref[:2], atol=1e-4, rtol=0)  # the unpadded rows
+        if batch == 3:
+            assert np.abs(got[2] - ref[2]).max() > 1e-3  # the padded row is wrong
+    with pytest.raises(FastftError, match="fp32 parity failed: .* at batch 3, sequence 7"):
+        validate.fp32_parity(net, path, names, 128, sess=sess)
+
+
 def test_failed_parity_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    from fastft.export import export, validate
+    """An exported graph whose logits are 1e-3 off PyTorch's fails the real fp32 parity check:
+    the export is refused and nothing is written."""
+    import fastft.export as fx
 
-    def fail(*args, **kwargs):
-        raise FastftError("fp32 parity failed: simulated")
+    real = fx.write_fp32
 
-    monkeypatch.setattr(validate, "fp32_parity", fail)
-    with pytest.raises(FastftError, match="parity failed"):
-        export(tiny_model_dir, tmp_path / "out", progress=False)
+    def write_off(net, out_file, *args, **kwargs):
+        rec = real(net, out_file, *args, **kwargs)
+        _edited(out_file, out_file, lambda g: _shift_logits(g, 1e-3))
+        return rec
+
+    monkeypatch.setattr(fx, "write_fp32", write_off)
+    with pytest.raises(FastftError, match=r"fp32 parity failed: ONNX logits differ from PyTorch by 0\.001 "):
+        fx.export(tiny_model_dir, tmp_path / "out", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+class _Flipped:
+    """An "INT8 session": ``sess``'s two logits, swapped on the rows holding token ``token_id``."""
+
+    def __init__(self, sess, token_id: int):
+        self.sess, self.token_id = sess, token_id
+
+    def get_inputs(self):
+        return self.sess.get_inputs()
+
+    def run(self, names, feeds):
+        logits = self.sess.run(names, feeds)[0].copy()
+        rows = (feeds["input_ids"] == self.token_id).any(1)
+        logits[rows] = logits[rows][:, ::-1]
+        return [logits]
+
+
+def test_int8_agreement_counts_the_labels_the_int8_graph_changes(exported):
+    """An INT8 session that flips the label of 2 of 8 texts agrees on exactly 6/8 = 0.75, with
+    int8 accuracy 0.75 against labels the fp32 graph gets all right; an agreement just below
+    min_agreement is refused, one exactly at it passes."""
+    from transformers import AutoTokenizer
+
+    from fastft.export import validate
+
+    out, info = exported
+    names = info["export"]["inputs"]
+    tok = AutoTokenizer.from_pretrained(out)
+    zebra = tok.convert_tokens_to_ids("zebra")
+    assert zebra != tok.unk_token_id
+    texts = [
+        "a wonderful, moving film",
+        "a zebra in a dull, lifeless mess",
+        "boring and far too long",
+        "i loved every minute",
+        "funny, warm and smart, a zebra",
+        "weak script and bad acting",
+        "superb direction, great cast, a delight from start to finish",
+        "clumsy",
+    ]
+    fp32 = validate.session(out / "model.onnx")
+    logits = validate.onnx_logits(fp32, tok, texts, names, 128)
+    assert (np.abs(logits[:, 0] - logits[:, 1]) > 1e-6).all()  # no tie: a swap flips every label it touches
+    gold = logits.argmax(1).tolist()
+    int8 = _Flipped(fp32, zebra)
+    q = validate.int8_agreement(fp32, int8, tok, texts, gold, names, 128, min_agreement=0.75)
+    assert q["label_agreement"] == 0.75 and q["passed"] and q["n"] == 8
+    assert q["fp32_accuracy"] == 1.0 and q["int8_accuracy"] == 0.75 and q["accuracy_change"] == -0.25
+    with pytest.raises(FastftError, match="INT8 parity failed: labels agree with fp32 on 75.0% of 8"):
+        validate.int8_agreement(fp32, int8, tok, texts, gold, names, 128, min_agreement=float(np.nextafter(0.75, 1)))
+
+
+def test_int8_check_matches_labels_by_name_whatever_the_heads_order(tmp_path):
+    """A head listing the labels in another order than the data's (sorted): export's INT8 check
+    scores the validation rows by label name, as does fastft.evaluate on the exported graph: a
+    model that answers "positive" to every text is right on exactly the positive rows."""
+    from conftest import make_rows, save_tiny_model, write_jsonl
+
+    import fastft
+    from fastft.export import export
+    from fastft.export.checks import data_for
+    from fastft.models import read_meta
+
+    rows = [r for i, r in enumerate(make_rows(90)) if r["label"] == "positive" or i % 4 == 1]  # 2:1
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    model = save_tiny_model(tmp_path / "m", data, labels=("positive", "negative"), answer="positive")
+    splits, _ = data_for(read_meta(model), None)
+    assert splits.labels == ["negative", "positive"]
+
+    def share(split):
+        ids = splits.split(split).labels
+        return sum(splits.labels[y] == "positive" for y in ids) / len(ids)
+
+    assert share("validation") > 0.5 and share("test") > 0.5
+    info = export(model, tmp_path / "onnx", int8=True, progress=False)
+    q = info["parity"]["int8"]
+    assert q["n"] == len(splits.validation) and q["label_agreement"] == 1.0
+    assert q["fp32_accuracy"] == q["int8_accuracy"] == pytest.approx(share("validation"))
+    res = fastft.evaluate(str(tmp_path / "onnx"), split="test", backend="onnxruntime", progress=False)
+    assert res["accuracy"] == pytest.approx(share("test"))
 
 
 def test_fastft_export_is_callable_and_importable():

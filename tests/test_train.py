@@ -349,6 +349,39 @@ def test_evaluation_labels_unseen_in_training(tiny_model_dir, tmp_path):
         fastft.evaluate(str(tiny_model_dir), data=str(data), split="test", progress=False)
 
 
+def _lopsided_data(path):
+    """Two positive rows to each negative one (so an answer's accuracy and its opposite's differ)."""
+    from conftest import make_rows, write_jsonl
+
+    return write_jsonl(path, [r for i, r in enumerate(make_rows(90)) if r["label"] == "positive" or i % 4 == 1])
+
+
+def _share_of(splits, split: str, label: str) -> float:
+    """The share of ``split``'s rows labelled ``label`` (by name)."""
+    ids = splits.split(split).labels
+    return sum(splits.labels[y] == label for y in ids) / len(ids)
+
+
+def test_evaluation_matches_labels_by_name_whatever_the_heads_order(tmp_path):
+    """A head listing the labels in another order than the data's (sorted) scores as the same head
+    in the data's order: a model that answers "positive" to every text is right on exactly the
+    test split's positive rows, whichever id "positive" has."""
+    from conftest import save_tiny_model
+
+    from fastft.export.checks import data_for
+    from fastft.models import read_meta
+
+    data = _lopsided_data(tmp_path / "d.jsonl")
+    for labels in (("negative", "positive"), ("positive", "negative")):
+        model = save_tiny_model(tmp_path / "-".join(labels), data, labels=labels, answer="positive")
+        splits, _ = data_for(read_meta(model), None)
+        assert splits.labels == ["negative", "positive"]
+        expected = _share_of(splits, "test", "positive")
+        assert expected > 0.5 and [p["label"] for p in fastft.predict(str(model), ["a", "b c"])] == ["positive"] * 2
+        res = fastft.evaluate(str(model), split="test", progress=False)
+        assert res["n"] == len(splits.test) and res["accuracy"] == pytest.approx(expected), labels
+
+
 def test_length_buckets_cover_every_row_once_with_less_padding():
     """Each row lands in exactly one batch, batches stay within the size, and padding drops
     against random batches of the same size (the point of bucketing)."""
