@@ -653,3 +653,21 @@ def test_the_bench_cache_is_found_from_anywhere_and_written_whole(tmp_path, monk
     write_result(tmp_path / "r.json", {"rows": [1]}, csv_rows=[{"a": 1}])
     assert (tmp_path / "r.json").is_symlink() and json.loads((tmp_path / "kept" / "r.json").read_text())["rows"] == [1]
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["r.json"]
+
+
+def test_the_recorded_command_runs_from_anywhere(monkeypatch):
+    """A result file records the command as it can be run again: a console script by its name (it
+    was `python3 fastft bench ...`, which runs only from the repository's root), a module with -m,
+    a script with the interpreter."""
+    import sys
+
+    from fastft.bench.runner import command_line
+
+    for argv, want in (
+        (["/venv/bin/fastft", "bench", "--seq", "128"], "fastft bench --seq 128"),
+        (["/repo/fastft/__main__.py", "bench"], "-m fastft bench"),
+        (["bench/bench_tails.py", "--calls", "9"], "bench/bench_tails.py --calls 9"),
+    ):
+        monkeypatch.setattr(sys, "argv", argv)
+        got = command_line()
+        assert got.endswith(want) and (got == want) == (argv[0] == "/venv/bin/fastft"), got

@@ -108,7 +108,7 @@ def test_bad_files(tmp_path, content, kwargs, message):
 def test_non_utf8_file_names_the_encoding(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes("text,label\ncaf\xe9 noir,a\nbon film,b\n".encode("latin-1"))
-    with pytest.raises(DataError, match="--encoding latin-1"):
+    with pytest.raises(DataError, match=r"not valid utf-8 at line 2 \(byte 14\); .*--encoding latin-1"):
         load_data(str(path))
     assert load_data(str(path), encoding="latin-1").labels == ["a", "b"]
 

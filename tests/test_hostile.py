@@ -401,6 +401,14 @@ CLI_CASES = [
         "--temperature is not used by this run: --kd-loss mse compares raw logits",
     ),
     ("compress-columns-text", "compress --model {w}/tiny --columns 0,1 --output {out}", "classifies whole texts"),
+    (
+        "compress-static-embeddings",
+        "compress --model {w}/tiny --int8 --static --no-int8-embeddings --output {out}",
+        "--no-int8-embeddings is not used by this run: --static keeps the embedding tables fp32 already",
+    ),
+    ("train-lora-r-no-lora", "train --model {w}/tiny --lora-r 4 --output {out}", "--lora-r sets the LoRA adapters"),
+    ("serve-batch-int8-alone", "serve {w}/tiny --no-batching --batch-int8", "not with --no-batching"),
+    ("serve-batch-int8-fp32", "serve {w}/tiny --precision fp32 --batch-int8", "not with --precision fp32"),
     ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings
     ("compress-no-int8-prefix", "compress --model {w}/tiny --int8 --no-int8 --output {out}", "unrecognized arguments"),

@@ -101,8 +101,17 @@ def scrub_paths(obj, *, names_only: bool = False):
 
 
 def command_line() -> str:
-    """The exact command that runs this process (the interpreter by name only)."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    """The exact command that runs this process (the interpreter by name only): ``python3 bench/x.py
+    ...`` for a script, ``python3 -m fastft ...`` for a module, ``fastft ...`` for a console script
+    (recorded as ``python3 fastft ...`` before, which runs only from the repository's root)."""
+    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    if first.name == "__main__.py":
+        head = [Path(sys.executable).name, "-m", first.parent.name]
+    elif first.suffix == ".py" or first.name in ("-c", "-m"):
+        head = [Path(sys.executable).name, sys.argv[0]]
+    else:  # an entry point on PATH
+        head = [first.name]
+    return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
 
 
 @dataclass

@@ -10,8 +10,8 @@ examples:
                                               # perturbed copy of each (soft targets weigh 0.8), half its
                                               # heads and FFN neurons pruned in two steps, INT8
   fastft compress --int8 --depth 0.5          # the default before: a 3-layer student (faster, less accurate)
-  fastft compress --int8 --depth 0.5 --alpha 0.5 --augment 0 --prune-heads 0 --prune-steps 1   # earlier:
-                                              # every head kept (~3x, half the time)
+  fastft compress --int8 --depth 0.5 --alpha 0.5 --augment 0 --prune-heads 0 --prune-steps 1 --recovery-epochs 1
+                                              # earlier: every head kept (~3x, half the time)
   fastft compress --model runs/teacher --layers 3 --prune-heads 0.25 --int8 --output runs/small
   fastft compress --model runs/teacher --student minilm-l3 --int8 --static
   fastft compress --model runs/teacher --no-distill --prune-ffn 0 --int8      # quantize only

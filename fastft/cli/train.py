@@ -115,7 +115,7 @@ _TRAIN_DOC = """fine-tune a pretrained encoder for text or token classification
 
 examples:
   fastft train --model minilm-l6 --data movie-snippets --epochs 3 --max-length 64 --output runs/teacher
-  fastft train --data conll2003 --epochs 2 --lr 1e-4 --output runs/ner       # NER (token classification)
+  fastft train --data conll2003 --epochs 4 --lr 1e-4 --output runs/ner       # NER (token classification)
   fastft train --data my.conll --columns 0,3 --output runs/my-ner             # word in column 0, tag in 3
 
 Writes a Hugging Face directory (config.json, model.safetensors, tokenizer) plus

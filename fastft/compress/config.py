@@ -341,8 +341,8 @@ class QuantizeConfig:
     )
     embeddings: bool = option(
         True,
-        "keep the embedding tables fp32 in INT8 (by default they are stored in 8 bits: "
-        "QEmbedLayerNormalization, about 3/4 of model_int8.onnx's size)",
+        "keep the embedding tables fp32 in dynamic INT8 (by default they are stored in 8 bits: "
+        "QEmbedLayerNormalization, about 3/4 of model_int8.onnx's size; --static keeps them fp32)",
         flag="--no-int8-embeddings",
     )
 
@@ -353,6 +353,8 @@ class QuantizeConfig:
         if self.mode != "int8":
             why = "without --int8 nothing is quantized to INT8"
             out += [(n, why) for n in given_fields(self, "per_channel", "embeddings", "accuracy_budget")]
+        elif self.static:
+            out += [(n, "--static keeps the embedding tables fp32 already") for n in given_fields(self, "embeddings")]
         return out + [(n, "calibration is for --static") for n in self.unused_calibration()]
 
     def unused_calibration(self) -> list[str]:

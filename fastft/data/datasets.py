@@ -153,8 +153,10 @@ def read_text_file(path: Path, encoding: str) -> str:
     except UnicodeDecodeError as exc:
         if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16's byte-order mark
             raise DataError(f"{path} is UTF-16 text (its first bytes say so); pass --encoding utf-16") from None
+        line = raw[: exc.start].count(b"\n") + 1  # (a text's row, for a file of one row per line)
         raise DataError(
-            f"{path} is not valid {encoding} (byte {exc.start}); pass its encoding, e.g. --encoding latin-1"
+            f"{path} is not valid {encoding} at line {line} (byte {exc.start}); pass its encoding, "
+            "e.g. --encoding latin-1"
         ) from None
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}") from None

@@ -88,6 +88,10 @@ class ServeConfig:
                 raise FastftError(f"{flag} must be in (0, 3600] seconds (got {v!r})")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise FastftError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.batch_int8 and not self.batching:
+            raise FastftError("--batch-int8 merges texts into one call: not with --no-batching")
+        if self.batch_int8 and self.precision == "fp32":
+            raise FastftError("--batch-int8 is for the dynamic INT8 graph: not with --precision fp32")
         if self.name is not None and not _NAME.match(self.name):
             raise FastftError(
                 f"--name must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit "
