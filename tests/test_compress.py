@@ -231,6 +231,55 @@ def test_prune_heads_shrinks_reloads_and_exports(ctx, tmp_path):
     assert np.allclose(ort_logits(session(tmp_path / "hf.onnx"), [ids[0].tolist()], 0), _logits(again, ids), atol=1e-4)
 
 
+@pytest.mark.parametrize("allocation", ["layer", "global"])
+def test_pruning_removes_the_least_important_and_equals_zeroing_them(ctx, allocation):
+    """Which heads and neurons go is the least important ones (per layer, or across layers each
+    keeping one head), and the pruned model computes what the unpruned one does with those heads'
+    values and those neurons' inputs zeroed (their outputs then add nothing): the right rows and
+    columns were cut, not just the right number of them."""
+    import copy
+
+    import torch
+
+    from fastft.compress.prune import apply_structured
+    from fastft.models.pruned import encoder_layers, heads_of
+
+    net = copy.deepcopy(ctx.teacher).eval()
+    layers = encoder_layers(net)
+    n_heads, n_ffn = heads_of(layers[0]), layers[0].intermediate.dense.out_features
+    g = torch.Generator().manual_seed(3)
+    scores = {
+        "heads": [torch.randperm(n_heads, generator=g).float() + 10 * i for i in range(len(layers))],
+        "ffn": [torch.randperm(n_ffn, generator=g).float() for _ in layers],
+    }
+    k_heads, k_ffn = 2, 16
+    if allocation == "layer":
+        gone = [sorted(torch.argsort(s)[:k_heads].tolist()) for s in scores["heads"]]
+    else:  # the 8 lowest over all layers, each layer keeping one: layer 0's three, layer 1's three, two of layer 2
+        gone = [sorted(torch.argsort(s)[:n].tolist()) for s, n in zip(scores["heads"], (3, 3, 2, 0))]
+    keep = [sorted(torch.argsort(s, descending=True)[: n_ffn - k_ffn].tolist()) for s in scores["ffn"]]
+    ref = copy.deepcopy(net)
+    d = layers[0].attention.self.attention_head_size
+    with torch.no_grad():
+        for i, layer in enumerate(encoder_layers(ref)):
+            for h in gone[i]:
+                layer.attention.self.value.weight[h * d : (h + 1) * d] = 0
+                layer.attention.self.value.bias[h * d : (h + 1) * d] = 0
+            drop = [j for j in range(n_ffn) if j not in keep[i]]
+            layer.intermediate.dense.weight[drop] = 0
+            layer.intermediate.dense.bias[drop] = 0
+    before = [x.intermediate.dense.weight.detach().clone() for x in layers]
+    info = apply_structured(net, scores, k_heads, k_ffn, global_heads=allocation == "global")
+    assert info["pruned_heads"] == {str(i): h for i, h in enumerate(gone)}
+    for i, layer in enumerate(encoder_layers(net)):
+        assert torch.equal(layer.intermediate.dense.weight, before[i][keep[i]])
+    ids = torch.tensor([[101, 2023, 2003, 1037, 2307, 102], [101, 2307, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        got, want = net(input_ids=ids, attention_mask=mask).logits, ref(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
 def test_magnitude_pruning_reports_sparsity(ctx):
     import copy
 
