@@ -256,6 +256,22 @@ def test_queued_requests_are_merged_into_one_round(serve_dir, reference):
         assert metric(text, "fastft_batch_size_sum") == 12
 
 
+def test_without_batching_each_request_is_answered_whole(serve_dir, reference):
+    """--no-batching: a request runs on its own, in calls of at most max_batch_size texts; every
+    text of it gets its own answer, the last call's too (never served in a test before: a
+    mutant that never ran the last text answered it from uninitialised memory)."""
+    texts = TEXTS + TEXTS[:1]  # 7 texts: calls of 3, 3 and 1
+    with Running(make_app(serve_dir, batching=False, max_batch_size=3)) as s:
+        s.wait_ready()
+        r = httpx.post(s.url + "/predict", json={"inputs": texts})
+        assert r.status_code == 200, r.text
+        labels = s.engine.labels
+        got = np.array([[p["scores"][lab] for lab in labels] for p in r.json()["predictions"]])
+        text = httpx.get(s.url + "/metrics").text
+    np.testing.assert_allclose(got, reference(texts), atol=1e-5)
+    assert metric(text, "fastft_batch_size_sum") == 7 and metric(text, "fastft_batch_size_count") == 3
+
+
 def test_metrics(server):
     httpx.post(server.url + "/predict", json={"inputs": TEXTS})
     httpx.post(server.url + "/predict", content=b"{not json")
