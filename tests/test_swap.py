@@ -1,4 +1,4 @@
-"""fastft.swap_attention / unswap_attention on tiny random BERT, RoBERTa, ELECTRA, DistilBERT."""
+"""fastft.swap_attention / unswap_attention on tiny random BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA, DistilBERT."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def _tiny(family: str, head: bool = True, **extra):
             "roberta": (
                 lambda: tf.RobertaConfig(pad_token_id=1, **common),
                 tf.RobertaForSequenceClassification if head else tf.RobertaModel,
+            ),
+            "xlm-roberta": (
+                lambda: tf.XLMRobertaConfig(pad_token_id=1, **common),
+                tf.XLMRobertaForSequenceClassification if head else tf.XLMRobertaModel,
+            ),
+            "camembert": (
+                lambda: tf.CamembertConfig(pad_token_id=1, **common),
+                tf.CamembertForSequenceClassification if head else tf.CamembertModel,
             ),
             "electra": (
                 lambda: tf.ElectraConfig(embedding_size=24, **common),
@@ -75,7 +83,7 @@ class Spy:
         monkeypatch.setattr(ops, "fused_attention_varlen", spy_varlen)
 
 
-FAMILIES = ["bert", "roberta", "electra", "distilbert"]
+FAMILIES = ["bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert"]
 
 
 @pytest.mark.attention_interface
@@ -269,7 +277,7 @@ def test_unsupported_architecture(name):
         "gpt2": lambda: tf.GPT2Model(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16)),
         "t5": lambda: tf.T5Model(tf.T5Config(num_layers=1, d_model=16, d_kv=8, num_heads=2, d_ff=32, vocab_size=50)),
     }[name]()
-    with pytest.raises(FastftError, match="supported: bert, roberta, electra, distilbert"):
+    with pytest.raises(FastftError, match="supported: bert, roberta, xlm-roberta, camembert, electra, distilbert"):
         fastft.swap_attention(model)
     assert not fastft.swap.is_swapped(model)
 

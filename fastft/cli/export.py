@@ -48,7 +48,7 @@ def register(sub) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="write each attention as one com.microsoft Attention node from the exporter itself "
-        "[on for BERT, RoBERTa, ELECTRA, DistilBERT]",
+        "[on for BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA, DistilBERT]",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 [17]")
     p.add_argument(

@@ -261,7 +261,7 @@ def export(
         fused_attention: write each self-attention as one com.microsoft Attention node from the
             exporter itself (:mod:`fastft.export.attention`) instead of relying on ONNX Runtime's
             pattern matching to find it. None (default): do so for the families fastft can swap
-            (BERT, RoBERTa, ELECTRA, DistilBERT), plain export otherwise.
+            (BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA, DistilBERT), plain export otherwise.
 
     Returns the ``onnx`` section written to fastft.json (parity results included).
     """

@@ -4,7 +4,7 @@
     model = fastft.swap_attention(model)     # in place; returns the model
     fastft.unswap_attention(model)           # back to the attention it had before
 
-Supported: BERT, RoBERTa, ELECTRA (``fastft.swap.bert``) and DistilBERT
+Supported: BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA (``fastft.swap.bert``) and DistilBERT
 (``fastft.swap.distilbert``) encoders, base models and task heads alike (sequence
 classification, token classification...), with transformers 5.x. One small module per
 architecture family says where its self-attention modules are and what they hold.

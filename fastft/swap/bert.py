@@ -1,4 +1,4 @@
-"""BERT-family self-attention: BERT, RoBERTa and ELECTRA (the same attention structure).
+"""BERT-family self-attention: BERT, RoBERTa (XLM-R, CamemBERT) and ELECTRA (the same attention structure).
 
 ``layer.attention.self`` is a ``{Bert,Roberta,Electra}SelfAttention`` with ``query``,
 ``key``, ``value`` Linear layers; its output projection lives in ``layer.attention.output``
@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import torch
 
-MODEL_TYPES = ("bert", "roberta", "electra")
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
 
 def self_attention_classes() -> tuple[type, ...]:
     from transformers.models.bert.modeling_bert import BertSelfAttention
+    from transformers.models.camembert.modeling_camembert import CamembertSelfAttention
     from transformers.models.electra.modeling_electra import ElectraSelfAttention
     from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
+    from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaSelfAttention
 
-    return (BertSelfAttention, RobertaSelfAttention, ElectraSelfAttention)
+    return (
+        BertSelfAttention,
+        RobertaSelfAttention,
+        XLMRobertaSelfAttention,
+        CamembertSelfAttention,
+        ElectraSelfAttention,
+    )
 
 
 def self_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

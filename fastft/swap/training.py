@@ -4,8 +4,8 @@
         ...  # train; every nn.Dropout draws its mask with fastft.ops.dropout.fast_dropout
 
 Inside the block, every ``torch.nn.Dropout`` of the model is a :class:`~fastft.ops.dropout.FastDropout`
-with the same probability, and the self-attention of a supported encoder (BERT, RoBERTa, ELECTRA,
-DistilBERT on transformers 5) dispatches through the ``"fastft_train"`` attention implementation:
+with the same probability, and the self-attention of a supported encoder (BERT, RoBERTa, XLM-R,
+CamemBERT, ELECTRA, DistilBERT on transformers 5) dispatches through the ``"fastft_train"`` attention implementation:
 with attention dropout in training mode on CPU it computes softmax(q k^T * scale + mask) v itself,
 dropping attention probabilities with the same cheap mask; otherwise (eval mode, dropout 0, other
 devices) it is transformers' own SDPA function. The mask function is SDPA's. On leaving, the
