@@ -297,8 +297,7 @@ class _Flipped:
 
 def test_int8_agreement_counts_the_labels_the_int8_graph_changes(exported):
     """An INT8 session that flips the label of 2 of 8 texts agrees on exactly 6/8 = 0.75, with
-    int8 accuracy 0.75 against labels the fp32 graph gets all right; an agreement just below
-    min_agreement is refused, one exactly at it passes."""
+    int8 accuracy 0.75 against labels the fp32 graph gets all right."""
     from transformers import AutoTokenizer
 
     from fastft.export import validate
@@ -323,11 +322,24 @@ def test_int8_agreement_counts_the_labels_the_int8_graph_changes(exported):
     assert (np.abs(logits[:, 0] - logits[:, 1]) > 1e-6).all()  # no tie: a swap flips every label it touches
     gold = logits.argmax(1).tolist()
     int8 = _Flipped(fp32, zebra)
-    q = validate.int8_agreement(fp32, int8, tok, texts, gold, names, 128, min_agreement=0.75)
-    assert q["label_agreement"] == 0.75 and q["passed"] and q["n"] == 8
+    q = validate.int8_agreement(fp32, int8, tok, texts, gold, names, 128)
+    assert q["label_agreement"] == 0.75 and q["n"] == 8
     assert q["fp32_accuracy"] == 1.0 and q["int8_accuracy"] == 0.75 and q["accuracy_change"] == -0.25
-    with pytest.raises(FastftError, match="INT8 parity failed: labels agree with fp32 on 75.0% of 8"):
-        validate.int8_agreement(fp32, int8, tok, texts, gold, names, 128, min_agreement=float(np.nextafter(0.75, 1)))
+
+
+def test_export_refuses_an_int8_agreement_just_below_min_agreement(tiny_model_dir, tmp_path, monkeypatch):
+    """export decides (the measuring functions do not): an agreement of 0.75 passes min_agreement
+    0.75 and is refused just above it, without the fallback, writing nothing."""
+    from fastft.export import export, validate
+
+    real = validate.int8_agreement
+    monkeypatch.setattr(validate, "int8_agreement", lambda *a, **k: {**real(*a, **k), "label_agreement": 0.75})
+    info = export(tiny_model_dir, tmp_path / "at", int8=True, min_agreement=0.75, fallback=False, progress=False)
+    assert info["parity"]["int8"]["passed"] and info["parity"]["int8"]["min_agreement"] == 0.75
+    above = float(np.nextafter(0.75, 1))
+    with pytest.raises(FastftError, match=r"INT8 parity failed: labels agree with fp32 on 75.0% .*\(< 75.0%\)"):
+        export(tiny_model_dir, tmp_path / "above", int8=True, min_agreement=above, fallback=False, progress=False)
+    assert not (tmp_path / "above").exists()
 
 
 def test_int8_check_matches_labels_by_name_whatever_the_heads_order(tmp_path):

@@ -126,13 +126,9 @@ def _int8(
             )
             int8_sess = fx_validate.session(path)
             if per_token:
-                agree = fx_validate.int8_token_agreement(
-                    fp32_sess, int8_sess, tokenizer, texts, labels, serve_length, min_agreement=0.0
-                )
+                agree = fx_validate.int8_token_agreement(fp32_sess, int8_sess, tokenizer, texts, labels, serve_length)
             else:
-                agree = fx_validate.int8_agreement(
-                    fp32_sess, int8_sess, tokenizer, texts, labels, names, serve_length, min_agreement=0.0
-                )
+                agree = fx_validate.int8_agreement(fp32_sess, int8_sess, tokenizer, texts, labels, names, serve_length)
             agree["min_agreement"] = min_agreement
             agree["passed"] = agree["label_agreement"] >= min_agreement
             return agree["passed"], agree
