@@ -485,6 +485,34 @@ def test_bench_reads_a_read_only_work_directory_that_holds_its_files(tiny_model_
     assert "cannot write to" in err and "--workdir (or FASTFT_CACHE)" in err and "Traceback" not in err
 
 
+def test_bench_checks_where_a_linked_result_file_leads(tiny_model_dir, tmp_path, capsys):
+    """--json through a symbolic link is written where the link leads (replace_file): the check
+    before any work looks there too (a link into a read-only directory passed it and failed after
+    the measuring; the reverse was refused)."""
+    from conftest import read_only
+
+    from fastft.cli import main
+
+    locked, free = tmp_path / "locked", tmp_path / "free"
+    locked.mkdir()
+    free.mkdir()
+    (free / "r.json").symlink_to(locked / "r.json")
+    argv = [
+        "bench",
+        "--model",
+        str(tiny_model_dir),
+        "--repeats",
+        "3",
+        "--no-progress",
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
+    with read_only(locked):
+        assert main([*argv, "--json", str(free / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to {locked}" in err and not (tmp_path / "w").exists(), err
+
+
 def test_a_read_only_cache_holding_the_teacher_is_read(tmp_path, monkeypatch):
     """FASTFT_CACHE read-only with the default teacher in it: found, not refused; the check that
     the cache takes files is made where a file is to be built."""

@@ -1021,7 +1021,14 @@ def test_a_teacher_of_another_layout_is_compressed_as_far_as_it_can_be(
             quantize=QuantizeConfig(qat=False),
             **base,
         )
+        if family == "deberta-v2":  # a BERT-style --student is pruned and trained: the teacher only teaches
+            student = CompressConfig(
+                output=str(tmp_path / "s"), distill=DistillConfig(epochs=1, student=str(tiny_model_dir)), **base
+            )
+            assert compress(str(teacher), student)["stages"][-1]["stage"] == "quantized"
     else:
+        with pytest.raises(ModelError, match="distillation into its own layers .* pass --no-distill --prune-heads 0"):
+            compress(str(teacher), CompressConfig(output=str(tmp_path / "o"), **base))
         cfg = CompressConfig(
             output=str(tmp_path / "o"),
             distill=DistillConfig(enabled=False),

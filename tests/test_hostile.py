@@ -407,7 +407,6 @@ CLI_CASES = [
         "--no-int8-embeddings is not used by this run: --static keeps the embedding tables fp32 already",
     ),
     ("train-lora-r-no-lora", "train --model {w}/tiny --lora-r 4 --output {out}", "--lora-r sets the LoRA adapters"),
-    ("serve-batch-int8-alone", "serve {w}/tiny --no-batching --batch-int8", "not with --no-batching"),
     ("serve-batch-int8-fp32", "serve {w}/tiny --precision fp32 --batch-int8", "not with --precision fp32"),
     ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings

@@ -141,7 +141,7 @@ def check_paths(args) -> None:
             )
         if path.exists() and not path.is_file():
             raise FastftError(f"{opt} {value} exists and is not a regular file")
-        check_writable(path.parent, flag=opt)
+        check_writable(where.parent, flag=opt)  # where a symbolic link leads: the file written there
     # the shell leaves "~" alone after "=" (--json=~/r.json): expanded here, for the writes too
     for opt in ("json", "plot", "workdir"):
         value = getattr(args, opt, None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastft.compress.config import TEACHER_ALIAS, CompressConfig
-from fastft.compress.distill import encode, pad_batch
+from fastft.compress.distill import encode, encoder_prefix, pad_batch
 from fastft.compress.prune import check_fractions
 from fastft.core.errors import DataError, FastftError, ModelError
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
@@ -162,6 +162,7 @@ def check_student_fits(
     users: list[tuple[str, str]],
     teacher_task: str = "sequence-classification",
     teacher_labels: list[str] | None = None,
+    fractions: tuple[float, float] = (0.0, 0.0),
 ) -> None:
     """A --student directory (or minilm-l3) that can read what the teacher's tokenizer makes:
     ``vocab`` ids and ``max_length`` positions, and that structured pruning can slice, checked
@@ -209,6 +210,8 @@ def check_student_fits(
         except Exception:  # noqa: BLE001 - a model transformers cannot build is named when it is loaded
             return
         check_layout(net, f"--student {student}", users)
+        if any(fractions):  # pruning slices the student: its layers must keep some of each
+            check_fractions(net, *fractions)
 
 
 def layout_users(cfg) -> list[tuple[str, str]]:
@@ -225,12 +228,23 @@ def layout_users(cfg) -> list[tuple[str, str]]:
     return users
 
 
-def check_layout(net, name: str, users: list[tuple[str, str]]) -> None:
+def check_layout(net, name: str, users: list[tuple[str, str]], copied: bool = False) -> None:
     """``net`` has the layers ``users`` work on (:func:`encoder_layers`, the check they make
-    themselves), or a one-line ModelError naming the options that turn them off (DeBERTa and
-    MPNet failed with an AttributeError, DistilBERT with a pruning error under --prune-ffn 0)."""
+    themselves) and, ``copied`` (a teacher-layers student is made of them), an encoder.layer
+    stack; else a one-line ModelError naming the options that turn them off (DeBERTa and MPNet
+    failed with an AttributeError, DistilBERT with a pruning error under --prune-ffn 0)."""
     from fastft.models.pruned import encoder_layers
 
+    kind = getattr(net.config, "model_type", type(net).__name__)
+    if copied:
+        try:
+            encoder_prefix(net)
+        except ModelError:  # (DistilBERT, ALBERT, ModernBERT): what is left is quantization
+            flags = " ".join(["--no-distill", *(f for _, f in users)])
+            raise ModelError(
+                f"{name} is a {kind} model: distillation into its own layers works on encoders with an "
+                f"encoder.layer stack; pass {flags} to quantize it only, or --student a BERT-style model"
+            ) from None
     if not users:
         return
     try:
@@ -238,9 +252,9 @@ def check_layout(net, name: str, users: list[tuple[str, str]]) -> None:
     except ModelError:
         what = " and ".join(w for w, _ in users)
         raise ModelError(
-            f"{name} is a {getattr(net.config, 'model_type', type(net).__name__)} model: {what} work on BERT-style "
-            "encoders (encoder.layer[i] with attention.self.query / key / value, attention.output.dense, "
-            f"intermediate.dense, output.dense); pass {' '.join(f for _, f in users)}, or another model"
+            f"{name} is a {kind} model: {what} work on BERT-style encoders (encoder.layer[i] with "
+            "attention.self.query / key / value, attention.output.dense, intermediate.dense, output.dense); "
+            f"pass {' '.join(f for _, f in users)}, or another model"
         ) from None
 
 
@@ -316,13 +330,14 @@ def prepare(model, cfg: CompressConfig) -> Context:
     check_layers(d, teacher.config.num_hidden_layers)
     users = layout_users(cfg)
     if not d.enabled or d.student == "teacher-layers":  # the model pruned and trained is the teacher's shape
-        check_layout(teacher, str(model or path), users)
-    if pr.prune_heads or pr.prune_ffn:
-        check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
+        check_layout(teacher, str(model or path), users, copied=d.enabled)
+        if pr.prune_heads or pr.prune_ffn:
+            check_fractions(teacher, pr.prune_heads, pr.prune_ffn)
     tokenizer = load_tokenizer(path)
     max_length = clamp_max_length(d.max_length or meta.get("max_length") or 128, teacher.config)
     if d.enabled:
-        check_student_fits(d.student, len(tokenizer), max_length, users, task, labels)
+        fractions = (pr.prune_heads or 0.0, pr.prune_ffn)
+        check_student_fits(d.student, len(tokenizer), max_length, users, task, labels, fractions)
     ids, y, rows, texts = {}, {}, None, {}
     if token:
         from fastft.compress.token_kd import TokenRows

@@ -63,7 +63,7 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str], d
         cfg.num_hidden_layers = n_s
         net = type(teacher)(cfg)
         sd = teacher.state_dict()
-        enc = _encoder_prefix(teacher)
+        enc = encoder_prefix(teacher)
         new = {}
         for k, v in sd.items():
             if k.startswith(enc):
@@ -106,7 +106,8 @@ def set_dropout(net, p: float) -> None:
             setattr(net.config, name, p)
 
 
-def _encoder_prefix(model) -> str:
+def encoder_prefix(model) -> str:
+    """The name of ``model``'s layer stack (``...encoder.layer.``): what a teacher-layers student copies."""
     for name, _ in model.named_modules():
         if name.endswith("encoder.layer"):
             return name + "."

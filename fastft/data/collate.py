@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 # the model types whose position ids start at pad_token_id + 1 (RoBERTa's and its kin's), as
-# transformers builds them: tests/test_data.py probes every one, and the families beside them,
+# transformers builds them: tests/test_model_dirs.py probes every one, and the families beside them,
 # on tiny models of the installed transformers (MPNet's 514 positions once ran the export's parity
 # check at 514 tokens: IndexError)
 PADDING_OFFSET_TYPES = (
@@ -21,6 +21,7 @@ PADDING_OFFSET_TYPES = (
     "luke",
     "markuplm",
     "esm",
+    "xmod",
 )
 FIXED_OFFSET_TYPES = {"mpnet": 2}  # from 2 whatever its pad token id (its embeddings fix padding_idx at 1)
 

@@ -154,7 +154,12 @@ def _int8(
     if validate and not agree["passed"]:
         raise FastftError(
             f"INT8 parity failed: labels agree with fp32 on {agree['label_agreement']:.1%} of "
-            f"{len(texts)} validation texts (< {min_agreement:.1%}) even with "
+            + (
+                f"{agree['tokens']} tokens of {len(texts)} validation sentences"
+                if per_token
+                else f"{len(texts)} validation texts"
+            )
+            + f" (< {min_agreement:.1%}) even with "
             f"{len(res.fp32_nodes)} MatMuls kept in fp32; try --static or export without --int8"
         )
     q = dict(res.info)

@@ -25,7 +25,8 @@ class ServeConfig:
     queued, which is what pays on CPU: requests pile up while a batch runs). Inside a
     merge, texts are grouped by length with a cost table measured at warm-up, so a merge
     is only made where it is predicted to be faster than separate calls.
-    ``batching=False`` runs every request on its own (one call per request).
+    ``batching=False`` runs every request on its own (its texts in calls of at most
+    ``max_batch_size``; a dynamic INT8 graph's one text per call unless ``batch_int8``).
 
     Workers: ``workers`` inference threads, each running ONNX Runtime with ``threads``
     intra-op threads; workers * threads should not exceed the physical cores.
@@ -88,8 +89,6 @@ class ServeConfig:
                 raise FastftError(f"{flag} must be in (0, 3600] seconds (got {v!r})")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise FastftError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.batch_int8 and not self.batching:
-            raise FastftError("--batch-int8 merges texts into one call: not with --no-batching")
         if self.batch_int8 and self.precision == "fp32":
             raise FastftError("--batch-int8 is for the dynamic INT8 graph: not with --precision fp32")
         if self.name is not None and not _NAME.match(self.name):

@@ -81,7 +81,7 @@ class ServeMetrics:
         self.connections_closed = Counter(
             "fastft_connections_closed",
             "Connections the server closed before a request: head_timeout (408), over_limit (503 at once), "
-            "malformed (a request HTTP cannot parse: 400; a head too large is a 431 in requests_total)",
+            "malformed (a request HTTP cannot parse: 400/431)",
             ["reason"],
             registry=r,
         )
