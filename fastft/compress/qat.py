@@ -35,7 +35,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from fastft.models.pruned import encoder_layers
+from fastft.models.pruned import BERT_LAYER_LINEARS, encoder_layers, layer_linear
 
 
 @dataclass(frozen=True)
@@ -241,12 +241,7 @@ def embedding_modules(net) -> list:
 
 def quantized_linears(net) -> list:
     """The encoder Linears fastft's INT8 quantises (QKV, attention output, FFN in/out of each layer)."""
-    out = []
-    for layer in encoder_layers(net):
-        att = layer.attention
-        out += [att.self.query, att.self.key, att.self.value, att.output.dense]
-        out += [layer.intermediate.dense, layer.output.dense]
-    return out
+    return [layer_linear(layer, path) for layer in encoder_layers(net) for path in BERT_LAYER_LINEARS]
 
 
 @contextmanager

