@@ -346,6 +346,12 @@ class QuantizeConfig:
         flag="--no-int8-embeddings",
     )
 
+    @property
+    def simulated(self) -> bool:
+        """Quantization-aware training runs where a training run is there to join it: dynamic INT8
+        and QAT not turned off (static scales are calibrated after training)."""
+        return self.qat is not False and self.mode == "int8" and not self.static
+
     def unused_fields(self) -> list[tuple[str, str]]:
         """(field, why) for the quantization settings given that this mode does not read: INT8's
         without INT8, static calibration's without --static. For compress and its stages."""
@@ -373,10 +379,10 @@ class QuantizeConfig:
         check_int("--qat-epochs", self.qat_epochs, lo=1)
         if self.qat is True and (self.mode != "int8" or self.static):
             raise FastftError("--qat trains for dynamic INT8: it needs --int8, without --static")
-        if self.qat_epochs != 1 and (self.qat is False or self.mode != "int8" or self.static):
+        if self.qat_epochs != 1 and not self.simulated:
             raise FastftError("--qat-epochs sets quantization-aware training: it needs dynamic --int8 and --qat")
         check_float("--qat-consistency", self.qat_consistency, lo=0, optional=True)
-        if self.qat_consistency and (self.qat is False or self.mode != "int8" or self.static):
+        if self.qat_consistency and not self.simulated:
             raise FastftError("--qat-consistency weighs a quantization-aware term: it needs dynamic --int8 and --qat")
         check_float("--accuracy-budget", self.accuracy_budget)
         if self.accuracy_budget < 0:
@@ -518,7 +524,7 @@ class CompressConfig:
             why = "no head or FFN neuron is removed (--prune-heads 0 --prune-ffn 0): no recovery runs"
             unused += [(n, why) for n in given_fields(p, "recovery_epochs", "last_recovery_epochs", "prune_steps")]
         unused += q.unused_fields()
-        if d.kd_loss == "mse" and (q.mode != "int8" or q.static or q.qat is False or q.qat_consistency == 0):
+        if d.kd_loss == "mse" and (not q.simulated or q.qat_consistency == 0):
             why = "--kd-loss mse compares raw logits, and no quantization-aware consistency term softens them"
             unused += [(n, why) for n in given_fields(d, "temperature")]
         if d.transfer is None:
@@ -535,7 +541,7 @@ class CompressConfig:
         the last training run (the one QAT joins: the last recovery, else distillation) makes, or
         none at all; recorded as given, they ran as far as that run went. Once resolved only."""
         q, p, d = self.quantize, self.prune, self.distill
-        if q.qat is False or q.mode != "int8" or q.static or (q.qat is None and q.qat_epochs == 1):
+        if not q.simulated or (q.qat is None and q.qat_epochs == 1):
             return
         if p.structured and not p.prune_first and p.last_recovery_epochs is None:
             return  # not resolved yet

@@ -223,7 +223,7 @@ def layout_users(cfg) -> list[tuple[str, str]]:
         users.append(("structured pruning", "--prune-heads 0 --prune-ffn 0"))
     if pr.sparsity > 0:
         users.append(("magnitude pruning", "--sparsity 0"))
-    if q.qat is not False and q.mode == "int8" and not q.static and (d.enabled or pr.structured):
+    if q.simulated and (d.enabled or pr.structured):
         users.append(("quantization-aware training", "--no-qat"))
     return users
 

@@ -282,7 +282,7 @@ def qat_spec(config):
     recipe ``do_quantize`` will use (this CPU's default, the user's per-channel/embedding choices);
     dynamic INT8 only (static scales are calibrated after training)."""
     cfg = config.quantize
-    if cfg.qat is False or cfg.mode != "int8" or cfg.static:
+    if not cfg.simulated:
         return None
     from fastft.compress.qat import QatSpec
     from fastft.export.quantize import recipe_from_options
