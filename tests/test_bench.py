@@ -66,7 +66,7 @@ def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
     # what the served export is: its INT8 recipe, the nodes its check kept fp32, the agreement it measured
     q = b["fastft-int8"]
     assert q["int8_recipe"].startswith("dynamic-") and isinstance(q["int8_fp32_nodes"], int)
-    assert q["int8_label_agreement"] is None or 0.99 <= q["int8_label_agreement"] <= 1  # None: not checked
+    assert q["int8_label_agreement"] is None  # bench's own export is not validated (its logits meet hf-eager's)
     assert isinstance(b["fastft-fp32"]["skip_layernorm_split"], int)
     assert "error" not in b["hf-eager"]["memory"]
     assert {t["target"] for t in d["targets"]} and all("met" in t for t in d["targets"])

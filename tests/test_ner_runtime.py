@@ -196,6 +196,24 @@ def test_int8_token_agreement_counts_non_padding_tokens(ner_onnx):
     assert same["n"] == len(words) and same["accuracy_change"] == 0.0
     q = fv.int8_token_agreement(int8, fp32, tok, words, tags, 128)
     assert 0.0 <= q["label_agreement"] <= 1.0 and q["tokens"] == n_tokens
+    # against a session whose label moves on every token of one word piece: exactly those disagree
+    piece = tok(words[0], is_split_into_words=True)["input_ids"][1]
+    moved = sum(tok(w, is_split_into_words=True)["input_ids"].count(piece) for w in words)
+
+    class Moved:
+        def get_inputs(self):
+            return fp32.get_inputs()
+
+        def run(self, names, feeds):
+            logits = fp32.run(names, feeds)[0].copy()
+            at = feeds["input_ids"] == piece
+            logits[at] = np.roll(logits[at], 1, axis=-1)
+            return [logits]
+
+    plain = fv.token_onnx_logits(fp32, tok, words, 128)[0]
+    assert all(len(set(row.tolist())) == row.size for x in plain for row in x)  # no ties: a roll moves the argmax
+    q = fv.int8_token_agreement(fp32, Moved(), tok, words, tags, 128)
+    assert 0 < moved < n_tokens and q["label_agreement"] == pytest.approx(1 - moved / n_tokens)
 
 
 def test_export_int8_checks_per_token_agreement_on_conll_data(ner_dir, tmp_path, capsys):
