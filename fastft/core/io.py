@@ -141,7 +141,9 @@ def check_output_dir(
             raise FastftError(f"output {out} {holds} {what}; fastft never writes over it, choose a new directory")
     if exists and any(out.iterdir()):
         if not overwrite:
-            raise FastftError(f"output directory {out} already exists (pass --overwrite to replace it)")
+            raise FastftError(
+                f"output directory {out} already exists (pass --overwrite, overwrite=True in Python, to replace it)"
+            )
         if not is_fastft_dir(out):
             raise FastftError(
                 f"--overwrite replaces only a directory fastft wrote (with {META_NAME}) or an empty "
@@ -205,7 +207,7 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     taken = FastftError(
         f"output directory {out} was written by another run while this one worked; "
-        "this run's result was discarded (pass --overwrite to replace it)"
+        "this run's result was discarded (pass --overwrite, overwrite=True in Python, to replace it)"
     )
     if overwrite and out.is_dir() and any(out.iterdir()):
         if not is_fastft_dir(out):
