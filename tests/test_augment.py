@@ -141,3 +141,26 @@ def test_augment_labels_refuses_unknown_values():
     with pytest.raises(FastftError, match="--augment-labels teacher sets the label term .* makes none"):
         CompressConfig(augment_labels="teacher").resolved(text=False).validate()
     CompressConfig(augment_labels="teacher").resolved(text=True).validate()  # the text recipe makes copies
+
+
+def test_deletion_never_empties_a_text():
+    """Even when every word draws deletion (rate 1), one word of the text is kept."""
+    vocab = vocabulary(["a b c"])
+    for seed in range(5):
+        out = augment_one("a b c", "delete", random.Random(seed), vocab, "[MASK]", rate=1.0)
+        assert len(out.split()) == 1 and out in ("a", "b", "c")
+
+
+def test_span_masking_can_cover_the_end_of_the_text():
+    """Every start position of the masked span is possible, the last word's included."""
+    vocab = vocabulary(["a b c d e"])
+    outs = {augment_one("a b c d e", "mask", random.Random(s), vocab, "[MASK]", rate=0.2) for s in range(60)}
+    assert "a b c d [MASK]" in outs and "[MASK] b c d e" in outs
+
+
+def test_each_copy_cycles_to_the_next_operation():
+    """Copy c of text i uses ops[(i + c) % len(ops)]."""
+    texts = ["one two three", "four five six", "seven eight nine"]
+    _, src, which = augment_texts(texts, 2, seed=0)
+    assert src == [0, 1, 2, 0, 1, 2]
+    assert which == [OPS[0], OPS[1], OPS[2], OPS[1], OPS[2], OPS[3]]

@@ -1040,3 +1040,57 @@ def test_a_teacher_of_another_layout_is_compressed_as_far_as_it_can_be(
     assert (
         all(r["gflops_128"] is None for r in report["stages"]) and "| - |" in (tmp_path / "o" / "report.md").read_text()
     )
+
+
+def _stage(tmp_path, name, accuracy):
+    f = tmp_path / f"{name}.onnx"
+    f.write_bytes(b"x")
+    return {"name": name, "parameters": 1, "file": f, "flops_128": None, "accuracy": accuracy}
+
+
+def test_report_rows_divide_stage_by_teacher(tmp_path):
+    """retained = stage / teacher accuracy; speed-up = teacher p50 / stage p50."""
+    from fastft.compress.report import build_rows
+
+    stages = [_stage(tmp_path, "teacher", 0.8), _stage(tmp_path, "int8", 0.6)]
+    lat = {
+        "teacher": {128: {"p50_ms": 4.0}, 512: {"p50_ms": 10.0}},
+        "int8": {128: {"p50_ms": 1.0}, 512: {"p50_ms": 5.0}},
+    }
+    rows = build_rows(stages, lat)
+    assert [r["retained"] for r in rows] == [1.0, 0.75]
+    assert [r["speedup_512"] for r in rows] == [1.0, 2.0]
+    assert [r["speedup_128"] for r in rows] == [1.0, 4.0]
+
+
+def _vrow(stage, retained):
+    return {"stage": stage, "retained": retained, "p50_ms_512": 1.0}
+
+
+def test_verdict_is_met_at_exactly_the_target_and_the_teacher_is_no_fallback():
+    """retained == target meets it; when the final stage misses, only compressed stages between the
+    teacher and the final one can be named as meeting it (the teacher always retains 100%)."""
+    from fastft.compress.report import verdict
+
+    assert verdict([_vrow("teacher", 1.0), _vrow("int8", 0.97)], 0.97)["met"] is True
+    out = verdict([_vrow("teacher", 1.0), _vrow("pruned", 0.9), _vrow("int8", 0.8)], 0.97)
+    assert out["met"] is False and out["nearest_stage_meeting_target"] is None
+    out = verdict([_vrow("teacher", 1.0), _vrow("pruned", 0.98), _vrow("int8", 0.8)], 0.97)
+    assert out["nearest_stage_meeting_target"] == "pruned"
+
+
+def test_speedup_against_the_teacher_is_teacher_over_model(monkeypatch):
+    """time_against_teacher: speedup_p50 = teacher p50 / the model's p50 at the same length."""
+    import importlib
+    from types import SimpleNamespace
+
+    from fastft.compress import report
+
+    quantize = importlib.import_module("fastft.compress.quantize")  # the package's quantize() shadows it
+
+    monkeypatch.setattr(quantize, "export_onnx", lambda net, path: None)
+    lat = {"teacher": {128: {"p50_ms": 6.0}}, "int8": {128: {"p50_ms": 2.0}}}
+    monkeypatch.setattr(report, "measure_latency", lambda files, **k: lat)
+    teacher = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    rows = report.time_against_teacher(teacher, {"int8": "int8.onnx"}, [128], runs=1)
+    assert [(r["model"], r["speedup_p50"]) for r in rows] == [("teacher", 1.0), ("int8", 3.0)]

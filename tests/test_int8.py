@@ -109,3 +109,35 @@ def test_int8_stage_keeps_the_kl_ranked_nodes_in_fp32(tiny_model_dir, tmp_path):
     assert res.fp32_nodes == list(res.ranking)[:2] and res.check == {"kept": 2}
     assert [a["fp32_nodes"] for a in res.attempts] == [0, 1, 2] and res.path.is_file()
     assert res.path.name == "int8-2-ext.onnx" and res.info["nodes_quantized"] == len(nodes) - 2
+
+
+def test_default_recipe_sees_vnni_from_either_the_flag_or_the_cpu_flags():
+    """VNNI (full 8-bit weights, no reduce_range) from cpu["vnni"] alone or from a vnni CPU flag;
+    neither -> reduce_range."""
+    from fastft.export.quantize import default_recipe
+
+    assert default_recipe({"vnni": True, "flags": []}).reduce_range is False
+    assert default_recipe({"vnni": False, "flags": ["avx2", "avx512_vnni"]}).reduce_range is False
+    assert default_recipe({"vnni": False, "flags": ["avx2"]}).reduce_range is True
+
+
+def test_select_nodes_scopes_weights_and_ffn():
+    """scope "weights": only MatMuls with a constant weight (not activation x activation);
+    scope "ffn": the intermediate and output dense MatMuls, not the attention output projection."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastft.export.quantize import select_nodes
+
+    w = [numpy_helper.from_array(np.ones((4, 4), np.float32), f"w{i}") for i in range(3)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "x"], ["s"], name="/layer.0/attention/self/MatMul_scores"),
+        helper.make_node("MatMul", ["s", "w0"], ["a"], name="/layer.0/attention/output/dense/MatMul"),
+        helper.make_node("MatMul", ["a", "w1"], ["i"], name="/layer.0/intermediate/dense/MatMul"),
+        helper.make_node("MatMul", ["i", "w2"], ["y"], name="/layer.0/output/dense/MatMul"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], initializer=w))
+    picked, _ = select_nodes(model, "weights")
+    assert picked == [n.name for n in nodes[1:]]
+    picked, _ = select_nodes(model, "ffn")
+    assert picked == [n.name for n in nodes[2:]]

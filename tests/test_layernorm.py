@@ -107,3 +107,42 @@ def test_probe_times_both_forms_on_this_machine():
 
     p = probe(H, 1, seq=16, rounds=3)
     assert p["shape"] == [1, 16, H] and p["fused_ms"] > 0 and p["split_ms"] > 0 and p["gain"] > 0
+
+
+def test_a_used_inverse_std_output_is_left_alone():
+    """SkipLayerNormalization's inv_std_var output (index 2) has no LayerNormalization twin either."""
+    from fastft.export.layernorm import splittable
+
+    m = _graph()
+    m.graph.node[0].output[2] = "inv_std"
+    assert len(splittable(m)) == 1  # named but unused: still splittable
+    from onnx import TensorProto, helper
+
+    m.graph.output.append(helper.make_tensor_value_info("inv_std", TensorProto.FLOAT, None))
+    assert splittable(m) == []
+
+
+def test_probe_gain_is_fused_over_split_time(monkeypatch):
+    """gain = fused ms / split ms, so a split form twice as fast records gain 2 (what maybe_split
+    compares with MIN_GAIN); timed here on a fake clock where the fused node takes 2 s, the split 1 s."""
+    import types
+
+    import onnx
+    import onnxruntime
+
+    from fastft.export import layernorm
+
+    clock = [0.0]
+
+    class FakeSession:
+        def __init__(self, data, *a, **k):
+            ops = {n.op_type for n in onnx.load_from_string(data).graph.node}
+            self.cost = 2.0 if "SkipLayerNormalization" in ops else 1.0
+
+        def run(self, *a, **k):
+            clock[0] += self.cost
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    monkeypatch.setattr(layernorm, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    p = layernorm.probe.__wrapped__(H, 1, seq=4, rounds=3)
+    assert (p["fused_ms"], p["split_ms"], p["gain"]) == (2000.0, 1000.0, 2.0)

@@ -36,3 +36,16 @@ def test_macro_averages_leave_out_classes_with_no_rows_and_no_predictions():
     # classes 0 (predicted, no rows: p=r=f1=0) and 1 (p=1, r=0.5, f1=2/3); class 2 left out
     assert wrong["f1_macro"] == pytest.approx((0 + 2 / 3) / 2)
     assert wrong["recall_macro"] == pytest.approx((0 + 0.5) / 2)
+
+
+def test_token_logits_come_back_in_input_order():
+    """Rows are run in length-sorted batches; each sentence's logits return to its own position."""
+    from fastft.train.token_metrics import _batched
+
+    ids = [[7, 7, 7], [5], [6, 6]]  # sorted by length: rows 1, 2, 0
+
+    def run(x, m):  # logits (batch, seq, 1) holding each row's token id
+        return x[:, :, None].astype(np.float32)
+
+    out = _batched(ids, 0, 3, run)
+    assert [o[:, 0].tolist() for o in out] == [[7, 7, 7], [5], [6, 6]]

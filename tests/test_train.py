@@ -463,3 +463,90 @@ def test_the_api_refuses_what_it_cannot_use_before_any_work(tiny_model_dir, tiny
     assert [(c.data, c.output) for c in seen] == [("movie-snippets", None), (str(tiny_data_file), "elsewhere")]
     fastft.train(str(tiny_model_dir), output="x")
     assert seen[-1].data == "movie-snippets" and type(seen[-1].data) is str
+
+
+def test_early_stopping_counts_from_the_last_improvement_and_saves_the_best_epoch(
+    tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
+):
+    """An improving epoch resets patience (validation accuracy 0.5, 0.4, 0.9, 0.8, 0.7 with
+    patience 2 runs all 5 epochs), and the saved weights are the best epoch's (3), not the last's."""
+    import fastft.train.evaluate as ev
+
+    real, states = ev.run_eval, []
+    scripted = [0.5, 0.4, 0.9, 0.8, 0.7]
+
+    def scripted_eval(net, *a, **k):
+        out = real(net, *a, **k)
+        if len(states) < len(scripted):
+            states.append({n: v.detach().clone() for n, v in net.state_dict().items()})
+            out = {**out, "accuracy": scripted[len(states) - 1]}
+        return out
+
+    monkeypatch.setattr(ev, "run_eval", scripted_eval)
+    meta = _train(tiny_model_dir, tiny_data_file, tmp_path / "o", epochs=5, patience=2, batch_size=16)
+    assert len(meta["training"]["history"]) == 5 and meta["training"]["best_epoch"] == 3
+    from safetensors.torch import load_file
+
+    saved, best, last = load_file(tmp_path / "o" / "model.safetensors"), states[2], states[4]
+    assert any(not torch.equal(best[k], last[k]) for k in saved)  # the epochs' weights differ
+    assert all(torch.equal(saved[k], best[k]) for k in saved)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero_step_by_step():
+    """LR factors with 2 warm-up steps of 6: (step + 1) / 2 while warming up, then
+    (total - step) / (total - warm-up) down to 0."""
+    from fastft.train.loop import linear_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = linear_schedule(opt, 2, 6)
+    seen = []
+    for _ in range(7):
+        seen.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+
+
+def test_warmup_is_a_share_of_all_steps_not_of_one_epoch(monkeypatch):
+    """run_loop warms up over warmup_ratio * total_steps (10 steps, 0.5 -> 5), not per epoch."""
+    from fastft.train import loop
+
+    seen = []
+    real = loop.linear_schedule
+
+    def spy(opt, warmup, total):
+        seen.append((warmup, total))
+        return real(opt, warmup, total)
+
+    monkeypatch.setattr(loop, "linear_schedule", spy)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    x = torch.randn(2, 3)
+    loop.run_loop(
+        net,
+        lambda epoch: [x, x],
+        lambda b: (net(b).pow(2).mean(), len(b), None),
+        steps_per_epoch=2,
+        total_steps=10,
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_ratio=0.5,
+        progress=False,
+        fast_dropout=False,
+    )
+    assert seen == [(5, 10)]
+
+
+def test_no_weight_decay_on_any_one_dimensional_parameter():
+    """Every parameter with ndim < 2 (a gate or scale vector, whatever its name) is left undecayed."""
+
+    class Gated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4, bias=False)
+            self.gate = torch.nn.Parameter(torch.ones(4))
+
+    m = Gated()
+    decay, no_decay = param_groups(m, 0.01)
+    assert [id(p) for p in decay["params"]] == [id(m.proj.weight)]
+    assert [id(p) for p in no_decay["params"]] == [id(m.gate)]

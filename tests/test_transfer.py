@@ -122,3 +122,14 @@ def test_bad_transfer_files_are_one_line_errors(tmp_path):
     odd = tmp_path / "a,b.txt"  # a file whose name holds a comma is still a file
     odd.write_text("one text\n")
     assert parse_spec(str(odd)) == [str(odd)]
+
+
+def test_smaller_pools_are_shared_out_first_whatever_the_spec_order(monkeypatch):
+    """A big source named before a small one: the small one gives all it has (2) and the big one the
+    rest (8), so the shares still add up to the size asked for."""
+    from fastft.compress import transfer
+
+    monkeypatch.setitem(transfer._READERS, "news", lambda: [f"news text number {i}" for i in range(100)])
+    monkeypatch.setitem(transfer._READERS, "sms", lambda: ["sms one", "sms two"])
+    texts, info = transfer_texts("news,sms", 10, seed=0)
+    assert info["rows_per_source"] == {"news": 8, "sms": 2} and len(texts) == 10
