@@ -404,3 +404,51 @@ def test_max_length_is_clamped_from_one_past_the_models_positions():
             assert clamp_max_length(None, config) == 128
         with pytest.warns(UserWarning, match="max length 129 is beyond the model's 128 positions; using 128"):
             assert clamp_max_length(129, config) == 128
+
+
+def test_split_shares_are_rounded_and_every_split_is_shuffled(tmp_path):
+    """Each label's validation and test shares are 10% of its rows rounded (17 rows: 2, not the
+    1 that truncating gives), and every split is shuffled, not left grouped label by label."""
+    rows = [{"text": f"distinct text {i}", "label": "ab"[i % 2]} for i in range(34)]  # 17 per label
+    d = load_data(_jsonl(tmp_path, rows))
+    assert d.sizes() == {"train": 26, "validation": 4, "test": 4}
+    for part in (d.train, d.validation, d.test):
+        assert sorted(part.labels) == [0] * (len(part) // 2) + [1] * (len(part) // 2)
+    assert d.train.labels != sorted(d.train.labels) and d.train.labels != sorted(d.train.labels, reverse=True)
+    assert d.validation.labels != sorted(d.validation.labels) or d.test.labels != sorted(d.test.labels)
+
+
+def test_limit_keeps_that_many_rows_of_each_split(tmp_path):
+    """``limit=N`` keeps the first N rows of each split, not N - 1."""
+    rows = [{"text": f"distinct text {i}", "label": "ab"[i % 2]} for i in range(60)]
+    d = load_data(_jsonl(tmp_path, rows), limit=5)
+    assert d.sizes() == {"train": 5, "validation": 5, "test": 5} and d.spec["limit"] == 5
+
+
+def test_surrogate_escaped_bytes_are_named_from_0x80_and_lone_surrogates_below():
+    """``\\udc80``..``\\udcff`` are raw bytes kept by surrogateescape (named as bytes, 0x80 included);
+    ``\\udc7f`` is a lone surrogate."""
+    from fastft.data.text import unicode_problem
+
+    assert unicode_problem("ab") is None
+    assert unicode_problem("a\udc80") == "is not valid UTF-8 (byte 0x80 at character 1)"
+    assert unicode_problem("\udcff") == "is not valid UTF-8 (byte 0xff at character 0)"
+    assert unicode_problem("a\udc7f").startswith("holds a lone surrogate U+DC7F at character 1")
+
+
+def test_recorded_args_use_the_recorded_seed_and_columns_only_for_the_training_data(tmp_path):
+    """eval on the model's training data splits it with the recorded seed and text column (not the
+    seed passed); on other data, the seed passed and the default columns."""
+    from fastft.data.loader import recorded_args
+
+    rows = [{"body": f"distinct text {i}", "label": "ab"[i % 2]} for i in range(40)]
+    train = load_data(_jsonl(tmp_path, rows), seed=7, text_column="body")
+    spec = {**train.spec, "sizes": train.sizes()}
+    assert spec["seed"] == 7 and spec["text_column"] == "body"
+    task = "sequence-classification"
+    _, args, same = recorded_args("m", spec, None, task=task, seed=3)
+    assert same and args["seed"] == 7 and args["text_column"] == "body"
+    other = _jsonl(tmp_path, [{"text": r["body"], "label": r["label"]} for r in rows], "other.jsonl")
+    _, args, same = recorded_args("m", spec, other, task=task, seed=3)
+    assert not same and args["seed"] == 3 and args["text_column"] == "text"
+    assert load_data(other, **args).sizes() == {"train": 32, "validation": 4, "test": 4}

@@ -206,3 +206,11 @@ def test_words_with_no_token_are_left_out_of_the_score_and_cut_sentences_counted
     cut = token_scores([logp[[0, 1, 2, 0]]], [[None, 0, 1, None]], [[1, 2, 0, 1]], labels, max_length=4)
     assert cut["cut"] == {"sentences": 1, "words": 2, "entities": 1} and cut["tokenless_words"] == 0
     assert cut["recall"] == 0.5
+
+
+def test_a_prefix_without_a_type_is_not_an_iob_tag():
+    """``B-`` and ``I-`` alone name no entity type: not IOB tags; ``O``, ``B-X``, ``I-X`` are."""
+    from fastft.data.iob import is_iob_tag
+
+    assert is_iob_tag("O") and is_iob_tag("B-X") and is_iob_tag("I-PER")
+    assert not is_iob_tag("B-") and not is_iob_tag("I-") and not is_iob_tag("X-PER") and not is_iob_tag("PER")

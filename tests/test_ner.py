@@ -400,3 +400,42 @@ def test_conll2003_one_epoch_subset(tmp_path):
     )
     assert meta["task"] == "token-classification"
     assert meta["metrics"]["test"]["f1"] > 0.5
+
+
+def _token_rows(n: int, split=None) -> list[dict]:
+    rows = [{"tokens": ["Ada", "met", f"w{i}"], "tags": ["B-PER", "O", "O"]} for i in range(n)]
+    return [{**r, "split": split(i)} for i, r in enumerate(rows)] if split else rows
+
+
+def _words(part) -> set[str]:
+    return {" ".join(w) for w in part.tokens}
+
+
+def test_token_splits_are_disjoint_and_drawn_validation_leaves_train(tmp_path):
+    """A random 80/10/10 split of token data, and a validation split drawn from given train
+    sentences, never keep a validation or test sentence in train."""
+    from fastft.data import load_data
+
+    f = tmp_path / "ner.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in _token_rows(30)))
+    d = load_data(str(f))
+    assert d.sizes() == {"train": 24, "validation": 3, "test": 3}
+    train, val, test = _words(d.train), _words(d.validation), _words(d.test)
+    assert len(train | val | test) == 30 and not train & (val | test) and not val & test
+    f.write_text("".join(json.dumps(r) + "\n" for r in _token_rows(30, lambda i: "test" if i < 5 else "train")))
+    d = load_data(str(f))
+    assert d.sizes() == {"train": 23, "validation": 2, "test": 5} and "drawn from train" in d.spec["splits"]
+    assert not _words(d.train) & _words(d.validation)
+
+
+def test_tokens_without_tags_or_label_are_token_data(tmp_path):
+    """A JSONL record with a ``tokens`` list is token data unless a ``label`` and no ``tags`` stand
+    beside it: its tags may be under another key (``--label-column ner_tags``)."""
+    from fastft.data import load_data
+    from fastft.data.tokens import detect_task
+
+    f = tmp_path / "ner.jsonl"
+    rows = [{"tokens": r["tokens"], "ner_tags": r["tags"]} for r in _token_rows(30)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert detect_task(str(f)) == "token-classification"
+    assert load_data(str(f), label_column="ner_tags").labels == ["O", "B-PER"]

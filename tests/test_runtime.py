@@ -576,3 +576,50 @@ def test_each_input_is_fed_in_its_own_integer_type(onnx_dir, tmp_path, torch_ref
             continue
         got = fastft.load(d, int8=False, ort_attention="onnxruntime").logits(TEXTS)
         assert_close(got, torch_ref(TEXTS), 1e-4, name)
+
+
+def test_a_long_call_names_the_cut_text_by_its_index_in_the_whole_call(onnx_dir, monkeypatch):
+    """truncation=False in a call tokenized chunk by chunk: the error names the cut text's index
+    in the texts passed, not its place in its chunk."""
+    import fastft
+    import fastft.runtime.base as base
+    from fastft.runtime import InputError
+
+    monkeypatch.setattr(base, "ENCODE_CHUNK", 2)
+    strict = fastft.load(onnx_dir, threads=1, truncation=False)
+    with pytest.raises(InputError, match=r"^text #3 is longer than the model's max length of 128"):
+        strict.predict(["short", "superb", "fine", "word " * 500])
+
+
+def test_the_logits_output_is_read_when_another_output_comes_first(onnx_dir, pred, tmp_path):
+    """An ONNX graph with several outputs: the one named ``logits`` is read, wherever it stands."""
+    import onnx
+    from onnx import helper
+
+    import fastft
+
+    d = tmp_path / "two-outputs"
+    shutil.copytree(onnx_dir, d)
+    m = onnx.load(str(d / "model.onnx"))
+    logits = next(o for o in m.graph.output if o.name == "logits")
+    m.graph.node.append(helper.make_node("Neg", ["logits"], ["negated"]))
+    extra = onnx.ValueInfoProto()
+    extra.CopyFrom(logits)
+    extra.name = "negated"
+    m.graph.output.insert(0, extra)
+    onnx.save(m, str(d / "model.onnx"))
+    two = fastft.load(d, threads=1)
+    assert [o.name for o in two.session.get_outputs()] == ["negated", "logits"]
+    np.testing.assert_allclose(two.logits(TEXTS), pred.logits(TEXTS), atol=1e-6)
+
+
+def test_threads_asked_for_are_the_sessions_and_a_recorded_level_number_maps_to_its_name():
+    """``threads=N`` sets the session's intra-op threads (none: the physical cores); an ORT level
+    recorded as a number names its level, 99 (ORT_ENABLE_ALL) and above 3 meaning "all"."""
+    from fastft.runtime.session import physical_cores, runtime_level, session_options
+
+    assert session_options(threads=1).intra_op_num_threads == 1
+    assert session_options(threads=3).intra_op_num_threads == 3
+    assert session_options().intra_op_num_threads == physical_cores()
+    level = lambda v: runtime_level({"onnx": {"runtime_graph_optimization_level": v}}, "model.onnx")  # noqa: E731
+    assert [level(v) for v in (0, 1, 2, 3, 99)] == ["disable", "basic", "extended", "all", "all"]
