@@ -14,7 +14,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from test_serve import Running, free_port, make_app
+from test_serve import Running, assert_metadata_describes, free_port, make_app
 from tiny_ner import NER_TEXTS, save_tiny_token_model
 
 NAME = "tiny"
@@ -89,6 +89,7 @@ def test_tritonclient_v2_entities(ner_server, entities, binary):
     raw = [x.decode() if isinstance(x, bytes) else x for x in res.as_numpy("entities").tolist()]
     _same([json.loads(x) for x in raw], entities(NER_TEXTS))
     assert not res.as_numpy("truncated").any()
+    assert_metadata_describes(meta, res.get_response())
     with pytest.raises(tc.InferenceServerException, match="unknown output 'label'"):
         client.infer(NAME, [inp], outputs=[tc.InferRequestedOutput("label")])
     client.close()

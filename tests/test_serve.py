@@ -168,6 +168,17 @@ def test_curl_predict(server, reference):
     assert [p["score"] for p in preds] == pytest.approx(reference(TEXTS[:2]).max(1).tolist(), abs=1e-5)
 
 
+def assert_metadata_describes(meta: dict, response: dict) -> None:
+    """Each output of a v2 response is the one the model's metadata declares: its datatype, and
+    its shape where the metadata's is not -1 (a client sizes its buffers from the metadata)."""
+    declared = {o["name"]: o for o in meta["outputs"]}
+    for out in response["outputs"]:
+        want = declared[out["name"]]
+        assert out["datatype"] == want["datatype"], (out["name"], out["datatype"], want["datatype"])
+        assert len(out["shape"]) == len(want["shape"]), (out["name"], out["shape"], want["shape"])
+        assert all(d == -1 or d == g for d, g in zip(want["shape"], out["shape"])), (out["name"], out["shape"])
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_v2(server, reference, binary):
     import tritonclient.http as tc
@@ -186,6 +197,7 @@ def test_tritonclient_v2(server, reference, binary):
     assert labels == [server.engine.labels[i] for i in ref.argmax(1)]
     assert not res.as_numpy("truncated").any()
     assert res.get_response()["id"] == "r1"
+    assert_metadata_describes(meta, res.get_response())
     with pytest.raises(tc.InferenceServerException, match="unknown model"):
         client.infer("no-such-model", [inp])
     client.close()
@@ -268,8 +280,13 @@ def test_without_batching_each_request_is_answered_whole(serve_dir, reference):
         labels = s.engine.labels
         got = np.array([[p["scores"][lab] for lab in labels] for p in r.json()["predictions"]])
         text = httpx.get(s.url + "/metrics").text
+        lengths = sorted(s.engine.batcher.encoder.encode(texts).lengths().tolist(), reverse=True)
     np.testing.assert_allclose(got, reference(texts), atol=1e-5)
     assert metric(text, "fastft_batch_size_sum") == 7 and metric(text, "fastft_batch_size_count") == 3
+    # the tokens counted: each call's texts as they are, and as padded to its longest (the first)
+    calls = [lengths[0:3], lengths[3:6], lengths[6:]]
+    assert metric(text, "fastft_real_tokens_total") == sum(lengths)
+    assert metric(text, "fastft_padded_tokens_total") == sum(len(c) * c[0] for c in calls) > sum(lengths)
 
 
 def test_metrics(server):
@@ -719,6 +736,29 @@ def test_cost_model_measures_and_shrugs_off_a_busy_moment():
     assert cost.table[4, 32] == pytest.approx(1e-3 + 1e-4 * 128)  # the fastest of its sweeps
     assert cost.plan(np.array([12, 12, 11, 10])) == [(0, 4)]  # the 1 ms call overhead makes merging pay
     assert cost.plan(np.array([64, 8])) == [(0, 1), (1, 2)]  # padding 8 to 64 costs more than a call
+
+
+def test_cost_model_bounds_the_token_budget_and_extrapolates_per_text():
+    """The token budget is inclusive (n * w == max_batch_tokens may share a call); a text longer
+    than the budget alone is still timed and runs alone; beyond the batch sizes a width could be
+    measured at, a call's cost grows with its texts (it was the last measured call's, flat)."""
+    from fastft.serve.cost import CostModel
+
+    n = np.arange(65, dtype=float)[:, None]
+    w = np.arange(129, dtype=float)[None, :]
+    exact = CostModel(100 + n * w, 64, 40, "test")
+    assert exact.plan(np.array([10, 10, 10, 10])) == [(0, 4)]  # 4 x 10 = 40 tokens: one call
+    seen = set()
+
+    def run(n, w):  # 0.1 ms per padded token
+        seen.add((n, w))
+        return 1e-4 * n * w
+
+    cost = CostModel.measure(run, max_batch_size=16, max_length=64, max_batch_tokens=48, budget_s=0)
+    assert (1, 64) in seen  # one text of 64 tokens, past the 48-token budget: timed all the same
+    assert max(n for n, w in seen if w == 64) == 1  # no pair of them: beyond the budget
+    assert cost.table[16, 64] == pytest.approx(1e-4 * 16 * 64)  # 16 of them, extrapolated per text
+    assert cost.plan(np.array([64])) == [(0, 1)]
 
 
 def test_import_floor_serving_never_loads_training(serve_dir):
