@@ -102,6 +102,10 @@ def test_v2_plain_json(ner_server, entities):
     out = {o["name"]: o for o in r.json()["outputs"]}
     assert set(out) == {"entities", "truncated"} and out["entities"]["shape"] == [2]
     _same([json.loads(x) for x in out["entities"]["data"]], entities(NER_TEXTS[:2]))
+    # a text past the max length is flagged in the v2 answer too (it always said False)
+    body["inputs"][0].update(shape=[3], data=[*NER_TEXTS[:2], "Angela Merkel visited Paris . " * 60])
+    out = {o["name"]: o for o in httpx.post(f"{ner_server.url}/v2/models/{NAME}/infer", json=body).json()["outputs"]}
+    assert out["truncated"]["data"] == [False, False, True] and out["truncated"]["shape"] == [3]
 
 
 def test_bad_requests_get_json_errors(ner_server):
