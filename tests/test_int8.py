@@ -123,7 +123,8 @@ def test_default_recipe_sees_vnni_from_either_the_flag_or_the_cpu_flags():
 
 def test_select_nodes_scopes_weights_and_ffn():
     """scope "weights": only MatMuls with a constant weight (not activation x activation);
-    scope "ffn": the intermediate and output dense MatMuls, not the attention output projection."""
+    scope "ffn": the intermediate and output dense MatMuls, not the attention output projection;
+    no scope takes the pooler / classifier Gemm (tiny, and the most sensitive to INT8)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from fastft.export.quantize import select_nodes
@@ -135,9 +136,12 @@ def test_select_nodes_scopes_weights_and_ffn():
         helper.make_node("MatMul", ["a", "w1"], ["i"], name="/layer.0/intermediate/dense/MatMul"),
         helper.make_node("MatMul", ["i", "w2"], ["y"], name="/layer.0/output/dense/MatMul"),
     ]
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("x", "y")]
-    model = helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], initializer=w))
+    gemm = helper.make_node("Gemm", ["y", "w0"], ["z"], name="/classifier/Gemm")  # pooler / classifier
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("x", "z")]
+    model = helper.make_model(helper.make_graph([*nodes, gemm], "g", vi[:1], vi[1:], initializer=w))
     picked, _ = select_nodes(model, "weights")
     assert picked == [n.name for n in nodes[1:]]
     picked, _ = select_nodes(model, "ffn")
     assert picked == [n.name for n in nodes[2:]]
+    picked, _ = select_nodes(model, "all")  # every MatMul, never the classifier's Gemm
+    assert picked == [n.name for n in nodes]
