@@ -340,6 +340,9 @@ def test_tiny_compress(trained_ner, tmp_path):
     teacher = report["stages"][0]
     assert teacher["accuracy"] == pytest.approx(teacher["entity"]["test"]["f1"])
     assert report["stages"][-1]["speedup_128"] is not None
+    # the teacher is timed as the baseline, on ORT's own kernels; the stages as fastft serves them
+    for lat in report["stages"][0]["latency"].values():
+        assert lat["attention_swapped"] == 0 and not any(lat["fastft_ops"].values()), lat
     meta = read_meta(tmp_path / "small")
     assert meta["task"] == "token-classification" and meta["labels"] == TAGS
     assert (tmp_path / "small" / "model_int8.onnx").is_file()
