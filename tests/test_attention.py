@@ -828,3 +828,25 @@ def test_reference_checks_its_arguments_and_scales_that_overflow_float32_are_ref
         fused_attention(q, q, q, bias)
     with torch.no_grad():
         fused_attention(q, q, q, bias)  # no gradient asked for: fine
+
+
+def test_scale_bound_is_on_its_magnitude():
+    """A scale past MAX_SCALE is refused whatever its sign (a huge negative scale overflows too)."""
+    from fastft.ops.attention import MAX_SCALE
+
+    q = torch.randn(1, 1, 2, 4)
+    for bad in (2 * MAX_SCALE, -2 * MAX_SCALE):
+        with pytest.raises(ValueError, match="scale must be at most"):
+            fused_attention(q, q, q, scale=bad)
+
+
+def test_op_checks_refuse_a_non_contiguous_mask():
+    """The checks the C++ kernel's raw pointers rely on refuse a mask that is not contiguous."""
+    from fastft.ops.attention import _check_op_args
+
+    q = torch.randn(2, 1, 3, 4)
+    mask = torch.ones(3, 2, dtype=torch.bool).t()  # (batch, seq_k), not contiguous
+    assert not mask.is_contiguous()
+    with pytest.raises(ValueError, match="contiguous"):
+        _check_op_args(q, q, q, mask)
+    _check_op_args(q, q, q, mask.contiguous())

@@ -259,3 +259,10 @@ def test_empty_varlen_inputs_are_zeros_and_meta_tensors_pass():
     m = torch.empty(10, 2, 16, device="meta")
     cm = torch.tensor([0, 4, 10], dtype=torch.int32, device="meta")
     assert fused_attention_varlen(m, m, m, cm, cm, 6, 6).device.type == "meta"
+
+
+def test_varlen_cu_seqlens_decreasing_by_one_is_refused():
+    """cu_seqlens must be non-decreasing: a step down of one (0, 5, 4) is refused, naming it."""
+    q, k, v, cq, ck = _good()
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        fused_attention_varlen(q, k, v, torch.tensor([0, 5, 4], dtype=torch.int32), ck, 6, 6)

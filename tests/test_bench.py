@@ -699,3 +699,104 @@ def test_the_recorded_command_runs_from_anywhere(monkeypatch):
         monkeypatch.setattr(sys, "argv", argv)
         got = command_line()
         assert got.endswith(want) and (got == want) == (argv[0] == "/venv/bin/fastft"), got
+
+
+def _row(backend, seq, p50, p99_over_p50=1.0):
+    return {"backend": backend, "seq": seq, "p50_ms": p50, "p99_over_p50": p99_over_p50}
+
+
+def test_targets_strict_and_inclusive_thresholds():
+    """'int8 faster than fp32' needs a ratio strictly above 1; the p99/p50 target admits the bound itself."""
+    from fastft.bench.report import P99_OVER_P50, targets
+
+    rows = [_row("fastft-fp32", 128, 4.0), _row("fastft-int8", 128, 4.0, P99_OVER_P50)]
+    rows += [_row("fastft-fp32", 512, 4.0), _row("fastft-int8", 512, 4.0, P99_OVER_P50)]
+    out = {(t["target"], t["seq"]): t for t in targets(rows)}
+    faster = out[("fastft-int8 faster than fastft-fp32 (speed-up > 1)", 512)]
+    assert faster["value"] == 1.0 and faster["met"] is False
+    assert out[(f"fastft-int8 p99/p50 <= {P99_OVER_P50}", 512)]["met"] is True
+    assert out[(f"fastft-torch p99/p50 <= {P99_OVER_P50}", 512)]["met"] is None  # not measured
+
+
+def test_targets_agreement_equal_to_the_peers_is_met():
+    """INT8 label agreement equal to peer-int8's meets the agreement target."""
+    from fastft.bench.report import targets
+
+    agree = {"fastft-int8": {"label_agreement": 0.99}, "peer-int8": {"label_agreement": 0.99}}
+    (t,) = [t for t in targets([], agree) if "agreement" in t["target"]]
+    assert t["met"] is True and t["value"] == t["threshold"] == 0.99
+
+
+def test_add_ratios_are_reference_time_over_backend_time():
+    """Speed-ups are the reference's p50 over the backend's (faster backend: ratio above 1)."""
+    from fastft.bench.report import add_ratios
+
+    rows = [
+        _row("hf-eager", 128, 10.0),
+        _row("fastft-fp32", 128, 5.0),
+        _row("peer-int8", 128, 4.0),
+        _row("fastft-int8", 128, 2.0),
+        _row("fastft-fp32", 512, 50.0),  # another seq: untouched
+    ]
+    add_ratios(rows, 128)
+    assert rows[1]["speedup_vs_hf_eager"] == 2.0
+    assert rows[3]["speedup_vs_hf_eager"] == 5.0
+    assert rows[3]["speedup_vs_peer_int8"] == 2.0
+    assert rows[3]["speedup_vs_fastft_fp32"] == 2.5
+    assert "speedup_vs_hf_eager" not in rows[4]
+
+
+def test_interleave_rotate_starts_each_round_one_function_later():
+    """order='rotate': round r calls the functions starting from the r-th (mod n), in order."""
+    from fastft.bench.runner import interleave
+
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    interleave(fns, 4, warmup=0)
+    assert "".join(calls) == "abc" + "bca" + "cab" + "abc"
+
+
+def test_int_list_bound_is_inclusive():
+    """int_list admits values equal to lo and refuses one below it."""
+    from fastft.bench.runner import int_list
+    from fastft.core.errors import FastftError
+
+    assert int_list("--seq", "1,8", 1) == [1, 8]
+    with pytest.raises(FastftError, match="at least 1"):
+        int_list("--seq", "8,0", 1)
+
+
+def test_bench_config_needs_three_repeats():
+    """--repeats 2 is refused (quantiles need samples); 3 passes the check."""
+    from fastft.bench.harness import BenchConfig, _checked
+    from fastft.core.errors import FastftError
+
+    with pytest.raises(FastftError, match="at least 3"):
+        _checked(BenchConfig(repeats=2, backends=["hf-eager"]))
+    assert _checked(BenchConfig(repeats=3, backends=["hf-eager"])).repeats == 3
+
+
+def test_int8_agreement_compares_each_int8_backend_with_its_fp32(monkeypatch):
+    """label_agreement is the share of texts where the INT8 backend's label equals its fp32's."""
+    import numpy as np
+
+    from fastft.bench import agreement
+
+    monkeypatch.setattr(agreement, "labels_of", lambda runner, tok, texts, max_length: np.asarray(runner))
+    runners = {"fastft-int8": [0, 1, 1, 0], "fastft-fp32": [0, 1, 0, 0], "peer-int8": [1, 1, 1, 1]}
+    out = agreement.int8_agreements(runners, None, ["t"] * 4, "validation", 16)
+    assert set(out) == {"fastft-int8"}  # peer-int8 has no peer-fp32 here
+    assert out["fastft-int8"]["reference"] == "fastft-fp32"
+    assert out["fastft-int8"]["label_agreement"] == 0.75
+
+
+def test_result_row_tail_ratio_and_throughput():
+    """A row's p99_over_p50 is p99 / p50 and its throughput comes from the mean time."""
+    from fastft.bench.report import result_row
+
+    times = [0.005] * 20 + [0.010] * 70 + [0.030] * 10  # p10 5 ms, p50 10 ms, p99 30 ms, mean 11 ms
+    row = result_row("fastft-fp32", 64, 2, times, {})
+    assert (row["p10_ms"], row["p50_ms"], row["p99_ms"]) == (5.0, 10.0, 30.0)
+    assert row["p99_over_p50"] == 3.0
+    assert row["seq_per_s"] == pytest.approx(2 / 0.011, abs=0.01)
+    assert row["tokens_per_s"] == pytest.approx(2 * 64 / 0.011, abs=0.1)

@@ -219,3 +219,25 @@ def test_run_loop_uses_it_unless_asked_not_to():
         res = run_loop(model, lambda e: [batch, batch], step_loss, fast_dropout=fast, **kw)
         assert seen == [expected, expected] and res.dropout == ("fastft masks" if fast else "torch")
         assert type(model.bert.embeddings.dropout) is torch.nn.Dropout
+
+
+def test_keep_mask_accepts_both_ends_of_the_probability_range():
+    """keep_mask takes p in [0, 1] inclusive (p=1 is not refused); p=0 keeps every element."""
+    assert keep_mask((4096,), 1.0).shape == (4096,)
+    torch.manual_seed(0)
+    assert keep_mask((1 << 20,), 0.0).all()  # the lowest 16-bit word (-32768) is kept too
+
+
+@pytest.mark.xfail(strict=True, reason="bug: -32768 + 65536 wraps to -32768 in int16, so p=1 keeps all")
+def test_keep_mask_of_probability_one_keeps_nothing():
+    """keep_mask(p=1) keeps no element (its keep probability is 1 - round(p * 65536) / 65536 = 0)."""
+    assert not keep_mask((4096,), 1.0).any()
+
+
+def test_fast_dropout_training_restores_the_mode_set_inside_the_block():
+    """Dropout modules restored on leaving take the train/eval mode set within the block."""
+    model = _tiny("bert").train()
+    with fast_dropout_training(model):
+        model.eval()
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(type(m) is torch.nn.Dropout and not m.training for m in drops)

@@ -437,3 +437,12 @@ with torch.no_grad():
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "(1, 2)", out.stderr[-2000:]
+
+
+def test_cross_attention_encoder_config_is_refused():
+    """A model whose config adds cross-attention is refused even when not marked a decoder."""
+    model = _tiny("bert")
+    model.config.add_cross_attention = True
+    with pytest.raises(FastftError, match="encoders only"):
+        fastft.swap_attention(model)
+    assert not fastft.swap.is_swapped(model)
