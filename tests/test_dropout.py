@@ -228,10 +228,11 @@ def test_keep_mask_accepts_both_ends_of_the_probability_range():
     assert keep_mask((1 << 20,), 0.0).all()  # the lowest 16-bit word (-32768) is kept too
 
 
-@pytest.mark.xfail(strict=True, reason="bug: -32768 + 65536 wraps to -32768 in int16, so p=1 keeps all")
 def test_keep_mask_of_probability_one_keeps_nothing():
-    """keep_mask(p=1) keeps no element (its keep probability is 1 - round(p * 65536) / 65536 = 0)."""
-    assert not keep_mask((4096,), 1.0).any()
+    """keep_mask(p=1), and any p that rounds to 65536 / 65536, keeps no element (-32768 + 65536
+    wrapped round in int16 and it kept every one)."""
+    assert not keep_mask((4096,), 1.0).any() and not keep_mask((4096,), 1 - 2**-18).any()
+    assert keep_mask((1 << 16,), 1 - 2**-15).sum() < 64  # 2 of 65536 words kept, on average
 
 
 def test_fast_dropout_training_restores_the_mode_set_inside_the_block():

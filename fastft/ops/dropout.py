@@ -34,6 +34,8 @@ def keep_mask(shape, p: float, device=None, generator: torch.Generator | None = 
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1] (got {p})")
     shape = tuple(shape)
+    if _dropped_words(p) >= _LEVELS:  # every word dropped (-32768 + 65536 wraps round in int16: it kept all)
+        return torch.zeros(shape, dtype=torch.bool, device=device)
     n = 1
     for s in shape:
         n *= int(s)
