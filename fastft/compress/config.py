@@ -28,6 +28,7 @@ from fastft.core.checks import (
     check_int,
     check_max_length,
     check_threads,
+    given_fields,
 )
 from fastft.core.errors import FastftError
 from fastft.core.options import option
@@ -387,15 +388,6 @@ class QuantizeConfig:
         check_float("--accuracy-budget", self.accuracy_budget)
         if self.accuracy_budget < 0:
             raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")
-
-
-def given_fields(cfg, *names: str) -> list[str]:
-    """The fields of the config dataclass ``cfg`` (``names``, or all of them) whose value is not the
-    default: what the caller set, for the checks that refuse settings a run would not read."""
-    from dataclasses import fields as dc_fields
-
-    base = type(cfg)()
-    return [n for n in names or [f.name for f in dc_fields(cfg)] if getattr(cfg, n) != getattr(base, n)]
 
 
 # the flags of fields whose name is not the flag's ("--" + the name, "_" as "-")

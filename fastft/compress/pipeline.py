@@ -23,12 +23,12 @@ from pathlib import Path
 from fastft.compress import quantize as cq
 from fastft.compress import report as rep
 from fastft.compress import token_kd as tkd
-from fastft.compress.config import DEFAULT_OUTPUT, CompressConfig, as_compress_config, given_fields
+from fastft.compress.config import DEFAULT_OUTPUT, CompressConfig, as_compress_config
 from fastft.compress.context import Context, log, preflight, prepare, save_model_dir
 from fastft.compress.output import onnx_section, write_compress_meta
 from fastft.compress.prune import count_params, flops
 from fastft.compress.stages import StageResult, do_distill, do_prune, do_quantize
-from fastft.core.checks import check_path
+from fastft.core.checks import check_path, given_fields
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, claim_output, scratch_dir, work_prefix
 from fastft.core.schema import read_meta, write_meta

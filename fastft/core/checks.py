@@ -110,6 +110,13 @@ def check_bool_fields(config) -> None:
             check_bool(f.name, getattr(config, f.name), optional=kind != "bool")
 
 
+def given_fields(cfg, *names: str) -> list[str]:
+    """The fields of the config dataclass ``cfg`` (``names``, or all of them) whose value is not the
+    default: what the caller set, for the checks that refuse settings a run would not read."""
+    base = type(cfg)()
+    return [n for n in names or [f.name for f in dataclasses.fields(cfg)] if getattr(cfg, n) != getattr(base, n)]
+
+
 def check_path(name: str, value, what: str = "a model directory or a name", optional: bool = False):
     """``value`` as given, or FastftError naming ``name`` unless it is a non-empty str or os.PathLike
     without a NUL byte (None passes where ``optional``): a wrong type failed deep in pathlib."""

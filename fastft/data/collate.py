@@ -36,22 +36,22 @@ def model_max_positions(config) -> int | None:
 
         raise ModelError(f"config.json max_position_embeddings must be a positive integer (got {n!r:.40})")
     kind = getattr(config, "model_type", "")
+    first = 0  # the position id of the first token
     if kind in FIXED_OFFSET_TYPES:
-        n -= FIXED_OFFSET_TYPES[kind]
-        pad = "1 (fixed)"
+        first = FIXED_OFFSET_TYPES[kind]
     elif kind in PADDING_OFFSET_TYPES:
         # RoBERTa numbers the positions from padding_idx + 1 (its pad token id, 1 in every checkpoint
         # of the family, but a config may say another)
         pad = getattr(config, "pad_token_id", None)
-        n -= (pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 1) + 1
-    if n < 1:
+        first = (pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 1) + 1
+    if n - first < 1:
         from fastft.core.errors import ModelError
 
         raise ModelError(
-            f"config.json max_position_embeddings leaves no position after pad_token_id {pad} (RoBERTa "
-            "numbers positions from pad_token_id + 1)"
+            f"config.json max_position_embeddings {n} leaves no position: a {kind} model numbers its "
+            f"positions from {first} (pad_token_id + 1 for RoBERTa and its kin)"
         )
-    return int(n)
+    return int(n - first)
 
 
 def tokenizer_max_length(tokenizer, config) -> int | None:

@@ -70,6 +70,7 @@ class TrainConfig:
             check_max_length,
             check_path,
             check_threads,
+            given_fields,
         )
 
         check_bool_fields(self)
@@ -104,10 +105,9 @@ class TrainConfig:
         check_int("--max-steps", self.max_steps, lo=1, hi=MAX_STEPS, optional=True)
         check_max_length("--max-length", self.max_length)
         check_threads("--threads", self.threads)
-        for name in ("lora_r", "lora_alpha", "lora_dropout"):  # read by --lora only (were ignored)
-            if not self.lora and getattr(self, name) != TrainConfig.__dataclass_fields__[name].default:
-                flag = "--lora-r" if name == "lora_r" else name
-                raise FastftError(f"{flag} sets the LoRA adapters: it needs --lora")
+        for name in given_fields(self, "lora_r", "lora_alpha", "lora_dropout") if not self.lora else ():
+            flag = "--lora-r" if name == "lora_r" else name  # read by --lora only (were ignored)
+            raise FastftError(f"{flag} sets the LoRA adapters: it needs --lora")
         if not 0 < self.epochs <= MAX_EPOCHS:
             raise FastftError(f"--epochs must be in (0, {MAX_EPOCHS}] (got {self.epochs})")
         if self.batch_size < 1 or self.eval_batch_size < 1:
