@@ -53,7 +53,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see fastft bench)
+
+import numpy as np  # noqa: E402
 
 from fastft.bench.runner import own_op_pool, quantiles, random_feeds, write_result
 
@@ -167,6 +169,10 @@ def speed_probe():
 
         def helper():  # pinned to the second core; runs its product when the probe asks
             os.sched_setaffinity(0, {cores[1]})
+            # OpenMP's thread count is per thread: without this, the helper's first torch.mm runs
+            # on a team of nproc OpenMP threads, all pinned to its one core (63 ms instead of 1.3 ms
+            # for the pair, measured), and the team's spinning steals the core from the calls
+            torch.set_num_threads(1)
             while True:
                 barrier.wait()
                 partner[0] = mm(1)

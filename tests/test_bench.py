@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_end_to_end(tiny_model_dir, tmp_path, capsys):
@@ -800,3 +806,27 @@ def test_result_row_tail_ratio_and_throughput():
     assert row["p99_over_p50"] == 3.0
     assert row["seq_per_s"] == pytest.approx(2 / 0.011, abs=0.01)
     assert row["tokens_per_s"] == pytest.approx(2 * 64 / 0.011, abs=0.1)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the speed probe's pair needs two cores")
+def test_tail_speed_probe_pair_runs_one_thread_per_core():
+    """OpenMP's thread count is per thread: the probe's helper must set its own, or its torch.mm
+    runs on a team of OpenMP threads all pinned to the helper's one core (the pair then took 63 ms
+    against 1.3 ms on either core alone, and the team's spinning slowed the timed calls)."""
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('OMP_WAIT_POLICY', None)\n"
+        "sys.path.insert(0, 'bench')\n"
+        "import bench_tails\n"
+        "probe, cols = bench_tails.speed_probe()\n"
+        "probe()\n"
+        "me = os.getpid()\n"
+        "tids = [int(t) for t in os.listdir('/proc/self/task')]\n"
+        "helper_core = sorted(os.sched_getaffinity(0))[1]\n"
+        "pinned = [t for t in tids if t != me and os.sched_getaffinity(t) == {helper_core}]\n"
+        "print(len(pinned), cols)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    ).stdout.split()
+    assert out[0] == "1", out  # the helper alone on its core, no OpenMP team beside it
