@@ -239,6 +239,23 @@ def test_bad_options(onnx_dir):
         fastft.load(onnx_dir, threads=0)
 
 
+def test_an_option_of_the_other_backend_is_refused_not_ignored(onnx_dir):
+    """load() ignored fused_attention on ONNX Runtime, and the ONNX Runtime options on torch."""
+    import fastft
+    from fastft.core.errors import FastftError
+
+    for value in (True, None):
+        with pytest.raises(FastftError, match=r"fused_attention .*backend='torch'"):
+            fastft.load(onnx_dir, fused_attention=value)
+    ort_only = (("spinning", True), ("optimization_level", "all"), ("ort_attention", "fastft"), ("batch_int8", True))
+    for name, value in ort_only:
+        with pytest.raises(FastftError, match=rf"{name} .*backend='onnxruntime'"):
+            fastft.load(onnx_dir, backend="torch", **{name: value})
+    # the defaults of the other backend's options are still fine
+    assert fastft.load(onnx_dir, backend="torch", fused_attention=None, warm_up=False).backend == "torch"
+    assert fastft.load(onnx_dir, threads=1, ort_attention="auto", warm_up=False).backend == "onnxruntime"
+
+
 def test_cuda_without_gpu_is_a_clear_error(onnx_dir, tiny_model_dir):
     import onnxruntime as ort
     import torch

@@ -68,6 +68,8 @@ def load(
     move with the texts beside it (and its label can flip). By default such a graph runs each
     text alone, so the same text always gets the same answer; True merges texts into calls of
     ``batch_size`` (about twice the throughput on short texts, answers no longer independent) [False].
+    An option of the other backend (``fused_attention`` with ``onnxruntime``; ``spinning``,
+    ``optimization_level``, ``ort_attention`` or ``batch_int8`` with ``torch``) is refused.
     """
     options = {k: v for k, v in locals().items() if k != "path"}  # pickling a Predictor loads it again with these
     check_path("path", path, "a model directory")
@@ -85,6 +87,7 @@ def load(
     check_decode(decode)
     effective_mode(ort_attention)
     parse_device(device)
+    _check_backend_options(backend, options)
     p = Path(path).expanduser()
     if not p.is_dir():
         raise ModelError(f"model directory {p} does not exist" if not p.exists() else f"{p} is not a directory")
@@ -126,6 +129,24 @@ def load(
     pred.decode = decode
     pred._reload = functools.partial(load, p.resolve(), **options)  # absolute: another process, another cwd
     return pred
+
+
+# options one backend reads, with the default that means "not given": given to the other backend
+# they were ignored (fused_attention=True served ORT's graph as it is), so they are refused
+_ORT_ONLY = {"spinning": False, "optimization_level": None, "ort_attention": "auto", "batch_int8": False}
+_TORCH_ONLY = {"fused_attention": False}
+
+
+def _check_backend_options(backend: str, options: dict) -> None:
+    """FastftError naming the first option ``load`` was given that ``backend`` does not read."""
+    torch = backend == "torch"
+    for name, default in (_ORT_ONLY if torch else _TORCH_ONLY).items():
+        if options[name] != default:
+            other = "onnxruntime" if torch else "torch"
+            raise FastftError(
+                f"{name} is for backend='{other}': load(..., backend='{backend}') does not read it "
+                f"(got {options[name]!r})"
+            )
 
 
 def served_onnx(
