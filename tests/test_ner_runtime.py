@@ -89,6 +89,22 @@ def test_ort_entities_match_the_pipeline(ner_onnx, reference):
     )  # word pieces grouped
 
 
+def test_decode_set_after_load_is_checked_and_survives_pickling(ner_onnx):
+    """pred.decode = "bogus" failed only at predict (a ValueError), and pickling went back to viterbi."""
+    import pickle
+
+    import fastft
+    from fastft.core.errors import FastftError
+
+    pred = fastft.load(ner_onnx, int8=False, threads=1, warm_up=False)
+    pred.decode = "argmax"
+    again = pickle.loads(pickle.dumps(pred))
+    assert again.decode == "argmax" and again.predict(NER_TEXTS) == pred.predict(NER_TEXTS)
+    with pytest.raises(FastftError, match="decode must be one of"):
+        pred.decode = "bogus"
+    assert pred.decode == "argmax"
+
+
 def test_torch_entities_match_the_pipeline(ner_dir, reference):
     import fastft
 

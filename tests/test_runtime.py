@@ -424,6 +424,18 @@ def test_a_predictor_pickles_as_how_it_was_loaded(onnx_dir, pred):
     assert copy.copy(p).session is p.session
 
 
+def test_a_predictor_pickles_with_the_settings_changed_after_load(onnx_dir):
+    """Pickling reloaded with load()'s options: batch_size / truncation set on the Predictor afterwards were lost."""
+    import pickle
+
+    import fastft
+
+    p = fastft.load(onnx_dir, threads=1, batch_size=4, warm_up=False)
+    p.batch_size, p.truncation = 3, False
+    again = pickle.loads(pickle.dumps(p))
+    assert (again.batch_size, again.truncation) == (3, False)
+
+
 def test_first_loads_on_many_threads_at_once_all_succeed(onnx_dir):
     """transformers builds its names lazily; loads racing to be a process's first used to fail
     with "cannot import name 'AutoTokenizer'" in most threads. Run in a fresh interpreter."""

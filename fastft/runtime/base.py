@@ -27,6 +27,7 @@ The backends: :mod:`fastft.runtime.ort` (ONNX Runtime), :mod:`fastft.runtime.tor
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ from fastft.core.checks import check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.numerics import check_finite, softmax
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+from fastft.data.iob import check_decode_for
 from fastft.data.text import unicode_problem
 from fastft.runtime.encode import NO_TOKENS, Encoded, Encoder, length_sorted_batches
 from fastft.runtime.entities import aggregate_simple, token_tags
@@ -85,7 +87,7 @@ class Predictor:
     """
 
     backend = "?"
-    decode = "viterbi"  # token classification: how tags are chosen (fastft.runtime.entities.token_tags)
+    _decode = "viterbi"  # token classification: how tags are chosen (fastft.runtime.entities.token_tags)
 
     def __init__(
         self,
@@ -136,15 +138,27 @@ class Predictor:
     def batch_size(self, value) -> None:
         self._batch_size = check_int("batch_size", value, lo=1)
 
+    @property
+    def decode(self) -> str:
+        """Token classification: ``viterbi`` (the most likely valid IOB2 sequence) or ``argmax``."""
+        return self._decode
+
+    @decode.setter
+    def decode(self, value) -> None:
+        check_decode_for(value, self.per_token)
+        self._decode = value
+
     # fastft.load sets it: load(its absolute path, **the same options), which unpickling calls
     _reload = None
 
     def __reduce__(self):
         """Pickled as how it was loaded, so ``ProcessPoolExecutor`` workers (and ``copy.deepcopy``)
-        load the model again from its directory; sessions and tokenizers never cross processes."""
+        load the model again from its directory; sessions and tokenizers never cross processes.
+        The settings that may change after loading (batch_size, truncation, decode) go as they are now."""
         if self._reload is None:
             raise TypeError(f"{type(self).__name__} was not made by fastft.load, so it cannot be pickled")
-        return (self._reload, ())
+        now = {"batch_size": self.batch_size, "truncation": self.truncation, "decode": self.decode}
+        return (functools.partial(self._reload, **now), ())
 
     def __copy__(self):
         """A shallow copy shares the loaded model (ORT sessions and torch inference are thread-safe)."""
