@@ -465,6 +465,27 @@ def test_the_api_refuses_what_it_cannot_use_before_any_work(tiny_model_dir, tiny
     assert seen[-1].data == "movie-snippets" and type(seen[-1].data) is str
 
 
+def test_predict_and_resolve_model_name_their_own_arguments_before_loading(tiny_model_dir, monkeypatch):
+    """fastft.predict(None, ...) named a 'path', bad texts were refused only after the weights loaded,
+    and resolve_model(None) looked the name 'None' up on the hub."""
+    import fastft.runtime
+    from fastft.runtime import InputError
+
+    for bad in (None, b"runs/x", 5):
+        with pytest.raises(FastftError, match="model must be"):
+            fastft.resolve_model(bad)
+    with pytest.raises(FastftError, match="model must be a model directory"):
+        fastft.predict(None, ["a"])
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the texts were checked")
+
+    monkeypatch.setattr(fastft.runtime, "load", no_load)
+    for texts in ("a fine film", [], ["ok", 3]):
+        with pytest.raises(InputError):
+            fastft.predict(str(tiny_model_dir), texts)
+
+
 def test_early_stopping_counts_from_the_last_improvement_and_saves_the_best_epoch(
     tiny_model_dir, tiny_data_file, tmp_path, monkeypatch
 ):

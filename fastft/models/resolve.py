@@ -29,9 +29,12 @@ def resolve_model(model: str | os.PathLike) -> Path | str:
 
     Raises ModelError for a path that does not exist or is not a model directory.
     """
+    from fastft.core.checks import check_path
+
     name = str(model)
     if not name.strip():
         raise ModelError("the model is empty: give a model directory or a built-in name such as minilm-l6")
+    check_path("model", model)  # str(None) was looked up on the hub as the name 'None'
     if name == "minilm-l6":
         return minilm_l6_dir()
     if name == "minilm-l3":

@@ -221,8 +221,12 @@ def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[d
     with no tokens or one that is not valid Unicode (e.g. a lone surrogate) is an error naming
     its index (from 0); nothing is replaced silently (see :mod:`fastft.data.text`).
     """
+    from fastft.core.checks import check_path
     from fastft.runtime import load
+    from fastft.runtime.base import check_texts
 
+    check_path("model", model, "a model directory")
+    texts = check_texts(texts)  # before the weights load
     pred = load(model, backend="torch", batch_size=batch_size)
     if pred.per_token:
         return [{"text": t, "entities": e} for t, e in zip(texts, pred.predict(texts))]
