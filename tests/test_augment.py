@@ -135,7 +135,7 @@ def test_augment_labels_refuses_unknown_values():
     from fastft.compress.config import CompressConfig
     from fastft.core.errors import FastftError
 
-    with pytest.raises(FastftError, match="--augment-labels must be one of original, teacher"):
+    with pytest.raises(FastftError, match="augment_labels \\(--augment-labels\\) must be one of original, teacher"):
         CompressConfig(augment_labels="gold").validate()
     # a token-classification teacher resolves --augment to 0: no copies to label
     with pytest.raises(FastftError, match="--augment-labels teacher sets the label term .* makes none"):

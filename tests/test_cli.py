@@ -45,10 +45,10 @@ def test_env_table(capsys):
         (["train", "--model", "{tmp}/missing", "--output", "{tmp}/o"], "does not exist"),
         (["eval", "--model", "{tmp}"], "no config.json"),
         (["predict", "--model", "{tmp}"], "no texts given"),
-        (["train", "--epochs", "0", "--output", "{tmp}/o"], "--epochs must be in (0, 10000]"),
-        (["train", "--epochs", "1e308", "--output", "{tmp}/o"], "--epochs must be in (0, 10000]"),
-        (["train", "--seed", "4294967296", "--output", "{tmp}/o"], "--seed must be at most 4294967295"),
-        (["compress", "--seed", "4294967296", "--output", "{tmp}/o"], "--seed must be at most 4294967295"),
+        (["train", "--epochs", "0", "--output", "{tmp}/o"], "epochs (--epochs) must be in (0, 10000]"),
+        (["train", "--epochs", "1e308", "--output", "{tmp}/o"], "epochs (--epochs) must be in (0, 10000]"),
+        (["train", "--seed", "4294967296", "--output", "{tmp}/o"], "seed (--seed) must be at most 4294967295"),
+        (["compress", "--seed", "4294967296", "--output", "{tmp}/o"], "seed (--seed) must be at most 4294967295"),
     ],
 )
 def test_user_mistakes_are_one_line(argv, message, tmp_path, capsys):
@@ -250,7 +250,7 @@ def test_verbose_keeps_the_exit_code_and_unknown_options_name_their_command(caps
 
     assert main(["-v", "train", "--lr", "0", "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" in err and err.strip().endswith("fastft: error: --lr must be positive (got 0.0)")
+    assert "Traceback" in err and err.strip().endswith("fastft: error: lr (--lr) must be > 0 (got 0)")
     with pytest.raises(SystemExit) as exc:
         main(["predict", "--model", "m", "--fp8", "hi"])
     assert exc.value.code == 2

@@ -104,22 +104,22 @@ def test_flat_keywords_and_shortcuts_reach_the_stage_configs():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--prune-ffn", "1.5"], "--prune-ffn must be in [0, 1)"),
-        (["--alpha", "2"], "--alpha must be in [0, 1]"),
-        (["--depth", "0"], "--depth must be in (0, 1]"),
-        (["--depth", "1.5"], "--depth must be in (0, 1]"),
-        (["--ema", "1"], "--ema must be in [0, 1)"),
-        (["--dropout", "-0.1"], "--dropout must be in [0, 1)"),
-        (["--warmup-ratio", "nan"], "--warmup-ratio must be a finite number"),
-        (["--calib-size", "0"], "--calib-size must be at least 1"),
-        (["--accuracy-budget", "-1"], "--accuracy-budget must be >= 0"),
+        (["--prune-ffn", "1.5"], "prune_ffn (--prune-ffn) must be in [0, 1)"),
+        (["--alpha", "2"], "alpha (--alpha) must be in [0, 1]"),
+        (["--depth", "0"], "depth (--depth) must be in (0, 1]"),
+        (["--depth", "1.5"], "depth (--depth) must be in (0, 1]"),
+        (["--ema", "1"], "ema (--ema) must be in [0, 1)"),
+        (["--dropout", "-0.1"], "dropout (--dropout) must be in [0, 1)"),
+        (["--warmup-ratio", "nan"], "warmup_ratio (--warmup-ratio) must be a finite number"),
+        (["--calib-size", "0"], "calib_size (--calib-size) must be at least 1"),
+        (["--accuracy-budget", "-1"], "accuracy_budget (--accuracy-budget) must be >= 0"),
         (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
         (["--calib-method", "mse"], "argument --calib-method: invalid choice: 'mse'"),
         (["--int8", "--fp16"], "--int8 and --fp16 exclude each other"),
         (["--no-distill", "--prune-ffn", "0"], "every stage is switched off"),
         (["--transfer", "wiki"], "unknown --transfer source(s) wiki"),
         (["--transfer", "missing_texts.txt"], "--transfer file missing_texts.txt does not exist"),
-        (["--transfer", "general", "--transfer-size", "0"], "--transfer-size must be at least 1"),
+        (["--transfer", "general", "--transfer-size", "0"], "transfer_size (--transfer-size) must be at least 1"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
@@ -141,7 +141,7 @@ def test_bad_value_from_the_real_entry_point(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "fastft: error: --prune-heads must be in [0, 1) (got -0.5)"
+        "fastft: error: prune_heads (--prune-heads) must be in [0, 1) (got -0.5)"
     ]
 
 

@@ -595,7 +595,7 @@ def test_student_depth_from_layers_or_fraction():
     assert depth() == 3 and depth(depth=0.5) == 3  # half by default
     assert depth(depth=2 / 3) == 4 and depth(depth=1.0) == 6 and depth(depth=0.01) == 1
     assert depth(layers=2, depth=2 / 3) == 2  # --layers wins
-    with pytest.raises(FastftError, match="--depth must be in"):
+    with pytest.raises(FastftError, match="depth \\(--depth\\) must be in"):
         CompressConfig(depth=0.0).validate()
     with pytest.raises(FastftError, match="--depth applies to --student teacher-layers only"):
         CompressConfig(depth=0.5, student="minilm-l3").validate()
@@ -671,15 +671,15 @@ def test_data_lacking_a_label_of_the_teacher_is_matched_by_name(tmp_path, tiny_d
         (dict(layers=0), "--layers"),
         (dict(prune_heads=1.0), "--prune-heads"),
         (dict(prune_ffn=-0.1), "--prune-ffn"),
-        (dict(last_recovery_epochs=-1), "--last-recovery-epochs must be in \\[0, 10000\\]"),
-        (dict(last_recovery_epochs="two"), "--last-recovery-epochs must be a number"),
+        (dict(last_recovery_epochs=-1), "last_recovery_epochs \\(--last-recovery-epochs\\) must be in \\[0, 10000\\]"),
+        (dict(last_recovery_epochs="two"), "last_recovery_epochs \\(--last-recovery-epochs\\) must be a number"),
         (dict(prune_heads=0.9), "would remove all"),
         (dict(quantize="int4"), "quantize"),
         (dict(static=True, quantize=None), "--static"),
         (dict(qat_epochs=0, quantize="int8"), "--qat-epochs"),
         (dict(qat_epochs=2, qat=False, quantize="int8"), "--qat-epochs sets quantization-aware training"),
         (dict(qat_epochs=2, quantize="fp16"), "--qat-epochs sets quantization-aware training"),
-        (dict(qat_consistency=-0.5, quantize="int8"), "--qat-consistency must be >= 0"),
+        (dict(qat_consistency=-0.5, quantize="int8"), "qat_consistency \\(--qat-consistency\\) must be >= 0"),
         (dict(qat_consistency=1.0, qat=False, quantize="int8"), "--qat-consistency weighs"),
     ],
 )
@@ -760,7 +760,7 @@ def test_prune_first_prunes_the_student_before_distillation(teacher4, tmp_path):
         (dict(prune_steps=2, prune_ffn=0.0, prune_heads=0.0), "--prune-steps needs"),
         (dict(prune_steps=0), "--prune-steps"),
         (dict(head_allocation="global", prune_heads=0.0), "--head-allocation global needs --prune-heads"),
-        (dict(head_allocation="all", prune_heads=0.5), "--head-allocation must be one of"),
+        (dict(head_allocation="all", prune_heads=0.5), "head_allocation \\(--head-allocation\\) must be one of"),
     ],
 )
 def test_prune_order_options_are_refused(teacher4, tmp_path, no_training, kw, match):
@@ -915,7 +915,7 @@ def test_fractions_are_checked_on_every_layer_and_stage_configs_are_validated(ti
     prune_layer_heads(layers[-1], list(range(n - 1)))  # the last layer keeps one head
     with pytest.raises(FastftError, match="a layer of this model has 1 left"):
         check_fractions(net, 0.5, 0.0)
-    with pytest.raises(FastftError, match="--prune-ffn must be a number"):
+    with pytest.raises(FastftError, match="prune_ffn \\(--prune-ffn\\) must be a number"):
         fastft.prune(str(tiny_model_dir), fastft.PruneConfig(prune_ffn="0.5"), output=str(tmp_path / "o"))
     with pytest.raises(FastftError, match="quantize: an output directory is required"):
         fastft.quantize(str(tiny_model_dir))

@@ -235,7 +235,7 @@ CLI_CASES = [
     ("export-over-cwd", "export --model {w}/tiny --output . --overwrite", "the current directory"),
     ("export-over-home", "export --model {w}/tiny --output {home} --overwrite", "home directory"),
     ("overwrite-foreign-dir", "export --model {w}/tiny --output {w}/plain-dir --overwrite", "has no fastft.json"),
-    ("no-overwrite", "export --model {w}/tiny --output {w}/onnx", "already exists (pass --overwrite"),
+    ("no-overwrite", "export --model {w}/tiny --output {w}/onnx", "already exists (pass overwrite=True, --overwrite"),
     ("output-is-file", "train --model {w}/tiny --data {w}/data.jsonl --output {w}/a-file", "is not a directory"),
     # 4. no usable tokenizer
     ("no-tokenizer-predict", "predict --model {w}/notok --backend torch hi", "has no tokenizer files"),
@@ -245,7 +245,7 @@ CLI_CASES = [
     (
         "compress-bench-runs-0",
         "compress --model {w}/tiny --bench-runs 0 --output {out}",
-        "--bench-runs must be at least 1",
+        "bench_runs (--bench-runs) must be at least 1",
     ),
     ("bench-json-dir", "bench --model {w}/tiny --json {w}/json-dir", "is a directory"),
     ("bench-workdir-file", "bench --model {w}/tiny --workdir {w}/a-file", "is not a directory"),
@@ -253,15 +253,23 @@ CLI_CASES = [
     # 9. floats: finite and in range
     ("train-epochs-nan", "train --model {w}/tiny --data {w}/data.jsonl --epochs nan --output {out}", "finite"),
     ("train-epochs-inf", "train --model {w}/tiny --data {w}/data.jsonl --epochs inf --output {out}", "finite"),
-    ("train-lr-nan", "train --model {w}/tiny --data {w}/data.jsonl --lr nan --output {out}", "--lr must be a finite"),
+    (
+        "train-lr-nan",
+        "train --model {w}/tiny --data {w}/data.jsonl --lr nan --output {out}",
+        "lr (--lr) must be a finite",
+    ),
     ("train-dropout-nan", "train --model {w}/tiny --data {w}/data.jsonl --dropout nan --output {out}", "--dropout"),
     (
         "train-grad-norm-0",
         "train --model {w}/tiny --data {w}/data.jsonl --max-grad-norm 0 --output {out}",
-        "--max-grad-norm must be > 0",
+        "max_grad_norm (--max-grad-norm) must be > 0",
     ),
     ("compress-temperature-nan", "compress --model {w}/tiny --temperature nan --output {out}", "--temperature"),
-    ("compress-epochs-inf", "compress --model {w}/tiny --epochs inf --output {out}", "--epochs must be a finite"),
+    (
+        "compress-epochs-inf",
+        "compress --model {w}/tiny --epochs inf --output {out}",
+        "epochs (--epochs) must be a finite",
+    ),
     ("compress-prune-nan", "compress --model {w}/tiny --prune-ffn nan --output {out}", "--prune-ffn"),
     ("compress-budget-inf", "compress --model {w}/tiny --accuracy-budget inf --output {out}", "--accuracy-budget"),
     (
@@ -284,15 +292,15 @@ CLI_CASES = [
     ("dict-labels", "eval --model {w}/tiny --data {w}/dict-label.jsonl", "a JSON object"),
     ("duplicate-json-key", "train --model {w}/tiny --data {w}/dup-key.jsonl --output {out}", "key 'label' twice"),
     # 12. eval / bench options
-    ("eval-limit-negative", "eval --model {w}/tiny --limit -5", "--limit must be at least 1"),
-    ("eval-limit-0", "eval --model {w}/tiny --limit 0", "--limit must be at least 1"),
-    ("eval-batch-0", "eval --model {w}/tiny --batch-size 0", "--batch-size must be at least 1"),
+    ("eval-limit-negative", "eval --model {w}/tiny --limit -5", "limit (--limit) must be at least 1"),
+    ("eval-limit-0", "eval --model {w}/tiny --limit 0", "limit (--limit) must be at least 1"),
+    ("eval-batch-0", "eval --model {w}/tiny --batch-size 0", "batch_size (--batch-size) must be at least 1"),
     ("bench-empty-backends", "bench --backends ,", "expected comma-separated names"),
     ("bench-hole-in-backends", "bench --backends hf-eager,,ort-plain", "expected comma-separated names"),
     # 14. messages that name the cause
     ("head-label-mismatch", "predict --model {w}/mismatch --backend torch hi", "has 2 labels, but config.json names 3"),
     ("pickled-weights", "eval --model {w}/pickled", "never unpickles"),
-    ("opset-99", "export --model {w}/tiny --output {out} --opset 99 --json", "--opset 99 cannot be exported"),
+    ("opset-99", "export --model {w}/tiny --output {out} --opset 99 --json", "opset (--opset) 99 cannot be exported"),
     # 15. eval scores the served ONNX model
     ("eval-corrupt-onnx", "eval --model {w}/half", "is not a loadable ONNX model"),
     ("eval-missing-int8", "eval --model {w}/onnx-fp32 --int8", "has no model_int8.onnx"),
@@ -316,7 +324,11 @@ CLI_CASES = [
     ("train-from-pruned", "train --model {w}/pruned-cut --data {w}/data.jsonl --output {out}", "is head-pruned"),
     ("train-data-dir", "train --model {w}/tiny --data {w}/plain-dir --output {out}", "is a directory, not a data"),
     ("compress-data-missing", "compress --model {w}/tiny --data {w}/none.csv --output {out}", "does not exist"),
-    ("compress-layers-99", "compress --model {w}/tiny --layers 99 --output {out}", "--layers must be between 1"),
+    (
+        "compress-layers-99",
+        "compress --model {w}/tiny --layers 99 --output {out}",
+        "layers (--layers) must be between 1",
+    ),
     ("predict-dash-and-text", "predict --model {w}/tiny --backend torch - hi", "takes no other texts"),
     ("train-all-empty-texts", "train --model {w}/tiny --data {w}/empty-texts.csv --output {out}", "every text of"),
     ("bench-batch-huge", "bench --model {w}/tiny --batch 100000000 --no-memory", "GiB of activations"),
@@ -406,7 +418,11 @@ CLI_CASES = [
         "compress --model {w}/tiny --int8 --static --no-int8-embeddings --output {out}",
         "--no-int8-embeddings is not used by this run: --static keeps the embedding tables fp32 already",
     ),
-    ("train-lora-r-no-lora", "train --model {w}/tiny --lora-r 4 --output {out}", "--lora-r sets the LoRA adapters"),
+    (
+        "train-lora-r-no-lora",
+        "train --model {w}/tiny --lora-r 4 --output {out}",
+        "lora_r (--lora-r) sets the LoRA adapters",
+    ),
     ("serve-batch-int8-fp32", "serve {w}/tiny --precision fp32 --batch-int8", "not with --precision fp32"),
     ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings
@@ -505,7 +521,7 @@ API_CASES = [
     (
         "evaluate-limit-0",
         lambda w: __import__("fastft").evaluate(str(w / "tiny"), limit=0),
-        "--limit must be at least 1",
+        "limit (--limit) must be at least 1",
     ),
     (
         "evaluate-bad-backend",
@@ -527,7 +543,7 @@ API_CASES = [
     (
         "compress-alpha-nan",
         lambda w: __import__("fastft").compress(str(w / "tiny"), output=str(w / "new"), alpha=float("nan")),
-        "alpha must be a finite",
+        "alpha (--alpha) must be a finite",
     ),
     (
         "export-over-input",

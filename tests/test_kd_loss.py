@@ -53,7 +53,7 @@ def test_unknown_kd_loss_is_refused():
 
     with pytest.raises(ValueError, match="unknown kd_loss"):
         _kd(torch.zeros(2, 2), torch.zeros(2, 2), "l1")
-    with pytest.raises(FastftError, match="--kd-loss must be one of kl, mse"):
+    with pytest.raises(FastftError, match="kd_loss \\(--kd-loss\\) must be one of kl, mse"):
         CompressConfig(kd_loss="l1").validate()
     CompressConfig(kd_loss="mse").validate()
 

@@ -23,6 +23,7 @@ from fastft.core.checks import (
     MAX_EPOCHS,
     MAX_PRUNE_STEPS,
     MAX_SEED,
+    arg,
     check_bool_fields,
     check_float,
     check_int,
@@ -32,7 +33,7 @@ from fastft.core.checks import (
 )
 from fastft.core.errors import FastftError
 from fastft.core.options import option
-from fastft.export.checks import CALIB_DEFAULTS, unused_calibration
+from fastft.export.checks import CALIB_DEFAULTS, check_calibration, unused_calibration
 from fastft.export.quantize import CALIB_METHODS
 
 DEFAULT_OUTPUT = "runs/compressed"
@@ -155,39 +156,39 @@ class DistillConfig:
     def validate(self) -> None:
         check_bool_fields(self)
         for name in ("epochs", "lr", "temperature", "hidden_weight", "weight_decay", "warmup_ratio"):
-            check_float(_flag(name), getattr(self, name))
-        check_float("--epochs", self.epochs, hi=MAX_EPOCHS)
-        check_float("--alpha", self.alpha, lo=0, hi=1, optional=True)
-        check_float("--depth", self.depth, lo=0, hi=1, lo_open=True, optional=True)
-        check_float("--hidden-weight", self.hidden_weight, lo=0)
-        check_float("--weight-decay", self.weight_decay, lo=0)
-        check_float("--ema", self.ema, lo=0, hi=1, hi_open=True)
-        check_float("--dropout", self.dropout, lo=0, hi=1, hi_open=True, optional=True)
-        check_float("--warmup-ratio", self.warmup_ratio, lo=0, hi=1, hi_open=True)
-        check_int("--batch-size", self.batch_size, lo=1)
-        check_int("--augment", self.augment, lo=0, hi=MAX_AUGMENT, optional=True)
-        check_int("--transfer-size", self.transfer_size, lo=1)
+            check_float(arg(name), getattr(self, name))
+        check_float(arg("epochs"), self.epochs, hi=MAX_EPOCHS)
+        check_float(arg("alpha"), self.alpha, lo=0, hi=1, optional=True)
+        check_float(arg("depth"), self.depth, lo=0, hi=1, lo_open=True, optional=True)
+        check_float(arg("hidden_weight"), self.hidden_weight, lo=0)
+        check_float(arg("weight_decay"), self.weight_decay, lo=0)
+        check_float(arg("ema"), self.ema, lo=0, hi=1, hi_open=True)
+        check_float(arg("dropout"), self.dropout, lo=0, hi=1, hi_open=True, optional=True)
+        check_float(arg("warmup_ratio"), self.warmup_ratio, lo=0, hi=1, hi_open=True)
+        check_int(arg("batch_size"), self.batch_size, lo=1)
+        check_int(arg("augment"), self.augment, lo=0, hi=MAX_AUGMENT, optional=True)
+        check_int(arg("transfer_size"), self.transfer_size, lo=1)
         if self.kd_loss not in KD_LOSSES:
-            raise FastftError(f"--kd-loss must be one of {', '.join(KD_LOSSES)} (got {self.kd_loss!r})")
+            raise FastftError(f"{arg('kd_loss')} must be one of {', '.join(KD_LOSSES)} (got {self.kd_loss!r})")
         if self.augment_labels not in AUGMENT_LABELS:
             raise FastftError(
-                f"--augment-labels must be one of {', '.join(AUGMENT_LABELS)} (got {self.augment_labels!r})"
+                f"{arg('augment_labels')} must be one of {', '.join(AUGMENT_LABELS)} (got {self.augment_labels!r})"
             )
         if self.transfer is not None:
             from fastft.compress.transfer import parse_spec
 
             parse_spec(self.transfer)
-        check_int("--layers", self.layers, lo=1, optional=True)
-        check_max_length("--max-length", self.max_length)
+        check_int(arg("layers"), self.layers, lo=1, optional=True)
+        check_max_length(arg("max_length"), self.max_length)
         for name in ("layers", "depth"):
             if getattr(self, name) is not None and self.student != "teacher-layers":
                 raise FastftError(f"--{name} applies to --student teacher-layers only")
         if self.enabled and self.epochs <= 0:
-            raise FastftError(f"--epochs must be positive (got {self.epochs})")
+            raise FastftError(f"{arg('epochs')} must be positive (got {self.epochs})")
         if self.temperature <= 0:
-            raise FastftError(f"--temperature must be positive (got {self.temperature})")
+            raise FastftError(f"{arg('temperature')} must be positive (got {self.temperature})")
         if not self.lr > 0:
-            raise FastftError(f"--lr must be positive (got {self.lr})")
+            raise FastftError(f"{arg('lr')} must be positive (got {self.lr})")
 
 
 @dataclass
@@ -273,11 +274,11 @@ class PruneConfig:
     def validate(self) -> None:
         check_bool_fields(self)
         for name in ("prune_heads", "prune_ffn", "sparsity"):
-            check_float(_flag(name), getattr(self, name), lo=0, hi=1, hi_open=True, optional=name == "prune_heads")
+            check_float(arg(name), getattr(self, name), lo=0, hi=1, hi_open=True, optional=name == "prune_heads")
         for name in ("recovery_epochs", "last_recovery_epochs"):
-            check_float(_flag(name), getattr(self, name), lo=0, hi=MAX_EPOCHS, optional=True)
-        check_int("--prune-batches", self.prune_batches, lo=1)
-        check_int("--prune-steps", self.prune_steps, lo=1, hi=MAX_PRUNE_STEPS, optional=True)
+            check_float(arg(name), getattr(self, name), lo=0, hi=MAX_EPOCHS, optional=True)
+        check_int(arg("prune_batches"), self.prune_batches, lo=1)
+        check_int(arg("prune_steps"), self.prune_steps, lo=1, hi=MAX_PRUNE_STEPS, optional=True)
         steps = self.prune_steps or 1
         if steps > 1 and self.prune_first:
             raise FastftError("--prune-steps prunes between recovery epochs after distillation: not with --prune-first")
@@ -285,7 +286,7 @@ class PruneConfig:
             raise FastftError("--prune-steps needs --prune-heads or --prune-ffn above 0")
         if self.head_allocation is not None and self.head_allocation not in HEAD_ALLOCATIONS:
             raise FastftError(
-                f"--head-allocation must be one of {', '.join(HEAD_ALLOCATIONS)} (got {self.head_allocation!r})"
+                f"{arg('head_allocation')} must be one of {', '.join(HEAD_ALLOCATIONS)} (got {self.head_allocation!r})"
             )
         if self.head_allocation == "global" and self.prune_heads is not None and not self.prune_heads > 0:
             raise FastftError("--head-allocation global needs --prune-heads above 0")
@@ -374,20 +375,18 @@ class QuantizeConfig:
             raise FastftError(f"quantize must be 'int8', 'fp16' or None (got {self.mode!r})")
         if self.static and self.mode != "int8":
             raise FastftError("--static needs --int8 (static calibration is for INT8)")
-        check_int("--calib-size", self.calib_size, lo=1)
-        if self.calib_method not in CALIB_METHODS:
-            raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})")
-        check_int("--qat-epochs", self.qat_epochs, lo=1)
+        check_calibration(self.calib_size, self.calib_method)
+        check_int(arg("qat_epochs"), self.qat_epochs, lo=1)
         if self.qat is True and (self.mode != "int8" or self.static):
             raise FastftError("--qat trains for dynamic INT8: it needs --int8, without --static")
         if self.qat_epochs != 1 and not self.simulated:
             raise FastftError("--qat-epochs sets quantization-aware training: it needs dynamic --int8 and --qat")
-        check_float("--qat-consistency", self.qat_consistency, lo=0, optional=True)
+        check_float(arg("qat_consistency"), self.qat_consistency, lo=0, optional=True)
         if self.qat_consistency and not self.simulated:
             raise FastftError("--qat-consistency weighs a quantization-aware term: it needs dynamic --int8 and --qat")
-        check_float("--accuracy-budget", self.accuracy_budget)
+        check_float(arg("accuracy_budget"), self.accuracy_budget)
         if self.accuracy_budget < 0:
-            raise FastftError(f"--accuracy-budget must be >= 0 (got {self.accuracy_budget})")
+            raise FastftError(f"{arg('accuracy_budget')} must be >= 0 (got {self.accuracy_budget})")
 
 
 # the flags of fields whose name is not the flag's ("--" + the name, "_" as "-")
@@ -474,18 +473,18 @@ class CompressConfig:
         check_bool_fields(self)
         for stage in STAGE_CONFIGS:
             getattr(self, stage).validate()
-        check_float("--target-retained", self.target_retained)
+        check_float(arg("target_retained"), self.target_retained)
         if self.columns is not None:
             from fastft.data.tokens import parse_columns
 
             parse_columns(self.columns)
-        check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
-        check_int("--limit", self.limit, lo=1, optional=True)
-        check_threads("--threads", self.threads)
+        check_int(arg("seed"), self.seed, lo=0, hi=MAX_SEED)
+        check_int(arg("limit"), self.limit, lo=1, optional=True)
+        check_threads(arg("threads"), self.threads)
         if self.bench:
-            check_int("--bench-runs", self.bench_runs, lo=1)
+            check_int(arg("bench_runs"), self.bench_runs, lo=1)
         if not 0 < self.target_retained <= 1.5:
-            raise FastftError(f"--target-retained must be a fraction such as 0.99 (got {self.target_retained})")
+            raise FastftError(f"{arg('target_retained')} must be a fraction such as 0.99 (got {self.target_retained})")
         if not self.distill.enabled and not self.pruning and self.quantize.mode is None:
             raise FastftError("every stage is switched off: nothing to do")
         if self.prune.prune_first and not self.distill.enabled:
@@ -581,7 +580,3 @@ def as_compress_config(config) -> CompressConfig:
         if isinstance(config, cls):
             return CompressConfig(**{stage: config})
     raise FastftError(f"config must be a CompressConfig or a stage config (got {type(config).__name__})")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")

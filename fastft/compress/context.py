@@ -13,6 +13,7 @@ from pathlib import Path
 from fastft.compress.config import TEACHER_ALIAS, CompressConfig
 from fastft.compress.distill import encode, encoder_prefix, pad_batch
 from fastft.compress.prune import check_fractions
+from fastft.core.checks import arg
 from fastft.core.errors import DataError, FastftError, ModelError
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
 from fastft.core.system import physical_cores, versions
@@ -261,7 +262,7 @@ def check_layout(net, name: str, users: list[tuple[str, str]], copied: bool = Fa
 def check_layers(d, n_layers: int | None) -> None:
     """--layers of a teacher-layers student within the teacher's depth."""
     if d.student == "teacher-layers" and d.layers is not None and n_layers and not 1 <= d.layers <= n_layers:
-        raise FastftError(f"--layers must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
+        raise FastftError(f"{arg('layers')} must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
 
 
 def check_distillable(path: Path, meta: dict, distill: bool) -> None:

@@ -47,8 +47,6 @@ def compress(model=None, config: CompressConfig | None = None, **overrides) -> d
     cfg = as_compress_config(config).updated(**overrides)
     cfg.validate()
     cfg.check_unused()
-    if not cfg.output:
-        raise FastftError("an output directory is required (--output DIR)")
     inputs = (model, cfg.data, cfg.distill.student)
     check_output_dir(cfg.output, cfg.overwrite, inputs=inputs)
     with claim_output(cfg.output), torch_threads_kept():  # a second run for this output is refused from now on

@@ -1,6 +1,6 @@
 """Argument checks that name the argument: finite floats in range, true integers.
 
-    check_float("--lr", lr, lo=0, lo_open=True)        # "--lr must be > 0 (got nan)"
+    check_float(arg("lr"), lr, lo=0, lo_open=True)     # "lr (--lr) must be a finite number (got nan)"
     check_int("batch_size", 1.5, lo=1)                  # "batch_size must be an integer (got 1.5)"
 
 NaN passes every comparison-based check (``nan <= 0`` is False), so each float is checked
@@ -14,6 +14,13 @@ import math
 import numbers
 
 from fastft.core.errors import FastftError
+
+
+def arg(name: str, flag: str | None = None) -> str:
+    """An argument as a message names it to both its callers, Python's keyword and the CLI's flag:
+    ``arg("batch_size")`` is ``"batch_size (--batch-size)"`` (``flag`` where the CLI spells it
+    otherwise). Shared validation (configs, ``fastft.evaluate``) names its arguments so."""
+    return f"{name} ({flag or '--' + name.replace('_', '-')})"
 
 
 def _range(lo, hi, lo_open: bool, hi_open: bool) -> str:

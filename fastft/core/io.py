@@ -95,7 +95,7 @@ def check_output_dir(
     runs beside ``path`` are removed (and said).
     """
     if path is None or (isinstance(path, str) and not path.strip()):
-        raise FastftError("an output directory is required (--output DIR)")
+        raise FastftError("an output directory is required (output=DIR, --output DIR)")
     if not isinstance(path, (str, os.PathLike)):
         raise FastftError(f"output must be a path (got {type(path).__name__})")
     out = Path(path).expanduser()
@@ -142,11 +142,11 @@ def check_output_dir(
     if exists and any(out.iterdir()):
         if not overwrite:
             raise FastftError(
-                f"output directory {out} already exists (pass --overwrite, overwrite=True in Python, to replace it)"
+                f"output directory {out} already exists (pass overwrite=True, --overwrite, to replace it)"
             )
         if not is_fastft_dir(out):
             raise FastftError(
-                f"--overwrite replaces only a directory fastft wrote (with {META_NAME}) or an empty "
+                f"overwrite (--overwrite) replaces only a directory fastft wrote (with {META_NAME}) or an empty "
                 f"one; {out} has no {META_NAME}: choose another directory"
             )
     clean_stale(tempfile.gettempdir())  # scratch of killed exports
@@ -207,12 +207,12 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     taken = FastftError(
         f"output directory {out} was written by another run while this one worked; "
-        "this run's result was discarded (pass --overwrite, overwrite=True in Python, to replace it)"
+        "this run's result was discarded (pass overwrite=True, --overwrite, to replace it)"
     )
     if overwrite and out.is_dir() and any(out.iterdir()):
         if not is_fastft_dir(out):
             raise FastftError(
-                f"--overwrite replaces only a directory fastft wrote (with {META_NAME}); {out} "
+                f"overwrite (--overwrite) replaces only a directory fastft wrote (with {META_NAME}); {out} "
                 "changed while this run worked and has none now: nothing was replaced"
             )
         if _exchange(tmp, out):  # one step: out is the new result, tmp the old one

@@ -69,9 +69,9 @@ def clamp_max_length(max_length: int | None, config, tokenizer=None) -> int:
     limit = model_max_positions(config) or 512
     if max_length is None:
         return limit
-    from fastft.core.checks import check_max_length
+    from fastft.core.checks import arg, check_max_length
 
-    check_max_length("--max-length", max_length)
+    check_max_length(arg("max_length"), max_length)
     if max_length > limit:
         import warnings
 

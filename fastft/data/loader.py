@@ -145,7 +145,7 @@ def recorded_args(
     if data is None:
         data = spec.get("path") or spec.get("data")
         if data is None:
-            raise DataError(f"{model} records no training data; pass --data")
+            raise DataError(f"{model} records no training data; pass data= (--data)")
     same = datasets.same_data(data, spec)
     token = task == tokens.TOKEN_CLASSIFICATION
     text_key, label_key = ("tokens_key", "tags_key") if token else ("text_column", "label_column")

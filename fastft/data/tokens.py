@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastft.core.checks import arg
 from fastft.core.errors import DataError
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TASKS, TOKEN_CLASSIFICATION
 from fastft.data.datasets import (
@@ -121,7 +122,7 @@ def _drawn(sentences: list, seed: int) -> tuple[list, list]:
 
 def check_task(task: str | None) -> None:
     if task is not None and task not in TASKS:
-        raise DataError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
+        raise DataError(f"unknown {arg('task')} {task!r}; choose one of {', '.join(TASKS)}")
 
 
 def parse_columns(columns) -> tuple[int, int]:
@@ -132,9 +133,11 @@ def parse_columns(columns) -> tuple[int, int]:
     try:
         tok, tag = (int(str(p).strip()) for p in parts)
     except ValueError:
-        raise DataError(f"--columns must be two column numbers TOKEN,TAG such as 0,3 (got {columns!r})") from None
+        raise DataError(
+            f"{arg('columns')} must be two column numbers TOKEN,TAG such as 0,3 (got {columns!r})"
+        ) from None
     if tok == tag:
-        raise DataError(f"--columns names column {tok} for both the word and the tag")
+        raise DataError(f"{arg('columns')} names column {tok} for both the word and the tag")
     return tok, tag
 
 

@@ -280,7 +280,7 @@ def export(
     if recipe is not None and not isinstance(recipe, Int8Recipe):
         raise FastftError("recipe must be a fastft.export.quantize.Int8Recipe")
     static = static or (recipe is not None and recipe.mode == "static")
-    check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method, static=static)
+    check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method)
     int8_only = {
         "per_channel": per_channel is not None,
         "min_agreement": min_agreement != fx_validate.MIN_AGREEMENT,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fastft.core.checks import check_int
+from fastft.core.checks import arg, check_int
 from fastft.core.errors import FastftError
 from fastft.core.io import stdout_to_stderr
 from fastft.export.onnx import MIN_OPSET
@@ -22,16 +22,17 @@ def unused_calibration(static: bool, **given) -> list[str]:
     return [] if static else [n for n, v in given.items() if v != CALIB_DEFAULTS[n]]
 
 
-def check_export_args(*, opset: int, calib_size: int, calib_method: str, static: bool) -> None:
-    check_int("--opset", opset)
-    check_int("--calib-size", calib_size)
-    if opset < MIN_OPSET:
-        raise FastftError(f"--opset must be at least {MIN_OPSET} (got {opset})")
+def check_calibration(calib_size: int, calib_method: str) -> None:
+    """Static calibration's settings, for export and compress alike."""
+    check_int(arg("calib_size"), calib_size, lo=1)
+    if calib_method not in CALIB_METHODS:
+        raise FastftError(f"{arg('calib_method')} must be one of {', '.join(CALIB_METHODS)} (got {calib_method!r})")
+
+
+def check_export_args(*, opset: int, calib_size: int, calib_method: str) -> None:
+    check_int(arg("opset"), opset, lo=MIN_OPSET)
+    check_calibration(calib_size, calib_method)
     check_opset(opset)
-    if calib_size < 1:
-        raise FastftError(f"--calib-size must be at least 1 (got {calib_size})")
-    if static and calib_method not in CALIB_METHODS:
-        raise FastftError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {calib_method!r})")
 
 
 _opset_ok: dict[int, str | None] = {}
@@ -70,8 +71,8 @@ def check_opset(opset: int) -> None:
             _opset_ok[opset] = f"{type(exc).__name__}: {first[:160]}"
     if _opset_ok[opset]:
         raise FastftError(
-            f"--opset {opset} cannot be exported by torch {_version('torch')} and run by onnxruntime "
-            f"{_version('onnxruntime')} ({_opset_ok[opset]}); use --opset 17"
+            f"{arg('opset')} {opset} cannot be exported by torch {_version('torch')} and run by onnxruntime "
+            f"{_version('onnxruntime')} ({_opset_ok[opset]}); use opset 17"
         )
 
 

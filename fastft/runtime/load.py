@@ -181,7 +181,10 @@ def served_backend(path: str | os.PathLike, backend: str = "auto", int8: bool | 
     """
     if int8 is not None:
         if backend == "torch":
-            raise FastftError("--int8 / --no-int8 name an ONNX file: use them with --backend onnxruntime (or auto)")
+            raise FastftError(
+                "int8 (--int8 / --no-int8) names an ONNX file: use it with backend='onnxruntime' or 'auto' "
+                "(--backend onnxruntime)"
+            )
         return "onnxruntime"
     if backend != "auto":
         return backend

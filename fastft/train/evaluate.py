@@ -87,13 +87,13 @@ def evaluate(
     :mod:`fastft.train.token_eval`); columns: a CoNLL file's word and tag columns; decode:
     ``viterbi`` (the best valid IOB2 sequence, what ``fastft predict`` serves) or ``argmax``.
     """
-    from fastft.core.checks import check_bool, check_int, check_max_length, check_path
+    from fastft.core.checks import arg, check_bool, check_int, check_max_length, check_path
 
     check_path("model", model)
     check_path("data", data, "a dataset name or a data file", optional=True)
-    check_int("--batch-size", batch_size, lo=1)
-    check_max_length("--max-length", max_length)
-    check_int("--limit", limit, lo=1, optional=True)
+    check_int(arg("batch_size"), batch_size, lo=1)
+    check_max_length(arg("max_length"), max_length)
+    check_int(arg("limit"), limit, lo=1, optional=True)
     if backend not in BACKENDS:
         raise FastftError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
     from fastft.data.iob import check_decode, check_decode_for
@@ -172,7 +172,10 @@ def _evaluate_ort(
 
     path = resolve_model(model)
     if not isinstance(path, Path):
-        raise FastftError(f"model {model!r} is not a local directory; --backend onnxruntime needs a model directory")
+        raise FastftError(
+            f"model {model!r} is not a local directory; backend='onnxruntime' (--backend onnxruntime) "
+            "needs a model directory"
+        )
     meta = read_meta(path)
     pred = load(path, backend="onnxruntime", int8=int8, max_length=max_length, batch_size=batch_size, warm_up=False)
     part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, pred.labels)

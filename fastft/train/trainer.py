@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fastft.core.checks import arg
 from fastft.core.errors import FastftError
 from fastft.core.system import physical_cores
 from fastft.train.loop import EpochStats, linear_schedule, param_groups, run_loop
@@ -74,59 +75,35 @@ class TrainConfig:
         )
 
         check_bool_fields(self)
-        for opt, v in (
-            ("--epochs", self.epochs),
-            ("--lr", self.lr),
-            ("--weight-decay", self.weight_decay),
-            ("--warmup-ratio", self.warmup_ratio),
-            ("--max-grad-norm", self.max_grad_norm),
-        ):
-            check_float(opt, v)
-        check_float("--dropout", self.dropout, optional=True)
+        check_float(arg("epochs"), self.epochs, lo=0, hi=MAX_EPOCHS, lo_open=True)
+        check_float(arg("lr"), self.lr, lo=0, lo_open=True)
+        check_float(arg("weight_decay"), self.weight_decay, lo=0)
+        check_float(arg("warmup_ratio"), self.warmup_ratio, lo=0, hi=1, hi_open=True)
+        check_float(arg("max_grad_norm"), self.max_grad_norm, lo=0, lo_open=True)
+        check_float(arg("dropout"), self.dropout, lo=0, hi=1, hi_open=True, optional=True)
         check_float("lora_dropout", self.lora_dropout, lo=0, hi=1, hi_open=True)
-        check_float("--weight-decay", self.weight_decay, lo=0)
-        check_float("--max-grad-norm", self.max_grad_norm, lo=0, lo_open=True)
-        for opt, v, lo in (
-            ("--batch-size", self.batch_size, 1),
-            ("--eval-batch-size", self.eval_batch_size, 1),
-            ("--lora-r", self.lora_r, 1),
-            ("lora_alpha", self.lora_alpha, 1),
-        ):
-            check_int(opt, v, lo=lo)
+        for name in ("batch_size", "eval_batch_size", "lora_r"):
+            check_int(arg(name), getattr(self, name), lo=1)
+        check_int("lora_alpha", self.lora_alpha, lo=1)
         check_path("model", self.model)
         check_path("data", self.data, "a dataset name or a data file")
         check_path("output", self.output, "a directory", optional=True)
-        check_int("--seed", self.seed, lo=0, hi=MAX_SEED)
-        for opt, v, lo in (
-            ("--limit", self.limit, 1),
-            ("--patience", self.patience, 1),
-        ):
-            check_int(opt, v, lo=lo, optional=True)
-        check_int("--max-steps", self.max_steps, lo=1, hi=MAX_STEPS, optional=True)
-        check_max_length("--max-length", self.max_length)
-        check_threads("--threads", self.threads)
+        check_int(arg("seed"), self.seed, lo=0, hi=MAX_SEED)
+        for name in ("limit", "patience"):
+            check_int(arg(name), getattr(self, name), lo=1, optional=True)
+        check_int(arg("max_steps"), self.max_steps, lo=1, hi=MAX_STEPS, optional=True)
+        check_max_length(arg("max_length"), self.max_length)
+        check_threads(arg("threads"), self.threads)
         for name in given_fields(self, "lora_r", "lora_alpha", "lora_dropout") if not self.lora else ():
-            flag = "--lora-r" if name == "lora_r" else name  # read by --lora only (were ignored)
-            raise FastftError(f"{flag} sets the LoRA adapters: it needs --lora")
-        if not 0 < self.epochs <= MAX_EPOCHS:
-            raise FastftError(f"--epochs must be in (0, {MAX_EPOCHS}] (got {self.epochs})")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise FastftError("--batch-size must be at least 1")
-        if not (self.lr > 0):
-            raise FastftError(f"--lr must be positive (got {self.lr})")
+            named = arg(name) if name == "lora_r" else name  # read by lora=True only (were ignored)
+            raise FastftError(f"{named} sets the LoRA adapters: it needs lora=True (--lora)")
         known = dict.fromkeys(METRIC_NAMES + TOKEN_METRIC_NAMES)
         if self.metric is not None and self.metric not in known:
-            raise FastftError(f"unknown --metric {self.metric!r}; choose one of {', '.join(known)}")
+            raise FastftError(f"unknown {arg('metric')} {self.metric!r}; choose one of {', '.join(known)}")
         from fastft.data.tokens import check_task, parse_columns
 
         check_task(self.task)
         parse_columns(self.columns)
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise FastftError(f"--dropout must be in [0, 1) (got {self.dropout})")
-        if self.limit is not None and self.limit < 1:
-            raise FastftError(f"--limit must be at least 1 (got {self.limit})")
-        if not 0 <= self.warmup_ratio < 1:
-            raise FastftError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
 
 
 def set_seed(seed: int) -> None:
@@ -192,8 +169,6 @@ def _onto_head(splits, head: list[str] | None, model):
 
 def run_training(cfg: TrainConfig) -> dict:
     cfg.validate()
-    if cfg.output is None:
-        raise FastftError("an output directory is required (--output DIR)")
     from fastft.core.io import check_output_dir, claim_output
     from fastft.core.system import torch_threads_kept
 
@@ -251,15 +226,17 @@ def _train(cfg: TrainConfig) -> dict:
     metric = cfg.metric or ("f1" if token else "accuracy")
     allowed = TOKEN_METRIC_NAMES if token else METRIC_NAMES
     if metric not in allowed:
-        raise FastftError(f"--metric {metric!r} does not apply to {splits.task}; choose one of {', '.join(allowed)}")
+        raise FastftError(
+            f"{arg('metric')} {metric!r} does not apply to {splits.task}; choose one of {', '.join(allowed)}"
+        )
     if metric == "roc_auc" and len(splits.labels) != 2:  # it is computed for two classes only
         raise FastftError(
-            f"--metric roc_auc needs two classes and this run has {len(splits.labels)} "
+            f"{arg('metric')} roc_auc needs two classes and this run has {len(splits.labels)} "
             f"({', '.join(splits.labels)[:80]}); choose another, e.g. f1_macro"
         )
     if metric == "roc_auc" and len(set(splits.validation.labels)) < 2:  # no epoch could ever be chosen
         raise FastftError(
-            f"--metric roc_auc is undefined on the validation split of {splits.name!r}: it holds one class; "
+            f"{arg('metric')} roc_auc is undefined on the validation split of {splits.name!r}: it holds one class; "
             "choose another metric (e.g. f1_macro), or give the validation split both classes"
         )
     tokenizer = load_tokenizer(cfg.model)
@@ -356,7 +333,8 @@ def _train(cfg: TrainConfig) -> dict:
     step, samples, best_state, best_epoch = res.steps, res.samples, best["state"], best["epoch"]
     if best.get("diverged") is not None and best_state is None:  # no epoch before it to keep
         raise FastftError(
-            f"training diverged: the validation loss is not a number after epoch {best['diverged']} (try a lower --lr)"
+            f"training diverged: the validation loss is not a number after epoch {best['diverged']} "
+            "(try a lower lr, --lr)"
         )
     train_time = res.time_s
     if best_state is not None:
@@ -403,7 +381,7 @@ def _wrap_lora(net, cfg: TrainConfig, token: bool = False):
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
-        raise FastftError("--lora needs the peft library: pip install peft") from None
+        raise FastftError("lora=True (--lora) needs the peft library: pip install peft") from None
     lcfg = LoraConfig(
         task_type=TaskType.TOKEN_CLS if token else TaskType.SEQ_CLS,
         r=cfg.lora_r,
@@ -419,4 +397,4 @@ def _lora_targets(net) -> list[str]:
     for group in (["query", "key", "value"], ["q_lin", "k_lin", "v_lin"], ["q_proj", "k_proj", "v_proj"]):
         if set(group) <= names:
             return group
-    raise FastftError("--lora: cannot find the attention projections of this architecture")
+    raise FastftError("lora=True (--lora): cannot find the attention projections of this architecture")
