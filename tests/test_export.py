@@ -402,6 +402,87 @@ def test_peer_pipeline_and_plain_export(tiny_model_dir, tmp_path):
     assert Path(p["path"]).is_file()
 
 
+def _loud_bert(layers: int = 2):
+    """A random BERT whose weights move the logits (initializer_range 0.2), every bias non-zero."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=96,
+        initializer_range=0.2,
+        num_labels=3,
+    )
+    net = BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+    return net
+
+
+def test_fuse_transformer_gives_attention_the_raw_mask_left_padding_and_holes_stay_exact(tmp_path):
+    """fuse_transformer on a plain export: ORT's fused Attention reads the raw 2-D mask, so left
+    padding and holes match PyTorch (BERT's default 1-D mask index counts ones: right padding only)."""
+    import torch
+
+    from fastft.export.onnx import export_onnx
+    from fastft.export.optimize import fuse_transformer, op_counts
+
+    net = _loud_bert()
+    export_onnx(net, tmp_path / "plain.onnx")
+    info = fuse_transformer(tmp_path / "plain.onnx", tmp_path / "fused.onnx", net.config)
+    assert op_counts(tmp_path / "fused.onnx").get("Attention") == 2 and info["num_heads"] == 4
+    sess = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 300, (3, 20), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 3:6] = 0  # holes
+    mask[2, :10] = 0  # left padding
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    with torch.no_grad():
+        ref = net(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    np.testing.assert_allclose(sess.run(None, feeds)[0], ref, atol=1e-4, rtol=0)
+
+
+def _matmul_graph(path: Path) -> Path:
+    """y = x W + b: a graph ORT's extended level fuses (MatMul + Add -> FusedMatMul / Gemm)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    b = numpy_helper.from_array(np.ones(4, np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        initializer=[w, b],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_ort_offline_optimize_records_cpu_only_graphs_and_refuses_disable(tmp_path):
+    """The extended and all levels bake CPU-provider fusions into the file: recorded as
+    CPUExecutionProvider-only (basic stays portable); "disable" is no optimisation level to save."""
+    from fastft.export.optimize import ort_offline_optimize
+
+    src = _matmul_graph(tmp_path / "m.onnx")
+    cpu = ["CPUExecutionProvider"]
+    for level, providers in (("basic", None), ("extended", cpu), ("all", cpu)):
+        info = ort_offline_optimize(src, tmp_path / f"{level}.onnx", level)
+        assert info["level"] == level and info["providers"] == providers, level
+    with pytest.raises(FastftError, match="graph optimisation level must be one of basic, extended, all"):
+        ort_offline_optimize(src, tmp_path / "disable.onnx", "disable")
+    assert not (tmp_path / "disable.onnx").exists()
+
+
 # ---- bad input: one line, exit 2, nothing written -------------------------------------------------------------
 
 
