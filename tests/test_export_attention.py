@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -160,7 +162,8 @@ def test_ort_transformer_fusions_keep_the_nodes(tmp_path):
 
     net = _strong_bert()
     p = export_fused(net, tmp_path / "m.onnx")
-    fuse_transformer(p, tmp_path / "fused.onnx", net.config)
+    info = fuse_transformer(p, tmp_path / "fused.onnx", net.config)
+    assert "Attention" not in info["fused"] and info["fused"]["SkipLayerNormalization"] > 0  # what it added only
     ort_offline_optimize(tmp_path / "fused.onnx", tmp_path / "opt.onnx", "basic")
     assert count_attention_nodes(tmp_path / "opt.onnx") == {"Attention": 2}
     sess = _session(tmp_path / "opt.onnx", "basic")
@@ -189,6 +192,182 @@ def test_quantize_dynamic_int8(tmp_path):
         agree += int((a.argmax(1) == b.argmax(1)).sum())
         total += len(a)
     assert agree / total >= 0.9, f"INT8 label agreement {agree}/{total}"
+
+
+def _with_biases(net):
+    """``net`` with every bias drawn at random: a fresh model's Linear biases are all zero, so a
+    graph that drops the Q/K/V bias still matched it."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.3)
+    return net
+
+
+@pytest.mark.attention_interface
+@pytest.mark.parametrize("form", ["attention", "mha"])
+def test_qkv_biases_reach_the_fused_node(tmp_path, form):
+    """The Q/K/V biases enter the node (packed into Attention's bias input, or the projections
+    before MultiHeadAttention): parity with PyTorch on a model whose biases are not zero."""
+    net = _with_biases(_strong_bert())
+    p = export_fused(net, tmp_path / f"{form}.onnx", form=form)
+    sess = _session(p)
+    for batch, seq in ((1, 7), (3, 40)):
+        diff, scale = _max_diff(net, sess, _names(net), batch, seq)
+        assert diff <= ATOL and scale > 0.1, f"batch {batch} seq {seq}: max abs diff {diff:.3g}"
+
+
+@pytest.mark.attention_interface
+def test_a_layer_left_unfused_is_refused_and_the_fallback_deletes_the_file(tmp_path, monkeypatch):
+    """export_fused_onnx checks what it wrote: one com.microsoft node per attention layer and no
+    Softmax left (a layer the patch missed); try_export_fused_onnx then deletes the file and says why."""
+    import fastft.export.attention as fa
+
+    real = fa._export_forward
+
+    def second_layer(leave):
+        calls = []
+
+        def fake(module, proj, form):
+            calls.append(module)
+            fused = real(module, proj, form)
+            if len(calls) != 2:
+                return fused
+            if leave == "unfused":  # no attention node for this layer
+                return lambda hidden_states, *a, **k: (hidden_states, None)
+            return lambda hidden_states, *a, **k: (torch.softmax(fused(hidden_states, *a, **k)[0], -1), None)
+
+        return fake
+
+    net = _strong_bert()
+    path = tmp_path / "m.onnx"
+    for leave, wrote in (("unfused", "{'Attention': 1}"), ("softmax", "'Softmax': 1")):
+        monkeypatch.setattr(fa, "_export_forward", second_layer(leave))
+        with pytest.raises(FastftError, match="fused-attention export wrote .* for 2 attention layers") as exc:
+            export_fused_onnx(net, path, input_names=_names(net))
+        assert wrote in str(exc.value)
+        monkeypatch.setattr(fa, "_export_forward", second_layer(leave))
+        info, why = fa.try_export_fused_onnx(net, path, input_names=_names(net))
+        assert info is None and "for 2 attention layers" in why and not path.exists(), leave
+
+
+def _reference(q, k, v, mask, heads, scale):
+    """softmax(q k^T * scale, padded keys out) v per head, in float64; q, k, v: (batch, seq, hidden)."""
+    b, s, h = q.shape
+
+    def split(t):
+        return t.double().view(b, s, heads, h // heads).transpose(1, 2)
+
+    scores = split(q) @ split(k).transpose(-1, -2) * scale
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(b, s, h).float()
+
+
+def _export_module(module, args, names, path, seq_axis=1):
+    """``module`` exported (TorchScript, batch and sequence dynamic), run by ORT on ``args``."""
+    from fastft.ops.attention_onnx import register_symbolics
+
+    register_symbolics(17)
+    axes = {n: {0: "batch", (seq_axis if n != "mask" else 1): "seq"} for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            custom_opsets={"com.microsoft": 1},
+            input_names=names,
+            dynamic_axes=axes,
+        )
+    sess = _session(path)
+    return sess.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
+
+
+@pytest.mark.parametrize("op", ["mha", "qkv"])
+def test_export_ops_compute_attention_in_torch_and_in_onnxruntime(tmp_path, op):
+    """fastft::onnx_mha / onnx_qkv_attention: the torch op (what a trace computes) and the
+    com.microsoft node it exports as both give softmax(q k^T * scale + mask) v per head, with a
+    scale that is not head_dim ** -0.5 (the node's default), the QKV bias and a padded key."""
+    torch.manual_seed(0)
+    b, s, heads, head_dim, scale = 2, 6, 3, 4, 0.61
+    hidden = heads * head_dim
+    x = torch.randn(b, s, hidden)
+    weight, bias = torch.randn(hidden, 3 * hidden) * 0.5, torch.randn(3 * hidden)
+    mask = torch.ones(b, s, dtype=torch.bool)
+    mask[1, 4:] = False
+    q, k, v = (x @ weight + bias).chunk(3, dim=-1)
+    ref = _reference(q, k, v, mask, heads, scale)
+
+    class Mha(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return torch.ops.fastft.onnx_mha(q, k, v, mask, heads, scale)
+
+    class Qkv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = torch.nn.Parameter(weight), torch.nn.Parameter(bias)
+
+        def forward(self, x, mask):
+            return torch.ops.fastft.onnx_qkv_attention(x, self.weight, self.bias, mask, heads, scale)
+
+    module, args, names = Mha(), (q, k, v, mask), ["q", "k", "v", "mask"]
+    if op == "qkv":
+        module, args, names = Qkv(), (x, mask), ["x", "mask"]
+    with torch.no_grad():
+        torch.testing.assert_close(module(*args), ref, atol=1e-5, rtol=1e-5)
+        got = _export_module(module, args, names, tmp_path / f"{op}.onnx")
+    np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0)
+
+
+def test_fused_attention_exports_its_scale_and_refuses_causal(tmp_path):
+    """fastft::fused_attention's own symbolic (a plain export of a swapped model): the scale reaches
+    MultiHeadAttention (not its head_dim ** -0.5 default); causal=True, which the node would
+    compute bidirectionally, is refused."""
+    from fastft.ops import fused_attention
+
+    torch.manual_seed(0)
+    b, heads, s, head_dim = 2, 3, 5, 4
+    q, k, v = (torch.randn(b, heads, s, head_dim) for _ in range(3))
+    mask = torch.ones(b, s, dtype=torch.bool)
+    mask[1, 3:] = False
+
+    class Attend(torch.nn.Module):
+        def __init__(self, causal):
+            super().__init__()
+            self.causal = causal
+
+        def forward(self, q, k, v, mask):
+            return fused_attention(q, k, v, key_padding_mask=mask, causal=self.causal, scale=0.3)
+
+    flat = [t.transpose(1, 2).reshape(b, s, -1) for t in (q, k, v)]
+    ref = _reference(*flat, mask, heads, 0.3).view(b, s, heads, head_dim).transpose(1, 2)
+    with torch.no_grad():
+        args, names = (q, k, v, mask), ["q", "k", "v", "mask"]
+        got = _export_module(Attend(False), args, names, tmp_path / "m.onnx", seq_axis=2)
+        np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0)
+        with pytest.raises(Exception, match="causal=True is not supported"):
+            _export_module(Attend(True), args, names, tmp_path / "c.onnx", seq_axis=2)
+
+
+@pytest.mark.attention_interface
+def test_patched_attention_refuses_a_mask_that_is_not_a_bool_key_padding_mask():
+    """The export ops take a bool (batch, seq) key mask, exported as Cast to int32 (> 0 attends): an
+    additive float mask (0 / -inf) would be cast so that every kept key is masked; refused instead."""
+    from fastft.export.attention import patched_attention
+
+    net = _strong_bert()
+    hidden = torch.randn(2, 5, net.config.hidden_size)
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    keep[1, 3:] = False
+    additive = torch.zeros(2, 5).masked_fill(~keep, float("-inf"))
+    with patched_attention(net) as modules, torch.no_grad():
+        assert modules[0](hidden, attention_mask=keep)[0].shape == hidden.shape
+        with pytest.raises(FastftError, match="needs a key padding mask .bool .batch, seq.."):
+            modules[0](hidden, attention_mask=additive)
+        with pytest.raises(FastftError, match="needs a key padding mask"):
+            modules[0](hidden, attention_mask=torch.ones(2, 1, 5, 5, dtype=torch.bool))  # not a key mask
 
 
 def test_unsupported_architecture_export(tmp_path):
