@@ -483,6 +483,53 @@ def test_ort_offline_optimize_records_cpu_only_graphs_and_refuses_disable(tmp_pa
     assert not (tmp_path / "disable.onnx").exists()
 
 
+def test_export_onnx_leaves_the_model_as_it_was_and_checks_input_names(tmp_path):
+    """export_onnx switches a model to eval and to eager attention for the trace: a model in
+    training mode with SDPA attention gets both back; an unknown input name is one FastftError."""
+    from fastft.export.onnx import export_onnx
+
+    net = _loud_bert(layers=1)
+    net.set_attn_implementation("sdpa")
+    net.train()
+    info = export_onnx(net, tmp_path / "m.onnx")
+    assert info["attention_implementation"] == "eager"
+    assert net.config._attn_implementation == "sdpa"
+    assert net.training and all(m.training for m in net.modules())
+    with pytest.raises(FastftError, match="input_names: unknown input 'mask'"):
+        export_onnx(net, tmp_path / "x.onnx", input_names=["input_ids", "mask"])
+
+
+def test_model_input_names_take_token_types_only_where_the_model_has_them():
+    """token_type_ids is an input where forward takes it and the config has token types
+    (type_vocab_size > 0); a model without a token-type table gets none."""
+    from types import SimpleNamespace
+
+    from fastft.export.onnx import model_input_names
+
+    class Net:
+        def __init__(self, types):
+            self.config = SimpleNamespace(type_vocab_size=types)
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            return None
+
+    assert model_input_names(Net(2)) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert model_input_names(Net(0)) == ["input_ids", "attention_mask"]
+
+
+def test_set_ir_version_lowers_newer_files_only(tmp_path):
+    """set_ir_version writes fastft's IR version (what every onnxruntime 1.2x-1.3x reads) over a
+    newer one and leaves an older file as it is."""
+    from fastft.export.onnx import DEFAULT_IR_VERSION, set_ir_version
+
+    path = _matmul_graph(tmp_path / "m.onnx")
+    m = onnx.load(str(path))
+    for ir, expected in ((DEFAULT_IR_VERSION + 3, DEFAULT_IR_VERSION), (8, 8)):
+        m.ir_version = ir
+        onnx.save(m, str(path))
+        assert set_ir_version(path) == expected and onnx.load(str(path)).ir_version == expected
+
+
 # ---- bad input: one line, exit 2, nothing written -------------------------------------------------------------
 
 
