@@ -297,6 +297,72 @@ def test_swap_leaves_nodes_it_cannot_compute(exported):
     assert sum(x.op_type == "Attention" for x in model.graph.node) == len(attn)  # the input is untouched
 
 
+def _attention_node_model(hidden: int, heads: int, scale: float | None, seed: int = 0):
+    """One com.microsoft Attention(x, W, b, mask) with a random weight and a non-zero bias (fastft's
+    test models have zero Q/K/V biases); no ``scale`` attribute when ``scale`` is None (ORT's own
+    fusion writes none: head_dim ** -0.5)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array((rng.standard_normal((hidden, 3 * hidden)) * 0.5).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(3 * hidden).astype(np.float32), "b")
+    attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
+    node = helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], name="att", domain="com.microsoft", **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", hidden]),
+            helper.make_tensor_value_info("mask", TensorProto.INT32, ["b", "s"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", hidden])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_swapped_node_matches_orts_attention_with_its_bias_scale_and_zero_points(tmp_path, int8, scale):
+    """The swap's MatMul (INT8: MatMulIntegerToFloat on the same quantised x, with x's zero point)
+    + FusedAttention computes what ORT's Attention / QAttention node computes: the Q/K/V bias
+    passed on (or, fold_bias=False, added before the op), the node's scale or, without one,
+    head_dim ** -0.5; valid rows compared."""
+    import onnx
+    import onnxruntime as ort
+
+    model = _attention_node_model(hidden=12, heads=3, scale=scale)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        onnx.save(model, str(tmp_path / "f.onnx"))
+        quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+        model = onnx.load(str(tmp_path / "q.onnx"))
+        assert [n.op_type for n in model.graph.node].count("QAttention") == 1
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3, 9, 12)) * 2 + 0.5).astype(np.float32)  # off-centre: x's zero point is not 0
+    mask = np.ones((3, 9), np.int32)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    feeds = {"x": x, "mask": mask}
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    ref = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    so.register_custom_ops_library(str(_lib()))
+    valid = mask.astype(bool)
+    assert np.abs(ref[valid]).max() > 0.5
+    for fold_bias in (True, False):
+        swapped, n = swap_attention(model, extra_attrs={"num_threads": 1}, fold_bias=fold_bias)
+        assert n == 1
+        sess = ort.InferenceSession(swapped.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        got = sess.run(None, feeds)[0]
+        np.testing.assert_allclose(got[valid], ref[valid], atol=1e-4, rtol=1e-4, err_msg=f"fold_bias={fold_bias}")
+
+
 def test_modes(monkeypatch):
     monkeypatch.delenv(ort_attention.ENV, raising=False)
     assert resolve("onnxruntime", "cpu") is False
@@ -358,12 +424,17 @@ def test_swap_refuses_what_the_op_does_not_compute(exported):
     from onnx import helper
 
     base = onnx.load(str(exported / "model.onnx"))
-    for change in ("qkv_hidden_sizes", "present", "mask_filter_value"):
+    for change in ("qkv_hidden_sizes", "present", "mask_filter_value", "past", "mask_index"):
         model = onnx.ModelProto()
         model.CopyFrom(base)
         node = next(n for n in model.graph.node if n.op_type == "Attention")
         if change == "present":
             node.output.append("present_kv")
+        elif change == "past":  # input 4: keys and values of earlier steps, which the op never reads
+            node.input.append("past_kv")
+        elif change == "mask_index":  # a 1-D mask index (lengths), not a (batch, seq) key mask
+            model.graph.input.append(helper.make_tensor_value_info("mask_index", onnx.TensorProto.INT32, ["b"]))
+            node.input[3] = "mask_index"
         elif change == "qkv_hidden_sizes":
             node.attribute.append(helper.make_attribute("qkv_hidden_sizes", [32, 32, 32]))
         else:
@@ -507,7 +578,19 @@ def test_skip_layernorm_runs_every_instruction_set_copy(monkeypatch):
         np.testing.assert_allclose(_ln_session(fused).run(None, feeds)[0], ref, atol=2e-5, rtol=1e-4, err_msg=isa)
 
 
+def _one_value(model, name: str):
+    """``model`` with the 1-D initializer ``name`` cut to one value (ONNX broadcasts it: a valid graph)."""
+    from onnx import numpy_helper
+
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(np.array([0.7], np.float32), name))
+    return model
+
+
 def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
+    """The swap leaves a residual sum used elsewhere, another axis, no weight product, and a
+    LayerNormalization bias or residual bias of one value broadcast over the hidden units (the op
+    takes one value per unit: the served session would fail at run time)."""
     from fastft.runtime.ort_attention import swap_layernorm
 
     for model in (
@@ -515,6 +598,8 @@ def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
         _ln_graph(16, False, axis=1),
         _ln_graph(16, True, raw=True),
         _ln_graph(16, True, product=True),
+        _one_value(_ln_graph(16, True), "beta"),
+        _one_value(_ln_graph(16, True), "bias"),
     ):
         same, k = swap_layernorm(model)
         assert k == 0 and [x.op_type for x in same.graph.node] == [x.op_type for x in model.graph.node]
@@ -539,8 +624,8 @@ def test_skip_layernorm_broadcasts_as_add_and_refuses_what_does_not_with_one_lin
 
 
 def test_skip_layernorm_default_epsilon_and_float_only():
-    """A LayerNormalization without an epsilon attribute uses ONNX's 1e-5; a graph whose scale is
-    not float keeps ORT's nodes (the op takes float)."""
+    """A LayerNormalization without an epsilon attribute uses ONNX's 1e-5, one with an epsilon uses
+    it; a graph whose scale is not float keeps ORT's nodes (the op takes float)."""
     from onnx import TensorProto, numpy_helper
 
     from fastft.runtime.ort_attention import swap_layernorm
@@ -554,6 +639,13 @@ def test_skip_layernorm_default_epsilon_and_float_only():
     assert k == 1
     rng = np.random.default_rng(6)
     feeds = {n: (1e-3 * rng.standard_normal((2, 3, 24))).astype(np.float32) for n in ("a", "b")}  # epsilon matters
+    np.testing.assert_allclose(
+        _ln_session(fused).run(None, feeds)[0], _ln_session(model).run(None, feeds)[0], atol=2e-5, rtol=1e-4
+    )
+    model = _ln_graph(24, True)  # epsilon=1e-7 in the graph; here it is set to 0.05: carried over
+    next(a for a in model.graph.node[-1].attribute if a.name == "epsilon").f = 0.05
+    fused, k = swap_layernorm(model)
+    assert k == 1
     np.testing.assert_allclose(
         _ln_session(fused).run(None, feeds)[0], _ln_session(model).run(None, feeds)[0], atol=2e-5, rtol=1e-4
     )
