@@ -145,3 +145,143 @@ def test_select_nodes_scopes_weights_and_ffn():
     assert picked == [n.name for n in nodes[2:]]
     picked, _ = select_nodes(model, "all")  # every MatMul, never the classifier's Gemm
     assert picked == [n.name for n in nodes]
+
+
+def test_select_nodes_no_attention_scope_leaves_the_whole_attention_block():
+    """scope "no-attention": weight MatMuls outside the attention block; the fused Attention, the
+    Q/K/V projections and the attention output projection all stay fp32 ("weights" takes them)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastft.export.quantize import select_nodes
+
+    w = [numpy_helper.from_array(np.ones((4, 4), np.float32), f"w{i}") for i in range(4)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["q"], name="/layer.0/attention/self/query/MatMul"),
+        helper.make_node("Attention", ["x", "w0", "b", "m"], ["c"], name="Attention_0", domain="com.microsoft"),
+        helper.make_node("MatMul", ["c", "w1"], ["a"], name="/layer.0/attention/output/dense/MatMul"),
+        helper.make_node("MatMul", ["a", "w2"], ["i"], name="/layer.0/intermediate/dense/MatMul"),
+        helper.make_node("MatMul", ["i", "w3"], ["y"], name="/layer.0/output/dense/MatMul"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], initializer=w))
+    assert select_nodes(model, "no-attention") == ([n.name for n in nodes[3:]], ["MatMul"])
+    assert select_nodes(model, "weights") == ([n.name for n in nodes], ["Attention", "MatMul"])
+
+
+def _embedding_matmul_graph(path: Path) -> Path:
+    """ids -> Gather(float table) -> MatMul(weight) -> MatMul(activation x activation): what
+    quantize_onnx chooses among."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((50, 16)).astype(np.float32), "table"),
+        numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.arange(100, dtype=np.int64).reshape(50, 2), "int_table"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="/embeddings/word_embeddings/Gather"),
+        helper.make_node("MatMul", ["e", "w"], ["a"], name="/layer.0/intermediate/dense/MatMul"),
+        helper.make_node("Transpose", ["a"], ["at"], perm=[0, 2, 1], name="/t"),
+        helper.make_node("MatMul", ["a", "at"], ["y"], name="/layer.0/attention/self/MatMul"),
+        helper.make_node("Gather", ["int_table", "ids"], ["k"], name="/int_lookup/Gather"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", "s"]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, ["b", "s", 2]),
+        ],
+        initializer=inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_quantize_onnx_scope_all_takes_activation_matmuls_and_exclude_keeps_the_embedding(tmp_path):
+    """Dynamic INT8 of a small graph: scope "all" quantises the activation x activation MatMul too,
+    "weights" leaves it fp32; only float tables count as embeddings (not an int64 lookup), and an
+    excluded embedding Gather keeps its float table; the file is written at fastft's IR version."""
+    import onnx
+
+    from fastft.export.onnx import DEFAULT_IR_VERSION
+    from fastft.export.quantize import Int8Recipe, embedding_nodes, quantize_onnx
+
+    src = _embedding_matmul_graph(tmp_path / "m.onnx")
+    assert embedding_nodes(onnx.load(str(src))) == (["/embeddings/word_embeddings/Gather"], ["Gather"])
+
+    def table_type(path):
+        model = onnx.load(str(path))
+        gather = next(n for n in model.graph.node if n.name.startswith("/embeddings/"))
+        return next(i.data_type for i in model.graph.initializer if i.name == gather.input[0])
+
+    info = quantize_onnx(src, tmp_path / "all.onnx", Int8Recipe(scope="all"))
+    assert info["nodes_quantized"] == 2 and "MatMul" not in info["ops"] and info["ops"]["MatMulInteger"] == 2
+    assert info["embedding_nodes_quantized"] == 1 and table_type(tmp_path / "all.onnx") != onnx.TensorProto.FLOAT
+    assert onnx.load(str(tmp_path / "all.onnx")).ir_version <= DEFAULT_IR_VERSION
+    info = quantize_onnx(src, tmp_path / "w.onnx", Int8Recipe(scope="weights"))
+    assert info["nodes_quantized"] == 1 and info["ops"]["MatMul"] == 1 and info["ops"]["MatMulInteger"] == 1
+    excluded = Int8Recipe(scope="weights", exclude=("/embeddings/word_embeddings/Gather",))
+    info = quantize_onnx(src, tmp_path / "x.onnx", excluded)
+    assert info["embedding_nodes_quantized"] == 0 and table_type(tmp_path / "x.onnx") == onnx.TensorProto.FLOAT
+
+
+def test_static_quantisation_rewinds_its_reader_and_calibrates_uint8_asymmetric(tmp_path):
+    """Static QDQ: one calibration reader serves every quantisation (the KL search builds many
+    graphs): each rewinds it and gets the same scales; activations are uint8 with ranges from the
+    data (asymmetric: zero points other than 128); embeddings stay fp32 (QOperator only)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fastft.export.calibration import CalibrationReader
+    from fastft.export.quantize import Int8Recipe, quantize_onnx
+
+    src = _embedding_matmul_graph(tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    reader = CalibrationReader([{"ids": rng.integers(0, 50, (2, 5))} for _ in range(3)])
+    recipe = Int8Recipe(mode="static", scope="weights", quant_format="QDQ")
+    quantized = []
+    for i in range(2):
+        info = quantize_onnx(src, tmp_path / f"s{i}.onnx", recipe, reader)
+        assert info["embedding_nodes_quantized"] == 0 and info["ops"]["QuantizeLinear"] >= 1
+        model = onnx.load(str(tmp_path / f"s{i}.onnx"))
+        quantized.append({t.name: numpy_helper.to_array(t) for t in model.graph.initializer if "_zero_point" in t.name})
+    assert quantized[0].keys() == quantized[1].keys() and quantized[0]
+    assert all(np.array_equal(quantized[0][k], quantized[1][k]) for k in quantized[0])
+    activations = {k: v for k, v in quantized[0].items() if k in ("e_zero_point", "a_zero_point")}
+    assert len(activations) == 2 and all(v.dtype == np.uint8 for v in activations.values())
+    assert any(int(v) != 128 for v in activations.values())
+
+
+def test_quantize_onnx_follows_per_channel_reduce_range_and_allow_empty(tmp_path):
+    """The recipe's per_channel (one weight scale per output column) and reduce_range (7-bit
+    weights, the fix for U8S8 saturation without VNNI) reach the quantiser; allow_empty with every
+    MatMul excluded still quantises the embeddings, and copies the graph when nothing is left."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fastft.export.quantize import Int8Recipe, quantize_onnx
+
+    src = _embedding_matmul_graph(tmp_path / "m.onnx")
+
+    def weight(path, suffix):
+        model = onnx.load(str(path))
+        return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "w" + suffix)
+
+    for per_channel, reduce_range in ((False, False), (True, True)):
+        recipe = Int8Recipe(scope="weights", per_channel=per_channel, reduce_range=reduce_range, embeddings=False)
+        dst = tmp_path / f"q-{per_channel}-{reduce_range}.onnx"
+        quantize_onnx(src, dst, recipe)
+        assert weight(dst, "_scale").size == (16 if per_channel else 1)
+        top = int(np.abs(weight(dst, "_quantized").astype(np.int32)).max())
+        assert top <= 64 if reduce_range else top == 127
+    matmuls = ("/layer.0/intermediate/dense/MatMul", "/layer.0/attention/self/MatMul")
+    recipe = Int8Recipe(scope="all", exclude=matmuls)
+    info = quantize_onnx(src, tmp_path / "emb.onnx", recipe, allow_empty=True)
+    assert info["nodes_quantized"] == 0 and info["embedding_nodes_quantized"] == 1
+    empty = Int8Recipe(scope="all", exclude=(*matmuls, "/embeddings/word_embeddings/Gather"))
+    info = quantize_onnx(src, tmp_path / "none.onnx", empty, allow_empty=True)
+    assert info["nodes_quantized"] == 0 and (tmp_path / "none.onnx").read_bytes() == src.read_bytes()
