@@ -252,23 +252,27 @@ def test_a_layer_left_unfused_is_refused_and_the_fallback_deletes_the_file(tmp_p
 
 
 def _reference(q, k, v, mask, heads, scale):
-    """softmax(q k^T * scale, padded keys out) v per head, in float64; q, k, v: (batch, seq, hidden)."""
+    """softmax(q k^T * scale, padded keys out) v per head, in float64; q, k, v: (batch, seq, hidden);
+    mask: bool (batch, seq), True = attend, or additive float."""
     b, s, h = q.shape
 
     def split(t):
         return t.double().view(b, s, heads, h // heads).transpose(1, 2)
 
     scores = split(q) @ split(k).transpose(-1, -2) * scale
-    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    else:  # additive
+        scores = scores + mask.double()[:, None, None, :]
     return (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(b, s, h).float()
 
 
-def _export_module(module, args, names, path, seq_axis=1):
+def _export_module(module, args, names, path, seq_axis=1, dynamic=True):
     """``module`` exported (TorchScript, batch and sequence dynamic), run by ORT on ``args``."""
     from fastft.ops.attention_onnx import register_symbolics
 
     register_symbolics(17)
-    axes = {n: {0: "batch", (seq_axis if n != "mask" else 1): "seq"} for n in names}
+    axes = {n: {0: "batch", (seq_axis if n != "mask" else 1): "seq"} for n in names} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -349,6 +353,33 @@ def test_fused_attention_exports_its_scale_and_refuses_causal(tmp_path):
         np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0)
         with pytest.raises(Exception, match="causal=True is not supported"):
             _export_module(Attend(True), args, names, tmp_path / "c.onnx", seq_axis=2)
+
+
+def test_fused_attention_exports_an_additive_mask_and_static_shapes(tmp_path):
+    """fastft::fused_attention's symbolic with an additive float (batch, seq_k) mask (ORT's
+    attention_bias must be (batch, 1, seq_q, seq_k): (batch, 1, 1, seq_k) failed at run time), and
+    exported without dynamic axes (the head split's Reshape tripped torch's shape inference)."""
+    from fastft.ops import fused_attention
+
+    torch.manual_seed(0)
+    b, heads, s, head_dim = 2, 3, 5, 4
+    q, k, v = (torch.randn(b, heads, s, head_dim) for _ in range(3))
+    keep = torch.ones(b, s, dtype=torch.bool)
+    keep[1, 3:] = False
+    additive = torch.zeros(b, s).masked_fill(~keep, -1e4)
+    additive[0, 1] = -2.0  # not only 0 / -inf
+
+    class Attend(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return fused_attention(q, k, v, key_padding_mask=mask, scale=0.3)
+
+    flat = [t.transpose(1, 2).reshape(b, s, -1) for t in (q, k, v)]
+    names = ["q", "k", "v", "mask"]
+    with torch.no_grad():
+        for mask, dynamic in ((additive, True), (additive, False), (keep, False)):
+            ref = _reference(*flat, mask, heads, 0.3).view(b, s, heads, head_dim).transpose(1, 2)
+            got = _export_module(Attend(), (q, k, v, mask), names, tmp_path / "m.onnx", seq_axis=2, dynamic=dynamic)
+            np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0, err_msg=f"{mask.dtype} dynamic={dynamic}")
 
 
 @pytest.mark.attention_interface

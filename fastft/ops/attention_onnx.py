@@ -158,15 +158,21 @@ def _fused_attention_symbolic(g, q, k, v, mask, causal, scale):
             dtype = mask.type().scalarType()
         if dtype == "Bool":
             inputs.append(g.op("Cast", mask, to_i=6))
-        else:  # additive float (batch, seq_k) -> attention_bias (batch, 1, 1, seq_k)
+        else:  # additive float (batch, seq_k) -> attention_bias (batch, 1, seq_q, seq_k): ORT
+            # broadcasts its first two axes only ((batch, 1, 1, seq_k) fails at run time)
             axes = g.op("Constant", value_t=torch.tensor([1, 2], dtype=torch.int64))
-            inputs += [sh._optional_input_placeholder_tensor(g), g.op("Unsqueeze", mask, axes)]
+            seq_q = g.op("Gather", g.op("Shape", q), g.op("Constant", value_t=torch.tensor([2], dtype=torch.int64)))
+            ones = g.op("Constant", value_t=torch.tensor([1, 1], dtype=torch.int64))
+            one = g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
+            rows = g.op("Concat", ones, seq_q, one, axis_i=0)
+            inputs += [sh._optional_input_placeholder_tensor(g), g.op("Expand", g.op("Unsqueeze", mask, axes), rows)]
     out = g.op(f"{MS_DOMAIN}::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=scale)
     try:  # (batch, seq_q, heads * head_dim): no ONNX shape inference knows the com.microsoft op
         out.setType(q.type().with_sizes([None, None, heads * head_dim]))
     except (AttributeError, RuntimeError, TypeError):
         pass
-    split = g.op("Constant", value_t=torch.tensor([0, 0, heads, head_dim], dtype=torch.int64))
+    # -1, not head_dim: torch's shape inference asserts on a Reshape of 0s without a -1 (static shapes)
+    split = g.op("Constant", value_t=torch.tensor([0, 0, heads, -1], dtype=torch.int64))
     out = g.op("Transpose", g.op("Reshape", out, split), perm_i=perm)
     return out.setType(q.type())
 
