@@ -589,8 +589,8 @@ def _one_value(model, name: str):
 
 def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
     """The swap leaves a residual sum used elsewhere, another axis, no weight product, and a
-    LayerNormalization bias or residual bias of one value broadcast over the hidden units (the op
-    takes one value per unit: the served session would fail at run time)."""
+    LayerNormalization bias or residual bias of one value broadcast over the hidden units, or all
+    three of one value (the op takes one value per unit: the served session would fail at run time)."""
     from fastft.runtime.ort_attention import swap_layernorm
 
     for model in (
@@ -600,6 +600,7 @@ def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
         _ln_graph(16, True, product=True),
         _one_value(_ln_graph(16, True), "beta"),
         _one_value(_ln_graph(16, True), "bias"),
+        _one_value(_one_value(_one_value(_ln_graph(16, True), "gamma"), "beta"), "bias"),
     ):
         same, k = swap_layernorm(model)
         assert k == 0 and [x.op_type for x in same.graph.node] == [x.op_type for x in model.graph.node]

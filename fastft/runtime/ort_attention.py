@@ -319,6 +319,13 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
                 return n
         return None
 
+    dims = {i.name: list(i.dims) for i in g.initializer}
+
+    def one_unit(add) -> bool:
+        """Whether the residual ``add`` sums one hidden unit: a plain MatMul with an (in, 1) weight."""
+        n = next(producer[i] for i in add.input if made_by(i, PROJECTIONS, weighted=True))
+        return n.op_type == "MatMul" and dims[n.input[1]][-1:] == [1]
+
     drop, replace, swapped = set(), {}, 0
     for ln in g.node:
         if ln.op_type != "LayerNormalization" or ln.domain not in ("", "ai.onnx") or any(ln.output[1:]):
@@ -344,6 +351,8 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
                 continue
             drop.add(id(n))
             bias = consts_in[0]
+        if hidden == 1 and not one_unit(first):  # one value broadcast over the units: the op takes one per unit
+            continue
         drop.add(id(first))
         fused = helper.make_node(
             LN_OP_TYPE,
