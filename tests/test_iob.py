@@ -208,6 +208,44 @@ def test_words_with_no_token_are_left_out_of_the_score_and_cut_sentences_counted
     assert cut["recall"] == 0.5
 
 
+def test_a_label_set_whose_first_label_is_not_o_scores_its_entities():
+    """Label id 0 is a tag like any other (a Hugging Face head may put B-PER first); only -1 is O,
+    also for the argmax figures of words past the cut."""
+    from fastft.train.token_metrics import token_scores
+
+    labels = ["B-PER", "I-PER", "O"]
+    logp = np.log(np.array([[0.98, 0.01, 0.01], [0.01, 0.01, 0.98]]))
+    got = token_scores([logp[[1, 0, 1, 1]]], [[None, 0, 1, None]], [[0, 2]], labels, max_length=16)
+    assert got["f1"] == 1.0 and got["f1_argmax"] == 1.0
+    # cut after the first word: "B-PER O B-PER", the last entity past the cut, predicted O
+    cut = token_scores([logp[[1, 0, 1]]], [[None, 0, None]], [[0, 2, 0]], labels, max_length=3)
+    assert cut["cut"] == {"sentences": 1, "words": 2, "entities": 1}
+    assert (cut["precision"], cut["recall"]) == (1.0, 0.5)
+    assert (cut["precision_argmax"], cut["recall_argmax"]) == (1.0, 0.5)
+
+
+def test_token_loss_is_the_mean_over_words_not_sentences():
+    """``loss`` is the cross-entropy averaged over every scored word, however the words fall into sentences."""
+    from fastft.train.token_metrics import token_scores
+
+    labels = ["O", "B-PER", "I-PER"]
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.5, 0.25, 0.25]])
+    rows = [np.log(p[[0, 0, 0]]), np.log(p[[0, 1, 2, 3, 0]])]  # [CLS] w [SEP]; [CLS] w w w [SEP]
+    got = token_scores(rows, [[None, 0, None], [None, 0, 1, 2, None]], [[0], [1, 2, 0]], labels)
+    assert got["loss"] == pytest.approx(-np.log([0.7, 0.6, 0.6, 0.5]).mean())
+
+
+def test_an_entity_opening_with_i_past_the_cut_counts_as_cut():
+    """An entity spelt O I-PER I-PER (conlleval reads it as one) that runs past the cut is a cut entity."""
+    from fastft.train.token_metrics import token_scores
+
+    labels = ["O", "B-PER", "I-PER"]
+    logp = np.log(np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01], [0.01, 0.01, 0.98]]))
+    rows = logp[[0, 1, 0, 2, 0]]  # [CLS] Ada said Grace [SEP], "Hopper" past the cut
+    got = token_scores([rows], [[None, 0, 1, 2, None]], [[1, 0, 2, 2]], labels, max_length=5)
+    assert got["cut"] == {"sentences": 1, "words": 1, "entities": 1}
+
+
 def test_a_prefix_without_a_type_is_not_an_iob_tag():
     """``B-`` and ``I-`` alone name no entity type: not IOB tags; ``O``, ``B-X``, ``I-X`` are."""
     from fastft.data.iob import is_iob_tag

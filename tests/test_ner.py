@@ -220,6 +220,38 @@ def test_entity_metrics_hand_made_case():
     assert m2["f1"] == 1.0 and m2["f1_strict"] == 0.0
 
 
+def test_entity_metrics_precision_recall_and_per_type_are_each_their_own():
+    """Precision is not recall (overall and per type), and ``per_type`` holds entity types only."""
+    from fastft.train.token_metrics import entity_metrics
+
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-LOC"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "O", "B-ORG"]]
+    m = entity_metrics(true, pred)
+    # 4 true entities (PER, LOC, ORG, LOC), 3 predicted (PER, ORG, ORG), 2 of them right
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(4 / 7) and m["accuracy"] == pytest.approx(5 / 7)
+    assert sorted(m["per_type"]) == ["LOC", "ORG", "PER"]
+    assert m["per_type"]["ORG"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    assert m["per_type"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+
+
+def test_entity_metrics_with_no_predicted_entity_still_reports_each_type():
+    """A model that predicts no entity at all scores 0 with every true type listed, strict figures included."""
+    from fastft.train.token_metrics import entity_metrics
+
+    m = entity_metrics([["B-PER", "I-PER", "O"]], [["O", "O", "O"]])
+    assert m["f1"] == 0.0 and m["f1_strict"] == 0.0 and m["recall"] == 0.0
+    assert m["per_type"] == {"PER": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}}
+
+
+def test_entity_metrics_refuses_sentences_of_different_lengths():
+    """A prediction shorter than its sentence is an error, not silently scored on the common prefix."""
+    from fastft.train.token_metrics import entity_metrics
+
+    with pytest.raises(ValueError, match="sentence 1: 2 true tags but 1 predicted"):
+        entity_metrics([["B-PER"], ["B-PER", "O"]], [["B-PER"], ["B-PER"]])
+
+
 # -- tiny models ----------------------------------------------------------------------------------
 def save_tiny_token_model(path: Path, data_file: Path | None = None, labels=TAGS, layers: int = 2) -> Path:
     import torch
