@@ -1168,3 +1168,146 @@ def test_sighup_drains_like_sigterm(serve_dir):
             proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "received SIGHUP: draining" in err and "Traceback" not in err, err[-2000:]
+
+
+# -- protocol and routes without a model ----------------------------------------------------------
+def _v2_body(texts, **extra) -> bytes:
+    tensor = {"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+    return json.dumps({"inputs": [tensor], **extra}).encode()
+
+
+def test_exactly_max_texts_is_served_one_more_is_413():
+    """--max-texts is the most a request may hold: that many pass, on /predict and on v2 alike."""
+    from fastft.serve.protocol import BadRequest, check_texts, parse_infer
+
+    assert check_texts(["a", "b"], 2) == ["a", "b"]
+    assert parse_infer(_v2_body(["a", "b"]), None, 2).texts == ["a", "b"]
+    for call in (lambda: check_texts(["a", "b", "c"], 2), lambda: parse_infer(_v2_body(["a", "b", "c"]), None, 2)):
+        with pytest.raises(BadRequest, match="too many texts") as exc:
+            call()
+        assert exc.value.status == 413
+
+
+def test_a_header_length_that_spans_the_whole_body_is_a_json_only_request():
+    """Inference-Header-Content-Length equal to the body's length (no binary part) is a valid request."""
+    from fastft.serve.protocol import parse_infer
+
+    body = _v2_body(["ok"])
+    assert parse_infer(body, str(len(body)), 4).texts == ["ok"]
+
+
+def test_binary_bytes_past_the_last_element_are_refused():
+    """A binary BYTES tensor holding more than its shape's elements is a 400, not silently cut short;
+    an empty last element is an empty text (422), not a tensor cut short."""
+    import struct
+
+    from fastft.serve.protocol import BadRequest, parse_infer
+
+    def request(blob: bytes, n: int):
+        tensor = {"name": "text", "shape": [n], "datatype": "BYTES", "parameters": {"binary_data_size": len(blob)}}
+        head = json.dumps({"inputs": [tensor]}).encode()
+        return parse_infer(head + blob, str(len(head)), 4)
+
+    ok = struct.pack("<I", 2) + b"ok"
+    assert request(ok, 1).texts == ["ok"]
+    with pytest.raises(BadRequest, match="has 3 bytes after its 1 elements"):
+        request(ok + b"xyz", 1)
+    with pytest.raises(BadRequest, match=r"\[1\] is an empty text") as exc:
+        request(ok + struct.pack("<I", 0), 2)
+    assert exc.value.status == 422
+
+
+def test_binary_data_output_is_the_default_of_each_output_asked_for():
+    """The request's binary_data_output applies to the outputs it names without their own binary_data."""
+    from fastft.serve.protocol import parse_infer
+
+    body = _v2_body(
+        ["ok"],
+        parameters={"binary_data_output": True},
+        outputs=[{"name": "label"}, {"name": "truncated", "parameters": {"binary_data": False}}],
+    )
+    req = parse_infer(body, None, 4)
+    assert req.outputs == ["label", "truncated"] and req.binary == {"label": True, "truncated": False}
+
+
+def test_v2_answer_gives_each_text_its_own_label_and_probabilities_n_by_labels():
+    """Labels follow each text's own argmax, probabilities are [n, num_labels], and an id "" is echoed."""
+    from fastft.serve.protocol import InferRequest, infer_response
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]], dtype=np.float32)
+    req = InferRequest(["a", "b", "c"], ["label", "probabilities", "truncated"], {}, "")
+    body, headers = infer_response(req, "tiny", ["neg", "pos"], probs, [False, True, False])
+    doc = json.loads(body)
+    out = {o["name"]: o for o in doc["outputs"]}
+    assert headers["content-type"] == "application/json" and doc["id"] == ""
+    assert out["label"]["data"] == ["neg", "pos", "pos"] and out["label"]["shape"] == [3]
+    assert out["probabilities"]["shape"] == [3, 2]
+    np.testing.assert_allclose(np.array(out["probabilities"]["data"]).reshape(3, 2), probs)
+    assert out["truncated"]["data"] == [False, True, False]
+
+
+def test_model_metadata_names_the_onnx_platform_and_the_probabilities_width(server):
+    """An ONNX model is ``onnxruntime_onnx`` and its probabilities are [-1, num_labels] (clients size buffers by it)."""
+    meta = httpx.get(f"{server.url}/v2/models/{NAME}").json()
+    assert meta["platform"] == "onnxruntime_onnx"
+    probs = next(o for o in meta["outputs"] if o["name"] == "probabilities")
+    assert probs["shape"] == [-1, len(server.engine.labels)]
+
+
+class _FakeEngine:
+    """What build_app needs of an engine, answering every text [0.25, 0.75] at once."""
+
+    labels = ["neg", "pos"]
+    name = "fake"
+    platform = "onnxruntime_onnx"
+    per_token = False
+    draining = False
+
+    def __init__(self, ready=True):
+        self.ready = ready
+
+    async def infer(self, texts):
+        import types
+
+        return types.SimpleNamespace(probs=np.array([[0.25, 0.75]] * len(texts)), truncated=[False] * len(texts))
+
+
+def _ask(engine, requests, **config):
+    """(status, json) of each (method, path, body, headers) request to build_app over ``engine``."""
+    from fastft.serve.config import ServeConfig
+    from fastft.serve.metrics import ServeMetrics
+    from fastft.serve.routes import build_app
+
+    asgi = build_app(engine, ServeConfig(**config), ServeMetrics(), lifespan=False)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://t") as client:
+            return [await client.request(m, p, content=b, headers=h) for m, p, b, h in requests]
+
+    return [(r.status_code, r.json()) for r in asyncio.run(go())]
+
+
+def test_a_body_of_exactly_the_limit_is_read():
+    """--max-body-bytes is the largest body served: one of exactly that many bytes is answered, one more is 413."""
+    body = json.dumps({"inputs": ["a fine film"]}).encode()
+    padded = body[:-1] + b" " * 10 + b"}"
+    got = _ask(_FakeEngine(), [("POST", "/predict", padded, {})], max_body_bytes=len(padded))
+    assert got[0][0] == 200 and got[0][1]["predictions"][0]["label"] == "pos"
+    got = _ask(_FakeEngine(), [("POST", "/predict", padded, {})], max_body_bytes=len(padded) - 1)
+    assert got[0][0] == 413
+
+
+def test_utf8_named_any_way_is_utf8():
+    """A non-ASCII body labelled ``Charset=UTF8`` or ``charset=utf8`` is read, not refused as another charset."""
+    body = json.dumps({"inputs": ["caf\u00e9"]}, ensure_ascii=False).encode()
+    requests = [
+        ("POST", "/predict", body, {"content-type": f"application/json; {c}"}) for c in ("charset=utf8", "Charset=UTF8")
+    ]
+    requests.append(("POST", "/predict", body, {"content-type": "application/json; Charset=latin-1"}))
+    assert [status for status, _ in _ask(_FakeEngine(), requests)] == [200, 200, 415]
+
+
+def test_a_model_not_ready_answers_503_on_its_ready_route():
+    """``/v2/models/{name}/ready`` is 503 while the model is not ready (a status probe reads the code, not the body)."""
+    got = _ask(_FakeEngine(ready=False), [("GET", "/v2/models/fake/ready", b"", {})])
+    assert got == [(503, {"name": "fake", "ready": False})]
