@@ -88,6 +88,33 @@ def test_given_splits_are_kept(tmp_path):
     assert d.sizes() == {"train": 26, "validation": 2, "test": 2}
 
 
+def test_split_aliases_dev_and_val_name_the_validation_split(tmp_path):
+    """A split column spelling validation ``dev`` or ``val`` is the validation split, not the test one."""
+    path = tmp_path / "d.jsonl"
+    splits = ["train"] * 20 + ["dev"] * 4 + ["val"] * 2 + ["test"] * 6
+    write_jsonl(path, [{"text": f"t{i}", "label": i % 2, "split": s} for i, s in enumerate(splits)])
+    d = load_data(str(path))
+    assert d.sizes() == {"train": 20, "validation": 6, "test": 6} and d.spec["splits"] == "given"
+
+
+def test_numeric_labels_are_ordered_as_numbers():
+    """Class names that are integers take their ids in numeric order: 2 before 10, as the file's numbers mean."""
+    from fastft.data.datasets import _sort_labels
+
+    assert _sort_labels({"10", "2", "1"}) == ["1", "2", "10"]
+    assert _sort_labels({"pos", "neg"}) == ["neg", "pos"]
+
+
+def test_copies_of_a_text_count_as_rows_in_each_split_share(tmp_path):
+    """The grouped split gives validation and test 10% of each label's rows, not 10% of its distinct texts."""
+    path = tmp_path / "d.jsonl"
+    rows = [{"text": f"{lab}{i}", "label": lab} for lab in ("a", "b") for i in range(20) for _ in range(2)]
+    write_jsonl(path, rows)
+    d = load_data(str(path))
+    assert d.sizes() == {"train": 64, "validation": 8, "test": 8}
+    assert not set(d.test.texts) & set(d.train.texts)
+
+
 @pytest.mark.parametrize(
     "content, kwargs, message",
     [
