@@ -580,6 +580,34 @@ def test_depth_resolves_by_task(kw, text, want):
     assert r.distill.depth == want
 
 
+def test_zero_distillation_epochs_are_refused():
+    """--epochs 0 with distillation on would make an untrained student: refused, naming the flag."""
+    CompressConfig(epochs=0, distill=False).validate()
+    with pytest.raises(FastftError, match=r"--epochs must be positive \(got 0\)"):
+        CompressConfig(epochs=0).validate()
+
+
+def test_qat_epochs_may_reach_into_a_partial_last_epoch():
+    """A fractional last recovery run (1.5 epochs) makes 2 passes: --qat-epochs 2 fits, 3 does not."""
+    config = CompressConfig(quantize="int8", prune_ffn=0.5, last_recovery_epochs=1.5, recovery_epochs=1)
+    config.updated(qat_epochs=2).validate()
+    with pytest.raises(FastftError, match=r"--qat-epochs 3 is more than the 1.5 epoch\(s\) of the run it joins"):
+        config.updated(qat_epochs=3).validate()
+
+
+def test_target_retained_above_one_is_a_valid_bar():
+    """A student may be asked to beat its teacher (--target-retained up to 1.5); above that is refused."""
+    CompressConfig(target_retained=1.2).validate()
+    with pytest.raises(FastftError, match="--target-retained must be a fraction"):
+        CompressConfig(target_retained=1.6).validate()
+
+
+def test_prune_steps_given_without_pruning_is_unused():
+    """--prune-steps 1 with --prune-heads 0 --prune-ffn 0 is named as unused, not silently recorded."""
+    with pytest.raises(FastftError, match="--prune-steps is not used by this run"):
+        CompressConfig(prune_heads=0.0, prune_ffn=0.0, prune_steps=1).check_unused()
+
+
 def test_student_depth_from_layers_or_fraction():
     import transformers as tf
     from conftest import tiny_bert_config
