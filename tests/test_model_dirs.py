@@ -153,3 +153,32 @@ def test_fastft_labels_beside_default_id2label_names_serve_and_compress(tiny_mod
     assert fastft.load(d, backend="torch", warm_up=False).labels == ["negative", "positive"]
     _edit_json(d / "fastft.json", labels=["LABEL_0", "LABEL_1"])
     assert check_teacher_dir(d)[1] == ["LABEL_0", "LABEL_1"]
+
+
+def test_a_boolean_size_in_config_json_is_refused():
+    """``"hidden_size": true`` is not a size (a bool is an int in Python): a ModelError naming the key."""
+    from fastft.models.resolve import _check_sizes
+
+    _check_sizes("d", {"hidden_size": 32, "vocab_size": None}.get)
+    with pytest.raises(ModelError, match=r"d: config.json hidden_size must be a positive integer \(got True\)"):
+        _check_sizes("d", {"hidden_size": True}.get)
+
+
+def test_a_tokenizer_one_entry_past_the_vocabulary_is_refused():
+    """A tokenizer with even one id past config.json's vocab_size is refused; as many entries as the vocabulary pass."""
+    from fastft.models.resolve import check_vocab
+
+    check_vocab("d", [0] * 64, 64)
+    with pytest.raises(ModelError, match="the tokenizer has 65 entries, more than the model's vocabulary of 64"):
+        check_vocab("d", [0] * 65, 64)
+
+
+def test_a_token_classifier_head_is_read_for_token_classification():
+    """The label names of a ``*ForTokenClassification`` head are found for the token task, not for the sequence one."""
+    import types
+
+    from fastft.models.resolve import _head_labels
+
+    config = types.SimpleNamespace(architectures=["BertForTokenClassification"], id2label={0: "O", 1: "B-PER"})
+    assert _head_labels(config, "token-classification") == ["O", "B-PER"]
+    assert _head_labels(config) is None
