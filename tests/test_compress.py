@@ -583,7 +583,7 @@ def test_depth_resolves_by_task(kw, text, want):
 def test_zero_distillation_epochs_are_refused():
     """--epochs 0 with distillation on would make an untrained student: refused, naming the flag."""
     CompressConfig(epochs=0, distill=False).validate()
-    with pytest.raises(FastftError, match=r"--epochs must be positive \(got 0\)"):
+    with pytest.raises(FastftError, match=r"epochs \(--epochs\) must be positive \(got 0\)"):
         CompressConfig(epochs=0).validate()
 
 
@@ -598,7 +598,7 @@ def test_qat_epochs_may_reach_into_a_partial_last_epoch():
 def test_target_retained_above_one_is_a_valid_bar():
     """A student may be asked to beat its teacher (--target-retained up to 1.5); above that is refused."""
     CompressConfig(target_retained=1.2).validate()
-    with pytest.raises(FastftError, match="--target-retained must be a fraction"):
+    with pytest.raises(FastftError, match=r"target_retained \(--target-retained\) must be a fraction"):
         CompressConfig(target_retained=1.6).validate()
 
 
