@@ -182,3 +182,19 @@ def test_a_token_classifier_head_is_read_for_token_classification():
     config = types.SimpleNamespace(architectures=["BertForTokenClassification"], id2label={0: "O", 1: "B-PER"})
     assert _head_labels(config, "token-classification") == ["O", "B-PER"]
     assert _head_labels(config) is None
+
+
+def test_load_classifier_refuses_the_heads_labels_in_another_order(tiny_model_dir):
+    """The head's labels in another order are another head: logit i means the head's label i, so
+    relabelling it in the data's order would swap the answers silently (callers put the data in
+    the head's order first)."""
+    from transformers import AutoConfig
+
+    from fastft.core.errors import ModelError
+    from fastft.models.resolve import _head_labels, load_classifier
+
+    head = _head_labels(AutoConfig.from_pretrained(tiny_model_dir))
+    assert head is not None and len(head) > 1
+    assert load_classifier(tiny_model_dir, labels=head).config.id2label == dict(enumerate(head))
+    with pytest.raises(ModelError, match="already has a classification head"):
+        load_classifier(tiny_model_dir, labels=head[::-1])
