@@ -542,7 +542,7 @@ def _ln_session(model, threads: int = 2):
 @pytest.mark.parametrize(
     "n,s,hidden,bias,beta",
     [
-        (1, 1, 1, True, True),
+        (1, 1, 2, True, True),
         (1, 7, 37, True, False),
         (2, 33, 384, True, True),
         (3, 5, 100, False, True),
@@ -587,10 +587,22 @@ def _one_value(model, name: str):
     return model
 
 
+def _one_unit_product(model):
+    """``model`` with the residual's weight product cut to one output unit, (hidden, 1): Add
+    broadcasts it over the normalised residual's hidden units (a valid graph)."""
+    from onnx import numpy_helper
+
+    w = next(i for i in model.graph.initializer if i.name == "w")
+    rows = numpy_helper.to_array(w).shape[0]
+    w.CopyFrom(numpy_helper.from_array(np.full((rows, 1), 0.1, np.float32), "w"))
+    return model
+
+
 def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
     """The swap leaves a residual sum used elsewhere, another axis, no weight product, and a
     LayerNormalization bias or residual bias of one value broadcast over the hidden units, or all
-    three of one value (the op takes one value per unit: the served session would fail at run time)."""
+    three of one value, also beside a one-unit weight product that Add broadcasts (the op takes one
+    value per unit: the served session would fail at run time)."""
     from fastft.runtime.ort_attention import swap_layernorm
 
     for model in (
@@ -601,6 +613,7 @@ def test_skip_layernorm_swap_leaves_what_it_cannot_fold():
         _one_value(_ln_graph(16, True), "beta"),
         _one_value(_ln_graph(16, True), "bias"),
         _one_value(_one_value(_one_value(_ln_graph(16, True), "gamma"), "beta"), "bias"),
+        _one_value(_one_value(_one_value(_one_unit_product(_ln_graph(16, True)), "gamma"), "beta"), "bias"),
     ):
         same, k = swap_layernorm(model)
         assert k == 0 and [x.op_type for x in same.graph.node] == [x.op_type for x in model.graph.node]

@@ -319,13 +319,6 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
                 return n
         return None
 
-    dims = {i.name: list(i.dims) for i in g.initializer}
-
-    def one_unit(add) -> bool:
-        """Whether the residual ``add`` sums one hidden unit: a plain MatMul with an (in, 1) weight."""
-        n = next(producer[i] for i in add.input if made_by(i, PROJECTIONS, weighted=True))
-        return n.op_type == "MatMul" and dims[n.input[1]][-1:] == [1]
-
     drop, replace, swapped = set(), {}, 0
     for ln in g.node:
         if ln.op_type != "LayerNormalization" or ln.domain not in ("", "ai.onnx") or any(ln.output[1:]):
@@ -335,7 +328,9 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
         x, gamma = ln.input[0], ln.input[1]
         beta = ln.input[2] if len(ln.input) > 2 else ""
         hidden = sizes.get(gamma)
-        if hidden is None or (beta and sizes.get(beta) != hidden):
+        # one value may be broadcast over any width (the op takes one per unit); a true one-unit
+        # layer's LayerNormalization is its bias alone, nothing to fuse
+        if hidden is None or hidden < 2 or (beta and sizes.get(beta) != hidden):
             continue
         first, bias = residual_add(x), ""
         if first is None:  # Add(residual sum, bias constant)?
@@ -351,8 +346,6 @@ def swap_layernorm(model, *, extra_attrs: dict | None = None, copy: bool = True)
                 continue
             drop.add(id(n))
             bias = consts_in[0]
-        if hidden == 1 and not one_unit(first):  # one value broadcast over the units: the op takes one per unit
-            continue
         drop.add(id(first))
         fused = helper.make_node(
             LN_OP_TYPE,
