@@ -631,6 +631,8 @@ def test_options_an_export_would_not_read_are_refused(tiny_model_dir, tmp_path):
         ({"calib_data": "nope.jsonl"}, "calib_data .* no INT8 model is written"),
         ({"int8": True, "calib_size": 5}, "calib_size \\(--calib-size\\) sets static calibration"),
         ({"int8": True, "calib_method": "entropy"}, "calib_method"),
+        # an unknown method without static: what is wrong first is that nothing reads it
+        ({"int8": True, "calib_method": "bogus"}, "calib_method \\(--calib-method\\) sets static calibration"),
         ({"per_channel": True}, "per_channel \\(--per-channel\\) is for the INT8 model"),
         ({"int8": True, "validate": False, "encoding": "latin-1"}, "encoding \\(--encoding\\) reads the INT8 check"),
         ({"int8": True, "text_column": "t"}, "text_column \\(--text-column\\) is read with calib_data"),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastft.core.checks import check_bool, check_float, check_int, check_path
+from fastft.core.checks import arg, check_bool, check_float, check_int, check_path
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import atomic_output_dir, check_output_dir, scratch_dir
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
@@ -201,20 +201,18 @@ def _check_used(
     reads = int8 and (validate or static)
     if calib_data is not None and not reads:
         why = "no INT8 model is written" if not int8 else "validate=False, and dynamic INT8 calibrates nothing"
-        raise FastftError(f"calib_data (--calib-data) is read by the INT8 check and by static calibration: {why}")
+        raise FastftError(f"{arg('calib_data')} is read by the INT8 check and by static calibration: {why}")
     if encoding != "utf-8" and not reads:
-        raise FastftError("encoding (--encoding) reads the INT8 check's or calibration's data: this export reads none")
+        raise FastftError(f"{arg('encoding')} reads the INT8 check's or calibration's data: this export reads none")
     given = [n for n, v in (("text_column", text_column), ("label_column", label_column)) if v]
     if given and calib_data is None:
-        flag = "--" + given[0].replace("_", "-")
-        raise FastftError(f"{given[0]} ({flag}) is read with calib_data (--calib-data): give calib_data too")
+        raise FastftError(f"{arg(given[0])} is read with {arg('calib_data')}: give calib_data too")
     unused = unused_calibration(static, calib_size=calib_size, calib_method=calib_method)
     if unused:  # dynamic INT8 calibrates nothing
-        flag = "--" + unused[0].replace("_", "-")
-        raise FastftError(f"{unused[0]} ({flag}) sets static calibration: it needs static (--static)")
+        raise FastftError(f"{arg(unused[0])} sets static calibration: it needs {arg('static')}")
     given = [name for name, set_ in int8_only.items() if set_]  # ``int8_only``: name -> given
     if not int8 and given:
-        raise FastftError(f"{given[0]} (--{given[0].replace('_', '-')}) is for the INT8 model: it needs int8 (--int8)")
+        raise FastftError(f"{arg(given[0])} is for the INT8 model: it needs {arg('int8')}")
 
 
 def export(
@@ -280,7 +278,7 @@ def export(
     if recipe is not None and not isinstance(recipe, Int8Recipe):
         raise FastftError("recipe must be a fastft.export.quantize.Int8Recipe")
     static = static or (recipe is not None and recipe.mode == "static")
-    check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method)
+    check_export_args(opset=opset, calib_size=calib_size, calib_method=calib_method, static=static)
     int8_only = {
         "per_channel": per_channel is not None,
         "min_agreement": min_agreement != fx_validate.MIN_AGREEMENT,

@@ -22,16 +22,17 @@ def unused_calibration(static: bool, **given) -> list[str]:
     return [] if static else [n for n, v in given.items() if v != CALIB_DEFAULTS[n]]
 
 
-def check_calibration(calib_size: int, calib_method: str) -> None:
-    """Static calibration's settings, for export and compress alike."""
+def check_calibration(calib_size: int, calib_method: str, static: bool = True) -> None:
+    """Static calibration's settings, for export and compress alike (the method only where it is
+    read: without ``static`` a method given is refused as unused, naming --static)."""
     check_int(arg("calib_size"), calib_size, lo=1)
-    if calib_method not in CALIB_METHODS:
+    if static and calib_method not in CALIB_METHODS:
         raise FastftError(f"{arg('calib_method')} must be one of {', '.join(CALIB_METHODS)} (got {calib_method!r})")
 
 
-def check_export_args(*, opset: int, calib_size: int, calib_method: str) -> None:
+def check_export_args(*, opset: int, calib_size: int, calib_method: str, static: bool) -> None:
     check_int(arg("opset"), opset, lo=MIN_OPSET)
-    check_calibration(calib_size, calib_method)
+    check_calibration(calib_size, calib_method, static)
     check_opset(opset)
 
 

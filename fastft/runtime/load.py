@@ -13,7 +13,7 @@ from fastft.core.checks import check_bool, check_int, check_max_length, check_pa
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.io import read_json_object
 from fastft.data.collate import clamp_max_length, tokenizer_max_length
-from fastft.data.iob import check_decode, check_decode_for
+from fastft.data.iob import check_decode
 from fastft.models import load_tokenizer, read_meta
 from fastft.models.resolve import check_vocab
 from fastft.models.task import head_labels, model_task, task_from
@@ -68,7 +68,7 @@ def load(
     move with the texts beside it (and its label can flip). By default such a graph runs each
     text alone, so the same text always gets the same answer; True merges texts into calls of
     ``batch_size`` (about twice the throughput on short texts, answers no longer independent) [False].
-    An option of the other backend (``fused_attention`` with ``onnxruntime``; ``spinning``,
+    An option of the other backend (``fused_attention=True`` with ``onnxruntime``; ``spinning``,
     ``optimization_level``, ``ort_attention`` or ``batch_int8`` with ``torch``) is refused.
     """
     options = {k: v for k, v in locals().items() if k != "path"}  # pickling a Predictor loads it again with these
@@ -125,23 +125,22 @@ def load(
             batch_int8=batch_int8,
             **common,
         )
-    check_decode_for(decode, pred.per_token)
-    pred.decode = decode
+    pred.decode = decode  # checked by the setter against the model's task
     pred._reload = functools.partial(load, p.resolve(), **options)  # absolute: another process, another cwd
     return pred
 
 
 # options one backend reads, with the default that means "not given": given to the other backend
 # they were ignored (fused_attention=True served ORT's graph as it is), so they are refused
-_ORT_ONLY = {"spinning": False, "optimization_level": None, "ort_attention": "auto", "batch_int8": False}
-_TORCH_ONLY = {"fused_attention": False}
+_ORT_ONLY = {"spinning": (False,), "optimization_level": (None,), "ort_attention": ("auto",), "batch_int8": (False,)}
+_TORCH_ONLY = {"fused_attention": (False, None)}  # None: "where available", which ORT is not
 
 
 def _check_backend_options(backend: str, options: dict) -> None:
     """FastftError naming the first option ``load`` was given that ``backend`` does not read."""
     torch = backend == "torch"
-    for name, default in (_ORT_ONLY if torch else _TORCH_ONLY).items():
-        if options[name] != default:
+    for name, unset in (_ORT_ONLY if torch else _TORCH_ONLY).items():
+        if options[name] not in unset:
             other = "onnxruntime" if torch else "torch"
             raise FastftError(
                 f"{name} is for backend='{other}': load(..., backend='{backend}') does not read it "
