@@ -17,6 +17,7 @@ variants so load from other processes hits them alike. Variants isolate one susp
 - ``served-own-pool``: ``served`` with fastft's kernels on fastft's own thread pool
   (``FASTFT_OP_POOL=fastft``) instead of the session's intra-op threads.
 - ``served-dyn-block``: ``served`` with ``session.dynamic_block_base=4`` (below).
+- ``served-spin``: ``served`` with intra-op spinning on (``fastft.load(..., spinning=True)``).
 - ``dyn-block``: ``session.dynamic_block_base=4``: parallel loops hand out shrinking blocks
   on demand instead of one fixed share per thread, so a thread on a slower core takes less.
 - ``spin``: intra-op spinning on (thread wake-ups between parallel sections).
@@ -67,6 +68,7 @@ VARIANTS = (
     "served-ort",
     "served-own-pool",
     "served-dyn-block",
+    "served-spin",
     "dyn-block",
     "spin",
     "no-arena",
@@ -96,7 +98,7 @@ def make_session(path: Path, variant: str, threads: int):
 
         # fastft's ops or an error (auto would fall back to ORT's own kernels with a warning)
         mode = "onnxruntime" if variant == "served-ort" else "fastft"
-        opts = session_options(threads=threads, spinning=False, level="all")
+        opts = session_options(threads=threads, spinning=variant == "served-spin", level="all")
         if variant == "served-dyn-block":
             opts.add_session_config_entry("session.dynamic_block_base", "4")
         with own_op_pool() if variant == "served-own-pool" else contextlib.nullcontext():
