@@ -252,12 +252,12 @@ def test_a_layer_left_unfused_is_refused_and_the_fallback_deletes_the_file(tmp_p
 
 
 def _reference(q, k, v, mask, heads, scale):
-    """softmax(q k^T * scale, padded keys out) v per head, in float64; q, k, v: (batch, seq, hidden);
-    mask: bool (batch, seq), True = attend, or additive float."""
+    """softmax(q k^T * scale, padded keys out) v per head, in float64; q: (batch, seq_q, hidden),
+    k, v: (batch, seq_k, hidden); mask: bool (batch, seq_k), True = attend, or additive float."""
     b, s, h = q.shape
 
     def split(t):
-        return t.double().view(b, s, heads, h // heads).transpose(1, 2)
+        return t.double().view(b, t.shape[1], heads, h // heads).transpose(1, 2)
 
     scores = split(q) @ split(k).transpose(-1, -2) * scale
     if mask.dtype == torch.bool:
@@ -267,12 +267,14 @@ def _reference(q, k, v, mask, heads, scale):
     return (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(b, s, h).float()
 
 
-def _export_module(module, args, names, path, seq_axis=1, dynamic=True):
-    """``module`` exported (TorchScript, batch and sequence dynamic), run by ORT on ``args``."""
+def _export_module(module, args, names, path, seq_axis=1, dynamic=True, seq_names=None):
+    """``module`` exported (TorchScript, batch and sequence dynamic), run by ORT on ``args``;
+    ``seq_names``: each input's sequence axis name where they differ (queries and keys)."""
     from fastft.ops.attention_onnx import register_symbolics
 
     register_symbolics(17)
-    axes = {n: {0: "batch", (seq_axis if n != "mask" else 1): "seq"} for n in names} if dynamic else None
+    seq_names = seq_names or dict.fromkeys(names, "seq")
+    axes = {n: {0: "batch", (seq_axis if n != "mask" else 1): seq_names[n]} for n in names} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -362,23 +364,27 @@ def test_fused_attention_exports_an_additive_mask_and_static_shapes(tmp_path):
     from fastft.ops import fused_attention
 
     torch.manual_seed(0)
-    b, heads, s, head_dim = 2, 3, 5, 4
-    q, k, v = (torch.randn(b, heads, s, head_dim) for _ in range(3))
-    keep = torch.ones(b, s, dtype=torch.bool)
+    b, heads, sq, sk, head_dim = 2, 3, 4, 7, 4  # seq_q != seq_k: the bias takes the queries' length
+    q = torch.randn(b, heads, sq, head_dim)
+    k, v = (torch.randn(b, heads, sk, head_dim) for _ in range(2))
+    keep = torch.ones(b, sk, dtype=torch.bool)
     keep[1, 3:] = False
-    additive = torch.zeros(b, s).masked_fill(~keep, -1e4)
+    additive = torch.zeros(b, sk).masked_fill(~keep, -1e4)
     additive[0, 1] = -2.0  # not only 0 / -inf
 
     class Attend(torch.nn.Module):
         def forward(self, q, k, v, mask):
             return fused_attention(q, k, v, key_padding_mask=mask, scale=0.3)
 
-    flat = [t.transpose(1, 2).reshape(b, s, -1) for t in (q, k, v)]
+    flat = [t.transpose(1, 2).reshape(b, t.shape[2], -1) for t in (q, k, v)]
     names = ["q", "k", "v", "mask"]
+    seq_names = {"q": "seq_q", "k": "seq_k", "v": "seq_k", "mask": "seq_k"}
     with torch.no_grad():
         for mask, dynamic in ((additive, True), (additive, False), (keep, False)):
-            ref = _reference(*flat, mask, heads, 0.3).view(b, s, heads, head_dim).transpose(1, 2)
-            got = _export_module(Attend(), (q, k, v, mask), names, tmp_path / "m.onnx", seq_axis=2, dynamic=dynamic)
+            ref = _reference(*flat, mask, heads, 0.3).view(b, sq, heads, head_dim).transpose(1, 2)
+            got = _export_module(
+                Attend(), (q, k, v, mask), names, tmp_path / "m.onnx", seq_axis=2, dynamic=dynamic, seq_names=seq_names
+            )
             np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0, err_msg=f"{mask.dtype} dynamic={dynamic}")
 
 
