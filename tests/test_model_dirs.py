@@ -198,3 +198,20 @@ def test_load_classifier_refuses_the_heads_labels_in_another_order(tiny_model_di
     assert load_classifier(tiny_model_dir, labels=head).config.id2label == dict(enumerate(head))
     with pytest.raises(ModelError, match="already has a classification head"):
         load_classifier(tiny_model_dir, labels=head[::-1])
+
+
+def test_a_head_wider_than_config_json_names_both_counts(tiny_model_dir, tmp_path):
+    """Weights whose head has more rows than config.json names labels: the error says both counts
+    (the check was pinned only for a narrower head; a mutant comparing with < survived)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = _variant(tiny_model_dir, tmp_path)
+    state = load_file(str(d / "model.safetensors"))
+    w, b = state["classifier.weight"], state["classifier.bias"]
+    state["classifier.weight"] = torch.cat([w, w[:1]])
+    state["classifier.bias"] = torch.cat([b, b[:1]])
+    save_file(state, str(d / "model.safetensors"))
+    n = w.shape[0]
+    with pytest.raises(ModelError, match=rf"has {n + 1} labels, but config.json names {n} labels"):
+        fastft.load(d, backend="torch", warm_up=False)
