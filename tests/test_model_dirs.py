@@ -215,3 +215,24 @@ def test_a_head_wider_than_config_json_names_both_counts(tiny_model_dir, tmp_pat
     n = w.shape[0]
     with pytest.raises(ModelError, match=rf"has {n + 1} labels, but config.json names {n} labels"):
         fastft.load(d, backend="torch", warm_up=False)
+
+
+def test_a_vocabulary_just_under_the_minimum_is_a_stub(tiny_model_dir, tmp_path):
+    """A vocabulary of 999 entries is refused as a stub, 1,000 is a tokenizer (the hostile case's
+    5-entry stub left the bound itself free: a mutant dividing it by 10 survived)."""
+    from fastft.models import load_tokenizer
+    from fastft.models.resolve import MIN_VOCAB
+
+    d = _variant(tiny_model_dir, tmp_path)
+    for f in d.iterdir():  # every tokenizer file (transformers 4.x also writes vocab.txt)
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")) or f.name.endswith(".model"):
+            f.unlink()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    for size in (MIN_VOCAB - 1, MIN_VOCAB):
+        words = [f"w{i}" for i in range(size - len(special))]
+        (d / "vocab.txt").write_text("\n".join(special + words) + "\n")
+        if size < MIN_VOCAB:
+            with pytest.raises(ModelError, match=rf"has only {size} entries \(fewer than {MIN_VOCAB}\)"):
+                load_tokenizer(d)
+        else:
+            assert len(load_tokenizer(d)) == size
