@@ -398,7 +398,7 @@ CLI_CASES = [
         "this run trains none",
     ),
     # compress options this run would not use: accepted, ignored, recorded in report.json as if run
-    ("compress-qat-no-int8", "compress --model {w}/tiny --qat --output {out}", "--qat trains for dynamic INT8"),
+    ("compress-qat-no-int8", "compress --model {w}/tiny --qat --output {out}", "qat (--qat) trains for dynamic INT8"),
     ("compress-no-distill-layers", "compress --model {w}/tiny --no-distill --layers 2 --output {out}", "no student"),
     (
         "compress-prune-first-recovery",

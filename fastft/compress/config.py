@@ -182,7 +182,7 @@ class DistillConfig:
         check_max_length(arg("max_length"), self.max_length)
         for name in ("layers", "depth"):
             if getattr(self, name) is not None and self.student != "teacher-layers":
-                raise FastftError(f"--{name} applies to --student teacher-layers only")
+                raise FastftError(f"{arg(name)} applies to student='teacher-layers' (--student teacher-layers) only")
         if self.enabled and self.epochs <= 0:
             raise FastftError(f"{arg('epochs')} must be positive (got {self.epochs})")
         if self.temperature <= 0:
@@ -281,15 +281,17 @@ class PruneConfig:
         check_int(arg("prune_steps"), self.prune_steps, lo=1, hi=MAX_PRUNE_STEPS, optional=True)
         steps = self.prune_steps or 1
         if steps > 1 and self.prune_first:
-            raise FastftError("--prune-steps prunes between recovery epochs after distillation: not with --prune-first")
+            raise FastftError(
+                f"{arg('prune_steps')} prunes between recovery epochs after distillation: not with {arg('prune_first')}"
+            )
         if steps > 1 and not self.structured and self.prune_heads is not None:
-            raise FastftError("--prune-steps needs --prune-heads or --prune-ffn above 0")
+            raise FastftError(f"{arg('prune_steps')} needs {arg('prune_heads')} or {arg('prune_ffn')} above 0")
         if self.head_allocation is not None and self.head_allocation not in HEAD_ALLOCATIONS:
             raise FastftError(
                 f"{arg('head_allocation')} must be one of {', '.join(HEAD_ALLOCATIONS)} (got {self.head_allocation!r})"
             )
         if self.head_allocation == "global" and self.prune_heads is not None and not self.prune_heads > 0:
-            raise FastftError("--head-allocation global needs --prune-heads above 0")
+            raise FastftError(f"{arg('head_allocation')} global needs {arg('prune_heads')} above 0")
 
 
 # the quantization-aware term's weight when --qat-consistency is not given: seeds 42-44 of the
@@ -374,16 +376,24 @@ class QuantizeConfig:
         if self.mode not in (None, "int8", "fp16"):
             raise FastftError(f"quantize must be 'int8', 'fp16' or None (got {self.mode!r})")
         if self.static and self.mode != "int8":
-            raise FastftError("--static needs --int8 (static calibration is for INT8)")
+            raise FastftError(f"{arg('static')} needs quantize='int8' (--int8) (static calibration is for INT8)")
         check_calibration(self.calib_size, self.calib_method)
         check_int(arg("qat_epochs"), self.qat_epochs, lo=1)
         if self.qat is True and (self.mode != "int8" or self.static):
-            raise FastftError("--qat trains for dynamic INT8: it needs --int8, without --static")
+            raise FastftError(
+                f"{arg('qat')} trains for dynamic INT8: it needs quantize='int8' (--int8), without {arg('static')}"
+            )
         if self.qat_epochs != 1 and not self.simulated:
-            raise FastftError("--qat-epochs sets quantization-aware training: it needs dynamic --int8 and --qat")
+            raise FastftError(
+                f"{arg('qat_epochs')} sets quantization-aware training: it needs dynamic quantize='int8' (--int8) "
+                f"and {arg('qat')}"
+            )
         check_float(arg("qat_consistency"), self.qat_consistency, lo=0, optional=True)
         if self.qat_consistency and not self.simulated:
-            raise FastftError("--qat-consistency weighs a quantization-aware term: it needs dynamic --int8 and --qat")
+            raise FastftError(
+                f"{arg('qat_consistency')} weighs a quantization-aware term: it needs dynamic quantize='int8' "
+                f"(--int8) and {arg('qat')}"
+            )
         check_float(arg("accuracy_budget"), self.accuracy_budget)
         if self.accuracy_budget < 0:
             raise FastftError(f"{arg('accuracy_budget')} must be >= 0 (got {self.accuracy_budget})")
@@ -488,9 +498,9 @@ class CompressConfig:
         if not self.distill.enabled and not self.pruning and self.quantize.mode is None:
             raise FastftError("every stage is switched off: nothing to do")
         if self.prune.prune_first and not self.distill.enabled:
-            raise FastftError("--prune-first prunes the student before distillation: it needs distillation on")
+            raise FastftError(f"{arg('prune_first')} prunes the student before distillation: it needs distillation on")
         if self.prune.prune_first and not self.prune.structured:
-            raise FastftError("--prune-first needs --prune-heads or --prune-ffn above 0")
+            raise FastftError(f"{arg('prune_first')} needs {arg('prune_heads')} or {arg('prune_ffn')} above 0")
         self._check_qat_epochs()
         # (resolved, a token-classification teacher's --augment is 0: prepare validates after resolving)
         d = self.distill
