@@ -4,6 +4,7 @@ flags round-trip into the config, and a bad value is one line and exit 2."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from dataclasses import MISSING, fields
@@ -158,3 +159,230 @@ def test_export_int8_flags_come_from_quantize_config():
     )
     args = _sub("export").parse_args(["--model", "m", "-o", "o", "--per-channel", "--calib-size", "8"])
     assert (args.per_channel, args.calib_size, args.static) is not None and args.per_channel and args.calib_size == 8
+
+
+# -- each command's flags reach the library call (the call replaced by a recorder) ---------------------------
+def _recorder(monkeypatch, module: str, name: str, result, say: str | None = None):
+    """``module.name`` replaced by a function that records its calls, prints ``say`` and returns ``result``."""
+    import importlib
+
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        if say is not None:  # as the work's own progress lines do
+            print(say)
+        return result
+
+    monkeypatch.setattr(importlib.import_module(module), name, fake)
+    return calls
+
+
+def _defaults(fn) -> dict:
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def test_train_flags_reach_their_train_config_fields(monkeypatch, capsys):
+    """fastft train: no flag is TrainConfig's defaults; each flag sets its own field (--no-progress: progress off);
+    with --json what the work prints goes to stderr."""
+    from fastft.train.trainer import TrainConfig
+
+    calls = _recorder(monkeypatch, "fastft.train.trainer", "run_training", {"output": "o"}, say="epoch 1")
+    assert main(["train", "-o", "o", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert calls[-1][0] == (TrainConfig(output="o"),) and json.loads(out) == {"output": "o"} and "epoch 1" in err
+    argv = "--model m --data d.jsonl -o o --epochs 2.5 --max-length 33 --batch-size 5 --eval-batch-size 7 "
+    argv += "--lr 0.003 --weight-decay 0.2 --warmup-ratio 0.3 --max-grad-norm 0.7 --dropout 0.15 --metric f1_macro "
+    argv += "--patience 4 --limit 11 --max-steps 13 --seed 17 --lora --lora-r 6 --text-column t --label-column l "
+    argv += "--task token-classification --columns 1,2 --encoding latin-1 --threads 3 --overwrite --no-progress --json"
+    assert main(["train", *argv.split()]) == 0
+    assert calls[-1][0] == (
+        TrainConfig(
+            model="m",
+            data="d.jsonl",
+            output="o",
+            epochs=2.5,
+            max_length=33,
+            batch_size=5,
+            eval_batch_size=7,
+            lr=0.003,
+            weight_decay=0.2,
+            warmup_ratio=0.3,
+            max_grad_norm=0.7,
+            dropout=0.15,
+            metric="f1_macro",
+            patience=4,
+            limit=11,
+            max_steps=13,
+            seed=17,
+            lora=True,
+            lora_r=6,
+            text_column="t",
+            label_column="l",
+            task="token-classification",
+            columns="1,2",
+            encoding="latin-1",
+            threads=3,
+            overwrite=True,
+            progress=False,
+        ),
+    )
+
+
+def test_eval_flags_reach_evaluate(monkeypatch, capsys):
+    """fastft eval: no flag is evaluate()'s defaults; each flag reaches its own keyword."""
+    from fastft.train import evaluate as ev
+
+    defaults = _defaults(ev.evaluate)
+    calls = _recorder(monkeypatch, "fastft.train.evaluate", "evaluate", {"n": 1})
+    assert main(["eval", "--model", "m", "--json"]) == 0
+    (args, kwargs) = calls[-1]
+    assert args == ("m", None, defaults["split"]) and kwargs == {
+        k: v for k, v in defaults.items() if k not in ("data", "split", "text_column", "label_column")
+    } | {"text_column": None, "label_column": None}
+    argv = "--model m --data d --split validation --max-length 9 --batch-size 3 --limit 5 --backend torch "
+    argv += "--int8 --decode argmax --text-column t --label-column l --columns 0,3 --encoding latin-1 --no-progress"
+    assert main(["eval", *argv.split(), "--json"]) == 0
+    assert calls[-1] == (
+        ("m", "d", "validation"),
+        dict(
+            batch_size=3,
+            max_length=9,
+            text_column="t",
+            label_column="l",
+            encoding="latin-1",
+            limit=5,
+            backend="torch",
+            int8=True,
+            columns="0,3",
+            decode="argmax",
+            progress=False,
+        ),
+    )
+
+
+def test_predict_flags_reach_load(monkeypatch, capsys):
+    """fastft predict: --backend, --int8/--no-int8 (None when neither), --batch-size and --decode reach fastft.load."""
+    import numpy as np
+
+    class Fake:
+        labels = ["neg", "pos"]
+
+        def predict_proba(self, texts):
+            return np.array([[0.25, 0.75]] * len(texts))
+
+    calls = _recorder(monkeypatch, "fastft.runtime", "load", Fake())
+    assert main(["predict", "--model", "m", "--json", "ok"]) == 0
+    assert calls[-1] == (("m",), dict(backend="torch", int8=None, batch_size=32, decode="viterbi"))
+    assert json.loads(capsys.readouterr().out)[0]["label"] == "pos"
+    for flag, int8 in (("--int8", True), ("--no-int8", False)):
+        assert main(["predict", "--model", "m", flag, "--batch-size", "2", "--decode", "argmax", "--json", "ok"]) == 0
+        assert calls[-1] == (("m",), dict(backend="onnxruntime", int8=int8, batch_size=2, decode="argmax"))
+
+
+def test_export_flags_reach_export(monkeypatch, capsys):
+    """fastft export: no flag is export()'s defaults (min_agreement left to it); each flag reaches its keyword."""
+    import fastft.export as fx
+
+    defaults = _defaults(fx.export)
+    calls = _recorder(monkeypatch, "fastft.export", "export", {})
+    assert main(["export", "--model", "m", "-o", "o", "--json"]) == 0
+    args, kwargs = calls[-1]
+    assert args == ("m", "o") and "min_agreement" not in kwargs
+    assert kwargs == {k: defaults[k] for k in kwargs}
+    argv = "--model m -o o --int8 --static --calib-data c --text-column t --label-column l --encoding latin-1 "
+    argv += "--calib-size 9 --calib-method entropy --no-per-channel --min-agreement 0.5 --no-fused-attention "
+    argv += "--opset 18 --overwrite --no-progress --json"
+    assert main(["export", *argv.split()]) == 0
+    assert calls[-1] == (
+        ("m", "o"),
+        dict(
+            int8=True,
+            static=True,
+            calib_data="c",
+            text_column="t",
+            label_column="l",
+            encoding="latin-1",
+            calib_size=9,
+            calib_method="entropy",
+            per_channel=False,
+            opset=18,
+            overwrite=True,
+            fused_attention=False,
+            min_agreement=0.5,
+            progress=False,
+        ),
+    )
+    # --static alone is INT8: its bar may be set
+    assert main(["export", "--model", "m", "-o", "o", "--static", "--min-agreement", "0.5", "--json"]) == 0
+    assert calls[-1][1]["min_agreement"] == 0.5 and calls[-1][1]["int8"] is False
+
+
+def test_serve_flags_reach_serve_config(monkeypatch, tmp_path):
+    """fastft serve: no flag is ServeConfig's defaults; each flag sets its field (--max-body-kb in KiB, --json logs)."""
+    from fastft.serve.config import ServeConfig
+
+    (tmp_path / "config.json").write_text("{}")
+    calls = _recorder(monkeypatch, "fastft.serve.server", "run", 0)
+    assert main(["serve", str(tmp_path)]) == 0
+    assert calls[-1] == ((str(tmp_path), ServeConfig()), {})
+    argv = "--name n --host 0.0.0.0 --port 9 --max-batch-tokens 100 --max-batch-size 3 --max-wait-ms 2.5 "
+    argv += "--max-queue 7 --max-texts 5 --max-body-kb 3 --header-timeout 4 --body-timeout 6 --threads 1 "
+    argv += "--workers 1 --precision int8 --no-batching --batch-int8 --json"
+    assert main(["serve", str(tmp_path), *argv.split()]) == 0
+    assert calls[-1][0][1] == ServeConfig(
+        name="n",
+        host="0.0.0.0",
+        port=9,
+        max_batch_tokens=100,
+        max_batch_size=3,
+        max_wait_ms=2.5,
+        max_queue=7,
+        max_texts=5,
+        max_body_bytes=3 * 1024,
+        header_timeout_s=4.0,
+        body_timeout_s=6.0,
+        threads=1,
+        workers=1,
+        precision="int8",
+        batching=False,
+        batch_int8=True,
+        json_logs=True,
+    )
+
+
+def test_bench_flags_reach_bench_config(monkeypatch, capsys, tmp_path):
+    """fastft bench: no flag is BenchConfig's defaults (every backend); each flag sets its field."""
+    from fastft.bench.harness import BenchConfig
+
+    calls = _recorder(monkeypatch, "fastft.bench.harness", "run_bench", {})
+    monkeypatch.setattr("fastft.bench.harness.format_table", lambda payload: "table")
+    assert main(["bench"]) == 0
+    assert calls[-1] == ((BenchConfig(),), {})
+    argv = f"--model {tmp_path} --seq 8,16 --batch 2 --threads 1 --backends hf-eager,fastft-int8 --repeats 3 "
+    argv += f"--warmup 0 --gap-ms 1.5 --no-memory --workdir {tmp_path}/w --served {tmp_path} --agreement-texts 0 "
+    argv += "--no-progress"
+    assert main(["bench", *argv.split()]) == 0
+    assert calls[-1] == (
+        (
+            BenchConfig(
+                model=str(tmp_path),
+                seqs=[8, 16],
+                batch=2,
+                threads=1,
+                backends=["hf-eager", "fastft-int8"],
+                repeats=3,
+                warmup=0,
+                gap_ms=1.5,
+                memory=False,
+                workdir=f"{tmp_path}/w",
+                served=str(tmp_path),
+                progress=False,
+                agreement=0,
+            ),
+        ),
+        {},
+    )
+    assert capsys.readouterr().out.strip().endswith("table")
