@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import save_tiny_model, write_jsonl
+from conftest import make_rows, save_tiny_model, write_jsonl
 
 from fastft.compress import CompressConfig
 from fastft.core.errors import FastftError, ModelError
@@ -1122,3 +1122,208 @@ def test_speedup_against_the_teacher_is_teacher_over_model(monkeypatch):
     teacher = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
     rows = report.time_against_teacher(teacher, {"int8": "int8.onnx"}, [128], runs=1)
     assert [(r["model"], r["speedup_p50"]) for r in rows] == [("teacher", 1.0), ("int8", 3.0)]
+
+
+def test_report_rows_carry_exact_sizes_flops_latency_and_shifted_retention(tmp_path):
+    """build_rows: file MB (2**20), GFLOPs (1e9), p50 (2 decimals), retained on each shifted split, extra keys kept."""
+    from fastft.compress.report import build_rows
+
+    teacher = _stage(tmp_path, "teacher", 0.8)
+    (tmp_path / "teacher.onnx").write_bytes(b"x" * (3 * 2**20 // 2))  # 1.5 MiB
+    teacher.update(flops_128=2_345_678_901, accuracy_rare=0.5, accuracy_long=0.4)
+    small = _stage(tmp_path, "pruned", 0.6)
+    small.update(flops_128=1_000_000_000, accuracy_rare=0.45, accuracy_long=0.1, agreement_fp32=0.9)
+    lat = {"teacher": {128: {"p50_ms": 4.126}}, "pruned": {128: {"p50_ms": 1.0}}}  # no 512: None, no speed-up
+    rows = build_rows([teacher, small], lat)
+    assert [(r["file_mb"], r["gflops_128"], r["p50_ms_128"], r["p50_ms_512"]) for r in rows] == [
+        (1.5, 2.346, 4.13, None),
+        (0.0, 1.0, 1.0, None),
+    ]
+    assert [(r["retained_rare"], r["retained_long"]) for r in rows] == [(1.0, 1.0), (0.9, 0.25)]
+    assert rows[1]["speedup_512"] is None and rows[1]["speedup_128"] == 4.13 and rows[1]["agreement_fp32"] == 0.9
+    assert rows[1]["file"] == "pruned.onnx" and rows[1]["latency"] == {"128": {"p50_ms": 1.0}}
+
+
+def test_verdict_messages_and_the_fastest_stage_meeting_the_target():
+    """verdict: the met / missed / undefined messages in full; the nearest stage is the fastest at 512 that met it."""
+    from fastft.compress.report import verdict
+
+    rows = [_vrow("teacher", 1.0), _vrow("distilled", 0.99), _vrow("pruned", 0.985), _vrow("quantized", 0.9)]
+    rows[1]["p50_ms_512"], rows[2]["p50_ms_512"] = 2.0, 3.0  # the fastest is not the last
+    v = verdict(rows, 0.98, "entity F1")
+    assert v == {
+        "target_retained": 0.98,
+        "final_stage": "quantized",
+        "final_retained": 0.9,
+        "met": False,
+        "nearest_stage_meeting_target": "distilled",
+        "message": "the final model (quantized) retains 90.00% of the teacher's entity F1, below the target "
+        "98.00%; the nearest stage that met it is 'distilled' (99.00%)",
+    }
+    assert (
+        verdict(rows[:2], 0.98)["message"] == "the final model retains 99.00% of the teacher's accuracy (target 98.00%)"
+    )
+    undefined = verdict([_vrow("teacher", None), _vrow("quantized", None)], 0.98)
+    assert undefined["met"] is False and undefined["message"] == "retention is undefined: the teacher's accuracy is 0"
+
+
+def test_report_table_and_markdown_show_the_rows_settings_and_quantization(tmp_path):
+    """table()/markdown(): parameters in M, retained in %, speed-up as x, the latency settings, notes and INT8 lines."""
+    from fastft.compress.report import build_rows, markdown, table, verdict
+
+    stages = [_stage(tmp_path, "teacher", 0.8), _stage(tmp_path, "quantized", 0.78)]
+    stages[0]["parameters"], stages[1]["parameters"] = 22_700_000, 5_100_000
+    lat = {"teacher": {512: {"p50_ms": 30.0}}, "quantized": {512: {"p50_ms": 6.0}}}
+    rows = build_rows(stages, lat)
+    out = table(rows).splitlines()
+    assert out[0].split()[:3] == ["stage", "params", "file"] and "test acc" in out[0]
+    assert out[2].split() == ["quantized", "5.10M", "0.00", "-", "-", "6.00", "5.00x", "0.7800", "97.50%", "-"]
+    assert "test F1" in table(rows, "entity F1").splitlines()[0]
+    report = {
+        "teacher": "t",
+        "data": "d",
+        "test_rows": 12,
+        "max_length": 64,
+        "stages": rows,
+        "verdict": verdict(rows, 0.99),
+        "latency_settings": {"runs": 7, "threads": 3, "attention": {"quantized": "onnxruntime"}},
+        "shift": {"rare": {"rows": 3, "definition": "rarest"}},
+        "notes": ["a note"],
+        "quantization": {"mode": "int8", "label_agreement_fp32_test": 0.875, "fp32_nodes": 2, "excluded_nodes": ["m1"]},
+    }
+    md = markdown(report)
+    assert "test split, 12 rows); max length 64." in md and "| quantized | 5.10M |" in md and "| 97.50% |" in md
+    assert "p50 of 7 interleaved runs, 3 threads" in md and "Attention: quantized: onnxruntime." in md
+    assert "- shifted split `rare` (3 test rows): rarest" in md and "- a note" in md
+    assert "INT8 label agreement with the fp32 model on the test split: 87.50%; nodes kept fp32" in md
+    assert "accuracy-aware fallback: 2." in md and "- `m1`" in md and "below the target 99.00%" in md
+
+
+def test_latency_runs_served_stages_as_served_and_skips_lengths_past_the_positions(monkeypatch):
+    """measure_latency: only the stages named in ``served`` run on fastft's ops; lengths > max_positions are skipped."""
+    import importlib
+
+    from fastft.compress.report import measure_latency
+    from fastft.runtime.ort_attention import Swaps
+
+    quantize = importlib.import_module("fastft.compress.quantize")
+    modes, shapes = {}, []
+
+    class Session:
+        def get_inputs(self):
+            return [type("I", (), {"name": "input_ids"})()]
+
+        def run(self, _, feed):
+            shapes.append(feed["input_ids"].shape)
+
+    def served(path, threads, ort_attention):
+        modes[path] = ort_attention
+        return Session(), Swaps(attention=2 if ort_attention == "auto" else 0)
+
+    monkeypatch.setattr(quantize, "served", served)
+    lat = measure_latency(
+        {"teacher": "t.onnx", "int8": "q.onnx"}, seqs=(16, 128, 512), runs=3, warmup=1, progress=False,
+        max_positions=128, served=["int8"],
+    )  # fmt: skip
+    assert modes == {"t.onnx": "onnxruntime", "q.onnx": "auto"}
+    assert set(lat["teacher"]) == {16, 128} and set(shapes) == {(1, 16), (1, 128)} and len(shapes) == 2 * 2 * (1 + 3)
+    assert lat["int8"][128]["attention_swapped"] == 2 and lat["teacher"][16]["attention_swapped"] == 0
+
+
+def test_shifted_accuracy_and_label_agreement_are_argmax_shares():
+    """shift_accuracy: accuracy on each subset's rows (empty subsets left out); agreement: share of equal argmaxes."""
+    from fastft.compress.report import agreement, shift_accuracy
+
+    logits = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    assert shift_accuracy({"rare": [0, 1, 2], "long": [3], "none": []}, logits, [0, 1, 1, 0]) == {
+        "accuracy_rare": 2 / 3,
+        "accuracy_long": 0.0,
+    }
+    assert agreement(logits, logits[[0, 1, 3, 3]]) == 0.75 and agreement(np.zeros((0, 2)), np.zeros((0, 2))) == 0.0
+
+
+def test_cli_compress_prints_the_table_verdict_and_quantization_or_only_json(monkeypatch, tmp_path, capsys):
+    """fastft compress: a missed target is a WARNING line, the agreement line names the precision; --json only JSON."""
+    import importlib
+
+    from fastft.cli import build_parser, main
+
+    report = {
+        "metric": "accuracy",
+        "stages": [{"stage": "teacher", "accuracy": 0.8, "retained": 1.0}],
+        "verdict": {"met": False, "message": "missed"},
+        "quantization": {"mode": "fp16", "label_agreement_fp32_test": 0.5, "fp32_nodes": 0},
+        "output": "o",
+        "timings": {"total_s": 12.4},
+    }
+    calls = []
+    monkeypatch.setattr(
+        importlib.import_module("fastft.compress.pipeline"), "compress", lambda *a: calls.append(a) or report
+    )
+    assert main(["compress", "--model", "m", "--fp16", "-o", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert calls[-1][0] == "m" and calls[-1][1].quantize.mode == "fp16"
+    assert out[-3:] == [
+        "WARNING: missed",
+        "FP16 label agreement with fp32 (test): 50.00%; nodes kept fp32 by the fallback: 0",
+        "saved o (report.json, report.md); total 12 s",
+    ]
+    # --static implies --int8 only where no precision is given: with --fp16 it stays FP16 (then refused)
+    from fastft.cli.compress import config_from_args
+
+    parser = build_parser().commands["compress"]
+    assert config_from_args(parser.parse_args(["--static", "--fp16"])).quantize.mode == "fp16"
+    assert config_from_args(parser.parse_args(["--static"])).quantize.mode == "int8"
+    report["verdict"]["met"] = True
+    assert main(["compress", "--json", "-o", str(tmp_path / "o")]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == {"met": True, "message": "missed"}
+
+
+def test_compress_report_records_what_each_stage_ran_on(compressed):
+    """report.json: INT8's fp32 bar is the pruned stage's validation score, the fallback flag follows the fp32 nodes,
+    the latency threads default to the physical cores, only the teacher runs on ORT's own ops, the INT8 note."""
+    from fastft.core.system import physical_cores
+
+    out, report = compressed
+    rep = json.loads((out / "report.json").read_text())
+    q, stages = rep["quantization"], {r["stage"]: r for r in rep["stages"]}
+    metrics = json.loads((out / "fastft.json").read_text())["metrics"]  # the served model's, per split
+    assert (stages["quantized"]["accuracy"], stages["quantized"]["validation_accuracy"]) == (
+        metrics["test"]["accuracy"],
+        metrics["validation"]["accuracy"],
+    )
+    assert q["accuracy_fp32"] == stages["pruned"]["validation_accuracy"]
+    assert q["fallback_fired"] is (q["fp32_nodes"] > 0) and q["fp32_nodes"] == len(q["excluded_nodes"])
+    assert (
+        stages["quantized"]["precision"] == "int8"
+        and stages["quantized"]["agreement_fp32"] == (q["label_agreement_fp32_test"])
+    )
+    lat = rep["latency_settings"]
+    assert (lat["threads"], lat["runs"], lat["batch"]) == (physical_cores(), 2, 1)
+    assert lat["attention"]["teacher"] == "onnxruntime" and set(lat["attention"]) == set(stages)
+    assert rep["accuracy_settings"]["attention"]["teacher"] == "onnxruntime"
+    assert rep["notes"] == [
+        "the quantized row has the pruned/distilled model's parameter count and FLOPs, run as INT8/FP16 ops"
+    ]
+    d, cfg = rep["distillation"], rep["config"]["distill"]  # the settings distillation ran with, as resolved
+    assert (d["alpha"], d["temperature"], d["kd_loss"], d["epochs"]) == (0.8, 2.0, "kl", 1) and d["alpha"] == cfg[
+        "alpha"
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:.*have more than one label")
+def test_stage_scores_and_the_int8_bar_come_from_their_own_splits(teacher4, tmp_path):
+    """The test-split texts are the validation ones with every label flipped: a stage's accuracy is its test score,
+    validation_accuracy its validation score, and INT8's fp32 bar the validation score (the test split stays unseen)."""
+    import fastft
+
+    val = make_rows(7, seed=3)  # an odd count: the two scores cannot both be 0.5
+    flipped = [{"text": r["text"], "label": "negative" if r["label"] == "positive" else "positive"} for r in val]
+    rows = [{**r, "split": "train"} for r in make_rows(40)] + [{**r, "split": "validation"} for r in val]
+    data = write_jsonl(tmp_path / "splits.jsonl", rows + [{**r, "split": "test"} for r in flipped])
+    cfg = CompressConfig(distill=False, prune_heads=0, prune_ffn=0, quantize="int8", bench=False, progress=False)
+    report = fastft.compress(str(teacher4), cfg, data=str(data), output=str(tmp_path / "o"))
+    teacher, quantized = report["stages"][0], report["stages"][-1]
+    assert teacher["accuracy"] == pytest.approx(1 - teacher["validation_accuracy"])
+    assert report["quantization"]["accuracy_fp32"] == teacher["validation_accuracy"]
+    assert quantized["accuracy"] + quantized["validation_accuracy"] == pytest.approx(1.0)
