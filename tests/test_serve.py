@@ -1311,3 +1311,178 @@ def test_a_model_not_ready_answers_503_on_its_ready_route():
     """``/v2/models/{name}/ready`` is 503 while the model is not ready (a status probe reads the code, not the body)."""
     got = _ask(_FakeEngine(ready=False), [("GET", "/v2/models/fake/ready", b"", {})])
     assert got == [(503, {"name": "fake", "ready": False})]
+
+
+# -- the batcher on its own, with a fake predictor ------------------------------------------------
+class FakePredictor:
+    """A stand-in for fastft's Predictor: each text's logits come from its own tokens only
+    (its length and the sum of its ids), so any text's right answer is known, whatever it ran beside."""
+
+    labels = ["a", "b", "c"]
+    max_length = 32
+
+    def __init__(self, fail_wider_than=None, isolated=False):
+        from fastft.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer("minilm-l6")
+        self.fail_wider_than = fail_wider_than
+        self.isolated = isolated
+        self.calls = []  # (texts, width, real tokens) of each call
+
+    def logits_from_ids(self, input_ids, attention_mask, token_type_ids):
+        self.calls.append((input_ids.shape[0], input_ids.shape[1], int(attention_mask.sum())))
+        if self.fail_wider_than is not None and input_ids.shape[1] > self.fail_wider_than:
+            raise RuntimeError("simulated ONNX Runtime failure")
+        n = attention_mask.sum(1).astype(np.float32)
+        s = ((input_ids * attention_mask).sum(1) % 97).astype(np.float32)
+        return np.stack([np.zeros_like(n), n / 10, s / 10], axis=1)
+
+    def expected(self, texts):
+        from fastft.core.numerics import softmax
+
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        return softmax(np.array([[0.0, len(x) / 10, (sum(x) % 97) / 10] for x in ids], dtype=np.float32))
+
+
+def _jobs(batcher, requests):
+    from fastft.serve.batcher import _Job
+
+    jobs = [_Job(texts, None, None) for texts in requests]
+    for j in jobs:
+        batcher._encode(j)
+    return jobs
+
+
+def test_batcher_gather_keeps_to_the_token_and_text_limits_and_hands_back_what_does_not_fit():
+    """_gather takes queued requests while their texts and tokens (the first request's included) fit
+    the limits, and returns the first that does not fit (run next): never a round over a limit."""
+    from fastft.serve.batcher import Batcher
+
+    pred = FakePredictor()
+    first, *queued = _jobs(Batcher(pred), [["a fine film"], ["meh"], ["ok"], ["funny, warm and smart"]])
+    assert [sum(map(len, j.enc.ids)) for j in [first, *queued]] == [5, 4, 3, 7]
+    batcher = Batcher(pred, max_batch_tokens=10)  # 5 + 4 fit, 3 more would not
+    for j in queued:
+        batcher._queue.put_nowait(j)
+    jobs = [first]
+    assert batcher._gather(jobs) is queued[1]
+    assert jobs == [first, queued[0]] and batcher.queued() == 1
+    first, wide = _jobs(batcher, [["a fine film"], ["meh", "ok", "x"]])
+    batcher = Batcher(pred, max_batch_size=3)  # 1 text + 3 texts: one too many
+    batcher._queue.put_nowait(wide)
+    jobs = [first]
+    assert batcher._gather(jobs) is wide and jobs == [first]
+
+
+def test_batcher_gather_waits_at_most_max_wait_ms_for_more_requests():
+    """With max_wait_ms, _gather waits for a next request at most that long (in seconds: 0.05), never
+    without a timeout; without it, it does not block at all (only what is already queued)."""
+    import queue
+
+    from fastft.serve.batcher import Batcher
+
+    waits = []
+
+    def get(block=True, timeout=None):
+        waits.append((block, timeout))
+        raise queue.Empty
+
+    pred = FakePredictor()
+    for ms, most in ((50, 0.05), (0, None)):
+        batcher = Batcher(pred, max_wait_ms=ms)
+        batcher._queue.get = get
+        jobs = _jobs(batcher, [["a fine film"]])
+        assert batcher._gather(jobs) is None and len(jobs) == 1
+        block, timeout = waits.pop()
+        assert not waits
+        assert (not block) if most is None else (block and 0 < timeout <= most)  # no wait / a bounded one
+
+
+def test_batcher_runs_the_request_it_could_not_fit_and_a_stop_answers_every_queued_one():
+    """A request _gather hands back runs in the next round (never dropped), and a stop while requests
+    are queued lets the worker answer them all with their own results before it exits."""
+    from fastft.serve.batcher import Batcher
+
+    pred = FakePredictor()
+    gate, real = threading.Event(), pred.logits_from_ids
+
+    def held(**feeds):
+        gate.wait(30)
+        return real(**feeds)
+
+    pred.logits_from_ids = held
+    batcher = Batcher(pred, max_batch_tokens=10)  # requests of 5, 4, 3, 7, 3, 5 tokens: 3 rounds at least
+    requests = [["a fine film"], ["meh"], ["ok"], ["funny, warm and smart"], ["x"], ["a fine film"]]
+    batcher.start()
+
+    async def go():
+        futures = [batcher.submit(r) for r in requests]
+        stop = threading.Thread(target=batcher.stop)
+        stop.start()
+        while not batcher._stopped.is_set():
+            await asyncio.sleep(0.01)
+        gate.set()  # the worker, held in its first call, sees the stop with requests still queued
+        results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+        await asyncio.to_thread(stop.join, 30)
+        return results
+
+    results = asyncio.run(go())
+    for r, got in zip(requests, results):
+        assert not isinstance(got, BaseException), got
+        np.testing.assert_allclose(got.probs, pred.expected(r), atol=1e-6)
+
+
+def test_batcher_stop_answers_a_request_no_worker_took_and_refuses_new_ones():
+    """Stopped with no worker running, a queued request is answered ShuttingDown (not left hanging),
+    and a request submitted after the stop is refused."""
+    from fastft.serve.batcher import Batcher, ShuttingDown
+
+    batcher = Batcher(FakePredictor())
+
+    async def go():
+        future = batcher.submit(["a fine film"])
+        batcher.stop(timeout=1)
+        await asyncio.sleep(0)
+        assert future.done() and isinstance(future.exception(), ShuttingDown)
+        with pytest.raises(ShuttingDown):
+            batcher.submit(["meh"])
+
+    asyncio.run(go())
+
+
+def test_batcher_a_failing_call_fails_only_the_requests_in_it():
+    """One call raising fails the requests with a text in it; the other requests get their answers."""
+    from fastft.serve.batcher import Batcher, InferenceFailed
+
+    pred = FakePredictor(fail_wider_than=6)  # "funny, warm and smart" (7 tokens) fails
+    batcher = Batcher(pred, batching=False, max_batch_size=1)  # a call per text
+    requests = [["a fine film"], ["funny, warm and smart"], ["meh", "ok"]]
+    got = batcher.run_batch(requests)
+    assert isinstance(got[1], InferenceFailed) and "simulated" in str(got[1])
+    for k in (0, 2):
+        np.testing.assert_allclose(got[k].probs, pred.expected(requests[k]), atol=1e-6)
+
+
+def test_batcher_metrics_count_texts_tokens_requests_and_truncations_exactly():
+    """Each call observes its own texts, real and padded tokens; a round counts the requests it ran
+    (not one refused); the truncation counter counts truncated texts, not a request's texts; each
+    request's queue time is observed once, never less than 0."""
+    from fastft.serve.batcher import Batcher
+    from fastft.serve.metrics import ServeMetrics
+    from fastft.serve.protocol import BadRequest
+
+    pred, metrics = FakePredictor(), ServeMetrics()
+    batcher = Batcher(pred, batching=False, max_batch_size=2, max_wait_ms=1000, metrics=metrics)
+    long = "word " * 40  # over max_length 32: truncated
+    got = batcher.run_batch([["a fine film", long], ["\u200b"], ["meh"]])  # the second: no tokens, refused
+    assert got[0].truncated == [False, True] and isinstance(got[1], BadRequest)
+    text = metrics.exposition().decode()
+    assert [(n, w) for n, w, _ in pred.calls] == [(2, 32), (1, 4)]  # lengths 32, 5 | 4
+    assert metric(text, "fastft_batch_size_sum") == 3 and metric(text, "fastft_batch_size_count") == 2
+    assert metric(text, "fastft_real_tokens_total") == 32 + 5 + 4
+    assert metric(text, "fastft_padded_tokens_total") == 2 * 32 + 4
+    assert metric(text, "fastft_batch_tokens_sum") == 2 * 32 + 4
+    assert metric(text, "fastft_requests_per_batch_sum") == 2
+    assert metric(text, "fastft_truncated_texts_total") == 1
+    assert metric(text, "fastft_queue_duration_seconds_count") == 3  # each request once, its own wait (not < 0)
+    assert metric(text, "fastft_queue_duration_seconds_sum") >= 0
