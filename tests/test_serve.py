@@ -1486,3 +1486,27 @@ def test_batcher_metrics_count_texts_tokens_requests_and_truncations_exactly():
     assert metric(text, "fastft_truncated_texts_total") == 1
     assert metric(text, "fastft_queue_duration_seconds_count") == 3  # each request once, its own wait (not < 0)
     assert metric(text, "fastft_queue_duration_seconds_sum") >= 0
+
+
+def test_serve_metrics_count_errors_from_400_bucket_exactly_and_keep_efficiency_since_start():
+    """ServeMetrics: a 400 is an error and a 399 is not; durations go in seconds into their buckets; one
+    text lands in the le=1 batch-size bucket; padding efficiency is all real / all padded tokens."""
+    from fastft.serve.metrics import ServeMetrics
+
+    m = ServeMetrics()
+    for code, seconds in ((200, 0.004), (400, 0.004), (399, None)):
+        m.observe_request("/predict", code, seconds)
+    m.observe_call(1, 5, 8, 0.002)
+    m.observe_call(2, 10, 10, 0.002)
+    text = m.exposition().decode()
+    assert metric(text, "fastft_requests_total", route="/predict", code="399") == 1
+    assert metric(text, "fastft_errors_total", route="/predict", code="400") == 1
+    assert metric(text, "fastft_errors_total", route="/predict", code="399") == 0
+    assert metric(text, "fastft_request_duration_seconds_count", route="/predict") == 2
+    assert metric(text, "fastft_request_duration_seconds_sum", route="/predict") == pytest.approx(0.008)
+    assert metric(text, "fastft_request_duration_seconds_bucket", route="/predict", le="0.003") == 0
+    assert metric(text, "fastft_request_duration_seconds_bucket", route="/predict", le="0.005") == 2
+    assert metric(text, "fastft_batch_size_bucket", le="1.0") == 1
+    assert metric(text, "fastft_batch_size_bucket", le="2.0") == 2
+    assert metric(text, "fastft_batch_tokens_bucket", le="16.0") == 2
+    assert metric(text, "fastft_padding_efficiency") == pytest.approx(15 / 18)
