@@ -1510,3 +1510,45 @@ def test_serve_metrics_count_errors_from_400_bucket_exactly_and_keep_efficiency_
     assert metric(text, "fastft_batch_size_bucket", le="2.0") == 2
     assert metric(text, "fastft_batch_tokens_bucket", le="16.0") == 2
     assert metric(text, "fastft_padding_efficiency") == pytest.approx(15 / 18)
+
+
+def test_ray_build_converts_each_string_argument_to_its_fields_type(monkeypatch):
+    """``serve run fastft.serve.ray_app:build k=v``: each value is read as its ServeConfig field's type
+    (on/off, yes/no, 1/0 for a flag; int; float; threads an int)."""
+    from fastft.serve import ray_app
+
+    monkeypatch.setattr(ray_app, "deployment", lambda model_dir, config, replicas: (model_dir, config, replicas))
+    args = {"model_dir": "m", "replicas": "2", "batching": "off", "calibrate": "on", "json_logs": "yes"}
+    args.update(max_wait_ms="2.5", max_batch_size="8", threads="3")
+    model_dir, config, replicas = ray_app.build(args)
+    assert (model_dir, replicas, config.batching, config.calibrate, config.json_logs) == ("m", 2, False, True, True)
+    assert (config.max_wait_ms, config.max_batch_size, config.threads) == (2.5, 8, 3)
+
+
+def test_ray_engine_batches_by_its_config_and_waits_in_seconds(monkeypatch):
+    """A Ray replica's @serve.batch takes max_batch_size requests (1 without batching) and waits
+    max_wait_ms / 1000 seconds; a request's texts come back answered by the replica's batcher."""
+    import sys
+    import types
+
+    from fastft.serve.config import ServeConfig
+    from fastft.serve.metrics import ServeMetrics
+    from fastft.serve.ray_app import RayEngine
+
+    seen = []
+
+    def batch(**kwargs):
+        seen.append(kwargs)
+        return lambda f: f
+
+    serve = types.SimpleNamespace(batch=batch)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(serve=serve))
+    monkeypatch.setitem(sys.modules, "ray.serve", serve)
+    pred = FakePredictor()
+    pred.path = "tiny"
+    for batching, most in ((True, 8), (False, 1)):
+        config = ServeConfig(max_batch_size=8, max_wait_ms=5, batching=batching, calibrate=False)
+        engine = RayEngine(pred, config, ServeMetrics())
+        assert seen.pop() == {"max_batch_size": most, "batch_wait_timeout_s": 0.005}
+        got = asyncio.run(engine._batched([["a fine film", "meh"]]))
+        np.testing.assert_allclose(got[0].probs, pred.expected(["a fine film", "meh"]), atol=1e-6)
