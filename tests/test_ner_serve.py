@@ -169,3 +169,19 @@ def test_a_tagger_drops_the_texts_of_a_client_that_left_without_a_traceback(ner_
         assert left.probs is None and len(stays.future.result().entities) == 1
     finally:
         loop.close()
+
+
+def test_a_tagger_answers_each_text_its_own_tokens_rows_without_the_padding(ner_serve_dir):
+    """Result.probs of a tagger: one (tokens, labels) array per text, its own tokens' rows only, even
+    when a longer text shared its call (the padding rows cut off), equal to the text run alone."""
+    import fastft
+    from fastft.serve.batcher import Batcher
+
+    batcher = Batcher(fastft.load(ner_serve_dir, threads=1), batching=False, max_batch_size=8)  # one call
+    texts = ["Paris", NER_TEXTS[0] + " " + NER_TEXTS[0]]
+    lengths = batcher.encoder.encode(texts).lengths().tolist()
+    assert lengths[0] < lengths[1]
+    (together,) = batcher.run_batch([texts])
+    alone = batcher.run_batch([texts[:1]])[0]
+    assert [p.shape for p in together.probs] == [(n, len(batcher.predictor.labels)) for n in lengths]
+    np.testing.assert_allclose(together.probs[0], alone.probs[0], atol=1e-5)
