@@ -252,3 +252,33 @@ def test_a_prefix_without_a_type_is_not_an_iob_tag():
 
     assert is_iob_tag("O") and is_iob_tag("B-X") and is_iob_tag("I-PER")
     assert not is_iob_tag("B-") and not is_iob_tag("I-") and not is_iob_tag("X-PER") and not is_iob_tag("PER")
+
+
+def test_entity_spans_scores_and_words_are_exact():
+    """aggregate_simple: a group spans its first token's start to its last's end (past a combining
+    mark the tokenizer dropped), scores the mean of its tokens, and an unknown token is its text."""
+    from fastft.runtime.entities import aggregate_simple
+
+    text = "Ann Lee met Cafe\u0301 \u2603"
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    tokens = ["[CLS]", "ann", "lee", "met", "cafe", "[UNK]", "[SEP]"]
+    offsets = [(0, 0), (0, 3), (4, 7), (8, 11), (12, 16), (18, 19), (0, 0)]
+    special = [1, 0, 0, 0, 0, 0, 1]
+    tags, scores = [0, 1, 2, 0, 3, 3, 0], [0.9, 0.9, 0.7, 0.9, 0.8, 0.6, 0.9]
+    probs = np.full((7, 5), 0.01, dtype=np.float32)
+    probs[np.arange(7), tags] = scores
+    ids = [101, 5, 6, 7, 8, 100, 102]
+    ents = aggregate_simple(text, probs, ids, offsets, special, tokens, labels, 100, " ".join)
+    assert [(e["entity"], e["start"], e["end"], e["word"]) for e in ents] == [
+        ("PER", 0, 7, "ann lee"),
+        ("LOC", 12, 17, "cafe"),
+        ("LOC", 18, 19, "\u2603"),
+    ]
+    assert [e["score"] for e in ents] == pytest.approx([0.8, 0.8, 0.6])
+    plain = ["O", "PER"]  # labels without B-/I-: a run of one type is one entity
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]], dtype=np.float32)
+    ents = aggregate_simple(
+        "Ann Lee", probs, [101, 5, 6, 102], offsets[:3] + [(0, 0)], [1, 0, 0, 1], tokens, plain, 100, " ".join
+    )
+    assert [(e["entity"], e["start"], e["end"], e["word"]) for e in ents] == [("PER", 0, 7, "ann lee")]
+    assert ents[0]["score"] == pytest.approx(0.7)
