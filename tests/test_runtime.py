@@ -653,3 +653,23 @@ def test_threads_asked_for_are_the_sessions_and_a_recorded_level_number_maps_to_
     assert session_options().intra_op_num_threads == physical_cores()
     level = lambda v: runtime_level({"onnx": {"runtime_graph_optimization_level": v}}, "model.onnx")  # noqa: E731
     assert [level(v) for v in (0, 1, 2, 3, 99)] == ["disable", "basic", "extended", "all", "all"]
+
+
+def test_encoder_truncation_flags_offsets_and_padded_batches_are_exact():
+    """Encoder: a text cut at the character budget is truncated though its tokens fit, a cut leaving
+    out only spaces is not; offsets past a skipped run are moved, a special token's (0, 0) is not;
+    a batch pads with the pad id and masks only each text's own tokens."""
+    from fastft.models import load_tokenizer
+    from fastft.runtime.encode import Encoder
+
+    tok = load_tokenizer("minilm-l6")
+    enc = Encoder(tok, 3).encode(["b" * 200, "b" * 192 + " " * 100])  # budget: 64 * 3 = 192 characters
+    assert enc.ids[0] == enc.ids[1] and len(enc.ids[0]) == 3  # [CLS] [UNK] [SEP]: fits max_length
+    assert enc.truncated == [True, False]
+    enc = Encoder(tok, 8, offsets=True).encode([" " * 70_000 + "Paris", "ok"])
+    assert enc.offsets == [[(0, 0), (70_000, 70_005), (0, 0)], [(0, 0), (0, 2), (0, 0)]]
+    encoder = Encoder(tok, 16)
+    enc = encoder.encode(["a fine film", "ok"])
+    feeds = encoder.batch(enc, [1, 0])
+    assert feeds["input_ids"].tolist() == [enc.ids[1] + [encoder.pad_id] * 2, enc.ids[0]]
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1] * 5]
