@@ -1552,3 +1552,22 @@ def test_ray_engine_batches_by_its_config_and_waits_in_seconds(monkeypatch):
         assert seen.pop() == {"max_batch_size": most, "batch_wait_timeout_s": 0.005}
         got = asyncio.run(engine._batched([["a fine film", "meh"]]))
         np.testing.assert_allclose(got[0].probs, pred.expected(["a fine film", "meh"]), atol=1e-6)
+
+
+def test_exactly_max_connections_are_served_one_more_is_503(serve_dir):
+    """With max_connections=16, sixteen open connections are all served; the seventeenth gets a 503."""
+    asgi = make_app(serve_dir, max_connections=16)
+    with guarded(asgi) as server:
+        server.wait_ready()
+        conns = []
+        try:
+            for _ in range(17):
+                conns.append(socket.create_connection(("127.0.0.1", server.port)))
+                conns[-1].settimeout(10)
+            for c in conns:
+                c.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = [c.recv(4096) for c in conns]
+        finally:
+            for c in conns:
+                c.close()
+    assert [a[:12] for a in answers] == [b"HTTP/1.1 200"] * 16 + [b"HTTP/1.1 503"]
