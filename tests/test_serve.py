@@ -1374,12 +1374,19 @@ def test_batcher_gather_keeps_to_the_token_and_text_limits_and_hands_back_what_d
     assert batcher._gather(jobs) is wide and jobs == [first]
 
 
-def test_batcher_gather_waits_at_most_max_wait_ms_for_more_requests():
+def test_batcher_gather_waits_at_most_max_wait_ms_for_more_requests(monkeypatch):
     """With max_wait_ms, _gather waits for a next request at most that long (in seconds: 0.05), never
-    without a timeout; without it, it does not block at all (only what is already queued)."""
+    without a timeout; without it, it does not block at all (only what is already queued). The
+    batcher's clock stands still here: a stall of the loaded machine between its two readings would
+    otherwise leave no time to wait."""
     import queue
+    import types
 
+    from fastft.serve import batcher as batcher_module
     from fastft.serve.batcher import Batcher
+
+    still = types.SimpleNamespace(perf_counter=lambda: 100.0, monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(batcher_module, "time", still)
 
     waits = []
 
@@ -1395,7 +1402,7 @@ def test_batcher_gather_waits_at_most_max_wait_ms_for_more_requests():
         assert batcher._gather(jobs) is None and len(jobs) == 1
         block, timeout = waits.pop()
         assert not waits
-        assert (not block) if most is None else (block and 0 < timeout <= most)  # no wait / a bounded one
+        assert (not block) if most is None else (block and timeout == pytest.approx(most))  # no wait / bounded
 
 
 def test_batcher_runs_the_request_it_could_not_fit_and_a_stop_answers_every_queued_one():
