@@ -37,6 +37,7 @@ from fastft.export.checks import CALIB_DEFAULTS, check_calibration, unused_calib
 from fastft.export.quantize import CALIB_METHODS
 
 DEFAULT_OUTPUT = "runs/compressed"
+_INT8 = "quantize='int8' (--int8)"  # how a message names INT8 quantization to both callers
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 HEAD_ALLOCATIONS = ("layer", "global")
@@ -376,23 +377,19 @@ class QuantizeConfig:
         if self.mode not in (None, "int8", "fp16"):
             raise FastftError(f"quantize must be 'int8', 'fp16' or None (got {self.mode!r})")
         if self.static and self.mode != "int8":
-            raise FastftError(f"{arg('static')} needs quantize='int8' (--int8) (static calibration is for INT8)")
+            raise FastftError(f"{arg('static')} needs {_INT8} (static calibration is for INT8)")
         check_calibration(self.calib_size, self.calib_method)
         check_int(arg("qat_epochs"), self.qat_epochs, lo=1)
         if self.qat is True and (self.mode != "int8" or self.static):
-            raise FastftError(
-                f"{arg('qat')} trains for dynamic INT8: it needs quantize='int8' (--int8), without {arg('static')}"
-            )
+            raise FastftError(f"{arg('qat')} trains for dynamic INT8: it needs {_INT8}, without {arg('static')}")
         if self.qat_epochs != 1 and not self.simulated:
             raise FastftError(
-                f"{arg('qat_epochs')} sets quantization-aware training: it needs dynamic quantize='int8' (--int8) "
-                f"and {arg('qat')}"
+                f"{arg('qat_epochs')} sets quantization-aware training: it needs dynamic {_INT8} and {arg('qat')}"
             )
         check_float(arg("qat_consistency"), self.qat_consistency, lo=0, optional=True)
         if self.qat_consistency and not self.simulated:
             raise FastftError(
-                f"{arg('qat_consistency')} weighs a quantization-aware term: it needs dynamic quantize='int8' "
-                f"(--int8) and {arg('qat')}"
+                f"{arg('qat_consistency')} weighs a quantization-aware term: it needs dynamic {_INT8} and {arg('qat')}"
             )
         check_float(arg("accuracy_budget"), self.accuracy_budget)
         if self.accuracy_budget < 0:

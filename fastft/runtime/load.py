@@ -130,17 +130,21 @@ def load(
     return pred
 
 
-# options one backend reads, with the default that means "not given": given to the other backend
-# they were ignored (fused_attention=True served ORT's graph as it is), so they are refused
-_ORT_ONLY = {"spinning": (False,), "optimization_level": (None,), "ort_attention": ("auto",), "batch_int8": (False,)}
-_TORCH_ONLY = {"fused_attention": (False, None)}  # None: "where available", which ORT is not
+# options one backend reads: given to the other backend (not left at load's default) they were
+# ignored (fused_attention=True served ORT's graph as it is), so they are refused
+_ORT_ONLY = ("spinning", "optimization_level", "ort_attention", "batch_int8")
+_TORCH_ONLY = ("fused_attention",)
 
 
 def _check_backend_options(backend: str, options: dict) -> None:
-    """FastftError naming the first option ``load`` was given that ``backend`` does not read."""
+    """FastftError naming the first option ``load`` was given that ``backend`` does not read
+    (``fused_attention=None``, "where available", is not given anywhere it is unavailable)."""
+    import inspect
+
     torch = backend == "torch"
-    for name, unset in (_ORT_ONLY if torch else _TORCH_ONLY).items():
-        if options[name] not in unset:
+    defaults = {n: p.default for n, p in inspect.signature(load).parameters.items()}
+    for name in _ORT_ONLY if torch else _TORCH_ONLY:
+        if options[name] not in (defaults[name], None if name == "fused_attention" else defaults[name]):
             other = "onnxruntime" if torch else "torch"
             raise FastftError(
                 f"{name} is for backend='{other}': load(..., backend='{backend}') does not read it "
