@@ -81,7 +81,7 @@ def test_task_dependent_defaults_checked_before_training(tmp_path, no_teacher_tr
     import fastft
 
     # --no-distill keeps every head, so --head-allocation global has no heads to allocate
-    with pytest.raises(FastftError, match="--head-allocation global needs --prune-heads"):
+    with pytest.raises(FastftError, match=r"allocation\) global needs prune_heads \(--prune-heads\)"):
         fastft.compress(
             None, CompressConfig(distill=False, head_allocation="global", output=str(tmp_path / "o"), **FAST)
         )
