@@ -156,9 +156,9 @@ class DistillConfig:
 
     def validate(self) -> None:
         check_bool_fields(self)
-        for name in ("epochs", "lr", "temperature", "hidden_weight", "weight_decay", "warmup_ratio"):
-            check_float(arg(name), getattr(self, name))
-        check_float(arg("epochs"), self.epochs, hi=MAX_EPOCHS)
+        check_float(arg("epochs"), self.epochs, hi=MAX_EPOCHS)  # 0 is for distill=False (below)
+        check_float(arg("lr"), self.lr, lo=0, lo_open=True)
+        check_float(arg("temperature"), self.temperature, lo=0, lo_open=True)
         check_float(arg("alpha"), self.alpha, lo=0, hi=1, optional=True)
         check_float(arg("depth"), self.depth, lo=0, hi=1, lo_open=True, optional=True)
         check_float(arg("hidden_weight"), self.hidden_weight, lo=0)
@@ -186,10 +186,6 @@ class DistillConfig:
                 raise FastftError(f"{arg(name)} applies to student='teacher-layers' (--student teacher-layers) only")
         if self.enabled and self.epochs <= 0:
             raise FastftError(f"{arg('epochs')} must be positive (got {self.epochs})")
-        if self.temperature <= 0:
-            raise FastftError(f"{arg('temperature')} must be positive (got {self.temperature})")
-        if not self.lr > 0:
-            raise FastftError(f"{arg('lr')} must be positive (got {self.lr})")
 
 
 @dataclass
