@@ -435,6 +435,16 @@ def test_a_predictor_pickles_with_the_settings_changed_after_load(onnx_dir):
     p.batch_size, p.truncation = 3, False
     again = pickle.loads(pickle.dumps(p))
     assert (again.batch_size, again.truncation) == (3, False)
+    q = fastft.load(onnx_dir, int8=True, threads=1, warm_up=False)
+    q.batch_int8 = True  # merging a dynamic INT8 graph's texts, asked for after load, was lost
+    again = pickle.loads(pickle.dumps(q))
+    assert again.batch_int8 and not again.isolated
+    with pytest.raises(fastft.FastftError, match="batch_int8 must be True or False"):
+        q.batch_int8 = "no"
+    t = fastft.load(onnx_dir, backend="torch", threads=1)
+    with pytest.raises(fastft.FastftError, match="batch_int8 is for backend='onnxruntime'"):
+        t.batch_int8 = True  # torch would ignore it, and its pickle would not load
+    assert not pickle.loads(pickle.dumps(t)).batch_int8
 
 
 def test_first_loads_on_many_threads_at_once_all_succeed(onnx_dir):

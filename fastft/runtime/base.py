@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastft.core.checks import check_int
+from fastft.core.checks import check_bool, check_int
 from fastft.core.errors import FastftError, ModelError
 from fastft.core.numerics import check_finite, softmax
 from fastft.core.schema import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
@@ -118,7 +118,7 @@ class Predictor:
         # the graph quantises activations per call (dynamic INT8): a text's scores depend on the
         # texts run beside it, so each text runs alone unless merging was asked for (batch_int8)
         self.batch_dependent = False
-        self.batch_int8 = False
+        self._batch_int8 = False
 
     @property
     def max_length(self) -> int:
@@ -148,16 +148,31 @@ class Predictor:
         check_decode_for(value, self.per_token)
         self._decode = value
 
+    @property
+    def batch_int8(self) -> bool:
+        """Merge texts into calls of a dynamically quantised graph (onnxruntime; see ``fastft.load``)."""
+        return self._batch_int8
+
+    @batch_int8.setter
+    def batch_int8(self, value) -> None:
+        check_bool("batch_int8", value)
+        if value and "batch_int8" not in self._settable:
+            raise FastftError("batch_int8 is for backend='onnxruntime': this Predictor's backend does not read it")
+        self._batch_int8 = value
+
+    # the settings that may change after loading, which pickling carries as they are now
+    _settable = ("batch_size", "truncation", "decode")
     # fastft.load sets it: load(its absolute path, **the same options), which unpickling calls
     _reload = None
 
     def __reduce__(self):
         """Pickled as how it was loaded, so ``ProcessPoolExecutor`` workers (and ``copy.deepcopy``)
         load the model again from its directory; sessions and tokenizers never cross processes.
-        The settings that may change after loading (batch_size, truncation, decode) go as they are now."""
+        The settings that may change after loading (batch_size, truncation, decode; batch_int8 on
+        onnxruntime) go as they are now."""
         if self._reload is None:
             raise TypeError(f"{type(self).__name__} was not made by fastft.load, so it cannot be pickled")
-        now = {"batch_size": self.batch_size, "truncation": self.truncation, "decode": self.decode}
+        now = {name: getattr(self, name) for name in self._settable}
         return (functools.partial(self._reload, **now), ())
 
     def __copy__(self):

@@ -112,6 +112,7 @@ class OrtPredictor(Predictor):
     """ONNX Runtime on CPU, or CUDA with IO binding."""
 
     backend = "onnxruntime"
+    _settable = (*Predictor._settable, "batch_int8")
 
     def __init__(
         self,
@@ -146,7 +147,7 @@ class OrtPredictor(Predictor):
         self.session, self.swaps = served_session(self.onnx_file, opts, device, ort_attention)
         self.attention_swapped = self.swaps.attention
         self.batch_dependent = quantises_per_call(self.onnx_file)
-        self.batch_int8 = bool(batch_int8)
+        self.batch_int8 = batch_int8
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "input_ids" not in inputs:
             raise ModelError(
