@@ -31,6 +31,10 @@ variants so load from other processes hits them alike. Variants isolate one susp
 - ``gemm-floor``: not ORT: one fixed fp32 matrix product on one thread (torch), the machine's
   own noise floor. If its p99/p50 matches the sessions', the tail is the machine's (other
   tenants, frequency), not something a session setting can remove.
+- ``gemm-floor-threads``: not ORT: a fixed chain of six (seq, 768) x (768, 768) fp32 products on
+  ``--threads`` threads (torch, OpenMP passive), each product a parallel section that ends when
+  its slowest thread does, as each of a session's nodes does: the floor of parallel work here.
+  A thread preempted by anything else on the machine holds its partner at the section's end.
 
 The result holds p50/p90/p99/max and p99/p50 for each variant, and the share of the calls
 slower than 1.2x the variant's median.
@@ -80,6 +84,7 @@ VARIANTS = (
     "threads-3",
     "threads-4",
     "gemm-floor",
+    "gemm-floor-threads",
 )
 
 
@@ -212,18 +217,31 @@ def speed_probe():
     return probe, cols
 
 
-def gemm_call():
-    """A fixed single-thread fp32 matrix product (~50-100 ms on one AVX2 core)."""
+def gemm_call(threads: int = 1, seq: int = 512):
+    """threads 1: a fixed single-thread fp32 matrix product (~50-100 ms on one AVX2 core).
+    More: a chain of six (seq, 768) x (768, 768) products on that many threads (a section each)."""
     import torch
 
-    torch.set_num_threads(1)
-    a = torch.randn(1024, 2048)
-    b = torch.randn(2048, 1024)
+    if threads == 1:
+        a = torch.randn(1024, 2048)
+        b = torch.randn(2048, 1024)
 
-    def call():
-        return torch.mm(a, b)
+        def call():
+            torch.set_num_threads(1)  # per call: the variants beside it in the rotation may set another
+            return torch.mm(a, b)
 
-    return call
+        return call
+    x0 = torch.randn(seq, 768)
+    ws = [torch.randn(768, 768) / 768**0.5 for _ in range(2)]
+
+    def chain():
+        torch.set_num_threads(threads)
+        x = x0
+        for i in range(6):
+            x = torch.mm(x, ws[i % 2])
+        return x
+
+    return chain
 
 
 def make_call(sess, variant: str, seq: int, batch: int, rng):
@@ -526,8 +544,10 @@ def main() -> int:
     rng = np.random.default_rng(0)
     calls = {}
     for v in variants:
-        if v == "gemm-floor":
-            calls[v] = gemm_call()
+        if v.startswith("gemm-floor"):
+            calls[v] = gemm_call(args.threads if v == "gemm-floor-threads" else 1, args.seq)
+            for _ in range(10):
+                calls[v]()
             continue
         sess = make_session(path, v, args.threads)
         calls[v] = make_call(sess, v, args.seq, args.batch, rng)
