@@ -138,7 +138,9 @@ def test_augment_labels_refuses_unknown_values():
     with pytest.raises(FastftError, match="augment_labels \\(--augment-labels\\) must be one of original, teacher"):
         CompressConfig(augment_labels="gold").validate()
     # a token-classification teacher resolves --augment to 0: no copies to label
-    with pytest.raises(FastftError, match="--augment-labels teacher sets the label term .* makes none"):
+    with pytest.raises(
+        FastftError, match=r"augment_labels \(--augment-labels\) 'teacher' sets the label .* makes none"
+    ):
         CompressConfig(augment_labels="teacher").resolved(text=False).validate()
     CompressConfig(augment_labels="teacher").resolved(text=True).validate()  # the text recipe makes copies
 

@@ -118,8 +118,8 @@ def test_flat_keywords_and_shortcuts_reach_the_stage_configs():
         (["--calib-method", "mse"], "argument --calib-method: invalid choice: 'mse'"),
         (["--int8", "--fp16"], "--int8 and --fp16 exclude each other"),
         (["--no-distill", "--prune-ffn", "0"], "every stage is switched off"),
-        (["--transfer", "wiki"], "unknown --transfer source(s) wiki"),
-        (["--transfer", "missing_texts.txt"], "--transfer file missing_texts.txt does not exist"),
+        (["--transfer", "wiki"], "unknown transfer (--transfer) source(s) wiki"),
+        (["--transfer", "missing_texts.txt"], "transfer (--transfer) file missing_texts.txt does not exist"),
         (["--transfer", "general", "--transfer-size", "0"], "transfer_size (--transfer-size) must be at least 1"),
     ],
 )

@@ -160,6 +160,22 @@ def test_int8_check_on_calibration_data_with_its_own_columns(tiny_model_dir, tmp
     assert info["parity"]["int8"]["n"] > 0
 
 
+def test_int8_of_a_model_that_records_no_data_asks_for_calib_data(tmp_path):
+    """An INT8 export checks its parity on the data the model was trained on; a model that records
+    none is refused before anything is written, naming the argument both callers pass."""
+    from conftest import save_tiny_model
+
+    from fastft.export import export
+
+    model = save_tiny_model(tmp_path / "m")  # fastft.json's data: {}
+    for static, message in ((False, "cannot check INT8 parity"), (True, r"static \(--static\) needs calibration")):
+        with pytest.raises(
+            FastftError, match=message + r".* records no training data; pass calib_data \(--calib-data\)"
+        ):
+            export(model, tmp_path / "o", int8=True, static=static, progress=False)
+        assert not (tmp_path / "o").exists()
+
+
 def _shift_logits(graph, delta: float) -> None:
     """Edit ``graph`` in place: its ``logits`` output plus ``delta`` (an Add after the node that made them)."""
     for node in graph.node:

@@ -275,7 +275,8 @@ CLI_CASES = [
     (
         "compress-augment-labels-no-copies",
         "compress --model {w}/tiny --augment 0 --augment-labels teacher --output {out}",
-        "--augment-labels teacher sets the label term of the --augment copies, and this run makes none",
+        "augment_labels (--augment-labels) 'teacher' sets the label term of the augment (--augment) copies, and this "
+        "run makes none",
     ),
     # 10. text that is not UTF-8 (argv bytes arrive as surrogate escapes)
     (
@@ -390,7 +391,8 @@ CLI_CASES = [
     (
         "compress-qat-epochs-past-recovery",
         "compress --model {w}/tiny --int8 --qat-epochs 3 --last-recovery-epochs 2 --output {out}",
-        "--qat-epochs 3 is more than the 2 epoch(s) of the run it joins (--last-recovery-epochs)",
+        "qat_epochs (--qat-epochs) 3 is more than the 2 epoch(s) of the run it joins: last_recovery_epochs "
+        "(--last-recovery-epochs)",
     ),
     (
         "compress-qat-no-training",
@@ -403,20 +405,29 @@ CLI_CASES = [
     (
         "compress-prune-first-recovery",
         "compress --model {w}/tiny --prune-first --prune-heads 0.5 --recovery-epochs 3 --output {out}",
-        "--recovery-epochs is not used by this run",
+        "recovery_epochs (--recovery-epochs) is not used by this run",
     ),
-    ("compress-fp16-per-channel", "compress --model {w}/tiny --fp16 --per-channel --output {out}", "without --int8"),
-    ("compress-calib-no-static", "compress --model {w}/tiny --int8 --calib-size 10 --output {out}", "for --static"),
+    (
+        "compress-fp16-per-channel",
+        "compress --model {w}/tiny --fp16 --per-channel --output {out}",
+        "without quantize='int8' (--int8)",
+    ),
+    (
+        "compress-calib-no-static",
+        "compress --model {w}/tiny --int8 --calib-size 10 --output {out}",
+        "calibration is for static (--static)",
+    ),
     (
         "compress-mse-temperature",
         "compress --model {w}/tiny --kd-loss mse --temperature 4 --output {out}",
-        "--temperature is not used by this run: --kd-loss mse compares raw logits",
+        "temperature (--temperature) is not used by this run: kd_loss (--kd-loss) 'mse' compares raw logits",
     ),
     ("compress-columns-text", "compress --model {w}/tiny --columns 0,1 --output {out}", "classifies whole texts"),
     (
         "compress-static-embeddings",
         "compress --model {w}/tiny --int8 --static --no-int8-embeddings --output {out}",
-        "--no-int8-embeddings is not used by this run: --static keeps the embedding tables fp32 already",
+        "embeddings (--no-int8-embeddings) is not used by this run: static (--static) keeps the embedding tables "
+        "fp32 already",
     ),
     (
         "train-lora-r-no-lora",
@@ -424,7 +435,11 @@ CLI_CASES = [
         "lora_r (--lora-r) sets the LoRA adapters",
     ),
     ("serve-batch-int8-fp32", "serve {w}/tiny --precision fp32 --batch-int8", "not with --precision fp32"),
-    ("compress-transfer-comma", "compress --model {w}/tiny --transfer , --output {out}", "--transfer needs a source"),
+    (
+        "compress-transfer-comma",
+        "compress --model {w}/tiny --transfer , --output {out}",
+        "transfer (--transfer) needs a source",
+    ),
     # a unique prefix of an option was taken for it: --no-int8 became --no-int8-embeddings
     ("compress-no-int8-prefix", "compress --model {w}/tiny --int8 --no-int8 --output {out}", "unrecognized arguments"),
     (

@@ -88,7 +88,9 @@ def test_task_dependent_defaults_checked_before_training(tmp_path, no_teacher_tr
     assert not (tmp_path / "o").exists()
     # --augment-labels with no copies to label: refused, not silently recorded
     for kw in (dict(augment=0), dict(distill=False), dict(prune_first=True, prune_heads=0.5)):
-        with pytest.raises(FastftError, match="--augment-labels teacher sets the label term .* makes none"):
+        with pytest.raises(
+            FastftError, match=r"augment_labels \(--augment-labels\) 'teacher' sets the label .* makes none"
+        ):
             fastft.compress(None, CompressConfig(augment_labels="teacher", output=str(tmp_path / "o"), **FAST, **kw))
     assert not (tmp_path / "o").exists()
 

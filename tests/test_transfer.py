@@ -19,7 +19,7 @@ def test_parse_spec(tmp_path):
     assert parse_spec(str(f)) == [str(f)]
     for bad, msg in [
         ("", "needs a source"),
-        ("wiki", "unknown --transfer source"),
+        ("wiki", r"unknown transfer \(--transfer\) source"),
         ("news,wiki", "wiki"),
         (str(tmp_path / "no.txt"), "does not exist"),
     ]:

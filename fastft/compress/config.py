@@ -38,6 +38,7 @@ from fastft.export.quantize import CALIB_METHODS
 
 DEFAULT_OUTPUT = "runs/compressed"
 _INT8 = "quantize='int8' (--int8)"  # how a message names INT8 quantization to both callers
+_NO_DISTILL = "distill=False (--no-distill)"
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 HEAD_ALLOCATIONS = ("layer", "global")
@@ -358,11 +359,12 @@ class QuantizeConfig:
         without INT8, static calibration's without --static. For compress and its stages."""
         out = []
         if self.mode != "int8":
-            why = "without --int8 nothing is quantized to INT8"
+            why = f"without {_INT8} nothing is quantized to INT8"
             out += [(n, why) for n in given_fields(self, "per_channel", "embeddings", "accuracy_budget")]
         elif self.static:
-            out += [(n, "--static keeps the embedding tables fp32 already") for n in given_fields(self, "embeddings")]
-        return out + [(n, "calibration is for --static") for n in self.unused_calibration()]
+            why = f"{arg('static')} keeps the embedding tables fp32 already"
+            out += [(n, why) for n in given_fields(self, "embeddings")]
+        return out + [(n, f"calibration is for {arg('static')}") for n in self.unused_calibration()]
 
     def unused_calibration(self) -> list[str]:
         """The calibration fields given where nothing is calibrated (export.checks.unused_calibration)."""
@@ -499,8 +501,9 @@ class CompressConfig:
         d = self.distill
         if d.augment_labels != "original" and (not d.enabled or d.augment == 0 or self.prune.prune_first):
             raise FastftError(
-                f"--augment-labels {d.augment_labels} sets the label term of the --augment copies, and this "
-                "run makes none (--augment 0, --no-distill, --prune-first or a token-classification teacher)"
+                f"{arg('augment_labels')} {d.augment_labels!r} sets the label term of the {arg('augment')} copies, "
+                f"and this run makes none (augment 0, {_NO_DISTILL}, {arg('prune_first')} or a token-classification "
+                "teacher)"
             )
 
     def check_unused(self) -> None:
@@ -510,25 +513,24 @@ class CompressConfig:
         d, p, q = self.distill, self.prune, self.quantize
         unused = []
         if not d.enabled:
-            unused += [(n, "--no-distill makes no student") for n in given_fields(d, "layers", "depth", "student")]
+            unused += [(n, f"{_NO_DISTILL} makes no student") for n in given_fields(d, "layers", "depth", "student")]
         if p.prune_first:
-            why = "--prune-first prunes the student before distillation: no recovery runs"
+            why = f"{arg('prune_first')} prunes the student before distillation: no recovery runs"
             unused += [(n, why) for n in given_fields(p, "recovery_epochs", "last_recovery_epochs")]
         elif p.prune_heads == 0 and p.prune_ffn == 0:
-            why = "no head or FFN neuron is removed (--prune-heads 0 --prune-ffn 0): no recovery runs"
+            why = f"no head or FFN neuron is removed ({arg('prune_heads')} and {arg('prune_ffn')} 0): no recovery runs"
             unused += [(n, why) for n in given_fields(p, "recovery_epochs", "last_recovery_epochs", "prune_steps")]
         unused += q.unused_fields()
         if d.kd_loss == "mse" and (not q.simulated or q.qat_consistency == 0):
-            why = "--kd-loss mse compares raw logits, and no quantization-aware consistency term softens them"
+            why = f"{arg('kd_loss')} 'mse' compares raw logits, and no quantization-aware consistency term softens them"
             unused += [(n, why) for n in given_fields(d, "temperature")]
         if d.transfer is None:
-            unused += [(n, "no --transfer source is drawn from") for n in given_fields(d, "transfer_size")]
+            unused += [(n, f"no {arg('transfer')} source is drawn from") for n in given_fields(d, "transfer_size")]
         if not self.bench:
-            unused += [(n, "--no-bench times nothing") for n in given_fields(self, "bench_runs")]
+            unused += [(n, "bench=False (--no-bench) times nothing") for n in given_fields(self, "bench_runs")]
         if unused:
             name, why = unused[0]
-            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-            raise FastftError(f"{flag} is not used by this run: {why}")
+            raise FastftError(f"{arg(name, _FLAGS.get(name))} is not used by this run: {why}")
 
     def _check_qat_epochs(self) -> None:
         """--qat-epochs (or --qat) that the run cannot honour: more quantization-aware passes than
@@ -540,17 +542,17 @@ class CompressConfig:
         if p.structured and not p.prune_first and p.last_recovery_epochs is None:
             return  # not resolved yet
         if p.structured and not p.prune_first and p.last_recovery_epochs > 0:
-            last, name = p.last_recovery_epochs, "--last-recovery-epochs"
+            last, name = p.last_recovery_epochs, arg("last_recovery_epochs")
         elif d.enabled and d.epochs is not None:
-            last, name = d.epochs, "--epochs"
+            last, name = d.epochs, arg("epochs")
         else:
             raise FastftError(
-                "--qat trains the last distillation or recovery epochs quantization-aware, and this run trains "
-                "none (no distillation, no recovery after pruning)"
+                f"{arg('qat')} trains the last distillation or recovery epochs quantization-aware, and this run "
+                "trains none (no distillation, no recovery after pruning)"
             )
         if q.qat_epochs > math.ceil(last):
             raise FastftError(
-                f"--qat-epochs {q.qat_epochs} is more than the {last:g} epoch(s) of the run it joins ({name})"
+                f"{arg('qat_epochs')} {q.qat_epochs} is more than the {last:g} epoch(s) of the run it joins: {name}"
             )
 
     def to_dict(self) -> dict:

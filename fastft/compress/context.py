@@ -113,7 +113,7 @@ def preflight(model, cfg: CompressConfig) -> dict:
     else:
         path = resolve_model(model)
         if not isinstance(path, Path):
-            raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
+            raise ModelError(f"{arg('model')} must be a fine-tuned model directory (got {model!r})")
         check_distillable(path, check_teacher_dir(path)[0], cfg.distill.enabled)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
@@ -180,14 +180,14 @@ def check_student_fits(
     n_vocab = config.get("vocab_size")
     if isinstance(n_vocab, int) and n_vocab < vocab:
         raise ModelError(
-            f"--student {student} has a vocabulary of {n_vocab} ids and the teacher's tokenizer makes {vocab}: "
-            "the student reads the teacher's token ids, so it needs the teacher's vocabulary"
+            f"{arg('student')} {student!r} has a vocabulary of {n_vocab} ids and the teacher's tokenizer makes "
+            f"{vocab}: the student reads the teacher's token ids, so it needs the teacher's vocabulary"
         )
     positions = model_max_positions(SimpleNamespace(**config))
     if positions is not None and positions < max_length:
         raise ModelError(
-            f"--student {student} takes at most {positions} tokens and the texts are cut at {max_length}: "
-            f"pass --max-length {positions} or a student with more positions"
+            f"{arg('student')} {student!r} takes at most {positions} tokens and the texts are cut at {max_length}: "
+            f"pass max_length={positions} (--max-length {positions}) or a student with more positions"
         )
     archs = [str(a) for a in config.get("architectures") or []]
     head = next((a for a in archs if a.endswith(("ForSequenceClassification", "ForTokenClassification"))), None)
@@ -196,7 +196,7 @@ def check_student_fits(
         task = task_from({}, config)  # (what its head says, as for any directory without fastft.json)
         if task != teacher_task or (theirs and theirs != len(teacher_labels)):
             raise ModelError(
-                f"--student {student} is a {task} model with {theirs} labels and the teacher a {teacher_task} "
+                f"{arg('student')} {student!r} is a {task} model with {theirs} labels and the teacher a {teacher_task} "
                 f"one with {len(teacher_labels)} ({', '.join(teacher_labels)[:60]}): pass a base encoder or a "
                 "student of the teacher's task and labels"
             )
@@ -210,23 +210,28 @@ def check_student_fits(
                 net = transformers.AutoModel.from_config(config)
         except Exception:  # noqa: BLE001 - a model transformers cannot build is named when it is loaded
             return
-        check_layout(net, f"--student {student}", users)
+        check_layout(net, f"{arg('student')} {student!r}", users)
         if any(fractions):  # pruning slices the student: its layers must keep some of each
             check_fractions(net, *fractions)
 
 
 def layout_users(cfg) -> list[tuple[str, str]]:
     """What this run does to the Linears of its model's layers (slices them, fake-quantises
-    them), each with the options that turn it off."""
+    them), each with the settings that turn it off (Python's, then the CLI's)."""
     q, pr, d = cfg.quantize, cfg.prune, cfg.distill
     users = []
     if pr.structured:
-        users.append(("structured pruning", "--prune-heads 0 --prune-ffn 0"))
+        users.append(("structured pruning", "prune_heads=0, prune_ffn=0", "--prune-heads 0 --prune-ffn 0"))
     if pr.sparsity > 0:
-        users.append(("magnitude pruning", "--sparsity 0"))
+        users.append(("magnitude pruning", "sparsity=0", "--sparsity 0"))
     if q.simulated and (d.enabled or pr.structured):
-        users.append(("quantization-aware training", "--no-qat"))
+        users.append(("quantization-aware training", "qat=False", "--no-qat"))
     return users
+
+
+def _turned_off(settings: list[tuple[str, str]]) -> str:
+    """(Python, CLI) settings as a message names them to both callers: ``a=0, b=False (--a 0 --no-b)``."""
+    return f"{', '.join(py for py, _ in settings)} ({' '.join(cli for _, cli in settings)})"
 
 
 def check_layout(net, name: str, users: list[tuple[str, str]], copied: bool = False) -> None:
@@ -241,21 +246,21 @@ def check_layout(net, name: str, users: list[tuple[str, str]], copied: bool = Fa
         try:
             encoder_prefix(net)
         except ModelError:  # (DistilBERT, ALBERT, ModernBERT): what is left is quantization
-            flags = " ".join(["--no-distill", *(f for _, f in users)])
+            off = _turned_off([("distill=False", "--no-distill"), *((py, cli) for _, py, cli in users)])
             raise ModelError(
                 f"{name} is a {kind} model: distillation into its own layers works on encoders with an "
-                f"encoder.layer stack; pass {flags} to quantize it only, or --student a BERT-style model"
+                f"encoder.layer stack; pass {off} to quantize it only, or a BERT-style {arg('student')}"
             ) from None
     if not users:
         return
     try:
         encoder_layers(net)
     except ModelError:
-        what = " and ".join(w for w, _ in users)
+        what = " and ".join(w for w, _, _ in users)
         raise ModelError(
             f"{name} is a {kind} model: {what} work on BERT-style encoders (encoder.layer[i] with "
             "attention.self.query / key / value, attention.output.dense, intermediate.dense, output.dense); "
-            f"pass {' '.join(f for _, f in users)}, or another model"
+            f"pass {_turned_off([(py, cli) for _, py, cli in users])}, or another model"
         ) from None
 
 
@@ -271,7 +276,7 @@ def check_distillable(path: Path, meta: dict, distill: bool) -> None:
         base = meta.get("base_model")
         raise ModelError(
             f"{path} is head-pruned (a fastft compress output): a student cannot be distilled from it; "
-            f"compress the teacher it came from{f' ({base})' if base else ''}, or pass --no-distill"
+            f"compress the teacher it came from{f' ({base})' if base else ''}, or pass distill=False (--no-distill)"
         )
 
 
@@ -285,7 +290,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     if model is not None:
         path = resolve_model(model)
         if not isinstance(path, Path):
-            raise ModelError(f"--model must be a fine-tuned model directory (got {model!r})")
+            raise ModelError(f"{arg('model')} must be a fine-tuned model directory (got {model!r})")
         meta, labels = check_teacher_dir(path)
     # the defaults that depend on the task (config.TEXT_RECIPE), checked before the default teacher
     # (a text classifier) is trained
@@ -303,7 +308,7 @@ def prepare(model, cfg: CompressConfig) -> Context:
     task = task_of(meta)
     if cfg.columns is not None and task != TOKEN_CLASSIFICATION:  # was ignored, and recorded as used
         raise FastftError(
-            f"--columns picks the word and tag columns of CoNLL-style data; {path} classifies whole texts"
+            f"{arg('columns')} picks the word and tag columns of CoNLL-style data; {path} classifies whole texts"
         )
     spec = meta.get("data") or {}
     data, args, same = recorded_args(path, spec, cfg.data, task=task, seed=cfg.seed, columns=cfg.columns)

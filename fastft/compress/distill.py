@@ -21,6 +21,7 @@ import math
 import sys
 from dataclasses import dataclass
 
+from fastft.core.checks import arg
 from fastft.core.errors import FastftError, ModelError
 from fastft.data.collate import length_buckets as length_bucketed_batches
 from fastft.data.collate import pad_rows, sorted_batches
@@ -38,7 +39,7 @@ def layer_plan(n_teacher: int, n_student: int) -> tuple[list[int], list[int]]:
     ``(i+1)*L/N``; index 0 is the embeddings). N = L/2 gives DistilBERT's every other layer.
     """
     if not 1 <= n_student <= n_teacher:
-        raise FastftError(f"--layers must be between 1 and the teacher's {n_teacher} layers (got {n_student})")
+        raise FastftError(f"{arg('layers')} must be between 1 and the teacher's {n_teacher} layers (got {n_student})")
     init = [math.floor(i * n_teacher / n_student) for i in range(n_student)]
     match = [round((i + 1) * n_teacher / n_student) for i in range(n_student)]
     return init, match
@@ -82,7 +83,7 @@ def make_student(teacher, student: str, layers: int | None, labels: list[str], d
     net = load_classifier(student, labels=labels, **({"task": task} if task else {})).eval()
     n_s = net.config.num_hidden_layers
     if n_s > n_t:
-        raise FastftError(f"--student {student} has {n_s} layers, more than the teacher's {n_t}")
+        raise FastftError(f"{arg('student')} {student!r} has {n_s} layers, more than the teacher's {n_t}")
     if getattr(net.config, "hidden_size", None) != getattr(teacher.config, "hidden_size", None):
         print(
             f"fastft: student hidden size {net.config.hidden_size} differs from the teacher's "

@@ -20,6 +20,7 @@ are ordinary.
 
 from __future__ import annotations
 
+from fastft.core.checks import arg
 from fastft.core.errors import FastftError
 from fastft.models.pruned import (
     count_params,
@@ -53,26 +54,26 @@ def check_fractions(model, prune_heads: float, prune_ffn: float) -> tuple[int, i
     layers = encoder_layers(model)
     n_heads = heads_of(layers[0])
     n_ffn = layers[0].intermediate.dense.out_features
-    for name, v in (("--prune-heads", prune_heads), ("--prune-ffn", prune_ffn)):
+    for name, v in ((arg("prune_heads"), prune_heads), (arg("prune_ffn"), prune_ffn)):
         if not 0 <= v < 1:
             raise FastftError(f"{name} must be in [0, 1) (got {v})")
     k_heads = int(round(prune_heads * n_heads))
     k_ffn = int(round(prune_ffn * n_ffn))
     if k_heads >= n_heads:
-        raise FastftError(f"--prune-heads {prune_heads} would remove all {n_heads} heads of a layer")
+        raise FastftError(f"{arg('prune_heads')} {prune_heads} would remove all {n_heads} heads of a layer")
     if k_ffn >= n_ffn:
-        raise FastftError(f"--prune-ffn {prune_ffn} would remove all {n_ffn} FFN neurons of a layer")
+        raise FastftError(f"{arg('prune_ffn')} {prune_ffn} would remove all {n_ffn} FFN neurons of a layer")
     # the same count goes from every layer: an already pruned model's smaller layers must keep some
     fewest_heads = min(heads_of(layer) for layer in layers)
     fewest_ffn = min(layer.intermediate.dense.out_features for layer in layers)
     if k_heads >= fewest_heads:
         raise FastftError(
-            f"--prune-heads {prune_heads} removes {k_heads} heads from every layer, and a layer of this model "
+            f"{arg('prune_heads')} {prune_heads} removes {k_heads} heads from every layer, and a layer of this model "
             f"has {fewest_heads} left (it was pruned before): that layer would be emptied"
         )
     if k_ffn >= fewest_ffn:
         raise FastftError(
-            f"--prune-ffn {prune_ffn} removes {k_ffn} FFN neurons from every layer, and a layer of this model "
+            f"{arg('prune_ffn')} {prune_ffn} removes {k_ffn} FFN neurons from every layer, and a layer of this model "
             f"has {fewest_ffn} left: that layer would be emptied"
         )
     return k_heads, k_ffn

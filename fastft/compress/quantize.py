@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastft.core.checks import arg
 from fastft.core.errors import FastftError
 from fastft.data.collate import pad_rows, sorted_batches
 from fastft.export import int8 as fx_int8
@@ -175,7 +176,7 @@ def quantize_int8(
         reader = None
         if static:
             if not calib_ids:
-                raise FastftError("--static needs calibration data (the training split)")
+                raise FastftError(f"{arg('static')} needs calibration data (the training split)")
             reader = fx_quant.CalibrationReader.from_ids(calib_ids, pad_id, onnx_inputs(shaped))
         q = fx_quant.quantize_onnx(shaped, dst, recipe, reader, shaped=shaped, allow_empty=True)
     settings = {

@@ -23,6 +23,7 @@ from fastft.compress.prune import (
     magnitude_prune,
 )
 from fastft.compress.quantize import accuracy_aware_int8, quant_source, quantize_fp16
+from fastft.core.checks import arg
 from fastft.core.errors import FastftError
 
 
@@ -240,7 +241,7 @@ def _train_and_augmented(ctx: Context) -> tuple[list, list]:
         from fastft.compress.augment import augment_texts
 
         if not (ctx.texts or {}).get("train"):
-            raise FastftError("--augment needs the training texts (none were loaded)")
+            raise FastftError(f"{arg('augment')} needs the training texts (none were loaded)")
         t0 = time.perf_counter()
         mask = getattr(ctx.tokenizer, "mask_token", None) or "[MASK]"
         texts, src, ops = augment_texts(ctx.texts["train"], n, seed, mask_token=mask)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from fastft.core.checks import arg
 from fastft.core.errors import DataError
 from fastft.data.datasets import read_text_file
 
@@ -94,7 +95,8 @@ def parse_spec(spec: str) -> list[str]:
     """The source names or the one file path in a ``--transfer`` value; raises a one-line error."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(
-            "--transfer needs a source: general, a comma-separated list of " + ", ".join(SOURCES) + ", or a .txt file"
+            f"{arg('transfer')} needs a source: {GENERAL}, a comma-separated list of {', '.join(SOURCES)}, "
+            "or a .txt file"
         )
     spec = spec.strip()
     if spec == GENERAL:
@@ -105,15 +107,18 @@ def parse_spec(spec: str) -> list[str]:
     if not parts:  # "," or " , ": the empty list of sources once read nothing, then crashed
         return parse_spec("")
     if GENERAL in parts:
-        raise DataError(f"--transfer {GENERAL} already means every source ({', '.join(SOURCES)}): give it alone")
+        raise DataError(
+            f"{arg('transfer')} {GENERAL!r} already means every source ({', '.join(SOURCES)}): give it alone"
+        )
     if all(p in SOURCES for p in parts):
         return parts
     path = Path(spec)
     if len(parts) == 1 and path.suffix == ".txt":
-        raise DataError(f"--transfer file {spec[:200]} does not exist")
+        raise DataError(f"{arg('transfer')} file {spec[:200]} does not exist")
     bad = [p[:80] for p in parts if p not in SOURCES]
     raise DataError(
-        f"unknown --transfer source(s) {', '.join(bad)}; choose {GENERAL}, any of {', '.join(SOURCES)}, or a .txt file"
+        f"unknown {arg('transfer')} source(s) {', '.join(bad)}; choose {GENERAL}, any of {', '.join(SOURCES)}, "
+        "or a .txt file"
     )
 
 
@@ -132,7 +137,7 @@ def transfer_texts(spec: str, size: int, seed: int, exclude: list[str] | None = 
     (the training split) are left out. Returns (texts, info for the report)."""
     sources = parse_spec(spec)
     if size < 1:
-        raise DataError(f"--transfer-size must be at least 1 (got {size})")
+        raise DataError(f"{arg('transfer_size')} must be at least 1 (got {size})")
     rng = random.Random(seed)
     skip = set(exclude or [])
     pools: dict[str, list[str]] = {}
@@ -143,10 +148,10 @@ def transfer_texts(spec: str, size: int, seed: int, exclude: list[str] | None = 
             try:
                 text = read_text_file(Path(s), "utf-8")
             except DataError as exc:  # its hint names --encoding, which compress has not
-                raise DataError(f"--transfer {str(exc).split('; ')[0]}; convert it to UTF-8 first") from None
+                raise DataError(f"{arg('transfer')} {str(exc).split('; ')[0]}; convert it to UTF-8 first") from None
             pools[s] = _clean(text.splitlines(), skip)
         if not pools[s]:
-            raise DataError(f"--transfer source {s} has no texts")
+            raise DataError(f"{arg('transfer')} source {s} has no texts")
     # equal shares, smallest source first: what a small source cannot give goes to the larger ones
     share, left = {}, size
     order = sorted(pools, key=lambda s: len(pools[s]))

@@ -160,7 +160,7 @@ def _int8(
                 else f"{len(texts)} validation texts"
             )
             + f" (< {min_agreement:.1%}) even with "
-            f"{len(res.fp32_nodes)} MatMuls kept in fp32; try --static or export without --int8"
+            f"{len(res.fp32_nodes)} MatMuls kept in fp32; try {arg('static')} or export without {arg('int8')}"
         )
     q = dict(res.info)
     q["path"] = res.path
@@ -305,9 +305,11 @@ def export(
                 f"cannot load the data for INT8 {'calibration' if static else 'validation'}: {exc}"
             ) from None
         if splits is None and static:
-            raise FastftError(f"--static needs calibration data: {src} records no training data; pass --calib-data")
+            raise FastftError(
+                f"{arg('static')} needs calibration data: {src} records no training data; pass {arg('calib_data')}"
+            )
         if splits is None:
-            raise FastftError(f"cannot check INT8 parity: {src} records no training data; pass --calib-data DATA")
+            raise FastftError(f"cannot check INT8 parity: {src} records no training data; pass {arg('calib_data')}")
 
     t0 = time.perf_counter()
     _log(f"loading {src}", progress)
