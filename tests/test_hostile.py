@@ -909,6 +909,11 @@ import fastft.cli.env
 from fastft.cli import main
 from fastft.core.io import atomic_output_dir, scratch_dir
 
+SIG = signal.SIGTERM if sys.argv[2] == "term" else signal.SIGHUP
+# a test run started under nohup (or by timeout's parent) ignores SIGHUP, and fastft leaves an
+# ignored signal ignored: the signal starts at its default here, or ignored when asked
+signal.signal(SIG, signal.SIG_IGN if sys.argv[3:] == ["ignored"] else signal.SIG_DFL)
+
 def export_like(args):  # stands in for a command: writes as fastft export does, then is sent SIGTERM
     with scratch_dir("export") as scratch, atomic_output_dir(sys.argv[1]) as tmp:
         open(os.path.join(scratch, "plain.onnx"), "wb").write(b"x" * 4096)
@@ -917,8 +922,8 @@ def export_like(args):  # stands in for a command: writes as fastft export does,
             from tqdm.auto import tqdm
             bar = tqdm(total=10, desc="epoch 1/3", file=sys.stderr)
             bar.update(3)
-        os.kill(os.getpid(), signal.SIGTERM if sys.argv[2] == "term" else signal.SIGHUP)
-        time.sleep(60)
+        os.kill(os.getpid(), SIG)
+        time.sleep(0.5 if sys.argv[3:] == ["ignored"] else 60)
     return 0
 
 fastft.cli.env._run = export_like
@@ -944,6 +949,17 @@ def test_sigterm_and_sighup_clean_up_like_ctrl_c(tmp_path, sig, rc):
     assert proc.returncode == rc, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"fastft: terminated ({'SIGTERM' if sig == 'term' else 'SIGHUP'})"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch"] and not list(scratch.glob("fastft-*"))
+
+
+def test_a_signal_the_run_was_told_to_ignore_stays_ignored(tmp_path):
+    """Under ``nohup`` SIGHUP is ignored: fastft does not take it back (the run goes on and writes
+    its output), as it leaves any handler its caller set."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", _TERMINATED, str(out), "hup", "ignored"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert (out / "model.onnx").stat().st_size == 4096
 
 
 def test_a_run_stopped_inside_a_progress_bar_says_so_on_a_line_of_its_own(tmp_path):
@@ -1192,6 +1208,8 @@ def test_a_library_error_on_a_full_disk_says_the_disk_is_full(tmp_path, monkeypa
 
 _DEFERRED = """
 import os, signal, threading, time
+# a shell's background job starts with SIGINT ignored (Python then sets no handler): Ctrl-C's here
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 torch.ones(64, 64) @ torch.ones(64, 64)  # the process now has native threads, as every run does
 from fastft.core.io import _signals_deferred

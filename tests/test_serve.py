@@ -1152,13 +1152,23 @@ def test_texts_without_tokens_and_unsendable_ids_are_refused(server):
     assert r.status_code == 400 and "'id' is not valid Unicode" in r.json()["error"], r.text
 
 
+def _serve_with_sighup(serve_dir, disposition):
+    """A ``fastft serve`` process started with SIGHUP at ``disposition`` (a child inherits an
+    ignored signal: nohup's), its URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port), "--threads", "1"]
+    before = signal.signal(signal.SIGHUP, disposition)  # (the test runner may itself run under nohup)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def test_sighup_drains_like_sigterm(serve_dir):
     """A closed terminal (SIGHUP) stops the server as SIGTERM does, exit 0; it was raised inside
     whichever request was running (a 500, the server serving on) or stopped it without a drain."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "fastft", "serve", str(serve_dir), "--port", str(port), "--threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, url = _serve_with_sighup(serve_dir, signal.SIG_DFL)
     try:
         wait_ready_process(proc, url)
         proc.send_signal(signal.SIGHUP)
@@ -1168,6 +1178,24 @@ def test_sighup_drains_like_sigterm(serve_dir):
             proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "received SIGHUP: draining" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_a_server_started_under_nohup_outlives_its_terminal(serve_dir):
+    """``nohup fastft serve DIR &``: SIGHUP is ignored, and the server took it back and stopped when
+    the terminal closed. It serves on; SIGTERM still drains."""
+    proc, url = _serve_with_sighup(serve_dir, signal.SIG_IGN)
+    try:
+        wait_ready_process(proc, url)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        r = httpx.post(url + "/predict", json={"inputs": ["still here"]}, timeout=30)
+        assert r.status_code == 200 and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "SIGHUP" not in err, err[-2000:]
 
 
 # -- protocol and routes without a model ----------------------------------------------------------

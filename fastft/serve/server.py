@@ -104,8 +104,10 @@ def run(model_dir, config: ServeConfig | None = None) -> int:
     # would kill the process (exit 143) after a clean drain. Handle it: a drained server exits 0.
     previous = {s: signal.signal(s, _ignore) for s in (signal.SIGTERM, signal.SIGINT)}
     # SIGHUP (a closed terminal) drains too; uvicorn does not take it, and fastft's CLI would
-    # otherwise raise it inside whichever request was running
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, server.handle_exit)
+    # otherwise raise it inside whichever request was running. Unless it is ignored: a server
+    # started under nohup is meant to outlive its terminal
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, server.handle_exit)
     try:
         server.run()
     finally:
