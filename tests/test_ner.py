@@ -397,6 +397,30 @@ def test_compress_refuses_token_teacher_with_sequence_data(trained_ner, tmp_path
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"augment": 2}, r"augment \(--augment\) perturbs sentences and would misalign the word tags"),
+        ({"transfer": "news"}, r"transfer \(--transfer\) distils on whole-text labels"),
+    ],
+)
+def test_compress_refuses_text_options_for_a_token_teacher_before_it_starts(trained_ner, tmp_path, given, message):
+    """--augment and --transfer make whole-text rows: a token teacher's compress refuses them in
+    its preflight (before the export check, which prints a note on transformers 4.x), in one line."""
+    import fastft
+    from fastft.compress.config import CompressConfig
+    from fastft.compress.context import preflight
+
+    out, _, _ = trained_ner
+    cfg = CompressConfig(output=str(tmp_path / "x"), progress=False, **given)
+    with pytest.raises(FastftError, match=message) as e:
+        preflight(str(out), cfg)
+    assert "\n" not in str(e.value)
+    with pytest.raises(FastftError, match=message):
+        fastft.compress(str(out), cfg)
+    assert not (tmp_path / "x").exists()
+
+
 def test_compress_a_hugging_face_token_classifier(trained_ner, tmp_path):
     """A token classifier without fastft.json (a Hugging Face NER checkpoint) is compressed as one:
     its task read from its head, as export and predict read it (it was taken for a text

@@ -114,7 +114,9 @@ def preflight(model, cfg: CompressConfig) -> dict:
         path = resolve_model(model)
         if not isinstance(path, Path):
             raise ModelError(f"{arg('model')} must be a fine-tuned model directory (got {model!r})")
-        check_distillable(path, check_teacher_dir(path)[0], cfg.distill.enabled)
+        meta = check_teacher_dir(path)[0]
+        check_distillable(path, meta, cfg.distill.enabled)
+        check_task_options(path, meta, cfg)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers' strict config checks raise their own type
@@ -270,6 +272,26 @@ def check_layers(d, n_layers: int | None) -> None:
         raise FastftError(f"{arg('layers')} must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
 
 
+def check_task_options(path: Path, meta: dict, cfg: CompressConfig) -> None:
+    """The options for one task only, against the teacher's (``path``, its fastft.json ``meta``):
+    accepted for the other, they were ignored and recorded as used, or misaligned word tags."""
+    token = task_of(meta) == TOKEN_CLASSIFICATION
+    if cfg.columns is not None and not token:
+        raise FastftError(
+            f"{arg('columns')} picks the word and tag columns of CoNLL-style data; {path} classifies whole texts"
+        )
+    if token and cfg.distill.augment:
+        raise FastftError(
+            f"{arg('augment')} perturbs sentences and would misalign the word tags: it applies to sequence "
+            "classification only (drop it for a token-classification teacher)"
+        )
+    if token and cfg.distill.transfer:
+        raise FastftError(
+            f"{arg('transfer')} distils on whole-text labels: it applies to sequence classification only "
+            "(drop it for a token-classification teacher)"
+        )
+
+
 def check_distillable(path: Path, meta: dict, distill: bool) -> None:
     """A head-pruned teacher (what compress writes) has no student shape to distil into."""
     if distill and _read_config(path).get("pruned_heads"):
@@ -306,22 +328,9 @@ def prepare(model, cfg: CompressConfig) -> Context:
     # a first run and every later run with the same --seed distil and prune alike
     set_seed(cfg.seed)
     task = task_of(meta)
-    if cfg.columns is not None and task != TOKEN_CLASSIFICATION:  # was ignored, and recorded as used
-        raise FastftError(
-            f"{arg('columns')} picks the word and tag columns of CoNLL-style data; {path} classifies whole texts"
-        )
+    check_task_options(path, meta, cfg)
     spec = meta.get("data") or {}
     data, args, same = recorded_args(path, spec, cfg.data, task=task, seed=cfg.seed, columns=cfg.columns)
-    if token and cfg.distill.augment:
-        raise FastftError(
-            "--augment perturbs sentences and would misalign the word tags: it applies to sequence "
-            "classification only (drop it for a token-classification teacher)"
-        )
-    if token and cfg.distill.transfer:
-        raise FastftError(
-            "--transfer distils on whole-text labels: it applies to sequence classification only "
-            "(drop it for a token-classification teacher)"
-        )
     splits = load_data(data, **args, limit=cfg.limit)
     splits.check_trainable()
     if same:
