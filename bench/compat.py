@@ -13,7 +13,11 @@ so the C++ extension is built in each):
 * ``transformers-4.57``: the transformers 4.57 line (the newest optimum-onnx allows),
   with the ``optimum`` extra (optimum, optimum-onnx); other packages unpinned;
 * ``optimum``: the same venv as ``transformers-4.57``, running the ``slow`` Optimum round
-  trip (tests/test_optimum.py) instead of the default suite.
+  trip (tests/test_optimum.py) instead of the default suite;
+* ``floors``: every dependency pyproject.toml gives as ``name>=X`` held to X's line (``==X.*``
+  for ``X`` of one or two parts, ``==X`` for ``1.2.3``; torch too: its floor is a CUDA build from
+  PyPI, run on the CPU), the others as pip resolves them: the oldest releases fastft says it
+  works with (``floors.txt`` in the work folder).
 
 Writes bench/results/compat.json and compat.md: one row per environment with its key
 versions, passed / failed / skipped / errors counts and the first failure. The script
@@ -57,8 +61,33 @@ KEY_PACKAGES = [
 ]
 
 
-def _envs(constraints: Path) -> dict:
+def floor_pins(pyproject: Path = ROOT / "pyproject.toml", extras: tuple[str, ...] = ("test",)) -> list[str]:
+    """``name==X.*`` (``name==X`` where X has three parts; its marker kept) for each dependency of
+    ``pyproject`` and of ``extras`` given as ``name>=X``: the floor's own line, as pip finds it
+    (``safetensors>=0.4``: 0.4.0 may have no wheel here). A dependency given any other way is an
+    error: a floor is a claim to test."""
+    import re
+
+    import tomllib
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    deps = list(project["dependencies"])
+    for extra in extras:
+        deps += project["optional-dependencies"][extra]
+    pins = []
+    for dep in deps:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([^;,<>=!\s]+)\s*(;.*)?", dep.strip())
+        if m is None:
+            raise ValueError(f"{pyproject}: {dep!r} does not give its floor as name>=X")
+        name, _, version, marker = m.groups()
+        line = version if version.count(".") >= 2 else version + ".*"
+        pins.append(f"{name}=={line}" + (f" {marker}" if marker else ""))
+    return pins
+
+
+def _envs(constraints: Path, floors: Path | None = None) -> dict:
     lock = ["-c", str(constraints)]
+    torch_floor = next(p for p in floor_pins() if p.startswith("torch=="))
     return {
         "lock": {
             "what": "constraints.txt (the README's test command)",
@@ -80,6 +109,12 @@ def _envs(constraints: Path) -> dict:
             "what": "Optimum round trip (slow test) in the transformers-4.57 venv",
             "venv_of": "transformers-4.57",
             "pytest": ["-m", "slow", "tests/test_optimum.py"],
+        },
+        "floors": {
+            "what": "pyproject.toml's floors: each name>=X dependency held to X's line (torch's a CUDA build, "
+            "run on the CPU), the rest as pip resolves them",
+            "steps": [[torch_floor], [".[test]", "-c", str(floors)], ["--no-deps", *NO_DEPS]],
+            "pytest": [],
         },
     }
 
@@ -253,7 +288,7 @@ def main() -> int:
     ap.add_argument(
         "--env",
         action="append",
-        choices=["lock", "latest", "transformers-4.57", "optimum"],
+        choices=["lock", "latest", "transformers-4.57", "optimum", "floors"],
         help="environment to run (repeat); default: all, in that order",
     )
     ap.add_argument(
@@ -264,10 +299,12 @@ def main() -> int:
     args = ap.parse_args()
 
     commit = _git_commit()
-    specs = _envs(Path(args.constraints).resolve())
-    names = args.env or list(specs)
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="fastft-compat-"))
     work.mkdir(parents=True, exist_ok=True)
+    floors = work / "floors.txt"
+    floors.write_text("\n".join(floor_pins()) + "\n")
+    specs = _envs(Path(args.constraints).resolve(), floors)
+    names = args.env or list(specs)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     rows, built = [], {}

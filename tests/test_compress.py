@@ -373,12 +373,16 @@ def test_compress_report_files_and_fields(compressed):
     md = (out / "report.md").read_text()
     assert "| teacher |" in md and "| quantized |" in md
     # scored as served, like the latency: the students on fastft's attention in ORT where it is built
+    # (and where transformers lets the export write fastft's attention node: 5.x)
+    from conftest import attention_dispatch
+
     from fastft.runtime.ort_attention import resolve
 
     acc = rep["accuracy_settings"]["attention"]
     assert set(acc) == {"teacher", "distilled", "pruned", "quantized"} and acc["teacher"] == "onnxruntime"
+    ours = resolve("auto", "cpu") and attention_dispatch()[0]
     for stage in ("distilled", "pruned", "quantized"):
-        assert acc[stage].startswith("fastft C++ kernel in ORT" if resolve("auto", "cpu") else "onnxruntime"), acc
+        assert acc[stage].startswith("fastft C++ kernel in ORT" if ours else "onnxruntime"), acc
     assert "Scores: each stage's ONNX file" in md
     meta = json.loads((out / "fastft.json").read_text())
     assert meta["onnx"]["default"] == "model_int8.onnx" and meta["labels"] == ["negative", "positive"]
@@ -419,7 +423,10 @@ def test_bench_speedup_times_students_against_their_teacher(compressed, tmp_path
     assert got["median_speedup_p50"]["128"] == rows[("small", 128)]["speedup_p50"] > 0
     assert got["models"]["small"]["file"].endswith("model_int8.onnx") and "machine" in got
     assert "median speed-up of the students" in capsys.readouterr().out
-    assert rows[("small", 128)]["attention_swapped"] > 0  # served: fastft's attention in ORT
+    from conftest import attention_dispatch
+
+    # served: fastft's attention in ORT (transformers 4.x's export has no attention node to swap)
+    assert (rows[("small", 128)]["attention_swapped"] > 0) == attention_dispatch()[0]
     # the same student on ORT's own attention, in the same run
     assert (
         mod.main(
@@ -834,7 +841,8 @@ def test_prune_steps_prune_in_steps_with_recovery_between(teacher4, tmp_path):
     assert pr["heads_removed_per_layer"] == 2 and all(len(v) == 2 for v in pr["pruned_heads"].values())
     again = load_pruned(out)
     assert describe(again)["heads"] == [2, 2]
-    assert {k: sorted(v) for k, v in again.config.pruned_heads.items()} == {
+    # (transformers 4.x's config turns pruned_heads' keys into ints, 5.x keeps them as fastft.json has them)
+    assert {str(k): sorted(v) for k, v in again.config.pruned_heads.items()} == {
         k: sorted(v) for k, v in pr["pruned_heads"].items()
     }
 
@@ -858,6 +866,7 @@ def test_global_head_choice_ranks_across_layers_and_keeps_one_head_per_layer():
         global_head_choice(scores, 10)
 
 
+@pytest.mark.attention_interface
 def test_uneven_heads_export_with_one_attention_node_per_layer(ctx, tmp_path):
     """Layers keeping different numbers of heads: the fp32 graph gets fastft's attention node in
     every layer (ORT's fusion takes one head count), matches torch at several shapes and masks,
@@ -925,7 +934,7 @@ def test_global_head_allocation_in_the_pipeline(teacher4, tmp_path):
     assert sum(heads) == 3 * 2 and min(heads) >= 1
     again = load_pruned(out)
     assert describe(again)["heads"] == heads
-    assert {k: sorted(v) for k, v in again.config.pruned_heads.items() if v} == {
+    assert {str(k): sorted(v) for k, v in again.config.pruned_heads.items() if v} == {
         k: sorted(v) for k, v in pr["pruned_heads"].items() if v
     }
     assert fastft.load(out).predict(["a fine film", "dull"])

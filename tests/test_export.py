@@ -499,6 +499,7 @@ def test_ort_offline_optimize_records_cpu_only_graphs_and_refuses_disable(tmp_pa
     assert not (tmp_path / "disable.onnx").exists()
 
 
+@pytest.mark.attention_interface
 def test_export_onnx_leaves_the_model_as_it_was_and_checks_input_names(tmp_path):
     """export_onnx switches a model to eval and to eager attention for the trace: a model in
     training mode with SDPA attention gets both back; an unknown input name is one FastftError."""

@@ -506,6 +506,7 @@ def test_hard_coded_attention_falls_back_to_the_plain_graph(tiny_model_dir, tmp_
     assert info["parity"]["fp32"]["passed"] and info["parity"]["int8"]["label_agreement"] >= 0.99
 
 
+@pytest.mark.attention_interface
 def test_a_plain_torch_onnx_export_of_a_swapped_model_prints_no_tracer_warning(tmp_path):
     """``torch.onnx.export`` (the legacy tracer) of a swapped model: the op's argument checks
     compare traced sizes, which printed 20-odd TracerWarnings ("the trace might not generalize")

@@ -420,6 +420,7 @@ def test_real_minilm_padded_batch_matches(monkeypatch):
     torch.testing.assert_close(got[:, 0], ref[:, 0], atol=ATOL, rtol=0)
 
 
+@pytest.mark.attention_interface
 def test_a_swapped_model_loaded_in_a_fresh_process_runs_after_swap_attention(tmp_path):
     """A pickled swapped model names "fastft" as its attention; in a fresh process swap_attention
     saw it as swapped and returned before registering the implementation with transformers."""
