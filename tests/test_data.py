@@ -370,7 +370,7 @@ def test_jsonl_strings_may_hold_line_separators_and_utf16_is_named(tmp_path):
     d = load_data(_jsonl(tmp_path, rows))  # they once split the JSON lines: "not valid JSON"
     assert sorted(d.train.texts + d.validation.texts + d.test.texts) == sorted(r["text"] for r in rows)
     (tmp_path / "u.csv").write_bytes("text,label\na,x\nb,y\n".encode("utf-16"))
-    with pytest.raises(DataError, match="UTF-16 text .* --encoding utf-16"):
+    with pytest.raises(DataError, match=r"UTF-16 text .* pass encoding='utf-16' \(--encoding utf-16\)"):
         load_data(str(tmp_path / "u.csv"))
 
 

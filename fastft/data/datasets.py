@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastft.core.checks import arg
 from fastft.core.errors import DataError
 from fastft.data.text import unicode_problem
 
@@ -152,11 +153,13 @@ def read_text_file(path: Path, encoding: str) -> str:
         return text[1:] if text.startswith("\ufeff") else text  # the byte-order mark Excel writes
     except UnicodeDecodeError as exc:
         if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16's byte-order mark
-            raise DataError(f"{path} is UTF-16 text (its first bytes say so); pass --encoding utf-16") from None
+            raise DataError(
+                f"{path} is UTF-16 text (its first bytes say so); pass encoding='utf-16' (--encoding utf-16)"
+            ) from None
         line = raw[: exc.start].count(b"\n") + 1  # (a text's row, for a file of one row per line)
         raise DataError(
             f"{path} is not valid {encoding} at line {line} (byte {exc.start}); pass its encoding, "
-            "e.g. --encoding latin-1"
+            "e.g. encoding='latin-1' (--encoding latin-1)"
         ) from None
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}") from None
@@ -552,7 +555,7 @@ def load_data(
             if not text.strip():  # fastft predict refuses such a text: a model is neither taught nor scored on it
                 if not any(str(r.get(text_column) or "").strip() for r in records):
                     raise DataError(
-                        f"every text of {data!r} is empty (is --text-column {text_column!r} the text column?)"
+                        f"every text of {data!r} is empty (is {arg('text_column')} {text_column!r} the text column?)"
                     )
                 raise DataError(f"{path}: row {i + 1} has an empty text; remove the row")
             named_rows.append((text, _label_name(label, f"{path}: row {i + 1}")))
@@ -582,7 +585,7 @@ def load_data(
     if not named_rows:
         raise DataError(f"dataset {data!r} is empty")
     if not any(t.strip() for t, _ in named_rows):
-        raise DataError(f"every text of {data!r} is empty (is --text-column {text_column!r} the text column?)")
+        raise DataError(f"every text of {data!r} is empty (is {arg('text_column')} {text_column!r} the text column?)")
     if len(label_names) < min_classes:
         raise DataError(f"dataset {data!r} has a single class ({label_names[0]!r}); classification needs at least two")
     _warn_contradictions(named_rows, data)

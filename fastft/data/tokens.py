@@ -170,7 +170,7 @@ def read_conll(text: str, where: str, columns=(0, -1), comments: bool = False) -
                 raise DataError(f"{where}: line {n} has 1 column: each word line needs the word and its tag")
             tok, tag = (c + width if c < 0 else c for c in (tok_col, tag_col))
             if tok == tag and 0 <= tok < width:
-                raise DataError(f"{where}: --columns {tok_col},{tag_col} both name column {tok} of its {width}")
+                raise DataError(f"{where}: {arg('columns')} {tok_col},{tag_col} both name column {tok} of its {width}")
         elif len(cols) != width:
             raise DataError(
                 f"{where}: line {n} has {len(cols)} column(s), line {first} {width}: every word line needs the same "
@@ -181,7 +181,7 @@ def read_conll(text: str, where: str, columns=(0, -1), comments: bool = False) -
         except IndexError:
             missing = tok_col if not -len(cols) <= tok_col < len(cols) else tag_col
             raise DataError(
-                f"{where}: line {n} has {len(cols)} column(s), no column {missing} (pass --columns TOKEN,TAG)"
+                f"{where}: line {n} has {len(cols)} column(s), no column {missing} (pass {arg('columns')} TOKEN,TAG)"
             ) from None
         check_tag(tag, f"{where}: line {n}")
         words.append(word)
@@ -226,7 +226,8 @@ def check_tag(tag: str, where: str) -> None:
 
     if not is_iob_tag(tag):
         raise DataError(
-            f"{where} has the tag {tag!r}; tags must be O, B-TYPE or I-TYPE (is --columns pointing at the tag column?)"
+            f"{where} has the tag {tag!r}; tags must be O, B-TYPE or I-TYPE (is {arg('columns')} pointing at the "
+            "tag column?)"
         )
     problem = unicode_problem(tag)
     if problem:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fastft.core.checks import arg
 from fastft.core.errors import FastftError
 
 
@@ -192,7 +193,9 @@ def run_loop(
                     break
                 loss, samples, parts = step_loss(batch)
                 if not torch.isfinite(loss):
-                    raise FastftError(f"{what} diverged: loss is {loss.item()} at step {res.steps} (try a lower --lr)")
+                    raise FastftError(
+                        f"{what} diverged: loss is {loss.item()} at step {res.steps} (try a lower {arg('lr')})"
+                    )
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
                 opt.step()
