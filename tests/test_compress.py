@@ -781,6 +781,9 @@ def test_prune_first_prunes_the_student_before_distillation(teacher4, tmp_path):
     first = report["distillation"]["pruned_first"]
     assert first["after_structured"]["heads"] == [2, 2] and first["after_structured"]["intermediate"] == [32, 32]
     assert report["pruning"] is None
+    # no recovery run follows, so distillation's last epoch is the quantization-aware one
+    dist = report["distillation"]
+    assert dist["qat"]["epochs"] == 1 and [bool(e.get("qat")) for e in dist["history"]] == [True]
     assert report["stages"][1]["parameters"] < report["stages"][0]["parameters"]
     assert (out / "model_int8.onnx").is_file()
     from fastft.models.pruned import describe, load_pruned
@@ -1344,3 +1347,187 @@ def test_stage_scores_and_the_int8_bar_come_from_their_own_splits(teacher4, tmp_
     assert teacher["accuracy"] == pytest.approx(1 - teacher["validation_accuracy"])
     assert report["quantization"]["accuracy_fp32"] == teacher["validation_accuracy"]
     assert quantized["accuracy"] + quantized["validation_accuracy"] == pytest.approx(1.0)
+
+
+# -- mutation-audit pins (compress stages, pruning, INT8) -------------------------------------------
+def _with(ctx, **changes):
+    """``ctx`` (the module's prepared context) with its CompressConfig changed; nothing reloaded."""
+    import dataclasses
+
+    return dataclasses.replace(ctx, cfg=ctx.cfg.updated(**changes), cache=None, augmented=None)
+
+
+def test_prune_steps_split_the_heads_and_neurons_by_rounding_the_running_total(ctx, monkeypatch):
+    """--prune-steps 3 with 2 of 4 heads and 32 of 64 FFN neurons to go per layer: after step i,
+    round(k * i / 3) have gone in all, so the steps remove heads 1, 0, 1 (0.67 -> 1, 1.33 -> 1, 2) and
+    neurons 11, 10, 11 (10.67 -> 11, 21.33 -> 21, 32). A floor (heads 0, 1, 1) or a ceiling (1, 1, 0)
+    of the running total passed every test (two steps of an even count round alike)."""
+    import copy
+
+    from fastft.compress import stages
+    from fastft.models.pruned import describe
+
+    c = _with(ctx, prune_heads=0.5, prune_ffn=0.5, prune_steps=3, head_allocation="layer")
+    monkeypatch.setattr(stages, "_train_on_teacher", lambda *a, **k: {"history": []})  # no recovery training
+    net = copy.deepcopy(ctx.teacher)
+    info = stages.do_prune(c, net).info
+    assert [s.get("heads_removed_per_layer", 0) for s in info["steps"]] == [1, 0, 1]
+    assert [s.get("ffn_removed_per_layer", 0) for s in info["steps"]] == [11, 10, 11]
+    assert describe(net)["heads"] == [2] * 4 and describe(net)["intermediate"] == [32] * 4
+    assert info["heads_removed_per_layer"] == 2 and info["ffn_removed_per_layer"] == 32
+
+
+def test_importance_reads_prune_batches_training_batches(ctx, monkeypatch):
+    """--prune-batches N: head/FFN importance is measured on N training batches of --batch-size rows
+    (the training split has more): a limit ignored, or one batch too many, passed every test."""
+    import copy
+
+    from fastft.compress import stages
+    from fastft.compress.stages import dis  # (fastft.compress.distill is the API function)
+
+    n_train = len(ctx.ids["train"])
+    assert n_train > 2 * 16  # three batches of 16 or more: a limit of 1 or 2 shows
+    seen = []
+    real = stages.importance
+
+    def spy(net, batches, loss_fn, **kw):
+        batches = list(batches)
+        seen.append(batches)
+        return real(net, batches, loss_fn, **kw)
+
+    monkeypatch.setattr(stages, "importance", spy)
+    cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, None, progress=False)
+    for limit in (1, 2):
+        c = _with(ctx, prune_batches=limit, batch_size=16)
+        info = stages._structured_prune(c, copy.deepcopy(ctx.teacher), cache, 1, 8)
+        batches = seen[-1]
+        assert len(batches) == limit and info["importance_batches"] == limit
+        rows = [r for b in batches for r in b]
+        assert all(len(b) == 16 for b in batches) and len(set(rows)) == len(rows)
+        assert all(0 <= r < n_train for r in rows)
+
+
+def test_static_int8_calibrates_on_the_first_calib_size_training_rows(ctx, tmp_path, monkeypatch):
+    """--static --calib-size N: the calibration reader gets the first N rows of the training split,
+    neither the validation nor the test rows (a mutant calibrating on either passed every test)."""
+    from fastft.compress.quantize import export_onnx
+    from fastft.compress.stages import do_quantize
+    from fastft.export import quantize as fx_quant
+
+    c = _with(ctx, static=True, calib_size=5)
+    assert ctx.ids["train"][:5] not in (ctx.ids["validation"][:5], ctx.ids["test"][:5])
+    seen = []
+    real = fx_quant.CalibrationReader.from_ids.__func__
+
+    def spy(cls, ids, *a, **k):
+        seen.append([list(x) for x in ids])
+        return real(cls, ids, *a, **k)
+
+    monkeypatch.setattr(fx_quant.CalibrationReader, "from_ids", classmethod(spy))
+    export_onnx(ctx.teacher, tmp_path / "model.onnx")
+    q = do_quantize(c, tmp_path / "model.onnx", tmp_path)
+    assert seen and all(rows == ctx.ids["train"][:5] for rows in seen)
+    assert q.info["mode"] == "static" and q.info["calibration_rows"] == 5
+
+
+def test_the_best_epoch_is_chosen_on_the_validation_split(ctx, monkeypatch):
+    """The score each distillation/recovery epoch is kept by is the validation accuracy: here the test
+    split is the validation texts with every label flipped, so the two scores of the teacher sum to 1
+    and a selection on the test split (a leak a mutant made unseen) shows."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from fastft.compress import stages
+    from fastft.compress.stages import dis  # (fastft.compress.distill is the API function)
+
+    val_ids, val_y = ctx.ids["train"][:7], ctx.y["train"][:7]  # an odd count: the scores cannot be equal
+    c = dataclasses.replace(
+        ctx,
+        ids={**ctx.ids, "validation": val_ids, "test": val_ids},
+        y={**ctx.y, "validation": val_y, "test": [1 - v for v in val_y]},
+    )
+    seen = {}
+    monkeypatch.setattr(dis, "train_student", lambda *a, **k: seen.update(k) or {})
+    stages._train_on_teacher(c, copy.deepcopy(ctx.teacher), None, epochs=1, seed=0, desc="t")
+    x, m = dis.pad_batch(val_ids, ctx.pad_id)
+    with torch.no_grad():
+        pred = ctx.teacher.eval()(input_ids=x, attention_mask=m).logits.argmax(-1).tolist()
+    want = sum(p == y for p, y in zip(pred, val_y)) / 7
+    assert seen["evaluate"](ctx.teacher) == pytest.approx(want)
+
+
+def test_a_last_prune_step_that_removes_nothing_still_recovers_with_qat(ctx, monkeypatch):
+    """One head per layer in three steps: round(1/3) = 0, round(2/3) = 1, 1, so only the second step
+    removes anything. It is followed by a recovery run, the first is not, and the last step, empty as
+    it is, still gets the --last-recovery-epochs run that is quantization-aware (skipping it, as a
+    mutant did, left the INT8 stage without QAT)."""
+    import copy
+
+    from fastft.compress import stages
+
+    c = _with(ctx, prune_heads=0.25, prune_ffn=0.0, prune_steps=3, head_allocation="layer", last_recovery_epochs=2)
+    runs = []
+    monkeypatch.setattr(
+        stages, "_train_on_teacher", lambda ctx, net, cache, **k: runs.append((k["epochs"], k["qat"])) or {}
+    )
+    info = stages.do_prune(c, copy.deepcopy(ctx.teacher)).info
+    assert [s.get("heads_removed_per_layer", 0) for s in info["steps"]] == [0, 1, 0]
+    assert [e for e, _ in runs] == [c.cfg.prune.recovery_epochs, 2]
+    assert runs[0][1] is None and runs[1][1] is not None  # QAT in the last run only
+    assert ["recovery" in s for s in info["steps"]] == [False, True, True]
+
+
+def test_importance_is_measured_on_the_distillation_loss_against_the_teacher(ctx, monkeypatch):
+    """The loss whose gradients score heads and neurons is the distillation loss of the run:
+    alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * CE against the labels,
+    the teacher's logits from the cache (computed here with torch's own kl_div and cross_entropy);
+    a mutant scoring on the label term alone passed every test."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from fastft.compress import stages
+    from fastft.compress.stages import dis  # (fastft.compress.distill is the API function)
+
+    c = _with(ctx, alpha=0.7, temperature=3.0)
+    caught = {}
+
+    def spy(net, batches, loss_fn, **kw):
+        caught.update(net=net, batches=list(batches), loss_fn=loss_fn)
+        return {"heads": [torch.zeros(4)] * 4, "ffn": [torch.arange(64.0)] * 4}
+
+    monkeypatch.setattr(stages, "importance", spy)
+    cache = dis.cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, None, progress=False)
+    net = copy.deepcopy(ctx.teacher).eval()
+    stages._structured_prune(c, net, cache, 0, 8)
+    rows = caught["batches"][0]
+    student = caught["net"]
+    x, m = dis.pad_batch([ctx.ids["train"][r] for r in rows], ctx.pad_id)
+    with torch.no_grad():
+        got = caught["loss_fn"](student, rows).item()
+        s = student(input_ids=x, attention_mask=m).logits
+    t, y, T = cache.logits[rows], torch.tensor([ctx.y["train"][r] for r in rows]), 3.0
+    kl = F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T
+    want = 0.7 * kl + 0.3 * F.cross_entropy(s, y)
+    assert got == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_augmented_copies_follow_the_seed_of_the_run(ctx):
+    """The perturbed copies are made once per (copies, seed) and kept on the context: asked again
+    with another seed, the context makes that seed's copies (the ones a fresh context makes), not the
+    old ones (a cache keyed on the copy count alone, as a mutant had it)."""
+    import dataclasses
+
+    from fastft.compress.stages import train_rows
+
+    a = _with(ctx, augment=1, seed=1)
+    ids_a, _ = train_rows(a)
+    b = dataclasses.replace(a, cfg=a.cfg.updated(seed=2))  # a's copies still on it
+    ids_b, _ = train_rows(b)
+    fresh, _ = train_rows(_with(ctx, augment=1, seed=2))
+    n = len(ctx.ids["train"])
+    assert len(ids_a) == 2 * n and ids_a[:n] == ctx.ids["train"]
+    assert ids_b == fresh and ids_b[n:] != ids_a[n:]
