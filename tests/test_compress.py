@@ -1430,6 +1430,75 @@ def test_static_int8_calibrates_on_the_first_calib_size_training_rows(ctx, tmp_p
     assert q.info["mode"] == "static" and q.info["calibration_rows"] == 5
 
 
+def test_layer_plan_rounds_to_the_nearest_layer_where_the_ratio_is_not_whole():
+    """12 teacher layers into 5: student layer i starts as teacher layer floor(2.4 i) = 0, 2, 4, 7, 9
+    and its output is matched to hidden state round(2.4 (i + 1)) = 2, 5, 7, 10, 12 (4.8 -> 5, 9.6 -> 10).
+    Every other case tested divides evenly, so flooring the match (2, 4, 7, 9, 12) or rounding the
+    initialisation (0, 2, 5, 7, 10) passed them."""
+    from fastft.compress.distill import layer_plan
+
+    assert layer_plan(12, 5) == ([0, 2, 4, 7, 9], [2, 5, 7, 10, 12])
+    assert layer_plan(4, 3) == ([0, 1, 2], [1, 3, 4])  # 1.33 -> 1, 2.67 -> 3
+
+
+def _train_scripted(ctx, scores, qat=None, epochs=None):
+    """train_student on a 2-layer student for len(scores) epochs, evaluate() returning ``scores`` in
+    turn; returns (result, student, the student's weights at each evaluation)."""
+    from fastft.compress.distill import cache_teacher, make_student, train_student
+
+    student, _ = make_student(ctx.teacher, "teacher-layers", 2, ctx.labels)
+    cache = cache_teacher(ctx.teacher, ctx.ids["train"], ctx.pad_id, None, progress=False)
+    snaps, it = [], iter(scores)
+
+    def evaluate(m):
+        snaps.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return next(it)
+
+    res = train_student(
+        student,
+        cache,
+        ctx.ids["train"],
+        ctx.y["train"],
+        pad_id=ctx.pad_id,
+        epochs=epochs or len(scores),
+        lr=1e-3,
+        batch_size=16,
+        temperature=2.0,
+        alpha=0.5,
+        hidden_weight=0.0,
+        evaluate=evaluate,
+        progress=False,
+        qat=qat,
+    )
+    return res, student, snaps
+
+
+def _same_weights(a, b) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distillation_keeps_the_epoch_with_the_best_validation_score(ctx):
+    """Validation scores 0.5, 0.9, 0.7 over three epochs: the student returned has the second epoch's
+    weights (not the last epoch's, not the worst's), and the history marks that epoch best."""
+    res, student, snaps = _train_scripted(ctx, [0.5, 0.9, 0.7])
+    assert len(snaps) == 3 and not _same_weights(snaps[1], snaps[2])  # the epochs did change the weights
+    assert _same_weights(student.state_dict(), snaps[1])
+    assert [bool(e.get("best")) for e in res["history"]] == [True, True, False]
+
+
+def test_only_quantization_aware_epochs_compete_for_best(ctx):
+    """With QAT in the last of two epochs, the first (fp32) epoch is not scored and cannot be kept even
+    though it would have scored higher: the weights quantised next are the ones trained for it."""
+    from fastft.compress.qat import QatSpec
+
+    res, student, snaps = _train_scripted(ctx, [0.9, 0.5], qat=QatSpec(epochs=1), epochs=2)
+    assert len(snaps) == 1  # one evaluation: the QAT epoch's (0.9 is its score)
+    assert "validation_accuracy" not in res["history"][0] and res["history"][1]["qat"]
+    assert _same_weights(student.state_dict(), snaps[0])
+
+
 def test_the_best_epoch_is_chosen_on_the_validation_split(ctx, monkeypatch):
     """The score each distillation/recovery epoch is kept by is the validation accuracy: here the test
     split is the validation texts with every label flipped, so the two scores of the teacher sum to 1
@@ -1531,3 +1600,41 @@ def test_augmented_copies_follow_the_seed_of_the_run(ctx):
     n = len(ctx.ids["train"])
     assert len(ids_a) == 2 * n and ids_a[:n] == ctx.ids["train"]
     assert ids_b == fresh and ids_b[n:] != ids_a[n:]
+
+
+def test_a_teacher_with_broken_weights_is_refused_when_its_outputs_are_cached(ctx):
+    """cache_teacher refuses a teacher whose scores are not finite (one line) instead of letting
+    distillation stop at its first step as 'diverged'; a mutant without the check passed."""
+    import copy
+
+    import torch
+
+    from fastft.compress.distill import cache_teacher
+
+    bad = copy.deepcopy(ctx.teacher)
+    with torch.no_grad():
+        bad.classifier.bias[0] = float("nan")
+    with pytest.raises(ModelError, match="not finite"):
+        cache_teacher(bad, ctx.ids["train"][:4], ctx.pad_id, None, progress=False)
+
+
+def test_a_student_of_another_hidden_size_distils_the_logits_only(ctx, tmp_path, capsys):
+    """A --student directory whose hidden size differs from the teacher's: no hidden-state layers are
+    matched (None; the MSE of states of two widths cannot be taken) and stderr says so; one of the
+    same width is matched as layer_plan says (2 of 4 layers: hidden states 2 and 4)."""
+    from fastft.compress.distill import make_student
+
+    narrow = save_tiny_model(tmp_path / "narrow", layers=2, hidden=16, heads=2)
+    same = save_tiny_model(tmp_path / "same", layers=2, hidden=32, heads=4)
+    net, match = make_student(ctx.teacher, str(narrow), None, ctx.labels)
+    assert match is None and net.config.hidden_size == 16
+    assert "differs from the teacher's 32: distilling logits only" in capsys.readouterr().err
+    assert make_student(ctx.teacher, str(same), None, ctx.labels)[1] == [2, 4]
+
+
+def test_a_fraction_of_an_epoch_runs_its_steps_rounded_up(ctx):
+    """--epochs 0.5 over the 48 training rows in batches of 16 (3 steps an epoch) is 1.5 steps, run
+    as 2 in one epoch; a count rounded down (1 step) passed every test."""
+    assert len(ctx.ids["train"]) == 48
+    res, _, snaps = _train_scripted(ctx, [0.5], epochs=0.5)
+    assert res["steps"] == 2 and len(res["history"]) == 1 and len(snaps) == 1
