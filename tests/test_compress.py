@@ -1499,6 +1499,100 @@ def test_only_quantization_aware_epochs_compete_for_best(ctx):
     assert _same_weights(student.state_dict(), snaps[0])
 
 
+def test_importance_is_the_summed_taylor_score_of_each_head_and_neuron(ctx):
+    """importance() by another road: no gates, the inputs of attention.output.dense (the heads'
+    context vectors) and of output.dense (the FFN activations) kept, and per batch
+    |sum over tokens (and the head's dims) of value * d loss / d value|, summed over batches, the head
+    scores of each layer then divided by their L2 norm. Measured in eval mode (no dropout) whatever
+    mode the model is in, which it is left in. A signed sum, the last batch alone, the head scores
+    unnormalised, a head gate spread over the wrong dims or dropout left on passed every test."""
+    import copy
+
+    import torch
+
+    from fastft.compress.prune import importance
+    from fastft.models.pruned import encoder_layers, heads_of
+
+    net = copy.deepcopy(ctx.teacher).train()  # train mode: importance must not score with dropout on
+    batches, loss_fn = _score_batches(ctx)
+    scores = importance(net, batches, loss_fn)
+    assert net.training
+
+    layers = encoder_layers(net)
+    ref = copy.deepcopy(net).eval()
+    ref_layers = encoder_layers(ref)
+    want = {"heads": [0.0] * len(layers), "ffn": [0.0] * len(layers)}
+    for rows in batches:
+        kept, hooks = [], []
+        for layer in ref_layers:
+            for mod in (layer.attention.output.dense, layer.output.dense):
+                hooks.append(mod.register_forward_pre_hook(lambda m, args, kept=kept: kept.append(args[0])))
+        loss = loss_fn(ref, rows)
+        for h in hooks:
+            h.remove()
+        grads = torch.autograd.grad(loss, kept)
+        for i, layer in enumerate(ref_layers):
+            ctx_v, ctx_g, act, act_g = kept[2 * i], grads[2 * i], kept[2 * i + 1], grads[2 * i + 1]
+            n_heads, d = heads_of(layer), layer.attention.self.attention_head_size
+            per_head = (ctx_v * ctx_g).sum(dim=(0, 1)).reshape(n_heads, d).sum(-1)
+            want["heads"][i] = want["heads"][i] + per_head.abs()
+            want["ffn"][i] = want["ffn"][i] + (act * act_g).sum(dim=(0, 1)).abs()
+    for i in range(len(layers)):
+        h = want["heads"][i] / want["heads"][i].norm()
+        assert torch.allclose(scores["heads"][i], h, rtol=1e-4, atol=1e-6), (i, scores["heads"][i], h)
+        assert torch.allclose(scores["ffn"][i], want["ffn"][i], rtol=1e-4, atol=1e-8), i
+
+
+def test_check_fractions_rounds_to_the_nearest_count_and_refuses_emptying_a_pruned_layer(tiny_model_dir):
+    """0.4 of 4 heads is 2 (1.6 rounded), 0.3 of 64 neurons 19 (19.2); and a layer left with one head
+    by an earlier pruning refuses a fraction that takes exactly one from every layer (0.25 of 4):
+    a floor of the count, or a check that only refused taking more than the layer has, passed; a
+    fraction of 1 is out of range (a bound of <= 1 let it through to another message)."""
+    from fastft.compress.prune import check_fractions, encoder_layers, heads_of, prune_layer_heads
+    from fastft.models import load_classifier
+
+    net = load_classifier(tiny_model_dir)
+    layers = encoder_layers(net)
+    assert heads_of(layers[0]) == 4 and layers[0].intermediate.dense.out_features == 64
+    assert check_fractions(net, 0.4, 0.3) == (2, 19)
+    assert check_fractions(net, 0.25, 0.0) == (1, 0)
+    with pytest.raises(FastftError, match="--prune-ffn must be in \\[0, 1\\) \\(got 1.0\\)"):
+        check_fractions(net, 0.0, 1.0)  # all of them: refused as a fraction out of range
+    prune_layer_heads(layers[-1], [0, 1, 2])  # one head left in the last layer
+    with pytest.raises(FastftError, match="has 1 left"):
+        check_fractions(net, 0.25, 0.0)
+
+
+def test_magnitude_pruning_zeroes_exactly_the_smallest_weights(ctx):
+    """--sparsity 0.5: each encoder Linear loses exactly floor(0.5 * size) weights, the smallest in
+    magnitude (everything zeroed is no larger than everything kept); the report's 0.49-0.51 band let
+    a mutant keeping the k-th smallest weight (one zero fewer per matrix) pass."""
+    import copy
+
+    import torch
+
+    from fastft.compress.prune import magnitude_prune
+    from fastft.models.pruned import encoder_layers
+
+    net = copy.deepcopy(ctx.teacher)
+    before = {n: m.weight.detach().clone() for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    info = magnitude_prune(net, 0.5)
+    encoder = {id(m) for layer in encoder_layers(net) for m in layer.modules()}
+    total = zeros = 0
+    for name, m in net.named_modules():
+        if not isinstance(m, torch.nn.Linear):
+            continue
+        w0, w = before[name], m.weight.detach()
+        if id(m) not in encoder:
+            assert torch.equal(w, w0), name  # the pooler and classifier are left alone
+            continue
+        gone = w == 0
+        assert int(gone.sum()) == w0.numel() // 2, name
+        assert w0.abs()[gone].max() <= w0.abs()[~gone].min() and torch.equal(w[~gone], w0[~gone])
+        total, zeros = total + w0.numel(), zeros + int(gone.sum())
+    assert info["encoder_linear_zeros"] == zeros and info["encoder_linear_weights"] == total
+
+
 def test_the_best_epoch_is_chosen_on_the_validation_split(ctx, monkeypatch):
     """The score each distillation/recovery epoch is kept by is the validation accuracy: here the test
     split is the validation texts with every label flipped, so the two scores of the teacher sum to 1
