@@ -341,6 +341,14 @@ def test_fp16_conversion_runs_on_cpu(ctx, tmp_path):
     quantize_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
     a = ort_logits(session(tmp_path / "m.onnx"), ctx.ids["test"], ctx.pad_id)
     b = ort_logits(session(tmp_path / "m16.onnx"), ctx.ids["test"], ctx.pad_id)
+    # fp16 inside, the graph's inputs and outputs kept as they were (int64 ids, fp32 logits)
+    import onnx
+
+    g16, g32 = onnx.load(str(tmp_path / "m16.onnx")).graph, onnx.load(str(tmp_path / "m.onnx")).graph
+    io = [x.type.tensor_type.elem_type for x in (*g16.input, *g16.output)]
+    assert io == [x.type.tensor_type.elem_type for x in (*g32.input, *g32.output)]
+    assert g16.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in g16.initializer)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.8 and np.abs(a - b).max() < 0.05
 
 
@@ -1593,6 +1601,28 @@ def test_magnitude_pruning_zeroes_exactly_the_smallest_weights(ctx):
     assert info["encoder_linear_zeros"] == zeros and info["encoder_linear_weights"] == total
 
 
+def test_accuracy_aware_int8_stops_at_a_drop_equal_to_the_budget_and_keeps_the_given_fp32_bar(ctx, tmp_path):
+    """With a score that INT8 does not move, a drop of exactly the budget (0 against 0) is within it:
+    the first attempt stands, nothing is kept fp32; and a given fp32 score (the pipeline passes the
+    fp32 stage's validation score) is the bar the drop is measured from, not re-scored from the graph."""
+    from fastft.compress.quantize import accuracy_aware_int8, torch_export
+
+    torch_export(ctx.teacher, tmp_path / "m.onnx")
+    common = dict(
+        val_ids=ctx.ids["validation"],
+        val_labels=ctx.y["validation"],
+        pad_id=ctx.pad_id,
+        progress=False,
+        score_fn=lambda sess: 0.5,
+    )
+    info = accuracy_aware_int8(tmp_path / "m.onnx", tmp_path / "a.onnx", budget=0.0, **common)
+    assert info["accuracy_fp32"] == 0.5 and info["drop"] == 0.0
+    assert info["excluded_nodes"] == [] and len(info["rounds"]) == 1 and info["within_budget"] is True
+    info = accuracy_aware_int8(tmp_path / "m.onnx", tmp_path / "b.onnx", budget=0.3, base_acc=0.75, **common)
+    assert info["accuracy_fp32"] == 0.75 and info["drop"] == pytest.approx(0.25)
+    assert info["excluded_nodes"] == [] and info["within_budget"] is True
+
+
 def test_the_best_epoch_is_chosen_on_the_validation_split(ctx, monkeypatch):
     """The score each distillation/recovery epoch is kept by is the validation accuracy: here the test
     split is the validation texts with every label flipped, so the two scores of the teacher sum to 1
@@ -1732,3 +1762,23 @@ def test_a_fraction_of_an_epoch_runs_its_steps_rounded_up(ctx):
     assert len(ctx.ids["train"]) == 48
     res, _, snaps = _train_scripted(ctx, [0.5], epochs=0.5)
     assert res["steps"] == 2 and len(res["history"]) == 1 and len(snaps) == 1
+
+
+def test_int8_per_channel_choice_reaches_the_graph(ctx, tmp_path):
+    """quantize_int8(per_channel=...): per channel, a quantised weight has one scale per output column;
+    per tensor, one scale (a mutant that dropped the option and took this CPU's default passed every
+    test). --static without calibration rows is a one-line error."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fastft.compress.quantize import quantize_int8, torch_export
+
+    torch_export(ctx.teacher, tmp_path / "m.onnx")
+    for per_channel in (True, False):
+        out = tmp_path / f"q{int(per_channel)}.onnx"
+        info = quantize_int8(tmp_path / "m.onnx", out, per_channel=per_channel, embeddings=False)
+        scales = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.name.endswith("_scale")]
+        assert info["per_channel"] is per_channel and info["nodes_quantized"] > 0 and scales
+        assert any(s.size > 1 for s in scales) is per_channel, [s.shape for s in scales]
+    with pytest.raises(FastftError, match="--static needs calibration data"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "s.onnx", static=True, calib_ids=[])
