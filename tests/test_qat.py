@@ -266,3 +266,130 @@ def test_consistency_is_on_by_default_only_with_quantization_aware_training():
         cfg = CompressConfig(**kw)
         cfg.validate()  # the default weight is no error without QAT
         assert qat_spec(cfg) is None
+
+
+def test_activation_range_always_holds_zero():
+    """DynamicQuantizeLinear's range is [min(0, min x), max(0, max x)]: an all-positive tensor with
+    values in [1, 2] is rounded on the grid 2/255 from 0 (zero point 0), an all-negative one in
+    [-3, -1.5] on 3/255 with zero point 255. Every input the other tests feed spans zero, so a range
+    of [min x, max x] passed them (values by hand, round half to even)."""
+    import torch
+
+    from fastft.compress.qat import fake_quant_activation
+
+    pos = [1.1, 2.0, 1.3, 1.71, 1.004]
+    s = 2.0 / 255
+    want = [round(v / s) * s for v in pos]
+    assert torch.allclose(fake_quant_activation(torch.tensor([pos])), torch.tensor([want]), atol=1e-6)
+    neg = [-1.5 * v for v in pos]
+    s = 3.0 / 255
+    want = [(min(255, max(0, round(v / s) + 255)) - 255) * s for v in neg]
+    assert torch.allclose(fake_quant_activation(torch.tensor([neg])), torch.tensor([want]), atol=1e-6)
+    # per row over the unmasked tokens: row 0's range is [0, 2] (its padded -40 ignored), row 1's [-3, 0]
+    x = torch.tensor([[[1.1], [2.0], [-40.0]], [[-3.0], [-1.0], [-2.2]]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    got = fake_quant_activation(x, mask=mask)
+    s0, s1 = 2.0 / 255, 3.0 / 255
+    assert torch.allclose(got[0, :2, 0], torch.tensor([round(1.1 / s0) * s0, round(2.0 / s0) * s0]), atol=1e-6)
+    assert got[0, 2, 0].item() == 0.0  # padding below the row's range clips to its zero point
+    row1 = [(round(v / s1) + 255 - 255) * s1 for v in (-3.0, -1.0, -2.2)]
+    assert torch.allclose(got[1, :, 0], torch.tensor(row1), atol=1e-6)
+
+
+def test_spec_from_recipe_keeps_the_recipe_weights_and_embeddings_only_in_qoperator():
+    """QatSpec.from_recipe simulates what the recipe quantises: its weight type, granularity and
+    7-bit range, and the 8-bit embeddings only where the format has QEmbedLayerNormalization
+    (QOperator; a QDQ graph keeps them fp32). With the range dropped the weights round on a grid
+    twice as fine as ORT's (checked below on one weight)."""
+    from dataclasses import replace
+
+    import torch
+
+    from fastft.export.quantize import Int8Recipe
+
+    r = Int8Recipe(weight_type="int8", per_channel=True, reduce_range=True, embeddings=True, quant_format="QOperator")
+    s = QatSpec.from_recipe(r, epochs=2, consistency=0.5)
+    assert (s.weight_type, s.per_channel, s.reduce_range, s.embeddings) == ("int8", True, True, True)
+    assert (s.epochs, s.consistency) == (2, 0.5)
+    assert not QatSpec.from_recipe(replace(r, quant_format="QDQ")).embeddings
+    assert not QatSpec.from_recipe(replace(r, embeddings=False)).embeddings
+    u = QatSpec.from_recipe(replace(r, weight_type="uint8", per_channel=False, reduce_range=False))
+    assert (u.weight_type, u.per_channel, u.reduce_range) == ("uint8", False, False)
+    w = torch.tensor([[1.0, 0.3]])
+    assert fake_quant_weight(w, s)[0, 1].item() == pytest.approx(round(0.3 * 64) / 64)  # 7-bit: steps of 1/64
+
+
+def test_consistency_of_a_token_classifier_reads_the_real_tokens_only():
+    """int8_consistency on (batch, seq, labels) logits: T^2 KL from the same weights' fp32 outputs,
+    averaged over the unmasked tokens alone (by hand with torch's kl_div); moving the padded
+    positions' logits changes nothing (a mutant averaging over every position passed every test)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    cfg.num_labels = 3
+    net = BertForTokenClassification(cfg).eval()
+    ids = torch.randint(1, 60, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        ref = net(input_ids=ids, attention_mask=mask).logits
+    logits, T, keep = torch.randn(2, 6, 3), 2.0, mask.bool()
+    want = F.kl_div(F.log_softmax(logits[keep] / T, -1), F.softmax(ref[keep] / T, -1), reduction="batchmean") * T * T
+    moved = logits.clone()
+    moved[1, 3:] += 50.0  # the padded positions of row 1
+    with fake_quant(net, QatSpec()) as mods:
+        got = int8_consistency(net, mods, ids, mask, logits, T).item()
+        again = int8_consistency(net, mods, ids, mask, moved, T).item()
+    assert got == pytest.approx(want.item(), rel=1e-5) and again == pytest.approx(got, rel=1e-6)
+
+
+def test_embedding_layernorm_gamma_and_beta_are_rounded_to_uint8():
+    """8-bit embeddings: the embedding LayerNorm's gamma and beta are each stored uint8 per tensor
+    (QEmbedLayerNormalization), so the simulated LayerNorm of a zero row is the rounded beta and of
+    [1, -1, 0] (normalised: +-sqrt(3/2), 0) uses the rounded gamma (by hand: beta [0, 1, 0.31] on
+    steps of 1/255, gamma [2, 0.5, 1.1] on 2/255). A beta left fp32 passed every test."""
+    import math
+
+    import torch
+
+    from fastft.compress.qat import fake_quant_classes
+
+    ln = torch.nn.LayerNorm(3, eps=1e-12)
+    with torch.no_grad():
+        ln.weight.copy_(torch.tensor([2.0, 0.5, 1.1]))
+        ln.bias.copy_(torch.tensor([0.0, 1.0, 0.31]))
+    ln.__class__ = fake_quant_classes()[torch.nn.LayerNorm]
+    beta = [0.0, 1.0, round(0.31 * 255) / 255]
+    gamma = [2.0, round(0.5 * 255 / 2) * 2 / 255]  # (the third multiplies 0)
+    with torch.no_grad():
+        zero = ln(torch.zeros(1, 3))
+        row = ln(torch.tensor([[1.0, -1.0, 0.0]]))
+    assert torch.allclose(zero, torch.tensor([beta]), atol=1e-6)
+    n = math.sqrt(1.5)
+    want = [n * gamma[0] + beta[0], -n * gamma[1] + beta[1], beta[2]]
+    assert torch.allclose(row, torch.tensor([want]), atol=1e-5)
+
+
+def test_embeddings_are_simulated_only_when_the_spec_says_so(tiny_model_dir):
+    """QatSpec(embeddings=False) (a recipe with fp32 embeddings, or QDQ): the embedding layer computes
+    exactly what it does outside fake_quant and no embedding module is swapped; with True its output
+    moves (the tables round to uint8). A mutant that always simulated 8-bit embeddings passed. Leaving
+    the block removes the mask hook it added (a mutant leaving one per QAT run passed)."""
+    import torch
+
+    from fastft.models import load_classifier
+
+    net = load_classifier(tiny_model_dir).eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 2307, 102]])
+    hooks = len(net._forward_pre_hooks)
+    with torch.no_grad():
+        plain = net.bert.embeddings(input_ids=ids)
+        with fake_quant(net, QatSpec(embeddings=False)) as mods:
+            off = net.bert.embeddings(input_ids=ids)
+            assert all(isinstance(m, torch.nn.Linear) for m in mods)
+        with fake_quant(net, QatSpec(embeddings=True)):
+            on = net.bert.embeddings(input_ids=ids)
+    assert torch.equal(off, plain) and not torch.allclose(on, plain, atol=1e-6)
+    assert len(net._forward_pre_hooks) == hooks
