@@ -40,6 +40,9 @@ def test_texts_from_a_file_are_cleaned_seeded_and_exclude_training_texts(tmp_pat
     assert all(t == " ".join(t.split()) for t in a)
     everything, info = transfer_texts(str(f), 10_000, seed=1)
     assert len(everything) == 51 == info["available_per_source"][str(f)]  # 50 + the training text
+    # excluded: the training text is not in the pool at all (a sample of 20 of 51 could miss it anyway)
+    pool, info = transfer_texts(str(f), 10_000, seed=1, exclude=["a training text"])
+    assert len(pool) == 50 == info["available_per_source"][str(f)] and "a training text" not in pool
 
 
 def test_general_mixes_the_built_in_sources_in_equal_shares():
@@ -133,3 +136,23 @@ def test_smaller_pools_are_shared_out_first_whatever_the_spec_order(monkeypatch)
     monkeypatch.setitem(transfer._READERS, "sms", lambda: ["sms one", "sms two"])
     texts, info = transfer_texts("news,sms", 10, seed=0)
     assert info["rows_per_source"] == {"news": 8, "sms": 2} and len(texts) == 10
+
+
+def test_news_keeps_sentences_of_five_or_more_mostly_alphabetic_words(monkeypatch):
+    """The news source: CoNLL sentences of at least five words, at least 60% of them with a letter
+    (on a stand-in corpus: exactly five words is kept, four is not, a results-table line is not).
+    A mutant that asked for more than five words passed every test."""
+    from types import SimpleNamespace
+
+    from fastft.data import tokens
+
+    corpus = [
+        ["Peter", "Blackburn", "visited", "Brussels", "today"],
+        ["Only", "four", "words", "here"],
+        ["16.", "III", "3", "-", "1", "2"],
+        ["Six", "words", "of", "prose", "in", "news"],
+    ]
+    monkeypatch.setattr(tokens, "load_token_data", lambda name: SimpleNamespace(train=SimpleNamespace(tokens=corpus)))
+    texts, info = transfer_texts("news", 10, seed=0)
+    assert sorted(texts) == ["Peter Blackburn visited Brussels today", "Six words of prose in news"]
+    assert info["available_per_source"] == {"news": 2}
