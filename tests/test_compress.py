@@ -1782,3 +1782,41 @@ def test_int8_per_channel_choice_reaches_the_graph(ctx, tmp_path):
         assert any(s.size > 1 for s in scales) is per_channel, [s.shape for s in scales]
     with pytest.raises(FastftError, match="--static needs calibration data"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "s.onnx", static=True, calib_ids=[])
+
+
+def test_accuracy_aware_int8_scores_the_int8_graph_one_text_per_call(ctx, tmp_path, monkeypatch):
+    """A dynamic INT8 graph quantises its activations over each call's tensor and fastft serves it one
+    text per call: its validation score is taken the same way (every feed one row), the fp32 graph's
+    in batches. A mutant scoring the INT8 graph in batches of 64 passed every test."""
+    import importlib
+    from pathlib import Path
+
+    cq = importlib.import_module("fastft.compress.quantize")  # (fastft.compress.quantize is the API function)
+    feeds, real = [], cq.served
+
+    class Spy:
+        def __init__(self, sess, name):
+            self.sess, self.name = sess, name
+
+        def get_inputs(self):
+            return self.sess.get_inputs()
+
+        def run(self, names, feed):
+            feeds.append((self.name, feed["input_ids"].shape[0]))
+            return self.sess.run(names, feed)
+
+    monkeypatch.setattr(cq, "served", lambda path, *a, **k: (Spy(real(path, *a, **k)[0], Path(path).name), None))
+    cq.torch_export(ctx.teacher, tmp_path / "m.onnx")
+    n = len(ctx.ids["validation"])
+    cq.accuracy_aware_int8(
+        tmp_path / "m.onnx",
+        tmp_path / "q.onnx",
+        val_ids=ctx.ids["validation"],
+        val_labels=ctx.y["validation"],
+        pad_id=ctx.pad_id,
+        budget=1.0,
+        progress=False,
+    )
+    fp32 = [b for name, b in feeds if name == "m.onnx"]
+    int8 = [b for name, b in feeds if name != "m.onnx"]
+    assert n > 1 and fp32 == [n] and int8 == [1] * n
