@@ -387,6 +387,35 @@ def test_tiny_compress(trained_ner, tmp_path):
     assert res["f1"] == pytest.approx(report["stages"][-1]["accuracy"])
 
 
+def test_token_compress_computes_the_teacher_outputs_once(tmp_path, monkeypatch):
+    """The teacher's outputs on the training rows are computed once and reused by the pruning stage.
+    A token classifier's cache holds one row of logits per token, and the reuse check compared that
+    count with the number of sentences: pruning ran the teacher over the whole training split again
+    (minutes on CoNLL-2003 for nothing)."""
+    import copy
+
+    from tiny_ner import save_tiny_token_model
+
+    from fastft.compress.config import CompressConfig
+    from fastft.compress.context import prepare
+    from fastft.compress.stages import dis, do_distill, do_prune
+
+    data = big_conll(tmp_path / "d.conll", copies=4)
+    teacher = save_tiny_token_model(tmp_path / "t", layers=2)
+    cfg = CompressConfig(
+        data=str(data), layers=1, epochs=1, prune_ffn=0.5, recovery_epochs=1, max_length=32, progress=False
+    )
+    ctx = prepare(str(teacher), cfg)
+    assert ctx.token
+    calls = []
+    real = dis.cache_teacher
+    monkeypatch.setattr(dis, "cache_teacher", lambda *a, **k: calls.append(k.get("per_token")) or real(*a, **k))
+    student = do_distill(ctx).model
+    assert calls == [True]
+    do_prune(ctx, copy.deepcopy(student))
+    assert calls == [True]  # reused, not computed again
+
+
 def test_compress_refuses_token_teacher_with_sequence_data(trained_ner, tmp_path, tiny_data_file):
     import fastft
     from fastft.compress.config import CompressConfig

@@ -66,7 +66,7 @@ def do_distill(ctx: Context) -> StageResult:
     layers = match if cfg.hidden_weight > 0 else None
     ids, _ = train_rows(ctx)
     cache = ctx.cache
-    if cache is None or cache.layers != layers or len(cache.logits) != len(ids):  # once, reused by later stages
+    if not _cache_fits(cache, layers, ids):  # once, reused by later stages
         cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token)
     cache_s = time.perf_counter() - t0
     ctx.cache = cache
@@ -104,6 +104,12 @@ def do_distill(ctx: Context) -> StageResult:
         **res,
     }
     return StageResult("distilled", student, None, info)
+
+
+def _cache_fits(cache, layers, ids) -> bool:
+    """``cache`` holds the teacher's outputs on the rows ``ids`` at ``layers``: rows counted by its
+    offsets (a token classifier's logits have one row per token, not per text)."""
+    return cache is not None and cache.layers == layers and len(cache.offsets) == len(ids) + 1
 
 
 def _structured_prune(ctx: Context, net, cache, k_heads: int, k_ffn: int, seed_offset: int = 1) -> dict:
@@ -149,7 +155,7 @@ def do_prune(ctx: Context, net) -> StageResult:
     layers = match if d.hidden_weight > 0 and net.config.hidden_size == ctx.teacher.config.hidden_size else None
     ids, _ = train_rows(ctx)
     cache = ctx.cache
-    if cache is None or cache.layers != layers or len(cache.logits) != len(ids):
+    if not _cache_fits(cache, layers, ids):
         cache = dis.cache_teacher(ctx.teacher, ids, ctx.pad_id, layers, progress=ctx.cfg.progress, per_token=ctx.token)
         ctx.cache = cache
     info = {"before": before}
