@@ -1564,7 +1564,7 @@ def test_check_fractions_rounds_to_the_nearest_count_and_refuses_emptying_a_prun
     assert heads_of(layers[0]) == 4 and layers[0].intermediate.dense.out_features == 64
     assert check_fractions(net, 0.4, 0.3) == (2, 19)
     assert check_fractions(net, 0.25, 0.0) == (1, 0)
-    with pytest.raises(FastftError, match="--prune-ffn must be in \\[0, 1\\) \\(got 1.0\\)"):
+    with pytest.raises(FastftError, match=r"prune_ffn \(--prune-ffn\) must be in \[0, 1\) \(got 1.0\)"):
         check_fractions(net, 0.0, 1.0)  # all of them: refused as a fraction out of range
     prune_layer_heads(layers[-1], [0, 1, 2])  # one head left in the last layer
     with pytest.raises(FastftError, match="has 1 left"):
@@ -1780,7 +1780,7 @@ def test_int8_per_channel_choice_reaches_the_graph(ctx, tmp_path):
         scales = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.name.endswith("_scale")]
         assert info["per_channel"] is per_channel and info["nodes_quantized"] > 0 and scales
         assert any(s.size > 1 for s in scales) is per_channel, [s.shape for s in scales]
-    with pytest.raises(FastftError, match="--static needs calibration data"):
+    with pytest.raises(FastftError, match=r"static \(--static\) needs calibration data"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "s.onnx", static=True, calib_ids=[])
 
 
