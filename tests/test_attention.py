@@ -380,6 +380,58 @@ def test_lone_attended_keys_at_key_block_edges(isa, monkeypatch):
                 assert (out[-1] == 0).all(), f"{what}: a batch row attending no key is not zeros"
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_ordinary_rows_stay_off_the_double_path(isa, monkeypatch):
+    """The kernel computes a row again in double (slow) only where float32 may have got it wrong,
+    and it says so; rows a float32 pass gets wrong through a kernel bug are computed again too, so
+    the output alone cannot tell a bug hidden that way. Ordinary inputs here, each beside one of the
+    kernel's special cases, must come back unflagged and as the reference gives them:
+    a masked last key of a key block with a huge score (the rows of the block's last key tile past
+    its keys repeat that key, unmasked: they must not reach the running max); a row with no key yet
+    (causal, key 0 masked) in a vector whose other rows score beyond 2^20 log2 units (the plain
+    shift, where that row's -inf max must shift by 0, not give -inf - -inf = NaN); and attended keys
+    on the last slot of a key block (the block must be marked as having one: a skipped block left
+    such rows with no key)."""
+    _use_isa(isa, monkeypatch)
+    gen = torch.Generator().manual_seed(17)
+    # a masked last key (13 keys: the last tile of every copy's key block is short) scoring huge
+    q, k, v = make_qkv(2, 2, 20, 13, 24, torch.float32, gen)
+    q[..., 0] = q[..., 0].abs() + 1.0
+    k[:, :, 12] = 0.0
+    k[:, :, 12, 0] = 1e4  # every row scores >= 2000 nats on it: far above the attended keys
+    keep = torch.ones(2, 13, dtype=torch.bool)
+    keep[:, 12] = False
+    bias = torch.where(keep, torch.randn(2, 13, generator=gen), float("-inf")).contiguous()
+    for mask, add in ((keep, None), (None, bias)):
+        out, again = _cpp_attention(q, k, v, mask, add, False, isa)
+        what = f"{isa} masked huge last key, {'bool' if add is None else 'additive'}"
+        assert not again, f"{what}: rows went to the double path"
+        assert_close(
+            out, attention_ref(q.double(), k.double(), v.double(), keep if add is None else add), *FP32_TOL, what=what
+        )
+    # causal, key 0 masked: row 0 has no key; rows 1..5 score ~1e10 nats
+    q, k, v = make_qkv(1, 2, 30, 30, 16, torch.float32, gen)
+    q[:, :, 1:6] *= 1e10
+    keep = torch.ones(1, 30, dtype=torch.bool)
+    keep[0, 0] = False
+    out, again = _cpp_attention(q, k, v, keep, None, True, isa)
+    assert not again, f"{isa} huge scores beside a row with no key: rows went to the double path"
+    assert (out[0, :, 0] == 0).all()
+    assert_close(out, attention_ref(q.double(), k.double(), v.double(), keep, True), *FP32_TOL, what=f"{isa} causal")
+    # attended keys on the last slot of a block, alone in it, beside keys of later blocks
+    for bk in (8, 64):
+        sk = 3 * bk
+        keep = torch.zeros(3, sk, dtype=torch.bool)
+        keep[0, bk - 1] = True
+        keep[1, [bk - 1, 2 * bk + 3]] = True
+        keep[2, [2 * bk - 1, sk - 1]] = True
+        q, k, v = make_qkv(3, 1, 9, sk, 8, torch.float32, gen)
+        out, again = _cpp_attention(q, k, v, keep, None, False, isa, bk)
+        assert not again, f"{isa} block_k={bk}: a lone key on a block's last slot went to the double path"
+        ref = attention_ref(q.double(), k.double(), v.double(), keep)
+        assert_close(out, ref, *FP32_TOL, what=f"{isa} block_k={bk} keys on a block's last slot")
+
+
 def test_thread_count_does_not_change_result():
     gen = torch.Generator().manual_seed(3)
     q, k, v = make_qkv(2, 5, 200, 150, 64, torch.float32, gen)
