@@ -276,6 +276,30 @@ def test_scores_past_float32s_range_match_the_reference(isa, monkeypatch):
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_rows_computed_again_in_double_cover_every_head_dim_chunk(isa, monkeypatch):
+    """The double path (exact_row) walks head_dim in chunks of 64 values: head_dim 100 and 200
+    (not multiples of 16 or 64), with rows sent there by scores past float32's range (q = 1e20,
+    k = -1e20: every score -inf in float32) and by an attended inf value (its column is inf, the
+    others finite), must give every chunk's columns as the reference does: a chunk reading the
+    values or writing the output at the first chunk's columns went unseen at head_dim <= 64."""
+    _use_isa(isa, monkeypatch)
+    gen = torch.Generator().manual_seed(23)
+    for d in (100, 200):
+        q, k, v = make_qkv(1, 2, 9, 20, d, torch.float32, gen)
+        out, again = _cpp_attention(torch.full_like(q, 1e20), torch.full_like(k, -1e20), v)
+        ref = attention_ref(torch.full_like(q, 1e20).double(), torch.full_like(k, -1e20).double(), v.double())
+        assert again and torch.isfinite(ref).all()
+        assert_close(out, ref, *FP32_TOL, what=f"{isa} head_dim {d}, every score -inf in float32")
+        v[0, 0, 3, d - 30] = float("inf")  # head 0's rows attend key 3: that column is inf, the rest finite
+        for causal in (False, True):
+            out, again = _cpp_attention(q, k, v, causal=causal)
+            ref = attention_ref(q.double(), k.double(), v.double(), None, causal)
+            what = f"{isa} head_dim {d}, an attended inf value, causal={causal}"
+            assert again and torch.equal(out.isinf(), ref.isinf()) and int(ref.isinf().sum()) > 0, what
+            assert_close(out.nan_to_num(posinf=0.0), ref.nan_to_num(posinf=0.0), *FP32_TOL, what=what)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_inf_and_nan_values_of_keys_that_weigh_nothing_stay_out(isa, monkeypatch):
     """Padding left uninitialised can hold inf or NaN (fp16 1e30 is inf): a masked key's value, or a
     future key's under causal, turned every row sharing its key block NaN (0 * inf in P V), and the
