@@ -174,6 +174,27 @@ def test_op_scores_past_float32s_range_match_the_reference(monkeypatch):
             np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4, err_msg=f"{isa}: {what}")
 
 
+def test_op_rows_computed_again_in_double_keep_the_qkv_bias(monkeypatch):
+    """Rows the kernel computes again in double (here: an attended inf value, so the row's other
+    columns are finite) add the QKV bias there too, to q before the scores and to v in every
+    64-value chunk of head_dim (80 here): the overflow test above cannot see the q bias (1e20 + b
+    is 1e20) nor a second chunk (head_dim 32)."""
+    from fastft import _native
+
+    heads, d, s = 2, 80, 30
+    hd = heads * d
+    rng = np.random.default_rng(29)
+    qkv = rng.standard_normal((2, s, 3 * hd)).astype(np.float32)
+    qkv[0, 4, 2 * hd + 70] = np.inf  # sequence 0, head 0, token 4's value, column 70
+    bias = (2 * rng.standard_normal(3 * hd)).astype(np.float32)
+    ref = _reference(qkv, None, bias, heads)
+    assert np.isinf(ref[0, :, 70]).all() and np.isfinite(np.delete(ref[0], 70, axis=-1)).all()
+    for isa in _native._C.attention_isas():
+        monkeypatch.setenv("FASTFT_ATTN_ISA", isa)
+        got = _op_session(heads, False, True).run(None, {"qkv": qkv, "bias": bias})[0]
+        np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4, err_msg=isa)
+
+
 def test_op_reads_the_mask_as_ort_does():
     """> 0 attends, 0 and negative values mask (ORT's Attention reads its mask_index so)."""
     rng = np.random.default_rng(5)
