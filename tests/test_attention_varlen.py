@@ -118,6 +118,29 @@ def test_varlen_padded_layout_matches_the_padded_op():
     assert (out[~keep] == 0).all(), "padded query rows must be zeros"
 
 
+def test_varlen_seqused_q_and_k_differ_and_rows_before_the_first_sequence_are_zeros():
+    """seqused_q and seqused_k are read each for its own side (every other test passes the same
+    lengths for both, so reading seqused_q for the keys went unseen), and query rows before
+    cu_seqlens_q[0] are outside every sequence: zeros, also when cu_seqlens_q ends at the last
+    token (the output was then allocated uninitialised, as if every row were written). The
+    memory the output gets is filled with NaN first, so a row left unwritten shows."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(20, 2, 16, generator=gen) for _ in range(3))
+    slots = torch.tensor([0, 10, 20], dtype=torch.int32)
+    for used_q, used_k, causal in (([4, 7], [9, 2], False), ([10, 3], [1, 8], True)):
+        uq, uk = torch.tensor(used_q, dtype=torch.int32), torch.tensor(used_k, dtype=torch.int32)
+        out = fused_attention_varlen(q, k, v, slots, slots, 10, 10, causal, seqused_q=uq, seqused_k=uk)
+        ref = attention_varlen_ref(q.double(), k.double(), v.double(), slots, slots, 10, 10, causal, None, uq, uk)
+        assert_close(out, ref, *FP32_TOL, what=f"seqused_q={used_q} seqused_k={used_k} causal={causal}")
+    late = torch.tensor([3, 10, 20], dtype=torch.int32)  # rows 0..2 belong to no sequence
+    ref = attention_varlen_ref(q.double(), k.double(), v.double(), late, late, 10, 10)
+    for _ in range(5):
+        torch.full(q.shape, float("nan"))  # freed at once: the output's allocation may reuse it
+        out = fused_attention_varlen(q, k, v, late, late, 10, 10)
+        assert (out[:3] == 0).all(), "query rows before cu_seqlens_q[0] are not zeros"
+        assert_close(out, ref, *FP32_TOL, what="cu_seqlens starting at 3")
+
+
 def test_varlen_strided_inputs():
     """Token and head strides are free: (batch, heads, seq, head_dim) memory viewed as tokens."""
     gen = torch.Generator().manual_seed(2)
