@@ -456,6 +456,64 @@ def test_ordinary_rows_stay_off_the_double_path(isa, monkeypatch):
         assert_close(out, ref, *FP32_TOL, what=f"{isa} block_k={bk} keys on a block's last slot")
 
 
+_GUARDED_CHILD = r"""
+import ctypes, mmap, sys
+import numpy as np, torch
+import fastft._native as native
+from fastft.ops import attention_ref
+
+libc = ctypes.CDLL(None)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+keep_alive = []
+
+def guarded(t):
+    # a copy of t ending on the last byte before an inaccessible page
+    n = t.numel() * 4
+    size = (n + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    buf = mmap.mmap(-1, size + mmap.PAGESIZE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(base + size, mmap.PAGESIZE, 0) == 0  # PROT_NONE
+    keep_alive.append(buf)
+    arr = np.frombuffer(buf, dtype=np.float32, count=t.numel(), offset=size - n)
+    out = torch.from_numpy(arr).view(t.shape)
+    out.copy_(t)
+    return out
+
+gen = torch.Generator().manual_seed(19)
+for isa in native._C.attention_isas():
+    for sq, sk, d in ((9, 13, 24), (50, 70, 5), (3, 1, 64)):
+        q, k, v = (torch.randn(1, 2, s, d, generator=gen) for s in (sq, sk, sk))
+        keep = torch.rand(1, sk, generator=gen) > 0.3
+        for causal in (False, True):
+            for mask in (None, keep):
+                gq, gk, gv = guarded(q), guarded(k), guarded(v)
+                out = torch.empty_like(q)
+                native._C.attention_fwd_f32(gq.data_ptr(), gk.data_ptr(), gv.data_ptr(),
+                    mask.data_ptr() if mask is not None else 0, 0, out.data_ptr(),
+                    1, 2, sq, sk, d, causal, d ** -0.5, 1, isa, 0)
+                ref = attention_ref(q.double(), k.double(), v.double(), mask, causal)
+                assert torch.allclose(out.double(), ref, atol=1e-5, rtol=1e-5), (isa, sq, sk, d, causal)
+print("ok")
+"""
+
+
+def test_kernel_reads_nothing_past_q_k_and_v():
+    """q, k and v each end right before an inaccessible page (a child process, so a fault fails the
+    test instead of ending the run): the kernel reads no row past the last key or query, e.g. for
+    the short last key tile of a block (key counts not a multiple of any copy's tile height), where
+    the tile's unused rows repeat the last key rather than read the rows after it."""
+    import subprocess
+    import sys
+
+    if native._C is None:
+        pytest.skip("C++ extension not built")
+    proc = subprocess.run([sys.executable, "-c", _GUARDED_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
+        f"child exited {proc.returncode} (a negative status is the signal: -11 a read past the end): "
+        f"{proc.stderr[-2000:]}"
+    )
+
+
 def test_thread_count_does_not_change_result():
     gen = torch.Generator().manual_seed(3)
     q, k, v = make_qkv(2, 5, 200, 150, 64, torch.float32, gen)
