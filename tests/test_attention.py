@@ -326,6 +326,38 @@ def test_inf_and_nan_values_of_keys_that_weigh_nothing_stay_out(isa, monkeypatch
     assert not out[:, :, 30:].isfinite().all()
 
 
+def test_attended_inf_and_minus_inf_values_in_one_column_give_nan():
+    """IEEE math: a row attending one key whose value is +inf and another whose value is -inf in
+    the same column sums inf + -inf there: NaN (the reference's _weighted_values marks such
+    columns; one of them alone gives that inf). The reference (float64 and in the input dtype) and
+    the C++ kernel (each copy) give the same pattern, with and without causal, where rows before a
+    key do not see it."""
+    gen = torch.Generator().manual_seed(27)
+    q, k, v = make_qkv(1, 2, 10, 10, 20, torch.float32, gen)
+    v[0, 0, 2, 5], v[0, 0, 7, 5], v[0, 0, 4, 9] = float("inf"), float("-inf"), float("-inf")
+    for causal in (False, True):
+        want_nan = torch.zeros(1, 2, 10, 20, dtype=torch.bool)
+        want_pos, want_neg = want_nan.clone(), want_nan.clone()
+
+        def sees(j, causal=causal):  # the query rows that attend key j
+            return torch.arange(10) >= j if causal else torch.ones(10, dtype=torch.bool)
+
+        want_nan[0, 0, :, 5] = sees(2) & sees(7)
+        want_pos[0, 0, :, 5] = sees(2) & ~sees(7)
+        want_neg[0, 0, :, 9] = sees(4)
+        outs = {
+            "reference": attention_ref(q.double(), k.double(), v.double(), None, causal),
+            "reference fp32": attention_ref(q, k, v, None, causal, upcast=False),
+        }
+        for isa in _isas():
+            outs[f"{isa} kernel"], _ = _cpp_attention(q, k, v, causal=causal, isa=isa)
+        for name, out in outs.items():
+            what = f"{name} causal={causal}"
+            assert torch.equal(out.isnan(), want_nan), f"{what}: NaN pattern"
+            assert torch.equal(out == float("inf"), want_pos), f"{what}: +inf pattern"
+            assert torch.equal(out == float("-inf"), want_neg), f"{what}: -inf pattern"
+
+
 @pytest.mark.parametrize("block_k", [8, 64, 256])
 def test_cpp_key_block_sizes(block_k):
     """The C++ kernel's key block (block_k: the unit of online-softmax steps and of masked-block
