@@ -617,6 +617,23 @@ def test_reference_matches_sdpa():
         assert_close(got, want, 1e-10, 1e-10, what=f"ref vs sdpa sq={sq} sk={sk} causal={causal} {kind}")
 
 
+def test_reference_computes_in_float64_unless_told_not_to():
+    """attention_ref's default (upcast=True: what the op's backward, the float64 path and devices
+    without a kernel run) computes in float64 and rounds once to the input dtype, bitwise the
+    float64 inputs' result cast; upcast=False computes in the input dtype, which differs. Every
+    comparison elsewhere passes float64 inputs itself, so a reference that ignored upcast went
+    unseen."""
+    gen = torch.Generator().manual_seed(37)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        q, k, v = make_qkv(2, 2, 9, 13, 20, dtype, gen)
+        mask = make_mask("additive", 2, 13, gen)
+        for causal in (False, True):
+            want = attention_ref(q.double(), k.double(), v.double(), mask, causal).to(dtype)
+            got = attention_ref(q, k, v, mask, causal)
+            assert got.dtype == dtype and torch.equal(got, want), f"{dtype} causal={causal}: not float64's result"
+            assert not torch.equal(attention_ref(q, k, v, mask, causal, upcast=False), want), f"{dtype}: upcast=False"
+
+
 def test_fully_masked_rows_are_zero():
     gen = torch.Generator().manual_seed(2)
     q, k, v = make_qkv(2, 2, 9, 9, 32, torch.float32, gen)
