@@ -450,6 +450,7 @@ def _cu(lengths):
         ([33, 7], [7, 0], 20, True, torch.float32, False),  # a sequence without keys -> zeros
         ([40, 7], [40, 7], 64, False, torch.float16, True),  # seqused (padded layout)
         ([17, 40], [40, 17], 48, True, torch.bfloat16, False),
+        ([17, 40], [40, 17], 20, False, torch.float32, True),  # seqused_q != seqused_k: each read for its side
     ],
 )
 def test_varlen(kernel, lens_q, lens_k, head_dim, causal, dtype, used):
