@@ -529,7 +529,7 @@ print("ok")
 """
 
 
-def test_kernel_reads_nothing_past_q_k_and_v():
+def test_kernel_reads_nothing_past_q_k_and_v(tmp_path):
     """q, k and v each end right before an inaccessible page (a child process, so a fault fails the
     test instead of ending the run): the kernel reads no row past the last key or query, e.g. for
     the short last key tile of a block (key counts not a multiple of any copy's tile height), where
@@ -539,7 +539,11 @@ def test_kernel_reads_nothing_past_q_k_and_v():
 
     if native._C is None:
         pytest.skip("C++ extension not built")
-    proc = subprocess.run([sys.executable, "-c", _GUARDED_CHILD], capture_output=True, text=True, timeout=120)
+    # run outside the source tree: from it, `import fastft` finds ./fastft, which has no built _C
+    # where fastft was installed with `pip install .` (CI)
+    proc = subprocess.run(
+        [sys.executable, "-c", _GUARDED_CHILD], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
         f"child exited {proc.returncode} (a negative status is the signal: -11 a read past the end): "
         f"{proc.stderr[-2000:]}"
