@@ -217,31 +217,34 @@ def speed_probe():
     return probe, cols
 
 
-def gemm_call(threads: int = 1, seq: int = 512):
-    """threads 1: a fixed single-thread fp32 matrix product (~50-100 ms on one AVX2 core).
-    More: a chain of six (seq, 768) x (768, 768) products on that many threads (a section each)."""
+def gemm_call(chain: bool, threads: int, seq: int = 512):
+    """Not chain: a fixed single-thread fp32 matrix product (~50-100 ms on one AVX2 core). Chain: six
+    (seq, 768) x (768, 768) products on ``threads`` threads (a parallel section each). Each call
+    sets torch's thread count for itself and puts the caller's back (the speed probe runs on this
+    thread between calls, on one thread)."""
     import torch
 
-    if threads == 1:
+    if chain:
+        x0 = torch.randn(seq, 768)
+        ws = [torch.randn(768, 768) / 768**0.5 for _ in range(2)]
+    else:
         a = torch.randn(1024, 2048)
         b = torch.randn(2048, 1024)
 
-        def call():
-            torch.set_num_threads(1)  # per call: the variants beside it in the rotation may set another
-            return torch.mm(a, b)
+    def call():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads if chain else 1)
+        try:
+            if not chain:
+                return torch.mm(a, b)
+            x = x0
+            for i in range(6):
+                x = torch.mm(x, ws[i % 2])
+            return x
+        finally:
+            torch.set_num_threads(before)
 
-        return call
-    x0 = torch.randn(seq, 768)
-    ws = [torch.randn(768, 768) / 768**0.5 for _ in range(2)]
-
-    def chain():
-        torch.set_num_threads(threads)
-        x = x0
-        for i in range(6):
-            x = torch.mm(x, ws[i % 2])
-        return x
-
-    return chain
+    return call
 
 
 def make_call(sess, variant: str, seq: int, batch: int, rng):
@@ -545,7 +548,7 @@ def main() -> int:
     calls = {}
     for v in variants:
         if v.startswith("gemm-floor"):
-            calls[v] = gemm_call(args.threads if v == "gemm-floor-threads" else 1, args.seq)
+            calls[v] = gemm_call(v == "gemm-floor-threads", args.threads, args.seq)
             for _ in range(10):
                 calls[v]()
             continue

