@@ -1564,7 +1564,7 @@ def test_check_fractions_rounds_to_the_nearest_count_and_refuses_emptying_a_prun
     assert heads_of(layers[0]) == 4 and layers[0].intermediate.dense.out_features == 64
     assert check_fractions(net, 0.4, 0.3) == (2, 19)
     assert check_fractions(net, 0.25, 0.0) == (1, 0)
-    with pytest.raises(FastftError, match=r"prune_ffn \(--prune-ffn\) must be in \[0, 1\) \(got 1.0\)"):
+    with pytest.raises(FastftError, match=r"prune_ffn \(--prune-ffn\) must be in \[0, 1\) \(got 1\)"):
         check_fractions(net, 0.0, 1.0)  # all of them: refused as a fraction out of range
     prune_layer_heads(layers[-1], [0, 1, 2])  # one head left in the last layer
     with pytest.raises(FastftError, match="has 1 left"):

@@ -450,6 +450,24 @@ def test_compress_refuses_text_options_for_a_token_teacher_before_it_starts(trai
     assert not (tmp_path / "x").exists()
 
 
+def test_compress_of_the_default_teacher_refuses_columns_before_training_it(tmp_path, monkeypatch):
+    """The default teacher classifies whole texts: --columns is refused before its ~6-minute
+    training on a first run, not after it."""
+    import fastft
+    import fastft.compress.context as context
+    from fastft.compress.config import CompressConfig
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the default teacher was trained before the refusal")
+
+    monkeypatch.setattr(context, "default_teacher", trained)
+    monkeypatch.setattr(context, "cache_dir", lambda write=False: tmp_path / "empty-cache")
+    cfg = CompressConfig(columns="0,1", output=str(tmp_path / "x"), progress=False)
+    with pytest.raises(FastftError, match=r"columns \(--columns\) picks .* the default teacher"):
+        fastft.compress(None, cfg)
+    assert not (tmp_path / "x").exists()
+
+
 def test_compress_a_hugging_face_token_classifier(trained_ner, tmp_path):
     """A token classifier without fastft.json (a Hugging Face NER checkpoint) is compressed as one:
     its task read from its head, as export and predict read it (it was taken for a text

@@ -38,7 +38,8 @@ from fastft.export.quantize import CALIB_METHODS
 
 DEFAULT_OUTPUT = "runs/compressed"
 _INT8 = "quantize='int8' (--int8)"  # how a message names INT8 quantization to both callers
-_NO_DISTILL = "distill=False (--no-distill)"
+NO_DISTILL = ("distill=False", "--no-distill")  # the setting that turns distillation off: Python's, the CLI's
+_NO_DISTILL = "{} ({})".format(*NO_DISTILL)
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 HEAD_ALLOCATIONS = ("layer", "global")
@@ -502,7 +503,7 @@ class CompressConfig:
         if d.augment_labels != "original" and (not d.enabled or d.augment == 0 or self.prune.prune_first):
             raise FastftError(
                 f"{arg('augment_labels')} {d.augment_labels!r} sets the label term of the {arg('augment')} copies, "
-                f"and this run makes none (augment 0, {_NO_DISTILL}, {arg('prune_first')} or a token-classification "
+                f"and this run makes none (augment=0, {_NO_DISTILL}, {arg('prune_first')} or a token-classification "
                 "teacher)"
             )
 

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastft.compress.config import TEACHER_ALIAS, CompressConfig
-from fastft.compress.distill import encode, encoder_prefix, pad_batch
+from fastft.compress.config import NO_DISTILL, TEACHER_ALIAS, CompressConfig
+from fastft.compress.distill import encode, encoder_prefix, layer_plan, pad_batch
 from fastft.compress.prune import check_fractions
 from fastft.core.checks import arg
 from fastft.core.errors import DataError, FastftError, ModelError
@@ -95,7 +95,8 @@ def preflight(model, cfg: CompressConfig) -> dict:
     check_student(cfg.distill.student)
     if model is not None and cfg.data is not None:  # a bad --data fails now, not after the export check
         load_data(cfg.data, seed=cfg.seed, limit=cfg.limit).check_trainable()
-    if model is None:
+    if model is None:  # the default teacher classifies whole texts (checked before it is trained)
+        check_task_options(f"the default teacher ({TEACHER_ALIAS})", {}, cfg)
         cached = cache_dir() / TEACHER_ALIAS
         if (cached / "config.json").is_file() and read_meta(cached).get("labels"):
             path = cached
@@ -217,7 +218,7 @@ def check_student_fits(
             check_fractions(net, *fractions)
 
 
-def layout_users(cfg) -> list[tuple[str, str]]:
+def layout_users(cfg) -> list[tuple[str, str, str]]:
     """What this run does to the Linears of its model's layers (slices them, fake-quantises
     them), each with the settings that turn it off (Python's, then the CLI's)."""
     q, pr, d = cfg.quantize, cfg.prune, cfg.distill
@@ -236,7 +237,7 @@ def _turned_off(settings: list[tuple[str, str]]) -> str:
     return f"{', '.join(py for py, _ in settings)} ({' '.join(cli for _, cli in settings)})"
 
 
-def check_layout(net, name: str, users: list[tuple[str, str]], copied: bool = False) -> None:
+def check_layout(net, name: str, users: list[tuple[str, str, str]], copied: bool = False) -> None:
     """``net`` has the layers ``users`` work on (:func:`encoder_layers`, the check they make
     themselves) and, ``copied`` (a teacher-layers student is made of them), an encoder.layer
     stack; else a one-line ModelError naming the options that turn them off (DeBERTa and MPNet
@@ -248,7 +249,7 @@ def check_layout(net, name: str, users: list[tuple[str, str]], copied: bool = Fa
         try:
             encoder_prefix(net)
         except ModelError:  # (DistilBERT, ALBERT, ModernBERT): what is left is quantization
-            off = _turned_off([("distill=False", "--no-distill"), *((py, cli) for _, py, cli in users)])
+            off = _turned_off([NO_DISTILL, *((py, cli) for _, py, cli in users)])
             raise ModelError(
                 f"{name} is a {kind} model: distillation into its own layers works on encoders with an "
                 f"encoder.layer stack; pass {off} to quantize it only, or a BERT-style {arg('student')}"
@@ -267,12 +268,12 @@ def check_layout(net, name: str, users: list[tuple[str, str]], copied: bool = Fa
 
 
 def check_layers(d, n_layers: int | None) -> None:
-    """--layers of a teacher-layers student within the teacher's depth."""
-    if d.student == "teacher-layers" and d.layers is not None and n_layers and not 1 <= d.layers <= n_layers:
-        raise FastftError(f"{arg('layers')} must be between 1 and the teacher's {n_layers} layers (got {d.layers})")
+    """--layers of a teacher-layers student within the teacher's depth (the plan's own check)."""
+    if d.student == "teacher-layers" and d.layers is not None and n_layers:
+        layer_plan(n_layers, d.layers)
 
 
-def check_task_options(path: Path, meta: dict, cfg: CompressConfig) -> None:
+def check_task_options(path: Path | str, meta: dict, cfg: CompressConfig) -> None:
     """The options for one task only, against the teacher's (``path``, its fastft.json ``meta``):
     accepted for the other, they were ignored and recorded as used, or misaligned word tags."""
     token = task_of(meta) == TOKEN_CLASSIFICATION
@@ -298,7 +299,7 @@ def check_distillable(path: Path, meta: dict, distill: bool) -> None:
         base = meta.get("base_model")
         raise ModelError(
             f"{path} is head-pruned (a fastft compress output): a student cannot be distilled from it; "
-            f"compress the teacher it came from{f' ({base})' if base else ''}, or pass distill=False (--no-distill)"
+            f"compress the teacher it came from{f' ({base})' if base else ''}, or pass {_turned_off([NO_DISTILL])}"
         )
 
 

@@ -20,7 +20,7 @@ are ordinary.
 
 from __future__ import annotations
 
-from fastft.core.checks import arg
+from fastft.core.checks import arg, check_float
 from fastft.core.errors import FastftError
 from fastft.models.pruned import (
     count_params,
@@ -54,9 +54,8 @@ def check_fractions(model, prune_heads: float, prune_ffn: float) -> tuple[int, i
     layers = encoder_layers(model)
     n_heads = heads_of(layers[0])
     n_ffn = layers[0].intermediate.dense.out_features
-    for name, v in ((arg("prune_heads"), prune_heads), (arg("prune_ffn"), prune_ffn)):
-        if not 0 <= v < 1:
-            raise FastftError(f"{name} must be in [0, 1) (got {v})")
+    for name, v in (("prune_heads", prune_heads), ("prune_ffn", prune_ffn)):
+        check_float(arg(name), v, lo=0, hi=1, hi_open=True)  # as PruneConfig checks them
     k_heads = int(round(prune_heads * n_heads))
     k_ffn = int(round(prune_ffn * n_ffn))
     if k_heads >= n_heads:
