@@ -529,10 +529,10 @@ def load_data(
         if not records:
             raise DataError(f"{path} has no rows")
         columns = set(records[0].keys())
-        for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
+        for col, name in ((text_column, "text_column"), (label_column, "label_column")):
             if col not in columns:
                 raise DataError(
-                    f"{path} has no column {col!r} (columns: {', '.join(sorted(map(str, columns)))}); pass {opt}"
+                    f"{path} has no column {col!r} (columns: {', '.join(sorted(map(str, columns)))}); pass {arg(name)}"
                 )
         named_rows = []
         for i, rec in enumerate(records):
@@ -541,7 +541,8 @@ def load_data(
                 raise DataError(f"{path}: row {i + 1} has no {text_column if text is None else label_column}")
             if isinstance(text, (list, dict)):
                 hint = (
-                    " (words and their tags under other keys? pass --task token-classification)"
+                    " (words and their tags under other keys? pass task='token-classification' "
+                    "(--task token-classification))"
                     if isinstance(text, list)
                     else ""
                 )

@@ -332,12 +332,13 @@ def closing_error(status: int, message: str, retry_after: int | None = None) -> 
 
 def check_port(host: str, port: int) -> None:
     """A clear error before minutes of loading when the address cannot be bound."""
+    from fastft.core.checks import arg
     from fastft.core.errors import FastftError
 
     try:  # (port 0 too: the host is checked, and any free port binds)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise FastftError(f"--host {host!r} does not resolve ({exc.strerror})") from None
+        raise FastftError(f"{arg('host')} {host!r} does not resolve ({exc.strerror})") from None
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
