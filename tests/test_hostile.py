@@ -362,7 +362,8 @@ CLI_CASES = [
     (
         "jsonl-token-keys-as-texts",
         "train --model {w}/tiny --data {w}/words.jsonl --text-column words --label-column ner --output {out}",
-        "has a list as its text; a text must be a string (words and their tags under other keys? pass --task",
+        "a text must be a string (words and their tags under other keys? pass task='token-classification' "
+        "(--task token-classification))",
     ),
     ("eval-token-data-onnx", "eval --model {w}/onnx --data conll2003", "is token-classification data"),
     (
