@@ -30,6 +30,7 @@ from fastft.core.checks import (
     check_max_length,
     check_threads,
     given_fields,
+    setting,
 )
 from fastft.core.errors import FastftError
 from fastft.core.options import option
@@ -39,7 +40,7 @@ from fastft.export.quantize import CALIB_METHODS
 DEFAULT_OUTPUT = "runs/compressed"
 _INT8 = "quantize='int8' (--int8)"  # how a message names INT8 quantization to both callers
 NO_DISTILL = ("distill=False", "--no-distill")  # the setting that turns distillation off: Python's, the CLI's
-_NO_DISTILL = "{} ({})".format(*NO_DISTILL)
+_NO_DISTILL = setting(NO_DISTILL)
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use
 STUDENT_KINDS = ("teacher-layers", "minilm-l3")
 HEAD_ALLOCATIONS = ("layer", "global")
@@ -528,7 +529,9 @@ class CompressConfig:
         if d.transfer is None:
             unused += [(n, f"no {arg('transfer')} source is drawn from") for n in given_fields(d, "transfer_size")]
         if not self.bench:
-            unused += [(n, "bench=False (--no-bench) times nothing") for n in given_fields(self, "bench_runs")]
+            unused += [
+                (n, f"{setting(('bench=False', '--no-bench'))} times nothing") for n in given_fields(self, "bench_runs")
+            ]
         if unused:
             name, why = unused[0]
             raise FastftError(f"{arg(name, _FLAGS.get(name))} is not used by this run: {why}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from fastft.compress.config import NO_DISTILL, TEACHER_ALIAS, CompressConfig
 from fastft.compress.distill import encode, encoder_prefix, layer_plan, pad_batch
 from fastft.compress.prune import check_fractions
-from fastft.core.checks import arg
+from fastft.core.checks import arg, setting
 from fastft.core.errors import DataError, FastftError, ModelError
 from fastft.core.schema import TOKEN_CLASSIFICATION, read_meta, task_of, write_meta
 from fastft.core.system import physical_cores, versions
@@ -190,7 +190,7 @@ def check_student_fits(
     if positions is not None and positions < max_length:
         raise ModelError(
             f"{arg('student')} {student!r} takes at most {positions} tokens and the texts are cut at {max_length}: "
-            f"pass max_length={positions} (--max-length {positions}) or a student with more positions"
+            f"pass {setting((f'max_length={positions}', f'--max-length {positions}'))} or a student with more positions"
         )
     archs = [str(a) for a in config.get("architectures") or []]
     head = next((a for a in archs if a.endswith(("ForSequenceClassification", "ForTokenClassification"))), None)
@@ -232,11 +232,6 @@ def layout_users(cfg) -> list[tuple[str, str, str]]:
     return users
 
 
-def _turned_off(settings: list[tuple[str, str]]) -> str:
-    """(Python, CLI) settings as a message names them to both callers: ``a=0, b=False (--a 0 --no-b)``."""
-    return f"{', '.join(py for py, _ in settings)} ({' '.join(cli for _, cli in settings)})"
-
-
 def check_layout(net, name: str, users: list[tuple[str, str, str]], copied: bool = False) -> None:
     """``net`` has the layers ``users`` work on (:func:`encoder_layers`, the check they make
     themselves) and, ``copied`` (a teacher-layers student is made of them), an encoder.layer
@@ -249,7 +244,7 @@ def check_layout(net, name: str, users: list[tuple[str, str, str]], copied: bool
         try:
             encoder_prefix(net)
         except ModelError:  # (DistilBERT, ALBERT, ModernBERT): what is left is quantization
-            off = _turned_off([NO_DISTILL, *((py, cli) for _, py, cli in users)])
+            off = setting(NO_DISTILL, *((py, cli) for _, py, cli in users))
             raise ModelError(
                 f"{name} is a {kind} model: distillation into its own layers works on encoders with an "
                 f"encoder.layer stack; pass {off} to quantize it only, or a BERT-style {arg('student')}"
@@ -263,7 +258,7 @@ def check_layout(net, name: str, users: list[tuple[str, str, str]], copied: bool
         raise ModelError(
             f"{name} is a {kind} model: {what} work on BERT-style encoders (encoder.layer[i] with "
             "attention.self.query / key / value, attention.output.dense, intermediate.dense, output.dense); "
-            f"pass {_turned_off([(py, cli) for _, py, cli in users])}, or another model"
+            f"pass {setting(*((py, cli) for _, py, cli in users))}, or another model"
         ) from None
 
 
@@ -299,7 +294,7 @@ def check_distillable(path: Path, meta: dict, distill: bool) -> None:
         base = meta.get("base_model")
         raise ModelError(
             f"{path} is head-pruned (a fastft compress output): a student cannot be distilled from it; "
-            f"compress the teacher it came from{f' ({base})' if base else ''}, or pass {_turned_off([NO_DISTILL])}"
+            f"compress the teacher it came from{f' ({base})' if base else ''}, or pass {setting(NO_DISTILL)}"
         )
 
 

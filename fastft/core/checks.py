@@ -23,6 +23,13 @@ def arg(name: str, flag: str | None = None) -> str:
     return f"{name} ({flag or '--' + name.replace('_', '-')})"
 
 
+def setting(*pairs: tuple[str, str]) -> str:
+    """Settings as a message names them to both callers, Python's then the CLI's: ``setting(("a=0",
+    "--a 0"), ("b=False", "--no-b"))`` is ``"a=0, b=False (--a 0 --no-b)"`` (:func:`arg` names one
+    argument; this names values to pass)."""
+    return f"{', '.join(py for py, _ in pairs)} ({' '.join(cli for _, cli in pairs)})"
+
+
 def _range(lo, hi, lo_open: bool, hi_open: bool) -> str:
     if hi is None:
         return f"{'>' if lo_open else '>='} {lo:g}"

