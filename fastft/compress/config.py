@@ -38,7 +38,7 @@ from fastft.export.checks import CALIB_DEFAULTS, check_calibration, unused_calib
 from fastft.export.quantize import CALIB_METHODS
 
 DEFAULT_OUTPUT = "runs/compressed"
-_INT8 = "quantize='int8' (--int8)"  # how a message names INT8 quantization to both callers
+_INT8 = setting(("quantize='int8'", "--int8"))  # how a message names INT8 quantization to both callers
 NO_DISTILL = ("distill=False", "--no-distill")  # the setting that turns distillation off: Python's, the CLI's
 _NO_DISTILL = setting(NO_DISTILL)
 TEACHER_ALIAS = "teacher-minilm-l6-movie-snippets"  # the built-in default teacher, cached on first use

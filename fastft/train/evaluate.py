@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastft.core.checks import setting
 from fastft.core.errors import DataError, FastftError
 from fastft.core.io import read_json_object
 from fastft.core.numerics import check_finite
@@ -14,6 +15,8 @@ from fastft.data.collate import sorted_batches
 from fastft.data.labels import align_labels
 from fastft.models.model_dir import load_model_dir, model_labels
 from fastft.models.task import head_labels
+
+_ORT_BACKEND = setting(("backend='onnxruntime'", "--backend onnxruntime"))
 
 
 def run_eval(
@@ -172,10 +175,7 @@ def _evaluate_ort(
 
     path = resolve_model(model)
     if not isinstance(path, Path):
-        raise FastftError(
-            f"model {model!r} is not a local directory; backend='onnxruntime' (--backend onnxruntime) "
-            "needs a model directory"
-        )
+        raise FastftError(f"model {model!r} is not a local directory; {_ORT_BACKEND} needs a model directory")
     meta = read_meta(path)
     pred = load(path, backend="onnxruntime", int8=int8, max_length=max_length, batch_size=batch_size, warm_up=False)
     part, data = _eval_split(model, meta, data, split, text_column, label_column, encoding, limit, pred.labels)

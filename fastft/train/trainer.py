@@ -18,12 +18,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastft.core.checks import arg
+from fastft.core.checks import arg, setting
 from fastft.core.errors import FastftError
 from fastft.core.system import physical_cores
 from fastft.train.loop import EpochStats, linear_schedule, param_groups, run_loop
 from fastft.train.metrics import METRIC_NAMES
 from fastft.train.token_metrics import TOKEN_METRIC_NAMES
+
+_LORA = setting(("lora=True", "--lora"))  # the setting LoRA needs, named to both callers
 
 __all__ = ["TrainConfig", "linear_schedule", "param_groups", "run_training", "set_seed", "train"]
 
@@ -96,7 +98,7 @@ class TrainConfig:
         check_threads(arg("threads"), self.threads)
         for name in given_fields(self, "lora_r", "lora_alpha", "lora_dropout") if not self.lora else ():
             named = arg(name) if name == "lora_r" else name  # read by lora=True only (were ignored)
-            raise FastftError(f"{named} sets the LoRA adapters: it needs lora=True (--lora)")
+            raise FastftError(f"{named} sets the LoRA adapters: it needs {_LORA}")
         known = dict.fromkeys(METRIC_NAMES + TOKEN_METRIC_NAMES)
         if self.metric is not None and self.metric not in known:
             raise FastftError(f"unknown {arg('metric')} {self.metric!r}; choose one of {', '.join(known)}")
@@ -381,7 +383,7 @@ def _wrap_lora(net, cfg: TrainConfig, token: bool = False):
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
-        raise FastftError("lora=True (--lora) needs the peft library: pip install peft") from None
+        raise FastftError(f"{_LORA} needs the peft library: pip install peft") from None
     lcfg = LoraConfig(
         task_type=TaskType.TOKEN_CLS if token else TaskType.SEQ_CLS,
         r=cfg.lora_r,
@@ -397,4 +399,4 @@ def _lora_targets(net) -> list[str]:
     for group in (["query", "key", "value"], ["q_lin", "k_lin", "v_lin"], ["q_proj", "k_proj", "v_proj"]):
         if set(group) <= names:
             return group
-    raise FastftError("lora=True (--lora): cannot find the attention projections of this architecture")
+    raise FastftError(f"{_LORA}: cannot find the attention projections of this architecture")
