@@ -89,7 +89,10 @@ def floor_pins(pyproject: Path = ROOT / "pyproject.toml", extras: tuple[str, ...
 
 def _envs(constraints: Path, floors: Path | None = None) -> dict:
     lock = ["-c", str(constraints)]
-    torch_floor = next((p for p in floor_pins() if p.startswith("torch==")), TORCH) if floors else TORCH
+    # the floors file holds floor_pins(), written by main: torch's installs first, as the README's does
+    torch_floor = (
+        next((p for p in floors.read_text().splitlines() if p.startswith("torch==")), TORCH) if floors else TORCH
+    )
     return {
         "lock": {
             "what": "constraints.txt (the README's test command)",
@@ -301,13 +304,20 @@ def main() -> int:
     args = ap.parse_args()
 
     commit = _git_commit()
+    names = args.env or list(ENVS)
+    pins = None
+    if "floors" in names:  # read for that environment only, and before any folder is made
+        try:
+            pins = floor_pins()
+        except ValueError as exc:  # (packaging's InvalidRequirement too)
+            print(f"compat: error: {exc}", file=sys.stderr)
+            return 2
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="fastft-compat-"))
     work.mkdir(parents=True, exist_ok=True)
-    names = args.env or list(ENVS)
     floors = None
-    if "floors" in names:  # (read only for that environment: an odd dependency string stops it alone)
+    if pins is not None:
         floors = work / "floors.txt"
-        floors.write_text("\n".join(floor_pins()) + "\n")
+        floors.write_text("\n".join(pins) + "\n")
     specs = _envs(Path(args.constraints).resolve(), floors)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
